@@ -1,0 +1,294 @@
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::names::{ClusterName, PoolName};
+use crate::plan::{NodeState, ObservedNode};
+
+/// Bounds on what a deploy may ask for. Set by the operator in `[limits]`;
+/// per-level limits narrow them further once accounts exist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub min_ttl: Duration,
+    pub max_ttl: Duration,
+    pub max_nodes: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            min_ttl: Duration::from_secs(60),
+            max_ttl: Duration::from_secs(7 * 24 * 3600),
+            max_nodes: 100,
+        }
+    }
+}
+
+/// Why a request's values were refused. Each variant names the field so the
+/// API can say exactly what to change.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ValidationError {
+    #[error("node_capacity must be between 1 and {max}, got {got}")]
+    NodeCapacity { got: i64, max: u32 },
+    #[error("time_to_live must be between {min} and {max} seconds, got {got}")]
+    TimeToLive { got: i64, min: u64, max: u64 },
+}
+
+/// How many nodes a cluster should have: at least one (a cluster with no
+/// nodes is destroyed, not deployed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct NodeCapacity(u32);
+
+impl NodeCapacity {
+    pub fn new(value: i64, limits: &Limits) -> Result<Self, ValidationError> {
+        match u32::try_from(value) {
+            Ok(n) if n >= 1 && n <= limits.max_nodes => Ok(Self(n)),
+            _ => Err(ValidationError::NodeCapacity {
+                got: value,
+                max: limits.max_nodes,
+            }),
+        }
+    }
+
+    /// For values that were validated when they were first written (rows
+    /// read back from the store).
+    pub fn from_stored(value: u32) -> Self {
+        Self(value)
+    }
+
+    pub fn get(self) -> u32 {
+        self.0
+    }
+}
+
+/// A validated time-to-live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimeToLive(Duration);
+
+impl TimeToLive {
+    pub fn new(seconds: i64, limits: &Limits) -> Result<Self, ValidationError> {
+        let err = || ValidationError::TimeToLive {
+            got: seconds,
+            min: limits.min_ttl.as_secs(),
+            max: limits.max_ttl.as_secs(),
+        };
+        let secs = u64::try_from(seconds).map_err(|_| err())?;
+        let ttl = Duration::from_secs(secs);
+        if ttl < limits.min_ttl || ttl > limits.max_ttl {
+            return Err(err());
+        }
+        Ok(Self(ttl))
+    }
+
+    pub fn get(self) -> Duration {
+        self.0
+    }
+
+    pub fn deadline_from(self, now: DateTime<Utc>) -> DateTime<Utc> {
+        now + chrono::Duration::from_std(self.0).expect("bounded by max_ttl")
+    }
+}
+
+/// DEPLOY, validated: the only way the engine learns that a cluster should
+/// exist or change size.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeployCommand {
+    pub cluster: ClusterName,
+    pub node_capacity: NodeCapacity,
+    pub time_to_live: TimeToLive,
+    pub is_public: bool,
+    pub pool: PoolName,
+}
+
+/// A cluster as the store keeps it: the desired state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterRecord {
+    pub name: ClusterName,
+    pub is_public: bool,
+    pub node_capacity: NodeCapacity,
+    pub pool: PoolName,
+    /// The scheduled deletion, if any. Cleared by DESTROY.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// DESTROY was asked for (or the TTL fired): the cluster wants no nodes
+    /// and its record goes away once the cloud lists none of them.
+    pub destroying: bool,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    /// Bumped by every change, so a reconcile can tell whether what it read
+    /// is still current.
+    pub generation: i64,
+}
+
+impl ClusterRecord {
+    /// How many nodes the cluster wants right now.
+    pub fn wanted_nodes(&self) -> u32 {
+        if self.destroying {
+            0
+        } else {
+            self.node_capacity.get()
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClusterState {
+    NotRunning,
+    Deploying,
+    Running,
+    Destroying,
+}
+
+impl ClusterState {
+    /// Settled states are where `wait` returns: nothing more will happen
+    /// without a new request (or a node failure).
+    pub fn is_settled(self) -> bool {
+        matches!(self, ClusterState::NotRunning | ClusterState::Running)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClusterState::NotRunning => "not_running",
+            ClusterState::Deploying => "deploying",
+            ClusterState::Running => "running",
+            ClusterState::Destroying => "destroying",
+        }
+    }
+}
+
+/// The state a cluster reports, from its record and the nodes observed for
+/// it (of the pool's instance type).
+pub fn cluster_state(
+    record: Option<&ClusterRecord>,
+    nodes: &[ObservedNode],
+    wanted_type: Option<&crate::InstanceType>,
+) -> ClusterState {
+    let live = nodes
+        .iter()
+        .filter(|n| n.state != NodeState::ShuttingDown)
+        .count();
+    match record {
+        None if nodes.is_empty() => ClusterState::NotRunning,
+        None => ClusterState::Destroying,
+        Some(r) if r.destroying => ClusterState::Destroying,
+        Some(r) => {
+            let ready = nodes
+                .iter()
+                .filter(|n| n.state == NodeState::Ready)
+                .filter(|n| wanted_type.is_none_or(|t| &n.instance_type == t))
+                .count();
+            let want = r.node_capacity.get() as usize;
+            if ready == want && live == want {
+                ClusterState::Running
+            } else {
+                ClusterState::Deploying
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{InstanceId, InstanceType};
+
+    fn limits() -> Limits {
+        Limits {
+            min_ttl: Duration::from_secs(60),
+            max_ttl: Duration::from_secs(3600),
+            max_nodes: 10,
+        }
+    }
+
+    #[test]
+    fn capacity_bounds() {
+        assert!(NodeCapacity::new(1, &limits()).is_ok());
+        assert!(NodeCapacity::new(10, &limits()).is_ok());
+        assert!(NodeCapacity::new(0, &limits()).is_err());
+        assert!(NodeCapacity::new(-3, &limits()).is_err());
+        assert!(NodeCapacity::new(11, &limits()).is_err());
+        assert!(NodeCapacity::new(i64::MAX, &limits()).is_err());
+    }
+
+    #[test]
+    fn ttl_bounds() {
+        assert!(TimeToLive::new(60, &limits()).is_ok());
+        assert!(TimeToLive::new(3600, &limits()).is_ok());
+        assert!(TimeToLive::new(59, &limits()).is_err());
+        assert!(TimeToLive::new(3601, &limits()).is_err());
+        assert!(TimeToLive::new(-1, &limits()).is_err());
+        let msg = TimeToLive::new(1, &limits()).unwrap_err().to_string();
+        assert!(msg.contains("between 60 and 3600"), "{msg}");
+    }
+
+    fn record(capacity: u32, destroying: bool) -> ClusterRecord {
+        let now = Utc::now();
+        ClusterRecord {
+            name: ClusterName::new("c").unwrap(),
+            is_public: false,
+            node_capacity: NodeCapacity::from_stored(capacity),
+            pool: PoolName::new("default").unwrap(),
+            expires_at: None,
+            destroying,
+            created_at: now,
+            updated_at: now,
+            generation: 1,
+        }
+    }
+
+    fn node(state: NodeState) -> ObservedNode {
+        let now = Utc::now();
+        ObservedNode {
+            id: InstanceId::new(format!("{state:?}")),
+            instance_type: InstanceType::new("t").unwrap(),
+            launched_at: now,
+            state,
+            state_since: now,
+            last_destroy_attempt: None,
+        }
+    }
+
+    #[test]
+    fn states_from_record_and_nodes() {
+        let t = InstanceType::new("t").unwrap();
+        let t = Some(&t);
+        assert_eq!(cluster_state(None, &[], t), ClusterState::NotRunning);
+        assert_eq!(
+            cluster_state(None, &[node(NodeState::ShuttingDown)], t),
+            ClusterState::Destroying
+        );
+        let r = record(2, false);
+        assert_eq!(
+            cluster_state(Some(&r), &[node(NodeState::Ready)], t),
+            ClusterState::Deploying
+        );
+        let two = [node(NodeState::Ready), node(NodeState::Ready)];
+        assert_eq!(cluster_state(Some(&r), &two, t), ClusterState::Running);
+        let two_and_leaving = [
+            node(NodeState::Ready),
+            node(NodeState::Ready),
+            node(NodeState::ShuttingDown),
+        ];
+        assert_eq!(
+            cluster_state(Some(&r), &two_and_leaving, t),
+            ClusterState::Running
+        );
+        let three = [
+            node(NodeState::Ready),
+            node(NodeState::Ready),
+            node(NodeState::Booting),
+        ];
+        assert_eq!(cluster_state(Some(&r), &three, t), ClusterState::Deploying);
+        let other = InstanceType::new("other").unwrap();
+        assert_eq!(
+            cluster_state(Some(&r), &two, Some(&other)),
+            ClusterState::Deploying
+        );
+        assert_eq!(
+            cluster_state(Some(&record(2, true)), &[], t),
+            ClusterState::Destroying
+        );
+    }
+}

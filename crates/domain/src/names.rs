@@ -1,0 +1,178 @@
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{kind} {value:?} is not valid: {rule}")]
+pub struct NameError {
+    pub kind: &'static str,
+    pub value: String,
+    pub rule: &'static str,
+}
+
+fn is_name(value: &str, max_len: usize, extra: &[u8]) -> bool {
+    let bytes = value.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= max_len
+        && bytes[0].is_ascii_alphanumeric()
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || *b == b'-' || extra.contains(b))
+}
+
+macro_rules! validated_name {
+    ($(#[$doc:meta])* $name:ident, $kind:literal, $max:expr, $extra:expr, $rule:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+        #[serde(transparent)]
+        pub struct $name(String);
+
+        impl $name {
+            pub fn new(value: impl Into<String>) -> Result<Self, NameError> {
+                let value = value.into();
+                if is_name(&value, $max, $extra) {
+                    Ok(Self(value))
+                } else {
+                    Err(NameError { kind: $kind, value, rule: $rule })
+                }
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = NameError;
+            fn from_str(s: &str) -> Result<Self, NameError> {
+                Self::new(s)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                Self::new(s).map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+validated_name!(
+    /// A cluster's name: `^[A-Za-z0-9][-A-Za-z0-9]{0,39}$`, so it fits in
+    /// cloud tags, DNS labels and file names.
+    ClusterName,
+    "cluster name",
+    40,
+    b"",
+    "use 1 to 40 letters, digits or '-', starting with a letter or digit"
+);
+
+validated_name!(
+    /// A pool's name as written in the config file.
+    PoolName,
+    "pool name",
+    64,
+    b"_",
+    "use 1 to 64 letters, digits, '-' or '_', starting with a letter or digit"
+);
+
+validated_name!(
+    /// The ownership ID of an instance set: every instance the set creates is
+    /// tagged with it, and the set touches nothing without it.
+    InstanceSetId,
+    "instance set id",
+    64,
+    b"_",
+    "use 1 to 64 letters, digits, '-' or '_', starting with a letter or digit"
+);
+
+/// A cloud's own name for a kind of instance (`t3.micro`, `local.small`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct InstanceType(String);
+
+impl InstanceType {
+    pub fn new(value: impl Into<String>) -> Result<Self, NameError> {
+        let value = value.into();
+        let ok = !value.is_empty()
+            && value.len() <= 64
+            && value
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+        if ok {
+            Ok(Self(value))
+        } else {
+            Err(NameError {
+                kind: "instance type",
+                value,
+                rule: "use 1 to 64 letters, digits, '-', '_' or '.'",
+            })
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for InstanceType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The cloud's ID of one instance; stable for the instance's whole life.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct InstanceId(String);
+
+impl InstanceId {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for InstanceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_names_follow_the_contract() {
+        for good in ["a", "demo", "Demo-1", "0abc", &"x".repeat(40)] {
+            assert!(ClusterName::new(good).is_ok(), "{good} should be valid");
+        }
+        for bad in ["", "-a", "a_b", "a.b", "a b", "é", &"x".repeat(41), "a/b"] {
+            assert!(ClusterName::new(bad).is_err(), "{bad} should be invalid");
+        }
+    }
+
+    #[test]
+    fn deserialising_a_name_validates_it() {
+        let err = serde_json::from_str::<ClusterName>("\"-bad\"").unwrap_err();
+        assert!(err.to_string().contains("cluster name"), "{err}");
+    }
+
+    #[test]
+    fn instance_types_allow_dots() {
+        assert!(InstanceType::new("t3.micro").is_ok());
+        assert!(InstanceType::new("t3 micro").is_err());
+        assert!(InstanceType::new("").is_err());
+    }
+}
