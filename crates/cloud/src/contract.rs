@@ -1,0 +1,196 @@
+use std::collections::BTreeMap;
+use std::fmt;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use flotilla_domain::{ClusterName, InstanceId, InstanceSetId, InstanceType};
+use tokio::time::Instant;
+
+/// Tag holding the ID of the instance set that owns an instance.
+pub const TAG_INSTANCE_SET: &str = "flotilla-instance-set";
+/// Tag holding the name of the cluster an instance belongs to.
+pub const TAG_CLUSTER: &str = "flotilla-cluster";
+/// Tag holding the instance type the engine asked for.
+pub const TAG_INSTANCE_TYPE: &str = "flotilla-instance-type";
+
+pub type Tags = BTreeMap<String, String>;
+
+/// The three tags every instance carries from the moment it is created.
+pub fn ownership_tags(set: &InstanceSetId, cluster: &ClusterName, ty: &InstanceType) -> Tags {
+    Tags::from([
+        (TAG_INSTANCE_SET.to_owned(), set.to_string()),
+        (TAG_CLUSTER.to_owned(), cluster.to_string()),
+        (TAG_INSTANCE_TYPE.to_owned(), ty.to_string()),
+    ])
+}
+
+/// Ask for `count` instances of one kind for one cluster. The instance set
+/// adds the ownership tags itself; `tags` are extra tags of the operator's.
+#[derive(Debug, Clone)]
+pub struct CreateRequest {
+    pub cluster: ClusterName,
+    pub instance_type: InstanceType,
+    pub image: Option<String>,
+    pub tags: Tags,
+    /// Handed to the node at boot (user data on EC2, the workload command on
+    /// `local`).
+    pub init_data: Option<String>,
+    pub count: u32,
+}
+
+/// One instance as the cloud lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Instance {
+    pub id: InstanceId,
+    pub instance_type: InstanceType,
+    pub tags: Tags,
+    /// Where the node can be reached, once the cloud knows.
+    pub address: Option<String>,
+    pub launched_at: DateTime<Utc>,
+}
+
+impl Instance {
+    pub fn cluster(&self) -> Option<ClusterName> {
+        self.tags
+            .get(TAG_CLUSTER)
+            .and_then(|c| ClusterName::new(c.as_str()).ok())
+    }
+
+    pub fn instance_set(&self) -> Option<&str> {
+        self.tags.get(TAG_INSTANCE_SET).map(String::as_str)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum CapacityScope {
+    InstanceType(InstanceType),
+    QuotaGroup(String),
+    All,
+}
+
+impl fmt::Display for CapacityScope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CapacityScope::InstanceType(t) => write!(f, "instance type {t}"),
+            CapacityScope::QuotaGroup(g) => write!(f, "quota group {g}"),
+            CapacityScope::All => f.write_str("all instance types"),
+        }
+    }
+}
+
+/// What went wrong in a cloud call, classified by what the caller should do.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CloudError {
+    /// The cloud refuses calls for a while: make none before `earliest_retry`.
+    #[error("cloud rate limit: {message}")]
+    RateLimited {
+        earliest_retry: Instant,
+        message: String,
+    },
+    /// The account cannot hold more instances: create none until one goes.
+    #[error("cloud quota exceeded: {message}")]
+    QuotaExceeded { message: String },
+    /// The cloud has no capacity for `scope` right now.
+    #[error("insufficient capacity for {scope}: {message}")]
+    InsufficientCapacity {
+        scope: CapacityScope,
+        message: String,
+    },
+    /// Worth retrying soon (network error, 5xx).
+    #[error("transient cloud error: {message}")]
+    Transient { message: String },
+    /// Retrying will not help until an operator changes something.
+    #[error("cloud error: {message}")]
+    Permanent { message: String },
+}
+
+impl CloudError {
+    pub fn transient(message: impl Into<String>) -> Self {
+        CloudError::Transient {
+            message: message.into(),
+        }
+    }
+
+    pub fn permanent(message: impl Into<String>) -> Self {
+        CloudError::Permanent {
+            message: message.into(),
+        }
+    }
+
+    /// A short stable label, for metrics and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CloudError::RateLimited { .. } => "rate_limited",
+            CloudError::QuotaExceeded { .. } => "quota_exceeded",
+            CloudError::InsufficientCapacity { .. } => "insufficient_capacity",
+            CloudError::Transient { .. } => "transient",
+            CloudError::Permanent { .. } => "permanent",
+        }
+    }
+
+    /// The error a driver returns when asked to touch an instance that does
+    /// not carry its ID.
+    pub fn not_owned(id: &InstanceId, set: &InstanceSetId) -> Self {
+        CloudError::permanent(format!(
+            "instance {id} is not tagged {TAG_INSTANCE_SET}={set}; refusing to touch it"
+        ))
+    }
+}
+
+/// What a health probe found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    Ready,
+    NotReady,
+}
+
+/// A set of instances on one cloud owned by one ID.
+///
+/// Contract (checked by [`crate::conformance`]):
+/// - `create` returns between 1 and `count` instances (fewer is a partial
+///   fulfilment, not an error), each tagged with [`ownership_tags`] from the
+///   start, and never more than [`InstanceSet::max_batch`] per call;
+/// - `list` returns every live instance carrying this set's ID and all of
+///   `filter`'s tags, and nothing else; it pages internally;
+/// - `destroy` is idempotent: an instance already gone is success; it
+///   refuses instances without this set's ID;
+/// - `set_tags` adds or overwrites tags, refuses to change ownership tags,
+///   and refuses instances without this set's ID;
+/// - `probe` asks the node itself; it is not a cloud API call and is not
+///   throttled.
+#[async_trait]
+pub trait InstanceSet: Send + Sync + 'static {
+    fn id(&self) -> &InstanceSetId;
+
+    /// The most instances one `create` call may ask for.
+    fn max_batch(&self) -> u32 {
+        1
+    }
+
+    async fn create(&self, request: &CreateRequest) -> Result<Vec<Instance>, CloudError>;
+
+    async fn list(&self, filter: &Tags) -> Result<Vec<Instance>, CloudError>;
+
+    async fn destroy(&self, id: &InstanceId) -> Result<(), CloudError>;
+
+    async fn set_tags(&self, id: &InstanceId, tags: &Tags) -> Result<(), CloudError>;
+
+    async fn probe(&self, instance: &Instance) -> Health;
+}
+
+/// Refuses changes to the ownership tags; shared by every driver.
+pub fn check_tag_update(tags: &Tags) -> Result<(), CloudError> {
+    for key in [TAG_INSTANCE_SET, TAG_CLUSTER, TAG_INSTANCE_TYPE] {
+        if tags.contains_key(key) {
+            return Err(CloudError::permanent(format!(
+                "tag {key} is set at creation and cannot be changed"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// True if `instance` carries every tag of `filter`.
+pub fn matches_filter(tags: &Tags, filter: &Tags) -> bool {
+    filter.iter().all(|(k, v)| tags.get(k) == Some(v))
+}

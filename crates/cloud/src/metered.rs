@@ -1,0 +1,154 @@
+//! Metrics for every driver call: how many, how they ended, how long they
+//! took.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use flotilla_domain::{InstanceId, InstanceSetId};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use tokio::time::Instant;
+
+use crate::contract::{CloudError, CreateRequest, Health, Instance, InstanceSet, Tags};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CallLabels {
+    driver: String,
+    operation: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OpLabels {
+    driver: String,
+    operation: &'static str,
+}
+
+/// The cloud metrics of one server, shared by all its drivers.
+#[derive(Clone)]
+pub struct CloudMetrics {
+    calls: Family<CallLabels, Counter>,
+    seconds: Family<OpLabels, Histogram>,
+    instances_created: Family<OpLabels, Counter>,
+}
+
+impl CloudMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = Self {
+            calls: Family::default(),
+            seconds: Family::new_with_constructor(|| {
+                Histogram::new(
+                    [0.001, 0.005, 0.025, 0.1, 0.5, 2.0, 10.0, 30.0].into_iter(),
+                )
+            }),
+            instances_created: Family::default(),
+        };
+        registry.register(
+            "flotilla_cloud_calls",
+            "Cloud driver calls by operation and outcome",
+            metrics.calls.clone(),
+        );
+        registry.register(
+            "flotilla_cloud_call_seconds",
+            "Cloud driver call latency",
+            metrics.seconds.clone(),
+        );
+        registry.register(
+            "flotilla_cloud_instances_created",
+            "Instances the cloud created for us",
+            metrics.instances_created.clone(),
+        );
+        metrics
+    }
+
+    fn record<T>(&self, driver: &str, operation: &'static str, start: Instant, r: &Result<T, CloudError>) {
+        let outcome = match r {
+            Ok(_) => "ok",
+            Err(e) => e.kind(),
+        };
+        self.calls
+            .get_or_create(&CallLabels {
+                driver: driver.to_owned(),
+                operation,
+                outcome,
+            })
+            .inc();
+        self.seconds
+            .get_or_create(&OpLabels {
+                driver: driver.to_owned(),
+                operation,
+            })
+            .observe(start.elapsed().as_secs_f64());
+    }
+}
+
+pub struct Metered<S> {
+    inner: S,
+    driver: String,
+    metrics: Arc<CloudMetrics>,
+}
+
+impl<S: InstanceSet> Metered<S> {
+    pub fn new(inner: S, driver: impl Into<String>, metrics: Arc<CloudMetrics>) -> Self {
+        Self {
+            inner,
+            driver: driver.into(),
+            metrics,
+        }
+    }
+}
+
+#[async_trait]
+impl<S: InstanceSet> InstanceSet for Metered<S> {
+    fn id(&self) -> &InstanceSetId {
+        self.inner.id()
+    }
+
+    fn max_batch(&self) -> u32 {
+        self.inner.max_batch()
+    }
+
+    async fn create(&self, request: &CreateRequest) -> Result<Vec<Instance>, CloudError> {
+        let start = Instant::now();
+        let r = self.inner.create(request).await;
+        self.metrics.record(&self.driver, "create", start, &r);
+        if let Ok(made) = &r {
+            self.metrics
+                .instances_created
+                .get_or_create(&OpLabels {
+                    driver: self.driver.clone(),
+                    operation: "create",
+                })
+                .inc_by(made.len() as u64);
+        }
+        r
+    }
+
+    async fn list(&self, filter: &Tags) -> Result<Vec<Instance>, CloudError> {
+        let start = Instant::now();
+        let r = self.inner.list(filter).await;
+        self.metrics.record(&self.driver, "list", start, &r);
+        r
+    }
+
+    async fn destroy(&self, id: &InstanceId) -> Result<(), CloudError> {
+        let start = Instant::now();
+        let r = self.inner.destroy(id).await;
+        self.metrics.record(&self.driver, "destroy", start, &r);
+        r
+    }
+
+    async fn set_tags(&self, id: &InstanceId, tags: &Tags) -> Result<(), CloudError> {
+        let start = Instant::now();
+        let r = self.inner.set_tags(id, tags).await;
+        self.metrics.record(&self.driver, "set_tags", start, &r);
+        r
+    }
+
+    async fn probe(&self, instance: &Instance) -> Health {
+        self.inner.probe(instance).await
+    }
+}
