@@ -3,10 +3,12 @@
 //! no I/O, no async. The edges (engine, store, API) call in with the current
 //! time and the observed world and act on what comes back.
 
+mod access;
 mod cluster;
 mod names;
 mod plan;
 
+pub use access::{Caller, Level};
 pub use cluster::{
     cluster_state, ClusterRecord, ClusterState, DeployCommand, Limits, NodeCapacity,
     TimeToLive, ValidationError,

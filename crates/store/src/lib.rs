@@ -1,1 +1,88 @@
+//! Durable desired state: which clusters should exist, with how many nodes,
+//! until when. The [`Store`] trait is what the engine needs; [`SqliteStore`]
+//! is the embedded backend (PostgreSQL will be a second). Every backend runs
+//! the same contract suite in [`contract`].
+//!
+//! Observed state (which instances exist) is deliberately absent: the
+//! cloud's own listing is its source of truth, so a crash cannot make the
+//! two disagree.
 
+pub mod contract;
+mod memory;
+mod row;
+mod sqlite;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use flotilla_domain::{ClusterName, ClusterRecord, DeployCommand, InstanceSetId};
+
+pub use memory::MemoryStore;
+pub use sqlite::{ConnectionSettings, SqliteStore};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The request would change something that is fixed once deployed.
+    #[error("cluster {cluster}: {field} cannot change once deployed (it is {current}); destroy the cluster and wait until it is gone to deploy it anew")]
+    Conflict {
+        cluster: ClusterName,
+        field: &'static str,
+        current: String,
+    },
+    /// The database could not be opened or created where configured.
+    #[error("cannot open the database at {}: {source}", path.display())]
+    Open {
+        path: std::path::PathBuf,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("stored data is invalid: {0}")]
+    Corrupt(String),
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// The ownership ID of the instance set behind driver `driver`: created
+    /// on first use and the same forever after, so a restarted server adopts
+    /// the instances it created before.
+    async fn instance_set_id(&self, driver: &str) -> Result<InstanceSetId, StoreError>;
+
+    async fn get_cluster(&self, name: &ClusterName) -> Result<Option<ClusterRecord>, StoreError>;
+
+    /// Every cluster with a record, ordered by name.
+    async fn list_clusters(&self) -> Result<Vec<ClusterRecord>, StoreError>;
+
+    /// DEPLOY, atomically: creates the cluster or sets its capacity, clears
+    /// any scheduled deletion and schedules one at `expires_at`, and revives
+    /// a cluster that was being destroyed. Refuses (`Conflict`) to change
+    /// `is_public` or `pool` of an existing record, changing nothing.
+    async fn deploy(
+        &self,
+        command: &DeployCommand,
+        now: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+    ) -> Result<ClusterRecord, StoreError>;
+
+    /// DESTROY: marks the cluster destroying and clears its scheduled
+    /// deletion. `None` if there is no record (nothing to do).
+    async fn destroy(
+        &self,
+        name: &ClusterName,
+        now: DateTime<Utc>,
+    ) -> Result<Option<ClusterRecord>, StoreError>;
+
+    /// Fires every scheduled deletion due at `now`: those clusters become
+    /// destroying, exactly as by DESTROY. Returns them.
+    async fn expire_due(&self, now: DateTime<Utc>) -> Result<Vec<ClusterRecord>, StoreError>;
+
+    /// The earliest scheduled deletion, if any.
+    async fn next_expiry(&self) -> Result<Option<DateTime<Utc>>, StoreError>;
+
+    /// Removes the record of a destroying cluster whose nodes are all gone.
+    /// Does nothing (returns false) if the record changed since `generation`
+    /// was read, e.g. because the cluster was deployed again meanwhile.
+    async fn forget(&self, name: &ClusterName, generation: i64) -> Result<bool, StoreError>;
+}

@@ -1,0 +1,375 @@
+//! The embedded backend: one SQLite file.
+//!
+//! All writes go through a single connection. SQLite allows one writer at a
+//! time anyway; funnelling them through one connection means no two of our
+//! own transactions can both hold a read lock and then deadlock upgrading it
+//! (which SQLite reports as "database is locked" without waiting). Write
+//! transactions still start with `BEGIN IMMEDIATE`, so a second process on
+//! the same file waits on the busy timeout instead of failing. Reads use a
+//! separate pool; in WAL mode they never wait for the writer.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use flotilla_domain::{ClusterName, ClusterRecord, DeployCommand, InstanceSetId};
+use sqlx::migrate::Migrator;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+
+use crate::row::{self, cluster_columns, ClusterRow};
+use crate::{Store, StoreError};
+
+static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
+
+/// How long a statement waits for a lock held by another connection (in
+/// practice: another process on the same file, or a checkpoint).
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Reads are short single statements; a few connections are plenty for the
+/// API and the engine to read concurrently.
+const READ_CONNECTIONS: u32 = 4;
+
+/// How often to draw a fresh instance set ID if the drawn one is taken by
+/// another driver. With 64 random bits one draw is all it ever takes.
+const ID_ATTEMPTS: usize = 3;
+
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    path: PathBuf,
+    writer: SqlitePool,
+    reader: SqlitePool,
+}
+
+/// The settings a connection actually runs with, as SQLite reports them.
+/// For the startup log and for tests that the durability settings hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionSettings {
+    /// `wal` for every connection.
+    pub journal_mode: String,
+    pub foreign_keys: bool,
+    /// `full`: a commit is on disk before it returns.
+    pub synchronous: String,
+    pub busy_timeout: Duration,
+    /// True for the read pool, so a write sent there by mistake fails loudly
+    /// instead of racing the writer.
+    pub query_only: bool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if missing, with its directory) the database at
+    /// `path` and brings its schema up to date.
+    pub async fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        let open_error = |source: Box<dyn std::error::Error + Send + Sync>| StoreError::Open {
+            path: path.to_owned(),
+            source,
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            tokio::fs::create_dir_all(dir).await.map_err(|e| {
+                open_error(format!("cannot create directory {}: {e}", dir.display()).into())
+            })?;
+        }
+
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .journal_mode(SqliteJournalMode::Wal)
+            // NORMAL would be enough for consistency in WAL mode, but may
+            // lose the last commits on power loss; a deploy the API
+            // acknowledged must survive.
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(BUSY_TIMEOUT);
+
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.clone().create_if_missing(true))
+            .await
+            .map_err(|e| open_error(e.into()))?;
+        MIGRATOR.run(&writer).await?;
+
+        let reader = SqlitePoolOptions::new()
+            .max_connections(READ_CONNECTIONS)
+            .connect_with(options.pragma("query_only", "ON"))
+            .await
+            .map_err(|e| open_error(e.into()))?;
+
+        let store = SqliteStore {
+            path: path.to_owned(),
+            writer,
+            reader,
+        };
+        let settings = store.write_settings().await?;
+        tracing::info!(
+            path = %path.display(),
+            journal_mode = %settings.journal_mode,
+            synchronous = %settings.synchronous,
+            "opened the SQLite store"
+        );
+        Ok(store)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Closes every connection, waiting for those in use to be returned.
+    /// Dropping the store also closes them, but without waiting.
+    pub async fn close(&self) {
+        self.reader.close().await;
+        self.writer.close().await;
+    }
+
+    /// What the write connection runs with.
+    pub async fn write_settings(&self) -> Result<ConnectionSettings, StoreError> {
+        settings(&self.writer).await
+    }
+
+    /// What a read connection runs with.
+    pub async fn read_settings(&self) -> Result<ConnectionSettings, StoreError> {
+        settings(&self.reader).await
+    }
+
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StoreError> {
+        // IMMEDIATE takes the write lock up front: a transaction that reads
+        // first and writes later can then never fail to upgrade its lock.
+        Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
+    }
+}
+
+async fn settings(pool: &SqlitePool) -> Result<ConnectionSettings, StoreError> {
+    // One connection for all pragmas so they describe the same connection.
+    let mut conn = pool.acquire().await?;
+    let journal_mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+        .fetch_one(&mut *conn)
+        .await?;
+    let foreign_keys: i64 = sqlx::query_scalar("PRAGMA foreign_keys")
+        .fetch_one(&mut *conn)
+        .await?;
+    let synchronous: i64 = sqlx::query_scalar("PRAGMA synchronous")
+        .fetch_one(&mut *conn)
+        .await?;
+    let busy_timeout: i64 = sqlx::query_scalar("PRAGMA busy_timeout")
+        .fetch_one(&mut *conn)
+        .await?;
+    let query_only: i64 = sqlx::query_scalar("PRAGMA query_only")
+        .fetch_one(&mut *conn)
+        .await?;
+    Ok(ConnectionSettings {
+        journal_mode: journal_mode.to_ascii_lowercase(),
+        foreign_keys: foreign_keys != 0,
+        synchronous: match synchronous {
+            0 => "off".to_owned(),
+            1 => "normal".to_owned(),
+            2 => "full".to_owned(),
+            3 => "extra".to_owned(),
+            other => other.to_string(),
+        },
+        busy_timeout: Duration::from_millis(u64::try_from(busy_timeout).unwrap_or(0)),
+        query_only: query_only != 0,
+    })
+}
+
+fn records(rows: Vec<ClusterRow>) -> Result<Vec<ClusterRecord>, StoreError> {
+    let mut records = rows
+        .into_iter()
+        .map(ClusterRecord::try_from)
+        .collect::<Result<Vec<_>, _>>()?;
+    // RETURNING gives rows in no particular order.
+    records.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(records)
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn instance_set_id(&self, driver: &str) -> Result<InstanceSetId, StoreError> {
+        const SELECT: &str = "SELECT id FROM instance_sets WHERE driver = $1";
+        let existing: Option<String> = sqlx::query_scalar(SELECT)
+            .bind(driver)
+            .fetch_optional(&self.reader)
+            .await?;
+        if let Some(id) = existing {
+            return row::instance_set_id(driver, id);
+        }
+        for _ in 0..ID_ATTEMPTS {
+            let mut tx = self.begin_write().await?;
+            // Insert-if-absent then read back: whoever inserts first wins
+            // and every caller, racing or later, reads the winner's ID. No
+            // conflict target, so an ID already used by another driver is
+            // skipped too, and the next attempt draws a new one.
+            sqlx::query(
+                "INSERT INTO instance_sets (driver, id, created_at) VALUES ($1, $2, $3) \
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(driver)
+            .bind(row::new_instance_set_id())
+            .bind(row::to_millis(Utc::now()))
+            .execute(&mut *tx)
+            .await?;
+            let id: Option<String> = sqlx::query_scalar(SELECT)
+                .bind(driver)
+                .fetch_optional(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            if let Some(id) = id {
+                return row::instance_set_id(driver, id);
+            }
+        }
+        Err(StoreError::Corrupt(format!(
+            "instance_sets: no free ID for driver {driver:?} after {ID_ATTEMPTS} random draws"
+        )))
+    }
+
+    async fn get_cluster(&self, name: &ClusterName) -> Result<Option<ClusterRecord>, StoreError> {
+        let row: Option<ClusterRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            cluster_columns!(),
+            " FROM clusters WHERE name = $1"
+        ))
+        .bind(name.as_str())
+        .fetch_optional(&self.reader)
+        .await?;
+        row.map(ClusterRecord::try_from).transpose()
+    }
+
+    async fn list_clusters(&self) -> Result<Vec<ClusterRecord>, StoreError> {
+        let rows: Vec<ClusterRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            cluster_columns!(),
+            " FROM clusters ORDER BY name"
+        ))
+        .fetch_all(&self.reader)
+        .await?;
+        records(rows)
+    }
+
+    async fn deploy(
+        &self,
+        command: &DeployCommand,
+        now: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+    ) -> Result<ClusterRecord, StoreError> {
+        let name = command.cluster.as_str();
+        let mut tx = self.begin_write().await?;
+        // The WHERE makes the upsert a no-op on a fixed-field mismatch; no
+        // row back then means Conflict, and the transaction is rolled back
+        // having changed nothing.
+        let upserted: Option<ClusterRow> = sqlx::query_as(concat!(
+            "INSERT INTO clusters (name, is_public, node_capacity, pool, expires_at, destroying, \
+                                   created_at, updated_at, generation) \
+             VALUES ($1, $2, $3, $4, $5, FALSE, $6, $6, 1) \
+             ON CONFLICT (name) DO UPDATE SET \
+                 node_capacity = excluded.node_capacity, \
+                 expires_at = excluded.expires_at, \
+                 destroying = FALSE, \
+                 updated_at = excluded.updated_at, \
+                 generation = clusters.generation + 1 \
+             WHERE clusters.is_public = excluded.is_public AND clusters.pool = excluded.pool \
+             RETURNING ",
+            cluster_columns!()
+        ))
+        .bind(name)
+        .bind(command.is_public)
+        .bind(i64::from(command.node_capacity.get()))
+        .bind(command.pool.as_str())
+        .bind(row::to_millis(expires_at))
+        .bind(row::to_millis(now))
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(row) = upserted {
+            let record = ClusterRecord::try_from(row)?;
+            tx.commit().await?;
+            return Ok(record);
+        }
+
+        let current: Option<ClusterRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            cluster_columns!(),
+            " FROM clusters WHERE name = $1"
+        ))
+        .bind(name)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let current = current
+            .map(ClusterRecord::try_from)
+            .transpose()?
+            .ok_or_else(|| {
+                // We hold the write lock, so the row that blocked the upsert
+                // cannot have gone away.
+                StoreError::Corrupt(format!(
+                    "clusters row {name:?}: neither inserted, updated nor found"
+                ))
+            })?;
+        if current.is_public != command.is_public {
+            return Err(StoreError::Conflict {
+                cluster: command.cluster.clone(),
+                field: "is_public",
+                current: current.is_public.to_string(),
+            });
+        }
+        if current.pool != command.pool {
+            return Err(StoreError::Conflict {
+                cluster: command.cluster.clone(),
+                field: "pool",
+                current: current.pool.to_string(),
+            });
+        }
+        Err(StoreError::Corrupt(format!(
+            "clusters row {name:?}: deploy matched is_public and pool but did not update"
+        )))
+    }
+
+    async fn destroy(
+        &self,
+        name: &ClusterName,
+        now: DateTime<Utc>,
+    ) -> Result<Option<ClusterRecord>, StoreError> {
+        let row: Option<ClusterRow> = sqlx::query_as(concat!(
+            "UPDATE clusters SET destroying = TRUE, expires_at = NULL, \
+                 generation = generation + 1, updated_at = $2 \
+             WHERE name = $1 RETURNING ",
+            cluster_columns!()
+        ))
+        .bind(name.as_str())
+        .bind(row::to_millis(now))
+        .fetch_optional(&self.writer)
+        .await?;
+        row.map(ClusterRecord::try_from).transpose()
+    }
+
+    async fn expire_due(&self, now: DateTime<Utc>) -> Result<Vec<ClusterRecord>, StoreError> {
+        // One statement, so one transaction: each due row fires exactly once
+        // however many callers race.
+        let rows: Vec<ClusterRow> = sqlx::query_as(concat!(
+            "UPDATE clusters SET destroying = TRUE, expires_at = NULL, \
+                 generation = generation + 1, updated_at = $1 \
+             WHERE expires_at IS NOT NULL AND expires_at <= $1 RETURNING ",
+            cluster_columns!()
+        ))
+        .bind(row::to_millis(now))
+        .fetch_all(&self.writer)
+        .await?;
+        records(rows)
+    }
+
+    async fn next_expiry(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let earliest: Option<i64> = sqlx::query_scalar("SELECT MIN(expires_at) FROM clusters")
+            .fetch_one(&self.reader)
+            .await?;
+        earliest
+            .map(|ms| row::from_millis(ms, || "clusters: MIN(expires_at)".to_owned()))
+            .transpose()
+    }
+
+    async fn forget(&self, name: &ClusterName, generation: i64) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "DELETE FROM clusters WHERE name = $1 AND destroying = TRUE AND generation = $2",
+        )
+        .bind(name.as_str())
+        .bind(generation)
+        .execute(&self.writer)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+}

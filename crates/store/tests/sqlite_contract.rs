@@ -1,0 +1,264 @@
+//! The store contract on SQLite, plus what only a file-backed store can
+//! show: durability settings, reopening, and errors on opening.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use flotilla_domain::{ClusterName, DeployCommand, Limits, NodeCapacity, PoolName, TimeToLive};
+use flotilla_store::contract::Harness;
+use flotilla_store::{SqliteStore, Store, StoreError};
+use sqlx::ConnectOptions;
+use tokio::task::JoinSet;
+
+async fn sqlite_harness() -> Harness {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A directory that does not exist yet: open creates it.
+    let store = SqliteStore::open(&dir.path().join("state").join("flotilla.db"))
+        .await
+        .expect("open");
+    Harness {
+        store: Arc::new(store),
+        guard: Box::new(dir),
+    }
+}
+
+flotilla_store::store_contract_tests!(sqlite_harness);
+
+fn t(seconds: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp(1_700_000_000 + seconds, 0).expect("valid time")
+}
+
+fn command(cluster: &str, nodes: i64) -> DeployCommand {
+    let limits = Limits::default();
+    DeployCommand {
+        cluster: ClusterName::new(cluster).unwrap(),
+        node_capacity: NodeCapacity::new(nodes, &limits).unwrap(),
+        time_to_live: TimeToLive::new(3600, &limits).unwrap(),
+        is_public: false,
+        pool: PoolName::new("default").unwrap(),
+    }
+}
+
+#[tokio::test]
+async fn clusters_and_instance_set_ids_survive_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("flotilla.db");
+
+    let store = SqliteStore::open(&path).await.unwrap();
+    store
+        .deploy(&command("kept", 3), t(0), t(600))
+        .await
+        .unwrap();
+    store
+        .deploy(&command("going", 1), t(0), t(600))
+        .await
+        .unwrap();
+    store
+        .destroy(&ClusterName::new("going").unwrap(), t(5))
+        .await
+        .unwrap();
+    let local = store.instance_set_id("local").await.unwrap();
+    let ec2 = store.instance_set_id("ec2").await.unwrap();
+    let before = store.list_clusters().await.unwrap();
+    store.close().await;
+
+    let reopened = SqliteStore::open(&path).await.unwrap();
+    assert_eq!(reopened.list_clusters().await.unwrap(), before);
+    assert_eq!(reopened.instance_set_id("local").await.unwrap(), local);
+    assert_eq!(reopened.instance_set_id("ec2").await.unwrap(), ec2);
+    assert_eq!(reopened.next_expiry().await.unwrap(), Some(t(600)));
+    // And it is still writable after the migrations ran a second time.
+    let again = reopened
+        .deploy(&command("kept", 4), t(10), t(700))
+        .await
+        .unwrap();
+    assert_eq!(again.generation, 2);
+    reopened.close().await;
+}
+
+#[tokio::test]
+async fn writes_are_visible_after_reopening_without_close() {
+    // Dropping without `close` is what a crash looks like to the file: the
+    // commit must already be there.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("flotilla.db");
+    let made = {
+        let store = SqliteStore::open(&path).await.unwrap();
+        store
+            .deploy(&command("kept", 2), t(0), t(600))
+            .await
+            .unwrap()
+    };
+    let reopened = SqliteStore::open(&path).await.unwrap();
+    assert_eq!(reopened.get_cluster(&made.name).await.unwrap(), Some(made));
+}
+
+#[tokio::test]
+async fn instance_set_ids_have_the_documented_form() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("f.db")).await.unwrap();
+    let id = store.instance_set_id("local").await.unwrap();
+    let id = id.as_str();
+    assert_eq!(id.len(), 19, "{id}");
+    assert!(id.starts_with("fl-"), "{id}");
+    assert!(
+        id[3..]
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
+        "{id}"
+    );
+}
+
+#[tokio::test]
+async fn connections_run_in_wal_mode_with_durable_commits_and_foreign_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("flotilla.db");
+    let store = SqliteStore::open(&path).await.unwrap();
+
+    let write = store.write_settings().await.unwrap();
+    assert_eq!(write.journal_mode, "wal");
+    assert!(write.foreign_keys);
+    assert_eq!(write.synchronous, "full");
+    assert_eq!(write.busy_timeout, Duration::from_secs(5));
+    assert!(!write.query_only);
+
+    let read = store.read_settings().await.unwrap();
+    assert_eq!(read.journal_mode, "wal");
+    assert!(read.foreign_keys);
+    assert_eq!(read.busy_timeout, Duration::from_secs(5));
+    assert!(read.query_only, "the read pool must not write");
+
+    // WAL is a property of the file, so any later opener gets it too.
+    let mut raw = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(&path)
+        .connect()
+        .await
+        .unwrap();
+    let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+        .fetch_one(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(mode.to_ascii_lowercase(), "wal");
+}
+
+#[tokio::test]
+async fn opening_under_a_file_fails_naming_the_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let blocker = dir.path().join("not-a-directory");
+    std::fs::write(&blocker, b"").unwrap();
+    let path = blocker.join("state").join("flotilla.db");
+
+    let err = SqliteStore::open(&path)
+        .await
+        .expect_err("cannot create the directory");
+    assert!(
+        matches!(&err, StoreError::Open { path: p, .. } if p == &path),
+        "{err:?}"
+    );
+    let message = err.to_string();
+    assert!(message.contains(&path.display().to_string()), "{message}");
+    assert!(message.contains("cannot create directory"), "{message}");
+}
+
+#[tokio::test]
+async fn opening_a_directory_fails_naming_the_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = SqliteStore::open(dir.path())
+        .await
+        .expect_err("a directory is no database");
+    assert!(matches!(&err, StoreError::Open { .. }), "{err:?}");
+    assert!(
+        err.to_string().contains(&dir.path().display().to_string()),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn invalid_stored_rows_are_reported_as_corrupt_naming_the_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("flotilla.db");
+    let store = SqliteStore::open(&path).await.unwrap();
+    store
+        .deploy(&command("fine", 1), t(0), t(600))
+        .await
+        .unwrap();
+
+    let mut raw = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(&path)
+        .connect()
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO clusters (name, is_public, node_capacity, pool, expires_at, destroying, \
+                               created_at, updated_at, generation) \
+         VALUES ('bad name', FALSE, 1, 'default', NULL, FALSE, 0, 0, 1)",
+    )
+    .execute(&mut raw)
+    .await
+    .unwrap();
+    sqlx::query("INSERT INTO instance_sets (driver, id, created_at) VALUES ('odd', '-x', 0)")
+        .execute(&mut raw)
+        .await
+        .unwrap();
+
+    match store.list_clusters().await {
+        Err(StoreError::Corrupt(msg)) => assert!(msg.contains("\"bad name\""), "{msg}"),
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+    match store.instance_set_id("odd").await {
+        Err(StoreError::Corrupt(msg)) => assert!(msg.contains("\"odd\""), "{msg}"),
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+    // Valid rows are still readable one by one.
+    assert!(store
+        .get_cluster(&ClusterName::new("fine").unwrap())
+        .await
+        .unwrap()
+        .is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_stores_on_one_file_wait_for_each_other_instead_of_failing() {
+    // Two processes on one file (say, a server and a restarting one) each
+    // have their own writer; BEGIN IMMEDIATE and the busy timeout make them
+    // take turns.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("flotilla.db");
+    let first: Arc<dyn Store> = Arc::new(SqliteStore::open(&path).await.unwrap());
+    let second: Arc<dyn Store> = Arc::new(SqliteStore::open(&path).await.unwrap());
+
+    let mut tasks = JoinSet::new();
+    for i in 0..40 {
+        let store = if i % 2 == 0 {
+            first.clone()
+        } else {
+            second.clone()
+        };
+        tasks.spawn(async move {
+            store
+                .deploy(&command(&format!("c{i:02}"), 1), t(0), t(600))
+                .await?;
+            store
+                .deploy(&command("shared", i % 5 + 1), t(i), t(600 + i))
+                .await?;
+            store.instance_set_id("local").await
+        });
+    }
+    let mut ids = std::collections::BTreeSet::new();
+    while let Some(joined) = tasks.join_next().await {
+        ids.insert(joined.unwrap().expect("no lock errors across stores"));
+    }
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    assert_eq!(first.list_clusters().await.unwrap().len(), 41);
+    assert_eq!(
+        second.list_clusters().await.unwrap(),
+        first.list_clusters().await.unwrap()
+    );
+    let shared = first
+        .get_cluster(&ClusterName::new("shared").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(shared.generation, 40);
+}
