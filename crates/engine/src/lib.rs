@@ -1,1 +1,247 @@
+//! The engine: turns durable desired state into instances and keeps them
+//! converged.
+//!
+//! - [`runtime`] runs reconciles with per-cluster exclusion, deduplicated
+//!   wake-ups, bounded concurrency and back-off;
+//! - [`reconcile`] is the per-cluster reconcile: probe, plan, act;
+//! - [`sync`] lists every instance set on a timer (and on demand) and wakes
+//!   every cluster, so drift is caught;
+//! - [`expiry`] fires scheduled deletions at their deadline;
+//! - [`service`] is the engine's front door: DEPLOY, DESTROY, STATUS.
+//!
+//! The engine is the only part of flotilla that calls drivers.
 
+mod desired;
+mod error;
+mod expiry;
+pub mod inventory;
+mod metrics;
+mod reconcile;
+pub mod runtime;
+mod service;
+mod sync;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use flotilla_cloud::{Clock, InstanceSet, Tags};
+use flotilla_domain::{ClusterName, InstanceType, Limits, PoolName, Timeouts};
+use flotilla_store::Store;
+use prometheus_client::registry::Registry;
+use tokio::sync::{watch, Notify};
+
+pub use error::EngineError;
+pub use service::{ClusterView, NodeView};
+
+use desired::DesiredCache;
+use inventory::SetInventory;
+use metrics::EngineMetrics;
+use runtime::Runtime;
+
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub limits: Limits,
+    pub timeouts: Timeouts,
+    /// Full listing and reconcile of everything, on top of event-driven work.
+    pub resync_interval: Duration,
+    /// How often a ready node is probed.
+    pub probe_interval: Duration,
+    /// Longest a request with `wait` blocks.
+    pub max_wait: Duration,
+    /// Reconciles running at once.
+    pub concurrency: usize,
+    /// Shortest gap between listings asked for by reconciles (to see
+    /// destroyed instances leave), so a burst of destroys costs one listing.
+    pub min_list_interval: Duration,
+    /// How long an instance type (or scope) is avoided after the cloud said
+    /// it has no capacity.
+    pub capacity_backoff: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            limits: Limits::default(),
+            timeouts: Timeouts::default(),
+            resync_interval: Duration::from_secs(10),
+            probe_interval: Duration::from_secs(10),
+            max_wait: Duration::from_secs(600),
+            concurrency: 32,
+            min_list_interval: Duration::from_millis(250),
+            capacity_backoff: Duration::from_secs(60),
+        }
+    }
+}
+
+/// A pool: how to make the nodes of a cluster.
+#[derive(Debug, Clone)]
+pub struct PoolSpec {
+    /// The name of the driver (instance set) that makes them.
+    pub driver: String,
+    pub instance_type: InstanceType,
+    pub image: Option<String>,
+    pub init_data: Option<String>,
+    pub tags: Tags,
+}
+
+/// Everything the engine's loops share.
+struct Shared {
+    config: EngineConfig,
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    sets: BTreeMap<String, Arc<dyn InstanceSet>>,
+    pools: BTreeMap<PoolName, PoolSpec>,
+    default_pool: PoolName,
+    desired: DesiredCache,
+    inventory: Mutex<BTreeMap<String, SetInventory>>,
+    runtime: Runtime<ClusterName>,
+    /// Bumped whenever a cluster may have changed, for `wait`.
+    watchers: Mutex<BTreeMap<ClusterName, watch::Sender<u64>>>,
+    sync_soon: Notify,
+    expiry_changed: Notify,
+    stop: watch::Sender<bool>,
+    metrics: EngineMetrics,
+}
+
+impl Shared {
+    fn notify_changed(&self, cluster: &ClusterName) {
+        let mut watchers = self.watchers.lock().unwrap();
+        if let Some(tx) = watchers.get(cluster) {
+            if tx.receiver_count() == 0 {
+                watchers.remove(cluster);
+            } else {
+                tx.send_modify(|v| *v += 1);
+            }
+        }
+    }
+
+    fn subscribe(&self, cluster: &ClusterName) -> watch::Receiver<u64> {
+        self.watchers
+            .lock()
+            .unwrap()
+            .entry(cluster.clone())
+            .or_insert_with(|| watch::channel(0).0)
+            .subscribe()
+    }
+
+    /// Resolves once shutdown has begun, including when it began before
+    /// the caller first looked (a task may be stopped before it first runs).
+    async fn stopped(&self) {
+        let mut rx = self.stop.subscribe();
+        let _ = rx.wait_for(|stopping| *stopping).await;
+    }
+}
+
+/// The running engine. Cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    shared: Arc<Shared>,
+}
+
+/// The engine's background tasks; [`EngineTasks::shutdown`] drains them.
+pub struct EngineTasks {
+    shared: Arc<Shared>,
+    handles: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl EngineTasks {
+    /// Stops taking new work and waits for running reconciles to end.
+    pub async fn shutdown(self) {
+        // `send` would drop the value when no task is listening yet.
+        self.shared.stop.send_replace(true);
+        self.shared.runtime.shutdown();
+        for h in self.handles {
+            let _ = h.await;
+        }
+    }
+}
+
+impl Engine {
+    /// Loads desired state, lists every instance set once, and starts the
+    /// loops.
+    pub async fn start(
+        config: EngineConfig,
+        store: Arc<dyn Store>,
+        sets: BTreeMap<String, Arc<dyn InstanceSet>>,
+        pools: BTreeMap<PoolName, PoolSpec>,
+        default_pool: PoolName,
+        clock: Arc<dyn Clock>,
+        registry: &mut Registry,
+    ) -> Result<(Engine, EngineTasks), EngineError> {
+        for (name, pool) in &pools {
+            if !sets.contains_key(&pool.driver) {
+                return Err(EngineError::Config(format!(
+                    "pool {name} uses driver {:?}, which is not configured",
+                    pool.driver
+                )));
+            }
+        }
+        if !pools.contains_key(&default_pool) {
+            return Err(EngineError::Config(format!(
+                "the default pool {default_pool} is not configured"
+            )));
+        }
+        // Deletions that came due while the server was down fire before
+        // anything is reconciled, so no node is created for them.
+        for expired in store.expire_due(clock.now()).await? {
+            tracing::info!(cluster = %expired.name, "time-to-live ran out while the server was down; destroying the cluster");
+        }
+        let records = store.list_clusters().await?;
+        let inventory = sets
+            .keys()
+            .map(|k| (k.clone(), SetInventory::default()))
+            .collect();
+        let shared = Arc::new(Shared {
+            runtime: Runtime::new(config.concurrency),
+            config,
+            store,
+            clock,
+            sets,
+            pools,
+            default_pool,
+            desired: DesiredCache::new(records),
+            inventory: Mutex::new(inventory),
+            watchers: Mutex::new(BTreeMap::new()),
+            sync_soon: Notify::new(),
+            expiry_changed: Notify::new(),
+            stop: watch::channel(false).0,
+            metrics: EngineMetrics::register(registry),
+        });
+
+        // One listing of every set before anything is planned; it names the
+        // clusters with nodes, wanted or not (orphans left by a crash).
+        let found = sync::sync_all(&shared).await;
+
+        let mut handles = Vec::new();
+        handles.push(tokio::spawn({
+            let shared = shared.clone();
+            async move {
+                let s = shared.clone();
+                shared
+                    .runtime
+                    .run(move |cluster| reconcile::reconcile_cluster(s.clone(), cluster))
+                    .await
+            }
+        }));
+        handles.push(tokio::spawn(sync::run(shared.clone())));
+        handles.push(tokio::spawn(expiry::run(shared.clone())));
+        for name in shared.desired.names().into_iter().chain(found) {
+            shared.runtime.wake(name);
+        }
+        Ok((
+            Engine {
+                shared: shared.clone(),
+            },
+            EngineTasks { shared, handles },
+        ))
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.shared.config
+    }
+
+    pub fn pools(&self) -> impl Iterator<Item = &PoolName> {
+        self.shared.pools.keys()
+    }
+}

@@ -1,0 +1,47 @@
+use flotilla_domain::{ClusterName, NameError, ValidationError};
+use flotilla_store::StoreError;
+
+/// Why the engine refused or failed a command. The API maps each variant to
+/// a status code and a stable error code in one place.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    InvalidName(#[from] NameError),
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+    #[error("unknown pool {pool:?}; configured pools: {known}")]
+    UnknownPool { pool: String, known: String },
+    #[error(transparent)]
+    Conflict(StoreError),
+    #[error("cluster {0} does not exist")]
+    NotFound(ClusterName),
+    #[error("the server is shutting down")]
+    ShuttingDown,
+    #[error("storage failed: {0}")]
+    Store(StoreError),
+    #[error("configuration error: {0}")]
+    Config(String),
+}
+
+impl From<StoreError> for EngineError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Conflict { .. } => EngineError::Conflict(e),
+            other => EngineError::Store(other),
+        }
+    }
+}
+
+/// Why one reconcile failed (the runtime backs off and retries).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ReconcileError {
+    #[error("cluster {cluster}: {message}")]
+    Cloud { cluster: ClusterName, message: String },
+    #[error("cluster {cluster}: {source}")]
+    Store {
+        cluster: ClusterName,
+        source: StoreError,
+    },
+    #[error("cluster {cluster} uses pool {pool}, which is no longer configured; its nodes are left as they are")]
+    PoolGone { cluster: ClusterName, pool: String },
+}

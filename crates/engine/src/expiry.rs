@@ -1,0 +1,43 @@
+//! Scheduled deletions. Deadlines live in the store, so they survive
+//! restarts; this loop sleeps until the earliest one and fires it, and a
+//! deadline that passed while the server was down fires at start-up.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::Shared;
+
+/// Longest sleep between checks, so a wall-clock jump is noticed.
+const MAX_SLEEP: Duration = Duration::from_secs(30);
+
+pub(crate) async fn run(shared: Arc<Shared>) {
+    loop {
+        let now = shared.clock.now();
+        match shared.store.expire_due(now).await {
+            Ok(expired) => {
+                for record in expired {
+                    tracing::info!(cluster = %record.name, "time-to-live ran out; destroying the cluster");
+                    shared.metrics.expired();
+                    let name = record.name.clone();
+                    shared.desired.put(record);
+                    shared.runtime.wake(name.clone());
+                    shared.notify_changed(&name);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "firing scheduled deletions failed"),
+        }
+        let sleep = match shared.store.next_expiry().await {
+            Ok(Some(at)) => (at - shared.clock.now()).to_std().unwrap_or_default().min(MAX_SLEEP),
+            Ok(None) => MAX_SLEEP,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading scheduled deletions failed");
+                Duration::from_secs(1)
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(sleep) => {}
+            _ = shared.expiry_changed.notified() => {}
+            _ = shared.stopped() => return,
+        }
+    }
+}

@@ -1,0 +1,295 @@
+//! What the engine has observed of each instance set: the nodes of every
+//! cluster with their states, plus the set's quota and capacity gates.
+//! Rebuilt from the cloud's listing, so a restarted server recovers it
+//! without any stored copy.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use flotilla_cloud::{CapacityScope, Health, Instance};
+use flotilla_domain::{ClusterName, InstanceId, InstanceType, NodeState, ObservedNode};
+use tokio::time::Instant;
+
+/// Fastest probe cadence for a node not (yet) ready; doubles to a second.
+pub const FIRST_PROBE_DELAY: Duration = Duration::from_millis(100);
+const SLOW_PROBE_DELAY: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Clone)]
+pub struct TrackedNode {
+    pub instance: Instance,
+    pub state: NodeState,
+    pub state_since: DateTime<Utc>,
+    pub last_destroy_attempt: Option<DateTime<Utc>>,
+    pub next_probe: Instant,
+    probe_delay: Duration,
+    /// The inventory's create counter when this server created the node, to
+    /// tell a node created while a listing was running from one that has gone.
+    created_here: Option<u64>,
+}
+
+impl TrackedNode {
+    fn new(instance: Instance, now: DateTime<Utc>, created_here: Option<u64>) -> Self {
+        Self {
+            instance,
+            state: NodeState::Booting,
+            state_since: now,
+            last_destroy_attempt: None,
+            next_probe: Instant::now(),
+            probe_delay: FIRST_PROBE_DELAY,
+            created_here,
+        }
+    }
+
+    pub fn observed(&self) -> ObservedNode {
+        ObservedNode {
+            id: self.instance.id.clone(),
+            instance_type: self.instance.instance_type.clone(),
+            launched_at: self.instance.launched_at,
+            state: self.state,
+            state_since: self.state_since,
+            last_destroy_attempt: self.last_destroy_attempt,
+        }
+    }
+
+    pub fn wants_probe(&self, now: Instant) -> bool {
+        self.state != NodeState::ShuttingDown && self.next_probe <= now
+    }
+
+    fn record_probe(&mut self, health: Health, now: DateTime<Utc>, probe_interval: Duration) {
+        let next = match (self.state, health) {
+            (NodeState::ShuttingDown, _) => return,
+            (NodeState::Ready, Health::Ready) => probe_interval,
+            (_, Health::Ready) => {
+                self.state = NodeState::Ready;
+                self.state_since = now;
+                probe_interval
+            }
+            (NodeState::Ready, Health::NotReady) => {
+                self.state = NodeState::Unhealthy;
+                self.state_since = now;
+                self.probe_delay = FIRST_PROBE_DELAY;
+                self.probe_delay
+            }
+            (_, Health::NotReady) => {
+                self.probe_delay = (self.probe_delay * 2).min(SLOW_PROBE_DELAY.min(probe_interval));
+                self.probe_delay
+            }
+        };
+        self.next_probe = Instant::now() + next;
+    }
+}
+
+/// One instance set's view.
+#[derive(Debug, Default)]
+pub struct SetInventory {
+    pub clusters: HashMap<ClusterName, BTreeMap<InstanceId, TrackedNode>>,
+    /// Set once the first listing succeeded: until then nothing is planned,
+    /// so a restart cannot create duplicates of nodes it has not seen yet.
+    pub listed: bool,
+    /// Instance count when the cloud last said `QuotaExceeded`; no creates
+    /// until the count drops below it.
+    pub quota_blocked_at: Option<usize>,
+    pub capacity_backoff: HashMap<CapacityScope, Instant>,
+    /// Counts the creates recorded here, so that a listing knows which nodes
+    /// it may not have seen. A counter, not a clock: two events can share an
+    /// instant, and a paused test clock makes them all share one.
+    creates: u64,
+}
+
+/// Where the inventory stood when a listing began; see [`SetInventory::listing_mark`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListingMark(u64);
+
+impl SetInventory {
+    pub fn total(&self) -> usize {
+        self.clusters.values().map(BTreeMap::len).sum()
+    }
+
+    pub fn nodes(&self, cluster: &ClusterName) -> impl Iterator<Item = &TrackedNode> {
+        self.clusters.get(cluster).into_iter().flat_map(|m| m.values())
+    }
+
+    /// Taken just before a listing is asked for and handed back to
+    /// [`apply_listing`](Self::apply_listing): nodes recorded after it are
+    /// kept even if the listing lacks them.
+    pub fn listing_mark(&self) -> ListingMark {
+        ListingMark(self.creates)
+    }
+
+    /// Replaces the view with a fresh listing that began at `mark`.
+    /// Returns the clusters that gained or lost nodes.
+    pub fn apply_listing(
+        &mut self,
+        listing: Vec<Instance>,
+        mark: ListingMark,
+        now: DateTime<Utc>,
+    ) -> HashSet<ClusterName> {
+        let mut seen: HashMap<InstanceId, Instance> = HashMap::with_capacity(listing.len());
+        for instance in listing {
+            seen.insert(instance.id.clone(), instance);
+        }
+        let mut changed = HashSet::new();
+        for (cluster, nodes) in self.clusters.iter_mut() {
+            nodes.retain(|id, node| {
+                if let Some(instance) = seen.remove(id) {
+                    node.instance = instance;
+                    true
+                } else if node.created_here.is_some_and(|n| n > mark.0) {
+                    true
+                } else {
+                    changed.insert(cluster.clone());
+                    false
+                }
+            });
+        }
+        self.clusters.retain(|_, nodes| !nodes.is_empty());
+        for (_, instance) in seen {
+            let Some(cluster) = instance.cluster() else {
+                tracing::warn!(instance = %instance.id, "instance carries our ID but no valid cluster tag; leaving it alone");
+                continue;
+            };
+            tracing::info!(instance = %instance.id, %cluster, "adopting instance from the cloud listing");
+            changed.insert(cluster.clone());
+            self.clusters
+                .entry(cluster)
+                .or_default()
+                .insert(instance.id.clone(), TrackedNode::new(instance, now, None));
+        }
+        if self.quota_blocked_at.is_some_and(|at| self.total() < at) {
+            tracing::info!("an instance went away; creating again after the quota error");
+            self.quota_blocked_at = None;
+        }
+        self.listed = true;
+        changed
+    }
+
+    pub fn add_created(&mut self, cluster: &ClusterName, instances: Vec<Instance>, now: DateTime<Utc>) {
+        self.creates += 1;
+        let here = self.creates;
+        let nodes = self.clusters.entry(cluster.clone()).or_default();
+        for instance in instances {
+            nodes.insert(instance.id.clone(), TrackedNode::new(instance, now, Some(here)));
+        }
+    }
+
+    pub fn mark_destroying(&mut self, cluster: &ClusterName, id: &InstanceId, now: DateTime<Utc>) {
+        if let Some(node) = self.clusters.get_mut(cluster).and_then(|m| m.get_mut(id)) {
+            if node.state != NodeState::ShuttingDown {
+                node.state = NodeState::ShuttingDown;
+                node.state_since = now;
+            }
+            node.last_destroy_attempt = Some(now);
+        }
+    }
+
+    pub fn record_probe(
+        &mut self,
+        cluster: &ClusterName,
+        id: &InstanceId,
+        health: Health,
+        now: DateTime<Utc>,
+        probe_interval: Duration,
+    ) {
+        if let Some(node) = self.clusters.get_mut(cluster).and_then(|m| m.get_mut(id)) {
+            node.record_probe(health, now, probe_interval);
+        }
+    }
+
+    /// How many instances of `ty` may be created now.
+    pub fn may_create(&self, ty: &InstanceType, now: Instant) -> u32 {
+        if self.quota_blocked_at.is_some() {
+            return 0;
+        }
+        let blocked = |scope: &CapacityScope| self.capacity_backoff.get(scope).is_some_and(|t| *t > now);
+        if blocked(&CapacityScope::All) || blocked(&CapacityScope::InstanceType(ty.clone())) {
+            return 0;
+        }
+        u32::MAX
+    }
+
+    /// When the earliest capacity back-off affecting `ty` ends.
+    pub fn capacity_retry(&self, ty: &InstanceType, now: Instant) -> Option<Instant> {
+        [CapacityScope::All, CapacityScope::InstanceType(ty.clone())]
+            .iter()
+            .filter_map(|s| self.capacity_backoff.get(s))
+            .filter(|t| **t > now)
+            .max()
+            .copied()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flotilla_cloud::{ownership_tags, Tags};
+    use flotilla_domain::InstanceSetId;
+
+    fn instance(id: &str, cluster: &str) -> Instance {
+        let set = InstanceSetId::new("s").unwrap();
+        let ty = InstanceType::new("small").unwrap();
+        Instance {
+            id: InstanceId::new(id),
+            instance_type: ty.clone(),
+            tags: ownership_tags(&set, &ClusterName::new(cluster).unwrap(), &ty),
+            address: None,
+            launched_at: Utc::now(),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn listing_adopts_and_forgets() {
+        let mut inv = SetInventory::default();
+        let changed = inv.apply_listing(vec![instance("a", "c1"), instance("b", "c2")], inv.listing_mark(), Utc::now());
+        assert_eq!((changed.len(), inv.total()), (2, 2));
+        assert!(inv.nodes(&ClusterName::new("c1").unwrap()).all(|n| n.state == NodeState::Booting));
+        let changed = inv.apply_listing(vec![instance("a", "c1")], inv.listing_mark(), Utc::now());
+        assert_eq!(changed, HashSet::from([ClusterName::new("c2").unwrap()]));
+        assert_eq!(inv.total(), 1);
+        assert!(!inv.clusters.contains_key(&ClusterName::new("c2").unwrap()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_node_created_during_a_listing_is_not_forgotten() {
+        let mut inv = SetInventory::default();
+        let c = ClusterName::new("c").unwrap();
+        let mark = inv.listing_mark();
+        inv.add_created(&c, vec![instance("new", "c")], Utc::now());
+        inv.apply_listing(vec![], mark, Utc::now());
+        assert_eq!(inv.total(), 1, "the listing began before the create");
+        inv.apply_listing(vec![], inv.listing_mark(), Utc::now());
+        assert_eq!(inv.total(), 0, "a later listing without it means it is gone");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn quota_block_clears_when_an_instance_goes() {
+        let mut inv = SetInventory::default();
+        inv.apply_listing(vec![instance("a", "c"), instance("b", "c")], inv.listing_mark(), Utc::now());
+        inv.quota_blocked_at = Some(2);
+        let ty = InstanceType::new("small").unwrap();
+        assert_eq!(inv.may_create(&ty, Instant::now()), 0);
+        inv.apply_listing(vec![instance("a", "c"), instance("b", "c")], inv.listing_mark(), Utc::now());
+        assert_eq!(inv.may_create(&ty, Instant::now()), 0);
+        inv.apply_listing(vec![instance("a", "c")], inv.listing_mark(), Utc::now());
+        assert_eq!(inv.may_create(&ty, Instant::now()), u32::MAX);
+        let _ = Tags::new();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn probes_move_nodes_between_states() {
+        let mut inv = SetInventory::default();
+        let c = ClusterName::new("c").unwrap();
+        let id = InstanceId::new("a");
+        inv.apply_listing(vec![instance("a", "c")], inv.listing_mark(), Utc::now());
+        let interval = Duration::from_secs(10);
+        inv.record_probe(&c, &id, Health::NotReady, Utc::now(), interval);
+        assert_eq!(inv.nodes(&c).next().unwrap().state, NodeState::Booting);
+        inv.record_probe(&c, &id, Health::Ready, Utc::now(), interval);
+        assert_eq!(inv.nodes(&c).next().unwrap().state, NodeState::Ready);
+        inv.record_probe(&c, &id, Health::NotReady, Utc::now(), interval);
+        assert_eq!(inv.nodes(&c).next().unwrap().state, NodeState::Unhealthy);
+        inv.mark_destroying(&c, &id, Utc::now());
+        inv.record_probe(&c, &id, Health::Ready, Utc::now(), interval);
+        assert_eq!(inv.nodes(&c).next().unwrap().state, NodeState::ShuttingDown);
+    }
+}

@@ -1,0 +1,265 @@
+//! One cluster's reconcile: probe its nodes, plan, act. Level-triggered and
+//! idempotent: it is given a cluster's name, never a reason, compares
+//! desired with observed on every instance set, and says when to look
+//! again.
+
+use std::sync::Arc;
+
+use flotilla_cloud::{CloudError, CreateRequest, Instance, InstanceSet};
+use flotilla_domain::{plan, ClusterName, ClusterRecord, NodeState, ObservedNode, WantedNodes};
+use futures::future::join_all;
+use tokio::time::Instant;
+
+use crate::error::ReconcileError;
+use crate::runtime::Next;
+use crate::{PoolSpec, Shared};
+
+pub(crate) async fn reconcile_cluster(
+    shared: Arc<Shared>,
+    cluster: ClusterName,
+) -> Result<Next, ReconcileError> {
+    let start = Instant::now();
+    let result = reconcile(&shared, &cluster).await;
+    shared.metrics.reconciled(result.is_ok(), start.elapsed());
+    shared.notify_changed(&cluster);
+    result
+}
+
+/// The earliest of several "look again at" wishes.
+#[derive(Default)]
+struct Earliest(Option<Instant>);
+
+impl Earliest {
+    fn at(&mut self, t: Instant) {
+        self.0 = Some(self.0.map_or(t, |o| o.min(t)));
+    }
+}
+
+async fn reconcile(shared: &Shared, cluster: &ClusterName) -> Result<Next, ReconcileError> {
+    let record = shared.desired.get(cluster);
+    let pool = match &record {
+        Some(r) => match shared.pools.get(&r.pool) {
+            Some(p) => Some(p),
+            None => {
+                return Err(ReconcileError::PoolGone {
+                    cluster: cluster.clone(),
+                    pool: r.pool.to_string(),
+                })
+            }
+        },
+        None => None,
+    };
+
+    let mut next = Earliest::default();
+    let mut errors = Vec::new();
+    let mut nodes_left = false;
+
+    for (driver, set) in &shared.sets {
+        if !shared.inventory.lock().unwrap()[driver].listed {
+            // Nothing is known of this set yet; planning now could duplicate
+            // nodes. The first successful listing wakes every cluster.
+            nodes_left = true;
+            continue;
+        }
+        probe_due(shared, driver, set.as_ref(), cluster).await;
+
+        let wanted = match (&record, pool) {
+            (Some(r), Some(p)) if !r.destroying && &p.driver == driver => Some(WantedNodes {
+                count: r.node_capacity.get(),
+                instance_type: p.instance_type.clone(),
+            }),
+            _ => None,
+        };
+        let now = shared.clock.now();
+        let plan = {
+            let inv = shared.inventory.lock().unwrap();
+            let set_inv = &inv[driver];
+            let observed: Vec<ObservedNode> = set_inv.nodes(cluster).map(|n| n.observed()).collect();
+            let may_create = wanted
+                .as_ref()
+                .map_or(0, |w| set_inv.may_create(&w.instance_type, Instant::now()));
+            plan(wanted.as_ref(), &observed, now, &shared.config.timeouts, may_create)
+        };
+
+        if !plan.destroy.is_empty() {
+            let results = join_all(plan.destroy.iter().map(|(id, _)| set.destroy(id))).await;
+            let now = shared.clock.now();
+            for ((id, reason), result) in plan.destroy.iter().zip(results) {
+                match result {
+                    Ok(()) => {
+                        tracing::info!(%cluster, %driver, instance = %id, reason = reason.as_str(), "destroying node");
+                        shared.metrics.destroyed(driver, reason.as_str());
+                        shared
+                            .inventory
+                            .lock()
+                            .unwrap()
+                            .get_mut(driver)
+                            .expect("known driver")
+                            .mark_destroying(cluster, id, now);
+                    }
+                    Err(CloudError::RateLimited { earliest_retry, .. }) => next.at(earliest_retry),
+                    Err(e) => errors.push(format!("destroy {id}: {e}")),
+                }
+            }
+            // See them leave the listing soon rather than at the next resync.
+            shared.sync_soon.notify_one();
+        }
+
+        if plan.create > 0 {
+            let (record, pool) = (
+                record.as_ref().expect("creates only for a wanted cluster"),
+                pool.expect("creates only for a wanted cluster"),
+            );
+            create(shared, driver, set.as_ref(), record, pool, plan.create, &mut next, &mut errors).await;
+        }
+
+        let inv = shared.inventory.lock().unwrap();
+        let set_inv = &inv[driver];
+        if plan.deferred > 0 {
+            if let Some(pool) = pool {
+                if let Some(t) = set_inv.capacity_retry(&pool.instance_type, Instant::now()) {
+                    next.at(t);
+                }
+            }
+        }
+        let now = shared.clock.now();
+        for node in set_inv.nodes(cluster) {
+            nodes_left = true;
+            if node.state == NodeState::ShuttingDown {
+                // Destroy is asked again until the node leaves the listing.
+                let since = node.last_destroy_attempt.unwrap_or(now);
+                let spent = (now - since).to_std().unwrap_or_default();
+                next.at(Instant::now() + shared.config.timeouts.destroy_retry.saturating_sub(spent));
+            } else {
+                next.at(node.next_probe);
+                // Timeouts must fire even if probes stop changing anything.
+                let timeout = match node.state {
+                    NodeState::Booting => Some((node.instance.launched_at, shared.config.timeouts.boot)),
+                    NodeState::Unhealthy => Some((node.state_since, shared.config.timeouts.probe)),
+                    _ => None,
+                };
+                if let Some((since, limit)) = timeout {
+                    let spent = (now - since).to_std().unwrap_or_default();
+                    next.at(Instant::now() + limit.saturating_sub(spent));
+                }
+            }
+        }
+    }
+
+    if let Some(r) = &record {
+        if r.destroying && !nodes_left {
+            let forgotten = shared
+                .store
+                .forget(cluster, r.generation)
+                .await
+                .map_err(|source| ReconcileError::Store {
+                    cluster: cluster.clone(),
+                    source,
+                })?;
+            if forgotten {
+                tracing::info!(%cluster, "cluster destroyed");
+                shared.desired.remove(cluster, r.generation);
+            } else {
+                next.at(Instant::now());
+            }
+        }
+    }
+
+    if !errors.is_empty() {
+        return Err(ReconcileError::Cloud {
+            cluster: cluster.clone(),
+            message: errors.join("; "),
+        });
+    }
+    Ok(match next.0 {
+        Some(t) => Next::After(t.saturating_duration_since(Instant::now())),
+        None => Next::Idle,
+    })
+}
+
+async fn probe_due(shared: &Shared, driver: &str, set: &dyn InstanceSet, cluster: &ClusterName) {
+    let due: Vec<Instance> = {
+        let inv = shared.inventory.lock().unwrap();
+        let now = Instant::now();
+        inv[driver]
+            .nodes(cluster)
+            .filter(|n| n.wants_probe(now))
+            .map(|n| n.instance.clone())
+            .collect()
+    };
+    if due.is_empty() {
+        return;
+    }
+    let results = join_all(due.iter().map(|i| set.probe(i))).await;
+    let now = shared.clock.now();
+    let mut inv = shared.inventory.lock().unwrap();
+    let set_inv = inv.get_mut(driver).expect("known driver");
+    for (instance, health) in due.iter().zip(results) {
+        set_inv.record_probe(cluster, &instance.id, health, now, shared.config.probe_interval);
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn create(
+    shared: &Shared,
+    driver: &str,
+    set: &dyn InstanceSet,
+    record: &ClusterRecord,
+    pool: &PoolSpec,
+    mut remaining: u32,
+    next: &mut Earliest,
+    errors: &mut Vec<String>,
+) {
+    let cluster = &record.name;
+    while remaining > 0 {
+        // The cluster may have been destroyed or resized while this
+        // reconcile probed and destroyed; never create on a stale read.
+        let current = shared.desired.get(cluster);
+        if current.as_ref().map(|r| (r.generation, r.destroying)) != Some((record.generation, false)) {
+            next.at(Instant::now());
+            return;
+        }
+        let count = remaining.min(set.max_batch().max(1));
+        let request = CreateRequest {
+            cluster: cluster.clone(),
+            instance_type: pool.instance_type.clone(),
+            image: pool.image.clone(),
+            tags: pool.tags.clone(),
+            init_data: pool.init_data.clone(),
+            count,
+        };
+        let result = set.create(&request).await;
+        let now = shared.clock.now();
+        let mut inv = shared.inventory.lock().unwrap();
+        let set_inv = inv.get_mut(driver).expect("known driver");
+        match result {
+            Ok(made) => {
+                tracing::info!(%cluster, %driver, count = made.len(), "created nodes");
+                remaining = remaining.saturating_sub(made.len() as u32);
+                set_inv.add_created(cluster, made, now);
+                next.at(Instant::now());
+            }
+            Err(CloudError::QuotaExceeded { message }) => {
+                let at = set_inv.total();
+                tracing::warn!(%driver, instances = at, %message, "cloud quota reached; no creates until an instance goes away");
+                set_inv.quota_blocked_at = Some(at);
+                return;
+            }
+            Err(CloudError::InsufficientCapacity { scope, message }) => {
+                let until = Instant::now() + shared.config.capacity_backoff;
+                tracing::warn!(%driver, %scope, %message, "no cloud capacity; backing off this scope");
+                set_inv.capacity_backoff.insert(scope, until);
+                next.at(until);
+                return;
+            }
+            Err(CloudError::RateLimited { earliest_retry, .. }) => {
+                next.at(earliest_retry);
+                return;
+            }
+            Err(e) => {
+                errors.push(format!("create: {e}"));
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,217 @@
+//! The engine's front door: the commands of seed 000 (DEPLOY, DESTROY,
+//! STATUS) plus listing. Every command takes the caller, so authorisation
+//! has one place to go; today every caller is the local operator.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use flotilla_domain::{
+    cluster_state, Caller, ClusterName, ClusterState, DeployCommand, InstanceId, InstanceType,
+    NodeCapacity, NodeState, ObservedNode, PoolName, TimeToLive,
+};
+use tokio::time::Instant;
+
+use crate::{Engine, EngineError};
+
+/// A cluster as STATUS reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClusterView {
+    pub cluster: ClusterName,
+    pub state: ClusterState,
+    pub is_public: bool,
+    pub node_capacity: u32,
+    pub pool: Option<PoolName>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub nodes: Vec<NodeView>,
+    /// Set when the request waited: whether the cluster settled in time.
+    pub settled: Option<bool>,
+}
+
+impl ClusterView {
+    pub fn ready_nodes(&self) -> usize {
+        self.nodes.iter().filter(|n| n.state == NodeState::Ready).count()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeView {
+    pub id: InstanceId,
+    pub state: NodeState,
+    pub address: Option<String>,
+    pub instance_type: InstanceType,
+    pub launched_at: DateTime<Utc>,
+}
+
+/// What the caller may do. Until accounts exist, there is only the local
+/// operator; the next layer of access control plugs in here.
+fn authorize(_caller: &Caller, _cluster: &ClusterName) -> Result<(), EngineError> {
+    Ok(())
+}
+
+impl Engine {
+    /// Validates a DEPLOY request's values against the limits and pools.
+    pub fn deploy_command(
+        &self,
+        cluster: ClusterName,
+        node_capacity: i64,
+        time_to_live: i64,
+        is_public: bool,
+        pool: Option<&str>,
+    ) -> Result<DeployCommand, EngineError> {
+        let limits = &self.shared.config.limits;
+        let node_capacity = NodeCapacity::new(node_capacity, limits)?;
+        let time_to_live = TimeToLive::new(time_to_live, limits)?;
+        let pool = match pool {
+            None => self.shared.default_pool.clone(),
+            Some(p) => match PoolName::new(p) {
+                Ok(name) if self.shared.pools.contains_key(&name) => name,
+                _ => {
+                    return Err(EngineError::UnknownPool {
+                        pool: p.to_owned(),
+                        known: self
+                            .shared
+                            .pools
+                            .keys()
+                            .map(PoolName::to_string)
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                    })
+                }
+            },
+        };
+        Ok(DeployCommand {
+            cluster,
+            node_capacity,
+            time_to_live,
+            is_public,
+            pool,
+        })
+    }
+
+    pub async fn deploy(
+        &self,
+        caller: &Caller,
+        command: DeployCommand,
+        wait: bool,
+    ) -> Result<ClusterView, EngineError> {
+        authorize(caller, &command.cluster)?;
+        self.refuse_if_stopping()?;
+        let now = self.shared.clock.now();
+        let expires_at = command.time_to_live.deadline_from(now);
+        let record = self.shared.store.deploy(&command, now, expires_at).await?;
+        tracing::info!(cluster = %record.name, nodes = record.node_capacity.get(), %expires_at, "deploy");
+        self.shared.desired.put(record);
+        self.shared.expiry_changed.notify_one();
+        self.shared.runtime.wake(command.cluster.clone());
+        self.finish(&command.cluster, wait).await
+    }
+
+    pub async fn destroy(
+        &self,
+        caller: &Caller,
+        cluster: &ClusterName,
+        wait: bool,
+    ) -> Result<ClusterView, EngineError> {
+        authorize(caller, cluster)?;
+        self.refuse_if_stopping()?;
+        let now = self.shared.clock.now();
+        if let Some(record) = self.shared.store.destroy(cluster, now).await? {
+            tracing::info!(%cluster, "destroy");
+            self.shared.desired.put(record);
+            self.shared.expiry_changed.notify_one();
+        }
+        // Also wakes clusters with no record whose nodes linger.
+        self.shared.runtime.wake(cluster.clone());
+        self.finish(cluster, wait).await
+    }
+
+    pub fn status(&self, caller: &Caller, cluster: &ClusterName) -> Result<ClusterView, EngineError> {
+        authorize(caller, cluster)?;
+        Ok(self.view(cluster))
+    }
+
+    /// Every cluster with a record or with nodes.
+    pub fn list(&self, caller: &Caller) -> Vec<ClusterView> {
+        let mut names: std::collections::BTreeSet<ClusterName> =
+            self.shared.desired.names().into_iter().collect();
+        for set in self.shared.inventory.lock().unwrap().values() {
+            names.extend(set.clusters.keys().cloned());
+        }
+        names
+            .into_iter()
+            .filter(|n| authorize(caller, n).is_ok())
+            .map(|n| self.view(&n))
+            .collect()
+    }
+
+    fn refuse_if_stopping(&self) -> Result<(), EngineError> {
+        if *self.shared.stop.borrow() {
+            return Err(EngineError::ShuttingDown);
+        }
+        Ok(())
+    }
+
+    async fn finish(&self, cluster: &ClusterName, wait: bool) -> Result<ClusterView, EngineError> {
+        if !wait {
+            return Ok(self.view(cluster));
+        }
+        Ok(self.wait_settled(cluster, self.shared.config.max_wait).await)
+    }
+
+    /// Blocks until the cluster settles (running with all its nodes ready,
+    /// or not running) or `max_wait` passes.
+    pub async fn wait_settled(&self, cluster: &ClusterName, max_wait: Duration) -> ClusterView {
+        let deadline = Instant::now() + max_wait;
+        let mut changes = self.shared.subscribe(cluster);
+        loop {
+            changes.borrow_and_update();
+            let mut view = self.view(cluster);
+            if view.state.is_settled() {
+                view.settled = Some(true);
+                return view;
+            }
+            tokio::select! {
+                _ = changes.changed() => {}
+                _ = tokio::time::sleep_until(deadline) => {
+                    let mut view = self.view(cluster);
+                    view.settled = Some(view.state.is_settled());
+                    return view;
+                }
+            }
+        }
+    }
+
+    fn view(&self, cluster: &ClusterName) -> ClusterView {
+        let record = self.shared.desired.get(cluster);
+        let pool = record.as_ref().and_then(|r| self.shared.pools.get(&r.pool));
+        let mut observed: Vec<ObservedNode> = Vec::new();
+        let mut nodes = Vec::new();
+        {
+            let inv = self.shared.inventory.lock().unwrap();
+            for set in inv.values() {
+                for node in set.nodes(cluster) {
+                    observed.push(node.observed());
+                    nodes.push(NodeView {
+                        id: node.instance.id.clone(),
+                        state: node.state,
+                        address: node.instance.address.clone(),
+                        instance_type: node.instance.instance_type.clone(),
+                        launched_at: node.instance.launched_at,
+                    });
+                }
+            }
+        }
+        nodes.sort_by(|a, b| a.launched_at.cmp(&b.launched_at).then(a.id.cmp(&b.id)));
+        let state = cluster_state(record.as_ref(), &observed, pool.map(|p| &p.instance_type));
+        ClusterView {
+            cluster: cluster.clone(),
+            state,
+            is_public: record.as_ref().is_some_and(|r| r.is_public),
+            node_capacity: record.as_ref().map_or(0, |r| r.wanted_nodes()),
+            pool: record.as_ref().map(|r| r.pool.clone()),
+            expires_at: record.as_ref().and_then(|r| r.expires_at),
+            nodes,
+            settled: None,
+        }
+    }
+}

@@ -1,0 +1,81 @@
+//! The syncer: lists every instance set, folds the listings into the
+//! inventory, refreshes desired state from the store, and wakes clusters.
+//! A full pass runs every `resync_interval` and wakes every cluster (drift
+//! is caught even if no event said so); a pass asked for by a reconcile
+//! (after destroys) runs within `min_list_interval` and wakes only the
+//! clusters whose nodes changed.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use flotilla_cloud::{CloudError, Tags};
+use flotilla_domain::ClusterName;
+use tokio::time::Instant;
+
+use crate::Shared;
+
+/// Lists every set once; returns the clusters whose nodes changed.
+pub(crate) async fn sync_all(shared: &Shared) -> BTreeSet<ClusterName> {
+    let mut changed = BTreeSet::new();
+    for (driver, set) in &shared.sets {
+        let mark = shared.inventory.lock().unwrap()[driver].listing_mark();
+        match set.list(&Tags::new()).await {
+            Ok(listing) => {
+                let now = shared.clock.now();
+                let mut inv = shared.inventory.lock().unwrap();
+                let set_inv = inv.get_mut(driver).expect("known driver");
+                let first = !set_inv.listed;
+                changed.extend(set_inv.apply_listing(listing, mark, now));
+                if first {
+                    changed.extend(set_inv.clusters.keys().cloned());
+                    changed.extend(shared.desired.names());
+                }
+            }
+            Err(CloudError::RateLimited { .. }) => {
+                tracing::debug!(%driver, "listing held off by the cloud's rate limit");
+            }
+            Err(e) => tracing::warn!(%driver, error = %e, "listing instances failed"),
+        }
+    }
+    let read_started = shared.clock.now();
+    match shared.store.list_clusters().await {
+        Ok(records) => shared.desired.refresh(records, read_started),
+        Err(e) => tracing::warn!(error = %e, "reading desired state failed"),
+    }
+    shared.metrics.observe_inventory(&shared.inventory.lock().unwrap());
+    changed
+}
+
+pub(crate) async fn run(shared: Arc<Shared>) {
+    let mut next_full = Instant::now() + shared.config.resync_interval;
+    let mut last_list = Instant::now();
+    loop {
+        let full = tokio::select! {
+            _ = tokio::time::sleep_until(next_full) => true,
+            _ = shared.sync_soon.notified() => false,
+            _ = shared.stopped() => return,
+        };
+        if !full {
+            tokio::select! {
+                _ = tokio::time::sleep_until(last_list + shared.config.min_list_interval) => {}
+                _ = shared.stopped() => return,
+            }
+        }
+        last_list = Instant::now();
+        let changed = sync_all(&shared).await;
+        let wake: BTreeSet<ClusterName> = if full {
+            next_full = Instant::now() + shared.config.resync_interval;
+            let inv = shared.inventory.lock().unwrap();
+            let mut all: BTreeSet<_> = shared.desired.names().into_iter().collect();
+            for set in inv.values() {
+                all.extend(set.clusters.keys().cloned());
+            }
+            all
+        } else {
+            changed
+        };
+        for cluster in wake {
+            shared.runtime.wake(cluster);
+        }
+    }
+}

@@ -1,0 +1,138 @@
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use flotilla_cloud::fake::{FakeCloud, FakeConfig};
+use flotilla_cloud::{InstanceSet, Tags, Throttled, TokioClock};
+use flotilla_domain::{Caller, ClusterName, ClusterState, InstanceType, Limits, PoolName, Timeouts};
+use flotilla_engine::{ClusterView, Engine, EngineConfig, EngineTasks, PoolSpec};
+use flotilla_store::{MemoryStore, Store};
+use prometheus_client::registry::Registry;
+
+pub const SET_ID: &str = "test-set";
+
+pub fn name(s: &str) -> ClusterName {
+    ClusterName::new(s).unwrap()
+}
+
+pub fn config() -> EngineConfig {
+    EngineConfig {
+        limits: Limits {
+            min_ttl: Duration::from_secs(1),
+            max_ttl: Duration::from_secs(30 * 24 * 3600),
+            max_nodes: 1000,
+        },
+        timeouts: Timeouts {
+            boot: Duration::from_secs(600),
+            probe: Duration::from_secs(120),
+            destroy_retry: Duration::from_secs(30),
+        },
+        resync_interval: Duration::from_secs(10),
+        probe_interval: Duration::from_secs(10),
+        max_wait: Duration::from_secs(600),
+        concurrency: 16,
+        min_list_interval: Duration::from_millis(250),
+        capacity_backoff: Duration::from_secs(60),
+    }
+}
+
+pub fn pools() -> BTreeMap<PoolName, PoolSpec> {
+    let pool = |ty: &str| PoolSpec {
+        driver: "fake".into(),
+        instance_type: InstanceType::new(ty).unwrap(),
+        image: None,
+        init_data: None,
+        tags: Tags::new(),
+    };
+    BTreeMap::from([
+        (PoolName::new("default").unwrap(), pool("fake.small")),
+        (PoolName::new("big").unwrap(), pool("fake.big")),
+        (PoolName::new("gpu").unwrap(), pool("fake.gpu")),
+    ])
+}
+
+pub struct Harness {
+    pub engine: Engine,
+    pub tasks: Option<EngineTasks>,
+    pub cloud: FakeCloud,
+    pub store: Arc<dyn Store>,
+    /// Kept so that a restarted engine sees the same wall time, moved on by
+    /// however long the test slept in between.
+    pub clock: TokioClock,
+}
+
+impl Harness {
+    pub async fn start(cloud: FakeCloud, store: Arc<dyn Store>, config: EngineConfig) -> Self {
+        Self::start_with_clock(cloud, store, config, TokioClock::default()).await
+    }
+
+    pub async fn start_with_clock(
+        cloud: FakeCloud,
+        store: Arc<dyn Store>,
+        config: EngineConfig,
+        clock: TokioClock,
+    ) -> Self {
+        // RUST_LOG=debug shows the engine's decisions when a test fails.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+        let set: Arc<dyn InstanceSet> = Arc::new(Throttled::new(cloud.instance_set(SET_ID), None));
+        let (engine, tasks) = Engine::start(
+            config,
+            store.clone(),
+            BTreeMap::from([("fake".to_owned(), set)]),
+            pools(),
+            PoolName::new("default").unwrap(),
+            Arc::new(clock),
+            &mut Registry::default(),
+        )
+        .await
+        .expect("engine starts");
+        Self { engine, tasks: Some(tasks), cloud, store, clock }
+    }
+
+    pub async fn new(fake: FakeConfig) -> Self {
+        Self::start(FakeCloud::new(fake), Arc::new(MemoryStore::new()), config()).await
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(t) = self.tasks.take() {
+            t.shutdown().await;
+        }
+    }
+
+    pub async fn deploy(&self, cluster: &str, nodes: i64, ttl: i64, pool: Option<&str>) -> ClusterView {
+        let cmd = self
+            .engine
+            .deploy_command(name(cluster), nodes, ttl, false, pool)
+            .expect("valid deploy");
+        self.engine.deploy(&Caller::local_operator(), cmd, false).await.expect("deploy")
+    }
+
+    pub async fn destroy(&self, cluster: &str) -> ClusterView {
+        self.engine
+            .destroy(&Caller::local_operator(), &name(cluster), false)
+            .await
+            .expect("destroy")
+    }
+
+    pub fn status(&self, cluster: &str) -> ClusterView {
+        self.engine.status(&Caller::local_operator(), &name(cluster)).unwrap()
+    }
+
+    /// Waits (in tokio time) until `check` holds, polling every 10 ms.
+    pub async fn until(&self, limit: Duration, what: &str, mut check: impl FnMut(&Self) -> bool) {
+        let deadline = tokio::time::Instant::now() + limit;
+        while !check(self) {
+            assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    pub fn running(&self, cluster: &str) -> bool {
+        self.status(cluster).state == ClusterState::Running
+    }
+}
