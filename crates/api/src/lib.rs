@@ -1,1 +1,196 @@
+//! The HTTP API. Handlers only parse a request into an engine command and
+//! render the result; [`ApiError`] maps every failure to a status code and
+//! a stable error code, in one place.
 
+mod error;
+mod extract;
+mod openapi;
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use flotilla_api_types as types;
+use flotilla_domain::{ClusterName, NodeState};
+use flotilla_engine::{ClusterView, Engine};
+use prometheus_client::registry::Registry;
+
+pub use error::ApiError;
+pub use extract::{CallerIdentity, JsonBody, WaitParam};
+pub use openapi::ApiDoc;
+
+/// Largest request body accepted.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub engine: Engine,
+    pub registry: Arc<Registry>,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/api/v1/openapi.json", get(openapi::serve))
+        .route("/api/v1/clusters", get(list_clusters))
+        .route(
+            "/api/v1/clusters/{cluster}",
+            get(cluster_status).put(deploy).delete(destroy),
+        )
+        .fallback(|| async {
+            ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such API route; see /api/v1/openapi.json")
+        })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this route does not take that method; see /api/v1/openapi.json",
+            )
+        })
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+fn cluster_name(raw: &str) -> Result<ClusterName, ApiError> {
+    ClusterName::new(raw).map_err(ApiError::from_name)
+}
+
+pub fn status_body(view: ClusterView) -> types::ClusterStatus {
+    types::ClusterStatus {
+        cluster: view.cluster.to_string(),
+        state: match view.state {
+            flotilla_domain::ClusterState::NotRunning => types::ClusterState::NotRunning,
+            flotilla_domain::ClusterState::Deploying => types::ClusterState::Deploying,
+            flotilla_domain::ClusterState::Running => types::ClusterState::Running,
+            flotilla_domain::ClusterState::Destroying => types::ClusterState::Destroying,
+        },
+        is_public: view.is_public,
+        node_capacity: view.node_capacity,
+        pool: view.pool.map(|p| p.to_string()),
+        expires_at: view.expires_at,
+        nodes: view
+            .nodes
+            .into_iter()
+            .map(|n| types::NodeStatus {
+                id: n.id.to_string(),
+                state: match n.state {
+                    NodeState::Booting => types::NodeState::Booting,
+                    NodeState::Ready => types::NodeState::Ready,
+                    NodeState::Unhealthy => types::NodeState::Unhealthy,
+                    NodeState::ShuttingDown => types::NodeState::ShuttingDown,
+                },
+                address: n.address,
+                instance_type: n.instance_type.to_string(),
+                launched_at: n.launched_at,
+            })
+            .collect(),
+        settled: view.settled,
+    }
+}
+
+/// Liveness.
+#[utoipa::path(get, path = "/healthz", responses((status = 200, body = types::Health)))]
+async fn healthz() -> Json<types::Health> {
+    Json(types::Health {
+        status: "ok".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+    })
+}
+
+/// Prometheus metrics (OpenMetrics text).
+#[utoipa::path(get, path = "/metrics", responses((status = 200, content_type = "application/openmetrics-text")))]
+async fn metrics(State(state): State<AppState>) -> Response {
+    let mut body = String::new();
+    match prometheus_client::encoding::text::encode(&mut body, &state.registry) {
+        Ok(()) => (
+            [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+            body,
+        )
+            .into_response(),
+        Err(e) => ApiError::internal(format!("encoding metrics failed: {e}")).into_response(),
+    }
+}
+
+/// Every cluster that has a record or nodes.
+#[utoipa::path(get, path = "/api/v1/clusters", responses((status = 200, body = types::ClusterList)))]
+async fn list_clusters(State(state): State<AppState>, CallerIdentity(caller): CallerIdentity) -> Json<types::ClusterList> {
+    Json(types::ClusterList {
+        clusters: state.engine.list(&caller).into_iter().map(status_body).collect(),
+    })
+}
+
+/// STATUS: a valid name never deployed is `not_running`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/clusters/{cluster}",
+    params(("cluster" = String, Path, description = "Cluster name")),
+    responses(
+        (status = 200, body = types::ClusterStatus),
+        (status = 422, description = "Invalid cluster name", body = types::ErrorBody),
+    )
+)]
+async fn cluster_status(
+    State(state): State<AppState>,
+    CallerIdentity(caller): CallerIdentity,
+    Path(cluster): Path<String>,
+) -> Result<Json<types::ClusterStatus>, ApiError> {
+    let cluster = cluster_name(&cluster)?;
+    Ok(Json(status_body(state.engine.status(&caller, &cluster)?)))
+}
+
+/// DEPLOY: create the cluster or change its capacity, and (re)schedule its
+/// deletion at now + `time_to_live`.
+#[utoipa::path(
+    put,
+    path = "/api/v1/clusters/{cluster}",
+    params(("cluster" = String, Path, description = "Cluster name"), types::WaitQuery),
+    request_body = types::DeployRequest,
+    responses(
+        (status = 200, description = "Accepted (or, with wait, settled or timed out)", body = types::ClusterStatus),
+        (status = 400, description = "Malformed request", body = types::ErrorBody),
+        (status = 409, description = "is_public or pool cannot change once deployed", body = types::ErrorBody),
+        (status = 413, description = "Body over 64 KiB", body = types::ErrorBody),
+        (status = 422, description = "Invalid value", body = types::ErrorBody),
+    )
+)]
+async fn deploy(
+    State(state): State<AppState>,
+    CallerIdentity(caller): CallerIdentity,
+    Path(cluster): Path<String>,
+    WaitParam(wait): WaitParam,
+    JsonBody(body): JsonBody<types::DeployRequest>,
+) -> Result<Json<types::ClusterStatus>, ApiError> {
+    let cluster = cluster_name(&cluster)?;
+    let command = state.engine.deploy_command(
+        cluster,
+        body.node_capacity,
+        body.time_to_live,
+        body.is_public,
+        body.pool.as_deref(),
+    )?;
+    Ok(Json(status_body(state.engine.deploy(&caller, command, wait).await?)))
+}
+
+/// DESTROY: clear the scheduled deletion and remove every node.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/clusters/{cluster}",
+    params(("cluster" = String, Path, description = "Cluster name"), types::WaitQuery),
+    responses(
+        (status = 200, body = types::ClusterStatus),
+        (status = 422, description = "Invalid cluster name", body = types::ErrorBody),
+    )
+)]
+async fn destroy(
+    State(state): State<AppState>,
+    CallerIdentity(caller): CallerIdentity,
+    Path(cluster): Path<String>,
+    WaitParam(wait): WaitParam,
+) -> Result<Json<types::ClusterStatus>, ApiError> {
+    let cluster = cluster_name(&cluster)?;
+    Ok(Json(status_body(state.engine.destroy(&caller, &cluster, wait).await?)))
+}

@@ -218,6 +218,10 @@ pub async fn probe_reports_ready_nodes(h: Harness) {
         }
     })
     .await;
+    // A ready node can be reached, even through the instance `create`
+    // returned (which may predate the node knowing its address).
+    let address = h.ours.address(&made[0]).await;
+    assert!(address.as_deref().is_some_and(|a| !a.is_empty()), "a ready node has an address");
     h.ours.destroy(&id).await.expect("destroy");
     eventually(h.settle, "destroyed node leaving", || async {
         listed(h.ours.as_ref(), &id).await.is_none()

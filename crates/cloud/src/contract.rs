@@ -176,6 +176,12 @@ pub trait InstanceSet: Send + Sync + 'static {
     async fn set_tags(&self, id: &InstanceId, tags: &Tags) -> Result<(), CloudError>;
 
     async fn probe(&self, instance: &Instance) -> Health;
+
+    /// Where `instance` can be reached now. Some clouds know the address
+    /// only once the node has booted (a local node picks its own port), so
+    /// the engine asks again when a node without one probes ready, rather
+    /// than report a ready node nobody can reach until the next listing.
+    async fn address(&self, instance: &Instance) -> Option<String>;
 }
 
 /// Refuses changes to the ownership tags; shared by every driver.

@@ -483,6 +483,11 @@ impl InstanceSet for FakeInstanceSet {
             _ => Health::NotReady,
         }
     }
+
+    async fn address(&self, instance: &Instance) -> Option<String> {
+        let w = self.cloud.world.lock().unwrap();
+        w.instances.get(&instance.id).and_then(|i| i.instance.address.clone())
+    }
 }
 
 /// A cluster name for fixtures; panics on an invalid one.

@@ -151,4 +151,8 @@ impl<S: InstanceSet> InstanceSet for Metered<S> {
     async fn probe(&self, instance: &Instance) -> Health {
         self.inner.probe(instance).await
     }
+
+    async fn address(&self, instance: &Instance) -> Option<String> {
+        self.inner.address(instance).await
+    }
 }

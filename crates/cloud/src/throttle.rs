@@ -135,6 +135,10 @@ impl<S: InstanceSet> InstanceSet for Throttled<S> {
     async fn probe(&self, instance: &Instance) -> Health {
         self.inner.probe(instance).await
     }
+
+    async fn address(&self, instance: &Instance) -> Option<String> {
+        self.inner.address(instance).await
+    }
 }
 
 #[cfg(test)]

@@ -619,11 +619,20 @@ impl InstanceSet for LocalInstanceSet {
         }
         // The address on disk, not the instance's: the instance may have
         // been listed before the node wrote it, or be gone since.
-        let address = match read_text(&self.inner.instance_dir(&instance.id).join(ADDRESS_FILE)) {
-            Ok(Some(address)) if !address.is_empty() => address,
-            _ => return Health::NotReady,
+        let Some(address) = self.address(instance).await else {
+            return Health::NotReady;
         };
         probe::probe(&address, &instance.id).await
+    }
+
+    async fn address(&self, instance: &Instance) -> Option<String> {
+        if !is_instance_id(instance.id.as_str()) {
+            return None;
+        }
+        match read_text(&self.inner.instance_dir(&instance.id).join(ADDRESS_FILE)) {
+            Ok(Some(address)) if !address.is_empty() => Some(address),
+            _ => None,
+        }
     }
 }
 

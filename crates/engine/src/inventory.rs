@@ -188,10 +188,14 @@ impl SetInventory {
         cluster: &ClusterName,
         id: &InstanceId,
         health: Health,
+        address: Option<String>,
         now: DateTime<Utc>,
         probe_interval: Duration,
     ) {
         if let Some(node) = self.clusters.get_mut(cluster).and_then(|m| m.get_mut(id)) {
+            if address.is_some() {
+                node.instance.address = address;
+            }
             node.record_probe(health, now, probe_interval);
         }
     }
@@ -282,14 +286,14 @@ mod tests {
         let id = InstanceId::new("a");
         inv.apply_listing(vec![instance("a", "c")], inv.listing_mark(), Utc::now());
         let interval = Duration::from_secs(10);
-        inv.record_probe(&c, &id, Health::NotReady, Utc::now(), interval);
+        inv.record_probe(&c, &id, Health::NotReady, None, Utc::now(), interval);
         assert_eq!(inv.nodes(&c).next().unwrap().state, NodeState::Booting);
-        inv.record_probe(&c, &id, Health::Ready, Utc::now(), interval);
+        inv.record_probe(&c, &id, Health::Ready, None, Utc::now(), interval);
         assert_eq!(inv.nodes(&c).next().unwrap().state, NodeState::Ready);
-        inv.record_probe(&c, &id, Health::NotReady, Utc::now(), interval);
+        inv.record_probe(&c, &id, Health::NotReady, None, Utc::now(), interval);
         assert_eq!(inv.nodes(&c).next().unwrap().state, NodeState::Unhealthy);
         inv.mark_destroying(&c, &id, Utc::now());
-        inv.record_probe(&c, &id, Health::Ready, Utc::now(), interval);
+        inv.record_probe(&c, &id, Health::Ready, None, Utc::now(), interval);
         assert_eq!(inv.nodes(&c).next().unwrap().state, NodeState::ShuttingDown);
     }
 }

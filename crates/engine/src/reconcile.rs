@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use flotilla_cloud::{CloudError, CreateRequest, Instance, InstanceSet};
+use flotilla_cloud::{CloudError, CreateRequest, Health, Instance, InstanceSet};
 use flotilla_domain::{plan, ClusterName, ClusterRecord, NodeState, ObservedNode, WantedNodes};
 use futures::future::join_all;
 use tokio::time::Instant;
@@ -190,12 +190,21 @@ async fn probe_due(shared: &Shared, driver: &str, set: &dyn InstanceSet, cluster
     if due.is_empty() {
         return;
     }
-    let results = join_all(due.iter().map(|i| set.probe(i))).await;
+    let results = join_all(due.iter().map(|i| async move {
+        let health = set.probe(i).await;
+        // Ready but not yet reachable as far as we know: ask where.
+        let address = match health {
+            Health::Ready if i.address.is_none() => set.address(i).await,
+            _ => None,
+        };
+        (health, address)
+    }))
+    .await;
     let now = shared.clock.now();
     let mut inv = shared.inventory.lock().unwrap();
     let set_inv = inv.get_mut(driver).expect("known driver");
-    for (instance, health) in due.iter().zip(results) {
-        set_inv.record_probe(cluster, &instance.id, health, now, shared.config.probe_interval);
+    for (instance, (health, address)) in due.iter().zip(results) {
+        set_inv.record_probe(cluster, &instance.id, health, address, now, shared.config.probe_interval);
     }
 }
 

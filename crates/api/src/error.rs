@@ -1,0 +1,87 @@
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use flotilla_api_types::ErrorBody;
+use flotilla_domain::{NameError, ValidationError};
+use flotilla_engine::EngineError;
+use flotilla_store::StoreError;
+
+/// An error response: a status, a stable code and a message for people.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+    }
+
+    pub fn from_name(e: NameError) -> Self {
+        let code = match e.kind {
+            "cluster name" => "invalid_cluster_name",
+            _ => "invalid_name",
+        };
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, code, e.to_string())
+    }
+}
+
+/// The one place engine errors become HTTP statuses and codes.
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> Self {
+        let message = e.to_string();
+        match e {
+            EngineError::InvalidName(n) => Self::from_name(n),
+            EngineError::Invalid(ValidationError::NodeCapacity { .. }) => {
+                Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_node_capacity", message)
+            }
+            EngineError::Invalid(ValidationError::TimeToLive { .. }) => {
+                Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_time_to_live", message)
+            }
+            EngineError::UnknownPool { .. } => {
+                Self::new(StatusCode::UNPROCESSABLE_ENTITY, "unknown_pool", message)
+            }
+            EngineError::Conflict(StoreError::Conflict { field, .. }) => {
+                let code = match field {
+                    "is_public" => "is_public_immutable",
+                    "pool" => "pool_immutable",
+                    _ => "conflict",
+                };
+                Self::new(StatusCode::CONFLICT, code, message)
+            }
+            EngineError::Conflict(_) => Self::new(StatusCode::CONFLICT, "conflict", message),
+            EngineError::NotFound(_) => Self::new(StatusCode::NOT_FOUND, "not_found", message),
+            EngineError::ShuttingDown => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", message)
+            }
+            EngineError::Store(_) => {
+                tracing::error!(error = %message, "storage failure");
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable", message)
+            }
+            EngineError::Config(_) => Self::internal(message),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(ErrorBody {
+                error: self.code.to_owned(),
+                message: self.message,
+            }),
+        )
+            .into_response()
+    }
+}

@@ -1,0 +1,114 @@
+//! `flotilla serve`: wires the config to the store, the drivers, the engine
+//! and the HTTP API, and shuts them down in order.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use flotilla_api::AppState;
+use flotilla_cloud::fake::FakeCloud;
+use flotilla_cloud::{CloudMetrics, InstanceSet, Metered, SystemClock, Throttled};
+use flotilla_driver_local::{LocalConfig, LocalInstanceSet};
+use flotilla_engine::Engine;
+use flotilla_store::{SqliteStore, Store};
+use prometheus_client::registry::Registry;
+
+use crate::config::{Config, DriverConfig};
+
+/// Takes an exclusive lock on the data directory, so two servers never
+/// drive the same state (and the same local nodes) at once.
+fn lock_data_dir(dir: &Path) -> anyhow::Result<File> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create the data directory {}", dir.display()))?;
+    let path = dir.join("server.lock");
+    let file = File::create(&path).with_context(|| format!("cannot open {}", path.display()))?;
+    // SAFETY: flock on a descriptor we own; no memory is shared.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        bail!(
+            "another flotilla server is using the data directory {}; stop it or pass a different --data-dir",
+            dir.display()
+        );
+    }
+    Ok(file)
+}
+
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let _lock = lock_data_dir(&config.data_dir)?;
+    // Bind before anything is started, so a busy port changes nothing.
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let store: Arc<dyn Store> = Arc::new(
+        SqliteStore::open(&config.data_dir.join("flotilla.db"))
+            .await
+            .context("cannot open the state database")?,
+    );
+    let mut registry = Registry::default();
+    let cloud_metrics = Arc::new(CloudMetrics::register(&mut registry));
+
+    let mut sets: BTreeMap<String, Arc<dyn InstanceSet>> = BTreeMap::new();
+    for (name, driver) in &config.drivers {
+        let id = store.instance_set_id(name).await?;
+        let set: Arc<dyn InstanceSet> = match driver {
+            DriverConfig::Local { dir, grace, max_batch, ops_per_second } => {
+                let local = LocalInstanceSet::open(
+                    LocalConfig {
+                        dir: dir.clone().unwrap_or_else(|| config.data_dir.join("drivers").join(name)),
+                        node_program: std::env::current_exe().context("cannot find the flotilla binary")?,
+                        grace: *grace,
+                        max_batch: *max_batch,
+                    },
+                    id.clone(),
+                )
+                .with_context(|| format!("driver {name}"))?;
+                Arc::new(Metered::new(Throttled::new(local, *ops_per_second), name.clone(), cloud_metrics.clone()))
+            }
+            DriverConfig::Fake { faults, ops_per_second } => {
+                let fake = FakeCloud::new(faults.clone()).instance_set(id.as_str());
+                Arc::new(Metered::new(Throttled::new(fake, *ops_per_second), name.clone(), cloud_metrics.clone()))
+            }
+        };
+        tracing::info!(driver = %name, instance_set = %id, "driver ready");
+        sets.insert(name.clone(), set);
+    }
+
+    let (engine, tasks) = Engine::start(
+        config.engine.clone(),
+        store,
+        sets,
+        config.pools.clone(),
+        config.default_pool.clone(),
+        Arc::new(SystemClock),
+        &mut registry,
+    )
+    .await?;
+
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, data_dir = %config.data_dir.display(), "flotilla serving");
+    eprintln!("flotilla serving on http://{addr} (state in {})", config.data_dir.display());
+
+    let app = flotilla_api::router(AppState {
+        engine: engine.clone(),
+        registry: Arc::new(registry),
+    });
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("HTTP server failed")?;
+    tracing::info!("shutting down: draining reconciles");
+    tasks.shutdown().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
