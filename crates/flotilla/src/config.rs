@@ -370,6 +370,22 @@ instance_type = "local.small"
         assert_eq!(c.engine.max_wait, Duration::from_secs(600));
     }
 
+    /// The README's config example is what an operator copies: it must parse
+    /// and mean what its comments say.
+    #[test]
+    fn readme_example_parses() {
+        let readme = include_str!("../../../README.md");
+        let start = readme.find("```toml\n").expect("a toml block in README") + "```toml\n".len();
+        let text = &readme[start..start + readme[start..].find("```").expect("closed block")];
+        let c = Config::parse(text, "README.md").unwrap();
+        let defaults = Config::parse("", "x").unwrap();
+        assert_eq!(c.engine.limits, defaults.engine.limits, "README shows the default limits");
+        assert_eq!(c.engine.timeouts, defaults.engine.timeouts, "README shows the default timeouts");
+        assert_eq!(c.engine.concurrency, defaults.engine.concurrency);
+        assert!(matches!(c.drivers["sim"], DriverConfig::Fake { .. }));
+        assert_eq!(c.pools[&c.default_pool].tags.get("team").map(String::as_str), Some("data"));
+    }
+
     #[test]
     fn unknown_keys_name_the_key_and_file() {
         let e = err("[limits]\nmax_wiat = \"1m\"\n");
