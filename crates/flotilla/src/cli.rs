@@ -105,14 +105,7 @@ impl Client {
             .put(self.url(&format!("/api/v1/clusters/{cluster}")))
             .query(&[("wait", wait)])
             .json(&request);
-        let progress = wait.then(|| self.progress(cluster));
-        let result = self.send::<ClusterStatus>(req).await;
-        if let Some(p) = progress {
-            p.finish().await;
-        }
-        let (status, raw) = result?;
-        self.print_status(&status, &raw);
-        Ok(self.settled_exit(&status))
+        self.change(cluster, req, wait).await
     }
 
     pub async fn destroy(&self, cluster: &str, wait: bool) -> Result<u8> {
@@ -120,6 +113,12 @@ impl Client {
             .http
             .delete(self.url(&format!("/api/v1/clusters/{cluster}")))
             .query(&[("wait", wait)]);
+        self.change(cluster, req, wait).await
+    }
+
+    /// Sends a deploy or destroy, showing progress while it waits, and
+    /// prints the resulting status.
+    async fn change(&self, cluster: &str, req: reqwest::RequestBuilder, wait: bool) -> Result<u8> {
         let progress = wait.then(|| self.progress(cluster));
         let result = self.send::<ClusterStatus>(req).await;
         if let Some(p) = progress {
