@@ -118,6 +118,15 @@ fn main() -> ExitCode {
             }
         }
         Command::Node { instance_dir } => {
+            // Goes to the instance's node.log, which the local driver opens
+            // as this process's stderr.
+            let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+            tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_ansi(false)
+                .with_writer(std::io::stderr)
+                .init();
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
