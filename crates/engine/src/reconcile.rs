@@ -160,6 +160,19 @@ async fn reconcile(shared: &Shared, cluster: &ClusterName) -> Result<Next, Recon
                 tracing::info!(%cluster, "cluster destroyed");
                 shared.desired.remove(cluster, r.generation);
             } else {
+                // The record changed (or went) since it was read: take the
+                // store's version before looking again, so the next pass does
+                // not act on the same stale copy.
+                let current = shared.store.get_cluster(cluster).await.map_err(|source| {
+                    ReconcileError::Store {
+                        cluster: cluster.clone(),
+                        source,
+                    }
+                })?;
+                match current {
+                    Some(record) => shared.desired.put(record),
+                    None => shared.desired.remove(cluster, r.generation),
+                }
                 next.at(Instant::now());
             }
         }
