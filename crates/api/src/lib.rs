@@ -8,7 +8,7 @@ mod openapi;
 
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -19,7 +19,7 @@ use flotilla_engine::{ClusterView, Engine};
 use prometheus_client::registry::Registry;
 
 pub use error::ApiError;
-pub use extract::{CallerIdentity, JsonBody, WaitParam};
+pub use extract::{CallerIdentity, ClusterParam, JsonBody, WaitParam};
 pub use openapi::ApiDoc;
 
 /// Largest request body accepted.
@@ -136,7 +136,7 @@ async fn list_clusters(State(state): State<AppState>, CallerIdentity(caller): Ca
 async fn cluster_status(
     State(state): State<AppState>,
     CallerIdentity(caller): CallerIdentity,
-    Path(cluster): Path<String>,
+    ClusterParam(cluster): ClusterParam,
 ) -> Result<Json<types::ClusterStatus>, ApiError> {
     let cluster = cluster_name(&cluster)?;
     Ok(Json(status_body(state.engine.status(&caller, &cluster)?)))
@@ -154,13 +154,14 @@ async fn cluster_status(
         (status = 400, description = "Malformed request", body = types::ErrorBody),
         (status = 409, description = "is_public or pool cannot change once deployed", body = types::ErrorBody),
         (status = 413, description = "Body over 64 KiB", body = types::ErrorBody),
+        (status = 415, description = "Body not sent as application/json", body = types::ErrorBody),
         (status = 422, description = "Invalid value", body = types::ErrorBody),
     )
 )]
 async fn deploy(
     State(state): State<AppState>,
     CallerIdentity(caller): CallerIdentity,
-    Path(cluster): Path<String>,
+    ClusterParam(cluster): ClusterParam,
     WaitParam(wait): WaitParam,
     JsonBody(body): JsonBody<types::DeployRequest>,
 ) -> Result<Json<types::ClusterStatus>, ApiError> {
@@ -188,7 +189,7 @@ async fn deploy(
 async fn destroy(
     State(state): State<AppState>,
     CallerIdentity(caller): CallerIdentity,
-    Path(cluster): Path<String>,
+    ClusterParam(cluster): ClusterParam,
     WaitParam(wait): WaitParam,
 ) -> Result<Json<types::ClusterStatus>, ApiError> {
     let cluster = cluster_name(&cluster)?;

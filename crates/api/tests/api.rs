@@ -1,0 +1,570 @@
+//! The HTTP API against the contract of `product.md`: every refusal is a
+//! JSON `{error, message}` with the fitting status and a stable code, and a
+//! refused mutation changes nothing. The router runs in-process on the fake
+//! cloud under paused time.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use axum::http::{header, Method, StatusCode};
+use common::{deploy_body, TestApi, MAX_NODES, MAX_TTL, MIN_TTL};
+use serde_json::{json, Value};
+use tokio::time::Instant;
+
+/// Asserts a cluster was never touched: no record, no nodes, in the API
+/// and in the cloud.
+async fn assert_not_running(api: &TestApi, cluster: &str) {
+    let s = api.status(cluster).await;
+    assert_eq!(s["state"], "not_running", "{s}");
+    assert_eq!(s["node_capacity"], 0, "{s}");
+    assert_eq!(s["nodes"], json!([]), "{s}");
+    assert_eq!(s["expires_at"], Value::Null, "{s}");
+    assert_eq!(api.cloud.instance_count(), 0, "nothing reached the cloud");
+}
+
+/// The fields of a Status that a refused DEPLOY must leave alone.
+fn desired(s: &Value) -> Value {
+    json!({
+        "cluster": s["cluster"],
+        "is_public": s["is_public"],
+        "node_capacity": s["node_capacity"],
+        "pool": s["pool"],
+        "expires_at": s["expires_at"],
+    })
+}
+
+/// A running cluster of two nodes to aim refused redeploys at.
+async fn running_demo(api: &TestApi) -> Value {
+    let s = api.deploy("demo", &deploy_body(2), true).await;
+    assert_eq!(s["state"], "running", "{s}");
+    s
+}
+
+// ---- names ---------------------------------------------------------------
+
+const BAD_NAMES: [&str; 4] = [
+    "-bad",
+    "a_b",
+    "a%20b", // decodes to "a b"
+    "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", // 41 characters
+];
+
+/// Every method refuses a name that breaks the rule, before doing anything.
+#[tokio::test(start_paused = true)]
+async fn bad_cluster_names_are_422_on_every_method() {
+    let api = TestApi::start().await;
+    assert_eq!(BAD_NAMES[3].len(), 41);
+    for name in BAD_NAMES {
+        let uri = format!("/api/v1/clusters/{name}");
+        let message = api.put_json(&uri, &deploy_body(1)).await.expect_error(StatusCode::UNPROCESSABLE_ENTITY, "invalid_cluster_name");
+        assert!(message.contains("cluster name"), "the message says what is wrong: {message}");
+        api.get(&uri).await.expect_error(StatusCode::UNPROCESSABLE_ENTITY, "invalid_cluster_name");
+        api.delete(&uri).await.expect_error(StatusCode::UNPROCESSABLE_ENTITY, "invalid_cluster_name");
+    }
+    let list = api.get("/api/v1/clusters").await.json();
+    assert_eq!(list, json!({"clusters": []}), "nothing was deployed");
+    assert_eq!(api.cloud.instance_count(), 0);
+}
+
+/// The edges of the name rule are accepted: 40 characters, digits first,
+/// inner dashes.
+#[tokio::test(start_paused = true)]
+async fn names_at_the_edge_of_the_rule_are_accepted() {
+    let api = TestApi::start().await;
+    for name in ["a".repeat(40), "0-a-B".to_owned(), "x".to_owned()] {
+        let s = api.status(&name).await;
+        assert_eq!(s["cluster"], name.as_str());
+    }
+}
+
+/// A path segment that is not UTF-8 once decoded still gets the JSON error
+/// shape, not axum's plain-text rejection.
+#[tokio::test(start_paused = true)]
+async fn a_name_that_is_not_utf8_is_a_json_error() {
+    let api = TestApi::start().await;
+    let uri = "/api/v1/clusters/%FF";
+    api.get(uri).await.expect_error(StatusCode::BAD_REQUEST, "malformed_request");
+    api.put_json(uri, &deploy_body(1)).await.expect_error(StatusCode::BAD_REQUEST, "malformed_request");
+    api.delete(uri).await.expect_error(StatusCode::BAD_REQUEST, "malformed_request");
+    assert_eq!(api.cloud.instance_count(), 0);
+}
+
+// ---- values --------------------------------------------------------------
+
+/// A capacity of the right type but out of range is an invalid value; the
+/// deployed capacity and scheduled deletion stay as they were.
+#[tokio::test(start_paused = true)]
+async fn node_capacity_out_of_range_is_422_and_changes_nothing() {
+    let api = TestApi::start().await;
+    let before = running_demo(&api).await;
+    for nodes in [0, -1, MAX_NODES + 1, i64::from(u32::MAX) + 1] {
+        let message = api
+            .put_json("/api/v1/clusters/demo", &deploy_body(nodes))
+            .await
+            .expect_error(StatusCode::UNPROCESSABLE_ENTITY, "invalid_node_capacity");
+        assert!(message.contains(&format!("between 1 and {MAX_NODES}")), "names the range: {message}");
+        // A fresh name is not created either.
+        api.put_json("/api/v1/clusters/fresh", &deploy_body(nodes))
+            .await
+            .expect_error(StatusCode::UNPROCESSABLE_ENTITY, "invalid_node_capacity");
+    }
+    assert_eq!(desired(&api.status("demo").await), desired(&before));
+    assert_eq!(api.status("fresh").await["state"], "not_running");
+    assert_eq!(api.cloud.instance_count(), 2);
+}
+
+/// A capacity that is not an integer is the wrong shape: 400, not 422.
+#[tokio::test(start_paused = true)]
+async fn node_capacity_of_the_wrong_type_is_400() {
+    let api = TestApi::start().await;
+    for nodes in [json!("three"), json!(2.5), json!(null), json!("3"), json!(1e20)] {
+        let body = json!({"node_capacity": nodes, "time_to_live": 3600});
+        let message = api
+            .put_json("/api/v1/clusters/demo", &body)
+            .await
+            .expect_error(StatusCode::BAD_REQUEST, "invalid_request");
+        assert!(message.contains("node_capacity") || message.contains("invalid type"), "{message}");
+    }
+    assert_not_running(&api, "demo").await;
+}
+
+/// The time-to-live must lie within the configured bounds, inclusive.
+#[tokio::test(start_paused = true)]
+async fn time_to_live_out_of_range_is_422_and_changes_nothing() {
+    let api = TestApi::start().await;
+    let before = running_demo(&api).await;
+    for ttl in [MIN_TTL - 1, MAX_TTL + 1, 0, -3600] {
+        let body = json!({"node_capacity": 3, "time_to_live": ttl});
+        let message = api
+            .put_json("/api/v1/clusters/demo", &body)
+            .await
+            .expect_error(StatusCode::UNPROCESSABLE_ENTITY, "invalid_time_to_live");
+        assert!(message.contains(&format!("between {MIN_TTL} and {MAX_TTL}")), "names the range: {message}");
+    }
+    assert_eq!(desired(&api.status("demo").await), desired(&before), "capacity and deadline unchanged");
+    for ttl in [MIN_TTL, MAX_TTL] {
+        let s = api.deploy("edge", &json!({"node_capacity": 1, "time_to_live": ttl}), false).await;
+        assert_eq!(s["node_capacity"], 1, "the bound {ttl} itself is allowed");
+    }
+}
+
+/// An unknown pool is an invalid value; the message lists the pools there
+/// are, so the caller can pick one.
+#[tokio::test(start_paused = true)]
+async fn unknown_pool_is_422_and_names_the_known_pools() {
+    let api = TestApi::start().await;
+    for pool in ["nope", "not a pool name"] {
+        let body = json!({"node_capacity": 1, "time_to_live": 3600, "pool": pool});
+        let message = api
+            .put_json("/api/v1/clusters/demo", &body)
+            .await
+            .expect_error(StatusCode::UNPROCESSABLE_ENTITY, "unknown_pool");
+        assert!(message.contains(pool), "{message}");
+        assert!(message.contains("big") && message.contains("default"), "lists the pools: {message}");
+    }
+    assert_not_running(&api, "demo").await;
+}
+
+// ---- request shape -------------------------------------------------------
+
+/// Bodies that are not the shape DEPLOY takes are 400, with `malformed_json`
+/// for bytes that are not JSON and `invalid_request` for JSON of the wrong
+/// shape.
+#[tokio::test(start_paused = true)]
+async fn malformed_bodies_are_400() {
+    let api = TestApi::start().await;
+    let cases: [(&str, &str); 7] = [
+        (r#"{"node_capacity": 1, "time_to_live": 3600, "nodes": 3}"#, "invalid_request"),
+        (r#" [1, 3600, false, null]"#, "invalid_request"),
+        (r#"{"node_capacity": 1}"#, "invalid_request"),
+        (r#"{"node_capacity": 1, "time_to_live": 3600, "is_public": "yes"}"#, "invalid_request"),
+        (r#"{"node_capacity": 1, "time_to_live": 3600"#, "malformed_json"),
+        (r#"node_capacity=1&time_to_live=3600"#, "malformed_json"),
+        ("", "malformed_json"),
+    ];
+    for (body, code) in cases {
+        let message = api
+            .put_raw("/api/v1/clusters/demo", Some("application/json"), body.to_owned())
+            .await
+            .expect_error(StatusCode::BAD_REQUEST, code);
+        assert!(!message.is_empty(), "{body}");
+    }
+    let unknown = api
+        .put_json("/api/v1/clusters/demo", &json!({"node_capacity": 1, "time_to_live": 3600, "nodes": 3}))
+        .await
+        .expect_error(StatusCode::BAD_REQUEST, "invalid_request");
+    assert!(unknown.contains("nodes"), "names the unknown field: {unknown}");
+    assert_not_running(&api, "demo").await;
+}
+
+/// The API takes JSON only: a body without a JSON content type is refused
+/// with the JSON error shape (axum's own rejection would be plain text),
+/// and a JSON content type with parameters or a `+json` suffix is fine.
+#[tokio::test(start_paused = true)]
+async fn deploy_needs_a_json_content_type() {
+    let api = TestApi::start().await;
+    let body = deploy_body(1).to_string();
+    for content_type in [None, Some("text/plain"), Some("application/x-www-form-urlencoded")] {
+        let message = api
+            .put_raw("/api/v1/clusters/demo", content_type, body.clone())
+            .await
+            .expect_error(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type");
+        assert!(message.contains("application/json"), "says what to send: {message}");
+    }
+    assert_not_running(&api, "demo").await;
+    for content_type in ["application/json; charset=utf-8", "Application/JSON", "application/vnd.flotilla+json"] {
+        let reply = api.put_raw("/api/v1/clusters/demo", Some(content_type), body.clone()).await;
+        assert_eq!(reply.status, StatusCode::OK, "{content_type}: {}", reply.text());
+    }
+}
+
+/// Bodies over 64 KiB are refused before they are parsed.
+#[tokio::test(start_paused = true)]
+async fn body_over_64_kib_is_413() {
+    let api = TestApi::start().await;
+    // Valid JSON padded with spaces, so only the size is wrong.
+    let mut body = deploy_body(1).to_string();
+    body.push_str(&" ".repeat(flotilla_api::MAX_BODY_BYTES + 1 - body.len()));
+    let req = axum::http::Request::put("/api/v1/clusters/demo")
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::CONTENT_LENGTH, body.len())
+        .body(axum::body::Body::from(body.clone()))
+        .unwrap();
+    api.send(req).await.expect_error(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large");
+    assert_not_running(&api, "demo").await;
+    // One byte less is accepted.
+    body.pop();
+    let reply = api.put_raw("/api/v1/clusters/demo", Some("application/json"), body).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+}
+
+/// `wait` is a boolean; anything else is a JSON 400 and nothing is done.
+#[tokio::test(start_paused = true)]
+async fn wait_must_be_a_boolean() {
+    let api = TestApi::start().await;
+    let message = api
+        .put_json("/api/v1/clusters/demo?wait=maybe", &deploy_body(1))
+        .await
+        .expect_error(StatusCode::BAD_REQUEST, "malformed_query");
+    assert!(message.contains("wait=true"), "says what to send: {message}");
+    assert_not_running(&api, "demo").await;
+
+    api.deploy("demo", &deploy_body(1), true).await;
+    api.delete("/api/v1/clusters/demo?wait=maybe")
+        .await
+        .expect_error(StatusCode::BAD_REQUEST, "malformed_query");
+    assert_eq!(api.status("demo").await["state"], "running", "the destroy was refused");
+}
+
+// ---- conflicts -----------------------------------------------------------
+
+/// `is_public` and `pool` are fixed once deployed: a redeploy that changes
+/// either is a 409 and leaves capacity and deadline as they were.
+#[tokio::test(start_paused = true)]
+async fn redeploy_cannot_change_is_public_or_pool() {
+    let api = TestApi::start().await;
+    let before = running_demo(&api).await;
+    assert_eq!(before["is_public"], false);
+    assert_eq!(before["pool"], "default");
+
+    let public = json!({"node_capacity": 5, "time_to_live": 7200, "is_public": true});
+    let message = api
+        .put_json("/api/v1/clusters/demo", &public)
+        .await
+        .expect_error(StatusCode::CONFLICT, "is_public_immutable");
+    assert!(message.contains("destroy"), "says what to do: {message}");
+
+    let other_pool = json!({"node_capacity": 5, "time_to_live": 7200, "pool": "big"});
+    api.put_json("/api/v1/clusters/demo", &other_pool)
+        .await
+        .expect_error(StatusCode::CONFLICT, "pool_immutable");
+
+    assert_eq!(desired(&api.status("demo").await), desired(&before));
+    assert_eq!(api.cloud.instance_count(), 2);
+
+    // Naming the same pool explicitly is no change.
+    let same = json!({"node_capacity": 3, "time_to_live": 3600, "pool": "default", "is_public": false});
+    assert_eq!(api.deploy("demo", &same, false).await["node_capacity"], 3);
+}
+
+// ---- success -------------------------------------------------------------
+
+/// Asserts a value has the Status shape of `product.md`.
+fn assert_status_shape(s: &Value) {
+    let s = s.as_object().expect("Status is an object");
+    assert!(s["cluster"].is_string());
+    assert!(["not_running", "deploying", "running", "destroying"].contains(&s["state"].as_str().unwrap()));
+    assert!(s["is_public"].is_boolean());
+    assert!(s["node_capacity"].is_u64());
+    match &s["expires_at"] {
+        Value::Null => {}
+        Value::String(t) => {
+            chrono::DateTime::parse_from_rfc3339(t).expect("expires_at is RFC 3339");
+        }
+        other => panic!("expires_at: {other}"),
+    }
+    for node in s["nodes"].as_array().expect("nodes is an array") {
+        let keys: BTreeSet<&str> = node.as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(keys, BTreeSet::from(["id", "state", "address", "instance_type", "launched_at"]));
+        assert!(node["id"].is_string());
+        assert!(["booting", "ready", "unhealthy", "shutting_down"].contains(&node["state"].as_str().unwrap()));
+        assert!(node["address"].is_string() || node["address"].is_null());
+        assert!(node["instance_type"].is_string());
+        chrono::DateTime::parse_from_rfc3339(node["launched_at"].as_str().unwrap()).expect("launched_at is RFC 3339");
+    }
+}
+
+/// A DEPLOY without `wait` answers at once with the Status, its deadline
+/// `time_to_live` from now, and no `settled`.
+#[tokio::test(start_paused = true)]
+async fn deploy_returns_the_status() {
+    let api = TestApi::start().await;
+    let s = api.deploy("demo", &json!({"node_capacity": 3, "time_to_live": 3600}), false).await;
+    assert_status_shape(&s);
+    assert_eq!(s["cluster"], "demo");
+    assert_eq!(s["state"], "deploying");
+    assert_eq!(s["is_public"], false);
+    assert_eq!(s["node_capacity"], 3);
+    assert!(s.get("settled").is_none(), "settled only when the request waited: {s}");
+    let expires: chrono::DateTime<chrono::Utc> = serde_json::from_value(s["expires_at"].clone()).unwrap();
+    let ttl = expires - chrono::Utc::now();
+    assert!((3590..=3610).contains(&ttl.num_seconds()), "expires in an hour: {ttl}");
+
+    // The reply parses as the type the command line reads.
+    let typed: flotilla_api_types::ClusterStatus = serde_json::from_value(s).unwrap();
+    assert_eq!(typed.node_capacity, 3);
+}
+
+/// `wait=true` returns once the cluster settles, with every node ready; a
+/// DESTROY with `wait=true` returns once it is gone. Both settle promptly,
+/// not by running out `max_wait`.
+#[tokio::test(start_paused = true)]
+async fn deploy_and_destroy_with_wait_settle() {
+    let api = TestApi::start().await;
+    let started = Instant::now();
+    let s = api.deploy("demo", &json!({"node_capacity": 3, "time_to_live": 3600, "is_public": true}), true).await;
+    assert_status_shape(&s);
+    assert_eq!(s["settled"], true, "{s}");
+    assert_eq!(s["state"], "running");
+    assert_eq!(s["is_public"], true);
+    let nodes = s["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 3);
+    for n in nodes {
+        assert_eq!(n["state"], "ready", "{n}");
+        assert!(n["address"].is_string(), "a ready node has an address: {n}");
+        assert_eq!(n["instance_type"], "fake.small");
+    }
+    assert!(started.elapsed() < Duration::from_secs(5), "settled by a wake-up, not max_wait");
+    assert_eq!(api.status("demo").await["state"], "running");
+
+    let started = Instant::now();
+    let reply = api.delete("/api/v1/clusters/demo?wait=true").await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let s = reply.json();
+    assert_status_shape(&s);
+    assert_eq!(s["settled"], true, "{s}");
+    assert_eq!(s["state"], "not_running");
+    assert_eq!(s["nodes"], json!([]));
+    assert!(started.elapsed() < Duration::from_secs(5), "settled by a wake-up, not max_wait");
+    assert_not_running(&api, "demo").await;
+}
+
+/// DESTROY without `wait` answers at once; of a name never deployed, it is
+/// a no-op that still answers with the Status.
+#[tokio::test(start_paused = true)]
+async fn destroy_without_wait_answers_at_once() {
+    let api = TestApi::start().await;
+    let reply = api.delete("/api/v1/clusters/ghost").await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert_eq!(reply.json()["state"], "not_running");
+
+    running_demo(&api).await;
+    let s = api.delete("/api/v1/clusters/demo").await.json();
+    assert_eq!(s["state"], "destroying", "{s}");
+    assert_eq!(s["expires_at"], Value::Null, "destroy clears the scheduled deletion");
+    assert!(s.get("settled").is_none());
+}
+
+/// STATUS of a valid name never deployed is `not_running`, not 404.
+#[tokio::test(start_paused = true)]
+async fn never_deployed_name_is_not_running() {
+    let api = TestApi::start().await;
+    let s = api.status("never").await;
+    assert_status_shape(&s);
+    assert_eq!(s["cluster"], "never");
+    assert_eq!(s["is_public"], false);
+    assert_not_running(&api, "never").await;
+}
+
+/// LIST shows every deployed cluster, by name.
+#[tokio::test(start_paused = true)]
+async fn list_shows_deployed_clusters() {
+    let api = TestApi::start().await;
+    let reply = api.get("/api/v1/clusters").await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.json(), json!({"clusters": []}));
+
+    api.deploy("beta", &deploy_body(1), true).await;
+    api.deploy("alpha", &json!({"node_capacity": 2, "time_to_live": 600, "pool": "big"}), true).await;
+    let list = api.get("/api/v1/clusters").await.json();
+    let clusters = list["clusters"].as_array().unwrap();
+    let names: Vec<&str> = clusters.iter().map(|c| c["cluster"].as_str().unwrap()).collect();
+    assert_eq!(names, ["alpha", "beta"]);
+    for c in clusters {
+        assert_status_shape(c);
+        assert_eq!(c["state"], "running");
+    }
+    assert_eq!(clusters[0]["pool"], "big");
+    assert_eq!(clusters[0]["node_capacity"], 2);
+    assert_eq!(clusters[0]["nodes"][0]["instance_type"], "fake.big");
+}
+
+// ---- routes --------------------------------------------------------------
+
+/// Unknown routes are a JSON 404 rather than an empty body.
+#[tokio::test(start_paused = true)]
+async fn unknown_route_is_json_404() {
+    let api = TestApi::start().await;
+    for uri in ["/", "/api/v1/nope", "/api/v1/clusters/demo/nodes", "/api/v2/clusters", "/api/v1/clusters/"] {
+        api.get(uri).await.expect_error(StatusCode::NOT_FOUND, "not_found");
+    }
+}
+
+/// A known route with a method it does not take is a JSON 405 that still
+/// says, in `Allow`, which methods it does take.
+#[tokio::test(start_paused = true)]
+async fn wrong_method_is_json_405() {
+    let api = TestApi::start().await;
+    let cases = [
+        (Method::POST, "/api/v1/clusters/demo"),
+        (Method::PATCH, "/api/v1/clusters/demo"),
+        (Method::PUT, "/api/v1/clusters"),
+        (Method::DELETE, "/api/v1/clusters"),
+        (Method::POST, "/healthz"),
+    ];
+    for (method, uri) in cases {
+        let reply = api.request(method.clone(), uri).await;
+        reply.expect_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
+        let allow = reply.headers.get(header::ALLOW).map(|v| v.to_str().unwrap().to_owned());
+        let allow = allow.unwrap_or_else(|| panic!("{method} {uri}: a 405 says what is allowed"));
+        assert!(allow.contains("GET"), "{method} {uri}: Allow: {allow}");
+    }
+    assert_not_running(&api, "demo").await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn healthz_is_ok() {
+    let api = TestApi::start().await;
+    let reply = api.get("/healthz").await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let body = reply.json();
+    assert_eq!(body["status"], "ok");
+    assert!(body["version"].is_string());
+}
+
+/// `/metrics` is OpenMetrics text with the engine's metrics in it.
+#[tokio::test(start_paused = true)]
+async fn metrics_include_the_engines() {
+    let api = TestApi::start().await;
+    api.deploy("demo", &deploy_body(2), true).await;
+    let reply = api.get("/metrics").await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let content_type = reply.headers[header::CONTENT_TYPE].to_str().unwrap();
+    assert!(content_type.starts_with("application/openmetrics-text"), "{content_type}");
+    let text = reply.text();
+    for name in ["flotilla_nodes", "flotilla_reconciles", "flotilla_scheduled_deletions_fired"] {
+        assert!(text.contains(&format!("# TYPE {name} ")), "{name} missing from:\n{text}");
+    }
+    // The node gauges follow listings, but every reconcile is counted.
+    assert!(text.contains(r#"flotilla_reconciles_total{outcome="ok"} "#), "{text}");
+    assert!(text.trim_end().ends_with("# EOF"));
+}
+
+/// The OpenAPI document describes exactly the routes the router serves,
+/// with exactly the methods each takes: each documented method is routed,
+/// and each other method is a 405.
+#[tokio::test(start_paused = true)]
+async fn openapi_document_matches_the_router() {
+    let api = TestApi::start().await;
+    let reply = api.get("/api/v1/openapi.json").await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let doc = reply.json();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."), "{}", doc["openapi"]);
+
+    const METHODS: [&str; 8] = ["get", "put", "post", "delete", "patch", "head", "options", "trace"];
+    let documented: BTreeMap<String, BTreeSet<String>> = doc["paths"]
+        .as_object()
+        .expect("paths")
+        .iter()
+        .map(|(path, item)| {
+            let methods = item.as_object().unwrap().keys().filter(|k| METHODS.contains(&k.as_str())).cloned().collect();
+            (path.clone(), methods)
+        })
+        .collect();
+    let routed = |pairs: &[(&str, &[&str])]| -> BTreeMap<String, BTreeSet<String>> {
+        pairs
+            .iter()
+            .map(|(p, ms)| (p.to_string(), ms.iter().map(|m| m.to_string()).collect()))
+            .collect()
+    };
+    assert_eq!(
+        documented,
+        routed(&[
+            ("/healthz", &["get"]),
+            ("/metrics", &["get"]),
+            ("/api/v1/openapi.json", &["get"]),
+            ("/api/v1/clusters", &["get"]),
+            ("/api/v1/clusters/{cluster}", &["get", "put", "delete"]),
+        ])
+    );
+
+    // Tie the document to the router itself, both ways.
+    for (path, methods) in &documented {
+        let uri = path.replace("{cluster}", "demo");
+        for method in ["get", "put", "post", "delete", "patch"] {
+            let m = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+            let reply = if m == Method::PUT {
+                api.put_json(&uri, &deploy_body(1)).await
+            } else {
+                api.request(m, &uri).await
+            };
+            if methods.contains(method) {
+                assert_eq!(reply.status, StatusCode::OK, "{method} {path} is documented: {}", reply.text());
+            } else {
+                reply.expect_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
+            }
+        }
+    }
+}
+
+// ---- shutdown ------------------------------------------------------------
+
+/// Once the engine has begun shutting down, mutations are refused with 503
+/// (a client can retry against the next server) while STATUS still works.
+#[tokio::test(start_paused = true)]
+async fn mutations_after_shutdown_are_503() {
+    let mut api = TestApi::start().await;
+    running_demo(&api).await;
+    api.stop().await;
+
+    let message = api
+        .put_json("/api/v1/clusters/fresh", &deploy_body(1))
+        .await
+        .expect_error(StatusCode::SERVICE_UNAVAILABLE, "shutting_down");
+    assert!(message.contains("shutting down"), "{message}");
+    api.put_json("/api/v1/clusters/demo?wait=true", &deploy_body(5))
+        .await
+        .expect_error(StatusCode::SERVICE_UNAVAILABLE, "shutting_down");
+    api.delete("/api/v1/clusters/demo")
+        .await
+        .expect_error(StatusCode::SERVICE_UNAVAILABLE, "shutting_down");
+
+    let fresh = api.status("fresh").await;
+    assert_eq!(fresh["state"], "not_running", "{fresh}");
+    let demo = api.status("demo").await;
+    assert_eq!(demo["state"], "running", "{demo}");
+    assert_eq!(demo["node_capacity"], 2, "{demo}");
+    assert_eq!(api.cloud.instance_count(), 2);
+}
