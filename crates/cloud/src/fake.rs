@@ -2,7 +2,7 @@
 //! benchmarks (after Arvados' `test.StubDriver`). Seeded, and run on tokio's
 //! clock, so a test under paused time sees the same faults every run.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,7 +17,7 @@ use tokio::time::Instant;
 use crate::clock::{Clock, TokioClock};
 use crate::contract::{
     check_tag_update, matches_filter, ownership_tags, CapacityScope, CloudError, CreateRequest,
-    Health, Instance, InstanceSet, Tags, TAG_INSTANCE_SET,
+    Health, Instance, InstanceSet, Tags,
 };
 
 /// Fault knobs. Rates are probabilities per call (or per node) in `0..=1`.
@@ -108,7 +108,10 @@ pub struct CreateRecord {
 }
 
 struct FakeInstance {
-    instance: Instance,
+    /// Shared so that a listing copies pointers under the world's lock and
+    /// the instances themselves after releasing it, as a real cloud would
+    /// not stall a create behind a listing.
+    instance: Arc<Instance>,
     healthy_from: Option<Instant>,
     dies_at: Option<Instant>,
     destroyed_at: Option<Instant>,
@@ -123,17 +126,53 @@ struct World {
     stats: FakeStats,
     creates: Vec<CreateRecord>,
     holds: HashMap<FakeOp, Arc<Semaphore>>,
+    /// When instances are due to leave (death, or the end of shutting
+    /// down), so that a sweep costs what is due rather than a scan of every
+    /// instance under the lock, which a 10 000-node benchmark would mostly
+    /// spend measuring. Entries may be stale; a sweep checks each.
+    endings: BTreeSet<(Instant, InstanceId)>,
+    /// The destroy delay `endings` was computed with.
+    endings_delay: Duration,
+}
+
+impl FakeInstance {
+    fn ending(&self, destroy_delay: Duration) -> Option<Instant> {
+        let gone = self.destroyed_at.map(|t| t + destroy_delay);
+        match (self.dies_at, gone) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
 }
 
 impl World {
+    fn schedule_ending(&mut self, id: &InstanceId) {
+        if let Some(at) = self.instances.get(id).and_then(|i| i.ending(self.config.destroy_delay)) {
+            self.endings.insert((at, id.clone()));
+        }
+    }
+
     /// Drops instances that died or finished shutting down.
     fn sweep(&mut self, now: Instant) {
-        let destroy_delay = self.config.destroy_delay;
-        self.instances.retain(|_, i| {
-            let dead = i.dies_at.is_some_and(|t| t <= now);
-            let gone = i.destroyed_at.is_some_and(|t| t + destroy_delay <= now);
-            !dead && !gone
-        });
+        let delay = self.config.destroy_delay;
+        if delay != self.endings_delay {
+            // Reconfigured: every pending ending may have moved.
+            self.endings_delay = delay;
+            self.endings = self
+                .instances
+                .iter()
+                .filter_map(|(id, i)| i.ending(delay).map(|at| (at, id.clone())))
+                .collect();
+        }
+        while let Some((at, id)) = self.endings.first().cloned() {
+            if at > now {
+                break;
+            }
+            self.endings.pop_first();
+            if self.instances.get(&id).and_then(|i| i.ending(delay)).is_some_and(|t| t <= now) {
+                self.instances.remove(&id);
+            }
+        }
     }
 
     /// Counts a call against the rate limit; true if it must be refused.
@@ -171,6 +210,8 @@ impl FakeCloud {
                 stats: FakeStats::default(),
                 creates: Vec::new(),
                 holds: HashMap::new(),
+                endings: BTreeSet::new(),
+                endings_delay: Duration::ZERO,
             })),
             clock: TokioClock::default(),
         }
@@ -241,7 +282,7 @@ impl FakeCloud {
         w.instances.insert(
             id.clone(),
             FakeInstance {
-                instance,
+                instance: Arc::new(instance),
                 healthy_from: Some(Instant::now()),
                 dies_at: None,
                 destroyed_at: None,
@@ -407,14 +448,15 @@ impl InstanceSet for FakeInstanceSet {
             };
             made.push(instance.clone());
             w.instances.insert(
-                id,
+                id.clone(),
                 FakeInstance {
-                    instance,
+                    instance: Arc::new(instance),
                     healthy_from,
                     dies_at,
                     destroyed_at: None,
                 },
             );
+            w.schedule_ending(&id);
         }
         w.stats.instances_created += made.len() as u64;
         w.stats.peak_instances = w.stats.peak_instances.max(w.instances.len());
@@ -424,14 +466,19 @@ impl InstanceSet for FakeInstanceSet {
     async fn list(&self, filter: &Tags) -> Result<Vec<Instance>, CloudError> {
         self.cloud.gate(FakeOp::List).await;
         let now = Instant::now();
-        let mut w = self.cloud.world.lock().unwrap();
-        self.enter(&mut w, FakeOp::List, now)?;
-        Ok(w
-            .instances
-            .values()
-            .filter(|i| i.instance.tags.get(TAG_INSTANCE_SET).map(String::as_str) == Some(self.id.as_str()))
-            .filter(|i| matches_filter(&i.instance.tags, filter))
-            .map(|i| i.instance.clone())
+        let listed: Vec<Arc<Instance>> = {
+            let mut w = self.cloud.world.lock().unwrap();
+            self.enter(&mut w, FakeOp::List, now)?;
+            w.instances
+                .values()
+                .filter(|i| i.instance.instance_set() == Some(self.id.as_str()))
+                .map(|i| Arc::clone(&i.instance))
+                .collect()
+        };
+        Ok(listed
+            .iter()
+            .filter(|i| matches_filter(&i.tags, filter))
+            .map(|i| Instance::clone(i))
             .collect())
     }
 
@@ -453,6 +500,8 @@ impl InstanceSet for FakeInstanceSet {
                 i.healthy_from = None;
                 if delay_zero {
                     w.instances.remove(id);
+                } else {
+                    w.schedule_ending(id);
                 }
                 Ok(())
             }
@@ -468,7 +517,7 @@ impl InstanceSet for FakeInstanceSet {
         match self.owned(&mut w, id)? {
             None => Err(CloudError::permanent(format!("instance {id} does not exist"))),
             Some(i) => {
-                i.instance.tags.extend(tags.clone());
+                Arc::make_mut(&mut i.instance).tags.extend(tags.clone());
                 Ok(())
             }
         }
@@ -536,6 +585,39 @@ mod tests {
         assert_eq!(set.probe(&made[0]).await, Health::Ready);
         cloud.sicken(&made[0].id);
         assert_eq!(set.probe(&made[0]).await, Health::NotReady);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn destroyed_and_dying_nodes_leave_on_time() {
+        let cloud = FakeCloud::new(FakeConfig {
+            destroy_delay: Duration::from_secs(5),
+            death_rate: 1.0,
+            death_within: Duration::from_secs(60),
+            ..FakeConfig::default()
+        });
+        let set = cloud.instance_set("s");
+        let doomed = set.create(&request("a", 3)).await.unwrap();
+        cloud.reconfigure(|c| c.death_rate = 0.0);
+        let kept = set.create(&request("a", 2)).await.unwrap();
+        set.destroy(&kept[0].id).await.unwrap();
+        tokio::time::advance(Duration::from_secs(4)).await;
+        assert_eq!(cloud.instance_count(), 5 - doomed_by(&cloud, &doomed), "still shutting down");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let listed = set.list(&Tags::new()).await.unwrap();
+        assert!(listed.iter().all(|i| i.id != kept[0].id), "gone after the destroy delay");
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert_eq!(cloud.instance_count(), 1, "every doomed node died within death_within");
+        // A shorter delay applies to a node already shutting down.
+        cloud.reconfigure(|c| c.destroy_delay = Duration::from_secs(60));
+        set.destroy(&kept[1].id).await.unwrap();
+        cloud.reconfigure(|c| c.destroy_delay = Duration::ZERO);
+        assert_eq!(cloud.instance_count(), 0);
+    }
+
+    /// How many of `made` have already died.
+    fn doomed_by(cloud: &FakeCloud, made: &[Instance]) -> usize {
+        let w = cloud.world.lock().unwrap();
+        made.iter().filter(|i| !w.instances.contains_key(&i.id)).count()
     }
 
     #[tokio::test(start_paused = true)]

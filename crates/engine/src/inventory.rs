@@ -4,6 +4,7 @@
 //! without any stored copy.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::hash::{Hash, Hasher};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -23,6 +24,8 @@ pub struct TrackedNode {
     pub last_destroy_attempt: Option<DateTime<Utc>>,
     pub next_probe: Instant,
     probe_delay: Duration,
+    /// Probes recorded, to vary the jitter from one probe to the next.
+    probes: u64,
     /// The inventory's create counter when this server created the node, to
     /// tell a node created while a listing was running from one that has gone.
     created_here: Option<u64>,
@@ -37,8 +40,20 @@ impl TrackedNode {
             last_destroy_attempt: None,
             next_probe: Instant::now(),
             probe_delay: FIRST_PROBE_DELAY,
+            probes: 0,
             created_here,
         }
+    }
+
+    /// `interval` shortened by up to a fifth, differently for each node and
+    /// each probe, so that nodes created or adopted together drift apart
+    /// instead of all coming due in the same resync pass. Hashed, not
+    /// random, so a test run is repeatable.
+    fn jittered(&self, interval: Duration) -> Duration {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (self.instance.id.as_str(), self.probes).hash(&mut h);
+        let fraction = (h.finish() % 1000) as f64 / 1000.0;
+        interval.mul_f64(1.0 - 0.2 * fraction)
     }
 
     pub fn observed(&self) -> ObservedNode {
@@ -52,18 +67,26 @@ impl TrackedNode {
         }
     }
 
-    pub fn wants_probe(&self, now: Instant) -> bool {
-        self.state != NodeState::ShuttingDown && self.next_probe <= now
+    /// Whether a probe is due. A ready node whose probe falls within
+    /// `slack` is probed now too, so that one reconcile probes a cluster's
+    /// nodes together rather than waking once per node.
+    pub fn wants_probe(&self, now: Instant, slack: Duration) -> bool {
+        match self.state {
+            NodeState::ShuttingDown => false,
+            NodeState::Ready => self.next_probe <= now + slack,
+            _ => self.next_probe <= now,
+        }
     }
 
     fn record_probe(&mut self, health: Health, now: DateTime<Utc>, probe_interval: Duration) {
+        self.probes += 1;
         let next = match (self.state, health) {
             (NodeState::ShuttingDown, _) => return,
-            (NodeState::Ready, Health::Ready) => probe_interval,
+            (NodeState::Ready, Health::Ready) => self.jittered(probe_interval),
             (_, Health::Ready) => {
                 self.state = NodeState::Ready;
                 self.state_since = now;
-                probe_interval
+                self.jittered(probe_interval)
             }
             (NodeState::Ready, Health::NotReady) => {
                 self.state = NodeState::Unhealthy;

@@ -196,7 +196,7 @@ async fn probe_due(shared: &Shared, driver: &str, set: &dyn InstanceSet, cluster
         let now = Instant::now();
         inv[driver]
             .nodes(cluster)
-            .filter(|n| n.wants_probe(now))
+            .filter(|n| n.wants_probe(now, shared.config.probe_interval / 5))
             .map(|n| n.instance.clone())
             .collect()
     };

@@ -56,6 +56,26 @@ impl<K: Clone + Eq + Hash> Inner<K> {
         }
     }
 
+    /// Like `push_ready`, but ahead of everything queued, moving the key
+    /// forward if it already waits further back.
+    fn push_first(&mut self, key: K) {
+        if self.running.contains(&key) {
+            self.dirty.insert(key);
+            return;
+        }
+        if self.queued.contains(&key) {
+            if let Some(pos) = self.ready.iter().position(|k| *k == key) {
+                self.ready.remove(pos);
+            }
+        } else {
+            self.queued.insert(key.clone());
+            if let Some(at) = self.scheduled_at.remove(&key) {
+                self.scheduled.remove(&at);
+            }
+        }
+        self.ready.push_front(key);
+    }
+
     fn schedule(&mut self, key: K, at: Instant) {
         if self.queued.contains(&key) {
             return;
@@ -125,6 +145,13 @@ impl<K: Clone + Eq + Hash + Send + Sync + 'static> Runtime<K> {
     /// Reconcile `key` as soon as possible.
     pub fn wake(&self, key: K) {
         self.inner.lock().unwrap().push_ready(key);
+        self.wake.notify_one();
+    }
+
+    /// Reconcile `key` before anything already queued: for a person's
+    /// command, which should not wait behind a full resync's wake-ups.
+    pub fn wake_first(&self, key: K) {
+        self.inner.lock().unwrap().push_first(key);
         self.wake.notify_one();
     }
 
@@ -384,6 +411,22 @@ mod tests {
         rt.wake(1);
         tokio::time::sleep(Duration::from_secs(30)).await;
         assert_eq!(probe.runs_of(1).len(), 2, "a wake replaces the scheduled run");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn wake_first_jumps_the_queue() {
+        // One worker, busy with key 0, and keys 1..=5 queued behind it.
+        let (rt, probe, _h) = start(1, Duration::from_secs(1), |_| Ok(Next::Idle));
+        rt.wake(0);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        for k in 1..=5 {
+            rt.wake(k);
+        }
+        rt.wake_first(4);
+        rt.wake_first(9);
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let order: Vec<u32> = probe.runs.lock().unwrap().iter().map(|(k, _)| *k).collect();
+        assert_eq!(order, vec![0, 9, 4, 1, 2, 3, 5], "urgent keys first, each once");
     }
 
     #[tokio::test(start_paused = true)]

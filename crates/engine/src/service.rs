@@ -102,7 +102,7 @@ impl Engine {
         tracing::info!(cluster = %record.name, nodes = record.node_capacity.get(), %expires_at, "deploy");
         self.shared.desired.put(record);
         self.shared.expiry_changed.notify_one();
-        self.shared.runtime.wake(command.cluster.clone());
+        self.shared.runtime.wake_first(command.cluster.clone());
         self.finish(&command.cluster, wait).await
     }
 
@@ -121,7 +121,7 @@ impl Engine {
             self.shared.expiry_changed.notify_one();
         }
         // Also wakes clusters with no record whose nodes linger.
-        self.shared.runtime.wake(cluster.clone());
+        self.shared.runtime.wake_first(cluster.clone());
         self.finish(cluster, wait).await
     }
 

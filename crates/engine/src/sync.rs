@@ -37,9 +37,9 @@ pub(crate) async fn sync_all(shared: &Shared) -> BTreeSet<ClusterName> {
             Err(e) => tracing::warn!(%driver, error = %e, "listing instances failed"),
         }
     }
-    let read_started = shared.clock.now();
+    let mark = shared.desired.mark();
     match shared.store.list_clusters().await {
-        Ok(records) => shared.desired.refresh(records, read_started),
+        Ok(records) => shared.desired.refresh(records, mark),
         Err(e) => tracing::warn!(error = %e, "reading desired state failed"),
     }
     shared.metrics.observe_inventory(&shared.inventory.lock().unwrap());
