@@ -1,0 +1,872 @@
+//! `flotilla-bench`: how the engine performs at scale, in real time, on the
+//! fake cloud.
+//!
+//! One engine is wired the way `flotilla serve` wires it (a SQLite store in
+//! a temporary directory, the fake driver behind `Metered(Throttled(..))`,
+//! the system clock, tokio's multi-thread runtime, time not paused), with
+//! two recorders around it (see [`tap`]). Then, in order:
+//!
+//! 1. **Converge**: N clusters of M nodes are deployed through
+//!    `Engine::deploy`; how long until every one is running, and how many
+//!    create calls that took against the minimum.
+//! 5. **Peak RSS** of the process, read right after convergence.
+//! 2. **Steady state**: several full resync passes over the converged
+//!    clusters; how long a pass takes, and proof that it writes nothing to
+//!    the cloud or the store.
+//! 3. **Request → first create**: K single-node deploys, one at a time,
+//!    while the N clusters are live; how long from the deploy call
+//!    returning to the engine's first create call for that cluster.
+//! 4. **deploy --wait** of one wide cluster: request to settled, and its
+//!    create calls.
+//!
+//! The figures are printed as a Markdown table (for BENCHMARKS.md); the
+//! exit status is non-zero if any figure misses its target.
+
+mod machine;
+mod metrics;
+mod report;
+mod tap;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, ensure, Context, Result};
+use clap::{Parser, ValueEnum};
+use flotilla_cloud::fake::{FakeCloud, FakeConfig, FakeStats};
+use flotilla_cloud::{CloudMetrics, InstanceSet, Metered, SystemClock, Tags, Throttled};
+use flotilla_domain::{
+    Caller, ClusterName, ClusterState, DeployCommand, InstanceType, Limits, PoolName,
+};
+use flotilla_engine::{Engine, EngineConfig, EngineTasks, PoolSpec};
+use flotilla_store::{MemoryStore, SqliteStore, Store};
+use prometheus_client::registry::Registry;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use machine::Machine;
+use metrics::EngineCounters;
+use report::{fmt_duration, fmt_kib, max, percentile, Report, Verdict};
+use tap::{CountingStore, StoreCounts, Tap};
+
+/// The driver (and instance set) name the engine is given.
+const DRIVER: &str = "fake";
+/// Time-to-live of every deployed cluster: far beyond the run, so no
+/// scheduled deletion fires during it.
+const TTL_SECONDS: i64 = 24 * 3600;
+/// Most nodes one create call may ask for (the fake's `max_batch`).
+const MAX_BATCH: u32 = 50;
+/// How often the benchmark looks at counters it has to poll. Figures
+/// measured by polling are accurate to about this (tokio's timer has a
+/// millisecond granularity).
+const POLL: Duration = Duration::from_millis(1);
+/// The production default resync interval, which the pass time is judged
+/// against.
+const PRODUCTION_RESYNC: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum StoreKind {
+    /// SQLite in a temporary directory, as `flotilla serve` uses it: every
+    /// write is a real, synchronous commit.
+    Sqlite,
+    /// In memory: no I/O, to tell the engine's own cost from the store's.
+    Memory,
+}
+
+/// Benchmarks the flotilla engine on the fake cloud, in real time.
+#[derive(Debug, Parser)]
+#[command(name = "flotilla-bench", version)]
+struct Args {
+    /// Clusters deployed for convergence (and live during the later phases).
+    #[arg(long, default_value_t = 1000)]
+    clusters: usize,
+    /// Nodes per converged cluster.
+    #[arg(long, default_value_t = 10)]
+    nodes: u32,
+    /// Store backend.
+    #[arg(long, value_enum, default_value_t = StoreKind::Sqlite)]
+    store: StoreKind,
+    /// The engine's full resync interval during the run (production
+    /// default: 10s); short so several passes fit in a short run.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    resync_interval: Duration,
+    /// Full resync passes observed in steady state.
+    #[arg(long, default_value_t = 10)]
+    passes: usize,
+    /// Single-node deploys timed for request → first create.
+    #[arg(long, default_value_t = 200)]
+    requests: usize,
+    /// Pause between those deploys, so they sample the whole resync cycle
+    /// (including moments when a pass is running) rather than one instant.
+    #[arg(long, default_value = "25ms", value_parser = humantime::parse_duration)]
+    request_gap: Duration,
+    /// Nodes of the cluster deployed with --wait.
+    #[arg(long, default_value_t = 100)]
+    wide_nodes: u32,
+    /// Reconciles the engine runs at once (production default: 32).
+    #[arg(long, default_value_t = EngineConfig::default().concurrency)]
+    concurrency: usize,
+    /// Deploy requests in flight at once during convergence (like that many
+    /// API clients).
+    #[arg(long, default_value_t = 64)]
+    deploy_concurrency: usize,
+    /// How often the engine probes a ready node (production default: 10s).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    probe_interval: Duration,
+    /// The fake cloud's time from create until a node answers probes.
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    boot_delay: Duration,
+    /// Longest any phase may take before the run is abandoned.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    phase_limit: Duration,
+}
+
+/// One running engine and everything the benchmark watches it through.
+struct Bench {
+    engine: Engine,
+    tasks: EngineTasks,
+    cloud: FakeCloud,
+    tap: Arc<Tap>,
+    store: Arc<CountingStore>,
+    registry: Arc<Registry>,
+    caller: Caller,
+    /// Holds the SQLite file until the run ends.
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Bench {
+    async fn start(args: &Args) -> Result<Self> {
+        let (inner, dir): (Arc<dyn Store>, _) = match args.store {
+            StoreKind::Sqlite => {
+                let dir = tempfile::tempdir().context("cannot create a temporary directory")?;
+                let store = SqliteStore::open(&dir.path().join("flotilla.db")).await?;
+                (Arc::new(store), Some(dir))
+            }
+            StoreKind::Memory => (Arc::new(MemoryStore::new()), None),
+        };
+        let store = Arc::new(CountingStore::new(inner));
+
+        let mut registry = Registry::default();
+        let cloud_metrics = Arc::new(CloudMetrics::register(&mut registry));
+        let cloud = FakeCloud::new(FakeConfig {
+            boot_delay: args.boot_delay,
+            max_batch: MAX_BATCH,
+            ..FakeConfig::default()
+        });
+        let id = store.instance_set_id(DRIVER).await?;
+        let driver: Arc<dyn InstanceSet> = Arc::new(Metered::new(
+            Throttled::new(cloud.instance_set(id.as_str()), None),
+            DRIVER,
+            cloud_metrics,
+        ));
+        let tap = Arc::new(Tap::new(driver));
+
+        let pool = PoolName::new("default")?;
+        let pools = BTreeMap::from([(
+            pool.clone(),
+            PoolSpec {
+                driver: DRIVER.to_owned(),
+                instance_type: InstanceType::new("fake.small")?,
+                image: None,
+                init_data: None,
+                tags: Tags::new(),
+            },
+        )]);
+        let config = EngineConfig {
+            limits: Limits {
+                max_nodes: args.nodes.max(args.wide_nodes),
+                ..Limits::default()
+            },
+            resync_interval: args.resync_interval,
+            probe_interval: args.probe_interval,
+            concurrency: args.concurrency,
+            max_wait: args.phase_limit,
+            ..EngineConfig::default()
+        };
+        let sets = BTreeMap::from([(DRIVER.to_owned(), tap.clone() as Arc<dyn InstanceSet>)]);
+        let (engine, tasks) = Engine::start(
+            config,
+            store.clone(),
+            sets,
+            pools,
+            pool,
+            Arc::new(SystemClock),
+            &mut registry,
+        )
+        .await?;
+        let registry = Arc::new(registry);
+        tap.attach(registry.clone());
+        Ok(Self {
+            engine,
+            tasks,
+            cloud,
+            tap,
+            store,
+            registry,
+            caller: Caller::local_operator(),
+            _dir: dir,
+        })
+    }
+
+    fn counters(&self) -> EngineCounters {
+        EngineCounters::read(&self.registry)
+    }
+
+    fn command(&self, cluster: &ClusterName, nodes: u32) -> Result<DeployCommand> {
+        Ok(self.engine.deploy_command(
+            cluster.clone(),
+            i64::from(nodes),
+            TTL_SECONDS,
+            false,
+            None,
+        )?)
+    }
+
+    /// Create calls the fake cloud logged, by cluster.
+    fn creates_by_cluster(&self) -> HashMap<String, Vec<Instant>> {
+        let mut by = HashMap::<String, Vec<Instant>>::new();
+        for record in self.cloud.create_log() {
+            by.entry(record.cluster).or_default().push(record.at);
+        }
+        by
+    }
+}
+
+/// Polls `check` every [`POLL`] until it yields a value or `limit` passes.
+async fn poll_until<T>(
+    limit: Duration,
+    what: &str,
+    mut check: impl FnMut() -> Option<T>,
+) -> Result<T> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = check() {
+            return Ok(v);
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "timed out after {} waiting for {what}",
+                humantime::format_duration(limit)
+            );
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Phase 1: deploy every cluster and wait until all are running.
+struct Converge {
+    /// First deploy issued → last cluster running.
+    wall: Duration,
+    /// First deploy issued → last deploy call returned (the store's share).
+    deploys_returned: Duration,
+    /// Per cluster: its deploy call returning → it running.
+    to_running: Vec<Duration>,
+    creates: u64,
+    /// The fewest create calls that can make these nodes: one per cluster
+    /// per batch of [`MAX_BATCH`].
+    min_creates: u64,
+    most_creates_for_one_cluster: usize,
+    /// Live instances once converged.
+    instances: usize,
+    /// Instances the cloud made, surplus ones included.
+    instances_created: u64,
+    /// Destroy calls: each one undoes a surplus node.
+    destroys: u64,
+    /// Times `wait_settled` answered a settled state other than running
+    /// for a cluster that had just been deployed.
+    spurious_settles: u64,
+}
+
+async fn converge(b: &Bench, args: &Args) -> Result<Converge> {
+    let creates_before = b.cloud.stats().creates;
+    let permits = Arc::new(Semaphore::new(args.deploy_concurrency.max(1)));
+    let start = Instant::now();
+    let mut tasks = JoinSet::new();
+    for i in 0..args.clusters {
+        let name = ClusterName::new(format!("bench-{i:05}"))?;
+        let command = b.command(&name, args.nodes)?;
+        let (engine, caller, permits, limit) = (
+            b.engine.clone(),
+            b.caller.clone(),
+            permits.clone(),
+            args.phase_limit,
+        );
+        tasks.spawn(async move {
+            {
+                let _permit = permits.acquire().await.expect("never closed");
+                engine.deploy(&caller, command, false).await?;
+            }
+            let returned = Instant::now();
+            let deadline = returned + limit;
+            // A just-deployed cluster should only settle as running; any
+            // other settled answer is counted, and waited past.
+            let mut spurious = 0;
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                let view = engine.wait_settled(&name, left).await;
+                if view.state == ClusterState::Running {
+                    break;
+                }
+                ensure!(
+                    Instant::now() < deadline,
+                    "{name} did not converge: {}",
+                    view.state.as_str()
+                );
+                spurious += 1;
+                tokio::time::sleep(POLL).await;
+            }
+            Ok::<_, anyhow::Error>((returned, Instant::now(), spurious))
+        });
+    }
+    let (mut last_return, mut last_running) = (start, start);
+    let mut to_running = Vec::with_capacity(args.clusters);
+    let mut spurious_settles = 0;
+    while let Some(joined) = tasks.join_next().await {
+        let (returned, running, spurious) = joined??;
+        last_return = last_return.max(returned);
+        last_running = last_running.max(running);
+        to_running.push(running - returned);
+        spurious_settles += spurious;
+    }
+    let stats = b.cloud.stats();
+    let creates = stats.creates - creates_before;
+    Ok(Converge {
+        spurious_settles,
+        instances_created: stats.instances_created,
+        destroys: stats.destroys,
+        wall: last_running - start,
+        deploys_returned: last_return - start,
+        to_running,
+        creates,
+        min_creates: args.clusters as u64 * u64::from(args.nodes.div_ceil(MAX_BATCH)),
+        most_creates_for_one_cluster: b
+            .creates_by_cluster()
+            .values()
+            .map(Vec::len)
+            .max()
+            .unwrap_or(0),
+        instances: b.cloud.instance_count(),
+    })
+}
+
+/// Waits until the cloud has seen no write for two resync intervals, so
+/// that steady state is measured from a quiet start (late repairs after
+/// convergence would otherwise land in it). Returns how long that took,
+/// counted from the last write.
+async fn quiesce(b: &Bench, args: &Args) -> Result<Duration> {
+    let quiet = args.resync_interval * 2;
+    let start = Instant::now();
+    let mut last = (b.cloud.stats().writes(), start);
+    poll_until(args.phase_limit, "the cloud to fall quiet", || {
+        let writes = b.cloud.stats().writes();
+        if writes != last.0 {
+            last = (writes, Instant::now());
+        }
+        (last.1.elapsed() >= quiet).then_some(())
+    })
+    .await?;
+    Ok(last.1 - start)
+}
+
+/// Phase 2: full resync passes over converged clusters.
+struct Steady {
+    /// Per pass: the listing starting → the engine having completed as
+    /// many reconciles as there are clusters (every cluster is woken once
+    /// per full pass). Covers listing, the store read, waking and
+    /// reconciling.
+    passes: Vec<Duration>,
+    /// Per pass: the cloud listing alone.
+    listings: Vec<Duration>,
+    /// Per pass: the read of desired state from the store.
+    store_reads: Vec<Duration>,
+    /// Per pass: node probes made during it (the engine probes a node
+    /// every probe interval, from whichever reconcile finds it due).
+    probes: Vec<u64>,
+    /// From the first measured listing to the one after the last.
+    window: Duration,
+    cloud: FakeStats,
+    store: StoreCounts,
+    reconciles: u64,
+    reconcile_errors: u64,
+    reconcile_seconds: f64,
+}
+
+async fn steady_state(b: &Bench, args: &Args) -> Result<Steady> {
+    let limit = args.resync_interval * 3 + Duration::from_secs(30);
+    // Start at a listing that begins from now on, so every pass measured is
+    // whole.
+    let first = b.tap.list_count();
+    let lists = || b.tap.lists();
+    let start = poll_until(limit, "a resync listing", || lists().get(first).cloned()).await?;
+    let (cloud0, store0, counters0) = (b.cloud.stats(), b.store.counts(), b.counters());
+
+    let clusters = args.clusters as u64;
+    let mut passes = Vec::new();
+    let mut listings = Vec::new();
+    let mut probes = Vec::new();
+    let mut store_reads = Vec::new();
+    for k in 0..args.passes {
+        let listing = poll_until(limit, "a resync listing", || {
+            lists().get(first + k).cloned()
+        })
+        .await?;
+        let before = listing
+            .reconciles_before
+            .context("a listing began before the engine's metrics were attached")?;
+        let end = poll_until(limit, "a resync pass to finish", || {
+            (b.counters().reconciles >= before + clusters).then(Instant::now)
+        })
+        .await?;
+        // Read again: the copy above was taken while the listing ran.
+        let finished = lists()[first + k].finished.unwrap_or(end);
+        passes.push(end - listing.started);
+        listings.push(finished - listing.started);
+        probes.push(b.tap.probes() - listing.probes_before);
+        store_reads.push(b.store.list_time_after(listing.started).unwrap_or_default());
+    }
+    let after = poll_until(limit, "the listing after the last pass", || {
+        lists().get(first + args.passes).cloned()
+    })
+    .await?;
+    let (cloud1, store1, counters1) = (b.cloud.stats(), b.store.counts(), b.counters());
+
+    Ok(Steady {
+        passes,
+        listings,
+        probes,
+        store_reads,
+        window: after.started - start.started,
+        cloud: FakeStats {
+            creates: cloud1.creates - cloud0.creates,
+            lists: cloud1.lists - cloud0.lists,
+            destroys: cloud1.destroys - cloud0.destroys,
+            set_tags: cloud1.set_tags - cloud0.set_tags,
+            ..FakeStats::default()
+        },
+        store: store1.since(&store0),
+        reconciles: after.reconciles_before.unwrap_or(counters1.reconciles)
+            - start.reconciles_before.unwrap_or(counters0.reconciles),
+        reconcile_errors: counters1.reconcile_errors - counters0.reconcile_errors,
+        reconcile_seconds: counters1.reconcile_seconds - counters0.reconcile_seconds,
+    })
+}
+
+/// Phase 3: request → first create, for single-node deploys one at a time.
+struct Requests {
+    /// Deploy call returning → the first create call for that cluster
+    /// reaching the cloud (0 if the create came first).
+    from_return: Vec<Duration>,
+    /// Deploy call starting → the first create call.
+    from_request: Vec<Duration>,
+    /// The deploy call itself (store write included).
+    deploy_call: Vec<Duration>,
+    /// Creates that reached the cloud before the deploy call returned.
+    create_before_return: usize,
+    /// Create calls beyond the one each single-node cluster needs.
+    surplus_creates: usize,
+}
+
+async fn request_latency(b: &Bench, args: &Args) -> Result<Requests> {
+    let mut sent = Vec::with_capacity(args.requests);
+    for i in 0..args.requests {
+        let name = ClusterName::new(format!("request-{i:04}"))?;
+        let command = b.command(&name, 1)?;
+        let requested = Instant::now();
+        b.engine.deploy(&b.caller, command, false).await?;
+        let returned = Instant::now();
+        // One at a time: the next request waits until this one's create.
+        b.tap
+            .first_create(&name, args.phase_limit)
+            .await
+            .with_context(|| format!("no create for {name}"))?;
+        sent.push((name, requested, returned));
+        tokio::time::sleep(args.request_gap).await;
+    }
+    let creates = b.creates_by_cluster();
+    let mut r = Requests {
+        from_return: Vec::new(),
+        from_request: Vec::new(),
+        deploy_call: Vec::new(),
+        create_before_return: 0,
+        surplus_creates: 0,
+    };
+    for (name, requested, returned) in sent {
+        let calls = creates.get(name.as_str()).map_or(&[][..], Vec::as_slice);
+        let first = *calls
+            .iter()
+            .min()
+            .with_context(|| format!("the cloud logged no create for {name}"))?;
+        r.surplus_creates += calls.len() - 1;
+        if first < returned {
+            r.create_before_return += 1;
+        }
+        r.from_return
+            .push(first.saturating_duration_since(returned));
+        r.from_request.push(first - requested);
+        r.deploy_call.push(returned - requested);
+    }
+    Ok(r)
+}
+
+/// Phase 4: one wide cluster deployed with --wait.
+struct Wide {
+    took: Duration,
+    settled: bool,
+    state: ClusterState,
+    creates: usize,
+}
+
+async fn deploy_wait(b: &Bench, args: &Args) -> Result<Wide> {
+    let name = ClusterName::new(format!("wide-{}", args.wide_nodes))?;
+    let command = b.command(&name, args.wide_nodes)?;
+    let start = Instant::now();
+    let view = b.engine.deploy(&b.caller, command, true).await?;
+    let took = start.elapsed();
+    Ok(Wide {
+        took,
+        settled: view.settled == Some(true),
+        state: view.state,
+        creates: b
+            .creates_by_cluster()
+            .get(name.as_str())
+            .map_or(0, Vec::len),
+    })
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+
+    let machine = Machine::read();
+    let began = chrono::Local::now();
+    println!("# flotilla-bench");
+    println!();
+    println!("- date: {}", began.format("%Y-%m-%d %H:%M:%S %z"));
+    println!("- cpu: {} × {}", machine.cpus, machine.cpu_model);
+    println!("- memory: {}", fmt_kib(machine.memory_total_kib));
+    println!("- kernel: {}", machine.kernel);
+    println!(
+        "- run: {} clusters × {} nodes, store {:?}, resync every {}, probe every {}, boot delay {}, engine concurrency {}, {} deploys in flight",
+        args.clusters,
+        args.nodes,
+        args.store,
+        humantime::format_duration(args.resync_interval),
+        humantime::format_duration(args.probe_interval),
+        humantime::format_duration(args.boot_delay),
+        args.concurrency,
+        args.deploy_concurrency,
+    );
+    println!();
+
+    let b = Bench::start(&args).await?;
+    let mut report = Report::default();
+    let nodes_total = args.clusters as u64 * u64::from(args.nodes);
+
+    eprintln!(
+        "1. converging {} clusters × {} nodes ...",
+        args.clusters, args.nodes
+    );
+    let c = converge(&b, &args).await?;
+    let per_cluster_bound = args.nodes.div_ceil(MAX_BATCH) as usize + 2;
+    report.info(
+        "1",
+        format!(
+            "Converge {} clusters × {} nodes: wall time",
+            args.clusters, args.nodes
+        ),
+        fmt_duration(c.wall),
+    );
+    report.info(
+        "1",
+        "… of which all deploy calls returned after",
+        fmt_duration(c.deploys_returned),
+    );
+    report.info(
+        "1",
+        "Deploy returned → cluster running, p50 / p99",
+        format!(
+            "{} / {}",
+            fmt_duration(percentile(&c.to_running, 50.0)),
+            fmt_duration(percentile(&c.to_running, 99.0))
+        ),
+    );
+    report.row(
+        "1",
+        "Create calls",
+        format!(
+            "{} (minimum {}; most for one cluster {})",
+            c.creates, c.min_creates, c.most_creates_for_one_cluster
+        ),
+        format!(
+            "≤ ⌈{}/{MAX_BATCH}⌉ + 2 = {per_cluster_bound} per cluster",
+            args.nodes
+        ),
+        Verdict::check(c.most_creates_for_one_cluster <= per_cluster_bound),
+    );
+
+    report.row(
+        "1",
+        "Live instances once converged",
+        c.instances.to_string(),
+        nodes_total.to_string(),
+        Verdict::check(c.instances as u64 == nodes_total),
+    );
+    report.row(
+        "1",
+        "Surplus nodes created (then destroyed); destroy calls",
+        format!(
+            "{}; {}",
+            c.instances_created.saturating_sub(nodes_total),
+            c.destroys
+        ),
+        "0; 0",
+        Verdict::check(c.instances_created == nodes_total && c.destroys == 0),
+    );
+    report.row(
+        "1",
+        "`wait` answers other than running for a just-deployed cluster",
+        c.spurious_settles.to_string(),
+        "0",
+        Verdict::check(c.spurious_settles == 0),
+    );
+
+    let rss_converged = machine::peak_rss_kib();
+
+    let late = quiesce(&b, &args).await?;
+    report.info(
+        "1",
+        "Last cloud write after convergence was declared",
+        fmt_duration(late),
+    );
+
+    report.info(
+        "5",
+        format!("Peak RSS after converging {nodes_total} nodes (VmHWM)"),
+        fmt_kib(rss_converged),
+    );
+
+    eprintln!("2. observing {} resync passes ...", args.passes);
+    let s = steady_state(&b, &args).await?;
+    let (median, worst) = (percentile(&s.passes, 50.0), max(&s.passes));
+    // The target for the median; the slowest pass must still end
+    // long before the next is due.
+    let (typical_bound, worst_bound) = (Duration::from_millis(50), PRODUCTION_RESYNC / 2);
+    report.row(
+        "2",
+        format!(
+            "Resync pass over {} clusters, median / max ({} passes)",
+            args.clusters,
+            s.passes.len()
+        ),
+        format!("{} / {}", fmt_duration(median), fmt_duration(worst)),
+        format!(
+            "median ≤ {}; max < {} (half the {} interval)",
+            fmt_duration(typical_bound),
+            fmt_duration(worst_bound),
+            humantime::format_duration(PRODUCTION_RESYNC)
+        ),
+        Verdict::check(median <= typical_bound && worst < worst_bound),
+    );
+    report.info(
+        "2",
+        "… of which the cloud listing, median / max",
+        format!(
+            "{} / {}",
+            fmt_duration(percentile(&s.listings, 50.0)),
+            fmt_duration(max(&s.listings))
+        ),
+    );
+    report.info(
+        "2",
+        "… of which the store read of desired state, median / max",
+        format!(
+            "{} / {}",
+            fmt_duration(percentile(&s.store_reads, 50.0)),
+            fmt_duration(max(&s.store_reads))
+        ),
+    );
+    let quiet: Vec<Duration> = (0..s.passes.len())
+        .filter(|k| s.probes[*k] == 0)
+        .map(|k| s.passes[k])
+        .collect();
+    report.info(
+        "2",
+        format!(
+            "… passes that probed no node ({}), median / max",
+            quiet.len()
+        ),
+        format!(
+            "{} / {}",
+            fmt_duration(percentile(&quiet, 50.0)),
+            fmt_duration(max(&quiet))
+        ),
+    );
+    let slowest = (0..s.passes.len())
+        .max_by_key(|k| s.passes[*k])
+        .unwrap_or(0);
+    report.info(
+        "2",
+        "… node probes made during the slowest pass",
+        s.probes.get(slowest).copied().unwrap_or(0).to_string(),
+    );
+    let mean_reconcile = if s.reconciles > 0 {
+        Duration::from_secs_f64(s.reconcile_seconds / s.reconciles as f64)
+    } else {
+        Duration::ZERO
+    };
+    report.info(
+        "2",
+        "Reconciles per pass; mean reconcile time",
+        format!(
+            "{:.0} (of {} clusters); {}",
+            s.reconciles as f64 / args.passes.max(1) as f64,
+            args.clusters,
+            fmt_duration(mean_reconcile)
+        ),
+    );
+    report.row(
+        "2",
+        format!(
+            "Cloud writes over {} passes ({} window)",
+            args.passes,
+            fmt_duration(s.window)
+        ),
+        format!(
+            "{} creates, {} destroys, {} set_tags ({} lists)",
+            s.cloud.creates, s.cloud.destroys, s.cloud.set_tags, s.cloud.lists
+        ),
+        "0",
+        Verdict::check(s.cloud.writes() == 0),
+    );
+    report.row(
+        "2",
+        format!("Store writes over {} passes", args.passes),
+        format!(
+            "{} ({} deploys, {} destroys, {} forgets, {} expired; {} expire_due calls, {} reads)",
+            s.store.writes(),
+            s.store.deploys,
+            s.store.destroys,
+            s.store.forgets,
+            s.store.expired_rows,
+            s.store.expire_calls,
+            s.store.list_clusters
+        ),
+        "0",
+        Verdict::check(s.store.writes() == 0),
+    );
+    report.row(
+        "2",
+        "Failed reconciles in steady state",
+        s.reconcile_errors.to_string(),
+        "0",
+        Verdict::check(s.reconcile_errors == 0),
+    );
+
+    eprintln!("3. timing {} single-node deploys ...", args.requests);
+    let r = request_latency(&b, &args).await?;
+    let p99 = percentile(&r.from_return, 99.0);
+    report.row(
+        "3",
+        format!(
+            "Deploy returned → first create, p50 / p99 / max ({} deploys)",
+            r.from_return.len()
+        ),
+        format!(
+            "{} / {} / {}",
+            fmt_duration(percentile(&r.from_return, 50.0)),
+            fmt_duration(p99),
+            fmt_duration(max(&r.from_return))
+        ),
+        "no polling delay",
+        Verdict::check(p99 < Duration::from_secs(1)),
+    );
+    let request_p99 = percentile(&r.from_request, 99.0);
+    report.row(
+        "3",
+        "Deploy requested → first create (includes the durable commit), p50 / p99",
+        format!(
+            "{} / {}",
+            fmt_duration(percentile(&r.from_request, 50.0)),
+            fmt_duration(request_p99)
+        ),
+        "p99 ≤ 5 ms",
+        Verdict::check(request_p99 <= Duration::from_millis(5)),
+    );
+    report.info(
+        "3",
+        "The deploy call itself, p50 / p99",
+        format!(
+            "{} / {}",
+            fmt_duration(percentile(&r.deploy_call, 50.0)),
+            fmt_duration(percentile(&r.deploy_call, 99.0))
+        ),
+    );
+    report.info(
+        "3",
+        "Creates that reached the cloud before the deploy call returned",
+        r.create_before_return.to_string(),
+    );
+    report.row(
+        "3",
+        "Surplus create calls for these single-node clusters",
+        r.surplus_creates.to_string(),
+        "0",
+        Verdict::check(r.surplus_creates == 0),
+    );
+
+    eprintln!("4. deploying {} nodes with --wait ...", args.wide_nodes);
+    let w = deploy_wait(&b, &args).await?;
+    report.row(
+        "4",
+        format!(
+            "deploy --wait of one {}-node cluster: request → settled",
+            args.wide_nodes
+        ),
+        format!("{} ({})", fmt_duration(w.took), w.state.as_str()),
+        "settled and running, ≤ 250 ms",
+        Verdict::check(w.settled && w.state == ClusterState::Running && w.took <= Duration::from_millis(250)),
+    );
+    let wide_bound = (args.wide_nodes / MAX_BATCH) as usize + 2;
+    report.row(
+        "4",
+        "… its create calls",
+        w.creates.to_string(),
+        format!("≤ {}/{MAX_BATCH} + 2 = {wide_bound}", args.wide_nodes),
+        Verdict::check(w.creates <= wide_bound),
+    );
+
+    let peak_kib = machine::peak_rss_kib();
+    report.row(
+        "5",
+        "Peak RSS at the end of the run (VmHWM); RSS now",
+        format!("{}; {}", fmt_kib(peak_kib), fmt_kib(machine::rss_kib())),
+        "≤ 150 MB",
+        Verdict::check(peak_kib.is_some_and(|k| k * 1024 <= 150_000_000)),
+    );
+
+    b.tasks.shutdown().await;
+    println!("{}", report.markdown());
+    println!("Resync passes (pass; listing; store read; probes during the pass):");
+    println!();
+    for (k, took) in s.passes.iter().enumerate() {
+        println!(
+            "- {}; {}; {}; {}",
+            fmt_duration(*took),
+            fmt_duration(s.listings[k]),
+            fmt_duration(s.store_reads[k]),
+            s.probes[k]
+        );
+    }
+    println!();
+    if report.failed() {
+        bail!("a figure missed its target");
+    }
+    Ok(())
+}

@@ -1,0 +1,306 @@
+//! Instrumentation wrapped around what the engine is given, so the
+//! benchmark sees what the engine does without any hook inside it:
+//!
+//! - [`Tap`] wraps the instance set (outermost, around the production
+//!   `Metered(Throttled(..))` stack) and records when listings start and end
+//!   and when the first create for each cluster is asked for;
+//! - [`CountingStore`] wraps the store and counts every write, so steady
+//!   state can be shown to write nothing.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use flotilla_cloud::{CloudError, CreateRequest, Health, Instance, InstanceSet, Tags};
+use flotilla_domain::{ClusterName, ClusterRecord, DeployCommand, InstanceId, InstanceSetId};
+use flotilla_store::{Store, StoreError};
+use prometheus_client::registry::Registry;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::metrics::EngineCounters;
+
+/// One listing of the instance set, as the engine asked for it.
+#[derive(Debug, Clone)]
+pub struct ListEvent {
+    pub started: Instant,
+    pub finished: Option<Instant>,
+    /// Reconciles the engine had completed when the listing began (read from
+    /// its metrics), so a pass's own reconciles can be told apart.
+    pub reconciles_before: Option<u64>,
+    /// Probe calls made before the listing began.
+    pub probes_before: u64,
+}
+
+/// The instance set the engine drives, with a recorder in front.
+pub struct Tap {
+    inner: Arc<dyn InstanceSet>,
+    registry: OnceLock<Arc<Registry>>,
+    lists: Mutex<Vec<ListEvent>>,
+    first_create: Mutex<HashMap<ClusterName, Instant>>,
+    created: Notify,
+    probes: AtomicU64,
+}
+
+impl Tap {
+    pub fn new(inner: Arc<dyn InstanceSet>) -> Self {
+        Self {
+            inner,
+            registry: OnceLock::new(),
+            lists: Mutex::new(Vec::new()),
+            first_create: Mutex::new(HashMap::new()),
+            created: Notify::new(),
+            probes: AtomicU64::new(0),
+        }
+    }
+
+    /// Probe calls so far.
+    pub fn probes(&self) -> u64 {
+        self.probes.load(Ordering::SeqCst)
+    }
+
+    /// Gives the tap the engine's metrics, once the engine has started, so
+    /// each later listing records the reconcile count at its start.
+    pub fn attach(&self, registry: Arc<Registry>) {
+        let _ = self.registry.set(registry);
+    }
+
+    /// Every listing so far, oldest first.
+    pub fn lists(&self) -> Vec<ListEvent> {
+        self.lists.lock().unwrap().clone()
+    }
+
+    pub fn list_count(&self) -> usize {
+        self.lists.lock().unwrap().len()
+    }
+
+    /// Waits until a create for `cluster` has been asked for, or `limit`
+    /// passes; returns when the first one was.
+    pub async fn first_create(&self, cluster: &ClusterName, limit: Duration) -> Option<Instant> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let notified = self.created.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(at) = self.first_create.lock().unwrap().get(cluster) {
+                return Some(*at);
+            }
+            tokio::select! {
+                _ = notified => {}
+                _ = tokio::time::sleep_until(deadline) => return None,
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl InstanceSet for Tap {
+    fn id(&self) -> &InstanceSetId {
+        self.inner.id()
+    }
+
+    fn max_batch(&self) -> u32 {
+        self.inner.max_batch()
+    }
+
+    async fn create(&self, request: &CreateRequest) -> Result<Vec<Instance>, CloudError> {
+        let now = Instant::now();
+        self.first_create
+            .lock()
+            .unwrap()
+            .entry(request.cluster.clone())
+            .or_insert(now);
+        self.created.notify_waiters();
+        self.inner.create(request).await
+    }
+
+    async fn list(&self, filter: &Tags) -> Result<Vec<Instance>, CloudError> {
+        let reconciles_before = self
+            .registry
+            .get()
+            .map(|r| EngineCounters::read(r).reconciles);
+        let index = {
+            let mut lists = self.lists.lock().unwrap();
+            lists.push(ListEvent {
+                started: Instant::now(),
+                finished: None,
+                reconciles_before,
+                probes_before: self.probes(),
+            });
+            lists.len() - 1
+        };
+        let result = self.inner.list(filter).await;
+        self.lists.lock().unwrap()[index].finished = Some(Instant::now());
+        result
+    }
+
+    async fn destroy(&self, id: &InstanceId) -> Result<(), CloudError> {
+        self.inner.destroy(id).await
+    }
+
+    async fn set_tags(&self, id: &InstanceId, tags: &Tags) -> Result<(), CloudError> {
+        self.inner.set_tags(id, tags).await
+    }
+
+    async fn probe(&self, instance: &Instance) -> Health {
+        self.probes.fetch_add(1, Ordering::SeqCst);
+        self.inner.probe(instance).await
+    }
+
+    async fn address(&self, instance: &Instance) -> Option<String> {
+        self.inner.address(instance).await
+    }
+}
+
+/// Counts of what reached the store.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreCounts {
+    pub deploys: u64,
+    pub destroys: u64,
+    pub forgets: u64,
+    /// Calls of `expire_due`: each is an UPDATE statement on SQLite even
+    /// when nothing is due, but only rows it fires change anything.
+    pub expire_calls: u64,
+    pub expired_rows: u64,
+    pub instance_set_ids: u64,
+    pub list_clusters: u64,
+}
+
+impl StoreCounts {
+    /// Writes that change stored state.
+    pub fn writes(&self) -> u64 {
+        self.deploys + self.destroys + self.forgets + self.expired_rows
+    }
+
+    pub fn since(&self, earlier: &StoreCounts) -> StoreCounts {
+        StoreCounts {
+            deploys: self.deploys - earlier.deploys,
+            destroys: self.destroys - earlier.destroys,
+            forgets: self.forgets - earlier.forgets,
+            expire_calls: self.expire_calls - earlier.expire_calls,
+            expired_rows: self.expired_rows - earlier.expired_rows,
+            instance_set_ids: self.instance_set_ids - earlier.instance_set_ids,
+            list_clusters: self.list_clusters - earlier.list_clusters,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Counters {
+    deploys: AtomicU64,
+    destroys: AtomicU64,
+    forgets: AtomicU64,
+    expire_calls: AtomicU64,
+    expired_rows: AtomicU64,
+    instance_set_ids: AtomicU64,
+    list_clusters: AtomicU64,
+}
+
+/// A store that counts the calls made to the store it wraps.
+pub struct CountingStore {
+    inner: Arc<dyn Store>,
+    counters: Counters,
+    /// When each `list_clusters` (the resync's read of desired state)
+    /// began and how long it took, in call order.
+    list_times: Mutex<Vec<(Instant, Duration)>>,
+}
+
+impl CountingStore {
+    pub fn new(inner: Arc<dyn Store>) -> Self {
+        Self {
+            inner,
+            counters: Counters::default(),
+            list_times: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub fn counts(&self) -> StoreCounts {
+        let c = &self.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::SeqCst);
+        StoreCounts {
+            deploys: get(&c.deploys),
+            destroys: get(&c.destroys),
+            forgets: get(&c.forgets),
+            expire_calls: get(&c.expire_calls),
+            expired_rows: get(&c.expired_rows),
+            instance_set_ids: get(&c.instance_set_ids),
+            list_clusters: get(&c.list_clusters),
+        }
+    }
+
+    /// How long the first `list_clusters` call that began at or after
+    /// `after` took.
+    pub fn list_time_after(&self, after: Instant) -> Option<Duration> {
+        self.list_times
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(started, _)| *started >= after)
+            .map(|(_, took)| *took)
+    }
+}
+
+fn bump(counter: &AtomicU64, by: u64) {
+    counter.fetch_add(by, Ordering::SeqCst);
+}
+
+#[async_trait]
+impl Store for CountingStore {
+    async fn instance_set_id(&self, driver: &str) -> Result<InstanceSetId, StoreError> {
+        bump(&self.counters.instance_set_ids, 1);
+        self.inner.instance_set_id(driver).await
+    }
+
+    async fn get_cluster(&self, name: &ClusterName) -> Result<Option<ClusterRecord>, StoreError> {
+        self.inner.get_cluster(name).await
+    }
+
+    async fn list_clusters(&self) -> Result<Vec<ClusterRecord>, StoreError> {
+        bump(&self.counters.list_clusters, 1);
+        let started = Instant::now();
+        let result = self.inner.list_clusters().await;
+        self.list_times
+            .lock()
+            .unwrap()
+            .push((started, started.elapsed()));
+        result
+    }
+
+    async fn deploy(
+        &self,
+        command: &DeployCommand,
+        now: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+    ) -> Result<ClusterRecord, StoreError> {
+        bump(&self.counters.deploys, 1);
+        self.inner.deploy(command, now, expires_at).await
+    }
+
+    async fn destroy(
+        &self,
+        name: &ClusterName,
+        now: DateTime<Utc>,
+    ) -> Result<Option<ClusterRecord>, StoreError> {
+        bump(&self.counters.destroys, 1);
+        self.inner.destroy(name, now).await
+    }
+
+    async fn expire_due(&self, now: DateTime<Utc>) -> Result<Vec<ClusterRecord>, StoreError> {
+        bump(&self.counters.expire_calls, 1);
+        let fired = self.inner.expire_due(now).await?;
+        bump(&self.counters.expired_rows, fired.len() as u64);
+        Ok(fired)
+    }
+
+    async fn next_expiry(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
+        self.inner.next_expiry().await
+    }
+
+    async fn forget(&self, name: &ClusterName, generation: i64) -> Result<bool, StoreError> {
+        bump(&self.counters.forgets, 1);
+        self.inner.forget(name, generation).await
+    }
+}
