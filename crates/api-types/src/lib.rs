@@ -103,7 +103,10 @@ pub struct ClusterStatus {
 
 impl ClusterStatus {
     pub fn ready_nodes(&self) -> usize {
-        self.nodes.iter().filter(|n| n.state == NodeState::Ready).count()
+        self.nodes
+            .iter()
+            .filter(|n| n.state == NodeState::Ready)
+            .count()
     }
 }
 

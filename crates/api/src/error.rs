@@ -42,12 +42,16 @@ impl From<EngineError> for ApiError {
         let message = e.to_string();
         match e {
             EngineError::InvalidName(n) => Self::from_name(n),
-            EngineError::Invalid(ValidationError::NodeCapacity { .. }) => {
-                Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_node_capacity", message)
-            }
-            EngineError::Invalid(ValidationError::TimeToLive { .. }) => {
-                Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_time_to_live", message)
-            }
+            EngineError::Invalid(ValidationError::NodeCapacity { .. }) => Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_node_capacity",
+                message,
+            ),
+            EngineError::Invalid(ValidationError::TimeToLive { .. }) => Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_time_to_live",
+                message,
+            ),
             EngineError::UnknownPool { .. } => {
                 Self::new(StatusCode::UNPROCESSABLE_ENTITY, "unknown_pool", message)
             }
@@ -66,7 +70,11 @@ impl From<EngineError> for ApiError {
             }
             EngineError::Store(_) => {
                 tracing::error!(error = %message, "storage failure");
-                Self::new(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable", message)
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "storage_unavailable",
+                    message,
+                )
             }
             EngineError::Config(_) => Self::internal(message),
         }

@@ -73,11 +73,20 @@ pub struct JsonBody<T>(pub T);
 
 /// `application/json` or `application/*+json`, with any parameters.
 fn is_json(headers: &HeaderMap) -> bool {
-    let Some(value) = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
+    let Some(value) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
         return false;
     };
-    let essence = value.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
-    essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
+    let essence = value
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
@@ -96,7 +105,10 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
                 ApiError::new(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "body_too_large",
-                    format!("request bodies are limited to {} bytes", crate::MAX_BODY_BYTES),
+                    format!(
+                        "request bodies are limited to {} bytes",
+                        crate::MAX_BODY_BYTES
+                    ),
                 )
             } else {
                 ApiError::new(StatusCode::BAD_REQUEST, "malformed_request", e.body_text())
@@ -119,7 +131,11 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
             ));
         }
         serde_json::from_slice(&bytes).map(JsonBody).map_err(|e| {
-            let code = if e.is_data() { "invalid_request" } else { "malformed_json" };
+            let code = if e.is_data() {
+                "invalid_request"
+            } else {
+                "malformed_json"
+            };
             ApiError::new(StatusCode::BAD_REQUEST, code, format!("request body: {e}"))
         })
     }

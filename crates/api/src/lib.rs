@@ -42,7 +42,11 @@ pub fn router(state: AppState) -> Router {
             get(cluster_status).put(deploy).delete(destroy),
         )
         .fallback(|| async {
-            ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such API route; see /api/v1/openapi.json")
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such API route; see /api/v1/openapi.json",
+            )
         })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -107,7 +111,10 @@ async fn metrics(State(state): State<AppState>) -> Response {
     let mut body = String::new();
     match prometheus_client::encoding::text::encode(&mut body, &state.registry) {
         Ok(()) => (
-            [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
             body,
         )
             .into_response(),
@@ -117,9 +124,17 @@ async fn metrics(State(state): State<AppState>) -> Response {
 
 /// Every cluster that has a record or nodes.
 #[utoipa::path(get, path = "/api/v1/clusters", responses((status = 200, body = types::ClusterList)))]
-async fn list_clusters(State(state): State<AppState>, CallerIdentity(caller): CallerIdentity) -> Json<types::ClusterList> {
+async fn list_clusters(
+    State(state): State<AppState>,
+    CallerIdentity(caller): CallerIdentity,
+) -> Json<types::ClusterList> {
     Json(types::ClusterList {
-        clusters: state.engine.list(&caller).into_iter().map(status_body).collect(),
+        clusters: state
+            .engine
+            .list(&caller)
+            .into_iter()
+            .map(status_body)
+            .collect(),
     })
 }
 
@@ -173,7 +188,9 @@ async fn deploy(
         body.is_public,
         body.pool.as_deref(),
     )?;
-    Ok(Json(status_body(state.engine.deploy(&caller, command, wait).await?)))
+    Ok(Json(status_body(
+        state.engine.deploy(&caller, command, wait).await?,
+    )))
 }
 
 /// DESTROY: clear the scheduled deletion and remove every node.
@@ -193,5 +210,7 @@ async fn destroy(
     WaitParam(wait): WaitParam,
 ) -> Result<Json<types::ClusterStatus>, ApiError> {
     let cluster = cluster_name(&cluster)?;
-    Ok(Json(status_body(state.engine.destroy(&caller, &cluster, wait).await?)))
+    Ok(Json(status_body(
+        state.engine.destroy(&caller, &cluster, wait).await?,
+    )))
 }

@@ -5,7 +5,10 @@ use flotilla_api_types as types;
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "flotilla", description = "Provision named clusters of compute nodes"),
+    info(
+        title = "flotilla",
+        description = "Provision named clusters of compute nodes"
+    ),
     paths(
         crate::healthz,
         crate::metrics,

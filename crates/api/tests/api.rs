@@ -47,7 +47,7 @@ async fn running_demo(api: &TestApi) -> Value {
 const BAD_NAMES: [&str; 4] = [
     "-bad",
     "a_b",
-    "a%20b", // decodes to "a b"
+    "a%20b",                                     // decodes to "a b"
     "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", // 41 characters
 ];
 
@@ -58,10 +58,20 @@ async fn bad_cluster_names_are_422_on_every_method() {
     assert_eq!(BAD_NAMES[3].len(), 41);
     for name in BAD_NAMES {
         let uri = format!("/api/v1/clusters/{name}");
-        let message = api.put_json(&uri, &deploy_body(1)).await.expect_error(StatusCode::UNPROCESSABLE_ENTITY, "invalid_cluster_name");
-        assert!(message.contains("cluster name"), "the message says what is wrong: {message}");
-        api.get(&uri).await.expect_error(StatusCode::UNPROCESSABLE_ENTITY, "invalid_cluster_name");
-        api.delete(&uri).await.expect_error(StatusCode::UNPROCESSABLE_ENTITY, "invalid_cluster_name");
+        let message = api
+            .put_json(&uri, &deploy_body(1))
+            .await
+            .expect_error(StatusCode::UNPROCESSABLE_ENTITY, "invalid_cluster_name");
+        assert!(
+            message.contains("cluster name"),
+            "the message says what is wrong: {message}"
+        );
+        api.get(&uri)
+            .await
+            .expect_error(StatusCode::UNPROCESSABLE_ENTITY, "invalid_cluster_name");
+        api.delete(&uri)
+            .await
+            .expect_error(StatusCode::UNPROCESSABLE_ENTITY, "invalid_cluster_name");
     }
     let list = api.get("/api/v1/clusters").await.json();
     assert_eq!(list, json!({"clusters": []}), "nothing was deployed");
@@ -85,9 +95,15 @@ async fn names_at_the_edge_of_the_rule_are_accepted() {
 async fn a_name_that_is_not_utf8_is_a_json_error() {
     let api = TestApi::start().await;
     let uri = "/api/v1/clusters/%FF";
-    api.get(uri).await.expect_error(StatusCode::BAD_REQUEST, "malformed_request");
-    api.put_json(uri, &deploy_body(1)).await.expect_error(StatusCode::BAD_REQUEST, "malformed_request");
-    api.delete(uri).await.expect_error(StatusCode::BAD_REQUEST, "malformed_request");
+    api.get(uri)
+        .await
+        .expect_error(StatusCode::BAD_REQUEST, "malformed_request");
+    api.put_json(uri, &deploy_body(1))
+        .await
+        .expect_error(StatusCode::BAD_REQUEST, "malformed_request");
+    api.delete(uri)
+        .await
+        .expect_error(StatusCode::BAD_REQUEST, "malformed_request");
     assert_eq!(api.cloud.instance_count(), 0);
 }
 
@@ -104,7 +120,10 @@ async fn node_capacity_out_of_range_is_422_and_changes_nothing() {
             .put_json("/api/v1/clusters/demo", &deploy_body(nodes))
             .await
             .expect_error(StatusCode::UNPROCESSABLE_ENTITY, "invalid_node_capacity");
-        assert!(message.contains(&format!("between 1 and {MAX_NODES}")), "names the range: {message}");
+        assert!(
+            message.contains(&format!("between 1 and {MAX_NODES}")),
+            "names the range: {message}"
+        );
         // A fresh name is not created either.
         api.put_json("/api/v1/clusters/fresh", &deploy_body(nodes))
             .await
@@ -119,13 +138,22 @@ async fn node_capacity_out_of_range_is_422_and_changes_nothing() {
 #[tokio::test(start_paused = true)]
 async fn node_capacity_of_the_wrong_type_is_400() {
     let api = TestApi::start().await;
-    for nodes in [json!("three"), json!(2.5), json!(null), json!("3"), json!(1e20)] {
+    for nodes in [
+        json!("three"),
+        json!(2.5),
+        json!(null),
+        json!("3"),
+        json!(1e20),
+    ] {
         let body = json!({"node_capacity": nodes, "time_to_live": 3600});
         let message = api
             .put_json("/api/v1/clusters/demo", &body)
             .await
             .expect_error(StatusCode::BAD_REQUEST, "invalid_request");
-        assert!(message.contains("node_capacity") || message.contains("invalid type"), "{message}");
+        assert!(
+            message.contains("node_capacity") || message.contains("invalid type"),
+            "{message}"
+        );
     }
     assert_not_running(&api, "demo").await;
 }
@@ -141,11 +169,24 @@ async fn time_to_live_out_of_range_is_422_and_changes_nothing() {
             .put_json("/api/v1/clusters/demo", &body)
             .await
             .expect_error(StatusCode::UNPROCESSABLE_ENTITY, "invalid_time_to_live");
-        assert!(message.contains(&format!("between {MIN_TTL} and {MAX_TTL}")), "names the range: {message}");
+        assert!(
+            message.contains(&format!("between {MIN_TTL} and {MAX_TTL}")),
+            "names the range: {message}"
+        );
     }
-    assert_eq!(desired(&api.status("demo").await), desired(&before), "capacity and deadline unchanged");
+    assert_eq!(
+        desired(&api.status("demo").await),
+        desired(&before),
+        "capacity and deadline unchanged"
+    );
     for ttl in [MIN_TTL, MAX_TTL] {
-        let s = api.deploy("edge", &json!({"node_capacity": 1, "time_to_live": ttl}), false).await;
+        let s = api
+            .deploy(
+                "edge",
+                &json!({"node_capacity": 1, "time_to_live": ttl}),
+                false,
+            )
+            .await;
         assert_eq!(s["node_capacity"], 1, "the bound {ttl} itself is allowed");
     }
 }
@@ -162,7 +203,10 @@ async fn unknown_pool_is_422_and_names_the_known_pools() {
             .await
             .expect_error(StatusCode::UNPROCESSABLE_ENTITY, "unknown_pool");
         assert!(message.contains(pool), "{message}");
-        assert!(message.contains("big") && message.contains("default"), "lists the pools: {message}");
+        assert!(
+            message.contains("big") && message.contains("default"),
+            "lists the pools: {message}"
+        );
     }
     assert_not_running(&api, "demo").await;
 }
@@ -176,26 +220,45 @@ async fn unknown_pool_is_422_and_names_the_known_pools() {
 async fn malformed_bodies_are_400() {
     let api = TestApi::start().await;
     let cases: [(&str, &str); 7] = [
-        (r#"{"node_capacity": 1, "time_to_live": 3600, "nodes": 3}"#, "invalid_request"),
+        (
+            r#"{"node_capacity": 1, "time_to_live": 3600, "nodes": 3}"#,
+            "invalid_request",
+        ),
         (r#" [1, 3600, false, null]"#, "invalid_request"),
         (r#"{"node_capacity": 1}"#, "invalid_request"),
-        (r#"{"node_capacity": 1, "time_to_live": 3600, "is_public": "yes"}"#, "invalid_request"),
-        (r#"{"node_capacity": 1, "time_to_live": 3600"#, "malformed_json"),
+        (
+            r#"{"node_capacity": 1, "time_to_live": 3600, "is_public": "yes"}"#,
+            "invalid_request",
+        ),
+        (
+            r#"{"node_capacity": 1, "time_to_live": 3600"#,
+            "malformed_json",
+        ),
         (r#"node_capacity=1&time_to_live=3600"#, "malformed_json"),
         ("", "malformed_json"),
     ];
     for (body, code) in cases {
         let message = api
-            .put_raw("/api/v1/clusters/demo", Some("application/json"), body.to_owned())
+            .put_raw(
+                "/api/v1/clusters/demo",
+                Some("application/json"),
+                body.to_owned(),
+            )
             .await
             .expect_error(StatusCode::BAD_REQUEST, code);
         assert!(!message.is_empty(), "{body}");
     }
     let unknown = api
-        .put_json("/api/v1/clusters/demo", &json!({"node_capacity": 1, "time_to_live": 3600, "nodes": 3}))
+        .put_json(
+            "/api/v1/clusters/demo",
+            &json!({"node_capacity": 1, "time_to_live": 3600, "nodes": 3}),
+        )
         .await
         .expect_error(StatusCode::BAD_REQUEST, "invalid_request");
-    assert!(unknown.contains("nodes"), "names the unknown field: {unknown}");
+    assert!(
+        unknown.contains("nodes"),
+        "names the unknown field: {unknown}"
+    );
     assert_not_running(&api, "demo").await;
 }
 
@@ -206,17 +269,35 @@ async fn malformed_bodies_are_400() {
 async fn deploy_needs_a_json_content_type() {
     let api = TestApi::start().await;
     let body = deploy_body(1).to_string();
-    for content_type in [None, Some("text/plain"), Some("application/x-www-form-urlencoded")] {
+    for content_type in [
+        None,
+        Some("text/plain"),
+        Some("application/x-www-form-urlencoded"),
+    ] {
         let message = api
             .put_raw("/api/v1/clusters/demo", content_type, body.clone())
             .await
             .expect_error(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type");
-        assert!(message.contains("application/json"), "says what to send: {message}");
+        assert!(
+            message.contains("application/json"),
+            "says what to send: {message}"
+        );
     }
     assert_not_running(&api, "demo").await;
-    for content_type in ["application/json; charset=utf-8", "Application/JSON", "application/vnd.flotilla+json"] {
-        let reply = api.put_raw("/api/v1/clusters/demo", Some(content_type), body.clone()).await;
-        assert_eq!(reply.status, StatusCode::OK, "{content_type}: {}", reply.text());
+    for content_type in [
+        "application/json; charset=utf-8",
+        "Application/JSON",
+        "application/vnd.flotilla+json",
+    ] {
+        let reply = api
+            .put_raw("/api/v1/clusters/demo", Some(content_type), body.clone())
+            .await;
+        assert_eq!(
+            reply.status,
+            StatusCode::OK,
+            "{content_type}: {}",
+            reply.text()
+        );
     }
 }
 
@@ -232,11 +313,15 @@ async fn body_over_64_kib_is_413() {
         .header(header::CONTENT_LENGTH, body.len())
         .body(axum::body::Body::from(body.clone()))
         .unwrap();
-    api.send(req).await.expect_error(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large");
+    api.send(req)
+        .await
+        .expect_error(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large");
     assert_not_running(&api, "demo").await;
     // One byte less is accepted.
     body.pop();
-    let reply = api.put_raw("/api/v1/clusters/demo", Some("application/json"), body).await;
+    let reply = api
+        .put_raw("/api/v1/clusters/demo", Some("application/json"), body)
+        .await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
 }
 
@@ -248,14 +333,21 @@ async fn wait_must_be_a_boolean() {
         .put_json("/api/v1/clusters/demo?wait=maybe", &deploy_body(1))
         .await
         .expect_error(StatusCode::BAD_REQUEST, "malformed_query");
-    assert!(message.contains("wait=true"), "says what to send: {message}");
+    assert!(
+        message.contains("wait=true"),
+        "says what to send: {message}"
+    );
     assert_not_running(&api, "demo").await;
 
     api.deploy("demo", &deploy_body(1), true).await;
     api.delete("/api/v1/clusters/demo?wait=maybe")
         .await
         .expect_error(StatusCode::BAD_REQUEST, "malformed_query");
-    assert_eq!(api.status("demo").await["state"], "running", "the destroy was refused");
+    assert_eq!(
+        api.status("demo").await["state"],
+        "running",
+        "the destroy was refused"
+    );
 }
 
 // ---- conflicts -----------------------------------------------------------
@@ -285,7 +377,8 @@ async fn redeploy_cannot_change_is_public_or_pool() {
     assert_eq!(api.cloud.instance_count(), 2);
 
     // Naming the same pool explicitly is no change.
-    let same = json!({"node_capacity": 3, "time_to_live": 3600, "pool": "default", "is_public": false});
+    let same =
+        json!({"node_capacity": 3, "time_to_live": 3600, "pool": "default", "is_public": false});
     assert_eq!(api.deploy("demo", &same, false).await["node_capacity"], 3);
 }
 
@@ -295,7 +388,8 @@ async fn redeploy_cannot_change_is_public_or_pool() {
 fn assert_status_shape(s: &Value) {
     let s = s.as_object().expect("Status is an object");
     assert!(s["cluster"].is_string());
-    assert!(["not_running", "deploying", "running", "destroying"].contains(&s["state"].as_str().unwrap()));
+    assert!(["not_running", "deploying", "running", "destroying"]
+        .contains(&s["state"].as_str().unwrap()));
     assert!(s["is_public"].is_boolean());
     assert!(s["node_capacity"].is_u64());
     match &s["expires_at"] {
@@ -306,13 +400,23 @@ fn assert_status_shape(s: &Value) {
         other => panic!("expires_at: {other}"),
     }
     for node in s["nodes"].as_array().expect("nodes is an array") {
-        let keys: BTreeSet<&str> = node.as_object().unwrap().keys().map(String::as_str).collect();
-        assert_eq!(keys, BTreeSet::from(["id", "state", "address", "instance_type", "launched_at"]));
+        let keys: BTreeSet<&str> = node
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(
+            keys,
+            BTreeSet::from(["id", "state", "address", "instance_type", "launched_at"])
+        );
         assert!(node["id"].is_string());
-        assert!(["booting", "ready", "unhealthy", "shutting_down"].contains(&node["state"].as_str().unwrap()));
+        assert!(["booting", "ready", "unhealthy", "shutting_down"]
+            .contains(&node["state"].as_str().unwrap()));
         assert!(node["address"].is_string() || node["address"].is_null());
         assert!(node["instance_type"].is_string());
-        chrono::DateTime::parse_from_rfc3339(node["launched_at"].as_str().unwrap()).expect("launched_at is RFC 3339");
+        chrono::DateTime::parse_from_rfc3339(node["launched_at"].as_str().unwrap())
+            .expect("launched_at is RFC 3339");
     }
 }
 
@@ -321,16 +425,29 @@ fn assert_status_shape(s: &Value) {
 #[tokio::test(start_paused = true)]
 async fn deploy_returns_the_status() {
     let api = TestApi::start().await;
-    let s = api.deploy("demo", &json!({"node_capacity": 3, "time_to_live": 3600}), false).await;
+    let s = api
+        .deploy(
+            "demo",
+            &json!({"node_capacity": 3, "time_to_live": 3600}),
+            false,
+        )
+        .await;
     assert_status_shape(&s);
     assert_eq!(s["cluster"], "demo");
     assert_eq!(s["state"], "deploying");
     assert_eq!(s["is_public"], false);
     assert_eq!(s["node_capacity"], 3);
-    assert!(s.get("settled").is_none(), "settled only when the request waited: {s}");
-    let expires: chrono::DateTime<chrono::Utc> = serde_json::from_value(s["expires_at"].clone()).unwrap();
+    assert!(
+        s.get("settled").is_none(),
+        "settled only when the request waited: {s}"
+    );
+    let expires: chrono::DateTime<chrono::Utc> =
+        serde_json::from_value(s["expires_at"].clone()).unwrap();
     let ttl = expires - chrono::Utc::now();
-    assert!((3590..=3610).contains(&ttl.num_seconds()), "expires in an hour: {ttl}");
+    assert!(
+        (3590..=3610).contains(&ttl.num_seconds()),
+        "expires in an hour: {ttl}"
+    );
 
     // The reply parses as the type the command line reads.
     let typed: flotilla_api_types::ClusterStatus = serde_json::from_value(s).unwrap();
@@ -344,7 +461,13 @@ async fn deploy_returns_the_status() {
 async fn deploy_and_destroy_with_wait_settle() {
     let api = TestApi::start().await;
     let started = Instant::now();
-    let s = api.deploy("demo", &json!({"node_capacity": 3, "time_to_live": 3600, "is_public": true}), true).await;
+    let s = api
+        .deploy(
+            "demo",
+            &json!({"node_capacity": 3, "time_to_live": 3600, "is_public": true}),
+            true,
+        )
+        .await;
     assert_status_shape(&s);
     assert_eq!(s["settled"], true, "{s}");
     assert_eq!(s["state"], "running");
@@ -356,7 +479,10 @@ async fn deploy_and_destroy_with_wait_settle() {
         assert!(n["address"].is_string(), "a ready node has an address: {n}");
         assert_eq!(n["instance_type"], "fake.small");
     }
-    assert!(started.elapsed() < Duration::from_secs(5), "settled by a wake-up, not max_wait");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "settled by a wake-up, not max_wait"
+    );
     assert_eq!(api.status("demo").await["state"], "running");
 
     let started = Instant::now();
@@ -367,7 +493,10 @@ async fn deploy_and_destroy_with_wait_settle() {
     assert_eq!(s["settled"], true, "{s}");
     assert_eq!(s["state"], "not_running");
     assert_eq!(s["nodes"], json!([]));
-    assert!(started.elapsed() < Duration::from_secs(5), "settled by a wake-up, not max_wait");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "settled by a wake-up, not max_wait"
+    );
     assert_not_running(&api, "demo").await;
 }
 
@@ -383,7 +512,11 @@ async fn destroy_without_wait_answers_at_once() {
     running_demo(&api).await;
     let s = api.delete("/api/v1/clusters/demo").await.json();
     assert_eq!(s["state"], "destroying", "{s}");
-    assert_eq!(s["expires_at"], Value::Null, "destroy clears the scheduled deletion");
+    assert_eq!(
+        s["expires_at"],
+        Value::Null,
+        "destroy clears the scheduled deletion"
+    );
     assert!(s.get("settled").is_none());
 }
 
@@ -407,10 +540,18 @@ async fn list_shows_deployed_clusters() {
     assert_eq!(reply.json(), json!({"clusters": []}));
 
     api.deploy("beta", &deploy_body(1), true).await;
-    api.deploy("alpha", &json!({"node_capacity": 2, "time_to_live": 600, "pool": "big"}), true).await;
+    api.deploy(
+        "alpha",
+        &json!({"node_capacity": 2, "time_to_live": 600, "pool": "big"}),
+        true,
+    )
+    .await;
     let list = api.get("/api/v1/clusters").await.json();
     let clusters = list["clusters"].as_array().unwrap();
-    let names: Vec<&str> = clusters.iter().map(|c| c["cluster"].as_str().unwrap()).collect();
+    let names: Vec<&str> = clusters
+        .iter()
+        .map(|c| c["cluster"].as_str().unwrap())
+        .collect();
     assert_eq!(names, ["alpha", "beta"]);
     for c in clusters {
         assert_status_shape(c);
@@ -427,8 +568,16 @@ async fn list_shows_deployed_clusters() {
 #[tokio::test(start_paused = true)]
 async fn unknown_route_is_json_404() {
     let api = TestApi::start().await;
-    for uri in ["/", "/api/v1/nope", "/api/v1/clusters/demo/nodes", "/api/v2/clusters", "/api/v1/clusters/"] {
-        api.get(uri).await.expect_error(StatusCode::NOT_FOUND, "not_found");
+    for uri in [
+        "/",
+        "/api/v1/nope",
+        "/api/v1/clusters/demo/nodes",
+        "/api/v2/clusters",
+        "/api/v1/clusters/",
+    ] {
+        api.get(uri)
+            .await
+            .expect_error(StatusCode::NOT_FOUND, "not_found");
     }
 }
 
@@ -447,7 +596,10 @@ async fn wrong_method_is_json_405() {
     for (method, uri) in cases {
         let reply = api.request(method.clone(), uri).await;
         reply.expect_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
-        let allow = reply.headers.get(header::ALLOW).map(|v| v.to_str().unwrap().to_owned());
+        let allow = reply
+            .headers
+            .get(header::ALLOW)
+            .map(|v| v.to_str().unwrap().to_owned());
         let allow = allow.unwrap_or_else(|| panic!("{method} {uri}: a 405 says what is allowed"));
         assert!(allow.contains("GET"), "{method} {uri}: Allow: {allow}");
     }
@@ -472,13 +624,26 @@ async fn metrics_include_the_engines() {
     let reply = api.get("/metrics").await;
     assert_eq!(reply.status, StatusCode::OK);
     let content_type = reply.headers[header::CONTENT_TYPE].to_str().unwrap();
-    assert!(content_type.starts_with("application/openmetrics-text"), "{content_type}");
+    assert!(
+        content_type.starts_with("application/openmetrics-text"),
+        "{content_type}"
+    );
     let text = reply.text();
-    for name in ["flotilla_nodes", "flotilla_reconciles", "flotilla_scheduled_deletions_fired"] {
-        assert!(text.contains(&format!("# TYPE {name} ")), "{name} missing from:\n{text}");
+    for name in [
+        "flotilla_nodes",
+        "flotilla_reconciles",
+        "flotilla_scheduled_deletions_fired",
+    ] {
+        assert!(
+            text.contains(&format!("# TYPE {name} ")),
+            "{name} missing from:\n{text}"
+        );
     }
     // The node gauges follow listings, but every reconcile is counted.
-    assert!(text.contains(r#"flotilla_reconciles_total{outcome="ok"} "#), "{text}");
+    assert!(
+        text.contains(r#"flotilla_reconciles_total{outcome="ok"} "#),
+        "{text}"
+    );
     assert!(text.trim_end().ends_with("# EOF"));
 }
 
@@ -491,15 +656,27 @@ async fn openapi_document_matches_the_router() {
     let reply = api.get("/api/v1/openapi.json").await;
     assert_eq!(reply.status, StatusCode::OK);
     let doc = reply.json();
-    assert!(doc["openapi"].as_str().unwrap().starts_with("3."), "{}", doc["openapi"]);
+    assert!(
+        doc["openapi"].as_str().unwrap().starts_with("3."),
+        "{}",
+        doc["openapi"]
+    );
 
-    const METHODS: [&str; 8] = ["get", "put", "post", "delete", "patch", "head", "options", "trace"];
+    const METHODS: [&str; 8] = [
+        "get", "put", "post", "delete", "patch", "head", "options", "trace",
+    ];
     let documented: BTreeMap<String, BTreeSet<String>> = doc["paths"]
         .as_object()
         .expect("paths")
         .iter()
         .map(|(path, item)| {
-            let methods = item.as_object().unwrap().keys().filter(|k| METHODS.contains(&k.as_str())).cloned().collect();
+            let methods = item
+                .as_object()
+                .unwrap()
+                .keys()
+                .filter(|k| METHODS.contains(&k.as_str()))
+                .cloned()
+                .collect();
             (path.clone(), methods)
         })
         .collect();
@@ -531,7 +708,12 @@ async fn openapi_document_matches_the_router() {
                 api.request(m, &uri).await
             };
             if methods.contains(method) {
-                assert_eq!(reply.status, StatusCode::OK, "{method} {path} is documented: {}", reply.text());
+                assert_eq!(
+                    reply.status,
+                    StatusCode::OK,
+                    "{method} {path} is documented: {}",
+                    reply.text()
+                );
             } else {
                 reply.expect_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
             }

@@ -831,7 +831,9 @@ async fn main() -> Result<()> {
         ),
         format!("{} ({})", fmt_duration(w.took), w.state.as_str()),
         "settled and running, ≤ 250 ms",
-        Verdict::check(w.settled && w.state == ClusterState::Running && w.took <= Duration::from_millis(250)),
+        Verdict::check(
+            w.settled && w.state == ClusterState::Running && w.took <= Duration::from_millis(250),
+        ),
     );
     let wide_bound = (args.wide_nodes / MAX_BATCH) as usize + 2;
     report.row(

@@ -12,8 +12,8 @@ use std::time::Duration;
 use flotilla_domain::{ClusterName, InstanceId, InstanceType};
 
 use crate::contract::{
-    CloudError, CreateRequest, Health, Instance, InstanceSet, Tags, TAG_CLUSTER,
-    TAG_INSTANCE_SET, TAG_INSTANCE_TYPE,
+    CloudError, CreateRequest, Health, Instance, InstanceSet, Tags, TAG_CLUSTER, TAG_INSTANCE_SET,
+    TAG_INSTANCE_TYPE,
 };
 
 pub struct Harness {
@@ -95,7 +95,10 @@ async fn cleanup(h: &Harness) {
     }
     for set in [&h.ours, &h.theirs] {
         eventually(h.settle, "cleanup", || async {
-            set.list(&Tags::new()).await.map(|l| l.is_empty()).unwrap_or(false)
+            set.list(&Tags::new())
+                .await
+                .map(|l| l.is_empty())
+                .unwrap_or(false)
         })
         .await;
     }
@@ -117,27 +120,59 @@ fn assert_owned(h: &Harness, i: &Instance, cluster: &str) {
 }
 
 pub async fn create_tags_instances_and_lists_them(h: Harness) {
-    let made = h.ours.create(&request(&h, "conf-a", 1)).await.expect("create");
+    let made = h
+        .ours
+        .create(&request(&h, "conf-a", 1))
+        .await
+        .expect("create");
     assert_eq!(made.len(), 1);
     let i = &made[0];
     assert_owned(&h, i, "conf-a");
-    assert_eq!(i.tags.get("purpose").map(String::as_str), Some("conformance"));
+    assert_eq!(
+        i.tags.get("purpose").map(String::as_str),
+        Some("conformance")
+    );
 
-    let seen = listed(h.ours.as_ref(), &i.id).await.expect("listed after create");
+    let seen = listed(h.ours.as_ref(), &i.id)
+        .await
+        .expect("listed after create");
     assert_owned(&h, &seen, "conf-a");
-    assert_eq!(seen.tags.get("purpose").map(String::as_str), Some("conformance"));
+    assert_eq!(
+        seen.tags.get("purpose").map(String::as_str),
+        Some("conformance")
+    );
 
     let mine = Tags::from([(TAG_CLUSTER.to_owned(), "conf-a".to_owned())]);
     let other = Tags::from([(TAG_CLUSTER.to_owned(), "conf-b".to_owned())]);
-    assert!(h.ours.list(&mine).await.unwrap().iter().any(|x| x.id == i.id));
-    assert!(!h.ours.list(&other).await.unwrap().iter().any(|x| x.id == i.id));
+    assert!(h
+        .ours
+        .list(&mine)
+        .await
+        .unwrap()
+        .iter()
+        .any(|x| x.id == i.id));
+    assert!(!h
+        .ours
+        .list(&other)
+        .await
+        .unwrap()
+        .iter()
+        .any(|x| x.id == i.id));
     cleanup(&h).await;
 }
 
 pub async fn batch_create_returns_distinct_tagged_instances(h: Harness) {
     let want = h.ours.max_batch().clamp(1, 3);
-    let made = h.ours.create(&request(&h, "conf-batch", want)).await.expect("create");
-    assert!(!made.is_empty() && made.len() <= want as usize, "{} of {want}", made.len());
+    let made = h
+        .ours
+        .create(&request(&h, "conf-batch", want))
+        .await
+        .expect("create");
+    assert!(
+        !made.is_empty() && made.len() <= want as usize,
+        "{} of {want}",
+        made.len()
+    );
     let mut ids: Vec<_> = made.iter().map(|i| i.id.clone()).collect();
     ids.sort();
     ids.dedup();
@@ -161,14 +196,23 @@ pub async fn batch_create_returns_distinct_tagged_instances(h: Harness) {
 }
 
 pub async fn destroy_removes_and_is_idempotent(h: Harness) {
-    let made = h.ours.create(&request(&h, "conf-d", 1)).await.expect("create");
+    let made = h
+        .ours
+        .create(&request(&h, "conf-d", 1))
+        .await
+        .expect("create");
     let id = made[0].id.clone();
     h.ours.destroy(&id).await.expect("destroy");
-    eventually(h.settle, "destroyed instance leaving the listing", || async {
-        listed(h.ours.as_ref(), &id).await.is_none()
-    })
+    eventually(
+        h.settle,
+        "destroyed instance leaving the listing",
+        || async { listed(h.ours.as_ref(), &id).await.is_none() },
+    )
     .await;
-    h.ours.destroy(&id).await.expect("destroying a gone instance is success");
+    h.ours
+        .destroy(&id)
+        .await
+        .expect("destroying a gone instance is success");
     h.ours
         .destroy(&InstanceId::new("never-existed-0"))
         .await
@@ -177,7 +221,11 @@ pub async fn destroy_removes_and_is_idempotent(h: Harness) {
 }
 
 pub async fn set_tags_merges_and_protects_ownership(h: Harness) {
-    let made = h.ours.create(&request(&h, "conf-t", 1)).await.expect("create");
+    let made = h
+        .ours
+        .create(&request(&h, "conf-t", 1))
+        .await
+        .expect("create");
     let id = made[0].id.clone();
     let extra = Tags::from([("hold".to_owned(), "yes".to_owned())]);
     h.ours.set_tags(&id, &extra).await.expect("set_tags");
@@ -187,7 +235,11 @@ pub async fn set_tags_merges_and_protects_ownership(h: Harness) {
 
     for key in [TAG_INSTANCE_SET, TAG_CLUSTER, TAG_INSTANCE_TYPE] {
         let bad = Tags::from([(key.to_owned(), "other".to_owned())]);
-        let err = h.ours.set_tags(&id, &bad).await.expect_err("ownership tags are fixed");
+        let err = h
+            .ours
+            .set_tags(&id, &bad)
+            .await
+            .expect_err("ownership tags are fixed");
         assert!(matches!(err, CloudError::Permanent { .. }), "{err}");
     }
     let seen = listed(h.ours.as_ref(), &id).await.expect("listed");
@@ -196,20 +248,42 @@ pub async fn set_tags_merges_and_protects_ownership(h: Harness) {
 }
 
 pub async fn other_sets_are_invisible_and_untouchable(h: Harness) {
-    let theirs = h.theirs.create(&request(&h, "conf-o", 1)).await.expect("create")[0].clone();
-    assert!(listed(h.ours.as_ref(), &theirs.id).await.is_none(), "other set's instance listed");
-    let err = h.ours.destroy(&theirs.id).await.expect_err("destroy of another set's instance");
+    let theirs = h
+        .theirs
+        .create(&request(&h, "conf-o", 1))
+        .await
+        .expect("create")[0]
+        .clone();
+    assert!(
+        listed(h.ours.as_ref(), &theirs.id).await.is_none(),
+        "other set's instance listed"
+    );
+    let err = h
+        .ours
+        .destroy(&theirs.id)
+        .await
+        .expect_err("destroy of another set's instance");
     assert!(matches!(err, CloudError::Permanent { .. }), "{err}");
     let tags = Tags::from([("x".to_owned(), "y".to_owned())]);
-    let err = h.ours.set_tags(&theirs.id, &tags).await.expect_err("set_tags on another set's instance");
+    let err = h
+        .ours
+        .set_tags(&theirs.id, &tags)
+        .await
+        .expect_err("set_tags on another set's instance");
     assert!(matches!(err, CloudError::Permanent { .. }), "{err}");
-    let still = listed(h.theirs.as_ref(), &theirs.id).await.expect("untouched");
+    let still = listed(h.theirs.as_ref(), &theirs.id)
+        .await
+        .expect("untouched");
     assert!(!still.tags.contains_key("x"));
     cleanup(&h).await;
 }
 
 pub async fn probe_reports_ready_nodes(h: Harness) {
-    let made = h.ours.create(&request(&h, "conf-p", 1)).await.expect("create");
+    let made = h
+        .ours
+        .create(&request(&h, "conf-p", 1))
+        .await
+        .expect("create");
     let id = made[0].id.clone();
     eventually(h.settle, "node becoming ready", || async {
         match listed(h.ours.as_ref(), &id).await {
@@ -221,12 +295,19 @@ pub async fn probe_reports_ready_nodes(h: Harness) {
     // A ready node can be reached, even through the instance `create`
     // returned (which may predate the node knowing its address).
     let address = h.ours.address(&made[0]).await;
-    assert!(address.as_deref().is_some_and(|a| !a.is_empty()), "a ready node has an address");
+    assert!(
+        address.as_deref().is_some_and(|a| !a.is_empty()),
+        "a ready node has an address"
+    );
     h.ours.destroy(&id).await.expect("destroy");
     eventually(h.settle, "destroyed node leaving", || async {
         listed(h.ours.as_ref(), &id).await.is_none()
     })
     .await;
-    assert_eq!(h.ours.probe(&made[0]).await, Health::NotReady, "a destroyed node is not ready");
+    assert_eq!(
+        h.ours.probe(&made[0]).await,
+        Health::NotReady,
+        "a destroyed node is not ready"
+    );
     cleanup(&h).await;
 }

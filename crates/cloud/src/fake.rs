@@ -147,7 +147,11 @@ impl FakeInstance {
 
 impl World {
     fn schedule_ending(&mut self, id: &InstanceId) {
-        if let Some(at) = self.instances.get(id).and_then(|i| i.ending(self.config.destroy_delay)) {
+        if let Some(at) = self
+            .instances
+            .get(id)
+            .and_then(|i| i.ending(self.config.destroy_delay))
+        {
             self.endings.insert((at, id.clone()));
         }
     }
@@ -169,7 +173,12 @@ impl World {
                 break;
             }
             self.endings.pop_first();
-            if self.instances.get(&id).and_then(|i| i.ending(delay)).is_some_and(|t| t <= now) {
+            if self
+                .instances
+                .get(&id)
+                .and_then(|i| i.ending(delay))
+                .is_some_and(|t| t <= now)
+            {
                 self.instances.remove(&id);
             }
         }
@@ -327,7 +336,10 @@ impl Drop for Hold {
     fn drop(&mut self) {
         self.sem.close();
         let mut w = self.cloud.world.lock().unwrap();
-        if w.holds.get(&self.op).is_some_and(|s| Arc::ptr_eq(s, &self.sem)) {
+        if w.holds
+            .get(&self.op)
+            .is_some_and(|s| Arc::ptr_eq(s, &self.sem))
+        {
             w.holds.remove(&self.op);
         }
     }
@@ -343,7 +355,11 @@ impl FakeInstanceSet {
         &self.cloud
     }
 
-    fn owned<'a>(&self, w: &'a mut World, id: &InstanceId) -> Result<Option<&'a mut FakeInstance>, CloudError> {
+    fn owned<'a>(
+        &self,
+        w: &'a mut World,
+        id: &InstanceId,
+    ) -> Result<Option<&'a mut FakeInstance>, CloudError> {
         match w.instances.get_mut(id) {
             None => Ok(None),
             Some(i) if i.instance.instance_set() == Some(self.id.as_str()) => Ok(Some(i)),
@@ -425,7 +441,11 @@ impl InstanceSet for FakeInstanceSet {
             count,
         });
         let mut tags = request.tags.clone();
-        tags.extend(ownership_tags(&self.id, &request.cluster, &request.instance_type));
+        tags.extend(ownership_tags(
+            &self.id,
+            &request.cluster,
+            &request.instance_type,
+        ));
         let mut made = Vec::with_capacity(count);
         for _ in 0..count {
             let id = InstanceId::new(format!("fake-{:06}", w.next_id));
@@ -515,7 +535,9 @@ impl InstanceSet for FakeInstanceSet {
         let mut w = self.cloud.world.lock().unwrap();
         self.enter(&mut w, FakeOp::SetTags, now)?;
         match self.owned(&mut w, id)? {
-            None => Err(CloudError::permanent(format!("instance {id} does not exist"))),
+            None => Err(CloudError::permanent(format!(
+                "instance {id} does not exist"
+            ))),
             Some(i) => {
                 Arc::make_mut(&mut i.instance).tags.extend(tags.clone());
                 Ok(())
@@ -535,7 +557,9 @@ impl InstanceSet for FakeInstanceSet {
 
     async fn address(&self, instance: &Instance) -> Option<String> {
         let w = self.cloud.world.lock().unwrap();
-        w.instances.get(&instance.id).and_then(|i| i.instance.address.clone())
+        w.instances
+            .get(&instance.id)
+            .and_then(|i| i.instance.address.clone())
     }
 }
 
@@ -601,12 +625,23 @@ mod tests {
         let kept = set.create(&request("a", 2)).await.unwrap();
         set.destroy(&kept[0].id).await.unwrap();
         tokio::time::advance(Duration::from_secs(4)).await;
-        assert_eq!(cloud.instance_count(), 5 - doomed_by(&cloud, &doomed), "still shutting down");
+        assert_eq!(
+            cloud.instance_count(),
+            5 - doomed_by(&cloud, &doomed),
+            "still shutting down"
+        );
         tokio::time::advance(Duration::from_secs(1)).await;
         let listed = set.list(&Tags::new()).await.unwrap();
-        assert!(listed.iter().all(|i| i.id != kept[0].id), "gone after the destroy delay");
+        assert!(
+            listed.iter().all(|i| i.id != kept[0].id),
+            "gone after the destroy delay"
+        );
         tokio::time::advance(Duration::from_secs(60)).await;
-        assert_eq!(cloud.instance_count(), 1, "every doomed node died within death_within");
+        assert_eq!(
+            cloud.instance_count(),
+            1,
+            "every doomed node died within death_within"
+        );
         // A shorter delay applies to a node already shutting down.
         cloud.reconfigure(|c| c.destroy_delay = Duration::from_secs(60));
         set.destroy(&kept[1].id).await.unwrap();
@@ -617,7 +652,9 @@ mod tests {
     /// How many of `made` have already died.
     fn doomed_by(cloud: &FakeCloud, made: &[Instance]) -> usize {
         let w = cloud.world.lock().unwrap();
-        made.iter().filter(|i| !w.instances.contains_key(&i.id)).count()
+        made.iter()
+            .filter(|i| !w.instances.contains_key(&i.id))
+            .count()
     }
 
     #[tokio::test(start_paused = true)]
@@ -645,7 +682,11 @@ mod tests {
             unavailable_types: vec!["small".into()],
             ..FakeConfig::default()
         });
-        let err = cloud.instance_set("s").create(&request("a", 1)).await.unwrap_err();
+        let err = cloud
+            .instance_set("s")
+            .create(&request("a", 1))
+            .await
+            .unwrap_err();
         match err {
             CloudError::InsufficientCapacity {
                 scope: CapacityScope::InstanceType(t),

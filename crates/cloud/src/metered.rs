@@ -40,9 +40,7 @@ impl CloudMetrics {
         let metrics = Self {
             calls: Family::default(),
             seconds: Family::new_with_constructor(|| {
-                Histogram::new(
-                    [0.001, 0.005, 0.025, 0.1, 0.5, 2.0, 10.0, 30.0].into_iter(),
-                )
+                Histogram::new([0.001, 0.005, 0.025, 0.1, 0.5, 2.0, 10.0, 30.0])
             }),
             instances_created: Family::default(),
         };
@@ -64,7 +62,13 @@ impl CloudMetrics {
         metrics
     }
 
-    fn record<T>(&self, driver: &str, operation: &'static str, start: Instant, r: &Result<T, CloudError>) {
+    fn record<T>(
+        &self,
+        driver: &str,
+        operation: &'static str,
+        start: Instant,
+        r: &Result<T, CloudError>,
+    ) {
         let outcome = match r {
             Ok(_) => "ok",
             Err(e) => e.kind(),

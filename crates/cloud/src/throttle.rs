@@ -94,7 +94,10 @@ impl<S: InstanceSet> Throttled<S> {
         }) = &result
         {
             let mut hold = self.hold_until.lock().unwrap();
-            if hold.as_ref().is_none_or(|(until, _)| until < earliest_retry) {
+            if hold
+                .as_ref()
+                .is_none_or(|(until, _)| until < earliest_retry)
+            {
                 *hold = Some((*earliest_retry, message.clone()));
             }
         }

@@ -10,8 +10,8 @@ mod plan;
 
 pub use access::{Caller, Level};
 pub use cluster::{
-    cluster_state, ClusterRecord, ClusterState, DeployCommand, Limits, NodeCapacity,
-    TimeToLive, ValidationError,
+    cluster_state, ClusterRecord, ClusterState, DeployCommand, Limits, NodeCapacity, TimeToLive,
+    ValidationError,
 };
 pub use names::{ClusterName, InstanceId, InstanceSetId, InstanceType, NameError, PoolName};
 pub use plan::{plan, DestroyReason, NodeState, ObservedNode, Plan, Timeouts, WantedNodes};

@@ -191,7 +191,8 @@ pub fn plan(
     let ready = keep.iter().filter(|n| n.state == NodeState::Ready).count();
     if ready >= want {
         for node in outdated {
-            plan.destroy.push((node.id.clone(), DestroyReason::Outdated));
+            plan.destroy
+                .push((node.id.clone(), DestroyReason::Outdated));
         }
     }
     plan
@@ -261,7 +262,13 @@ mod tests {
             node("a", "small", NodeState::Ready, 0),
             node("b", "small", NodeState::Booting, 0),
         ];
-        let p = plan(Some(&want(2)), &nodes, t0() + secs(5), &Timeouts::default(), 100);
+        let p = plan(
+            Some(&want(2)),
+            &nodes,
+            t0() + secs(5),
+            &Timeouts::default(),
+            100,
+        );
         assert!(p.is_empty(), "{p:?}");
     }
 
@@ -273,7 +280,13 @@ mod tests {
             node("booting", "small", NodeState::Booting, 5),
             node("sick", "small", NodeState::Unhealthy, 1),
         ];
-        let p = plan(Some(&want(1)), &nodes, t0() + secs(20), &Timeouts::default(), 100);
+        let p = plan(
+            Some(&want(1)),
+            &nodes,
+            t0() + secs(20),
+            &Timeouts::default(),
+            100,
+        );
         assert_eq!(
             ids(&p),
             vec![
@@ -313,7 +326,13 @@ mod tests {
         let mut sick = node("sick", "small", NodeState::Unhealthy, 0);
         sick.state_since = t0() + secs(100);
         let timeouts = Timeouts::default();
-        let p = plan(Some(&want(1)), &[sick.clone()], t0() + secs(101), &timeouts, 100);
+        let p = plan(
+            Some(&want(1)),
+            &[sick.clone()],
+            t0() + secs(101),
+            &timeouts,
+            100,
+        );
         assert!(p.is_empty());
         let late = t0() + secs(100) + chrono::Duration::from_std(timeouts.probe).unwrap();
         let p = plan(Some(&want(1)), &[sick], late, &timeouts, 100);
@@ -326,7 +345,13 @@ mod tests {
         let mut leaving = node("leaving", "small", NodeState::ShuttingDown, 0);
         leaving.last_destroy_attempt = Some(t0());
         let timeouts = Timeouts::default();
-        let p = plan(Some(&want(1)), &[leaving.clone()], t0() + secs(1), &timeouts, 100);
+        let p = plan(
+            Some(&want(1)),
+            &[leaving.clone()],
+            t0() + secs(1),
+            &timeouts,
+            100,
+        );
         assert!(p.destroy.is_empty());
         assert_eq!(p.create, 1, "a leaving node does not count toward capacity");
         let later = t0() + chrono::Duration::from_std(timeouts.destroy_retry).unwrap();
@@ -339,7 +364,10 @@ mod tests {
         let nodes = [node("old", "big", NodeState::Ready, 0)];
         let p = plan(Some(&want(1)), &nodes, t0(), &Timeouts::default(), 100);
         assert_eq!(p.create, 1);
-        assert!(p.destroy.is_empty(), "keep the old node until the new one is ready");
+        assert!(
+            p.destroy.is_empty(),
+            "keep the old node until the new one is ready"
+        );
         let nodes = [
             node("old", "big", NodeState::Ready, 0),
             node("new", "small", NodeState::Ready, 5),

@@ -42,7 +42,10 @@ fn newer(old: &ClusterRecord, new: &ClusterRecord) -> bool {
 impl DesiredCache {
     pub fn new(records: Vec<ClusterRecord>) -> Self {
         let inner = Inner {
-            records: records.into_iter().map(|r| (r.name.clone(), (r, 0))).collect(),
+            records: records
+                .into_iter()
+                .map(|r| (r.name.clone(), (r, 0)))
+                .collect(),
             ..Inner::default()
         };
         Self {
@@ -51,7 +54,12 @@ impl DesiredCache {
     }
 
     pub fn get(&self, name: &ClusterName) -> Option<ClusterRecord> {
-        self.inner.read().unwrap().records.get(name).map(|(r, _)| r.clone())
+        self.inner
+            .read()
+            .unwrap()
+            .records
+            .get(name)
+            .map(|(r, _)| r.clone())
     }
 
     pub fn names(&self) -> Vec<ClusterName> {
@@ -62,7 +70,11 @@ impl DesiredCache {
     /// holds a newer one.
     pub fn put(&self, record: ClusterRecord) {
         let mut inner = self.inner.write().unwrap();
-        if inner.records.get(&record.name).is_some_and(|(old, _)| !newer(old, &record)) {
+        if inner
+            .records
+            .get(&record.name)
+            .is_some_and(|(old, _)| !newer(old, &record))
+        {
             return;
         }
         inner.changes += 1;
@@ -75,7 +87,11 @@ impl DesiredCache {
     /// holds that version.
     pub fn remove(&self, name: &ClusterName, generation: i64) {
         let mut inner = self.inner.write().unwrap();
-        if inner.records.get(name).is_some_and(|(r, _)| r.generation == generation) {
+        if inner
+            .records
+            .get(name)
+            .is_some_and(|(r, _)| r.generation == generation)
+        {
             inner.records.remove(name);
             inner.changes += 1;
             let change = inner.changes;
@@ -161,7 +177,10 @@ mod tests {
         let mark = cache.mark();
         cache.remove(&name("old"), 3);
         cache.refresh(vec![record("old", 3, 0)], mark);
-        assert!(cache.get(&name("old")).is_none(), "the stale read does not bring it back");
+        assert!(
+            cache.get(&name("old")).is_none(),
+            "the stale read does not bring it back"
+        );
         // A read that began after the forget and still finds the record
         // (deployed again elsewhere) is believed.
         cache.refresh(vec![record("old", 1, 10)], cache.mark());

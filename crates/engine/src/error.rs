@@ -36,7 +36,10 @@ impl From<StoreError> for EngineError {
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ReconcileError {
     #[error("cluster {cluster}: {message}")]
-    Cloud { cluster: ClusterName, message: String },
+    Cloud {
+        cluster: ClusterName,
+        message: String,
+    },
     #[error("cluster {cluster}: {source}")]
     Store {
         cluster: ClusterName,

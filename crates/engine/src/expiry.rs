@@ -27,7 +27,10 @@ pub(crate) async fn run(shared: Arc<Shared>) {
             Err(e) => tracing::warn!(error = %e, "firing scheduled deletions failed"),
         }
         let sleep = match shared.store.next_expiry().await {
-            Ok(Some(at)) => (at - shared.clock.now()).to_std().unwrap_or_default().min(MAX_SLEEP),
+            Ok(Some(at)) => (at - shared.clock.now())
+                .to_std()
+                .unwrap_or_default()
+                .min(MAX_SLEEP),
             Ok(None) => MAX_SLEEP,
             Err(e) => {
                 tracing::warn!(error = %e, "reading scheduled deletions failed");

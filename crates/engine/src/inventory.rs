@@ -130,7 +130,10 @@ impl SetInventory {
     }
 
     pub fn nodes(&self, cluster: &ClusterName) -> impl Iterator<Item = &TrackedNode> {
-        self.clusters.get(cluster).into_iter().flat_map(|m| m.values())
+        self.clusters
+            .get(cluster)
+            .into_iter()
+            .flat_map(|m| m.values())
     }
 
     /// Taken just before a listing is asked for and handed back to
@@ -187,12 +190,20 @@ impl SetInventory {
         changed
     }
 
-    pub fn add_created(&mut self, cluster: &ClusterName, instances: Vec<Instance>, now: DateTime<Utc>) {
+    pub fn add_created(
+        &mut self,
+        cluster: &ClusterName,
+        instances: Vec<Instance>,
+        now: DateTime<Utc>,
+    ) {
         self.creates += 1;
         let here = self.creates;
         let nodes = self.clusters.entry(cluster.clone()).or_default();
         for instance in instances {
-            nodes.insert(instance.id.clone(), TrackedNode::new(instance, now, Some(here)));
+            nodes.insert(
+                instance.id.clone(),
+                TrackedNode::new(instance, now, Some(here)),
+            );
         }
     }
 
@@ -228,7 +239,8 @@ impl SetInventory {
         if self.quota_blocked_at.is_some() {
             return 0;
         }
-        let blocked = |scope: &CapacityScope| self.capacity_backoff.get(scope).is_some_and(|t| *t > now);
+        let blocked =
+            |scope: &CapacityScope| self.capacity_backoff.get(scope).is_some_and(|t| *t > now);
         if blocked(&CapacityScope::All) || blocked(&CapacityScope::InstanceType(ty.clone())) {
             return 0;
         }
@@ -267,9 +279,15 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn listing_adopts_and_forgets() {
         let mut inv = SetInventory::default();
-        let changed = inv.apply_listing(vec![instance("a", "c1"), instance("b", "c2")], inv.listing_mark(), Utc::now());
+        let changed = inv.apply_listing(
+            vec![instance("a", "c1"), instance("b", "c2")],
+            inv.listing_mark(),
+            Utc::now(),
+        );
         assert_eq!((changed.len(), inv.total()), (2, 2));
-        assert!(inv.nodes(&ClusterName::new("c1").unwrap()).all(|n| n.state == NodeState::Booting));
+        assert!(inv
+            .nodes(&ClusterName::new("c1").unwrap())
+            .all(|n| n.state == NodeState::Booting));
         let changed = inv.apply_listing(vec![instance("a", "c1")], inv.listing_mark(), Utc::now());
         assert_eq!(changed, HashSet::from([ClusterName::new("c2").unwrap()]));
         assert_eq!(inv.total(), 1);
@@ -285,17 +303,29 @@ mod tests {
         inv.apply_listing(vec![], mark, Utc::now());
         assert_eq!(inv.total(), 1, "the listing began before the create");
         inv.apply_listing(vec![], inv.listing_mark(), Utc::now());
-        assert_eq!(inv.total(), 0, "a later listing without it means it is gone");
+        assert_eq!(
+            inv.total(),
+            0,
+            "a later listing without it means it is gone"
+        );
     }
 
     #[tokio::test(start_paused = true)]
     async fn quota_block_clears_when_an_instance_goes() {
         let mut inv = SetInventory::default();
-        inv.apply_listing(vec![instance("a", "c"), instance("b", "c")], inv.listing_mark(), Utc::now());
+        inv.apply_listing(
+            vec![instance("a", "c"), instance("b", "c")],
+            inv.listing_mark(),
+            Utc::now(),
+        );
         inv.quota_blocked_at = Some(2);
         let ty = InstanceType::new("small").unwrap();
         assert_eq!(inv.may_create(&ty, Instant::now()), 0);
-        inv.apply_listing(vec![instance("a", "c"), instance("b", "c")], inv.listing_mark(), Utc::now());
+        inv.apply_listing(
+            vec![instance("a", "c"), instance("b", "c")],
+            inv.listing_mark(),
+            Utc::now(),
+        );
         assert_eq!(inv.may_create(&ty, Instant::now()), 0);
         inv.apply_listing(vec![instance("a", "c")], inv.listing_mark(), Utc::now());
         assert_eq!(inv.may_create(&ty, Instant::now()), u32::MAX);

@@ -48,28 +48,57 @@ impl EngineMetrics {
             nodes: Family::default(),
             at_quota: Family::default(),
             reconciles: Family::default(),
-            reconcile_seconds: Histogram::new([0.0005, 0.002, 0.01, 0.05, 0.25, 1.0, 5.0, 30.0].into_iter()),
+            reconcile_seconds: Histogram::new([0.0005, 0.002, 0.01, 0.05, 0.25, 1.0, 5.0, 30.0]),
             destroys: Family::default(),
             expired: Counter::default(),
         };
-        registry.register("flotilla_nodes", "Nodes by driver and state, as of the last listing", m.nodes.clone());
-        registry.register("flotilla_at_quota", "1 while a driver refuses creates for quota", m.at_quota.clone());
-        registry.register("flotilla_reconciles", "Cluster reconciles by outcome", m.reconciles.clone());
-        registry.register("flotilla_reconcile_seconds", "Time one cluster reconcile took", m.reconcile_seconds.clone());
-        registry.register("flotilla_node_destroys", "Nodes destroyed, by reason", m.destroys.clone());
-        registry.register("flotilla_scheduled_deletions_fired", "Clusters destroyed because their time-to-live ran out", m.expired.clone());
+        registry.register(
+            "flotilla_nodes",
+            "Nodes by driver and state, as of the last listing",
+            m.nodes.clone(),
+        );
+        registry.register(
+            "flotilla_at_quota",
+            "1 while a driver refuses creates for quota",
+            m.at_quota.clone(),
+        );
+        registry.register(
+            "flotilla_reconciles",
+            "Cluster reconciles by outcome",
+            m.reconciles.clone(),
+        );
+        registry.register(
+            "flotilla_reconcile_seconds",
+            "Time one cluster reconcile took",
+            m.reconcile_seconds.clone(),
+        );
+        registry.register(
+            "flotilla_node_destroys",
+            "Nodes destroyed, by reason",
+            m.destroys.clone(),
+        );
+        registry.register(
+            "flotilla_scheduled_deletions_fired",
+            "Clusters destroyed because their time-to-live ran out",
+            m.expired.clone(),
+        );
         m
     }
 
     pub fn reconciled(&self, ok: bool, took: Duration) {
         let outcome = if ok { "ok" } else { "error" };
-        self.reconciles.get_or_create(&OutcomeLabels { outcome }).inc();
+        self.reconciles
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
         self.reconcile_seconds.observe(took.as_secs_f64());
     }
 
     pub fn destroyed(&self, driver: &str, reason: &'static str) {
         self.destroys
-            .get_or_create(&DestroyLabels { driver: driver.to_owned(), reason })
+            .get_or_create(&DestroyLabels {
+                driver: driver.to_owned(),
+                reason,
+            })
             .inc();
     }
 
@@ -95,11 +124,16 @@ impl EngineMetrics {
             }
             for (state, n) in counts {
                 self.nodes
-                    .get_or_create(&NodeLabels { driver: driver.clone(), state: state.as_str() })
+                    .get_or_create(&NodeLabels {
+                        driver: driver.clone(),
+                        state: state.as_str(),
+                    })
                     .set(n);
             }
             self.at_quota
-                .get_or_create(&DriverLabels { driver: driver.clone() })
+                .get_or_create(&DriverLabels {
+                    driver: driver.clone(),
+                })
                 .set(i64::from(set.quota_blocked_at.is_some()));
         }
     }

@@ -74,11 +74,18 @@ async fn reconcile(shared: &Shared, cluster: &ClusterName) -> Result<Next, Recon
         let plan = {
             let inv = shared.inventory.lock().unwrap();
             let set_inv = &inv[driver];
-            let observed: Vec<ObservedNode> = set_inv.nodes(cluster).map(|n| n.observed()).collect();
+            let observed: Vec<ObservedNode> =
+                set_inv.nodes(cluster).map(|n| n.observed()).collect();
             let may_create = wanted
                 .as_ref()
                 .map_or(0, |w| set_inv.may_create(&w.instance_type, Instant::now()));
-            plan(wanted.as_ref(), &observed, now, &shared.config.timeouts, may_create)
+            plan(
+                wanted.as_ref(),
+                &observed,
+                now,
+                &shared.config.timeouts,
+                may_create,
+            )
         };
 
         if !plan.destroy.is_empty() {
@@ -110,7 +117,17 @@ async fn reconcile(shared: &Shared, cluster: &ClusterName) -> Result<Next, Recon
                 record.as_ref().expect("creates only for a wanted cluster"),
                 pool.expect("creates only for a wanted cluster"),
             );
-            create(shared, driver, set.as_ref(), record, pool, plan.create, &mut next, &mut errors).await;
+            create(
+                shared,
+                driver,
+                set.as_ref(),
+                record,
+                pool,
+                plan.create,
+                &mut next,
+                &mut errors,
+            )
+            .await;
         }
 
         let inv = shared.inventory.lock().unwrap();
@@ -134,7 +151,9 @@ async fn reconcile(shared: &Shared, cluster: &ClusterName) -> Result<Next, Recon
                 next.at(node.next_probe);
                 // Timeouts must fire even if probes stop changing anything.
                 let timeout = match node.state {
-                    NodeState::Booting => Some((node.instance.launched_at, shared.config.timeouts.boot)),
+                    NodeState::Booting => {
+                        Some((node.instance.launched_at, shared.config.timeouts.boot))
+                    }
                     NodeState::Unhealthy => Some((node.state_since, shared.config.timeouts.probe)),
                     _ => None,
                 };
@@ -217,7 +236,14 @@ async fn probe_due(shared: &Shared, driver: &str, set: &dyn InstanceSet, cluster
     let mut inv = shared.inventory.lock().unwrap();
     let set_inv = inv.get_mut(driver).expect("known driver");
     for (instance, (health, address)) in due.iter().zip(results) {
-        set_inv.record_probe(cluster, &instance.id, health, address, now, shared.config.probe_interval);
+        set_inv.record_probe(
+            cluster,
+            &instance.id,
+            health,
+            address,
+            now,
+            shared.config.probe_interval,
+        );
     }
 }
 
@@ -237,7 +263,9 @@ async fn create(
         // The cluster may have been destroyed or resized while this
         // reconcile probed and destroyed; never create on a stale read.
         let current = shared.desired.get(cluster);
-        if current.as_ref().map(|r| (r.generation, r.destroying)) != Some((record.generation, false)) {
+        if current.as_ref().map(|r| (r.generation, r.destroying))
+            != Some((record.generation, false))
+        {
             next.at(Instant::now());
             return;
         }

@@ -297,7 +297,13 @@ mod tests {
             self.total_in_flight.fetch_sub(1, Ordering::SeqCst);
         }
         fn runs_of(&self, key: u32) -> Vec<Instant> {
-            self.runs.lock().unwrap().iter().filter(|(k, _)| *k == key).map(|(_, t)| *t).collect()
+            self.runs
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|(k, _)| *k == key)
+                .map(|(_, t)| *t)
+                .collect()
         }
     }
 
@@ -392,7 +398,11 @@ mod tests {
         rt.wake(1);
         rt.wake(2);
         tokio::time::sleep(Duration::from_millis(7500)).await;
-        let gaps: Vec<_> = probe.runs_of(1).iter().map(|t| (*t - t0).as_secs()).collect();
+        let gaps: Vec<_> = probe
+            .runs_of(1)
+            .iter()
+            .map(|t| (*t - t0).as_secs())
+            .collect();
         assert_eq!(gaps, vec![0, 1, 3, 7], "1 s, 2 s, 4 s back-off");
         assert_eq!(probe.runs_of(2).len(), 8, "the healthy key keeps its pace");
     }
@@ -405,12 +415,20 @@ mod tests {
         rt.wake_after(1, Duration::from_secs(3));
         rt.wake_after(1, Duration::from_secs(20));
         tokio::time::sleep(Duration::from_secs(30)).await;
-        let runs: Vec<_> = probe.runs_of(1).iter().map(|t| (*t - t0).as_secs()).collect();
+        let runs: Vec<_> = probe
+            .runs_of(1)
+            .iter()
+            .map(|t| (*t - t0).as_secs())
+            .collect();
         assert_eq!(runs, vec![3]);
         rt.wake_after(1, Duration::from_secs(10));
         rt.wake(1);
         tokio::time::sleep(Duration::from_secs(30)).await;
-        assert_eq!(probe.runs_of(1).len(), 2, "a wake replaces the scheduled run");
+        assert_eq!(
+            probe.runs_of(1).len(),
+            2,
+            "a wake replaces the scheduled run"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -426,7 +444,11 @@ mod tests {
         rt.wake_first(9);
         tokio::time::sleep(Duration::from_secs(10)).await;
         let order: Vec<u32> = probe.runs.lock().unwrap().iter().map(|(k, _)| *k).collect();
-        assert_eq!(order, vec![0, 9, 4, 1, 2, 3, 5], "urgent keys first, each once");
+        assert_eq!(
+            order,
+            vec![0, 9, 4, 1, 2, 3, 5],
+            "urgent keys first, each once"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -437,8 +459,16 @@ mod tests {
         rt.shutdown();
         rt.wake(2);
         handle.await.unwrap();
-        assert_eq!(probe.total_in_flight.load(Ordering::SeqCst), 0, "ran to completion");
-        assert_eq!(probe.runs_of(2).len(), 0, "nothing new starts after shutdown");
+        assert_eq!(
+            probe.total_in_flight.load(Ordering::SeqCst),
+            0,
+            "ran to completion"
+        );
+        assert_eq!(
+            probe.runs_of(2).len(),
+            0,
+            "nothing new starts after shutdown"
+        );
     }
 
     #[test]

@@ -29,7 +29,10 @@ pub struct ClusterView {
 
 impl ClusterView {
     pub fn ready_nodes(&self) -> usize {
-        self.nodes.iter().filter(|n| n.state == NodeState::Ready).count()
+        self.nodes
+            .iter()
+            .filter(|n| n.state == NodeState::Ready)
+            .count()
     }
 }
 
@@ -125,7 +128,11 @@ impl Engine {
         self.finish(cluster, wait).await
     }
 
-    pub fn status(&self, caller: &Caller, cluster: &ClusterName) -> Result<ClusterView, EngineError> {
+    pub fn status(
+        &self,
+        caller: &Caller,
+        cluster: &ClusterName,
+    ) -> Result<ClusterView, EngineError> {
         authorize(caller, cluster)?;
         Ok(self.view(cluster))
     }
@@ -155,7 +162,9 @@ impl Engine {
         if !wait {
             return Ok(self.view(cluster));
         }
-        Ok(self.wait_settled(cluster, self.shared.config.max_wait).await)
+        Ok(self
+            .wait_settled(cluster, self.shared.config.max_wait)
+            .await)
     }
 
     /// Blocks until the cluster settles (running with all its nodes ready,

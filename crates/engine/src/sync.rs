@@ -42,7 +42,9 @@ pub(crate) async fn sync_all(shared: &Shared) -> BTreeSet<ClusterName> {
         Ok(records) => shared.desired.refresh(records, mark),
         Err(e) => tracing::warn!(error = %e, "reading desired state failed"),
     }
-    shared.metrics.observe_inventory(&shared.inventory.lock().unwrap());
+    shared
+        .metrics
+        .observe_inventory(&shared.inventory.lock().unwrap());
     changed
 }
 

@@ -22,7 +22,7 @@ fn wanted(i: usize) -> i64 {
 }
 
 fn gpu(i: usize) -> bool {
-    i % 20 == 0
+    i.is_multiple_of(20)
 }
 
 #[tokio::test(start_paused = true)]
@@ -52,18 +52,33 @@ async fn chaos_converges_and_drains() {
     for i in 0..CLUSTERS {
         let name = format!("chaos-{i}");
         deployed_at.insert(name.clone(), Instant::now());
-        h.deploy(&name, wanted(i), 24 * 3600, gpu(i).then_some("gpu")).await;
+        h.deploy(&name, wanted(i), 24 * 3600, gpu(i).then_some("gpu"))
+            .await;
     }
 
     // Phase 1: the cloud fills up to its quota and no cluster gets more
     // than it asked for.
-    h.until(Duration::from_secs(600), "instances at quota", |h| h.cloud.instance_count() == QUOTA).await;
+    h.until(Duration::from_secs(600), "instances at quota", |h| {
+        h.cloud.instance_count() == QUOTA
+    })
+    .await;
     for i in 0..CLUSTERS {
         let s = h.status(&format!("chaos-{i}"));
-        let live = s.nodes.iter().filter(|n| n.state != NodeState::ShuttingDown).count();
-        assert!(live as i64 <= wanted(i), "chaos-{i} has {live} > {}", wanted(i));
+        let live = s
+            .nodes
+            .iter()
+            .filter(|n| n.state != NodeState::ShuttingDown)
+            .count();
+        assert!(
+            live as i64 <= wanted(i),
+            "chaos-{i} has {live} > {}",
+            wanted(i)
+        );
         if gpu(i) {
-            assert!(s.nodes.is_empty(), "chaos-{i} got nodes of an unavailable type");
+            assert!(
+                s.nodes.is_empty(),
+                "chaos-{i} got nodes of an unavailable type"
+            );
         }
     }
 
@@ -73,15 +88,24 @@ async fn chaos_converges_and_drains() {
         c.death_rate = 0.0;
     });
     h.until(Duration::from_secs(900), "every cluster running", |h| {
-        (0..CLUSTERS).filter(|i| !gpu(*i)).all(|i| h.running(&format!("chaos-{i}")))
+        (0..CLUSTERS)
+            .filter(|i| !gpu(*i))
+            .all(|i| h.running(&format!("chaos-{i}")))
     })
     .await;
     for i in (0..CLUSTERS).filter(|i| !gpu(*i)) {
         let s = h.status(&format!("chaos-{i}"));
-        assert_eq!(s.nodes.len() as i64, wanted(i), "chaos-{i}: exactly its nodes");
+        assert_eq!(
+            s.nodes.len() as i64,
+            wanted(i),
+            "chaos-{i}: exactly its nodes"
+        );
     }
     for i in (0..CLUSTERS).filter(|i| gpu(*i)) {
-        assert_eq!(h.status(&format!("chaos-{i}")).state, ClusterState::Deploying);
+        assert_eq!(
+            h.status(&format!("chaos-{i}")).state,
+            ClusterState::Deploying
+        );
     }
 
     // Phase 3: destroy everything; the cloud drains to zero.
@@ -93,7 +117,8 @@ async fn chaos_converges_and_drains() {
     }
     h.until(Duration::from_secs(900), "the cloud drained", |h| {
         h.cloud.instance_count() == 0
-            && (0..CLUSTERS).all(|i| h.status(&format!("chaos-{i}")).state == ClusterState::NotRunning)
+            && (0..CLUSTERS)
+                .all(|i| h.status(&format!("chaos-{i}")).state == ClusterState::NotRunning)
     })
     .await;
     tokio::time::sleep(Duration::from_secs(60)).await;
@@ -106,7 +131,11 @@ async fn chaos_converges_and_drains() {
         let deployed = deployed_at
             .get(&record.cluster)
             .unwrap_or_else(|| panic!("create for unknown cluster {}", record.cluster));
-        assert!(record.at >= *deployed, "create for {} before its deploy", record.cluster);
+        assert!(
+            record.at >= *deployed,
+            "create for {} before its deploy",
+            record.cluster
+        );
         assert!(
             record.at <= destroyed_at[&record.cluster],
             "create for {} after its destroy",
@@ -115,7 +144,10 @@ async fn chaos_converges_and_drains() {
         assert!(!record.cluster.is_empty());
     }
     let stats = cloud.stats();
-    assert!(stats.injected_errors > 0 && stats.rate_limited > 0, "faults were exercised: {stats:?}");
+    assert!(
+        stats.injected_errors > 0 && stats.rate_limited > 0,
+        "faults were exercised: {stats:?}"
+    );
     assert!(stats.peak_instances <= QUOTA.max(demand as usize));
     h.stop().await;
 }

@@ -17,12 +17,22 @@ async fn deploy_wakes_its_reconcile_at_once() {
     let mut h = Harness::new(FakeConfig::default()).await;
     let before = Instant::now();
     h.deploy("demo", 3, 3600, None).await;
-    h.until(Duration::from_millis(50), "three instances", |h| h.cloud.instance_count() == 3).await;
-    assert!(Instant::now() - before < Duration::from_millis(50), "no polling delay");
-    h.until(Duration::from_secs(1), "running", |h| h.running("demo")).await;
+    h.until(Duration::from_millis(50), "three instances", |h| {
+        h.cloud.instance_count() == 3
+    })
+    .await;
+    assert!(
+        Instant::now() - before < Duration::from_millis(50),
+        "no polling delay"
+    );
+    h.until(Duration::from_secs(1), "running", |h| h.running("demo"))
+        .await;
     let s = h.status("demo");
     assert_eq!(s.nodes.len(), 3);
-    assert!(s.nodes.iter().all(|n| n.state == NodeState::Ready && n.address.is_some()));
+    assert!(s
+        .nodes
+        .iter()
+        .all(|n| n.state == NodeState::Ready && n.address.is_some()));
     h.stop().await;
 }
 
@@ -30,17 +40,32 @@ async fn deploy_wakes_its_reconcile_at_once() {
 async fn resize_destroy_and_forget() {
     let mut h = Harness::new(FakeConfig::default()).await;
     h.deploy("demo", 4, 3600, None).await;
-    h.until(Duration::from_secs(1), "running with 4", |h| h.running("demo")).await;
+    h.until(Duration::from_secs(1), "running with 4", |h| {
+        h.running("demo")
+    })
+    .await;
     h.deploy("demo", 2, 3600, None).await;
-    h.until(Duration::from_secs(2), "two instances", |h| h.cloud.instance_count() == 2).await;
-    h.until(Duration::from_secs(2), "running with 2", |h| h.running("demo")).await;
+    h.until(Duration::from_secs(2), "two instances", |h| {
+        h.cloud.instance_count() == 2
+    })
+    .await;
+    h.until(Duration::from_secs(2), "running with 2", |h| {
+        h.running("demo")
+    })
+    .await;
     assert_eq!(h.status("demo").node_capacity, 2);
     let s = h.destroy("demo").await;
     assert_eq!(s.state, ClusterState::Destroying);
     assert_eq!(s.expires_at, None, "destroy clears the scheduled deletion");
-    h.until(Duration::from_secs(2), "not running", |h| h.status("demo").state == ClusterState::NotRunning).await;
+    h.until(Duration::from_secs(2), "not running", |h| {
+        h.status("demo").state == ClusterState::NotRunning
+    })
+    .await;
     assert_eq!(h.cloud.instance_count(), 0);
-    assert!(h.store.get_cluster(&name("demo")).await.unwrap().is_none(), "record forgotten");
+    assert!(
+        h.store.get_cluster(&name("demo")).await.unwrap().is_none(),
+        "record forgotten"
+    );
     h.stop().await;
 }
 
@@ -49,11 +74,14 @@ async fn ttl_fires_at_its_deadline() {
     let mut h = Harness::new(FakeConfig::default()).await;
     let deployed = h.deploy("short", 2, 60, None).await;
     let deadline = deployed.expires_at.unwrap();
-    h.until(Duration::from_secs(1), "running", |h| h.running("short")).await;
+    h.until(Duration::from_secs(1), "running", |h| h.running("short"))
+        .await;
     tokio::time::sleep(Duration::from_secs(58)).await;
     assert_eq!(h.status("short").state, ClusterState::Running);
-    h.until(Duration::from_secs(3), "destroyed by TTL", |h| h.status("short").state == ClusterState::NotRunning)
-        .await;
+    h.until(Duration::from_secs(3), "destroyed by TTL", |h| {
+        h.status("short").state == ClusterState::NotRunning
+    })
+    .await;
     let late = chrono::Utc::now().signed_duration_since(deadline);
     let _ = late; // wall time is not paused; the tokio clock is what the engine follows
     assert_eq!(h.cloud.instance_count(), 0);
@@ -67,8 +95,15 @@ async fn redeploy_pushes_the_deadline_back() {
     tokio::time::sleep(Duration::from_secs(50)).await;
     h.deploy("c", 1, 60, None).await;
     tokio::time::sleep(Duration::from_secs(30)).await;
-    assert_eq!(h.status("c").state, ClusterState::Running, "the first deadline was cleared");
-    h.until(Duration::from_secs(40), "second deadline", |h| h.status("c").state == ClusterState::NotRunning).await;
+    assert_eq!(
+        h.status("c").state,
+        ClusterState::Running,
+        "the first deadline was cleared"
+    );
+    h.until(Duration::from_secs(40), "second deadline", |h| {
+        h.status("c").state == ClusterState::NotRunning
+    })
+    .await;
     h.stop().await;
 }
 
@@ -78,17 +113,24 @@ async fn deadline_passed_while_down_fires_at_start_up() {
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
     let mut h = Harness::start(cloud.clone(), store.clone(), config()).await;
     h.deploy("c", 2, 30, None).await;
-    h.until(Duration::from_secs(1), "running", |h| h.running("c")).await;
+    h.until(Duration::from_secs(1), "running", |h| h.running("c"))
+        .await;
     h.stop().await;
     // The server is down past the deadline.
     tokio::time::sleep(Duration::from_secs(60)).await;
     assert_eq!(cloud.instance_count(), 2);
     let creates = cloud.stats().creates;
     let mut h = Harness::start_with_clock(cloud.clone(), store, config(), h.clock).await;
-    h.until(Duration::from_secs(2), "destroyed at start-up", |h| h.status("c").state == ClusterState::NotRunning)
-        .await;
+    h.until(Duration::from_secs(2), "destroyed at start-up", |h| {
+        h.status("c").state == ClusterState::NotRunning
+    })
+    .await;
     assert_eq!(cloud.instance_count(), 0);
-    assert_eq!(cloud.stats().creates, creates, "nothing created for an expired cluster");
+    assert_eq!(
+        cloud.stats().creates,
+        creates,
+        "nothing created for an expired cluster"
+    );
     h.stop().await;
 }
 
@@ -98,12 +140,14 @@ async fn restart_adopts_instances_without_duplicates() {
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
     let mut h = Harness::start(cloud.clone(), store.clone(), config()).await;
     h.deploy("c", 3, 3600, None).await;
-    h.until(Duration::from_secs(1), "running", |h| h.running("c")).await;
+    h.until(Duration::from_secs(1), "running", |h| h.running("c"))
+        .await;
     let ids: Vec<_> = h.status("c").nodes.iter().map(|n| n.id.clone()).collect();
     h.stop().await;
     let creates = cloud.stats().creates;
     let mut h = Harness::start_with_clock(cloud.clone(), store, config(), h.clock).await;
-    h.until(Duration::from_secs(2), "running again", |h| h.running("c")).await;
+    h.until(Duration::from_secs(2), "running again", |h| h.running("c"))
+        .await;
     tokio::time::sleep(Duration::from_secs(30)).await;
     let again: Vec<_> = h.status("c").nodes.iter().map(|n| n.id.clone()).collect();
     assert_eq!(ids, again, "the same nodes were adopted");
@@ -113,14 +157,25 @@ async fn restart_adopts_instances_without_duplicates() {
 
 #[tokio::test(start_paused = true)]
 async fn quota_stops_creates_until_an_instance_goes() {
-    let mut h = Harness::new(FakeConfig { quota: Some(2), ..FakeConfig::default() }).await;
+    let mut h = Harness::new(FakeConfig {
+        quota: Some(2),
+        ..FakeConfig::default()
+    })
+    .await;
     h.deploy("c", 3, 3600, None).await;
-    h.until(Duration::from_secs(1), "two instances", |h| h.cloud.instance_count() == 2).await;
+    h.until(Duration::from_secs(1), "two instances", |h| {
+        h.cloud.instance_count() == 2
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let creates = h.cloud.stats().creates;
     // Several resyncs pass; nothing went away, so nothing is tried.
     tokio::time::sleep(Duration::from_secs(60)).await;
-    assert_eq!(h.cloud.stats().creates, creates, "no creates while at quota");
+    assert_eq!(
+        h.cloud.stats().creates,
+        creates,
+        "no creates while at quota"
+    );
     assert_eq!(h.status("c").state, ClusterState::Deploying);
     let victim = h.status("c").nodes[0].id.clone();
     h.cloud.kill(&victim);
@@ -153,21 +208,34 @@ async fn capacity_shortage_backs_off_the_instance_type() {
 async fn boot_timeout_replaces_a_node() {
     let mut cfg = config();
     cfg.timeouts.boot = Duration::from_secs(120);
-    let cloud = FakeCloud::new(FakeConfig { never_healthy_rate: 1.0, ..FakeConfig::default() });
+    let cloud = FakeCloud::new(FakeConfig {
+        never_healthy_rate: 1.0,
+        ..FakeConfig::default()
+    });
     let mut h = Harness::start(cloud.clone(), Arc::new(MemoryStore::new()), cfg).await;
     h.deploy("c", 1, 3600, None).await;
     tokio::time::sleep(Duration::from_secs(60)).await;
     let first = h.status("c").nodes[0].id.clone();
     assert_eq!(h.status("c").nodes[0].state, NodeState::Booting);
     cloud.reconfigure(|c| c.never_healthy_rate = 0.0);
-    h.until(Duration::from_secs(90), "replacement ready", |h| h.running("c")).await;
+    h.until(Duration::from_secs(90), "replacement ready", |h| {
+        h.running("c")
+    })
+    .await;
     // The stuck node leaves; its replacement stays.
-    h.until(Duration::from_secs(5), "stuck node gone", |h| h.status("c").nodes.len() == 1).await;
+    h.until(Duration::from_secs(5), "stuck node gone", |h| {
+        h.status("c").nodes.len() == 1
+    })
+    .await;
     let now = h.status("c");
     assert_ne!(now.nodes[0].id, first, "the stuck node was replaced");
     assert_eq!(now.nodes[0].state, NodeState::Ready);
     assert_eq!(cloud.instance_count(), 1);
-    assert_eq!(cloud.stats().instances_created, 2, "exactly one replacement");
+    assert_eq!(
+        cloud.stats().instances_created,
+        2,
+        "exactly one replacement"
+    );
     h.stop().await;
 }
 
@@ -178,10 +246,14 @@ async fn unhealthy_node_is_replaced_after_the_probe_timeout() {
     let cloud = FakeCloud::new(FakeConfig::default());
     let mut h = Harness::start(cloud.clone(), Arc::new(MemoryStore::new()), cfg).await;
     h.deploy("c", 1, 3600, None).await;
-    h.until(Duration::from_secs(1), "running", |h| h.running("c")).await;
+    h.until(Duration::from_secs(1), "running", |h| h.running("c"))
+        .await;
     let sick = h.status("c").nodes[0].id.clone();
     cloud.sicken(&sick);
-    h.until(Duration::from_secs(15), "unhealthy", |h| h.status("c").nodes[0].state == NodeState::Unhealthy).await;
+    h.until(Duration::from_secs(15), "unhealthy", |h| {
+        h.status("c").nodes[0].state == NodeState::Unhealthy
+    })
+    .await;
     h.until(Duration::from_secs(60), "replaced", |h| {
         h.running("c") && h.status("c").nodes.iter().all(|n| n.id != sick)
     })
@@ -193,14 +265,18 @@ async fn unhealthy_node_is_replaced_after_the_probe_timeout() {
 async fn destroy_is_retried_until_the_instance_leaves() {
     let mut h = Harness::new(FakeConfig::default()).await;
     h.deploy("c", 1, 3600, None).await;
-    h.until(Duration::from_secs(1), "running", |h| h.running("c")).await;
+    h.until(Duration::from_secs(1), "running", |h| h.running("c"))
+        .await;
     h.cloud.reconfigure(|c| c.destroy_error_rate = 1.0);
     h.destroy("c").await;
     tokio::time::sleep(Duration::from_secs(20)).await;
     assert_eq!(h.cloud.instance_count(), 1);
     assert!(h.cloud.stats().destroys >= 3, "retried with back-off");
     h.cloud.reconfigure(|c| c.destroy_error_rate = 0.0);
-    h.until(Duration::from_secs(60), "gone", |h| h.status("c").state == ClusterState::NotRunning).await;
+    h.until(Duration::from_secs(60), "gone", |h| {
+        h.status("c").state == ClusterState::NotRunning
+    })
+    .await;
     assert_eq!(h.cloud.instance_count(), 0);
     h.stop().await;
 }
@@ -208,19 +284,30 @@ async fn destroy_is_retried_until_the_instance_leaves() {
 #[tokio::test(start_paused = true)]
 async fn foreign_and_orphan_instances() {
     let cloud = FakeCloud::new(FakeConfig::default());
-    let foreign = cloud.insert_foreign(Tags::from([(TAG_INSTANCE_SET.into(), "someone-else".into())]));
+    let foreign = cloud.insert_foreign(Tags::from([(
+        TAG_INSTANCE_SET.into(),
+        "someone-else".into(),
+    )]));
     // An instance of ours for a cluster nobody wants (left by a crash).
-    let orphan = cloud
-        .insert_foreign(Tags::from([
-            (TAG_INSTANCE_SET.into(), common::SET_ID.into()),
-            (flotilla_cloud::TAG_CLUSTER.into(), "ghost".into()),
-            (flotilla_cloud::TAG_INSTANCE_TYPE.into(), "fake.small".into()),
-        ]));
+    let orphan = cloud.insert_foreign(Tags::from([
+        (TAG_INSTANCE_SET.into(), common::SET_ID.into()),
+        (flotilla_cloud::TAG_CLUSTER.into(), "ghost".into()),
+        (
+            flotilla_cloud::TAG_INSTANCE_TYPE.into(),
+            "fake.small".into(),
+        ),
+    ]));
     let mut h = Harness::start(cloud.clone(), Arc::new(MemoryStore::new()), config()).await;
-    h.until(Duration::from_secs(2), "orphan destroyed", |h| h.status("ghost").state == ClusterState::NotRunning)
-        .await;
+    h.until(Duration::from_secs(2), "orphan destroyed", |h| {
+        h.status("ghost").state == ClusterState::NotRunning
+    })
+    .await;
     tokio::time::sleep(Duration::from_secs(30)).await;
-    assert_eq!(cloud.instance_count(), 1, "only the foreign instance is left");
+    assert_eq!(
+        cloud.instance_count(),
+        1,
+        "only the foreign instance is left"
+    );
     let _ = (foreign, orphan);
     h.stop().await;
 }
@@ -229,9 +316,13 @@ async fn foreign_and_orphan_instances() {
 async fn creates_are_batched() {
     let mut h = Harness::new(FakeConfig::default()).await;
     h.deploy("big", 100, 3600, None).await;
-    h.until(Duration::from_secs(1), "running", |h| h.running("big")).await;
+    h.until(Duration::from_secs(1), "running", |h| h.running("big"))
+        .await;
     let creates = h.cloud.stats().creates;
-    assert!(creates <= 100 / 50 + 2, "{creates} create calls for 100 nodes");
+    assert!(
+        creates <= 100 / 50 + 2,
+        "{creates} create calls for 100 nodes"
+    );
     h.stop().await;
 }
 
@@ -239,23 +330,44 @@ async fn creates_are_batched() {
 async fn wait_returns_when_settled_or_reports_unsettled() {
     let mut cfg = config();
     cfg.max_wait = Duration::from_secs(5);
-    let cloud = FakeCloud::new(FakeConfig { boot_delay: Duration::from_secs(2), ..FakeConfig::default() });
+    let cloud = FakeCloud::new(FakeConfig {
+        boot_delay: Duration::from_secs(2),
+        ..FakeConfig::default()
+    });
     let mut h = Harness::start(cloud.clone(), Arc::new(MemoryStore::new()), cfg).await;
-    let cmd = h.engine.deploy_command(name("w"), 2, 3600, false, None).unwrap();
+    let cmd = h
+        .engine
+        .deploy_command(name("w"), 2, 3600, false, None)
+        .unwrap();
     let before = Instant::now();
-    let view = h.engine.deploy(&Caller::local_operator(), cmd, true).await.unwrap();
+    let view = h
+        .engine
+        .deploy(&Caller::local_operator(), cmd, true)
+        .await
+        .unwrap();
     assert_eq!(view.settled, Some(true));
     assert_eq!(view.state, ClusterState::Running);
     assert!(Instant::now() - before < Duration::from_secs(4));
 
     let hold = cloud.hold(FakeOp::Create);
-    let cmd = h.engine.deploy_command(name("w"), 3, 3600, false, None).unwrap();
-    let view = h.engine.deploy(&Caller::local_operator(), cmd, true).await.unwrap();
+    let cmd = h
+        .engine
+        .deploy_command(name("w"), 3, 3600, false, None)
+        .unwrap();
+    let view = h
+        .engine
+        .deploy(&Caller::local_operator(), cmd, true)
+        .await
+        .unwrap();
     assert_eq!(view.settled, Some(false), "max_wait passed first");
     assert_eq!(view.state, ClusterState::Deploying);
     drop(hold);
 
-    let view = h.engine.destroy(&Caller::local_operator(), &name("w"), true).await.unwrap();
+    let view = h
+        .engine
+        .destroy(&Caller::local_operator(), &name("w"), true)
+        .await
+        .unwrap();
     assert_eq!(view.state, ClusterState::NotRunning);
     assert_eq!(view.settled, Some(true));
     h.stop().await;
@@ -265,11 +377,25 @@ async fn wait_returns_when_settled_or_reports_unsettled() {
 async fn is_public_and_pool_cannot_change() {
     let mut h = Harness::new(FakeConfig::default()).await;
     h.deploy("c", 1, 3600, None).await;
-    let cmd = h.engine.deploy_command(name("c"), 1, 3600, true, None).unwrap();
-    let err = h.engine.deploy(&Caller::local_operator(), cmd, false).await.unwrap_err();
+    let cmd = h
+        .engine
+        .deploy_command(name("c"), 1, 3600, true, None)
+        .unwrap();
+    let err = h
+        .engine
+        .deploy(&Caller::local_operator(), cmd, false)
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("is_public"), "{err}");
-    let cmd = h.engine.deploy_command(name("c"), 1, 3600, false, Some("big")).unwrap();
-    let err = h.engine.deploy(&Caller::local_operator(), cmd, false).await.unwrap_err();
+    let cmd = h
+        .engine
+        .deploy_command(name("c"), 1, 3600, false, Some("big"))
+        .unwrap();
+    let err = h
+        .engine
+        .deploy(&Caller::local_operator(), cmd, false)
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("pool"), "{err}");
     assert_eq!(h.status("c").node_capacity, 1);
     h.stop().await;

@@ -37,7 +37,10 @@ pub struct Failure {
 
 impl Failure {
     fn new(code: u8, message: impl Into<String>) -> Self {
-        Self { code, message: message.into() }
+        Self {
+            code,
+            message: message.into(),
+        }
     }
 }
 
@@ -56,14 +59,21 @@ impl Client {
             .connect_timeout(Duration::from_secs(5))
             .build()
             .map_err(|e| Failure::new(exit::FAILED, format!("cannot build an HTTP client: {e}")))?;
-        Ok(Self { server, http, output })
+        Ok(Self {
+            server,
+            http,
+            output,
+        })
     }
 
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.server)
     }
 
-    async fn send<T: serde::de::DeserializeOwned>(&self, req: reqwest::RequestBuilder) -> Result<(T, String)> {
+    async fn send<T: serde::de::DeserializeOwned>(
+        &self,
+        req: reqwest::RequestBuilder,
+    ) -> Result<(T, String)> {
         let resp = req.send().await.map_err(|e| {
             if e.is_connect() || e.is_timeout() {
                 Failure::new(
@@ -75,17 +85,21 @@ impl Client {
             }
         })?;
         let status = resp.status();
-        let text = resp
-            .text()
-            .await
-            .map_err(|e| Failure::new(exit::UNREACHABLE, format!("reading the server's answer failed: {e}")))?;
+        let text = resp.text().await.map_err(|e| {
+            Failure::new(
+                exit::UNREACHABLE,
+                format!("reading the server's answer failed: {e}"),
+            )
+        })?;
         if !status.is_success() {
             let message = match serde_json::from_str::<ErrorBody>(&text) {
                 Ok(b) => format!("{} ({})", b.message, b.error),
                 Err(_) => format!("server answered {status}: {}", text.trim()),
             };
             let code = match status {
-                StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY | StatusCode::PAYLOAD_TOO_LARGE => exit::USAGE,
+                StatusCode::BAD_REQUEST
+                | StatusCode::UNPROCESSABLE_ENTITY
+                | StatusCode::PAYLOAD_TOO_LARGE => exit::USAGE,
                 StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => exit::DENIED,
                 _ => exit::FAILED,
             };
@@ -133,12 +147,16 @@ impl Client {
         match cluster {
             Some(c) => {
                 let (status, raw) = self
-                    .send::<ClusterStatus>(self.http.get(self.url(&format!("/api/v1/clusters/{c}"))))
+                    .send::<ClusterStatus>(
+                        self.http.get(self.url(&format!("/api/v1/clusters/{c}"))),
+                    )
                     .await?;
                 self.print_status(&status, &raw);
             }
             None => {
-                let (list, raw) = self.send::<ClusterList>(self.http.get(self.url("/api/v1/clusters"))).await?;
+                let (list, raw) = self
+                    .send::<ClusterList>(self.http.get(self.url("/api/v1/clusters")))
+                    .await?;
                 match self.output {
                     Output::Json => println!("{}", raw.trim()),
                     Output::Text if list.clusters.is_empty() => println!("no clusters"),

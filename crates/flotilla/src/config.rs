@@ -124,7 +124,8 @@ fn default_max_batch() -> u32 {
 impl DriverConfig {
     pub fn ops_per_second(&self) -> Option<f64> {
         match self {
-            DriverConfig::Local { ops_per_second, .. } | DriverConfig::Fake { ops_per_second, .. } => *ops_per_second,
+            DriverConfig::Local { ops_per_second, .. }
+            | DriverConfig::Fake { ops_per_second, .. } => *ops_per_second,
         }
     }
 }
@@ -184,7 +185,8 @@ impl Config {
             path: origin.to_owned(),
             message,
         };
-        let file: File = toml::from_str(text).map_err(|e| invalid(e.to_string().trim_end().to_owned()))?;
+        let file: File =
+            toml::from_str(text).map_err(|e| invalid(e.to_string().trim_end().to_owned()))?;
 
         let l = &file.limits;
         if l.min_ttl > l.max_ttl {
@@ -228,11 +230,15 @@ impl Config {
             }
             if let Some(r) = driver.ops_per_second() {
                 if !(r > 0.0 && r.is_finite()) {
-                    return Err(invalid(format!("drivers.{name}.ops_per_second must be above zero")));
+                    return Err(invalid(format!(
+                        "drivers.{name}.ops_per_second must be above zero"
+                    )));
                 }
             }
             if let DriverConfig::Local { max_batch: 0, .. } = driver {
-                return Err(invalid(format!("drivers.{name}.max_batch must be at least 1")));
+                return Err(invalid(format!(
+                    "drivers.{name}.max_batch must be at least 1"
+                )));
             }
         }
 
@@ -252,7 +258,8 @@ impl Config {
         }
         let mut pools = BTreeMap::new();
         for (name, p) in pool_sections {
-            let pool_name = PoolName::new(name.as_str()).map_err(|e| invalid(format!("pools.{name}: {e}")))?;
+            let pool_name =
+                PoolName::new(name.as_str()).map_err(|e| invalid(format!("pools.{name}: {e}")))?;
             if !drivers.contains_key(&p.driver) {
                 return Err(invalid(format!(
                     "pools.{name}.driver: no driver named {:?} (configured: {})",
@@ -293,15 +300,20 @@ impl Config {
                     pools.keys().next().expect("one pool").clone()
                 } else {
                     return Err(invalid(
-                        "default_pool: several pools and none named \"default\"; set default_pool".into(),
+                        "default_pool: several pools and none named \"default\"; set default_pool"
+                            .into(),
                     ));
                 }
             }
         };
 
         Ok(Config {
-            listen: file.listen.unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("valid")),
-            data_dir: file.data_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+            listen: file
+                .listen
+                .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("valid")),
+            data_dir: file
+                .data_dir
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
             engine: EngineConfig {
                 limits: Limits {
                     min_ttl: l.min_ttl,
@@ -342,7 +354,10 @@ mod tests {
         assert_eq!(c.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
         assert!(matches!(c.drivers["local"], DriverConfig::Local { .. }));
         assert_eq!(c.default_pool.as_str(), "default");
-        assert_eq!(c.pools[&c.default_pool].instance_type.as_str(), "local.small");
+        assert_eq!(
+            c.pools[&c.default_pool].instance_type.as_str(),
+            "local.small"
+        );
         assert_eq!(c.engine.resync_interval, Duration::from_secs(10));
         assert_eq!(c.engine.timeouts.boot, Duration::from_secs(600));
     }
@@ -379,11 +394,23 @@ instance_type = "local.small"
         let text = &readme[start..start + readme[start..].find("```").expect("closed block")];
         let c = Config::parse(text, "README.md").unwrap();
         let defaults = Config::parse("", "x").unwrap();
-        assert_eq!(c.engine.limits, defaults.engine.limits, "README shows the default limits");
-        assert_eq!(c.engine.timeouts, defaults.engine.timeouts, "README shows the default timeouts");
+        assert_eq!(
+            c.engine.limits, defaults.engine.limits,
+            "README shows the default limits"
+        );
+        assert_eq!(
+            c.engine.timeouts, defaults.engine.timeouts,
+            "README shows the default timeouts"
+        );
         assert_eq!(c.engine.concurrency, defaults.engine.concurrency);
         assert!(matches!(c.drivers["sim"], DriverConfig::Fake { .. }));
-        assert_eq!(c.pools[&c.default_pool].tags.get("team").map(String::as_str), Some("data"));
+        assert_eq!(
+            c.pools[&c.default_pool]
+                .tags
+                .get("team")
+                .map(String::as_str),
+            Some("data")
+        );
     }
 
     #[test]
@@ -402,7 +429,10 @@ instance_type = "local.small"
         assert!(err("[limits]\nmin_ttl = \"2h\"\nmax_ttl = \"1h\"\n").contains("limits.min_ttl"));
         assert!(err("[drivers.x]\ntype = \"nimbus\"\n").contains("nimbus"));
         let e = err("[drivers.x]\ntype = \"local\"\n[pools.default]\ndriver = \"y\"\ninstance_type = \"a\"\n");
-        assert!(e.contains("pools.default.driver") && e.contains("\"y\""), "{e}");
+        assert!(
+            e.contains("pools.default.driver") && e.contains("\"y\""),
+            "{e}"
+        );
         let e = err("[pools.default]\ndriver = \"local\"\ninstance_type = \"a b\"\n[drivers.local]\ntype = \"local\"\n");
         assert!(e.contains("pools.default.instance_type"), "{e}");
         let e = err("[drivers.local]\ntype = \"local\"\n[pools.a]\ndriver = \"local\"\ninstance_type = \"x\"\n[pools.b]\ndriver = \"local\"\ninstance_type = \"x\"\n");
@@ -425,6 +455,9 @@ instance_type = "local.small"
             }
             other => panic!("{other:?}"),
         }
-        assert!(err("[drivers.sim]\ntype = \"fake\"\n[drivers.sim.faults]\nboot_dealy = \"2s\"\n").contains("boot_dealy"));
+        assert!(
+            err("[drivers.sim]\ntype = \"fake\"\n[drivers.sim.faults]\nboot_dealy = \"2s\"\n")
+                .contains("boot_dealy")
+        );
     }
 }

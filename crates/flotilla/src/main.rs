@@ -15,10 +15,19 @@ use flotilla_api_types::DeployRequest;
 use crate::cli::{exit, Client, Output};
 
 #[derive(Parser)]
-#[command(name = "flotilla", version, about = "Provision named clusters of compute nodes and keep them converged")]
+#[command(
+    name = "flotilla",
+    version,
+    about = "Provision named clusters of compute nodes and keep them converged"
+)]
 struct Cli {
     /// The flotilla server to talk to.
-    #[arg(long, global = true, env = "FLOTILLA_SERVER", default_value = "http://127.0.0.1:8470")]
+    #[arg(
+        long,
+        global = true,
+        env = "FLOTILLA_SERVER",
+        default_value = "http://127.0.0.1:8470"
+    )]
     server: String,
     /// How to print results: text for people, json as the API returns it.
     #[arg(long, global = true, value_enum, default_value = "text")]
@@ -88,13 +97,20 @@ fn runtime() -> tokio::runtime::Runtime {
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve { config, listen, data_dir } => {
+        Command::Serve {
+            config,
+            listen,
+            data_dir,
+        } => {
             init_tracing();
             let mut config = match config::Config::load(config.as_deref()) {
                 Ok(c) => c,
@@ -149,7 +165,14 @@ fn main() -> ExitCode {
             };
             let result = runtime().block_on(async {
                 match command {
-                    Command::Deploy { cluster, nodes, ttl, public, pool, wait } => {
+                    Command::Deploy {
+                        cluster,
+                        nodes,
+                        ttl,
+                        public,
+                        pool,
+                        wait,
+                    } => {
                         let request = DeployRequest {
                             node_capacity: nodes,
                             time_to_live: ttl.as_secs() as i64,

@@ -54,22 +54,41 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     for (name, driver) in &config.drivers {
         let id = store.instance_set_id(name).await?;
         let set: Arc<dyn InstanceSet> = match driver {
-            DriverConfig::Local { dir, grace, max_batch, ops_per_second } => {
+            DriverConfig::Local {
+                dir,
+                grace,
+                max_batch,
+                ops_per_second,
+            } => {
                 let local = LocalInstanceSet::open(
                     LocalConfig {
-                        dir: dir.clone().unwrap_or_else(|| config.data_dir.join("drivers").join(name)),
-                        node_program: std::env::current_exe().context("cannot find the flotilla binary")?,
+                        dir: dir
+                            .clone()
+                            .unwrap_or_else(|| config.data_dir.join("drivers").join(name)),
+                        node_program: std::env::current_exe()
+                            .context("cannot find the flotilla binary")?,
                         grace: *grace,
                         max_batch: *max_batch,
                     },
                     id.clone(),
                 )
                 .with_context(|| format!("driver {name}"))?;
-                Arc::new(Metered::new(Throttled::new(local, *ops_per_second), name.clone(), cloud_metrics.clone()))
+                Arc::new(Metered::new(
+                    Throttled::new(local, *ops_per_second),
+                    name.clone(),
+                    cloud_metrics.clone(),
+                ))
             }
-            DriverConfig::Fake { faults, ops_per_second } => {
+            DriverConfig::Fake {
+                faults,
+                ops_per_second,
+            } => {
                 let fake = FakeCloud::new(faults.clone()).instance_set(id.as_str());
-                Arc::new(Metered::new(Throttled::new(fake, *ops_per_second), name.clone(), cloud_metrics.clone()))
+                Arc::new(Metered::new(
+                    Throttled::new(fake, *ops_per_second),
+                    name.clone(),
+                    cloud_metrics.clone(),
+                ))
             }
         };
         tracing::info!(driver = %name, instance_set = %id, "driver ready");
@@ -89,7 +108,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let addr = listener.local_addr()?;
     tracing::info!(%addr, data_dir = %config.data_dir.display(), "flotilla serving");
-    eprintln!("flotilla serving on http://{addr} (state in {})", config.data_dir.display());
+    eprintln!(
+        "flotilla serving on http://{addr} (state in {})",
+        config.data_dir.display()
+    );
 
     let app = flotilla_api::router(AppState {
         engine: engine.clone(),

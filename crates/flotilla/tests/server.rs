@@ -38,7 +38,13 @@ impl Server {
     fn start(dir: &Path) -> Server {
         let config = dir.join("flotilla.toml");
         std::fs::write(&config, CONFIG).unwrap();
-        let log = dir.join(format!("serve-{}.log", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()));
+        let log = dir.join(format!(
+            "serve-{}.log",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
         // Each start logs to its own file, so a restart is not fooled by the
         // previous server's "serving" line.
         let child = Command::new(BIN)
@@ -51,7 +57,10 @@ impl Server {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("start flotilla serve");
-        let mut server = Server { child, url: String::new() };
+        let mut server = Server {
+            child,
+            url: String::new(),
+        };
         let deadline = Instant::now() + SETTLE;
         loop {
             let text = std::fs::read_to_string(&log).unwrap_or_default();
@@ -84,7 +93,11 @@ impl Server {
 
     fn status(&self, cluster: &str) -> Value {
         let out = self.cli(&["--output", "json", "status", cluster]);
-        assert!(out.status.success(), "status failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "status failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         serde_json::from_slice(&out.stdout).expect("status is JSON")
     }
 }
@@ -102,8 +115,12 @@ fn node_processes(dir: &Path) -> Vec<u32> {
     let needle = dir.to_string_lossy().into_owned();
     let mut pids = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
         let args: Vec<String> = cmdline
             .split(|b| *b == 0)
             .map(|a| String::from_utf8_lossy(a).into_owned())
@@ -118,13 +135,21 @@ fn node_processes(dir: &Path) -> Vec<u32> {
 fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + SETTLE;
     while !check() {
-        assert!(Instant::now() < deadline, "{what} did not happen within {SETTLE:?}");
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not happen within {SETTLE:?}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
 
 fn ready_nodes(status: &Value) -> usize {
-    status["nodes"].as_array().unwrap().iter().filter(|n| n["state"] == "ready").count()
+    status["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["state"] == "ready")
+        .count()
 }
 
 fn code(out: &Output) -> i32 {
@@ -137,7 +162,9 @@ struct Sandbox {
 
 impl Sandbox {
     fn new() -> Self {
-        Self { dir: tempfile::tempdir().unwrap() }
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+        }
     }
 
     fn path(&self) -> PathBuf {
@@ -172,7 +199,9 @@ fn deploy_status_destroy_through_the_command_line() {
 
     // Every ready node answers on the address the status gives.
     for node in status["nodes"].as_array().unwrap() {
-        let address = node["address"].as_str().expect("a ready node has an address");
+        let address = node["address"]
+            .as_str()
+            .expect("a ready node has an address");
         let info: Value = http::blocking_get(&format!("http://{address}/info"));
         assert_eq!(info["cluster"], "demo");
         assert_eq!(info["node_id"], node["id"]);
@@ -181,14 +210,18 @@ fn deploy_status_destroy_through_the_command_line() {
     // Scale down, then the text listing shows the cluster.
     let out = server.cli(&["deploy", "demo", "--nodes", "1", "--ttl", "10m", "--wait"]);
     assert_eq!(code(&out), 0);
-    wait_for("two nodes gone", || node_processes(&sandbox.path()).len() == 1);
+    wait_for("two nodes gone", || {
+        node_processes(&sandbox.path()).len() == 1
+    });
     let out = server.cli(&["status"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("demo"));
 
     let out = server.cli(&["destroy", "demo", "--wait"]);
     assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(server.status("demo")["state"], "not_running");
-    wait_for("node processes gone", || node_processes(&sandbox.path()).is_empty());
+    wait_for("node processes gone", || {
+        node_processes(&sandbox.path()).is_empty()
+    });
 }
 
 #[test]
@@ -197,14 +230,20 @@ fn exit_statuses_follow_the_contract() {
     let server = Server::start(&sandbox.path());
 
     // Usage errors: caught by the client, or refused as invalid by the server.
-    assert_eq!(code(&server.cli(&["deploy", "demo", "--nodes", "2", "--ttl", "soon"])), 2);
+    assert_eq!(
+        code(&server.cli(&["deploy", "demo", "--nodes", "2", "--ttl", "soon"])),
+        2
+    );
     let out = server.cli(&["deploy", "-bad-name", "--nodes", "1", "--ttl", "1h"]);
     assert_eq!(code(&out), 2);
     let out = server.cli(&["deploy", "ok", "--nodes", "0", "--ttl", "1h"]);
     assert_eq!(code(&out), 2);
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid_node_capacity"));
     // A conflict is a failed request.
-    assert_eq!(code(&server.cli(&["deploy", "pub", "--nodes", "1", "--ttl", "1h"])), 0);
+    assert_eq!(
+        code(&server.cli(&["deploy", "pub", "--nodes", "1", "--ttl", "1h"])),
+        0
+    );
     let out = server.cli(&["deploy", "pub", "--nodes", "1", "--ttl", "1h", "--public"]);
     assert_eq!(code(&out), 1);
     assert!(String::from_utf8_lossy(&out.stderr).contains("is_public"));
@@ -235,7 +274,11 @@ fn sigkill_mid_deploy_then_restart_converges_without_duplicates() {
     });
     // Give the engine a few resyncs to make a mistake, then count.
     std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(node_processes(&sandbox.path()).len(), 6, "exactly the wanted nodes");
+    assert_eq!(
+        node_processes(&sandbox.path()).len(),
+        6,
+        "exactly the wanted nodes"
+    );
     assert_eq!(server.status("crash")["nodes"].as_array().unwrap().len(), 6);
 }
 
@@ -243,14 +286,21 @@ fn sigkill_mid_deploy_then_restart_converges_without_duplicates() {
 fn sigkill_mid_destroy_then_restart_leaves_nothing() {
     let sandbox = Sandbox::new();
     let server = Server::start(&sandbox.path());
-    assert_eq!(code(&server.cli(&["deploy", "gone", "--nodes", "4", "--ttl", "10m", "--wait"])), 0);
+    assert_eq!(
+        code(&server.cli(&["deploy", "gone", "--nodes", "4", "--ttl", "10m", "--wait"])),
+        0
+    );
     assert_eq!(node_processes(&sandbox.path()).len(), 4);
     assert_eq!(code(&server.cli(&["destroy", "gone"])), 0);
     server.kill();
 
     let server = Server::start(&sandbox.path());
-    wait_for("cluster forgotten", || server.status("gone")["state"] == "not_running");
-    wait_for("node processes gone", || node_processes(&sandbox.path()).is_empty());
+    wait_for("cluster forgotten", || {
+        server.status("gone")["state"] == "not_running"
+    });
+    wait_for("node processes gone", || {
+        node_processes(&sandbox.path()).is_empty()
+    });
 }
 
 #[test]
@@ -259,21 +309,40 @@ fn time_to_live_fires_on_time_and_across_a_restart() {
     let server = Server::start(&sandbox.path());
 
     // While the server runs: not before the deadline, and promptly after.
-    assert_eq!(code(&server.cli(&["deploy", "brief", "--nodes", "1", "--ttl", "3s", "--wait"])), 0);
-    let deadline: chrono::DateTime<chrono::Utc> =
-        server.status("brief")["expires_at"].as_str().unwrap().parse().unwrap();
-    wait_for("deadline fired", || server.status("brief")["state"] != "running");
+    assert_eq!(
+        code(&server.cli(&["deploy", "brief", "--nodes", "1", "--ttl", "3s", "--wait"])),
+        0
+    );
+    let deadline: chrono::DateTime<chrono::Utc> = server.status("brief")["expires_at"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    wait_for("deadline fired", || {
+        server.status("brief")["state"] != "running"
+    });
     let fired = chrono::Utc::now();
-    assert!(fired >= deadline, "fired {fired} before the deadline {deadline}");
+    assert!(
+        fired >= deadline,
+        "fired {fired} before the deadline {deadline}"
+    );
 
     // While the server is down: the deadline passes, and the restart fires it.
-    assert_eq!(code(&server.cli(&["deploy", "later", "--nodes", "2", "--ttl", "2s", "--wait"])), 0);
+    assert_eq!(
+        code(&server.cli(&["deploy", "later", "--nodes", "2", "--ttl", "2s", "--wait"])),
+        0
+    );
     server.kill();
     std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(node_processes(&sandbox.path()).len(), 2, "nodes outlive the server");
+    assert_eq!(
+        node_processes(&sandbox.path()).len(),
+        2,
+        "nodes outlive the server"
+    );
     let server = Server::start(&sandbox.path());
     wait_for("expired cluster destroyed at start-up", || {
-        server.status("later")["state"] == "not_running" && node_processes(&sandbox.path()).is_empty()
+        server.status("later")["state"] == "not_running"
+            && node_processes(&sandbox.path()).is_empty()
     });
 }
 
@@ -304,16 +373,30 @@ fn a_bad_config_is_refused_naming_the_key_and_file() {
         .unwrap();
     assert_eq!(code(&out), 2);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("max_wiat") && stderr.contains("bad.toml"), "{stderr}");
-    assert!(!dir.path().join("flotilla-data").exists(), "nothing was created");
+    assert!(
+        stderr.contains("max_wiat") && stderr.contains("bad.toml"),
+        "{stderr}"
+    );
+    assert!(
+        !dir.path().join("flotilla-data").exists(),
+        "nothing was created"
+    );
 }
 
 mod http {
     /// A plain HTTP GET of JSON, enough for the node agent's /info.
     pub fn blocking_get(url: &str) -> serde_json::Value {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         rt.block_on(async {
-            ::reqwest::get(url).await.expect("GET").json().await.expect("JSON")
+            ::reqwest::get(url)
+                .await
+                .expect("GET")
+                .json()
+                .await
+                .expect("JSON")
         })
     }
 }

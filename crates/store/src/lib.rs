@@ -43,6 +43,28 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+impl StoreError {
+    /// The conflict `command` has with the deployed `current` record, if it
+    /// would change a field that is fixed once deployed.
+    pub(crate) fn fixed_field_conflict(
+        current: &ClusterRecord,
+        command: &DeployCommand,
+    ) -> Option<Self> {
+        let (field, current) = if current.is_public != command.is_public {
+            ("is_public", current.is_public.to_string())
+        } else if current.pool != command.pool {
+            ("pool", current.pool.to_string())
+        } else {
+            return None;
+        };
+        Some(Self::Conflict {
+            cluster: command.cluster.clone(),
+            field,
+            current,
+        })
+    }
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// The ownership ID of the instance set behind driver `driver`: created

@@ -45,7 +45,14 @@ impl Store for MemoryStore {
     }
 
     async fn list_clusters(&self) -> Result<Vec<ClusterRecord>, StoreError> {
-        Ok(self.inner.lock().unwrap().clusters.values().cloned().collect())
+        Ok(self
+            .inner
+            .lock()
+            .unwrap()
+            .clusters
+            .values()
+            .cloned()
+            .collect())
     }
 
     async fn deploy(
@@ -57,19 +64,8 @@ impl Store for MemoryStore {
         let mut inner = self.inner.lock().unwrap();
         let record = match inner.clusters.get(&command.cluster) {
             Some(old) => {
-                if old.is_public != command.is_public {
-                    return Err(StoreError::Conflict {
-                        cluster: command.cluster.clone(),
-                        field: "is_public",
-                        current: old.is_public.to_string(),
-                    });
-                }
-                if old.pool != command.pool {
-                    return Err(StoreError::Conflict {
-                        cluster: command.cluster.clone(),
-                        field: "pool",
-                        current: old.pool.to_string(),
-                    });
+                if let Some(conflict) = StoreError::fixed_field_conflict(old, command) {
+                    return Err(conflict);
                 }
                 ClusterRecord {
                     node_capacity: command.node_capacity,

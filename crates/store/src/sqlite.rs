@@ -301,19 +301,8 @@ impl Store for SqliteStore {
                     "clusters row {name:?}: neither inserted, updated nor found"
                 ))
             })?;
-        if current.is_public != command.is_public {
-            return Err(StoreError::Conflict {
-                cluster: command.cluster.clone(),
-                field: "is_public",
-                current: current.is_public.to_string(),
-            });
-        }
-        if current.pool != command.pool {
-            return Err(StoreError::Conflict {
-                cluster: command.cluster.clone(),
-                field: "pool",
-                current: current.pool.to_string(),
-            });
+        if let Some(conflict) = StoreError::fixed_field_conflict(&current, command) {
+            return Err(conflict);
         }
         Err(StoreError::Corrupt(format!(
             "clusters row {name:?}: deploy matched is_public and pool but did not update"

@@ -14,7 +14,7 @@ use axum::Router;
 use flotilla_api::{router, AppState};
 use flotilla_cloud::fake::{FakeCloud, FakeConfig};
 use flotilla_cloud::{InstanceSet, Tags, Throttled, TokioClock};
-use flotilla_domain::{InstanceType, Limits, PoolName, Timeouts};
+use flotilla_domain::{InstanceType, Limits, PoolName};
 use flotilla_engine::{Engine, EngineConfig, EngineTasks, PoolSpec};
 use flotilla_store::MemoryStore;
 use prometheus_client::registry::Registry;
@@ -33,17 +33,8 @@ pub fn config() -> EngineConfig {
             max_ttl: Duration::from_secs(MAX_TTL as u64),
             max_nodes: MAX_NODES as u32,
         },
-        timeouts: Timeouts {
-            boot: Duration::from_secs(600),
-            probe: Duration::from_secs(120),
-            destroy_retry: Duration::from_secs(30),
-        },
-        resync_interval: Duration::from_secs(10),
-        probe_interval: Duration::from_secs(10),
-        max_wait: Duration::from_secs(600),
         concurrency: 16,
-        min_list_interval: Duration::from_millis(250),
-        capacity_backoff: Duration::from_secs(60),
+        ..EngineConfig::default()
     }
 }
 
@@ -81,7 +72,8 @@ impl TestApi {
             .with_test_writer()
             .try_init();
         let cloud = FakeCloud::new(FakeConfig::default());
-        let set: Arc<dyn InstanceSet> = Arc::new(Throttled::new(cloud.instance_set("test-set"), None));
+        let set: Arc<dyn InstanceSet> =
+            Arc::new(Throttled::new(cloud.instance_set("test-set"), None));
         let mut registry = Registry::default();
         let (engine, tasks) = Engine::start(
             config(),
@@ -98,7 +90,12 @@ impl TestApi {
             engine: engine.clone(),
             registry: Arc::new(registry),
         });
-        Self { router, engine, tasks: Some(tasks), cloud }
+        Self {
+            router,
+            engine,
+            tasks: Some(tasks),
+            cloud,
+        }
     }
 
     /// Begins shutdown the way the server does after its listener closes.
@@ -109,16 +106,33 @@ impl TestApi {
     }
 
     pub async fn send(&self, req: Request<Body>) -> Reply {
-        let res = self.router.clone().oneshot(req).await.expect("the router is infallible");
+        let res = self
+            .router
+            .clone()
+            .oneshot(req)
+            .await
+            .expect("the router is infallible");
         let status = res.status();
         let headers = res.headers().clone();
-        let body = to_bytes(res.into_body(), usize::MAX).await.expect("response body");
-        Reply { status, headers, body }
+        let body = to_bytes(res.into_body(), usize::MAX)
+            .await
+            .expect("response body");
+        Reply {
+            status,
+            headers,
+            body,
+        }
     }
 
     pub async fn request(&self, method: Method, uri: &str) -> Reply {
-        self.send(Request::builder().method(method).uri(uri).body(Body::empty()).unwrap())
-            .await
+        self.send(
+            Request::builder()
+                .method(method)
+                .uri(uri)
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
     }
 
     pub async fn get(&self, uri: &str) -> Reply {
@@ -131,10 +145,16 @@ impl TestApi {
 
     /// PUT with a JSON body, as the command line sends it.
     pub async fn put_json(&self, uri: &str, body: &Value) -> Reply {
-        self.put_raw(uri, Some("application/json"), body.to_string()).await
+        self.put_raw(uri, Some("application/json"), body.to_string())
+            .await
     }
 
-    pub async fn put_raw(&self, uri: &str, content_type: Option<&str>, body: impl Into<Body>) -> Reply {
+    pub async fn put_raw(
+        &self,
+        uri: &str,
+        content_type: Option<&str>,
+        body: impl Into<Body>,
+    ) -> Reply {
         let mut req = Request::builder().method(Method::PUT).uri(uri);
         if let Some(ct) = content_type {
             req = req.header(header::CONTENT_TYPE, ct);
@@ -151,7 +171,9 @@ impl TestApi {
 
     /// DEPLOY that must succeed.
     pub async fn deploy(&self, cluster: &str, body: &Value, wait: bool) -> Value {
-        let reply = self.put_json(&format!("/api/v1/clusters/{cluster}?wait={wait}"), body).await;
+        let reply = self
+            .put_json(&format!("/api/v1/clusters/{cluster}?wait={wait}"), body)
+            .await;
         assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
         reply.json()
     }
@@ -178,11 +200,28 @@ impl Reply {
     #[track_caller]
     pub fn expect_error(&self, status: StatusCode, code: &str) -> String {
         assert_eq!(self.status, status, "body: {}", self.text());
-        let content_type = self.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
-        assert_eq!(content_type, Some("application/json"), "an error is JSON: {}", self.text());
+        let content_type = self
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok());
+        assert_eq!(
+            content_type,
+            Some("application/json"),
+            "an error is JSON: {}",
+            self.text()
+        );
         let body = self.json();
-        let fields: Vec<&str> = body.as_object().expect("an object").keys().map(String::as_str).collect();
-        assert_eq!(fields, ["error", "message"], "the error shape is {{error, message}}: {body}");
+        let fields: Vec<&str> = body
+            .as_object()
+            .expect("an object")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(
+            fields,
+            ["error", "message"],
+            "the error shape is {{error, message}}: {body}"
+        );
         assert_eq!(body["error"], code, "error code; body: {body}");
         let message = body["message"].as_str().expect("message is a string");
         assert!(!message.is_empty(), "a message for people");

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use flotilla_cloud::fake::{FakeCloud, FakeConfig};
 use flotilla_cloud::{InstanceSet, Tags, Throttled, TokioClock};
-use flotilla_domain::{Caller, ClusterName, ClusterState, InstanceType, Limits, PoolName, Timeouts};
+use flotilla_domain::{Caller, ClusterName, ClusterState, InstanceType, Limits, PoolName};
 use flotilla_engine::{ClusterView, Engine, EngineConfig, EngineTasks, PoolSpec};
 use flotilla_store::{MemoryStore, Store};
 use prometheus_client::registry::Registry;
@@ -24,17 +24,8 @@ pub fn config() -> EngineConfig {
             max_ttl: Duration::from_secs(30 * 24 * 3600),
             max_nodes: 1000,
         },
-        timeouts: Timeouts {
-            boot: Duration::from_secs(600),
-            probe: Duration::from_secs(120),
-            destroy_retry: Duration::from_secs(30),
-        },
-        resync_interval: Duration::from_secs(10),
-        probe_interval: Duration::from_secs(10),
-        max_wait: Duration::from_secs(600),
         concurrency: 16,
-        min_list_interval: Duration::from_millis(250),
-        capacity_backoff: Duration::from_secs(60),
+        ..EngineConfig::default()
     }
 }
 
@@ -91,7 +82,13 @@ impl Harness {
         )
         .await
         .expect("engine starts");
-        Self { engine, tasks: Some(tasks), cloud, store, clock }
+        Self {
+            engine,
+            tasks: Some(tasks),
+            cloud,
+            store,
+            clock,
+        }
     }
 
     pub async fn new(fake: FakeConfig) -> Self {
@@ -104,12 +101,21 @@ impl Harness {
         }
     }
 
-    pub async fn deploy(&self, cluster: &str, nodes: i64, ttl: i64, pool: Option<&str>) -> ClusterView {
+    pub async fn deploy(
+        &self,
+        cluster: &str,
+        nodes: i64,
+        ttl: i64,
+        pool: Option<&str>,
+    ) -> ClusterView {
         let cmd = self
             .engine
             .deploy_command(name(cluster), nodes, ttl, false, pool)
             .expect("valid deploy");
-        self.engine.deploy(&Caller::local_operator(), cmd, false).await.expect("deploy")
+        self.engine
+            .deploy(&Caller::local_operator(), cmd, false)
+            .await
+            .expect("deploy")
     }
 
     pub async fn destroy(&self, cluster: &str) -> ClusterView {
@@ -120,14 +126,19 @@ impl Harness {
     }
 
     pub fn status(&self, cluster: &str) -> ClusterView {
-        self.engine.status(&Caller::local_operator(), &name(cluster)).unwrap()
+        self.engine
+            .status(&Caller::local_operator(), &name(cluster))
+            .unwrap()
     }
 
     /// Waits (in tokio time) until `check` holds, polling every 10 ms.
     pub async fn until(&self, limit: Duration, what: &str, mut check: impl FnMut(&Self) -> bool) {
         let deadline = tokio::time::Instant::now() + limit;
         while !check(self) {
-            assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for {what}"
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
