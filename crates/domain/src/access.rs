@@ -1,9 +1,17 @@
-//! Who is asking. Every command carries a [`Caller`] so that authorisation
-//! has one place to live; until accounts exist the server binds to loopback
-//! and whoever reaches it acts as the local operator.
+//! Who is asking, and what they may do: the authorisation rules of seed 000
+//! for DEPLOY, DESTROY and STATUS, the per-level limits, and the rules for
+//! account management. Every rule is a plain function of the caller and the
+//! request, so the whole matrix can be tested without a server.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::names::{ClusterName, Username};
+
+/// The four user levels, lowest first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Level {
@@ -13,19 +21,429 @@ pub enum Level {
     Admin,
 }
 
+impl Level {
+    pub const ALL: [Level; 4] = [
+        Level::Anonymous,
+        Level::GithubMember,
+        Level::OrgMember,
+        Level::Admin,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Level::Anonymous => "anonymous",
+            Level::GithubMember => "github_member",
+            Level::OrgMember => "org_member",
+            Level::Admin => "admin",
+        }
+    }
+}
+
+impl fmt::Display for Level {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("level {0:?} is not valid: use anonymous, github_member, org_member or admin")]
+pub struct LevelError(pub String);
+
+impl std::str::FromStr for Level {
+    type Err = LevelError;
+    fn from_str(s: &str) -> Result<Self, LevelError> {
+        Level::ALL
+            .into_iter()
+            .find(|l| l.as_str() == s)
+            .ok_or_else(|| LevelError(s.to_owned()))
+    }
+}
+
+/// How an account signs in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AccountKind {
+    /// Username and password, kept by flotilla.
+    Local,
+    /// A GitHub token, checked against the GitHub API at each login.
+    Github,
+}
+
+impl AccountKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AccountKind::Local => "local",
+            AccountKind::Github => "github",
+        }
+    }
+}
+
+/// The clusters an account may act on: its own (named after it) and those
+/// an admin granted.
+pub fn allowed_clusters(
+    username: &Username,
+    grants: &BTreeSet<ClusterName>,
+) -> BTreeSet<ClusterName> {
+    let mut allowed = grants.clone();
+    allowed.insert(username.own_cluster());
+    allowed
+}
+
+/// Who is asking, as authenticated by the edge (a verified token, or no
+/// token at all).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
-    /// The account name; `None` for anonymous callers and the local operator.
-    pub account: Option<String>,
+    /// The account; `None` for anonymous callers and the server itself.
+    pub account: Option<Username>,
     pub level: Level,
+    /// The clusters this caller may act on (ignored for admins).
+    pub allowed: BTreeSet<ClusterName>,
 }
 
 impl Caller {
-    /// Whoever can reach a server that has no authentication configured.
+    /// No credentials: may read the status of public clusters, nothing else.
+    pub fn anonymous() -> Self {
+        Self {
+            account: None,
+            level: Level::Anonymous,
+            allowed: BTreeSet::new(),
+        }
+    }
+
+    /// The server acting on its own behalf (scheduled deletions), and
+    /// in-process tests and benchmarks: an admin without an account.
     pub fn local_operator() -> Self {
         Self {
             account: None,
             level: Level::Admin,
+            allowed: BTreeSet::new(),
         }
+    }
+
+    pub fn is_admin(&self) -> bool {
+        self.level == Level::Admin
+    }
+
+    /// Whether `cluster` is one of this caller's own clusters (always true
+    /// for admins).
+    pub fn may_act_on(&self, cluster: &ClusterName) -> bool {
+        self.is_admin() || (self.account.is_some() && self.allowed.contains(cluster))
+    }
+}
+
+/// What a non-admin level may deploy. Admins have no limits and anonymous
+/// callers may not deploy at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LevelLimits {
+    /// Most nodes in one cluster; 0 means this level may not deploy.
+    pub max_nodes: u32,
+    /// Longest time-to-live of a deploy.
+    pub max_ttl: Duration,
+}
+
+/// The per-level limits, from config `[levels.*]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LevelPolicy {
+    pub github_member: LevelLimits,
+    pub org_member: LevelLimits,
+}
+
+impl Default for LevelPolicy {
+    /// Seed 000: GitHub members see public clusters but do not deploy;
+    /// organisation members deploy small clusters for a working day.
+    fn default() -> Self {
+        Self {
+            github_member: LevelLimits {
+                max_nodes: 0,
+                max_ttl: Duration::from_secs(3600),
+            },
+            org_member: LevelLimits {
+                max_nodes: 10,
+                max_ttl: Duration::from_secs(12 * 3600),
+            },
+        }
+    }
+}
+
+impl LevelPolicy {
+    /// The limits of `level`; `None` for admins (no limits) and anonymous
+    /// callers (no deploys).
+    pub fn limits(&self, level: Level) -> Option<LevelLimits> {
+        match level {
+            Level::GithubMember => Some(self.github_member),
+            Level::OrgMember => Some(self.org_member),
+            Level::Anonymous | Level::Admin => None,
+        }
+    }
+}
+
+/// Why a request was refused. `NotAuthenticated` is 401 (credentials might
+/// help); everything else is 403 with [`Denied::code`] naming the rule.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Denied {
+    #[error("this needs a signed-in account: log in with `flotilla login` or send a bearer token")]
+    NotAuthenticated,
+    #[error("only admins may deploy public clusters; deploy with is_public false")]
+    PublicNeedsAdmin,
+    #[error("cluster {cluster} is not one of your clusters ({allowed}); ask an admin to grant it")]
+    ClusterNotAllowed {
+        cluster: ClusterName,
+        allowed: String,
+    },
+    #[error("{level} accounts may not deploy clusters; ask an admin for a higher level")]
+    LevelMayNotDeploy { level: Level },
+    #[error("{level} accounts may deploy at most {max} nodes, asked for {asked}")]
+    NodeLimit { level: Level, max: u32, asked: u32 },
+    #[error("{level} accounts may set a time_to_live of at most {max} seconds, asked for {asked}")]
+    TtlLimit { level: Level, max: u64, asked: u64 },
+    #[error("only admins may do this")]
+    AdminOnly,
+}
+
+impl Denied {
+    /// The stable error code the API returns.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Denied::NotAuthenticated => "not_authenticated",
+            Denied::PublicNeedsAdmin => "public_cluster_needs_admin",
+            Denied::ClusterNotAllowed { .. } => "cluster_not_allowed",
+            Denied::LevelMayNotDeploy { .. } => "level_may_not_deploy",
+            Denied::NodeLimit { .. } => "node_limit_exceeded",
+            Denied::TtlLimit { .. } => "ttl_limit_exceeded",
+            Denied::AdminOnly => "admin_only",
+        }
+    }
+}
+
+fn signed_in(caller: &Caller) -> Result<(), Denied> {
+    if caller.account.is_none() && !caller.is_admin() {
+        return Err(Denied::NotAuthenticated);
+    }
+    Ok(())
+}
+
+fn own_cluster(caller: &Caller, cluster: &ClusterName) -> Result<(), Denied> {
+    if caller.may_act_on(cluster) {
+        return Ok(());
+    }
+    let allowed = if caller.allowed.is_empty() {
+        "you have none".to_owned()
+    } else {
+        caller
+            .allowed
+            .iter()
+            .map(|c| c.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    Err(Denied::ClusterNotAllowed {
+        cluster: cluster.clone(),
+        allowed,
+    })
+}
+
+/// DEPLOY, in seed 000's order: signed in; not public unless admin; one of
+/// the caller's clusters; node capacity and time-to-live within the level.
+pub fn authorize_deploy(
+    caller: &Caller,
+    policy: &LevelPolicy,
+    cluster: &ClusterName,
+    is_public: bool,
+    node_capacity: u32,
+    time_to_live: Duration,
+) -> Result<(), Denied> {
+    signed_in(caller)?;
+    if caller.is_admin() {
+        return Ok(());
+    }
+    if is_public {
+        return Err(Denied::PublicNeedsAdmin);
+    }
+    own_cluster(caller, cluster)?;
+    let Some(limits) = policy.limits(caller.level) else {
+        return Err(Denied::NotAuthenticated);
+    };
+    if limits.max_nodes == 0 {
+        return Err(Denied::LevelMayNotDeploy {
+            level: caller.level,
+        });
+    }
+    if node_capacity > limits.max_nodes {
+        return Err(Denied::NodeLimit {
+            level: caller.level,
+            max: limits.max_nodes,
+            asked: node_capacity,
+        });
+    }
+    if time_to_live > limits.max_ttl {
+        return Err(Denied::TtlLimit {
+            level: caller.level,
+            max: limits.max_ttl.as_secs(),
+            asked: time_to_live.as_secs(),
+        });
+    }
+    Ok(())
+}
+
+/// DESTROY: one of the caller's clusters (public or not).
+pub fn authorize_destroy(caller: &Caller, cluster: &ClusterName) -> Result<(), Denied> {
+    signed_in(caller)?;
+    own_cluster(caller, cluster)
+}
+
+/// STATUS: anyone may read a public cluster; otherwise it must be one of
+/// the caller's clusters. A cluster that is not deployed is not public, so
+/// the answer does not reveal whether a private cluster exists.
+pub fn authorize_status(
+    caller: &Caller,
+    cluster: &ClusterName,
+    is_public: bool,
+) -> Result<(), Denied> {
+    if is_public {
+        return Ok(());
+    }
+    signed_in(caller)?;
+    own_cluster(caller, cluster)
+}
+
+/// A cluster access token: for the caller's own clusters.
+pub fn authorize_cluster_token(caller: &Caller, cluster: &ClusterName) -> Result<(), Denied> {
+    signed_in(caller)?;
+    own_cluster(caller, cluster)
+}
+
+/// Account management and grants.
+pub fn authorize_admin(caller: &Caller) -> Result<(), Denied> {
+    signed_in(caller)?;
+    if caller.is_admin() {
+        Ok(())
+    } else {
+        Err(Denied::AdminOnly)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cluster(s: &str) -> ClusterName {
+        ClusterName::new(s).unwrap()
+    }
+
+    fn user(name: &str, level: Level) -> Caller {
+        let username = Username::new(name).unwrap();
+        Caller {
+            allowed: allowed_clusters(&username, &BTreeSet::new()),
+            account: Some(username),
+            level,
+        }
+    }
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    #[test]
+    fn deploy_rules_in_seed_order() {
+        let p = LevelPolicy::default();
+        let alice = user("alice", Level::OrgMember);
+        let own = cluster("alice");
+        assert_eq!(
+            authorize_deploy(&alice, &p, &own, false, 10, 12 * HOUR),
+            Ok(())
+        );
+        assert_eq!(
+            authorize_deploy(&alice, &p, &own, true, 1, HOUR),
+            Err(Denied::PublicNeedsAdmin)
+        );
+        assert_eq!(
+            authorize_deploy(&alice, &p, &cluster("bob"), false, 1, HOUR)
+                .unwrap_err()
+                .code(),
+            "cluster_not_allowed"
+        );
+        assert_eq!(
+            authorize_deploy(&alice, &p, &own, false, 11, HOUR),
+            Err(Denied::NodeLimit {
+                level: Level::OrgMember,
+                max: 10,
+                asked: 11
+            })
+        );
+        assert_eq!(
+            authorize_deploy(&alice, &p, &own, false, 1, 13 * HOUR)
+                .unwrap_err()
+                .code(),
+            "ttl_limit_exceeded"
+        );
+        let gh = user("gh", Level::GithubMember);
+        assert_eq!(
+            authorize_deploy(&gh, &p, &cluster("gh"), false, 1, HOUR),
+            Err(Denied::LevelMayNotDeploy {
+                level: Level::GithubMember
+            })
+        );
+        assert_eq!(
+            authorize_deploy(&Caller::anonymous(), &p, &own, false, 1, HOUR),
+            Err(Denied::NotAuthenticated)
+        );
+        let admin = user("root", Level::Admin);
+        assert_eq!(
+            authorize_deploy(&admin, &p, &own, true, 1000, 1000 * HOUR),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn status_of_public_clusters_is_open_private_ones_are_not() {
+        let own = cluster("alice");
+        assert_eq!(authorize_status(&Caller::anonymous(), &own, true), Ok(()));
+        assert_eq!(
+            authorize_status(&Caller::anonymous(), &own, false),
+            Err(Denied::NotAuthenticated)
+        );
+        let bob = user("bob", Level::OrgMember);
+        assert_eq!(authorize_status(&bob, &own, true), Ok(()));
+        assert_eq!(
+            authorize_status(&bob, &own, false).unwrap_err().code(),
+            "cluster_not_allowed"
+        );
+        assert_eq!(
+            authorize_status(&user("alice", Level::GithubMember), &own, false),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn grants_extend_the_allowed_clusters() {
+        let username = Username::new("carol").unwrap();
+        let caller = Caller {
+            allowed: allowed_clusters(&username, &BTreeSet::from([cluster("shared")])),
+            account: Some(username),
+            level: Level::OrgMember,
+        };
+        assert_eq!(authorize_destroy(&caller, &cluster("shared")), Ok(()));
+        assert_eq!(authorize_destroy(&caller, &cluster("carol")), Ok(()));
+        assert!(authorize_destroy(&caller, &cluster("other")).is_err());
+    }
+
+    #[test]
+    fn admin_rules() {
+        assert_eq!(
+            authorize_admin(&Caller::anonymous()),
+            Err(Denied::NotAuthenticated)
+        );
+        assert_eq!(
+            authorize_admin(&user("a", Level::OrgMember)),
+            Err(Denied::AdminOnly)
+        );
+        assert_eq!(authorize_admin(&user("a", Level::Admin)), Ok(()));
+        assert_eq!(authorize_admin(&Caller::local_operator()), Ok(()));
+    }
+
+    #[test]
+    fn levels_parse_and_print() {
+        for level in Level::ALL {
+            assert_eq!(level.as_str().parse::<Level>(), Ok(level));
+        }
+        assert!("root".parse::<Level>().is_err());
     }
 }

@@ -8,10 +8,16 @@ mod cluster;
 mod names;
 mod plan;
 
-pub use access::{Caller, Level};
+pub use access::{
+    allowed_clusters, authorize_admin, authorize_cluster_token, authorize_deploy,
+    authorize_destroy, authorize_status, AccountKind, Caller, Denied, Level, LevelError,
+    LevelLimits, LevelPolicy,
+};
 pub use cluster::{
     cluster_state, ClusterRecord, ClusterState, DeployCommand, Limits, NodeCapacity, TimeToLive,
     ValidationError,
 };
-pub use names::{ClusterName, InstanceId, InstanceSetId, InstanceType, NameError, PoolName};
+pub use names::{
+    ClusterName, InstanceId, InstanceSetId, InstanceType, NameError, PoolName, Username,
+};
 pub use plan::{plan, DestroyReason, NodeState, ObservedNode, Plan, Timeouts, WantedNodes};

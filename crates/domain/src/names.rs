@@ -75,6 +75,23 @@ validated_name!(
 );
 
 validated_name!(
+    /// An account's name, local or GitHub. The same rule as a cluster name,
+    /// because an account's own cluster is named after it.
+    Username,
+    "username",
+    40,
+    b"",
+    "use 1 to 40 letters, digits or '-', starting with a letter or digit"
+);
+
+impl Username {
+    /// The cluster named after this account: the one every account may use.
+    pub fn own_cluster(&self) -> ClusterName {
+        ClusterName(self.0.clone())
+    }
+}
+
+validated_name!(
     /// A pool's name as written in the config file.
     PoolName,
     "pool name",
