@@ -78,6 +78,12 @@ impl AccountKind {
     }
 }
 
+impl fmt::Display for AccountKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// The clusters an account may act on: its own (named after it) and those
 /// an admin granted.
 pub fn allowed_clusters(

@@ -7,6 +7,7 @@
 //! cloud's own listing is its source of truth, so a crash cannot make the
 //! two disagree.
 
+mod accounts;
 pub mod contract;
 mod memory;
 mod row;
@@ -14,8 +15,11 @@ mod sqlite;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use flotilla_domain::{ClusterName, ClusterRecord, DeployCommand, InstanceSetId};
+use flotilla_domain::{
+    AccountKind, ClusterName, ClusterRecord, DeployCommand, InstanceSetId, Username,
+};
 
+pub use accounts::{AccountRecord, AccountStore, RefreshTokenRecord, Rotation};
 pub use memory::MemoryStore;
 pub use sqlite::{ConnectionSettings, SqliteStore};
 
@@ -34,6 +38,12 @@ pub enum StoreError {
         path: std::path::PathBuf,
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The username is taken.
+    #[error("an account named {username} already exists ({kind} account); choose another name")]
+    AccountExists {
+        username: Username,
+        kind: AccountKind,
     },
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
