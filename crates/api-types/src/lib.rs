@@ -129,3 +129,179 @@ pub struct Health {
     pub status: String,
     pub version: String,
 }
+
+/// A user level, lowest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Level {
+    Anonymous,
+    GithubMember,
+    OrgMember,
+    Admin,
+}
+
+impl Level {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Level::Anonymous => "anonymous",
+            Level::GithubMember => "github_member",
+            Level::OrgMember => "org_member",
+            Level::Admin => "admin",
+        }
+    }
+}
+
+/// LOGIN with a local account.
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LoginRequest {
+    pub username: String,
+    pub password: String,
+}
+
+/// Never prints the password.
+impl std::fmt::Debug for LoginRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoginRequest")
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+/// LOGIN with a GitHub token (classic with `read:org`, or fine-grained with
+/// organisation members read access).
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GithubLoginRequest {
+    pub token: String,
+}
+
+impl std::fmt::Debug for GithubLoginRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("GithubLoginRequest { token: <redacted> }")
+    }
+}
+
+/// Exchanges a refresh token for a new pair (the presented one is used up),
+/// or revokes it (logout).
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RefreshRequest {
+    pub refresh_token: String,
+}
+
+impl std::fmt::Debug for RefreshRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RefreshRequest { refresh_token: <redacted> }")
+    }
+}
+
+/// What LOGIN and refresh return.
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
+pub struct TokenResponse {
+    /// Send as `Authorization: Bearer <access_token>`.
+    pub access_token: String,
+    /// Always `Bearer`.
+    pub token_type: String,
+    pub expires_at: DateTime<Utc>,
+    /// Seconds until `expires_at`.
+    pub expires_in: u64,
+    /// Single use: exchange at `/api/v1/auth/refresh` before `refresh_expires_at`.
+    pub refresh_token: String,
+    pub refresh_expires_at: DateTime<Utc>,
+    pub username: String,
+    pub level: Level,
+    /// The clusters this account may act on.
+    pub clusters: Vec<String>,
+}
+
+impl std::fmt::Debug for TokenResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenResponse")
+            .field("username", &self.username)
+            .field("level", &self.level)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A short-lived token for one cluster (audience = the cluster's name), for
+/// the cluster's own proxy to verify against `/.well-known/jwks.json`.
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
+pub struct ClusterTokenResponse {
+    pub token: String,
+    pub audience: String,
+    pub expires_at: DateTime<Utc>,
+}
+
+impl std::fmt::Debug for ClusterTokenResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterTokenResponse")
+            .field("audience", &self.audience)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Creates a local account (admins only).
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateUserRequest {
+    pub username: String,
+    pub password: String,
+    pub level: Level,
+    /// Clusters granted beyond the account's own.
+    #[serde(default)]
+    pub grants: Vec<String>,
+}
+
+impl std::fmt::Debug for CreateUserRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CreateUserRequest")
+            .field("username", &self.username)
+            .field("level", &self.level)
+            .field("grants", &self.grants)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Changes an account (admins only); absent fields stay as they are.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateUserRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub level: Option<Level>,
+    /// Replaces the account's granted clusters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grants: Option<Vec<String>>,
+}
+
+/// An account as the API shows it: never its password.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct UserView {
+    pub username: String,
+    /// `local` or `github`.
+    pub kind: String,
+    pub level: Level,
+    /// Clusters granted beyond the account's own.
+    pub grants: Vec<String>,
+    /// Every cluster the account may act on (its own and its grants).
+    pub clusters: Vec<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct UserList {
+    pub users: Vec<UserView>,
+}
+
+/// Who the presented credentials are (`GET /api/v1/auth/whoami`).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct WhoAmI {
+    /// Absent for anonymous callers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    pub level: Level,
+    pub clusters: Vec<String>,
+}

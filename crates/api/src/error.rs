@@ -2,7 +2,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use flotilla_api_types::ErrorBody;
-use flotilla_domain::{NameError, ValidationError};
+use flotilla_domain::{Denied, NameError, ValidationError};
 use flotilla_engine::EngineError;
 use flotilla_store::StoreError;
 
@@ -25,6 +25,19 @@ impl ApiError {
 
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+    }
+
+    /// 401 when credentials might help, 403 naming the rule otherwise.
+    pub fn denied(e: Denied) -> Self {
+        let status = match e {
+            Denied::NotAuthenticated => StatusCode::UNAUTHORIZED,
+            _ => StatusCode::FORBIDDEN,
+        };
+        Self::new(status, e.code(), e.to_string())
+    }
+
+    pub fn unauthenticated(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "not_authenticated", message)
     }
 
     pub fn from_name(e: NameError) -> Self {
@@ -64,6 +77,7 @@ impl From<EngineError> for ApiError {
                 Self::new(StatusCode::CONFLICT, code, message)
             }
             EngineError::Conflict(_) => Self::new(StatusCode::CONFLICT, "conflict", message),
+            EngineError::Denied(d) => Self::denied(d),
             EngineError::NotFound(_) => Self::new(StatusCode::NOT_FOUND, "not_found", message),
             EngineError::ShuttingDown => {
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", message)
@@ -81,15 +95,30 @@ impl From<EngineError> for ApiError {
     }
 }
 
+impl From<Denied> for ApiError {
+    fn from(e: Denied) -> Self {
+        Self::denied(e)
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (
+        let unauthorized = self.status == StatusCode::UNAUTHORIZED;
+        let mut response = (
             self.status,
             Json(ErrorBody {
                 error: self.code.to_owned(),
                 message: self.message,
             }),
         )
-            .into_response()
+            .into_response();
+        if unauthorized {
+            // RFC 6750: say which scheme to use.
+            response.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer realm=\"flotilla\""),
+            );
+        }
+        response
     }
 }

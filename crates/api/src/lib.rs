@@ -5,6 +5,7 @@
 mod error;
 mod extract;
 mod openapi;
+pub mod ratelimit;
 
 use std::sync::Arc;
 

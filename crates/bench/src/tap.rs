@@ -7,7 +7,7 @@
 //! - [`CountingStore`] wraps the store and counts every write, so steady
 //!   state can be shown to write nothing.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -15,8 +15,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use flotilla_cloud::{CloudError, CreateRequest, Health, Instance, InstanceSet, Tags};
-use flotilla_domain::{ClusterName, ClusterRecord, DeployCommand, InstanceId, InstanceSetId};
-use flotilla_store::{Store, StoreError};
+use flotilla_domain::{
+    ClusterName, ClusterRecord, DeployCommand, InstanceId, InstanceSetId, Level, Username,
+};
+use flotilla_store::{
+    AccountRecord, AccountStore, RefreshTokenRecord, Rotation, Store, StoreError,
+};
 use prometheus_client::registry::Registry;
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -167,12 +171,14 @@ pub struct StoreCounts {
     pub expired_rows: u64,
     pub instance_set_ids: u64,
     pub list_clusters: u64,
+    /// Calls that may change accounts, grants or refresh tokens.
+    pub account_writes: u64,
 }
 
 impl StoreCounts {
     /// Writes that change stored state.
     pub fn writes(&self) -> u64 {
-        self.deploys + self.destroys + self.forgets + self.expired_rows
+        self.deploys + self.destroys + self.forgets + self.expired_rows + self.account_writes
     }
 
     pub fn since(&self, earlier: &StoreCounts) -> StoreCounts {
@@ -184,6 +190,7 @@ impl StoreCounts {
             expired_rows: self.expired_rows - earlier.expired_rows,
             instance_set_ids: self.instance_set_ids - earlier.instance_set_ids,
             list_clusters: self.list_clusters - earlier.list_clusters,
+            account_writes: self.account_writes - earlier.account_writes,
         }
     }
 }
@@ -197,6 +204,7 @@ struct Counters {
     expired_rows: AtomicU64,
     instance_set_ids: AtomicU64,
     list_clusters: AtomicU64,
+    account_writes: AtomicU64,
 }
 
 /// A store that counts the calls made to the store it wraps.
@@ -228,6 +236,7 @@ impl CountingStore {
             expired_rows: get(&c.expired_rows),
             instance_set_ids: get(&c.instance_set_ids),
             list_clusters: get(&c.list_clusters),
+            account_writes: get(&c.account_writes),
         }
     }
 
@@ -302,5 +311,95 @@ impl Store for CountingStore {
     async fn forget(&self, name: &ClusterName, generation: i64) -> Result<bool, StoreError> {
         bump(&self.counters.forgets, 1);
         self.inner.forget(name, generation).await
+    }
+}
+
+#[async_trait]
+impl AccountStore for CountingStore {
+    async fn create_account(&self, account: &AccountRecord) -> Result<(), StoreError> {
+        bump(&self.counters.account_writes, 1);
+        self.inner.create_account(account).await
+    }
+
+    async fn create_first_admin(&self, account: &AccountRecord) -> Result<bool, StoreError> {
+        bump(&self.counters.account_writes, 1);
+        self.inner.create_first_admin(account).await
+    }
+
+    async fn get_account(&self, username: &Username) -> Result<Option<AccountRecord>, StoreError> {
+        self.inner.get_account(username).await
+    }
+
+    async fn list_accounts(&self) -> Result<Vec<AccountRecord>, StoreError> {
+        self.inner.list_accounts().await
+    }
+
+    async fn set_level(
+        &self,
+        username: &Username,
+        level: Level,
+    ) -> Result<Option<AccountRecord>, StoreError> {
+        bump(&self.counters.account_writes, 1);
+        self.inner.set_level(username, level).await
+    }
+
+    async fn set_grants(
+        &self,
+        username: &Username,
+        grants: &BTreeSet<ClusterName>,
+    ) -> Result<Option<AccountRecord>, StoreError> {
+        bump(&self.counters.account_writes, 1);
+        self.inner.set_grants(username, grants).await
+    }
+
+    async fn delete_account(&self, username: &Username) -> Result<bool, StoreError> {
+        bump(&self.counters.account_writes, 1);
+        self.inner.delete_account(username).await
+    }
+
+    async fn upsert_github_account(
+        &self,
+        username: &Username,
+        level: Level,
+        now: DateTime<Utc>,
+    ) -> Result<AccountRecord, StoreError> {
+        bump(&self.counters.account_writes, 1);
+        self.inner.upsert_github_account(username, level, now).await
+    }
+
+    async fn insert_refresh_token(&self, token: &RefreshTokenRecord) -> Result<(), StoreError> {
+        bump(&self.counters.account_writes, 1);
+        self.inner.insert_refresh_token(token).await
+    }
+
+    async fn rotate_refresh_token(
+        &self,
+        presented: &str,
+        next_id: &str,
+        next_expires_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<Rotation, StoreError> {
+        bump(&self.counters.account_writes, 1);
+        self.inner
+            .rotate_refresh_token(presented, next_id, next_expires_at, now)
+            .await
+    }
+
+    async fn revoke_refresh_family(
+        &self,
+        presented: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        bump(&self.counters.account_writes, 1);
+        self.inner.revoke_refresh_family(presented, now).await
+    }
+
+    async fn revoke_refresh_tokens(
+        &self,
+        username: &Username,
+        now: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        bump(&self.counters.account_writes, 1);
+        self.inner.revoke_refresh_tokens(username, now).await
     }
 }

@@ -1,4 +1,4 @@
-use flotilla_domain::{ClusterName, NameError, ValidationError};
+use flotilla_domain::{ClusterName, Denied, NameError, ValidationError};
 use flotilla_store::StoreError;
 
 /// Why the engine refused or failed a command. The API maps each variant to
@@ -13,6 +13,9 @@ pub enum EngineError {
     UnknownPool { pool: String, known: String },
     #[error(transparent)]
     Conflict(StoreError),
+    /// The caller may not do this (401 or 403, by the rule that refused).
+    #[error(transparent)]
+    Denied(#[from] Denied),
     #[error("cluster {0} does not exist")]
     NotFound(ClusterName),
     #[error("the server is shutting down")]

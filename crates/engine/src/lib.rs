@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use flotilla_cloud::{Clock, InstanceSet, Tags};
-use flotilla_domain::{ClusterName, InstanceType, Limits, PoolName, Timeouts};
+use flotilla_domain::{ClusterName, InstanceType, LevelPolicy, Limits, PoolName, Timeouts};
 use flotilla_store::Store;
 use prometheus_client::registry::Registry;
 use tokio::sync::{watch, Notify};
@@ -57,6 +57,8 @@ pub struct EngineConfig {
     /// How long an instance type (or scope) is avoided after the cloud said
     /// it has no capacity.
     pub capacity_backoff: Duration,
+    /// What each user level may deploy.
+    pub levels: LevelPolicy,
 }
 
 impl Default for EngineConfig {
@@ -70,6 +72,7 @@ impl Default for EngineConfig {
             concurrency: 32,
             min_list_interval: Duration::from_millis(250),
             capacity_backoff: Duration::from_secs(60),
+            levels: LevelPolicy::default(),
         }
     }
 }

@@ -1,12 +1,12 @@
 //! The engine's front door: the commands of seed 000 (DEPLOY, DESTROY,
-//! STATUS) plus listing. Every command takes the caller, so authorisation
-//! has one place to go; today every caller is the local operator.
+//! STATUS) plus listing. Every command takes the caller and is authorised
+//! here, by the domain's rules, before it touches anything.
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use flotilla_domain::{
-    cluster_state, Caller, ClusterName, ClusterState, DeployCommand, InstanceId, InstanceType,
+    authorize_deploy, authorize_destroy, authorize_status, cluster_state, Caller, ClusterName, ClusterState, DeployCommand, InstanceId, InstanceType,
     NodeCapacity, NodeState, ObservedNode, PoolName, TimeToLive,
 };
 use tokio::time::Instant;
@@ -43,12 +43,6 @@ pub struct NodeView {
     pub address: Option<String>,
     pub instance_type: InstanceType,
     pub launched_at: DateTime<Utc>,
-}
-
-/// What the caller may do. Until accounts exist, there is only the local
-/// operator; the next layer of access control plugs in here.
-fn authorize(_caller: &Caller, _cluster: &ClusterName) -> Result<(), EngineError> {
-    Ok(())
 }
 
 impl Engine {
@@ -97,7 +91,14 @@ impl Engine {
         command: DeployCommand,
         wait: bool,
     ) -> Result<ClusterView, EngineError> {
-        authorize(caller, &command.cluster)?;
+        authorize_deploy(
+            caller,
+            &self.shared.config.levels,
+            &command.cluster,
+            command.is_public,
+            command.node_capacity.get(),
+            command.time_to_live.get(),
+        )?;
         self.refuse_if_stopping()?;
         let now = self.shared.clock.now();
         let expires_at = command.time_to_live.deadline_from(now);
@@ -115,7 +116,7 @@ impl Engine {
         cluster: &ClusterName,
         wait: bool,
     ) -> Result<ClusterView, EngineError> {
-        authorize(caller, cluster)?;
+        authorize_destroy(caller, cluster)?;
         self.refuse_if_stopping()?;
         let now = self.shared.clock.now();
         if let Some(record) = self.shared.store.destroy(cluster, now).await? {
@@ -133,7 +134,7 @@ impl Engine {
         caller: &Caller,
         cluster: &ClusterName,
     ) -> Result<ClusterView, EngineError> {
-        authorize(caller, cluster)?;
+        authorize_status(caller, cluster, self.is_public(cluster))?;
         Ok(self.view(cluster))
     }
 
@@ -146,9 +147,18 @@ impl Engine {
         }
         names
             .into_iter()
-            .filter(|n| authorize(caller, n).is_ok())
+            .filter(|n| authorize_status(caller, n, self.is_public(n)).is_ok())
             .map(|n| self.view(&n))
             .collect()
+    }
+
+    /// Whether anyone may read the cluster's status. A cluster without a
+    /// record is not public.
+    fn is_public(&self, cluster: &ClusterName) -> bool {
+        self.shared
+            .desired
+            .get(cluster)
+            .is_some_and(|r| r.is_public)
     }
 
     fn refuse_if_stopping(&self) -> Result<(), EngineError> {

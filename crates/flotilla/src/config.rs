@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use flotilla_cloud::fake::FakeConfig;
 use flotilla_cloud::Tags;
-use flotilla_domain::{InstanceType, Limits, PoolName, Timeouts};
+use flotilla_domain::{InstanceType, Level, LevelLimits, LevelPolicy, Limits, PoolName, Timeouts};
 use flotilla_engine::{EngineConfig, PoolSpec};
 use serde::Deserialize;
 
@@ -30,6 +30,125 @@ struct File {
     drivers: BTreeMap<String, DriverConfig>,
     #[serde(default)]
     pools: BTreeMap<String, PoolSection>,
+    #[serde(default)]
+    auth: AuthSection,
+    github: Option<GithubSection>,
+    #[serde(default)]
+    levels: LevelsSection,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct AuthSection {
+    issuer: String,
+    #[serde(with = "humantime_serde")]
+    access_token_ttl: Duration,
+    #[serde(with = "humantime_serde")]
+    refresh_token_ttl: Duration,
+    #[serde(with = "humantime_serde")]
+    cluster_token_ttl: Duration,
+    /// Failed logins allowed per account, and per client network, in
+    /// `login_failure_window`.
+    login_failures: u32,
+    #[serde(with = "humantime_serde")]
+    login_failure_window: Duration,
+}
+
+impl Default for AuthSection {
+    fn default() -> Self {
+        let a = AccessConfig::default();
+        Self {
+            issuer: a.issuer,
+            access_token_ttl: a.access_token_ttl,
+            refresh_token_ttl: a.refresh_token_ttl,
+            cluster_token_ttl: a.cluster_token_ttl,
+            login_failures: a.login_failures,
+            login_failure_window: a.login_failure_window,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GithubSection {
+    org: String,
+    #[serde(default = "default_github_api")]
+    api_url: String,
+    #[serde(default = "default_github_timeout", with = "humantime_serde")]
+    timeout: Duration,
+}
+
+fn default_github_api() -> String {
+    "https://api.github.com".into()
+}
+
+fn default_github_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct LevelsSection {
+    anonymous: Option<RateOnly>,
+    github_member: Option<DeployingLevel>,
+    org_member: Option<DeployingLevel>,
+    admin: Option<RateOnly>,
+}
+
+/// Anonymous callers may not deploy and admins have no deploy limits, so
+/// only their request rate is set.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RateOnly {
+    requests_per_minute: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeployingLevel {
+    max_nodes: Option<u32>,
+    #[serde(default, with = "humantime_serde")]
+    max_ttl: Option<Duration>,
+    requests_per_minute: Option<u32>,
+}
+
+/// Who may sign in and how, token lifetimes, and request rates per level.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccessConfig {
+    /// The `iss` of every token this server signs.
+    pub issuer: String,
+    pub access_token_ttl: Duration,
+    pub refresh_token_ttl: Duration,
+    pub cluster_token_ttl: Duration,
+    pub login_failures: u32,
+    pub login_failure_window: Duration,
+    /// GitHub sign-in; `None` refuses it.
+    pub github: Option<GithubAccess>,
+    /// Requests per minute for each level, indexed like `Level::ALL`.
+    pub requests_per_minute: [u32; 4],
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct GithubAccess {
+    pub org: String,
+    pub api_url: String,
+    pub timeout: Duration,
+}
+
+impl Default for AccessConfig {
+    fn default() -> Self {
+        Self {
+            issuer: "flotilla".into(),
+            access_token_ttl: Duration::from_secs(15 * 60),
+            refresh_token_ttl: Duration::from_secs(30 * 24 * 3600),
+            cluster_token_ttl: Duration::from_secs(3600),
+            login_failures: 10,
+            login_failure_window: Duration::from_secs(15 * 60),
+            github: None,
+            // anonymous, github_member, org_member, admin
+            requests_per_minute: [60, 300, 600, 6000],
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -152,6 +271,7 @@ pub struct Config {
     pub drivers: BTreeMap<String, DriverConfig>,
     pub pools: BTreeMap<PoolName, PoolSpec>,
     pub default_pool: PoolName,
+    pub access: AccessConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -209,6 +329,10 @@ impl Config {
         if e.probe_interval.is_zero() {
             return Err(invalid("engine.probe_interval must be above zero".into()));
         }
+
+        let access =
+            access_config(&file.auth, file.github.as_ref(), &file.levels).map_err(invalid)?;
+        let levels = level_policy(&file.levels).map_err(invalid)?;
 
         let mut drivers = file.drivers;
         if drivers.is_empty() {
@@ -330,13 +454,125 @@ impl Config {
                 max_wait: l.max_wait,
                 concurrency: e.concurrency,
                 capacity_backoff: e.capacity_backoff,
+                levels,
                 ..EngineConfig::default()
             },
             drivers,
             pools,
             default_pool,
+            access,
         })
     }
+}
+
+fn access_config(
+    auth: &AuthSection,
+    github: Option<&GithubSection>,
+    levels: &LevelsSection,
+) -> Result<AccessConfig, String> {
+    if auth.issuer.trim().is_empty() {
+        return Err("auth.issuer must not be empty".into());
+    }
+    for (key, value) in [
+        ("access_token_ttl", auth.access_token_ttl),
+        ("refresh_token_ttl", auth.refresh_token_ttl),
+        ("cluster_token_ttl", auth.cluster_token_ttl),
+        ("login_failure_window", auth.login_failure_window),
+    ] {
+        if value < Duration::from_secs(1) {
+            return Err(format!("auth.{key} must be at least 1s"));
+        }
+    }
+    if auth.refresh_token_ttl <= auth.access_token_ttl {
+        return Err("auth.refresh_token_ttl must be longer than auth.access_token_ttl".into());
+    }
+    if auth.login_failures == 0 {
+        return Err("auth.login_failures must be at least 1".into());
+    }
+    let github = match github {
+        None => None,
+        Some(g) => {
+            if g.org.trim().is_empty() {
+                return Err("github.org must name the GitHub organisation".into());
+            }
+            if !(g.api_url.starts_with("https://") || g.api_url.starts_with("http://")) {
+                return Err(format!(
+                    "github.api_url {:?} must be an http(s) URL",
+                    g.api_url
+                ));
+            }
+            Some(GithubAccess {
+                org: g.org.clone(),
+                api_url: g.api_url.trim_end_matches('/').to_owned(),
+                timeout: g.timeout,
+            })
+        }
+    };
+    let mut requests_per_minute = AccessConfig::default().requests_per_minute;
+    let rates = [
+        levels
+            .anonymous
+            .as_ref()
+            .and_then(|l| l.requests_per_minute),
+        levels
+            .github_member
+            .as_ref()
+            .and_then(|l| l.requests_per_minute),
+        levels
+            .org_member
+            .as_ref()
+            .and_then(|l| l.requests_per_minute),
+        levels.admin.as_ref().and_then(|l| l.requests_per_minute),
+    ];
+    for (i, rate) in rates.into_iter().enumerate() {
+        if let Some(rate) = rate {
+            if rate == 0 {
+                return Err(format!(
+                    "levels.{}.requests_per_minute must be at least 1",
+                    Level::ALL[i]
+                ));
+            }
+            requests_per_minute[i] = rate;
+        }
+    }
+    Ok(AccessConfig {
+        issuer: auth.issuer.clone(),
+        access_token_ttl: auth.access_token_ttl,
+        refresh_token_ttl: auth.refresh_token_ttl,
+        cluster_token_ttl: auth.cluster_token_ttl,
+        login_failures: auth.login_failures,
+        login_failure_window: auth.login_failure_window,
+        github,
+        requests_per_minute,
+    })
+}
+
+fn level_policy(levels: &LevelsSection) -> Result<LevelPolicy, String> {
+    let defaults = LevelPolicy::default();
+    let pick = |name: &str, section: Option<&DeployingLevel>, default: LevelLimits| {
+        let limits = LevelLimits {
+            max_nodes: section
+                .and_then(|s| s.max_nodes)
+                .unwrap_or(default.max_nodes),
+            max_ttl: section.and_then(|s| s.max_ttl).unwrap_or(default.max_ttl),
+        };
+        if limits.max_ttl.is_zero() {
+            return Err(format!("levels.{name}.max_ttl must be above zero"));
+        }
+        Ok(limits)
+    };
+    Ok(LevelPolicy {
+        github_member: pick(
+            "github_member",
+            levels.github_member.as_ref(),
+            defaults.github_member,
+        )?,
+        org_member: pick(
+            "org_member",
+            levels.org_member.as_ref(),
+            defaults.org_member,
+        )?,
+    })
 }
 
 #[cfg(test)]
@@ -411,6 +647,59 @@ instance_type = "local.small"
                 .map(String::as_str),
             Some("data")
         );
+    }
+
+    #[test]
+    fn access_defaults_and_overrides() {
+        let c = Config::parse("", "x").unwrap();
+        assert_eq!(c.access, AccessConfig::default());
+        assert_eq!(c.engine.levels, LevelPolicy::default());
+        let c = Config::parse(
+            "[auth]\naccess_token_ttl = \"5m\"\n[github]\norg = \"acme\"\napi_url = \"https://ghe.example.com/api/v3/\"\n\
+             [levels.org_member]\nmax_nodes = 4\nmax_ttl = \"2h\"\n[levels.anonymous]\nrequests_per_minute = 5\n",
+            "x",
+        )
+        .unwrap();
+        assert_eq!(c.access.access_token_ttl, Duration::from_secs(300));
+        let github = c.access.github.unwrap();
+        assert_eq!(github.org, "acme");
+        assert_eq!(github.api_url, "https://ghe.example.com/api/v3");
+        assert_eq!(c.engine.levels.org_member.max_nodes, 4);
+        assert_eq!(
+            c.engine.levels.org_member.max_ttl,
+            Duration::from_secs(7200)
+        );
+        assert_eq!(
+            c.engine.levels.github_member,
+            LevelPolicy::default().github_member
+        );
+        assert_eq!(c.access.requests_per_minute[0], 5);
+    }
+
+    #[test]
+    fn bad_access_values_are_refused_with_their_key() {
+        for (text, key) in [
+            ("[levels.admin]\nmax_nodes = 3\n", "max_nodes"),
+            ("[levels.anonymous]\nmax_ttl = \"1h\"\n", "max_ttl"),
+            (
+                "[levels.org_member]\nrequests_per_minute = 0\n",
+                "levels.org_member.requests_per_minute",
+            ),
+            ("[levels.root]\nmax_nodes = 3\n", "root"),
+            (
+                "[auth]\nrefresh_token_ttl = \"1m\"\n",
+                "auth.refresh_token_ttl",
+            ),
+            ("[auth]\nlogin_failures = 0\n", "auth.login_failures"),
+            ("[github]\napi_url = \"https://x\"\n", "org"),
+            (
+                "[github]\norg = \"acme\"\napi_url = \"ftp://x\"\n",
+                "github.api_url",
+            ),
+        ] {
+            let e = err(text);
+            assert!(e.contains("test.toml") && e.contains(key), "{text:?}: {e}");
+        }
     }
 
     #[test]

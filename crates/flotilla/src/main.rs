@@ -2,6 +2,7 @@
 
 mod cli;
 mod config;
+mod credentials;
 mod serve;
 
 use std::net::SocketAddr;

@@ -1,5 +1,6 @@
-//! The store contract suite: what every [`Store`] backend must do, run
-//! against SQLite and (later) PostgreSQL alike.
+//! The store contract suite: what every [`Store`] backend must do, accounts
+//! ([`AccountStore`](crate::AccountStore)) included, run against SQLite, the in-memory store and
+//! (later) PostgreSQL alike.
 //!
 //! A backend's test file calls
 //! [`store_contract_tests!`](crate::store_contract_tests) with an async
@@ -13,11 +14,13 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
 use flotilla_domain::{
-    ClusterName, ClusterRecord, DeployCommand, Limits, NodeCapacity, PoolName, TimeToLive,
+    AccountKind, ClusterName, ClusterRecord, DeployCommand, Level, Limits, NodeCapacity, PoolName,
+    TimeToLive, Username,
 };
+use sqlx::error::ErrorKind;
 use tokio::task::JoinSet;
 
-use crate::{Store, StoreError};
+use crate::{AccountRecord, RefreshTokenRecord, Rotation, Store, StoreError};
 
 pub struct Harness {
     /// An empty store.
@@ -45,7 +48,24 @@ macro_rules! store_contract_tests {
             instance_set_id_is_stable_per_driver,
             racing_callers_get_the_same_instance_set_id,
             concurrent_deploys_of_many_clusters_all_land,
-            concurrent_deploy_and_destroy_leave_a_consistent_record
+            concurrent_deploy_and_destroy_leave_a_consistent_record,
+            create_account_then_get_and_list_ordered_by_username,
+            create_account_with_a_taken_name_is_refused_and_changes_nothing,
+            set_level_changes_only_the_level,
+            set_grants_replaces_the_grants,
+            delete_account_removes_its_grants_and_refresh_tokens,
+            create_first_admin_creates_only_while_no_admin_exists,
+            concurrent_create_first_admin_creates_exactly_one,
+            upsert_github_account_creates_then_sets_the_level,
+            upsert_github_account_keeps_an_admin_admin,
+            upsert_github_account_refuses_a_local_accounts_name,
+            rotating_a_live_token_replaces_it,
+            reusing_a_rotated_token_revokes_its_family,
+            expired_unknown_and_revoked_tokens_are_invalid,
+            revoke_refresh_family_revokes_the_whole_family,
+            revoke_refresh_tokens_revokes_all_and_counts_the_live,
+            refresh_tokens_need_an_account_and_a_fresh_id,
+            concurrent_rotations_of_one_token_rotate_it_once
         );
     };
     (@each $harness:path, $($check:ident),+) => {
@@ -625,4 +645,772 @@ pub async fn concurrent_deploy_and_destroy_leave_a_consistent_record(h: Harness)
         Some(last)
     );
     assert_eq!(h.store.list_clusters().await.expect("list").len(), 1);
+}
+
+// Accounts, grants and refresh tokens.
+
+fn user(s: &str) -> Username {
+    Username::new(s).expect("valid username")
+}
+
+fn account(username: &str, kind: AccountKind, level: Level, created: i64) -> AccountRecord {
+    AccountRecord {
+        username: user(username),
+        kind,
+        level,
+        password_hash: match kind {
+            AccountKind::Local => Some(format!("$argon2id$v=19$m=19456,t=2,p=1$c2FsdA${username}")),
+            AccountKind::Github => None,
+        },
+        grants: BTreeSet::new(),
+        created_at: t(created),
+    }
+}
+
+fn local(username: &str, level: Level) -> AccountRecord {
+    account(username, AccountKind::Local, level, 0)
+}
+
+fn clusters(names: &[&str]) -> BTreeSet<ClusterName> {
+    names.iter().map(|n| name(n)).collect()
+}
+
+async fn create(store: &dyn Store, account: &AccountRecord) {
+    store.create_account(account).await.expect("create_account");
+}
+
+async fn get_account(store: &dyn Store, username: &str) -> Option<AccountRecord> {
+    store
+        .get_account(&user(username))
+        .await
+        .expect("get_account")
+}
+
+fn assert_account_exists<T: std::fmt::Debug>(
+    result: Result<T, StoreError>,
+    username: &str,
+    kind: AccountKind,
+) {
+    match result {
+        Err(StoreError::AccountExists {
+            username: u,
+            kind: k,
+        }) => {
+            assert_eq!(u, user(username));
+            assert_eq!(k, kind, "the kind of the account holding the name");
+        }
+        other => panic!("expected AccountExists for {username}, got {other:?}"),
+    }
+}
+
+/// A login's first token: issued at `issued`, expiring at `expires`.
+async fn login(
+    store: &dyn Store,
+    id: &str,
+    username: &str,
+    family: &str,
+    issued: i64,
+    expires: i64,
+) -> RefreshTokenRecord {
+    let token = RefreshTokenRecord {
+        id: id.to_owned(),
+        username: user(username),
+        family: family.to_owned(),
+        issued_at: t(issued),
+        expires_at: t(expires),
+    };
+    store
+        .insert_refresh_token(&token)
+        .await
+        .expect("insert_refresh_token");
+    token
+}
+
+async fn rotate(
+    store: &dyn Store,
+    presented: &str,
+    next: &str,
+    expires: i64,
+    now: i64,
+) -> Rotation {
+    store
+        .rotate_refresh_token(presented, next, t(expires), t(now))
+        .await
+        .expect("rotate_refresh_token")
+}
+
+/// Asserts that the token rotates (into a throwaway successor, so the check
+/// itself uses the token up).
+async fn assert_rotates(store: &dyn Store, presented: &str, username: &str, now: i64) {
+    let next = format!("{presented}-checked");
+    match rotate(store, presented, &next, now + 3600, now).await {
+        Rotation::Rotated(account) => assert_eq!(account.username, user(username)),
+        other => panic!("expected {presented} to rotate, got {other:?}"),
+    }
+}
+
+fn assert_violation(result: Result<(), StoreError>, kind: ErrorKind) {
+    match result {
+        Err(StoreError::Database(sqlx::Error::Database(e))) => {
+            assert_eq!(e.kind(), kind, "{e}");
+        }
+        other => panic!("expected a {kind:?} database error, got {other:?}"),
+    }
+}
+
+pub async fn create_account_then_get_and_list_ordered_by_username(h: Harness) {
+    let store = h.store.as_ref();
+    assert!(store.list_accounts().await.expect("list").is_empty());
+    assert_eq!(get_account(store, "alice").await, None);
+
+    let mut alice = account("alice", AccountKind::Local, Level::OrgMember, 5);
+    alice.grants = clusters(&["shared", "demo-1"]);
+    create(store, &alice).await;
+    assert_eq!(get_account(store, "alice").await.as_ref(), Some(&alice));
+
+    // Mixed case and digits: the order is Username's (bytewise), whatever
+    // the database's collation would say.
+    let mut made = vec![alice];
+    for (i, (n, kind, level)) in [
+        ("Bob", AccountKind::Github, Level::GithubMember),
+        ("zed", AccountKind::Local, Level::Admin),
+        ("0day", AccountKind::Github, Level::Anonymous),
+        ("a-b", AccountKind::Local, Level::OrgMember),
+        ("Zoe", AccountKind::Local, Level::GithubMember),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut a = account(n, kind, level, i64::try_from(i).expect("small") * 10);
+        if i % 2 == 0 {
+            a.grants = clusters(&["shared", n]);
+        }
+        create(store, &a).await;
+        made.push(a);
+    }
+    made.sort_by(|a, b| a.username.cmp(&b.username));
+    let listed = store.list_accounts().await.expect("list");
+    assert_eq!(listed, made);
+    for a in &made {
+        assert_eq!(
+            get_account(store, a.username.as_str()).await.as_ref(),
+            Some(a)
+        );
+    }
+    assert_eq!(get_account(store, "nobody").await, None);
+}
+
+pub async fn create_account_with_a_taken_name_is_refused_and_changes_nothing(h: Harness) {
+    let store = h.store.as_ref();
+    let mut alice = local("alice", Level::OrgMember);
+    alice.grants = clusters(&["kept"]);
+    create(store, &alice).await;
+    let gh = account("octocat", AccountKind::Github, Level::GithubMember, 1);
+    create(store, &gh).await;
+
+    // Same name, either kind: refused, naming the kind already there.
+    let mut other = account("alice", AccountKind::Github, Level::Admin, 9);
+    other.grants = clusters(&["stolen"]);
+    let result = store.create_account(&other).await;
+    let message = result.as_ref().map(|_| ()).unwrap_err().to_string();
+    assert!(
+        message.contains("alice") && message.contains("local"),
+        "{message}"
+    );
+    assert_account_exists(result, "alice", AccountKind::Local);
+    assert_account_exists(
+        store.create_account(&local("octocat", Level::Admin)).await,
+        "octocat",
+        AccountKind::Github,
+    );
+
+    assert_eq!(get_account(store, "alice").await.as_ref(), Some(&alice));
+    assert_eq!(get_account(store, "octocat").await.as_ref(), Some(&gh));
+    assert_eq!(store.list_accounts().await.expect("list"), vec![alice, gh]);
+}
+
+pub async fn set_level_changes_only_the_level(h: Harness) {
+    let store = h.store.as_ref();
+    assert_eq!(
+        store
+            .set_level(&user("ghost"), Level::Admin)
+            .await
+            .expect("set_level"),
+        None
+    );
+    assert_eq!(get_account(store, "ghost").await, None, "creates nothing");
+
+    let mut alice = local("alice", Level::GithubMember);
+    alice.grants = clusters(&["one", "two"]);
+    create(store, &alice).await;
+    let bob = local("bob", Level::GithubMember);
+    create(store, &bob).await;
+
+    let raised = store
+        .set_level(&user("alice"), Level::Admin)
+        .await
+        .expect("set_level");
+    let want = AccountRecord {
+        level: Level::Admin,
+        ..alice.clone()
+    };
+    assert_eq!(raised.as_ref(), Some(&want));
+    assert_eq!(get_account(store, "alice").await.as_ref(), Some(&want));
+    assert_eq!(get_account(store, "bob").await.as_ref(), Some(&bob));
+
+    let lowered = store
+        .set_level(&user("alice"), Level::Anonymous)
+        .await
+        .expect("set_level")
+        .expect("exists");
+    assert_eq!(lowered.level, Level::Anonymous);
+    assert_eq!(get_account(store, "alice").await, Some(lowered));
+}
+
+pub async fn set_grants_replaces_the_grants(h: Harness) {
+    let store = h.store.as_ref();
+    assert_eq!(
+        store
+            .set_grants(&user("ghost"), &clusters(&["x"]))
+            .await
+            .expect("set_grants"),
+        None
+    );
+    assert_eq!(get_account(store, "ghost").await, None, "creates nothing");
+
+    let mut alice = local("alice", Level::OrgMember);
+    alice.grants = clusters(&["old-1", "kept"]);
+    create(store, &alice).await;
+    let mut bob = local("bob", Level::OrgMember);
+    bob.grants = clusters(&["kept", "bobs"]);
+    create(store, &bob).await;
+
+    let replaced = store
+        .set_grants(&user("alice"), &clusters(&["kept", "new-1", "new-2"]))
+        .await
+        .expect("set_grants");
+    let want = AccountRecord {
+        grants: clusters(&["kept", "new-1", "new-2"]),
+        ..alice.clone()
+    };
+    assert_eq!(replaced.as_ref(), Some(&want));
+    assert_eq!(get_account(store, "alice").await.as_ref(), Some(&want));
+    assert_eq!(
+        get_account(store, "bob").await.as_ref(),
+        Some(&bob),
+        "another account's grants are its own"
+    );
+
+    let cleared = store
+        .set_grants(&user("alice"), &BTreeSet::new())
+        .await
+        .expect("set_grants")
+        .expect("exists");
+    assert!(cleared.grants.is_empty());
+    assert_eq!(get_account(store, "alice").await, Some(cleared));
+    assert_eq!(store.list_accounts().await.expect("list").len(), 2);
+}
+
+pub async fn delete_account_removes_its_grants_and_refresh_tokens(h: Harness) {
+    let store = h.store.as_ref();
+    assert!(!store
+        .delete_account(&user("ghost"))
+        .await
+        .expect("delete_account"));
+
+    let mut alice = local("alice", Level::OrgMember);
+    alice.grants = clusters(&["one", "two"]);
+    create(store, &alice).await;
+    let bob = local("bob", Level::OrgMember);
+    create(store, &bob).await;
+    login(store, "alice-1", "alice", "fa", 0, 1000).await;
+    login(store, "alice-2", "alice", "fb", 0, 1000).await;
+    login(store, "bob-1", "bob", "fc", 0, 1000).await;
+
+    assert!(store
+        .delete_account(&user("alice"))
+        .await
+        .expect("delete_account"));
+    assert_eq!(get_account(store, "alice").await, None);
+    assert_eq!(store.list_accounts().await.expect("list"), vec![bob]);
+    assert!(!store
+        .delete_account(&user("alice"))
+        .await
+        .expect("delete_account"));
+
+    // A new account under the old name starts with nothing of the old one.
+    let again = account("alice", AccountKind::Github, Level::GithubMember, 50);
+    create(store, &again).await;
+    assert_eq!(get_account(store, "alice").await, Some(again));
+    for id in ["alice-1", "alice-2"] {
+        assert_eq!(
+            rotate(store, id, &format!("{id}-next"), 2000, 10).await,
+            Rotation::Invalid,
+            "{id} went with its account"
+        );
+    }
+    assert!(
+        !store
+            .revoke_refresh_family("alice-1", t(10))
+            .await
+            .expect("revoke_refresh_family"),
+        "the token is gone, not merely revoked"
+    );
+    assert_rotates(store, "bob-1", "bob", 10).await;
+}
+
+pub async fn create_first_admin_creates_only_while_no_admin_exists(h: Harness) {
+    let store = h.store.as_ref();
+    // A non-admin holding the name: refused, and still no admin.
+    create(store, &local("bob", Level::OrgMember)).await;
+    assert_account_exists(
+        store.create_first_admin(&local("bob", Level::Admin)).await,
+        "bob",
+        AccountKind::Local,
+    );
+    assert_eq!(
+        get_account(store, "bob").await.map(|a| a.level),
+        Some(Level::OrgMember)
+    );
+
+    let mut root = local("root", Level::Admin);
+    root.grants = clusters(&["ops"]);
+    assert!(store.create_first_admin(&root).await.expect("first admin"));
+    assert_eq!(get_account(store, "root").await.as_ref(), Some(&root));
+
+    assert!(!store
+        .create_first_admin(&local("root", Level::Admin))
+        .await
+        .expect("first admin"));
+    assert!(!store
+        .create_first_admin(&local("second", Level::Admin))
+        .await
+        .expect("first admin"));
+    assert_eq!(get_account(store, "second").await, None);
+    assert_eq!(get_account(store, "root").await, Some(root));
+    assert_eq!(store.list_accounts().await.expect("list").len(), 2);
+}
+
+pub async fn concurrent_create_first_admin_creates_exactly_one(h: Harness) {
+    // An admin made any other way counts too.
+    {
+        let store = h.store.as_ref();
+        create(store, &local("boss", Level::Admin)).await;
+        assert!(!store
+            .create_first_admin(&local("root", Level::Admin))
+            .await
+            .expect("first admin"));
+        assert!(store
+            .delete_account(&user("boss"))
+            .await
+            .expect("delete_account"));
+    }
+
+    const RACERS: usize = 8;
+    let mut tasks = JoinSet::new();
+    for i in 0..RACERS {
+        let store = h.store.clone();
+        tasks.spawn(async move {
+            let admin = local(&format!("admin-{i}"), Level::Admin);
+            let created = store.create_first_admin(&admin).await?;
+            Ok::<_, StoreError>(created.then_some(admin))
+        });
+    }
+    let mut created = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        if let Some(admin) = joined.expect("task").expect("create_first_admin") {
+            created.push(admin);
+        }
+    }
+    assert_eq!(created.len(), 1, "created {created:?}");
+    assert_eq!(h.store.list_accounts().await.expect("list"), created);
+}
+
+pub async fn upsert_github_account_creates_then_sets_the_level(h: Harness) {
+    let store = h.store.as_ref();
+    let made = store
+        .upsert_github_account(&user("octocat"), Level::GithubMember, t(10))
+        .await
+        .expect("upsert");
+    let want = AccountRecord {
+        username: user("octocat"),
+        kind: AccountKind::Github,
+        level: Level::GithubMember,
+        password_hash: None,
+        grants: BTreeSet::new(),
+        created_at: t(10),
+    };
+    assert_eq!(made, want);
+    assert_eq!(get_account(store, "octocat").await.as_ref(), Some(&want));
+
+    // Joining the organisation raises the level, leaving it lowers it;
+    // creation time and grants stay.
+    store
+        .set_grants(&user("octocat"), &clusters(&["granted"]))
+        .await
+        .expect("set_grants");
+    let raised = store
+        .upsert_github_account(&user("octocat"), Level::OrgMember, t(20))
+        .await
+        .expect("upsert");
+    let want = AccountRecord {
+        level: Level::OrgMember,
+        grants: clusters(&["granted"]),
+        ..want
+    };
+    assert_eq!(raised, want);
+    assert_eq!(get_account(store, "octocat").await.as_ref(), Some(&want));
+    let lowered = store
+        .upsert_github_account(&user("octocat"), Level::GithubMember, t(30))
+        .await
+        .expect("upsert");
+    assert_eq!(lowered.level, Level::GithubMember);
+    assert_eq!(lowered.created_at, t(10));
+    assert_eq!(get_account(store, "octocat").await, Some(lowered));
+    assert_eq!(store.list_accounts().await.expect("list").len(), 1);
+}
+
+pub async fn upsert_github_account_keeps_an_admin_admin(h: Harness) {
+    let store = h.store.as_ref();
+    store
+        .upsert_github_account(&user("octocat"), Level::GithubMember, t(0))
+        .await
+        .expect("upsert");
+    let admin = store
+        .set_level(&user("octocat"), Level::Admin)
+        .await
+        .expect("set_level")
+        .expect("exists");
+    for level in [Level::OrgMember, Level::GithubMember, Level::Anonymous] {
+        let signed_in = store
+            .upsert_github_account(&user("octocat"), level, t(10))
+            .await
+            .expect("upsert");
+        assert_eq!(signed_in, admin, "signing in as {level} keeps the admin");
+    }
+    assert_eq!(get_account(store, "octocat").await, Some(admin));
+
+    // Demoted by an admin, the next sign-in sets the level again.
+    store
+        .set_level(&user("octocat"), Level::GithubMember)
+        .await
+        .expect("set_level");
+    let signed_in = store
+        .upsert_github_account(&user("octocat"), Level::OrgMember, t(20))
+        .await
+        .expect("upsert");
+    assert_eq!(signed_in.level, Level::OrgMember);
+}
+
+pub async fn upsert_github_account_refuses_a_local_accounts_name(h: Harness) {
+    let store = h.store.as_ref();
+    let mut alice = local("alice", Level::GithubMember);
+    alice.grants = clusters(&["mine"]);
+    create(store, &alice).await;
+    assert_account_exists(
+        store
+            .upsert_github_account(&user("alice"), Level::OrgMember, t(10))
+            .await,
+        "alice",
+        AccountKind::Local,
+    );
+    assert_eq!(get_account(store, "alice").await.as_ref(), Some(&alice));
+    assert_eq!(store.list_accounts().await.expect("list"), vec![alice]);
+}
+
+pub async fn rotating_a_live_token_replaces_it(h: Harness) {
+    let store = h.store.as_ref();
+    let mut alice = local("alice", Level::OrgMember);
+    alice.grants = clusters(&["granted"]);
+    create(store, &alice).await;
+    login(store, "first", "alice", "family-1", 0, 100).await;
+
+    // Rotated hands back the account as it is now, grants included.
+    assert_eq!(
+        rotate(store, "first", "second", 200, 50).await,
+        Rotation::Rotated(alice.clone())
+    );
+    let raised = store
+        .set_level(&user("alice"), Level::Admin)
+        .await
+        .expect("set_level")
+        .expect("exists");
+    // The successor lives until the expiry given for it, not the first's.
+    assert_eq!(
+        rotate(store, "second", "third", 300, 150).await,
+        Rotation::Rotated(raised)
+    );
+    assert_eq!(
+        rotate(store, "third", "fourth", 400, 300).await,
+        Rotation::Invalid,
+        "the third expires at 300"
+    );
+}
+
+pub async fn reusing_a_rotated_token_revokes_its_family(h: Harness) {
+    let store = h.store.as_ref();
+    create(store, &local("alice", Level::OrgMember)).await;
+    login(store, "a1", "alice", "family-a", 0, 1000).await;
+    login(store, "b1", "alice", "family-b", 0, 1000).await;
+
+    assert!(matches!(
+        rotate(store, "a1", "a2", 1000, 10).await,
+        Rotation::Rotated(_)
+    ));
+    // Someone replays the used token: the whole family goes.
+    assert_eq!(
+        rotate(store, "a1", "a2-thief", 1000, 20).await,
+        Rotation::Reused
+    );
+    assert_eq!(
+        rotate(store, "a2", "a3", 1000, 30).await,
+        Rotation::Invalid,
+        "the successor is revoked with its family"
+    );
+    assert_eq!(
+        rotate(store, "a2-thief", "a3", 1000, 30).await,
+        Rotation::Invalid,
+        "a Reused rotation stores no successor"
+    );
+    assert_eq!(
+        rotate(store, "a1", "a2-again", 1000, 40).await,
+        Rotation::Invalid,
+        "once revoked, the used token is merely invalid"
+    );
+    // Another login of the same account is untouched.
+    assert_rotates(store, "b1", "alice", 50).await;
+}
+
+pub async fn expired_unknown_and_revoked_tokens_are_invalid(h: Harness) {
+    let store = h.store.as_ref();
+    create(store, &local("alice", Level::OrgMember)).await;
+    login(store, "expiring", "alice", "f1", 0, 100).await;
+    login(store, "just-live", "alice", "f2", 0, 101).await;
+    login(store, "revoked", "alice", "f3", 0, 1000).await;
+
+    assert_eq!(
+        rotate(store, "unknown", "n1", 1000, 0).await,
+        Rotation::Invalid
+    );
+    // Expired at its expiry time exactly, and it stays merely expired (not
+    // used) however often it is presented.
+    for _ in 0..2 {
+        assert_eq!(
+            rotate(store, "expiring", "n2", 1000, 100).await,
+            Rotation::Invalid
+        );
+    }
+    assert_eq!(
+        rotate(store, "n2", "n3", 1000, 100).await,
+        Rotation::Invalid,
+        "no successor was stored"
+    );
+    assert_rotates(store, "just-live", "alice", 100).await;
+
+    assert!(store
+        .revoke_refresh_family("revoked", t(5))
+        .await
+        .expect("revoke_refresh_family"));
+    for _ in 0..2 {
+        assert_eq!(
+            rotate(store, "revoked", "n4", 1000, 10).await,
+            Rotation::Invalid
+        );
+    }
+}
+
+pub async fn revoke_refresh_family_revokes_the_whole_family(h: Harness) {
+    let store = h.store.as_ref();
+    create(store, &local("alice", Level::OrgMember)).await;
+    assert!(!store
+        .revoke_refresh_family("unknown", t(0))
+        .await
+        .expect("revoke_refresh_family"));
+
+    login(store, "a1", "alice", "family-a", 0, 1000).await;
+    login(store, "b1", "alice", "family-b", 0, 1000).await;
+    assert!(matches!(
+        rotate(store, "a1", "a2", 1000, 10).await,
+        Rotation::Rotated(_)
+    ));
+    assert!(matches!(
+        rotate(store, "a2", "a3", 1000, 20).await,
+        Rotation::Rotated(_)
+    ));
+
+    // Logging out with a used token of the family still revokes all of it.
+    assert!(store
+        .revoke_refresh_family("a2", t(30))
+        .await
+        .expect("revoke_refresh_family"));
+    assert_eq!(rotate(store, "a3", "a4", 1000, 40).await, Rotation::Invalid);
+    assert_eq!(
+        rotate(store, "a1", "a4", 1000, 40).await,
+        Rotation::Invalid,
+        "revoked before replayed: invalid, not reused"
+    );
+    assert!(
+        store
+            .revoke_refresh_family("a3", t(50))
+            .await
+            .expect("revoke_refresh_family"),
+        "revoking again is fine"
+    );
+    assert_rotates(store, "b1", "alice", 60).await;
+}
+
+pub async fn revoke_refresh_tokens_revokes_all_and_counts_the_live(h: Harness) {
+    let store = h.store.as_ref();
+    create(store, &local("alice", Level::OrgMember)).await;
+    create(store, &local("bob", Level::OrgMember)).await;
+    assert_eq!(
+        store
+            .revoke_refresh_tokens(&user("alice"), t(0))
+            .await
+            .expect("revoke_refresh_tokens"),
+        0
+    );
+
+    login(store, "a1", "alice", "fa", 0, 1000).await;
+    assert!(matches!(
+        rotate(store, "a1", "a2", 1000, 10).await,
+        Rotation::Rotated(_)
+    ));
+    login(store, "b1", "alice", "fb", 0, 1000).await;
+    login(store, "expired", "alice", "fc", 0, 50).await;
+    login(store, "revoked", "alice", "fd", 0, 1000).await;
+    assert!(store
+        .revoke_refresh_family("revoked", t(20))
+        .await
+        .expect("revoke_refresh_family"));
+    login(store, "bobs", "bob", "fe", 0, 1000).await;
+
+    // Live: a2 and b1. Not: a1 (used), expired, revoked; nor bob's.
+    assert_eq!(
+        store
+            .revoke_refresh_tokens(&user("alice"), t(100))
+            .await
+            .expect("revoke_refresh_tokens"),
+        2
+    );
+    for id in ["a2", "b1", "expired", "revoked"] {
+        assert_eq!(
+            rotate(store, id, &format!("{id}-next"), 2000, 110).await,
+            Rotation::Invalid,
+            "{id}"
+        );
+    }
+    assert_eq!(
+        rotate(store, "a1", "a1-next", 2000, 110).await,
+        Rotation::Invalid,
+        "a used token revoked this way is invalid, not reused"
+    );
+    assert_eq!(
+        store
+            .revoke_refresh_tokens(&user("alice"), t(120))
+            .await
+            .expect("revoke_refresh_tokens"),
+        0
+    );
+    assert_eq!(
+        store
+            .revoke_refresh_tokens(&user("ghost"), t(120))
+            .await
+            .expect("revoke_refresh_tokens"),
+        0
+    );
+    assert_rotates(store, "bobs", "bob", 130).await;
+
+    // A later login works as ever.
+    login(store, "a-new", "alice", "ff", 140, 2000).await;
+    assert_rotates(store, "a-new", "alice", 150).await;
+}
+
+pub async fn refresh_tokens_need_an_account_and_a_fresh_id(h: Harness) {
+    let store = h.store.as_ref();
+    create(store, &local("alice", Level::OrgMember)).await;
+    let orphan = RefreshTokenRecord {
+        id: "orphan".to_owned(),
+        username: user("ghost"),
+        family: "f0".to_owned(),
+        issued_at: t(0),
+        expires_at: t(1000),
+    };
+    assert_violation(
+        store.insert_refresh_token(&orphan).await,
+        ErrorKind::ForeignKeyViolation,
+    );
+    assert_eq!(
+        rotate(store, "orphan", "o2", 1000, 10).await,
+        Rotation::Invalid
+    );
+
+    let first = login(store, "first", "alice", "f1", 0, 1000).await;
+    let copy = RefreshTokenRecord {
+        family: "f9".to_owned(),
+        ..first
+    };
+    assert_violation(
+        store.insert_refresh_token(&copy).await,
+        ErrorKind::UniqueViolation,
+    );
+    login(store, "taken", "alice", "f2", 0, 1000).await;
+
+    // A rotation whose successor's id is taken fails and changes nothing:
+    // the presented token is still live, not used.
+    assert_violation(
+        store
+            .rotate_refresh_token("first", "taken", t(1000), t(10))
+            .await
+            .map(|_| ()),
+        ErrorKind::UniqueViolation,
+    );
+    assert!(matches!(
+        rotate(store, "first", "second", 1000, 20).await,
+        Rotation::Rotated(_)
+    ));
+    assert_rotates(store, "second", "alice", 30).await;
+    assert_rotates(store, "taken", "alice", 30).await;
+}
+
+pub async fn concurrent_rotations_of_one_token_rotate_it_once(h: Harness) {
+    const RACERS: usize = 8;
+    create(h.store.as_ref(), &local("alice", Level::OrgMember)).await;
+    login(h.store.as_ref(), "contested", "alice", "family", 0, 1000).await;
+
+    let mut tasks = JoinSet::new();
+    for i in 0..RACERS {
+        let store = h.store.clone();
+        tasks.spawn(async move {
+            let next = format!("next-{i}");
+            let rotation = store
+                .rotate_refresh_token("contested", &next, t(1000), t(10))
+                .await?;
+            Ok::<_, StoreError>((next, rotation))
+        });
+    }
+    let mut rotated = Vec::new();
+    let mut reused = 0;
+    let mut invalid = 0;
+    while let Some(joined) = tasks.join_next().await {
+        match joined.expect("task").expect("rotate_refresh_token") {
+            (next, Rotation::Rotated(account)) => {
+                assert_eq!(account.username, user("alice"));
+                rotated.push(next);
+            }
+            (_, Rotation::Reused) => reused += 1,
+            (_, Rotation::Invalid) => invalid += 1,
+        }
+    }
+    // One wins. The first loser presents a used token, which is a replay,
+    // so the family (the winner's successor included) is revoked, and every
+    // later loser presents a revoked token.
+    assert_eq!(rotated.len(), 1, "rotated into {rotated:?}");
+    assert_eq!((reused, invalid), (1, RACERS - 2));
+    for i in 0..RACERS {
+        assert_eq!(
+            rotate(h.store.as_ref(), &format!("next-{i}"), "after", 1000, 20).await,
+            Rotation::Invalid
+        );
+    }
 }

@@ -1,5 +1,6 @@
 //! Durable desired state: which clusters should exist, with how many nodes,
-//! until when. The [`Store`] trait is what the engine needs; [`SqliteStore`]
+//! until when, and identity: accounts, their grants and refresh tokens
+//! ([`AccountStore`]). The [`Store`] trait is what the engine needs; [`SqliteStore`]
 //! is the embedded backend (PostgreSQL will be a second). Every backend runs
 //! the same contract suite in [`contract`].
 //!
@@ -75,8 +76,10 @@ impl StoreError {
     }
 }
 
+/// Everything the server keeps: desired state here, identity in
+/// [`AccountStore`], so one backend (one database) holds both.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: AccountStore + Send + Sync + 'static {
     /// The ownership ID of the instance set behind driver `driver`: created
     /// on first use and the same forever after, so a restarted server adopts
     /// the instances it created before.

@@ -1,11 +1,16 @@
 //! Rows as the database holds them, and their conversion to and from domain
 //! values. Shared by every backend so they agree on the encoding: times are
-//! unix milliseconds, capacities plain integers.
+//! unix milliseconds, capacities plain integers, levels and account kinds
+//! the domain's names for them.
+
+use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use flotilla_domain::{ClusterName, ClusterRecord, InstanceSetId, NodeCapacity, PoolName};
+use flotilla_domain::{
+    AccountKind, ClusterName, ClusterRecord, InstanceSetId, Level, NodeCapacity, PoolName, Username,
+};
 
-use crate::StoreError;
+use crate::{AccountRecord, StoreError};
 
 /// The columns [`ClusterRow`] is read from. A macro rather than a `const`
 /// so queries can `concat!` it into one `&'static str`.
@@ -79,6 +84,90 @@ impl TryFrom<ClusterRow> for ClusterRecord {
             generation: row.generation,
         })
     }
+}
+
+/// Every account with its grants, one row per grant (or one with a NULL
+/// `grant_cluster` for an account without any): a single statement, so an
+/// account and its grants are read from one snapshot. Queries append a
+/// `WHERE` on `a.username`.
+macro_rules! account_select {
+    () => {
+        "SELECT a.username, a.kind, a.level, a.password_hash, a.created_at, \
+                g.cluster AS grant_cluster \
+         FROM accounts a LEFT JOIN grants g ON g.username = a.username"
+    };
+}
+pub(crate) use account_select;
+
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct AccountRow {
+    username: String,
+    kind: String,
+    level: String,
+    password_hash: Option<String>,
+    created_at: i64,
+    grant_cluster: Option<String>,
+}
+
+pub(crate) fn account_kind(stored: &str) -> Option<AccountKind> {
+    [AccountKind::Local, AccountKind::Github]
+        .into_iter()
+        .find(|k| k.as_str() == stored)
+}
+
+/// The kind column of the account `username`.
+pub(crate) fn stored_account_kind(username: &str, stored: &str) -> Result<AccountKind, StoreError> {
+    account_kind(stored).ok_or_else(|| {
+        StoreError::Corrupt(format!(
+            "accounts row {username:?}, column kind: {stored:?} is not an account kind"
+        ))
+    })
+}
+
+/// Folds joined rows into accounts, ordered by username (bytewise, as
+/// `Username` orders, whatever the database's collation says).
+pub(crate) fn accounts(rows: Vec<AccountRow>) -> Result<Vec<AccountRecord>, StoreError> {
+    let mut accounts: BTreeMap<String, AccountRecord> = BTreeMap::new();
+    for row in rows {
+        let at = |column: &str| format!("accounts row {:?}, column {column}", row.username);
+        if !accounts.contains_key(&row.username) {
+            let record = AccountRecord {
+                username: Username::new(row.username.as_str())
+                    .map_err(|e| StoreError::Corrupt(format!("{}: {e}", at("username"))))?,
+                kind: stored_account_kind(&row.username, &row.kind)?,
+                level: row
+                    .level
+                    .parse::<Level>()
+                    .map_err(|e| StoreError::Corrupt(format!("{}: {e}", at("level"))))?,
+                password_hash: row.password_hash.clone(),
+                grants: Default::default(),
+                created_at: from_millis(row.created_at, || at("created_at"))?,
+            };
+            accounts.insert(row.username.clone(), record);
+        }
+        if let Some(cluster) = &row.grant_cluster {
+            let cluster = ClusterName::new(cluster.as_str()).map_err(|e| {
+                StoreError::Corrupt(format!(
+                    "grants row ({:?}, {cluster:?}), column cluster: {e}",
+                    row.username
+                ))
+            })?;
+            if let Some(account) = accounts.get_mut(&row.username) {
+                account.grants.insert(cluster);
+            }
+        }
+    }
+    Ok(accounts.into_values().collect())
+}
+
+/// What presenting a refresh token needs to know about it.
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct RefreshTokenRow {
+    pub username: String,
+    pub family: String,
+    pub expires_at: i64,
+    pub used_at: Option<i64>,
+    pub revoked_at: Option<i64>,
 }
 
 pub(crate) fn instance_set_id(driver: &str, stored: String) -> Result<InstanceSetId, StoreError> {
@@ -165,6 +254,67 @@ mod tests {
             let mut r = row();
             spoil(&mut r);
             match ClusterRecord::try_from(r) {
+                Err(StoreError::Corrupt(msg)) => assert!(msg.contains(expect), "{msg}"),
+                other => panic!("expected Corrupt containing {expect:?}, got {other:?}"),
+            }
+        }
+    }
+
+    fn account_row(username: &str, grant: Option<&str>) -> AccountRow {
+        AccountRow {
+            username: username.into(),
+            kind: "github".into(),
+            level: "org_member".into(),
+            password_hash: None,
+            created_at: 1_700_000_000_000,
+            grant_cluster: grant.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn joined_rows_fold_into_accounts_ordered_bytewise() {
+        let rows = vec![
+            account_row("b", Some("two")),
+            account_row("B", None),
+            account_row("b", Some("one")),
+            account_row("a", None),
+        ];
+        let accounts = accounts(rows).unwrap();
+        let names: Vec<&str> = accounts.iter().map(|a| a.username.as_str()).collect();
+        assert_eq!(names, ["B", "a", "b"]);
+        let b = &accounts[2];
+        assert_eq!(b.kind, AccountKind::Github);
+        assert_eq!(b.level, Level::OrgMember);
+        assert_eq!(to_millis(b.created_at), 1_700_000_000_000);
+        assert_eq!(
+            b.grants.iter().map(|c| c.as_str()).collect::<Vec<_>>(),
+            ["one", "two"]
+        );
+        assert!(accounts[0].grants.is_empty());
+    }
+
+    /// A way to spoil a valid account row, and what the error must then say.
+    type SpoilAccount = (fn(&mut AccountRow), &'static str);
+
+    #[test]
+    fn invalid_account_rows_are_corrupt_and_named() {
+        let cases: [SpoilAccount; 5] = [
+            (
+                |r| r.username = "bad name".into(),
+                "\"bad name\", column username",
+            ),
+            (|r| r.kind = "ldap".into(), "\"demo\", column kind"),
+            (|r| r.level = "root".into(), "\"demo\", column level"),
+            (|r| r.created_at = i64::MAX, "\"demo\", column created_at"),
+            (
+                |r| r.grant_cluster = Some("".into()),
+                "grants row (\"demo\"",
+            ),
+        ];
+        for (spoil, expect) in cases {
+            let mut r = account_row("demo", Some("fine"));
+            spoil(&mut r);
+            match accounts(vec![r]) {
                 Err(StoreError::Corrupt(msg)) => assert!(msg.contains(expect), "{msg}"),
                 other => panic!("expected Corrupt containing {expect:?}, got {other:?}"),
             }

@@ -8,19 +8,23 @@
 //! the same file waits on the busy timeout instead of failing. Reads use a
 //! separate pool; in WAL mode they never wait for the writer.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use flotilla_domain::{ClusterName, ClusterRecord, DeployCommand, InstanceSetId};
+use flotilla_domain::{
+    AccountKind, ClusterName, ClusterRecord, DeployCommand, InstanceSetId, Level, Username,
+};
 use sqlx::migrate::Migrator;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+    Sqlite, SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool,
+    SqlitePoolOptions, SqliteSynchronous,
 };
 
-use crate::row::{self, cluster_columns, ClusterRow};
-use crate::{Store, StoreError};
+use crate::row::{self, account_select, cluster_columns, AccountRow, ClusterRow, RefreshTokenRow};
+use crate::{AccountRecord, AccountStore, RefreshTokenRecord, Rotation, Store, StoreError};
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 
@@ -360,5 +364,358 @@ impl Store for SqliteStore {
         .execute(&self.writer)
         .await?;
         Ok(done.rows_affected() == 1)
+    }
+}
+
+/// The account `username` with its grants, read through `executor` (the
+/// read pool, or a write transaction that needs what it just wrote).
+async fn fetch_account<'e, E>(
+    executor: E,
+    username: &Username,
+) -> Result<Option<AccountRecord>, StoreError>
+where
+    E: sqlx::Executor<'e, Database = Sqlite>,
+{
+    let rows: Vec<AccountRow> =
+        sqlx::query_as(concat!(account_select!(), " WHERE a.username = $1"))
+            .bind(username.as_str())
+            .fetch_all(executor)
+            .await?;
+    Ok(row::accounts(rows)?.pop())
+}
+
+/// Like [`fetch_account`], for an account the caller knows exists because
+/// its transaction holds the write lock and has just seen or written it.
+async fn fetch_existing_account(
+    conn: &mut SqliteConnection,
+    username: &Username,
+) -> Result<AccountRecord, StoreError> {
+    fetch_account(conn, username).await?.ok_or_else(|| {
+        StoreError::Corrupt(format!(
+            "accounts row {:?}: gone within its own write transaction",
+            username.as_str()
+        ))
+    })
+}
+
+/// The `AccountExists` error for `username`, naming the kind of the account
+/// that holds the name.
+async fn account_exists(conn: &mut SqliteConnection, username: &Username) -> StoreError {
+    let kind: Result<Option<String>, sqlx::Error> =
+        sqlx::query_scalar("SELECT kind FROM accounts WHERE username = $1")
+            .bind(username.as_str())
+            .fetch_optional(&mut *conn)
+            .await;
+    match kind {
+        Ok(Some(kind)) => match row::stored_account_kind(username.as_str(), &kind) {
+            Ok(kind) => StoreError::AccountExists {
+                username: username.clone(),
+                kind,
+            },
+            Err(corrupt) => corrupt,
+        },
+        Ok(None) => StoreError::Corrupt(format!(
+            "accounts row {:?}: blocked an insert but cannot be found",
+            username.as_str()
+        )),
+        Err(e) => e.into(),
+    }
+}
+
+/// Inserts `account` with its grants; `AccountExists` if the name is taken.
+async fn insert_account(
+    conn: &mut SqliteConnection,
+    account: &AccountRecord,
+) -> Result<(), StoreError> {
+    let inserted = sqlx::query(
+        "INSERT INTO accounts (username, kind, level, password_hash, created_at) \
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (username) DO NOTHING",
+    )
+    .bind(account.username.as_str())
+    .bind(account.kind.as_str())
+    .bind(account.level.as_str())
+    .bind(account.password_hash.as_deref())
+    .bind(row::to_millis(account.created_at))
+    .execute(&mut *conn)
+    .await?;
+    if inserted.rows_affected() == 0 {
+        return Err(account_exists(conn, &account.username).await);
+    }
+    insert_grants(conn, &account.username, &account.grants).await
+}
+
+async fn insert_grants(
+    conn: &mut SqliteConnection,
+    username: &Username,
+    grants: &BTreeSet<ClusterName>,
+) -> Result<(), StoreError> {
+    for cluster in grants {
+        sqlx::query("INSERT INTO grants (username, cluster) VALUES ($1, $2)")
+            .bind(username.as_str())
+            .bind(cluster.as_str())
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Revokes every token of `family` not revoked yet; an earlier revocation
+/// keeps its time.
+async fn revoke_family(
+    conn: &mut SqliteConnection,
+    family: &str,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE refresh_tokens SET revoked_at = $2 WHERE family = $1 AND revoked_at IS NULL",
+    )
+    .bind(family)
+    .bind(row::to_millis(now))
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+// Every write below runs in a `begin_write` transaction, so each method is
+// atomic however many callers (or processes) race, and a method that returns
+// an error has changed nothing: the transaction is rolled back on drop.
+#[async_trait]
+impl AccountStore for SqliteStore {
+    async fn create_account(&self, account: &AccountRecord) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        insert_account(&mut tx, account).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn create_first_admin(&self, account: &AccountRecord) -> Result<bool, StoreError> {
+        // BEGIN IMMEDIATE holds the write lock from the count to the insert,
+        // so of two servers starting at once the second sees the first's
+        // admin.
+        let mut tx = self.begin_write().await?;
+        let admins: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM accounts WHERE level = $1")
+            .bind(Level::Admin.as_str())
+            .fetch_one(&mut *tx)
+            .await?;
+        if admins > 0 {
+            return Ok(false);
+        }
+        insert_account(&mut tx, account).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn get_account(&self, username: &Username) -> Result<Option<AccountRecord>, StoreError> {
+        fetch_account(&self.reader, username).await
+    }
+
+    async fn list_accounts(&self) -> Result<Vec<AccountRecord>, StoreError> {
+        let rows: Vec<AccountRow> = sqlx::query_as(account_select!())
+            .fetch_all(&self.reader)
+            .await?;
+        row::accounts(rows)
+    }
+
+    async fn set_level(
+        &self,
+        username: &Username,
+        level: Level,
+    ) -> Result<Option<AccountRecord>, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let updated = sqlx::query("UPDATE accounts SET level = $2 WHERE username = $1")
+            .bind(username.as_str())
+            .bind(level.as_str())
+            .execute(&mut *tx)
+            .await?;
+        if updated.rows_affected() == 0 {
+            return Ok(None);
+        }
+        let account = fetch_existing_account(&mut tx, username).await?;
+        tx.commit().await?;
+        Ok(Some(account))
+    }
+
+    async fn set_grants(
+        &self,
+        username: &Username,
+        grants: &BTreeSet<ClusterName>,
+    ) -> Result<Option<AccountRecord>, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let exists: Option<String> =
+            sqlx::query_scalar("SELECT username FROM accounts WHERE username = $1")
+                .bind(username.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
+        if exists.is_none() {
+            return Ok(None);
+        }
+        sqlx::query("DELETE FROM grants WHERE username = $1")
+            .bind(username.as_str())
+            .execute(&mut *tx)
+            .await?;
+        insert_grants(&mut tx, username, grants).await?;
+        let account = fetch_existing_account(&mut tx, username).await?;
+        tx.commit().await?;
+        Ok(Some(account))
+    }
+
+    async fn delete_account(&self, username: &Username) -> Result<bool, StoreError> {
+        // Grants and refresh tokens go by ON DELETE CASCADE.
+        let mut tx = self.begin_write().await?;
+        let deleted = sqlx::query("DELETE FROM accounts WHERE username = $1")
+            .bind(username.as_str())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(deleted.rows_affected() == 1)
+    }
+
+    async fn upsert_github_account(
+        &self,
+        username: &Username,
+        level: Level,
+        now: DateTime<Utc>,
+    ) -> Result<AccountRecord, StoreError> {
+        let mut tx = self.begin_write().await?;
+        // The WHERE makes the upsert a no-op on a local account of that
+        // name; no row back then means AccountExists.
+        let upserted: Option<String> = sqlx::query_scalar(
+            "INSERT INTO accounts (username, kind, level, password_hash, created_at) \
+             VALUES ($1, $2, $3, NULL, $4) \
+             ON CONFLICT (username) DO UPDATE SET \
+                 level = CASE WHEN accounts.level = $5 THEN accounts.level \
+                              ELSE excluded.level END \
+             WHERE accounts.kind = excluded.kind \
+             RETURNING username",
+        )
+        .bind(username.as_str())
+        .bind(AccountKind::Github.as_str())
+        .bind(level.as_str())
+        .bind(row::to_millis(now))
+        .bind(Level::Admin.as_str())
+        .fetch_optional(&mut *tx)
+        .await?;
+        if upserted.is_none() {
+            return Err(account_exists(&mut tx, username).await);
+        }
+        let account = fetch_existing_account(&mut tx, username).await?;
+        tx.commit().await?;
+        Ok(account)
+    }
+
+    async fn insert_refresh_token(&self, token: &RefreshTokenRecord) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query(
+            "INSERT INTO refresh_tokens (id, username, family, issued_at, expires_at) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(&token.id)
+        .bind(token.username.as_str())
+        .bind(&token.family)
+        .bind(row::to_millis(token.issued_at))
+        .bind(row::to_millis(token.expires_at))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn rotate_refresh_token(
+        &self,
+        presented: &str,
+        next_id: &str,
+        next_expires_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<Rotation, StoreError> {
+        let now_ms = row::to_millis(now);
+        let mut tx = self.begin_write().await?;
+        let token: Option<RefreshTokenRow> = sqlx::query_as(
+            "SELECT username, family, expires_at, used_at, revoked_at \
+             FROM refresh_tokens WHERE id = $1",
+        )
+        .bind(presented)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(token) = token else {
+            return Ok(Rotation::Invalid);
+        };
+        if token.revoked_at.is_some() || token.expires_at <= now_ms {
+            return Ok(Rotation::Invalid);
+        }
+        if token.used_at.is_some() {
+            revoke_family(&mut tx, &token.family, now).await?;
+            tx.commit().await?;
+            return Ok(Rotation::Reused);
+        }
+        sqlx::query("UPDATE refresh_tokens SET used_at = $2 WHERE id = $1")
+            .bind(presented)
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO refresh_tokens (id, username, family, issued_at, expires_at) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(next_id)
+        .bind(&token.username)
+        .bind(&token.family)
+        .bind(now_ms)
+        .bind(row::to_millis(next_expires_at))
+        .execute(&mut *tx)
+        .await?;
+        let username = Username::new(token.username.as_str()).map_err(|e| {
+            StoreError::Corrupt(format!(
+                "refresh_tokens row {presented:?}, column username: {e}"
+            ))
+        })?;
+        let account = fetch_existing_account(&mut tx, &username).await?;
+        tx.commit().await?;
+        Ok(Rotation::Rotated(account))
+    }
+
+    async fn revoke_refresh_family(
+        &self,
+        presented: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let family: Option<String> =
+            sqlx::query_scalar("SELECT family FROM refresh_tokens WHERE id = $1")
+                .bind(presented)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let Some(family) = family else {
+            return Ok(false);
+        };
+        revoke_family(&mut tx, &family, now).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn revoke_refresh_tokens(
+        &self,
+        username: &Username,
+        now: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        let now_ms = row::to_millis(now);
+        let mut tx = self.begin_write().await?;
+        let live: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM refresh_tokens \
+             WHERE username = $1 AND revoked_at IS NULL AND used_at IS NULL AND expires_at > $2",
+        )
+        .bind(username.as_str())
+        .bind(now_ms)
+        .fetch_one(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE refresh_tokens SET revoked_at = $2 WHERE username = $1 AND revoked_at IS NULL",
+        )
+        .bind(username.as_str())
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        u64::try_from(live)
+            .map_err(|_| StoreError::Corrupt(format!("refresh_tokens: COUNT(*) is {live}")))
     }
 }

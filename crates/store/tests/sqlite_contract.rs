@@ -1,13 +1,19 @@
 //! The store contract on SQLite, plus what only a file-backed store can
 //! show: durability settings, reopening, and errors on opening.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use flotilla_domain::{ClusterName, DeployCommand, Limits, NodeCapacity, PoolName, TimeToLive};
+use flotilla_domain::{
+    AccountKind, ClusterName, DeployCommand, Level, Limits, NodeCapacity, PoolName, TimeToLive,
+    Username,
+};
 use flotilla_store::contract::Harness;
-use flotilla_store::{SqliteStore, Store, StoreError};
+use flotilla_store::{
+    AccountRecord, AccountStore, RefreshTokenRecord, Rotation, SqliteStore, Store, StoreError,
+};
 use sqlx::ConnectOptions;
 use tokio::task::JoinSet;
 
@@ -74,6 +80,117 @@ async fn clusters_and_instance_set_ids_survive_reopening() {
         .await
         .unwrap();
     assert_eq!(again.generation, 2);
+    reopened.close().await;
+}
+
+fn user(name: &str) -> Username {
+    Username::new(name).unwrap()
+}
+
+fn refresh_token(id: &str, username: &str, family: &str) -> RefreshTokenRecord {
+    RefreshTokenRecord {
+        id: id.to_owned(),
+        username: user(username),
+        family: family.to_owned(),
+        issued_at: t(0),
+        expires_at: t(600),
+    }
+}
+
+#[tokio::test]
+async fn accounts_and_refresh_tokens_survive_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("flotilla.db");
+
+    let store = SqliteStore::open(&path).await.unwrap();
+    let admin = AccountRecord {
+        username: user("root"),
+        kind: AccountKind::Local,
+        level: Level::Admin,
+        password_hash: Some("$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".to_owned()),
+        grants: ["ops", "shared"]
+            .into_iter()
+            .map(|c| ClusterName::new(c).unwrap())
+            .collect::<BTreeSet<_>>(),
+        created_at: t(0),
+    };
+    assert!(store.create_first_admin(&admin).await.unwrap());
+    store
+        .upsert_github_account(&user("octocat"), Level::OrgMember, t(1))
+        .await
+        .unwrap();
+    store
+        .insert_refresh_token(&refresh_token("root-1", "root", "fr"))
+        .await
+        .unwrap();
+    store
+        .insert_refresh_token(&refresh_token("cat-1", "octocat", "fc"))
+        .await
+        .unwrap();
+    store
+        .insert_refresh_token(&refresh_token("cat-gone", "octocat", "fg"))
+        .await
+        .unwrap();
+    assert!(matches!(
+        store
+            .rotate_refresh_token("cat-1", "cat-2", t(600), t(10))
+            .await
+            .unwrap(),
+        Rotation::Rotated(_)
+    ));
+    assert!(store
+        .revoke_refresh_family("cat-gone", t(11))
+        .await
+        .unwrap());
+    let before = store.list_accounts().await.unwrap();
+    assert_eq!(before.len(), 2);
+    store.close().await;
+
+    let reopened = SqliteStore::open(&path).await.unwrap();
+    assert_eq!(reopened.list_accounts().await.unwrap(), before);
+    assert_eq!(
+        reopened.get_account(&user("root")).await.unwrap(),
+        Some(admin)
+    );
+    assert!(
+        !reopened
+            .create_first_admin(&AccountRecord {
+                username: user("second"),
+                ..before[1].clone()
+            })
+            .await
+            .unwrap(),
+        "the admin is still there"
+    );
+    // Used, revoked and live tokens all kept their state.
+    assert_eq!(
+        reopened
+            .rotate_refresh_token("cat-gone", "x", t(600), t(20))
+            .await
+            .unwrap(),
+        Rotation::Invalid
+    );
+    assert!(matches!(
+        reopened
+            .rotate_refresh_token("root-1", "root-2", t(600), t(20))
+            .await
+            .unwrap(),
+        Rotation::Rotated(a) if a.username == user("root")
+    ));
+    assert!(matches!(
+        reopened
+            .rotate_refresh_token("cat-2", "cat-3", t(600), t(20))
+            .await
+            .unwrap(),
+        Rotation::Rotated(a) if a.username == user("octocat")
+    ));
+    assert_eq!(
+        reopened
+            .rotate_refresh_token("cat-1", "cat-x", t(600), t(30))
+            .await
+            .unwrap(),
+        Rotation::Reused
+    );
     reopened.close().await;
 }
 
@@ -216,6 +333,60 @@ async fn invalid_stored_rows_are_reported_as_corrupt_naming_the_row() {
         .await
         .unwrap()
         .is_some());
+}
+
+#[tokio::test]
+async fn invalid_stored_accounts_are_reported_as_corrupt_naming_the_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("flotilla.db");
+    let store = SqliteStore::open(&path).await.unwrap();
+    store
+        .upsert_github_account(&user("fine"), Level::GithubMember, t(0))
+        .await
+        .unwrap();
+
+    let mut raw = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(&path)
+        .connect()
+        .await
+        .unwrap();
+    for statement in [
+        "INSERT INTO accounts (username, kind, level, password_hash, created_at) \
+         VALUES ('odd-level', 'local', 'superuser', NULL, 0)",
+        "INSERT INTO accounts (username, kind, level, password_hash, created_at) \
+         VALUES ('odd-kind', 'ldap', 'admin', NULL, 0)",
+        "INSERT INTO accounts (username, kind, level, password_hash, created_at) \
+         VALUES ('odd-grant', 'local', 'admin', NULL, 0)",
+        "INSERT INTO grants (username, cluster) VALUES ('odd-grant', 'bad cluster')",
+    ] {
+        sqlx::query(statement).execute(&mut raw).await.unwrap();
+    }
+
+    let cases = [
+        ("odd-level", "\"odd-level\", column level"),
+        ("odd-kind", "\"odd-kind\", column kind"),
+        ("odd-grant", "\"bad cluster\""),
+    ];
+    for (name, expect) in cases {
+        match store.get_account(&user(name)).await {
+            Err(StoreError::Corrupt(msg)) => assert!(msg.contains(expect), "{msg}"),
+            other => panic!("expected Corrupt containing {expect:?}, got {other:?}"),
+        }
+    }
+    assert!(matches!(
+        store.list_accounts().await,
+        Err(StoreError::Corrupt(_))
+    ));
+    // A local account of an unreadable kind still blocks its name, and the
+    // error says what is wrong with it.
+    match store
+        .upsert_github_account(&user("odd-kind"), Level::GithubMember, t(1))
+        .await
+    {
+        Err(StoreError::Corrupt(msg)) => assert!(msg.contains("\"odd-kind\""), "{msg}"),
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+    assert!(store.get_account(&user("fine")).await.unwrap().is_some());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
