@@ -4,6 +4,8 @@ use axum::Json;
 use flotilla_api_types::ErrorBody;
 use flotilla_domain::{Denied, NameError, ValidationError};
 use flotilla_engine::EngineError;
+use flotilla_github::GithubError;
+use flotilla_identity::IdentityError;
 use flotilla_store::StoreError;
 
 /// An error response: a status, a stable code and a message for people.
@@ -91,6 +93,76 @@ impl From<EngineError> for ApiError {
                 )
             }
             EngineError::Config(_) => Self::internal(message),
+        }
+    }
+}
+
+/// The one place sign-in and account errors become statuses and codes.
+impl From<IdentityError> for ApiError {
+    fn from(e: IdentityError) -> Self {
+        let message = e.to_string();
+        let unprocessable = StatusCode::UNPROCESSABLE_ENTITY;
+        match e {
+            IdentityError::BadCredentials => {
+                Self::new(StatusCode::UNAUTHORIZED, "invalid_credentials", message)
+            }
+            IdentityError::Token(t) => Self::new(StatusCode::UNAUTHORIZED, t.code(), message),
+            IdentityError::Revoked => Self::new(StatusCode::UNAUTHORIZED, "token_revoked", message),
+            IdentityError::RefreshInvalid => {
+                Self::new(StatusCode::UNAUTHORIZED, "invalid_refresh_token", message)
+            }
+            IdentityError::RefreshReused => {
+                Self::new(StatusCode::UNAUTHORIZED, "refresh_token_reused", message)
+            }
+            IdentityError::Denied(d) => Self::denied(d),
+            IdentityError::InvalidName(n) => match n.kind {
+                "username" => Self::new(unprocessable, "invalid_username", message),
+                _ => Self::from_name(n),
+            },
+            IdentityError::Password(_) => Self::new(unprocessable, "invalid_password", message),
+            IdentityError::AnonymousAccount => Self::new(unprocessable, "invalid_level", message),
+            IdentityError::Exists { .. } => Self::new(StatusCode::CONFLICT, "user_exists", message),
+            IdentityError::NotFound(_) => {
+                Self::new(StatusCode::NOT_FOUND, "user_not_found", message)
+            }
+            IdentityError::LastAdmin(_) => Self::new(StatusCode::CONFLICT, "last_admin", message),
+            IdentityError::GithubDisabled => {
+                Self::new(StatusCode::NOT_FOUND, "github_login_disabled", message)
+            }
+            IdentityError::Github(g) => match g {
+                GithubError::BadToken | GithubError::OrgAccessDenied { .. } => {
+                    Self::new(StatusCode::UNAUTHORIZED, "invalid_github_token", message)
+                }
+                GithubError::BadLogin(_) => {
+                    Self::new(unprocessable, "unsupported_github_login", message)
+                }
+                _ => {
+                    tracing::warn!(error = %message, "GitHub sign-in failed on GitHub's side");
+                    Self::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "github_unavailable",
+                        message,
+                    )
+                }
+            },
+            IdentityError::Keys(k) => match k {
+                flotilla_identity::KeyError::UnknownKey { .. } => {
+                    Self::new(StatusCode::NOT_FOUND, "key_not_found", message)
+                }
+                flotilla_identity::KeyError::RetireActive { .. } => {
+                    Self::new(StatusCode::CONFLICT, "key_is_active", message)
+                }
+                _ => Self::internal(message),
+            },
+            IdentityError::Issue(_) => Self::internal(message),
+            IdentityError::Store(_) => {
+                tracing::error!(error = %message, "storage failure");
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "storage_unavailable",
+                    message,
+                )
+            }
         }
     }
 }

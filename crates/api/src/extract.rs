@@ -11,15 +11,20 @@ use serde::de::DeserializeOwned;
 
 use crate::ApiError;
 
-/// The caller's identity. No authentication is configured yet, so every
-/// caller is the local operator (the server binds to loopback by default).
+/// The caller, as the access layer authenticated it. A route that did not
+/// go through that layer fails closed.
 pub struct CallerIdentity(pub Caller);
 
 impl<S: Send + Sync> FromRequestParts<S> for CallerIdentity {
     type Rejection = ApiError;
 
-    async fn from_request_parts(_parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
-        Ok(CallerIdentity(Caller::local_operator()))
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        parts
+            .extensions
+            .get::<Caller>()
+            .cloned()
+            .map(CallerIdentity)
+            .ok_or_else(|| ApiError::internal("this route is not behind the access layer"))
     }
 }
 

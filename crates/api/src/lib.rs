@@ -2,6 +2,8 @@
 //! render the result; [`ApiError`] maps every failure to a status code and
 //! a stable error code, in one place.
 
+pub mod access;
+mod accounts;
 mod error;
 mod extract;
 mod openapi;
@@ -12,12 +14,15 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use flotilla_api_types as types;
 use flotilla_domain::{ClusterName, NodeState};
 use flotilla_engine::{ClusterView, Engine};
+use flotilla_identity::Identity;
 use prometheus_client::registry::Registry;
+
+use crate::ratelimit::RateLimits;
 
 pub use error::ApiError;
 pub use extract::{CallerIdentity, ClusterParam, JsonBody, WaitParam};
@@ -29,6 +34,8 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 #[derive(Clone)]
 pub struct AppState {
     pub engine: Engine,
+    pub identity: Arc<Identity>,
+    pub limits: Arc<RateLimits>,
     pub registry: Arc<Registry>,
 }
 
@@ -41,6 +48,28 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/api/v1/clusters/{cluster}",
             get(cluster_status).put(deploy).delete(destroy),
+        )
+        .route(
+            "/api/v1/clusters/{cluster}/token",
+            post(accounts::cluster_token),
+        )
+        .route("/.well-known/jwks.json", get(accounts::jwks))
+        .route("/api/v1/auth/login", post(accounts::login))
+        .route("/api/v1/auth/github", post(accounts::github_login))
+        .route("/api/v1/auth/refresh", post(accounts::refresh))
+        .route("/api/v1/auth/logout", post(accounts::logout))
+        .route("/api/v1/auth/whoami", get(accounts::whoami))
+        .route("/api/v1/auth/keys", post(accounts::rotate_key))
+        .route("/api/v1/auth/keys/{kid}", delete(accounts::retire_key))
+        .route(
+            "/api/v1/users",
+            get(accounts::list_users).post(accounts::create_user),
+        )
+        .route(
+            "/api/v1/users/{username}",
+            get(accounts::get_user)
+                .patch(accounts::update_user)
+                .delete(accounts::delete_user),
         )
         .fallback(|| async {
             ApiError::new(
@@ -56,11 +85,15 @@ pub fn router(state: AppState) -> Router {
                 "this route does not take that method; see /api/v1/openapi.json",
             )
         })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            access::authenticate,
+        ))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
 
-fn cluster_name(raw: &str) -> Result<ClusterName, ApiError> {
+pub(crate) fn cluster_name(raw: &str) -> Result<ClusterName, ApiError> {
     ClusterName::new(raw).map_err(ApiError::from_name)
 }
 

@@ -16,6 +16,20 @@ use flotilla_api_types as types;
         crate::cluster_status,
         crate::deploy,
         crate::destroy,
+        crate::accounts::cluster_token,
+        crate::accounts::jwks,
+        crate::accounts::login,
+        crate::accounts::github_login,
+        crate::accounts::refresh,
+        crate::accounts::logout,
+        crate::accounts::whoami,
+        crate::accounts::rotate_key,
+        crate::accounts::retire_key,
+        crate::accounts::list_users,
+        crate::accounts::create_user,
+        crate::accounts::get_user,
+        crate::accounts::update_user,
+        crate::accounts::delete_user,
         serve,
     ),
     components(schemas(
@@ -27,9 +41,42 @@ use flotilla_api_types as types;
         types::NodeState,
         types::ErrorBody,
         types::Health,
-    ))
+        types::Level,
+        types::LoginRequest,
+        types::GithubLoginRequest,
+        types::RefreshRequest,
+        types::TokenResponse,
+        types::ClusterTokenResponse,
+        types::CreateUserRequest,
+        types::UpdateUserRequest,
+        types::UserView,
+        types::UserList,
+        types::WhoAmI,
+    )),
+    modifiers(&BearerAuth),
+    security(("bearer" = []))
 )]
 pub struct ApiDoc;
+
+/// Declares the bearer scheme every authenticated route uses.
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .description(Some("An access token from /api/v1/auth/login"))
+                    .build(),
+            ),
+        );
+    }
+}
 
 /// This document.
 #[utoipa::path(get, path = "/api/v1/openapi.json", responses((status = 200, description = "OpenAPI 3.1 document")))]

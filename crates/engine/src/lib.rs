@@ -240,6 +240,11 @@ impl Engine {
         ))
     }
 
+    /// The engine's clock (injected), for the edges that stamp times too.
+    pub fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        self.shared.clock.now()
+    }
+
     pub fn config(&self) -> &EngineConfig {
         &self.shared.config
     }

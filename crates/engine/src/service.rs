@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use flotilla_domain::{
-    authorize_deploy, authorize_destroy, authorize_status, cluster_state, Caller, ClusterName, ClusterState, DeployCommand, InstanceId, InstanceType,
-    NodeCapacity, NodeState, ObservedNode, PoolName, TimeToLive,
+    authorize_deploy, authorize_destroy, authorize_status, cluster_state, Caller, ClusterName,
+    ClusterState, DeployCommand, InstanceId, InstanceType, NodeCapacity, NodeState, ObservedNode,
+    PoolName, TimeToLive,
 };
 use tokio::time::Instant;
 

@@ -1,11 +1,20 @@
 //! The command-line client. It talks to the server only through the HTTP
-//! API and its shared request and response types.
+//! API and its shared request and response types, with credentials found
+//! as `credentials` describes.
 
 use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
-use flotilla_api_types::{ClusterList, ClusterStatus, DeployRequest, ErrorBody};
+use chrono::Utc;
+use flotilla_api_types::{
+    ClusterList, ClusterStatus, ClusterTokenResponse, CreateUserRequest, DeployRequest, ErrorBody,
+    GithubLoginRequest, Level, LoginRequest, RefreshRequest, TokenResponse, UpdateUserRequest,
+    UserList, UserView, WhoAmI,
+};
 use reqwest::StatusCode;
+use tokio::sync::Mutex;
+
+use crate::credentials::{CachedLogin, Env, Source, TokenCache};
 
 /// Exit statuses of `product.md`.
 pub mod exit {
@@ -26,6 +35,15 @@ pub struct Client {
     server: String,
     http: reqwest::Client,
     output: Output,
+    session: Session,
+}
+
+/// The credentials of this run and the tokens they got.
+struct Session {
+    source: Source,
+    /// Where a login from `flotilla login` is kept, to save refreshed tokens.
+    cache: Option<TokenCache>,
+    live: Mutex<Option<CachedLogin>>,
 }
 
 /// A failure with the exit status it maps to.
@@ -36,7 +54,7 @@ pub struct Failure {
 }
 
 impl Failure {
-    fn new(code: u8, message: impl Into<String>) -> Self {
+    pub fn new(code: u8, message: impl Into<String>) -> Self {
         Self {
             code,
             message: message.into(),
@@ -46,8 +64,28 @@ impl Failure {
 
 type Result<T> = std::result::Result<T, Failure>;
 
+impl From<crate::credentials::CredentialError> for Failure {
+    fn from(e: crate::credentials::CredentialError) -> Self {
+        Failure::new(exit::DENIED, e.to_string())
+    }
+}
+
 impl Client {
+    /// A client with credentials found the usual way (see `credentials`).
     pub fn new(server: &str, output: Output) -> Result<Self> {
+        let env = Env::from_process();
+        let mut client = Self::anonymous(server, output)?;
+        let source = crate::credentials::resolve(&env, &client.server)?;
+        client.session.cache = match source {
+            Source::Cached(_) => Some(env.token_cache()?),
+            _ => None,
+        };
+        client.session.source = source;
+        Ok(client)
+    }
+
+    /// A client that sends no credentials.
+    pub fn anonymous(server: &str, output: Output) -> Result<Self> {
         let server = server.trim_end_matches('/').to_owned();
         if !(server.starts_with("http://") || server.starts_with("https://")) {
             return Err(Failure::new(
@@ -63,17 +101,297 @@ impl Client {
             server,
             http,
             output,
+            session: Session {
+                source: Source::Anonymous,
+                cache: None,
+                live: Mutex::new(None),
+            },
         })
+    }
+
+    /// The bearer token for the next request: the cached or fresh login's,
+    /// refreshed when it is close to expiry, so long waits never fail on it.
+    async fn bearer(&self) -> Result<Option<String>> {
+        let mut live = self.session.live.lock().await;
+        let now = Utc::now();
+        match &self.session.source {
+            Source::Anonymous => return Ok(None),
+            Source::Token(t) => return Ok(Some(t.clone())),
+            Source::Cached(cached) if live.is_none() => *live = Some(cached.clone()),
+            _ => {}
+        }
+        let current = match live.take() {
+            Some(login) if !login.needs_refresh(now) => login,
+            Some(login) if login.refresh_expires_at > now => match self.refresh(&login).await {
+                Ok(fresh) => fresh,
+                Err(e) => match &self.session.source {
+                    Source::Cached(_) => {
+                        return Err(Failure::new(
+                            exit::DENIED,
+                            format!(
+                                "your login to {} has run out ({}); run `flotilla login` again",
+                                self.server, e.message
+                            ),
+                        ))
+                    }
+                    _ => self.sign_in().await?,
+                },
+            },
+            Some(_) if matches!(self.session.source, Source::Cached(_)) => {
+                return Err(Failure::new(
+                    exit::DENIED,
+                    format!(
+                        "your login to {} has expired; run `flotilla login` again",
+                        self.server
+                    ),
+                ))
+            }
+            _ => self.sign_in().await?,
+        };
+        if let Some(cache) = &self.session.cache {
+            if live.as_ref() != Some(&current) {
+                cache.put(&self.server, current.clone())?;
+            }
+        }
+        let token = current.access_token.clone();
+        *live = Some(current);
+        Ok(Some(token))
+    }
+
+    /// Signs in with this run's password or GitHub token.
+    async fn sign_in(&self) -> Result<CachedLogin> {
+        match &self.session.source {
+            Source::Password {
+                username,
+                password,
+                origin,
+            } => self
+                .login_with(&LoginRequest {
+                    username: username.clone(),
+                    password: password.clone(),
+                })
+                .await
+                .map_err(|f| {
+                    Failure::new(
+                        f.code,
+                        format!("signing in as {username} (from {origin}): {}", f.message),
+                    )
+                }),
+            Source::Github(token) => self
+                .github_login_with(&GithubLoginRequest {
+                    token: token.clone(),
+                })
+                .await
+                .map_err(|f| {
+                    Failure::new(
+                        f.code,
+                        format!("signing in with FLOTILLA_GITHUB_TOKEN: {}", f.message),
+                    )
+                }),
+            _ => unreachable!("only password and GitHub sources sign in"),
+        }
+    }
+
+    pub async fn login_with(&self, request: &LoginRequest) -> Result<CachedLogin> {
+        let req = self.http.post(self.url("/api/v1/auth/login")).json(request);
+        Ok(cached(self.send_raw::<TokenResponse>(req).await?.0))
+    }
+
+    pub async fn github_login_with(&self, request: &GithubLoginRequest) -> Result<CachedLogin> {
+        let req = self
+            .http
+            .post(self.url("/api/v1/auth/github"))
+            .json(request);
+        Ok(cached(self.send_raw::<TokenResponse>(req).await?.0))
+    }
+
+    async fn refresh(&self, login: &CachedLogin) -> Result<CachedLogin> {
+        let req = self
+            .http
+            .post(self.url("/api/v1/auth/refresh"))
+            .json(&RefreshRequest {
+                refresh_token: login.refresh_token.clone(),
+            });
+        Ok(cached(self.send_raw::<TokenResponse>(req).await?.0))
+    }
+
+    /// `flotilla login`: signs in and keeps the tokens for this server.
+    pub async fn login(&self, source: Source, cache: &TokenCache) -> Result<u8> {
+        let login = match source {
+            Source::Password { username, password, .. } => {
+                self.login_with(&LoginRequest { username, password }).await?
+            }
+            Source::Github(token) => self.github_login_with(&GithubLoginRequest { token }).await?,
+            Source::Token(_) | Source::Cached(_) | Source::Anonymous => {
+                return Err(Failure::new(
+                    exit::USAGE,
+                    "nothing to sign in with: pass --username (password on standard input) or --github-token, or set FLOTILLA_USERNAME and FLOTILLA_PASSWORD",
+                ))
+            }
+        };
+        cache.put(&self.server, login.clone())?;
+        match self.output {
+            Output::Json => println!(
+                "{}",
+                serde_json::json!({"username": login.username, "expires_at": login.expires_at, "refresh_expires_at": login.refresh_expires_at})
+            ),
+            Output::Text => println!(
+                "signed in to {} as {}; the login is kept in {} until {}",
+                self.server,
+                login.username,
+                cache.path.display(),
+                login.refresh_expires_at.format("%Y-%m-%dT%H:%M:%SZ")
+            ),
+        }
+        Ok(exit::OK)
+    }
+
+    /// `flotilla logout`: revokes the kept login at the server and forgets it.
+    pub async fn logout(&self, cache: &TokenCache) -> Result<u8> {
+        let Some(login) = cache.get(&self.server)? else {
+            println!("not signed in to {}", self.server);
+            return Ok(exit::OK);
+        };
+        let req = self
+            .http
+            .post(self.url("/api/v1/auth/logout"))
+            .json(&RefreshRequest {
+                refresh_token: login.refresh_token.clone(),
+            });
+        // Forgotten here even if the server no longer knows the token.
+        let revoked = self.send_empty(req).await;
+        cache.remove(&self.server)?;
+        match revoked {
+            Ok(()) => println!("signed out of {}", self.server),
+            Err(f) => println!(
+                "forgot the login to {} (the server said: {})",
+                self.server, f.message
+            ),
+        }
+        Ok(exit::OK)
+    }
+
+    pub async fn whoami(&self) -> Result<u8> {
+        let (who, raw) = self
+            .send::<WhoAmI>(self.http.get(self.url("/api/v1/auth/whoami")))
+            .await?;
+        match self.output {
+            Output::Json => println!("{}", raw.trim()),
+            Output::Text => println!(
+                "{} ({}); clusters: {}",
+                who.username.as_deref().unwrap_or("anonymous"),
+                who.level.as_str(),
+                if who.clusters.is_empty() {
+                    "none".to_owned()
+                } else {
+                    who.clusters.join(", ")
+                }
+            ),
+        }
+        Ok(exit::OK)
+    }
+
+    /// `flotilla token CLUSTER`: a cluster access token, printed alone.
+    pub async fn cluster_token(&self, cluster: &str) -> Result<u8> {
+        let req = self
+            .http
+            .post(self.url(&format!("/api/v1/clusters/{cluster}/token")));
+        let (token, raw) = self.send::<ClusterTokenResponse>(req).await?;
+        match self.output {
+            Output::Json => println!("{}", raw.trim()),
+            Output::Text => println!("{}", token.token),
+        }
+        Ok(exit::OK)
+    }
+
+    pub async fn user_add(&self, request: CreateUserRequest) -> Result<u8> {
+        let req = self.http.post(self.url("/api/v1/users")).json(&request);
+        let (user, raw) = self.send::<UserView>(req).await?;
+        self.print_user(&user, &raw);
+        Ok(exit::OK)
+    }
+
+    pub async fn user_list(&self) -> Result<u8> {
+        let (list, raw) = self
+            .send::<UserList>(self.http.get(self.url("/api/v1/users")))
+            .await?;
+        match self.output {
+            Output::Json => println!("{}", raw.trim()),
+            Output::Text => {
+                for u in &list.users {
+                    println!("{}", user_line(u));
+                }
+            }
+        }
+        Ok(exit::OK)
+    }
+
+    pub async fn user_update(&self, username: &str, request: UpdateUserRequest) -> Result<u8> {
+        let req = self
+            .http
+            .patch(self.url(&format!("/api/v1/users/{username}")))
+            .json(&request);
+        let (user, raw) = self.send::<UserView>(req).await?;
+        self.print_user(&user, &raw);
+        Ok(exit::OK)
+    }
+
+    pub async fn user_remove(&self, username: &str) -> Result<u8> {
+        let req = self
+            .http
+            .delete(self.url(&format!("/api/v1/users/{username}")));
+        self.send_empty(req).await?;
+        if self.output == Output::Text {
+            println!("removed {username}");
+        }
+        Ok(exit::OK)
+    }
+
+    fn print_user(&self, user: &UserView, raw: &str) {
+        match self.output {
+            Output::Json => println!("{}", raw.trim()),
+            Output::Text => println!("{}", user_line(user)),
+        }
     }
 
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.server)
     }
 
+    /// Sends with this run's credentials.
     async fn send<T: serde::de::DeserializeOwned>(
         &self,
         req: reqwest::RequestBuilder,
     ) -> Result<(T, String)> {
+        let req = match self.bearer().await? {
+            Some(token) => req.bearer_auth(token),
+            None => req,
+        };
+        self.send_raw(req).await
+    }
+
+    /// Sends with credentials, expecting no body back.
+    async fn send_empty(&self, req: reqwest::RequestBuilder) -> Result<()> {
+        let req = match self.bearer().await? {
+            Some(token) => req.bearer_auth(token),
+            None => req,
+        };
+        self.exchange(req).await.map(|_| ())
+    }
+
+    /// Sends as it is (sign-in calls carry their own credentials).
+    async fn send_raw<T: serde::de::DeserializeOwned>(
+        &self,
+        req: reqwest::RequestBuilder,
+    ) -> Result<(T, String)> {
+        let text = self.exchange(req).await?;
+        let value = serde_json::from_str(&text)
+            .map_err(|e| Failure::new(exit::FAILED, format!("the server's answer is not what this client expects ({e}); are client and server the same version?")))?;
+        Ok((value, text))
+    }
+
+    /// One request: the body of a success, or the failure with its exit status.
+    async fn exchange(&self, req: reqwest::RequestBuilder) -> Result<String> {
         let resp = req.send().await.map_err(|e| {
             if e.is_connect() || e.is_timeout() {
                 Failure::new(
@@ -108,9 +426,7 @@ impl Client {
             }
             return Err(Failure::new(code, message));
         }
-        let value = serde_json::from_str(&text)
-            .map_err(|e| Failure::new(exit::FAILED, format!("the server's answer is not what this client expects ({e}); are client and server the same version?")))?;
-        Ok((value, text))
+        Ok(text)
     }
 
     pub async fn deploy(&self, cluster: &str, request: DeployRequest, wait: bool) -> Result<u8> {
@@ -133,10 +449,17 @@ impl Client {
     /// Sends a deploy or destroy, showing progress while it waits, and
     /// prints the resulting status.
     async fn change(&self, cluster: &str, req: reqwest::RequestBuilder, wait: bool) -> Result<u8> {
-        let progress = wait.then(|| self.progress(cluster));
-        let result = self.send::<ClusterStatus>(req).await;
-        if let Some(p) = progress {
-            p.finish().await;
+        let show = wait && self.output == Output::Text && std::io::stderr().is_terminal();
+        let result = if show {
+            tokio::select! {
+                result = self.send::<ClusterStatus>(req) => result,
+                never = self.show_progress(cluster) => match never {},
+            }
+        } else {
+            self.send::<ClusterStatus>(req).await
+        };
+        if show {
+            eprint!("\r\x1b[K");
         }
         let (status, raw) = result?;
         self.print_status(&status, &raw);
@@ -206,45 +529,55 @@ impl Client {
     }
 
     /// While a waiting request runs, shows "ready / wanted" on a terminal.
-    fn progress(&self, cluster: &str) -> Progress {
-        if self.output != Output::Text || !std::io::stderr().is_terminal() {
-            return Progress { task: None };
-        }
+    /// Each poll takes a fresh bearer, so a long wait refreshes the login
+    /// as it goes. Best effort: a failed poll just skips a beat.
+    async fn show_progress(&self, cluster: &str) -> std::convert::Infallible {
         let url = self.url(&format!("/api/v1/clusters/{cluster}"));
-        let http = self.http.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                if let Ok(resp) = http.get(&url).send().await {
-                    if let Ok(s) = resp.json::<ClusterStatus>().await {
-                        eprint!(
-                            "\r\x1b[K{}: {}, {}/{} nodes ready",
-                            s.cluster,
-                            s.state.as_str(),
-                            s.ready_nodes(),
-                            s.node_capacity
-                        );
-                        let _ = std::io::stderr().flush();
-                    }
+        loop {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let mut req = self.http.get(&url);
+            if let Ok(Some(token)) = self.bearer().await {
+                req = req.bearer_auth(token);
+            }
+            if let Ok(resp) = req.send().await {
+                if let Ok(s) = resp.json::<ClusterStatus>().await {
+                    eprint!(
+                        "\r\x1b[K{}: {}, {}/{} nodes ready",
+                        s.cluster,
+                        s.state.as_str(),
+                        s.ready_nodes(),
+                        s.node_capacity
+                    );
+                    let _ = std::io::stderr().flush();
                 }
             }
-        });
-        Progress { task: Some(task) }
-    }
-}
-
-struct Progress {
-    task: Option<tokio::task::JoinHandle<()>>,
-}
-
-impl Progress {
-    async fn finish(self) {
-        if let Some(t) = self.task {
-            t.abort();
-            let _ = t.await;
-            eprint!("\r\x1b[K");
         }
     }
+}
+
+fn cached(t: TokenResponse) -> CachedLogin {
+    CachedLogin {
+        username: t.username,
+        access_token: t.access_token,
+        issued_at: Utc::now(),
+        expires_at: t.expires_at,
+        refresh_token: t.refresh_token,
+        refresh_expires_at: t.refresh_expires_at,
+    }
+}
+
+fn user_line(u: &UserView) -> String {
+    let mut line = format!("{:<24} {:<14} {:<7}", u.username, u.level.as_str(), u.kind);
+    if !u.grants.is_empty() {
+        line.push_str(&format!(" grants {}", u.grants.join(", ")));
+    }
+    line
+}
+
+/// Parses a level as the API names it.
+pub fn parse_level(s: &str) -> std::result::Result<Level, String> {
+    serde_json::from_value(serde_json::Value::String(s.to_owned()))
+        .map_err(|_| format!("{s:?} is not a level; use github_member, org_member or admin"))
 }
 
 fn summary_line(s: &ClusterStatus) -> String {

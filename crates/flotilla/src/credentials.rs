@@ -123,6 +123,11 @@ pub fn resolve(env: &Env, server: &str) -> Result<Source, CredentialError> {
     if let Some(token) = &env.token {
         return Ok(Source::Token(token.clone()));
     }
+    sign_in_source(env, server)
+}
+
+/// What `flotilla login` signs in with when given no flags: steps 3 and 4.
+pub fn sign_in_source(env: &Env, server: &str) -> Result<Source, CredentialError> {
     match (&env.username, &env.password) {
         (Some(username), Some(password)) => {
             return Ok(Source::Password {
@@ -228,8 +233,7 @@ fn parse_netrc(text: &str) -> Vec<NetrcEntry> {
     let mut tokens: Vec<String> = Vec::new();
     // Macro definitions run to the next blank line and hold no credentials.
     while let Some(line) = lines.next() {
-        let mut words = line.split_whitespace().peekable();
-        while let Some(word) = words.next() {
+        for word in line.split_whitespace() {
             if word.starts_with('#') && tokens.last().map(String::as_str) != Some("password") {
                 break;
             }

@@ -11,9 +11,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use flotilla_api_types::DeployRequest;
+use flotilla_api_types::{CreateUserRequest, DeployRequest, Level, UpdateUserRequest};
 
 use crate::cli::{exit, Client, Output};
+use crate::credentials::{Env, Source};
 
 #[derive(Parser)]
 #[command(
@@ -80,12 +81,88 @@ enum Command {
         #[arg(long)]
         wait: bool,
     },
+    /// Sign in and keep the login (mode 0600) for later commands. The
+    /// password is read from standard input.
+    Login {
+        /// A local account.
+        #[arg(long, conflicts_with = "github_token")]
+        username: Option<String>,
+        /// A GitHub token instead (or FLOTILLA_GITHUB_TOKEN).
+        #[arg(long)]
+        github_token: Option<String>,
+    },
+    /// Revoke the kept login and forget it.
+    Logout,
+    /// Show who the current credentials are.
+    Whoami,
+    /// Print an access token for one of your clusters (for its own proxy).
+    Token { cluster: String },
+    /// Manage accounts (admins).
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
     /// Run a node agent (what the `local` driver starts for each node).
     Node {
         /// The node's instance directory, as written by the local driver.
         #[arg(long)]
         instance_dir: PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Create a local account; the password is read from standard input.
+    Add {
+        username: String,
+        /// github_member, org_member or admin.
+        #[arg(long, value_parser = cli::parse_level)]
+        level: Level,
+        /// A cluster the account may use besides its own (repeatable).
+        #[arg(long = "grant")]
+        grants: Vec<String>,
+    },
+    /// List accounts.
+    List,
+    /// Change an account's level.
+    SetLevel {
+        username: String,
+        #[arg(value_parser = cli::parse_level)]
+        level: Level,
+    },
+    /// Replace the clusters an account may use besides its own.
+    SetGrants {
+        username: String,
+        clusters: Vec<String>,
+    },
+    /// Remove an account and every sign-in it has.
+    Remove { username: String },
+}
+
+/// A password from standard input: prompted without echo on a terminal,
+/// else the first line.
+fn read_password(what: &str) -> Result<String, cli::Failure> {
+    use std::io::IsTerminal;
+    let password = if std::io::stdin().is_terminal() {
+        rpassword::prompt_password(format!("{what}: "))
+    } else {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line).map(|_| line)
+    }
+    .map_err(|e| {
+        cli::Failure::new(
+            exit::USAGE,
+            format!("cannot read the {what} from standard input: {e}"),
+        )
+    })?;
+    let password = password.trim_end_matches(['\n', '\r']).to_owned();
+    if password.is_empty() {
+        return Err(cli::Failure::new(
+            exit::USAGE,
+            format!("no {what} on standard input"),
+        ));
+    }
+    Ok(password)
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -126,7 +203,12 @@ fn main() -> ExitCode {
             if let Some(d) = data_dir {
                 config.data_dir = d;
             }
-            match runtime().block_on(serve::run(config)) {
+            // Taken out of the environment before any thread starts, so the
+            // node processes this server spawns never see it.
+            let admin_password = std::env::var("FLOTILLA_ADMIN_PASSWORD").ok();
+            // SAFETY: no other thread exists yet (the runtime starts below).
+            unsafe { std::env::remove_var("FLOTILLA_ADMIN_PASSWORD") };
+            match runtime().block_on(serve::run(config, admin_password)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("flotilla serve: {e:#}");
@@ -156,6 +238,28 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Login {
+            username,
+            github_token,
+        } => {
+            let result = (|| {
+                let env = Env::from_process();
+                let source = match (username, github_token) {
+                    (Some(username), _) => Source::Password {
+                        password: read_password("password")?,
+                        username,
+                        origin: "--username".into(),
+                    },
+                    (None, Some(token)) => Source::Github(token),
+                    // Otherwise what the environment or ~/.netrc holds.
+                    (None, None) => crate::credentials::sign_in_source(&env, &cli.server)?,
+                };
+                let cache = env.token_cache()?;
+                let client = Client::anonymous(&cli.server, cli.output)?;
+                runtime().block_on(client.login(source, &cache))
+            })();
+            finish(result)
+        }
         command => {
             let client = match Client::new(&cli.server, cli.output) {
                 Ok(c) => c,
@@ -184,16 +288,66 @@ fn main() -> ExitCode {
                     }
                     Command::Status { cluster } => client.status(cluster.as_deref()).await,
                     Command::Destroy { cluster, wait } => client.destroy(&cluster, wait).await,
-                    Command::Serve { .. } | Command::Node { .. } => unreachable!("handled above"),
+                    Command::Logout => client.logout(&Env::from_process().token_cache()?).await,
+                    Command::Whoami => client.whoami().await,
+                    Command::Token { cluster } => client.cluster_token(&cluster).await,
+                    Command::User { command } => match command {
+                        UserCommand::Add {
+                            username,
+                            level,
+                            grants,
+                        } => {
+                            let password = read_password("password")?;
+                            client
+                                .user_add(CreateUserRequest {
+                                    username,
+                                    password,
+                                    level,
+                                    grants,
+                                })
+                                .await
+                        }
+                        UserCommand::List => client.user_list().await,
+                        UserCommand::SetLevel { username, level } => {
+                            client
+                                .user_update(
+                                    &username,
+                                    UpdateUserRequest {
+                                        level: Some(level),
+                                        grants: None,
+                                    },
+                                )
+                                .await
+                        }
+                        UserCommand::SetGrants { username, clusters } => {
+                            client
+                                .user_update(
+                                    &username,
+                                    UpdateUserRequest {
+                                        level: None,
+                                        grants: Some(clusters),
+                                    },
+                                )
+                                .await
+                        }
+                        UserCommand::Remove { username } => client.user_remove(&username).await,
+                    },
+                    Command::Serve { .. } | Command::Node { .. } | Command::Login { .. } => {
+                        unreachable!("handled above")
+                    }
                 }
             });
-            match result {
-                Ok(code) => ExitCode::from(code),
-                Err(f) => {
-                    eprintln!("flotilla: {}", f.message);
-                    ExitCode::from(f.code)
-                }
-            }
+            finish(result)
+        }
+    }
+}
+
+fn finish(result: Result<u8, cli::Failure>) -> ExitCode {
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(f) => {
+            eprintln!("flotilla: {}", f.message);
+            ExitCode::from(f.code)
         }
     }
 }

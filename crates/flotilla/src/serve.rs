@@ -8,12 +8,15 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
+use flotilla_api::ratelimit::{RateClock, RateLimits};
 use flotilla_api::AppState;
 use flotilla_cloud::fake::FakeCloud;
 use flotilla_cloud::{CloudMetrics, InstanceSet, Metered, SystemClock, Throttled};
 use flotilla_driver_local::{LocalConfig, LocalInstanceSet};
 use flotilla_engine::Engine;
-use flotilla_store::{SqliteStore, Store};
+use flotilla_github::{GithubClient, GithubConfig};
+use flotilla_identity::{Identity, IdentityConfig, KeyRing, TokenIssuer};
+use flotilla_store::{AccountStore, SqliteStore, Store};
 use prometheus_client::registry::Registry;
 
 use crate::config::{Config, DriverConfig};
@@ -36,7 +39,72 @@ fn lock_data_dir(dir: &Path) -> anyhow::Result<File> {
     Ok(file)
 }
 
-pub async fn run(config: Config) -> anyhow::Result<()> {
+/// The sign-in service: keys under the data directory, the first admin,
+/// GitHub if configured.
+async fn identity(
+    config: &Config,
+    store: Arc<dyn AccountStore>,
+    admin_password: Option<String>,
+) -> anyhow::Result<Identity> {
+    let access = &config.access;
+    let keys = KeyRing::load_or_create(config.data_dir.join("keys"))
+        .context("cannot load the token signing keys")?;
+    let tokens = TokenIssuer::new(
+        keys,
+        access.issuer.clone(),
+        access.access_token_ttl,
+        access.cluster_token_ttl,
+    );
+    let github = match &access.github {
+        None => None,
+        Some(g) => Some(
+            GithubClient::new(GithubConfig {
+                api_url: g.api_url.clone(),
+                org: g.org.clone(),
+                timeout: g.timeout,
+            })
+            .context("config [github]")?,
+        ),
+    };
+    flotilla_identity::prepare_password_verifier();
+    let identity = Identity::new(
+        store.clone(),
+        tokens,
+        github,
+        IdentityConfig {
+            refresh_token_ttl: access.refresh_token_ttl,
+        },
+    );
+    let now = chrono::Utc::now();
+    let has_admin = |accounts: Vec<flotilla_store::AccountRecord>| {
+        accounts
+            .iter()
+            .any(|a| a.level == flotilla_domain::Level::Admin)
+    };
+    match admin_password {
+        Some(password) => {
+            if identity
+                .bootstrap_admin(&password, now)
+                .await
+                .context("FLOTILLA_ADMIN_PASSWORD")?
+            {
+                tracing::info!(
+                    "created the first admin account, {}",
+                    flotilla_identity::FIRST_ADMIN
+                );
+            } else {
+                tracing::info!("an admin account exists; FLOTILLA_ADMIN_PASSWORD is ignored");
+            }
+        }
+        None if !has_admin(store.list_accounts().await?) => {
+            tracing::warn!("there is no admin account: restart with FLOTILLA_ADMIN_PASSWORD set to create account admin");
+        }
+        None => {}
+    }
+    Ok(identity)
+}
+
+pub async fn run(config: Config, admin_password: Option<String>) -> anyhow::Result<()> {
     let _lock = lock_data_dir(&config.data_dir)?;
     // Bind before anything is started, so a busy port changes nothing.
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -47,6 +115,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .await
             .context("cannot open the state database")?,
     );
+    let identity = Arc::new(identity(&config, store.clone(), admin_password).await?);
+    let limits = Arc::new(RateLimits::new(
+        config.access.requests_per_minute,
+        config.access.login_failures,
+        config.access.login_failure_window,
+        RateClock::real(),
+    ));
     let mut registry = Registry::default();
     let cloud_metrics = Arc::new(CloudMetrics::register(&mut registry));
 
@@ -113,14 +188,30 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         config.data_dir.display()
     );
 
+    let housekeeping = {
+        let limits = limits.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
+            loop {
+                every.tick().await;
+                limits.housekeeping();
+            }
+        })
+    };
     let app = flotilla_api::router(AppState {
         engine: engine.clone(),
+        identity,
+        limits,
         registry: Arc::new(registry),
     });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("HTTP server failed")?;
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown_signal())
+    .await
+    .context("HTTP server failed")?;
+    housekeeping.abort();
     tracing::info!("shutting down: draining reconciles");
     tasks.shutdown().await;
     Ok(())

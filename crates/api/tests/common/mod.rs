@@ -11,12 +11,15 @@ use std::time::Duration;
 use axum::body::{to_bytes, Body, Bytes};
 use axum::http::{header, HeaderMap, Method, Request, StatusCode};
 use axum::Router;
+use flotilla_api::ratelimit::{RateClock, RateLimits};
 use flotilla_api::{router, AppState};
 use flotilla_cloud::fake::{FakeCloud, FakeConfig};
 use flotilla_cloud::{InstanceSet, Tags, Throttled, TokioClock};
 use flotilla_domain::{InstanceType, Limits, PoolName};
 use flotilla_engine::{Engine, EngineConfig, EngineTasks, PoolSpec};
+use flotilla_identity::{Identity, IdentityConfig, KeyRing, TokenIssuer};
 use flotilla_store::MemoryStore;
+use governor::clock::FakeRelativeClock;
 use prometheus_client::registry::Registry;
 use serde_json::Value;
 use tower::ServiceExt;
@@ -57,11 +60,26 @@ pub fn deploy_body(nodes: i64) -> Value {
     serde_json::json!({"node_capacity": nodes, "time_to_live": 3600})
 }
 
+/// The first admin's password in every test server.
+pub const ADMIN_PASSWORD: &str = "admin-password-for-tests";
+
+/// Requests per minute of each level in tests (anonymous, github member,
+/// org member, admin).
+pub const RATES: [u32; 4] = [30, 60, 120, 100_000];
+
 pub struct TestApi {
     pub router: Router,
     pub engine: Engine,
     pub tasks: Option<EngineTasks>,
     pub cloud: FakeCloud,
+    pub identity: Arc<Identity>,
+    pub store: Arc<MemoryStore>,
+    /// Drives the rate limiters.
+    pub rate_clock: FakeRelativeClock,
+    /// The admin's access token, sent by `send` unless a request has its own
+    /// Authorization header.
+    pub admin_token: String,
+    _keys: tempfile::TempDir,
 }
 
 impl TestApi {
@@ -75,9 +93,10 @@ impl TestApi {
         let set: Arc<dyn InstanceSet> =
             Arc::new(Throttled::new(cloud.instance_set("test-set"), None));
         let mut registry = Registry::default();
+        let store = Arc::new(MemoryStore::new());
         let (engine, tasks) = Engine::start(
             config(),
-            Arc::new(MemoryStore::new()),
+            store.clone(),
             BTreeMap::from([("fake".to_owned(), set)]),
             pools(),
             PoolName::new("default").unwrap(),
@@ -86,8 +105,42 @@ impl TestApi {
         )
         .await
         .expect("engine starts");
+        let keys = tempfile::tempdir().unwrap();
+        let tokens = TokenIssuer::new(
+            KeyRing::load_or_create(keys.path().join("keys")).unwrap(),
+            "flotilla-test",
+            Duration::from_secs(15 * 60),
+            Duration::from_secs(3600),
+        );
+        let identity = Arc::new(Identity::new(
+            store.clone(),
+            tokens,
+            None,
+            IdentityConfig {
+                refresh_token_ttl: Duration::from_secs(24 * 3600),
+            },
+        ));
+        assert!(identity
+            .bootstrap_admin(ADMIN_PASSWORD, engine.now())
+            .await
+            .unwrap());
+        let admin_token = identity
+            .login("admin", ADMIN_PASSWORD, engine.now())
+            .await
+            .unwrap()
+            .access
+            .token;
+        let rate_clock = FakeRelativeClock::default();
+        let limits = Arc::new(RateLimits::new(
+            RATES,
+            3,
+            Duration::from_secs(60),
+            RateClock::Manual(rate_clock.clone()),
+        ));
         let router = router(AppState {
             engine: engine.clone(),
+            identity: identity.clone(),
+            limits,
             registry: Arc::new(registry),
         });
         Self {
@@ -95,7 +148,26 @@ impl TestApi {
             engine,
             tasks: Some(tasks),
             cloud,
+            identity,
+            store,
+            rate_clock,
+            admin_token,
+            _keys: keys,
         }
+    }
+
+    /// Sends without credentials.
+    pub async fn send_anonymous(&self, req: Request<Body>) -> Reply {
+        self.dispatch(req).await
+    }
+
+    /// Sends with `token` as the bearer.
+    pub async fn send_as(&self, token: &str, mut req: Request<Body>) -> Reply {
+        req.headers_mut().insert(
+            header::AUTHORIZATION,
+            format!("Bearer {token}").parse().unwrap(),
+        );
+        self.dispatch(req).await
     }
 
     /// Begins shutdown the way the server does after its listener closes.
@@ -105,7 +177,16 @@ impl TestApi {
         }
     }
 
+    /// Sends as the admin unless the request carries its own credentials.
     pub async fn send(&self, req: Request<Body>) -> Reply {
+        if req.headers().contains_key(header::AUTHORIZATION) {
+            return self.dispatch(req).await;
+        }
+        let token = self.admin_token.clone();
+        self.send_as(&token, req).await
+    }
+
+    async fn dispatch(&self, req: Request<Body>) -> Reply {
         let res = self
             .router
             .clone()

@@ -1,0 +1,201 @@
+//! Authentication and rate limiting, in front of every route.
+//!
+//! The layer turns the `Authorization` header into a [`Caller`] (no header:
+//! anonymous; a bad token: 401, never a silent fall back to anonymous),
+//! counts the request against the caller's rate limit, and hands the caller
+//! to the handler, which authorises it through a domain rule. [`ROUTES`]
+//! lists every route with that decision, and a test checks it against the
+//! router.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{header, HeaderValue, Method};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use flotilla_domain::Caller;
+
+use crate::{ApiError, AppState};
+
+/// Who may call a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone, without a token and without a rate limit: liveness, the API
+    /// document, the public keys, metrics (counts only, no names).
+    Open,
+    /// Anyone, rate limited per network: the sign-in routes, which check
+    /// their own credentials (and count failures).
+    SignIn,
+    /// Authenticated (or anonymous) and rate limited; the handler decides
+    /// by the named domain rule.
+    Rule(&'static str),
+}
+
+/// Every route, with who may call it. A route missing here is a bug the
+/// tests catch.
+pub const ROUTES: &[(&str, &str, Access)] = &[
+    ("GET", "/healthz", Access::Open),
+    ("GET", "/metrics", Access::Open),
+    ("GET", "/api/v1/openapi.json", Access::Open),
+    ("GET", "/.well-known/jwks.json", Access::Open),
+    ("POST", "/api/v1/auth/login", Access::SignIn),
+    ("POST", "/api/v1/auth/github", Access::SignIn),
+    ("POST", "/api/v1/auth/refresh", Access::SignIn),
+    ("POST", "/api/v1/auth/logout", Access::SignIn),
+    ("GET", "/api/v1/auth/whoami", Access::Rule("anyone")),
+    ("POST", "/api/v1/auth/keys", Access::Rule("authorize_admin")),
+    (
+        "DELETE",
+        "/api/v1/auth/keys/{kid}",
+        Access::Rule("authorize_admin"),
+    ),
+    ("GET", "/api/v1/clusters", Access::Rule("authorize_status")),
+    (
+        "GET",
+        "/api/v1/clusters/{cluster}",
+        Access::Rule("authorize_status"),
+    ),
+    (
+        "PUT",
+        "/api/v1/clusters/{cluster}",
+        Access::Rule("authorize_deploy"),
+    ),
+    (
+        "DELETE",
+        "/api/v1/clusters/{cluster}",
+        Access::Rule("authorize_destroy"),
+    ),
+    (
+        "POST",
+        "/api/v1/clusters/{cluster}/token",
+        Access::Rule("authorize_cluster_token"),
+    ),
+    ("GET", "/api/v1/users", Access::Rule("authorize_admin")),
+    ("POST", "/api/v1/users", Access::Rule("authorize_admin")),
+    (
+        "GET",
+        "/api/v1/users/{username}",
+        Access::Rule("authorize_admin"),
+    ),
+    (
+        "PATCH",
+        "/api/v1/users/{username}",
+        Access::Rule("authorize_admin"),
+    ),
+    (
+        "DELETE",
+        "/api/v1/users/{username}",
+        Access::Rule("authorize_admin"),
+    ),
+];
+
+/// The route template a request path matches, and its access.
+pub fn route_access(method: &Method, path: &str) -> Option<Access> {
+    let segments: Vec<&str> = path.split('/').collect();
+    ROUTES.iter().find_map(|(m, template, access)| {
+        let t: Vec<&str> = template.split('/').collect();
+        let matches = *m == method.as_str()
+            && t.len() == segments.len()
+            && t.iter()
+                .zip(&segments)
+                .all(|(t, s)| (t.starts_with('{') && !s.is_empty()) || t == s);
+        matches.then_some(*access)
+    })
+}
+
+/// The client's address: the peer of the connection. (Behind a reverse
+/// proxy every client shares the proxy's address; flotilla does not trust
+/// forwarded-for headers.)
+pub fn peer(request: &Request) -> IpAddr {
+    request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| addr.ip())
+        .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
+}
+
+/// The middleware: authenticate, rate limit, pass the caller on.
+pub async fn authenticate(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let access = route_access(request.method(), request.uri().path());
+    if access == Some(Access::Open) {
+        return next.run(request).await;
+    }
+    let peer = peer(&request);
+    let caller = match bearer(&request) {
+        Ok(None) => Caller::anonymous(),
+        Ok(Some(token)) => match state.identity.authenticate(token, state.engine.now()) {
+            Ok(caller) => caller,
+            Err(e) => return ApiError::from(e).into_response(),
+        },
+        Err(e) => return e.into_response(),
+    };
+    // Sign-in routes are counted per network whoever calls them.
+    let counted = if access == Some(Access::SignIn) {
+        Caller::anonymous()
+    } else {
+        caller.clone()
+    };
+    if let Err(wait) = state.limits.check_request(&counted, peer) {
+        return rate_limited(wait.seconds()).into_response();
+    }
+    request.extensions_mut().insert(caller);
+    next.run(request).await
+}
+
+/// A 429 with `Retry-After`.
+pub fn rate_limited(seconds: u64) -> Response {
+    let mut response = ApiError::new(
+        axum::http::StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited",
+        format!("too many requests; try again in {seconds} s"),
+    )
+    .into_response();
+    response.headers_mut().insert(
+        header::RETRY_AFTER,
+        HeaderValue::from_str(&seconds.to_string()).expect("digits"),
+    );
+    response
+}
+
+fn bearer(request: &Request) -> Result<Option<&str>, ApiError> {
+    let Some(value) = request.headers().get(header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let value = value
+        .to_str()
+        .map_err(|_| ApiError::unauthenticated("the Authorization header is not text"))?;
+    match value.split_once(' ') {
+        Some((scheme, token))
+            if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() =>
+        {
+            Ok(Some(token.trim()))
+        }
+        _ => Err(ApiError::unauthenticated(
+            "use `Authorization: Bearer <token>` with a token from /api/v1/auth/login",
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_match_templates() {
+        assert_eq!(
+            route_access(&Method::PUT, "/api/v1/clusters/demo"),
+            Some(Access::Rule("authorize_deploy"))
+        );
+        assert_eq!(
+            route_access(&Method::POST, "/api/v1/clusters/demo/token"),
+            Some(Access::Rule("authorize_cluster_token"))
+        );
+        assert_eq!(route_access(&Method::GET, "/healthz"), Some(Access::Open));
+        assert_eq!(route_access(&Method::GET, "/api/v1/clusters/"), None);
+        assert_eq!(route_access(&Method::POST, "/healthz"), None);
+    }
+}

@@ -1,0 +1,136 @@
+//! Password hashes: argon2id with OWASP's parameters, stored as PHC strings
+//! (`$argon2id$v=19$m=19456,t=2,p=1$<salt>$<hash>`), so the parameters
+//! travel with each hash and can be raised later without breaking old ones.
+//!
+//! No type or error here ever holds the password itself.
+
+use std::sync::OnceLock;
+
+use argon2::{Algorithm, Argon2, Params, PasswordHash, PasswordHasher, PasswordVerifier, Version};
+
+/// Fewest characters (not bytes) a new password may have.
+pub const MIN_PASSWORD_CHARS: usize = 12;
+/// Most bytes a password may have: argon2 accepts any length, but a login
+/// request should not make the server hash megabytes.
+pub const MAX_PASSWORD_BYTES: usize = 1024;
+
+/// OWASP's argon2id recommendation: 19 MiB of memory, two passes, one lane.
+const PARAMS: Params = match Params::new(19_456, 2, 1, None) {
+    Ok(params) => params,
+    Err(_) => panic!("the OWASP argon2 parameters are valid"),
+};
+
+/// Verified against when an account does not exist, so that an unknown
+/// username costs the same as a wrong password. Nobody can sign in with it:
+/// it is only ever consulted for a result that is then thrown away.
+const DUMMY_PASSWORD: &[u8] = b"flotilla: this account does not exist";
+const DUMMY_SALT: &[u8] = b"flotilla-no-account";
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PasswordError {
+    #[error(
+        "the password has {chars} characters; use at least {MIN_PASSWORD_CHARS} \
+         (a few unrelated words make a long password easy to remember)"
+    )]
+    TooShort { chars: usize },
+    #[error("the password is {bytes} bytes long; use at most {MAX_PASSWORD_BYTES} bytes")]
+    TooLong { bytes: usize },
+    /// The hasher failed (no randomness for the salt, or no memory); the
+    /// message comes from argon2 and never includes the password.
+    #[error("could not hash the password: {0}")]
+    Hash(String),
+}
+
+fn hasher() -> Argon2<'static> {
+    Argon2::new(Algorithm::Argon2id, Version::V0x13, PARAMS)
+}
+
+/// Whether `password` may be set as a new password.
+pub fn check_password_rules(password: &str) -> Result<(), PasswordError> {
+    let bytes = password.len();
+    if bytes > MAX_PASSWORD_BYTES {
+        return Err(PasswordError::TooLong { bytes });
+    }
+    let chars = password.chars().count();
+    if chars < MIN_PASSWORD_CHARS {
+        return Err(PasswordError::TooShort { chars });
+    }
+    Ok(())
+}
+
+/// Hashes a new password (checked against [`check_password_rules`] first)
+/// with a fresh random salt, as a PHC string to store.
+pub fn hash_password(password: &str) -> Result<String, PasswordError> {
+    check_password_rules(password)?;
+    hasher()
+        .hash_password(password.as_bytes())
+        .map(|hash| hash.to_string())
+        .map_err(|e| PasswordError::Hash(e.to_string()))
+}
+
+fn dummy_hash() -> Option<&'static PasswordHash> {
+    static DUMMY: OnceLock<Option<PasswordHash>> = OnceLock::new();
+    DUMMY
+        .get_or_init(|| {
+            hasher()
+                .hash_password_with_salt(DUMMY_PASSWORD, DUMMY_SALT)
+                .ok()
+        })
+        .as_ref()
+}
+
+/// Computes the hash that unknown accounts are checked against, so that
+/// the first login for an unknown account is not slower than the rest.
+/// Call once at start-up; [`verify_password`] does it otherwise.
+pub fn prepare_password_verifier() {
+    dummy_hash();
+}
+
+/// Whether `password` matches the `stored` PHC string. `None` (no such
+/// account), a stored string that does not parse and an over-long password
+/// are all `false` after the same argon2 work as a real check, so the time
+/// taken does not tell which accounts exist. The comparison of the outputs
+/// is constant time (argon2's `Output` equality).
+pub fn verify_password(stored: Option<&str>, password: &str) -> bool {
+    let candidate = password.as_bytes();
+    if candidate.len() <= MAX_PASSWORD_BYTES {
+        if let Some(hash) = stored.and_then(|s| PasswordHash::new(s).ok()) {
+            return hasher().verify_password(candidate, &hash).is_ok();
+        }
+    }
+    let bounded = &candidate[..candidate.len().min(MAX_PASSWORD_BYTES)];
+    match dummy_hash() {
+        Some(dummy) => {
+            let _ = hasher().verify_password(bounded, dummy);
+        }
+        None => {
+            let _ = hasher().hash_password_with_salt(bounded, DUMMY_SALT);
+        }
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hashes_are_argon2id_with_owasp_parameters() {
+        let hash = hash_password("correct horse battery").unwrap();
+        assert!(
+            hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
+            "{hash}"
+        );
+        let again = hash_password("correct horse battery").unwrap();
+        assert_ne!(hash, again, "each hash has its own salt");
+    }
+
+    #[test]
+    fn the_dummy_hash_uses_the_same_parameters() {
+        let dummy = dummy_hash().unwrap().to_string();
+        assert!(
+            dummy.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
+            "{dummy}"
+        );
+    }
+}

@@ -1,0 +1,497 @@
+//! Sign-in and accounts as the API offers them: LOGIN with a password or a
+//! GitHub token, refresh and logout, cluster tokens, the first admin, and
+//! account management for admins. Built on the store's accounts and this
+//! crate's primitives; every method takes the current time.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use flotilla_domain::{
+    allowed_clusters, authorize_admin, authorize_cluster_token, AccountKind, Caller, ClusterName,
+    Denied, Level, NameError, Username,
+};
+use flotilla_github::{GithubClient, GithubError};
+use flotilla_store::{AccountRecord, AccountStore, RefreshTokenRecord, Rotation, StoreError};
+
+use crate::{
+    check_password_rules, hash_password, new_refresh_secret, refresh_id, verify_password,
+    IssueError, IssuedToken, KeyError, PasswordError, TokenError, TokenIssuer,
+};
+
+/// The name of the first admin account.
+pub const FIRST_ADMIN: &str = "admin";
+
+/// Token lifetimes beyond the access token's (which the issuer holds).
+#[derive(Debug, Clone)]
+pub struct IdentityConfig {
+    pub refresh_token_ttl: Duration,
+}
+
+/// Why a sign-in or account request failed. The API maps each to a status.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    /// Unknown user or wrong password: one answer for both, so names cannot
+    /// be probed.
+    #[error("wrong username or password")]
+    BadCredentials,
+    #[error("{0}")]
+    Token(#[from] TokenError),
+    #[error("this token was issued before the account was changed or removed; sign in again")]
+    Revoked,
+    #[error("the refresh token is unknown, expired or revoked; sign in again")]
+    RefreshInvalid,
+    #[error("the refresh token was already used, so every token of that sign-in is now revoked; sign in again")]
+    RefreshReused,
+    #[error(transparent)]
+    Denied(#[from] Denied),
+    #[error(transparent)]
+    InvalidName(#[from] NameError),
+    #[error(transparent)]
+    Password(#[from] PasswordError),
+    #[error(
+        "accounts cannot be created at level anonymous; use github_member, org_member or admin"
+    )]
+    AnonymousAccount,
+    #[error("an account named {username} already exists ({kind} account)")]
+    Exists {
+        username: Username,
+        kind: AccountKind,
+    },
+    #[error("there is no account named {0}")]
+    NotFound(Username),
+    #[error("{0} is the last admin; make another account admin first")]
+    LastAdmin(Username),
+    #[error("GitHub sign-in is not configured on this server (no [github] section)")]
+    GithubDisabled,
+    #[error(transparent)]
+    Github(#[from] GithubError),
+    #[error(transparent)]
+    Issue(#[from] IssueError),
+    #[error(transparent)]
+    Keys(#[from] KeyError),
+    #[error("storage failed: {0}")]
+    Store(StoreError),
+}
+
+impl From<StoreError> for IdentityError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::AccountExists { username, kind } => {
+                IdentityError::Exists { username, kind }
+            }
+            other => IdentityError::Store(other),
+        }
+    }
+}
+
+/// What a sign-in or a refresh hands back.
+#[derive(Clone)]
+pub struct Tokens {
+    pub access: IssuedToken,
+    pub refresh_token: String,
+    pub refresh_expires_at: DateTime<Utc>,
+    pub account: AccountRecord,
+}
+
+impl std::fmt::Debug for Tokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokens")
+            .field("username", &self.account.username)
+            .field("expires_at", &self.access.expires_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A new local account, as an admin asks for it.
+pub struct NewUser {
+    pub username: String,
+    pub password: String,
+    pub level: Level,
+    pub grants: Vec<String>,
+}
+
+/// The whole of sign-in, shared by every request.
+pub struct Identity {
+    store: Arc<dyn AccountStore>,
+    tokens: TokenIssuer,
+    github: Option<GithubClient>,
+    config: IdentityConfig,
+    /// Accounts changed or removed on this server, and when: their access
+    /// tokens issued before then are refused, so a removal or a demotion
+    /// takes effect at once rather than when the token expires.
+    changed: Mutex<HashMap<Username, i64>>,
+    /// Each password hash takes 19 MiB and tens of milliseconds of a core;
+    /// a burst of logins queues here instead of exhausting the machine.
+    hashing: tokio::sync::Semaphore,
+}
+
+impl Identity {
+    pub fn new(
+        store: Arc<dyn AccountStore>,
+        tokens: TokenIssuer,
+        github: Option<GithubClient>,
+        config: IdentityConfig,
+    ) -> Self {
+        Self {
+            store,
+            tokens,
+            github,
+            config,
+            changed: Mutex::new(HashMap::new()),
+            hashing: tokio::sync::Semaphore::new(2),
+        }
+    }
+
+    pub fn tokens(&self) -> &TokenIssuer {
+        &self.tokens
+    }
+
+    /// Creates account `admin` with `password` if no admin exists. True if
+    /// it was created.
+    pub async fn bootstrap_admin(
+        &self,
+        password: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool, IdentityError> {
+        check_password_rules(password)?;
+        let hash = self.hash(password.to_owned()).await?;
+        let record = AccountRecord {
+            username: Username::new(FIRST_ADMIN).expect("a valid name"),
+            kind: AccountKind::Local,
+            level: Level::Admin,
+            password_hash: Some(hash),
+            grants: BTreeSet::new(),
+            created_at: now,
+        };
+        Ok(self.store.create_first_admin(&record).await?)
+    }
+
+    /// The caller a bearer token stands for.
+    pub fn authenticate(&self, token: &str, now: DateTime<Utc>) -> Result<Caller, IdentityError> {
+        let claims = self.tokens.verify_access(token, now)?;
+        if let Some(changed) = self.changed.lock().expect("not poisoned").get(&claims.sub) {
+            if claims.iat < *changed {
+                return Err(IdentityError::Revoked);
+            }
+        }
+        Ok(claims.caller())
+    }
+
+    /// LOGIN with a local account's password.
+    pub async fn login(
+        &self,
+        username: &str,
+        password: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Tokens, IdentityError> {
+        let account = match Username::new(username) {
+            Ok(name) => self.store.get_account(&name).await?,
+            Err(_) => None,
+        };
+        let stored = account
+            .as_ref()
+            .filter(|a| a.kind == AccountKind::Local)
+            .and_then(|a| a.password_hash.clone());
+        // Verified even when there is no account, against a dummy hash, so
+        // the answer takes as long either way.
+        let password = password.to_owned();
+        let _permit = self.hashing.acquire().await.expect("never closed");
+        let ok = tokio::task::spawn_blocking(move || verify_password(stored.as_deref(), &password))
+            .await
+            .unwrap_or(false);
+        match account {
+            Some(account) if ok => self.sign_in(account, now).await,
+            _ => Err(IdentityError::BadCredentials),
+        }
+    }
+
+    /// LOGIN with a GitHub token: GitHub says who it is and whether they
+    /// are an active member of the organisation.
+    pub async fn github_login(
+        &self,
+        token: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Tokens, IdentityError> {
+        let github = self.github.as_ref().ok_or(IdentityError::GithubDisabled)?;
+        let who = github.identify(token).await?;
+        let account = self
+            .store
+            .upsert_github_account(&who.login, who.level, now)
+            .await?;
+        self.sign_in(account, now).await
+    }
+
+    async fn sign_in(
+        &self,
+        account: AccountRecord,
+        now: DateTime<Utc>,
+    ) -> Result<Tokens, IdentityError> {
+        let secret = new_refresh_secret()?;
+        let refresh_expires_at = now + self.config.refresh_token_ttl;
+        self.store
+            .insert_refresh_token(&RefreshTokenRecord {
+                id: secret.id.clone(),
+                username: account.username.clone(),
+                family: secret.id.clone(),
+                issued_at: now,
+                expires_at: refresh_expires_at,
+            })
+            .await?;
+        let access = self.access_token(&account, now)?;
+        tracing::info!(username = %account.username, level = %account.level, "signed in");
+        Ok(Tokens {
+            access,
+            refresh_token: secret.secret.clone(),
+            refresh_expires_at,
+            account,
+        })
+    }
+
+    fn access_token(
+        &self,
+        account: &AccountRecord,
+        now: DateTime<Utc>,
+    ) -> Result<IssuedToken, IdentityError> {
+        let allowed = allowed_clusters(&account.username, &account.grants);
+        // A token for an account changed within this second is dated at
+        // the next second, so that `authenticate` can tell it from the
+        // tokens the change revoked.
+        let changed = self
+            .changed
+            .lock()
+            .expect("not poisoned")
+            .get(&account.username)
+            .and_then(|secs| DateTime::from_timestamp(*secs, 0));
+        let now = changed.map_or(now, |changed| now.max(changed));
+        Ok(self
+            .tokens
+            .issue_access(&account.username, account.level, &allowed, now)?)
+    }
+
+    /// Exchanges a refresh token for a new pair; the presented one is used
+    /// up. The new access token carries the account's current level and
+    /// clusters.
+    pub async fn refresh(&self, secret: &str, now: DateTime<Utc>) -> Result<Tokens, IdentityError> {
+        let next = new_refresh_secret()?;
+        let refresh_expires_at = now + self.config.refresh_token_ttl;
+        match self
+            .store
+            .rotate_refresh_token(&refresh_id(secret), &next.id, refresh_expires_at, now)
+            .await?
+        {
+            Rotation::Rotated(account) => {
+                let access = self.access_token(&account, now)?;
+                Ok(Tokens {
+                    access,
+                    refresh_token: next.secret.clone(),
+                    refresh_expires_at,
+                    account,
+                })
+            }
+            Rotation::Reused => {
+                tracing::warn!("a used refresh token was presented again; its sign-in is revoked");
+                Err(IdentityError::RefreshReused)
+            }
+            Rotation::Invalid => Err(IdentityError::RefreshInvalid),
+        }
+    }
+
+    /// Revokes the sign-in the refresh token belongs to.
+    pub async fn logout(&self, secret: &str, now: DateTime<Utc>) -> Result<(), IdentityError> {
+        if self
+            .store
+            .revoke_refresh_family(&refresh_id(secret), now)
+            .await?
+        {
+            Ok(())
+        } else {
+            Err(IdentityError::RefreshInvalid)
+        }
+    }
+
+    /// A token for one of the caller's clusters.
+    pub fn cluster_token(
+        &self,
+        caller: &Caller,
+        cluster: &ClusterName,
+        now: DateTime<Utc>,
+    ) -> Result<IssuedToken, IdentityError> {
+        authorize_cluster_token(caller, cluster)?;
+        let username = caller
+            .account
+            .clone()
+            .unwrap_or_else(|| Username::new(FIRST_ADMIN).expect("a valid name"));
+        Ok(self
+            .tokens
+            .issue_cluster_token(&username, caller.level, cluster, now)?)
+    }
+
+    /// A new signing key (admins only); returns its id.
+    pub fn rotate_key(&self, caller: &Caller) -> Result<String, IdentityError> {
+        authorize_admin(caller)?;
+        let kid = self.tokens.rotate_key()?;
+        tracing::info!(%kid, "signing key rotated");
+        Ok(kid)
+    }
+
+    /// Deletes a key that no longer signs (admins only).
+    pub fn retire_key(&self, caller: &Caller, kid: &str) -> Result<(), IdentityError> {
+        authorize_admin(caller)?;
+        self.tokens.retire_key(kid)?;
+        tracing::info!(%kid, "signing key retired");
+        Ok(())
+    }
+
+    pub async fn create_user(
+        &self,
+        caller: &Caller,
+        user: NewUser,
+        now: DateTime<Utc>,
+    ) -> Result<AccountRecord, IdentityError> {
+        authorize_admin(caller)?;
+        let username = Username::new(user.username)?;
+        if user.level == Level::Anonymous {
+            return Err(IdentityError::AnonymousAccount);
+        }
+        let grants = parse_grants(&user.grants)?;
+        check_password_rules(&user.password)?;
+        let hash = self.hash(user.password).await?;
+        let record = AccountRecord {
+            username,
+            kind: AccountKind::Local,
+            level: user.level,
+            password_hash: Some(hash),
+            grants,
+            created_at: now,
+        };
+        self.store.create_account(&record).await?;
+        tracing::info!(username = %record.username, level = %record.level, "account created");
+        Ok(record)
+    }
+
+    pub async fn list_users(&self, caller: &Caller) -> Result<Vec<AccountRecord>, IdentityError> {
+        authorize_admin(caller)?;
+        Ok(self.store.list_accounts().await?)
+    }
+
+    pub async fn get_user(
+        &self,
+        caller: &Caller,
+        username: &str,
+    ) -> Result<AccountRecord, IdentityError> {
+        authorize_admin(caller)?;
+        let username = Username::new(username)?;
+        self.store
+            .get_account(&username)
+            .await?
+            .ok_or(IdentityError::NotFound(username))
+    }
+
+    /// Changes an account's level and/or grants. Its access tokens issued
+    /// before now are refused from now on.
+    pub async fn update_user(
+        &self,
+        caller: &Caller,
+        username: &str,
+        level: Option<Level>,
+        grants: Option<Vec<String>>,
+        now: DateTime<Utc>,
+    ) -> Result<AccountRecord, IdentityError> {
+        authorize_admin(caller)?;
+        let username = Username::new(username)?;
+        let grants = grants.as_deref().map(parse_grants).transpose()?;
+        if level == Some(Level::Anonymous) {
+            return Err(IdentityError::AnonymousAccount);
+        }
+        let mut account = self
+            .store
+            .get_account(&username)
+            .await?
+            .ok_or_else(|| IdentityError::NotFound(username.clone()))?;
+        if let Some(level) = level {
+            if account.level == Level::Admin && level != Level::Admin {
+                self.refuse_last_admin(&username).await?;
+            }
+            account = self
+                .store
+                .set_level(&username, level)
+                .await?
+                .ok_or_else(|| IdentityError::NotFound(username.clone()))?;
+        }
+        if let Some(grants) = grants {
+            account = self
+                .store
+                .set_grants(&username, &grants)
+                .await?
+                .ok_or_else(|| IdentityError::NotFound(username.clone()))?;
+        }
+        self.mark_changed(&username, now);
+        tracing::info!(%username, level = %account.level, "account changed");
+        Ok(account)
+    }
+
+    /// Removes an account, its grants and every sign-in.
+    pub async fn delete_user(
+        &self,
+        caller: &Caller,
+        username: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), IdentityError> {
+        authorize_admin(caller)?;
+        let username = Username::new(username)?;
+        let account = self
+            .store
+            .get_account(&username)
+            .await?
+            .ok_or_else(|| IdentityError::NotFound(username.clone()))?;
+        if account.level == Level::Admin {
+            self.refuse_last_admin(&username).await?;
+        }
+        if !self.store.delete_account(&username).await? {
+            return Err(IdentityError::NotFound(username));
+        }
+        self.mark_changed(&username, now);
+        tracing::info!(%username, "account removed");
+        Ok(())
+    }
+
+    async fn refuse_last_admin(&self, username: &Username) -> Result<(), IdentityError> {
+        let admins = self
+            .store
+            .list_accounts()
+            .await?
+            .into_iter()
+            .filter(|a| a.level == Level::Admin && &a.username != username)
+            .count();
+        if admins == 0 {
+            return Err(IdentityError::LastAdmin(username.clone()));
+        }
+        Ok(())
+    }
+
+    async fn hash(&self, password: String) -> Result<String, IdentityError> {
+        let _permit = self.hashing.acquire().await.expect("never closed");
+        tokio::task::spawn_blocking(move || hash_password(&password))
+            .await
+            .expect("hashing does not panic")
+            .map_err(IdentityError::from)
+    }
+
+    fn mark_changed(&self, username: &Username, now: DateTime<Utc>) {
+        // A token issued in this same second is refused too: iat has whole
+        // seconds, so the one after is the first that is surely newer.
+        self.changed
+            .lock()
+            .expect("not poisoned")
+            .insert(username.clone(), now.timestamp() + 1);
+    }
+}
+
+fn parse_grants(grants: &[String]) -> Result<BTreeSet<ClusterName>, IdentityError> {
+    grants
+        .iter()
+        .map(|g| ClusterName::new(g.as_str()).map_err(IdentityError::from))
+        .collect()
+}
