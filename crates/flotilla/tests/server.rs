@@ -24,6 +24,17 @@ fn deploy_status_destroy_through_the_command_line() {
     assert_eq!(status["node_capacity"], 3);
     assert_eq!(ready_nodes(&status), 3);
     assert_eq!(node_processes(&sandbox.path()).len(), 3);
+    // The server took the admin password out of its environment before
+    // starting any node.
+    for pid in node_processes(&sandbox.path()) {
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+        let environ = String::from_utf8_lossy(&environ);
+        assert!(
+            !environ.contains("FLOTILLA_ADMIN_PASSWORD"),
+            "node {pid} sees it"
+        );
+        assert!(!environ.contains(ADMIN_PASSWORD), "node {pid} sees it");
+    }
 
     // Every ready node answers on the address the status gives.
     for node in status["nodes"].as_array().unwrap() {
@@ -76,6 +87,9 @@ fn exit_statuses_follow_the_contract() {
     assert_eq!(code(&out), 1);
     assert!(String::from_utf8_lossy(&out.stderr).contains("is_public"));
     assert_eq!(code(&server.cli(&["destroy", "pub", "--wait"])), 0);
+    // Not signed in, or not allowed.
+    let out = server.cli_with(&[], &["deploy", "anon", "--nodes", "1", "--ttl", "1h"]);
+    assert_eq!(code(&out), 3);
     // Nothing listening.
     let out = Command::new(BIN)
         .args(["--server", "http://127.0.0.1:9", "status"])
