@@ -347,6 +347,43 @@ impl Client {
         Ok(exit::OK)
     }
 
+    pub async fn key_list(&self) -> Result<u8> {
+        let (jwks, raw) = self
+            .send::<serde_json::Value>(self.http.get(self.url("/.well-known/jwks.json")))
+            .await?;
+        match self.output {
+            Output::Json => println!("{}", raw.trim()),
+            Output::Text => {
+                for key in jwks["keys"].as_array().into_iter().flatten() {
+                    println!("{}", key["kid"].as_str().unwrap_or("?"));
+                }
+            }
+        }
+        Ok(exit::OK)
+    }
+
+    pub async fn key_rotate(&self) -> Result<u8> {
+        let (answer, raw) = self
+            .send::<serde_json::Value>(self.http.post(self.url("/api/v1/auth/keys")))
+            .await?;
+        match self.output {
+            Output::Json => println!("{}", raw.trim()),
+            Output::Text => println!("new signing key {}", answer["kid"].as_str().unwrap_or("?")),
+        }
+        Ok(exit::OK)
+    }
+
+    pub async fn key_retire(&self, kid: &str) -> Result<u8> {
+        let req = self
+            .http
+            .delete(self.url(&format!("/api/v1/auth/keys/{kid}")));
+        self.send_empty(req).await?;
+        if self.output == Output::Text {
+            println!("retired key {kid}");
+        }
+        Ok(exit::OK)
+    }
+
     fn print_user(&self, user: &UserView, raw: &str) {
         match self.output {
             Output::Json => println!("{}", raw.trim()),

@@ -639,8 +639,14 @@ instance_type = "local.small"
             "README shows the default timeouts"
         );
         assert_eq!(c.engine.concurrency, defaults.engine.concurrency);
-        assert_eq!(c.access, defaults.access, "README shows the default [auth] and rates");
-        assert_eq!(c.engine.levels, defaults.engine.levels, "README shows the default level limits");
+        assert_eq!(
+            c.access, defaults.access,
+            "README shows the default [auth] and rates"
+        );
+        assert_eq!(
+            c.engine.levels, defaults.engine.levels,
+            "README shows the default level limits"
+        );
         assert!(matches!(c.drivers["sim"], DriverConfig::Fake { .. }));
         assert_eq!(
             c.pools[&c.default_pool]

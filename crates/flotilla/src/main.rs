@@ -102,6 +102,11 @@ enum Command {
         #[command(subcommand)]
         command: UserCommand,
     },
+    /// Manage the keys that sign tokens (admins).
+    Key {
+        #[command(subcommand)]
+        command: KeyCommand,
+    },
     /// Run a node agent (what the `local` driver starts for each node).
     Node {
         /// The node's instance directory, as written by the local driver.
@@ -137,6 +142,16 @@ enum UserCommand {
     },
     /// Remove an account and every sign-in it has.
     Remove { username: String },
+}
+
+#[derive(Subcommand)]
+enum KeyCommand {
+    /// List the public keys, as served at /.well-known/jwks.json.
+    List,
+    /// Make a new key the signing key; tokens signed by older keys stay valid.
+    Rotate,
+    /// Delete an older key: every token it signed is refused from then on.
+    Retire { kid: String },
 }
 
 /// A password from standard input: prompted without echo on a terminal,
@@ -331,6 +346,11 @@ fn main() -> ExitCode {
                                 .await
                         }
                         UserCommand::Remove { username } => client.user_remove(&username).await,
+                    },
+                    Command::Key { command } => match command {
+                        KeyCommand::List => client.key_list().await,
+                        KeyCommand::Rotate => client.key_rotate().await,
+                        KeyCommand::Retire { kid } => client.key_retire(&kid).await,
                     },
                     Command::Serve { .. } | Command::Node { .. } | Command::Login { .. } => {
                         unreachable!("handled above")

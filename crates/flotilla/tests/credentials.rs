@@ -370,3 +370,44 @@ fn admins_manage_accounts_from_the_command_line() {
     assert_eq!(code(&out), 1);
     assert!(stderr(&out).contains("last_admin"), "{}", stderr(&out));
 }
+
+#[test]
+fn admins_rotate_and_retire_signing_keys() {
+    let sandbox = Sandbox::new();
+    let server = Server::start(&sandbox.path());
+    let kids = |server: &Server| -> Vec<String> {
+        let out = server.cli(&["key", "list"]);
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        stdout(&out).lines().map(str::to_owned).collect()
+    };
+    let first = kids(&server);
+    assert_eq!(first.len(), 1);
+
+    login_admin(&server);
+    let out = server.cli_with(&[], &["--output", "json", "key", "rotate"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let second: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let second = second["kid"].as_str().unwrap().to_owned();
+    assert_eq!(kids(&server).len(), 2);
+    // The kept login's token was signed by the first key and still works.
+    assert_eq!(whoami(&server, &[])["username"], "admin");
+
+    let out = server.cli(&["key", "retire", &second]);
+    assert_eq!(code(&out), 1, "the signing key cannot be retired");
+    assert!(stderr(&out).contains("key_is_active"), "{}", stderr(&out));
+    let out = server.cli(&["key", "retire", &first[0]]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(kids(&server), [second.clone()]);
+    let out = server.cli_with(&[], &["whoami"]);
+    assert_eq!(code(&out), 3, "tokens of a retired key are refused");
+    assert!(
+        stderr(&out).contains("token_unknown_key"),
+        "{}",
+        stderr(&out)
+    );
+
+    // Keys persist: a restarted server signs with the same key.
+    server.kill();
+    let server = Server::start(&sandbox.path());
+    assert_eq!(kids(&server), [second]);
+}
