@@ -85,6 +85,7 @@ fn user_body(a: AccountRecord) -> types::UserView {
 #[utoipa::path(
     post,
     path = "/api/v1/auth/login",
+    security(()),
     request_body = types::LoginRequest,
     responses(
         (status = 200, body = types::TokenResponse),
@@ -122,6 +123,7 @@ pub(crate) async fn login(
 #[utoipa::path(
     post,
     path = "/api/v1/auth/github",
+    security(()),
     request_body = types::GithubLoginRequest,
     responses(
         (status = 200, body = types::TokenResponse),
@@ -153,6 +155,7 @@ pub(crate) async fn github_login(
 #[utoipa::path(
     post,
     path = "/api/v1/auth/refresh",
+    security(()),
     request_body = types::RefreshRequest,
     responses(
         (status = 200, body = types::TokenResponse),
@@ -172,6 +175,7 @@ pub(crate) async fn refresh(
 #[utoipa::path(
     post,
     path = "/api/v1/auth/logout",
+    security(()),
     request_body = types::RefreshRequest,
     responses(
         (status = 204, description = "Revoked"),
@@ -232,7 +236,7 @@ pub(crate) async fn cluster_token(
 }
 
 /// The public keys that verify flotilla's tokens (RFC 7517).
-#[utoipa::path(get, path = "/.well-known/jwks.json", responses((status = 200, description = "JWK Set")))]
+#[utoipa::path(get, path = "/.well-known/jwks.json", security(()), responses((status = 200, description = "JWK Set")))]
 pub(crate) async fn jwks(State(state): State<AppState>) -> Response {
     (
         [(axum::http::header::CACHE_CONTROL, "max-age=300")],

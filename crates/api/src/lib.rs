@@ -131,7 +131,7 @@ pub fn status_body(view: ClusterView) -> types::ClusterStatus {
 }
 
 /// Liveness.
-#[utoipa::path(get, path = "/healthz", responses((status = 200, body = types::Health)))]
+#[utoipa::path(get, path = "/healthz", security(()), responses((status = 200, body = types::Health)))]
 async fn healthz() -> Json<types::Health> {
     Json(types::Health {
         status: "ok".into(),
@@ -140,7 +140,7 @@ async fn healthz() -> Json<types::Health> {
 }
 
 /// Prometheus metrics (OpenMetrics text).
-#[utoipa::path(get, path = "/metrics", responses((status = 200, content_type = "application/openmetrics-text")))]
+#[utoipa::path(get, path = "/metrics", security(()), responses((status = 200, content_type = "application/openmetrics-text")))]
 async fn metrics(State(state): State<AppState>) -> Response {
     let mut body = String::new();
     match prometheus_client::encoding::text::encode(&mut body, &state.registry) {

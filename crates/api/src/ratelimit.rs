@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use flotilla_domain::{Caller, Level, Username};
 use governor::clock::{Clock, FakeRelativeClock, Reference};
+use governor::middleware::StateInformationMiddleware;
 use governor::nanos::Nanos;
 use governor::{Quota, RateLimiter};
 
@@ -87,7 +88,13 @@ pub struct RateLimits {
     clock: RateClock,
     /// One limiter per level, indexed like `Level::ALL`.
     requests: [Keyed<Subject>; 4],
-    login_failures: Keyed<Subject>,
+    /// Tells how many failures are left, so the last allowed one blocks.
+    login_failures: RateLimiter<
+        Subject,
+        governor::state::keyed::DefaultKeyedStateStore<Subject>,
+        RateClock,
+        StateInformationMiddleware,
+    >,
     /// Subjects whose failed logins ran out, until when.
     login_blocked: Mutex<HashMap<Subject, Nanos>>,
 }
@@ -117,7 +124,8 @@ impl RateLimits {
             login_failures: RateLimiter::dashmap_with_clock(
                 quota_per(login_failures, login_window),
                 clock.clone(),
-            ),
+            )
+            .with_middleware::<StateInformationMiddleware>(),
             clock,
             requests,
             login_blocked: Mutex::new(HashMap::new()),
@@ -159,13 +167,25 @@ impl RateLimits {
         }
     }
 
-    /// Counts a failed login against the account and the network.
+    /// Counts a failed login against the account and the network. The
+    /// failure that uses up the allowance blocks further logins until the
+    /// next failure would be allowed, so at most `login_failures` are tried
+    /// per window.
     pub fn login_failed(&self, username: Option<&Username>, peer: IpAddr) {
         let now = self.clock.now();
         let mut blocked = self.login_blocked.lock().expect("not poisoned");
         blocked.retain(|_, until| *until > now);
         for subject in Self::login_subjects(username, peer) {
-            if let Err(not_until) = self.login_failures.check_key(&subject) {
+            let refused = match self.login_failures.check_key(&subject) {
+                // That was the last one allowed: asking again is refused
+                // (a refusal uses nothing up) and says until when.
+                Ok(left) if left.remaining_burst_capacity() == 0 => {
+                    self.login_failures.check_key(&subject).err()
+                }
+                Ok(_) => None,
+                Err(not_until) => Some(not_until),
+            };
+            if let Some(not_until) = refused {
                 let until = now + Nanos::from(not_until.wait_time_from(now));
                 blocked.insert(subject, until);
             }
@@ -285,9 +305,7 @@ mod tests {
             assert_eq!(l.check_login(Some(&alice), ip("10.0.0.1")), Ok(()));
             l.login_failed(Some(&alice), ip("10.0.0.1"));
         }
-        // Two failures are allowed; the third is what trips the limit.
-        assert_eq!(l.check_login(Some(&alice), ip("10.0.0.1")), Ok(()));
-        l.login_failed(Some(&alice), ip("10.0.0.1"));
+        // Two failures are allowed, and no third is tried.
         let wait = l.check_login(Some(&alice), ip("172.16.0.1")).unwrap_err();
         assert_eq!(wait.seconds(), 30, "the account is blocked from anywhere");
         assert!(
@@ -297,5 +315,9 @@ mod tests {
         assert_eq!(l.check_login(Some(&bob), ip("10.9.0.1")), Ok(()));
         clock.advance(Duration::from_secs(30));
         assert_eq!(l.check_login(Some(&alice), ip("10.0.0.1")), Ok(()));
+        // One failure came back, and one more is all it allows.
+        l.login_failed(Some(&alice), ip("10.0.0.1"));
+        let wait = l.check_login(Some(&alice), ip("10.0.0.1")).unwrap_err();
+        assert_eq!(wait.seconds(), 30);
     }
 }

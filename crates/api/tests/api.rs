@@ -691,6 +691,27 @@ async fn openapi_document_matches_the_router() {
     }
     assert_eq!(documented, decided);
 
+    // The document says which routes take a bearer token: all but the open
+    // and sign-in ones, which opt out of the global requirement.
+    assert_eq!(doc["security"], serde_json::json!([{"bearer": []}]));
+    assert_eq!(
+        doc["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
+    for (method, path, access) in flotilla_api::access::ROUTES {
+        let operation = &doc["paths"][path][method.to_lowercase()];
+        let opts_out = operation["security"] == serde_json::json!([{}]);
+        let needs_no_token = matches!(
+            access,
+            flotilla_api::access::Access::Open | flotilla_api::access::Access::SignIn
+        );
+        assert_eq!(
+            opts_out, needs_no_token,
+            "{method} {path}: {}",
+            operation["security"]
+        );
+    }
+
     // Tie the document to the router itself, both ways: a documented method
     // reaches a handler (whatever it then answers), any other is a 405.
     for (path, methods) in &documented {

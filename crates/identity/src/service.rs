@@ -121,7 +121,7 @@ pub struct Identity {
     /// Accounts changed or removed on this server, and when: their access
     /// tokens issued before then are refused, so a removal or a demotion
     /// takes effect at once rather than when the token expires.
-    changed: Mutex<HashMap<Username, i64>>,
+    changed: Mutex<Changes>,
     /// Each password hash takes 19 MiB and tens of milliseconds of a core;
     /// a burst of logins queues here instead of exhausting the machine.
     hashing: tokio::sync::Semaphore,
@@ -139,7 +139,7 @@ impl Identity {
             tokens,
             github,
             config,
-            changed: Mutex::new(HashMap::new()),
+            changed: Mutex::new(Changes::default()),
             hashing: tokio::sync::Semaphore::new(2),
         }
     }
@@ -171,8 +171,8 @@ impl Identity {
     /// The caller a bearer token stands for.
     pub fn authenticate(&self, token: &str, now: DateTime<Utc>) -> Result<Caller, IdentityError> {
         let claims = self.tokens.verify_access(token, now)?;
-        if let Some(changed) = self.changed.lock().expect("not poisoned").get(&claims.sub) {
-            if claims.iat < *changed {
+        if let Some(change) = self.changes().accounts.get(&claims.sub) {
+            if claims.iat < change.cutoff {
                 return Err(IdentityError::Revoked);
             }
         }
@@ -186,6 +186,7 @@ impl Identity {
         password: &str,
         now: DateTime<Utc>,
     ) -> Result<Tokens, IdentityError> {
+        let read_at = self.changes().count;
         let account = match Username::new(username) {
             Ok(name) => self.store.get_account(&name).await?,
             Err(_) => None,
@@ -202,7 +203,7 @@ impl Identity {
             .await
             .unwrap_or(false);
         match account {
-            Some(account) if ok => self.sign_in(account, now).await,
+            Some(account) if ok => self.sign_in(account, read_at, now).await,
             _ => Err(IdentityError::BadCredentials),
         }
     }
@@ -216,16 +217,19 @@ impl Identity {
     ) -> Result<Tokens, IdentityError> {
         let github = self.github.as_ref().ok_or(IdentityError::GithubDisabled)?;
         let who = github.identify(token).await?;
+        let read_at = self.changes().count;
         let account = self
             .store
             .upsert_github_account(&who.login, who.level, now)
             .await?;
-        self.sign_in(account, now).await
+        self.sign_in(account, read_at, now).await
     }
 
+    /// `read_at` is the change count from before `account` was read.
     async fn sign_in(
         &self,
         account: AccountRecord,
+        read_at: u64,
         now: DateTime<Utc>,
     ) -> Result<Tokens, IdentityError> {
         let secret = new_refresh_secret()?;
@@ -239,7 +243,7 @@ impl Identity {
                 expires_at: refresh_expires_at,
             })
             .await?;
-        let access = self.access_token(&account, now)?;
+        let (access, account) = self.current_access_token(account, read_at, now).await?;
         tracing::info!(username = %account.username, level = %account.level, "signed in");
         Ok(Tokens {
             access,
@@ -249,25 +253,63 @@ impl Identity {
         })
     }
 
+    /// An access token for `account`, read from the store after change
+    /// number `read_at`. If the account has changed since, the record may
+    /// predate the change, so it is read again: a token is never issued from
+    /// a record older than the latest change.
+    async fn current_access_token(
+        &self,
+        mut account: AccountRecord,
+        mut read_at: u64,
+        now: DateTime<Utc>,
+    ) -> Result<(IssuedToken, AccountRecord), IdentityError> {
+        loop {
+            if let Some(token) = self.access_token(&account, read_at, now)? {
+                return Ok((token, account));
+            }
+            read_at = self.changes().count;
+            account = self
+                .store
+                .get_account(&account.username)
+                .await?
+                .ok_or(IdentityError::Revoked)?;
+        }
+    }
+
+    /// `None` if the account changed after change number `read_at`.
     fn access_token(
         &self,
         account: &AccountRecord,
+        read_at: u64,
         now: DateTime<Utc>,
-    ) -> Result<IssuedToken, IdentityError> {
+    ) -> Result<Option<IssuedToken>, IdentityError> {
         let allowed = allowed_clusters(&account.username, &account.grants);
         // A token for an account changed within this second is dated at
-        // the next second, so that `authenticate` can tell it from the
-        // tokens the change revoked.
-        let changed = self
-            .changed
-            .lock()
-            .expect("not poisoned")
-            .get(&account.username)
-            .and_then(|secs| DateTime::from_timestamp(*secs, 0));
-        let now = changed.map_or(now, |changed| now.max(changed));
-        Ok(self
-            .tokens
-            .issue_access(&account.username, account.level, &allowed, now)?)
+        // the change's cut-off (the next second), so that `authenticate`
+        // can tell it from the tokens the change revoked; the next change
+        // then moves the cut-off past it.
+        let now = {
+            let mut changes = self.changes();
+            match changes.accounts.get_mut(&account.username) {
+                Some(change) if change.number > read_at => return Ok(None),
+                Some(change) => {
+                    let cutoff = DateTime::from_timestamp(change.cutoff, 0).unwrap_or(now);
+                    if now <= cutoff {
+                        change.dated_at_cutoff = true;
+                        cutoff
+                    } else {
+                        now
+                    }
+                }
+                None => now,
+            }
+        };
+        Ok(Some(self.tokens.issue_access(
+            &account.username,
+            account.level,
+            &allowed,
+            now,
+        )?))
     }
 
     /// Exchanges a refresh token for a new pair; the presented one is used
@@ -276,13 +318,14 @@ impl Identity {
     pub async fn refresh(&self, secret: &str, now: DateTime<Utc>) -> Result<Tokens, IdentityError> {
         let next = new_refresh_secret()?;
         let refresh_expires_at = now + self.config.refresh_token_ttl;
+        let read_at = self.changes().count;
         match self
             .store
             .rotate_refresh_token(&refresh_id(secret), &next.id, refresh_expires_at, now)
             .await?
         {
             Rotation::Rotated(account) => {
-                let access = self.access_token(&account, now)?;
+                let (access, account) = self.current_access_token(account, read_at, now).await?;
                 Ok(Tokens {
                     access,
                     refresh_token: next.secret.clone(),
@@ -479,14 +522,53 @@ impl Identity {
             .map_err(IdentityError::from)
     }
 
+    fn changes(&self) -> std::sync::MutexGuard<'_, Changes> {
+        self.changed.lock().expect("not poisoned")
+    }
+
     fn mark_changed(&self, username: &Username, now: DateTime<Utc>) {
         // A token issued in this same second is refused too: iat has whole
-        // seconds, so the one after is the first that is surely newer.
-        self.changed
-            .lock()
-            .expect("not poisoned")
-            .insert(username.clone(), now.timestamp() + 1);
+        // seconds, so the one after is the first that is surely newer. A
+        // token dated at an earlier change's cut-off (a sign-in between two
+        // changes within one second) is as old as that cut-off, so the
+        // cut-off moves past it.
+        let mut changes = self.changes();
+        changes.count += 1;
+        let number = changes.count;
+        let mut cutoff = now.timestamp() + 1;
+        if let Some(previous) = changes.accounts.get(username) {
+            if previous.dated_at_cutoff {
+                cutoff = cutoff.max(previous.cutoff + 1);
+            } else {
+                cutoff = cutoff.max(previous.cutoff);
+            }
+        }
+        changes.accounts.insert(
+            username.clone(),
+            Change {
+                cutoff,
+                number,
+                dated_at_cutoff: false,
+            },
+        );
     }
+}
+
+/// The account changes tokens are checked against.
+#[derive(Default)]
+struct Changes {
+    /// Changes so far; a sign-in notes it before reading the account.
+    count: u64,
+    accounts: HashMap<Username, Change>,
+}
+
+struct Change {
+    /// Access tokens issued (`iat`) before this are refused.
+    cutoff: i64,
+    /// Which change this was (see [`Changes::count`]).
+    number: u64,
+    /// Whether a token dated at `cutoff` has been issued since.
+    dated_at_cutoff: bool,
 }
 
 fn parse_grants(grants: &[String]) -> Result<BTreeSet<ClusterName>, IdentityError> {

@@ -4,11 +4,16 @@
 
 #![allow(dead_code)]
 
+pub mod fake_github;
+
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{to_bytes, Body, Bytes};
+use axum::extract::ConnectInfo;
 use axum::http::{header, HeaderMap, Method, Request, StatusCode};
 use axum::Router;
 use flotilla_api::ratelimit::{RateClock, RateLimits};
@@ -17,6 +22,7 @@ use flotilla_cloud::fake::{FakeCloud, FakeConfig};
 use flotilla_cloud::{InstanceSet, Tags, Throttled, TokioClock};
 use flotilla_domain::{InstanceType, Limits, PoolName};
 use flotilla_engine::{Engine, EngineConfig, EngineTasks, PoolSpec};
+use flotilla_github::GithubClient;
 use flotilla_identity::{Identity, IdentityConfig, KeyRing, TokenIssuer};
 use flotilla_store::MemoryStore;
 use governor::clock::FakeRelativeClock;
@@ -67,6 +73,28 @@ pub const ADMIN_PASSWORD: &str = "admin-password-for-tests";
 /// org member, admin).
 pub const RATES: [u32; 4] = [30, 60, 120, 100_000];
 
+/// Failed logins allowed per account and per network in `LOGIN_WINDOW`.
+pub const LOGIN_FAILURES: u32 = 3;
+pub const LOGIN_WINDOW: Duration = Duration::from_secs(60);
+
+/// The `iss` of every token the test server issues.
+pub const ISSUER: &str = "flotilla-test";
+/// Lifetime of access tokens in the test server.
+pub const ACCESS_LIFETIME: Duration = Duration::from_secs(15 * 60);
+
+/// The password of every account made by [`TestApi::create_user`].
+pub const USER_PASSWORD: &str = "user-password-for-tests";
+
+/// How to build a [`TestApi`] other than the default.
+#[derive(Default)]
+pub struct Options {
+    /// The engine's global node limit; [`MAX_NODES`] if unset.
+    pub max_nodes: Option<u32>,
+    /// GitHub sign-in, e.g. pointed at [`fake_github::FakeGithub`];
+    /// disabled if unset.
+    pub github: Option<GithubClient>,
+}
+
 pub struct TestApi {
     pub router: Router,
     pub engine: Engine,
@@ -79,11 +107,17 @@ pub struct TestApi {
     /// The admin's access token, sent by `send` unless a request has its own
     /// Authorization header.
     pub admin_token: String,
+    /// The keyring's directory (`<kid>.pem` and `active`).
+    pub key_dir: PathBuf,
     _keys: tempfile::TempDir,
 }
 
 impl TestApi {
     pub async fn start() -> Self {
+        Self::start_with(Options::default()).await
+    }
+
+    pub async fn start_with(options: Options) -> Self {
         // RUST_LOG=debug shows the engine's decisions when a test fails.
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
@@ -94,8 +128,12 @@ impl TestApi {
             Arc::new(Throttled::new(cloud.instance_set("test-set"), None));
         let mut registry = Registry::default();
         let store = Arc::new(MemoryStore::new());
+        let mut config = config();
+        if let Some(max_nodes) = options.max_nodes {
+            config.limits.max_nodes = max_nodes;
+        }
         let (engine, tasks) = Engine::start(
-            config(),
+            config,
             store.clone(),
             BTreeMap::from([("fake".to_owned(), set)]),
             pools(),
@@ -106,16 +144,17 @@ impl TestApi {
         .await
         .expect("engine starts");
         let keys = tempfile::tempdir().unwrap();
+        let key_dir = keys.path().join("keys");
         let tokens = TokenIssuer::new(
-            KeyRing::load_or_create(keys.path().join("keys")).unwrap(),
-            "flotilla-test",
-            Duration::from_secs(15 * 60),
+            KeyRing::load_or_create(&key_dir).unwrap(),
+            ISSUER,
+            ACCESS_LIFETIME,
             Duration::from_secs(3600),
         );
         let identity = Arc::new(Identity::new(
             store.clone(),
             tokens,
-            None,
+            options.github,
             IdentityConfig {
                 refresh_token_ttl: Duration::from_secs(24 * 3600),
             },
@@ -133,8 +172,8 @@ impl TestApi {
         let rate_clock = FakeRelativeClock::default();
         let limits = Arc::new(RateLimits::new(
             RATES,
-            3,
-            Duration::from_secs(60),
+            LOGIN_FAILURES,
+            LOGIN_WINDOW,
             RateClock::Manual(rate_clock.clone()),
         ));
         let router = router(AppState {
@@ -152,8 +191,66 @@ impl TestApi {
             store,
             rate_clock,
             admin_token,
+            key_dir,
             _keys: keys,
         }
+    }
+
+    /// Creates a local account through the API, as the admin.
+    pub async fn create_user(&self, username: &str, level: &str) -> Value {
+        self.create_user_with_grants(username, level, &[]).await
+    }
+
+    pub async fn create_user_with_grants(
+        &self,
+        username: &str,
+        level: &str,
+        grants: &[&str],
+    ) -> Value {
+        let reply = self
+            .send(json_request(
+                Method::POST,
+                "/api/v1/users",
+                &serde_json::json!({
+                    "username": username,
+                    "password": USER_PASSWORD,
+                    "level": level,
+                    "grants": grants,
+                }),
+            ))
+            .await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text());
+        reply.json()
+    }
+
+    /// LOGIN through the API, which must succeed; the token response.
+    pub async fn login(&self, username: &str, password: &str) -> Value {
+        let reply = self.try_login(username, password).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+        reply.json()
+    }
+
+    /// LOGIN through the API, whatever the answer.
+    pub async fn try_login(&self, username: &str, password: &str) -> Reply {
+        self.send_anonymous(login_request(username, password)).await
+    }
+
+    /// An access token for a new account of `level` (created and signed in
+    /// through the API).
+    pub async fn user_token(&self, username: &str, level: &str) -> String {
+        self.create_user(username, level).await;
+        self.login(username, USER_PASSWORD).await["access_token"]
+            .as_str()
+            .expect("an access token")
+            .to_owned()
+    }
+
+    /// A fresh access token of the first admin (signed by the active key).
+    pub async fn admin_login(&self) -> String {
+        self.login("admin", ADMIN_PASSWORD).await["access_token"]
+            .as_str()
+            .expect("an access token")
+            .to_owned()
     }
 
     /// Sends without credentials.
@@ -260,6 +357,42 @@ impl TestApi {
     }
 }
 
+/// A request with a JSON body (and no credentials).
+pub fn json_request(method: Method, uri: &str, body: &Value) -> Request<Body> {
+    Request::builder()
+        .method(method)
+        .uri(uri)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(body.to_string()))
+        .unwrap()
+}
+
+/// A request without a body (and no credentials).
+pub fn empty_request(method: Method, uri: &str) -> Request<Body> {
+    Request::builder()
+        .method(method)
+        .uri(uri)
+        .body(Body::empty())
+        .unwrap()
+}
+
+pub fn login_request(username: &str, password: &str) -> Request<Body> {
+    json_request(
+        Method::POST,
+        "/api/v1/auth/login",
+        &serde_json::json!({"username": username, "password": password}),
+    )
+}
+
+/// The request as if it came from `addr` (an IP address; the port is
+/// arbitrary), the way the server's listener records the peer.
+pub fn from_addr(mut req: Request<Body>, addr: &str) -> Request<Body> {
+    let ip: std::net::IpAddr = addr.parse().expect("an IP address");
+    req.extensions_mut()
+        .insert(ConnectInfo(SocketAddr::new(ip, 40000)));
+    req
+}
+
 pub struct Reply {
     pub status: StatusCode,
     pub headers: HeaderMap,
@@ -274,6 +407,20 @@ impl Reply {
     pub fn json(&self) -> Value {
         serde_json::from_slice(&self.body)
             .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.text()))
+    }
+
+    /// The `error` code of an error body, if the body is one.
+    pub fn code(&self) -> Option<String> {
+        serde_json::from_slice::<Value>(&self.body)
+            .ok()
+            .and_then(|v| v["error"].as_str().map(str::to_owned))
+    }
+
+    /// The `Retry-After` header in seconds.
+    pub fn retry_after(&self) -> Option<u64> {
+        self.headers
+            .get(header::RETRY_AFTER)
+            .map(|v| v.to_str().unwrap().parse().expect("whole seconds"))
     }
 
     /// Asserts the response is the API's error shape with this status and
