@@ -27,8 +27,12 @@ pub enum Access {
     /// their own credentials (and count failures).
     SignIn,
     /// Authenticated (or anonymous) and rate limited; the handler decides
-    /// by the named domain rule.
+    /// by the named domain rule, which admits anonymous callers in some
+    /// cases (the status of a public cluster).
     Rule(&'static str),
+    /// As `Rule`, for rules that never admit anonymous callers: those get
+    /// 401 before the request is even read.
+    SignedIn(&'static str),
 }
 
 /// Every route, with who may call it. A route missing here is a bug the
@@ -43,11 +47,15 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
     ("POST", "/api/v1/auth/refresh", Access::SignIn),
     ("POST", "/api/v1/auth/logout", Access::SignIn),
     ("GET", "/api/v1/auth/whoami", Access::Rule("anyone")),
-    ("POST", "/api/v1/auth/keys", Access::Rule("authorize_admin")),
+    (
+        "POST",
+        "/api/v1/auth/keys",
+        Access::SignedIn("authorize_admin"),
+    ),
     (
         "DELETE",
         "/api/v1/auth/keys/{kid}",
-        Access::Rule("authorize_admin"),
+        Access::SignedIn("authorize_admin"),
     ),
     ("GET", "/api/v1/clusters", Access::Rule("authorize_status")),
     (
@@ -58,34 +66,34 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
     (
         "PUT",
         "/api/v1/clusters/{cluster}",
-        Access::Rule("authorize_deploy"),
+        Access::SignedIn("authorize_deploy"),
     ),
     (
         "DELETE",
         "/api/v1/clusters/{cluster}",
-        Access::Rule("authorize_destroy"),
+        Access::SignedIn("authorize_destroy"),
     ),
     (
         "POST",
         "/api/v1/clusters/{cluster}/token",
-        Access::Rule("authorize_cluster_token"),
+        Access::SignedIn("authorize_cluster_token"),
     ),
-    ("GET", "/api/v1/users", Access::Rule("authorize_admin")),
-    ("POST", "/api/v1/users", Access::Rule("authorize_admin")),
+    ("GET", "/api/v1/users", Access::SignedIn("authorize_admin")),
+    ("POST", "/api/v1/users", Access::SignedIn("authorize_admin")),
     (
         "GET",
         "/api/v1/users/{username}",
-        Access::Rule("authorize_admin"),
+        Access::SignedIn("authorize_admin"),
     ),
     (
         "PATCH",
         "/api/v1/users/{username}",
-        Access::Rule("authorize_admin"),
+        Access::SignedIn("authorize_admin"),
     ),
     (
         "DELETE",
         "/api/v1/users/{username}",
-        Access::Rule("authorize_admin"),
+        Access::SignedIn("authorize_admin"),
     ),
 ];
 
@@ -142,6 +150,9 @@ pub async fn authenticate(
     if let Err(wait) = state.limits.check_request(&counted, peer) {
         return rate_limited(wait.seconds()).into_response();
     }
+    if matches!(access, Some(Access::SignedIn(_))) && caller.account.is_none() {
+        return ApiError::denied(flotilla_domain::Denied::NotAuthenticated).into_response();
+    }
     request.extensions_mut().insert(caller);
     next.run(request).await
 }
@@ -188,11 +199,11 @@ mod tests {
     fn routes_match_templates() {
         assert_eq!(
             route_access(&Method::PUT, "/api/v1/clusters/demo"),
-            Some(Access::Rule("authorize_deploy"))
+            Some(Access::SignedIn("authorize_deploy"))
         );
         assert_eq!(
             route_access(&Method::POST, "/api/v1/clusters/demo/token"),
-            Some(Access::Rule("authorize_cluster_token"))
+            Some(Access::SignedIn("authorize_cluster_token"))
         );
         assert_eq!(route_access(&Method::GET, "/healthz"), Some(Access::Open));
         assert_eq!(route_access(&Method::GET, "/api/v1/clusters/"), None);
