@@ -37,64 +37,29 @@ pub enum Access {
 
 /// Every route, with who may call it. A route missing here is a bug the
 /// tests catch.
+#[rustfmt::skip]
 pub const ROUTES: &[(&str, &str, Access)] = &[
-    ("GET", "/healthz", Access::Open),
-    ("GET", "/metrics", Access::Open),
-    ("GET", "/api/v1/openapi.json", Access::Open),
-    ("GET", "/.well-known/jwks.json", Access::Open),
-    ("POST", "/api/v1/auth/login", Access::SignIn),
-    ("POST", "/api/v1/auth/github", Access::SignIn),
-    ("POST", "/api/v1/auth/refresh", Access::SignIn),
-    ("POST", "/api/v1/auth/logout", Access::SignIn),
-    ("GET", "/api/v1/auth/whoami", Access::Rule("anyone")),
-    (
-        "POST",
-        "/api/v1/auth/keys",
-        Access::SignedIn("authorize_admin"),
-    ),
-    (
-        "DELETE",
-        "/api/v1/auth/keys/{kid}",
-        Access::SignedIn("authorize_admin"),
-    ),
-    ("GET", "/api/v1/clusters", Access::Rule("authorize_status")),
-    (
-        "GET",
-        "/api/v1/clusters/{cluster}",
-        Access::Rule("authorize_status"),
-    ),
-    (
-        "PUT",
-        "/api/v1/clusters/{cluster}",
-        Access::SignedIn("authorize_deploy"),
-    ),
-    (
-        "DELETE",
-        "/api/v1/clusters/{cluster}",
-        Access::SignedIn("authorize_destroy"),
-    ),
-    (
-        "POST",
-        "/api/v1/clusters/{cluster}/token",
-        Access::SignedIn("authorize_cluster_token"),
-    ),
-    ("GET", "/api/v1/users", Access::SignedIn("authorize_admin")),
-    ("POST", "/api/v1/users", Access::SignedIn("authorize_admin")),
-    (
-        "GET",
-        "/api/v1/users/{username}",
-        Access::SignedIn("authorize_admin"),
-    ),
-    (
-        "PATCH",
-        "/api/v1/users/{username}",
-        Access::SignedIn("authorize_admin"),
-    ),
-    (
-        "DELETE",
-        "/api/v1/users/{username}",
-        Access::SignedIn("authorize_admin"),
-    ),
+    ("GET",    "/healthz",                          Access::Open),
+    ("GET",    "/metrics",                          Access::Open),
+    ("GET",    "/api/v1/openapi.json",              Access::Open),
+    ("GET",    "/.well-known/jwks.json",            Access::Open),
+    ("POST",   "/api/v1/auth/login",                Access::SignIn),
+    ("POST",   "/api/v1/auth/github",               Access::SignIn),
+    ("POST",   "/api/v1/auth/refresh",              Access::SignIn),
+    ("POST",   "/api/v1/auth/logout",               Access::SignIn),
+    ("GET",    "/api/v1/auth/whoami",               Access::Rule("anyone")),
+    ("POST",   "/api/v1/auth/keys",                 Access::SignedIn("authorize_admin")),
+    ("DELETE", "/api/v1/auth/keys/{kid}",           Access::SignedIn("authorize_admin")),
+    ("GET",    "/api/v1/clusters",                  Access::Rule("authorize_status")),
+    ("GET",    "/api/v1/clusters/{cluster}",        Access::Rule("authorize_status")),
+    ("PUT",    "/api/v1/clusters/{cluster}",        Access::SignedIn("authorize_deploy")),
+    ("DELETE", "/api/v1/clusters/{cluster}",        Access::SignedIn("authorize_destroy")),
+    ("POST",   "/api/v1/clusters/{cluster}/token",  Access::SignedIn("authorize_cluster_token")),
+    ("GET",    "/api/v1/users",                     Access::SignedIn("authorize_admin")),
+    ("POST",   "/api/v1/users",                     Access::SignedIn("authorize_admin")),
+    ("GET",    "/api/v1/users/{username}",          Access::SignedIn("authorize_admin")),
+    ("PATCH",  "/api/v1/users/{username}",          Access::SignedIn("authorize_admin")),
+    ("DELETE", "/api/v1/users/{username}",          Access::SignedIn("authorize_admin")),
 ];
 
 /// The route template a request path matches, and its access.
