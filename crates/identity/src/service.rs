@@ -81,6 +81,7 @@ impl From<StoreError> for IdentityError {
             StoreError::AccountExists { username, kind } => {
                 IdentityError::Exists { username, kind }
             }
+            StoreError::LastAdmin(username) => IdentityError::LastAdmin(username),
             other => IdentityError::Store(other),
         }
     }
@@ -453,15 +454,15 @@ impl Identity {
             .get_account(&username)
             .await?
             .ok_or_else(|| IdentityError::NotFound(username.clone()))?;
+        // Each change revokes the account's earlier tokens as soon as it is
+        // stored, so a failure of the next one cannot leave a stale token.
         if let Some(level) = level {
-            if account.level == Level::Admin && level != Level::Admin {
-                self.refuse_last_admin(&username).await?;
-            }
             account = self
                 .store
                 .set_level(&username, level)
                 .await?
                 .ok_or_else(|| IdentityError::NotFound(username.clone()))?;
+            self.mark_changed(&username, now);
         }
         if let Some(grants) = grants {
             account = self
@@ -469,8 +470,8 @@ impl Identity {
                 .set_grants(&username, &grants)
                 .await?
                 .ok_or_else(|| IdentityError::NotFound(username.clone()))?;
+            self.mark_changed(&username, now);
         }
-        self.mark_changed(&username, now);
         tracing::info!(%username, level = %account.level, "account changed");
         Ok(account)
     }
@@ -484,33 +485,11 @@ impl Identity {
     ) -> Result<(), IdentityError> {
         authorize_admin(caller)?;
         let username = Username::new(username)?;
-        let account = self
-            .store
-            .get_account(&username)
-            .await?
-            .ok_or_else(|| IdentityError::NotFound(username.clone()))?;
-        if account.level == Level::Admin {
-            self.refuse_last_admin(&username).await?;
-        }
         if !self.store.delete_account(&username).await? {
             return Err(IdentityError::NotFound(username));
         }
         self.mark_changed(&username, now);
         tracing::info!(%username, "account removed");
-        Ok(())
-    }
-
-    async fn refuse_last_admin(&self, username: &Username) -> Result<(), IdentityError> {
-        let admins = self
-            .store
-            .list_accounts()
-            .await?
-            .into_iter()
-            .filter(|a| a.level == Level::Admin && &a.username != username)
-            .count();
-        if admins == 0 {
-            return Err(IdentityError::LastAdmin(username.clone()));
-        }
         Ok(())
     }
 

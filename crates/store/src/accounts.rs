@@ -63,7 +63,9 @@ pub trait AccountStore: Send + Sync + 'static {
     /// Every account, ordered by username.
     async fn list_accounts(&self) -> Result<Vec<AccountRecord>, StoreError>;
 
-    /// `None` if there is no such account.
+    /// `None` if there is no such account. `LastAdmin`, changing nothing,
+    /// if it is the only admin and `level` is not admin: once there is an
+    /// admin there always is one, however changes race.
     async fn set_level(
         &self,
         username: &Username,
@@ -78,7 +80,8 @@ pub trait AccountStore: Send + Sync + 'static {
     ) -> Result<Option<AccountRecord>, StoreError>;
 
     /// Deletes the account with its grants and refresh tokens. False if
-    /// there was no such account.
+    /// there was no such account; `LastAdmin`, changing nothing, if it is
+    /// the only admin.
     async fn delete_account(&self, username: &Username) -> Result<bool, StoreError>;
 
     /// A GitHub sign-in, atomically: creates the GitHub account at `level`,

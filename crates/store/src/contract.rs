@@ -56,6 +56,9 @@ macro_rules! store_contract_tests {
             delete_account_removes_its_grants_and_refresh_tokens,
             create_first_admin_creates_only_while_no_admin_exists,
             concurrent_create_first_admin_creates_exactly_one,
+            an_admin_made_by_create_account_counts_as_the_first,
+            the_last_admin_can_be_neither_demoted_nor_deleted,
+            admins_demoting_each_other_at_once_leave_one,
             upsert_github_account_creates_then_sets_the_level,
             upsert_github_account_keeps_an_admin_admin,
             upsert_github_account_refuses_a_local_accounts_name,
@@ -858,6 +861,7 @@ pub async fn set_level_changes_only_the_level(h: Harness) {
     assert_eq!(get_account(store, "alice").await.as_ref(), Some(&want));
     assert_eq!(get_account(store, "bob").await.as_ref(), Some(&bob));
 
+    create(store, &local("root", Level::Admin)).await;
     let lowered = store
         .set_level(&user("alice"), Level::Anonymous)
         .await
@@ -991,21 +995,82 @@ pub async fn create_first_admin_creates_only_while_no_admin_exists(h: Harness) {
     assert_eq!(store.list_accounts().await.expect("list").len(), 2);
 }
 
-pub async fn concurrent_create_first_admin_creates_exactly_one(h: Harness) {
-    // An admin made any other way counts too.
-    {
-        let store = h.store.as_ref();
-        create(store, &local("boss", Level::Admin)).await;
-        assert!(!store
-            .create_first_admin(&local("root", Level::Admin))
-            .await
-            .expect("first admin"));
-        assert!(store
-            .delete_account(&user("boss"))
-            .await
-            .expect("delete_account"));
-    }
+pub async fn an_admin_made_by_create_account_counts_as_the_first(h: Harness) {
+    let store = h.store.as_ref();
+    create(store, &local("boss", Level::Admin)).await;
+    assert!(!store
+        .create_first_admin(&local("root", Level::Admin))
+        .await
+        .expect("first admin"));
+    assert_eq!(get_account(store, "root").await, None);
+}
 
+pub async fn the_last_admin_can_be_neither_demoted_nor_deleted(h: Harness) {
+    let store = h.store.as_ref();
+    let root = local("root", Level::Admin);
+    create(store, &root).await;
+    create(store, &local("bob", Level::OrgMember)).await;
+    let refused = |r: Result<_, StoreError>| match r {
+        Err(StoreError::LastAdmin(name)) => assert_eq!(name, user("root")),
+        other => panic!("expected LastAdmin, got {other:?}"),
+    };
+    refused(
+        store
+            .set_level(&user("root"), Level::OrgMember)
+            .await
+            .map(|_| ()),
+    );
+    refused(store.delete_account(&user("root")).await.map(|_| ()));
+    assert_eq!(get_account(store, "root").await, Some(root));
+    // Admin to admin is no demotion; other accounts are not held back.
+    assert!(store
+        .set_level(&user("root"), Level::Admin)
+        .await
+        .expect("set")
+        .is_some());
+    assert!(store.delete_account(&user("bob")).await.expect("delete"));
+    // With a second admin, either may go, but not both.
+    create(store, &local("ann", Level::Admin)).await;
+    assert!(store
+        .set_level(&user("root"), Level::OrgMember)
+        .await
+        .expect("set")
+        .is_some());
+    assert!(matches!(
+        store.delete_account(&user("ann")).await,
+        Err(StoreError::LastAdmin(_))
+    ));
+}
+
+pub async fn admins_demoting_each_other_at_once_leave_one(h: Harness) {
+    create(h.store.as_ref(), &local("ann", Level::Admin)).await;
+    create(h.store.as_ref(), &local("bea", Level::Admin)).await;
+    let mut tasks = JoinSet::new();
+    for name in ["ann", "bea"] {
+        let store = h.store.clone();
+        tasks.spawn(async move { store.set_level(&user(name), Level::OrgMember).await });
+    }
+    let mut demoted = 0;
+    while let Some(joined) = tasks.join_next().await {
+        match joined.expect("task") {
+            Ok(Some(_)) => demoted += 1,
+            Err(StoreError::LastAdmin(_)) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(demoted, 1);
+    let admins = h
+        .store
+        .list_accounts()
+        .await
+        .expect("list")
+        .into_iter()
+        .filter(|a| a.level == Level::Admin)
+        .count();
+    assert_eq!(admins, 1);
+}
+
+pub async fn concurrent_create_first_admin_creates_exactly_one(h: Harness) {
     const RACERS: usize = 8;
     let mut tasks = JoinSet::new();
     for i in 0..RACERS {
@@ -1090,7 +1155,9 @@ pub async fn upsert_github_account_keeps_an_admin_admin(h: Harness) {
     }
     assert_eq!(get_account(store, "octocat").await, Some(admin));
 
-    // Demoted by an admin, the next sign-in sets the level again.
+    // Demoted by an admin, the next sign-in sets the level again. (Another
+    // admin first: the last one cannot be demoted.)
+    create(store, &local("root", Level::Admin)).await;
     store
         .set_level(&user("octocat"), Level::GithubMember)
         .await

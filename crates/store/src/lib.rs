@@ -46,6 +46,9 @@ pub enum StoreError {
         username: Username,
         kind: AccountKind,
     },
+    /// The change would leave no admin account.
+    #[error("{0} is the last admin; make another account admin first")]
+    LastAdmin(Username),
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
     #[error("database migration failed: {0}")]

@@ -41,6 +41,16 @@ impl StoredToken {
 }
 
 impl Inner {
+    /// `LastAdmin` if `username` is the only admin.
+    fn refuse_last_admin(&self, username: &Username) -> Result<(), StoreError> {
+        let is_admin = |a: &AccountRecord| a.level == Level::Admin;
+        let target_is_admin = self.accounts.get(username).is_some_and(is_admin);
+        if target_is_admin && self.accounts.values().filter(|a| is_admin(a)).count() == 1 {
+            return Err(StoreError::LastAdmin(username.clone()));
+        }
+        Ok(())
+    }
+
     fn account_exists(&self, username: &Username) -> Option<StoreError> {
         self.accounts
             .get(username)
@@ -303,6 +313,9 @@ impl AccountStore for MemoryStore {
         level: Level,
     ) -> Result<Option<AccountRecord>, StoreError> {
         let mut inner = self.inner.lock().unwrap();
+        if level != Level::Admin {
+            inner.refuse_last_admin(username)?;
+        }
         Ok(inner.accounts.get_mut(username).map(|a| {
             a.level = level;
             a.clone()
@@ -323,6 +336,7 @@ impl AccountStore for MemoryStore {
 
     async fn delete_account(&self, username: &Username) -> Result<bool, StoreError> {
         let mut inner = self.inner.lock().unwrap();
+        inner.refuse_last_admin(username)?;
         if inner.accounts.remove(username).is_none() {
             return Ok(false);
         }

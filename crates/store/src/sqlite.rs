@@ -400,6 +400,26 @@ async fn fetch_existing_account(
 
 /// The `AccountExists` error for `username`, naming the kind of the account
 /// that holds the name.
+/// `LastAdmin` if `username` is the only admin. Run inside the write
+/// transaction, so two admins demoting each other at once cannot both pass.
+async fn refuse_last_admin(
+    conn: &mut SqliteConnection,
+    username: &Username,
+) -> Result<(), StoreError> {
+    let (target, admins): (i64, i64) = sqlx::query_as(
+        "SELECT COALESCE(SUM(CASE WHEN username = $1 THEN 1 ELSE 0 END), 0), COUNT(*) \
+         FROM accounts WHERE level = $2",
+    )
+    .bind(username.as_str())
+    .bind(Level::Admin.as_str())
+    .fetch_one(&mut *conn)
+    .await?;
+    if target == 1 && admins == 1 {
+        return Err(StoreError::LastAdmin(username.clone()));
+    }
+    Ok(())
+}
+
 async fn account_exists(conn: &mut SqliteConnection, username: &Username) -> StoreError {
     let kind: Result<Option<String>, sqlx::Error> =
         sqlx::query_scalar("SELECT kind FROM accounts WHERE username = $1")
@@ -522,6 +542,9 @@ impl AccountStore for SqliteStore {
         level: Level,
     ) -> Result<Option<AccountRecord>, StoreError> {
         let mut tx = self.begin_write().await?;
+        if level != Level::Admin {
+            refuse_last_admin(&mut tx, username).await?;
+        }
         let updated = sqlx::query("UPDATE accounts SET level = $2 WHERE username = $1")
             .bind(username.as_str())
             .bind(level.as_str())
@@ -562,6 +585,7 @@ impl AccountStore for SqliteStore {
     async fn delete_account(&self, username: &Username) -> Result<bool, StoreError> {
         // Grants and refresh tokens go by ON DELETE CASCADE.
         let mut tx = self.begin_write().await?;
+        refuse_last_admin(&mut tx, username).await?;
         let deleted = sqlx::query("DELETE FROM accounts WHERE username = $1")
             .bind(username.as_str())
             .execute(&mut *tx)
