@@ -21,7 +21,10 @@
 //!
 //! The figures are printed as a Markdown table (for BENCHMARKS.md); the
 //! exit status is non-zero if any figure misses its target.
+//!
+//! `flotilla-bench http` measures the HTTP API instead: see [`http`].
 
+mod http;
 mod machine;
 mod metrics;
 mod report;
@@ -32,7 +35,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
 use flotilla_cloud::fake::{FakeCloud, FakeConfig, FakeStats};
 use flotilla_cloud::{CloudMetrics, InstanceSet, Metered, SystemClock, Tags, Throttled};
 use flotilla_domain::{
@@ -51,7 +54,7 @@ use report::{fmt_duration, fmt_kib, max, percentile, Report, Verdict};
 use tap::{CountingStore, StoreCounts, Tap};
 
 /// The driver (and instance set) name the engine is given.
-const DRIVER: &str = "fake";
+pub(crate) const DRIVER: &str = "fake";
 /// Time-to-live of every deployed cluster: far beyond the run, so no
 /// scheduled deletion fires during it.
 const TTL_SECONDS: i64 = 24 * 3600;
@@ -74,9 +77,30 @@ enum StoreKind {
     Memory,
 }
 
-/// Benchmarks the flotilla engine on the fake cloud, in real time.
+/// Benchmarks the flotilla engine on the fake cloud, in real time (the
+/// default), or the HTTP API under load (`http`).
 #[derive(Debug, Parser)]
-#[command(name = "flotilla-bench", version)]
+#[command(
+    name = "flotilla-bench",
+    version,
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    mode: Option<Mode>,
+    #[command(flatten)]
+    engine: Args,
+}
+
+#[derive(Debug, Subcommand)]
+enum Mode {
+    /// Load-tests the HTTP API on loopback: authenticated cluster status
+    /// (one token, then many distinct tokens) and /healthz.
+    Http(http::HttpArgs),
+}
+
+/// The engine benchmark's knobs.
+#[derive(Debug, clap::Args)]
 struct Args {
     /// Clusters deployed for convergence (and live during the later phases).
     #[arg(long, default_value_t = 1000)]
@@ -534,16 +558,26 @@ async fn deploy_wait(b: &Bench, args: &Args) -> Result<Wide> {
     })
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
-    let args = Args::parse();
+fn main() -> Result<()> {
+    let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
+    match cli.mode {
+        Some(Mode::Http(args)) => http::run(args),
+        // What `#[tokio::main]` builds: a worker per CPU.
+        None => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the tokio runtime")?
+            .block_on(engine_bench(cli.engine)),
+    }
+}
 
+async fn engine_bench(args: Args) -> Result<()> {
     let machine = Machine::read();
     let began = chrono::Local::now();
     println!("# flotilla-bench");
