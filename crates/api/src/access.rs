@@ -64,16 +64,23 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
 
 /// The route template a request path matches, and its access.
 pub fn route_access(method: &Method, path: &str) -> Option<Access> {
-    let segments: Vec<&str> = path.split('/').collect();
     ROUTES.iter().find_map(|(m, template, access)| {
-        let t: Vec<&str> = template.split('/').collect();
-        let matches = *m == method.as_str()
-            && t.len() == segments.len()
-            && t.iter()
-                .zip(&segments)
-                .all(|(t, s)| (t.starts_with('{') && !s.is_empty()) || t == s);
-        matches.then_some(*access)
+        (*m == method.as_str() && matches_template(template, path)).then_some(*access)
     })
+}
+
+/// Whether `path` fits `template`, segment by segment; `{name}` matches any
+/// non-empty segment. No allocation: this runs on every request.
+fn matches_template(template: &str, path: &str) -> bool {
+    let mut t = template.split('/');
+    let mut p = path.split('/');
+    loop {
+        match (t.next(), p.next()) {
+            (None, None) => return true,
+            (Some(t), Some(p)) if t == p || (t.starts_with('{') && !p.is_empty()) => {}
+            _ => return false,
+        }
+    }
 }
 
 /// The client's address: the peer of the connection. (Behind a reverse
