@@ -95,13 +95,13 @@ pub fn verify_password(stored: Option<&str>, password: &str) -> bool {
     let candidate = password.as_bytes();
     if candidate.len() <= MAX_PASSWORD_BYTES {
         if let Some(hash) = stored.and_then(|s| PasswordHash::new(s).ok()) {
-            return hasher().verify_password(candidate, &hash).is_ok();
+            return argon2_verify(candidate, &hash);
         }
     }
     let bounded = &candidate[..candidate.len().min(MAX_PASSWORD_BYTES)];
     match dummy_hash() {
         Some(dummy) => {
-            let _ = hasher().verify_password(bounded, dummy);
+            argon2_verify(bounded, dummy);
         }
         None => {
             let _ = hasher().hash_password_with_salt(bounded, DUMMY_SALT);
@@ -110,9 +110,44 @@ pub fn verify_password(stored: Option<&str>, password: &str) -> bool {
     false
 }
 
+/// The one expensive step, whichever way `verify_password` goes.
+fn argon2_verify(candidate: &[u8], hash: &PasswordHash) -> bool {
+    #[cfg(test)]
+    tests::VERIFICATIONS.with(|n| n.set(n.get() + 1));
+    hasher().verify_password(candidate, hash).is_ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    thread_local! {
+        /// argon2 verifications run on this thread.
+        pub(super) static VERIFICATIONS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+    }
+
+    /// Each way a login can fail does the same argon2 work as a wrong
+    /// password (with the same parameters, checked below), so timing does
+    /// not tell whether an account exists. Counted, not timed.
+    #[test]
+    fn every_failure_costs_one_argon2_verification() {
+        let stored = hash_password("correct horse battery").unwrap();
+        let too_long = "x".repeat(MAX_PASSWORD_BYTES + 1);
+        for (what, stored, password) in [
+            ("wrong password", Some(stored.as_str()), "wrong password!"),
+            ("no account", None, "wrong password!"),
+            ("garbled hash", Some("$argon2id$garbage"), "x"),
+            (
+                "over-long password",
+                Some(stored.as_str()),
+                too_long.as_str(),
+            ),
+        ] {
+            VERIFICATIONS.with(|n| n.set(0));
+            assert!(!verify_password(stored, password), "{what}");
+            assert_eq!(VERIFICATIONS.with(|n| n.get()), 1, "{what}");
+        }
+    }
 
     #[test]
     fn hashes_are_argon2id_with_owasp_parameters() {

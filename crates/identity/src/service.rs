@@ -325,12 +325,15 @@ impl Identity {
             .rotate_refresh_token(&refresh_id(secret), &next.id, refresh_expires_at, now)
             .await?
         {
-            Rotation::Rotated(account) => {
+            Rotation::Rotated {
+                account,
+                expires_at,
+            } => {
                 let (access, account) = self.current_access_token(account, read_at, now).await?;
                 Ok(Tokens {
                     access,
                     refresh_token: next.secret.clone(),
-                    refresh_expires_at,
+                    refresh_expires_at: expires_at,
                     account,
                 })
             }

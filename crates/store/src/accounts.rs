@@ -39,8 +39,12 @@ pub struct RefreshTokenRecord {
 /// What presenting a refresh token did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Rotation {
-    /// The token was live: it is now used up and `next` replaces it.
-    Rotated(AccountRecord),
+    /// The token was live: it is now used up and `next` replaces it, until
+    /// `expires_at`.
+    Rotated {
+        account: AccountRecord,
+        expires_at: DateTime<Utc>,
+    },
     /// The token had already been rotated: someone replayed it, so its whole
     /// family is now revoked.
     Reused,
@@ -100,7 +104,10 @@ pub trait AccountStore: Send + Sync + 'static {
 
     /// Presents the token whose id is `presented` at `now`, atomically: if it
     /// is live it is marked used and `next` (same username and family,
-    /// filled in by the store from the presented token) is stored.
+    /// filled in by the store from the presented token) is stored. `next`
+    /// expires at `next_expires_at` or when the presented token would have,
+    /// whichever is earlier: a sign-in lasts no longer than its first token,
+    /// however often it is refreshed.
     async fn rotate_refresh_token(
         &self,
         presented: &str,

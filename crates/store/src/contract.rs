@@ -747,7 +747,7 @@ async fn rotate(
 async fn assert_rotates(store: &dyn Store, presented: &str, username: &str, now: i64) {
     let next = format!("{presented}-checked");
     match rotate(store, presented, &next, now + 3600, now).await {
-        Rotation::Rotated(account) => assert_eq!(account.username, user(username)),
+        Rotation::Rotated { account, .. } => assert_eq!(account.username, user(username)),
         other => panic!("expected {presented} to rotate, got {other:?}"),
     }
 }
@@ -1190,27 +1190,35 @@ pub async fn rotating_a_live_token_replaces_it(h: Harness) {
     let mut alice = local("alice", Level::OrgMember);
     alice.grants = clusters(&["granted"]);
     create(store, &alice).await;
-    login(store, "first", "alice", "family-1", 0, 100).await;
+    login(store, "first", "alice", "family-1", 0, 1000).await;
 
-    // Rotated hands back the account as it is now, grants included.
+    // Rotated hands back the account as it is now, grants included, and
+    // when the successor expires: as asked, here sooner than the first.
     assert_eq!(
         rotate(store, "first", "second", 200, 50).await,
-        Rotation::Rotated(alice.clone())
+        Rotation::Rotated {
+            account: alice.clone(),
+            expires_at: t(200),
+        }
     );
     let raised = store
         .set_level(&user("alice"), Level::Admin)
         .await
         .expect("set_level")
         .expect("exists");
-    // The successor lives until the expiry given for it, not the first's.
+    // Never later than the token it replaces: a sign-in does not outlive
+    // its first token however often it is refreshed.
     assert_eq!(
-        rotate(store, "second", "third", 300, 150).await,
-        Rotation::Rotated(raised)
+        rotate(store, "second", "third", 5000, 150).await,
+        Rotation::Rotated {
+            account: raised,
+            expires_at: t(200),
+        }
     );
     assert_eq!(
-        rotate(store, "third", "fourth", 400, 300).await,
+        rotate(store, "third", "fourth", 5000, 200).await,
         Rotation::Invalid,
-        "the third expires at 300"
+        "the third expires at 200, as the second did"
     );
 }
 
@@ -1222,7 +1230,7 @@ pub async fn reusing_a_rotated_token_revokes_its_family(h: Harness) {
 
     assert!(matches!(
         rotate(store, "a1", "a2", 1000, 10).await,
-        Rotation::Rotated(_)
+        Rotation::Rotated { .. }
     ));
     // Someone replays the used token: the whole family goes.
     assert_eq!(
@@ -1298,11 +1306,11 @@ pub async fn revoke_refresh_family_revokes_the_whole_family(h: Harness) {
     login(store, "b1", "alice", "family-b", 0, 1000).await;
     assert!(matches!(
         rotate(store, "a1", "a2", 1000, 10).await,
-        Rotation::Rotated(_)
+        Rotation::Rotated { .. }
     ));
     assert!(matches!(
         rotate(store, "a2", "a3", 1000, 20).await,
-        Rotation::Rotated(_)
+        Rotation::Rotated { .. }
     ));
 
     // Logging out with a used token of the family still revokes all of it.
@@ -1341,7 +1349,7 @@ pub async fn revoke_refresh_tokens_revokes_all_and_counts_the_live(h: Harness) {
     login(store, "a1", "alice", "fa", 0, 1000).await;
     assert!(matches!(
         rotate(store, "a1", "a2", 1000, 10).await,
-        Rotation::Rotated(_)
+        Rotation::Rotated { .. }
     ));
     login(store, "b1", "alice", "fb", 0, 1000).await;
     login(store, "expired", "alice", "fc", 0, 50).await;
@@ -1434,7 +1442,7 @@ pub async fn refresh_tokens_need_an_account_and_a_fresh_id(h: Harness) {
     );
     assert!(matches!(
         rotate(store, "first", "second", 1000, 20).await,
-        Rotation::Rotated(_)
+        Rotation::Rotated { .. }
     ));
     assert_rotates(store, "second", "alice", 30).await;
     assert_rotates(store, "taken", "alice", 30).await;
@@ -1461,7 +1469,7 @@ pub async fn concurrent_rotations_of_one_token_rotate_it_once(h: Harness) {
     let mut invalid = 0;
     while let Some(joined) = tasks.join_next().await {
         match joined.expect("task").expect("rotate_refresh_token") {
-            (next, Rotation::Rotated(account)) => {
+            (next, Rotation::Rotated { account, .. }) => {
                 assert_eq!(account.username, user("alice"));
                 rotated.push(next);
             }

@@ -416,7 +416,7 @@ impl AccountStore for MemoryStore {
         let next = RefreshTokenRecord {
             id: next_id.to_owned(),
             issued_at: now,
-            expires_at: next_expires_at,
+            expires_at: next_expires_at.min(stored.token.expires_at),
             ..stored.token.clone()
         };
         inner.check_new_token(&next.id, &next.username)?;
@@ -429,6 +429,7 @@ impl AccountStore for MemoryStore {
         if let Some(stored) = inner.refresh_tokens.get_mut(presented) {
             stored.used_at = Some(now);
         }
+        let expires_at = next.expires_at;
         inner.refresh_tokens.insert(
             next.id.clone(),
             StoredToken {
@@ -437,7 +438,10 @@ impl AccountStore for MemoryStore {
                 revoked_at: None,
             },
         );
-        Ok(Rotation::Rotated(account))
+        Ok(Rotation::Rotated {
+            account,
+            expires_at,
+        })
     }
 
     async fn revoke_refresh_family(

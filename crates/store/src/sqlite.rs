@@ -676,6 +676,7 @@ impl AccountStore for SqliteStore {
             .bind(now_ms)
             .execute(&mut *tx)
             .await?;
+        let next_expires_ms = row::to_millis(next_expires_at).min(token.expires_at);
         sqlx::query(
             "INSERT INTO refresh_tokens (id, username, family, issued_at, expires_at) \
              VALUES ($1, $2, $3, $4, $5)",
@@ -684,7 +685,7 @@ impl AccountStore for SqliteStore {
         .bind(&token.username)
         .bind(&token.family)
         .bind(now_ms)
-        .bind(row::to_millis(next_expires_at))
+        .bind(next_expires_ms)
         .execute(&mut *tx)
         .await?;
         let username = Username::new(token.username.as_str()).map_err(|e| {
@@ -694,7 +695,12 @@ impl AccountStore for SqliteStore {
         })?;
         let account = fetch_existing_account(&mut tx, &username).await?;
         tx.commit().await?;
-        Ok(Rotation::Rotated(account))
+        Ok(Rotation::Rotated {
+            account,
+            expires_at: row::from_millis(next_expires_ms, || {
+                format!("refresh_tokens row {presented:?}, column expires_at")
+            })?,
+        })
     }
 
     async fn revoke_refresh_family(

@@ -136,7 +136,7 @@ async fn accounts_and_refresh_tokens_survive_reopening() {
             .rotate_refresh_token("cat-1", "cat-2", t(600), t(10))
             .await
             .unwrap(),
-        Rotation::Rotated(_)
+        Rotation::Rotated { .. }
     ));
     assert!(store
         .revoke_refresh_family("cat-gone", t(11))
@@ -175,14 +175,14 @@ async fn accounts_and_refresh_tokens_survive_reopening() {
             .rotate_refresh_token("root-1", "root-2", t(600), t(20))
             .await
             .unwrap(),
-        Rotation::Rotated(a) if a.username == user("root")
+        Rotation::Rotated { account: a, .. } if a.username == user("root")
     ));
     assert!(matches!(
         reopened
             .rotate_refresh_token("cat-2", "cat-3", t(600), t(20))
             .await
             .unwrap(),
-        Rotation::Rotated(a) if a.username == user("octocat")
+        Rotation::Rotated { account: a, .. } if a.username == user("octocat")
     ));
     assert_eq!(
         reopened
