@@ -4,7 +4,9 @@
 //! time and the observed world and act on what comes back.
 
 mod access;
+mod capacity;
 mod cluster;
+mod money;
 mod names;
 mod plan;
 
@@ -13,10 +15,12 @@ pub use access::{
     authorize_destroy, authorize_status, AccountKind, Caller, Denied, Level, LevelError,
     LevelLimits, LevelPolicy,
 };
+pub use capacity::{sizing, CapacityRequest, Sizing};
 pub use cluster::{
     cluster_state, ClusterRecord, ClusterState, DeployCommand, Limits, NodeCapacity, TimeToLive,
     ValidationError,
 };
+pub use money::{lifetime_cost, projected_cost, Money, MoneyError, MICROS_PER_DOLLAR};
 pub use names::{
     ClusterName, InstanceId, InstanceSetId, InstanceType, NameError, PoolName, Username,
 };

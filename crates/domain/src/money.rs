@@ -1,0 +1,241 @@
+//! Money as whole micro-dollars (never floating point), and the cost of a
+//! node's lifetime at an hourly price, exact to the micro-dollar.
+
+use std::fmt;
+use std::ops::{Add, AddAssign, Neg, Sub, SubAssign};
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// An amount of dollars, in micro-dollars. Signed: corrections and balances
+/// can be negative.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(transparent)]
+pub struct Money(i64);
+
+pub const MICROS_PER_DOLLAR: i64 = 1_000_000;
+const MILLIS_PER_HOUR: i128 = 3_600_000;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{value:?} is not an amount of dollars: {reason} (write it like \"25.00\", \"0.10\" or \"-3.5\")")]
+pub struct MoneyError {
+    pub value: String,
+    pub reason: &'static str,
+}
+
+impl Money {
+    pub const ZERO: Money = Money(0);
+
+    pub const fn from_micros(micros: i64) -> Self {
+        Money(micros)
+    }
+
+    pub const fn micros(self) -> i64 {
+        self.0
+    }
+
+    pub fn from_dollars(dollars: i64) -> Option<Self> {
+        dollars.checked_mul(MICROS_PER_DOLLAR).map(Money)
+    }
+
+    pub fn checked_add(self, other: Money) -> Option<Money> {
+        self.0.checked_add(other.0).map(Money)
+    }
+
+    pub fn is_negative(self) -> bool {
+        self.0 < 0
+    }
+}
+
+impl FromStr for Money {
+    type Err = MoneyError;
+
+    /// Decimal dollars with at most six decimals and an optional sign; no
+    /// exponent, no thousands separators, no currency sign.
+    fn from_str(s: &str) -> Result<Self, MoneyError> {
+        let err = |reason| MoneyError {
+            value: s.to_owned(),
+            reason,
+        };
+        let (negative, digits) = match s.strip_prefix('-') {
+            Some(rest) => (true, rest),
+            None => (false, s.strip_prefix('+').unwrap_or(s)),
+        };
+        let (whole, fraction) = digits.split_once('.').unwrap_or((digits, ""));
+        if whole.is_empty() && fraction.is_empty() {
+            return Err(err("no digits"));
+        }
+        if !whole
+            .bytes()
+            .chain(fraction.bytes())
+            .all(|b| b.is_ascii_digit())
+        {
+            return Err(err("only digits and one '.' are allowed"));
+        }
+        if fraction.len() > 6 {
+            return Err(err(
+                "more than six decimals (a micro-dollar is the smallest unit)",
+            ));
+        }
+        let whole: i64 = if whole.is_empty() {
+            0
+        } else {
+            whole.parse().map_err(|_| err("too large"))?
+        };
+        let fraction: i64 = format!("{fraction:0<6}").parse().expect("six digits");
+        let micros = whole
+            .checked_mul(MICROS_PER_DOLLAR)
+            .and_then(|w| w.checked_add(fraction))
+            .ok_or_else(|| err("too large"))?;
+        Ok(Money(if negative { -micros } else { micros }))
+    }
+}
+
+impl fmt::Display for Money {
+    /// Dollars with two decimals, or more when there are sub-cent digits:
+    /// "25.00", "0.10", "0.000125", "-3.50".
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let sign = if self.0 < 0 { "-" } else { "" };
+        let abs = self.0.unsigned_abs();
+        let whole = abs / MICROS_PER_DOLLAR as u64;
+        let fraction = abs % MICROS_PER_DOLLAR as u64;
+        let mut digits = format!("{fraction:06}");
+        while digits.len() > 2 && digits.ends_with('0') {
+            digits.pop();
+        }
+        write!(f, "{sign}{whole}.{digits}")
+    }
+}
+
+impl Add for Money {
+    type Output = Money;
+    fn add(self, other: Money) -> Money {
+        Money(self.0 + other.0)
+    }
+}
+
+impl AddAssign for Money {
+    fn add_assign(&mut self, other: Money) {
+        self.0 += other.0;
+    }
+}
+
+impl Sub for Money {
+    type Output = Money;
+    fn sub(self, other: Money) -> Money {
+        Money(self.0 - other.0)
+    }
+}
+
+impl SubAssign for Money {
+    fn sub_assign(&mut self, other: Money) {
+        self.0 -= other.0;
+    }
+}
+
+impl Neg for Money {
+    type Output = Money;
+    fn neg(self) -> Money {
+        Money(-self.0)
+    }
+}
+
+impl std::iter::Sum for Money {
+    fn sum<I: Iterator<Item = Money>>(iter: I) -> Money {
+        iter.fold(Money::ZERO, Add::add)
+    }
+}
+
+/// What a node has cost from `launched_at` until `until` at `per_hour`,
+/// rounded down to the micro-dollar; zero if `until` is not after launch.
+///
+/// Always computed from the launch, never by adding up pieces: the
+/// increment to charge since the last accrual is
+/// `lifetime_cost(.., now) - lifetime_cost(.., last)`, so however the
+/// accruals are split (ticks, restarts), their sum is exact.
+pub fn lifetime_cost(per_hour: Money, launched_at: DateTime<Utc>, until: DateTime<Utc>) -> Money {
+    let millis = (until - launched_at).num_milliseconds().max(0) as i128;
+    let micros = per_hour.0 as i128 * millis / MILLIS_PER_HOUR;
+    Money(micros.clamp(i64::MIN as i128, i64::MAX as i128) as i64)
+}
+
+/// The cost of `nodes` nodes at `per_hour` for `millis` milliseconds,
+/// rounded up: what a request must be able to pay for before it starts.
+pub fn projected_cost(per_hour: Money, nodes: u32, millis: i64) -> Money {
+    let total = per_hour.0 as i128 * nodes as i128 * millis.max(0) as i128;
+    let micros = (total + MILLIS_PER_HOUR - 1) / MILLIS_PER_HOUR;
+    Money(micros.min(i64::MAX as i128) as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(s: &str) -> Money {
+        s.parse().unwrap()
+    }
+
+    fn at(secs: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000 + secs, 0).unwrap()
+    }
+
+    #[test]
+    fn parses_and_prints_dollars() {
+        assert_eq!(m("25.00"), Money::from_micros(25_000_000));
+        assert_eq!(m("0.10"), Money::from_micros(100_000));
+        assert_eq!(m("-3.5"), Money::from_micros(-3_500_000));
+        assert_eq!(m(".5"), Money::from_micros(500_000));
+        assert_eq!(m("+7"), Money::from_micros(7_000_000));
+        assert_eq!(m("0.000001"), Money::from_micros(1));
+        for (s, shown) in [
+            ("25", "25.00"),
+            ("0.1", "0.10"),
+            ("-3.5", "-3.50"),
+            ("0.000125", "0.000125"),
+            ("-0.000001", "-0.000001"),
+        ] {
+            assert_eq!(m(s).to_string(), shown);
+        }
+        for bad in [
+            "",
+            ".",
+            "1.2.3",
+            "1e3",
+            "$5",
+            "1,000",
+            "0.0000001",
+            "99999999999999999",
+            "--1",
+            " 1",
+        ] {
+            assert!(bad.parse::<Money>().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn lifetime_cost_is_exact_and_additive() {
+        let price = m("0.10");
+        assert_eq!(lifetime_cost(price, at(0), at(3600)), m("0.10"));
+        assert_eq!(lifetime_cost(price, at(0), at(36)), m("0.001"));
+        assert_eq!(lifetime_cost(price, at(10), at(0)), Money::ZERO);
+        // 7 s at $0.10/h is 194.44… micro-dollars: rounded down.
+        assert_eq!(lifetime_cost(price, at(0), at(7)), Money::from_micros(194));
+        // Accrued in uneven pieces, the sum is the whole exactly.
+        let cuts = [0, 7, 13, 500, 501, 3599, 7300];
+        let pieces: Money = cuts
+            .windows(2)
+            .map(|w| lifetime_cost(price, at(0), at(w[1])) - lifetime_cost(price, at(0), at(w[0])))
+            .sum();
+        assert_eq!(pieces, lifetime_cost(price, at(0), at(7300)));
+    }
+
+    #[test]
+    fn projected_cost_rounds_up() {
+        assert_eq!(projected_cost(m("0.10"), 3, 8 * 3_600_000), m("2.40"));
+        assert_eq!(projected_cost(m("0.10"), 1, 7_000), Money::from_micros(195));
+        assert_eq!(projected_cost(m("0.10"), 0, 7_000), Money::ZERO);
+    }
+}
