@@ -20,7 +20,10 @@ pub use cluster::{
     cluster_state, ClusterRecord, ClusterState, DeployCommand, Limits, NodeCapacity, TimeToLive,
     ValidationError,
 };
-pub use money::{lifetime_cost, projected_cost, Money, MoneyError, MICROS_PER_DOLLAR};
+pub use money::{
+    forecast_hours, lifetime_cost, month_of, monthly_credit, projected_cost, Money, MoneyError,
+    MICROS_PER_DOLLAR,
+};
 pub use names::{
     ClusterName, InstanceId, InstanceSetId, InstanceType, NameError, PoolName, Username,
 };

@@ -239,3 +239,91 @@ mod tests {
         assert_eq!(projected_cost(m("0.10"), 0, 7_000), Money::ZERO);
     }
 }
+
+/// A month, for the monthly allowance: credited once per calendar month
+/// (UTC), on its first day.
+pub fn month_of(t: DateTime<Utc>) -> (i32, u32) {
+    use chrono::Datelike;
+    (t.year(), t.month())
+}
+
+/// What the monthly allowance adds at `now` to `balance`, given the month
+/// last credited: `None` if this month was credited already; otherwise the
+/// allowance, cut so the balance does not pass `max_balance` (zero if it is
+/// already there). Months the server missed are not paid twice: one credit
+/// covers the current month.
+pub fn monthly_credit(
+    balance: Money,
+    allowance: Money,
+    max_balance: Money,
+    last_credited: Option<(i32, u32)>,
+    now: DateTime<Utc>,
+) -> Option<Money> {
+    if last_credited.is_some_and(|last| last >= month_of(now)) {
+        return None;
+    }
+    let room = (max_balance - balance).max(Money::ZERO);
+    Some(allowance.min(room).max(Money::ZERO))
+}
+
+/// Hours until `balance` reaches zero at `burn_per_hour`; `None` when
+/// nothing is burning.
+pub fn forecast_hours(balance: Money, burn_per_hour: Money) -> Option<f64> {
+    (burn_per_hour.micros() > 0)
+        .then(|| (balance.micros().max(0) as f64) / burn_per_hour.micros() as f64)
+}
+
+#[cfg(test)]
+mod budget_tests {
+    use super::*;
+
+    fn m(s: &str) -> Money {
+        s.parse().unwrap()
+    }
+
+    fn day(y: i32, mo: u32, d: u32) -> DateTime<Utc> {
+        use chrono::TimeZone;
+        Utc.with_ymd_and_hms(y, mo, d, 0, 0, 0).unwrap()
+    }
+
+    #[test]
+    fn the_allowance_comes_once_a_month_up_to_the_cap() {
+        let (allowance, cap) = (m("100"), m("250"));
+        assert_eq!(
+            monthly_credit(m("0"), allowance, cap, None, day(2026, 11, 1)),
+            Some(m("100"))
+        );
+        assert_eq!(
+            monthly_credit(
+                m("100"),
+                allowance,
+                cap,
+                Some((2026, 11)),
+                day(2026, 11, 30)
+            ),
+            None,
+            "once per month"
+        );
+        assert_eq!(
+            monthly_credit(m("200"), allowance, cap, Some((2026, 11)), day(2026, 12, 1)),
+            Some(m("50")),
+            "up to the cap"
+        );
+        assert_eq!(
+            monthly_credit(m("300"), allowance, cap, Some((2026, 11)), day(2027, 1, 1)),
+            Some(Money::ZERO)
+        );
+        assert_eq!(
+            monthly_credit(m("-20"), allowance, cap, Some((2026, 6)), day(2027, 1, 15)),
+            Some(m("100")),
+            "missed months are not paid twice"
+        );
+    }
+
+    #[test]
+    fn forecast() {
+        assert_eq!(forecast_hours(m("10"), m("0.50")), Some(20.0));
+        assert_eq!(forecast_hours(m("-1"), m("0.50")), Some(0.0));
+        assert_eq!(forecast_hours(m("10"), Money::ZERO), None);
+    }
+}
