@@ -1,0 +1,296 @@
+//! The driver's configuration, as written under `[drivers.NAME]` with
+//! `type = "ec2"`. Credentials are never part of it: they come from the
+//! standard AWS chain (environment, profile, web identity, container or
+//! instance role).
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::Ec2Error;
+
+/// Configuration of one EC2 instance set.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ec2Config {
+    /// The AWS region, e.g. `us-west-2`.
+    pub region: String,
+    /// Another endpoint than AWS's own for the region (an EC2-compatible
+    /// service, or a VPC endpoint), e.g. `http://127.0.0.1:5055`.
+    #[serde(default)]
+    pub endpoint_url: Option<String>,
+    /// The AMI used when a create request names none.
+    #[serde(default)]
+    pub image: Option<String>,
+    /// Subnets to launch into, tried in order: a subnet that is full, gone,
+    /// or out of capacity in its availability zone fails over to the next.
+    /// Empty: the account's default VPC chooses.
+    #[serde(default)]
+    pub subnets: Vec<String>,
+    /// Security group IDs (`sg-…`) for every instance.
+    #[serde(default)]
+    pub security_groups: Vec<String>,
+    /// The EC2 key pair name, for SSH access to the nodes.
+    #[serde(default)]
+    pub key_name: Option<String>,
+    /// The IAM instance profile of the nodes, by name or ARN.
+    #[serde(default)]
+    pub iam_instance_profile: Option<String>,
+    /// The most instances one RunInstances call asks for.
+    #[serde(default = "default_max_batch")]
+    pub max_batch: u32,
+    /// Launch spot instances instead of on-demand ones.
+    #[serde(default)]
+    pub spot: Option<SpotConfig>,
+    /// A node is ready only once it answers this HTTP check; without one, a
+    /// node is ready as soon as EC2 says it runs.
+    #[serde(default)]
+    pub health_check: Option<HealthCheck>,
+    /// Which of an instance's IP addresses is its address.
+    #[serde(default)]
+    pub address: AddressKind,
+    /// How long a capacity shortage of an instance type (spot and on-demand
+    /// separately) is remembered, so creates go straight to what works.
+    #[serde(default = "default_capacity_memory", with = "humantime_serde")]
+    pub capacity_memory: Duration,
+    /// How long spot prices are cached.
+    #[serde(default = "default_price_cache", with = "humantime_serde")]
+    pub price_cache: Duration,
+    /// Reservations per DescribeInstances page (EC2 allows 5 to 1000).
+    #[serde(default = "default_list_page_size")]
+    pub list_page_size: u32,
+    /// Limit on one EC2 API call, including connecting.
+    #[serde(default = "default_request_timeout", with = "humantime_serde")]
+    pub request_timeout: Duration,
+}
+
+/// Spot instances, with an optional price cap and fallback.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct SpotConfig {
+    /// The most to pay per instance hour, in USD as a decimal string
+    /// (`"0.05"`). None: up to the on-demand price (EC2's default).
+    #[serde(default)]
+    pub max_price: Option<String>,
+    /// When spot capacity for the type is short, launch on-demand instead.
+    #[serde(default)]
+    pub fallback_on_demand: bool,
+}
+
+/// An HTTP check a node must pass to be ready: `GET http://ADDRESS:PORT/PATH`
+/// answering 2xx.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    pub port: u16,
+    #[serde(default = "default_health_path")]
+    pub path: String,
+}
+
+/// Which IP address of an instance flotilla uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AddressKind {
+    /// The private IP (flotilla runs in the same VPC or is connected to it).
+    #[default]
+    Private,
+    /// The public IP (known only once the instance runs).
+    Public,
+}
+
+fn default_max_batch() -> u32 {
+    50
+}
+
+fn default_capacity_memory() -> Duration {
+    Duration::from_secs(180)
+}
+
+fn default_price_cache() -> Duration {
+    Duration::from_secs(300)
+}
+
+fn default_list_page_size() -> u32 {
+    1000
+}
+
+fn default_request_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_health_path() -> String {
+    "/healthz".to_owned()
+}
+
+impl Ec2Config {
+    /// A configuration for `region` with every other setting at its default.
+    pub fn new(region: impl Into<String>) -> Self {
+        Self {
+            region: region.into(),
+            endpoint_url: None,
+            image: None,
+            subnets: Vec::new(),
+            security_groups: Vec::new(),
+            key_name: None,
+            iam_instance_profile: None,
+            max_batch: default_max_batch(),
+            spot: None,
+            health_check: None,
+            address: AddressKind::default(),
+            capacity_memory: default_capacity_memory(),
+            price_cache: default_price_cache(),
+            list_page_size: default_list_page_size(),
+            request_timeout: default_request_timeout(),
+        }
+    }
+
+    /// Refuses settings EC2 would refuse on every call, so they are found
+    /// when the server starts rather than at the first deploy.
+    pub fn validate(&self) -> Result<(), Ec2Error> {
+        let invalid = |reason: String| Err(Ec2Error::InvalidConfig { reason });
+        let region_ok = !self.region.is_empty()
+            && self
+                .region
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if !region_ok {
+            return invalid(format!(
+                "region {:?} is not an AWS region name such as \"us-west-2\"",
+                self.region
+            ));
+        }
+        if let Some(url) = &self.endpoint_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return invalid(format!(
+                    "endpoint_url {url:?} must start with http:// or https://"
+                ));
+            }
+        }
+        if self.max_batch == 0 {
+            return invalid("max_batch is 0; set it to at least 1".to_owned());
+        }
+        // RunInstances takes MaxCount as a 32-bit signed integer.
+        if self.max_batch > i32::MAX as u32 {
+            return invalid(format!("max_batch {} is too large", self.max_batch));
+        }
+        for (what, values) in [
+            ("subnets", &self.subnets),
+            ("security_groups", &self.security_groups),
+        ] {
+            if values.iter().any(|v| v.trim().is_empty()) {
+                return invalid(format!("{what} holds an empty entry"));
+            }
+        }
+        if let Some(price) = self.spot.as_ref().and_then(|s| s.max_price.as_ref()) {
+            if !price.parse::<f64>().is_ok_and(|p| p.is_finite() && p > 0.0) {
+                return invalid(format!(
+                    "spot.max_price {price:?} is not a positive price in USD such as \"0.05\""
+                ));
+            }
+        }
+        if let Some(check) = &self.health_check {
+            if check.port == 0 {
+                return invalid("health_check.port is 0".to_owned());
+            }
+            if !check.path.starts_with('/') || check.path.chars().any(char::is_whitespace) {
+                return invalid(format!(
+                    "health_check.path {:?} must start with '/' and hold no spaces",
+                    check.path
+                ));
+            }
+        }
+        if !(5..=1000).contains(&self.list_page_size) {
+            return invalid(format!(
+                "list_page_size {} is outside 5..=1000",
+                self.list_page_size
+            ));
+        }
+        if self.request_timeout.is_zero() {
+            return invalid("request_timeout is 0".to_owned());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_from_toml() {
+        let config: Ec2Config = toml::from_str(
+            r#"
+            region = "us-west-2"
+            endpoint_url = "http://127.0.0.1:5055"
+            subnets = ["subnet-a", "subnet-b"]
+            security_groups = ["sg-1"]
+            key_name = "ops"
+            iam_instance_profile = "flotilla-node"
+            max_batch = 25
+            address = "public"
+            capacity_memory = "5m"
+            spot = { max_price = "0.05", fallback_on_demand = true }
+            health_check = { port = 8080 }
+            "#,
+        )
+        .unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.subnets, ["subnet-a", "subnet-b"]);
+        assert_eq!(config.address, AddressKind::Public);
+        assert_eq!(config.capacity_memory, Duration::from_secs(300));
+        assert_eq!(config.request_timeout, default_request_timeout());
+        assert_eq!(config.health_check.unwrap().path, "/healthz");
+        assert!(config.spot.unwrap().fallback_on_demand);
+        let minimal: Ec2Config = toml::from_str(r#"region = "eu-west-1""#).unwrap();
+        assert_eq!(minimal, Ec2Config::new("eu-west-1"));
+        let unknown = toml::from_str::<Ec2Config>("region = \"eu-west-1\"\nsubnet = \"x\"");
+        assert!(unknown.unwrap_err().to_string().contains("subnet"));
+    }
+
+    #[test]
+    fn defaults_are_valid_and_bad_values_are_refused() {
+        assert!(Ec2Config::new("us-east-1").validate().is_ok());
+        let bad = [
+            Ec2Config::new(""),
+            Ec2Config::new("US East"),
+            Ec2Config {
+                endpoint_url: Some("127.0.0.1:5000".into()),
+                ..Ec2Config::new("us-east-1")
+            },
+            Ec2Config {
+                max_batch: 0,
+                ..Ec2Config::new("us-east-1")
+            },
+            Ec2Config {
+                subnets: vec!["subnet-1".into(), " ".into()],
+                ..Ec2Config::new("us-east-1")
+            },
+            Ec2Config {
+                spot: Some(SpotConfig {
+                    max_price: Some("cheap".into()),
+                    fallback_on_demand: false,
+                }),
+                ..Ec2Config::new("us-east-1")
+            },
+            Ec2Config {
+                health_check: Some(HealthCheck {
+                    port: 8080,
+                    path: "healthz".into(),
+                }),
+                ..Ec2Config::new("us-east-1")
+            },
+            Ec2Config {
+                list_page_size: 1001,
+                ..Ec2Config::new("us-east-1")
+            },
+            Ec2Config {
+                request_timeout: Duration::ZERO,
+                ..Ec2Config::new("us-east-1")
+            },
+        ];
+        for config in bad {
+            let err = config.validate().expect_err("invalid config");
+            assert!(matches!(err, Ec2Error::InvalidConfig { .. }), "{err}");
+        }
+    }
+}

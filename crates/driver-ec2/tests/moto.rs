@@ -1,0 +1,247 @@
+//! The ec2 driver against moto's EC2 server: what the conformance suite
+//! does not cover. moto launches MinCount instances (so every create here
+//! makes one), pages DescribeInstances by reservation, and never runs out
+//! of capacity; see `scripted.rs` for those.
+
+mod support;
+
+use std::collections::BTreeMap;
+
+use aws_sdk_ec2::types::{Filter, ResourceType, Tag, TagSpecification};
+use flotilla_cloud::{CloudError, InstanceSet, Tags, TAG_CLUSTER, TAG_INSTANCE_SET};
+use flotilla_domain::{InstanceId, InstanceType};
+use flotilla_driver_ec2::{load_sdk_config, Ec2Config, SpotConfig};
+use support::moto::{Moto, AMI};
+use support::{config, credentials, open, request};
+
+async fn moto() -> Moto {
+    tokio::task::spawn_blocking(Moto::start)
+        .await
+        .expect("start moto")
+}
+
+/// A plain EC2 client on moto, to do what flotilla would not.
+async fn raw_client(moto: &Moto) -> aws_sdk_ec2::Client {
+    aws_sdk_ec2::Client::new(&load_sdk_config(&config(&moto.endpoint), Some(credentials())).await)
+}
+
+async fn describe(client: &aws_sdk_ec2::Client, id: &str) -> aws_sdk_ec2::types::Instance {
+    client
+        .describe_instances()
+        .instance_ids(id)
+        .send()
+        .await
+        .unwrap()
+        .reservations()[0]
+        .instances()[0]
+        .clone()
+}
+
+fn tags_of(tags: &[Tag]) -> BTreeMap<String, String> {
+    tags.iter()
+        .map(|t| (t.key().unwrap().to_owned(), t.value().unwrap().to_owned()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listing_pages_through_more_than_a_page() {
+    let moto = moto().await;
+    let set = open(
+        Ec2Config {
+            list_page_size: 100,
+            ..config(&moto.endpoint)
+        },
+        "ours",
+    )
+    .await;
+    // moto pages by reservation, and launches one instance per call here.
+    for n in 0..120 {
+        let cluster = if n % 2 == 0 { "even" } else { "odd" };
+        set.create(&request(cluster, 1)).await.expect("create");
+    }
+    let before = set
+        .api_calls()
+        .get("DescribeInstances")
+        .copied()
+        .unwrap_or(0);
+    let all = set.list(&Tags::new()).await.expect("list");
+    assert_eq!(all.len(), 120);
+    let pages = set.api_calls()["DescribeInstances"] - before;
+    assert_eq!(pages, 2, "120 reservations in pages of 100");
+    let odd = Tags::from([(TAG_CLUSTER.to_owned(), "odd".to_owned())]);
+    assert_eq!(set.list(&odd).await.unwrap().len(), 60);
+    // Terminated instances stay listed by moto, never by the driver.
+    for i in all.iter().take(30) {
+        set.destroy(&i.id).await.unwrap();
+    }
+    assert_eq!(set.list(&Tags::new()).await.unwrap().len(), 90);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_made_outside_flotilla_are_never_touched() {
+    let moto = moto().await;
+    let client = raw_client(&moto).await;
+    let foreign = client
+        .run_instances()
+        .image_id(AMI)
+        .instance_type("t3.micro".into())
+        .min_count(1)
+        .max_count(1)
+        // Looks like ours in every way but the instance set.
+        .tag_specifications(
+            TagSpecification::builder()
+                .resource_type(ResourceType::Instance)
+                .tags(Tag::builder().key(TAG_CLUSTER).value("c").build())
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap()
+        .instances()[0]
+        .instance_id()
+        .unwrap()
+        .to_owned();
+    let set = open(config(&moto.endpoint), "ours").await;
+    assert!(set.list(&Tags::new()).await.unwrap().is_empty());
+    let id = InstanceId::new(&foreign);
+    let err = set.destroy(&id).await.unwrap_err();
+    assert!(matches!(err, CloudError::Permanent { .. }), "{err}");
+    let more = Tags::from([("hold".to_owned(), "yes".to_owned())]);
+    let err = set.set_tags(&id, &more).await.unwrap_err();
+    assert!(matches!(err, CloudError::Permanent { .. }), "{err}");
+    let still = describe(&client, &foreign).await;
+    assert_eq!(still.state().unwrap().name().unwrap().as_str(), "running");
+    assert!(!tags_of(still.tags()).contains_key("hold"));
+    assert_eq!(set.api_calls().get("TerminateInstances"), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_tags_instance_and_volume_and_passes_user_data() {
+    let moto = moto().await;
+    let client = raw_client(&moto).await;
+    let set = open(config(&moto.endpoint), "ours").await;
+    let made = set.create(&request("tagged", 1)).await.unwrap();
+    let id = made[0].id.as_str();
+    let seen = describe(&client, id).await;
+    let tags = tags_of(seen.tags());
+    assert_eq!(tags.get(TAG_INSTANCE_SET).map(String::as_str), Some("ours"));
+    assert_eq!(tags.get(TAG_CLUSTER).map(String::as_str), Some("tagged"));
+    assert_eq!(tags.get("team").map(String::as_str), Some("ops"));
+    assert_eq!(made[0].address.as_deref(), seen.private_ip_address());
+    let volumes = client
+        .describe_volumes()
+        .filters(
+            Filter::builder()
+                .name(format!("tag:{TAG_INSTANCE_SET}"))
+                .values("ours")
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(volumes.volumes().len(), 1, "the root volume is tagged");
+    assert_eq!(
+        tags_of(volumes.volumes()[0].tags())
+            .get(TAG_CLUSTER)
+            .map(String::as_str),
+        Some("tagged")
+    );
+    let user_data = client
+        .describe_instance_attribute()
+        .instance_id(id)
+        .attribute(aws_sdk_ec2::types::InstanceAttributeName::UserData)
+        .send()
+        .await
+        .unwrap();
+    use base64::Engine as _;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(user_data.user_data().unwrap().value().unwrap())
+        .unwrap();
+    assert_eq!(decoded, b"#!/bin/sh\necho hello\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_subnet_fails_over_to_a_real_one() {
+    let moto = moto().await;
+    let client = raw_client(&moto).await;
+    let subnets = client.describe_subnets().send().await.unwrap();
+    let real = subnets.subnets()[0].subnet_id().unwrap().to_owned();
+    let set = open(
+        Ec2Config {
+            subnets: vec!["subnet-0000000000000dead".into(), real.clone()],
+            ..config(&moto.endpoint)
+        },
+        "ours",
+    )
+    .await;
+    let made = set.create(&request("c", 1)).await.expect("create");
+    assert_eq!(
+        describe(&client, made[0].id.as_str()).await.subnet_id(),
+        Some(real.as_str())
+    );
+    assert_eq!(set.api_calls()["RunInstances"], 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spot_instances_are_spot() {
+    let moto = moto().await;
+    let client = raw_client(&moto).await;
+    let set = open(
+        Ec2Config {
+            spot: Some(SpotConfig {
+                max_price: Some("0.05".into()),
+                fallback_on_demand: true,
+            }),
+            ..config(&moto.endpoint)
+        },
+        "ours",
+    )
+    .await;
+    let made = set.create(&request("c", 1)).await.unwrap();
+    let seen = describe(&client, made[0].id.as_str()).await;
+    assert_eq!(seen.instance_lifecycle().map(|l| l.as_str()), Some("spot"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_census_counts_every_instance_set() {
+    let moto = moto().await;
+    let theirs = open(config(&moto.endpoint), "theirs").await;
+    for _ in 0..2 {
+        theirs.create(&request("c", 1)).await.unwrap();
+    }
+    let ours = open(config(&moto.endpoint), "ours").await;
+    ours.create(&request("c", 1)).await.unwrap();
+    let census = ours.census().await.unwrap();
+    assert_eq!(
+        census,
+        BTreeMap::from([("ours".to_owned(), 1), ("theirs".to_owned(), 2)])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shapes_and_spot_prices_are_known_and_cached() {
+    let moto = moto().await;
+    let set = open(config(&moto.endpoint), "ours").await;
+    let t3 = InstanceType::new("t3.micro").unwrap();
+    let shape = set.instance_shape(&t3).await.unwrap();
+    assert_eq!((shape.vcpus, shape.memory_mib), (2, 1024));
+    let price = set.spot_price(&t3).await.unwrap().expect("a spot price");
+    assert!(price.usd_per_hour > 0.0, "{price:?}");
+    assert!(
+        price.availability_zone.starts_with("us-east-1"),
+        "{price:?}"
+    );
+    set.instance_shape(&t3).await.unwrap();
+    set.spot_price(&t3).await.unwrap();
+    let calls = set.api_calls();
+    assert_eq!(calls["DescribeInstanceTypes"], 1);
+    assert_eq!(calls["DescribeSpotPriceHistory"], 1);
+    let err = set
+        .instance_shape(&InstanceType::new("nope.large").unwrap())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, CloudError::Permanent { message } if message.contains("nope.large")),
+        "{err}"
+    );
+}

@@ -1,0 +1,66 @@
+//! Shared by the driver's test binaries; each uses only part of it.
+#![allow(dead_code)]
+
+pub mod fake_ec2;
+pub mod moto;
+
+use flotilla_cloud::{CreateRequest, Tags};
+use flotilla_domain::{ClusterName, InstanceSetId, InstanceType};
+use flotilla_driver_ec2::{
+    load_sdk_config, Credentials, Ec2Config, Ec2InstanceSet, SharedCredentialsProvider,
+};
+
+pub const REGION: &str = "us-east-1";
+
+/// Dummy credentials, handed to the SDK rather than set in the process
+/// environment.
+pub fn credentials() -> SharedCredentialsProvider {
+    SharedCredentialsProvider::new(Credentials::new(
+        "testing",
+        "testing",
+        None,
+        None,
+        "flotilla-tests",
+    ))
+}
+
+pub fn set_id(id: &str) -> InstanceSetId {
+    InstanceSetId::new(id).unwrap()
+}
+
+pub fn config(endpoint: &str) -> Ec2Config {
+    Ec2Config {
+        endpoint_url: Some(endpoint.to_owned()),
+        image: Some(moto::AMI.to_owned()),
+        max_batch: 5,
+        ..Ec2Config::new(REGION)
+    }
+}
+
+/// `Ec2InstanceSet::open` (with its census) with the dummy credentials.
+pub async fn open(config: Ec2Config, id: &str) -> Ec2InstanceSet {
+    Ec2InstanceSet::open_with(config, set_id(id), Some(credentials()))
+        .await
+        .expect("open the ec2 driver")
+}
+
+/// The set without the opening census: for scripted endpoints.
+pub async fn connect(config: Ec2Config, id: &str) -> Ec2InstanceSet {
+    let sdk = load_sdk_config(&config, Some(credentials())).await;
+    Ec2InstanceSet::new(config, set_id(id), &sdk).expect("valid config")
+}
+
+pub fn instance_type() -> InstanceType {
+    InstanceType::new("t3.micro").unwrap()
+}
+
+pub fn request(cluster: &str, count: u32) -> CreateRequest {
+    CreateRequest {
+        cluster: ClusterName::new(cluster).unwrap(),
+        instance_type: instance_type(),
+        image: None,
+        tags: Tags::from([("team".to_owned(), "ops".to_owned())]),
+        init_data: Some("#!/bin/sh\necho hello\n".to_owned()),
+        count,
+    }
+}

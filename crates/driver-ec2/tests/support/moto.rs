@@ -1,0 +1,171 @@
+//! moto's server mode: a real EC2 API implementation on loopback.
+//!
+//! moto is installed (pinned) into `target/moto-venv` the first time a test
+//! needs it; an exclusive lock on `target/moto-venv.lock` keeps concurrent
+//! test processes from installing twice. Every [`Moto`] is its own server on
+//! a free port, stopped when dropped. If moto cannot be installed or started
+//! the test fails, saying why: it is never skipped.
+
+use std::fs::File;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const MOTO_VERSION: &str = "5.2.5";
+
+/// An AMI moto knows in every region.
+pub const AMI: &str = "ami-12c6146b";
+
+/// How long a starting server may take to answer.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// moto's server, stopping itself when the test process that started it
+/// goes, even if that process is killed before it can stop the server.
+const SERVER: &str = r#"
+import os, sys, threading, time
+parent = os.getppid()
+def watch():
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(0)
+threading.Thread(target=watch, daemon=True).start()
+from moto.server import main
+main(sys.argv[1:])
+"#;
+
+pub struct Moto {
+    child: Child,
+    pub endpoint: String,
+    log: PathBuf,
+}
+
+fn target_dir() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target");
+    std::fs::create_dir_all(&dir).expect("create the target directory");
+    dir.canonicalize().expect("resolve the target directory")
+}
+
+fn run(command: &mut Command, what: &str) {
+    let output = command
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot {what}: cannot run {command:?}: {e}"));
+    if !output.status.success() {
+        panic!(
+            "cannot {what}: {command:?} exited with {}\n--- stdout\n{}\n--- stderr\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
+
+/// The virtual environment's python, with moto installed.
+pub fn ensure_installed() -> PathBuf {
+    let target = target_dir();
+    let venv = target.join("moto-venv");
+    let python = venv.join("bin/python");
+    let marker = venv.join(format!(".installed-moto-{MOTO_VERSION}"));
+    let lock = File::create(target.join("moto-venv.lock")).expect("create target/moto-venv.lock");
+    lock.lock().expect("lock target/moto-venv.lock");
+    if marker.exists() {
+        return python;
+    }
+    // A half-made environment (an install that was killed) is started over.
+    if venv.exists() {
+        std::fs::remove_dir_all(&venv).expect("remove an incomplete target/moto-venv");
+    }
+    let started = Instant::now();
+    eprintln!(
+        "installing moto[server]=={MOTO_VERSION} into {}",
+        venv.display()
+    );
+    run(
+        Command::new("python3").arg("-m").arg("venv").arg(&venv),
+        "create the moto virtual environment (python3 with its venv module is needed; on Debian: apt-get install python3-venv)",
+    );
+    run(
+        Command::new(venv.join("bin/pip")).args([
+            "install",
+            "--disable-pip-version-check",
+            "--no-input",
+            "--quiet",
+            &format!("moto[server]=={MOTO_VERSION}"),
+        ]),
+        "install moto into target/moto-venv (PyPI must be reachable)",
+    );
+    run(
+        Command::new(&python).args(["-c", "import moto.server"]),
+        "import the moto server",
+    );
+    std::fs::write(&marker, b"").expect("mark the moto install complete");
+    eprintln!("installed moto in {:.1?}", started.elapsed());
+    python
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("find a free port")
+        .port()
+}
+
+impl Moto {
+    /// Installs moto if needed and starts a server. Blocking: call it from
+    /// `spawn_blocking` in async tests.
+    pub fn start() -> Moto {
+        let python = ensure_installed();
+        let logs = target_dir().join("moto-logs");
+        std::fs::create_dir_all(&logs).expect("create target/moto-logs");
+        let mut last_log = String::new();
+        // A port found free may be taken before moto binds it: try again.
+        for _ in 0..3 {
+            let port = free_port();
+            let log = logs.join(format!("moto-{}-{port}.log", std::process::id()));
+            let out = File::create(&log).expect("create the moto log");
+            let child = Command::new(&python)
+                .args(["-c", SERVER, "-H", "127.0.0.1", "-p", &port.to_string()])
+                .stdin(Stdio::null())
+                .stdout(out.try_clone().expect("clone the log handle"))
+                .stderr(out)
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot start moto with {}: {e}", python.display()));
+            let mut moto = Moto {
+                child,
+                endpoint: format!("http://127.0.0.1:{port}"),
+                log,
+            };
+            if moto.wait_ready(port) {
+                return moto;
+            }
+            last_log = std::fs::read_to_string(&moto.log).unwrap_or_default();
+            if !last_log.contains("Address already in use") {
+                break;
+            }
+        }
+        panic!("moto did not start within {START_TIMEOUT:?}; its output:\n{last_log}");
+    }
+
+    fn wait_ready(&mut self, port: u16) -> bool {
+        let deadline = Instant::now() + START_TIMEOUT;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return false;
+            }
+            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
