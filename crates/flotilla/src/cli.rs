@@ -120,11 +120,14 @@ impl Client {
             Source::Cached(cached) if live.is_none() => *live = Some(cached.clone()),
             _ => {}
         }
-        let current = match live.take() {
+        let previous = live.take();
+        let current = match previous.clone() {
             Some(login) if !login.needs_refresh(now) => login,
             Some(login) if login.refresh_expires_at > now => match self.refresh(&login).await {
                 Ok(fresh) => fresh,
-                Err(e) => match &self.session.source {
+                // Refused: the kept login is over; anything else (the server
+                // unreachable, say) is reported as it is.
+                Err(e) if e.code == exit::DENIED => match &self.session.source {
                     Source::Cached(_) => {
                         return Err(Failure::new(
                             exit::DENIED,
@@ -136,6 +139,7 @@ impl Client {
                     }
                     _ => self.sign_in().await?,
                 },
+                Err(e) => return Err(e),
             },
             Some(_) if matches!(self.session.source, Source::Cached(_)) => {
                 return Err(Failure::new(
@@ -148,8 +152,9 @@ impl Client {
             }
             _ => self.sign_in().await?,
         };
+        // Only a refreshed kept login is written back.
         if let Some(cache) = &self.session.cache {
-            if live.as_ref() != Some(&current) {
+            if previous.as_ref() != Some(&current) {
                 cache.put(&self.server, current.clone())?;
             }
         }

@@ -77,8 +77,12 @@ fn login_keeps_a_private_login_and_logout_revokes_it() {
     let kept = std::fs::read_to_string(&cache).unwrap();
     assert!(!kept.contains(ADMIN_PASSWORD), "the password is never kept");
 
-    // Later commands use the kept login with nothing in the environment.
+    // Later commands use the kept login with nothing in the environment,
+    // and leave it as it is while it is fresh.
+    let written = std::fs::metadata(&cache).unwrap().modified().unwrap();
     assert_eq!(whoami(&server, &[])["username"], "admin");
+    assert_eq!(std::fs::read_to_string(&cache).unwrap(), kept);
+    assert_eq!(std::fs::metadata(&cache).unwrap().modified().unwrap(), written);
     let out = server.cli_with(&[], &["deploy", "mine", "--nodes", "1", "--ttl", "1h"]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
 
