@@ -10,8 +10,9 @@ use std::time::Duration;
 use flotilla_cloud::fake::FakeConfig;
 use flotilla_cloud::Tags;
 use flotilla_domain::{InstanceType, Level, LevelLimits, LevelPolicy, Limits, PoolName, Timeouts};
+use flotilla_driver_ec2::Ec2Config;
 use flotilla_engine::{EngineConfig, PoolSpec};
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8470";
 pub const DEFAULT_DATA_DIR: &str = "flotilla-data";
@@ -230,6 +231,49 @@ pub enum DriverConfig {
         faults: FakeConfig,
         ops_per_second: Option<f64>,
     },
+    /// AWS EC2: the driver's own settings ([`Ec2Config`]) beside flotilla's
+    /// throttle budget, in one flat table.
+    Ec2(Ec2Driver),
+}
+
+/// `[drivers.NAME] type = "ec2"`: `ops_per_second` is flotilla's, every
+/// other key belongs to the driver's [`Ec2Config`], which refuses keys it
+/// does not know. (serde's `flatten` would lose that refusal, so the table
+/// is split by hand.)
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ec2Driver {
+    /// Budget of driver operations per second (none: unlimited).
+    pub ops_per_second: Option<f64>,
+    pub settings: Ec2Config,
+}
+
+impl<'de> Deserialize<'de> for Ec2Driver {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let mut table = toml::Table::deserialize(deserializer)?;
+        let ops_per_second = match table.remove("ops_per_second") {
+            None => None,
+            Some(toml::Value::Float(r)) => Some(r),
+            Some(toml::Value::Integer(r)) => Some(r as f64),
+            Some(other) => {
+                return Err(D::Error::custom(format!(
+                    "ops_per_second: expected a number, found {}",
+                    other.type_str()
+                )))
+            }
+        };
+        let settings = Ec2Config::deserialize(toml::Value::Table(table)).map_err(|e| {
+            let mut message = e.to_string().trim_end().to_owned();
+            if message.starts_with("unknown field") {
+                message.push_str(", `ops_per_second`");
+            }
+            D::Error::custom(message)
+        })?;
+        Ok(Ec2Driver {
+            ops_per_second,
+            settings,
+        })
+    }
 }
 
 fn default_grace() -> Duration {
@@ -244,7 +288,8 @@ impl DriverConfig {
     pub fn ops_per_second(&self) -> Option<f64> {
         match self {
             DriverConfig::Local { ops_per_second, .. }
-            | DriverConfig::Fake { ops_per_second, .. } => *ops_per_second,
+            | DriverConfig::Fake { ops_per_second, .. }
+            | DriverConfig::Ec2(Ec2Driver { ops_per_second, .. }) => *ops_per_second,
         }
     }
 }
@@ -364,6 +409,11 @@ impl Config {
                     "drivers.{name}.max_batch must be at least 1"
                 )));
             }
+            if let DriverConfig::Ec2(ec2) = driver {
+                ec2.settings
+                    .validate()
+                    .map_err(|e| invalid(format!("drivers.{name}: {e}")))?;
+            }
         }
 
         let mut pool_sections = file.pools;
@@ -393,6 +443,16 @@ impl Config {
             }
             let instance_type = InstanceType::new(p.instance_type.as_str())
                 .map_err(|e| invalid(format!("pools.{name}.instance_type: {e}")))?;
+            if let DriverConfig::Ec2(ec2) = &drivers[&p.driver] {
+                if p.image.is_none() && ec2.settings.image.is_none() {
+                    return Err(invalid(format!(
+                        "pools.{name}.image: pool {name} launches on ec2 driver {:?}, and neither \
+                         the pool nor the driver names an image (AMI); set pools.{name}.image \
+                         or drivers.{}.image",
+                        p.driver, p.driver
+                    )));
+                }
+            }
             for key in p.tags.keys() {
                 if key.starts_with("flotilla-") {
                     return Err(invalid(format!(
@@ -598,27 +658,54 @@ mod tests {
         assert_eq!(c.engine.timeouts.boot, Duration::from_secs(600));
     }
 
+    /// The example in product.md, ec2 driver included.
     #[test]
-    fn product_example_parses_except_for_drivers_not_built() {
+    fn product_example_parses() {
         let text = r#"
-listen = "127.0.0.1:9000"
-data_dir = "state"
+listen = "127.0.0.1:8470"
+data_dir = "flotilla-data"
 
 [limits]
-min_ttl = "1m"
-max_wait = "10m"
-resync_interval = "10s"
+min_ttl = "1m"          # shortest time-to-live accepted
+max_wait = "10m"        # longest a request with wait blocks
+resync_interval = "10s" # periodic full reconcile, on top of event-driven work
 
 [drivers.local]
 type = "local"
 
+[drivers.aws]
+type = "ec2"
+region = "us-west-2"
+endpoint_url = "http://127.0.0.1:5055"   # optional; for compatible endpoints
+
 [pools.default]
 driver = "local"
 instance_type = "local.small"
+
+[pools.ec2]
+driver = "aws"
+instance_type = "t3.micro"
+image = "ami-12c6146b"
 "#;
         let c = Config::parse(text, "x").unwrap();
-        assert_eq!(c.listen.port(), 9000);
+        assert_eq!(c.listen.port(), 8470);
         assert_eq!(c.engine.max_wait, Duration::from_secs(600));
+        assert_eq!(c.default_pool.as_str(), "default");
+        let DriverConfig::Ec2(aws) = &c.drivers["aws"] else {
+            panic!("{:?}", c.drivers["aws"]);
+        };
+        assert_eq!(
+            aws.settings,
+            Ec2Config {
+                endpoint_url: Some("http://127.0.0.1:5055".into()),
+                ..Ec2Config::new("us-west-2")
+            }
+        );
+        assert_eq!(aws.ops_per_second, None);
+        let pool = &c.pools[&PoolName::new("ec2").unwrap()];
+        assert_eq!(pool.driver, "aws");
+        assert_eq!(pool.instance_type.as_str(), "t3.micro");
+        assert_eq!(pool.image.as_deref(), Some("ami-12c6146b"));
     }
 
     /// The README's config example is what an operator copies: it must parse
@@ -655,6 +742,31 @@ instance_type = "local.small"
                 .map(String::as_str),
             Some("data")
         );
+    }
+
+    /// README's "Running on AWS" example parses, and its defaults are the
+    /// driver's.
+    #[test]
+    fn readme_aws_example_parses() {
+        let readme = include_str!("../../../README.md");
+        let section = &readme[readme.find("## Running on AWS").expect("the AWS section")..];
+        let start = section.find("```toml\n").expect("a toml block") + "```toml\n".len();
+        let text = &section[start..start + section[start..].find("```").expect("closed block")];
+        let c = Config::parse(text, "README.md").unwrap();
+        let DriverConfig::Ec2(aws) = &c.drivers["aws"] else {
+            panic!("{:?}", c.drivers["aws"]);
+        };
+        let s = &aws.settings;
+        let defaults = Ec2Config::new("us-west-2");
+        assert_eq!(s.max_batch, defaults.max_batch, "README shows the default");
+        assert_eq!(s.address, defaults.address, "README shows the default");
+        assert_eq!(s.subnets.len(), 2);
+        assert!(s.spot.as_ref().unwrap().fallback_on_demand);
+        assert!(s.health_check.is_some());
+        assert_eq!(aws.ops_per_second, Some(10.0));
+        let pool = &c.pools[&c.default_pool];
+        assert_eq!(pool.driver, "aws");
+        assert!(pool.init_data.as_deref().unwrap().starts_with("#!/bin/sh"));
     }
 
     #[test]
@@ -756,5 +868,177 @@ instance_type = "local.small"
             err("[drivers.sim]\ntype = \"fake\"\n[drivers.sim.faults]\nboot_dealy = \"2s\"\n")
                 .contains("boot_dealy")
         );
+    }
+
+    const EC2_POOL: &str = "[pools.default]\ndriver = \"aws\"\ninstance_type = \"t3.micro\"\n";
+
+    fn ec2(driver_keys: &str) -> Result<Config, ConfigError> {
+        Config::parse(
+            &format!("[drivers.aws]\ntype = \"ec2\"\n{driver_keys}\n{EC2_POOL}"),
+            "test.toml",
+        )
+    }
+
+    fn ec2_driver(c: &Config) -> &Ec2Driver {
+        match &c.drivers["aws"] {
+            DriverConfig::Ec2(d) => d,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn ec2_driver_takes_every_setting_and_a_throttle_budget() {
+        let c = ec2(r#"
+region = "eu-central-1"
+endpoint_url = "https://ec2.eu-central-1.amazonaws.com"
+image = "ami-0abc"
+subnets = ["subnet-a", "subnet-b"]
+security_groups = ["sg-1", "sg-2"]
+key_name = "ops"
+iam_instance_profile = "arn:aws:iam::123456789012:instance-profile/flotilla-node"
+max_batch = 20
+address = "public"
+capacity_memory = "5m"
+price_cache = "10m"
+list_page_size = 500
+request_timeout = "10s"
+ops_per_second = 5
+spot = { max_price = "0.05", fallback_on_demand = true }
+health_check = { port = 8080, path = "/ready" }
+"#)
+        .unwrap();
+        let d = ec2_driver(&c);
+        assert_eq!(d.ops_per_second, Some(5.0));
+        assert_eq!(c.drivers["aws"].ops_per_second(), Some(5.0));
+        let s = &d.settings;
+        assert_eq!(s.region, "eu-central-1");
+        assert_eq!(s.image.as_deref(), Some("ami-0abc"));
+        assert_eq!(s.subnets, ["subnet-a", "subnet-b"]);
+        assert_eq!(s.security_groups, ["sg-1", "sg-2"]);
+        assert_eq!(s.key_name.as_deref(), Some("ops"));
+        assert!(s
+            .iam_instance_profile
+            .as_deref()
+            .unwrap()
+            .ends_with("/flotilla-node"));
+        assert_eq!(s.max_batch, 20);
+        assert_eq!(s.address, flotilla_driver_ec2::AddressKind::Public);
+        assert_eq!(s.capacity_memory, Duration::from_secs(300));
+        assert_eq!(s.price_cache, Duration::from_secs(600));
+        assert_eq!(s.list_page_size, 500);
+        assert_eq!(s.request_timeout, Duration::from_secs(10));
+        let spot = s.spot.as_ref().unwrap();
+        assert_eq!(spot.max_price.as_deref(), Some("0.05"));
+        assert!(spot.fallback_on_demand);
+        let check = s.health_check.as_ref().unwrap();
+        assert_eq!((check.port, check.path.as_str()), (8080, "/ready"));
+        // The pool needs no image of its own when the driver has one.
+        assert_eq!(c.pools[&c.default_pool].image, None);
+        // A fractional budget.
+        let c = ec2("region = \"us-east-1\"\nimage = \"ami-1\"\nops_per_second = 0.5").unwrap();
+        assert_eq!(ec2_driver(&c).ops_per_second, Some(0.5));
+    }
+
+    #[test]
+    fn ec2_driver_defaults_are_the_drivers_own() {
+        let c = ec2("region = \"us-east-1\"\nimage = \"ami-1\"").unwrap();
+        let d = ec2_driver(&c);
+        assert_eq!(d.ops_per_second, None);
+        assert_eq!(
+            d.settings,
+            Ec2Config {
+                image: Some("ami-1".into()),
+                ..Ec2Config::new("us-east-1")
+            }
+        );
+    }
+
+    #[test]
+    fn ec2_driver_refuses_unknown_keys_naming_the_key_and_file() {
+        for (keys, key) in [
+            ("region = \"us-east-1\"\nsubnet = \"subnet-a\"", "subnet"),
+            ("region = \"us-east-1\"\nops_per_sec = 3", "ops_per_sec"),
+            (
+                "region = \"us-east-1\"\nspot = { max_prize = \"0.1\" }",
+                "max_prize",
+            ),
+            (
+                "region = \"us-east-1\"\nhealth_check = { port = 80, pth = \"/\" }",
+                "pth",
+            ),
+            // Settings of other drivers are not ec2's.
+            ("region = \"us-east-1\"\ngrace = \"5s\"", "grace"),
+        ] {
+            let e = ec2(&format!("{keys}\nimage = \"ami-1\""))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("test.toml") && e.contains(key) && e.contains("unknown field"),
+                "{keys:?}: {e}"
+            );
+        }
+        // The keys offered instead include flotilla's own.
+        let e = ec2("region = \"us-east-1\"\nimage = \"ami-1\"\nregoin = \"x\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`subnets`") && e.contains("`ops_per_second`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn ec2_driver_refuses_bad_values_naming_the_driver() {
+        for (keys, needle) in [
+            ("image = \"ami-1\"", "region"),
+            (
+                "region = \"US West\"\nimage = \"ami-1\"",
+                "drivers.aws: invalid ec2 driver configuration: region",
+            ),
+            (
+                "region = \"us-east-1\"\nimage = \"ami-1\"\nendpoint_url = \"127.0.0.1:5000\"",
+                "drivers.aws: invalid ec2 driver configuration: endpoint_url",
+            ),
+            (
+                "region = \"us-east-1\"\nimage = \"ami-1\"\nmax_batch = 0",
+                "drivers.aws: invalid ec2 driver configuration: max_batch",
+            ),
+            (
+                "region = \"us-east-1\"\nimage = \"ami-1\"\nspot = { max_price = \"cheap\" }",
+                "spot.max_price",
+            ),
+            (
+                "region = \"us-east-1\"\nimage = \"ami-1\"\nhealth_check = { port = 0 }",
+                "health_check.port",
+            ),
+            (
+                "region = \"us-east-1\"\nimage = \"ami-1\"\nlist_page_size = 2",
+                "list_page_size",
+            ),
+            (
+                "region = \"us-east-1\"\nimage = \"ami-1\"\naddress = \"elastic\"",
+                "elastic",
+            ),
+            (
+                "region = \"us-east-1\"\nimage = \"ami-1\"\nmax_batch = -1",
+                "max_batch",
+            ),
+            (
+                "region = \"us-east-1\"\nimage = \"ami-1\"\nops_per_second = 0",
+                "drivers.aws.ops_per_second",
+            ),
+            (
+                "region = \"us-east-1\"\nimage = \"ami-1\"\nops_per_second = \"fast\"",
+                "ops_per_second",
+            ),
+            // Neither the pool nor the driver says what to boot.
+            ("region = \"us-east-1\"", "pools.default.image"),
+        ] {
+            let e = ec2(keys).unwrap_err().to_string();
+            assert!(
+                e.contains("test.toml") && e.contains(needle),
+                "{keys:?}: {e}"
+            );
+        }
     }
 }

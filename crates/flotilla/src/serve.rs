@@ -12,6 +12,7 @@ use flotilla_api::ratelimit::{RateClock, RateLimits};
 use flotilla_api::AppState;
 use flotilla_cloud::fake::FakeCloud;
 use flotilla_cloud::{CloudMetrics, InstanceSet, Metered, SystemClock, Throttled};
+use flotilla_driver_ec2::Ec2InstanceSet;
 use flotilla_driver_local::{LocalConfig, LocalInstanceSet};
 use flotilla_engine::Engine;
 use flotilla_github::{GithubClient, GithubConfig};
@@ -161,6 +162,20 @@ pub async fn run(config: Config, admin_password: Option<String>) -> anyhow::Resu
                 let fake = FakeCloud::new(faults.clone()).instance_set(id.as_str());
                 Arc::new(Metered::new(
                     Throttled::new(fake, *ops_per_second),
+                    name.clone(),
+                    cloud_metrics.clone(),
+                ))
+            }
+            DriverConfig::Ec2(ec2) => {
+                // Lists once on opening: bad credentials or permissions stop
+                // the server here, not at the first deploy.
+                let set = Ec2InstanceSet::open(ec2.settings.clone(), id.clone())
+                    .await
+                    .with_context(|| {
+                        format!("driver {name} (ec2, region {})", ec2.settings.region)
+                    })?;
+                Arc::new(Metered::new(
+                    Throttled::new(set, ec2.ops_per_second),
                     name.clone(),
                     cloud_metrics.clone(),
                 ))

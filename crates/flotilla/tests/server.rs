@@ -224,3 +224,37 @@ fn a_bad_config_is_refused_naming_the_key_and_file() {
         "nothing was created"
     );
 }
+
+#[test]
+fn a_bad_ec2_config_stops_serve_before_anything_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    for (text, needle) in [
+        (
+            "[drivers.aws]\ntype = \"ec2\"\nregion = \"us-east-1\"\nimage = \"ami-1\"\nsubnet = \"subnet-a\"\n",
+            "subnet",
+        ),
+        (
+            "[drivers.aws]\ntype = \"ec2\"\nregion = \"Oregon\"\nimage = \"ami-1\"\n",
+            "drivers.aws: invalid ec2 driver configuration: region \"Oregon\"",
+        ),
+    ] {
+        let config = dir.path().join("aws.toml");
+        std::fs::write(&config, text).unwrap();
+        let out = Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(&config)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert_eq!(code(&out), 2);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(needle) && stderr.contains("aws.toml"),
+            "{stderr}"
+        );
+        assert!(
+            !dir.path().join("flotilla-data").exists(),
+            "nothing was created"
+        );
+    }
+}

@@ -5,6 +5,10 @@
 //! test processes from installing twice. Every [`Moto`] is its own server on
 //! a free port, stopped when dropped. If moto cannot be installed or started
 //! the test fails, saying why: it is never skipped.
+//!
+//! The server's end-to-end tests include this file too
+//! (`crates/flotilla/tests/ec2.rs`, by `#[path]`): keep it self-contained,
+//! using nothing but std.
 
 use std::fs::File;
 use std::net::{TcpListener, TcpStream};

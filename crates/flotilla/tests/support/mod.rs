@@ -45,6 +45,12 @@ impl Server {
 
     /// Starts a server with this config text.
     pub fn start_with(dir: &Path, config_text: &str) -> Server {
+        Self::start_with_env(dir, config_text, &[])
+    }
+
+    /// Starts a server with this config text and these extra environment
+    /// variables.
+    pub fn start_with_env(dir: &Path, config_text: &str, env: &[(&str, &str)]) -> Server {
         let config = dir.join("flotilla.toml");
         std::fs::write(&config, config_text).unwrap();
         let log = dir.join(format!(
@@ -62,6 +68,7 @@ impl Server {
             .arg("--data-dir")
             .arg(dir.join("data"))
             .env("FLOTILLA_ADMIN_PASSWORD", ADMIN_PASSWORD)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())

@@ -1,0 +1,273 @@
+//! The real binary end to end on the `ec2` driver, against moto's EC2
+//! server on loopback: `flotilla serve` with an ec2 pool, driven by the
+//! command line, killed with SIGKILL mid-deploy and restarted. Instances are
+//! counted with the EC2 API itself (DescribeInstances on moto, unfiltered),
+//! never from what flotilla reports, so a leak or a duplicate cannot hide.
+//! moto changes states at once and keeps terminated instances listed, so
+//! the count of every instance ever made shows duplicates made and then
+//! destroyed too.
+
+mod support;
+
+#[allow(dead_code)]
+#[path = "../../driver-ec2/tests/support/moto.rs"]
+mod moto;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::time::Duration;
+
+use aws_sdk_ec2::types::InstanceStateName;
+use flotilla_cloud::{TAG_CLUSTER, TAG_INSTANCE_SET, TAG_INSTANCE_TYPE};
+use flotilla_driver_ec2::{load_sdk_config, Credentials, Ec2Config, SharedCredentialsProvider};
+use moto::{Moto, AMI};
+use support::*;
+
+const REGION: &str = "us-east-1";
+const INSTANCE_TYPE: &str = "t3.micro";
+
+/// A server config with one ec2 pool on `endpoint`.
+fn config(endpoint: &str, max_batch: u32, ops_per_second: u32) -> String {
+    format!(
+        r#"
+[limits]
+min_ttl = "1s"
+max_wait = "60s"
+resync_interval = "1s"
+
+[drivers.aws]
+type = "ec2"
+region = "{REGION}"
+endpoint_url = "{endpoint}"
+image = "{AMI}"
+max_batch = {max_batch}
+ops_per_second = {ops_per_second}
+
+[pools.default]
+driver = "aws"
+instance_type = "{INSTANCE_TYPE}"
+[pools.default.tags]
+team = "e2e"
+"#
+    )
+}
+
+/// Starts the server with dummy credentials in its environment and no AWS
+/// profile files, so the SDK's standard chain finds them there and never
+/// asks the instance metadata address.
+fn start(dir: &Path, config_text: &str) -> Server {
+    let missing = dir.join("no-aws-files");
+    let missing = missing.to_str().unwrap();
+    Server::start_with_env(
+        dir,
+        config_text,
+        &[
+            ("AWS_ACCESS_KEY_ID", "testing"),
+            ("AWS_SECRET_ACCESS_KEY", "testing"),
+            ("AWS_REGION", REGION),
+            ("AWS_EC2_METADATA_DISABLED", "true"),
+            ("AWS_CONFIG_FILE", missing),
+            ("AWS_SHARED_CREDENTIALS_FILE", missing),
+        ],
+    )
+}
+
+/// What the EC2 API says, asked directly.
+struct Ec2 {
+    rt: tokio::runtime::Runtime,
+    client: aws_sdk_ec2::Client,
+}
+
+/// One instance as DescribeInstances shows it.
+#[derive(Debug)]
+struct Seen {
+    id: String,
+    state: InstanceStateName,
+    instance_type: String,
+    image: String,
+    tags: BTreeMap<String, String>,
+}
+
+impl Ec2 {
+    fn new(moto: &Moto) -> Ec2 {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let settings = Ec2Config {
+            endpoint_url: Some(moto.endpoint.clone()),
+            ..Ec2Config::new(REGION)
+        };
+        let credentials = SharedCredentialsProvider::new(Credentials::new(
+            "testing",
+            "testing",
+            None,
+            None,
+            "flotilla-tests",
+        ));
+        let sdk = rt.block_on(load_sdk_config(&settings, Some(credentials)));
+        Ec2 {
+            client: aws_sdk_ec2::Client::new(&sdk),
+            rt,
+        }
+    }
+
+    /// Every instance EC2 knows, in any state, whoever made it.
+    fn all(&self) -> Vec<Seen> {
+        self.rt.block_on(async {
+            let mut pages = self.client.describe_instances().into_paginator().send();
+            let mut seen = Vec::new();
+            while let Some(page) = pages.next().await {
+                for reservation in page.expect("DescribeInstances").reservations() {
+                    for i in reservation.instances() {
+                        seen.push(Seen {
+                            id: i.instance_id().unwrap().to_owned(),
+                            state: i.state().unwrap().name().unwrap().clone(),
+                            instance_type: i.instance_type().unwrap().as_str().to_owned(),
+                            image: i.image_id().unwrap_or_default().to_owned(),
+                            tags: i
+                                .tags()
+                                .iter()
+                                .map(|t| {
+                                    (t.key().unwrap().to_owned(), t.value().unwrap().to_owned())
+                                })
+                                .collect(),
+                        });
+                    }
+                }
+            }
+            seen
+        })
+    }
+
+    /// Instances not shutting down or terminated.
+    fn live(&self) -> Vec<Seen> {
+        self.all()
+            .into_iter()
+            .filter(|i| {
+                !matches!(
+                    i.state,
+                    InstanceStateName::ShuttingDown | InstanceStateName::Terminated
+                )
+            })
+            .collect()
+    }
+}
+
+/// Every live instance runs, is of the pool's type and image, and carries
+/// the ownership tags (one instance set), the cluster's and the pool's.
+/// Returns the instance set ID they carry.
+fn check_instances(live: &[Seen], cluster: &str) -> String {
+    let mut sets = BTreeSet::new();
+    for i in live {
+        assert_eq!(i.state, InstanceStateName::Running, "{i:?}");
+        assert_eq!(i.instance_type, INSTANCE_TYPE, "{i:?}");
+        assert_eq!(i.image, AMI, "{i:?}");
+        let tag = |k: &str| i.tags.get(k).map(String::as_str);
+        assert_eq!(tag(TAG_CLUSTER), Some(cluster), "{i:?}");
+        assert_eq!(tag(TAG_INSTANCE_TYPE), Some(INSTANCE_TYPE), "{i:?}");
+        assert_eq!(tag("team"), Some("e2e"), "{i:?}");
+        let set = tag(TAG_INSTANCE_SET).expect("the ownership tag");
+        assert!(!set.is_empty(), "{i:?}");
+        sets.insert(set.to_owned());
+    }
+    assert!(sets.len() <= 1, "one instance set: {sets:?}");
+    sets.into_iter().next().unwrap_or_default()
+}
+
+fn node_ids(status: &serde_json::Value) -> BTreeSet<String> {
+    status["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn ids(seen: &[Seen]) -> BTreeSet<String> {
+    seen.iter().map(|i| i.id.clone()).collect()
+}
+
+fn ok(out: &std::process::Output) {
+    assert_eq!(
+        code(out),
+        0,
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn deploy_scale_destroy_on_ec2() {
+    let moto = Moto::start();
+    let ec2 = Ec2::new(&moto);
+    let sandbox = Sandbox::new();
+    let server = start(&sandbox.path(), &config(&moto.endpoint, 3, 50));
+
+    // moto instances run at once; with no health check that is ready.
+    ok(&server.cli(&["deploy", "demo", "--nodes", "4", "--ttl", "10m", "--wait"]));
+    let live = ec2.live();
+    assert_eq!(live.len(), 4, "{live:?}");
+    let set = check_instances(&live, "demo");
+    assert_eq!(ec2.all().len(), 4, "no instance made beyond the four");
+    let status = server.status("demo");
+    assert_eq!(status["state"], "running");
+    assert_eq!(ready_nodes(&status), 4);
+    assert_eq!(node_ids(&status), ids(&live), "flotilla's nodes are EC2's");
+    for node in status["nodes"].as_array().unwrap() {
+        assert!(node["address"].as_str().is_some(), "{node}");
+    }
+
+    ok(&server.cli(&["deploy", "demo", "--nodes", "2", "--ttl", "10m", "--wait"]));
+    wait_for("two instances terminated", || ec2.live().len() == 2);
+    let live = ec2.live();
+    assert_eq!(check_instances(&live, "demo"), set);
+    assert_eq!(ec2.all().len(), 4, "scaling down made nothing");
+    wait_for("status shows two nodes", || {
+        node_ids(&server.status("demo")) == ids(&ec2.live())
+    });
+
+    ok(&server.cli(&["destroy", "demo", "--wait"]));
+    assert_eq!(server.status("demo")["state"], "not_running");
+    wait_for("no instance left running", || ec2.live().is_empty());
+    assert_eq!(ec2.all().len(), 4);
+}
+
+#[test]
+fn sigkill_mid_deploy_on_ec2_then_restart_converges_without_duplicates() {
+    let moto = Moto::start();
+    let ec2 = Ec2::new(&moto);
+    let sandbox = Sandbox::new();
+    // Two instances per RunInstances call, two driver calls a second: the
+    // six nodes take three spaced creates, so the kill lands among them.
+    let config = config(&moto.endpoint, 2, 2);
+    let server = start(&sandbox.path(), &config);
+    ok(&server.cli(&["deploy", "crash", "--nodes", "6", "--ttl", "10m"]));
+    wait_for("the first instances", || !ec2.all().is_empty());
+    server.kill();
+    let before = ec2.all().len();
+    assert!(before <= 6, "{before} instances before the restart");
+    eprintln!("{before} of the 6 instances existed when the server was killed");
+
+    let server = start(&sandbox.path(), &config);
+    wait_for("running again", || {
+        let s = server.status("crash");
+        s["state"] == "running" && ready_nodes(&s) == 6
+    });
+    // Give the engine a few resyncs to make a mistake, then count.
+    std::thread::sleep(Duration::from_secs(3));
+    let live = ec2.live();
+    assert_eq!(live.len(), 6, "exactly the wanted instances: {live:?}");
+    check_instances(&live, "crash");
+    assert_eq!(
+        ec2.all().len(),
+        6,
+        "no duplicate was made, not even one destroyed since ({before} before the restart)"
+    );
+    assert_eq!(node_ids(&server.status("crash")), ids(&live));
+
+    ok(&server.cli(&["destroy", "crash", "--wait"]));
+    wait_for("no instance left running", || ec2.live().is_empty());
+    assert_eq!(server.status("crash")["state"], "not_running");
+}
