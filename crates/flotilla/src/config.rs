@@ -744,6 +744,71 @@ image = "ami-12c6146b"
         );
     }
 
+    /// README's IAM policy is JSON, allows every call the ec2 driver makes,
+    /// and scopes every write by the ownership tag.
+    #[test]
+    fn readme_iam_policy_covers_the_ec2_drivers_calls() {
+        let readme = include_str!("../../../README.md");
+        let section = &readme[readme.find("## Running on AWS").expect("the AWS section")..];
+        let start = section.find("```json\n").expect("a json block") + "```json\n".len();
+        let text = &section[start..start + section[start..].find("```").expect("closed block")];
+        let policy: serde_json::Value = serde_json::from_str(text).expect("the policy is JSON");
+        let statements = policy["Statement"].as_array().unwrap();
+        let actions = |s: &serde_json::Value| -> Vec<String> {
+            match &s["Action"] {
+                serde_json::Value::String(a) => vec![a.clone()],
+                serde_json::Value::Array(a) => {
+                    a.iter().map(|a| a.as_str().unwrap().to_owned()).collect()
+                }
+                other => panic!("{other}"),
+            }
+        };
+        for call in [
+            "ec2:DescribeInstances",
+            "ec2:DescribeInstanceTypes",
+            "ec2:DescribeSpotPriceHistory",
+            "ec2:RunInstances",
+            "ec2:CreateTags",
+            "ec2:TerminateInstances",
+            "iam:PassRole",
+        ] {
+            assert!(
+                statements
+                    .iter()
+                    .any(|s| actions(s).iter().any(|a| a == call)),
+                "{call} is not allowed"
+            );
+        }
+        for s in statements {
+            assert_eq!(s["Effect"], "Allow");
+            let acts = actions(s);
+            let condition = s["Condition"].to_string();
+            if acts
+                .iter()
+                .any(|a| a == "ec2:TerminateInstances" || a == "ec2:CreateTags")
+            {
+                assert!(
+                    condition.contains("flotilla-instance-set"),
+                    "unscoped write: {s}"
+                );
+            }
+            let launches_instances = acts.iter().any(|a| a == "ec2:RunInstances")
+                && s["Resource"].to_string().contains(":instance/");
+            if launches_instances {
+                assert!(
+                    condition.contains("aws:RequestTag/flotilla-instance-set"),
+                    "instances launched without our tag: {s}"
+                );
+            }
+            if s["Resource"] == "*" {
+                assert!(
+                    acts.iter().all(|a| a.starts_with("ec2:Describe")),
+                    "only Describe* on every resource: {s}"
+                );
+            }
+        }
+    }
+
     /// README's "Running on AWS" example parses, and its defaults are the
     /// driver's.
     #[test]

@@ -151,7 +151,11 @@ enum KeyCommand {
     /// Make a new key the signing key; tokens signed by older keys stay valid.
     Rotate,
     /// Delete an older key: every token it signed is refused from then on.
-    Retire { kid: String },
+    Retire {
+        /// Key ids are base64url and may start with '-'.
+        #[arg(allow_hyphen_values = true)]
+        kid: String,
+    },
 }
 
 /// A password from standard input: prompted without echo on a terminal,
@@ -368,6 +372,25 @@ fn finish(result: Result<u8, cli::Failure>) -> ExitCode {
         Err(f) => {
             eprintln!("flotilla: {}", f.message);
             ExitCode::from(f.code)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::{Cli, Command, KeyCommand};
+
+    /// Key ids are base64url thumbprints, and one in 64 starts with '-'.
+    #[test]
+    fn a_key_id_starting_with_a_hyphen_is_an_argument() {
+        let cli = Cli::try_parse_from(["flotilla", "key", "retire", "-Zk3_9"]).unwrap();
+        match cli.command {
+            Command::Key {
+                command: KeyCommand::Retire { kid },
+            } => assert_eq!(kid, "-Zk3_9"),
+            _ => panic!("parsed as another command"),
         }
     }
 }
