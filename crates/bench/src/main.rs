@@ -22,8 +22,11 @@
 //! The figures are printed as a Markdown table (for BENCHMARKS.md); the
 //! exit status is non-zero if any figure misses its target.
 //!
-//! `flotilla-bench http` measures the HTTP API instead: see [`http`].
+//! `flotilla-bench http` measures the HTTP API instead: see [`http`];
+//! `flotilla-bench ec2` the EC2 calls made through the ec2 driver: see
+//! [`ec2`].
 
+mod ec2;
 mod http;
 mod machine;
 mod metrics;
@@ -78,7 +81,8 @@ enum StoreKind {
 }
 
 /// Benchmarks the flotilla engine on the fake cloud, in real time (the
-/// default), or the HTTP API under load (`http`).
+/// default), the HTTP API under load (`http`), or the EC2 calls of the ec2
+/// driver (`ec2`).
 #[derive(Debug, Parser)]
 #[command(
     name = "flotilla-bench",
@@ -97,6 +101,10 @@ enum Mode {
     /// Load-tests the HTTP API on loopback: authenticated cluster status
     /// (one token, then many distinct tokens) and /healthz.
     Http(http::HttpArgs),
+    /// Counts the EC2 calls the engine makes through the ec2 driver, against
+    /// an EC2 imitation on loopback: RunInstances per wide deploy, and
+    /// steady-state resyncs over 1000 instances.
+    Ec2(ec2::Ec2Args),
 }
 
 /// The engine benchmark's knobs.
@@ -568,6 +576,7 @@ fn main() -> Result<()> {
         .init();
     match cli.mode {
         Some(Mode::Http(args)) => http::run(args),
+        Some(Mode::Ec2(args)) => ec2::run(args),
         // What `#[tokio::main]` builds: a worker per CPU.
         None => tokio::runtime::Builder::new_multi_thread()
             .enable_all()

@@ -82,7 +82,10 @@ fn login_keeps_a_private_login_and_logout_revokes_it() {
     let written = std::fs::metadata(&cache).unwrap().modified().unwrap();
     assert_eq!(whoami(&server, &[])["username"], "admin");
     assert_eq!(std::fs::read_to_string(&cache).unwrap(), kept);
-    assert_eq!(std::fs::metadata(&cache).unwrap().modified().unwrap(), written);
+    assert_eq!(
+        std::fs::metadata(&cache).unwrap().modified().unwrap(),
+        written
+    );
     let out = server.cli_with(&[], &["deploy", "mine", "--nodes", "1", "--ttl", "1h"]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
 
@@ -401,7 +404,7 @@ fn admins_rotate_and_retire_signing_keys() {
     assert!(stderr(&out).contains("key_is_active"), "{}", stderr(&out));
     let out = server.cli(&["key", "retire", &first[0]]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
-    assert_eq!(kids(&server), [second.clone()]);
+    assert_eq!(kids(&server), std::slice::from_ref(&second));
     let out = server.cli_with(&[], &["whoami"]);
     assert_eq!(code(&out), 3, "tokens of a retired key are refused");
     assert!(

@@ -170,7 +170,7 @@ fn decode(s: &str) -> String {
     String::from_utf8(out).unwrap()
 }
 
-const NS: &str = "http://ec2.amazonaws.com/doc/2016-11-15/";
+pub const NS: &str = "http://ec2.amazonaws.com/doc/2016-11-15/";
 
 /// EC2's error answer.
 pub fn error(status: u16, code: &str, message: &str) -> Reply {
@@ -191,6 +191,8 @@ pub struct FakeInstance {
     pub private_ip: String,
     pub public_ip: Option<String>,
     pub tags: BTreeMap<String, String>,
+    /// As EC2 writes it: `2026-01-02T03:04:05.000Z`.
+    pub launch_time: String,
 }
 
 impl FakeInstance {
@@ -205,10 +207,11 @@ impl FakeInstance {
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                 .collect(),
+            launch_time: "2026-01-02T03:04:05.000Z".to_owned(),
         }
     }
 
-    fn xml(&self) -> String {
+    pub fn xml(&self) -> String {
         let code = match self.state {
             "pending" => 0,
             "running" => 16,
@@ -225,11 +228,12 @@ impl FakeInstance {
         format!(
             "<item><instanceId>{id}</instanceId><imageId>ami-12c6146b</imageId>\
              <instanceState><code>{code}</code><name>{state}</name></instanceState>\
-             <instanceType>{ty}</instanceType><launchTime>2026-01-02T03:04:05.000Z</launchTime>\
+             <instanceType>{ty}</instanceType><launchTime>{launched}</launchTime>\
              <privateIpAddress>{ip}</privateIpAddress>{public}<tagSet>{tags}</tagSet></item>",
             id = self.id,
             state = self.state,
             ty = self.instance_type,
+            launched = self.launch_time,
             ip = self.private_ip,
             public = self
                 .public_ip
