@@ -114,12 +114,14 @@ pub async fn authenticate(
         Err(e) => return e.into_response(),
     };
     // Sign-in routes are counted per network whoever calls them.
+    let anonymous;
     let counted = if access == Some(Access::SignIn) {
-        Caller::anonymous()
+        anonymous = Caller::anonymous();
+        &anonymous
     } else {
-        caller.clone()
+        &caller
     };
-    if let Err(wait) = state.limits.check_request(&counted, peer) {
+    if let Err(wait) = state.limits.check_request(counted, peer) {
         return rate_limited(wait.seconds()).into_response();
     }
     if matches!(access, Some(Access::SignedIn(_))) && caller.account.is_none() {

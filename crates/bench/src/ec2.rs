@@ -34,7 +34,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use flotilla_cloud::{CloudMetrics, InstanceSet, Metered, SystemClock, Tags, Throttled};
+use flotilla_cloud::{CloudMetrics, InstanceSet, Metered, Tags, Throttled};
 use flotilla_domain::{Caller, ClusterName, ClusterState, InstanceType, Limits, PoolName};
 use flotilla_driver_ec2::{Credentials, Ec2Config, Ec2InstanceSet, SharedCredentialsProvider};
 use flotilla_engine::{Engine, EngineConfig, EngineTasks, PoolSpec};
@@ -369,18 +369,8 @@ impl Bench {
             max_wait: args.phase_limit,
             ..EngineConfig::default()
         };
-        let (engine, tasks) = Engine::start(
-            config,
-            store.clone(),
-            BTreeMap::from([(DRIVER.to_owned(), tap.clone() as Arc<dyn InstanceSet>)]),
-            pools,
-            pool,
-            Arc::new(SystemClock),
-            &mut registry,
-        )
-        .await?;
-        let registry = Arc::new(registry);
-        tap.attach(registry.clone());
+        let (engine, tasks, registry) =
+            crate::start_engine(config, store.clone(), DRIVER, &tap, pools, pool, registry).await?;
         Ok(Bench {
             endpoint,
             engine,

@@ -216,19 +216,8 @@ impl Bench {
             max_wait: args.phase_limit,
             ..EngineConfig::default()
         };
-        let sets = BTreeMap::from([(DRIVER.to_owned(), tap.clone() as Arc<dyn InstanceSet>)]);
-        let (engine, tasks) = Engine::start(
-            config,
-            store.clone(),
-            sets,
-            pools,
-            pool,
-            Arc::new(SystemClock),
-            &mut registry,
-        )
-        .await?;
-        let registry = Arc::new(registry);
-        tap.attach(registry.clone());
+        let (engine, tasks, registry) =
+            start_engine(config, store.clone(), DRIVER, &tap, pools, pool, registry).await?;
         Ok(Self {
             engine,
             tasks,
@@ -266,6 +255,33 @@ impl Bench {
 }
 
 /// Polls `check` every [`POLL`] until it yields a value or `limit` passes.
+/// Starts the engine the way `flotilla serve` does, on one driver seen
+/// through `tap`, and lets the tap read the engine's counters.
+pub(crate) async fn start_engine(
+    config: EngineConfig,
+    store: Arc<CountingStore>,
+    driver: &str,
+    tap: &Arc<Tap>,
+    pools: BTreeMap<PoolName, PoolSpec>,
+    pool: PoolName,
+    mut registry: Registry,
+) -> Result<(Engine, EngineTasks, Arc<Registry>)> {
+    let sets = BTreeMap::from([(driver.to_owned(), tap.clone() as Arc<dyn InstanceSet>)]);
+    let (engine, tasks) = Engine::start(
+        config,
+        store,
+        sets,
+        pools,
+        pool,
+        Arc::new(SystemClock),
+        &mut registry,
+    )
+    .await?;
+    let registry = Arc::new(registry);
+    tap.attach(registry.clone());
+    Ok((engine, tasks, registry))
+}
+
 async fn poll_until<T>(
     limit: Duration,
     what: &str,
