@@ -8,6 +8,7 @@ mod capacity;
 mod cluster;
 mod money;
 mod names;
+mod org;
 mod plan;
 
 pub use access::{
@@ -26,5 +27,10 @@ pub use money::{
 };
 pub use names::{
     ClusterName, InstanceId, InstanceSetId, InstanceType, NameError, PoolName, Username,
+};
+pub use org::{
+    attribute, Accrual, ActiveRequest, Budget, CapacityOutcome, Charge, ClusterTarget, Effects,
+    LedgerEntry, LedgerKind, OrgDefaults, OrgError, OrgEvent, OrgName, OrgRole, OrgSettings,
+    Organisation, SettingsPatch,
 };
 pub use plan::{plan, DestroyReason, NodeState, ObservedNode, Plan, Timeouts, WantedNodes};
