@@ -22,6 +22,10 @@ use tokio::task::JoinSet;
 
 use crate::{AccountRecord, RefreshTokenRecord, Rotation, Store, StoreError};
 
+#[path = "contract_orgs.rs"]
+mod orgs;
+pub use orgs::*;
+
 pub struct Harness {
     /// An empty store.
     pub store: Arc<dyn Store>,
@@ -68,7 +72,14 @@ macro_rules! store_contract_tests {
             revoke_refresh_family_revokes_the_whole_family,
             revoke_refresh_tokens_revokes_all_and_counts_the_live,
             refresh_tokens_need_an_account_and_a_fresh_id,
-            concurrent_rotations_of_one_token_rotate_it_once
+            concurrent_rotations_of_one_token_rotate_it_once,
+            create_org_then_get_and_list,
+            capacity_requests_size_the_cluster_record,
+            a_refused_change_changes_nothing,
+            accrual_is_exact_split_by_user_and_day_and_matches_the_ledger,
+            running_out_shuts_the_cluster_down,
+            concurrent_requests_cannot_overspend,
+            deleting_an_account_removes_its_memberships
         );
     };
     (@each $harness:path, $($check:ident),+) => {

@@ -11,8 +11,10 @@
 mod accounts;
 pub mod contract;
 mod memory;
+mod orgs;
 mod row;
 mod sqlite;
+mod sqlite_orgs;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -22,6 +24,7 @@ use flotilla_domain::{
 
 pub use accounts::{AccountRecord, AccountStore, RefreshTokenRecord, Rotation};
 pub use memory::MemoryStore;
+pub use orgs::{CostRow, OrgChange, OrgChanged, OrgStore, OrgUsage};
 pub use sqlite::{ConnectionSettings, SqliteStore};
 
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +52,9 @@ pub enum StoreError {
     /// The change would leave no admin account.
     #[error("{0} is the last admin; make another account admin first")]
     LastAdmin(Username),
+    /// An organisation's rules refused the change.
+    #[error(transparent)]
+    Org(flotilla_domain::OrgError),
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
     #[error("database migration failed: {0}")]
@@ -82,7 +88,7 @@ impl StoreError {
 /// Everything the server keeps: desired state here, identity in
 /// [`AccountStore`], so one backend (one database) holds both.
 #[async_trait]
-pub trait Store: AccountStore + Send + Sync + 'static {
+pub trait Store: AccountStore + OrgStore + Send + Sync + 'static {
     /// The ownership ID of the instance set behind driver `driver`: created
     /// on first use and the same forever after, so a restarted server adopts
     /// the instances it created before.

@@ -7,12 +7,14 @@ use std::fmt;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use flotilla_domain::{
-    AccountKind, ClusterName, ClusterRecord, DeployCommand, InstanceSetId, Level, Username,
+    AccountKind, ClusterName, ClusterRecord, DeployCommand, InstanceSetId, LedgerEntry, LedgerKind,
+    Level, Money, OrgError, OrgEvent, OrgName, Organisation, Username,
 };
 use sqlx::error::{DatabaseError, ErrorKind};
 
+use crate::orgs::{target_record, CostRow, OrgChange, OrgChanged, OrgStore, OrgUsage};
 use crate::{AccountRecord, AccountStore, RefreshTokenRecord, Rotation, Store, StoreError};
 
 #[derive(Default)]
@@ -26,6 +28,10 @@ struct Inner {
     sets: BTreeMap<String, InstanceSetId>,
     accounts: BTreeMap<Username, AccountRecord>,
     refresh_tokens: BTreeMap<String, StoredToken>,
+    orgs: BTreeMap<OrgName, Organisation>,
+    ledger: Vec<(OrgName, LedgerEntry)>,
+    costs: BTreeMap<(OrgName, ClusterName, NaiveDate, Option<Username>), Money>,
+    events: Vec<(OrgName, OrgEvent)>,
 }
 
 struct StoredToken {
@@ -341,6 +347,10 @@ impl AccountStore for MemoryStore {
             return Ok(false);
         }
         // As ON DELETE CASCADE does on SQLite.
+        for org in inner.orgs.values_mut() {
+            org.members.remove(username);
+            org.pending.remove(username);
+        }
         inner
             .refresh_tokens
             .retain(|_, stored| &stored.token.username != username);
@@ -479,4 +489,243 @@ impl AccountStore for MemoryStore {
         }
         Ok(live)
     }
+}
+
+impl Inner {
+    /// Records what a change did: the new state, its ledger entries and
+    /// events, and the cluster record its target calls for.
+    fn record_change(
+        &mut self,
+        org: Organisation,
+        effects: flotilla_domain::Effects,
+        now: DateTime<Utc>,
+    ) -> OrgChanged {
+        let name = org.name.clone();
+        for entry in &effects.ledger {
+            self.ledger.push((name.clone(), entry.clone()));
+        }
+        for event in &effects.events {
+            self.events.push((name.clone(), event.clone()));
+        }
+        let mut cluster = None;
+        if let Some(target) = effects.cluster {
+            if let Some(record) = target_record(self.clusters.get(org.cluster()), &org, target, now) {
+                self.clusters.insert(record.name.clone(), record.clone());
+                cluster = Some(record);
+            }
+        }
+        self.orgs.insert(name, org.clone());
+        OrgChanged {
+            org,
+            effects,
+            cluster,
+        }
+    }
+
+    fn add_spend(&mut self, org: &OrgName, day: NaiveDate, amount: Money, now: DateTime<Utc>) {
+        let existing = self.ledger.iter_mut().find(|(o, e)| {
+            o == org && e.kind == LedgerKind::Spend && e.at.date_naive() == day
+        });
+        match existing {
+            Some((_, e)) => {
+                e.amount -= amount;
+                e.at = e.at.max(now.min(end_of(day)));
+            }
+            None => self.ledger.push((
+                org.clone(),
+                LedgerEntry {
+                    at: now.min(end_of(day)),
+                    kind: LedgerKind::Spend,
+                    amount: -amount,
+                    reason: spend_reason(day),
+                    actor: None,
+                },
+            )),
+        }
+    }
+}
+
+/// The last millisecond of `day`: a spend entry is stamped within its day.
+pub(crate) fn end_of(day: NaiveDate) -> DateTime<Utc> {
+    day.and_hms_milli_opt(23, 59, 59, 999)
+        .expect("a valid time")
+        .and_utc()
+}
+
+pub(crate) fn spend_reason(day: NaiveDate) -> String {
+    format!("nodes running on {day}")
+}
+
+#[async_trait]
+impl OrgStore for MemoryStore {
+    async fn create_org(&self, org: &Organisation) -> Result<(), StoreError> {
+        let mut inner = self.inner.lock().unwrap();
+        if inner.orgs.contains_key(&org.name) {
+            return Err(OrgError::Exists(org.name.clone()).into());
+        }
+        if let Ok(user) = Username::new(org.name.as_str()) {
+            if inner.accounts.contains_key(&user) {
+                return Err(OrgError::NameTaken {
+                    name: org.name.clone(),
+                }
+                .into());
+            }
+        }
+        if inner.clusters.contains_key(org.cluster()) {
+            return Err(OrgError::ClusterExists(org.name.clone()).into());
+        }
+        if let Some(u) = org.members.keys().find(|u| !inner.accounts.contains_key(*u)) {
+            return Err(OrgError::UnknownAccount(u.clone()).into());
+        }
+        let effects = opening(org);
+        inner.record_change(org.clone(), effects, org.created_at);
+        Ok(())
+    }
+
+    async fn get_org(&self, name: &OrgName) -> Result<Option<Organisation>, StoreError> {
+        Ok(self.inner.lock().unwrap().orgs.get(name).cloned())
+    }
+
+    async fn list_orgs(&self) -> Result<Vec<Organisation>, StoreError> {
+        Ok(self.inner.lock().unwrap().orgs.values().cloned().collect())
+    }
+
+    async fn change_org(
+        &self,
+        name: &OrgName,
+        now: DateTime<Utc>,
+        change: OrgChange<'_>,
+    ) -> Result<OrgChanged, StoreError> {
+        let mut inner = self.inner.lock().unwrap();
+        let mut org = inner
+            .orgs
+            .get(name)
+            .cloned()
+            .ok_or_else(|| OrgError::Unknown(name.clone()))?;
+        let effects = change(&mut org)?;
+        if let Some(u) = org.members.keys().find(|u| !inner.accounts.contains_key(*u)) {
+            return Err(OrgError::UnknownAccount(u.clone()).into());
+        }
+        Ok(inner.record_change(org, effects, now))
+    }
+
+    async fn expire_capacity(&self, now: DateTime<Utc>) -> Result<Vec<OrgChanged>, StoreError> {
+        let mut inner = self.inner.lock().unwrap();
+        let due: Vec<Organisation> = inner
+            .orgs
+            .values()
+            .filter(|o| o.requests.iter().any(|r| r.expires_at <= now))
+            .cloned()
+            .collect();
+        Ok(due
+            .into_iter()
+            .map(|mut org| {
+                let effects = org.expire_requests(now);
+                inner.record_change(org, effects, now)
+            })
+            .collect())
+    }
+
+    async fn next_capacity_expiry(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let inner = self.inner.lock().unwrap();
+        Ok(inner
+            .orgs
+            .values()
+            .flat_map(|o| o.requests.iter().map(|r| r.expires_at))
+            .min())
+    }
+
+    async fn accrue(
+        &self,
+        usage: &[OrgUsage],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<OrgChanged>, StoreError> {
+        let mut inner = self.inner.lock().unwrap();
+        let by_org: BTreeMap<&OrgName, &OrgUsage> = usage.iter().map(|u| (&u.org, u)).collect();
+        let names: Vec<OrgName> = inner.orgs.keys().cloned().collect();
+        let mut changed = Vec::new();
+        for name in names {
+            let mut org = inner.orgs[&name].clone();
+            let (launches, price) = by_org
+                .get(&name)
+                .map_or((&[][..], Money::ZERO), |u| (&u.launches[..], u.price_per_hour));
+            let accrual = org.accrue(launches, price, now);
+            for charge in &accrual.charges {
+                *inner
+                    .costs
+                    .entry((name.clone(), org.cluster().clone(), charge.day, charge.user.clone()))
+                    .or_default() += charge.amount;
+                inner.add_spend(&name, charge.day, charge.amount, now);
+            }
+            let eventful = accrual.effects != flotilla_domain::Effects::default();
+            let done = inner.record_change(org, accrual.effects, now);
+            if eventful {
+                changed.push(done);
+            }
+        }
+        Ok(changed)
+    }
+
+    async fn ledger(&self, org: &OrgName) -> Result<Vec<LedgerEntry>, StoreError> {
+        let inner = self.inner.lock().unwrap();
+        let mut entries: Vec<LedgerEntry> = inner
+            .ledger
+            .iter()
+            .filter(|(o, _)| o == org)
+            .map(|(_, e)| e.clone())
+            .collect();
+        entries.sort_by_key(|e| e.at);
+        Ok(entries)
+    }
+
+    async fn costs(&self, org: &OrgName) -> Result<Vec<CostRow>, StoreError> {
+        let inner = self.inner.lock().unwrap();
+        let mut rows: Vec<CostRow> = inner
+            .costs
+            .iter()
+            .filter(|((o, ..), _)| o == org)
+            .map(|((_, cluster, day, user), amount)| CostRow {
+                cluster: cluster.clone(),
+                user: user.clone(),
+                day: *day,
+                amount: *amount,
+            })
+            .collect();
+        rows.sort_by(|a, b| (a.day, &a.cluster, &a.user).cmp(&(b.day, &b.cluster, &b.user)));
+        Ok(rows)
+    }
+
+    async fn events(&self, org: &OrgName, limit: usize) -> Result<Vec<OrgEvent>, StoreError> {
+        let inner = self.inner.lock().unwrap();
+        let events: Vec<OrgEvent> = inner
+            .events
+            .iter()
+            .filter(|(o, _)| o == org)
+            .map(|(_, e)| e.clone())
+            .collect();
+        Ok(events[events.len().saturating_sub(limit)..].to_vec())
+    }
+}
+
+/// The effects of creating `org`: an opening entry for its balance.
+pub(crate) fn opening(org: &Organisation) -> flotilla_domain::Effects {
+    let mut effects = flotilla_domain::Effects::default();
+    if org.budget.balance != Money::ZERO {
+        effects.ledger.push(LedgerEntry {
+            at: org.created_at,
+            kind: LedgerKind::Opening,
+            amount: org.budget.balance,
+            reason: "opening balance".into(),
+            actor: None,
+        });
+    }
+    effects.events.push(OrgEvent {
+        at: org.created_at,
+        kind: "created".into(),
+        message: format!(
+            "organisation created with owners {}",
+            org.owners().map(|u| u.as_str()).collect::<Vec<_>>().join(", ")
+        ),
+    });
+    effects
 }

@@ -59,7 +59,6 @@ impl TryFrom<ClusterRow> for ClusterRecord {
             .map_err(|e| StoreError::Corrupt(format!("{}: {e}", at("pool"))))?;
         let node_capacity = u32::try_from(row.node_capacity)
             .ok()
-            .filter(|n| *n >= 1)
             .map(NodeCapacity::from_stored)
             .ok_or_else(|| {
                 StoreError::Corrupt(format!(
@@ -240,7 +239,7 @@ mod tests {
         let cases: [Spoil; 5] = [
             (|r| r.name = "bad name".into(), "\"bad name\", column name"),
             (|r| r.pool = "".into(), "\"demo\", column pool"),
-            (|r| r.node_capacity = 0, "\"demo\", column node_capacity"),
+            (|r| r.node_capacity = -1, "\"demo\", column node_capacity"),
             (
                 |r| r.node_capacity = i64::from(u32::MAX) + 1,
                 "column node_capacity",

@@ -43,8 +43,8 @@ const ID_ATTEMPTS: usize = 3;
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     path: PathBuf,
-    writer: SqlitePool,
-    reader: SqlitePool,
+    pub(crate) writer: SqlitePool,
+    pub(crate) reader: SqlitePool,
 }
 
 /// The settings a connection actually runs with, as SQLite reports them.
@@ -135,7 +135,7 @@ impl SqliteStore {
         settings(&self.reader).await
     }
 
-    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StoreError> {
+    pub(crate) async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StoreError> {
         // IMMEDIATE takes the write lock up front: a transaction that reads
         // first and writes later can then never fail to upgrade its lock.
         Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)

@@ -1,0 +1,317 @@
+//! The organisation half of the store contract.
+
+use std::collections::BTreeSet;
+use std::time::Duration as StdDuration;
+
+use flotilla_domain::{
+    lifetime_cost, Caller, ClusterTarget, Level, LedgerKind, Money, OrgDefaults, OrgError,
+    OrgRole, Organisation, SettingsPatch,
+};
+use tokio::task::JoinSet;
+
+use super::{create, get, local, name, pool, t, user, Harness};
+use crate::{OrgChanged, OrgUsage, Store, StoreError};
+
+const PRICE: Money = Money::from_micros(100_000);
+const HOUR: StdDuration = StdDuration::from_secs(3600);
+
+fn caller(username: &str) -> Caller {
+    Caller {
+        account: Some(user(username)),
+        level: Level::GithubMember,
+        allowed: BTreeSet::new(),
+    }
+}
+
+fn admin() -> Caller {
+    Caller {
+        account: Some(user("root")),
+        level: Level::Admin,
+        allowed: BTreeSet::new(),
+    }
+}
+
+fn m(s: &str) -> Money {
+    s.parse().expect("money")
+}
+
+/// Accounts root (admin), ann, bob, eve; organisation `lab` owned by ann
+/// with bob a member.
+async fn lab(store: &dyn Store) -> Organisation {
+    for (u, level) in [
+        ("root", Level::Admin),
+        ("ann", Level::GithubMember),
+        ("bob", Level::GithubMember),
+        ("eve", Level::GithubMember),
+    ] {
+        create(store, &local(u, level)).await;
+    }
+    let org = Organisation::new(
+        name("lab"),
+        [user("ann")],
+        pool("default"),
+        &OrgDefaults::default(),
+        t(0),
+    )
+    .expect("org");
+    store.create_org(&org).await.expect("create_org");
+    change(store, 1, |o| o.request_membership(&caller("bob"), t(1))).await;
+    change(store, 2, |o| {
+        o.decide_membership(&caller("ann"), &user("bob"), true, t(2))
+    })
+    .await;
+    store.get_org(&name("lab")).await.unwrap().expect("lab")
+}
+
+async fn change(
+    store: &dyn Store,
+    at: i64,
+    mut f: impl FnMut(&mut Organisation) -> Result<flotilla_domain::Effects, OrgError> + Send,
+) -> OrgChanged {
+    try_change(store, at, &mut f).await.expect("change_org")
+}
+
+async fn try_change(
+    store: &dyn Store,
+    at: i64,
+    f: &mut (dyn FnMut(&mut Organisation) -> Result<flotilla_domain::Effects, OrgError> + Send),
+) -> Result<OrgChanged, StoreError> {
+    store.change_org(&name("lab"), t(at), f).await
+}
+
+async fn ask(store: &dyn Store, who: &str, nodes: u32, ttl: StdDuration, at: i64) -> Result<OrgChanged, StoreError> {
+    try_change(store, at, &mut |o: &mut Organisation| {
+        o.request_capacity(&caller(who), nodes, ttl, PRICE, t(at))
+            .map(|(fx, _)| fx)
+    })
+    .await
+}
+
+async fn credit(store: &dyn Store, amount: &str, at: i64) {
+    change(store, at, |o| o.credit(&admin(), m(amount), "test", t(at))).await;
+}
+
+fn org_error(result: Result<OrgChanged, StoreError>) -> OrgError {
+    match result {
+        Err(StoreError::Org(e)) => e,
+        other => panic!("expected an organisation's refusal, got {other:?}"),
+    }
+}
+
+async fn ledger_sum(store: &dyn Store) -> Money {
+    store
+        .ledger(&name("lab"))
+        .await
+        .expect("ledger")
+        .iter()
+        .map(|e| e.amount)
+        .sum()
+}
+
+pub async fn create_org_then_get_and_list(h: Harness) {
+    let store = &*h.store;
+    let org = lab(store).await;
+    assert_eq!(org.role(&user("ann")), Some(OrgRole::Owner));
+    assert_eq!(org.role(&user("bob")), Some(OrgRole::Member));
+    assert_eq!(store.list_orgs().await.unwrap(), vec![org.clone()]);
+    let kinds: Vec<String> = store
+        .events(&name("lab"), 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
+    assert_eq!(kinds, ["created", "membership_requested", "member_added"]);
+    assert_eq!(store.events(&name("lab"), 1).await.unwrap().len(), 1);
+
+    // A taken name, an account's name, an unknown owner: refused, nothing made.
+    let again = Organisation::new(name("lab"), [user("eve")], pool("p"), &OrgDefaults::default(), t(5)).unwrap();
+    assert!(matches!(store.create_org(&again).await, Err(StoreError::Org(OrgError::Exists(_)))));
+    let accounts = Organisation::new(name("eve"), [user("ann")], pool("p"), &OrgDefaults::default(), t(5)).unwrap();
+    assert!(matches!(store.create_org(&accounts).await, Err(StoreError::Org(OrgError::NameTaken { .. }))));
+    let ghost = Organisation::new(name("physics"), [user("nobody")], pool("p"), &OrgDefaults::default(), t(5)).unwrap();
+    assert!(matches!(store.create_org(&ghost).await, Err(StoreError::Org(OrgError::UnknownAccount(_)))));
+    assert_eq!(store.list_orgs().await.unwrap().len(), 1);
+    assert!(store.get_org(&name("physics")).await.unwrap().is_none());
+}
+
+pub async fn capacity_requests_size_the_cluster_record(h: Harness) {
+    let store = &*h.store;
+    lab(store).await;
+    credit(store, "100", 3).await;
+    // No record while the cluster sleeps and never ran.
+    assert!(get(store, "lab").await.is_none());
+    let changed = ask(store, "ann", 3, HOUR, 10).await.unwrap();
+    let record = changed.cluster.clone().expect("a record");
+    assert_eq!(record.node_capacity.get(), 3);
+    assert!(!record.is_public && !record.destroying && record.expires_at.is_none());
+    assert_eq!(get(store, "lab").await, Some(record.clone()));
+    let changed = ask(store, "bob", 2, 2 * HOUR, 20).await.unwrap();
+    assert_eq!(changed.cluster.as_ref().unwrap().node_capacity.get(), 5);
+    assert_eq!(store.next_capacity_expiry().await.unwrap(), Some(t(10 + 3600)));
+    assert_eq!(store.get_org(&name("lab")).await.unwrap().unwrap().requests.len(), 2);
+
+    // ann's request runs out: the cluster shrinks to bob's; then sleeps.
+    assert!(store.expire_capacity(t(3000)).await.unwrap().is_empty());
+    let fired = store.expire_capacity(t(10 + 3600)).await.unwrap();
+    assert_eq!(fired.len(), 1);
+    assert_eq!(fired[0].cluster.as_ref().unwrap().node_capacity.get(), 2);
+    let fired = store.expire_capacity(t(20 + 7200)).await.unwrap();
+    assert_eq!(fired[0].effects.cluster, Some(ClusterTarget::Nodes(0)));
+    let asleep = get(store, "lab").await.expect("kept while asleep");
+    assert_eq!(asleep.node_capacity.get(), 0);
+    assert!(!asleep.destroying);
+    assert_eq!(store.next_capacity_expiry().await.unwrap(), None);
+    assert!(store.get_org(&name("lab")).await.unwrap().unwrap().requests.is_empty());
+}
+
+pub async fn a_refused_change_changes_nothing(h: Harness) {
+    let store = &*h.store;
+    let before = lab(store).await;
+    // No money: 1 node for an hour costs $0.10.
+    let err = org_error(ask(store, "ann", 1, HOUR, 10).await);
+    assert_eq!(err.code(), "insufficient_funds");
+    let err = org_error(ask(store, "eve", 1, HOUR, 10).await);
+    assert_eq!(err.code(), "not_org_member");
+    let err = org_error(
+        try_change(store, 11, &mut |o: &mut Organisation| {
+            o.update_settings(
+                &caller("ann"),
+                &SettingsPatch {
+                    min_nodes: Some(4),
+                    max_nodes: Some(2),
+                    ..SettingsPatch::default()
+                },
+                PRICE,
+                t(11),
+            )
+        })
+        .await,
+    );
+    assert_eq!(err.code(), "invalid_value");
+    assert_eq!(store.get_org(&name("lab")).await.unwrap(), Some(before));
+    assert!(get(store, "lab").await.is_none());
+    assert!(store.ledger(&name("lab")).await.unwrap().is_empty());
+}
+
+pub async fn accrual_is_exact_split_by_user_and_day_and_matches_the_ledger(h: Harness) {
+    let store = &*h.store;
+    lab(store).await;
+    credit(store, "100", 3).await;
+    ask(store, "ann", 2, 48 * HOUR, 10).await.unwrap();
+    let launches = vec![t(20), t(25)];
+    let usage = |_at: i64| OrgUsage {
+        org: name("lab"),
+        launches: launches.clone(),
+        price_per_hour: PRICE,
+    };
+    // Uneven passes across a UTC midnight (t(0) is 22:13:20 UTC).
+    let mut at = 30;
+    while at < 6 * 3600 {
+        store.accrue(&[usage(at)], t(at)).await.expect("accrue");
+        at += 997;
+    }
+    let end = t(at - 997);
+    let expected = lifetime_cost(PRICE, t(20), end) + lifetime_cost(PRICE, t(25), end);
+    let costs = store.costs(&name("lab")).await.unwrap();
+    assert_eq!(costs.iter().map(|c| c.amount).sum::<Money>(), expected);
+    assert!(costs.iter().all(|c| c.user == Some(user("ann")) && c.cluster == name("lab")));
+    let days: BTreeSet<_> = costs.iter().map(|c| c.day).collect();
+    assert_eq!(days.len(), 2, "{costs:?}");
+    let org = store.get_org(&name("lab")).await.unwrap().unwrap();
+    assert_eq!(org.budget.balance, m("100") - expected);
+    assert_eq!(ledger_sum(store).await, org.budget.balance);
+    let spends = store
+        .ledger(&name("lab"))
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.kind == LedgerKind::Spend)
+        .count();
+    assert_eq!(spends, 2, "one spend entry per day");
+    // A pass at the same moment charges nothing more.
+    store.accrue(&[usage(0)], end).await.unwrap();
+    assert_eq!(store.get_org(&name("lab")).await.unwrap().unwrap().budget.balance, org.budget.balance);
+}
+
+pub async fn running_out_shuts_the_cluster_down(h: Harness) {
+    let store = &*h.store;
+    lab(store).await;
+    credit(store, "2", 3).await;
+    ask(store, "ann", 2, 24 * HOUR, 10).await.unwrap();
+    let usage = OrgUsage {
+        org: name("lab"),
+        launches: vec![t(10), t(10)],
+        price_per_hour: PRICE,
+    };
+    // $2 at $0.20/h reaches $0.50 after 7.5 h.
+    assert!(store.accrue(&[usage.clone()], t(10 + 7 * 3600)).await.unwrap().is_empty());
+    let changed = store.accrue(&[usage.clone()], t(10 + 7 * 3600 + 1800)).await.unwrap();
+    assert_eq!(changed.len(), 1);
+    assert_eq!(changed[0].effects.cluster, Some(ClusterTarget::Destroyed));
+    assert!(changed[0].cluster.as_ref().unwrap().destroying);
+    assert!(get(store, "lab").await.unwrap().destroying);
+    let org = store.get_org(&name("lab")).await.unwrap().unwrap();
+    assert!(org.requests.is_empty());
+    assert!(org.budget.exhausted_at.is_some());
+    assert_eq!(org.members.len(), 2, "people survive the pass");
+    let events = store.events(&name("lab"), 1).await.unwrap();
+    assert_eq!(events[0].kind, "budget_exhausted");
+    assert_eq!(ledger_sum(store).await, org.budget.balance);
+    // Shut down: requests are refused until an admin credits.
+    assert_eq!(org_error(ask(store, "bob", 1, HOUR, 30000).await).code(), "insufficient_funds");
+    credit(store, "10", 30001).await;
+    ask(store, "bob", 1, HOUR, 30002).await.unwrap();
+    assert!(!get(store, "lab").await.unwrap().destroying);
+}
+
+pub async fn concurrent_requests_cannot_overspend(h: Harness) {
+    let store = h.store.clone();
+    lab(&*store).await;
+    change(&*store, 3, |o| {
+        o.update_settings(
+            &admin(),
+            &SettingsPatch {
+                node_limit: Some(40),
+                max_nodes: Some(40),
+                ..SettingsPatch::default()
+            },
+            PRICE,
+            t(3),
+        )
+    })
+    .await;
+    // $10: one request for 10 nodes over 8 h ($8) fits, two ($16) do not.
+    credit(&*store, "10", 4).await;
+    let mut tasks = JoinSet::new();
+    for who in ["ann", "bob"] {
+        let store = store.clone();
+        tasks.spawn(async move { ask(&*store, who, 10, 24 * HOUR, 5).await.is_ok() });
+    }
+    let mut granted = 0;
+    while let Some(ok) = tasks.join_next().await {
+        granted += usize::from(ok.unwrap());
+    }
+    assert_eq!(granted, 1);
+    assert_eq!(get(&*store, "lab").await.unwrap().node_capacity.get(), 10);
+}
+
+pub async fn deleting_an_account_removes_its_memberships(h: Harness) {
+    let store = &*h.store;
+    lab(store).await;
+    change(store, 3, |o| o.request_membership(&caller("eve"), t(3))).await;
+    store.delete_account(&user("bob")).await.unwrap();
+    store.delete_account(&user("eve")).await.unwrap();
+    let org = store.get_org(&name("lab")).await.unwrap().unwrap();
+    assert_eq!(org.role(&user("bob")), None);
+    assert!(org.pending.is_empty());
+    // Approving someone without an account is refused.
+    let err = org_error(
+        try_change(store, 4, &mut |o: &mut Organisation| {
+            o.pending.insert(user("ghost"), t(4));
+            o.decide_membership(&caller("ann"), &user("ghost"), true, t(4))
+        })
+        .await,
+    );
+    assert_eq!(err.code(), "unknown_account");
+}

@@ -1,0 +1,684 @@
+//! Organisations on SQLite. Every change loads the organisation, runs the
+//! domain's function on it and writes the result back inside one
+//! `BEGIN IMMEDIATE` transaction. The accrual pass covers every
+//! organisation in one transaction too, and writes its charges with a few
+//! set-based statements (rows passed as one JSON array) rather than a
+//! statement per node, so a pass over thousands of nodes stays a few
+//! milliseconds.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, NaiveDate, Utc};
+use flotilla_domain::{
+    ActiveRequest, Budget, ClusterName, ClusterRecord, Effects, LedgerEntry, LedgerKind, Money,
+    OrgError, OrgEvent, OrgName, OrgRole, OrgSettings, Organisation, PoolName, Username,
+};
+use sqlx::{SqliteConnection, SqlitePool};
+
+use crate::memory::{end_of, opening, spend_reason};
+use crate::orgs::{target_record, CostRow, OrgChange, OrgChanged, OrgStore, OrgUsage};
+use crate::row::{self, cluster_columns, ClusterRow};
+use crate::{SqliteStore, StoreError};
+
+const ORG_COLUMNS: &str = "name, min_nodes, max_nodes, node_limit, pool, balance, \
+    monthly_allowance, max_balance, shutdown_threshold, min_runway_secs, allowance_month, \
+    exhausted_at, accrued_until, created_at";
+
+#[derive(sqlx::FromRow)]
+struct OrgRow {
+    name: String,
+    min_nodes: i64,
+    max_nodes: i64,
+    node_limit: i64,
+    pool: String,
+    balance: i64,
+    monthly_allowance: i64,
+    max_balance: i64,
+    shutdown_threshold: i64,
+    min_runway_secs: i64,
+    allowance_month: Option<i64>,
+    exhausted_at: Option<i64>,
+    accrued_until: Option<i64>,
+    created_at: i64,
+}
+
+#[derive(sqlx::FromRow)]
+struct PersonRow {
+    org: String,
+    username: String,
+    role: String,
+    since: i64,
+}
+
+#[derive(sqlx::FromRow)]
+struct RequestRow {
+    org: String,
+    username: String,
+    nodes: i64,
+    created_at: i64,
+    expires_at: i64,
+}
+
+fn corrupt(table: &str, key: &str, what: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(format!("{table} row {key:?}: {what}"))
+}
+
+fn count(table: &str, key: &str, column: &str, v: i64) -> Result<u32, StoreError> {
+    u32::try_from(v).map_err(|_| corrupt(table, key, format!("{column} {v} is not a count")))
+}
+
+fn time(table: &str, key: &str, column: &str, ms: i64) -> Result<DateTime<Utc>, StoreError> {
+    row::from_millis(ms, || format!("{table} row {key:?}, column {column}"))
+}
+
+fn opt_time(
+    table: &str,
+    key: &str,
+    column: &str,
+    ms: Option<i64>,
+) -> Result<Option<DateTime<Utc>>, StoreError> {
+    ms.map(|ms| time(table, key, column, ms)).transpose()
+}
+
+fn user(table: &str, key: &str, name: &str) -> Result<Username, StoreError> {
+    Username::new(name).map_err(|e| corrupt(table, key, e))
+}
+
+fn encode_month(m: (i32, u32)) -> i64 {
+    i64::from(m.0) * 12 + i64::from(m.1) - 1
+}
+
+fn decode_month(v: i64) -> (i32, u32) {
+    ((v.div_euclid(12)) as i32, (v.rem_euclid(12) + 1) as u32)
+}
+
+impl OrgRow {
+    fn into_org(self) -> Result<Organisation, StoreError> {
+        let key = self.name.as_str();
+        let t = "orgs";
+        Ok(Organisation {
+            name: ClusterName::new(key).map_err(|e| corrupt(t, key, e))?,
+            members: BTreeMap::new(),
+            pending: BTreeMap::new(),
+            settings: OrgSettings {
+                min_nodes: count(t, key, "min_nodes", self.min_nodes)?,
+                max_nodes: count(t, key, "max_nodes", self.max_nodes)?,
+                node_limit: count(t, key, "node_limit", self.node_limit)?,
+                pool: PoolName::new(self.pool.as_str()).map_err(|e| corrupt(t, key, e))?,
+            },
+            budget: Budget {
+                balance: Money::from_micros(self.balance),
+                monthly_allowance: Money::from_micros(self.monthly_allowance),
+                max_balance: Money::from_micros(self.max_balance),
+                shutdown_threshold: Money::from_micros(self.shutdown_threshold),
+                min_runway: Duration::from_secs(self.min_runway_secs.max(0) as u64),
+                allowance_month: self.allowance_month.map(decode_month),
+                exhausted_at: opt_time(t, key, "exhausted_at", self.exhausted_at)?,
+            },
+            requests: Vec::new(),
+            accrued_until: opt_time(t, key, "accrued_until", self.accrued_until)?,
+            created_at: time(t, key, "created_at", self.created_at)?,
+        })
+    }
+}
+
+fn add_person(org: &mut Organisation, p: PersonRow) -> Result<(), StoreError> {
+    let key = format!("{}/{}", p.org, p.username);
+    let who = user("org_people", &key, &p.username)?;
+    match p.role.as_str() {
+        "pending" => {
+            org.pending
+                .insert(who, time("org_people", &key, "since", p.since)?);
+        }
+        role => {
+            let role = OrgRole::parse(role)
+                .ok_or_else(|| corrupt("org_people", &key, format!("role {role:?}")))?;
+            org.members.insert(who, role);
+        }
+    }
+    Ok(())
+}
+
+fn add_request(org: &mut Organisation, r: RequestRow) -> Result<(), StoreError> {
+    let key = format!("{}/{}", r.org, r.username);
+    let t = "capacity_requests";
+    org.requests.push(ActiveRequest {
+        user: user(t, &key, &r.username)?,
+        nodes: count(t, &key, "nodes", r.nodes)?,
+        created_at: time(t, &key, "created_at", r.created_at)?,
+        expires_at: time(t, &key, "expires_at", r.expires_at)?,
+    });
+    Ok(())
+}
+
+type SqliteQueryAs<'q, T> = sqlx::query::QueryAs<'q, sqlx::Sqlite, T, sqlx::sqlite::SqliteArguments<'q>>;
+
+/// Binds the organisation's name when the query is about one.
+fn bind_only<'q, T>(q: SqliteQueryAs<'q, T>, only: Option<&'q OrgName>) -> SqliteQueryAs<'q, T> {
+    match only {
+        Some(o) => q.bind(o.as_str()),
+        None => q,
+    }
+}
+
+/// Every organisation (or the one named), with people and requests.
+async fn load_orgs(
+    conn: &mut SqliteConnection,
+    only: Option<&OrgName>,
+    with_people: bool,
+) -> Result<Vec<Organisation>, StoreError> {
+    let filter = if only.is_some() { " WHERE org = $1" } else { "" };
+    let sql = format!(
+        "SELECT {ORG_COLUMNS} FROM orgs{} ORDER BY name",
+        filter.replace("org", "name")
+    );
+    let rows: Vec<OrgRow> = bind_only(sqlx::query_as(&sql), only)
+        .fetch_all(&mut *conn)
+        .await?;
+    let mut orgs: Vec<Organisation> = rows
+        .into_iter()
+        .map(OrgRow::into_org)
+        .collect::<Result<_, _>>()?;
+    let index: HashMap<String, usize> = orgs
+        .iter()
+        .enumerate()
+        .map(|(i, o)| (o.name.to_string(), i))
+        .collect();
+    if with_people {
+        let sql = format!("SELECT org, username, role, since FROM org_people{filter}");
+        let people: Vec<PersonRow> = bind_only(sqlx::query_as(&sql), only)
+            .fetch_all(&mut *conn)
+            .await?;
+        for p in people {
+            if let Some(&i) = index.get(&p.org) {
+                add_person(&mut orgs[i], p)?;
+            }
+        }
+    }
+    let sql = format!(
+        "SELECT org, username, nodes, created_at, expires_at FROM capacity_requests{filter} \
+         ORDER BY id"
+    );
+    let requests: Vec<RequestRow> = bind_only(sqlx::query_as(&sql), only)
+        .fetch_all(&mut *conn)
+        .await?;
+    for r in requests {
+        if let Some(&i) = index.get(&r.org) {
+            add_request(&mut orgs[i], r)?;
+        }
+    }
+    Ok(orgs)
+}
+
+async fn load_org(
+    conn: &mut SqliteConnection,
+    name: &OrgName,
+) -> Result<Option<Organisation>, StoreError> {
+    Ok(load_orgs(conn, Some(name), true).await?.pop())
+}
+
+/// Writes the organisation's own row.
+async fn save_org_row(conn: &mut SqliteConnection, org: &Organisation) -> Result<(), StoreError> {
+    let b = &org.budget;
+    let s = &org.settings;
+    sqlx::query(&format!(
+        "INSERT INTO orgs ({ORG_COLUMNS}) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
+         ON CONFLICT (name) DO UPDATE SET min_nodes = excluded.min_nodes, \
+             max_nodes = excluded.max_nodes, node_limit = excluded.node_limit, \
+             pool = excluded.pool, balance = excluded.balance, \
+             monthly_allowance = excluded.monthly_allowance, \
+             max_balance = excluded.max_balance, \
+             shutdown_threshold = excluded.shutdown_threshold, \
+             min_runway_secs = excluded.min_runway_secs, \
+             allowance_month = excluded.allowance_month, \
+             exhausted_at = excluded.exhausted_at, accrued_until = excluded.accrued_until"
+    ))
+    .bind(org.name.as_str())
+    .bind(i64::from(s.min_nodes))
+    .bind(i64::from(s.max_nodes))
+    .bind(i64::from(s.node_limit))
+    .bind(s.pool.as_str())
+    .bind(b.balance.micros())
+    .bind(b.monthly_allowance.micros())
+    .bind(b.max_balance.micros())
+    .bind(b.shutdown_threshold.micros())
+    .bind(b.min_runway.as_secs() as i64)
+    .bind(b.allowance_month.map(encode_month))
+    .bind(b.exhausted_at.map(row::to_millis))
+    .bind(org.accrued_until.map(row::to_millis))
+    .bind(row::to_millis(org.created_at))
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Writes the organisation's people and requests, replacing what was there.
+async fn save_people_and_requests(
+    conn: &mut SqliteConnection,
+    org: &Organisation,
+) -> Result<(), StoreError> {
+    let name = org.name.as_str();
+    sqlx::query("DELETE FROM org_people WHERE org = $1")
+        .bind(name)
+        .execute(&mut *conn)
+        .await?;
+    let people = org
+        .members
+        .iter()
+        .map(|(u, r)| (u, r.as_str(), org.created_at))
+        .chain(org.pending.iter().map(|(u, since)| (u, "pending", *since)));
+    for (username, role, since) in people {
+        let exists: Option<i64> =
+            sqlx::query_scalar("SELECT 1 FROM accounts WHERE username = $1")
+                .bind(username.as_str())
+                .fetch_optional(&mut *conn)
+                .await?;
+        if exists.is_none() {
+            return Err(OrgError::UnknownAccount(username.clone()).into());
+        }
+        sqlx::query("INSERT INTO org_people (org, username, role, since) VALUES ($1, $2, $3, $4)")
+            .bind(name)
+            .bind(username.as_str())
+            .bind(role)
+            .bind(row::to_millis(since))
+            .execute(&mut *conn)
+            .await?;
+    }
+    save_requests(conn, org).await
+}
+
+async fn save_requests(conn: &mut SqliteConnection, org: &Organisation) -> Result<(), StoreError> {
+    let name = org.name.as_str();
+    sqlx::query("DELETE FROM capacity_requests WHERE org = $1")
+        .bind(name)
+        .execute(&mut *conn)
+        .await?;
+    for r in &org.requests {
+        sqlx::query(
+            "INSERT INTO capacity_requests (org, username, nodes, created_at, expires_at) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(name)
+        .bind(r.user.as_str())
+        .bind(i64::from(r.nodes))
+        .bind(row::to_millis(r.created_at))
+        .bind(row::to_millis(r.expires_at))
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Records a change's ledger entries, events and cluster record.
+async fn record_effects(
+    conn: &mut SqliteConnection,
+    org: &Organisation,
+    effects: &Effects,
+    now: DateTime<Utc>,
+) -> Result<Option<ClusterRecord>, StoreError> {
+    let name = org.name.as_str();
+    for e in &effects.ledger {
+        sqlx::query(
+            "INSERT INTO ledger (org, at, kind, amount, reason, actor) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(name)
+        .bind(row::to_millis(e.at))
+        .bind(e.kind.as_str())
+        .bind(e.amount.micros())
+        .bind(&e.reason)
+        .bind(e.actor.as_ref().map(|u| u.as_str()))
+        .execute(&mut *conn)
+        .await?;
+    }
+    for e in &effects.events {
+        sqlx::query("INSERT INTO org_events (org, at, kind, message) VALUES ($1, $2, $3, $4)")
+            .bind(name)
+            .bind(row::to_millis(e.at))
+            .bind(&e.kind)
+            .bind(&e.message)
+            .execute(&mut *conn)
+            .await?;
+    }
+    let Some(target) = effects.cluster else {
+        return Ok(None);
+    };
+    let current: Option<ClusterRow> = sqlx::query_as(concat!(
+        "SELECT ",
+        cluster_columns!(),
+        " FROM clusters WHERE name = $1"
+    ))
+    .bind(name)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let current = current.map(ClusterRecord::try_from).transpose()?;
+    let Some(record) = target_record(current.as_ref(), org, target, now) else {
+        return Ok(None);
+    };
+    sqlx::query(concat!(
+        "INSERT INTO clusters (",
+        cluster_columns!(),
+        ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+         ON CONFLICT (name) DO UPDATE SET is_public = excluded.is_public, \
+             node_capacity = excluded.node_capacity, pool = excluded.pool, \
+             expires_at = excluded.expires_at, destroying = excluded.destroying, \
+             updated_at = excluded.updated_at, generation = excluded.generation"
+    ))
+    .bind(record.name.as_str())
+    .bind(record.is_public)
+    .bind(i64::from(record.node_capacity.get()))
+    .bind(record.pool.as_str())
+    .bind(record.expires_at.map(row::to_millis))
+    .bind(record.destroying)
+    .bind(row::to_millis(record.created_at))
+    .bind(row::to_millis(record.updated_at))
+    .bind(record.generation)
+    .execute(&mut *conn)
+    .await?;
+    Ok(Some(record))
+}
+
+async fn reader_conn(
+    pool: &SqlitePool,
+) -> Result<sqlx::pool::PoolConnection<sqlx::Sqlite>, StoreError> {
+    Ok(pool.acquire().await?)
+}
+
+#[async_trait]
+impl OrgStore for SqliteStore {
+    async fn create_org(&self, org: &Organisation) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        let name = org.name.as_str();
+        let taken: Option<i64> = sqlx::query_scalar("SELECT 1 FROM orgs WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if taken.is_some() {
+            return Err(OrgError::Exists(org.name.clone()).into());
+        }
+        let account: Option<i64> = sqlx::query_scalar("SELECT 1 FROM accounts WHERE username = $1")
+            .bind(name)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if account.is_some() {
+            return Err(OrgError::NameTaken {
+                name: org.name.clone(),
+            }
+            .into());
+        }
+        let cluster: Option<i64> = sqlx::query_scalar("SELECT 1 FROM clusters WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if cluster.is_some() {
+            return Err(OrgError::ClusterExists(org.name.clone()).into());
+        }
+        save_org_row(&mut tx, org).await?;
+        save_people_and_requests(&mut tx, org).await?;
+        record_effects(&mut tx, org, &opening(org), org.created_at).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn get_org(&self, name: &OrgName) -> Result<Option<Organisation>, StoreError> {
+        let mut conn = reader_conn(&self.reader).await?;
+        load_org(&mut conn, name).await
+    }
+
+    async fn list_orgs(&self) -> Result<Vec<Organisation>, StoreError> {
+        let mut conn = reader_conn(&self.reader).await?;
+        load_orgs(&mut conn, None, true).await
+    }
+
+    async fn change_org(
+        &self,
+        name: &OrgName,
+        now: DateTime<Utc>,
+        change: OrgChange<'_>,
+    ) -> Result<OrgChanged, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let mut org = load_org(&mut tx, name)
+            .await?
+            .ok_or_else(|| OrgError::Unknown(name.clone()))?;
+        let effects = change(&mut org)?;
+        save_org_row(&mut tx, &org).await?;
+        save_people_and_requests(&mut tx, &org).await?;
+        let cluster = record_effects(&mut tx, &org, &effects, now).await?;
+        tx.commit().await?;
+        Ok(OrgChanged {
+            org,
+            effects,
+            cluster,
+        })
+    }
+
+    async fn expire_capacity(&self, now: DateTime<Utc>) -> Result<Vec<OrgChanged>, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let due: Vec<String> = sqlx::query_scalar(
+            "SELECT DISTINCT org FROM capacity_requests WHERE expires_at <= $1 ORDER BY org",
+        )
+        .bind(row::to_millis(now))
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut changed = Vec::new();
+        for name in due {
+            let name = ClusterName::new(name.as_str())
+                .map_err(|e| corrupt("capacity_requests", &name, e))?;
+            let Some(mut org) = load_org(&mut tx, &name).await? else {
+                continue;
+            };
+            let effects = org.expire_requests(now);
+            save_requests(&mut tx, &org).await?;
+            let cluster = record_effects(&mut tx, &org, &effects, now).await?;
+            changed.push(OrgChanged {
+                org,
+                effects,
+                cluster,
+            });
+        }
+        tx.commit().await?;
+        Ok(changed)
+    }
+
+    async fn next_capacity_expiry(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let earliest: Option<i64> =
+            sqlx::query_scalar("SELECT MIN(expires_at) FROM capacity_requests")
+                .fetch_one(&self.reader)
+                .await?;
+        earliest
+            .map(|ms| time("capacity_requests", "MIN", "expires_at", ms))
+            .transpose()
+    }
+
+    async fn accrue(
+        &self,
+        usage: &[OrgUsage],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<OrgChanged>, StoreError> {
+        let by_org: HashMap<&str, &OrgUsage> = usage.iter().map(|u| (u.org.as_str(), u)).collect();
+        let mut tx = self.begin_write().await?;
+        let orgs = load_orgs(&mut tx, None, false).await?;
+        let mut org_rows = Vec::new();
+        let mut cost_rows = Vec::new();
+        let mut spend_rows = Vec::new();
+        let mut eventful = Vec::new();
+        for mut org in orgs {
+            let before = (
+                org.budget.balance,
+                org.accrued_until,
+                org.budget.allowance_month,
+                org.budget.exhausted_at,
+            );
+            let requests_before = org.requests.len();
+            let (launches, price) = by_org
+                .get(org.name.as_str())
+                .map_or((&[][..], Money::ZERO), |u| (&u.launches[..], u.price_per_hour));
+            let accrual = org.accrue(launches, price, now);
+            let name = org.name.as_str();
+            let mut per_day: BTreeMap<NaiveDate, Money> = BTreeMap::new();
+            for c in &accrual.charges {
+                cost_rows.push(serde_json::json!([
+                    name,
+                    name,
+                    c.user.as_ref().map_or("", |u| u.as_str()),
+                    c.day.to_string(),
+                    c.amount.micros()
+                ]));
+                *per_day.entry(c.day).or_default() += c.amount;
+            }
+            for (day, amount) in per_day {
+                spend_rows.push(serde_json::json!([
+                    name,
+                    row::to_millis(now.min(end_of(day))),
+                    -amount.micros(),
+                    spend_reason(day),
+                    day.to_string()
+                ]));
+            }
+            let after = (
+                org.budget.balance,
+                org.accrued_until,
+                org.budget.allowance_month,
+                org.budget.exhausted_at,
+            );
+            if after != before {
+                org_rows.push(serde_json::json!([
+                    name,
+                    org.budget.balance.micros(),
+                    org.accrued_until.map(row::to_millis),
+                    org.budget.allowance_month.map(encode_month),
+                    org.budget.exhausted_at.map(row::to_millis)
+                ]));
+            }
+            if accrual.effects != Effects::default() || org.requests.len() != requests_before {
+                eventful.push((org, accrual.effects));
+            }
+        }
+        sqlx::query(
+            "UPDATE orgs SET balance = json_extract(j.value, '$[1]'), \
+                 accrued_until = json_extract(j.value, '$[2]'), \
+                 allowance_month = json_extract(j.value, '$[3]'), \
+                 exhausted_at = json_extract(j.value, '$[4]') \
+             FROM json_each($1) AS j WHERE orgs.name = json_extract(j.value, '$[0]')",
+        )
+        .bind(serde_json::Value::Array(org_rows).to_string())
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO costs (org, cluster, username, day, amount) \
+             SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), \
+                    json_extract(value, '$[2]'), json_extract(value, '$[3]'), \
+                    json_extract(value, '$[4]') \
+             FROM json_each($1) WHERE TRUE \
+             ON CONFLICT (org, cluster, day, username) \
+             DO UPDATE SET amount = costs.amount + excluded.amount",
+        )
+        .bind(serde_json::Value::Array(cost_rows).to_string())
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO ledger (org, at, kind, amount, reason, actor, day) \
+             SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), 'spend', \
+                    json_extract(value, '$[2]'), json_extract(value, '$[3]'), NULL, \
+                    json_extract(value, '$[4]') \
+             FROM json_each($1) WHERE TRUE \
+             ON CONFLICT (org, day) \
+             DO UPDATE SET amount = ledger.amount + excluded.amount, \
+                           at = MAX(ledger.at, excluded.at)",
+        )
+        .bind(serde_json::Value::Array(spend_rows).to_string())
+        .execute(&mut *tx)
+        .await?;
+        let mut changed = Vec::new();
+        for (org, effects) in eventful {
+            save_requests(&mut tx, &org).await?;
+            let cluster = record_effects(&mut tx, &org, &effects, now).await?;
+            changed.push(OrgChanged {
+                org,
+                effects,
+                cluster,
+            });
+        }
+        tx.commit().await?;
+        // The pass loaded organisations without their people; callers get
+        // them whole.
+        let mut conn = reader_conn(&self.reader).await?;
+        for c in &mut changed {
+            if let Some(full) = load_org(&mut conn, &c.org.name).await? {
+                c.org = full;
+            }
+        }
+        Ok(changed)
+    }
+
+    async fn ledger(&self, org: &OrgName) -> Result<Vec<LedgerEntry>, StoreError> {
+        let rows: Vec<(i64, String, i64, String, Option<String>)> = sqlx::query_as(
+            "SELECT at, kind, amount, reason, actor FROM ledger WHERE org = $1 ORDER BY at, id",
+        )
+        .bind(org.as_str())
+        .fetch_all(&self.reader)
+        .await?;
+        let key = org.as_str();
+        rows.into_iter()
+            .map(|(at, kind, amount, reason, actor)| {
+                Ok(LedgerEntry {
+                    at: time("ledger", key, "at", at)?,
+                    kind: LedgerKind::parse(&kind)
+                        .ok_or_else(|| corrupt("ledger", key, format!("kind {kind:?}")))?,
+                    amount: Money::from_micros(amount),
+                    reason,
+                    actor: actor.map(|a| user("ledger", key, &a)).transpose()?,
+                })
+            })
+            .collect()
+    }
+
+    async fn costs(&self, org: &OrgName) -> Result<Vec<CostRow>, StoreError> {
+        let rows: Vec<(String, String, String, i64)> = sqlx::query_as(
+            "SELECT cluster, username, day, amount FROM costs WHERE org = $1 \
+             ORDER BY day, cluster, username",
+        )
+        .bind(org.as_str())
+        .fetch_all(&self.reader)
+        .await?;
+        let key = org.as_str();
+        rows.into_iter()
+            .map(|(cluster, username, day, amount)| {
+                Ok(CostRow {
+                    cluster: ClusterName::new(cluster.as_str())
+                        .map_err(|e| corrupt("costs", key, e))?,
+                    user: (!username.is_empty())
+                        .then(|| user("costs", key, &username))
+                        .transpose()?,
+                    day: day
+                        .parse()
+                        .map_err(|e| corrupt("costs", key, format!("day {day:?}: {e}")))?,
+                    amount: Money::from_micros(amount),
+                })
+            })
+            .collect()
+    }
+
+    async fn events(&self, org: &OrgName, limit: usize) -> Result<Vec<OrgEvent>, StoreError> {
+        let rows: Vec<(i64, String, String)> = sqlx::query_as(
+            "SELECT at, kind, message FROM (SELECT id, at, kind, message FROM org_events \
+             WHERE org = $1 ORDER BY id DESC LIMIT $2) ORDER BY id",
+        )
+        .bind(org.as_str())
+        .bind(limit as i64)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.into_iter()
+            .map(|(at, kind, message)| {
+                Ok(OrgEvent {
+                    at: time("org_events", org.as_str(), "at", at)?,
+                    kind,
+                    message,
+                })
+            })
+            .collect()
+    }
+}
