@@ -40,6 +40,8 @@ pub enum ClusterState {
     Deploying,
     Running,
     Destroying,
+    /// An organisation's cluster at zero nodes; a capacity request wakes it.
+    Asleep,
 }
 
 impl ClusterState {
@@ -49,6 +51,7 @@ impl ClusterState {
             ClusterState::Deploying => "deploying",
             ClusterState::Running => "running",
             ClusterState::Destroying => "destroying",
+            ClusterState::Asleep => "asleep",
         }
     }
 }
@@ -99,6 +102,248 @@ pub struct ClusterStatus {
     /// Present when the request waited: false if `max_wait` passed first.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub settled: Option<bool>,
+    /// Present for an organisation's cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub org: Option<OrgClusterStatus>,
+}
+
+/// What status adds for an organisation's cluster.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct OrgClusterStatus {
+    pub min_nodes: u32,
+    pub max_nodes: u32,
+    /// Active capacity requests: who, how many, until when.
+    pub requests: Vec<CapacityRequestStatus>,
+    /// When the earliest active request expires (the size may change then).
+    pub next_change: Option<DateTime<Utc>>,
+    /// The organisation's balance ran out and the cluster was shut down.
+    pub shut_down: bool,
+    /// What to do next, for people (how to wake an asleep cluster).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct CapacityRequestStatus {
+    pub user: String,
+    pub nodes: u32,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// A capacity request on an organisation's cluster.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CapacityRequest {
+    /// Nodes asked for (the cluster is sized by the sum over users of each
+    /// user's largest active request, within min_nodes..max_nodes).
+    #[schema(minimum = 1, example = 4)]
+    pub nodes: i64,
+    /// Seconds the request lasts.
+    #[schema(minimum = 1, example = 3600)]
+    pub time_to_live: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CapacityResponse {
+    pub cluster: String,
+    /// What this request asked for.
+    pub requested: u32,
+    /// The request asked for more than max_nodes allows and was cut.
+    pub clamped: bool,
+    pub max_nodes: u32,
+    /// When this request expires.
+    pub expires_at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    pub status: ClusterStatus,
+}
+
+/// Creates an organisation (admins).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateOrgRequest {
+    /// A valid cluster name: the organisation's private cluster has it.
+    pub name: String,
+    /// Usernames of existing accounts.
+    pub owners: Vec<String>,
+    /// The pool of the organisation's cluster; the default pool if absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
+}
+
+/// Changes an organisation's settings. Owners: min_nodes, max_nodes, pool.
+/// Admins also: node_limit and the budget's terms. Money is a decimal
+/// string of dollars ("25.00").
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateOrgRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_nodes: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_nodes: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_limit: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monthly_allowance: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_balance: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shutdown_threshold: Option<String>,
+    /// Seconds a request must be able to pay for (capped by its TTL).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_runway: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct OrgMember {
+    pub username: String,
+    /// `owner` or `member`.
+    pub role: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PendingMember {
+    pub username: String,
+    pub since: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct OrgSettingsView {
+    pub min_nodes: u32,
+    pub max_nodes: u32,
+    /// The most max_nodes may be (set by admins).
+    pub node_limit: u32,
+    pub pool: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct OrgBudgetView {
+    pub balance: String,
+    pub monthly_allowance: String,
+    pub max_balance: String,
+    pub shutdown_threshold: String,
+    /// Seconds a request must be able to pay for.
+    pub min_runway: u64,
+    /// Set while the cluster is shut down for lack of money.
+    pub exhausted_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct OrgForecast {
+    /// Nodes the cloud lists for the cluster now.
+    pub running_nodes: usize,
+    pub price_per_hour: String,
+    pub burn_per_hour: String,
+    /// Hours until the balance reaches zero at the current burn; null when
+    /// nothing runs.
+    pub hours_left: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct OrgEventView {
+    pub at: DateTime<Utc>,
+    pub kind: String,
+    pub message: String,
+}
+
+/// An organisation as its members see it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct OrgView {
+    pub name: String,
+    /// The organisation's private cluster (its name).
+    pub cluster: String,
+    pub members: Vec<OrgMember>,
+    pub pending: Vec<PendingMember>,
+    pub settings: OrgSettingsView,
+    pub budget: OrgBudgetView,
+    pub forecast: OrgForecast,
+    /// Nodes the cluster should have now.
+    pub size: u32,
+    pub asleep: bool,
+    pub requests: Vec<CapacityRequestStatus>,
+    pub next_change: Option<DateTime<Utc>>,
+    /// The latest events, oldest first.
+    pub events: Vec<OrgEventView>,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct OrgSummary {
+    pub name: String,
+    /// The caller's part in it: `owner`, `member`, `pending`, or absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    pub members: usize,
+    pub balance: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct OrgList {
+    pub orgs: Vec<OrgSummary>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct MembershipRequestResponse {
+    pub org: String,
+    pub username: String,
+    /// `pending`.
+    pub status: String,
+    pub message: String,
+}
+
+/// Sets a member's role.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MemberRoleRequest {
+    /// `owner` or `member`.
+    pub role: String,
+}
+
+/// A credit (or, negative, a correction) by an admin.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreditRequest {
+    /// Dollars as a decimal string, e.g. "25.00" or "-3.50".
+    pub amount: String,
+    /// Why; kept in the ledger.
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct LedgerEntryView {
+    pub at: DateTime<Utc>,
+    /// `opening`, `credit`, `correction`, `allowance` or `spend`.
+    pub kind: String,
+    pub amount: String,
+    pub reason: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Ledger {
+    pub org: String,
+    pub balance: String,
+    pub entries: Vec<LedgerEntryView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CostRowView {
+    pub day: chrono::NaiveDate,
+    pub cluster: String,
+    /// Whose request kept the nodes; absent for the organisation's floor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    pub amount: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Costs {
+    pub org: String,
+    pub total: String,
+    pub rows: Vec<CostRowView>,
 }
 
 impl ClusterStatus {

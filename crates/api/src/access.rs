@@ -55,6 +55,19 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
     ("PUT",    "/api/v1/clusters/{cluster}",        Access::SignedIn("authorize_deploy")),
     ("DELETE", "/api/v1/clusters/{cluster}",        Access::SignedIn("authorize_destroy")),
     ("POST",   "/api/v1/clusters/{cluster}/token",  Access::SignedIn("authorize_cluster_token")),
+    ("POST",   "/api/v1/clusters/{cluster}/capacity", Access::SignedIn("org member")),
+    ("GET",    "/api/v1/orgs",                      Access::SignedIn("signed in; admins see all")),
+    ("POST",   "/api/v1/orgs",                      Access::SignedIn("authorize_admin")),
+    ("GET",    "/api/v1/orgs/{org}",                Access::SignedIn("org member")),
+    ("PATCH",  "/api/v1/orgs/{org}",                Access::SignedIn("org owner; admin for budget terms")),
+    ("POST",   "/api/v1/orgs/{org}/membership-requests", Access::SignedIn("signed in")),
+    ("POST",   "/api/v1/orgs/{org}/membership-requests/{user}/approve", Access::SignedIn("org owner")),
+    ("POST",   "/api/v1/orgs/{org}/membership-requests/{user}/refuse", Access::SignedIn("org owner")),
+    ("PUT",    "/api/v1/orgs/{org}/members/{user}", Access::SignedIn("org owner")),
+    ("DELETE", "/api/v1/orgs/{org}/members/{user}", Access::SignedIn("org owner, or the member")),
+    ("POST",   "/api/v1/orgs/{org}/credits",        Access::SignedIn("authorize_admin")),
+    ("GET",    "/api/v1/orgs/{org}/ledger",         Access::SignedIn("org member")),
+    ("GET",    "/api/v1/orgs/{org}/costs",          Access::SignedIn("org member")),
     ("GET",    "/api/v1/users",                     Access::SignedIn("authorize_admin")),
     ("POST",   "/api/v1/users",                     Access::SignedIn("authorize_admin")),
     ("GET",    "/api/v1/users/{username}",          Access::SignedIn("authorize_admin")),
@@ -105,7 +118,7 @@ pub async fn authenticate(
         return next.run(request).await;
     }
     let peer = peer(&request);
-    let caller = match bearer(&request) {
+    let mut caller = match bearer(&request) {
         Ok(None) => Caller::anonymous(),
         Ok(Some(token)) => match state.identity.authenticate(token, state.engine.now()) {
             Ok(caller) => caller,
@@ -127,6 +140,9 @@ pub async fn authenticate(
     if matches!(access, Some(Access::SignedIn(_))) && caller.account.is_none() {
         return ApiError::denied(flotilla_domain::Denied::NotAuthenticated).into_response();
     }
+    // Members of an organisation may act on its cluster from the moment
+    // they are admitted, whatever their token says.
+    state.engine.admit_org_clusters(&mut caller);
     request.extensions_mut().insert(caller);
     next.run(request).await
 }

@@ -2,7 +2,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use flotilla_api_types::ErrorBody;
-use flotilla_domain::{Denied, NameError, ValidationError};
+use flotilla_domain::{Denied, NameError, OrgError, ValidationError};
 use flotilla_engine::EngineError;
 use flotilla_github::GithubError;
 use flotilla_identity::IdentityError;
@@ -93,6 +93,31 @@ impl From<EngineError> for ApiError {
                 )
             }
             EngineError::Config(_) => Self::internal(message),
+            EngineError::Org(o) => {
+                let status = match &o {
+                    OrgError::Unknown(_)
+                    | OrgError::NoSuchRequest { .. }
+                    | OrgError::NotAMember { .. } => StatusCode::NOT_FOUND,
+                    OrgError::Exists(_)
+                    | OrgError::NameTaken { .. }
+                    | OrgError::ClusterExists(_)
+                    | OrgError::AlreadyMember { .. }
+                    | OrgError::LastOwner { .. } => StatusCode::CONFLICT,
+                    OrgError::UnknownAccount(_) | OrgError::Invalid(_) => {
+                        StatusCode::UNPROCESSABLE_ENTITY
+                    }
+                    OrgError::NotSignedIn => StatusCode::UNAUTHORIZED,
+                    OrgError::NotMember { .. }
+                    | OrgError::NotOwner { .. }
+                    | OrgError::AdminOnly => StatusCode::FORBIDDEN,
+                    OrgError::InsufficientFunds { .. } => StatusCode::PAYMENT_REQUIRED,
+                };
+                Self::new(status, o.code(), message)
+            }
+            EngineError::NotAnOrgCluster(_) => {
+                Self::new(StatusCode::NOT_FOUND, "not_an_org_cluster", message)
+            }
+            EngineError::OrgCluster(_) => Self::new(StatusCode::CONFLICT, "org_cluster", message),
         }
     }
 }

@@ -7,6 +7,7 @@ mod accounts;
 mod error;
 mod extract;
 mod openapi;
+mod orgs;
 pub mod ratelimit;
 
 use std::sync::Arc;
@@ -53,6 +54,31 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/clusters/{cluster}/token",
             post(accounts::cluster_token),
         )
+        .route("/api/v1/clusters/{cluster}/capacity", post(orgs::capacity))
+        .route("/api/v1/orgs", get(orgs::list_orgs).post(orgs::create_org))
+        .route(
+            "/api/v1/orgs/{org}",
+            get(orgs::get_org).patch(orgs::update_org),
+        )
+        .route(
+            "/api/v1/orgs/{org}/membership-requests",
+            post(orgs::request_membership),
+        )
+        .route(
+            "/api/v1/orgs/{org}/membership-requests/{user}/approve",
+            post(orgs::approve_membership),
+        )
+        .route(
+            "/api/v1/orgs/{org}/membership-requests/{user}/refuse",
+            post(orgs::refuse_membership),
+        )
+        .route(
+            "/api/v1/orgs/{org}/members/{user}",
+            axum::routing::put(orgs::set_member_role).delete(orgs::remove_member),
+        )
+        .route("/api/v1/orgs/{org}/credits", post(orgs::credit))
+        .route("/api/v1/orgs/{org}/ledger", get(orgs::ledger))
+        .route("/api/v1/orgs/{org}/costs", get(orgs::costs))
         .route("/.well-known/jwks.json", get(accounts::jwks))
         .route("/api/v1/auth/login", post(accounts::login))
         .route("/api/v1/auth/github", post(accounts::github_login))
@@ -98,13 +124,44 @@ pub(crate) fn cluster_name(raw: &str) -> Result<ClusterName, ApiError> {
 }
 
 pub fn status_body(view: ClusterView) -> types::ClusterStatus {
+    let asleep = view.state == flotilla_domain::ClusterState::Asleep;
+    let org = view.org.map(|o| types::OrgClusterStatus {
+        min_nodes: o.min_nodes,
+        max_nodes: o.max_nodes,
+        requests: o
+            .requests
+            .into_iter()
+            .map(|r| types::CapacityRequestStatus {
+                user: r.user.to_string(),
+                nodes: r.nodes,
+                expires_at: r.expires_at,
+            })
+            .collect(),
+        next_change: o.next_change,
+        shut_down: o.shut_down,
+        hint: if o.shut_down {
+            Some(format!(
+                "shut down: organisation {} ran out of money; an admin can add credit with `flotilla org credit {} AMOUNT --reason TEXT`",
+                view.cluster, view.cluster
+            ))
+        } else if asleep {
+            Some(format!(
+                "asleep at zero nodes; wake it with `flotilla scale {} --nodes N --ttl 1h` (POST /api/v1/clusters/{}/capacity)",
+                view.cluster, view.cluster
+            ))
+        } else {
+            None
+        },
+    });
     types::ClusterStatus {
+        org,
         cluster: view.cluster.to_string(),
         state: match view.state {
             flotilla_domain::ClusterState::NotRunning => types::ClusterState::NotRunning,
             flotilla_domain::ClusterState::Deploying => types::ClusterState::Deploying,
             flotilla_domain::ClusterState::Running => types::ClusterState::Running,
             flotilla_domain::ClusterState::Destroying => types::ClusterState::Destroying,
+            flotilla_domain::ClusterState::Asleep => types::ClusterState::Asleep,
         },
         is_public: view.is_public,
         node_capacity: view.node_capacity,

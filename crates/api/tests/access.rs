@@ -550,6 +550,8 @@ fn uris(template: &str, kid: &str) -> Vec<String> {
             template
                 .replace("{cluster}", c)
                 .replace("{username}", "org")
+                .replace("{user}", "org")
+                .replace("{org}", "lab")
                 .replace("{kid}", kid)
         })
         .collect()
@@ -565,6 +567,8 @@ fn route_request(method: &str, template: &str, uri: &str) -> axum::http::Request
             "username": "eve", "password": USER_PASSWORD, "level": "admin",
         })),
         ("PATCH", "/api/v1/users/{username}") => Some(json!({"level": "admin"})),
+        ("POST", "/api/v1/orgs") => Some(json!({"name": "lab", "owners": ["org"]})),
+        ("POST", "/api/v1/orgs/{org}/credits") => Some(json!({"amount": "5", "reason": "r"})),
         _ => None,
     };
     match body {
@@ -659,7 +663,7 @@ async fn every_admin_route_refuses_an_org_member() {
         .iter()
         .filter(|(_, _, access)| *access == Access::SignedIn("authorize_admin"))
         .collect();
-    assert_eq!(admin_routes.len(), 7, "{admin_routes:?}");
+    assert_eq!(admin_routes.len(), 9, "{admin_routes:?}");
     for &&(method, template, _) in &admin_routes {
         for uri in uris(template, &kid) {
             let reply = api

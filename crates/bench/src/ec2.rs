@@ -353,6 +353,8 @@ impl Bench {
         let pools = BTreeMap::from([(
             pool.clone(),
             PoolSpec {
+                // $0.10 per node-hour.
+                price_per_hour: flotilla_domain::Money::from_micros(100_000),
                 driver: DRIVER.to_owned(),
                 instance_type: InstanceType::new(INSTANCE_TYPE)?,
                 image: None,

@@ -16,10 +16,12 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use flotilla_cloud::{CloudError, CreateRequest, Health, Instance, InstanceSet, Tags};
 use flotilla_domain::{
-    ClusterName, ClusterRecord, DeployCommand, InstanceId, InstanceSetId, Level, Username,
+    ClusterName, ClusterRecord, DeployCommand, InstanceId, InstanceSetId, LedgerEntry, Level,
+    OrgEvent, OrgName, Organisation, Username,
 };
 use flotilla_store::{
-    AccountRecord, AccountStore, RefreshTokenRecord, Rotation, Store, StoreError,
+    AccountRecord, AccountStore, CostRow, OrgChange, OrgChanged, OrgStore, OrgUsage,
+    RefreshTokenRecord, Rotation, Store, StoreError,
 };
 use prometheus_client::registry::Registry;
 use tokio::sync::Notify;
@@ -173,12 +175,20 @@ pub struct StoreCounts {
     pub list_clusters: u64,
     /// Calls that may change accounts, grants or refresh tokens.
     pub account_writes: u64,
+    /// Calls that may change organisations (changes, expiries, accrual
+    /// passes).
+    pub org_writes: u64,
 }
 
 impl StoreCounts {
     /// Writes that change stored state.
     pub fn writes(&self) -> u64 {
-        self.deploys + self.destroys + self.forgets + self.expired_rows + self.account_writes
+        self.deploys
+            + self.destroys
+            + self.forgets
+            + self.expired_rows
+            + self.account_writes
+            + self.org_writes
     }
 
     pub fn since(&self, earlier: &StoreCounts) -> StoreCounts {
@@ -191,6 +201,7 @@ impl StoreCounts {
             instance_set_ids: self.instance_set_ids - earlier.instance_set_ids,
             list_clusters: self.list_clusters - earlier.list_clusters,
             account_writes: self.account_writes - earlier.account_writes,
+            org_writes: self.org_writes - earlier.org_writes,
         }
     }
 }
@@ -205,6 +216,7 @@ struct Counters {
     instance_set_ids: AtomicU64,
     list_clusters: AtomicU64,
     account_writes: AtomicU64,
+    org_writes: AtomicU64,
 }
 
 /// A store that counts the calls made to the store it wraps.
@@ -237,6 +249,7 @@ impl CountingStore {
             instance_set_ids: get(&c.instance_set_ids),
             list_clusters: get(&c.list_clusters),
             account_writes: get(&c.account_writes),
+            org_writes: get(&c.org_writes),
         }
     }
 
@@ -311,6 +324,63 @@ impl Store for CountingStore {
     async fn forget(&self, name: &ClusterName, generation: i64) -> Result<bool, StoreError> {
         bump(&self.counters.forgets, 1);
         self.inner.forget(name, generation).await
+    }
+}
+
+#[async_trait]
+impl OrgStore for CountingStore {
+    async fn create_org(&self, org: &Organisation) -> Result<(), StoreError> {
+        bump(&self.counters.org_writes, 1);
+        self.inner.create_org(org).await
+    }
+
+    async fn get_org(&self, name: &OrgName) -> Result<Option<Organisation>, StoreError> {
+        self.inner.get_org(name).await
+    }
+
+    async fn list_orgs(&self) -> Result<Vec<Organisation>, StoreError> {
+        self.inner.list_orgs().await
+    }
+
+    async fn change_org(
+        &self,
+        name: &OrgName,
+        now: DateTime<Utc>,
+        change: OrgChange<'_>,
+    ) -> Result<OrgChanged, StoreError> {
+        bump(&self.counters.org_writes, 1);
+        self.inner.change_org(name, now, change).await
+    }
+
+    async fn expire_capacity(&self, now: DateTime<Utc>) -> Result<Vec<OrgChanged>, StoreError> {
+        let changed = self.inner.expire_capacity(now).await?;
+        bump(&self.counters.org_writes, changed.len() as u64);
+        Ok(changed)
+    }
+
+    async fn next_capacity_expiry(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
+        self.inner.next_capacity_expiry().await
+    }
+
+    async fn accrue(
+        &self,
+        usage: &[OrgUsage],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<OrgChanged>, StoreError> {
+        bump(&self.counters.org_writes, 1);
+        self.inner.accrue(usage, now).await
+    }
+
+    async fn ledger(&self, org: &OrgName) -> Result<Vec<LedgerEntry>, StoreError> {
+        self.inner.ledger(org).await
+    }
+
+    async fn costs(&self, org: &OrgName) -> Result<Vec<CostRow>, StoreError> {
+        self.inner.costs(org).await
+    }
+
+    async fn events(&self, org: &OrgName, limit: usize) -> Result<Vec<OrgEvent>, StoreError> {
+        self.inner.events(org, limit).await
     }
 }
 

@@ -139,13 +139,19 @@ pub enum ClusterState {
     Deploying,
     Running,
     Destroying,
+    /// An organisation's cluster at zero nodes, waiting for a capacity
+    /// request to wake it.
+    Asleep,
 }
 
 impl ClusterState {
     /// Settled states are where `wait` returns: nothing more will happen
     /// without a new request (or a node failure).
     pub fn is_settled(self) -> bool {
-        matches!(self, ClusterState::NotRunning | ClusterState::Running)
+        matches!(
+            self,
+            ClusterState::NotRunning | ClusterState::Running | ClusterState::Asleep
+        )
     }
 
     pub fn as_str(self) -> &'static str {
@@ -154,6 +160,7 @@ impl ClusterState {
             ClusterState::Deploying => "deploying",
             ClusterState::Running => "running",
             ClusterState::Destroying => "destroying",
+            ClusterState::Asleep => "asleep",
         }
     }
 }

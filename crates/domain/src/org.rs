@@ -183,7 +183,7 @@ pub struct LedgerEntry {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OrgEvent {
     pub at: DateTime<Utc>,
-    pub kind: &'static str,
+    pub kind: String,
     pub message: String,
 }
 
@@ -205,11 +205,17 @@ pub enum OrgError {
     Exists(OrgName),
     #[error("{name} is the name of an account, whose own cluster it is; choose another name for the organisation")]
     NameTaken { name: OrgName },
+    #[error(
+        "a cluster named {0} is deployed; destroy it before creating an organisation of that name"
+    )]
+    ClusterExists(OrgName),
     #[error("there is no account named {0}; owners and members must have accounts")]
     UnknownAccount(Username),
     #[error("this needs a signed-in account: log in with `flotilla login` or send a bearer token")]
     NotSignedIn,
-    #[error("you are not a member of organisation {org}; ask to join with `flotilla org join {org}`")]
+    #[error(
+        "you are not a member of organisation {org}; ask to join with `flotilla org join {org}`"
+    )]
     NotMember { org: OrgName },
     #[error("only owners of organisation {org} (and admins) may do this")]
     NotOwner { org: OrgName },
@@ -244,6 +250,7 @@ impl OrgError {
             OrgError::Unknown(_) => "unknown_org",
             OrgError::Exists(_) => "org_exists",
             OrgError::NameTaken { .. } => "org_name_taken",
+            OrgError::ClusterExists(_) => "cluster_exists",
             OrgError::UnknownAccount(_) => "unknown_account",
             OrgError::NotSignedIn => "not_authenticated",
             OrgError::NotMember { .. } => "not_org_member",
@@ -349,7 +356,11 @@ impl Organisation {
 
     /// Whether `caller` may act on the organisation's cluster.
     pub fn admits(&self, caller: &Caller) -> bool {
-        caller.is_admin() || caller.account.as_ref().is_some_and(|u| self.members.contains_key(u))
+        caller.is_admin()
+            || caller
+                .account
+                .as_ref()
+                .is_some_and(|u| self.members.contains_key(u))
     }
 
     fn require_member(&self, caller: &Caller) -> Result<(), OrgError> {
@@ -394,12 +405,7 @@ impl Organisation {
                 expires_at: r.expires_at,
             })
             .collect();
-        sizing(
-            &asks,
-            now,
-            self.settings.min_nodes,
-            self.settings.max_nodes,
-        )
+        sizing(&asks, now, self.settings.min_nodes, self.settings.max_nodes)
     }
 
     pub fn is_exhausted(&self) -> bool {
@@ -441,7 +447,7 @@ impl Organisation {
         if !self.pending.contains_key(&user) {
             effects.events.push(OrgEvent {
                 at: now,
-                kind: "membership_requested",
+                kind: "membership_requested".into(),
                 message: format!("{user} asked to join"),
             });
             self.pending.insert(user, now);
@@ -472,7 +478,11 @@ impl Organisation {
             ("membership_refused", format!("{by} refused {user}"))
         };
         Ok(Effects {
-            events: vec![OrgEvent { at: now, kind, message }],
+            events: vec![OrgEvent {
+                at: now,
+                kind: kind.into(),
+                message,
+            }],
             ..Effects::default()
         })
     }
@@ -505,7 +515,7 @@ impl Organisation {
         Ok(Effects {
             events: vec![OrgEvent {
                 at: now,
-                kind: "member_removed",
+                kind: "member_removed".into(),
                 message: format!("{} removed {user}", actor_name(caller)),
             }],
             cluster: Some(self.target(now)),
@@ -538,7 +548,7 @@ impl Organisation {
         Ok(Effects {
             events: vec![OrgEvent {
                 at: now,
-                kind: "role_changed",
+                kind: "role_changed".into(),
                 message: format!("{} made {user} {}", actor_name(caller), role.as_str()),
             }],
             ..Effects::default()
@@ -620,7 +630,7 @@ impl Organisation {
         let mut effects = Effects {
             events: vec![OrgEvent {
                 at: now,
-                kind: "settings_changed",
+                kind: "settings_changed".into(),
                 message: format!(
                     "{} set min_nodes {}, max_nodes {}, pool {}",
                     actor_name(caller),
@@ -651,7 +661,8 @@ impl Organisation {
         if needed > balance || exhausted {
             // Enough to pay, and to stay above the shutdown threshold.
             let missing = if exhausted {
-                (needed - balance).max(self.budget.shutdown_threshold - balance + Money::from_micros(1))
+                (needed - balance)
+                    .max(self.budget.shutdown_threshold - balance + Money::from_micros(1))
             } else {
                 needed - balance
             };
@@ -709,7 +720,7 @@ impl Organisation {
         if self.sizing(now).asleep && sized.nodes > 0 {
             effects.events.push(OrgEvent {
                 at: now,
-                kind: "woke",
+                kind: "woke".into(),
                 message: format!("{user} woke the cluster with a request for {nodes} nodes"),
             });
         }
@@ -721,6 +732,27 @@ impl Organisation {
                 sizing: sized,
             },
         ))
+    }
+
+    /// DESTROY of the organisation's cluster, by an owner or admin: every
+    /// request is dropped and the floor goes to zero, so it stays down
+    /// until the next capacity request.
+    pub fn stop(&mut self, caller: &Caller, now: DateTime<Utc>) -> Result<Effects, OrgError> {
+        self.require_owner(caller)?;
+        self.requests.clear();
+        self.settings.min_nodes = 0;
+        Ok(Effects {
+            events: vec![OrgEvent {
+                at: now,
+                kind: "stopped".into(),
+                message: format!(
+                    "{} destroyed the cluster; requests dropped, min_nodes set to 0",
+                    actor_name(caller)
+                ),
+            }],
+            cluster: Some(ClusterTarget::Destroyed),
+            ..Effects::default()
+        })
     }
 
     /// An admin's credit (positive) or correction (negative).
@@ -777,7 +809,7 @@ impl Organisation {
                 self.requests.clear();
                 effects.events.push(OrgEvent {
                     at: now,
-                    kind: "budget_exhausted",
+                    kind: "budget_exhausted".into(),
                     message: format!(
                         "balance {} is at or below the shutdown threshold {}: the cluster is shut down and capacity requests are cleared; ask an admin for credit",
                         self.budget.balance, self.budget.shutdown_threshold
@@ -788,7 +820,7 @@ impl Organisation {
                 self.budget.exhausted_at = None;
                 effects.events.push(OrgEvent {
                     at: now,
-                    kind: "budget_restored",
+                    kind: "budget_restored".into(),
                     message: format!(
                         "balance {} is above the shutdown threshold again; capacity may be requested",
                         self.budget.balance
@@ -923,7 +955,8 @@ fn charges(
                 .map(|d| d.and_utc())
                 .unwrap_or(now);
             let to = day_end.min(now);
-            let amount = lifetime_cost(price, *launched, to) - lifetime_cost(price, *launched, from);
+            let amount =
+                lifetime_cost(price, *launched, to) - lifetime_cost(price, *launched, from);
             *sums.entry((user.as_ref(), day)).or_default() += amount;
             from = to;
         }
@@ -1095,7 +1128,9 @@ mod tests {
             max_nodes: Some(11),
             ..SettingsPatch::default()
         };
-        assert!(o.update_settings(&caller("ann"), &over, PRICE, at(0)).is_err());
+        assert!(o
+            .update_settings(&caller("ann"), &over, PRICE, at(0))
+            .is_err());
         assert_eq!(
             o.update_settings(&caller("bob"), &SettingsPatch::default(), PRICE, at(0))
                 .unwrap_err()
@@ -1173,7 +1208,9 @@ mod tests {
         );
         // A removed member's requests go with them.
         o.request_capacity(&eve, 2, HOUR, PRICE, at(4)).unwrap();
-        let fx = o.remove_member(&caller("ann"), &user("eve"), at(5)).unwrap();
+        let fx = o
+            .remove_member(&caller("ann"), &user("eve"), at(5))
+            .unwrap();
         assert_eq!(fx.cluster, Some(ClusterTarget::Nodes(0)));
         assert!(o.requests.is_empty());
         // The last owner stays; bob cannot remove ann; bob may leave.
@@ -1189,7 +1226,8 @@ mod tests {
                 .code(),
             "not_org_owner"
         );
-        o.remove_member(&caller("bob"), &user("bob"), at(7)).unwrap();
+        o.remove_member(&caller("bob"), &user("bob"), at(7))
+            .unwrap();
         assert_eq!(o.role(&user("bob")), None);
     }
 
@@ -1225,8 +1263,14 @@ mod tests {
                 .map(|c| c.amount)
                 .sum()
         };
-        assert_eq!(by(&whole.charges, Some("ann")), lifetime_cost(PRICE, at(50), end));
-        assert_eq!(by(&whole.charges, Some("bob")), lifetime_cost(PRICE, at(100), end));
+        assert_eq!(
+            by(&whole.charges, Some("ann")),
+            lifetime_cost(PRICE, at(50), end)
+        );
+        assert_eq!(
+            by(&whole.charges, Some("bob")),
+            lifetime_cost(PRICE, at(100), end)
+        );
         assert_eq!(by(&whole.charges, None), lifetime_cost(PRICE, at(200), end));
         for who in [Some("ann"), Some("bob"), None] {
             assert_eq!(by(&pieces, who), by(&whole.charges, who));
@@ -1258,7 +1302,9 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.code(), "insufficient_funds");
         // A credit ends the shutdown.
-        let fx = o.credit(&admin(), m("20"), "top-up", at(10 * 3600)).unwrap();
+        let fx = o
+            .credit(&admin(), m("20"), "top-up", at(10 * 3600))
+            .unwrap();
         assert_eq!(fx.cluster, Some(ClusterTarget::Nodes(0)));
         assert_eq!(fx.events[0].kind, "budget_restored");
         o.request_capacity(&caller("bob"), 1, HOUR, PRICE, at(10 * 3600))

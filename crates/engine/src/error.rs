@@ -1,4 +1,4 @@
-use flotilla_domain::{ClusterName, Denied, NameError, ValidationError};
+use flotilla_domain::{ClusterName, Denied, NameError, OrgError, ValidationError};
 use flotilla_store::StoreError;
 
 /// Why the engine refused or failed a command. The API maps each variant to
@@ -18,6 +18,14 @@ pub enum EngineError {
     Denied(#[from] Denied),
     #[error("cluster {0} does not exist")]
     NotFound(ClusterName),
+    /// An organisation's rules refused (the code says which).
+    #[error(transparent)]
+    Org(#[from] OrgError),
+    #[error("{0} is not an organisation's cluster; capacity requests are for organisation clusters (deploy other clusters with PUT /api/v1/clusters/{0})")]
+    NotAnOrgCluster(ClusterName),
+    /// A request that does not fit an organisation's cluster.
+    #[error("{0}")]
+    OrgCluster(String),
     #[error("the server is shutting down")]
     ShuttingDown,
     #[error("storage failed: {0}")]
@@ -30,6 +38,7 @@ impl From<StoreError> for EngineError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Conflict { .. } => EngineError::Conflict(e),
+            StoreError::Org(org) => EngineError::Org(org),
             other => EngineError::Store(other),
         }
     }

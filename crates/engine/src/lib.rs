@@ -7,15 +7,20 @@
 //! - [`sync`] lists every instance set on a timer (and on demand) and wakes
 //!   every cluster, so drift is caught;
 //! - [`expiry`] fires scheduled deletions at their deadline;
+//! - [`budget`] expires capacity requests and runs the accrual pass that
+//!   charges organisations for their nodes and shuts down those out of
+//!   money; [`orgs`] is the organisations' front door;
 //! - [`service`] is the engine's front door: DEPLOY, DESTROY, STATUS.
 //!
 //! The engine is the only part of flotilla that calls drivers.
 
+mod budget;
 mod desired;
 mod error;
 mod expiry;
 pub mod inventory;
 mod metrics;
+mod orgs;
 mod reconcile;
 pub mod runtime;
 mod service;
@@ -26,17 +31,22 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use flotilla_cloud::{Clock, InstanceSet, Tags};
-use flotilla_domain::{ClusterName, InstanceType, LevelPolicy, Limits, PoolName, Timeouts};
+use flotilla_domain::{
+    ClusterName, InstanceType, LevelPolicy, Limits, Money, OrgDefaults, PoolName, Timeouts,
+};
 use flotilla_store::Store;
 use prometheus_client::registry::Registry;
 use tokio::sync::{watch, Notify};
 
+pub use budget::AccrualStats;
 pub use error::EngineError;
-pub use service::{ClusterView, NodeView};
+pub use orgs::{CapacityView, OrgView};
+pub use service::{ClusterView, NodeView, OrgClusterView, RequestView};
 
 use desired::DesiredCache;
 use inventory::SetInventory;
 use metrics::EngineMetrics;
+use orgs::OrgCache;
 use runtime::Runtime;
 
 #[derive(Debug, Clone)]
@@ -59,6 +69,11 @@ pub struct EngineConfig {
     pub capacity_backoff: Duration,
     /// What each user level may deploy.
     pub levels: LevelPolicy,
+    /// What new organisations start with.
+    pub orgs: OrgDefaults,
+    /// How often organisations are charged for their nodes (and budgets
+    /// re-evaluated): the longest an exhausted budget keeps running.
+    pub accrual_interval: Duration,
 }
 
 impl Default for EngineConfig {
@@ -73,6 +88,8 @@ impl Default for EngineConfig {
             min_list_interval: Duration::from_millis(250),
             capacity_backoff: Duration::from_secs(60),
             levels: LevelPolicy::default(),
+            orgs: OrgDefaults::default(),
+            accrual_interval: Duration::from_secs(5),
         }
     }
 }
@@ -86,6 +103,8 @@ pub struct PoolSpec {
     pub image: Option<String>,
     pub init_data: Option<String>,
     pub tags: Tags,
+    /// What one node costs per hour (organisations are charged this).
+    pub price_per_hour: Money,
 }
 
 /// Everything the engine's loops share.
@@ -97,12 +116,14 @@ struct Shared {
     pools: BTreeMap<PoolName, PoolSpec>,
     default_pool: PoolName,
     desired: DesiredCache,
+    orgs: OrgCache,
     inventory: Mutex<BTreeMap<String, SetInventory>>,
     runtime: Runtime<ClusterName>,
     /// Bumped whenever a cluster may have changed, for `wait`.
     watchers: Mutex<BTreeMap<ClusterName, watch::Sender<u64>>>,
     sync_soon: Notify,
     expiry_changed: Notify,
+    capacity_changed: Notify,
     stop: watch::Sender<bool>,
     metrics: EngineMetrics,
 }
@@ -190,7 +211,11 @@ impl Engine {
         for expired in store.expire_due(clock.now()).await? {
             tracing::info!(cluster = %expired.name, "time-to-live ran out while the server was down; destroying the cluster");
         }
+        // Capacity requests that ran out meanwhile shrink their clusters
+        // first, for the same reason.
+        store.expire_capacity(clock.now()).await?;
         let records = store.list_clusters().await?;
+        let orgs = store.list_orgs().await?;
         let inventory = sets
             .keys()
             .map(|k| (k.clone(), SetInventory::default()))
@@ -204,10 +229,12 @@ impl Engine {
             pools,
             default_pool,
             desired: DesiredCache::new(records),
+            orgs: OrgCache::new(orgs),
             inventory: Mutex::new(inventory),
             watchers: Mutex::new(BTreeMap::new()),
             sync_soon: Notify::new(),
             expiry_changed: Notify::new(),
+            capacity_changed: Notify::new(),
             stop: watch::channel(false).0,
             metrics: EngineMetrics::register(registry),
         });
@@ -229,6 +256,8 @@ impl Engine {
         }));
         handles.push(tokio::spawn(sync::run(shared.clone())));
         handles.push(tokio::spawn(expiry::run(shared.clone())));
+        handles.push(tokio::spawn(budget::run_capacity(shared.clone())));
+        handles.push(tokio::spawn(budget::run_accrual(shared.clone())));
         for name in shared.desired.names().into_iter().chain(found) {
             shared.runtime.wake(name);
         }

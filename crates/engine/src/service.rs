@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use flotilla_domain::{
     authorize_deploy, authorize_destroy, authorize_status, cluster_state, Caller, ClusterName,
     ClusterState, DeployCommand, InstanceId, InstanceType, NodeCapacity, NodeState, ObservedNode,
-    PoolName, TimeToLive,
+    PoolName, TimeToLive, Username,
 };
 use tokio::time::Instant;
 
@@ -26,6 +26,28 @@ pub struct ClusterView {
     pub nodes: Vec<NodeView>,
     /// Set when the request waited: whether the cluster settled in time.
     pub settled: Option<bool>,
+    /// Set for an organisation's cluster.
+    pub org: Option<OrgClusterView>,
+}
+
+/// What status adds for an organisation's cluster.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OrgClusterView {
+    pub min_nodes: u32,
+    pub max_nodes: u32,
+    pub requests: Vec<RequestView>,
+    /// When an active request next expires (the size may change then).
+    pub next_change: Option<DateTime<Utc>>,
+    /// Shut down because the organisation's balance ran out.
+    pub shut_down: bool,
+}
+
+/// One active capacity request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RequestView {
+    pub user: Username,
+    pub nodes: u32,
+    pub expires_at: DateTime<Utc>,
 }
 
 impl ClusterView {
@@ -63,18 +85,7 @@ impl Engine {
             None => self.shared.default_pool.clone(),
             Some(p) => match PoolName::new(p) {
                 Ok(name) if self.shared.pools.contains_key(&name) => name,
-                _ => {
-                    return Err(EngineError::UnknownPool {
-                        pool: p.to_owned(),
-                        known: self
-                            .shared
-                            .pools
-                            .keys()
-                            .map(PoolName::to_string)
-                            .collect::<Vec<_>>()
-                            .join(", "),
-                    })
-                }
+                _ => return Err(self.unknown_pool(p)),
             },
         };
         Ok(DeployCommand {
@@ -86,12 +97,34 @@ impl Engine {
         })
     }
 
+    pub(crate) fn unknown_pool(&self, pool: &str) -> EngineError {
+        EngineError::UnknownPool {
+            pool: pool.to_owned(),
+            known: self
+                .shared
+                .pools
+                .keys()
+                .map(PoolName::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+        }
+    }
+
+    /// DEPLOY. On an organisation's cluster it is a capacity request by
+    /// the caller (the organisation's bounds and budget apply, not the
+    /// caller's level limits).
     pub async fn deploy(
         &self,
         caller: &Caller,
         command: DeployCommand,
         wait: bool,
     ) -> Result<ClusterView, EngineError> {
+        if let Some(org) = self.org_of(&command.cluster) {
+            let pool_given = command.pool != self.shared.default_pool;
+            return self
+                .deploy_org_cluster(caller, &org, &command, pool_given, wait)
+                .await;
+        }
         authorize_deploy(
             caller,
             &self.shared.config.levels,
@@ -117,6 +150,9 @@ impl Engine {
         cluster: &ClusterName,
         wait: bool,
     ) -> Result<ClusterView, EngineError> {
+        if self.org_of(cluster).is_some() {
+            return self.destroy_org_cluster(caller, cluster, wait).await;
+        }
         authorize_destroy(caller, cluster)?;
         self.refuse_if_stopping()?;
         let now = self.shared.clock.now();
@@ -135,7 +171,7 @@ impl Engine {
         caller: &Caller,
         cluster: &ClusterName,
     ) -> Result<ClusterView, EngineError> {
-        authorize_status(caller, cluster, self.is_public(cluster))?;
+        self.may_see(caller, cluster)?;
         Ok(self.view(cluster))
     }
 
@@ -148,9 +184,22 @@ impl Engine {
         }
         names
             .into_iter()
-            .filter(|n| authorize_status(caller, n, self.is_public(n)).is_ok())
+            .chain(self.shared.orgs.all().into_iter().map(|o| o.name))
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .filter(|n| self.may_see(caller, n).is_ok())
             .map(|n| self.view(&n))
             .collect()
+    }
+
+    /// STATUS's rule, which also admits the members of the organisation
+    /// whose cluster it is.
+    fn may_see(&self, caller: &Caller, cluster: &ClusterName) -> Result<(), EngineError> {
+        match authorize_status(caller, cluster, self.is_public(cluster)) {
+            Ok(()) => Ok(()),
+            Err(_) if self.org_of(cluster).is_some_and(|o| o.admits(caller)) => Ok(()),
+            Err(denied) => Err(denied.into()),
+        }
     }
 
     /// Whether anyone may read the cluster's status. A cluster without a
@@ -162,14 +211,18 @@ impl Engine {
             .is_some_and(|r| r.is_public)
     }
 
-    fn refuse_if_stopping(&self) -> Result<(), EngineError> {
+    pub(crate) fn refuse_if_stopping(&self) -> Result<(), EngineError> {
         if *self.shared.stop.borrow() {
             return Err(EngineError::ShuttingDown);
         }
         Ok(())
     }
 
-    async fn finish(&self, cluster: &ClusterName, wait: bool) -> Result<ClusterView, EngineError> {
+    pub(crate) async fn finish(
+        &self,
+        cluster: &ClusterName,
+        wait: bool,
+    ) -> Result<ClusterView, EngineError> {
         if !wait {
             return Ok(self.view(cluster));
         }
@@ -222,7 +275,29 @@ impl Engine {
             }
         }
         nodes.sort_by(|a, b| a.launched_at.cmp(&b.launched_at).then(a.id.cmp(&b.id)));
-        let state = cluster_state(record.as_ref(), &observed, pool.map(|p| &p.instance_type));
+        let mut state = cluster_state(record.as_ref(), &observed, pool.map(|p| &p.instance_type));
+        let org = self.org_of(cluster).map(|o| {
+            let now = self.shared.clock.now();
+            let sizing = o.sizing(now);
+            let wants_none = record.as_ref().is_none_or(|r| r.wanted_nodes() == 0);
+            if wants_none && state != ClusterState::Destroying && observed.is_empty() {
+                state = ClusterState::Asleep;
+            }
+            OrgClusterView {
+                min_nodes: o.settings.min_nodes,
+                max_nodes: o.settings.max_nodes,
+                requests: o
+                    .active_requests(now)
+                    .map(|r| RequestView {
+                        user: r.user.clone(),
+                        nodes: r.nodes,
+                        expires_at: r.expires_at,
+                    })
+                    .collect(),
+                next_change: sizing.next_change,
+                shut_down: o.budget.exhausted_at.is_some(),
+            }
+        });
         ClusterView {
             cluster: cluster.clone(),
             state,
@@ -232,6 +307,7 @@ impl Engine {
             expires_at: record.as_ref().and_then(|r| r.expires_at),
             nodes,
             settled: None,
+            org,
         }
     }
 }

@@ -42,6 +42,11 @@ pub(crate) async fn sync_all(shared: &Shared) -> BTreeSet<ClusterName> {
         Ok(records) => shared.desired.refresh(records, mark),
         Err(e) => tracing::warn!(error = %e, "reading desired state failed"),
     }
+    let mark = shared.orgs.mark();
+    match shared.store.list_orgs().await {
+        Ok(orgs) => shared.orgs.refresh(orgs, mark),
+        Err(e) => tracing::warn!(error = %e, "reading organisations failed"),
+    }
     shared
         .metrics
         .observe_inventory(&shared.inventory.lock().unwrap());

@@ -36,6 +36,62 @@ struct File {
     github: Option<GithubSection>,
     #[serde(default)]
     levels: LevelsSection,
+    #[serde(default)]
+    orgs: OrgsSection,
+}
+
+/// `[orgs]`: what new organisations start with, and how often they are
+/// charged.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct OrgsSection {
+    /// The most nodes a new organisation's cluster may have (admins raise
+    /// it per organisation).
+    node_limit: u32,
+    /// Dollars: at or below this balance an organisation's cluster is shut
+    /// down.
+    shutdown_threshold: Dollars,
+    /// A request must be able to pay for this long (capped by its TTL).
+    #[serde(with = "humantime_serde")]
+    min_runway: Duration,
+    /// How often nodes are charged and budgets re-evaluated.
+    #[serde(with = "humantime_serde")]
+    accrual_interval: Duration,
+}
+
+impl Default for OrgsSection {
+    fn default() -> Self {
+        let d = flotilla_domain::OrgDefaults::default();
+        Self {
+            node_limit: d.node_limit,
+            shutdown_threshold: Dollars::Text(d.shutdown_threshold.to_string()),
+            min_runway: d.min_runway,
+            accrual_interval: EngineConfig::default().accrual_interval,
+        }
+    }
+}
+
+/// An amount of dollars as written in the config: a string (`"0.10"`,
+/// exact) or a number (`0.10`, read through its shortest decimal form).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum Dollars {
+    Text(String),
+    Number(f64),
+}
+
+impl Dollars {
+    fn parse(&self, key: &str) -> Result<flotilla_domain::Money, String> {
+        let text = match self {
+            Dollars::Text(t) => t.clone(),
+            Dollars::Number(n) => n.to_string(),
+        };
+        let money: flotilla_domain::Money = text.parse().map_err(|e| format!("{key}: {e}"))?;
+        if money.is_negative() {
+            return Err(format!("{key}: must not be negative, got {money}"));
+        }
+        Ok(money)
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -305,6 +361,9 @@ struct PoolSection {
     init_data: Option<String>,
     #[serde(default)]
     tags: BTreeMap<String, String>,
+    /// What one node costs per hour, in dollars (`"0.10"`); organisations
+    /// are charged this. Zero if absent.
+    price_per_hour: Option<Dollars>,
 }
 
 /// The validated configuration.
@@ -427,6 +486,7 @@ impl Config {
                     image: None,
                     init_data: None,
                     tags: BTreeMap::new(),
+                    price_per_hour: None,
                 },
             );
         }
@@ -460,9 +520,16 @@ impl Config {
                     )));
                 }
             }
+            let price_per_hour = match &p.price_per_hour {
+                Some(d) => d
+                    .parse(&format!("pools.{name}.price_per_hour"))
+                    .map_err(invalid)?,
+                None => flotilla_domain::Money::ZERO,
+            };
             pools.insert(
                 pool_name,
                 PoolSpec {
+                    price_per_hour,
                     driver: p.driver,
                     instance_type,
                     image: p.image,
@@ -515,6 +582,16 @@ impl Config {
                 concurrency: e.concurrency,
                 capacity_backoff: e.capacity_backoff,
                 levels,
+                orgs: flotilla_domain::OrgDefaults {
+                    node_limit: file.orgs.node_limit,
+                    shutdown_threshold: file
+                        .orgs
+                        .shutdown_threshold
+                        .parse("orgs.shutdown_threshold")
+                        .map_err(invalid)?,
+                    min_runway: file.orgs.min_runway,
+                },
+                accrual_interval: file.orgs.accrual_interval,
                 ..EngineConfig::default()
             },
             drivers,

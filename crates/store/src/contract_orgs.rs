@@ -4,8 +4,8 @@ use std::collections::BTreeSet;
 use std::time::Duration as StdDuration;
 
 use flotilla_domain::{
-    lifetime_cost, Caller, ClusterTarget, Level, LedgerKind, Money, OrgDefaults, OrgError,
-    OrgRole, Organisation, SettingsPatch,
+    lifetime_cost, Caller, ClusterTarget, LedgerKind, Level, Money, OrgDefaults, OrgError, OrgRole,
+    Organisation, SettingsPatch,
 };
 use tokio::task::JoinSet;
 
@@ -79,7 +79,13 @@ async fn try_change(
     store.change_org(&name("lab"), t(at), f).await
 }
 
-async fn ask(store: &dyn Store, who: &str, nodes: u32, ttl: StdDuration, at: i64) -> Result<OrgChanged, StoreError> {
+async fn ask(
+    store: &dyn Store,
+    who: &str,
+    nodes: u32,
+    ttl: StdDuration,
+    at: i64,
+) -> Result<OrgChanged, StoreError> {
     try_change(store, at, &mut |o: &mut Organisation| {
         o.request_capacity(&caller(who), nodes, ttl, PRICE, t(at))
             .map(|(fx, _)| fx)
@@ -125,12 +131,42 @@ pub async fn create_org_then_get_and_list(h: Harness) {
     assert_eq!(store.events(&name("lab"), 1).await.unwrap().len(), 1);
 
     // A taken name, an account's name, an unknown owner: refused, nothing made.
-    let again = Organisation::new(name("lab"), [user("eve")], pool("p"), &OrgDefaults::default(), t(5)).unwrap();
-    assert!(matches!(store.create_org(&again).await, Err(StoreError::Org(OrgError::Exists(_)))));
-    let accounts = Organisation::new(name("eve"), [user("ann")], pool("p"), &OrgDefaults::default(), t(5)).unwrap();
-    assert!(matches!(store.create_org(&accounts).await, Err(StoreError::Org(OrgError::NameTaken { .. }))));
-    let ghost = Organisation::new(name("physics"), [user("nobody")], pool("p"), &OrgDefaults::default(), t(5)).unwrap();
-    assert!(matches!(store.create_org(&ghost).await, Err(StoreError::Org(OrgError::UnknownAccount(_)))));
+    let again = Organisation::new(
+        name("lab"),
+        [user("eve")],
+        pool("p"),
+        &OrgDefaults::default(),
+        t(5),
+    )
+    .unwrap();
+    assert!(matches!(
+        store.create_org(&again).await,
+        Err(StoreError::Org(OrgError::Exists(_)))
+    ));
+    let accounts = Organisation::new(
+        name("eve"),
+        [user("ann")],
+        pool("p"),
+        &OrgDefaults::default(),
+        t(5),
+    )
+    .unwrap();
+    assert!(matches!(
+        store.create_org(&accounts).await,
+        Err(StoreError::Org(OrgError::NameTaken { .. }))
+    ));
+    let ghost = Organisation::new(
+        name("physics"),
+        [user("nobody")],
+        pool("p"),
+        &OrgDefaults::default(),
+        t(5),
+    )
+    .unwrap();
+    assert!(matches!(
+        store.create_org(&ghost).await,
+        Err(StoreError::Org(OrgError::UnknownAccount(_)))
+    ));
     assert_eq!(store.list_orgs().await.unwrap().len(), 1);
     assert!(store.get_org(&name("physics")).await.unwrap().is_none());
 }
@@ -148,8 +184,20 @@ pub async fn capacity_requests_size_the_cluster_record(h: Harness) {
     assert_eq!(get(store, "lab").await, Some(record.clone()));
     let changed = ask(store, "bob", 2, 2 * HOUR, 20).await.unwrap();
     assert_eq!(changed.cluster.as_ref().unwrap().node_capacity.get(), 5);
-    assert_eq!(store.next_capacity_expiry().await.unwrap(), Some(t(10 + 3600)));
-    assert_eq!(store.get_org(&name("lab")).await.unwrap().unwrap().requests.len(), 2);
+    assert_eq!(
+        store.next_capacity_expiry().await.unwrap(),
+        Some(t(10 + 3600))
+    );
+    assert_eq!(
+        store
+            .get_org(&name("lab"))
+            .await
+            .unwrap()
+            .unwrap()
+            .requests
+            .len(),
+        2
+    );
 
     // ann's request runs out: the cluster shrinks to bob's; then sleeps.
     assert!(store.expire_capacity(t(3000)).await.unwrap().is_empty());
@@ -162,7 +210,13 @@ pub async fn capacity_requests_size_the_cluster_record(h: Harness) {
     assert_eq!(asleep.node_capacity.get(), 0);
     assert!(!asleep.destroying);
     assert_eq!(store.next_capacity_expiry().await.unwrap(), None);
-    assert!(store.get_org(&name("lab")).await.unwrap().unwrap().requests.is_empty());
+    assert!(store
+        .get_org(&name("lab"))
+        .await
+        .unwrap()
+        .unwrap()
+        .requests
+        .is_empty());
 }
 
 pub async fn a_refused_change_changes_nothing(h: Harness) {
@@ -215,7 +269,9 @@ pub async fn accrual_is_exact_split_by_user_and_day_and_matches_the_ledger(h: Ha
     let expected = lifetime_cost(PRICE, t(20), end) + lifetime_cost(PRICE, t(25), end);
     let costs = store.costs(&name("lab")).await.unwrap();
     assert_eq!(costs.iter().map(|c| c.amount).sum::<Money>(), expected);
-    assert!(costs.iter().all(|c| c.user == Some(user("ann")) && c.cluster == name("lab")));
+    assert!(costs
+        .iter()
+        .all(|c| c.user == Some(user("ann")) && c.cluster == name("lab")));
     let days: BTreeSet<_> = costs.iter().map(|c| c.day).collect();
     assert_eq!(days.len(), 2, "{costs:?}");
     let org = store.get_org(&name("lab")).await.unwrap().unwrap();
@@ -231,7 +287,16 @@ pub async fn accrual_is_exact_split_by_user_and_day_and_matches_the_ledger(h: Ha
     assert_eq!(spends, 2, "one spend entry per day");
     // A pass at the same moment charges nothing more.
     store.accrue(&[usage(0)], end).await.unwrap();
-    assert_eq!(store.get_org(&name("lab")).await.unwrap().unwrap().budget.balance, org.budget.balance);
+    assert_eq!(
+        store
+            .get_org(&name("lab"))
+            .await
+            .unwrap()
+            .unwrap()
+            .budget
+            .balance,
+        org.budget.balance
+    );
 }
 
 pub async fn running_out_shuts_the_cluster_down(h: Harness) {
@@ -245,8 +310,15 @@ pub async fn running_out_shuts_the_cluster_down(h: Harness) {
         price_per_hour: PRICE,
     };
     // $2 at $0.20/h reaches $0.50 after 7.5 h.
-    assert!(store.accrue(&[usage.clone()], t(10 + 7 * 3600)).await.unwrap().is_empty());
-    let changed = store.accrue(&[usage.clone()], t(10 + 7 * 3600 + 1800)).await.unwrap();
+    assert!(store
+        .accrue(&[usage.clone()], t(10 + 7 * 3600))
+        .await
+        .unwrap()
+        .is_empty());
+    let changed = store
+        .accrue(&[usage.clone()], t(10 + 7 * 3600 + 1800))
+        .await
+        .unwrap();
     assert_eq!(changed.len(), 1);
     assert_eq!(changed[0].effects.cluster, Some(ClusterTarget::Destroyed));
     assert!(changed[0].cluster.as_ref().unwrap().destroying);
@@ -259,7 +331,10 @@ pub async fn running_out_shuts_the_cluster_down(h: Harness) {
     assert_eq!(events[0].kind, "budget_exhausted");
     assert_eq!(ledger_sum(store).await, org.budget.balance);
     // Shut down: requests are refused until an admin credits.
-    assert_eq!(org_error(ask(store, "bob", 1, HOUR, 30000).await).code(), "insufficient_funds");
+    assert_eq!(
+        org_error(ask(store, "bob", 1, HOUR, 30000).await).code(),
+        "insufficient_funds"
+    );
     credit(store, "10", 30001).await;
     ask(store, "bob", 1, HOUR, 30002).await.unwrap();
     assert!(!get(store, "lab").await.unwrap().destroying);

@@ -509,7 +509,8 @@ impl Inner {
         }
         let mut cluster = None;
         if let Some(target) = effects.cluster {
-            if let Some(record) = target_record(self.clusters.get(org.cluster()), &org, target, now) {
+            if let Some(record) = target_record(self.clusters.get(org.cluster()), &org, target, now)
+            {
                 self.clusters.insert(record.name.clone(), record.clone());
                 cluster = Some(record);
             }
@@ -523,9 +524,10 @@ impl Inner {
     }
 
     fn add_spend(&mut self, org: &OrgName, day: NaiveDate, amount: Money, now: DateTime<Utc>) {
-        let existing = self.ledger.iter_mut().find(|(o, e)| {
-            o == org && e.kind == LedgerKind::Spend && e.at.date_naive() == day
-        });
+        let existing = self
+            .ledger
+            .iter_mut()
+            .find(|(o, e)| o == org && e.kind == LedgerKind::Spend && e.at.date_naive() == day);
         match existing {
             Some((_, e)) => {
                 e.amount -= amount;
@@ -574,7 +576,11 @@ impl OrgStore for MemoryStore {
         if inner.clusters.contains_key(org.cluster()) {
             return Err(OrgError::ClusterExists(org.name.clone()).into());
         }
-        if let Some(u) = org.members.keys().find(|u| !inner.accounts.contains_key(*u)) {
+        if let Some(u) = org
+            .members
+            .keys()
+            .find(|u| !inner.accounts.contains_key(*u))
+        {
             return Err(OrgError::UnknownAccount(u.clone()).into());
         }
         let effects = opening(org);
@@ -603,7 +609,11 @@ impl OrgStore for MemoryStore {
             .cloned()
             .ok_or_else(|| OrgError::Unknown(name.clone()))?;
         let effects = change(&mut org)?;
-        if let Some(u) = org.members.keys().find(|u| !inner.accounts.contains_key(*u)) {
+        if let Some(u) = org
+            .members
+            .keys()
+            .find(|u| !inner.accounts.contains_key(*u))
+        {
             return Err(OrgError::UnknownAccount(u.clone()).into());
         }
         Ok(inner.record_change(org, effects, now))
@@ -646,14 +656,19 @@ impl OrgStore for MemoryStore {
         let mut changed = Vec::new();
         for name in names {
             let mut org = inner.orgs[&name].clone();
-            let (launches, price) = by_org
-                .get(&name)
-                .map_or((&[][..], Money::ZERO), |u| (&u.launches[..], u.price_per_hour));
+            let (launches, price) = by_org.get(&name).map_or((&[][..], Money::ZERO), |u| {
+                (&u.launches[..], u.price_per_hour)
+            });
             let accrual = org.accrue(launches, price, now);
             for charge in &accrual.charges {
                 *inner
                     .costs
-                    .entry((name.clone(), org.cluster().clone(), charge.day, charge.user.clone()))
+                    .entry((
+                        name.clone(),
+                        org.cluster().clone(),
+                        charge.day,
+                        charge.user.clone(),
+                    ))
                     .or_default() += charge.amount;
                 inner.add_spend(&name, charge.day, charge.amount, now);
             }
@@ -724,7 +739,10 @@ pub(crate) fn opening(org: &Organisation) -> flotilla_domain::Effects {
         kind: "created".into(),
         message: format!(
             "organisation created with owners {}",
-            org.owners().map(|u| u.as_str()).collect::<Vec<_>>().join(", ")
+            org.owners()
+                .map(|u| u.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
     });
     effects

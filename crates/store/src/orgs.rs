@@ -7,15 +7,14 @@
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
 use flotilla_domain::{
-    ClusterName, ClusterRecord, ClusterTarget, Effects, LedgerEntry, Money, NodeCapacity,
-    OrgError, OrgEvent, OrgName, Organisation, Username,
+    ClusterName, ClusterRecord, ClusterTarget, Effects, LedgerEntry, Money, NodeCapacity, OrgError,
+    OrgEvent, OrgName, Organisation, Username,
 };
 
 use crate::StoreError;
 
 /// A change to one organisation: a domain function over its state.
-pub type OrgChange<'a> =
-    &'a mut (dyn FnMut(&mut Organisation) -> Result<Effects, OrgError> + Send);
+pub type OrgChange<'a> = &'a mut (dyn FnMut(&mut Organisation) -> Result<Effects, OrgError> + Send);
 
 /// An organisation as a change left it, with what the change did.
 #[derive(Debug, Clone, PartialEq)]

@@ -135,7 +135,9 @@ impl SqliteStore {
         settings(&self.reader).await
     }
 
-    pub(crate) async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StoreError> {
+    pub(crate) async fn begin_write(
+        &self,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StoreError> {
         // IMMEDIATE takes the write lock up front: a transaction that reads
         // first and writes later can then never fail to upgrade its lock.
         Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)

@@ -153,7 +153,8 @@ fn add_request(org: &mut Organisation, r: RequestRow) -> Result<(), StoreError> 
     Ok(())
 }
 
-type SqliteQueryAs<'q, T> = sqlx::query::QueryAs<'q, sqlx::Sqlite, T, sqlx::sqlite::SqliteArguments<'q>>;
+type SqliteQueryAs<'q, T> =
+    sqlx::query::QueryAs<'q, sqlx::Sqlite, T, sqlx::sqlite::SqliteArguments<'q>>;
 
 /// Binds the organisation's name when the query is about one.
 fn bind_only<'q, T>(q: SqliteQueryAs<'q, T>, only: Option<&'q OrgName>) -> SqliteQueryAs<'q, T> {
@@ -169,7 +170,11 @@ async fn load_orgs(
     only: Option<&OrgName>,
     with_people: bool,
 ) -> Result<Vec<Organisation>, StoreError> {
-    let filter = if only.is_some() { " WHERE org = $1" } else { "" };
+    let filter = if only.is_some() {
+        " WHERE org = $1"
+    } else {
+        ""
+    };
     let sql = format!(
         "SELECT {ORG_COLUMNS} FROM orgs{} ORDER BY name",
         filter.replace("org", "name")
@@ -271,11 +276,10 @@ async fn save_people_and_requests(
         .map(|(u, r)| (u, r.as_str(), org.created_at))
         .chain(org.pending.iter().map(|(u, since)| (u, "pending", *since)));
     for (username, role, since) in people {
-        let exists: Option<i64> =
-            sqlx::query_scalar("SELECT 1 FROM accounts WHERE username = $1")
-                .bind(username.as_str())
-                .fetch_optional(&mut *conn)
-                .await?;
+        let exists: Option<i64> = sqlx::query_scalar("SELECT 1 FROM accounts WHERE username = $1")
+            .bind(username.as_str())
+            .fetch_optional(&mut *conn)
+            .await?;
         if exists.is_none() {
             return Err(OrgError::UnknownAccount(username.clone()).into());
         }
@@ -515,7 +519,9 @@ impl OrgStore for SqliteStore {
             let requests_before = org.requests.len();
             let (launches, price) = by_org
                 .get(org.name.as_str())
-                .map_or((&[][..], Money::ZERO), |u| (&u.launches[..], u.price_per_hour));
+                .map_or((&[][..], Money::ZERO), |u| {
+                    (&u.launches[..], u.price_per_hour)
+                });
             let accrual = org.accrue(launches, price, now);
             let name = org.name.as_str();
             let mut per_day: BTreeMap<NaiveDate, Money> = BTreeMap::new();
@@ -557,30 +563,35 @@ impl OrgStore for SqliteStore {
                 eventful.push((org, accrual.effects));
             }
         }
-        sqlx::query(
-            "UPDATE orgs SET balance = json_extract(j.value, '$[1]'), \
+        if !org_rows.is_empty() {
+            sqlx::query(
+                "UPDATE orgs SET balance = json_extract(j.value, '$[1]'), \
                  accrued_until = json_extract(j.value, '$[2]'), \
                  allowance_month = json_extract(j.value, '$[3]'), \
                  exhausted_at = json_extract(j.value, '$[4]') \
              FROM json_each($1) AS j WHERE orgs.name = json_extract(j.value, '$[0]')",
-        )
-        .bind(serde_json::Value::Array(org_rows).to_string())
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "INSERT INTO costs (org, cluster, username, day, amount) \
+            )
+            .bind(serde_json::Value::Array(org_rows).to_string())
+            .execute(&mut *tx)
+            .await?;
+        }
+        if !cost_rows.is_empty() {
+            sqlx::query(
+                "INSERT INTO costs (org, cluster, username, day, amount) \
              SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), \
                     json_extract(value, '$[2]'), json_extract(value, '$[3]'), \
                     json_extract(value, '$[4]') \
              FROM json_each($1) WHERE TRUE \
              ON CONFLICT (org, cluster, day, username) \
              DO UPDATE SET amount = costs.amount + excluded.amount",
-        )
-        .bind(serde_json::Value::Array(cost_rows).to_string())
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "INSERT INTO ledger (org, at, kind, amount, reason, actor, day) \
+            )
+            .bind(serde_json::Value::Array(cost_rows).to_string())
+            .execute(&mut *tx)
+            .await?;
+        }
+        if !spend_rows.is_empty() {
+            sqlx::query(
+                "INSERT INTO ledger (org, at, kind, amount, reason, actor, day) \
              SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), 'spend', \
                     json_extract(value, '$[2]'), json_extract(value, '$[3]'), NULL, \
                     json_extract(value, '$[4]') \
@@ -588,10 +599,11 @@ impl OrgStore for SqliteStore {
              ON CONFLICT (org, day) \
              DO UPDATE SET amount = ledger.amount + excluded.amount, \
                            at = MAX(ledger.at, excluded.at)",
-        )
-        .bind(serde_json::Value::Array(spend_rows).to_string())
-        .execute(&mut *tx)
-        .await?;
+            )
+            .bind(serde_json::Value::Array(spend_rows).to_string())
+            .execute(&mut *tx)
+            .await?;
+        }
         let mut changed = Vec::new();
         for (org, effects) in eventful {
             save_requests(&mut tx, &org).await?;

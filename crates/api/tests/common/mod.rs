@@ -49,6 +49,8 @@ pub fn config() -> EngineConfig {
 
 pub fn pools() -> BTreeMap<PoolName, PoolSpec> {
     let pool = |ty: &str| PoolSpec {
+        // $0.10 per node-hour.
+        price_per_hour: flotilla_domain::Money::from_micros(100_000),
         driver: "fake".into(),
         instance_type: InstanceType::new(ty).unwrap(),
         image: None,

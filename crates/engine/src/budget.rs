@@ -1,0 +1,122 @@
+//! Organisations' two timers. Capacity requests expire at their deadline
+//! (which lives in the store, so it survives restarts) and the cluster
+//! shrinks with them. The accrual pass charges every organisation for the
+//! nodes the cloud lists for its cluster, credits monthly allowances, and
+//! shuts down clusters whose organisation has run out of money.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use flotilla_store::OrgUsage;
+
+use crate::orgs::apply_org_change;
+use crate::{Engine, EngineError, Shared};
+
+/// Longest sleep between checks for expired requests, so a wall-clock
+/// jump is noticed.
+const MAX_SLEEP: Duration = Duration::from_secs(30);
+
+pub(crate) async fn run_capacity(shared: Arc<Shared>) {
+    loop {
+        match shared.store.expire_capacity(shared.clock.now()).await {
+            Ok(changed) => {
+                for c in &changed {
+                    tracing::info!(org = %c.org.name, "capacity requests expired");
+                    apply_org_change(&shared, c);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "expiring capacity requests failed"),
+        }
+        let sleep = match shared.store.next_capacity_expiry().await {
+            Ok(Some(at)) => (at - shared.clock.now())
+                .to_std()
+                .unwrap_or_default()
+                .min(MAX_SLEEP),
+            Ok(None) => MAX_SLEEP,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading capacity requests failed");
+                Duration::from_secs(1)
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(sleep) => {}
+            _ = shared.capacity_changed.notified() => {}
+            _ = shared.stopped() => return,
+        }
+    }
+}
+
+pub(crate) async fn run_accrual(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(shared.config.accrual_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shared.stopped() => return,
+        }
+        if let Err(e) = accrual_pass(&shared).await {
+            tracing::warn!(error = %e, "charging organisations failed; the next pass charges the whole interval");
+        }
+    }
+}
+
+/// What one accrual pass did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AccrualStats {
+    pub orgs: usize,
+    pub nodes: usize,
+    /// Organisations whose pass did more than charge (allowance, shutdown).
+    pub changed: usize,
+    pub elapsed: Duration,
+}
+
+async fn accrual_pass(shared: &Shared) -> Result<AccrualStats, EngineError> {
+    let started = Instant::now();
+    let orgs = shared.orgs.all();
+    if orgs.is_empty() {
+        return Ok(AccrualStats {
+            orgs: 0,
+            nodes: 0,
+            changed: 0,
+            elapsed: started.elapsed(),
+        });
+    }
+    let usage: Vec<OrgUsage> = {
+        let inv = shared.inventory.lock().unwrap();
+        orgs.iter()
+            .filter_map(|org| {
+                let launches: Vec<_> = inv
+                    .values()
+                    .flat_map(|set| set.nodes(org.cluster()).map(|n| n.instance.launched_at))
+                    .collect();
+                (!launches.is_empty()).then(|| OrgUsage {
+                    org: org.name.clone(),
+                    launches,
+                    price_per_hour: shared
+                        .pools
+                        .get(&org.settings.pool)
+                        .map_or(flotilla_domain::Money::ZERO, |p| p.price_per_hour),
+                })
+            })
+            .collect()
+    };
+    let nodes = usage.iter().map(|u| u.launches.len()).sum();
+    let changed = shared.store.accrue(&usage, shared.clock.now()).await?;
+    for c in &changed {
+        apply_org_change(shared, c);
+    }
+    Ok(AccrualStats {
+        orgs: orgs.len(),
+        nodes,
+        changed: changed.len(),
+        elapsed: started.elapsed(),
+    })
+}
+
+impl Engine {
+    /// Runs one accrual pass now (tests and benchmarks; the server runs
+    /// them every `accrual_interval`).
+    pub async fn accrue_now(&self) -> Result<AccrualStats, EngineError> {
+        accrual_pass(&self.shared).await
+    }
+}
