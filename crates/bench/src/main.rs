@@ -24,12 +24,14 @@
 //!
 //! `flotilla-bench http` measures the HTTP API instead: see [`http`];
 //! `flotilla-bench ec2` the EC2 calls made through the ec2 driver: see
-//! [`ec2`].
+//! [`ec2`]; `flotilla-bench orgs` the accrual pass that charges
+//! organisations: see [`orgs`].
 
 mod ec2;
 mod http;
 mod machine;
 mod metrics;
+mod orgs;
 mod report;
 mod tap;
 
@@ -62,7 +64,7 @@ pub(crate) const DRIVER: &str = "fake";
 /// scheduled deletion fires during it.
 const TTL_SECONDS: i64 = 24 * 3600;
 /// Most nodes one create call may ask for (the fake's `max_batch`).
-const MAX_BATCH: u32 = 50;
+pub(crate) const MAX_BATCH: u32 = 50;
 /// How often the benchmark looks at counters it has to poll. Figures
 /// measured by polling are accurate to about this (tokio's timer has a
 /// millisecond granularity).
@@ -105,6 +107,10 @@ enum Mode {
     /// an EC2 imitation on loopback: RunInstances per wide deploy, and
     /// steady-state resyncs over 1000 instances.
     Ec2(ec2::Ec2Args),
+    /// Times the accrual pass that charges organisations for their nodes
+    /// and re-evaluates their budgets, over 10,000 nodes in 1,000
+    /// organisations.
+    Orgs(orgs::OrgsArgs),
 }
 
 /// The engine benchmark's knobs.
@@ -595,6 +601,7 @@ fn main() -> Result<()> {
     match cli.mode {
         Some(Mode::Http(args)) => http::run(args),
         Some(Mode::Ec2(args)) => ec2::run(args),
+        Some(Mode::Orgs(args)) => orgs::run(args),
         // What `#[tokio::main]` builds: a worker per CPU.
         None => tokio::runtime::Builder::new_multi_thread()
             .enable_all()

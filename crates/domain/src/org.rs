@@ -444,13 +444,13 @@ impl Organisation {
             });
         }
         let mut effects = Effects::default();
-        if !self.pending.contains_key(&user) {
+        if let std::collections::btree_map::Entry::Vacant(pending) = self.pending.entry(user) {
             effects.events.push(OrgEvent {
                 at: now,
                 kind: "membership_requested".into(),
-                message: format!("{user} asked to join"),
+                message: format!("{} asked to join", pending.key()),
             });
-            self.pending.insert(user, now);
+            pending.insert(now);
         }
         Ok(effects)
     }

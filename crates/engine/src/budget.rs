@@ -68,40 +68,45 @@ pub struct AccrualStats {
     /// Organisations whose pass did more than charge (allowance, shutdown).
     pub changed: usize,
     pub elapsed: Duration,
+    /// Of which the store's transaction.
+    pub store: Duration,
 }
 
 async fn accrual_pass(shared: &Shared) -> Result<AccrualStats, EngineError> {
     let started = Instant::now();
-    let orgs = shared.orgs.all();
+    let orgs = shared.orgs.pools();
     if orgs.is_empty() {
         return Ok(AccrualStats {
             orgs: 0,
             nodes: 0,
             changed: 0,
             elapsed: started.elapsed(),
+            store: Duration::ZERO,
         });
     }
     let usage: Vec<OrgUsage> = {
         let inv = shared.inventory.lock().unwrap();
         orgs.iter()
-            .filter_map(|org| {
+            .filter_map(|(org, pool)| {
                 let launches: Vec<_> = inv
                     .values()
-                    .flat_map(|set| set.nodes(org.cluster()).map(|n| n.instance.launched_at))
+                    .flat_map(|set| set.nodes(org).map(|n| n.instance.launched_at))
                     .collect();
                 (!launches.is_empty()).then(|| OrgUsage {
-                    org: org.name.clone(),
+                    org: org.clone(),
                     launches,
                     price_per_hour: shared
                         .pools
-                        .get(&org.settings.pool)
+                        .get(pool)
                         .map_or(flotilla_domain::Money::ZERO, |p| p.price_per_hour),
                 })
             })
             .collect()
     };
     let nodes = usage.iter().map(|u| u.launches.len()).sum();
+    let store_started = Instant::now();
     let changed = shared.store.accrue(&usage, shared.clock.now()).await?;
+    let store = store_started.elapsed();
     for c in &changed {
         apply_org_change(shared, c);
     }
@@ -110,6 +115,7 @@ async fn accrual_pass(shared: &Shared) -> Result<AccrualStats, EngineError> {
         nodes,
         changed: changed.len(),
         elapsed: started.elapsed(),
+        store,
     })
 }
 

@@ -72,6 +72,16 @@ impl OrgCache {
         orgs
     }
 
+    /// Every organisation's name and pool: what an accrual pass needs.
+    pub(crate) fn pools(&self) -> Vec<(OrgName, PoolName)> {
+        let inner = self.inner.read().unwrap();
+        inner
+            .orgs
+            .values()
+            .map(|(o, _)| (o.name.clone(), o.settings.pool.clone()))
+            .collect()
+    }
+
     /// The organisations `user` belongs to.
     pub(crate) fn memberships(&self, user: &Username) -> Option<BTreeSet<OrgName>> {
         self.inner.read().unwrap().by_member.get(user).cloned()

@@ -60,8 +60,9 @@ CREATE TABLE capacity_requests (
 CREATE INDEX capacity_requests_org ON capacity_requests (org);
 CREATE INDEX capacity_requests_expires_at ON capacity_requests (expires_at);
 
--- Every change of a balance. Spending is one row per organisation and day,
--- added to as the day goes, so the ledger grows by days, not by passes.
+-- Every change of a balance but spending, which is kept in costs (one row
+-- per organisation, cluster, user and day, added to as the day goes) and
+-- shown in the ledger as one entry per day.
 CREATE TABLE ledger (
     id     INTEGER NOT NULL PRIMARY KEY,
     org    TEXT    NOT NULL REFERENCES orgs (name) ON DELETE CASCADE,
@@ -69,11 +70,8 @@ CREATE TABLE ledger (
     kind   TEXT    NOT NULL,
     amount BIGINT  NOT NULL,
     reason TEXT    NOT NULL,
-    actor  TEXT,
-    -- Set for spend rows only.
-    day    TEXT
+    actor  TEXT
 );
-CREATE UNIQUE INDEX ledger_spend_per_day ON ledger (org, day);
 CREATE INDEX ledger_org ON ledger (org, at);
 
 -- Cost by organisation, cluster, user ('' when no request kept the node)

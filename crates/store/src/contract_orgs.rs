@@ -311,12 +311,12 @@ pub async fn running_out_shuts_the_cluster_down(h: Harness) {
     };
     // $2 at $0.20/h reaches $0.50 after 7.5 h.
     assert!(store
-        .accrue(&[usage.clone()], t(10 + 7 * 3600))
+        .accrue(std::slice::from_ref(&usage), t(10 + 7 * 3600))
         .await
         .unwrap()
         .is_empty());
     let changed = store
-        .accrue(&[usage.clone()], t(10 + 7 * 3600 + 1800))
+        .accrue(std::slice::from_ref(&usage), t(10 + 7 * 3600 + 1800))
         .await
         .unwrap();
     assert_eq!(changed.len(), 1);

@@ -14,7 +14,9 @@ use flotilla_domain::{
 };
 use sqlx::error::{DatabaseError, ErrorKind};
 
-use crate::orgs::{target_record, CostRow, OrgChange, OrgChanged, OrgStore, OrgUsage};
+use crate::orgs::{
+    target_record, with_daily_spend, CostRow, OrgChange, OrgChanged, OrgStore, OrgUsage,
+};
 use crate::{AccountRecord, AccountStore, RefreshTokenRecord, Rotation, Store, StoreError};
 
 #[derive(Default)]
@@ -522,40 +524,6 @@ impl Inner {
             cluster,
         }
     }
-
-    fn add_spend(&mut self, org: &OrgName, day: NaiveDate, amount: Money, now: DateTime<Utc>) {
-        let existing = self
-            .ledger
-            .iter_mut()
-            .find(|(o, e)| o == org && e.kind == LedgerKind::Spend && e.at.date_naive() == day);
-        match existing {
-            Some((_, e)) => {
-                e.amount -= amount;
-                e.at = e.at.max(now.min(end_of(day)));
-            }
-            None => self.ledger.push((
-                org.clone(),
-                LedgerEntry {
-                    at: now.min(end_of(day)),
-                    kind: LedgerKind::Spend,
-                    amount: -amount,
-                    reason: spend_reason(day),
-                    actor: None,
-                },
-            )),
-        }
-    }
-}
-
-/// The last millisecond of `day`: a spend entry is stamped within its day.
-pub(crate) fn end_of(day: NaiveDate) -> DateTime<Utc> {
-    day.and_hms_milli_opt(23, 59, 59, 999)
-        .expect("a valid time")
-        .and_utc()
-}
-
-pub(crate) fn spend_reason(day: NaiveDate) -> String {
-    format!("nodes running on {day}")
 }
 
 #[async_trait]
@@ -670,7 +638,6 @@ impl OrgStore for MemoryStore {
                         charge.user.clone(),
                     ))
                     .or_default() += charge.amount;
-                inner.add_spend(&name, charge.day, charge.amount, now);
             }
             let eventful = accrual.effects != flotilla_domain::Effects::default();
             let done = inner.record_change(org, accrual.effects, now);
@@ -682,15 +649,17 @@ impl OrgStore for MemoryStore {
     }
 
     async fn ledger(&self, org: &OrgName) -> Result<Vec<LedgerEntry>, StoreError> {
-        let inner = self.inner.lock().unwrap();
-        let mut entries: Vec<LedgerEntry> = inner
-            .ledger
-            .iter()
-            .filter(|(o, _)| o == org)
-            .map(|(_, e)| e.clone())
-            .collect();
-        entries.sort_by_key(|e| e.at);
-        Ok(entries)
+        let entries: Vec<LedgerEntry> = {
+            let inner = self.inner.lock().unwrap();
+            inner
+                .ledger
+                .iter()
+                .filter(|(o, _)| o == org)
+                .map(|(_, e)| e.clone())
+                .collect()
+        };
+        let until = self.get_org(org).await?.and_then(|o| o.accrued_until);
+        Ok(with_daily_spend(entries, &self.costs(org).await?, until))
     }
 
     async fn costs(&self, org: &OrgName) -> Result<Vec<CostRow>, StoreError> {

@@ -147,6 +147,37 @@ pub(crate) fn target_record(
     }
 }
 
+/// The ledger as readers see it: the stored entries (credits, allowances,
+/// corrections) and one spend entry per day, the sum of that day's costs.
+/// Spending is kept only as costs, so charging a pass writes each amount
+/// once; a spend entry is stamped at the end of its day, or at the last
+/// charge for the current one.
+pub(crate) fn with_daily_spend(
+    mut entries: Vec<LedgerEntry>,
+    costs: &[CostRow],
+    accrued_until: Option<DateTime<Utc>>,
+) -> Vec<LedgerEntry> {
+    let mut days: std::collections::BTreeMap<NaiveDate, Money> = Default::default();
+    for c in costs {
+        *days.entry(c.day).or_default() += c.amount;
+    }
+    for (day, spent) in days {
+        let end = day
+            .and_hms_milli_opt(23, 59, 59, 999)
+            .expect("a valid time")
+            .and_utc();
+        entries.push(LedgerEntry {
+            at: accrued_until.map_or(end, |u| u.min(end)),
+            kind: flotilla_domain::LedgerKind::Spend,
+            amount: -spent,
+            reason: format!("nodes running on {day}"),
+            actor: None,
+        });
+    }
+    entries.sort_by_key(|e| e.at);
+    entries
+}
+
 impl From<OrgError> for StoreError {
     fn from(e: OrgError) -> Self {
         StoreError::Org(e)

@@ -10,15 +10,17 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, Utc};
 use flotilla_domain::{
     ActiveRequest, Budget, ClusterName, ClusterRecord, Effects, LedgerEntry, LedgerKind, Money,
     OrgError, OrgEvent, OrgName, OrgRole, OrgSettings, Organisation, PoolName, Username,
 };
 use sqlx::{SqliteConnection, SqlitePool};
 
-use crate::memory::{end_of, opening, spend_reason};
-use crate::orgs::{target_record, CostRow, OrgChange, OrgChanged, OrgStore, OrgUsage};
+use crate::memory::opening;
+use crate::orgs::{
+    target_record, with_daily_spend, CostRow, OrgChange, OrgChanged, OrgStore, OrgUsage,
+};
 use crate::row::{self, cluster_columns, ClusterRow};
 use crate::{SqliteStore, StoreError};
 
@@ -26,7 +28,9 @@ const ORG_COLUMNS: &str = "name, min_nodes, max_nodes, node_limit, pool, balance
     monthly_allowance, max_balance, shutdown_threshold, min_runway_secs, allowance_month, \
     exhausted_at, accrued_until, created_at";
 
-#[derive(sqlx::FromRow)]
+/// Rows are read as one JSON array of arrays (see [`fetch_rows`]), which
+/// serde reads into these by field order.
+#[derive(serde::Deserialize)]
 struct OrgRow {
     name: String,
     min_nodes: i64,
@@ -44,7 +48,7 @@ struct OrgRow {
     created_at: i64,
 }
 
-#[derive(sqlx::FromRow)]
+#[derive(serde::Deserialize)]
 struct PersonRow {
     org: String,
     username: String,
@@ -52,7 +56,7 @@ struct PersonRow {
     since: i64,
 }
 
-#[derive(sqlx::FromRow)]
+#[derive(serde::Deserialize)]
 struct RequestRow {
     org: String,
     username: String,
@@ -153,35 +157,39 @@ fn add_request(org: &mut Organisation, r: RequestRow) -> Result<(), StoreError> 
     Ok(())
 }
 
-type SqliteQueryAs<'q, T> =
-    sqlx::query::QueryAs<'q, sqlx::Sqlite, T, sqlx::sqlite::SqliteArguments<'q>>;
-
-/// Binds the organisation's name when the query is about one.
-fn bind_only<'q, T>(q: SqliteQueryAs<'q, T>, only: Option<&'q OrgName>) -> SqliteQueryAs<'q, T> {
-    match only {
-        Some(o) => q.bind(o.as_str()),
-        None => q,
+/// `SELECT columns FROM from ORDER BY order` as one JSON array of row
+/// arrays, decoded by serde. One value crosses from SQLite instead of a
+/// row at a time, which is what makes reading every organisation in an
+/// accrual pass cheap.
+async fn fetch_rows<T: serde::de::DeserializeOwned>(
+    conn: &mut SqliteConnection,
+    columns: &str,
+    from: &str,
+    order: &str,
+    only: Option<(&str, &OrgName)>,
+) -> Result<Vec<T>, StoreError> {
+    let filter = only.map_or(String::new(), |(column, _)| format!(" WHERE {column} = $1"));
+    let sql = format!(
+        "SELECT json_group_array(json_array({columns})) FROM \
+         (SELECT {columns} FROM {from}{filter} ORDER BY {order})"
+    );
+    let mut query = sqlx::query_scalar::<_, String>(&sql);
+    if let Some((_, name)) = only {
+        query = query.bind(name.as_str());
     }
+    let json = query.fetch_one(&mut *conn).await?;
+    serde_json::from_str(&json).map_err(|e| StoreError::Corrupt(format!("{from}: {e}")))
 }
 
-/// Every organisation (or the one named), with people and requests.
+/// Every organisation (or the one named), with requests and, if asked,
+/// people.
 async fn load_orgs(
     conn: &mut SqliteConnection,
     only: Option<&OrgName>,
     with_people: bool,
 ) -> Result<Vec<Organisation>, StoreError> {
-    let filter = if only.is_some() {
-        " WHERE org = $1"
-    } else {
-        ""
-    };
-    let sql = format!(
-        "SELECT {ORG_COLUMNS} FROM orgs{} ORDER BY name",
-        filter.replace("org", "name")
-    );
-    let rows: Vec<OrgRow> = bind_only(sqlx::query_as(&sql), only)
-        .fetch_all(&mut *conn)
-        .await?;
+    let rows: Vec<OrgRow> =
+        fetch_rows(conn, ORG_COLUMNS, "orgs", "name", only.map(|o| ("name", o))).await?;
     let mut orgs: Vec<Organisation> = rows
         .into_iter()
         .map(OrgRow::into_org)
@@ -191,24 +199,30 @@ async fn load_orgs(
         .enumerate()
         .map(|(i, o)| (o.name.to_string(), i))
         .collect();
+    let only = only.map(|o| ("org", o));
     if with_people {
-        let sql = format!("SELECT org, username, role, since FROM org_people{filter}");
-        let people: Vec<PersonRow> = bind_only(sqlx::query_as(&sql), only)
-            .fetch_all(&mut *conn)
-            .await?;
+        let people: Vec<PersonRow> = fetch_rows(
+            conn,
+            "org, username, role, since",
+            "org_people",
+            "org, username",
+            only,
+        )
+        .await?;
         for p in people {
             if let Some(&i) = index.get(&p.org) {
                 add_person(&mut orgs[i], p)?;
             }
         }
     }
-    let sql = format!(
-        "SELECT org, username, nodes, created_at, expires_at FROM capacity_requests{filter} \
-         ORDER BY id"
-    );
-    let requests: Vec<RequestRow> = bind_only(sqlx::query_as(&sql), only)
-        .fetch_all(&mut *conn)
-        .await?;
+    let requests: Vec<RequestRow> = fetch_rows(
+        conn,
+        "org, username, nodes, created_at, expires_at",
+        "capacity_requests",
+        "id",
+        only,
+    )
+    .await?;
     for r in requests {
         if let Some(&i) = index.get(&r.org) {
             add_request(&mut orgs[i], r)?;
@@ -507,7 +521,6 @@ impl OrgStore for SqliteStore {
         let orgs = load_orgs(&mut tx, None, false).await?;
         let mut org_rows = Vec::new();
         let mut cost_rows = Vec::new();
-        let mut spend_rows = Vec::new();
         let mut eventful = Vec::new();
         for mut org in orgs {
             let before = (
@@ -524,7 +537,6 @@ impl OrgStore for SqliteStore {
                 });
             let accrual = org.accrue(launches, price, now);
             let name = org.name.as_str();
-            let mut per_day: BTreeMap<NaiveDate, Money> = BTreeMap::new();
             for c in &accrual.charges {
                 cost_rows.push(serde_json::json!([
                     name,
@@ -532,16 +544,6 @@ impl OrgStore for SqliteStore {
                     c.user.as_ref().map_or("", |u| u.as_str()),
                     c.day.to_string(),
                     c.amount.micros()
-                ]));
-                *per_day.entry(c.day).or_default() += c.amount;
-            }
-            for (day, amount) in per_day {
-                spend_rows.push(serde_json::json!([
-                    name,
-                    row::to_millis(now.min(end_of(day))),
-                    -amount.micros(),
-                    spend_reason(day),
-                    day.to_string()
                 ]));
             }
             let after = (
@@ -589,21 +591,6 @@ impl OrgStore for SqliteStore {
             .execute(&mut *tx)
             .await?;
         }
-        if !spend_rows.is_empty() {
-            sqlx::query(
-                "INSERT INTO ledger (org, at, kind, amount, reason, actor, day) \
-             SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), 'spend', \
-                    json_extract(value, '$[2]'), json_extract(value, '$[3]'), NULL, \
-                    json_extract(value, '$[4]') \
-             FROM json_each($1) WHERE TRUE \
-             ON CONFLICT (org, day) \
-             DO UPDATE SET amount = ledger.amount + excluded.amount, \
-                           at = MAX(ledger.at, excluded.at)",
-            )
-            .bind(serde_json::Value::Array(spend_rows).to_string())
-            .execute(&mut *tx)
-            .await?;
-        }
         let mut changed = Vec::new();
         for (org, effects) in eventful {
             save_requests(&mut tx, &org).await?;
@@ -627,6 +614,13 @@ impl OrgStore for SqliteStore {
     }
 
     async fn ledger(&self, org: &OrgName) -> Result<Vec<LedgerEntry>, StoreError> {
+        let until: Option<Option<i64>> =
+            sqlx::query_scalar("SELECT accrued_until FROM orgs WHERE name = $1")
+                .bind(org.as_str())
+                .fetch_optional(&self.reader)
+                .await?;
+        let until = opt_time("orgs", org.as_str(), "accrued_until", until.flatten())?;
+        let costs = self.costs(org).await?;
         let rows: Vec<(i64, String, i64, String, Option<String>)> = sqlx::query_as(
             "SELECT at, kind, amount, reason, actor FROM ledger WHERE org = $1 ORDER BY at, id",
         )
@@ -645,7 +639,8 @@ impl OrgStore for SqliteStore {
                     actor: actor.map(|a| user("ledger", key, &a)).transpose()?,
                 })
             })
-            .collect()
+            .collect::<Result<Vec<_>, StoreError>>()
+            .map(|entries| with_daily_spend(entries, &costs, until))
     }
 
     async fn costs(&self, org: &OrgName) -> Result<Vec<CostRow>, StoreError> {

@@ -1,0 +1,297 @@
+//! `flotilla-bench orgs`: the accrual pass at scale.
+//!
+//! The engine is wired the way `flotilla serve` wires it (SQLite in a
+//! temporary directory, the fake driver behind `Metered(Throttled(..))`,
+//! the system clock), with its own accrual timer set far out so only the
+//! passes the benchmark runs happen. Then:
+//!
+//! 1. **Set up**: `--orgs` organisations, each with an owner, a credit and
+//!    one capacity request of `--nodes` nodes, through the engine's own
+//!    commands; every cluster converges on the fake cloud.
+//! 2. **Passes**: `--passes` accrual passes (`Engine::accrue_now`), a
+//!    little apart so each has time to charge: gathering every
+//!    organisation's nodes from the engine's inventory, charging them,
+//!    crediting allowances and re-evaluating every budget, all in one
+//!    store transaction. How long a pass takes, against the target.
+//! 3. **Books**: every organisation's ledger adds up to its balance, and
+//!    its costs to what it was charged.
+//!
+//! The exit status is 1 if a target is missed or the books do not balance.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use flotilla_cloud::fake::{FakeCloud, FakeConfig};
+use flotilla_cloud::{CloudMetrics, InstanceSet, Metered, Tags, Throttled};
+use flotilla_domain::{
+    AccountKind, Caller, ClusterName, InstanceType, Level, Limits, Money, PoolName, Username,
+};
+use flotilla_engine::{EngineConfig, PoolSpec};
+use flotilla_store::{AccountRecord, AccountStore, OrgStore, SqliteStore, Store};
+use prometheus_client::registry::Registry;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use crate::machine::{self, Machine};
+use crate::report::{fmt_duration, fmt_kib, max, percentile, Report, Verdict};
+use crate::tap::{CountingStore, Tap};
+use crate::{poll_until, start_engine, DRIVER, MAX_BATCH};
+
+/// The organisations issue's target for one pass.
+const TARGET: Duration = Duration::from_millis(20);
+const PRICE: Money = Money::from_micros(100_000);
+
+#[derive(Debug, clap::Args)]
+pub struct OrgsArgs {
+    /// Organisations.
+    #[arg(long, default_value_t = 1000)]
+    orgs: usize,
+    /// Nodes per organisation's cluster.
+    #[arg(long, default_value_t = 10)]
+    nodes: u32,
+    /// Accrual passes timed.
+    #[arg(long, default_value_t = 30)]
+    passes: usize,
+    /// Pause between passes.
+    #[arg(long, default_value = "200ms", value_parser = humantime::parse_duration)]
+    gap: Duration,
+    /// Commands in flight at once while setting up.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Longest the set-up may take before the run is abandoned.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    phase_limit: Duration,
+}
+
+pub fn run(args: OrgsArgs) -> Result<()> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")?
+        .block_on(bench(args))
+}
+
+fn org_name(i: usize) -> ClusterName {
+    ClusterName::new(format!("org-{i:05}")).expect("valid name")
+}
+
+fn owner(i: usize) -> Username {
+    Username::new(format!("owner-{i:05}")).expect("valid name")
+}
+
+async fn bench(args: OrgsArgs) -> Result<()> {
+    ensure!(args.orgs >= 1 && args.nodes >= 1, "nothing to charge");
+    let machine = Machine::read();
+    let began = chrono::Local::now();
+    let total = args.orgs * args.nodes as usize;
+    println!("# flotilla-bench orgs");
+    println!();
+    println!("- date: {}", began.format("%Y-%m-%d %H:%M:%S %z"));
+    println!("- cpu: {} × {}", machine.cpus, machine.cpu_model);
+    println!("- memory: {}", fmt_kib(machine.memory_total_kib));
+    println!("- kernel: {}", machine.kernel);
+    println!(
+        "- run: {} organisations × {} nodes = {total} nodes on the fake driver, {} accrual passes {} apart, store SQLite",
+        args.orgs,
+        args.nodes,
+        args.passes,
+        humantime::format_duration(args.gap),
+    );
+    println!();
+
+    let dir = tempfile::tempdir().context("cannot create a temporary directory")?;
+    let sqlite = SqliteStore::open(&dir.path().join("flotilla.db")).await?;
+    let store = Arc::new(CountingStore::new(Arc::new(sqlite)));
+    let mut registry = Registry::default();
+    let cloud_metrics = Arc::new(CloudMetrics::register(&mut registry));
+    let cloud = FakeCloud::new(FakeConfig {
+        max_batch: MAX_BATCH,
+        ..FakeConfig::default()
+    });
+    let id = store.instance_set_id(DRIVER).await?;
+    let driver: Arc<dyn InstanceSet> = Arc::new(Metered::new(
+        Throttled::new(cloud.instance_set(id.as_str()), None),
+        DRIVER,
+        cloud_metrics,
+    ));
+    let tap = Arc::new(Tap::new(driver));
+    let pool = PoolName::new("default")?;
+    let pools = BTreeMap::from([(
+        pool.clone(),
+        PoolSpec {
+            price_per_hour: PRICE,
+            driver: DRIVER.to_owned(),
+            instance_type: InstanceType::new("fake.small")?,
+            image: None,
+            init_data: None,
+            tags: Tags::new(),
+        },
+    )]);
+    let mut config = EngineConfig {
+        limits: Limits {
+            max_nodes: args.nodes,
+            ..Limits::default()
+        },
+        // Only the benchmark's passes run.
+        accrual_interval: Duration::from_secs(24 * 3600),
+        ..EngineConfig::default()
+    };
+    config.orgs.node_limit = args.nodes;
+    let (engine, tasks, _registry) =
+        start_engine(config, store.clone(), DRIVER, &tap, pools, pool, registry).await?;
+
+    // 1. Set up.
+    eprintln!("1. creating {} organisations ...", args.orgs);
+    let setup = Instant::now();
+    for i in 0..args.orgs {
+        store
+            .create_account(&AccountRecord {
+                username: owner(i),
+                kind: AccountKind::Github,
+                level: Level::GithubMember,
+                password_hash: None,
+                grants: BTreeSet::new(),
+                created_at: chrono::Utc::now(),
+            })
+            .await?;
+    }
+    let admin = Caller::local_operator();
+    let mut jobs = JoinSet::new();
+    let permits = Arc::new(tokio::sync::Semaphore::new(args.concurrency));
+    for i in 0..args.orgs {
+        let engine = engine.clone();
+        let admin = admin.clone();
+        let permits = permits.clone();
+        let nodes = args.nodes;
+        jobs.spawn(async move {
+            let _permit = permits.acquire().await?;
+            let name = org_name(i);
+            engine
+                .create_org(&admin, name.clone(), &[owner(i).to_string()], None)
+                .await?;
+            engine
+                .credit_org(
+                    &admin,
+                    &name,
+                    Money::from_dollars(1000).expect("small"),
+                    "benchmark",
+                )
+                .await?;
+            let ann = Caller {
+                account: Some(owner(i)),
+                level: Level::GithubMember,
+                allowed: BTreeSet::new(),
+            };
+            engine
+                .request_capacity(&ann, &name, i64::from(nodes), 24 * 3600, false)
+                .await?;
+            anyhow::Ok(())
+        });
+    }
+    while let Some(done) = jobs.join_next().await {
+        done??;
+    }
+    eprintln!("   waiting for {total} nodes ...");
+    poll_until(args.phase_limit, "every organisation's nodes", || {
+        (cloud.instance_count() == total).then_some(())
+    })
+    .await?;
+    let setup = setup.elapsed();
+
+    // 2. Passes.
+    eprintln!("2. {} accrual passes ...", args.passes);
+    // The first pass charges from each node's launch; it is timed apart.
+    let first = engine.accrue_now().await?;
+    ensure!(
+        first.nodes == total,
+        "the pass saw {} nodes, not {total}",
+        first.nodes
+    );
+    let writes_before = store.counts().org_writes;
+    let mut samples = Vec::with_capacity(args.passes);
+    let mut in_store = Vec::with_capacity(args.passes);
+    for _ in 0..args.passes {
+        tokio::time::sleep(args.gap).await;
+        let stats = engine.accrue_now().await?;
+        ensure!(stats.orgs == args.orgs && stats.nodes == total);
+        samples.push(stats.elapsed);
+        in_store.push(stats.store);
+    }
+    let writes = store.counts().org_writes - writes_before;
+
+    // 3. Books.
+    eprintln!("3. checking the books ...");
+    let mut unbalanced = 0;
+    let mut charged = Money::ZERO;
+    for i in 0..args.orgs {
+        let name = org_name(i);
+        let org = store.get_org(&name).await?.context("organisation gone")?;
+        let ledger: Money = store.ledger(&name).await?.iter().map(|e| e.amount).sum();
+        let costs: Money = store.costs(&name).await?.iter().map(|c| c.amount).sum();
+        let spent = Money::from_dollars(1000).expect("small") - org.budget.balance;
+        if ledger != org.budget.balance || costs != spent {
+            unbalanced += 1;
+        }
+        charged += costs;
+    }
+    tasks.shutdown().await;
+
+    let mut report = Report::default();
+    report.info(
+        "set-up",
+        "organisations created, credited, requested, converged",
+        fmt_duration(setup),
+    );
+    report.info(
+        "passes",
+        "first pass (charges from each launch)",
+        fmt_duration(first.elapsed),
+    );
+    let median = percentile(&samples, 50.0);
+    let p99 = percentile(&samples, 99.0);
+    report.row(
+        "passes",
+        format!(
+            "accrual pass over {total} nodes in {} organisations, median",
+            args.orgs
+        ),
+        fmt_duration(median),
+        format!("≤ {}", fmt_duration(TARGET)),
+        Verdict::check(median <= TARGET),
+    );
+    report.row(
+        "passes",
+        "accrual pass, p99",
+        fmt_duration(p99),
+        format!("≤ {}", fmt_duration(TARGET)),
+        Verdict::check(p99 <= TARGET),
+    );
+    report.info("passes", "accrual pass, max", fmt_duration(max(&samples)));
+    report.info(
+        "passes",
+        "of which the store's transaction, median (commit included)",
+        fmt_duration(percentile(&in_store, 50.0)),
+    );
+    report.row(
+        "passes",
+        "store write transactions per pass",
+        format!("{:.1}", writes as f64 / args.passes as f64),
+        "1",
+        Verdict::check(writes as usize == args.passes),
+    );
+    report.row(
+        "books",
+        "organisations whose ledger or costs disagree with the balance",
+        unbalanced.to_string(),
+        "0",
+        Verdict::check(unbalanced == 0),
+    );
+    report.info("books", "charged in all", format!("${charged}"));
+    report.info("memory", "peak RSS", fmt_kib(machine::peak_rss_kib()));
+    println!("{}", report.markdown());
+    drop(dir);
+    ensure!(!report.failed(), "a target was missed");
+    Ok(())
+}
