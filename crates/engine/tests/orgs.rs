@@ -1,0 +1,345 @@
+//! Organisations end to end on the fake cloud, under paused time (which
+//! the engine's clock follows: hours pass in milliseconds).
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{config, name, Harness};
+use flotilla_cloud::fake::{FakeCloud, FakeConfig};
+use flotilla_domain::{
+    lifetime_cost, AccountKind, Caller, ClusterState, Level, Money, NodeState, Username,
+};
+use flotilla_engine::EngineError;
+use flotilla_store::{AccountRecord, MemoryStore, Store};
+
+const PRICE: Money = Money::from_micros(100_000);
+const HOUR: i64 = 3600;
+
+fn user(name: &str) -> Username {
+    Username::new(name).unwrap()
+}
+
+fn caller(name: &str) -> Caller {
+    Caller {
+        account: Some(user(name)),
+        level: Level::GithubMember,
+        allowed: BTreeSet::new(),
+    }
+}
+
+fn m(s: &str) -> Money {
+    s.parse().unwrap()
+}
+
+async fn accounts(store: &dyn Store) {
+    for u in ["ann", "bob", "eve"] {
+        store
+            .create_account(&AccountRecord {
+                username: user(u),
+                kind: AccountKind::Github,
+                level: Level::GithubMember,
+                password_hash: None,
+                grants: BTreeSet::new(),
+                created_at: chrono::Utc::now(),
+            })
+            .await
+            .unwrap();
+    }
+}
+
+/// `lab`, owned by ann, bob a member, with `balance` dollars.
+async fn lab(h: &Harness, balance: &str) {
+    let admin = Caller::local_operator();
+    h.engine
+        .create_org(&admin, name("lab"), &["ann".into()], None)
+        .await
+        .unwrap();
+    h.engine
+        .request_membership(&caller("bob"), &name("lab"))
+        .await
+        .unwrap();
+    h.engine
+        .decide_membership(&caller("ann"), &name("lab"), &user("bob"), true)
+        .await
+        .unwrap();
+    h.engine
+        .credit_org(&admin, &name("lab"), m(balance), "grant")
+        .await
+        .unwrap();
+}
+
+async fn start(store: Arc<dyn Store>, cloud: FakeCloud) -> Harness {
+    Harness::start(cloud, store, config()).await
+}
+
+async fn ready(h: &Harness, n: usize) {
+    h.until(Duration::from_secs(5), &format!("{n} ready nodes"), |h| {
+        let s = h.status("lab");
+        s.nodes.len() == n && s.ready_nodes() == n
+    })
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn requests_size_the_cluster_which_sleeps_and_wakes() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    accounts(&*store).await;
+    let mut h = start(store, FakeCloud::new(FakeConfig::default())).await;
+    lab(&h, "100").await;
+
+    let s = h.status("lab");
+    assert_eq!(s.state, ClusterState::Asleep);
+    assert_eq!(s.org.as_ref().unwrap().max_nodes, 10);
+
+    // A non-member cannot ask, nor see it.
+    let err = h
+        .engine
+        .request_capacity(&caller("eve"), &name("lab"), 1, HOUR, false)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, EngineError::Org(ref e) if e.code() == "not_org_member"),
+        "{err}"
+    );
+    assert!(h.engine.status(&caller("eve"), &name("lab")).is_err());
+
+    // ann wakes it with 2 nodes for an hour; bob adds 3 for two hours.
+    let v = h
+        .engine
+        .request_capacity(&caller("ann"), &name("lab"), 2, HOUR, true)
+        .await
+        .unwrap();
+    assert_eq!(v.cluster.settled, Some(true));
+    assert_eq!(v.cluster.ready_nodes(), 2);
+    h.engine
+        .request_capacity(&caller("bob"), &name("lab"), 3, 2 * HOUR, false)
+        .await
+        .unwrap();
+    ready(&h, 5).await;
+    let s = h.engine.status(&caller("bob"), &name("lab")).unwrap();
+    let org = s.org.unwrap();
+    assert_eq!(org.requests.len(), 2);
+    assert!(org.next_change.is_some());
+
+    // A request over max_nodes is clamped and says so.
+    let v = h
+        .engine
+        .request_capacity(&caller("bob"), &name("lab"), 40, 60, false)
+        .await
+        .unwrap();
+    assert!(v.clamped);
+    ready(&h, 10).await;
+
+    // Requests run out: 10 → 5 after a minute, 3 after an hour, then asleep.
+    tokio::time::sleep(Duration::from_secs(61)).await;
+    ready(&h, 5).await;
+    tokio::time::sleep(Duration::from_secs(HOUR as u64)).await;
+    ready(&h, 3).await;
+    tokio::time::sleep(Duration::from_secs(HOUR as u64)).await;
+    h.until(Duration::from_secs(5), "asleep", |h| {
+        h.status("lab").state == ClusterState::Asleep
+    })
+    .await;
+    assert_eq!(h.cloud.instance_count(), 0);
+
+    // The next request wakes it.
+    h.engine
+        .request_capacity(&caller("bob"), &name("lab"), 1, HOUR, false)
+        .await
+        .unwrap();
+    ready(&h, 1).await;
+
+    // DEPLOY by a member is a capacity request; DESTROY is for owners.
+    let cmd = h
+        .engine
+        .deploy_command(name("lab"), 2, HOUR, false, None)
+        .unwrap();
+    h.engine.deploy(&caller("bob"), cmd, false).await.unwrap();
+    ready(&h, 2).await;
+    assert!(h
+        .engine
+        .destroy(&caller("bob"), &name("lab"), false)
+        .await
+        .is_err());
+    h.engine
+        .destroy(&caller("ann"), &name("lab"), true)
+        .await
+        .unwrap();
+    assert_eq!(h.cloud.instance_count(), 0);
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn running_out_of_money_shuts_the_cluster_down_within_seconds() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    accounts(&*store).await;
+    let mut h = start(store.clone(), FakeCloud::new(FakeConfig::default())).await;
+    // $1.70 pays for 2 nodes ($0.20/h) over the 8 h runway ($1.60).
+    lab(&h, "1.70").await;
+    h.engine
+        .request_capacity(&caller("ann"), &name("lab"), 2, 24 * HOUR, false)
+        .await
+        .unwrap();
+    ready(&h, 2).await;
+    let launched: Vec<_> = h
+        .status("lab")
+        .nodes
+        .iter()
+        .map(|n| n.launched_at)
+        .collect();
+
+    // At $0.20/h the balance reaches the $0.50 threshold after 6 h.
+    tokio::time::sleep(Duration::from_secs(6 * HOUR as u64 - 60)).await;
+    assert_eq!(h.status("lab").nodes.len(), 2, "still paid for");
+    let shut_down_by = tokio::time::Instant::now() + Duration::from_secs(60 + 15);
+    h.until(Duration::from_secs(120), "shut down", |h| {
+        h.status("lab").nodes.is_empty()
+    })
+    .await;
+    assert!(
+        tokio::time::Instant::now() <= shut_down_by,
+        "shut down within seconds of running out"
+    );
+    let view = h
+        .engine
+        .get_org(&caller("ann"), &name("lab"))
+        .await
+        .unwrap();
+    assert!(view.org.budget.exhausted_at.is_some());
+    assert!(view.org.requests.is_empty());
+    assert!(view
+        .recent_events
+        .iter()
+        .any(|e| e.kind == "budget_exhausted"));
+    let status = h.status("lab");
+    assert!(status.org.unwrap().shut_down);
+
+    // Nothing is charged once the nodes are gone, and the books balance.
+    h.engine.accrue_now().await.unwrap();
+    let balance = h
+        .engine
+        .get_org(&caller("ann"), &name("lab"))
+        .await
+        .unwrap()
+        .org
+        .budget
+        .balance;
+    tokio::time::sleep(Duration::from_secs(HOUR as u64)).await;
+    h.engine.accrue_now().await.unwrap();
+    let later = h
+        .engine
+        .get_org(&caller("ann"), &name("lab"))
+        .await
+        .unwrap()
+        .org
+        .budget
+        .balance;
+    assert_eq!(balance, later);
+    assert!(balance <= m("0.50") && balance > m("0.40"), "{balance}");
+    let ledger: Money = h
+        .engine
+        .org_ledger(&caller("ann"), &name("lab"))
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.amount)
+        .sum();
+    assert_eq!(ledger, balance);
+    let costs: Money = h
+        .engine
+        .org_costs(&caller("bob"), &name("lab"))
+        .await
+        .unwrap()
+        .iter()
+        .map(|c| c.amount)
+        .sum();
+    assert_eq!(costs, m("1.70") - balance);
+    assert!(launched.len() == 2);
+
+    // Refused while shut down, with what is missing; a credit restores.
+    let err = h
+        .engine
+        .request_capacity(&caller("bob"), &name("lab"), 1, HOUR, false)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, EngineError::Org(ref e) if e.code() == "insufficient_funds"),
+        "{err}"
+    );
+    h.engine
+        .credit_org(&Caller::local_operator(), &name("lab"), m("5"), "top-up")
+        .await
+        .unwrap();
+    h.engine
+        .request_capacity(&caller("bob"), &name("lab"), 1, HOUR, false)
+        .await
+        .unwrap();
+    ready(&h, 1).await;
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn cost_is_exact_across_a_restart() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    accounts(&*store).await;
+    let cloud = FakeCloud::new(FakeConfig::default());
+    let mut h = start(store.clone(), cloud.clone()).await;
+    lab(&h, "100").await;
+    h.engine
+        .request_capacity(&caller("ann"), &name("lab"), 2, 24 * HOUR, false)
+        .await
+        .unwrap();
+    h.engine
+        .request_capacity(&caller("bob"), &name("lab"), 1, 24 * HOUR, false)
+        .await
+        .unwrap();
+    ready(&h, 3).await;
+    let launched: Vec<_> = h
+        .status("lab")
+        .nodes
+        .iter()
+        .map(|n| n.launched_at)
+        .collect();
+    tokio::time::sleep(Duration::from_secs(2 * HOUR as u64 + 17)).await;
+    h.stop().await;
+
+    // Down for 40 minutes; the nodes keep running (and costing).
+    tokio::time::sleep(Duration::from_secs(40 * 60)).await;
+    let mut h = Harness::start_with_clock(cloud.clone(), store.clone(), config(), h.clock).await;
+    ready(&h, 3).await;
+    tokio::time::sleep(Duration::from_secs(HOUR as u64 + 3)).await;
+    h.engine.accrue_now().await.unwrap();
+    let org = store.get_org(&name("lab")).await.unwrap().unwrap();
+    let until = org.accrued_until.unwrap();
+    let expected: Money = launched
+        .iter()
+        .map(|l| lifetime_cost(PRICE, *l, until))
+        .sum();
+    let costs = store.costs(&name("lab")).await.unwrap();
+    assert_eq!(costs.iter().map(|c| c.amount).sum::<Money>(), expected);
+    assert_eq!(org.budget.balance, m("100") - expected);
+    // ann's two nodes (the oldest) are hers, bob's one his.
+    let by = |who: &str| -> Money {
+        costs
+            .iter()
+            .filter(|c| c.user.as_ref().map(|u| u.as_str()) == Some(who))
+            .map(|c| c.amount)
+            .sum()
+    };
+    let mut sorted = launched.clone();
+    sorted.sort();
+    assert_eq!(
+        by("ann"),
+        lifetime_cost(PRICE, sorted[0], until) + lifetime_cost(PRICE, sorted[1], until)
+    );
+    assert_eq!(by("bob"), lifetime_cost(PRICE, sorted[2], until));
+    assert!(h
+        .status("lab")
+        .nodes
+        .iter()
+        .all(|n| n.state == NodeState::Ready));
+    h.stop().await;
+}
