@@ -5,11 +5,13 @@
 use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use flotilla_api_types::{
-    ClusterList, ClusterStatus, ClusterTokenResponse, CreateUserRequest, DeployRequest, ErrorBody,
-    GithubLoginRequest, Level, LoginRequest, RefreshRequest, TokenResponse, UpdateUserRequest,
-    UserList, UserView, WhoAmI,
+    CapacityRequest, CapacityResponse, ClusterList, ClusterStatus, ClusterTokenResponse, Costs,
+    CreateOrgRequest, CreateUserRequest, CreditRequest, DeployRequest, ErrorBody,
+    GithubLoginRequest, Ledger, Level, LoginRequest, MemberRoleRequest, MembershipRequestResponse,
+    OrgClusterStatus, OrgList, OrgSummary, OrgView, RefreshRequest, TokenResponse,
+    UpdateOrgRequest, UpdateUserRequest, UserList, UserView, WhoAmI,
 };
 use reqwest::StatusCode;
 use tokio::sync::Mutex;
@@ -414,11 +416,16 @@ impl Client {
 
     /// Sends with credentials, expecting no body back.
     async fn send_empty(&self, req: reqwest::RequestBuilder) -> Result<()> {
+        self.send_text(req).await.map(|_| ())
+    }
+
+    /// Sends with credentials, returning the body as it is (not JSON).
+    async fn send_text(&self, req: reqwest::RequestBuilder) -> Result<String> {
         let req = match self.bearer().await? {
             Some(token) => req.bearer_auth(token),
             None => req,
         };
-        self.exchange(req).await.map(|_| ())
+        self.exchange(req).await
     }
 
     /// Sends as it is (sign-in calls carry their own credentials).
@@ -491,21 +498,264 @@ impl Client {
     /// Sends a deploy or destroy, showing progress while it waits, and
     /// prints the resulting status.
     async fn change(&self, cluster: &str, req: reqwest::RequestBuilder, wait: bool) -> Result<u8> {
+        let (status, raw) = self
+            .send_waiting::<ClusterStatus>(cluster, req, wait)
+            .await?;
+        self.print_status(&status, &raw);
+        Ok(self.settled_exit(&status))
+    }
+
+    /// Sends a request that may wait on `cluster`, showing its progress on
+    /// a terminal while it does.
+    async fn send_waiting<T: serde::de::DeserializeOwned>(
+        &self,
+        cluster: &str,
+        req: reqwest::RequestBuilder,
+        wait: bool,
+    ) -> Result<(T, String)> {
         let show = wait && self.output == Output::Text && std::io::stderr().is_terminal();
         let result = if show {
             tokio::select! {
-                result = self.send::<ClusterStatus>(req) => result,
+                result = self.send::<T>(req) => result,
                 never = self.show_progress(cluster) => match never {},
             }
         } else {
-            self.send::<ClusterStatus>(req).await
+            self.send::<T>(req).await
         };
         if show {
             eprint!("\r\x1b[K");
         }
-        let (status, raw) = result?;
-        self.print_status(&status, &raw);
-        Ok(self.settled_exit(&status))
+        result
+    }
+
+    /// `flotilla scale`: a capacity request on an organisation's cluster.
+    pub async fn scale(&self, cluster: &str, request: CapacityRequest, wait: bool) -> Result<u8> {
+        let req = self
+            .http
+            .post(self.url(&format!("/api/v1/clusters/{cluster}/capacity")))
+            .query(&[("wait", wait)])
+            .json(&request);
+        let (answer, raw) = self
+            .send_waiting::<CapacityResponse>(cluster, req, wait)
+            .await?;
+        match self.output {
+            Output::Json => println!("{}", raw.trim()),
+            Output::Text => println!("{}", capacity_line(&answer)),
+        }
+        Ok(self.settled_exit(&answer.status))
+    }
+
+    pub async fn org_create(&self, request: CreateOrgRequest) -> Result<u8> {
+        let req = self.http.post(self.url("/api/v1/orgs")).json(&request);
+        let (org, raw) = self.send::<OrgView>(req).await?;
+        match self.output {
+            Output::Json => println!("{}", raw.trim()),
+            Output::Text => {
+                let owners: Vec<&str> = org
+                    .members
+                    .iter()
+                    .filter(|m| m.role == "owner")
+                    .map(|m| m.username.as_str())
+                    .collect();
+                println!(
+                    "created organisation {} (owners {}); its cluster {} uses pool {} and has no money yet",
+                    org.name,
+                    owners.join(", "),
+                    org.cluster,
+                    org.settings.pool
+                );
+            }
+        }
+        Ok(exit::OK)
+    }
+
+    pub async fn org_list(&self) -> Result<u8> {
+        let (list, raw) = self
+            .send::<OrgList>(self.http.get(self.url("/api/v1/orgs")))
+            .await?;
+        match self.output {
+            Output::Json => println!("{}", raw.trim()),
+            Output::Text if list.orgs.is_empty() => println!("no organisations"),
+            Output::Text => {
+                for o in &list.orgs {
+                    println!("{}", org_summary_line(o));
+                }
+            }
+        }
+        Ok(exit::OK)
+    }
+
+    pub async fn org_show(&self, org: &str) -> Result<u8> {
+        let (view, raw) = self
+            .send::<OrgView>(self.http.get(self.url(&format!("/api/v1/orgs/{org}"))))
+            .await?;
+        match self.output {
+            Output::Json => println!("{}", raw.trim()),
+            Output::Text => {
+                for line in org_lines(&view, Utc::now()) {
+                    println!("{line}");
+                }
+            }
+        }
+        Ok(exit::OK)
+    }
+
+    /// `flotilla org join`: asks the owners to let the caller in.
+    pub async fn org_join(&self, org: &str) -> Result<u8> {
+        let req = self
+            .http
+            .post(self.url(&format!("/api/v1/orgs/{org}/membership-requests")));
+        let (answer, raw) = self.send::<MembershipRequestResponse>(req).await?;
+        match self.output {
+            Output::Json => println!("{}", raw.trim()),
+            Output::Text => println!(
+                "{} asked to join {}: {}",
+                answer.username, answer.org, answer.message
+            ),
+        }
+        Ok(exit::OK)
+    }
+
+    /// Approves (or refuses) a membership request.
+    pub async fn org_decide(&self, org: &str, user: &str, approve: bool) -> Result<u8> {
+        let verb = if approve { "approve" } else { "refuse" };
+        let req = self.http.post(self.url(&format!(
+            "/api/v1/orgs/{org}/membership-requests/{user}/{verb}"
+        )));
+        self.send_empty(req).await?;
+        if self.output == Output::Text {
+            if approve {
+                println!("{user} is now a member of {org}");
+            } else {
+                println!("refused {user}'s request to join {org}");
+            }
+        }
+        Ok(exit::OK)
+    }
+
+    pub async fn org_remove(&self, org: &str, user: &str) -> Result<u8> {
+        let req = self
+            .http
+            .delete(self.url(&format!("/api/v1/orgs/{org}/members/{user}")));
+        self.send_empty(req).await?;
+        if self.output == Output::Text {
+            println!("removed {user} from {org}, with their capacity requests");
+        }
+        Ok(exit::OK)
+    }
+
+    pub async fn org_role(&self, org: &str, user: &str, role: String) -> Result<u8> {
+        let req = self
+            .http
+            .put(self.url(&format!("/api/v1/orgs/{org}/members/{user}")))
+            .json(&MemberRoleRequest { role: role.clone() });
+        self.send_empty(req).await?;
+        if self.output == Output::Text {
+            println!("{user} is now {role} of {org}");
+        }
+        Ok(exit::OK)
+    }
+
+    pub async fn org_set(&self, org: &str, request: UpdateOrgRequest) -> Result<u8> {
+        let req = self
+            .http
+            .patch(self.url(&format!("/api/v1/orgs/{org}")))
+            .json(&request);
+        let (view, raw) = self.send::<OrgView>(req).await?;
+        match self.output {
+            Output::Json => println!("{}", raw.trim()),
+            Output::Text => {
+                println!("{}: {}", view.name, settings_text(&view));
+                println!("{}: {}", view.name, budget_text(&view));
+            }
+        }
+        Ok(exit::OK)
+    }
+
+    /// An admin's credit, or with a negative amount a correction.
+    pub async fn org_credit(&self, org: &str, request: CreditRequest) -> Result<u8> {
+        let req = self
+            .http
+            .post(self.url(&format!("/api/v1/orgs/{org}/credits")))
+            .json(&request);
+        let (view, raw) = self.send::<OrgView>(req).await?;
+        match self.output {
+            Output::Json => println!("{}", raw.trim()),
+            Output::Text => println!(
+                "{} {} {} ({}); the balance is now {}",
+                if request.amount.starts_with('-') {
+                    "corrected"
+                } else {
+                    "credited"
+                },
+                view.name,
+                dollars(&request.amount),
+                request.reason,
+                dollars(&view.budget.balance)
+            ),
+        }
+        Ok(exit::OK)
+    }
+
+    pub async fn org_ledger(&self, org: &str) -> Result<u8> {
+        let (ledger, raw) = self
+            .send::<Ledger>(
+                self.http
+                    .get(self.url(&format!("/api/v1/orgs/{org}/ledger"))),
+            )
+            .await?;
+        match self.output {
+            Output::Json => println!("{}", raw.trim()),
+            Output::Text => {
+                for e in &ledger.entries {
+                    println!(
+                        "{}  {:<10} {:>12}  {:<16} {}",
+                        stamp(e.at),
+                        e.kind,
+                        dollars(&e.amount),
+                        e.actor.as_deref().unwrap_or("-"),
+                        e.reason
+                    );
+                }
+                println!("balance {}", dollars(&ledger.balance));
+            }
+        }
+        Ok(exit::OK)
+    }
+
+    /// Costs by day, cluster and user; with `csv`, the server's CSV as it is.
+    pub async fn org_costs(&self, org: &str, csv: bool) -> Result<u8> {
+        let req = self
+            .http
+            .get(self.url(&format!("/api/v1/orgs/{org}/costs")));
+        if csv {
+            let text = self
+                .send_text(req.header(reqwest::header::ACCEPT, "text/csv"))
+                .await?;
+            print!("{text}");
+            let _ = std::io::stdout().flush();
+            return Ok(exit::OK);
+        }
+        let (costs, raw) = self.send::<Costs>(req).await?;
+        match self.output {
+            Output::Json => println!("{}", raw.trim()),
+            Output::Text => {
+                if costs.rows.is_empty() {
+                    println!("no costs yet");
+                }
+                for r in &costs.rows {
+                    println!(
+                        "{}  {:<20} {:<16} {:>12}",
+                        r.day,
+                        r.cluster,
+                        r.user.as_deref().unwrap_or("(floor)"),
+                        dollars(&r.amount)
+                    );
+                }
+                println!("total {}", dollars(&costs.total));
+            }
+        }
+        Ok(exit::OK)
     }
 
     pub async fn status(&self, cluster: Option<&str>) -> Result<u8> {
@@ -556,6 +806,11 @@ impl Client {
             Output::Json => println!("{}", raw.trim()),
             Output::Text => {
                 println!("{}", summary_line(s));
+                if let Some(org) = &s.org {
+                    for line in org_status_lines(org) {
+                        println!("{line}");
+                    }
+                }
                 for n in &s.nodes {
                     println!(
                         "  {:<24} {:<13} {:<22} {:<14} launched {}",
@@ -639,7 +894,235 @@ fn summary_line(s: &ClusterStatus) -> String {
     if let Some(at) = s.expires_at {
         line.push_str(&format!("  expires {}", at.format("%Y-%m-%dT%H:%M:%SZ")));
     }
+    if let Some(o) = &s.org {
+        line.push_str(&format!("  min {} max {}", o.min_nodes, o.max_nodes));
+    }
     line
+}
+
+/// What status adds for an organisation's cluster: its active requests,
+/// when its size next changes, and what to do next.
+fn org_status_lines(o: &OrgClusterStatus) -> Vec<String> {
+    let mut lines: Vec<String> = o
+        .requests
+        .iter()
+        .map(|r| {
+            format!(
+                "  request {} {} until {}",
+                r.user,
+                nodes(r.nodes),
+                stamp(r.expires_at)
+            )
+        })
+        .collect();
+    if let Some(at) = o.next_change {
+        lines.push(format!("  next change {}", stamp(at)));
+    }
+    if let Some(hint) = &o.hint {
+        lines.push(format!("  hint: {hint}"));
+    }
+    lines
+}
+
+/// `flotilla scale`'s one line: the request, its expiry, the cluster's
+/// size now, and why it was cut if it was.
+fn capacity_line(c: &CapacityResponse) -> String {
+    let s = &c.status;
+    let mut line = format!(
+        "{}: requested {} until {}; the cluster wants {} now, {} ready ({})",
+        c.cluster,
+        nodes(c.requested),
+        stamp(c.expires_at),
+        nodes(s.node_capacity),
+        s.ready_nodes(),
+        s.state.as_str()
+    );
+    if c.clamped {
+        line.push_str("; ");
+        match &c.message {
+            Some(m) => line.push_str(m),
+            None => line.push_str(&format!("capped at max_nodes = {}", c.max_nodes)),
+        }
+    }
+    line
+}
+
+fn org_summary_line(o: &OrgSummary) -> String {
+    format!(
+        "{:<20} {:<8} {:>3} {}  balance {}",
+        o.name,
+        o.role.as_deref().unwrap_or("-"),
+        o.members,
+        if o.members == 1 { "member " } else { "members" },
+        dollars(&o.balance)
+    )
+}
+
+fn settings_text(v: &OrgView) -> String {
+    let s = &v.settings;
+    format!(
+        "min_nodes {}, max_nodes {} (limit {}), pool {}",
+        s.min_nodes, s.max_nodes, s.node_limit, s.pool
+    )
+}
+
+fn budget_text(v: &OrgView) -> String {
+    let b = &v.budget;
+    format!(
+        "balance {}, monthly allowance {} up to a balance of {}, shutdown threshold {}, min runway {}",
+        dollars(&b.balance),
+        dollars(&b.monthly_allowance),
+        dollars(&b.max_balance),
+        dollars(&b.shutdown_threshold),
+        humantime::format_duration(Duration::from_secs(b.min_runway))
+    )
+}
+
+/// `flotilla org show`, for people.
+fn org_lines(v: &OrgView, now: DateTime<Utc>) -> Vec<String> {
+    let mut lines = vec![format!(
+        "organisation {} (cluster {}), created {}",
+        v.name,
+        v.cluster,
+        stamp(v.created_at)
+    )];
+    lines.push("members:".into());
+    for m in &v.members {
+        lines.push(format!("  {:<24} {}", m.username, m.role));
+    }
+    if !v.pending.is_empty() {
+        lines.push("asking to join:".into());
+        for p in &v.pending {
+            lines.push(format!(
+                "  {:<24} since {}  (flotilla org approve|refuse {} {})",
+                p.username,
+                stamp(p.since),
+                v.name,
+                p.username
+            ));
+        }
+    }
+    lines.push(format!("settings: {}", settings_text(v)));
+    lines.push(format!("budget: {}", budget_text(v)));
+    if let Some(at) = v.budget.exhausted_at {
+        lines.push(format!(
+            "  shut down for lack of money since {}; an admin can add credit with `flotilla org credit {} AMOUNT --reason TEXT`",
+            stamp(at),
+            v.name
+        ));
+    }
+    let f = &v.forecast;
+    lines.push(match f.hours_left {
+        Some(h) => format!(
+            "forecast: {} running at {}/h each, burning {}/h; the balance lasts about {}",
+            nodes(f.running_nodes as u32),
+            dollars(&f.price_per_hour),
+            dollars(&f.burn_per_hour),
+            hours(h)
+        ),
+        None => format!(
+            "forecast: {} running at {}/h each, burning {}/h; nothing is spending",
+            nodes(f.running_nodes as u32),
+            dollars(&f.price_per_hour),
+            dollars(&f.burn_per_hour)
+        ),
+    });
+    let mut cluster = format!(
+        "cluster: size {}{}, {} active {}",
+        v.size,
+        if v.asleep { " (asleep)" } else { "" },
+        v.requests.len(),
+        if v.requests.len() == 1 {
+            "request"
+        } else {
+            "requests"
+        }
+    );
+    if let Some(at) = v.next_change {
+        cluster.push_str(&format!(", next change {}", stamp(at)));
+        if at > now {
+            let left = (at - now).to_std().unwrap_or_default();
+            let left = Duration::from_secs(left.as_secs());
+            cluster.push_str(&format!(" (in {})", humantime::format_duration(left)));
+        }
+    }
+    lines.push(cluster);
+    for r in &v.requests {
+        lines.push(format!(
+            "  request {} {} until {}",
+            r.user,
+            nodes(r.nodes),
+            stamp(r.expires_at)
+        ));
+    }
+    if !v.events.is_empty() {
+        lines.push("recent events:".into());
+        for e in &v.events {
+            lines.push(format!("  {}  {:<18} {}", stamp(e.at), e.kind, e.message));
+        }
+    }
+    lines
+}
+
+fn stamp(at: DateTime<Utc>) -> String {
+    at.format("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+fn nodes(n: u32) -> String {
+    if n == 1 {
+        "1 node".into()
+    } else {
+        format!("{n} nodes")
+    }
+}
+
+fn hours(h: f64) -> String {
+    if h >= 48.0 {
+        format!("{:.1} days", h / 24.0)
+    } else {
+        format!("{h:.1} hours")
+    }
+}
+
+/// The API's dollars ("25.00", "-3.50") for people ("$25.00", "-$3.50").
+fn dollars(amount: &str) -> String {
+    match amount.strip_prefix('-') {
+        Some(rest) => format!("-${rest}"),
+        None => format!("${amount}"),
+    }
+}
+
+/// Parses a signed amount of dollars (`org credit`): "25", "25.00",
+/// "-3.50", "$10"; at most six decimals (a micro-dollar). Returns it as
+/// the API takes it.
+pub fn parse_amount(s: &str) -> std::result::Result<String, String> {
+    let (sign, rest) = match s.strip_prefix('-') {
+        Some(rest) => ("-", rest),
+        None => ("", s.strip_prefix('+').unwrap_or(s)),
+    };
+    let digits = rest.strip_prefix('$').unwrap_or(rest);
+    let (whole, fraction) = digits.split_once('.').unwrap_or((digits, ""));
+    let valid = !(whole.is_empty() && fraction.is_empty())
+        && whole
+            .bytes()
+            .chain(fraction.bytes())
+            .all(|b| b.is_ascii_digit())
+        && fraction.len() <= 6;
+    if !valid {
+        return Err(format!(
+            "{s:?} is not an amount of dollars; use e.g. 25, 25.00 or -3.50 (at most six decimals)"
+        ));
+    }
+    Ok(format!("{sign}{digits}"))
+}
+
+/// Parses an amount of dollars that may not be negative (budget settings).
+pub fn parse_dollars(s: &str) -> std::result::Result<String, String> {
+    let amount = parse_amount(s)?;
+    if amount.starts_with('-') {
+        return Err(format!("{s:?} is negative; use e.g. 0, 10 or 50.00"));
+    }
+    Ok(amount)
 }
 
 /// Parses `--ttl` ("90s", "10m", "2h", or plain seconds).
@@ -648,4 +1131,133 @@ pub fn parse_ttl(s: &str) -> std::result::Result<Duration, String> {
         return Ok(Duration::from_secs(secs));
     }
     humantime::parse_duration(s).map_err(|e| format!("{e}; use a duration such as 90s, 10m or 2h"))
+}
+
+#[cfg(test)]
+mod tests {
+    use flotilla_api_types::{CapacityRequestStatus, ClusterState};
+
+    use super::*;
+
+    fn at(s: &str) -> DateTime<Utc> {
+        s.parse().unwrap()
+    }
+
+    fn org_cluster(state: ClusterState, hint: Option<&str>) -> ClusterStatus {
+        ClusterStatus {
+            cluster: "team".into(),
+            state,
+            is_public: false,
+            node_capacity: 2,
+            pool: Some("default".into()),
+            expires_at: None,
+            nodes: Vec::new(),
+            settled: None,
+            org: Some(OrgClusterStatus {
+                min_nodes: 0,
+                max_nodes: 2,
+                requests: vec![CapacityRequestStatus {
+                    user: "alice".into(),
+                    nodes: 5,
+                    expires_at: at("2030-01-02T03:04:05Z"),
+                }],
+                next_change: Some(at("2030-01-02T03:04:05Z")),
+                shut_down: false,
+                hint: hint.map(str::to_owned),
+            }),
+        }
+    }
+
+    #[test]
+    fn amounts_are_dollars_with_an_optional_sign() {
+        for (given, sent) in [
+            ("25", "25"),
+            ("25.00", "25.00"),
+            ("-3.50", "-3.50"),
+            ("+4", "4"),
+            ("$10", "10"),
+            ("-$0.25", "-0.25"),
+            (".5", ".5"),
+            ("0.000001", "0.000001"),
+        ] {
+            assert_eq!(parse_amount(given).as_deref(), Ok(sent), "{given}");
+        }
+        for bad in [
+            "",
+            "-",
+            "$",
+            ".",
+            "abc",
+            "1.2.3",
+            "1e3",
+            "1,000",
+            "0.0000001",
+            "--3",
+            "3-",
+            " 3",
+            "NaN",
+        ] {
+            let err = parse_amount(bad).unwrap_err();
+            assert!(err.contains("not an amount of dollars"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn budget_settings_may_not_be_negative() {
+        assert_eq!(parse_dollars("50.00").as_deref(), Ok("50.00"));
+        assert_eq!(parse_dollars("0").as_deref(), Ok("0"));
+        assert!(parse_dollars("-1").unwrap_err().contains("negative"));
+        assert!(parse_dollars("ten").is_err());
+    }
+
+    #[test]
+    fn dollars_read_as_money() {
+        assert_eq!(dollars("25.00"), "$25.00");
+        assert_eq!(dollars("-3.50"), "-$3.50");
+    }
+
+    #[test]
+    fn a_clamped_request_says_so_on_its_one_line() {
+        let answer = CapacityResponse {
+            cluster: "team".into(),
+            requested: 5,
+            clamped: true,
+            max_nodes: 2,
+            expires_at: at("2030-01-02T03:04:05Z"),
+            message: Some("asked for 5 nodes; the cluster is capped at max_nodes = 2".into()),
+            status: org_cluster(ClusterState::Deploying, None),
+        };
+        let line = capacity_line(&answer);
+        assert_eq!(
+            line,
+            "team: requested 5 nodes until 2030-01-02T03:04:05Z; the cluster wants 2 nodes now, 0 ready (deploying); asked for 5 nodes; the cluster is capped at max_nodes = 2"
+        );
+        let answer = CapacityResponse {
+            clamped: false,
+            message: None,
+            requested: 1,
+            ..answer
+        };
+        assert!(!capacity_line(&answer).contains("capped"));
+        assert!(capacity_line(&answer).contains("requested 1 node until"));
+    }
+
+    #[test]
+    fn an_organisation_cluster_shows_bounds_requests_next_change_and_hint() {
+        let status = org_cluster(ClusterState::Asleep, Some("asleep at zero nodes; wake it"));
+        assert!(summary_line(&status).ends_with("  min 0 max 2"));
+        assert_eq!(
+            org_status_lines(status.org.as_ref().unwrap()),
+            [
+                "  request alice 5 nodes until 2030-01-02T03:04:05Z",
+                "  next change 2030-01-02T03:04:05Z",
+                "  hint: asleep at zero nodes; wake it",
+            ]
+        );
+        let plain = ClusterStatus {
+            org: None,
+            ..status
+        };
+        assert!(!summary_line(&plain).contains("min"));
+    }
 }

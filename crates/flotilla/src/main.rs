@@ -11,7 +11,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use flotilla_api_types::{CreateUserRequest, DeployRequest, Level, UpdateUserRequest};
+use flotilla_api_types::{
+    CapacityRequest, CreateOrgRequest, CreateUserRequest, CreditRequest, DeployRequest, Level,
+    UpdateOrgRequest, UpdateUserRequest,
+};
 
 use crate::cli::{exit, Client, Output};
 use crate::credentials::{Env, Source};
@@ -72,6 +75,22 @@ enum Command {
         #[arg(long)]
         wait: bool,
     },
+    /// Ask for nodes on an organisation's cluster for a while. The
+    /// cluster's size is the sum over members of each one's largest active
+    /// request, within the organisation's min_nodes..max_nodes.
+    Scale {
+        cluster: String,
+        /// Number of nodes this request asks for.
+        #[arg(long)]
+        nodes: i64,
+        /// How long the request lasts. E.g. 90s, 30m, 2h.
+        #[arg(long, value_parser = cli::parse_ttl)]
+        ttl: Duration,
+        /// Wait until the cluster has its nodes ready (or the server's
+        /// max_wait passes).
+        #[arg(long)]
+        wait: bool,
+    },
     /// Show one cluster, or all.
     Status { cluster: Option<String> },
     /// Destroy a cluster.
@@ -106,6 +125,11 @@ enum Command {
     Key {
         #[command(subcommand)]
         command: KeyCommand,
+    },
+    /// Organisations: members, settings of their cluster, budget and costs.
+    Org {
+        #[command(subcommand)]
+        command: OrgCommand,
     },
     /// Run a node agent (what the `local` driver starts for each node).
     Node {
@@ -155,6 +179,105 @@ enum KeyCommand {
         /// Key ids are base64url and may start with '-'.
         #[arg(allow_hyphen_values = true)]
         kid: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum OrgCommand {
+    /// Create an organisation and its private cluster of the same name
+    /// (admins).
+    Create {
+        name: String,
+        /// An existing account to own it (repeatable).
+        #[arg(long = "owner", required = true)]
+        owners: Vec<String>,
+        /// Pool of the organisation's cluster (the server's default if absent).
+        #[arg(long)]
+        pool: Option<String>,
+    },
+    /// List your organisations (admins: all of them).
+    List,
+    /// Show members, pending requests, settings, budget, forecast, the
+    /// cluster's size and requests, and recent events.
+    Show { org: String },
+    /// Ask to join; an owner approves or refuses.
+    Join { org: String },
+    /// Approve a request to join (owners and admins).
+    Approve { org: String, user: String },
+    /// Refuse a request to join (owners and admins).
+    Refuse { org: String, user: String },
+    /// Remove a member and their capacity requests (owners and admins;
+    /// members may remove themselves).
+    Remove { org: String, user: String },
+    /// Make a member an owner, or an owner a member (owners and admins).
+    Role {
+        org: String,
+        user: String,
+        #[arg(value_parser = ["owner", "member"])]
+        role: String,
+    },
+    /// Change settings: owners the cluster's bounds and pool; admins also
+    /// the node limit and the budget's terms. Amounts are in dollars.
+    #[command(group(
+        clap::ArgGroup::new("change")
+            .required(true)
+            .multiple(true)
+            .args([
+                "min_nodes",
+                "max_nodes",
+                "pool",
+                "node_limit",
+                "monthly_allowance",
+                "max_balance",
+                "shutdown_threshold",
+                "min_runway",
+            ])
+    ))]
+    Set {
+        org: String,
+        /// Nodes the cluster keeps with no request (0 lets it sleep).
+        #[arg(long)]
+        min_nodes: Option<i64>,
+        /// Most nodes requests may add up to.
+        #[arg(long)]
+        max_nodes: Option<i64>,
+        /// Pool of the organisation's cluster.
+        #[arg(long)]
+        pool: Option<String>,
+        /// The most max_nodes may be (admins).
+        #[arg(long)]
+        node_limit: Option<i64>,
+        /// Credited on the first of each month, UTC (admins).
+        #[arg(long, value_parser = cli::parse_dollars)]
+        monthly_allowance: Option<String>,
+        /// The allowance tops the balance up to at most this (admins).
+        #[arg(long, value_parser = cli::parse_dollars)]
+        max_balance: Option<String>,
+        /// At or below this balance the cluster is shut down (admins).
+        #[arg(long, value_parser = cli::parse_dollars)]
+        shutdown_threshold: Option<String>,
+        /// How long a request must be able to pay for, e.g. 8h (admins).
+        #[arg(long, value_parser = cli::parse_ttl)]
+        min_runway: Option<Duration>,
+    },
+    /// Add money, or with a negative amount correct the balance (admins).
+    Credit {
+        org: String,
+        /// Dollars, e.g. 25.00; negative (-3.50) for a correction.
+        #[arg(allow_hyphen_values = true, value_parser = cli::parse_amount)]
+        amount: String,
+        /// Why; kept in the ledger.
+        #[arg(long)]
+        reason: String,
+    },
+    /// Every change of the balance, oldest first.
+    Ledger { org: String },
+    /// Costs by day, cluster and user.
+    Costs {
+        org: String,
+        /// Print the server's CSV (day,cluster,user,amount) as it is.
+        #[arg(long)]
+        csv: bool,
     },
 }
 
@@ -305,6 +428,18 @@ fn main() -> ExitCode {
                         };
                         client.deploy(&cluster, request, wait).await
                     }
+                    Command::Scale {
+                        cluster,
+                        nodes,
+                        ttl,
+                        wait,
+                    } => {
+                        let request = CapacityRequest {
+                            nodes,
+                            time_to_live: ttl.as_secs() as i64,
+                        };
+                        client.scale(&cluster, request, wait).await
+                    }
                     Command::Status { cluster } => client.status(cluster.as_deref()).await,
                     Command::Destroy { cluster, wait } => client.destroy(&cluster, wait).await,
                     Command::Logout => client.logout(&Env::from_process().token_cache()?).await,
@@ -356,6 +491,60 @@ fn main() -> ExitCode {
                         KeyCommand::Rotate => client.key_rotate().await,
                         KeyCommand::Retire { kid } => client.key_retire(&kid).await,
                     },
+                    Command::Org { command } => match command {
+                        OrgCommand::Create { name, owners, pool } => {
+                            client
+                                .org_create(CreateOrgRequest { name, owners, pool })
+                                .await
+                        }
+                        OrgCommand::List => client.org_list().await,
+                        OrgCommand::Show { org } => client.org_show(&org).await,
+                        OrgCommand::Join { org } => client.org_join(&org).await,
+                        OrgCommand::Approve { org, user } => {
+                            client.org_decide(&org, &user, true).await
+                        }
+                        OrgCommand::Refuse { org, user } => {
+                            client.org_decide(&org, &user, false).await
+                        }
+                        OrgCommand::Remove { org, user } => client.org_remove(&org, &user).await,
+                        OrgCommand::Role { org, user, role } => {
+                            client.org_role(&org, &user, role).await
+                        }
+                        OrgCommand::Set {
+                            org,
+                            min_nodes,
+                            max_nodes,
+                            pool,
+                            node_limit,
+                            monthly_allowance,
+                            max_balance,
+                            shutdown_threshold,
+                            min_runway,
+                        } => {
+                            let request = UpdateOrgRequest {
+                                min_nodes,
+                                max_nodes,
+                                pool,
+                                node_limit,
+                                monthly_allowance,
+                                max_balance,
+                                shutdown_threshold,
+                                min_runway: min_runway.map(|d| d.as_secs() as i64),
+                            };
+                            client.org_set(&org, request).await
+                        }
+                        OrgCommand::Credit {
+                            org,
+                            amount,
+                            reason,
+                        } => {
+                            client
+                                .org_credit(&org, CreditRequest { amount, reason })
+                                .await
+                        }
+                        OrgCommand::Ledger { org } => client.org_ledger(&org).await,
+                        OrgCommand::Costs { org, csv } => client.org_costs(&org, csv).await,
+                    },
                     Command::Serve { .. } | Command::Node { .. } | Command::Login { .. } => {
                         unreachable!("handled above")
                     }
@@ -380,7 +569,7 @@ fn finish(result: Result<u8, cli::Failure>) -> ExitCode {
 mod tests {
     use clap::Parser;
 
-    use super::{Cli, Command, KeyCommand};
+    use super::{Cli, Command, KeyCommand, OrgCommand};
 
     /// Key ids are base64url thumbprints, and one in 64 starts with '-'.
     #[test]
@@ -392,5 +581,110 @@ mod tests {
             } => assert_eq!(kid, "-Zk3_9"),
             _ => panic!("parsed as another command"),
         }
+    }
+
+    fn org(args: &[&str]) -> Result<OrgCommand, clap::Error> {
+        let cli = Cli::try_parse_from(["flotilla", "org"].iter().chain(args))?;
+        match cli.command {
+            Command::Org { command } => Ok(command),
+            _ => panic!("parsed as another command"),
+        }
+    }
+
+    #[test]
+    fn a_negative_credit_is_an_amount_not_an_option() {
+        match org(&["credit", "team", "-3.50", "--reason", "refund"]).unwrap() {
+            OrgCommand::Credit {
+                org,
+                amount,
+                reason,
+            } => {
+                assert_eq!((org.as_str(), amount.as_str()), ("team", "-3.50"));
+                assert_eq!(reason, "refund");
+            }
+            _ => panic!("parsed as another command"),
+        }
+        match org(&["credit", "team", "$25", "--reason", "grant"]).unwrap() {
+            OrgCommand::Credit { amount, .. } => assert_eq!(amount, "25"),
+            _ => panic!("parsed as another command"),
+        }
+        let err = org(&["credit", "team", "lots", "--reason", "x"])
+            .err()
+            .unwrap();
+        assert_eq!(err.exit_code(), 2);
+        assert!(
+            org(&["credit", "team", "25"]).is_err(),
+            "a reason is required"
+        );
+    }
+
+    #[test]
+    fn org_set_needs_something_to_set() {
+        let err = org(&["set", "team"]).err().unwrap();
+        assert_eq!(err.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+        assert_eq!(err.exit_code(), 2);
+        match org(&[
+            "set",
+            "team",
+            "--max-nodes",
+            "4",
+            "--monthly-allowance",
+            "100",
+            "--min-runway",
+            "2h",
+        ])
+        .unwrap()
+        {
+            OrgCommand::Set {
+                max_nodes,
+                monthly_allowance,
+                min_runway,
+                min_nodes,
+                ..
+            } => {
+                assert_eq!(max_nodes, Some(4));
+                assert_eq!(min_nodes, None);
+                assert_eq!(monthly_allowance.as_deref(), Some("100"));
+                assert_eq!(min_runway, Some(std::time::Duration::from_secs(7200)));
+            }
+            _ => panic!("parsed as another command"),
+        }
+        let err = org(&["set", "team", "--max-balance", "-5"]).err().unwrap();
+        assert_eq!(err.exit_code(), 2);
+    }
+
+    #[test]
+    fn org_create_needs_an_owner_and_roles_are_owner_or_member() {
+        assert!(org(&["create", "team"]).is_err());
+        match org(&["create", "team", "--owner", "alice", "--owner", "bob"]).unwrap() {
+            OrgCommand::Create { owners, pool, .. } => {
+                assert_eq!(owners, ["alice", "bob"]);
+                assert_eq!(pool, None);
+            }
+            _ => panic!("parsed as another command"),
+        }
+        assert!(org(&["role", "team", "bob", "owner"]).is_ok());
+        assert!(org(&["role", "team", "bob", "boss"]).is_err());
+    }
+
+    #[test]
+    fn scale_takes_nodes_and_a_duration() {
+        let cli = Cli::try_parse_from([
+            "flotilla", "scale", "team", "--nodes", "3", "--ttl", "10m", "--wait",
+        ])
+        .unwrap();
+        match cli.command {
+            Command::Scale {
+                cluster,
+                nodes,
+                ttl,
+                wait,
+            } => {
+                assert_eq!((cluster.as_str(), nodes, wait), ("team", 3, true));
+                assert_eq!(ttl, std::time::Duration::from_secs(600));
+            }
+            _ => panic!("parsed as another command"),
+        }
+        assert!(Cli::try_parse_from(["flotilla", "scale", "team", "--nodes", "3"]).is_err());
     }
 }
