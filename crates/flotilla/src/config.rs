@@ -813,6 +813,11 @@ image = "ami-12c6146b"
         );
         assert!(matches!(c.drivers["sim"], DriverConfig::Fake { .. }));
         assert_eq!(
+            c.engine.orgs, defaults.engine.orgs,
+            "README shows the [orgs] defaults"
+        );
+        assert_eq!(c.engine.accrual_interval, defaults.engine.accrual_interval);
+        assert_eq!(
             c.pools[&c.default_pool]
                 .tags
                 .get("team")
@@ -990,6 +995,45 @@ image = "ami-12c6146b"
         assert!(e.contains("default_pool"), "{e}");
         let e = err("[drivers.local]\ntype = \"local\"\nops_per_second = 0\n");
         assert!(e.contains("ops_per_second"), "{e}");
+        let pool = |price: &str| {
+            format!("[drivers.local]\ntype = \"local\"\n[pools.default]\ndriver = \"local\"\ninstance_type = \"x\"\nprice_per_hour = {price}\n")
+        };
+        for bad in ["\"ten cents\"", "\"-0.10\"", "\"0.0000001\""] {
+            let e = err(&pool(bad));
+            assert!(e.contains("pools.default.price_per_hour"), "{bad}: {e}");
+        }
+        let e = err("[orgs]\nshutdown_threshold = \"lots\"\n");
+        assert!(e.contains("orgs.shutdown_threshold"), "{e}");
+        let e = err("[orgs]\nmin_runway = \"forever\"\n");
+        assert!(e.contains("min_runway"), "{e}");
+        assert!(err("[orgs]\nbudget = 3\n").contains("budget"));
+    }
+
+    #[test]
+    fn prices_are_exact_dollars_as_text_or_number() {
+        let c = |price: &str| {
+            Config::parse(
+                &format!("[drivers.local]\ntype = \"local\"\n[pools.default]\ndriver = \"local\"\ninstance_type = \"x\"\nprice_per_hour = {price}\n[orgs]\nshutdown_threshold = 2\n"),
+                "x",
+            )
+            .unwrap()
+        };
+        let p = |c: &Config| c.pools[&c.default_pool].price_per_hour;
+        assert_eq!(
+            p(&c("\"0.10\"")),
+            flotilla_domain::Money::from_micros(100_000)
+        );
+        assert_eq!(p(&c("0.1")), flotilla_domain::Money::from_micros(100_000));
+        assert_eq!(p(&c("0.0116")), flotilla_domain::Money::from_micros(11_600));
+        assert_eq!(
+            c("1").engine.orgs.shutdown_threshold,
+            flotilla_domain::Money::from_dollars(2).unwrap()
+        );
+        assert_eq!(
+            Config::parse("", "x").unwrap().pools[&PoolName::new("default").unwrap()]
+                .price_per_hour,
+            flotilla_domain::Money::ZERO
+        );
     }
 
     #[test]
