@@ -228,6 +228,8 @@ pub struct OrgBudgetView {
     pub min_runway: u64,
     /// Set while the cluster is shut down for lack of money.
     pub exhausted_at: Option<DateTime<Utc>>,
+    /// Every node has been charged up to this moment.
+    pub charged_until: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

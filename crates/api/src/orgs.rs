@@ -91,6 +91,7 @@ pub(crate) fn org_body(view: OrgView) -> types::OrgView {
             shutdown_threshold: org.budget.shutdown_threshold.to_string(),
             min_runway: org.budget.min_runway.as_secs(),
             exhausted_at: org.budget.exhausted_at,
+            charged_until: org.accrued_until,
         },
         forecast: types::OrgForecast {
             running_nodes,

@@ -363,3 +363,137 @@ fn an_organisation_from_creation_to_sleep_through_the_command_line() {
         3,
     );
 }
+
+/// What the organisation has been charged, and up to when, as `org show`
+/// reports it.
+fn charged(
+    server: &Server,
+    org: &str,
+) -> (
+    flotilla_domain::Money,
+    Option<chrono::DateTime<chrono::Utc>>,
+) {
+    let admin: &[(&str, &str)] = &[
+        ("FLOTILLA_USERNAME", "admin"),
+        ("FLOTILLA_PASSWORD", ADMIN_PASSWORD),
+    ];
+    let view = json(server, admin, &["org", "show", org]);
+    let balance: flotilla_domain::Money =
+        view["budget"]["balance"].as_str().unwrap().parse().unwrap();
+    let until = view["budget"]["charged_until"]
+        .as_str()
+        .map(|t| t.parse().unwrap());
+    (balance, until)
+}
+
+/// SIGKILL in the middle of charging: after a restart the nodes are
+/// adopted, the downtime is charged, and the books are exact to the
+/// micro-dollar: costs are what each node's lifetime costs up to the last
+/// charge, and the ledger adds up to the balance.
+#[test]
+fn charging_is_exact_across_a_sigkill() {
+    let sandbox = Sandbox::new();
+    let dir = sandbox.path();
+    let server = Server::start_with(&dir, CONFIG);
+    let admin: &[(&str, &str)] = &[
+        ("FLOTILLA_USERNAME", "admin"),
+        ("FLOTILLA_PASSWORD", ADMIN_PASSWORD),
+    ];
+    expect(
+        &server,
+        admin,
+        &["org", "create", "lab", "--owner", "admin"],
+        0,
+    );
+    expect(
+        &server,
+        admin,
+        &["org", "credit", "lab", "50", "--reason", "grant"],
+        0,
+    );
+    expect(
+        &server,
+        admin,
+        &["scale", "lab", "--nodes", "2", "--ttl", "1h", "--wait"],
+        0,
+    );
+    let before = server.status("lab");
+    let ids = |s: &Value| -> Vec<String> {
+        let mut ids: Vec<String> = s["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["id"].as_str().unwrap().to_owned())
+            .collect();
+        ids.sort();
+        ids
+    };
+    wait_for("a charge", || {
+        charged(&server, "lab").0 < "50".parse().unwrap()
+    });
+    server.kill();
+
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let server = Server::start_with(&dir, CONFIG);
+    let restarted = chrono::Utc::now();
+    wait_for("a charge after the restart", || {
+        charged(&server, "lab")
+            .1
+            .is_some_and(|u| u > restarted + chrono::Duration::seconds(1))
+    });
+    let after = server.status("lab");
+    assert_eq!(ids(&before), ids(&after), "the same nodes were adopted");
+
+    // Stop charging (nothing runs) so the figures hold still.
+    expect(&server, admin, &["destroy", "lab", "--wait"], 0);
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let (balance, until) = charged(&server, "lab");
+    let costs = json(&server, admin, &["org", "costs", "lab"]);
+    let total: flotilla_domain::Money = costs["total"].as_str().unwrap().parse().unwrap();
+    let ledger = json(&server, admin, &["org", "ledger", "lab"]);
+    let ledger_balance: flotilla_domain::Money =
+        ledger["balance"].as_str().unwrap().parse().unwrap();
+    assert_eq!(ledger_balance, balance, "the ledger adds up to the balance");
+    assert_eq!(
+        total,
+        "50".parse::<flotilla_domain::Money>().unwrap() - balance
+    );
+    // Each node was charged from its launch until the last charge that saw
+    // it, and not beyond; they left after `until` at the latest.
+    let price: flotilla_domain::Money = "0.10".parse().unwrap();
+    let until = until.expect("charged");
+    let most: flotilla_domain::Money = after["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            let launched: chrono::DateTime<chrono::Utc> =
+                n["launched_at"].as_str().unwrap().parse().unwrap();
+            flotilla_domain::lifetime_cost(price, launched, until)
+        })
+        .sum();
+    assert!(
+        total <= most,
+        "charged {total}, the lifetimes cost at most {most}"
+    );
+    // And at least until the charge seen after the restart: the downtime
+    // is charged too.
+    let least: flotilla_domain::Money = after["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            let launched: chrono::DateTime<chrono::Utc> =
+                n["launched_at"].as_str().unwrap().parse().unwrap();
+            flotilla_domain::lifetime_cost(
+                price,
+                launched,
+                restarted + chrono::Duration::seconds(1),
+            )
+        })
+        .sum();
+    assert!(
+        total >= least,
+        "charged {total}, the lifetimes to the restart cost {least}"
+    );
+}

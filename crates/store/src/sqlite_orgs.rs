@@ -516,6 +516,9 @@ impl OrgStore for SqliteStore {
         usage: &[OrgUsage],
         now: DateTime<Utc>,
     ) -> Result<Vec<OrgChanged>, StoreError> {
+        // Charged up to a time the store can hold exactly: the next pass
+        // starts from what is stored, so the pieces add up to the whole.
+        let now = DateTime::from_timestamp_millis(row::to_millis(now)).unwrap_or(now);
         let by_org: HashMap<&str, &OrgUsage> = usage.iter().map(|u| (u.org.as_str(), u)).collect();
         let mut tx = self.begin_write().await?;
         let orgs = load_orgs(&mut tx, None, false).await?;
