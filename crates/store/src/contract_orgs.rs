@@ -390,3 +390,45 @@ pub async fn deleting_an_account_removes_its_memberships(h: Harness) {
     );
     assert_eq!(err.code(), "unknown_account");
 }
+
+pub async fn the_monthly_allowance_is_credited_once_and_kept_in_the_ledger(h: Harness) {
+    let store = &*h.store;
+    lab(store).await;
+    change(store, 3, |o| {
+        o.update_settings(
+            &admin(),
+            &SettingsPatch {
+                monthly_allowance: Some(m("30")),
+                max_balance: Some(m("50")),
+                ..SettingsPatch::default()
+            },
+            PRICE,
+            t(3),
+        )
+    })
+    .await;
+    credit(store, "25", 4).await;
+    // Still the month the organisation was made in: nothing.
+    assert!(store.accrue(&[], t(3600)).await.unwrap().is_empty());
+    // The first of the next month (t(0) is 2023-11-14): up to the cap.
+    let december = 17 * 24 * 3600;
+    let changed = store.accrue(&[], t(december)).await.unwrap();
+    assert_eq!(changed.len(), 1);
+    let org = store.get_org(&name("lab")).await.unwrap().unwrap();
+    assert_eq!(org.budget.balance, m("50"));
+    assert_eq!(org.budget.allowance_month, Some((2023, 12)));
+    // Once a month, across a reload of the state.
+    assert!(store
+        .accrue(&[], t(december + 3600))
+        .await
+        .unwrap()
+        .is_empty());
+    let ledger = store.ledger(&name("lab")).await.unwrap();
+    let allowances: Vec<Money> = ledger
+        .iter()
+        .filter(|e| e.kind == LedgerKind::Allowance)
+        .map(|e| e.amount)
+        .collect();
+    assert_eq!(allowances, [m("25")]);
+    assert_eq!(ledger_sum(store).await, m("50"));
+}
