@@ -203,6 +203,18 @@ async fn membership_admits_at_once_and_removal_revokes_at_once() {
     )
     .await;
     assert_eq!(left.status, StatusCode::NO_CONTENT);
+    // An account named like the organisation has no claim on its cluster,
+    // whatever its token lists.
+    let lab_user = api.user_token("lab", "org_member").await;
+    call(api, &lab_user, Method::GET, "/api/v1/clusters/lab")
+        .await
+        .expect_error(StatusCode::FORBIDDEN, "cluster_not_allowed");
+    call(api, &lab_user, Method::POST, "/api/v1/clusters/lab/token")
+        .await
+        .expect_error(StatusCode::FORBIDDEN, "cluster_not_allowed");
+    lab.ask(&lab_user, 1, 600)
+        .await
+        .expect_error(StatusCode::FORBIDDEN, "not_org_member");
     // Anonymous callers are asked to sign in.
     api.send_anonymous(empty_request(Method::GET, "/api/v1/orgs/lab"))
         .await

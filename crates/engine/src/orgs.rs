@@ -72,6 +72,10 @@ impl OrgCache {
         orgs
     }
 
+    pub(crate) fn names(&self) -> Vec<OrgName> {
+        self.inner.read().unwrap().orgs.keys().cloned().collect()
+    }
+
     /// Every organisation's name and pool: what an accrual pass needs.
     pub(crate) fn pools(&self) -> Vec<(OrgName, PoolName)> {
         let inner = self.inner.read().unwrap();
@@ -82,9 +86,16 @@ impl OrgCache {
             .collect()
     }
 
-    /// The organisations `user` belongs to.
-    pub(crate) fn memberships(&self, user: &Username) -> Option<BTreeSet<OrgName>> {
-        self.inner.read().unwrap().by_member.get(user).cloned()
+    /// See [`Engine::admit_org_clusters`].
+    pub(crate) fn admit(&self, caller: &mut Caller) {
+        let inner = self.inner.read().unwrap();
+        if inner.orgs.is_empty() {
+            return;
+        }
+        caller.allowed.retain(|c| !inner.orgs.contains_key(c));
+        if let Some(orgs) = caller.account.as_ref().and_then(|u| inner.by_member.get(u)) {
+            caller.allowed.extend(orgs.iter().cloned());
+        }
     }
 
     pub(crate) fn put(&self, org: Organisation) {
@@ -146,16 +157,14 @@ pub struct CapacityView {
 const RECENT_EVENTS: usize = 20;
 
 impl Engine {
-    /// Adds the clusters of the caller's organisations to what the caller
-    /// may act on. The access layer calls this on every request, so a new
-    /// member is admitted at once, whatever their token says.
+    /// Makes what the caller may act on agree with organisations: the
+    /// clusters of the caller's organisations are added, and any other
+    /// organisation's cluster is taken out (an account named like an
+    /// organisation has no claim on its cluster). The access layer calls
+    /// this on every request, so membership takes effect at once, whatever
+    /// the caller's token says.
     pub fn admit_org_clusters(&self, caller: &mut Caller) {
-        let Some(user) = &caller.account else {
-            return;
-        };
-        if let Some(orgs) = self.shared.orgs.memberships(user) {
-            caller.allowed.extend(orgs);
-        }
+        self.shared.orgs.admit(caller);
     }
 
     /// The organisation whose cluster `cluster` is, if any.

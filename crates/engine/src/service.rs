@@ -182,10 +182,8 @@ impl Engine {
         for set in self.shared.inventory.lock().unwrap().values() {
             names.extend(set.clusters.keys().cloned());
         }
+        names.extend(self.shared.orgs.names());
         names
-            .into_iter()
-            .chain(self.shared.orgs.all().into_iter().map(|o| o.name))
-            .collect::<std::collections::BTreeSet<_>>()
             .into_iter()
             .filter(|n| self.may_see(caller, n).is_ok())
             .map(|n| self.view(&n))
