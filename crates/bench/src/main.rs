@@ -186,33 +186,12 @@ impl Bench {
         let store = Arc::new(CountingStore::new(inner));
 
         let mut registry = Registry::default();
-        let cloud_metrics = Arc::new(CloudMetrics::register(&mut registry));
-        let cloud = FakeCloud::new(FakeConfig {
+        let fake = FakeConfig {
             boot_delay: args.boot_delay,
             max_batch: MAX_BATCH,
             ..FakeConfig::default()
-        });
-        let id = store.instance_set_id(DRIVER).await?;
-        let driver: Arc<dyn InstanceSet> = Arc::new(Metered::new(
-            Throttled::new(cloud.instance_set(id.as_str()), None),
-            DRIVER,
-            cloud_metrics,
-        ));
-        let tap = Arc::new(Tap::new(driver));
-
-        let pool = PoolName::new("default")?;
-        let pools = BTreeMap::from([(
-            pool.clone(),
-            PoolSpec {
-                // $0.10 per node-hour.
-                price_per_hour: flotilla_domain::Money::from_micros(100_000),
-                driver: DRIVER.to_owned(),
-                instance_type: InstanceType::new("fake.small")?,
-                image: None,
-                init_data: None,
-                tags: Tags::new(),
-            },
-        )]);
+        };
+        let (cloud, tap, pool, pools) = fake_wiring(&store, fake, &mut registry).await?;
         let config = EngineConfig {
             limits: Limits {
                 max_nodes: args.nodes.max(args.wide_nodes),
@@ -262,7 +241,38 @@ impl Bench {
     }
 }
 
-/// Polls `check` every [`POLL`] until it yields a value or `limit` passes.
+/// The fake cloud wired as `flotilla serve` wires a driver
+/// (`Metered(Throttled(..))`, its ID from the store), seen through a tap,
+/// and the default pool on it at $0.10 per node-hour.
+pub(crate) async fn fake_wiring(
+    store: &CountingStore,
+    fake: FakeConfig,
+    registry: &mut Registry,
+) -> Result<(FakeCloud, Arc<Tap>, PoolName, BTreeMap<PoolName, PoolSpec>)> {
+    let cloud_metrics = Arc::new(CloudMetrics::register(registry));
+    let cloud = FakeCloud::new(fake);
+    let id = store.instance_set_id(DRIVER).await?;
+    let driver: Arc<dyn InstanceSet> = Arc::new(Metered::new(
+        Throttled::new(cloud.instance_set(id.as_str()), None),
+        DRIVER,
+        cloud_metrics,
+    ));
+    let tap = Arc::new(Tap::new(driver));
+    let pool = PoolName::new("default")?;
+    let pools = BTreeMap::from([(
+        pool.clone(),
+        PoolSpec {
+            price_per_hour: flotilla_domain::Money::from_micros(100_000),
+            driver: DRIVER.to_owned(),
+            instance_type: InstanceType::new("fake.small")?,
+            image: None,
+            init_data: None,
+            tags: Tags::new(),
+        },
+    )]);
+    Ok((cloud, tap, pool, pools))
+}
+
 /// Starts the engine the way `flotilla serve` does, on one driver seen
 /// through `tap`, and lets the tap read the engine's counters.
 pub(crate) async fn start_engine(
@@ -290,6 +300,7 @@ pub(crate) async fn start_engine(
     Ok((engine, tasks, registry))
 }
 
+/// Polls `check` every [`POLL`] until it yields a value or `limit` passes.
 async fn poll_until<T>(
     limit: Duration,
     what: &str,

@@ -18,30 +18,26 @@
 //!
 //! The exit status is 1 if a target is missed or the books do not balance.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use flotilla_cloud::fake::{FakeCloud, FakeConfig};
-use flotilla_cloud::{CloudMetrics, InstanceSet, Metered, Tags, Throttled};
-use flotilla_domain::{
-    AccountKind, Caller, ClusterName, InstanceType, Level, Limits, Money, PoolName, Username,
-};
-use flotilla_engine::{EngineConfig, PoolSpec};
-use flotilla_store::{AccountRecord, AccountStore, OrgStore, SqliteStore, Store};
+use flotilla_cloud::fake::FakeConfig;
+use flotilla_domain::{AccountKind, Caller, ClusterName, Level, Limits, Money, Username};
+use flotilla_engine::EngineConfig;
+use flotilla_store::{AccountRecord, AccountStore, OrgStore, SqliteStore};
 use prometheus_client::registry::Registry;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::machine::{self, Machine};
 use crate::report::{fmt_duration, fmt_kib, max, percentile, Report, Verdict};
-use crate::tap::{CountingStore, Tap};
-use crate::{poll_until, start_engine, DRIVER, MAX_BATCH};
+use crate::tap::CountingStore;
+use crate::{fake_wiring, poll_until, start_engine, DRIVER, MAX_BATCH};
 
 /// The organisations issue's target for one pass.
 const TARGET: Duration = Duration::from_millis(20);
-const PRICE: Money = Money::from_micros(100_000);
 
 #[derive(Debug, clap::Args)]
 pub struct OrgsArgs {
@@ -105,30 +101,11 @@ async fn bench(args: OrgsArgs) -> Result<()> {
     let sqlite = SqliteStore::open(&dir.path().join("flotilla.db")).await?;
     let store = Arc::new(CountingStore::new(Arc::new(sqlite)));
     let mut registry = Registry::default();
-    let cloud_metrics = Arc::new(CloudMetrics::register(&mut registry));
-    let cloud = FakeCloud::new(FakeConfig {
+    let fake = FakeConfig {
         max_batch: MAX_BATCH,
         ..FakeConfig::default()
-    });
-    let id = store.instance_set_id(DRIVER).await?;
-    let driver: Arc<dyn InstanceSet> = Arc::new(Metered::new(
-        Throttled::new(cloud.instance_set(id.as_str()), None),
-        DRIVER,
-        cloud_metrics,
-    ));
-    let tap = Arc::new(Tap::new(driver));
-    let pool = PoolName::new("default")?;
-    let pools = BTreeMap::from([(
-        pool.clone(),
-        PoolSpec {
-            price_per_hour: PRICE,
-            driver: DRIVER.to_owned(),
-            instance_type: InstanceType::new("fake.small")?,
-            image: None,
-            init_data: None,
-            tags: Tags::new(),
-        },
-    )]);
+    };
+    let (cloud, tap, pool, pools) = fake_wiring(&store, fake, &mut registry).await?;
     let mut config = EngineConfig {
         limits: Limits {
             max_nodes: args.nodes,

@@ -9,12 +9,9 @@ use std::time::{Duration, Instant};
 
 use flotilla_store::OrgUsage;
 
+use crate::expiry::sleep_until;
 use crate::orgs::apply_org_change;
 use crate::{Engine, EngineError, Shared};
-
-/// Longest sleep between checks for expired requests, so a wall-clock
-/// jump is noticed.
-const MAX_SLEEP: Duration = Duration::from_secs(30);
 
 pub(crate) async fn run_capacity(shared: Arc<Shared>) {
     loop {
@@ -27,17 +24,11 @@ pub(crate) async fn run_capacity(shared: Arc<Shared>) {
             }
             Err(e) => tracing::warn!(error = %e, "expiring capacity requests failed"),
         }
-        let sleep = match shared.store.next_capacity_expiry().await {
-            Ok(Some(at)) => (at - shared.clock.now())
-                .to_std()
-                .unwrap_or_default()
-                .min(MAX_SLEEP),
-            Ok(None) => MAX_SLEEP,
-            Err(e) => {
-                tracing::warn!(error = %e, "reading capacity requests failed");
-                Duration::from_secs(1)
-            }
-        };
+        let sleep = sleep_until(
+            &shared,
+            shared.store.next_capacity_expiry().await,
+            "capacity requests",
+        );
         tokio::select! {
             _ = tokio::time::sleep(sleep) => {}
             _ = shared.capacity_changed.notified() => {}

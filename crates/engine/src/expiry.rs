@@ -5,10 +5,33 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
+use flotilla_store::StoreError;
+
 use crate::Shared;
 
 /// Longest sleep between checks, so a wall-clock jump is noticed.
 const MAX_SLEEP: Duration = Duration::from_secs(30);
+
+/// How long a deadline loop sleeps: until the `next` deadline, at most
+/// [`MAX_SLEEP`], or a second when reading it failed.
+pub(crate) fn sleep_until(
+    shared: &Shared,
+    next: Result<Option<DateTime<Utc>>, StoreError>,
+    what: &str,
+) -> Duration {
+    match next {
+        Ok(Some(at)) => (at - shared.clock.now())
+            .to_std()
+            .unwrap_or_default()
+            .min(MAX_SLEEP),
+        Ok(None) => MAX_SLEEP,
+        Err(e) => {
+            tracing::warn!(error = %e, "reading {what} failed");
+            Duration::from_secs(1)
+        }
+    }
+}
 
 pub(crate) async fn run(shared: Arc<Shared>) {
     loop {
@@ -26,17 +49,11 @@ pub(crate) async fn run(shared: Arc<Shared>) {
             }
             Err(e) => tracing::warn!(error = %e, "firing scheduled deletions failed"),
         }
-        let sleep = match shared.store.next_expiry().await {
-            Ok(Some(at)) => (at - shared.clock.now())
-                .to_std()
-                .unwrap_or_default()
-                .min(MAX_SLEEP),
-            Ok(None) => MAX_SLEEP,
-            Err(e) => {
-                tracing::warn!(error = %e, "reading scheduled deletions failed");
-                Duration::from_secs(1)
-            }
-        };
+        let sleep = sleep_until(
+            &shared,
+            shared.store.next_expiry().await,
+            "scheduled deletions",
+        );
         tokio::select! {
             _ = tokio::time::sleep(sleep) => {}
             _ = shared.expiry_changed.notified() => {}
