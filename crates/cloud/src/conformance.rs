@@ -9,12 +9,15 @@ use std::any::Any;
 use std::sync::Arc;
 use std::time::Duration;
 
-use flotilla_domain::{ClusterName, InstanceId, InstanceType};
+use flotilla_domain::{ClusterName, InstanceId, InstanceType, PoolName};
 
 use crate::contract::{
     CloudError, CreateRequest, Health, Instance, InstanceSet, Tags, TAG_CLUSTER, TAG_INSTANCE_SET,
-    TAG_INSTANCE_TYPE,
+    TAG_INSTANCE_TYPE, TAG_POOL,
 };
+
+/// The pool every conformance request names.
+const POOL: &str = "conformance";
 
 pub struct Harness {
     pub ours: Arc<dyn InstanceSet>,
@@ -53,6 +56,7 @@ macro_rules! conformance_tests {
 fn request(h: &Harness, cluster: &str, count: u32) -> CreateRequest {
     CreateRequest {
         cluster: ClusterName::new(cluster).unwrap(),
+        pool: PoolName::new(POOL).unwrap(),
         instance_type: h.instance_type.clone(),
         image: None,
         tags: Tags::from([("purpose".to_owned(), "conformance".to_owned())]),
@@ -116,6 +120,8 @@ fn assert_owned(h: &Harness, i: &Instance, cluster: &str) {
         i.tags.get(TAG_INSTANCE_TYPE).map(String::as_str),
         Some(h.instance_type.as_str())
     );
+    assert_eq!(i.tags.get(TAG_POOL).map(String::as_str), Some(POOL));
+    assert_eq!(i.pool().as_ref().map(PoolName::as_str), Some(POOL));
     assert_eq!(i.instance_type, h.instance_type);
 }
 
@@ -233,7 +239,7 @@ pub async fn set_tags_merges_and_protects_ownership(h: Harness) {
     assert_eq!(seen.tags.get("hold").map(String::as_str), Some("yes"));
     assert_owned(&h, &seen, "conf-t");
 
-    for key in [TAG_INSTANCE_SET, TAG_CLUSTER, TAG_INSTANCE_TYPE] {
+    for key in [TAG_INSTANCE_SET, TAG_CLUSTER, TAG_INSTANCE_TYPE, TAG_POOL] {
         let bad = Tags::from([(key.to_owned(), "other".to_owned())]);
         let err = h
             .ours

@@ -3,7 +3,7 @@ use std::fmt;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use flotilla_domain::{ClusterName, InstanceId, InstanceSetId, InstanceType};
+use flotilla_domain::{ClusterName, InstanceId, InstanceSetId, InstanceType, PoolName};
 use tokio::time::Instant;
 
 /// Tag holding the ID of the instance set that owns an instance.
@@ -12,6 +12,10 @@ pub const TAG_INSTANCE_SET: &str = "flotilla-instance-set";
 pub const TAG_CLUSTER: &str = "flotilla-cluster";
 /// Tag holding the instance type the engine asked for.
 pub const TAG_INSTANCE_TYPE: &str = "flotilla-instance-type";
+/// Tag holding the pool an instance was made from, so what a driver keeps
+/// per pool (an EC2 pool's health check) applies to it after a restart too.
+/// Set at creation like the ownership tags, and as fixed.
+pub const TAG_POOL: &str = "flotilla-pool";
 
 pub type Tags = BTreeMap<String, String>;
 
@@ -29,6 +33,10 @@ pub fn ownership_tags(set: &InstanceSetId, cluster: &ClusterName, ty: &InstanceT
 #[derive(Debug, Clone)]
 pub struct CreateRequest {
     pub cluster: ClusterName,
+    /// The pool the nodes are made from. A driver may keep settings of its
+    /// own per pool (the ec2 driver's `[pools.NAME.ec2]`); the engine knows
+    /// only the name.
+    pub pool: PoolName,
     pub instance_type: InstanceType,
     pub image: Option<String>,
     pub tags: Tags,
@@ -36,6 +44,17 @@ pub struct CreateRequest {
     /// `local`).
     pub init_data: Option<String>,
     pub count: u32,
+}
+
+impl CreateRequest {
+    /// Every tag an instance of this request is created with: the
+    /// operator's, then the ownership tags and [`TAG_POOL`], which win.
+    pub fn instance_tags(&self, set: &InstanceSetId) -> Tags {
+        let mut tags = self.tags.clone();
+        tags.extend(ownership_tags(set, &self.cluster, &self.instance_type));
+        tags.insert(TAG_POOL.to_owned(), self.pool.to_string());
+        tags
+    }
 }
 
 /// One instance as the cloud lists it.
@@ -58,6 +77,14 @@ impl Instance {
 
     pub fn instance_set(&self) -> Option<&str> {
         self.tags.get(TAG_INSTANCE_SET).map(String::as_str)
+    }
+
+    /// The pool it was made from; None for instances made before pools
+    /// were tagged.
+    pub fn pool(&self) -> Option<PoolName> {
+        self.tags
+            .get(TAG_POOL)
+            .and_then(|p| PoolName::new(p.as_str()).ok())
     }
 }
 
@@ -186,7 +213,7 @@ pub trait InstanceSet: Send + Sync + 'static {
 
 /// Refuses changes to the ownership tags; shared by every driver.
 pub fn check_tag_update(tags: &Tags) -> Result<(), CloudError> {
-    for key in [TAG_INSTANCE_SET, TAG_CLUSTER, TAG_INSTANCE_TYPE] {
+    for key in [TAG_INSTANCE_SET, TAG_CLUSTER, TAG_INSTANCE_TYPE, TAG_POOL] {
         if tags.contains_key(key) {
             return Err(CloudError::permanent(format!(
                 "tag {key} is set at creation and cannot be changed"

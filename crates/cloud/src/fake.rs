@@ -16,8 +16,8 @@ use tokio::time::Instant;
 
 use crate::clock::{Clock, TokioClock};
 use crate::contract::{
-    check_tag_update, matches_filter, ownership_tags, CapacityScope, CloudError, CreateRequest,
-    Health, Instance, InstanceSet, Tags,
+    check_tag_update, matches_filter, CapacityScope, CloudError, CreateRequest, Health, Instance,
+    InstanceSet, Tags,
 };
 
 /// Fault knobs. Rates are probabilities per call (or per node) in `0..=1`.
@@ -440,12 +440,7 @@ impl InstanceSet for FakeInstanceSet {
             at: started,
             count,
         });
-        let mut tags = request.tags.clone();
-        tags.extend(ownership_tags(
-            &self.id,
-            &request.cluster,
-            &request.instance_type,
-        ));
+        let tags = request.instance_tags(&self.id);
         let mut made = Vec::with_capacity(count);
         for _ in 0..count {
             let id = InstanceId::new(format!("fake-{:06}", w.next_id));
@@ -575,6 +570,7 @@ mod tests {
     fn request(cluster_name: &str, count: u32) -> CreateRequest {
         CreateRequest {
             cluster: cluster(cluster_name),
+            pool: flotilla_domain::PoolName::new("p").unwrap(),
             instance_type: InstanceType::new("small").unwrap(),
             image: None,
             tags: Tags::new(),

@@ -153,6 +153,7 @@ mod tests {
     fn request() -> CreateRequest {
         CreateRequest {
             cluster: ClusterName::new("c").unwrap(),
+            pool: flotilla_domain::PoolName::new("p").unwrap(),
             instance_type: InstanceType::new("small").unwrap(),
             image: None,
             tags: Tags::new(),

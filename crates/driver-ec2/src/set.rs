@@ -16,14 +16,14 @@ use aws_sdk_ec2::Client;
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use flotilla_cloud::{
-    check_tag_update, matches_filter, ownership_tags, CapacityScope, CloudError, CreateRequest,
-    Health, Instance, InstanceSet, Tags, TAG_INSTANCE_SET, TAG_INSTANCE_TYPE,
+    check_tag_update, matches_filter, CapacityScope, CloudError, CreateRequest, Health, Instance,
+    InstanceSet, Tags, TAG_INSTANCE_SET, TAG_INSTANCE_TYPE,
 };
 use flotilla_domain::{InstanceId, InstanceSetId, InstanceType};
 use tokio::time::Instant;
 
 use crate::errors::{to_cloud_error, Backoff, ErrorClass, Failure};
-use crate::{probe, AddressKind, Ec2Config, Ec2Error};
+use crate::{probe, AddressKind, Ec2Config, Ec2Error, LaunchSettings};
 
 /// The states in which an instance exists for flotilla. `shutting-down` and
 /// `terminated` instances are gone, though EC2 lists them for a while.
@@ -46,6 +46,16 @@ impl fmt::Display for Market {
             Market::OnDemand => "on-demand",
         })
     }
+}
+
+/// What every RunInstances call of one create shares.
+struct Launch<'a> {
+    request: &'a CreateRequest,
+    image: &'a str,
+    tags: &'a Tags,
+    settings: LaunchSettings<'a>,
+    /// Base64-encoded.
+    user_data: Option<String>,
 }
 
 /// What EC2 last said about one of our instances: the probe's source, so a
@@ -344,8 +354,8 @@ impl Ec2InstanceSet {
     }
 
     /// The markets to try for a create, in order.
-    fn markets(&self) -> Vec<Market> {
-        match &self.config.spot {
+    fn markets(settings: &LaunchSettings<'_>) -> Vec<Market> {
+        match settings.spot {
             None => vec![Market::OnDemand],
             Some(spot) if spot.fallback_on_demand => vec![Market::Spot, Market::OnDemand],
             Some(_) => vec![Market::Spot],
@@ -355,13 +365,13 @@ impl Ec2InstanceSet {
     /// One RunInstances call.
     async fn run_instances(
         &self,
-        request: &CreateRequest,
-        image: &str,
-        tags: &Tags,
+        launch: &Launch<'_>,
         market: Market,
         subnet: Option<&str>,
     ) -> Result<Vec<aws_sdk_ec2::types::Instance>, Failure> {
-        let tag_list: Vec<Tag> = tags
+        let (request, settings) = (launch.request, &launch.settings);
+        let tag_list: Vec<Tag> = launch
+            .tags
             .iter()
             .map(|(k, v)| Tag::builder().key(k).value(v).build())
             .collect();
@@ -379,23 +389,23 @@ impl Ec2InstanceSet {
         let mut call = self
             .client
             .run_instances()
-            .image_id(image)
+            .image_id(launch.image)
             .instance_type(aws_sdk_ec2::types::InstanceType::from(
                 request.instance_type.as_str(),
             ))
             .min_count(1)
             .max_count(request.count as i32)
             .set_tag_specifications(Some(specs));
-        if !self.config.security_groups.is_empty() {
-            call = call.set_security_group_ids(Some(self.config.security_groups.clone()));
+        if !settings.security_groups.is_empty() {
+            call = call.set_security_group_ids(Some(settings.security_groups.to_vec()));
         }
         if let Some(subnet) = subnet {
             call = call.subnet_id(subnet);
         }
-        if let Some(key) = &self.config.key_name {
+        if let Some(key) = settings.key_name {
             call = call.key_name(key);
         }
-        if let Some(profile) = &self.config.iam_instance_profile {
+        if let Some(profile) = settings.iam_instance_profile {
             let spec = IamInstanceProfileSpecification::builder();
             let spec = if profile.starts_with("arn:") {
                 spec.arn(profile)
@@ -404,11 +414,11 @@ impl Ec2InstanceSet {
             };
             call = call.iam_instance_profile(spec.build());
         }
-        if let Some(init) = &request.init_data {
-            call = call.user_data(base64::engine::general_purpose::STANDARD.encode(init));
+        if let Some(user_data) = &launch.user_data {
+            call = call.user_data(user_data);
         }
         if market == Market::Spot {
-            let max_price = self.config.spot.as_ref().and_then(|s| s.max_price.clone());
+            let max_price = settings.spot.and_then(|s| s.max_price.clone());
             call = call.instance_market_options(
                 InstanceMarketOptionsRequest::builder()
                     .market_type(MarketType::Spot)
@@ -436,28 +446,24 @@ impl Ec2InstanceSet {
     /// every subnet; `Err(Err(e))`: any other failure.
     async fn launch(
         &self,
-        request: &CreateRequest,
-        image: &str,
-        tags: &Tags,
+        launch: &Launch<'_>,
         market: Market,
     ) -> Result<Vec<aws_sdk_ec2::types::Instance>, Result<Failure, CloudError>> {
-        let subnets: Vec<Option<&str>> = if self.config.subnets.is_empty() {
+        let subnets: Vec<Option<&str>> = if launch.settings.subnets.is_empty() {
             vec![None]
         } else {
-            self.config
+            launch
+                .settings
                 .subnets
                 .iter()
                 .map(|s| Some(s.as_str()))
                 .collect()
         };
-        let ty = &request.instance_type;
+        let ty = &launch.request.instance_type;
         let mut capacity: Option<Failure> = None;
         let mut last: Option<Failure> = None;
         for (n, subnet) in subnets.iter().enumerate() {
-            match self
-                .run_instances(request, image, tags, market, *subnet)
-                .await
-            {
+            match self.run_instances(launch, market, *subnet).await {
                 Ok(made) => return Ok(made),
                 Err(f) if matches!(f.class, ErrorClass::Capacity | ErrorClass::Subnet) => {
                     if n + 1 < subnets.len() {
@@ -533,12 +539,22 @@ impl InstanceSet for Ec2InstanceSet {
             ));
         };
         let ty = &request.instance_type;
-        let mut tags = request.tags.clone();
+        let mut tags = request.instance_tags(&self.id);
         tags.entry(NAME_TAG.to_owned())
             .or_insert_with(|| format!("flotilla-{}", request.cluster));
-        tags.extend(ownership_tags(&self.id, &request.cluster, ty));
+        let user_data = request
+            .init_data
+            .as_ref()
+            .map(|init| base64::engine::general_purpose::STANDARD.encode(init));
+        let launch = Launch {
+            request,
+            image,
+            tags: &tags,
+            settings: self.config.launch_settings(Some(&request.pool)),
+            user_data,
+        };
 
-        let markets = self.markets();
+        let markets = Self::markets(&launch.settings);
         let mut short: Option<CloudError> = None;
         for (n, market) in markets.iter().copied().enumerate() {
             let fallback = n + 1 < markets.len();
@@ -554,7 +570,7 @@ impl InstanceSet for Ec2InstanceSet {
                 });
                 continue;
             }
-            match self.launch(request, image, &tags, market).await {
+            match self.launch(&launch, market).await {
                 Ok(made) => {
                     let found: Vec<(Instance, Observed)> = made
                         .iter()
@@ -707,7 +723,8 @@ impl InstanceSet for Ec2InstanceSet {
     }
 
     /// Ready when the last listing saw the instance running and, with a
-    /// health check configured, when the node answers it. Makes no EC2
+    /// health check configured (the instance's pool's, else the driver's),
+    /// when the node answers it. Makes no EC2
     /// call: the engine lists on every resync, and a call per probe would
     /// spend the account's API budget.
     async fn probe(&self, instance: &Instance) -> Health {
@@ -718,7 +735,8 @@ impl InstanceSet for Ec2InstanceSet {
         if observed.state != InstanceStateName::Running {
             return Health::NotReady;
         }
-        let Some(check) = &self.config.health_check else {
+        let pool = instance.pool();
+        let Some(check) = self.config.launch_settings(pool.as_ref()).health_check else {
             return Health::Ready;
         };
         let Some(address) = observed.address.or_else(|| instance.address.clone()) else {

@@ -8,16 +8,20 @@ mod support;
 use std::collections::BTreeMap;
 
 use aws_sdk_ec2::types::{Filter, ResourceType, Tag, TagSpecification};
-use flotilla_cloud::{CloudError, InstanceSet, Tags, TAG_CLUSTER, TAG_INSTANCE_SET};
-use flotilla_domain::{InstanceId, InstanceType};
+use flotilla_cloud::{CloudError, InstanceSet, Tags, TAG_CLUSTER, TAG_INSTANCE_SET, TAG_POOL};
+use flotilla_domain::{InstanceId, InstanceType, PoolName};
 use flotilla_driver_ec2::{load_sdk_config, Ec2Config, SpotConfig};
 use support::moto::{Moto, AMI};
-use support::{config, credentials, open, request};
+use support::{config, credentials, open, request, POOL};
 
 async fn moto() -> Moto {
     tokio::task::spawn_blocking(Moto::start)
         .await
         .expect("start moto")
+}
+
+fn pool(name: &str) -> PoolName {
+    PoolName::new(name).unwrap()
 }
 
 /// A plain EC2 client on moto, to do what flotilla would not.
@@ -126,6 +130,7 @@ async fn create_tags_instance_and_volume_and_passes_user_data() {
     let tags = tags_of(seen.tags());
     assert_eq!(tags.get(TAG_INSTANCE_SET).map(String::as_str), Some("ours"));
     assert_eq!(tags.get(TAG_CLUSTER).map(String::as_str), Some("tagged"));
+    assert_eq!(tags.get(TAG_POOL).map(String::as_str), Some(POOL));
     assert_eq!(tags.get("team").map(String::as_str), Some("ops"));
     assert_eq!(made[0].address.as_deref(), seen.private_ip_address());
     let volumes = client
@@ -183,7 +188,7 @@ async fn a_missing_subnet_fails_over_to_a_real_one() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn spot_instances_are_spot() {
+async fn spot_instances_are_spot_unless_their_pool_says_not() {
     let moto = moto().await;
     let client = raw_client(&moto).await;
     let set = open(
@@ -192,6 +197,7 @@ async fn spot_instances_are_spot() {
                 max_price: Some("0.05".into()),
                 fallback_on_demand: true,
             }),
+            pools: [(pool("steady"), toml::from_str("spot = false").unwrap())].into(),
             ..config(&moto.endpoint)
         },
         "ours",
@@ -200,6 +206,18 @@ async fn spot_instances_are_spot() {
     let made = set.create(&request("c", 1)).await.unwrap();
     let seen = describe(&client, made[0].id.as_str()).await;
     assert_eq!(seen.instance_lifecycle().map(|l| l.as_str()), Some("spot"));
+    // A pool that says spot = false launches on-demand on the same driver.
+    let steady = flotilla_cloud::CreateRequest {
+        pool: pool("steady"),
+        ..request("c", 1)
+    };
+    let made = set.create(&steady).await.unwrap();
+    let seen = describe(&client, made[0].id.as_str()).await;
+    assert_eq!(seen.instance_lifecycle(), None, "on-demand");
+    assert_eq!(
+        tags_of(seen.tags()).get(TAG_POOL).map(String::as_str),
+        Some("steady")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -272,6 +272,7 @@ async fn create(
         let count = remaining.min(set.max_batch().max(1));
         let request = CreateRequest {
             cluster: cluster.clone(),
+            pool: record.pool.clone(),
             instance_type: pool.instance_type.clone(),
             image: pool.image.clone(),
             tags: pool.tags.clone(),

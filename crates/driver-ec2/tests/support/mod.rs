@@ -5,12 +5,15 @@ pub mod fake_ec2;
 pub mod moto;
 
 use flotilla_cloud::{CreateRequest, Tags};
-use flotilla_domain::{ClusterName, InstanceSetId, InstanceType};
+use flotilla_domain::{ClusterName, InstanceSetId, InstanceType, PoolName};
 use flotilla_driver_ec2::{
     load_sdk_config, Credentials, Ec2Config, Ec2InstanceSet, SharedCredentialsProvider,
 };
 
 pub const REGION: &str = "us-east-1";
+
+/// The pool [`request`] names.
+pub const POOL: &str = "workers";
 
 /// Dummy credentials, handed to the SDK rather than set in the process
 /// environment.
@@ -57,6 +60,7 @@ pub fn instance_type() -> InstanceType {
 pub fn request(cluster: &str, count: u32) -> CreateRequest {
     CreateRequest {
         cluster: ClusterName::new(cluster).unwrap(),
+        pool: PoolName::new(POOL).unwrap(),
         instance_type: instance_type(),
         image: None,
         tags: Tags::from([("team".to_owned(), "ops".to_owned())]),
