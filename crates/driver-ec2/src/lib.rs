@@ -25,6 +25,7 @@ mod errors;
 mod prices;
 mod probe;
 mod set;
+pub mod user_data;
 
 pub use config::{AddressKind, Ec2Config, Ec2PoolOptions, HealthCheck, LaunchSettings, SpotConfig};
 pub use errors::{classify, ErrorClass, BACKOFF_MAX, BACKOFF_START};

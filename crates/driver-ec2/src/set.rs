@@ -23,6 +23,7 @@ use flotilla_domain::{InstanceId, InstanceSetId, InstanceType};
 use tokio::time::Instant;
 
 use crate::errors::{to_cloud_error, Backoff, ErrorClass, Failure};
+use crate::user_data::{self, NodeIdentity, MAX_USER_DATA};
 use crate::{probe, AddressKind, Ec2Config, Ec2Error, LaunchSettings};
 
 /// The states in which an instance exists for flotilla. `shutting-down` and
@@ -54,7 +55,7 @@ struct Launch<'a> {
     image: &'a str,
     tags: &'a Tags,
     settings: LaunchSettings<'a>,
-    /// Base64-encoded.
+    /// Rendered and base64-encoded.
     user_data: Option<String>,
 }
 
@@ -542,10 +543,28 @@ impl InstanceSet for Ec2InstanceSet {
         let mut tags = request.instance_tags(&self.id);
         tags.entry(NAME_TAG.to_owned())
             .or_insert_with(|| format!("flotilla-{}", request.cluster));
-        let user_data = request
-            .init_data
-            .as_ref()
-            .map(|init| base64::engine::general_purpose::STANDARD.encode(init));
+        let user_data = match &request.init_data {
+            None => None,
+            Some(template) => {
+                let rendered = user_data::render(
+                    template,
+                    &NodeIdentity {
+                        cluster: &request.cluster,
+                        pool: &request.pool,
+                        instance_type: ty,
+                        instance_set: &self.id,
+                    },
+                );
+                if rendered.len() > MAX_USER_DATA {
+                    return Err(CloudError::permanent(format!(
+                        "the user data of pool {} is {} bytes once rendered; EC2 takes at most {MAX_USER_DATA}",
+                        request.pool,
+                        rendered.len()
+                    )));
+                }
+                Some(base64::engine::general_purpose::STANDARD.encode(rendered))
+            }
+        };
         let launch = Launch {
             request,
             image,

@@ -12,7 +12,7 @@ use flotilla_cloud::{CloudError, InstanceSet, Tags, TAG_CLUSTER, TAG_INSTANCE_SE
 use flotilla_domain::{InstanceId, InstanceType, PoolName};
 use flotilla_driver_ec2::{load_sdk_config, Ec2Config, SpotConfig};
 use support::moto::{Moto, AMI};
-use support::{config, credentials, open, request, POOL};
+use support::{assert_rendered, config, credentials, open, request, POOL};
 
 async fn moto() -> Moto {
     tokio::task::spawn_blocking(Moto::start)
@@ -120,7 +120,7 @@ async fn instances_made_outside_flotilla_are_never_touched() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn create_tags_instance_and_volume_and_passes_user_data() {
+async fn create_tags_instance_and_volume_and_renders_user_data() {
     let moto = moto().await;
     let client = raw_client(&moto).await;
     let set = open(config(&moto.endpoint), "ours").await;
@@ -158,11 +158,11 @@ async fn create_tags_instance_and_volume_and_passes_user_data() {
         .send()
         .await
         .unwrap();
-    use base64::Engine as _;
-    let decoded = base64::engine::general_purpose::STANDARD
-        .decode(user_data.user_data().unwrap().value().unwrap())
-        .unwrap();
-    assert_eq!(decoded, b"#!/bin/sh\necho hello\n");
+    assert_rendered(
+        user_data.user_data().unwrap().value().unwrap(),
+        "tagged",
+        "ours",
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,7 +10,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use base64::Engine as _;
 use flotilla_cloud::{
     CapacityScope, CloudError, Health, InstanceSet, Tags, TAG_CLUSTER, TAG_INSTANCE_SET,
     TAG_INSTANCE_TYPE, TAG_POOL,
@@ -22,7 +21,7 @@ use support::fake_ec2::{
     FakeInstance, Reply, Request,
 };
 use support::moto::AMI;
-use support::{config, connect, request, POOL};
+use support::{assert_rendered, config, connect, request, POOL};
 
 fn unexpected(r: &Request) -> Reply {
     error(
@@ -69,10 +68,7 @@ async fn a_partial_fulfilment_returns_what_was_made_with_every_setting() {
     assert_eq!(run.param("IamInstanceProfile.Name"), Some("flotilla-node"));
     assert_eq!(run.param("SubnetId"), None);
     assert_eq!(run.param("InstanceMarketOptions.MarketType"), None);
-    let user_data = base64::engine::general_purpose::STANDARD
-        .decode(run.param("UserData").expect("user data"))
-        .unwrap();
-    assert_eq!(user_data, b"#!/bin/sh\necho hello\n");
+    assert_rendered(run.param("UserData").expect("user data"), "c", "ours");
     for resource in ["instance", "volume"] {
         let tags = run.tag_spec(resource);
         assert_eq!(tags.get(TAG_INSTANCE_SET).map(String::as_str), Some("ours"));
@@ -806,4 +802,22 @@ async fn the_probe_uses_the_health_check_of_the_instances_pool() {
             ("i-untagged".into(), NotReady),
         ]
     );
+}
+
+#[tokio::test]
+async fn user_data_over_ec2s_limit_is_refused_without_a_call() {
+    let ec2 = FakeEc2::start(unexpected).await;
+    let set = connect(config(&ec2.endpoint), "ours").await;
+    let mut big = request("c", 1);
+    // Under the limit as written; the identity preamble takes it over.
+    big.init_data = Some(format!(
+        "#!/bin/sh\n{}",
+        "x".repeat(flotilla_driver_ec2::user_data::MAX_USER_DATA - 20)
+    ));
+    let err = set.create(&big).await.unwrap_err();
+    assert!(
+        matches!(&err, CloudError::Permanent { message } if message.contains("16384")),
+        "{err}"
+    );
+    assert!(ec2.requests().is_empty());
 }

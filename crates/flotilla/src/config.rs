@@ -310,7 +310,8 @@ struct PoolSection {
     instance_type: String,
     image: Option<String>,
     /// Handed to each node at boot: on `local`, a shell command the node
-    /// agent runs as its workload; on `ec2`, the user data.
+    /// agent runs as its workload; on `ec2`, the user data, rendered with
+    /// the node's identity.
     init_data: Option<String>,
     #[serde(default)]
     tags: BTreeMap<String, String>,
@@ -465,6 +466,10 @@ impl Config {
                              or drivers.{}.image",
                             p.driver, p.driver
                         )));
+                    }
+                    if let Some(init) = &p.init_data {
+                        flotilla_driver_ec2::user_data::check(init, &pool_name, &instance_type)
+                            .map_err(|e| invalid(format!("pools.{name}.init_data: {e}")))?;
                     }
                     if let Some(options) = &p.ec2 {
                         options
@@ -867,6 +872,7 @@ image = "ami-12c6146b"
         let pool = &c.pools[&c.default_pool];
         assert_eq!(pool.driver, "aws");
         assert!(pool.init_data.as_deref().unwrap().starts_with("#!/bin/sh"));
+        assert!(pool.init_data.as_deref().unwrap().contains("{{cluster}}"));
         let gpu = s.launch_settings(Some(&PoolName::new("gpu").unwrap()));
         assert_eq!(gpu.spot.unwrap().max_price.as_deref(), Some("0.60"));
         assert!(!gpu.spot.unwrap().fallback_on_demand);
@@ -1216,6 +1222,10 @@ ec2 = { spot = { max_price = "0.5" } }
                 "[pools.default.ec2]\nsecurity_groups = [\"\"]\n",
                 &["pools.default.ec2", "security_groups"][..],
             ),
+            (
+                "init_data = \"#!/bin/sh\\necho {{clustr}}\"\n",
+                &["pools.default.init_data", "{{clustr}}"][..],
+            ),
         ] {
             let e = ec2_pool(keys).unwrap_err().to_string();
             assert!(e.contains("test.toml"), "{keys:?}: {e}");
@@ -1223,6 +1233,14 @@ ec2 = { spot = { max_price = "0.5" } }
                 assert!(e.contains(needle), "{keys:?}: {e}");
             }
         }
+        // Placeholders are known on ec2 pools only; a local pool's
+        // init_data is its own business.
+        Config::parse(
+            "[pools.default]\ndriver = \"local\"\ninstance_type = \"local.small\"\n\
+             init_data = \"echo {{anything}}\"\n[drivers.local]\ntype = \"local\"\n",
+            "test.toml",
+        )
+        .unwrap();
     }
 
     #[test]
