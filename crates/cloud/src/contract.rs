@@ -88,6 +88,32 @@ impl Instance {
     }
 }
 
+/// The resources of one instance type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InstanceShape {
+    pub vcpus: u32,
+    pub memory_mib: u64,
+}
+
+/// A spot price as the cloud publishes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpotPrice {
+    /// USD per instance hour.
+    pub usd_per_hour: f64,
+    pub availability_zone: String,
+    /// When the cloud set this price.
+    pub since: DateTime<Utc>,
+}
+
+/// What a pool's nodes are made of and cost now, as far as the driver can
+/// tell; each part is None when it cannot (or, for the spot price, when the
+/// pool does not launch spot instances).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Offering {
+    pub shape: Option<InstanceShape>,
+    pub spot_price: Option<SpotPrice>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum CapacityScope {
     InstanceType(InstanceType),
@@ -184,7 +210,10 @@ pub enum Health {
 /// - `set_tags` adds or overwrites tags, refuses to change ownership tags,
 ///   and refuses instances without this set's ID;
 /// - `probe` asks the node itself; it is not a cloud API call and is not
-///   throttled.
+///   throttled;
+/// - `offering` is optional: a driver that cannot describe instance types
+///   says nothing, and one that can caches what it learns, so asking again
+///   is cheap.
 #[async_trait]
 pub trait InstanceSet: Send + Sync + 'static {
     fn id(&self) -> &InstanceSetId;
@@ -209,6 +238,17 @@ pub trait InstanceSet: Send + Sync + 'static {
     /// the engine asks again when a node without one probes ready, rather
     /// than report a ready node nobody can reach until the next listing.
     async fn address(&self, instance: &Instance) -> Option<String>;
+
+    /// The shape of `instance_type` and, if `pool` launches spot instances,
+    /// its current spot price. May call the cloud (it is throttled).
+    async fn offering(
+        &self,
+        pool: &PoolName,
+        instance_type: &InstanceType,
+    ) -> Result<Offering, CloudError> {
+        let _ = (pool, instance_type);
+        Ok(Offering::default())
+    }
 }
 
 /// Refuses changes to the ownership tags; shared by every driver.

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use flotilla_domain::{InstanceId, InstanceSetId};
+use flotilla_domain::{InstanceId, InstanceSetId, InstanceType, PoolName};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -12,7 +12,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use tokio::time::Instant;
 
-use crate::contract::{CloudError, CreateRequest, Health, Instance, InstanceSet, Tags};
+use crate::contract::{CloudError, CreateRequest, Health, Instance, InstanceSet, Offering, Tags};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CallLabels {
@@ -158,5 +158,16 @@ impl<S: InstanceSet> InstanceSet for Metered<S> {
 
     async fn address(&self, instance: &Instance) -> Option<String> {
         self.inner.address(instance).await
+    }
+
+    async fn offering(
+        &self,
+        pool: &PoolName,
+        instance_type: &InstanceType,
+    ) -> Result<Offering, CloudError> {
+        let start = Instant::now();
+        let r = self.inner.offering(pool, instance_type).await;
+        self.metrics.record(&self.driver, "offering", start, &r);
+        r
     }
 }

@@ -1,6 +1,7 @@
 //! The rate-limit proxy every instance set is wrapped in.
 //!
-//! Two rules, for every call (create, list, destroy, set_tags alike):
+//! Two rules, for every call (create, list, destroy, set_tags, offering
+//! alike):
 //! - a shared budget of operations per second, paced like a token bucket
 //!   with one second of burst;
 //! - after the cloud answers `RateLimited`, every call fails at once with the
@@ -13,10 +14,10 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use flotilla_domain::{InstanceId, InstanceSetId};
+use flotilla_domain::{InstanceId, InstanceSetId, InstanceType, PoolName};
 use tokio::time::Instant;
 
-use crate::contract::{CloudError, CreateRequest, Health, Instance, InstanceSet, Tags};
+use crate::contract::{CloudError, CreateRequest, Health, Instance, InstanceSet, Offering, Tags};
 
 pub struct Throttled<S> {
     inner: S,
@@ -142,18 +143,27 @@ impl<S: InstanceSet> InstanceSet for Throttled<S> {
     async fn address(&self, instance: &Instance) -> Option<String> {
         self.inner.address(instance).await
     }
+
+    async fn offering(
+        &self,
+        pool: &PoolName,
+        instance_type: &InstanceType,
+    ) -> Result<Offering, CloudError> {
+        self.admit().await?;
+        self.observe(self.inner.offering(pool, instance_type).await)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::fake::{FakeCloud, FakeConfig};
-    use flotilla_domain::{ClusterName, InstanceType};
+    use flotilla_domain::ClusterName;
 
     fn request() -> CreateRequest {
         CreateRequest {
             cluster: ClusterName::new("c").unwrap(),
-            pool: flotilla_domain::PoolName::new("p").unwrap(),
+            pool: PoolName::new("p").unwrap(),
             instance_type: InstanceType::new("small").unwrap(),
             image: None,
             tags: Tags::new(),
@@ -190,6 +200,12 @@ mod tests {
         assert!(matches!(err, CloudError::RateLimited { .. }), "{err}");
         let tags = Tags::from([("k".into(), "v".into())]);
         let err = set.set_tags(&made[0].id, &tags).await.unwrap_err();
+        assert!(matches!(err, CloudError::RateLimited { .. }), "{err}");
+        let (pool, ty) = (
+            PoolName::new("p").unwrap(),
+            InstanceType::new("small").unwrap(),
+        );
+        let err = set.offering(&pool, &ty).await.unwrap_err();
         assert!(matches!(err, CloudError::RateLimited { .. }), "{err}");
         assert_eq!(cloud.stats().calls(), calls_before);
         tokio::time::advance(Duration::from_secs(1)).await;

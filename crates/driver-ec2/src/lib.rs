@@ -29,7 +29,7 @@ pub mod user_data;
 
 pub use config::{AddressKind, Ec2Config, Ec2PoolOptions, HealthCheck, LaunchSettings, SpotConfig};
 pub use errors::{classify, ErrorClass, BACKOFF_MAX, BACKOFF_START};
-pub use prices::{InstanceShape, SpotPrice};
+pub use flotilla_cloud::{InstanceShape, SpotPrice};
 pub use set::{load_sdk_config, Ec2InstanceSet};
 
 /// Re-exported so callers can pass explicit credentials without depending on

@@ -17,9 +17,9 @@ use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use flotilla_cloud::{
     check_tag_update, matches_filter, CapacityScope, CloudError, CreateRequest, Health, Instance,
-    InstanceSet, Tags, TAG_INSTANCE_SET, TAG_INSTANCE_TYPE,
+    InstanceSet, Offering, Tags, TAG_INSTANCE_SET, TAG_INSTANCE_TYPE,
 };
-use flotilla_domain::{InstanceId, InstanceSetId, InstanceType};
+use flotilla_domain::{InstanceId, InstanceSetId, InstanceType, PoolName};
 use tokio::time::Instant;
 
 use crate::errors::{to_cloud_error, Backoff, ErrorClass, Failure};
@@ -769,5 +769,23 @@ impl InstanceSet for Ec2InstanceSet {
             .get(&instance.id)
             .and_then(|o| o.address.clone())
             .or_else(|| instance.address.clone())
+    }
+
+    /// The type's shape (cached for good) and, for a pool that launches
+    /// spot, its spot price (cached for `price_cache`).
+    async fn offering(
+        &self,
+        pool: &PoolName,
+        instance_type: &InstanceType,
+    ) -> Result<Offering, CloudError> {
+        let shape = self.instance_shape(instance_type).await?;
+        let spot_price = match self.config.launch_settings(Some(pool)).spot {
+            Some(_) => self.spot_price(instance_type).await?,
+            None => None,
+        };
+        Ok(Offering {
+            shape: Some(shape),
+            spot_price,
+        })
     }
 }

@@ -239,7 +239,14 @@ async fn the_census_counts_every_instance_set() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shapes_and_spot_prices_are_known_and_cached() {
     let moto = moto().await;
-    let set = open(config(&moto.endpoint), "ours").await;
+    let set = open(
+        Ec2Config {
+            pools: [(pool("spot"), toml::from_str("spot = {}").unwrap())].into(),
+            ..config(&moto.endpoint)
+        },
+        "ours",
+    )
+    .await;
     let t3 = InstanceType::new("t3.micro").unwrap();
     let shape = set.instance_shape(&t3).await.unwrap();
     assert_eq!((shape.vcpus, shape.memory_mib), (2, 1024));
@@ -251,6 +258,14 @@ async fn shapes_and_spot_prices_are_known_and_cached() {
     );
     set.instance_shape(&t3).await.unwrap();
     set.spot_price(&t3).await.unwrap();
+    // What the engine asks: the shape, and the spot price for a spot pool
+    // only; all from the cache.
+    let on_demand = set.offering(&pool("plain"), &t3).await.unwrap();
+    assert_eq!(on_demand.shape, Some(shape));
+    assert_eq!(on_demand.spot_price, None);
+    let spot = set.offering(&pool("spot"), &t3).await.unwrap();
+    assert_eq!(spot.shape, Some(shape));
+    assert_eq!(spot.spot_price, Some(price));
     let calls = set.api_calls();
     assert_eq!(calls["DescribeInstanceTypes"], 1);
     assert_eq!(calls["DescribeSpotPriceHistory"], 1);

@@ -7,7 +7,8 @@
 //! - [`sync`] lists every instance set on a timer (and on demand) and wakes
 //!   every cluster, so drift is caught;
 //! - [`expiry`] fires scheduled deletions at their deadline;
-//! - [`service`] is the engine's front door: DEPLOY, DESTROY, STATUS.
+//! - [`service`] is the engine's front door: DEPLOY, DESTROY, STATUS;
+//! - [`pools`] lists the pools with what their drivers say of their nodes.
 //!
 //! The engine is the only part of flotilla that calls drivers.
 
@@ -16,6 +17,7 @@ mod error;
 mod expiry;
 pub mod inventory;
 mod metrics;
+pub mod pools;
 mod reconcile;
 pub mod runtime;
 mod service;
@@ -32,11 +34,13 @@ use prometheus_client::registry::Registry;
 use tokio::sync::{watch, Notify};
 
 pub use error::EngineError;
+pub use pools::PoolView;
 pub use service::{ClusterView, NodeView};
 
 use desired::DesiredCache;
 use inventory::SetInventory;
 use metrics::EngineMetrics;
+use pools::OfferingCache;
 use runtime::Runtime;
 
 #[derive(Debug, Clone)]
@@ -105,6 +109,7 @@ struct Shared {
     expiry_changed: Notify,
     stop: watch::Sender<bool>,
     metrics: EngineMetrics,
+    offerings: OfferingCache,
 }
 
 impl Shared {
@@ -210,6 +215,7 @@ impl Engine {
             expiry_changed: Notify::new(),
             stop: watch::channel(false).0,
             metrics: EngineMetrics::register(registry),
+            offerings: OfferingCache::default(),
         });
 
         // One listing of every set before anything is planned; it names the
