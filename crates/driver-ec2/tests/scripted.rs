@@ -579,6 +579,15 @@ async fn health_server() -> (u16, tokio::task::JoinHandle<()>) {
     (port, server)
 }
 
+/// Lists the set and probes every instance listed, by ID.
+async fn probe_all(set: &flotilla_driver_ec2::Ec2InstanceSet) -> Vec<(String, Health)> {
+    let mut health = Vec::new();
+    for i in set.list(&Tags::new()).await.unwrap() {
+        health.push((i.id.to_string(), set.probe(&i).await));
+    }
+    health
+}
+
 #[tokio::test]
 async fn probe_needs_running_and_a_passing_health_check() {
     let (port, server) = health_server().await;
@@ -599,14 +608,7 @@ async fn probe_needs_running_and_a_passing_health_check() {
         }),
         ..config(&ec2.endpoint)
     };
-    let probes = |set: flotilla_driver_ec2::Ec2InstanceSet| async move {
-        let listed = set.list(&Tags::new()).await.unwrap();
-        let mut health = Vec::new();
-        for i in &listed {
-            health.push((i.id.to_string(), set.probe(i).await));
-        }
-        health
-    };
+    let probes = |set: flotilla_driver_ec2::Ec2InstanceSet| async move { probe_all(&set).await };
     use Health::{NotReady, Ready};
     let healthy = connect(checked("/healthz"), "ours").await;
     assert_eq!(
@@ -771,13 +773,9 @@ async fn the_probe_uses_the_health_check_of_the_instances_pool() {
         "ours",
     )
     .await;
-    let mut health = Vec::new();
-    for i in set.list(&Tags::new()).await.unwrap() {
-        health.push((i.id.to_string(), set.probe(&i).await));
-    }
     use Health::{NotReady, Ready};
     assert_eq!(
-        health,
+        probe_all(&set).await,
         [
             ("i-plain".into(), Ready),
             ("i-sick".into(), NotReady),
@@ -789,12 +787,8 @@ async fn the_probe_uses_the_health_check_of_the_instances_pool() {
     // ready: the others are checked, by their pool's check or the driver's.
     server.abort();
     let _ = server.await;
-    let mut health = Vec::new();
-    for i in set.list(&Tags::new()).await.unwrap() {
-        health.push((i.id.to_string(), set.probe(&i).await));
-    }
     assert_eq!(
-        health,
+        probe_all(&set).await,
         [
             ("i-plain".into(), NotReady),
             ("i-sick".into(), NotReady),
