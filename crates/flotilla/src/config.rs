@@ -1080,6 +1080,8 @@ health_check = { port = 8080, path = "/ready" }
             ),
             // Settings of other drivers are not ec2's.
             ("region = \"us-east-1\"\ngrace = \"5s\"", "grace"),
+            // Pools' settings are written with the pools.
+            ("region = \"us-east-1\"\npools = {}", "pools"),
         ] {
             let e = ec2(&format!("{keys}\nimage = \"ami-1\""))
                 .unwrap_err()
