@@ -14,9 +14,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use flotilla_cloud::{CloudError, CreateRequest, Health, Instance, InstanceSet, Tags};
+use flotilla_cloud::{CloudError, CreateRequest, Health, Instance, InstanceSet, Offering, Tags};
 use flotilla_domain::{
-    ClusterName, ClusterRecord, DeployCommand, InstanceId, InstanceSetId, Level, Username,
+    ClusterName, ClusterRecord, DeployCommand, InstanceId, InstanceSetId, InstanceType, Level,
+    PoolName, Username,
 };
 use flotilla_store::{
     AccountRecord, AccountStore, RefreshTokenRecord, Rotation, Store, StoreError,
@@ -145,6 +146,10 @@ impl InstanceSet for Tap {
         self.inner.destroy(id).await
     }
 
+    async fn destroy_many(&self, ids: &[InstanceId]) -> Vec<Result<(), CloudError>> {
+        self.inner.destroy_many(ids).await
+    }
+
     async fn set_tags(&self, id: &InstanceId, tags: &Tags) -> Result<(), CloudError> {
         self.inner.set_tags(id, tags).await
     }
@@ -156,6 +161,14 @@ impl InstanceSet for Tap {
 
     async fn address(&self, instance: &Instance) -> Option<String> {
         self.inner.address(instance).await
+    }
+
+    async fn offering(
+        &self,
+        pool: &PoolName,
+        instance_type: &InstanceType,
+    ) -> Result<Offering, CloudError> {
+        self.inner.offering(pool, instance_type).await
     }
 }
 

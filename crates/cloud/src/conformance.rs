@@ -38,6 +38,7 @@ macro_rules! conformance_tests {
             create_tags_instances_and_lists_them,
             batch_create_returns_distinct_tagged_instances,
             destroy_removes_and_is_idempotent,
+            destroy_many_answers_for_each_instance,
             set_tags_merges_and_protects_ownership,
             other_sets_are_invisible_and_untouchable,
             probe_reports_ready_nodes
@@ -223,6 +224,63 @@ pub async fn destroy_removes_and_is_idempotent(h: Harness) {
         .destroy(&InstanceId::new("never-existed-0"))
         .await
         .expect("destroying an unknown instance is success");
+    cleanup(&h).await;
+}
+
+/// A batch destroy answers for each instance as `destroy` would: ours go,
+/// the gone and the unknown are success, another set's is refused and kept.
+pub async fn destroy_many_answers_for_each_instance(h: Harness) {
+    let mut ours = Vec::new();
+    for _ in 0..3 {
+        let made = h
+            .ours
+            .create(&request(&h, "conf-m", 1))
+            .await
+            .expect("create");
+        ours.push(made[0].id.clone());
+    }
+    let theirs = h
+        .theirs
+        .create(&request(&h, "conf-m", 1))
+        .await
+        .expect("create")[0]
+        .id
+        .clone();
+    h.ours.destroy(&ours[2]).await.expect("destroy");
+    let batch = [
+        ours[0].clone(),
+        theirs.clone(),
+        ours[1].clone(),
+        ours[2].clone(),
+        InstanceId::new("never-existed-1"),
+    ];
+    let results = h.ours.destroy_many(&batch).await;
+    assert_eq!(results.len(), batch.len(), "{results:?}");
+    assert!(
+        matches!(
+            &results[..],
+            [
+                Ok(()),
+                Err(CloudError::Permanent { .. }),
+                Ok(()),
+                Ok(()),
+                Ok(())
+            ]
+        ),
+        "{results:?}"
+    );
+    for id in &ours {
+        eventually(
+            h.settle,
+            "destroyed instance leaving the listing",
+            || async { listed(h.ours.as_ref(), id).await.is_none() },
+        )
+        .await;
+    }
+    assert!(
+        listed(h.theirs.as_ref(), &theirs).await.is_some(),
+        "another set's instance is untouched"
+    );
     cleanup(&h).await;
 }
 

@@ -4,6 +4,7 @@ use std::fmt;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use flotilla_domain::{ClusterName, InstanceId, InstanceSetId, InstanceType, PoolName};
+use futures::future::join_all;
 use tokio::time::Instant;
 
 /// Tag holding the ID of the instance set that owns an instance.
@@ -206,7 +207,8 @@ pub enum Health {
 /// - `list` returns every live instance carrying this set's ID and all of
 ///   `filter`'s tags, and nothing else; it pages internally;
 /// - `destroy` is idempotent: an instance already gone is success; it
-///   refuses instances without this set's ID;
+///   refuses instances without this set's ID; `destroy_many` answers as
+///   `destroy` would for each of its instances, in order;
 /// - `set_tags` adds or overwrites tags, refuses to change ownership tags,
 ///   and refuses instances without this set's ID;
 /// - `probe` asks the node itself; it is not a cloud API call and is not
@@ -228,6 +230,13 @@ pub trait InstanceSet: Send + Sync + 'static {
     async fn list(&self, filter: &Tags) -> Result<Vec<Instance>, CloudError>;
 
     async fn destroy(&self, id: &InstanceId) -> Result<(), CloudError>;
+
+    /// Destroys each of `ids` (at most [`InstanceSet::max_batch`]). A
+    /// driver whose cloud terminates several instances in one call
+    /// overrides this; the default destroys them one by one, concurrently.
+    async fn destroy_many(&self, ids: &[InstanceId]) -> Vec<Result<(), CloudError>> {
+        join_all(ids.iter().map(|id| self.destroy(id))).await
+    }
 
     async fn set_tags(&self, id: &InstanceId, tags: &Tags) -> Result<(), CloudError>;
 

@@ -584,21 +584,23 @@ pub fn cluster(name: &str) -> ClusterName {
     ClusterName::new(name).expect("valid cluster name")
 }
 
+/// A fixture: `count` instances of type `small` from pool `p` for
+/// `cluster_name`, with no image, tags or init data.
+pub fn request(cluster_name: &str, count: u32) -> CreateRequest {
+    CreateRequest {
+        cluster: cluster(cluster_name),
+        pool: PoolName::new("p").expect("valid pool name"),
+        instance_type: InstanceType::new("small").expect("valid instance type"),
+        image: None,
+        tags: Tags::new(),
+        init_data: None,
+        count,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn request(cluster_name: &str, count: u32) -> CreateRequest {
-        CreateRequest {
-            cluster: cluster(cluster_name),
-            pool: PoolName::new("p").unwrap(),
-            instance_type: InstanceType::new("small").unwrap(),
-            image: None,
-            tags: Tags::new(),
-            init_data: None,
-            count,
-        }
-    }
 
     #[tokio::test(start_paused = true)]
     async fn quota_fulfils_partially_then_refuses() {

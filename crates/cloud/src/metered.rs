@@ -145,6 +145,17 @@ impl<S: InstanceSet> InstanceSet for Metered<S> {
         r
     }
 
+    /// Recorded as one `destroy` per instance, so the counts mean the same
+    /// whether a driver batches or not.
+    async fn destroy_many(&self, ids: &[InstanceId]) -> Vec<Result<(), CloudError>> {
+        let start = Instant::now();
+        let results = self.inner.destroy_many(ids).await;
+        for r in &results {
+            self.metrics.record(&self.driver, "destroy", start, r);
+        }
+        results
+    }
+
     async fn set_tags(&self, id: &InstanceId, tags: &Tags) -> Result<(), CloudError> {
         let start = Instant::now();
         let r = self.inner.set_tags(id, tags).await;
@@ -169,5 +180,39 @@ impl<S: InstanceSet> InstanceSet for Metered<S> {
         let r = self.inner.offering(pool, instance_type).await;
         self.metrics.record(&self.driver, "offering", start, &r);
         r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fake::{request, FakeCloud, FakeConfig};
+
+    #[tokio::test(start_paused = true)]
+    async fn a_destroy_batch_counts_as_a_destroy_per_instance() {
+        let mut registry = Registry::default();
+        let metrics = Arc::new(CloudMetrics::register(&mut registry));
+        let cloud = FakeCloud::new(FakeConfig::default());
+        let theirs = cloud.instance_set("theirs");
+        let set = Metered::new(cloud.instance_set("ours"), "d", metrics);
+        let request = request("c", 2);
+        let mut ids: Vec<InstanceId> = set
+            .create(&request)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|i| i.id)
+            .collect();
+        ids.push(theirs.create(&request).await.unwrap()[0].id.clone());
+        let results = set.destroy_many(&ids).await;
+        assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 2);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        for line in [
+            r#"flotilla_cloud_calls_total{driver="d",operation="destroy",outcome="ok"} 2"#,
+            r#"flotilla_cloud_calls_total{driver="d",operation="destroy",outcome="permanent"} 1"#,
+        ] {
+            assert!(text.contains(line), "{line} in\n{text}");
+        }
     }
 }

@@ -1,7 +1,7 @@
 //! The rate-limit proxy every instance set is wrapped in.
 //!
 //! Two rules, for every call (create, list, destroy, set_tags, offering
-//! alike):
+//! alike; a `destroy_many` batch is one call, as a `create` batch is):
 //! - a shared budget of operations per second, paced like a token bucket
 //!   with one second of burst;
 //! - after the cloud answers `RateLimited`, every call fails at once with the
@@ -131,6 +131,14 @@ impl<S: InstanceSet> InstanceSet for Throttled<S> {
         self.observe(self.inner.destroy(id).await)
     }
 
+    async fn destroy_many(&self, ids: &[InstanceId]) -> Vec<Result<(), CloudError>> {
+        if let Err(e) = self.admit().await {
+            return vec![Err(e); ids.len()];
+        }
+        let results = self.inner.destroy_many(ids).await;
+        results.into_iter().map(|r| self.observe(r)).collect()
+    }
+
     async fn set_tags(&self, id: &InstanceId, tags: &Tags) -> Result<(), CloudError> {
         self.admit().await?;
         self.observe(self.inner.set_tags(id, tags).await)
@@ -157,20 +165,7 @@ impl<S: InstanceSet> InstanceSet for Throttled<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fake::{FakeCloud, FakeConfig};
-    use flotilla_domain::ClusterName;
-
-    fn request() -> CreateRequest {
-        CreateRequest {
-            cluster: ClusterName::new("c").unwrap(),
-            pool: PoolName::new("p").unwrap(),
-            instance_type: InstanceType::new("small").unwrap(),
-            image: None,
-            tags: Tags::new(),
-            init_data: None,
-            count: 1,
-        }
-    }
+    use crate::fake::{request, FakeCloud, FakeConfig};
 
     #[tokio::test(start_paused = true)]
     async fn budget_paces_calls() {
@@ -191,13 +186,18 @@ mod tests {
             ..FakeConfig::default()
         });
         let set = Throttled::new(cloud.instance_set("s"), None);
-        let made = set.create(&request()).await.unwrap();
+        let made = set.create(&request("c", 1)).await.unwrap();
         let err = set.list(&Tags::new()).await.unwrap_err();
         assert!(matches!(err, CloudError::RateLimited { .. }), "{err}");
         let calls_before = cloud.stats().calls();
         // Destroy and set_tags are held off too, without reaching the cloud.
         let err = set.destroy(&made[0].id).await.unwrap_err();
         assert!(matches!(err, CloudError::RateLimited { .. }), "{err}");
+        let results = set.destroy_many(&[made[0].id.clone()]).await;
+        assert!(
+            matches!(results[..], [Err(CloudError::RateLimited { .. })]),
+            "{results:?}"
+        );
         let tags = Tags::from([("k".into(), "v".into())]);
         let err = set.set_tags(&made[0].id, &tags).await.unwrap_err();
         assert!(matches!(err, CloudError::RateLimited { .. }), "{err}");

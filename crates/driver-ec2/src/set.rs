@@ -30,6 +30,10 @@ use crate::{probe, AddressKind, Ec2Config, Ec2Error, LaunchSettings};
 /// `terminated` instances are gone, though EC2 lists them for a while.
 const LIVE_STATES: [&str; 4] = ["pending", "running", "stopping", "stopped"];
 
+/// Most instances one destroy looks up and terminates in one call of each:
+/// well within the 200 values EC2 takes in a filter.
+const DESTROY_BATCH: usize = 100;
+
 /// Tag EC2's console shows as the instance's name.
 const NAME_TAG: &str = "Name";
 
@@ -486,6 +490,90 @@ impl Ec2InstanceSet {
         }
     }
 
+    /// [`InstanceSet::destroy_many`] for at most [`DESTROY_BATCH`].
+    async fn destroy_batch(&self, ids: &[InstanceId]) -> Vec<Result<(), CloudError>> {
+        // A filter rather than InstanceIds: an unknown or malformed ID is
+        // then missing from the answer, not an error for the whole batch.
+        let found = match self
+            .describe(vec![filter(
+                "instance-id",
+                ids.iter().map(InstanceId::as_str),
+            )])
+            .await
+        {
+            Ok(found) => found,
+            Err(e) => return vec![Err(e); ids.len()],
+        };
+        let mut results = vec![Ok(()); ids.len()];
+        let mut live = Vec::new();
+        for (n, id) in ids.iter().enumerate() {
+            let Some(instance) = found.iter().find(|i| i.instance_id() == Some(id.as_str())) else {
+                continue;
+            };
+            if !self.owns(instance.tags()) {
+                results[n] = Err(CloudError::not_owned(id, &self.id));
+            } else if !matches!(
+                instance.state().and_then(|s| s.name()),
+                Some(InstanceStateName::Terminated | InstanceStateName::ShuttingDown)
+            ) {
+                live.push(n);
+            }
+        }
+        if !live.is_empty() {
+            let batch: Vec<&InstanceId> = live.iter().map(|&n| &ids[n]).collect();
+            match self.terminate(&batch).await {
+                Ok(()) => {}
+                // One went between the lookup and the call, and EC2 refuses
+                // the whole call for it: each on its own, where gone is done.
+                Err(f) if f.class == ErrorClass::InstanceNotFound && batch.len() > 1 => {
+                    for &n in &live {
+                        if let Err(f) = self.terminate(&[&ids[n]]).await {
+                            if f.class != ErrorClass::InstanceNotFound {
+                                results[n] = Err(self.cloud_error(&f, None));
+                            }
+                        }
+                    }
+                }
+                Err(f) if f.class == ErrorClass::InstanceNotFound => {}
+                Err(f) => {
+                    let e = self.cloud_error(&f, None);
+                    for &n in &live {
+                        results[n] = Err(e.clone());
+                    }
+                }
+            }
+        }
+        let mut observed = lock(&self.observed);
+        for (id, result) in ids.iter().zip(&results) {
+            if result.is_ok() {
+                observed.remove(id);
+            }
+        }
+        for &n in &live {
+            if results[n].is_ok() {
+                tracing::info!(instance_set = %self.id, instance = %ids[n], "terminating EC2 instance");
+            }
+        }
+        results
+    }
+
+    /// One TerminateInstances call.
+    async fn terminate(&self, ids: &[&InstanceId]) -> Result<(), Failure> {
+        self.count_call("TerminateInstances");
+        let call = ids
+            .iter()
+            .fold(self.client.terminate_instances(), |call, id| {
+                call.instance_ids(id.as_str())
+            });
+        match call.send().await {
+            Ok(_) => {
+                self.succeeded();
+                Ok(())
+            }
+            Err(e) => Err(Failure::from_sdk("TerminateInstances", &e)),
+        }
+    }
+
     fn observe(&self, found: &[(Instance, Observed)]) {
         let mut observed = lock(&self.observed);
         for (i, o) in found {
@@ -668,40 +756,19 @@ impl InstanceSet for Ec2InstanceSet {
     }
 
     async fn destroy(&self, id: &InstanceId) -> Result<(), CloudError> {
-        let Some(instance) = self.describe_one(id).await? else {
-            lock(&self.observed).remove(id);
-            return Ok(());
-        };
-        if !self.owns(instance.tags()) {
-            return Err(CloudError::not_owned(id, &self.id));
+        let mut results = self.destroy_many(std::slice::from_ref(id)).await;
+        results.pop().expect("one result per instance")
+    }
+
+    /// One DescribeInstances and one TerminateInstances for each
+    /// [`DESTROY_BATCH`] instances, however many: each is looked up first,
+    /// and only this set's live ones are terminated.
+    async fn destroy_many(&self, ids: &[InstanceId]) -> Vec<Result<(), CloudError>> {
+        let mut results = Vec::with_capacity(ids.len());
+        for batch in ids.chunks(DESTROY_BATCH) {
+            results.extend(self.destroy_batch(batch).await);
         }
-        let state = instance.state().and_then(|s| s.name());
-        if matches!(
-            state,
-            Some(InstanceStateName::Terminated | InstanceStateName::ShuttingDown)
-        ) {
-            lock(&self.observed).remove(id);
-            return Ok(());
-        }
-        self.count_call("TerminateInstances");
-        match self
-            .client
-            .terminate_instances()
-            .instance_ids(id.as_str())
-            .send()
-            .await
-        {
-            Ok(_) => self.succeeded(),
-            Err(e) => {
-                let failure = Failure::from_sdk("TerminateInstances", &e);
-                if failure.class != ErrorClass::InstanceNotFound {
-                    return Err(self.cloud_error(&failure, None));
-                }
-            }
-        }
-        lock(&self.observed).remove(id);
-        tracing::info!(instance_set = %self.id, instance = %id, "terminating EC2 instance");
-        Ok(())
+        results
     }
 
     async fn set_tags(&self, id: &InstanceId, tags: &Tags) -> Result<(), CloudError> {

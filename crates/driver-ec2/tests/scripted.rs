@@ -455,6 +455,109 @@ async fn an_instance_gone_between_lookup_and_terminate_is_success() {
     assert_eq!(writes(&ec2), ["TerminateInstances"]);
 }
 
+fn ids(names: &[&str]) -> Vec<InstanceId> {
+    names.iter().map(|n| InstanceId::new(*n)).collect()
+}
+
+/// The instance IDs of each TerminateInstances call.
+fn terminated(ec2: &FakeEc2) -> Vec<Vec<String>> {
+    ec2.requests_of("TerminateInstances")
+        .iter()
+        .map(|r| {
+            r.list("InstanceId")
+                .into_iter()
+                .map(str::to_owned)
+                .collect()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_batch_destroy_is_one_lookup_and_one_terminate_of_our_live_instances() {
+    let ec2 = describing(vec![
+        FakeInstance::new("i-1", "running", &[OURS]),
+        FakeInstance::new("i-2", "pending", &[OURS]),
+        FakeInstance::new("i-3", "terminated", &[OURS]),
+        FakeInstance::new("i-t", "running", &[THEIRS]),
+    ])
+    .await;
+    let set = connect(config(&ec2.endpoint), "ours").await;
+    let results = set
+        .destroy_many(&ids(&["i-1", "i-t", "i-2", "i-3", "i-unknown"]))
+        .await;
+    assert!(
+        matches!(
+            &results[..],
+            [Ok(()), Err(CloudError::Permanent { message }), Ok(()), Ok(()), Ok(())]
+                if message.contains("i-t")
+        ),
+        "{results:?}"
+    );
+    assert_eq!(ec2.actions(), ["DescribeInstances", "TerminateInstances"]);
+    let lookup = &ec2.requests_of("DescribeInstances")[0];
+    assert_eq!(
+        lookup.filter("instance-id").unwrap(),
+        ["i-1", "i-t", "i-2", "i-3", "i-unknown"]
+    );
+    assert_eq!(terminated(&ec2), [["i-1", "i-2"]]);
+}
+
+#[tokio::test]
+async fn a_batch_with_an_instance_gone_meanwhile_terminates_the_rest_one_by_one() {
+    let ec2 = FakeEc2::start(|r| match r.action.as_str() {
+        "DescribeInstances" => describe_instances(&[
+            FakeInstance::new("i-1", "running", &[OURS]),
+            FakeInstance::new("i-2", "running", &[OURS]),
+        ]),
+        // EC2 refuses the whole call for one unknown ID.
+        "TerminateInstances" if r.list("InstanceId") == ["i-1"] => terminate_instances(r),
+        _ => error(
+            400,
+            "InvalidInstanceID.NotFound",
+            "The instance ID 'i-2' does not exist",
+        ),
+    })
+    .await;
+    let set = connect(config(&ec2.endpoint), "ours").await;
+    let results = set.destroy_many(&ids(&["i-1", "i-2"])).await;
+    assert!(matches!(&results[..], [Ok(()), Ok(())]), "{results:?}");
+    assert_eq!(
+        terminated(&ec2),
+        [vec!["i-1", "i-2"], vec!["i-1"], vec!["i-2"]]
+    );
+}
+
+#[tokio::test]
+async fn a_refused_batch_terminate_fails_each_instance_it_held() {
+    let ec2 = FakeEc2::start(|r| match r.action.as_str() {
+        "DescribeInstances" => describe_instances(&[
+            FakeInstance::new("i-1", "running", &[OURS]),
+            FakeInstance::new("i-2", "running", &[OURS]),
+            FakeInstance::new("i-3", "shutting-down", &[OURS]),
+        ]),
+        _ => error(400, "RequestLimitExceeded", "Request limit exceeded."),
+    })
+    .await;
+    let set = connect(config(&ec2.endpoint), "ours").await;
+    let results = set.destroy_many(&ids(&["i-1", "i-2", "i-3"])).await;
+    assert!(
+        matches!(
+            &results[..],
+            [
+                Err(CloudError::RateLimited { .. }),
+                Err(CloudError::RateLimited { .. }),
+                Ok(())
+            ]
+        ),
+        "{results:?}"
+    );
+    assert_eq!(
+        terminated(&ec2),
+        [["i-1", "i-2"]],
+        "no retry into the limit"
+    );
+}
+
 #[tokio::test]
 async fn a_refused_terminate_says_which_permission_is_missing() {
     let ec2 = FakeEc2::start(|r| match r.action.as_str() {
