@@ -362,6 +362,55 @@ pub struct ClusterList {
     pub clusters: Vec<ClusterStatus>,
 }
 
+/// `GET /api/v1/pools`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PoolList {
+    pub pools: Vec<PoolView>,
+}
+
+/// A pool: what a deploy naming it gets. Fields may be added (an on-demand
+/// price, say); a client must ignore those it does not know.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PoolView {
+    #[schema(example = "default")]
+    pub name: String,
+    /// The driver (instance set) that makes its nodes.
+    #[schema(example = "aws")]
+    pub driver: String,
+    #[schema(example = "t3.micro")]
+    pub instance_type: String,
+    /// The pool a deploy naming none uses.
+    pub default: bool,
+    /// The resources of one node, if the driver can tell.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shape: Option<InstanceShape>,
+    /// The current spot price, for a pool that launches spot instances and
+    /// a driver that can tell.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spot_price: Option<SpotPrice>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct InstanceShape {
+    #[schema(example = 2)]
+    pub vcpus: u32,
+    #[schema(example = 1024)]
+    pub memory_mib: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SpotPrice {
+    /// USD per instance hour: the highest of the availability zones'
+    /// current prices.
+    #[schema(example = 0.0035)]
+    pub usd_per_hour: f64,
+    /// The zone of that price.
+    #[schema(example = "us-west-2a")]
+    pub availability_zone: String,
+    /// When the cloud set it.
+    pub since: DateTime<Utc>,
+}
+
 /// Every error response.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ErrorBody {

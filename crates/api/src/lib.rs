@@ -19,7 +19,7 @@ use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use flotilla_api_types as types;
 use flotilla_domain::{ClusterName, NodeState};
-use flotilla_engine::{ClusterView, Engine};
+use flotilla_engine::{ClusterView, Engine, PoolView};
 use flotilla_identity::Identity;
 use prometheus_client::registry::Registry;
 
@@ -46,6 +46,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/v1/openapi.json", get(openapi::serve))
         .route("/api/v1/clusters", get(list_clusters))
+        .route("/api/v1/pools", get(list_pools))
         .route(
             "/api/v1/clusters/{cluster}",
             get(cluster_status).put(deploy).delete(destroy),
@@ -187,6 +188,25 @@ pub fn status_body(view: ClusterView) -> types::ClusterStatus {
     }
 }
 
+pub fn pool_body(view: PoolView) -> types::PoolView {
+    let offering = view.offering;
+    types::PoolView {
+        name: view.name.to_string(),
+        driver: view.driver,
+        instance_type: view.instance_type.to_string(),
+        default: view.is_default,
+        shape: offering.shape.map(|s| types::InstanceShape {
+            vcpus: s.vcpus,
+            memory_mib: s.memory_mib,
+        }),
+        spot_price: offering.spot_price.map(|p| types::SpotPrice {
+            usd_per_hour: p.usd_per_hour,
+            availability_zone: p.availability_zone,
+            since: p.since,
+        }),
+    }
+}
+
 /// Liveness.
 #[utoipa::path(get, path = "/healthz", security(()), responses((status = 200, body = types::Health)))]
 async fn healthz() -> Json<types::Health> {
@@ -225,6 +245,22 @@ async fn list_clusters(
             .list(&caller)
             .into_iter()
             .map(status_body)
+            .collect(),
+    })
+}
+
+/// Every pool, with what its driver says its nodes are and cost. Answered
+/// from a cache (a minute), so listing pools does not spend the cloud's
+/// API budget.
+#[utoipa::path(get, path = "/api/v1/pools", responses((status = 200, body = types::PoolList)))]
+async fn list_pools(State(state): State<AppState>) -> Json<types::PoolList> {
+    Json(types::PoolList {
+        pools: state
+            .engine
+            .list_pools()
+            .await
+            .into_iter()
+            .map(pool_body)
             .collect(),
     })
 }

@@ -579,7 +579,7 @@ fn route_request(method: &str, template: &str, uri: &str) -> axum::http::Request
 
 /// Without a token: open routes answer, sign-in routes ask for their body
 /// rather than a token, and every rule route answers 401, except who-am-I,
-/// LIST, and the STATUS of a public cluster.
+/// the pools, LIST, and the STATUS of a public cluster.
 #[tokio::test(start_paused = true)]
 async fn every_route_without_credentials() {
     let world = World::new().await;
@@ -606,6 +606,10 @@ async fn every_route_without_credentials() {
                     assert_ne!(reply.status, StatusCode::UNAUTHORIZED, "{what}");
                     reply
                         .expect_error(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type");
+                }
+                Access::Rule("anyone") if template == "/api/v1/pools" => {
+                    assert_eq!(reply.status, StatusCode::OK, "{what}");
+                    assert_eq!(reply.json()["pools"][0]["name"], "big", "{what}");
                 }
                 Access::Rule("anyone") => {
                     assert_eq!(reply.status, StatusCode::OK, "{what}");

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use axum::http::{header, Method, StatusCode};
-use common::{deploy_body, TestApi, MAX_NODES, MAX_TTL, MIN_TTL};
+use common::{deploy_body, empty_request, TestApi, MAX_NODES, MAX_TTL, MIN_TTL};
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
@@ -770,4 +770,30 @@ async fn mutations_after_shutdown_are_503() {
     assert_eq!(demo["state"], "running", "{demo}");
     assert_eq!(demo["node_capacity"], 2, "{demo}");
     assert_eq!(api.cloud.instance_count(), 2);
+}
+
+/// The pools, with what the driver says of their nodes (the fake gives
+/// every type the same shape and has no spot market), to anyone.
+#[tokio::test(start_paused = true)]
+async fn pools_are_listed_with_their_shapes() {
+    let api = TestApi::start().await;
+    let shape = json!({"vcpus": 2, "memory_mib": 4096});
+    let expected = json!({"pools": [
+        {"name": "big", "driver": "fake", "instance_type": "fake.big",
+         "default": false, "shape": shape},
+        {"name": "default", "driver": "fake", "instance_type": "fake.small",
+         "default": true, "shape": shape},
+    ]});
+    let reply = api.get("/api/v1/pools").await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.json(), expected);
+    let reply = api
+        .send_anonymous(empty_request(Method::GET, "/api/v1/pools"))
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.json(), expected);
+    // The body is the shared type the command line reads.
+    let list: flotilla_api_types::PoolList = serde_json::from_value(expected).unwrap();
+    assert_eq!(list.pools[1].shape.map(|s| s.memory_mib), Some(4096));
+    assert_eq!(list.pools[1].spot_price, None);
 }

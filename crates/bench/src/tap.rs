@@ -14,10 +14,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use flotilla_cloud::{CloudError, CreateRequest, Health, Instance, InstanceSet, Tags};
+use flotilla_cloud::{CloudError, CreateRequest, Health, Instance, InstanceSet, Offering, Tags};
 use flotilla_domain::{
-    ClusterName, ClusterRecord, DeployCommand, InstanceId, InstanceSetId, LedgerEntry, Level,
-    OrgEvent, OrgName, Organisation, Username,
+    ClusterName, ClusterRecord, DeployCommand, InstanceId, InstanceSetId, InstanceType,
+    LedgerEntry, Level, OrgEvent, OrgName, Organisation, PoolName, Username,
 };
 use flotilla_store::{
     AccountRecord, AccountStore, CostRow, OrgChange, OrgChanged, OrgStore, OrgUsage,
@@ -147,6 +147,10 @@ impl InstanceSet for Tap {
         self.inner.destroy(id).await
     }
 
+    async fn destroy_many(&self, ids: &[InstanceId]) -> Vec<Result<(), CloudError>> {
+        self.inner.destroy_many(ids).await
+    }
+
     async fn set_tags(&self, id: &InstanceId, tags: &Tags) -> Result<(), CloudError> {
         self.inner.set_tags(id, tags).await
     }
@@ -158,6 +162,14 @@ impl InstanceSet for Tap {
 
     async fn address(&self, instance: &Instance) -> Option<String> {
         self.inner.address(instance).await
+    }
+
+    async fn offering(
+        &self,
+        pool: &PoolName,
+        instance_type: &InstanceType,
+    ) -> Result<Offering, CloudError> {
+        self.inner.offering(pool, instance_type).await
     }
 }
 

@@ -9,12 +9,15 @@ use std::any::Any;
 use std::sync::Arc;
 use std::time::Duration;
 
-use flotilla_domain::{ClusterName, InstanceId, InstanceType};
+use flotilla_domain::{ClusterName, InstanceId, InstanceType, PoolName};
 
 use crate::contract::{
     CloudError, CreateRequest, Health, Instance, InstanceSet, Tags, TAG_CLUSTER, TAG_INSTANCE_SET,
-    TAG_INSTANCE_TYPE,
+    TAG_INSTANCE_TYPE, TAG_POOL,
 };
+
+/// The pool every conformance request names.
+const POOL: &str = "conformance";
 
 pub struct Harness {
     pub ours: Arc<dyn InstanceSet>,
@@ -35,6 +38,7 @@ macro_rules! conformance_tests {
             create_tags_instances_and_lists_them,
             batch_create_returns_distinct_tagged_instances,
             destroy_removes_and_is_idempotent,
+            destroy_many_answers_for_each_instance,
             set_tags_merges_and_protects_ownership,
             other_sets_are_invisible_and_untouchable,
             probe_reports_ready_nodes
@@ -53,6 +57,7 @@ macro_rules! conformance_tests {
 fn request(h: &Harness, cluster: &str, count: u32) -> CreateRequest {
     CreateRequest {
         cluster: ClusterName::new(cluster).unwrap(),
+        pool: PoolName::new(POOL).unwrap(),
         instance_type: h.instance_type.clone(),
         image: None,
         tags: Tags::from([("purpose".to_owned(), "conformance".to_owned())]),
@@ -116,6 +121,8 @@ fn assert_owned(h: &Harness, i: &Instance, cluster: &str) {
         i.tags.get(TAG_INSTANCE_TYPE).map(String::as_str),
         Some(h.instance_type.as_str())
     );
+    assert_eq!(i.tags.get(TAG_POOL).map(String::as_str), Some(POOL));
+    assert_eq!(i.pool().as_ref().map(PoolName::as_str), Some(POOL));
     assert_eq!(i.instance_type, h.instance_type);
 }
 
@@ -220,6 +227,63 @@ pub async fn destroy_removes_and_is_idempotent(h: Harness) {
     cleanup(&h).await;
 }
 
+/// A batch destroy answers for each instance as `destroy` would: ours go,
+/// the gone and the unknown are success, another set's is refused and kept.
+pub async fn destroy_many_answers_for_each_instance(h: Harness) {
+    let mut ours = Vec::new();
+    for _ in 0..3 {
+        let made = h
+            .ours
+            .create(&request(&h, "conf-m", 1))
+            .await
+            .expect("create");
+        ours.push(made[0].id.clone());
+    }
+    let theirs = h
+        .theirs
+        .create(&request(&h, "conf-m", 1))
+        .await
+        .expect("create")[0]
+        .id
+        .clone();
+    h.ours.destroy(&ours[2]).await.expect("destroy");
+    let batch = [
+        ours[0].clone(),
+        theirs.clone(),
+        ours[1].clone(),
+        ours[2].clone(),
+        InstanceId::new("never-existed-1"),
+    ];
+    let results = h.ours.destroy_many(&batch).await;
+    assert_eq!(results.len(), batch.len(), "{results:?}");
+    assert!(
+        matches!(
+            &results[..],
+            [
+                Ok(()),
+                Err(CloudError::Permanent { .. }),
+                Ok(()),
+                Ok(()),
+                Ok(())
+            ]
+        ),
+        "{results:?}"
+    );
+    for id in &ours {
+        eventually(
+            h.settle,
+            "destroyed instance leaving the listing",
+            || async { listed(h.ours.as_ref(), id).await.is_none() },
+        )
+        .await;
+    }
+    assert!(
+        listed(h.theirs.as_ref(), &theirs).await.is_some(),
+        "another set's instance is untouched"
+    );
+    cleanup(&h).await;
+}
+
 pub async fn set_tags_merges_and_protects_ownership(h: Harness) {
     let made = h
         .ours
@@ -233,7 +297,7 @@ pub async fn set_tags_merges_and_protects_ownership(h: Harness) {
     assert_eq!(seen.tags.get("hold").map(String::as_str), Some("yes"));
     assert_owned(&h, &seen, "conf-t");
 
-    for key in [TAG_INSTANCE_SET, TAG_CLUSTER, TAG_INSTANCE_TYPE] {
+    for key in [TAG_INSTANCE_SET, TAG_CLUSTER, TAG_INSTANCE_TYPE, TAG_POOL] {
         let bad = Tags::from([(key.to_owned(), "other".to_owned())]);
         let err = h
             .ours

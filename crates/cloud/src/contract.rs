@@ -3,7 +3,8 @@ use std::fmt;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use flotilla_domain::{ClusterName, InstanceId, InstanceSetId, InstanceType};
+use flotilla_domain::{ClusterName, InstanceId, InstanceSetId, InstanceType, PoolName};
+use futures::future::join_all;
 use tokio::time::Instant;
 
 /// Tag holding the ID of the instance set that owns an instance.
@@ -12,6 +13,10 @@ pub const TAG_INSTANCE_SET: &str = "flotilla-instance-set";
 pub const TAG_CLUSTER: &str = "flotilla-cluster";
 /// Tag holding the instance type the engine asked for.
 pub const TAG_INSTANCE_TYPE: &str = "flotilla-instance-type";
+/// Tag holding the pool an instance was made from, so what a driver keeps
+/// per pool (an EC2 pool's health check) applies to it after a restart too.
+/// Set at creation like the ownership tags, and as fixed.
+pub const TAG_POOL: &str = "flotilla-pool";
 
 pub type Tags = BTreeMap<String, String>;
 
@@ -29,6 +34,10 @@ pub fn ownership_tags(set: &InstanceSetId, cluster: &ClusterName, ty: &InstanceT
 #[derive(Debug, Clone)]
 pub struct CreateRequest {
     pub cluster: ClusterName,
+    /// The pool the nodes are made from. A driver may keep settings of its
+    /// own per pool (the ec2 driver's `[pools.NAME.ec2]`); the engine knows
+    /// only the name.
+    pub pool: PoolName,
     pub instance_type: InstanceType,
     pub image: Option<String>,
     pub tags: Tags,
@@ -36,6 +45,17 @@ pub struct CreateRequest {
     /// `local`).
     pub init_data: Option<String>,
     pub count: u32,
+}
+
+impl CreateRequest {
+    /// Every tag an instance of this request is created with: the
+    /// operator's, then the ownership tags and [`TAG_POOL`], which win.
+    pub fn instance_tags(&self, set: &InstanceSetId) -> Tags {
+        let mut tags = self.tags.clone();
+        tags.extend(ownership_tags(set, &self.cluster, &self.instance_type));
+        tags.insert(TAG_POOL.to_owned(), self.pool.to_string());
+        tags
+    }
 }
 
 /// One instance as the cloud lists it.
@@ -59,6 +79,40 @@ impl Instance {
     pub fn instance_set(&self) -> Option<&str> {
         self.tags.get(TAG_INSTANCE_SET).map(String::as_str)
     }
+
+    /// The pool it was made from; None for instances made before pools
+    /// were tagged.
+    pub fn pool(&self) -> Option<PoolName> {
+        self.tags
+            .get(TAG_POOL)
+            .and_then(|p| PoolName::new(p.as_str()).ok())
+    }
+}
+
+/// The resources of one instance type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InstanceShape {
+    pub vcpus: u32,
+    pub memory_mib: u64,
+}
+
+/// A spot price as the cloud publishes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpotPrice {
+    /// USD per instance hour.
+    pub usd_per_hour: f64,
+    pub availability_zone: String,
+    /// When the cloud set this price.
+    pub since: DateTime<Utc>,
+}
+
+/// What a pool's nodes are made of and cost now, as far as the driver can
+/// tell; each part is None when it cannot (or, for the spot price, when the
+/// pool does not launch spot instances).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Offering {
+    pub shape: Option<InstanceShape>,
+    pub spot_price: Option<SpotPrice>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -153,11 +207,15 @@ pub enum Health {
 /// - `list` returns every live instance carrying this set's ID and all of
 ///   `filter`'s tags, and nothing else; it pages internally;
 /// - `destroy` is idempotent: an instance already gone is success; it
-///   refuses instances without this set's ID;
+///   refuses instances without this set's ID; `destroy_many` answers as
+///   `destroy` would for each of its instances, in order;
 /// - `set_tags` adds or overwrites tags, refuses to change ownership tags,
 ///   and refuses instances without this set's ID;
 /// - `probe` asks the node itself; it is not a cloud API call and is not
-///   throttled.
+///   throttled;
+/// - `offering` is optional: a driver that cannot describe instance types
+///   says nothing, and one that can caches what it learns, so asking again
+///   is cheap.
 #[async_trait]
 pub trait InstanceSet: Send + Sync + 'static {
     fn id(&self) -> &InstanceSetId;
@@ -173,6 +231,13 @@ pub trait InstanceSet: Send + Sync + 'static {
 
     async fn destroy(&self, id: &InstanceId) -> Result<(), CloudError>;
 
+    /// Destroys each of `ids` (at most [`InstanceSet::max_batch`]). A
+    /// driver whose cloud terminates several instances in one call
+    /// overrides this; the default destroys them one by one, concurrently.
+    async fn destroy_many(&self, ids: &[InstanceId]) -> Vec<Result<(), CloudError>> {
+        join_all(ids.iter().map(|id| self.destroy(id))).await
+    }
+
     async fn set_tags(&self, id: &InstanceId, tags: &Tags) -> Result<(), CloudError>;
 
     async fn probe(&self, instance: &Instance) -> Health;
@@ -182,11 +247,22 @@ pub trait InstanceSet: Send + Sync + 'static {
     /// the engine asks again when a node without one probes ready, rather
     /// than report a ready node nobody can reach until the next listing.
     async fn address(&self, instance: &Instance) -> Option<String>;
+
+    /// The shape of `instance_type` and, if `pool` launches spot instances,
+    /// its current spot price. May call the cloud (it is throttled).
+    async fn offering(
+        &self,
+        pool: &PoolName,
+        instance_type: &InstanceType,
+    ) -> Result<Offering, CloudError> {
+        let _ = (pool, instance_type);
+        Ok(Offering::default())
+    }
 }
 
 /// Refuses changes to the ownership tags; shared by every driver.
 pub fn check_tag_update(tags: &Tags) -> Result<(), CloudError> {
-    for key in [TAG_INSTANCE_SET, TAG_CLUSTER, TAG_INSTANCE_TYPE] {
+    for key in [TAG_INSTANCE_SET, TAG_CLUSTER, TAG_INSTANCE_TYPE, TAG_POOL] {
         if tags.contains_key(key) {
             return Err(CloudError::permanent(format!(
                 "tag {key} is set at creation and cannot be changed"

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use flotilla_domain::{ClusterName, InstanceId, InstanceSetId, InstanceType};
+use flotilla_domain::{ClusterName, InstanceId, InstanceSetId, InstanceType, PoolName};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Deserialize;
@@ -16,8 +16,15 @@ use tokio::time::Instant;
 
 use crate::clock::{Clock, TokioClock};
 use crate::contract::{
-    check_tag_update, matches_filter, ownership_tags, CapacityScope, CloudError, CreateRequest,
-    Health, Instance, InstanceSet, Tags,
+    check_tag_update, matches_filter, CapacityScope, CloudError, CreateRequest, Health, Instance,
+    InstanceSet, InstanceShape, Offering, Tags,
+};
+
+/// The shape the fake gives every instance type, so the engine's and the
+/// API's handling of shapes can be seen without a real cloud.
+pub const FAKE_SHAPE: InstanceShape = InstanceShape {
+    vcpus: 2,
+    memory_mib: 4096,
 };
 
 /// Fault knobs. Rates are probabilities per call (or per node) in `0..=1`.
@@ -74,6 +81,7 @@ pub enum FakeOp {
     List,
     Destroy,
     SetTags,
+    Offering,
 }
 
 /// Counters of what reached the fake cloud.
@@ -83,6 +91,7 @@ pub struct FakeStats {
     pub lists: u64,
     pub destroys: u64,
     pub set_tags: u64,
+    pub offerings: u64,
     pub instances_created: u64,
     pub injected_errors: u64,
     pub rate_limited: u64,
@@ -91,7 +100,7 @@ pub struct FakeStats {
 
 impl FakeStats {
     pub fn calls(&self) -> u64 {
-        self.creates + self.lists + self.destroys + self.set_tags
+        self.creates + self.lists + self.destroys + self.set_tags + self.offerings
     }
 
     pub fn writes(&self) -> u64 {
@@ -374,6 +383,7 @@ impl FakeInstanceSet {
             FakeOp::List => w.stats.lists += 1,
             FakeOp::Destroy => w.stats.destroys += 1,
             FakeOp::SetTags => w.stats.set_tags += 1,
+            FakeOp::Offering => w.stats.offerings += 1,
         }
         w.sweep(now);
         if let Some(earliest_retry) = w.over_rate(now) {
@@ -440,12 +450,7 @@ impl InstanceSet for FakeInstanceSet {
             at: started,
             count,
         });
-        let mut tags = request.tags.clone();
-        tags.extend(ownership_tags(
-            &self.id,
-            &request.cluster,
-            &request.instance_type,
-        ));
+        let tags = request.instance_tags(&self.id);
         let mut made = Vec::with_capacity(count);
         for _ in 0..count {
             let id = InstanceId::new(format!("fake-{:06}", w.next_id));
@@ -561,6 +566,17 @@ impl InstanceSet for FakeInstanceSet {
             .get(&instance.id)
             .and_then(|i| i.instance.address.clone())
     }
+
+    /// Every type has [`FAKE_SHAPE`]; the fake has no spot market.
+    async fn offering(&self, _: &PoolName, _: &InstanceType) -> Result<Offering, CloudError> {
+        self.cloud.gate(FakeOp::Offering).await;
+        let now = Instant::now();
+        self.enter(&mut self.cloud.world.lock().unwrap(), FakeOp::Offering, now)?;
+        Ok(Offering {
+            shape: Some(FAKE_SHAPE),
+            spot_price: None,
+        })
+    }
 }
 
 /// A cluster name for fixtures; panics on an invalid one.
@@ -568,20 +584,23 @@ pub fn cluster(name: &str) -> ClusterName {
     ClusterName::new(name).expect("valid cluster name")
 }
 
+/// A fixture: `count` instances of type `small` from pool `p` for
+/// `cluster_name`, with no image, tags or init data.
+pub fn request(cluster_name: &str, count: u32) -> CreateRequest {
+    CreateRequest {
+        cluster: cluster(cluster_name),
+        pool: PoolName::new("p").expect("valid pool name"),
+        instance_type: InstanceType::new("small").expect("valid instance type"),
+        image: None,
+        tags: Tags::new(),
+        init_data: None,
+        count,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn request(cluster_name: &str, count: u32) -> CreateRequest {
-        CreateRequest {
-            cluster: cluster(cluster_name),
-            instance_type: InstanceType::new("small").unwrap(),
-            image: None,
-            tags: Tags::new(),
-            init_data: None,
-            count,
-        }
-    }
 
     #[tokio::test(start_paused = true)]
     async fn quota_fulfils_partially_then_refuses() {

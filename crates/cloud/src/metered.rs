@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use flotilla_domain::{InstanceId, InstanceSetId};
+use flotilla_domain::{InstanceId, InstanceSetId, InstanceType, PoolName};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -12,7 +12,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use tokio::time::Instant;
 
-use crate::contract::{CloudError, CreateRequest, Health, Instance, InstanceSet, Tags};
+use crate::contract::{CloudError, CreateRequest, Health, Instance, InstanceSet, Offering, Tags};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CallLabels {
@@ -145,6 +145,17 @@ impl<S: InstanceSet> InstanceSet for Metered<S> {
         r
     }
 
+    /// Recorded as one `destroy` per instance, so the counts mean the same
+    /// whether a driver batches or not.
+    async fn destroy_many(&self, ids: &[InstanceId]) -> Vec<Result<(), CloudError>> {
+        let start = Instant::now();
+        let results = self.inner.destroy_many(ids).await;
+        for r in &results {
+            self.metrics.record(&self.driver, "destroy", start, r);
+        }
+        results
+    }
+
     async fn set_tags(&self, id: &InstanceId, tags: &Tags) -> Result<(), CloudError> {
         let start = Instant::now();
         let r = self.inner.set_tags(id, tags).await;
@@ -158,5 +169,50 @@ impl<S: InstanceSet> InstanceSet for Metered<S> {
 
     async fn address(&self, instance: &Instance) -> Option<String> {
         self.inner.address(instance).await
+    }
+
+    async fn offering(
+        &self,
+        pool: &PoolName,
+        instance_type: &InstanceType,
+    ) -> Result<Offering, CloudError> {
+        let start = Instant::now();
+        let r = self.inner.offering(pool, instance_type).await;
+        self.metrics.record(&self.driver, "offering", start, &r);
+        r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fake::{request, FakeCloud, FakeConfig};
+
+    #[tokio::test(start_paused = true)]
+    async fn a_destroy_batch_counts_as_a_destroy_per_instance() {
+        let mut registry = Registry::default();
+        let metrics = Arc::new(CloudMetrics::register(&mut registry));
+        let cloud = FakeCloud::new(FakeConfig::default());
+        let theirs = cloud.instance_set("theirs");
+        let set = Metered::new(cloud.instance_set("ours"), "d", metrics);
+        let request = request("c", 2);
+        let mut ids: Vec<InstanceId> = set
+            .create(&request)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|i| i.id)
+            .collect();
+        ids.push(theirs.create(&request).await.unwrap()[0].id.clone());
+        let results = set.destroy_many(&ids).await;
+        assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 2);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        for line in [
+            r#"flotilla_cloud_calls_total{driver="d",operation="destroy",outcome="ok"} 2"#,
+            r#"flotilla_cloud_calls_total{driver="d",operation="destroy",outcome="permanent"} 1"#,
+        ] {
+            assert!(text.contains(line), "{line} in\n{text}");
+        }
     }
 }

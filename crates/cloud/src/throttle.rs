@@ -1,6 +1,7 @@
 //! The rate-limit proxy every instance set is wrapped in.
 //!
-//! Two rules, for every call (create, list, destroy, set_tags alike):
+//! Two rules, for every call (create, list, destroy, set_tags, offering
+//! alike; a `destroy_many` batch is one call, as a `create` batch is):
 //! - a shared budget of operations per second, paced like a token bucket
 //!   with one second of burst;
 //! - after the cloud answers `RateLimited`, every call fails at once with the
@@ -13,10 +14,10 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use flotilla_domain::{InstanceId, InstanceSetId};
+use flotilla_domain::{InstanceId, InstanceSetId, InstanceType, PoolName};
 use tokio::time::Instant;
 
-use crate::contract::{CloudError, CreateRequest, Health, Instance, InstanceSet, Tags};
+use crate::contract::{CloudError, CreateRequest, Health, Instance, InstanceSet, Offering, Tags};
 
 pub struct Throttled<S> {
     inner: S,
@@ -130,6 +131,14 @@ impl<S: InstanceSet> InstanceSet for Throttled<S> {
         self.observe(self.inner.destroy(id).await)
     }
 
+    async fn destroy_many(&self, ids: &[InstanceId]) -> Vec<Result<(), CloudError>> {
+        if let Err(e) = self.admit().await {
+            return vec![Err(e); ids.len()];
+        }
+        let results = self.inner.destroy_many(ids).await;
+        results.into_iter().map(|r| self.observe(r)).collect()
+    }
+
     async fn set_tags(&self, id: &InstanceId, tags: &Tags) -> Result<(), CloudError> {
         self.admit().await?;
         self.observe(self.inner.set_tags(id, tags).await)
@@ -142,24 +151,21 @@ impl<S: InstanceSet> InstanceSet for Throttled<S> {
     async fn address(&self, instance: &Instance) -> Option<String> {
         self.inner.address(instance).await
     }
+
+    async fn offering(
+        &self,
+        pool: &PoolName,
+        instance_type: &InstanceType,
+    ) -> Result<Offering, CloudError> {
+        self.admit().await?;
+        self.observe(self.inner.offering(pool, instance_type).await)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fake::{FakeCloud, FakeConfig};
-    use flotilla_domain::{ClusterName, InstanceType};
-
-    fn request() -> CreateRequest {
-        CreateRequest {
-            cluster: ClusterName::new("c").unwrap(),
-            instance_type: InstanceType::new("small").unwrap(),
-            image: None,
-            tags: Tags::new(),
-            init_data: None,
-            count: 1,
-        }
-    }
+    use crate::fake::{request, FakeCloud, FakeConfig};
 
     #[tokio::test(start_paused = true)]
     async fn budget_paces_calls() {
@@ -180,15 +186,26 @@ mod tests {
             ..FakeConfig::default()
         });
         let set = Throttled::new(cloud.instance_set("s"), None);
-        let made = set.create(&request()).await.unwrap();
+        let made = set.create(&request("c", 1)).await.unwrap();
         let err = set.list(&Tags::new()).await.unwrap_err();
         assert!(matches!(err, CloudError::RateLimited { .. }), "{err}");
         let calls_before = cloud.stats().calls();
         // Destroy and set_tags are held off too, without reaching the cloud.
         let err = set.destroy(&made[0].id).await.unwrap_err();
         assert!(matches!(err, CloudError::RateLimited { .. }), "{err}");
+        let results = set.destroy_many(&[made[0].id.clone()]).await;
+        assert!(
+            matches!(results[..], [Err(CloudError::RateLimited { .. })]),
+            "{results:?}"
+        );
         let tags = Tags::from([("k".into(), "v".into())]);
         let err = set.set_tags(&made[0].id, &tags).await.unwrap_err();
+        assert!(matches!(err, CloudError::RateLimited { .. }), "{err}");
+        let (pool, ty) = (
+            PoolName::new("p").unwrap(),
+            InstanceType::new("small").unwrap(),
+        );
+        let err = set.offering(&pool, &ty).await.unwrap_err();
         assert!(matches!(err, CloudError::RateLimited { .. }), "{err}");
         assert_eq!(cloud.stats().calls(), calls_before);
         tokio::time::advance(Duration::from_secs(1)).await;

@@ -3,8 +3,13 @@
 //! standard AWS chain (environment, profile, web identity, container or
 //! instance role).
 
+use std::collections::BTreeMap;
+use std::fmt;
+use std::marker::PhantomData;
 use std::time::Duration;
 
+use flotilla_domain::PoolName;
+use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 
 use crate::Ec2Error;
@@ -62,6 +67,151 @@ pub struct Ec2Config {
     /// Limit on one EC2 API call, including connecting.
     #[serde(default = "default_request_timeout", with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// The launch settings of the pools that override the driver's: each
+    /// pool's `[pools.NAME.ec2]`, filled in by whoever reads the pools (never
+    /// from the driver's own table).
+    #[serde(skip)]
+    pub pools: BTreeMap<PoolName, Ec2PoolOptions>,
+}
+
+/// `[pools.NAME.ec2]`: what one pool launches differently from its driver.
+/// A key present replaces the driver's setting of the same name; `spot =
+/// false` and `health_check = false` switch the driver's off for the pool.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ec2PoolOptions {
+    #[serde(default)]
+    pub subnets: Option<Vec<String>>,
+    #[serde(default)]
+    pub security_groups: Option<Vec<String>>,
+    #[serde(default)]
+    pub key_name: Option<String>,
+    #[serde(default)]
+    pub iam_instance_profile: Option<String>,
+    /// `Some(None)`: on-demand, whatever the driver says.
+    #[serde(default, deserialize_with = "off_or")]
+    pub spot: Option<Option<SpotConfig>>,
+    /// `Some(None)`: ready once running, whatever the driver says.
+    #[serde(default, deserialize_with = "off_or")]
+    pub health_check: Option<Option<HealthCheck>>,
+}
+
+/// How one pool's instances are launched and checked: the driver's
+/// settings with the pool's [`Ec2PoolOptions`] over them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LaunchSettings<'a> {
+    pub subnets: &'a [String],
+    pub security_groups: &'a [String],
+    pub key_name: Option<&'a str>,
+    pub iam_instance_profile: Option<&'a str>,
+    pub spot: Option<&'a SpotConfig>,
+    pub health_check: Option<&'a HealthCheck>,
+}
+
+impl LaunchSettings<'_> {
+    /// The checks the driver's table and a pool's share.
+    fn check(&self) -> Result<(), String> {
+        for (what, values) in [
+            ("subnets", self.subnets),
+            ("security_groups", self.security_groups),
+        ] {
+            if values.iter().any(|v| v.trim().is_empty()) {
+                return Err(format!("{what} holds an empty entry"));
+            }
+        }
+        for (what, value) in [
+            ("key_name", self.key_name),
+            ("iam_instance_profile", self.iam_instance_profile),
+        ] {
+            if value.is_some_and(|v| v.trim().is_empty()) {
+                return Err(format!("{what} is empty; leave it out instead"));
+            }
+        }
+        if let Some(price) = self.spot.and_then(|s| s.max_price.as_ref()) {
+            if !price.parse::<f64>().is_ok_and(|p| p.is_finite() && p > 0.0) {
+                return Err(format!(
+                    "spot.max_price {price:?} is not a positive price in USD such as \"0.05\""
+                ));
+            }
+        }
+        if let Some(check) = self.health_check {
+            if check.port == 0 {
+                return Err("health_check.port is 0".to_owned());
+            }
+            if !check.path.starts_with('/') || check.path.chars().any(char::is_whitespace) {
+                return Err(format!(
+                    "health_check.path {:?} must start with '/' and hold no spaces",
+                    check.path
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Ec2PoolOptions {
+    /// Refuses what EC2 would refuse on every launch of the pool.
+    pub fn validate(&self) -> Result<(), Ec2Error> {
+        self.over(&LaunchSettings {
+            subnets: &[],
+            security_groups: &[],
+            key_name: None,
+            iam_instance_profile: None,
+            spot: None,
+            health_check: None,
+        })
+        .check()
+        .map_err(|reason| Ec2Error::InvalidPoolOptions { reason })
+    }
+
+    /// These options over `base`.
+    fn over<'a>(&'a self, base: &LaunchSettings<'a>) -> LaunchSettings<'a> {
+        LaunchSettings {
+            subnets: self.subnets.as_deref().unwrap_or(base.subnets),
+            security_groups: self
+                .security_groups
+                .as_deref()
+                .unwrap_or(base.security_groups),
+            key_name: self.key_name.as_deref().or(base.key_name),
+            iam_instance_profile: self
+                .iam_instance_profile
+                .as_deref()
+                .or(base.iam_instance_profile),
+            spot: self.spot.as_ref().map_or(base.spot, Option::as_ref),
+            health_check: self
+                .health_check
+                .as_ref()
+                .map_or(base.health_check, Option::as_ref),
+        }
+    }
+}
+
+/// `false` (`Some(None)`) or the setting's table (`Some(Some(..))`); a
+/// visitor rather than an untagged enum, so an unknown key inside the table
+/// is still reported by name.
+fn off_or<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    struct OffOr<T>(PhantomData<T>);
+    impl<'de, T: Deserialize<'de>> Visitor<'de> for OffOr<T> {
+        type Value = Option<T>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("false or a table")
+        }
+        fn visit_bool<E: de::Error>(self, on: bool) -> Result<Option<T>, E> {
+            if on {
+                Err(E::invalid_value(de::Unexpected::Bool(true), &self))
+            } else {
+                Ok(None)
+            }
+        }
+        fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Option<T>, A::Error> {
+            T::deserialize(de::value::MapAccessDeserializer::new(map)).map(Some)
+        }
+    }
+    deserializer.deserialize_any(OffOr(PhantomData)).map(Some)
 }
 
 /// Spot instances, with an optional price cap and fallback.
@@ -141,6 +291,24 @@ impl Ec2Config {
             price_cache: default_price_cache(),
             list_page_size: default_list_page_size(),
             request_timeout: default_request_timeout(),
+            pools: BTreeMap::new(),
+        }
+    }
+
+    /// How `pool`'s instances are launched and checked (None: an instance
+    /// of no known pool, which gets the driver's settings).
+    pub fn launch_settings(&self, pool: Option<&PoolName>) -> LaunchSettings<'_> {
+        let driver = LaunchSettings {
+            subnets: &self.subnets,
+            security_groups: &self.security_groups,
+            key_name: self.key_name.as_deref(),
+            iam_instance_profile: self.iam_instance_profile.as_deref(),
+            spot: self.spot.as_ref(),
+            health_check: self.health_check.as_ref(),
+        };
+        match pool.and_then(|p| self.pools.get(p)) {
+            Some(options) => options.over(&driver),
+            None => driver,
         }
     }
 
@@ -173,31 +341,13 @@ impl Ec2Config {
         if self.max_batch > i32::MAX as u32 {
             return invalid(format!("max_batch {} is too large", self.max_batch));
         }
-        for (what, values) in [
-            ("subnets", &self.subnets),
-            ("security_groups", &self.security_groups),
-        ] {
-            if values.iter().any(|v| v.trim().is_empty()) {
-                return invalid(format!("{what} holds an empty entry"));
-            }
-        }
-        if let Some(price) = self.spot.as_ref().and_then(|s| s.max_price.as_ref()) {
-            if !price.parse::<f64>().is_ok_and(|p| p.is_finite() && p > 0.0) {
-                return invalid(format!(
-                    "spot.max_price {price:?} is not a positive price in USD such as \"0.05\""
-                ));
-            }
-        }
-        if let Some(check) = &self.health_check {
-            if check.port == 0 {
-                return invalid("health_check.port is 0".to_owned());
-            }
-            if !check.path.starts_with('/') || check.path.chars().any(char::is_whitespace) {
-                return invalid(format!(
-                    "health_check.path {:?} must start with '/' and hold no spaces",
-                    check.path
-                ));
-            }
+        self.launch_settings(None)
+            .check()
+            .map_err(|reason| Ec2Error::InvalidConfig { reason })?;
+        for (pool, options) in &self.pools {
+            options.validate().map_err(|e| Ec2Error::InvalidConfig {
+                reason: format!("pools.{pool}.ec2: {e}"),
+            })?;
         }
         if !(5..=1000).contains(&self.list_page_size) {
             return invalid(format!(
@@ -245,6 +395,96 @@ mod tests {
         assert_eq!(minimal, Ec2Config::new("eu-west-1"));
         let unknown = toml::from_str::<Ec2Config>("region = \"eu-west-1\"\nsubnet = \"x\"");
         assert!(unknown.unwrap_err().to_string().contains("subnet"));
+    }
+
+    #[test]
+    fn a_pools_options_replace_the_drivers_key_by_key() {
+        let options: Ec2PoolOptions = toml::from_str(
+            r#"
+            subnets = ["subnet-p"]
+            key_name = "pool-key"
+            spot = false
+            health_check = { port = 9000 }
+            "#,
+        )
+        .unwrap();
+        options.validate().unwrap();
+        let pool = PoolName::new("p").unwrap();
+        let driver = Ec2Config {
+            subnets: vec!["subnet-a".into(), "subnet-b".into()],
+            security_groups: vec!["sg-1".into()],
+            iam_instance_profile: Some("role".into()),
+            spot: Some(SpotConfig::default()),
+            pools: [(pool.clone(), options)].into(),
+            ..Ec2Config::new("us-east-1")
+        };
+        driver.validate().unwrap();
+        let settings = driver.launch_settings(Some(&pool));
+        assert_eq!(settings.subnets, ["subnet-p"]);
+        assert_eq!(settings.security_groups, ["sg-1"], "kept from the driver");
+        assert_eq!(settings.key_name, Some("pool-key"));
+        assert_eq!(settings.iam_instance_profile, Some("role"));
+        assert_eq!(settings.spot, None, "switched off for the pool");
+        assert_eq!(settings.health_check.map(|c| c.port), Some(9000));
+        assert_eq!(settings.health_check.unwrap().path, "/healthz");
+        // Other pools, and instances of no known pool, get the driver's.
+        let other = PoolName::new("q").unwrap();
+        for settings in [
+            driver.launch_settings(Some(&other)),
+            driver.launch_settings(None),
+        ] {
+            assert_eq!(settings.subnets, ["subnet-a", "subnet-b"]);
+            assert_eq!(settings.spot, Some(&SpotConfig::default()));
+            assert_eq!(settings.health_check, None);
+        }
+        // An empty table is plain spot; the driver's spot can be replaced.
+        let spot: Ec2PoolOptions = toml::from_str("spot = {}\nhealth_check = false").unwrap();
+        assert_eq!(spot.spot, Some(Some(SpotConfig::default())));
+        assert_eq!(spot.health_check, Some(None));
+        assert_eq!(
+            toml::from_str::<Ec2PoolOptions>("").unwrap(),
+            Ec2PoolOptions::default()
+        );
+    }
+
+    #[test]
+    fn bad_pool_options_are_refused_naming_the_key() {
+        for (text, key) in [
+            ("subnet = [\"s\"]", "subnet"),
+            ("spot = { max_prize = \"0.1\" }", "max_prize"),
+            ("spot = true", "spot"),
+            ("health_check = { port = 80, pth = \"/\" }", "pth"),
+            ("health_check = 8080", "health_check"),
+            ("region = \"us-east-1\"", "region"),
+        ] {
+            let e = toml::from_str::<Ec2PoolOptions>(text)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key), "{text:?}: {e}");
+        }
+        for (text, key) in [
+            ("subnets = [\"\"]", "subnets"),
+            ("security_groups = [\"sg-1\", \" \"]", "security_groups"),
+            ("key_name = \"\"", "key_name"),
+            ("spot = { max_price = \"free\" }", "spot.max_price"),
+            ("health_check = { port = 0 }", "health_check.port"),
+            (
+                "health_check = { port = 80, path = \"up\" }",
+                "health_check.path",
+            ),
+        ] {
+            let options: Ec2PoolOptions = toml::from_str(text).unwrap();
+            let e = options.validate().unwrap_err();
+            assert!(matches!(e, Ec2Error::InvalidPoolOptions { .. }), "{e}");
+            assert!(e.to_string().contains(key), "{text:?}: {e}");
+            // And inside a driver's configuration, named with the pool.
+            let driver = Ec2Config {
+                pools: [(PoolName::new("gpu").unwrap(), options)].into(),
+                ..Ec2Config::new("us-east-1")
+            };
+            let e = driver.validate().unwrap_err().to_string();
+            assert!(e.contains("pools.gpu.ec2") && e.contains(key), "{e}");
+        }
     }
 
     #[test]

@@ -9,7 +9,11 @@
 //!   refuse another set's;
 //! - `shutting-down` and `terminated` instances are gone: never listed, and
 //!   destroying one is success;
-//! - probes make no EC2 call: they read the state the last listing saw.
+//! - probes make no EC2 call: they read the state the last listing saw;
+//! - a pool's `[pools.NAME.ec2]` ([`Ec2PoolOptions`], kept in
+//!   [`Ec2Config::pools`]) replaces the driver's launch settings for that
+//!   pool's instances; the pool is known from the create request and, for a
+//!   probe, from the instance's `flotilla-pool` tag.
 //!
 //! Errors are classified by EC2's error codes ([`classify`]); a rate limit
 //! comes with a back-off of 1 s doubling to 60 s, reset by any call that
@@ -21,10 +25,11 @@ mod errors;
 mod prices;
 mod probe;
 mod set;
+pub mod user_data;
 
-pub use config::{AddressKind, Ec2Config, HealthCheck, SpotConfig};
+pub use config::{AddressKind, Ec2Config, Ec2PoolOptions, HealthCheck, LaunchSettings, SpotConfig};
 pub use errors::{classify, ErrorClass, BACKOFF_MAX, BACKOFF_START};
-pub use prices::{InstanceShape, SpotPrice};
+pub use flotilla_cloud::{InstanceShape, SpotPrice};
 pub use set::{load_sdk_config, Ec2InstanceSet};
 
 /// Re-exported so callers can pass explicit credentials without depending on
@@ -38,6 +43,8 @@ use flotilla_cloud::CloudError;
 pub enum Ec2Error {
     #[error("invalid ec2 driver configuration: {reason}")]
     InvalidConfig { reason: String },
+    #[error("invalid ec2 pool options: {reason}")]
+    InvalidPoolOptions { reason: String },
     #[error("the ec2 driver cannot use EC2: {0}")]
     Cloud(CloudError),
 }

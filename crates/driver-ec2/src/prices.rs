@@ -6,29 +6,12 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use flotilla_cloud::CloudError;
+use flotilla_cloud::{CloudError, InstanceShape, SpotPrice};
 use flotilla_domain::InstanceType;
 use tokio::time::Instant;
 
 use crate::errors::{ErrorClass, Failure};
 use crate::Ec2InstanceSet;
-
-/// The resources of one instance type.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct InstanceShape {
-    pub vcpus: u32,
-    pub memory_mib: u64,
-}
-
-/// A spot price as EC2 publishes it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SpotPrice {
-    /// USD per instance hour.
-    pub usd_per_hour: f64,
-    pub availability_zone: String,
-    /// When EC2 set this price.
-    pub since: DateTime<Utc>,
-}
 
 impl Ec2InstanceSet {
     /// The vCPUs and memory of `ty`.

@@ -16,18 +16,23 @@ use aws_sdk_ec2::Client;
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use flotilla_cloud::{
-    check_tag_update, matches_filter, ownership_tags, CapacityScope, CloudError, CreateRequest,
-    Health, Instance, InstanceSet, Tags, TAG_INSTANCE_SET, TAG_INSTANCE_TYPE,
+    check_tag_update, matches_filter, CapacityScope, CloudError, CreateRequest, Health, Instance,
+    InstanceSet, Offering, Tags, TAG_INSTANCE_SET, TAG_INSTANCE_TYPE,
 };
-use flotilla_domain::{InstanceId, InstanceSetId, InstanceType};
+use flotilla_domain::{InstanceId, InstanceSetId, InstanceType, PoolName};
 use tokio::time::Instant;
 
 use crate::errors::{to_cloud_error, Backoff, ErrorClass, Failure};
-use crate::{probe, AddressKind, Ec2Config, Ec2Error};
+use crate::user_data::{self, NodeIdentity, MAX_USER_DATA};
+use crate::{probe, AddressKind, Ec2Config, Ec2Error, LaunchSettings};
 
 /// The states in which an instance exists for flotilla. `shutting-down` and
 /// `terminated` instances are gone, though EC2 lists them for a while.
 const LIVE_STATES: [&str; 4] = ["pending", "running", "stopping", "stopped"];
+
+/// Most instances one destroy looks up and terminates in one call of each:
+/// well within the 200 values EC2 takes in a filter.
+const DESTROY_BATCH: usize = 100;
 
 /// Tag EC2's console shows as the instance's name.
 const NAME_TAG: &str = "Name";
@@ -46,6 +51,16 @@ impl fmt::Display for Market {
             Market::OnDemand => "on-demand",
         })
     }
+}
+
+/// What every RunInstances call of one create shares.
+struct Launch<'a> {
+    request: &'a CreateRequest,
+    image: &'a str,
+    tags: &'a Tags,
+    settings: LaunchSettings<'a>,
+    /// Rendered and base64-encoded.
+    user_data: Option<String>,
 }
 
 /// What EC2 last said about one of our instances: the probe's source, so a
@@ -344,8 +359,8 @@ impl Ec2InstanceSet {
     }
 
     /// The markets to try for a create, in order.
-    fn markets(&self) -> Vec<Market> {
-        match &self.config.spot {
+    fn markets(settings: &LaunchSettings<'_>) -> Vec<Market> {
+        match settings.spot {
             None => vec![Market::OnDemand],
             Some(spot) if spot.fallback_on_demand => vec![Market::Spot, Market::OnDemand],
             Some(_) => vec![Market::Spot],
@@ -355,13 +370,13 @@ impl Ec2InstanceSet {
     /// One RunInstances call.
     async fn run_instances(
         &self,
-        request: &CreateRequest,
-        image: &str,
-        tags: &Tags,
+        launch: &Launch<'_>,
         market: Market,
         subnet: Option<&str>,
     ) -> Result<Vec<aws_sdk_ec2::types::Instance>, Failure> {
-        let tag_list: Vec<Tag> = tags
+        let (request, settings) = (launch.request, &launch.settings);
+        let tag_list: Vec<Tag> = launch
+            .tags
             .iter()
             .map(|(k, v)| Tag::builder().key(k).value(v).build())
             .collect();
@@ -379,23 +394,23 @@ impl Ec2InstanceSet {
         let mut call = self
             .client
             .run_instances()
-            .image_id(image)
+            .image_id(launch.image)
             .instance_type(aws_sdk_ec2::types::InstanceType::from(
                 request.instance_type.as_str(),
             ))
             .min_count(1)
             .max_count(request.count as i32)
             .set_tag_specifications(Some(specs));
-        if !self.config.security_groups.is_empty() {
-            call = call.set_security_group_ids(Some(self.config.security_groups.clone()));
+        if !settings.security_groups.is_empty() {
+            call = call.set_security_group_ids(Some(settings.security_groups.to_vec()));
         }
         if let Some(subnet) = subnet {
             call = call.subnet_id(subnet);
         }
-        if let Some(key) = &self.config.key_name {
+        if let Some(key) = settings.key_name {
             call = call.key_name(key);
         }
-        if let Some(profile) = &self.config.iam_instance_profile {
+        if let Some(profile) = settings.iam_instance_profile {
             let spec = IamInstanceProfileSpecification::builder();
             let spec = if profile.starts_with("arn:") {
                 spec.arn(profile)
@@ -404,11 +419,11 @@ impl Ec2InstanceSet {
             };
             call = call.iam_instance_profile(spec.build());
         }
-        if let Some(init) = &request.init_data {
-            call = call.user_data(base64::engine::general_purpose::STANDARD.encode(init));
+        if let Some(user_data) = &launch.user_data {
+            call = call.user_data(user_data);
         }
         if market == Market::Spot {
-            let max_price = self.config.spot.as_ref().and_then(|s| s.max_price.clone());
+            let max_price = settings.spot.and_then(|s| s.max_price.clone());
             call = call.instance_market_options(
                 InstanceMarketOptionsRequest::builder()
                     .market_type(MarketType::Spot)
@@ -436,28 +451,24 @@ impl Ec2InstanceSet {
     /// every subnet; `Err(Err(e))`: any other failure.
     async fn launch(
         &self,
-        request: &CreateRequest,
-        image: &str,
-        tags: &Tags,
+        launch: &Launch<'_>,
         market: Market,
     ) -> Result<Vec<aws_sdk_ec2::types::Instance>, Result<Failure, CloudError>> {
-        let subnets: Vec<Option<&str>> = if self.config.subnets.is_empty() {
+        let subnets: Vec<Option<&str>> = if launch.settings.subnets.is_empty() {
             vec![None]
         } else {
-            self.config
+            launch
+                .settings
                 .subnets
                 .iter()
                 .map(|s| Some(s.as_str()))
                 .collect()
         };
-        let ty = &request.instance_type;
+        let ty = &launch.request.instance_type;
         let mut capacity: Option<Failure> = None;
         let mut last: Option<Failure> = None;
         for (n, subnet) in subnets.iter().enumerate() {
-            match self
-                .run_instances(request, image, tags, market, *subnet)
-                .await
-            {
+            match self.run_instances(launch, market, *subnet).await {
                 Ok(made) => return Ok(made),
                 Err(f) if matches!(f.class, ErrorClass::Capacity | ErrorClass::Subnet) => {
                     if n + 1 < subnets.len() {
@@ -476,6 +487,90 @@ impl Ec2InstanceSet {
             (Some(f), _) => Err(Ok(f)),
             (None, Some(f)) => Err(Err(self.cloud_error(&f, Some(ty)))),
             (None, None) => unreachable!("at least one subnet is tried"),
+        }
+    }
+
+    /// [`InstanceSet::destroy_many`] for at most [`DESTROY_BATCH`].
+    async fn destroy_batch(&self, ids: &[InstanceId]) -> Vec<Result<(), CloudError>> {
+        // A filter rather than InstanceIds: an unknown or malformed ID is
+        // then missing from the answer, not an error for the whole batch.
+        let found = match self
+            .describe(vec![filter(
+                "instance-id",
+                ids.iter().map(InstanceId::as_str),
+            )])
+            .await
+        {
+            Ok(found) => found,
+            Err(e) => return vec![Err(e); ids.len()],
+        };
+        let mut results = vec![Ok(()); ids.len()];
+        let mut live = Vec::new();
+        for (n, id) in ids.iter().enumerate() {
+            let Some(instance) = found.iter().find(|i| i.instance_id() == Some(id.as_str())) else {
+                continue;
+            };
+            if !self.owns(instance.tags()) {
+                results[n] = Err(CloudError::not_owned(id, &self.id));
+            } else if !matches!(
+                instance.state().and_then(|s| s.name()),
+                Some(InstanceStateName::Terminated | InstanceStateName::ShuttingDown)
+            ) {
+                live.push(n);
+            }
+        }
+        if !live.is_empty() {
+            let batch: Vec<&InstanceId> = live.iter().map(|&n| &ids[n]).collect();
+            match self.terminate(&batch).await {
+                Ok(()) => {}
+                // One went between the lookup and the call, and EC2 refuses
+                // the whole call for it: each on its own, where gone is done.
+                Err(f) if f.class == ErrorClass::InstanceNotFound && batch.len() > 1 => {
+                    for &n in &live {
+                        if let Err(f) = self.terminate(&[&ids[n]]).await {
+                            if f.class != ErrorClass::InstanceNotFound {
+                                results[n] = Err(self.cloud_error(&f, None));
+                            }
+                        }
+                    }
+                }
+                Err(f) if f.class == ErrorClass::InstanceNotFound => {}
+                Err(f) => {
+                    let e = self.cloud_error(&f, None);
+                    for &n in &live {
+                        results[n] = Err(e.clone());
+                    }
+                }
+            }
+        }
+        let mut observed = lock(&self.observed);
+        for (id, result) in ids.iter().zip(&results) {
+            if result.is_ok() {
+                observed.remove(id);
+            }
+        }
+        for &n in &live {
+            if results[n].is_ok() {
+                tracing::info!(instance_set = %self.id, instance = %ids[n], "terminating EC2 instance");
+            }
+        }
+        results
+    }
+
+    /// One TerminateInstances call.
+    async fn terminate(&self, ids: &[&InstanceId]) -> Result<(), Failure> {
+        self.count_call("TerminateInstances");
+        let call = ids
+            .iter()
+            .fold(self.client.terminate_instances(), |call, id| {
+                call.instance_ids(id.as_str())
+            });
+        match call.send().await {
+            Ok(_) => {
+                self.succeeded();
+                Ok(())
+            }
+            Err(e) => Err(Failure::from_sdk("TerminateInstances", &e)),
         }
     }
 
@@ -533,12 +628,40 @@ impl InstanceSet for Ec2InstanceSet {
             ));
         };
         let ty = &request.instance_type;
-        let mut tags = request.tags.clone();
+        let mut tags = request.instance_tags(&self.id);
         tags.entry(NAME_TAG.to_owned())
             .or_insert_with(|| format!("flotilla-{}", request.cluster));
-        tags.extend(ownership_tags(&self.id, &request.cluster, ty));
+        let user_data = match &request.init_data {
+            None => None,
+            Some(template) => {
+                let rendered = user_data::render(
+                    template,
+                    &NodeIdentity {
+                        cluster: &request.cluster,
+                        pool: &request.pool,
+                        instance_type: ty,
+                        instance_set: &self.id,
+                    },
+                );
+                if rendered.len() > MAX_USER_DATA {
+                    return Err(CloudError::permanent(format!(
+                        "the user data of pool {} is {} bytes once rendered; EC2 takes at most {MAX_USER_DATA}",
+                        request.pool,
+                        rendered.len()
+                    )));
+                }
+                Some(base64::engine::general_purpose::STANDARD.encode(rendered))
+            }
+        };
+        let launch = Launch {
+            request,
+            image,
+            tags: &tags,
+            settings: self.config.launch_settings(Some(&request.pool)),
+            user_data,
+        };
 
-        let markets = self.markets();
+        let markets = Self::markets(&launch.settings);
         let mut short: Option<CloudError> = None;
         for (n, market) in markets.iter().copied().enumerate() {
             let fallback = n + 1 < markets.len();
@@ -554,7 +677,7 @@ impl InstanceSet for Ec2InstanceSet {
                 });
                 continue;
             }
-            match self.launch(request, image, &tags, market).await {
+            match self.launch(&launch, market).await {
                 Ok(made) => {
                     let found: Vec<(Instance, Observed)> = made
                         .iter()
@@ -633,40 +756,19 @@ impl InstanceSet for Ec2InstanceSet {
     }
 
     async fn destroy(&self, id: &InstanceId) -> Result<(), CloudError> {
-        let Some(instance) = self.describe_one(id).await? else {
-            lock(&self.observed).remove(id);
-            return Ok(());
-        };
-        if !self.owns(instance.tags()) {
-            return Err(CloudError::not_owned(id, &self.id));
+        let mut results = self.destroy_many(std::slice::from_ref(id)).await;
+        results.pop().expect("one result per instance")
+    }
+
+    /// One DescribeInstances and one TerminateInstances for each
+    /// [`DESTROY_BATCH`] instances, however many: each is looked up first,
+    /// and only this set's live ones are terminated.
+    async fn destroy_many(&self, ids: &[InstanceId]) -> Vec<Result<(), CloudError>> {
+        let mut results = Vec::with_capacity(ids.len());
+        for batch in ids.chunks(DESTROY_BATCH) {
+            results.extend(self.destroy_batch(batch).await);
         }
-        let state = instance.state().and_then(|s| s.name());
-        if matches!(
-            state,
-            Some(InstanceStateName::Terminated | InstanceStateName::ShuttingDown)
-        ) {
-            lock(&self.observed).remove(id);
-            return Ok(());
-        }
-        self.count_call("TerminateInstances");
-        match self
-            .client
-            .terminate_instances()
-            .instance_ids(id.as_str())
-            .send()
-            .await
-        {
-            Ok(_) => self.succeeded(),
-            Err(e) => {
-                let failure = Failure::from_sdk("TerminateInstances", &e);
-                if failure.class != ErrorClass::InstanceNotFound {
-                    return Err(self.cloud_error(&failure, None));
-                }
-            }
-        }
-        lock(&self.observed).remove(id);
-        tracing::info!(instance_set = %self.id, instance = %id, "terminating EC2 instance");
-        Ok(())
+        results
     }
 
     async fn set_tags(&self, id: &InstanceId, tags: &Tags) -> Result<(), CloudError> {
@@ -707,7 +809,8 @@ impl InstanceSet for Ec2InstanceSet {
     }
 
     /// Ready when the last listing saw the instance running and, with a
-    /// health check configured, when the node answers it. Makes no EC2
+    /// health check configured (the instance's pool's, else the driver's),
+    /// when the node answers it. Makes no EC2
     /// call: the engine lists on every resync, and a call per probe would
     /// spend the account's API budget.
     async fn probe(&self, instance: &Instance) -> Health {
@@ -718,7 +821,8 @@ impl InstanceSet for Ec2InstanceSet {
         if observed.state != InstanceStateName::Running {
             return Health::NotReady;
         }
-        let Some(check) = &self.config.health_check else {
+        let pool = instance.pool();
+        let Some(check) = self.config.launch_settings(pool.as_ref()).health_check else {
             return Health::Ready;
         };
         let Some(address) = observed.address.or_else(|| instance.address.clone()) else {
@@ -732,5 +836,23 @@ impl InstanceSet for Ec2InstanceSet {
             .get(&instance.id)
             .and_then(|o| o.address.clone())
             .or_else(|| instance.address.clone())
+    }
+
+    /// The type's shape (cached for good) and, for a pool that launches
+    /// spot, its spot price (cached for `price_cache`).
+    async fn offering(
+        &self,
+        pool: &PoolName,
+        instance_type: &InstanceType,
+    ) -> Result<Offering, CloudError> {
+        let shape = self.instance_shape(instance_type).await?;
+        let spot_price = match self.config.launch_settings(Some(pool)).spot {
+            Some(_) => self.spot_price(instance_type).await?,
+            None => None,
+        };
+        Ok(Offering {
+            shape: Some(shape),
+            spot_price,
+        })
     }
 }

@@ -8,16 +8,20 @@ mod support;
 use std::collections::BTreeMap;
 
 use aws_sdk_ec2::types::{Filter, ResourceType, Tag, TagSpecification};
-use flotilla_cloud::{CloudError, InstanceSet, Tags, TAG_CLUSTER, TAG_INSTANCE_SET};
-use flotilla_domain::{InstanceId, InstanceType};
+use flotilla_cloud::{CloudError, InstanceSet, Tags, TAG_CLUSTER, TAG_INSTANCE_SET, TAG_POOL};
+use flotilla_domain::{InstanceId, InstanceType, PoolName};
 use flotilla_driver_ec2::{load_sdk_config, Ec2Config, SpotConfig};
 use support::moto::{Moto, AMI};
-use support::{config, credentials, open, request};
+use support::{assert_rendered, config, credentials, open, request, POOL};
 
 async fn moto() -> Moto {
     tokio::task::spawn_blocking(Moto::start)
         .await
         .expect("start moto")
+}
+
+fn pool(name: &str) -> PoolName {
+    PoolName::new(name).unwrap()
 }
 
 /// A plain EC2 client on moto, to do what flotilla would not.
@@ -116,7 +120,7 @@ async fn instances_made_outside_flotilla_are_never_touched() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn create_tags_instance_and_volume_and_passes_user_data() {
+async fn create_tags_instance_and_volume_and_renders_user_data() {
     let moto = moto().await;
     let client = raw_client(&moto).await;
     let set = open(config(&moto.endpoint), "ours").await;
@@ -126,6 +130,7 @@ async fn create_tags_instance_and_volume_and_passes_user_data() {
     let tags = tags_of(seen.tags());
     assert_eq!(tags.get(TAG_INSTANCE_SET).map(String::as_str), Some("ours"));
     assert_eq!(tags.get(TAG_CLUSTER).map(String::as_str), Some("tagged"));
+    assert_eq!(tags.get(TAG_POOL).map(String::as_str), Some(POOL));
     assert_eq!(tags.get("team").map(String::as_str), Some("ops"));
     assert_eq!(made[0].address.as_deref(), seen.private_ip_address());
     let volumes = client
@@ -153,11 +158,11 @@ async fn create_tags_instance_and_volume_and_passes_user_data() {
         .send()
         .await
         .unwrap();
-    use base64::Engine as _;
-    let decoded = base64::engine::general_purpose::STANDARD
-        .decode(user_data.user_data().unwrap().value().unwrap())
-        .unwrap();
-    assert_eq!(decoded, b"#!/bin/sh\necho hello\n");
+    assert_rendered(
+        user_data.user_data().unwrap().value().unwrap(),
+        "tagged",
+        "ours",
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -183,7 +188,7 @@ async fn a_missing_subnet_fails_over_to_a_real_one() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn spot_instances_are_spot() {
+async fn spot_instances_are_spot_unless_their_pool_says_not() {
     let moto = moto().await;
     let client = raw_client(&moto).await;
     let set = open(
@@ -192,6 +197,7 @@ async fn spot_instances_are_spot() {
                 max_price: Some("0.05".into()),
                 fallback_on_demand: true,
             }),
+            pools: [(pool("steady"), toml::from_str("spot = false").unwrap())].into(),
             ..config(&moto.endpoint)
         },
         "ours",
@@ -200,6 +206,18 @@ async fn spot_instances_are_spot() {
     let made = set.create(&request("c", 1)).await.unwrap();
     let seen = describe(&client, made[0].id.as_str()).await;
     assert_eq!(seen.instance_lifecycle().map(|l| l.as_str()), Some("spot"));
+    // A pool that says spot = false launches on-demand on the same driver.
+    let steady = flotilla_cloud::CreateRequest {
+        pool: pool("steady"),
+        ..request("c", 1)
+    };
+    let made = set.create(&steady).await.unwrap();
+    let seen = describe(&client, made[0].id.as_str()).await;
+    assert_eq!(seen.instance_lifecycle(), None, "on-demand");
+    assert_eq!(
+        tags_of(seen.tags()).get(TAG_POOL).map(String::as_str),
+        Some("steady")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -221,7 +239,14 @@ async fn the_census_counts_every_instance_set() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shapes_and_spot_prices_are_known_and_cached() {
     let moto = moto().await;
-    let set = open(config(&moto.endpoint), "ours").await;
+    let set = open(
+        Ec2Config {
+            pools: [(pool("spot"), toml::from_str("spot = {}").unwrap())].into(),
+            ..config(&moto.endpoint)
+        },
+        "ours",
+    )
+    .await;
     let t3 = InstanceType::new("t3.micro").unwrap();
     let shape = set.instance_shape(&t3).await.unwrap();
     assert_eq!((shape.vcpus, shape.memory_mib), (2, 1024));
@@ -233,6 +258,14 @@ async fn shapes_and_spot_prices_are_known_and_cached() {
     );
     set.instance_shape(&t3).await.unwrap();
     set.spot_price(&t3).await.unwrap();
+    // What the engine asks: the shape, and the spot price for a spot pool
+    // only; all from the cache.
+    let on_demand = set.offering(&pool("plain"), &t3).await.unwrap();
+    assert_eq!(on_demand.shape, Some(shape));
+    assert_eq!(on_demand.spot_price, None);
+    let spot = set.offering(&pool("spot"), &t3).await.unwrap();
+    assert_eq!(spot.shape, Some(shape));
+    assert_eq!(spot.spot_price, Some(price));
     let calls = set.api_calls();
     assert_eq!(calls["DescribeInstanceTypes"], 1);
     assert_eq!(calls["DescribeSpotPriceHistory"], 1);

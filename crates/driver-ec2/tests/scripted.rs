@@ -1,7 +1,8 @@
 //! The driver's behaviour where moto cannot show it, against a scripted
 //! EC2 endpoint: partial fulfilment, subnet failover, spot fallback and its
 //! memory, the rate-limit back-off, ownership checks before every write, a
-//! lax endpoint's listing, and the health check.
+//! lax endpoint's listing, the health check, and pools' own launch
+//! settings.
 
 mod support;
 
@@ -9,19 +10,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use base64::Engine as _;
 use flotilla_cloud::{
     CapacityScope, CloudError, Health, InstanceSet, Tags, TAG_CLUSTER, TAG_INSTANCE_SET,
-    TAG_INSTANCE_TYPE,
+    TAG_INSTANCE_TYPE, TAG_POOL,
 };
-use flotilla_domain::{InstanceId, InstanceType};
-use flotilla_driver_ec2::{Ec2Config, HealthCheck, SpotConfig};
+use flotilla_domain::{InstanceId, InstanceType, PoolName};
+use flotilla_driver_ec2::{Ec2Config, Ec2PoolOptions, HealthCheck, SpotConfig};
 use support::fake_ec2::{
     create_tags, describe_instances, error, run_instances, terminate_instances, FakeEc2,
     FakeInstance, Reply, Request,
 };
 use support::moto::AMI;
-use support::{config, connect, request};
+use support::{assert_rendered, config, connect, request, POOL};
 
 fn unexpected(r: &Request) -> Reply {
     error(
@@ -68,10 +68,7 @@ async fn a_partial_fulfilment_returns_what_was_made_with_every_setting() {
     assert_eq!(run.param("IamInstanceProfile.Name"), Some("flotilla-node"));
     assert_eq!(run.param("SubnetId"), None);
     assert_eq!(run.param("InstanceMarketOptions.MarketType"), None);
-    let user_data = base64::engine::general_purpose::STANDARD
-        .decode(run.param("UserData").expect("user data"))
-        .unwrap();
-    assert_eq!(user_data, b"#!/bin/sh\necho hello\n");
+    assert_rendered(run.param("UserData").expect("user data"), "c", "ours");
     for resource in ["instance", "volume"] {
         let tags = run.tag_spec(resource);
         assert_eq!(tags.get(TAG_INSTANCE_SET).map(String::as_str), Some("ours"));
@@ -80,6 +77,7 @@ async fn a_partial_fulfilment_returns_what_was_made_with_every_setting() {
             tags.get(TAG_INSTANCE_TYPE).map(String::as_str),
             Some("t3.micro")
         );
+        assert_eq!(tags.get(TAG_POOL).map(String::as_str), Some(POOL));
         assert_eq!(tags.get("team").map(String::as_str), Some("ops"));
         assert_eq!(tags.get("Name").map(String::as_str), Some("flotilla-c"));
     }
@@ -457,6 +455,109 @@ async fn an_instance_gone_between_lookup_and_terminate_is_success() {
     assert_eq!(writes(&ec2), ["TerminateInstances"]);
 }
 
+fn ids(names: &[&str]) -> Vec<InstanceId> {
+    names.iter().map(|n| InstanceId::new(*n)).collect()
+}
+
+/// The instance IDs of each TerminateInstances call.
+fn terminated(ec2: &FakeEc2) -> Vec<Vec<String>> {
+    ec2.requests_of("TerminateInstances")
+        .iter()
+        .map(|r| {
+            r.list("InstanceId")
+                .into_iter()
+                .map(str::to_owned)
+                .collect()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_batch_destroy_is_one_lookup_and_one_terminate_of_our_live_instances() {
+    let ec2 = describing(vec![
+        FakeInstance::new("i-1", "running", &[OURS]),
+        FakeInstance::new("i-2", "pending", &[OURS]),
+        FakeInstance::new("i-3", "terminated", &[OURS]),
+        FakeInstance::new("i-t", "running", &[THEIRS]),
+    ])
+    .await;
+    let set = connect(config(&ec2.endpoint), "ours").await;
+    let results = set
+        .destroy_many(&ids(&["i-1", "i-t", "i-2", "i-3", "i-unknown"]))
+        .await;
+    assert!(
+        matches!(
+            &results[..],
+            [Ok(()), Err(CloudError::Permanent { message }), Ok(()), Ok(()), Ok(())]
+                if message.contains("i-t")
+        ),
+        "{results:?}"
+    );
+    assert_eq!(ec2.actions(), ["DescribeInstances", "TerminateInstances"]);
+    let lookup = &ec2.requests_of("DescribeInstances")[0];
+    assert_eq!(
+        lookup.filter("instance-id").unwrap(),
+        ["i-1", "i-t", "i-2", "i-3", "i-unknown"]
+    );
+    assert_eq!(terminated(&ec2), [["i-1", "i-2"]]);
+}
+
+#[tokio::test]
+async fn a_batch_with_an_instance_gone_meanwhile_terminates_the_rest_one_by_one() {
+    let ec2 = FakeEc2::start(|r| match r.action.as_str() {
+        "DescribeInstances" => describe_instances(&[
+            FakeInstance::new("i-1", "running", &[OURS]),
+            FakeInstance::new("i-2", "running", &[OURS]),
+        ]),
+        // EC2 refuses the whole call for one unknown ID.
+        "TerminateInstances" if r.list("InstanceId") == ["i-1"] => terminate_instances(r),
+        _ => error(
+            400,
+            "InvalidInstanceID.NotFound",
+            "The instance ID 'i-2' does not exist",
+        ),
+    })
+    .await;
+    let set = connect(config(&ec2.endpoint), "ours").await;
+    let results = set.destroy_many(&ids(&["i-1", "i-2"])).await;
+    assert!(matches!(&results[..], [Ok(()), Ok(())]), "{results:?}");
+    assert_eq!(
+        terminated(&ec2),
+        [vec!["i-1", "i-2"], vec!["i-1"], vec!["i-2"]]
+    );
+}
+
+#[tokio::test]
+async fn a_refused_batch_terminate_fails_each_instance_it_held() {
+    let ec2 = FakeEc2::start(|r| match r.action.as_str() {
+        "DescribeInstances" => describe_instances(&[
+            FakeInstance::new("i-1", "running", &[OURS]),
+            FakeInstance::new("i-2", "running", &[OURS]),
+            FakeInstance::new("i-3", "shutting-down", &[OURS]),
+        ]),
+        _ => error(400, "RequestLimitExceeded", "Request limit exceeded."),
+    })
+    .await;
+    let set = connect(config(&ec2.endpoint), "ours").await;
+    let results = set.destroy_many(&ids(&["i-1", "i-2", "i-3"])).await;
+    assert!(
+        matches!(
+            &results[..],
+            [
+                Err(CloudError::RateLimited { .. }),
+                Err(CloudError::RateLimited { .. }),
+                Ok(())
+            ]
+        ),
+        "{results:?}"
+    );
+    assert_eq!(
+        terminated(&ec2),
+        [["i-1", "i-2"]],
+        "no retry into the limit"
+    );
+}
+
 #[tokio::test]
 async fn a_refused_terminate_says_which_permission_is_missing() {
     let ec2 = FakeEc2::start(|r| match r.action.as_str() {
@@ -581,6 +682,15 @@ async fn health_server() -> (u16, tokio::task::JoinHandle<()>) {
     (port, server)
 }
 
+/// Lists the set and probes every instance listed, by ID.
+async fn probe_all(set: &flotilla_driver_ec2::Ec2InstanceSet) -> Vec<(String, Health)> {
+    let mut health = Vec::new();
+    for i in set.list(&Tags::new()).await.unwrap() {
+        health.push((i.id.to_string(), set.probe(&i).await));
+    }
+    health
+}
+
 #[tokio::test]
 async fn probe_needs_running_and_a_passing_health_check() {
     let (port, server) = health_server().await;
@@ -601,14 +711,7 @@ async fn probe_needs_running_and_a_passing_health_check() {
         }),
         ..config(&ec2.endpoint)
     };
-    let probes = |set: flotilla_driver_ec2::Ec2InstanceSet| async move {
-        let listed = set.list(&Tags::new()).await.unwrap();
-        let mut health = Vec::new();
-        for i in &listed {
-            health.push((i.id.to_string(), set.probe(i).await));
-        }
-        health
-    };
+    let probes = |set: flotilla_driver_ec2::Ec2InstanceSet| async move { probe_all(&set).await };
     use Health::{NotReady, Ready};
     let healthy = connect(checked("/healthz"), "ours").await;
     assert_eq!(
@@ -640,4 +743,178 @@ async fn probe_needs_running_and_a_passing_health_check() {
     assert_eq!(down.probe(running).await, NotReady, "nobody answers");
     // Probing asked EC2 nothing: only the listing did.
     assert_eq!(ec2.requests().len(), calls_before + 1);
+}
+
+fn pool(name: &str) -> PoolName {
+    PoolName::new(name).unwrap()
+}
+
+fn for_pool(cluster: &str, name: &str) -> flotilla_cloud::CreateRequest {
+    flotilla_cloud::CreateRequest {
+        pool: pool(name),
+        ..request(cluster, 1)
+    }
+}
+
+/// A driver that launches spot into subnet-a with sg-driver, and a pool
+/// that launches on-demand into subnet-p with its own groups, key and role.
+fn driver_and_pool(endpoint: &str) -> Ec2Config {
+    let options: Ec2PoolOptions = toml::from_str(
+        r#"
+        spot = false
+        subnets = ["subnet-p"]
+        security_groups = ["sg-pool"]
+        key_name = "pool-key"
+        iam_instance_profile = "pool-role"
+        "#,
+    )
+    .unwrap();
+    Ec2Config {
+        subnets: vec!["subnet-a".into()],
+        security_groups: vec!["sg-driver".into()],
+        key_name: Some("driver-key".into()),
+        spot: Some(SpotConfig::default()),
+        pools: [(pool("own"), options)].into(),
+        ..config(endpoint)
+    }
+}
+
+#[tokio::test]
+async fn a_pools_launch_settings_replace_the_drivers() {
+    let ec2 = FakeEc2::start(|r| run_instances(r, 1)).await;
+    let set = connect(driver_and_pool(&ec2.endpoint), "ours").await;
+    set.create(&for_pool("c", "own")).await.unwrap();
+    // A pool without options of its own gets the driver's.
+    set.create(&for_pool("c", "plain")).await.unwrap();
+    let runs = ec2.requests_of("RunInstances");
+    let (own, plain) = (&runs[0], &runs[1]);
+    assert_eq!(own.param("SubnetId"), Some("subnet-p"));
+    assert_eq!(own.list("SecurityGroupId"), ["sg-pool"]);
+    assert_eq!(own.param("KeyName"), Some("pool-key"));
+    assert_eq!(own.param("IamInstanceProfile.Name"), Some("pool-role"));
+    assert_eq!(own.market(), "on-demand");
+    assert_eq!(
+        own.tag_spec("instance").get(TAG_POOL).map(String::as_str),
+        Some("own")
+    );
+    assert_eq!(plain.param("SubnetId"), Some("subnet-a"));
+    assert_eq!(plain.list("SecurityGroupId"), ["sg-driver"]);
+    assert_eq!(plain.param("KeyName"), Some("driver-key"));
+    assert_eq!(plain.param("IamInstanceProfile.Name"), None);
+    assert_eq!(plain.market(), "spot");
+    assert_eq!(
+        plain.tag_spec("instance").get(TAG_POOL).map(String::as_str),
+        Some("plain")
+    );
+}
+
+#[tokio::test]
+async fn spot_shortages_are_remembered_per_type_and_market_across_pools() {
+    let ec2 = spot_short().await;
+    let spot_only: Ec2PoolOptions = toml::from_str("spot = {}").unwrap();
+    let with_fallback: Ec2PoolOptions =
+        toml::from_str("spot = { fallback_on_demand = true }").unwrap();
+    let set = connect(
+        Ec2Config {
+            capacity_memory: Duration::from_secs(60),
+            pools: [
+                (pool("spot-only"), spot_only),
+                (pool("fallback"), with_fallback),
+            ]
+            .into(),
+            ..config(&ec2.endpoint)
+        },
+        "ours",
+    )
+    .await;
+    let err = set.create(&for_pool("c", "spot-only")).await.unwrap_err();
+    assert!(
+        matches!(err, CloudError::InsufficientCapacity { .. }),
+        "{err:?}"
+    );
+    // The other spot pool knows spot t3.micro is short: straight to
+    // on-demand, which the driver's own (on-demand) pool uses too.
+    set.create(&for_pool("c", "fallback")).await.unwrap();
+    set.create(&for_pool("c", "plain")).await.unwrap();
+    assert_eq!(
+        markets_tried(&ec2),
+        ["spot t3.micro", "on-demand t3.micro", "on-demand t3.micro"]
+    );
+}
+
+#[tokio::test]
+async fn the_probe_uses_the_health_check_of_the_instances_pool() {
+    let (port, server) = health_server().await;
+    let node = |id, pool_name: &'static str| {
+        let mut i = FakeInstance::new(id, "running", &[OURS, (TAG_POOL, pool_name)]);
+        i.private_ip = "127.0.0.1".to_owned();
+        i
+    };
+    let mut untagged = FakeInstance::new("i-untagged", "running", &[OURS]);
+    untagged.private_ip = "127.0.0.1".to_owned();
+    let ec2 = describing(vec![
+        node("i-sick", "sick"),
+        node("i-unchecked", "unchecked"),
+        node("i-plain", "plain"),
+        untagged,
+    ])
+    .await;
+    let sick: Ec2PoolOptions = toml::from_str(&format!(
+        "health_check = {{ port = {port}, path = \"/sick\" }}"
+    ))
+    .unwrap();
+    let unchecked: Ec2PoolOptions = toml::from_str("health_check = false").unwrap();
+    let set = connect(
+        Ec2Config {
+            health_check: Some(HealthCheck {
+                port,
+                path: "/healthz".into(),
+            }),
+            pools: [(pool("sick"), sick), (pool("unchecked"), unchecked)].into(),
+            ..config(&ec2.endpoint)
+        },
+        "ours",
+    )
+    .await;
+    use Health::{NotReady, Ready};
+    assert_eq!(
+        probe_all(&set).await,
+        [
+            ("i-plain".into(), Ready),
+            ("i-sick".into(), NotReady),
+            ("i-unchecked".into(), Ready),
+            ("i-untagged".into(), Ready),
+        ]
+    );
+    // Without a server, only the instance whose pool checks nothing is
+    // ready: the others are checked, by their pool's check or the driver's.
+    server.abort();
+    let _ = server.await;
+    assert_eq!(
+        probe_all(&set).await,
+        [
+            ("i-plain".into(), NotReady),
+            ("i-sick".into(), NotReady),
+            ("i-unchecked".into(), Ready),
+            ("i-untagged".into(), NotReady),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn user_data_over_ec2s_limit_is_refused_without_a_call() {
+    let ec2 = FakeEc2::start(unexpected).await;
+    let set = connect(config(&ec2.endpoint), "ours").await;
+    let mut big = request("c", 1);
+    // Under the limit as written; the identity preamble takes it over.
+    big.init_data = Some(format!(
+        "#!/bin/sh\n{}",
+        "x".repeat(flotilla_driver_ec2::user_data::MAX_USER_DATA - 20)
+    ));
+    let err = set.create(&big).await.unwrap_err();
+    assert!(
+        matches!(&err, CloudError::Permanent { message } if message.contains("16384")),
+        "{err}"
+    );
+    assert!(ec2.requests().is_empty());
 }

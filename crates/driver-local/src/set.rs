@@ -13,8 +13,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use flotilla_cloud::{
-    check_tag_update, matches_filter, ownership_tags, CloudError, CreateRequest, Health, Instance,
-    InstanceSet, Tags,
+    check_tag_update, matches_filter, CloudError, CreateRequest, Health, Instance, InstanceSet,
+    Tags,
 };
 use flotilla_domain::{InstanceId, InstanceSetId};
 
@@ -569,12 +569,7 @@ impl InstanceSet for LocalInstanceSet {
                 request.count
             )));
         }
-        let mut tags = request.tags.clone();
-        tags.extend(ownership_tags(
-            &self.inner.id,
-            &request.cluster,
-            &request.instance_type,
-        ));
+        let tags = request.instance_tags(&self.inner.id);
         let mut made = Vec::with_capacity(request.count as usize);
         for _ in 0..request.count {
             match self.inner.launch(request, &tags).await {
@@ -643,6 +638,7 @@ mod tests {
     use flotilla_domain::{ClusterName, InstanceType};
 
     use super::*;
+    use flotilla_cloud::ownership_tags;
 
     fn config(dir: &Path, node_program: &str) -> LocalConfig {
         LocalConfig {
@@ -660,6 +656,7 @@ mod tests {
     fn request(count: u32) -> CreateRequest {
         CreateRequest {
             cluster: ClusterName::new("c").unwrap(),
+            pool: flotilla_domain::PoolName::new("p").unwrap(),
             instance_type: InstanceType::new("local.small").unwrap(),
             image: Some("img".into()),
             tags: Tags::from([("extra".to_owned(), "1".to_owned())]),

@@ -10,7 +10,8 @@
 //! - [`budget`] expires capacity requests and runs the accrual pass that
 //!   charges organisations for their nodes and shuts down those out of
 //!   money; [`orgs`] is the organisations' front door;
-//! - [`service`] is the engine's front door: DEPLOY, DESTROY, STATUS.
+//! - [`service`] is the engine's front door: DEPLOY, DESTROY, STATUS;
+//! - [`pools`] lists the pools with what their drivers say of their nodes.
 //!
 //! The engine is the only part of flotilla that calls drivers.
 
@@ -21,6 +22,7 @@ mod expiry;
 pub mod inventory;
 mod metrics;
 mod orgs;
+pub mod pools;
 mod reconcile;
 pub mod runtime;
 mod service;
@@ -41,12 +43,14 @@ use tokio::sync::{watch, Notify};
 pub use budget::AccrualStats;
 pub use error::EngineError;
 pub use orgs::{CapacityView, OrgView};
+pub use pools::PoolView;
 pub use service::{ClusterView, NodeView, OrgClusterView, RequestView};
 
 use desired::DesiredCache;
 use inventory::SetInventory;
 use metrics::EngineMetrics;
 use orgs::OrgCache;
+use pools::OfferingCache;
 use runtime::Runtime;
 
 #[derive(Debug, Clone)]
@@ -126,6 +130,7 @@ struct Shared {
     capacity_changed: Notify,
     stop: watch::Sender<bool>,
     metrics: EngineMetrics,
+    offerings: OfferingCache,
 }
 
 impl Shared {
@@ -237,6 +242,7 @@ impl Engine {
             capacity_changed: Notify::new(),
             stop: watch::channel(false).0,
             metrics: EngineMetrics::register(registry),
+            offerings: OfferingCache::default(),
         });
 
         // One listing of every set before anything is planned; it names the

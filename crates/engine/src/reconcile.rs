@@ -6,7 +6,9 @@
 use std::sync::Arc;
 
 use flotilla_cloud::{CloudError, CreateRequest, Health, Instance, InstanceSet};
-use flotilla_domain::{plan, ClusterName, ClusterRecord, NodeState, ObservedNode, WantedNodes};
+use flotilla_domain::{
+    plan, ClusterName, ClusterRecord, InstanceId, NodeState, ObservedNode, WantedNodes,
+};
 use futures::future::join_all;
 use tokio::time::Instant;
 
@@ -89,7 +91,14 @@ async fn reconcile(shared: &Shared, cluster: &ClusterName) -> Result<Next, Recon
         };
 
         if !plan.destroy.is_empty() {
-            let results = join_all(plan.destroy.iter().map(|(id, _)| set.destroy(id))).await;
+            let ids: Vec<InstanceId> = plan.destroy.iter().map(|(id, _)| id.clone()).collect();
+            let batches = ids.chunks(set.max_batch().max(1) as usize);
+            let results: Vec<Result<(), CloudError>> =
+                join_all(batches.map(|batch| set.destroy_many(batch)))
+                    .await
+                    .into_iter()
+                    .flatten()
+                    .collect();
             let now = shared.clock.now();
             for ((id, reason), result) in plan.destroy.iter().zip(results) {
                 match result {
@@ -272,6 +281,7 @@ async fn create(
         let count = remaining.min(set.max_batch().max(1));
         let request = CreateRequest {
             cluster: cluster.clone(),
+            pool: record.pool.clone(),
             instance_type: pool.instance_type.clone(),
             image: pool.image.clone(),
             tags: pool.tags.clone(),

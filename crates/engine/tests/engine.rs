@@ -6,9 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{config, name, Harness};
-use flotilla_cloud::fake::{FakeCloud, FakeConfig, FakeOp};
-use flotilla_cloud::{Tags, TAG_INSTANCE_SET};
+use flotilla_cloud::fake::{FakeCloud, FakeConfig, FakeOp, FAKE_SHAPE};
+use flotilla_cloud::{Offering, Tags, TAG_INSTANCE_SET};
 use flotilla_domain::{Caller, ClusterState, NodeState};
+use flotilla_engine::pools::{OFFERING_TTL, OFFERING_WAIT};
 use flotilla_store::{MemoryStore, Store};
 use tokio::time::Instant;
 
@@ -398,5 +399,49 @@ async fn is_public_and_pool_cannot_change() {
         .unwrap_err();
     assert!(err.to_string().contains("pool"), "{err}");
     assert_eq!(h.status("c").node_capacity, 1);
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn pools_are_listed_with_their_offerings_asked_once_a_ttl() {
+    let mut h = Harness::new(FakeConfig::default()).await;
+    let pools = h.engine.list_pools().await;
+    let names: Vec<&str> = pools.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["big", "default", "gpu"]);
+    let default = &pools[1];
+    assert!(default.is_default && !pools[0].is_default);
+    assert_eq!(default.driver, "fake");
+    assert_eq!(default.instance_type.as_str(), "fake.small");
+    assert_eq!(default.offering.shape, Some(FAKE_SHAPE));
+    assert_eq!(default.offering.spot_price, None);
+    assert_eq!(h.cloud.stats().offerings, 3, "one per pool");
+    // Listing again within the TTL asks the driver nothing.
+    for _ in 0..5 {
+        assert_eq!(h.engine.list_pools().await, pools);
+    }
+    assert_eq!(h.cloud.stats().offerings, 3);
+    tokio::time::sleep(OFFERING_TTL).await;
+    h.engine.list_pools().await;
+    assert_eq!(h.cloud.stats().offerings, 6, "asked again after the TTL");
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_driver_slow_to_describe_its_pools_does_not_hold_up_the_listing() {
+    let mut h = Harness::new(FakeConfig::default()).await;
+    let hold = h.cloud.hold(FakeOp::Offering);
+    let before = Instant::now();
+    let pools = h.engine.list_pools().await;
+    assert_eq!(Instant::now() - before, OFFERING_WAIT);
+    assert!(pools.iter().all(|p| p.offering == Offering::default()));
+    assert_eq!(pools.len(), 3, "the pools are listed all the same");
+    // Remembered as unknown for the TTL: no call piles up behind the slow one.
+    drop(hold);
+    let asked = h.cloud.stats().offerings;
+    h.engine.list_pools().await;
+    assert_eq!(h.cloud.stats().offerings, asked);
+    tokio::time::sleep(OFFERING_TTL).await;
+    let pools = h.engine.list_pools().await;
+    assert!(pools.iter().all(|p| p.offering.shape == Some(FAKE_SHAPE)));
     h.stop().await;
 }

@@ -10,8 +10,8 @@ use flotilla_api_types::{
     CapacityRequest, CapacityResponse, ClusterList, ClusterStatus, ClusterTokenResponse, Costs,
     CreateOrgRequest, CreateUserRequest, CreditRequest, DeployRequest, ErrorBody,
     GithubLoginRequest, Ledger, Level, LoginRequest, MemberRoleRequest, MembershipRequestResponse,
-    OrgClusterStatus, OrgList, OrgSummary, OrgView, RefreshRequest, TokenResponse,
-    UpdateOrgRequest, UpdateUserRequest, UserList, UserView, WhoAmI,
+    OrgClusterStatus, OrgList, OrgSummary, OrgView, PoolList, PoolView, RefreshRequest,
+    TokenResponse, UpdateOrgRequest, UpdateUserRequest, UserList, UserView, WhoAmI,
 };
 use reqwest::StatusCode;
 use tokio::sync::Mutex;
@@ -307,6 +307,21 @@ impl Client {
         match self.output {
             Output::Json => println!("{}", raw.trim()),
             Output::Text => println!("{}", token.token),
+        }
+        Ok(exit::OK)
+    }
+
+    pub async fn pools(&self) -> Result<u8> {
+        let (list, raw) = self
+            .send::<PoolList>(self.http.get(self.url("/api/v1/pools")))
+            .await?;
+        match self.output {
+            Output::Json => println!("{}", raw.trim()),
+            Output::Text => {
+                for p in &list.pools {
+                    println!("{}", pool_line(p));
+                }
+            }
         }
         Ok(exit::OK)
     }
@@ -875,6 +890,24 @@ fn user_line(u: &UserView) -> String {
 pub fn parse_level(s: &str) -> std::result::Result<Level, String> {
     serde_json::from_value(serde_json::Value::String(s.to_owned()))
         .map_err(|_| format!("{s:?} is not a level; use github_member, org_member or admin"))
+}
+
+/// `NAME DRIVER INSTANCE_TYPE [N vCPU M MiB] [spot $P/h (ZONE)] [default]`.
+fn pool_line(p: &PoolView) -> String {
+    let mut line = format!("{:<20} {:<12} {:<16}", p.name, p.driver, p.instance_type);
+    if let Some(shape) = &p.shape {
+        line.push_str(&format!(" {} vCPU {} MiB", shape.vcpus, shape.memory_mib));
+    }
+    if let Some(spot) = &p.spot_price {
+        line.push_str(&format!(
+            "  spot ${:.4}/h ({})",
+            spot.usd_per_hour, spot.availability_zone
+        ));
+    }
+    if p.default {
+        line.push_str("  default");
+    }
+    line
 }
 
 fn summary_line(s: &ClusterStatus) -> String {

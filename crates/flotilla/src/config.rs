@@ -10,7 +10,7 @@ use std::time::Duration;
 use flotilla_cloud::fake::FakeConfig;
 use flotilla_cloud::Tags;
 use flotilla_domain::{InstanceType, Level, LevelLimits, LevelPolicy, Limits, PoolName, Timeouts};
-use flotilla_driver_ec2::Ec2Config;
+use flotilla_driver_ec2::{Ec2Config, Ec2PoolOptions};
 use flotilla_engine::{EngineConfig, PoolSpec};
 use serde::{Deserialize, Deserializer};
 
@@ -341,6 +341,15 @@ fn default_max_batch() -> u32 {
 }
 
 impl DriverConfig {
+    /// The `type` as written in the config.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            DriverConfig::Local { .. } => "local",
+            DriverConfig::Fake { .. } => "fake",
+            DriverConfig::Ec2(_) => "ec2",
+        }
+    }
+
     pub fn ops_per_second(&self) -> Option<f64> {
         match self {
             DriverConfig::Local { ops_per_second, .. }
@@ -357,13 +366,16 @@ struct PoolSection {
     instance_type: String,
     image: Option<String>,
     /// Handed to each node at boot: on `local`, a shell command the node
-    /// agent runs as its workload.
+    /// agent runs as its workload; on `ec2`, the user data, rendered with
+    /// the node's identity.
     init_data: Option<String>,
     #[serde(default)]
     tags: BTreeMap<String, String>,
     /// What one node costs per hour, in dollars (`"0.10"`); organisations
     /// are charged this. Zero if absent.
     price_per_hour: Option<Dollars>,
+    /// `[pools.NAME.ec2]`: launch settings over the ec2 driver's.
+    ec2: Option<Ec2PoolOptions>,
 }
 
 /// The validated configuration.
@@ -487,10 +499,12 @@ impl Config {
                     init_data: None,
                     tags: BTreeMap::new(),
                     price_per_hour: None,
+                    ec2: None,
                 },
             );
         }
         let mut pools = BTreeMap::new();
+        let mut ec2_pools = Vec::new();
         for (name, p) in pool_sections {
             let pool_name =
                 PoolName::new(name.as_str()).map_err(|e| invalid(format!("pools.{name}: {e}")))?;
@@ -503,15 +517,36 @@ impl Config {
             }
             let instance_type = InstanceType::new(p.instance_type.as_str())
                 .map_err(|e| invalid(format!("pools.{name}.instance_type: {e}")))?;
-            if let DriverConfig::Ec2(ec2) = &drivers[&p.driver] {
-                if p.image.is_none() && ec2.settings.image.is_none() {
+            match &drivers[&p.driver] {
+                DriverConfig::Ec2(ec2) => {
+                    if p.image.is_none() && ec2.settings.image.is_none() {
+                        return Err(invalid(format!(
+                            "pools.{name}.image: pool {name} launches on ec2 driver {:?}, and neither \
+                             the pool nor the driver names an image (AMI); set pools.{name}.image \
+                             or drivers.{}.image",
+                            p.driver, p.driver
+                        )));
+                    }
+                    if let Some(init) = &p.init_data {
+                        flotilla_driver_ec2::user_data::check(init, &pool_name, &instance_type)
+                            .map_err(|e| invalid(format!("pools.{name}.init_data: {e}")))?;
+                    }
+                    if let Some(options) = &p.ec2 {
+                        options
+                            .validate()
+                            .map_err(|e| invalid(format!("pools.{name}.ec2: {e}")))?;
+                        ec2_pools.push((p.driver.clone(), pool_name.clone(), options.clone()));
+                    }
+                }
+                other if p.ec2.is_some() => {
                     return Err(invalid(format!(
-                        "pools.{name}.image: pool {name} launches on ec2 driver {:?}, and neither \
-                         the pool nor the driver names an image (AMI); set pools.{name}.image \
-                         or drivers.{}.image",
-                        p.driver, p.driver
+                        "pools.{name}.ec2: pool {name} launches on driver {:?} of type {}; \
+                         [pools.{name}.ec2] applies only to pools on an ec2 driver",
+                        p.driver,
+                        other.kind()
                     )));
                 }
+                _ => {}
             }
             for key in p.tags.keys() {
                 if key.starts_with("flotilla-") {
@@ -537,6 +572,11 @@ impl Config {
                     tags: p.tags.into_iter().collect::<Tags>(),
                 },
             );
+        }
+        for (driver, pool, options) in ec2_pools {
+            if let Some(DriverConfig::Ec2(ec2)) = drivers.get_mut(&driver) {
+                ec2.settings.pools.insert(pool, options);
+            }
         }
         let default_pool = match file.default_pool {
             Some(name) => PoolName::new(name.as_str())
@@ -914,6 +954,13 @@ image = "ami-12c6146b"
         let pool = &c.pools[&c.default_pool];
         assert_eq!(pool.driver, "aws");
         assert!(pool.init_data.as_deref().unwrap().starts_with("#!/bin/sh"));
+        assert!(pool.init_data.as_deref().unwrap().contains("{{cluster}}"));
+        let gpu = s.launch_settings(Some(&PoolName::new("gpu").unwrap()));
+        assert_eq!(gpu.spot.unwrap().max_price.as_deref(), Some("0.60"));
+        assert!(!gpu.spot.unwrap().fallback_on_demand);
+        assert_eq!(gpu.subnets.len(), 1);
+        assert_eq!(gpu.health_check, None);
+        assert_eq!(gpu.security_groups, s.security_groups, "the driver's");
     }
 
     #[test]
@@ -1154,6 +1201,8 @@ health_check = { port = 8080, path = "/ready" }
             ),
             // Settings of other drivers are not ec2's.
             ("region = \"us-east-1\"\ngrace = \"5s\"", "grace"),
+            // Pools' settings are written with the pools.
+            ("region = \"us-east-1\"\npools = {}", "pools"),
         ] {
             let e = ec2(&format!("{keys}\nimage = \"ami-1\""))
                 .unwrap_err()
@@ -1224,6 +1273,111 @@ health_check = { port = 8080, path = "/ready" }
             assert!(
                 e.contains("test.toml") && e.contains(needle),
                 "{keys:?}: {e}"
+            );
+        }
+    }
+
+    const EC2_DRIVER: &str = "[drivers.aws]\ntype = \"ec2\"\nregion = \"us-east-1\"\nimage = \"ami-1\"\nspot = { fallback_on_demand = true }\n";
+
+    fn ec2_pool(pool_keys: &str) -> Result<Config, ConfigError> {
+        Config::parse(&format!("{EC2_DRIVER}{EC2_POOL}{pool_keys}"), "test.toml")
+    }
+
+    #[test]
+    fn an_ec2_pool_carries_its_own_launch_settings_to_its_driver() {
+        let c = ec2_pool(
+            r#"
+[pools.default.ec2]
+spot = false
+subnets = ["subnet-p"]
+security_groups = ["sg-p"]
+key_name = "pool-key"
+iam_instance_profile = "pool-role"
+health_check = { port = 9000, path = "/ready" }
+
+[pools.gpu]
+driver = "aws"
+instance_type = "g5.xlarge"
+ec2 = { spot = { max_price = "0.5" } }
+"#,
+        )
+        .unwrap();
+        let s = &ec2_driver(&c).settings;
+        assert_eq!(s.pools.len(), 2);
+        let default = s.launch_settings(Some(&c.default_pool));
+        assert_eq!(default.spot, None);
+        assert_eq!(default.subnets, ["subnet-p"]);
+        assert_eq!(default.security_groups, ["sg-p"]);
+        assert_eq!(default.key_name, Some("pool-key"));
+        assert_eq!(default.iam_instance_profile, Some("pool-role"));
+        assert_eq!(default.health_check.map(|h| h.port), Some(9000));
+        let gpu = s.launch_settings(Some(&PoolName::new("gpu").unwrap()));
+        let spot = gpu.spot.unwrap();
+        assert_eq!(spot.max_price.as_deref(), Some("0.5"));
+        assert!(
+            !spot.fallback_on_demand,
+            "the pool's spot table replaces the driver's"
+        );
+        // The driver's own settings are as written.
+        assert!(s.spot.as_ref().unwrap().fallback_on_demand);
+    }
+
+    #[test]
+    fn bad_ec2_pool_settings_are_refused_naming_the_key_and_file() {
+        for (keys, needles) in [
+            (
+                "[pools.default.ec2]\nsubnet = [\"s\"]\n",
+                &["subnet", "unknown field"][..],
+            ),
+            (
+                "[pools.default.ec2]\nspot = { max_prize = \"1\" }\n",
+                &["max_prize"][..],
+            ),
+            (
+                "[pools.default.ec2]\nspot = { max_price = \"lots\" }\n",
+                &["pools.default.ec2", "spot.max_price"][..],
+            ),
+            (
+                "[pools.default.ec2]\nhealth_check = { port = 0 }\n",
+                &["pools.default.ec2", "health_check.port"][..],
+            ),
+            (
+                "[pools.default.ec2]\nsecurity_groups = [\"\"]\n",
+                &["pools.default.ec2", "security_groups"][..],
+            ),
+            (
+                "init_data = \"#!/bin/sh\\necho {{clustr}}\"\n",
+                &["pools.default.init_data", "{{clustr}}"][..],
+            ),
+        ] {
+            let e = ec2_pool(keys).unwrap_err().to_string();
+            assert!(e.contains("test.toml"), "{keys:?}: {e}");
+            for needle in needles {
+                assert!(e.contains(needle), "{keys:?}: {e}");
+            }
+        }
+        // Placeholders are known on ec2 pools only; a local pool's
+        // init_data is its own business.
+        Config::parse(
+            "[pools.default]\ndriver = \"local\"\ninstance_type = \"local.small\"\n\
+             init_data = \"echo {{anything}}\"\n[drivers.local]\ntype = \"local\"\n",
+            "test.toml",
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn ec2_pool_settings_on_another_driver_are_refused() {
+        for driver in ["local", "fake"] {
+            let e = err(&format!(
+                "[drivers.d]\ntype = \"{driver}\"\n[pools.default]\ndriver = \"d\"\n\
+                 instance_type = \"x\"\n[pools.default.ec2]\nspot = {{}}\n"
+            ));
+            assert!(
+                e.contains("test.toml")
+                    && e.contains("pools.default.ec2")
+                    && e.contains(&format!("of type {driver}")),
+                "{e}"
             );
         }
     }

@@ -93,6 +93,9 @@ enum Command {
     },
     /// Show one cluster, or all.
     Status { cluster: Option<String> },
+    /// List the pools: driver, instance type, and what the cloud says a
+    /// node is (vCPUs, memory) and costs (spot price).
+    Pools,
     /// Destroy a cluster.
     Destroy {
         cluster: String,
@@ -441,6 +444,7 @@ fn main() -> ExitCode {
                         client.scale(&cluster, request, wait).await
                     }
                     Command::Status { cluster } => client.status(cluster.as_deref()).await,
+                    Command::Pools => client.pools().await,
                     Command::Destroy { cluster, wait } => client.destroy(&cluster, wait).await,
                     Command::Logout => client.logout(&Env::from_process().token_cache()?).await,
                     Command::Whoami => client.whoami().await,

@@ -18,7 +18,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use aws_sdk_ec2::types::InstanceStateName;
-use flotilla_cloud::{TAG_CLUSTER, TAG_INSTANCE_SET, TAG_INSTANCE_TYPE};
+use flotilla_cloud::{TAG_CLUSTER, TAG_INSTANCE_SET, TAG_INSTANCE_TYPE, TAG_POOL};
 use flotilla_driver_ec2::{load_sdk_config, Credentials, Ec2Config, SharedCredentialsProvider};
 use moto::{Moto, AMI};
 use support::*;
@@ -270,4 +270,108 @@ fn sigkill_mid_deploy_on_ec2_then_restart_converges_without_duplicates() {
     ok(&server.cli(&["destroy", "crash", "--wait"]));
     wait_for("no instance left running", || ec2.live().is_empty());
     assert_eq!(server.status("crash")["state"], "not_running");
+}
+
+/// A second pool on the same driver, launching spot, with user data that
+/// names the node's identity.
+fn config_with_spot_pool(endpoint: &str) -> String {
+    format!(
+        r#"{}
+[pools.spot]
+driver = "aws"
+instance_type = "{INSTANCE_TYPE}"
+init_data = """
+#!/bin/sh
+echo {{{{cluster}}}} {{{{pool}}}} > /tmp/who
+"""
+[pools.spot.ec2]
+spot = {{ max_price = "0.05" }}
+"#,
+        config(endpoint, 3, 50)
+    )
+}
+
+#[test]
+fn a_spot_pool_on_a_shared_driver_lists_its_price_and_launches_spot() {
+    let moto = Moto::start();
+    let ec2 = Ec2::new(&moto);
+    let sandbox = Sandbox::new();
+    let server = start(&sandbox.path(), &config_with_spot_pool(&moto.endpoint));
+
+    let out = server.cli(&["--output", "json", "pools"]);
+    ok(&out);
+    let pools: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let pools = pools["pools"].as_array().unwrap();
+    let (default, spot) = (&pools[0], &pools[1]);
+    assert_eq!(default["name"], "default");
+    assert_eq!(default["default"], true);
+    assert_eq!(default["driver"], "aws");
+    assert_eq!(default["instance_type"], INSTANCE_TYPE);
+    let t3_micro = serde_json::json!({"vcpus": 2, "memory_mib": 1024});
+    assert_eq!(default["shape"], t3_micro, "{default}");
+    assert!(default.get("spot_price").is_none(), "on-demand: {default}");
+    assert_eq!(spot["name"], "spot");
+    assert_eq!(spot["shape"], t3_micro, "{spot}");
+    assert!(
+        spot["spot_price"]["usd_per_hour"].as_f64().unwrap() > 0.0,
+        "{spot}"
+    );
+    let out = server.cli(&["pools"]);
+    ok(&out);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("2 vCPU 1024 MiB"), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("spot") && l.contains("spot $")),
+        "{text}"
+    );
+
+    ok(&server.cli(&[
+        "deploy", "fleet", "--nodes", "1", "--ttl", "10m", "--pool", "spot", "--wait",
+    ]));
+    let live = ec2.live();
+    assert_eq!(live.len(), 1, "{live:?}");
+    let seen = &live[0];
+    assert_eq!(seen.tags.get(TAG_POOL).map(String::as_str), Some("spot"));
+    let (lifecycle, user_data) = ec2.rt.block_on(async {
+        let described = ec2
+            .client
+            .describe_instances()
+            .instance_ids(&seen.id)
+            .send()
+            .await
+            .unwrap();
+        let lifecycle = described.reservations()[0].instances()[0]
+            .instance_lifecycle()
+            .map(|l| l.as_str().to_owned());
+        let attribute = ec2
+            .client
+            .describe_instance_attribute()
+            .instance_id(&seen.id)
+            .attribute(aws_sdk_ec2::types::InstanceAttributeName::UserData)
+            .send()
+            .await
+            .unwrap();
+        let encoded = attribute.user_data().unwrap().value().unwrap().to_owned();
+        (lifecycle, encoded)
+    });
+    assert_eq!(lifecycle.as_deref(), Some("spot"));
+    use base64::Engine as _;
+    let user_data = String::from_utf8(
+        base64::engine::general_purpose::STANDARD
+            .decode(user_data)
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(
+        user_data.contains("export FLOTILLA_CLUSTER='fleet' FLOTILLA_POOL='spot'"),
+        "{user_data}"
+    );
+    assert!(
+        user_data.ends_with("echo fleet spot > /tmp/who\n"),
+        "{user_data}"
+    );
+
+    ok(&server.cli(&["destroy", "fleet", "--wait"]));
+    wait_for("no instance left running", || ec2.live().is_empty());
 }

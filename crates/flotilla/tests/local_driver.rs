@@ -41,6 +41,7 @@ fn open_with_grace(dir: &Path, id: &str, grace: Duration) -> LocalInstanceSet {
 fn request(cluster: &str, init_data: Option<String>) -> CreateRequest {
     CreateRequest {
         cluster: ClusterName::new(cluster).unwrap(),
+        pool: flotilla_domain::PoolName::new("default").unwrap(),
         instance_type: InstanceType::new("local.small").unwrap(),
         image: None,
         tags: Tags::new(),

@@ -5,12 +5,49 @@ pub mod fake_ec2;
 pub mod moto;
 
 use flotilla_cloud::{CreateRequest, Tags};
-use flotilla_domain::{ClusterName, InstanceSetId, InstanceType};
+use flotilla_domain::{ClusterName, InstanceSetId, InstanceType, PoolName};
 use flotilla_driver_ec2::{
     load_sdk_config, Credentials, Ec2Config, Ec2InstanceSet, SharedCredentialsProvider,
 };
 
 pub const REGION: &str = "us-east-1";
+
+/// The pool [`request`] names.
+pub const POOL: &str = "workers";
+
+/// The init data of [`request`]: a shell script with placeholders.
+pub const INIT_DATA: &str =
+    "#!/bin/sh\necho {{cluster}} {{pool}} {{instance_type}} {{instance_set}}\n";
+
+/// Checks that `user_data` (as EC2 got it, base64) is [`INIT_DATA`]
+/// rendered for a node of `cluster` in instance set `set`: the preamble
+/// after the first line, the placeholders filled in.
+pub fn assert_rendered(user_data: &str, cluster: &str, set: &str) {
+    use base64::Engine as _;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(user_data)
+        .expect("base64 user data");
+    let text = String::from_utf8(decoded).expect("text");
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], "#!/bin/sh", "{text}");
+    assert_eq!(
+        lines[2],
+        format!(
+            "export FLOTILLA_CLUSTER='{cluster}' FLOTILLA_POOL='{POOL}' \
+             FLOTILLA_INSTANCE_TYPE='t3.micro' FLOTILLA_INSTANCE_SET='{set}'"
+        ),
+        "{text}"
+    );
+    assert!(
+        lines[3].contains("http://169.254.169.254/latest/meta-data/instance-id"),
+        "the node reads its own ID from the metadata service: {text}"
+    );
+    assert_eq!(
+        lines.last().copied(),
+        Some(format!("echo {cluster} {POOL} t3.micro {set}").as_str()),
+        "{text}"
+    );
+}
 
 /// Dummy credentials, handed to the SDK rather than set in the process
 /// environment.
@@ -57,10 +94,11 @@ pub fn instance_type() -> InstanceType {
 pub fn request(cluster: &str, count: u32) -> CreateRequest {
     CreateRequest {
         cluster: ClusterName::new(cluster).unwrap(),
+        pool: PoolName::new(POOL).unwrap(),
         instance_type: instance_type(),
         image: None,
         tags: Tags::from([("team".to_owned(), "ops".to_owned())]),
-        init_data: Some("#!/bin/sh\necho hello\n".to_owned()),
+        init_data: Some(INIT_DATA.to_owned()),
         count,
     }
 }

@@ -1,0 +1,278 @@
+//! A pool's `init_data` rendered into one node's EC2 user data.
+//!
+//! One RunInstances call gives every instance of its batch the same user
+//! data, and an instance's ID exists only once it is launched. So the
+//! rendering is in two parts:
+//!
+//! - placeholders known before launch, substituted by flotilla in any kind
+//!   of user data (shell script, cloud-config, …): `{{cluster}}`,
+//!   `{{pool}}`, `{{instance_type}}`, `{{instance_set}}`;
+//! - in a shell script (first line `#!` naming sh, bash, dash, ash, ksh or
+//!   zsh), a preamble right after that line exports `FLOTILLA_CLUSTER`,
+//!   `FLOTILLA_POOL`, `FLOTILLA_INSTANCE_TYPE`, `FLOTILLA_INSTANCE_SET` and
+//!   `FLOTILLA_NODE_ID`, the last read by the node itself from the instance
+//!   metadata service (IMDSv2). `FLOTILLA_CLUSTER` and `FLOTILLA_NODE_ID`
+//!   are the names the local driver gives its workloads too.
+//!
+//! Every value is a validated name (letters, digits, `-`, `_`, `.`), so the
+//! rendering needs no escaping beyond the quotes it adds.
+
+use flotilla_domain::{ClusterName, InstanceSetId, InstanceType, PoolName};
+
+/// EC2's limit on user data, before base64.
+pub const MAX_USER_DATA: usize = 16 * 1024;
+
+/// The placeholders flotilla substitutes.
+pub const PLACEHOLDERS: [&str; 4] = ["cluster", "pool", "instance_type", "instance_set"];
+
+/// Shells whose scripts get the identity preamble.
+const SHELLS: [&str; 6] = ["sh", "bash", "dash", "ash", "ksh", "zsh"];
+
+/// Who the nodes of one RunInstances call are, before launch.
+#[derive(Debug, Clone, Copy)]
+pub struct NodeIdentity<'a> {
+    pub cluster: &'a ClusterName,
+    pub pool: &'a PoolName,
+    pub instance_type: &'a InstanceType,
+    pub instance_set: &'a InstanceSetId,
+}
+
+impl NodeIdentity<'_> {
+    fn value(&self, placeholder: &str) -> Option<&str> {
+        Some(match placeholder {
+            "cluster" => self.cluster.as_str(),
+            "pool" => self.pool.as_str(),
+            "instance_type" => self.instance_type.as_str(),
+            "instance_set" => self.instance_set.as_str(),
+            _ => return None,
+        })
+    }
+}
+
+/// Every `{{name}}` in `template` whose name is lowercase letters and
+/// underscores, with its byte range. (`{{ v1.instance_id }}` and the like,
+/// cloud-init's own Jinja, are left alone.)
+fn placeholders(template: &str) -> impl Iterator<Item = (std::ops::Range<usize>, &str)> {
+    let mut from = 0;
+    std::iter::from_fn(move || loop {
+        let start = from + template[from..].find("{{")?;
+        let name_start = start + 2;
+        let name_len = template[name_start..]
+            .bytes()
+            .take_while(|b| b.is_ascii_lowercase() || *b == b'_')
+            .count();
+        let name_end = name_start + name_len;
+        from = name_start;
+        if name_len > 0 && template[name_end..].starts_with("}}") {
+            from = name_end + 2;
+            return Some((start..from, &template[name_start..name_end]));
+        }
+    })
+}
+
+/// Refuses what cannot be rendered: an unknown placeholder (most likely a
+/// typo), or user data over EC2's limit even for the longest names.
+pub fn check(template: &str, pool: &PoolName, instance_type: &InstanceType) -> Result<(), String> {
+    if let Some((_, name)) = placeholders(template).find(|(_, n)| !PLACEHOLDERS.contains(n)) {
+        return Err(format!(
+            "unknown placeholder {{{{{name}}}}}; flotilla fills in {}",
+            PLACEHOLDERS.map(|p| format!("{{{{{p}}}}}")).join(", ")
+        ));
+    }
+    // The longest names a cluster and an instance set may have.
+    let cluster = ClusterName::new("c".repeat(40)).expect("valid");
+    let instance_set = InstanceSetId::new("s".repeat(64)).expect("valid");
+    let longest = render(
+        template,
+        &NodeIdentity {
+            cluster: &cluster,
+            pool,
+            instance_type,
+            instance_set: &instance_set,
+        },
+    );
+    if longest.len() > MAX_USER_DATA {
+        return Err(format!(
+            "the rendered user data can reach {} bytes; EC2 takes at most {MAX_USER_DATA}",
+            longest.len()
+        ));
+    }
+    Ok(())
+}
+
+/// `template` with the placeholders filled in and, for a shell script, the
+/// identity preamble after its first line.
+pub fn render(template: &str, node: &NodeIdentity<'_>) -> String {
+    let mut out = String::with_capacity(template.len() + 600);
+    let mut copied = 0;
+    for (range, name) in placeholders(template) {
+        if let Some(value) = node.value(name) {
+            out.push_str(&template[copied..range.start]);
+            out.push_str(value);
+            copied = range.end;
+        }
+    }
+    out.push_str(&template[copied..]);
+    if !is_shell_script(&out) {
+        return out;
+    }
+    let body_start = out.find('\n').map_or(out.len(), |n| n + 1);
+    let mut script = String::with_capacity(out.len() + 600);
+    script.push_str(&out[..body_start]);
+    if body_start == out.len() && !out.ends_with('\n') {
+        script.push('\n');
+    }
+    script.push_str(&preamble(node));
+    script.push_str(&out[body_start..]);
+    script
+}
+
+/// Whether user data is a script for a POSIX-like shell: `#!/bin/sh`,
+/// `#!/usr/bin/env bash`, `#!/bin/bash -e`, …
+fn is_shell_script(user_data: &str) -> bool {
+    let Some(line) = user_data.lines().next() else {
+        return false;
+    };
+    let Some(command) = line.strip_prefix("#!") else {
+        return false;
+    };
+    let mut words = command.split_whitespace();
+    let Some(interpreter) = words.next() else {
+        return false;
+    };
+    let name = |path: &str| path.rsplit('/').next().unwrap_or(path).to_owned();
+    let program = match name(interpreter).as_str() {
+        "env" => words.find(|w| !w.starts_with('-')).map(name),
+        other => Some(other.to_owned()),
+    };
+    program.is_some_and(|p| SHELLS.contains(&p.as_str()))
+}
+
+/// Exports the node's identity. The instance ID comes from the instance
+/// metadata service (IMDSv2: a session token, then the ID); if that cannot
+/// be reached it is empty rather than stopping a script run with `-e`.
+fn preamble(node: &NodeIdentity<'_>) -> String {
+    format!(
+        "# flotilla: this node's identity\n\
+         export FLOTILLA_CLUSTER='{cluster}' FLOTILLA_POOL='{pool}' \
+         FLOTILLA_INSTANCE_TYPE='{ty}' FLOTILLA_INSTANCE_SET='{set}'\n\
+         FLOTILLA_NODE_ID=$(t=$(curl -sf -m 5 -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 60' \
+         http://169.254.169.254/latest/api/token) && curl -sf -m 5 -H \"X-aws-ec2-metadata-token: $t\" \
+         http://169.254.169.254/latest/meta-data/instance-id) || FLOTILLA_NODE_ID=''\n\
+         export FLOTILLA_NODE_ID\n",
+        cluster = node.cluster,
+        pool = node.pool,
+        ty = node.instance_type,
+        set = node.instance_set,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Names {
+        cluster: ClusterName,
+        pool: PoolName,
+        ty: InstanceType,
+        set: InstanceSetId,
+    }
+
+    fn names() -> Names {
+        Names {
+            cluster: ClusterName::new("demo").unwrap(),
+            pool: PoolName::new("gpu_spot").unwrap(),
+            ty: InstanceType::new("g5.xlarge").unwrap(),
+            set: InstanceSetId::new("set-1").unwrap(),
+        }
+    }
+
+    fn rendered(template: &str) -> String {
+        let n = names();
+        render(
+            template,
+            &NodeIdentity {
+                cluster: &n.cluster,
+                pool: &n.pool,
+                instance_type: &n.ty,
+                instance_set: &n.set,
+            },
+        )
+    }
+
+    #[test]
+    fn placeholders_are_filled_in_any_user_data() {
+        let cloud_config = "#cloud-config\nhostname: {{cluster}}-{{pool}}\n\
+                            runcmd:\n  - echo {{instance_type}} {{instance_set}} {{ v1.region }} {{nope\n";
+        assert_eq!(
+            rendered(cloud_config),
+            "#cloud-config\nhostname: demo-gpu_spot\n\
+             runcmd:\n  - echo g5.xlarge set-1 {{ v1.region }} {{nope\n"
+        );
+        assert_eq!(rendered("{{{{cluster}}}}"), "{{demo}}");
+        assert_eq!(rendered(""), "");
+    }
+
+    #[test]
+    fn a_shell_script_gets_the_identity_after_its_first_line() {
+        let script = rendered("#!/bin/bash -e\necho {{cluster}} $FLOTILLA_NODE_ID\n");
+        let lines: Vec<&str> = script.lines().collect();
+        assert_eq!(lines[0], "#!/bin/bash -e");
+        assert_eq!(lines[1], "# flotilla: this node's identity");
+        assert_eq!(
+            lines[2],
+            "export FLOTILLA_CLUSTER='demo' FLOTILLA_POOL='gpu_spot' \
+             FLOTILLA_INSTANCE_TYPE='g5.xlarge' FLOTILLA_INSTANCE_SET='set-1'"
+        );
+        assert!(lines[3].starts_with("FLOTILLA_NODE_ID=$("), "{}", lines[3]);
+        assert!(lines[3].contains("/latest/meta-data/instance-id"));
+        assert!(lines[3].ends_with("|| FLOTILLA_NODE_ID=''"));
+        assert_eq!(lines[4], "export FLOTILLA_NODE_ID");
+        assert_eq!(lines[5], "echo demo $FLOTILLA_NODE_ID");
+        assert_eq!(lines.len(), 6);
+        // A script of one line still gets it, on a line of its own.
+        assert!(rendered("#!/bin/sh").starts_with("#!/bin/sh\n# flotilla"));
+    }
+
+    #[test]
+    fn only_posix_like_shell_scripts_get_the_preamble() {
+        for shell in [
+            "#!/bin/sh\n",
+            "#!/usr/bin/env bash\n",
+            "#!/usr/bin/env -S bash -e\n",
+            "#! /bin/dash\n",
+            "#!/bin/zsh\n",
+        ] {
+            assert!(is_shell_script(shell), "{shell:?}");
+            assert!(rendered(shell).contains("FLOTILLA_NODE_ID"), "{shell:?}");
+        }
+        for other in [
+            "#!/usr/bin/env python3\nprint(1)\n",
+            "#!/usr/bin/perl\n",
+            "#cloud-config\n",
+            "echo hi\n",
+            "#!\n",
+            "",
+        ] {
+            assert!(!is_shell_script(other), "{other:?}");
+            assert_eq!(rendered(other), other, "{other:?}");
+        }
+    }
+
+    #[test]
+    fn unknown_placeholders_and_oversized_user_data_are_refused() {
+        let n = names();
+        assert!(check("#!/bin/sh\necho {{cluster}} {{ jinja }}\n", &n.pool, &n.ty).is_ok());
+        let e = check("echo {{clutser}}", &n.pool, &n.ty).unwrap_err();
+        assert!(
+            e.contains("{{clutser}}") && e.contains("{{cluster}}"),
+            "{e}"
+        );
+        // Under the limit as written, over it once rendered with the longest
+        // names: refused.
+        let big = format!("#!/bin/sh\n{}", "{{instance_set}}".repeat(1000));
+        assert!(big.len() < MAX_USER_DATA);
+        let e = check(&big, &n.pool, &n.ty).unwrap_err();
+        assert!(e.contains("16384"), "{e}");
+    }
+}
