@@ -381,6 +381,10 @@ pub struct PoolView {
     pub instance_type: String,
     /// The pool a deploy naming none uses.
     pub default: bool,
+    /// Dollars per node-hour, as configured: what organisations are
+    /// charged for this pool's nodes.
+    #[schema(example = "0.10")]
+    pub price_per_hour: String,
     /// The resources of one node, if the driver can tell.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shape: Option<InstanceShape>,

@@ -195,6 +195,7 @@ pub fn pool_body(view: PoolView) -> types::PoolView {
         driver: view.driver,
         instance_type: view.instance_type.to_string(),
         default: view.is_default,
+        price_per_hour: view.price_per_hour.to_string(),
         shape: offering.shape.map(|s| types::InstanceShape {
             vcpus: s.vcpus,
             memory_mib: s.memory_mib,

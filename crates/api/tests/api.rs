@@ -772,7 +772,7 @@ async fn mutations_after_shutdown_are_503() {
     assert_eq!(api.cloud.instance_count(), 2);
 }
 
-/// The pools, with what the driver says of their nodes (the fake gives
+/// The pools, with their price and what the driver says of their nodes (the fake gives
 /// every type the same shape and has no spot market), to anyone.
 #[tokio::test(start_paused = true)]
 async fn pools_are_listed_with_their_shapes() {
@@ -780,9 +780,9 @@ async fn pools_are_listed_with_their_shapes() {
     let shape = json!({"vcpus": 2, "memory_mib": 4096});
     let expected = json!({"pools": [
         {"name": "big", "driver": "fake", "instance_type": "fake.big",
-         "default": false, "shape": shape},
+         "default": false, "price_per_hour": "0.10", "shape": shape},
         {"name": "default", "driver": "fake", "instance_type": "fake.small",
-         "default": true, "shape": shape},
+         "default": true, "price_per_hour": "0.10", "shape": shape},
     ]});
     let reply = api.get("/api/v1/pools").await;
     assert_eq!(reply.status, StatusCode::OK);

@@ -33,6 +33,9 @@ pub struct PoolView {
     pub instance_type: InstanceType,
     /// The pool a deploy naming none uses.
     pub is_default: bool,
+    /// What one node costs per hour, from the config (what organisations
+    /// are charged).
+    pub price_per_hour: flotilla_domain::Money,
     pub offering: Offering,
 }
 
@@ -91,6 +94,7 @@ impl Engine {
                 driver: pool.driver.clone(),
                 instance_type: pool.instance_type.clone(),
                 is_default: *name == shared.default_pool,
+                price_per_hour: pool.price_per_hour,
                 offering,
             })
             .collect()

@@ -894,7 +894,10 @@ pub fn parse_level(s: &str) -> std::result::Result<Level, String> {
 
 /// `NAME DRIVER INSTANCE_TYPE [N vCPU M MiB] [spot $P/h (ZONE)] [default]`.
 fn pool_line(p: &PoolView) -> String {
-    let mut line = format!("{:<20} {:<12} {:<16}", p.name, p.driver, p.instance_type);
+    let mut line = format!(
+        "{:<20} {:<12} {:<16} ${}/h",
+        p.name, p.driver, p.instance_type, p.price_per_hour
+    );
     if let Some(shape) = &p.shape {
         line.push_str(&format!(" {} vCPU {} MiB", shape.vcpus, shape.memory_mib));
     }
