@@ -6,6 +6,7 @@ use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use flotilla_api::ratelimit::{RateClock, RateLimits};
@@ -22,22 +23,34 @@ use prometheus_client::registry::Registry;
 
 use crate::config::{Config, DriverConfig};
 
+/// How long a start waits for the data directory's lock. A server killed
+/// while it was starting a node leaves that node's process holding a copy
+/// of the lock until it has started (starting closes it), which under load
+/// can take a moment; a live server holds it for good.
+const LOCK_WAIT: Duration = Duration::from_secs(3);
+
 /// Takes an exclusive lock on the data directory, so two servers never
 /// drive the same state (and the same local nodes) at once.
-fn lock_data_dir(dir: &Path) -> anyhow::Result<File> {
+async fn lock_data_dir(dir: &Path) -> anyhow::Result<File> {
     std::fs::create_dir_all(dir)
         .with_context(|| format!("cannot create the data directory {}", dir.display()))?;
     let path = dir.join("server.lock");
     let file = File::create(&path).with_context(|| format!("cannot open {}", path.display()))?;
-    // SAFETY: flock on a descriptor we own; no memory is shared.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc != 0 {
-        bail!(
-            "another flotilla server is using the data directory {}; stop it or pass a different --data-dir",
-            dir.display()
-        );
+    let deadline = tokio::time::Instant::now() + LOCK_WAIT;
+    loop {
+        // SAFETY: flock on a descriptor we own; no memory is shared.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc == 0 {
+            return Ok(file);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!(
+                "another flotilla server is using the data directory {}; stop it or pass a different --data-dir",
+                dir.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    Ok(file)
 }
 
 /// The sign-in service: keys under the data directory, the first admin,
@@ -106,7 +119,7 @@ async fn identity(
 }
 
 pub async fn run(config: Config, admin_password: Option<String>) -> anyhow::Result<()> {
-    let _lock = lock_data_dir(&config.data_dir)?;
+    let _lock = lock_data_dir(&config.data_dir).await?;
     // Bind before anything is started, so a busy port changes nothing.
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
