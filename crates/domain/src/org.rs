@@ -231,7 +231,7 @@ pub enum OrgError {
     LastOwner { org: OrgName, user: Username },
     #[error("{0}")]
     Invalid(String),
-    #[error("organisation {org} cannot pay for this: {nodes} nodes for {hours} at {price}/h cost {needed}, the balance is {balance} ({missing} missing); ask an admin for credit")]
+    #[error("organisation {org} cannot pay for this: {nodes} nodes for {hours} at ${price}/h cost ${needed}; the balance is ${balance} and must cover that and stay above the shutdown threshold ${threshold} (${missing} missing); ask an admin for credit")]
     InsufficientFunds {
         org: OrgName,
         nodes: u32,
@@ -239,6 +239,7 @@ pub enum OrgError {
         price: Money,
         needed: Money,
         balance: Money,
+        threshold: Money,
         missing: Money,
     },
 }
@@ -673,6 +674,7 @@ impl Organisation {
                 price: price_per_hour,
                 needed,
                 balance,
+                threshold: self.budget.shutdown_threshold,
                 missing,
             });
         }
@@ -870,7 +872,12 @@ impl Organisation {
             self.accrued_until = Some(now);
         }
         let was_exhausted = self.budget.exhausted_at.is_some();
-        self.recheck_exhaustion(now, &mut effects);
+        // Only a change of the balance starts or ends a shutdown: a new
+        // organisation not yet credited is unfunded (its requests are
+        // refused), not shut down.
+        if spent > Money::ZERO || !effects.ledger.is_empty() {
+            self.recheck_exhaustion(now, &mut effects);
+        }
         if self.budget.exhausted_at.is_some() != was_exhausted || !effects.ledger.is_empty() {
             effects.cluster = Some(self.target(now));
         }
@@ -1169,7 +1176,7 @@ mod tests {
             .request_capacity(&caller("bob"), 2, 24 * HOUR, PRICE, at(2))
             .unwrap_err();
         assert_eq!(err.code(), "insufficient_funds");
-        assert!(err.to_string().contains("3.00 missing"), "{err}");
+        assert!(err.to_string().contains("$3.00 missing"), "{err}");
         assert_eq!(o, before);
         // The runway is capped by the TTL: 10 nodes for one hour is $1.
         o.request_capacity(&caller("bob"), 2, HOUR, PRICE, at(3))
@@ -1309,6 +1316,27 @@ mod tests {
         assert_eq!(fx.events[0].kind, "budget_restored");
         o.request_capacity(&caller("bob"), 1, HOUR, PRICE, at(10 * 3600))
             .unwrap();
+    }
+
+    #[test]
+    fn an_organisation_not_yet_credited_is_unfunded_not_shut_down() {
+        let mut o = Organisation::new(
+            ClusterName::new("new").unwrap(),
+            [user("ann")],
+            PoolName::new("default").unwrap(),
+            &OrgDefaults::default(),
+            at(0),
+        )
+        .unwrap();
+        let a = o.accrue(&[], PRICE, at(60));
+        assert_eq!(a.effects, Effects::default());
+        assert_eq!(o.budget.exhausted_at, None);
+        // Its requests are refused all the same, with what is missing.
+        let err = o
+            .request_capacity(&caller("ann"), 1, HOUR, PRICE, at(61))
+            .unwrap_err();
+        assert_eq!(err.code(), "insufficient_funds");
+        assert!(err.to_string().contains("$0.500001 missing"), "{err}");
     }
 
     #[test]
