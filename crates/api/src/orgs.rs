@@ -6,7 +6,6 @@ use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use chrono::Utc;
 use flotilla_api_types as types;
 use flotilla_domain::{
     Caller, ClusterName, Money, OrgName, OrgRole, Organisation, SettingsPatch, Username,
@@ -52,13 +51,13 @@ pub(crate) fn org_body(view: OrgView) -> types::OrgView {
     let OrgView {
         org,
         sizing,
+        requests,
         running_nodes,
         price_per_hour,
         burn_per_hour,
         forecast_hours,
         recent_events,
     } = view;
-    let now = Utc::now();
     types::OrgView {
         name: org.name.to_string(),
         cluster: org.cluster().to_string(),
@@ -101,8 +100,8 @@ pub(crate) fn org_body(view: OrgView) -> types::OrgView {
         },
         size: sizing.nodes,
         asleep: sizing.asleep,
-        requests: org
-            .active_requests(now)
+        requests: requests
+            .into_iter()
             .map(|r| types::CapacityRequestStatus {
                 user: r.user.to_string(),
                 nodes: r.nodes,

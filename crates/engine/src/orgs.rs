@@ -133,6 +133,8 @@ impl OrgCache {
 pub struct OrgView {
     pub org: Organisation,
     pub sizing: Sizing,
+    /// The capacity requests active now.
+    pub requests: Vec<crate::RequestView>,
     /// Nodes the cloud lists for the organisation's cluster.
     pub running_nodes: usize,
     pub price_per_hour: Money,
@@ -264,6 +266,7 @@ impl Engine {
         let recent_events = self.shared.store.events(&org.name, RECENT_EVENTS).await?;
         Ok(OrgView {
             sizing: org.sizing(now),
+            requests: request_views(&org, now),
             running_nodes,
             price_per_hour,
             burn_per_hour,
@@ -547,4 +550,15 @@ pub(crate) fn apply_org_change(shared: &crate::Shared, changed: &OrgChanged) {
         shared.runtime.wake_first(name.clone());
     }
     shared.notify_changed(&name);
+}
+
+/// The capacity requests active at `now`, as views show them.
+pub(crate) fn request_views(org: &Organisation, now: DateTime<Utc>) -> Vec<crate::RequestView> {
+    org.active_requests(now)
+        .map(|r| crate::RequestView {
+            user: r.user.clone(),
+            nodes: r.nodes,
+            expires_at: r.expires_at,
+        })
+        .collect()
 }

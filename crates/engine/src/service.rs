@@ -284,14 +284,7 @@ impl Engine {
             OrgClusterView {
                 min_nodes: o.settings.min_nodes,
                 max_nodes: o.settings.max_nodes,
-                requests: o
-                    .active_requests(now)
-                    .map(|r| RequestView {
-                        user: r.user.clone(),
-                        nodes: r.nodes,
-                        expires_at: r.expires_at,
-                    })
-                    .collect(),
+                requests: crate::orgs::request_views(&o, now),
                 next_change: sizing.next_change,
                 shut_down: o.budget.exhausted_at.is_some(),
             }
