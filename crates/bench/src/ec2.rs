@@ -437,14 +437,8 @@ pub fn run(args: Ec2Args) -> Result<()> {
 async fn bench(args: Ec2Args) -> Result<()> {
     ensure!(args.clusters >= 1 && args.nodes >= 1, "nothing to deploy");
     let machine = Machine::read();
-    let began = chrono::Local::now();
     let total = args.clusters as u64 * u64::from(args.nodes);
-    println!("# flotilla-bench ec2");
-    println!();
-    println!("- date: {}", began.format("%Y-%m-%d %H:%M:%S %z"));
-    println!("- cpu: {} × {}", machine.cpus, machine.cpu_model);
-    println!("- memory: {}", fmt_kib(machine.memory_total_kib));
-    println!("- kernel: {}", machine.kernel);
+    machine.print_header("flotilla-bench ec2");
     println!(
         "- run: {} clusters × {} nodes of {INSTANCE_TYPE}, max_batch {}, list_page_size {}, resync every {}, {} passes, store SQLite",
         args.clusters,

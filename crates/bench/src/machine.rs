@@ -36,6 +36,23 @@ impl Machine {
             kernel,
         }
     }
+
+    /// The report's title and the lines every figure is quoted with: the
+    /// date, then this machine.
+    pub fn print_header(&self, title: &str) {
+        println!("# {title}");
+        println!();
+        println!(
+            "- date: {}",
+            chrono::Local::now().format("%Y-%m-%d %H:%M:%S %z")
+        );
+        println!("- cpu: {} × {}", self.cpus, self.cpu_model);
+        println!(
+            "- memory: {}",
+            crate::report::fmt_kib(self.memory_total_kib)
+        );
+        println!("- kernel: {}", self.kernel);
+    }
 }
 
 /// Peak resident set size of this process so far (`VmHWM`), KiB.

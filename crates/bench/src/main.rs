@@ -624,13 +624,7 @@ fn main() -> Result<()> {
 
 async fn engine_bench(args: Args) -> Result<()> {
     let machine = Machine::read();
-    let began = chrono::Local::now();
-    println!("# flotilla-bench");
-    println!();
-    println!("- date: {}", began.format("%Y-%m-%d %H:%M:%S %z"));
-    println!("- cpu: {} × {}", machine.cpus, machine.cpu_model);
-    println!("- memory: {}", fmt_kib(machine.memory_total_kib));
-    println!("- kernel: {}", machine.kernel);
+    machine.print_header("flotilla-bench");
     println!(
         "- run: {} clusters × {} nodes, store {:?}, resync every {}, probe every {}, boot delay {}, engine concurrency {}, {} deploys in flight",
         args.clusters,

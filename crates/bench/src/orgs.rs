@@ -81,14 +81,8 @@ fn owner(i: usize) -> Username {
 async fn bench(args: OrgsArgs) -> Result<()> {
     ensure!(args.orgs >= 1 && args.nodes >= 1, "nothing to charge");
     let machine = Machine::read();
-    let began = chrono::Local::now();
     let total = args.orgs * args.nodes as usize;
-    println!("# flotilla-bench orgs");
-    println!();
-    println!("- date: {}", began.format("%Y-%m-%d %H:%M:%S %z"));
-    println!("- cpu: {} × {}", machine.cpus, machine.cpu_model);
-    println!("- memory: {}", fmt_kib(machine.memory_total_kib));
-    println!("- kernel: {}", machine.kernel);
+    machine.print_header("flotilla-bench orgs");
     println!(
         "- run: {} organisations × {} nodes = {total} nodes on the fake driver, {} accrual passes {} apart, store SQLite",
         args.orgs,
