@@ -658,7 +658,12 @@ impl Organisation {
         let millis = i64::try_from(period.as_millis()).unwrap_or(i64::MAX);
         let needed = projected_cost(price_per_hour, nodes, millis);
         let balance = self.budget.balance;
-        let exhausted = nodes > 0 && self.is_exhausted();
+        // At or below the threshold nothing that costs money starts (nodes
+        // of a free pool do not spend it); a shut-down organisation starts
+        // nothing until credited.
+        let exhausted = nodes > 0
+            && (self.budget.exhausted_at.is_some()
+                || (needed > Money::ZERO && self.is_exhausted()));
         if needed > balance || exhausted {
             // Enough to pay, and to stay above the shutdown threshold.
             let missing = if exhausted {
@@ -1337,6 +1342,30 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.code(), "insufficient_funds");
         assert!(err.to_string().contains("$0.500001 missing"), "{err}");
+    }
+
+    #[test]
+    fn a_free_pool_needs_no_money_until_shut_down() {
+        let mut o = Organisation::new(
+            ClusterName::new("free").unwrap(),
+            [user("ann")],
+            PoolName::new("default").unwrap(),
+            &OrgDefaults::default(),
+            at(0),
+        )
+        .unwrap();
+        let (fx, _) = o
+            .request_capacity(&caller("ann"), 2, HOUR, Money::ZERO, at(1))
+            .unwrap();
+        assert_eq!(fx.cluster, Some(ClusterTarget::Nodes(2)));
+        // Shut down by an admin's correction, it starts nothing, free or not.
+        o.credit(&admin(), m("1"), "grant", at(2)).unwrap();
+        o.credit(&admin(), m("-1"), "take back", at(3)).unwrap();
+        assert!(o.budget.exhausted_at.is_some());
+        let err = o
+            .request_capacity(&caller("ann"), 1, HOUR, Money::ZERO, at(4))
+            .unwrap_err();
+        assert_eq!(err.code(), "insufficient_funds");
     }
 
     #[test]
