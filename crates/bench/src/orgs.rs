@@ -151,11 +151,7 @@ async fn bench(args: OrgsArgs) -> Result<()> {
                     "benchmark",
                 )
                 .await?;
-            let ann = Caller {
-                account: Some(owner(i)),
-                level: Level::GithubMember,
-                allowed: BTreeSet::new(),
-            };
+            let ann = Caller::signed_in(owner(i), Level::GithubMember);
             engine
                 .request_capacity(&ann, &name, i64::from(nodes), 24 * 3600, false)
                 .await?;

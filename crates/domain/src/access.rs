@@ -116,6 +116,16 @@ impl Caller {
         }
     }
 
+    /// A signed-in account at `level`, allowed its own cluster (grants and
+    /// organisations come from the store and the access layer).
+    pub fn signed_in(username: Username, level: Level) -> Self {
+        Self {
+            allowed: allowed_clusters(&username, &BTreeSet::new()),
+            account: Some(username),
+            level,
+        }
+    }
+
     /// The server acting on its own behalf (scheduled deletions), and
     /// in-process tests and benchmarks: an admin without an account.
     pub fn local_operator() -> Self {

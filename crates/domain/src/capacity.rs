@@ -8,11 +8,14 @@ use chrono::{DateTime, Utc};
 
 use crate::names::Username;
 
-/// One member's request: `nodes` until `expires_at`.
+/// One member's request: `nodes` until `expires_at`, made at
+/// `created_at` (the earliest asks are served first when cost is
+/// attributed).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CapacityRequest {
     pub user: Username,
     pub nodes: u32,
+    pub created_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
 }
 
@@ -70,6 +73,7 @@ mod tests {
         CapacityRequest {
             user: Username::new(user).unwrap(),
             nodes,
+            created_at: at(0),
             expires_at: at(until),
         }
     }

@@ -29,8 +29,7 @@ pub use names::{
     ClusterName, InstanceId, InstanceSetId, InstanceType, NameError, PoolName, Username,
 };
 pub use org::{
-    attribute, Accrual, ActiveRequest, Budget, CapacityOutcome, Charge, ClusterTarget, Effects,
-    LedgerEntry, LedgerKind, OrgDefaults, OrgError, OrgEvent, OrgName, OrgRole, OrgSettings,
-    Organisation, SettingsPatch,
+    Accrual, Budget, CapacityOutcome, Charge, ClusterTarget, Effects, LedgerEntry, LedgerKind,
+    OrgDefaults, OrgError, OrgEvent, OrgName, OrgRole, OrgSettings, Organisation, SettingsPatch,
 };
 pub use plan::{plan, DestroyReason, NodeState, ObservedNode, Plan, Timeouts, WantedNodes};

@@ -92,16 +92,6 @@ pub struct Budget {
     pub exhausted_at: Option<DateTime<Utc>>,
 }
 
-/// One member's capacity request, with when it was made (for attributing
-/// cost: the earliest asks are served first).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ActiveRequest {
-    pub user: Username,
-    pub nodes: u32,
-    pub created_at: DateTime<Utc>,
-    pub expires_at: DateTime<Utc>,
-}
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Organisation {
     pub name: OrgName,
@@ -110,7 +100,7 @@ pub struct Organisation {
     pub pending: BTreeMap<Username, DateTime<Utc>>,
     pub settings: OrgSettings,
     pub budget: Budget,
-    pub requests: Vec<ActiveRequest>,
+    pub requests: Vec<CapacityRequest>,
     /// Cost has been charged for every node up to this moment.
     pub accrued_until: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
@@ -393,20 +383,17 @@ impl Organisation {
     }
 
     /// The requests still active at `now`.
-    pub fn active_requests(&self, now: DateTime<Utc>) -> impl Iterator<Item = &ActiveRequest> {
+    pub fn active_requests(&self, now: DateTime<Utc>) -> impl Iterator<Item = &CapacityRequest> {
         self.requests.iter().filter(move |r| r.expires_at > now)
     }
 
     pub fn sizing(&self, now: DateTime<Utc>) -> Sizing {
-        let asks: Vec<CapacityRequest> = self
-            .active_requests(now)
-            .map(|r| CapacityRequest {
-                user: r.user.clone(),
-                nodes: r.nodes,
-                expires_at: r.expires_at,
-            })
-            .collect();
-        sizing(&asks, now, self.settings.min_nodes, self.settings.max_nodes)
+        sizing(
+            &self.requests,
+            now,
+            self.settings.min_nodes,
+            self.settings.max_nodes,
+        )
     }
 
     pub fn is_exhausted(&self) -> bool {
@@ -711,7 +698,7 @@ impl Organisation {
         let expires_at = now + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX);
         let mut next = self.clone();
         next.requests.retain(|r| r.expires_at > now);
-        next.requests.push(ActiveRequest {
+        next.requests.push(CapacityRequest {
             user: user.clone(),
             nodes,
             created_at: now,
@@ -919,7 +906,7 @@ pub struct Accrual {
 /// Whose request keeps each node: nodes in launch order are handed out to
 /// users in the order of their oldest active request, each user getting as
 /// many as their largest ask; the rest belong to the organisation.
-pub fn attribute(org: &Organisation, nodes: usize, now: DateTime<Utc>) -> Vec<Option<Username>> {
+fn attribute(org: &Organisation, nodes: usize, now: DateTime<Utc>) -> Vec<Option<Username>> {
     let mut users: Vec<(DateTime<Utc>, &Username, u32)> = Vec::new();
     for r in org.active_requests(now) {
         match users.iter_mut().find(|(_, u, _)| *u == &r.user) {
@@ -1024,19 +1011,11 @@ mod tests {
     }
 
     fn caller(name: &str) -> Caller {
-        Caller {
-            account: Some(user(name)),
-            level: Level::GithubMember,
-            allowed: BTreeSet::new(),
-        }
+        Caller::signed_in(user(name), Level::GithubMember)
     }
 
     fn admin() -> Caller {
-        Caller {
-            account: Some(user("root")),
-            level: Level::Admin,
-            allowed: BTreeSet::new(),
-        }
+        Caller::signed_in(user("root"), Level::Admin)
     }
 
     fn m(s: &str) -> Money {

@@ -23,11 +23,7 @@ fn user(name: &str) -> Username {
 }
 
 fn caller(name: &str) -> Caller {
-    Caller {
-        account: Some(user(name)),
-        level: Level::GithubMember,
-        allowed: BTreeSet::new(),
-    }
+    Caller::signed_in(user(name), Level::GithubMember)
 }
 
 fn m(s: &str) -> Money {
@@ -184,12 +180,6 @@ async fn running_out_of_money_shuts_the_cluster_down_within_seconds() {
         .await
         .unwrap();
     ready(&h, 2).await;
-    let launched: Vec<_> = h
-        .status("lab")
-        .nodes
-        .iter()
-        .map(|n| n.launched_at)
-        .collect();
 
     // At $0.20/h the balance reaches the $0.50 threshold after 6 h.
     tokio::time::sleep(Duration::from_secs(6 * HOUR as u64 - 60)).await;
@@ -257,7 +247,6 @@ async fn running_out_of_money_shuts_the_cluster_down_within_seconds() {
         .map(|c| c.amount)
         .sum();
     assert_eq!(costs, m("1.70") - balance);
-    assert!(launched.len() == 2);
 
     // Refused while shut down, with what is missing; a credit restores.
     let err = h

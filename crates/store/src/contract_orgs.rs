@@ -16,19 +16,11 @@ const PRICE: Money = Money::from_micros(100_000);
 const HOUR: StdDuration = StdDuration::from_secs(3600);
 
 fn caller(username: &str) -> Caller {
-    Caller {
-        account: Some(user(username)),
-        level: Level::GithubMember,
-        allowed: BTreeSet::new(),
-    }
+    Caller::signed_in(user(username), Level::GithubMember)
 }
 
 fn admin() -> Caller {
-    Caller {
-        account: Some(user("root")),
-        level: Level::Admin,
-        allowed: BTreeSet::new(),
-    }
+    Caller::signed_in(user("root"), Level::Admin)
 }
 
 fn m(s: &str) -> Money {

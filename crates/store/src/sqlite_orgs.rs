@@ -12,7 +12,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use flotilla_domain::{
-    ActiveRequest, Budget, ClusterName, ClusterRecord, Effects, LedgerEntry, LedgerKind, Money,
+    Budget, CapacityRequest, ClusterName, ClusterRecord, Effects, LedgerEntry, LedgerKind, Money,
     OrgError, OrgEvent, OrgName, OrgRole, OrgSettings, Organisation, PoolName, Username,
 };
 use sqlx::{SqliteConnection, SqlitePool};
@@ -148,7 +148,7 @@ fn add_person(org: &mut Organisation, p: PersonRow) -> Result<(), StoreError> {
 fn add_request(org: &mut Organisation, r: RequestRow) -> Result<(), StoreError> {
     let key = format!("{}/{}", r.org, r.username);
     let t = "capacity_requests";
-    org.requests.push(ActiveRequest {
+    org.requests.push(CapacityRequest {
         user: user(t, &key, &r.username)?,
         nodes: count(t, &key, "nodes", r.nodes)?,
         created_at: time(t, &key, "created_at", r.created_at)?,

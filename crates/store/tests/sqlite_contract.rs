@@ -474,11 +474,7 @@ async fn two_servers_on_one_database_never_overspend_or_double_charge() {
     .unwrap();
     org.members.insert(user("bob"), OrgRole::Member);
     a.create_org(&org).await.unwrap();
-    let admin = Caller {
-        account: Some(user("root")),
-        level: Level::Admin,
-        allowed: BTreeSet::new(),
-    };
+    let admin = Caller::signed_in(user("root"), Level::Admin);
     let price = Money::from_micros(100_000);
     a.change_org(&lab, t(1), &mut |o: &mut Organisation| {
         o.update_settings(
@@ -500,11 +496,7 @@ async fn two_servers_on_one_database_never_overspend_or_double_charge() {
     let mut tasks = JoinSet::new();
     for (store, who) in [(a.clone(), "ann"), (b.clone(), "bob")] {
         tasks.spawn(async move {
-            let caller = Caller {
-                account: Some(Username::new(who).unwrap()),
-                level: Level::GithubMember,
-                allowed: BTreeSet::new(),
-            };
+            let caller = Caller::signed_in(Username::new(who).unwrap(), Level::GithubMember);
             store
                 .change_org(
                     &ClusterName::new("lab").unwrap(),
