@@ -2,7 +2,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use flotilla_api_types::ErrorBody;
-use flotilla_domain::{Denied, NameError, OrgError, ValidationError};
+use flotilla_domain::{Denied, FixedField, NameError, OrgError, ValidationError};
 use flotilla_engine::EngineError;
 use flotilla_github::GithubError;
 use flotilla_identity::IdentityError;
@@ -72,9 +72,8 @@ impl From<EngineError> for ApiError {
             }
             EngineError::Conflict(StoreError::Conflict { field, .. }) => {
                 let code = match field {
-                    "is_public" => "is_public_immutable",
-                    "pool" => "pool_immutable",
-                    _ => "conflict",
+                    FixedField::IsPublic => "is_public_immutable",
+                    FixedField::Pool => "pool_immutable",
                 };
                 Self::new(StatusCode::CONFLICT, code, message)
             }

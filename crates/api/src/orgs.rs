@@ -113,7 +113,7 @@ pub(crate) fn org_body(view: OrgView) -> types::OrgView {
             .into_iter()
             .map(|e| types::OrgEventView {
                 at: e.at,
-                kind: e.kind,
+                kind: e.kind.as_str().to_owned(),
                 message: e.message,
             })
             .collect(),

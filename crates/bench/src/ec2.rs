@@ -38,7 +38,8 @@ use flotilla_cloud::{CloudMetrics, InstanceSet, Metered, Tags, Throttled};
 use flotilla_domain::{Caller, ClusterName, ClusterState, InstanceType, Limits, PoolName};
 use flotilla_driver_ec2::{Credentials, Ec2Config, Ec2InstanceSet, SharedCredentialsProvider};
 use flotilla_engine::{Engine, EngineConfig, EngineTasks, PoolSpec};
-use flotilla_store::{SqliteStore, Store};
+use flotilla_store::Store;
+use flotilla_store_sqlite::SqliteStore;
 use prometheus_client::registry::Registry;
 use tokio::time::Instant;
 

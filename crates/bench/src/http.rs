@@ -52,7 +52,8 @@ use flotilla_engine::{Engine, EngineConfig, EngineTasks, PoolSpec};
 use flotilla_identity::{
     Identity, IdentityConfig, KeyRing, TokenIssuer, FIRST_ADMIN, VERIFIED_CACHE_CAPACITY,
 };
-use flotilla_store::{SqliteStore, Store};
+use flotilla_store::Store;
+use flotilla_store_sqlite::SqliteStore;
 use hdrhistogram::Histogram;
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;

@@ -47,7 +47,8 @@ use flotilla_domain::{
     Caller, ClusterName, ClusterState, DeployCommand, InstanceType, Limits, PoolName,
 };
 use flotilla_engine::{Engine, EngineConfig, EngineTasks, PoolSpec};
-use flotilla_store::{MemoryStore, SqliteStore, Store};
+use flotilla_store::{MemoryStore, Store};
+use flotilla_store_sqlite::SqliteStore;
 use prometheus_client::registry::Registry;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;

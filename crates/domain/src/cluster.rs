@@ -121,7 +121,41 @@ pub struct ClusterRecord {
     pub generation: i64,
 }
 
+/// A property of a cluster that is fixed once it is deployed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FixedField {
+    IsPublic,
+    Pool,
+}
+
+impl FixedField {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FixedField::IsPublic => "is_public",
+            FixedField::Pool => "pool",
+        }
+    }
+}
+
+impl std::fmt::Display for FixedField {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl ClusterRecord {
+    /// The first fixed field `command` would change on this deployed
+    /// cluster, with its current value, if any: such a deploy is refused.
+    pub fn fixed_field_conflict(&self, command: &DeployCommand) -> Option<(FixedField, String)> {
+        if self.is_public != command.is_public {
+            Some((FixedField::IsPublic, self.is_public.to_string()))
+        } else if self.pool != command.pool {
+            Some((FixedField::Pool, self.pool.to_string()))
+        } else {
+            None
+        }
+    }
+
     /// How many nodes the cluster wants right now.
     pub fn wanted_nodes(&self) -> u32 {
         if self.destroying {

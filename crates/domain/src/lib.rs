@@ -18,8 +18,8 @@ pub use access::{
 };
 pub use capacity::{sizing, CapacityRequest, Sizing};
 pub use cluster::{
-    cluster_state, ClusterRecord, ClusterState, DeployCommand, Limits, NodeCapacity, TimeToLive,
-    ValidationError,
+    cluster_state, ClusterRecord, ClusterState, DeployCommand, FixedField, Limits, NodeCapacity,
+    TimeToLive, ValidationError,
 };
 pub use money::{
     forecast_hours, lifetime_cost, month_of, monthly_credit, projected_cost, Money, MoneyError,
@@ -29,7 +29,8 @@ pub use names::{
     ClusterName, InstanceId, InstanceSetId, InstanceType, NameError, PoolName, Username,
 };
 pub use org::{
-    Accrual, Budget, CapacityOutcome, Charge, ClusterTarget, Effects, LedgerEntry, LedgerKind,
-    OrgDefaults, OrgError, OrgEvent, OrgName, OrgRole, OrgSettings, Organisation, SettingsPatch,
+    target_record, with_daily_spend, Accrual, Budget, CapacityOutcome, Charge, ClusterTarget,
+    CostRow, Effects, LedgerEntry, LedgerKind, OrgDefaults, OrgError, OrgEvent, OrgEventKind,
+    OrgName, OrgRole, OrgSettings, Organisation, SettingsPatch,
 };
 pub use plan::{plan, DestroyReason, NodeState, ObservedNode, Plan, Timeouts, WantedNodes};

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::access::Caller;
 use crate::capacity::{sizing, CapacityRequest, Sizing};
+use crate::cluster::{ClusterRecord, NodeCapacity};
 use crate::money::{lifetime_cost, month_of, monthly_credit, projected_cost, Money};
 use crate::names::{ClusterName, PoolName, Username};
 
@@ -173,8 +174,67 @@ pub struct LedgerEntry {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OrgEvent {
     pub at: DateTime<Utc>,
-    pub kind: String,
+    pub kind: OrgEventKind,
     pub message: String,
+}
+
+/// What happened to an organisation. Stored by name ([`Self::as_str`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OrgEventKind {
+    Created,
+    MembershipRequested,
+    MemberAdded,
+    MembershipRefused,
+    MemberRemoved,
+    RoleChanged,
+    SettingsChanged,
+    Woke,
+    Stopped,
+    BudgetExhausted,
+    BudgetRestored,
+}
+
+impl OrgEventKind {
+    pub const ALL: [OrgEventKind; 11] = [
+        OrgEventKind::Created,
+        OrgEventKind::MembershipRequested,
+        OrgEventKind::MemberAdded,
+        OrgEventKind::MembershipRefused,
+        OrgEventKind::MemberRemoved,
+        OrgEventKind::RoleChanged,
+        OrgEventKind::SettingsChanged,
+        OrgEventKind::Woke,
+        OrgEventKind::Stopped,
+        OrgEventKind::BudgetExhausted,
+        OrgEventKind::BudgetRestored,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OrgEventKind::Created => "created",
+            OrgEventKind::MembershipRequested => "membership_requested",
+            OrgEventKind::MemberAdded => "member_added",
+            OrgEventKind::MembershipRefused => "membership_refused",
+            OrgEventKind::MemberRemoved => "member_removed",
+            OrgEventKind::RoleChanged => "role_changed",
+            OrgEventKind::SettingsChanged => "settings_changed",
+            OrgEventKind::Woke => "woke",
+            OrgEventKind::Stopped => "stopped",
+            OrgEventKind::BudgetExhausted => "budget_exhausted",
+            OrgEventKind::BudgetRestored => "budget_restored",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for OrgEventKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// What a change does besides changing the organisation's state.
@@ -435,7 +495,7 @@ impl Organisation {
         if let std::collections::btree_map::Entry::Vacant(pending) = self.pending.entry(user) {
             effects.events.push(OrgEvent {
                 at: now,
-                kind: "membership_requested".into(),
+                kind: OrgEventKind::MembershipRequested,
                 message: format!("{} asked to join", pending.key()),
             });
             pending.insert(now);
@@ -461,14 +521,17 @@ impl Organisation {
         let by = actor_name(caller);
         let (kind, message) = if approve {
             self.members.insert(user.clone(), OrgRole::Member);
-            ("member_added", format!("{by} approved {user}"))
+            (OrgEventKind::MemberAdded, format!("{by} approved {user}"))
         } else {
-            ("membership_refused", format!("{by} refused {user}"))
+            (
+                OrgEventKind::MembershipRefused,
+                format!("{by} refused {user}"),
+            )
         };
         Ok(Effects {
             events: vec![OrgEvent {
                 at: now,
-                kind: kind.into(),
+                kind,
                 message,
             }],
             ..Effects::default()
@@ -503,7 +566,7 @@ impl Organisation {
         Ok(Effects {
             events: vec![OrgEvent {
                 at: now,
-                kind: "member_removed".into(),
+                kind: OrgEventKind::MemberRemoved,
                 message: format!("{} removed {user}", actor_name(caller)),
             }],
             cluster: Some(self.target(now)),
@@ -536,7 +599,7 @@ impl Organisation {
         Ok(Effects {
             events: vec![OrgEvent {
                 at: now,
-                kind: "role_changed".into(),
+                kind: OrgEventKind::RoleChanged,
                 message: format!("{} made {user} {}", actor_name(caller), role.as_str()),
             }],
             ..Effects::default()
@@ -618,7 +681,7 @@ impl Organisation {
         let mut effects = Effects {
             events: vec![OrgEvent {
                 at: now,
-                kind: "settings_changed".into(),
+                kind: OrgEventKind::SettingsChanged,
                 message: format!(
                     "{} set min_nodes {}, max_nodes {}, pool {}",
                     actor_name(caller),
@@ -714,7 +777,7 @@ impl Organisation {
         if self.sizing(now).asleep && sized.nodes > 0 {
             effects.events.push(OrgEvent {
                 at: now,
-                kind: "woke".into(),
+                kind: OrgEventKind::Woke,
                 message: format!("{user} woke the cluster with a request for {nodes} nodes"),
             });
         }
@@ -738,7 +801,7 @@ impl Organisation {
         Ok(Effects {
             events: vec![OrgEvent {
                 at: now,
-                kind: "stopped".into(),
+                kind: OrgEventKind::Stopped,
                 message: format!(
                     "{} destroyed the cluster; requests dropped, min_nodes set to 0",
                     actor_name(caller)
@@ -803,7 +866,7 @@ impl Organisation {
                 self.requests.clear();
                 effects.events.push(OrgEvent {
                     at: now,
-                    kind: "budget_exhausted".into(),
+                    kind: OrgEventKind::BudgetExhausted,
                     message: format!(
                         "balance {} is at or below the shutdown threshold {}: the cluster is shut down and capacity requests are cleared; ask an admin for credit",
                         self.budget.balance, self.budget.shutdown_threshold
@@ -814,7 +877,7 @@ impl Organisation {
                 self.budget.exhausted_at = None;
                 effects.events.push(OrgEvent {
                     at: now,
-                    kind: "budget_restored".into(),
+                    kind: OrgEventKind::BudgetRestored,
                     message: format!(
                         "balance {} is above the shutdown threshold again; capacity may be requested",
                         self.budget.balance
@@ -994,6 +1057,128 @@ fn actor_name(caller: &Caller) -> String {
         .map_or_else(|| "the server".to_owned(), |u| u.to_string())
 }
 
+/// What one user's requests (or, with no user, the organisation's floor)
+/// cost on one cluster on one day.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CostRow {
+    pub cluster: ClusterName,
+    pub user: Option<Username>,
+    pub day: NaiveDate,
+    pub amount: Money,
+}
+
+impl Organisation {
+    /// What creating the organisation records: its opening balance, if it
+    /// has one, and the event.
+    pub fn opening(&self) -> Effects {
+        let mut effects = Effects::default();
+        if self.budget.balance != Money::ZERO {
+            effects.ledger.push(LedgerEntry {
+                at: self.created_at,
+                kind: LedgerKind::Opening,
+                amount: self.budget.balance,
+                reason: "opening balance".into(),
+                actor: None,
+            });
+        }
+        effects.events.push(OrgEvent {
+            at: self.created_at,
+            kind: OrgEventKind::Created,
+            message: format!(
+                "organisation created with owners {}",
+                self.owners()
+                    .map(|u| u.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        });
+        effects
+    }
+}
+
+/// The record the organisation's cluster should have after a change to
+/// `target`, or `None` to leave it as it is (or absent).
+pub fn target_record(
+    current: Option<&ClusterRecord>,
+    org: &Organisation,
+    target: ClusterTarget,
+    now: DateTime<Utc>,
+) -> Option<ClusterRecord> {
+    let bump = |r: &ClusterRecord| ClusterRecord {
+        updated_at: now,
+        generation: r.generation + 1,
+        ..r.clone()
+    };
+    match (target, current) {
+        (ClusterTarget::Destroyed, Some(r)) if !r.destroying => Some(ClusterRecord {
+            destroying: true,
+            expires_at: None,
+            ..bump(r)
+        }),
+        (ClusterTarget::Destroyed, _) => None,
+        // Nothing running and nothing wanted: no record to keep.
+        (ClusterTarget::Nodes(0), None) => None,
+        (ClusterTarget::Nodes(0), Some(r)) if r.destroying => None,
+        (ClusterTarget::Nodes(n), Some(r)) => {
+            let same = !r.destroying
+                && r.node_capacity.get() == n
+                && r.pool == org.settings.pool
+                && r.expires_at.is_none()
+                && !r.is_public;
+            (!same).then(|| ClusterRecord {
+                node_capacity: NodeCapacity::from_stored(n),
+                pool: org.settings.pool.clone(),
+                is_public: false,
+                expires_at: None,
+                destroying: false,
+                ..bump(r)
+            })
+        }
+        (ClusterTarget::Nodes(n), None) => Some(ClusterRecord {
+            name: org.cluster().clone(),
+            is_public: false,
+            node_capacity: NodeCapacity::from_stored(n),
+            pool: org.settings.pool.clone(),
+            expires_at: None,
+            destroying: false,
+            created_at: now,
+            updated_at: now,
+            generation: 1,
+        }),
+    }
+}
+
+/// The ledger as readers see it: the stored entries (credits, allowances,
+/// corrections) and one spend entry per day, the sum of that day's costs.
+/// Spending is kept only as costs, so charging a pass writes each amount
+/// once; a spend entry is stamped at the end of its day, or at the last
+/// charge for the current one.
+pub fn with_daily_spend(
+    mut entries: Vec<LedgerEntry>,
+    costs: &[CostRow],
+    accrued_until: Option<DateTime<Utc>>,
+) -> Vec<LedgerEntry> {
+    let mut days: BTreeMap<NaiveDate, Money> = BTreeMap::new();
+    for c in costs {
+        *days.entry(c.day).or_default() += c.amount;
+    }
+    for (day, spent) in days {
+        let end = day
+            .and_hms_milli_opt(23, 59, 59, 999)
+            .expect("a valid time")
+            .and_utc();
+        entries.push(LedgerEntry {
+            at: accrued_until.map_or(end, |u| u.min(end)),
+            kind: LedgerKind::Spend,
+            amount: -spent,
+            reason: format!("nodes running on {day}"),
+            actor: None,
+        });
+    }
+    entries.sort_by_key(|e| e.at);
+    entries
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeSet;
@@ -1050,7 +1235,7 @@ mod tests {
             .request_capacity(&caller("ann"), 3, HOUR, PRICE, at(0))
             .unwrap();
         assert_eq!(fx.cluster, Some(ClusterTarget::Nodes(3)));
-        assert_eq!(fx.events[0].kind, "woke");
+        assert_eq!(fx.events[0].kind, OrgEventKind::Woke);
         assert!(!out.clamped);
         // bob overlaps ann; ann asking again for less does not add up.
         o.request_capacity(&caller("bob"), 4, 2 * HOUR, PRICE, at(60))
@@ -1284,7 +1469,7 @@ mod tests {
         assert_eq!(a.effects.cluster, None);
         let a = o.accrue(&launches, PRICE, at(9 * 3600 + 1800));
         assert_eq!(a.effects.cluster, Some(ClusterTarget::Destroyed));
-        assert_eq!(a.effects.events[0].kind, "budget_exhausted");
+        assert_eq!(a.effects.events[0].kind, OrgEventKind::BudgetExhausted);
         assert!(o.requests.is_empty());
         assert_eq!(o.budget.balance, m("0.50"));
         // Nothing can be requested while shut down.
@@ -1297,7 +1482,7 @@ mod tests {
             .credit(&admin(), m("20"), "top-up", at(10 * 3600))
             .unwrap();
         assert_eq!(fx.cluster, Some(ClusterTarget::Nodes(0)));
-        assert_eq!(fx.events[0].kind, "budget_restored");
+        assert_eq!(fx.events[0].kind, OrgEventKind::BudgetRestored);
         o.request_capacity(&caller("bob"), 1, HOUR, PRICE, at(10 * 3600))
             .unwrap();
     }

@@ -14,8 +14,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use flotilla_domain::{
-    forecast_hours, Caller, ClusterName, Effects, LedgerEntry, Money, OrgError, OrgEvent, OrgName,
-    OrgRole, Organisation, PoolName, SettingsPatch, Sizing, TimeToLive, Username,
+    forecast_hours, Caller, ClusterName, Effects, LedgerEntry, Money, OrgError, OrgEvent,
+    OrgEventKind, OrgName, OrgRole, Organisation, PoolName, SettingsPatch, Sizing, TimeToLive,
+    Username,
 };
 use flotilla_store::{CostRow, OrgChanged};
 
@@ -537,7 +538,7 @@ impl Engine {
 pub(crate) fn apply_org_change(shared: &crate::Shared, changed: &OrgChanged) {
     let name = changed.org.name.clone();
     for event in &changed.effects.events {
-        if event.kind == "budget_exhausted" {
+        if event.kind == OrgEventKind::BudgetExhausted {
             tracing::warn!(org = %name, "{}", event.message);
         } else {
             tracing::info!(org = %name, kind = %event.kind, "{}", event.message);

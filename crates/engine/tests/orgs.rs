@@ -203,7 +203,7 @@ async fn running_out_of_money_shuts_the_cluster_down_within_seconds() {
     assert!(view
         .recent_events
         .iter()
-        .any(|e| e.kind == "budget_exhausted"));
+        .any(|e| e.kind == flotilla_domain::OrgEventKind::BudgetExhausted));
     let status = h.status("lab");
     assert!(status.org.unwrap().shut_down);
 

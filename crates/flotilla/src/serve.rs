@@ -18,7 +18,8 @@ use flotilla_driver_local::{LocalConfig, LocalInstanceSet};
 use flotilla_engine::Engine;
 use flotilla_github::{GithubClient, GithubConfig};
 use flotilla_identity::{Identity, IdentityConfig, KeyRing, TokenIssuer};
-use flotilla_store::{AccountStore, SqliteStore, Store};
+use flotilla_store::{AccountStore, Store};
+use flotilla_store_sqlite::SqliteStore;
 use prometheus_client::registry::Registry;
 
 use crate::config::{Config, DriverConfig};

@@ -4,8 +4,8 @@ use std::collections::BTreeSet;
 use std::time::Duration as StdDuration;
 
 use flotilla_domain::{
-    lifetime_cost, Caller, ClusterTarget, LedgerKind, Level, Money, OrgDefaults, OrgError, OrgRole,
-    Organisation, SettingsPatch,
+    lifetime_cost, Caller, ClusterTarget, LedgerKind, Level, Money, OrgDefaults, OrgError,
+    OrgEventKind, OrgRole, Organisation, SettingsPatch,
 };
 use tokio::task::JoinSet;
 
@@ -117,7 +117,7 @@ pub async fn create_org_then_get_and_list(h: Harness) {
         .await
         .unwrap()
         .into_iter()
-        .map(|e| e.kind)
+        .map(|e| e.kind.as_str().to_owned())
         .collect();
     assert_eq!(kinds, ["created", "membership_requested", "member_added"]);
     assert_eq!(store.events(&name("lab"), 1).await.unwrap().len(), 1);
@@ -320,7 +320,7 @@ pub async fn running_out_shuts_the_cluster_down(h: Harness) {
     assert!(org.budget.exhausted_at.is_some());
     assert_eq!(org.members.len(), 2, "people survive the pass");
     let events = store.events(&name("lab"), 1).await.unwrap();
-    assert_eq!(events[0].kind, "budget_exhausted");
+    assert_eq!(events[0].kind, OrgEventKind::BudgetExhausted);
     assert_eq!(ledger_sum(store).await, org.budget.balance);
     // Shut down: requests are refused until an admin credits.
     assert_eq!(

@@ -1,8 +1,11 @@
 //! Durable desired state: which clusters should exist, with how many nodes,
 //! until when, and identity: accounts, their grants and refresh tokens
-//! ([`AccountStore`]). The [`Store`] trait is what the engine needs; [`SqliteStore`]
-//! is the embedded backend (PostgreSQL will be a second). Every backend runs
-//! the same contract suite in [`contract`].
+//! ([`AccountStore`]), and organisations ([`OrgStore`]). The [`Store`] trait
+//! is what the engine needs; the backends live in their own crates
+//! (`flotilla-store-sqlite`, the embedded default, and
+//! `flotilla-store-postgres`), sharing the row encoding in `sql`, and
+//! [`MemoryStore`] here serves tests. Every backend runs the same contract
+//! suite in [`contract`].
 //!
 //! Observed state (which instances exist) is deliberately absent: the
 //! cloud's own listing is its source of truth, so a crash cannot make the
@@ -12,34 +15,37 @@ mod accounts;
 pub mod contract;
 mod memory;
 mod orgs;
-mod row;
-mod sqlite;
-mod sqlite_orgs;
+#[cfg(feature = "sql")]
+pub mod sql;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use flotilla_domain::{
-    AccountKind, ClusterName, ClusterRecord, DeployCommand, InstanceSetId, Username,
+    AccountKind, ClusterName, ClusterRecord, DeployCommand, FixedField, InstanceSetId, Username,
 };
 
 pub use accounts::{AccountRecord, AccountStore, RefreshTokenRecord, Rotation};
+pub use flotilla_domain::CostRow;
 pub use memory::MemoryStore;
-pub use orgs::{CostRow, OrgChange, OrgChanged, OrgStore, OrgUsage};
-pub use sqlite::{ConnectionSettings, SqliteStore};
+pub use orgs::{OrgChange, OrgChanged, OrgStore, OrgUsage};
 
+/// Why a store call failed. Backend-neutral: each backend maps its own
+/// errors into these, so callers (and the contract suite) see one
+/// behaviour whatever holds the data.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The request would change something that is fixed once deployed.
     #[error("cluster {cluster}: {field} cannot change once deployed (it is {current}); destroy the cluster and wait until it is gone to deploy it anew")]
     Conflict {
         cluster: ClusterName,
-        field: &'static str,
+        field: FixedField,
         current: String,
     },
-    /// The database could not be opened or created where configured.
-    #[error("cannot open the database at {}: {source}", path.display())]
+    /// The database could not be opened, created or reached where
+    /// configured. `location` is a path or a URL without its password.
+    #[error("cannot open the database at {location}: {source}")]
     Open {
-        path: std::path::PathBuf,
+        location: String,
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
@@ -55,10 +61,23 @@ pub enum StoreError {
     /// An organisation's rules refused the change.
     #[error(transparent)]
     Org(flotilla_domain::OrgError),
+    /// A record with the same key exists already; nothing was changed.
+    #[error("already exists: {0}")]
+    Duplicate(String),
+    /// The change refers to a record that does not exist; nothing was
+    /// changed.
+    #[error("refers to a missing record: {0}")]
+    NotFound(String),
+    /// The database failed or could not be reached.
     #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
+    Database(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The database's schema could not be brought up to date.
     #[error("database migration failed: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
+    Migrate(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The database was migrated by a newer flotilla: this one does not
+    /// know its schema and refuses to touch it.
+    #[error("the database's schema is version {found}, newer than this flotilla knows (up to {known}); run a flotilla at least as new as the one that migrated it")]
+    SchemaTooNew { found: i64, known: i64 },
     #[error("stored data is invalid: {0}")]
     Corrupt(String),
 }
@@ -66,22 +85,14 @@ pub enum StoreError {
 impl StoreError {
     /// The conflict `command` has with the deployed `current` record, if it
     /// would change a field that is fixed once deployed.
-    pub(crate) fn fixed_field_conflict(
-        current: &ClusterRecord,
-        command: &DeployCommand,
-    ) -> Option<Self> {
-        let (field, current) = if current.is_public != command.is_public {
-            ("is_public", current.is_public.to_string())
-        } else if current.pool != command.pool {
-            ("pool", current.pool.to_string())
-        } else {
-            return None;
-        };
-        Some(Self::Conflict {
-            cluster: command.cluster.clone(),
-            field,
-            current,
-        })
+    pub fn fixed_field_conflict(current: &ClusterRecord, command: &DeployCommand) -> Option<Self> {
+        current
+            .fixed_field_conflict(command)
+            .map(|(field, value)| Self::Conflict {
+                cluster: command.cluster.clone(),
+                field,
+                current: value,
+            })
     }
 }
 

@@ -3,20 +3,17 @@
 //! and for simulations.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
 use flotilla_domain::{
-    AccountKind, ClusterName, ClusterRecord, DeployCommand, InstanceSetId, LedgerEntry, LedgerKind,
-    Level, Money, OrgError, OrgEvent, OrgName, Organisation, Username,
+    target_record, with_daily_spend, AccountKind, ClusterName, ClusterRecord, CostRow,
+    DeployCommand, InstanceSetId, LedgerEntry, Level, Money, OrgError, OrgEvent, OrgName,
+    Organisation, Username,
 };
-use sqlx::error::{DatabaseError, ErrorKind};
 
-use crate::orgs::{
-    target_record, with_daily_spend, CostRow, OrgChange, OrgChanged, OrgStore, OrgUsage,
-};
+use crate::orgs::{OrgChange, OrgChanged, OrgStore, OrgUsage};
 use crate::{AccountRecord, AccountStore, RefreshTokenRecord, Rotation, Store, StoreError};
 
 #[derive(Default)]
@@ -72,16 +69,14 @@ impl Inner {
     /// same error kinds, so callers see one behaviour on either store.
     fn check_new_token(&self, id: &str, username: &Username) -> Result<(), StoreError> {
         if self.refresh_tokens.contains_key(id) {
-            return Err(Violation::error(
-                Constraint::Unique,
-                format!("refresh token {id:?} already exists"),
-            ));
+            return Err(StoreError::Duplicate(format!(
+                "refresh token {id:?} already exists"
+            )));
         }
         if !self.accounts.contains_key(username) {
-            return Err(Violation::error(
-                Constraint::ForeignKey,
-                format!("refresh token {id:?} names no account ({username})"),
-            ));
+            return Err(StoreError::NotFound(format!(
+                "refresh token {id:?} names no account ({username})"
+            )));
         }
         Ok(())
     }
@@ -92,59 +87,6 @@ impl Inner {
             if stored.token.family == family && stored.revoked_at.is_none() {
                 stored.revoked_at = Some(now);
             }
-        }
-    }
-}
-
-/// A constraint violation, as SQLite would report it.
-#[derive(Debug)]
-struct Violation {
-    kind: Constraint,
-    message: String,
-}
-
-/// `sqlx::error::ErrorKind` is neither `Copy` nor `Clone`.
-#[derive(Debug, Clone, Copy)]
-enum Constraint {
-    Unique,
-    ForeignKey,
-}
-
-impl Violation {
-    fn error(kind: Constraint, message: String) -> StoreError {
-        StoreError::Database(sqlx::Error::Database(Box::new(Violation { kind, message })))
-    }
-}
-
-impl fmt::Display for Violation {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl std::error::Error for Violation {}
-
-impl DatabaseError for Violation {
-    fn message(&self) -> &str {
-        &self.message
-    }
-
-    fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
-        self
-    }
-
-    fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
-        self
-    }
-
-    fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
-        self
-    }
-
-    fn kind(&self) -> ErrorKind {
-        match self.kind {
-            Constraint::Unique => ErrorKind::UniqueViolation,
-            Constraint::ForeignKey => ErrorKind::ForeignKeyViolation,
         }
     }
 }
@@ -551,7 +493,7 @@ impl OrgStore for MemoryStore {
         {
             return Err(OrgError::UnknownAccount(u.clone()).into());
         }
-        let effects = opening(org);
+        let effects = org.opening();
         inner.record_change(org.clone(), effects, org.created_at);
         Ok(())
     }
@@ -689,30 +631,4 @@ impl OrgStore for MemoryStore {
             .collect();
         Ok(events[events.len().saturating_sub(limit)..].to_vec())
     }
-}
-
-/// The effects of creating `org`: an opening entry for its balance.
-pub(crate) fn opening(org: &Organisation) -> flotilla_domain::Effects {
-    let mut effects = flotilla_domain::Effects::default();
-    if org.budget.balance != Money::ZERO {
-        effects.ledger.push(LedgerEntry {
-            at: org.created_at,
-            kind: LedgerKind::Opening,
-            amount: org.budget.balance,
-            reason: "opening balance".into(),
-            actor: None,
-        });
-    }
-    effects.events.push(OrgEvent {
-        at: org.created_at,
-        kind: "created".into(),
-        message: format!(
-            "organisation created with owners {}",
-            org.owners()
-                .map(|u| u.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-    });
-    effects
 }

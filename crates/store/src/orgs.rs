@@ -5,10 +5,9 @@
 //! neither can spend money the other already spent.
 
 use async_trait::async_trait;
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, Utc};
 use flotilla_domain::{
-    ClusterName, ClusterRecord, ClusterTarget, Effects, LedgerEntry, Money, NodeCapacity, OrgError,
-    OrgEvent, OrgName, Organisation, Username,
+    ClusterRecord, CostRow, Effects, LedgerEntry, Money, OrgError, OrgEvent, OrgName, Organisation,
 };
 
 use crate::StoreError;
@@ -32,16 +31,6 @@ pub struct OrgUsage {
     pub org: OrgName,
     pub launches: Vec<DateTime<Utc>>,
     pub price_per_hour: Money,
-}
-
-/// What one user's requests (or, with no user, the organisation's floor)
-/// cost on one cluster on one day.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CostRow {
-    pub cluster: ClusterName,
-    pub user: Option<Username>,
-    pub day: NaiveDate,
-    pub amount: Money,
 }
 
 #[async_trait]
@@ -93,89 +82,6 @@ pub trait OrgStore: Send + Sync {
 
     /// The organisation's latest `limit` events, newest last.
     async fn events(&self, org: &OrgName, limit: usize) -> Result<Vec<OrgEvent>, StoreError>;
-}
-
-/// The record the organisation's cluster should have after a change to
-/// `target`, or `None` to leave it as it is (or absent).
-pub(crate) fn target_record(
-    current: Option<&ClusterRecord>,
-    org: &Organisation,
-    target: ClusterTarget,
-    now: DateTime<Utc>,
-) -> Option<ClusterRecord> {
-    let bump = |r: &ClusterRecord| ClusterRecord {
-        updated_at: now,
-        generation: r.generation + 1,
-        ..r.clone()
-    };
-    match (target, current) {
-        (ClusterTarget::Destroyed, Some(r)) if !r.destroying => Some(ClusterRecord {
-            destroying: true,
-            expires_at: None,
-            ..bump(r)
-        }),
-        (ClusterTarget::Destroyed, _) => None,
-        // Nothing running and nothing wanted: no record to keep.
-        (ClusterTarget::Nodes(0), None) => None,
-        (ClusterTarget::Nodes(0), Some(r)) if r.destroying => None,
-        (ClusterTarget::Nodes(n), Some(r)) => {
-            let same = !r.destroying
-                && r.node_capacity.get() == n
-                && r.pool == org.settings.pool
-                && r.expires_at.is_none()
-                && !r.is_public;
-            (!same).then(|| ClusterRecord {
-                node_capacity: NodeCapacity::from_stored(n),
-                pool: org.settings.pool.clone(),
-                is_public: false,
-                expires_at: None,
-                destroying: false,
-                ..bump(r)
-            })
-        }
-        (ClusterTarget::Nodes(n), None) => Some(ClusterRecord {
-            name: org.cluster().clone(),
-            is_public: false,
-            node_capacity: NodeCapacity::from_stored(n),
-            pool: org.settings.pool.clone(),
-            expires_at: None,
-            destroying: false,
-            created_at: now,
-            updated_at: now,
-            generation: 1,
-        }),
-    }
-}
-
-/// The ledger as readers see it: the stored entries (credits, allowances,
-/// corrections) and one spend entry per day, the sum of that day's costs.
-/// Spending is kept only as costs, so charging a pass writes each amount
-/// once; a spend entry is stamped at the end of its day, or at the last
-/// charge for the current one.
-pub(crate) fn with_daily_spend(
-    mut entries: Vec<LedgerEntry>,
-    costs: &[CostRow],
-    accrued_until: Option<DateTime<Utc>>,
-) -> Vec<LedgerEntry> {
-    let mut days: std::collections::BTreeMap<NaiveDate, Money> = Default::default();
-    for c in costs {
-        *days.entry(c.day).or_default() += c.amount;
-    }
-    for (day, spent) in days {
-        let end = day
-            .and_hms_milli_opt(23, 59, 59, 999)
-            .expect("a valid time")
-            .and_utc();
-        entries.push(LedgerEntry {
-            at: accrued_until.map_or(end, |u| u.min(end)),
-            kind: flotilla_domain::LedgerKind::Spend,
-            amount: -spent,
-            reason: format!("nodes running on {day}"),
-            actor: None,
-        });
-    }
-    entries.sort_by_key(|e| e.at);
-    entries
 }
 
 impl From<OrgError> for StoreError {

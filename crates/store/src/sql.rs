@@ -1,49 +1,51 @@
-//! Rows as the database holds them, and their conversion to and from domain
-//! values. Shared by every backend so they agree on the encoding: times are
-//! unix milliseconds, capacities plain integers, levels and account kinds
-//! the domain's names for them.
+//! What the SQL backends share (feature `sql`): rows as the database holds
+//! them and their conversion to and from domain values, so every backend
+//! agrees on the encoding (times are unix milliseconds, capacities and
+//! money plain integers, levels, kinds and roles the domain's names for
+//! them), and the mapping of sqlx's errors into the neutral [`StoreError`].
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use flotilla_domain::{
-    AccountKind, ClusterName, ClusterRecord, InstanceSetId, Level, NodeCapacity, PoolName, Username,
+    AccountKind, Budget, CapacityRequest, ClusterName, ClusterRecord, InstanceSetId, Level, Money,
+    NodeCapacity, OrgRole, OrgSettings, Organisation, PoolName, Username,
 };
+use sqlx::error::ErrorKind;
+use sqlx::migrate::{MigrateError, Migrator};
 
 use crate::{AccountRecord, StoreError};
 
 /// The columns [`ClusterRow`] is read from. A macro rather than a `const`
 /// so queries can `concat!` it into one `&'static str`.
+#[macro_export]
 macro_rules! cluster_columns {
     () => {
         "name, is_public, node_capacity, pool, expires_at, destroying, created_at, updated_at, generation"
     };
 }
-pub(crate) use cluster_columns;
 
 #[derive(Debug, sqlx::FromRow)]
-pub(crate) struct ClusterRow {
-    name: String,
-    is_public: bool,
-    node_capacity: i64,
-    pool: String,
-    expires_at: Option<i64>,
-    destroying: bool,
-    created_at: i64,
-    updated_at: i64,
-    generation: i64,
+pub struct ClusterRow {
+    pub name: String,
+    pub is_public: bool,
+    pub node_capacity: i64,
+    pub pool: String,
+    pub expires_at: Option<i64>,
+    pub destroying: bool,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub generation: i64,
 }
 
 /// Stored times are whole milliseconds: anything finer is dropped on the way
 /// in, so a record read back equals the one returned by the write.
-pub(crate) fn to_millis(t: DateTime<Utc>) -> i64 {
+pub fn to_millis(t: DateTime<Utc>) -> i64 {
     t.timestamp_millis()
 }
 
-pub(crate) fn from_millis(
-    ms: i64,
-    what: impl FnOnce() -> String,
-) -> Result<DateTime<Utc>, StoreError> {
+pub fn from_millis(ms: i64, what: impl FnOnce() -> String) -> Result<DateTime<Utc>, StoreError> {
     DateTime::from_timestamp_millis(ms)
         .ok_or_else(|| StoreError::Corrupt(format!("{}: {ms} is not a valid time", what())))
 }
@@ -89,6 +91,7 @@ impl TryFrom<ClusterRow> for ClusterRecord {
 /// `grant_cluster` for an account without any): a single statement, so an
 /// account and its grants are read from one snapshot. Queries append a
 /// `WHERE` on `a.username`.
+#[macro_export]
 macro_rules! account_select {
     () => {
         "SELECT a.username, a.kind, a.level, a.password_hash, a.created_at, \
@@ -96,26 +99,25 @@ macro_rules! account_select {
          FROM accounts a LEFT JOIN grants g ON g.username = a.username"
     };
 }
-pub(crate) use account_select;
 
 #[derive(Debug, sqlx::FromRow)]
-pub(crate) struct AccountRow {
-    username: String,
-    kind: String,
-    level: String,
-    password_hash: Option<String>,
-    created_at: i64,
-    grant_cluster: Option<String>,
+pub struct AccountRow {
+    pub username: String,
+    pub kind: String,
+    pub level: String,
+    pub password_hash: Option<String>,
+    pub created_at: i64,
+    pub grant_cluster: Option<String>,
 }
 
-pub(crate) fn account_kind(stored: &str) -> Option<AccountKind> {
+pub fn account_kind(stored: &str) -> Option<AccountKind> {
     [AccountKind::Local, AccountKind::Github]
         .into_iter()
         .find(|k| k.as_str() == stored)
 }
 
 /// The kind column of the account `username`.
-pub(crate) fn stored_account_kind(username: &str, stored: &str) -> Result<AccountKind, StoreError> {
+pub fn stored_account_kind(username: &str, stored: &str) -> Result<AccountKind, StoreError> {
     account_kind(stored).ok_or_else(|| {
         StoreError::Corrupt(format!(
             "accounts row {username:?}, column kind: {stored:?} is not an account kind"
@@ -125,7 +127,7 @@ pub(crate) fn stored_account_kind(username: &str, stored: &str) -> Result<Accoun
 
 /// Folds joined rows into accounts, ordered by username (bytewise, as
 /// `Username` orders, whatever the database's collation says).
-pub(crate) fn accounts(rows: Vec<AccountRow>) -> Result<Vec<AccountRecord>, StoreError> {
+pub fn accounts(rows: Vec<AccountRow>) -> Result<Vec<AccountRecord>, StoreError> {
     let mut accounts: BTreeMap<String, AccountRecord> = BTreeMap::new();
     for row in rows {
         let at = |column: &str| format!("accounts row {:?}, column {column}", row.username);
@@ -161,7 +163,7 @@ pub(crate) fn accounts(rows: Vec<AccountRow>) -> Result<Vec<AccountRecord>, Stor
 
 /// What presenting a refresh token needs to know about it.
 #[derive(Debug, sqlx::FromRow)]
-pub(crate) struct RefreshTokenRow {
+pub struct RefreshTokenRow {
     pub username: String,
     pub family: String,
     pub expires_at: i64,
@@ -169,7 +171,7 @@ pub(crate) struct RefreshTokenRow {
     pub revoked_at: Option<i64>,
 }
 
-pub(crate) fn instance_set_id(driver: &str, stored: String) -> Result<InstanceSetId, StoreError> {
+pub fn instance_set_id(driver: &str, stored: String) -> Result<InstanceSetId, StoreError> {
     InstanceSetId::new(stored)
         .map_err(|e| StoreError::Corrupt(format!("instance_sets row {driver:?}, column id: {e}")))
 }
@@ -177,8 +179,172 @@ pub(crate) fn instance_set_id(driver: &str, stored: String) -> Result<InstanceSe
 /// A fresh ownership ID: `fl-` and 64 random bits in hex, short enough for
 /// any cloud's tag values and unguessable enough that two servers never
 /// share one by accident.
-pub(crate) fn new_instance_set_id() -> String {
+pub fn new_instance_set_id() -> String {
     format!("fl-{:016x}", rand::random::<u64>())
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        if let sqlx::Error::Database(db) = &e {
+            match db.kind() {
+                ErrorKind::UniqueViolation => {
+                    return StoreError::Duplicate(db.message().to_owned())
+                }
+                ErrorKind::ForeignKeyViolation => {
+                    return StoreError::NotFound(db.message().to_owned())
+                }
+                _ => {}
+            }
+        }
+        StoreError::Database(Box::new(e))
+    }
+}
+
+/// A failed migration as a [`StoreError`]: a database that has applied a
+/// migration `migrator` does not know was migrated by a newer flotilla.
+pub fn migrate_error(e: MigrateError, migrator: &Migrator) -> StoreError {
+    match e {
+        MigrateError::VersionMissing(found) => StoreError::SchemaTooNew {
+            found,
+            known: migrator.iter().map(|m| m.version).max().unwrap_or(0),
+        },
+        other => StoreError::Migrate(Box::new(other)),
+    }
+}
+
+// Organisations.
+
+pub const ORG_COLUMNS: &str = "name, min_nodes, max_nodes, node_limit, pool, balance, \
+    monthly_allowance, max_balance, shutdown_threshold, min_runway_secs, allowance_month, \
+    exhausted_at, accrued_until, created_at";
+
+/// Rows are read as one JSON array of arrays (see [`fetch_rows`]), which
+/// serde reads into these by field order.
+#[derive(Debug, serde::Deserialize, sqlx::FromRow)]
+pub struct OrgRow {
+    pub name: String,
+    pub min_nodes: i64,
+    pub max_nodes: i64,
+    pub node_limit: i64,
+    pub pool: String,
+    pub balance: i64,
+    pub monthly_allowance: i64,
+    pub max_balance: i64,
+    pub shutdown_threshold: i64,
+    pub min_runway_secs: i64,
+    pub allowance_month: Option<i64>,
+    pub exhausted_at: Option<i64>,
+    pub accrued_until: Option<i64>,
+    pub created_at: i64,
+}
+
+#[derive(Debug, serde::Deserialize, sqlx::FromRow)]
+pub struct PersonRow {
+    pub org: String,
+    pub username: String,
+    pub role: String,
+    pub since: i64,
+}
+
+#[derive(Debug, serde::Deserialize, sqlx::FromRow)]
+pub struct RequestRow {
+    pub org: String,
+    pub username: String,
+    pub nodes: i64,
+    pub created_at: i64,
+    pub expires_at: i64,
+}
+
+pub fn corrupt(table: &str, key: &str, what: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(format!("{table} row {key:?}: {what}"))
+}
+
+pub fn count(table: &str, key: &str, column: &str, v: i64) -> Result<u32, StoreError> {
+    u32::try_from(v).map_err(|_| corrupt(table, key, format!("{column} {v} is not a count")))
+}
+
+pub fn time(table: &str, key: &str, column: &str, ms: i64) -> Result<DateTime<Utc>, StoreError> {
+    from_millis(ms, || format!("{table} row {key:?}, column {column}"))
+}
+
+pub fn opt_time(
+    table: &str,
+    key: &str,
+    column: &str,
+    ms: Option<i64>,
+) -> Result<Option<DateTime<Utc>>, StoreError> {
+    ms.map(|ms| time(table, key, column, ms)).transpose()
+}
+
+pub fn user(table: &str, key: &str, name: &str) -> Result<Username, StoreError> {
+    Username::new(name).map_err(|e| corrupt(table, key, e))
+}
+
+pub fn encode_month(m: (i32, u32)) -> i64 {
+    i64::from(m.0) * 12 + i64::from(m.1) - 1
+}
+
+pub fn decode_month(v: i64) -> (i32, u32) {
+    ((v.div_euclid(12)) as i32, (v.rem_euclid(12) + 1) as u32)
+}
+
+impl OrgRow {
+    pub fn into_org(self) -> Result<Organisation, StoreError> {
+        let key = self.name.as_str();
+        let t = "orgs";
+        Ok(Organisation {
+            name: ClusterName::new(key).map_err(|e| corrupt(t, key, e))?,
+            members: BTreeMap::new(),
+            pending: BTreeMap::new(),
+            settings: OrgSettings {
+                min_nodes: count(t, key, "min_nodes", self.min_nodes)?,
+                max_nodes: count(t, key, "max_nodes", self.max_nodes)?,
+                node_limit: count(t, key, "node_limit", self.node_limit)?,
+                pool: PoolName::new(self.pool.as_str()).map_err(|e| corrupt(t, key, e))?,
+            },
+            budget: Budget {
+                balance: Money::from_micros(self.balance),
+                monthly_allowance: Money::from_micros(self.monthly_allowance),
+                max_balance: Money::from_micros(self.max_balance),
+                shutdown_threshold: Money::from_micros(self.shutdown_threshold),
+                min_runway: Duration::from_secs(self.min_runway_secs.max(0) as u64),
+                allowance_month: self.allowance_month.map(decode_month),
+                exhausted_at: opt_time(t, key, "exhausted_at", self.exhausted_at)?,
+            },
+            requests: Vec::new(),
+            accrued_until: opt_time(t, key, "accrued_until", self.accrued_until)?,
+            created_at: time(t, key, "created_at", self.created_at)?,
+        })
+    }
+}
+
+pub fn add_person(org: &mut Organisation, p: PersonRow) -> Result<(), StoreError> {
+    let key = format!("{}/{}", p.org, p.username);
+    let who = user("org_people", &key, &p.username)?;
+    match p.role.as_str() {
+        "pending" => {
+            org.pending
+                .insert(who, time("org_people", &key, "since", p.since)?);
+        }
+        role => {
+            let role = OrgRole::parse(role)
+                .ok_or_else(|| corrupt("org_people", &key, format!("role {role:?}")))?;
+            org.members.insert(who, role);
+        }
+    }
+    Ok(())
+}
+
+pub fn add_request(org: &mut Organisation, r: RequestRow) -> Result<(), StoreError> {
+    let key = format!("{}/{}", r.org, r.username);
+    let t = "capacity_requests";
+    org.requests.push(CapacityRequest {
+        user: user(t, &key, &r.username)?,
+        nodes: count(t, &key, "nodes", r.nodes)?,
+        created_at: time(t, &key, "created_at", r.created_at)?,
+        expires_at: time(t, &key, "expires_at", r.expires_at)?,
+    });
+    Ok(())
 }
 
 #[cfg(test)]

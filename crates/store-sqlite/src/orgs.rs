@@ -6,156 +6,25 @@
 //! statement per node, so a pass over thousands of nodes stays a few
 //! milliseconds.
 
-use std::collections::{BTreeMap, HashMap};
-use std::time::Duration;
+use std::collections::HashMap;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use flotilla_domain::{
-    Budget, CapacityRequest, ClusterName, ClusterRecord, Effects, LedgerEntry, LedgerKind, Money,
-    OrgError, OrgEvent, OrgName, OrgRole, OrgSettings, Organisation, PoolName, Username,
+    target_record, with_daily_spend, ClusterName, ClusterRecord, Effects, LedgerEntry, LedgerKind,
+    Money, OrgError, OrgEvent, OrgEventKind, OrgName, Organisation,
 };
 use sqlx::{SqliteConnection, SqlitePool};
 
-use crate::memory::opening;
-use crate::orgs::{
-    target_record, with_daily_spend, CostRow, OrgChange, OrgChanged, OrgStore, OrgUsage,
+use flotilla_store::sql::{
+    self as row, add_person, add_request, corrupt, encode_month, opt_time, time, user, ClusterRow,
+    OrgRow, PersonRow, RequestRow, ORG_COLUMNS,
 };
-use crate::row::{self, cluster_columns, ClusterRow};
-use crate::{SqliteStore, StoreError};
+use flotilla_store::{
+    cluster_columns, CostRow, OrgChange, OrgChanged, OrgStore, OrgUsage, StoreError,
+};
 
-const ORG_COLUMNS: &str = "name, min_nodes, max_nodes, node_limit, pool, balance, \
-    monthly_allowance, max_balance, shutdown_threshold, min_runway_secs, allowance_month, \
-    exhausted_at, accrued_until, created_at";
-
-/// Rows are read as one JSON array of arrays (see [`fetch_rows`]), which
-/// serde reads into these by field order.
-#[derive(serde::Deserialize)]
-struct OrgRow {
-    name: String,
-    min_nodes: i64,
-    max_nodes: i64,
-    node_limit: i64,
-    pool: String,
-    balance: i64,
-    monthly_allowance: i64,
-    max_balance: i64,
-    shutdown_threshold: i64,
-    min_runway_secs: i64,
-    allowance_month: Option<i64>,
-    exhausted_at: Option<i64>,
-    accrued_until: Option<i64>,
-    created_at: i64,
-}
-
-#[derive(serde::Deserialize)]
-struct PersonRow {
-    org: String,
-    username: String,
-    role: String,
-    since: i64,
-}
-
-#[derive(serde::Deserialize)]
-struct RequestRow {
-    org: String,
-    username: String,
-    nodes: i64,
-    created_at: i64,
-    expires_at: i64,
-}
-
-fn corrupt(table: &str, key: &str, what: impl std::fmt::Display) -> StoreError {
-    StoreError::Corrupt(format!("{table} row {key:?}: {what}"))
-}
-
-fn count(table: &str, key: &str, column: &str, v: i64) -> Result<u32, StoreError> {
-    u32::try_from(v).map_err(|_| corrupt(table, key, format!("{column} {v} is not a count")))
-}
-
-fn time(table: &str, key: &str, column: &str, ms: i64) -> Result<DateTime<Utc>, StoreError> {
-    row::from_millis(ms, || format!("{table} row {key:?}, column {column}"))
-}
-
-fn opt_time(
-    table: &str,
-    key: &str,
-    column: &str,
-    ms: Option<i64>,
-) -> Result<Option<DateTime<Utc>>, StoreError> {
-    ms.map(|ms| time(table, key, column, ms)).transpose()
-}
-
-fn user(table: &str, key: &str, name: &str) -> Result<Username, StoreError> {
-    Username::new(name).map_err(|e| corrupt(table, key, e))
-}
-
-fn encode_month(m: (i32, u32)) -> i64 {
-    i64::from(m.0) * 12 + i64::from(m.1) - 1
-}
-
-fn decode_month(v: i64) -> (i32, u32) {
-    ((v.div_euclid(12)) as i32, (v.rem_euclid(12) + 1) as u32)
-}
-
-impl OrgRow {
-    fn into_org(self) -> Result<Organisation, StoreError> {
-        let key = self.name.as_str();
-        let t = "orgs";
-        Ok(Organisation {
-            name: ClusterName::new(key).map_err(|e| corrupt(t, key, e))?,
-            members: BTreeMap::new(),
-            pending: BTreeMap::new(),
-            settings: OrgSettings {
-                min_nodes: count(t, key, "min_nodes", self.min_nodes)?,
-                max_nodes: count(t, key, "max_nodes", self.max_nodes)?,
-                node_limit: count(t, key, "node_limit", self.node_limit)?,
-                pool: PoolName::new(self.pool.as_str()).map_err(|e| corrupt(t, key, e))?,
-            },
-            budget: Budget {
-                balance: Money::from_micros(self.balance),
-                monthly_allowance: Money::from_micros(self.monthly_allowance),
-                max_balance: Money::from_micros(self.max_balance),
-                shutdown_threshold: Money::from_micros(self.shutdown_threshold),
-                min_runway: Duration::from_secs(self.min_runway_secs.max(0) as u64),
-                allowance_month: self.allowance_month.map(decode_month),
-                exhausted_at: opt_time(t, key, "exhausted_at", self.exhausted_at)?,
-            },
-            requests: Vec::new(),
-            accrued_until: opt_time(t, key, "accrued_until", self.accrued_until)?,
-            created_at: time(t, key, "created_at", self.created_at)?,
-        })
-    }
-}
-
-fn add_person(org: &mut Organisation, p: PersonRow) -> Result<(), StoreError> {
-    let key = format!("{}/{}", p.org, p.username);
-    let who = user("org_people", &key, &p.username)?;
-    match p.role.as_str() {
-        "pending" => {
-            org.pending
-                .insert(who, time("org_people", &key, "since", p.since)?);
-        }
-        role => {
-            let role = OrgRole::parse(role)
-                .ok_or_else(|| corrupt("org_people", &key, format!("role {role:?}")))?;
-            org.members.insert(who, role);
-        }
-    }
-    Ok(())
-}
-
-fn add_request(org: &mut Organisation, r: RequestRow) -> Result<(), StoreError> {
-    let key = format!("{}/{}", r.org, r.username);
-    let t = "capacity_requests";
-    org.requests.push(CapacityRequest {
-        user: user(t, &key, &r.username)?,
-        nodes: count(t, &key, "nodes", r.nodes)?,
-        created_at: time(t, &key, "created_at", r.created_at)?,
-        expires_at: time(t, &key, "expires_at", r.expires_at)?,
-    });
-    Ok(())
-}
+use crate::SqliteStore;
 
 /// `SELECT columns FROM from ORDER BY order` as one JSON array of row
 /// arrays, decoded by serde. One value crosses from SQLite instead of a
@@ -356,7 +225,7 @@ async fn record_effects(
         sqlx::query("INSERT INTO org_events (org, at, kind, message) VALUES ($1, $2, $3, $4)")
             .bind(name)
             .bind(row::to_millis(e.at))
-            .bind(&e.kind)
+            .bind(e.kind.as_str())
             .bind(&e.message)
             .execute(&mut *conn)
             .await?;
@@ -436,7 +305,7 @@ impl OrgStore for SqliteStore {
         }
         save_org_row(&mut tx, org).await?;
         save_people_and_requests(&mut tx, org).await?;
-        record_effects(&mut tx, org, &opening(org), org.created_at).await?;
+        record_effects(&mut tx, org, &org.opening(), org.created_at).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -685,7 +554,9 @@ impl OrgStore for SqliteStore {
             .map(|(at, kind, message)| {
                 Ok(OrgEvent {
                     at: time("org_events", org.as_str(), "at", at)?,
-                    kind,
+                    kind: OrgEventKind::parse(&kind).ok_or_else(|| {
+                        corrupt("org_events", org.as_str(), format!("kind {kind:?}"))
+                    })?,
                     message,
                 })
             })

@@ -12,8 +12,9 @@ use flotilla_domain::{
 };
 use flotilla_store::contract::Harness;
 use flotilla_store::{
-    AccountRecord, AccountStore, RefreshTokenRecord, Rotation, SqliteStore, Store, StoreError,
+    AccountRecord, AccountStore, RefreshTokenRecord, Rotation, Store, StoreError,
 };
+use flotilla_store_sqlite::SqliteStore;
 use sqlx::ConnectOptions;
 use tokio::task::JoinSet;
 
@@ -270,7 +271,7 @@ async fn opening_under_a_file_fails_naming_the_path() {
         .await
         .expect_err("cannot create the directory");
     assert!(
-        matches!(&err, StoreError::Open { path: p, .. } if p == &path),
+        matches!(&err, StoreError::Open { location, .. } if location == &path.display().to_string()),
         "{err:?}"
     );
     let message = err.to_string();

@@ -1,4 +1,4 @@
-//! The embedded backend: one SQLite file.
+//! The embedded store backend: one SQLite file.
 //!
 //! All writes go through a single connection. SQLite allows one writer at a
 //! time anyway; funnelling them through one connection means no two of our
@@ -23,8 +23,13 @@ use sqlx::sqlite::{
     SqlitePoolOptions, SqliteSynchronous,
 };
 
-use crate::row::{self, account_select, cluster_columns, AccountRow, ClusterRow, RefreshTokenRow};
-use crate::{AccountRecord, AccountStore, RefreshTokenRecord, Rotation, Store, StoreError};
+use flotilla_store::sql::{self as row, AccountRow, ClusterRow, RefreshTokenRow};
+use flotilla_store::{
+    account_select, cluster_columns, AccountRecord, AccountStore, RefreshTokenRecord, Rotation,
+    Store, StoreError,
+};
+
+mod orgs;
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 
@@ -43,8 +48,8 @@ const ID_ATTEMPTS: usize = 3;
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     path: PathBuf,
-    pub(crate) writer: SqlitePool,
-    pub(crate) reader: SqlitePool,
+    writer: SqlitePool,
+    reader: SqlitePool,
 }
 
 /// The settings a connection actually runs with, as SQLite reports them.
@@ -67,7 +72,7 @@ impl SqliteStore {
     /// `path` and brings its schema up to date.
     pub async fn open(path: &Path) -> Result<SqliteStore, StoreError> {
         let open_error = |source: Box<dyn std::error::Error + Send + Sync>| StoreError::Open {
-            path: path.to_owned(),
+            location: path.display().to_string(),
             source,
         };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -91,7 +96,10 @@ impl SqliteStore {
             .connect_with(options.clone().create_if_missing(true))
             .await
             .map_err(|e| open_error(e.into()))?;
-        MIGRATOR.run(&writer).await?;
+        MIGRATOR
+            .run(&writer)
+            .await
+            .map_err(|e| row::migrate_error(e, &MIGRATOR))?;
 
         let reader = SqlitePoolOptions::new()
             .max_connections(READ_CONNECTIONS)
