@@ -28,6 +28,10 @@ pub use orgs::*;
 pub struct Harness {
     /// An empty store.
     pub store: Arc<dyn Store>,
+    /// A second store on the same data, as a second server would open it
+    /// (its own connections; for the memory store, the same state).
+    /// Checks that race "two servers" use one of each.
+    pub second: Arc<dyn Store>,
     /// Keeps fixtures (temporary directories, servers) alive.
     pub guard: Box<dyn Any + Send>,
 }
@@ -79,7 +83,8 @@ macro_rules! store_contract_tests {
             running_out_shuts_the_cluster_down,
             concurrent_requests_cannot_overspend,
             deleting_an_account_removes_its_memberships,
-            the_monthly_allowance_is_credited_once_and_kept_in_the_ledger
+            the_monthly_allowance_is_credited_once_and_kept_in_the_ledger,
+            two_servers_never_overspend_or_double_charge
         );
     };
     (@each $harness:path, $($check:ident),+) => {
@@ -1063,8 +1068,7 @@ pub async fn admins_demoting_each_other_at_once_leave_one(h: Harness) {
     create(h.store.as_ref(), &local("ann", Level::Admin)).await;
     create(h.store.as_ref(), &local("bea", Level::Admin)).await;
     let mut tasks = JoinSet::new();
-    for name in ["ann", "bea"] {
-        let store = h.store.clone();
+    for (store, name) in [(h.store.clone(), "ann"), (h.second.clone(), "bea")] {
         tasks.spawn(async move { store.set_level(&user(name), Level::OrgMember).await });
     }
     let mut demoted = 0;

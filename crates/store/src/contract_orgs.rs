@@ -424,3 +424,88 @@ pub async fn the_monthly_allowance_is_credited_once_and_kept_in_the_ledger(h: Ha
     assert_eq!(allowances, [m("25")]);
     assert_eq!(ledger_sum(store).await, m("50"));
 }
+
+/// Two servers on one database (two stores, each with its own
+/// connections): capacity requests racing from both cannot spend the same
+/// money twice, and accrual passes from both charge each moment once.
+pub async fn two_servers_never_overspend_or_double_charge(h: Harness) {
+    let (a, b) = (h.store.clone(), h.second.clone());
+    create(a.as_ref(), &local("root", Level::Admin)).await;
+    for name in ["ann", "bob"] {
+        create(a.as_ref(), &local(name, Level::GithubMember)).await;
+    }
+    let lab = name("lab");
+    let mut org = Organisation::new(
+        lab.clone(),
+        [user("ann")],
+        pool("default"),
+        &OrgDefaults::default(),
+        t(0),
+    )
+    .unwrap();
+    org.members.insert(user("bob"), OrgRole::Member);
+    a.create_org(&org).await.unwrap();
+    let admin = Caller::signed_in(user("root"), Level::Admin);
+    let price = Money::from_micros(100_000);
+    a.change_org(&lab, t(1), &mut |o: &mut Organisation| {
+        o.update_settings(
+            &admin,
+            &SettingsPatch {
+                node_limit: Some(40),
+                max_nodes: Some(40),
+                ..SettingsPatch::default()
+            },
+            price,
+            t(1),
+        )?;
+        o.credit(&admin, Money::from_dollars(10).unwrap(), "grant", t(1))
+    })
+    .await
+    .unwrap();
+
+    // $10: one request for 10 nodes over 8 h ($8) fits, not two ($16).
+    let mut tasks = JoinSet::new();
+    for (store, who) in [(a.clone(), "ann"), (b.clone(), "bob")] {
+        tasks.spawn(async move {
+            let caller = Caller::signed_in(user(who), Level::GithubMember);
+            store
+                .change_org(&name("lab"), t(2), &mut |o: &mut Organisation| {
+                    o.request_capacity(&caller, 10, StdDuration::from_secs(24 * 3600), price, t(2))
+                        .map(|(fx, _)| fx)
+                })
+                .await
+                .is_ok()
+        });
+    }
+    let mut granted = 0;
+    while let Some(ok) = tasks.join_next().await {
+        granted += usize::from(ok.unwrap());
+    }
+    assert_eq!(granted, 1);
+
+    // Both servers run passes at the same moments: each moment is charged once.
+    let usage = OrgUsage {
+        org: lab.clone(),
+        launches: vec![t(2); 10],
+        price_per_hour: price,
+    };
+    for step in 1..=20 {
+        let now = t(2 + step * 60);
+        let (x, y) = tokio::join!(
+            a.accrue(std::slice::from_ref(&usage), now),
+            b.accrue(std::slice::from_ref(&usage), now)
+        );
+        x.unwrap();
+        y.unwrap();
+    }
+    let org = b.get_org(&lab).await.unwrap().unwrap();
+    let expected: Money = (0..10)
+        .map(|_| lifetime_cost(price, t(2), t(2 + 20 * 60)))
+        .sum();
+    assert_eq!(
+        Money::from_dollars(10).unwrap() - org.budget.balance,
+        expected
+    );
+    let costs: Money = a.costs(&lab).await.unwrap().iter().map(|c| c.amount).sum();
+    assert_eq!(costs, expected);
+}

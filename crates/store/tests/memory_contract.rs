@@ -7,8 +7,10 @@ use flotilla_store::contract::Harness;
 use flotilla_store::MemoryStore;
 
 async fn memory_harness() -> Harness {
+    let store = Arc::new(MemoryStore::new());
     Harness {
-        store: Arc::new(MemoryStore::new()),
+        store: store.clone(),
+        second: store,
         guard: Box::new(()),
     }
 }

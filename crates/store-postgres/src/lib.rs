@@ -1,0 +1,695 @@
+//! The PostgreSQL store backend, for several servers on one database.
+//!
+//! Every method is one transaction at PostgreSQL's default isolation, READ
+//! COMMITTED, where each statement sees what was committed before it began.
+//! A method that reads, decides and then writes first takes a lock that
+//! makes every other writer of the same thing wait, and reads again after
+//! it has it; each lock is named where it is taken:
+//!
+//! - a row lock (`SELECT … FOR UPDATE`) on the rows decided on: a refresh
+//!   token being rotated, an organisation being changed, every
+//!   organisation an accrual pass charges (taken in name order, so passes
+//!   and changes never deadlock);
+//! - a transaction-scoped advisory lock where the row to lock may not
+//!   exist yet or the decision spans rows: [`Lock::Admins`] around every
+//!   change that could leave no admin or create the first one, and
+//!   [`Lock::OrgName`] around creating an organisation.
+//!
+//! A single statement (deploy's upsert, destroy, expire_due, forget) needs
+//! no more: PostgreSQL runs it atomically against concurrent writers.
+
+use std::collections::BTreeSet;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use flotilla_domain::{
+    AccountKind, ClusterName, ClusterRecord, DeployCommand, InstanceSetId, Level, Username,
+};
+use flotilla_store::sql::{self as row, AccountRow, ClusterRow, RefreshTokenRow};
+use flotilla_store::{
+    account_select, cluster_columns, AccountRecord, AccountStore, RefreshTokenRecord, Rotation,
+    Store, StoreError,
+};
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
+use sqlx::{Postgres, Transaction};
+
+mod orgs;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
+
+/// Connections per server. Reads and writes share them; writers wait for
+/// each other on locks, not on the pool.
+const CONNECTIONS: u32 = 16;
+
+/// How long to wait for a connection from the pool (the database
+/// unreachable, or every connection busy) before failing the call.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How often to draw a fresh instance set ID if the drawn one is taken by
+/// another driver.
+const ID_ATTEMPTS: usize = 3;
+
+/// The advisory locks this backend takes (`pg_advisory_xact_lock`): held
+/// until the transaction ends.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Lock<'a> {
+    /// Changes that count admins: the first admin, demotion, deletion.
+    Admins,
+    /// Creating the organisation of this name.
+    OrgName(&'a str),
+}
+
+impl Lock<'_> {
+    pub(crate) async fn take(self, conn: &mut PgConnection) -> Result<(), StoreError> {
+        // One key space for flotilla's locks: the low bits say which lock.
+        let query = match self {
+            Lock::Admins => sqlx::query("SELECT pg_advisory_xact_lock(7046134, 1)"),
+            Lock::OrgName(name) => {
+                sqlx::query("SELECT pg_advisory_xact_lock(7046134, hashtext($1))").bind(name)
+            }
+        };
+        query.execute(conn).await?;
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct PostgresStore {
+    location: String,
+    pub(crate) pool: PgPool,
+}
+
+/// `url` with any password replaced, for messages and logs.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+            let hidden = if userinfo.contains(':') { ":***" } else { "" };
+            format!("{scheme}://{user}{hidden}@{host}{path}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+impl PostgresStore {
+    /// Connects to the database at `url` (`postgres://user:password@host/db`,
+    /// or `?host=/socket/dir`) and brings its schema up to date. Refuses a
+    /// database migrated by a newer flotilla.
+    pub async fn connect(url: &str) -> Result<PostgresStore, StoreError> {
+        let location = redact(url);
+        let open_error = |source: Box<dyn std::error::Error + Send + Sync>| StoreError::Open {
+            location: location.clone(),
+            source,
+        };
+        let options = PgConnectOptions::from_str(url).map_err(|e| open_error(e.into()))?;
+        let pool = PgPoolOptions::new()
+            .max_connections(CONNECTIONS)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_with(options)
+            .await
+            .map_err(|e| open_error(e.into()))?;
+        // sqlx's migrator takes an advisory lock of its own, so servers
+        // starting together migrate once.
+        MIGRATOR
+            .run(&pool)
+            .await
+            .map_err(|e| row::migrate_error(e, &MIGRATOR))?;
+        let version: String = sqlx::query_scalar("SHOW server_version")
+            .fetch_one(&pool)
+            .await?;
+        tracing::info!(location = %location, server_version = %version, "opened the PostgreSQL store");
+        Ok(PostgresStore { location, pool })
+    }
+
+    /// Where the database is, without its password.
+    pub fn location(&self) -> &str {
+        &self.location
+    }
+
+    /// Closes every connection, waiting for those in use to be returned.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    pub(crate) async fn begin(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
+        Ok(self.pool.begin().await?)
+    }
+}
+
+/// Records in name order, bytewise as `ClusterName` orders (RETURNING
+/// gives rows in no order, and a database's collation may not be bytewise).
+fn records(rows: Vec<ClusterRow>) -> Result<Vec<ClusterRecord>, StoreError> {
+    let mut records = rows
+        .into_iter()
+        .map(ClusterRecord::try_from)
+        .collect::<Result<Vec<_>, _>>()?;
+    records.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(records)
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn instance_set_id(&self, driver: &str) -> Result<InstanceSetId, StoreError> {
+        const SELECT: &str = "SELECT id FROM instance_sets WHERE driver = $1";
+        let existing: Option<String> = sqlx::query_scalar(SELECT)
+            .bind(driver)
+            .fetch_optional(&self.pool)
+            .await?;
+        if let Some(id) = existing {
+            return row::instance_set_id(driver, id);
+        }
+        for _ in 0..ID_ATTEMPTS {
+            // Insert-if-absent, then read back: a racing insert of the same
+            // driver waits for the first to commit and does nothing, and
+            // the read (a new statement, so a new snapshot) sees the
+            // winner's ID. An ID taken by another driver is skipped too.
+            sqlx::query(
+                "INSERT INTO instance_sets (driver, id, created_at) VALUES ($1, $2, $3) \
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(driver)
+            .bind(row::new_instance_set_id())
+            .bind(row::to_millis(Utc::now()))
+            .execute(&self.pool)
+            .await?;
+            let id: Option<String> = sqlx::query_scalar(SELECT)
+                .bind(driver)
+                .fetch_optional(&self.pool)
+                .await?;
+            if let Some(id) = id {
+                return row::instance_set_id(driver, id);
+            }
+        }
+        Err(StoreError::Corrupt(format!(
+            "instance_sets: no free ID for driver {driver:?} after {ID_ATTEMPTS} random draws"
+        )))
+    }
+
+    async fn get_cluster(&self, name: &ClusterName) -> Result<Option<ClusterRecord>, StoreError> {
+        let row: Option<ClusterRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            cluster_columns!(),
+            " FROM clusters WHERE name = $1"
+        ))
+        .bind(name.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(ClusterRecord::try_from).transpose()
+    }
+
+    async fn list_clusters(&self) -> Result<Vec<ClusterRecord>, StoreError> {
+        let rows: Vec<ClusterRow> =
+            sqlx::query_as(concat!("SELECT ", cluster_columns!(), " FROM clusters"))
+                .fetch_all(&self.pool)
+                .await?;
+        records(rows)
+    }
+
+    async fn deploy(
+        &self,
+        command: &DeployCommand,
+        now: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+    ) -> Result<ClusterRecord, StoreError> {
+        let name = command.cluster.as_str();
+        let mut tx = self.begin().await?;
+        // As on SQLite: the WHERE makes the upsert a no-op on a fixed-field
+        // mismatch, and no row back then means Conflict. A racing insert
+        // of the same name waits for the first and then updates it.
+        let upserted: Option<ClusterRow> = sqlx::query_as(concat!(
+            "INSERT INTO clusters (name, is_public, node_capacity, pool, expires_at, destroying, \
+                                   created_at, updated_at, generation) \
+             VALUES ($1, $2, $3, $4, $5, FALSE, $6, $6, 1) \
+             ON CONFLICT (name) DO UPDATE SET \
+                 node_capacity = excluded.node_capacity, \
+                 expires_at = excluded.expires_at, \
+                 destroying = FALSE, \
+                 updated_at = excluded.updated_at, \
+                 generation = clusters.generation + 1 \
+             WHERE clusters.is_public = excluded.is_public AND clusters.pool = excluded.pool \
+             RETURNING ",
+            cluster_columns!()
+        ))
+        .bind(name)
+        .bind(command.is_public)
+        .bind(i64::from(command.node_capacity.get()))
+        .bind(command.pool.as_str())
+        .bind(row::to_millis(expires_at))
+        .bind(row::to_millis(now))
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(row) = upserted {
+            let record = ClusterRecord::try_from(row)?;
+            tx.commit().await?;
+            return Ok(record);
+        }
+        // The upsert locked the conflicting row, so it is still there.
+        let current: Option<ClusterRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            cluster_columns!(),
+            " FROM clusters WHERE name = $1"
+        ))
+        .bind(name)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let current = current
+            .map(ClusterRecord::try_from)
+            .transpose()?
+            .ok_or_else(|| {
+                StoreError::Corrupt(format!(
+                    "clusters row {name:?}: neither inserted, updated nor found"
+                ))
+            })?;
+        if let Some(conflict) = StoreError::fixed_field_conflict(&current, command) {
+            return Err(conflict);
+        }
+        Err(StoreError::Corrupt(format!(
+            "clusters row {name:?}: deploy matched is_public and pool but did not update"
+        )))
+    }
+
+    async fn destroy(
+        &self,
+        name: &ClusterName,
+        now: DateTime<Utc>,
+    ) -> Result<Option<ClusterRecord>, StoreError> {
+        let row: Option<ClusterRow> = sqlx::query_as(concat!(
+            "UPDATE clusters SET destroying = TRUE, expires_at = NULL, \
+                 generation = generation + 1, updated_at = $2 \
+             WHERE name = $1 RETURNING ",
+            cluster_columns!()
+        ))
+        .bind(name.as_str())
+        .bind(row::to_millis(now))
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(ClusterRecord::try_from).transpose()
+    }
+
+    async fn expire_due(&self, now: DateTime<Utc>) -> Result<Vec<ClusterRecord>, StoreError> {
+        // One statement: a row a racing caller fired first no longer
+        // matches when this one gets its lock, so each fires once.
+        let rows: Vec<ClusterRow> = sqlx::query_as(concat!(
+            "UPDATE clusters SET destroying = TRUE, expires_at = NULL, \
+                 generation = generation + 1, updated_at = $1 \
+             WHERE expires_at IS NOT NULL AND expires_at <= $1 RETURNING ",
+            cluster_columns!()
+        ))
+        .bind(row::to_millis(now))
+        .fetch_all(&self.pool)
+        .await?;
+        records(rows)
+    }
+
+    async fn next_expiry(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let earliest: Option<i64> = sqlx::query_scalar("SELECT MIN(expires_at) FROM clusters")
+            .fetch_one(&self.pool)
+            .await?;
+        earliest
+            .map(|ms| row::from_millis(ms, || "clusters: MIN(expires_at)".to_owned()))
+            .transpose()
+    }
+
+    async fn forget(&self, name: &ClusterName, generation: i64) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "DELETE FROM clusters WHERE name = $1 AND destroying = TRUE AND generation = $2",
+        )
+        .bind(name.as_str())
+        .bind(generation)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+}
+
+async fn fetch_account(
+    conn: &mut PgConnection,
+    username: &Username,
+) -> Result<Option<AccountRecord>, StoreError> {
+    let rows: Vec<AccountRow> =
+        sqlx::query_as(concat!(account_select!(), " WHERE a.username = $1"))
+            .bind(username.as_str())
+            .fetch_all(conn)
+            .await?;
+    Ok(row::accounts(rows)?.pop())
+}
+
+/// Like [`fetch_account`], for an account the transaction has just seen or
+/// written.
+async fn fetch_existing_account(
+    conn: &mut PgConnection,
+    username: &Username,
+) -> Result<AccountRecord, StoreError> {
+    fetch_account(conn, username).await?.ok_or_else(|| {
+        StoreError::Corrupt(format!(
+            "accounts row {:?}: gone within its own write transaction",
+            username.as_str()
+        ))
+    })
+}
+
+/// `LastAdmin` if `username` is the only admin. Takes [`Lock::Admins`], so
+/// two admins demoting each other at once are decided one after the other.
+async fn refuse_last_admin(conn: &mut PgConnection, username: &Username) -> Result<(), StoreError> {
+    Lock::Admins.take(conn).await?;
+    let (target, admins): (i64, i64) = sqlx::query_as(
+        "SELECT COALESCE(SUM(CASE WHEN username = $1 THEN 1 ELSE 0 END), 0)::BIGINT, COUNT(*) \
+         FROM accounts WHERE level = $2",
+    )
+    .bind(username.as_str())
+    .bind(Level::Admin.as_str())
+    .fetch_one(&mut *conn)
+    .await?;
+    if target == 1 && admins == 1 {
+        return Err(StoreError::LastAdmin(username.clone()));
+    }
+    Ok(())
+}
+
+async fn account_exists(conn: &mut PgConnection, username: &Username) -> StoreError {
+    let kind: Result<Option<String>, sqlx::Error> =
+        sqlx::query_scalar("SELECT kind FROM accounts WHERE username = $1")
+            .bind(username.as_str())
+            .fetch_optional(&mut *conn)
+            .await;
+    match kind {
+        Ok(Some(kind)) => match row::stored_account_kind(username.as_str(), &kind) {
+            Ok(kind) => StoreError::AccountExists {
+                username: username.clone(),
+                kind,
+            },
+            Err(corrupt) => corrupt,
+        },
+        Ok(None) => StoreError::Corrupt(format!(
+            "accounts row {:?}: blocked an insert but cannot be found",
+            username.as_str()
+        )),
+        Err(e) => e.into(),
+    }
+}
+
+async fn insert_account(
+    conn: &mut PgConnection,
+    account: &AccountRecord,
+) -> Result<(), StoreError> {
+    let inserted = sqlx::query(
+        "INSERT INTO accounts (username, kind, level, password_hash, created_at) \
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (username) DO NOTHING",
+    )
+    .bind(account.username.as_str())
+    .bind(account.kind.as_str())
+    .bind(account.level.as_str())
+    .bind(account.password_hash.as_deref())
+    .bind(row::to_millis(account.created_at))
+    .execute(&mut *conn)
+    .await?;
+    if inserted.rows_affected() == 0 {
+        return Err(account_exists(conn, &account.username).await);
+    }
+    insert_grants(conn, &account.username, &account.grants).await
+}
+
+async fn insert_grants(
+    conn: &mut PgConnection,
+    username: &Username,
+    grants: &BTreeSet<ClusterName>,
+) -> Result<(), StoreError> {
+    let clusters: Vec<&str> = grants.iter().map(|c| c.as_str()).collect();
+    sqlx::query("INSERT INTO grants (username, cluster) SELECT $1, unnest($2::TEXT[])")
+        .bind(username.as_str())
+        .bind(&clusters)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+async fn revoke_family(
+    conn: &mut PgConnection,
+    family: &str,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE refresh_tokens SET revoked_at = $2 WHERE family = $1 AND revoked_at IS NULL",
+    )
+    .bind(family)
+    .bind(row::to_millis(now))
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+// Every write below runs in one transaction, rolled back on drop, so a
+// method that returns an error has changed nothing.
+#[async_trait]
+impl AccountStore for PostgresStore {
+    async fn create_account(&self, account: &AccountRecord) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        insert_account(&mut tx, account).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn create_first_admin(&self, account: &AccountRecord) -> Result<bool, StoreError> {
+        let mut tx = self.begin().await?;
+        // Of two servers starting at once, the second counts after the
+        // first has committed its admin.
+        Lock::Admins.take(&mut tx).await?;
+        let admins: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM accounts WHERE level = $1")
+            .bind(Level::Admin.as_str())
+            .fetch_one(&mut *tx)
+            .await?;
+        if admins > 0 {
+            return Ok(false);
+        }
+        insert_account(&mut tx, account).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn get_account(&self, username: &Username) -> Result<Option<AccountRecord>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        fetch_account(&mut conn, username).await
+    }
+
+    async fn list_accounts(&self) -> Result<Vec<AccountRecord>, StoreError> {
+        let rows: Vec<AccountRow> = sqlx::query_as(account_select!())
+            .fetch_all(&self.pool)
+            .await?;
+        row::accounts(rows)
+    }
+
+    async fn set_level(
+        &self,
+        username: &Username,
+        level: Level,
+    ) -> Result<Option<AccountRecord>, StoreError> {
+        let mut tx = self.begin().await?;
+        if level != Level::Admin {
+            refuse_last_admin(&mut tx, username).await?;
+        }
+        let updated = sqlx::query("UPDATE accounts SET level = $2 WHERE username = $1")
+            .bind(username.as_str())
+            .bind(level.as_str())
+            .execute(&mut *tx)
+            .await?;
+        if updated.rows_affected() == 0 {
+            return Ok(None);
+        }
+        let account = fetch_existing_account(&mut tx, username).await?;
+        tx.commit().await?;
+        Ok(Some(account))
+    }
+
+    async fn set_grants(
+        &self,
+        username: &Username,
+        grants: &BTreeSet<ClusterName>,
+    ) -> Result<Option<AccountRecord>, StoreError> {
+        let mut tx = self.begin().await?;
+        // Locks the account, so concurrent replacements apply one by one.
+        let exists: Option<String> =
+            sqlx::query_scalar("SELECT username FROM accounts WHERE username = $1 FOR UPDATE")
+                .bind(username.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
+        if exists.is_none() {
+            return Ok(None);
+        }
+        sqlx::query("DELETE FROM grants WHERE username = $1")
+            .bind(username.as_str())
+            .execute(&mut *tx)
+            .await?;
+        insert_grants(&mut tx, username, grants).await?;
+        let account = fetch_existing_account(&mut tx, username).await?;
+        tx.commit().await?;
+        Ok(Some(account))
+    }
+
+    async fn delete_account(&self, username: &Username) -> Result<bool, StoreError> {
+        let mut tx = self.begin().await?;
+        refuse_last_admin(&mut tx, username).await?;
+        let deleted = sqlx::query("DELETE FROM accounts WHERE username = $1")
+            .bind(username.as_str())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(deleted.rows_affected() == 1)
+    }
+
+    async fn upsert_github_account(
+        &self,
+        username: &Username,
+        level: Level,
+        now: DateTime<Utc>,
+    ) -> Result<AccountRecord, StoreError> {
+        let mut tx = self.begin().await?;
+        let upserted: Option<String> = sqlx::query_scalar(
+            "INSERT INTO accounts (username, kind, level, password_hash, created_at) \
+             VALUES ($1, $2, $3, NULL, $4) \
+             ON CONFLICT (username) DO UPDATE SET \
+                 level = CASE WHEN accounts.level = $5 THEN accounts.level \
+                              ELSE excluded.level END \
+             WHERE accounts.kind = excluded.kind \
+             RETURNING username",
+        )
+        .bind(username.as_str())
+        .bind(AccountKind::Github.as_str())
+        .bind(level.as_str())
+        .bind(row::to_millis(now))
+        .bind(Level::Admin.as_str())
+        .fetch_optional(&mut *tx)
+        .await?;
+        if upserted.is_none() {
+            return Err(account_exists(&mut tx, username).await);
+        }
+        let account = fetch_existing_account(&mut tx, username).await?;
+        tx.commit().await?;
+        Ok(account)
+    }
+
+    async fn insert_refresh_token(&self, token: &RefreshTokenRecord) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO refresh_tokens (id, username, family, issued_at, expires_at) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(&token.id)
+        .bind(token.username.as_str())
+        .bind(&token.family)
+        .bind(row::to_millis(token.issued_at))
+        .bind(row::to_millis(token.expires_at))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn rotate_refresh_token(
+        &self,
+        presented: &str,
+        next_id: &str,
+        next_expires_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<Rotation, StoreError> {
+        let now_ms = row::to_millis(now);
+        let mut tx = self.begin().await?;
+        // The row lock makes racing presentations of one token take turns:
+        // each reads the token as the one before left it.
+        let token: Option<RefreshTokenRow> = sqlx::query_as(
+            "SELECT username, family, expires_at, used_at, revoked_at \
+             FROM refresh_tokens WHERE id = $1 FOR UPDATE",
+        )
+        .bind(presented)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(token) = token else {
+            return Ok(Rotation::Invalid);
+        };
+        if token.revoked_at.is_some() || token.expires_at <= now_ms {
+            return Ok(Rotation::Invalid);
+        }
+        if token.used_at.is_some() {
+            revoke_family(&mut tx, &token.family, now).await?;
+            tx.commit().await?;
+            return Ok(Rotation::Reused);
+        }
+        sqlx::query("UPDATE refresh_tokens SET used_at = $2 WHERE id = $1")
+            .bind(presented)
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await?;
+        let next_expires_ms = row::to_millis(next_expires_at).min(token.expires_at);
+        sqlx::query(
+            "INSERT INTO refresh_tokens (id, username, family, issued_at, expires_at) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(next_id)
+        .bind(&token.username)
+        .bind(&token.family)
+        .bind(now_ms)
+        .bind(next_expires_ms)
+        .execute(&mut *tx)
+        .await?;
+        let username = Username::new(token.username.as_str()).map_err(|e| {
+            StoreError::Corrupt(format!(
+                "refresh_tokens row {presented:?}, column username: {e}"
+            ))
+        })?;
+        let account = fetch_existing_account(&mut tx, &username).await?;
+        tx.commit().await?;
+        Ok(Rotation::Rotated {
+            account,
+            expires_at: row::from_millis(next_expires_ms, || {
+                format!("refresh_tokens row {presented:?}, column expires_at")
+            })?,
+        })
+    }
+
+    async fn revoke_refresh_family(
+        &self,
+        presented: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.begin().await?;
+        let family: Option<String> =
+            sqlx::query_scalar("SELECT family FROM refresh_tokens WHERE id = $1")
+                .bind(presented)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let Some(family) = family else {
+            return Ok(false);
+        };
+        revoke_family(&mut tx, &family, now).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn revoke_refresh_tokens(
+        &self,
+        username: &Username,
+        now: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        let now_ms = row::to_millis(now);
+        // One statement: it counts exactly the tokens it revokes.
+        let live: i64 = sqlx::query_scalar(
+            "WITH revoked AS ( \
+                 UPDATE refresh_tokens SET revoked_at = $2 \
+                 WHERE username = $1 AND revoked_at IS NULL \
+                 RETURNING used_at, expires_at) \
+             SELECT COUNT(*) FROM revoked WHERE used_at IS NULL AND expires_at > $2",
+        )
+        .bind(username.as_str())
+        .bind(now_ms)
+        .fetch_one(&self.pool)
+        .await?;
+        u64::try_from(live)
+            .map_err(|_| StoreError::Corrupt(format!("refresh_tokens: COUNT(*) is {live}")))
+    }
+}
