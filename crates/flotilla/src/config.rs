@@ -22,6 +22,7 @@ pub const DEFAULT_DATA_DIR: &str = "flotilla-data";
 struct File {
     listen: Option<SocketAddr>,
     data_dir: Option<PathBuf>,
+    database_url: Option<String>,
     default_pool: Option<String>,
     #[serde(default)]
     limits: LimitsSection,
@@ -383,11 +384,42 @@ struct PoolSection {
 pub struct Config {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
+    /// PostgreSQL instead of SQLite under `data_dir`.
+    pub database_url: Option<DatabaseUrl>,
     pub engine: EngineConfig,
     pub drivers: BTreeMap<String, DriverConfig>,
     pub pools: BTreeMap<PoolName, PoolSpec>,
     pub default_pool: PoolName,
     pub access: AccessConfig,
+}
+
+/// A PostgreSQL URL. Its `Debug` hides the password, so the config can be
+/// logged.
+#[derive(Clone)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    pub fn new(url: String) -> Result<DatabaseUrl, String> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(DatabaseUrl(url))
+        } else {
+            Err(format!(
+                "{:?} is not a PostgreSQL URL (postgres://user:password@host/database); \
+                 leave database_url out to keep state in SQLite under data_dir",
+                flotilla_store_postgres::redact(&url)
+            ))
+        }
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&flotilla_store_postgres::redact(&self.0))
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -598,10 +630,16 @@ impl Config {
             }
         };
 
+        let database_url = file
+            .database_url
+            .map(|u| DatabaseUrl::new(u).map_err(|e| invalid(format!("database_url: {e}"))))
+            .transpose()?;
+
         Ok(Config {
             listen: file
                 .listen
                 .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("valid")),
+            database_url,
             data_dir: file
                 .data_dir
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),

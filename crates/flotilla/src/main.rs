@@ -349,10 +349,23 @@ fn main() -> ExitCode {
                 config.data_dir = d;
             }
             // Taken out of the environment before any thread starts, so the
-            // node processes this server spawns never see it.
+            // node processes this server spawns never see them.
             let admin_password = std::env::var("FLOTILLA_ADMIN_PASSWORD").ok();
+            let database_url = std::env::var("FLOTILLA_DATABASE_URL").ok();
             // SAFETY: no other thread exists yet (the runtime starts below).
-            unsafe { std::env::remove_var("FLOTILLA_ADMIN_PASSWORD") };
+            unsafe {
+                std::env::remove_var("FLOTILLA_ADMIN_PASSWORD");
+                std::env::remove_var("FLOTILLA_DATABASE_URL");
+            }
+            if let Some(url) = database_url.filter(|u| !u.is_empty()) {
+                match config::DatabaseUrl::new(url) {
+                    Ok(url) => config.database_url = Some(url),
+                    Err(e) => {
+                        eprintln!("flotilla serve: FLOTILLA_DATABASE_URL: {e}");
+                        return ExitCode::from(exit::USAGE);
+                    }
+                }
+            }
             match runtime().block_on(serve::run(config, admin_password)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

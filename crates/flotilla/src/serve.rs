@@ -19,6 +19,7 @@ use flotilla_engine::Engine;
 use flotilla_github::{GithubClient, GithubConfig};
 use flotilla_identity::{Identity, IdentityConfig, KeyRing, TokenIssuer};
 use flotilla_store::{AccountStore, Store};
+use flotilla_store_postgres::PostgresStore;
 use flotilla_store_sqlite::SqliteStore;
 use prometheus_client::registry::Registry;
 
@@ -125,11 +126,23 @@ pub async fn run(config: Config, admin_password: Option<String>) -> anyhow::Resu
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let store: Arc<dyn Store> = Arc::new(
-        SqliteStore::open(&config.data_dir.join("flotilla.db"))
-            .await
-            .context("cannot open the state database")?,
-    );
+    let (store, _server_lock): (Arc<dyn Store>, _) = match &config.database_url {
+        None => (
+            Arc::new(
+                SqliteStore::open(&config.data_dir.join("flotilla.db"))
+                    .await
+                    .context("cannot open the state database")?,
+            ),
+            None,
+        ),
+        Some(url) => {
+            let store = PostgresStore::connect(url.expose())
+                .await
+                .context("cannot open the state database")?;
+            let lock = store.lock_server().await??;
+            (Arc::new(store), Some(lock))
+        }
+    };
     let identity = Arc::new(identity(&config, store.clone(), admin_password).await?);
     let limits = Arc::new(RateLimits::new(
         config.access.requests_per_minute,
@@ -212,10 +225,11 @@ pub async fn run(config: Config, admin_password: Option<String>) -> anyhow::Resu
 
     let addr = listener.local_addr()?;
     tracing::info!(%addr, data_dir = %config.data_dir.display(), "flotilla serving");
-    eprintln!(
-        "flotilla serving on http://{addr} (state in {})",
-        config.data_dir.display()
-    );
+    let state = match &config.database_url {
+        None => config.data_dir.display().to_string(),
+        Some(url) => format!("{url:?}, data directory {}", config.data_dir.display()),
+    };
+    eprintln!("flotilla serving on http://{addr} (state in {state})");
 
     let housekeeping = {
         let limits = limits.clone();

@@ -55,7 +55,7 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 const ID_ATTEMPTS: usize = 3;
 
 /// The advisory locks this backend takes (`pg_advisory_xact_lock`): held
-/// until the transaction ends.
+/// until the transaction ends. Key (7046134, 0) is the [`ServerLock`].
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Lock<'a> {
     /// Changes that count admins: the first admin, demotion, deletion.
@@ -81,7 +81,22 @@ impl Lock<'_> {
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
     location: String,
+    options: PgConnectOptions,
     pub(crate) pool: PgPool,
+}
+
+/// Held by the one server that runs the loops on this database, for as
+/// long as its connection lives (a session-level advisory lock, released
+/// by PostgreSQL when the server's connection ends, however it ends).
+pub struct ServerLock {
+    _conn: PgConnection,
+}
+
+/// Another server holds the [`ServerLock`].
+#[derive(Debug, thiserror::Error)]
+#[error("another flotilla server is already running on the database at {location}; stop it first (several servers on one database are not supported yet)")]
+pub struct ServerLockHeld {
+    pub location: String,
 }
 
 /// `url` with any password replaced, for messages and logs.
@@ -114,7 +129,7 @@ impl PostgresStore {
         let pool = PgPoolOptions::new()
             .max_connections(CONNECTIONS)
             .acquire_timeout(ACQUIRE_TIMEOUT)
-            .connect_with(options)
+            .connect_with(options.clone())
             .await
             .map_err(|e| open_error(e.into()))?;
         // sqlx's migrator takes an advisory lock of its own, so servers
@@ -127,7 +142,29 @@ impl PostgresStore {
             .fetch_one(&pool)
             .await?;
         tracing::info!(location = %location, server_version = %version, "opened the PostgreSQL store");
-        Ok(PostgresStore { location, pool })
+        Ok(PostgresStore {
+            location,
+            options,
+            pool,
+        })
+    }
+
+    /// Takes the [`ServerLock`] on its own connection, or says who has it.
+    /// Until servers share the work through a leader lease, the one that
+    /// holds it is the only one on the database.
+    pub async fn lock_server(&self) -> Result<Result<ServerLock, ServerLockHeld>, StoreError> {
+        use sqlx::Connection;
+        let mut conn = PgConnection::connect_with(&self.options).await?;
+        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(7046134, 0)")
+            .fetch_one(&mut conn)
+            .await?;
+        Ok(if locked {
+            Ok(ServerLock { _conn: conn })
+        } else {
+            Err(ServerLockHeld {
+                location: self.location.clone(),
+            })
+        })
     }
 
     /// Where the database is, without its password.

@@ -138,3 +138,29 @@ fn redact_hides_only_the_password() {
     assert_eq!(redact("postgres://h/db"), "postgres://h/db");
     assert_eq!(redact("postgres://u:p%40x@h/db"), "postgres://u:***@h/db");
 }
+
+/// One server at a time holds the server lock; it is free again once its
+/// holder's connection is gone.
+#[tokio::test]
+async fn one_server_at_a_time_holds_the_server_lock() {
+    let pg = TempPostgres::start_async().await.unwrap();
+    let url = pg.create_database().await.unwrap();
+    let first = PostgresStore::connect(&url).await.unwrap();
+    let second = PostgresStore::connect(&url).await.unwrap();
+    let held = first.lock_server().await.unwrap().expect("free at first");
+    let refused = second.lock_server().await.unwrap().err().expect("held");
+    assert!(
+        refused.to_string().contains("another flotilla server"),
+        "{refused}"
+    );
+    drop(held);
+    // PostgreSQL releases the lock when it notices the connection closed.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match second.lock_server().await.unwrap() {
+            Ok(_) => break,
+            Err(e) if std::time::Instant::now() > deadline => panic!("still held: {e}"),
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+        }
+    }
+}
