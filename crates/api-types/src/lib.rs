@@ -105,6 +105,62 @@ pub struct ClusterStatus {
     /// Present for an organisation's cluster.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub org: Option<OrgClusterStatus>,
+    /// The cluster's latest changes, oldest first (single-cluster status
+    /// only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recent_events: Vec<Event>,
+}
+
+/// One entry of the change feed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Event {
+    /// Increases with every change; pass the last one seen as `after`.
+    pub seq: i64,
+    /// `entity.verb`: `cluster.deployed`, `cluster.resized`,
+    /// `cluster.extended`, `cluster.destroyed`, `cluster.expired`,
+    /// `cluster.forgotten`, `org.*` (an organisation's events),
+    /// `account.created`, `account.changed`, `account.deleted`.
+    pub kind: String,
+    /// The cluster, organisation or account it is about.
+    pub key: String,
+    pub at: DateTime<Utc>,
+    /// What the change left: a cluster's nodes, pool, is_public,
+    /// expires_at and generation; an organisation event's message; an
+    /// account's kind, level and grants.
+    #[schema(value_type = Object)]
+    pub details: serde_json::Value,
+}
+
+/// `GET /api/v1/events`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct EventList {
+    /// The changes the caller may see, oldest first.
+    pub events: Vec<Event>,
+    /// Pass as `after` for the next page (it is past changes the caller
+    /// may not see, too).
+    pub next: i64,
+    /// The page was full: more may follow at once.
+    pub more: bool,
+    /// The latest change committed when the page was read.
+    pub latest: i64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct EventsQuery {
+    /// Changes after this number (default 0: from the oldest kept).
+    #[serde(default)]
+    pub after: Option<i64>,
+    /// Only this cluster's changes (needs permission to read its status).
+    #[serde(default)]
+    pub cluster: Option<String>,
+    /// Changes looked at per page, 0 to 1000 (default 100).
+    #[serde(default)]
+    pub limit: Option<usize>,
+    /// With no change to return, wait for one up to the server's
+    /// `max_wait`.
+    #[serde(default)]
+    pub follow: bool,
 }
 
 /// What status adds for an organisation's cluster.

@@ -51,6 +51,7 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
     ("POST",   "/api/v1/auth/keys",                 Access::SignedIn("authorize_admin")),
     ("DELETE", "/api/v1/auth/keys/{kid}",           Access::SignedIn("authorize_admin")),
     ("GET",    "/api/v1/pools",                     Access::Rule("anyone")),
+    ("GET",    "/api/v1/events",                    Access::Rule("may_read_change")),
     ("GET",    "/api/v1/clusters",                  Access::Rule("authorize_status")),
     ("GET",    "/api/v1/clusters/{cluster}",        Access::Rule("authorize_status")),
     ("PUT",    "/api/v1/clusters/{cluster}",        Access::SignedIn("authorize_deploy")),

@@ -5,6 +5,7 @@
 pub mod access;
 mod accounts;
 mod error;
+mod events;
 mod extract;
 mod openapi;
 mod orgs;
@@ -47,6 +48,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/openapi.json", get(openapi::serve))
         .route("/api/v1/clusters", get(list_clusters))
         .route("/api/v1/pools", get(list_pools))
+        .route("/api/v1/events", get(events::list_events))
         .route(
             "/api/v1/clusters/{cluster}",
             get(cluster_status).put(deploy).delete(destroy),
@@ -156,6 +158,7 @@ pub fn status_body(view: ClusterView) -> types::ClusterStatus {
     });
     types::ClusterStatus {
         org,
+        recent_events: Vec::new(),
         cluster: view.cluster.to_string(),
         state: match view.state {
             flotilla_domain::ClusterState::NotRunning => types::ClusterState::NotRunning,
@@ -282,8 +285,19 @@ async fn cluster_status(
     ClusterParam(cluster): ClusterParam,
 ) -> Result<Json<types::ClusterStatus>, ApiError> {
     let cluster = cluster_name(&cluster)?;
-    Ok(Json(status_body(state.engine.status(&caller, &cluster)?)))
+    let mut body = status_body(state.engine.status(&caller, &cluster)?);
+    body.recent_events = state
+        .engine
+        .recent_events(&caller, &cluster, RECENT_EVENTS)
+        .await?
+        .into_iter()
+        .map(events::event_body)
+        .collect();
+    Ok(Json(body))
 }
+
+/// How many of its latest changes a cluster's status shows.
+const RECENT_EVENTS: usize = 10;
 
 /// DEPLOY: create the cluster or change its capacity, and (re)schedule its
 /// deletion at now + `time_to_live`.

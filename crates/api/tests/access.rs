@@ -579,7 +579,8 @@ fn route_request(method: &str, template: &str, uri: &str) -> axum::http::Request
 
 /// Without a token: open routes answer, sign-in routes ask for their body
 /// rather than a token, and every rule route answers 401, except who-am-I,
-/// the pools, LIST, and the STATUS of a public cluster.
+/// the pools, LIST, the STATUS of a public cluster, and the events of public
+/// clusters.
 #[tokio::test(start_paused = true)]
 async fn every_route_without_credentials() {
     let world = World::new().await;
@@ -617,6 +618,13 @@ async fn every_route_without_credentials() {
                 }
                 Access::Rule("authorize_status") if template == "/api/v1/clusters" => {
                     assert_eq!(names(&reply), ["pub"], "{what}");
+                }
+                Access::Rule("may_read_change") => {
+                    // Only the public cluster's changes.
+                    assert_eq!(reply.status, StatusCode::OK, "{what}");
+                    let events = reply.json()["events"].as_array().unwrap().clone();
+                    assert!(!events.is_empty(), "{what}");
+                    assert!(events.iter().all(|e| e["key"] == "pub"), "{what}");
                 }
                 Access::Rule("authorize_status") if uri.ends_with("/pub") => {
                     assert_eq!(reply.status, StatusCode::OK, "{what}");

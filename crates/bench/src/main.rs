@@ -48,6 +48,8 @@ use flotilla_domain::{
 };
 use flotilla_engine::{Engine, EngineConfig, EngineTasks, PoolSpec};
 use flotilla_store::{MemoryStore, Store};
+use flotilla_store_postgres::testing::TempPostgres;
+use flotilla_store_postgres::PostgresStore;
 use flotilla_store_sqlite::SqliteStore;
 use prometheus_client::registry::Registry;
 use tokio::sync::Semaphore;
@@ -81,6 +83,50 @@ enum StoreKind {
     Sqlite,
     /// In memory: no I/O, to tell the engine's own cost from the store's.
     Memory,
+    /// PostgreSQL, a server started for the run from the machine's own
+    /// binaries in a temporary directory, with its durable defaults
+    /// (fsync, synchronous commits), over a Unix socket.
+    Postgres,
+}
+
+impl StoreKind {
+    /// The several-servers issue's target for deploy → first create: a
+    /// PostgreSQL commit crosses a socket to another process.
+    fn first_create_target(self) -> Duration {
+        match self {
+            StoreKind::Postgres => Duration::from_millis(10),
+            StoreKind::Sqlite | StoreKind::Memory => Duration::from_millis(5),
+        }
+    }
+
+    /// The target for one accrual pass over 1,000 organisations.
+    pub(crate) fn accrual_target(self) -> Duration {
+        match self {
+            StoreKind::Postgres => Duration::from_millis(40),
+            StoreKind::Sqlite | StoreKind::Memory => Duration::from_millis(20),
+        }
+    }
+}
+
+/// Opens the store a run measures. The guard keeps its files (and its
+/// PostgreSQL server) until the run ends.
+async fn open_store(kind: StoreKind) -> Result<(Arc<dyn Store>, Box<dyn std::any::Any>)> {
+    Ok(match kind {
+        StoreKind::Sqlite => {
+            let dir = tempfile::tempdir().context("cannot create a temporary directory")?;
+            let store = SqliteStore::open(&dir.path().join("flotilla.db")).await?;
+            (Arc::new(store), Box::new(dir))
+        }
+        StoreKind::Memory => (Arc::new(MemoryStore::new()), Box::new(())),
+        StoreKind::Postgres => {
+            let pg = tokio::task::spawn_blocking(TempPostgres::start_durable)
+                .await?
+                .context("cannot start PostgreSQL")?;
+            let url = pg.create_database().await?;
+            let store = PostgresStore::connect(&url).await?;
+            (Arc::new(store), Box::new(pg))
+        }
+    })
 }
 
 /// Benchmarks the flotilla engine on the fake cloud, in real time (the
@@ -170,20 +216,13 @@ struct Bench {
     store: Arc<CountingStore>,
     registry: Arc<Registry>,
     caller: Caller,
-    /// Holds the SQLite file until the run ends.
-    _dir: Option<tempfile::TempDir>,
+    /// Holds the store's files (and server) until the run ends.
+    _guard: Box<dyn std::any::Any>,
 }
 
 impl Bench {
     async fn start(args: &Args) -> Result<Self> {
-        let (inner, dir): (Arc<dyn Store>, _) = match args.store {
-            StoreKind::Sqlite => {
-                let dir = tempfile::tempdir().context("cannot create a temporary directory")?;
-                let store = SqliteStore::open(&dir.path().join("flotilla.db")).await?;
-                (Arc::new(store), Some(dir))
-            }
-            StoreKind::Memory => (Arc::new(MemoryStore::new()), None),
-        };
+        let (inner, guard) = open_store(args.store).await?;
         let store = Arc::new(CountingStore::new(inner));
 
         let mut registry = Registry::default();
@@ -214,7 +253,7 @@ impl Bench {
             store,
             registry,
             caller: Caller::local_operator(),
-            _dir: dir,
+            _guard: guard,
         })
     }
 
@@ -870,8 +909,8 @@ async fn engine_bench(args: Args) -> Result<()> {
             fmt_duration(percentile(&r.from_request, 50.0)),
             fmt_duration(request_p99)
         ),
-        "p99 ≤ 5 ms",
-        Verdict::check(request_p99 <= Duration::from_millis(5)),
+        format!("p99 ≤ {}", fmt_duration(args.store.first_create_target())),
+        Verdict::check(request_p99 <= args.store.first_create_target()),
     );
     report.info(
         "3",

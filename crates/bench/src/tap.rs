@@ -16,11 +16,11 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use flotilla_cloud::{CloudError, CreateRequest, Health, Instance, InstanceSet, Offering, Tags};
 use flotilla_domain::{
-    ClusterName, ClusterRecord, DeployCommand, InstanceId, InstanceSetId, InstanceType,
-    LedgerEntry, Level, OrgEvent, OrgName, Organisation, PoolName, Username,
+    Change, ChangeEntity, ClusterName, ClusterRecord, DeployCommand, InstanceId, InstanceSetId,
+    InstanceType, LedgerEntry, Level, OrgEvent, OrgName, Organisation, PoolName, Username,
 };
 use flotilla_store::{
-    AccountRecord, AccountStore, CostRow, OrgChange, OrgChanged, OrgStore, OrgUsage,
+    AccountRecord, AccountStore, ChangeFeed, CostRow, OrgChange, OrgChanged, OrgStore, OrgUsage,
     RefreshTokenRecord, Rotation, Store, StoreError,
 };
 use prometheus_client::registry::Registry;
@@ -393,6 +393,26 @@ impl OrgStore for CountingStore {
 
     async fn events(&self, org: &OrgName, limit: usize) -> Result<Vec<OrgEvent>, StoreError> {
         self.inner.events(org, limit).await
+    }
+}
+
+#[async_trait]
+impl ChangeFeed for CountingStore {
+    async fn changes(
+        &self,
+        after: i64,
+        limit: usize,
+        only: Option<(ChangeEntity, &str)>,
+    ) -> Result<Vec<Change>, StoreError> {
+        self.inner.changes(after, limit, only).await
+    }
+
+    async fn last_change(&self) -> Result<i64, StoreError> {
+        self.inner.last_change().await
+    }
+
+    async fn prune_changes(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+        self.inner.prune_changes(before).await
     }
 }
 

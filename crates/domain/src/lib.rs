@@ -5,6 +5,7 @@
 
 mod access;
 mod capacity;
+mod change;
 mod cluster;
 mod money;
 mod names;
@@ -17,6 +18,7 @@ pub use access::{
     LevelLimits, LevelPolicy,
 };
 pub use capacity::{sizing, CapacityRequest, Sizing};
+pub use change::{may_read_change, org_changes, Change, ChangeEntity, ChangeKind, NewChange};
 pub use cluster::{
     cluster_state, ClusterRecord, ClusterState, DeployCommand, FixedField, Limits, NodeCapacity,
     TimeToLive, ValidationError,

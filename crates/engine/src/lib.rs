@@ -18,6 +18,7 @@
 mod budget;
 mod desired;
 mod error;
+mod events;
 mod expiry;
 pub mod inventory;
 mod metrics;
@@ -42,6 +43,7 @@ use tokio::sync::{watch, Notify};
 
 pub use budget::AccrualStats;
 pub use error::EngineError;
+pub use events::{EventPage, EventsQuery, MAX_PAGE};
 pub use orgs::{CapacityView, OrgView};
 pub use pools::PoolView;
 pub use service::{ClusterView, NodeView, OrgClusterView, RequestView};

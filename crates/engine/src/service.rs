@@ -192,7 +192,11 @@ impl Engine {
 
     /// STATUS's rule, which also admits the members of the organisation
     /// whose cluster it is.
-    fn may_see(&self, caller: &Caller, cluster: &ClusterName) -> Result<(), EngineError> {
+    pub(crate) fn may_see(
+        &self,
+        caller: &Caller,
+        cluster: &ClusterName,
+    ) -> Result<(), EngineError> {
         match authorize_status(caller, cluster, self.is_public(cluster)) {
             Ok(()) => Ok(()),
             Err(_) if self.org_of(cluster).is_some_and(|o| o.admits(caller)) => Ok(()),

@@ -8,7 +8,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use flotilla_api_types::{
     CapacityRequest, CapacityResponse, ClusterList, ClusterStatus, ClusterTokenResponse, Costs,
-    CreateOrgRequest, CreateUserRequest, CreditRequest, DeployRequest, ErrorBody,
+    CreateOrgRequest, CreateUserRequest, CreditRequest, DeployRequest, ErrorBody, Event, EventList,
     GithubLoginRequest, Ledger, Level, LoginRequest, MemberRoleRequest, MembershipRequestResponse,
     OrgClusterStatus, OrgList, OrgSummary, OrgView, PoolList, PoolView, RefreshRequest,
     TokenResponse, UpdateOrgRequest, UpdateUserRequest, UserList, UserView, WhoAmI,
@@ -324,6 +324,62 @@ impl Client {
             }
         }
         Ok(exit::OK)
+    }
+
+    /// `flotilla events`: pages through the feed from `after` (0: the
+    /// oldest kept); following, from the latest change unless `after` is
+    /// given, waiting for each next one until interrupted.
+    pub async fn events(
+        &self,
+        cluster: Option<&str>,
+        after: Option<i64>,
+        follow: bool,
+    ) -> Result<u8> {
+        let mut after = match (after, follow) {
+            (Some(a), _) => a,
+            (None, false) => 0,
+            (None, true) => self.events_page(cluster, 0, 0, false).await?.0.latest,
+        };
+        loop {
+            let (page, _) = self.events_page(cluster, after, 100, follow).await?;
+            match self.output {
+                // One JSON object per line, so a follower's output can be
+                // read as it comes.
+                Output::Json => {
+                    for e in &page.events {
+                        println!("{}", serde_json::to_string(e).unwrap_or_default());
+                    }
+                }
+                Output::Text => {
+                    for e in &page.events {
+                        println!("{}", event_line(e));
+                    }
+                }
+            }
+            after = page.next;
+            if !page.more && !follow {
+                return Ok(exit::OK);
+            }
+        }
+    }
+
+    async fn events_page(
+        &self,
+        cluster: Option<&str>,
+        after: i64,
+        limit: usize,
+        follow: bool,
+    ) -> Result<(EventList, String)> {
+        let mut query: Vec<(&str, String)> = vec![
+            ("after", after.to_string()),
+            ("limit", limit.to_string()),
+            ("follow", follow.to_string()),
+        ];
+        if let Some(c) = cluster {
+            query.push(("cluster", c.to_owned()));
+        }
+        self.send::<EventList>(self.http.get(self.url("/api/v1/events")).query(&query))
+            .await
     }
 
     pub async fn user_add(&self, request: CreateUserRequest) -> Result<u8> {
@@ -836,6 +892,12 @@ impl Client {
                         n.launched_at.format("%Y-%m-%dT%H:%M:%SZ")
                     );
                 }
+                if !s.recent_events.is_empty() {
+                    println!("recent events:");
+                    for e in &s.recent_events {
+                        println!("  {}", event_line(e));
+                    }
+                }
             }
         }
     }
@@ -1100,6 +1162,34 @@ fn org_lines(v: &OrgView, now: DateTime<Utc>) -> Vec<String> {
     lines
 }
 
+/// One change: number, time, kind, key and what it left.
+fn event_line(e: &Event) -> String {
+    let d = &e.details;
+    let detail = match e.kind.split_once('.').map_or("", |(entity, _)| entity) {
+        "cluster" if d.get("nodes").is_some() => format!(
+            "{} nodes, pool {}{}",
+            d["nodes"],
+            d["pool"].as_str().unwrap_or("?"),
+            d["expires_at"]
+                .as_str()
+                .map_or(String::new(), |at| format!(", expires {at}"))
+        ),
+        "org" => d["message"].as_str().unwrap_or_default().to_owned(),
+        "account" => format!("level {}", d["level"].as_str().unwrap_or("?")),
+        _ => String::new(),
+    };
+    format!(
+        "{:>6}  {}  {:<26} {:<20} {}",
+        e.seq,
+        stamp(e.at),
+        e.kind,
+        e.key,
+        detail
+    )
+    .trim_end()
+    .to_owned()
+}
+
 fn stamp(at: DateTime<Utc>) -> String {
     at.format("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
@@ -1189,6 +1279,7 @@ mod tests {
             expires_at: None,
             nodes: Vec::new(),
             settled: None,
+            recent_events: Vec::new(),
             org: Some(OrgClusterStatus {
                 min_nodes: 0,
                 max_nodes: 2,

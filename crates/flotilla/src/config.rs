@@ -39,7 +39,29 @@ struct File {
     levels: LevelsSection,
     #[serde(default)]
     orgs: OrgsSection,
+    #[serde(default)]
+    events: EventsSection,
 }
+
+/// `[events]`: the change feed.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct EventsSection {
+    /// How long changes are kept (and readable through `/api/v1/events`).
+    #[serde(with = "humantime_serde")]
+    retention: Duration,
+}
+
+impl Default for EventsSection {
+    fn default() -> Self {
+        Self {
+            retention: DEFAULT_EVENT_RETENTION,
+        }
+    }
+}
+
+/// How long the change feed is kept unless `[events] retention` says.
+pub const DEFAULT_EVENT_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// `[orgs]`: what new organisations start with, and how often they are
 /// charged.
@@ -386,6 +408,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// PostgreSQL instead of SQLite under `data_dir`.
     pub database_url: Option<DatabaseUrl>,
+    /// How long the change feed is kept.
+    pub event_retention: Duration,
     pub engine: EngineConfig,
     pub drivers: BTreeMap<String, DriverConfig>,
     pub pools: BTreeMap<PoolName, PoolSpec>,
@@ -635,11 +659,18 @@ impl Config {
             .map(|u| DatabaseUrl::new(u).map_err(|e| invalid(format!("database_url: {e}"))))
             .transpose()?;
 
+        if file.events.retention < Duration::from_secs(60) {
+            return Err(invalid(
+                "events.retention: keep changes for at least 1m, or readers cannot keep up".into(),
+            ));
+        }
+
         Ok(Config {
             listen: file
                 .listen
                 .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("valid")),
             database_url,
+            event_retention: file.events.retention,
             data_dir: file
                 .data_dir
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),

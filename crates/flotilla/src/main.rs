@@ -96,6 +96,19 @@ enum Command {
     /// List the pools: driver, instance type, and what the cloud says a
     /// node is (vCPUs, memory) and costs (spot price).
     Pools,
+    /// Show the changes you may see (your clusters', organisations' and
+    /// account's, public clusters'), oldest first; one cluster's with its
+    /// name.
+    Events {
+        cluster: Option<String>,
+        /// Only changes after this number (each line starts with one).
+        #[arg(long)]
+        after: Option<i64>,
+        /// Keep showing new changes as they happen (from now on, unless
+        /// --after says otherwise) until interrupted.
+        #[arg(long)]
+        follow: bool,
+    },
     /// Destroy a cluster.
     Destroy {
         cluster: String,
@@ -458,6 +471,11 @@ fn main() -> ExitCode {
                     }
                     Command::Status { cluster } => client.status(cluster.as_deref()).await,
                     Command::Pools => client.pools().await,
+                    Command::Events {
+                        cluster,
+                        after,
+                        follow,
+                    } => client.events(cluster.as_deref(), after, follow).await,
                     Command::Destroy { cluster, wait } => client.destroy(&cluster, wait).await,
                     Command::Logout => client.logout(&Env::from_process().token_cache()?).await,
                     Command::Whoami => client.whoami().await,

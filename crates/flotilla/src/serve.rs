@@ -233,11 +233,18 @@ pub async fn run(config: Config, admin_password: Option<String>) -> anyhow::Resu
 
     let housekeeping = {
         let limits = limits.clone();
+        let engine = engine.clone();
+        let retention = config.event_retention;
         tokio::spawn(async move {
             let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
             loop {
                 every.tick().await;
                 limits.housekeeping();
+                match engine.prune_events(retention).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::debug!(removed = n, "pruned the change feed"),
+                    Err(e) => tracing::warn!(error = %e, "cannot prune the change feed"),
+                }
             }
         })
     };

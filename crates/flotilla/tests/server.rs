@@ -258,3 +258,68 @@ fn a_bad_ec2_config_stops_serve_before_anything_starts() {
         );
     }
 }
+
+#[test]
+fn events_show_what_happened_and_follow_what_happens_next() {
+    let sandbox = Sandbox::new();
+    let server = Server::start(&sandbox.path());
+    assert_eq!(
+        code(&server.cli(&["deploy", "ev", "--nodes", "1", "--ttl", "10m", "--wait"])),
+        0
+    );
+    assert_eq!(
+        code(&server.cli(&["deploy", "ev", "--nodes", "2", "--ttl", "10m"])),
+        0
+    );
+    let out = server.cli(&["events", "ev"]);
+    assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert!(
+        lines[0].contains("cluster.deployed") && lines[0].contains("1 nodes"),
+        "{text}"
+    );
+    assert!(
+        lines[1].contains("cluster.resized") && lines[1].contains("2 nodes"),
+        "{text}"
+    );
+
+    // The status shows them too.
+    let status = server.cli(&["status", "ev"]);
+    let status = String::from_utf8_lossy(&status.stdout);
+    assert!(status.contains("recent events:"), "{status}");
+
+    // Following prints what happens from now on, one JSON object a line.
+    let mut follower = Command::new(BIN)
+        .args([
+            "--server",
+            &server.url,
+            "--output",
+            "json",
+            "events",
+            "--follow",
+        ])
+        .env("HOME", &server.home)
+        .env("FLOTILLA_USERNAME", "admin")
+        .env("FLOTILLA_PASSWORD", support::ADMIN_PASSWORD)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(code(&server.cli(&["destroy", "ev"])), 0);
+    let stdout = follower.stdout.take().unwrap();
+    let first = std::io::BufRead::lines(std::io::BufReader::new(stdout))
+        .next()
+        .expect("a line")
+        .unwrap();
+    follower.kill().unwrap();
+    follower.wait().unwrap();
+    let event: serde_json::Value = serde_json::from_str(&first).unwrap();
+    assert_eq!(event["kind"], "cluster.destroyed", "{first}");
+    assert_eq!(event["key"], "ev");
+
+    // A cluster name that breaks the rule is a usage error.
+    assert_eq!(code(&server.cli(&["events", "no spaces"])), 2);
+}

@@ -12,8 +12,10 @@
 //!   and changes never deadlock);
 //! - a transaction-scoped advisory lock where the row to lock may not
 //!   exist yet or the decision spans rows: [`Lock::Admins`] around every
-//!   change that could leave no admin or create the first one, and
-//!   [`Lock::OrgName`] around creating an organisation.
+//!   change that could leave no admin or create the first one,
+//!   [`Lock::OrgName`] around creating an organisation, and [`Lock::Feed`]
+//!   from a transaction's change-feed insert, its last step, to its commit
+//!   (see [`commit_with`]).
 //!
 //! A single statement (deploy's upsert, destroy, expire_due, forget) needs
 //! no more: PostgreSQL runs it atomically against concurrent writers.
@@ -25,12 +27,13 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use flotilla_domain::{
-    AccountKind, ClusterName, ClusterRecord, DeployCommand, InstanceSetId, Level, Username,
+    AccountKind, Change, ChangeEntity, ChangeKind, ClusterName, ClusterRecord, DeployCommand,
+    InstanceSetId, Level, NewChange, Username,
 };
 use flotilla_store::sql::{self as row, AccountRow, ClusterRow, RefreshTokenRow};
 use flotilla_store::{
-    account_select, cluster_columns, AccountRecord, AccountStore, RefreshTokenRecord, Rotation,
-    Store, StoreError,
+    account_change, account_select, cluster_columns, AccountRecord, AccountStore, ChangeFeed,
+    RefreshTokenRecord, Rotation, Store, StoreError,
 };
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
@@ -62,6 +65,8 @@ pub(crate) enum Lock<'a> {
     Admins,
     /// Creating the organisation of this name.
     OrgName(&'a str),
+    /// Appending to the change feed, from the insert to the commit.
+    Feed,
 }
 
 impl Lock<'_> {
@@ -69,6 +74,7 @@ impl Lock<'_> {
         // One key space for flotilla's locks: the low bits say which lock.
         let query = match self {
             Lock::Admins => sqlx::query("SELECT pg_advisory_xact_lock(7046134, 1)"),
+            Lock::Feed => sqlx::query("SELECT pg_advisory_xact_lock(7046134, 2)"),
             Lock::OrgName(name) => {
                 sqlx::query("SELECT pg_advisory_xact_lock(7046134, hashtext($1))").bind(name)
             }
@@ -182,6 +188,41 @@ impl PostgresStore {
     }
 }
 
+/// Appends `changes` to the feed and commits. The feed's advisory lock
+/// ([`Lock::Feed`]) is taken here, as the transaction's last step, and held
+/// until the commit: numbers are handed out in commit order, so a reader
+/// that resumes after the last number it saw never skips a change
+/// committed late. Taking it last means its holder waits for no other
+/// lock, so it cannot be part of a deadlock.
+pub(crate) async fn commit_with(
+    mut tx: Transaction<'static, Postgres>,
+    changes: &[NewChange],
+    at: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    if !changes.is_empty() {
+        Lock::Feed.take(&mut tx).await?;
+        let at = row::to_millis(at);
+        sqlx::query(
+            "INSERT INTO changes (kind, key, at, payload) \
+             SELECT k, key, $3, p FROM unnest($1::TEXT[], $2::TEXT[], $4::TEXT[]) \
+                 WITH ORDINALITY AS c(k, key, p, i) ORDER BY i",
+        )
+        .bind(changes.iter().map(|c| c.kind.as_str()).collect::<Vec<_>>())
+        .bind(changes.iter().map(|c| c.key.as_str()).collect::<Vec<_>>())
+        .bind(at)
+        .bind(
+            changes
+                .iter()
+                .map(|c| c.payload.to_string())
+                .collect::<Vec<_>>(),
+        )
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
 /// Records in name order, bytewise as `ClusterName` orders (RETURNING
 /// gives rows in no order, and a database's collation may not be bytewise).
 fn records(rows: Vec<ClusterRow>) -> Result<Vec<ClusterRecord>, StoreError> {
@@ -259,6 +300,16 @@ impl Store for PostgresStore {
     ) -> Result<ClusterRecord, StoreError> {
         let name = command.cluster.as_str();
         let mut tx = self.begin().await?;
+        // Locked, so the change is judged against the record it replaces.
+        let before: Option<ClusterRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            cluster_columns!(),
+            " FROM clusters WHERE name = $1 FOR UPDATE"
+        ))
+        .bind(name)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let before = before.map(ClusterRecord::try_from).transpose()?;
         // As on SQLite: the WHERE makes the upsert a no-op on a fixed-field
         // mismatch, and no row back then means Conflict. A racing insert
         // of the same name waits for the first and then updates it.
@@ -286,10 +337,12 @@ impl Store for PostgresStore {
         .await?;
         if let Some(row) = upserted {
             let record = ClusterRecord::try_from(row)?;
-            tx.commit().await?;
+            let kind = ChangeKind::of_deploy(before.as_ref(), &record);
+            commit_with(tx, &[NewChange::cluster(kind, &record)], now).await?;
             return Ok(record);
         }
-        // The upsert locked the conflicting row, so it is still there.
+        // A racing insert of the same name may have come between the
+        // SELECT and the upsert, which has now locked it: read it again.
         let current: Option<ClusterRow> = sqlx::query_as(concat!(
             "SELECT ",
             cluster_columns!(),
@@ -319,6 +372,7 @@ impl Store for PostgresStore {
         name: &ClusterName,
         now: DateTime<Utc>,
     ) -> Result<Option<ClusterRecord>, StoreError> {
+        let mut tx = self.begin().await?;
         let row: Option<ClusterRow> = sqlx::query_as(concat!(
             "UPDATE clusters SET destroying = TRUE, expires_at = NULL, \
                  generation = generation + 1, updated_at = $2 \
@@ -327,14 +381,24 @@ impl Store for PostgresStore {
         ))
         .bind(name.as_str())
         .bind(row::to_millis(now))
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *tx)
         .await?;
-        row.map(ClusterRecord::try_from).transpose()
+        let record = row.map(ClusterRecord::try_from).transpose()?;
+        if let Some(r) = &record {
+            commit_with(
+                tx,
+                &[NewChange::cluster(ChangeKind::ClusterDestroyed, r)],
+                now,
+            )
+            .await?;
+        }
+        Ok(record)
     }
 
     async fn expire_due(&self, now: DateTime<Utc>) -> Result<Vec<ClusterRecord>, StoreError> {
         // One statement: a row a racing caller fired first no longer
         // matches when this one gets its lock, so each fires once.
+        let mut tx = self.begin().await?;
         let rows: Vec<ClusterRow> = sqlx::query_as(concat!(
             "UPDATE clusters SET destroying = TRUE, expires_at = NULL, \
                  generation = generation + 1, updated_at = $1 \
@@ -342,9 +406,15 @@ impl Store for PostgresStore {
             cluster_columns!()
         ))
         .bind(row::to_millis(now))
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *tx)
         .await?;
-        records(rows)
+        let fired = records(rows)?;
+        let changes: Vec<NewChange> = fired
+            .iter()
+            .map(|r| NewChange::cluster(ChangeKind::ClusterExpired, r))
+            .collect();
+        commit_with(tx, &changes, now).await?;
+        Ok(fired)
     }
 
     async fn next_expiry(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
@@ -357,14 +427,20 @@ impl Store for PostgresStore {
     }
 
     async fn forget(&self, name: &ClusterName, generation: i64) -> Result<bool, StoreError> {
+        let mut tx = self.begin().await?;
         let done = sqlx::query(
             "DELETE FROM clusters WHERE name = $1 AND destroying = TRUE AND generation = $2",
         )
         .bind(name.as_str())
         .bind(generation)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
-        Ok(done.rows_affected() == 1)
+        if done.rows_affected() != 1 {
+            return Ok(false);
+        }
+        let change = NewChange::cluster_gone(ChangeKind::ClusterForgotten, name.as_str());
+        commit_with(tx, &[change], Utc::now()).await?;
+        Ok(true)
     }
 }
 
@@ -491,7 +567,8 @@ impl AccountStore for PostgresStore {
     async fn create_account(&self, account: &AccountRecord) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
         insert_account(&mut tx, account).await?;
-        tx.commit().await?;
+        let change = account_change(ChangeKind::AccountCreated, account);
+        commit_with(tx, &[change], account.created_at).await?;
         Ok(())
     }
 
@@ -508,7 +585,8 @@ impl AccountStore for PostgresStore {
             return Ok(false);
         }
         insert_account(&mut tx, account).await?;
-        tx.commit().await?;
+        let change = account_change(ChangeKind::AccountCreated, account);
+        commit_with(tx, &[change], account.created_at).await?;
         Ok(true)
     }
 
@@ -542,7 +620,8 @@ impl AccountStore for PostgresStore {
             return Ok(None);
         }
         let account = fetch_existing_account(&mut tx, username).await?;
-        tx.commit().await?;
+        let change = account_change(ChangeKind::AccountChanged, &account);
+        commit_with(tx, &[change], Utc::now()).await?;
         Ok(Some(account))
     }
 
@@ -567,19 +646,24 @@ impl AccountStore for PostgresStore {
             .await?;
         insert_grants(&mut tx, username, grants).await?;
         let account = fetch_existing_account(&mut tx, username).await?;
-        tx.commit().await?;
+        let change = account_change(ChangeKind::AccountChanged, &account);
+        commit_with(tx, &[change], Utc::now()).await?;
         Ok(Some(account))
     }
 
     async fn delete_account(&self, username: &Username) -> Result<bool, StoreError> {
         let mut tx = self.begin().await?;
         refuse_last_admin(&mut tx, username).await?;
-        let deleted = sqlx::query("DELETE FROM accounts WHERE username = $1")
+        let Some(account) = fetch_account(&mut tx, username).await? else {
+            return Ok(false);
+        };
+        sqlx::query("DELETE FROM accounts WHERE username = $1")
             .bind(username.as_str())
             .execute(&mut *tx)
             .await?;
-        tx.commit().await?;
-        Ok(deleted.rows_affected() == 1)
+        let change = account_change(ChangeKind::AccountDeleted, &account);
+        commit_with(tx, &[change], Utc::now()).await?;
+        Ok(true)
     }
 
     async fn upsert_github_account(
@@ -589,6 +673,12 @@ impl AccountStore for PostgresStore {
         now: DateTime<Utc>,
     ) -> Result<AccountRecord, StoreError> {
         let mut tx = self.begin().await?;
+        // Locked (when it exists), so the change is judged against it.
+        let before: Option<String> =
+            sqlx::query_scalar("SELECT level FROM accounts WHERE username = $1 FOR UPDATE")
+                .bind(username.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
         let upserted: Option<String> = sqlx::query_scalar(
             "INSERT INTO accounts (username, kind, level, password_hash, created_at) \
              VALUES ($1, $2, $3, NULL, $4) \
@@ -609,7 +699,16 @@ impl AccountStore for PostgresStore {
             return Err(account_exists(&mut tx, username).await);
         }
         let account = fetch_existing_account(&mut tx, username).await?;
-        tx.commit().await?;
+        let kind = match before {
+            None => Some(ChangeKind::AccountCreated),
+            Some(level) if level != account.level.as_str() => Some(ChangeKind::AccountChanged),
+            Some(_) => None,
+        };
+        let changes: Vec<NewChange> = kind
+            .map(|k| account_change(k, &account))
+            .into_iter()
+            .collect();
+        commit_with(tx, &changes, now).await?;
         Ok(account)
     }
 
@@ -728,5 +827,42 @@ impl AccountStore for PostgresStore {
         .await?;
         u64::try_from(live)
             .map_err(|_| StoreError::Corrupt(format!("refresh_tokens: COUNT(*) is {live}")))
+    }
+}
+
+#[async_trait]
+impl ChangeFeed for PostgresStore {
+    async fn changes(
+        &self,
+        after: i64,
+        limit: usize,
+        only: Option<(ChangeEntity, &str)>,
+    ) -> Result<Vec<Change>, StoreError> {
+        let rows: Vec<row::ChangeRow> = sqlx::query_as(row::CHANGES_SELECT)
+            .bind(after)
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .bind(only.is_none())
+            .bind(only.map_or("", |(entity, _)| row::entity_pattern(entity)))
+            .bind(only.map_or("", |(_, key)| key))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.into_iter().map(Change::try_from).collect()
+    }
+
+    async fn last_change(&self) -> Result<i64, StoreError> {
+        // Committed rows only: a number handed out to a transaction that
+        // has not committed yet is not the feed's until it does.
+        let last: Option<i64> = sqlx::query_scalar("SELECT MAX(seq) FROM changes")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(last.unwrap_or(0))
+    }
+
+    async fn prune_changes(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM changes WHERE at < $1")
+            .bind(row::to_millis(before))
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
     }
 }

@@ -10,8 +10,8 @@ use std::collections::HashMap;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use flotilla_domain::{
-    target_record, with_daily_spend, ClusterName, ClusterRecord, Effects, LedgerEntry, LedgerKind,
-    Money, OrgError, OrgEvent, OrgEventKind, OrgName, Organisation,
+    org_changes, target_record, with_daily_spend, ClusterName, ClusterRecord, Effects, LedgerEntry,
+    LedgerKind, Money, NewChange, OrgError, OrgEvent, OrgEventKind, OrgName, Organisation,
 };
 use flotilla_store::sql::{
     self as row, add_person, add_request, corrupt, encode_month, opt_time, time, user, ClusterRow,
@@ -22,7 +22,7 @@ use flotilla_store::{
 };
 use sqlx::PgConnection;
 
-use crate::{Lock, PostgresStore};
+use crate::{commit_with, Lock, PostgresStore};
 
 /// Every organisation (or the one named), with requests and, if asked,
 /// people, in name order (bytewise, whatever the database's collation).
@@ -206,12 +206,14 @@ async fn save_requests(conn: &mut PgConnection, org: &Organisation) -> Result<()
     Ok(())
 }
 
-/// Records a change's ledger entries, events and cluster record.
+/// Records a change's ledger entries, events and cluster record, and adds
+/// what it did to `changes`, for the feed at commit.
 async fn record_effects(
     conn: &mut PgConnection,
     org: &Organisation,
     effects: &Effects,
     now: DateTime<Utc>,
+    changes: &mut Vec<NewChange>,
 ) -> Result<Option<ClusterRecord>, StoreError> {
     let name = org.name.as_str();
     for e in &effects.ledger {
@@ -238,6 +240,7 @@ async fn record_effects(
             .await?;
     }
     let Some(target) = effects.cluster else {
+        changes.extend(org_changes(name, &effects.events, None, None));
         return Ok(None);
     };
     let current: Option<ClusterRow> = sqlx::query_as(concat!(
@@ -249,7 +252,14 @@ async fn record_effects(
     .fetch_optional(&mut *conn)
     .await?;
     let current = current.map(ClusterRecord::try_from).transpose()?;
-    let Some(record) = target_record(current.as_ref(), org, target, now) else {
+    let record = target_record(current.as_ref(), org, target, now);
+    changes.extend(org_changes(
+        name,
+        &effects.events,
+        current.as_ref(),
+        record.as_ref(),
+    ));
+    let Some(record) = record else {
         return Ok(None);
     };
     sqlx::query(concat!(
@@ -305,8 +315,9 @@ impl OrgStore for PostgresStore {
         }
         save_org_row(&mut tx, org).await?;
         save_people_and_requests(&mut tx, org).await?;
-        record_effects(&mut tx, org, &org.opening(), org.created_at).await?;
-        tx.commit().await?;
+        let mut changes = Vec::new();
+        record_effects(&mut tx, org, &org.opening(), org.created_at, &mut changes).await?;
+        commit_with(tx, &changes, org.created_at).await?;
         Ok(())
     }
 
@@ -336,8 +347,9 @@ impl OrgStore for PostgresStore {
         let effects = change(&mut org)?;
         save_org_row(&mut tx, &org).await?;
         save_people_and_requests(&mut tx, &org).await?;
-        let cluster = record_effects(&mut tx, &org, &effects, now).await?;
-        tx.commit().await?;
+        let mut changes = Vec::new();
+        let cluster = record_effects(&mut tx, &org, &effects, now, &mut changes).await?;
+        commit_with(tx, &changes, now).await?;
         Ok(OrgChanged {
             org,
             effects,
@@ -358,6 +370,7 @@ impl OrgStore for PostgresStore {
         .fetch_all(&mut *tx)
         .await?;
         let mut changed = Vec::new();
+        let mut changes = Vec::new();
         for name in due {
             let name = ClusterName::new(name.as_str())
                 .map_err(|e| corrupt("capacity_requests", &name, e))?;
@@ -371,14 +384,14 @@ impl OrgStore for PostgresStore {
                 continue;
             }
             save_requests(&mut tx, &org).await?;
-            let cluster = record_effects(&mut tx, &org, &effects, now).await?;
+            let cluster = record_effects(&mut tx, &org, &effects, now, &mut changes).await?;
             changed.push(OrgChanged {
                 org,
                 effects,
                 cluster,
             });
         }
-        tx.commit().await?;
+        commit_with(tx, &changes, now).await?;
         Ok(changed)
     }
 
@@ -492,16 +505,17 @@ impl OrgStore for PostgresStore {
             .await?;
         }
         let mut changed = Vec::new();
+        let mut changes = Vec::new();
         for (org, effects) in eventful {
             save_requests(&mut tx, &org).await?;
-            let cluster = record_effects(&mut tx, &org, &effects, now).await?;
+            let cluster = record_effects(&mut tx, &org, &effects, now, &mut changes).await?;
             changed.push(OrgChanged {
                 org,
                 effects,
                 cluster,
             });
         }
-        tx.commit().await?;
+        commit_with(tx, &changes, now).await?;
         // The pass loaded organisations without their people; callers get
         // them whole.
         let mut conn = self.pool.acquire().await?;

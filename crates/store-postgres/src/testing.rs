@@ -159,9 +159,21 @@ fn template(bin: &Path, who: Option<RunAs>) -> io::Result<PathBuf> {
 }
 
 impl TempPostgres {
-    /// Starts a fresh, empty server. Blocking (a second or so); call it
+    /// Starts a fresh, empty server, tuned for tests (no fsync: a commit
+    /// is not on disk when it returns). Blocking (a second or so); call it
     /// from `spawn_blocking` in async code, or use [`Self::start_async`].
     pub fn start() -> io::Result<TempPostgres> {
+        Self::start_with(false)
+    }
+
+    /// Starts a fresh, empty server with PostgreSQL's durable defaults
+    /// (fsync, synchronous commits), for benchmarks that compare it with
+    /// SQLite's `synchronous = FULL`.
+    pub fn start_durable() -> io::Result<TempPostgres> {
+        Self::start_with(true)
+    }
+
+    fn start_with(durable: bool) -> io::Result<TempPostgres> {
         let who = run_as()?;
         let bin = bin_dir()?;
         let template = template(&bin, who)?;
@@ -179,13 +191,16 @@ impl TempPostgres {
             .arg(&data)
             .arg("-k")
             .arg(dir.path())
-            .args(["-c", "listen_addresses="])
-            // A test server: durability is not what it is for.
-            .args(["-c", "fsync=off", "-c", "synchronous_commit=off"])
-            .args(["-c", "full_page_writes=off", "-c", "max_connections=200"])
+            .args(["-c", "listen_addresses=", "-c", "max_connections=200"])
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
+        if !durable {
+            // A test server: durability is not what it is for.
+            server
+                .args(["-c", "fsync=off", "-c", "synchronous_commit=off"])
+                .args(["-c", "full_page_writes=off"]);
+        }
         // SAFETY: prctl is async-signal-safe; nothing else runs here.
         unsafe {
             server.pre_exec(|| {

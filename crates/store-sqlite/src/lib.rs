@@ -15,7 +15,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use flotilla_domain::{
-    AccountKind, ClusterName, ClusterRecord, DeployCommand, InstanceSetId, Level, Username,
+    AccountKind, Change, ChangeEntity, ChangeKind, ClusterName, ClusterRecord, DeployCommand,
+    InstanceSetId, Level, NewChange, Username,
 };
 use sqlx::migrate::Migrator;
 use sqlx::sqlite::{
@@ -25,8 +26,8 @@ use sqlx::sqlite::{
 
 use flotilla_store::sql::{self as row, AccountRow, ClusterRow, RefreshTokenRow};
 use flotilla_store::{
-    account_select, cluster_columns, AccountRecord, AccountStore, RefreshTokenRecord, Rotation,
-    Store, StoreError,
+    account_change, account_select, cluster_columns, AccountRecord, AccountStore, ChangeFeed,
+    RefreshTokenRecord, Rotation, Store, StoreError,
 };
 
 mod orgs;
@@ -195,6 +196,39 @@ fn records(rows: Vec<ClusterRow>) -> Result<Vec<ClusterRecord>, StoreError> {
     Ok(records)
 }
 
+/// Appends `changes` to the feed, inside the caller's write transaction.
+pub(crate) async fn record_changes(
+    conn: &mut SqliteConnection,
+    changes: &[NewChange],
+    at: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    for c in changes {
+        sqlx::query("INSERT INTO changes (kind, key, at, payload) VALUES ($1, $2, $3, $4)")
+            .bind(c.kind.as_str())
+            .bind(&c.key)
+            .bind(row::to_millis(at))
+            .bind(c.payload.to_string())
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
+async fn cluster_in(
+    conn: &mut SqliteConnection,
+    name: &str,
+) -> Result<Option<ClusterRecord>, StoreError> {
+    let row: Option<ClusterRow> = sqlx::query_as(concat!(
+        "SELECT ",
+        cluster_columns!(),
+        " FROM clusters WHERE name = $1"
+    ))
+    .bind(name)
+    .fetch_optional(&mut *conn)
+    .await?;
+    row.map(ClusterRecord::try_from).transpose()
+}
+
 #[async_trait]
 impl Store for SqliteStore {
     async fn instance_set_id(&self, driver: &str) -> Result<InstanceSetId, StoreError> {
@@ -266,6 +300,7 @@ impl Store for SqliteStore {
     ) -> Result<ClusterRecord, StoreError> {
         let name = command.cluster.as_str();
         let mut tx = self.begin_write().await?;
+        let before = cluster_in(&mut tx, name).await?;
         // The WHERE makes the upsert a no-op on a fixed-field mismatch; no
         // row back then means Conflict, and the transaction is rolled back
         // having changed nothing.
@@ -293,28 +328,19 @@ impl Store for SqliteStore {
         .await?;
         if let Some(row) = upserted {
             let record = ClusterRecord::try_from(row)?;
+            let kind = ChangeKind::of_deploy(before.as_ref(), &record);
+            record_changes(&mut tx, &[NewChange::cluster(kind, &record)], now).await?;
             tx.commit().await?;
             return Ok(record);
         }
 
-        let current: Option<ClusterRow> = sqlx::query_as(concat!(
-            "SELECT ",
-            cluster_columns!(),
-            " FROM clusters WHERE name = $1"
-        ))
-        .bind(name)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let current = current
-            .map(ClusterRecord::try_from)
-            .transpose()?
-            .ok_or_else(|| {
-                // We hold the write lock, so the row that blocked the upsert
-                // cannot have gone away.
-                StoreError::Corrupt(format!(
-                    "clusters row {name:?}: neither inserted, updated nor found"
-                ))
-            })?;
+        let current = before.ok_or_else(|| {
+            // We hold the write lock, so the row that blocked the upsert
+            // cannot have gone away.
+            StoreError::Corrupt(format!(
+                "clusters row {name:?}: neither inserted, updated nor found"
+            ))
+        })?;
         if let Some(conflict) = StoreError::fixed_field_conflict(&current, command) {
             return Err(conflict);
         }
@@ -328,6 +354,7 @@ impl Store for SqliteStore {
         name: &ClusterName,
         now: DateTime<Utc>,
     ) -> Result<Option<ClusterRecord>, StoreError> {
+        let mut tx = self.begin_write().await?;
         let row: Option<ClusterRow> = sqlx::query_as(concat!(
             "UPDATE clusters SET destroying = TRUE, expires_at = NULL, \
                  generation = generation + 1, updated_at = $2 \
@@ -336,14 +363,21 @@ impl Store for SqliteStore {
         ))
         .bind(name.as_str())
         .bind(row::to_millis(now))
-        .fetch_optional(&self.writer)
+        .fetch_optional(&mut *tx)
         .await?;
-        row.map(ClusterRecord::try_from).transpose()
+        let record = row.map(ClusterRecord::try_from).transpose()?;
+        if let Some(r) = &record {
+            let change = NewChange::cluster(ChangeKind::ClusterDestroyed, r);
+            record_changes(&mut tx, &[change], now).await?;
+            tx.commit().await?;
+        }
+        Ok(record)
     }
 
     async fn expire_due(&self, now: DateTime<Utc>) -> Result<Vec<ClusterRecord>, StoreError> {
-        // One statement, so one transaction: each due row fires exactly once
-        // however many callers race.
+        // One transaction: each due row fires exactly once however many
+        // callers race.
+        let mut tx = self.begin_write().await?;
         let rows: Vec<ClusterRow> = sqlx::query_as(concat!(
             "UPDATE clusters SET destroying = TRUE, expires_at = NULL, \
                  generation = generation + 1, updated_at = $1 \
@@ -351,9 +385,18 @@ impl Store for SqliteStore {
             cluster_columns!()
         ))
         .bind(row::to_millis(now))
-        .fetch_all(&self.writer)
+        .fetch_all(&mut *tx)
         .await?;
-        records(rows)
+        let fired = records(rows)?;
+        if !fired.is_empty() {
+            let changes: Vec<NewChange> = fired
+                .iter()
+                .map(|r| NewChange::cluster(ChangeKind::ClusterExpired, r))
+                .collect();
+            record_changes(&mut tx, &changes, now).await?;
+            tx.commit().await?;
+        }
+        Ok(fired)
     }
 
     async fn next_expiry(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
@@ -366,14 +409,21 @@ impl Store for SqliteStore {
     }
 
     async fn forget(&self, name: &ClusterName, generation: i64) -> Result<bool, StoreError> {
+        let mut tx = self.begin_write().await?;
         let done = sqlx::query(
             "DELETE FROM clusters WHERE name = $1 AND destroying = TRUE AND generation = $2",
         )
         .bind(name.as_str())
         .bind(generation)
-        .execute(&self.writer)
+        .execute(&mut *tx)
         .await?;
-        Ok(done.rows_affected() == 1)
+        if done.rows_affected() != 1 {
+            return Ok(false);
+        }
+        let change = NewChange::cluster_gone(ChangeKind::ClusterForgotten, name.as_str());
+        record_changes(&mut tx, &[change], Utc::now()).await?;
+        tx.commit().await?;
+        Ok(true)
     }
 }
 
@@ -514,6 +564,8 @@ impl AccountStore for SqliteStore {
     async fn create_account(&self, account: &AccountRecord) -> Result<(), StoreError> {
         let mut tx = self.begin_write().await?;
         insert_account(&mut tx, account).await?;
+        let change = account_change(ChangeKind::AccountCreated, account);
+        record_changes(&mut tx, &[change], account.created_at).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -531,6 +583,8 @@ impl AccountStore for SqliteStore {
             return Ok(false);
         }
         insert_account(&mut tx, account).await?;
+        let change = account_change(ChangeKind::AccountCreated, account);
+        record_changes(&mut tx, &[change], account.created_at).await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -564,6 +618,8 @@ impl AccountStore for SqliteStore {
             return Ok(None);
         }
         let account = fetch_existing_account(&mut tx, username).await?;
+        let change = account_change(ChangeKind::AccountChanged, &account);
+        record_changes(&mut tx, &[change], Utc::now()).await?;
         tx.commit().await?;
         Ok(Some(account))
     }
@@ -588,6 +644,8 @@ impl AccountStore for SqliteStore {
             .await?;
         insert_grants(&mut tx, username, grants).await?;
         let account = fetch_existing_account(&mut tx, username).await?;
+        let change = account_change(ChangeKind::AccountChanged, &account);
+        record_changes(&mut tx, &[change], Utc::now()).await?;
         tx.commit().await?;
         Ok(Some(account))
     }
@@ -596,12 +654,17 @@ impl AccountStore for SqliteStore {
         // Grants and refresh tokens go by ON DELETE CASCADE.
         let mut tx = self.begin_write().await?;
         refuse_last_admin(&mut tx, username).await?;
-        let deleted = sqlx::query("DELETE FROM accounts WHERE username = $1")
+        let Some(account) = fetch_account(&mut *tx, username).await? else {
+            return Ok(false);
+        };
+        sqlx::query("DELETE FROM accounts WHERE username = $1")
             .bind(username.as_str())
             .execute(&mut *tx)
             .await?;
+        let change = account_change(ChangeKind::AccountDeleted, &account);
+        record_changes(&mut tx, &[change], Utc::now()).await?;
         tx.commit().await?;
-        Ok(deleted.rows_affected() == 1)
+        Ok(true)
     }
 
     async fn upsert_github_account(
@@ -611,6 +674,7 @@ impl AccountStore for SqliteStore {
         now: DateTime<Utc>,
     ) -> Result<AccountRecord, StoreError> {
         let mut tx = self.begin_write().await?;
+        let before = fetch_account(&mut *tx, username).await?;
         // The WHERE makes the upsert a no-op on a local account of that
         // name; no row back then means AccountExists.
         let upserted: Option<String> = sqlx::query_scalar(
@@ -633,6 +697,14 @@ impl AccountStore for SqliteStore {
             return Err(account_exists(&mut tx, username).await);
         }
         let account = fetch_existing_account(&mut tx, username).await?;
+        let kind = match &before {
+            None => Some(ChangeKind::AccountCreated),
+            Some(b) if b.level != account.level => Some(ChangeKind::AccountChanged),
+            Some(_) => None,
+        };
+        if let Some(kind) = kind {
+            record_changes(&mut tx, &[account_change(kind, &account)], now).await?;
+        }
         tx.commit().await?;
         Ok(account)
     }
@@ -757,5 +829,42 @@ impl AccountStore for SqliteStore {
         tx.commit().await?;
         u64::try_from(live)
             .map_err(|_| StoreError::Corrupt(format!("refresh_tokens: COUNT(*) is {live}")))
+    }
+}
+
+#[async_trait]
+impl ChangeFeed for SqliteStore {
+    async fn changes(
+        &self,
+        after: i64,
+        limit: usize,
+        only: Option<(ChangeEntity, &str)>,
+    ) -> Result<Vec<Change>, StoreError> {
+        let rows: Vec<row::ChangeRow> = sqlx::query_as(row::CHANGES_SELECT)
+            .bind(after)
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .bind(only.is_none())
+            .bind(only.map_or("", |(entity, _)| row::entity_pattern(entity)))
+            .bind(only.map_or("", |(_, key)| key))
+            .fetch_all(&self.reader)
+            .await?;
+        rows.into_iter().map(Change::try_from).collect()
+    }
+
+    async fn last_change(&self) -> Result<i64, StoreError> {
+        // Committed rows only: a number handed out to a transaction that
+        // has not committed yet is not the feed's until it does.
+        let last: Option<i64> = sqlx::query_scalar("SELECT MAX(seq) FROM changes")
+            .fetch_one(&self.reader)
+            .await?;
+        Ok(last.unwrap_or(0))
+    }
+
+    async fn prune_changes(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM changes WHERE at < $1")
+            .bind(row::to_millis(before))
+            .execute(&self.writer)
+            .await?;
+        Ok(done.rows_affected())
     }
 }

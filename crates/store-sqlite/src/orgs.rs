@@ -11,8 +11,8 @@ use std::collections::HashMap;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use flotilla_domain::{
-    target_record, with_daily_spend, ClusterName, ClusterRecord, Effects, LedgerEntry, LedgerKind,
-    Money, OrgError, OrgEvent, OrgEventKind, OrgName, Organisation,
+    org_changes, target_record, with_daily_spend, ClusterName, ClusterRecord, Effects, LedgerEntry,
+    LedgerKind, Money, OrgError, OrgEvent, OrgEventKind, OrgName, Organisation,
 };
 use sqlx::{SqliteConnection, SqlitePool};
 
@@ -24,7 +24,7 @@ use flotilla_store::{
     cluster_columns, CostRow, OrgChange, OrgChanged, OrgStore, OrgUsage, StoreError,
 };
 
-use crate::SqliteStore;
+use crate::{record_changes, SqliteStore};
 
 /// `SELECT columns FROM from ORDER BY order` as one JSON array of row
 /// arrays, decoded by serde. One value crosses from SQLite instead of a
@@ -231,6 +231,8 @@ async fn record_effects(
             .await?;
     }
     let Some(target) = effects.cluster else {
+        let changes = org_changes(name, &effects.events, None, None);
+        record_changes(conn, &changes, now).await?;
         return Ok(None);
     };
     let current: Option<ClusterRow> = sqlx::query_as(concat!(
@@ -242,7 +244,10 @@ async fn record_effects(
     .fetch_optional(&mut *conn)
     .await?;
     let current = current.map(ClusterRecord::try_from).transpose()?;
-    let Some(record) = target_record(current.as_ref(), org, target, now) else {
+    let record = target_record(current.as_ref(), org, target, now);
+    let changes = org_changes(name, &effects.events, current.as_ref(), record.as_ref());
+    record_changes(conn, &changes, now).await?;
+    let Some(record) = record else {
         return Ok(None);
     };
     sqlx::query(concat!(

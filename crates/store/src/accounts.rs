@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use flotilla_domain::{AccountKind, ClusterName, Level, Username};
+use flotilla_domain::{AccountKind, ChangeKind, ClusterName, Level, NewChange, Username};
 
 use crate::StoreError;
 
@@ -20,6 +20,20 @@ pub struct AccountRecord {
     /// Clusters an admin granted beyond the account's own.
     pub grants: BTreeSet<ClusterName>,
     pub created_at: DateTime<Utc>,
+}
+
+/// The change feed's entry for an account: its level and grants, never its
+/// password hash.
+pub fn account_change(kind: ChangeKind, account: &AccountRecord) -> NewChange {
+    NewChange {
+        kind,
+        key: account.username.to_string(),
+        payload: serde_json::json!({
+            "kind": account.kind.as_str(),
+            "level": account.level.as_str(),
+            "grants": account.grants.iter().map(|c| c.as_str()).collect::<Vec<_>>(),
+        }),
+    }
 }
 
 /// One refresh token. Only the SHA-256 of its secret is stored, so a copy

@@ -24,6 +24,9 @@ use crate::{AccountRecord, RefreshTokenRecord, Rotation, Store, StoreError};
 #[path = "contract_orgs.rs"]
 mod orgs;
 pub use orgs::*;
+#[path = "contract_feed.rs"]
+mod feed;
+pub use feed::*;
 
 pub struct Harness {
     /// An empty store.
@@ -84,7 +87,12 @@ macro_rules! store_contract_tests {
             concurrent_requests_cannot_overspend,
             deleting_an_account_removes_its_memberships,
             the_monthly_allowance_is_credited_once_and_kept_in_the_ledger,
-            two_servers_never_overspend_or_double_charge
+            two_servers_never_overspend_or_double_charge,
+            every_change_is_in_the_feed_in_order,
+            a_refused_change_leaves_nothing_in_the_feed,
+            organisation_changes_are_in_the_feed,
+            a_follower_sees_every_change_of_racing_writers_once,
+            pruning_removes_only_older_changes_and_numbers_go_on
         );
     };
     (@each $harness:path, $($check:ident),+) => {

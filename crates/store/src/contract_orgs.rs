@@ -13,7 +13,7 @@ use super::{create, get, local, name, pool, t, user, Harness};
 use crate::{OrgChanged, OrgUsage, Store, StoreError};
 
 const PRICE: Money = Money::from_micros(100_000);
-const HOUR: StdDuration = StdDuration::from_secs(3600);
+pub(super) const HOUR: StdDuration = StdDuration::from_secs(3600);
 
 fn caller(username: &str) -> Caller {
     Caller::signed_in(user(username), Level::GithubMember)
@@ -29,7 +29,7 @@ fn m(s: &str) -> Money {
 
 /// Accounts root (admin), ann, bob, eve; organisation `lab` owned by ann
 /// with bob a member.
-async fn lab(store: &dyn Store) -> Organisation {
+pub(super) async fn lab(store: &dyn Store) -> Organisation {
     for (u, level) in [
         ("root", Level::Admin),
         ("ann", Level::GithubMember),
@@ -71,7 +71,7 @@ async fn try_change(
     store.change_org(&name("lab"), t(at), f).await
 }
 
-async fn ask(
+pub(super) async fn ask(
     store: &dyn Store,
     who: &str,
     nodes: u32,
@@ -85,7 +85,7 @@ async fn ask(
     .await
 }
 
-async fn credit(store: &dyn Store, amount: &str, at: i64) {
+pub(super) async fn credit(store: &dyn Store, amount: &str, at: i64) {
     change(store, at, |o| o.credit(&admin(), m(amount), "test", t(at))).await;
 }
 

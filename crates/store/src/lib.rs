@@ -21,10 +21,11 @@ pub mod sql;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use flotilla_domain::{
-    AccountKind, ClusterName, ClusterRecord, DeployCommand, FixedField, InstanceSetId, Username,
+    AccountKind, Change, ChangeEntity, ClusterName, ClusterRecord, DeployCommand, FixedField,
+    InstanceSetId, Username,
 };
 
-pub use accounts::{AccountRecord, AccountStore, RefreshTokenRecord, Rotation};
+pub use accounts::{account_change, AccountRecord, AccountStore, RefreshTokenRecord, Rotation};
 pub use flotilla_domain::CostRow;
 pub use memory::MemoryStore;
 pub use orgs::{OrgChange, OrgChanged, OrgStore, OrgUsage};
@@ -96,10 +97,36 @@ impl StoreError {
     }
 }
 
-/// Everything the server keeps: desired state here, identity in
-/// [`AccountStore`], so one backend (one database) holds both.
+/// The change feed: every change the store commits, recorded in the same
+/// transaction, numbered in commit order. A reader remembers the last
+/// `seq` it saw and asks for what came after; it can miss nothing, since a
+/// change with a lower number is always committed before one with a
+/// higher.
 #[async_trait]
-pub trait Store: AccountStore + OrgStore + Send + Sync + 'static {
+pub trait ChangeFeed: Send + Sync {
+    /// Up to `limit` changes after `after` (0: from the oldest kept),
+    /// oldest first; only those of `only`'s entity and key, if given.
+    async fn changes(
+        &self,
+        after: i64,
+        limit: usize,
+        only: Option<(ChangeEntity, &str)>,
+    ) -> Result<Vec<Change>, StoreError>;
+
+    /// The number of the latest change kept, 0 if there is none. A reader
+    /// that starts here sees every change committed after.
+    async fn last_change(&self) -> Result<i64, StoreError>;
+
+    /// Removes the changes made before `before`; numbers are never reused.
+    /// Returns how many were removed.
+    async fn prune_changes(&self, before: DateTime<Utc>) -> Result<u64, StoreError>;
+}
+
+/// Everything the server keeps: desired state here, identity in
+/// [`AccountStore`], organisations in [`OrgStore`] and the feed of their
+/// changes in [`ChangeFeed`], so one backend (one database) holds them all.
+#[async_trait]
+pub trait Store: AccountStore + OrgStore + ChangeFeed + Send + Sync + 'static {
     /// The ownership ID of the instance set behind driver `driver`: created
     /// on first use and the same forever after, so a restarted server adopts
     /// the instances it created before.

@@ -8,13 +8,16 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
 use flotilla_domain::{
-    target_record, with_daily_spend, AccountKind, ClusterName, ClusterRecord, CostRow,
-    DeployCommand, InstanceSetId, LedgerEntry, Level, Money, OrgError, OrgEvent, OrgName,
-    Organisation, Username,
+    org_changes, target_record, with_daily_spend, AccountKind, Change, ChangeEntity, ChangeKind,
+    ClusterName, ClusterRecord, CostRow, DeployCommand, InstanceSetId, LedgerEntry, Level, Money,
+    NewChange, OrgError, OrgEvent, OrgName, Organisation, Username,
 };
 
 use crate::orgs::{OrgChange, OrgChanged, OrgStore, OrgUsage};
-use crate::{AccountRecord, AccountStore, RefreshTokenRecord, Rotation, Store, StoreError};
+use crate::{
+    account_change, AccountRecord, AccountStore, ChangeFeed, RefreshTokenRecord, Rotation, Store,
+    StoreError,
+};
 
 #[derive(Default)]
 pub struct MemoryStore {
@@ -31,6 +34,8 @@ struct Inner {
     ledger: Vec<(OrgName, LedgerEntry)>,
     costs: BTreeMap<(OrgName, ClusterName, NaiveDate, Option<Username>), Money>,
     events: Vec<(OrgName, OrgEvent)>,
+    changes: Vec<Change>,
+    last_seq: i64,
 }
 
 struct StoredToken {
@@ -46,6 +51,22 @@ impl StoredToken {
 }
 
 impl Inner {
+    /// Appends to the change feed.
+    fn record(&mut self, change: NewChange, at: DateTime<Utc>) {
+        self.last_seq += 1;
+        self.changes.push(Change {
+            seq: self.last_seq,
+            kind: change.kind,
+            key: change.key,
+            at,
+            payload: change.payload,
+        });
+    }
+
+    fn record_account(&mut self, kind: ChangeKind, account: &AccountRecord, at: DateTime<Utc>) {
+        self.record(account_change(kind, account), at);
+    }
+
     /// `LastAdmin` if `username` is the only admin.
     fn refuse_last_admin(&self, username: &Username) -> Result<(), StoreError> {
         let is_admin = |a: &AccountRecord| a.level == Level::Admin;
@@ -157,7 +178,9 @@ impl Store for MemoryStore {
                 generation: 1,
             },
         };
+        let kind = ChangeKind::of_deploy(inner.clusters.get(&command.cluster), &record);
         inner.clusters.insert(record.name.clone(), record.clone());
+        inner.record(NewChange::cluster(kind, &record), now);
         Ok(record)
     }
 
@@ -167,13 +190,17 @@ impl Store for MemoryStore {
         now: DateTime<Utc>,
     ) -> Result<Option<ClusterRecord>, StoreError> {
         let mut inner = self.inner.lock().unwrap();
-        Ok(inner.clusters.get_mut(name).map(|r| {
+        let record = inner.clusters.get_mut(name).map(|r| {
             r.destroying = true;
             r.expires_at = None;
             r.updated_at = now;
             r.generation += 1;
             r.clone()
-        }))
+        });
+        if let Some(r) = &record {
+            inner.record(NewChange::cluster(ChangeKind::ClusterDestroyed, r), now);
+        }
+        Ok(record)
     }
 
     async fn expire_due(&self, now: DateTime<Utc>) -> Result<Vec<ClusterRecord>, StoreError> {
@@ -187,6 +214,9 @@ impl Store for MemoryStore {
                 r.generation += 1;
                 fired.push(r.clone());
             }
+        }
+        for r in &fired {
+            inner.record(NewChange::cluster(ChangeKind::ClusterExpired, r), now);
         }
         Ok(fired)
     }
@@ -210,6 +240,10 @@ impl Store for MemoryStore {
             .is_some_and(|r| r.destroying && r.generation == generation);
         if matches {
             inner.clusters.remove(name);
+            inner.record(
+                NewChange::cluster_gone(ChangeKind::ClusterForgotten, name.as_str()),
+                Utc::now(),
+            );
         }
         Ok(matches)
     }
@@ -225,6 +259,7 @@ impl AccountStore for MemoryStore {
         inner
             .accounts
             .insert(account.username.clone(), account.clone());
+        inner.record_account(ChangeKind::AccountCreated, account, account.created_at);
         Ok(())
     }
 
@@ -239,6 +274,7 @@ impl AccountStore for MemoryStore {
         inner
             .accounts
             .insert(account.username.clone(), account.clone());
+        inner.record_account(ChangeKind::AccountCreated, account, account.created_at);
         Ok(true)
     }
 
@@ -266,10 +302,14 @@ impl AccountStore for MemoryStore {
         if level != Level::Admin {
             inner.refuse_last_admin(username)?;
         }
-        Ok(inner.accounts.get_mut(username).map(|a| {
+        let account = inner.accounts.get_mut(username).map(|a| {
             a.level = level;
             a.clone()
-        }))
+        });
+        if let Some(a) = &account {
+            inner.record_account(ChangeKind::AccountChanged, a, Utc::now());
+        }
+        Ok(account)
     }
 
     async fn set_grants(
@@ -278,18 +318,23 @@ impl AccountStore for MemoryStore {
         grants: &BTreeSet<ClusterName>,
     ) -> Result<Option<AccountRecord>, StoreError> {
         let mut inner = self.inner.lock().unwrap();
-        Ok(inner.accounts.get_mut(username).map(|a| {
+        let account = inner.accounts.get_mut(username).map(|a| {
             a.grants = grants.clone();
             a.clone()
-        }))
+        });
+        if let Some(a) = &account {
+            inner.record_account(ChangeKind::AccountChanged, a, Utc::now());
+        }
+        Ok(account)
     }
 
     async fn delete_account(&self, username: &Username) -> Result<bool, StoreError> {
         let mut inner = self.inner.lock().unwrap();
         inner.refuse_last_admin(username)?;
-        if inner.accounts.remove(username).is_none() {
+        let Some(removed) = inner.accounts.remove(username) else {
             return Ok(false);
-        }
+        };
+        inner.record_account(ChangeKind::AccountDeleted, &removed, Utc::now());
         // As ON DELETE CASCADE does on SQLite.
         for org in inner.orgs.values_mut() {
             org.members.remove(username);
@@ -310,10 +355,15 @@ impl AccountStore for MemoryStore {
         let mut inner = self.inner.lock().unwrap();
         match inner.accounts.get_mut(username) {
             Some(existing) if existing.kind == AccountKind::Github => {
-                if existing.level != Level::Admin {
+                let changed = existing.level != Level::Admin && existing.level != level;
+                if changed {
                     existing.level = level;
                 }
-                Ok(existing.clone())
+                let account = existing.clone();
+                if changed {
+                    inner.record_account(ChangeKind::AccountChanged, &account, now);
+                }
+                Ok(account)
             }
             Some(existing) => Err(StoreError::AccountExists {
                 username: username.clone(),
@@ -329,6 +379,7 @@ impl AccountStore for MemoryStore {
                     created_at: now,
                 };
                 inner.accounts.insert(username.clone(), account.clone());
+                inner.record_account(ChangeKind::AccountCreated, &account, now);
                 Ok(account)
             }
         }
@@ -452,12 +503,21 @@ impl Inner {
             self.events.push((name.clone(), event.clone()));
         }
         let mut cluster = None;
+        let mut before = None;
         if let Some(target) = effects.cluster {
-            if let Some(record) = target_record(self.clusters.get(org.cluster()), &org, target, now)
-            {
+            before = self.clusters.get(org.cluster()).cloned();
+            if let Some(record) = target_record(before.as_ref(), &org, target, now) {
                 self.clusters.insert(record.name.clone(), record.clone());
                 cluster = Some(record);
             }
+        }
+        for change in org_changes(
+            name.as_str(),
+            &effects.events,
+            before.as_ref(),
+            cluster.as_ref(),
+        ) {
+            self.record(change, now);
         }
         self.orgs.insert(name, org.clone());
         OrgChanged {
@@ -630,5 +690,42 @@ impl OrgStore for MemoryStore {
             .map(|(_, e)| e.clone())
             .collect();
         Ok(events[events.len().saturating_sub(limit)..].to_vec())
+    }
+}
+
+#[async_trait]
+impl ChangeFeed for MemoryStore {
+    async fn changes(
+        &self,
+        after: i64,
+        limit: usize,
+        only: Option<(ChangeEntity, &str)>,
+    ) -> Result<Vec<Change>, StoreError> {
+        let inner = self.inner.lock().unwrap();
+        Ok(inner
+            .changes
+            .iter()
+            .filter(|c| c.seq > after)
+            .filter(|c| only.is_none_or(|(entity, key)| c.kind.entity() == entity && c.key == key))
+            .take(limit)
+            .cloned()
+            .collect())
+    }
+
+    async fn last_change(&self) -> Result<i64, StoreError> {
+        Ok(self
+            .inner
+            .lock()
+            .unwrap()
+            .changes
+            .last()
+            .map_or(0, |c| c.seq))
+    }
+
+    async fn prune_changes(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+        let mut inner = self.inner.lock().unwrap();
+        let was = inner.changes.len();
+        inner.changes.retain(|c| c.at >= before);
+        Ok((was - inner.changes.len()) as u64)
     }
 }

@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use flotilla_domain::{
-    AccountKind, Budget, CapacityRequest, ClusterName, ClusterRecord, InstanceSetId, Level, Money,
-    NodeCapacity, OrgRole, OrgSettings, Organisation, PoolName, Username,
+    AccountKind, Budget, CapacityRequest, Change, ChangeEntity, ChangeKind, ClusterName,
+    ClusterRecord, InstanceSetId, Level, Money, NodeCapacity, OrgRole, OrgSettings, Organisation,
+    PoolName, Username,
 };
 use sqlx::error::ErrorKind;
 use sqlx::migrate::{MigrateError, Migrator};
@@ -211,6 +212,48 @@ pub fn migrate_error(e: MigrateError, migrator: &Migrator) -> StoreError {
         other => StoreError::Migrate(Box::new(other)),
     }
 }
+
+// The change feed.
+
+/// A row of `changes`.
+#[derive(Debug, sqlx::FromRow)]
+pub struct ChangeRow {
+    pub seq: i64,
+    pub kind: String,
+    pub key: String,
+    pub at: i64,
+    pub payload: String,
+}
+
+impl TryFrom<ChangeRow> for Change {
+    type Error = StoreError;
+
+    fn try_from(row: ChangeRow) -> Result<Change, StoreError> {
+        let key = row.seq.to_string();
+        Ok(Change {
+            seq: row.seq,
+            kind: ChangeKind::parse(&row.kind)
+                .ok_or_else(|| corrupt("changes", &key, format!("kind {:?}", row.kind)))?,
+            at: time("changes", &key, "at", row.at)?,
+            payload: serde_json::from_str(&row.payload)
+                .map_err(|e| corrupt("changes", &key, format!("payload: {e}")))?,
+            key: row.key,
+        })
+    }
+}
+
+/// The `LIKE` pattern of an entity's kinds (`cluster.%`).
+pub fn entity_pattern(entity: ChangeEntity) -> &'static str {
+    match entity {
+        ChangeEntity::Cluster => "cluster.%",
+        ChangeEntity::Org => "org.%",
+        ChangeEntity::Account => "account.%",
+    }
+}
+
+/// Reads `changes` after `after`, oldest first: the SQL both backends run.
+pub const CHANGES_SELECT: &str = "SELECT seq, kind, key, at, payload FROM changes \
+     WHERE seq > $1 AND ($3 OR (kind LIKE $4 AND key = $5)) ORDER BY seq LIMIT $2";
 
 // Organisations.
 

@@ -1,0 +1,311 @@
+//! The change feed's vocabulary: what happened to which record. Every
+//! change the store commits is recorded with one of these, in the same
+//! transaction, so a reader of the feed (the engine's reflector, the events
+//! API, notifications later) misses nothing and sees nothing that was
+//! rolled back.
+
+use chrono::{DateTime, Utc};
+
+use crate::access::{authorize_status, Caller};
+use crate::cluster::ClusterRecord;
+use crate::names::ClusterName;
+use crate::org::{OrgEvent, OrgEventKind, Organisation};
+
+/// What happened. Stored by name (`entity.verb`, [`Self::as_str`]) and
+/// checked when read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ChangeKind {
+    /// A cluster record was created, or revived while being destroyed.
+    ClusterDeployed,
+    /// A deploy changed a running cluster's node count.
+    ClusterResized,
+    /// A deploy left the node count and only moved the deadline.
+    ClusterExtended,
+    /// DESTROY (or an organisation's shutdown) marked it destroying.
+    ClusterDestroyed,
+    /// Its time-to-live ran out: destroying, as by DESTROY.
+    ClusterExpired,
+    /// Its last node is gone and its record with it.
+    ClusterForgotten,
+    /// Something an organisation's owners should hear about.
+    Org(OrgEventKind),
+    AccountCreated,
+    /// Level or grants changed.
+    AccountChanged,
+    AccountDeleted,
+}
+
+/// Which kind of record a change is about: the feed's key is its name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ChangeEntity {
+    Cluster,
+    Org,
+    Account,
+}
+
+impl ChangeKind {
+    const PLAIN: [ChangeKind; 9] = [
+        ChangeKind::ClusterDeployed,
+        ChangeKind::ClusterResized,
+        ChangeKind::ClusterExtended,
+        ChangeKind::ClusterDestroyed,
+        ChangeKind::ClusterExpired,
+        ChangeKind::ClusterForgotten,
+        ChangeKind::AccountCreated,
+        ChangeKind::AccountChanged,
+        ChangeKind::AccountDeleted,
+    ];
+
+    pub fn entity(self) -> ChangeEntity {
+        match self {
+            ChangeKind::ClusterDeployed
+            | ChangeKind::ClusterResized
+            | ChangeKind::ClusterExtended
+            | ChangeKind::ClusterDestroyed
+            | ChangeKind::ClusterExpired
+            | ChangeKind::ClusterForgotten => ChangeEntity::Cluster,
+            ChangeKind::Org(_) => ChangeEntity::Org,
+            ChangeKind::AccountCreated
+            | ChangeKind::AccountChanged
+            | ChangeKind::AccountDeleted => ChangeEntity::Account,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChangeKind::ClusterDeployed => "cluster.deployed",
+            ChangeKind::ClusterResized => "cluster.resized",
+            ChangeKind::ClusterExtended => "cluster.extended",
+            ChangeKind::ClusterDestroyed => "cluster.destroyed",
+            ChangeKind::ClusterExpired => "cluster.expired",
+            ChangeKind::ClusterForgotten => "cluster.forgotten",
+            ChangeKind::Org(kind) => match kind {
+                OrgEventKind::Created => "org.created",
+                OrgEventKind::MembershipRequested => "org.membership_requested",
+                OrgEventKind::MemberAdded => "org.member_added",
+                OrgEventKind::MembershipRefused => "org.membership_refused",
+                OrgEventKind::MemberRemoved => "org.member_removed",
+                OrgEventKind::RoleChanged => "org.role_changed",
+                OrgEventKind::SettingsChanged => "org.settings_changed",
+                OrgEventKind::Woke => "org.woke",
+                OrgEventKind::Stopped => "org.stopped",
+                OrgEventKind::BudgetExhausted => "org.budget_exhausted",
+                OrgEventKind::BudgetRestored => "org.budget_restored",
+            },
+            ChangeKind::AccountCreated => "account.created",
+            ChangeKind::AccountChanged => "account.changed",
+            ChangeKind::AccountDeleted => "account.deleted",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<ChangeKind> {
+        Self::PLAIN
+            .into_iter()
+            .chain(OrgEventKind::ALL.into_iter().map(ChangeKind::Org))
+            .find(|k| k.as_str() == s)
+    }
+
+    /// What a deploy did to a cluster whose record was `before` (none: a
+    /// new cluster) and is now `after`.
+    pub fn of_deploy(before: Option<&ClusterRecord>, after: &ClusterRecord) -> ChangeKind {
+        match before {
+            None => ChangeKind::ClusterDeployed,
+            Some(b) if b.destroying => ChangeKind::ClusterDeployed,
+            Some(b) if b.node_capacity != after.node_capacity => ChangeKind::ClusterResized,
+            Some(_) => ChangeKind::ClusterExtended,
+        }
+    }
+
+    /// What a change that left a cluster's record as `after` did, for the
+    /// changes an organisation makes to its cluster.
+    pub fn of_record(before: Option<&ClusterRecord>, after: &ClusterRecord) -> ChangeKind {
+        if after.destroying {
+            ChangeKind::ClusterDestroyed
+        } else {
+            Self::of_deploy(before, after)
+        }
+    }
+}
+
+impl std::fmt::Display for ChangeKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One entry of the change feed as written: its number and time are the
+/// store's.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewChange {
+    pub kind: ChangeKind,
+    /// The name of the record (cluster, organisation or account).
+    pub key: String,
+    /// Details for readers: a JSON object.
+    pub payload: serde_json::Value,
+}
+
+/// One entry of the change feed as read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    /// Increases with every commit; a reader resumes after the last it saw.
+    pub seq: i64,
+    pub kind: ChangeKind,
+    pub key: String,
+    pub at: DateTime<Utc>,
+    pub payload: serde_json::Value,
+}
+
+impl NewChange {
+    /// A change of a cluster's record, with the record's desired state.
+    pub fn cluster(kind: ChangeKind, record: &ClusterRecord) -> NewChange {
+        NewChange {
+            kind,
+            key: record.name.to_string(),
+            payload: serde_json::json!({
+                "nodes": record.node_capacity.get(),
+                "pool": record.pool.as_str(),
+                "is_public": record.is_public,
+                "expires_at": record.expires_at,
+                "generation": record.generation,
+            }),
+        }
+    }
+
+    /// A change of a cluster's record that left nothing to describe.
+    pub fn cluster_gone(kind: ChangeKind, name: &str) -> NewChange {
+        NewChange {
+            kind,
+            key: name.to_owned(),
+            payload: serde_json::json!({}),
+        }
+    }
+}
+
+/// The changes one change of an organisation makes: each of its events,
+/// then its cluster's record if the change rewrote it (`before` as it was).
+pub fn org_changes(
+    org: &str,
+    events: &[OrgEvent],
+    before: Option<&ClusterRecord>,
+    after: Option<&ClusterRecord>,
+) -> Vec<NewChange> {
+    let mut changes: Vec<NewChange> = events
+        .iter()
+        .map(|e| NewChange {
+            kind: ChangeKind::Org(e.kind),
+            key: org.to_owned(),
+            payload: serde_json::json!({ "message": e.message }),
+        })
+        .collect();
+    if let Some(after) = after {
+        changes.push(NewChange::cluster(
+            ChangeKind::of_record(before, after),
+            after,
+        ));
+    }
+    changes
+}
+
+/// Whether `caller` may read `change`. Admins read everything; a
+/// cluster's changes whoever may read its status (anyone while it was
+/// public, else its owners and grantees) and, for an organisation's
+/// cluster, its members; an organisation's changes its members; an
+/// account's changes that account. `org` is the organisation the change
+/// concerns, if any.
+pub fn may_read_change(caller: &Caller, change: &Change, org: Option<&Organisation>) -> bool {
+    if caller.is_admin() {
+        return true;
+    }
+    let member = || org.is_some_and(|o| o.admits(caller));
+    match change.kind.entity() {
+        ChangeEntity::Cluster => {
+            let public = change
+                .payload
+                .get("is_public")
+                .and_then(serde_json::Value::as_bool)
+                .unwrap_or(false);
+            let own = ClusterName::new(change.key.as_str())
+                .is_ok_and(|name| authorize_status(caller, &name, public).is_ok());
+            own || member()
+        }
+        ChangeEntity::Org => member(),
+        ChangeEntity::Account => caller
+            .account
+            .as_ref()
+            .is_some_and(|a| a.as_str() == change.key),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_parses_back_from_its_stored_name() {
+        let all: Vec<ChangeKind> = ChangeKind::PLAIN
+            .into_iter()
+            .chain(OrgEventKind::ALL.into_iter().map(ChangeKind::Org))
+            .collect();
+        let mut names: Vec<&str> = all.iter().map(|k| k.as_str()).collect();
+        for k in &all {
+            assert_eq!(ChangeKind::parse(k.as_str()), Some(*k));
+            let prefix = match k.entity() {
+                ChangeEntity::Cluster => "cluster.",
+                ChangeEntity::Org => "org.",
+                ChangeEntity::Account => "account.",
+            };
+            assert!(k.as_str().starts_with(prefix), "{k}");
+        }
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), all.len(), "stored names are distinct");
+        assert_eq!(ChangeKind::parse("cluster.exploded"), None);
+    }
+
+    fn change(kind: ChangeKind, key: &str, payload: serde_json::Value) -> Change {
+        Change {
+            seq: 1,
+            kind,
+            key: key.to_owned(),
+            at: DateTime::from_timestamp(1_700_000_000, 0).unwrap(),
+            payload,
+        }
+    }
+
+    #[test]
+    fn who_may_read_which_change() {
+        use crate::access::Level;
+        use crate::names::Username;
+        let ann = Caller::signed_in(Username::new("ann").unwrap(), Level::OrgMember);
+        let admin = Caller::local_operator();
+        let anon = Caller::anonymous();
+        let private = change(
+            ChangeKind::ClusterDeployed,
+            "ann",
+            serde_json::json!({"is_public": false}),
+        );
+        let public = change(
+            ChangeKind::ClusterDeployed,
+            "demo",
+            serde_json::json!({"is_public": true}),
+        );
+        let gone = change(ChangeKind::ClusterForgotten, "demo", serde_json::json!({}));
+        let account = change(ChangeKind::AccountChanged, "ann", serde_json::json!({}));
+        let org = change(
+            ChangeKind::Org(OrgEventKind::Woke),
+            "lab",
+            serde_json::json!({}),
+        );
+
+        assert!(may_read_change(&ann, &private, None), "own cluster");
+        assert!(!may_read_change(&anon, &private, None));
+        assert!(may_read_change(&anon, &public, None), "public then");
+        assert!(!may_read_change(&ann, &gone, None), "not ann's, not public");
+        assert!(may_read_change(&ann, &account, None), "own account");
+        assert!(!may_read_change(&anon, &account, None));
+        assert!(!may_read_change(&ann, &org, None), "not a member");
+        for c in [&private, &public, &gone, &account, &org] {
+            assert!(may_read_change(&admin, c, None));
+        }
+    }
+}

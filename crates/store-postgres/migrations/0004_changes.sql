@@ -1,0 +1,13 @@
+-- The change feed, as SQLite's 0004. Rows are numbered by an identity
+-- column, which never reuses a number; every writer takes the feed's
+-- advisory lock before its insert and holds it to its commit, so numbers
+-- are handed out in commit order (see `record_changes`).
+CREATE TABLE changes (
+    seq     BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    kind    TEXT   NOT NULL,
+    key     TEXT   NOT NULL,
+    at      BIGINT NOT NULL,
+    payload TEXT   NOT NULL
+);
+CREATE INDEX changes_key ON changes (key, seq);
+CREATE INDEX changes_at ON changes (at);
