@@ -29,10 +29,34 @@ pub enum Access {
     /// Authenticated (or anonymous) and rate limited; the handler decides
     /// by the named domain rule, which admits anonymous callers in some
     /// cases (the status of a public cluster).
-    Rule(&'static str),
+    Rule(Rule),
     /// As `Rule`, for rules that never admit anonymous callers: those get
     /// 401 before the request is even read.
-    SignedIn(&'static str),
+    SignedIn(Rule),
+}
+
+/// The rule a handler decides a route's access by: a domain function
+/// (`authorize_*`, `may_read_change`) or an organisation's roles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rule {
+    /// Anyone may call; what they see depends on who they are.
+    Anyone,
+    AuthorizeStatus,
+    AuthorizeDeploy,
+    AuthorizeDestroy,
+    AuthorizeClusterToken,
+    AuthorizeAdmin,
+    MayReadChange,
+    /// Any signed-in account.
+    SignedIn,
+    /// Any signed-in account sees its own; admins see all.
+    SignedInAdminsSeeAll,
+    OrgMember,
+    OrgOwner,
+    /// The organisation's owners; budget terms only admins.
+    OrgOwnerAdminForBudget,
+    /// The organisation's owners, or the member concerned.
+    OrgOwnerOrTheMember,
 }
 
 /// Every route, with who may call it. A route missing here is a bug the
@@ -47,34 +71,34 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
     ("POST",   "/api/v1/auth/github",               Access::SignIn),
     ("POST",   "/api/v1/auth/refresh",              Access::SignIn),
     ("POST",   "/api/v1/auth/logout",               Access::SignIn),
-    ("GET",    "/api/v1/auth/whoami",               Access::Rule("anyone")),
-    ("POST",   "/api/v1/auth/keys",                 Access::SignedIn("authorize_admin")),
-    ("DELETE", "/api/v1/auth/keys/{kid}",           Access::SignedIn("authorize_admin")),
-    ("GET",    "/api/v1/pools",                     Access::Rule("anyone")),
-    ("GET",    "/api/v1/events",                    Access::Rule("may_read_change")),
-    ("GET",    "/api/v1/clusters",                  Access::Rule("authorize_status")),
-    ("GET",    "/api/v1/clusters/{cluster}",        Access::Rule("authorize_status")),
-    ("PUT",    "/api/v1/clusters/{cluster}",        Access::SignedIn("authorize_deploy")),
-    ("DELETE", "/api/v1/clusters/{cluster}",        Access::SignedIn("authorize_destroy")),
-    ("POST",   "/api/v1/clusters/{cluster}/token",  Access::SignedIn("authorize_cluster_token")),
-    ("POST",   "/api/v1/clusters/{cluster}/capacity", Access::SignedIn("org member")),
-    ("GET",    "/api/v1/orgs",                      Access::SignedIn("signed in; admins see all")),
-    ("POST",   "/api/v1/orgs",                      Access::SignedIn("authorize_admin")),
-    ("GET",    "/api/v1/orgs/{org}",                Access::SignedIn("org member")),
-    ("PATCH",  "/api/v1/orgs/{org}",                Access::SignedIn("org owner; admin for budget terms")),
-    ("POST",   "/api/v1/orgs/{org}/membership-requests", Access::SignedIn("signed in")),
-    ("POST",   "/api/v1/orgs/{org}/membership-requests/{user}/approve", Access::SignedIn("org owner")),
-    ("POST",   "/api/v1/orgs/{org}/membership-requests/{user}/refuse", Access::SignedIn("org owner")),
-    ("PUT",    "/api/v1/orgs/{org}/members/{user}", Access::SignedIn("org owner")),
-    ("DELETE", "/api/v1/orgs/{org}/members/{user}", Access::SignedIn("org owner, or the member")),
-    ("POST",   "/api/v1/orgs/{org}/credits",        Access::SignedIn("authorize_admin")),
-    ("GET",    "/api/v1/orgs/{org}/ledger",         Access::SignedIn("org member")),
-    ("GET",    "/api/v1/orgs/{org}/costs",          Access::SignedIn("org member")),
-    ("GET",    "/api/v1/users",                     Access::SignedIn("authorize_admin")),
-    ("POST",   "/api/v1/users",                     Access::SignedIn("authorize_admin")),
-    ("GET",    "/api/v1/users/{username}",          Access::SignedIn("authorize_admin")),
-    ("PATCH",  "/api/v1/users/{username}",          Access::SignedIn("authorize_admin")),
-    ("DELETE", "/api/v1/users/{username}",          Access::SignedIn("authorize_admin")),
+    ("GET",    "/api/v1/auth/whoami",               Access::Rule(Rule::Anyone)),
+    ("POST",   "/api/v1/auth/keys",                 Access::SignedIn(Rule::AuthorizeAdmin)),
+    ("DELETE", "/api/v1/auth/keys/{kid}",           Access::SignedIn(Rule::AuthorizeAdmin)),
+    ("GET",    "/api/v1/pools",                     Access::Rule(Rule::Anyone)),
+    ("GET",    "/api/v1/events",                    Access::Rule(Rule::MayReadChange)),
+    ("GET",    "/api/v1/clusters",                  Access::Rule(Rule::AuthorizeStatus)),
+    ("GET",    "/api/v1/clusters/{cluster}",        Access::Rule(Rule::AuthorizeStatus)),
+    ("PUT",    "/api/v1/clusters/{cluster}",        Access::SignedIn(Rule::AuthorizeDeploy)),
+    ("DELETE", "/api/v1/clusters/{cluster}",        Access::SignedIn(Rule::AuthorizeDestroy)),
+    ("POST",   "/api/v1/clusters/{cluster}/token",  Access::SignedIn(Rule::AuthorizeClusterToken)),
+    ("POST",   "/api/v1/clusters/{cluster}/capacity", Access::SignedIn(Rule::OrgMember)),
+    ("GET",    "/api/v1/orgs",                      Access::SignedIn(Rule::SignedInAdminsSeeAll)),
+    ("POST",   "/api/v1/orgs",                      Access::SignedIn(Rule::AuthorizeAdmin)),
+    ("GET",    "/api/v1/orgs/{org}",                Access::SignedIn(Rule::OrgMember)),
+    ("PATCH",  "/api/v1/orgs/{org}",                Access::SignedIn(Rule::OrgOwnerAdminForBudget)),
+    ("POST",   "/api/v1/orgs/{org}/membership-requests", Access::SignedIn(Rule::SignedIn)),
+    ("POST",   "/api/v1/orgs/{org}/membership-requests/{user}/approve", Access::SignedIn(Rule::OrgOwner)),
+    ("POST",   "/api/v1/orgs/{org}/membership-requests/{user}/refuse", Access::SignedIn(Rule::OrgOwner)),
+    ("PUT",    "/api/v1/orgs/{org}/members/{user}", Access::SignedIn(Rule::OrgOwner)),
+    ("DELETE", "/api/v1/orgs/{org}/members/{user}", Access::SignedIn(Rule::OrgOwnerOrTheMember)),
+    ("POST",   "/api/v1/orgs/{org}/credits",        Access::SignedIn(Rule::AuthorizeAdmin)),
+    ("GET",    "/api/v1/orgs/{org}/ledger",         Access::SignedIn(Rule::OrgMember)),
+    ("GET",    "/api/v1/orgs/{org}/costs",          Access::SignedIn(Rule::OrgMember)),
+    ("GET",    "/api/v1/users",                     Access::SignedIn(Rule::AuthorizeAdmin)),
+    ("POST",   "/api/v1/users",                     Access::SignedIn(Rule::AuthorizeAdmin)),
+    ("GET",    "/api/v1/users/{username}",          Access::SignedIn(Rule::AuthorizeAdmin)),
+    ("PATCH",  "/api/v1/users/{username}",          Access::SignedIn(Rule::AuthorizeAdmin)),
+    ("DELETE", "/api/v1/users/{username}",          Access::SignedIn(Rule::AuthorizeAdmin)),
 ];
 
 /// The route template a request path matches, and its access.
@@ -191,11 +215,11 @@ mod tests {
     fn routes_match_templates() {
         assert_eq!(
             route_access(&Method::PUT, "/api/v1/clusters/demo"),
-            Some(Access::SignedIn("authorize_deploy"))
+            Some(Access::SignedIn(Rule::AuthorizeDeploy))
         );
         assert_eq!(
             route_access(&Method::POST, "/api/v1/clusters/demo/token"),
-            Some(Access::SignedIn("authorize_cluster_token"))
+            Some(Access::SignedIn(Rule::AuthorizeClusterToken))
         );
         assert_eq!(route_access(&Method::GET, "/healthz"), Some(Access::Open));
         assert_eq!(route_access(&Method::GET, "/api/v1/clusters/"), None);

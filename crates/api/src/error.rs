@@ -2,7 +2,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use flotilla_api_types::ErrorBody;
-use flotilla_domain::{Denied, FixedField, NameError, OrgError, ValidationError};
+use flotilla_domain::{Denied, FixedField, NameError, NameKind, OrgError, ValidationError};
 use flotilla_engine::EngineError;
 use flotilla_github::GithubError;
 use flotilla_identity::IdentityError;
@@ -44,8 +44,11 @@ impl ApiError {
 
     pub fn from_name(e: NameError) -> Self {
         let code = match e.kind {
-            "cluster name" => "invalid_cluster_name",
-            _ => "invalid_name",
+            NameKind::Cluster => "invalid_cluster_name",
+            NameKind::Username
+            | NameKind::Pool
+            | NameKind::InstanceSetId
+            | NameKind::InstanceType => "invalid_name",
         };
         Self::new(StatusCode::UNPROCESSABLE_ENTITY, code, e.to_string())
     }
@@ -140,7 +143,7 @@ impl From<IdentityError> for ApiError {
             }
             IdentityError::Denied(d) => Self::denied(d),
             IdentityError::InvalidName(n) => match n.kind {
-                "username" => Self::new(unprocessable, "invalid_username", message),
+                NameKind::Username => Self::new(unprocessable, "invalid_username", message),
                 _ => Self::from_name(n),
             },
             IdentityError::Password(_) => Self::new(unprocessable, "invalid_password", message),

@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 
 use axum::http::{Method, StatusCode};
 use common::{empty_request, json_request, Options, Reply, TestApi, USER_PASSWORD};
-use flotilla_api::access::{Access, ROUTES};
+use flotilla_api::access::{Access, Rule, ROUTES};
 use serde_json::{json, Value};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -608,25 +608,25 @@ async fn every_route_without_credentials() {
                     reply
                         .expect_error(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type");
                 }
-                Access::Rule("anyone") if template == "/api/v1/pools" => {
+                Access::Rule(Rule::Anyone) if template == "/api/v1/pools" => {
                     assert_eq!(reply.status, StatusCode::OK, "{what}");
                     assert_eq!(reply.json()["pools"][0]["name"], "big", "{what}");
                 }
-                Access::Rule("anyone") => {
+                Access::Rule(Rule::Anyone) => {
                     assert_eq!(reply.status, StatusCode::OK, "{what}");
                     assert_eq!(reply.json(), json!({"level": "anonymous", "clusters": []}));
                 }
-                Access::Rule("authorize_status") if template == "/api/v1/clusters" => {
+                Access::Rule(Rule::AuthorizeStatus) if template == "/api/v1/clusters" => {
                     assert_eq!(names(&reply), ["pub"], "{what}");
                 }
-                Access::Rule("may_read_change") => {
+                Access::Rule(Rule::MayReadChange) => {
                     // Only the public cluster's changes.
                     assert_eq!(reply.status, StatusCode::OK, "{what}");
                     let events = reply.json()["events"].as_array().unwrap().clone();
                     assert!(!events.is_empty(), "{what}");
                     assert!(events.iter().all(|e| e["key"] == "pub"), "{what}");
                 }
-                Access::Rule("authorize_status") if uri.ends_with("/pub") => {
+                Access::Rule(Rule::AuthorizeStatus) if uri.ends_with("/pub") => {
                     assert_eq!(reply.status, StatusCode::OK, "{what}");
                     assert_eq!(reply.json()["cluster"], "pub");
                 }
@@ -673,7 +673,7 @@ async fn every_admin_route_refuses_an_org_member() {
     let kids_before = api.identity.tokens().kids();
     let admin_routes: Vec<_> = ROUTES
         .iter()
-        .filter(|(_, _, access)| *access == Access::SignedIn("authorize_admin"))
+        .filter(|(_, _, access)| *access == Access::SignedIn(Rule::AuthorizeAdmin))
         .collect();
     assert_eq!(admin_routes.len(), 9, "{admin_routes:?}");
     for &&(method, template, _) in &admin_routes {

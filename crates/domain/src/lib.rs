@@ -28,7 +28,7 @@ pub use money::{
     MICROS_PER_DOLLAR,
 };
 pub use names::{
-    ClusterName, InstanceId, InstanceSetId, InstanceType, NameError, PoolName, Username,
+    ClusterName, InstanceId, InstanceSetId, InstanceType, NameError, NameKind, PoolName, Username,
 };
 pub use org::{
     target_record, with_daily_spend, Accrual, Budget, CapacityOutcome, Charge, ClusterTarget,

@@ -5,9 +5,37 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{kind} {value:?} is not valid: {rule}")]
 pub struct NameError {
-    pub kind: &'static str,
+    pub kind: NameKind,
     pub value: String,
     pub rule: &'static str,
+}
+
+/// What a refused name was meant to name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum NameKind {
+    Cluster,
+    Username,
+    Pool,
+    InstanceSetId,
+    InstanceType,
+}
+
+impl NameKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NameKind::Cluster => "cluster name",
+            NameKind::Username => "username",
+            NameKind::Pool => "pool name",
+            NameKind::InstanceSetId => "instance set id",
+            NameKind::InstanceType => "instance type",
+        }
+    }
+}
+
+impl fmt::Display for NameKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 fn is_name(value: &str, max_len: usize, extra: &[u8]) -> bool {
@@ -21,7 +49,7 @@ fn is_name(value: &str, max_len: usize, extra: &[u8]) -> bool {
 }
 
 macro_rules! validated_name {
-    ($(#[$doc:meta])* $name:ident, $kind:literal, $max:expr, $extra:expr, $rule:literal) => {
+    ($(#[$doc:meta])* $name:ident, $kind:expr, $max:expr, $extra:expr, $rule:literal) => {
         $(#[$doc])*
         #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
         #[serde(transparent)]
@@ -68,7 +96,7 @@ validated_name!(
     /// A cluster's name: `^[A-Za-z0-9][-A-Za-z0-9]{0,39}$`, so it fits in
     /// cloud tags, DNS labels and file names.
     ClusterName,
-    "cluster name",
+    NameKind::Cluster,
     40,
     b"",
     "use 1 to 40 letters, digits or '-', starting with a letter or digit"
@@ -78,7 +106,7 @@ validated_name!(
     /// An account's name, local or GitHub. The same rule as a cluster name,
     /// because an account's own cluster is named after it.
     Username,
-    "username",
+    NameKind::Username,
     40,
     b"",
     "use 1 to 40 letters, digits or '-', starting with a letter or digit"
@@ -94,7 +122,7 @@ impl Username {
 validated_name!(
     /// A pool's name as written in the config file.
     PoolName,
-    "pool name",
+    NameKind::Pool,
     64,
     b"_",
     "use 1 to 64 letters, digits, '-' or '_', starting with a letter or digit"
@@ -104,7 +132,7 @@ validated_name!(
     /// The ownership ID of an instance set: every instance the set creates is
     /// tagged with it, and the set touches nothing without it.
     InstanceSetId,
-    "instance set id",
+    NameKind::InstanceSetId,
     64,
     b"_",
     "use 1 to 64 letters, digits, '-' or '_', starting with a letter or digit"
@@ -127,7 +155,7 @@ impl InstanceType {
             Ok(Self(value))
         } else {
             Err(NameError {
-                kind: "instance type",
+                kind: NameKind::InstanceType,
                 value,
                 rule: "use 1 to 64 letters, digits, '-', '_' or '.'",
             })
