@@ -155,6 +155,23 @@ pub struct Change {
     pub payload: serde_json::Value,
 }
 
+impl Change {
+    /// The organisation's event this change records, if it is one.
+    pub fn org_event(&self) -> Option<OrgEvent> {
+        match self.kind {
+            ChangeKind::Org(kind) => Some(OrgEvent {
+                at: self.at,
+                kind,
+                message: self.payload["message"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            }),
+            _ => None,
+        }
+    }
+}
+
 impl NewChange {
     /// A change of a cluster's record, with the record's desired state.
     pub fn cluster(kind: ChangeKind, record: &ClusterRecord) -> NewChange {

@@ -14,3 +14,10 @@ CREATE TABLE changes (
 );
 CREATE INDEX changes_key ON changes (key, seq);
 CREATE INDEX changes_at ON changes (at);
+
+-- An organisation's events are its changes of kind org.*: the ones kept so
+-- far move into the feed, oldest first, and their table goes.
+INSERT INTO changes (kind, key, at, payload)
+    SELECT 'org.' || kind, org, at, json_object('message', message)
+    FROM org_events ORDER BY id;
+DROP TABLE org_events;

@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use flotilla_domain::{
     org_changes, target_record, with_daily_spend, ClusterName, ClusterRecord, Effects, LedgerEntry,
-    LedgerKind, Money, OrgError, OrgEvent, OrgEventKind, OrgName, Organisation,
+    LedgerKind, Money, OrgError, OrgEvent, OrgName, Organisation,
 };
 use sqlx::{SqliteConnection, SqlitePool};
 
@@ -220,15 +220,6 @@ async fn record_effects(
         .bind(e.actor.as_ref().map(|u| u.as_str()))
         .execute(&mut *conn)
         .await?;
-    }
-    for e in &effects.events {
-        sqlx::query("INSERT INTO org_events (org, at, kind, message) VALUES ($1, $2, $3, $4)")
-            .bind(name)
-            .bind(row::to_millis(e.at))
-            .bind(e.kind.as_str())
-            .bind(&e.message)
-            .execute(&mut *conn)
-            .await?;
     }
     let Some(target) = effects.cluster else {
         let changes = org_changes(name, &effects.events, None, None);
@@ -547,24 +538,11 @@ impl OrgStore for SqliteStore {
     }
 
     async fn events(&self, org: &OrgName, limit: usize) -> Result<Vec<OrgEvent>, StoreError> {
-        let rows: Vec<(i64, String, String)> = sqlx::query_as(
-            "SELECT at, kind, message FROM (SELECT id, at, kind, message FROM org_events \
-             WHERE org = $1 ORDER BY id DESC LIMIT $2) ORDER BY id",
-        )
-        .bind(org.as_str())
-        .bind(limit as i64)
-        .fetch_all(&self.reader)
-        .await?;
-        rows.into_iter()
-            .map(|(at, kind, message)| {
-                Ok(OrgEvent {
-                    at: time("org_events", org.as_str(), "at", at)?,
-                    kind: OrgEventKind::parse(&kind).ok_or_else(|| {
-                        corrupt("org_events", org.as_str(), format!("kind {kind:?}"))
-                    })?,
-                    message,
-                })
-            })
-            .collect()
+        let rows: Vec<row::ChangeRow> = sqlx::query_as(row::ORG_EVENTS_SELECT)
+            .bind(org.as_str())
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&self.reader)
+            .await?;
+        row::org_events(rows)
     }
 }

@@ -474,3 +474,69 @@ async fn a_database_migrated_by_a_newer_flotilla_is_refused() {
         .unwrap();
     assert_eq!(kept, 2);
 }
+
+/// An organisation's events kept before the change feed existed move into
+/// it on upgrade, in order, and read back as before.
+#[tokio::test]
+async fn organisation_events_move_into_the_feed_on_upgrade() {
+    use flotilla_domain::OrgEventKind;
+    use flotilla_store::OrgStore;
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("flotilla.db");
+    // The database as the release before the feed left it: migrations
+    // 0001 to 0003 only.
+    let old = dir.path().join("old-migrations");
+    std::fs::create_dir(&old).unwrap();
+    let here = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+    for entry in std::fs::read_dir(&here).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name().into_string().unwrap();
+        if name.as_str() < "0004" {
+            std::fs::copy(entry.path(), old.join(&name)).unwrap();
+        }
+    }
+    let mut raw = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(&path)
+        .create_if_missing(true)
+        .connect()
+        .await
+        .unwrap();
+    sqlx::migrate::Migrator::new(old.as_path())
+        .await
+        .unwrap()
+        .run(&mut raw)
+        .await
+        .unwrap();
+    for statement in [
+        "INSERT INTO accounts (username, kind, level, password_hash, created_at) \
+         VALUES ('ann', 'github', 'github_member', NULL, 0)",
+        "INSERT INTO orgs (name, min_nodes, max_nodes, node_limit, pool, balance, \
+             monthly_allowance, max_balance, shutdown_threshold, min_runway_secs, created_at) \
+         VALUES ('lab', 0, 2, 10, 'default', 0, 0, 0, 0, 0, 1700000000000)",
+        "INSERT INTO org_people (org, username, role, since) VALUES ('lab', 'ann', 'owner', 0)",
+        "INSERT INTO org_events (org, at, kind, message) \
+         VALUES ('lab', 1700000000000, 'created', 'organisation created with owners ann')",
+        "INSERT INTO org_events (org, at, kind, message) \
+         VALUES ('lab', 1700000001000, 'woke', 'ann''s request woke it')",
+    ] {
+        sqlx::query(statement).execute(&mut raw).await.unwrap();
+    }
+
+    let store = SqliteStore::open(&path).await.unwrap();
+    let events = store
+        .events(&ClusterName::new("lab").unwrap(), 10)
+        .await
+        .unwrap();
+    let kinds: Vec<OrgEventKind> = events.iter().map(|e| e.kind).collect();
+    assert_eq!(kinds, [OrgEventKind::Created, OrgEventKind::Woke]);
+    assert_eq!(events[1].message, "ann's request woke it");
+    assert_eq!(events[1].at, t(1));
+    let table: Option<String> = sqlx::query_scalar(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'org_events'",
+    )
+    .fetch_optional(&mut raw)
+    .await
+    .unwrap();
+    assert_eq!(table, None, "the old table is gone");
+}

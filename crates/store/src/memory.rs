@@ -33,7 +33,6 @@ struct Inner {
     orgs: BTreeMap<OrgName, Organisation>,
     ledger: Vec<(OrgName, LedgerEntry)>,
     costs: BTreeMap<(OrgName, ClusterName, NaiveDate, Option<Username>), Money>,
-    events: Vec<(OrgName, OrgEvent)>,
     changes: Vec<Change>,
     last_seq: i64,
 }
@@ -499,9 +498,6 @@ impl Inner {
         for entry in &effects.ledger {
             self.ledger.push((name.clone(), entry.clone()));
         }
-        for event in &effects.events {
-            self.events.push((name.clone(), event.clone()));
-        }
         let mut cluster = None;
         let mut before = None;
         if let Some(target) = effects.cluster {
@@ -684,10 +680,10 @@ impl OrgStore for MemoryStore {
     async fn events(&self, org: &OrgName, limit: usize) -> Result<Vec<OrgEvent>, StoreError> {
         let inner = self.inner.lock().unwrap();
         let events: Vec<OrgEvent> = inner
-            .events
+            .changes
             .iter()
-            .filter(|(o, _)| o == org)
-            .map(|(_, e)| e.clone())
+            .filter(|c| c.key == org.as_str())
+            .filter_map(Change::org_event)
             .collect();
         Ok(events[events.len().saturating_sub(limit)..].to_vec())
     }

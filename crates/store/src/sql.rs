@@ -255,6 +255,26 @@ pub fn entity_pattern(entity: ChangeEntity) -> &'static str {
 pub const CHANGES_SELECT: &str = "SELECT seq, kind, key, at, payload FROM changes \
      WHERE seq > $1 AND ($3 OR (kind LIKE $4 AND key = $5)) ORDER BY seq LIMIT $2";
 
+/// An organisation's latest `$2` events, oldest first: they are its
+/// changes of kind `org.*`.
+pub const ORG_EVENTS_SELECT: &str = "SELECT seq, kind, key, at, payload FROM \
+     (SELECT seq, kind, key, at, payload FROM changes \
+      WHERE key = $1 AND kind LIKE 'org.%' ORDER BY seq DESC LIMIT $2) AS recent \
+     ORDER BY seq";
+
+/// Organisation events from their changes.
+pub fn org_events(rows: Vec<ChangeRow>) -> Result<Vec<flotilla_domain::OrgEvent>, StoreError> {
+    rows.into_iter()
+        .map(|row| {
+            let key = row.seq.to_string();
+            let change = Change::try_from(row)?;
+            change
+                .org_event()
+                .ok_or_else(|| corrupt("changes", &key, "not an organisation's event"))
+        })
+        .collect()
+}
+
 // Organisations.
 
 pub const ORG_COLUMNS: &str = "name, min_nodes, max_nodes, node_limit, pool, balance, \
