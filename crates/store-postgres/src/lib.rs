@@ -7,13 +7,14 @@
 //! it has it; each lock is named where it is taken:
 //!
 //! - a row lock (`SELECT … FOR UPDATE`) on the rows decided on: a refresh
-//!   token being rotated, an organisation being changed, every
-//!   organisation an accrual pass charges (taken in name order, so passes
-//!   and changes never deadlock);
+//!   token being rotated, an organisation being changed;
 //! - a transaction-scoped advisory lock where the row to lock may not
 //!   exist yet or the decision spans rows: [`Lock::Admins`] around every
 //!   change that could leave no admin or create the first one,
-//!   [`Lock::OrgName`] around creating an organisation, and [`Lock::Feed`]
+//!   [`Lock::OrgName`] around creating an organisation, [`Lock::Orgs`]
+//!   held alone by an accrual pass (which charges every organisation) and
+//!   shared by every change of one (locking every row instead would write
+//!   each of them on every pass), and [`Lock::Feed`]
 //!   from a transaction's change-feed insert, its last step, to its commit
 //!   (see [`commit_with`]).
 //!
@@ -67,6 +68,9 @@ pub(crate) enum Lock<'a> {
     OrgName(&'a str),
     /// Appending to the change feed, from the insert to the commit.
     Feed,
+    /// The organisations as a whole: an accrual pass holds it alone, every
+    /// change of one organisation holds it shared ([`Lock::share`]).
+    Orgs,
 }
 
 impl Lock<'_> {
@@ -75,11 +79,21 @@ impl Lock<'_> {
         let query = match self {
             Lock::Admins => sqlx::query("SELECT pg_advisory_xact_lock(7046134, 1)"),
             Lock::Feed => sqlx::query("SELECT pg_advisory_xact_lock(7046134, 2)"),
+            Lock::Orgs => sqlx::query("SELECT pg_advisory_xact_lock(7046134, 3)"),
             Lock::OrgName(name) => {
                 sqlx::query("SELECT pg_advisory_xact_lock(7046134, hashtext($1))").bind(name)
             }
         };
         query.execute(conn).await?;
+        Ok(())
+    }
+
+    /// Takes [`Lock::Orgs`] shared: any number of changes of single
+    /// organisations at once, but none while an accrual pass runs.
+    pub(crate) async fn share_orgs(conn: &mut PgConnection) -> Result<(), StoreError> {
+        sqlx::query("SELECT pg_advisory_xact_lock_shared(7046134, 3)")
+            .execute(conn)
+            .await?;
         Ok(())
     }
 }

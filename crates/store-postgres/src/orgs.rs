@@ -2,8 +2,9 @@
 //! (`FOR UPDATE`), then loads it, runs the domain's function and writes the
 //! result back in the same transaction, so two servers changing one
 //! organisation take turns and each sees the other's spending. The accrual
-//! pass locks every organisation in name order and writes its charges with
-//! a few set-based statements over arrays (`unnest`).
+//! pass holds [`Lock::Orgs`] alone, which every change holds shared, and
+//! writes its charges with a few set-based statements over arrays
+//! (`unnest`).
 
 use std::collections::HashMap;
 
@@ -283,6 +284,7 @@ impl OrgStore for PostgresStore {
         let name = org.name.as_str();
         // The organisation's row does not exist yet, so there is no row to
         // lock: creators of one name take turns on an advisory lock.
+        Lock::share_orgs(&mut tx).await?;
         Lock::OrgName(name).take(&mut tx).await?;
         let (org_taken, account_taken, cluster_taken): (bool, bool, bool) = sqlx::query_as(
             "SELECT EXISTS (SELECT 1 FROM orgs WHERE name = $1), \
@@ -329,6 +331,7 @@ impl OrgStore for PostgresStore {
         change: OrgChange<'_>,
     ) -> Result<OrgChanged, StoreError> {
         let mut tx = self.begin().await?;
+        Lock::share_orgs(&mut tx).await?;
         if !lock_org(&mut tx, name).await? {
             return Err(OrgError::Unknown(name.clone()).into());
         }
@@ -350,6 +353,7 @@ impl OrgStore for PostgresStore {
 
     async fn expire_capacity(&self, now: DateTime<Utc>) -> Result<Vec<OrgChanged>, StoreError> {
         let mut tx = self.begin().await?;
+        Lock::share_orgs(&mut tx).await?;
         // Lock the organisations with due requests in name order, then
         // read their requests again under the lock.
         let due: Vec<String> = sqlx::query_scalar(
@@ -406,12 +410,11 @@ impl OrgStore for PostgresStore {
         let now = DateTime::from_timestamp_millis(row::to_millis(now)).unwrap_or(now);
         let by_org: HashMap<&str, &OrgUsage> = usage.iter().map(|u| (u.org.as_str(), u)).collect();
         let mut tx = self.begin().await?;
-        // Every organisation, locked in name order: a racing pass waits
-        // here and then reads what this one charged, so each moment is
-        // charged once; a change of one organisation waits for the pass.
-        sqlx::query("SELECT name FROM orgs ORDER BY name COLLATE \"C\" FOR UPDATE")
-            .execute(&mut *tx)
-            .await?;
+        // Every organisation at once: a racing pass waits here and then
+        // reads what this one charged, so each moment is charged once; a
+        // change of one organisation waits for the pass, and the pass for
+        // changes under way.
+        Lock::Orgs.take(&mut tx).await?;
         let orgs = load_orgs(&mut tx, None, false).await?;
         let mut updates = OrgUpdates::default();
         let mut costs = CostInserts::default();

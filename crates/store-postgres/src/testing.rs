@@ -10,7 +10,8 @@
 //! as root: when the tests do, the server runs as the `postgres` account
 //! the package creates. The server is stopped when the value is dropped,
 //! and told to stop if the test process dies first (the parent-death
-//! signal), so no server outlives its test.
+//! signal, tied to a thread kept for the purpose), so no server outlives
+//! its test.
 
 use std::ffi::CString;
 use std::fs::File;
@@ -27,6 +28,9 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// A running PostgreSQL server in a temporary directory.
 pub struct TempPostgres {
     child: Option<Child>,
+    /// Dropping it ends the thread that started the server (see
+    /// [`spawn_kept`]).
+    keeper: Option<std::sync::mpsc::Sender<()>>,
     dir: tempfile::TempDir,
     /// Numbers the databases handed out by [`Self::create_database`].
     databases: AtomicU32,
@@ -210,9 +214,10 @@ impl TempPostgres {
                 Ok(())
             });
         }
-        let child = server.spawn()?;
+        let (child, keeper) = spawn_kept(server)?;
         let mut pg = TempPostgres {
             child: Some(child),
+            keeper: Some(keeper),
             dir,
             databases: AtomicU32::new(0),
         };
@@ -295,6 +300,7 @@ impl TempPostgres {
 
     /// Stops the server at once (PostgreSQL's fast shutdown) and waits.
     pub fn stop(&mut self) {
+        let _keeper = self.keeper.take();
         if let Some(mut child) = self.child.take() {
             // SAFETY: kill with a pid we own and have not reaped.
             unsafe {
@@ -311,6 +317,25 @@ impl TempPostgres {
             let _ = child.wait();
         }
     }
+}
+
+/// Spawns `server` from a thread of its own that lives until the returned
+/// sender is dropped. The parent-death signal fires when the thread that
+/// spawned a process ends, not the process: spawned from a pool thread
+/// (`spawn_blocking`'s idle threads end after ten seconds), the server
+/// would be stopped in the middle of a long test or benchmark.
+fn spawn_kept(mut server: Command) -> io::Result<(Child, std::sync::mpsc::Sender<()>)> {
+    let (started_tx, started_rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+    std::thread::Builder::new()
+        .name("postgres-keeper".into())
+        .spawn(move || {
+            let _ = started_tx.send(server.spawn());
+            // Returns when the sender is dropped.
+            let _ = stop_rx.recv();
+        })?;
+    let child = started_rx.recv().map_err(io::Error::other)??;
+    Ok((child, stop_tx))
 }
 
 impl Drop for TempPostgres {

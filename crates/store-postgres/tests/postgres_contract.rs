@@ -164,3 +164,17 @@ async fn one_server_at_a_time_holds_the_server_lock() {
         }
     }
 }
+
+/// A server started from one of tokio's blocking threads (which end after
+/// ten idle seconds) keeps running as long as its owner holds it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_started_from_a_pool_thread_outlives_the_thread() {
+    let pg = TempPostgres::start_async().await.unwrap();
+    let url = pg.create_database().await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_secs(12)).await;
+    let store = PostgresStore::connect(&url).await.expect("still running");
+    store
+        .deploy(&command("alive", 1), t(0), t(600))
+        .await
+        .unwrap();
+}
