@@ -105,8 +105,8 @@ pub struct ClusterStatus {
     /// Present for an organisation's cluster.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub org: Option<OrgClusterStatus>,
-    /// The cluster's latest changes, oldest first (single-cluster status
-    /// only).
+    /// The cluster's latest changes, oldest first, when asked for with
+    /// `?events=N` (single-cluster status only).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub recent_events: Vec<Event>,
 }
@@ -143,6 +143,15 @@ pub struct EventList {
     pub more: bool,
     /// The latest change committed when the page was read.
     pub latest: i64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct StatusQuery {
+    /// Include the cluster's latest changes, up to this many (0 to 100;
+    /// default 0: a status read stays one lookup in memory).
+    #[serde(default)]
+    pub events: usize,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]

@@ -273,31 +273,55 @@ async fn list_pools(State(state): State<AppState>) -> Json<types::PoolList> {
 #[utoipa::path(
     get,
     path = "/api/v1/clusters/{cluster}",
-    params(("cluster" = String, Path, description = "Cluster name")),
+    params(("cluster" = String, Path, description = "Cluster name"), types::StatusQuery),
     responses(
         (status = 200, body = types::ClusterStatus),
-        (status = 422, description = "Invalid cluster name", body = types::ErrorBody),
+        (status = 400, description = "Malformed query", body = types::ErrorBody),
+        (status = 422, description = "Invalid cluster name or events", body = types::ErrorBody),
     )
 )]
 async fn cluster_status(
     State(state): State<AppState>,
     CallerIdentity(caller): CallerIdentity,
     ClusterParam(cluster): ClusterParam,
+    query: Result<
+        axum::extract::Query<types::StatusQuery>,
+        axum::extract::rejection::QueryRejection,
+    >,
 ) -> Result<Json<types::ClusterStatus>, ApiError> {
+    let axum::extract::Query(query) = query.map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "malformed_query",
+            format!("{}; use ?events=N", e.body_text()),
+        )
+    })?;
+    if query.events > MAX_RECENT_EVENTS {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_limit",
+            format!(
+                "events {} is more than {MAX_RECENT_EVENTS}; read GET /api/v1/events?cluster=NAME for more",
+                query.events
+            ),
+        ));
+    }
     let cluster = cluster_name(&cluster)?;
     let mut body = status_body(state.engine.status(&caller, &cluster)?);
-    body.recent_events = state
-        .engine
-        .recent_events(&caller, &cluster, RECENT_EVENTS)
-        .await?
-        .into_iter()
-        .map(events::event_body)
-        .collect();
+    if query.events > 0 {
+        body.recent_events = state
+            .engine
+            .recent_events(&caller, &cluster, query.events)
+            .await?
+            .into_iter()
+            .map(events::event_body)
+            .collect();
+    }
     Ok(Json(body))
 }
 
-/// How many of its latest changes a cluster's status shows.
-const RECENT_EVENTS: usize = 10;
+/// The most of its latest changes a cluster's status shows.
+const MAX_RECENT_EVENTS: usize = 100;
 
 /// DEPLOY: create the cluster or change its capacity, and (re)schedule its
 /// deletion at now + `time_to_live`.

@@ -185,7 +185,11 @@ async fn status_shows_a_clusters_recent_changes() {
     api.deploy("demo", &deploy_body(2), false).await;
     let reply = api.delete("/api/v1/clusters/demo").await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
-    let status = api.status("demo").await;
+    assert!(
+        api.status("demo").await.get("recent_events").is_none(),
+        "only when asked for"
+    );
+    let status = api.get("/api/v1/clusters/demo?events=10").await.json();
     let recent: Vec<&str> = status["recent_events"]
         .as_array()
         .expect("recent_events")
@@ -204,7 +208,15 @@ async fn status_shows_a_clusters_recent_changes() {
         .await
         .unwrap();
     assert!(removed >= 3, "{removed}");
-    assert!(api.status("demo").await.get("recent_events").is_none());
+    let status = api.get("/api/v1/clusters/demo?events=10").await.json();
+    assert!(status.get("recent_events").is_none(), "{status}");
+    let two = api.get("/api/v1/clusters/demo?events=2").await;
+    assert_eq!(two.status, StatusCode::OK);
+    let too_many = api.get("/api/v1/clusters/demo?events=101").await;
+    assert_eq!(too_many.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(too_many.code().as_deref(), Some("invalid_limit"));
+    let malformed = api.get("/api/v1/clusters/demo?events=some").await;
+    assert_eq!(malformed.status, StatusCode::BAD_REQUEST);
 
     // Listing all clusters leaves them out.
     let list = api.get("/api/v1/clusters").await.json();

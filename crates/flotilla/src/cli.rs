@@ -834,7 +834,9 @@ impl Client {
             Some(c) => {
                 let (status, raw) = self
                     .send::<ClusterStatus>(
-                        self.http.get(self.url(&format!("/api/v1/clusters/{c}"))),
+                        self.http
+                            .get(self.url(&format!("/api/v1/clusters/{c}")))
+                            .query(&[("events", RECENT_EVENTS)]),
                     )
                     .await?;
                 self.print_status(&status, &raw);
@@ -1161,6 +1163,9 @@ fn org_lines(v: &OrgView, now: DateTime<Utc>) -> Vec<String> {
     }
     lines
 }
+
+/// How many of a cluster's latest changes `flotilla status CLUSTER` shows.
+const RECENT_EVENTS: usize = 10;
 
 /// One change: number, time, kind, key and what it left.
 fn event_line(e: &Event) -> String {
