@@ -80,9 +80,12 @@ impl Lock<'_> {
             Lock::Admins => sqlx::query("SELECT pg_advisory_xact_lock(7046134, 1)"),
             Lock::Feed => sqlx::query("SELECT pg_advisory_xact_lock(7046134, 2)"),
             Lock::Orgs => sqlx::query("SELECT pg_advisory_xact_lock(7046134, 3)"),
-            Lock::OrgName(name) => {
-                sqlx::query("SELECT pg_advisory_xact_lock(7046134, hashtext($1))").bind(name)
-            }
+            // The one-key form: its key space does not overlap the two-key
+            // form of the fixed locks, so no name can hash onto one of them.
+            Lock::OrgName(name) => sqlx::query(
+                "SELECT pg_advisory_xact_lock(hashtextextended('flotilla-org:' || $1, 0))",
+            )
+            .bind(name),
         };
         query.execute(conn).await?;
         Ok(())
@@ -98,11 +101,20 @@ impl Lock<'_> {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct PostgresStore {
     location: String,
     options: PgConnectOptions,
     pub(crate) pool: PgPool,
+}
+
+/// Only where the database is: the connection options hold its password.
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStore")
+            .field("location", &self.location)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Held by the one server that runs the loops on this database, for as
@@ -119,20 +131,37 @@ pub struct ServerLockHeld {
     pub location: String,
 }
 
-/// `url` with any password replaced, for messages and logs.
+/// `url` with any password replaced, for messages and logs: the one in
+/// `user:password@` and a `password=` parameter.
 pub fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
-    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
-            let hidden = if userinfo.contains(':') { ":***" } else { "" };
-            format!("{scheme}://{user}{hidden}@{host}{path}")
+    // The user information ends at the last '@' (a password may hold a
+    // '/' or a '?' nobody encoded).
+    let rest = match rest.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{user}:***@{host}"),
+            None => format!("{userinfo}@{host}"),
+        },
+        None => rest.to_owned(),
+    };
+    let rest = match rest.split_once('?') {
+        Some((path, query)) => {
+            let params: Vec<String> = query
+                .split('&')
+                .map(|p| match p.split_once('=') {
+                    Some((key, _)) if key.eq_ignore_ascii_case("password") => {
+                        format!("{key}=***")
+                    }
+                    _ => p.to_owned(),
+                })
+                .collect();
+            format!("{path}?{}", params.join("&"))
         }
-        None => url.to_owned(),
-    }
+        None => rest,
+    };
+    format!("{scheme}://{rest}")
 }
 
 impl PostgresStore {
@@ -413,10 +442,16 @@ impl Store for PostgresStore {
         // One statement: a row a racing caller fired first no longer
         // matches when this one gets its lock, so each fires once.
         let mut tx = self.begin().await?;
+        // The due rows are locked in name order first, so two callers (or
+        // a caller and another writer of several records) cannot deadlock.
         let rows: Vec<ClusterRow> = sqlx::query_as(concat!(
-            "UPDATE clusters SET destroying = TRUE, expires_at = NULL, \
+            "WITH due AS (SELECT name FROM clusters \
+                 WHERE expires_at IS NOT NULL AND expires_at <= $1 \
+                 ORDER BY name COLLATE \"C\" FOR UPDATE) \
+             UPDATE clusters SET destroying = TRUE, expires_at = NULL, \
                  generation = generation + 1, updated_at = $1 \
-             WHERE expires_at IS NOT NULL AND expires_at <= $1 RETURNING ",
+             WHERE name IN (SELECT name FROM due) \
+                 AND expires_at IS NOT NULL AND expires_at <= $1 RETURNING ",
             cluster_columns!()
         ))
         .bind(row::to_millis(now))
@@ -667,6 +702,10 @@ impl AccountStore for PostgresStore {
 
     async fn delete_account(&self, username: &Username) -> Result<bool, StoreError> {
         let mut tx = self.begin().await?;
+        // The deletion cascades into organisations' members, which a change
+        // of an organisation rewrites (and checks against accounts): take
+        // the organisations alone, first, or the two could deadlock.
+        Lock::Orgs.take(&mut tx).await?;
         refuse_last_admin(&mut tx, username).await?;
         let Some(account) = fetch_account(&mut tx, username).await? else {
             return Ok(false);

@@ -137,6 +137,11 @@ fn redact_hides_only_the_password() {
     assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
     assert_eq!(redact("postgres://h/db"), "postgres://h/db");
     assert_eq!(redact("postgres://u:p%40x@h/db"), "postgres://u:***@h/db");
+    assert_eq!(redact("postgres://u:a/b@h/db"), "postgres://u:***@h/db");
+    assert_eq!(
+        redact("postgres://h/db?user=u&password=secret&sslmode=require"),
+        "postgres://h/db?user=u&password=***&sslmode=require"
+    );
 }
 
 /// One server at a time holds the server lock; it is free again once its

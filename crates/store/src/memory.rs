@@ -545,6 +545,7 @@ impl OrgStore for MemoryStore {
         if let Some(u) = org
             .members
             .keys()
+            .chain(org.pending.keys())
             .find(|u| !inner.accounts.contains_key(*u))
         {
             return Err(OrgError::UnknownAccount(u.clone()).into());
@@ -578,6 +579,7 @@ impl OrgStore for MemoryStore {
         if let Some(u) = org
             .members
             .keys()
+            .chain(org.pending.keys())
             .find(|u| !inner.accounts.contains_key(*u))
         {
             return Err(OrgError::UnknownAccount(u.clone()).into());
