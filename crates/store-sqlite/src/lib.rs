@@ -26,8 +26,8 @@ use sqlx::sqlite::{
 
 use flotilla_store::sql::{self as row, AccountRow, ClusterRow, RefreshTokenRow};
 use flotilla_store::{
-    account_change, account_select, cluster_columns, AccountRecord, AccountStore, ChangeFeed,
-    RefreshTokenRecord, Rotation, Store, StoreError,
+    account_change, account_select, cluster_columns, left_with_account, AccountRecord,
+    AccountStore, ChangeFeed, RefreshTokenRecord, Rotation, Store, StoreError,
 };
 
 mod orgs;
@@ -657,12 +657,20 @@ impl AccountStore for SqliteStore {
         let Some(account) = fetch_account(&mut *tx, username).await? else {
             return Ok(false);
         };
+        // Its memberships go with it (ON DELETE CASCADE): each is a change
+        // of that organisation.
+        let orgs: Vec<String> =
+            sqlx::query_scalar("SELECT org FROM org_people WHERE username = $1 ORDER BY org")
+                .bind(username.as_str())
+                .fetch_all(&mut *tx)
+                .await?;
         sqlx::query("DELETE FROM accounts WHERE username = $1")
             .bind(username.as_str())
             .execute(&mut *tx)
             .await?;
-        let change = account_change(ChangeKind::AccountDeleted, &account);
-        record_changes(&mut tx, &[change], Utc::now()).await?;
+        let mut changes = vec![account_change(ChangeKind::AccountDeleted, &account)];
+        changes.extend(orgs.iter().map(|org| left_with_account(org, username)));
+        record_changes(&mut tx, &changes, Utc::now()).await?;
         tx.commit().await?;
         Ok(true)
     }

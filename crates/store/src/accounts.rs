@@ -36,6 +36,18 @@ pub fn account_change(kind: ChangeKind, account: &AccountRecord) -> NewChange {
     }
 }
 
+/// The change feed's entry for an organisation that lost `username` (a
+/// member, owner or applicant) because the account was deleted.
+pub fn left_with_account(org: &str, username: &Username) -> NewChange {
+    NewChange {
+        kind: ChangeKind::Org(flotilla_domain::OrgEventKind::MemberRemoved),
+        key: org.to_owned(),
+        payload: serde_json::json!({
+            "message": format!("{username} left with the deletion of their account"),
+        }),
+    }
+}
+
 /// One refresh token. Only the SHA-256 of its secret is stored, so a copy
 /// of the database does not let anyone sign in.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -372,6 +372,14 @@ pub async fn deleting_an_account_removes_its_memberships(h: Harness) {
     let org = store.get_org(&name("lab")).await.unwrap().unwrap();
     assert_eq!(org.role(&user("bob")), None);
     assert!(org.pending.is_empty());
+    // Each departure is the organisation's change, in its feed and events.
+    let events = store.events(&name("lab"), 2).await.unwrap();
+    assert!(
+        events.iter().all(|e| e.kind == OrgEventKind::MemberRemoved),
+        "{events:?}"
+    );
+    assert!(events[0].message.contains("bob"), "{events:?}");
+    assert!(events[1].message.contains("eve"), "{events:?}");
     // Approving someone without an account is refused.
     let err = org_error(
         try_change(store, 4, &mut |o: &mut Organisation| {

@@ -25,7 +25,9 @@ use flotilla_domain::{
     InstanceSetId, Username,
 };
 
-pub use accounts::{account_change, AccountRecord, AccountStore, RefreshTokenRecord, Rotation};
+pub use accounts::{
+    account_change, left_with_account, AccountRecord, AccountStore, RefreshTokenRecord, Rotation,
+};
 pub use flotilla_domain::CostRow;
 pub use memory::MemoryStore;
 pub use orgs::{OrgChange, OrgChanged, OrgStore, OrgUsage};

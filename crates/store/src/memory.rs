@@ -15,8 +15,8 @@ use flotilla_domain::{
 
 use crate::orgs::{OrgChange, OrgChanged, OrgStore, OrgUsage};
 use crate::{
-    account_change, AccountRecord, AccountStore, ChangeFeed, RefreshTokenRecord, Rotation, Store,
-    StoreError,
+    account_change, left_with_account, AccountRecord, AccountStore, ChangeFeed, RefreshTokenRecord,
+    Rotation, Store, StoreError,
 };
 
 #[derive(Default)]
@@ -333,7 +333,17 @@ impl AccountStore for MemoryStore {
         let Some(removed) = inner.accounts.remove(username) else {
             return Ok(false);
         };
-        inner.record_account(ChangeKind::AccountDeleted, &removed, Utc::now());
+        let now = Utc::now();
+        inner.record_account(ChangeKind::AccountDeleted, &removed, now);
+        let left: Vec<OrgName> = inner
+            .orgs
+            .values()
+            .filter(|o| o.members.contains_key(username) || o.pending.contains_key(username))
+            .map(|o| o.name.clone())
+            .collect();
+        for org in left {
+            inner.record(left_with_account(org.as_str(), username), now);
+        }
         // As ON DELETE CASCADE does on SQLite.
         for org in inner.orgs.values_mut() {
             org.members.remove(username);
