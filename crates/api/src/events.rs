@@ -7,6 +7,7 @@ use flotilla_api_types as types;
 use flotilla_domain::Change;
 use flotilla_engine::{EventsQuery, MAX_PAGE};
 
+use crate::extract::malformed_query;
 use crate::{cluster_name, ApiError, AppState, CallerIdentity};
 
 /// Changes per page unless the caller asks otherwise.
@@ -42,16 +43,8 @@ pub(crate) async fn list_events(
     CallerIdentity(caller): CallerIdentity,
     query: Result<Query<types::EventsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<types::EventList>, ApiError> {
-    let Query(q) = query.map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "malformed_query",
-            format!(
-                "{}; use ?after=SEQ&cluster=NAME&limit=N&follow=true",
-                e.body_text()
-            ),
-        )
-    })?;
+    let Query(q) =
+        query.map_err(|e| malformed_query(e, "use ?after=SEQ&cluster=NAME&limit=N&follow=true"))?;
     let limit = q.limit.unwrap_or(DEFAULT_PAGE);
     if limit > MAX_PAGE {
         return Err(ApiError::new(

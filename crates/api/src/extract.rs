@@ -2,6 +2,7 @@
 //! [`ApiError`] with the JSON error body, rather than axum's plain text.
 
 use axum::body::Bytes;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
@@ -50,6 +51,16 @@ impl<S: Send + Sync> FromRequestParts<S> for ClusterParam {
     }
 }
 
+/// A query string that is not the shape a route takes: 400, saying how to
+/// ask (`hint`).
+pub(crate) fn malformed_query(e: QueryRejection, hint: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "malformed_query",
+        format!("{}; {hint}", e.body_text()),
+    )
+}
+
 /// `?wait=true|false`.
 pub struct WaitParam(pub bool);
 
@@ -59,13 +70,7 @@ impl<S: Send + Sync> FromRequestParts<S> for WaitParam {
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         let Query(q) = Query::<WaitQuery>::from_request_parts(parts, state)
             .await
-            .map_err(|e| {
-                ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "malformed_query",
-                    format!("{}; use ?wait=true or ?wait=false", e.body_text()),
-                )
-            })?;
+            .map_err(|e| malformed_query(e, "use ?wait=true or ?wait=false"))?;
         Ok(WaitParam(q.wait))
     }
 }

@@ -289,13 +289,8 @@ async fn cluster_status(
         axum::extract::rejection::QueryRejection,
     >,
 ) -> Result<Json<types::ClusterStatus>, ApiError> {
-    let axum::extract::Query(query) = query.map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "malformed_query",
-            format!("{}; use ?events=N", e.body_text()),
-        )
-    })?;
+    let axum::extract::Query(query) =
+        query.map_err(|e| extract::malformed_query(e, "use ?events=N"))?;
     if query.events > MAX_RECENT_EVENTS {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,

@@ -38,7 +38,8 @@ pub struct EventPage {
     pub next: i64,
     /// Whether the page was full: more changes may follow at once.
     pub more: bool,
-    /// The number of the latest change committed when the page was read.
+    /// The number of the latest change committed when the page was
+    /// answered (never before `next`).
     pub latest: i64,
 }
 
@@ -61,7 +62,6 @@ impl Engine {
         let deadline = Instant::now() + self.shared.config.max_wait;
         let mut after = query.after;
         loop {
-            let latest = self.shared.store.last_change().await?;
             let page = if limit == 0 {
                 Vec::new()
             } else {
@@ -77,6 +77,9 @@ impl Engine {
                 .collect();
             let waiting = query.follow && limit > 0 && events.is_empty();
             if !waiting || Instant::now() >= deadline {
+                // Read once, when answering: a follower waiting for a
+                // change needs only the page.
+                let latest = self.shared.store.last_change().await?.max(after);
                 return Ok(EventPage {
                     events,
                     next: after,

@@ -266,6 +266,24 @@ pub(crate) async fn commit_with(
     Ok(())
 }
 
+/// The record of cluster `name`, read inside the caller's transaction and
+/// locked (`FOR UPDATE`) until it ends: a change is then judged against
+/// the record it replaces.
+pub(crate) async fn locked_cluster(
+    conn: &mut PgConnection,
+    name: &str,
+) -> Result<Option<ClusterRecord>, StoreError> {
+    let row: Option<ClusterRow> = sqlx::query_as(concat!(
+        "SELECT ",
+        cluster_columns!(),
+        " FROM clusters WHERE name = $1 FOR UPDATE"
+    ))
+    .bind(name)
+    .fetch_optional(conn)
+    .await?;
+    row.map(ClusterRecord::try_from).transpose()
+}
+
 /// Records in name order, bytewise as `ClusterName` orders (RETURNING
 /// gives rows in no order, and a database's collation may not be bytewise).
 fn records(rows: Vec<ClusterRow>) -> Result<Vec<ClusterRecord>, StoreError> {
@@ -343,16 +361,7 @@ impl Store for PostgresStore {
     ) -> Result<ClusterRecord, StoreError> {
         let name = command.cluster.as_str();
         let mut tx = self.begin().await?;
-        // Locked, so the change is judged against the record it replaces.
-        let before: Option<ClusterRow> = sqlx::query_as(concat!(
-            "SELECT ",
-            cluster_columns!(),
-            " FROM clusters WHERE name = $1 FOR UPDATE"
-        ))
-        .bind(name)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let before = before.map(ClusterRecord::try_from).transpose()?;
+        let before = locked_cluster(&mut tx, name).await?;
         // As on SQLite: the WHERE makes the upsert a no-op on a fixed-field
         // mismatch, and no row back then means Conflict. A racing insert
         // of the same name waits for the first and then updates it.
@@ -386,22 +395,11 @@ impl Store for PostgresStore {
         }
         // A racing insert of the same name may have come between the
         // SELECT and the upsert, which has now locked it: read it again.
-        let current: Option<ClusterRow> = sqlx::query_as(concat!(
-            "SELECT ",
-            cluster_columns!(),
-            " FROM clusters WHERE name = $1"
-        ))
-        .bind(name)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let current = current
-            .map(ClusterRecord::try_from)
-            .transpose()?
-            .ok_or_else(|| {
-                StoreError::Corrupt(format!(
-                    "clusters row {name:?}: neither inserted, updated nor found"
-                ))
-            })?;
+        let current = locked_cluster(&mut tx, name).await?.ok_or_else(|| {
+            StoreError::Corrupt(format!(
+                "clusters row {name:?}: neither inserted, updated nor found"
+            ))
+        })?;
         if let Some(conflict) = StoreError::fixed_field_conflict(&current, command) {
             return Err(conflict);
         }
@@ -907,7 +905,7 @@ impl ChangeFeed for PostgresStore {
             .bind(only.map_or("", |(_, key)| key))
             .fetch_all(&self.pool)
             .await?;
-        rows.into_iter().map(Change::try_from).collect()
+        row::changes(rows)
     }
 
     async fn last_change(&self) -> Result<i64, StoreError> {

@@ -11,19 +11,19 @@ use std::collections::HashMap;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use flotilla_domain::{
-    org_changes, target_record, with_daily_spend, ClusterName, ClusterRecord, Effects, LedgerEntry,
-    LedgerKind, Money, NewChange, OrgError, OrgEvent, OrgName, Organisation,
+    org_changes, target_record, ClusterName, ClusterRecord, Effects, LedgerEntry, Money, NewChange,
+    OrgError, OrgEvent, OrgName, Organisation,
 };
 use flotilla_store::sql::{
-    self as row, add_person, add_request, corrupt, encode_month, opt_time, time, user, ClusterRow,
-    OrgRow, PersonRow, RequestRow, ORG_COLUMNS,
+    self as row, add_person, add_request, corrupt, encode_month, time, user, OrgRow, PersonRow,
+    RequestRow, ORG_COLUMNS,
 };
 use flotilla_store::{
     cluster_columns, CostRow, OrgChange, OrgChanged, OrgStore, OrgUsage, StoreError,
 };
 use sqlx::PgConnection;
 
-use crate::{commit_with, Lock, PostgresStore};
+use crate::{commit_with, locked_cluster, Lock, PostgresStore};
 
 /// Every organisation (or the one named), with requests and, if asked,
 /// people, in name order (bytewise, whatever the database's collation).
@@ -235,15 +235,7 @@ async fn record_effects(
         changes.extend(org_changes(name, &effects.events, None, None));
         return Ok(None);
     };
-    let current: Option<ClusterRow> = sqlx::query_as(concat!(
-        "SELECT ",
-        cluster_columns!(),
-        " FROM clusters WHERE name = $1 FOR UPDATE"
-    ))
-    .bind(name)
-    .fetch_optional(&mut *conn)
-    .await?;
-    let current = current.map(ClusterRecord::try_from).transpose()?;
+    let current = locked_cluster(conn, name).await?;
     let record = target_record(current.as_ref(), org, target, now);
     changes.extend(org_changes(
         name,
@@ -276,6 +268,10 @@ async fn record_effects(
     .await?;
     Ok(Some(record))
 }
+
+/// An organisation's costs in the order readers see them (bytewise, whatever the collation).
+const COSTS_SELECT: &str = "SELECT cluster, username, day, amount FROM costs WHERE org = $1 \
+     ORDER BY day, cluster COLLATE \"C\", username COLLATE \"C\"";
 
 #[async_trait]
 impl OrgStore for PostgresStore {
@@ -527,54 +523,20 @@ impl OrgStore for PostgresStore {
                 .bind(org.as_str())
                 .fetch_optional(&self.pool)
                 .await?;
-        let until = opt_time("orgs", org.as_str(), "accrued_until", until.flatten())?;
         let costs = self.costs(org).await?;
-        let rows: Vec<(i64, String, i64, String, Option<String>)> = sqlx::query_as(
-            "SELECT at, kind, amount, reason, actor FROM ledger WHERE org = $1 ORDER BY at, id",
-        )
-        .bind(org.as_str())
-        .fetch_all(&self.pool)
-        .await?;
-        let key = org.as_str();
-        rows.into_iter()
-            .map(|(at, kind, amount, reason, actor)| {
-                Ok(LedgerEntry {
-                    at: time("ledger", key, "at", at)?,
-                    kind: LedgerKind::parse(&kind)
-                        .ok_or_else(|| corrupt("ledger", key, format!("kind {kind:?}")))?,
-                    amount: Money::from_micros(amount),
-                    reason,
-                    actor: actor.map(|a| user("ledger", key, &a)).transpose()?,
-                })
-            })
-            .collect::<Result<Vec<_>, StoreError>>()
-            .map(|entries| with_daily_spend(entries, &costs, until))
+        let rows: Vec<row::LedgerRow> = sqlx::query_as(row::LEDGER_SELECT)
+            .bind(org.as_str())
+            .fetch_all(&self.pool)
+            .await?;
+        row::ledger_entries(org.as_str(), rows, &costs, until.flatten())
     }
 
     async fn costs(&self, org: &OrgName) -> Result<Vec<CostRow>, StoreError> {
-        let rows: Vec<(String, String, String, i64)> = sqlx::query_as(
-            "SELECT cluster, username, day, amount FROM costs WHERE org = $1 \
-             ORDER BY day, cluster COLLATE \"C\", username COLLATE \"C\"",
-        )
-        .bind(org.as_str())
-        .fetch_all(&self.pool)
-        .await?;
-        let key = org.as_str();
-        rows.into_iter()
-            .map(|(cluster, username, day, amount)| {
-                Ok(CostRow {
-                    cluster: ClusterName::new(cluster.as_str())
-                        .map_err(|e| corrupt("costs", key, e))?,
-                    user: (!username.is_empty())
-                        .then(|| user("costs", key, &username))
-                        .transpose()?,
-                    day: day
-                        .parse()
-                        .map_err(|e| corrupt("costs", key, format!("day {day:?}: {e}")))?,
-                    amount: Money::from_micros(amount),
-                })
-            })
-            .collect()
+        let rows: Vec<row::CostTuple> = sqlx::query_as(COSTS_SELECT)
+            .bind(org.as_str())
+            .fetch_all(&self.pool)
+            .await?;
+        row::cost_rows(org.as_str(), rows)
     }
 
     async fn events(&self, org: &OrgName, limit: usize) -> Result<Vec<OrgEvent>, StoreError> {

@@ -214,7 +214,8 @@ pub(crate) async fn record_changes(
     Ok(())
 }
 
-async fn cluster_in(
+/// The record of cluster `name`, read inside the caller's transaction.
+pub(crate) async fn cluster_in(
     conn: &mut SqliteConnection,
     name: &str,
 ) -> Result<Option<ClusterRecord>, StoreError> {
@@ -856,7 +857,7 @@ impl ChangeFeed for SqliteStore {
             .bind(only.map_or("", |(_, key)| key))
             .fetch_all(&self.reader)
             .await?;
-        rows.into_iter().map(Change::try_from).collect()
+        row::changes(rows)
     }
 
     async fn last_change(&self) -> Result<i64, StoreError> {

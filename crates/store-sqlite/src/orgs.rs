@@ -11,20 +11,20 @@ use std::collections::HashMap;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use flotilla_domain::{
-    org_changes, target_record, with_daily_spend, ClusterName, ClusterRecord, Effects, LedgerEntry,
-    LedgerKind, Money, OrgError, OrgEvent, OrgName, Organisation,
+    org_changes, target_record, ClusterName, ClusterRecord, Effects, LedgerEntry, Money, OrgError,
+    OrgEvent, OrgName, Organisation,
 };
 use sqlx::{SqliteConnection, SqlitePool};
 
 use flotilla_store::sql::{
-    self as row, add_person, add_request, corrupt, encode_month, opt_time, time, user, ClusterRow,
-    OrgRow, PersonRow, RequestRow, ORG_COLUMNS,
+    self as row, add_person, add_request, corrupt, encode_month, time, OrgRow, PersonRow,
+    RequestRow, ORG_COLUMNS,
 };
 use flotilla_store::{
     cluster_columns, CostRow, OrgChange, OrgChanged, OrgStore, OrgUsage, StoreError,
 };
 
-use crate::{record_changes, SqliteStore};
+use crate::{cluster_in, record_changes, SqliteStore};
 
 /// `SELECT columns FROM from ORDER BY order` as one JSON array of row
 /// arrays, decoded by serde. One value crosses from SQLite instead of a
@@ -226,15 +226,7 @@ async fn record_effects(
         record_changes(conn, &changes, now).await?;
         return Ok(None);
     };
-    let current: Option<ClusterRow> = sqlx::query_as(concat!(
-        "SELECT ",
-        cluster_columns!(),
-        " FROM clusters WHERE name = $1"
-    ))
-    .bind(name)
-    .fetch_optional(&mut *conn)
-    .await?;
-    let current = current.map(ClusterRecord::try_from).transpose()?;
+    let current = cluster_in(conn, name).await?;
     let record = target_record(current.as_ref(), org, target, now);
     let changes = org_changes(name, &effects.events, current.as_ref(), record.as_ref());
     record_changes(conn, &changes, now).await?;
@@ -269,6 +261,10 @@ async fn reader_conn(
 ) -> Result<sqlx::pool::PoolConnection<sqlx::Sqlite>, StoreError> {
     Ok(pool.acquire().await?)
 }
+
+/// An organisation's costs in the order readers see them.
+const COSTS_SELECT: &str = "SELECT cluster, username, day, amount FROM costs WHERE org = $1 \
+     ORDER BY day, cluster, username";
 
 #[async_trait]
 impl OrgStore for SqliteStore {
@@ -487,54 +483,20 @@ impl OrgStore for SqliteStore {
                 .bind(org.as_str())
                 .fetch_optional(&self.reader)
                 .await?;
-        let until = opt_time("orgs", org.as_str(), "accrued_until", until.flatten())?;
         let costs = self.costs(org).await?;
-        let rows: Vec<(i64, String, i64, String, Option<String>)> = sqlx::query_as(
-            "SELECT at, kind, amount, reason, actor FROM ledger WHERE org = $1 ORDER BY at, id",
-        )
-        .bind(org.as_str())
-        .fetch_all(&self.reader)
-        .await?;
-        let key = org.as_str();
-        rows.into_iter()
-            .map(|(at, kind, amount, reason, actor)| {
-                Ok(LedgerEntry {
-                    at: time("ledger", key, "at", at)?,
-                    kind: LedgerKind::parse(&kind)
-                        .ok_or_else(|| corrupt("ledger", key, format!("kind {kind:?}")))?,
-                    amount: Money::from_micros(amount),
-                    reason,
-                    actor: actor.map(|a| user("ledger", key, &a)).transpose()?,
-                })
-            })
-            .collect::<Result<Vec<_>, StoreError>>()
-            .map(|entries| with_daily_spend(entries, &costs, until))
+        let rows: Vec<row::LedgerRow> = sqlx::query_as(row::LEDGER_SELECT)
+            .bind(org.as_str())
+            .fetch_all(&self.reader)
+            .await?;
+        row::ledger_entries(org.as_str(), rows, &costs, until.flatten())
     }
 
     async fn costs(&self, org: &OrgName) -> Result<Vec<CostRow>, StoreError> {
-        let rows: Vec<(String, String, String, i64)> = sqlx::query_as(
-            "SELECT cluster, username, day, amount FROM costs WHERE org = $1 \
-             ORDER BY day, cluster, username",
-        )
-        .bind(org.as_str())
-        .fetch_all(&self.reader)
-        .await?;
-        let key = org.as_str();
-        rows.into_iter()
-            .map(|(cluster, username, day, amount)| {
-                Ok(CostRow {
-                    cluster: ClusterName::new(cluster.as_str())
-                        .map_err(|e| corrupt("costs", key, e))?,
-                    user: (!username.is_empty())
-                        .then(|| user("costs", key, &username))
-                        .transpose()?,
-                    day: day
-                        .parse()
-                        .map_err(|e| corrupt("costs", key, format!("day {day:?}: {e}")))?,
-                    amount: Money::from_micros(amount),
-                })
-            })
-            .collect()
+        let rows: Vec<row::CostTuple> = sqlx::query_as(COSTS_SELECT)
+            .bind(org.as_str())
+            .fetch_all(&self.reader)
+            .await?;
+        row::cost_rows(org.as_str(), rows)
     }
 
     async fn events(&self, org: &OrgName, limit: usize) -> Result<Vec<OrgEvent>, StoreError> {

@@ -277,6 +277,68 @@ pub fn org_events(rows: Vec<ChangeRow>) -> Result<Vec<flotilla_domain::OrgEvent>
 
 // Organisations.
 
+/// A row of `ledger`, as `LEDGER_SELECT` reads it.
+pub type LedgerRow = (i64, String, i64, String, Option<String>);
+
+/// An organisation's stored ledger entries, in order.
+pub const LEDGER_SELECT: &str =
+    "SELECT at, kind, amount, reason, actor FROM ledger WHERE org = $1 ORDER BY at, id";
+
+/// A row of `costs`, as the backends read it: cluster, user ('' for
+/// none), day, amount.
+pub type CostTuple = (String, String, String, i64);
+
+/// The ledger as readers see it, from the stored entries of `org`, its
+/// costs and how far it is charged.
+pub fn ledger_entries(
+    org: &str,
+    rows: Vec<LedgerRow>,
+    costs: &[flotilla_domain::CostRow],
+    accrued_until: Option<i64>,
+) -> Result<Vec<flotilla_domain::LedgerEntry>, StoreError> {
+    let until = opt_time("orgs", org, "accrued_until", accrued_until)?;
+    rows.into_iter()
+        .map(|(at, kind, amount, reason, actor)| {
+            Ok(flotilla_domain::LedgerEntry {
+                at: time("ledger", org, "at", at)?,
+                kind: flotilla_domain::LedgerKind::parse(&kind)
+                    .ok_or_else(|| corrupt("ledger", org, format!("kind {kind:?}")))?,
+                amount: Money::from_micros(amount),
+                reason,
+                actor: actor.map(|a| user("ledger", org, &a)).transpose()?,
+            })
+        })
+        .collect::<Result<Vec<_>, StoreError>>()
+        .map(|entries| flotilla_domain::with_daily_spend(entries, costs, until))
+}
+
+/// The cost rows of `org`.
+pub fn cost_rows(
+    org: &str,
+    rows: Vec<CostTuple>,
+) -> Result<Vec<flotilla_domain::CostRow>, StoreError> {
+    rows.into_iter()
+        .map(|(cluster, username, day, amount)| {
+            Ok(flotilla_domain::CostRow {
+                cluster: ClusterName::new(cluster.as_str())
+                    .map_err(|e| corrupt("costs", org, e))?,
+                user: (!username.is_empty())
+                    .then(|| user("costs", org, &username))
+                    .transpose()?,
+                day: day
+                    .parse()
+                    .map_err(|e| corrupt("costs", org, format!("day {day:?}: {e}")))?,
+                amount: Money::from_micros(amount),
+            })
+        })
+        .collect()
+}
+
+/// Changes read with `CHANGES_SELECT`.
+pub fn changes(rows: Vec<ChangeRow>) -> Result<Vec<Change>, StoreError> {
+    rows.into_iter().map(Change::try_from).collect()
+}
+
 pub const ORG_COLUMNS: &str = "name, min_nodes, max_nodes, node_limit, pool, balance, \
     monthly_allowance, max_balance, shutdown_threshold, min_runway_secs, allowance_month, \
     exhausted_at, accrued_until, created_at";
