@@ -86,6 +86,9 @@ impl From<EngineError> for ApiError {
             EngineError::ShuttingDown => {
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", message)
             }
+            EngineError::NotLeading => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "not_leading", message)
+            }
             EngineError::Store(_) => {
                 tracing::error!(error = %message, "storage failure");
                 Self::new(

@@ -17,11 +17,12 @@ use chrono::{DateTime, Utc};
 use flotilla_cloud::{CloudError, CreateRequest, Health, Instance, InstanceSet, Offering, Tags};
 use flotilla_domain::{
     Change, ChangeEntity, ClusterName, ClusterRecord, DeployCommand, InstanceId, InstanceSetId,
-    InstanceType, LedgerEntry, Level, OrgEvent, OrgName, Organisation, PoolName, Username,
+    InstanceType, LedgerEntry, Level, NodeRecord, OrgEvent, OrgName, Organisation, PoolName,
+    Username,
 };
 use flotilla_store::{
-    AccountRecord, AccountStore, ChangeFeed, CostRow, OrgChange, OrgChanged, OrgStore, OrgUsage,
-    RefreshTokenRecord, Rotation, Store, StoreError,
+    AccountRecord, AccountStore, ChangeFeed, CostRow, Fence, Lease, LeaseStore, OrgChange,
+    OrgChanged, OrgStore, OrgUsage, RefreshTokenRecord, Rotation, Store, StoreError,
 };
 use prometheus_client::registry::Registry;
 use tokio::sync::Notify;
@@ -322,9 +323,13 @@ impl Store for CountingStore {
         self.inner.destroy(name, now).await
     }
 
-    async fn expire_due(&self, now: DateTime<Utc>) -> Result<Vec<ClusterRecord>, StoreError> {
+    async fn expire_due(
+        &self,
+        now: DateTime<Utc>,
+        fence: Fence,
+    ) -> Result<Vec<ClusterRecord>, StoreError> {
         bump(&self.counters.expire_calls, 1);
-        let fired = self.inner.expire_due(now).await?;
+        let fired = self.inner.expire_due(now, fence).await?;
         bump(&self.counters.expired_rows, fired.len() as u64);
         Ok(fired)
     }
@@ -333,9 +338,14 @@ impl Store for CountingStore {
         self.inner.next_expiry().await
     }
 
-    async fn forget(&self, name: &ClusterName, generation: i64) -> Result<bool, StoreError> {
+    async fn forget(
+        &self,
+        name: &ClusterName,
+        generation: i64,
+        fence: Fence,
+    ) -> Result<bool, StoreError> {
         bump(&self.counters.forgets, 1);
-        self.inner.forget(name, generation).await
+        self.inner.forget(name, generation, fence).await
     }
 }
 
@@ -364,8 +374,12 @@ impl OrgStore for CountingStore {
         self.inner.change_org(name, now, change).await
     }
 
-    async fn expire_capacity(&self, now: DateTime<Utc>) -> Result<Vec<OrgChanged>, StoreError> {
-        let changed = self.inner.expire_capacity(now).await?;
+    async fn expire_capacity(
+        &self,
+        now: DateTime<Utc>,
+        fence: Fence,
+    ) -> Result<Vec<OrgChanged>, StoreError> {
+        let changed = self.inner.expire_capacity(now, fence).await?;
         bump(&self.counters.org_writes, changed.len() as u64);
         Ok(changed)
     }
@@ -378,9 +392,10 @@ impl OrgStore for CountingStore {
         &self,
         usage: &[OrgUsage],
         now: DateTime<Utc>,
+        fence: Fence,
     ) -> Result<Vec<OrgChanged>, StoreError> {
         bump(&self.counters.org_writes, 1);
-        self.inner.accrue(usage, now).await
+        self.inner.accrue(usage, now, fence).await
     }
 
     async fn ledger(&self, org: &OrgName) -> Result<Vec<LedgerEntry>, StoreError> {
@@ -397,7 +412,61 @@ impl OrgStore for CountingStore {
 }
 
 #[async_trait]
+impl LeaseStore for CountingStore {
+    async fn acquire_lease(
+        &self,
+        holder: &str,
+        ttl: Duration,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Fence>, StoreError> {
+        self.inner.acquire_lease(holder, ttl, now).await
+    }
+
+    async fn renew_lease(
+        &self,
+        holder: &str,
+        fence: Fence,
+        ttl: Duration,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        self.inner.renew_lease(holder, fence, ttl, now).await
+    }
+
+    async fn release_lease(&self, holder: &str, fence: Fence) -> Result<(), StoreError> {
+        self.inner.release_lease(holder, fence).await
+    }
+
+    async fn lease(&self) -> Result<Option<Lease>, StoreError> {
+        self.inner.lease().await
+    }
+
+    async fn publish_nodes(
+        &self,
+        fence: Fence,
+        cluster: &ClusterName,
+        is_public: bool,
+        nodes: &[NodeRecord],
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        self.inner
+            .publish_nodes(fence, cluster, is_public, nodes, now)
+            .await
+    }
+
+    async fn published_nodes(
+        &self,
+        cluster: Option<&ClusterName>,
+    ) -> Result<Vec<(ClusterName, NodeRecord)>, StoreError> {
+        self.inner.published_nodes(cluster).await
+    }
+}
+
+#[async_trait]
 impl ChangeFeed for CountingStore {
+    fn change_notices(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.change_notices()
+    }
+
     async fn changes(
         &self,
         after: i64,

@@ -10,6 +10,7 @@ use crate::access::{authorize_status, Caller};
 use crate::cluster::ClusterRecord;
 use crate::names::ClusterName;
 use crate::org::{OrgEvent, OrgEventKind, Organisation};
+use crate::plan::{NodeRecord, NodeState};
 
 /// What happened. Stored by name (`entity.verb`, [`Self::as_str`]) and
 /// checked when read.
@@ -27,12 +28,17 @@ pub enum ChangeKind {
     ClusterExpired,
     /// Its last node is gone and its record with it.
     ClusterForgotten,
+    /// The nodes the leader observes changed: one was created, became
+    /// ready or unhealthy, is shutting down or went.
+    ClusterNodes,
     /// Something an organisation's owners should hear about.
     Org(OrgEventKind),
     AccountCreated,
     /// Level or grants changed.
     AccountChanged,
     AccountDeleted,
+    /// A server took the leader's lease: a new term began.
+    LeaseTaken,
 }
 
 /// Which kind of record a change is about: the feed's key is its name.
@@ -41,19 +47,23 @@ pub enum ChangeEntity {
     Cluster,
     Org,
     Account,
+    /// The servers themselves: the key is a server's name.
+    Server,
 }
 
 impl ChangeKind {
-    const PLAIN: [ChangeKind; 9] = [
+    const PLAIN: [ChangeKind; 11] = [
         ChangeKind::ClusterDeployed,
         ChangeKind::ClusterResized,
         ChangeKind::ClusterExtended,
         ChangeKind::ClusterDestroyed,
         ChangeKind::ClusterExpired,
         ChangeKind::ClusterForgotten,
+        ChangeKind::ClusterNodes,
         ChangeKind::AccountCreated,
         ChangeKind::AccountChanged,
         ChangeKind::AccountDeleted,
+        ChangeKind::LeaseTaken,
     ];
 
     pub fn entity(self) -> ChangeEntity {
@@ -63,11 +73,13 @@ impl ChangeKind {
             | ChangeKind::ClusterExtended
             | ChangeKind::ClusterDestroyed
             | ChangeKind::ClusterExpired
-            | ChangeKind::ClusterForgotten => ChangeEntity::Cluster,
+            | ChangeKind::ClusterForgotten
+            | ChangeKind::ClusterNodes => ChangeEntity::Cluster,
             ChangeKind::Org(_) => ChangeEntity::Org,
             ChangeKind::AccountCreated
             | ChangeKind::AccountChanged
             | ChangeKind::AccountDeleted => ChangeEntity::Account,
+            ChangeKind::LeaseTaken => ChangeEntity::Server,
         }
     }
 
@@ -79,6 +91,7 @@ impl ChangeKind {
             ChangeKind::ClusterDestroyed => "cluster.destroyed",
             ChangeKind::ClusterExpired => "cluster.expired",
             ChangeKind::ClusterForgotten => "cluster.forgotten",
+            ChangeKind::ClusterNodes => "cluster.nodes",
             ChangeKind::Org(kind) => match kind {
                 OrgEventKind::Created => "org.created",
                 OrgEventKind::MembershipRequested => "org.membership_requested",
@@ -95,6 +108,7 @@ impl ChangeKind {
             ChangeKind::AccountCreated => "account.created",
             ChangeKind::AccountChanged => "account.changed",
             ChangeKind::AccountDeleted => "account.deleted",
+            ChangeKind::LeaseTaken => "server.lease_taken",
         }
     }
 
@@ -188,6 +202,34 @@ impl NewChange {
         }
     }
 
+    /// The nodes of a cluster as the leader now observes them. `is_public`
+    /// is the cluster's, so the change is as readable as its status.
+    pub fn nodes(cluster: &ClusterName, is_public: bool, nodes: &[NodeRecord]) -> NewChange {
+        let ready = nodes.iter().filter(|n| n.state == NodeState::Ready).count();
+        NewChange {
+            kind: ChangeKind::ClusterNodes,
+            key: cluster.to_string(),
+            payload: serde_json::json!({
+                "ready": ready,
+                "total": nodes.len(),
+                "is_public": is_public,
+                "instances": nodes
+                    .iter()
+                    .map(|n| serde_json::json!({"id": n.id.as_str(), "state": n.state.as_str()}))
+                    .collect::<Vec<_>>(),
+            }),
+        }
+    }
+
+    /// A server began a term as the leader.
+    pub fn lease_taken(holder: &str, epoch: i64) -> NewChange {
+        NewChange {
+            kind: ChangeKind::LeaseTaken,
+            key: holder.to_owned(),
+            payload: serde_json::json!({ "epoch": epoch }),
+        }
+    }
+
     /// A change of a cluster's record that left nothing to describe.
     pub fn cluster_gone(kind: ChangeKind, name: &str) -> NewChange {
         NewChange {
@@ -250,6 +292,7 @@ pub fn may_read_change(caller: &Caller, change: &Change, org: Option<&Organisati
             .account
             .as_ref()
             .is_some_and(|a| a.as_str() == change.key),
+        ChangeEntity::Server => false,
     }
 }
 
@@ -270,6 +313,7 @@ mod tests {
                 ChangeEntity::Cluster => "cluster.",
                 ChangeEntity::Org => "org.",
                 ChangeEntity::Account => "account.",
+                ChangeEntity::Server => "server.",
             };
             assert!(k.as_str().starts_with(prefix), "{k}");
         }

@@ -35,4 +35,6 @@ pub use org::{
     CostRow, Effects, LedgerEntry, LedgerKind, OrgDefaults, OrgError, OrgEvent, OrgEventKind,
     OrgName, OrgRole, OrgSettings, Organisation, SettingsPatch,
 };
-pub use plan::{plan, DestroyReason, NodeState, ObservedNode, Plan, Timeouts, WantedNodes};
+pub use plan::{
+    plan, DestroyReason, NodeRecord, NodeState, ObservedNode, Plan, Timeouts, WantedNodes,
+};

@@ -33,6 +33,42 @@ impl NodeState {
             NodeState::ShuttingDown => "shutting_down",
         }
     }
+
+    pub fn parse(s: &str) -> Option<NodeState> {
+        [
+            NodeState::Booting,
+            NodeState::Ready,
+            NodeState::Unhealthy,
+            NodeState::ShuttingDown,
+        ]
+        .into_iter()
+        .find(|state| state.as_str() == s)
+    }
+}
+
+/// A node as the leader publishes it for every server to answer STATUS
+/// from: what the leader observed, without the probe bookkeeping.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeRecord {
+    pub id: InstanceId,
+    pub instance_type: InstanceType,
+    pub launched_at: DateTime<Utc>,
+    pub state: NodeState,
+    pub state_since: DateTime<Utc>,
+    pub address: Option<String>,
+}
+
+impl NodeRecord {
+    pub fn observed(&self) -> ObservedNode {
+        ObservedNode {
+            id: self.id.clone(),
+            instance_type: self.instance_type.clone(),
+            launched_at: self.launched_at,
+            state: self.state,
+            state_since: self.state_since,
+            last_destroy_attempt: None,
+        }
+    }
 }
 
 /// One instance of a cluster as the engine sees it.

@@ -7,15 +7,24 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use flotilla_store::OrgUsage;
+use flotilla_store::{Fence, OrgUsage};
 
 use crate::expiry::sleep_until;
 use crate::orgs::apply_org_change;
 use crate::{Engine, EngineError, Shared};
 
+/// Runs while this server leads.
 pub(crate) async fn run_capacity(shared: Arc<Shared>) {
+    crate::lease::each_term(shared, capacity_term).await
+}
+
+async fn capacity_term(shared: Arc<Shared>, fence: Fence) {
     loop {
-        match shared.store.expire_capacity(shared.clock.now()).await {
+        match shared
+            .store
+            .expire_capacity(shared.clock.now(), fence)
+            .await
+        {
             Ok(changed) => {
                 for c in &changed {
                     tracing::info!(org = %c.org.name, "capacity requests expired");
@@ -32,20 +41,21 @@ pub(crate) async fn run_capacity(shared: Arc<Shared>) {
         tokio::select! {
             _ = tokio::time::sleep(sleep) => {}
             _ = shared.capacity_changed.notified() => {}
-            _ = shared.stopped() => return,
         }
     }
 }
 
+/// Runs while this server leads.
 pub(crate) async fn run_accrual(shared: Arc<Shared>) {
+    crate::lease::each_term(shared, accrual_term).await
+}
+
+async fn accrual_term(shared: Arc<Shared>, fence: Fence) {
     let mut tick = tokio::time::interval(shared.config.accrual_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = shared.stopped() => return,
-        }
-        if let Err(e) = accrual_pass(&shared).await {
+        tick.tick().await;
+        if let Err(e) = accrual_pass(&shared, fence).await {
             tracing::warn!(error = %e, "charging organisations failed; the next pass charges the whole interval");
         }
     }
@@ -63,7 +73,7 @@ pub struct AccrualStats {
     pub store: Duration,
 }
 
-async fn accrual_pass(shared: &Shared) -> Result<AccrualStats, EngineError> {
+async fn accrual_pass(shared: &Shared, fence: Fence) -> Result<AccrualStats, EngineError> {
     let started = Instant::now();
     let orgs = shared.orgs.pools();
     if orgs.is_empty() {
@@ -96,7 +106,10 @@ async fn accrual_pass(shared: &Shared) -> Result<AccrualStats, EngineError> {
     };
     let nodes = usage.iter().map(|u| u.launches.len()).sum();
     let store_started = Instant::now();
-    let changed = shared.store.accrue(&usage, shared.clock.now()).await?;
+    let changed = shared
+        .store
+        .accrue(&usage, shared.clock.now(), fence)
+        .await?;
     let store = store_started.elapsed();
     for c in &changed {
         apply_org_change(shared, c);
@@ -112,8 +125,13 @@ async fn accrual_pass(shared: &Shared) -> Result<AccrualStats, EngineError> {
 
 impl Engine {
     /// Runs one accrual pass now (tests and benchmarks; the server runs
-    /// them every `accrual_interval`).
+    /// them every `accrual_interval`). Only the leader charges.
     pub async fn accrue_now(&self) -> Result<AccrualStats, EngineError> {
-        accrual_pass(&self.shared).await
+        let fence = self
+            .shared
+            .leadership
+            .fence()
+            .ok_or(EngineError::NotLeading)?;
+        accrual_pass(&self.shared, fence).await
     }
 }

@@ -99,6 +99,32 @@ impl DesiredCache {
         }
     }
 
+    /// Takes the store's record of `name` (none: it has none), read after
+    /// `mark`, unless the copy changed it since.
+    pub fn reflect(&self, name: &ClusterName, fresh: Option<ClusterRecord>, mark: Mark) {
+        let mut inner = self.inner.write().unwrap();
+        let changed_here = inner.records.get(name).is_some_and(|(_, c)| *c > mark.0)
+            || inner.forgotten.get(name).is_some_and(|c| *c > mark.0);
+        if changed_here {
+            return;
+        }
+        match fresh {
+            Some(record) => {
+                if inner
+                    .records
+                    .get(name)
+                    .is_none_or(|(old, _)| newer(old, &record))
+                {
+                    inner.forgotten.remove(name);
+                    inner.records.insert(name.clone(), (record, 0));
+                }
+            }
+            None => {
+                inner.records.remove(name);
+            }
+        }
+    }
+
     /// Taken just before reading the store for [`refresh`](Self::refresh).
     pub fn mark(&self) -> Mark {
         Mark(self.inner.read().unwrap().changes)
@@ -185,6 +211,25 @@ mod tests {
         // (deployed again elsewhere) is believed.
         cache.refresh(vec![record("old", 1, 10)], cache.mark());
         assert_eq!(cache.get(&name("old")).map(|r| r.generation), Some(1));
+    }
+
+    #[test]
+    fn reflecting_one_record_never_undoes_a_later_write() {
+        let cache = DesiredCache::new(vec![record("a", 1, 0)]);
+        let mark = cache.mark();
+        cache.put(record("a", 3, 0));
+        cache.reflect(&name("a"), Some(record("a", 2, 0)), mark);
+        assert_eq!(cache.get(&name("a")).map(|r| r.generation), Some(3));
+        cache.reflect(&name("a"), None, mark);
+        assert!(
+            cache.get(&name("a")).is_some(),
+            "a read from before the write"
+        );
+        // A read after the write is believed, whatever it says.
+        cache.reflect(&name("a"), None, cache.mark());
+        assert!(cache.get(&name("a")).is_none());
+        cache.reflect(&name("b"), Some(record("b", 1, 0)), cache.mark());
+        assert!(cache.get(&name("b")).is_some());
     }
 
     #[test]

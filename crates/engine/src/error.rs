@@ -28,6 +28,9 @@ pub enum EngineError {
     OrgCluster(String),
     #[error("the server is shutting down")]
     ShuttingDown,
+    /// Only the server that holds the lease does this; this one follows.
+    #[error("this server does not lead now; another server runs the loops")]
+    NotLeading,
     #[error("storage failed: {0}")]
     Store(StoreError),
     #[error("configuration error: {0}")]

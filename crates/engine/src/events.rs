@@ -142,7 +142,7 @@ impl Engine {
             ChangeEntity::Cluster | ChangeEntity::Org => ClusterName::new(change.key.as_str())
                 .ok()
                 .and_then(|name| self.org_of(&name)),
-            ChangeEntity::Account => None,
+            ChangeEntity::Account | ChangeEntity::Server => None,
         }
     }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use flotilla_store::StoreError;
+use flotilla_store::{Fence, StoreError};
 
 use crate::Shared;
 
@@ -33,10 +33,15 @@ pub(crate) fn sleep_until(
     }
 }
 
+/// Runs while this server leads.
 pub(crate) async fn run(shared: Arc<Shared>) {
+    crate::lease::each_term(shared, term).await
+}
+
+async fn term(shared: Arc<Shared>, fence: Fence) {
     loop {
         let now = shared.clock.now();
-        match shared.store.expire_due(now).await {
+        match shared.store.expire_due(now, fence).await {
             Ok(expired) => {
                 for record in expired {
                     tracing::info!(cluster = %record.name, "time-to-live ran out; destroying the cluster");
@@ -57,7 +62,6 @@ pub(crate) async fn run(shared: Arc<Shared>) {
         tokio::select! {
             _ = tokio::time::sleep(sleep) => {}
             _ = shared.expiry_changed.notified() => {}
-            _ = shared.stopped() => return,
         }
     }
 }

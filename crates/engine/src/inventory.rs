@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use flotilla_cloud::{CapacityScope, Health, Instance};
-use flotilla_domain::{ClusterName, InstanceId, InstanceType, NodeState, ObservedNode};
+use flotilla_domain::{ClusterName, InstanceId, InstanceType, NodeRecord, NodeState, ObservedNode};
 use tokio::time::Instant;
 
 /// Fastest probe cadence for a node not (yet) ready; doubles to a second.
@@ -64,6 +64,21 @@ impl TrackedNode {
             state: self.state,
             state_since: self.state_since,
             last_destroy_attempt: self.last_destroy_attempt,
+        }
+    }
+
+    /// The node as the leader publishes it: times to the millisecond, as
+    /// the store keeps them, so every server shows the same.
+    pub fn record(&self) -> NodeRecord {
+        let millis =
+            |t: DateTime<Utc>| DateTime::from_timestamp_millis(t.timestamp_millis()).unwrap_or(t);
+        NodeRecord {
+            id: self.instance.id.clone(),
+            instance_type: self.instance.instance_type.clone(),
+            launched_at: millis(self.instance.launched_at),
+            state: self.state,
+            state_since: millis(self.state_since),
+            address: self.instance.address.clone(),
         }
     }
 

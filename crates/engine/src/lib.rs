@@ -11,9 +11,15 @@
 //!   charges organisations for their nodes and shuts down those out of
 //!   money; [`orgs`] is the organisations' front door;
 //! - [`service`] is the engine's front door: DEPLOY, DESTROY, STATUS;
-//! - [`pools`] lists the pools with what their drivers say of their nodes.
+//! - [`pools`] lists the pools with what their drivers say of their nodes;
+//! - [`lease`] decides whether this server leads: only the holder of the
+//!   store's lease runs the loops above that act on the cloud or write what
+//!   only the leader writes;
+//! - [`reflector`] follows the change feed on every server, so each
+//!   answers from what any server committed.
 //!
-//! The engine is the only part of flotilla that calls drivers.
+//! The engine is the only part of flotilla that calls drivers, and only
+//! while it leads.
 
 mod budget;
 mod desired;
@@ -21,10 +27,12 @@ mod error;
 mod events;
 mod expiry;
 pub mod inventory;
+mod lease;
 mod metrics;
 mod orgs;
 pub mod pools;
 mod reconcile;
+mod reflector;
 pub mod runtime;
 mod service;
 mod sync;
@@ -34,12 +42,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use flotilla_cloud::{Clock, InstanceSet, Tags};
+use flotilla_domain::Change;
 use flotilla_domain::{
     ClusterName, InstanceType, LevelPolicy, Limits, Money, OrgDefaults, PoolName, Timeouts,
 };
 use flotilla_store::Store;
 use prometheus_client::registry::Registry;
-use tokio::sync::{watch, Notify};
+use tokio::sync::{broadcast, watch, Notify};
 
 pub use budget::AccrualStats;
 pub use error::EngineError;
@@ -50,9 +59,11 @@ pub use service::{ClusterView, NodeView, OrgClusterView, RequestView};
 
 use desired::DesiredCache;
 use inventory::SetInventory;
+use lease::Leadership;
 use metrics::EngineMetrics;
 use orgs::OrgCache;
 use pools::OfferingCache;
+use reflector::PublishedNodes;
 use runtime::Runtime;
 
 #[derive(Debug, Clone)]
@@ -80,6 +91,15 @@ pub struct EngineConfig {
     /// How often organisations are charged for their nodes (and budgets
     /// re-evaluated): the longest an exhausted budget keeps running.
     pub accrual_interval: Duration,
+    /// This server's name as the holder of the leader's lease: unique
+    /// among the servers on one database, and the same across restarts so
+    /// a restarted leader takes its lease back at once.
+    pub server: String,
+    /// How long a lease lasts unless renewed (a third of it between
+    /// renewals): the longest the loops stop after the leader dies.
+    pub lease_ttl: Duration,
+    /// How often a server that does not lead tries to take the lease.
+    pub lease_retry: Duration,
 }
 
 impl Default for EngineConfig {
@@ -96,6 +116,9 @@ impl Default for EngineConfig {
             levels: LevelPolicy::default(),
             orgs: OrgDefaults::default(),
             accrual_interval: Duration::from_secs(5),
+            server: "flotilla".to_owned(),
+            lease_ttl: Duration::from_secs(3),
+            lease_retry: Duration::from_millis(500),
         }
     }
 }
@@ -133,6 +156,11 @@ struct Shared {
     stop: watch::Sender<bool>,
     metrics: EngineMetrics,
     offerings: OfferingCache,
+    leadership: Leadership,
+    /// The nodes the leader published, for answering while following.
+    observed: PublishedNodes,
+    /// Every change the reflector read, for subscribers.
+    changes: broadcast::Sender<Change>,
 }
 
 impl Shared {
@@ -189,8 +217,9 @@ impl EngineTasks {
 }
 
 impl Engine {
-    /// Loads desired state, lists every instance set once, and starts the
-    /// loops.
+    /// Loads desired state and starts the loops. If this server can take
+    /// the lease at once it leads, and lists every instance set before it
+    /// returns; otherwise it follows until the lease is free.
     pub async fn start(
         config: EngineConfig,
         store: Arc<dyn Store>,
@@ -213,23 +242,20 @@ impl Engine {
                 "the default pool {default_pool} is not configured"
             )));
         }
-        // Deletions that came due while the server was down fire before
-        // anything is reconciled, so no node is created for them.
-        for expired in store.expire_due(clock.now()).await? {
-            tracing::info!(cluster = %expired.name, "time-to-live ran out while the server was down; destroying the cluster");
-        }
-        // Capacity requests that ran out meanwhile shrink their clusters
-        // first, for the same reason.
-        store.expire_capacity(clock.now()).await?;
+        // The reflector starts where the feed stood before the reads
+        // below, so nothing committed meanwhile is missed (what they
+        // already saw is read again, harmlessly).
+        let feed_at = store.last_change().await?;
         let records = store.list_clusters().await?;
         let orgs = store.list_orgs().await?;
+        let published = PublishedNodes::default();
+        published.replace(store.published_nodes(None).await?);
         let inventory = sets
             .keys()
             .map(|k| (k.clone(), SetInventory::default()))
             .collect();
         let shared = Arc::new(Shared {
             runtime: Runtime::new(config.concurrency),
-            config,
             store,
             clock,
             sets,
@@ -245,11 +271,22 @@ impl Engine {
             stop: watch::channel(false).0,
             metrics: EngineMetrics::register(registry),
             offerings: OfferingCache::default(),
+            leadership: Leadership::new(config.server.clone()),
+            observed: published,
+            changes: broadcast::channel(1024).0,
+            config,
         });
 
-        // One listing of every set before anything is planned; it names the
-        // clusters with nodes, wanted or not (orphans left by a crash).
-        let found = sync::sync_all(&shared).await;
+        // A server that can lead at once (the only one, or the leader
+        // restarted) begins its term and lists every set before it serves,
+        // as a lone server always did; the others follow until the lease
+        // is free.
+        let found = if lease::try_lead(&shared).await {
+            sync::sync_all(&shared).await
+        } else {
+            tracing::info!(server = %shared.config.server, "another server leads; following");
+            Default::default()
+        };
 
         let mut handles = Vec::new();
         handles.push(tokio::spawn({
@@ -262,6 +299,8 @@ impl Engine {
                     .await
             }
         }));
+        handles.push(tokio::spawn(lease::run(shared.clone())));
+        handles.push(tokio::spawn(reflector::run(shared.clone(), feed_at)));
         handles.push(tokio::spawn(sync::run(shared.clone())));
         handles.push(tokio::spawn(expiry::run(shared.clone())));
         handles.push(tokio::spawn(budget::run_capacity(shared.clone())));
@@ -288,5 +327,16 @@ impl Engine {
 
     pub fn pools(&self) -> impl Iterator<Item = &PoolName> {
         self.shared.pools.keys()
+    }
+
+    /// Whether this server holds the lease now (and runs the loops).
+    pub fn leading(&self) -> bool {
+        self.shared.leadership.fence().is_some()
+    }
+
+    /// Every change any server commits, as this server's reflector reads
+    /// it (a lagging subscriber misses the oldest).
+    pub fn subscribe_changes(&self) -> broadcast::Receiver<Change> {
+        self.shared.changes.subscribe()
     }
 }

@@ -111,6 +111,17 @@ impl OrgCache {
         self.inner.read().unwrap().changes
     }
 
+    /// Takes the store's `org`, read after `mark`, unless the copy changed
+    /// it since.
+    pub(crate) fn reflect(&self, org: Organisation, mark: u64) {
+        let mut inner = self.inner.write().unwrap();
+        if inner.orgs.get(&org.name).is_some_and(|(_, c)| *c > mark) {
+            return;
+        }
+        inner.orgs.insert(org.name.clone(), (org, 0));
+        inner.index();
+    }
+
     /// Replaces the copy with a store read that began at `mark`, except
     /// for organisations changed here since.
     pub(crate) fn refresh(&self, fresh: Vec<Organisation>, mark: u64) {
@@ -279,9 +290,9 @@ impl Engine {
 
     /// Launch times of the nodes the cloud lists for `cluster`.
     pub(crate) fn node_launches(&self, cluster: &ClusterName) -> Vec<DateTime<Utc>> {
-        let inv = self.shared.inventory.lock().unwrap();
-        inv.values()
-            .flat_map(|set| set.nodes(cluster).map(|n| n.instance.launched_at))
+        self.nodes_of(cluster)
+            .into_iter()
+            .map(|n| n.launched_at)
             .collect()
     }
 

@@ -7,8 +7,9 @@ use std::sync::Arc;
 
 use flotilla_cloud::{CloudError, CreateRequest, Health, Instance, InstanceSet};
 use flotilla_domain::{
-    plan, ClusterName, ClusterRecord, InstanceId, NodeState, ObservedNode, WantedNodes,
+    plan, ClusterName, ClusterRecord, InstanceId, NodeRecord, NodeState, ObservedNode, WantedNodes,
 };
+use flotilla_store::Fence;
 use futures::future::join_all;
 use tokio::time::Instant;
 
@@ -20,11 +21,46 @@ pub(crate) async fn reconcile_cluster(
     shared: Arc<Shared>,
     cluster: ClusterName,
 ) -> Result<Next, ReconcileError> {
+    // Only the leader reconciles; a new term wakes every cluster.
+    let Some(fence) = shared.leadership.fence() else {
+        return Ok(Next::Idle);
+    };
     let start = Instant::now();
-    let result = reconcile(&shared, &cluster).await;
+    let result = reconcile(&shared, &cluster, fence).await;
     shared.metrics.reconciled(result.is_ok(), start.elapsed());
+    publish(&shared, &cluster, fence).await;
     shared.notify_changed(&cluster);
     result
+}
+
+/// Publishes the cluster's nodes as this leader observes them, if they
+/// changed since they were last published, so every server answers STATUS
+/// alike.
+async fn publish(shared: &Shared, cluster: &ClusterName, fence: Fence) {
+    let nodes: Vec<NodeRecord> = {
+        let inv = shared.inventory.lock().unwrap();
+        if !inv.values().all(|set| set.listed) {
+            return;
+        }
+        let mut nodes: Vec<NodeRecord> = inv
+            .values()
+            .flat_map(|set| set.nodes(cluster).map(|n| n.record()))
+            .collect();
+        nodes.sort_by(|a, b| a.launched_at.cmp(&b.launched_at).then(a.id.cmp(&b.id)));
+        nodes
+    };
+    if shared.observed.get(cluster) == nodes {
+        return;
+    }
+    let is_public = shared.desired.get(cluster).is_some_and(|r| r.is_public);
+    match shared
+        .store
+        .publish_nodes(fence, cluster, is_public, &nodes, shared.clock.now())
+        .await
+    {
+        Ok(()) => shared.observed.put(cluster, nodes),
+        Err(e) => tracing::warn!(%cluster, error = %e, "publishing the cluster's nodes failed"),
+    }
 }
 
 /// The earliest of several "look again at" wishes.
@@ -37,7 +73,14 @@ impl Earliest {
     }
 }
 
-async fn reconcile(shared: &Shared, cluster: &ClusterName) -> Result<Next, ReconcileError> {
+async fn reconcile(
+    shared: &Shared,
+    cluster: &ClusterName,
+    fence: Fence,
+) -> Result<Next, ReconcileError> {
+    // Checked again before each action: the term may end while a probe or
+    // another action is under way.
+    let leads = || shared.leadership.fence() == Some(fence);
     let record = shared.desired.get(cluster);
     let pool = match &record {
         Some(r) => match shared.pools.get(&r.pool) {
@@ -90,6 +133,9 @@ async fn reconcile(shared: &Shared, cluster: &ClusterName) -> Result<Next, Recon
             )
         };
 
+        if !leads() {
+            return Ok(Next::Idle);
+        }
         if !plan.destroy.is_empty() {
             let ids: Vec<InstanceId> = plan.destroy.iter().map(|(id, _)| id.clone()).collect();
             let batches = ids.chunks(set.max_batch().max(1) as usize);
@@ -121,7 +167,7 @@ async fn reconcile(shared: &Shared, cluster: &ClusterName) -> Result<Next, Recon
             shared.sync_soon.notify_one();
         }
 
-        if plan.create > 0 {
+        if plan.create > 0 && leads() {
             let (record, pool) = (
                 record.as_ref().expect("creates only for a wanted cluster"),
                 pool.expect("creates only for a wanted cluster"),
@@ -178,7 +224,7 @@ async fn reconcile(shared: &Shared, cluster: &ClusterName) -> Result<Next, Recon
         if r.destroying && !nodes_left {
             let forgotten = shared
                 .store
-                .forget(cluster, r.generation)
+                .forget(cluster, r.generation, fence)
                 .await
                 .map_err(|source| ReconcileError::Store {
                     cluster: cluster.clone(),
@@ -187,6 +233,8 @@ async fn reconcile(shared: &Shared, cluster: &ClusterName) -> Result<Next, Recon
             if forgotten {
                 tracing::info!(%cluster, "cluster destroyed");
                 shared.desired.remove(cluster, r.generation);
+                // Its published nodes went with the record.
+                shared.observed.put(cluster, Vec::new());
             } else {
                 // The record changed (or went) since it was read: take the
                 // store's version before looking again, so the next pass does

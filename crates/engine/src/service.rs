@@ -7,8 +7,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use flotilla_domain::{
     authorize_deploy, authorize_destroy, authorize_status, cluster_state, Caller, ClusterName,
-    ClusterState, DeployCommand, InstanceId, InstanceType, NodeCapacity, NodeState, ObservedNode,
-    PoolName, TimeToLive, Username,
+    ClusterState, DeployCommand, InstanceId, InstanceType, NodeCapacity, NodeRecord, NodeState,
+    ObservedNode, PoolName, TimeToLive, Username,
 };
 use tokio::time::Instant;
 
@@ -179,6 +179,7 @@ impl Engine {
     pub fn list(&self, caller: &Caller) -> Vec<ClusterView> {
         let mut names: std::collections::BTreeSet<ClusterName> =
             self.shared.desired.names().into_iter().collect();
+        names.extend(self.shared.observed.names());
         for set in self.shared.inventory.lock().unwrap().values() {
             names.extend(set.clusters.keys().cloned());
         }
@@ -256,26 +257,36 @@ impl Engine {
         }
     }
 
+    /// The cluster's nodes. The leader answers from what it observes; a
+    /// server that follows (or a leader still listing at the start of its
+    /// term) from what the leader published.
+    pub(crate) fn nodes_of(&self, cluster: &ClusterName) -> Vec<NodeRecord> {
+        let inv = self.shared.inventory.lock().unwrap();
+        if self.shared.leadership.fence().is_some() && inv.values().all(|s| s.listed) {
+            inv.values()
+                .flat_map(|set| set.nodes(cluster).map(|n| n.record()))
+                .collect()
+        } else {
+            drop(inv);
+            self.shared.observed.get(cluster)
+        }
+    }
+
     fn view(&self, cluster: &ClusterName) -> ClusterView {
         let record = self.shared.desired.get(cluster);
         let pool = record.as_ref().and_then(|r| self.shared.pools.get(&r.pool));
-        let mut observed: Vec<ObservedNode> = Vec::new();
-        let mut nodes = Vec::new();
-        {
-            let inv = self.shared.inventory.lock().unwrap();
-            for set in inv.values() {
-                for node in set.nodes(cluster) {
-                    observed.push(node.observed());
-                    nodes.push(NodeView {
-                        id: node.instance.id.clone(),
-                        state: node.state,
-                        address: node.instance.address.clone(),
-                        instance_type: node.instance.instance_type.clone(),
-                        launched_at: node.instance.launched_at,
-                    });
-                }
-            }
-        }
+        let records = self.nodes_of(cluster);
+        let observed: Vec<ObservedNode> = records.iter().map(NodeRecord::observed).collect();
+        let mut nodes: Vec<NodeView> = records
+            .into_iter()
+            .map(|n| NodeView {
+                id: n.id,
+                state: n.state,
+                address: n.address,
+                instance_type: n.instance_type,
+                launched_at: n.launched_at,
+            })
+            .collect();
         nodes.sort_by(|a, b| a.launched_at.cmp(&b.launched_at).then(a.id.cmp(&b.id)));
         let mut state = cluster_state(record.as_ref(), &observed, pool.map(|p| &p.instance_type));
         let org = self.org_of(cluster).map(|o| {

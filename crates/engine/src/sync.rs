@@ -53,20 +53,27 @@ pub(crate) async fn sync_all(shared: &Shared) -> BTreeSet<ClusterName> {
     changed
 }
 
+/// Runs while this server leads. A term whose inventory is empty (one
+/// that began after the server started) begins with a full pass.
 pub(crate) async fn run(shared: Arc<Shared>) {
-    let mut next_full = Instant::now() + shared.config.resync_interval;
+    crate::lease::each_term(shared, |shared, _| term(shared)).await
+}
+
+async fn term(shared: Arc<Shared>) {
+    let listed = shared.inventory.lock().unwrap().values().all(|s| s.listed);
+    let mut next_full = if listed {
+        Instant::now() + shared.config.resync_interval
+    } else {
+        Instant::now()
+    };
     let mut last_list = Instant::now();
     loop {
         let full = tokio::select! {
             _ = tokio::time::sleep_until(next_full) => true,
             _ = shared.sync_soon.notified() => false,
-            _ = shared.stopped() => return,
         };
         if !full {
-            tokio::select! {
-                _ = tokio::time::sleep_until(last_list + shared.config.min_list_interval) => {}
-                _ = shared.stopped() => return,
-            }
+            tokio::time::sleep_until(last_list + shared.config.min_list_interval).await;
         }
         last_list = Instant::now();
         let changed = sync_all(&shared).await;

@@ -1171,6 +1171,33 @@ const RECENT_EVENTS: usize = 10;
 fn event_line(e: &Event) -> String {
     let d = &e.details;
     let detail = match e.kind.split_once('.').map_or("", |(entity, _)| entity) {
+        "cluster" if e.kind == "cluster.nodes" => {
+            let instances: Vec<String> = d["instances"]
+                .as_array()
+                .map(|all| {
+                    all.iter()
+                        .map(|i| {
+                            format!(
+                                "{} {}",
+                                i["id"].as_str().unwrap_or("?"),
+                                i["state"].as_str().unwrap_or("?")
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            format!(
+                "{}/{} ready: {}",
+                d["ready"],
+                d["total"],
+                if instances.is_empty() {
+                    "no nodes".to_owned()
+                } else {
+                    instances.join(", ")
+                }
+            )
+        }
+        "server" => format!("leads, epoch {}", d["epoch"]),
         "cluster" if d.get("nodes").is_some() => format!(
             "{} nodes, pool {}{}",
             d["nodes"],

@@ -13,6 +13,7 @@ use flotilla_api::ratelimit::{RateClock, RateLimits};
 use flotilla_api::AppState;
 use flotilla_cloud::fake::FakeCloud;
 use flotilla_cloud::{CloudMetrics, InstanceSet, Metered, SystemClock, Throttled};
+use flotilla_domain::{ChangeKind, Username};
 use flotilla_driver_ec2::Ec2InstanceSet;
 use flotilla_driver_local::{LocalConfig, LocalInstanceSet};
 use flotilla_engine::Engine;
@@ -53,6 +54,38 @@ async fn lock_data_dir(dir: &Path) -> anyhow::Result<File> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// This server's name among the servers on one database, kept in the data
+/// directory so a restarted server has the same one (and takes its lease
+/// back at once): the host's name and a random suffix, made on first start.
+fn server_name(dir: &Path) -> anyhow::Result<String> {
+    let path = dir.join("server-name");
+    match std::fs::read_to_string(&path) {
+        Ok(name) if !name.trim().is_empty() => return Ok(name.trim().to_owned()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+    let mut host = [0u8; 256];
+    // SAFETY: the buffer is ours and its length is passed.
+    let rc = unsafe { libc::gethostname(host.as_mut_ptr().cast(), host.len()) };
+    let host = if rc == 0 {
+        let end = host.iter().position(|&b| b == 0).unwrap_or(host.len());
+        String::from_utf8_lossy(&host[..end]).into_owned()
+    } else {
+        "flotilla".to_owned()
+    };
+    let mut random = [0u8; 4];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut random))
+        .context("cannot read /dev/urandom")?;
+    let name = format!("{host}-{:08x}", u32::from_be_bytes(random));
+    let tmp = dir.join("server-name.tmp");
+    std::fs::write(&tmp, format!("{name}\n"))
+        .and_then(|()| std::fs::rename(&tmp, &path))
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(name)
 }
 
 /// The sign-in service: keys under the data directory, the first admin,
@@ -126,22 +159,17 @@ pub async fn run(config: Config, admin_password: Option<String>) -> anyhow::Resu
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let (store, _server_lock): (Arc<dyn Store>, _) = match &config.database_url {
-        None => (
-            Arc::new(
-                SqliteStore::open(&config.data_dir.join("flotilla.db"))
-                    .await
-                    .context("cannot open the state database")?,
-            ),
-            None,
-        ),
-        Some(url) => {
-            let store = PostgresStore::connect(url.expose())
+    let store: Arc<dyn Store> = match &config.database_url {
+        None => Arc::new(
+            SqliteStore::open(&config.data_dir.join("flotilla.db"))
                 .await
-                .context("cannot open the state database")?;
-            let lock = store.lock_server().await??;
-            (Arc::new(store), Some(lock))
-        }
+                .context("cannot open the state database")?,
+        ),
+        Some(url) => Arc::new(
+            PostgresStore::connect(url.expose())
+                .await
+                .context("cannot open the state database")?,
+        ),
     };
     let identity = Arc::new(identity(&config, store.clone(), admin_password).await?);
     let limits = Arc::new(RateLimits::new(
@@ -212,8 +240,11 @@ pub async fn run(config: Config, admin_password: Option<String>) -> anyhow::Resu
         sets.insert(name.clone(), set);
     }
 
+    let mut engine_config = config.engine.clone();
+    engine_config.server = server_name(&config.data_dir)?;
+    let server = engine_config.server.clone();
     let (engine, tasks) = Engine::start(
-        config.engine.clone(),
+        engine_config,
         store,
         sets,
         config.pools.clone(),
@@ -223,13 +254,46 @@ pub async fn run(config: Config, admin_password: Option<String>) -> anyhow::Resu
     )
     .await?;
 
+    // Accounts changed on any server revoke their access tokens here too.
+    let revocations = {
+        let identity = identity.clone();
+        let mut changes = engine.subscribe_changes();
+        tokio::spawn(async move {
+            use tokio::sync::broadcast::error::RecvError;
+            loop {
+                match changes.recv().await {
+                    Ok(change) => {
+                        let revokes = matches!(
+                            change.kind,
+                            ChangeKind::AccountChanged | ChangeKind::AccountDeleted
+                        );
+                        if let (true, Ok(user)) = (revokes, Username::new(change.key.as_str())) {
+                            identity.account_changed(&user, change.at);
+                        }
+                    }
+                    Err(RecvError::Lagged(missed)) => {
+                        tracing::warn!(
+                            missed,
+                            "the revocation follower fell behind the change feed"
+                        );
+                    }
+                    Err(RecvError::Closed) => return,
+                }
+            }
+        })
+    };
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, data_dir = %config.data_dir.display(), "flotilla serving");
+    let leading = if engine.leading() {
+        "leading"
+    } else {
+        "following"
+    };
+    tracing::info!(%addr, data_dir = %config.data_dir.display(), %server, leading, "flotilla serving");
     let state = match &config.database_url {
         None => config.data_dir.display().to_string(),
         Some(url) => format!("{url:?}, data directory {}", config.data_dir.display()),
     };
-    eprintln!("flotilla serving on http://{addr} (state in {state})");
+    eprintln!("flotilla serving on http://{addr} (state in {state}; server {server}, {leading})");
 
     let housekeeping = {
         let limits = limits.clone();
@@ -262,6 +326,7 @@ pub async fn run(config: Config, admin_password: Option<String>) -> anyhow::Resu
     .await
     .context("HTTP server failed")?;
     housekeeping.abort();
+    revocations.abort();
     tracing::info!("shutting down: draining reconciles");
     tasks.shutdown().await;
     Ok(())

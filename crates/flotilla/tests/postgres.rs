@@ -45,29 +45,43 @@ fn serve_on_postgres_keeps_its_state_there_across_a_sigkill() {
     assert!(node_processes(&sandbox.path()).is_empty());
 }
 
+/// The config of servers that share the local driver's instances.
+pub fn shared_config(instances: &std::path::Path) -> String {
+    CONFIG.replace(
+        "type = \"local\"\n",
+        &format!(
+            "type = \"local\"\ndir = {:?}\n",
+            instances.display().to_string()
+        ),
+    )
+}
+
 #[test]
-fn a_second_server_on_one_database_is_refused_until_servers_share_the_work() {
+fn two_servers_on_one_database_share_the_work() {
     let pg = TempPostgres::start().expect("start PostgreSQL");
     let url = database(&pg);
-    let first = Sandbox::new();
-    let _server = Server::start_with_env(
-        &first.path(),
-        CONFIG,
-        &[("FLOTILLA_DATABASE_URL", url.as_str())],
+    let env = [("FLOTILLA_DATABASE_URL", url.as_str())];
+    let shared = Sandbox::new();
+    let config = shared_config(&shared.path().join("instances"));
+    let (first, second) = (Sandbox::new(), Sandbox::new());
+    let leader = Server::start_with_env(&first.path(), &config, &env);
+    let follower = Server::start_with_env(&second.path(), &config, &env);
+
+    // A deploy at the server that follows: the leader acts, and both answer.
+    let out = follower.cli(&["deploy", "two", "--nodes", "2", "--ttl", "10m", "--wait"]);
+    assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(ready_nodes(&follower.status("two")), 2);
+    assert_eq!(ready_nodes(&leader.status("two")), 2);
+    assert_eq!(
+        follower.status("two")["nodes"],
+        leader.status("two")["nodes"],
+        "both answer what the leader observes"
     );
-    let second = Sandbox::new();
-    let out = Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(second.path().join("data"))
-        .env("FLOTILLA_DATABASE_URL", &url)
-        .output()
-        .unwrap();
-    assert_eq!(code(&out), 1);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("another flotilla server is already running on the database"),
-        "{stderr}"
-    );
+    assert_eq!(node_processes(&shared.path()).len(), 2);
+    assert_eq!(code(&follower.cli(&["destroy", "two", "--wait"])), 0);
+    wait_for("the nodes gone", || {
+        node_processes(&shared.path()).is_empty()
+    });
 }
 
 #[test]

@@ -268,13 +268,21 @@ fn events_show_what_happened_and_follow_what_happens_next() {
         0
     );
     assert_eq!(
-        code(&server.cli(&["deploy", "ev", "--nodes", "2", "--ttl", "10m"])),
+        code(&server.cli(&["deploy", "ev", "--nodes", "2", "--ttl", "10m", "--wait"])),
         0
     );
     let out = server.cli(&["events", "ev"]);
     assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8_lossy(&out.stdout);
-    let lines: Vec<&str> = text.lines().collect();
+    assert!(
+        text.lines()
+            .any(|l| l.contains("cluster.nodes") && l.contains("1/1 ready: local-")),
+        "the nodes the leader observed: {text}"
+    );
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.contains("cluster.nodes"))
+        .collect();
     assert_eq!(lines.len(), 2, "{text}");
     assert!(
         lines[0].contains("cluster.deployed") && lines[0].contains("1 nodes"),

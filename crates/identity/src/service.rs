@@ -508,6 +508,32 @@ impl Identity {
         self.changed.lock().expect("not poisoned")
     }
 
+    /// An account changed at `at`, possibly on another server sharing the
+    /// database (the change feed says so): its access tokens issued before
+    /// then are refused from now on, as on the server that made the change.
+    /// A change this server made and marked already changes nothing here.
+    pub fn account_changed(&self, username: &Username, at: DateTime<Utc>) {
+        let cutoff = at.timestamp() + 1;
+        let mut changes = self.changes();
+        if changes
+            .accounts
+            .get(username)
+            .is_some_and(|c| c.cutoff >= cutoff)
+        {
+            return;
+        }
+        changes.count += 1;
+        let number = changes.count;
+        changes.accounts.insert(
+            username.clone(),
+            Change {
+                cutoff,
+                number,
+                dated_at_cutoff: false,
+            },
+        );
+    }
+
     fn mark_changed(&self, username: &Username, now: DateTime<Utc>) {
         // A token issued in this same second is refused too: iat has whole
         // seconds, so the one after is the first that is surely newer. A

@@ -16,13 +16,16 @@
 //!   shared by every change of one (locking every row instead would write
 //!   each of them on every pass), and [`Lock::Feed`]
 //!   from a transaction's change-feed insert, its last step, to its commit
-//!   (see [`commit_with`]).
+//!   (see [`commit_with`]);
+//! - the lease row, read `FOR SHARE` as the first step of every write only
+//!   the leader makes, so a takeover waits for them (module `lease`).
 //!
 //! A single statement (deploy's upsert, destroy, expire_due, forget) needs
 //! no more: PostgreSQL runs it atomically against concurrent writers.
 
 use std::collections::BTreeSet;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -34,12 +37,14 @@ use flotilla_domain::{
 use flotilla_store::sql::{self as row, AccountRow, ClusterRow, RefreshTokenRow};
 use flotilla_store::{
     account_change, account_select, cluster_columns, left_with_account, AccountRecord,
-    AccountStore, ChangeFeed, RefreshTokenRecord, Rotation, Store, StoreError,
+    AccountStore, ChangeFeed, Fence, RefreshTokenRecord, Rotation, Store, StoreError,
 };
 use sqlx::migrate::Migrator;
-use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPool, PgPoolOptions};
 use sqlx::{Postgres, Transaction};
+use tokio::sync::watch;
 
+mod lease;
 mod orgs;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -59,7 +64,7 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 const ID_ATTEMPTS: usize = 3;
 
 /// The advisory locks this backend takes (`pg_advisory_xact_lock`): held
-/// until the transaction ends. Key (7046134, 0) is the [`ServerLock`].
+/// until the transaction ends.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Lock<'a> {
     /// Changes that count admins: the first admin, demotion, deletion.
@@ -104,31 +109,87 @@ impl Lock<'_> {
 #[derive(Clone)]
 pub struct PostgresStore {
     location: String,
-    options: PgConnectOptions,
     pub(crate) pool: PgPool,
+    /// Bumped on every notice of a committed change, from any server.
+    notices: Arc<watch::Sender<u64>>,
+    _listener: Arc<Listener>,
 }
 
-/// Only where the database is: the connection options hold its password.
+/// How long opening the store waits for its listener to start.
+const LISTEN_WAIT: Duration = Duration::from_secs(5);
+
+/// The NOTIFY channel every commit with changes signals on.
+const CHANNEL: &str = "flotilla_changes";
+
+/// The task that listens for the feed's notices; stopped with the last
+/// clone of the store.
+struct Listener(tokio::task::JoinHandle<()>);
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Listens on [`CHANNEL`] and bumps `notices` for each notice. `recv`
+/// reconnects by itself after a lost connection; the notices sent
+/// meanwhile are lost, which readers cover by reading the feed on a timer
+/// as well, so a reconnect only bumps once more to make them look now.
+async fn listen(pool: PgPool, notices: std::sync::Weak<watch::Sender<u64>>) {
+    let bump = || match notices.upgrade() {
+        Some(n) => {
+            n.send_modify(|v| *v += 1);
+            true
+        }
+        None => false,
+    };
+    loop {
+        let mut listener = match PgListener::connect_with(&pool).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for the change feed's notices; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        if let Err(e) = listener.listen(CHANNEL).await {
+            tracing::warn!(error = %e, "cannot listen for the change feed's notices; retrying");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        }
+        if !bump() {
+            return;
+        }
+        loop {
+            match listener.try_recv().await {
+                Ok(Some(_)) => {
+                    if !bump() {
+                        return;
+                    }
+                }
+                // The connection was lost; the next call reconnects.
+                Ok(None) => {
+                    if !bump() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "lost the change feed's notices; listening again");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Only where the database is: the pool's options hold its password.
 impl std::fmt::Debug for PostgresStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PostgresStore")
             .field("location", &self.location)
             .finish_non_exhaustive()
     }
-}
-
-/// Held by the one server that runs the loops on this database, for as
-/// long as its connection lives (a session-level advisory lock, released
-/// by PostgreSQL when the server's connection ends, however it ends).
-pub struct ServerLock {
-    _conn: PgConnection,
-}
-
-/// Another server holds the [`ServerLock`].
-#[derive(Debug, thiserror::Error)]
-#[error("another flotilla server is already running on the database at {location}; stop it first (several servers on one database are not supported yet)")]
-pub struct ServerLockHeld {
-    pub location: String,
 }
 
 /// `url` with any password replaced, for messages and logs: the one in
@@ -178,7 +239,7 @@ impl PostgresStore {
         let pool = PgPoolOptions::new()
             .max_connections(CONNECTIONS)
             .acquire_timeout(ACQUIRE_TIMEOUT)
-            .connect_with(options.clone())
+            .connect_with(options)
             .await
             .map_err(|e| open_error(e.into()))?;
         // sqlx's migrator takes an advisory lock of its own, so servers
@@ -191,28 +252,23 @@ impl PostgresStore {
             .fetch_one(&pool)
             .await?;
         tracing::info!(location = %location, server_version = %version, "opened the PostgreSQL store");
+        let notices = Arc::new(watch::channel(0).0);
+        let mut listening = notices.subscribe();
+        let listener = tokio::spawn(listen(pool.clone(), Arc::downgrade(&notices)));
+        // Its first bump says it listens: from here on no change is missed.
+        if tokio::time::timeout(LISTEN_WAIT, listening.changed())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "not listening for the change feed's notices yet; readers poll meanwhile"
+            );
+        }
         Ok(PostgresStore {
             location,
-            options,
             pool,
-        })
-    }
-
-    /// Takes the [`ServerLock`] on its own connection, or says who has it.
-    /// Until servers share the work through a leader lease, the one that
-    /// holds it is the only one on the database.
-    pub async fn lock_server(&self) -> Result<Result<ServerLock, ServerLockHeld>, StoreError> {
-        use sqlx::Connection;
-        let mut conn = PgConnection::connect_with(&self.options).await?;
-        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(7046134, 0)")
-            .fetch_one(&mut conn)
-            .await?;
-        Ok(if locked {
-            Ok(ServerLock { _conn: conn })
-        } else {
-            Err(ServerLockHeld {
-                location: self.location.clone(),
-            })
+            notices,
+            _listener: Arc::new(Listener(listener)),
         })
     }
 
@@ -261,6 +317,11 @@ pub(crate) async fn commit_with(
         )
         .execute(&mut *tx)
         .await?;
+        // Delivered at the commit, to every server listening.
+        sqlx::query("SELECT pg_notify($1, '')")
+            .bind(CHANNEL)
+            .execute(&mut *tx)
+            .await?;
     }
     tx.commit().await?;
     Ok(())
@@ -436,10 +497,15 @@ impl Store for PostgresStore {
         Ok(record)
     }
 
-    async fn expire_due(&self, now: DateTime<Utc>) -> Result<Vec<ClusterRecord>, StoreError> {
+    async fn expire_due(
+        &self,
+        now: DateTime<Utc>,
+        fence: Fence,
+    ) -> Result<Vec<ClusterRecord>, StoreError> {
         // One statement: a row a racing caller fired first no longer
         // matches when this one gets its lock, so each fires once.
         let mut tx = self.begin().await?;
+        lease::check_fence(&mut tx, fence).await?;
         // The due rows are locked in name order first, so two callers (or
         // a caller and another writer of several records) cannot deadlock.
         let rows: Vec<ClusterRow> = sqlx::query_as(concat!(
@@ -473,8 +539,14 @@ impl Store for PostgresStore {
             .transpose()
     }
 
-    async fn forget(&self, name: &ClusterName, generation: i64) -> Result<bool, StoreError> {
+    async fn forget(
+        &self,
+        name: &ClusterName,
+        generation: i64,
+        fence: Fence,
+    ) -> Result<bool, StoreError> {
         let mut tx = self.begin().await?;
+        lease::check_fence(&mut tx, fence).await?;
         let done = sqlx::query(
             "DELETE FROM clusters WHERE name = $1 AND destroying = TRUE AND generation = $2",
         )
@@ -485,6 +557,10 @@ impl Store for PostgresStore {
         if done.rows_affected() != 1 {
             return Ok(false);
         }
+        sqlx::query("DELETE FROM nodes WHERE cluster = $1")
+            .bind(name.as_str())
+            .execute(&mut *tx)
+            .await?;
         let change = NewChange::cluster_gone(ChangeKind::ClusterForgotten, name.as_str());
         commit_with(tx, &[change], Utc::now()).await?;
         Ok(true)
@@ -891,6 +967,10 @@ impl AccountStore for PostgresStore {
 
 #[async_trait]
 impl ChangeFeed for PostgresStore {
+    fn change_notices(&self) -> watch::Receiver<u64> {
+        self.notices.subscribe()
+    }
+
     async fn changes(
         &self,
         after: i64,

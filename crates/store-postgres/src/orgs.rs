@@ -19,10 +19,11 @@ use flotilla_store::sql::{
     RequestRow, ORG_COLUMNS,
 };
 use flotilla_store::{
-    cluster_columns, CostRow, OrgChange, OrgChanged, OrgStore, OrgUsage, StoreError,
+    cluster_columns, CostRow, Fence, OrgChange, OrgChanged, OrgStore, OrgUsage, StoreError,
 };
 use sqlx::PgConnection;
 
+use crate::lease::check_fence;
 use crate::{commit_with, locked_cluster, Lock, PostgresStore};
 
 /// Every organisation (or the one named), with requests and, if asked,
@@ -347,8 +348,13 @@ impl OrgStore for PostgresStore {
         })
     }
 
-    async fn expire_capacity(&self, now: DateTime<Utc>) -> Result<Vec<OrgChanged>, StoreError> {
+    async fn expire_capacity(
+        &self,
+        now: DateTime<Utc>,
+        fence: Fence,
+    ) -> Result<Vec<OrgChanged>, StoreError> {
         let mut tx = self.begin().await?;
+        check_fence(&mut tx, fence).await?;
         Lock::share_orgs(&mut tx).await?;
         // Lock the organisations with due requests in name order, then
         // read their requests again under the lock.
@@ -400,12 +406,14 @@ impl OrgStore for PostgresStore {
         &self,
         usage: &[OrgUsage],
         now: DateTime<Utc>,
+        fence: Fence,
     ) -> Result<Vec<OrgChanged>, StoreError> {
         // Charged up to a time the store can hold exactly: the next pass
         // starts from what is stored, so the pieces add up to the whole.
         let now = DateTime::from_timestamp_millis(row::to_millis(now)).unwrap_or(now);
         let by_org: HashMap<&str, &OrgUsage> = usage.iter().map(|u| (u.org.as_str(), u)).collect();
         let mut tx = self.begin().await?;
+        check_fence(&mut tx, fence).await?;
         // Every organisation at once: a racing pass waits here and then
         // reads what this one charged, so each moment is charged once; a
         // change of one organisation waits for the pass, and the pass for

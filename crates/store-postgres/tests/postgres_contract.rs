@@ -24,7 +24,7 @@ flotilla_store::store_contract_tests!(postgres_harness);
 
 use chrono::{DateTime, Utc};
 use flotilla_domain::{ClusterName, DeployCommand, Limits, NodeCapacity, PoolName, TimeToLive};
-use flotilla_store::{Store, StoreError};
+use flotilla_store::{ChangeFeed, Store, StoreError};
 use sqlx::Connection;
 
 fn t(seconds: i64) -> DateTime<Utc> {
@@ -144,30 +144,25 @@ fn redact_hides_only_the_password() {
     );
 }
 
-/// One server at a time holds the server lock; it is free again once its
-/// holder's connection is gone.
+/// A change committed by one server wakes the feed's readers on another
+/// (NOTIFY), so a command at a follower reaches the leader at once.
 #[tokio::test]
-async fn one_server_at_a_time_holds_the_server_lock() {
+async fn a_change_on_one_server_notifies_the_others() {
     let pg = TempPostgres::start_async().await.unwrap();
     let url = pg.create_database().await.unwrap();
-    let first = PostgresStore::connect(&url).await.unwrap();
-    let second = PostgresStore::connect(&url).await.unwrap();
-    let held = first.lock_server().await.unwrap().expect("free at first");
-    let refused = second.lock_server().await.unwrap().err().expect("held");
-    assert!(
-        refused.to_string().contains("another flotilla server"),
-        "{refused}"
-    );
-    drop(held);
-    // PostgreSQL releases the lock when it notices the connection closed.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    loop {
-        match second.lock_server().await.unwrap() {
-            Ok(_) => break,
-            Err(e) if std::time::Instant::now() > deadline => panic!("still held: {e}"),
-            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
-        }
-    }
+    let leader = PostgresStore::connect(&url).await.unwrap();
+    let follower = PostgresStore::connect(&url).await.unwrap();
+    // Listening from the moment it is open.
+    let mut notices = leader.change_notices();
+    notices.borrow_and_update();
+    follower
+        .deploy(&command("a", 1), t(0), t(3600))
+        .await
+        .unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(5), notices.changed())
+        .await
+        .expect("a notice within 5 s")
+        .unwrap();
 }
 
 /// A server started from one of tokio's blocking threads (which end after

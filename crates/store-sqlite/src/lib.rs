@@ -10,6 +10,7 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -23,13 +24,15 @@ use sqlx::sqlite::{
     Sqlite, SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool,
     SqlitePoolOptions, SqliteSynchronous,
 };
+use tokio::sync::watch;
 
 use flotilla_store::sql::{self as row, AccountRow, ClusterRow, RefreshTokenRow};
 use flotilla_store::{
     account_change, account_select, cluster_columns, left_with_account, AccountRecord,
-    AccountStore, ChangeFeed, RefreshTokenRecord, Rotation, Store, StoreError,
+    AccountStore, ChangeFeed, Fence, RefreshTokenRecord, Rotation, Store, StoreError,
 };
 
+mod lease;
 mod orgs;
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
@@ -51,6 +54,8 @@ pub struct SqliteStore {
     path: PathBuf,
     writer: SqlitePool,
     reader: SqlitePool,
+    /// Bumped after every commit, for [`ChangeFeed::change_notices`].
+    notices: Arc<watch::Sender<u64>>,
 }
 
 /// The settings a connection actually runs with, as SQLite reports them.
@@ -109,6 +114,7 @@ impl SqliteStore {
             .map_err(|e| open_error(e.into()))?;
 
         let store = SqliteStore {
+            notices: Arc::new(watch::channel(0).0),
             path: path.to_owned(),
             writer,
             reader,
@@ -142,6 +148,16 @@ impl SqliteStore {
     /// What a read connection runs with.
     pub async fn read_settings(&self) -> Result<ConnectionSettings, StoreError> {
         settings(&self.reader).await
+    }
+
+    /// Commits a write transaction and tells the feed's readers.
+    pub(crate) async fn commit(
+        &self,
+        tx: sqlx::Transaction<'static, sqlx::Sqlite>,
+    ) -> Result<(), StoreError> {
+        tx.commit().await?;
+        self.notices.send_modify(|n| *n += 1);
+        Ok(())
     }
 
     pub(crate) async fn begin_write(
@@ -260,7 +276,7 @@ impl Store for SqliteStore {
                 .bind(driver)
                 .fetch_optional(&mut *tx)
                 .await?;
-            tx.commit().await?;
+            self.commit(tx).await?;
             if let Some(id) = id {
                 return row::instance_set_id(driver, id);
             }
@@ -331,7 +347,7 @@ impl Store for SqliteStore {
             let record = ClusterRecord::try_from(row)?;
             let kind = ChangeKind::of_deploy(before.as_ref(), &record);
             record_changes(&mut tx, &[NewChange::cluster(kind, &record)], now).await?;
-            tx.commit().await?;
+            self.commit(tx).await?;
             return Ok(record);
         }
 
@@ -370,15 +386,20 @@ impl Store for SqliteStore {
         if let Some(r) = &record {
             let change = NewChange::cluster(ChangeKind::ClusterDestroyed, r);
             record_changes(&mut tx, &[change], now).await?;
-            tx.commit().await?;
+            self.commit(tx).await?;
         }
         Ok(record)
     }
 
-    async fn expire_due(&self, now: DateTime<Utc>) -> Result<Vec<ClusterRecord>, StoreError> {
+    async fn expire_due(
+        &self,
+        now: DateTime<Utc>,
+        fence: Fence,
+    ) -> Result<Vec<ClusterRecord>, StoreError> {
         // One transaction: each due row fires exactly once however many
         // callers race.
         let mut tx = self.begin_write().await?;
+        lease::check_fence(&mut tx, fence).await?;
         let rows: Vec<ClusterRow> = sqlx::query_as(concat!(
             "UPDATE clusters SET destroying = TRUE, expires_at = NULL, \
                  generation = generation + 1, updated_at = $1 \
@@ -395,7 +416,7 @@ impl Store for SqliteStore {
                 .map(|r| NewChange::cluster(ChangeKind::ClusterExpired, r))
                 .collect();
             record_changes(&mut tx, &changes, now).await?;
-            tx.commit().await?;
+            self.commit(tx).await?;
         }
         Ok(fired)
     }
@@ -409,8 +430,14 @@ impl Store for SqliteStore {
             .transpose()
     }
 
-    async fn forget(&self, name: &ClusterName, generation: i64) -> Result<bool, StoreError> {
+    async fn forget(
+        &self,
+        name: &ClusterName,
+        generation: i64,
+        fence: Fence,
+    ) -> Result<bool, StoreError> {
         let mut tx = self.begin_write().await?;
+        lease::check_fence(&mut tx, fence).await?;
         let done = sqlx::query(
             "DELETE FROM clusters WHERE name = $1 AND destroying = TRUE AND generation = $2",
         )
@@ -421,9 +448,13 @@ impl Store for SqliteStore {
         if done.rows_affected() != 1 {
             return Ok(false);
         }
+        sqlx::query("DELETE FROM nodes WHERE cluster = $1")
+            .bind(name.as_str())
+            .execute(&mut *tx)
+            .await?;
         let change = NewChange::cluster_gone(ChangeKind::ClusterForgotten, name.as_str());
         record_changes(&mut tx, &[change], Utc::now()).await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(true)
     }
 }
@@ -567,7 +598,7 @@ impl AccountStore for SqliteStore {
         insert_account(&mut tx, account).await?;
         let change = account_change(ChangeKind::AccountCreated, account);
         record_changes(&mut tx, &[change], account.created_at).await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(())
     }
 
@@ -586,7 +617,7 @@ impl AccountStore for SqliteStore {
         insert_account(&mut tx, account).await?;
         let change = account_change(ChangeKind::AccountCreated, account);
         record_changes(&mut tx, &[change], account.created_at).await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(true)
     }
 
@@ -621,7 +652,7 @@ impl AccountStore for SqliteStore {
         let account = fetch_existing_account(&mut tx, username).await?;
         let change = account_change(ChangeKind::AccountChanged, &account);
         record_changes(&mut tx, &[change], Utc::now()).await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(Some(account))
     }
 
@@ -647,7 +678,7 @@ impl AccountStore for SqliteStore {
         let account = fetch_existing_account(&mut tx, username).await?;
         let change = account_change(ChangeKind::AccountChanged, &account);
         record_changes(&mut tx, &[change], Utc::now()).await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(Some(account))
     }
 
@@ -672,7 +703,7 @@ impl AccountStore for SqliteStore {
         let mut changes = vec![account_change(ChangeKind::AccountDeleted, &account)];
         changes.extend(orgs.iter().map(|org| left_with_account(org, username)));
         record_changes(&mut tx, &changes, Utc::now()).await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(true)
     }
 
@@ -714,7 +745,7 @@ impl AccountStore for SqliteStore {
         if let Some(kind) = kind {
             record_changes(&mut tx, &[account_change(kind, &account)], now).await?;
         }
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(account)
     }
 
@@ -731,7 +762,7 @@ impl AccountStore for SqliteStore {
         .bind(row::to_millis(token.expires_at))
         .execute(&mut *tx)
         .await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(())
     }
 
@@ -759,7 +790,7 @@ impl AccountStore for SqliteStore {
         }
         if token.used_at.is_some() {
             revoke_family(&mut tx, &token.family, now).await?;
-            tx.commit().await?;
+            self.commit(tx).await?;
             return Ok(Rotation::Reused);
         }
         sqlx::query("UPDATE refresh_tokens SET used_at = $2 WHERE id = $1")
@@ -785,7 +816,7 @@ impl AccountStore for SqliteStore {
             ))
         })?;
         let account = fetch_existing_account(&mut tx, &username).await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(Rotation::Rotated {
             account,
             expires_at: row::from_millis(next_expires_ms, || {
@@ -809,7 +840,7 @@ impl AccountStore for SqliteStore {
             return Ok(false);
         };
         revoke_family(&mut tx, &family, now).await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(true)
     }
 
@@ -835,7 +866,7 @@ impl AccountStore for SqliteStore {
         .bind(now_ms)
         .execute(&mut *tx)
         .await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         u64::try_from(live)
             .map_err(|_| StoreError::Corrupt(format!("refresh_tokens: COUNT(*) is {live}")))
     }
@@ -843,6 +874,10 @@ impl AccountStore for SqliteStore {
 
 #[async_trait]
 impl ChangeFeed for SqliteStore {
+    fn change_notices(&self) -> watch::Receiver<u64> {
+        self.notices.subscribe()
+    }
+
     async fn changes(
         &self,
         after: i64,

@@ -21,9 +21,10 @@ use flotilla_store::sql::{
     RequestRow, ORG_COLUMNS,
 };
 use flotilla_store::{
-    cluster_columns, CostRow, OrgChange, OrgChanged, OrgStore, OrgUsage, StoreError,
+    cluster_columns, CostRow, Fence, OrgChange, OrgChanged, OrgStore, OrgUsage, StoreError,
 };
 
+use crate::lease::check_fence;
 use crate::{cluster_in, record_changes, SqliteStore};
 
 /// `SELECT columns FROM from ORDER BY order` as one JSON array of row
@@ -298,7 +299,7 @@ impl OrgStore for SqliteStore {
         save_org_row(&mut tx, org).await?;
         save_people_and_requests(&mut tx, org).await?;
         record_effects(&mut tx, org, &org.opening(), org.created_at).await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(())
     }
 
@@ -326,7 +327,7 @@ impl OrgStore for SqliteStore {
         save_org_row(&mut tx, &org).await?;
         save_people_and_requests(&mut tx, &org).await?;
         let cluster = record_effects(&mut tx, &org, &effects, now).await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(OrgChanged {
             org,
             effects,
@@ -334,8 +335,13 @@ impl OrgStore for SqliteStore {
         })
     }
 
-    async fn expire_capacity(&self, now: DateTime<Utc>) -> Result<Vec<OrgChanged>, StoreError> {
+    async fn expire_capacity(
+        &self,
+        now: DateTime<Utc>,
+        fence: Fence,
+    ) -> Result<Vec<OrgChanged>, StoreError> {
         let mut tx = self.begin_write().await?;
+        check_fence(&mut tx, fence).await?;
         let due: Vec<String> = sqlx::query_scalar(
             "SELECT DISTINCT org FROM capacity_requests WHERE expires_at <= $1 ORDER BY org",
         )
@@ -358,7 +364,7 @@ impl OrgStore for SqliteStore {
                 cluster,
             });
         }
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(changed)
     }
 
@@ -376,12 +382,14 @@ impl OrgStore for SqliteStore {
         &self,
         usage: &[OrgUsage],
         now: DateTime<Utc>,
+        fence: Fence,
     ) -> Result<Vec<OrgChanged>, StoreError> {
         // Charged up to a time the store can hold exactly: the next pass
         // starts from what is stored, so the pieces add up to the whole.
         let now = DateTime::from_timestamp_millis(row::to_millis(now)).unwrap_or(now);
         let by_org: HashMap<&str, &OrgUsage> = usage.iter().map(|u| (u.org.as_str(), u)).collect();
         let mut tx = self.begin_write().await?;
+        check_fence(&mut tx, fence).await?;
         let orgs = load_orgs(&mut tx, None, false).await?;
         let mut org_rows = Vec::new();
         let mut cost_rows = Vec::new();
@@ -465,7 +473,7 @@ impl OrgStore for SqliteStore {
                 cluster,
             });
         }
-        tx.commit().await?;
+        self.commit(tx).await?;
         // The pass loaded organisations without their people; callers get
         // them whole.
         let mut conn = reader_conn(&self.reader).await?;

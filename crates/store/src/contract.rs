@@ -19,7 +19,7 @@ use flotilla_domain::{
 };
 use tokio::task::JoinSet;
 
-use crate::{AccountRecord, RefreshTokenRecord, Rotation, Store, StoreError};
+use crate::{AccountRecord, Fence, RefreshTokenRecord, Rotation, Store, StoreError};
 
 #[path = "contract_orgs.rs"]
 mod orgs;
@@ -27,6 +27,9 @@ pub use orgs::*;
 #[path = "contract_feed.rs"]
 mod feed;
 pub use feed::*;
+#[path = "contract_lease.rs"]
+mod lease;
+pub use lease::*;
 
 pub struct Harness {
     /// An empty store.
@@ -92,7 +95,13 @@ macro_rules! store_contract_tests {
             a_refused_change_leaves_nothing_in_the_feed,
             organisation_changes_are_in_the_feed,
             a_follower_sees_every_change_of_racing_writers_once,
-            pruning_removes_only_older_changes_and_numbers_go_on
+            pruning_removes_only_older_changes_and_numbers_go_on,
+            a_commit_bumps_the_change_notices,
+            one_server_holds_the_lease_until_it_runs_out,
+            a_released_or_restarted_holders_lease_is_taken_at_once,
+            racing_servers_begin_one_term,
+            writes_of_an_ended_term_are_refused_and_change_nothing,
+            published_nodes_replace_the_last_and_go_with_the_cluster
         );
     };
     (@each $harness:path, $($check:ident),+) => {
@@ -103,6 +112,18 @@ macro_rules! store_contract_tests {
             }
         )+
     };
+}
+
+/// The holder of the lease the checks take.
+pub const CONTRACT_HOLDER: &str = "contract";
+
+/// Takes the leader's lease, for the checks that make the leader's writes.
+pub async fn lead(store: &dyn Store) -> Fence {
+    store
+        .acquire_lease(CONTRACT_HOLDER, std::time::Duration::from_secs(3600), t(0))
+        .await
+        .expect("acquire_lease")
+        .expect("nobody else holds the lease")
 }
 
 /// A fixed origin, so records compare whole.
@@ -357,7 +378,12 @@ pub async fn deploy_after_destroy_revives_the_cluster(h: Harness) {
 
 pub async fn expire_due_fires_exactly_the_due_clusters_once(h: Harness) {
     let store = h.store.as_ref();
-    assert!(store.expire_due(t(0)).await.expect("expire_due").is_empty());
+    let fence = lead(store).await;
+    assert!(store
+        .expire_due(t(0), fence)
+        .await
+        .expect("expire_due")
+        .is_empty());
 
     let a = deploy(store, &command("a", 1, false, "default"), 0, 10).await;
     let b = deploy(store, &command("b", 2, false, "default"), 0, 20).await;
@@ -370,7 +396,7 @@ pub async fn expire_due_fires_exactly_the_due_clusters_once(h: Harness) {
         .expect("exists");
 
     // Due means at or before `now`.
-    let fired = sorted(store.expire_due(t(20)).await.expect("expire_due"));
+    let fired = sorted(store.expire_due(t(20), fence).await.expect("expire_due"));
     let fire = |r: ClusterRecord| ClusterRecord {
         destroying: true,
         expires_at: None,
@@ -390,20 +416,20 @@ pub async fn expire_due_fires_exactly_the_due_clusters_once(h: Harness) {
 
     assert!(
         store
-            .expire_due(t(20))
+            .expire_due(t(20), fence)
             .await
             .expect("expire_due")
             .is_empty(),
         "fires once"
     );
     assert!(store
-        .expire_due(t(29))
+        .expire_due(t(29), fence)
         .await
         .expect("expire_due")
         .is_empty());
     assert_eq!(store.next_expiry().await.expect("next_expiry"), Some(t(30)));
 
-    let fired = store.expire_due(t(1000)).await.expect("expire_due");
+    let fired = store.expire_due(t(1000), fence).await.expect("expire_due");
     assert_eq!(
         fired.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
         ["c"]
@@ -445,12 +471,16 @@ pub async fn next_expiry_is_the_earliest_live_deadline(h: Harness) {
 
 pub async fn forget_needs_destroying_and_the_current_generation(h: Harness) {
     let store = h.store.as_ref();
-    assert!(!store.forget(&name("ghost"), 1).await.expect("forget"));
+    let fence = lead(store).await;
+    assert!(!store
+        .forget(&name("ghost"), 1, fence)
+        .await
+        .expect("forget"));
 
     let made = deploy(store, &command("alpha", 2, false, "default"), 0, 100).await;
     assert!(
         !store
-            .forget(&name("alpha"), made.generation)
+            .forget(&name("alpha"), made.generation, fence)
             .await
             .expect("forget"),
         "a cluster not being destroyed is kept"
@@ -464,26 +494,26 @@ pub async fn forget_needs_destroying_and_the_current_generation(h: Harness) {
         .expect("exists");
     assert!(
         !store
-            .forget(&name("alpha"), made.generation)
+            .forget(&name("alpha"), made.generation, fence)
             .await
             .expect("forget"),
         "a stale generation is refused"
     );
     assert!(!store
-        .forget(&name("alpha"), destroyed.generation + 1)
+        .forget(&name("alpha"), destroyed.generation + 1, fence)
         .await
         .expect("forget"));
     assert_eq!(get(store, "alpha").await.as_ref(), Some(&destroyed));
 
     assert!(store
-        .forget(&name("alpha"), destroyed.generation)
+        .forget(&name("alpha"), destroyed.generation, fence)
         .await
         .expect("forget"));
     assert_eq!(get(store, "alpha").await, None);
     assert!(store.list_clusters().await.expect("list").is_empty());
     assert!(
         !store
-            .forget(&name("alpha"), destroyed.generation)
+            .forget(&name("alpha"), destroyed.generation, fence)
             .await
             .expect("forget"),
         "already gone"
@@ -503,7 +533,7 @@ pub async fn forget_needs_destroying_and_the_current_generation(h: Harness) {
         .expect("exists");
     let revived = deploy(store, &command("alpha", 1, true, "other"), 31, 90).await;
     assert!(!store
-        .forget(&name("alpha"), destroyed.generation)
+        .forget(&name("alpha"), destroyed.generation, fence)
         .await
         .expect("forget"));
     assert_eq!(get(store, "alpha").await, Some(revived));

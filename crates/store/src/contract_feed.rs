@@ -6,7 +6,7 @@ use flotilla_domain::{ChangeEntity, ChangeKind, Level, OrgEventKind};
 use tokio::task::JoinSet;
 
 use super::orgs::{ask, credit, lab};
-use super::{command, create, deploy, local, name, t, user, Harness};
+use super::{command, create, deploy, lead, local, name, t, user, Harness, CONTRACT_HOLDER};
 use crate::{Store, StoreError};
 
 /// The kinds and keys of every change after `after`.
@@ -28,23 +28,25 @@ pub async fn every_change_is_in_the_feed_in_order(h: Harness) {
     let store = h.store.as_ref();
     assert_eq!(store.last_change().await.unwrap(), 0);
     assert!(feed(store, 0).await.is_empty());
+    let fence = lead(store).await;
 
     deploy(store, &command("a", 2, false, "default"), 0, 600).await;
     deploy(store, &command("a", 3, false, "default"), 10, 600).await;
     deploy(store, &command("a", 3, false, "default"), 20, 900).await;
     let destroyed = store.destroy(&name("a"), t(30)).await.unwrap().unwrap();
     assert!(store
-        .forget(&name("a"), destroyed.generation)
+        .forget(&name("a"), destroyed.generation, fence)
         .await
         .unwrap());
     deploy(store, &command("b", 1, false, "default"), 40, 50).await;
-    assert_eq!(store.expire_due(t(60)).await.unwrap().len(), 1);
+    assert_eq!(store.expire_due(t(60), fence).await.unwrap().len(), 1);
     create(store, &local("ann", Level::OrgMember)).await;
     create(store, &local("root", Level::Admin)).await;
     store.set_level(&user("ann"), Level::Admin).await.unwrap();
     assert!(store.delete_account(&user("ann")).await.unwrap());
 
     let expected = vec![
+        entry(ChangeKind::LeaseTaken, CONTRACT_HOLDER),
         entry(ChangeKind::ClusterDeployed, "a"),
         entry(ChangeKind::ClusterResized, "a"),
         entry(ChangeKind::ClusterExtended, "a"),
@@ -64,12 +66,13 @@ pub async fn every_change_is_in_the_feed_in_order(h: Harness) {
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
     assert_eq!(store.last_change().await.unwrap(), *seqs.last().unwrap());
     // Times are the changes' own; the record's state is in the payload.
-    assert_eq!(all[1].at, t(10));
-    assert_eq!(all[1].payload["nodes"], 3);
-    assert_eq!(all[6].at, t(60));
-    assert_eq!(all[7].payload["level"], "org_member");
+    // (all[0] is the lease taken for the leader's writes.)
+    assert_eq!(all[2].at, t(10));
+    assert_eq!(all[2].payload["nodes"], 3);
+    assert_eq!(all[7].at, t(60));
+    assert_eq!(all[8].payload["level"], "org_member");
     assert!(
-        all[7].payload.get("password_hash").is_none(),
+        all[8].payload.get("password_hash").is_none(),
         "no secret in the feed"
     );
 
@@ -97,6 +100,7 @@ pub async fn every_change_is_in_the_feed_in_order(h: Harness) {
 
 pub async fn a_refused_change_leaves_nothing_in_the_feed(h: Harness) {
     let store = h.store.as_ref();
+    let fence = lead(store).await;
     deploy(store, &command("a", 2, false, "default"), 0, 600).await;
     create(store, &local("root", Level::Admin)).await;
     let before = store.last_change().await.unwrap();
@@ -117,8 +121,8 @@ pub async fn a_refused_change_leaves_nothing_in_the_feed(h: Harness) {
     ));
     // Nothing to do is no change either.
     assert!(store.destroy(&name("ghost"), t(2)).await.unwrap().is_none());
-    assert!(!store.forget(&name("a"), 1).await.unwrap());
-    assert!(store.expire_due(t(3)).await.unwrap().is_empty());
+    assert!(!store.forget(&name("a"), 1, fence).await.unwrap());
+    assert!(store.expire_due(t(3), fence).await.unwrap().is_empty());
     assert_eq!(store.last_change().await.unwrap(), before);
 }
 
@@ -238,4 +242,15 @@ pub async fn pruning_removes_only_older_changes_and_numbers_go_on(h: Harness) {
     let c = store.changes(0, 10, None).await.unwrap();
     assert_eq!(c.len(), 1);
     assert!(c[0].seq > last, "{} after {last}", c[0].seq);
+}
+
+pub async fn a_commit_bumps_the_change_notices(h: Harness) {
+    let store = h.store.as_ref();
+    let mut notices = store.change_notices();
+    notices.borrow_and_update();
+    deploy(store, &command("a", 1, false, "default"), 0, 600).await;
+    tokio::time::timeout(std::time::Duration::from_secs(5), notices.changed())
+        .await
+        .expect("a notice within 5 s")
+        .expect("the store is alive");
 }

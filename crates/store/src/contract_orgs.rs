@@ -9,7 +9,7 @@ use flotilla_domain::{
 };
 use tokio::task::JoinSet;
 
-use super::{create, get, local, name, pool, t, user, Harness};
+use super::{create, get, lead, local, name, pool, t, user, Harness};
 use crate::{OrgChanged, OrgUsage, Store, StoreError};
 
 const PRICE: Money = Money::from_micros(100_000);
@@ -165,6 +165,7 @@ pub async fn create_org_then_get_and_list(h: Harness) {
 
 pub async fn capacity_requests_size_the_cluster_record(h: Harness) {
     let store = &*h.store;
+    let fence = lead(store).await;
     lab(store).await;
     credit(store, "100", 3).await;
     // No record while the cluster sleeps and never ran.
@@ -192,11 +193,15 @@ pub async fn capacity_requests_size_the_cluster_record(h: Harness) {
     );
 
     // ann's request runs out: the cluster shrinks to bob's; then sleeps.
-    assert!(store.expire_capacity(t(3000)).await.unwrap().is_empty());
-    let fired = store.expire_capacity(t(10 + 3600)).await.unwrap();
+    assert!(store
+        .expire_capacity(t(3000), fence)
+        .await
+        .unwrap()
+        .is_empty());
+    let fired = store.expire_capacity(t(10 + 3600), fence).await.unwrap();
     assert_eq!(fired.len(), 1);
     assert_eq!(fired[0].cluster.as_ref().unwrap().node_capacity.get(), 2);
-    let fired = store.expire_capacity(t(20 + 7200)).await.unwrap();
+    let fired = store.expire_capacity(t(20 + 7200), fence).await.unwrap();
     assert_eq!(fired[0].effects.cluster, Some(ClusterTarget::Nodes(0)));
     let asleep = get(store, "lab").await.expect("kept while asleep");
     assert_eq!(asleep.node_capacity.get(), 0);
@@ -242,6 +247,7 @@ pub async fn a_refused_change_changes_nothing(h: Harness) {
 
 pub async fn accrual_is_exact_split_by_user_and_day_and_matches_the_ledger(h: Harness) {
     let store = &*h.store;
+    let fence = lead(store).await;
     lab(store).await;
     credit(store, "100", 3).await;
     ask(store, "ann", 2, 48 * HOUR, 10).await.unwrap();
@@ -254,7 +260,10 @@ pub async fn accrual_is_exact_split_by_user_and_day_and_matches_the_ledger(h: Ha
     // Uneven passes across a UTC midnight (t(0) is 22:13:20 UTC).
     let mut at = 30;
     while at < 6 * 3600 {
-        store.accrue(&[usage(at)], t(at)).await.expect("accrue");
+        store
+            .accrue(&[usage(at)], t(at), fence)
+            .await
+            .expect("accrue");
         at += 997;
     }
     let end = t(at - 997);
@@ -278,7 +287,7 @@ pub async fn accrual_is_exact_split_by_user_and_day_and_matches_the_ledger(h: Ha
         .count();
     assert_eq!(spends, 2, "one spend entry per day");
     // A pass at the same moment charges nothing more.
-    store.accrue(&[usage(0)], end).await.unwrap();
+    store.accrue(&[usage(0)], end, fence).await.unwrap();
     assert_eq!(
         store
             .get_org(&name("lab"))
@@ -293,6 +302,7 @@ pub async fn accrual_is_exact_split_by_user_and_day_and_matches_the_ledger(h: Ha
 
 pub async fn running_out_shuts_the_cluster_down(h: Harness) {
     let store = &*h.store;
+    let fence = lead(store).await;
     lab(store).await;
     credit(store, "2", 3).await;
     ask(store, "ann", 2, 24 * HOUR, 10).await.unwrap();
@@ -303,12 +313,12 @@ pub async fn running_out_shuts_the_cluster_down(h: Harness) {
     };
     // $2 at $0.20/h reaches $0.50 after 7.5 h.
     assert!(store
-        .accrue(std::slice::from_ref(&usage), t(10 + 7 * 3600))
+        .accrue(std::slice::from_ref(&usage), t(10 + 7 * 3600), fence)
         .await
         .unwrap()
         .is_empty());
     let changed = store
-        .accrue(std::slice::from_ref(&usage), t(10 + 7 * 3600 + 1800))
+        .accrue(std::slice::from_ref(&usage), t(10 + 7 * 3600 + 1800), fence)
         .await
         .unwrap();
     assert_eq!(changed.len(), 1);
@@ -393,6 +403,7 @@ pub async fn deleting_an_account_removes_its_memberships(h: Harness) {
 
 pub async fn the_monthly_allowance_is_credited_once_and_kept_in_the_ledger(h: Harness) {
     let store = &*h.store;
+    let fence = lead(store).await;
     lab(store).await;
     change(store, 3, |o| {
         o.update_settings(
@@ -409,17 +420,17 @@ pub async fn the_monthly_allowance_is_credited_once_and_kept_in_the_ledger(h: Ha
     .await;
     credit(store, "25", 4).await;
     // Still the month the organisation was made in: nothing.
-    assert!(store.accrue(&[], t(3600)).await.unwrap().is_empty());
+    assert!(store.accrue(&[], t(3600), fence).await.unwrap().is_empty());
     // The first of the next month (t(0) is 2023-11-14): up to the cap.
     let december = 17 * 24 * 3600;
-    let changed = store.accrue(&[], t(december)).await.unwrap();
+    let changed = store.accrue(&[], t(december), fence).await.unwrap();
     assert_eq!(changed.len(), 1);
     let org = store.get_org(&name("lab")).await.unwrap().unwrap();
     assert_eq!(org.budget.balance, m("50"));
     assert_eq!(org.budget.allowance_month, Some((2023, 12)));
     // Once a month, across a reload of the state.
     assert!(store
-        .accrue(&[], t(december + 3600))
+        .accrue(&[], t(december + 3600), fence)
         .await
         .unwrap()
         .is_empty());
@@ -438,6 +449,7 @@ pub async fn the_monthly_allowance_is_credited_once_and_kept_in_the_ledger(h: Ha
 /// money twice, and accrual passes from both charge each moment once.
 pub async fn two_servers_never_overspend_or_double_charge(h: Harness) {
     let (a, b) = (h.store.clone(), h.second.clone());
+    let fence = lead(a.as_ref()).await;
     create(a.as_ref(), &local("root", Level::Admin)).await;
     for name in ["ann", "bob"] {
         create(a.as_ref(), &local(name, Level::GithubMember)).await;
@@ -500,8 +512,8 @@ pub async fn two_servers_never_overspend_or_double_charge(h: Harness) {
     for step in 1..=20 {
         let now = t(2 + step * 60);
         let (x, y) = tokio::join!(
-            a.accrue(std::slice::from_ref(&usage), now),
-            b.accrue(std::slice::from_ref(&usage), now)
+            a.accrue(std::slice::from_ref(&usage), now, fence),
+            b.accrue(std::slice::from_ref(&usage), now, fence)
         );
         x.unwrap();
         y.unwrap();

@@ -7,12 +7,15 @@
 //! [`MemoryStore`] here serves tests. Every backend runs the same contract
 //! suite in [`contract`].
 //!
-//! Observed state (which instances exist) is deliberately absent: the
-//! cloud's own listing is its source of truth, so a crash cannot make the
-//! two disagree.
+//! Observed state (which instances exist) is the cloud's: its own listing
+//! is the source of truth, so a crash cannot make the two disagree. The
+//! store keeps only a copy the leader publishes for the other servers to
+//! answer STATUS from ([`LeaseStore::publish_nodes`]); no decision is made
+//! from it.
 
 mod accounts;
 pub mod contract;
+mod lease;
 mod memory;
 mod orgs;
 #[cfg(feature = "sql")]
@@ -29,6 +32,7 @@ pub use accounts::{
     account_change, left_with_account, AccountRecord, AccountStore, RefreshTokenRecord, Rotation,
 };
 pub use flotilla_domain::CostRow;
+pub use lease::{Fence, Lease, LeaseStore};
 pub use memory::MemoryStore;
 pub use orgs::{OrgChange, OrgChanged, OrgStore, OrgUsage};
 
@@ -83,6 +87,10 @@ pub enum StoreError {
     SchemaTooNew { found: i64, known: i64 },
     #[error("stored data is invalid: {0}")]
     Corrupt(String),
+    /// A write only the leader makes, by a server whose term is over:
+    /// another server took the lease. Nothing was changed.
+    #[error("this server's term as leader ({fence}) is over: epoch {current} leads now")]
+    Fenced { fence: Fence, current: i64 },
 }
 
 impl StoreError {
@@ -119,6 +127,14 @@ pub trait ChangeFeed: Send + Sync {
     /// that starts here sees every change committed after.
     async fn last_change(&self) -> Result<i64, StoreError>;
 
+    /// A counter bumped when a change may have been committed: by this
+    /// store at once, by other servers on the same database as soon as it
+    /// hears of it (PostgreSQL's NOTIFY). A reader marks it seen, reads the
+    /// feed, and waits for the next bump before reading again, with a
+    /// timeout of its own as the fallback, since a notice can be lost
+    /// (a connection dropped) while a change never is.
+    fn change_notices(&self) -> tokio::sync::watch::Receiver<u64>;
+
     /// Removes the changes made before `before`; numbers are never reused.
     /// Returns how many were removed.
     async fn prune_changes(&self, before: DateTime<Utc>) -> Result<u64, StoreError>;
@@ -128,7 +144,7 @@ pub trait ChangeFeed: Send + Sync {
 /// [`AccountStore`], organisations in [`OrgStore`] and the feed of their
 /// changes in [`ChangeFeed`], so one backend (one database) holds them all.
 #[async_trait]
-pub trait Store: AccountStore + OrgStore + ChangeFeed + Send + Sync + 'static {
+pub trait Store: AccountStore + OrgStore + ChangeFeed + LeaseStore + Send + Sync + 'static {
     /// The ownership ID of the instance set behind driver `driver`: created
     /// on first use and the same forever after, so a restarted server adopts
     /// the instances it created before.
@@ -159,8 +175,13 @@ pub trait Store: AccountStore + OrgStore + ChangeFeed + Send + Sync + 'static {
     ) -> Result<Option<ClusterRecord>, StoreError>;
 
     /// Fires every scheduled deletion due at `now`: those clusters become
-    /// destroying, exactly as by DESTROY. Returns them.
-    async fn expire_due(&self, now: DateTime<Utc>) -> Result<Vec<ClusterRecord>, StoreError>;
+    /// destroying, exactly as by DESTROY. Returns them. The leader's write:
+    /// refused once the term `fence` is over.
+    async fn expire_due(
+        &self,
+        now: DateTime<Utc>,
+        fence: Fence,
+    ) -> Result<Vec<ClusterRecord>, StoreError>;
 
     /// The earliest scheduled deletion, if any.
     async fn next_expiry(&self) -> Result<Option<DateTime<Utc>>, StoreError>;
@@ -168,5 +189,12 @@ pub trait Store: AccountStore + OrgStore + ChangeFeed + Send + Sync + 'static {
     /// Removes the record of a destroying cluster whose nodes are all gone.
     /// Does nothing (returns false) if the record changed since `generation`
     /// was read, e.g. because the cluster was deployed again meanwhile.
-    async fn forget(&self, name: &ClusterName, generation: i64) -> Result<bool, StoreError>;
+    /// Its published nodes go with it. The leader's write: refused once
+    /// the term `fence` is over.
+    async fn forget(
+        &self,
+        name: &ClusterName,
+        generation: i64,
+        fence: Fence,
+    ) -> Result<bool, StoreError>;
 }

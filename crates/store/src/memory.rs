@@ -10,13 +10,13 @@ use chrono::{DateTime, NaiveDate, Utc};
 use flotilla_domain::{
     org_changes, target_record, with_daily_spend, AccountKind, Change, ChangeEntity, ChangeKind,
     ClusterName, ClusterRecord, CostRow, DeployCommand, InstanceSetId, LedgerEntry, Level, Money,
-    NewChange, OrgError, OrgEvent, OrgName, Organisation, Username,
+    NewChange, NodeRecord, OrgError, OrgEvent, OrgName, Organisation, Username,
 };
 
 use crate::orgs::{OrgChange, OrgChanged, OrgStore, OrgUsage};
 use crate::{
-    account_change, left_with_account, AccountRecord, AccountStore, ChangeFeed, RefreshTokenRecord,
-    Rotation, Store, StoreError,
+    account_change, left_with_account, AccountRecord, AccountStore, ChangeFeed, Fence, Lease,
+    LeaseStore, RefreshTokenRecord, Rotation, Store, StoreError,
 };
 
 #[derive(Default)]
@@ -35,6 +35,10 @@ struct Inner {
     costs: BTreeMap<(OrgName, ClusterName, NaiveDate, Option<Username>), Money>,
     changes: Vec<Change>,
     last_seq: i64,
+    lease: Option<Lease>,
+    notices: tokio::sync::watch::Sender<u64>,
+    /// Published nodes by cluster.
+    nodes: BTreeMap<ClusterName, Vec<NodeRecord>>,
 }
 
 struct StoredToken {
@@ -60,6 +64,16 @@ impl Inner {
             at,
             payload: change.payload,
         });
+        self.notices.send_modify(|n| *n += 1);
+    }
+
+    /// `Fenced` unless `fence` is the current term.
+    fn check_fence(&self, fence: Fence) -> Result<(), StoreError> {
+        let current = self.lease.as_ref().map_or(0, |l| l.epoch);
+        if current != fence.0 {
+            return Err(StoreError::Fenced { fence, current });
+        }
+        Ok(())
     }
 
     fn record_account(&mut self, kind: ChangeKind, account: &AccountRecord, at: DateTime<Utc>) {
@@ -202,8 +216,13 @@ impl Store for MemoryStore {
         Ok(record)
     }
 
-    async fn expire_due(&self, now: DateTime<Utc>) -> Result<Vec<ClusterRecord>, StoreError> {
+    async fn expire_due(
+        &self,
+        now: DateTime<Utc>,
+        fence: Fence,
+    ) -> Result<Vec<ClusterRecord>, StoreError> {
         let mut inner = self.inner.lock().unwrap();
+        inner.check_fence(fence)?;
         let mut fired = Vec::new();
         for r in inner.clusters.values_mut() {
             if r.expires_at.is_some_and(|at| at <= now) {
@@ -231,14 +250,21 @@ impl Store for MemoryStore {
             .min())
     }
 
-    async fn forget(&self, name: &ClusterName, generation: i64) -> Result<bool, StoreError> {
+    async fn forget(
+        &self,
+        name: &ClusterName,
+        generation: i64,
+        fence: Fence,
+    ) -> Result<bool, StoreError> {
         let mut inner = self.inner.lock().unwrap();
+        inner.check_fence(fence)?;
         let matches = inner
             .clusters
             .get(name)
             .is_some_and(|r| r.destroying && r.generation == generation);
         if matches {
             inner.clusters.remove(name);
+            inner.nodes.remove(name);
             inner.record(
                 NewChange::cluster_gone(ChangeKind::ClusterForgotten, name.as_str()),
                 Utc::now(),
@@ -597,8 +623,13 @@ impl OrgStore for MemoryStore {
         Ok(inner.record_change(org, effects, now))
     }
 
-    async fn expire_capacity(&self, now: DateTime<Utc>) -> Result<Vec<OrgChanged>, StoreError> {
+    async fn expire_capacity(
+        &self,
+        now: DateTime<Utc>,
+        fence: Fence,
+    ) -> Result<Vec<OrgChanged>, StoreError> {
         let mut inner = self.inner.lock().unwrap();
+        inner.check_fence(fence)?;
         let due: Vec<Organisation> = inner
             .orgs
             .values()
@@ -627,8 +658,10 @@ impl OrgStore for MemoryStore {
         &self,
         usage: &[OrgUsage],
         now: DateTime<Utc>,
+        fence: Fence,
     ) -> Result<Vec<OrgChanged>, StoreError> {
         let mut inner = self.inner.lock().unwrap();
+        inner.check_fence(fence)?;
         let by_org: BTreeMap<&OrgName, &OrgUsage> = usage.iter().map(|u| (&u.org, u)).collect();
         let names: Vec<OrgName> = inner.orgs.keys().cloned().collect();
         let mut changed = Vec::new();
@@ -703,6 +736,10 @@ impl OrgStore for MemoryStore {
 
 #[async_trait]
 impl ChangeFeed for MemoryStore {
+    fn change_notices(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.lock().unwrap().notices.subscribe()
+    }
+
     async fn changes(
         &self,
         after: i64,
@@ -735,5 +772,94 @@ impl ChangeFeed for MemoryStore {
         let was = inner.changes.len();
         inner.changes.retain(|c| c.at >= before);
         Ok((was - inner.changes.len()) as u64)
+    }
+}
+
+#[async_trait]
+impl LeaseStore for MemoryStore {
+    async fn acquire_lease(
+        &self,
+        holder: &str,
+        ttl: std::time::Duration,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Fence>, StoreError> {
+        let mut inner = self.inner.lock().unwrap();
+        let epoch = match &inner.lease {
+            Some(l) if l.holder != holder && l.expires_at > now => return Ok(None),
+            Some(l) => l.epoch + 1,
+            None => 1,
+        };
+        inner.lease = Some(Lease {
+            holder: holder.to_owned(),
+            epoch,
+            expires_at: now + ttl,
+        });
+        inner.record(NewChange::lease_taken(holder, epoch), now);
+        Ok(Some(Fence(epoch)))
+    }
+
+    async fn renew_lease(
+        &self,
+        holder: &str,
+        fence: Fence,
+        ttl: std::time::Duration,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let mut inner = self.inner.lock().unwrap();
+        match &mut inner.lease {
+            Some(l) if l.holder == holder && l.epoch == fence.0 => {
+                l.expires_at = now + ttl;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn release_lease(&self, holder: &str, fence: Fence) -> Result<(), StoreError> {
+        let mut inner = self.inner.lock().unwrap();
+        if let Some(l) = &mut inner.lease {
+            if l.holder == holder && l.epoch == fence.0 {
+                l.expires_at = DateTime::UNIX_EPOCH;
+            }
+        }
+        Ok(())
+    }
+
+    async fn lease(&self) -> Result<Option<Lease>, StoreError> {
+        Ok(self.inner.lock().unwrap().lease.clone())
+    }
+
+    async fn publish_nodes(
+        &self,
+        fence: Fence,
+        cluster: &ClusterName,
+        is_public: bool,
+        nodes: &[NodeRecord],
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let mut inner = self.inner.lock().unwrap();
+        inner.check_fence(fence)?;
+        if nodes.is_empty() {
+            inner.nodes.remove(cluster);
+        } else {
+            let mut nodes = nodes.to_vec();
+            nodes.sort_by(|a, b| a.launched_at.cmp(&b.launched_at).then(a.id.cmp(&b.id)));
+            inner.nodes.insert(cluster.clone(), nodes);
+        }
+        inner.record(NewChange::nodes(cluster, is_public, nodes), now);
+        Ok(())
+    }
+
+    async fn published_nodes(
+        &self,
+        cluster: Option<&ClusterName>,
+    ) -> Result<Vec<(ClusterName, NodeRecord)>, StoreError> {
+        let inner = self.inner.lock().unwrap();
+        Ok(inner
+            .nodes
+            .iter()
+            .filter(|(name, _)| cluster.is_none_or(|c| c == *name))
+            .flat_map(|(name, nodes)| nodes.iter().map(|n| (name.clone(), n.clone())))
+            .collect())
     }
 }

@@ -10,7 +10,7 @@ use flotilla_domain::{
     ClusterRecord, CostRow, Effects, LedgerEntry, Money, OrgError, OrgEvent, OrgName, Organisation,
 };
 
-use crate::StoreError;
+use crate::{Fence, StoreError};
 
 /// A change to one organisation: a domain function over its state.
 pub type OrgChange<'a> = &'a mut (dyn FnMut(&mut Organisation) -> Result<Effects, OrgError> + Send);
@@ -56,8 +56,13 @@ pub trait OrgStore: Send + Sync {
     ) -> Result<OrgChanged, StoreError>;
 
     /// Drops every capacity request expired at `now` and resizes the
-    /// clusters they kept. Returns the organisations changed.
-    async fn expire_capacity(&self, now: DateTime<Utc>) -> Result<Vec<OrgChanged>, StoreError>;
+    /// clusters they kept. Returns the organisations changed. The leader's
+    /// write: refused once the term `fence` is over.
+    async fn expire_capacity(
+        &self,
+        now: DateTime<Utc>,
+        fence: Fence,
+    ) -> Result<Vec<OrgChanged>, StoreError>;
 
     /// When the earliest capacity request expires.
     async fn next_capacity_expiry(&self) -> Result<Option<DateTime<Utc>>, StoreError>;
@@ -66,11 +71,13 @@ pub trait OrgStore: Send + Sync {
     /// charges `usage` up to `now` (organisations missing from it run no
     /// nodes), credits monthly allowances, and shuts down organisations
     /// whose balance fell to the threshold. Returns the organisations
-    /// whose pass did more than charge (allowance, events, cluster).
+    /// whose pass did more than charge (allowance, events, cluster). The
+    /// leader's write: refused once the term `fence` is over.
     async fn accrue(
         &self,
         usage: &[OrgUsage],
         now: DateTime<Utc>,
+        fence: Fence,
     ) -> Result<Vec<OrgChanged>, StoreError>;
 
     /// The organisation's ledger, oldest first. Spending is one entry per

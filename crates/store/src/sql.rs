@@ -10,13 +10,13 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use flotilla_domain::{
     AccountKind, Budget, CapacityRequest, Change, ChangeEntity, ChangeKind, ClusterName,
-    ClusterRecord, InstanceSetId, Level, Money, NodeCapacity, OrgRole, OrgSettings, Organisation,
-    PoolName, Username,
+    ClusterRecord, InstanceId, InstanceSetId, InstanceType, Level, Money, NodeCapacity, NodeRecord,
+    NodeState, OrgRole, OrgSettings, Organisation, PoolName, Username,
 };
 use sqlx::error::ErrorKind;
 use sqlx::migrate::{MigrateError, Migrator};
 
-use crate::{AccountRecord, StoreError};
+use crate::{AccountRecord, Lease, StoreError};
 
 /// The columns [`ClusterRow`] is read from. A macro rather than a `const`
 /// so queries can `concat!` it into one `&'static str`.
@@ -242,12 +242,91 @@ impl TryFrom<ChangeRow> for Change {
     }
 }
 
+// The leader's lease and published nodes.
+
+/// A row of `leases`.
+#[derive(Debug, sqlx::FromRow)]
+pub struct LeaseRow {
+    pub holder: String,
+    pub epoch: i64,
+    pub expires_at: i64,
+}
+
+impl TryFrom<LeaseRow> for Lease {
+    type Error = StoreError;
+
+    fn try_from(row: LeaseRow) -> Result<Lease, StoreError> {
+        Ok(Lease {
+            expires_at: time("leases", "leader", "expires_at", row.expires_at)?,
+            holder: row.holder,
+            epoch: row.epoch,
+        })
+    }
+}
+
+/// The lease's row, by the same name on both backends.
+pub const LEASE_SELECT: &str = "SELECT holder, epoch, expires_at FROM leases WHERE name = 'leader'";
+
+/// A row of `nodes`.
+#[derive(Debug, sqlx::FromRow)]
+pub struct NodeRow {
+    pub cluster: String,
+    pub id: String,
+    pub instance_type: String,
+    pub launched_at: i64,
+    pub state: String,
+    pub state_since: i64,
+    pub address: Option<String>,
+}
+
+impl TryFrom<NodeRow> for (ClusterName, NodeRecord) {
+    type Error = StoreError;
+
+    fn try_from(row: NodeRow) -> Result<(ClusterName, NodeRecord), StoreError> {
+        let key = format!("{}/{}", row.cluster, row.id);
+        let cluster = ClusterName::new(row.cluster.as_str())
+            .map_err(|e| corrupt("nodes", &key, format!("cluster: {e}")))?;
+        let node = NodeRecord {
+            instance_type: InstanceType::new(row.instance_type.as_str())
+                .map_err(|e| corrupt("nodes", &key, format!("instance_type: {e}")))?,
+            launched_at: time("nodes", &key, "launched_at", row.launched_at)?,
+            state: NodeState::parse(&row.state)
+                .ok_or_else(|| corrupt("nodes", &key, format!("state {:?}", row.state)))?,
+            state_since: time("nodes", &key, "state_since", row.state_since)?,
+            address: row.address,
+            id: InstanceId::new(row.id),
+        };
+        Ok((cluster, node))
+    }
+}
+
+/// The published nodes of cluster `$2`, or of all if `$1`; the SQL both
+/// backends run.
+pub const NODES_SELECT: &str = "SELECT cluster, id, instance_type, launched_at, state, \
+     state_since, address FROM nodes WHERE $1 OR cluster = $2";
+
+/// Published nodes in cluster order, each cluster's by launch time, as
+/// bytes compare (whatever the database's collation).
+pub fn published_nodes(rows: Vec<NodeRow>) -> Result<Vec<(ClusterName, NodeRecord)>, StoreError> {
+    let mut nodes = rows
+        .into_iter()
+        .map(<(ClusterName, NodeRecord)>::try_from)
+        .collect::<Result<Vec<_>, _>>()?;
+    nodes.sort_by(|(a, x), (b, y)| {
+        a.cmp(b)
+            .then(x.launched_at.cmp(&y.launched_at))
+            .then(x.id.cmp(&y.id))
+    });
+    Ok(nodes)
+}
+
 /// The `LIKE` pattern of an entity's kinds (`cluster.%`).
 pub fn entity_pattern(entity: ChangeEntity) -> &'static str {
     match entity {
         ChangeEntity::Cluster => "cluster.%",
         ChangeEntity::Org => "org.%",
         ChangeEntity::Account => "account.%",
+        ChangeEntity::Server => "server.%",
     }
 }
 

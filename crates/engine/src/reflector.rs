@@ -1,0 +1,184 @@
+//! The reflector: every server follows the change feed and brings its
+//! copies (desired state, organisations, the nodes the leader published)
+//! up to date with what any server committed, then wakes whoever waits
+//! (a reconcile if it leads, `wait` callers, other subscribers such as
+//! sign-in's revocation). A commit's notice wakes it at once; it also
+//! reads on a timer, since a notice can be lost.
+//!
+//! The server that made a change also wrote it through to its copies, so
+//! its own commands are acted on without waiting for the feed; a change
+//! read here is applied by reading the record as the store has it now,
+//! guarded by the copy's change counter, so an older read never undoes a
+//! newer write.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use flotilla_domain::{Change, ChangeEntity, ChangeKind, ClusterName, NodeRecord, OrgName};
+use tokio::time::Instant;
+
+use crate::Shared;
+
+/// How often the feed is read when no notice came.
+const POLL: Duration = Duration::from_secs(1);
+/// Changes read at once.
+const PAGE: usize = 1000;
+
+/// The nodes of each cluster as the leader last published them: what a
+/// server that does not lead answers STATUS from, and what the leader
+/// compares its observations with to publish only changes.
+#[derive(Default)]
+pub(crate) struct PublishedNodes {
+    nodes: RwLock<HashMap<ClusterName, Vec<NodeRecord>>>,
+}
+
+impl PublishedNodes {
+    pub fn get(&self, cluster: &ClusterName) -> Vec<NodeRecord> {
+        self.nodes
+            .read()
+            .unwrap()
+            .get(cluster)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    pub fn names(&self) -> Vec<ClusterName> {
+        self.nodes.read().unwrap().keys().cloned().collect()
+    }
+
+    pub fn put(&self, cluster: &ClusterName, nodes: Vec<NodeRecord>) {
+        let mut all = self.nodes.write().unwrap();
+        if nodes.is_empty() {
+            all.remove(cluster);
+        } else {
+            all.insert(cluster.clone(), nodes);
+        }
+    }
+
+    pub fn replace(&self, nodes: Vec<(ClusterName, NodeRecord)>) {
+        let mut all: HashMap<ClusterName, Vec<NodeRecord>> = HashMap::new();
+        for (cluster, node) in nodes {
+            all.entry(cluster).or_default().push(node);
+        }
+        *self.nodes.write().unwrap() = all;
+    }
+}
+
+/// Follows the feed from `after` until the engine stops.
+pub(crate) async fn run(shared: Arc<Shared>, mut after: i64) {
+    let mut notices = shared.store.change_notices();
+    let mut next_refresh = Instant::now() + shared.config.resync_interval;
+    loop {
+        notices.borrow_and_update();
+        let mut full_page = false;
+        match shared.store.changes(after, PAGE, None).await {
+            Ok(page) => {
+                full_page = page.len() == PAGE;
+                for change in &page {
+                    apply(&shared, change).await;
+                    after = change.seq;
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "reading the change feed failed"),
+        }
+        if full_page {
+            continue;
+        }
+        // The leader's syncer refreshes everything on its own timer; a
+        // follower refreshes here what the feed does not carry (an
+        // organisation's balance between events).
+        if Instant::now() >= next_refresh {
+            next_refresh = Instant::now() + shared.config.resync_interval;
+            if shared.leadership.fence().is_none() {
+                refresh(&shared).await;
+            }
+        }
+        tokio::select! {
+            changed = notices.changed() => {
+                if changed.is_err() {
+                    tokio::time::sleep(POLL).await;
+                }
+            }
+            _ = tokio::time::sleep(POLL) => {}
+            _ = shared.stopped() => return,
+        }
+    }
+}
+
+async fn apply(shared: &Shared, change: &Change) {
+    let leading = shared.leadership.fence().is_some();
+    match change.kind.entity() {
+        ChangeEntity::Cluster => {
+            let Ok(name) = ClusterName::new(change.key.as_str()) else {
+                return;
+            };
+            if change.kind == ChangeKind::ClusterNodes {
+                if !leading {
+                    match shared.store.published_nodes(Some(&name)).await {
+                        Ok(nodes) => shared
+                            .observed
+                            .put(&name, nodes.into_iter().map(|(_, n)| n).collect()),
+                        Err(e) => tracing::warn!(error = %e, "reading published nodes failed"),
+                    }
+                }
+            } else {
+                if change.kind == ChangeKind::ClusterForgotten {
+                    // Forgotten with its last node; its published nodes
+                    // went with it.
+                    shared.observed.put(&name, Vec::new());
+                }
+                let mark = shared.desired.mark();
+                match shared.store.get_cluster(&name).await {
+                    Ok(record) => shared.desired.reflect(&name, record, mark),
+                    Err(e) => {
+                        tracing::warn!(error = %e, cluster = %name, "reading a changed cluster failed")
+                    }
+                }
+                if leading {
+                    shared.expiry_changed.notify_one();
+                    shared.runtime.wake(name.clone());
+                }
+            }
+            shared.notify_changed(&name);
+        }
+        ChangeEntity::Org => {
+            let Ok(name) = OrgName::new(change.key.as_str()) else {
+                return;
+            };
+            let mark = shared.orgs.mark();
+            match shared.store.get_org(&name).await {
+                Ok(Some(org)) => shared.orgs.reflect(org, mark),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, org = %name, "reading a changed organisation failed")
+                }
+            }
+            if leading {
+                shared.capacity_changed.notify_one();
+            }
+            shared.notify_changed(&name);
+        }
+        ChangeEntity::Account | ChangeEntity::Server => {}
+    }
+    // Nobody listening is fine.
+    let _ = shared.changes.send(change.clone());
+}
+
+/// Reads desired state, organisations and published nodes afresh.
+pub(crate) async fn refresh(shared: &Shared) {
+    let mark = shared.desired.mark();
+    match shared.store.list_clusters().await {
+        Ok(records) => shared.desired.refresh(records, mark),
+        Err(e) => tracing::warn!(error = %e, "reading desired state failed"),
+    }
+    let mark = shared.orgs.mark();
+    match shared.store.list_orgs().await {
+        Ok(orgs) => shared.orgs.refresh(orgs, mark),
+        Err(e) => tracing::warn!(error = %e, "reading organisations failed"),
+    }
+    match shared.store.published_nodes(None).await {
+        Ok(nodes) => shared.observed.replace(nodes),
+        Err(e) => tracing::warn!(error = %e, "reading published nodes failed"),
+    }
+}

@@ -1,0 +1,153 @@
+//! The leader's lease and the nodes the leader publishes.
+//!
+//! The lease keeps time by the database's clock (`clock_timestamp()`), not
+//! the caller's, so servers whose clocks disagree still agree on when a
+//! lease ends. A fenced write reads the lease row `FOR SHARE` first: a
+//! takeover (which updates that row) waits for the writes of the ending
+//! term to commit, and a write that starts after the takeover sees the new
+//! epoch and is refused. The lease row is always the first lock such a
+//! transaction takes, and the feed's lock its last, so they cannot
+//! deadlock.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use flotilla_domain::{ClusterName, NewChange, NodeRecord};
+use flotilla_store::sql::{self as row, LeaseRow, NodeRow};
+use flotilla_store::{Fence, Lease, LeaseStore, StoreError};
+use sqlx::PgConnection;
+
+use crate::{commit_with, PostgresStore};
+
+/// The database's clock in unix milliseconds.
+const DB_NOW: &str = "(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT";
+
+/// `Fenced` unless `fence` is the current term; holds the lease row shared
+/// until the caller's transaction ends.
+pub(crate) async fn check_fence(conn: &mut PgConnection, fence: Fence) -> Result<(), StoreError> {
+    let current: Option<i64> =
+        sqlx::query_scalar("SELECT epoch FROM leases WHERE name = 'leader' FOR SHARE")
+            .fetch_optional(&mut *conn)
+            .await?;
+    let current = current.unwrap_or(0);
+    if current != fence.0 {
+        return Err(StoreError::Fenced { fence, current });
+    }
+    Ok(())
+}
+
+fn millis(ttl: Duration) -> i64 {
+    i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 2)
+}
+
+#[async_trait]
+impl LeaseStore for PostgresStore {
+    async fn acquire_lease(
+        &self,
+        holder: &str,
+        ttl: Duration,
+        _now: DateTime<Utc>,
+    ) -> Result<Option<Fence>, StoreError> {
+        let mut tx = self.begin().await?;
+        // One statement: of racing servers, the first to lock the row takes
+        // it; the others then see it taken and update nothing.
+        let epoch: Option<i64> = sqlx::query_scalar(&format!(
+            "INSERT INTO leases (name, holder, epoch, expires_at) \
+                 VALUES ('leader', $1, 1, {DB_NOW} + $2) \
+             ON CONFLICT (name) DO UPDATE SET holder = EXCLUDED.holder, \
+                 epoch = leases.epoch + 1, expires_at = EXCLUDED.expires_at \
+             WHERE leases.expires_at <= {DB_NOW} OR leases.holder = EXCLUDED.holder \
+             RETURNING epoch"
+        ))
+        .bind(holder)
+        .bind(millis(ttl))
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(epoch) = epoch else {
+            return Ok(None);
+        };
+        commit_with(tx, &[NewChange::lease_taken(holder, epoch)], Utc::now()).await?;
+        Ok(Some(Fence(epoch)))
+    }
+
+    async fn renew_lease(
+        &self,
+        holder: &str,
+        fence: Fence,
+        ttl: Duration,
+        _now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(&format!(
+            "UPDATE leases SET expires_at = {DB_NOW} + $1 \
+             WHERE name = 'leader' AND holder = $2 AND epoch = $3"
+        ))
+        .bind(millis(ttl))
+        .bind(holder)
+        .bind(fence.0)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn release_lease(&self, holder: &str, fence: Fence) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE leases SET expires_at = 0 WHERE name = 'leader' AND holder = $1 AND epoch = $2",
+        )
+        .bind(holder)
+        .bind(fence.0)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn lease(&self) -> Result<Option<Lease>, StoreError> {
+        let row: Option<LeaseRow> = sqlx::query_as(row::LEASE_SELECT)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(Lease::try_from).transpose()
+    }
+
+    async fn publish_nodes(
+        &self,
+        fence: Fence,
+        cluster: &ClusterName,
+        is_public: bool,
+        nodes: &[NodeRecord],
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        check_fence(&mut tx, fence).await?;
+        sqlx::query("DELETE FROM nodes WHERE cluster = $1")
+            .bind(cluster.as_str())
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO nodes (cluster, id, instance_type, launched_at, state, state_since, address) \
+             SELECT $1, * FROM unnest($2::TEXT[], $3::TEXT[], $4::BIGINT[], $5::TEXT[], \
+                 $6::BIGINT[], $7::TEXT[])",
+        )
+        .bind(cluster.as_str())
+        .bind(nodes.iter().map(|n| n.id.as_str()).collect::<Vec<_>>())
+        .bind(nodes.iter().map(|n| n.instance_type.as_str()).collect::<Vec<_>>())
+        .bind(nodes.iter().map(|n| row::to_millis(n.launched_at)).collect::<Vec<_>>())
+        .bind(nodes.iter().map(|n| n.state.as_str()).collect::<Vec<_>>())
+        .bind(nodes.iter().map(|n| row::to_millis(n.state_since)).collect::<Vec<_>>())
+        .bind(nodes.iter().map(|n| n.address.as_deref()).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await?;
+        commit_with(tx, &[NewChange::nodes(cluster, is_public, nodes)], now).await
+    }
+
+    async fn published_nodes(
+        &self,
+        cluster: Option<&ClusterName>,
+    ) -> Result<Vec<(ClusterName, NodeRecord)>, StoreError> {
+        let rows: Vec<NodeRow> = sqlx::query_as(row::NODES_SELECT)
+            .bind(cluster.is_none())
+            .bind(cluster.map(ClusterName::as_str))
+            .fetch_all(&self.pool)
+            .await?;
+        row::published_nodes(rows)
+    }
+}

@@ -1,0 +1,146 @@
+//! The leader's lease and the nodes the leader publishes. One write
+//! connection with `BEGIN IMMEDIATE` serialises every write, so a fence is
+//! checked by reading the lease inside the writer's transaction.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use flotilla_domain::{ClusterName, NewChange, NodeRecord};
+use flotilla_store::sql::{self as row, LeaseRow, NodeRow};
+use flotilla_store::{Fence, Lease, LeaseStore, StoreError};
+use sqlx::sqlite::SqliteConnection;
+
+use crate::{record_changes, SqliteStore};
+
+/// `Fenced` unless `fence` is the current term. Inside the caller's write
+/// transaction, which no other writer can interleave with.
+pub(crate) async fn check_fence(
+    conn: &mut SqliteConnection,
+    fence: Fence,
+) -> Result<(), StoreError> {
+    let current: Option<i64> = sqlx::query_scalar("SELECT epoch FROM leases WHERE name = 'leader'")
+        .fetch_optional(&mut *conn)
+        .await?;
+    let current = current.unwrap_or(0);
+    if current != fence.0 {
+        return Err(StoreError::Fenced { fence, current });
+    }
+    Ok(())
+}
+
+fn until(now: DateTime<Utc>, ttl: Duration) -> i64 {
+    row::to_millis(now) + i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 2)
+}
+
+#[async_trait]
+impl LeaseStore for SqliteStore {
+    async fn acquire_lease(
+        &self,
+        holder: &str,
+        ttl: Duration,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Fence>, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let epoch: Option<i64> = sqlx::query_scalar(
+            "INSERT INTO leases (name, holder, epoch, expires_at) VALUES ('leader', $1, 1, $2) \
+             ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, \
+                 epoch = leases.epoch + 1, expires_at = excluded.expires_at \
+             WHERE leases.expires_at <= $3 OR leases.holder = excluded.holder \
+             RETURNING epoch",
+        )
+        .bind(holder)
+        .bind(until(now, ttl))
+        .bind(row::to_millis(now))
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(epoch) = epoch else {
+            return Ok(None);
+        };
+        record_changes(&mut tx, &[NewChange::lease_taken(holder, epoch)], now).await?;
+        self.commit(tx).await?;
+        Ok(Some(Fence(epoch)))
+    }
+
+    async fn renew_lease(
+        &self,
+        holder: &str,
+        fence: Fence,
+        ttl: Duration,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE leases SET expires_at = $1 WHERE name = 'leader' AND holder = $2 AND epoch = $3",
+        )
+        .bind(until(now, ttl))
+        .bind(holder)
+        .bind(fence.0)
+        .execute(&self.writer)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn release_lease(&self, holder: &str, fence: Fence) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE leases SET expires_at = 0 WHERE name = 'leader' AND holder = $1 AND epoch = $2",
+        )
+        .bind(holder)
+        .bind(fence.0)
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    async fn lease(&self) -> Result<Option<Lease>, StoreError> {
+        let row: Option<LeaseRow> = sqlx::query_as(row::LEASE_SELECT)
+            .fetch_optional(&self.reader)
+            .await?;
+        row.map(Lease::try_from).transpose()
+    }
+
+    async fn publish_nodes(
+        &self,
+        fence: Fence,
+        cluster: &ClusterName,
+        is_public: bool,
+        nodes: &[NodeRecord],
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        check_fence(&mut tx, fence).await?;
+        sqlx::query("DELETE FROM nodes WHERE cluster = $1")
+            .bind(cluster.as_str())
+            .execute(&mut *tx)
+            .await?;
+        for n in nodes {
+            sqlx::query(
+                "INSERT INTO nodes (cluster, id, instance_type, launched_at, state, state_since, address) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )
+            .bind(cluster.as_str())
+            .bind(n.id.as_str())
+            .bind(n.instance_type.as_str())
+            .bind(row::to_millis(n.launched_at))
+            .bind(n.state.as_str())
+            .bind(row::to_millis(n.state_since))
+            .bind(n.address.as_deref())
+            .execute(&mut *tx)
+            .await?;
+        }
+        record_changes(&mut tx, &[NewChange::nodes(cluster, is_public, nodes)], now).await?;
+        self.commit(tx).await?;
+        Ok(())
+    }
+
+    async fn published_nodes(
+        &self,
+        cluster: Option<&ClusterName>,
+    ) -> Result<Vec<(ClusterName, NodeRecord)>, StoreError> {
+        let rows: Vec<NodeRow> = sqlx::query_as(row::NODES_SELECT)
+            .bind(cluster.is_none())
+            .bind(cluster.map(ClusterName::as_str))
+            .fetch_all(&self.reader)
+            .await?;
+        row::published_nodes(rows)
+    }
+}

@@ -1,0 +1,247 @@
+//! The leader's lease half of the store contract: one holder at a time,
+//! terms numbered, the leader's writes fenced by their term, and the nodes
+//! the leader publishes.
+//!
+//! These checks run on the real clock: a backend shared by several
+//! machines keeps time for the lease itself, so a check cannot hand it a
+//! fixed time.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use flotilla_domain::{ChangeKind, InstanceId, InstanceType, NodeRecord, NodeState};
+use tokio::task::JoinSet;
+
+use super::orgs::{ask, credit, lab};
+use super::{command, deploy, name, t, Harness};
+use crate::{Fence, OrgUsage, Store, StoreError};
+
+const SHORT: Duration = Duration::from_millis(300);
+const LONG: Duration = Duration::from_secs(3600);
+
+async fn acquire(store: &dyn Store, holder: &str, ttl: Duration) -> Option<Fence> {
+    store
+        .acquire_lease(holder, ttl, Utc::now())
+        .await
+        .expect("acquire_lease")
+}
+
+fn node(id: &str, state: NodeState, launched: i64) -> NodeRecord {
+    NodeRecord {
+        id: InstanceId::new(id),
+        instance_type: InstanceType::new("small").expect("valid type"),
+        launched_at: t(launched),
+        state,
+        state_since: t(launched + 1),
+        address: Some(format!("127.0.0.1:{}", 9000 + launched)),
+    }
+}
+
+fn fenced<T: std::fmt::Debug>(result: Result<T, StoreError>, fence: Fence) {
+    match result {
+        Err(StoreError::Fenced { fence: f, current }) => {
+            assert_eq!(f, fence);
+            assert!(current > fence.0, "a later term leads ({current})");
+        }
+        other => panic!("a write of an ended term must be refused, got {other:?}"),
+    }
+}
+
+pub async fn one_server_holds_the_lease_until_it_runs_out(h: Harness) {
+    let (a, b) = (h.store.as_ref(), h.second.as_ref());
+    assert_eq!(a.lease().await.unwrap(), None);
+    let first = acquire(a, "a", SHORT).await.expect("the lease is free");
+    assert_eq!(acquire(b, "b", SHORT).await, None, "a holds it");
+    assert!(a.renew_lease("a", first, SHORT, Utc::now()).await.unwrap());
+    let lease = b.lease().await.unwrap().expect("taken");
+    assert_eq!((lease.holder.as_str(), lease.epoch), ("a", first.0));
+
+    tokio::time::sleep(SHORT + Duration::from_millis(200)).await;
+    let second = acquire(b, "b", LONG).await.expect("a's lease ran out");
+    assert!(second > first, "a new term: {second} after {first}");
+    assert!(
+        !a.renew_lease("a", first, SHORT, Utc::now()).await.unwrap(),
+        "a's term is over"
+    );
+    assert_eq!(acquire(a, "a", LONG).await, None, "b holds it now");
+    let lease = a.lease().await.unwrap().expect("taken");
+    assert_eq!((lease.holder.as_str(), lease.epoch), ("b", second.0));
+    assert!(lease.expires_at > Utc::now() + chrono::Duration::minutes(50));
+}
+
+pub async fn a_released_or_restarted_holders_lease_is_taken_at_once(h: Harness) {
+    let (a, b) = (h.store.as_ref(), h.second.as_ref());
+    let first = acquire(a, "a", LONG).await.expect("free");
+    // The same server, restarted: its old term ends and a new one begins.
+    let again = acquire(b, "a", LONG).await.expect("its own lease");
+    assert!(again > first);
+    assert!(!a.renew_lease("a", first, LONG, Utc::now()).await.unwrap());
+    // Releasing an ended term does nothing; releasing the current one
+    // frees the lease.
+    a.release_lease("a", first).await.unwrap();
+    assert_eq!(acquire(b, "b", LONG).await, None);
+    a.release_lease("a", again).await.unwrap();
+    let third = acquire(b, "b", LONG).await.expect("released");
+    assert!(third > again);
+    let taken: Vec<(String, i64)> = a
+        .changes(0, 100, None)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|c| c.kind == ChangeKind::LeaseTaken)
+        .map(|c| (c.key, c.payload["epoch"].as_i64().unwrap_or(-1)))
+        .collect();
+    assert_eq!(
+        taken,
+        vec![
+            ("a".to_owned(), first.0),
+            ("a".to_owned(), again.0),
+            ("b".to_owned(), third.0)
+        ],
+        "every term is in the feed"
+    );
+}
+
+pub async fn racing_servers_begin_one_term(h: Harness) {
+    let mut racers = JoinSet::new();
+    for i in 0..8 {
+        let store = if i % 2 == 0 {
+            h.store.clone()
+        } else {
+            h.second.clone()
+        };
+        racers.spawn(async move { acquire(store.as_ref(), &format!("s{i}"), LONG).await });
+    }
+    let mut won = Vec::new();
+    while let Some(r) = racers.join_next().await {
+        won.extend(r.expect("task"));
+    }
+    assert_eq!(won.len(), 1, "exactly one server leads: {won:?}");
+}
+
+pub async fn writes_of_an_ended_term_are_refused_and_change_nothing(h: Harness) {
+    let (a, b) = (h.store.as_ref(), h.second.as_ref());
+    let old = acquire(a, "a", LONG).await.expect("free");
+    deploy(a, &command("due", 1, false, "default"), 0, 10).await;
+    let gone = deploy(a, &command("gone", 1, false, "default"), 0, 600).await;
+    let gone = a.destroy(&gone.name, t(1)).await.unwrap().unwrap();
+    lab(a).await;
+    credit(a, "100", 2).await;
+    ask(a, "ann", 1, Duration::from_secs(60), 3).await.unwrap();
+    a.publish_nodes(
+        old,
+        &name("due"),
+        false,
+        &[node("n1", NodeState::Ready, 5)],
+        t(6),
+    )
+    .await
+    .unwrap();
+    // Another server takes over, as after a pause past the lease.
+    a.release_lease("a", old).await.unwrap();
+    let new = acquire(b, "b", LONG).await.expect("released");
+    let before = a.last_change().await.unwrap();
+    let org = flotilla_domain::OrgName::new("lab").unwrap();
+    let ledger = a.ledger(&org).await.unwrap();
+
+    fenced(a.expire_due(t(3600), old).await, old);
+    fenced(a.forget(&gone.name, gone.generation, old).await, old);
+    fenced(a.expire_capacity(t(3600), old).await, old);
+    let usage = OrgUsage {
+        org: org.clone(),
+        launches: vec![t(5)],
+        price_per_hour: flotilla_domain::Money::from_micros(1_000_000),
+    };
+    fenced(
+        a.accrue(std::slice::from_ref(&usage), t(3600), old).await,
+        old,
+    );
+    fenced(
+        a.publish_nodes(old, &name("due"), false, &[], t(3600))
+            .await,
+        old,
+    );
+    assert_eq!(a.last_change().await.unwrap(), before, "nothing recorded");
+    assert!(a
+        .get_cluster(&name("due"))
+        .await
+        .unwrap()
+        .unwrap()
+        .expires_at
+        .is_some());
+    assert!(a.get_cluster(&gone.name).await.unwrap().is_some());
+    assert_eq!(a.published_nodes(None).await.unwrap().len(), 1);
+    assert_eq!(a.ledger(&org).await.unwrap(), ledger, "no charge");
+
+    // The new term's writes go through.
+    assert_eq!(b.expire_due(t(3600), new).await.unwrap().len(), 1);
+    assert!(b.forget(&gone.name, gone.generation, new).await.unwrap());
+    assert_eq!(b.expire_capacity(t(3600), new).await.unwrap().len(), 1);
+}
+
+pub async fn published_nodes_replace_the_last_and_go_with_the_cluster(h: Harness) {
+    let store = h.store.as_ref();
+    let fence = acquire(store, "a", LONG).await.expect("free");
+    let a = deploy(store, &command("a", 2, true, "default"), 0, 600).await;
+    store
+        .publish_nodes(
+            fence,
+            &name("a"),
+            true,
+            &[
+                node("n2", NodeState::Booting, 2),
+                node("n1", NodeState::Ready, 1),
+            ],
+            t(3),
+        )
+        .await
+        .unwrap();
+    store
+        .publish_nodes(
+            fence,
+            &name("b"),
+            false,
+            &[node("n3", NodeState::Booting, 1)],
+            t(3),
+        )
+        .await
+        .unwrap();
+    let all = store.published_nodes(None).await.unwrap();
+    let ids: Vec<(&str, &str)> = all
+        .iter()
+        .map(|(c, n)| (c.as_str(), n.id.as_str()))
+        .collect();
+    assert_eq!(ids, vec![("a", "n1"), ("a", "n2"), ("b", "n3")]);
+    assert_eq!(all[0].1, node("n1", NodeState::Ready, 1), "stored whole");
+
+    store
+        .publish_nodes(
+            fence,
+            &name("a"),
+            true,
+            &[node("n2", NodeState::Ready, 2)],
+            t(4),
+        )
+        .await
+        .unwrap();
+    let a_nodes = store.published_nodes(Some(&name("a"))).await.unwrap();
+    assert_eq!(a_nodes, vec![(name("a"), node("n2", NodeState::Ready, 2))]);
+    let last = store.changes(0, 100, None).await.unwrap().pop().unwrap();
+    assert_eq!(
+        (last.kind, last.key.as_str()),
+        (ChangeKind::ClusterNodes, "a")
+    );
+    assert_eq!(last.payload["ready"], 1);
+    assert_eq!(last.payload["is_public"], true);
+
+    store
+        .publish_nodes(fence, &name("b"), false, &[], t(5))
+        .await
+        .unwrap();
+    let destroyed = store.destroy(&a.name, t(6)).await.unwrap().unwrap();
+    assert!(store
+        .forget(&a.name, destroyed.generation, fence)
+        .await
+        .unwrap());
+    assert!(store.published_nodes(None).await.unwrap().is_empty());
+}

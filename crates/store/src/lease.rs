@@ -1,0 +1,90 @@
+//! The leader's lease and what only the leader writes. Several servers may
+//! share one database; exactly one of them, the holder of the lease, runs
+//! the loops that act on the cloud. A term of leadership is numbered (its
+//! epoch); every write only the leader makes carries the term's [`Fence`],
+//! and the store refuses it once another term has begun, so a leader that
+//! was paused past its lease and wakes up cannot act on the store twice.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use flotilla_domain::{ClusterName, NodeRecord};
+
+use crate::StoreError;
+
+/// A term of leadership, by its epoch: the fencing token of the leader's
+/// writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Fence(pub i64);
+
+impl std::fmt::Display for Fence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "epoch {}", self.0)
+    }
+}
+
+/// Who holds the lease, in which term, until when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub holder: String,
+    pub epoch: i64,
+    pub expires_at: DateTime<Utc>,
+}
+
+#[async_trait]
+pub trait LeaseStore: Send + Sync {
+    /// Takes the lease for `holder` until `ttl` from now if nobody holds it:
+    /// never taken, expired, released, or held by `holder` itself (a server
+    /// restarted under the same name). Each take begins a new term, whose
+    /// fence it returns, and records it in the change feed. `None` while
+    /// another holds it.
+    ///
+    /// `now` is the caller's clock; a backend that several machines share
+    /// reads its own clock instead, so that servers whose clocks disagree
+    /// still agree on when a lease ends.
+    async fn acquire_lease(
+        &self,
+        holder: &str,
+        ttl: Duration,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Fence>, StoreError>;
+
+    /// Extends the term `fence` of `holder` to `ttl` from now. False when
+    /// the term is over (another server took the lease).
+    async fn renew_lease(
+        &self,
+        holder: &str,
+        fence: Fence,
+        ttl: Duration,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
+
+    /// Ends the term `fence` of `holder` at once, so another server can
+    /// take over without waiting for the lease to run out. Does nothing if
+    /// the term is already over.
+    async fn release_lease(&self, holder: &str, fence: Fence) -> Result<(), StoreError>;
+
+    /// The lease as it stands, if it was ever taken.
+    async fn lease(&self) -> Result<Option<Lease>, StoreError>;
+
+    /// Replaces what the leader observes of `cluster`'s nodes (none: the
+    /// cluster has no nodes left) and records it in the change feed, so
+    /// that every server answers STATUS alike. Written when the nodes
+    /// change, not on every probe. Refused (`Fenced`) after the term ends.
+    async fn publish_nodes(
+        &self,
+        fence: Fence,
+        cluster: &ClusterName,
+        is_public: bool,
+        nodes: &[NodeRecord],
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+
+    /// The nodes last published, of one cluster or of all, in cluster
+    /// order, each cluster's by launch time.
+    async fn published_nodes(
+        &self,
+        cluster: Option<&ClusterName>,
+    ) -> Result<Vec<(ClusterName, NodeRecord)>, StoreError>;
+}
