@@ -252,7 +252,10 @@ pub(crate) async fn rotate_key(
     State(state): State<AppState>,
     CallerIdentity(caller): CallerIdentity,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let kid = state.identity.rotate_key(&caller)?;
+    let kid = state
+        .identity
+        .rotate_key(&caller, chrono::Utc::now())
+        .await?;
     Ok(Json(serde_json::json!({ "kid": kid })))
 }
 
@@ -263,7 +266,10 @@ pub(crate) async fn retire_key(
     CallerIdentity(caller): CallerIdentity,
     Path(kid): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    state.identity.retire_key(&caller, &kid)?;
+    state
+        .identity
+        .retire_key(&caller, &kid, chrono::Utc::now())
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -573,4 +573,22 @@ impl AccountStore for CountingStore {
         bump(&self.counters.account_writes, 1);
         self.inner.revoke_refresh_tokens(username, now).await
     }
+
+    async fn signing_keys(&self) -> Result<Vec<flotilla_store::SigningKeyRecord>, StoreError> {
+        self.inner.signing_keys().await
+    }
+
+    async fn add_signing_keys(
+        &self,
+        keys: &[flotilla_store::SigningKeyRecord],
+        how: flotilla_store::AddKeys,
+    ) -> Result<bool, StoreError> {
+        bump(&self.counters.account_writes, 1);
+        self.inner.add_signing_keys(keys, how).await
+    }
+
+    async fn retire_signing_key(&self, kid: &str, now: DateTime<Utc>) -> Result<bool, StoreError> {
+        bump(&self.counters.account_writes, 1);
+        self.inner.retire_signing_key(kid, now).await
+    }
 }

@@ -39,6 +39,9 @@ pub enum ChangeKind {
     AccountDeleted,
     /// A server took the leader's lease: a new term began.
     LeaseTaken,
+    /// A token signing key was added (the first, or by rotation) or
+    /// retired; the key is the key's id.
+    KeysChanged,
 }
 
 /// Which kind of record a change is about: the feed's key is its name.
@@ -52,7 +55,7 @@ pub enum ChangeEntity {
 }
 
 impl ChangeKind {
-    const PLAIN: [ChangeKind; 11] = [
+    const PLAIN: [ChangeKind; 12] = [
         ChangeKind::ClusterDeployed,
         ChangeKind::ClusterResized,
         ChangeKind::ClusterExtended,
@@ -64,6 +67,7 @@ impl ChangeKind {
         ChangeKind::AccountChanged,
         ChangeKind::AccountDeleted,
         ChangeKind::LeaseTaken,
+        ChangeKind::KeysChanged,
     ];
 
     pub fn entity(self) -> ChangeEntity {
@@ -79,7 +83,7 @@ impl ChangeKind {
             ChangeKind::AccountCreated
             | ChangeKind::AccountChanged
             | ChangeKind::AccountDeleted => ChangeEntity::Account,
-            ChangeKind::LeaseTaken => ChangeEntity::Server,
+            ChangeKind::LeaseTaken | ChangeKind::KeysChanged => ChangeEntity::Server,
         }
     }
 
@@ -109,6 +113,7 @@ impl ChangeKind {
             ChangeKind::AccountChanged => "account.changed",
             ChangeKind::AccountDeleted => "account.deleted",
             ChangeKind::LeaseTaken => "server.lease_taken",
+            ChangeKind::KeysChanged => "server.keys_changed",
         }
     }
 

@@ -96,8 +96,19 @@ async fn identity(
     admin_password: Option<String>,
 ) -> anyhow::Result<Identity> {
     let access = &config.access;
-    let keys = KeyRing::load_or_create(config.data_dir.join("keys"))
-        .context("cannot load the token signing keys")?;
+    // The keys are the database's, shared by every server on it; a key
+    // directory from before is read once to move its keys there.
+    let key_dir = config.data_dir.join("keys");
+    let stored = store.signing_keys().await?;
+    let keys = if stored.is_empty() {
+        KeyRing::load_or_create(&key_dir).context("cannot load the token signing keys")?
+    } else {
+        let pems: Vec<(&str, &str, bool)> = stored
+            .iter()
+            .map(|k| (k.kid.as_str(), k.pem.as_str(), k.active))
+            .collect();
+        KeyRing::from_pems(&pems).context("the signing keys in the database")?
+    };
     let tokens = TokenIssuer::new(
         keys,
         access.issuer.clone(),
@@ -125,6 +136,10 @@ async fn identity(
         },
     );
     let now = chrono::Utc::now();
+    identity
+        .share_keys(&key_dir, now)
+        .await
+        .context("cannot share the token signing keys through the database")?;
     let has_admin = |accounts: Vec<flotilla_store::AccountRecord>| {
         accounts
             .iter()
@@ -254,7 +269,8 @@ pub async fn run(config: Config, admin_password: Option<String>) -> anyhow::Resu
     )
     .await?;
 
-    // Accounts changed on any server revoke their access tokens here too.
+    // Accounts changed on any server revoke their access tokens here too,
+    // and keys rotated or retired on any server are reloaded.
     let revocations = {
         let identity = identity.clone();
         let mut changes = engine.subscribe_changes();
@@ -262,6 +278,14 @@ pub async fn run(config: Config, admin_password: Option<String>) -> anyhow::Resu
             use tokio::sync::broadcast::error::RecvError;
             loop {
                 match changes.recv().await {
+                    Ok(change) if change.kind == ChangeKind::KeysChanged => {
+                        match identity.reload_keys().await {
+                            Ok(()) => {
+                                tracing::info!(kid = %change.key, "signing keys changed; reloaded them")
+                            }
+                            Err(e) => tracing::error!(error = %e, "cannot reload the signing keys"),
+                        }
+                    }
                     Ok(change) => {
                         let revokes = matches!(
                             change.kind,

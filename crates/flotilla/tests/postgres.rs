@@ -110,3 +110,141 @@ fn a_database_url_that_is_not_postgresql_is_a_usage_error() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("FLOTILLA_DATABASE_URL"), "{stderr}");
 }
+
+/// Tokens signed by one server are good at every other, and a key rotated
+/// or retired at one is rotated or retired at all: the keys live in the
+/// database, not in each server's data directory. An account changed at
+/// one server has its tokens refused at every other.
+#[test]
+fn every_server_signs_verifies_and_revokes_alike() {
+    let pg = TempPostgres::start().expect("start PostgreSQL");
+    let url = database(&pg);
+    let env = [("FLOTILLA_DATABASE_URL", url.as_str())];
+    let (first, second) = (Sandbox::new(), Sandbox::new());
+    let a = Server::start_with_env(&first.path(), CONFIG, &env);
+    let b = Server::start_with_env(&second.path(), CONFIG, &env);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let http = reqwest::Client::new();
+        let login = |server: &str| {
+            let http = http.clone();
+            let url = format!("{server}/api/v1/auth/login");
+            async move {
+                let reply: serde_json::Value = http
+                    .post(url)
+                    .json(&serde_json::json!({"username": "admin", "password": support::ADMIN_PASSWORD}))
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                reply["access_token"].as_str().expect("a token").to_owned()
+            }
+        };
+        let whoami = |server: &str, token: &str| {
+            let req = http
+                .get(format!("{server}/api/v1/auth/whoami"))
+                .bearer_auth(token);
+            async move { req.send().await.unwrap().status().as_u16() }
+        };
+        let kid = |token: &str| {
+            use base64::Engine;
+            let header = token.split('.').next().unwrap();
+            let header = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(header)
+                .unwrap();
+            serde_json::from_slice::<serde_json::Value>(&header).unwrap()["kid"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        };
+        let jwks = |server: &str| {
+            let req = http.get(format!("{server}/.well-known/jwks.json"));
+            async move { req.send().await.unwrap().json::<serde_json::Value>().await.unwrap() }
+        };
+
+        let old = login(&a.url).await;
+        assert_eq!(whoami(&b.url, &old).await, 200, "A's token is good at B");
+        assert_eq!(jwks(&a.url).await, jwks(&b.url).await);
+
+        // Rotate at B: A signs with the new key as soon as it hears.
+        let rotated: serde_json::Value = http
+            .post(format!("{}/api/v1/auth/keys", b.url))
+            .bearer_auth(&old)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let new_kid = rotated["kid"].as_str().expect("the new kid").to_owned();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let fresh = loop {
+            let token = login(&a.url).await;
+            if kid(&token) == new_kid {
+                break token;
+            }
+            assert!(std::time::Instant::now() < deadline, "A still signs with the old key");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        };
+        assert_eq!(whoami(&b.url, &fresh).await, 200);
+        assert_eq!(whoami(&a.url, &old).await, 200, "the old key still verifies");
+
+        // Retire the old key at A: its tokens are refused at B too.
+        let retired = http
+            .delete(format!("{}/api/v1/auth/keys/{}", a.url, kid(&old)))
+            .bearer_auth(&fresh)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(retired.status().as_u16(), 204);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while whoami(&b.url, &old).await != 401 {
+            assert!(std::time::Instant::now() < deadline, "B still accepts the retired key");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        assert_eq!(whoami(&b.url, &fresh).await, 200);
+        assert_eq!(jwks(&a.url).await, jwks(&b.url).await);
+
+        // An account changed at A: its tokens from B are refused at B.
+        let created = http
+            .post(format!("{}/api/v1/users", a.url))
+            .bearer_auth(&fresh)
+            .json(&serde_json::json!({"username": "alice", "password": "alice-password-1", "level": "org_member"}))
+            .send()
+            .await
+            .unwrap();
+        assert!(created.status().is_success(), "{}", created.text().await.unwrap());
+        let alices: serde_json::Value = http
+            .post(format!("{}/api/v1/auth/login", b.url))
+            .json(&serde_json::json!({"username": "alice", "password": "alice-password-1"}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let alices = alices["access_token"].as_str().unwrap().to_owned();
+        assert_eq!(whoami(&b.url, &alices).await, 200);
+        // Tokens are dated in whole seconds: a change in the same second as
+        // the sign-in would revoke it anyway.
+        tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+        let changed = http
+            .patch(format!("{}/api/v1/users/alice", a.url))
+            .bearer_auth(&fresh)
+            .json(&serde_json::json!({"level": "github_member"}))
+            .send()
+            .await
+            .unwrap();
+        assert!(changed.status().is_success(), "{}", changed.text().await.unwrap());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while whoami(&b.url, &alices).await != 401 {
+            assert!(std::time::Instant::now() < deadline, "B still accepts the changed account's token");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    });
+}

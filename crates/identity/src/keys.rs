@@ -70,6 +70,16 @@ pub enum KeyError {
     UnknownKey { dir: PathBuf, kid: String },
     #[error("could not encode a new key as PKCS#8: {0}")]
     Encode(String),
+    #[error("the stored signing key {kid} is not an Ed25519 private key in PKCS#8 PEM ({reason})")]
+    StoredMalformed { kid: String, reason: String },
+    #[error("the stored signing key {expected} holds the key {actual}")]
+    StoredKidMismatch { expected: String, actual: String },
+    #[error("no stored signing key is active ({available}); rotate to make a new one")]
+    StoredNoActive { available: String },
+    #[error(
+        "the signing keys are kept in the database: rotate and retire them through the server"
+    )]
+    Shared,
     #[error("could not generate a key: the operating system gave no randomness ({0})")]
     Random(getrandom::Error),
 }
@@ -112,9 +122,11 @@ fn key_id(public: &[u8; 32]) -> String {
     base64url(&Sha256::digest(canonical.as_bytes()))
 }
 
-/// The signing keys, loaded from (and kept in) their directory.
+/// The signing keys, loaded from (and kept in) their directory, or held
+/// in memory from keys the database keeps ([`KeyRing::from_pems`]).
 pub struct KeyRing {
-    dir: PathBuf,
+    /// None for keys kept elsewhere.
+    dir: Option<PathBuf>,
     active: String,
     keys: BTreeMap<String, Key>,
 }
@@ -171,7 +183,7 @@ impl KeyRing {
             }
         };
         let mut ring = KeyRing {
-            dir,
+            dir: Some(dir),
             active: String::new(),
             keys,
         };
@@ -199,7 +211,7 @@ impl KeyRing {
                 _ => {
                     return Err(KeyError::NoActive {
                         available: ring.available(),
-                        dir: ring.dir,
+                        dir: ring.dir.unwrap_or_default(),
                     })
                 }
             },
@@ -210,11 +222,12 @@ impl KeyRing {
     /// Makes a new key and signs with it from now on; the old keys stay
     /// for verifying the tokens they signed. Returns the new kid.
     pub fn rotate(&mut self) -> Result<String, KeyError> {
+        let dir = self.dir.clone().ok_or(KeyError::Shared)?;
         let seed = zeroize::Zeroizing::new(random_bytes::<32>().map_err(KeyError::Random)?);
         let signing = SigningKey::from_bytes(&seed);
         let (key, pem) = Key::new(&signing).map_err(KeyError::Encode)?;
         let kid = key_id(&key.public);
-        write_atomically(&self.dir, &format!("{kid}{KEY_SUFFIX}"), pem.as_bytes())?;
+        write_atomically(&dir, &format!("{kid}{KEY_SUFFIX}"), pem.as_bytes())?;
         self.keys.insert(kid.clone(), key);
         self.set_active(kid.clone())?;
         Ok(kid)
@@ -223,6 +236,7 @@ impl KeyRing {
     /// Deletes a key that no longer signs: tokens it signed are refused
     /// from now on.
     pub fn retire(&mut self, kid: &str) -> Result<(), KeyError> {
+        let dir = self.dir.clone().ok_or(KeyError::Shared)?;
         if kid == self.active {
             return Err(KeyError::RetireActive {
                 kid: kid.to_owned(),
@@ -230,17 +244,17 @@ impl KeyRing {
         }
         if !self.keys.contains_key(kid) {
             return Err(KeyError::UnknownKey {
-                dir: self.dir.clone(),
+                dir,
                 kid: kid.to_owned(),
             });
         }
-        let path = self.dir.join(format!("{kid}{KEY_SUFFIX}"));
+        let path = dir.join(format!("{kid}{KEY_SUFFIX}"));
         match fs::remove_file(&path) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(source) => return Err(KeyError::Write { path, source }),
         }
-        sync_dir(&self.dir)?;
+        sync_dir(&dir)?;
         self.keys.remove(kid);
         Ok(())
     }
@@ -255,8 +269,73 @@ impl KeyRing {
         self.keys.keys().map(String::as_str)
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
+    /// The directory the keys are kept in; none for keys the database
+    /// keeps.
+    pub fn dir(&self) -> Option<&Path> {
+        self.dir.as_deref()
+    }
+
+    /// A ring of keys kept elsewhere (the database): `(kid, PEM, active)`.
+    /// Each key must be an Ed25519 PKCS#8 PEM key whose id is `kid`, and
+    /// exactly one active.
+    pub fn from_pems(keys: &[(&str, &str, bool)]) -> Result<KeyRing, KeyError> {
+        let mut ring = KeyRing {
+            dir: None,
+            active: String::new(),
+            keys: BTreeMap::new(),
+        };
+        for (kid, pem, active) in keys {
+            let malformed = |reason: String| KeyError::StoredMalformed {
+                kid: (*kid).to_owned(),
+                reason,
+            };
+            let signing = SigningKey::from_pkcs8_pem(pem).map_err(|e| malformed(e.to_string()))?;
+            let (key, _) = Key::new(&signing).map_err(malformed)?;
+            let actual = key_id(&key.public);
+            if actual != *kid {
+                return Err(KeyError::StoredKidMismatch {
+                    expected: (*kid).to_owned(),
+                    actual,
+                });
+            }
+            if *active {
+                ring.active = actual.clone();
+            }
+            ring.keys.insert(actual, key);
+        }
+        if ring.active.is_empty() {
+            return Err(KeyError::StoredNoActive {
+                available: ring.available(),
+            });
+        }
+        Ok(ring)
+    }
+
+    /// A new key: its id and its PKCS#8 PEM.
+    pub fn generate() -> Result<(String, zeroize::Zeroizing<String>), KeyError> {
+        let seed = zeroize::Zeroizing::new(random_bytes::<32>().map_err(KeyError::Random)?);
+        let signing = SigningKey::from_bytes(&seed);
+        let (key, pem) = Key::new(&signing).map_err(KeyError::Encode)?;
+        Ok((key_id(&key.public), pem))
+    }
+
+    /// The keys of the directory `dir` as `(kid, PEM, active)`, checked as
+    /// [`load_or_create`](Self::load_or_create) checks them (which makes a
+    /// first key if there is none): for moving them into the database.
+    pub fn export(
+        dir: impl AsRef<Path>,
+    ) -> Result<Vec<(String, zeroize::Zeroizing<String>, bool)>, KeyError> {
+        let dir = dir.as_ref();
+        let ring = Self::load_or_create(dir)?;
+        ring.kids()
+            .map(|kid| {
+                let path = dir.join(format!("{kid}{KEY_SUFFIX}"));
+                let pem = fs::read_to_string(&path)
+                    .map(zeroize::Zeroizing::new)
+                    .map_err(|source| KeyError::Read { path, source })?;
+                Ok((kid.to_owned(), pem, kid == ring.active))
+            })
+            .collect()
     }
 
     /// The public keys as a JWK Set, for `/.well-known/jwks.json`.
@@ -290,7 +369,9 @@ impl KeyRing {
     }
 
     fn set_active(&mut self, kid: String) -> Result<(), KeyError> {
-        write_atomically(&self.dir, ACTIVE_FILE, format!("{kid}\n").as_bytes())?;
+        if let Some(dir) = &self.dir {
+            write_atomically(dir, ACTIVE_FILE, format!("{kid}\n").as_bytes())?;
+        }
         self.active = kid;
         Ok(())
     }

@@ -13,11 +13,14 @@ use flotilla_domain::{
     Denied, Level, NameError, Username,
 };
 use flotilla_github::{GithubClient, GithubError};
-use flotilla_store::{AccountRecord, AccountStore, RefreshTokenRecord, Rotation, StoreError};
+use flotilla_store::{
+    AccountRecord, AccountStore, AddKeys, RefreshTokenRecord, Rotation, SigningKeyRecord,
+    StoreError,
+};
 
 use crate::{
     check_password_rules, hash_password, new_refresh_secret, refresh_id, verify_password,
-    IssueError, IssuedToken, KeyError, PasswordError, TokenError, TokenIssuer,
+    IssueError, IssuedToken, KeyError, KeyRing, PasswordError, TokenError, TokenIssuer,
 };
 
 /// The name of the first admin account.
@@ -123,6 +126,9 @@ pub struct Identity {
     /// tokens issued before then are refused, so a removal or a demotion
     /// takes effect at once rather than when the token expires.
     changed: Mutex<Changes>,
+    /// Whether the signing keys are the database's, shared by every server
+    /// on it ([`Identity::share_keys`]), rather than the key directory's.
+    shared_keys: std::sync::atomic::AtomicBool,
     /// Each password hash takes 19 MiB and tens of milliseconds of a core;
     /// a burst of logins queues here instead of exhausting the machine.
     hashing: tokio::sync::Semaphore,
@@ -141,8 +147,55 @@ impl Identity {
             github,
             config,
             changed: Mutex::new(Changes::default()),
+            shared_keys: std::sync::atomic::AtomicBool::new(false),
             hashing: tokio::sync::Semaphore::new(2),
         }
+    }
+
+    /// Signs and verifies with the keys the database keeps, so every
+    /// server on it signs with the same current key and verifies every
+    /// token. The first server to start stores its keys: those of the key
+    /// directory `dir` if it has any (so tokens signed before stay valid),
+    /// else a new one; the others use what it stored.
+    pub async fn share_keys(
+        &self,
+        dir: &std::path::Path,
+        now: DateTime<Utc>,
+    ) -> Result<(), IdentityError> {
+        if self.store.signing_keys().await?.is_empty() {
+            let keys: Vec<SigningKeyRecord> = KeyRing::export(dir)?
+                .into_iter()
+                .map(|(kid, pem, active)| SigningKeyRecord {
+                    kid,
+                    pem: pem.to_string(),
+                    active,
+                    created_at: now,
+                })
+                .collect();
+            if self.store.add_signing_keys(&keys, AddKeys::IfNone).await? {
+                tracing::info!(keys = keys.len(), dir = %dir.display(), "stored the signing keys in the database");
+            }
+        }
+        self.reload_keys().await?;
+        self.shared_keys
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Reads the signing keys from the database again: after another
+    /// server rotated or retired one (the change feed says so).
+    pub async fn reload_keys(&self) -> Result<(), IdentityError> {
+        let stored = self.store.signing_keys().await?;
+        let keys: Vec<(&str, &str, bool)> = stored
+            .iter()
+            .map(|k| (k.kid.as_str(), k.pem.as_str(), k.active))
+            .collect();
+        self.tokens.replace_keys(KeyRing::from_pems(&keys)?);
+        Ok(())
+    }
+
+    fn keys_shared(&self) -> bool {
+        self.shared_keys.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn tokens(&self) -> &TokenIssuer {
@@ -375,18 +428,60 @@ impl Identity {
             .issue_cluster_token(&username, caller.level, cluster, now)?)
     }
 
-    /// A new signing key (admins only); returns its id.
-    pub fn rotate_key(&self, caller: &Caller) -> Result<String, IdentityError> {
+    /// A new signing key (admins only); returns its id. With shared keys
+    /// it goes into the database, and every server signs with it.
+    pub async fn rotate_key(
+        &self,
+        caller: &Caller,
+        now: DateTime<Utc>,
+    ) -> Result<String, IdentityError> {
         authorize_admin(caller)?;
-        let kid = self.tokens.rotate_key()?;
+        let kid = if self.keys_shared() {
+            let (kid, pem) = KeyRing::generate()?;
+            let key = SigningKeyRecord {
+                kid: kid.clone(),
+                pem: pem.to_string(),
+                active: true,
+                created_at: now,
+            };
+            self.store.add_signing_keys(&[key], AddKeys::Always).await?;
+            self.reload_keys().await?;
+            kid
+        } else {
+            self.tokens.rotate_key()?
+        };
         tracing::info!(%kid, "signing key rotated");
         Ok(kid)
     }
 
-    /// Deletes a key that no longer signs (admins only).
-    pub fn retire_key(&self, caller: &Caller, kid: &str) -> Result<(), IdentityError> {
+    /// Deletes a key that no longer signs (admins only), on every server
+    /// when the keys are shared.
+    pub async fn retire_key(
+        &self,
+        caller: &Caller,
+        kid: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), IdentityError> {
         authorize_admin(caller)?;
-        self.tokens.retire_key(kid)?;
+        if self.keys_shared() {
+            match self.store.retire_signing_key(kid, now).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    return Err(KeyError::UnknownKey {
+                        dir: "the database".into(),
+                        kid: kid.to_owned(),
+                    }
+                    .into())
+                }
+                Err(StoreError::KeyActive(kid)) => {
+                    return Err(KeyError::RetireActive { kid }.into())
+                }
+                Err(e) => return Err(e.into()),
+            }
+            self.reload_keys().await?;
+        } else {
+            self.tokens.retire_key(kid)?;
+        }
         tracing::info!(%kid, "signing key retired");
         Ok(())
     }

@@ -478,6 +478,14 @@ impl TokenIssuer {
         Ok(())
     }
 
+    /// Signs and verifies with `keys` from now on (the database's keys,
+    /// read again); tokens verified with a key no longer there are
+    /// forgotten.
+    pub fn replace_keys(&self, keys: KeyRing) {
+        *self.write_keys() = keys;
+        self.cache.clear();
+    }
+
     /// How many verified tokens are remembered (for metrics and tests).
     pub fn cached_tokens(&self) -> usize {
         self.cache.len()

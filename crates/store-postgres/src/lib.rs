@@ -44,6 +44,7 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPool, PgPoolO
 use sqlx::{Postgres, Transaction};
 use tokio::sync::watch;
 
+mod keys;
 mod lease;
 mod orgs;
 #[cfg(feature = "testing")]
@@ -76,6 +77,8 @@ pub(crate) enum Lock<'a> {
     /// The organisations as a whole: an accrual pass holds it alone, every
     /// change of one organisation holds it shared ([`Lock::share`]).
     Orgs,
+    /// The signing keys: adding (the first key, or rotating) and retiring.
+    Keys,
 }
 
 impl Lock<'_> {
@@ -85,6 +88,7 @@ impl Lock<'_> {
             Lock::Admins => sqlx::query("SELECT pg_advisory_xact_lock(7046134, 1)"),
             Lock::Feed => sqlx::query("SELECT pg_advisory_xact_lock(7046134, 2)"),
             Lock::Orgs => sqlx::query("SELECT pg_advisory_xact_lock(7046134, 3)"),
+            Lock::Keys => sqlx::query("SELECT pg_advisory_xact_lock(7046134, 4)"),
             // The one-key form: its key space does not overlap the two-key
             // form of the fixed locks, so no name can hash onto one of them.
             Lock::OrgName(name) => sqlx::query(
@@ -962,6 +966,22 @@ impl AccountStore for PostgresStore {
         .await?;
         u64::try_from(live)
             .map_err(|_| StoreError::Corrupt(format!("refresh_tokens: COUNT(*) is {live}")))
+    }
+
+    async fn signing_keys(&self) -> Result<Vec<flotilla_store::SigningKeyRecord>, StoreError> {
+        keys::list(self).await
+    }
+
+    async fn add_signing_keys(
+        &self,
+        keys: &[flotilla_store::SigningKeyRecord],
+        how: flotilla_store::AddKeys,
+    ) -> Result<bool, StoreError> {
+        keys::add(self, keys, how).await
+    }
+
+    async fn retire_signing_key(&self, kid: &str, now: DateTime<Utc>) -> Result<bool, StoreError> {
+        keys::retire(self, kid, now).await
     }
 }
 

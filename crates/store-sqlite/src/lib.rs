@@ -32,6 +32,7 @@ use flotilla_store::{
     AccountStore, ChangeFeed, Fence, RefreshTokenRecord, Rotation, Store, StoreError,
 };
 
+mod keys;
 mod lease;
 mod orgs;
 
@@ -869,6 +870,22 @@ impl AccountStore for SqliteStore {
         self.commit(tx).await?;
         u64::try_from(live)
             .map_err(|_| StoreError::Corrupt(format!("refresh_tokens: COUNT(*) is {live}")))
+    }
+
+    async fn signing_keys(&self) -> Result<Vec<flotilla_store::SigningKeyRecord>, StoreError> {
+        keys::list(self).await
+    }
+
+    async fn add_signing_keys(
+        &self,
+        keys: &[flotilla_store::SigningKeyRecord],
+        how: flotilla_store::AddKeys,
+    ) -> Result<bool, StoreError> {
+        keys::add(self, keys, how).await
+    }
+
+    async fn retire_signing_key(&self, kid: &str, now: DateTime<Utc>) -> Result<bool, StoreError> {
+        keys::retire(self, kid, now).await
     }
 }
 

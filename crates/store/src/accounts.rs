@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use flotilla_domain::{AccountKind, ChangeKind, ClusterName, Level, NewChange, Username};
 
-use crate::StoreError;
+use crate::{AddKeys, SigningKeyRecord, StoreError};
 
 /// An account as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -156,4 +156,21 @@ pub trait AccountStore: Send + Sync + 'static {
         username: &Username,
         now: DateTime<Utc>,
     ) -> Result<u64, StoreError>;
+
+    /// Every signing key, oldest first.
+    async fn signing_keys(&self) -> Result<Vec<SigningKeyRecord>, StoreError>;
+
+    /// Adds `keys` in one transaction (see [`AddKeys`]); a key marked
+    /// active becomes the only active one. Keys already stored are left as
+    /// they are. Returns whether anything was added. Recorded in the
+    /// change feed, so every server reloads its keys.
+    async fn add_signing_keys(
+        &self,
+        keys: &[SigningKeyRecord],
+        how: AddKeys,
+    ) -> Result<bool, StoreError>;
+
+    /// Deletes a key that no longer signs. False if there is no such key;
+    /// refused (`KeyActive`) if it is the active one.
+    async fn retire_signing_key(&self, kid: &str, now: DateTime<Utc>) -> Result<bool, StoreError>;
 }

@@ -101,7 +101,9 @@ macro_rules! store_contract_tests {
             a_released_or_restarted_holders_lease_is_taken_at_once,
             racing_servers_begin_one_term,
             writes_of_an_ended_term_are_refused_and_change_nothing,
-            published_nodes_replace_the_last_and_go_with_the_cluster
+            published_nodes_replace_the_last_and_go_with_the_cluster,
+            signing_keys_are_stored_once_rotated_and_retired,
+            racing_servers_store_one_first_key
         );
     };
     (@each $harness:path, $($check:ident),+) => {

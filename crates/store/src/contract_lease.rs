@@ -14,7 +14,7 @@ use tokio::task::JoinSet;
 
 use super::orgs::{ask, credit, lab};
 use super::{command, deploy, name, t, Harness};
-use crate::{Fence, OrgUsage, Store, StoreError};
+use crate::{AddKeys, Fence, OrgUsage, SigningKeyRecord, Store, StoreError};
 
 const SHORT: Duration = Duration::from_millis(300);
 const LONG: Duration = Duration::from_secs(3600);
@@ -244,4 +244,95 @@ pub async fn published_nodes_replace_the_last_and_go_with_the_cluster(h: Harness
         .await
         .unwrap());
     assert!(store.published_nodes(None).await.unwrap().is_empty());
+}
+
+fn key(kid: &str, active: bool, at: i64) -> SigningKeyRecord {
+    SigningKeyRecord {
+        kid: kid.to_owned(),
+        pem: format!("-----BEGIN PRIVATE KEY----- {kid} -----END PRIVATE KEY-----"),
+        active,
+        created_at: t(at),
+    }
+}
+
+pub async fn signing_keys_are_stored_once_rotated_and_retired(h: Harness) {
+    let store = h.store.as_ref();
+    assert!(store.signing_keys().await.unwrap().is_empty());
+    let before = store.last_change().await.unwrap();
+    assert!(store
+        .add_signing_keys(&[key("k1", true, 1)], AddKeys::IfNone)
+        .await
+        .unwrap());
+    assert!(
+        !store
+            .add_signing_keys(&[key("k2", true, 2)], AddKeys::IfNone)
+            .await
+            .unwrap(),
+        "a second first key is not stored"
+    );
+    assert_eq!(
+        store.signing_keys().await.unwrap(),
+        vec![key("k1", true, 1)]
+    );
+
+    assert!(store
+        .add_signing_keys(&[key("k2", true, 2)], AddKeys::Always)
+        .await
+        .unwrap());
+    assert_eq!(
+        store.signing_keys().await.unwrap(),
+        vec![key("k1", false, 1), key("k2", true, 2)],
+        "the new key signs, the old one only verifies"
+    );
+    assert!(matches!(
+        store.retire_signing_key("k2", t(3)).await,
+        Err(StoreError::KeyActive(kid)) if kid == "k2"
+    ));
+    assert!(store.retire_signing_key("k1", t(3)).await.unwrap());
+    assert!(!store.retire_signing_key("k1", t(4)).await.unwrap());
+    assert_eq!(
+        store.signing_keys().await.unwrap(),
+        vec![key("k2", true, 2)]
+    );
+
+    let changes: Vec<(ChangeKind, String)> = store
+        .changes(before, 100, None)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| {
+            assert!(
+                !c.payload.to_string().contains("PRIVATE"),
+                "no key in the feed"
+            );
+            (c.kind, c.key)
+        })
+        .collect();
+    let kinds = |kid: &str| (ChangeKind::KeysChanged, kid.to_owned());
+    assert_eq!(changes, vec![kinds("k1"), kinds("k2"), kinds("k1")]);
+}
+
+pub async fn racing_servers_store_one_first_key(h: Harness) {
+    let mut racers = JoinSet::new();
+    for i in 0..8 {
+        let store = if i % 2 == 0 {
+            h.store.clone()
+        } else {
+            h.second.clone()
+        };
+        racers.spawn(async move {
+            store
+                .add_signing_keys(&[key(&format!("k{i}"), true, i)], AddKeys::IfNone)
+                .await
+                .unwrap()
+        });
+    }
+    let mut stored = 0;
+    while let Some(r) = racers.join_next().await {
+        stored += usize::from(r.expect("task"));
+    }
+    assert_eq!(stored, 1);
+    let keys = h.store.signing_keys().await.unwrap();
+    assert_eq!(keys.len(), 1);
+    assert!(keys[0].active);
 }

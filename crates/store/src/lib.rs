@@ -15,6 +15,7 @@
 
 mod accounts;
 pub mod contract;
+mod keys;
 mod lease;
 mod memory;
 mod orgs;
@@ -32,6 +33,7 @@ pub use accounts::{
     account_change, left_with_account, AccountRecord, AccountStore, RefreshTokenRecord, Rotation,
 };
 pub use flotilla_domain::CostRow;
+pub use keys::{keys_change, AddKeys, SigningKeyRecord};
 pub use lease::{Fence, Lease, LeaseStore};
 pub use memory::MemoryStore;
 pub use orgs::{OrgChange, OrgChanged, OrgStore, OrgUsage};
@@ -87,6 +89,9 @@ pub enum StoreError {
     SchemaTooNew { found: i64, known: i64 },
     #[error("stored data is invalid: {0}")]
     Corrupt(String),
+    /// The key signs new tokens: rotate to a new one before retiring it.
+    #[error("the key {0} signs new tokens; rotate to a new key first, then retire it")]
+    KeyActive(String),
     /// A write only the leader makes, by a server whose term is over:
     /// another server took the lease. Nothing was changed.
     #[error("this server's term as leader ({fence}) is over: epoch {current} leads now")]

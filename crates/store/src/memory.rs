@@ -15,8 +15,9 @@ use flotilla_domain::{
 
 use crate::orgs::{OrgChange, OrgChanged, OrgStore, OrgUsage};
 use crate::{
-    account_change, left_with_account, AccountRecord, AccountStore, ChangeFeed, Fence, Lease,
-    LeaseStore, RefreshTokenRecord, Rotation, Store, StoreError,
+    account_change, keys_change, left_with_account, AccountRecord, AccountStore, AddKeys,
+    ChangeFeed, Fence, Lease, LeaseStore, RefreshTokenRecord, Rotation, SigningKeyRecord, Store,
+    StoreError,
 };
 
 #[derive(Default)]
@@ -36,6 +37,7 @@ struct Inner {
     changes: Vec<Change>,
     last_seq: i64,
     lease: Option<Lease>,
+    keys: Vec<SigningKeyRecord>,
     notices: tokio::sync::watch::Sender<u64>,
     /// Published nodes by cluster.
     nodes: BTreeMap<ClusterName, Vec<NodeRecord>>,
@@ -518,6 +520,52 @@ impl AccountStore for MemoryStore {
             stored.revoked_at = Some(now);
         }
         Ok(live)
+    }
+
+    async fn signing_keys(&self) -> Result<Vec<SigningKeyRecord>, StoreError> {
+        Ok(self.inner.lock().unwrap().keys.clone())
+    }
+
+    async fn add_signing_keys(
+        &self,
+        keys: &[SigningKeyRecord],
+        how: AddKeys,
+    ) -> Result<bool, StoreError> {
+        let mut inner = self.inner.lock().unwrap();
+        if how == AddKeys::IfNone && !inner.keys.is_empty() {
+            return Ok(false);
+        }
+        let new: Vec<&SigningKeyRecord> = keys
+            .iter()
+            .filter(|k| !inner.keys.iter().any(|s| s.kid == k.kid))
+            .collect();
+        if new.is_empty() {
+            return Ok(false);
+        }
+        if new.iter().any(|k| k.active) {
+            for k in &mut inner.keys {
+                k.active = false;
+            }
+        }
+        let at = new.iter().map(|k| k.created_at).max().unwrap_or_default();
+        for k in new {
+            inner.keys.push(k.clone());
+            inner.record(keys_change(&k.kid), at);
+        }
+        Ok(true)
+    }
+
+    async fn retire_signing_key(&self, kid: &str, now: DateTime<Utc>) -> Result<bool, StoreError> {
+        let mut inner = self.inner.lock().unwrap();
+        match inner.keys.iter().position(|k| k.kid == kid) {
+            None => Ok(false),
+            Some(i) if inner.keys[i].active => Err(StoreError::KeyActive(kid.to_owned())),
+            Some(i) => {
+                inner.keys.remove(i);
+                inner.record(keys_change(kid), now);
+                Ok(true)
+            }
+        }
     }
 }
 

@@ -16,7 +16,7 @@ use flotilla_domain::{
 use sqlx::error::ErrorKind;
 use sqlx::migrate::{MigrateError, Migrator};
 
-use crate::{AccountRecord, Lease, StoreError};
+use crate::{AccountRecord, Lease, SigningKeyRecord, StoreError};
 
 /// The columns [`ClusterRow`] is read from. A macro rather than a `const`
 /// so queries can `concat!` it into one `&'static str`.
@@ -241,6 +241,34 @@ impl TryFrom<ChangeRow> for Change {
         })
     }
 }
+
+// Signing keys.
+
+/// A row of `signing_keys`.
+#[derive(sqlx::FromRow)]
+pub struct SigningKeyRow {
+    pub kid: String,
+    pub pem: String,
+    pub active: bool,
+    pub created_at: i64,
+}
+
+impl TryFrom<SigningKeyRow> for SigningKeyRecord {
+    type Error = StoreError;
+
+    fn try_from(row: SigningKeyRow) -> Result<SigningKeyRecord, StoreError> {
+        Ok(SigningKeyRecord {
+            created_at: time("signing_keys", &row.kid, "created_at", row.created_at)?,
+            kid: row.kid,
+            pem: row.pem,
+            active: row.active,
+        })
+    }
+}
+
+/// Every signing key, oldest first; the SQL both backends run.
+pub const SIGNING_KEYS_SELECT: &str =
+    "SELECT kid, pem, active, created_at FROM signing_keys ORDER BY created_at, kid";
 
 // The leader's lease and published nodes.
 
