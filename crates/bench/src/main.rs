@@ -33,6 +33,7 @@ mod machine;
 mod metrics;
 mod orgs;
 mod report;
+mod takeover;
 mod tap;
 
 use std::collections::{BTreeMap, HashMap};
@@ -108,23 +109,42 @@ impl StoreKind {
     }
 }
 
-/// Opens the store a run measures. The guard keeps its files (and its
+/// The store a run measures. The guard keeps its files (and its
 /// PostgreSQL server) until the run ends.
-async fn open_store(kind: StoreKind) -> Result<(Arc<dyn Store>, Box<dyn std::any::Any>)> {
+pub(crate) struct Opened {
+    pub store: Arc<dyn Store>,
+    pub guard: Box<dyn std::any::Any>,
+    /// Where a second server would connect (PostgreSQL only).
+    pub url: Option<String>,
+}
+
+async fn open_store(kind: StoreKind) -> Result<Opened> {
     Ok(match kind {
         StoreKind::Sqlite => {
             let dir = tempfile::tempdir().context("cannot create a temporary directory")?;
             let store = SqliteStore::open(&dir.path().join("flotilla.db")).await?;
-            (Arc::new(store), Box::new(dir))
+            Opened {
+                store: Arc::new(store),
+                guard: Box::new(dir),
+                url: None,
+            }
         }
-        StoreKind::Memory => (Arc::new(MemoryStore::new()), Box::new(())),
+        StoreKind::Memory => Opened {
+            store: Arc::new(MemoryStore::new()),
+            guard: Box::new(()),
+            url: None,
+        },
         StoreKind::Postgres => {
             let pg = tokio::task::spawn_blocking(TempPostgres::start_durable)
                 .await?
                 .context("cannot start PostgreSQL")?;
             let url = pg.create_database().await?;
             let store = PostgresStore::connect(&url).await?;
-            (Arc::new(store), Box::new(pg))
+            Opened {
+                store: Arc::new(store),
+                guard: Box::new(pg),
+                url: Some(url),
+            }
         }
     })
 }
@@ -158,6 +178,9 @@ enum Mode {
     /// and re-evaluates their budgets, over 10,000 nodes in 1,000
     /// organisations.
     Orgs(orgs::OrgsArgs),
+    /// Kills the leader of several real servers on one PostgreSQL, again
+    /// and again, and times how long until another leads.
+    Takeover(takeover::TakeoverArgs),
 }
 
 /// The engine benchmark's knobs.
@@ -211,6 +234,9 @@ struct Args {
 struct Bench {
     engine: Engine,
     tasks: EngineTasks,
+    /// A second server on the same database (PostgreSQL), which follows:
+    /// deploys sent to it reach the leader through the change feed.
+    follower: Option<(Engine, EngineTasks)>,
     cloud: FakeCloud,
     tap: Arc<Tap>,
     store: Arc<CountingStore>,
@@ -222,7 +248,11 @@ struct Bench {
 
 impl Bench {
     async fn start(args: &Args) -> Result<Self> {
-        let (inner, guard) = open_store(args.store).await?;
+        let Opened {
+            store: inner,
+            guard,
+            url,
+        } = open_store(args.store).await?;
         let store = Arc::new(CountingStore::new(inner));
 
         let mut registry = Registry::default();
@@ -243,11 +273,46 @@ impl Bench {
             max_wait: args.phase_limit,
             ..EngineConfig::default()
         };
-        let (engine, tasks, registry) =
-            start_engine(config, store.clone(), DRIVER, &tap, pools, pool, registry).await?;
+        let (engine, tasks, registry) = start_engine(
+            config.clone(),
+            store.clone(),
+            DRIVER,
+            &tap,
+            pools.clone(),
+            pool.clone(),
+            registry,
+        )
+        .await?;
+        let follower = match url {
+            None => None,
+            Some(url) => {
+                let second = Arc::new(CountingStore::new(Arc::new(
+                    PostgresStore::connect(&url).await?,
+                )));
+                let config = EngineConfig {
+                    server: "follower".to_owned(),
+                    ..config
+                };
+                let (engine, tasks, _) = start_engine(
+                    config,
+                    second,
+                    DRIVER,
+                    &tap,
+                    pools,
+                    pool,
+                    Registry::default(),
+                )
+                .await?;
+                if engine.leading() {
+                    bail!("the second server leads: the first should");
+                }
+                Some((engine, tasks))
+            }
+        };
         Ok(Self {
             engine,
             tasks,
+            follower,
             cloud,
             tap,
             store,
@@ -574,13 +639,20 @@ struct Requests {
     surplus_creates: usize,
 }
 
-async fn request_latency(b: &Bench, args: &Args) -> Result<Requests> {
+/// Deploys through `engine` (the leader, or a server that follows) and
+/// times the leader's first create.
+async fn request_latency(
+    b: &Bench,
+    args: &Args,
+    engine: &Engine,
+    prefix: &str,
+) -> Result<Requests> {
     let mut sent = Vec::with_capacity(args.requests);
     for i in 0..args.requests {
-        let name = ClusterName::new(format!("request-{i:04}"))?;
+        let name = ClusterName::new(format!("{prefix}-{i:04}"))?;
         let command = b.command(&name, 1)?;
         let requested = Instant::now();
-        b.engine.deploy(&b.caller, command, false).await?;
+        engine.deploy(&b.caller, command, false).await?;
         let returned = Instant::now();
         // One at a time: the next request waits until this one's create.
         b.tap
@@ -653,6 +725,7 @@ fn main() -> Result<()> {
         Some(Mode::Http(args)) => http::run(args),
         Some(Mode::Ec2(args)) => ec2::run(args),
         Some(Mode::Orgs(args)) => orgs::run(args),
+        Some(Mode::Takeover(args)) => takeover::run(args),
         // What `#[tokio::main]` builds: a worker per CPU.
         None => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
@@ -883,7 +956,7 @@ async fn engine_bench(args: Args) -> Result<()> {
     );
 
     eprintln!("3. timing {} single-node deploys ...", args.requests);
-    let r = request_latency(&b, &args).await?;
+    let r = request_latency(&b, &args, &b.engine, "request").await?;
     let p99 = percentile(&r.from_return, 99.0);
     report.row(
         "3",
@@ -934,6 +1007,34 @@ async fn engine_bench(args: Args) -> Result<()> {
         Verdict::check(r.surplus_creates == 0),
     );
 
+    if let Some((follower, _)) = &b.follower {
+        eprintln!(
+            "3f. timing {} single-node deploys sent to a second server that follows ...",
+            args.requests
+        );
+        let f = request_latency(&b, &args, follower, "follower").await?;
+        let p99 = percentile(&f.from_request, 99.0);
+        report.row(
+            "3f",
+            "Deploy at a following server requested → first create by the leader, p50 / p99 / max",
+            format!(
+                "{} / {} / {}",
+                fmt_duration(percentile(&f.from_request, 50.0)),
+                fmt_duration(p99),
+                fmt_duration(max(&f.from_request))
+            ),
+            format!("p99 ≤ {}", fmt_duration(args.store.first_create_target())),
+            Verdict::check(p99 <= args.store.first_create_target()),
+        );
+        report.row(
+            "3f",
+            "Surplus create calls for those clusters",
+            f.surplus_creates.to_string(),
+            "0",
+            Verdict::check(f.surplus_creates == 0),
+        );
+    }
+
     eprintln!("4. deploying {} nodes with --wait ...", args.wide_nodes);
     let w = deploy_wait(&b, &args).await?;
     report.row(
@@ -966,6 +1067,9 @@ async fn engine_bench(args: Args) -> Result<()> {
         Verdict::check(peak_kib.is_some_and(|k| k * 1024 <= 150_000_000)),
     );
 
+    if let Some((_, tasks)) = b.follower {
+        tasks.shutdown().await;
+    }
     b.tasks.shutdown().await;
     println!("{}", report.markdown());
     println!("Resync passes (pass; listing; store read; probes during the pass):");

@@ -97,7 +97,11 @@ async fn bench(args: OrgsArgs) -> Result<()> {
     // The organisations issue's target for one pass (SQLite), and the
     // several-servers issue's for PostgreSQL.
     let target = args.store.accrual_target();
-    let (inner, _guard) = crate::open_store(args.store).await?;
+    let crate::Opened {
+        store: inner,
+        guard: _guard,
+        ..
+    } = crate::open_store(args.store).await?;
     let store = Arc::new(CountingStore::new(inner));
     let mut registry = Registry::default();
     let fake = FakeConfig {

@@ -6,16 +6,10 @@ mod support;
 use std::process::Command;
 
 use flotilla_store_postgres::testing::TempPostgres;
-use support::{code, node_processes, ready_nodes, wait_for, Sandbox, Server, BIN, CONFIG};
-
-fn database(pg: &TempPostgres) -> String {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(pg.create_database())
-        .expect("create a database")
-}
+use support::{
+    code, database, node_processes, ready_nodes, shared_config, wait_for, Sandbox, Server, BIN,
+    CONFIG,
+};
 
 #[test]
 fn serve_on_postgres_keeps_its_state_there_across_a_sigkill() {
@@ -43,17 +37,6 @@ fn serve_on_postgres_keeps_its_state_there_across_a_sigkill() {
     assert_eq!(node_processes(&sandbox.path()).len(), 2, "no duplicates");
     assert_eq!(code(&server.cli(&["destroy", "pg", "--wait"])), 0);
     assert!(node_processes(&sandbox.path()).is_empty());
-}
-
-/// The config of servers that share the local driver's instances.
-pub fn shared_config(instances: &std::path::Path) -> String {
-    CONFIG.replace(
-        "type = \"local\"\n",
-        &format!(
-            "type = \"local\"\ndir = {:?}\n",
-            instances.display().to_string()
-        ),
-    )
 }
 
 #[test]

@@ -8,6 +8,28 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+/// A fresh database on `pg`, as a URL.
+pub fn database(pg: &flotilla_store_postgres::testing::TempPostgres) -> String {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(pg.create_database())
+        .expect("create a database")
+}
+
+/// [`CONFIG`] for servers that share the local driver's instances in
+/// `instances`.
+pub fn shared_config(instances: &Path) -> String {
+    CONFIG.replace(
+        "type = \"local\"\n",
+        &format!(
+            "type = \"local\"\ndir = {:?}\n",
+            instances.display().to_string()
+        ),
+    )
+}
+
 /// FLOTILLA_ADMIN_PASSWORD of every test server.
 pub const ADMIN_PASSWORD: &str = "admin-password-for-tests";
 
