@@ -7,41 +7,35 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use flotilla_store::{Fence, OrgUsage};
+use chrono::{DateTime, Utc};
+use flotilla_store::{Fence, OrgUsage, StoreError};
+use tokio::sync::Notify;
 
-use crate::expiry::sleep_until;
+use crate::expiry::Deadline;
 use crate::orgs::apply_org_change;
 use crate::{Engine, EngineError, Shared};
 
-/// Runs while this server leads.
-pub(crate) async fn run_capacity(shared: Arc<Shared>) {
-    crate::lease::each_term(shared, capacity_term).await
-}
+/// Organisations' capacity requests: one whose deadline passed is dropped
+/// and the cluster it kept shrinks.
+pub(crate) struct CapacityRequests;
 
-async fn capacity_term(shared: Arc<Shared>, fence: Fence) {
-    loop {
-        match shared
-            .store
-            .expire_capacity(shared.clock.now(), fence)
-            .await
-        {
-            Ok(changed) => {
-                for c in &changed {
-                    tracing::info!(org = %c.org.name, "capacity requests expired");
-                    apply_org_change(&shared, c);
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "expiring capacity requests failed"),
+impl Deadline for CapacityRequests {
+    const WHAT: &'static str = "capacity requests";
+
+    async fn fire(shared: &Shared, now: DateTime<Utc>, fence: Fence) -> Result<(), StoreError> {
+        for c in &shared.store.expire_capacity(now, fence).await? {
+            tracing::info!(org = %c.org.name, "capacity requests expired");
+            apply_org_change(shared, c);
         }
-        let sleep = sleep_until(
-            &shared,
-            shared.store.next_capacity_expiry().await,
-            "capacity requests",
-        );
-        tokio::select! {
-            _ = tokio::time::sleep(sleep) => {}
-            _ = shared.capacity_changed.notified() => {}
-        }
+        Ok(())
+    }
+
+    async fn next(shared: &Shared) -> Result<Option<DateTime<Utc>>, StoreError> {
+        shared.store.next_capacity_expiry().await
+    }
+
+    fn changed(shared: &Shared) -> &Notify {
+        &shared.capacity_changed
     }
 }
 

@@ -6,8 +6,9 @@
 //! - [`reconcile`] is the per-cluster reconcile: probe, plan, act;
 //! - [`sync`] lists every instance set on a timer (and on demand) and wakes
 //!   every cluster, so drift is caught;
-//! - [`expiry`] fires scheduled deletions at their deadline;
-//! - [`budget`] expires capacity requests and runs the accrual pass that
+//! - [`expiry`] fires stored deadlines (clusters' TTLs, capacity
+//!   requests) with one generic loop;
+//! - [`budget`] has capacity requests' deadlines and the accrual pass that
 //!   charges organisations for their nodes and shuts down those out of
 //!   money; [`orgs`] is the organisations' front door;
 //! - [`service`] is the engine's front door: DEPLOY, DESTROY, STATUS;
@@ -302,8 +303,10 @@ impl Engine {
         handles.push(tokio::spawn(lease::run(shared.clone())));
         handles.push(tokio::spawn(reflector::run(shared.clone(), feed_at)));
         handles.push(tokio::spawn(sync::run(shared.clone())));
-        handles.push(tokio::spawn(expiry::run(shared.clone())));
-        handles.push(tokio::spawn(budget::run_capacity(shared.clone())));
+        handles.push(tokio::spawn(expiry::run::<expiry::Ttl>(shared.clone())));
+        handles.push(tokio::spawn(expiry::run::<budget::CapacityRequests>(
+            shared.clone(),
+        )));
         handles.push(tokio::spawn(budget::run_accrual(shared.clone())));
         for name in shared.desired.names().into_iter().chain(found) {
             shared.runtime.wake(name);
