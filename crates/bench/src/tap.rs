@@ -443,14 +443,10 @@ impl LeaseStore for CountingStore {
     async fn publish_nodes(
         &self,
         fence: Fence,
-        cluster: &ClusterName,
-        is_public: bool,
-        nodes: &[NodeRecord],
+        clusters: &[flotilla_store::ClusterNodes],
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        self.inner
-            .publish_nodes(fence, cluster, is_public, nodes, now)
-            .await
+        self.inner.publish_nodes(fence, clusters, now).await
     }
 
     async fn published_nodes(

@@ -1,160 +1,38 @@
-//! The engine's copy of desired state (a reflector, as kube-rs calls it).
-//! The store is the truth: the API writes through to it and then here, and
-//! every resync refreshes the copy from the store, so reconciles read
-//! desired state without a query each.
-//!
-//! A refresh must not undo a write that raced it: a deploy committed after
-//! the refresh's read began is missing from that read, and a record
-//! forgotten after it began is still in it. Each change here takes a number
-//! from a counter, and a refresh leaves alone whatever changed after its
-//! [`DesiredCache::mark`]. A counter, not a clock: a deploy reads the clock
-//! before it waits for the store's writer, so timestamps can be older than
-//! the commit they describe.
-
-use std::collections::HashMap;
-use std::sync::RwLock;
+//! Desired state as the engine keeps it: a [`Reflection`] of the store's
+//! cluster records. Two versions of one incarnation are ordered by their
+//! generation; a cluster destroyed, forgotten and deployed again is a new
+//! incarnation, with a new `created_at`.
 
 use flotilla_domain::{ClusterName, ClusterRecord};
 
-#[derive(Default)]
-struct Inner {
-    records: HashMap<ClusterName, (ClusterRecord, u64)>,
-    /// Records forgotten here, with when, until a refresh has caught up.
-    forgotten: HashMap<ClusterName, u64>,
-    changes: u64,
-}
+use crate::reflection::{Reflected, Reflection};
 
-/// Where the copy stood when a store read began.
-#[derive(Debug, Clone, Copy)]
-pub struct Mark(u64);
+pub(crate) type DesiredCache = Reflection<ClusterRecord>;
 
-pub struct DesiredCache {
-    inner: RwLock<Inner>,
-}
+impl Reflected for ClusterRecord {
+    type Key = ClusterName;
+    type Index = ();
 
-/// Whether `new` replaces `old`: not if it is an older version of the same
-/// incarnation (a cluster destroyed, forgotten and deployed again is a new
-/// incarnation, with a new `created_at`).
-fn newer(old: &ClusterRecord, new: &ClusterRecord) -> bool {
-    !(old.generation > new.generation && old.created_at == new.created_at)
-}
-
-impl DesiredCache {
-    pub fn new(records: Vec<ClusterRecord>) -> Self {
-        let inner = Inner {
-            records: records
-                .into_iter()
-                .map(|r| (r.name.clone(), (r, 0)))
-                .collect(),
-            ..Inner::default()
-        };
-        Self {
-            inner: RwLock::new(inner),
-        }
+    fn key(&self) -> &ClusterName {
+        &self.name
     }
 
-    pub fn get(&self, name: &ClusterName) -> Option<ClusterRecord> {
-        self.inner
-            .read()
-            .unwrap()
-            .records
-            .get(name)
-            .map(|(r, _)| r.clone())
+    fn replaces(&self, old: &Self) -> bool {
+        !(old.generation > self.generation && old.created_at == self.created_at)
     }
 
+    fn index<'a>(_: impl Iterator<Item = &'a Self>) {}
+}
+
+impl Reflection<ClusterRecord> {
     pub fn names(&self) -> Vec<ClusterName> {
-        self.inner.read().unwrap().records.keys().cloned().collect()
-    }
-
-    /// Takes `record`, just written to the store, unless the copy already
-    /// holds a newer one.
-    pub fn put(&self, record: ClusterRecord) {
-        let mut inner = self.inner.write().unwrap();
-        if inner
-            .records
-            .get(&record.name)
-            .is_some_and(|(old, _)| !newer(old, &record))
-        {
-            return;
-        }
-        inner.changes += 1;
-        let change = inner.changes;
-        inner.forgotten.remove(&record.name);
-        inner.records.insert(record.name.clone(), (record, change));
+        self.keys()
     }
 
     /// Drops the record the store has just forgotten, if the copy still
     /// holds that version.
     pub fn remove(&self, name: &ClusterName, generation: i64) {
-        let mut inner = self.inner.write().unwrap();
-        if inner
-            .records
-            .get(name)
-            .is_some_and(|(r, _)| r.generation == generation)
-        {
-            inner.records.remove(name);
-            inner.changes += 1;
-            let change = inner.changes;
-            inner.forgotten.insert(name.clone(), change);
-        }
-    }
-
-    /// Takes the store's record of `name` (none: it has none), read after
-    /// `mark`, unless the copy changed it since.
-    pub fn reflect(&self, name: &ClusterName, fresh: Option<ClusterRecord>, mark: Mark) {
-        let mut inner = self.inner.write().unwrap();
-        let changed_here = inner.records.get(name).is_some_and(|(_, c)| *c > mark.0)
-            || inner.forgotten.get(name).is_some_and(|c| *c > mark.0);
-        if changed_here {
-            return;
-        }
-        match fresh {
-            Some(record) => {
-                if inner
-                    .records
-                    .get(name)
-                    .is_none_or(|(old, _)| newer(old, &record))
-                {
-                    inner.forgotten.remove(name);
-                    inner.records.insert(name.clone(), (record, 0));
-                }
-            }
-            None => {
-                inner.records.remove(name);
-            }
-        }
-    }
-
-    /// Taken just before reading the store for [`refresh`](Self::refresh).
-    pub fn mark(&self) -> Mark {
-        Mark(self.inner.read().unwrap().changes)
-    }
-
-    /// Replaces the copy with a full read of the store that began at
-    /// `mark`, except for what changed here since.
-    pub fn refresh(&self, fresh: Vec<ClusterRecord>, mark: Mark) {
-        let mut inner = self.inner.write().unwrap();
-        let inner = &mut *inner;
-        let mut fresh: HashMap<_, _> = fresh.into_iter().map(|r| (r.name.clone(), r)).collect();
-        inner.forgotten.retain(|name, change| {
-            let after_read = *change > mark.0;
-            if after_read {
-                fresh.remove(name);
-            }
-            after_read
-        });
-        inner
-            .records
-            .retain(|name, (_, change)| fresh.contains_key(name) || *change > mark.0);
-        for (name, record) in fresh {
-            match inner.records.get(&name) {
-                Some((_, change)) if *change > mark.0 => {}
-                Some((old, _)) if !newer(old, &record) => {}
-                _ => {
-                    inner.records.insert(name, (record, 0));
-                }
-            }
-        }
+        self.remove_if(name, |r| r.generation == generation);
     }
 }
 

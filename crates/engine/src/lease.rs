@@ -160,6 +160,9 @@ async fn begin_term(shared: &Shared, fence: Fence) {
         tracing::warn!(error = %e, "expiring capacity requests failed");
     }
     crate::reflector::refresh(shared).await;
+    // Actions this server started in an earlier term finish first, so the
+    // listing this term begins with sees what they made.
+    let _quiet = shared.acting.write().await;
     for set in shared.inventory.lock().unwrap().values_mut() {
         *set = crate::inventory::SetInventory::default();
     }
@@ -188,6 +191,9 @@ pub(crate) async fn run(shared: Arc<Shared>) {
                 tokio::select! {
                     _ = tokio::time::sleep_until(renewed + ttl / 3) => {}
                     _ = shared.stopped() => {
+                        if shared.leadership.fence() == Some(term.fence) {
+                            crate::reconcile::publish_all(&shared, term.fence).await;
+                        }
                         release(&shared, term.fence).await;
                         return;
                     }

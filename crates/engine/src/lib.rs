@@ -33,6 +33,7 @@ mod metrics;
 mod orgs;
 pub mod pools;
 mod reconcile;
+mod reflection;
 mod reflector;
 pub mod runtime;
 mod service;
@@ -162,9 +163,21 @@ struct Shared {
     observed: PublishedNodes,
     /// Every change the reflector read, for subscribers.
     changes: broadcast::Sender<Change>,
+    /// Clusters whose nodes may have changed since last published.
+    to_publish: Mutex<std::collections::BTreeSet<ClusterName>>,
+    publish_wanted: Notify,
+    /// Read-held by every cloud action; a new term takes it to wait for
+    /// the actions of this server's last term.
+    acting: tokio::sync::RwLock<()>,
 }
 
 impl Shared {
+    /// Asks the publisher to publish `cluster`'s nodes if they changed.
+    fn publish_soon(&self, cluster: &ClusterName) {
+        self.to_publish.lock().unwrap().insert(cluster.clone());
+        self.publish_wanted.notify_one();
+    }
+
     fn notify_changed(&self, cluster: &ClusterName) {
         let mut watchers = self.watchers.lock().unwrap();
         if let Some(tx) = watchers.get(cluster) {
@@ -275,6 +288,9 @@ impl Engine {
             leadership: Leadership::new(config.server.clone()),
             observed: published,
             changes: broadcast::channel(1024).0,
+            to_publish: Mutex::new(Default::default()),
+            publish_wanted: Notify::new(),
+            acting: tokio::sync::RwLock::new(()),
             config,
         });
 
@@ -303,6 +319,7 @@ impl Engine {
         handles.push(tokio::spawn(lease::run(shared.clone())));
         handles.push(tokio::spawn(reflector::run(shared.clone(), feed_at)));
         handles.push(tokio::spawn(sync::run(shared.clone())));
+        handles.push(tokio::spawn(reconcile::run_publisher(shared.clone())));
         handles.push(tokio::spawn(expiry::run::<expiry::Ttl>(shared.clone())));
         handles.push(tokio::spawn(expiry::run::<budget::CapacityRequests>(
             shared.clone(),

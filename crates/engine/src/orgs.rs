@@ -9,7 +9,6 @@
 //! the store on every resync, and a refresh never undoes a later change.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::RwLock;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -20,20 +19,29 @@ use flotilla_domain::{
 };
 use flotilla_store::{CostRow, OrgChanged};
 
+use crate::reflection::{Reflected, Reflection};
 use crate::{ClusterView, Engine, EngineError};
 
-#[derive(Default)]
-struct Inner {
-    orgs: HashMap<OrgName, (Organisation, u64)>,
-    /// Which organisations each account belongs to.
-    by_member: HashMap<Username, BTreeSet<OrgName>>,
-    changes: u64,
-}
+/// Which organisations each account belongs to.
+pub(crate) type Members = HashMap<Username, BTreeSet<OrgName>>;
 
-impl Inner {
-    fn index(&mut self) {
-        let mut by_member: HashMap<Username, BTreeSet<OrgName>> = HashMap::new();
-        for (org, _) in self.orgs.values() {
+impl Reflected for Organisation {
+    type Key = OrgName;
+    type Index = Members;
+
+    fn key(&self) -> &OrgName {
+        &self.name
+    }
+
+    /// Organisations carry no version: the change counter alone orders
+    /// what this server wrote against what it read.
+    fn replaces(&self, _: &Self) -> bool {
+        true
+    }
+
+    fn index<'a>(orgs: impl Iterator<Item = &'a Self>) -> Members {
+        let mut by_member = Members::new();
+        for org in orgs {
             for user in org.members.keys() {
                 by_member
                     .entry(user.clone())
@@ -41,102 +49,39 @@ impl Inner {
                     .insert(org.name.clone());
             }
         }
-        self.by_member = by_member;
+        by_member
     }
 }
 
-#[derive(Default)]
-pub(crate) struct OrgCache {
-    inner: RwLock<Inner>,
-}
+pub(crate) type OrgCache = Reflection<Organisation>;
 
-impl OrgCache {
-    pub(crate) fn new(orgs: Vec<Organisation>) -> Self {
-        let cache = Self::default();
-        cache.refresh(orgs, 0);
-        cache
-    }
-
-    pub(crate) fn get(&self, name: &OrgName) -> Option<Organisation> {
-        self.inner
-            .read()
-            .unwrap()
-            .orgs
-            .get(name)
-            .map(|(o, _)| o.clone())
-    }
-
+impl Reflection<Organisation> {
     pub(crate) fn all(&self) -> Vec<Organisation> {
-        let inner = self.inner.read().unwrap();
-        let mut orgs: Vec<Organisation> = inner.orgs.values().map(|(o, _)| o.clone()).collect();
+        let mut orgs = self.values();
         orgs.sort_by(|a, b| a.name.cmp(&b.name));
         orgs
     }
 
     pub(crate) fn names(&self) -> Vec<OrgName> {
-        self.inner.read().unwrap().orgs.keys().cloned().collect()
+        self.keys()
     }
 
     /// Every organisation's name and pool: what an accrual pass needs.
     pub(crate) fn pools(&self) -> Vec<(OrgName, PoolName)> {
-        let inner = self.inner.read().unwrap();
-        inner
-            .orgs
-            .values()
-            .map(|(o, _)| (o.name.clone(), o.settings.pool.clone()))
+        self.values()
+            .into_iter()
+            .map(|o| (o.name, o.settings.pool))
             .collect()
     }
 
     /// See [`Engine::admit_org_clusters`].
     pub(crate) fn admit(&self, caller: &mut Caller) {
-        let inner = self.inner.read().unwrap();
-        if inner.orgs.is_empty() {
-            return;
-        }
-        caller.allowed.retain(|c| !inner.orgs.contains_key(c));
-        if let Some(orgs) = caller.account.as_ref().and_then(|u| inner.by_member.get(u)) {
-            caller.allowed.extend(orgs.iter().cloned());
-        }
-    }
-
-    pub(crate) fn put(&self, org: Organisation) {
-        let mut inner = self.inner.write().unwrap();
-        inner.changes += 1;
-        let change = inner.changes;
-        inner.orgs.insert(org.name.clone(), (org, change));
-        inner.index();
-    }
-
-    pub(crate) fn mark(&self) -> u64 {
-        self.inner.read().unwrap().changes
-    }
-
-    /// Takes the store's `org`, read after `mark`, unless the copy changed
-    /// it since.
-    pub(crate) fn reflect(&self, org: Organisation, mark: u64) {
-        let mut inner = self.inner.write().unwrap();
-        if inner.orgs.get(&org.name).is_some_and(|(_, c)| *c > mark) {
-            return;
-        }
-        inner.orgs.insert(org.name.clone(), (org, 0));
-        inner.index();
-    }
-
-    /// Replaces the copy with a store read that began at `mark`, except
-    /// for organisations changed here since.
-    pub(crate) fn refresh(&self, fresh: Vec<Organisation>, mark: u64) {
-        let mut inner = self.inner.write().unwrap();
-        let mut next: HashMap<OrgName, (Organisation, u64)> = fresh
-            .into_iter()
-            .map(|o| (o.name.clone(), (o, 0)))
-            .collect();
-        for (name, (org, change)) in inner.orgs.drain() {
-            if change > mark {
-                next.insert(name, (org, change));
+        self.read(|members, is_org| {
+            caller.allowed.retain(|c| !is_org(c));
+            if let Some(orgs) = caller.account.as_ref().and_then(|u| members.get(u)) {
+                caller.allowed.extend(orgs.iter().cloned());
             }
-        }
-        inner.orgs = next;
-        inner.index();
+        });
     }
 }
 

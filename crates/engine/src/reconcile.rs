@@ -9,7 +9,7 @@ use flotilla_cloud::{CloudError, CreateRequest, Health, Instance, InstanceSet};
 use flotilla_domain::{
     plan, ClusterName, ClusterRecord, InstanceId, NodeRecord, NodeState, ObservedNode, WantedNodes,
 };
-use flotilla_store::Fence;
+use flotilla_store::{ClusterNodes, Fence};
 use futures::future::join_all;
 use tokio::time::Instant;
 
@@ -21,45 +21,109 @@ pub(crate) async fn reconcile_cluster(
     shared: Arc<Shared>,
     cluster: ClusterName,
 ) -> Result<Next, ReconcileError> {
-    // Only the leader reconciles; a new term wakes every cluster.
+    // Only the leader reconciles; a new term wakes every cluster. A term
+    // whose renewal is late is not over yet: look again soon rather than
+    // drop the work.
     let Some(fence) = shared.leadership.fence() else {
-        return Ok(Next::Idle);
+        return Ok(match shared.leadership.term() {
+            Some(_) => Next::After(shared.config.lease_retry),
+            None => Next::Idle,
+        });
     };
     let start = Instant::now();
     let result = reconcile(&shared, &cluster, fence).await;
     shared.metrics.reconciled(result.is_ok(), start.elapsed());
-    publish(&shared, &cluster, fence).await;
+    shared.publish_soon(&cluster);
     shared.notify_changed(&cluster);
     result
 }
 
-/// Publishes the cluster's nodes as this leader observes them, if they
-/// changed since they were last published, so every server answers STATUS
-/// alike.
-async fn publish(shared: &Shared, cluster: &ClusterName, fence: Fence) {
-    let nodes: Vec<NodeRecord> = {
+/// How long the publisher gathers changed clusters before it writes them
+/// in one transaction.
+const PUBLISH_GATHER: std::time::Duration = std::time::Duration::from_millis(20);
+/// Most clusters published in one transaction.
+const PUBLISH_BATCH: usize = 500;
+
+/// The publisher, while this server leads: writes the nodes of every
+/// cluster a reconcile looked at whose nodes changed since they were last
+/// published, a batch per transaction, so that every server answers
+/// STATUS alike. Off the reconcile's path: a reconcile never waits for it.
+pub(crate) async fn run_publisher(shared: Arc<Shared>) {
+    crate::lease::each_term(shared, |shared, fence| async move {
+        loop {
+            shared.publish_wanted.notified().await;
+            tokio::time::sleep(PUBLISH_GATHER).await;
+            let clusters: Vec<ClusterName> =
+                std::mem::take(&mut *shared.to_publish.lock().unwrap())
+                    .into_iter()
+                    .collect();
+            for chunk in clusters.chunks(PUBLISH_BATCH) {
+                publish(&shared, chunk, fence).await;
+            }
+        }
+    })
+    .await
+}
+
+/// Publishes every cluster whose nodes changed, at once: when the term
+/// ends by this server's choice (shutdown), so that what it last observed
+/// is what the other servers answer with.
+pub(crate) async fn publish_all(shared: &Shared, fence: Fence) {
+    let mut clusters: std::collections::BTreeSet<ClusterName> =
+        shared.observed.names().into_iter().collect();
+    for set in shared.inventory.lock().unwrap().values() {
+        clusters.extend(set.clusters.keys().cloned());
+    }
+    shared.to_publish.lock().unwrap().clear();
+    let clusters: Vec<ClusterName> = clusters.into_iter().collect();
+    for chunk in clusters.chunks(PUBLISH_BATCH) {
+        publish(shared, chunk, fence).await;
+    }
+}
+
+/// Publishes those of `clusters` whose nodes, as this leader observes
+/// them, changed since they were last published.
+async fn publish(shared: &Shared, clusters: &[ClusterName], fence: Fence) {
+    let changed: Vec<ClusterNodes> = {
         let inv = shared.inventory.lock().unwrap();
         if !inv.values().all(|set| set.listed) {
             return;
         }
-        let mut nodes: Vec<NodeRecord> = inv
-            .values()
-            .flat_map(|set| set.nodes(cluster).map(|n| n.record()))
-            .collect();
-        nodes.sort_by(|a, b| a.launched_at.cmp(&b.launched_at).then(a.id.cmp(&b.id)));
-        nodes
+        clusters
+            .iter()
+            .filter_map(|cluster| {
+                let mut nodes: Vec<NodeRecord> = inv
+                    .values()
+                    .flat_map(|set| set.nodes(cluster).map(|n| n.record()))
+                    .collect();
+                nodes.sort_by(|a, b| a.launched_at.cmp(&b.launched_at).then(a.id.cmp(&b.id)));
+                (shared.observed.get(cluster) != nodes).then(|| ClusterNodes {
+                    cluster: cluster.clone(),
+                    is_public: shared.desired.get(cluster).is_some_and(|r| r.is_public),
+                    nodes,
+                })
+            })
+            .collect()
     };
-    if shared.observed.get(cluster) == nodes {
+    if changed.is_empty() {
         return;
     }
-    let is_public = shared.desired.get(cluster).is_some_and(|r| r.is_public);
     match shared
         .store
-        .publish_nodes(fence, cluster, is_public, &nodes, shared.clock.now())
+        .publish_nodes(fence, &changed, shared.clock.now())
         .await
     {
-        Ok(()) => shared.observed.put(cluster, nodes),
-        Err(e) => tracing::warn!(%cluster, error = %e, "publishing the cluster's nodes failed"),
+        Ok(()) => {
+            for c in changed {
+                shared.observed.put(&c.cluster, c.nodes);
+            }
+        }
+        Err(e) => {
+            tracing::warn!(clusters = changed.len(), error = %e, "publishing nodes failed; trying again");
+            let mut again = shared.to_publish.lock().unwrap();
+            again.extend(changed.into_iter().map(|c| c.cluster));
+            shared.publish_wanted.notify_one();
+        }
     }
 }
 
@@ -133,6 +197,9 @@ async fn reconcile(
             )
         };
 
+        // Held while acting, so a new term of this server waits for the
+        // actions of the last before it lists (see `lease::begin_term`).
+        let _acting = shared.acting.read().await;
         if !leads() {
             return Ok(Next::Idle);
         }

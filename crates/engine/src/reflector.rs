@@ -148,8 +148,7 @@ async fn apply(shared: &Shared, change: &Change) {
             };
             let mark = shared.orgs.mark();
             match shared.store.get_org(&name).await {
-                Ok(Some(org)) => shared.orgs.reflect(org, mark),
-                Ok(None) => {}
+                Ok(org) => shared.orgs.reflect(&name, org, mark),
                 Err(e) => {
                     tracing::warn!(error = %e, org = %name, "reading a changed organisation failed")
                 }

@@ -262,7 +262,9 @@ impl Engine {
     /// term) from what the leader published.
     pub(crate) fn nodes_of(&self, cluster: &ClusterName) -> Vec<NodeRecord> {
         let inv = self.shared.inventory.lock().unwrap();
-        if self.shared.leadership.fence().is_some() && inv.values().all(|s| s.listed) {
+        // Holding a term (even one whose renewal is late): the inventory is
+        // this server's own and the freshest there is.
+        if self.shared.leadership.term().is_some() && inv.values().all(|s| s.listed) {
             inv.values()
                 .flat_map(|set| set.nodes(cluster).map(|n| n.record()))
                 .collect()

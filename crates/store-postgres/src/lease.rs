@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use flotilla_domain::{ClusterName, NewChange, NodeRecord};
 use flotilla_store::sql::{self as row, LeaseRow, NodeRow};
-use flotilla_store::{Fence, Lease, LeaseStore, StoreError};
+use flotilla_store::{ClusterNodes, Fence, Lease, LeaseStore, StoreError};
 use sqlx::PgConnection;
 
 use crate::{commit_with, PostgresStore};
@@ -85,7 +85,7 @@ impl LeaseStore for PostgresStore {
         .bind(millis(ttl))
         .bind(holder)
         .bind(fence.0)
-        .execute(&self.pool)
+        .execute(&self.lease_pool)
         .await?;
         Ok(done.rows_affected() == 1)
     }
@@ -96,7 +96,7 @@ impl LeaseStore for PostgresStore {
         )
         .bind(holder)
         .bind(fence.0)
-        .execute(&self.pool)
+        .execute(&self.lease_pool)
         .await?;
         Ok(())
     }
@@ -111,32 +111,43 @@ impl LeaseStore for PostgresStore {
     async fn publish_nodes(
         &self,
         fence: Fence,
-        cluster: &ClusterName,
-        is_public: bool,
-        nodes: &[NodeRecord],
+        clusters: &[ClusterNodes],
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
         check_fence(&mut tx, fence).await?;
-        sqlx::query("DELETE FROM nodes WHERE cluster = $1")
-            .bind(cluster.as_str())
+        sqlx::query("DELETE FROM nodes WHERE cluster = ANY($1)")
+            .bind(
+                clusters
+                    .iter()
+                    .map(|c| c.cluster.as_str())
+                    .collect::<Vec<_>>(),
+            )
             .execute(&mut *tx)
             .await?;
+        let rows: Vec<(&str, &NodeRecord)> = clusters
+            .iter()
+            .flat_map(|c| c.nodes.iter().map(move |n| (c.cluster.as_str(), n)))
+            .collect();
         sqlx::query(
             "INSERT INTO nodes (cluster, id, instance_type, launched_at, state, state_since, address) \
-             SELECT $1, * FROM unnest($2::TEXT[], $3::TEXT[], $4::BIGINT[], $5::TEXT[], \
+             SELECT * FROM unnest($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::BIGINT[], $5::TEXT[], \
                  $6::BIGINT[], $7::TEXT[])",
         )
-        .bind(cluster.as_str())
-        .bind(nodes.iter().map(|n| n.id.as_str()).collect::<Vec<_>>())
-        .bind(nodes.iter().map(|n| n.instance_type.as_str()).collect::<Vec<_>>())
-        .bind(nodes.iter().map(|n| row::to_millis(n.launched_at)).collect::<Vec<_>>())
-        .bind(nodes.iter().map(|n| n.state.as_str()).collect::<Vec<_>>())
-        .bind(nodes.iter().map(|n| row::to_millis(n.state_since)).collect::<Vec<_>>())
-        .bind(nodes.iter().map(|n| n.address.as_deref()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(c, _)| *c).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, n)| n.id.as_str()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, n)| n.instance_type.as_str()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, n)| row::to_millis(n.launched_at)).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, n)| n.state.as_str()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, n)| row::to_millis(n.state_since)).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, n)| n.address.as_deref()).collect::<Vec<_>>())
         .execute(&mut *tx)
         .await?;
-        commit_with(tx, &[NewChange::nodes(cluster, is_public, nodes)], now).await
+        let changes: Vec<NewChange> = clusters
+            .iter()
+            .map(|c| NewChange::nodes(&c.cluster, c.is_public, &c.nodes))
+            .collect();
+        commit_with(tx, &changes, now).await
     }
 
     async fn published_nodes(

@@ -114,6 +114,9 @@ impl Lock<'_> {
 pub struct PostgresStore {
     location: String,
     pub(crate) pool: PgPool,
+    /// Renews and releases the lease, so that renewal never waits for a
+    /// connection behind a busy pool (see `lease.rs`).
+    pub(crate) lease_pool: PgPool,
     /// Bumped on every notice of a committed change, from any server.
     notices: Arc<watch::Sender<u64>>,
     _listener: Arc<Listener>,
@@ -243,6 +246,12 @@ impl PostgresStore {
         let pool = PgPoolOptions::new()
             .max_connections(CONNECTIONS)
             .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_with(options.clone())
+            .await
+            .map_err(|e| open_error(e.into()))?;
+        let lease_pool = PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_with(options)
             .await
             .map_err(|e| open_error(e.into()))?;
@@ -271,6 +280,7 @@ impl PostgresStore {
         Ok(PostgresStore {
             location,
             pool,
+            lease_pool,
             notices,
             _listener: Arc::new(Listener(listener)),
         })
@@ -284,6 +294,7 @@ impl PostgresStore {
     /// Closes every connection, waiting for those in use to be returned.
     pub async fn close(&self) {
         self.pool.close().await;
+        self.lease_pool.close().await;
     }
 
     pub(crate) async fn begin(&self) -> Result<Transaction<'static, Postgres>, StoreError> {

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use flotilla_domain::{ClusterName, NewChange, NodeRecord};
 use flotilla_store::sql::{self as row, LeaseRow, NodeRow};
-use flotilla_store::{Fence, Lease, LeaseStore, StoreError};
+use flotilla_store::{ClusterNodes, Fence, Lease, LeaseStore, StoreError};
 use sqlx::sqlite::SqliteConnection;
 
 use crate::{record_changes, SqliteStore};
@@ -75,7 +75,7 @@ impl LeaseStore for SqliteStore {
         .bind(until(now, ttl))
         .bind(holder)
         .bind(fence.0)
-        .execute(&self.writer)
+        .execute(&self.lease_writer)
         .await?;
         Ok(done.rows_affected() == 1)
     }
@@ -86,7 +86,7 @@ impl LeaseStore for SqliteStore {
         )
         .bind(holder)
         .bind(fence.0)
-        .execute(&self.writer)
+        .execute(&self.lease_writer)
         .await?;
         Ok(())
     }
@@ -101,33 +101,35 @@ impl LeaseStore for SqliteStore {
     async fn publish_nodes(
         &self,
         fence: Fence,
-        cluster: &ClusterName,
-        is_public: bool,
-        nodes: &[NodeRecord],
+        clusters: &[ClusterNodes],
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         let mut tx = self.begin_write().await?;
         check_fence(&mut tx, fence).await?;
-        sqlx::query("DELETE FROM nodes WHERE cluster = $1")
-            .bind(cluster.as_str())
-            .execute(&mut *tx)
-            .await?;
-        for n in nodes {
-            sqlx::query(
-                "INSERT INTO nodes (cluster, id, instance_type, launched_at, state, state_since, address) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            )
-            .bind(cluster.as_str())
-            .bind(n.id.as_str())
-            .bind(n.instance_type.as_str())
-            .bind(row::to_millis(n.launched_at))
-            .bind(n.state.as_str())
-            .bind(row::to_millis(n.state_since))
-            .bind(n.address.as_deref())
-            .execute(&mut *tx)
-            .await?;
+        let mut changes = Vec::with_capacity(clusters.len());
+        for c in clusters {
+            sqlx::query("DELETE FROM nodes WHERE cluster = $1")
+                .bind(c.cluster.as_str())
+                .execute(&mut *tx)
+                .await?;
+            for n in &c.nodes {
+                sqlx::query(
+                    "INSERT INTO nodes (cluster, id, instance_type, launched_at, state, state_since, address) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                )
+                .bind(c.cluster.as_str())
+                .bind(n.id.as_str())
+                .bind(n.instance_type.as_str())
+                .bind(row::to_millis(n.launched_at))
+                .bind(n.state.as_str())
+                .bind(row::to_millis(n.state_since))
+                .bind(n.address.as_deref())
+                .execute(&mut *tx)
+                .await?;
+            }
+            changes.push(NewChange::nodes(&c.cluster, c.is_public, &c.nodes));
         }
-        record_changes(&mut tx, &[NewChange::nodes(cluster, is_public, nodes)], now).await?;
+        record_changes(&mut tx, &changes, now).await?;
         self.commit(tx).await?;
         Ok(())
     }

@@ -54,6 +54,8 @@ const ID_ATTEMPTS: usize = 3;
 pub struct SqliteStore {
     path: PathBuf,
     writer: SqlitePool,
+    /// Renews and releases the lease (see `lease.rs`).
+    pub(crate) lease_writer: SqlitePool,
     reader: SqlitePool,
     /// Bumped after every commit, for [`ChangeFeed::change_notices`].
     notices: Arc<watch::Sender<u64>>,
@@ -108,6 +110,14 @@ impl SqliteStore {
             .await
             .map_err(|e| row::migrate_error(e, &MIGRATOR))?;
 
+        // Renewing the lease must not wait behind every queued write: it
+        // has a connection of its own, and waits only for the write lock.
+        let lease_writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.clone())
+            .await
+            .map_err(|e| open_error(e.into()))?;
+
         let reader = SqlitePoolOptions::new()
             .max_connections(READ_CONNECTIONS)
             .connect_with(options.pragma("query_only", "ON"))
@@ -118,6 +128,7 @@ impl SqliteStore {
             notices: Arc::new(watch::channel(0).0),
             path: path.to_owned(),
             writer,
+            lease_writer,
             reader,
         };
         let settings = store.write_settings().await?;
@@ -139,6 +150,7 @@ impl SqliteStore {
     pub async fn close(&self) {
         self.reader.close().await;
         self.writer.close().await;
+        self.lease_writer.close().await;
     }
 
     /// What the write connection runs with.

@@ -14,7 +14,7 @@ use tokio::task::JoinSet;
 
 use super::orgs::{ask, credit, lab};
 use super::{command, deploy, name, t, Harness};
-use crate::{AddKeys, Fence, OrgUsage, SigningKeyRecord, Store, StoreError};
+use crate::{AddKeys, ClusterNodes, Fence, OrgUsage, SigningKeyRecord, Store, StoreError};
 
 const SHORT: Duration = Duration::from_millis(300);
 const LONG: Duration = Duration::from_secs(3600);
@@ -34,6 +34,14 @@ fn node(id: &str, state: NodeState, launched: i64) -> NodeRecord {
         state,
         state_since: t(launched + 1),
         address: Some(format!("127.0.0.1:{}", 9000 + launched)),
+    }
+}
+
+fn nodes_of(cluster: &str, is_public: bool, nodes: &[NodeRecord]) -> ClusterNodes {
+    ClusterNodes {
+        cluster: name(cluster),
+        is_public,
+        nodes: nodes.to_vec(),
     }
 }
 
@@ -130,9 +138,7 @@ pub async fn writes_of_an_ended_term_are_refused_and_change_nothing(h: Harness) 
     ask(a, "ann", 1, Duration::from_secs(60), 3).await.unwrap();
     a.publish_nodes(
         old,
-        &name("due"),
-        false,
-        &[node("n1", NodeState::Ready, 5)],
+        &[nodes_of("due", false, &[node("n1", NodeState::Ready, 5)])],
         t(6),
     )
     .await
@@ -157,7 +163,7 @@ pub async fn writes_of_an_ended_term_are_refused_and_change_nothing(h: Harness) 
         old,
     );
     fenced(
-        a.publish_nodes(old, &name("due"), false, &[], t(3600))
+        a.publish_nodes(old, &[nodes_of("due", false, &[])], t(3600))
             .await,
         old,
     );
@@ -186,12 +192,14 @@ pub async fn published_nodes_replace_the_last_and_go_with_the_cluster(h: Harness
     store
         .publish_nodes(
             fence,
-            &name("a"),
-            true,
-            &[
-                node("n2", NodeState::Booting, 2),
-                node("n1", NodeState::Ready, 1),
-            ],
+            &[nodes_of(
+                "a",
+                true,
+                &[
+                    node("n2", NodeState::Booting, 2),
+                    node("n1", NodeState::Ready, 1),
+                ],
+            )],
             t(3),
         )
         .await
@@ -199,9 +207,7 @@ pub async fn published_nodes_replace_the_last_and_go_with_the_cluster(h: Harness
     store
         .publish_nodes(
             fence,
-            &name("b"),
-            false,
-            &[node("n3", NodeState::Booting, 1)],
+            &[nodes_of("b", false, &[node("n3", NodeState::Booting, 1)])],
             t(3),
         )
         .await
@@ -217,9 +223,7 @@ pub async fn published_nodes_replace_the_last_and_go_with_the_cluster(h: Harness
     store
         .publish_nodes(
             fence,
-            &name("a"),
-            true,
-            &[node("n2", NodeState::Ready, 2)],
+            &[nodes_of("a", true, &[node("n2", NodeState::Ready, 2)])],
             t(4),
         )
         .await
@@ -235,7 +239,7 @@ pub async fn published_nodes_replace_the_last_and_go_with_the_cluster(h: Harness
     assert_eq!(last.payload["is_public"], true);
 
     store
-        .publish_nodes(fence, &name("b"), false, &[], t(5))
+        .publish_nodes(fence, &[nodes_of("b", false, &[])], t(5))
         .await
         .unwrap();
     let destroyed = store.destroy(&a.name, t(6)).await.unwrap().unwrap();

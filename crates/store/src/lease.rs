@@ -24,6 +24,15 @@ impl std::fmt::Display for Fence {
     }
 }
 
+/// One cluster's nodes as the leader publishes them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterNodes {
+    pub cluster: ClusterName,
+    /// The cluster's, so its change is as readable as its status.
+    pub is_public: bool,
+    pub nodes: Vec<NodeRecord>,
+}
+
 /// Who holds the lease, in which term, until when.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
@@ -68,16 +77,15 @@ pub trait LeaseStore: Send + Sync {
     /// The lease as it stands, if it was ever taken.
     async fn lease(&self) -> Result<Option<Lease>, StoreError>;
 
-    /// Replaces what the leader observes of `cluster`'s nodes (none: the
-    /// cluster has no nodes left) and records it in the change feed, so
-    /// that every server answers STATUS alike. Written when the nodes
-    /// change, not on every probe. Refused (`Fenced`) after the term ends.
+    /// Replaces what the leader observes of each cluster's nodes (none:
+    /// the cluster has no nodes left) and records each in the change feed,
+    /// so that every server answers STATUS alike; one transaction for the
+    /// lot. Written when nodes change, not on every probe. Refused
+    /// (`Fenced`) after the term ends.
     async fn publish_nodes(
         &self,
         fence: Fence,
-        cluster: &ClusterName,
-        is_public: bool,
-        nodes: &[NodeRecord],
+        clusters: &[ClusterNodes],
         now: DateTime<Utc>,
     ) -> Result<(), StoreError>;
 

@@ -34,7 +34,7 @@ pub use accounts::{
 };
 pub use flotilla_domain::CostRow;
 pub use keys::{keys_change, AddKeys, SigningKeyRecord};
-pub use lease::{Fence, Lease, LeaseStore};
+pub use lease::{ClusterNodes, Fence, Lease, LeaseStore};
 pub use memory::MemoryStore;
 pub use orgs::{OrgChange, OrgChanged, OrgStore, OrgUsage};
 

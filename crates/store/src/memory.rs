@@ -16,8 +16,8 @@ use flotilla_domain::{
 use crate::orgs::{OrgChange, OrgChanged, OrgStore, OrgUsage};
 use crate::{
     account_change, keys_change, left_with_account, AccountRecord, AccountStore, AddKeys,
-    ChangeFeed, Fence, Lease, LeaseStore, RefreshTokenRecord, Rotation, SigningKeyRecord, Store,
-    StoreError,
+    ChangeFeed, ClusterNodes, Fence, Lease, LeaseStore, RefreshTokenRecord, Rotation,
+    SigningKeyRecord, Store, StoreError,
 };
 
 #[derive(Default)]
@@ -880,21 +880,21 @@ impl LeaseStore for MemoryStore {
     async fn publish_nodes(
         &self,
         fence: Fence,
-        cluster: &ClusterName,
-        is_public: bool,
-        nodes: &[NodeRecord],
+        clusters: &[ClusterNodes],
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         let mut inner = self.inner.lock().unwrap();
         inner.check_fence(fence)?;
-        if nodes.is_empty() {
-            inner.nodes.remove(cluster);
-        } else {
-            let mut nodes = nodes.to_vec();
-            nodes.sort_by(|a, b| a.launched_at.cmp(&b.launched_at).then(a.id.cmp(&b.id)));
-            inner.nodes.insert(cluster.clone(), nodes);
+        for c in clusters {
+            if c.nodes.is_empty() {
+                inner.nodes.remove(&c.cluster);
+            } else {
+                let mut nodes = c.nodes.clone();
+                nodes.sort_by(|a, b| a.launched_at.cmp(&b.launched_at).then(a.id.cmp(&b.id)));
+                inner.nodes.insert(c.cluster.clone(), nodes);
+            }
+            inner.record(NewChange::nodes(&c.cluster, c.is_public, &c.nodes), now);
         }
-        inner.record(NewChange::nodes(cluster, is_public, nodes), now);
         Ok(())
     }
 
