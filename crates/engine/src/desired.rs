@@ -92,6 +92,27 @@ mod tests {
     }
 
     #[test]
+    fn a_refresh_that_began_before_a_reflected_read_does_not_undo_it() {
+        let cache = DesiredCache::new(vec![]);
+        // A resync's read begins, then a deploy is written through and the
+        // reflector reads it back, then the resync's read (which began
+        // before the deploy committed, so lacks it) lands.
+        let resync = cache.mark();
+        cache.put(record("new", 1, 0));
+        cache.reflect(&name("new"), Some(record("new", 1, 0)), cache.mark());
+        cache.refresh(vec![], resync);
+        assert!(
+            cache.get(&name("new")).is_some(),
+            "the older read undid nothing"
+        );
+        // Nor does one resurrect what a read after it found gone.
+        let resync = cache.mark();
+        cache.reflect(&name("new"), None, cache.mark());
+        cache.refresh(vec![record("new", 1, 0)], resync);
+        assert!(cache.get(&name("new")).is_none());
+    }
+
+    #[test]
     fn reflecting_one_record_never_undoes_a_later_write() {
         let cache = DesiredCache::new(vec![record("a", 1, 0)]);
         let mark = cache.mark();

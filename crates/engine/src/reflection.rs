@@ -151,6 +151,11 @@ impl<V: Reflected> Reflection<V> {
         if inner.changed_since(key, mark) {
             return;
         }
+        // A read that began at `mark` is newer than any read that began
+        // before it: it takes a change number of its own, so that such an
+        // older read (a refresh under way) cannot undo it.
+        inner.changes += 1;
+        let change = inner.changes;
         match fresh {
             Some(record) => {
                 if inner
@@ -159,11 +164,13 @@ impl<V: Reflected> Reflection<V> {
                     .is_none_or(|(old, _)| record.replaces(old))
                 {
                     inner.removed.remove(key);
-                    inner.records.insert(key.clone(), (record, 0));
+                    inner.records.insert(key.clone(), (record, change));
                 }
             }
             None => {
-                inner.records.remove(key);
+                if inner.records.remove(key).is_some() {
+                    inner.removed.insert(key.clone(), change);
+                }
             }
         }
         inner.reindex();

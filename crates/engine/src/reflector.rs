@@ -130,6 +130,10 @@ async fn apply(shared: &Shared, change: &Change) {
                 }
                 let mark = shared.desired.mark();
                 match shared.store.get_cluster(&name).await {
+                    // Only a forget removes a record: a read that finds
+                    // none after any other change is older than the
+                    // change, and the forget, if any, comes next.
+                    Ok(None) if change.kind != ChangeKind::ClusterForgotten => {}
                     Ok(record) => shared.desired.reflect(&name, record, mark),
                     Err(e) => {
                         tracing::warn!(error = %e, cluster = %name, "reading a changed cluster failed")
