@@ -44,9 +44,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use flotilla_cloud::{Clock, InstanceSet, Tags};
-use flotilla_domain::Change;
 use flotilla_domain::{
-    ClusterName, InstanceType, LevelPolicy, Limits, Money, OrgDefaults, PoolName, Timeouts,
+    Change, ClusterName, InstanceType, LevelPolicy, Limits, Money, OrgDefaults, PoolName, Timeouts,
 };
 use flotilla_store::Store;
 use prometheus_client::registry::Registry;
