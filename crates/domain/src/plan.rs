@@ -48,7 +48,7 @@ impl NodeState {
 
 /// A node as the leader publishes it for every server to answer STATUS
 /// from: what the leader observed, without the probe bookkeeping.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct NodeRecord {
     pub id: InstanceId,
     pub instance_type: InstanceType,

@@ -33,7 +33,19 @@ pub(crate) async fn reconcile_cluster(
     let start = Instant::now();
     let result = reconcile(&shared, &cluster, fence).await;
     shared.metrics.reconciled(result.is_ok(), start.elapsed());
-    shared.publish_soon(&cluster);
+    // Published only if its nodes may have changed: a resync wakes every
+    // cluster, and comparing each one's nodes whole every time costs the
+    // leader more than the few that changed.
+    let observed = {
+        let inv = shared.inventory.lock().unwrap();
+        crate::reflector::combine(
+            inv.values()
+                .flat_map(|set| set.nodes(&cluster).map(|n| n.record_hash())),
+        )
+    };
+    if observed != shared.observed.fingerprint(&cluster) {
+        shared.publish_soon(&cluster);
+    }
     shared.notify_changed(&cluster);
     result
 }

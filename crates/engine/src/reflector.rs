@@ -30,16 +30,42 @@ const PAGE: usize = 1000;
 /// compares its observations with to publish only changes.
 #[derive(Default)]
 pub(crate) struct PublishedNodes {
-    nodes: RwLock<HashMap<ClusterName, Vec<NodeRecord>>>,
+    nodes: RwLock<HashMap<ClusterName, (Vec<NodeRecord>, u64)>>,
+}
+
+/// A digest of a cluster's nodes, in any order: whether they may have
+/// changed since they were published, without building or comparing them.
+/// None has digest 0.
+pub(crate) fn fingerprint<'a>(nodes: impl Iterator<Item = &'a NodeRecord>) -> u64 {
+    use std::hash::{Hash, Hasher};
+    combine(nodes.map(|n| {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        n.hash(&mut h);
+        h.finish()
+    }))
+}
+
+/// The digest of nodes whose hashes are `hashes`, in any order.
+pub(crate) fn combine(hashes: impl Iterator<Item = u64>) -> u64 {
+    hashes.fold(0u64, u64::wrapping_add)
 }
 
 impl PublishedNodes {
+    /// The digest of the cluster's published nodes (0: none).
+    pub fn fingerprint(&self, cluster: &ClusterName) -> u64 {
+        self.nodes
+            .read()
+            .unwrap()
+            .get(cluster)
+            .map_or(0, |(_, fp)| *fp)
+    }
+
     pub fn get(&self, cluster: &ClusterName) -> Vec<NodeRecord> {
         self.nodes
             .read()
             .unwrap()
             .get(cluster)
-            .cloned()
+            .map(|(nodes, _)| nodes.clone())
             .unwrap_or_default()
     }
 
@@ -52,7 +78,8 @@ impl PublishedNodes {
         if nodes.is_empty() {
             all.remove(cluster);
         } else {
-            all.insert(cluster.clone(), nodes);
+            let fp = fingerprint(nodes.iter());
+            all.insert(cluster.clone(), (nodes, fp));
         }
     }
 
@@ -61,7 +88,13 @@ impl PublishedNodes {
         for (cluster, node) in nodes {
             all.entry(cluster).or_default().push(node);
         }
-        *self.nodes.write().unwrap() = all;
+        *self.nodes.write().unwrap() = all
+            .into_iter()
+            .map(|(cluster, nodes)| {
+                let fp = fingerprint(nodes.iter());
+                (cluster, (nodes, fp))
+            })
+            .collect();
     }
 }
 
