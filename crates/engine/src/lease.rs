@@ -159,7 +159,9 @@ async fn begin_term(shared: &Shared, fence: Fence) {
     if let Err(e) = shared.store.expire_capacity(now, fence).await {
         tracing::warn!(error = %e, "expiring capacity requests failed");
     }
-    crate::reflector::refresh(shared).await;
+    if let Err(e) = crate::reflector::refresh(shared).await {
+        tracing::warn!(error = %e, "reading the store's records failed; the next resync reads them");
+    }
     // Actions this server started in an earlier term finish first, so the
     // listing this term begins with sees what they made.
     let _quiet = shared.acting.write().await;

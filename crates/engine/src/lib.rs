@@ -255,14 +255,11 @@ impl Engine {
                 "the default pool {default_pool} is not configured"
             )));
         }
-        // The reflector starts where the feed stood before the reads
-        // below, so nothing committed meanwhile is missed (what they
-        // already saw is read again, harmlessly).
+        // The reflector starts where the feed stood before the first read
+        // of the store's records (the term's, or a follower's, below), so
+        // nothing committed meanwhile is missed; what that read already
+        // saw is read again, harmlessly.
         let feed_at = store.last_change().await?;
-        let records = store.list_clusters().await?;
-        let orgs = store.list_orgs().await?;
-        let published = PublishedNodes::default();
-        published.replace(store.published_nodes(None).await?);
         let inventory = sets
             .keys()
             .map(|k| (k.clone(), SetInventory::default()))
@@ -274,8 +271,8 @@ impl Engine {
             sets,
             pools,
             default_pool,
-            desired: DesiredCache::new(records),
-            orgs: OrgCache::new(orgs),
+            desired: DesiredCache::new(Vec::new()),
+            orgs: OrgCache::new(Vec::new()),
             inventory: Mutex::new(inventory),
             watchers: Mutex::new(BTreeMap::new()),
             sync_soon: Notify::new(),
@@ -285,7 +282,7 @@ impl Engine {
             metrics: EngineMetrics::register(registry),
             offerings: OfferingCache::default(),
             leadership: Leadership::new(config.server.clone()),
-            observed: published,
+            observed: PublishedNodes::default(),
             changes: broadcast::channel(1024).0,
             to_publish: Mutex::new(Default::default()),
             publish_wanted: Notify::new(),
@@ -294,13 +291,14 @@ impl Engine {
         });
 
         // A server that can lead at once (the only one, or the leader
-        // restarted) begins its term and lists every set before it serves,
-        // as a lone server always did; the others follow until the lease
-        // is free.
+        // restarted) begins its term, which reads the records, and lists
+        // every set before it serves, as a lone server always did; the
+        // others read the records and follow until the lease is free.
         let found = if lease::try_lead(&shared).await {
             sync::sync_all(&shared).await
         } else {
             tracing::info!(server = %shared.config.server, "another server leads; following");
+            reflector::refresh(&shared).await?;
             Default::default()
         };
 

@@ -18,6 +18,8 @@ use std::time::Duration;
 use flotilla_domain::{Change, ChangeEntity, ChangeKind, ClusterName, NodeRecord, OrgName};
 use tokio::time::Instant;
 
+use flotilla_store::StoreError;
+
 use crate::Shared;
 
 /// How often the feed is read when no notice came.
@@ -124,7 +126,9 @@ pub(crate) async fn run(shared: Arc<Shared>, mut after: i64) {
         if Instant::now() >= next_refresh {
             next_refresh = Instant::now() + shared.config.resync_interval;
             if shared.leadership.fence().is_none() {
-                refresh(&shared).await;
+                if let Err(e) = refresh(&shared).await {
+                    tracing::warn!(error = %e, "reading the store's records failed");
+                }
             }
         }
         tokio::select! {
@@ -202,19 +206,15 @@ async fn apply(shared: &Shared, change: &Change) {
 }
 
 /// Reads desired state, organisations and published nodes afresh.
-pub(crate) async fn refresh(shared: &Shared) {
+pub(crate) async fn refresh(shared: &Shared) -> Result<(), StoreError> {
     let mark = shared.desired.mark();
-    match shared.store.list_clusters().await {
-        Ok(records) => shared.desired.refresh(records, mark),
-        Err(e) => tracing::warn!(error = %e, "reading desired state failed"),
-    }
+    let records = shared.store.list_clusters().await?;
+    shared.desired.refresh(records, mark);
     let mark = shared.orgs.mark();
-    match shared.store.list_orgs().await {
-        Ok(orgs) => shared.orgs.refresh(orgs, mark),
-        Err(e) => tracing::warn!(error = %e, "reading organisations failed"),
-    }
-    match shared.store.published_nodes(None).await {
-        Ok(nodes) => shared.observed.replace(nodes),
-        Err(e) => tracing::warn!(error = %e, "reading published nodes failed"),
-    }
+    let orgs = shared.store.list_orgs().await?;
+    shared.orgs.refresh(orgs, mark);
+    shared
+        .observed
+        .replace(shared.store.published_nodes(None).await?);
+    Ok(())
 }

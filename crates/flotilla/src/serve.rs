@@ -103,11 +103,7 @@ async fn identity(
     let keys = if stored.is_empty() {
         KeyRing::load_or_create(&key_dir).context("cannot load the token signing keys")?
     } else {
-        let pems: Vec<(&str, &str, bool)> = stored
-            .iter()
-            .map(|k| (k.kid.as_str(), k.pem.as_str(), k.active))
-            .collect();
-        KeyRing::from_pems(&pems).context("the signing keys in the database")?
+        flotilla_identity::stored_key_ring(&stored).context("the signing keys in the database")?
     };
     let tokens = TokenIssuer::new(
         keys,

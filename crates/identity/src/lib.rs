@@ -20,7 +20,9 @@ pub use password::{
     MAX_PASSWORD_BYTES, MIN_PASSWORD_CHARS,
 };
 pub use refresh::{new_refresh_secret, refresh_id, RefreshSecret};
-pub use service::{Identity, IdentityConfig, IdentityError, NewUser, Tokens, FIRST_ADMIN};
+pub use service::{
+    stored_key_ring, Identity, IdentityConfig, IdentityError, NewUser, Tokens, FIRST_ADMIN,
+};
 pub use tokens::{
     Claims, IssueError, IssuedToken, TokenError, TokenIssuer, TokenKind, ACCESS_AUDIENCE,
     MAX_CLOCK_SKEW_SECS, VERIFIED_CACHE_CAPACITY,

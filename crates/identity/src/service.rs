@@ -186,11 +186,7 @@ impl Identity {
     /// server rotated or retired one (the change feed says so).
     pub async fn reload_keys(&self) -> Result<(), IdentityError> {
         let stored = self.store.signing_keys().await?;
-        let keys: Vec<(&str, &str, bool)> = stored
-            .iter()
-            .map(|k| (k.kid.as_str(), k.pem.as_str(), k.active))
-            .collect();
-        self.tokens.replace_keys(KeyRing::from_pems(&keys)?);
+        self.tokens.replace_keys(stored_key_ring(&stored)?);
         Ok(())
     }
 
@@ -655,6 +651,15 @@ impl Identity {
             },
         );
     }
+}
+
+/// The key ring of keys the database keeps.
+pub fn stored_key_ring(stored: &[SigningKeyRecord]) -> Result<KeyRing, KeyError> {
+    let keys: Vec<(&str, &str, bool)> = stored
+        .iter()
+        .map(|k| (k.kid.as_str(), k.pem.as_str(), k.active))
+        .collect();
+    KeyRing::from_pems(&keys)
 }
 
 /// The account changes tokens are checked against.
