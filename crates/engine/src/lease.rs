@@ -17,6 +17,9 @@ use std::future::Future;
 use std::sync::Arc;
 
 use flotilla_store::Fence;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::gauge::ConstGauge;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -41,6 +44,15 @@ impl Leadership {
         Self {
             holder,
             term: watch::channel(None).0,
+        }
+    }
+
+    /// Gauges of this server's lease, read at each scrape: a term that ran
+    /// out while the server was paused shows as over at once, before the
+    /// lease loop gets to notice.
+    pub fn gauges(&self) -> LeaseGauges {
+        LeaseGauges {
+            term: self.term.subscribe(),
         }
     }
 
@@ -93,6 +105,37 @@ impl Leadership {
     }
 }
 
+#[derive(Debug)]
+pub(crate) struct LeaseGauges {
+    term: watch::Receiver<Option<Term>>,
+}
+
+impl Collector for LeaseGauges {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let fence = self
+            .term
+            .borrow()
+            .filter(|t| Instant::now() < t.valid_until)
+            .map(|t| t.fence);
+        for (name, help, value) in [
+            (
+                "flotilla_leading",
+                "1 while this server holds the lease and runs the loops that act on the cloud",
+                i64::from(fence.is_some()),
+            ),
+            (
+                "flotilla_lease_epoch",
+                "The term this server leads in (0 while it follows)",
+                fence.map_or(0, |f| f.0),
+            ),
+        ] {
+            let gauge = ConstGauge::new(value);
+            gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
+        }
+        Ok(())
+    }
+}
+
 /// Runs `body` during each of this server's terms as leader: started when
 /// a term begins, dropped when it ends, until the engine stops.
 pub(crate) async fn each_term<F, Fut>(shared: Arc<Shared>, mut body: F)
@@ -130,7 +173,6 @@ pub(crate) async fn try_lead(shared: &Shared) -> bool {
                 fence,
                 valid_until: sent + ttl,
             }));
-            shared.metrics.leading(Some(fence));
             true
         }
         Ok(None) => false,
@@ -242,12 +284,10 @@ pub(crate) async fn run(shared: Arc<Shared>) {
 fn stand_down(shared: &Shared, fence: Fence, why: &str) {
     tracing::warn!(server = %shared.leadership.holder, %fence, "{why}: this server stands down and follows");
     shared.leadership.set(None);
-    shared.metrics.leading(None);
 }
 
 async fn release(shared: &Shared, fence: Fence) {
     shared.leadership.set(None);
-    shared.metrics.leading(None);
     if let Err(e) = shared
         .store
         .release_lease(&shared.leadership.holder, fence)

@@ -264,6 +264,8 @@ impl Engine {
             .keys()
             .map(|k| (k.clone(), SetInventory::default()))
             .collect();
+        let leadership = Leadership::new(config.server.clone());
+        registry.register_collector(Box::new(leadership.gauges()));
         let shared = Arc::new(Shared {
             runtime: Runtime::new(config.concurrency),
             store,
@@ -281,7 +283,7 @@ impl Engine {
             stop: watch::channel(false).0,
             metrics: EngineMetrics::register(registry),
             offerings: OfferingCache::default(),
-            leadership: Leadership::new(config.server.clone()),
+            leadership,
             observed: PublishedNodes::default(),
             changes: broadcast::channel(1024).0,
             to_publish: Mutex::new(Default::default()),

@@ -40,16 +40,9 @@ pub(crate) struct EngineMetrics {
     reconcile_seconds: Histogram,
     destroys: Family<DestroyLabels, Counter>,
     expired: Counter,
-    leading: Gauge,
-    lease_epoch: Gauge,
 }
 
 impl EngineMetrics {
-    pub fn leading(&self, fence: Option<flotilla_store::Fence>) {
-        self.leading.set(i64::from(fence.is_some()));
-        self.lease_epoch.set(fence.map_or(0, |f| f.0));
-    }
-
     pub fn register(registry: &mut Registry) -> Self {
         let m = Self {
             nodes: Family::default(),
@@ -58,19 +51,7 @@ impl EngineMetrics {
             reconcile_seconds: Histogram::new([0.0005, 0.002, 0.01, 0.05, 0.25, 1.0, 5.0, 30.0]),
             destroys: Family::default(),
             expired: Counter::default(),
-            leading: Gauge::default(),
-            lease_epoch: Gauge::default(),
         };
-        registry.register(
-            "flotilla_leading",
-            "1 while this server holds the lease and runs the loops that act on the cloud",
-            m.leading.clone(),
-        );
-        registry.register(
-            "flotilla_lease_epoch",
-            "The term this server leads in (0 while it follows)",
-            m.lease_epoch.clone(),
-        );
         registry.register(
             "flotilla_nodes",
             "Nodes by driver and state, as of the last listing",
