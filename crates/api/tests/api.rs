@@ -434,7 +434,12 @@ async fn deploy_returns_the_status() {
         .await;
     assert_status_shape(&s);
     assert_eq!(s["cluster"], "demo");
-    assert_eq!(s["state"], "deploying");
+    // As of the answer: the fake cloud's nodes may be up already.
+    assert!(
+        s["state"] == "deploying" || s["state"] == "running",
+        "{}",
+        s["state"]
+    );
     assert_eq!(s["is_public"], false);
     assert_eq!(s["node_capacity"], 3);
     assert!(

@@ -90,8 +90,13 @@ fn start(bin: &Path, dir: &Path, config: &Path, url: &str) -> Result<Server> {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
         let text = std::fs::read_to_string(&log).unwrap_or_default();
-        if let Some(rest) = text.split("flotilla serving on ").nth(1) {
-            server.url = rest
+        // Only a whole line: the log may be read half written.
+        if let Some((line, _)) = text
+            .split("flotilla serving on ")
+            .nth(1)
+            .and_then(|rest| rest.split_once('\n'))
+        {
+            server.url = line
                 .split_whitespace()
                 .next()
                 .unwrap_or_default()

@@ -108,6 +108,8 @@ impl ChangeKind {
                 OrgEventKind::Stopped => "org.stopped",
                 OrgEventKind::BudgetExhausted => "org.budget_exhausted",
                 OrgEventKind::BudgetRestored => "org.budget_restored",
+                OrgEventKind::CapacityRequested => "org.capacity_requested",
+                OrgEventKind::Credited => "org.credited",
             },
             ChangeKind::AccountCreated => "account.created",
             ChangeKind::AccountChanged => "account.changed",
@@ -175,6 +177,46 @@ pub struct Change {
 }
 
 impl Change {
+    /// The cluster's record as this change left it, for the changes of a
+    /// cluster's desired state (deployed, resized, extended, destroyed,
+    /// expired): the feed carries the whole record, so a reader need not
+    /// read it back. None for other changes, and for a change written
+    /// before its payload carried every field.
+    pub fn cluster_record(&self) -> Option<ClusterRecord> {
+        use crate::cluster::NodeCapacity;
+        use crate::names::PoolName;
+        if !matches!(
+            self.kind,
+            ChangeKind::ClusterDeployed
+                | ChangeKind::ClusterResized
+                | ChangeKind::ClusterExtended
+                | ChangeKind::ClusterDestroyed
+                | ChangeKind::ClusterExpired
+        ) {
+            return None;
+        }
+        let p = &self.payload;
+        let time = |field: &str| -> Option<DateTime<Utc>> {
+            serde_json::from_value(p.get(field)?.clone()).ok()
+        };
+        Some(ClusterRecord {
+            name: ClusterName::new(self.key.as_str()).ok()?,
+            is_public: p.get("is_public")?.as_bool()?,
+            node_capacity: NodeCapacity::from_stored(
+                u32::try_from(p.get("nodes")?.as_u64()?).ok()?,
+            ),
+            pool: PoolName::new(p.get("pool")?.as_str()?).ok()?,
+            expires_at: match p.get("expires_at")? {
+                serde_json::Value::Null => None,
+                _ => Some(time("expires_at")?),
+            },
+            destroying: p.get("destroying")?.as_bool()?,
+            created_at: time("created_at")?,
+            updated_at: time("updated_at")?,
+            generation: p.get("generation")?.as_i64()?,
+        })
+    }
+
     /// The organisation's event this change records, if it is one.
     pub fn org_event(&self) -> Option<OrgEvent> {
         match self.kind {
@@ -203,6 +245,9 @@ impl NewChange {
                 "is_public": record.is_public,
                 "expires_at": record.expires_at,
                 "generation": record.generation,
+                "destroying": record.destroying,
+                "created_at": record.created_at,
+                "updated_at": record.updated_at,
             }),
         }
     }
@@ -326,6 +371,45 @@ mod tests {
         names.dedup();
         assert_eq!(names.len(), all.len(), "stored names are distinct");
         assert_eq!(ChangeKind::parse("cluster.exploded"), None);
+    }
+
+    #[test]
+    fn a_clusters_change_carries_its_whole_record() {
+        let at = |ms: i64| DateTime::<Utc>::from_timestamp_millis(ms).unwrap();
+        let mut record = ClusterRecord {
+            name: ClusterName::new("demo").unwrap(),
+            is_public: true,
+            node_capacity: crate::NodeCapacity::from_stored(3),
+            pool: crate::PoolName::new("big").unwrap(),
+            expires_at: Some(at(1_700_000_003_123)),
+            destroying: false,
+            created_at: at(1_700_000_000_001),
+            updated_at: at(1_700_000_001_002),
+            generation: 7,
+        };
+        let read = |kind, record: &ClusterRecord| {
+            let new = NewChange::cluster(kind, record);
+            change(new.kind, &new.key, new.payload).cluster_record()
+        };
+        assert_eq!(
+            read(ChangeKind::ClusterResized, &record),
+            Some(record.clone())
+        );
+        record.expires_at = None;
+        record.destroying = true;
+        assert_eq!(
+            read(ChangeKind::ClusterDestroyed, &record),
+            Some(record.clone())
+        );
+        // Not a change of desired state, or written before the payload
+        // carried the whole record: the reader reads the record back.
+        assert_eq!(read(ChangeKind::ClusterForgotten, &record), None);
+        let mut old = NewChange::cluster(ChangeKind::ClusterDeployed, &record);
+        old.payload.as_object_mut().unwrap().remove("created_at");
+        assert_eq!(
+            change(old.kind, &old.key, old.payload).cluster_record(),
+            None
+        );
     }
 
     fn change(kind: ChangeKind, key: &str, payload: serde_json::Value) -> Change {

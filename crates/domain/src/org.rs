@@ -193,10 +193,14 @@ pub enum OrgEventKind {
     Stopped,
     BudgetExhausted,
     BudgetRestored,
+    /// A member asked for capacity.
+    CapacityRequested,
+    /// An admin credited or corrected the balance.
+    Credited,
 }
 
 impl OrgEventKind {
-    pub const ALL: [OrgEventKind; 11] = [
+    pub const ALL: [OrgEventKind; 13] = [
         OrgEventKind::Created,
         OrgEventKind::MembershipRequested,
         OrgEventKind::MemberAdded,
@@ -208,6 +212,8 @@ impl OrgEventKind {
         OrgEventKind::Stopped,
         OrgEventKind::BudgetExhausted,
         OrgEventKind::BudgetRestored,
+        OrgEventKind::CapacityRequested,
+        OrgEventKind::Credited,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -223,6 +229,8 @@ impl OrgEventKind {
             OrgEventKind::Stopped => "stopped",
             OrgEventKind::BudgetExhausted => "budget_exhausted",
             OrgEventKind::BudgetRestored => "budget_restored",
+            OrgEventKind::CapacityRequested => "capacity_requested",
+            OrgEventKind::Credited => "credited",
         }
     }
 
@@ -770,7 +778,15 @@ impl Organisation {
         let sized = next.sizing(now);
         next.check_affordable(sized.nodes, ttl.min(self.budget.min_runway), price_per_hour)?;
         let mut effects = Effects {
-            events: Vec::new(),
+            events: vec![OrgEvent {
+                at: now,
+                kind: OrgEventKind::CapacityRequested,
+                message: format!(
+                    "{user} asked for {nodes} nodes until {}; the cluster's size is {}",
+                    expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                    sized.nodes
+                ),
+            }],
             cluster: Some(next.target(now)),
             ..Effects::default()
         };
@@ -837,12 +853,21 @@ impl Organisation {
             .checked_add(amount)
             .ok_or_else(|| OrgError::Invalid("amount is too large".into()))?;
         self.budget.balance = balance;
-        let kind = if amount.is_negative() {
-            LedgerKind::Correction
+        let (kind, verb) = if amount.is_negative() {
+            (LedgerKind::Correction, "corrected the balance by")
         } else {
-            LedgerKind::Credit
+            (LedgerKind::Credit, "credited")
         };
         let mut effects = Effects {
+            events: vec![OrgEvent {
+                at: now,
+                kind: OrgEventKind::Credited,
+                message: format!(
+                    "{} {verb} ${amount} ({}); the balance is ${balance}",
+                    actor_name(caller),
+                    reason.trim()
+                ),
+            }],
             ledger: vec![LedgerEntry {
                 at: now,
                 kind,
@@ -1235,7 +1260,15 @@ mod tests {
             .request_capacity(&caller("ann"), 3, HOUR, PRICE, at(0))
             .unwrap();
         assert_eq!(fx.cluster, Some(ClusterTarget::Nodes(3)));
-        assert_eq!(fx.events[0].kind, OrgEventKind::Woke);
+        let kinds: Vec<OrgEventKind> = fx.events.iter().map(|e| e.kind).collect();
+        assert_eq!(kinds, [OrgEventKind::CapacityRequested, OrgEventKind::Woke]);
+        assert!(
+            fx.events[0]
+                .message
+                .starts_with("ann asked for 3 nodes until "),
+            "{}",
+            fx.events[0].message
+        );
         assert!(!out.clamped);
         // bob overlaps ann; ann asking again for less does not add up.
         o.request_capacity(&caller("bob"), 4, 2 * HOUR, PRICE, at(60))
@@ -1482,7 +1515,16 @@ mod tests {
             .credit(&admin(), m("20"), "top-up", at(10 * 3600))
             .unwrap();
         assert_eq!(fx.cluster, Some(ClusterTarget::Nodes(0)));
-        assert_eq!(fx.events[0].kind, OrgEventKind::BudgetRestored);
+        let kinds: Vec<OrgEventKind> = fx.events.iter().map(|e| e.kind).collect();
+        assert_eq!(
+            kinds,
+            [OrgEventKind::Credited, OrgEventKind::BudgetRestored]
+        );
+        assert!(
+            fx.events[0].message.contains("credited $20.00 (top-up)"),
+            "{}",
+            fx.events[0].message
+        );
         o.request_capacity(&caller("bob"), 1, HOUR, PRICE, at(10 * 3600))
             .unwrap();
     }

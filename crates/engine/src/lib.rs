@@ -162,6 +162,10 @@ struct Shared {
     observed: PublishedNodes,
     /// Every change the reflector read, for subscribers.
     changes: broadcast::Sender<Change>,
+    /// Asks for a pass of the reflector (a counter), and the last ask a
+    /// finished pass served: see [`reflector::catch_up`].
+    catch_up: watch::Sender<u64>,
+    caught_up: watch::Sender<u64>,
     /// Clusters whose nodes may have changed since last published.
     to_publish: Mutex<std::collections::BTreeSet<ClusterName>>,
     publish_wanted: Notify,
@@ -286,6 +290,8 @@ impl Engine {
             leadership,
             observed: PublishedNodes::default(),
             changes: broadcast::channel(1024).0,
+            catch_up: watch::channel(0).0,
+            caught_up: watch::channel(0).0,
             to_publish: Mutex::new(Default::default()),
             publish_wanted: Notify::new(),
             acting: tokio::sync::RwLock::new(()),

@@ -171,7 +171,7 @@ impl Engine {
         let org = Organisation::new(name, owners, pool, &self.shared.config.orgs, now)?;
         self.shared.store.create_org(&org).await?;
         tracing::info!(org = %org.name, "organisation created");
-        self.shared.orgs.put(org.clone());
+        crate::reflector::catch_up(&self.shared).await;
         self.org_view(org).await
     }
 
@@ -255,12 +255,9 @@ impl Engine {
             .store
             .change_org(name, now, &mut |org: &mut Organisation| change(org, now))
             .await?;
-        self.apply_org_change(&changed);
+        log_org_events(&changed);
+        crate::reflector::catch_up(&self.shared).await;
         Ok(changed)
-    }
-
-    pub(crate) fn apply_org_change(&self, changed: &OrgChanged) {
-        apply_org_change(&self.shared, changed);
     }
 
     pub async fn request_membership(
@@ -454,7 +451,6 @@ impl Engine {
         self.change_org(cluster, |o, now| o.stop(caller, now))
             .await?;
         tracing::info!(%cluster, "organisation cluster destroyed");
-        self.shared.runtime.wake_first(cluster.clone());
         self.finish(cluster, wait).await
     }
 
@@ -488,11 +484,9 @@ impl Engine {
     }
 }
 
-/// Applies a change the store made: the organisation to the copy, its
-/// cluster record to desired state (waking a reconcile), its events to the
-/// log.
-pub(crate) fn apply_org_change(shared: &crate::Shared, changed: &OrgChanged) {
-    let name = changed.org.name.clone();
+/// An organisation change's events, to the log.
+fn log_org_events(changed: &OrgChanged) {
+    let name = &changed.org.name;
     for event in &changed.effects.events {
         if event.kind == OrgEventKind::BudgetExhausted {
             tracing::warn!(org = %name, "{}", event.message);
@@ -500,6 +494,14 @@ pub(crate) fn apply_org_change(shared: &crate::Shared, changed: &OrgChanged) {
             tracing::info!(org = %name, kind = %event.kind, "{}", event.message);
         }
     }
+}
+
+/// Applies a change the leader's own loops made (a request's expiry, an
+/// accrual): to the log, the organisation to the copy, its cluster record
+/// to desired state (waking a reconcile).
+pub(crate) fn apply_org_change(shared: &crate::Shared, changed: &OrgChanged) {
+    let name = changed.org.name.clone();
+    log_org_events(changed);
     shared.orgs.put(changed.org.clone());
     shared.capacity_changed.notify_one();
     if let Some(record) = &changed.cluster {

@@ -5,11 +5,12 @@
 //! sign-in's revocation). A commit's notice wakes it at once; it also
 //! reads on a timer, since a notice can be lost.
 //!
-//! The server that made a change also wrote it through to its copies, so
-//! its own commands are acted on without waiting for the feed; a change
-//! read here is applied by reading the record as the store has it now,
-//! guarded by the copy's change counter, so an older read never undoes a
-//! newer write.
+//! A command reaches this server's own copies the same way as any other
+//! server's: the front door commits it, then asks for a pass at once
+//! ([`catch_up`]) and answers when the pass has applied it, so a caller
+//! reads what it wrote. A change is applied by reading the record as the
+//! store has it now, guarded by the copy's change counter, so an older
+//! read never undoes a newer write.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -103,9 +104,12 @@ impl PublishedNodes {
 /// Follows the feed from `after` until the engine stops.
 pub(crate) async fn run(shared: Arc<Shared>, mut after: i64) {
     let mut notices = shared.store.change_notices();
+    let mut asks = shared.catch_up.subscribe();
     let mut next_refresh = Instant::now() + shared.config.resync_interval;
     loop {
         notices.borrow_and_update();
+        // Every commit made before this ask is in the read below.
+        let asked = *asks.borrow_and_update();
         let mut full_page = false;
         match shared.store.changes(after, PAGE, None).await {
             Ok(page) => {
@@ -115,11 +119,14 @@ pub(crate) async fn run(shared: Arc<Shared>, mut after: i64) {
                     after = change.seq;
                 }
             }
+            // The commands waiting get their answer (from copies a pass
+            // behind) rather than hang while the store is away.
             Err(e) => tracing::warn!(error = %e, "reading the change feed failed"),
         }
         if full_page {
             continue;
         }
+        shared.caught_up.send_replace(asked);
         // The leader's syncer refreshes everything on its own timer; a
         // follower refreshes here what the feed does not carry (an
         // organisation's balance between events).
@@ -137,9 +144,26 @@ pub(crate) async fn run(shared: Arc<Shared>, mut after: i64) {
                     tokio::time::sleep(POLL).await;
                 }
             }
+            _ = asks.changed() => {}
             _ = tokio::time::sleep(POLL) => {}
             _ = shared.stopped() => return,
         }
+    }
+}
+
+/// Resolves once the reflector has applied every change committed before
+/// this call (or the engine stops): how a command's writer reads its own
+/// write on this server, and how it wakes the loops if this server leads.
+pub(crate) async fn catch_up(shared: &Shared) {
+    let mut ticket = 0;
+    shared.catch_up.send_modify(|asked| {
+        *asked += 1;
+        ticket = *asked;
+    });
+    let mut served = shared.caught_up.subscribe();
+    tokio::select! {
+        _ = served.wait_for(|s| *s >= ticket) => {}
+        _ = shared.stopped() => {}
     }
 }
 
@@ -166,7 +190,11 @@ async fn apply(shared: &Shared, change: &Change) {
                     shared.observed.put(&name, Vec::new());
                 }
                 let mark = shared.desired.mark();
-                match shared.store.get_cluster(&name).await {
+                let record = match change.cluster_record() {
+                    Some(record) => Ok(Some(record)),
+                    None => shared.store.get_cluster(&name).await,
+                };
+                match record {
                     // Only a forget removes a record: a read that finds
                     // none after any other change is older than the
                     // change, and the forget, if any, comes next.
@@ -177,8 +205,10 @@ async fn apply(shared: &Shared, change: &Change) {
                     }
                 }
                 if leading {
+                    // A person's command (or a deadline) goes before a
+                    // resync's wake-ups.
                     shared.expiry_changed.notify_one();
-                    shared.runtime.wake(name.clone());
+                    shared.runtime.wake_first(name.clone());
                 }
             }
             shared.notify_changed(&name);

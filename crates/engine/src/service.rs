@@ -138,9 +138,6 @@ impl Engine {
         let expires_at = command.time_to_live.deadline_from(now);
         let record = self.shared.store.deploy(&command, now, expires_at).await?;
         tracing::info!(cluster = %record.name, nodes = record.node_capacity.get(), %expires_at, "deploy");
-        self.shared.desired.put(record);
-        self.shared.expiry_changed.notify_one();
-        self.shared.runtime.wake_first(command.cluster.clone());
         self.finish(&command.cluster, wait).await
     }
 
@@ -156,13 +153,10 @@ impl Engine {
         authorize_destroy(caller, cluster)?;
         self.refuse_if_stopping()?;
         let now = self.shared.clock.now();
-        if let Some(record) = self.shared.store.destroy(cluster, now).await? {
+        if self.shared.store.destroy(cluster, now).await?.is_some() {
             tracing::info!(%cluster, "destroy");
-            self.shared.desired.put(record);
-            self.shared.expiry_changed.notify_one();
         }
-        // Also wakes clusters with no record whose nodes linger.
-        self.shared.runtime.wake_first(cluster.clone());
+        // Nodes without a record go at the leader's next resync.
         self.finish(cluster, wait).await
     }
 
@@ -221,11 +215,14 @@ impl Engine {
         Ok(())
     }
 
+    /// A command's answer, once this server's copies hold what it wrote
+    /// (which also wakes the loops, if this server leads).
     pub(crate) async fn finish(
         &self,
         cluster: &ClusterName,
         wait: bool,
     ) -> Result<ClusterView, EngineError> {
+        crate::reflector::catch_up(&self.shared).await;
         if !wait {
             return Ok(self.view(cluster));
         }

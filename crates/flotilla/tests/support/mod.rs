@@ -113,8 +113,13 @@ impl Server {
         let deadline = Instant::now() + SETTLE;
         loop {
             let text = std::fs::read_to_string(&log).unwrap_or_default();
-            if let Some(rest) = text.split("flotilla serving on ").nth(1) {
-                server.url = rest.split_whitespace().next().unwrap().to_owned();
+            // Only a whole line: the log may be read half written.
+            if let Some((line, _)) = text
+                .split("flotilla serving on ")
+                .nth(1)
+                .and_then(|rest| rest.split_once('\n'))
+            {
+                server.url = line.split_whitespace().next().unwrap().to_owned();
                 return server;
             }
             if let Ok(Some(status)) = server.child.try_wait() {
