@@ -4,8 +4,8 @@ use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::Json;
 use flotilla_api_types as types;
+use flotilla_control::{EventsQuery, MAX_PAGE};
 use flotilla_domain::Change;
-use flotilla_engine::{EventsQuery, MAX_PAGE};
 
 use crate::extract::malformed_query;
 use crate::{cluster_name, ApiError, AppState, CallerIdentity};
@@ -55,7 +55,7 @@ pub(crate) async fn list_events(
     }
     let cluster = q.cluster.as_deref().map(cluster_name).transpose()?;
     let page = state
-        .engine
+        .control
         .events(
             &caller,
             &EventsQuery {

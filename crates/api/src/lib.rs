@@ -1,4 +1,5 @@
-//! The HTTP API. Handlers only parse a request into an engine command and
+//! The HTTP API. Handlers only parse a request into a front-door command
+//! (or question) and
 //! render the result; [`ApiError`] maps every failure to a status code and
 //! a stable error code, in one place.
 
@@ -19,6 +20,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use flotilla_api_types as types;
+use flotilla_control::{Control, Deploy, Destroy};
 use flotilla_domain::{ClusterName, NodeState};
 use flotilla_engine::{ClusterView, Engine, PoolView};
 use flotilla_identity::Identity;
@@ -35,7 +37,11 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
 #[derive(Clone)]
 pub struct AppState {
+    /// The loops: pools, metrics, the clock, who belongs to which
+    /// organisation.
     pub engine: Engine,
+    /// The front door: commands and the questions about them.
+    pub control: Control,
     pub identity: Arc<Identity>,
     pub limits: Arc<RateLimits>,
     pub registry: Arc<Registry>,
@@ -245,7 +251,7 @@ async fn list_clusters(
 ) -> Json<types::ClusterList> {
     Json(types::ClusterList {
         clusters: state
-            .engine
+            .control
             .list(&caller)
             .into_iter()
             .map(status_body)
@@ -302,10 +308,10 @@ async fn cluster_status(
         ));
     }
     let cluster = cluster_name(&cluster)?;
-    let mut body = status_body(state.engine.status(&caller, &cluster)?);
+    let mut body = status_body(state.control.status(&caller, &cluster)?);
     if query.events > 0 {
         body.recent_events = state
-            .engine
+            .control
             .recent_events(&caller, &cluster, query.events)
             .await?
             .into_iter()
@@ -342,16 +348,15 @@ async fn deploy(
     JsonBody(body): JsonBody<types::DeployRequest>,
 ) -> Result<Json<types::ClusterStatus>, ApiError> {
     let cluster = cluster_name(&cluster)?;
-    let command = state.engine.deploy_command(
-        cluster,
-        body.node_capacity,
-        body.time_to_live,
-        body.is_public,
-        body.pool.as_deref(),
-    )?;
-    Ok(Json(status_body(
-        state.engine.deploy(&caller, command, wait).await?,
-    )))
+    let command = Deploy {
+        cluster: cluster.clone(),
+        node_capacity: body.node_capacity,
+        time_to_live: body.time_to_live,
+        is_public: body.is_public,
+        pool: body.pool,
+    };
+    let view = state.control.run(&caller, command).await?;
+    Ok(Json(status_body(settle(&state, view, wait).await)))
 }
 
 /// DESTROY: clear the scheduled deletion and remove every node.
@@ -371,7 +376,16 @@ async fn destroy(
     WaitParam(wait): WaitParam,
 ) -> Result<Json<types::ClusterStatus>, ApiError> {
     let cluster = cluster_name(&cluster)?;
-    Ok(Json(status_body(
-        state.engine.destroy(&caller, &cluster, wait).await?,
-    )))
+    let view = state.control.run(&caller, Destroy { cluster }).await?;
+    Ok(Json(status_body(settle(&state, view, wait).await)))
+}
+
+/// With `wait`, the cluster's view once it settles (or the longest wait
+/// passes); else the view as the command left it.
+pub(crate) async fn settle(state: &AppState, view: ClusterView, wait: bool) -> ClusterView {
+    if wait {
+        state.control.wait_settled(&view.cluster).await
+    } else {
+        view
+    }
 }

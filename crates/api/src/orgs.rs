@@ -7,10 +7,13 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use flotilla_api_types as types;
+use flotilla_control::{
+    CreateOrg, CreditOrg, DecideMembership, OrgView, RemoveMember, RequestCapacity,
+    RequestMembership, SetMemberRole, UpdateOrg,
+};
 use flotilla_domain::{
     Caller, ClusterName, Money, OrgName, OrgRole, Organisation, SettingsPatch, Username,
 };
-use flotilla_engine::OrgView;
 use flotilla_store::CostRow;
 
 use crate::{
@@ -141,7 +144,7 @@ pub(crate) async fn list_orgs(
     State(state): State<AppState>,
     CallerIdentity(caller): CallerIdentity,
 ) -> Result<Json<types::OrgList>, ApiError> {
-    let orgs = state.engine.list_orgs(&caller)?;
+    let orgs = state.control.list_orgs(&caller)?;
     Ok(Json(types::OrgList {
         orgs: orgs.iter().map(|o| summary(o, &caller)).collect(),
     }))
@@ -165,10 +168,12 @@ pub(crate) async fn create_org(
     JsonBody(body): JsonBody<types::CreateOrgRequest>,
 ) -> Result<(StatusCode, Json<types::OrgView>), ApiError> {
     let name = org_name(&body.name)?;
-    let view = state
-        .engine
-        .create_org(&caller, name, &body.owners, body.pool.as_deref())
-        .await?;
+    let command = CreateOrg {
+        name,
+        owners: body.owners,
+        pool: body.pool,
+    };
+    let view = state.control.run(&caller, command).await?;
     Ok((StatusCode::CREATED, Json(org_body(view))))
 }
 
@@ -186,7 +191,7 @@ pub(crate) async fn get_org(
     Path(org): Path<String>,
 ) -> Result<Json<types::OrgView>, ApiError> {
     let org = org_name(&org)?;
-    Ok(Json(org_body(state.engine.get_org(&caller, &org).await?)))
+    Ok(Json(org_body(state.control.get_org(&caller, &org).await?)))
 }
 
 /// Changes settings: owners set min_nodes, max_nodes and pool; admins
@@ -248,7 +253,7 @@ pub(crate) async fn update_org(
             .transpose()?,
     };
     Ok(Json(org_body(
-        state.engine.update_org(&caller, &org, patch).await?,
+        state.control.run(&caller, UpdateOrg { org, patch }).await?,
     )))
 }
 
@@ -265,7 +270,10 @@ pub(crate) async fn request_membership(
     Path(org): Path<String>,
 ) -> Result<(StatusCode, Json<types::MembershipRequestResponse>), ApiError> {
     let org = org_name(&org)?;
-    let org = state.engine.request_membership(&caller, &org).await?;
+    let org = state
+        .control
+        .run(&caller, RequestMembership { org })
+        .await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(types::MembershipRequestResponse {
@@ -289,10 +297,8 @@ async fn decide(
 ) -> Result<StatusCode, ApiError> {
     let org = org_name(&org)?;
     let user = username(&user)?;
-    state
-        .engine
-        .decide_membership(&caller, &org, &user, approve)
-        .await?;
+    let command = DecideMembership { org, user, approve };
+    state.control.run(&caller, command).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -348,10 +354,8 @@ pub(crate) async fn set_member_role(
             format!("role must be owner or member, got {:?}", body.role),
         )
     })?;
-    state
-        .engine
-        .set_member_role(&caller, &org, &user, role)
-        .await?;
+    let command = SetMemberRole { org, user, role };
+    state.control.run(&caller, command).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -370,7 +374,10 @@ pub(crate) async fn remove_member(
 ) -> Result<StatusCode, ApiError> {
     let org = org_name(&org)?;
     let user = username(&user)?;
-    state.engine.remove_member(&caller, &org, &user).await?;
+    state
+        .control
+        .run(&caller, RemoveMember { org, user })
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -392,12 +399,12 @@ pub(crate) async fn credit(
 ) -> Result<Json<types::OrgView>, ApiError> {
     let org = org_name(&org)?;
     let amount = money("amount", &body.amount)?;
-    Ok(Json(org_body(
-        state
-            .engine
-            .credit_org(&caller, &org, amount, &body.reason)
-            .await?,
-    )))
+    let command = CreditOrg {
+        org,
+        amount,
+        reason: body.reason,
+    };
+    Ok(Json(org_body(state.control.run(&caller, command).await?)))
 }
 
 /// Every change of the balance, oldest first (spending: one entry a day).
@@ -413,7 +420,7 @@ pub(crate) async fn ledger(
     Path(org): Path<String>,
 ) -> Result<Json<types::Ledger>, ApiError> {
     let org = org_name(&org)?;
-    let entries = state.engine.org_ledger(&caller, &org).await?;
+    let entries = state.control.org_ledger(&caller, &org).await?;
     let balance: Money = entries.iter().map(|e| e.amount).sum();
     Ok(Json(types::Ledger {
         org: org.to_string(),
@@ -460,7 +467,7 @@ pub(crate) async fn costs(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let org = org_name(&org)?;
-    let rows = state.engine.org_costs(&caller, &org).await?;
+    let rows = state.control.org_costs(&caller, &org).await?;
     if wants_csv(&headers) {
         return Ok((
             [(header::CONTENT_TYPE, "text/csv; charset=utf-8")],
@@ -525,10 +532,14 @@ pub(crate) async fn capacity(
     JsonBody(body): JsonBody<types::CapacityRequest>,
 ) -> Result<Json<types::CapacityResponse>, ApiError> {
     let cluster = cluster_name(&cluster)?;
-    let view = state
-        .engine
-        .request_capacity(&caller, &cluster, body.nodes, body.time_to_live, wait)
-        .await?;
+    let command = RequestCapacity {
+        cluster,
+        nodes: body.nodes,
+        time_to_live: body.time_to_live,
+    };
+    let mut view = state.control.run(&caller, command).await?;
+    view.cluster = crate::settle(&state, view.cluster, wait).await;
+    let cluster = view.cluster.cluster.clone();
     let message = view.clamped.then(|| {
         format!(
             "asked for {} nodes; the cluster is capped at max_nodes = {}",

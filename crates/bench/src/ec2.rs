@@ -35,6 +35,7 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use flotilla_cloud::{CloudMetrics, InstanceSet, Metered, Tags, Throttled};
+use flotilla_control::{Control, Deploy, Destroy};
 use flotilla_domain::{Caller, ClusterName, ClusterState, InstanceType, Limits, PoolName};
 use flotilla_driver_ec2::{Credentials, Ec2Config, Ec2InstanceSet, SharedCredentialsProvider};
 use flotilla_engine::{Engine, EngineConfig, EngineTasks, PoolSpec};
@@ -393,12 +394,18 @@ impl Bench {
     /// Deploys `cluster` with wait; how long it took and the calls made.
     async fn deploy(&self, cluster: &str, nodes: u32) -> Result<(Duration, Calls)> {
         let name = ClusterName::new(cluster)?;
-        let command =
-            self.engine
-                .deploy_command(name.clone(), i64::from(nodes), TTL_SECONDS, false, None)?;
+        let command = Deploy {
+            cluster: name.clone(),
+            node_capacity: i64::from(nodes),
+            time_to_live: TTL_SECONDS,
+            is_public: false,
+            pool: None,
+        };
+        let control = Control::new(self.engine.clone());
         let before = self.endpoint.calls();
         let start = Instant::now();
-        let view = self.engine.deploy(&self.caller, command, true).await?;
+        control.run(&self.caller, command).await?;
+        let view = control.wait_settled(&name).await;
         let took = start.elapsed();
         ensure!(
             view.state == ClusterState::Running && view.settled == Some(true),
@@ -648,7 +655,9 @@ async fn bench(args: Ec2Args) -> Result<()> {
     let start = Instant::now();
     for i in 0..args.clusters {
         let name = ClusterName::new(format!("wide-{i}"))?;
-        b.engine.destroy(&b.caller, &name, false).await?;
+        Control::new(b.engine.clone())
+            .run(&b.caller, Destroy { cluster: name })
+            .await?;
     }
     poll_until(args.phase_limit, "every instance terminated", || {
         (b.endpoint.live() == 0).then_some(())

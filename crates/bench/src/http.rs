@@ -257,6 +257,7 @@ async fn serve(dir: &Path) -> Result<Started> {
         })
     };
     let app = flotilla_api::router(AppState {
+        control: flotilla_control::Control::new(engine.clone()),
         engine,
         identity: identity.clone(),
         limits,

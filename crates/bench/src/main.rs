@@ -44,9 +44,8 @@ use anyhow::{bail, ensure, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use flotilla_cloud::fake::{FakeCloud, FakeConfig, FakeStats};
 use flotilla_cloud::{CloudMetrics, InstanceSet, Metered, SystemClock, Tags, Throttled};
-use flotilla_domain::{
-    Caller, ClusterName, ClusterState, DeployCommand, InstanceType, Limits, PoolName,
-};
+use flotilla_control::{Control, Deploy};
+use flotilla_domain::{Caller, ClusterName, ClusterState, InstanceType, Limits, PoolName};
 use flotilla_engine::{Engine, EngineConfig, EngineTasks, PoolSpec};
 use flotilla_store::{MemoryStore, Store};
 use flotilla_store_postgres::testing::TempPostgres;
@@ -326,14 +325,14 @@ impl Bench {
         EngineCounters::read(&self.registry)
     }
 
-    fn command(&self, cluster: &ClusterName, nodes: u32) -> Result<DeployCommand> {
-        Ok(self.engine.deploy_command(
-            cluster.clone(),
-            i64::from(nodes),
-            TTL_SECONDS,
-            false,
-            None,
-        )?)
+    fn command(&self, cluster: &ClusterName, nodes: u32) -> Result<Deploy> {
+        Ok(Deploy {
+            cluster: cluster.clone(),
+            node_capacity: i64::from(nodes),
+            time_to_live: TTL_SECONDS,
+            is_public: false,
+            pool: None,
+        })
     }
 
     /// Create calls the fake cloud logged, by cluster.
@@ -467,7 +466,7 @@ async fn converge(b: &Bench, args: &Args) -> Result<Converge> {
         tasks.spawn(async move {
             {
                 let _permit = permits.acquire().await.expect("never closed");
-                engine.deploy(&caller, command, false).await?;
+                Control::new(engine.clone()).run(&caller, command).await?;
             }
             let returned = Instant::now();
             let deadline = returned + limit;
@@ -652,7 +651,7 @@ async fn request_latency(
         let name = ClusterName::new(format!("{prefix}-{i:04}"))?;
         let command = b.command(&name, 1)?;
         let requested = Instant::now();
-        engine.deploy(&b.caller, command, false).await?;
+        Control::new(engine.clone()).run(&b.caller, command).await?;
         let returned = Instant::now();
         // One at a time: the next request waits until this one's create.
         b.tap
@@ -700,7 +699,9 @@ async fn deploy_wait(b: &Bench, args: &Args) -> Result<Wide> {
     let name = ClusterName::new(format!("wide-{}", args.wide_nodes))?;
     let command = b.command(&name, args.wide_nodes)?;
     let start = Instant::now();
-    let view = b.engine.deploy(&b.caller, command, true).await?;
+    let control = Control::new(b.engine.clone());
+    control.run(&b.caller, command).await?;
+    let view = control.wait_settled(&name).await;
     let took = start.elapsed();
     Ok(Wide {
         took,

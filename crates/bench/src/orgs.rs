@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use flotilla_cloud::fake::FakeConfig;
+use flotilla_control::{Control, CreateOrg, CreditOrg, RequestCapacity};
 use flotilla_domain::{AccountKind, Caller, ClusterName, Level, Limits, Money, Username};
 use flotilla_engine::EngineConfig;
 use flotilla_store::{AccountRecord, AccountStore, OrgStore};
@@ -141,28 +142,32 @@ async fn bench(args: OrgsArgs) -> Result<()> {
     let mut jobs = JoinSet::new();
     let permits = Arc::new(tokio::sync::Semaphore::new(args.concurrency));
     for i in 0..args.orgs {
-        let engine = engine.clone();
+        let control = Control::new(engine.clone());
         let admin = admin.clone();
         let permits = permits.clone();
         let nodes = args.nodes;
         jobs.spawn(async move {
             let _permit = permits.acquire().await?;
             let name = org_name(i);
-            engine
-                .create_org(&admin, name.clone(), &[owner(i).to_string()], None)
-                .await?;
-            engine
-                .credit_org(
-                    &admin,
-                    &name,
-                    Money::from_dollars(1000).expect("small"),
-                    "benchmark",
-                )
-                .await?;
+            let create = CreateOrg {
+                name: name.clone(),
+                owners: vec![owner(i).to_string()],
+                pool: None,
+            };
+            control.run(&admin, create).await?;
+            let credit = CreditOrg {
+                org: name.clone(),
+                amount: Money::from_dollars(1000).expect("small"),
+                reason: "benchmark".into(),
+            };
+            control.run(&admin, credit).await?;
             let ann = Caller::signed_in(owner(i), Level::GithubMember);
-            engine
-                .request_capacity(&ann, &name, i64::from(nodes), 24 * 3600, false)
-                .await?;
+            let request = RequestCapacity {
+                cluster: name,
+                nodes: i64::from(nodes),
+                time_to_live: 24 * 3600,
+            };
+            control.run(&ann, request).await?;
             anyhow::Ok(())
         });
     }

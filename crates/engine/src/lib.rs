@@ -10,8 +10,8 @@
 //!   requests) with one generic loop;
 //! - [`budget`] has capacity requests' deadlines and the accrual pass that
 //!   charges organisations for their nodes and shuts down those out of
-//!   money; [`orgs`] is the organisations' front door;
-//! - [`service`] is the engine's front door: DEPLOY, DESTROY, STATUS;
+//!   money; [`orgs`] is the copy of organisations;
+//! - [`views`] is what STATUS shows of a cluster, from the copies;
 //! - [`pools`] lists the pools with what their drivers say of their nodes;
 //! - [`lease`] decides whether this server leads: only the holder of the
 //!   store's lease runs the loops above that act on the cloud or write what
@@ -20,7 +20,9 @@
 //!   answers from what any server committed.
 //!
 //! The engine is the only part of flotilla that calls drivers, and only
-//! while it leads.
+//! while it leads. Commands come in through the front door
+//! (`flotilla-control`), which writes them to the store; the engine hears
+//! of them from the change feed, like every other change.
 
 mod budget;
 mod desired;
@@ -36,8 +38,8 @@ mod reconcile;
 mod reflection;
 mod reflector;
 pub mod runtime;
-mod service;
 mod sync;
+mod views;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -53,10 +55,9 @@ use tokio::sync::{broadcast, watch, Notify};
 
 pub use budget::AccrualStats;
 pub use error::EngineError;
-pub use events::{EventPage, EventsQuery, MAX_PAGE};
-pub use orgs::{CapacityView, OrgView};
+pub use orgs::{log_org_events, request_views};
 pub use pools::PoolView;
-pub use service::{ClusterView, NodeView, OrgClusterView, RequestView};
+pub use views::{ClusterView, NodeView, OrgClusterView, RequestView};
 
 use desired::DesiredCache;
 use inventory::SetInventory;
@@ -352,6 +353,49 @@ impl Engine {
 
     pub fn pools(&self) -> impl Iterator<Item = &PoolName> {
         self.shared.pools.keys()
+    }
+
+    /// The store this engine's desired state lives in.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.shared.store
+    }
+
+    /// A configured pool.
+    pub fn pool(&self, name: &PoolName) -> Option<&PoolSpec> {
+        self.shared.pools.get(name)
+    }
+
+    /// The pool a deploy that names none uses.
+    pub fn default_pool(&self) -> &PoolName {
+        &self.shared.default_pool
+    }
+
+    /// A cluster's desired state, as this server's copy has it.
+    pub fn record(&self, cluster: &ClusterName) -> Option<flotilla_domain::ClusterRecord> {
+        self.shared.desired.get(cluster)
+    }
+
+    /// Every cluster with a record, with nodes, or of an organisation.
+    pub fn cluster_names(&self) -> std::collections::BTreeSet<ClusterName> {
+        let mut names: std::collections::BTreeSet<ClusterName> =
+            self.shared.desired.names().into_iter().collect();
+        names.extend(self.shared.observed.names());
+        for set in self.shared.inventory.lock().unwrap().values() {
+            names.extend(set.clusters.keys().cloned());
+        }
+        names.extend(self.shared.orgs.names());
+        names
+    }
+
+    /// Whether shutdown has begun (commands are refused from then on).
+    pub fn is_stopping(&self) -> bool {
+        *self.shared.stop.borrow()
+    }
+
+    /// Resolves once this server's copies hold every change committed
+    /// before the call (and, if it leads, its loops are woken for them).
+    pub async fn catch_up(&self) {
+        reflector::catch_up(&self.shared).await;
     }
 
     /// Whether this server holds the lease now (and runs the loops).

@@ -336,39 +336,22 @@ async fn wait_returns_when_settled_or_reports_unsettled() {
         ..FakeConfig::default()
     });
     let mut h = Harness::start(cloud.clone(), Arc::new(MemoryStore::new()), cfg).await;
-    let cmd = h
-        .engine
-        .deploy_command(name("w"), 2, 3600, false, None)
-        .unwrap();
     let before = Instant::now();
-    let view = h
-        .engine
-        .deploy(&Caller::local_operator(), cmd, true)
-        .await
-        .unwrap();
+    h.deploy("w", 2, 3600, None).await;
+    let view = h.control.wait_settled(&name("w")).await;
     assert_eq!(view.settled, Some(true));
     assert_eq!(view.state, ClusterState::Running);
     assert!(Instant::now() - before < Duration::from_secs(4));
 
     let hold = cloud.hold(FakeOp::Create);
-    let cmd = h
-        .engine
-        .deploy_command(name("w"), 3, 3600, false, None)
-        .unwrap();
-    let view = h
-        .engine
-        .deploy(&Caller::local_operator(), cmd, true)
-        .await
-        .unwrap();
+    h.deploy("w", 3, 3600, None).await;
+    let view = h.control.wait_settled(&name("w")).await;
     assert_eq!(view.settled, Some(false), "max_wait passed first");
     assert_eq!(view.state, ClusterState::Deploying);
     drop(hold);
 
-    let view = h
-        .engine
-        .destroy(&Caller::local_operator(), &name("w"), true)
-        .await
-        .unwrap();
+    h.destroy("w").await;
+    let view = h.control.wait_settled(&name("w")).await;
     assert_eq!(view.state, ClusterState::NotRunning);
     assert_eq!(view.settled, Some(true));
     h.stop().await;
@@ -378,23 +361,13 @@ async fn wait_returns_when_settled_or_reports_unsettled() {
 async fn is_public_and_pool_cannot_change() {
     let mut h = Harness::new(FakeConfig::default()).await;
     h.deploy("c", 1, 3600, None).await;
-    let cmd = h
-        .engine
-        .deploy_command(name("c"), 1, 3600, true, None)
-        .unwrap();
     let err = h
-        .engine
-        .deploy(&Caller::local_operator(), cmd, false)
+        .deploy_as(&Caller::local_operator(), "c", 1, 3600, true, None)
         .await
         .unwrap_err();
     assert!(err.to_string().contains("is_public"), "{err}");
-    let cmd = h
-        .engine
-        .deploy_command(name("c"), 1, 3600, false, Some("big"))
-        .unwrap();
     let err = h
-        .engine
-        .deploy(&Caller::local_operator(), cmd, false)
+        .deploy_as(&Caller::local_operator(), "c", 1, 3600, false, Some("big"))
         .await
         .unwrap_err();
     assert!(err.to_string().contains("pool"), "{err}");

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use common::{config, name, Harness};
 use flotilla_cloud::fake::{FakeCloud, FakeConfig};
+use flotilla_control::{CreateOrg, CreditOrg, DecideMembership, RequestMembership};
 use flotilla_domain::{
     lifetime_cost, AccountKind, Caller, ClusterState, Level, Money, NodeState, Username,
 };
@@ -49,22 +50,26 @@ async fn accounts(store: &dyn Store) {
 /// `lab`, owned by ann, bob a member, with `balance` dollars.
 async fn lab(h: &Harness, balance: &str) {
     let admin = Caller::local_operator();
-    h.engine
-        .create_org(&admin, name("lab"), &["ann".into()], None)
-        .await
-        .unwrap();
-    h.engine
-        .request_membership(&caller("bob"), &name("lab"))
-        .await
-        .unwrap();
-    h.engine
-        .decide_membership(&caller("ann"), &name("lab"), &user("bob"), true)
-        .await
-        .unwrap();
-    h.engine
-        .credit_org(&admin, &name("lab"), m(balance), "grant")
-        .await
-        .unwrap();
+    let create = CreateOrg {
+        name: name("lab"),
+        owners: vec!["ann".into()],
+        pool: None,
+    };
+    h.control.run(&admin, create).await.unwrap();
+    let ask = RequestMembership { org: name("lab") };
+    h.control.run(&caller("bob"), ask).await.unwrap();
+    let approve = DecideMembership {
+        org: name("lab"),
+        user: user("bob"),
+        approve: true,
+    };
+    h.control.run(&caller("ann"), approve).await.unwrap();
+    let credit = CreditOrg {
+        org: name("lab"),
+        amount: m(balance),
+        reason: "grant".into(),
+    };
+    h.control.run(&admin, credit).await.unwrap();
 }
 
 async fn start(store: Arc<dyn Store>, cloud: FakeCloud) -> Harness {
@@ -92,38 +97,34 @@ async fn requests_size_the_cluster_which_sleeps_and_wakes() {
 
     // A non-member cannot ask, nor see it.
     let err = h
-        .engine
-        .request_capacity(&caller("eve"), &name("lab"), 1, HOUR, false)
+        .capacity(&caller("eve"), &name("lab"), 1, HOUR, false)
         .await
         .unwrap_err();
     assert!(
         matches!(err, EngineError::Org(ref e) if e.code() == "not_org_member"),
         "{err}"
     );
-    assert!(h.engine.status(&caller("eve"), &name("lab")).is_err());
+    assert!(h.control.status(&caller("eve"), &name("lab")).is_err());
 
     // ann wakes it with 2 nodes for an hour; bob adds 3 for two hours.
     let v = h
-        .engine
-        .request_capacity(&caller("ann"), &name("lab"), 2, HOUR, true)
+        .capacity(&caller("ann"), &name("lab"), 2, HOUR, true)
         .await
         .unwrap();
     assert_eq!(v.cluster.settled, Some(true));
     assert_eq!(v.cluster.ready_nodes(), 2);
-    h.engine
-        .request_capacity(&caller("bob"), &name("lab"), 3, 2 * HOUR, false)
+    h.capacity(&caller("bob"), &name("lab"), 3, 2 * HOUR, false)
         .await
         .unwrap();
     ready(&h, 5).await;
-    let s = h.engine.status(&caller("bob"), &name("lab")).unwrap();
+    let s = h.control.status(&caller("bob"), &name("lab")).unwrap();
     let org = s.org.unwrap();
     assert_eq!(org.requests.len(), 2);
     assert!(org.next_change.is_some());
 
     // A request over max_nodes is clamped and says so.
     let v = h
-        .engine
-        .request_capacity(&caller("bob"), &name("lab"), 40, 60, false)
+        .capacity(&caller("bob"), &name("lab"), 40, 60, false)
         .await
         .unwrap();
     assert!(v.clamped);
@@ -142,28 +143,19 @@ async fn requests_size_the_cluster_which_sleeps_and_wakes() {
     assert_eq!(h.cloud.instance_count(), 0);
 
     // The next request wakes it.
-    h.engine
-        .request_capacity(&caller("bob"), &name("lab"), 1, HOUR, false)
+    h.capacity(&caller("bob"), &name("lab"), 1, HOUR, false)
         .await
         .unwrap();
     ready(&h, 1).await;
 
     // DEPLOY by a member is a capacity request; DESTROY is for owners.
-    let cmd = h
-        .engine
-        .deploy_command(name("lab"), 2, HOUR, false, None)
+    h.deploy_as(&caller("bob"), "lab", 2, HOUR, false, None)
+        .await
         .unwrap();
-    h.engine.deploy(&caller("bob"), cmd, false).await.unwrap();
     ready(&h, 2).await;
-    assert!(h
-        .engine
-        .destroy(&caller("bob"), &name("lab"), false)
-        .await
-        .is_err());
-    h.engine
-        .destroy(&caller("ann"), &name("lab"), true)
-        .await
-        .unwrap();
+    assert!(h.destroy_as(&caller("bob"), "lab").await.is_err());
+    h.destroy_as(&caller("ann"), "lab").await.unwrap();
+    h.control.wait_settled(&name("lab")).await;
     assert_eq!(h.cloud.instance_count(), 0);
     h.stop().await;
 }
@@ -175,8 +167,7 @@ async fn running_out_of_money_shuts_the_cluster_down_within_seconds() {
     let mut h = start(store.clone(), FakeCloud::new(FakeConfig::default())).await;
     // $1.70 pays for 2 nodes ($0.20/h) over the 8 h runway ($1.60).
     lab(&h, "1.70").await;
-    h.engine
-        .request_capacity(&caller("ann"), &name("lab"), 2, 24 * HOUR, false)
+    h.capacity(&caller("ann"), &name("lab"), 2, 24 * HOUR, false)
         .await
         .unwrap();
     ready(&h, 2).await;
@@ -194,7 +185,7 @@ async fn running_out_of_money_shuts_the_cluster_down_within_seconds() {
         "shut down within seconds of running out"
     );
     let view = h
-        .engine
+        .control
         .get_org(&caller("ann"), &name("lab"))
         .await
         .unwrap();
@@ -210,7 +201,7 @@ async fn running_out_of_money_shuts_the_cluster_down_within_seconds() {
     // Nothing is charged once the nodes are gone, and the books balance.
     h.engine.accrue_now().await.unwrap();
     let balance = h
-        .engine
+        .control
         .get_org(&caller("ann"), &name("lab"))
         .await
         .unwrap()
@@ -220,7 +211,7 @@ async fn running_out_of_money_shuts_the_cluster_down_within_seconds() {
     tokio::time::sleep(Duration::from_secs(HOUR as u64)).await;
     h.engine.accrue_now().await.unwrap();
     let later = h
-        .engine
+        .control
         .get_org(&caller("ann"), &name("lab"))
         .await
         .unwrap()
@@ -230,7 +221,7 @@ async fn running_out_of_money_shuts_the_cluster_down_within_seconds() {
     assert_eq!(balance, later);
     assert!(balance <= m("0.50") && balance > m("0.40"), "{balance}");
     let ledger: Money = h
-        .engine
+        .control
         .org_ledger(&caller("ann"), &name("lab"))
         .await
         .unwrap()
@@ -239,7 +230,7 @@ async fn running_out_of_money_shuts_the_cluster_down_within_seconds() {
         .sum();
     assert_eq!(ledger, balance);
     let costs: Money = h
-        .engine
+        .control
         .org_costs(&caller("bob"), &name("lab"))
         .await
         .unwrap()
@@ -250,20 +241,23 @@ async fn running_out_of_money_shuts_the_cluster_down_within_seconds() {
 
     // Refused while shut down, with what is missing; a credit restores.
     let err = h
-        .engine
-        .request_capacity(&caller("bob"), &name("lab"), 1, HOUR, false)
+        .capacity(&caller("bob"), &name("lab"), 1, HOUR, false)
         .await
         .unwrap_err();
     assert!(
         matches!(err, EngineError::Org(ref e) if e.code() == "insufficient_funds"),
         "{err}"
     );
-    h.engine
-        .credit_org(&Caller::local_operator(), &name("lab"), m("5"), "top-up")
+    let credit = CreditOrg {
+        org: name("lab"),
+        amount: m("5"),
+        reason: "top-up".into(),
+    };
+    h.control
+        .run(&Caller::local_operator(), credit)
         .await
         .unwrap();
-    h.engine
-        .request_capacity(&caller("bob"), &name("lab"), 1, HOUR, false)
+    h.capacity(&caller("bob"), &name("lab"), 1, HOUR, false)
         .await
         .unwrap();
     ready(&h, 1).await;
@@ -277,12 +271,10 @@ async fn cost_is_exact_across_a_restart() {
     let cloud = FakeCloud::new(FakeConfig::default());
     let mut h = start(store.clone(), cloud.clone()).await;
     lab(&h, "100").await;
-    h.engine
-        .request_capacity(&caller("ann"), &name("lab"), 2, 24 * HOUR, false)
+    h.capacity(&caller("ann"), &name("lab"), 2, 24 * HOUR, false)
         .await
         .unwrap();
-    h.engine
-        .request_capacity(&caller("bob"), &name("lab"), 1, 24 * HOUR, false)
+    h.capacity(&caller("bob"), &name("lab"), 1, 24 * HOUR, false)
         .await
         .unwrap();
     ready(&h, 3).await;

@@ -38,7 +38,12 @@ async fn a_follower_takes_commands_and_answers_what_the_leader_observes() {
     assert!(!b.engine.leading(), "the second follows");
 
     let before = Instant::now();
-    b.deploy("demo", 2, 3600, None).await;
+    let answer = b.deploy("demo", 2, 3600, None).await;
+    // The follower reads its own write: the answer, and its next status,
+    // show the cluster as deployed.
+    assert_eq!(answer.node_capacity, 2);
+    assert_ne!(answer.state, ClusterState::NotRunning);
+    assert_eq!(b.status("demo").node_capacity, 2);
     a.until(Duration::from_secs(1), "the leader creates", |h| {
         h.cloud.instance_count() == 2
     })
@@ -56,8 +61,16 @@ async fn a_follower_takes_commands_and_answers_what_the_leader_observes() {
     assert_eq!(at_b.nodes, at_a.nodes, "both answer alike");
     assert!(at_b.nodes.iter().all(|n| n.state == NodeState::Ready));
 
+    // A resize at the follower is answered with the new size at once.
+    assert_eq!(b.deploy("demo", 3, 3600, None).await.node_capacity, 3);
+    a.until(Duration::from_secs(3), "three nodes", |h| {
+        h.cloud.instance_count() == 3
+    })
+    .await;
+
     // A destroy at the follower: the leader acts, both see it go.
-    b.destroy("demo").await;
+    let answer = b.destroy("demo").await;
+    assert_eq!(answer.node_capacity, 0, "destroying wants no nodes");
     b.until(Duration::from_secs(3), "gone at the follower", |h| {
         h.status("demo").state == ClusterState::NotRunning
     })

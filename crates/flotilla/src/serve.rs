@@ -333,6 +333,7 @@ pub async fn run(config: Config, admin_password: Option<String>) -> anyhow::Resu
         })
     };
     let app = flotilla_api::router(AppState {
+        control: flotilla_control::Control::new(engine.clone()),
         engine: engine.clone(),
         identity,
         limits,

@@ -180,6 +180,7 @@ impl TestApi {
         ));
         let router = router(AppState {
             engine: engine.clone(),
+            control: flotilla_control::Control::new(engine.clone()),
             identity: identity.clone(),
             limits,
             registry: Arc::new(registry),

@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use flotilla_cloud::fake::{FakeCloud, FakeConfig};
 use flotilla_cloud::{InstanceSet, Tags, Throttled, TokioClock};
+use flotilla_control::{CapacityView, Control, Deploy, Destroy, RequestCapacity};
 use flotilla_domain::{Caller, ClusterName, ClusterState, InstanceType, Limits, PoolName};
-use flotilla_engine::{ClusterView, Engine, EngineConfig, EngineTasks, PoolSpec};
+use flotilla_engine::{ClusterView, Engine, EngineConfig, EngineError, EngineTasks, PoolSpec};
 use flotilla_store::{MemoryStore, Store};
 use prometheus_client::registry::Registry;
 
@@ -48,6 +49,8 @@ pub fn pools() -> BTreeMap<PoolName, PoolSpec> {
 
 pub struct Harness {
     pub engine: Engine,
+    /// The front door, as the API uses it.
+    pub control: Control,
     pub tasks: Option<EngineTasks>,
     pub cloud: FakeCloud,
     pub store: Arc<dyn Store>,
@@ -85,6 +88,7 @@ impl Harness {
         .await
         .expect("engine starts");
         Self {
+            control: Control::new(engine.clone()),
             engine,
             tasks: Some(tasks),
             cloud,
@@ -110,25 +114,72 @@ impl Harness {
         ttl: i64,
         pool: Option<&str>,
     ) -> ClusterView {
-        let cmd = self
-            .engine
-            .deploy_command(name(cluster), nodes, ttl, false, pool)
-            .expect("valid deploy");
-        self.engine
-            .deploy(&Caller::local_operator(), cmd, false)
+        self.deploy_as(&Caller::local_operator(), cluster, nodes, ttl, false, pool)
             .await
             .expect("deploy")
     }
 
+    /// DEPLOY through the front door.
+    pub async fn deploy_as(
+        &self,
+        caller: &Caller,
+        cluster: &str,
+        nodes: i64,
+        ttl: i64,
+        is_public: bool,
+        pool: Option<&str>,
+    ) -> Result<ClusterView, EngineError> {
+        let command = Deploy {
+            cluster: name(cluster),
+            node_capacity: nodes,
+            time_to_live: ttl,
+            is_public,
+            pool: pool.map(str::to_owned),
+        };
+        self.control.run(caller, command).await
+    }
+
     pub async fn destroy(&self, cluster: &str) -> ClusterView {
-        self.engine
-            .destroy(&Caller::local_operator(), &name(cluster), false)
+        self.destroy_as(&Caller::local_operator(), cluster)
             .await
             .expect("destroy")
     }
 
+    pub async fn destroy_as(
+        &self,
+        caller: &Caller,
+        cluster: &str,
+    ) -> Result<ClusterView, EngineError> {
+        let command = Destroy {
+            cluster: name(cluster),
+        };
+        self.control.run(caller, command).await
+    }
+
+    /// A capacity request through the front door; with `wait`, answered
+    /// once the cluster settles.
+    pub async fn capacity(
+        &self,
+        caller: &Caller,
+        cluster: &ClusterName,
+        nodes: i64,
+        ttl: i64,
+        wait: bool,
+    ) -> Result<CapacityView, EngineError> {
+        let command = RequestCapacity {
+            cluster: cluster.clone(),
+            nodes,
+            time_to_live: ttl,
+        };
+        let mut view = self.control.run(caller, command).await?;
+        if wait {
+            view.cluster = self.control.wait_settled(cluster).await;
+        }
+        Ok(view)
+    }
+
     pub fn status(&self, cluster: &str) -> ClusterView {
-        self.engine
+        self.control
             .status(&Caller::local_operator(), &name(cluster))
             .unwrap()
     }

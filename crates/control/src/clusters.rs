@@ -1,0 +1,180 @@
+//! Seed 000's commands on clusters (DEPLOY, DESTROY) and STATUS.
+
+use std::collections::BTreeSet;
+
+use flotilla_domain::{
+    authorize_deploy, authorize_destroy, authorize_status, Caller, ClusterName, DeployCommand,
+    NodeCapacity, TimeToLive,
+};
+use flotilla_engine::{ClusterView, EngineError};
+
+use crate::orgs::{commit_capacity, commit_org_change};
+use crate::{sealed, Command, Control};
+
+/// DEPLOY: create the cluster or change its size, and (re)schedule its
+/// deletion at now + `time_to_live` seconds. On an organisation's cluster
+/// it is a capacity request by the caller (the organisation's bounds and
+/// budget apply, not the caller's level limits).
+#[derive(Debug, Clone)]
+pub struct Deploy {
+    pub cluster: ClusterName,
+    pub node_capacity: i64,
+    pub time_to_live: i64,
+    pub is_public: bool,
+    /// The pool the caller named, if any (else the default pool; an
+    /// organisation's cluster uses the organisation's).
+    pub pool: Option<String>,
+}
+
+impl sealed::Sealed for Deploy {}
+
+impl Command for Deploy {
+    type Committed = ClusterName;
+    type View = ClusterView;
+    const NAME: &'static str = "deploy";
+
+    async fn commit(self, control: &Control, caller: &Caller) -> Result<ClusterName, EngineError> {
+        let engine = control.engine();
+        let limits = &engine.config().limits;
+        let node_capacity = NodeCapacity::new(self.node_capacity, limits)?;
+        let time_to_live = TimeToLive::new(self.time_to_live, limits)?;
+        let pool = self
+            .pool
+            .as_deref()
+            .map(|p| control.known_pool(p))
+            .transpose()?;
+        if let Some(org) = engine.org(&self.cluster) {
+            if self.is_public {
+                return Err(EngineError::OrgCluster(format!(
+                    "{} is organisation {}'s cluster, which is private; deploy it with is_public false",
+                    org.name, org.name
+                )));
+            }
+            if pool.as_ref().is_some_and(|p| *p != org.settings.pool) {
+                return Err(EngineError::OrgCluster(format!(
+                    "{} is organisation {}'s cluster, whose pool is {}; owners change it with PATCH /api/v1/orgs/{}",
+                    org.name, org.name, org.settings.pool, org.name
+                )));
+            }
+            commit_capacity(
+                control,
+                caller,
+                &self.cluster,
+                node_capacity.get(),
+                time_to_live.get(),
+            )
+            .await?;
+            return Ok(self.cluster);
+        }
+        let command = DeployCommand {
+            cluster: self.cluster,
+            node_capacity,
+            time_to_live,
+            is_public: self.is_public,
+            pool: pool.unwrap_or_else(|| engine.default_pool().clone()),
+        };
+        authorize_deploy(
+            caller,
+            &engine.config().levels,
+            &command.cluster,
+            command.is_public,
+            command.node_capacity.get(),
+            command.time_to_live.get(),
+        )?;
+        let now = engine.now();
+        let expires_at = command.time_to_live.deadline_from(now);
+        let record = engine.store().deploy(&command, now, expires_at).await?;
+        tracing::info!(cluster = %record.name, nodes = record.node_capacity.get(), %expires_at, "deploy");
+        Ok(command.cluster)
+    }
+
+    async fn answer(cluster: ClusterName, control: &Control) -> Result<ClusterView, EngineError> {
+        Ok(control.engine().view(&cluster))
+    }
+}
+
+/// DESTROY: clear the scheduled deletion and remove every node. On an
+/// organisation's cluster (owners and admins) every capacity request is
+/// dropped and the floor goes to zero.
+#[derive(Debug, Clone)]
+pub struct Destroy {
+    pub cluster: ClusterName,
+}
+
+impl sealed::Sealed for Destroy {}
+
+impl Command for Destroy {
+    type Committed = ClusterName;
+    type View = ClusterView;
+    const NAME: &'static str = "destroy";
+
+    async fn commit(self, control: &Control, caller: &Caller) -> Result<ClusterName, EngineError> {
+        let engine = control.engine();
+        let cluster = self.cluster;
+        if engine.org(&cluster).is_some() {
+            commit_org_change(control, &cluster, |o, now| o.stop(caller, now)).await?;
+            tracing::info!(%cluster, "organisation cluster destroyed");
+            return Ok(cluster);
+        }
+        authorize_destroy(caller, &cluster)?;
+        if engine
+            .store()
+            .destroy(&cluster, engine.now())
+            .await?
+            .is_some()
+        {
+            tracing::info!(%cluster, "destroy");
+        }
+        // Nodes without a record go at the leader's next resync.
+        Ok(cluster)
+    }
+
+    async fn answer(cluster: ClusterName, control: &Control) -> Result<ClusterView, EngineError> {
+        Ok(control.engine().view(&cluster))
+    }
+}
+
+impl Control {
+    /// STATUS.
+    pub fn status(
+        &self,
+        caller: &Caller,
+        cluster: &ClusterName,
+    ) -> Result<ClusterView, EngineError> {
+        self.may_see(caller, cluster)?;
+        Ok(self.engine().view(cluster))
+    }
+
+    /// Every cluster with a record or with nodes that the caller may see.
+    pub fn list(&self, caller: &Caller) -> Vec<ClusterView> {
+        let names: BTreeSet<ClusterName> = self.engine().cluster_names();
+        names
+            .into_iter()
+            .filter(|n| self.may_see(caller, n).is_ok())
+            .map(|n| self.engine().view(&n))
+            .collect()
+    }
+
+    /// Blocks until the cluster settles (running with all its nodes ready,
+    /// or not running) or the configured longest wait passes.
+    pub async fn wait_settled(&self, cluster: &ClusterName) -> ClusterView {
+        let engine = self.engine();
+        engine.wait_settled(cluster, engine.config().max_wait).await
+    }
+
+    /// STATUS's rule, which also admits the members of the organisation
+    /// whose cluster it is.
+    pub(crate) fn may_see(
+        &self,
+        caller: &Caller,
+        cluster: &ClusterName,
+    ) -> Result<(), EngineError> {
+        let engine = self.engine();
+        let public = engine.record(cluster).is_some_and(|r| r.is_public);
+        match authorize_status(caller, cluster, public) {
+            Ok(()) => Ok(()),
+            Err(_) if engine.org(cluster).is_some_and(|o| o.admits(caller)) => Ok(()),
+            Err(denied) => Err(denied.into()),
+        }
+    }
+}

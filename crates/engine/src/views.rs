@@ -1,0 +1,157 @@
+//! What STATUS shows of a cluster, answered from this server's copies:
+//! desired state, organisations, and the nodes this server observes (while
+//! it leads) or the leader published. The front door (`flotilla-control`)
+//! authorises who may ask.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use flotilla_domain::{
+    cluster_state, ClusterName, ClusterState, InstanceId, InstanceType, NodeRecord, NodeState,
+    ObservedNode, PoolName, Username,
+};
+use tokio::time::Instant;
+
+use crate::Engine;
+
+/// A cluster as STATUS reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClusterView {
+    pub cluster: ClusterName,
+    pub state: ClusterState,
+    pub is_public: bool,
+    pub node_capacity: u32,
+    pub pool: Option<PoolName>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub nodes: Vec<NodeView>,
+    /// Set when the request waited: whether the cluster settled in time.
+    pub settled: Option<bool>,
+    /// Set for an organisation's cluster.
+    pub org: Option<OrgClusterView>,
+}
+
+/// What status adds for an organisation's cluster.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OrgClusterView {
+    pub min_nodes: u32,
+    pub max_nodes: u32,
+    pub requests: Vec<RequestView>,
+    /// When an active request next expires (the size may change then).
+    pub next_change: Option<DateTime<Utc>>,
+    /// Shut down because the organisation's balance ran out.
+    pub shut_down: bool,
+}
+
+/// One active capacity request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RequestView {
+    pub user: Username,
+    pub nodes: u32,
+    pub expires_at: DateTime<Utc>,
+}
+
+impl ClusterView {
+    pub fn ready_nodes(&self) -> usize {
+        self.nodes
+            .iter()
+            .filter(|n| n.state == NodeState::Ready)
+            .count()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeView {
+    pub id: InstanceId,
+    pub state: NodeState,
+    pub address: Option<String>,
+    pub instance_type: InstanceType,
+    pub launched_at: DateTime<Utc>,
+}
+
+impl Engine {
+    /// Blocks until the cluster settles (running with all its nodes ready,
+    /// or not running) or `max_wait` passes.
+    pub async fn wait_settled(&self, cluster: &ClusterName, max_wait: Duration) -> ClusterView {
+        let deadline = Instant::now() + max_wait;
+        let mut changes = self.shared.subscribe(cluster);
+        loop {
+            changes.borrow_and_update();
+            let mut view = self.view(cluster);
+            if view.state.is_settled() {
+                view.settled = Some(true);
+                return view;
+            }
+            tokio::select! {
+                _ = changes.changed() => {}
+                _ = tokio::time::sleep_until(deadline) => {
+                    let mut view = self.view(cluster);
+                    view.settled = Some(view.state.is_settled());
+                    return view;
+                }
+            }
+        }
+    }
+
+    /// The cluster's nodes. The leader answers from what it observes; a
+    /// server that follows (or a leader still listing at the start of its
+    /// term) from what the leader published.
+    pub(crate) fn nodes_of(&self, cluster: &ClusterName) -> Vec<NodeRecord> {
+        let inv = self.shared.inventory.lock().unwrap();
+        // Holding a term (even one whose renewal is late): the inventory is
+        // this server's own and the freshest there is.
+        if self.shared.leadership.term().is_some() && inv.values().all(|s| s.listed) {
+            inv.values()
+                .flat_map(|set| set.nodes(cluster).map(|n| n.record()))
+                .collect()
+        } else {
+            drop(inv);
+            self.shared.observed.get(cluster)
+        }
+    }
+
+    /// A cluster as STATUS reports it, from this server's copies.
+    pub fn view(&self, cluster: &ClusterName) -> ClusterView {
+        let record = self.shared.desired.get(cluster);
+        let pool = record.as_ref().and_then(|r| self.shared.pools.get(&r.pool));
+        let records = self.nodes_of(cluster);
+        let observed: Vec<ObservedNode> = records.iter().map(NodeRecord::observed).collect();
+        let mut nodes: Vec<NodeView> = records
+            .into_iter()
+            .map(|n| NodeView {
+                id: n.id,
+                state: n.state,
+                address: n.address,
+                instance_type: n.instance_type,
+                launched_at: n.launched_at,
+            })
+            .collect();
+        nodes.sort_by(|a, b| a.launched_at.cmp(&b.launched_at).then(a.id.cmp(&b.id)));
+        let mut state = cluster_state(record.as_ref(), &observed, pool.map(|p| &p.instance_type));
+        let org = self.org(cluster).map(|o| {
+            let now = self.shared.clock.now();
+            let sizing = o.sizing(now);
+            let wants_none = record.as_ref().is_none_or(|r| r.wanted_nodes() == 0);
+            if wants_none && state != ClusterState::Destroying && observed.is_empty() {
+                state = ClusterState::Asleep;
+            }
+            OrgClusterView {
+                min_nodes: o.settings.min_nodes,
+                max_nodes: o.settings.max_nodes,
+                requests: crate::request_views(&o, now),
+                next_change: sizing.next_change,
+                shut_down: o.budget.exhausted_at.is_some(),
+            }
+        });
+        ClusterView {
+            cluster: cluster.clone(),
+            state,
+            is_public: record.as_ref().is_some_and(|r| r.is_public),
+            node_capacity: record.as_ref().map_or(0, |r| r.wanted_nodes()),
+            pool: record.as_ref().map(|r| r.pool.clone()),
+            expires_at: record.as_ref().and_then(|r| r.expires_at),
+            nodes,
+            settled: None,
+            org,
+        }
+    }
+}
