@@ -231,3 +231,129 @@ fn every_server_signs_verifies_and_revokes_alike() {
         }
     });
 }
+
+/// An organisation's budget holds with two servers taking capacity
+/// requests at once: ten members each ask for a node, five at each server,
+/// all at the same moment, and the balance pays for three. Exactly three
+/// are granted (the affordability check and the write are one transaction
+/// in the shared database), the others are refused as insufficient funds,
+/// and both servers answer the same size.
+#[test]
+fn two_servers_racing_capacity_requests_never_overspend() {
+    let pg = TempPostgres::start().expect("start PostgreSQL");
+    let url = database(&pg);
+    let env = [("FLOTILLA_DATABASE_URL", url.as_str())];
+    let shared = Sandbox::new();
+    // $1 a node-hour; a request must pay for an hour; nothing held back.
+    let config = shared_config(&shared.path().join("instances")).replace(
+        "instance_type = \"local.small\"\n",
+        "instance_type = \"local.small\"\nprice_per_hour = \"1.00\"\n\n[orgs]\nshutdown_threshold = \"0\"\nmin_runway = \"1h\"\n",
+    );
+    let (first, second) = (Sandbox::new(), Sandbox::new());
+    let a = Server::start_with_env(&first.path(), &config, &env);
+    let b = Server::start_with_env(&second.path(), &config, &env);
+    let users: Vec<String> = (0..10).map(|i| format!("member{i}")).collect();
+    const PASSWORD: &str = "member-password-1234";
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let http = reqwest::Client::new();
+        let login = |server: &str, user: &str, password: &str| {
+            let req = http
+                .post(format!("{server}/api/v1/auth/login"))
+                .json(&serde_json::json!({"username": user, "password": password}));
+            async move {
+                let reply: serde_json::Value = req.send().await.unwrap().json().await.unwrap();
+                reply["access_token"].as_str().expect("a token").to_owned()
+            }
+        };
+        let admin = login(&a.url, "admin", support::ADMIN_PASSWORD).await;
+        let send = |req: reqwest::RequestBuilder, token: &str| {
+            let req = req.bearer_auth(token);
+            async move {
+                let reply = req.send().await.unwrap();
+                let status = reply.status().as_u16();
+                (
+                    status,
+                    reply.json::<serde_json::Value>().await.unwrap_or_default(),
+                )
+            }
+        };
+        for user in &users {
+            let (status, body) = send(
+                http.post(format!("{}/api/v1/users", a.url))
+                    .json(&serde_json::json!({
+                        "username": user, "password": PASSWORD, "level": "org_member"
+                    })),
+                &admin,
+            )
+            .await;
+            assert_eq!(status, 201, "{body}");
+        }
+        let (status, body) = send(
+            http.post(format!("{}/api/v1/orgs", b.url))
+                .json(&serde_json::json!({"name": "team", "owners": users})),
+            &admin,
+        )
+        .await;
+        assert_eq!(status, 201, "{body}");
+        let (status, body) = send(
+            http.post(format!("{}/api/v1/orgs/team/credits", a.url))
+                .json(&serde_json::json!({"amount": "3.00", "reason": "three node-hours"})),
+            &admin,
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["budget"]["balance"], "3.00", "{body}");
+
+        let mut tokens = Vec::new();
+        for (i, user) in users.iter().enumerate() {
+            let server = if i % 2 == 0 { &a.url } else { &b.url };
+            tokens.push((server.clone(), login(server, user, PASSWORD).await));
+        }
+        let requests = tokens.iter().map(|(server, token)| {
+            send(
+                http.post(format!("{server}/api/v1/clusters/team/capacity"))
+                    .json(&serde_json::json!({"nodes": 1, "time_to_live": 3600})),
+                token,
+            )
+        });
+        let answers = futures::future::join_all(requests).await;
+        let granted = answers.iter().filter(|(s, _)| *s == 200).count();
+        let refused: Vec<&serde_json::Value> = answers
+            .iter()
+            .filter(|(s, _)| *s != 200)
+            .map(|(_, body)| body)
+            .collect();
+        assert_eq!(granted, 3, "answers: {answers:?}");
+        assert!(
+            refused.iter().all(|b| b["error"] == "insufficient_funds"),
+            "refusals: {refused:?}"
+        );
+        for server in [&a.url, &b.url] {
+            let (status, body) =
+                send(http.get(format!("{server}/api/v1/clusters/team")), &admin).await;
+            assert_eq!(status, 200, "{body}");
+            assert_eq!(body["node_capacity"], 3, "{server}: {body}");
+            assert_eq!(
+                body["org"]["requests"].as_array().map(Vec::len),
+                Some(3),
+                "{body}"
+            );
+        }
+
+        // The owner stops it; its nodes go.
+        let (status, body) = send(
+            http.delete(format!("{}/api/v1/clusters/team?wait=true", b.url)),
+            &tokens[0].1,
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+    });
+    wait_for("the nodes gone", || {
+        node_processes(&shared.path()).is_empty()
+    });
+}
