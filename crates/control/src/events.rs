@@ -1,6 +1,7 @@
 //! The change feed as callers read it: a page of the changes a caller may
 //! see, or, when following, the next ones as they are committed (by this
-//! server or any other on the same database, so the feed is polled).
+//! server or any other on the same database): a follower is woken by the
+//! store's notice of a commit, and polls in case a notice is lost.
 
 use std::time::Duration;
 
@@ -11,8 +12,8 @@ use flotilla_engine::EngineError;
 
 use crate::Control;
 
-/// How often a follower looks for new changes while there are none.
-const FOLLOW_POLL: Duration = Duration::from_millis(200);
+/// How often a follower looks for new changes when no notice came.
+const FOLLOW_POLL: Duration = Duration::from_millis(500);
 
 /// The most changes one page returns.
 pub const MAX_PAGE: usize = 1000;
@@ -63,7 +64,10 @@ impl Control {
             .map(|c| (ChangeEntity::Cluster, c.as_str()));
         let deadline = Instant::now() + self.engine().config().max_wait;
         let mut after = query.after;
+        let mut notices = self.engine().store().change_notices();
         loop {
+            // Seen before the read: a commit after it wakes the wait below.
+            notices.borrow_and_update();
             let page = if limit == 0 {
                 Vec::new()
             } else {
@@ -91,6 +95,12 @@ impl Control {
             }
             if !more {
                 tokio::select! {
+                    changed = notices.changed() => {
+                        if changed.is_err() {
+                            // No notices from this store: poll.
+                            tokio::time::sleep(FOLLOW_POLL).await;
+                        }
+                    }
                     _ = tokio::time::sleep(FOLLOW_POLL) => {}
                     _ = tokio::time::sleep_until(deadline) => {}
                 }
