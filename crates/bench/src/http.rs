@@ -31,6 +31,12 @@
 //! 3. `GET /healthz` without a token, which the access layer lets through
 //!    untouched: the floor that axum, hyper and the loopback cost.
 //!
+//! With `--two-servers`, a fourth part: two servers on one PostgreSQL
+//! (started for the run), each on its own runtime, set up through the
+//! first; the member's one token read at the first alone, then at both at
+//! once, each server's figures apart. The second verifies tokens the first
+//! signed, with the keys they share through the database.
+//!
 //! The exit status is 1 if run 1 misses the target (≥ 20,000 requests/s
 //! with p99 ≤ 5 ms) or any run saw an answer other than 200.
 
@@ -53,6 +59,8 @@ use flotilla_identity::{
     Identity, IdentityConfig, KeyRing, TokenIssuer, FIRST_ADMIN, VERIFIED_CACHE_CAPACITY,
 };
 use flotilla_store::Store;
+use flotilla_store_postgres::testing::TempPostgres;
+use flotilla_store_postgres::PostgresStore;
 use flotilla_store_sqlite::SqliteStore;
 use hdrhistogram::Histogram;
 use http_body_util::{BodyExt, Empty};
@@ -119,6 +127,10 @@ pub struct HttpArgs {
     /// Nodes of the cluster whose status is read.
     #[arg(long, default_value_t = 3)]
     nodes: u32,
+    /// Also serve from two servers on one PostgreSQL (started for the run)
+    /// and read status from both at once, after one of them alone.
+    #[arg(long)]
+    two_servers: bool,
 }
 
 /// The server, running on its own runtime.
@@ -135,7 +147,9 @@ struct Server {
 }
 
 impl Server {
-    fn start(threads: usize) -> Result<Self> {
+    /// A server on its own runtime: SQLite in a temporary directory, or
+    /// the PostgreSQL database at `database_url`.
+    fn start(threads: usize, database_url: Option<&str>) -> Result<Self> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads)
             .thread_name(SERVER_THREAD)
@@ -143,7 +157,13 @@ impl Server {
             .build()
             .context("cannot start the server's runtime")?;
         let dir = tempfile::tempdir().context("cannot create a temporary directory")?;
-        let started = runtime.block_on(serve(dir.path()))?;
+        let started = runtime.block_on(async {
+            let store: Arc<dyn Store> = match database_url {
+                None => Arc::new(SqliteStore::open(&dir.path().join("flotilla.db")).await?),
+                Some(url) => Arc::new(PostgresStore::connect(url).await?),
+            };
+            serve(dir.path(), store).await
+        })?;
         Ok(Self {
             runtime,
             addr: started.addr,
@@ -182,14 +202,20 @@ struct Started {
 }
 
 /// `serve::run` of the flotilla binary, with its defaults, a fake driver
-/// and no GitHub sign-in.
-async fn serve(dir: &Path) -> Result<Started> {
+/// and no GitHub sign-in. The signing keys are the database's, shared by
+/// every server on it, as `flotilla serve` keeps them.
+async fn serve(dir: &Path, store: Arc<dyn Store>) -> Result<Started> {
     let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
         .await
         .context("cannot listen on 127.0.0.1")?;
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.join("flotilla.db")).await?);
 
-    let keys = KeyRing::load_or_create(dir.join("keys"))?;
+    let key_dir = dir.join("keys");
+    let stored = store.signing_keys().await?;
+    let keys = if stored.is_empty() {
+        KeyRing::load_or_create(&key_dir)?
+    } else {
+        flotilla_identity::stored_key_ring(&stored)?
+    };
     let tokens = TokenIssuer::new(keys, ISSUER, ACCESS_TOKEN_TTL, CLUSTER_TOKEN_TTL);
     flotilla_identity::prepare_password_verifier();
     let identity = Arc::new(Identity::new(
@@ -200,12 +226,10 @@ async fn serve(dir: &Path) -> Result<Started> {
             refresh_token_ttl: REFRESH_TOKEN_TTL,
         },
     ));
-    ensure!(
-        identity
-            .bootstrap_admin(ADMIN_PASSWORD, chrono::Utc::now())
-            .await?,
-        "the first admin was not created"
-    );
+    let now = chrono::Utc::now();
+    identity.share_keys(&key_dir, now).await?;
+    // The second server on a database finds the first admin there.
+    identity.bootstrap_admin(ADMIN_PASSWORD, now).await?;
     let limits = Arc::new(RateLimits::new(
         [UNLIMITED_PER_MINUTE; 4],
         LOGIN_FAILURES,
@@ -616,43 +640,181 @@ async fn run_load(
     args: &HttpArgs,
     identity: &Identity,
 ) -> Result<Outcome> {
+    let mut outcomes = run_load_on(&[(addr, identity)], load, args).await?;
+    Ok(outcomes.remove(0))
+}
+
+/// One load run spread over several servers, the connections dealt out in
+/// turn; what each server answered.
+async fn run_load_on(
+    servers: &[(SocketAddr, &Identity)],
+    load: Load,
+    args: &HttpArgs,
+) -> Result<Vec<Outcome>> {
     let load = Arc::new(load);
     let next = Arc::new(AtomicUsize::new(0));
     let start = Instant::now();
     let record_from = start + args.warmup;
     let until = record_from + args.duration;
     let mut connections = JoinSet::new();
-    for _ in 0..args.connections.max(1) {
-        connections.spawn(drive(addr, load.clone(), next.clone(), record_from, until));
+    for k in 0..args.connections.max(servers.len()) {
+        let which = k % servers.len();
+        let addr = servers[which].0;
+        let (conn_load, conn_next) = (load.clone(), next.clone());
+        connections.spawn(async move {
+            let outcome = drive(addr, conn_load, conn_next, record_from, until).await;
+            (which, outcome)
+        });
     }
     tokio::time::sleep_until(record_from.into()).await;
     let before = CpuMark::now();
-    let mut latencies = Histogram::new_with_bounds(1, MAX_RECORDED_NS, 3)?;
-    let mut statuses = BTreeMap::new();
-    let mut lost_connections = 0;
-    let mut last_done = record_from;
+    struct Gathered {
+        latencies: Histogram<u64>,
+        statuses: BTreeMap<u16, u64>,
+        lost_connections: usize,
+        last_done: Instant,
+    }
+    let mut gathered = Vec::new();
+    for _ in servers {
+        gathered.push(Gathered {
+            latencies: Histogram::new_with_bounds(1, MAX_RECORDED_NS, 3)?,
+            statuses: BTreeMap::new(),
+            lost_connections: 0,
+            last_done: record_from,
+        });
+    }
     let mut cpu_after = None;
     while let Some(joined) = connections.join_next().await {
         // The first connection to finish marks the end of the load.
         cpu_after.get_or_insert_with(CpuMark::now);
-        let conn = joined.context("a load connection panicked")??;
-        latencies.add(&conn.latencies)?;
+        let (which, conn) = joined.context("a load connection panicked")?;
+        let conn = conn?;
+        let g = &mut gathered[which];
+        g.latencies.add(&conn.latencies)?;
         for (status, n) in conn.statuses {
-            *statuses.entry(status).or_default() += n;
+            *g.statuses.entry(status).or_default() += n;
         }
-        lost_connections += usize::from(conn.lost);
-        last_done = last_done.max(conn.last_done);
+        g.lost_connections += usize::from(conn.lost);
+        g.last_done = g.last_done.max(conn.last_done);
     }
     let after = cpu_after.unwrap_or_else(CpuMark::now);
-    Ok(Outcome {
-        label: load.label.clone(),
-        latencies,
-        statuses,
-        lost_connections,
-        window: last_done - record_from,
-        cpu: after.since(&before),
-        cached_after: identity.tokens().cached_tokens(),
-    })
+    let cpu = after.since(&before);
+    let window = gathered
+        .iter()
+        .map(|g| g.last_done)
+        .max()
+        .unwrap_or(record_from)
+        - record_from;
+    Ok(gathered
+        .into_iter()
+        .zip(servers)
+        .map(|(g, (_, identity))| Outcome {
+            label: load.label.clone(),
+            latencies: g.latencies,
+            statuses: g.statuses,
+            lost_connections: g.lost_connections,
+            window,
+            cpu,
+            cached_after: identity.tokens().cached_tokens(),
+        })
+        .collect())
+}
+
+/// `--two-servers`: two servers on one PostgreSQL (each on its own
+/// runtime, as two `flotilla serve` would be on one machine), set up
+/// through the first; the member's one token read at the first alone, then
+/// at both at once, the connections dealt out in turn. Every server
+/// verifies the first's tokens with the keys they share.
+fn run_two_servers(args: &HttpArgs, machine: &Machine) -> Result<Report> {
+    eprintln!("two servers: starting PostgreSQL ...");
+    let pg = TempPostgres::start_durable().context("cannot start PostgreSQL")?;
+    let client = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.client_threads.max(1))
+        .thread_name(LOADGEN_THREAD)
+        .enable_all()
+        .build()
+        .context("cannot start the load generator's runtime")?;
+    let url = client.block_on(pg.create_database())?;
+    let threads = args.server_threads.max(1);
+    let first = Server::start(threads, Some(&url))?;
+    let second = Server::start(threads, Some(&url))?;
+    eprintln!("two servers: setting up through the first ...");
+    let setup = client.block_on(setup(first.addr, args.nodes))?;
+    let path = format!("/api/v1/clusters/{}", setup.cluster);
+    let load = |label: &str| -> Result<Load> {
+        Ok(Load {
+            label: label.to_owned(),
+            path: path.clone(),
+            tokens: Arc::from(vec![bearer(&setup.token)?]),
+        })
+    };
+    eprintln!("two servers: the first alone ...");
+    let alone = client.block_on(run_load_on(
+        &[(first.addr, &*first.identity)],
+        load("first server alone")?,
+        args,
+    ))?;
+    eprintln!("two servers: both at once ...");
+    let both = client.block_on(run_load_on(
+        &[
+            (first.addr, &*first.identity),
+            (second.addr, &*second.identity),
+        ],
+        load("both servers at once")?,
+        args,
+    ))?;
+    drop(client);
+    first.stop()?;
+    second.stop()?;
+    drop(pg);
+
+    println!("## Two servers on one PostgreSQL");
+    println!();
+    println!(
+        "- each server on its own tokio runtime with {threads} worker threads, all sharing the {} CPUs with each other, PostgreSQL and the load generator; \
+         the member's one token (signed by the first server) for `GET {path}`; {} connections in all",
+        machine.cpus, args.connections
+    );
+    println!();
+    println!("| Run | Server | Requests/s | p50 | p99 | max | Not 200 |");
+    println!("|---|---|---|---|---|---|---|");
+    let rows = alone.iter().map(|o| ("first alone", "first", o)).chain(
+        both.iter()
+            .zip(["first", "second"])
+            .map(|(o, s)| ("both", s, o)),
+    );
+    for (run, server, o) in rows {
+        println!(
+            "| {run} | {server} | {} | {} | {} | {} | {} |",
+            fmt_rate(o.per_second()),
+            fmt_duration(o.quantile(0.50)),
+            fmt_duration(o.quantile(0.99)),
+            fmt_duration(o.max()),
+            fmt_statuses(o)
+        );
+    }
+    println!();
+    let total: f64 = both.iter().map(Outcome::per_second).sum();
+    let mut report = Report::default();
+    report.info(
+        "4",
+        "Two servers, one token: requests/s, first + second = sum; the first alone in the same run",
+        format!(
+            "{} + {} = {}; alone {}",
+            fmt_rate(both[0].per_second()),
+            fmt_rate(both[1].per_second()),
+            fmt_rate(total),
+            fmt_rate(alone[0].per_second())
+        ),
+    );
+    report.row(
+        "4",
+        "… answers other than 200 (the second verifies the first's tokens)",
+        format!("{}; {}", fmt_statuses(&both[0]), fmt_statuses(&both[1])),
+        "0",
+        Verdict::check(both.iter().chain(&alone).all(|o| o.not_ok() == 0)),
+    );
+    Ok(report)
 }
 
 fn bearer(token: &str) -> Result<HeaderValue> {
@@ -719,7 +881,7 @@ pub fn run(args: HttpArgs) -> Result<()> {
         "starting the server ({} worker threads) ...",
         args.server_threads
     );
-    let server = Server::start(args.server_threads.max(1))?;
+    let server = Server::start(args.server_threads.max(1), None)?;
     let client = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.client_threads.max(1))
         .thread_name(LOADGEN_THREAD)
@@ -914,7 +1076,13 @@ pub fn run(args: HttpArgs) -> Result<()> {
         machine.cpus
     );
     println!();
-    if report.failed() {
+    let mut failed = report.failed();
+    if args.two_servers {
+        let two = run_two_servers(&args, &machine)?;
+        println!("{}", two.markdown());
+        failed |= two.failed();
+    }
+    if failed {
         bail!("a figure missed its target");
     }
     Ok(())
