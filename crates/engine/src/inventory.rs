@@ -137,6 +137,16 @@ impl TrackedNode {
     }
 }
 
+/// A set's listing indexed by instance: built before the inventory's lock
+/// is taken, so a pass holds the lock only to fold it in.
+pub struct Listing(HashMap<InstanceId, Instance>);
+
+impl Listing {
+    pub fn new(instances: Vec<Instance>) -> Self {
+        Self(instances.into_iter().map(|i| (i.id.clone(), i)).collect())
+    }
+}
+
 /// One instance set's view.
 #[derive(Debug, Default)]
 pub struct SetInventory {
@@ -185,15 +195,25 @@ impl SetInventory {
         mark: ListingMark,
         now: DateTime<Utc>,
     ) -> HashSet<ClusterName> {
-        let mut seen: HashMap<InstanceId, Instance> = HashMap::with_capacity(listing.len());
-        for instance in listing {
-            seen.insert(instance.id.clone(), instance);
-        }
+        self.apply(Listing::new(listing), mark, now).0
+    }
+
+    /// [`apply_listing`](Self::apply_listing) of a listing indexed before
+    /// the inventory's lock was taken; also returns the instances the
+    /// listing replaced, for the caller to drop after releasing it.
+    pub fn apply(
+        &mut self,
+        listing: Listing,
+        mark: ListingMark,
+        now: DateTime<Utc>,
+    ) -> (HashSet<ClusterName>, Vec<Instance>) {
+        let mut seen = listing.0;
+        let mut replaced = Vec::with_capacity(seen.len());
         let mut changed = HashSet::new();
         for (cluster, nodes) in self.clusters.iter_mut() {
             nodes.retain(|id, node| {
                 if let Some(instance) = seen.remove(id) {
-                    node.instance = instance;
+                    replaced.push(std::mem::replace(&mut node.instance, instance));
                     true
                 } else if node.created_here.is_some_and(|n| n > mark.0) {
                     true
@@ -221,7 +241,7 @@ impl SetInventory {
             self.quota_blocked_at = None;
         }
         self.listed = true;
-        changed
+        (changed, replaced)
     }
 
     pub fn add_created(

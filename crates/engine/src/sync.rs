@@ -21,15 +21,20 @@ pub(crate) async fn sync_all(shared: &Shared) -> BTreeSet<ClusterName> {
         let mark = shared.inventory.lock().unwrap()[driver].listing_mark();
         match set.list(&Tags::new()).await {
             Ok(listing) => {
+                let listing = crate::inventory::Listing::new(listing);
                 let now = shared.clock.now();
                 let mut inv = shared.inventory.lock().unwrap();
                 let set_inv = inv.get_mut(driver).expect("known driver");
                 let first = !set_inv.listed;
-                changed.extend(set_inv.apply_listing(listing, mark, now));
+                let (found, replaced) = set_inv.apply(listing, mark, now);
+                changed.extend(found);
                 if first {
                     changed.extend(set_inv.clusters.keys().cloned());
                     changed.extend(shared.desired.names());
                 }
+                drop(inv);
+                // Freed outside the lock.
+                drop(replaced);
             }
             Err(CloudError::RateLimited { .. }) => {
                 tracing::debug!(%driver, "listing held off by the cloud's rate limit");
