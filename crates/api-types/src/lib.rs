@@ -17,10 +17,14 @@ pub struct DeployRequest {
     /// Seconds until the cluster is destroyed; a new deploy resets it.
     #[schema(minimum = 1, example = 3600)]
     pub time_to_live: i64,
-    /// Cannot change once the cluster is deployed.
-    #[serde(default)]
-    pub is_public: bool,
-    /// The pool to build nodes from; the server's default pool if absent.
+    /// Whether anyone may read the cluster's status. Absent: a deployed
+    /// cluster keeps its own, a new one is private. Cannot change once the
+    /// cluster is deployed (a different value is 409).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub is_public: Option<bool>,
+    /// The pool to build nodes from. Absent: a deployed cluster keeps its
+    /// own, a new one gets the server's default pool. Cannot change once
+    /// the cluster is deployed (a different pool is 409).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pool: Option<String>,
 }

@@ -382,6 +382,26 @@ async fn redeploy_cannot_change_is_public_or_pool() {
     assert_eq!(api.deploy("demo", &same, false).await["node_capacity"], 3);
 }
 
+/// A redeploy that leaves out `is_public` and `pool` keeps the cluster's:
+/// resizing a public cluster on another pool needs neither repeated.
+#[tokio::test(start_paused = true)]
+async fn a_redeploy_that_leaves_out_the_fixed_fields_keeps_them() {
+    let api = TestApi::start().await;
+    let first = json!({"node_capacity": 1, "time_to_live": 3600, "is_public": true, "pool": "big"});
+    api.deploy("wide", &first, true).await;
+    let resize = json!({"node_capacity": 3, "time_to_live": 7200});
+    let s = api.deploy("wide", &resize, true).await;
+    assert_eq!(s["is_public"], true, "{s}");
+    assert_eq!(s["pool"], "big", "{s}");
+    assert_eq!(s["node_capacity"], 3, "{s}");
+    assert_eq!(s["state"], "running", "{s}");
+
+    // A new cluster deployed that way is private, on the default pool.
+    let s = api.deploy("fresh", &resize, false).await;
+    assert_eq!(s["is_public"], false, "{s}");
+    assert_eq!(s["pool"], "default", "{s}");
+}
+
 // ---- success -------------------------------------------------------------
 
 /// Asserts a value has the Status shape of `product.md`.

@@ -398,7 +398,7 @@ impl Bench {
             cluster: name.clone(),
             node_capacity: i64::from(nodes),
             time_to_live: TTL_SECONDS,
-            is_public: false,
+            is_public: None,
             pool: None,
         };
         let control = Control::new(self.engine.clone());

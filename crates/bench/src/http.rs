@@ -378,7 +378,7 @@ async fn setup(addr: SocketAddr, nodes: u32) -> Result<Setup> {
         .json(&types::DeployRequest {
             node_capacity: i64::from(nodes),
             time_to_live: 3600,
-            is_public: false,
+            is_public: None,
             pool: None,
         })
         .send()

@@ -330,7 +330,7 @@ impl Bench {
             cluster: cluster.clone(),
             node_capacity: i64::from(nodes),
             time_to_live: TTL_SECONDS,
-            is_public: false,
+            is_public: None,
             pool: None,
         })
     }

@@ -20,9 +20,12 @@ pub struct Deploy {
     pub cluster: ClusterName,
     pub node_capacity: i64,
     pub time_to_live: i64,
-    pub is_public: bool,
-    /// The pool the caller named, if any (else the default pool; an
-    /// organisation's cluster uses the organisation's).
+    /// Whether anyone may read its status, if the caller said: a deployed
+    /// cluster keeps its own when not, a new one is private.
+    pub is_public: Option<bool>,
+    /// The pool the caller named, if any: a deployed cluster keeps its own
+    /// when not, a new one gets the default pool (an organisation's cluster
+    /// uses the organisation's).
     pub pool: Option<String>,
 }
 
@@ -44,7 +47,7 @@ impl Command for Deploy {
             .map(|p| control.known_pool(p))
             .transpose()?;
         if let Some(org) = engine.org(&self.cluster) {
-            if self.is_public {
+            if self.is_public == Some(true) {
                 return Err(EngineError::OrgCluster(format!(
                     "{} is organisation {}'s cluster, which is private; deploy it with is_public false",
                     org.name, org.name
@@ -71,13 +74,19 @@ impl Command for Deploy {
             node_capacity,
             time_to_live,
             is_public: self.is_public,
-            pool: pool.unwrap_or_else(|| engine.default_pool().clone()),
+            pool,
+            default_pool: engine.default_pool().clone(),
         };
+        // Authorised as what it will be: a deployed cluster keeps its
+        // visibility unless the caller says (and a change is refused).
+        let public = command
+            .is_public
+            .unwrap_or_else(|| engine.record(&command.cluster).is_some_and(|r| r.is_public));
         authorize_deploy(
             caller,
             &engine.config().levels,
             &command.cluster,
-            command.is_public,
+            public,
             command.node_capacity.get(),
             command.time_to_live.get(),
         )?;

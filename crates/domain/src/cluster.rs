@@ -92,14 +92,32 @@ impl TimeToLive {
 }
 
 /// DEPLOY, validated: the only way the engine learns that a cluster should
-/// exist or change size.
+/// exist or change size. What the caller did not say about a cluster's
+/// fixed fields is `None`: a deployed cluster keeps its own, a new one gets
+/// the defaults, and only a field said otherwise is a conflict.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeployCommand {
     pub cluster: ClusterName,
     pub node_capacity: NodeCapacity,
     pub time_to_live: TimeToLive,
-    pub is_public: bool,
-    pub pool: PoolName,
+    /// Whether anyone may read its status, if the caller said.
+    pub is_public: Option<bool>,
+    /// The pool the caller named, if any.
+    pub pool: Option<PoolName>,
+    /// The pool a new cluster gets when none is named.
+    pub default_pool: PoolName,
+}
+
+impl DeployCommand {
+    /// A new cluster's visibility: private unless asked.
+    pub fn new_public(&self) -> bool {
+        self.is_public.unwrap_or(false)
+    }
+
+    /// A new cluster's pool: the one named, else the default.
+    pub fn new_pool(&self) -> &PoolName {
+        self.pool.as_ref().unwrap_or(&self.default_pool)
+    }
 }
 
 /// A cluster as the store keeps it: the desired state.
@@ -144,12 +162,13 @@ impl std::fmt::Display for FixedField {
 }
 
 impl ClusterRecord {
-    /// The first fixed field `command` would change on this deployed
-    /// cluster, with its current value, if any: such a deploy is refused.
+    /// The first fixed field `command` says otherwise about on this
+    /// deployed cluster, with its current value, if any: such a deploy is
+    /// refused. A field the command does not name is kept.
     pub fn fixed_field_conflict(&self, command: &DeployCommand) -> Option<(FixedField, String)> {
-        if self.is_public != command.is_public {
+        if command.is_public.is_some_and(|p| p != self.is_public) {
             Some((FixedField::IsPublic, self.is_public.to_string()))
-        } else if self.pool != command.pool {
+        } else if command.pool.as_ref().is_some_and(|p| *p != self.pool) {
             Some((FixedField::Pool, self.pool.to_string()))
         } else {
             None

@@ -65,10 +65,13 @@ enum Command {
         /// (latest) deploy. E.g. 90s, 30m, 2h.
         #[arg(long, value_parser = cli::parse_ttl)]
         ttl: Duration,
-        /// Make the cluster public (cannot change once deployed).
+        /// Make the cluster public (cannot change once deployed; a resize
+        /// without it keeps the cluster as it is).
         #[arg(long)]
         public: bool,
-        /// Pool to build nodes from (the server's default if absent).
+        /// Pool to build nodes from (cannot change once deployed; a new
+        /// cluster gets the server's default without it, a resize keeps
+        /// the cluster's).
         #[arg(long)]
         pool: Option<String>,
         /// Wait until all nodes are ready (or the server's max_wait passes).
@@ -452,7 +455,9 @@ fn main() -> ExitCode {
                         let request = DeployRequest {
                             node_capacity: nodes,
                             time_to_live: ttl.as_secs() as i64,
-                            is_public: public,
+                            // Only what the user said: a resize keeps the
+                            // cluster's visibility and pool.
+                            is_public: public.then_some(true),
                             pool,
                         };
                         client.deploy(&cluster, request, wait).await

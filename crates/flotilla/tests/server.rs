@@ -63,6 +63,38 @@ fn deploy_status_destroy_through_the_command_line() {
     });
 }
 
+/// Resizing and extending a public cluster needs only `--nodes` and
+/// `--ttl`: the command line sends what the user gave and the cluster keeps
+/// the rest. Saying otherwise is refused with what to do.
+#[test]
+fn a_resize_without_public_keeps_the_cluster_public() {
+    let sandbox = Sandbox::new();
+    let server = Server::start(&sandbox.path());
+    let deploy = |args: &[&str]| {
+        let args: Vec<&str> = ["deploy", "open"].iter().chain(args).copied().collect();
+        server.cli(&args)
+    };
+    let out = deploy(&["--nodes", "1", "--ttl", "10m", "--public", "--wait"]);
+    assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    let out = deploy(&["--nodes", "2", "--ttl", "20m", "--wait"]);
+    assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    let status = server.status("open");
+    assert_eq!(status["is_public"], true, "{status}");
+    assert_eq!(status["node_capacity"], 2);
+    assert_eq!(ready_nodes(&status), 2);
+
+    // A pool that is not configured is refused; the cluster stays.
+    let out = deploy(&["--nodes", "2", "--ttl", "20m", "--pool", "other"]);
+    assert_ne!(code(&out), 0);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("unknown pool"), "{stderr}");
+
+    assert_eq!(code(&server.cli(&["destroy", "open", "--wait"])), 0);
+    wait_for("node processes gone", || {
+        node_processes(&sandbox.path()).is_empty()
+    });
+}
+
 #[test]
 fn exit_statuses_follow_the_contract() {
     let sandbox = Sandbox::new();

@@ -451,16 +451,19 @@ impl Store for PostgresStore {
                  destroying = FALSE, \
                  updated_at = excluded.updated_at, \
                  generation = clusters.generation + 1 \
-             WHERE clusters.is_public = excluded.is_public AND clusters.pool = excluded.pool \
+             WHERE ($7 = FALSE OR clusters.is_public = excluded.is_public) \
+               AND ($8 = FALSE OR clusters.pool = excluded.pool) \
              RETURNING ",
             cluster_columns!()
         ))
         .bind(name)
-        .bind(command.is_public)
+        .bind(command.new_public())
         .bind(i64::from(command.node_capacity.get()))
-        .bind(command.pool.as_str())
+        .bind(command.new_pool().as_str())
         .bind(row::to_millis(expires_at))
         .bind(row::to_millis(now))
+        .bind(command.is_public.is_some())
+        .bind(command.pool.is_some())
         .fetch_optional(&mut *tx)
         .await?;
         if let Some(row) = upserted {

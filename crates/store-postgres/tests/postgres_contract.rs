@@ -37,8 +37,9 @@ fn command(cluster: &str, nodes: i64) -> DeployCommand {
         cluster: ClusterName::new(cluster).unwrap(),
         node_capacity: NodeCapacity::new(nodes, &limits).unwrap(),
         time_to_live: TimeToLive::new(3600, &limits).unwrap(),
-        is_public: false,
-        pool: PoolName::new("default").unwrap(),
+        is_public: None,
+        pool: None,
+        default_pool: PoolName::new("default").unwrap(),
     }
 }
 

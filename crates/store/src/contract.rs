@@ -52,6 +52,7 @@ macro_rules! store_contract_tests {
             redeploy_sets_capacity_and_expiry_and_bumps_generation,
             redeploy_with_other_visibility_conflicts_and_changes_nothing,
             redeploy_with_other_pool_conflicts_and_changes_nothing,
+            a_deploy_that_names_no_fixed_field_keeps_them,
             destroy_marks_destroying_and_clears_expiry,
             deploy_after_destroy_revives_the_cluster,
             expire_due_fires_exactly_the_due_clusters_once,
@@ -148,8 +149,9 @@ fn command(cluster: &str, nodes: u32, is_public: bool, pool_name: &str) -> Deplo
         cluster: name(cluster),
         node_capacity: NodeCapacity::new(i64::from(nodes), &limits).expect("valid capacity"),
         time_to_live: TimeToLive::new(3600, &limits).expect("valid ttl"),
-        is_public,
-        pool: pool(pool_name),
+        is_public: Some(is_public),
+        pool: Some(pool(pool_name)),
+        default_pool: pool("default"),
     }
 }
 
@@ -318,6 +320,47 @@ pub async fn redeploy_with_other_pool_conflicts_and_changes_nothing(h: Harness) 
         Some(&destroyed),
         "still destroying"
     );
+}
+
+/// A resize that says nothing of visibility or pool keeps the cluster's; a
+/// new cluster deployed that way is private, on the default pool.
+pub async fn a_deploy_that_names_no_fixed_field_keeps_them(h: Harness) {
+    let store = h.store.as_ref();
+    let unsaid = |cluster: &str, nodes: u32| DeployCommand {
+        is_public: None,
+        pool: None,
+        ..command(cluster, nodes, false, "default")
+    };
+    deploy(store, &command("alpha", 2, true, "big"), 0, 100).await;
+    let resized = store
+        .deploy(&unsaid("alpha", 5), t(10), t(900))
+        .await
+        .expect("a resize that names neither is no conflict");
+    assert_eq!(resized.node_capacity.get(), 5);
+    assert!(resized.is_public, "still public");
+    assert_eq!(resized.pool, pool("big"), "still on its pool");
+    assert_eq!(get(store, "alpha").await.as_ref(), Some(&resized));
+
+    // Naming only one of them checks only that one.
+    let result = store
+        .deploy(
+            &DeployCommand {
+                pool: Some(pool("default")),
+                ..unsaid("alpha", 6)
+            },
+            t(20),
+            t(900),
+        )
+        .await;
+    assert_conflict(result, "alpha", "pool", "big");
+    assert_eq!(get(store, "alpha").await.as_ref(), Some(&resized));
+
+    let fresh = store
+        .deploy(&unsaid("beta", 1), t(30), t(900))
+        .await
+        .expect("deploy");
+    assert!(!fresh.is_public, "a new cluster is private unless asked");
+    assert_eq!(fresh.pool, pool("default"));
 }
 
 pub async fn destroy_marks_destroying_and_clears_expiry(h: Harness) {

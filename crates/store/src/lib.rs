@@ -44,7 +44,7 @@ pub use orgs::{OrgChange, OrgChanged, OrgStore, OrgUsage};
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The request would change something that is fixed once deployed.
-    #[error("cluster {cluster}: {field} cannot change once deployed (it is {current}); destroy the cluster and wait until it is gone to deploy it anew")]
+    #[error("cluster {cluster}: {field} cannot change once deployed (it is {current}); leave it out to keep it, or destroy the cluster and wait until it is gone to deploy it anew")]
     Conflict {
         cluster: ClusterName,
         field: FixedField,

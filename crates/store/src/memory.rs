@@ -183,9 +183,9 @@ impl Store for MemoryStore {
             }
             None => ClusterRecord {
                 name: command.cluster.clone(),
-                is_public: command.is_public,
+                is_public: command.new_public(),
                 node_capacity: command.node_capacity,
-                pool: command.pool.clone(),
+                pool: command.new_pool().clone(),
                 expires_at: Some(expires_at),
                 destroying: false,
                 created_at: now,

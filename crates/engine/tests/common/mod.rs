@@ -133,7 +133,7 @@ impl Harness {
             cluster: name(cluster),
             node_capacity: nodes,
             time_to_live: ttl,
-            is_public,
+            is_public: Some(is_public),
             pool: pool.map(str::to_owned),
         };
         self.control.run(caller, command).await
