@@ -199,6 +199,16 @@ pub struct CapacityRequestStatus {
     pub expires_at: DateTime<Utc>,
 }
 
+/// EXTEND's body: only the deadline moves.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExtendRequest {
+    /// Seconds from now until the cluster is destroyed, within the
+    /// caller's level limit.
+    #[schema(minimum = 1, example = 7200)]
+    pub time_to_live: i64,
+}
+
 /// A capacity request on an organisation's cluster.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

@@ -20,7 +20,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use flotilla_api_types as types;
-use flotilla_control::{Control, Deploy, Destroy};
+use flotilla_control::{Control, Deploy, Destroy, Extend};
 use flotilla_domain::{ClusterName, NodeState};
 use flotilla_engine::{ClusterView, Engine, PoolView};
 use flotilla_identity::Identity;
@@ -64,6 +64,7 @@ pub fn router(state: AppState) -> Router {
             post(accounts::cluster_token),
         )
         .route("/api/v1/clusters/{cluster}/capacity", post(orgs::capacity))
+        .route("/api/v1/clusters/{cluster}/extend", post(extend))
         .route("/api/v1/orgs", get(orgs::list_orgs).post(orgs::create_org))
         .route(
             "/api/v1/orgs/{org}",
@@ -357,6 +358,37 @@ async fn deploy(
     };
     let view = state.control.run(&caller, command).await?;
     Ok(Json(status_body(settle(&state, view, wait).await)))
+}
+
+/// EXTEND: move a deployed cluster's scheduled deletion to now +
+/// `time_to_live`, within the caller's limits; nothing else changes.
+#[utoipa::path(
+    post,
+    path = "/api/v1/clusters/{cluster}/extend",
+    params(("cluster" = String, Path, description = "Cluster name")),
+    request_body = types::ExtendRequest,
+    responses(
+        (status = 200, body = types::ClusterStatus),
+        (status = 400, description = "Malformed request", body = types::ErrorBody),
+        (status = 404, description = "Not deployed, or being destroyed", body = types::ErrorBody),
+        (status = 409, description = "An organisation's cluster (it has no time to live)", body = types::ErrorBody),
+        (status = 422, description = "Invalid name or time to live", body = types::ErrorBody),
+    )
+)]
+async fn extend(
+    State(state): State<AppState>,
+    CallerIdentity(caller): CallerIdentity,
+    ClusterParam(cluster): ClusterParam,
+    JsonBody(body): JsonBody<types::ExtendRequest>,
+) -> Result<Json<types::ClusterStatus>, ApiError> {
+    let cluster = cluster_name(&cluster)?;
+    let command = Extend {
+        cluster,
+        time_to_live: body.time_to_live,
+    };
+    Ok(Json(status_body(
+        state.control.run(&caller, command).await?,
+    )))
 }
 
 /// DESTROY: clear the scheduled deletion and remove every node.

@@ -18,6 +18,7 @@ use flotilla_api_types as types;
         crate::cluster_status,
         crate::deploy,
         crate::destroy,
+        crate::extend,
         crate::accounts::cluster_token,
         crate::accounts::jwks,
         crate::accounts::login,
@@ -49,6 +50,7 @@ use flotilla_api_types as types;
     ),
     components(schemas(
         types::DeployRequest,
+        types::ExtendRequest,
         types::ClusterStatus,
         types::ClusterList,
         types::Event,

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use axum::http::{header, Method, StatusCode};
-use common::{deploy_body, empty_request, TestApi, MAX_NODES, MAX_TTL, MIN_TTL};
+use common::{deploy_body, empty_request, json_request, TestApi, MAX_NODES, MAX_TTL, MIN_TTL};
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
@@ -400,6 +400,40 @@ async fn a_redeploy_that_leaves_out_the_fixed_fields_keeps_them() {
     let s = api.deploy("fresh", &resize, false).await;
     assert_eq!(s["is_public"], false, "{s}");
     assert_eq!(s["pool"], "default", "{s}");
+}
+
+/// EXTEND moves only the deadline, of a deployed cluster only.
+#[tokio::test(start_paused = true)]
+async fn extend_moves_only_the_deadline() {
+    let api = TestApi::start().await;
+    let before = running_demo(&api).await;
+    let extend = |cluster: &str, ttl: i64| {
+        let uri = format!("/api/v1/clusters/{cluster}/extend");
+        let body = json!({ "time_to_live": ttl });
+        api.send(json_request(Method::POST, &uri, &body))
+    };
+    let reply = extend("demo", 7200).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let after = reply.json();
+    assert_eq!(after["node_capacity"], before["node_capacity"]);
+    assert_eq!(after["nodes"], before["nodes"]);
+    let expires: chrono::DateTime<chrono::Utc> =
+        serde_json::from_value(after["expires_at"].clone()).unwrap();
+    let ttl = (expires - chrono::Utc::now()).num_seconds();
+    assert!((7190..=7210).contains(&ttl), "expires in two hours: {ttl}");
+    assert_eq!(api.status("demo").await["expires_at"], after["expires_at"]);
+
+    extend("demo", 0)
+        .await
+        .expect_error(StatusCode::UNPROCESSABLE_ENTITY, "invalid_time_to_live");
+    extend("ghost", 60)
+        .await
+        .expect_error(StatusCode::NOT_FOUND, "not_found");
+    api.delete("/api/v1/clusters/demo?wait=true").await;
+    let message = extend("demo", 60)
+        .await
+        .expect_error(StatusCode::NOT_FOUND, "not_found");
+    assert!(message.contains("deploy it first"), "{message}");
 }
 
 // ---- success -------------------------------------------------------------

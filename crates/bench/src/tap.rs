@@ -314,6 +314,15 @@ impl Store for CountingStore {
         self.inner.deploy(command, now, expires_at).await
     }
 
+    async fn extend(
+        &self,
+        name: &ClusterName,
+        now: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+    ) -> Result<Option<ClusterRecord>, StoreError> {
+        self.inner.extend(name, now, expires_at).await
+    }
+
     async fn destroy(
         &self,
         name: &ClusterName,

@@ -102,6 +102,66 @@ impl Command for Deploy {
     }
 }
 
+/// EXTEND (SlideRule's `extend`): move a deployed cluster's scheduled
+/// deletion to now + `time_to_live` seconds, within the caller's limits,
+/// and change nothing else.
+#[derive(Debug, Clone)]
+pub struct Extend {
+    pub cluster: ClusterName,
+    pub time_to_live: i64,
+}
+
+impl sealed::Sealed for Extend {}
+
+impl Command for Extend {
+    type Committed = ClusterName;
+    type View = ClusterView;
+    const NAME: &'static str = "extend";
+
+    async fn commit(self, control: &Control, caller: &Caller) -> Result<ClusterName, EngineError> {
+        let engine = control.engine();
+        let time_to_live = TimeToLive::new(self.time_to_live, &engine.config().limits)?;
+        let cluster = self.cluster;
+        if let Some(org) = engine.org(&cluster) {
+            return Err(EngineError::OrgCluster(format!(
+                "{cluster} is organisation {}'s cluster, which has no time to live: its size follows its members' capacity requests; extend yours with a new one (POST /api/v1/clusters/{cluster}/capacity)",
+                org.name
+            )));
+        }
+        // Authorised as a deploy of the cluster as it is, for longer.
+        let record = engine
+            .store()
+            .get_cluster(&cluster)
+            .await?
+            .filter(|r| !r.destroying)
+            .ok_or_else(|| EngineError::NotFound(cluster.clone()))?;
+        authorize_deploy(
+            caller,
+            &engine.config().levels,
+            &cluster,
+            record.is_public,
+            record.node_capacity.get(),
+            time_to_live.get(),
+        )?;
+        let now = engine.now();
+        let expires_at = time_to_live.deadline_from(now);
+        if engine
+            .store()
+            .extend(&cluster, now, expires_at)
+            .await?
+            .is_none()
+        {
+            return Err(EngineError::NotFound(cluster));
+        }
+        tracing::info!(%cluster, %expires_at, "extend");
+        Ok(cluster)
+    }
+
+    async fn answer(cluster: ClusterName, control: &Control) -> Result<ClusterView, EngineError> {
+        Ok(control.engine().view(&cluster))
+    }
+}
+
 /// DESTROY: clear the scheduled deletion and remove every node. On an
 /// organisation's cluster (owners and admins) every capacity request is
 /// dropped and the floor goes to zero.

@@ -22,7 +22,7 @@ use std::future::Future;
 use flotilla_domain::{Caller, PoolName};
 use flotilla_engine::{Engine, EngineError};
 
-pub use clusters::{Deploy, Destroy};
+pub use clusters::{Deploy, Destroy, Extend};
 pub use events::{EventPage, EventsQuery, MAX_PAGE};
 pub use orgs::{
     CapacityView, CreateOrg, CreditOrg, DecideMembership, OrgView, RemoveMember, RequestCapacity,

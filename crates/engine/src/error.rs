@@ -16,7 +16,7 @@ pub enum EngineError {
     /// The caller may not do this (401 or 403, by the rule that refused).
     #[error(transparent)]
     Denied(#[from] Denied),
-    #[error("cluster {0} does not exist")]
+    #[error("cluster {0} is not deployed (or is being destroyed); deploy it first")]
     NotFound(ClusterName),
     /// An organisation's rules refused (the code says which).
     #[error(transparent)]

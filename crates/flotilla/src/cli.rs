@@ -9,9 +9,9 @@ use chrono::{DateTime, Utc};
 use flotilla_api_types::{
     CapacityRequest, CapacityResponse, ClusterList, ClusterStatus, ClusterTokenResponse, Costs,
     CreateOrgRequest, CreateUserRequest, CreditRequest, DeployRequest, ErrorBody, Event, EventList,
-    GithubLoginRequest, Ledger, Level, LoginRequest, MemberRoleRequest, MembershipRequestResponse,
-    OrgClusterStatus, OrgList, OrgSummary, OrgView, PoolList, PoolView, RefreshRequest,
-    TokenResponse, UpdateOrgRequest, UpdateUserRequest, UserList, UserView, WhoAmI,
+    ExtendRequest, GithubLoginRequest, Ledger, Level, LoginRequest, MemberRoleRequest,
+    MembershipRequestResponse, OrgClusterStatus, OrgList, OrgSummary, OrgView, PoolList, PoolView,
+    RefreshRequest, TokenResponse, UpdateOrgRequest, UpdateUserRequest, UserList, UserView, WhoAmI,
 };
 use reqwest::StatusCode;
 use tokio::sync::Mutex;
@@ -556,6 +556,14 @@ impl Client {
             .query(&[("wait", wait)])
             .json(&request);
         self.change(cluster, req, wait).await
+    }
+
+    pub async fn extend(&self, cluster: &str, request: ExtendRequest) -> Result<u8> {
+        let req = self
+            .http
+            .post(self.url(&format!("/api/v1/clusters/{cluster}/extend")))
+            .json(&request);
+        self.change(cluster, req, false).await
     }
 
     pub async fn destroy(&self, cluster: &str, wait: bool) -> Result<u8> {

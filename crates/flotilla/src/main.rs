@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use flotilla_api_types::{
-    CapacityRequest, CreateOrgRequest, CreateUserRequest, CreditRequest, DeployRequest, Level,
-    UpdateOrgRequest, UpdateUserRequest,
+    CapacityRequest, CreateOrgRequest, CreateUserRequest, CreditRequest, DeployRequest,
+    ExtendRequest, Level, UpdateOrgRequest, UpdateUserRequest,
 };
 
 use crate::cli::{exit, Client, Output};
@@ -111,6 +111,14 @@ enum Command {
         /// --after says otherwise) until interrupted.
         #[arg(long)]
         follow: bool,
+    },
+    /// Move a deployed cluster's deletion to now + TTL, within your
+    /// level's limit; its nodes, pool and visibility stay as they are.
+    Extend {
+        cluster: String,
+        /// New time to live from now. E.g. 30m, 2h.
+        #[arg(long, value_parser = cli::parse_ttl)]
+        ttl: Duration,
     },
     /// Destroy a cluster.
     Destroy {
@@ -481,6 +489,12 @@ fn main() -> ExitCode {
                         after,
                         follow,
                     } => client.events(cluster.as_deref(), after, follow).await,
+                    Command::Extend { cluster, ttl } => {
+                        let request = ExtendRequest {
+                            time_to_live: ttl.as_secs() as i64,
+                        };
+                        client.extend(&cluster, request).await
+                    }
                     Command::Destroy { cluster, wait } => client.destroy(&cluster, wait).await,
                     Command::Logout => client.logout(&Env::from_process().token_cache()?).await,
                     Command::Whoami => client.whoami().await,

@@ -83,6 +83,20 @@ fn a_resize_without_public_keeps_the_cluster_public() {
     assert_eq!(status["node_capacity"], 2);
     assert_eq!(ready_nodes(&status), 2);
 
+    // extend moves only the deadline.
+    let out = server.cli(&["extend", "open", "--ttl", "2h"]);
+    assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    let extended = server.status("open");
+    let expires: chrono::DateTime<chrono::Utc> =
+        serde_json::from_value(extended["expires_at"].clone()).unwrap();
+    let left = (expires - chrono::Utc::now()).num_seconds();
+    assert!((7100..=7200).contains(&left), "expires in two hours: {left}");
+    assert_eq!(extended["nodes"], status["nodes"], "the same nodes");
+    let out = server.cli(&["extend", "never-deployed", "--ttl", "2h"]);
+    assert_eq!(code(&out), 1);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("deploy it first"), "{stderr}");
+
     // A pool that is not configured is refused; the cluster stays.
     let out = deploy(&["--nodes", "2", "--ttl", "20m", "--pool", "other"]);
     assert_ne!(code(&out), 0);

@@ -382,6 +382,33 @@ impl Store for SqliteStore {
         )))
     }
 
+    async fn extend(
+        &self,
+        name: &ClusterName,
+        now: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+    ) -> Result<Option<ClusterRecord>, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let row: Option<ClusterRow> = sqlx::query_as(concat!(
+            "UPDATE clusters SET expires_at = $2, \
+                 generation = generation + 1, updated_at = $3 \
+             WHERE name = $1 AND NOT destroying RETURNING ",
+            cluster_columns!()
+        ))
+        .bind(name.as_str())
+        .bind(row::to_millis(expires_at))
+        .bind(row::to_millis(now))
+        .fetch_optional(&mut *tx)
+        .await?;
+        let record = row.map(ClusterRecord::try_from).transpose()?;
+        if let Some(r) = &record {
+            let change = NewChange::cluster(ChangeKind::ClusterExtended, r);
+            record_changes(&mut tx, &[change], now).await?;
+            self.commit(tx).await?;
+        }
+        Ok(record)
+    }
+
     async fn destroy(
         &self,
         name: &ClusterName,

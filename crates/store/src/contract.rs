@@ -14,8 +14,8 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
 use flotilla_domain::{
-    AccountKind, ClusterName, ClusterRecord, DeployCommand, Level, Limits, NodeCapacity, PoolName,
-    TimeToLive, Username,
+    AccountKind, ChangeKind, ClusterName, ClusterRecord, DeployCommand, Level, Limits,
+    NodeCapacity, PoolName, TimeToLive, Username,
 };
 use tokio::task::JoinSet;
 
@@ -53,6 +53,7 @@ macro_rules! store_contract_tests {
             redeploy_with_other_visibility_conflicts_and_changes_nothing,
             redeploy_with_other_pool_conflicts_and_changes_nothing,
             a_deploy_that_names_no_fixed_field_keeps_them,
+            extend_moves_only_the_deadline_of_a_deployed_cluster,
             destroy_marks_destroying_and_clears_expiry,
             deploy_after_destroy_revives_the_cluster,
             expire_due_fires_exactly_the_due_clusters_once,
@@ -361,6 +362,63 @@ pub async fn a_deploy_that_names_no_fixed_field_keeps_them(h: Harness) {
         .expect("deploy");
     assert!(!fresh.is_public, "a new cluster is private unless asked");
     assert_eq!(fresh.pool, pool("default"));
+}
+
+pub async fn extend_moves_only_the_deadline_of_a_deployed_cluster(h: Harness) {
+    let store = h.store.as_ref();
+    assert_eq!(
+        store
+            .extend(&name("ghost"), t(0), t(100))
+            .await
+            .expect("extend"),
+        None,
+        "nothing to extend"
+    );
+    assert_eq!(get(store, "ghost").await, None, "extend creates no record");
+
+    let before = deploy(store, &command("alpha", 3, true, "big"), 0, 100).await;
+    let after = store
+        .extend(&name("alpha"), t(10), t(5000))
+        .await
+        .expect("extend")
+        .expect("deployed");
+    assert_eq!(after.expires_at, Some(t(5000)));
+    assert_eq!(after.generation, before.generation + 1);
+    assert_eq!(
+        ClusterRecord {
+            expires_at: before.expires_at,
+            generation: before.generation,
+            updated_at: before.updated_at,
+            ..after.clone()
+        },
+        before,
+        "only the deadline moved"
+    );
+    assert_eq!(get(store, "alpha").await.as_ref(), Some(&after));
+    assert_eq!(
+        store.next_expiry().await.expect("next_expiry"),
+        Some(t(5000))
+    );
+    let feed = store.changes(0, 100, None).await.expect("changes");
+    assert_eq!(
+        feed.last().map(|c| (c.kind, c.cluster_record())),
+        Some((ChangeKind::ClusterExtended, Some(after.clone())))
+    );
+
+    // A cluster being destroyed is not brought back by extending it.
+    let destroyed = store
+        .destroy(&name("alpha"), t(20))
+        .await
+        .expect("destroy")
+        .expect("exists");
+    assert_eq!(
+        store
+            .extend(&name("alpha"), t(30), t(6000))
+            .await
+            .expect("extend"),
+        None
+    );
+    assert_eq!(get(store, "alpha").await.as_ref(), Some(&destroyed));
 }
 
 pub async fn destroy_marks_destroying_and_clears_expiry(h: Harness) {

@@ -171,6 +171,16 @@ pub trait Store: AccountStore + OrgStore + ChangeFeed + LeaseStore + Send + Sync
         expires_at: DateTime<Utc>,
     ) -> Result<ClusterRecord, StoreError>;
 
+    /// EXTEND: moves a deployed cluster's scheduled deletion to
+    /// `expires_at` and changes nothing else. `None` if there is no record
+    /// or it is being destroyed (nothing to extend).
+    async fn extend(
+        &self,
+        name: &ClusterName,
+        now: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+    ) -> Result<Option<ClusterRecord>, StoreError>;
+
     /// DESTROY: marks the cluster destroying and clears its scheduled
     /// deletion. `None` if there is no record (nothing to do).
     async fn destroy(

@@ -199,6 +199,29 @@ impl Store for MemoryStore {
         Ok(record)
     }
 
+    async fn extend(
+        &self,
+        name: &ClusterName,
+        now: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+    ) -> Result<Option<ClusterRecord>, StoreError> {
+        let mut inner = self.inner.lock().unwrap();
+        let record = inner
+            .clusters
+            .get_mut(name)
+            .filter(|r| !r.destroying)
+            .map(|r| {
+                r.expires_at = Some(expires_at);
+                r.updated_at = now;
+                r.generation += 1;
+                r.clone()
+            });
+        if let Some(r) = &record {
+            inner.record(NewChange::cluster(ChangeKind::ClusterExtended, r), now);
+        }
+        Ok(record)
+    }
+
     async fn destroy(
         &self,
         name: &ClusterName,
