@@ -82,6 +82,7 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
     ("DELETE", "/api/v1/clusters/{cluster}",        Access::SignedIn(Rule::AuthorizeDestroy)),
     ("POST",   "/api/v1/clusters/{cluster}/token",  Access::SignedIn(Rule::AuthorizeClusterToken)),
     ("POST",   "/api/v1/clusters/{cluster}/capacity", Access::SignedIn(Rule::OrgMember)),
+    ("DELETE", "/api/v1/clusters/{cluster}/capacity", Access::SignedIn(Rule::OrgMember)),
     ("POST",   "/api/v1/clusters/{cluster}/extend", Access::SignedIn(Rule::AuthorizeDeploy)),
     ("GET",    "/api/v1/orgs",                      Access::SignedIn(Rule::SignedInAdminsSeeAll)),
     ("POST",   "/api/v1/orgs",                      Access::SignedIn(Rule::AuthorizeAdmin)),

@@ -63,7 +63,10 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/clusters/{cluster}/token",
             post(accounts::cluster_token),
         )
-        .route("/api/v1/clusters/{cluster}/capacity", post(orgs::capacity))
+        .route(
+            "/api/v1/clusters/{cluster}/capacity",
+            post(orgs::capacity).delete(orgs::withdraw_capacity),
+        )
         .route("/api/v1/clusters/{cluster}/extend", post(extend))
         .route("/api/v1/orgs", get(orgs::list_orgs).post(orgs::create_org))
         .route(

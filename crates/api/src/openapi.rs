@@ -34,6 +34,7 @@ use flotilla_api_types as types;
         crate::accounts::update_user,
         crate::accounts::delete_user,
         crate::orgs::capacity,
+        crate::orgs::withdraw_capacity,
         crate::orgs::list_orgs,
         crate::orgs::create_org,
         crate::orgs::get_org,

@@ -9,7 +9,7 @@ use axum::Json;
 use flotilla_api_types as types;
 use flotilla_control::{
     CreateOrg, CreditOrg, DecideMembership, OrgView, RemoveMember, RequestCapacity,
-    RequestMembership, SetMemberRole, UpdateOrg,
+    RequestMembership, SetMemberRole, UpdateOrg, WithdrawCapacity,
 };
 use flotilla_domain::{
     Caller, ClusterName, Money, OrgName, OrgRole, Organisation, SettingsPatch, Username,
@@ -555,4 +555,31 @@ pub(crate) async fn capacity(
         message,
         status: status_body(view.cluster),
     }))
+}
+
+/// Withdraws the caller's own capacity requests on an organisation's
+/// cluster: it shrinks to what the other members ask. Ask again with POST
+/// for fewer nodes.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/clusters/{cluster}/capacity",
+    params(("cluster" = String, Path, description = "An organisation's cluster")),
+    responses(
+        (status = 200, body = types::ClusterStatus),
+        (status = 403, description = "Not a member", body = types::ErrorBody),
+        (status = 404, description = "Not an organisation's cluster", body = types::ErrorBody),
+        (status = 422, description = "No active request of the caller's", body = types::ErrorBody),
+    )
+)]
+pub(crate) async fn withdraw_capacity(
+    State(state): State<AppState>,
+    CallerIdentity(caller): CallerIdentity,
+    ClusterParam(cluster): ClusterParam,
+) -> Result<Json<types::ClusterStatus>, ApiError> {
+    let cluster = cluster_name(&cluster)?;
+    let view = state
+        .control
+        .run(&caller, WithdrawCapacity { cluster })
+        .await?;
+    Ok(Json(status_body(view)))
 }

@@ -26,7 +26,7 @@ pub use clusters::{Deploy, Destroy, Extend};
 pub use events::{EventPage, EventsQuery, MAX_PAGE};
 pub use orgs::{
     CapacityView, CreateOrg, CreditOrg, DecideMembership, OrgView, RemoveMember, RequestCapacity,
-    RequestMembership, SetMemberRole, UpdateOrg,
+    RequestMembership, SetMemberRole, UpdateOrg, WithdrawCapacity,
 };
 
 mod sealed {

@@ -317,6 +317,37 @@ impl Command for RequestCapacity {
     }
 }
 
+/// A member withdraws their own capacity requests on an organisation's
+/// cluster (to ask again for fewer nodes, or for none).
+#[derive(Debug, Clone)]
+pub struct WithdrawCapacity {
+    pub cluster: ClusterName,
+}
+
+impl sealed::Sealed for WithdrawCapacity {}
+
+impl Command for WithdrawCapacity {
+    type Committed = ClusterName;
+    type View = ClusterView;
+    const NAME: &'static str = "withdraw_capacity";
+
+    async fn commit(self, control: &Control, caller: &Caller) -> Result<ClusterName, EngineError> {
+        if control.engine().org(&self.cluster).is_none() {
+            return Err(EngineError::NotAnOrgCluster(self.cluster));
+        }
+        commit_org_change(control, &self.cluster, |o, now| {
+            o.withdraw_requests(caller, now)
+        })
+        .await?;
+        tracing::info!(cluster = %self.cluster, "capacity requests withdrawn");
+        Ok(self.cluster)
+    }
+
+    async fn answer(cluster: ClusterName, control: &Control) -> Result<ClusterView, EngineError> {
+        Ok(control.engine().view(&cluster))
+    }
+}
+
 impl Control {
     /// Every organisation for admins; for others, those they belong to or
     /// asked to join.

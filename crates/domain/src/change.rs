@@ -109,6 +109,7 @@ impl ChangeKind {
                 OrgEventKind::BudgetExhausted => "org.budget_exhausted",
                 OrgEventKind::BudgetRestored => "org.budget_restored",
                 OrgEventKind::CapacityRequested => "org.capacity_requested",
+                OrgEventKind::CapacityWithdrawn => "org.capacity_withdrawn",
                 OrgEventKind::Credited => "org.credited",
             },
             ChangeKind::AccountCreated => "account.created",

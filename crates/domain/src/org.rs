@@ -195,12 +195,14 @@ pub enum OrgEventKind {
     BudgetRestored,
     /// A member asked for capacity.
     CapacityRequested,
+    /// A member withdrew their capacity requests.
+    CapacityWithdrawn,
     /// An admin credited or corrected the balance.
     Credited,
 }
 
 impl OrgEventKind {
-    pub const ALL: [OrgEventKind; 13] = [
+    pub const ALL: [OrgEventKind; 14] = [
         OrgEventKind::Created,
         OrgEventKind::MembershipRequested,
         OrgEventKind::MemberAdded,
@@ -213,6 +215,7 @@ impl OrgEventKind {
         OrgEventKind::BudgetExhausted,
         OrgEventKind::BudgetRestored,
         OrgEventKind::CapacityRequested,
+        OrgEventKind::CapacityWithdrawn,
         OrgEventKind::Credited,
     ];
 
@@ -230,6 +233,7 @@ impl OrgEventKind {
             OrgEventKind::BudgetExhausted => "budget_exhausted",
             OrgEventKind::BudgetRestored => "budget_restored",
             OrgEventKind::CapacityRequested => "capacity_requested",
+            OrgEventKind::CapacityWithdrawn => "capacity_withdrawn",
             OrgEventKind::Credited => "credited",
         }
     }
@@ -807,6 +811,41 @@ impl Organisation {
         ))
     }
 
+    /// A member withdraws their own capacity requests (to ask again for
+    /// fewer, or for none): the cluster shrinks to what the others ask.
+    pub fn withdraw_requests(
+        &mut self,
+        caller: &Caller,
+        now: DateTime<Utc>,
+    ) -> Result<Effects, OrgError> {
+        self.require_member(caller)?;
+        let Some(user) = caller.account.clone() else {
+            return Err(OrgError::Invalid(
+                "only a member's own requests can be withdrawn; sign in as the member".into(),
+            ));
+        };
+        let mine = |r: &CapacityRequest| r.user == user;
+        if !self.active_requests(now).any(mine) {
+            return Err(OrgError::Invalid(format!(
+                "{user} has no active capacity request on {}",
+                self.name
+            )));
+        }
+        self.requests.retain(|r| !mine(r));
+        let size = self.sizing(now).nodes;
+        Ok(Effects {
+            events: vec![OrgEvent {
+                at: now,
+                kind: OrgEventKind::CapacityWithdrawn,
+                message: format!(
+                    "{user} withdrew their capacity requests; the cluster's size is {size}"
+                ),
+            }],
+            cluster: Some(self.target(now)),
+            ..Effects::default()
+        })
+    }
+
     /// DESTROY of the organisation's cluster, by an owner or admin: every
     /// request is dropped and the floor goes to zero, so it stays down
     /// until the next capacity request.
@@ -1250,6 +1289,29 @@ mod tests {
     }
 
     const PRICE: Money = Money::from_micros(100_000);
+
+    #[test]
+    fn a_member_withdraws_only_their_own_requests() {
+        let mut o = org();
+        o.request_capacity(&caller("ann"), 3, HOUR, PRICE, at(0))
+            .unwrap();
+        o.request_capacity(&caller("bob"), 2, HOUR, PRICE, at(1))
+            .unwrap();
+        assert_eq!(o.target(at(2)), ClusterTarget::Nodes(5));
+        let fx = o.withdraw_requests(&caller("bob"), at(2)).unwrap();
+        assert_eq!(fx.cluster, Some(ClusterTarget::Nodes(3)));
+        assert_eq!(fx.events[0].kind, OrgEventKind::CapacityWithdrawn);
+        assert!(o.active_requests(at(2)).all(|r| r.user.as_str() == "ann"));
+        // Nothing left to withdraw; a non-member may not.
+        let err = o.withdraw_requests(&caller("bob"), at(3)).unwrap_err();
+        assert_eq!(err.code(), "invalid_value");
+        let err = o.withdraw_requests(&caller("eve"), at(3)).unwrap_err();
+        assert_eq!(err.code(), "not_org_member");
+        // Asking again after withdrawing asks for less.
+        o.request_capacity(&caller("bob"), 1, HOUR, PRICE, at(4))
+            .unwrap();
+        assert_eq!(o.target(at(4)), ClusterTarget::Nodes(4));
+    }
 
     #[test]
     fn capacity_adds_up_over_users_clamps_and_sleeps() {

@@ -624,6 +624,15 @@ impl Client {
         Ok(self.settled_exit(&answer.status))
     }
 
+    /// Withdraws the caller's capacity requests on an organisation's
+    /// cluster, and prints the cluster as it is then.
+    pub async fn withdraw(&self, cluster: &str) -> Result<u8> {
+        let req = self
+            .http
+            .delete(self.url(&format!("/api/v1/clusters/{cluster}/capacity")));
+        self.change(cluster, req, false).await
+    }
+
     pub async fn org_create(&self, request: CreateOrgRequest) -> Result<u8> {
         let req = self.http.post(self.url("/api/v1/orgs")).json(&request);
         let (org, raw) = self.send::<OrgView>(req).await?;

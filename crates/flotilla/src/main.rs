@@ -81,14 +81,19 @@ enum Command {
     /// Ask for nodes on an organisation's cluster for a while. The
     /// cluster's size is the sum over members of each one's largest active
     /// request, within the organisation's min_nodes..max_nodes.
+    /// `--cancel` (or `--nodes 0`) withdraws your requests instead; ask
+    /// again for fewer nodes after.
     Scale {
         cluster: String,
-        /// Number of nodes this request asks for.
-        #[arg(long)]
-        nodes: i64,
+        /// Number of nodes this request asks for (0: withdraw yours).
+        #[arg(long, required_unless_present = "cancel")]
+        nodes: Option<i64>,
         /// How long the request lasts. E.g. 90s, 30m, 2h.
         #[arg(long, value_parser = cli::parse_ttl)]
-        ttl: Duration,
+        ttl: Option<Duration>,
+        /// Withdraw your capacity requests on the cluster.
+        #[arg(long, conflicts_with_all = ["nodes", "ttl", "wait"])]
+        cancel: bool,
         /// Wait until the cluster has its nodes ready (or the server's
         /// max_wait passes).
         #[arg(long)]
@@ -474,14 +479,22 @@ fn main() -> ExitCode {
                         cluster,
                         nodes,
                         ttl,
+                        cancel,
                         wait,
-                    } => {
-                        let request = CapacityRequest {
-                            nodes,
-                            time_to_live: ttl.as_secs() as i64,
-                        };
-                        client.scale(&cluster, request, wait).await
-                    }
+                    } => match (nodes, ttl) {
+                        _ if cancel || nodes == Some(0) => client.withdraw(&cluster).await,
+                        (Some(nodes), Some(ttl)) => {
+                            let request = CapacityRequest {
+                                nodes,
+                                time_to_live: ttl.as_secs() as i64,
+                            };
+                            client.scale(&cluster, request, wait).await
+                        }
+                        _ => Err(cli::Failure::new(
+                            cli::exit::USAGE,
+                            "scale --nodes N needs --ttl (how long the request lasts, e.g. 2h); --cancel or --nodes 0 withdraws your requests",
+                        )),
+                    },
                     Command::Status { cluster } => client.status(cluster.as_deref()).await,
                     Command::Pools => client.pools().await,
                     Command::Events {
@@ -732,13 +745,25 @@ mod tests {
                 cluster,
                 nodes,
                 ttl,
+                cancel,
                 wait,
             } => {
-                assert_eq!((cluster.as_str(), nodes, wait), ("team", 3, true));
-                assert_eq!(ttl, std::time::Duration::from_secs(600));
+                assert_eq!(
+                    (cluster.as_str(), nodes, wait, cancel),
+                    ("team", Some(3), true, false)
+                );
+                assert_eq!(ttl, Some(std::time::Duration::from_secs(600)));
             }
             _ => panic!("parsed as another command"),
         }
-        assert!(Cli::try_parse_from(["flotilla", "scale", "team", "--nodes", "3"]).is_err());
+        assert!(Cli::try_parse_from(["flotilla", "scale", "team"]).is_err());
+        let cancel = Cli::try_parse_from(["flotilla", "scale", "team", "--cancel"]).unwrap();
+        assert!(matches!(
+            cancel.command,
+            Command::Scale { cancel: true, .. }
+        ));
+        assert!(
+            Cli::try_parse_from(["flotilla", "scale", "team", "--cancel", "--nodes", "2"]).is_err()
+        );
     }
 }

@@ -314,6 +314,29 @@ fn an_organisation_from_creation_to_sleep_through_the_command_line() {
     assert_eq!(answer["clamped"], true);
     assert_eq!(answer["status"]["node_capacity"], 1);
 
+    // A member withdraws their own requests (to ask again for fewer);
+    // with none left there is nothing to withdraw.
+    let withdrawn = json(&server, BOB, &["scale", "team", "--cancel"]);
+    assert!(
+        withdrawn["org"]["requests"].as_array().unwrap().is_empty(),
+        "{withdrawn}"
+    );
+    assert_eq!(withdrawn["node_capacity"], 0, "{withdrawn}");
+    let out = expect(&server, BOB, &["scale", "team", "--nodes", "0"], 2);
+    assert!(
+        stderr(&out).contains("bob has no active capacity request on team"),
+        "{}",
+        stderr(&out)
+    );
+    let out = expect(&server, BOB, &["scale", "team", "--nodes", "2"], 2);
+    assert!(stderr(&out).contains("needs --ttl"), "{}", stderr(&out));
+    expect(
+        &server,
+        BOB,
+        &["scale", "team", "--nodes", "1", "--ttl", "1m"],
+        0,
+    );
+
     // Membership changes: roles, and removal.
     expect(&server, ALICE, &["org", "role", "team", "bob", "owner"], 0);
     expect(&server, BOB, &["org", "role", "team", "bob", "member"], 0);

@@ -90,7 +90,10 @@ fn a_resize_without_public_keeps_the_cluster_public() {
     let expires: chrono::DateTime<chrono::Utc> =
         serde_json::from_value(extended["expires_at"].clone()).unwrap();
     let left = (expires - chrono::Utc::now()).num_seconds();
-    assert!((7100..=7200).contains(&left), "expires in two hours: {left}");
+    assert!(
+        (7100..=7200).contains(&left),
+        "expires in two hours: {left}"
+    );
     assert_eq!(extended["nodes"], status["nodes"], "the same nodes");
     let out = server.cli(&["extend", "never-deployed", "--ttl", "2h"]);
     assert_eq!(code(&out), 1);
