@@ -5,7 +5,9 @@
 //!   running is remembered and runs once after it;
 //! - wake-ups are deduplicated: a key queued many times runs once;
 //! - at most `concurrency` reconciles run at once;
-//! - a failing key backs off exponentially, alone;
+//! - a failing key backs off exponentially, alone: routine wake-ups (a
+//!   resync's) wait for its retry, so it is retried when the log says;
+//!   only a person's command (`wake_first`) cuts the back-off short;
 //! - a reconcile says when to look again, and the earliest wish wins;
 //! - shutdown stops dispatching and waits for running reconciles.
 
@@ -35,8 +37,9 @@ struct Inner<K> {
     ready: VecDeque<K>,
     queued: HashSet<K>,
     running: HashSet<K>,
-    /// Woken while running: run again as soon as the current run ends.
-    dirty: HashSet<K>,
+    /// Woken while running: run again as soon as the current run ends
+    /// (true: by a command, which cuts a back-off short).
+    dirty: HashMap<K, bool>,
     scheduled: BTreeMap<(Instant, u64), K>,
     scheduled_at: HashMap<K, (Instant, u64)>,
     seq: u64,
@@ -47,7 +50,9 @@ struct Inner<K> {
 impl<K: Clone + Eq + Hash> Inner<K> {
     fn push_ready(&mut self, key: K) {
         if self.running.contains(&key) {
-            self.dirty.insert(key);
+            self.dirty.entry(key).or_insert(false);
+        } else if self.failures.contains_key(&key) && self.scheduled_at.contains_key(&key) {
+            // Backing off after a failure: the scheduled retry stands.
         } else if self.queued.insert(key.clone()) {
             if let Some(at) = self.scheduled_at.remove(&key) {
                 self.scheduled.remove(&at);
@@ -60,7 +65,7 @@ impl<K: Clone + Eq + Hash> Inner<K> {
     /// forward if it already waits further back.
     fn push_first(&mut self, key: K) {
         if self.running.contains(&key) {
-            self.dirty.insert(key);
+            self.dirty.insert(key, true);
             return;
         }
         if self.queued.contains(&key) {
@@ -130,7 +135,7 @@ impl<K: Clone + Eq + Hash + Send + Sync + 'static> Runtime<K> {
                 ready: VecDeque::new(),
                 queued: HashSet::new(),
                 running: HashSet::new(),
-                dirty: HashSet::new(),
+                dirty: HashMap::new(),
                 scheduled: BTreeMap::new(),
                 scheduled_at: HashMap::new(),
                 seq: 0,
@@ -254,8 +259,10 @@ impl<K: Clone + Eq + Hash + Send + Sync + 'static> Runtime<K> {
                 inner.schedule(key.clone(), Instant::now() + delay);
             }
         }
-        if inner.dirty.remove(&key) {
-            inner.push_ready(key);
+        match inner.dirty.remove(&key) {
+            Some(true) => inner.push_first(key),
+            Some(false) => inner.push_ready(key),
+            None => {}
         }
         drop(inner);
         self.wake.notify_one();
@@ -405,6 +412,34 @@ mod tests {
             .collect();
         assert_eq!(gaps, vec![0, 1, 3, 7], "1 s, 2 s, 4 s back-off");
         assert_eq!(probe.runs_of(2).len(), 8, "the healthy key keeps its pace");
+    }
+
+    /// A failing key is retried when its back-off says, however often a
+    /// resync wakes it; a person's command retries it at once.
+    #[tokio::test(start_paused = true)]
+    async fn routine_wakes_wait_for_the_back_off_and_commands_do_not() {
+        let (rt, probe, _h) = start(4, Duration::ZERO, |_| Err("boom".to_owned()));
+        let t0 = Instant::now();
+        rt.wake(1);
+        // A resync every half second.
+        for _ in 0..15 {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            rt.wake(1);
+        }
+        let secs =
+            |runs: Vec<Instant>| -> Vec<u64> { runs.iter().map(|t| (*t - t0).as_secs()).collect() };
+        assert_eq!(
+            secs(probe.runs_of(1)),
+            vec![0, 1, 3, 7],
+            "1 s, 2 s, 4 s back-off"
+        );
+        rt.wake_first(1);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(
+            secs(probe.runs_of(1)),
+            vec![0, 1, 3, 7, 7],
+            "the command ran at once"
+        );
     }
 
     #[tokio::test(start_paused = true)]
