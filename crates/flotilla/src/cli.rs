@@ -549,13 +549,55 @@ impl Client {
         Ok(text)
     }
 
+    /// DEPLOY. With `wait`, a cluster that is gone by the time it settles
+    /// (its time to live ran out, someone destroyed it) is a failure, with
+    /// the reason.
     pub async fn deploy(&self, cluster: &str, request: DeployRequest, wait: bool) -> Result<u8> {
         let req = self
             .http
             .put(self.url(&format!("/api/v1/clusters/{cluster}")))
             .query(&[("wait", wait)])
             .json(&request);
-        self.change(cluster, req, wait).await
+        let (status, raw) = self
+            .send_waiting::<ClusterStatus>(cluster, req, wait)
+            .await?;
+        self.print_status(&status, &raw);
+        if wait
+            && status.settled == Some(true)
+            && status.state == flotilla_api_types::ClusterState::NotRunning
+        {
+            let why = self.why_gone(cluster).await;
+            eprintln!("{cluster} is not running: {why}; see `flotilla events {cluster}`");
+            return Ok(exit::FAILED);
+        }
+        Ok(self.settled_exit(&status))
+    }
+
+    /// Why a cluster is gone, from its latest changes.
+    async fn why_gone(&self, cluster: &str) -> String {
+        let req = self
+            .http
+            .get(self.url(&format!("/api/v1/clusters/{cluster}")))
+            .query(&[("events", RECENT_EVENTS)]);
+        let Ok((status, _)) = self.send::<ClusterStatus>(req).await else {
+            return "it was destroyed before it settled".to_owned();
+        };
+        let last = status
+            .recent_events
+            .iter()
+            .rev()
+            .find(|e| e.kind == "cluster.expired" || e.kind == "cluster.destroyed");
+        match last {
+            Some(e) if e.kind == "cluster.expired" => format!(
+                "its time to live ran out at {} before its nodes were ready (deploy again with a longer --ttl)",
+                e.at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            ),
+            Some(e) => format!(
+                "it was destroyed at {} before its nodes were ready",
+                e.at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            ),
+            None => "it was destroyed before it settled".to_owned(),
+        }
     }
 
     pub async fn extend(&self, cluster: &str, request: ExtendRequest) -> Result<u8> {

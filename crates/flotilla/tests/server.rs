@@ -112,6 +112,38 @@ fn a_resize_without_public_keeps_the_cluster_public() {
     });
 }
 
+/// `deploy --wait` of a cluster that is gone before it ever ran (its time
+/// to live ran out while its nodes could not start) fails, and says why.
+#[test]
+fn deploy_wait_fails_when_the_cluster_expires_before_it_runs() {
+    let sandbox = Sandbox::new();
+    // Nodes that take a minute to boot.
+    let config = r#"
+[limits]
+min_ttl = "1s"
+max_wait = "60s"
+resync_interval = "1s"
+
+[drivers.slow]
+type = "fake"
+[drivers.slow.faults]
+boot_delay = "60s"
+
+[pools.default]
+driver = "slow"
+instance_type = "fake.small"
+"#;
+    let server = Server::start_with(&sandbox.path(), config);
+    let out = server.cli(&["deploy", "doomed", "--nodes", "1", "--ttl", "2s", "--wait"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(code(&out), 1, "{stderr}");
+    assert!(
+        stderr.contains("doomed is not running: its time to live ran out at "),
+        "{stderr}"
+    );
+    assert_eq!(server.status("doomed")["state"], "not_running");
+}
+
 #[test]
 fn exit_statuses_follow_the_contract() {
     let sandbox = Sandbox::new();
