@@ -28,7 +28,9 @@ use crate::{probe, LocalConfig, LocalError};
 /// A record without a process older than this is the trace of a server that
 /// stopped between writing the record and starting the node: no node will
 /// ever run for it. Starting a process takes milliseconds, so this is
-/// generous.
+/// generous. It is for records launched while this server runs (by another
+/// server sharing the directory); one launched before this server opened
+/// the directory, with no process, is such a trace at once.
 pub const PENDING_RECORD_CUTOFF: Duration = Duration::from_secs(30);
 
 /// The instances of one instance set ID in a local driver directory.
@@ -44,6 +46,10 @@ struct Inner {
     stopping: Mutex<HashSet<InstanceId>>,
     /// Serialises the read-modify-write of records.
     records: tokio::sync::Mutex<()>,
+    /// When this server opened the directory: a record from before then
+    /// with no process was being launched by a server that stopped (or
+    /// was killed) before it started the node, and never will.
+    opened_at: DateTime<Utc>,
 }
 
 impl LocalInstanceSet {
@@ -94,6 +100,7 @@ impl LocalInstanceSet {
                 id,
                 stopping: Mutex::new(HashSet::new()),
                 records: tokio::sync::Mutex::new(()),
+                opened_at: Utc::now(),
             }),
         })
     }
@@ -385,6 +392,11 @@ impl Inner {
             return Ok(None);
         }
         match read_json::<ProcessRecord>(&dir.join(PROCESS_FILE))? {
+            None if record.launched_at < self.opened_at => {
+                tracing::info!(instance = %name, "removing an instance whose node was never started (a server stopped while launching it before this one started)");
+                remove_instance_dir(dir)?;
+                return Ok(None);
+            }
             None => {
                 let age = (Utc::now() - record.launched_at)
                     .to_std()

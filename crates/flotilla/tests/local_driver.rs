@@ -260,22 +260,33 @@ fn write_record(dir: &Path, id: &str, set: &str, age: chrono::Duration) {
 }
 
 /// A server that died between writing a record and starting its node leaves
-/// a record without a pid: kept (and listed, as a pending instance) for a
-/// while, removed after the cutoff; another set's leftovers are not ours to
-/// remove.
+/// a record without a pid: one from before this server opened the
+/// directory is removed at the first listing (no phantom node booting for
+/// 30 s); one launched since (another server sharing the directory) is kept
+/// and listed as pending for a while, removed after the cutoff; another
+/// set's leftovers are not ours to remove.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_without_a_process_are_removed_after_the_cutoff() {
     let dir = tempfile::tempdir().unwrap();
     let cutoff = chrono::Duration::from_std(PENDING_RECORD_CUTOFF).unwrap();
     write_record(dir.path(), "local-00000000000000a1", "mine", cutoff * 2);
+    // Launched a second before this server started and never started: a
+    // server was killed while launching it. Gone at the first listing.
     write_record(
         dir.path(),
-        "local-00000000000000a2",
+        "local-00000000000000a3",
         "mine",
         chrono::Duration::seconds(1),
     );
     write_record(dir.path(), "local-00000000000000b1", "other", cutoff * 2);
     let set = open(dir.path(), "mine");
+    // Launched now, by a server sharing the directory: being started.
+    write_record(
+        dir.path(),
+        "local-00000000000000a2",
+        "mine",
+        chrono::Duration::zero(),
+    );
 
     let listing = set.list(&Tags::new()).await.unwrap();
     let ids: Vec<&str> = listing.iter().map(|i| i.id.as_str()).collect();
@@ -289,6 +300,10 @@ async fn records_without_a_process_are_removed_after_the_cutoff() {
     assert!(
         !dir.path().join("local-00000000000000a1").exists(),
         "the stale record is removed"
+    );
+    assert!(
+        !dir.path().join("local-00000000000000a3").exists(),
+        "the record from before this server started is removed"
     );
     assert!(dir.path().join("local-00000000000000a2").exists());
     assert!(
