@@ -8,9 +8,10 @@
 //! A command reaches this server's own copies the same way as any other
 //! server's: the front door commits it, then asks for a pass at once
 //! ([`catch_up`]) and answers when the pass has applied it, so a caller
-//! reads what it wrote. A change is applied by reading the record as the
-//! store has it now, guarded by the copy's change counter, so an older
-//! read never undoes a newer write.
+//! reads what it wrote. A cluster's change carries its whole record; an
+//! organisation's is read back as the store has it now. Either is applied
+//! guarded by the copy's change counter (and a record's generation), so an
+//! older read never undoes a newer write.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
