@@ -28,7 +28,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub use probe::NODE_HEADER;
-pub use set::{LocalInstanceSet, PENDING_RECORD_CUTOFF};
+pub use set::{LocalInstanceSet, LEFTOVER_GRACE, PENDING_RECORD_CUTOFF};
 
 /// Configuration of the `local` driver.
 #[derive(Debug, Clone, Deserialize)]

@@ -33,6 +33,15 @@ use crate::{probe, LocalConfig, LocalError};
 /// the directory, with no process, is such a trace at once.
 pub const PENDING_RECORD_CUTOFF: Duration = Duration::from_secs(30);
 
+/// A directory that is not (or no longer) an instance, untouched for this
+/// long, is the trace of a launch or a removal cut short (a kill, a full
+/// disk, no file descriptors left): the listing removes it.
+pub const LEFTOVER_GRACE: Duration = Duration::from_secs(60);
+
+/// The prefix of an instance directory being built: it becomes the
+/// instance's directory, by rename, only once its record is in it.
+const BUILDING_PREFIX: &str = ".building-";
+
 /// The instances of one instance set ID in a local driver directory.
 pub struct LocalInstanceSet {
     inner: Arc<Inner>,
@@ -219,16 +228,41 @@ impl Inner {
         }
     }
 
-    /// Makes a fresh, empty instance directory.
-    fn make_instance_dir(&self) -> Result<(InstanceId, PathBuf), CloudError> {
+    /// Makes a fresh instance directory holding `record` (whose ID it
+    /// sets): built under a temporary name and renamed into place, so an
+    /// instance directory never lacks its record; a build cut short leaves
+    /// only a temporary directory, which the listing sweeps.
+    fn make_instance_dir(
+        &self,
+        record: &mut InstanceRecord,
+    ) -> Result<(InstanceId, PathBuf), CloudError> {
         loop {
             let id = new_instance_id();
-            let dir = self.instance_dir(&id);
-            match std::fs::create_dir(&dir) {
-                Ok(()) => return Ok((id, dir)),
+            let building = self
+                .config
+                .dir
+                .join(format!("{BUILDING_PREFIX}{}", id.as_str()));
+            match std::fs::create_dir(&building) {
+                Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-                Err(e) => return Err(storage_error("create instance directory", &dir, &e)),
+                Err(e) => return Err(storage_error("create instance directory", &building, &e)),
             }
+            record.id = id.clone();
+            let record_path = building.join(RECORD_FILE);
+            if let Err(e) = write_json(&record_path, record) {
+                let _ = remove_instance_dir(&building);
+                return Err(storage_error("write instance record", &record_path, &e));
+            }
+            let dir = self.instance_dir(&id);
+            if dir.exists() {
+                let _ = remove_instance_dir(&building);
+                continue;
+            }
+            if let Err(e) = std::fs::rename(&building, &dir) {
+                let _ = remove_instance_dir(&building);
+                return Err(storage_error("create instance directory", &dir, &e));
+            }
+            return Ok((id, dir));
         }
     }
 
@@ -238,20 +272,15 @@ impl Inner {
         request: &CreateRequest,
         tags: &Tags,
     ) -> Result<Option<Instance>, CloudError> {
-        let (id, dir) = self.make_instance_dir()?;
-        let record = InstanceRecord {
-            id: id.clone(),
+        let mut record = InstanceRecord {
+            id: InstanceId::new(""),
             instance_type: request.instance_type.clone(),
             tags: tags.clone(),
             image: request.image.clone(),
             init_data: request.init_data.clone(),
             launched_at: Utc::now(),
         };
-        let record_path = dir.join(RECORD_FILE);
-        if let Err(e) = write_json(&record_path, &record) {
-            let _ = remove_instance_dir(&dir);
-            return Err(storage_error("write instance record", &record_path, &e));
-        }
+        let (id, dir) = self.make_instance_dir(&mut record)?;
         let log_path = dir.join(LOG_FILE);
         let log = match OpenOptions::new().create(true).append(true).open(&log_path) {
             Ok(log) => log,
@@ -353,14 +382,16 @@ impl Inner {
                     ))
                 }
             };
-            let Some(name) = entry
-                .file_name()
-                .to_str()
-                .filter(|n| is_instance_id(n))
-                .map(str::to_owned)
-            else {
+            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
                 continue;
             };
+            if name.starts_with(BUILDING_PREFIX) {
+                self.sweep_leftover(&entry.path(), &name);
+                continue;
+            }
+            if !is_instance_id(&name) {
+                continue;
+            }
             match self.observe(&entry.path(), &name) {
                 Ok(Some(instance)) if matches_filter(&instance.tags, filter) => {
                     found.push(instance)
@@ -377,11 +408,44 @@ impl Inner {
         Ok(found)
     }
 
+    /// Removes `dir`, a directory that is not an instance (no record), once
+    /// it has been untouched for [`LEFTOVER_GRACE`], unless a node still
+    /// runs in it or its record says it is another set's.
+    fn sweep_leftover(&self, dir: &Path, name: &str) {
+        let age = std::fs::metadata(dir)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|at| at.elapsed().ok());
+        if age.is_none_or(|age| age < LEFTOVER_GRACE) {
+            return;
+        }
+        if let Ok(Some(record)) = read_json::<InstanceRecord>(&dir.join(RECORD_FILE)) {
+            if !self.owns(&record) {
+                return;
+            }
+        }
+        if let Ok(Some(process)) = read_json::<ProcessRecord>(&dir.join(PROCESS_FILE)) {
+            if liveness(&process) == Liveness::Running {
+                return;
+            }
+        }
+        match remove_instance_dir(dir) {
+            Ok(()) => {
+                tracing::info!(directory = %name, "removed a local instance directory left without a record (a launch or removal was cut short)")
+            }
+            Err(e) => {
+                tracing::warn!(directory = %name, error = %e, "cannot remove a leftover local instance directory")
+            }
+        }
+    }
+
     /// One instance directory: the instance if it is ours and alive. Ours
     /// and dead (exited, or never started) is removed, like a terminated VM.
     fn observe(&self, dir: &Path, name: &str) -> io::Result<Option<Instance>> {
-        // No record: being created or being removed right now.
+        // No record: being removed right now, or the trace of a removal
+        // cut short.
         let Some(record) = read_json::<InstanceRecord>(&dir.join(RECORD_FILE))? else {
+            self.sweep_leftover(dir, name);
             return Ok(None);
         };
         if !self.owns(&record) {

@@ -15,7 +15,7 @@ use flotilla_domain::{ClusterName, InstanceId, InstanceSetId, InstanceType};
 use flotilla_driver_local::layout::{
     InstanceRecord, ADDRESS_FILE, DESTROY_FILE, PROCESS_FILE, RECORD_FILE,
 };
-use flotilla_driver_local::{LocalConfig, LocalInstanceSet, PENDING_RECORD_CUTOFF};
+use flotilla_driver_local::{LocalConfig, LocalInstanceSet, LEFTOVER_GRACE, PENDING_RECORD_CUTOFF};
 use serde_json::Value;
 
 const SETTLE: Duration = Duration::from_secs(20);
@@ -316,6 +316,60 @@ async fn records_without_a_process_are_removed_after_the_cutoff() {
         .unwrap();
     assert!(!dir.path().join("local-00000000000000a2").exists());
     assert!(set.list(&Tags::new()).await.unwrap().is_empty());
+}
+
+/// Sets a directory's modification time `age` in the past.
+fn age_dir(dir: &Path, age: Duration) {
+    let at = std::time::SystemTime::now() - age;
+    std::fs::File::open(dir).unwrap().set_modified(at).unwrap();
+}
+
+/// A launch cut short (killed, out of file descriptors) or a removal cut
+/// short leaves a directory that is no instance: swept by the listing once
+/// untouched for the grace period, unless it is fresh, another set's, or a
+/// node still runs in it. A launch itself leaves nothing behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn directories_left_without_a_record_are_swept() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = LEFTOVER_GRACE * 2;
+    let building = dir.path().join(".building-local-00000000000000c1");
+    std::fs::create_dir(&building).unwrap();
+    std::fs::write(building.join(".instance.json.tmp-1-00000000"), b"{").unwrap();
+    age_dir(&building, old);
+    let emptied = dir.path().join("local-00000000000000c2");
+    std::fs::create_dir(&emptied).unwrap();
+    age_dir(&emptied, old);
+    let fresh = dir.path().join("local-00000000000000c3");
+    std::fs::create_dir(&fresh).unwrap();
+    write_record(
+        dir.path(),
+        "local-00000000000000c4",
+        "other",
+        chrono::Duration::zero(),
+    );
+    let others = dir.path().join(".building-local-00000000000000c4");
+    std::fs::rename(dir.path().join("local-00000000000000c4"), &others).unwrap();
+    age_dir(&others, old);
+
+    let set = open(dir.path(), "mine");
+    assert!(set.list(&Tags::new()).await.unwrap().is_empty());
+    assert!(!building.exists(), "a launch cut short is swept");
+    assert!(!emptied.exists(), "a removal cut short is swept");
+    assert!(fresh.exists(), "a fresh one may be in use: kept");
+    assert!(others.exists(), "another set's is not ours to remove");
+
+    let made = create_one(&set, "c", None).await;
+    let names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".building-local-") && !n.ends_with("c4"))
+        .collect();
+    assert!(
+        names.is_empty(),
+        "a launch leaves no building directory: {names:?}"
+    );
+    assert!(dir.path().join(made.id.as_str()).join(RECORD_FILE).exists());
+    set.destroy(&made.id).await.unwrap();
 }
 
 /// A workload that ignores SIGTERM keeps the agent waiting for it (up to
