@@ -899,6 +899,11 @@ impl Client {
                     )
                     .await?;
                 self.print_status(&status, &raw);
+                if self.output == Output::Text {
+                    if let Some(line) = absence_line(&status) {
+                        println!("{line}");
+                    }
+                }
             }
             None => {
                 let (list, raw) = self
@@ -1034,6 +1039,30 @@ fn pool_line(p: &PoolView) -> String {
         line.push_str("  default");
     }
     line
+}
+
+/// For a cluster with no record and no nodes (STATUS answers
+/// `not_running` for any valid name): whether it was ever deployed, as far
+/// as its recent changes tell.
+fn absence_line(s: &ClusterStatus) -> Option<String> {
+    let absent = s.state == flotilla_api_types::ClusterState::NotRunning
+        && s.nodes.is_empty()
+        && s.pool.is_none()
+        && s.org.is_none();
+    if !absent {
+        return None;
+    }
+    Some(match s.recent_events.last() {
+        None => format!(
+            "  never deployed: `flotilla deploy {} --nodes N --ttl T` creates it",
+            s.cluster
+        ),
+        Some(e) => format!(
+            "  not deployed now (its last change: {} at {})",
+            e.kind,
+            e.at.format("%Y-%m-%dT%H:%M:%SZ")
+        ),
+    })
 }
 
 fn summary_line(s: &ClusterStatus) -> String {

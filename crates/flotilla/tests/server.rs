@@ -61,6 +61,21 @@ fn deploy_status_destroy_through_the_command_line() {
     wait_for("node processes gone", || {
         node_processes(&sandbox.path()).is_empty()
     });
+
+    // STATUS of a name answers not_running either way; the text says
+    // whether it was ever deployed.
+    let text = |cluster: &str| {
+        let out = server.cli(&["status", cluster]);
+        assert_eq!(code(&out), 0);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let never = text("nothing-here");
+    assert!(never.contains("not_running"), "{never}");
+    assert!(never.contains("never deployed"), "{never}");
+    // Once its record is forgotten with its last node.
+    wait_for("demo forgotten", || {
+        text("demo").contains("not deployed now (its last change: cluster.forgotten")
+    });
 }
 
 /// Resizing and extending a public cluster needs only `--nodes` and
