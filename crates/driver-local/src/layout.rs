@@ -41,6 +41,10 @@ pub struct InstanceRecord {
     pub image: Option<String>,
     pub init_data: Option<String>,
     pub launched_at: DateTime<Utc>,
+    /// The server process that launched it: while the node has no process
+    /// yet, the launch can finish only while this one lives.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub launcher: Option<ProcessRecord>,
 }
 
 impl InstanceRecord {

@@ -19,7 +19,7 @@
 pub mod agent;
 pub mod layout;
 mod probe;
-mod process;
+pub mod process;
 mod set;
 
 use std::path::PathBuf;

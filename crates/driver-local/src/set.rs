@@ -59,6 +59,8 @@ struct Inner {
     /// with no process was being launched by a server that stopped (or
     /// was killed) before it started the node, and never will.
     opened_at: DateTime<Utc>,
+    /// This server's process, written into every record it launches.
+    launcher: Option<ProcessRecord>,
 }
 
 impl LocalInstanceSet {
@@ -110,6 +112,7 @@ impl LocalInstanceSet {
                 stopping: Mutex::new(HashSet::new()),
                 records: tokio::sync::Mutex::new(()),
                 opened_at: Utc::now(),
+                launcher: this_process(),
             }),
         })
     }
@@ -163,6 +166,19 @@ fn census(dir: &Path) -> io::Result<BTreeMap<String, usize>> {
         *census.entry(set).or_insert(0) += 1;
     }
     Ok(census)
+}
+
+/// This process, as a record whose liveness can be checked later (its pid
+/// and start time, so a reused pid is not mistaken for it).
+fn this_process() -> Option<ProcessRecord> {
+    let pid = std::process::id();
+    crate::process::stat(pid)
+        .ok()
+        .flatten()
+        .map(|stat| ProcessRecord {
+            pid,
+            start_time: stat.start_time,
+        })
 }
 
 fn remove_instance_dir(dir: &Path) -> io::Result<()> {
@@ -279,6 +295,7 @@ impl Inner {
             image: request.image.clone(),
             init_data: request.init_data.clone(),
             launched_at: Utc::now(),
+            launcher: self.launcher,
         };
         let (id, dir) = self.make_instance_dir(&mut record)?;
         let log_path = dir.join(LOG_FILE);
@@ -456,8 +473,12 @@ impl Inner {
             return Ok(None);
         }
         match read_json::<ProcessRecord>(&dir.join(PROCESS_FILE))? {
-            None if record.launched_at < self.opened_at => {
-                tracing::info!(instance = %name, "removing an instance whose node was never started (a server stopped while launching it before this one started)");
+            None if record.launched_at < self.opened_at
+                || record
+                    .launcher
+                    .is_some_and(|l| liveness(&l) == Liveness::Gone) =>
+            {
+                tracing::info!(instance = %name, "removing an instance whose node was never started (the server launching it stopped first)");
                 remove_instance_dir(dir)?;
                 return Ok(None);
             }
@@ -753,6 +774,7 @@ mod tests {
             image: None,
             init_data: None,
             launched_at: Utc::now(),
+            launcher: None,
         };
         std::fs::create_dir_all(dir.join(id)).unwrap();
         write_json(&dir.join(id).join(RECORD_FILE), &record).unwrap();

@@ -13,7 +13,7 @@ use chrono::Utc;
 use flotilla_cloud::{ownership_tags, CreateRequest, Health, Instance, InstanceSet, Tags};
 use flotilla_domain::{ClusterName, InstanceId, InstanceSetId, InstanceType};
 use flotilla_driver_local::layout::{
-    InstanceRecord, ADDRESS_FILE, DESTROY_FILE, PROCESS_FILE, RECORD_FILE,
+    InstanceRecord, ProcessRecord, ADDRESS_FILE, DESTROY_FILE, PROCESS_FILE, RECORD_FILE,
 };
 use flotilla_driver_local::{LocalConfig, LocalInstanceSet, LEFTOVER_GRACE, PENDING_RECORD_CUTOFF};
 use serde_json::Value;
@@ -240,6 +240,16 @@ async fn a_reused_pid_is_not_mistaken_for_the_node() {
 }
 
 fn write_record(dir: &Path, id: &str, set: &str, age: chrono::Duration) {
+    write_record_by(dir, id, set, age, None);
+}
+
+fn write_record_by(
+    dir: &Path,
+    id: &str,
+    set: &str,
+    age: chrono::Duration,
+    launcher: Option<ProcessRecord>,
+) {
     let cluster = ClusterName::new("leftover").unwrap();
     let instance_type = InstanceType::new("local.small").unwrap();
     let record = InstanceRecord {
@@ -249,6 +259,7 @@ fn write_record(dir: &Path, id: &str, set: &str, age: chrono::Duration) {
         image: None,
         init_data: None,
         launched_at: Utc::now() - age,
+        launcher,
     };
     let instance_dir = dir.join(id);
     std::fs::create_dir_all(&instance_dir).unwrap();
@@ -316,6 +327,57 @@ async fn records_without_a_process_are_removed_after_the_cutoff() {
         .unwrap();
     assert!(!dir.path().join("local-00000000000000a2").exists());
     assert!(set.list(&Tags::new()).await.unwrap().is_empty());
+}
+
+/// A record with no process whose launching server is gone (another server
+/// on the same directory, killed mid-launch) is removed at once, even when
+/// launched after this server opened the directory; one whose launcher
+/// lives is kept as pending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_whose_launcher_is_gone_is_removed_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let set = open(dir.path(), "mine");
+    let me = std::process::id();
+    let start_time = flotilla_driver_local::process::stat(me)
+        .unwrap()
+        .unwrap()
+        .start_time;
+    let now = chrono::Duration::zero();
+    let alive = ProcessRecord {
+        pid: me,
+        start_time,
+    };
+    // The same pid started at another time: a server that is gone.
+    let gone = ProcessRecord {
+        pid: me,
+        start_time: start_time + 1,
+    };
+    write_record_by(
+        dir.path(),
+        "local-00000000000000d1",
+        "mine",
+        now,
+        Some(alive),
+    );
+    write_record_by(
+        dir.path(),
+        "local-00000000000000d2",
+        "mine",
+        now,
+        Some(gone),
+    );
+
+    let listing = set.list(&Tags::new()).await.unwrap();
+    let ids: Vec<&str> = listing.iter().map(|i| i.id.as_str()).collect();
+    assert_eq!(
+        ids,
+        ["local-00000000000000d1"],
+        "the live launcher's is pending"
+    );
+    assert!(!dir.path().join("local-00000000000000d2").exists());
+    set.destroy(&InstanceId::new("local-00000000000000d1"))
+        .await
+        .unwrap();
 }
 
 /// Sets a directory's modification time `age` in the past.
