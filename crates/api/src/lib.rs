@@ -1,7 +1,6 @@
 //! The HTTP API. Handlers only parse a request into a front-door command
-//! (or question) and
-//! render the result; [`ApiError`] maps every failure to a status code and
-//! a stable error code, in one place.
+//! (or question) and render the result; [`ApiError`] maps every failure to
+//! a status code and a stable error code, in one place.
 
 pub mod access;
 mod accounts;
@@ -353,7 +352,7 @@ async fn deploy(
 ) -> Result<Json<types::ClusterStatus>, ApiError> {
     let cluster = cluster_name(&cluster)?;
     let command = Deploy {
-        cluster: cluster.clone(),
+        cluster,
         node_capacity: body.node_capacity,
         time_to_live: body.time_to_live,
         is_public: body.is_public,
