@@ -169,10 +169,13 @@ async fn time_to_live_out_of_range_is_422_and_changes_nothing() {
             .put_json("/api/v1/clusters/demo", &body)
             .await
             .expect_error(StatusCode::UNPROCESSABLE_ENTITY, "invalid_time_to_live");
+        // In the units people type (the command line's --ttl), and the
+        // seconds the API was sent.
         assert!(
-            message.contains(&format!("between {MIN_TTL} and {MAX_TTL}")),
+            message.contains("between 1m and 7days"),
             "names the range: {message}"
         );
+        assert!(message.contains(&format!("({ttl} s)")), "{message}");
     }
     assert_eq!(
         desired(&api.status("demo").await),

@@ -210,7 +210,11 @@ pub enum Denied {
     LevelMayNotDeploy { level: Level },
     #[error("{level} accounts may deploy at most {max} nodes, asked for {asked}")]
     NodeLimit { level: Level, max: u32, asked: u32 },
-    #[error("{level} accounts may set a time_to_live of at most {max} seconds, asked for {asked}")]
+    #[error(
+        "{level} accounts may set a time_to_live of at most {}, asked for {}",
+        crate::cluster::human_secs(*.max as i64),
+        crate::cluster::human_secs(*.asked as i64)
+    )]
     TtlLimit { level: Level, max: u64, asked: u64 },
     #[error("only admins may do this")]
     AdminOnly,

@@ -31,8 +31,42 @@ impl Default for Limits {
 pub enum ValidationError {
     #[error("node_capacity must be between 1 and {max}, got {got}")]
     NodeCapacity { got: i64, max: u32 },
-    #[error("time_to_live must be between {min} and {max} seconds, got {got}")]
+    #[error(
+        "time_to_live must be between {} and {}, got {} ({got} s)",
+        human_secs(*.min as i64),
+        human_secs(*.max as i64),
+        human_secs(*.got)
+    )]
     TimeToLive { got: i64, min: u64, max: u64 },
+}
+
+#[cfg(test)]
+mod human_tests {
+    use super::*;
+
+    #[test]
+    fn limits_read_in_the_units_people_type() {
+        let e = ValidationError::TimeToLive {
+            got: 13 * 3600,
+            min: 60,
+            max: 12 * 3600,
+        };
+        assert_eq!(
+            e.to_string(),
+            "time_to_live must be between 1m and 12h, got 13h (46800 s)"
+        );
+        assert_eq!(human_secs(-5), "-5s");
+        assert_eq!(human_secs(0), "0s");
+    }
+}
+
+/// Seconds as people write them (`13h`, `1day 2h`), as the command line
+/// takes them; a negative count as it is.
+pub fn human_secs(seconds: i64) -> String {
+    match u64::try_from(seconds) {
+        Ok(s) => humantime::format_duration(Duration::from_secs(s)).to_string(),
+        Err(_) => format!("{seconds}s"),
+    }
 }
 
 /// How many nodes a cluster should have: at least one (a cluster with no
@@ -280,7 +314,7 @@ mod tests {
         assert!(TimeToLive::new(3601, &limits()).is_err());
         assert!(TimeToLive::new(-1, &limits()).is_err());
         let msg = TimeToLive::new(1, &limits()).unwrap_err().to_string();
-        assert!(msg.contains("between 60 and 3600"), "{msg}");
+        assert!(msg.contains("between 1m and 1h"), "{msg}");
     }
 
     fn record(capacity: u32, destroying: bool) -> ClusterRecord {
