@@ -28,9 +28,8 @@ use crate::{probe, LocalConfig, LocalError};
 /// A record without a process older than this is the trace of a server that
 /// stopped between writing the record and starting the node: no node will
 /// ever run for it. Starting a process takes milliseconds, so this is
-/// generous. It is for records launched while this server runs (by another
-/// server sharing the directory); one launched before this server opened
-/// the directory, with no process, is such a trace at once.
+/// generous. It applies only while the launching server lives (a record
+/// names its launcher); one whose launcher is gone is such a trace at once.
 pub const PENDING_RECORD_CUTOFF: Duration = Duration::from_secs(30);
 
 /// A directory that is not (or no longer) an instance, untouched for this
@@ -56,8 +55,8 @@ struct Inner {
     /// Serialises the read-modify-write of records.
     records: tokio::sync::Mutex<()>,
     /// When this server opened the directory: a record from before then
-    /// with no process was being launched by a server that stopped (or
-    /// was killed) before it started the node, and never will.
+    /// that names no launcher and has no process was being launched by a
+    /// server that stopped before it started the node, and never will.
     opened_at: DateTime<Utc>,
     /// This server's process, written into every record it launches.
     launcher: Option<ProcessRecord>,
@@ -473,10 +472,13 @@ impl Inner {
             return Ok(None);
         }
         match read_json::<ProcessRecord>(&dir.join(PROCESS_FILE))? {
-            None if record.launched_at < self.opened_at
-                || record
-                    .launcher
-                    .is_some_and(|l| liveness(&l) == Liveness::Gone) =>
+            // Its launcher says whether the launch can still finish; a
+            // record without one (written before records named it) cannot
+            // if it is older than this server's opening of the directory.
+            None if match record.launcher {
+                Some(launcher) => liveness(&launcher) == Liveness::Gone,
+                None => record.launched_at < self.opened_at,
+            } =>
             {
                 tracing::info!(instance = %name, "removing an instance whose node was never started (the server launching it stopped first)");
                 remove_instance_dir(dir)?;

@@ -94,11 +94,10 @@ mod tests {
     #[test]
     fn a_refresh_that_began_before_a_reflected_read_does_not_undo_it() {
         let cache = DesiredCache::new(vec![]);
-        // A resync's read begins, then a deploy is written through and the
-        // reflector reads it back, then the resync's read (which began
-        // before the deploy committed, so lacks it) lands.
+        // A resync's read begins, then the reflector applies a deploy from
+        // the feed, then the resync's read (which began before the deploy
+        // committed, so lacks it) lands.
         let resync = cache.mark();
-        cache.put(record("new", 1, 0));
         cache.reflect(&name("new"), Some(record("new", 1, 0)), cache.mark());
         cache.refresh(vec![], resync);
         assert!(

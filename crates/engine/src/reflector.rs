@@ -13,7 +13,7 @@
 //! guarded by the copy's change counter (and a record's generation), so an
 //! older read never undoes a newer write.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -115,8 +115,9 @@ pub(crate) async fn run(shared: Arc<Shared>, mut after: i64) {
         match shared.store.changes(after, PAGE, None).await {
             Ok(page) => {
                 full_page = page.len() == PAGE;
+                let mut read = PageReads::default();
                 for change in &page {
-                    apply(&shared, change).await;
+                    apply(&shared, change, &mut read).await;
                     after = change.seq;
                 }
             }
@@ -168,7 +169,17 @@ pub(crate) async fn catch_up(shared: &Shared) {
     }
 }
 
-async fn apply(shared: &Shared, change: &Change) {
+/// What a pass has read back from the store while applying one page: a
+/// read made after the page was read is as new as every change in it, so
+/// each record is read once per page however many changes name it (an
+/// organisation's command records an event each, and its cluster).
+#[derive(Default)]
+struct PageReads {
+    orgs: HashSet<OrgName>,
+    nodes: HashSet<ClusterName>,
+}
+
+async fn apply(shared: &Shared, change: &Change, read: &mut PageReads) {
     let leading = shared.leadership.fence().is_some();
     match change.kind.entity() {
         ChangeEntity::Cluster => {
@@ -176,7 +187,7 @@ async fn apply(shared: &Shared, change: &Change) {
                 return;
             };
             if change.kind == ChangeKind::ClusterNodes {
-                if !leading {
+                if !leading && read.nodes.insert(name.clone()) {
                     match shared.store.published_nodes(Some(&name)).await {
                         Ok(nodes) => shared
                             .observed
@@ -218,11 +229,13 @@ async fn apply(shared: &Shared, change: &Change) {
             let Ok(name) = OrgName::new(change.key.as_str()) else {
                 return;
             };
-            let mark = shared.orgs.mark();
-            match shared.store.get_org(&name).await {
-                Ok(org) => shared.orgs.reflect(&name, org, mark),
-                Err(e) => {
-                    tracing::warn!(error = %e, org = %name, "reading a changed organisation failed")
+            if read.orgs.insert(name.clone()) {
+                let mark = shared.orgs.mark();
+                match shared.store.get_org(&name).await {
+                    Ok(org) => shared.orgs.reflect(&name, org, mark),
+                    Err(e) => {
+                        tracing::warn!(error = %e, org = %name, "reading a changed organisation failed")
+                    }
                 }
             }
             if leading {

@@ -336,7 +336,6 @@ async fn records_without_a_process_are_removed_after_the_cutoff() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_record_whose_launcher_is_gone_is_removed_at_once() {
     let dir = tempfile::tempdir().unwrap();
-    let set = open(dir.path(), "mine");
     let me = std::process::id();
     let start_time = flotilla_driver_local::process::stat(me)
         .unwrap()
@@ -347,6 +346,16 @@ async fn a_record_whose_launcher_is_gone_is_removed_at_once() {
         pid: me,
         start_time,
     };
+    // Launched before this server opened the directory by a server that
+    // still runs (sharing it): its launch may still finish.
+    write_record_by(
+        dir.path(),
+        "local-00000000000000d0",
+        "mine",
+        chrono::Duration::seconds(1),
+        Some(alive),
+    );
+    let set = open(dir.path(), "mine");
     // The same pid started at another time: a server that is gone.
     let gone = ProcessRecord {
         pid: me,
@@ -371,13 +380,13 @@ async fn a_record_whose_launcher_is_gone_is_removed_at_once() {
     let ids: Vec<&str> = listing.iter().map(|i| i.id.as_str()).collect();
     assert_eq!(
         ids,
-        ["local-00000000000000d1"],
-        "the live launcher's is pending"
+        ["local-00000000000000d0", "local-00000000000000d1"],
+        "a live launcher's records are pending"
     );
     assert!(!dir.path().join("local-00000000000000d2").exists());
-    set.destroy(&InstanceId::new("local-00000000000000d1"))
-        .await
-        .unwrap();
+    for id in ["local-00000000000000d0", "local-00000000000000d1"] {
+        set.destroy(&InstanceId::new(id)).await.unwrap();
+    }
 }
 
 /// Sets a directory's modification time `age` in the past.
