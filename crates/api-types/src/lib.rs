@@ -395,7 +395,8 @@ pub struct CreditRequest {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct LedgerEntryView {
     pub at: DateTime<Utc>,
-    /// `opening`, `credit`, `correction`, `allowance` or `spend`.
+    /// `opening`, `credit`, `correction`, `allowance`, `spend`, or `note`
+    /// (moves no money: says how something was charged).
     pub kind: String,
     pub amount: String,
     pub reason: String,
@@ -425,6 +426,39 @@ pub struct Costs {
     pub org: String,
     pub total: String,
     pub rows: Vec<CostRowView>,
+}
+
+/// One node of an organisation's cluster: charged from its launch until a
+/// listing no longer showed it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct NodeUsageView {
+    pub cluster: String,
+    pub id: String,
+    pub launched_at: DateTime<Utc>,
+    /// When it was gone; absent while it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_at: Option<DateTime<Utc>>,
+    /// `gone`: a listing stopped showing it while the leader watched;
+    /// `unwatched`: it went while no server watched, and was charged up to
+    /// the first listing that no longer showed it. Absent while it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended: Option<String>,
+    /// Dollars per node-hour, as when it was first seen.
+    pub price_per_hour: String,
+    /// Charged so far, from the launch up to `charged_until`.
+    pub charged: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub charged_until: Option<DateTime<Utc>>,
+}
+
+/// `GET /api/v1/orgs/{org}/usage`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Usage {
+    pub org: String,
+    /// The sum of `charged`.
+    pub total: String,
+    /// By launch.
+    pub nodes: Vec<NodeUsageView>,
 }
 
 impl ClusterStatus {

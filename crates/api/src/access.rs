@@ -96,6 +96,7 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
     ("POST",   "/api/v1/orgs/{org}/credits",        Access::SignedIn(Rule::AuthorizeAdmin)),
     ("GET",    "/api/v1/orgs/{org}/ledger",         Access::SignedIn(Rule::OrgMember)),
     ("GET",    "/api/v1/orgs/{org}/costs",          Access::SignedIn(Rule::OrgMember)),
+    ("GET",    "/api/v1/orgs/{org}/usage",          Access::SignedIn(Rule::OrgMember)),
     ("GET",    "/api/v1/users",                     Access::SignedIn(Rule::AuthorizeAdmin)),
     ("POST",   "/api/v1/users",                     Access::SignedIn(Rule::AuthorizeAdmin)),
     ("GET",    "/api/v1/users/{username}",          Access::SignedIn(Rule::AuthorizeAdmin)),

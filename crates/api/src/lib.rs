@@ -91,6 +91,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/orgs/{org}/credits", post(orgs::credit))
         .route("/api/v1/orgs/{org}/ledger", get(orgs::ledger))
         .route("/api/v1/orgs/{org}/costs", get(orgs::costs))
+        .route("/api/v1/orgs/{org}/usage", get(orgs::usage))
         .route("/.well-known/jwks.json", get(accounts::jwks))
         .route("/api/v1/auth/login", post(accounts::login))
         .route("/api/v1/auth/github", post(accounts::github_login))

@@ -47,6 +47,7 @@ use flotilla_api_types as types;
         crate::orgs::credit,
         crate::orgs::ledger,
         crate::orgs::costs,
+        crate::orgs::usage,
         serve,
     ),
     components(schemas(
@@ -98,6 +99,8 @@ use flotilla_api_types as types;
         types::Ledger,
         types::CostRowView,
         types::Costs,
+        types::NodeUsageView,
+        types::Usage,
     )),
     modifiers(&BearerAuth),
     security(("bearer" = []))

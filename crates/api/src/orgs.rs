@@ -492,6 +492,46 @@ pub(crate) async fn costs(
     .into_response())
 }
 
+/// Every node the organisation's cluster ran: its launch, when it was
+/// gone, its price and what it was charged. The costs add up to the sum of
+/// these charges.
+#[utoipa::path(
+    get,
+    path = "/api/v1/orgs/{org}/usage",
+    params(("org" = String, Path, description = "Organisation name")),
+    responses(
+        (status = 200, body = types::Usage),
+        (status = 403, body = types::ErrorBody),
+        (status = 404, body = types::ErrorBody),
+    )
+)]
+pub(crate) async fn usage(
+    State(state): State<AppState>,
+    CallerIdentity(caller): CallerIdentity,
+    Path(org): Path<String>,
+) -> Result<Json<types::Usage>, ApiError> {
+    let org = org_name(&org)?;
+    let meters = state.control.org_usage(&caller, &org).await?;
+    let total: Money = meters.iter().map(|m| m.charged()).sum();
+    Ok(Json(types::Usage {
+        org: org.to_string(),
+        total: total.to_string(),
+        nodes: meters
+            .into_iter()
+            .map(|m| types::NodeUsageView {
+                charged: m.charged().to_string(),
+                cluster: m.cluster.to_string(),
+                id: m.id.to_string(),
+                launched_at: m.launched_at,
+                ended_at: m.end.map(|e| e.at),
+                ended: m.end.map(|e| e.seen.as_str().to_owned()),
+                price_per_hour: m.price_per_hour.to_string(),
+                charged_until: m.charged_until,
+            })
+            .collect(),
+    }))
+}
+
 /// Names are validated (letters, digits, `-`, and `.`/`_` in usernames),
 /// so no field needs quoting.
 fn costs_csv(rows: &[CostRow]) -> String {

@@ -17,8 +17,8 @@ use chrono::{DateTime, Utc};
 use flotilla_cloud::{CloudError, CreateRequest, Health, Instance, InstanceSet, Offering, Tags};
 use flotilla_domain::{
     Change, ChangeEntity, ClusterName, ClusterRecord, DeployCommand, InstanceId, InstanceSetId,
-    InstanceType, LedgerEntry, Level, NodeRecord, OrgEvent, OrgName, Organisation, PoolName,
-    Username,
+    InstanceType, LedgerEntry, Level, NodeMeter, NodeRecord, OrgEvent, OrgName, Organisation,
+    PoolName, Username,
 };
 use flotilla_store::{
     AccountRecord, AccountStore, ChangeFeed, CostRow, Fence, Lease, LeaseStore, OrgChange,
@@ -413,6 +413,10 @@ impl OrgStore for CountingStore {
 
     async fn costs(&self, org: &OrgName) -> Result<Vec<CostRow>, StoreError> {
         self.inner.costs(org).await
+    }
+
+    async fn usage(&self, org: &OrgName) -> Result<Vec<NodeMeter>, StoreError> {
+        self.inner.usage(org).await
     }
 
     async fn events(&self, org: &OrgName, limit: usize) -> Result<Vec<OrgEvent>, StoreError> {

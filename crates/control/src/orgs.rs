@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use flotilla_domain::{
-    authorize_admin, forecast_hours, Caller, ClusterName, Effects, LedgerEntry, Money, OrgError,
-    OrgEvent, OrgName, OrgRole, Organisation, SettingsPatch, Sizing, TimeToLive, Username,
+    authorize_admin, forecast_hours, Caller, ClusterName, Effects, LedgerEntry, Money, NodeMeter,
+    OrgError, OrgEvent, OrgName, OrgRole, Organisation, SettingsPatch, Sizing, TimeToLive,
+    Username,
 };
 use flotilla_engine::{ClusterView, EngineError, RequestView};
 use flotilla_store::{CostRow, OrgChanged};
@@ -390,6 +391,17 @@ impl Control {
     ) -> Result<Vec<CostRow>, EngineError> {
         self.member_org(caller, org)?;
         Ok(self.engine().store().costs(org).await?)
+    }
+
+    /// Every node the organisation's cluster ran, with its lifetime and
+    /// what it was charged.
+    pub async fn org_usage(
+        &self,
+        caller: &Caller,
+        org: &OrgName,
+    ) -> Result<Vec<NodeMeter>, EngineError> {
+        self.member_org(caller, org)?;
+        Ok(self.engine().store().usage(org).await?)
     }
 
     pub async fn org_ledger(

@@ -32,8 +32,8 @@ pub use names::{
 };
 pub use org::{
     target_record, with_daily_spend, Accrual, Budget, CapacityOutcome, Charge, ClusterTarget,
-    CostRow, Effects, LedgerEntry, LedgerKind, OrgDefaults, OrgError, OrgEvent, OrgEventKind,
-    OrgName, OrgRole, OrgSettings, Organisation, SettingsPatch,
+    CostRow, Effects, LedgerEntry, LedgerKind, NodeEnd, NodeEndSeen, NodeMeter, OrgDefaults,
+    OrgError, OrgEvent, OrgEventKind, OrgName, OrgRole, OrgSettings, Organisation, SettingsPatch,
 };
 pub use plan::{
     plan, DestroyReason, NodeRecord, NodeState, ObservedNode, Plan, Timeouts, WantedNodes,

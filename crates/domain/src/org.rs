@@ -18,7 +18,7 @@ use crate::access::Caller;
 use crate::capacity::{sizing, CapacityRequest, Sizing};
 use crate::cluster::{ClusterRecord, NodeCapacity};
 use crate::money::{lifetime_cost, month_of, monthly_credit, projected_cost, Money};
-use crate::names::{ClusterName, PoolName, Username};
+use crate::names::{ClusterName, InstanceId, PoolName, Username};
 
 /// An organisation is named like a cluster: its private cluster carries
 /// its name.
@@ -131,6 +131,8 @@ pub enum LedgerKind {
     Allowance,
     /// What the nodes cost, one entry per organisation, cluster and day.
     Spend,
+    /// A remark on how something was charged; moves no money.
+    Note,
 }
 
 impl LedgerKind {
@@ -141,6 +143,7 @@ impl LedgerKind {
             LedgerKind::Correction => "correction",
             LedgerKind::Allowance => "allowance",
             LedgerKind::Spend => "spend",
+            LedgerKind::Note => "note",
         }
     }
 
@@ -151,6 +154,7 @@ impl LedgerKind {
             LedgerKind::Correction,
             LedgerKind::Allowance,
             LedgerKind::Spend,
+            LedgerKind::Note,
         ]
         .into_iter()
         .find(|k| k.as_str() == s)
@@ -956,12 +960,12 @@ impl Organisation {
     /// allowance when a month begins, and shuts the cluster down when the
     /// balance falls to the threshold. `launches` are the launch times of
     /// the nodes the cloud lists now.
-    pub fn accrue(
-        &mut self,
-        launches: &[DateTime<Utc>],
-        price_per_hour: Money,
-        now: DateTime<Utc>,
-    ) -> Accrual {
+    /// Charges each of `meters` (this organisation's nodes) from where it
+    /// was last charged up to its end, or up to `now` while it runs, and
+    /// moves each one's `charged_until` along; credits the monthly
+    /// allowance; starts or ends a shutdown as the balance crosses the
+    /// threshold.
+    pub fn accrue(&mut self, meters: &mut [NodeMeter], now: DateTime<Utc>) -> Accrual {
         let mut effects = Effects::default();
         if let Some(credit) = monthly_credit(
             self.budget.balance,
@@ -983,11 +987,10 @@ impl Organisation {
                 });
             }
         }
-        let since = self.accrued_until;
-        let charges = charges(self, launches, price_per_hour, since, now);
+        let charges = charges(self, meters, now);
         let spent: Money = charges.iter().map(|c| c.amount).sum();
         self.budget.balance -= spent;
-        if since.is_none_or(|s| now > s) {
+        if self.accrued_until.is_none_or(|s| now > s) {
             self.accrued_until = Some(now);
         }
         let was_exhausted = self.budget.exhausted_at.is_some();
@@ -1010,6 +1013,118 @@ impl Organisation {
     /// What the cluster burns per hour at `nodes` nodes.
     pub fn burn_per_hour(nodes: usize, price_per_hour: Money) -> Money {
         Money::from_micros(price_per_hour.micros().saturating_mul(nodes as i64))
+    }
+}
+
+/// One node of an organisation's cluster on the meter: charged from its
+/// launch until it was observed gone, at the price of its pool when it was
+/// first seen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeMeter {
+    pub cluster: ClusterName,
+    pub id: InstanceId,
+    pub launched_at: DateTime<Utc>,
+    pub price_per_hour: Money,
+    /// Charged from the launch up to here; none: nothing charged yet.
+    pub charged_until: Option<DateTime<Utc>>,
+    /// When the node was gone; none while it runs.
+    pub end: Option<NodeEnd>,
+}
+
+/// When, and how, a node was known to be gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeEnd {
+    pub at: DateTime<Utc>,
+    pub seen: NodeEndSeen,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum NodeEndSeen {
+    /// A listing no longer showed it while the leader watched.
+    Gone,
+    /// It went while no server watched (the server was down, or leadership
+    /// changed hands): charged up to the first listing that no longer
+    /// showed it.
+    Unwatched,
+}
+
+impl NodeEndSeen {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeEndSeen::Gone => "gone",
+            NodeEndSeen::Unwatched => "unwatched",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "gone" => Some(NodeEndSeen::Gone),
+            "unwatched" => Some(NodeEndSeen::Unwatched),
+            _ => None,
+        }
+    }
+}
+
+impl NodeMeter {
+    /// A meter for a node first seen now; nothing charged.
+    pub fn new(
+        cluster: ClusterName,
+        id: InstanceId,
+        launched_at: DateTime<Utc>,
+        price_per_hour: Money,
+    ) -> Self {
+        Self {
+            cluster,
+            id,
+            launched_at,
+            price_per_hour,
+            charged_until: None,
+            end: None,
+        }
+    }
+
+    /// What has been charged for this node so far.
+    pub fn charged(&self) -> Money {
+        lifetime_cost(
+            self.price_per_hour,
+            self.launched_at,
+            self.charged_until.unwrap_or(self.launched_at),
+        )
+    }
+
+    /// Ended and charged to its end: nothing more is owed.
+    pub fn settled(&self) -> bool {
+        self.end
+            .is_some_and(|e| self.charged_until.is_some_and(|c| c >= e.at))
+    }
+
+    /// Ends the meter at `at`, or where it was already charged to if that is
+    /// later (a pass may have charged a moment past the listing that showed
+    /// the node gone): the lifetime on record is what was charged. A meter
+    /// ends once.
+    pub fn end_at(&mut self, at: DateTime<Utc>, seen: NodeEndSeen) {
+        if self.end.is_none() {
+            let at = self
+                .charged_until
+                .map_or(at, |c| c.max(at))
+                .max(self.launched_at);
+            self.end = Some(NodeEnd { at, seen });
+        }
+    }
+
+    /// What the ledger says of a node that went while no server watched.
+    pub fn unwatched_note(&self) -> Option<LedgerEntry> {
+        let end = self.end.filter(|e| e.seen == NodeEndSeen::Unwatched)?;
+        Some(LedgerEntry {
+            at: end.at,
+            kind: LedgerKind::Note,
+            amount: Money::ZERO,
+            reason: format!(
+                "node {} of cluster {} went while no server watched; charged up to the first listing that no longer showed it",
+                self.id, self.cluster
+            ),
+            actor: None,
+        })
     }
 }
 
@@ -1057,34 +1172,35 @@ fn attribute(org: &Organisation, nodes: usize, now: DateTime<Utc>) -> Vec<Option
     out
 }
 
-/// The cost of each node from the later of its launch and `since`, up to
-/// `now`, split by user and UTC day. Computed as differences of
-/// [`lifetime_cost`], so pieces add up exactly to the whole.
-fn charges(
-    org: &Organisation,
-    launches: &[DateTime<Utc>],
-    price: Money,
-    since: Option<DateTime<Utc>>,
-    now: DateTime<Utc>,
-) -> Vec<Charge> {
-    let mut sorted: Vec<DateTime<Utc>> = launches.to_vec();
-    sorted.sort();
-    let owners = attribute(org, sorted.len(), now);
+/// The cost of each meter from where it was last charged up to its end
+/// (or `now`), split by user and UTC day; moves each meter's
+/// `charged_until` there. Computed as differences of [`lifetime_cost`], so
+/// pieces add up exactly to the whole.
+fn charges(org: &Organisation, meters: &mut [NodeMeter], now: DateTime<Utc>) -> Vec<Charge> {
+    let mut order: Vec<usize> = (0..meters.len()).collect();
+    order.sort_by_key(|&i| meters[i].launched_at);
+    let owners = attribute(org, order.len(), now);
     let mut sums: BTreeMap<(Option<&Username>, NaiveDate), Money> = BTreeMap::new();
-    for (launched, user) in sorted.iter().zip(&owners) {
-        let mut from = since.map_or(*launched, |s| s.max(*launched));
-        while from < now {
+    for (&i, user) in order.iter().zip(&owners) {
+        let meter = &mut meters[i];
+        let launched = meter.launched_at;
+        let until = meter.end.map_or(now, |e| e.at.min(now));
+        let mut from = meter.charged_until.map_or(launched, |c| c.max(launched));
+        while from < until {
             let day = from.date_naive();
             let day_end = day
                 .succ_opt()
                 .and_then(|d| d.and_hms_opt(0, 0, 0))
                 .map(|d| d.and_utc())
-                .unwrap_or(now);
-            let to = day_end.min(now);
-            let amount =
-                lifetime_cost(price, *launched, to) - lifetime_cost(price, *launched, from);
+                .unwrap_or(until);
+            let to = day_end.min(until);
+            let amount = lifetime_cost(meter.price_per_hour, launched, to)
+                - lifetime_cost(meter.price_per_hour, launched, from);
             *sums.entry((user.as_ref(), day)).or_default() += amount;
             from = to;
+        }
+        if meter.charged_until.is_none_or(|c| c < from) {
+            meter.charged_until = Some(from);
         }
     }
     sums.into_iter()
@@ -1272,6 +1388,59 @@ mod tests {
     }
 
     const HOUR: Duration = Duration::from_secs(3600);
+
+    /// Running nodes of the organisation "team" at `PRICE`, one per launch.
+    fn meters(launches: &[DateTime<Utc>]) -> Vec<NodeMeter> {
+        launches
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                NodeMeter::new(
+                    ClusterName::new("team").unwrap(),
+                    InstanceId::new(format!("n{i}")),
+                    *l,
+                    PRICE,
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_node_is_charged_to_its_end_however_the_passes_fall() {
+        let mut o = org();
+        // Launched and gone between two passes; gone in the middle of
+        // one's interval; charged past its end by a pass that ran before
+        // the listing was folded in.
+        let mut ms = meters(&[at(10), at(0), at(0)]);
+        ms[0].end_at(at(13), NodeEndSeen::Gone);
+        o.accrue(&mut ms, at(20));
+        ms[1].end_at(at(27), NodeEndSeen::Gone);
+        ms[2].end_at(at(18), NodeEndSeen::Unwatched);
+        assert_eq!(
+            ms[2].end.unwrap().at,
+            at(20),
+            "never ends before what was charged"
+        );
+        let last = o.accrue(&mut ms, at(40));
+        assert!(ms.iter().all(NodeMeter::settled));
+        let lifetimes = lifetime_cost(PRICE, at(10), at(13))
+            + lifetime_cost(PRICE, at(0), at(27))
+            + lifetime_cost(PRICE, at(0), at(20));
+        assert_eq!(ms.iter().map(NodeMeter::charged).sum::<Money>(), lifetimes);
+        assert_eq!(o.budget.balance, m("100") - lifetimes);
+        assert_eq!(
+            last.spent,
+            lifetime_cost(PRICE, at(0), at(27)) - lifetime_cost(PRICE, at(0), at(20))
+        );
+        // Settled meters owe nothing more.
+        assert_eq!(o.accrue(&mut ms, at(4000)).spent, Money::ZERO);
+        assert!(ms[2]
+            .unwatched_note()
+            .unwrap()
+            .reason
+            .contains("no server watched"));
+        assert_eq!(ms[0].unwatched_note(), None);
+    }
 
     /// Owner ann, member bob; $100, $0.10 per node-hour, up to 10 nodes.
     fn org() -> Organisation {
@@ -1513,12 +1682,13 @@ mod tests {
         // Three nodes: ann's (oldest), bob's, and one for nobody.
         let launches = [at(100), at(50), at(200)];
         let end = at(30 * 3600); // crosses midnight at 16 h
-        let whole = once.accrue(&launches, PRICE, end);
+        let whole = once.accrue(&mut meters(&launches), end);
         let mut pieces = Vec::new();
         let mut t = 0;
+        let mut often_meters = meters(&launches);
         while t < 30 * 3600 {
             t = (t + 7 * 60 + 13).min(30 * 3600);
-            pieces.extend(often.accrue(&launches, PRICE, at(t)).charges);
+            pieces.extend(often.accrue(&mut often_meters, at(t)).charges);
         }
         let expected = lifetime_cost(PRICE, at(50), end)
             + lifetime_cost(PRICE, at(100), end)
@@ -1549,7 +1719,7 @@ mod tests {
         let days: BTreeSet<NaiveDate> = whole.charges.iter().map(|c| c.day).collect();
         assert_eq!(days.len(), 2);
         // Charging again at the same moment charges nothing.
-        assert_eq!(once.accrue(&launches, PRICE, end).spent, Money::ZERO);
+        assert_eq!(once.accrue(&mut often_meters, end).spent, Money::ZERO);
     }
 
     #[test]
@@ -1558,11 +1728,11 @@ mod tests {
         o.request_capacity(&caller("ann"), 10, 24 * HOUR, PRICE, at(0))
             .unwrap();
         o.credit(&admin(), m("-90"), "correction", at(0)).unwrap();
-        let launches = vec![at(0); 10];
+        let mut running = meters(&[at(0); 10]);
         // $10 at $1/h: above the $0.50 threshold until 9.5 h.
-        let a = o.accrue(&launches, PRICE, at(9 * 3600));
+        let a = o.accrue(&mut running, at(9 * 3600));
         assert_eq!(a.effects.cluster, None);
-        let a = o.accrue(&launches, PRICE, at(9 * 3600 + 1800));
+        let a = o.accrue(&mut running, at(9 * 3600 + 1800));
         assert_eq!(a.effects.cluster, Some(ClusterTarget::Destroyed));
         assert_eq!(a.effects.events[0].kind, OrgEventKind::BudgetExhausted);
         assert!(o.requests.is_empty());
@@ -1601,7 +1771,7 @@ mod tests {
             at(0),
         )
         .unwrap();
-        let a = o.accrue(&[], PRICE, at(60));
+        let a = o.accrue(&mut [], at(60));
         assert_eq!(a.effects, Effects::default());
         assert_eq!(o.budget.exhausted_at, None);
         // Its requests are refused all the same, with what is missing.
@@ -1651,15 +1821,15 @@ mod tests {
         )
         .unwrap();
         // Same month as creation: nothing.
-        assert!(o.accrue(&[], PRICE, at(3600)).effects.ledger.is_empty());
+        assert!(o.accrue(&mut [], at(3600)).effects.ledger.is_empty());
         // 2027-02-01: credited up to the cap, once.
         let feb = chrono::TimeZone::with_ymd_and_hms(&Utc, 2027, 2, 1, 0, 0, 1).unwrap();
-        let a = o.accrue(&[], PRICE, feb);
+        let a = o.accrue(&mut [], feb);
         assert_eq!(a.effects.ledger[0].amount, m("20"));
         assert_eq!(a.effects.ledger[0].kind, LedgerKind::Allowance);
         assert_eq!(o.budget.balance, m("120"));
         assert!(o
-            .accrue(&[], PRICE, feb + chrono::Duration::hours(1))
+            .accrue(&mut [], feb + chrono::Duration::hours(1))
             .effects
             .ledger
             .is_empty());

@@ -83,13 +83,16 @@ async fn accrual_pass(shared: &Shared, fence: Fence) -> Result<AccrualStats, Eng
         let inv = shared.inventory.lock().unwrap();
         orgs.iter()
             .filter_map(|(org, pool)| {
-                let launches: Vec<_> = inv
+                let nodes: Vec<_> = inv
                     .values()
-                    .flat_map(|set| set.nodes(org).map(|n| n.instance.launched_at))
+                    .flat_map(|set| {
+                        set.nodes(org)
+                            .map(|n| (n.instance.id.clone(), n.instance.launched_at))
+                    })
                     .collect();
-                (!launches.is_empty()).then(|| OrgUsage {
+                (!nodes.is_empty()).then(|| OrgUsage {
                     org: org.clone(),
-                    launches,
+                    nodes,
                     price_per_hour: shared
                         .pools
                         .get(pool)
@@ -98,7 +101,7 @@ async fn accrual_pass(shared: &Shared, fence: Fence) -> Result<AccrualStats, Eng
             })
             .collect()
     };
-    let nodes = usage.iter().map(|u| u.launches.len()).sum();
+    let nodes = usage.iter().map(|u| u.nodes.len()).sum();
     let store_started = Instant::now();
     let changed = shared
         .store

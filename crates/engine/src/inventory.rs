@@ -10,6 +10,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use flotilla_cloud::{CapacityScope, Health, Instance};
 use flotilla_domain::{ClusterName, InstanceId, InstanceType, NodeRecord, NodeState, ObservedNode};
+use flotilla_store::GoneNode;
 use tokio::time::Instant;
 
 /// Fastest probe cadence for a node not (yet) ready; doubles to a second.
@@ -158,6 +159,9 @@ pub struct SetInventory {
     /// until the count drops below it.
     pub quota_blocked_at: Option<usize>,
     pub capacity_backoff: HashMap<CapacityScope, Instant>,
+    /// Nodes a listing stopped showing, by cluster, until the leader
+    /// publishes them (which ends their meters).
+    pub departed: HashMap<ClusterName, Vec<GoneNode>>,
     /// Counts the creates recorded here, so that a listing knows which nodes
     /// it may not have seen. A counter, not a clock: two events can share an
     /// instant, and a paused test clock makes them all share one.
@@ -219,6 +223,14 @@ impl SetInventory {
                     true
                 } else {
                     changed.insert(cluster.clone());
+                    self.departed
+                        .entry(cluster.clone())
+                        .or_default()
+                        .push(GoneNode {
+                            id: id.clone(),
+                            launched_at: node.instance.launched_at,
+                            gone_at: now,
+                        });
                     false
                 }
             });

@@ -9,7 +9,7 @@ use flotilla_cloud::{CloudError, CreateRequest, Health, Instance, InstanceSet};
 use flotilla_domain::{
     plan, ClusterName, ClusterRecord, InstanceId, NodeRecord, NodeState, ObservedNode, WantedNodes,
 };
-use flotilla_store::{ClusterNodes, Fence};
+use flotilla_store::{ClusterNodes, Fence, GoneNode};
 use futures::future::join_all;
 use tokio::time::Instant;
 
@@ -85,6 +85,7 @@ pub(crate) async fn publish_all(shared: &Shared, fence: Fence) {
         shared.observed.names().into_iter().collect();
     for set in shared.inventory.lock().unwrap().values() {
         clusters.extend(set.clusters.keys().cloned());
+        clusters.extend(set.departed.keys().cloned());
     }
     shared.to_publish.lock().unwrap().clear();
     let clusters: Vec<ClusterName> = clusters.into_iter().collect();
@@ -94,12 +95,13 @@ pub(crate) async fn publish_all(shared: &Shared, fence: Fence) {
 }
 
 /// Publishes those of `clusters` whose nodes, as this leader observes
-/// them, changed since they were last published.
-async fn publish(shared: &Shared, clusters: &[ClusterName], fence: Fence) {
+/// them, changed since they were last published, with the nodes that left
+/// them (whose meters end there). Returns whether the store took them.
+async fn publish(shared: &Shared, clusters: &[ClusterName], fence: Fence) -> bool {
     let changed: Vec<ClusterNodes> = {
-        let inv = shared.inventory.lock().unwrap();
+        let mut inv = shared.inventory.lock().unwrap();
         if !inv.values().all(|set| set.listed) {
-            return;
+            return false;
         }
         clusters
             .iter()
@@ -109,16 +111,24 @@ async fn publish(shared: &Shared, clusters: &[ClusterName], fence: Fence) {
                     .flat_map(|set| set.nodes(cluster).map(|n| n.record()))
                     .collect();
                 nodes.sort_by(|a, b| a.launched_at.cmp(&b.launched_at).then(a.id.cmp(&b.id)));
-                (shared.observed.get(cluster) != nodes).then(|| ClusterNodes {
+                let gone: Vec<GoneNode> = inv
+                    .values_mut()
+                    .flat_map(|set| set.departed.remove(cluster).unwrap_or_default())
+                    .collect();
+                let meter = shared.meter_price(cluster);
+                let gone = if meter.is_some() { gone } else { Vec::new() };
+                (shared.observed.get(cluster) != nodes || !gone.is_empty()).then(|| ClusterNodes {
                     cluster: cluster.clone(),
                     is_public: shared.desired.get(cluster).is_some_and(|r| r.is_public),
                     nodes,
+                    meter,
+                    gone,
                 })
             })
             .collect()
     };
     if changed.is_empty() {
-        return;
+        return true;
     }
     match shared
         .store
@@ -129,12 +139,26 @@ async fn publish(shared: &Shared, clusters: &[ClusterName], fence: Fence) {
             for c in changed {
                 shared.observed.put(&c.cluster, c.nodes);
             }
+            true
         }
         Err(e) => {
             tracing::warn!(clusters = changed.len(), error = %e, "publishing nodes failed; trying again");
+            {
+                let mut inv = shared.inventory.lock().unwrap();
+                let set = inv.values_mut().next().expect("at least one instance set");
+                for c in &changed {
+                    if !c.gone.is_empty() {
+                        set.departed
+                            .entry(c.cluster.clone())
+                            .or_default()
+                            .extend(c.gone.iter().cloned());
+                    }
+                }
+            }
             let mut again = shared.to_publish.lock().unwrap();
             again.extend(changed.into_iter().map(|c| c.cluster));
             shared.publish_wanted.notify_one();
+            false
         }
     }
 }
@@ -215,7 +239,21 @@ async fn reconcile(
         if !leads() {
             return Ok(Next::Idle);
         }
-        if !plan.destroy.is_empty() {
+        // A metered node is on the meter before it is destroyed, so that
+        // one destroyed moments after its create is charged too.
+        let mut may_destroy = true;
+        if !plan.destroy.is_empty() && shared.meter_price(cluster).is_some() {
+            let published = shared.observed.get(cluster);
+            let unpublished = plan
+                .destroy
+                .iter()
+                .any(|(id, _)| !published.iter().any(|n| &n.id == id));
+            if unpublished && !publish(shared, std::slice::from_ref(cluster), fence).await {
+                errors.push("publishing its nodes before destroying them failed".to_owned());
+                may_destroy = false;
+            }
+        }
+        if may_destroy && !plan.destroy.is_empty() {
             let ids: Vec<InstanceId> = plan.destroy.iter().map(|(id, _)| id.clone()).collect();
             let batches = ids.chunks(set.max_batch().max(1) as usize);
             let results: Vec<Result<(), CloudError>> =
@@ -301,6 +339,10 @@ async fn reconcile(
 
     if let Some(r) = &record {
         if r.destroying && !nodes_left {
+            // The meters of its last nodes end before the record goes.
+            if shared.meter_price(cluster).is_some() {
+                publish(shared, std::slice::from_ref(cluster), fence).await;
+            }
             let forgotten = shared
                 .store
                 .forget(cluster, r.generation, fence)

@@ -32,9 +32,25 @@ pub(crate) async fn sync_all(shared: &Shared) -> BTreeSet<ClusterName> {
                     changed.extend(set_inv.clusters.keys().cloned());
                     changed.extend(shared.desired.names());
                 }
+                let departed: Vec<ClusterName> = set_inv.departed.keys().cloned().collect();
                 drop(inv);
                 // Freed outside the lock.
                 drop(replaced);
+                // A metered node's meter ends when its departure is
+                // published; others' departures are of no use.
+                let (metered, unmetered): (Vec<_>, Vec<_>) = departed
+                    .into_iter()
+                    .partition(|c| shared.meter_price(c).is_some());
+                if !unmetered.is_empty() {
+                    let mut inv = shared.inventory.lock().unwrap();
+                    let set_inv = inv.get_mut(driver).expect("known driver");
+                    for cluster in &unmetered {
+                        set_inv.departed.remove(cluster);
+                    }
+                }
+                for cluster in metered {
+                    shared.publish_soon(&cluster);
+                }
             }
             Err(CloudError::RateLimited { .. }) => {
                 tracing::debug!(%driver, "listing held off by the cloud's rate limit");

@@ -9,9 +9,11 @@ use std::time::Duration;
 
 use common::{config, name, Harness};
 use flotilla_cloud::fake::{FakeCloud, FakeConfig};
+use flotilla_cloud::Clock;
 use flotilla_control::{CreateOrg, CreditOrg, DecideMembership, RequestMembership};
 use flotilla_domain::{
-    lifetime_cost, AccountKind, Caller, ClusterState, Level, Money, NodeState, Username,
+    lifetime_cost, AccountKind, Caller, ClusterState, LedgerKind, Level, Money, NodeEndSeen,
+    NodeMeter, NodeState, Username,
 };
 use flotilla_engine::EngineError;
 use flotilla_store::{AccountRecord, MemoryStore, Store};
@@ -322,5 +324,145 @@ async fn cost_is_exact_across_a_restart() {
         .nodes
         .iter()
         .all(|n| n.state == NodeState::Ready));
+    h.stop().await;
+}
+
+/// The books against the nodes: every metered node is charged exactly its
+/// price over its lifetime (up to its end, or up to the last pass while it
+/// runs), and the costs, the balance and the ledger all agree.
+async fn books_balance(h: &Harness, store: &dyn Store, credited: Money) -> Vec<NodeMeter> {
+    h.engine.accrue_now().await.unwrap();
+    let org = store.get_org(&name("lab")).await.unwrap().unwrap();
+    let until = org.accrued_until.unwrap();
+    let meters = h
+        .control
+        .org_usage(&caller("bob"), &name("lab"))
+        .await
+        .unwrap();
+    let expected: Money = meters
+        .iter()
+        .map(|n| lifetime_cost(PRICE, n.launched_at, n.end.map_or(until, |e| e.at)))
+        .sum();
+    assert_eq!(
+        meters.iter().map(NodeMeter::charged).sum::<Money>(),
+        expected
+    );
+    let costs: Money = store
+        .costs(&name("lab"))
+        .await
+        .unwrap()
+        .iter()
+        .map(|c| c.amount)
+        .sum();
+    assert_eq!(costs, expected, "costs");
+    assert_eq!(org.budget.balance, credited - expected, "balance");
+    let ledger: Money = store
+        .ledger(&name("lab"))
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.amount)
+        .sum();
+    assert_eq!(ledger, org.budget.balance, "ledger");
+    meters
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_node_is_charged_until_it_is_gone_however_briefly_it_lived() {
+    // Shorter than a pass, a few seconds, longer than one.
+    for lived in [
+        Duration::from_millis(500),
+        Duration::from_secs(3),
+        Duration::from_secs(7),
+    ] {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        accounts(&*store).await;
+        let mut h = start(store.clone(), FakeCloud::new(FakeConfig::default())).await;
+        lab(&h, "100").await;
+        h.capacity(&caller("ann"), &name("lab"), 2, 24 * HOUR, false)
+            .await
+            .unwrap();
+        ready(&h, 2).await;
+        tokio::time::sleep(lived).await;
+        h.destroy_as(&caller("ann"), "lab").await.unwrap();
+        h.control.wait_settled(&name("lab")).await;
+        let mut waited = Duration::ZERO;
+        loop {
+            let usage = store.usage(&name("lab")).await.unwrap();
+            if usage.len() == 2 && usage.iter().all(|n| n.end.is_some()) {
+                break;
+            }
+            assert!(
+                waited < Duration::from_secs(5),
+                "meters not ended: {usage:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            waited += Duration::from_millis(50);
+        }
+        let meters = books_balance(&h, &*store, m("100")).await;
+        for n in &meters {
+            let end = n.end.unwrap();
+            assert_eq!(end.seen, NodeEndSeen::Gone);
+            let ran = (end.at - n.launched_at).to_std().unwrap();
+            assert!(
+                ran >= lived && ran < lived + Duration::from_secs(3),
+                "lived {lived:?}, charged for {ran:?}"
+            );
+            assert!(n.settled());
+        }
+        h.stop().await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_node_gone_while_the_server_was_down_is_charged_to_the_first_listing_without_it() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    accounts(&*store).await;
+    let cloud = FakeCloud::new(FakeConfig::default());
+    let mut h = start(store.clone(), cloud.clone()).await;
+    lab(&h, "100").await;
+    h.capacity(&caller("ann"), &name("lab"), 3, 24 * HOUR, false)
+        .await
+        .unwrap();
+    ready(&h, 3).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let victim = h.status("lab").nodes[0].id.clone();
+    h.stop().await;
+
+    // While it is down, one node goes.
+    tokio::time::sleep(Duration::from_secs(40)).await;
+    cloud.kill(&victim);
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let restarted = h.clock.now();
+    let mut h = Harness::start_with_clock(cloud.clone(), store.clone(), config(), h.clock).await;
+    ready(&h, 3).await;
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    let meters = books_balance(&h, &*store, m("100")).await;
+    assert_eq!(
+        meters.len(),
+        4,
+        "three, and the one that replaced the gone one"
+    );
+    let gone = meters.iter().find(|n| n.id == victim).unwrap();
+    let end = gone.end.unwrap();
+    assert_eq!(end.seen, NodeEndSeen::Unwatched);
+    assert!(
+        end.at >= restarted,
+        "charged up to the first listing after the restart"
+    );
+    assert!(end.at < restarted + chrono::Duration::seconds(2));
+    let notes: Vec<_> = store
+        .ledger(&name("lab"))
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.kind == LedgerKind::Note)
+        .collect();
+    assert_eq!(notes.len(), 1);
+    assert!(
+        notes[0].reason.contains(victim.as_str()),
+        "{}",
+        notes[0].reason
+    );
     h.stop().await;
 }

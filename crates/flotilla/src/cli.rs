@@ -11,7 +11,8 @@ use flotilla_api_types::{
     CreateOrgRequest, CreateUserRequest, CreditRequest, DeployRequest, ErrorBody, Event, EventList,
     ExtendRequest, GithubLoginRequest, Ledger, Level, LoginRequest, MemberRoleRequest,
     MembershipRequestResponse, OrgClusterStatus, OrgList, OrgSummary, OrgView, PoolList, PoolView,
-    RefreshRequest, TokenResponse, UpdateOrgRequest, UpdateUserRequest, UserList, UserView, WhoAmI,
+    RefreshRequest, TokenResponse, UpdateOrgRequest, UpdateUserRequest, Usage, UserList, UserView,
+    WhoAmI,
 };
 use reqwest::StatusCode;
 use tokio::sync::Mutex;
@@ -883,6 +884,43 @@ impl Client {
                     );
                 }
                 println!("total {}", dollars(&costs.total));
+            }
+        }
+        Ok(exit::OK)
+    }
+
+    /// Every metered node: when it ran, its price, what it was charged.
+    pub async fn org_usage(&self, org: &str) -> Result<u8> {
+        let (usage, raw) = self
+            .send::<Usage>(
+                self.http
+                    .get(self.url(&format!("/api/v1/orgs/{org}/usage"))),
+            )
+            .await?;
+        match self.output {
+            Output::Json => println!("{}", raw.trim()),
+            Output::Text => {
+                if usage.nodes.is_empty() {
+                    println!("no nodes yet");
+                }
+                for n in &usage.nodes {
+                    let ended = match (n.ended_at, n.ended.as_deref()) {
+                        (Some(at), Some("unwatched")) => {
+                            format!("{} (went unwatched)", stamp(at))
+                        }
+                        (Some(at), _) => stamp(at),
+                        _ => "running".to_owned(),
+                    };
+                    println!(
+                        "{:<24} {}  {:<32} {:>10}/h {:>12}",
+                        n.id,
+                        stamp(n.launched_at),
+                        ended,
+                        dollars(&n.price_per_hour),
+                        dollars(&n.charged)
+                    );
+                }
+                println!("total {}", dollars(&usage.total));
             }
         }
         Ok(exit::OK)

@@ -311,6 +311,8 @@ enum OrgCommand {
         #[arg(long)]
         csv: bool,
     },
+    /// Every node the organisation's cluster ran: launched, gone, charged.
+    Usage { org: String },
 }
 
 /// A password from standard input: prompted without echo on a terminal,
@@ -611,6 +613,7 @@ fn main() -> ExitCode {
                         }
                         OrgCommand::Ledger { org } => client.org_ledger(&org).await,
                         OrgCommand::Costs { org, csv } => client.org_costs(&org, csv).await,
+                        OrgCommand::Usage { org } => client.org_usage(&org).await,
                     },
                     Command::Serve { .. } | Command::Node { .. } | Command::Login { .. } => {
                         unreachable!("handled above")

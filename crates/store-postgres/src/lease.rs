@@ -143,6 +143,9 @@ impl LeaseStore for PostgresStore {
         .bind(rows.iter().map(|(_, n)| n.address.as_deref()).collect::<Vec<_>>())
         .execute(&mut *tx)
         .await?;
+        for c in clusters {
+            crate::meters::on_publish(&mut tx, c, now).await?;
+        }
         let changes: Vec<NewChange> = clusters
             .iter()
             .map(|c| NewChange::nodes(&c.cluster, c.is_public, &c.nodes))

@@ -46,6 +46,7 @@ use tokio::sync::watch;
 
 mod keys;
 mod lease;
+mod meters;
 mod orgs;
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -11,8 +11,8 @@ use std::collections::HashMap;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use flotilla_domain::{
-    org_changes, target_record, ClusterName, ClusterRecord, Effects, LedgerEntry, Money, NewChange,
-    OrgError, OrgEvent, OrgName, Organisation,
+    org_changes, target_record, ClusterName, ClusterRecord, Effects, LedgerEntry, NewChange,
+    NodeMeter, OrgError, OrgEvent, OrgName, Organisation,
 };
 use flotilla_store::sql::{
     self as row, add_person, add_request, corrupt, encode_month, time, user, OrgRow, PersonRow,
@@ -411,15 +411,17 @@ impl OrgStore for PostgresStore {
         // Charged up to a time the store can hold exactly: the next pass
         // starts from what is stored, so the pieces add up to the whole.
         let now = DateTime::from_timestamp_millis(row::to_millis(now)).unwrap_or(now);
-        let by_org: HashMap<&str, &OrgUsage> = usage.iter().map(|u| (u.org.as_str(), u)).collect();
         let mut tx = self.begin().await?;
         check_fence(&mut tx, fence).await?;
         // Every organisation at once: a racing pass waits here and then
         // reads what this one charged, so each moment is charged once; a
-        // change of one organisation waits for the pass, and the pass for
-        // changes under way.
+        // change of one organisation (or a publication of its nodes) waits
+        // for the pass, and the pass for changes under way.
         Lock::Orgs.take(&mut tx).await?;
+        crate::meters::add_listed(&mut tx, usage).await?;
+        let mut meters = crate::meters::unsettled_by_org(&mut tx).await?;
         let orgs = load_orgs(&mut tx, None, false).await?;
+        let mut charged = Vec::new();
         let mut updates = OrgUpdates::default();
         let mut costs = CostInserts::default();
         let mut eventful = Vec::new();
@@ -431,12 +433,9 @@ impl OrgStore for PostgresStore {
                 org.budget.exhausted_at,
             );
             let requests_before = org.requests.len();
-            let (launches, price) = by_org
-                .get(org.name.as_str())
-                .map_or((&[][..], Money::ZERO), |u| {
-                    (&u.launches[..], u.price_per_hour)
-                });
-            let accrual = org.accrue(launches, price, now);
+            let mut own = meters.remove(&org.name).unwrap_or_default();
+            let accrual = org.accrue(&mut own, now);
+            charged.extend(own);
             let name = org.name.to_string();
             for c in &accrual.charges {
                 costs.org.push(name.clone());
@@ -502,6 +501,7 @@ impl OrgStore for PostgresStore {
             .execute(&mut *tx)
             .await?;
         }
+        crate::meters::charged(&mut tx, charged.into_iter()).await?;
         let mut changed = Vec::new();
         let mut changes = Vec::new();
         for (org, effects) in eventful {
@@ -523,6 +523,11 @@ impl OrgStore for PostgresStore {
             }
         }
         Ok(changed)
+    }
+
+    async fn usage(&self, org: &OrgName) -> Result<Vec<NodeMeter>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        crate::meters::of_org(&mut conn, org).await
     }
 
     async fn ledger(&self, org: &OrgName) -> Result<Vec<LedgerEntry>, StoreError> {

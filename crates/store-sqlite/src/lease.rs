@@ -128,6 +128,7 @@ impl LeaseStore for SqliteStore {
                 .await?;
             }
             changes.push(NewChange::nodes(&c.cluster, c.is_public, &c.nodes));
+            crate::meters::on_publish(&mut tx, c, now).await?;
         }
         record_changes(&mut tx, &changes, now).await?;
         self.commit(tx).await?;

@@ -34,6 +34,7 @@ use flotilla_store::{
 
 mod keys;
 mod lease;
+mod meters;
 mod orgs;
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations");

@@ -11,8 +11,8 @@ use std::collections::HashMap;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use flotilla_domain::{
-    org_changes, target_record, ClusterName, ClusterRecord, Effects, LedgerEntry, Money, OrgError,
-    OrgEvent, OrgName, Organisation,
+    org_changes, target_record, ClusterName, ClusterRecord, Effects, LedgerEntry, NodeMeter,
+    OrgError, OrgEvent, OrgName, Organisation,
 };
 use sqlx::{SqliteConnection, SqlitePool};
 
@@ -387,10 +387,12 @@ impl OrgStore for SqliteStore {
         // Charged up to a time the store can hold exactly: the next pass
         // starts from what is stored, so the pieces add up to the whole.
         let now = DateTime::from_timestamp_millis(row::to_millis(now)).unwrap_or(now);
-        let by_org: HashMap<&str, &OrgUsage> = usage.iter().map(|u| (u.org.as_str(), u)).collect();
         let mut tx = self.begin_write().await?;
         check_fence(&mut tx, fence).await?;
+        crate::meters::add_listed(&mut tx, usage).await?;
+        let mut meters = crate::meters::unsettled_by_org(&mut tx).await?;
         let orgs = load_orgs(&mut tx, None, false).await?;
+        let mut charged = Vec::new();
         let mut org_rows = Vec::new();
         let mut cost_rows = Vec::new();
         let mut eventful = Vec::new();
@@ -402,12 +404,9 @@ impl OrgStore for SqliteStore {
                 org.budget.exhausted_at,
             );
             let requests_before = org.requests.len();
-            let (launches, price) = by_org
-                .get(org.name.as_str())
-                .map_or((&[][..], Money::ZERO), |u| {
-                    (&u.launches[..], u.price_per_hour)
-                });
-            let accrual = org.accrue(launches, price, now);
+            let mut own = meters.remove(&org.name).unwrap_or_default();
+            let accrual = org.accrue(&mut own, now);
+            charged.extend(own);
             let name = org.name.as_str();
             for c in &accrual.charges {
                 cost_rows.push(serde_json::json!([
@@ -463,6 +462,7 @@ impl OrgStore for SqliteStore {
             .execute(&mut *tx)
             .await?;
         }
+        crate::meters::charged(&mut tx, charged.into_iter()).await?;
         let mut changed = Vec::new();
         for (org, effects) in eventful {
             save_requests(&mut tx, &org).await?;
@@ -483,6 +483,11 @@ impl OrgStore for SqliteStore {
             }
         }
         Ok(changed)
+    }
+
+    async fn usage(&self, org: &OrgName) -> Result<Vec<NodeMeter>, StoreError> {
+        let mut conn = reader_conn(&self.reader).await?;
+        crate::meters::of_org(&mut conn, org).await
     }
 
     async fn ledger(&self, org: &OrgName) -> Result<Vec<LedgerEntry>, StoreError> {

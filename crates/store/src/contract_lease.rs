@@ -42,6 +42,8 @@ fn nodes_of(cluster: &str, is_public: bool, nodes: &[NodeRecord]) -> ClusterNode
         cluster: name(cluster),
         is_public,
         nodes: nodes.to_vec(),
+        meter: None,
+        gone: Vec::new(),
     }
 }
 
@@ -155,7 +157,7 @@ pub async fn writes_of_an_ended_term_are_refused_and_change_nothing(h: Harness) 
     fenced(a.expire_capacity(t(3600), old).await, old);
     let usage = OrgUsage {
         org: org.clone(),
-        launches: vec![t(5)],
+        nodes: super::orgs::listed(&[t(5)]),
         price_per_hour: flotilla_domain::Money::from_micros(1_000_000),
     };
     fenced(

@@ -4,13 +4,14 @@ use std::collections::BTreeSet;
 use std::time::Duration as StdDuration;
 
 use flotilla_domain::{
-    lifetime_cost, Caller, ClusterTarget, LedgerKind, Level, Money, OrgDefaults, OrgError,
-    OrgEventKind, OrgRole, Organisation, SettingsPatch,
+    lifetime_cost, Caller, ClusterTarget, InstanceId, InstanceType, LedgerKind, Level, Money,
+    NodeEndSeen, NodeRecord, NodeState, OrgDefaults, OrgError, OrgEventKind, OrgRole, Organisation,
+    SettingsPatch,
 };
 use tokio::task::JoinSet;
 
 use super::{create, get, lead, local, name, pool, t, user, Harness};
-use crate::{OrgChanged, OrgUsage, Store, StoreError};
+use crate::{ClusterNodes, GoneNode, OrgChanged, OrgUsage, Store, StoreError};
 
 const PRICE: Money = Money::from_micros(100_000);
 pub(super) const HOUR: StdDuration = StdDuration::from_secs(3600);
@@ -25,6 +26,36 @@ fn admin() -> Caller {
 
 fn m(s: &str) -> Money {
     s.parse().expect("money")
+}
+
+/// Listed nodes `n0`, `n1`, … launched at `launches`.
+pub(super) fn listed(
+    launches: &[chrono::DateTime<chrono::Utc>],
+) -> Vec<(InstanceId, chrono::DateTime<chrono::Utc>)> {
+    launches
+        .iter()
+        .enumerate()
+        .map(|(i, at)| (InstanceId::new(format!("n{i}")), *at))
+        .collect()
+}
+
+fn running(id: &str, launched: i64) -> NodeRecord {
+    NodeRecord {
+        id: InstanceId::new(id),
+        instance_type: InstanceType::new("small").expect("valid type"),
+        launched_at: t(launched),
+        state: NodeState::Ready,
+        state_since: t(launched),
+        address: None,
+    }
+}
+
+fn gone(id: &str, launched: i64, gone_at: i64) -> GoneNode {
+    GoneNode {
+        id: InstanceId::new(id),
+        launched_at: t(launched),
+        gone_at: t(gone_at),
+    }
 }
 
 /// Accounts root (admin), ann, bob, eve; organisation `lab` owned by ann
@@ -254,7 +285,7 @@ pub async fn accrual_is_exact_split_by_user_and_day_and_matches_the_ledger(h: Ha
     let launches = vec![t(20), t(25)];
     let usage = |_at: i64| OrgUsage {
         org: name("lab"),
-        launches: launches.clone(),
+        nodes: listed(&launches),
         price_per_hour: PRICE,
     };
     // Uneven passes across a UTC midnight (t(0) is 22:13:20 UTC).
@@ -308,7 +339,7 @@ pub async fn running_out_shuts_the_cluster_down(h: Harness) {
     ask(store, "ann", 2, 24 * HOUR, 10).await.unwrap();
     let usage = OrgUsage {
         org: name("lab"),
-        launches: vec![t(10), t(10)],
+        nodes: listed(&[t(10), t(10)]),
         price_per_hour: PRICE,
     };
     // $2 at $0.20/h reaches $0.50 after 7.5 h.
@@ -506,7 +537,7 @@ pub async fn two_servers_never_overspend_or_double_charge(h: Harness) {
     // Both servers run passes at the same moments: each moment is charged once.
     let usage = OrgUsage {
         org: lab.clone(),
-        launches: vec![t(2); 10],
+        nodes: listed(&[t(2); 10]),
         price_per_hour: price,
     };
     for step in 1..=20 {
@@ -528,4 +559,92 @@ pub async fn two_servers_never_overspend_or_double_charge(h: Harness) {
     );
     let costs: Money = a.costs(&lab).await.unwrap().iter().map(|c| c.amount).sum();
     assert_eq!(costs, expected);
+}
+
+pub async fn every_node_is_charged_from_launch_to_gone(h: Harness) {
+    let store = &*h.store;
+    let fence = lead(store).await;
+    lab(store).await;
+    credit(store, "100", 3).await;
+    ask(store, "ann", 2, 48 * HOUR, 10).await.unwrap();
+    let publish = |nodes: Vec<NodeRecord>, gone: Vec<GoneNode>, at: i64| async move {
+        let c = ClusterNodes {
+            cluster: name("lab"),
+            is_public: false,
+            nodes,
+            meter: Some(PRICE),
+            gone,
+        };
+        store
+            .publish_nodes(fence, std::slice::from_ref(&c), t(at))
+            .await
+            .expect("publish");
+    };
+    publish(vec![running("n0", 20), running("n1", 25)], vec![], 26).await;
+    store.accrue(&[], t(100), fence).await.unwrap();
+    // n1 goes between two passes; n2 comes and goes before it is ever
+    // published; n0 goes while no server watches.
+    publish(vec![running("n0", 20)], vec![gone("n1", 25, 130)], 131).await;
+    publish(vec![running("n0", 20)], vec![gone("n2", 150, 151)], 152).await;
+    store.accrue(&[], t(200), fence).await.unwrap();
+    publish(vec![], vec![], 300).await;
+    // A node the pass lists but nothing published yet is put on the meter.
+    let usage = OrgUsage {
+        org: name("lab"),
+        nodes: vec![(InstanceId::new("n3"), t(390))],
+        price_per_hour: PRICE,
+    };
+    store
+        .accrue(std::slice::from_ref(&usage), t(400), fence)
+        .await
+        .unwrap();
+
+    let meters = store.usage(&name("lab")).await.unwrap();
+    let ends: Vec<(&str, Option<(i64, NodeEndSeen)>)> = meters
+        .iter()
+        .map(|m| {
+            (
+                m.id.as_str(),
+                m.end.map(|e| (e.at.timestamp() - t(0).timestamp(), e.seen)),
+            )
+        })
+        .collect();
+    assert_eq!(
+        ends,
+        [
+            ("n0", Some((300, NodeEndSeen::Unwatched))),
+            ("n1", Some((130, NodeEndSeen::Gone))),
+            ("n2", Some((151, NodeEndSeen::Gone))),
+            ("n3", None),
+        ]
+    );
+    let expected = lifetime_cost(PRICE, t(20), t(300))
+        + lifetime_cost(PRICE, t(25), t(130))
+        + lifetime_cost(PRICE, t(150), t(151))
+        + lifetime_cost(PRICE, t(390), t(400));
+    assert_eq!(meters.iter().map(|m| m.charged()).sum::<Money>(), expected);
+    let costs = store.costs(&name("lab")).await.unwrap();
+    assert_eq!(costs.iter().map(|c| c.amount).sum::<Money>(), expected);
+    let org = store.get_org(&name("lab")).await.unwrap().unwrap();
+    assert_eq!(org.budget.balance, m("100") - expected);
+    assert_eq!(ledger_sum(store).await, org.budget.balance);
+    let notes: Vec<String> = store
+        .ledger(&name("lab"))
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.kind == LedgerKind::Note)
+        .map(|e| e.reason)
+        .collect();
+    assert_eq!(notes.len(), 1, "{notes:?}");
+    assert!(notes[0].contains("node n0"), "{notes:?}");
+    // Settled meters are charged no more; the running one goes on.
+    store.accrue(&[], t(436), fence).await.unwrap();
+    let org = store.get_org(&name("lab")).await.unwrap().unwrap();
+    assert_eq!(
+        org.budget.balance,
+        m("100")
+            - expected
+            - (lifetime_cost(PRICE, t(390), t(436)) - lifetime_cost(PRICE, t(390), t(400)))
+    );
 }

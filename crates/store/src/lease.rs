@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use flotilla_domain::{ClusterName, NodeRecord};
+use flotilla_domain::{ClusterName, InstanceId, Money, NodeRecord};
 
 use crate::StoreError;
 
@@ -31,6 +31,21 @@ pub struct ClusterNodes {
     /// The cluster's, so its change is as readable as its status.
     pub is_public: bool,
     pub nodes: Vec<NodeRecord>,
+    /// The price per node-hour when the cluster is an organisation's: its
+    /// nodes are metered (see [`crate::meters`]). None: not charged.
+    pub meter: Option<Money>,
+    /// Nodes a listing stopped showing since the cluster was last
+    /// published, with when; each one's meter ends there.
+    pub gone: Vec<GoneNode>,
+}
+
+/// A node a listing no longer showed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GoneNode {
+    pub id: InstanceId,
+    pub launched_at: DateTime<Utc>,
+    /// When the listing that no longer showed it was taken in.
+    pub gone_at: DateTime<Utc>,
 }
 
 /// Who holds the lease, in which term, until when.
@@ -80,8 +95,10 @@ pub trait LeaseStore: Send + Sync {
     /// Replaces what the leader observes of each cluster's nodes (none:
     /// the cluster has no nodes left) and records each in the change feed,
     /// so that every server answers STATUS alike; one transaction for the
-    /// lot. Written when nodes change, not on every probe. Refused
-    /// (`Fenced`) after the term ends.
+    /// lot. Written when nodes change, not on every probe. A metered
+    /// cluster's meters move in the same transaction (see
+    /// [`crate::meters::on_publish`]). Refused (`Fenced`) after the term
+    /// ends.
     async fn publish_nodes(
         &self,
         fence: Fence,

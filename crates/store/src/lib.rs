@@ -18,6 +18,7 @@ pub mod contract;
 mod keys;
 mod lease;
 mod memory;
+pub mod meters;
 mod orgs;
 #[cfg(feature = "sql")]
 pub mod sql;
@@ -34,7 +35,7 @@ pub use accounts::{
 };
 pub use flotilla_domain::CostRow;
 pub use keys::{keys_change, AddKeys, SigningKeyRecord};
-pub use lease::{ClusterNodes, Fence, Lease, LeaseStore};
+pub use lease::{ClusterNodes, Fence, GoneNode, Lease, LeaseStore};
 pub use memory::MemoryStore;
 pub use orgs::{OrgChange, OrgChanged, OrgStore, OrgUsage};
 

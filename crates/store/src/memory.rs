@@ -9,8 +9,9 @@ use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
 use flotilla_domain::{
     org_changes, target_record, with_daily_spend, AccountKind, Change, ChangeEntity, ChangeKind,
-    ClusterName, ClusterRecord, CostRow, DeployCommand, InstanceSetId, LedgerEntry, Level, Money,
-    NewChange, NodeRecord, OrgError, OrgEvent, OrgName, Organisation, Username,
+    ClusterName, ClusterRecord, CostRow, DeployCommand, InstanceId, InstanceSetId, LedgerEntry,
+    Level, Money, NewChange, NodeMeter, NodeRecord, OrgError, OrgEvent, OrgName, Organisation,
+    Username,
 };
 
 use crate::orgs::{OrgChange, OrgChanged, OrgStore, OrgUsage};
@@ -41,6 +42,7 @@ struct Inner {
     notices: tokio::sync::watch::Sender<u64>,
     /// Published nodes by cluster.
     nodes: BTreeMap<ClusterName, Vec<NodeRecord>>,
+    meters: BTreeMap<(ClusterName, InstanceId), NodeMeter>,
 }
 
 struct StoredToken {
@@ -733,15 +735,33 @@ impl OrgStore for MemoryStore {
     ) -> Result<Vec<OrgChanged>, StoreError> {
         let mut inner = self.inner.lock().unwrap();
         inner.check_fence(fence)?;
-        let by_org: BTreeMap<&OrgName, &OrgUsage> = usage.iter().map(|u| (&u.org, u)).collect();
+        for u in usage {
+            if !inner.orgs.contains_key(&u.org) {
+                continue;
+            }
+            for (id, launched) in &u.nodes {
+                inner
+                    .meters
+                    .entry((u.org.clone(), id.clone()))
+                    .or_insert_with(|| {
+                        NodeMeter::new(u.org.clone(), id.clone(), *launched, u.price_per_hour)
+                    });
+            }
+        }
         let names: Vec<OrgName> = inner.orgs.keys().cloned().collect();
         let mut changed = Vec::new();
         for name in names {
             let mut org = inner.orgs[&name].clone();
-            let (launches, price) = by_org.get(&name).map_or((&[][..], Money::ZERO), |u| {
-                (&u.launches[..], u.price_per_hour)
-            });
-            let accrual = org.accrue(launches, price, now);
+            let mut meters: Vec<NodeMeter> = inner
+                .meters
+                .values()
+                .filter(|m| m.cluster == name && !m.settled())
+                .cloned()
+                .collect();
+            let accrual = org.accrue(&mut meters, now);
+            for m in meters {
+                inner.meters.insert((m.cluster.clone(), m.id.clone()), m);
+            }
             for charge in &accrual.charges {
                 *inner
                     .costs
@@ -774,6 +794,18 @@ impl OrgStore for MemoryStore {
         };
         let until = self.get_org(org).await?.and_then(|o| o.accrued_until);
         Ok(with_daily_spend(entries, &self.costs(org).await?, until))
+    }
+
+    async fn usage(&self, org: &OrgName) -> Result<Vec<NodeMeter>, StoreError> {
+        let inner = self.inner.lock().unwrap();
+        let mut meters: Vec<NodeMeter> = inner
+            .meters
+            .values()
+            .filter(|m| &m.cluster == org)
+            .cloned()
+            .collect();
+        meters.sort_by(|a, b| a.launched_at.cmp(&b.launched_at).then(a.id.cmp(&b.id)));
+        Ok(meters)
     }
 
     async fn costs(&self, org: &OrgName) -> Result<Vec<CostRow>, StoreError> {
@@ -917,6 +949,28 @@ impl LeaseStore for MemoryStore {
                 inner.nodes.insert(c.cluster.clone(), nodes);
             }
             inner.record(NewChange::nodes(&c.cluster, c.is_public, &c.nodes), now);
+            let Some(price) = c.meter.filter(|_| inner.orgs.contains_key(&c.cluster)) else {
+                continue;
+            };
+            let unsettled = inner
+                .meters
+                .values()
+                .filter(|m| m.cluster == c.cluster && !m.settled())
+                .cloned()
+                .collect();
+            let writes = crate::meters::on_publish(unsettled, c, price, now);
+            for m in writes.add {
+                inner
+                    .meters
+                    .entry((m.cluster.clone(), m.id.clone()))
+                    .or_insert(m);
+            }
+            for m in writes.ended {
+                inner.meters.insert((m.cluster.clone(), m.id.clone()), m);
+            }
+            for note in writes.notes {
+                inner.ledger.push((c.cluster.clone(), note));
+            }
         }
         Ok(())
     }

@@ -7,7 +7,8 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use flotilla_domain::{
-    ClusterRecord, CostRow, Effects, LedgerEntry, Money, OrgError, OrgEvent, OrgName, Organisation,
+    ClusterRecord, CostRow, Effects, InstanceId, LedgerEntry, Money, NodeMeter, OrgError, OrgEvent,
+    OrgName, Organisation,
 };
 
 use crate::{Fence, StoreError};
@@ -29,7 +30,8 @@ pub struct OrgChanged {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OrgUsage {
     pub org: OrgName,
-    pub launches: Vec<DateTime<Utc>>,
+    /// Each listed node and its launch.
+    pub nodes: Vec<(InstanceId, DateTime<Utc>)>,
     pub price_per_hour: Money,
 }
 
@@ -68,9 +70,10 @@ pub trait OrgStore: Send + Sync {
     async fn next_capacity_expiry(&self) -> Result<Option<DateTime<Utc>>, StoreError>;
 
     /// One accrual pass over every organisation, in one transaction:
-    /// charges `usage` up to `now` (organisations missing from it run no
-    /// nodes), credits monthly allowances, and shuts down organisations
-    /// whose balance fell to the threshold. Returns the organisations
+    /// puts on the meter any node of `usage` not on it yet (a safety net
+    /// behind [`crate::LeaseStore::publish_nodes`]), charges every meter up
+    /// to its end or to `now`, credits monthly allowances, and shuts down
+    /// organisations whose balance fell to the threshold. Returns the organisations
     /// whose pass did more than charge (allowance, events, cluster). The
     /// leader's write: refused once the term `fence` is over.
     async fn accrue(
@@ -86,6 +89,10 @@ pub trait OrgStore: Send + Sync {
 
     /// The organisation's costs by cluster, user and day, in day order.
     async fn costs(&self, org: &OrgName) -> Result<Vec<CostRow>, StoreError>;
+
+    /// The organisation's metered nodes, by launch: each one's lifetime and
+    /// what it was charged.
+    async fn usage(&self, org: &OrgName) -> Result<Vec<NodeMeter>, StoreError>;
 
     /// The organisation's latest `limit` events, newest last.
     async fn events(&self, org: &OrgName, limit: usize) -> Result<Vec<OrgEvent>, StoreError>;

@@ -10,8 +10,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use flotilla_domain::{
     AccountKind, Budget, CapacityRequest, Change, ChangeEntity, ChangeKind, ClusterName,
-    ClusterRecord, InstanceId, InstanceSetId, InstanceType, Level, Money, NodeCapacity, NodeRecord,
-    NodeState, OrgRole, OrgSettings, Organisation, PoolName, Username,
+    ClusterRecord, InstanceId, InstanceSetId, InstanceType, Level, Money, NodeCapacity, NodeEnd,
+    NodeEndSeen, NodeMeter, NodeRecord, NodeState, OrgRole, OrgSettings, Organisation, PoolName,
+    Username,
 };
 use sqlx::error::ErrorKind;
 use sqlx::migrate::{MigrateError, Migrator};
@@ -330,6 +331,96 @@ impl TryFrom<NodeRow> for (ClusterName, NodeRecord) {
 
 /// The published nodes of cluster `$2`, or of all if `$1`; the SQL both
 /// backends run.
+/// The columns [`MeterRow`] is read from, in order.
+pub const METER_COLUMNS: &str = "org, id, launched_at, price, charged_until, ended_at, ended";
+
+/// A row of `meters`.
+#[derive(Debug, sqlx::FromRow)]
+pub struct MeterRow {
+    pub org: String,
+    pub id: String,
+    pub launched_at: i64,
+    pub price: i64,
+    pub charged_until: Option<i64>,
+    pub ended_at: Option<i64>,
+    pub ended: Option<String>,
+}
+
+impl TryFrom<MeterRow> for NodeMeter {
+    type Error = StoreError;
+
+    fn try_from(row: MeterRow) -> Result<Self, StoreError> {
+        let key = format!("{}/{}", row.org, row.id);
+        let end = match (row.ended_at, row.ended.as_deref()) {
+            (None, None) => None,
+            (Some(at), Some(seen)) => Some(NodeEnd {
+                at: time("meters", &key, "ended_at", at)?,
+                seen: NodeEndSeen::parse(seen)
+                    .ok_or_else(|| corrupt("meters", &key, format!("ended {seen:?}")))?,
+            }),
+            _ => return Err(corrupt("meters", &key, "ended_at and ended disagree")),
+        };
+        Ok(NodeMeter {
+            cluster: ClusterName::new(row.org.as_str()).map_err(|e| corrupt("meters", &key, e))?,
+            id: InstanceId::new(row.id),
+            launched_at: time("meters", &key, "launched_at", row.launched_at)?,
+            price_per_hour: Money::from_micros(row.price),
+            charged_until: opt_time("meters", &key, "charged_until", row.charged_until)?,
+            end,
+        })
+    }
+}
+
+/// Meters as the columns of [`METER_COLUMNS`] plus `settled`, one vector
+/// per column, for writing many rows in one statement.
+#[derive(Debug, Default)]
+pub struct MeterColumns {
+    pub org: Vec<String>,
+    pub id: Vec<String>,
+    pub launched_at: Vec<i64>,
+    pub price: Vec<i64>,
+    pub charged_until: Vec<Option<i64>>,
+    pub ended_at: Vec<Option<i64>>,
+    pub ended: Vec<Option<&'static str>>,
+    pub settled: Vec<bool>,
+}
+
+impl MeterColumns {
+    pub fn push(&mut self, m: &NodeMeter) {
+        self.org.push(m.cluster.to_string());
+        self.id.push(m.id.to_string());
+        self.launched_at.push(to_millis(m.launched_at));
+        self.price.push(m.price_per_hour.micros());
+        self.charged_until.push(m.charged_until.map(to_millis));
+        self.ended_at.push(m.end.map(|e| to_millis(e.at)));
+        self.ended.push(m.end.map(|e| e.seen.as_str()));
+        self.settled.push(m.settled());
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.id.is_empty()
+    }
+
+    /// The rows as one JSON array of arrays, in column order.
+    pub fn to_json(&self) -> String {
+        let rows: Vec<serde_json::Value> = (0..self.id.len())
+            .map(|i| {
+                serde_json::json!([
+                    self.org[i],
+                    self.id[i],
+                    self.launched_at[i],
+                    self.price[i],
+                    self.charged_until[i],
+                    self.ended_at[i],
+                    self.ended[i],
+                    self.settled[i]
+                ])
+            })
+            .collect();
+        serde_json::Value::Array(rows).to_string()
+    }
+}
+
 pub const NODES_SELECT: &str = "SELECT cluster, id, instance_type, launched_at, state, \
      state_since, address FROM nodes WHERE $1 OR cluster = $2";
 
