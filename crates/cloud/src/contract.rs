@@ -196,6 +196,40 @@ impl CloudError {
 pub enum Health {
     Ready,
     NotReady,
+    /// The probe could not be made from this side (out of file
+    /// descriptors, no local port, no memory): it says nothing of the
+    /// node, and is never held against it.
+    Unknown,
+}
+
+impl Health {
+    /// What a probe that failed with `e` found: `Unknown` if the failure
+    /// is this process's or this host's ([`is_local_failure`]), else
+    /// `NotReady`.
+    pub fn of_failure(e: &std::io::Error) -> Health {
+        if is_local_failure(e) {
+            Health::Unknown
+        } else {
+            Health::NotReady
+        }
+    }
+}
+
+/// Whether `e` is a failure of this host rather than of the peer: out of
+/// file descriptors (EMFILE, ENFILE), buffers or memory, or of local ports
+/// and addresses (EADDRNOTAVAIL, EADDRINUSE).
+pub fn is_local_failure(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(
+            libc::ENOMEM
+                | libc::ENFILE
+                | libc::EMFILE
+                | libc::ENOBUFS
+                | libc::EADDRINUSE
+                | libc::EADDRNOTAVAIL
+        )
+    )
 }
 
 /// A set of instances on one cloud owned by one ID.
@@ -275,4 +309,27 @@ pub fn check_tag_update(tags: &Tags) -> Result<(), CloudError> {
 /// True if `instance` carries every tag of `filter`.
 pub fn matches_filter(tags: &Tags, filter: &Tags) -> bool {
     filter.iter().all(|(k, v)| tags.get(k) == Some(v))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failure_of_this_host_says_nothing_of_the_node() {
+        let e = |errno| std::io::Error::from_raw_os_error(errno);
+        for errno in [
+            libc::EMFILE,
+            libc::ENFILE,
+            libc::EADDRNOTAVAIL,
+            libc::ENOBUFS,
+        ] {
+            assert_eq!(Health::of_failure(&e(errno)), Health::Unknown, "{errno}");
+        }
+        for errno in [libc::ECONNREFUSED, libc::ETIMEDOUT, libc::EHOSTUNREACH] {
+            assert_eq!(Health::of_failure(&e(errno)), Health::NotReady, "{errno}");
+        }
+        let timeout = std::io::Error::new(std::io::ErrorKind::TimedOut, "late");
+        assert_eq!(Health::of_failure(&timeout), Health::NotReady);
+    }
 }

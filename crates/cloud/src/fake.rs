@@ -53,6 +53,9 @@ pub struct FakeConfig {
     #[serde(with = "humantime_serde")]
     pub death_within: Duration,
     pub max_batch: u32,
+    /// Every probe fails on this side, as when the server is out of file
+    /// descriptors: [`Health::Unknown`].
+    pub probes_fail_locally: bool,
 }
 
 impl Default for FakeConfig {
@@ -70,6 +73,7 @@ impl Default for FakeConfig {
             death_rate: 0.0,
             death_within: Duration::from_secs(60),
             max_batch: 50,
+            probes_fail_locally: false,
         }
     }
 }
@@ -554,6 +558,9 @@ impl InstanceSet for FakeInstanceSet {
         let now = Instant::now();
         let mut w = self.cloud.world.lock().unwrap();
         w.sweep(now);
+        if w.config.probes_fail_locally {
+            return Health::Unknown;
+        }
         match w.instances.get(&instance.id) {
             Some(i) if i.healthy_from.is_some_and(|t| t <= now) => Health::Ready,
             _ => Health::NotReady,

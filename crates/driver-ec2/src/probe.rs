@@ -26,7 +26,7 @@ pub async fn check(address: &str, check: &HealthCheck, id: &InstanceId) -> Healt
         }
         Ok(Err(e)) => {
             tracing::debug!(instance = %id, %target, error = %e, "health check failed");
-            Health::NotReady
+            Health::of_failure(&e)
         }
         Err(_) => {
             tracing::debug!(instance = %id, %target, "health check timed out");

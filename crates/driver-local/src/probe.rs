@@ -26,7 +26,7 @@ pub async fn probe(address: &str, id: &InstanceId) -> Health {
         }
         Ok(Err(e)) => {
             tracing::debug!(instance = %id, %address, error = %e, "probe failed");
-            Health::NotReady
+            Health::of_failure(&e)
         }
         Err(_) => {
             tracing::debug!(instance = %id, %address, "probe timed out");

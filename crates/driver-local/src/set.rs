@@ -713,10 +713,11 @@ impl InstanceSet for LocalInstanceSet {
         }
         // The address on disk, not the instance's: the instance may have
         // been listed before the node wrote it, or be gone since.
-        let Some(address) = self.address(instance).await else {
-            return Health::NotReady;
-        };
-        probe::probe(&address, &instance.id).await
+        match read_text(&self.inner.instance_dir(&instance.id).join(ADDRESS_FILE)) {
+            Ok(Some(address)) if !address.is_empty() => probe::probe(&address, &instance.id).await,
+            Ok(_) => Health::NotReady,
+            Err(e) => Health::of_failure(&e),
+        }
     }
 
     async fn address(&self, instance: &Instance) -> Option<String> {

@@ -133,6 +133,11 @@ impl TrackedNode {
                 self.probe_delay = (self.probe_delay * 2).min(SLOW_PROBE_DELAY.min(probe_interval));
                 self.probe_delay
             }
+            // Says nothing of the node: its state stands; ask again soon.
+            (_, Health::Unknown) => {
+                self.probe_delay = (self.probe_delay * 2).min(SLOW_PROBE_DELAY.min(probe_interval));
+                self.probe_delay
+            }
         };
         self.next_probe = Instant::now() + next;
     }
@@ -159,6 +164,9 @@ pub struct SetInventory {
     /// until the count drops below it.
     pub quota_blocked_at: Option<usize>,
     pub capacity_backoff: HashMap<CapacityScope, Instant>,
+    /// Whether [`prober_suspect`](Self::prober_suspect) held at the last
+    /// probe, to log its changes once.
+    pub prober_suspected: bool,
     /// Nodes a listing stopped showing, by cluster, until the leader
     /// publishes them (which ends their meters).
     pub departed: HashMap<ClusterName, Vec<GoneNode>>,
@@ -298,6 +306,23 @@ impl SetInventory {
             }
             node.record_probe(health, now, probe_interval);
         }
+    }
+
+    /// Whether every node of this set that was ready has stopped
+    /// answering its probe (at least two of them, and none ready now): more
+    /// likely the prober's trouble (this host out of descriptors, its
+    /// network down) than every node failing at once, so nothing is
+    /// destroyed for failing probes until one answers again.
+    pub fn prober_suspect(&self) -> bool {
+        let mut unhealthy = 0;
+        for node in self.clusters.values().flat_map(|m| m.values()) {
+            match node.state {
+                NodeState::Ready => return false,
+                NodeState::Unhealthy => unhealthy += 1,
+                _ => {}
+            }
+        }
+        unhealthy >= 2
     }
 
     /// How many instances of `ty` may be created now.

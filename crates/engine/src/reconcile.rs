@@ -216,6 +216,7 @@ async fn reconcile(
             _ => None,
         };
         let now = shared.clock.now();
+        let suspect = shared.inventory.lock().unwrap()[driver].prober_suspect();
         let plan = {
             let inv = shared.inventory.lock().unwrap();
             let set_inv = &inv[driver];
@@ -224,13 +225,14 @@ async fn reconcile(
             let may_create = wanted
                 .as_ref()
                 .map_or(0, |w| set_inv.may_create(&w.instance_type, Instant::now()));
-            plan(
-                wanted.as_ref(),
-                &observed,
-                now,
-                &shared.config.timeouts,
-                may_create,
-            )
+            // Every node failing its probe at once: suspect the prober
+            // and replace nothing for failing probes.
+            let mut timeouts = shared.config.timeouts;
+            if suspect {
+                timeouts.boot = std::time::Duration::MAX;
+                timeouts.probe = std::time::Duration::MAX;
+            }
+            plan(wanted.as_ref(), &observed, now, &timeouts, may_create)
         };
 
         // Held while acting, so a new term of this server waits for the
@@ -321,8 +323,10 @@ async fn reconcile(
                 next.at(Instant::now() + shared.config.timeouts.destroy_retry.saturating_sub(spent));
             } else {
                 next.at(node.next_probe);
-                // Timeouts must fire even if probes stop changing anything.
+                // Timeouts must fire even if probes stop changing anything
+                // (but none does while the prober is suspect).
                 let timeout = match node.state {
+                    _ if suspect => None,
                     NodeState::Booting => {
                         Some((node.instance.launched_at, shared.config.timeouts.boot))
                     }
@@ -422,6 +426,15 @@ async fn probe_due(shared: &Shared, driver: &str, set: &dyn InstanceSet, cluster
             now,
             shared.config.probe_interval,
         );
+    }
+    let suspect = set_inv.prober_suspect();
+    if suspect != set_inv.prober_suspected {
+        set_inv.prober_suspected = suspect;
+        if suspect {
+            tracing::warn!(%driver, "every node of this driver that was ready fails its probe at once: suspecting the prober (this host's descriptors or network), replacing none until one answers");
+        } else {
+            tracing::info!(%driver, "probes answer again; failing nodes are replaced as usual");
+        }
     }
 }
 

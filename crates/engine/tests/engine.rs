@@ -263,6 +263,62 @@ async fn unhealthy_node_is_replaced_after_the_probe_timeout() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_probe_that_fails_on_this_side_is_not_held_against_the_node() {
+    let mut cfg = config();
+    cfg.timeouts.probe = Duration::from_secs(30);
+    let cloud = FakeCloud::new(FakeConfig::default());
+    let mut h = Harness::start(cloud.clone(), Arc::new(MemoryStore::new()), cfg).await;
+    h.deploy("c", 1, 3600, None).await;
+    h.until(Duration::from_secs(1), "running", |h| h.running("c"))
+        .await;
+    let node = h.status("c").nodes[0].id.clone();
+    cloud.reconfigure(|c| c.probes_fail_locally = true);
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    let s = h.status("c");
+    assert_eq!(s.nodes.len(), 1);
+    assert_eq!(s.nodes[0].id, node, "kept");
+    assert_eq!(s.nodes[0].state, NodeState::Ready, "its state stands");
+    assert_eq!(cloud.stats().instances_created, 1);
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn when_every_node_of_a_driver_fails_its_probe_at_once_none_is_replaced() {
+    let mut cfg = config();
+    cfg.timeouts.probe = Duration::from_secs(30);
+    let cloud = FakeCloud::new(FakeConfig::default());
+    let mut h = Harness::start(cloud.clone(), Arc::new(MemoryStore::new()), cfg).await;
+    h.deploy("a", 2, 3600, None).await;
+    h.deploy("b", 1, 3600, None).await;
+    h.until(Duration::from_secs(1), "running", |h| {
+        h.running("a") && h.running("b")
+    })
+    .await;
+    let ids = |h: &Harness| -> Vec<_> {
+        ["a", "b"]
+            .iter()
+            .flat_map(|c| h.status(c).nodes.into_iter().map(|n| n.id))
+            .collect()
+    };
+    let before = ids(&h);
+    for id in &before {
+        cloud.sicken(id);
+    }
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    assert_eq!(ids(&h), before, "none replaced");
+    assert_eq!(cloud.stats().instances_created, 3);
+    assert_eq!(cloud.stats().destroys, 0);
+
+    // With one node answering, the others are failing nodes again.
+    h.deploy("d", 1, 3600, None).await;
+    h.until(Duration::from_secs(60), "the failing nodes replaced", |h| {
+        h.running("a") && h.running("b") && ids(h).iter().all(|id| !before.contains(id))
+    })
+    .await;
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn destroy_is_retried_until_the_instance_leaves() {
     let mut h = Harness::new(FakeConfig::default()).await;
     h.deploy("c", 1, 3600, None).await;

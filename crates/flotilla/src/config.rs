@@ -41,6 +41,43 @@ struct File {
     orgs: OrgsSection,
     #[serde(default)]
     events: EventsSection,
+    #[serde(default)]
+    http: HttpSection,
+}
+
+/// `[http]`: the listener's limits.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct HttpSection {
+    /// How long a connection may take to send a request's headers, counted
+    /// from when it opens or its last response went out (so also how long
+    /// an idle keep-alive connection stays open).
+    #[serde(with = "humantime_serde")]
+    header_read_timeout: Duration,
+    /// Most connections open at once; unset: half the open-file limit.
+    max_connections: Option<usize>,
+    /// How long shutdown waits for open connections to finish.
+    #[serde(with = "humantime_serde")]
+    shutdown_drain: Duration,
+}
+
+impl Default for HttpSection {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(10),
+            max_connections: None,
+            shutdown_drain: Duration::from_secs(10),
+        }
+    }
+}
+
+/// `[http]` as read: `max_connections` is settled at start, from the
+/// open-file limit, unless configured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpConfig {
+    pub header_read_timeout: Duration,
+    pub max_connections: Option<usize>,
+    pub shutdown_drain: Duration,
 }
 
 /// `[events]`: the change feed.
@@ -415,6 +452,7 @@ pub struct Config {
     pub pools: BTreeMap<PoolName, PoolSpec>,
     pub default_pool: PoolName,
     pub access: AccessConfig,
+    pub http: HttpConfig,
 }
 
 /// A PostgreSQL URL. Its `Debug` hides the password, so the config can be
@@ -665,7 +703,27 @@ impl Config {
             ));
         }
 
+        let h = &file.http;
+        if h.header_read_timeout < Duration::from_secs(1) {
+            return Err(invalid(format!(
+                "http.header_read_timeout: at least 1s, got {}",
+                humantime::format_duration(h.header_read_timeout)
+            )));
+        }
+        if h.max_connections == Some(0) {
+            return Err(invalid(
+                "http.max_connections: at least 1; leave it out for half the open-file limit"
+                    .into(),
+            ));
+        }
+        let http = HttpConfig {
+            header_read_timeout: h.header_read_timeout,
+            max_connections: h.max_connections,
+            shutdown_drain: h.shutdown_drain,
+        };
+
         Ok(Config {
+            http,
             listen: file
                 .listen
                 .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("valid")),

@@ -3,6 +3,7 @@
 mod cli;
 mod config;
 mod credentials;
+mod http;
 mod serve;
 
 use std::net::SocketAddr;

@@ -166,6 +166,7 @@ async fn identity(
 
 pub async fn run(config: Config, admin_password: Option<String>) -> anyhow::Result<()> {
     let _lock = lock_data_dir(&config.data_dir).await?;
+    let http = http_limits(&config);
     // Bind before anything is started, so a busy port changes nothing.
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -339,18 +340,49 @@ pub async fn run(config: Config, admin_password: Option<String>) -> anyhow::Resu
         limits,
         registry: Arc::new(registry),
     });
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown_signal())
-    .await
-    .context("HTTP server failed")?;
+    crate::http::serve(listener, app, http, shutdown_signal()).await;
     housekeeping.abort();
     revocations.abort();
     tracing::info!("shutting down: draining reconciles");
     tasks.shutdown().await;
     Ok(())
+}
+
+/// The listener's limits; raises the open-file limit first, since the
+/// connection cap is drawn from it.
+fn http_limits(config: &Config) -> crate::http::HttpLimits {
+    let fds = match crate::http::raise_fd_limit() {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read or raise the open-file limit; assuming 1024");
+            1024
+        }
+    };
+    let max_connections = match config.http.max_connections {
+        Some(n) => {
+            if n as u64 + crate::http::RESERVED_FDS > fds {
+                tracing::warn!(
+                    max_connections = n,
+                    open_file_limit = fds,
+                    "http.max_connections leaves fewer than {} descriptors for the engine: node probes and cloud calls may fail under load",
+                    crate::http::RESERVED_FDS
+                );
+            }
+            n
+        }
+        None => crate::http::default_max_connections(fds),
+    };
+    tracing::info!(
+        open_file_limit = fds,
+        max_connections,
+        header_read_timeout = ?config.http.header_read_timeout,
+        "HTTP limits"
+    );
+    crate::http::HttpLimits {
+        header_read_timeout: config.http.header_read_timeout,
+        max_connections,
+        drain: config.http.shutdown_drain,
+    }
 }
 
 async fn shutdown_signal() {

@@ -64,6 +64,8 @@ pub struct Server {
     pub url: String,
     /// Where the command line's HOME and config live.
     pub home: PathBuf,
+    /// The server's log (stderr).
+    pub log: PathBuf,
 }
 
 impl Server {
@@ -109,6 +111,7 @@ impl Server {
             child,
             url: String::new(),
             home,
+            log: log.clone(),
         };
         let deadline = Instant::now() + SETTLE;
         loop {
