@@ -90,7 +90,7 @@ fn user_body(a: AccountRecord) -> types::UserView {
     responses(
         (status = 200, body = types::TokenResponse),
         (status = 401, description = "Wrong username or password", body = types::ErrorBody),
-        (status = 429, description = "Too many failed logins", body = types::ErrorBody),
+        (status = 429, description = "Too many failed logins, or every password check busy for 10 s (`busy`, with Retry-After)", body = types::ErrorBody),
     )
 )]
 pub(crate) async fn login(

@@ -14,6 +14,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// Seconds for a `Retry-After` header.
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -22,7 +24,14 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after: None,
         }
+    }
+
+    /// With a `Retry-After` of `seconds`.
+    pub fn retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds);
+        self
     }
 
     pub fn internal(message: impl Into<String>) -> Self {
@@ -156,6 +165,9 @@ impl From<IdentityError> for ApiError {
                 Self::new(StatusCode::NOT_FOUND, "user_not_found", message)
             }
             IdentityError::LastAdmin(_) => Self::new(StatusCode::CONFLICT, "last_admin", message),
+            IdentityError::Busy => Self::new(StatusCode::TOO_MANY_REQUESTS, "busy", message)
+                .retry_after(flotilla_identity::HASH_QUEUE_WAIT.as_secs()),
+            IdentityError::Hashing(_) => Self::internal(message),
             IdentityError::GithubDisabled => {
                 Self::new(StatusCode::NOT_FOUND, "github_login_disabled", message)
             }
@@ -206,6 +218,7 @@ impl From<Denied> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let unauthorized = self.status == StatusCode::UNAUTHORIZED;
+        let retry_after = self.retry_after;
         let mut response = (
             self.status,
             Json(ErrorBody {
@@ -219,6 +232,12 @@ impl IntoResponse for ApiError {
             response.headers_mut().insert(
                 axum::http::header::WWW_AUTHENTICATE,
                 axum::http::HeaderValue::from_static("Bearer realm=\"flotilla\""),
+            );
+        }
+        if let Some(seconds) = retry_after {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(seconds),
             );
         }
         response

@@ -224,6 +224,7 @@ async fn serve(dir: &Path, store: Arc<dyn Store>) -> Result<Started> {
         None,
         IdentityConfig {
             refresh_token_ttl: REFRESH_TOKEN_TTL,
+            max_concurrent_hashes: 2,
         },
     ));
     let now = chrono::Utc::now();

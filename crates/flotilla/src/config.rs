@@ -169,6 +169,8 @@ struct AuthSection {
     login_failures: u32,
     #[serde(with = "humantime_serde")]
     login_failure_window: Duration,
+    /// Password hashes computed at once (19 MiB each, kept for reuse).
+    max_concurrent_hashes: usize,
 }
 
 impl Default for AuthSection {
@@ -181,6 +183,7 @@ impl Default for AuthSection {
             cluster_token_ttl: a.cluster_token_ttl,
             login_failures: a.login_failures,
             login_failure_window: a.login_failure_window,
+            max_concurrent_hashes: a.max_concurrent_hashes,
         }
     }
 }
@@ -239,6 +242,8 @@ pub struct AccessConfig {
     pub cluster_token_ttl: Duration,
     pub login_failures: u32,
     pub login_failure_window: Duration,
+    /// Password hashes computed at once.
+    pub max_concurrent_hashes: usize,
     /// GitHub sign-in; `None` refuses it.
     pub github: Option<GithubAccess>,
     /// Requests per minute for each level, indexed like `Level::ALL`.
@@ -261,6 +266,7 @@ impl Default for AccessConfig {
             cluster_token_ttl: Duration::from_secs(3600),
             login_failures: 10,
             login_failure_window: Duration::from_secs(15 * 60),
+            max_concurrent_hashes: 2,
             github: None,
             // anonymous, github_member, org_member, admin
             requests_per_minute: [60, 300, 600, 6000],
@@ -839,7 +845,13 @@ fn access_config(
             requests_per_minute[i] = rate;
         }
     }
+    if auth.max_concurrent_hashes == 0 {
+        return Err(
+            "auth.max_concurrent_hashes: at least 1 (each takes 19 MiB while it runs)".into(),
+        );
+    }
     Ok(AccessConfig {
+        max_concurrent_hashes: auth.max_concurrent_hashes,
         issuer: auth.issuer.clone(),
         access_token_ttl: auth.access_token_ttl,
         refresh_token_ttl: auth.refresh_token_ttl,
@@ -900,6 +912,39 @@ mod tests {
         );
         assert_eq!(c.engine.resync_interval, Duration::from_secs(10));
         assert_eq!(c.engine.timeouts.boot, Duration::from_secs(600));
+    }
+
+    #[test]
+    fn listener_and_hashing_limits_are_checked() {
+        let c = Config::parse("", "x").unwrap();
+        assert_eq!(c.http.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(c.http.max_connections, None);
+        assert_eq!(c.access.max_concurrent_hashes, 2);
+        let c = Config::parse(
+            "[http]\nheader_read_timeout = \"3s\"\nmax_connections = 64\n[auth]\nmax_concurrent_hashes = 4\n",
+            "x",
+        )
+        .unwrap();
+        assert_eq!(c.http.max_connections, Some(64));
+        assert_eq!(c.access.max_concurrent_hashes, 4);
+        for (text, says) in [
+            (
+                "[http]\nmax_connections = 0",
+                "http.max_connections: at least 1",
+            ),
+            (
+                "[http]\nheader_read_timeout = \"100ms\"",
+                "http.header_read_timeout: at least 1s",
+            ),
+            (
+                "[auth]\nmax_concurrent_hashes = 0",
+                "auth.max_concurrent_hashes: at least 1",
+            ),
+            ("[http]\nidle = \"1s\"", "idle"),
+        ] {
+            let e = err(text);
+            assert!(e.contains(says), "{text}: {e}");
+        }
     }
 
     /// The example in product.md, ec2 driver included.

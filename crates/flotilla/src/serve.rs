@@ -129,6 +129,7 @@ async fn identity(
         github,
         IdentityConfig {
             refresh_token_ttl: access.refresh_token_ttl,
+            max_concurrent_hashes: access.max_concurrent_hashes,
         },
     );
     let now = chrono::Utc::now();

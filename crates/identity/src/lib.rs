@@ -16,12 +16,13 @@ mod tokens;
 
 pub use keys::{KeyError, KeyRing};
 pub use password::{
-    check_password_rules, hash_password, prepare_password_verifier, verify_password, PasswordError,
-    MAX_PASSWORD_BYTES, MIN_PASSWORD_CHARS,
+    check_password_rules, hash_password, prepare_password_verifier, verify_password, HashMemory,
+    PasswordError, MAX_PASSWORD_BYTES, MIN_PASSWORD_CHARS,
 };
 pub use refresh::{new_refresh_secret, refresh_id, RefreshSecret};
 pub use service::{
     stored_key_ring, Identity, IdentityConfig, IdentityError, NewUser, Tokens, FIRST_ADMIN,
+    HASH_QUEUE_WAIT,
 };
 pub use tokens::{
     Claims, IssueError, IssuedToken, TokenError, TokenIssuer, TokenKind, ACCESS_AUDIENCE,

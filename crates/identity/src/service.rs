@@ -20,7 +20,7 @@ use flotilla_store::{
 
 use crate::{
     check_password_rules, hash_password, new_refresh_secret, refresh_id, verify_password,
-    IssueError, IssuedToken, KeyError, KeyRing, PasswordError, TokenError, TokenIssuer,
+    HashMemory, IssueError, IssuedToken, KeyError, KeyRing, PasswordError, TokenError, TokenIssuer,
 };
 
 /// The name of the first admin account.
@@ -30,7 +30,15 @@ pub const FIRST_ADMIN: &str = "admin";
 #[derive(Debug, Clone)]
 pub struct IdentityConfig {
     pub refresh_token_ttl: Duration,
+    /// Password hashes computed at once; each holds 19 MiB, kept for the
+    /// next. Beyond them, logins wait up to [`HASH_QUEUE_WAIT`], then are
+    /// refused as busy.
+    pub max_concurrent_hashes: usize,
 }
+
+/// How long a login or password change waits for a hasher before it is
+/// refused as busy (429).
+pub const HASH_QUEUE_WAIT: Duration = Duration::from_secs(10);
 
 /// Why a sign-in or account request failed. The API maps each to a status.
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +72,12 @@ pub enum IdentityError {
     },
     #[error("there is no account named {0}")]
     NotFound(Username),
+    /// Every password hasher stayed busy for [`HASH_QUEUE_WAIT`].
+    #[error("the server is busy checking passwords; try again in a few seconds")]
+    Busy,
+    /// A hashing thread failed (a panic); nothing was changed.
+    #[error("checking the password failed: {0}")]
+    Hashing(String),
     #[error("{0} is the last admin; make another account admin first")]
     LastAdmin(Username),
     #[error("GitHub sign-in is not configured on this server (no [github] section)")]
@@ -130,8 +144,49 @@ pub struct Identity {
     /// on it ([`Identity::share_keys`]), rather than the key directory's.
     shared_keys: std::sync::atomic::AtomicBool,
     /// Each password hash takes 19 MiB and tens of milliseconds of a core;
-    /// a burst of logins queues here instead of exhausting the machine.
-    hashing: tokio::sync::Semaphore,
+    /// a burst of logins queues here instead of exhausting the machine,
+    /// and the memory is reused rather than allocated again.
+    hashing: Hashers,
+}
+
+/// At most `n` argon2 computations at once, each in memory of its own
+/// that is kept for the next.
+struct Hashers {
+    permits: tokio::sync::Semaphore,
+    memory: Arc<Mutex<Vec<HashMemory>>>,
+    /// How long a caller waits for a permit.
+    wait: Duration,
+}
+
+impl Hashers {
+    fn new(n: usize, wait: Duration) -> Self {
+        Self {
+            permits: tokio::sync::Semaphore::new(n.max(1)),
+            memory: Arc::default(),
+            wait,
+        }
+    }
+
+    /// Runs `f` with a hasher's memory on a blocking thread, once one is
+    /// free; `Busy` if none is within its wait ([`HASH_QUEUE_WAIT`]).
+    async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut HashMemory) -> T + Send + 'static,
+    ) -> Result<T, IdentityError> {
+        let _permit = tokio::time::timeout(self.wait, self.permits.acquire())
+            .await
+            .map_err(|_| IdentityError::Busy)?
+            .expect("never closed");
+        let pool = self.memory.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut memory = pool.lock().expect("not poisoned").pop().unwrap_or_default();
+            let out = f(&mut memory);
+            pool.lock().expect("not poisoned").push(memory);
+            out
+        })
+        .await
+        .map_err(|e| IdentityError::Hashing(e.to_string()))
+    }
 }
 
 impl Identity {
@@ -141,6 +196,7 @@ impl Identity {
         github: Option<GithubClient>,
         config: IdentityConfig,
     ) -> Self {
+        let hashing = Hashers::new(config.max_concurrent_hashes, HASH_QUEUE_WAIT);
         Self {
             store,
             tokens,
@@ -148,7 +204,7 @@ impl Identity {
             config,
             changed: Mutex::new(Changes::default()),
             shared_keys: std::sync::atomic::AtomicBool::new(false),
-            hashing: tokio::sync::Semaphore::new(2),
+            hashing,
         }
     }
 
@@ -248,10 +304,10 @@ impl Identity {
         // Verified even when there is no account, against a dummy hash, so
         // the answer takes as long either way.
         let password = password.to_owned();
-        let _permit = self.hashing.acquire().await.expect("never closed");
-        let ok = tokio::task::spawn_blocking(move || verify_password(stored.as_deref(), &password))
-            .await
-            .unwrap_or(false);
+        let ok = self
+            .hashing
+            .run(move |memory| verify_password(stored.as_deref(), &password, memory))
+            .await?;
         match account {
             Some(account) if ok => self.sign_in(account, read_at, now).await,
             _ => Err(IdentityError::BadCredentials),
@@ -588,10 +644,9 @@ impl Identity {
     }
 
     async fn hash(&self, password: String) -> Result<String, IdentityError> {
-        let _permit = self.hashing.acquire().await.expect("never closed");
-        tokio::task::spawn_blocking(move || hash_password(&password))
-            .await
-            .expect("hashing does not panic")
+        self.hashing
+            .run(move |memory| hash_password(&password, memory))
+            .await?
             .map_err(IdentityError::from)
     }
 
@@ -684,4 +739,39 @@ fn parse_grants(grants: &[String]) -> Result<BTreeSet<ClusterName>, IdentityErro
         .iter()
         .map(|g| ClusterName::new(g.as_str()).map_err(IdentityError::from))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn hashers_keep_one_memory_each_and_refuse_when_busy_too_long() {
+        let hashers = Arc::new(Hashers::new(2, Duration::from_secs(30)));
+        let mut runs = tokio::task::JoinSet::new();
+        for _ in 0..12 {
+            let h = hashers.clone();
+            runs.spawn(async move {
+                h.run(|_memory| std::thread::sleep(Duration::from_millis(5)))
+                    .await
+            });
+        }
+        while let Some(r) = runs.join_next().await {
+            r.unwrap().unwrap();
+        }
+        assert_eq!(hashers.memory.lock().unwrap().len(), 2, "two kept, no more");
+
+        let busy = Arc::new(Hashers::new(1, Duration::from_millis(50)));
+        let holder = {
+            let busy = busy.clone();
+            tokio::spawn(async move {
+                busy.run(|_| std::thread::sleep(Duration::from_millis(500)))
+                    .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(matches!(busy.run(|_| ()).await, Err(IdentityError::Busy)));
+        holder.await.unwrap().unwrap();
+        busy.run(|_| ()).await.unwrap();
+    }
 }

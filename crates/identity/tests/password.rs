@@ -1,25 +1,28 @@
 //! Password hashing, verification and the rules for new passwords.
 
 use flotilla_identity::{
-    check_password_rules, hash_password, verify_password, PasswordError, MAX_PASSWORD_BYTES,
+    check_password_rules, hash_password, verify_password, HashMemory, PasswordError,
+    MAX_PASSWORD_BYTES,
 };
 
 const PASSWORD: &str = "correct horse battery staple";
 
 #[test]
 fn a_hashed_password_verifies_and_others_do_not() {
-    let stored = hash_password(PASSWORD).unwrap();
+    let m = &mut HashMemory::new();
+    let stored = hash_password(PASSWORD, m).unwrap();
     assert!(!stored.contains(PASSWORD));
-    assert!(verify_password(Some(&stored), PASSWORD));
+    assert!(verify_password(Some(&stored), PASSWORD, m));
     assert!(!verify_password(
         Some(&stored),
-        "correct horse battery stapl"
+        "correct horse battery stapl",
+        m
     ));
-    assert!(!verify_password(Some(&stored), ""));
-    assert!(!verify_password(None, PASSWORD));
-    assert!(!verify_password(Some("not a phc string"), PASSWORD));
+    assert!(!verify_password(Some(&stored), "", m));
+    assert!(!verify_password(None, PASSWORD, m));
+    assert!(!verify_password(Some("not a phc string"), PASSWORD, m));
     let too_long = format!("{PASSWORD}{}", "x".repeat(MAX_PASSWORD_BYTES));
-    assert!(!verify_password(Some(&stored), &too_long));
+    assert!(!verify_password(Some(&stored), &too_long, m));
 }
 
 #[test]
@@ -46,7 +49,7 @@ fn new_passwords_follow_the_rules() {
         })
     );
     assert_eq!(
-        hash_password("short"),
+        hash_password("short", &mut HashMemory::new()),
         Err(PasswordError::TooShort { chars: 5 })
     );
 }

@@ -159,6 +159,7 @@ impl TestApi {
             options.github,
             IdentityConfig {
                 refresh_token_ttl: Duration::from_secs(24 * 3600),
+                max_concurrent_hashes: 2,
             },
         ));
         assert!(identity
