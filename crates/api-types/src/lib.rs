@@ -13,9 +13,11 @@ use utoipa::{IntoParams, ToSchema};
 pub struct DeployRequest {
     /// How many nodes the cluster should have.
     #[schema(minimum = 1, example = 3)]
+    #[serde(deserialize_with = "whole::number")]
     pub node_capacity: i64,
     /// Seconds until the cluster is destroyed; a new deploy resets it.
     #[schema(minimum = 1, example = 3600)]
+    #[serde(deserialize_with = "whole::number")]
     pub time_to_live: i64,
     /// Whether anyone may read the cluster's status. Absent: a deployed
     /// cluster keeps its own, a new one is private. Cannot change once the
@@ -26,6 +28,7 @@ pub struct DeployRequest {
     /// own, a new one gets the server's default pool. Cannot change once
     /// the cluster is deployed (a different pool is 409).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^[A-Za-z0-9][-_A-Za-z0-9]{0,63}$", max_length = 64)]
     pub pool: Option<String>,
 }
 
@@ -155,6 +158,7 @@ pub struct StatusQuery {
     /// Include the cluster's latest changes, up to this many (0 to 100;
     /// default 0: a status read stays one lookup in memory).
     #[serde(default)]
+    #[param(maximum = 100)]
     pub events: usize,
 }
 
@@ -169,6 +173,7 @@ pub struct EventsQuery {
     pub cluster: Option<String>,
     /// Changes looked at per page, 0 to 1000 (default 100).
     #[serde(default)]
+    #[param(maximum = 1000)]
     pub limit: Option<usize>,
     /// With no change to return, wait for one up to the server's
     /// `max_wait`.
@@ -206,6 +211,7 @@ pub struct ExtendRequest {
     /// Seconds from now until the cluster is destroyed, within the
     /// caller's level limit.
     #[schema(minimum = 1, example = 7200)]
+    #[serde(deserialize_with = "whole::number")]
     pub time_to_live: i64,
 }
 
@@ -216,9 +222,11 @@ pub struct CapacityRequest {
     /// Nodes asked for (the cluster is sized by the sum over users of each
     /// user's largest active request, within min_nodes..max_nodes).
     #[schema(minimum = 1, example = 4)]
+    #[serde(deserialize_with = "whole::number")]
     pub nodes: i64,
     /// Seconds the request lasts.
     #[schema(minimum = 1, example = 3600)]
+    #[serde(deserialize_with = "whole::number")]
     pub time_to_live: i64,
 }
 
@@ -242,11 +250,14 @@ pub struct CapacityResponse {
 #[serde(deny_unknown_fields)]
 pub struct CreateOrgRequest {
     /// A valid cluster name: the organisation's private cluster has it.
+    #[schema(pattern = "^[A-Za-z0-9][-A-Za-z0-9]{0,39}$", max_length = 40)]
     pub name: String,
     /// Usernames of existing accounts.
+    #[schema(min_items = 1)]
     pub owners: Vec<String>,
     /// The pool of the organisation's cluster; the default pool if absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^[A-Za-z0-9][-_A-Za-z0-9]{0,63}$", max_length = 64)]
     pub pool: Option<String>,
 }
 
@@ -257,21 +268,33 @@ pub struct CreateOrgRequest {
 #[serde(deny_unknown_fields)]
 pub struct UpdateOrgRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0, maximum = 4294967295_i64)]
+    #[serde(deserialize_with = "whole::optional")]
     pub min_nodes: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0, maximum = 4294967295_i64)]
+    #[serde(deserialize_with = "whole::optional")]
     pub max_nodes: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^[A-Za-z0-9][-_A-Za-z0-9]{0,63}$", max_length = 64)]
     pub pool: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0, maximum = 4294967295_i64)]
+    #[serde(deserialize_with = "whole::optional")]
     pub node_limit: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^[+]?[0-9]{1,12}([.][0-9]{1,6})?$")]
     pub monthly_allowance: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^[+]?[0-9]{1,12}([.][0-9]{1,6})?$")]
     pub max_balance: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^[+]?[0-9]{1,12}([.][0-9]{1,6})?$")]
     pub shutdown_threshold: Option<String>,
     /// Seconds a request must be able to pay for (capped by its TTL).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0, maximum = 31536000)]
+    #[serde(deserialize_with = "whole::optional")]
     pub min_runway: Option<i64>,
 }
 
@@ -379,6 +402,7 @@ pub struct MembershipRequestResponse {
 #[serde(deny_unknown_fields)]
 pub struct MemberRoleRequest {
     /// `owner` or `member`.
+    #[schema(pattern = "^(owner|member)$")]
     pub role: String,
 }
 
@@ -387,6 +411,7 @@ pub struct MemberRoleRequest {
 #[serde(deny_unknown_fields)]
 pub struct CreditRequest {
     /// Dollars as a decimal string, e.g. "25.00" or "-3.50".
+    #[schema(pattern = "^[-+]?[0-9]{1,12}([.][0-9]{1,6})?$")]
     pub amount: String,
     /// Why; kept in the ledger.
     pub reason: String,
@@ -661,7 +686,10 @@ impl std::fmt::Debug for ClusterTokenResponse {
 #[derive(Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateUserRequest {
+    #[schema(pattern = "^[A-Za-z0-9][-A-Za-z0-9]{0,39}$", max_length = 40)]
     pub username: String,
+    /// At least 12 characters; at most 1024 bytes.
+    #[schema(min_length = 12, max_length = 256)]
     pub password: String,
     pub level: Level,
     /// Clusters granted beyond the account's own.
@@ -717,4 +745,97 @@ pub struct WhoAmI {
     pub username: Option<String>,
     pub level: Level,
     pub clusters: Vec<String>,
+}
+
+/// Whole numbers as JSON may write them: `3` or `3.0` (JSON Schema's
+/// `integer` admits both), never `3.5`.
+mod whole {
+    use serde::de::{self, Deserializer, Visitor};
+
+    struct Whole;
+
+    impl Visitor<'_> for Whole {
+        type Value = i64;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a whole number")
+        }
+
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<i64, E> {
+            Ok(v)
+        }
+
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<i64, E> {
+            i64::try_from(v).map_err(|_| E::invalid_value(de::Unexpected::Unsigned(v), &self))
+        }
+
+        fn visit_f64<E: de::Error>(self, v: f64) -> Result<i64, E> {
+            // Exactly a whole number, and within i64.
+            if v.fract() == 0.0 && v.abs() < 9.0e18 {
+                Ok(v as i64)
+            } else {
+                Err(E::invalid_value(de::Unexpected::Float(v), &self))
+            }
+        }
+    }
+
+    pub fn number<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+        d.deserialize_any(Whole)
+    }
+
+    pub fn optional<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+        struct Maybe;
+        impl<'de> Visitor<'de> for Maybe {
+            type Value = Option<i64>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a whole number or null")
+            }
+
+            fn visit_none<E: de::Error>(self) -> Result<Option<i64>, E> {
+                Ok(None)
+            }
+
+            fn visit_unit<E: de::Error>(self) -> Result<Option<i64>, E> {
+                Ok(None)
+            }
+
+            fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Option<i64>, D::Error> {
+                number(d).map(Some)
+            }
+        }
+        d.deserialize_option(Maybe)
+    }
+}
+
+#[cfg(test)]
+mod whole_tests {
+    use super::*;
+
+    #[test]
+    fn whole_numbers_may_be_written_with_a_point_zero() {
+        let d: DeployRequest =
+            serde_json::from_str(r#"{"node_capacity": 2.0, "time_to_live": 60}"#).unwrap();
+        assert_eq!((d.node_capacity, d.time_to_live), (2, 60));
+        let e =
+            serde_json::from_str::<DeployRequest>(r#"{"node_capacity": 2.5, "time_to_live": 60}"#)
+                .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("invalid value: floating point `2.5`, expected a whole number"),
+            "{e}"
+        );
+        let e =
+            serde_json::from_str::<DeployRequest>(r#"{"node_capacity": "3", "time_to_live": 60}"#)
+                .unwrap_err();
+        assert!(e.to_string().contains("invalid type: string"), "{e}");
+        let u: UpdateOrgRequest = serde_json::from_str(r#"{"min_nodes": 1.0}"#).unwrap();
+        assert_eq!(u.min_nodes, Some(1));
+        assert_eq!(
+            serde_json::from_str::<UpdateOrgRequest>("{}")
+                .unwrap()
+                .min_nodes,
+            None
+        );
+    }
 }

@@ -128,6 +128,7 @@ pub(crate) async fn login(
     responses(
         (status = 200, body = types::TokenResponse),
         (status = 401, description = "GitHub refused the token", body = types::ErrorBody),
+        (status = 404, description = "GitHub sign-in is not configured on this server", body = types::ErrorBody),
         (status = 503, description = "GitHub could not answer", body = types::ErrorBody),
     )
 )]
@@ -260,7 +261,17 @@ pub(crate) async fn rotate_key(
 }
 
 /// Retires a key that no longer signs (admins): tokens it signed are refused.
-#[utoipa::path(delete, path = "/api/v1/auth/keys/{kid}", params(("kid" = String, Path)), responses((status = 204), (status = 403, body = types::ErrorBody)))]
+#[utoipa::path(
+    delete,
+    path = "/api/v1/auth/keys/{kid}",
+    params(("kid" = String, Path)),
+    responses(
+        (status = 204),
+        (status = 403, body = types::ErrorBody),
+        (status = 404, description = "No key of that id", body = types::ErrorBody),
+        (status = 409, description = "The key signs new tokens: rotate first", body = types::ErrorBody),
+    )
+)]
 pub(crate) async fn retire_key(
     State(state): State<AppState>,
     CallerIdentity(caller): CallerIdentity,

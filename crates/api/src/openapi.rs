@@ -102,7 +102,7 @@ use flotilla_api_types as types;
         types::NodeUsageView,
         types::Usage,
     )),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &Conformance),
     security(("bearer" = []))
 )]
 pub struct ApiDoc;
@@ -127,8 +127,192 @@ impl utoipa::Modify for BearerAuth {
     }
 }
 
-/// This document.
+/// Completes every operation from what the server does to all of them, so
+/// the document lists every status a client can get: the access layer's
+/// (401, 403 and 429, and optional authentication where anonymous callers
+/// are served), the body extractor's (400 unreadable JSON, 415 not JSON,
+/// 422 invalid values), path names' rules (the domain constructors'
+/// patterns; 404 for what does not exist), and 503 for changes while the
+/// server shuts down.
+struct Conformance;
+
+impl utoipa::Modify for Conformance {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use crate::access::{Access, ROUTES};
+        for (method, path, access) in ROUTES {
+            let Some(item) = openapi.paths.paths.get_mut(*path) else {
+                continue;
+            };
+            let operation = match *method {
+                "GET" => item.get.as_mut(),
+                "PUT" => item.put.as_mut(),
+                "POST" => item.post.as_mut(),
+                "DELETE" => item.delete.as_mut(),
+                "PATCH" => item.patch.as_mut(),
+                _ => None,
+            };
+            let Some(op) = operation else { continue };
+            match access {
+                Access::Open => continue,
+                Access::SignIn => {}
+                Access::Rule(_) => {
+                    // Anonymous callers are served too.
+                    op.security = Some(vec![
+                        utoipa::openapi::security::SecurityRequirement::default(),
+                        utoipa::openapi::security::SecurityRequirement::new(
+                            "bearer",
+                            Vec::<String>::new(),
+                        ),
+                    ]);
+                    add(op, "401", "The token is invalid, expired or revoked");
+                }
+                Access::SignedIn(_) => {
+                    add(op, "401", "No token, or one invalid, expired or revoked");
+                    add(op, "403", "The caller may not do this");
+                }
+            }
+            add(op, "429", "Too many requests; see Retry-After");
+            if op.request_body.is_some() {
+                add(op, "400", "The body is not readable JSON");
+                add(op, "415", "The body is not application/json");
+                add(op, "422", "A value in the body is not valid");
+            }
+            if *method != "GET" {
+                add(op, "503", "The server is shutting down; try again");
+            }
+            let names = path.contains('{');
+            let queries = op
+                .parameters
+                .iter()
+                .flatten()
+                .any(|p| p.parameter_in == utoipa::openapi::path::ParameterIn::Query);
+            if names || queries {
+                add(op, "400", "A query parameter is not readable");
+                add(op, "422", "A name in the path or query is not valid");
+            }
+            if names {
+                add(op, "404", "Nothing of that name");
+            }
+            for param in op.parameters.iter_mut().flatten() {
+                if let Some(schema) = name_schema(&param.name) {
+                    param.schema = Some(schema);
+                }
+            }
+        }
+    }
+}
+
+/// Adds `status` to `op`'s responses unless it documents it already.
+fn add(op: &mut utoipa::openapi::path::Operation, status: &str, description: &str) {
+    use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+    op.responses
+        .responses
+        .entry(status.to_owned())
+        .or_insert_with(|| {
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("ErrorBody")))
+                        .build(),
+                )
+                .build()
+                .into()
+        });
+}
+
+/// The schema of a name in a path (or the `cluster` filter), from the rule
+/// its constructor checks.
+fn name_schema(param: &str) -> Option<utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>> {
+    use flotilla_domain::{ClusterName, Username};
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    let (pattern, max) = match param {
+        "cluster" | "org" => (ClusterName::PATTERN, ClusterName::MAX_LEN),
+        "user" | "username" => (Username::PATTERN, Username::MAX_LEN),
+        _ => return None,
+    };
+    Some(
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .pattern(Some(pattern))
+            .min_length(Some(1))
+            .max_length(Some(max))
+            .into(),
+    )
+}
+
+/// This document, with this server's limits on time-to-live and nodes.
 #[utoipa::path(get, path = "/api/v1/openapi.json", security(()), responses((status = 200, description = "OpenAPI 3.1 document")))]
-pub(crate) async fn serve() -> Json<utoipa::openapi::OpenApi> {
-    Json(ApiDoc::openapi())
+pub(crate) async fn serve(
+    axum::extract::State(state): axum::extract::State<crate::AppState>,
+) -> Json<serde_json::Value> {
+    let pools: Vec<String> = state.engine.pools().map(ToString::to_string).collect();
+    Json(document(&state.engine.config().limits, &pools))
+}
+
+/// The API document as this server answers it: [`ApiDoc`] with the bounds
+/// `limits` puts on every time-to-live and node count, the names of its
+/// `pools`, and the rules of names inside lists and of the levels an
+/// account may be given.
+pub fn document(limits: &flotilla_domain::Limits, pools: &[String]) -> serde_json::Value {
+    use flotilla_domain::{ClusterName, Level};
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).expect("the document serialises");
+    let schemas = &mut doc["components"]["schemas"];
+    let name = serde_json::json!({
+        "type": "string",
+        "pattern": ClusterName::PATTERN,
+        "maxLength": ClusterName::MAX_LEN,
+    });
+    for (schema, field) in [
+        ("CreateOrgRequest", "owners"),
+        ("CreateUserRequest", "grants"),
+        ("UpdateUserRequest", "grants"),
+    ] {
+        schemas[schema]["properties"][field]["items"] = name.clone();
+    }
+    // An account is never created or set at level anonymous.
+    let levels: Vec<&str> = Level::ALL
+        .iter()
+        .filter(|l| **l != Level::Anonymous)
+        .map(|l| l.as_str())
+        .collect();
+    schemas["CreateUserRequest"]["properties"]["level"] =
+        serde_json::json!({"type": "string", "enum": levels});
+    let mut optional = levels
+        .iter()
+        .map(|l| serde_json::json!(l))
+        .collect::<Vec<_>>();
+    optional.push(serde_json::Value::Null);
+    schemas["UpdateUserRequest"]["properties"]["level"] =
+        serde_json::json!({"type": ["string", "null"], "enum": optional});
+    for schema in ["DeployRequest", "CreateOrgRequest", "UpdateOrgRequest"] {
+        let pool = &mut schemas[schema]["properties"]["pool"];
+        if let Some(p) = pool.as_object_mut() {
+            let mut names: Vec<serde_json::Value> =
+                pools.iter().map(|p| serde_json::json!(p)).collect();
+            names.push(serde_json::Value::Null);
+            p.insert("enum".into(), serde_json::Value::Array(names));
+        }
+    }
+    let ttl = serde_json::json!({
+        "minimum": limits.min_ttl.as_secs().max(1),
+        "maximum": limits.max_ttl.as_secs(),
+    });
+    for (schema, field, bounds) in [
+        ("DeployRequest", "time_to_live", &ttl),
+        ("ExtendRequest", "time_to_live", &ttl),
+        ("CapacityRequest", "time_to_live", &ttl),
+        (
+            "DeployRequest",
+            "node_capacity",
+            &serde_json::json!({"minimum": 1, "maximum": limits.max_nodes}),
+        ),
+    ] {
+        let property = &mut doc["components"]["schemas"][schema]["properties"][field];
+        if let (Some(p), Some(b)) = (property.as_object_mut(), bounds.as_object()) {
+            p.extend(b.clone());
+        }
+    }
+    doc
 }

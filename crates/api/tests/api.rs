@@ -151,7 +151,9 @@ async fn node_capacity_of_the_wrong_type_is_400() {
             .await
             .expect_error(StatusCode::BAD_REQUEST, "invalid_request");
         assert!(
-            message.contains("node_capacity") || message.contains("invalid type"),
+            message.contains("node_capacity")
+                || message.contains("invalid type")
+                || message.contains("expected a whole number"),
             "{message}"
         );
     }
@@ -761,18 +763,86 @@ async fn openapi_document_matches_the_router() {
         "bearer"
     );
     for (method, path, access) in flotilla_api::access::ROUTES {
+        use flotilla_api::access::Access;
         let operation = &doc["paths"][path][method.to_lowercase()];
-        let opts_out = operation["security"] == serde_json::json!([{}]);
-        let needs_no_token = matches!(
-            access,
-            flotilla_api::access::Access::Open | flotilla_api::access::Access::SignIn
-        );
+        let expected = match access {
+            Access::Open | Access::SignIn => serde_json::json!([{}]),
+            // Anonymous callers are served too: the token is optional.
+            Access::Rule(_) => serde_json::json!([{}, {"bearer": []}]),
+            Access::SignedIn(_) => serde_json::Value::Null,
+        };
+        assert_eq!(operation["security"], expected, "{method} {path}");
+        if !matches!(access, Access::Open) {
+            assert!(operation["responses"]["429"].is_object(), "{method} {path}");
+        }
+        if matches!(access, Access::SignedIn(_)) {
+            assert!(operation["responses"]["401"].is_object(), "{method} {path}");
+        }
+        if operation["requestBody"].is_object() {
+            for status in ["400", "415", "422"] {
+                assert!(
+                    operation["responses"][status].is_object(),
+                    "{method} {path} {status}"
+                );
+            }
+        }
+    }
+    // Names in paths and bodies carry the rules their constructors check.
+    let cluster = &doc["paths"]["/api/v1/clusters/{cluster}"]["get"]["parameters"][0]["schema"];
+    assert_eq!(cluster["pattern"], flotilla_domain::ClusterName::PATTERN);
+    assert_eq!(cluster["maxLength"], 40);
+    let schemas = &doc["components"]["schemas"];
+    for (schema, field, pattern) in [
+        (
+            "CreateOrgRequest",
+            "name",
+            flotilla_domain::ClusterName::PATTERN,
+        ),
+        (
+            "CreateUserRequest",
+            "username",
+            flotilla_domain::Username::PATTERN,
+        ),
+        ("DeployRequest", "pool", flotilla_domain::PoolName::PATTERN),
+        (
+            "CreateOrgRequest",
+            "pool",
+            flotilla_domain::PoolName::PATTERN,
+        ),
+        (
+            "UpdateOrgRequest",
+            "pool",
+            flotilla_domain::PoolName::PATTERN,
+        ),
+    ] {
         assert_eq!(
-            opts_out, needs_no_token,
-            "{method} {path}: {}",
-            operation["security"]
+            schemas[schema]["properties"][field]["pattern"], pattern,
+            "{schema}.{field}"
         );
     }
+    // Amounts the pattern admits parse as money.
+    let amount = schemas["CreditRequest"]["properties"]["amount"]["pattern"]
+        .as_str()
+        .unwrap();
+    assert_eq!(amount, "^[-+]?[0-9]{1,12}([.][0-9]{1,6})?$");
+    for ok in ["0", "-3.50", "+25", "999999999999.999999"] {
+        assert!(ok.parse::<flotilla_domain::Money>().is_ok(), "{ok}");
+    }
+    // This server's limits bound every time-to-live and node count.
+    let deploy = &schemas["DeployRequest"]["properties"];
+    assert_eq!(
+        deploy["time_to_live"]["minimum"], 60,
+        "the harness's min_ttl"
+    );
+    assert!(
+        deploy["time_to_live"]["maximum"].as_u64().is_some(),
+        "{deploy}"
+    );
+    assert!(
+        deploy["node_capacity"]["maximum"].as_u64().is_some(),
+        "{deploy}"
+    );
+    assert_eq!(deploy["pool"]["enum"][0], "big", "{deploy}");
 
     // Tie the document to the router itself, both ways: a documented method
     // reaches a handler (whatever it then answers), any other is a 405.

@@ -49,13 +49,18 @@ fn is_name(value: &str, max_len: usize, extra: &[u8]) -> bool {
 }
 
 macro_rules! validated_name {
-    ($(#[$doc:meta])* $name:ident, $kind:expr, $max:expr, $extra:expr, $rule:literal) => {
+    ($(#[$doc:meta])* $name:ident, $kind:expr, $max:expr, $extra:expr, $rule:literal, $pattern:literal) => {
         $(#[$doc])*
         #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
         #[serde(transparent)]
         pub struct $name(String);
 
         impl $name {
+            /// The rule [`Self::new`] checks, as a regular expression (for
+            /// the API document).
+            pub const PATTERN: &'static str = $pattern;
+            pub const MAX_LEN: usize = $max;
+
             pub fn new(value: impl Into<String>) -> Result<Self, NameError> {
                 let value = value.into();
                 if is_name(&value, $max, $extra) {
@@ -99,7 +104,8 @@ validated_name!(
     NameKind::Cluster,
     40,
     b"",
-    "use 1 to 40 letters, digits or '-', starting with a letter or digit"
+    "use 1 to 40 letters, digits or '-', starting with a letter or digit",
+    "^[A-Za-z0-9][-A-Za-z0-9]{0,39}$"
 );
 
 validated_name!(
@@ -109,7 +115,8 @@ validated_name!(
     NameKind::Username,
     40,
     b"",
-    "use 1 to 40 letters, digits or '-', starting with a letter or digit"
+    "use 1 to 40 letters, digits or '-', starting with a letter or digit",
+    "^[A-Za-z0-9][-A-Za-z0-9]{0,39}$"
 );
 
 impl Username {
@@ -125,7 +132,8 @@ validated_name!(
     NameKind::Pool,
     64,
     b"_",
-    "use 1 to 64 letters, digits, '-' or '_', starting with a letter or digit"
+    "use 1 to 64 letters, digits, '-' or '_', starting with a letter or digit",
+    "^[A-Za-z0-9][-_A-Za-z0-9]{0,63}$"
 );
 
 validated_name!(
@@ -135,7 +143,8 @@ validated_name!(
     NameKind::InstanceSetId,
     64,
     b"_",
-    "use 1 to 64 letters, digits, '-' or '_', starting with a letter or digit"
+    "use 1 to 64 letters, digits, '-' or '_', starting with a letter or digit",
+    "^[A-Za-z0-9][-_A-Za-z0-9]{0,63}$"
 );
 
 /// A cloud's own name for a kind of instance (`t3.micro`, `local.small`).
@@ -196,6 +205,18 @@ impl fmt::Display for InstanceId {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn patterns_say_what_the_constructors_check() {
+        assert_eq!(ClusterName::PATTERN, "^[A-Za-z0-9][-A-Za-z0-9]{0,39}$");
+        assert_eq!(ClusterName::MAX_LEN, 40);
+        assert!(
+            ClusterName::new("a".repeat(40)).is_ok() && ClusterName::new("a".repeat(41)).is_err()
+        );
+        assert!(PoolName::new(format!("a{}", "_".repeat(63))).is_ok());
+        assert_eq!(PoolName::PATTERN, "^[A-Za-z0-9][-_A-Za-z0-9]{0,63}$");
+    }
+
     use super::*;
 
     #[test]
