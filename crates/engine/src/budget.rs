@@ -47,10 +47,18 @@ pub(crate) async fn run_accrual(shared: Arc<Shared>) {
 async fn accrual_term(shared: Arc<Shared>, fence: Fence) {
     let mut tick = tokio::time::interval(shared.config.accrual_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // A term's first pass that saw every set listed also puts every listed
+    // node on the meter that is not on it yet (after an upgrade, or a
+    // publication that failed); after it, the publisher keeps them.
+    let mut listed_checked = false;
     loop {
         tick.tick().await;
-        if let Err(e) = accrual_pass(&shared, fence).await {
-            tracing::warn!(error = %e, "charging organisations failed; the next pass charges the whole interval");
+        let check = !listed_checked && shared.inventory.lock().unwrap().values().all(|s| s.listed);
+        match accrual_pass(&shared, fence, check).await {
+            Ok(_) => listed_checked |= check,
+            Err(e) => {
+                tracing::warn!(error = %e, "charging organisations failed; the next pass charges the whole interval")
+            }
         }
     }
 }
@@ -67,7 +75,13 @@ pub struct AccrualStats {
     pub store: Duration,
 }
 
-async fn accrual_pass(shared: &Shared, fence: Fence) -> Result<AccrualStats, EngineError> {
+/// One pass; with `listed`, every node the inventory lists for an
+/// organisation goes to the store too, to be put on the meter if it is not.
+async fn accrual_pass(
+    shared: &Shared,
+    fence: Fence,
+    listed: bool,
+) -> Result<AccrualStats, EngineError> {
     let started = Instant::now();
     let orgs = shared.orgs.pools();
     if orgs.is_empty() {
@@ -79,7 +93,9 @@ async fn accrual_pass(shared: &Shared, fence: Fence) -> Result<AccrualStats, Eng
             store: Duration::ZERO,
         });
     }
-    let usage: Vec<OrgUsage> = {
+    let usage: Vec<OrgUsage> = if !listed {
+        Vec::new()
+    } else {
         let inv = shared.inventory.lock().unwrap();
         orgs.iter()
             .filter_map(|(org, pool)| {
@@ -101,7 +117,16 @@ async fn accrual_pass(shared: &Shared, fence: Fence) -> Result<AccrualStats, Eng
             })
             .collect()
     };
-    let nodes = usage.iter().map(|u| u.nodes.len()).sum();
+    let nodes = {
+        let inv = shared.inventory.lock().unwrap();
+        orgs.iter()
+            .map(|(org, _)| {
+                inv.values()
+                    .map(|set| set.nodes(org).count())
+                    .sum::<usize>()
+            })
+            .sum()
+    };
     let store_started = Instant::now();
     let changed = shared
         .store
@@ -121,14 +146,15 @@ async fn accrual_pass(shared: &Shared, fence: Fence) -> Result<AccrualStats, Eng
 }
 
 impl Engine {
-    /// Runs one accrual pass now (tests and benchmarks; the server runs
-    /// them every `accrual_interval`). Only the leader charges.
+    /// Runs one accrual pass now, as the server runs them every
+    /// `accrual_interval` after its first (tests and benchmarks). Only the
+    /// leader charges.
     pub async fn accrue_now(&self) -> Result<AccrualStats, EngineError> {
         let fence = self
             .shared
             .leadership
             .fence()
             .ok_or(EngineError::NotLeading)?;
-        accrual_pass(&self.shared, fence).await
+        accrual_pass(&self.shared, fence, false).await
     }
 }

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use flotilla_domain::{LedgerEntry, NodeMeter, OrgName};
-use flotilla_store::sql::{self as row, MeterColumns, MeterRow, METER_COLUMNS};
+use flotilla_store::sql::{self as row, MeterColumns, MeterRow, METERS_FROM, METER_COLUMNS_NAMED};
 use flotilla_store::{meters, ClusterNodes, OrgUsage, StoreError};
 use sqlx::PgConnection;
 
@@ -43,7 +43,7 @@ async fn update(conn: &mut PgConnection, changed: &MeterColumns) -> Result<(), S
         return Ok(());
     }
     sqlx::query(
-        "UPDATE meters SET charged_until = (j.v->>4)::BIGINT, ended_at = (j.v->>5)::BIGINT, \
+        "UPDATE meters SET charged_until = (j.v->>4)::BIGINT, follows = FALSE, ended_at = (j.v->>5)::BIGINT, \
              ended = j.v->>6, settled = (j.v->>7)::BOOLEAN \
          FROM jsonb_array_elements($1::jsonb) AS j(v) \
          WHERE meters.org = j.v->>0 AND meters.id = j.v->>1",
@@ -59,7 +59,7 @@ async fn unsettled(
     org: Option<&OrgName>,
 ) -> Result<Vec<NodeMeter>, StoreError> {
     let rows: Vec<MeterRow> = sqlx::query_as(&format!(
-        "SELECT {METER_COLUMNS} FROM meters WHERE NOT settled AND ($1 OR org = $2)"
+        "SELECT {METER_COLUMNS_NAMED} FROM {METERS_FROM} WHERE NOT m.settled AND ($1 OR m.org = $2)"
     ))
     .bind(org.is_none())
     .bind(org.map(|o| o.as_str()))
@@ -144,14 +144,36 @@ pub(crate) async fn unsettled_by_org(
     Ok(by_org)
 }
 
-/// Writes back the meters a pass charged.
+/// Writes back the meters a pass charged, which were every meter not yet
+/// settled: the running ones were charged to `now`, the organisations'
+/// `accrued_until`, which they follow from then on (no row per node and
+/// pass); the ended ones (few) each to its end, explicitly.
 pub(crate) async fn charged(
     conn: &mut PgConnection,
     meters: impl Iterator<Item = NodeMeter>,
+    now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
-    let mut cols = MeterColumns::default();
-    meters.for_each(|m| cols.push(&m));
-    update(conn, &cols).await
+    let mut ended = MeterColumns::default();
+    let mut running = false;
+    for m in meters {
+        if m.end.is_some() {
+            ended.push(&m);
+        } else {
+            running = true;
+        }
+    }
+    if running {
+        // Charged to `now`, which is the organisations' accrued_until now:
+        // those not following yet follow from here on.
+        sqlx::query(
+            "UPDATE meters SET follows = TRUE, charged_until = NULL \
+             WHERE NOT settled AND NOT follows AND ended_at IS NULL AND launched_at <= $1",
+        )
+        .bind(row::to_millis(now))
+        .execute(&mut *conn)
+        .await?;
+    }
+    update(conn, &ended).await
 }
 
 /// An organisation's meters, by launch.
@@ -160,7 +182,8 @@ pub(crate) async fn of_org(
     org: &OrgName,
 ) -> Result<Vec<NodeMeter>, StoreError> {
     let rows: Vec<MeterRow> = sqlx::query_as(&format!(
-        "SELECT {METER_COLUMNS} FROM meters WHERE org = $1 ORDER BY launched_at, id"
+        "SELECT {METER_COLUMNS_NAMED} FROM {METERS_FROM} WHERE m.org = $1 \
+         ORDER BY m.launched_at, m.id"
     ))
     .bind(org.as_str())
     .fetch_all(&mut *conn)

@@ -501,7 +501,7 @@ impl OrgStore for PostgresStore {
             .execute(&mut *tx)
             .await?;
         }
-        crate::meters::charged(&mut tx, charged.into_iter()).await?;
+        crate::meters::charged(&mut tx, charged.into_iter(), now).await?;
         let mut changed = Vec::new();
         let mut changes = Vec::new();
         for (org, effects) in eventful {

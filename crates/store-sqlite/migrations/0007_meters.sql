@@ -6,8 +6,13 @@ CREATE TABLE meters (
     id            TEXT    NOT NULL,
     launched_at   BIGINT  NOT NULL,
     price         BIGINT  NOT NULL CHECK (price >= 0),
-    -- Charged from the launch up to here; NULL: nothing charged yet.
+    -- Charged from the launch up to here; NULL: nothing charged yet, or
+    -- following.
     charged_until BIGINT,
+    -- Charged up to the organisation's accrued_until, as every running
+    -- node is once a pass has charged it: a pass then writes no row per
+    -- node. An end makes the charge explicit again.
+    follows       BOOLEAN NOT NULL DEFAULT FALSE,
     ended_at      BIGINT,
     -- NodeEndSeen::as_str: 'gone' or 'unwatched'; NULL while it runs.
     ended         TEXT CHECK (ended IN ('gone', 'unwatched')),

@@ -6,7 +6,9 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use flotilla_domain::{LedgerEntry, NodeMeter, OrgName};
-use flotilla_store::sql::{self as row, MeterColumns, MeterRow, METER_COLUMNS};
+use flotilla_store::sql::{
+    self as row, MeterColumns, MeterRow, METERS_FROM, METER_COLUMNS, METER_COLUMNS_NAMED,
+};
 use flotilla_store::{meters, ClusterNodes, OrgUsage, StoreError};
 use sqlx::SqliteConnection;
 
@@ -19,13 +21,19 @@ async fn add(conn: &mut SqliteConnection, new: &MeterColumns) -> Result<(), Stor
         return Ok(());
     }
     sqlx::query(
+        // The rows drive the statement (each looks its organisation up by
+        // key); a join would let SQLite scan the rows once per organisation.
         "INSERT INTO meters (org, id, launched_at, price, charged_until, ended_at, ended, settled) \
-         SELECT json_extract(j.value, '$[0]'), json_extract(j.value, '$[1]'), \
-                json_extract(j.value, '$[2]'), json_extract(j.value, '$[3]'), \
-                CASE WHEN o.metered_from > json_extract(j.value, '$[2]') THEN o.metered_from END, \
-                json_extract(j.value, '$[5]'), json_extract(j.value, '$[6]'), FALSE \
-         FROM json_each($1) AS j JOIN orgs AS o ON o.name = json_extract(j.value, '$[0]') \
-         WHERE TRUE ON CONFLICT (org, id) DO NOTHING",
+         SELECT j.org, j.id, j.launched_at, j.price, \
+                (SELECT CASE WHEN o.metered_from > j.launched_at THEN o.metered_from END \
+                 FROM orgs AS o WHERE o.name = j.org), \
+                j.ended_at, j.ended, FALSE \
+         FROM (SELECT json_extract(value, '$[0]') AS org, json_extract(value, '$[1]') AS id, \
+                      json_extract(value, '$[2]') AS launched_at, json_extract(value, '$[3]') AS price, \
+                      json_extract(value, '$[5]') AS ended_at, json_extract(value, '$[6]') AS ended \
+               FROM json_each($1)) AS j \
+         WHERE EXISTS (SELECT 1 FROM orgs WHERE orgs.name = j.org) \
+         ON CONFLICT (org, id) DO NOTHING",
     )
     .bind(new.to_json())
     .execute(&mut *conn)
@@ -40,7 +48,7 @@ async fn update(conn: &mut SqliteConnection, changed: &MeterColumns) -> Result<(
         return Ok(());
     }
     sqlx::query(
-        "UPDATE meters SET charged_until = json_extract(j.value, '$[4]'), \
+        "UPDATE meters SET charged_until = json_extract(j.value, '$[4]'), follows = FALSE, \
              ended_at = json_extract(j.value, '$[5]'), ended = json_extract(j.value, '$[6]'), \
              settled = json_extract(j.value, '$[7]') \
          FROM json_each($1) AS j \
@@ -52,17 +60,23 @@ async fn update(conn: &mut SqliteConnection, changed: &MeterColumns) -> Result<(
     Ok(())
 }
 
+/// The meters not yet settled, of one organisation or of all. Read as one
+/// JSON value, not a row at a time: a pass reads one per running node, and
+/// rows cross from SQLite's thread one by one.
 async fn unsettled(
     conn: &mut SqliteConnection,
     org: Option<&OrgName>,
 ) -> Result<Vec<NodeMeter>, StoreError> {
-    let rows: Vec<MeterRow> = sqlx::query_as(&format!(
-        "SELECT {METER_COLUMNS} FROM meters WHERE NOT settled AND ($1 OR org = $2)"
+    let json: String = sqlx::query_scalar(&format!(
+        "SELECT json_group_array(json_array({METER_COLUMNS})) FROM {METERS_FROM} \
+         WHERE NOT m.settled AND ($1 OR m.org = $2)"
     ))
     .bind(org.is_none())
     .bind(org.map(|o| o.as_str()))
-    .fetch_all(&mut *conn)
+    .fetch_one(&mut *conn)
     .await?;
+    let rows: Vec<MeterRow> =
+        serde_json::from_str(&json).map_err(|e| StoreError::Corrupt(format!("meters: {e}")))?;
     rows.into_iter().map(NodeMeter::try_from).collect()
 }
 
@@ -145,14 +159,36 @@ pub(crate) async fn unsettled_by_org(
     Ok(by_org)
 }
 
-/// Writes back the meters a pass charged.
+/// Writes back the meters a pass charged, which were every meter not yet
+/// settled: the running ones were charged to `now`, the organisations'
+/// `accrued_until`, which they follow from then on (no row per node and
+/// pass); the ended ones (few) each to its end, explicitly.
 pub(crate) async fn charged(
     conn: &mut SqliteConnection,
     meters: impl Iterator<Item = NodeMeter>,
+    now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
-    let mut cols = MeterColumns::default();
-    meters.for_each(|m| cols.push(&m));
-    update(conn, &cols).await
+    let mut ended = MeterColumns::default();
+    let mut running = false;
+    for m in meters {
+        if m.end.is_some() {
+            ended.push(&m);
+        } else {
+            running = true;
+        }
+    }
+    if running {
+        // Charged to `now`, which is the organisations' accrued_until now:
+        // those not following yet follow from here on.
+        sqlx::query(
+            "UPDATE meters SET follows = TRUE, charged_until = NULL \
+             WHERE NOT settled AND NOT follows AND ended_at IS NULL AND launched_at <= $1",
+        )
+        .bind(row::to_millis(now))
+        .execute(&mut *conn)
+        .await?;
+    }
+    update(conn, &ended).await
 }
 
 /// An organisation's meters, by launch.
@@ -161,7 +197,8 @@ pub(crate) async fn of_org(
     org: &OrgName,
 ) -> Result<Vec<NodeMeter>, StoreError> {
     let rows: Vec<MeterRow> = sqlx::query_as(&format!(
-        "SELECT {METER_COLUMNS} FROM meters WHERE org = $1 ORDER BY launched_at, id"
+        "SELECT {METER_COLUMNS_NAMED} FROM {METERS_FROM} WHERE m.org = $1 \
+         ORDER BY m.launched_at, m.id"
     ))
     .bind(org.as_str())
     .fetch_all(&mut *conn)

@@ -462,7 +462,7 @@ impl OrgStore for SqliteStore {
             .execute(&mut *tx)
             .await?;
         }
-        crate::meters::charged(&mut tx, charged.into_iter()).await?;
+        crate::meters::charged(&mut tx, charged.into_iter(), now).await?;
         let mut changed = Vec::new();
         for (org, effects) in eventful {
             save_requests(&mut tx, &org).await?;

@@ -331,11 +331,24 @@ impl TryFrom<NodeRow> for (ClusterName, NodeRecord) {
 
 /// The published nodes of cluster `$2`, or of all if `$1`; the SQL both
 /// backends run.
-/// The columns [`MeterRow`] is read from, in order.
-pub const METER_COLUMNS: &str = "org, id, launched_at, price, charged_until, ended_at, ended";
+/// The columns [`MeterRow`] is read from, in order, from `meters AS m JOIN
+/// orgs AS o ON o.name = m.org`: a following meter is charged up to its
+/// organisation's `accrued_until`.
+pub const METER_COLUMNS: &str = "m.org, m.id, m.launched_at, m.price, \
+    CASE WHEN m.follows THEN o.accrued_until ELSE m.charged_until END, m.ended_at, m.ended";
 
-/// A row of `meters`.
-#[derive(Debug, sqlx::FromRow)]
+/// [`METER_COLUMNS`] named as [`MeterRow`]'s fields, for reading rows.
+pub const METER_COLUMNS_NAMED: &str = "m.org AS org, m.id AS id, m.launched_at AS launched_at, \
+    m.price AS price, \
+    CASE WHEN m.follows THEN o.accrued_until ELSE m.charged_until END AS charged_until, \
+    m.ended_at AS ended_at, m.ended AS ended";
+
+/// What [`METER_COLUMNS`] are read from.
+pub const METERS_FROM: &str = "meters AS m JOIN orgs AS o ON o.name = m.org";
+
+/// A row of `meters`; also read by field order from a JSON array (see
+/// `fetch_rows` in the SQLite backend).
+#[derive(Debug, serde::Deserialize, sqlx::FromRow)]
 pub struct MeterRow {
     pub org: String,
     pub id: String,
