@@ -296,7 +296,8 @@ pub fn document(limits: &flotilla_domain::Limits, pools: &[String]) -> serde_jso
         }
     }
     let ttl = serde_json::json!({
-        "minimum": limits.min_ttl.as_secs().max(1),
+        // Whole seconds the server accepts: a fractional minimum rounds up.
+        "minimum": limits.min_ttl.as_millis().div_ceil(1000).max(1) as u64,
         "maximum": limits.max_ttl.as_secs(),
     });
     for (schema, field, bounds) in [

@@ -55,7 +55,8 @@ async fn accrual_term(shared: Arc<Shared>, fence: Fence) {
         tick.tick().await;
         let check = !listed_checked && shared.inventory.lock().unwrap().values().all(|s| s.listed);
         match accrual_pass(&shared, fence, check).await {
-            Ok(_) => listed_checked |= check,
+            // Done only if there were organisations to look at.
+            Ok(stats) => listed_checked |= check && stats.orgs > 0,
             Err(e) => {
                 tracing::warn!(error = %e, "charging organisations failed; the next pass charges the whole interval")
             }

@@ -173,6 +173,8 @@ struct Shared {
     /// Read-held by every cloud action; a new term takes it to wait for
     /// the actions of this server's last term.
     acting: tokio::sync::RwLock<()>,
+    /// Held by a publication from its snapshot of the nodes to its commit.
+    publishing: tokio::sync::Mutex<()>,
 }
 
 impl Shared {
@@ -307,6 +309,7 @@ impl Engine {
             to_publish: Mutex::new(Default::default()),
             publish_wanted: Notify::new(),
             acting: tokio::sync::RwLock::new(()),
+            publishing: tokio::sync::Mutex::new(()),
             config,
         });
 

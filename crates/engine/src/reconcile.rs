@@ -98,6 +98,9 @@ pub(crate) async fn publish_all(shared: &Shared, fence: Fence) {
 /// them, changed since they were last published, with the nodes that left
 /// them (whose meters end there). Returns whether the store took them.
 async fn publish(shared: &Shared, clusters: &[ClusterName], fence: Fence) -> bool {
+    // One at a time, from the snapshot to its commit: an older snapshot
+    // committed after a newer one would end running nodes' meters.
+    let _one = shared.publishing.lock().await;
     let changed: Vec<ClusterNodes> = {
         let mut inv = shared.inventory.lock().unwrap();
         if !inv.values().all(|set| set.listed) {
@@ -343,9 +346,15 @@ async fn reconcile(
 
     if let Some(r) = &record {
         if r.destroying && !nodes_left {
-            // The meters of its last nodes end before the record goes.
-            if shared.meter_price(cluster).is_some() {
-                publish(shared, std::slice::from_ref(cluster), fence).await;
+            // The meters of its last nodes end before the record goes; if
+            // that cannot be written, the record stays until it can.
+            if shared.meter_price(cluster).is_some()
+                && !publish(shared, std::slice::from_ref(cluster), fence).await
+            {
+                return Err(ReconcileError::Cloud {
+                    cluster: cluster.clone(),
+                    message: "publishing its last nodes before forgetting it failed".to_owned(),
+                });
             }
             let forgotten = shared
                 .store

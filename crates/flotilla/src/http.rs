@@ -63,6 +63,7 @@ pub async fn serve(
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout);
     tokio::pin!(shutdown);
+    let mut connections = tokio::task::JoinSet::new();
     let mut full_since: Option<Instant> = None;
     let mut accept_errors = ErrorLog::default();
     loop {
@@ -104,12 +105,14 @@ pub async fn serve(
         let connection = graceful.watch(
             builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service)),
         );
-        tokio::spawn(async move {
+        connections.spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!(%peer, error = %e, "connection closed");
             }
             drop(permit);
         });
+        // Reap the finished, so the set holds only open connections.
+        while connections.try_join_next().is_some() {}
     }
     drop(listener);
     let open = graceful.count();
@@ -119,6 +122,7 @@ pub async fn serve(
             tracing::warn!(open, drain = ?limits.drain, "connections still open at shutdown; closing them");
         }
     }
+    connections.abort_all();
 }
 
 /// The process (EMFILE) or the system (ENFILE) is out of file

@@ -152,7 +152,9 @@ pub struct Identity {
 /// At most `n` argon2 computations at once, each in memory of its own
 /// that is kept for the next.
 struct Hashers {
-    permits: tokio::sync::Semaphore,
+    permits: Arc<tokio::sync::Semaphore>,
+    /// At most one memory per permit is kept.
+    most: usize,
     memory: Arc<Mutex<Vec<HashMemory>>>,
     /// How long a caller waits for a permit.
     wait: Duration,
@@ -161,7 +163,8 @@ struct Hashers {
 impl Hashers {
     fn new(n: usize, wait: Duration) -> Self {
         Self {
-            permits: tokio::sync::Semaphore::new(n.max(1)),
+            permits: Arc::new(tokio::sync::Semaphore::new(n.max(1))),
+            most: n.max(1),
             memory: Arc::default(),
             wait,
         }
@@ -173,15 +176,23 @@ impl Hashers {
         &self,
         f: impl FnOnce(&mut HashMemory) -> T + Send + 'static,
     ) -> Result<T, IdentityError> {
-        let _permit = tokio::time::timeout(self.wait, self.permits.acquire())
+        // The permit goes with the work: a caller that goes away while its
+        // hash runs does not free a place for another.
+        let permit = tokio::time::timeout(self.wait, self.permits.clone().acquire_owned())
             .await
             .map_err(|_| IdentityError::Busy)?
             .expect("never closed");
         let pool = self.memory.clone();
+        let most = self.most;
         tokio::task::spawn_blocking(move || {
             let mut memory = pool.lock().expect("not poisoned").pop().unwrap_or_default();
             let out = f(&mut memory);
-            pool.lock().expect("not poisoned").push(memory);
+            let mut kept = pool.lock().expect("not poisoned");
+            if kept.len() < most {
+                kept.push(memory);
+            }
+            drop(kept);
+            drop(permit);
             out
         })
         .await

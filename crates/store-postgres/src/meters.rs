@@ -58,13 +58,16 @@ async fn unsettled(
     conn: &mut PgConnection,
     org: Option<&OrgName>,
 ) -> Result<Vec<NodeMeter>, StoreError> {
-    let rows: Vec<MeterRow> = sqlx::query_as(&format!(
-        "SELECT {METER_COLUMNS_NAMED} FROM {METERS_FROM} WHERE NOT m.settled AND ($1 OR m.org = $2)"
-    ))
-    .bind(org.is_none())
-    .bind(org.map(|o| o.as_str()))
-    .fetch_all(&mut *conn)
-    .await?;
+    // Two statements, not one with `$1 OR m.org = $2`: one organisation's
+    // is found through the index.
+    let filter = if org.is_some() { " AND m.org = $1" } else { "" };
+    let sql =
+        format!("SELECT {METER_COLUMNS_NAMED} FROM {METERS_FROM} WHERE NOT m.settled{filter}");
+    let mut query = sqlx::query_as::<_, MeterRow>(&sql);
+    if let Some(org) = org {
+        query = query.bind(org.as_str());
+    }
+    let rows: Vec<MeterRow> = query.fetch_all(&mut *conn).await?;
     rows.into_iter().map(NodeMeter::try_from).collect()
 }
 
@@ -166,8 +169,11 @@ pub(crate) async fn charged(
         // Charged to `now`, which is the organisations' accrued_until now:
         // those not following yet follow from here on.
         sqlx::query(
+            // Only where the organisation's accrued_until is that `now`
+            // (it is not if the clock went back).
             "UPDATE meters SET follows = TRUE, charged_until = NULL \
-             WHERE NOT settled AND NOT follows AND ended_at IS NULL AND launched_at <= $1",
+             WHERE NOT settled AND NOT follows AND ended_at IS NULL AND launched_at <= $1 \
+                 AND (SELECT accrued_until FROM orgs WHERE orgs.name = meters.org) = $1",
         )
         .bind(row::to_millis(now))
         .execute(&mut *conn)

@@ -67,14 +67,18 @@ async fn unsettled(
     conn: &mut SqliteConnection,
     org: Option<&OrgName>,
 ) -> Result<Vec<NodeMeter>, StoreError> {
-    let json: String = sqlx::query_scalar(&format!(
+    // Two statements, not one with `$1 OR m.org = $2`: one organisation's
+    // is found through the index.
+    let filter = if org.is_some() { " AND m.org = $1" } else { "" };
+    let sql = format!(
         "SELECT json_group_array(json_array({METER_COLUMNS})) FROM {METERS_FROM} \
-         WHERE NOT m.settled AND ($1 OR m.org = $2)"
-    ))
-    .bind(org.is_none())
-    .bind(org.map(|o| o.as_str()))
-    .fetch_one(&mut *conn)
-    .await?;
+         WHERE NOT m.settled{filter}"
+    );
+    let mut query = sqlx::query_scalar::<_, String>(&sql);
+    if let Some(org) = org {
+        query = query.bind(org.as_str());
+    }
+    let json: String = query.fetch_one(&mut *conn).await?;
     let rows: Vec<MeterRow> =
         serde_json::from_str(&json).map_err(|e| StoreError::Corrupt(format!("meters: {e}")))?;
     rows.into_iter().map(NodeMeter::try_from).collect()
@@ -181,8 +185,11 @@ pub(crate) async fn charged(
         // Charged to `now`, which is the organisations' accrued_until now:
         // those not following yet follow from here on.
         sqlx::query(
+            // Only where the organisation's accrued_until is that `now`
+            // (it is not if the clock went back).
             "UPDATE meters SET follows = TRUE, charged_until = NULL \
-             WHERE NOT settled AND NOT follows AND ended_at IS NULL AND launched_at <= $1",
+             WHERE NOT settled AND NOT follows AND ended_at IS NULL AND launched_at <= $1 \
+                 AND (SELECT accrued_until FROM orgs WHERE orgs.name = meters.org) = $1",
         )
         .bind(row::to_millis(now))
         .execute(&mut *conn)
