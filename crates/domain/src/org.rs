@@ -1112,6 +1112,13 @@ impl NodeMeter {
         }
     }
 
+    /// The node is listed again after its meter ended (a listing missed
+    /// it): it ran all along, so the meter runs on from where it was
+    /// charged, the gap included.
+    pub fn reopen(&mut self) {
+        self.end = None;
+    }
+
     /// What the ledger says of a node that went while no server watched.
     pub fn unwatched_note(&self) -> Option<LedgerEntry> {
         let end = self.end.filter(|e| e.seen == NodeEndSeen::Unwatched)?;

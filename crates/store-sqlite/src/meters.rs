@@ -120,7 +120,9 @@ pub(crate) async fn on_publish(
     if exists.is_none() {
         return Ok(());
     }
-    let writes = meters::on_publish(unsettled(conn, Some(org)).await?, published, price, now);
+    let mut on_record = unsettled(conn, Some(org)).await?;
+    on_record.extend(settled_of(conn, org, published).await?);
+    let writes = meters::on_publish(on_record, published, price, now);
     let mut add_cols = MeterColumns::default();
     writes.add.iter().for_each(|m| add_cols.push(m));
     add(conn, &add_cols).await?;
@@ -131,6 +133,28 @@ pub(crate) async fn on_publish(
         note(conn, org, n).await?;
     }
     Ok(())
+}
+
+/// The settled meters of the nodes `published` lists: a listing missed
+/// them, and they run again.
+async fn settled_of(
+    conn: &mut SqliteConnection,
+    org: &OrgName,
+    published: &ClusterNodes,
+) -> Result<Vec<NodeMeter>, StoreError> {
+    if published.nodes.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<&str> = published.nodes.iter().map(|n| n.id.as_str()).collect();
+    let rows: Vec<MeterRow> = sqlx::query_as(&format!(
+        "SELECT {METER_COLUMNS_NAMED} FROM {METERS_FROM} \
+         WHERE m.settled AND m.org = $1 AND m.id IN (SELECT value FROM json_each($2))"
+    ))
+    .bind(org.as_str())
+    .bind(serde_json::to_string(&ids).expect("strings serialise"))
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.into_iter().map(NodeMeter::try_from).collect()
 }
 
 /// Puts on the meter the listed nodes not on it yet.

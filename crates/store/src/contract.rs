@@ -90,6 +90,7 @@ macro_rules! store_contract_tests {
             accrual_is_exact_split_by_user_and_day_and_matches_the_ledger,
             running_out_shuts_the_cluster_down,
             every_node_is_charged_from_launch_to_gone,
+            a_node_listed_again_after_its_meter_ended_runs_on,
             concurrent_requests_cannot_overspend,
             deleting_an_account_removes_its_memberships,
             the_monthly_allowance_is_credited_once_and_kept_in_the_ledger,

@@ -561,25 +561,34 @@ pub async fn two_servers_never_overspend_or_double_charge(h: Harness) {
     assert_eq!(costs, expected);
 }
 
+/// Publishes `lab`'s nodes as the leader does, metered at `PRICE`.
+async fn publish_lab(
+    store: &dyn Store,
+    fence: crate::Fence,
+    nodes: Vec<NodeRecord>,
+    gone: Vec<GoneNode>,
+    at: i64,
+) {
+    let c = ClusterNodes {
+        cluster: name("lab"),
+        is_public: false,
+        nodes,
+        meter: Some(PRICE),
+        gone,
+    };
+    store
+        .publish_nodes(fence, std::slice::from_ref(&c), t(at))
+        .await
+        .expect("publish");
+}
+
 pub async fn every_node_is_charged_from_launch_to_gone(h: Harness) {
     let store = &*h.store;
     let fence = lead(store).await;
     lab(store).await;
     credit(store, "100", 3).await;
     ask(store, "ann", 2, 48 * HOUR, 10).await.unwrap();
-    let publish = |nodes: Vec<NodeRecord>, gone: Vec<GoneNode>, at: i64| async move {
-        let c = ClusterNodes {
-            cluster: name("lab"),
-            is_public: false,
-            nodes,
-            meter: Some(PRICE),
-            gone,
-        };
-        store
-            .publish_nodes(fence, std::slice::from_ref(&c), t(at))
-            .await
-            .expect("publish");
-    };
+    let publish = |nodes, gone, at| publish_lab(store, fence, nodes, gone, at);
     publish(vec![running("n0", 20), running("n1", 25)], vec![], 26).await;
     store.accrue(&[], t(100), fence).await.unwrap();
     // n1 goes between two passes; n2 comes and goes before it is ever
@@ -647,4 +656,38 @@ pub async fn every_node_is_charged_from_launch_to_gone(h: Harness) {
             - expected
             - (lifetime_cost(PRICE, t(390), t(436)) - lifetime_cost(PRICE, t(390), t(400)))
     );
+}
+
+pub async fn a_node_listed_again_after_its_meter_ended_runs_on(h: Harness) {
+    let store = &*h.store;
+    let fence = lead(store).await;
+    lab(store).await;
+    credit(store, "100", 3).await;
+    ask(store, "ann", 1, 48 * HOUR, 10).await.unwrap();
+    let publish = |nodes, gone, at| publish_lab(store, fence, nodes, gone, at);
+    publish(vec![running("n0", 20)], vec![], 21).await;
+    store.accrue(&[], t(100), fence).await.unwrap();
+    // A listing misses it; the pass settles its meter; it is listed again.
+    publish(vec![], vec![gone("n0", 20, 130)], 131).await;
+    store.accrue(&[], t(200), fence).await.unwrap();
+    assert!(store.usage(&name("lab")).await.unwrap()[0].settled());
+    publish(vec![running("n0", 20)], vec![], 250).await;
+    store.accrue(&[], t(400), fence).await.unwrap();
+    let meters = store.usage(&name("lab")).await.unwrap();
+    assert_eq!(meters.len(), 1);
+    assert_eq!(meters[0].end, None, "running again");
+    let expected = lifetime_cost(PRICE, t(20), t(400));
+    assert_eq!(
+        meters[0].charged(),
+        expected,
+        "charged all along, the gap included"
+    );
+    let costs: Money = store
+        .costs(&name("lab"))
+        .await
+        .unwrap()
+        .iter()
+        .map(|c| c.amount)
+        .sum();
+    assert_eq!(costs, expected);
 }

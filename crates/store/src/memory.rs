@@ -952,13 +952,15 @@ impl LeaseStore for MemoryStore {
             let Some(price) = c.meter.filter(|_| inner.orgs.contains_key(&c.cluster)) else {
                 continue;
             };
-            let unsettled = inner
+            let on_record = inner
                 .meters
                 .values()
-                .filter(|m| m.cluster == c.cluster && !m.settled())
+                .filter(|m| {
+                    m.cluster == c.cluster && (!m.settled() || c.nodes.iter().any(|n| n.id == m.id))
+                })
                 .cloned()
                 .collect();
-            let writes = crate::meters::on_publish(unsettled, c, price, now);
+            let writes = crate::meters::on_publish(on_record, c, price, now);
             for m in writes.add {
                 inner
                     .meters

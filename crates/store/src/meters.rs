@@ -18,35 +18,41 @@ pub struct MeterWrites {
     /// Meters to add (ended already when the node came and went between
     /// two publications); one already on record is left as it is.
     pub add: Vec<NodeMeter>,
-    /// Meters on record that end now.
+    /// Meters on record that end now (or, listed again, reopen).
     pub ended: Vec<NodeMeter>,
     /// Ledger notes for the nodes that went while no server watched.
     pub notes: Vec<LedgerEntry>,
 }
 
 /// Works out [`MeterWrites`] for `published`, given the cluster's meters
-/// on record that are not settled yet; `now` is when the listing
-/// published was taken in.
+/// on record that are not settled yet and those of the nodes it lists;
+/// `now` is when the listing published was taken in. A listed node whose
+/// meter ended (a listing missed it) has it reopened: it ran all along.
 pub fn on_publish(
-    unsettled: Vec<NodeMeter>,
+    on_record: Vec<NodeMeter>,
     published: &ClusterNodes,
     price_per_hour: Money,
     now: DateTime<Utc>,
 ) -> MeterWrites {
     let mut writes = MeterWrites::default();
     let mut on_record: std::collections::HashMap<InstanceId, NodeMeter> =
-        unsettled.into_iter().map(|m| (m.id.clone(), m)).collect();
+        on_record.into_iter().map(|m| (m.id.clone(), m)).collect();
     let cluster = &published.cluster;
     let mut accounted = std::collections::HashSet::new();
     for n in &published.nodes {
         accounted.insert(&n.id);
-        if !on_record.contains_key(&n.id) {
-            writes.add.push(NodeMeter::new(
+        match on_record.get_mut(&n.id) {
+            None => writes.add.push(NodeMeter::new(
                 cluster.clone(),
                 n.id.clone(),
                 n.launched_at,
                 price_per_hour,
-            ));
+            )),
+            Some(m) if m.end.is_some() => {
+                m.reopen();
+                writes.ended.push(m.clone());
+            }
+            Some(_) => {}
         }
     }
     for g in &published.gone {
