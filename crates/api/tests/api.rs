@@ -843,6 +843,37 @@ async fn openapi_document_matches_the_router() {
         "{deploy}"
     );
     assert_eq!(deploy["pool"]["enum"][0], "big", "{deploy}");
+    // Every property the served document patches is one the types have.
+    for schema in ["ExtendRequest", "CapacityRequest"] {
+        let ttl = &schemas[schema]["properties"]["time_to_live"];
+        assert!(
+            ttl["type"].is_string() && ttl["maximum"].is_u64(),
+            "{schema}: {ttl}"
+        );
+    }
+    for (schema, field) in [
+        ("CreateOrgRequest", "owners"),
+        ("CreateUserRequest", "grants"),
+        ("UpdateUserRequest", "grants"),
+    ] {
+        let list = &schemas[schema]["properties"][field];
+        assert!(
+            list["type"].is_string() || list["type"].is_array(),
+            "{schema}.{field}: {list}"
+        );
+        assert_eq!(
+            list["items"]["pattern"],
+            flotilla_domain::ClusterName::PATTERN
+        );
+    }
+    let levels = &schemas["CreateUserRequest"]["properties"]["level"]["enum"];
+    assert_eq!(
+        levels,
+        &serde_json::json!(["github_member", "org_member", "admin"])
+    );
+    assert!(schemas["UpdateUserRequest"]["properties"]["level"]["enum"]
+        .as_array()
+        .is_some_and(|l| !l.contains(&serde_json::json!("anonymous"))));
 
     // Tie the document to the router itself, both ways: a documented method
     // reaches a handler (whatever it then answers), any other is a 405.
