@@ -299,6 +299,30 @@ impl Client {
         Ok(exit::OK)
     }
 
+    /// `flotilla version`: this command line's version and the server's
+    /// (from `/healthz`); a difference is said, on standard error.
+    pub async fn version(&self) -> Result<u8> {
+        let mine = env!("CARGO_PKG_VERSION");
+        let (health, _) = self
+            .send::<serde_json::Value>(self.http.get(self.url("/healthz")))
+            .await?;
+        let theirs = health["version"].as_str().unwrap_or("unknown");
+        match self.output {
+            Output::Json => println!(
+                "{}",
+                serde_json::json!({"client": mine, "server": theirs, "server_url": self.server})
+            ),
+            Output::Text => println!("client {mine}\nserver {theirs} ({})", self.server),
+        }
+        if theirs != mine {
+            eprintln!(
+                "flotilla: the server runs {theirs} and this command line is {mine}; \
+                 use the same version on both to be sure they agree"
+            );
+        }
+        Ok(exit::OK)
+    }
+
     /// `flotilla token CLUSTER`: a cluster access token, printed alone.
     pub async fn cluster_token(&self, cluster: &str) -> Result<u8> {
         let req = self

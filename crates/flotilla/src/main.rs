@@ -164,7 +164,17 @@ enum Command {
         #[command(subcommand)]
         command: OrgCommand,
     },
+    /// This command line's version and the server's, warning when they
+    /// differ.
+    Version,
+    /// Print a shell completion script: `flotilla completions bash >
+    /// ~/.local/share/bash-completion/completions/flotilla`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// Run a node agent (what the `local` driver starts for each node).
+    #[command(hide = true)]
     Node {
         /// The node's instance directory, as written by the local driver.
         #[arg(long)]
@@ -406,6 +416,20 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            use std::io::Write;
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "flotilla", &mut script);
+            // A reader that stops early (`| head`) is no error.
+            match std::io::stdout().write_all(&script) {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                    eprintln!("flotilla completions: {e}");
+                    ExitCode::from(exit::FAILED)
+                }
+                _ => ExitCode::SUCCESS,
+            }
+        }
         Command::Node { instance_dir } => {
             // Goes to the instance's node.log, which the local driver opens
             // as this process's stderr.
@@ -514,6 +538,7 @@ fn main() -> ExitCode {
                     Command::Destroy { cluster, wait } => client.destroy(&cluster, wait).await,
                     Command::Logout => client.logout(&Env::from_process().token_cache()?).await,
                     Command::Whoami => client.whoami().await,
+                    Command::Version => client.version().await,
                     Command::Token { cluster } => client.cluster_token(&cluster).await,
                     Command::User { command } => match command {
                         UserCommand::Add {
@@ -616,7 +641,10 @@ fn main() -> ExitCode {
                         OrgCommand::Costs { org, csv } => client.org_costs(&org, csv).await,
                         OrgCommand::Usage { org } => client.org_usage(&org).await,
                     },
-                    Command::Serve { .. } | Command::Node { .. } | Command::Login { .. } => {
+                    Command::Serve { .. }
+                    | Command::Node { .. }
+                    | Command::Login { .. }
+                    | Command::Completions { .. } => {
                         unreachable!("handled above")
                     }
                 }

@@ -427,3 +427,38 @@ fn events_show_what_happened_and_follow_what_happens_next() {
     // A cluster name that breaks the rule is a usage error.
     assert_eq!(code(&server.cli(&["events", "no spaces"])), 2);
 }
+
+/// The conveniences a new user reaches for first: the client's and the
+/// server's versions side by side, shell completions, and a top-level help
+/// without the internal node agent.
+#[test]
+fn version_completions_and_a_help_without_internals() {
+    let sandbox = Sandbox::new();
+    let server = Server::start(&sandbox.path());
+    let out = server.cli(&["version"]);
+    assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let version = env!("CARGO_PKG_VERSION");
+    assert!(text.contains(&format!("client {version}")), "{text}");
+    assert!(text.contains(&format!("server {version}")), "{text}");
+    assert!(out.stderr.is_empty(), "no mismatch to warn of");
+
+    // No server: says where it looked, exit status 4.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_flotilla"))
+        .args(["--server", "http://127.0.0.1:9", "version"])
+        .env("HOME", &server.home)
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 4);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach"));
+
+    for shell in ["bash", "zsh", "fish"] {
+        let out = server.cli(&["completions", shell]);
+        assert_eq!(code(&out), 0, "{shell}");
+        let script = String::from_utf8_lossy(&out.stdout);
+        assert!(script.contains("deploy") && script.contains("destroy"), "{shell}");
+    }
+    let help = String::from_utf8_lossy(&server.cli(&["--help"]).stdout).into_owned();
+    assert!(help.contains("completions") && help.contains("version"), "{help}");
+    assert!(!help.lines().any(|l| l.trim_start().starts_with("node ")), "{help}");
+}
