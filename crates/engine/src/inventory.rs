@@ -129,12 +129,9 @@ impl TrackedNode {
                 self.probe_delay = FIRST_PROBE_DELAY;
                 self.probe_delay
             }
-            (_, Health::NotReady) => {
-                self.probe_delay = (self.probe_delay * 2).min(SLOW_PROBE_DELAY.min(probe_interval));
-                self.probe_delay
-            }
-            // Says nothing of the node: its state stands; ask again soon.
-            (_, Health::Unknown) => {
+            // Still not ready; or a probe that says nothing of the node, whose
+            // state stands: ask again soon.
+            (_, Health::NotReady | Health::Unknown) => {
                 self.probe_delay = (self.probe_delay * 2).min(SLOW_PROBE_DELAY.min(probe_interval));
                 self.probe_delay
             }

@@ -181,12 +181,12 @@ impl Shared {
     /// What one node of `cluster` costs per hour, if it is an
     /// organisation's cluster: its nodes are metered.
     fn meter_price(&self, cluster: &ClusterName) -> Option<flotilla_domain::Money> {
-        let org = self.orgs.get(cluster)?;
-        Some(
+        // Called for every cluster published: the organisation is not copied.
+        self.orgs.with(cluster, |org| {
             self.pools
                 .get(&org.settings.pool)
-                .map_or(flotilla_domain::Money::ZERO, |p| p.price_per_hour),
-        )
+                .map_or(flotilla_domain::Money::ZERO, |p| p.price_per_hour)
+        })
     }
 
     /// Asks the publisher to publish `cluster`'s nodes if they changed.

@@ -92,6 +92,16 @@ impl<V: Reflected> Reflection<V> {
             .map(|(r, _)| r.clone())
     }
 
+    /// `f` of the record under `key`, without copying it.
+    pub fn with<R>(&self, key: &V::Key, f: impl FnOnce(&V) -> R) -> Option<R> {
+        self.inner
+            .read()
+            .unwrap()
+            .records
+            .get(key)
+            .map(|(r, _)| f(r))
+    }
+
     pub fn keys(&self) -> Vec<V::Key> {
         self.inner.read().unwrap().records.keys().cloned().collect()
     }

@@ -89,8 +89,9 @@ pub async fn serve(
                 Ok(accepted) => accepted,
                 Err(e) => {
                     accept_errors.log(&e);
-                    if is_out_of_descriptors(&e) {
-                        // Nothing frees up by retrying at once.
+                    if flotilla_cloud::is_local_failure(&e) {
+                        // Out of descriptors or memory: nothing frees up by
+                        // retrying at once.
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
                     continue;
@@ -123,15 +124,6 @@ pub async fn serve(
         }
     }
     connections.abort_all();
-}
-
-/// The process (EMFILE) or the system (ENFILE) is out of file
-/// descriptors, or the kernel out of buffers.
-pub fn is_out_of_descriptors(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
-    )
 }
 
 /// Logs accept failures at most once a second, with how many there were.

@@ -456,9 +456,18 @@ fn version_completions_and_a_help_without_internals() {
         let out = server.cli(&["completions", shell]);
         assert_eq!(code(&out), 0, "{shell}");
         let script = String::from_utf8_lossy(&out.stdout);
-        assert!(script.contains("deploy") && script.contains("destroy"), "{shell}");
+        assert!(
+            script.contains("deploy") && script.contains("destroy"),
+            "{shell}"
+        );
     }
     let help = String::from_utf8_lossy(&server.cli(&["--help"]).stdout).into_owned();
-    assert!(help.contains("completions") && help.contains("version"), "{help}");
-    assert!(!help.lines().any(|l| l.trim_start().starts_with("node ")), "{help}");
+    assert!(
+        help.contains("completions") && help.contains("version"),
+        "{help}"
+    );
+    assert!(
+        !help.lines().any(|l| l.trim_start().starts_with("node ")),
+        "{help}"
+    );
 }

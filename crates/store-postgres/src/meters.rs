@@ -111,7 +111,7 @@ pub(crate) async fn on_publish(
     writes.add.iter().for_each(|m| add_cols.push(m));
     add(conn, &add_cols).await?;
     let mut ended = MeterColumns::default();
-    writes.ended.iter().for_each(|m| ended.push(m));
+    writes.changed.iter().for_each(|m| ended.push(m));
     update(conn, &ended).await?;
     for n in &writes.notes {
         note(conn, org, n).await?;

@@ -749,15 +749,17 @@ impl OrgStore for MemoryStore {
             }
         }
         let names: Vec<OrgName> = inner.orgs.keys().cloned().collect();
+        let mut unsettled: BTreeMap<OrgName, Vec<NodeMeter>> = BTreeMap::new();
+        for m in inner.meters.values().filter(|m| !m.settled()) {
+            unsettled
+                .entry(m.cluster.clone())
+                .or_default()
+                .push(m.clone());
+        }
         let mut changed = Vec::new();
         for name in names {
             let mut org = inner.orgs[&name].clone();
-            let mut meters: Vec<NodeMeter> = inner
-                .meters
-                .values()
-                .filter(|m| m.cluster == name && !m.settled())
-                .cloned()
-                .collect();
+            let mut meters = unsettled.remove(&name).unwrap_or_default();
             let accrual = org.accrue(&mut meters, now);
             for m in meters {
                 inner.meters.insert((m.cluster.clone(), m.id.clone()), m);
@@ -967,7 +969,7 @@ impl LeaseStore for MemoryStore {
                     .entry((m.cluster.clone(), m.id.clone()))
                     .or_insert(m);
             }
-            for m in writes.ended {
+            for m in writes.changed {
                 inner.meters.insert((m.cluster.clone(), m.id.clone()), m);
             }
             for note in writes.notes {

@@ -18,8 +18,8 @@ pub struct MeterWrites {
     /// Meters to add (ended already when the node came and went between
     /// two publications); one already on record is left as it is.
     pub add: Vec<NodeMeter>,
-    /// Meters on record that end now (or, listed again, reopen).
-    pub ended: Vec<NodeMeter>,
+    /// Meters on record that end now, or (listed again) reopen.
+    pub changed: Vec<NodeMeter>,
     /// Ledger notes for the nodes that went while no server watched.
     pub notes: Vec<LedgerEntry>,
 }
@@ -50,7 +50,7 @@ pub fn on_publish(
             )),
             Some(m) if m.end.is_some() => {
                 m.reopen();
-                writes.ended.push(m.clone());
+                writes.changed.push(m.clone());
             }
             Some(_) => {}
         }
@@ -60,7 +60,7 @@ pub fn on_publish(
         match on_record.get_mut(&g.id) {
             Some(m) if m.end.is_none() => {
                 m.end_at(g.gone_at, NodeEndSeen::Gone);
-                writes.ended.push(m.clone());
+                writes.changed.push(m.clone());
             }
             Some(_) => {}
             None => {
@@ -79,7 +79,7 @@ pub fn on_publish(
     for mut m in unwatched {
         m.end_at(now, NodeEndSeen::Unwatched);
         writes.notes.extend(m.unwatched_note());
-        writes.ended.push(m);
+        writes.changed.push(m);
     }
     writes
 }
