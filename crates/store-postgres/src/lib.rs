@@ -121,6 +121,9 @@ pub struct PostgresStore {
     /// Bumped on every notice of a committed change, from any server.
     notices: Arc<watch::Sender<u64>>,
     _listener: Arc<Listener>,
+    /// The unsettled meters as this server's last accrual pass left them;
+    /// taken out by a pass and put back once it commits.
+    pub(crate) meter_cache: Arc<std::sync::Mutex<Option<flotilla_store::meters::MeterCache>>>,
 }
 
 /// How long opening the store waits for its listener to start.
@@ -284,6 +287,7 @@ impl PostgresStore {
             lease_pool,
             notices,
             _listener: Arc::new(Listener(listener)),
+            meter_cache: Arc::default(),
         })
     }
 

@@ -8,7 +8,11 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use flotilla_domain::{LedgerEntry, NodeMeter, OrgName};
-use flotilla_store::sql::{self as row, MeterColumns, MeterRow, METERS_FROM, METER_COLUMNS_NAMED};
+use flotilla_store::meters::{MeterCache, PassWrites, StoredMeter};
+use flotilla_store::sql::{
+    self as row, MeterColumns, MeterRow, StoredMeterRow, METERS_FROM, METER_COLUMNS_NAMED,
+    STORED_METER_COLUMNS,
+};
 use flotilla_store::{meters, ClusterNodes, OrgUsage, StoreError};
 use sqlx::PgConnection;
 
@@ -54,20 +58,14 @@ async fn update(conn: &mut PgConnection, changed: &MeterColumns) -> Result<(), S
     Ok(())
 }
 
-async fn unsettled(
-    conn: &mut PgConnection,
-    org: Option<&OrgName>,
-) -> Result<Vec<NodeMeter>, StoreError> {
-    // Two statements, not one with `$1 OR m.org = $2`: one organisation's
-    // is found through the index.
-    let filter = if org.is_some() { " AND m.org = $1" } else { "" };
-    let sql =
-        format!("SELECT {METER_COLUMNS_NAMED} FROM {METERS_FROM} WHERE NOT m.settled{filter}");
-    let mut query = sqlx::query_as::<_, MeterRow>(&sql);
-    if let Some(org) = org {
-        query = query.bind(org.as_str());
-    }
-    let rows: Vec<MeterRow> = query.fetch_all(&mut *conn).await?;
+/// The meters of one organisation not yet settled.
+async fn unsettled(conn: &mut PgConnection, org: &OrgName) -> Result<Vec<NodeMeter>, StoreError> {
+    let rows: Vec<MeterRow> = sqlx::query_as(&format!(
+        "SELECT {METER_COLUMNS_NAMED} FROM {METERS_FROM} WHERE NOT m.settled AND m.org = $1"
+    ))
+    .bind(org.as_str())
+    .fetch_all(&mut *conn)
+    .await?;
     rows.into_iter().map(NodeMeter::try_from).collect()
 }
 
@@ -104,7 +102,7 @@ pub(crate) async fn on_publish(
     if exists.is_none() {
         return Ok(());
     }
-    let mut on_record = unsettled(conn, Some(org)).await?;
+    let mut on_record = unsettled(conn, org).await?;
     on_record.extend(settled_of(conn, org, published).await?);
     let writes = meters::on_publish(on_record, published, price, now);
     let mut add_cols = MeterColumns::default();
@@ -115,6 +113,9 @@ pub(crate) async fn on_publish(
     update(conn, &ended).await?;
     for n in &writes.notes {
         note(conn, org, n).await?;
+    }
+    if !add_cols.is_empty() || !ended.is_empty() {
+        bump(conn, std::slice::from_ref(org)).await?;
     }
     Ok(())
 }
@@ -157,53 +158,91 @@ pub(crate) async fn add_listed(
             ));
         }
     }
-    add(conn, &cols).await
+    add(conn, &cols).await?;
+    let orgs: Vec<OrgName> = usage
+        .iter()
+        .filter(|u| !u.nodes.is_empty())
+        .map(|u| u.org.clone())
+        .collect();
+    bump(conn, &orgs).await
 }
 
-/// Every meter not yet settled, by organisation.
-pub(crate) async fn unsettled_by_org(
-    conn: &mut PgConnection,
-) -> Result<HashMap<OrgName, Vec<NodeMeter>>, StoreError> {
-    let mut by_org: HashMap<OrgName, Vec<NodeMeter>> = HashMap::new();
-    for m in unsettled(conn, None).await? {
-        by_org.entry(m.cluster.clone()).or_default().push(m);
+/// Raises the `meters_version` of each of `orgs` by one: their meters
+/// changed in this transaction (see [`MeterCache`]).
+async fn bump(conn: &mut PgConnection, orgs: &[OrgName]) -> Result<(), StoreError> {
+    if orgs.is_empty() {
+        return Ok(());
     }
-    Ok(by_org)
+    let names: Vec<&str> = orgs.iter().map(|o| o.as_str()).collect();
+    sqlx::query("UPDATE orgs SET meters_version = meters_version + 1 WHERE name = ANY($1)")
+        .bind(&names)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
 }
 
-/// Writes back the meters a pass charged, which were every meter not yet
-/// settled: the running ones were charged to `now`, the organisations'
-/// `accrued_until`, which they follow from then on (no row per node and
-/// pass); the ended ones (few) each to its end, explicitly.
-pub(crate) async fn charged(
+/// Every organisation's `meters_version`.
+pub(crate) async fn versions(conn: &mut PgConnection) -> Result<HashMap<OrgName, i64>, StoreError> {
+    let rows: Vec<(String, i64)> = sqlx::query_as("SELECT name, meters_version FROM orgs")
+        .fetch_all(&mut *conn)
+        .await?;
+    rows.into_iter()
+        .map(|(name, v)| {
+            OrgName::new(name.as_str())
+                .map(|n| (n, v))
+                .map_err(|e| StoreError::Corrupt(format!("orgs {name:?}: {e}")))
+        })
+        .collect()
+}
+
+/// Brings `cache` up to date with the store: reads again the unsettled
+/// meters of every organisation whose copy is missing or outdated (all of
+/// them, the first time).
+pub(crate) async fn refresh(
     conn: &mut PgConnection,
-    meters: impl Iterator<Item = NodeMeter>,
-    now: DateTime<Utc>,
+    cache: &mut MeterCache,
+    versions: &HashMap<OrgName, i64>,
 ) -> Result<(), StoreError> {
-    let mut ended = MeterColumns::default();
-    let mut running = false;
-    for m in meters {
-        if m.end.is_some() {
-            ended.push(&m);
-        } else {
-            running = true;
-        }
+    let stale = cache.stale(versions);
+    if stale.is_empty() {
+        return Ok(());
     }
-    if running {
-        // Charged to `now`, which is the organisations' accrued_until now:
-        // those not following yet follow from here on.
+    let all = cache.is_empty();
+    let filter = if all { "" } else { " AND m.org = ANY($1)" };
+    let sql = format!("SELECT {STORED_METER_COLUMNS} FROM meters AS m WHERE NOT m.settled{filter}");
+    let mut query = sqlx::query_as::<_, StoredMeterRow>(&sql);
+    if !all {
+        query = query.bind(stale.iter().map(|o| o.as_str()).collect::<Vec<_>>());
+    }
+    let read = query
+        .fetch_all(&mut *conn)
+        .await?
+        .into_iter()
+        .map(StoredMeter::try_from)
+        .collect::<Result<Vec<_>, _>>()?;
+    cache.refill(&stale, versions, read);
+    Ok(())
+}
+
+/// Writes back what a pass charged: the meters that follow their
+/// organisation's `accrued_until` from now on, those written as they are,
+/// and each touched organisation's new `meters_version`.
+pub(crate) async fn charged(conn: &mut PgConnection, writes: &PassWrites) -> Result<(), StoreError> {
+    if !writes.follow.is_empty() {
         sqlx::query(
-            // Only where the organisation's accrued_until is that `now`
-            // (it is not if the clock went back).
             "UPDATE meters SET follows = TRUE, charged_until = NULL \
-             WHERE NOT settled AND NOT follows AND ended_at IS NULL AND launched_at <= $1 \
-                 AND (SELECT accrued_until FROM orgs WHERE orgs.name = meters.org) = $1",
+             FROM unnest($1::TEXT[], $2::TEXT[]) AS k(org, id) \
+             WHERE meters.org = k.org AND meters.id = k.id",
         )
-        .bind(row::to_millis(now))
+        .bind(writes.follow.iter().map(|m| m.cluster.as_str()).collect::<Vec<_>>())
+        .bind(writes.follow.iter().map(|m| m.id.as_str()).collect::<Vec<_>>())
         .execute(&mut *conn)
         .await?;
     }
-    update(conn, &ended).await
+    let mut written = MeterColumns::default();
+    writes.written.iter().for_each(|m| written.push(m));
+    update(conn, &written).await?;
+    bump(conn, &writes.touched).await
 }
 
 /// An organisation's meters, by launch.

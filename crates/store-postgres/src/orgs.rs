@@ -18,6 +18,7 @@ use flotilla_store::sql::{
     self as row, add_person, add_request, corrupt, encode_month, time, user, OrgRow, PersonRow,
     RequestRow, ORG_COLUMNS,
 };
+use flotilla_store::meters::{self, MeterCache, PassWrites};
 use flotilla_store::{
     cluster_columns, CostRow, Fence, OrgChange, OrgChanged, OrgStore, OrgUsage, StoreError,
 };
@@ -419,9 +420,15 @@ impl OrgStore for PostgresStore {
         // for the pass, and the pass for changes under way.
         Lock::Orgs.take(&mut tx).await?;
         crate::meters::add_listed(&mut tx, usage).await?;
-        let mut meters = crate::meters::unsettled_by_org(&mut tx).await?;
+        // The meters as this server last left them, brought up to date
+        // (another server may have led since): a failed pass leaves none,
+        // and the next reads them all again.
+        let mut cache = self.meter_cache.lock().expect("not poisoned").take().unwrap_or_default();
+        let versions = crate::meters::versions(&mut tx).await?;
+        crate::meters::refresh(&mut tx, &mut cache, &versions).await?;
         let orgs = load_orgs(&mut tx, None, false).await?;
-        let mut charged = Vec::new();
+        let mut next = MeterCache::default();
+        let mut writes = PassWrites::default();
         let mut updates = OrgUpdates::default();
         let mut costs = CostInserts::default();
         let mut eventful = Vec::new();
@@ -433,9 +440,11 @@ impl OrgStore for PostgresStore {
                 org.budget.exhausted_at,
             );
             let requests_before = org.requests.len();
-            let mut own = meters.remove(&org.name).unwrap_or_default();
+            let (mut own, was) = meters::for_pass(cache.take(&org.name), org.accrued_until);
             let accrual = org.accrue(&mut own, now);
-            charged.extend(own);
+            let (kept, touched) = writes.after_pass(&org.name, was, own, org.accrued_until);
+            let version = versions.get(&org.name).copied().unwrap_or(0) + i64::from(touched);
+            next.put(org.name.clone(), version, kept);
             let name = org.name.to_string();
             for c in &accrual.charges {
                 costs.org.push(name.clone());
@@ -501,7 +510,7 @@ impl OrgStore for PostgresStore {
             .execute(&mut *tx)
             .await?;
         }
-        crate::meters::charged(&mut tx, charged.into_iter(), now).await?;
+        crate::meters::charged(&mut tx, &writes).await?;
         let mut changed = Vec::new();
         let mut changes = Vec::new();
         for (org, effects) in eventful {
@@ -514,6 +523,7 @@ impl OrgStore for PostgresStore {
             });
         }
         commit_with(tx, &changes, now).await?;
+        *self.meter_cache.lock().expect("not poisoned") = Some(next);
         // The pass loaded organisations without their people; callers get
         // them whole.
         let mut conn = self.pool.acquire().await?;

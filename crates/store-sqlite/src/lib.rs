@@ -60,6 +60,9 @@ pub struct SqliteStore {
     reader: SqlitePool,
     /// Bumped after every commit, for [`ChangeFeed::change_notices`].
     notices: Arc<watch::Sender<u64>>,
+    /// The unsettled meters as the last accrual pass left them; taken out
+    /// by a pass and put back once it commits.
+    pub(crate) meter_cache: Arc<std::sync::Mutex<Option<flotilla_store::meters::MeterCache>>>,
 }
 
 /// The settings a connection actually runs with, as SQLite reports them.
@@ -127,6 +130,7 @@ impl SqliteStore {
 
         let store = SqliteStore {
             notices: Arc::new(watch::channel(0).0),
+            meter_cache: Arc::default(),
             path: path.to_owned(),
             writer,
             lease_writer,

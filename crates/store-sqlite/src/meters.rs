@@ -6,8 +6,10 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use flotilla_domain::{LedgerEntry, NodeMeter, OrgName};
+use flotilla_store::meters::{MeterCache, PassWrites, StoredMeter};
 use flotilla_store::sql::{
-    self as row, MeterColumns, MeterRow, METERS_FROM, METER_COLUMNS, METER_COLUMNS_NAMED,
+    self as row, MeterColumns, MeterRow, StoredMeterRow, METERS_FROM,
+    METER_COLUMNS_NAMED, STORED_METER_COLUMNS,
 };
 use flotilla_store::{meters, ClusterNodes, OrgUsage, StoreError};
 use sqlx::SqliteConnection;
@@ -60,27 +62,17 @@ async fn update(conn: &mut SqliteConnection, changed: &MeterColumns) -> Result<(
     Ok(())
 }
 
-/// The meters not yet settled, of one organisation or of all. Read as one
-/// JSON value, not a row at a time: a pass reads one per running node, and
-/// rows cross from SQLite's thread one by one.
+/// The meters of one organisation not yet settled.
 async fn unsettled(
     conn: &mut SqliteConnection,
-    org: Option<&OrgName>,
+    org: &OrgName,
 ) -> Result<Vec<NodeMeter>, StoreError> {
-    // Two statements, not one with `$1 OR m.org = $2`: one organisation's
-    // is found through the index.
-    let filter = if org.is_some() { " AND m.org = $1" } else { "" };
-    let sql = format!(
-        "SELECT json_group_array(json_array({METER_COLUMNS})) FROM {METERS_FROM} \
-         WHERE NOT m.settled{filter}"
-    );
-    let mut query = sqlx::query_scalar::<_, String>(&sql);
-    if let Some(org) = org {
-        query = query.bind(org.as_str());
-    }
-    let json: String = query.fetch_one(&mut *conn).await?;
-    let rows: Vec<MeterRow> =
-        serde_json::from_str(&json).map_err(|e| StoreError::Corrupt(format!("meters: {e}")))?;
+    let rows: Vec<MeterRow> = sqlx::query_as(&format!(
+        "SELECT {METER_COLUMNS_NAMED} FROM {METERS_FROM} WHERE NOT m.settled AND m.org = $1"
+    ))
+    .bind(org.as_str())
+    .fetch_all(&mut *conn)
+    .await?;
     rows.into_iter().map(NodeMeter::try_from).collect()
 }
 
@@ -120,7 +112,7 @@ pub(crate) async fn on_publish(
     if exists.is_none() {
         return Ok(());
     }
-    let mut on_record = unsettled(conn, Some(org)).await?;
+    let mut on_record = unsettled(conn, org).await?;
     on_record.extend(settled_of(conn, org, published).await?);
     let writes = meters::on_publish(on_record, published, price, now);
     let mut add_cols = MeterColumns::default();
@@ -131,6 +123,9 @@ pub(crate) async fn on_publish(
     update(conn, &ended).await?;
     for n in &writes.notes {
         note(conn, org, n).await?;
+    }
+    if !add_cols.is_empty() || !ended.is_empty() {
+        bump(conn, std::slice::from_ref(org)).await?;
     }
     Ok(())
 }
@@ -173,53 +168,115 @@ pub(crate) async fn add_listed(
             ));
         }
     }
-    add(conn, &cols).await
+    add(conn, &cols).await?;
+    let orgs: Vec<OrgName> = usage
+        .iter()
+        .filter(|u| !u.nodes.is_empty())
+        .map(|u| u.org.clone())
+        .collect();
+    bump(conn, &orgs).await
 }
 
-/// Every meter not yet settled, by organisation.
-pub(crate) async fn unsettled_by_org(
-    conn: &mut SqliteConnection,
-) -> Result<HashMap<OrgName, Vec<NodeMeter>>, StoreError> {
-    let mut by_org: HashMap<OrgName, Vec<NodeMeter>> = HashMap::new();
-    for m in unsettled(conn, None).await? {
-        by_org.entry(m.cluster.clone()).or_default().push(m);
+/// Raises the `meters_version` of each of `orgs` by one: their meters
+/// changed in this transaction (see [`MeterCache`]).
+async fn bump(conn: &mut SqliteConnection, orgs: &[OrgName]) -> Result<(), StoreError> {
+    if orgs.is_empty() {
+        return Ok(());
     }
-    Ok(by_org)
+    let names: Vec<&str> = orgs.iter().map(|o| o.as_str()).collect();
+    sqlx::query(
+        "UPDATE orgs SET meters_version = meters_version + 1 \
+         WHERE name IN (SELECT value FROM json_each($1))",
+    )
+    .bind(serde_json::to_string(&names).expect("strings serialise"))
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }
 
-/// Writes back the meters a pass charged, which were every meter not yet
-/// settled: the running ones were charged to `now`, the organisations'
-/// `accrued_until`, which they follow from then on (no row per node and
-/// pass); the ended ones (few) each to its end, explicitly.
+/// Every organisation's `meters_version`.
+pub(crate) async fn versions(
+    conn: &mut SqliteConnection,
+) -> Result<HashMap<OrgName, i64>, StoreError> {
+    let json: String =
+        sqlx::query_scalar("SELECT json_group_array(json_array(name, meters_version)) FROM orgs")
+            .fetch_one(&mut *conn)
+            .await?;
+    let rows: Vec<(String, i64)> =
+        serde_json::from_str(&json).map_err(|e| StoreError::Corrupt(format!("orgs: {e}")))?;
+    rows.into_iter()
+        .map(|(name, v)| {
+            OrgName::new(name.as_str())
+                .map(|n| (n, v))
+                .map_err(|e| StoreError::Corrupt(format!("orgs {name:?}: {e}")))
+        })
+        .collect()
+}
+
+/// Brings `cache` up to date with the store: reads again the unsettled
+/// meters of every organisation whose copy is missing or outdated (all of
+/// them, the first time), as one JSON value.
+pub(crate) async fn refresh(
+    conn: &mut SqliteConnection,
+    cache: &mut MeterCache,
+    versions: &HashMap<OrgName, i64>,
+) -> Result<(), StoreError> {
+    let stale = cache.stale(versions);
+    if stale.is_empty() {
+        return Ok(());
+    }
+    let all = cache.is_empty();
+    let filter = if all {
+        ""
+    } else {
+        " AND m.org IN (SELECT value FROM json_each($1))"
+    };
+    let sql = format!(
+        "SELECT json_group_array(json_array({STORED_METER_COLUMNS})) FROM meters AS m \
+         WHERE NOT m.settled{filter}"
+    );
+    let mut query = sqlx::query_scalar::<_, String>(&sql);
+    if !all {
+        let names: Vec<&str> = stale.iter().map(|o| o.as_str()).collect();
+        query = query.bind(serde_json::to_string(&names).expect("strings serialise"));
+    }
+    let json: String = query.fetch_one(&mut *conn).await?;
+    let rows: Vec<StoredMeterRow> =
+        serde_json::from_str(&json).map_err(|e| StoreError::Corrupt(format!("meters: {e}")))?;
+    let read = rows
+        .into_iter()
+        .map(StoredMeter::try_from)
+        .collect::<Result<Vec<_>, _>>()?;
+    cache.refill(&stale, versions, read);
+    Ok(())
+}
+
+/// Writes back what a pass charged: the meters that follow their
+/// organisation's `accrued_until` from now on, those written as they are,
+/// and each touched organisation's new `meters_version`.
 pub(crate) async fn charged(
     conn: &mut SqliteConnection,
-    meters: impl Iterator<Item = NodeMeter>,
-    now: DateTime<Utc>,
+    writes: &PassWrites,
 ) -> Result<(), StoreError> {
-    let mut ended = MeterColumns::default();
-    let mut running = false;
-    for m in meters {
-        if m.end.is_some() {
-            ended.push(&m);
-        } else {
-            running = true;
-        }
-    }
-    if running {
-        // Charged to `now`, which is the organisations' accrued_until now:
-        // those not following yet follow from here on.
+    if !writes.follow.is_empty() {
+        let keys: Vec<(&str, &str)> = writes
+            .follow
+            .iter()
+            .map(|m| (m.cluster.as_str(), m.id.as_str()))
+            .collect();
         sqlx::query(
-            // Only where the organisation's accrued_until is that `now`
-            // (it is not if the clock went back).
-            "UPDATE meters SET follows = TRUE, charged_until = NULL \
-             WHERE NOT settled AND NOT follows AND ended_at IS NULL AND launched_at <= $1 \
-                 AND (SELECT accrued_until FROM orgs WHERE orgs.name = meters.org) = $1",
+            "UPDATE meters SET follows = TRUE, charged_until = NULL FROM json_each($1) AS j \
+             WHERE meters.org = json_extract(j.value, '$[0]') \
+                 AND meters.id = json_extract(j.value, '$[1]')",
         )
-        .bind(row::to_millis(now))
+        .bind(serde_json::to_string(&keys).expect("strings serialise"))
         .execute(&mut *conn)
         .await?;
     }
-    update(conn, &ended).await
+    let mut written = MeterColumns::default();
+    writes.written.iter().for_each(|m| written.push(m));
+    update(conn, &written).await?;
+    bump(conn, &writes.touched).await
 }
 
 /// An organisation's meters, by launch.

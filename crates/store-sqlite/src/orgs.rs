@@ -20,6 +20,7 @@ use flotilla_store::sql::{
     self as row, add_person, add_request, corrupt, encode_month, time, OrgRow, PersonRow,
     RequestRow, ORG_COLUMNS,
 };
+use flotilla_store::meters::{self, MeterCache, PassWrites};
 use flotilla_store::{
     cluster_columns, CostRow, Fence, OrgChange, OrgChanged, OrgStore, OrgUsage, StoreError,
 };
@@ -390,9 +391,14 @@ impl OrgStore for SqliteStore {
         let mut tx = self.begin_write().await?;
         check_fence(&mut tx, fence).await?;
         crate::meters::add_listed(&mut tx, usage).await?;
-        let mut meters = crate::meters::unsettled_by_org(&mut tx).await?;
+        // The meters as this store last left them, brought up to date: a
+        // failed pass leaves none, and the next reads them all again.
+        let mut cache = self.meter_cache.lock().expect("not poisoned").take().unwrap_or_default();
+        let versions = crate::meters::versions(&mut tx).await?;
+        crate::meters::refresh(&mut tx, &mut cache, &versions).await?;
         let orgs = load_orgs(&mut tx, None, false).await?;
-        let mut charged = Vec::new();
+        let mut next = MeterCache::default();
+        let mut writes = PassWrites::default();
         let mut org_rows = Vec::new();
         let mut cost_rows = Vec::new();
         let mut eventful = Vec::new();
@@ -404,9 +410,11 @@ impl OrgStore for SqliteStore {
                 org.budget.exhausted_at,
             );
             let requests_before = org.requests.len();
-            let mut own = meters.remove(&org.name).unwrap_or_default();
+            let (mut own, was) = meters::for_pass(cache.take(&org.name), org.accrued_until);
             let accrual = org.accrue(&mut own, now);
-            charged.extend(own);
+            let (kept, touched) = writes.after_pass(&org.name, was, own, org.accrued_until);
+            let version = versions.get(&org.name).copied().unwrap_or(0) + i64::from(touched);
+            next.put(org.name.clone(), version, kept);
             let name = org.name.as_str();
             for c in &accrual.charges {
                 cost_rows.push(serde_json::json!([
@@ -462,7 +470,7 @@ impl OrgStore for SqliteStore {
             .execute(&mut *tx)
             .await?;
         }
-        crate::meters::charged(&mut tx, charged.into_iter(), now).await?;
+        crate::meters::charged(&mut tx, &writes).await?;
         let mut changed = Vec::new();
         for (org, effects) in eventful {
             save_requests(&mut tx, &org).await?;
@@ -474,6 +482,7 @@ impl OrgStore for SqliteStore {
             });
         }
         self.commit(tx).await?;
+        *self.meter_cache.lock().expect("not poisoned") = Some(next);
         // The pass loaded organisations without their people; callers get
         // them whole.
         let mut conn = reader_conn(&self.reader).await?;

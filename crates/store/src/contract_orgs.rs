@@ -691,3 +691,73 @@ pub async fn a_node_listed_again_after_its_meter_ended_runs_on(h: Harness) {
         .sum();
     assert_eq!(costs, expected);
 }
+
+/// The clock steps back past the organisation's `accrued_until` (the
+/// server's clock was corrected): a node first charged in that window is
+/// charged from where it was, not again from its launch.
+pub async fn a_clock_step_back_charges_each_moment_once(h: Harness) {
+    let store = &*h.store;
+    let fence = lead(store).await;
+    lab(store).await;
+    credit(store, "100", 3).await;
+    ask(store, "ann", 3, 48 * HOUR, 10).await.unwrap();
+    let publish = |nodes, gone, at| publish_lab(store, fence, nodes, gone, at);
+    publish(vec![running("n0", 20)], vec![], 21).await;
+    store.accrue(&[], t(300), fence).await.unwrap();
+    // The clock is back at 181: a node launched at 180 is charged twice
+    // before the clock passes 300 again.
+    publish(vec![running("n0", 20), running("n1", 180)], vec![], 181).await;
+    store.accrue(&[], t(200), fence).await.unwrap();
+    store.accrue(&[], t(250), fence).await.unwrap();
+    store.accrue(&[], t(400), fence).await.unwrap();
+    let expected = lifetime_cost(PRICE, t(20), t(400)) + lifetime_cost(PRICE, t(180), t(400));
+    let meters = store.usage(&name("lab")).await.unwrap();
+    assert_eq!(meters.iter().map(|m| m.charged()).sum::<Money>(), expected);
+    let costs: Money = store
+        .costs(&name("lab"))
+        .await
+        .unwrap()
+        .iter()
+        .map(|c| c.amount)
+        .sum();
+    assert_eq!(costs, expected, "each moment charged once");
+    let org = store.get_org(&name("lab")).await.unwrap().unwrap();
+    assert_eq!(org.budget.balance, m("100") - expected);
+}
+
+/// Two servers take turns at publishing and charging one organisation's
+/// nodes (leadership changed hands, and back): what one keeps of the
+/// meters between its passes never hides what the other wrote.
+pub async fn meters_written_by_another_server_are_charged_as_written(h: Harness) {
+    let (a, b) = (h.store.as_ref(), h.second.as_ref());
+    let fence = lead(a).await;
+    lab(a).await;
+    credit(a, "100", 3).await;
+    ask(a, "ann", 3, 48 * HOUR, 10).await.unwrap();
+    publish_lab(a, fence, vec![running("n0", 20), running("n1", 25)], vec![], 26).await;
+    a.accrue(&[], t(100), fence).await.unwrap();
+    // The other server sees n1 go and n2 come, and charges them.
+    let (n0, n2) = (running("n0", 20), running("n2", 140));
+    publish_lab(b, fence, vec![n0.clone(), n2.clone()], vec![gone("n1", 25, 130)], 141).await;
+    b.accrue(&[], t(200), fence).await.unwrap();
+    a.accrue(&[], t(300), fence).await.unwrap();
+    publish_lab(a, fence, vec![n2], vec![gone("n0", 20, 350)], 351).await;
+    b.accrue(&[], t(400), fence).await.unwrap();
+    a.accrue(&[], t(500), fence).await.unwrap();
+
+    let expected = lifetime_cost(PRICE, t(20), t(350))
+        + lifetime_cost(PRICE, t(25), t(130))
+        + lifetime_cost(PRICE, t(140), t(500));
+    let meters = a.usage(&name("lab")).await.unwrap();
+    assert_eq!(meters.iter().map(|m| m.charged()).sum::<Money>(), expected);
+    let costs: Money = b
+        .costs(&name("lab"))
+        .await
+        .unwrap()
+        .iter()
+        .map(|c| c.amount)
+        .sum();
+    assert_eq!(costs, expected, "each node charged once, to its end");
+    let org = b.get_org(&name("lab")).await.unwrap().unwrap();
+    assert_eq!(org.budget.balance, m("100") - expected);
+}

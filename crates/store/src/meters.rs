@@ -7,8 +7,10 @@
 //! loses none: a node that went while no server watched is charged up to
 //! the first listing that no longer shows it, and the ledger says so.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
-use flotilla_domain::{InstanceId, LedgerEntry, Money, NodeEndSeen, NodeMeter};
+use flotilla_domain::{InstanceId, LedgerEntry, Money, NodeEndSeen, NodeMeter, OrgName};
 
 use crate::ClusterNodes;
 
@@ -35,7 +37,7 @@ pub fn on_publish(
     now: DateTime<Utc>,
 ) -> MeterWrites {
     let mut writes = MeterWrites::default();
-    let mut on_record: std::collections::HashMap<InstanceId, NodeMeter> =
+    let mut on_record: HashMap<InstanceId, NodeMeter> =
         on_record.into_iter().map(|m| (m.id.clone(), m)).collect();
     let cluster = &published.cluster;
     let mut accounted = std::collections::HashSet::new();
@@ -82,4 +84,156 @@ pub fn on_publish(
         writes.changed.push(m);
     }
     writes
+}
+
+/// A meter as the backends store it. A running meter charged up to its
+/// organisation's `accrued_until` *follows* it: the pass that moves
+/// `accrued_until` moves the meter too, with no row written per node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredMeter {
+    /// A following meter's `charged_until` is its organisation's, not this.
+    pub meter: NodeMeter,
+    pub follows: bool,
+}
+
+/// The meters not yet settled, by organisation, as this process last read
+/// or wrote them. Each organisation's copy is tagged with the organisation's
+/// `meters_version` at that moment; every transaction that changes an
+/// organisation's meters raises that version, so a copy whose version is
+/// still the stored one is exact, whichever process wrote since. An
+/// accrual pass then reads only what changed instead of every running
+/// meter.
+#[derive(Debug, Default)]
+pub struct MeterCache {
+    orgs: HashMap<OrgName, (i64, Vec<StoredMeter>)>,
+}
+
+impl MeterCache {
+    /// True until the first fill: there is nothing to keep, read them all.
+    pub fn is_empty(&self) -> bool {
+        self.orgs.is_empty()
+    }
+
+    /// The organisations of `versions` whose copy is missing or outdated.
+    pub fn stale(&self, versions: &HashMap<OrgName, i64>) -> Vec<OrgName> {
+        let mut stale: Vec<OrgName> = versions
+            .iter()
+            .filter(|(org, v)| self.orgs.get(*org).is_none_or(|(have, _)| have != *v))
+            .map(|(org, _)| org.clone())
+            .collect();
+        stale.sort();
+        stale
+    }
+
+    /// Replaces the copies of `stale` with `read`, their meters as stored
+    /// now (an organisation with none read has none).
+    pub fn refill(
+        &mut self,
+        stale: &[OrgName],
+        versions: &HashMap<OrgName, i64>,
+        read: Vec<StoredMeter>,
+    ) {
+        for org in stale {
+            self.orgs
+                .insert(org.clone(), (versions.get(org).copied().unwrap_or(0), Vec::new()));
+        }
+        for m in read {
+            if let Some((_, meters)) = self.orgs.get_mut(&m.meter.cluster) {
+                meters.push(m);
+            }
+        }
+    }
+
+    /// Takes an organisation's meters out, for a pass.
+    pub fn take(&mut self, org: &OrgName) -> Vec<StoredMeter> {
+        self.orgs.remove(org).map(|(_, m)| m).unwrap_or_default()
+    }
+
+    /// Puts an organisation's meters back after a pass, at `version`.
+    pub fn put(&mut self, org: OrgName, version: i64, meters: Vec<StoredMeter>) {
+        self.orgs.insert(org, (version, meters));
+    }
+}
+
+/// One organisation's meters made ready for `Organisation::accrue`: each
+/// following meter charged up to `accrued_until`. The second vector is
+/// what each was before, for [`after_pass`].
+pub fn for_pass(
+    stored: Vec<StoredMeter>,
+    accrued_until: Option<DateTime<Utc>>,
+) -> (Vec<NodeMeter>, Vec<Before>) {
+    stored
+        .into_iter()
+        .map(|s| {
+            let mut m = s.meter;
+            if s.follows {
+                m.charged_until = accrued_until;
+            }
+            let before = Before {
+                follows: s.follows,
+                charged_until: m.charged_until,
+            };
+            (m, before)
+        })
+        .unzip()
+}
+
+/// What a meter was before a pass.
+#[derive(Debug, Clone, Copy)]
+pub struct Before {
+    follows: bool,
+    charged_until: Option<DateTime<Utc>>,
+}
+
+/// What an accrual pass writes back of the meters it charged.
+#[derive(Debug, Default)]
+pub struct PassWrites {
+    /// Running meters charged to their organisation's `accrued_until` that
+    /// follow it from now on.
+    pub follow: Vec<NodeMeter>,
+    /// Meters written as they are: ended (settled or not), or running
+    /// but charged to another moment than `accrued_until` (the clock
+    /// stepped back behind it).
+    pub written: Vec<NodeMeter>,
+    /// The organisations whose meters these are; each one's
+    /// `meters_version` goes up by one.
+    pub touched: Vec<OrgName>,
+}
+
+impl PassWrites {
+    /// Sorts out one organisation's meters after `Organisation::accrue`
+    /// charged them (`after`, in the order [`for_pass`] gave them) and
+    /// moved its `accrued_until` to `accrued`. Returns the meters still
+    /// unsettled, as stored once the writes are made, and whether any
+    /// changed.
+    pub fn after_pass(
+        &mut self,
+        org: &OrgName,
+        before: Vec<Before>,
+        after: Vec<NodeMeter>,
+        accrued: Option<DateTime<Utc>>,
+    ) -> (Vec<StoredMeter>, bool) {
+        let mut kept = Vec::with_capacity(after.len());
+        let mut touched = false;
+        for (b, m) in before.into_iter().zip(after) {
+            if m.settled() {
+                touched = true;
+                self.written.push(m);
+                continue;
+            }
+            let follows = m.end.is_none() && m.charged_until.is_some() && m.charged_until == accrued;
+            if follows && !b.follows {
+                touched = true;
+                self.follow.push(m.clone());
+            } else if !follows && (b.follows || b.charged_until != m.charged_until) {
+                touched = true;
+                self.written.push(m.clone());
+            }
+            kept.push(StoredMeter { meter: m, follows });
+        }
+        if touched {
+            self.touched.push(org.clone());
+        }
+        (kept, touched)
+    }
 }

@@ -331,23 +331,17 @@ impl TryFrom<NodeRow> for (ClusterName, NodeRecord) {
 
 /// The published nodes of cluster `$2`, or of all if `$1`; the SQL both
 /// backends run.
-/// The columns [`MeterRow`] is read from, in order, from `meters AS m JOIN
-/// orgs AS o ON o.name = m.org`: a following meter is charged up to its
-/// organisation's `accrued_until`.
-pub const METER_COLUMNS: &str = "m.org, m.id, m.launched_at, m.price, \
-    CASE WHEN m.follows THEN o.accrued_until ELSE m.charged_until END, m.ended_at, m.ended";
-
-/// [`METER_COLUMNS`] named as [`MeterRow`]'s fields, for reading rows.
+/// The columns [`MeterRow`] is read from, by name, from [`METERS_FROM`]: a
+/// following meter is charged up to its organisation's `accrued_until`.
 pub const METER_COLUMNS_NAMED: &str = "m.org AS org, m.id AS id, m.launched_at AS launched_at, \
     m.price AS price, \
     CASE WHEN m.follows THEN o.accrued_until ELSE m.charged_until END AS charged_until, \
     m.ended_at AS ended_at, m.ended AS ended";
 
-/// What [`METER_COLUMNS`] are read from.
+/// What [`METER_COLUMNS_NAMED`] are read from.
 pub const METERS_FROM: &str = "meters AS m JOIN orgs AS o ON o.name = m.org";
 
-/// A row of `meters`; also read by field order from a JSON array (see
-/// `fetch_rows` in the SQLite backend).
+/// A row of `meters`, a following meter's charge resolved.
 #[derive(Debug, serde::Deserialize, sqlx::FromRow)]
 pub struct MeterRow {
     pub org: String,
@@ -384,7 +378,58 @@ impl TryFrom<MeterRow> for NodeMeter {
     }
 }
 
-/// Meters as the columns of [`METER_COLUMNS`] plus `settled`, one vector
+/// The columns [`StoredMeterRow`] is read from, in order, from `meters AS
+/// m`: as stored, a following meter's `charged_until` unresolved.
+pub const STORED_METER_COLUMNS: &str = "m.org, m.id, m.launched_at, m.price, m.charged_until, \
+    m.ended_at, m.ended, m.follows";
+
+/// A row of `meters` as stored (see [`STORED_METER_COLUMNS`]); also read by
+/// field order from a JSON array, where SQLite writes `follows` as 0 or 1.
+#[derive(Debug, serde::Deserialize, sqlx::FromRow)]
+pub struct StoredMeterRow {
+    pub org: String,
+    pub id: String,
+    pub launched_at: i64,
+    pub price: i64,
+    pub charged_until: Option<i64>,
+    pub ended_at: Option<i64>,
+    pub ended: Option<String>,
+    #[serde(deserialize_with = "bool_or_int")]
+    pub follows: bool,
+}
+
+fn bool_or_int<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum Flag {
+        Bool(bool),
+        Int(i64),
+    }
+    Ok(match <Flag as serde::Deserialize>::deserialize(d)? {
+        Flag::Bool(b) => b,
+        Flag::Int(i) => i != 0,
+    })
+}
+
+impl TryFrom<StoredMeterRow> for crate::meters::StoredMeter {
+    type Error = StoreError;
+
+    fn try_from(row: StoredMeterRow) -> Result<Self, StoreError> {
+        let follows = row.follows;
+        let meter = NodeMeter::try_from(MeterRow {
+            org: row.org,
+            id: row.id,
+            launched_at: row.launched_at,
+            price: row.price,
+            charged_until: row.charged_until,
+            ended_at: row.ended_at,
+            ended: row.ended,
+        })?;
+        Ok(Self { meter, follows })
+    }
+}
+
+/// Meters as the columns of [`MeterRow`] plus `settled`, one vector
 /// per column, for writing many rows in one statement.
 #[derive(Debug, Default)]
 pub struct MeterColumns {
