@@ -116,6 +116,32 @@ pub struct ClusterStatus {
     /// `?events=N` (single-cluster status only).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub recent_events: Vec<Event>,
+    /// What stands in the cluster's way, while something does: the last
+    /// failure or stall of the server's work on it (creating or
+    /// destroying nodes), until that work goes through.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ClusterError>,
+}
+
+/// What stands in a cluster's way.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ClusterError {
+    /// Stable: `cloud_refused` (retrying will not help until someone
+    /// changes something: credentials, image, instance profile, …),
+    /// `cloud_unavailable`, `rate_limited`, `quota_exceeded`,
+    /// `no_capacity`, `pool_gone`, `store_failed`.
+    pub code: String,
+    pub message: String,
+    /// When the server first met it, without success between.
+    pub since: DateTime<Utc>,
+    /// When it last met it.
+    pub last_at: DateTime<Utc>,
+    /// How many times in a row.
+    pub count: u32,
+    /// When the server tries again; absent: once something changes (an
+    /// instance goes away, a command).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_at: Option<DateTime<Utc>>,
 }
 
 /// One entry of the change feed.
@@ -125,7 +151,9 @@ pub struct Event {
     pub seq: i64,
     /// `entity.verb`: `cluster.deployed`, `cluster.resized`,
     /// `cluster.extended`, `cluster.destroyed`, `cluster.expired`,
-    /// `cluster.forgotten`, `org.*` (an organisation's events),
+    /// `cluster.forgotten`, `cluster.nodes`, `cluster.error` (what stands
+    /// in its way: code, message, count, retry_at), `cluster.error_cleared`,
+    /// `org.*` (an organisation's events),
     /// `account.created`, `account.changed`, `account.deleted`.
     pub kind: String,
     /// The cluster, organisation or account it is about.
@@ -735,6 +763,24 @@ pub struct UserView {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct UserList {
     pub users: Vec<UserView>,
+}
+
+/// The keys that verify tokens (`GET /api/v1/auth/keys`, admins).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SigningKeyList {
+    /// Oldest first, where their age is known.
+    pub keys: Vec<SigningKeyView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SigningKeyView {
+    pub kid: String,
+    /// New tokens are signed with this key (exactly one does); the others
+    /// only verify tokens they signed until retired.
+    pub signs: bool,
+    /// Absent for a key kept in a server's key directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<DateTime<Utc>>,
 }
 
 /// Who the presented credentials are (`GET /api/v1/auth/whoami`).

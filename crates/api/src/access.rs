@@ -72,6 +72,7 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
     ("POST",   "/api/v1/auth/refresh",              Access::SignIn),
     ("POST",   "/api/v1/auth/logout",               Access::SignIn),
     ("GET",    "/api/v1/auth/whoami",               Access::Rule(Rule::Anyone)),
+    ("GET",    "/api/v1/auth/keys",                 Access::SignedIn(Rule::AuthorizeAdmin)),
     ("POST",   "/api/v1/auth/keys",                 Access::SignedIn(Rule::AuthorizeAdmin)),
     ("DELETE", "/api/v1/auth/keys/{kid}",           Access::SignedIn(Rule::AuthorizeAdmin)),
     ("GET",    "/api/v1/pools",                     Access::Rule(Rule::Anyone)),

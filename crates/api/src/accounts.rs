@@ -246,6 +246,25 @@ pub(crate) async fn jwks(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
+/// The keys that verify tokens, and which one signs (admins).
+#[utoipa::path(get, path = "/api/v1/auth/keys", responses((status = 200, body = types::SigningKeyList), (status = 403, body = types::ErrorBody)))]
+pub(crate) async fn list_keys(
+    State(state): State<AppState>,
+    CallerIdentity(caller): CallerIdentity,
+) -> Result<Json<types::SigningKeyList>, ApiError> {
+    let keys = state.identity.keys(&caller).await?;
+    Ok(Json(types::SigningKeyList {
+        keys: keys
+            .into_iter()
+            .map(|k| types::SigningKeyView {
+                kid: k.kid,
+                signs: k.signs,
+                created_at: k.created_at,
+            })
+            .collect(),
+    }))
+}
+
 /// A new signing key (admins). Tokens signed by older keys stay valid until
 /// those keys are retired.
 #[utoipa::path(post, path = "/api/v1/auth/keys", responses((status = 200, description = "`{\"kid\": ...}` of the new key"), (status = 403, body = types::ErrorBody)))]

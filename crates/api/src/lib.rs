@@ -98,7 +98,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/auth/refresh", post(accounts::refresh))
         .route("/api/v1/auth/logout", post(accounts::logout))
         .route("/api/v1/auth/whoami", get(accounts::whoami))
-        .route("/api/v1/auth/keys", post(accounts::rotate_key))
+        .route(
+            "/api/v1/auth/keys",
+            get(accounts::list_keys).post(accounts::rotate_key),
+        )
         .route("/api/v1/auth/keys/{kid}", delete(accounts::retire_key))
         .route(
             "/api/v1/users",
@@ -169,6 +172,14 @@ pub fn status_body(view: ClusterView) -> types::ClusterStatus {
     types::ClusterStatus {
         org,
         recent_events: Vec::new(),
+        error: view.obstacle.map(|o| types::ClusterError {
+            code: o.code.as_str().to_owned(),
+            message: o.message,
+            since: o.since,
+            last_at: o.last_at,
+            count: o.count,
+            retry_at: o.retry_at,
+        }),
         cluster: view.cluster.to_string(),
         state: match view.state {
             flotilla_domain::ClusterState::NotRunning => types::ClusterState::NotRunning,

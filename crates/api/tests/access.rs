@@ -675,7 +675,7 @@ async fn every_admin_route_refuses_an_org_member() {
         .iter()
         .filter(|(_, _, access)| *access == Access::SignedIn(Rule::AuthorizeAdmin))
         .collect();
-    assert_eq!(admin_routes.len(), 9, "{admin_routes:?}");
+    assert_eq!(admin_routes.len(), 10, "{admin_routes:?}");
     for &&(method, template, _) in &admin_routes {
         for uri in uris(template, &kid) {
             let reply = api

@@ -468,6 +468,21 @@ impl LeaseStore for CountingStore {
     ) -> Result<Vec<(ClusterName, NodeRecord)>, StoreError> {
         self.inner.published_nodes(cluster).await
     }
+
+    async fn publish_obstacles(
+        &self,
+        fence: Fence,
+        obstacles: &[flotilla_store::ClusterObstacle],
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        self.inner.publish_obstacles(fence, obstacles, now).await
+    }
+
+    async fn published_obstacles(
+        &self,
+    ) -> Result<Vec<(ClusterName, flotilla_domain::Obstacle)>, StoreError> {
+        self.inner.published_obstacles().await
+    }
 }
 
 #[async_trait]

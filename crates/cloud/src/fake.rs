@@ -56,6 +56,9 @@ pub struct FakeConfig {
     /// Every probe fails on this side, as when the server is out of file
     /// descriptors: [`Health::Unknown`].
     pub probes_fail_locally: bool,
+    /// Every create is refused with this permanent error, as when a pool
+    /// names an instance profile the account does not have.
+    pub refuse_creates: Option<String>,
 }
 
 impl Default for FakeConfig {
@@ -74,6 +77,7 @@ impl Default for FakeConfig {
             death_within: Duration::from_secs(60),
             max_batch: 50,
             probes_fail_locally: false,
+            refuse_creates: None,
         }
     }
 }
@@ -423,6 +427,9 @@ impl InstanceSet for FakeInstanceSet {
                 "create count {} is outside 1..={max_batch}",
                 request.count
             )));
+        }
+        if let Some(message) = &w.config.refuse_creates {
+            return Err(CloudError::permanent(message.clone()));
         }
         let error_rate = w.config.create_error_rate;
         if w.roll(error_rate) {

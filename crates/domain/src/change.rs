@@ -9,6 +9,7 @@ use chrono::{DateTime, Utc};
 use crate::access::{authorize_status, Caller};
 use crate::cluster::ClusterRecord;
 use crate::names::ClusterName;
+use crate::obstacle::{Obstacle, ObstacleCode};
 use crate::org::{OrgEvent, OrgEventKind, Organisation};
 use crate::plan::{NodeRecord, NodeState};
 
@@ -31,6 +32,11 @@ pub enum ChangeKind {
     /// The nodes the leader observes changed: one was created, became
     /// ready or unhealthy, is shutting down or went.
     ClusterNodes,
+    /// Something stands in the cluster's way, or what does changed (the
+    /// leader met it again, or met another): see [`Obstacle`].
+    ClusterError,
+    /// Nothing stands in its way any more.
+    ClusterErrorCleared,
     /// Something an organisation's owners should hear about.
     Org(OrgEventKind),
     AccountCreated,
@@ -55,7 +61,7 @@ pub enum ChangeEntity {
 }
 
 impl ChangeKind {
-    const PLAIN: [ChangeKind; 12] = [
+    const PLAIN: [ChangeKind; 14] = [
         ChangeKind::ClusterDeployed,
         ChangeKind::ClusterResized,
         ChangeKind::ClusterExtended,
@@ -63,6 +69,8 @@ impl ChangeKind {
         ChangeKind::ClusterExpired,
         ChangeKind::ClusterForgotten,
         ChangeKind::ClusterNodes,
+        ChangeKind::ClusterError,
+        ChangeKind::ClusterErrorCleared,
         ChangeKind::AccountCreated,
         ChangeKind::AccountChanged,
         ChangeKind::AccountDeleted,
@@ -78,7 +86,9 @@ impl ChangeKind {
             | ChangeKind::ClusterDestroyed
             | ChangeKind::ClusterExpired
             | ChangeKind::ClusterForgotten
-            | ChangeKind::ClusterNodes => ChangeEntity::Cluster,
+            | ChangeKind::ClusterNodes
+            | ChangeKind::ClusterError
+            | ChangeKind::ClusterErrorCleared => ChangeEntity::Cluster,
             ChangeKind::Org(_) => ChangeEntity::Org,
             ChangeKind::AccountCreated
             | ChangeKind::AccountChanged
@@ -96,6 +106,8 @@ impl ChangeKind {
             ChangeKind::ClusterExpired => "cluster.expired",
             ChangeKind::ClusterForgotten => "cluster.forgotten",
             ChangeKind::ClusterNodes => "cluster.nodes",
+            ChangeKind::ClusterError => "cluster.error",
+            ChangeKind::ClusterErrorCleared => "cluster.error_cleared",
             ChangeKind::Org(kind) => match kind {
                 OrgEventKind::Created => "org.created",
                 OrgEventKind::MembershipRequested => "org.membership_requested",
@@ -178,6 +190,25 @@ pub struct Change {
 }
 
 impl Change {
+    /// What a `cluster.error` change says stands in the cluster's way.
+    pub fn obstacle(&self) -> Option<Obstacle> {
+        if self.kind != ChangeKind::ClusterError {
+            return None;
+        }
+        let p = &self.payload;
+        let time = |field: &str| -> Option<DateTime<Utc>> {
+            serde_json::from_value(p.get(field)?.clone()).ok()
+        };
+        Some(Obstacle {
+            code: ObstacleCode::parse(p.get("code")?.as_str()?)?,
+            message: p.get("message")?.as_str()?.to_owned(),
+            since: time("since")?,
+            last_at: time("last_at")?,
+            count: u32::try_from(p.get("count")?.as_u64()?).ok()?,
+            retry_at: time("retry_at"),
+        })
+    }
+
     /// The cluster's record as this change left it, for the changes of a
     /// cluster's desired state (deployed, resized, extended, destroyed,
     /// expired): the feed carries the whole record, so a reader need not
@@ -269,6 +300,30 @@ impl NewChange {
                     .map(|n| serde_json::json!({"id": n.id.as_str(), "state": n.state.as_str()}))
                     .collect::<Vec<_>>(),
             }),
+        }
+    }
+
+    /// What stands in the cluster's way now, or (none) that nothing does.
+    pub fn obstacle(cluster: &ClusterName, is_public: bool, obstacle: Option<&Obstacle>) -> NewChange {
+        match obstacle {
+            Some(o) => NewChange {
+                kind: ChangeKind::ClusterError,
+                key: cluster.to_string(),
+                payload: serde_json::json!({
+                    "is_public": is_public,
+                    "code": o.code.as_str(),
+                    "message": o.message,
+                    "since": o.since,
+                    "last_at": o.last_at,
+                    "count": o.count,
+                    "retry_at": o.retry_at,
+                }),
+            },
+            None => NewChange {
+                kind: ChangeKind::ClusterErrorCleared,
+                key: cluster.to_string(),
+                payload: serde_json::json!({ "is_public": is_public }),
+            },
         }
     }
 

@@ -9,6 +9,7 @@ mod change;
 mod cluster;
 mod money;
 mod names;
+mod obstacle;
 mod org;
 mod plan;
 
@@ -30,6 +31,7 @@ pub use money::{
 pub use names::{
     ClusterName, InstanceId, InstanceSetId, InstanceType, NameError, NameKind, PoolName, Username,
 };
+pub use obstacle::{Obstacle, ObstacleCode};
 pub use org::{
     target_record, with_daily_spend, Accrual, Budget, CapacityOutcome, Charge, ClusterTarget,
     CostRow, Effects, LedgerEntry, LedgerKind, NodeEnd, NodeEndSeen, NodeMeter, OrgDefaults,

@@ -1,4 +1,4 @@
-use flotilla_domain::{ClusterName, Denied, NameError, OrgError, ValidationError};
+use flotilla_domain::{ClusterName, Denied, NameError, ObstacleCode, OrgError, ValidationError};
 use flotilla_store::StoreError;
 
 /// Why the engine refused or failed a command. The API maps each variant to
@@ -53,6 +53,7 @@ pub(crate) enum ReconcileError {
     #[error("cluster {cluster}: {message}")]
     Cloud {
         cluster: ClusterName,
+        code: ObstacleCode,
         message: String,
     },
     #[error("cluster {cluster}: {source}")]
@@ -62,4 +63,21 @@ pub(crate) enum ReconcileError {
     },
     #[error("cluster {cluster} uses pool {pool}, which is no longer configured; its nodes are left as they are")]
     PoolGone { cluster: ClusterName, pool: String },
+}
+
+impl ReconcileError {
+    /// What STATUS calls it.
+    pub(crate) fn obstacle(&self) -> (ObstacleCode, String) {
+        match self {
+            ReconcileError::Cloud { code, message, .. } => (*code, message.clone()),
+            ReconcileError::Store { source, .. } => (
+                ObstacleCode::StoreFailed,
+                format!("the server could not write to its store: {source}"),
+            ),
+            ReconcileError::PoolGone { pool, .. } => (
+                ObstacleCode::PoolGone,
+                format!("its pool {pool} is no longer configured; its nodes are left as they are (configure the pool again, or destroy the cluster)"),
+            ),
+        }
+    }
 }

@@ -210,6 +210,9 @@ async fn begin_term(shared: &Shared, fence: Fence) {
     for set in shared.inventory.lock().unwrap().values_mut() {
         *set = crate::inventory::SetInventory::default();
     }
+    // What stood in clusters' way in an earlier term is met afresh (or
+    // found gone, and the published copy cleared) by this term's reconciles.
+    shared.obstacles.lock().unwrap().clear();
 }
 
 /// The lease loop: takes the lease when it is free, renews it every third

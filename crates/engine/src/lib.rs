@@ -41,7 +41,7 @@ pub mod runtime;
 mod sync;
 mod views;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -161,6 +161,12 @@ struct Shared {
     leadership: Leadership,
     /// The nodes the leader published, for answering while following.
     observed: PublishedNodes,
+    /// What stands in each cluster's way, as this server met it while
+    /// leading (see `reconcile::note_obstacle`).
+    obstacles: Mutex<HashMap<ClusterName, flotilla_domain::Obstacle>>,
+    /// What stands in each cluster's way as last published (by this server
+    /// or the leader before it), for answering while following.
+    published_obstacles: Mutex<HashMap<ClusterName, flotilla_domain::Obstacle>>,
     /// Every change the reflector read, for subscribers.
     changes: broadcast::Sender<Change>,
     /// Asks for a pass of the reflector (a counter), and the last ask a
@@ -303,6 +309,8 @@ impl Engine {
             offerings: OfferingCache::default(),
             leadership,
             observed: PublishedNodes::default(),
+            obstacles: Mutex::default(),
+            published_obstacles: Mutex::default(),
             changes: broadcast::channel(1024).0,
             catch_up: watch::channel(0).0,
             caught_up: watch::channel(0).0,

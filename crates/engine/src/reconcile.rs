@@ -7,9 +7,10 @@ use std::sync::Arc;
 
 use flotilla_cloud::{CloudError, CreateRequest, Health, Instance, InstanceSet};
 use flotilla_domain::{
-    plan, ClusterName, ClusterRecord, InstanceId, NodeRecord, NodeState, ObservedNode, WantedNodes,
+    plan, ClusterName, ClusterRecord, InstanceId, NodeRecord, NodeState, Obstacle, ObstacleCode,
+    ObservedNode, WantedNodes,
 };
-use flotilla_store::{ClusterNodes, Fence, GoneNode};
+use flotilla_store::{ClusterNodes, ClusterObstacle, Fence, GoneNode};
 use futures::future::join_all;
 use tokio::time::Instant;
 
@@ -31,8 +32,10 @@ pub(crate) async fn reconcile_cluster(
         });
     };
     let start = Instant::now();
-    let result = reconcile(&shared, &cluster, fence).await;
+    let mut stall = None;
+    let result = reconcile(&shared, &cluster, fence, &mut stall).await;
     shared.metrics.reconciled(result.is_ok(), start.elapsed());
+    let obstacle_moved = note_obstacle(&shared, &cluster, &result, stall);
     // Published only if its nodes may have changed: a resync wakes every
     // cluster, and comparing each one's nodes whole every time costs the
     // leader more than the few that changed.
@@ -43,11 +46,69 @@ pub(crate) async fn reconcile_cluster(
                 .flat_map(|set| set.nodes(&cluster).map(|n| n.record_hash())),
         )
     };
-    if observed != shared.observed.fingerprint(&cluster) {
+    if observed != shared.observed.fingerprint(&cluster) || obstacle_moved {
         shared.publish_soon(&cluster);
     }
     shared.notify_changed(&cluster);
     result
+}
+
+/// What stood in the way of the work on a cluster, if it could not be
+/// done (created nodes, destroyed them) this time.
+pub(crate) struct Stall {
+    code: ObstacleCode,
+    message: String,
+    /// When the work is tried again; none: once something changes.
+    retry: Option<Instant>,
+}
+
+/// Keeps what stands in the cluster's way for STATUS: a failure, retried
+/// when the runtime's back-off says, or a stall; cleared once a
+/// reconcile meets neither. True if it now differs from what was
+/// published.
+fn note_obstacle(
+    shared: &Shared,
+    cluster: &ClusterName,
+    result: &Result<Next, ReconcileError>,
+    stall: Option<Stall>,
+) -> bool {
+    let now = shared.clock.now();
+    let in_ = |at: Instant| {
+        now + chrono::Duration::from_std(at.saturating_duration_since(Instant::now()))
+            .unwrap_or_default()
+    };
+    let met = match (result, stall) {
+        (Err(e), _) => {
+            let (code, message) = e.obstacle();
+            // The runtime retries after this, once it counts the failure.
+            let delay = crate::runtime::backoff(shared.runtime.failures(cluster) + 1);
+            Some((code, message, Some(in_(Instant::now() + delay))))
+        }
+        (Ok(_), Some(s)) => Some((s.code, s.message, s.retry.map(in_))),
+        (Ok(_), None) => None,
+    };
+    let mut obstacles = shared.obstacles.lock().unwrap();
+    match met {
+        Some((code, message, retry_at)) => {
+            let o = Obstacle::met(obstacles.get(cluster), code, message, now, retry_at);
+            obstacles.insert(cluster.clone(), o);
+        }
+        None => {
+            obstacles.remove(cluster);
+        }
+    }
+    obstacles.get(cluster) != shared.published_obstacles.lock().unwrap().get(cluster)
+}
+
+/// The obstacle a cloud error is.
+fn obstacle_code(e: &CloudError) -> ObstacleCode {
+    match e {
+        CloudError::RateLimited { .. } => ObstacleCode::RateLimited,
+        CloudError::QuotaExceeded { .. } => ObstacleCode::QuotaExceeded,
+        CloudError::InsufficientCapacity { .. } => ObstacleCode::NoCapacity,
+        CloudError::Transient { .. } => ObstacleCode::CloudUnavailable,
+        CloudError::Permanent { .. } => ObstacleCode::CloudRefused,
+    }
 }
 
 /// How long the publisher gathers changed clusters before it writes them
@@ -87,6 +148,8 @@ pub(crate) async fn publish_all(shared: &Shared, fence: Fence) {
         clusters.extend(set.clusters.keys().cloned());
         clusters.extend(set.departed.keys().cloned());
     }
+    clusters.extend(shared.obstacles.lock().unwrap().keys().cloned());
+    clusters.extend(shared.published_obstacles.lock().unwrap().keys().cloned());
     shared.to_publish.lock().unwrap().clear();
     let clusters: Vec<ClusterName> = clusters.into_iter().collect();
     for chunk in clusters.chunks(PUBLISH_BATCH) {
@@ -101,6 +164,57 @@ async fn publish(shared: &Shared, clusters: &[ClusterName], fence: Fence) -> boo
     // One at a time, from the snapshot to its commit: an older snapshot
     // committed after a newer one would end running nodes' meters.
     let _one = shared.publishing.lock().await;
+    let nodes = publish_nodes(shared, clusters, fence).await;
+    publish_obstacles(shared, clusters, fence).await;
+    nodes
+}
+
+/// Publishes what stands in the way of those of `clusters` where that
+/// changed since it was last published; on failure they are published
+/// again later.
+async fn publish_obstacles(shared: &Shared, clusters: &[ClusterName], fence: Fence) {
+    let moved: Vec<ClusterObstacle> = {
+        let live = shared.obstacles.lock().unwrap();
+        let published = shared.published_obstacles.lock().unwrap();
+        clusters
+            .iter()
+            .filter(|c| live.get(*c) != published.get(*c))
+            .map(|c| ClusterObstacle {
+                cluster: c.clone(),
+                is_public: shared.desired.get(c).is_some_and(|r| r.is_public),
+                obstacle: live.get(c).cloned(),
+            })
+            .collect()
+    };
+    if moved.is_empty() {
+        return;
+    }
+    match shared
+        .store
+        .publish_obstacles(fence, &moved, shared.clock.now())
+        .await
+    {
+        Ok(()) => {
+            let mut published = shared.published_obstacles.lock().unwrap();
+            for m in moved {
+                match m.obstacle {
+                    Some(o) => published.insert(m.cluster, o),
+                    None => published.remove(&m.cluster),
+                };
+            }
+        }
+        Err(e) => {
+            tracing::warn!(clusters = moved.len(), error = %e, "publishing what stands in clusters' way failed; trying again");
+            let mut again = shared.to_publish.lock().unwrap();
+            again.extend(moved.into_iter().map(|m| m.cluster));
+            shared.publish_wanted.notify_one();
+        }
+    }
+}
+
+/// Publishes the nodes of those of `clusters` whose nodes changed (see
+/// [`publish`]); the caller holds `publishing`.
+async fn publish_nodes(shared: &Shared, clusters: &[ClusterName], fence: Fence) -> bool {
     let changed: Vec<ClusterNodes> = {
         let mut inv = shared.inventory.lock().unwrap();
         if !inv.values().all(|set| set.listed) {
@@ -180,6 +294,7 @@ async fn reconcile(
     shared: &Shared,
     cluster: &ClusterName,
     fence: Fence,
+    stall: &mut Option<Stall>,
 ) -> Result<Next, ReconcileError> {
     // Checked again before each action: the term may end while a probe or
     // another action is under way.
@@ -254,7 +369,10 @@ async fn reconcile(
                 .iter()
                 .any(|(id, _)| !published.iter().any(|n| &n.id == id));
             if unpublished && !publish(shared, std::slice::from_ref(cluster), fence).await {
-                errors.push("publishing its nodes before destroying them failed".to_owned());
+                errors.push((
+                    ObstacleCode::StoreFailed,
+                    "publishing its nodes before destroying them failed".to_owned(),
+                ));
                 may_destroy = false;
             }
         }
@@ -282,7 +400,7 @@ async fn reconcile(
                             .mark_destroying(cluster, id, now);
                     }
                     Err(CloudError::RateLimited { earliest_retry, .. }) => next.at(earliest_retry),
-                    Err(e) => errors.push(format!("destroy {id}: {e}")),
+                    Err(e) => errors.push((obstacle_code(&e), format!("destroy {id}: {e}"))),
                 }
             }
             // See them leave the listing soon rather than at the next resync.
@@ -303,6 +421,7 @@ async fn reconcile(
                 plan.create,
                 &mut next,
                 &mut errors,
+                stall,
             )
             .await;
         }
@@ -311,8 +430,17 @@ async fn reconcile(
         let set_inv = &inv[driver];
         if plan.deferred > 0 {
             if let Some(pool) = pool {
-                if let Some(t) = set_inv.capacity_retry(&pool.instance_type, Instant::now()) {
+                let retry = set_inv.capacity_retry(&pool.instance_type, Instant::now());
+                if let Some(t) = retry {
                     next.at(t);
+                }
+                // Waiting for a quota or capacity met before (perhaps by
+                // another cluster's create): it stands in this one's way.
+                if stall.is_none() {
+                    *stall = Some(match set_inv.quota_blocked_at {
+                        Some(at) => quota_stall(driver, at),
+                        None => capacity_stall(&pool.instance_type, retry),
+                    });
                 }
             }
         }
@@ -353,6 +481,7 @@ async fn reconcile(
             {
                 return Err(ReconcileError::Cloud {
                     cluster: cluster.clone(),
+                    code: ObstacleCode::StoreFailed,
                     message: "publishing its last nodes before forgetting it failed".to_owned(),
                 });
             }
@@ -388,10 +517,15 @@ async fn reconcile(
         }
     }
 
-    if !errors.is_empty() {
+    if let Some((code, _)) = errors.first() {
         return Err(ReconcileError::Cloud {
             cluster: cluster.clone(),
-            message: errors.join("; "),
+            code: *code,
+            message: errors
+                .iter()
+                .map(|(_, m)| m.as_str())
+                .collect::<Vec<_>>()
+                .join("; "),
         });
     }
     Ok(match next.0 {
@@ -456,7 +590,8 @@ async fn create(
     pool: &PoolSpec,
     mut remaining: u32,
     next: &mut Earliest,
-    errors: &mut Vec<String>,
+    errors: &mut Vec<(ObstacleCode, String)>,
+    stall: &mut Option<Stall>,
 ) {
     let cluster = &record.name;
     while remaining > 0 {
@@ -494,6 +629,9 @@ async fn create(
                 let at = set_inv.total();
                 tracing::warn!(%driver, instances = at, %message, "cloud quota reached; no creates until an instance goes away");
                 set_inv.quota_blocked_at = Some(at);
+                let mut s = quota_stall(driver, at);
+                s.message = format!("{}: {message}", s.message);
+                *stall = Some(s);
                 return;
             }
             Err(CloudError::InsufficientCapacity { scope, message }) => {
@@ -501,16 +639,45 @@ async fn create(
                 tracing::warn!(%driver, %scope, %message, "no cloud capacity; backing off this scope");
                 set_inv.capacity_backoff.insert(scope, until);
                 next.at(until);
+                let mut s = capacity_stall(&pool.instance_type, Some(until));
+                s.message = format!("{}: {message}", s.message);
+                *stall = Some(s);
                 return;
             }
-            Err(CloudError::RateLimited { earliest_retry, .. }) => {
+            Err(CloudError::RateLimited {
+                earliest_retry,
+                message,
+            }) => {
                 next.at(earliest_retry);
+                *stall = Some(Stall {
+                    code: ObstacleCode::RateLimited,
+                    message: format!("the cloud asks for fewer calls: {message}"),
+                    retry: Some(earliest_retry),
+                });
                 return;
             }
             Err(e) => {
-                errors.push(format!("create: {e}"));
+                errors.push((obstacle_code(&e), format!("create: {e}")));
                 return;
             }
         }
+    }
+}
+
+fn quota_stall(driver: &str, instances: usize) -> Stall {
+    Stall {
+        code: ObstacleCode::QuotaExceeded,
+        message: format!(
+            "the cloud account of driver {driver} holds as many instances as its quota allows ({instances}); more nodes are created once one goes away"
+        ),
+        retry: None,
+    }
+}
+
+fn capacity_stall(ty: &flotilla_domain::InstanceType, retry: Option<Instant>) -> Stall {
+    Stall {
+        code: ObstacleCode::NoCapacity,
+        message: format!("the cloud has no capacity for instance type {ty} now"),
+        retry,
     }
 }

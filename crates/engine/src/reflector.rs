@@ -195,11 +195,21 @@ async fn apply(shared: &Shared, change: &Change, read: &mut PageReads) {
                         Err(e) => tracing::warn!(error = %e, "reading published nodes failed"),
                     }
                 }
+            } else if matches!(
+                change.kind,
+                ChangeKind::ClusterError | ChangeKind::ClusterErrorCleared
+            ) {
+                let mut published = shared.published_obstacles.lock().unwrap();
+                match change.obstacle() {
+                    Some(o) => published.insert(name.clone(), o),
+                    None => published.remove(&name),
+                };
             } else {
                 if change.kind == ChangeKind::ClusterForgotten {
                     // Forgotten with its last node; its published nodes
-                    // went with it.
+                    // and what stood in its way went with it.
                     shared.observed.put(&name, Vec::new());
+                    shared.published_obstacles.lock().unwrap().remove(&name);
                 }
                 let mark = shared.desired.mark();
                 let record = match change.cluster_record() {
@@ -260,5 +270,7 @@ pub(crate) async fn refresh(shared: &Shared) -> Result<(), StoreError> {
     shared
         .observed
         .replace(shared.store.published_nodes(None).await?);
+    let obstacles = shared.store.published_obstacles().await?;
+    *shared.published_obstacles.lock().unwrap() = obstacles.into_iter().collect();
     Ok(())
 }

@@ -241,6 +241,18 @@ impl<K: Clone + Eq + Hash + Send + Sync + 'static> Runtime<K> {
         while tasks.join_next().await.is_some() {}
     }
 
+    /// How many times in a row `key`'s reconcile failed; the next failure
+    /// is retried after `backoff(failures + 1)`.
+    pub fn failures(&self, key: &K) -> u32 {
+        self.inner
+            .lock()
+            .unwrap()
+            .failures
+            .get(key)
+            .copied()
+            .unwrap_or(0)
+    }
+
     fn finish<E: std::fmt::Display>(&self, key: K, result: Result<Next, E>) {
         let mut inner = self.inner.lock().unwrap();
         inner.running.remove(&key);

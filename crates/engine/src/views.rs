@@ -8,7 +8,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use flotilla_domain::{
     cluster_state, ClusterName, ClusterState, InstanceId, InstanceType, NodeRecord, NodeState,
-    ObservedNode, PoolName, Username,
+    Obstacle, ObservedNode, PoolName, Username,
 };
 use tokio::time::Instant;
 
@@ -28,6 +28,8 @@ pub struct ClusterView {
     pub settled: Option<bool>,
     /// Set for an organisation's cluster.
     pub org: Option<OrgClusterView>,
+    /// What stands in the cluster's way, if anything.
+    pub obstacle: Option<Obstacle>,
 }
 
 /// What status adds for an organisation's cluster.
@@ -109,6 +111,17 @@ impl Engine {
         }
     }
 
+    /// What stands in the cluster's way, as the leader met it: this
+    /// server's own while it leads, else what the leader published.
+    fn obstacle(&self, cluster: &ClusterName) -> Option<Obstacle> {
+        let own = if self.shared.leadership.term().is_some() {
+            &self.shared.obstacles
+        } else {
+            &self.shared.published_obstacles
+        };
+        own.lock().unwrap().get(cluster).cloned()
+    }
+
     /// A cluster as STATUS reports it, from this server's copies.
     pub fn view(&self, cluster: &ClusterName) -> ClusterView {
         let record = self.shared.desired.get(cluster);
@@ -152,6 +165,7 @@ impl Engine {
             nodes,
             settled: None,
             org,
+            obstacle: self.obstacle(cluster),
         }
     }
 }

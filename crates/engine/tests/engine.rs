@@ -8,7 +8,7 @@ use std::time::Duration;
 use common::{config, name, Harness};
 use flotilla_cloud::fake::{FakeCloud, FakeConfig, FakeOp, FAKE_SHAPE};
 use flotilla_cloud::{Offering, Tags, TAG_INSTANCE_SET};
-use flotilla_domain::{Caller, ClusterState, NodeState};
+use flotilla_domain::{Caller, ClusterState, NodeState, ObstacleCode};
 use flotilla_engine::pools::{OFFERING_TTL, OFFERING_WAIT};
 use flotilla_store::{MemoryStore, Store};
 use tokio::time::Instant;
@@ -178,6 +178,9 @@ async fn quota_stops_creates_until_an_instance_goes() {
         "no creates while at quota"
     );
     assert_eq!(h.status("c").state, ClusterState::Deploying);
+    let stalled = h.status("c").obstacle.expect("the quota stands in its way");
+    assert_eq!(stalled.code, ObstacleCode::QuotaExceeded);
+    assert_eq!(stalled.retry_at, None, "tried again once an instance goes");
     let victim = h.status("c").nodes[0].id.clone();
     h.cloud.kill(&victim);
     h.until(Duration::from_secs(15), "replacement", |h| {
@@ -472,5 +475,39 @@ async fn a_driver_slow_to_describe_its_pools_does_not_hold_up_the_listing() {
     tokio::time::sleep(OFFERING_TTL).await;
     let pools = h.engine.list_pools().await;
     assert!(pools.iter().all(|p| p.offering.shape == Some(FAKE_SHAPE)));
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refusing_cloud_is_in_the_status_retried_when_it_says_and_cleared_once_it_gives_way() {
+    let mut h = Harness::new(FakeConfig {
+        refuse_creates: Some("Invalid IamInstanceProfile name: flotilla-node".into()),
+        ..FakeConfig::default()
+    })
+    .await;
+    h.deploy("c", 2, 3600, None).await;
+    h.until(Duration::from_secs(30), "refused four times", |h| {
+        h.status("c").obstacle.is_some_and(|o| o.count >= 4)
+    })
+    .await;
+    let o = h.status("c").obstacle.unwrap();
+    assert_eq!(o.code, ObstacleCode::CloudRefused);
+    assert!(o.message.contains("Invalid IamInstanceProfile"), "{}", o.message);
+    assert!(o.since < o.last_at);
+    // The retry is when the back-off says, and it comes then, not sooner.
+    let retry_at = o.retry_at.expect("a failure is retried");
+    let wait = (retry_at - o.last_at).to_std().unwrap();
+    assert_eq!(wait, flotilla_engine::runtime::backoff(o.count));
+    let attempts = h.cloud.stats().creates;
+    tokio::time::sleep(wait - Duration::from_millis(100)).await;
+    assert_eq!(h.status("c").obstacle.unwrap().count, o.count, "not sooner");
+    assert_eq!(h.cloud.stats().creates, attempts);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(h.status("c").obstacle.unwrap().count, o.count + 1, "then");
+
+    h.cloud.reconfigure(|c| c.refuse_creates = None);
+    h.until(Duration::from_secs(60), "running", |h| h.running("c"))
+        .await;
+    assert_eq!(h.status("c").obstacle, None, "cleared once it gave way");
     h.stop().await;
 }

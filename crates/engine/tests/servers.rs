@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::{config, Harness};
 use flotilla_cloud::fake::{FakeCloud, FakeConfig};
 use flotilla_cloud::TokioClock;
-use flotilla_domain::{ChangeKind, ClusterState, NodeState};
+use flotilla_domain::{ChangeKind, ClusterState, NodeState, ObstacleCode};
 use flotilla_engine::EngineConfig;
 use flotilla_store::{MemoryStore, Store};
 use tokio::time::Instant;
@@ -158,6 +158,34 @@ async fn a_leader_whose_term_was_taken_stands_down_and_acts_no_more() {
         .filter(|c| c.kind == ChangeKind::LeaseTaken)
         .count();
     assert_eq!(terms, 3, "a's, the one taken, b's");
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_follower_says_what_stands_in_a_clusters_way_as_the_leader_does() {
+    let (mut a, mut b) = two_servers().await;
+    a.cloud
+        .reconfigure(|c| c.refuse_creates = Some("no such instance profile".into()));
+    b.deploy("demo", 2, 3600, None).await;
+    b.until(Duration::from_secs(10), "refused, at the follower", |h| {
+        h.status("demo").obstacle.is_some_and(|o| o.count >= 2)
+    })
+    .await;
+    let at_b = b.status("demo").obstacle.unwrap();
+    assert_eq!(at_b.code, ObstacleCode::CloudRefused);
+    assert!(at_b.message.contains("no such instance profile"));
+    a.until(Duration::from_secs(1), "alike at both", |h| {
+        h.status("demo").obstacle.is_some_and(|o| o.count == at_b.count)
+    })
+    .await;
+    assert_eq!(a.status("demo").obstacle.unwrap(), at_b);
+
+    a.cloud.reconfigure(|c| c.refuse_creates = None);
+    b.until(Duration::from_secs(60), "running at the follower", |h| {
+        h.running("demo") && h.status("demo").obstacle.is_none()
+    })
+    .await;
     a.stop().await;
     b.stop().await;
 }

@@ -11,8 +11,8 @@ use flotilla_api_types::{
     CreateOrgRequest, CreateUserRequest, CreditRequest, DeployRequest, ErrorBody, Event, EventList,
     ExtendRequest, GithubLoginRequest, Ledger, Level, LoginRequest, MemberRoleRequest,
     MembershipRequestResponse, OrgClusterStatus, OrgList, OrgSummary, OrgView, PoolList, PoolView,
-    RefreshRequest, TokenResponse, UpdateOrgRequest, UpdateUserRequest, Usage, UserList, UserView,
-    WhoAmI,
+    RefreshRequest, SigningKeyList, TokenResponse, UpdateOrgRequest, UpdateUserRequest, Usage,
+    UserList, UserView, WhoAmI,
 };
 use reqwest::StatusCode;
 use tokio::sync::Mutex;
@@ -26,6 +26,8 @@ pub mod exit {
     pub const USAGE: u8 = 2;
     pub const DENIED: u8 = 3;
     pub const UNREACHABLE: u8 = 4;
+    /// Interrupted (Ctrl-C) while waiting; the server goes on.
+    pub const INTERRUPTED: u8 = 130;
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -54,6 +56,10 @@ struct Session {
 pub struct Failure {
     pub code: u8,
     pub message: String,
+    /// The server's stable error code, when the server refused.
+    pub api_error: Option<String>,
+    /// The server's answer, when it refused.
+    pub body: Option<String>,
 }
 
 impl Failure {
@@ -61,6 +67,8 @@ impl Failure {
         Self {
             code,
             message: message.into(),
+            api_error: None,
+            body: None,
         }
     }
 }
@@ -285,16 +293,22 @@ impl Client {
             .await?;
         match self.output {
             Output::Json => println!("{}", raw.trim()),
-            Output::Text => println!(
-                "{} ({}); clusters: {}",
-                who.username.as_deref().unwrap_or("anonymous"),
-                who.level.as_str(),
-                if who.clusters.is_empty() {
-                    "none".to_owned()
-                } else {
-                    who.clusters.join(", ")
-                }
-            ),
+            Output::Text => {
+                println!(
+                    "{} ({}); clusters: {}",
+                    who.username.as_deref().unwrap_or("anonymous"),
+                    who.level.as_str(),
+                    if who.clusters.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        who.clusters.join(", ")
+                    }
+                );
+                println!(
+                    "credentials: {}",
+                    crate::credentials::describe(&self.session.source, self.session.cache.as_ref())
+                );
+            }
         }
         Ok(exit::OK)
     }
@@ -450,15 +464,25 @@ impl Client {
         Ok(exit::OK)
     }
 
+    /// The keys that verify tokens: which one signs, and each one's age.
     pub async fn key_list(&self) -> Result<u8> {
-        let (jwks, raw) = self
-            .send::<serde_json::Value>(self.http.get(self.url("/.well-known/jwks.json")))
+        let (list, raw) = self
+            .send::<SigningKeyList>(self.http.get(self.url("/api/v1/auth/keys")))
             .await?;
         match self.output {
             Output::Json => println!("{}", raw.trim()),
             Output::Text => {
-                for key in jwks["keys"].as_array().into_iter().flatten() {
-                    println!("{}", key["kid"].as_str().unwrap_or("?"));
+                let now = Utc::now();
+                for key in &list.keys {
+                    let role = if key.signs { "signs" } else { "verifies only" };
+                    let made = key.created_at.map_or(String::new(), |at| {
+                        format!(
+                            "  made {} ({} ago)",
+                            stamp(at),
+                            span((now - at).to_std().unwrap_or_default())
+                        )
+                    });
+                    println!("{:<24} {role:<14}{made}", key.kid);
                 }
             }
         }
@@ -503,11 +527,8 @@ impl Client {
         &self,
         req: reqwest::RequestBuilder,
     ) -> Result<(T, String)> {
-        let req = match self.bearer().await? {
-            Some(token) => req.bearer_auth(token),
-            None => req,
-        };
-        self.send_raw(req).await
+        let text = self.send_text(req).await?;
+        parse(text)
     }
 
     /// Sends with credentials, expecting no body back.
@@ -515,13 +536,54 @@ impl Client {
         self.send_text(req).await.map(|_| ())
     }
 
-    /// Sends with credentials, returning the body as it is (not JSON).
+    /// Sends with credentials, returning the body as it is (not JSON). An
+    /// access token the server no longer takes (its signing key retired,
+    /// its account changed, or it ran out early by this host's clock) is
+    /// refreshed, or signed in for again, once before giving up, so
+    /// retiring a key never locks out a kept login.
     async fn send_text(&self, req: reqwest::RequestBuilder) -> Result<String> {
-        let req = match self.bearer().await? {
+        let again = req.try_clone();
+        let first = self.exchange_quiet(self.authorised(req).await?).await;
+        let result = match (first, again) {
+            (Err(f), Some(again)) if self.renewable(&f) => {
+                self.drop_access_token().await;
+                self.exchange_quiet(self.authorised(again).await?).await
+            }
+            (result, _) => result,
+        };
+        self.said(result)
+    }
+
+    async fn authorised(&self, req: reqwest::RequestBuilder) -> Result<reqwest::RequestBuilder> {
+        Ok(match self.bearer().await? {
             Some(token) => req.bearer_auth(token),
             None => req,
-        };
-        self.exchange(req).await
+        })
+    }
+
+    /// Whether `f` is a refusal of the access token that a fresh one may
+    /// cure, and this run has a way to get one.
+    fn renewable(&self, f: &Failure) -> bool {
+        matches!(
+            f.api_error.as_deref(),
+            Some("token_unknown_key" | "token_expired" | "token_revoked")
+        ) && matches!(
+            self.session.source,
+            Source::Cached(_) | Source::Password { .. } | Source::Github(_)
+        )
+    }
+
+    /// Makes the next `bearer` refresh the login (or sign in again).
+    async fn drop_access_token(&self) {
+        let mut live = self.session.live.lock().await;
+        if live.is_none() {
+            if let Source::Cached(cached) = &self.session.source {
+                *live = Some(cached.clone());
+            }
+        }
+        if let Some(login) = live.as_mut() {
+            login.expires_at = login.issued_at;
+        }
     }
 
     /// Sends as it is (sign-in calls carry their own credentials).
@@ -530,13 +592,29 @@ impl Client {
         req: reqwest::RequestBuilder,
     ) -> Result<(T, String)> {
         let text = self.exchange(req).await?;
-        let value = serde_json::from_str(&text)
-            .map_err(|e| Failure::new(exit::FAILED, format!("the server's answer is not what this client expects ({e}); are client and server the same version?")))?;
-        Ok((value, text))
+        parse(text)
     }
 
-    /// One request: the body of a success, or the failure with its exit status.
+    /// One request: the body of a success, or the failure with its exit
+    /// status (the body printed too, in JSON output).
     async fn exchange(&self, req: reqwest::RequestBuilder) -> Result<String> {
+        let result = self.exchange_quiet(req).await;
+        self.said(result)
+    }
+
+    /// Prints the body of a refusal, in JSON output.
+    fn said(&self, result: Result<String>) -> Result<String> {
+        if let Err(f) = &result {
+            if let (Output::Json, Some(body)) = (self.output, &f.body) {
+                println!("{}", body.trim());
+            }
+        }
+        result
+    }
+
+    /// One request: the body of a success, or the failure with its exit
+    /// status.
+    async fn exchange_quiet(&self, req: reqwest::RequestBuilder) -> Result<String> {
         let resp = req.send().await.map_err(|e| {
             if e.is_connect() || e.is_timeout() {
                 Failure::new(
@@ -555,9 +633,10 @@ impl Client {
             )
         })?;
         if !status.is_success() {
-            let message = match serde_json::from_str::<ErrorBody>(&text) {
-                Ok(b) => format!("{} ({})", b.message, b.error),
-                Err(_) => format!("server answered {status}: {}", text.trim()),
+            let body = serde_json::from_str::<ErrorBody>(&text).ok();
+            let message = match &body {
+                Some(b) => format!("{} ({})", b.message, b.error),
+                None => format!("server answered {status}: {}", text.trim()),
             };
             let code = match status {
                 StatusCode::BAD_REQUEST
@@ -566,10 +645,10 @@ impl Client {
                 StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => exit::DENIED,
                 _ => exit::FAILED,
             };
-            if self.output == Output::Json {
-                println!("{}", text.trim());
-            }
-            return Err(Failure::new(code, message));
+            let mut failure = Failure::new(code, message);
+            failure.api_error = body.map(|b| b.error);
+            failure.body = Some(text);
+            return Err(failure);
         }
         Ok(text)
     }
@@ -612,9 +691,29 @@ impl Client {
             .iter()
             .rev()
             .find(|e| e.kind == "cluster.expired" || e.kind == "cluster.destroyed");
-        match last {
-            Some(e) if e.kind == "cluster.expired" => format!(
+        // What stood in its way since it was last deployed, if anything.
+        let blocked = status
+            .recent_events
+            .iter()
+            .rev()
+            .take_while(|e| e.kind != "cluster.deployed")
+            .find(|e| e.kind == "cluster.error")
+            .map_or(String::new(), |e| {
+                format!(
+                    "; what stood in its way: {} ({}×): {}",
+                    e.details["code"].as_str().unwrap_or("?"),
+                    e.details["count"],
+                    e.details["message"].as_str().unwrap_or_default()
+                )
+            });
+        let why = match last {
+            // Slow nodes want a longer time to live; a refusal, a fix.
+            Some(e) if e.kind == "cluster.expired" && blocked.is_empty() => format!(
                 "its time to live ran out at {} before its nodes were ready (deploy again with a longer --ttl)",
+                e.at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            ),
+            Some(e) if e.kind == "cluster.expired" => format!(
+                "its time to live ran out at {} before its nodes were ready",
                 e.at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
             ),
             Some(e) => format!(
@@ -622,7 +721,8 @@ impl Client {
                 e.at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
             ),
             None => "it was destroyed before it settled".to_owned(),
-        }
+        };
+        why + &blocked
     }
 
     pub async fn extend(&self, cluster: &str, request: ExtendRequest) -> Result<u8> {
@@ -652,21 +752,34 @@ impl Client {
     }
 
     /// Sends a request that may wait on `cluster`, showing its progress on
-    /// a terminal while it does.
+    /// a terminal while it does. Ctrl-C while it waits stops only the
+    /// waiting: the server goes on, and the message says how to follow it.
     async fn send_waiting<T: serde::de::DeserializeOwned>(
         &self,
         cluster: &str,
         req: reqwest::RequestBuilder,
         wait: bool,
     ) -> Result<(T, String)> {
-        let show = wait && self.output == Output::Text && std::io::stderr().is_terminal();
-        let result = if show {
-            tokio::select! {
-                result = self.send::<T>(req) => result,
-                never = self.show_progress(cluster) => match never {},
+        if !wait {
+            return self.send::<T>(req).await;
+        }
+        let show = self.output == Output::Text && std::io::stderr().is_terminal();
+        let progress = async {
+            if show {
+                self.show_progress(cluster).await
+            } else {
+                std::future::pending().await
             }
-        } else {
-            self.send::<T>(req).await
+        };
+        let result = tokio::select! {
+            result = self.send::<T>(req) => result,
+            never = progress => match never {},
+            _ = tokio::signal::ctrl_c() => Err(Failure::new(
+                exit::INTERRUPTED,
+                format!(
+                    "stopped waiting; the server goes on with {cluster}: follow it with `flotilla status {cluster}` (or `flotilla events {cluster} --follow`)"
+                ),
+            )),
         };
         if show {
             eprint!("\r\x1b[K");
@@ -971,10 +1084,17 @@ impl Client {
                 let (list, raw) = self
                     .send::<ClusterList>(self.http.get(self.url("/api/v1/clusters")))
                     .await?;
+                let anonymous = self.session.source == Source::Anonymous;
                 match self.output {
                     Output::Json => println!("{}", raw.trim()),
+                    Output::Text if list.clusters.is_empty() && anonymous => println!(
+                        "no public clusters; not signed in, so only public clusters are shown (sign in with `flotilla login`, or set FLOTILLA_TOKEN)"
+                    ),
                     Output::Text if list.clusters.is_empty() => println!("no clusters"),
                     Output::Text => {
+                        if anonymous {
+                            eprintln!("not signed in: only public clusters are shown (sign in with `flotilla login`)");
+                        }
                         for s in &list.clusters {
                             println!("{}", summary_line(s));
                         }
@@ -993,6 +1113,9 @@ impl Client {
                     status.cluster,
                     status.state.as_str()
                 );
+                if let Some(e) = &status.error {
+                    eprintln!("in its way:\n{}", error_line(e, Utc::now()));
+                }
             }
             exit::FAILED
         } else {
@@ -1005,6 +1128,9 @@ impl Client {
             Output::Json => println!("{}", raw.trim()),
             Output::Text => {
                 println!("{}", summary_line(s));
+                if let Some(e) = &s.error {
+                    println!("{}", error_line(e, Utc::now()));
+                }
                 if let Some(org) = &s.org {
                     for line in org_status_lines(org) {
                         println!("{line}");
@@ -1030,31 +1156,122 @@ impl Client {
         }
     }
 
-    /// While a waiting request runs, shows "ready / wanted" on a terminal.
-    /// Each poll takes a fresh bearer, so a long wait refreshes the login
-    /// as it goes. Best effort: a failed poll just skips a beat.
+    /// While a waiting request runs, shows on a terminal how long it has
+    /// waited, how many nodes boot and are ready of those wanted, and what
+    /// stands in the way: its message whole on a line of its own each time
+    /// it changes, its code and count on the progress line. Each poll takes
+    /// a fresh bearer, so a long wait refreshes the login as it goes. Best
+    /// effort: a failed poll just skips a beat.
     async fn show_progress(&self, cluster: &str) -> std::convert::Infallible {
         let url = self.url(&format!("/api/v1/clusters/{cluster}"));
+        let start = std::time::Instant::now();
+        let mut shown: Option<(String, String)> = None;
         loop {
             tokio::time::sleep(Duration::from_millis(500)).await;
             let mut req = self.http.get(&url);
             if let Ok(Some(token)) = self.bearer().await {
                 req = req.bearer_auth(token);
             }
-            if let Ok(resp) = req.send().await {
-                if let Ok(s) = resp.json::<ClusterStatus>().await {
-                    eprint!(
-                        "\r\x1b[K{}: {}, {}/{} nodes ready",
-                        s.cluster,
-                        s.state.as_str(),
-                        s.ready_nodes(),
-                        s.node_capacity
-                    );
-                    let _ = std::io::stderr().flush();
+            let Ok(resp) = req.send().await else {
+                continue;
+            };
+            let Ok(s) = resp.json::<ClusterStatus>().await else {
+                continue;
+            };
+            let now = s.error.as_ref().map(|e| (e.code.clone(), e.message.clone()));
+            if now.is_some() && now != shown {
+                if let Some(e) = &s.error {
+                    eprintln!("\r\x1b[K{}", error_line(e, Utc::now()).trim_start());
                 }
             }
+            shown = now;
+            let mut line = progress_line(&s, start.elapsed(), Utc::now());
+            if let Some(cut) = line.char_indices().nth(terminal_width().saturating_sub(1)) {
+                line.truncate(cut.0);
+            }
+            eprint!("\r\x1b[K{line}");
+            let _ = std::io::stderr().flush();
         }
     }
+}
+
+/// The columns of the terminal on stderr, or 80.
+fn terminal_width() -> usize {
+    // SAFETY: TIOCGWINSZ fills the winsize it is given, and nothing else.
+    let mut size: libc::winsize = unsafe { std::mem::zeroed() };
+    let ok = unsafe { libc::ioctl(libc::STDERR_FILENO, libc::TIOCGWINSZ, &mut size) } == 0;
+    if ok && size.ws_col > 20 {
+        usize::from(size.ws_col)
+    } else {
+        80
+    }
+}
+
+/// `NAME: deploying 12s, 1 booting, 1/3 ready; cloud_refused (3×), next
+/// try in 4s`.
+fn progress_line(s: &ClusterStatus, elapsed: Duration, now: DateTime<Utc>) -> String {
+    let booting = s
+        .nodes
+        .iter()
+        .filter(|n| n.state == flotilla_api_types::NodeState::Booting)
+        .count();
+    let mut line = format!(
+        "{}: {} {}, {booting} booting, {}/{} ready",
+        s.cluster,
+        s.state.as_str(),
+        span(elapsed),
+        s.ready_nodes(),
+        s.node_capacity
+    );
+    if let Some(e) = &s.error {
+        line.push_str(&format!("; {} ({}×), {}", e.code, e.count, retry_text(e, now)));
+    }
+    line
+}
+
+/// `45s`, `3m05s`, `1h02m`, `3d04h`.
+fn span(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        3600..86400 => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d{:02}h", s / 86400, s % 86400 / 3600),
+    }
+}
+
+/// What stands in a cluster's way, in a line: the message, how often and
+/// since when, and when the server tries again.
+fn error_line(e: &flotilla_api_types::ClusterError, now: DateTime<Utc>) -> String {
+    let times = if e.count == 1 {
+        format!("at {}", stamp(e.since))
+    } else {
+        format!("{} times since {}", e.count, stamp(e.since))
+    };
+    format!(
+        "  error {}: {} ({times}; {})",
+        e.code,
+        e.message,
+        retry_text(e, now)
+    )
+}
+
+/// When the server tries again.
+fn retry_text(e: &flotilla_api_types::ClusterError, now: DateTime<Utc>) -> String {
+    match e.retry_at {
+        Some(at) if at > now => format!(
+            "next try in {}",
+            span((at - now).to_std().unwrap_or_default())
+        ),
+        Some(_) => "trying again now".to_owned(),
+        None => "tried again once something changes".to_owned(),
+    }
+}
+
+/// A success's body as `T`.
+fn parse<T: serde::de::DeserializeOwned>(text: String) -> Result<(T, String)> {
+    let value = serde_json::from_str(&text).map_err(|e| Failure::new(exit::FAILED, format!("the server's answer is not what this client expects ({e}); are client and server the same version?")))?;
+    Ok((value, text))
 }
 
 fn cached(t: TokenResponse) -> CachedLogin {
@@ -1146,6 +1363,9 @@ fn summary_line(s: &ClusterStatus) -> String {
     }
     if let Some(o) = &s.org {
         line.push_str(&format!("  min {} max {}", o.min_nodes, o.max_nodes));
+    }
+    if let Some(e) = &s.error {
+        line.push_str(&format!("  error {}", e.code));
     }
     line
 }
@@ -1348,6 +1568,12 @@ fn event_line(e: &Event) -> String {
             )
         }
         "server" => format!("leads, epoch {}", d["epoch"]),
+        "cluster" if e.kind == "cluster.error" => format!(
+            "{} ({}×): {}",
+            d["code"].as_str().unwrap_or("?"),
+            d["count"],
+            d["message"].as_str().unwrap_or_default()
+        ),
         "cluster" if d.get("nodes").is_some() => format!(
             "{} nodes, pool {}{}",
             d["nodes"],
@@ -1462,6 +1688,7 @@ mod tests {
             nodes: Vec::new(),
             settled: None,
             recent_events: Vec::new(),
+            error: None,
             org: Some(OrgClusterStatus {
                 min_nodes: 0,
                 max_nodes: 2,

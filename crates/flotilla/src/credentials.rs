@@ -1,10 +1,13 @@
 //! Where the command line finds its credentials, and the token cache that
 //! `flotilla login` writes.
 //!
-//! In order (the first that is present wins):
-//! 1. the login cached by `flotilla login` for this server;
-//! 2. `FLOTILLA_TOKEN`, an access token used as it is;
-//! 3. `FLOTILLA_USERNAME` with `FLOTILLA_PASSWORD`, or `FLOTILLA_GITHUB_TOKEN`;
+//! In order (the first that is present wins): what is given for this
+//! command beats what is kept, as in `gh`, the AWS CLI and kubectl.
+//! 1. `FLOTILLA_TOKEN`, an access token used as it is;
+//! 2. `FLOTILLA_USERNAME` with `FLOTILLA_PASSWORD`, or `FLOTILLA_GITHUB_TOKEN`;
+//! 3. the login kept by `flotilla login` for this server (however its URL
+//!    is spelled: `localhost` or `127.0.0.1`, a trailing slash, the
+//!    scheme's default port written out or not);
 //! 4. the `~/.netrc` entry for the server's host (refused if others can read
 //!    the file);
 //! 5. none: the request goes anonymous.
@@ -117,17 +120,44 @@ impl std::fmt::Debug for Source {
 /// Picks the credentials for `server` (a URL), in the order of this
 /// module's documentation.
 pub fn resolve(env: &Env, server: &str) -> Result<Source, CredentialError> {
-    if let Some(login) = env.token_cache()?.get(server)? {
-        return Ok(Source::Cached(login));
-    }
     if let Some(token) = &env.token {
         return Ok(Source::Token(token.clone()));
     }
-    sign_in_source(env, server)
+    match given_source(env)? {
+        Source::Anonymous => {}
+        given => return Ok(given),
+    }
+    if let Some(login) = env.token_cache()?.get(server)? {
+        return Ok(Source::Cached(login));
+    }
+    netrc_source(env, server)
 }
 
-/// What `flotilla login` signs in with when given no flags: steps 3 and 4.
+/// What `flotilla login` signs in with when given no flags: the
+/// environment's, else `~/.netrc`'s.
 pub fn sign_in_source(env: &Env, server: &str) -> Result<Source, CredentialError> {
+    match given_source(env)? {
+        Source::Anonymous => netrc_source(env, server),
+        given => Ok(given),
+    }
+}
+
+/// Where a source's credentials came from, as `whoami` says it.
+pub fn describe(source: &Source, cache: Option<&TokenCache>) -> String {
+    match source {
+        Source::Cached(_) => match cache {
+            Some(c) => format!("the login kept by `flotilla login` in {}", c.path.display()),
+            None => "the login kept by `flotilla login`".to_owned(),
+        },
+        Source::Token(_) => "FLOTILLA_TOKEN".to_owned(),
+        Source::Password { origin, .. } => origin.clone(),
+        Source::Github(_) => "FLOTILLA_GITHUB_TOKEN".to_owned(),
+        Source::Anonymous => "none: not signed in".to_owned(),
+    }
+}
+
+/// The credentials the environment gives for this command, if any.
+fn given_source(env: &Env) -> Result<Source, CredentialError> {
     match (&env.username, &env.password) {
         (Some(username), Some(password)) => {
             return Ok(Source::Password {
@@ -153,6 +183,11 @@ pub fn sign_in_source(env: &Env, server: &str) -> Result<Source, CredentialError
     if let Some(token) = &env.github_token {
         return Ok(Source::Github(token.clone()));
     }
+    Ok(Source::Anonymous)
+}
+
+/// The `~/.netrc` entry for the server's host, if any.
+fn netrc_source(env: &Env, server: &str) -> Result<Source, CredentialError> {
     if let (Some(home), Some(host)) = (&env.home, host_of(server)) {
         let path = home.join(".netrc");
         if let Some((username, password)) = netrc_entry(&path, &host)? {
@@ -320,20 +355,34 @@ impl TokenCache {
         })
     }
 
+    /// The login kept for `server`, however either URL is spelled.
     pub fn get(&self, server: &str) -> Result<Option<CachedLogin>, CredentialError> {
-        Ok(self.load()?.remove(&cache_key(server)))
+        let key = cache_key(server);
+        Ok(self
+            .load()?
+            .into_iter()
+            .find(|(k, _)| cache_key(k) == key)
+            .map(|(_, login)| login))
     }
 
+    /// Keeps `login` for `server`, in place of any kept for the same server
+    /// spelled another way.
     pub fn put(&self, server: &str, login: CachedLogin) -> Result<(), CredentialError> {
+        let key = cache_key(server);
         let mut all = self.load()?;
-        all.insert(cache_key(server), login);
+        all.retain(|k, _| cache_key(k) != key);
+        // Kept under the spelling the user gave, found under any.
+        all.insert(server.trim_end_matches('/').to_owned(), login);
         self.store(&all)
     }
 
     /// True if there was a login for `server`.
     pub fn remove(&self, server: &str) -> Result<bool, CredentialError> {
+        let key = cache_key(server);
         let mut all = self.load()?;
-        let had = all.remove(&cache_key(server)).is_some();
+        let before = all.len();
+        all.retain(|k, _| cache_key(k) != key);
+        let had = all.len() != before;
         if had {
             self.store(&all)?;
         }
@@ -369,8 +418,26 @@ impl TokenCache {
     }
 }
 
+/// One spelling per server: scheme, host in lower case (any loopback
+/// name or address as `localhost`) and port (none for the scheme's
+/// default), without a trailing slash. A URL that does not parse is kept
+/// as it is, less trailing slashes.
 fn cache_key(server: &str) -> String {
-    server.trim_end_matches('/').to_owned()
+    let Ok(url) = reqwest::Url::parse(server) else {
+        return server.trim_end_matches('/').to_owned();
+    };
+    let raw = url.host_str().unwrap_or_default();
+    let host = match raw.trim_matches(['[', ']']).parse::<std::net::IpAddr>() {
+        Ok(ip) if ip.is_loopback() => "localhost".to_owned(),
+        Ok(_) => raw.to_owned(),
+        Err(_) if raw.eq_ignore_ascii_case("localhost") => "localhost".to_owned(),
+        Err(_) => raw.to_ascii_lowercase(),
+    };
+    let path = url.path().trim_end_matches('/');
+    match url.port() {
+        Some(port) => format!("{}://{host}:{port}{path}", url.scheme()),
+        None => format!("{}://{host}{path}", url.scheme()),
+    }
 }
 
 #[cfg(test)]
@@ -406,7 +473,7 @@ mod tests {
     const SERVER: &str = "http://flotilla.example:8470";
 
     #[test]
-    fn precedence_is_cache_token_env_netrc_anonymous() {
+    fn what_is_given_for_the_command_beats_what_is_kept() {
         let dir = tempfile::tempdir().unwrap();
         let mut e = env(dir.path());
         assert_eq!(resolve(&e, SERVER).unwrap(), Source::Anonymous);
@@ -420,6 +487,16 @@ mod tests {
             matches!(resolve(&e, SERVER).unwrap(), Source::Password { username, .. } if username == "nina")
         );
 
+        e.token_cache().unwrap().put(SERVER, login("carl")).unwrap();
+        assert!(
+            matches!(resolve(&e, SERVER).unwrap(), Source::Cached(c) if c.username == "carl"),
+            "a kept login beats .netrc"
+        );
+        assert!(
+            !matches!(resolve(&e, "http://other:8470").unwrap(), Source::Cached(_)),
+            "the cache is per server"
+        );
+
         e.github_token = Some("gh".into());
         assert_eq!(resolve(&e, SERVER).unwrap(), Source::Github("gh".into()));
 
@@ -431,13 +508,43 @@ mod tests {
 
         e.token = Some("tok".into());
         assert_eq!(resolve(&e, SERVER).unwrap(), Source::Token("tok".into()));
+    }
 
-        e.token_cache().unwrap().put(SERVER, login("carl")).unwrap();
-        assert!(matches!(resolve(&e, SERVER).unwrap(), Source::Cached(c) if c.username == "carl"));
-        assert!(
-            !matches!(resolve(&e, "http://other:8470").unwrap(), Source::Cached(_)),
-            "the cache is per server"
-        );
+    #[test]
+    fn a_kept_login_is_found_however_the_server_is_spelled() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = env(dir.path());
+        let cache = e.token_cache().unwrap();
+        cache.put("http://127.0.0.1:8470/", login("carl")).unwrap();
+        for spelling in [
+            "http://localhost:8470",
+            "http://LOCALHOST:8470/",
+            "http://127.0.0.1:8470",
+            "http://[::1]:8470",
+        ] {
+            assert!(
+                matches!(resolve(&e, spelling).unwrap(), Source::Cached(c) if c.username == "carl"),
+                "{spelling}"
+            );
+        }
+        for other in ["https://127.0.0.1:8470", "http://127.0.0.1:8471", "http://10.0.0.1:8470"] {
+            assert_eq!(resolve(&e, other).unwrap(), Source::Anonymous, "{other}");
+        }
+        cache.put("https://Flotilla.Example:443/", login("dora")).unwrap();
+        assert!(matches!(
+            resolve(&e, "https://flotilla.example").unwrap(),
+            Source::Cached(c) if c.username == "dora"
+        ));
+        // A new login for the same server replaces the old, whatever its
+        // spelling; logging out removes it.
+        cache.put("http://localhost:8470", login("erin")).unwrap();
+        assert!(matches!(
+            resolve(&e, "http://127.0.0.1:8470").unwrap(),
+            Source::Cached(c) if c.username == "erin"
+        ));
+        assert_eq!(cache.load().unwrap().len(), 2);
+        assert!(cache.remove("http://127.0.0.1:8470/").unwrap());
+        assert_eq!(resolve(&e, "http://localhost:8470").unwrap(), Source::Anonymous);
     }
 
     #[test]

@@ -224,10 +224,44 @@ fn credentials_are_found_in_their_documented_order() {
     with_token.push(("FLOTILLA_TOKEN", &admin_token));
     assert_eq!(whoami(&server, &with_token)["username"], "admin");
 
-    // A kept login comes first of all.
+    // A kept login beats ~/.netrc, but what is given for the command beats
+    // the kept login.
     let out = server.cli_input(&[], &["login", "--username", "bob"], "bob-password-1234\n");
     assert_eq!(code(&out), 0, "{}", stderr(&out));
-    assert_eq!(whoami(&server, &with_token)["username"], "bob");
+    assert_eq!(whoami(&server, &[])["username"], "bob");
+    assert_eq!(whoami(&server, &with_token)["username"], "admin");
+    let nina = [
+        ("FLOTILLA_USERNAME", "nina"),
+        ("FLOTILLA_PASSWORD", "nina-password-123"),
+    ];
+    assert_eq!(whoami(&server, &nina)["username"], "nina");
+    // whoami says where its credentials came from.
+    let out = server.cli_with(&[], &["whoami"]);
+    assert!(
+        stdout(&out).contains("credentials: the login kept by `flotilla login` in "),
+        "{}",
+        stdout(&out)
+    );
+    let out = server.cli_with(&nina, &["whoami"]);
+    assert!(
+        stdout(&out).contains("credentials: FLOTILLA_USERNAME and FLOTILLA_PASSWORD"),
+        "{}",
+        stdout(&out)
+    );
+    // The kept login is found however the server is spelled.
+    let port = server.url.rsplit(':').next().unwrap().to_owned();
+    for url in [
+        format!("http://localhost:{port}"),
+        format!("http://127.0.0.1:{port}/"),
+    ] {
+        let out = server
+            .cli_command_at(&url, &[], &["--output", "json", "whoami"])
+            .output()
+            .unwrap();
+        assert_eq!(code(&out), 0, "{url}: {}", stderr(&out));
+        let who: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(who["username"], "bob", "{url}");
+    }
     assert_eq!(code(&server.cli_with(&[], &["logout"])), 0);
 
     // A .netrc others can read is refused, with the fix, rather than used.
@@ -385,10 +419,19 @@ fn admins_rotate_and_retire_signing_keys() {
     let kids = |server: &Server| -> Vec<String> {
         let out = server.cli(&["key", "list"]);
         assert_eq!(code(&out), 0, "{}", stderr(&out));
-        stdout(&out).lines().map(str::to_owned).collect()
+        stdout(&out)
+            .lines()
+            .map(|l| l.split_whitespace().next().unwrap().to_owned())
+            .collect()
     };
     let first = kids(&server);
     assert_eq!(first.len(), 1);
+    let out = server.cli(&["key", "list"]);
+    let line = stdout(&out);
+    assert!(
+        line.contains(" signs ") && line.contains(" made ") && line.contains(" ago)"),
+        "which key signs, and its age: {line}"
+    );
 
     login_admin(&server);
     let out = server.cli_with(&[], &["--output", "json", "key", "rotate"]);
@@ -396,6 +439,16 @@ fn admins_rotate_and_retire_signing_keys() {
     let second: Value = serde_json::from_str(&stdout(&out)).unwrap();
     let second = second["kid"].as_str().unwrap().to_owned();
     assert_eq!(kids(&server).len(), 2);
+    let out = server.cli(&["--output", "json", "key", "list"]);
+    let list: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let signing: Vec<&str> = list["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|k| k["signs"] == true)
+        .map(|k| k["kid"].as_str().unwrap())
+        .collect();
+    assert_eq!(signing, [second.as_str()], "the new key signs");
     // The kept login's token was signed by the first key and still works.
     assert_eq!(whoami(&server, &[])["username"], "admin");
 
@@ -405,16 +458,49 @@ fn admins_rotate_and_retire_signing_keys() {
     let out = server.cli(&["key", "retire", &first[0]]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert_eq!(kids(&server), std::slice::from_ref(&second));
-    let out = server.cli_with(&[], &["whoami"]);
+    // Tokens of a retired key are refused; the command line refreshes its
+    // kept login and goes on, so retiring never locks the admin out.
+    let kept = std::fs::read_to_string(cache_file(&server)).unwrap();
+    let kept: Value = serde_json::from_str(&kept).unwrap();
+    let old_token = kept[&server.url]["access_token"].as_str().unwrap().to_owned();
+    let out = server.cli_with(&[("FLOTILLA_TOKEN", &old_token)], &["whoami"]);
     assert_eq!(code(&out), 3, "tokens of a retired key are refused");
     assert!(
         stderr(&out).contains("token_unknown_key"),
         "{}",
         stderr(&out)
     );
+    assert_eq!(whoami(&server, &[])["username"], "admin", "refreshed");
+    let kept = std::fs::read_to_string(cache_file(&server)).unwrap();
+    let kept: Value = serde_json::from_str(&kept).unwrap();
+    assert_ne!(kept[&server.url]["access_token"], old_token.as_str());
 
     // Keys persist: a restarted server signs with the same key.
     server.kill();
     let server = Server::start(&sandbox.path());
     assert_eq!(kids(&server), [second]);
+}
+
+/// With no credentials the command line goes anonymous, and says so rather
+/// than answering as if there were nothing to see.
+#[test]
+fn going_anonymous_is_never_silent() {
+    let sandbox = Sandbox::new();
+    let server = Server::start(&sandbox.path());
+    let out = server.cli(&["deploy", "private", "--nodes", "1", "--ttl", "10m"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let out = server.cli_with(&[], &["status"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("not signed in") && stdout(&out).contains("flotilla login"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(!stdout(&out).contains("private"), "{}", stdout(&out));
+    let out = server.cli_with(&[], &["whoami"]);
+    assert!(
+        stdout(&out).contains("credentials: none: not signed in"),
+        "{}",
+        stdout(&out)
+    );
 }

@@ -471,3 +471,85 @@ fn version_completions_and_a_help_without_internals() {
         "{help}"
     );
 }
+
+/// A cloud that refuses every create: the status (JSON and text) says what
+/// stands in the way and when it is tried again, a `deploy --wait` that
+/// outlives its time to live says so, and Ctrl-C while waiting says the
+/// work goes on and how to follow it.
+#[test]
+fn a_refusing_cloud_is_explained_by_status_and_deploy_wait() {
+    let sandbox = Sandbox::new();
+    let config = r#"
+[limits]
+min_ttl = "1s"
+max_wait = "60s"
+resync_interval = "1s"
+
+[drivers.refusing]
+type = "fake"
+[drivers.refusing.faults]
+refuse_creates = "Invalid IamInstanceProfile name: flotilla-node"
+
+[pools.default]
+driver = "refusing"
+instance_type = "fake.small"
+"#;
+    let server = Server::start_with(&sandbox.path(), config);
+    let out = server.cli(&["deploy", "doomed", "--nodes", "2", "--ttl", "4s", "--wait"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(code(&out), 1, "{stderr}");
+    assert!(
+        stderr.contains("doomed is not running: its time to live ran out at ")
+            && stderr.contains("what stood in its way: cloud_refused")
+            && stderr.contains("Invalid IamInstanceProfile name: flotilla-node"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("longer --ttl"), "no advice that cannot help: {stderr}");
+
+    let out = server.cli(&["deploy", "stuck", "--nodes", "1", "--ttl", "1h"]);
+    assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    wait_for("refused twice", || {
+        server.status("stuck")["error"]["count"].as_u64() >= Some(2)
+    });
+    let status = server.status("stuck");
+    let error = &status["error"];
+    assert_eq!(error["code"], "cloud_refused");
+    assert!(error["message"]
+        .as_str()
+        .unwrap()
+        .contains("Invalid IamInstanceProfile"));
+    for field in ["since", "last_at", "retry_at"] {
+        assert!(error[field].is_string(), "{field} in {error}");
+    }
+    let out = server.cli(&["status", "stuck"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("  error cloud_refused: create: cloud error: Invalid IamInstanceProfile")
+            && text.contains("times since")
+            && (text.contains("next try in") || text.contains("trying again now")),
+        "{text}"
+    );
+    let out = server.cli(&["status"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("error cloud_refused"), "the list marks it: {text}");
+
+    // Ctrl-C while waiting.
+    let waiting = server
+        .cli_command(
+            &Server::admin_env(),
+            &["deploy", "stuck", "--nodes", "1", "--ttl", "1h", "--wait"],
+        )
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert_eq!(unsafe { libc::kill(waiting.id() as i32, libc::SIGINT) }, 0);
+    let out = waiting.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(code(&out), 130, "{stderr}");
+    assert!(
+        stderr.contains("the server goes on with stuck")
+            && stderr.contains("flotilla status stuck"),
+        "{stderr}"
+    );
+    assert_eq!(server.status("stuck")["node_capacity"], 1, "the deploy stands");
+}

@@ -21,8 +21,8 @@ pub use password::{
 };
 pub use refresh::{new_refresh_secret, refresh_id, RefreshSecret};
 pub use service::{
-    stored_key_ring, Identity, IdentityConfig, IdentityError, NewUser, Tokens, FIRST_ADMIN,
-    HASH_QUEUE_WAIT,
+    stored_key_ring, Identity, IdentityConfig, IdentityError, KeyInfo, NewUser, Tokens,
+    FIRST_ADMIN, HASH_QUEUE_WAIT,
 };
 pub use tokens::{
     Claims, IssueError, IssuedToken, TokenError, TokenIssuer, TokenKind, ACCESS_AUDIENCE,

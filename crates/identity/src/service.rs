@@ -517,6 +517,39 @@ impl Identity {
         Ok(kid)
     }
 
+    /// The keys that verify tokens (admins only): which one signs, and
+    /// when each was made (known for keys kept in the store).
+    pub async fn keys(&self, caller: &Caller) -> Result<Vec<KeyInfo>, IdentityError> {
+        authorize_admin(caller)?;
+        let active = self.tokens.active_kid();
+        if self.keys_shared() {
+            let mut keys: Vec<KeyInfo> = self
+                .store
+                .signing_keys()
+                .await?
+                .into_iter()
+                .map(|k| KeyInfo {
+                    signs: k.kid == active,
+                    kid: k.kid,
+                    created_at: Some(k.created_at),
+                })
+                .collect();
+            keys.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.kid.cmp(&b.kid)));
+            Ok(keys)
+        } else {
+            Ok(self
+                .tokens
+                .kids()
+                .into_iter()
+                .map(|kid| KeyInfo {
+                    signs: kid == active,
+                    kid,
+                    created_at: None,
+                })
+                .collect())
+        }
+    }
+
     /// Deletes a key that no longer signs (admins only), on every server
     /// when the keys are shared.
     pub async fn retire_key(
@@ -785,4 +818,13 @@ mod tests {
         holder.await.unwrap().unwrap();
         busy.run(|_| ()).await.unwrap();
     }
+}
+
+/// A key that verifies tokens, as `keys` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyInfo {
+    pub kid: String,
+    /// The key new tokens are signed with.
+    pub signs: bool,
+    pub created_at: Option<DateTime<Utc>>,
 }

@@ -614,6 +614,10 @@ impl Store for PostgresStore {
             .bind(name.as_str())
             .execute(&mut *tx)
             .await?;
+        sqlx::query("DELETE FROM obstacles WHERE cluster = $1")
+            .bind(name.as_str())
+            .execute(&mut *tx)
+            .await?;
         let change = NewChange::cluster_gone(ChangeKind::ClusterForgotten, name.as_str());
         commit_with(tx, &[change], Utc::now()).await?;
         Ok(true)

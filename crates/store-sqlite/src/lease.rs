@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use flotilla_domain::{ClusterName, NewChange, NodeRecord};
+use flotilla_domain::{ClusterName, NewChange, NodeRecord, Obstacle};
 use flotilla_store::sql::{self as row, LeaseRow, NodeRow};
-use flotilla_store::{ClusterNodes, Fence, Lease, LeaseStore, StoreError};
+use flotilla_store::{ClusterNodes, ClusterObstacle, Fence, Lease, LeaseStore, StoreError};
 use sqlx::sqlite::SqliteConnection;
 
 use crate::{record_changes, SqliteStore};
@@ -145,5 +145,56 @@ impl LeaseStore for SqliteStore {
             .fetch_all(&self.reader)
             .await?;
         row::published_nodes(rows)
+    }
+
+    async fn publish_obstacles(
+        &self,
+        fence: Fence,
+        obstacles: &[ClusterObstacle],
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        check_fence(&mut tx, fence).await?;
+        let mut changes = Vec::with_capacity(obstacles.len());
+        for o in obstacles {
+            let exists: Option<bool> = sqlx::query_scalar("SELECT TRUE FROM clusters WHERE name = $1")
+                .bind(o.cluster.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
+            if exists.is_none() {
+                continue;
+            }
+            match &o.obstacle {
+                Some(ob) => {
+                    sqlx::query(row::OBSTACLE_UPSERT)
+                        .bind(o.cluster.as_str())
+                        .bind(ob.code.as_str())
+                        .bind(&ob.message)
+                        .bind(row::to_millis(ob.since))
+                        .bind(row::to_millis(ob.last_at))
+                        .bind(i64::from(ob.count))
+                        .bind(ob.retry_at.map(row::to_millis))
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                None => {
+                    sqlx::query("DELETE FROM obstacles WHERE cluster = $1")
+                        .bind(o.cluster.as_str())
+                        .execute(&mut *tx)
+                        .await?;
+                }
+            }
+            changes.push(NewChange::obstacle(&o.cluster, o.is_public, o.obstacle.as_ref()));
+        }
+        record_changes(&mut tx, &changes, now).await?;
+        self.commit(tx).await?;
+        Ok(())
+    }
+
+    async fn published_obstacles(&self) -> Result<Vec<(ClusterName, Obstacle)>, StoreError> {
+        let rows: Vec<row::ObstacleRow> = sqlx::query_as(row::OBSTACLES_SELECT)
+            .fetch_all(&self.reader)
+            .await?;
+        rows.into_iter().map(<(ClusterName, Obstacle)>::try_from).collect()
     }
 }

@@ -500,6 +500,10 @@ impl Store for SqliteStore {
             .bind(name.as_str())
             .execute(&mut *tx)
             .await?;
+        sqlx::query("DELETE FROM obstacles WHERE cluster = $1")
+            .bind(name.as_str())
+            .execute(&mut *tx)
+            .await?;
         let change = NewChange::cluster_gone(ChangeKind::ClusterForgotten, name.as_str());
         record_changes(&mut tx, &[change], Utc::now()).await?;
         self.commit(tx).await?;

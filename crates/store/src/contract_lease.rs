@@ -9,12 +9,16 @@
 use std::time::Duration;
 
 use chrono::Utc;
-use flotilla_domain::{ChangeKind, InstanceId, InstanceType, NodeRecord, NodeState};
+use flotilla_domain::{
+    ChangeKind, InstanceId, InstanceType, NodeRecord, NodeState, Obstacle, ObstacleCode,
+};
 use tokio::task::JoinSet;
 
 use super::orgs::{ask, credit, lab};
 use super::{command, deploy, name, t, Harness};
-use crate::{AddKeys, ClusterNodes, Fence, OrgUsage, SigningKeyRecord, Store, StoreError};
+use crate::{
+    AddKeys, ClusterNodes, ClusterObstacle, Fence, OrgUsage, SigningKeyRecord, Store, StoreError,
+};
 
 const SHORT: Duration = Duration::from_millis(300);
 const LONG: Duration = Duration::from_secs(3600);
@@ -250,6 +254,69 @@ pub async fn published_nodes_replace_the_last_and_go_with_the_cluster(h: Harness
         .await
         .unwrap());
     assert!(store.published_nodes(None).await.unwrap().is_empty());
+}
+
+pub async fn obstacles_are_published_replaced_cleared_and_go_with_the_cluster(h: Harness) {
+    let store = h.store.as_ref();
+    let fence = acquire(store, "a", LONG).await.expect("free");
+    let a = deploy(store, &command("a", 2, false, "default"), 0, 600).await;
+    let refused = Obstacle {
+        code: ObstacleCode::CloudRefused,
+        message: "create: cloud error: no such instance profile".into(),
+        since: t(1),
+        last_at: t(3),
+        count: 2,
+        retry_at: Some(t(5)),
+    };
+    let publish = |cluster: &str, obstacle: Option<Obstacle>, at| {
+        let one = ClusterObstacle {
+            cluster: name(cluster),
+            is_public: false,
+            obstacle,
+        };
+        async move { store.publish_obstacles(fence, &[one], t(at)).await }
+    };
+    publish("a", Some(refused.clone()), 3).await.unwrap();
+    // A cluster with no record has nothing in its way: it is gone.
+    publish("never", Some(refused.clone()), 3).await.unwrap();
+    assert_eq!(
+        store.published_obstacles().await.unwrap(),
+        vec![(name("a"), refused.clone())],
+        "stored whole"
+    );
+    let last = store.changes(0, 100, None).await.unwrap().pop().unwrap();
+    assert_eq!((last.kind, last.key.as_str()), (ChangeKind::ClusterError, "a"));
+    assert_eq!(last.obstacle(), Some(refused.clone()), "the change carries it");
+
+    let quota = Obstacle {
+        code: ObstacleCode::QuotaExceeded,
+        retry_at: None,
+        ..refused.clone()
+    };
+    publish("a", Some(quota.clone()), 4).await.unwrap();
+    assert_eq!(
+        store.published_obstacles().await.unwrap(),
+        vec![(name("a"), quota.clone())]
+    );
+    publish("a", None, 5).await.unwrap();
+    assert!(store.published_obstacles().await.unwrap().is_empty());
+    let last = store.changes(0, 100, None).await.unwrap().pop().unwrap();
+    assert_eq!(last.kind, ChangeKind::ClusterErrorCleared);
+
+    publish("a", Some(quota), 6).await.unwrap();
+    let destroyed = store.destroy(&a.name, t(7)).await.unwrap().unwrap();
+    assert!(store
+        .forget(&a.name, destroyed.generation, fence)
+        .await
+        .unwrap());
+    assert!(store.published_obstacles().await.unwrap().is_empty());
+    // A term that ended publishes nothing.
+    store.release_lease("a", fence).await.unwrap();
+    acquire(store, "b", LONG).await.expect("free again");
+    let b = deploy(store, &command("b", 1, false, "default"), 8, 600).await;
+    let late = publish(b.name.as_str(), Some(refused), 9).await;
+    assert!(matches!(late, Err(StoreError::Fenced { .. })), "{late:?}");
+    assert!(store.published_obstacles().await.unwrap().is_empty());
 }
 
 fn key(kid: &str, active: bool, at: i64) -> SigningKeyRecord {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use flotilla_domain::{ClusterName, InstanceId, Money, NodeRecord};
+use flotilla_domain::{ClusterName, InstanceId, Money, NodeRecord, Obstacle};
 
 use crate::StoreError;
 
@@ -112,4 +112,28 @@ pub trait LeaseStore: Send + Sync {
         &self,
         cluster: Option<&ClusterName>,
     ) -> Result<Vec<(ClusterName, NodeRecord)>, StoreError>;
+
+    /// Replaces what stands in each cluster's way (none: nothing does), as
+    /// the leader met it, and records each as a `cluster.error` or
+    /// `cluster.error_cleared` change; one transaction for the lot. A
+    /// cluster with no record is skipped: it was forgotten, and its
+    /// obstacle with it. Refused (`Fenced`) after the term ends.
+    async fn publish_obstacles(
+        &self,
+        fence: Fence,
+        obstacles: &[ClusterObstacle],
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+
+    /// What stands in each cluster's way, as last published, by cluster.
+    async fn published_obstacles(&self) -> Result<Vec<(ClusterName, Obstacle)>, StoreError>;
+}
+
+/// One cluster's obstacle to publish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterObstacle {
+    pub cluster: ClusterName,
+    /// For the change feed's access rule.
+    pub is_public: bool,
+    pub obstacle: Option<Obstacle>,
 }

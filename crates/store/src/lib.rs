@@ -35,7 +35,7 @@ pub use accounts::{
 };
 pub use flotilla_domain::CostRow;
 pub use keys::{keys_change, AddKeys, SigningKeyRecord};
-pub use lease::{ClusterNodes, Fence, GoneNode, Lease, LeaseStore};
+pub use lease::{ClusterNodes, ClusterObstacle, Fence, GoneNode, Lease, LeaseStore};
 pub use memory::MemoryStore;
 pub use orgs::{OrgChange, OrgChanged, OrgStore, OrgUsage};
 

@@ -10,14 +10,14 @@ use chrono::{DateTime, NaiveDate, Utc};
 use flotilla_domain::{
     org_changes, target_record, with_daily_spend, AccountKind, Change, ChangeEntity, ChangeKind,
     ClusterName, ClusterRecord, CostRow, DeployCommand, InstanceId, InstanceSetId, LedgerEntry,
-    Level, Money, NewChange, NodeMeter, NodeRecord, OrgError, OrgEvent, OrgName, Organisation,
-    Username,
+    Level, Money, NewChange, NodeMeter, NodeRecord, Obstacle, OrgError, OrgEvent, OrgName,
+    Organisation, Username,
 };
 
 use crate::orgs::{OrgChange, OrgChanged, OrgStore, OrgUsage};
 use crate::{
     account_change, keys_change, left_with_account, AccountRecord, AccountStore, AddKeys,
-    ChangeFeed, ClusterNodes, Fence, Lease, LeaseStore, RefreshTokenRecord, Rotation,
+    ChangeFeed, ClusterNodes, ClusterObstacle, Fence, Lease, LeaseStore, RefreshTokenRecord, Rotation,
     SigningKeyRecord, Store, StoreError,
 };
 
@@ -43,6 +43,7 @@ struct Inner {
     /// Published nodes by cluster.
     nodes: BTreeMap<ClusterName, Vec<NodeRecord>>,
     meters: BTreeMap<(ClusterName, InstanceId), NodeMeter>,
+    obstacles: BTreeMap<ClusterName, Obstacle>,
 }
 
 struct StoredToken {
@@ -292,6 +293,7 @@ impl Store for MemoryStore {
         if matches {
             inner.clusters.remove(name);
             inner.nodes.remove(name);
+            inner.obstacles.remove(name);
             inner.record(
                 NewChange::cluster_gone(ChangeKind::ClusterForgotten, name.as_str()),
                 Utc::now(),
@@ -989,6 +991,39 @@ impl LeaseStore for MemoryStore {
             .iter()
             .filter(|(name, _)| cluster.is_none_or(|c| c == *name))
             .flat_map(|(name, nodes)| nodes.iter().map(|n| (name.clone(), n.clone())))
+            .collect())
+    }
+
+    async fn publish_obstacles(
+        &self,
+        fence: Fence,
+        obstacles: &[ClusterObstacle],
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let mut inner = self.inner.lock().unwrap();
+        inner.check_fence(fence)?;
+        for o in obstacles {
+            if !inner.clusters.contains_key(&o.cluster) {
+                continue;
+            }
+            match &o.obstacle {
+                Some(obstacle) => inner.obstacles.insert(o.cluster.clone(), obstacle.clone()),
+                None => inner.obstacles.remove(&o.cluster),
+            };
+            inner.record(
+                NewChange::obstacle(&o.cluster, o.is_public, o.obstacle.as_ref()),
+                now,
+            );
+        }
+        Ok(())
+    }
+
+    async fn published_obstacles(&self) -> Result<Vec<(ClusterName, Obstacle)>, StoreError> {
+        let inner = self.inner.lock().unwrap();
+        Ok(inner
+            .obstacles
+            .iter()
+            .map(|(c, o)| (c.clone(), o.clone()))
             .collect())
     }
 }

@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use flotilla_domain::{
     AccountKind, Budget, CapacityRequest, Change, ChangeEntity, ChangeKind, ClusterName,
     ClusterRecord, InstanceId, InstanceSetId, InstanceType, Level, Money, NodeCapacity, NodeEnd,
-    NodeEndSeen, NodeMeter, NodeRecord, NodeState, OrgRole, OrgSettings, Organisation, PoolName,
+    NodeEndSeen, NodeMeter, NodeRecord, NodeState, Obstacle, ObstacleCode, OrgRole, OrgSettings, Organisation, PoolName,
     Username,
 };
 use sqlx::error::ErrorKind;
@@ -476,6 +476,51 @@ impl MeterColumns {
             })
             .collect();
         serde_json::Value::Array(rows).to_string()
+    }
+}
+
+/// Writes one cluster's obstacle, replacing any: `$1` cluster, then the
+/// fields of [`ObstacleRow`] in order. Both backends run it.
+pub const OBSTACLE_UPSERT: &str = "INSERT INTO obstacles \
+     (cluster, code, message, since, last_at, count, retry_at) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7) \
+     ON CONFLICT (cluster) DO UPDATE SET code = excluded.code, message = excluded.message, \
+         since = excluded.since, last_at = excluded.last_at, count = excluded.count, \
+         retry_at = excluded.retry_at";
+
+pub const OBSTACLES_SELECT: &str =
+    "SELECT cluster, code, message, since, last_at, count, retry_at FROM obstacles";
+
+/// A row of `obstacles`.
+#[derive(Debug, sqlx::FromRow)]
+pub struct ObstacleRow {
+    pub cluster: String,
+    pub code: String,
+    pub message: String,
+    pub since: i64,
+    pub last_at: i64,
+    pub count: i64,
+    pub retry_at: Option<i64>,
+}
+
+impl TryFrom<ObstacleRow> for (ClusterName, Obstacle) {
+    type Error = StoreError;
+
+    fn try_from(row: ObstacleRow) -> Result<Self, StoreError> {
+        let key = row.cluster.clone();
+        let cluster =
+            ClusterName::new(row.cluster.as_str()).map_err(|e| corrupt("obstacles", &key, e))?;
+        let obstacle = Obstacle {
+            code: ObstacleCode::parse(&row.code)
+                .ok_or_else(|| corrupt("obstacles", &key, format!("code {:?}", row.code)))?,
+            message: row.message,
+            since: time("obstacles", &key, "since", row.since)?,
+            last_at: time("obstacles", &key, "last_at", row.last_at)?,
+            count: u32::try_from(row.count)
+                .map_err(|_| corrupt("obstacles", &key, format!("count {}", row.count)))?,
+            retry_at: opt_time("obstacles", &key, "retry_at", row.retry_at)?,
+        };
+        Ok((cluster, obstacle))
     }
 }
 

@@ -141,13 +141,7 @@ impl Server {
 
     /// The command line as the admin (credentials from the environment).
     pub fn cli(&self, args: &[&str]) -> Output {
-        self.cli_with(
-            &[
-                ("FLOTILLA_USERNAME", "admin"),
-                ("FLOTILLA_PASSWORD", ADMIN_PASSWORD),
-            ],
-            args,
-        )
+        self.cli_with(&Self::admin_env(), args)
     }
 
     /// The command line with exactly these credential variables, a HOME of
@@ -159,8 +153,30 @@ impl Server {
     /// As `cli_with`, with `input` on standard input.
     pub fn cli_input(&self, env: &[(&str, &str)], args: &[&str], input: &str) -> Output {
         use std::io::Write;
+        let mut child = self
+            .cli_command(env, args)
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("run flotilla");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        child.wait_with_output().expect("run flotilla")
+    }
+
+    /// The command line, not started, as `cli_with` runs it: a HOME of its
+    /// own, exactly these credential variables, output piped.
+    pub fn cli_command(&self, env: &[(&str, &str)], args: &[&str]) -> Command {
+        self.cli_command_at(&self.url, env, args)
+    }
+
+    /// As `cli_command`, with the server's URL spelled `url`.
+    pub fn cli_command_at(&self, url: &str, env: &[(&str, &str)], args: &[&str]) -> Command {
         let mut cmd = Command::new(BIN);
-        cmd.args(["--server", &self.url])
+        cmd.args(["--server", url])
             .args(args)
             .env("HOME", &self.home)
             .env_remove("XDG_CONFIG_HOME")
@@ -174,17 +190,18 @@ impl Server {
             cmd.env_remove(var);
         }
         cmd.envs(env.iter().copied())
-            .stdin(Stdio::piped())
+            .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("run flotilla");
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(input.as_bytes())
-            .unwrap();
-        child.wait_with_output().expect("run flotilla")
+        cmd
+    }
+
+    /// The admin's credentials, as `cli` passes them.
+    pub fn admin_env() -> [(&'static str, &'static str); 2] {
+        [
+            ("FLOTILLA_USERNAME", "admin"),
+            ("FLOTILLA_PASSWORD", ADMIN_PASSWORD),
+        ]
     }
 
     pub fn status(&self, cluster: &str) -> Value {
