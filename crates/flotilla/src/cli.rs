@@ -664,7 +664,8 @@ impl Client {
             .json(&request);
         let (status, raw) = self
             .send_waiting::<ClusterStatus>(cluster, req, wait)
-            .await?;
+            .await
+            .map_err(in_flags)?;
         self.print_status(&status, &raw);
         if wait
             && status.settled == Some(true)
@@ -730,15 +731,43 @@ impl Client {
             .http
             .post(self.url(&format!("/api/v1/clusters/{cluster}/extend")))
             .json(&request);
-        self.change(cluster, req, false).await
+        self.change(cluster, req, false).await.map_err(in_flags)
     }
 
+    /// DESTROY. The API answers any valid name alike (destroying what is
+    /// not there changes nothing); the command line says when a name was
+    /// never deployed, which is most often a typo, and fails.
     pub async fn destroy(&self, cluster: &str, wait: bool) -> Result<u8> {
         let req = self
             .http
             .delete(self.url(&format!("/api/v1/clusters/{cluster}")))
             .query(&[("wait", wait)]);
-        self.change(cluster, req, wait).await
+        let (status, raw) = self
+            .send_waiting::<ClusterStatus>(cluster, req, wait)
+            .await?;
+        if absence_line(&status).is_some() && self.never_deployed(cluster).await {
+            if self.output == Output::Json {
+                println!("{}", raw.trim());
+            }
+            eprintln!(
+                "{cluster} was never deployed (it has no record and no recent changes): nothing to destroy; check the name (`flotilla status` lists your clusters)"
+            );
+            return Ok(exit::FAILED);
+        }
+        self.print_status(&status, &raw);
+        Ok(self.settled_exit(&status))
+    }
+
+    /// Whether the cluster has neither a record nor recent changes.
+    async fn never_deployed(&self, cluster: &str) -> bool {
+        let req = self
+            .http
+            .get(self.url(&format!("/api/v1/clusters/{cluster}")))
+            .query(&[("events", RECENT_EVENTS)]);
+        match self.send::<ClusterStatus>(req).await {
+            Ok((s, _)) => absence_line(&s).is_some() && s.recent_events.is_empty(),
+            Err(_) => false,
+        }
     }
 
     /// Sends a deploy or destroy, showing progress while it waits, and
@@ -1268,6 +1297,41 @@ fn retry_text(e: &flotilla_api_types::ClusterError, now: DateTime<Utc>) -> Strin
     }
 }
 
+/// A refusal of `deploy` or `extend` said in the command's flags rather
+/// than the API's field names: `--public`, not `is_public`.
+fn in_flags(mut f: Failure) -> Failure {
+    for (field, flag) in [
+        ("deploy with is_public false", "deploy without --public"),
+        ("is_public", "--public"),
+        ("time_to_live", "--ttl"),
+        ("node_capacity", "--nodes"),
+    ] {
+        f.message = replace_word(&f.message, field, flag);
+    }
+    f
+}
+
+/// `text` with `word` replaced where it stands as a word of its own (not
+/// inside an error code such as `invalid_node_capacity`).
+fn replace_word(text: &str, word: &str, with: &str) -> String {
+    let part_of_word = |c: char| c.is_alphanumeric() || c == '_';
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find(word) {
+        let before = rest[..at].chars().next_back();
+        let after = rest[at + word.len()..].chars().next();
+        out.push_str(&rest[..at]);
+        if before.is_some_and(part_of_word) || after.is_some_and(part_of_word) {
+            out.push_str(word);
+        } else {
+            out.push_str(with);
+        }
+        rest = &rest[at + word.len()..];
+    }
+    out.push_str(rest);
+    out
+}
+
 /// A success's body as `T`.
 fn parse<T: serde::de::DeserializeOwned>(text: String) -> Result<(T, String)> {
     let value = serde_json::from_str(&text).map_err(|e| Failure::new(exit::FAILED, format!("the server's answer is not what this client expects ({e}); are client and server the same version?")))?;
@@ -1669,6 +1733,19 @@ pub fn parse_ttl(s: &str) -> std::result::Result<Duration, String> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn refusals_speak_of_flags_not_fields() {
+        let f = in_flags(Failure::new(
+            exit::USAGE,
+            "node_capacity must be between 1 and 100, got 0 (invalid_node_capacity); only admins may deploy public clusters; deploy with is_public false; org_member accounts may set a time_to_live of at most 12h",
+        ));
+        assert_eq!(
+            f.message,
+            "--nodes must be between 1 and 100, got 0 (invalid_node_capacity); only admins may deploy public clusters; deploy without --public; org_member accounts may set a --ttl of at most 12h"
+        );
+    }
+
     use flotilla_api_types::{CapacityRequestStatus, ClusterState};
 
     use super::*;

@@ -15,6 +15,9 @@ use flotilla_engine::{EngineConfig, PoolSpec};
 use serde::{Deserialize, Deserializer};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8470";
+
+/// `flotilla config init`: every key at its default, commented.
+pub const TEMPLATE: &str = include_str!("config_template.toml");
 pub const DEFAULT_DATA_DIR: &str = "flotilla-data";
 
 #[derive(Debug, Deserialize, Default)]
@@ -461,6 +464,49 @@ pub struct Config {
     pub http: HttpConfig,
 }
 
+impl Config {
+    /// What a server started with this config would run, a line each, for
+    /// `serve --check`.
+    pub fn summary(&self) -> Vec<String> {
+        let mut lines = vec![format!("listen: {}", self.listen)];
+        let dir = &self.data_dir;
+        let absolute = std::path::absolute(dir).unwrap_or_else(|_| dir.clone());
+        lines.push(format!(
+            "data directory: {} ({})",
+            absolute.display(),
+            if dir.is_dir() { "exists" } else { "created at start" }
+        ));
+        lines.push(match &self.database_url {
+            None => format!("state: SQLite in {}", absolute.join("flotilla.db").display()),
+            Some(url) => format!("state: PostgreSQL at {url:?}"),
+        });
+        for (name, driver) in &self.drivers {
+            let mut line = format!("driver {name}: {}", driver.kind());
+            if let DriverConfig::Local { dir: Some(d), .. } = driver {
+                line.push_str(&format!(", nodes in {}", d.display()));
+            }
+            lines.push(line);
+        }
+        for (name, pool) in &self.pools {
+            lines.push(format!(
+                "pool {name}: driver {}, instance type {}, ${}/h{}",
+                pool.driver,
+                pool.instance_type,
+                pool.price_per_hour,
+                if *name == self.default_pool { " (default)" } else { "" }
+            ));
+        }
+        let l = &self.engine.limits;
+        lines.push(format!(
+            "limits: time to live {} to {}, at most {} nodes a cluster",
+            humantime::format_duration(l.min_ttl),
+            humantime::format_duration(l.max_ttl),
+            l.max_nodes
+        ));
+        lines
+    }
+}
+
 /// A PostgreSQL URL. Its `Debug` hides the password, so the config can be
 /// logged.
 #[derive(Clone)]
@@ -502,7 +548,9 @@ pub enum ConfigError {
 }
 
 impl Config {
-    /// Reads `path`, or the embedded defaults when there is none.
+    /// Reads `path`, or the embedded defaults when there is none. Relative
+    /// paths in the file (`data_dir`, a local driver's `dir`) are relative
+    /// to the file, so a config means the same wherever the server starts.
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
         match path {
             None => Self::parse("", "(embedded defaults)"),
@@ -511,12 +559,23 @@ impl Config {
                     path: p.to_owned(),
                     source,
                 })?;
-                Self::parse(&text, &p.display().to_string())
+                let base = p.parent().filter(|d| !d.as_os_str().is_empty());
+                Self::parse_at(&text, &p.display().to_string(), base)
             }
         }
     }
 
+    /// Parses `text`; relative paths stay relative to where the server
+    /// runs.
     pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        Self::parse_at(text, origin, None)
+    }
+
+    fn parse_at(text: &str, origin: &str, base: Option<&Path>) -> Result<Config, ConfigError> {
+        let from_file = |p: PathBuf| match base {
+            Some(b) if p.is_relative() => b.join(p),
+            _ => p,
+        };
         let invalid = |message: String| ConfigError::Invalid {
             path: origin.to_owned(),
             message,
@@ -551,6 +610,11 @@ impl Config {
         let levels = level_policy(&file.levels).map_err(invalid)?;
 
         let mut drivers = file.drivers;
+        for driver in drivers.values_mut() {
+            if let DriverConfig::Local { dir: Some(dir), .. } = driver {
+                *dir = from_file(std::mem::take(dir));
+            }
+        }
         if drivers.is_empty() {
             drivers.insert(
                 "local".into(),
@@ -737,6 +801,7 @@ impl Config {
             event_retention: file.events.retention,
             data_dir: file
                 .data_dir
+                .map(from_file)
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
             engine: EngineConfig {
                 limits: Limits {
@@ -893,6 +958,34 @@ fn level_policy(levels: &LevelsSection) -> Result<LevelPolicy, String> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn the_template_is_the_defaults_spelled_out() {
+        let template = Config::parse(TEMPLATE, "config init").unwrap();
+        let defaults = Config::parse("", "x").unwrap();
+        assert_eq!(format!("{template:#?}"), format!("{defaults:#?}"));
+    }
+
+    #[test]
+    fn relative_paths_in_a_file_are_relative_to_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("flotilla.toml");
+        std::fs::write(
+            &file,
+            "data_dir = \"state\"\n[drivers.local]\ntype = \"local\"\ndir = \"nodes\"\n",
+        )
+        .unwrap();
+        let c = Config::load(Some(&file)).unwrap();
+        assert_eq!(c.data_dir, dir.path().join("state"));
+        let DriverConfig::Local { dir: Some(nodes), .. } = &c.drivers["local"] else {
+            panic!("a local driver with a dir");
+        };
+        assert_eq!(nodes, &dir.path().join("nodes"));
+        std::fs::write(&file, "data_dir = \"/srv/flotilla\"\n").unwrap();
+        let c = Config::load(Some(&file)).unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/srv/flotilla"), "absolute stays");
+    }
+
     use super::*;
 
     fn err(text: &str) -> String {

@@ -45,8 +45,18 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the server.
+    #[command(after_help = "Environment:
+  FLOTILLA_ADMIN_PASSWORD  creates account `admin` with this password if no admin exists
+                           (the first start needs it; later ones ignore it)
+  FLOTILLA_DATABASE_URL    postgres://... : keep state in PostgreSQL, shared by several
+                           servers, instead of SQLite in the data directory
+  RUST_LOG                 log filter, e.g. info or flotilla_engine=debug
+
+`flotilla config init > flotilla.toml` writes a commented config to start from;
+`flotilla serve --check --config flotilla.toml` checks it and starts nothing.")]
     Serve {
-        /// TOML config file; embedded defaults without one.
+        /// TOML config file; embedded defaults without one. Relative paths in
+        /// it are relative to the file.
         #[arg(long)]
         config: Option<PathBuf>,
         /// Address to listen on (overrides the config).
@@ -55,6 +65,15 @@ enum Command {
         /// Directory for state (overrides the config).
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// Check the config (with the overrides given) and say what would
+        /// run; start nothing, create nothing.
+        #[arg(long)]
+        check: bool,
+    },
+    /// Config files.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
     },
     /// Deploy a cluster, or change the node count of a running one.
     Deploy {
@@ -212,8 +231,15 @@ enum UserCommand {
 }
 
 #[derive(Subcommand)]
+enum ConfigCommand {
+    /// Print a commented config with every key at its default, to start
+    /// from: `flotilla config init > flotilla.toml`.
+    Init,
+}
+
+#[derive(Subcommand)]
 enum KeyCommand {
-    /// List the public keys, as served at /.well-known/jwks.json.
+    /// List the keys that verify tokens: which one signs, and each one's age.
     List,
     /// Make a new key the signing key; tokens signed by older keys stay valid.
     Rotate,
@@ -372,11 +398,15 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve {
-            config,
+            config: config_path,
             listen,
             data_dir,
+            check,
         } => {
-            init_tracing();
+            let config = config_path;
+            if !check {
+                init_tracing();
+            }
             let mut config = match config::Config::load(config.as_deref()) {
                 Ok(c) => c,
                 Err(e) => {
@@ -408,12 +438,39 @@ fn main() -> ExitCode {
                     }
                 }
             }
+            if check {
+                for line in config.summary() {
+                    println!("{line}");
+                }
+                println!(
+                    "first admin: {}",
+                    if admin_password.is_some() {
+                        "FLOTILLA_ADMIN_PASSWORD is set (used if no admin exists)"
+                    } else {
+                        "FLOTILLA_ADMIN_PASSWORD is not set (the first start needs it)"
+                    }
+                );
+                println!("the config is valid");
+                return ExitCode::SUCCESS;
+            }
             match runtime().block_on(serve::run(config, admin_password)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("flotilla serve: {e:#}");
                     ExitCode::from(exit::FAILED)
                 }
+            }
+        }
+        Command::Config {
+            command: ConfigCommand::Init,
+        } => {
+            use std::io::Write;
+            match std::io::stdout().write_all(config::TEMPLATE.as_bytes()) {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                    eprintln!("flotilla config init: {e}");
+                    ExitCode::from(exit::FAILED)
+                }
+                _ => ExitCode::SUCCESS,
             }
         }
         Command::Completions { shell } => {
@@ -644,6 +701,7 @@ fn main() -> ExitCode {
                     Command::Serve { .. }
                     | Command::Node { .. }
                     | Command::Login { .. }
+                    | Command::Config { .. }
                     | Command::Completions { .. } => {
                         unreachable!("handled above")
                     }

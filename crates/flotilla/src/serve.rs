@@ -166,12 +166,18 @@ async fn identity(
 }
 
 pub async fn run(config: Config, admin_password: Option<String>) -> anyhow::Result<()> {
+    // Bind before anything is made or started (the data directory
+    // included), so a busy port changes nothing.
+    let listener = match tokio::net::TcpListener::bind(config.listen).await {
+        Ok(l) => l,
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => bail!(
+            "cannot listen on {}: another program (another flotilla server?) listens there; pick a free address with --listen ADDR (or `listen` in the config file)",
+            config.listen
+        ),
+        Err(e) => return Err(e).with_context(|| format!("cannot listen on {}", config.listen)),
+    };
     let _lock = lock_data_dir(&config.data_dir).await?;
     let http = http_limits(&config);
-    // Bind before anything is started, so a busy port changes nothing.
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
     let store: Arc<dyn Store> = match &config.database_url {
         None => Arc::new(
             SqliteStore::open(&config.data_dir.join("flotilla.db"))

@@ -110,6 +110,10 @@ fn a_resize_without_public_keeps_the_cluster_public() {
         "expires in two hours: {left}"
     );
     assert_eq!(extended["nodes"], status["nodes"], "the same nodes");
+    let out = server.cli(&["destroy", "never-deployed"]);
+    assert_eq!(code(&out), 1, "a typo is not a success");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("never-deployed was never deployed"), "{stderr}");
     let out = server.cli(&["extend", "never-deployed", "--ttl", "2h"]);
     assert_eq!(code(&out), 1);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -173,7 +177,11 @@ fn exit_statuses_follow_the_contract() {
     assert_eq!(code(&out), 2);
     let out = server.cli(&["deploy", "ok", "--nodes", "0", "--ttl", "1h"]);
     assert_eq!(code(&out), 2);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid_node_capacity"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--nodes must be between") && stderr.contains("invalid_node_capacity"),
+        "{stderr}"
+    );
     // A conflict is a failed request.
     assert_eq!(
         code(&server.cli(&["deploy", "pub", "--nodes", "1", "--ttl", "1h"])),
@@ -181,7 +189,11 @@ fn exit_statuses_follow_the_contract() {
     );
     let out = server.cli(&["deploy", "pub", "--nodes", "1", "--ttl", "1h", "--public"]);
     assert_eq!(code(&out), 1);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("is_public"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--public cannot change") && stderr.contains("(is_public_immutable)"),
+        "in the command's flags, with the API's code: {stderr}"
+    );
     assert_eq!(code(&server.cli(&["destroy", "pub", "--wait"])), 0);
     // Not signed in, or not allowed.
     let out = server.cli_with(&[], &["deploy", "anon", "--nodes", "1", "--ttl", "1h"]);
@@ -552,4 +564,75 @@ instance_type = "fake.small"
         "{stderr}"
     );
     assert_eq!(server.status("stuck")["node_capacity"], 1, "the deploy stands");
+}
+
+/// `serve` on a busy port says how to pick another and leaves nothing
+/// behind; `config init` writes a config that `serve --check` accepts,
+/// creating nothing; `serve --help` names the environment a start reads.
+#[test]
+fn serve_checks_explains_and_leaves_nothing_behind() {
+    let sandbox = Sandbox::new();
+    let server = Server::start(&sandbox.path());
+    let busy = server.url.trim_start_matches("http://").to_owned();
+    let fresh = sandbox.path().join("fresh");
+    let out = std::process::Command::new(BIN)
+        .args(["serve", "--listen", &busy, "--data-dir"])
+        .arg(&fresh)
+        .env("FLOTILLA_ADMIN_PASSWORD", "a-password-for-nothing")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(code(&out), 1, "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot listen on {busy}")) && stderr.contains("--listen"),
+        "{stderr}"
+    );
+    assert!(!fresh.exists(), "no data directory left behind");
+
+    let out = std::process::Command::new(BIN)
+        .args(["config", "init"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0);
+    let conf = sandbox.path().join("conf");
+    std::fs::create_dir_all(&conf).unwrap();
+    std::fs::write(conf.join("flotilla.toml"), &out.stdout).unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["serve", "--check", "--config"])
+        .arg(conf.join("flotilla.toml"))
+        .env_remove("FLOTILLA_ADMIN_PASSWORD")
+        .env_remove("FLOTILLA_DATABASE_URL")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(code(&out), 0, "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        stdout.contains(&format!(
+            "data directory: {} (created at start)",
+            conf.join("flotilla-data").display()
+        )) && stdout.contains("pool default: driver local")
+            && stdout.contains("FLOTILLA_ADMIN_PASSWORD is not set")
+            && stdout.contains("the config is valid"),
+        "{stdout}"
+    );
+    assert!(!conf.join("flotilla-data").exists(), "a check creates nothing");
+
+    std::fs::write(conf.join("bad.toml"), "[limits]\nmax_nodes = 0\n").unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["serve", "--check", "--config"])
+        .arg(conf.join("bad.toml"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(code(&out), 2, "{stderr}");
+    assert!(stderr.contains("bad.toml") && stderr.contains("max_nodes"), "{stderr}");
+
+    let out = std::process::Command::new(BIN)
+        .args(["serve", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for needle in ["FLOTILLA_ADMIN_PASSWORD", "FLOTILLA_DATABASE_URL", "--check", "config init"] {
+        assert!(help.contains(needle), "{needle}: {help}");
+    }
 }
