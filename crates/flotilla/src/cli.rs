@@ -1092,7 +1092,44 @@ impl Client {
         Ok(exit::OK)
     }
 
-    pub async fn status(&self, cluster: Option<&str>) -> Result<u8> {
+    /// STATUS of one cluster or of all; with `watch`, again every two
+    /// seconds until Ctrl-C (on a terminal the screen is redrawn; otherwise
+    /// each answer that changed is printed).
+    pub async fn status(&self, cluster: Option<&str>, watch: bool) -> Result<u8> {
+        if !watch {
+            let (out, notes) = self.status_text(cluster).await?;
+            print!("{out}");
+            eprint!("{notes}");
+            return Ok(exit::OK);
+        }
+        let terminal = std::io::stdout().is_terminal() && self.output == Output::Text;
+        let mut last: Option<(String, String)> = None;
+        loop {
+            let shown = self.status_text(cluster).await?;
+            if last.as_ref() != Some(&shown) {
+                if terminal {
+                    print!(
+                        "\x1b[H\x1b[2J{}  (every 2s; Ctrl-C stops)\n\n",
+                        Utc::now().format("%H:%M:%S")
+                    );
+                }
+                print!("{}", shown.0);
+                eprint!("{}", shown.1);
+                let _ = std::io::stdout().flush();
+                last = Some(shown);
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                _ = tokio::signal::ctrl_c() => return Ok(exit::OK),
+            }
+        }
+    }
+
+    /// What STATUS prints, and what it says on standard error.
+    async fn status_text(&self, cluster: Option<&str>) -> Result<(String, String)> {
+        let now = Utc::now();
+        let mut out = String::new();
+        let mut notes = String::new();
         match cluster {
             Some(c) => {
                 let (status, raw) = self
@@ -1102,10 +1139,15 @@ impl Client {
                             .query(&[("events", RECENT_EVENTS)]),
                     )
                     .await?;
-                self.print_status(&status, &raw);
-                if self.output == Output::Text {
-                    if let Some(line) = absence_line(&status) {
-                        println!("{line}");
+                match self.output {
+                    Output::Json => out = format!("{}\n", raw.trim()),
+                    Output::Text => {
+                        for line in status_lines(&status, now) {
+                            out += &format!("{line}\n");
+                        }
+                        if let Some(line) = absence_line(&status) {
+                            out += &format!("{line}\n");
+                        }
                     }
                 }
             }
@@ -1115,23 +1157,21 @@ impl Client {
                     .await?;
                 let anonymous = self.session.source == Source::Anonymous;
                 match self.output {
-                    Output::Json => println!("{}", raw.trim()),
-                    Output::Text if list.clusters.is_empty() && anonymous => println!(
-                        "no public clusters; not signed in, so only public clusters are shown (sign in with `flotilla login`, or set FLOTILLA_TOKEN)"
-                    ),
-                    Output::Text if list.clusters.is_empty() => println!("no clusters"),
+                    Output::Json => out = format!("{}\n", raw.trim()),
+                    Output::Text if list.clusters.is_empty() && anonymous => out = "no public clusters; not signed in, so only public clusters are shown (sign in with `flotilla login`, or set FLOTILLA_TOKEN)\n".to_owned(),
+                    Output::Text if list.clusters.is_empty() => out = "no clusters\n".to_owned(),
                     Output::Text => {
                         if anonymous {
-                            eprintln!("not signed in: only public clusters are shown (sign in with `flotilla login`)");
+                            notes = "not signed in: only public clusters are shown (sign in with `flotilla login`)\n".to_owned();
                         }
                         for s in &list.clusters {
-                            println!("{}", summary_line(s));
+                            out += &format!("{}\n", summary_line(s, now));
                         }
                     }
                 }
             }
         }
-        Ok(exit::OK)
+        Ok((out, notes))
     }
 
     fn settled_exit(&self, status: &ClusterStatus) -> u8 {
@@ -1156,30 +1196,8 @@ impl Client {
         match self.output {
             Output::Json => println!("{}", raw.trim()),
             Output::Text => {
-                println!("{}", summary_line(s));
-                if let Some(e) = &s.error {
-                    println!("{}", error_line(e, Utc::now()));
-                }
-                if let Some(org) = &s.org {
-                    for line in org_status_lines(org) {
-                        println!("{line}");
-                    }
-                }
-                for n in &s.nodes {
-                    println!(
-                        "  {:<24} {:<13} {:<22} {:<14} launched {}",
-                        n.id,
-                        n.state.as_str(),
-                        n.address.as_deref().unwrap_or("-"),
-                        n.instance_type,
-                        n.launched_at.format("%Y-%m-%dT%H:%M:%SZ")
-                    );
-                }
-                if !s.recent_events.is_empty() {
-                    println!("recent events:");
-                    for e in &s.recent_events {
-                        println!("  {}", event_line(e));
-                    }
+                for line in status_lines(s, Utc::now()) {
+                    println!("{line}");
                 }
             }
         }
@@ -1408,7 +1426,60 @@ fn absence_line(s: &ClusterStatus) -> Option<String> {
     })
 }
 
-fn summary_line(s: &ClusterStatus) -> String {
+/// One cluster's STATUS in text: its summary, what stands in its way, its
+/// organisation's part, its nodes and its recent events.
+fn status_lines(s: &ClusterStatus, now: DateTime<Utc>) -> Vec<String> {
+    let mut lines = vec![summary_line(s, now)];
+    if let Some(e) = &s.error {
+        lines.push(error_line(e, now));
+    }
+    if let Some(org) = &s.org {
+        lines.extend(org_status_lines(org));
+    }
+    for n in &s.nodes {
+        lines.push(format!(
+            "  {:<24} {:<13} {:<22} {:<14} launched {} ({})",
+            n.id,
+            n.state.as_str(),
+            n.address.as_deref().unwrap_or("-"),
+            n.instance_type,
+            stamp(n.launched_at),
+            relative(n.launched_at, now)
+        ));
+    }
+    if !s.recent_events.is_empty() {
+        lines.push("recent events:".to_owned());
+        for e in &s.recent_events {
+            lines.push(format!("  {}", event_line(e)));
+        }
+    }
+    lines
+}
+
+/// `in 29m`, `3m ago`, `just now`: how far `at` is from `now`, to the
+/// unit that matters.
+fn relative(at: DateTime<Utc>, now: DateTime<Utc>) -> String {
+    let (d, ahead) = if at >= now {
+        ((at - now).to_std().unwrap_or_default(), true)
+    } else {
+        ((now - at).to_std().unwrap_or_default(), false)
+    };
+    let s = d.as_secs();
+    let amount = match s {
+        0..5 => return "just now".to_owned(),
+        5..60 => format!("{s}s"),
+        60..3600 => format!("{}m", s / 60),
+        3600..86400 => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d{:02}h", s / 86400, s % 86400 / 3600),
+    };
+    if ahead {
+        format!("in {amount}")
+    } else {
+        format!("{amount} ago")
+    }
+}
+
+fn summary_line(s: &ClusterStatus, now: DateTime<Utc>) -> String {
     let mut line = format!(
         "{:<20} {:<12} {}/{} ready",
         s.cluster,
@@ -1423,7 +1494,7 @@ fn summary_line(s: &ClusterStatus) -> String {
         line.push_str(&format!("  pool {p}"));
     }
     if let Some(at) = s.expires_at {
-        line.push_str(&format!("  expires {}", at.format("%Y-%m-%dT%H:%M:%SZ")));
+        line.push_str(&format!("  expires {} ({})", relative(at, now), stamp(at)));
     }
     if let Some(o) = &s.org {
         line.push_str(&format!("  min {} max {}", o.min_nodes, o.max_nodes));
@@ -1735,6 +1806,18 @@ pub fn parse_ttl(s: &str) -> std::result::Result<Duration, String> {
 mod tests {
 
     #[test]
+    fn times_read_as_distances_from_now() {
+        let now = at("2030-01-02T03:04:05Z");
+        let secs = |n: i64| now + chrono::Duration::seconds(n);
+        assert_eq!(relative(secs(2), now), "just now");
+        assert_eq!(relative(secs(45), now), "in 45s");
+        assert_eq!(relative(secs(-29 * 60 - 5), now), "29m ago");
+        assert_eq!(relative(secs(2 * 3600 + 3 * 60), now), "in 2h03m");
+        assert_eq!(relative(secs(-(3 * 86400 + 4 * 3600)), now), "3d04h ago");
+    }
+
+
+    #[test]
     fn refusals_speak_of_flags_not_fields() {
         let f = in_flags(Failure::new(
             exit::USAGE,
@@ -1858,7 +1941,7 @@ mod tests {
     #[test]
     fn an_organisation_cluster_shows_bounds_requests_next_change_and_hint() {
         let status = org_cluster(ClusterState::Asleep, Some("asleep at zero nodes; wake it"));
-        assert!(summary_line(&status).ends_with("  min 0 max 2"));
+        assert!(summary_line(&status, Utc::now()).ends_with("  min 0 max 2"));
         assert_eq!(
             org_status_lines(status.org.as_ref().unwrap()),
             [
@@ -1871,6 +1954,6 @@ mod tests {
             org: None,
             ..status
         };
-        assert!(!summary_line(&plain).contains("min"));
+        assert!(!summary_line(&plain, Utc::now()).contains("min"));
     }
 }

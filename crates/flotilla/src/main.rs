@@ -120,7 +120,12 @@ enum Command {
         wait: bool,
     },
     /// Show one cluster, or all.
-    Status { cluster: Option<String> },
+    Status {
+        cluster: Option<String>,
+        /// Show it again every two seconds, until Ctrl-C.
+        #[arg(long)]
+        watch: bool,
+    },
     /// List the pools: driver, instance type, and what the cloud says a
     /// node is (vCPUs, memory) and costs (spot price).
     Pools,
@@ -579,7 +584,9 @@ fn main() -> ExitCode {
                             "scale --nodes N needs --ttl (how long the request lasts, e.g. 2h); --cancel or --nodes 0 withdraws your requests",
                         )),
                     },
-                    Command::Status { cluster } => client.status(cluster.as_deref()).await,
+                    Command::Status { cluster, watch } => {
+                        client.status(cluster.as_deref(), watch).await
+                    }
                     Command::Pools => client.pools().await,
                     Command::Events {
                         cluster,

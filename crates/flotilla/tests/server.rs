@@ -636,3 +636,29 @@ fn serve_checks_explains_and_leaves_nothing_behind() {
         assert!(help.contains(needle), "{needle}: {help}");
     }
 }
+
+/// `status --watch` prints the status again each time it changes, until
+/// Ctrl-C, which ends it without an error; times read as distances.
+#[test]
+fn status_watch_follows_a_cluster_until_ctrl_c() {
+    let sandbox = Sandbox::new();
+    let server = Server::start(&sandbox.path());
+    let out = server.cli(&["deploy", "watched", "--nodes", "1", "--ttl", "30m", "--wait"]);
+    assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    let watching = server
+        .cli_command(&Server::admin_env(), &["status", "watched", "--watch"])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let out = server.cli(&["deploy", "watched", "--nodes", "2", "--ttl", "30m", "--wait"]);
+    assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(unsafe { libc::kill(watching.id() as i32, libc::SIGINT) }, 0);
+    let out = watching.wait_with_output().unwrap();
+    assert_eq!(code(&out), 0, "Ctrl-C ends a watch: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("watched              running      1/1 ready"), "{text}");
+    assert!(text.contains("watched              running      2/2 ready"), "{text}");
+    assert!(text.contains("expires in 29m") || text.contains("expires in 30m"), "{text}");
+    assert!(text.contains(" ago)") || text.contains("(just now)"), "{text}");
+}
