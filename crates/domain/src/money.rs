@@ -110,6 +110,29 @@ impl fmt::Display for Money {
     }
 }
 
+impl Money {
+    /// As people write an amount: `$25.00`, `-$3.50`, `$0.000125` (the
+    /// sign before the dollar sign; cents, and more digits only where
+    /// there are sub-cent ones).
+    pub fn dollars(self) -> Dollars {
+        Dollars(self)
+    }
+}
+
+/// [`Money::dollars`].
+#[derive(Debug, Clone, Copy)]
+pub struct Dollars(Money);
+
+impl fmt::Display for Dollars {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let text = self.0.to_string();
+        match text.strip_prefix('-') {
+            Some(abs) => write!(f, "-${abs}"),
+            None => write!(f, "${text}"),
+        }
+    }
+}
+
 impl Add for Money {
     type Output = Money;
     fn add(self, other: Money) -> Money {
@@ -180,6 +203,13 @@ mod tests {
 
     fn at(secs: i64) -> DateTime<Utc> {
         DateTime::from_timestamp(1_800_000_000 + secs, 0).unwrap()
+    }
+
+    #[test]
+    fn dollars_put_the_sign_first() {
+        assert_eq!(m("25").dollars().to_string(), "$25.00");
+        assert_eq!(m("-3.5").dollars().to_string(), "-$3.50");
+        assert_eq!(m("0.000125").dollars().to_string(), "$0.000125");
     }
 
     #[test]

@@ -297,7 +297,7 @@ pub enum OrgError {
     LastOwner { org: OrgName, user: Username },
     #[error("{0}")]
     Invalid(String),
-    #[error("organisation {org} cannot pay for this: {nodes} nodes for {hours} at ${price}/h cost ${needed}; the balance is ${balance} and must cover that and stay above the shutdown threshold ${threshold} (${missing} missing); ask an admin for credit")]
+    #[error("organisation {org} cannot pay for this: {nodes} nodes for {hours} at {}/h cost {}; {}; ask an admin for credit", price.dollars(), needed.dollars(), shortfall(*balance, *threshold, *missing, *stopped))]
     InsufficientFunds {
         org: OrgName,
         nodes: u32,
@@ -306,8 +306,65 @@ pub enum OrgError {
         needed: Money,
         balance: Money,
         threshold: Money,
+        /// What a credit must add for this to start.
         missing: Money,
+        /// The balance is at or below the threshold (or the cluster was
+        /// shut down for it): nothing that costs money starts until the
+        /// balance is above the threshold, whatever it would cost.
+        stopped: bool,
     },
+}
+
+/// Each setting that differs between `before` and `after`, as `name old →
+/// new`.
+fn settings_changes(before: &Organisation, after: &Organisation) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut note = |name: &str, old: String, new: String| {
+        if old != new {
+            out.push(format!("{name} {old} → {new}"));
+        }
+    };
+    let (a, b) = (&before.settings, &after.settings);
+    note("min_nodes", a.min_nodes.to_string(), b.min_nodes.to_string());
+    note("max_nodes", a.max_nodes.to_string(), b.max_nodes.to_string());
+    note("node_limit", a.node_limit.to_string(), b.node_limit.to_string());
+    note("pool", a.pool.to_string(), b.pool.to_string());
+    let (a, b) = (&before.budget, &after.budget);
+    let money = |m: Money| m.dollars().to_string();
+    note(
+        "monthly_allowance",
+        money(a.monthly_allowance),
+        money(b.monthly_allowance),
+    );
+    note("max_balance", money(a.max_balance), money(b.max_balance));
+    note(
+        "shutdown_threshold",
+        money(a.shutdown_threshold),
+        money(b.shutdown_threshold),
+    );
+    note("min_runway", span(a.min_runway), span(b.min_runway));
+    out
+}
+
+/// Why the balance does not do, in the terms of the rule that refused:
+/// it must cover the cost; and while it is at or below the shutdown
+/// threshold, nothing that costs money starts until a credit lifts it
+/// above.
+fn shortfall(balance: Money, threshold: Money, missing: Money, stopped: bool) -> String {
+    if stopped {
+        format!(
+            "the balance {} is at or below the shutdown threshold {}, and nothing that costs money starts until it is above it and covers the cost ({} missing)",
+            balance.dollars(),
+            threshold.dollars(),
+            missing.dollars()
+        )
+    } else {
+        format!(
+            "the balance is {} ({} missing)",
+            balance.dollars(),
+            missing.dollars()
+        )
+    }
 }
 
 impl OrgError {
@@ -694,17 +751,20 @@ impl Organisation {
         if after > before {
             next.check_affordable(after, next.budget.min_runway, price_per_hour)?;
         }
+        let changed = settings_changes(self, &next);
+        let message = if changed.is_empty() {
+            format!(
+                "{} changed no setting (each was already as asked)",
+                actor_name(caller)
+            )
+        } else {
+            format!("{} set {}", actor_name(caller), changed.join(", "))
+        };
         let mut effects = Effects {
             events: vec![OrgEvent {
                 at: now,
                 kind: OrgEventKind::SettingsChanged,
-                message: format!(
-                    "{} set min_nodes {}, max_nodes {}, pool {}",
-                    actor_name(caller),
-                    next.settings.min_nodes,
-                    next.settings.max_nodes,
-                    next.settings.pool
-                ),
+                message,
             }],
             ..Effects::default()
         };
@@ -747,6 +807,7 @@ impl Organisation {
                 balance,
                 threshold: self.budget.shutdown_threshold,
                 missing,
+                stopped: exhausted,
             });
         }
         Ok(())
@@ -906,9 +967,11 @@ impl Organisation {
                 at: now,
                 kind: OrgEventKind::Credited,
                 message: format!(
-                    "{} {verb} ${amount} ({}); the balance is ${balance}",
+                    "{} {verb} {} ({}); the balance is {}",
                     actor_name(caller),
-                    reason.trim()
+                    amount.dollars(),
+                    reason.trim(),
+                    balance.dollars()
                 ),
             }],
             ledger: vec![LedgerEntry {
@@ -1621,6 +1684,69 @@ mod tests {
         // The runway is capped by the TTL: 10 nodes for one hour is $1.
         o.request_capacity(&caller("bob"), 2, HOUR, PRICE, at(3))
             .unwrap();
+    }
+
+    #[test]
+    fn what_is_missing_is_what_a_credit_must_add() {
+        let mut o = org();
+        o.request_capacity(&caller("ann"), 10, 24 * HOUR, PRICE, at(0))
+            .unwrap();
+        o.credit(&admin(), m("-95"), "correction", at(1)).unwrap();
+        let err = o
+            .request_capacity(&caller("bob"), 2, 24 * HOUR, PRICE, at(2))
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("cost $8.00; the balance is $5.00 ($3.00 missing)"),
+            "{err}"
+        );
+        // Exactly what is missing is enough: the balance must cover the cost.
+        o.credit(&admin(), m("3"), "top-up", at(3)).unwrap();
+        o.request_capacity(&caller("bob"), 2, 24 * HOUR, PRICE, at(4))
+            .unwrap();
+
+        // At or below the threshold ($0.50) nothing that costs starts until
+        // a credit lifts the balance above it, even if it would cover the cost.
+        let mut o = org();
+        o.credit(&admin(), m("-99.50"), "correction", at(1)).unwrap();
+        assert!(o.is_exhausted());
+        let err = o
+            .request_capacity(&caller("ann"), 1, HOUR, PRICE, at(2))
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("the balance $0.50 is at or below the shutdown threshold $0.50")
+                && text.contains("($0.000001 missing)"),
+            "{text}"
+        );
+        let OrgError::InsufficientFunds { missing, .. } = err else {
+            panic!("{err}")
+        };
+        o.credit(&admin(), missing, "top-up", at(3)).unwrap();
+        o.request_capacity(&caller("ann"), 1, HOUR, PRICE, at(4))
+            .unwrap();
+    }
+
+    #[test]
+    fn a_settings_change_is_recorded_as_the_change_it_was() {
+        let mut o = org();
+        let patch = SettingsPatch {
+            max_balance: Some(m("500")),
+            shutdown_threshold: Some(m("1")),
+            ..SettingsPatch::default()
+        };
+        let fx = o.update_settings(&admin(), &patch, PRICE, at(0)).unwrap();
+        assert_eq!(
+            fx.events[0].message,
+            "root set max_balance $0.00 → $500.00, shutdown_threshold $0.50 → $1.00"
+        );
+        let fx = o
+            .update_settings(&admin(), &patch, PRICE, at(1))
+            .unwrap();
+        assert_eq!(
+            fx.events[0].message,
+            "root changed no setting (each was already as asked)"
+        );
     }
 
     #[test]
