@@ -787,9 +787,11 @@ impl Organisation {
         // At or below the threshold nothing that costs money starts (nodes
         // of a free pool do not spend it); a shut-down organisation starts
         // nothing until credited.
+        // (A shutdown whose threshold this very change lowers below the
+        // balance is over: the caller rechecks it after.)
         let exhausted = nodes > 0
-            && (self.budget.exhausted_at.is_some()
-                || (needed > Money::ZERO && self.is_exhausted()));
+            && self.is_exhausted()
+            && (self.budget.exhausted_at.is_some() || needed > Money::ZERO);
         if needed > balance || exhausted {
             // Enough to pay, and to stay above the shutdown threshold.
             let missing = if exhausted {

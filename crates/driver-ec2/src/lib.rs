@@ -47,4 +47,6 @@ pub enum Ec2Error {
     InvalidPoolOptions { reason: String },
     #[error("the ec2 driver cannot use EC2: {0}")]
     Cloud(CloudError),
+    #[error("no AWS credentials found: the AWS credential chain (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE and ~/.aws, a web identity token, or a container or instance role) gave none; set one and start again ({reason})")]
+    NoCredentials { reason: String },
 }

@@ -141,6 +141,17 @@ impl Ec2InstanceSet {
     ) -> Result<Self, Ec2Error> {
         config.validate()?;
         let sdk = load_sdk_config(&config, credentials).await;
+        // Asked once, now: without credentials every call would fail the
+        // same way (after the chain's last resort, the instance metadata
+        // address, times out), at every resync.
+        if let Some(provider) = sdk.credentials_provider() {
+            use aws_sdk_ec2::config::ProvideCredentials;
+            if let Err(e) = provider.provide_credentials().await {
+                return Err(Ec2Error::NoCredentials {
+                    reason: aws_sdk_ec2::error::DisplayErrorContext(&e).to_string(),
+                });
+            }
+        }
         let set = Self::new(config, id, &sdk)?;
         match set.census().await {
             Ok(census) => set.log_census(&census),

@@ -60,6 +60,10 @@ pub(crate) struct Stall {
     message: String,
     /// When the work is tried again; none: once something changes.
     retry: Option<Instant>,
+    /// Met by a call this reconcile made, not only waited for (a quota or
+    /// back-off met before): only a call counts again, so a cluster that
+    /// waits is not republished at every wake-up.
+    attempted: bool,
 }
 
 /// Keeps what stands in the cluster's way for STATUS: a failure, retried
@@ -77,6 +81,7 @@ fn note_obstacle(
         now + chrono::Duration::from_std(at.saturating_duration_since(Instant::now()))
             .unwrap_or_default()
     };
+    let attempted = !matches!((result, &stall), (Ok(_), Some(s)) if !s.attempted);
     let met = match (result, stall) {
         (Err(e), _) => {
             let (code, message) = e.obstacle();
@@ -89,6 +94,9 @@ fn note_obstacle(
     };
     let mut obstacles = shared.obstacles.lock().unwrap();
     match met {
+        // Still waiting on what stood in its way: nothing new to count.
+        Some((code, _, _))
+            if !attempted && obstacles.get(cluster).is_some_and(|o| o.code == code) => {}
         Some((code, message, retry_at)) => {
             let o = Obstacle::met(obstacles.get(cluster), code, message, now, retry_at);
             obstacles.insert(cluster.clone(), o);
@@ -631,6 +639,7 @@ async fn create(
                 set_inv.quota_blocked_at = Some(at);
                 let mut s = quota_stall(driver, at);
                 s.message = format!("{}: {message}", s.message);
+                s.attempted = true;
                 *stall = Some(s);
                 return;
             }
@@ -641,6 +650,7 @@ async fn create(
                 next.at(until);
                 let mut s = capacity_stall(&pool.instance_type, Some(until));
                 s.message = format!("{}: {message}", s.message);
+                s.attempted = true;
                 *stall = Some(s);
                 return;
             }
@@ -653,6 +663,7 @@ async fn create(
                     code: ObstacleCode::RateLimited,
                     message: format!("the cloud asks for fewer calls: {message}"),
                     retry: Some(earliest_retry),
+                    attempted: true,
                 });
                 return;
             }
@@ -671,6 +682,7 @@ fn quota_stall(driver: &str, instances: usize) -> Stall {
             "the cloud account of driver {driver} holds as many instances as its quota allows ({instances}); more nodes are created once one goes away"
         ),
         retry: None,
+        attempted: false,
     }
 }
 
@@ -679,5 +691,6 @@ fn capacity_stall(ty: &flotilla_domain::InstanceType, retry: Option<Instant>) ->
         code: ObstacleCode::NoCapacity,
         message: format!("the cloud has no capacity for instance type {ty} now"),
         retry,
+        attempted: false,
     }
 }

@@ -181,6 +181,12 @@ async fn quota_stops_creates_until_an_instance_goes() {
     let stalled = h.status("c").obstacle.expect("the quota stands in its way");
     assert_eq!(stalled.code, ObstacleCode::QuotaExceeded);
     assert_eq!(stalled.retry_at, None, "tried again once an instance goes");
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert_eq!(
+        h.status("c").obstacle,
+        Some(stalled),
+        "waiting at quota through resyncs is not met again (nor republished)"
+    );
     let victim = h.status("c").nodes[0].id.clone();
     h.cloud.kill(&victim);
     h.until(Duration::from_secs(15), "replacement", |h| {

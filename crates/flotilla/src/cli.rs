@@ -228,7 +228,10 @@ impl Client {
             .json(&RefreshRequest {
                 refresh_token: login.refresh_token.clone(),
             });
-        Ok(cached(self.send_raw::<TokenResponse>(req).await?.0))
+        // Quiet: a refused refresh is handled (signed in again, or said
+        // as a login that ran out), never printed as the command's answer.
+        let (answer, _) = parse::<TokenResponse>(self.exchange_quiet(req).await?)?;
+        Ok(cached(answer))
     }
 
     /// `flotilla login`: signs in and keeps the tokens for this server.
@@ -542,16 +545,30 @@ impl Client {
     /// refreshed, or signed in for again, once before giving up, so
     /// retiring a key never locks out a kept login.
     async fn send_text(&self, req: reqwest::RequestBuilder) -> Result<String> {
+        let result = self.send_text_quiet(req).await;
+        self.said(result)
+    }
+
+    /// [`send_text`](Self::send_text) that prints nothing of a refusal:
+    /// for lookups whose failure the caller handles.
+    async fn send_text_quiet(&self, req: reqwest::RequestBuilder) -> Result<String> {
         let again = req.try_clone();
         let first = self.exchange_quiet(self.authorised(req).await?).await;
-        let result = match (first, again) {
+        match (first, again) {
             (Err(f), Some(again)) if self.renewable(&f) => {
                 self.drop_access_token().await;
                 self.exchange_quiet(self.authorised(again).await?).await
             }
             (result, _) => result,
-        };
-        self.said(result)
+        }
+    }
+
+    /// [`send`](Self::send) that prints nothing of a refusal.
+    async fn send_quiet<T: serde::de::DeserializeOwned>(
+        &self,
+        req: reqwest::RequestBuilder,
+    ) -> Result<(T, String)> {
+        parse(self.send_text_quiet(req).await?)
     }
 
     async fn authorised(&self, req: reqwest::RequestBuilder) -> Result<reqwest::RequestBuilder> {
@@ -684,7 +701,7 @@ impl Client {
             .http
             .get(self.url(&format!("/api/v1/clusters/{cluster}")))
             .query(&[("events", RECENT_EVENTS)]);
-        let Ok((status, _)) = self.send::<ClusterStatus>(req).await else {
+        let Ok((status, _)) = self.send_quiet::<ClusterStatus>(req).await else {
             return "it was destroyed before it settled".to_owned();
         };
         let last = status
@@ -764,7 +781,7 @@ impl Client {
             .http
             .get(self.url(&format!("/api/v1/clusters/{cluster}")))
             .query(&[("events", RECENT_EVENTS)]);
-        match self.send::<ClusterStatus>(req).await {
+        match self.send_quiet::<ClusterStatus>(req).await {
             Ok((s, _)) => absence_line(&s).is_some() && s.recent_events.is_empty(),
             Err(_) => false,
         }
@@ -1097,39 +1114,49 @@ impl Client {
     /// each answer that changed is printed).
     pub async fn status(&self, cluster: Option<&str>, watch: bool) -> Result<u8> {
         if !watch {
-            let (out, notes) = self.status_text(cluster).await?;
-            print!("{out}");
-            eprint!("{notes}");
+            let shown = self.status_text(cluster).await?;
+            print!("{}", shown.out);
+            eprint!("{}", shown.notes);
             return Ok(exit::OK);
         }
         let terminal = std::io::stdout().is_terminal() && self.output == Output::Text;
-        let mut last: Option<(String, String)> = None;
+        // One handler for the whole watch: a Ctrl-C while a request is
+        // under way counts too.
+        let interrupted = tokio::signal::ctrl_c();
+        tokio::pin!(interrupted);
+        let mut last: Option<String> = None;
         loop {
-            let shown = self.status_text(cluster).await?;
-            if last.as_ref() != Some(&shown) {
+            let shown = tokio::select! {
+                shown = self.status_text(cluster) => shown?,
+                _ = &mut interrupted => return Ok(exit::OK),
+            };
+            // On a terminal the screen is redrawn each time (its relative
+            // times move on); elsewhere only a changed answer is printed.
+            if terminal || last.as_ref() != Some(&shown.raw) {
                 if terminal {
                     print!(
                         "\x1b[H\x1b[2J{}  (every 2s; Ctrl-C stops)\n\n",
                         Utc::now().format("%H:%M:%S")
                     );
                 }
-                print!("{}", shown.0);
-                eprint!("{}", shown.1);
+                print!("{}", shown.out);
+                eprint!("{}", shown.notes);
                 let _ = std::io::stdout().flush();
-                last = Some(shown);
+                last = Some(shown.raw);
             }
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_secs(2)) => {}
-                _ = tokio::signal::ctrl_c() => return Ok(exit::OK),
+                _ = &mut interrupted => return Ok(exit::OK),
             }
         }
     }
 
     /// What STATUS prints, and what it says on standard error.
-    async fn status_text(&self, cluster: Option<&str>) -> Result<(String, String)> {
+    async fn status_text(&self, cluster: Option<&str>) -> Result<Shown> {
         let now = Utc::now();
         let mut out = String::new();
         let mut notes = String::new();
+        let answer;
         match cluster {
             Some(c) => {
                 let (status, raw) = self
@@ -1139,6 +1166,7 @@ impl Client {
                             .query(&[("events", RECENT_EVENTS)]),
                     )
                     .await?;
+                answer = raw.clone();
                 match self.output {
                     Output::Json => out = format!("{}\n", raw.trim()),
                     Output::Text => {
@@ -1155,6 +1183,7 @@ impl Client {
                 let (list, raw) = self
                     .send::<ClusterList>(self.http.get(self.url("/api/v1/clusters")))
                     .await?;
+                answer = raw.clone();
                 let anonymous = self.session.source == Source::Anonymous;
                 match self.output {
                     Output::Json => out = format!("{}\n", raw.trim()),
@@ -1171,7 +1200,11 @@ impl Client {
                 }
             }
         }
-        Ok((out, notes))
+        Ok(Shown {
+            raw: answer,
+            out,
+            notes,
+        })
     }
 
     fn settled_exit(&self, status: &ClusterStatus) -> u8 {
@@ -1424,6 +1457,14 @@ fn absence_line(s: &ClusterStatus) -> Option<String> {
             e.at.format("%Y-%m-%dT%H:%M:%SZ")
         ),
     })
+}
+
+/// What one STATUS read prints.
+struct Shown {
+    /// The server's answer, to tell a change from the clock moving on.
+    raw: String,
+    out: String,
+    notes: String,
 }
 
 /// One cluster's STATUS in text: its summary, what stands in its way, its

@@ -168,13 +168,27 @@ async fn identity(
 pub async fn run(config: Config, admin_password: Option<String>) -> anyhow::Result<()> {
     // Bind before anything is made or started (the data directory
     // included), so a busy port changes nothing.
-    let listener = match tokio::net::TcpListener::bind(config.listen).await {
-        Ok(l) => l,
-        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => bail!(
-            "cannot listen on {}: another program (another flotilla server?) listens there; pick a free address with --listen ADDR (or `listen` in the config file)",
-            config.listen
-        ),
-        Err(e) => return Err(e).with_context(|| format!("cannot listen on {}", config.listen)),
+    // A server killed while starting a local node leaves that node's
+    // process holding its socket until it has started: wait as long as
+    // for the data directory's lock before calling the address taken.
+    let deadline = tokio::time::Instant::now() + LOCK_WAIT;
+    let listener = loop {
+        match tokio::net::TcpListener::bind(config.listen).await {
+            Ok(l) => break l,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AddrInUse
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => bail!(
+                "cannot listen on {}: another program (another flotilla server?) listens there; pick a free address with --listen ADDR (or `listen` in the config file)",
+                config.listen
+            ),
+            Err(e) => {
+                return Err(e).with_context(|| format!("cannot listen on {}", config.listen))
+            }
+        }
     };
     let _lock = lock_data_dir(&config.data_dir).await?;
     let http = http_limits(&config);

@@ -662,3 +662,42 @@ fn status_watch_follows_a_cluster_until_ctrl_c() {
     assert!(text.contains("expires in 29m") || text.contains("expires in 30m"), "{text}");
     assert!(text.contains(" ago)") || text.contains("(just now)"), "{text}");
 }
+
+/// An ec2 driver with no AWS credentials anywhere stops the start with one
+/// message that says so, instead of an instance-metadata error at every
+/// resync.
+#[test]
+fn an_ec2_driver_without_credentials_says_so_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("aws.toml");
+    std::fs::write(
+        &config,
+        "[drivers.aws]\ntype = \"ec2\"\nregion = \"us-east-1\"\nimage = \"ami-1\"\n",
+    )
+    .unwrap();
+    let missing = dir.path().join("no-aws-files");
+    let out = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&config)
+        .current_dir(dir.path())
+        .env("HOME", dir.path())
+        .env("FLOTILLA_ADMIN_PASSWORD", "a-password-for-nothing")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_CONFIG_FILE", &missing)
+        .env("AWS_SHARED_CREDENTIALS_FILE", &missing)
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env_remove("AWS_SESSION_TOKEN")
+        .env_remove("AWS_PROFILE")
+        .env_remove("AWS_WEB_IDENTITY_TOKEN_FILE")
+        .env_remove("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI")
+        .env_remove("AWS_CONTAINER_CREDENTIALS_FULL_URI")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(code(&out), 1, "{stderr}");
+    assert!(
+        stderr.contains("no AWS credentials found") && stderr.contains("AWS_ACCESS_KEY_ID"),
+        "{stderr}"
+    );
+}
