@@ -936,12 +936,13 @@ async fn engine_bench(args: Args) -> Result<()> {
         "2",
         format!("Store writes over {} passes", args.passes),
         format!(
-            "{} ({} deploys, {} destroys, {} forgets, {} expired; {} expire_due calls, {} reads)",
+            "{} ({} deploys, {} destroys, {} forgets, {} expired, {} obstacles; {} expire_due calls, {} reads)",
             s.store.writes(),
             s.store.deploys,
             s.store.destroys,
             s.store.forgets,
             s.store.expired_rows,
+            s.store.obstacle_writes,
             s.store.expire_calls,
             s.store.list_clusters
         ),

@@ -191,6 +191,8 @@ pub struct StoreCounts {
     /// Calls that may change organisations (changes, expiries, accrual
     /// passes).
     pub org_writes: u64,
+    /// Publications of what stands in clusters' way, one per cluster.
+    pub obstacle_writes: u64,
 }
 
 impl StoreCounts {
@@ -202,6 +204,7 @@ impl StoreCounts {
             + self.expired_rows
             + self.account_writes
             + self.org_writes
+            + self.obstacle_writes
     }
 
     pub fn since(&self, earlier: &StoreCounts) -> StoreCounts {
@@ -215,6 +218,7 @@ impl StoreCounts {
             list_clusters: self.list_clusters - earlier.list_clusters,
             account_writes: self.account_writes - earlier.account_writes,
             org_writes: self.org_writes - earlier.org_writes,
+            obstacle_writes: self.obstacle_writes - earlier.obstacle_writes,
         }
     }
 }
@@ -230,6 +234,7 @@ struct Counters {
     list_clusters: AtomicU64,
     account_writes: AtomicU64,
     org_writes: AtomicU64,
+    obstacle_writes: AtomicU64,
 }
 
 /// A store that counts the calls made to the store it wraps.
@@ -263,6 +268,7 @@ impl CountingStore {
             list_clusters: get(&c.list_clusters),
             account_writes: get(&c.account_writes),
             org_writes: get(&c.org_writes),
+            obstacle_writes: get(&c.obstacle_writes),
         }
     }
 
@@ -475,6 +481,7 @@ impl LeaseStore for CountingStore {
         obstacles: &[flotilla_store::ClusterObstacle],
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
+        bump(&self.counters.obstacle_writes, obstacles.len() as u64);
         self.inner.publish_obstacles(fence, obstacles, now).await
     }
 
