@@ -340,6 +340,100 @@ impl Client {
         Ok(exit::OK)
     }
 
+    /// `flotilla doctor`: what a new user checks first, each a line that
+    /// starts `ok`, `warn` or `FAIL`: the server answers and runs this
+    /// version, who the credentials are and where they came from, the
+    /// pools, and the clusters something stands in the way of. Exit 1 on a
+    /// failure, 4 if the server cannot be reached.
+    pub async fn doctor(&self) -> Result<u8> {
+        let mut failed = false;
+        let mut say = |level: &str, line: String| {
+            failed |= level == "FAIL";
+            println!("{level:<5} {line}");
+        };
+        let mine = env!("CARGO_PKG_VERSION");
+        let (health, _) = self
+            .send_quiet::<serde_json::Value>(self.http.get(self.url("/healthz")))
+            .await?;
+        let theirs = health["version"].as_str().unwrap_or("unknown");
+        if theirs == mine {
+            say("ok", format!("server {} answers, version {theirs}", self.server));
+        } else {
+            say(
+                "warn",
+                format!(
+                    "server {} answers but runs {theirs}, and this command line is {mine}: use the same version on both",
+                    self.server
+                ),
+            );
+        }
+        let source =
+            crate::credentials::describe(&self.session.source, self.session.cache.as_ref());
+        match self
+            .send_quiet::<WhoAmI>(self.http.get(self.url("/api/v1/auth/whoami")))
+            .await
+        {
+            Ok((who, _)) => match who.username {
+                Some(name) => say(
+                    "ok",
+                    format!("signed in as {name} ({}), credentials from {source}", who.level.as_str()),
+                ),
+                None => say(
+                    "warn",
+                    "not signed in: only public clusters are visible (`flotilla login`, or set FLOTILLA_TOKEN)".to_owned(),
+                ),
+            },
+            Err(f) => say("FAIL", format!("credentials from {source} are refused: {}", f.message)),
+        }
+        match self
+            .send_quiet::<PoolList>(self.http.get(self.url("/api/v1/pools")))
+            .await
+        {
+            Ok((list, _)) => {
+                let names: Vec<String> = list
+                    .pools
+                    .iter()
+                    .map(|p| {
+                        let default = if p.default { ", default" } else { "" };
+                        format!("{} ({} {}{default})", p.name, p.driver, p.instance_type)
+                    })
+                    .collect();
+                say("ok", format!("pools: {}", names.join(", ")));
+            }
+            Err(f) => say("FAIL", format!("listing pools failed: {}", f.message)),
+        }
+        match self
+            .send_quiet::<ClusterList>(self.http.get(self.url("/api/v1/clusters")))
+            .await
+        {
+            Ok((list, _)) => {
+                let stuck: Vec<&ClusterStatus> =
+                    list.clusters.iter().filter(|c| c.error.is_some()).collect();
+                if stuck.is_empty() {
+                    say(
+                        "ok",
+                        format!(
+                            "clusters you can see: {}, nothing stands in their way",
+                            list.clusters.len()
+                        ),
+                    );
+                }
+                for c in stuck {
+                    let e = c.error.as_ref().expect("filtered");
+                    say(
+                        "FAIL",
+                        format!(
+                            "cluster {}: {} ({}×): {}; see `flotilla status {}`",
+                            c.cluster, e.code, e.count, e.message, c.cluster
+                        ),
+                    );
+                }
+            }
+            Err(f) => say("FAIL", format!("listing clusters failed: {}", f.message)),
+        }
+        Ok(if failed { exit::FAILED } else { exit::OK })
+    }
+
     /// `flotilla token CLUSTER`: a cluster access token, printed alone.
     pub async fn cluster_token(&self, cluster: &str) -> Result<u8> {
         let req = self

@@ -70,6 +70,9 @@ enum Command {
         #[arg(long)]
         check: bool,
     },
+    /// Check the server, your credentials, the pools and what stands in
+    /// your clusters' way, a line each (exit 1 if something fails).
+    Doctor,
     /// Config files.
     Config {
         #[command(subcommand)]
@@ -603,6 +606,7 @@ fn main() -> ExitCode {
                     Command::Logout => client.logout(&Env::from_process().token_cache()?).await,
                     Command::Whoami => client.whoami().await,
                     Command::Version => client.version().await,
+                    Command::Doctor => client.doctor().await,
                     Command::Token { cluster } => client.cluster_token(&cluster).await,
                     Command::User { command } => match command {
                         UserCommand::Add {

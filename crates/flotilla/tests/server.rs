@@ -544,6 +544,15 @@ instance_type = "fake.small"
     let out = server.cli(&["status"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("error cloud_refused"), "the list marks it: {text}");
+    let out = server.cli(&["doctor"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(code(&out), 1, "{text}");
+    assert!(
+        text.contains("ok    signed in as admin (admin), credentials from FLOTILLA_USERNAME")
+            && text.contains("ok    pools: default (refusing fake.small, default)")
+            && text.contains("FAIL  cluster stuck: cloud_refused"),
+        "{text}"
+    );
 
     // Ctrl-C while waiting.
     let waiting = server
@@ -661,6 +670,20 @@ fn status_watch_follows_a_cluster_until_ctrl_c() {
     assert!(text.contains("watched              running      2/2 ready"), "{text}");
     assert!(text.contains("expires in 29m") || text.contains("expires in 30m"), "{text}");
     assert!(text.contains(" ago)") || text.contains("(just now)"), "{text}");
+
+    let out = server.cli(&["doctor"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(code(&out), 0, "{text}");
+    assert!(
+        text.contains("ok    server ") && text.contains("clusters you can see: 1, nothing stands"),
+        "{text}"
+    );
+    let out = server.cli_with(&[], &["doctor"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("warn  not signed in"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }
 
 /// An ec2 driver with no AWS credentials anywhere stops the start with one
