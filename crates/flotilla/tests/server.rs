@@ -562,7 +562,8 @@ instance_type = "fake.small"
         )
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(1500));
+    // Long enough to have signed in and be waiting, on a loaded machine.
+    std::thread::sleep(std::time::Duration::from_millis(3000));
     assert_eq!(unsafe { libc::kill(waiting.id() as i32, libc::SIGINT) }, 0);
     let out = waiting.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -658,10 +659,11 @@ fn status_watch_follows_a_cluster_until_ctrl_c() {
         .cli_command(&Server::admin_env(), &["status", "watched", "--watch"])
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
+    std::thread::sleep(Duration::from_millis(3000));
     let out = server.cli(&["deploy", "watched", "--nodes", "2", "--ttl", "30m", "--wait"]);
     assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
-    std::thread::sleep(Duration::from_millis(2500));
+    // More than one poll (2 s) after the resize settled.
+    std::thread::sleep(Duration::from_millis(3500));
     assert_eq!(unsafe { libc::kill(watching.id() as i32, libc::SIGINT) }, 0);
     let out = watching.wait_with_output().unwrap();
     assert_eq!(code(&out), 0, "Ctrl-C ends a watch: {}", String::from_utf8_lossy(&out.stderr));
