@@ -24,7 +24,17 @@ use crate::credentials::{Env, Source};
 #[command(
     name = "flotilla",
     version,
-    about = "Provision named clusters of compute nodes and keep them converged"
+    about = "Provision named clusters of compute nodes and keep them converged",
+    after_help = "Examples:
+  FLOTILLA_ADMIN_PASSWORD=change-me-please flotilla serve     # a server on its defaults
+  echo change-me-please | flotilla login --username admin
+  flotilla deploy demo --nodes 3 --ttl 30m --wait
+  flotilla status demo --watch
+  flotilla doctor                                            # when something seems wrong
+  flotilla destroy demo --wait
+
+Exit statuses: 0 success, 1 failed, 2 usage, 3 not signed in or not allowed,
+4 server unreachable, 130 interrupted while waiting."
 )]
 struct Cli {
     /// The flotilla server to talk to.
@@ -79,6 +89,10 @@ enum Command {
         command: ConfigCommand,
     },
     /// Deploy a cluster, or change the node count of a running one.
+    #[command(after_help = "Examples:
+  flotilla deploy demo --nodes 3 --ttl 30m --wait     # a new cluster; returns once its nodes are ready
+  flotilla deploy demo --nodes 5 --ttl 2h             # resize, and move its deletion to now + 2h
+  flotilla deploy gpu --nodes 1 --ttl 1h --pool gpu   # another pool (fixed once deployed)")]
     Deploy {
         cluster: String,
         /// Number of nodes.
@@ -135,6 +149,10 @@ enum Command {
     /// Show the changes you may see (your clusters', organisations' and
     /// account's, public clusters'), oldest first; one cluster's with its
     /// name.
+    #[command(after_help = "Examples:
+  flotilla events demo              # what happened to demo
+  flotilla events --follow          # every change you may see, as it happens
+  flotilla events --after 120       # only changes after number 120")]
     Events {
         cluster: Option<String>,
         /// Only changes after this number (each line starts with one).

@@ -482,6 +482,15 @@ fn version_completions_and_a_help_without_internals() {
         !help.lines().any(|l| l.trim_start().starts_with("node ")),
         "{help}"
     );
+    assert!(
+        help.contains("Examples:") && help.contains("flotilla doctor") && help.contains("130"),
+        "{help}"
+    );
+    let help = String::from_utf8_lossy(&server.cli(&["deploy", "--help"]).stdout).into_owned();
+    assert!(
+        help.contains("Examples:") && help.contains("flotilla deploy demo --nodes 5 --ttl 2h"),
+        "{help}"
+    );
 }
 
 /// A cloud that refuses every create: the status (JSON and text) says what
