@@ -85,8 +85,7 @@ fn note_obstacle(
     let met = match (result, stall) {
         (Err(e), _) => {
             let (code, message) = e.obstacle();
-            // The runtime retries after this, once it counts the failure.
-            let delay = crate::runtime::backoff(shared.runtime.failures(cluster) + 1);
+            let delay = shared.runtime.retry_delay(cluster);
             Some((code, message, Some(in_(Instant::now() + delay))))
         }
         (Ok(_), Some(s)) => Some((s.code, s.message, s.retry.map(in_))),

@@ -241,16 +241,11 @@ impl<K: Clone + Eq + Hash + Send + Sync + 'static> Runtime<K> {
         while tasks.join_next().await.is_some() {}
     }
 
-    /// How many times in a row `key`'s reconcile failed; the next failure
-    /// is retried after `backoff(failures + 1)`.
-    pub fn failures(&self, key: &K) -> u32 {
-        self.inner
-            .lock()
-            .unwrap()
-            .failures
-            .get(key)
-            .copied()
-            .unwrap_or(0)
+    /// How long after `key`'s running reconcile the runtime retries it if
+    /// that reconcile fails (what `finish` will schedule).
+    pub fn retry_delay(&self, key: &K) -> Duration {
+        let failures = self.inner.lock().unwrap().failures.get(key).copied();
+        backoff(failures.unwrap_or(0) + 1)
     }
 
     fn finish<E: std::fmt::Display>(&self, key: K, result: Result<Next, E>) {

@@ -320,10 +320,8 @@ impl Client {
     /// (from `/healthz`); a difference is said, on standard error.
     pub async fn version(&self) -> Result<u8> {
         let mine = env!("CARGO_PKG_VERSION");
-        let (health, _) = self
-            .send::<serde_json::Value>(self.http.get(self.url("/healthz")))
-            .await?;
-        let theirs = health["version"].as_str().unwrap_or("unknown");
+        let theirs = self.server_version().await?;
+        let theirs = theirs.as_str();
         match self.output {
             Output::Json => println!(
                 "{}",
@@ -352,10 +350,7 @@ impl Client {
             println!("{level:<5} {line}");
         };
         let mine = env!("CARGO_PKG_VERSION");
-        let (health, _) = self
-            .send_quiet::<serde_json::Value>(self.http.get(self.url("/healthz")))
-            .await?;
-        let theirs = health["version"].as_str().unwrap_or("unknown");
+        let theirs = self.server_version().await?;
         if theirs == mine {
             say("ok", format!("server {} answers, version {theirs}", self.server));
         } else {
@@ -432,6 +427,14 @@ impl Client {
             Err(f) => say("FAIL", format!("listing clusters failed: {}", f.message)),
         }
         Ok(if failed { exit::FAILED } else { exit::OK })
+    }
+
+    /// The server's version, from `/healthz`.
+    async fn server_version(&self) -> Result<String> {
+        let (health, _) = self
+            .send::<serde_json::Value>(self.http.get(self.url("/healthz")))
+            .await?;
+        Ok(health["version"].as_str().unwrap_or("unknown").to_owned())
     }
 
     /// `flotilla token CLUSTER`: a cluster access token, printed alone.
@@ -1599,13 +1602,11 @@ fn relative(at: DateTime<Utc>, now: DateTime<Utc>) -> String {
     } else {
         ((now - at).to_std().unwrap_or_default(), false)
     };
-    let s = d.as_secs();
-    let amount = match s {
+    let amount = match d.as_secs() {
         0..5 => return "just now".to_owned(),
-        5..60 => format!("{s}s"),
-        60..3600 => format!("{}m", s / 60),
-        3600..86400 => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
-        _ => format!("{}d{:02}h", s / 86400, s % 86400 / 3600),
+        // Minutes alone: a time this far off needs no seconds.
+        s @ 60..3600 => format!("{}m", s / 60),
+        _ => span(d),
     };
     if ahead {
         format!("in {amount}")

@@ -8,11 +8,11 @@
 //! says why.
 
 mod support;
+#[path = "../../driver-ec2/tests/support/venv.rs"]
+mod venv;
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Instant;
 
 use support::*;
 
@@ -56,59 +56,14 @@ include-method = "POST"
 checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404", "409", "422", "429"]
 "#;
 
-fn target_dir() -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target");
-    std::fs::create_dir_all(&dir).expect("create the target directory");
-    dir.canonicalize().expect("resolve the target directory")
-}
-
-fn run(command: &mut Command, what: &str) {
-    let output = command
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot {what}: cannot run {command:?}: {e}"));
-    assert!(
-        output.status.success(),
-        "cannot {what}: {command:?} exited with {}\n--- stdout\n{}\n--- stderr\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
 /// The `st` command, installed if needed.
 fn schemathesis() -> PathBuf {
-    let target = target_dir();
-    let venv = target.join("schemathesis-venv");
-    let st = venv.join("bin/st");
-    let marker = venv.join(format!(".installed-{SCHEMATHESIS_VERSION}"));
-    let lock = File::create(target.join("schemathesis-venv.lock")).expect("create the lock");
-    lock.lock().expect("lock target/schemathesis-venv.lock");
-    if marker.exists() {
-        return st;
-    }
-    if venv.exists() {
-        std::fs::remove_dir_all(&venv).expect("remove an incomplete target/schemathesis-venv");
-    }
-    let started = Instant::now();
-    run(
-        Command::new("python3").arg("-m").arg("venv").arg(&venv),
-        "create the schemathesis virtual environment (python3 with its venv module is needed; on Debian: apt-get install python3-venv)",
-    );
-    run(
-        Command::new(venv.join("bin/pip")).args([
-            "install",
-            "--disable-pip-version-check",
-            "--no-input",
-            "--quiet",
-            &format!("schemathesis=={SCHEMATHESIS_VERSION}"),
-        ]),
-        "install schemathesis into target/schemathesis-venv (PyPI must be reachable)",
-    );
-    run(Command::new(&st).arg("--version"), "run schemathesis");
-    std::fs::write(&marker, b"").expect("mark the install complete");
-    eprintln!("installed schemathesis in {:.1?}", started.elapsed());
-    st
+    venv::installed(
+        "schemathesis",
+        &format!("schemathesis=={SCHEMATHESIS_VERSION}"),
+        &["st", "--version"],
+    )
+    .join("bin/st")
 }
 
 fn admin_token(server: &Server) -> String {

@@ -1,20 +1,23 @@
 //! moto's server mode: a real EC2 API implementation on loopback.
 //!
 //! moto is installed (pinned) into `target/moto-venv` the first time a test
-//! needs it; an exclusive lock on `target/moto-venv.lock` keeps concurrent
-//! test processes from installing twice. Every [`Moto`] is its own server on
+//! needs it (`venv.rs`). Every [`Moto`] is its own server on
 //! a free port, stopped when dropped. If moto cannot be installed or started
 //! the test fails, saying why: it is never skipped.
 //!
 //! The server's end-to-end tests include this file too
 //! (`crates/flotilla/tests/ec2.rs`, by `#[path]`): keep it self-contained,
-//! using nothing but std.
+//! using nothing but std and `venv.rs` beside it.
 
 use std::fs::File;
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+#[path = "venv.rs"]
+mod venv;
+use venv::target_dir;
 
 pub const MOTO_VERSION: &str = "5.2.5";
 
@@ -44,68 +47,14 @@ pub struct Moto {
     log: PathBuf,
 }
 
-fn target_dir() -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target");
-    std::fs::create_dir_all(&dir).expect("create the target directory");
-    dir.canonicalize().expect("resolve the target directory")
-}
-
-fn run(command: &mut Command, what: &str) {
-    let output = command
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot {what}: cannot run {command:?}: {e}"));
-    if !output.status.success() {
-        panic!(
-            "cannot {what}: {command:?} exited with {}\n--- stdout\n{}\n--- stderr\n{}",
-            output.status,
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-}
-
 /// The virtual environment's python, with moto installed.
 pub fn ensure_installed() -> PathBuf {
-    let target = target_dir();
-    let venv = target.join("moto-venv");
-    let python = venv.join("bin/python");
-    let marker = venv.join(format!(".installed-moto-{MOTO_VERSION}"));
-    let lock = File::create(target.join("moto-venv.lock")).expect("create target/moto-venv.lock");
-    lock.lock().expect("lock target/moto-venv.lock");
-    if marker.exists() {
-        return python;
-    }
-    // A half-made environment (an install that was killed) is started over.
-    if venv.exists() {
-        std::fs::remove_dir_all(&venv).expect("remove an incomplete target/moto-venv");
-    }
-    let started = Instant::now();
-    eprintln!(
-        "installing moto[server]=={MOTO_VERSION} into {}",
-        venv.display()
-    );
-    run(
-        Command::new("python3").arg("-m").arg("venv").arg(&venv),
-        "create the moto virtual environment (python3 with its venv module is needed; on Debian: apt-get install python3-venv)",
-    );
-    run(
-        Command::new(venv.join("bin/pip")).args([
-            "install",
-            "--disable-pip-version-check",
-            "--no-input",
-            "--quiet",
-            &format!("moto[server]=={MOTO_VERSION}"),
-        ]),
-        "install moto into target/moto-venv (PyPI must be reachable)",
-    );
-    run(
-        Command::new(&python).args(["-c", "import moto.server"]),
-        "import the moto server",
-    );
-    std::fs::write(&marker, b"").expect("mark the moto install complete");
-    eprintln!("installed moto in {:.1?}", started.elapsed());
-    python
+    venv::installed(
+        "moto",
+        &format!("moto[server]=={MOTO_VERSION}"),
+        &["python", "-c", "import moto.server"],
+    )
+    .join("bin/python")
 }
 
 fn free_port() -> u16 {
