@@ -304,7 +304,11 @@ impl NewChange {
     }
 
     /// What stands in the cluster's way now, or (none) that nothing does.
-    pub fn obstacle(cluster: &ClusterName, is_public: bool, obstacle: Option<&Obstacle>) -> NewChange {
+    pub fn obstacle(
+        cluster: &ClusterName,
+        is_public: bool,
+        obstacle: Option<&Obstacle>,
+    ) -> NewChange {
         match obstacle {
             Some(o) => NewChange {
                 kind: ChangeKind::ClusterError,

@@ -103,10 +103,22 @@ mod tests {
     #[test]
     fn the_same_obstacle_counts_on_and_another_starts_afresh() {
         let first = Obstacle::met(None, ObstacleCode::CloudRefused, "a".into(), at(0), None);
-        let again = Obstacle::met(Some(&first), ObstacleCode::CloudRefused, "b".into(), at(5), None);
+        let again = Obstacle::met(
+            Some(&first),
+            ObstacleCode::CloudRefused,
+            "b".into(),
+            at(5),
+            None,
+        );
         assert_eq!((again.since, again.last_at, again.count), (at(0), at(5), 2));
         assert_eq!(again.message, "b");
-        let other = Obstacle::met(Some(&again), ObstacleCode::QuotaExceeded, "c".into(), at(9), None);
+        let other = Obstacle::met(
+            Some(&again),
+            ObstacleCode::QuotaExceeded,
+            "c".into(),
+            at(9),
+            None,
+        );
         assert_eq!((other.since, other.count), (at(9), 1));
     }
 

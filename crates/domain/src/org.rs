@@ -325,9 +325,21 @@ fn settings_changes(before: &Organisation, after: &Organisation) -> Vec<String> 
         }
     };
     let (a, b) = (&before.settings, &after.settings);
-    note("min_nodes", a.min_nodes.to_string(), b.min_nodes.to_string());
-    note("max_nodes", a.max_nodes.to_string(), b.max_nodes.to_string());
-    note("node_limit", a.node_limit.to_string(), b.node_limit.to_string());
+    note(
+        "min_nodes",
+        a.min_nodes.to_string(),
+        b.min_nodes.to_string(),
+    );
+    note(
+        "max_nodes",
+        a.max_nodes.to_string(),
+        b.max_nodes.to_string(),
+    );
+    note(
+        "node_limit",
+        a.node_limit.to_string(),
+        b.node_limit.to_string(),
+    );
     note("pool", a.pool.to_string(), b.pool.to_string());
     let (a, b) = (&before.budget, &after.budget);
     let money = |m: Money| m.dollars().to_string();
@@ -1710,7 +1722,8 @@ mod tests {
         // At or below the threshold ($0.50) nothing that costs starts until
         // a credit lifts the balance above it, even if it would cover the cost.
         let mut o = org();
-        o.credit(&admin(), m("-99.50"), "correction", at(1)).unwrap();
+        o.credit(&admin(), m("-99.50"), "correction", at(1))
+            .unwrap();
         assert!(o.is_exhausted());
         let err = o
             .request_capacity(&caller("ann"), 1, HOUR, PRICE, at(2))
@@ -1742,9 +1755,7 @@ mod tests {
             fx.events[0].message,
             "root set max_balance $0.00 → $500.00, shutdown_threshold $0.50 → $1.00"
         );
-        let fx = o
-            .update_settings(&admin(), &patch, PRICE, at(1))
-            .unwrap();
+        let fx = o.update_settings(&admin(), &patch, PRICE, at(1)).unwrap();
         assert_eq!(
             fx.events[0].message,
             "root changed no setting (each was already as asked)"

@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use flotilla_cloud::{CloudError, CreateRequest, Health, Instance, InstanceSet};
 use flotilla_domain::{
-    plan, ClusterName, ClusterRecord, InstanceId, NodeRecord, NodeState, Obstacle, ObstacleCode,
-    ObservedNode, WantedNodes,
+    plan, ClusterName, ClusterRecord, InstanceId, NodeRecord, NodeState, ObservedNode, Obstacle,
+    ObstacleCode, WantedNodes,
 };
 use flotilla_store::{ClusterNodes, ClusterObstacle, Fence, GoneNode};
 use futures::future::join_all;

@@ -498,7 +498,11 @@ async fn a_refusing_cloud_is_in_the_status_retried_when_it_says_and_cleared_once
     .await;
     let o = h.status("c").obstacle.unwrap();
     assert_eq!(o.code, ObstacleCode::CloudRefused);
-    assert!(o.message.contains("Invalid IamInstanceProfile"), "{}", o.message);
+    assert!(
+        o.message.contains("Invalid IamInstanceProfile"),
+        "{}",
+        o.message
+    );
     assert!(o.since < o.last_at);
     // The retry is when the back-off says, and it comes then, not sooner.
     let retry_at = o.retry_at.expect("a failure is retried");

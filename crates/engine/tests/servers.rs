@@ -176,7 +176,9 @@ async fn a_follower_says_what_stands_in_a_clusters_way_as_the_leader_does() {
     assert_eq!(at_b.code, ObstacleCode::CloudRefused);
     assert!(at_b.message.contains("no such instance profile"));
     a.until(Duration::from_secs(1), "alike at both", |h| {
-        h.status("demo").obstacle.is_some_and(|o| o.count == at_b.count)
+        h.status("demo")
+            .obstacle
+            .is_some_and(|o| o.count == at_b.count)
     })
     .await;
     assert_eq!(a.status("demo").obstacle.unwrap(), at_b);

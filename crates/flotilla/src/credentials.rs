@@ -527,10 +527,16 @@ mod tests {
                 "{spelling}"
             );
         }
-        for other in ["https://127.0.0.1:8470", "http://127.0.0.1:8471", "http://10.0.0.1:8470"] {
+        for other in [
+            "https://127.0.0.1:8470",
+            "http://127.0.0.1:8471",
+            "http://10.0.0.1:8470",
+        ] {
             assert_eq!(resolve(&e, other).unwrap(), Source::Anonymous, "{other}");
         }
-        cache.put("https://Flotilla.Example:443/", login("dora")).unwrap();
+        cache
+            .put("https://Flotilla.Example:443/", login("dora"))
+            .unwrap();
         assert!(matches!(
             resolve(&e, "https://flotilla.example").unwrap(),
             Source::Cached(c) if c.username == "dora"
@@ -544,7 +550,10 @@ mod tests {
         ));
         assert_eq!(cache.load().unwrap().len(), 2);
         assert!(cache.remove("http://127.0.0.1:8470/").unwrap());
-        assert_eq!(resolve(&e, "http://localhost:8470").unwrap(), Source::Anonymous);
+        assert_eq!(
+            resolve(&e, "http://localhost:8470").unwrap(),
+            Source::Anonymous
+        );
     }
 
     #[test]

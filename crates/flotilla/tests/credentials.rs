@@ -462,7 +462,10 @@ fn admins_rotate_and_retire_signing_keys() {
     // kept login and goes on, so retiring never locks the admin out.
     let kept = std::fs::read_to_string(cache_file(&server)).unwrap();
     let kept: Value = serde_json::from_str(&kept).unwrap();
-    let old_token = kept[&server.url]["access_token"].as_str().unwrap().to_owned();
+    let old_token = kept[&server.url]["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let out = server.cli_with(&[("FLOTILLA_TOKEN", &old_token)], &["whoami"]);
     assert_eq!(code(&out), 3, "tokens of a retired key are refused");
     assert!(

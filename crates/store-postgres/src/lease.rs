@@ -179,9 +179,9 @@ impl LeaseStore for PostgresStore {
             // between this check and the write.
             let exists: Option<bool> =
                 sqlx::query_scalar("SELECT TRUE FROM clusters WHERE name = $1 FOR SHARE")
-                .bind(o.cluster.as_str())
-                .fetch_optional(&mut *tx)
-                .await?;
+                    .bind(o.cluster.as_str())
+                    .fetch_optional(&mut *tx)
+                    .await?;
             if exists.is_none() {
                 continue;
             }
@@ -205,7 +205,11 @@ impl LeaseStore for PostgresStore {
                         .await?;
                 }
             }
-            changes.push(NewChange::obstacle(&o.cluster, o.is_public, o.obstacle.as_ref()));
+            changes.push(NewChange::obstacle(
+                &o.cluster,
+                o.is_public,
+                o.obstacle.as_ref(),
+            ));
         }
         commit_with(tx, &changes, now).await
     }
@@ -214,6 +218,8 @@ impl LeaseStore for PostgresStore {
         let rows: Vec<row::ObstacleRow> = sqlx::query_as(row::OBSTACLES_SELECT)
             .fetch_all(&self.pool)
             .await?;
-        rows.into_iter().map(<(ClusterName, Obstacle)>::try_from).collect()
+        rows.into_iter()
+            .map(<(ClusterName, Obstacle)>::try_from)
+            .collect()
     }
 }

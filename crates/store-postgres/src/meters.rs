@@ -227,15 +227,30 @@ pub(crate) async fn refresh(
 /// Writes back what a pass charged: the meters that follow their
 /// organisation's `accrued_until` from now on, those written as they are,
 /// and each touched organisation's new `meters_version`.
-pub(crate) async fn charged(conn: &mut PgConnection, writes: &PassWrites) -> Result<(), StoreError> {
+pub(crate) async fn charged(
+    conn: &mut PgConnection,
+    writes: &PassWrites,
+) -> Result<(), StoreError> {
     if !writes.follow.is_empty() {
         sqlx::query(
             "UPDATE meters SET follows = TRUE, charged_until = NULL \
              FROM unnest($1::TEXT[], $2::TEXT[]) AS k(org, id) \
              WHERE meters.org = k.org AND meters.id = k.id",
         )
-        .bind(writes.follow.iter().map(|m| m.cluster.as_str()).collect::<Vec<_>>())
-        .bind(writes.follow.iter().map(|m| m.id.as_str()).collect::<Vec<_>>())
+        .bind(
+            writes
+                .follow
+                .iter()
+                .map(|m| m.cluster.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            writes
+                .follow
+                .iter()
+                .map(|m| m.id.as_str())
+                .collect::<Vec<_>>(),
+        )
         .execute(&mut *conn)
         .await?;
     }

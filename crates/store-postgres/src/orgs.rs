@@ -14,11 +14,11 @@ use flotilla_domain::{
     org_changes, target_record, ClusterName, ClusterRecord, Effects, LedgerEntry, NewChange,
     NodeMeter, OrgError, OrgEvent, OrgName, Organisation,
 };
+use flotilla_store::meters::{self, MeterCache, PassWrites};
 use flotilla_store::sql::{
     self as row, add_person, add_request, corrupt, encode_month, time, user, OrgRow, PersonRow,
     RequestRow, ORG_COLUMNS,
 };
-use flotilla_store::meters::{self, MeterCache, PassWrites};
 use flotilla_store::{
     cluster_columns, CostRow, Fence, OrgChange, OrgChanged, OrgStore, OrgUsage, StoreError,
 };
@@ -423,7 +423,12 @@ impl OrgStore for PostgresStore {
         // The meters as this server last left them, brought up to date
         // (another server may have led since): a failed pass leaves none,
         // and the next reads them all again.
-        let mut cache = self.meter_cache.lock().expect("not poisoned").take().unwrap_or_default();
+        let mut cache = self
+            .meter_cache
+            .lock()
+            .expect("not poisoned")
+            .take()
+            .unwrap_or_default();
         let versions = crate::meters::versions(&mut tx).await?;
         crate::meters::refresh(&mut tx, &mut cache, &versions).await?;
         let orgs = load_orgs(&mut tx, None, false).await?;

@@ -157,10 +157,11 @@ impl LeaseStore for SqliteStore {
         check_fence(&mut tx, fence).await?;
         let mut changes = Vec::with_capacity(obstacles.len());
         for o in obstacles {
-            let exists: Option<bool> = sqlx::query_scalar("SELECT TRUE FROM clusters WHERE name = $1")
-                .bind(o.cluster.as_str())
-                .fetch_optional(&mut *tx)
-                .await?;
+            let exists: Option<bool> =
+                sqlx::query_scalar("SELECT TRUE FROM clusters WHERE name = $1")
+                    .bind(o.cluster.as_str())
+                    .fetch_optional(&mut *tx)
+                    .await?;
             if exists.is_none() {
                 continue;
             }
@@ -184,7 +185,11 @@ impl LeaseStore for SqliteStore {
                         .await?;
                 }
             }
-            changes.push(NewChange::obstacle(&o.cluster, o.is_public, o.obstacle.as_ref()));
+            changes.push(NewChange::obstacle(
+                &o.cluster,
+                o.is_public,
+                o.obstacle.as_ref(),
+            ));
         }
         record_changes(&mut tx, &changes, now).await?;
         self.commit(tx).await?;
@@ -195,6 +200,8 @@ impl LeaseStore for SqliteStore {
         let rows: Vec<row::ObstacleRow> = sqlx::query_as(row::OBSTACLES_SELECT)
             .fetch_all(&self.reader)
             .await?;
-        rows.into_iter().map(<(ClusterName, Obstacle)>::try_from).collect()
+        rows.into_iter()
+            .map(<(ClusterName, Obstacle)>::try_from)
+            .collect()
     }
 }

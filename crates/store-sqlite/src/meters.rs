@@ -8,8 +8,8 @@ use chrono::{DateTime, Utc};
 use flotilla_domain::{LedgerEntry, NodeMeter, OrgName};
 use flotilla_store::meters::{MeterCache, PassWrites, StoredMeter};
 use flotilla_store::sql::{
-    self as row, MeterColumns, MeterRow, StoredMeterRow, METERS_FROM,
-    METER_COLUMNS_NAMED, STORED_METER_COLUMNS,
+    self as row, MeterColumns, MeterRow, StoredMeterRow, METERS_FROM, METER_COLUMNS_NAMED,
+    STORED_METER_COLUMNS,
 };
 use flotilla_store::{meters, ClusterNodes, OrgUsage, StoreError};
 use sqlx::SqliteConnection;

@@ -16,11 +16,11 @@ use flotilla_domain::{
 };
 use sqlx::{SqliteConnection, SqlitePool};
 
+use flotilla_store::meters::{self, MeterCache, PassWrites};
 use flotilla_store::sql::{
     self as row, add_person, add_request, corrupt, encode_month, time, OrgRow, PersonRow,
     RequestRow, ORG_COLUMNS,
 };
-use flotilla_store::meters::{self, MeterCache, PassWrites};
 use flotilla_store::{
     cluster_columns, CostRow, Fence, OrgChange, OrgChanged, OrgStore, OrgUsage, StoreError,
 };
@@ -393,7 +393,12 @@ impl OrgStore for SqliteStore {
         crate::meters::add_listed(&mut tx, usage).await?;
         // The meters as this store last left them, brought up to date: a
         // failed pass leaves none, and the next reads them all again.
-        let mut cache = self.meter_cache.lock().expect("not poisoned").take().unwrap_or_default();
+        let mut cache = self
+            .meter_cache
+            .lock()
+            .expect("not poisoned")
+            .take()
+            .unwrap_or_default();
         let versions = crate::meters::versions(&mut tx).await?;
         crate::meters::refresh(&mut tx, &mut cache, &versions).await?;
         let orgs = load_orgs(&mut tx, None, false).await?;

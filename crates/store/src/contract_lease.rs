@@ -285,8 +285,15 @@ pub async fn obstacles_are_published_replaced_cleared_and_go_with_the_cluster(h:
         "stored whole"
     );
     let last = store.changes(0, 100, None).await.unwrap().pop().unwrap();
-    assert_eq!((last.kind, last.key.as_str()), (ChangeKind::ClusterError, "a"));
-    assert_eq!(last.obstacle(), Some(refused.clone()), "the change carries it");
+    assert_eq!(
+        (last.kind, last.key.as_str()),
+        (ChangeKind::ClusterError, "a")
+    );
+    assert_eq!(
+        last.obstacle(),
+        Some(refused.clone()),
+        "the change carries it"
+    );
 
     let quota = Obstacle {
         code: ObstacleCode::QuotaExceeded,

@@ -734,11 +734,25 @@ pub async fn meters_written_by_another_server_are_charged_as_written(h: Harness)
     lab(a).await;
     credit(a, "100", 3).await;
     ask(a, "ann", 3, 48 * HOUR, 10).await.unwrap();
-    publish_lab(a, fence, vec![running("n0", 20), running("n1", 25)], vec![], 26).await;
+    publish_lab(
+        a,
+        fence,
+        vec![running("n0", 20), running("n1", 25)],
+        vec![],
+        26,
+    )
+    .await;
     a.accrue(&[], t(100), fence).await.unwrap();
     // The other server sees n1 go and n2 come, and charges them.
     let (n0, n2) = (running("n0", 20), running("n2", 140));
-    publish_lab(b, fence, vec![n0.clone(), n2.clone()], vec![gone("n1", 25, 130)], 141).await;
+    publish_lab(
+        b,
+        fence,
+        vec![n0.clone(), n2.clone()],
+        vec![gone("n1", 25, 130)],
+        141,
+    )
+    .await;
     b.accrue(&[], t(200), fence).await.unwrap();
     a.accrue(&[], t(300), fence).await.unwrap();
     publish_lab(a, fence, vec![n2], vec![gone("n0", 20, 350)], 351).await;

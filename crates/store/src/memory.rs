@@ -17,8 +17,8 @@ use flotilla_domain::{
 use crate::orgs::{OrgChange, OrgChanged, OrgStore, OrgUsage};
 use crate::{
     account_change, keys_change, left_with_account, AccountRecord, AccountStore, AddKeys,
-    ChangeFeed, ClusterNodes, ClusterObstacle, Fence, Lease, LeaseStore, RefreshTokenRecord, Rotation,
-    SigningKeyRecord, Store, StoreError,
+    ChangeFeed, ClusterNodes, ClusterObstacle, Fence, Lease, LeaseStore, RefreshTokenRecord,
+    Rotation, SigningKeyRecord, Store, StoreError,
 };
 
 #[derive(Default)]

@@ -134,8 +134,10 @@ impl MeterCache {
         read: Vec<StoredMeter>,
     ) {
         for org in stale {
-            self.orgs
-                .insert(org.clone(), (versions.get(org).copied().unwrap_or(0), Vec::new()));
+            self.orgs.insert(
+                org.clone(),
+                (versions.get(org).copied().unwrap_or(0), Vec::new()),
+            );
         }
         for m in read {
             if let Some((_, meters)) = self.orgs.get_mut(&m.meter.cluster) {
@@ -221,7 +223,8 @@ impl PassWrites {
                 self.written.push(m);
                 continue;
             }
-            let follows = m.end.is_none() && m.charged_until.is_some() && m.charged_until == accrued;
+            let follows =
+                m.end.is_none() && m.charged_until.is_some() && m.charged_until == accrued;
             if follows && !b.follows {
                 touched = true;
                 self.follow.push(m.clone());

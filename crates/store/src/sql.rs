@@ -11,8 +11,8 @@ use chrono::{DateTime, Utc};
 use flotilla_domain::{
     AccountKind, Budget, CapacityRequest, Change, ChangeEntity, ChangeKind, ClusterName,
     ClusterRecord, InstanceId, InstanceSetId, InstanceType, Level, Money, NodeCapacity, NodeEnd,
-    NodeEndSeen, NodeMeter, NodeRecord, NodeState, Obstacle, ObstacleCode, OrgRole, OrgSettings, Organisation, PoolName,
-    Username,
+    NodeEndSeen, NodeMeter, NodeRecord, NodeState, Obstacle, ObstacleCode, OrgRole, OrgSettings,
+    Organisation, PoolName, Username,
 };
 use sqlx::error::ErrorKind;
 use sqlx::migrate::{MigrateError, Migrator};

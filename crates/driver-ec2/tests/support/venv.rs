@@ -67,7 +67,10 @@ pub fn installed(name: &str, requirement: &str, check: &[&str]) -> PathBuf {
             "--quiet",
             requirement,
         ]),
-        &format!("install {requirement} into {} (PyPI must be reachable)", venv.display()),
+        &format!(
+            "install {requirement} into {} (PyPI must be reachable)",
+            venv.display()
+        ),
     );
     let (program, args) = check.split_first().expect("a check command");
     run(
