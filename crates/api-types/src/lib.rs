@@ -121,6 +121,10 @@ pub struct ClusterStatus {
     /// destroying nodes), until that work goes through.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<ClusterError>,
+    /// The account its nodes accept ssh logins for at their address, when
+    /// its pool offers ssh.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh_user: Option<String>,
 }
 
 /// What stands in a cluster's way.
@@ -230,6 +234,66 @@ pub struct CapacityRequestStatus {
     pub user: String,
     pub nodes: u32,
     pub expires_at: DateTime<Utc>,
+}
+
+/// Which part of a node's output to read.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct LogsQuery {
+    /// The node: its ID, or its place in the status's list (1 is the
+    /// oldest). Default: the oldest node.
+    pub node: Option<String>,
+    /// Read from this byte of the node's output on (the `to` of the last
+    /// answer, to follow it). Default: its last `limit` bytes.
+    #[param(minimum = 0)]
+    pub from: Option<i64>,
+    /// The most bytes to answer with (default and most: 1 MiB).
+    #[param(minimum = 1, maximum = 1048576)]
+    pub limit: Option<usize>,
+}
+
+/// A stretch of what a node printed: bytes `from..to` of its output.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct NodeLogs {
+    pub cluster: String,
+    pub node: String,
+    pub from: u64,
+    pub to: u64,
+    pub text: String,
+}
+
+/// A command to run on a node.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExecRequest {
+    /// The program and its arguments (not run through a shell; give
+    /// `["sh", "-c", "..."]` for one).
+    #[schema(example = json!(["uptime"]))]
+    pub command: Vec<String>,
+    /// The node: its ID, or its place in the status's list (1 is the
+    /// oldest). Default: the oldest node.
+    #[serde(default)]
+    pub node: Option<String>,
+    /// Seconds before the command is killed (default 60, at most 600).
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 600)]
+    pub timeout: Option<u64>,
+}
+
+/// What a command run on a node answered.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ExecResponse {
+    pub cluster: String,
+    pub node: String,
+    /// None when it was killed (by a signal, or at its time limit).
+    pub exit_code: Option<i32>,
+    /// The signal that killed it, if one did.
+    pub signal: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+    pub timed_out: bool,
+    /// Output past 1 MiB (each) was dropped.
+    pub truncated: bool,
 }
 
 /// EXTEND's body: only the deadline moves.

@@ -45,6 +45,7 @@ pub enum Rule {
     AuthorizeDeploy,
     AuthorizeDestroy,
     AuthorizeClusterToken,
+    AuthorizeExec,
     AuthorizeAdmin,
     MayReadChange,
     /// Any signed-in account.
@@ -85,6 +86,8 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
     ("POST",   "/api/v1/clusters/{cluster}/capacity", Access::SignedIn(Rule::OrgMember)),
     ("DELETE", "/api/v1/clusters/{cluster}/capacity", Access::SignedIn(Rule::OrgMember)),
     ("POST",   "/api/v1/clusters/{cluster}/extend", Access::SignedIn(Rule::AuthorizeDeploy)),
+    ("GET",    "/api/v1/clusters/{cluster}/logs",   Access::Rule(Rule::AuthorizeStatus)),
+    ("POST",   "/api/v1/clusters/{cluster}/exec",   Access::SignedIn(Rule::AuthorizeExec)),
     ("GET",    "/api/v1/orgs",                      Access::SignedIn(Rule::SignedInAdminsSeeAll)),
     ("POST",   "/api/v1/orgs",                      Access::SignedIn(Rule::AuthorizeAdmin)),
     ("GET",    "/api/v1/orgs/{org}",                Access::SignedIn(Rule::OrgMember)),

@@ -132,6 +132,20 @@ impl From<EngineError> for ApiError {
                 Self::new(StatusCode::NOT_FOUND, "not_an_org_cluster", message)
             }
             EngineError::OrgCluster(_) => Self::new(StatusCode::CONFLICT, "org_cluster", message),
+            EngineError::NoNodes(_) => Self::new(StatusCode::NOT_FOUND, "no_nodes", message),
+            EngineError::NoSuchNode { .. } => {
+                Self::new(StatusCode::NOT_FOUND, "no_such_node", message)
+            }
+            EngineError::Unsupported { .. } => {
+                Self::new(StatusCode::CONFLICT, "not_supported_by_driver", message)
+            }
+            EngineError::NoCommand => {
+                Self::new(StatusCode::UNPROCESSABLE_ENTITY, "no_command", message)
+            }
+            EngineError::Cloud(e) => {
+                tracing::warn!(error = %e, "a question to a node failed");
+                Self::new(StatusCode::BAD_GATEWAY, "cloud_error", message)
+            }
         }
     }
 }

@@ -7,6 +7,7 @@ mod accounts;
 mod error;
 mod events;
 mod extract;
+mod nodes;
 mod openapi;
 mod orgs;
 pub mod ratelimit;
@@ -67,6 +68,8 @@ pub fn router(state: AppState) -> Router {
             post(orgs::capacity).delete(orgs::withdraw_capacity),
         )
         .route("/api/v1/clusters/{cluster}/extend", post(extend))
+        .route("/api/v1/clusters/{cluster}/logs", get(nodes::logs))
+        .route("/api/v1/clusters/{cluster}/exec", post(nodes::exec))
         .route("/api/v1/orgs", get(orgs::list_orgs).post(orgs::create_org))
         .route(
             "/api/v1/orgs/{org}",
@@ -170,6 +173,7 @@ pub fn status_body(view: ClusterView) -> types::ClusterStatus {
         },
     });
     types::ClusterStatus {
+        ssh_user: view.ssh_user,
         org,
         recent_events: Vec::new(),
         error: view.obstacle.map(|o| types::ClusterError {

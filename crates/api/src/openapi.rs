@@ -19,6 +19,8 @@ use flotilla_api_types as types;
         crate::deploy,
         crate::destroy,
         crate::extend,
+        crate::nodes::logs,
+        crate::nodes::exec,
         crate::accounts::cluster_token,
         crate::accounts::jwks,
         crate::accounts::login,
@@ -54,6 +56,9 @@ use flotilla_api_types as types;
     components(schemas(
         types::DeployRequest,
         types::ExtendRequest,
+        types::NodeLogs,
+        types::ExecRequest,
+        types::ExecResponse,
         types::ClusterStatus,
         types::ClusterError,
         types::SigningKeyList,

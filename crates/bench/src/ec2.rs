@@ -362,6 +362,8 @@ impl Bench {
                 image: None,
                 init_data: None,
                 tags: Tags::new(),
+                allow_exec: false,
+                ssh_user: None,
             },
         )]);
         let config = EngineConfig {

@@ -258,6 +258,8 @@ async fn serve(dir: &Path, store: Arc<dyn Store>) -> Result<Started> {
             image: None,
             init_data: None,
             tags: Tags::new(),
+            allow_exec: false,
+            ssh_user: None,
         },
     )]);
     let (engine, tasks) = Engine::start(

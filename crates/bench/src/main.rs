@@ -372,6 +372,8 @@ pub(crate) async fn fake_wiring(
             image: None,
             init_data: None,
             tags: Tags::new(),
+            allow_exec: false,
+            ssh_user: None,
         },
     )]);
     Ok((cloud, tap, pool, pools))

@@ -191,6 +191,49 @@ impl CloudError {
     }
 }
 
+/// A stretch of what a node printed (its console), as bytes `from..to` of
+/// everything it printed so far. Text that is not UTF-8 is shown with
+/// replacement characters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Console {
+    pub text: String,
+    pub from: u64,
+    pub to: u64,
+}
+
+impl Console {
+    /// The window of `printed` (everything a node printed) that a
+    /// `console(from, limit)` call asks for.
+    pub fn window(printed: &[u8], from: Option<u64>, limit: usize) -> Console {
+        let len = printed.len();
+        let start = match from {
+            Some(from) => usize::try_from(from).unwrap_or(usize::MAX).min(len),
+            None => len.saturating_sub(limit),
+        };
+        let end = start.saturating_add(limit).min(len);
+        Console {
+            text: String::from_utf8_lossy(&printed[start..end]).into_owned(),
+            from: start as u64,
+            to: end as u64,
+        }
+    }
+}
+
+/// What a command run on a node answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecOutput {
+    /// None when it was killed by a signal (or at its time limit).
+    pub exit_code: Option<i32>,
+    /// The signal that killed it, if one did.
+    pub signal: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+    /// The command ran out of time and was killed.
+    pub timed_out: bool,
+    /// Output past the limit was dropped.
+    pub truncated: bool,
+}
+
 /// What a health probe found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Health {
@@ -249,7 +292,9 @@ pub fn is_local_failure(e: &std::io::Error) -> bool {
 ///   throttled;
 /// - `offering` is optional: a driver that cannot describe instance types
 ///   says nothing, and one that can caches what it learns, so asking again
-///   is cheap.
+///   is cheap;
+/// - `console` and `exec` are optional (None: this driver cannot); both
+///   refuse instances without this set's ID, as `destroy` does.
 #[async_trait]
 pub trait InstanceSet: Send + Sync + 'static {
     fn id(&self) -> &InstanceSetId;
@@ -291,6 +336,33 @@ pub trait InstanceSet: Send + Sync + 'static {
     ) -> Result<Offering, CloudError> {
         let _ = (pool, instance_type);
         Ok(Offering::default())
+    }
+
+    /// What `id` printed, from byte `from` on (the last `limit` bytes when
+    /// `from` is None), at most `limit` bytes. None: this driver keeps no
+    /// console. May call the cloud (it is throttled).
+    async fn console(
+        &self,
+        id: &InstanceId,
+        from: Option<u64>,
+        limit: usize,
+    ) -> Result<Option<Console>, CloudError> {
+        let _ = (id, from, limit);
+        Ok(None)
+    }
+
+    /// Runs `argv` on the node `id`, killed after `timeout`, keeping at
+    /// most `limit` bytes of each output. None: this driver cannot run
+    /// commands on its nodes.
+    async fn exec(
+        &self,
+        id: &InstanceId,
+        argv: &[String],
+        timeout: std::time::Duration,
+        limit: usize,
+    ) -> Result<Option<ExecOutput>, CloudError> {
+        let _ = (id, argv, timeout, limit);
+        Ok(None)
     }
 }
 

@@ -16,8 +16,8 @@ use tokio::time::Instant;
 
 use crate::clock::{Clock, TokioClock};
 use crate::contract::{
-    check_tag_update, matches_filter, CapacityScope, CloudError, CreateRequest, Health, Instance,
-    InstanceSet, InstanceShape, Offering, Tags,
+    check_tag_update, matches_filter, CapacityScope, CloudError, Console, CreateRequest,
+    ExecOutput, Health, Instance, InstanceSet, InstanceShape, Offering, Tags,
 };
 
 /// The shape the fake gives every instance type, so the engine's and the
@@ -590,6 +590,47 @@ impl InstanceSet for FakeInstanceSet {
             shape: Some(FAKE_SHAPE),
             spot_price: None,
         })
+    }
+
+    /// One line per node: the fake cloud keeps no real output.
+    async fn console(
+        &self,
+        id: &InstanceId,
+        from: Option<u64>,
+        limit: usize,
+    ) -> Result<Option<Console>, CloudError> {
+        let mut w = self.cloud.world.lock().unwrap();
+        let printed = match self.owned(&mut w, id)? {
+            Some(i) => format!(
+                "fake node {id} ({}) launched {}\n",
+                i.instance.instance_type,
+                i.instance.launched_at.to_rfc3339()
+            ),
+            None => String::new(),
+        };
+        Ok(Some(Console::window(printed.as_bytes(), from, limit)))
+    }
+
+    /// Echoes the command: the fake cloud runs nothing.
+    async fn exec(
+        &self,
+        id: &InstanceId,
+        argv: &[String],
+        _timeout: Duration,
+        _limit: usize,
+    ) -> Result<Option<ExecOutput>, CloudError> {
+        let mut w = self.cloud.world.lock().unwrap();
+        if self.owned(&mut w, id)?.is_none() {
+            return Err(CloudError::permanent(format!("instance {id} is gone")));
+        }
+        Ok(Some(ExecOutput {
+            exit_code: Some(0),
+            signal: None,
+            stdout: format!("{}\n", argv.join(" ")),
+            stderr: String::new(),
+            timed_out: false,
+            truncated: false,
+        }))
     }
 }
 

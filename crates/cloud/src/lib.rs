@@ -18,8 +18,8 @@ mod throttle;
 pub use clock::{Clock, SystemClock, TokioClock};
 pub use contract::{
     check_tag_update, is_local_failure, matches_filter, ownership_tags, CapacityScope, CloudError,
-    CreateRequest, Health, Instance, InstanceSet, InstanceShape, Offering, SpotPrice, Tags,
-    TAG_CLUSTER, TAG_INSTANCE_SET, TAG_INSTANCE_TYPE, TAG_POOL,
+    Console, CreateRequest, ExecOutput, Health, Instance, InstanceSet, InstanceShape, Offering,
+    SpotPrice, Tags, TAG_CLUSTER, TAG_INSTANCE_SET, TAG_INSTANCE_TYPE, TAG_POOL,
 };
 pub use metered::{CloudMetrics, Metered};
 pub use throttle::Throttled;

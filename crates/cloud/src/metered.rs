@@ -12,7 +12,9 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use tokio::time::Instant;
 
-use crate::contract::{CloudError, CreateRequest, Health, Instance, InstanceSet, Offering, Tags};
+use crate::contract::{
+    CloudError, Console, CreateRequest, ExecOutput, Health, Instance, InstanceSet, Offering, Tags,
+};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CallLabels {
@@ -180,6 +182,28 @@ impl<S: InstanceSet> InstanceSet for Metered<S> {
         let r = self.inner.offering(pool, instance_type).await;
         self.metrics.record(&self.driver, "offering", start, &r);
         r
+    }
+
+    async fn console(
+        &self,
+        id: &InstanceId,
+        from: Option<u64>,
+        limit: usize,
+    ) -> Result<Option<Console>, CloudError> {
+        let start = Instant::now();
+        let r = self.inner.console(id, from, limit).await;
+        self.metrics.record(&self.driver, "console", start, &r);
+        r
+    }
+
+    async fn exec(
+        &self,
+        id: &InstanceId,
+        argv: &[String],
+        timeout: std::time::Duration,
+        limit: usize,
+    ) -> Result<Option<ExecOutput>, CloudError> {
+        self.inner.exec(id, argv, timeout, limit).await
     }
 }
 

@@ -17,7 +17,9 @@ use async_trait::async_trait;
 use flotilla_domain::{InstanceId, InstanceSetId, InstanceType, PoolName};
 use tokio::time::Instant;
 
-use crate::contract::{CloudError, CreateRequest, Health, Instance, InstanceSet, Offering, Tags};
+use crate::contract::{
+    CloudError, Console, CreateRequest, ExecOutput, Health, Instance, InstanceSet, Offering, Tags,
+};
 
 pub struct Throttled<S> {
     inner: S,
@@ -159,6 +161,27 @@ impl<S: InstanceSet> InstanceSet for Throttled<S> {
     ) -> Result<Offering, CloudError> {
         self.admit().await?;
         self.observe(self.inner.offering(pool, instance_type).await)
+    }
+
+    async fn console(
+        &self,
+        id: &InstanceId,
+        from: Option<u64>,
+        limit: usize,
+    ) -> Result<Option<Console>, CloudError> {
+        self.admit().await?;
+        self.observe(self.inner.console(id, from, limit).await)
+    }
+
+    /// Not a cloud call (it reaches the node), so not throttled.
+    async fn exec(
+        &self,
+        id: &InstanceId,
+        argv: &[String],
+        timeout: std::time::Duration,
+        limit: usize,
+    ) -> Result<Option<ExecOutput>, CloudError> {
+        self.inner.exec(id, argv, timeout, limit).await
     }
 }
 

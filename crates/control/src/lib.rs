@@ -15,6 +15,7 @@
 
 mod clusters;
 mod events;
+mod nodes;
 mod orgs;
 
 use std::future::Future;
@@ -24,6 +25,7 @@ use flotilla_engine::{Engine, EngineError};
 
 pub use clusters::{Deploy, Destroy, Extend};
 pub use events::{EventPage, EventsQuery, MAX_PAGE};
+pub use nodes::{Console, ExecOutput, MAX_CONSOLE_BYTES, MAX_EXEC_OUTPUT, MAX_EXEC_TIMEOUT};
 pub use orgs::{
     CapacityView, CreateOrg, CreditOrg, DecideMembership, OrgView, RemoveMember, RequestCapacity,
     RequestMembership, SetMemberRole, UpdateOrg, WithdrawCapacity,

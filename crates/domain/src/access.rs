@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::names::{ClusterName, Username};
+use crate::names::{ClusterName, PoolName, Username};
 
 /// The four user levels, lowest first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -218,6 +218,8 @@ pub enum Denied {
     TtlLimit { level: Level, max: u64, asked: u64 },
     #[error("only admins may do this")]
     AdminOnly,
+    #[error("pool {pool} does not let cluster owners run commands on its nodes; ask an admin (who may), or for allow_exec = true on the pool")]
+    ExecNotAllowed { pool: PoolName },
 }
 
 impl Denied {
@@ -231,6 +233,7 @@ impl Denied {
             Denied::NodeLimit { .. } => "node_limit_exceeded",
             Denied::TtlLimit { .. } => "ttl_limit_exceeded",
             Denied::AdminOnly => "admin_only",
+            Denied::ExecNotAllowed { .. } => "exec_not_allowed",
         }
     }
 }
@@ -326,6 +329,25 @@ pub fn authorize_status(
     own_cluster(caller, cluster)
 }
 
+/// EXEC: a command on a node of one of the caller's clusters, where its
+/// pool allows that; admins on any node.
+pub fn authorize_exec(
+    caller: &Caller,
+    cluster: &ClusterName,
+    pool: &PoolName,
+    pool_allows: bool,
+) -> Result<(), Denied> {
+    signed_in(caller)?;
+    if caller.is_admin() {
+        return Ok(());
+    }
+    own_cluster(caller, cluster)?;
+    if !pool_allows {
+        return Err(Denied::ExecNotAllowed { pool: pool.clone() });
+    }
+    Ok(())
+}
+
 /// A cluster access token: for the caller's own clusters.
 pub fn authorize_cluster_token(caller: &Caller, cluster: &ClusterName) -> Result<(), Denied> {
     signed_in(caller)?;
@@ -360,6 +382,40 @@ mod tests {
     }
 
     const HOUR: Duration = Duration::from_secs(3600);
+
+    #[test]
+    fn exec_is_for_owners_where_the_pool_allows_it_and_for_admins() {
+        let pool = PoolName::new("p").unwrap();
+        let alice = user("alice", Level::OrgMember);
+        assert_eq!(
+            authorize_exec(&alice, &cluster("alice"), &pool, true),
+            Ok(())
+        );
+        assert_eq!(
+            authorize_exec(&alice, &cluster("alice"), &pool, false)
+                .unwrap_err()
+                .code(),
+            "exec_not_allowed"
+        );
+        // Another's cluster: refused as not hers, whatever the pool says.
+        assert_eq!(
+            authorize_exec(&alice, &cluster("bob"), &pool, false)
+                .unwrap_err()
+                .code(),
+            "cluster_not_allowed"
+        );
+        let admin = user("root", Level::Admin);
+        assert_eq!(
+            authorize_exec(&admin, &cluster("bob"), &pool, false),
+            Ok(())
+        );
+        assert_eq!(
+            authorize_exec(&Caller::anonymous(), &cluster("bob"), &pool, true)
+                .unwrap_err()
+                .code(),
+            "not_authenticated"
+        );
+    }
 
     #[test]
     fn deploy_rules_in_seed_order() {

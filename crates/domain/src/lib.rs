@@ -15,8 +15,8 @@ mod plan;
 
 pub use access::{
     allowed_clusters, authorize_admin, authorize_cluster_token, authorize_deploy,
-    authorize_destroy, authorize_status, AccountKind, Caller, Denied, Level, LevelError,
-    LevelLimits, LevelPolicy,
+    authorize_destroy, authorize_exec, authorize_status, AccountKind, Caller, Denied, Level,
+    LevelError, LevelLimits, LevelPolicy,
 };
 pub use capacity::{sizing, CapacityRequest, Sizing};
 pub use change::{may_read_change, org_changes, Change, ChangeEntity, ChangeKind, NewChange};

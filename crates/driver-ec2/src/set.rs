@@ -16,8 +16,8 @@ use aws_sdk_ec2::Client;
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use flotilla_cloud::{
-    check_tag_update, matches_filter, CapacityScope, CloudError, CreateRequest, Health, Instance,
-    InstanceSet, Offering, Tags, TAG_INSTANCE_SET, TAG_INSTANCE_TYPE,
+    check_tag_update, matches_filter, CapacityScope, CloudError, Console, CreateRequest, Health,
+    Instance, InstanceSet, Offering, Tags, TAG_INSTANCE_SET, TAG_INSTANCE_TYPE,
 };
 use flotilla_domain::{InstanceId, InstanceSetId, InstanceType, PoolName};
 use tokio::time::Instant;
@@ -865,5 +865,55 @@ impl InstanceSet for Ec2InstanceSet {
             shape: Some(shape),
             spot_price,
         })
+    }
+
+    /// The instance's console output as EC2 keeps it (GetConsoleOutput,
+    /// latest: its last 64 KiB, updated by EC2 now and then, not live).
+    async fn console(
+        &self,
+        id: &InstanceId,
+        from: Option<u64>,
+        limit: usize,
+    ) -> Result<Option<Console>, CloudError> {
+        let listed = lock(&self.observed).contains_key(id);
+        if !listed {
+            match self.describe_one(id).await? {
+                Some(instance) if self.owns(instance.tags()) => {}
+                Some(_) => return Err(CloudError::not_owned(id, &self.id)),
+                None => return Ok(Some(Console::window(&[], from, limit))),
+            }
+        }
+        self.count_call("GetConsoleOutput");
+        let output = match self
+            .client
+            .get_console_output()
+            .instance_id(id.as_str())
+            .latest(true)
+            .send()
+            .await
+        {
+            Ok(output) => {
+                self.succeeded();
+                output
+            }
+            Err(e) => {
+                let failure = Failure::from_sdk("GetConsoleOutput", &e);
+                return Err(match failure.class {
+                    ErrorClass::InstanceNotFound => {
+                        return Ok(Some(Console::window(&[], from, limit)))
+                    }
+                    _ => self.cloud_error(&failure, None),
+                });
+            }
+        };
+        let printed = output
+            .output()
+            .map(|encoded| {
+                base64::engine::general_purpose::STANDARD
+                    .decode(encoded.trim())
+                    .unwrap_or_else(|_| encoded.as_bytes().to_vec())
+            })
+            .unwrap_or_default();
+        Ok(Some(Console::window(&printed, from, limit)))
     }
 }

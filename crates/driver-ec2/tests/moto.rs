@@ -117,6 +117,29 @@ async fn instances_made_outside_flotilla_are_never_touched() {
     assert_eq!(still.state().unwrap().name().unwrap().as_str(), "running");
     assert!(!tags_of(still.tags()).contains_key("hold"));
     assert_eq!(set.api_calls().get("TerminateInstances"), None);
+    let err = set.console(&id, None, 1024).await.unwrap_err();
+    assert!(matches!(err, CloudError::Permanent { .. }), "{err}");
+    assert_eq!(set.api_calls().get("GetConsoleOutput"), None);
+}
+
+/// A node's output is EC2's console output, decoded, read as a window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_output_is_decoded_and_windowed() {
+    let moto = moto().await;
+    let set = open(config(&moto.endpoint), "console").await;
+    let made = set.create(&request("c", 1)).await.unwrap();
+    let id = &made[0].id;
+    let all = set.console(id, None, 1 << 20).await.unwrap().unwrap();
+    assert!(!all.text.is_empty(), "moto's console output");
+    assert_eq!((all.from, all.to), (0, all.text.len() as u64));
+    let next = set
+        .console(id, Some(all.to), 1 << 20)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((next.text.as_str(), next.from), ("", all.to));
+    let tail = set.console(id, None, 5).await.unwrap().unwrap();
+    assert_eq!(tail.text, all.text[all.text.len() - 5..]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

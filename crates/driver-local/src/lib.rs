@@ -20,6 +20,7 @@ pub mod agent;
 pub mod layout;
 mod probe;
 pub mod process;
+mod reach;
 mod set;
 
 use std::path::PathBuf;

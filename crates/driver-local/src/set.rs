@@ -13,8 +13,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use flotilla_cloud::{
-    check_tag_update, matches_filter, CloudError, CreateRequest, Health, Instance, InstanceSet,
-    Tags,
+    check_tag_update, matches_filter, CloudError, Console, CreateRequest, ExecOutput, Health,
+    Instance, InstanceSet, Tags,
 };
 use flotilla_domain::{InstanceId, InstanceSetId};
 
@@ -23,6 +23,7 @@ use crate::layout::{
     InstanceRecord, ProcessRecord, ADDRESS_FILE, DESTROY_FILE, LOG_FILE, PROCESS_FILE, RECORD_FILE,
 };
 use crate::process::{liveness, signal_node, stop_node, Liveness};
+use crate::reach;
 use crate::{probe, LocalConfig, LocalError};
 
 /// A record without a process older than this is the trace of a server that
@@ -728,6 +729,36 @@ impl InstanceSet for LocalInstanceSet {
             Ok(Some(address)) if !address.is_empty() => Some(address),
             _ => None,
         }
+    }
+
+    /// The node's `node.log`: the agent's output and its workload's.
+    async fn console(
+        &self,
+        id: &InstanceId,
+        from: Option<u64>,
+        limit: usize,
+    ) -> Result<Option<Console>, CloudError> {
+        if self.inner.owned_record(id)?.is_none() {
+            return Ok(Some(Console::window(&[], from, limit)));
+        }
+        reach::console(self.inner.instance_dir(id), from, limit)
+            .await
+            .map(Some)
+    }
+
+    async fn exec(
+        &self,
+        id: &InstanceId,
+        argv: &[String],
+        timeout: Duration,
+        limit: usize,
+    ) -> Result<Option<ExecOutput>, CloudError> {
+        let Some(record) = self.inner.owned_record(id)? else {
+            return Err(CloudError::permanent(format!("node {id} is gone")));
+        };
+        reach::exec(&self.inner.instance_dir(id), &record, argv, timeout, limit)
+            .await
+            .map(Some)
     }
 }
 

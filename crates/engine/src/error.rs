@@ -35,6 +35,22 @@ pub enum EngineError {
     Store(StoreError),
     #[error("configuration error: {0}")]
     Config(String),
+    #[error("cluster {0} has no nodes now")]
+    NoNodes(ClusterName),
+    #[error("cluster {cluster} has no node {node:?}; its nodes: {known}")]
+    NoSuchNode {
+        cluster: ClusterName,
+        node: String,
+        known: String,
+    },
+    /// The cluster's driver cannot do this.
+    #[error("driver {driver} {what}")]
+    Unsupported { driver: String, what: String },
+    #[error("no command to run: give one after `--`, e.g. `flotilla exec CLUSTER -- uptime`")]
+    NoCommand,
+    /// The cloud refused or failed a question to a node.
+    #[error(transparent)]
+    Cloud(flotilla_cloud::CloudError),
 }
 
 impl From<StoreError> for EngineError {

@@ -17,10 +17,11 @@
 //!   store's lease runs the loops above that act on the cloud or write what
 //!   only the leader writes;
 //! - [`reflector`] follows the change feed on every server, so each
-//!   answers from what any server committed.
+//!   answers from what any server committed;
+//! - [`reach`] asks one node what it printed, or runs a command on it.
 //!
 //! The engine is the only part of flotilla that calls drivers, and only
-//! while it leads. Commands come in through the front door
+//! while it leads, except for [`reach`]'s questions to one node. Commands come in through the front door
 //! (`flotilla-control`), which writes them to the store; the engine hears
 //! of them from the change feed, like every other change.
 
@@ -34,6 +35,7 @@ mod lease;
 mod metrics;
 mod orgs;
 pub mod pools;
+mod reach;
 mod reconcile;
 mod reflection;
 mod reflector;
@@ -55,8 +57,10 @@ use tokio::sync::{broadcast, watch, Notify};
 
 pub use budget::AccrualStats;
 pub use error::EngineError;
+pub use flotilla_cloud::{Console, ExecOutput};
 pub use orgs::{log_org_events, request_views};
 pub use pools::PoolView;
+pub use reach::NodeChoice;
 pub use views::{ClusterView, NodeView, OrgClusterView, RequestView};
 
 use desired::DesiredCache;
@@ -136,6 +140,12 @@ pub struct PoolSpec {
     pub tags: Tags,
     /// What one node costs per hour (organisations are charged this).
     pub price_per_hour: Money,
+    /// Whether the owners of its clusters may run commands on their nodes
+    /// (`flotilla exec`); admins always may.
+    pub allow_exec: bool,
+    /// The account its nodes accept ssh logins for, at their address
+    /// (`flotilla ssh`); None: no ssh.
+    pub ssh_user: Option<String>,
 }
 
 /// Everything the engine's loops share.

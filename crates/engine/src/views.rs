@@ -8,7 +8,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use flotilla_domain::{
     cluster_state, ClusterName, ClusterState, InstanceId, InstanceType, NodeRecord, NodeState,
-    Obstacle, ObservedNode, PoolName, Username,
+    ObservedNode, Obstacle, PoolName, Username,
 };
 use tokio::time::Instant;
 
@@ -30,6 +30,8 @@ pub struct ClusterView {
     pub org: Option<OrgClusterView>,
     /// What stands in the cluster's way, if anything.
     pub obstacle: Option<Obstacle>,
+    /// The account its nodes accept ssh logins for, if its pool says.
+    pub ssh_user: Option<String>,
 }
 
 /// What status adds for an organisation's cluster.
@@ -166,6 +168,7 @@ impl Engine {
             settled: None,
             org,
             obstacle: self.obstacle(cluster),
+            ssh_user: pool.and_then(|p| p.ssh_user.clone()),
         }
     }
 }

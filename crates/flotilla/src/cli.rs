@@ -9,10 +9,10 @@ use chrono::{DateTime, Utc};
 use flotilla_api_types::{
     CapacityRequest, CapacityResponse, ClusterList, ClusterStatus, ClusterTokenResponse, Costs,
     CreateOrgRequest, CreateUserRequest, CreditRequest, DeployRequest, ErrorBody, Event, EventList,
-    ExtendRequest, GithubLoginRequest, Ledger, Level, LoginRequest, MemberRoleRequest,
-    MembershipRequestResponse, OrgClusterStatus, OrgList, OrgSummary, OrgView, PoolList, PoolView,
-    RefreshRequest, SigningKeyList, TokenResponse, UpdateOrgRequest, UpdateUserRequest, Usage,
-    UserList, UserView, WhoAmI,
+    ExecRequest, ExecResponse, ExtendRequest, GithubLoginRequest, Ledger, Level, LoginRequest,
+    MemberRoleRequest, MembershipRequestResponse, NodeLogs, OrgClusterStatus, OrgList, OrgSummary,
+    OrgView, PoolList, PoolView, RefreshRequest, SigningKeyList, TokenResponse, UpdateOrgRequest,
+    UpdateUserRequest, Usage, UserList, UserView, WhoAmI,
 };
 use reqwest::StatusCode;
 use tokio::sync::Mutex;
@@ -352,7 +352,10 @@ impl Client {
         let mine = env!("CARGO_PKG_VERSION");
         let theirs = self.server_version().await?;
         if theirs == mine {
-            say("ok", format!("server {} answers, version {theirs}", self.server));
+            say(
+                "ok",
+                format!("server {} answers, version {theirs}", self.server),
+            );
         } else {
             say(
                 "warn",
@@ -838,6 +841,174 @@ impl Client {
             None => "it was destroyed before it settled".to_owned(),
         };
         why + &blocked
+    }
+
+    /// A node's output; with `follow`, what it prints next as well, until
+    /// interrupted (or the node goes).
+    pub async fn logs(&self, cluster: &str, node: Option<&str>, follow: bool) -> Result<u8> {
+        let url = self.url(&format!("/api/v1/clusters/{cluster}/logs"));
+        let mut node = node.map(str::to_owned);
+        let mut from: Option<u64> = None;
+        loop {
+            let mut query: Vec<(&str, String)> = Vec::new();
+            if let Some(n) = &node {
+                query.push(("node", n.clone()));
+            }
+            if let Some(f) = from {
+                query.push(("from", f.to_string()));
+            }
+            let (page, raw) = self
+                .send::<NodeLogs>(self.http.get(url.clone()).query(&query))
+                .await?;
+            match self.output {
+                Output::Json => println!("{}", raw.trim()),
+                Output::Text => {
+                    let mut out = std::io::stdout().lock();
+                    let _ = out.write_all(page.text.as_bytes());
+                    let _ = out.flush();
+                }
+            }
+            if !follow {
+                return Ok(exit::OK);
+            }
+            // Follow the node first answered, not whichever is oldest next.
+            node = Some(page.node);
+            if page.to == page.from {
+                tokio::time::sleep(LOGS_POLL).await;
+            }
+            from = Some(page.to);
+        }
+    }
+
+    /// Runs a command on a node; exits with the command's status (128 +
+    /// the signal if one killed it).
+    pub async fn exec(&self, cluster: &str, request: ExecRequest) -> Result<u8> {
+        let req = self
+            .http
+            .post(self.url(&format!("/api/v1/clusters/{cluster}/exec")))
+            .json(&request);
+        let (answer, raw) = self.send::<ExecResponse>(req).await?;
+        match self.output {
+            Output::Json => println!("{}", raw.trim()),
+            Output::Text => {
+                let _ = std::io::stdout().write_all(answer.stdout.as_bytes());
+                let _ = std::io::stdout().flush();
+                let _ = std::io::stderr().write_all(answer.stderr.as_bytes());
+                if answer.timed_out {
+                    eprintln!(
+                        "flotilla: the command ran out of time on node {} and was killed (raise --timeout, at most 10m)",
+                        answer.node
+                    );
+                }
+                if answer.truncated {
+                    eprintln!("flotilla: output past 1 MiB was dropped");
+                }
+            }
+        }
+        Ok(exec_status(&answer))
+    }
+
+    /// The ssh logins a cluster's nodes take: user, host, port and node,
+    /// in STATUS's order.
+    async fn ssh_targets(&self, cluster: &str) -> Result<(ClusterStatus, Vec<SshTarget>)> {
+        let req = self
+            .http
+            .get(self.url(&format!("/api/v1/clusters/{cluster}")));
+        let (status, _) = self.send::<ClusterStatus>(req).await?;
+        let Some(user) = status.ssh_user.clone() else {
+            let pool = status.pool.as_deref().unwrap_or("-");
+            return Err(Failure::new(
+                exit::FAILED,
+                format!(
+                    "the nodes of {cluster} (pool {pool}) take no ssh logins: the pool sets no ssh_user; \
+                     `flotilla exec {cluster} -- CMD` runs commands where the pool allows it"
+                ),
+            ));
+        };
+        if status.nodes.is_empty() {
+            return Err(Failure::new(
+                exit::FAILED,
+                format!("{cluster} has no nodes now (`flotilla status {cluster}`)"),
+            ));
+        }
+        let targets = status
+            .nodes
+            .iter()
+            .map(|n| SshTarget::of(&user, n))
+            .collect();
+        Ok((status, targets))
+    }
+
+    /// Logs in to a node with the system's `ssh` (replacing this process),
+    /// passing `args` after the host.
+    pub async fn ssh(&self, cluster: &str, node: Option<&str>, args: &[String]) -> Result<u8> {
+        use std::os::unix::process::CommandExt;
+        let (status, targets) = self.ssh_targets(cluster).await?;
+        let index = match node {
+            None => 0,
+            Some(wanted) => status
+                .nodes
+                .iter()
+                .position(|n| n.id == wanted)
+                .or_else(|| wanted.parse::<usize>().ok().and_then(|k| k.checked_sub(1)))
+                .filter(|k| *k < targets.len())
+                .ok_or_else(|| {
+                    Failure::new(
+                        exit::FAILED,
+                        format!(
+                            "{cluster} has no node {wanted:?}; its nodes: {}",
+                            status
+                                .nodes
+                                .iter()
+                                .enumerate()
+                                .map(|(k, n)| format!("{} ({})", k + 1, n.id))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    )
+                })?,
+        };
+        let target = &targets[index];
+        let Some(host) = &target.host else {
+            return Err(Failure::new(
+                exit::FAILED,
+                format!(
+                    "node {} has no address yet; `flotilla status {cluster} --watch` shows when it has",
+                    target.node
+                ),
+            ));
+        };
+        let mut ssh = std::process::Command::new("ssh");
+        ssh.arg("-l").arg(&target.user);
+        if let Some(port) = target.port {
+            ssh.arg("-p").arg(port.to_string());
+        }
+        ssh.arg(host).args(args);
+        let e = ssh.exec();
+        Err(Failure::new(
+            exit::FAILED,
+            format!("cannot run ssh: {e}; install an OpenSSH client"),
+        ))
+    }
+
+    /// An ssh config block per node (`Host CLUSTER-1` ...), to append to
+    /// `~/.ssh/config`.
+    pub async fn ssh_config(&self, cluster: &str) -> Result<u8> {
+        let (_, targets) = self.ssh_targets(cluster).await?;
+        for (k, t) in targets.iter().enumerate() {
+            let Some(host) = &t.host else {
+                println!("# {cluster}-{}: node {} has no address yet", k + 1, t.node);
+                continue;
+            };
+            println!("Host {cluster}-{}", k + 1);
+            println!("    # node {}", t.node);
+            println!("    HostName {host}");
+            if let Some(port) = t.port {
+                println!("    Port {port}");
+            }
+            println!("    User {}", t.user);
+        }
+        Ok(exit::OK)
     }
 
     pub async fn extend(&self, cluster: &str, request: ExtendRequest) -> Result<u8> {
@@ -1355,7 +1526,10 @@ impl Client {
             let Ok(s) = resp.json::<ClusterStatus>().await else {
                 continue;
             };
-            let now = s.error.as_ref().map(|e| (e.code.clone(), e.message.clone()));
+            let now = s
+                .error
+                .as_ref()
+                .map(|e| (e.code.clone(), e.message.clone()));
             if now.is_some() && now != shown {
                 if let Some(e) = &s.error {
                     eprintln!("\r\x1b[K{}", error_line(e, Utc::now()).trim_start());
@@ -1401,7 +1575,12 @@ fn progress_line(s: &ClusterStatus, elapsed: Duration, now: DateTime<Utc>) -> St
         s.node_capacity
     );
     if let Some(e) = &s.error {
-        line.push_str(&format!("; {} ({}×), {}", e.code, e.count, retry_text(e, now)));
+        line.push_str(&format!(
+            "; {} ({}×), {}",
+            e.code,
+            e.count,
+            retry_text(e, now)
+        ));
     }
     line
 }
@@ -1592,6 +1771,46 @@ fn status_lines(s: &ClusterStatus, now: DateTime<Utc>) -> Vec<String> {
         }
     }
     lines
+}
+
+/// Where `ssh` reaches one node.
+struct SshTarget {
+    node: String,
+    user: String,
+    host: Option<String>,
+    port: Option<u16>,
+}
+
+impl SshTarget {
+    /// A node's address is an IP or a name, or `HOST:PORT`.
+    fn of(user: &str, node: &flotilla_api_types::NodeStatus) -> SshTarget {
+        let (host, port) = match node.address.as_deref() {
+            None => (None, None),
+            Some(address) => match address.parse::<std::net::SocketAddr>() {
+                Ok(a) => (Some(a.ip().to_string()), Some(a.port())),
+                Err(_) => (Some(address.to_owned()), None),
+            },
+        };
+        SshTarget {
+            node: node.id.clone(),
+            user: user.to_owned(),
+            host,
+            port,
+        }
+    }
+}
+
+/// How often `logs --follow` asks again when a node printed nothing new.
+const LOGS_POLL: Duration = Duration::from_secs(1);
+
+/// The exit status of `exec`: the command's, or 128 + the signal that
+/// killed it (as a shell reports it).
+fn exec_status(answer: &ExecResponse) -> u8 {
+    match (answer.exit_code, answer.signal) {
+        (Some(code), _) => u8::try_from(code.clamp(0, 255)).unwrap_or(exit::FAILED),
+        (None, Some(signal)) => u8::try_from((128 + signal).clamp(0, 255)).unwrap_or(exit::FAILED),
+        (None, None) => exit::FAILED,
+    }
 }
 
 /// `in 29m`, `3m ago`, `just now`: how far `at` is from `now`, to the
@@ -1952,7 +2171,6 @@ mod tests {
         assert_eq!(relative(secs(-(3 * 86400 + 4 * 3600)), now), "3d04h ago");
     }
 
-
     #[test]
     fn refusals_speak_of_flags_not_fields() {
         let f = in_flags(Failure::new(
@@ -1985,6 +2203,7 @@ mod tests {
             settled: None,
             recent_events: Vec::new(),
             error: None,
+            ssh_user: None,
             org: Some(OrgClusterStatus {
                 min_nodes: 0,
                 max_nodes: 2,

@@ -443,6 +443,14 @@ struct PoolSection {
     /// What one node costs per hour, in dollars (`"0.10"`); organisations
     /// are charged this. Zero if absent.
     price_per_hour: Option<Dollars>,
+    /// Whether the owners of its clusters may run commands on their nodes
+    /// (`flotilla exec`); admins always may. On `local` a command runs on
+    /// the server's machine as the server's user.
+    #[serde(default)]
+    allow_exec: bool,
+    /// The account its nodes accept ssh logins for (`ec2-user`, `ubuntu`,
+    /// as the image has it): `flotilla ssh` and `ssh-config` offer them.
+    ssh_user: Option<String>,
     /// `[pools.NAME.ec2]`: launch settings over the ec2 driver's.
     ec2: Option<Ec2PoolOptions>,
 }
@@ -474,10 +482,17 @@ impl Config {
         lines.push(format!(
             "data directory: {} ({})",
             absolute.display(),
-            if dir.is_dir() { "exists" } else { "created at start" }
+            if dir.is_dir() {
+                "exists"
+            } else {
+                "created at start"
+            }
         ));
         lines.push(match &self.database_url {
-            None => format!("state: SQLite in {}", absolute.join("flotilla.db").display()),
+            None => format!(
+                "state: SQLite in {}",
+                absolute.join("flotilla.db").display()
+            ),
             Some(url) => format!("state: PostgreSQL at {url:?}"),
         });
         for (name, driver) in &self.drivers {
@@ -493,7 +508,11 @@ impl Config {
                 pool.driver,
                 pool.instance_type,
                 pool.price_per_hour,
-                if *name == self.default_pool { " (default)" } else { "" }
+                if *name == self.default_pool {
+                    " (default)"
+                } else {
+                    ""
+                }
             ));
         }
         let l = &self.engine.limits;
@@ -663,6 +682,8 @@ impl Config {
                     init_data: None,
                     tags: BTreeMap::new(),
                     price_per_hour: None,
+                    allow_exec: false,
+                    ssh_user: None,
                     ec2: None,
                 },
             );
@@ -725,6 +746,23 @@ impl Config {
                     .map_err(invalid)?,
                 None => flotilla_domain::Money::ZERO,
             };
+            let ssh_user = match p.ssh_user {
+                Some(user)
+                    if !user.is_empty()
+                        && !user.starts_with('-')
+                        && user
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) =>
+                {
+                    Some(user)
+                }
+                Some(user) => {
+                    return Err(invalid(format!(
+                        "pools.{name}.ssh_user: {user:?} is not an account name (letters, digits, '.', '_' and '-'; e.g. \"ec2-user\")"
+                    )))
+                }
+                None => None,
+            };
             pools.insert(
                 pool_name,
                 PoolSpec {
@@ -734,6 +772,8 @@ impl Config {
                     image: p.image,
                     init_data: p.init_data,
                     tags: p.tags.into_iter().collect::<Tags>(),
+                    allow_exec: p.allow_exec,
+                    ssh_user,
                 },
             );
         }
@@ -977,7 +1017,10 @@ mod tests {
         .unwrap();
         let c = Config::load(Some(&file)).unwrap();
         assert_eq!(c.data_dir, dir.path().join("state"));
-        let DriverConfig::Local { dir: Some(nodes), .. } = &c.drivers["local"] else {
+        let DriverConfig::Local {
+            dir: Some(nodes), ..
+        } = &c.drivers["local"]
+        else {
             panic!("a local driver with a dir");
         };
         assert_eq!(nodes, &dir.path().join("nodes"));
@@ -1314,6 +1357,18 @@ image = "ami-12c6146b"
             let e = err(&pool(bad));
             assert!(e.contains("pools.default.price_per_hour"), "{bad}: {e}");
         }
+        let ssh = |user: &str| {
+            format!("[drivers.local]\ntype = \"local\"\n[pools.default]\ndriver = \"local\"\ninstance_type = \"x\"\nssh_user = {user:?}\n")
+        };
+        for bad in ["", "-oProxyCommand=x", "ec2 user", "root;reboot"] {
+            let e = err(&ssh(bad));
+            assert!(e.contains("pools.default.ssh_user"), "{bad:?}: {e}");
+        }
+        let c = Config::parse(&ssh("ec2-user"), "x").unwrap();
+        assert_eq!(
+            c.pools.values().next().unwrap().ssh_user.as_deref(),
+            Some("ec2-user")
+        );
         let e = err("[orgs]\nshutdown_threshold = \"lots\"\n");
         assert!(e.contains("orgs.shutdown_threshold"), "{e}");
         let e = err("[orgs]\nmin_runway = \"forever\"\n");

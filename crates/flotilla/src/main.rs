@@ -171,6 +171,58 @@ enum Command {
         #[arg(long, value_parser = cli::parse_ttl)]
         ttl: Duration,
     },
+    /// Show what a node printed: the local driver's node log (the agent's
+    /// and its workload's output), EC2's console output.
+    #[command(after_help = "Examples:
+  flotilla logs demo            # the oldest node's output
+  flotilla logs demo 2 -f       # the second node's (as `status` lists them), as it grows")]
+    Logs {
+        cluster: String,
+        /// The node: its ID, or its place in `flotilla status CLUSTER`'s
+        /// list (1 is the oldest). Default: the oldest.
+        node: Option<String>,
+        /// Keep showing what it prints until interrupted.
+        #[arg(short, long)]
+        follow: bool,
+    },
+    /// Run a command on a node and show its output; exits with the
+    /// command's status. For a cluster's owners where its pool has
+    /// allow_exec, and for admins; on `local`, the command runs in the
+    /// node's directory with its workload's environment.
+    #[command(after_help = "Examples:
+  flotilla exec demo -- uptime
+  flotilla exec demo 2 -- sh -c 'curl -s $FLOTILLA_NODE_ADDRESS/info'")]
+    Exec {
+        cluster: String,
+        /// The node: its ID, or its place in `flotilla status CLUSTER`'s
+        /// list (1 is the oldest). Default: the oldest.
+        node: Option<String>,
+        /// Kill the command after this long (at most 10m). E.g. 30s, 5m.
+        #[arg(long, value_parser = cli::parse_ttl, default_value = "60s")]
+        timeout: Duration,
+        /// The command and its arguments, after `--` (no shell: give
+        /// `sh -c '...'` for one).
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Log in to a node with ssh, where the cluster's pool names an
+    /// ssh_user; arguments after `--` go to ssh after the host (a command,
+    /// or ssh's own options such as `-i KEY` before it).
+    #[command(after_help = "Examples:
+  flotilla ssh demo                       # the oldest node
+  flotilla ssh demo 2 -- uptime           # a command on the second node
+  flotilla ssh-config demo >> ~/.ssh/config && ssh demo-1")]
+    Ssh {
+        cluster: String,
+        /// The node: its ID, or its place in `flotilla status CLUSTER`'s
+        /// list (1 is the oldest). Default: the oldest.
+        node: Option<String>,
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Print an ssh config block per node (`Host CLUSTER-1`, ...), where
+    /// the cluster's pool names an ssh_user.
+    SshConfig { cluster: String },
     /// Destroy a cluster.
     Destroy {
         cluster: String,
@@ -621,6 +673,30 @@ fn main() -> ExitCode {
                         client.extend(&cluster, request).await
                     }
                     Command::Destroy { cluster, wait } => client.destroy(&cluster, wait).await,
+                    Command::Logs {
+                        cluster,
+                        node,
+                        follow,
+                    } => client.logs(&cluster, node.as_deref(), follow).await,
+                    Command::Ssh {
+                        cluster,
+                        node,
+                        args,
+                    } => client.ssh(&cluster, node.as_deref(), &args).await,
+                    Command::SshConfig { cluster } => client.ssh_config(&cluster).await,
+                    Command::Exec {
+                        cluster,
+                        node,
+                        timeout,
+                        command,
+                    } => {
+                        let request = flotilla_api_types::ExecRequest {
+                            command,
+                            node,
+                            timeout: Some(timeout.as_secs().max(1)),
+                        };
+                        client.exec(&cluster, request).await
+                    }
                     Command::Logout => client.logout(&Env::from_process().token_cache()?).await,
                     Command::Whoami => client.whoami().await,
                     Command::Version => client.version().await,

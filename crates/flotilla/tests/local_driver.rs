@@ -657,3 +657,82 @@ async fn the_address_file_is_what_the_listing_reports() {
     assert_eq!(node.address.as_deref(), Some(written.trim()));
     destroy_and_wait(&set, &made.id).await;
 }
+
+/// A command run on a node ends with everything it started, at its end or
+/// at its time limit; another instance set's node is neither read nor
+/// touched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_ends_what_it_started_and_stays_within_its_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let set = open(dir.path(), "reach");
+    let other = open(dir.path(), "other");
+    let made = create_one(
+        &set,
+        "reach",
+        Some("echo ready to serve; exec sleep 1000".into()),
+    )
+    .await;
+    ready(&set, &made.id).await;
+
+    eventually(
+        "the workload's line in the node's output",
+        SETTLE,
+        || async {
+            let console = set.console(&made.id, None, 1 << 20).await.unwrap().unwrap();
+            console.text.contains("ready to serve")
+        },
+    )
+    .await;
+    let tail = set.console(&made.id, None, 4).await.unwrap().unwrap();
+    assert_eq!(tail.to - tail.from, 4);
+
+    let argv = |script: &str| vec!["sh".to_owned(), "-c".to_owned(), script.to_owned()];
+    // The background sleep writes its pid, then the command returns.
+    let out = set
+        .exec(
+            &made.id,
+            &argv("sleep 300 & echo $!"),
+            Duration::from_secs(10),
+            1024,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(out.exit_code, Some(0));
+    let background: u32 = out.stdout.trim().parse().unwrap();
+    stopped("the command's background process", background, SETTLE).await;
+
+    let out = set
+        .exec(
+            &made.id,
+            &argv("echo started; sleep 300"),
+            Duration::from_millis(500),
+            1024,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(out.timed_out);
+    assert_eq!((out.exit_code, out.signal), (None, Some(libc::SIGKILL)));
+    assert_eq!(out.stdout, "started\n");
+
+    let out = set
+        .exec(
+            &made.id,
+            &argv("yes | head -c 5000"),
+            Duration::from_secs(10),
+            100,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(out.truncated && out.stdout.len() == 100, "{out:?}");
+
+    assert!(other.console(&made.id, None, 100).await.is_err());
+    assert!(other
+        .exec(&made.id, &argv("true"), Duration::from_secs(1), 100)
+        .await
+        .is_err());
+
+    destroy_and_wait(&set, &made.id).await;
+}

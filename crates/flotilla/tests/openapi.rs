@@ -19,7 +19,7 @@ use support::*;
 const SCHEMATHESIS_VERSION: &str = "4.32.5";
 
 /// Rates high enough that the fuzzer is never throttled, prices so that
-/// organisations cost money.
+/// organisations cost money, nodes that are not processes.
 const CONFIG: &str = r#"
 [limits]
 min_ttl = "1s"
@@ -37,13 +37,13 @@ requests_per_minute = 100000
 [levels.admin]
 requests_per_minute = 100000
 
-[drivers.local]
-type = "local"
-grace = "1s"
+# The fake cloud: the fuzzer's commands on nodes (exec) run nowhere.
+[drivers.cloud]
+type = "fake"
 
 [pools.default]
-driver = "local"
-instance_type = "local.small"
+driver = "cloud"
+instance_type = "fake.small"
 price_per_hour = "0.10"
 "#;
 

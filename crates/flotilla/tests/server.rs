@@ -5,7 +5,7 @@
 
 mod support;
 
-use std::process::Command;
+use std::process::{Command, Output};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -113,7 +113,10 @@ fn a_resize_without_public_keeps_the_cluster_public() {
     let out = server.cli(&["destroy", "never-deployed"]);
     assert_eq!(code(&out), 1, "a typo is not a success");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("never-deployed was never deployed"), "{stderr}");
+    assert!(
+        stderr.contains("never-deployed was never deployed"),
+        "{stderr}"
+    );
     let out = server.cli(&["extend", "never-deployed", "--ttl", "2h"]);
     assert_eq!(code(&out), 1);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -525,7 +528,10 @@ instance_type = "fake.small"
             && stderr.contains("Invalid IamInstanceProfile name: flotilla-node"),
         "{stderr}"
     );
-    assert!(!stderr.contains("longer --ttl"), "no advice that cannot help: {stderr}");
+    assert!(
+        !stderr.contains("longer --ttl"),
+        "no advice that cannot help: {stderr}"
+    );
 
     let out = server.cli(&["deploy", "stuck", "--nodes", "1", "--ttl", "1h"]);
     assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
@@ -552,7 +558,10 @@ instance_type = "fake.small"
     );
     let out = server.cli(&["status"]);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("error cloud_refused"), "the list marks it: {text}");
+    assert!(
+        text.contains("error cloud_refused"),
+        "the list marks it: {text}"
+    );
     let out = server.cli(&["doctor"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(code(&out), 1, "{text}");
@@ -582,7 +591,11 @@ instance_type = "fake.small"
             && stderr.contains("flotilla status stuck"),
         "{stderr}"
     );
-    assert_eq!(server.status("stuck")["node_capacity"], 1, "the deploy stands");
+    assert_eq!(
+        server.status("stuck")["node_capacity"],
+        1,
+        "the deploy stands"
+    );
 }
 
 /// `serve` on a busy port says how to pick another and leaves nothing
@@ -624,7 +637,12 @@ fn serve_checks_explains_and_leaves_nothing_behind() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(code(&out), 0, "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        code(&out),
+        0,
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(
         stdout.contains(&format!(
             "data directory: {} (created at start)",
@@ -634,7 +652,10 @@ fn serve_checks_explains_and_leaves_nothing_behind() {
             && stdout.contains("the config is valid"),
         "{stdout}"
     );
-    assert!(!conf.join("flotilla-data").exists(), "a check creates nothing");
+    assert!(
+        !conf.join("flotilla-data").exists(),
+        "a check creates nothing"
+    );
 
     std::fs::write(conf.join("bad.toml"), "[limits]\nmax_nodes = 0\n").unwrap();
     let out = std::process::Command::new(BIN)
@@ -644,14 +665,22 @@ fn serve_checks_explains_and_leaves_nothing_behind() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(code(&out), 2, "{stderr}");
-    assert!(stderr.contains("bad.toml") && stderr.contains("max_nodes"), "{stderr}");
+    assert!(
+        stderr.contains("bad.toml") && stderr.contains("max_nodes"),
+        "{stderr}"
+    );
 
     let out = std::process::Command::new(BIN)
         .args(["serve", "--help"])
         .output()
         .unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
-    for needle in ["FLOTILLA_ADMIN_PASSWORD", "FLOTILLA_DATABASE_URL", "--check", "config init"] {
+    for needle in [
+        "FLOTILLA_ADMIN_PASSWORD",
+        "FLOTILLA_DATABASE_URL",
+        "--check",
+        "config init",
+    ] {
         assert!(help.contains(needle), "{needle}: {help}");
     }
 }
@@ -662,25 +691,46 @@ fn serve_checks_explains_and_leaves_nothing_behind() {
 fn status_watch_follows_a_cluster_until_ctrl_c() {
     let sandbox = Sandbox::new();
     let server = Server::start(&sandbox.path());
-    let out = server.cli(&["deploy", "watched", "--nodes", "1", "--ttl", "30m", "--wait"]);
+    let out = server.cli(&[
+        "deploy", "watched", "--nodes", "1", "--ttl", "30m", "--wait",
+    ]);
     assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
     let watching = server
         .cli_command(&Server::admin_env(), &["status", "watched", "--watch"])
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(3000));
-    let out = server.cli(&["deploy", "watched", "--nodes", "2", "--ttl", "30m", "--wait"]);
+    let out = server.cli(&[
+        "deploy", "watched", "--nodes", "2", "--ttl", "30m", "--wait",
+    ]);
     assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
     // More than one poll (2 s) after the resize settled.
     std::thread::sleep(Duration::from_millis(3500));
     assert_eq!(unsafe { libc::kill(watching.id() as i32, libc::SIGINT) }, 0);
     let out = watching.wait_with_output().unwrap();
-    assert_eq!(code(&out), 0, "Ctrl-C ends a watch: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        code(&out),
+        0,
+        "Ctrl-C ends a watch: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("watched              running      1/1 ready"), "{text}");
-    assert!(text.contains("watched              running      2/2 ready"), "{text}");
-    assert!(text.contains("expires in 29m") || text.contains("expires in 30m"), "{text}");
-    assert!(text.contains(" ago)") || text.contains("(just now)"), "{text}");
+    assert!(
+        text.contains("watched              running      1/1 ready"),
+        "{text}"
+    );
+    assert!(
+        text.contains("watched              running      2/2 ready"),
+        "{text}"
+    );
+    assert!(
+        text.contains("expires in 29m") || text.contains("expires in 30m"),
+        "{text}"
+    );
+    assert!(
+        text.contains(" ago)") || text.contains("(just now)"),
+        "{text}"
+    );
 
     let out = server.cli(&["doctor"]);
     let text = String::from_utf8_lossy(&out.stdout);
@@ -733,5 +783,186 @@ fn an_ec2_driver_without_credentials_says_so_at_start() {
     assert!(
         stderr.contains("no AWS credentials found") && stderr.contains("AWS_ACCESS_KEY_ID"),
         "{stderr}"
+    );
+}
+
+/// A way into the nodes: `logs` shows what a node printed (and follows
+/// it), `exec` runs a command on a node and exits with its status; a
+/// cluster's owner may exec only where its pool allows it, and nobody else
+/// may see or touch another's nodes.
+#[test]
+fn logs_and_exec_reach_the_nodes_within_the_rules() {
+    let sandbox = Sandbox::new();
+    let config = format!(
+        "{CONFIG}
+[pools.open]
+driver = \"local\"
+instance_type = \"local.small\"
+allow_exec = true
+ssh_user = \"ops\"
+init_data = \"echo workload of $FLOTILLA_NODE_ID says hello; exec sleep 1000\"
+"
+    );
+    let server = Server::start_with(&sandbox.path(), &config);
+    let out = server.cli_input(
+        &Server::admin_env(),
+        &["user", "add", "bob", "--level", "org_member"],
+        "bob-password-long-enough\n",
+    );
+    assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    let bob = [
+        ("FLOTILLA_USERNAME", "bob"),
+        ("FLOTILLA_PASSWORD", "bob-password-long-enough"),
+    ];
+    let text = |out: &Output| String::from_utf8_lossy(&out.stdout).into_owned();
+    let err = |out: &Output| String::from_utf8_lossy(&out.stderr).into_owned();
+
+    // The admin's cluster in the default pool (no allow_exec).
+    assert_eq!(
+        code(&server.cli(&["deploy", "ops", "--nodes", "2", "--ttl", "10m", "--wait"])),
+        0
+    );
+    let out = server.cli(&["logs", "ops"]);
+    assert_eq!(code(&out), 0, "{}", err(&out));
+    assert!(text(&out).contains("node agent serving"), "{}", text(&out));
+    let second = server.status("ops")["nodes"][1]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let out = server.cli(&["logs", "ops", "2"]);
+    assert!(text(&out).contains(&second), "{}", text(&out));
+
+    // Admins may exec anywhere; the command's status is the exit status.
+    let out = server.cli(&[
+        "exec",
+        "ops",
+        "2",
+        "--",
+        "sh",
+        "-c",
+        "echo $FLOTILLA_CLUSTER $FLOTILLA_NODE_ID; echo oops >&2; exit 3",
+    ]);
+    assert_eq!(code(&out), 3, "{}", err(&out));
+    assert_eq!(text(&out).trim(), format!("ops {second}"));
+    assert_eq!(err(&out).trim(), "oops");
+    let out = server.cli(&["exec", "ops", "--", "no-such-program-here"]);
+    assert_eq!(code(&out), 127, "{}", err(&out));
+    let out = server.cli(&["exec", "ops", "--timeout", "1s", "--", "sleep", "30"]);
+    assert_eq!(code(&out), 128 + 9, "{}", err(&out));
+    assert!(err(&out).contains("ran out of time"), "{}", err(&out));
+    let out = server.cli(&["exec", "ops", "9", "--", "true"]);
+    assert_eq!(code(&out), 1);
+    assert!(err(&out).contains("no node \"9\""), "{}", err(&out));
+
+    // Bob sees none of it.
+    let out = server.cli_with(&bob, &["logs", "ops"]);
+    assert_eq!(code(&out), 3, "{}", err(&out));
+    let out = server.cli_with(&bob, &["exec", "ops", "--", "true"]);
+    assert_eq!(code(&out), 3, "{}", err(&out));
+
+    // His own cluster: logs yes; exec only in a pool that allows it.
+    let out = server.cli_with(
+        &bob,
+        &["deploy", "bob", "--nodes", "1", "--ttl", "10m", "--wait"],
+    );
+    assert_eq!(code(&out), 0, "{}", err(&out));
+    assert_eq!(code(&server.cli_with(&bob, &["logs", "bob"])), 0);
+    let out = server.cli_with(&bob, &["exec", "bob", "--", "true"]);
+    assert_eq!(code(&out), 3, "{}", err(&out));
+    assert!(err(&out).contains("allow_exec"), "{}", err(&out));
+    assert_eq!(
+        code(&server.cli_with(&bob, &["destroy", "bob", "--wait"])),
+        0
+    );
+    let out = server.cli_with(
+        &bob,
+        &[
+            "deploy", "bob", "--nodes", "1", "--ttl", "10m", "--pool", "open", "--wait",
+        ],
+    );
+    assert_eq!(code(&out), 0, "{}", err(&out));
+    let out = server.cli_with(&bob, &["exec", "bob", "--", "echo", "mine"]);
+    assert_eq!(
+        (code(&out), text(&out).trim()),
+        (0, "mine"),
+        "{}",
+        err(&out)
+    );
+
+    // Following prints what the node prints next.
+    let mut follower = server
+        .cli_command(&bob, &["logs", "bob", "--follow"])
+        .spawn()
+        .unwrap();
+    let out = server.cli_with(
+        &bob,
+        &[
+            "exec",
+            "bob",
+            "--",
+            "sh",
+            "-c",
+            "echo a line printed later >> node.log",
+        ],
+    );
+    assert_eq!(code(&out), 0, "{}", err(&out));
+    let stdout = follower.stdout.take().unwrap();
+    let (tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
+            if tx.send(line.unwrap_or_default()).is_err() {
+                return;
+            }
+        }
+    });
+    let mut seen = String::new();
+    while let Ok(line) = lines.recv_timeout(SETTLE) {
+        seen.push_str(&line);
+        seen.push('\n');
+        if line.contains("a line printed later") {
+            break;
+        }
+    }
+    follower.kill().unwrap();
+    follower.wait().unwrap();
+    assert!(seen.contains("says hello"), "the workload's output: {seen}");
+    assert!(seen.contains("a line printed later"), "followed: {seen}");
+
+    // ssh where the pool names an ssh_user: the system's ssh (here a
+    // stand-in that shows its arguments), and a config block per node.
+    let out = server.cli(&["ssh", "ops"]);
+    assert_eq!(code(&out), 1);
+    assert!(err(&out).contains("take no ssh logins"), "{}", err(&out));
+    let node = server.status("bob")["nodes"][0].clone();
+    let (host, port) = node["address"].as_str().unwrap().split_once(':').unwrap();
+    let out = server.cli_with(&bob, &["ssh-config", "bob"]);
+    assert_eq!(code(&out), 0, "{}", err(&out));
+    assert_eq!(
+        text(&out),
+        format!(
+            "Host bob-1\n    # node {}\n    HostName {host}\n    Port {port}\n    User ops\n",
+            node["id"].as_str().unwrap()
+        )
+    );
+    let bin = sandbox.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let fake_ssh = bin.join("ssh");
+    std::fs::write(&fake_ssh, "#!/bin/sh\necho ssh \"$@\"\n").unwrap();
+    std::fs::set_permissions(
+        &fake_ssh,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let with_path = [bob[0], bob[1], ("PATH", path.as_str())];
+    let out = server.cli_with(&with_path, &["ssh", "bob", "1", "--", "uptime"]);
+    assert_eq!(code(&out), 0, "{}", err(&out));
+    assert_eq!(
+        text(&out).trim(),
+        format!("ssh -l ops -p {port} {host} uptime")
     );
 }

@@ -56,6 +56,8 @@ pub fn pools() -> BTreeMap<PoolName, PoolSpec> {
         image: None,
         init_data: None,
         tags: Tags::new(),
+        allow_exec: ty == "fake.big",
+        ssh_user: (ty == "fake.big").then(|| "ops".to_owned()),
     };
     BTreeMap::from([
         (PoolName::new("default").unwrap(), pool("fake.small")),

@@ -39,6 +39,8 @@ pub fn pools() -> BTreeMap<PoolName, PoolSpec> {
         image: None,
         init_data: None,
         tags: Tags::new(),
+        allow_exec: false,
+        ssh_user: None,
     };
     BTreeMap::from([
         (PoolName::new("default").unwrap(), pool("fake.small")),
