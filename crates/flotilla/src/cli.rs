@@ -10,8 +10,8 @@ use flotilla_api_types::{
     CapacityRequest, CapacityResponse, ClusterList, ClusterStatus, ClusterTokenResponse, Costs,
     CreateOrgRequest, CreateUserRequest, CreditRequest, DeployRequest, ErrorBody, Event, EventList,
     ExecRequest, ExecResponse, ExtendRequest, GithubLoginRequest, Ledger, Level, LoginRequest,
-    MemberRoleRequest, MembershipRequestResponse, NodeLogs, OrgClusterStatus, OrgList, OrgSummary,
-    OrgView, PoolList, PoolView, RefreshRequest, SigningKeyList, TokenResponse, UpdateOrgRequest,
+    MemberRoleRequest, MembershipRequestResponse, NodeLogs, OrgClusterStatus, OrgList, OrgView,
+    PoolList, PoolView, RefreshRequest, SigningKeyList, TokenResponse, UpdateOrgRequest,
     UpdateUserRequest, Usage, UserList, UserView, WhoAmI,
 };
 use reqwest::StatusCode;
@@ -459,11 +459,7 @@ impl Client {
             .await?;
         match self.output {
             Output::Json => println!("{}", raw.trim()),
-            Output::Text => {
-                for p in &list.pools {
-                    println!("{}", pool_line(p));
-                }
-            }
+            Output::Text => print!("{}", pools_table(&list.pools)),
         }
         Ok(exit::OK)
     }
@@ -538,9 +534,19 @@ impl Client {
         match self.output {
             Output::Json => println!("{}", raw.trim()),
             Output::Text => {
-                for u in &list.users {
-                    println!("{}", user_line(u));
-                }
+                let rows: Vec<Vec<String>> = list
+                    .users
+                    .iter()
+                    .map(|u| {
+                        vec![
+                            u.username.clone(),
+                            u.level.as_str().to_owned(),
+                            u.kind.to_string(),
+                            u.grants.join(", "),
+                        ]
+                    })
+                    .collect();
+                print!("{}", table(&["USER", "LEVEL", "KIND", "GRANTS"], &rows));
             }
         }
         Ok(exit::OK)
@@ -576,17 +582,22 @@ impl Client {
             Output::Json => println!("{}", raw.trim()),
             Output::Text => {
                 let now = Utc::now();
-                for key in &list.keys {
-                    let role = if key.signs { "signs" } else { "verifies only" };
-                    let made = key.created_at.map_or(String::new(), |at| {
-                        format!(
-                            "  made {} ({} ago)",
-                            stamp(at),
-                            span((now - at).to_std().unwrap_or_default())
-                        )
-                    });
-                    println!("{:<24} {role:<14}{made}", key.kid);
-                }
+                let rows: Vec<Vec<String>> = list
+                    .keys
+                    .iter()
+                    .map(|key| {
+                        let role = if key.signs { "signs" } else { "verifies only" };
+                        let made = key.created_at.map_or("-".to_owned(), |at| {
+                            format!(
+                                "{} ({} ago)",
+                                stamp(at),
+                                span((now - at).to_std().unwrap_or_default())
+                            )
+                        });
+                        vec![key.kid.clone(), role.to_owned(), made]
+                    })
+                    .collect();
+                print!("{}", table(&["KEY", "ROLE", "MADE"], &rows));
             }
         }
         Ok(exit::OK)
@@ -1159,9 +1170,22 @@ impl Client {
             Output::Json => println!("{}", raw.trim()),
             Output::Text if list.orgs.is_empty() => println!("no organisations"),
             Output::Text => {
-                for o in &list.orgs {
-                    println!("{}", org_summary_line(o));
-                }
+                let rows: Vec<Vec<String>> = list
+                    .orgs
+                    .iter()
+                    .map(|o| {
+                        vec![
+                            o.name.clone(),
+                            o.role.clone().unwrap_or_else(|| "-".into()),
+                            o.members.to_string(),
+                            dollars(&o.balance),
+                        ]
+                    })
+                    .collect();
+                print!(
+                    "{}",
+                    table(&["ORGANISATION", "YOUR ROLE", "MEMBERS", "BALANCE"], &rows)
+                );
             }
         }
         Ok(exit::OK)
@@ -1367,7 +1391,7 @@ impl Client {
                         n.id,
                         stamp(n.launched_at),
                         ended,
-                        dollars(&n.price_per_hour),
+                        rate(&n.price_per_hour),
                         dollars(&n.charged)
                     );
                 }
@@ -1461,9 +1485,7 @@ impl Client {
                         if anonymous {
                             notes = "not signed in: only public clusters are shown (sign in with `flotilla login`)\n".to_owned();
                         }
-                        for s in &list.clusters {
-                            out += &format!("{}\n", summary_line(s, now));
-                        }
+                        out += &clusters_table(&list.clusters, now);
                     }
                 }
             }
@@ -1690,25 +1712,41 @@ pub fn parse_level(s: &str) -> std::result::Result<Level, String> {
         .map_err(|_| format!("{s:?} is not a level; use github_member, org_member or admin"))
 }
 
-/// `NAME DRIVER INSTANCE_TYPE [N vCPU M MiB] [spot $P/h (ZONE)] [default]`.
-fn pool_line(p: &PoolView) -> String {
-    let mut line = format!(
-        "{:<20} {:<12} {:<16} ${}/h",
-        p.name, p.driver, p.instance_type, p.price_per_hour
-    );
-    if let Some(shape) = &p.shape {
-        line.push_str(&format!(" {} vCPU {} MiB", shape.vcpus, shape.memory_mib));
-    }
-    if let Some(spot) = &p.spot_price {
-        line.push_str(&format!(
-            "  spot ${:.4}/h ({})",
-            spot.usd_per_hour, spot.availability_zone
-        ));
-    }
-    if p.default {
-        line.push_str("  default");
-    }
-    line
+/// `pools`: one row each.
+fn pools_table(pools: &[PoolView]) -> String {
+    let rows: Vec<Vec<String>> = pools
+        .iter()
+        .map(|p| {
+            vec![
+                p.name.clone(),
+                p.driver.clone(),
+                p.instance_type.clone(),
+                format!("{}/h", rate(&p.price_per_hour)),
+                p.shape.as_ref().map_or("-".into(), |s| {
+                    format!("{} vCPU {} MiB", s.vcpus, s.memory_mib)
+                }),
+                p.spot_price.as_ref().map_or("-".into(), |spot| {
+                    format!(
+                        "spot ${:.4}/h ({})",
+                        spot.usd_per_hour, spot.availability_zone
+                    )
+                }),
+                if p.default { "default" } else { "" }.to_owned(),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "POOL",
+            "DRIVER",
+            "INSTANCE TYPE",
+            "PRICE",
+            "NODE",
+            "SPOT",
+            "",
+        ],
+        &rows,
+    )
 }
 
 /// For a cluster with no record and no nodes (STATUS answers
@@ -1773,6 +1811,34 @@ fn status_lines(s: &ClusterStatus, now: DateTime<Utc>) -> Vec<String> {
     lines
 }
 
+/// Rows under a header, each column as wide as its widest cell, two
+/// spaces apart; the last column is not padded.
+fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let last = cells.len().saturating_sub(1);
+        let mut out = String::new();
+        for (k, cell) in cells.into_iter().enumerate() {
+            if k == last {
+                out.push_str(cell);
+            } else {
+                out.push_str(&format!("{cell:<w$}  ", w = widths[k]));
+            }
+        }
+        out.trim_end().to_owned() + "\n"
+    };
+    let mut out = line(header.to_vec());
+    for row in rows {
+        out.push_str(&line(row.iter().map(String::as_str).collect()));
+    }
+    out
+}
+
 /// Where `ssh` reaches one node.
 struct SshTarget {
     node: String,
@@ -1832,6 +1898,40 @@ fn relative(at: DateTime<Utc>, now: DateTime<Utc>) -> String {
     } else {
         format!("{amount} ago")
     }
+}
+
+/// `status` of every cluster: one row each.
+fn clusters_table(clusters: &[ClusterStatus], now: DateTime<Utc>) -> String {
+    let rows: Vec<Vec<String>> = clusters
+        .iter()
+        .map(|s| {
+            let mut notes = Vec::new();
+            if s.is_public {
+                notes.push("public".to_owned());
+            }
+            if let Some(o) = &s.org {
+                notes.push(format!(
+                    "organisation, min {} max {}",
+                    o.min_nodes, o.max_nodes
+                ));
+            }
+            if let Some(e) = &s.error {
+                notes.push(format!("error {}", e.code));
+            }
+            vec![
+                s.cluster.clone(),
+                s.state.as_str().to_owned(),
+                format!("{}/{}", s.ready_nodes(), s.node_capacity),
+                s.pool.clone().unwrap_or_else(|| "-".into()),
+                s.expires_at.map_or("-".into(), |at| relative(at, now)),
+                notes.join(", "),
+            ]
+        })
+        .collect();
+    table(
+        &["CLUSTER", "STATE", "READY", "POOL", "EXPIRES", "NOTES"],
+        &rows,
+    )
 }
 
 fn summary_line(s: &ClusterStatus, now: DateTime<Utc>) -> String {
@@ -1907,17 +2007,6 @@ fn capacity_line(c: &CapacityResponse) -> String {
     line
 }
 
-fn org_summary_line(o: &OrgSummary) -> String {
-    format!(
-        "{:<20} {:<8} {:>3} {}  balance {}",
-        o.name,
-        o.role.as_deref().unwrap_or("-"),
-        o.members,
-        if o.members == 1 { "member " } else { "members" },
-        dollars(&o.balance)
-    )
-}
-
 fn settings_text(v: &OrgView) -> String {
     let s = &v.settings;
     format!(
@@ -1976,15 +2065,15 @@ fn org_lines(v: &OrgView, now: DateTime<Utc>) -> Vec<String> {
         Some(h) => format!(
             "forecast: {} running at {}/h each, burning {}/h; the balance lasts about {}",
             nodes(f.running_nodes as u32),
-            dollars(&f.price_per_hour),
-            dollars(&f.burn_per_hour),
+            rate(&f.price_per_hour),
+            rate(&f.burn_per_hour),
             hours(h)
         ),
         None => format!(
             "forecast: {} running at {}/h each, burning {}/h; nothing is spending",
             nodes(f.running_nodes as u32),
-            dollars(&f.price_per_hour),
-            dollars(&f.burn_per_hour)
+            rate(&f.price_per_hour),
+            rate(&f.burn_per_hour)
         ),
     });
     let mut cluster = format!(
@@ -2108,8 +2197,31 @@ fn hours(h: f64) -> String {
     }
 }
 
-/// The API's dollars ("25.00", "-3.50") for people ("$25.00", "-$3.50").
+/// The API's exact dollars ("25.00", "-3.504", "0.000125") as an amount
+/// for people: rounded to the cent, half away from zero ("$25.00",
+/// "-$3.50", "$0.00"). `--output json` keeps every digit.
 fn dollars(amount: &str) -> String {
+    let (negative, digits) = match amount.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, amount),
+    };
+    let (whole, fraction) = digits.split_once('.').unwrap_or((digits, ""));
+    let parsed = whole
+        .parse::<u128>()
+        .ok()
+        .filter(|_| fraction.len() <= 6 && fraction.bytes().all(|b| b.is_ascii_digit()));
+    let Some(whole) = parsed else {
+        return rate(amount);
+    };
+    let micros = whole * 1_000_000 + format!("{fraction:0<6}").parse::<u128>().unwrap_or(0);
+    let cents = (micros + 5_000) / 10_000;
+    let sign = if negative && cents > 0 { "-" } else { "" };
+    format!("{sign}${}.{:02}", cents / 100, cents % 100)
+}
+
+/// The API's dollars as a rate, every digit kept ("$0.0104"): a price
+/// per hour below a cent is still a price.
+fn rate(amount: &str) -> String {
     match amount.strip_prefix('-') {
         Some(rest) => format!("-${rest}"),
         None => format!("${amount}"),
@@ -2265,6 +2377,26 @@ mod tests {
     fn dollars_read_as_money() {
         assert_eq!(dollars("25.00"), "$25.00");
         assert_eq!(dollars("-3.50"), "-$3.50");
+        assert_eq!(dollars("-7.135"), "-$7.14");
+        assert_eq!(dollars("7.134999"), "$7.13");
+        assert_eq!(dollars("0.000125"), "$0.00");
+        assert_eq!(dollars("-0.004"), "$0.00");
+        assert_eq!(dollars("12"), "$12.00");
+        assert_eq!(rate("0.0104"), "$0.0104");
+    }
+
+    #[test]
+    fn tables_have_a_header_and_aligned_columns() {
+        let rows = vec![
+            vec!["demo".to_owned(), "running".to_owned(), "".to_owned()],
+            vec!["a-longer-name".to_owned(), "deploying".to_owned(), "public".to_owned()],
+        ];
+        assert_eq!(
+            table(&["CLUSTER", "STATE", "NOTES"], &rows),
+            "CLUSTER        STATE      NOTES\n\
+             demo           running\n\
+             a-longer-name  deploying  public\n"
+        );
     }
 
     #[test]

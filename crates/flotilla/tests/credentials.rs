@@ -419,8 +419,10 @@ fn admins_rotate_and_retire_signing_keys() {
     let kids = |server: &Server| -> Vec<String> {
         let out = server.cli(&["key", "list"]);
         assert_eq!(code(&out), 0, "{}", stderr(&out));
-        stdout(&out)
-            .lines()
+        let text = stdout(&out);
+        let mut lines = text.lines();
+        assert!(lines.next().unwrap().starts_with("KEY "), "a header: {text}");
+        lines
             .map(|l| l.split_whitespace().next().unwrap().to_owned())
             .collect()
     };
@@ -429,7 +431,7 @@ fn admins_rotate_and_retire_signing_keys() {
     let out = server.cli(&["key", "list"]);
     let line = stdout(&out);
     assert!(
-        line.contains(" signs ") && line.contains(" made ") && line.contains(" ago)"),
+        line.contains(" signs ") && line.contains(" ago)"),
         "which key signs, and its age: {line}"
     );
 

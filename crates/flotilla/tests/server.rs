@@ -53,7 +53,16 @@ fn deploy_status_destroy_through_the_command_line() {
         node_processes(&sandbox.path()).len() == 1
     });
     let out = server.cli(&["status"]);
-    assert!(String::from_utf8_lossy(&out.stdout).contains("demo"));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut lines = text.lines();
+    assert!(
+        lines.next().unwrap().starts_with("CLUSTER  STATE    READY  POOL     EXPIRES"),
+        "a table: {text}"
+    );
+    assert!(
+        lines.next().unwrap().starts_with("demo     running  1/1    default  in "),
+        "{text}"
+    );
 
     let out = server.cli(&["destroy", "demo", "--wait"]);
     assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
