@@ -30,6 +30,32 @@ pub struct DeployRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(pattern = "^[A-Za-z0-9][-_A-Za-z0-9]{0,63}$", max_length = 64)]
     pub pool: Option<String>,
+    /// What the nodes run instead of the pool's init data, where the pool
+    /// allows it (`allow_workload`; admins anywhere). Absent: a deployed
+    /// cluster keeps its own, a new one runs the pool's. Cannot change once
+    /// the cluster is deployed (a different one is 409).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<WorkloadSpec>,
+}
+
+/// A cluster's own workload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WorkloadSpec {
+    /// A shell command each node runs (`sh -c`), with `FLOTILLA_CLUSTER`,
+    /// `FLOTILLA_NODE_ID`, `FLOTILLA_NODE_ADDRESS`, `FLOTILLA_NODE_HOST`
+    /// and, with a port, `FLOTILLA_WORKLOAD_PORT` in its environment. It
+    /// should serve on `FLOTILLA_NODE_HOST`, the node's own address.
+    #[schema(
+        min_length = 1,
+        max_length = 4096,
+        example = "python3 -m http.server --bind \"$FLOTILLA_NODE_HOST\" \"$FLOTILLA_WORKLOAD_PORT\""
+    )]
+    pub command: String,
+    /// The port it serves; status gives each node's workload address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 65535, example = 8000)]
+    pub port: Option<u16>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]
@@ -91,6 +117,10 @@ pub struct NodeStatus {
     pub address: Option<String>,
     pub instance_type: String,
     pub launched_at: DateTime<Utc>,
+    /// Where its cluster's workload serves (the node's host and the
+    /// workload's port), when the cluster's workload names a port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload_address: Option<String>,
 }
 
 /// STATUS of one cluster.
@@ -125,6 +155,9 @@ pub struct ClusterStatus {
     /// its pool offers ssh.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ssh_user: Option<String>,
+    /// What its nodes run, when it brought its own workload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<WorkloadSpec>,
 }
 
 /// What stands in a cluster's way.

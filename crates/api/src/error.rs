@@ -74,6 +74,11 @@ impl From<EngineError> for ApiError {
                 "invalid_node_capacity",
                 message,
             ),
+            EngineError::Invalid(ValidationError::Workload(_)) => Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_workload",
+                message,
+            ),
             EngineError::Invalid(ValidationError::TimeToLive { .. }) => Self::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "invalid_time_to_live",
@@ -86,6 +91,7 @@ impl From<EngineError> for ApiError {
                 let code = match field {
                     FixedField::IsPublic => "is_public_immutable",
                     FixedField::Pool => "pool_immutable",
+                    FixedField::Workload => "workload_immutable",
                 };
                 Self::new(StatusCode::CONFLICT, code, message)
             }

@@ -174,6 +174,10 @@ pub fn status_body(view: ClusterView) -> types::ClusterStatus {
     });
     types::ClusterStatus {
         ssh_user: view.ssh_user,
+        workload: view.workload.map(|w| types::WorkloadSpec {
+            command: w.command,
+            port: w.port,
+        }),
         org,
         recent_events: Vec::new(),
         error: view.obstacle.map(|o| types::ClusterError {
@@ -208,6 +212,7 @@ pub fn status_body(view: ClusterView) -> types::ClusterStatus {
                     NodeState::ShuttingDown => types::NodeState::ShuttingDown,
                 },
                 address: n.address,
+                workload_address: n.workload_address,
                 instance_type: n.instance_type.to_string(),
                 launched_at: n.launched_at,
             })
@@ -353,7 +358,7 @@ const MAX_RECENT_EVENTS: usize = 100;
     responses(
         (status = 200, description = "Accepted (or, with wait, settled or timed out)", body = types::ClusterStatus),
         (status = 400, description = "Malformed request", body = types::ErrorBody),
-        (status = 409, description = "is_public or pool cannot change once deployed", body = types::ErrorBody),
+        (status = 409, description = "is_public, pool or workload cannot change once deployed", body = types::ErrorBody),
         (status = 413, description = "Body over 64 KiB", body = types::ErrorBody),
         (status = 415, description = "Body not sent as application/json", body = types::ErrorBody),
         (status = 422, description = "Invalid value", body = types::ErrorBody),
@@ -373,6 +378,7 @@ async fn deploy(
         time_to_live: body.time_to_live,
         is_public: body.is_public,
         pool: body.pool,
+        workload: body.workload.map(|w| (w.command, w.port)),
     };
     let view = state.control.run(&caller, command).await?;
     Ok(Json(status_body(settle(&state, view, wait).await)))

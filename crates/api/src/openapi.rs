@@ -55,6 +55,7 @@ use flotilla_api_types as types;
     ),
     components(schemas(
         types::DeployRequest,
+        types::WorkloadSpec,
         types::ExtendRequest,
         types::NodeLogs,
         types::ExecRequest,

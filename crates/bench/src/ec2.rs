@@ -364,6 +364,7 @@ impl Bench {
                 tags: Tags::new(),
                 allow_exec: false,
                 ssh_user: None,
+                allow_workload: false,
             },
         )]);
         let config = EngineConfig {
@@ -402,6 +403,7 @@ impl Bench {
             time_to_live: TTL_SECONDS,
             is_public: None,
             pool: None,
+            workload: None,
         };
         let control = Control::new(self.engine.clone());
         let before = self.endpoint.calls();

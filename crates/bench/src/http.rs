@@ -260,6 +260,7 @@ async fn serve(dir: &Path, store: Arc<dyn Store>) -> Result<Started> {
             tags: Tags::new(),
             allow_exec: false,
             ssh_user: None,
+            allow_workload: false,
         },
     )]);
     let (engine, tasks) = Engine::start(
@@ -383,6 +384,7 @@ async fn setup(addr: SocketAddr, nodes: u32) -> Result<Setup> {
             time_to_live: 3600,
             is_public: None,
             pool: None,
+            workload: None,
         })
         .send()
         .await?;

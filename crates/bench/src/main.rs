@@ -332,6 +332,7 @@ impl Bench {
             time_to_live: TTL_SECONDS,
             is_public: None,
             pool: None,
+            workload: None,
         })
     }
 
@@ -374,6 +375,7 @@ pub(crate) async fn fake_wiring(
             tags: Tags::new(),
             allow_exec: false,
             ssh_user: None,
+            allow_workload: false,
         },
     )]);
     Ok((cloud, tap, pool, pools))

@@ -62,6 +62,7 @@ fn request(h: &Harness, cluster: &str, count: u32) -> CreateRequest {
         image: None,
         tags: Tags::from([("purpose".to_owned(), "conformance".to_owned())]),
         init_data: None,
+        workload: None,
         count,
     }
 }

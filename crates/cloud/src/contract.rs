@@ -44,6 +44,9 @@ pub struct CreateRequest {
     /// Handed to the node at boot (user data on EC2, the workload command on
     /// `local`).
     pub init_data: Option<String>,
+    /// The cluster's own workload, run instead of `init_data` by a driver
+    /// that runs workloads (`local`); others refuse a request with one.
+    pub workload: Option<flotilla_domain::Workload>,
     pub count: u32,
 }
 

@@ -649,6 +649,7 @@ pub fn request(cluster_name: &str, count: u32) -> CreateRequest {
         image: None,
         tags: Tags::new(),
         init_data: None,
+        workload: None,
         count,
     }
 }

@@ -3,8 +3,8 @@
 use std::collections::BTreeSet;
 
 use flotilla_domain::{
-    authorize_deploy, authorize_destroy, authorize_status, Caller, ClusterName, DeployCommand,
-    NodeCapacity, TimeToLive,
+    authorize_deploy, authorize_destroy, authorize_status, authorize_workload, Caller, ClusterName,
+    DeployCommand, NodeCapacity, TimeToLive, Workload,
 };
 use flotilla_engine::{ClusterView, EngineError};
 
@@ -27,6 +27,10 @@ pub struct Deploy {
     /// when not, a new one gets the default pool (an organisation's cluster
     /// uses the organisation's).
     pub pool: Option<String>,
+    /// What its nodes run, if the caller said: a shell command and the
+    /// port it serves. Fixed once deployed; a deploy that names none keeps
+    /// the cluster's.
+    pub workload: Option<(String, Option<u16>)>,
 }
 
 impl sealed::Sealed for Deploy {}
@@ -46,7 +50,17 @@ impl Command for Deploy {
             .as_deref()
             .map(|p| control.known_pool(p))
             .transpose()?;
+        let workload = self
+            .workload
+            .map(|(command, port)| Workload::new(command, port))
+            .transpose()?;
         if let Some(org) = engine.org(&self.cluster) {
+            if workload.is_some() {
+                return Err(EngineError::OrgCluster(format!(
+                    "{} is organisation {}'s cluster, whose nodes run its pool's init data; deploy without a workload",
+                    org.name, org.name
+                )));
+            }
             if self.is_public == Some(true) {
                 return Err(EngineError::OrgCluster(format!(
                     "{} is organisation {}'s cluster, which is private; deploy it with is_public false",
@@ -76,6 +90,7 @@ impl Command for Deploy {
             is_public: self.is_public,
             pool,
             default_pool: engine.default_pool().clone(),
+            workload,
         };
         // Authorised as what it will be: a deployed cluster keeps its
         // visibility unless the caller says (and a change is refused).
@@ -90,6 +105,15 @@ impl Command for Deploy {
             command.node_capacity.get(),
             command.time_to_live.get(),
         )?;
+        if command.workload.is_some() {
+            // The pool it will have: its own once deployed.
+            let pool = engine
+                .record(&command.cluster)
+                .map(|r| r.pool)
+                .unwrap_or_else(|| command.new_pool().clone());
+            let allows = engine.pool(&pool).is_some_and(|p| p.allow_workload);
+            authorize_workload(caller, &pool, allows)?;
+        }
         let now = engine.now();
         let expires_at = command.time_to_live.deadline_from(now);
         let record = engine.store().deploy(&command, now, expires_at).await?;

@@ -220,6 +220,8 @@ pub enum Denied {
     AdminOnly,
     #[error("pool {pool} does not let cluster owners run commands on its nodes; ask an admin (who may), or for allow_exec = true on the pool")]
     ExecNotAllowed { pool: PoolName },
+    #[error("pool {pool} does not let clusters bring their own workload; deploy without one, or ask an admin for allow_workload = true on the pool")]
+    WorkloadNotAllowed { pool: PoolName },
 }
 
 impl Denied {
@@ -234,6 +236,7 @@ impl Denied {
             Denied::TtlLimit { .. } => "ttl_limit_exceeded",
             Denied::AdminOnly => "admin_only",
             Denied::ExecNotAllowed { .. } => "exec_not_allowed",
+            Denied::WorkloadNotAllowed { .. } => "workload_not_allowed",
         }
     }
 }
@@ -346,6 +349,21 @@ pub fn authorize_exec(
         return Err(Denied::ExecNotAllowed { pool: pool.clone() });
     }
     Ok(())
+}
+
+/// A cluster's own workload (on top of DEPLOY's rules): where its pool
+/// allows that; admins anywhere.
+pub fn authorize_workload(
+    caller: &Caller,
+    pool: &PoolName,
+    pool_allows: bool,
+) -> Result<(), Denied> {
+    signed_in(caller)?;
+    if caller.is_admin() || pool_allows {
+        Ok(())
+    } else {
+        Err(Denied::WorkloadNotAllowed { pool: pool.clone() })
+    }
 }
 
 /// A cluster access token: for the caller's own clusters.

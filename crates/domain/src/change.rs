@@ -238,6 +238,10 @@ impl Change {
                 u32::try_from(p.get("nodes")?.as_u64()?).ok()?,
             ),
             pool: PoolName::new(p.get("pool")?.as_str()?).ok()?,
+            workload: match p.get("workload") {
+                None | Some(serde_json::Value::Null) => None,
+                Some(w) => Some(serde_json::from_value(w.clone()).ok()?),
+            },
             expires_at: match p.get("expires_at")? {
                 serde_json::Value::Null => None,
                 _ => Some(time("expires_at")?),
@@ -268,19 +272,23 @@ impl Change {
 impl NewChange {
     /// A change of a cluster's record, with the record's desired state.
     pub fn cluster(kind: ChangeKind, record: &ClusterRecord) -> NewChange {
+        let mut payload = serde_json::json!({
+            "nodes": record.node_capacity.get(),
+            "pool": record.pool.as_str(),
+            "is_public": record.is_public,
+            "expires_at": record.expires_at,
+            "generation": record.generation,
+            "destroying": record.destroying,
+            "created_at": record.created_at,
+            "updated_at": record.updated_at,
+        });
+        if let Some(w) = &record.workload {
+            payload["workload"] = serde_json::to_value(w).expect("a workload serialises");
+        }
         NewChange {
             kind,
             key: record.name.to_string(),
-            payload: serde_json::json!({
-                "nodes": record.node_capacity.get(),
-                "pool": record.pool.as_str(),
-                "is_public": record.is_public,
-                "expires_at": record.expires_at,
-                "generation": record.generation,
-                "destroying": record.destroying,
-                "created_at": record.created_at,
-                "updated_at": record.updated_at,
-            }),
+            payload,
         }
     }
 
@@ -441,6 +449,7 @@ mod tests {
             is_public: true,
             node_capacity: crate::NodeCapacity::from_stored(3),
             pool: crate::PoolName::new("big").unwrap(),
+            workload: None,
             expires_at: Some(at(1_700_000_003_123)),
             destroying: false,
             created_at: at(1_700_000_000_001),
@@ -457,6 +466,7 @@ mod tests {
         );
         record.expires_at = None;
         record.destroying = true;
+        record.workload = Some(crate::Workload::new("serve".into(), Some(8000)).unwrap());
         assert_eq!(
             read(ChangeKind::ClusterDestroyed, &record),
             Some(record.clone())

@@ -38,6 +38,8 @@ pub enum ValidationError {
         human_secs(*.got)
     )]
     TimeToLive { got: i64, min: u64, max: u64 },
+    #[error("{0}")]
+    Workload(String),
 }
 
 #[cfg(test)]
@@ -125,6 +127,38 @@ impl TimeToLive {
     }
 }
 
+/// What a cluster's nodes run, as its owner gave it: a shell command
+/// each node's agent starts, and the port it serves (told to it as
+/// `FLOTILLA_WORKLOAD_PORT`, and with the node's address where status says
+/// it is served). Fixed once deployed.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Workload {
+    pub command: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+}
+
+impl Workload {
+    /// The longest command taken.
+    pub const MAX_COMMAND: usize = 4096;
+
+    pub fn new(command: String, port: Option<u16>) -> Result<Self, ValidationError> {
+        if command.trim().is_empty() || command.len() > Self::MAX_COMMAND || command.contains('\0')
+        {
+            return Err(ValidationError::Workload(format!(
+                "workload command must be 1 to {} bytes of text",
+                Self::MAX_COMMAND
+            )));
+        }
+        if port == Some(0) {
+            return Err(ValidationError::Workload(
+                "workload port must be between 1 and 65535".to_owned(),
+            ));
+        }
+        Ok(Workload { command, port })
+    }
+}
+
 /// DEPLOY, validated: the only way the engine learns that a cluster should
 /// exist or change size. What the caller did not say about a cluster's
 /// fixed fields is `None`: a deployed cluster keeps its own, a new one gets
@@ -140,6 +174,8 @@ pub struct DeployCommand {
     pub pool: Option<PoolName>,
     /// The pool a new cluster gets when none is named.
     pub default_pool: PoolName,
+    /// What the nodes run, if the caller said.
+    pub workload: Option<Workload>,
 }
 
 impl DeployCommand {
@@ -161,6 +197,8 @@ pub struct ClusterRecord {
     pub is_public: bool,
     pub node_capacity: NodeCapacity,
     pub pool: PoolName,
+    /// What its nodes run instead of the pool's init data, if anything.
+    pub workload: Option<Workload>,
     /// The scheduled deletion, if any. Cleared by DESTROY.
     pub expires_at: Option<DateTime<Utc>>,
     /// DESTROY was asked for (or the TTL fired): the cluster wants no nodes
@@ -178,6 +216,7 @@ pub struct ClusterRecord {
 pub enum FixedField {
     IsPublic,
     Pool,
+    Workload,
 }
 
 impl FixedField {
@@ -185,6 +224,7 @@ impl FixedField {
         match self {
             FixedField::IsPublic => "is_public",
             FixedField::Pool => "pool",
+            FixedField::Workload => "workload",
         }
     }
 }
@@ -204,6 +244,16 @@ impl ClusterRecord {
             Some((FixedField::IsPublic, self.is_public.to_string()))
         } else if command.pool.as_ref().is_some_and(|p| *p != self.pool) {
             Some((FixedField::Pool, self.pool.to_string()))
+        } else if command
+            .workload
+            .as_ref()
+            .is_some_and(|w| Some(w) != self.workload.as_ref())
+        {
+            let current = self
+                .workload
+                .as_ref()
+                .map_or("none".to_owned(), |w| format!("{:?}", w.command));
+            Some((FixedField::Workload, current))
         } else {
             None
         }
@@ -324,6 +374,7 @@ mod tests {
             is_public: false,
             node_capacity: NodeCapacity::from_stored(capacity),
             pool: PoolName::new("default").unwrap(),
+            workload: None,
             expires_at: None,
             destroying,
             created_at: now,

@@ -15,14 +15,14 @@ mod plan;
 
 pub use access::{
     allowed_clusters, authorize_admin, authorize_cluster_token, authorize_deploy,
-    authorize_destroy, authorize_exec, authorize_status, AccountKind, Caller, Denied, Level,
-    LevelError, LevelLimits, LevelPolicy,
+    authorize_destroy, authorize_exec, authorize_status, authorize_workload, AccountKind, Caller,
+    Denied, Level, LevelError, LevelLimits, LevelPolicy,
 };
 pub use capacity::{sizing, CapacityRequest, Sizing};
 pub use change::{may_read_change, org_changes, Change, ChangeEntity, ChangeKind, NewChange};
 pub use cluster::{
     cluster_state, ClusterRecord, ClusterState, DeployCommand, FixedField, Limits, NodeCapacity,
-    TimeToLive, ValidationError,
+    TimeToLive, ValidationError, Workload,
 };
 pub use money::{
     forecast_hours, lifetime_cost, month_of, monthly_credit, projected_cost, Money, MoneyError,

@@ -1403,6 +1403,7 @@ pub fn target_record(
             is_public: false,
             node_capacity: NodeCapacity::from_stored(n),
             pool: org.settings.pool.clone(),
+            workload: None,
             expires_at: None,
             destroying: false,
             created_at: now,

@@ -633,6 +633,11 @@ impl InstanceSet for Ec2InstanceSet {
                 request.count
             )));
         }
+        if request.workload.is_some() {
+            return Err(CloudError::permanent(
+                "the ec2 driver runs no per-cluster workloads; its nodes run their pool's init_data",
+            ));
+        }
         let Some(image) = request.image.as_deref().or(self.config.image.as_deref()) else {
             return Err(CloudError::permanent(
                 "no image (AMI) to launch: set the pool's image or the driver's image",

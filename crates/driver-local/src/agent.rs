@@ -114,9 +114,15 @@ pub async fn run(instance_dir: &Path) -> Result<(), AgentError> {
         })?
         .to_owned();
 
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .await
-        .map_err(AgentError::Bind)?;
+    // A loopback address of its own, so the workloads of several nodes on
+    // this machine can serve the same port; 127.0.0.1 where the system
+    // takes no other.
+    let listener = match TcpListener::bind((node_host(&record.id), 0)).await {
+        Ok(listener) => listener,
+        Err(_) => TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .await
+            .map_err(AgentError::Bind)?,
+    };
     let address = listener.local_addr().map_err(AgentError::Bind)?;
     let address_path = instance_dir.join(ADDRESS_FILE);
     write_atomic(&address_path, address.to_string().as_bytes()).map_err(|source| {
@@ -126,9 +132,15 @@ pub async fn run(instance_dir: &Path) -> Result<(), AgentError> {
         }
     })?;
 
-    let workload = match record.init_data.as_deref() {
+    // The cluster's own workload, else the pool's init data.
+    let (command, port) = match &record.workload {
+        Some(w) => (Some(w.command.as_str()), w.port),
+        None => (record.init_data.as_deref(), None),
+    };
+    let workload = match command {
         Some(command) if !command.trim().is_empty() => Some(Workload::start(
             command,
+            port,
             &cluster,
             &record.id,
             address,
@@ -177,6 +189,17 @@ pub async fn run(instance_dir: &Path) -> Result<(), AgentError> {
     outcome
 }
 
+/// The node's own loopback address, 127.x.y.z from its ID (never
+/// 127.0.0.1, nor a network or broadcast address).
+fn node_host(id: &InstanceId) -> Ipv4Addr {
+    // FNV-1a: stable across builds, unlike the standard library's hasher.
+    let hash = id.as_str().bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    let [a, b, c, ..] = hash.to_le_bytes();
+    Ipv4Addr::new(127, a.max(1), b, c.clamp(1, 254))
+}
+
 /// Returns once the record is gone (or can no longer be seen, which is
 /// treated the same: a node that cannot prove it is wanted stops).
 async fn fenced(record_path: &Path) {
@@ -222,6 +245,7 @@ struct Workload {
 impl Workload {
     fn start(
         command: &str,
+        port: Option<u16>,
         cluster: &str,
         node_id: &InstanceId,
         address: SocketAddr,
@@ -233,9 +257,13 @@ impl Workload {
             .env("FLOTILLA_CLUSTER", cluster)
             .env("FLOTILLA_NODE_ID", node_id.as_str())
             .env("FLOTILLA_NODE_ADDRESS", address.to_string())
+            .env("FLOTILLA_NODE_HOST", address.ip().to_string())
             .current_dir(dir)
             .stdin(Stdio::null())
             .kill_on_drop(false);
+        if let Some(port) = port {
+            cmd.env("FLOTILLA_WORKLOAD_PORT", port.to_string());
+        }
         let agent = libc::pid_t::try_from(std::process::id()).unwrap_or(0);
         // SAFETY: prctl and getppid are async-signal-safe. The death signal
         // kills the workload if the agent dies without stopping it (SIGKILL

@@ -10,7 +10,8 @@
 //!                             launch time; written before the process starts,
 //!                             rewritten by set_tags; its removal fences the node
 //!     process.json            ProcessRecord: pid and kernel start time
-//!     address                 "127.0.0.1:PORT", written by the node agent
+//!     address                 "127.X.Y.Z:PORT" (the node's own loopback
+//!                             address, else 127.0.0.1), written by the agent
 //!     destroy-requested       RFC 3339 time of the first destroy request
 //!     node.log                stdout and stderr of the agent and its workload
 //! ```
@@ -40,6 +41,9 @@ pub struct InstanceRecord {
     pub tags: Tags,
     pub image: Option<String>,
     pub init_data: Option<String>,
+    /// The cluster's own workload, run instead of `init_data`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<flotilla_domain::Workload>,
     pub launched_at: DateTime<Utc>,
     /// The server process that launched it: while the node has no process
     /// yet, the launch can finish only while this one lives.

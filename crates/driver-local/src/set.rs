@@ -294,6 +294,7 @@ impl Inner {
             tags: tags.clone(),
             image: request.image.clone(),
             init_data: request.init_data.clone(),
+            workload: request.workload.clone(),
             launched_at: Utc::now(),
             launcher: self.launcher,
         };
@@ -792,6 +793,7 @@ mod tests {
             image: Some("img".into()),
             tags: Tags::from([("extra".to_owned(), "1".to_owned())]),
             init_data: None,
+            workload: None,
             count,
         }
     }
@@ -807,6 +809,7 @@ mod tests {
             ),
             image: None,
             init_data: None,
+            workload: None,
             launched_at: Utc::now(),
             launcher: None,
         };

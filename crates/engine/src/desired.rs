@@ -49,6 +49,7 @@ mod tests {
             is_public: false,
             node_capacity: NodeCapacity::new(1, &Limits::default()).unwrap(),
             pool: PoolName::new("default").unwrap(),
+            workload: None,
             expires_at: None,
             destroying: false,
             created_at: at(created),

@@ -146,6 +146,9 @@ pub struct PoolSpec {
     /// The account its nodes accept ssh logins for, at their address
     /// (`flotilla ssh`); None: no ssh.
     pub ssh_user: Option<String>,
+    /// Whether its clusters' owners may give them their own workload (a
+    /// command run instead of `init_data`); admins always may.
+    pub allow_workload: bool,
 }
 
 /// Everything the engine's loops share.

@@ -619,6 +619,7 @@ async fn create(
             image: pool.image.clone(),
             tags: pool.tags.clone(),
             init_data: pool.init_data.clone(),
+            workload: record.workload.clone(),
             count,
         };
         let result = set.create(&request).await;

@@ -32,6 +32,8 @@ pub struct ClusterView {
     pub obstacle: Option<Obstacle>,
     /// The account its nodes accept ssh logins for, if its pool says.
     pub ssh_user: Option<String>,
+    /// What its nodes run, when it brought its own workload.
+    pub workload: Option<flotilla_domain::Workload>,
 }
 
 /// What status adds for an organisation's cluster.
@@ -70,6 +72,21 @@ pub struct NodeView {
     pub address: Option<String>,
     pub instance_type: InstanceType,
     pub launched_at: DateTime<Utc>,
+    /// The node's host with its cluster's workload port.
+    pub workload_address: Option<String>,
+}
+
+/// `HOST:PORT` for a node at `address` (`HOST` or `HOST:PORT`, IPv6 in
+/// brackets) and a workload serving `port`.
+fn workload_address(address: &str, port: u16) -> String {
+    let host = match address.parse::<std::net::SocketAddr>() {
+        Ok(a) => a.ip().to_string(),
+        Err(_) => address.to_owned(),
+    };
+    match host.parse::<std::net::Ipv6Addr>() {
+        Ok(_) => format!("[{host}]:{port}"),
+        Err(_) => format!("{host}:{port}"),
+    }
 }
 
 impl Engine {
@@ -129,12 +146,19 @@ impl Engine {
         let record = self.shared.desired.get(cluster);
         let pool = record.as_ref().and_then(|r| self.shared.pools.get(&r.pool));
         let records = self.nodes_of(cluster);
+        let workload_port = record
+            .as_ref()
+            .and_then(|r| r.workload.as_ref())
+            .and_then(|w| w.port);
         let observed: Vec<ObservedNode> = records.iter().map(NodeRecord::observed).collect();
         let mut nodes: Vec<NodeView> = records
             .into_iter()
             .map(|n| NodeView {
                 id: n.id,
                 state: n.state,
+                workload_address: workload_port
+                    .zip(n.address.as_deref())
+                    .map(|(port, address)| workload_address(address, port)),
                 address: n.address,
                 instance_type: n.instance_type,
                 launched_at: n.launched_at,
@@ -169,6 +193,7 @@ impl Engine {
             org,
             obstacle: self.obstacle(cluster),
             ssh_user: pool.and_then(|p| p.ssh_user.clone()),
+            workload: record.as_ref().and_then(|r| r.workload.clone()),
         }
     }
 }

@@ -1791,8 +1791,12 @@ fn status_lines(s: &ClusterStatus, now: DateTime<Utc>) -> Vec<String> {
     if let Some(org) = &s.org {
         lines.extend(org_status_lines(org));
     }
+    if let Some(w) = &s.workload {
+        let port = w.port.map_or(String::new(), |p| format!(" (port {p})"));
+        lines.push(format!("  workload{port}: {}", w.command));
+    }
     for n in &s.nodes {
-        lines.push(format!(
+        let mut line = format!(
             "  {:<24} {:<13} {:<22} {:<14} launched {} ({})",
             n.id,
             n.state.as_str(),
@@ -1800,7 +1804,11 @@ fn status_lines(s: &ClusterStatus, now: DateTime<Utc>) -> Vec<String> {
             n.instance_type,
             stamp(n.launched_at),
             relative(n.launched_at, now)
-        ));
+        );
+        if let Some(at) = &n.workload_address {
+            line.push_str(&format!("  workload at {at}"));
+        }
+        lines.push(line);
     }
     if !s.recent_events.is_empty() {
         lines.push("recent events:".to_owned());
@@ -2316,6 +2324,7 @@ mod tests {
             recent_events: Vec::new(),
             error: None,
             ssh_user: None,
+            workload: None,
             org: Some(OrgClusterStatus {
                 min_nodes: 0,
                 max_nodes: 2,
@@ -2389,7 +2398,11 @@ mod tests {
     fn tables_have_a_header_and_aligned_columns() {
         let rows = vec![
             vec!["demo".to_owned(), "running".to_owned(), "".to_owned()],
-            vec!["a-longer-name".to_owned(), "deploying".to_owned(), "public".to_owned()],
+            vec![
+                "a-longer-name".to_owned(),
+                "deploying".to_owned(),
+                "public".to_owned(),
+            ],
         ];
         assert_eq!(
             table(&["CLUSTER", "STATE", "NOTES"], &rows),

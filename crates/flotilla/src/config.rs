@@ -451,6 +451,11 @@ struct PoolSection {
     /// The account its nodes accept ssh logins for (`ec2-user`, `ubuntu`,
     /// as the image has it): `flotilla ssh` and `ssh-config` offer them.
     ssh_user: Option<String>,
+    /// Whether its clusters' owners may deploy them with their own workload
+    /// (`flotilla deploy --workload`), run instead of `init_data`; admins
+    /// always may. Not on ec2.
+    #[serde(default)]
+    allow_workload: bool,
     /// `[pools.NAME.ec2]`: launch settings over the ec2 driver's.
     ec2: Option<Ec2PoolOptions>,
 }
@@ -684,6 +689,7 @@ impl Config {
                     price_per_hour: None,
                     allow_exec: false,
                     ssh_user: None,
+                    allow_workload: false,
                     ec2: None,
                 },
             );
@@ -704,6 +710,14 @@ impl Config {
                 .map_err(|e| invalid(format!("pools.{name}.instance_type: {e}")))?;
             match &drivers[&p.driver] {
                 DriverConfig::Ec2(ec2) => {
+                    if p.allow_workload {
+                        return Err(invalid(format!(
+                            "pools.{name}.allow_workload: pool {name} launches on ec2 driver {:?}, \
+                             which runs no per-cluster workloads; what its nodes run is the pool's \
+                             init_data (user data)",
+                            p.driver
+                        )));
+                    }
                     if p.image.is_none() && ec2.settings.image.is_none() {
                         return Err(invalid(format!(
                             "pools.{name}.image: pool {name} launches on ec2 driver {:?}, and neither \
@@ -774,6 +788,7 @@ impl Config {
                     tags: p.tags.into_iter().collect::<Tags>(),
                     allow_exec: p.allow_exec,
                     ssh_user,
+                    allow_workload: p.allow_workload,
                 },
             );
         }

@@ -92,7 +92,9 @@ enum Command {
     #[command(after_help = "Examples:
   flotilla deploy demo --nodes 3 --ttl 30m --wait     # a new cluster; returns once its nodes are ready
   flotilla deploy demo --nodes 5 --ttl 2h             # resize, and move its deletion to now + 2h
-  flotilla deploy gpu --nodes 1 --ttl 1h --pool gpu   # another pool (fixed once deployed)")]
+  flotilla deploy gpu --nodes 1 --ttl 1h --pool gpu   # another pool (fixed once deployed)
+  flotilla deploy web --nodes 2 --ttl 1h --port 8000 \\
+    --workload 'python3 -m http.server --bind \"$FLOTILLA_NODE_HOST\" \"$FLOTILLA_WORKLOAD_PORT\"'")]
     Deploy {
         cluster: String,
         /// Number of nodes.
@@ -114,6 +116,16 @@ enum Command {
         /// Wait until all nodes are ready (or the server's max_wait passes).
         #[arg(long)]
         wait: bool,
+        /// A shell command each node runs instead of the pool's init data,
+        /// where the pool allows it (fixed once deployed; a resize without
+        /// it keeps the cluster's). It should serve on $FLOTILLA_NODE_HOST.
+        #[arg(long)]
+        workload: Option<String>,
+        /// The port the workload serves (given to it as
+        /// $FLOTILLA_WORKLOAD_PORT); status shows each node's workload
+        /// address.
+        #[arg(long, requires = "workload")]
+        port: Option<u16>,
     },
     /// Ask for nodes on an organisation's cluster for a while. The
     /// cluster's size is the sum over members of each one's largest active
@@ -626,14 +638,20 @@ fn main() -> ExitCode {
                         public,
                         pool,
                         wait,
+                        workload,
+                        port,
                     } => {
                         let request = DeployRequest {
                             node_capacity: nodes,
                             time_to_live: ttl.as_secs() as i64,
                             // Only what the user said: a resize keeps the
-                            // cluster's visibility and pool.
+                            // cluster's visibility, pool and workload.
                             is_public: public.then_some(true),
                             pool,
+                            workload: workload.map(|command| flotilla_api_types::WorkloadSpec {
+                                command,
+                                port,
+                            }),
                         };
                         client.deploy(&cluster, request, wait).await
                     }

@@ -421,7 +421,10 @@ fn admins_rotate_and_retire_signing_keys() {
         assert_eq!(code(&out), 0, "{}", stderr(&out));
         let text = stdout(&out);
         let mut lines = text.lines();
-        assert!(lines.next().unwrap().starts_with("KEY "), "a header: {text}");
+        assert!(
+            lines.next().unwrap().starts_with("KEY "),
+            "a header: {text}"
+        );
         lines
             .map(|l| l.split_whitespace().next().unwrap().to_owned())
             .collect()

@@ -46,6 +46,7 @@ fn request(cluster: &str, init_data: Option<String>) -> CreateRequest {
         image: None,
         tags: Tags::new(),
         init_data,
+        workload: None,
         count: 1,
     }
 }
@@ -199,7 +200,8 @@ async fn a_restarted_server_adopts_nodes_that_outlived_it() {
     let node = ready(&set, &id).await;
     assert_eq!(node.cluster().unwrap().as_str(), "adopt");
     assert_eq!(node.instance_set(), Some("adopt"));
-    assert!(node.address.as_deref().unwrap().starts_with("127.0.0.1:"));
+    let address: std::net::SocketAddr = node.address.as_deref().unwrap().parse().unwrap();
+    assert!(address.ip().is_loopback(), "{address}");
 
     destroy_and_wait(&set, &id).await;
     stopped("node exit after destroy", pid, SETTLE).await;
@@ -258,6 +260,7 @@ fn write_record_by(
         instance_type,
         image: None,
         init_data: None,
+        workload: None,
         launched_at: Utc::now() - age,
         launcher,
     };

@@ -56,11 +56,17 @@ fn deploy_status_destroy_through_the_command_line() {
     let text = String::from_utf8_lossy(&out.stdout);
     let mut lines = text.lines();
     assert!(
-        lines.next().unwrap().starts_with("CLUSTER  STATE    READY  POOL     EXPIRES"),
+        lines
+            .next()
+            .unwrap()
+            .starts_with("CLUSTER  STATE    READY  POOL     EXPIRES"),
         "a table: {text}"
     );
     assert!(
-        lines.next().unwrap().starts_with("demo     running  1/1    default  in "),
+        lines
+            .next()
+            .unwrap()
+            .starts_with("demo     running  1/1    default  in "),
         "{text}"
     );
 
@@ -974,4 +980,121 @@ init_data = \"echo workload of $FLOTILLA_NODE_ID says hello; exec sleep 1000\"
         text(&out).trim(),
         format!("ssh -l ops -p {port} {host} uptime")
     );
+}
+
+/// A cluster may bring its own workload where its pool allows it: each
+/// node runs it on its own address, so two nodes on one machine serve the
+/// same port, and status says where; the workload is fixed once deployed.
+#[test]
+fn a_cluster_brings_its_own_workload_where_its_pool_allows() {
+    let sandbox = Sandbox::new();
+    let config = format!(
+        "{CONFIG}
+[pools.web]
+driver = \"local\"
+instance_type = \"local.small\"
+allow_workload = true
+"
+    );
+    let server = Server::start_with(&sandbox.path(), &config);
+    let out = server.cli_input(
+        &Server::admin_env(),
+        &["user", "add", "wendy", "--level", "org_member"],
+        "wendy-password-long-enough\n",
+    );
+    assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    let wendy = [
+        ("FLOTILLA_USERNAME", "wendy"),
+        ("FLOTILLA_PASSWORD", "wendy-password-long-enough"),
+    ];
+    let err = |out: &Output| String::from_utf8_lossy(&out.stderr).into_owned();
+    let serve =
+        "exec python3 -m http.server --bind \"$FLOTILLA_NODE_HOST\" \"$FLOTILLA_WORKLOAD_PORT\"";
+
+    // Not in the default pool.
+    let out = server.cli_with(
+        &wendy,
+        &[
+            "deploy",
+            "wendy",
+            "--nodes",
+            "2",
+            "--ttl",
+            "10m",
+            "--workload",
+            serve,
+            "--port",
+            "18080",
+        ],
+    );
+    assert_eq!(code(&out), 3, "{}", err(&out));
+    assert!(err(&out).contains("workload_not_allowed"), "{}", err(&out));
+    assert_eq!(
+        server.status("wendy")["state"],
+        "not_running",
+        "nothing deployed"
+    );
+
+    let out = server.cli_with(
+        &wendy,
+        &[
+            "deploy",
+            "wendy",
+            "--nodes",
+            "2",
+            "--ttl",
+            "10m",
+            "--pool",
+            "web",
+            "--workload",
+            serve,
+            "--port",
+            "18080",
+            "--wait",
+        ],
+    );
+    assert_eq!(code(&out), 0, "{}", err(&out));
+    let status = server.status("wendy");
+    assert_eq!(status["workload"]["port"], 18080, "{status}");
+    let addresses: Vec<String> = status["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["workload_address"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(addresses.len(), 2);
+    assert_ne!(addresses[0], addresses[1], "each node on its own address");
+    for address in &addresses {
+        assert!(address.ends_with(":18080"), "{address}");
+        wait_for("the workload serving", || {
+            std::net::TcpStream::connect(address.as_str()).is_ok()
+        });
+    }
+    let text = server.cli_with(&wendy, &["status", "wendy"]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains(&format!("workload at {}", addresses[0])),
+        "{text}"
+    );
+
+    // A resize keeps it; another workload is refused and changes nothing.
+    let out = server.cli_with(&wendy, &["deploy", "wendy", "--nodes", "1", "--ttl", "10m"]);
+    assert_eq!(code(&out), 0, "{}", err(&out));
+    assert_eq!(server.status("wendy")["workload"]["command"], serve);
+    let out = server.cli_with(
+        &wendy,
+        &[
+            "deploy",
+            "wendy",
+            "--nodes",
+            "3",
+            "--ttl",
+            "10m",
+            "--workload",
+            "sleep 1000",
+        ],
+    );
+    assert_ne!(code(&out), 0);
+    assert!(err(&out).contains("workload_immutable"), "{}", err(&out));
+    assert_eq!(server.status("wendy")["node_capacity"], 1);
 }

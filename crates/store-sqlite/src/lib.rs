@@ -341,8 +341,8 @@ impl Store for SqliteStore {
         // having changed nothing.
         let upserted: Option<ClusterRow> = sqlx::query_as(concat!(
             "INSERT INTO clusters (name, is_public, node_capacity, pool, expires_at, destroying, \
-                                   created_at, updated_at, generation) \
-             VALUES ($1, $2, $3, $4, $5, FALSE, $6, $6, 1) \
+                                   created_at, updated_at, generation, workload) \
+             VALUES ($1, $2, $3, $4, $5, FALSE, $6, $6, 1, $9) \
              ON CONFLICT (name) DO UPDATE SET \
                  node_capacity = excluded.node_capacity, \
                  expires_at = excluded.expires_at, \
@@ -351,6 +351,7 @@ impl Store for SqliteStore {
                  generation = clusters.generation + 1 \
              WHERE ($7 = FALSE OR clusters.is_public = excluded.is_public) \
                AND ($8 = FALSE OR clusters.pool = excluded.pool) \
+               AND ($10 = FALSE OR clusters.workload IS excluded.workload) \
              RETURNING ",
             cluster_columns!()
         ))
@@ -362,6 +363,8 @@ impl Store for SqliteStore {
         .bind(row::to_millis(now))
         .bind(command.is_public.is_some())
         .bind(command.pool.is_some())
+        .bind(row::workload_json(command.workload.as_ref()))
+        .bind(command.workload.is_some())
         .fetch_optional(&mut *tx)
         .await?;
         if let Some(row) = upserted {
@@ -383,7 +386,7 @@ impl Store for SqliteStore {
             return Err(conflict);
         }
         Err(StoreError::Corrupt(format!(
-            "clusters row {name:?}: deploy matched is_public and pool but did not update"
+            "clusters row {name:?}: deploy matched is_public, pool and workload but did not update"
         )))
     }
 

@@ -238,11 +238,12 @@ async fn record_effects(
     sqlx::query(concat!(
         "INSERT INTO clusters (",
         cluster_columns!(),
-        ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+        ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
          ON CONFLICT (name) DO UPDATE SET is_public = excluded.is_public, \
              node_capacity = excluded.node_capacity, pool = excluded.pool, \
              expires_at = excluded.expires_at, destroying = excluded.destroying, \
-             updated_at = excluded.updated_at, generation = excluded.generation"
+             updated_at = excluded.updated_at, generation = excluded.generation, \
+             workload = excluded.workload"
     ))
     .bind(record.name.as_str())
     .bind(record.is_public)
@@ -253,6 +254,7 @@ async fn record_effects(
     .bind(row::to_millis(record.created_at))
     .bind(row::to_millis(record.updated_at))
     .bind(record.generation)
+    .bind(row::workload_json(record.workload.as_ref()))
     .execute(&mut *conn)
     .await?;
     Ok(Some(record))

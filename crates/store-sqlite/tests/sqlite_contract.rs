@@ -45,6 +45,7 @@ fn command(cluster: &str, nodes: i64) -> DeployCommand {
         time_to_live: TimeToLive::new(3600, &limits).unwrap(),
         is_public: None,
         pool: None,
+        workload: None,
         default_pool: PoolName::new("default").unwrap(),
     }
 }

@@ -53,6 +53,7 @@ macro_rules! store_contract_tests {
             redeploy_with_other_visibility_conflicts_and_changes_nothing,
             redeploy_with_other_pool_conflicts_and_changes_nothing,
             a_deploy_that_names_no_fixed_field_keeps_them,
+            a_workload_is_kept_and_fixed_once_deployed,
             extend_moves_only_the_deadline_of_a_deployed_cluster,
             destroy_marks_destroying_and_clears_expiry,
             deploy_after_destroy_revives_the_cluster,
@@ -157,6 +158,7 @@ fn command(cluster: &str, nodes: u32, is_public: bool, pool_name: &str) -> Deplo
         time_to_live: TimeToLive::new(3600, &limits).expect("valid ttl"),
         is_public: Some(is_public),
         pool: Some(pool(pool_name)),
+        workload: None,
         default_pool: pool("default"),
     }
 }
@@ -187,6 +189,7 @@ pub async fn deploy_creates_the_record(h: Harness) {
         is_public: false,
         node_capacity: NodeCapacity::from_stored(3),
         pool: pool("default"),
+        workload: None,
         expires_at: Some(t(3600)),
         destroying: false,
         created_at: t(0),
@@ -367,6 +370,45 @@ pub async fn a_deploy_that_names_no_fixed_field_keeps_them(h: Harness) {
         .expect("deploy");
     assert!(!fresh.is_public, "a new cluster is private unless asked");
     assert_eq!(fresh.pool, pool("default"));
+}
+
+/// A workload is stored with the cluster, kept by a resize that does not
+/// name it, and refused (changing nothing) when another is named.
+pub async fn a_workload_is_kept_and_fixed_once_deployed(h: Harness) {
+    let store = h.store.as_ref();
+    let serve = flotilla_domain::Workload::new("serve --port 80".into(), Some(8080)).unwrap();
+    let with = |nodes: u32, workload: Option<flotilla_domain::Workload>| DeployCommand {
+        workload,
+        is_public: None,
+        pool: None,
+        ..command("alpha", nodes, false, "default")
+    };
+    let first = deploy(store, &with(1, Some(serve.clone())), 0, 100).await;
+    assert_eq!(first.workload.as_ref(), Some(&serve));
+    assert_eq!(get(store, "alpha").await.as_ref(), Some(&first));
+    let resized = store
+        .deploy(&with(3, None), t(10), t(900))
+        .await
+        .expect("a resize that names no workload keeps it");
+    assert_eq!(resized.workload.as_ref(), Some(&serve));
+    let again = store
+        .deploy(&with(4, Some(serve.clone())), t(20), t(900))
+        .await
+        .expect("the same workload is no conflict");
+    assert_eq!(again.node_capacity.get(), 4);
+    let other = flotilla_domain::Workload::new("serve --port 81".into(), Some(8080)).unwrap();
+    let result = store.deploy(&with(5, Some(other)), t(30), t(900)).await;
+    assert_conflict(result, "alpha", "workload", "\"serve --port 80\"");
+    assert_eq!(get(store, "alpha").await.as_ref(), Some(&again));
+
+    // A cluster deployed without one takes none, and then may not add one.
+    deploy(store, &command("beta", 1, false, "default"), 40, 900).await;
+    let add = DeployCommand {
+        cluster: name("beta"),
+        ..with(1, Some(serve))
+    };
+    let result = store.deploy(&add, t(50), t(900)).await;
+    assert_conflict(result, "beta", "workload", "none");
 }
 
 pub async fn extend_moves_only_the_deadline_of_a_deployed_cluster(h: Harness) {

@@ -189,6 +189,7 @@ impl Store for MemoryStore {
                 is_public: command.new_public(),
                 node_capacity: command.node_capacity,
                 pool: command.new_pool().clone(),
+                workload: command.workload.clone(),
                 expires_at: Some(expires_at),
                 destroying: false,
                 created_at: now,

@@ -24,7 +24,7 @@ use crate::{AccountRecord, Lease, SigningKeyRecord, StoreError};
 #[macro_export]
 macro_rules! cluster_columns {
     () => {
-        "name, is_public, node_capacity, pool, expires_at, destroying, created_at, updated_at, generation"
+        "name, is_public, node_capacity, pool, expires_at, destroying, created_at, updated_at, generation, workload"
     };
 }
 
@@ -39,6 +39,13 @@ pub struct ClusterRow {
     pub created_at: i64,
     pub updated_at: i64,
     pub generation: i64,
+    /// The cluster's `Workload` as JSON, if it has one.
+    pub workload: Option<String>,
+}
+
+/// A cluster's workload as the `workload` column keeps it.
+pub fn workload_json(workload: Option<&flotilla_domain::Workload>) -> Option<String> {
+    workload.map(|w| serde_json::to_string(w).expect("a workload serialises"))
 }
 
 /// Stored times are whole milliseconds: anything finer is dropped on the way
@@ -75,11 +82,19 @@ impl TryFrom<ClusterRow> for ClusterRecord {
             Some(ms) => Some(from_millis(ms, || at("expires_at"))?),
             None => None,
         };
+        let workload = match &row.workload {
+            Some(json) => Some(
+                serde_json::from_str(json)
+                    .map_err(|e| StoreError::Corrupt(format!("{}: {e}", at("workload"))))?,
+            ),
+            None => None,
+        };
         Ok(ClusterRecord {
             name,
             is_public: row.is_public,
             node_capacity,
             pool,
+            workload,
             expires_at,
             destroying: row.destroying,
             created_at: from_millis(row.created_at, || at("created_at"))?,
@@ -806,6 +821,7 @@ mod tests {
             created_at: 1_700_000_000_000,
             updated_at: 1_700_000_000_500,
             generation: 4,
+            workload: None,
         }
     }
 

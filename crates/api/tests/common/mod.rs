@@ -58,6 +58,7 @@ pub fn pools() -> BTreeMap<PoolName, PoolSpec> {
         tags: Tags::new(),
         allow_exec: ty == "fake.big",
         ssh_user: (ty == "fake.big").then(|| "ops".to_owned()),
+        allow_workload: ty == "fake.big",
     };
     BTreeMap::from([
         (PoolName::new("default").unwrap(), pool("fake.small")),

@@ -41,6 +41,7 @@ pub fn pools() -> BTreeMap<PoolName, PoolSpec> {
         tags: Tags::new(),
         allow_exec: false,
         ssh_user: None,
+        allow_workload: false,
     };
     BTreeMap::from([
         (PoolName::new("default").unwrap(), pool("fake.small")),
@@ -137,6 +138,7 @@ impl Harness {
             time_to_live: ttl,
             is_public: Some(is_public),
             pool: pool.map(str::to_owned),
+            workload: None,
         };
         self.control.run(caller, command).await
     }
