@@ -269,6 +269,40 @@ pub struct CapacityRequestStatus {
     pub expires_at: DateTime<Utc>,
 }
 
+/// How many of a pool's errors to read.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PoolErrorsQuery {
+    /// At most this many, latest first (default 100, at most 1000).
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<usize>,
+}
+
+/// One failure making a pool's nodes, counted each time it happened again.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PoolErrorView {
+    /// `create_failed`, `destroy_failed`, `boot_timeout` or `probe_timeout`.
+    pub kind: String,
+    /// How the cloud's error was classified (as a status's `error.code`);
+    /// absent for a timeout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    pub cluster: String,
+    pub instance_type: String,
+    /// The latest time's message.
+    pub message: String,
+    pub count: u64,
+    pub first_at: DateTime<Utc>,
+    pub last_at: DateTime<Utc>,
+}
+
+/// A pool's errors, latest first: those of clusters the caller may see.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PoolErrorList {
+    pub pool: String,
+    pub errors: Vec<PoolErrorView>,
+}
+
 /// Which part of a node's output to read.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]

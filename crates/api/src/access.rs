@@ -77,6 +77,7 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
     ("POST",   "/api/v1/auth/keys",                 Access::SignedIn(Rule::AuthorizeAdmin)),
     ("DELETE", "/api/v1/auth/keys/{kid}",           Access::SignedIn(Rule::AuthorizeAdmin)),
     ("GET",    "/api/v1/pools",                     Access::Rule(Rule::Anyone)),
+    ("GET",    "/api/v1/pools/{pool}/errors",       Access::SignedIn(Rule::AuthorizeStatus)),
     ("GET",    "/api/v1/events",                    Access::Rule(Rule::MayReadChange)),
     ("GET",    "/api/v1/clusters",                  Access::Rule(Rule::AuthorizeStatus)),
     ("GET",    "/api/v1/clusters/{cluster}",        Access::Rule(Rule::AuthorizeStatus)),

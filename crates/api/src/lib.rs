@@ -54,6 +54,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/openapi.json", get(openapi::serve))
         .route("/api/v1/clusters", get(list_clusters))
         .route("/api/v1/pools", get(list_pools))
+        .route("/api/v1/pools/{pool}/errors", get(nodes::pool_errors))
         .route("/api/v1/events", get(events::list_events))
         .route(
             "/api/v1/clusters/{cluster}",

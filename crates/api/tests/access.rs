@@ -553,6 +553,7 @@ fn uris(template: &str, kid: &str) -> Vec<String> {
                 .replace("{user}", "org")
                 .replace("{org}", "lab")
                 .replace("{kid}", kid)
+                .replace("{pool}", "default")
         })
         .collect()
 }

@@ -960,3 +960,58 @@ async fn pools_are_listed_with_their_shapes() {
     assert_eq!(list.pools[1].shape.map(|s| s.memory_mib), Some(4096));
     assert_eq!(list.pools[1].spot_price, None);
 }
+
+/// A pool's errors are data: each failure counted on one row, and a caller
+/// sees those of the clusters it may see.
+#[tokio::test]
+async fn pool_errors_are_counted_and_shown_to_who_may_see_the_cluster() {
+    let api = TestApi::start().await;
+    api.cloud
+        .reconfigure(|c| c.refuse_creates = Some("no such image (fake)".into()));
+    let bob = api.user_token("bob", "org_member").await;
+    api.deploy("ops", &deploy_body(1), false).await;
+    let reply = api
+        .send_as(
+            &bob,
+            json_request(Method::PUT, "/api/v1/clusters/bob", &deploy_body(1)),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let errors = loop {
+        let reply = api.get("/api/v1/pools/default/errors").await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+        let errors = reply.json()["errors"].as_array().unwrap().clone();
+        if errors.len() == 2 && errors.iter().all(|e| e["count"].as_u64() >= Some(2)) {
+            break errors;
+        }
+        assert!(Instant::now() < deadline, "{errors:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    for e in &errors {
+        assert_eq!(e["kind"], "create_failed");
+        assert_eq!(e["code"], "cloud_refused");
+        assert_eq!(e["instance_type"], "fake.small");
+        assert!(e["message"].as_str().unwrap().contains("no such image"));
+    }
+
+    let mine = api
+        .send_as(
+            &bob,
+            empty_request(Method::GET, "/api/v1/pools/default/errors"),
+        )
+        .await;
+    let mine = mine.json()["errors"].as_array().unwrap().clone();
+    assert_eq!(mine.len(), 1);
+    assert_eq!(mine[0]["cluster"], "bob", "not the admin's cluster");
+
+    api.get("/api/v1/pools/nonesuch/errors")
+        .await
+        .expect_error(StatusCode::NOT_FOUND, "unknown_pool");
+    api.get("/api/v1/pools/default/errors?limit=0")
+        .await
+        .expect_error(StatusCode::UNPROCESSABLE_ENTITY, "invalid_limit");
+    let one = api.get("/api/v1/pools/default/errors?limit=1").await;
+    assert_eq!(one.json()["errors"].as_array().unwrap().len(), 1);
+}

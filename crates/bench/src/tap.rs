@@ -193,6 +193,8 @@ pub struct StoreCounts {
     pub org_writes: u64,
     /// Publications of what stands in clusters' way, one per cluster.
     pub obstacle_writes: u64,
+    /// Pool errors counted into the store.
+    pub pool_error_writes: u64,
 }
 
 impl StoreCounts {
@@ -205,6 +207,7 @@ impl StoreCounts {
             + self.account_writes
             + self.org_writes
             + self.obstacle_writes
+            + self.pool_error_writes
     }
 
     pub fn since(&self, earlier: &StoreCounts) -> StoreCounts {
@@ -219,6 +222,7 @@ impl StoreCounts {
             account_writes: self.account_writes - earlier.account_writes,
             org_writes: self.org_writes - earlier.org_writes,
             obstacle_writes: self.obstacle_writes - earlier.obstacle_writes,
+            pool_error_writes: self.pool_error_writes - earlier.pool_error_writes,
         }
     }
 }
@@ -235,6 +239,7 @@ struct Counters {
     account_writes: AtomicU64,
     org_writes: AtomicU64,
     obstacle_writes: AtomicU64,
+    pool_error_writes: AtomicU64,
 }
 
 /// A store that counts the calls made to the store it wraps.
@@ -269,6 +274,7 @@ impl CountingStore {
             account_writes: get(&c.account_writes),
             org_writes: get(&c.org_writes),
             obstacle_writes: get(&c.obstacle_writes),
+            pool_error_writes: get(&c.pool_error_writes),
         }
     }
 
@@ -489,6 +495,28 @@ impl LeaseStore for CountingStore {
         &self,
     ) -> Result<Vec<(ClusterName, flotilla_domain::Obstacle)>, StoreError> {
         self.inner.published_obstacles().await
+    }
+
+    async fn record_pool_errors(
+        &self,
+        fence: Fence,
+        errors: &[flotilla_domain::PoolError],
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        bump(&self.counters.pool_error_writes, errors.len() as u64);
+        self.inner.record_pool_errors(fence, errors, now).await
+    }
+
+    async fn pool_errors(
+        &self,
+        pool: &PoolName,
+        limit: usize,
+    ) -> Result<Vec<flotilla_domain::PoolError>, StoreError> {
+        self.inner.pool_errors(pool, limit).await
+    }
+
+    async fn prune_pool_errors(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+        self.inner.prune_pool_errors(before).await
     }
 }
 

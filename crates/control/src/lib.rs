@@ -25,7 +25,9 @@ use flotilla_engine::{Engine, EngineError};
 
 pub use clusters::{Deploy, Destroy, Extend};
 pub use events::{EventPage, EventsQuery, MAX_PAGE};
-pub use nodes::{Console, ExecOutput, MAX_CONSOLE_BYTES, MAX_EXEC_OUTPUT, MAX_EXEC_TIMEOUT};
+pub use nodes::{
+    Console, ExecOutput, MAX_CONSOLE_BYTES, MAX_EXEC_OUTPUT, MAX_EXEC_TIMEOUT, MAX_POOL_ERRORS,
+};
 pub use orgs::{
     CapacityView, CreateOrg, CreditOrg, DecideMembership, OrgView, RemoveMember, RequestCapacity,
     RequestMembership, SetMemberRole, UpdateOrg, WithdrawCapacity,

@@ -14,6 +14,9 @@ use crate::Control;
 pub const MAX_CONSOLE_BYTES: usize = 1 << 20;
 /// The most of each of a command's outputs kept.
 pub const MAX_EXEC_OUTPUT: usize = 1 << 20;
+/// The most errors of a pool one answer carries.
+pub const MAX_POOL_ERRORS: usize = 1000;
+
 /// The longest a command may run.
 pub const MAX_EXEC_TIMEOUT: Duration = Duration::from_secs(600);
 
@@ -32,6 +35,21 @@ impl Control {
         self.engine()
             .node_console(cluster, choice, from, limit.min(MAX_CONSOLE_BYTES))
             .await
+    }
+
+    /// Pool `pool`'s errors that the caller may see (those of clusters it
+    /// may see the status of), latest first, at most `limit`.
+    pub async fn pool_errors(
+        &self,
+        caller: &Caller,
+        pool: &str,
+        limit: usize,
+    ) -> Result<Vec<flotilla_domain::PoolError>, EngineError> {
+        let pool = self.known_pool(pool)?;
+        let mut errors = self.engine().pool_errors(&pool, MAX_POOL_ERRORS).await?;
+        errors.retain(|e| self.may_see(caller, &e.key.cluster).is_ok());
+        errors.truncate(limit);
+        Ok(errors)
     }
 
     /// Runs `argv` on node `choice` of `cluster`, killed after `timeout`.

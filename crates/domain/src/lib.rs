@@ -12,6 +12,7 @@ mod names;
 mod obstacle;
 mod org;
 mod plan;
+mod pool_error;
 
 pub use access::{
     allowed_clusters, authorize_admin, authorize_cluster_token, authorize_deploy,
@@ -40,3 +41,4 @@ pub use org::{
 pub use plan::{
     plan, DestroyReason, NodeRecord, NodeState, ObservedNode, Plan, Timeouts, WantedNodes,
 };
+pub use pool_error::{PoolError, PoolErrorKey, PoolErrorKind};

@@ -20,7 +20,7 @@ pub struct Obstacle {
 }
 
 /// A stable code per kind of obstacle, for scripts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ObstacleCode {
     /// The cloud refused, and retrying will not help until someone changes
     /// something (credentials, image, instance profile, …).

@@ -1,4 +1,5 @@
-//! The change feed's upkeep: pruning by age. Readers of the feed are the
+//! The change feed's upkeep: pruning by age (and the pools' errors with
+//! it). Readers of the feed are the
 //! reflector and the front door (`flotilla-control`).
 
 use std::time::Duration;
@@ -6,13 +7,24 @@ use std::time::Duration;
 use crate::{Engine, EngineError};
 
 impl Engine {
-    /// Removes the changes older than `retention`; returns how many.
+    /// Removes the changes older than `retention`, and the pools' errors
+    /// last met before then; returns how many changes.
     pub async fn prune_events(&self, retention: Duration) -> Result<u64, EngineError> {
         let now = self.shared.clock.now();
         let before = chrono::Duration::from_std(retention)
             .ok()
             .and_then(|r| now.checked_sub_signed(r))
             .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
+        self.shared.store.prune_pool_errors(before).await?;
         Ok(self.shared.store.prune_changes(before).await?)
+    }
+
+    /// A pool's errors, latest first, at most `limit`.
+    pub async fn pool_errors(
+        &self,
+        pool: &flotilla_domain::PoolName,
+        limit: usize,
+    ) -> Result<Vec<flotilla_domain::PoolError>, EngineError> {
+        Ok(self.shared.store.pool_errors(pool, limit).await?)
     }
 }

@@ -194,6 +194,9 @@ struct Shared {
     acting: tokio::sync::RwLock<()>,
     /// Held by a publication from its snapshot of the nodes to its commit.
     publishing: tokio::sync::Mutex<()>,
+    /// Pools' errors met since they were last written to the store,
+    /// counted by failure (see `reconcile::note_pool_error`).
+    pool_errors: Mutex<BTreeMap<flotilla_domain::PoolErrorKey, flotilla_domain::PoolError>>,
 }
 
 impl Shared {
@@ -331,6 +334,7 @@ impl Engine {
             publish_wanted: Notify::new(),
             acting: tokio::sync::RwLock::new(()),
             publishing: tokio::sync::Mutex::new(()),
+            pool_errors: Mutex::new(BTreeMap::new()),
             config,
         });
 

@@ -29,6 +29,12 @@ struct DestroyLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PoolErrorLabels {
+    pool: String,
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DriverLabels {
     driver: String,
 }
@@ -40,6 +46,7 @@ pub(crate) struct EngineMetrics {
     reconcile_seconds: Histogram,
     destroys: Family<DestroyLabels, Counter>,
     expired: Counter,
+    pool_errors: Family<PoolErrorLabels, Counter>,
 }
 
 impl EngineMetrics {
@@ -51,6 +58,7 @@ impl EngineMetrics {
             reconcile_seconds: Histogram::new([0.0005, 0.002, 0.01, 0.05, 0.25, 1.0, 5.0, 30.0]),
             destroys: Family::default(),
             expired: Counter::default(),
+            pool_errors: Family::default(),
         };
         registry.register(
             "flotilla_nodes",
@@ -78,6 +86,11 @@ impl EngineMetrics {
             m.destroys.clone(),
         );
         registry.register(
+            "flotilla_pool_errors",
+            "Failures making pools' nodes, by pool and kind (see GET /api/v1/pools/NAME/errors)",
+            m.pool_errors.clone(),
+        );
+        registry.register(
             "flotilla_scheduled_deletions_fired",
             "Clusters destroyed because their time-to-live ran out",
             m.expired.clone(),
@@ -98,6 +111,15 @@ impl EngineMetrics {
             .get_or_create(&DestroyLabels {
                 driver: driver.to_owned(),
                 reason,
+            })
+            .inc();
+    }
+
+    pub fn pool_error(&self, pool: &str, kind: &'static str) {
+        self.pool_errors
+            .get_or_create(&PoolErrorLabels {
+                pool: pool.to_owned(),
+                kind,
             })
             .inc();
     }

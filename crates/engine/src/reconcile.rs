@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use flotilla_cloud::{CloudError, CreateRequest, Health, Instance, InstanceSet};
 use flotilla_domain::{
-    plan, ClusterName, ClusterRecord, InstanceId, NodeRecord, NodeState, ObservedNode, Obstacle,
-    ObstacleCode, WantedNodes,
+    plan, ClusterName, ClusterRecord, DestroyReason, InstanceId, NodeRecord, NodeState,
+    ObservedNode, Obstacle, ObstacleCode, PoolError, PoolErrorKey, PoolErrorKind, WantedNodes,
 };
 use flotilla_store::{ClusterNodes, ClusterObstacle, Fence, GoneNode};
 use futures::future::join_all;
@@ -107,6 +107,69 @@ fn note_obstacle(
     obstacles.get(cluster) != shared.published_obstacles.lock().unwrap().get(cluster)
 }
 
+/// Counts a failure making `pool`'s nodes for `cluster`, to be written
+/// with the next publication (and counted in the metrics at once).
+#[allow(clippy::too_many_arguments)]
+fn note_pool_error(
+    shared: &Shared,
+    pool: &flotilla_domain::PoolName,
+    kind: PoolErrorKind,
+    code: Option<ObstacleCode>,
+    cluster: &ClusterName,
+    instance_type: &flotilla_domain::InstanceType,
+    message: String,
+) {
+    let now = shared.clock.now();
+    shared.metrics.pool_error(pool.as_str(), kind.as_str());
+    let error = PoolError {
+        key: PoolErrorKey {
+            pool: pool.clone(),
+            kind,
+            code,
+            cluster: cluster.clone(),
+            instance_type: instance_type.clone(),
+        },
+        message,
+        count: 1,
+        first_at: now,
+        last_at: now,
+    };
+    match shared.pool_errors.lock().unwrap().entry(error.key.clone()) {
+        std::collections::btree_map::Entry::Occupied(mut kept) => kept.get_mut().absorb(error),
+        std::collections::btree_map::Entry::Vacant(slot) => {
+            slot.insert(error);
+        }
+    }
+    shared.publish_soon(cluster);
+}
+
+/// Writes the pools' errors met since the last write; kept for the next
+/// try if the store refuses them.
+async fn flush_pool_errors(shared: &Shared, fence: Fence) {
+    let pending: Vec<PoolError> = std::mem::take(&mut *shared.pool_errors.lock().unwrap())
+        .into_values()
+        .collect();
+    if pending.is_empty() {
+        return;
+    }
+    if let Err(e) = shared
+        .store
+        .record_pool_errors(fence, &pending, shared.clock.now())
+        .await
+    {
+        tracing::warn!(errors = pending.len(), error = %e, "recording pools' errors failed; trying again");
+        let mut kept = shared.pool_errors.lock().unwrap();
+        for error in pending {
+            match kept.entry(error.key.clone()) {
+                std::collections::btree_map::Entry::Occupied(mut k) => k.get_mut().absorb(error),
+                std::collections::btree_map::Entry::Vacant(slot) => {
+                    slot.insert(error);
+                }
+            }
+        }
+    }
+}
+
 /// The obstacle a cloud error is.
 fn obstacle_code(e: &CloudError) -> ObstacleCode {
     match e {
@@ -173,6 +236,7 @@ async fn publish(shared: &Shared, clusters: &[ClusterName], fence: Fence) -> boo
     let _one = shared.publishing.lock().await;
     let nodes = publish_nodes(shared, clusters, fence).await;
     publish_obstacles(shared, clusters, fence).await;
+    flush_pool_errors(shared, fence).await;
     nodes
 }
 
@@ -398,6 +462,35 @@ async fn reconcile(
                     Ok(()) => {
                         tracing::info!(%cluster, %driver, instance = %id, reason = reason.as_str(), "destroying node");
                         shared.metrics.destroyed(driver, reason.as_str());
+                        let given_up = match reason {
+                            DestroyReason::BootTimeout => Some((
+                                PoolErrorKind::BootTimeout,
+                                format!(
+                                    "node {id} was not ready within the boot timeout ({} s); replaced",
+                                    shared.config.timeouts.boot.as_secs()
+                                ),
+                            )),
+                            DestroyReason::ProbeTimeout => Some((
+                                PoolErrorKind::ProbeTimeout,
+                                format!(
+                                    "node {id} failed its health probe for longer than the probe timeout ({} s); replaced",
+                                    shared.config.timeouts.probe.as_secs()
+                                ),
+                            )),
+                            _ => None,
+                        };
+                        if let (Some((kind, message)), Some(r), Some(p)) = (given_up, &record, pool)
+                        {
+                            note_pool_error(
+                                shared,
+                                &r.pool,
+                                kind,
+                                None,
+                                cluster,
+                                &p.instance_type,
+                                message,
+                            );
+                        }
                         shared
                             .inventory
                             .lock()
@@ -407,7 +500,20 @@ async fn reconcile(
                             .mark_destroying(cluster, id, now);
                     }
                     Err(CloudError::RateLimited { earliest_retry, .. }) => next.at(earliest_retry),
-                    Err(e) => errors.push((obstacle_code(&e), format!("destroy {id}: {e}"))),
+                    Err(e) => {
+                        if let (Some(r), Some(p)) = (&record, pool) {
+                            note_pool_error(
+                                shared,
+                                &r.pool,
+                                PoolErrorKind::DestroyFailed,
+                                Some(obstacle_code(&e)),
+                                cluster,
+                                &p.instance_type,
+                                format!("destroy {id}: {e}"),
+                            );
+                        }
+                        errors.push((obstacle_code(&e), format!("destroy {id}: {e}")))
+                    }
                 }
             }
             // See them leave the listing soon rather than at the next resync.
@@ -623,6 +729,17 @@ async fn create(
             count,
         };
         let result = set.create(&request).await;
+        if let Err(e) = &result {
+            note_pool_error(
+                shared,
+                &record.pool,
+                PoolErrorKind::CreateFailed,
+                Some(obstacle_code(e)),
+                cluster,
+                &pool.instance_type,
+                format!("create: {e}"),
+            );
+        }
         let now = shared.clock.now();
         let mut inv = shared.inventory.lock().unwrap();
         let set_inv = inv.get_mut(driver).expect("known driver");

@@ -246,6 +246,29 @@ async fn boot_timeout_replaces_a_node() {
         2,
         "exactly one replacement"
     );
+    // The pool keeps it as an error: the node given up on.
+    let pool = flotilla_domain::PoolName::new("default").unwrap();
+    let mut errors = Vec::new();
+    for _ in 0..50 {
+        errors = h.store.pool_errors(&pool, 10).await.unwrap();
+        if !errors.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(
+        errors[0].key.kind,
+        flotilla_domain::PoolErrorKind::BootTimeout
+    );
+    assert_eq!(errors[0].key.code, None);
+    assert_eq!(errors[0].key.cluster, name("c"));
+    assert_eq!(errors[0].count, 1);
+    assert!(
+        errors[0].message.contains(first.as_str()),
+        "{}",
+        errors[0].message
+    );
     h.stop().await;
 }
 

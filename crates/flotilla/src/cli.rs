@@ -11,8 +11,8 @@ use flotilla_api_types::{
     CreateOrgRequest, CreateUserRequest, CreditRequest, DeployRequest, ErrorBody, Event, EventList,
     ExecRequest, ExecResponse, ExtendRequest, GithubLoginRequest, Ledger, Level, LoginRequest,
     MemberRoleRequest, MembershipRequestResponse, NodeLogs, OrgClusterStatus, OrgList, OrgView,
-    PoolList, PoolView, RefreshRequest, SigningKeyList, TokenResponse, UpdateOrgRequest,
-    UpdateUserRequest, Usage, UserList, UserView, WhoAmI,
+    PoolErrorList, PoolList, PoolView, RefreshRequest, SigningKeyList, TokenResponse,
+    UpdateOrgRequest, UpdateUserRequest, Usage, UserList, UserView, WhoAmI,
 };
 use reqwest::StatusCode;
 use tokio::sync::Mutex;
@@ -449,6 +449,47 @@ impl Client {
         match self.output {
             Output::Json => println!("{}", raw.trim()),
             Output::Text => println!("{}", token.token),
+        }
+        Ok(exit::OK)
+    }
+
+    /// What went wrong making a pool's nodes.
+    pub async fn pool_errors(&self, pool: &str, limit: usize) -> Result<u8> {
+        let req = self
+            .http
+            .get(self.url(&format!("/api/v1/pools/{pool}/errors")))
+            .query(&[("limit", limit)]);
+        let (list, raw) = self.send::<PoolErrorList>(req).await?;
+        match self.output {
+            Output::Json => println!("{}", raw.trim()),
+            Output::Text if list.errors.is_empty() => {
+                println!("no errors in pool {pool} (of the clusters you may see)")
+            }
+            Output::Text => {
+                let now = Utc::now();
+                let rows: Vec<Vec<String>> = list
+                    .errors
+                    .iter()
+                    .map(|e| {
+                        vec![
+                            relative(e.last_at, now),
+                            e.kind.clone(),
+                            e.code.clone().unwrap_or_else(|| "-".into()),
+                            e.cluster.clone(),
+                            e.instance_type.clone(),
+                            e.count.to_string(),
+                            e.message.clone(),
+                        ]
+                    })
+                    .collect();
+                print!(
+                    "{}",
+                    table(
+                        &["LAST", "KIND", "CODE", "CLUSTER", "TYPE", "TIMES", "MESSAGE"],
+                        &rows
+                    )
+                );
+            }
         }
         Ok(exit::OK)
     }

@@ -158,6 +158,11 @@ enum Command {
     /// List the pools: driver, instance type, and what the cloud says a
     /// node is (vCPUs, memory) and costs (spot price).
     Pools,
+    /// One pool: what went wrong making its nodes.
+    Pool {
+        #[command(subcommand)]
+        command: PoolCommand,
+    },
     /// Show the changes you may see (your clusters', organisations' and
     /// account's, public clusters'), oldest first; one cluster's with its
     /// name.
@@ -318,6 +323,19 @@ enum UserCommand {
     },
     /// Remove an account and every sign-in it has.
     Remove { username: String },
+}
+
+#[derive(Subcommand)]
+enum PoolCommand {
+    /// Failed creates and destroys and nodes given up on (boot or probe
+    /// timeout), latest first, each counted when it happened again; those
+    /// of the clusters you may see.
+    Errors {
+        pool: String,
+        /// At most this many (1 to 1000).
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
 }
 
 #[derive(Subcommand)]
@@ -679,6 +697,9 @@ fn main() -> ExitCode {
                         client.status(cluster.as_deref(), watch).await
                     }
                     Command::Pools => client.pools().await,
+                    Command::Pool {
+                        command: PoolCommand::Errors { pool, limit },
+                    } => client.pool_errors(&pool, limit).await,
                     Command::Events {
                         cluster,
                         after,

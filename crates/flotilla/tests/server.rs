@@ -587,6 +587,43 @@ instance_type = "fake.small"
         "{text}"
     );
 
+    // The pool keeps its errors as data: the same failure counted, once.
+    wait_for("the pool's errors written", || {
+        let out = server.cli(&["--output", "json", "pool", "errors", "default"]);
+        let list: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        list["errors"].as_array().is_some_and(|errors| {
+            errors
+                .iter()
+                .any(|e| e["cluster"] == "stuck" && e["count"].as_u64() >= Some(2))
+        })
+    });
+    let out = server.cli(&["--output", "json", "pool", "errors", "default"]);
+    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+    // A row per cluster (the earlier one's stays, as history).
+    let errors: Vec<&Value> = list["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["cluster"] == "stuck")
+        .collect();
+    assert_eq!(errors.len(), 1, "one row, counted: {list}");
+    assert_eq!(errors[0]["kind"], "create_failed");
+    assert_eq!(errors[0]["code"], "cloud_refused");
+    assert!(
+        errors[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("IamInstanceProfile"),
+        "{list}"
+    );
+    let out = server.cli(&["pool", "errors", "default"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.starts_with("LAST") && text.contains("create_failed  cloud_refused  stuck"),
+        "{text}"
+    );
+    assert_eq!(code(&server.cli(&["pool", "errors", "nonesuch"])), 1);
+
     // Ctrl-C while waiting.
     let waiting = server
         .cli_command(

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use flotilla_domain::{ClusterName, NewChange, NodeRecord, Obstacle};
+use flotilla_domain::{ClusterName, NewChange, NodeRecord, Obstacle, PoolError, PoolName};
 use flotilla_store::sql::{self as row, LeaseRow, NodeRow};
 use flotilla_store::{ClusterNodes, ClusterObstacle, Fence, Lease, LeaseStore, StoreError};
 use sqlx::sqlite::SqliteConnection;
@@ -203,5 +203,56 @@ impl LeaseStore for SqliteStore {
         rows.into_iter()
             .map(<(ClusterName, Obstacle)>::try_from)
             .collect()
+    }
+
+    async fn record_pool_errors(
+        &self,
+        fence: Fence,
+        errors: &[PoolError],
+        _now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        if errors.is_empty() {
+            return Ok(());
+        }
+        let upsert = row::pool_error_upsert("min", "max");
+        let mut tx = self.begin_write().await?;
+        check_fence(&mut tx, fence).await?;
+        for e in errors {
+            sqlx::query(&upsert)
+                .bind(e.key.pool.as_str())
+                .bind(e.key.kind.as_str())
+                .bind(row::pool_error_code(e))
+                .bind(e.key.cluster.as_str())
+                .bind(e.key.instance_type.as_str())
+                .bind(&e.message)
+                .bind(i64::try_from(e.count).unwrap_or(i64::MAX))
+                .bind(row::to_millis(e.first_at))
+                .bind(row::to_millis(e.last_at))
+                .execute(&mut *tx)
+                .await?;
+        }
+        self.commit(tx).await?;
+        Ok(())
+    }
+
+    async fn pool_errors(
+        &self,
+        pool: &PoolName,
+        limit: usize,
+    ) -> Result<Vec<PoolError>, StoreError> {
+        let rows: Vec<row::PoolErrorRow> = sqlx::query_as(row::POOL_ERRORS_SELECT)
+            .bind(pool.as_str())
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&self.reader)
+            .await?;
+        rows.into_iter().map(PoolError::try_from).collect()
+    }
+
+    async fn prune_pool_errors(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM pool_errors WHERE last_at < $1")
+            .bind(row::to_millis(before))
+            .execute(&self.writer)
+            .await?;
+        Ok(done.rows_affected())
     }
 }

@@ -110,6 +110,7 @@ macro_rules! store_contract_tests {
             writes_of_an_ended_term_are_refused_and_change_nothing,
             published_nodes_replace_the_last_and_go_with_the_cluster,
             obstacles_are_published_replaced_cleared_and_go_with_the_cluster,
+            pool_errors_are_counted_not_repeated,
             signing_keys_are_stored_once_rotated_and_retired,
             racing_servers_store_one_first_key
         );

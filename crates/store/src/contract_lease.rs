@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use chrono::Utc;
 use flotilla_domain::{
-    ChangeKind, InstanceId, InstanceType, NodeRecord, NodeState, Obstacle, ObstacleCode,
+    ChangeKind, InstanceId, InstanceType, NodeRecord, NodeState, Obstacle, ObstacleCode, PoolError,
+    PoolErrorKey, PoolErrorKind, PoolName,
 };
 use tokio::task::JoinSet;
 
@@ -324,6 +325,78 @@ pub async fn obstacles_are_published_replaced_cleared_and_go_with_the_cluster(h:
     let late = publish(b.name.as_str(), Some(refused), 9).await;
     assert!(matches!(late, Err(StoreError::Fenced { .. })), "{late:?}");
     assert!(store.published_obstacles().await.unwrap().is_empty());
+}
+
+fn pool_error(cluster: &str, kind: PoolErrorKind, message: &str, at: i64) -> PoolError {
+    PoolError {
+        key: PoolErrorKey {
+            pool: PoolName::new("default").unwrap(),
+            kind,
+            code: (kind == PoolErrorKind::CreateFailed).then_some(ObstacleCode::CloudRefused),
+            cluster: name(cluster),
+            instance_type: InstanceType::new("small").unwrap(),
+        },
+        message: message.into(),
+        count: 1,
+        first_at: t(at),
+        last_at: t(at),
+    }
+}
+
+/// The same failure again is counted into one row with its latest
+/// message; others are rows of their own, latest first; old ones are
+/// pruned; an ended term records nothing.
+pub async fn pool_errors_are_counted_not_repeated(h: Harness) {
+    let store = h.store.as_ref();
+    let fence = acquire(store, "a", LONG).await.expect("free");
+    let pool = PoolName::new("default").unwrap();
+    let created = |m: &str, at| pool_error("a", PoolErrorKind::CreateFailed, m, at);
+    store
+        .record_pool_errors(fence, &[created("no profile (req 1)", 1)], t(1))
+        .await
+        .unwrap();
+    store
+        .record_pool_errors(
+            fence,
+            &[
+                created("no profile (req 2)", 5),
+                pool_error("a", PoolErrorKind::BootTimeout, "never ready", 3),
+                PoolError {
+                    count: 3,
+                    ..created("no profile (req 3)", 4)
+                },
+            ],
+            t(5),
+        )
+        .await
+        .unwrap();
+    let errors = store.pool_errors(&pool, 10).await.unwrap();
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    assert_eq!(errors[0].key.kind, PoolErrorKind::CreateFailed);
+    assert_eq!(errors[0].count, 5);
+    assert_eq!((errors[0].first_at, errors[0].last_at), (t(1), t(5)));
+    assert_eq!(errors[0].message, "no profile (req 2)", "the latest");
+    assert_eq!(
+        errors[1],
+        pool_error("a", PoolErrorKind::BootTimeout, "never ready", 3)
+    );
+    assert_eq!(store.pool_errors(&pool, 1).await.unwrap().len(), 1);
+    assert!(store
+        .pool_errors(&PoolName::new("other").unwrap(), 10)
+        .await
+        .unwrap()
+        .is_empty());
+
+    assert_eq!(store.prune_pool_errors(t(4)).await.unwrap(), 1);
+    assert_eq!(store.pool_errors(&pool, 10).await.unwrap().len(), 1);
+
+    store.release_lease("a", fence).await.unwrap();
+    acquire(store, "b", LONG).await.expect("free again");
+    let late = store
+        .record_pool_errors(fence, &[created("late", 9)], t(9))
+        .await;
+    assert!(matches!(late, Err(StoreError::Fenced { .. })), "{late:?}");
+    assert_eq!(store.pool_errors(&pool, 10).await.unwrap()[0].count, 5);
 }
 
 fn key(kid: &str, active: bool, at: i64) -> SigningKeyRecord {

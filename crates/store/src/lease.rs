@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use flotilla_domain::{ClusterName, InstanceId, Money, NodeRecord, Obstacle};
+use flotilla_domain::{ClusterName, InstanceId, Money, NodeRecord, Obstacle, PoolError, PoolName};
 
 use crate::StoreError;
 
@@ -127,6 +127,26 @@ pub trait LeaseStore: Send + Sync {
 
     /// What stands in each cluster's way, as last published, by cluster.
     async fn published_obstacles(&self) -> Result<Vec<(ClusterName, Obstacle)>, StoreError>;
+
+    /// Counts `errors` into the pools' errors: one row per failure (its
+    /// key), its count the sum, its message the latest. One transaction.
+    /// Refused (`Fenced`) after the term ends.
+    async fn record_pool_errors(
+        &self,
+        fence: Fence,
+        errors: &[PoolError],
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+
+    /// A pool's errors, latest first, at most `limit`.
+    async fn pool_errors(
+        &self,
+        pool: &PoolName,
+        limit: usize,
+    ) -> Result<Vec<PoolError>, StoreError>;
+
+    /// Forgets errors last met before `before`; how many.
+    async fn prune_pool_errors(&self, before: DateTime<Utc>) -> Result<u64, StoreError>;
 }
 
 /// One cluster's obstacle to publish.

@@ -11,7 +11,7 @@ use flotilla_domain::{
     org_changes, target_record, with_daily_spend, AccountKind, Change, ChangeEntity, ChangeKind,
     ClusterName, ClusterRecord, CostRow, DeployCommand, InstanceId, InstanceSetId, LedgerEntry,
     Level, Money, NewChange, NodeMeter, NodeRecord, Obstacle, OrgError, OrgEvent, OrgName,
-    Organisation, Username,
+    Organisation, PoolError, PoolErrorKey, PoolName, Username,
 };
 
 use crate::orgs::{OrgChange, OrgChanged, OrgStore, OrgUsage};
@@ -44,6 +44,7 @@ struct Inner {
     nodes: BTreeMap<ClusterName, Vec<NodeRecord>>,
     meters: BTreeMap<(ClusterName, InstanceId), NodeMeter>,
     obstacles: BTreeMap<ClusterName, Obstacle>,
+    pool_errors: BTreeMap<PoolErrorKey, PoolError>,
 }
 
 struct StoredToken {
@@ -1026,5 +1027,56 @@ impl LeaseStore for MemoryStore {
             .iter()
             .map(|(c, o)| (c.clone(), o.clone()))
             .collect())
+    }
+
+    async fn record_pool_errors(
+        &self,
+        fence: Fence,
+        errors: &[PoolError],
+        _now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let mut inner = self.inner.lock().unwrap();
+        inner.check_fence(fence)?;
+        for e in errors {
+            match inner.pool_errors.get_mut(&e.key) {
+                Some(kept) => kept.absorb(e.clone()),
+                None => {
+                    inner.pool_errors.insert(e.key.clone(), e.clone());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn pool_errors(
+        &self,
+        pool: &PoolName,
+        limit: usize,
+    ) -> Result<Vec<PoolError>, StoreError> {
+        let inner = self.inner.lock().unwrap();
+        let mut errors: Vec<PoolError> = inner
+            .pool_errors
+            .values()
+            .filter(|e| &e.key.pool == pool)
+            .cloned()
+            .collect();
+        // Latest first; ties in key order, as the SQL backends sort.
+        errors.sort_by(|a, b| {
+            b.last_at.cmp(&a.last_at).then_with(|| {
+                (a.key.kind.as_str(), a.key.code.map_or("", |c| c.as_str()))
+                    .cmp(&(b.key.kind.as_str(), b.key.code.map_or("", |c| c.as_str())))
+                    .then(a.key.cluster.cmp(&b.key.cluster))
+                    .then(a.key.instance_type.cmp(&b.key.instance_type))
+            })
+        });
+        errors.truncate(limit);
+        Ok(errors)
+    }
+
+    async fn prune_pool_errors(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+        let mut inner = self.inner.lock().unwrap();
+        let was = inner.pool_errors.len();
+        inner.pool_errors.retain(|_, e| e.last_at >= before);
+        Ok((was - inner.pool_errors.len()) as u64)
     }
 }

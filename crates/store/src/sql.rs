@@ -12,7 +12,7 @@ use flotilla_domain::{
     AccountKind, Budget, CapacityRequest, Change, ChangeEntity, ChangeKind, ClusterName,
     ClusterRecord, InstanceId, InstanceSetId, InstanceType, Level, Money, NodeCapacity, NodeEnd,
     NodeEndSeen, NodeMeter, NodeRecord, NodeState, Obstacle, ObstacleCode, OrgRole, OrgSettings,
-    Organisation, PoolName, Username,
+    Organisation, PoolError, PoolErrorKey, PoolErrorKind, PoolName, Username,
 };
 use sqlx::error::ErrorKind;
 use sqlx::migrate::{MigrateError, Migrator};
@@ -536,6 +536,73 @@ impl TryFrom<ObstacleRow> for (ClusterName, Obstacle) {
             retry_at: opt_time("obstacles", &key, "retry_at", row.retry_at)?,
         };
         Ok((cluster, obstacle))
+    }
+}
+
+/// Counts one failure into `pool_errors`: the backend's `least`/`greatest`
+/// (SQLite: `min`/`max`) at `{min}`/`{max}`.
+pub fn pool_error_upsert(min: &str, max: &str) -> String {
+    format!(
+        "INSERT INTO pool_errors \
+         (pool, kind, code, cluster, instance_type, message, count, first_at, last_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+         ON CONFLICT (pool, kind, code, cluster, instance_type) DO UPDATE SET \
+             count = pool_errors.count + excluded.count, \
+             first_at = {min}(pool_errors.first_at, excluded.first_at), \
+             message = CASE WHEN excluded.last_at >= pool_errors.last_at \
+                 THEN excluded.message ELSE pool_errors.message END, \
+             last_at = {max}(pool_errors.last_at, excluded.last_at)"
+    )
+}
+
+pub const POOL_ERRORS_SELECT: &str = "SELECT pool, kind, code, cluster, instance_type, message, \
+     count, first_at, last_at FROM pool_errors WHERE pool = $1 \
+     ORDER BY last_at DESC, kind, code, cluster, instance_type LIMIT $2";
+
+/// A pool error's code as stored: '' for none (it is part of the key).
+pub fn pool_error_code(error: &PoolError) -> &'static str {
+    error.key.code.map_or("", ObstacleCode::as_str)
+}
+
+/// A row of `pool_errors`.
+#[derive(Debug, sqlx::FromRow)]
+pub struct PoolErrorRow {
+    pub pool: String,
+    pub kind: String,
+    pub code: String,
+    pub cluster: String,
+    pub instance_type: String,
+    pub message: String,
+    pub count: i64,
+    pub first_at: i64,
+    pub last_at: i64,
+}
+
+impl TryFrom<PoolErrorRow> for PoolError {
+    type Error = StoreError;
+
+    fn try_from(row: PoolErrorRow) -> Result<Self, StoreError> {
+        let key = format!("{}/{}", row.pool, row.cluster);
+        let bad =
+            |what: &str, value: &str| corrupt("pool_errors", &key, format!("{what} {value:?}"));
+        Ok(PoolError {
+            key: PoolErrorKey {
+                pool: PoolName::new(row.pool.as_str()).map_err(|_| bad("pool", &row.pool))?,
+                kind: PoolErrorKind::parse(&row.kind).ok_or_else(|| bad("kind", &row.kind))?,
+                code: match row.code.as_str() {
+                    "" => None,
+                    code => Some(ObstacleCode::parse(code).ok_or_else(|| bad("code", code))?),
+                },
+                cluster: ClusterName::new(row.cluster.as_str())
+                    .map_err(|_| bad("cluster", &row.cluster))?,
+                instance_type: InstanceType::new(row.instance_type.as_str())
+                    .map_err(|_| bad("instance_type", &row.instance_type))?,
+            },
+            message: row.message,
+            count: u64::try_from(row.count).map_err(|_| bad("count", &row.count.to_string()))?,
+            first_at: time("pool_errors", &key, "first_at", row.first_at)?,
+            last_at: time("pool_errors", &key, "last_at", row.last_at)?,
+        })
     }
 }
 
