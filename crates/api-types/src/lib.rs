@@ -31,7 +31,7 @@ pub struct DeployRequest {
     #[schema(pattern = "^[A-Za-z0-9][-_A-Za-z0-9]{0,63}$", max_length = 64)]
     pub pool: Option<String>,
     /// What the nodes run instead of the pool's init data, where the pool
-    /// allows it (`allow_workload`; admins anywhere). Absent: a deployed
+    /// allows it (`allow_workload`, for everyone). Absent: a deployed
     /// cluster keeps its own, a new one runs the pool's. Cannot change once
     /// the cluster is deployed (a different one is 409).
     #[serde(default, skip_serializing_if = "Option::is_none")]

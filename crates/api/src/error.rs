@@ -148,6 +148,13 @@ impl From<EngineError> for ApiError {
             EngineError::NoCommand => {
                 Self::new(StatusCode::UNPROCESSABLE_ENTITY, "no_command", message)
             }
+            // The cloud asks for fewer calls: the server's budget for it
+            // is spent for now.
+            EngineError::Cloud(flotilla_engine::CloudError::RateLimited { .. }) => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "cloud_rate_limited",
+                format!("{message}; try again in a few seconds"),
+            ),
             EngineError::Cloud(e) => {
                 tracing::warn!(error = %e, "a question to a node failed");
                 Self::new(StatusCode::BAD_GATEWAY, "cloud_error", message)

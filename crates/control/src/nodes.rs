@@ -69,9 +69,15 @@ impl Control {
         let allows = engine.pool(&pool).is_some_and(|p| p.allow_exec);
         match authorize_exec(caller, cluster, &pool, allows) {
             Ok(()) => {}
-            // The members of an organisation act on its cluster.
+            // The members of an organisation act on its cluster, within
+            // what its pool allows.
             Err(Denied::ClusterNotAllowed { .. })
-                if allows && engine.org(cluster).is_some_and(|o| o.admits(caller)) => {}
+                if engine.org(cluster).is_some_and(|o| o.admits(caller)) =>
+            {
+                if !allows {
+                    return Err(Denied::ExecNotAllowed { pool }.into());
+                }
+            }
             Err(denied) => return Err(denied.into()),
         }
         if argv.is_empty() || argv[0].is_empty() {

@@ -220,7 +220,7 @@ pub enum Denied {
     AdminOnly,
     #[error("pool {pool} does not let cluster owners run commands on its nodes; ask an admin (who may), or for allow_exec = true on the pool")]
     ExecNotAllowed { pool: PoolName },
-    #[error("pool {pool} does not let clusters bring their own workload; deploy without one, or ask an admin for allow_workload = true on the pool")]
+    #[error("pool {pool} does not let clusters bring their own workload; deploy without one, or in a pool with allow_workload = true")]
     WorkloadNotAllowed { pool: PoolName },
 }
 
@@ -351,15 +351,16 @@ pub fn authorize_exec(
     Ok(())
 }
 
-/// A cluster's own workload (on top of DEPLOY's rules): where its pool
-/// allows that; admins anywhere.
+/// A cluster's own workload (on top of DEPLOY's rules): only where its
+/// pool allows that, admins included, since only such a pool's driver
+/// runs workloads and its operator chose to let clusters bring one.
 pub fn authorize_workload(
     caller: &Caller,
     pool: &PoolName,
     pool_allows: bool,
 ) -> Result<(), Denied> {
     signed_in(caller)?;
-    if caller.is_admin() || pool_allows {
+    if pool_allows {
         Ok(())
     } else {
         Err(Denied::WorkloadNotAllowed { pool: pool.clone() })
@@ -423,6 +424,12 @@ mod tests {
             "cluster_not_allowed"
         );
         let admin = user("root", Level::Admin);
+        assert_eq!(authorize_workload(&alice, &pool, true), Ok(()));
+        assert_eq!(
+            authorize_workload(&admin, &pool, false).unwrap_err().code(),
+            "workload_not_allowed",
+            "not even admins: the pool's driver may run no workloads"
+        );
         assert_eq!(
             authorize_exec(&admin, &cluster("bob"), &pool, false),
             Ok(())

@@ -83,8 +83,18 @@ pub struct Ec2InstanceSet {
     observed: Mutex<HashMap<InstanceId, Observed>>,
     pub(crate) shapes: Mutex<HashMap<InstanceType, crate::InstanceShape>>,
     pub(crate) spot_prices: Mutex<HashMap<InstanceType, (Instant, Option<crate::SpotPrice>)>>,
+    /// Console output read lately, by instance: EC2 updates it only now
+    /// and then, so readers following it share one call per
+    /// [`CONSOLE_CACHE`].
+    consoles: Mutex<HashMap<InstanceId, ReadConsole>>,
     calls: Mutex<BTreeMap<&'static str, u64>>,
 }
+
+/// A console output, and when it was read.
+type ReadConsole = (Instant, std::sync::Arc<Vec<u8>>);
+
+/// How long a console output read is answered from memory.
+const CONSOLE_CACHE: std::time::Duration = std::time::Duration::from_secs(10);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -177,6 +187,7 @@ impl Ec2InstanceSet {
             observed: Mutex::new(HashMap::new()),
             shapes: Mutex::new(HashMap::new()),
             spot_prices: Mutex::new(HashMap::new()),
+            consoles: Mutex::new(HashMap::new()),
             calls: Mutex::new(BTreeMap::new()),
         })
     }
@@ -873,13 +884,21 @@ impl InstanceSet for Ec2InstanceSet {
     }
 
     /// The instance's console output as EC2 keeps it (GetConsoleOutput,
-    /// latest: its last 64 KiB, updated by EC2 now and then, not live).
+    /// latest: its last 64 KiB, updated by EC2 now and then, not live),
+    /// read at most once per [`CONSOLE_CACHE`] per instance.
     async fn console(
         &self,
         id: &InstanceId,
         from: Option<u64>,
         limit: usize,
     ) -> Result<Option<Console>, CloudError> {
+        let cached = lock(&self.consoles)
+            .get(id)
+            .filter(|(at, _)| at.elapsed() < CONSOLE_CACHE)
+            .map(|(_, printed)| std::sync::Arc::clone(printed));
+        if let Some(printed) = cached {
+            return Ok(Some(Console::window(&printed, from, limit)));
+        }
         let listed = lock(&self.observed).contains_key(id);
         if !listed {
             match self.describe_one(id).await? {
@@ -919,6 +938,10 @@ impl InstanceSet for Ec2InstanceSet {
                     .unwrap_or_else(|_| encoded.as_bytes().to_vec())
             })
             .unwrap_or_default();
-        Ok(Some(Console::window(&printed, from, limit)))
+        let console = Console::window(&printed, from, limit);
+        let mut consoles = lock(&self.consoles);
+        consoles.retain(|_, (at, _)| at.elapsed() < CONSOLE_CACHE);
+        consoles.insert(id.clone(), (Instant::now(), std::sync::Arc::new(printed)));
+        Ok(Some(console))
     }
 }

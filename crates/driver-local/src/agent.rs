@@ -1,8 +1,10 @@
 //! The node agent: what `flotilla node --instance-dir DIR` runs for each
 //! node of the local driver.
 //!
-//! It serves `GET /healthz` and `GET /info` on 127.0.0.1, runs the pool's
-//! workload (the instance's init data) with `sh -c`, and stops on SIGTERM or
+//! It serves `GET /healthz` and `GET /info` on a loopback address of the
+//! node's own (127.x.y.z from its ID; 127.0.0.1 where the system takes no
+//! other), runs the workload (the cluster's own, else the instance's init
+//! data) with `sh -c`, and stops on SIGTERM or
 //! SIGINT. It also fences itself: once a second it checks that its instance
 //! record still exists and stops if it does not, so removing the driver's
 //! directory stops every node and no node outlives its record.

@@ -49,9 +49,11 @@ fn read_window(path: &Path, from: Option<u64>, limit: usize) -> io::Result<Conso
 }
 
 /// Runs `argv` in the node's directory with its workload's environment
-/// (`FLOTILLA_CLUSTER`, `FLOTILLA_NODE_ID`, `FLOTILLA_NODE_ADDRESS`), in a
-/// process group of its own that is killed when the command ends or runs
-/// out of time, so nothing it started outlives it.
+/// (`FLOTILLA_CLUSTER`, `FLOTILLA_NODE_ID`, `FLOTILLA_NODE_ADDRESS`,
+/// `FLOTILLA_NODE_HOST` and, where the cluster's workload has a port,
+/// `FLOTILLA_WORKLOAD_PORT`), in a process group of its own that is killed
+/// when the command ends, runs out of time, or is abandoned (its caller
+/// went away), so nothing it started outlives it.
 pub(crate) async fn exec(
     dir: &Path,
     record: &InstanceRecord,
@@ -63,17 +65,25 @@ pub(crate) async fn exec(
         return Err(CloudError::permanent("no command to run"));
     };
     let address = read_text(&dir.join(ADDRESS_FILE)).ok().flatten();
+    let host = address
+        .as_deref()
+        .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
+        .map(|a| a.ip().to_string());
     let mut cmd = tokio::process::Command::new(program);
     cmd.args(args)
         .current_dir(dir)
         .env("FLOTILLA_CLUSTER", record.cluster().unwrap_or_default())
         .env("FLOTILLA_NODE_ID", record.id.as_str())
         .env("FLOTILLA_NODE_ADDRESS", address.unwrap_or_default())
+        .env("FLOTILLA_NODE_HOST", host.unwrap_or_default())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
+    if let Some(port) = record.workload.as_ref().and_then(|w| w.port) {
+        cmd.env("FLOTILLA_WORKLOAD_PORT", port.to_string());
+    }
     let mut child = match cmd.spawn() {
         Ok(child) => child,
         // As a shell answers: 127 for no such program, 126 for one that
@@ -101,9 +111,18 @@ pub(crate) async fn exec(
             )))
         }
     };
-    let group = child.id().and_then(|pid| libc::pid_t::try_from(pid).ok());
-    let stdout = tokio::spawn(read_capped(child.stdout.take(), limit));
-    let stderr = tokio::spawn(read_capped(child.stderr.take(), limit));
+    // Killed however this function ends, including when its future is
+    // dropped mid-way.
+    let group = child
+        .id()
+        .and_then(|pid| libc::pid_t::try_from(pid).ok())
+        .map(GroupGuard);
+    let stdout = Captured::new(limit);
+    let stderr = Captured::new(limit);
+    let readers = [
+        tokio::spawn(stdout.clone().read_from(child.stdout.take())),
+        tokio::spawn(stderr.clone().read_from(child.stderr.take())),
+    ];
     let (status, timed_out) = match tokio::time::timeout(timeout, child.wait()).await {
         Ok(Ok(status)) => (Some(status), false),
         Ok(Err(e)) => {
@@ -113,13 +132,7 @@ pub(crate) async fn exec(
         }
         Err(_) => (None, true),
     };
-    if let Some(group) = group {
-        // SAFETY: kill(2) with a negative pid signals the group the command
-        // was made leader of above; it has no memory-safety preconditions.
-        unsafe {
-            libc::kill(-group, libc::SIGKILL);
-        }
-    }
+    drop(group);
     let status = match status {
         Some(status) => status,
         None => child
@@ -127,43 +140,78 @@ pub(crate) async fn exec(
             .await
             .map_err(|e| CloudError::transient(format!("waiting for the command: {e}")))?,
     };
-    // A process that left the group may still hold the pipes open.
-    let collected = |task: tokio::task::JoinHandle<(Vec<u8>, bool)>| async move {
-        match tokio::time::timeout(Duration::from_secs(2), task).await {
-            Ok(Ok(output)) => output,
-            _ => (Vec::new(), true),
-        }
-    };
-    let (stdout, out_cut) = collected(stdout).await;
-    let (stderr, err_cut) = collected(stderr).await;
+    // A process that left the group may still hold the pipes open: take
+    // what came by then.
+    for reader in readers {
+        let _ = tokio::time::timeout(Duration::from_secs(2), reader).await;
+    }
+    let (stdout, out_cut) = stdout.take();
+    let (stderr, err_cut) = stderr.take();
     Ok(ExecOutput {
         exit_code: status.code(),
         signal: status.signal(),
-        stdout: String::from_utf8_lossy(&stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&stderr).into_owned(),
+        stdout,
+        stderr,
         timed_out,
         truncated: out_cut || err_cut,
     })
 }
 
-/// Everything `reader` gives until it ends, keeping the first `limit`
-/// bytes; true if more came.
-async fn read_capped(reader: Option<impl AsyncRead + Unpin>, limit: usize) -> (Vec<u8>, bool) {
-    let Some(mut reader) = reader else {
-        return (Vec::new(), false);
-    };
-    let mut kept = Vec::new();
-    let mut cut = false;
-    let mut chunk = [0u8; 8192];
-    loop {
-        match reader.read(&mut chunk).await {
-            Ok(0) | Err(_) => return (kept, cut),
-            Ok(n) => {
-                let room = limit.saturating_sub(kept.len());
-                cut |= n > room;
-                kept.extend_from_slice(&chunk[..n.min(room)]);
+/// Kills a process group when dropped.
+struct GroupGuard(libc::pid_t);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) with a negative pid signals the group the command
+        // was made leader of; it has no memory-safety preconditions. The
+        // kernel does not reuse the ID while any member of the group lives;
+        // once none does, the signal finds nothing (ESRCH), barring the ID
+        // being reused in the microseconds since.
+        unsafe {
+            libc::kill(-self.0, libc::SIGKILL);
+        }
+    }
+}
+
+/// One output of a command, kept up to a limit as it arrives, so what came
+/// is there even if the reader never sees the end.
+#[derive(Clone)]
+struct Captured {
+    kept: std::sync::Arc<std::sync::Mutex<(Vec<u8>, bool)>>,
+    limit: usize,
+}
+
+impl Captured {
+    fn new(limit: usize) -> Self {
+        Captured {
+            kept: Default::default(),
+            limit,
+        }
+    }
+
+    async fn read_from(self, reader: Option<impl AsyncRead + Unpin>) {
+        let Some(mut reader) = reader else {
+            return;
+        };
+        let mut chunk = [0u8; 8192];
+        loop {
+            match reader.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    let mut kept = self.kept.lock().unwrap();
+                    let room = self.limit.saturating_sub(kept.0.len());
+                    kept.1 |= n > room;
+                    kept.0.extend_from_slice(&chunk[..n.min(room)]);
+                }
             }
         }
+    }
+
+    /// What came, as text, and whether more came than the limit.
+    fn take(&self) -> (String, bool) {
+        let mut kept = self.kept.lock().unwrap();
+        let (bytes, cut) = std::mem::take(&mut *kept);
+        (String::from_utf8_lossy(&bytes).into_owned(), cut)
     }
 }
 

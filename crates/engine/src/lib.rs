@@ -57,7 +57,7 @@ use tokio::sync::{broadcast, watch, Notify};
 
 pub use budget::AccrualStats;
 pub use error::EngineError;
-pub use flotilla_cloud::{Console, ExecOutput};
+pub use flotilla_cloud::{CloudError, Console, ExecOutput};
 pub use orgs::{log_org_events, request_views};
 pub use pools::PoolView;
 pub use reach::NodeChoice;
@@ -146,8 +146,8 @@ pub struct PoolSpec {
     /// The account its nodes accept ssh logins for, at their address
     /// (`flotilla ssh`); None: no ssh.
     pub ssh_user: Option<String>,
-    /// Whether its clusters' owners may give them their own workload (a
-    /// command run instead of `init_data`); admins always may.
+    /// Whether its clusters may bring their own workload (a command run
+    /// instead of `init_data`), whoever deploys them.
     pub allow_workload: bool,
 }
 

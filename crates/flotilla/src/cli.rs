@@ -960,7 +960,7 @@ impl Client {
         Ok(exec_status(&answer))
     }
 
-    /// The ssh logins a cluster's nodes take: user, host, port and node,
+    /// The ssh logins a cluster's nodes take: user, host and node,
     /// in STATUS's order.
     async fn ssh_targets(&self, cluster: &str) -> Result<(ClusterStatus, Vec<SshTarget>)> {
         let req = self
@@ -1031,11 +1031,7 @@ impl Client {
             ));
         };
         let mut ssh = std::process::Command::new("ssh");
-        ssh.arg("-l").arg(&target.user);
-        if let Some(port) = target.port {
-            ssh.arg("-p").arg(port.to_string());
-        }
-        ssh.arg(host).args(args);
+        ssh.arg("-l").arg(&target.user).arg(host).args(args);
         let e = ssh.exec();
         Err(Failure::new(
             exit::FAILED,
@@ -1055,9 +1051,6 @@ impl Client {
             println!("Host {cluster}-{}", k + 1);
             println!("    # node {}", t.node);
             println!("    HostName {host}");
-            if let Some(port) = t.port {
-                println!("    Port {port}");
-            }
             println!("    User {}", t.user);
         }
         Ok(exit::OK)
@@ -1893,24 +1886,24 @@ struct SshTarget {
     node: String,
     user: String,
     host: Option<String>,
-    port: Option<u16>,
 }
 
 impl SshTarget {
-    /// A node's address is an IP or a name, or `HOST:PORT`.
+    /// A node's address is an IP or a name, or `HOST:PORT` where the port
+    /// is its agent's, not ssh's: ssh gets the host alone (and its own
+    /// port, 22 unless the user's ssh config says).
     fn of(user: &str, node: &flotilla_api_types::NodeStatus) -> SshTarget {
-        let (host, port) = match node.address.as_deref() {
-            None => (None, None),
-            Some(address) => match address.parse::<std::net::SocketAddr>() {
-                Ok(a) => (Some(a.ip().to_string()), Some(a.port())),
-                Err(_) => (Some(address.to_owned()), None),
-            },
-        };
+        let host =
+            node.address
+                .as_deref()
+                .map(|address| match address.parse::<std::net::SocketAddr>() {
+                    Ok(a) => a.ip().to_string(),
+                    Err(_) => address.to_owned(),
+                });
         SshTarget {
             node: node.id.clone(),
             user: user.to_owned(),
             host,
-            port,
         }
     }
 }

@@ -451,9 +451,9 @@ struct PoolSection {
     /// The account its nodes accept ssh logins for (`ec2-user`, `ubuntu`,
     /// as the image has it): `flotilla ssh` and `ssh-config` offer them.
     ssh_user: Option<String>,
-    /// Whether its clusters' owners may deploy them with their own workload
-    /// (`flotilla deploy --workload`), run instead of `init_data`; admins
-    /// always may. Not on ec2.
+    /// Whether its clusters may be deployed with their own workload
+    /// (`flotilla deploy --workload`), run instead of `init_data`. Not on
+    /// ec2; on local it runs on this machine as the server's user.
     #[serde(default)]
     allow_workload: bool,
     /// `[pools.NAME.ec2]`: launch settings over the ec2 driver's.

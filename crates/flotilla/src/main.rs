@@ -117,8 +117,8 @@ enum Command {
         #[arg(long)]
         wait: bool,
         /// A shell command each node runs instead of the pool's init data,
-        /// where the pool allows it (fixed once deployed; a resize without
-        /// it keeps the cluster's). It should serve on $FLOTILLA_NODE_HOST.
+        /// where the pool allows it (allow_workload; fixed once deployed, a
+        /// resize without it keeps the cluster's). It should serve on $FLOTILLA_NODE_HOST.
         #[arg(long)]
         workload: Option<String>,
         /// The port the workload serves (given to it as
@@ -223,8 +223,8 @@ enum Command {
         command: Vec<String>,
     },
     /// Log in to a node with ssh, where the cluster's pool names an
-    /// ssh_user; arguments after `--` go to ssh after the host (a command,
-    /// or ssh's own options such as `-i KEY` before it).
+    /// ssh_user; arguments after `--` go to ssh after the host (ssh's own
+    /// options such as `-i KEY`, then a command to run).
     #[command(after_help = "Examples:
   flotilla ssh demo                       # the oldest node
   flotilla ssh demo 2 -- uptime           # a command on the second node

@@ -731,6 +731,43 @@ async fn exec_ends_what_it_started_and_stays_within_its_set() {
         .unwrap();
     assert!(out.truncated && out.stdout.len() == 100, "{out:?}");
 
+    // A command whose caller goes away ends with everything it started.
+    let pid_file = dir.path().join("abandoned.pid");
+    let abandoned = tokio::time::timeout(
+        Duration::from_millis(500),
+        set.exec(
+            &made.id,
+            &argv(&format!(
+                "sleep 300 & echo $! > {}; wait",
+                pid_file.display()
+            )),
+            Duration::from_secs(60),
+            1024,
+        ),
+    )
+    .await;
+    assert!(abandoned.is_err(), "still running when dropped");
+    let background: u32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    stopped("an abandoned command's process", background, SETTLE).await;
+
+    // The node's own address, as its workload has it.
+    let out = set
+        .exec(
+            &made.id,
+            &argv("echo $FLOTILLA_NODE_HOST"),
+            Duration::from_secs(10),
+            1024,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    let address = set.address(&made).await.unwrap();
+    assert_eq!(out.stdout.trim(), address.split_once(':').unwrap().0);
+
     assert!(other.console(&made.id, None, 100).await.is_err());
     assert!(other
         .exec(&made.id, &argv("true"), Duration::from_secs(1), 100)
