@@ -510,9 +510,10 @@ impl LeaseStore for CountingStore {
     async fn pool_errors(
         &self,
         pool: &PoolName,
+        only: Option<&[ClusterName]>,
         limit: usize,
     ) -> Result<Vec<flotilla_domain::PoolError>, StoreError> {
-        self.inner.pool_errors(pool, limit).await
+        self.inner.pool_errors(pool, only, limit).await
     }
 
     async fn prune_pool_errors(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {

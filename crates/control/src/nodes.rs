@@ -2,6 +2,7 @@
 //! their rules: a node's output is seen by whoever may see its cluster, a
 //! command runs for the cluster's owners where its pool allows it.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use flotilla_domain::{authorize_exec, Caller, ClusterName, Denied};
@@ -46,9 +47,27 @@ impl Control {
         limit: usize,
     ) -> Result<Vec<flotilla_domain::PoolError>, EngineError> {
         let pool = self.known_pool(pool)?;
-        let mut errors = self.engine().pool_errors(&pool, MAX_POOL_ERRORS).await?;
+        let engine = self.engine();
+        // Asked of the store by name, so that others' errors cannot crowd
+        // out the caller's: the clusters it may act on (its organisations'
+        // included) and the public ones.
+        let only: Option<Vec<ClusterName>> = (!caller.is_admin()).then(|| {
+            let mut names: BTreeSet<ClusterName> = match caller.account {
+                Some(_) => caller.allowed.clone(),
+                None => BTreeSet::new(),
+            };
+            names.extend(
+                engine
+                    .cluster_names()
+                    .into_iter()
+                    .filter(|c| engine.record(c).is_some_and(|r| r.is_public)),
+            );
+            names.into_iter().collect()
+        });
+        let mut errors = engine
+            .pool_errors(&pool, only.as_deref(), limit.min(MAX_POOL_ERRORS))
+            .await?;
         errors.retain(|e| self.may_see(caller, &e.key.cluster).is_ok());
-        errors.truncate(limit);
         Ok(errors)
     }
 

@@ -19,12 +19,14 @@ impl Engine {
         Ok(self.shared.store.prune_changes(before).await?)
     }
 
-    /// A pool's errors, latest first, at most `limit`.
+    /// A pool's errors, latest first, at most `limit`; with `only`, just
+    /// those of these clusters.
     pub async fn pool_errors(
         &self,
         pool: &flotilla_domain::PoolName,
+        only: Option<&[flotilla_domain::ClusterName]>,
         limit: usize,
     ) -> Result<Vec<flotilla_domain::PoolError>, EngineError> {
-        Ok(self.shared.store.pool_errors(pool, limit).await?)
+        Ok(self.shared.store.pool_errors(pool, only, limit).await?)
     }
 }

@@ -250,7 +250,7 @@ async fn boot_timeout_replaces_a_node() {
     let pool = flotilla_domain::PoolName::new("default").unwrap();
     let mut errors = Vec::new();
     for _ in 0..50 {
-        errors = h.store.pool_errors(&pool, 10).await.unwrap();
+        errors = h.store.pool_errors(&pool, None, 10).await.unwrap();
         if !errors.is_empty() {
             break;
         }

@@ -256,11 +256,20 @@ impl LeaseStore for PostgresStore {
     async fn pool_errors(
         &self,
         pool: &PoolName,
+        only: Option<&[ClusterName]>,
         limit: usize,
     ) -> Result<Vec<PoolError>, StoreError> {
-        let rows: Vec<row::PoolErrorRow> = sqlx::query_as(row::POOL_ERRORS_SELECT)
+        let select = row::pool_errors_select("cluster = ANY($4)");
+        let rows: Vec<row::PoolErrorRow> = sqlx::query_as(&select)
             .bind(pool.as_str())
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .bind(only.is_none())
+            .bind(
+                only.unwrap_or_default()
+                    .iter()
+                    .map(|c| c.as_str().to_owned())
+                    .collect::<Vec<String>>(),
+            )
             .fetch_all(&self.pool)
             .await?;
         rows.into_iter().map(PoolError::try_from).collect()

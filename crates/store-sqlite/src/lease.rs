@@ -238,11 +238,24 @@ impl LeaseStore for SqliteStore {
     async fn pool_errors(
         &self,
         pool: &PoolName,
+        only: Option<&[ClusterName]>,
         limit: usize,
     ) -> Result<Vec<PoolError>, StoreError> {
-        let rows: Vec<row::PoolErrorRow> = sqlx::query_as(row::POOL_ERRORS_SELECT)
+        let select = row::pool_errors_select("cluster IN (SELECT value FROM json_each($4))");
+        let rows: Vec<row::PoolErrorRow> = sqlx::query_as(&select)
             .bind(pool.as_str())
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .bind(only.is_none())
+            .bind(
+                serde_json::to_string(
+                    &only
+                        .unwrap_or_default()
+                        .iter()
+                        .map(ClusterName::as_str)
+                        .collect::<Vec<_>>(),
+                )
+                .expect("names serialise"),
+            )
             .fetch_all(&self.reader)
             .await?;
         rows.into_iter().map(PoolError::try_from).collect()

@@ -370,7 +370,7 @@ pub async fn pool_errors_are_counted_not_repeated(h: Harness) {
         )
         .await
         .unwrap();
-    let errors = store.pool_errors(&pool, 10).await.unwrap();
+    let errors = store.pool_errors(&pool, None, 10).await.unwrap();
     assert_eq!(errors.len(), 2, "{errors:?}");
     assert_eq!(errors[0].key.kind, PoolErrorKind::CreateFailed);
     assert_eq!(errors[0].count, 5);
@@ -380,15 +380,36 @@ pub async fn pool_errors_are_counted_not_repeated(h: Harness) {
         errors[1],
         pool_error("a", PoolErrorKind::BootTimeout, "never ready", 3)
     );
-    assert_eq!(store.pool_errors(&pool, 1).await.unwrap().len(), 1);
+    assert_eq!(store.pool_errors(&pool, None, 1).await.unwrap().len(), 1);
+    // Only some clusters': none of another's crowd them out.
+    store
+        .record_pool_errors(
+            fence,
+            &[pool_error("b", PoolErrorKind::ProbeTimeout, "sick", 6)],
+            t(6),
+        )
+        .await
+        .unwrap();
+    let only_a = store
+        .pool_errors(&pool, Some(&[name("a")]), 1)
+        .await
+        .unwrap();
+    assert_eq!(only_a.len(), 1);
+    assert_eq!(only_a[0].key.cluster, name("a"), "not b's, though later");
     assert!(store
-        .pool_errors(&PoolName::new("other").unwrap(), 10)
+        .pool_errors(&pool, Some(&[]), 10)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(store
+        .pool_errors(&PoolName::new("other").unwrap(), None, 10)
         .await
         .unwrap()
         .is_empty());
 
+    // a's boot timeout (last met at 3) goes; a's create (5) and b's (6) stay.
     assert_eq!(store.prune_pool_errors(t(4)).await.unwrap(), 1);
-    assert_eq!(store.pool_errors(&pool, 10).await.unwrap().len(), 1);
+    assert_eq!(store.pool_errors(&pool, None, 10).await.unwrap().len(), 2);
 
     store.release_lease("a", fence).await.unwrap();
     acquire(store, "b", LONG).await.expect("free again");
@@ -396,7 +417,11 @@ pub async fn pool_errors_are_counted_not_repeated(h: Harness) {
         .record_pool_errors(fence, &[created("late", 9)], t(9))
         .await;
     assert!(matches!(late, Err(StoreError::Fenced { .. })), "{late:?}");
-    assert_eq!(store.pool_errors(&pool, 10).await.unwrap()[0].count, 5);
+    let kept = store
+        .pool_errors(&pool, Some(&[name("a")]), 10)
+        .await
+        .unwrap();
+    assert_eq!(kept[0].count, 5, "unchanged by the ended term");
 }
 
 fn key(kid: &str, active: bool, at: i64) -> SigningKeyRecord {

@@ -138,10 +138,12 @@ pub trait LeaseStore: Send + Sync {
         now: DateTime<Utc>,
     ) -> Result<(), StoreError>;
 
-    /// A pool's errors, latest first, at most `limit`.
+    /// A pool's errors, latest first, at most `limit`; with `only`, just
+    /// those of these clusters.
     async fn pool_errors(
         &self,
         pool: &PoolName,
+        only: Option<&[ClusterName]>,
         limit: usize,
     ) -> Result<Vec<PoolError>, StoreError>;
 

@@ -1051,6 +1051,7 @@ impl LeaseStore for MemoryStore {
     async fn pool_errors(
         &self,
         pool: &PoolName,
+        only: Option<&[ClusterName]>,
         limit: usize,
     ) -> Result<Vec<PoolError>, StoreError> {
         let inner = self.inner.lock().unwrap();
@@ -1058,6 +1059,7 @@ impl LeaseStore for MemoryStore {
             .pool_errors
             .values()
             .filter(|e| &e.key.pool == pool)
+            .filter(|e| only.is_none_or(|only| only.contains(&e.key.cluster)))
             .cloned()
             .collect();
         // Latest first; ties in key order, as the SQL backends sort.

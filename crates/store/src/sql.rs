@@ -555,9 +555,15 @@ pub fn pool_error_upsert(min: &str, max: &str) -> String {
     )
 }
 
-pub const POOL_ERRORS_SELECT: &str = "SELECT pool, kind, code, cluster, instance_type, message, \
-     count, first_at, last_at FROM pool_errors WHERE pool = $1 \
-     ORDER BY last_at DESC, kind, code, cluster, instance_type LIMIT $2";
+/// A pool's errors: `$3` true for all, else those of the clusters in `$4`,
+/// which `{only}` tests (the backend's way of matching a list).
+pub fn pool_errors_select(only: &str) -> String {
+    format!(
+        "SELECT pool, kind, code, cluster, instance_type, message, \
+         count, first_at, last_at FROM pool_errors WHERE pool = $1 AND ($3 OR {only}) \
+         ORDER BY last_at DESC, kind, code, cluster, instance_type LIMIT $2"
+    )
+}
 
 /// A pool error's code as stored: '' for none (it is part of the key).
 pub fn pool_error_code(error: &PoolError) -> &'static str {
