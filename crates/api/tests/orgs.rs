@@ -485,3 +485,51 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
         .json();
     assert_eq!(listed["orgs"].as_array().unwrap().len(), 1);
 }
+
+/// A member may run commands on the organisation's nodes only where its
+/// pool allows that; someone outside may not at all.
+#[tokio::test]
+async fn members_exec_on_the_cluster_where_its_pool_allows() {
+    let lab = Lab::new().await;
+    let exec = |token: String| {
+        let api = &lab.api;
+        async move {
+            post(
+                api,
+                &token,
+                "/api/v1/clusters/lab/exec",
+                &json!({"command": ["true"]}),
+            )
+            .await
+        }
+    };
+    exec(lab.bob.clone())
+        .await
+        .expect_error(StatusCode::FORBIDDEN, "exec_not_allowed");
+    exec(lab.eve.clone())
+        .await
+        .expect_error(StatusCode::FORBIDDEN, "cluster_not_allowed");
+    // Admins pass the rules; the cluster has no nodes yet.
+    exec(lab.admin.clone())
+        .await
+        .expect_error(StatusCode::NOT_FOUND, "no_nodes");
+
+    // On a pool that allows it, a member passes the rules too.
+    let moved = call_json(
+        &lab,
+        Method::PATCH,
+        "/api/v1/orgs/lab",
+        &json!({"pool": "big"}),
+    )
+    .await;
+    assert_eq!(moved.status, StatusCode::OK, "{}", moved.text());
+    exec(lab.bob.clone())
+        .await
+        .expect_error(StatusCode::NOT_FOUND, "no_nodes");
+}
+
+async fn call_json(lab: &Lab, method: Method, uri: &str, body: &Value) -> common::Reply {
+    lab.api
+        .send_as(&lab.ann, json_request(method, uri, body))
+        .await
+}
