@@ -10,6 +10,7 @@ mod extract;
 mod nodes;
 mod openapi;
 mod orgs;
+mod pools;
 pub mod ratelimit;
 
 use std::sync::Arc;
@@ -22,7 +23,7 @@ use axum::{Json, Router};
 use flotilla_api_types as types;
 use flotilla_control::{Control, Deploy, Destroy, Extend};
 use flotilla_domain::{ClusterName, NodeState};
-use flotilla_engine::{ClusterView, Engine, PoolView};
+use flotilla_engine::{ClusterView, Engine};
 use flotilla_identity::Identity;
 use prometheus_client::registry::Registry;
 
@@ -31,6 +32,7 @@ use crate::ratelimit::RateLimits;
 pub use error::ApiError;
 pub use extract::{CallerIdentity, ClusterParam, JsonBody, WaitParam};
 pub use openapi::ApiDoc;
+pub use pools::pool_body;
 
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -53,8 +55,8 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/v1/openapi.json", get(openapi::serve))
         .route("/api/v1/clusters", get(list_clusters))
-        .route("/api/v1/pools", get(list_pools))
-        .route("/api/v1/pools/{pool}/errors", get(nodes::pool_errors))
+        .route("/api/v1/pools", get(pools::list_pools))
+        .route("/api/v1/pools/{pool}/errors", get(pools::pool_errors))
         .route("/api/v1/events", get(events::list_events))
         .route(
             "/api/v1/clusters/{cluster}",
@@ -222,26 +224,6 @@ pub fn status_body(view: ClusterView) -> types::ClusterStatus {
     }
 }
 
-pub fn pool_body(view: PoolView) -> types::PoolView {
-    let offering = view.offering;
-    types::PoolView {
-        name: view.name.to_string(),
-        driver: view.driver,
-        instance_type: view.instance_type.to_string(),
-        default: view.is_default,
-        price_per_hour: view.price_per_hour.to_string(),
-        shape: offering.shape.map(|s| types::InstanceShape {
-            vcpus: s.vcpus,
-            memory_mib: s.memory_mib,
-        }),
-        spot_price: offering.spot_price.map(|p| types::SpotPrice {
-            usd_per_hour: p.usd_per_hour,
-            availability_zone: p.availability_zone,
-            since: p.since,
-        }),
-    }
-}
-
 /// Liveness.
 #[utoipa::path(get, path = "/healthz", security(()), responses((status = 200, body = types::Health)))]
 async fn healthz() -> Json<types::Health> {
@@ -280,22 +262,6 @@ async fn list_clusters(
             .list(&caller)
             .into_iter()
             .map(status_body)
-            .collect(),
-    })
-}
-
-/// Every pool, with what its driver says its nodes are and cost. Answered
-/// from a cache (a minute), so listing pools does not spend the cloud's
-/// API budget.
-#[utoipa::path(get, path = "/api/v1/pools", responses((status = 200, body = types::PoolList)))]
-async fn list_pools(State(state): State<AppState>) -> Json<types::PoolList> {
-    Json(types::PoolList {
-        pools: state
-            .engine
-            .list_pools()
-            .await
-            .into_iter()
-            .map(pool_body)
             .collect(),
     })
 }

@@ -17,6 +17,7 @@ mod clusters;
 mod events;
 mod nodes;
 mod orgs;
+mod pools;
 
 use std::future::Future;
 
@@ -25,13 +26,12 @@ use flotilla_engine::{Engine, EngineError};
 
 pub use clusters::{Deploy, Destroy, Extend};
 pub use events::{EventPage, EventsQuery, MAX_PAGE};
-pub use nodes::{
-    Console, ExecOutput, MAX_CONSOLE_BYTES, MAX_EXEC_OUTPUT, MAX_EXEC_TIMEOUT, MAX_POOL_ERRORS,
-};
+pub use nodes::{Console, ExecOutput, MAX_CONSOLE_BYTES, MAX_EXEC_OUTPUT, MAX_EXEC_TIMEOUT};
 pub use orgs::{
     CapacityView, CreateOrg, CreditOrg, DecideMembership, OrgView, RemoveMember, RequestCapacity,
     RequestMembership, SetMemberRole, UpdateOrg, WithdrawCapacity,
 };
+pub use pools::MAX_POOL_ERRORS;
 
 mod sealed {
     pub trait Sealed {}

@@ -2,7 +2,6 @@
 //! their rules: a node's output is seen by whoever may see its cluster, a
 //! command runs for the cluster's owners where its pool allows it.
 
-use std::collections::BTreeSet;
 use std::time::Duration;
 
 use flotilla_domain::{authorize_exec, Caller, ClusterName, Denied};
@@ -15,9 +14,6 @@ use crate::Control;
 pub const MAX_CONSOLE_BYTES: usize = 1 << 20;
 /// The most of each of a command's outputs kept.
 pub const MAX_EXEC_OUTPUT: usize = 1 << 20;
-/// The most errors of a pool one answer carries.
-pub const MAX_POOL_ERRORS: usize = 1000;
-
 /// The longest a command may run.
 pub const MAX_EXEC_TIMEOUT: Duration = Duration::from_secs(600);
 
@@ -36,39 +32,6 @@ impl Control {
         self.engine()
             .node_console(cluster, choice, from, limit.min(MAX_CONSOLE_BYTES))
             .await
-    }
-
-    /// Pool `pool`'s errors that the caller may see (those of clusters it
-    /// may see the status of), latest first, at most `limit`.
-    pub async fn pool_errors(
-        &self,
-        caller: &Caller,
-        pool: &str,
-        limit: usize,
-    ) -> Result<Vec<flotilla_domain::PoolError>, EngineError> {
-        let pool = self.known_pool(pool)?;
-        let engine = self.engine();
-        // Asked of the store by name, so that others' errors cannot crowd
-        // out the caller's: the clusters it may act on (its organisations'
-        // included) and the public ones.
-        let only: Option<Vec<ClusterName>> = (!caller.is_admin()).then(|| {
-            let mut names: BTreeSet<ClusterName> = match caller.account {
-                Some(_) => caller.allowed.clone(),
-                None => BTreeSet::new(),
-            };
-            names.extend(
-                engine
-                    .cluster_names()
-                    .into_iter()
-                    .filter(|c| engine.record(c).is_some_and(|r| r.is_public)),
-            );
-            names.into_iter().collect()
-        });
-        let mut errors = engine
-            .pool_errors(&pool, only.as_deref(), limit.min(MAX_POOL_ERRORS))
-            .await?;
-        errors.retain(|e| self.may_see(caller, &e.key.cluster).is_ok());
-        Ok(errors)
     }
 
     /// Runs `argv` on node `choice` of `cluster`, killed after `timeout`.

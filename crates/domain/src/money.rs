@@ -117,6 +117,14 @@ impl Money {
     pub fn dollars(self) -> Dollars {
         Dollars(self)
     }
+
+    /// As people read an amount at a glance: rounded to the cent, half
+    /// away from zero (`$7.14`, `-$3.50`, `$0.00`).
+    pub fn cents(self) -> Dollars {
+        let cent = MICROS_PER_DOLLAR / 100;
+        let abs = (self.0.unsigned_abs() as i64 + cent / 2) / cent * cent;
+        Dollars(Money(if self.0 < 0 { -abs } else { abs }))
+    }
 }
 
 /// [`Money::dollars`].
@@ -210,6 +218,20 @@ mod tests {
         assert_eq!(m("25").dollars().to_string(), "$25.00");
         assert_eq!(m("-3.5").dollars().to_string(), "-$3.50");
         assert_eq!(m("0.000125").dollars().to_string(), "$0.000125");
+    }
+
+    #[test]
+    fn cents_round_half_away_from_zero() {
+        for (amount, shown) in [
+            ("-7.135", "-$7.14"),
+            ("7.134999", "$7.13"),
+            ("0.000125", "$0.00"),
+            ("-0.004", "$0.00"),
+            ("12", "$12.00"),
+            ("0.005", "$0.01"),
+        ] {
+            assert_eq!(m(amount).cents().to_string(), shown, "{amount}");
+        }
     }
 
     #[test]

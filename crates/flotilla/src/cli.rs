@@ -14,6 +14,7 @@ use flotilla_api_types::{
     PoolErrorList, PoolList, PoolView, RefreshRequest, SigningKeyList, TokenResponse,
     UpdateOrgRequest, UpdateUserRequest, Usage, UserList, UserView, WhoAmI,
 };
+use flotilla_domain::Money;
 use reqwest::StatusCode;
 use tokio::sync::Mutex;
 
@@ -2240,33 +2241,21 @@ fn hours(h: f64) -> String {
 }
 
 /// The API's exact dollars ("25.00", "-3.504", "0.000125") as an amount
-/// for people: rounded to the cent, half away from zero ("$25.00",
-/// "-$3.50", "$0.00"). `--output json` keeps every digit.
+/// for people, rounded to the cent (`Money::cents`: "$25.00", "-$3.50",
+/// "$0.00"). `--output json` keeps every digit.
 fn dollars(amount: &str) -> String {
-    let (negative, digits) = match amount.strip_prefix('-') {
-        Some(rest) => (true, rest),
-        None => (false, amount),
-    };
-    let (whole, fraction) = digits.split_once('.').unwrap_or((digits, ""));
-    let parsed = whole
-        .parse::<u128>()
-        .ok()
-        .filter(|_| fraction.len() <= 6 && fraction.bytes().all(|b| b.is_ascii_digit()));
-    let Some(whole) = parsed else {
-        return rate(amount);
-    };
-    let micros = whole * 1_000_000 + format!("{fraction:0<6}").parse::<u128>().unwrap_or(0);
-    let cents = (micros + 5_000) / 10_000;
-    let sign = if negative && cents > 0 { "-" } else { "" };
-    format!("{sign}${}.{:02}", cents / 100, cents % 100)
+    match amount.parse::<Money>() {
+        Ok(m) => m.cents().to_string(),
+        Err(_) => amount.to_owned(),
+    }
 }
 
-/// The API's dollars as a rate, every digit kept ("$0.0104"): a price
-/// per hour below a cent is still a price.
+/// The API's dollars as a rate, every digit kept ("$0.0104"): a price per
+/// hour below a cent is still a price.
 fn rate(amount: &str) -> String {
-    match amount.strip_prefix('-') {
-        Some(rest) => format!("-${rest}"),
-        None => format!("${amount}"),
+    match amount.parse::<Money>() {
+        Ok(m) => m.dollars().to_string(),
+        Err(_) => amount.to_owned(),
     }
 }
 
@@ -2279,14 +2268,7 @@ pub fn parse_amount(s: &str) -> std::result::Result<String, String> {
         None => ("", s.strip_prefix('+').unwrap_or(s)),
     };
     let digits = rest.strip_prefix('$').unwrap_or(rest);
-    let (whole, fraction) = digits.split_once('.').unwrap_or((digits, ""));
-    let valid = !(whole.is_empty() && fraction.is_empty())
-        && whole
-            .bytes()
-            .chain(fraction.bytes())
-            .all(|b| b.is_ascii_digit())
-        && fraction.len() <= 6;
-    if !valid {
+    if digits.starts_with(['+', '-']) || digits.parse::<Money>().is_err() {
         return Err(format!(
             "{s:?} is not an amount of dollars; use e.g. 25, 25.00 or -3.50 (at most six decimals)"
         ));
@@ -2420,12 +2402,9 @@ mod tests {
     fn dollars_read_as_money() {
         assert_eq!(dollars("25.00"), "$25.00");
         assert_eq!(dollars("-3.50"), "-$3.50");
-        assert_eq!(dollars("-7.135"), "-$7.14");
-        assert_eq!(dollars("7.134999"), "$7.13");
-        assert_eq!(dollars("0.000125"), "$0.00");
-        assert_eq!(dollars("-0.004"), "$0.00");
-        assert_eq!(dollars("12"), "$12.00");
-        assert_eq!(rate("0.0104"), "$0.0104");
+        assert_eq!(dollars("-7.135"), "-$7.14", "rounded to the cent");
+        assert_eq!(rate("0.0104"), "$0.0104", "every digit");
+        assert_eq!(dollars("lots"), "lots", "shown as the server said");
     }
 
     #[test]

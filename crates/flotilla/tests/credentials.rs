@@ -37,18 +37,6 @@ fn login_admin(server: &Server) {
     assert_eq!(code(&out), 0, "{}", stderr(&out));
 }
 
-fn add_user(server: &Server, name: &str, level: &str, password: &str) {
-    let out = server.cli_input(
-        &[
-            ("FLOTILLA_USERNAME", "admin"),
-            ("FLOTILLA_PASSWORD", ADMIN_PASSWORD),
-        ],
-        &["user", "add", name, "--level", level],
-        &format!("{password}\n"),
-    );
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
-}
-
 #[test]
 fn login_keeps_a_private_login_and_logout_revokes_it() {
     let sandbox = Sandbox::new();
@@ -149,7 +137,7 @@ fn every_refusal_exits_3_and_says_what_to_do() {
     );
 
     // Allowed in, but not to this: 403 is exit 3 as well.
-    add_user(&server, "olga", "org_member", "olga-password-123");
+    server.add_user("olga", "org_member", "olga-password-123");
     let olga = [
         ("FLOTILLA_USERNAME", "olga"),
         ("FLOTILLA_PASSWORD", "olga-password-123"),
@@ -183,8 +171,8 @@ fn every_refusal_exits_3_and_says_what_to_do() {
 fn credentials_are_found_in_their_documented_order() {
     let sandbox = Sandbox::new();
     let server = Server::start(&sandbox.path());
-    add_user(&server, "bob", "org_member", "bob-password-1234");
-    add_user(&server, "nina", "org_member", "nina-password-123");
+    server.add_user("bob", "org_member", "bob-password-1234");
+    server.add_user("nina", "org_member", "nina-password-123");
     let bob = [
         ("FLOTILLA_USERNAME", "bob"),
         ("FLOTILLA_PASSWORD", "bob-password-1234"),
@@ -332,7 +320,7 @@ instance_type = "fake.small"
 fn admins_manage_accounts_from_the_command_line() {
     let sandbox = Sandbox::new();
     let server = Server::start(&sandbox.path());
-    add_user(&server, "carol", "github_member", "carol-password-12");
+    server.add_user("carol", "github_member", "carol-password-12");
 
     let out = server.cli(&["--output", "json", "user", "list"]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));

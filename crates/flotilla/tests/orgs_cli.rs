@@ -75,18 +75,6 @@ fn json(server: &Server, who: &[(&str, &str)], args: &[&str]) -> Value {
     serde_json::from_slice(&out.stdout).expect("JSON")
 }
 
-fn add_user(server: &Server, who: &[(&str, &str)]) {
-    let out = server.cli_input(
-        &[
-            ("FLOTILLA_USERNAME", "admin"),
-            ("FLOTILLA_PASSWORD", ADMIN_PASSWORD),
-        ],
-        &["user", "add", who[0].1, "--level", "org_member"],
-        &format!("{}\n", who[1].1),
-    );
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
-}
-
 #[test]
 fn an_organisation_from_creation_to_sleep_through_the_command_line() {
     let sandbox = Sandbox::new();
@@ -96,7 +84,7 @@ fn an_organisation_from_creation_to_sleep_through_the_command_line() {
         ("FLOTILLA_PASSWORD", ADMIN_PASSWORD),
     ];
     for who in [ALICE, BOB, CAROL] {
-        add_user(&server, who);
+        server.add_user(who[0].1, "org_member", who[1].1);
     }
 
     // An admin creates the organisation; only admins may.

@@ -155,22 +155,7 @@ fn a_resize_without_public_keeps_the_cluster_public() {
 fn deploy_wait_fails_when_the_cluster_expires_before_it_runs() {
     let sandbox = Sandbox::new();
     // Nodes that take a minute to boot.
-    let config = r#"
-[limits]
-min_ttl = "1s"
-max_wait = "60s"
-resync_interval = "1s"
-
-[drivers.slow]
-type = "fake"
-[drivers.slow.faults]
-boot_delay = "60s"
-
-[pools.default]
-driver = "slow"
-instance_type = "fake.small"
-"#;
-    let server = Server::start_with(&sandbox.path(), config);
+    let server = Server::start_with(&sandbox.path(), &fake_config(r#"boot_delay = "60s""#));
     let out = server.cli(&["deploy", "doomed", "--nodes", "1", "--ttl", "2s", "--wait"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(code(&out), 1, "{stderr}");
@@ -518,22 +503,10 @@ fn version_completions_and_a_help_without_internals() {
 #[test]
 fn a_refusing_cloud_is_explained_by_status_and_deploy_wait() {
     let sandbox = Sandbox::new();
-    let config = r#"
-[limits]
-min_ttl = "1s"
-max_wait = "60s"
-resync_interval = "1s"
-
-[drivers.refusing]
-type = "fake"
-[drivers.refusing.faults]
-refuse_creates = "Invalid IamInstanceProfile name: flotilla-node"
-
-[pools.default]
-driver = "refusing"
-instance_type = "fake.small"
-"#;
-    let server = Server::start_with(&sandbox.path(), config);
+    let server = Server::start_with(
+        &sandbox.path(),
+        &fake_config(r#"refuse_creates = "Invalid IamInstanceProfile name: flotilla-node""#),
+    );
     let out = server.cli(&["deploy", "doomed", "--nodes", "2", "--ttl", "4s", "--wait"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(code(&out), 1, "{stderr}");
@@ -582,7 +555,7 @@ instance_type = "fake.small"
     assert_eq!(code(&out), 1, "{text}");
     assert!(
         text.contains("ok    signed in as admin (admin), credentials from FLOTILLA_USERNAME")
-            && text.contains("ok    pools: default (refusing fake.small, default)")
+            && text.contains("ok    pools: default (fake fake.small, default)")
             && text.contains("FAIL  cluster stuck: cloud_refused"),
         "{text}"
     );
@@ -856,12 +829,7 @@ init_data = \"echo workload of $FLOTILLA_NODE_ID says hello; exec sleep 1000\"
 "
     );
     let server = Server::start_with(&sandbox.path(), &config);
-    let out = server.cli_input(
-        &Server::admin_env(),
-        &["user", "add", "bob", "--level", "org_member"],
-        "bob-password-long-enough\n",
-    );
-    assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    server.add_user("bob", "org_member", "bob-password-long-enough");
     let bob = [
         ("FLOTILLA_USERNAME", "bob"),
         ("FLOTILLA_PASSWORD", "bob-password-long-enough"),
@@ -1032,12 +1000,7 @@ allow_workload = true
 "
     );
     let server = Server::start_with(&sandbox.path(), &config);
-    let out = server.cli_input(
-        &Server::admin_env(),
-        &["user", "add", "wendy", "--level", "org_member"],
-        "wendy-password-long-enough\n",
-    );
-    assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    server.add_user("wendy", "org_member", "wendy-password-long-enough");
     let wendy = [
         ("FLOTILLA_USERNAME", "wendy"),
         ("FLOTILLA_PASSWORD", "wendy-password-long-enough"),

@@ -30,6 +30,28 @@ pub fn shared_config(instances: &Path) -> String {
     )
 }
 
+/// A config whose default pool is on a fake cloud with `faults` (lines of
+/// `[drivers.fake.faults]`), with [`CONFIG`]'s short limits.
+pub fn fake_config(faults: &str) -> String {
+    format!(
+        r#"
+[limits]
+min_ttl = "1s"
+max_wait = "60s"
+resync_interval = "1s"
+
+[drivers.fake]
+type = "fake"
+[drivers.fake.faults]
+{faults}
+
+[pools.default]
+driver = "fake"
+instance_type = "fake.small"
+"#
+    )
+}
+
 /// FLOTILLA_ADMIN_PASSWORD of every test server.
 pub const ADMIN_PASSWORD: &str = "admin-password-for-tests";
 
@@ -194,6 +216,21 @@ impl Server {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         cmd
+    }
+
+    /// Makes account `name` at `level` (as the admin), with `password`.
+    pub fn add_user(&self, name: &str, level: &str, password: &str) {
+        let out = self.cli_input(
+            &Self::admin_env(),
+            &["user", "add", name, "--level", level],
+            &format!("{password}\n"),
+        );
+        assert_eq!(
+            code(&out),
+            0,
+            "user add {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// The admin's credentials, as `cli` passes them.
