@@ -689,6 +689,91 @@ pub struct PoolView {
     /// a driver that can tell.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spot_price: Option<SpotPrice>,
+    /// `config` (the server's config file: read-only through the API) or
+    /// `api` (written with PUT /api/v1/pools/{pool}).
+    #[serde(default)]
+    #[schema(example = "config")]
+    pub source: String,
+}
+
+/// A pool in full: what it says, where it comes from, who uses it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PoolDetail {
+    pub name: String,
+    /// `config` or `api`.
+    pub source: String,
+    /// For a pool written through the API: its version (one per write).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
+    /// The pool a deploy naming none uses.
+    pub default: bool,
+    /// The pool as written: see GET /api/v1/schemas/{driver}/pool.
+    #[schema(value_type = Object)]
+    pub document: serde_json::Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated_by: Option<String>,
+    /// The clusters whose records name it.
+    pub clusters: Vec<String>,
+}
+
+/// What PUT /api/v1/pools/{pool} did, or with `dry_run` would do.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PoolApplied {
+    /// `created`, `changed` or `unchanged`.
+    pub outcome: String,
+    /// True when nothing was written.
+    pub dry_run: bool,
+    /// The top-level fields whose values changed.
+    pub changed_fields: Vec<String>,
+    pub pool: PoolDetail,
+}
+
+/// `?dry_run=true`: check and answer, write nothing.
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct DryRunQuery {
+    pub dry_run: Option<bool>,
+}
+
+/// One version of a pool written through the API.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PoolVersion {
+    pub version: u64,
+    pub at: DateTime<Utc>,
+    pub by: String,
+    /// True for the version that retired the pool (it has no document).
+    pub retired: bool,
+    pub schema_version: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub document: Option<serde_json::Value>,
+}
+
+/// Every version of a pool written through the API, oldest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PoolHistory {
+    pub pool: String,
+    pub versions: Vec<PoolVersion>,
+}
+
+/// The schemas this server publishes: one per configured driver.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SchemaIndex {
+    pub drivers: Vec<SchemaEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SchemaEntry {
+    /// The driver's name in the server's config (what a pool's `driver`
+    /// names).
+    pub driver: String,
+    /// Its type: `local`, `fake` or `ec2`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Where the JSON Schema of a pool on it is.
+    pub pool: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -718,6 +803,19 @@ pub struct ErrorBody {
     /// A stable code scripts can match on.
     pub error: String,
     /// What went wrong and what to do, for people.
+    pub message: String,
+    /// For a document that is not valid (`invalid_pool`): every problem
+    /// found, each at its JSON pointer.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<Problem>,
+}
+
+/// One thing wrong with a document sent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Problem {
+    /// Where, as a JSON pointer (RFC 6901) into the document; empty for
+    /// the whole document.
+    pub pointer: String,
     pub message: String,
 }
 

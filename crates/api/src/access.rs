@@ -47,6 +47,8 @@ pub enum Rule {
     AuthorizeClusterToken,
     AuthorizeExec,
     AuthorizeAdmin,
+    /// Admins, and the owners a pool names.
+    AuthorizePoolWrite,
     MayReadChange,
     /// Any signed-in account.
     SignedIn,
@@ -77,7 +79,13 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
     ("POST",   "/api/v1/auth/keys",                 Access::SignedIn(Rule::AuthorizeAdmin)),
     ("DELETE", "/api/v1/auth/keys/{kid}",           Access::SignedIn(Rule::AuthorizeAdmin)),
     ("GET",    "/api/v1/pools",                     Access::Rule(Rule::Anyone)),
+    ("GET",    "/api/v1/pools/{pool}",              Access::SignedIn(Rule::SignedIn)),
+    ("PUT",    "/api/v1/pools/{pool}",              Access::SignedIn(Rule::AuthorizePoolWrite)),
+    ("DELETE", "/api/v1/pools/{pool}",              Access::SignedIn(Rule::AuthorizePoolWrite)),
     ("GET",    "/api/v1/pools/{pool}/errors",       Access::SignedIn(Rule::AuthorizeStatus)),
+    ("GET",    "/api/v1/pools/{pool}/history",      Access::SignedIn(Rule::SignedIn)),
+    ("GET",    "/api/v1/schemas",                   Access::Rule(Rule::Anyone)),
+    ("GET",    "/api/v1/schemas/{driver}/pool",     Access::Rule(Rule::Anyone)),
     ("GET",    "/api/v1/events",                    Access::Rule(Rule::MayReadChange)),
     ("GET",    "/api/v1/clusters",                  Access::Rule(Rule::AuthorizeStatus)),
     ("GET",    "/api/v1/clusters/{cluster}",        Access::Rule(Rule::AuthorizeStatus)),

@@ -16,6 +16,8 @@ pub struct ApiError {
     pub message: String,
     /// Seconds for a `Retry-After` header.
     pub retry_after: Option<u64>,
+    /// Each thing wrong with a document sent, at its JSON pointer.
+    pub problems: Vec<flotilla_domain::Problem>,
 }
 
 impl ApiError {
@@ -25,6 +27,7 @@ impl ApiError {
             code,
             message: message.into(),
             retry_after: None,
+            problems: Vec::new(),
         }
     }
 
@@ -86,6 +89,20 @@ impl From<EngineError> for ApiError {
             ),
             EngineError::UnknownPool { .. } => {
                 Self::new(StatusCode::UNPROCESSABLE_ENTITY, "unknown_pool", message)
+            }
+            EngineError::InvalidPool { problems, .. } => {
+                let mut e = Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_pool", message);
+                e.problems = problems;
+                e
+            }
+            EngineError::PoolInConfig(_) => {
+                Self::new(StatusCode::CONFLICT, "pool_in_config", message)
+            }
+            EngineError::Conflict(StoreError::Stale { .. }) => {
+                Self::new(StatusCode::CONFLICT, "pool_changed", message)
+            }
+            EngineError::Conflict(StoreError::InUse { .. }) => {
+                Self::new(StatusCode::CONFLICT, "pool_in_use", message)
             }
             EngineError::Conflict(StoreError::Conflict { field, .. }) => {
                 let code = match field {
@@ -251,6 +268,14 @@ impl IntoResponse for ApiError {
             Json(ErrorBody {
                 error: self.code.to_owned(),
                 message: self.message,
+                problems: self
+                    .problems
+                    .into_iter()
+                    .map(|p| flotilla_api_types::Problem {
+                        pointer: p.pointer,
+                        message: p.message,
+                    })
+                    .collect(),
             }),
         )
             .into_response();

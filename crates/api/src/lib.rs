@@ -56,7 +56,16 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/openapi.json", get(openapi::serve))
         .route("/api/v1/clusters", get(list_clusters))
         .route("/api/v1/pools", get(pools::list_pools))
+        .route(
+            "/api/v1/pools/{pool}",
+            get(pools::get_pool)
+                .put(pools::apply_pool)
+                .delete(pools::retire_pool),
+        )
         .route("/api/v1/pools/{pool}/errors", get(pools::pool_errors))
+        .route("/api/v1/pools/{pool}/history", get(pools::pool_history))
+        .route("/api/v1/schemas", get(pools::schema_index))
+        .route("/api/v1/schemas/{driver}/pool", get(pools::pool_schema))
         .route("/api/v1/events", get(events::list_events))
         .route(
             "/api/v1/clusters/{cluster}",

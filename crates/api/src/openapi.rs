@@ -21,6 +21,12 @@ use flotilla_api_types as types;
         crate::extend,
         crate::nodes::logs,
         crate::pools::pool_errors,
+        crate::pools::apply_pool,
+        crate::pools::get_pool,
+        crate::pools::retire_pool,
+        crate::pools::pool_history,
+        crate::pools::schema_index,
+        crate::pools::pool_schema,
         crate::nodes::exec,
         crate::accounts::cluster_token,
         crate::accounts::jwks,
@@ -61,6 +67,13 @@ use flotilla_api_types as types;
         types::NodeLogs,
         types::PoolErrorList,
         types::PoolErrorView,
+        types::PoolDetail,
+        types::PoolApplied,
+        types::PoolVersion,
+        types::PoolHistory,
+        types::SchemaIndex,
+        types::SchemaEntry,
+        types::Problem,
         types::ExecRequest,
         types::ExecResponse,
         types::ClusterStatus,
@@ -238,11 +251,12 @@ fn add(op: &mut utoipa::openapi::path::Operation, status: &str, description: &st
 /// The schema of a name in a path (or the `cluster` filter), from the rule
 /// its constructor checks.
 fn name_schema(param: &str) -> Option<utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>> {
-    use flotilla_domain::{ClusterName, Username};
+    use flotilla_domain::{ClusterName, PoolName, Username};
     use utoipa::openapi::schema::{ObjectBuilder, Type};
     let (pattern, max) = match param {
         "cluster" | "org" => (ClusterName::PATTERN, ClusterName::MAX_LEN),
         "user" | "username" => (Username::PATTERN, Username::MAX_LEN),
+        "pool" => (PoolName::PATTERN, PoolName::MAX_LEN),
         _ => return None,
     };
     Some(
@@ -260,15 +274,34 @@ fn name_schema(param: &str) -> Option<utoipa::openapi::RefOr<utoipa::openapi::sc
 pub(crate) async fn serve(
     axum::extract::State(state): axum::extract::State<crate::AppState>,
 ) -> Json<serde_json::Value> {
-    let pools: Vec<String> = state.engine.pools().map(ToString::to_string).collect();
-    Json(document(&state.engine.config().limits, &pools))
+    let pools: Vec<String> = state
+        .engine
+        .pools()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    let catalog = state.control.catalog();
+    let pool_schemas: Vec<serde_json::Value> = catalog
+        .drivers()
+        .filter_map(|(driver, _)| catalog.schema(driver).cloned())
+        .collect();
+    Json(document(
+        &state.engine.config().limits,
+        &pools,
+        &pool_schemas,
+    ))
 }
 
 /// The API document as this server answers it: [`ApiDoc`] with the bounds
 /// `limits` puts on every time-to-live and node count, the names of its
-/// `pools`, and the rules of names inside lists and of the levels an
-/// account may be given.
-pub fn document(limits: &flotilla_domain::Limits, pools: &[String]) -> serde_json::Value {
+/// `pools`, the rules of names inside lists and of the levels an account
+/// may be given, and a pool's body: one of `pool_schemas` (a pool on each
+/// configured driver, as `/api/v1/schemas/{driver}/pool` serves it).
+pub fn document(
+    limits: &flotilla_domain::Limits,
+    pools: &[String],
+    pool_schemas: &[serde_json::Value],
+) -> serde_json::Value {
     use flotilla_domain::{ClusterName, Level};
     let mut doc = serde_json::to_value(ApiDoc::openapi()).expect("the document serialises");
     let schemas = &mut doc["components"]["schemas"];
@@ -327,6 +360,23 @@ pub fn document(limits: &flotilla_domain::Limits, pools: &[String]) -> serde_jso
         if let (Some(p), Some(b)) = (property.as_object_mut(), bounds.as_object()) {
             p.extend(b.clone());
         }
+    }
+    let bodies: Vec<serde_json::Value> = pool_schemas
+        .iter()
+        .map(|schema| {
+            let mut schema = schema.clone();
+            if let Some(object) = schema.as_object_mut() {
+                // Identifiers of a document of its own, not of a part.
+                object.remove("$schema");
+                object.remove("$id");
+            }
+            schema
+        })
+        .collect();
+    let body = &mut doc["paths"]["/api/v1/pools/{pool}"]["put"]["requestBody"]["content"]
+        ["application/json"]["schema"];
+    if body.is_object() {
+        *body = serde_json::json!({ "oneOf": bodies });
     }
     doc
 }

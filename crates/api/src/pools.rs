@@ -1,13 +1,240 @@
-//! The pools: what each makes, and what went wrong making its nodes.
+//! The pools: what each makes, written and retired through the API with
+//! their history and schemas, and what went wrong making their nodes.
 
-use axum::extract::{Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
 use flotilla_api_types as types;
+use flotilla_control::{ApplyPool, PoolApplied, PoolDetail, PoolVersion, RetirePool};
+use flotilla_domain::{authorize_status, Caller, ClusterName, PoolSource};
 use flotilla_engine::PoolView;
 
-use crate::extract::{malformed_query, CallerIdentity};
+use crate::extract::{malformed_query, CallerIdentity, JsonBody};
 use crate::{ApiError, AppState};
+
+fn source_str(source: PoolSource) -> &'static str {
+    match source {
+        PoolSource::Config => "config",
+        PoolSource::Stored { .. } => "api",
+    }
+}
+
+fn detail_body(detail: PoolDetail, caller: &Caller) -> types::PoolDetail {
+    types::PoolDetail {
+        name: detail.name.to_string(),
+        source: source_str(detail.source).to_owned(),
+        version: match detail.source {
+            PoolSource::Stored { version } => Some(version),
+            PoolSource::Config => None,
+        },
+        default: detail.is_default,
+        document: serde_json::to_value(&detail.document).unwrap_or_default(),
+        updated_at: detail.updated.as_ref().map(|(at, _)| *at),
+        updated_by: detail.updated.map(|(_, by)| by),
+        // Only those the caller may see the status of.
+        clusters: detail
+            .clusters
+            .into_iter()
+            .filter(|c| visible(caller, c))
+            .map(|c| c.to_string())
+            .collect(),
+    }
+}
+
+fn visible(caller: &Caller, cluster: &ClusterName) -> bool {
+    authorize_status(caller, cluster, false).is_ok()
+}
+
+fn version_body(v: PoolVersion) -> types::PoolVersion {
+    types::PoolVersion {
+        version: v.version,
+        at: v.at,
+        by: v.by,
+        retired: v.document.is_none(),
+        schema_version: v.schema_version,
+        document: v.document,
+    }
+}
+
+fn applied_body(applied: PoolApplied, dry_run: bool, caller: &Caller) -> types::PoolApplied {
+    types::PoolApplied {
+        outcome: applied.outcome.as_str().to_owned(),
+        dry_run,
+        changed_fields: applied.changed_fields,
+        pool: detail_body(applied.pool, caller),
+    }
+}
+
+/// Creates or changes a pool (admins; and the pool's owners, for a pool
+/// that names them). The body is the pool as written, checked against its
+/// driver's schema (GET /api/v1/schemas/{driver}/pool) and by its driver:
+/// every problem is answered at once, each at its JSON pointer, and
+/// nothing is stored. Writing what the pool already is changes nothing.
+/// A pool of the server's config file cannot be written here.
+#[utoipa::path(
+    put,
+    path = "/api/v1/pools/{pool}",
+    params(("pool" = String, Path, description = "Pool name"), types::DryRunQuery),
+    request_body(content = Object, description = "The pool: driver, instance_type, and the optional fields of its driver's schema"),
+    responses(
+        (status = 200, body = types::PoolApplied),
+        (status = 401, body = types::ErrorBody),
+        (status = 403, description = "Neither an admin nor one of its owners", body = types::ErrorBody),
+        (status = 409, description = "A pool of the config file (pool_in_config), or written by another meanwhile (pool_changed)", body = types::ErrorBody),
+        (status = 422, description = "Not a valid pool (invalid_pool, with problems), or an invalid name", body = types::ErrorBody),
+    )
+)]
+pub(crate) async fn apply_pool(
+    State(state): State<AppState>,
+    CallerIdentity(caller): CallerIdentity,
+    Path(pool): Path<String>,
+    query: Result<Query<types::DryRunQuery>, axum::extract::rejection::QueryRejection>,
+    JsonBody(document): JsonBody<serde_json::Value>,
+) -> Result<Json<types::PoolApplied>, ApiError> {
+    let Query(query) = query.map_err(|e| malformed_query(e, "use ?dry_run=true"))?;
+    let dry_run = query.dry_run.unwrap_or(false);
+    let command = ApplyPool { pool, document };
+    let applied = if dry_run {
+        state.control.dry_run_pool(&caller, &command).await?
+    } else {
+        state.control.run(&caller, command).await?
+    };
+    Ok(Json(applied_body(applied, dry_run, &caller)))
+}
+
+/// A pool in full: its document, where it comes from, who last wrote it,
+/// and the clusters (that the caller may see) using it.
+#[utoipa::path(
+    get,
+    path = "/api/v1/pools/{pool}",
+    params(("pool" = String, Path, description = "Pool name")),
+    responses(
+        (status = 200, body = types::PoolDetail),
+        (status = 401, body = types::ErrorBody),
+        (status = 404, description = "No such pool", body = types::ErrorBody),
+    )
+)]
+pub(crate) async fn get_pool(
+    State(state): State<AppState>,
+    CallerIdentity(caller): CallerIdentity,
+    Path(pool): Path<String>,
+) -> Result<Json<types::PoolDetail>, ApiError> {
+    let detail = state.control.pool_detail(&pool).await.map_err(not_found)?;
+    Ok(Json(detail_body(detail, &caller)))
+}
+
+/// Retires a pool written through the API (admins and its owners): no
+/// cluster may use it afterwards. Refused while a cluster's record or an
+/// organisation's settings name it. Its history is kept; applying it again
+/// brings it back.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/pools/{pool}",
+    params(("pool" = String, Path, description = "Pool name")),
+    responses(
+        (status = 200, description = "The version that retired it", body = types::PoolVersion),
+        (status = 403, body = types::ErrorBody),
+        (status = 404, description = "No such pool written through the API", body = types::ErrorBody),
+        (status = 409, description = "A pool of the config file, or one in use (pool_in_use)", body = types::ErrorBody),
+    )
+)]
+pub(crate) async fn retire_pool(
+    State(state): State<AppState>,
+    CallerIdentity(caller): CallerIdentity,
+    Path(pool): Path<String>,
+) -> Result<Json<types::PoolVersion>, ApiError> {
+    let retired = state
+        .control
+        .run(&caller, RetirePool { pool })
+        .await
+        .map_err(not_found)?;
+    Ok(Json(version_body(retired)))
+}
+
+/// Every version of a pool written through the API, oldest first (none
+/// for a pool of the config file).
+#[utoipa::path(
+    get,
+    path = "/api/v1/pools/{pool}/history",
+    params(("pool" = String, Path, description = "Pool name")),
+    responses(
+        (status = 200, body = types::PoolHistory),
+        (status = 401, body = types::ErrorBody),
+        (status = 404, description = "No such pool, now or ever", body = types::ErrorBody),
+    )
+)]
+pub(crate) async fn pool_history(
+    State(state): State<AppState>,
+    Path(pool): Path<String>,
+) -> Result<Json<types::PoolHistory>, ApiError> {
+    let versions = state.control.pool_history(&pool).await.map_err(not_found)?;
+    Ok(Json(types::PoolHistory {
+        pool,
+        versions: versions.into_iter().map(version_body).collect(),
+    }))
+}
+
+/// The schemas this server publishes: for each configured driver, where
+/// the JSON Schema of a pool on it is.
+#[utoipa::path(get, path = "/api/v1/schemas", responses((status = 200, body = types::SchemaIndex)))]
+pub(crate) async fn schema_index(State(state): State<AppState>) -> Json<types::SchemaIndex> {
+    Json(types::SchemaIndex {
+        drivers: state
+            .control
+            .catalog()
+            .drivers()
+            .map(|(name, kind)| types::SchemaEntry {
+                driver: name.to_owned(),
+                kind: kind.to_owned(),
+                pool: format!("/api/v1/schemas/{name}/pool"),
+            })
+            .collect(),
+    })
+}
+
+/// The JSON Schema (draft 2020-12) of a pool on driver `driver`: every
+/// field, its type, its rules and what it means.
+#[utoipa::path(
+    get,
+    path = "/api/v1/schemas/{driver}/pool",
+    params(("driver" = String, Path, description = "A configured driver's name")),
+    responses(
+        (status = 200, description = "A JSON Schema", body = Object),
+        (status = 404, description = "No such driver", body = types::ErrorBody),
+    )
+)]
+pub(crate) async fn pool_schema(
+    State(state): State<AppState>,
+    Path(driver): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let catalog = state.control.catalog();
+    match catalog.schema(&driver) {
+        Some(schema) => Ok(Json(schema.clone())),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_driver",
+            format!(
+                "no driver named {driver:?}; configured: {}",
+                catalog
+                    .drivers()
+                    .map(|(n, _)| n)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )),
+    }
+}
+
+/// A pool named in the path that does not exist is not found (in a body,
+/// where it is a value, it is invalid).
+fn not_found(e: flotilla_engine::EngineError) -> ApiError {
+    match e {
+        e @ flotilla_engine::EngineError::UnknownPool { .. } => {
+            ApiError::new(StatusCode::NOT_FOUND, "unknown_pool", e.to_string())
+        }
+        other => other.into(),
+    }
+}
 
 pub fn pool_body(view: PoolView) -> types::PoolView {
     let offering = view.offering;
@@ -26,6 +253,7 @@ pub fn pool_body(view: PoolView) -> types::PoolView {
             availability_zone: p.availability_zone,
             since: p.since,
         }),
+        source: source_str(view.source).to_owned(),
     }
 }
 
@@ -77,18 +305,11 @@ pub(crate) async fn pool_errors(
             ),
         ));
     }
-    // A pool in the path that does not exist is not found (in a body,
-    // where it is a value, it is invalid).
-    let errors = match state.control.pool_errors(&caller, &pool, limit).await {
-        Err(e @ flotilla_engine::EngineError::UnknownPool { .. }) => {
-            return Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                "unknown_pool",
-                e.to_string(),
-            ))
-        }
-        other => other?,
-    };
+    let errors = state
+        .control
+        .pool_errors(&caller, &pool, limit)
+        .await
+        .map_err(not_found)?;
     Ok(Json(types::PoolErrorList {
         pool,
         errors: errors

@@ -554,6 +554,7 @@ fn uris(template: &str, kid: &str) -> Vec<String> {
                 .replace("{org}", "lab")
                 .replace("{kid}", kid)
                 .replace("{pool}", "default")
+                .replace("{driver}", "fake")
         })
         .collect()
 }
@@ -612,6 +613,10 @@ async fn every_route_without_credentials() {
                 Access::Rule(Rule::Anyone) if template == "/api/v1/pools" => {
                     assert_eq!(reply.status, StatusCode::OK, "{what}");
                     assert_eq!(reply.json()["pools"][0]["name"], "big", "{what}");
+                }
+                // The schemas are published to everyone.
+                Access::Rule(Rule::Anyone) if template.starts_with("/api/v1/schemas") => {
+                    assert_eq!(reply.status, StatusCode::OK, "{what}");
                 }
                 Access::Rule(Rule::Anyone) => {
                     assert_eq!(reply.status, StatusCode::OK, "{what}");

@@ -943,9 +943,9 @@ async fn pools_are_listed_with_their_shapes() {
     let shape = json!({"vcpus": 2, "memory_mib": 4096});
     let expected = json!({"pools": [
         {"name": "big", "driver": "fake", "instance_type": "fake.big",
-         "default": false, "price_per_hour": "0.10", "shape": shape},
+         "default": false, "price_per_hour": "0.10", "shape": shape, "source": "config"},
         {"name": "default", "driver": "fake", "instance_type": "fake.small",
-         "default": true, "price_per_hour": "0.10", "shape": shape},
+         "default": true, "price_per_hour": "0.10", "shape": shape, "source": "config"},
     ]});
     let reply = api.get("/api/v1/pools").await;
     assert_eq!(reply.status, StatusCode::OK);

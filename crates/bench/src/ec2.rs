@@ -34,7 +34,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use flotilla_cloud::{CloudMetrics, InstanceSet, Metered, Tags, Throttled};
+use flotilla_cloud::{CloudMetrics, InstanceSet, Metered, Throttled};
 use flotilla_control::{Control, Deploy, Destroy};
 use flotilla_domain::{Caller, ClusterName, ClusterState, InstanceType, Limits, PoolName};
 use flotilla_driver_ec2::{Credentials, Ec2Config, Ec2InstanceSet, SharedCredentialsProvider};
@@ -355,16 +355,8 @@ impl Bench {
         let pools = BTreeMap::from([(
             pool.clone(),
             PoolSpec {
-                // $0.10 per node-hour.
                 price_per_hour: flotilla_domain::Money::from_micros(100_000),
-                driver: DRIVER.to_owned(),
-                instance_type: InstanceType::new(INSTANCE_TYPE)?,
-                image: None,
-                init_data: None,
-                tags: Tags::new(),
-                allow_exec: false,
-                ssh_user: None,
-                allow_workload: false,
+                ..PoolSpec::new(DRIVER.to_owned(), InstanceType::new(INSTANCE_TYPE)?)
             },
         )]);
         let config = EngineConfig {
@@ -405,7 +397,7 @@ impl Bench {
             pool: None,
             workload: None,
         };
-        let control = Control::new(self.engine.clone());
+        let control = Control::new(self.engine.clone(), ec2_catalog());
         let before = self.endpoint.calls();
         let start = Instant::now();
         control.run(&self.caller, command).await?;
@@ -659,7 +651,7 @@ async fn bench(args: Ec2Args) -> Result<()> {
     let start = Instant::now();
     for i in 0..args.clusters {
         let name = ClusterName::new(format!("wide-{i}"))?;
-        Control::new(b.engine.clone())
+        Control::new(b.engine.clone(), ec2_catalog())
             .run(&b.caller, Destroy { cluster: name })
             .await?;
     }
@@ -690,4 +682,10 @@ async fn bench(args: Ec2Args) -> Result<()> {
         std::process::exit(1);
     }
     Ok(())
+}
+
+/// The catalogue of the bench's one ec2 driver (pools are not written
+/// through it here).
+fn ec2_catalog() -> Arc<flotilla_control::PoolCatalog> {
+    Arc::new(flotilla_control::PoolCatalog::plain([(DRIVER, "ec2")]))
 }

@@ -52,7 +52,7 @@ use flotilla_api::ratelimit::{RateClock, RateLimits};
 use flotilla_api::AppState;
 use flotilla_api_types as types;
 use flotilla_cloud::fake::{FakeCloud, FakeConfig};
-use flotilla_cloud::{CloudMetrics, InstanceSet, Metered, SystemClock, Tags, Throttled};
+use flotilla_cloud::{CloudMetrics, InstanceSet, Metered, SystemClock, Throttled};
 use flotilla_domain::{allowed_clusters, InstanceType, Level, PoolName, Username};
 use flotilla_engine::{Engine, EngineConfig, EngineTasks, PoolSpec};
 use flotilla_identity::{
@@ -251,16 +251,8 @@ async fn serve(dir: &Path, store: Arc<dyn Store>) -> Result<Started> {
     let pools = BTreeMap::from([(
         pool.clone(),
         PoolSpec {
-            // $0.10 per node-hour.
             price_per_hour: flotilla_domain::Money::from_micros(100_000),
-            driver: DRIVER.to_owned(),
-            instance_type: InstanceType::new("fake.small")?,
-            image: None,
-            init_data: None,
-            tags: Tags::new(),
-            allow_exec: false,
-            ssh_user: None,
-            allow_workload: false,
+            ..PoolSpec::new(DRIVER.to_owned(), InstanceType::new("fake.small")?)
         },
     )]);
     let (engine, tasks) = Engine::start(
@@ -285,7 +277,7 @@ async fn serve(dir: &Path, store: Arc<dyn Store>) -> Result<Started> {
         })
     };
     let app = flotilla_api::router(AppState {
-        control: flotilla_control::Control::new(engine.clone()),
+        control: flotilla_control::Control::new(engine.clone(), crate::fake_catalog()),
         engine,
         identity: identity.clone(),
         limits,

@@ -32,6 +32,7 @@ mod http;
 mod machine;
 mod metrics;
 mod orgs;
+mod pools;
 mod report;
 mod takeover;
 mod tap;
@@ -43,7 +44,7 @@ use std::time::Duration;
 use anyhow::{bail, ensure, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use flotilla_cloud::fake::{FakeCloud, FakeConfig, FakeStats};
-use flotilla_cloud::{CloudMetrics, InstanceSet, Metered, SystemClock, Tags, Throttled};
+use flotilla_cloud::{CloudMetrics, InstanceSet, Metered, SystemClock, Throttled};
 use flotilla_control::{Control, Deploy};
 use flotilla_domain::{Caller, ClusterName, ClusterState, InstanceType, Limits, PoolName};
 use flotilla_engine::{Engine, EngineConfig, EngineTasks, PoolSpec};
@@ -180,6 +181,9 @@ enum Mode {
     /// Kills the leader of several real servers on one PostgreSQL, again
     /// and again, and times how long until another leads.
     Takeover(takeover::TakeoverArgs),
+    /// Times the check every pool passes when it is written: its driver's
+    /// schema, the domain's rules, the driver's own checks.
+    Pools(pools::PoolsArgs),
 }
 
 /// The engine benchmark's knobs.
@@ -368,17 +372,15 @@ pub(crate) async fn fake_wiring(
         pool.clone(),
         PoolSpec {
             price_per_hour: flotilla_domain::Money::from_micros(100_000),
-            driver: DRIVER.to_owned(),
-            instance_type: InstanceType::new("fake.small")?,
-            image: None,
-            init_data: None,
-            tags: Tags::new(),
-            allow_exec: false,
-            ssh_user: None,
-            allow_workload: false,
+            ..PoolSpec::new(DRIVER.to_owned(), InstanceType::new("fake.small")?)
         },
     )]);
     Ok((cloud, tap, pool, pools))
+}
+
+/// The catalogue of the bench's one fake driver.
+pub(crate) fn fake_catalog() -> Arc<flotilla_control::PoolCatalog> {
+    Arc::new(flotilla_control::PoolCatalog::plain([(DRIVER, "fake")]))
 }
 
 /// Starts the engine the way `flotilla serve` does, on one driver seen
@@ -470,7 +472,9 @@ async fn converge(b: &Bench, args: &Args) -> Result<Converge> {
         tasks.spawn(async move {
             {
                 let _permit = permits.acquire().await.expect("never closed");
-                Control::new(engine.clone()).run(&caller, command).await?;
+                Control::new(engine.clone(), fake_catalog())
+                    .run(&caller, command)
+                    .await?;
             }
             let returned = Instant::now();
             let deadline = returned + limit;
@@ -655,7 +659,9 @@ async fn request_latency(
         let name = ClusterName::new(format!("{prefix}-{i:04}"))?;
         let command = b.command(&name, 1)?;
         let requested = Instant::now();
-        Control::new(engine.clone()).run(&b.caller, command).await?;
+        Control::new(engine.clone(), fake_catalog())
+            .run(&b.caller, command)
+            .await?;
         let returned = Instant::now();
         // One at a time: the next request waits until this one's create.
         b.tap
@@ -703,7 +709,7 @@ async fn deploy_wait(b: &Bench, args: &Args) -> Result<Wide> {
     let name = ClusterName::new(format!("wide-{}", args.wide_nodes))?;
     let command = b.command(&name, args.wide_nodes)?;
     let start = Instant::now();
-    let control = Control::new(b.engine.clone());
+    let control = Control::new(b.engine.clone(), fake_catalog());
     control.run(&b.caller, command).await?;
     let view = control.wait_settled(&name).await;
     let took = start.elapsed();
@@ -731,6 +737,7 @@ fn main() -> Result<()> {
         Some(Mode::Ec2(args)) => ec2::run(args),
         Some(Mode::Orgs(args)) => orgs::run(args),
         Some(Mode::Takeover(args)) => takeover::run(args),
+        Some(Mode::Pools(args)) => pools::run(args),
         // What `#[tokio::main]` builds: a worker per CPU.
         None => tokio::runtime::Builder::new_multi_thread()
             .enable_all()

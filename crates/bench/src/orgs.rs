@@ -142,7 +142,7 @@ async fn bench(args: OrgsArgs) -> Result<()> {
     let mut jobs = JoinSet::new();
     let permits = Arc::new(tokio::sync::Semaphore::new(args.concurrency));
     for i in 0..args.orgs {
-        let control = Control::new(engine.clone());
+        let control = Control::new(engine.clone(), crate::fake_catalog());
         let admin = admin.clone();
         let permits = permits.clone();
         let nodes = args.nodes;

@@ -522,6 +522,28 @@ impl LeaseStore for CountingStore {
 }
 
 #[async_trait]
+impl flotilla_store::PoolStore for CountingStore {
+    async fn write_pool(
+        &self,
+        write: &flotilla_store::PoolWrite,
+        now: DateTime<Utc>,
+    ) -> Result<flotilla_store::PoolRecord, StoreError> {
+        self.inner.write_pool(write, now).await
+    }
+
+    async fn pools(&self) -> Result<Vec<flotilla_store::PoolRecord>, StoreError> {
+        self.inner.pools().await
+    }
+
+    async fn pool_history(
+        &self,
+        name: &PoolName,
+    ) -> Result<Vec<flotilla_store::PoolRecord>, StoreError> {
+        self.inner.pool_history(name).await
+    }
+}
+
+#[async_trait]
 impl ChangeFeed for CountingStore {
     fn change_notices(&self) -> tokio::sync::watch::Receiver<u64> {
         self.inner.change_notices()

@@ -367,6 +367,15 @@ pub trait InstanceSet: Send + Sync + 'static {
         let _ = (id, argv, timeout, limit);
         Ok(None)
     }
+
+    /// Pool `pool`'s section for this driver (`[pools.NAME.ec2]` for ec2),
+    /// or None once the pool has none or is gone: how it launches and
+    /// checks the pool's nodes from now on. The section was checked when
+    /// the pool was written; a driver that reads none ignores it. Makes
+    /// no call to the cloud.
+    fn configure_pool(&self, pool: &PoolName, section: Option<&serde_json::Value>) {
+        let _ = (pool, section);
+    }
 }
 
 /// Refuses changes to the ownership tags; shared by every driver.

@@ -183,6 +183,10 @@ impl<S: InstanceSet> InstanceSet for Throttled<S> {
     ) -> Result<Option<ExecOutput>, CloudError> {
         self.inner.exec(id, argv, timeout, limit).await
     }
+
+    fn configure_pool(&self, pool: &PoolName, section: Option<&serde_json::Value>) {
+        self.inner.configure_pool(pool, section)
+    }
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@
 //! Questions (status, lists, organisations, the ledger, the feed) are
 //! plain methods, answered from the engine's copies or the store.
 
+mod catalog;
 mod clusters;
 mod events;
 mod nodes;
@@ -20,10 +21,12 @@ mod orgs;
 mod pools;
 
 use std::future::Future;
+use std::sync::Arc;
 
 use flotilla_domain::{Caller, PoolName};
 use flotilla_engine::{Engine, EngineError};
 
+pub use catalog::{NoSection, PoolCatalog, PoolDriver};
 pub use clusters::{Deploy, Destroy, Extend};
 pub use events::{EventPage, EventsQuery, MAX_PAGE};
 pub use nodes::{Console, ExecOutput, MAX_CONSOLE_BYTES, MAX_EXEC_OUTPUT, MAX_EXEC_TIMEOUT};
@@ -31,7 +34,9 @@ pub use orgs::{
     CapacityView, CreateOrg, CreditOrg, DecideMembership, OrgView, RemoveMember, RequestCapacity,
     RequestMembership, SetMemberRole, UpdateOrg, WithdrawCapacity,
 };
-pub use pools::MAX_POOL_ERRORS;
+pub use pools::{
+    ApplyOutcome, ApplyPool, PoolApplied, PoolDetail, PoolVersion, RetirePool, MAX_POOL_ERRORS,
+};
 
 mod sealed {
     pub trait Sealed {}
@@ -68,11 +73,14 @@ pub trait Command: sealed::Sealed + Send {
 #[derive(Clone)]
 pub struct Control {
     engine: Engine,
+    catalog: Arc<PoolCatalog>,
 }
 
 impl Control {
-    pub fn new(engine: Engine) -> Self {
-        Self { engine }
+    /// The front door to `engine`, checking pools written through it
+    /// against `catalog` (the configured drivers').
+    pub fn new(engine: Engine, catalog: Arc<PoolCatalog>) -> Self {
+        Self { engine, catalog }
     }
 
     pub fn engine(&self) -> &Engine {
@@ -103,6 +111,7 @@ impl Control {
             known: self
                 .engine
                 .pools()
+                .iter()
                 .map(PoolName::to_string)
                 .collect::<Vec<_>>()
                 .join(", "),

@@ -1,11 +1,17 @@
-//! Questions about a pool: what went wrong making its nodes.
+//! Pools: written through the API (apply, retire), shown with their
+//! history, and what went wrong making their nodes.
 
 use std::collections::BTreeSet;
 
-use flotilla_domain::{Caller, ClusterName};
+use chrono::{DateTime, Utc};
+use flotilla_domain::{
+    authorize_pool_write, Caller, ClusterName, PoolDocument, PoolName, PoolOwner, PoolSource,
+    PoolSpec, POOL_SCHEMA_VERSION,
+};
 use flotilla_engine::EngineError;
+use flotilla_store::{PoolRecord, PoolWrite, StoreError};
 
-use crate::Control;
+use crate::{sealed, Command, Control, PoolCatalog};
 
 /// The most errors of a pool one answer carries.
 pub const MAX_POOL_ERRORS: usize = 1000;
@@ -42,5 +48,359 @@ impl Control {
             .await?;
         errors.retain(|e| self.may_see(caller, &e.key.cluster).is_ok());
         Ok(errors)
+    }
+}
+
+/// A pool as `flotilla pool show` shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolDetail {
+    pub name: PoolName,
+    pub source: PoolSource,
+    /// What it is, as its author wrote it (normalised).
+    pub document: PoolDocument,
+    /// When and by whom its current version was written (stored pools).
+    pub updated: Option<(DateTime<Utc>, String)>,
+    /// The pool a deploy naming none uses.
+    pub is_default: bool,
+    /// Clusters whose records name it.
+    pub clusters: Vec<ClusterName>,
+}
+
+/// One version of a pool written through the API.
+pub type PoolVersion = PoolRecord;
+
+/// What applying a pool would do (a dry run) or did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolApplied {
+    /// `created`, `changed`, `unchanged`.
+    pub outcome: ApplyOutcome,
+    /// The top-level fields whose values differ from the version before.
+    pub changed_fields: Vec<String>,
+    /// The pool as it is (or, for a dry run, would be).
+    pub pool: PoolDetail,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApplyOutcome {
+    Created,
+    Changed,
+    Unchanged,
+}
+
+impl ApplyOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApplyOutcome::Created => "created",
+            ApplyOutcome::Changed => "changed",
+            ApplyOutcome::Unchanged => "unchanged",
+        }
+    }
+}
+
+/// Creates or changes a pool written through the API: checked against its
+/// driver's schema and by its driver, by an admin or one of its owners.
+/// Writing what it already is changes nothing.
+#[derive(Debug, Clone)]
+pub struct ApplyPool {
+    pub pool: String,
+    /// The pool as written (JSON; TOML is turned into JSON by the client).
+    pub document: serde_json::Value,
+}
+
+/// Retires a pool written through the API: refused while a cluster's
+/// record or an organisation's settings name it.
+#[derive(Debug, Clone)]
+pub struct RetirePool {
+    pub pool: String,
+}
+
+/// What an apply found before it writes.
+struct Prepared {
+    name: PoolName,
+    /// The latest version (retired or not), if the pool was ever written.
+    latest: Option<PoolRecord>,
+    document: PoolDocument,
+    spec: PoolSpec,
+    outcome: ApplyOutcome,
+    changed_fields: Vec<String>,
+}
+
+impl Control {
+    /// The catalogue of what pools may say, driver by driver.
+    pub fn catalog(&self) -> &PoolCatalog {
+        &self.catalog
+    }
+
+    /// A name for a pool written through the API: refused if the config
+    /// file defines it.
+    fn writable_pool(&self, pool: &str) -> Result<PoolName, EngineError> {
+        let name = PoolName::new(pool)?;
+        if self
+            .engine
+            .pool(&name)
+            .is_some_and(|p| p.source == PoolSource::Config)
+        {
+            return Err(EngineError::PoolInConfig(name));
+        }
+        Ok(name)
+    }
+
+    /// The latest version of a stored pool, if it was ever written.
+    async fn latest_pool(&self, name: &PoolName) -> Result<Option<PoolRecord>, EngineError> {
+        Ok(self.engine.store().pool_history(name).await?.pop())
+    }
+
+    /// Refused unless the caller may change a pool whose current version
+    /// is `latest` (admins; and its owners, while it is not retired).
+    fn authorize_pool(
+        &self,
+        caller: &Caller,
+        name: &PoolName,
+        latest: Option<&PoolRecord>,
+    ) -> Result<(), EngineError> {
+        let owners: Vec<PoolOwner> = latest
+            .and_then(|r| r.document.clone())
+            .and_then(|d| serde_json::from_value::<PoolDocument>(d).ok())
+            .and_then(|d| d.spec(PoolSource::Config).ok())
+            .map(|s| s.owners)
+            .unwrap_or_default();
+        let orgs = self.engine.orgs();
+        authorize_pool_write(caller, name, &owners, |org, user| {
+            orgs.iter()
+                .find(|o| &o.name == org)
+                .and_then(|o| o.role(user))
+        })?;
+        Ok(())
+    }
+
+    async fn prepare_apply(
+        &self,
+        caller: &Caller,
+        command: &ApplyPool,
+    ) -> Result<Prepared, EngineError> {
+        let name = self.writable_pool(&command.pool)?;
+        let latest = self.latest_pool(&name).await?;
+        self.authorize_pool(caller, &name, latest.as_ref())?;
+        let next = latest.as_ref().map_or(0, |r| r.version) + 1;
+        let (document, spec) = self
+            .catalog
+            .check(
+                &name,
+                &command.document,
+                PoolSource::Stored { version: next },
+            )
+            .map_err(|problems| EngineError::InvalidPool {
+                pool: name.to_string(),
+                problems,
+            })?;
+        let before: Option<PoolDocument> = latest
+            .as_ref()
+            .and_then(|r| r.document.clone())
+            .and_then(|d| serde_json::from_value(d).ok());
+        let (outcome, changed_fields) = match &before {
+            None => (ApplyOutcome::Created, Vec::new()),
+            Some(b) if *b == document => (ApplyOutcome::Unchanged, Vec::new()),
+            Some(b) => (ApplyOutcome::Changed, changed_fields(b, &document)),
+        };
+        Ok(Prepared {
+            name,
+            latest,
+            document,
+            spec,
+            outcome,
+            changed_fields,
+        })
+    }
+
+    /// What applying `command` would do, changing nothing: the same checks
+    /// and answer as applying it.
+    pub async fn dry_run_pool(
+        &self,
+        caller: &Caller,
+        command: &ApplyPool,
+    ) -> Result<PoolApplied, EngineError> {
+        let p = self.prepare_apply(caller, command).await?;
+        let clusters = self.clusters_of_pool(&p.name);
+        Ok(PoolApplied {
+            outcome: p.outcome,
+            changed_fields: p.changed_fields,
+            pool: PoolDetail {
+                is_default: *self.engine.default_pool() == p.name,
+                source: p.spec.source,
+                updated: None,
+                document: p.document,
+                name: p.name,
+                clusters,
+            },
+        })
+    }
+
+    fn clusters_of_pool(&self, pool: &PoolName) -> Vec<ClusterName> {
+        let engine = &self.engine;
+        engine
+            .cluster_names()
+            .into_iter()
+            .filter(|c| engine.record(c).is_some_and(|r| &r.pool == pool))
+            .collect()
+    }
+
+    /// Pool `pool` as it is now.
+    pub async fn pool_detail(&self, pool: &str) -> Result<PoolDetail, EngineError> {
+        let name = self.known_pool(pool)?;
+        let spec = self
+            .engine
+            .pool(&name)
+            .ok_or_else(|| self.unknown_pool(pool))?;
+        let updated = match spec.source {
+            PoolSource::Config => None,
+            PoolSource::Stored { version } => self
+                .engine
+                .store()
+                .pool_history(&name)
+                .await?
+                .into_iter()
+                .find(|r| r.version == version)
+                .map(|r| (r.at, r.by)),
+        };
+        Ok(PoolDetail {
+            is_default: *self.engine.default_pool() == name,
+            source: spec.source,
+            document: spec.document(),
+            updated,
+            clusters: self.clusters_of_pool(&name),
+            name,
+        })
+    }
+
+    /// Every version of pool `pool` written through the API, oldest
+    /// first; none for a pool of the config file.
+    pub async fn pool_history(&self, pool: &str) -> Result<Vec<PoolVersion>, EngineError> {
+        let name = PoolName::new(pool)?;
+        let history = self.engine.store().pool_history(&name).await?;
+        if history.is_empty() && self.engine.pool(&name).is_none() {
+            return Err(self.unknown_pool(pool));
+        }
+        Ok(history)
+    }
+}
+
+/// The top-level fields whose values differ between two documents.
+fn changed_fields(before: &PoolDocument, after: &PoolDocument) -> Vec<String> {
+    let (Ok(serde_json::Value::Object(b)), Ok(serde_json::Value::Object(a))) =
+        (serde_json::to_value(before), serde_json::to_value(after))
+    else {
+        return Vec::new();
+    };
+    let keys: BTreeSet<&String> = b.keys().chain(a.keys()).collect();
+    keys.into_iter()
+        .filter(|k| b.get(*k) != a.get(*k))
+        .map(|k| k.to_string())
+        .collect()
+}
+
+impl sealed::Sealed for ApplyPool {}
+
+impl Command for ApplyPool {
+    type Committed = (PoolName, ApplyOutcome, Vec<String>);
+    type View = PoolApplied;
+    const NAME: &'static str = "apply_pool";
+
+    async fn commit(
+        self,
+        control: &Control,
+        caller: &Caller,
+    ) -> Result<Self::Committed, EngineError> {
+        let p = control.prepare_apply(caller, &self).await?;
+        if p.outcome != ApplyOutcome::Unchanged {
+            let document = serde_json::to_value(&p.document)
+                .map_err(|e| EngineError::Config(format!("pool {}: {e}", p.name)))?;
+            let by = caller
+                .account
+                .as_ref()
+                .map_or_else(|| "server".to_owned(), ToString::to_string);
+            let now = control.engine.now();
+            control
+                .engine
+                .store()
+                .write_pool(
+                    &PoolWrite {
+                        name: p.name.clone(),
+                        expected: p.latest.as_ref().map_or(0, |r| r.version),
+                        document: Some(document),
+                        schema_version: POOL_SCHEMA_VERSION,
+                        by,
+                    },
+                    now,
+                )
+                .await?;
+        }
+        Ok((p.name, p.outcome, p.changed_fields))
+    }
+
+    async fn answer(
+        (name, outcome, changed_fields): Self::Committed,
+        control: &Control,
+    ) -> Result<PoolApplied, EngineError> {
+        Ok(PoolApplied {
+            outcome,
+            changed_fields,
+            pool: control.pool_detail(name.as_str()).await?,
+        })
+    }
+}
+
+impl sealed::Sealed for RetirePool {}
+
+impl Command for RetirePool {
+    type Committed = PoolRecord;
+    type View = PoolRecord;
+    const NAME: &'static str = "retire_pool";
+
+    async fn commit(self, control: &Control, caller: &Caller) -> Result<PoolRecord, EngineError> {
+        let name = control.writable_pool(&self.pool)?;
+        let latest = control.latest_pool(&name).await?;
+        let Some(latest) = latest.filter(|r| r.document.is_some()) else {
+            return Err(control.unknown_pool(&self.pool));
+        };
+        control.authorize_pool(caller, &name, Some(&latest))?;
+        let orgs: Vec<String> = control
+            .engine
+            .orgs()
+            .into_iter()
+            .filter(|o| o.settings.pool == name)
+            .map(|o| o.name.to_string())
+            .collect();
+        if !orgs.is_empty() {
+            return Err(EngineError::Conflict(StoreError::InUse {
+                what: format!("pool {name}"),
+                users: format!(
+                    "the settings of organisations {}; set their pool to another first",
+                    orgs.join(", ")
+                ),
+            }));
+        }
+        let by = caller
+            .account
+            .as_ref()
+            .map_or_else(|| "server".to_owned(), ToString::to_string);
+        let now = control.engine.now();
+        Ok(control
+            .engine
+            .store()
+            .write_pool(
+                &PoolWrite {
+                    name,
+                    expected: latest.version,
+                    document: None,
+                    schema_version: POOL_SCHEMA_VERSION,
+                    by,
+                },
+                now,
+            )
+            .await?)
+    }
+
+    async fn answer(committed: PoolRecord, _: &Control) -> Result<PoolRecord, EngineError> {
+        Ok(committed)
     }
 }

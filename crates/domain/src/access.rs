@@ -222,6 +222,8 @@ pub enum Denied {
     ExecNotAllowed { pool: PoolName },
     #[error("pool {pool} does not let clusters bring their own workload; deploy without one, or in a pool with allow_workload = true")]
     WorkloadNotAllowed { pool: PoolName },
+    #[error("only admins{} may change pool {pool}", if owners.is_empty() { String::new() } else { format!(" and its owners ({owners})") })]
+    PoolNotOwned { pool: PoolName, owners: String },
 }
 
 impl Denied {
@@ -237,6 +239,7 @@ impl Denied {
             Denied::AdminOnly => "admin_only",
             Denied::ExecNotAllowed { .. } => "exec_not_allowed",
             Denied::WorkloadNotAllowed { .. } => "workload_not_allowed",
+            Denied::PoolNotOwned { .. } => "pool_not_owned",
         }
     }
 }
@@ -383,9 +386,77 @@ pub fn authorize_admin(caller: &Caller) -> Result<(), Denied> {
     }
 }
 
+/// Whether the caller may change or retire pool `pool`, whose owners are
+/// `owners` (none: a pool being created): admins may; so may an account it
+/// names, and an owner of an organisation it names (`org_role` says what
+/// role the caller has in an organisation).
+pub fn authorize_pool_write(
+    caller: &Caller,
+    pool: &PoolName,
+    owners: &[crate::pool::PoolOwner],
+    org_role: impl Fn(&crate::org::OrgName, &Username) -> Option<crate::org::OrgRole>,
+) -> Result<(), Denied> {
+    use crate::pool::PoolOwner;
+    signed_in(caller)?;
+    if caller.is_admin() {
+        return Ok(());
+    }
+    let owns = caller.account.as_ref().is_some_and(|me| {
+        owners.iter().any(|o| match o {
+            PoolOwner::Account(a) => a == me,
+            PoolOwner::Org(org) => org_role(org, me) == Some(crate::org::OrgRole::Owner),
+        })
+    });
+    if owns {
+        Ok(())
+    } else {
+        Err(Denied::PoolNotOwned {
+            pool: pool.clone(),
+            owners: owners
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pool_is_changed_by_admins_its_accounts_and_its_orgs_owners() {
+        use crate::org::{OrgName, OrgRole};
+        use crate::pool::PoolOwner;
+        let pool = PoolName::new("gpu").unwrap();
+        let user = |n: &str| Username::new(n).unwrap();
+        let owners = [
+            PoolOwner::Account(user("ann")),
+            PoolOwner::Org(OrgName::new("lab").unwrap()),
+        ];
+        let role = |_: &OrgName, u: &Username| match u.as_str() {
+            "olga" => Some(OrgRole::Owner),
+            "mo" => Some(OrgRole::Member),
+            _ => None,
+        };
+        let caller = |n: &str| Caller::signed_in(user(n), Level::OrgMember);
+        assert!(authorize_pool_write(&caller("ann"), &pool, &owners, role).is_ok());
+        assert!(authorize_pool_write(&caller("olga"), &pool, &owners, role).is_ok());
+        let e = authorize_pool_write(&caller("mo"), &pool, &owners, role).unwrap_err();
+        assert_eq!(e.code(), "pool_not_owned");
+        assert!(e.to_string().contains("ann, org:lab"), "{e}");
+        // A new pool has no owners yet: admins only.
+        assert!(authorize_pool_write(&caller("ann"), &pool, &[], role).is_err());
+        let admin = Caller::signed_in(user("root"), Level::Admin);
+        assert!(authorize_pool_write(&admin, &pool, &[], role).is_ok());
+        assert_eq!(
+            authorize_pool_write(&Caller::anonymous(), &pool, &owners, role)
+                .unwrap_err()
+                .code(),
+            "not_authenticated"
+        );
+    }
 
     fn cluster(s: &str) -> ClusterName {
         ClusterName::new(s).unwrap()

@@ -48,6 +48,11 @@ pub enum ChangeKind {
     /// A token signing key was added (the first, or by rotation) or
     /// retired; the key is the key's id.
     KeysChanged,
+    /// A pool was written through the API (created or changed): a new
+    /// version of it.
+    PoolApplied,
+    /// A pool was retired: no cluster may use it any more.
+    PoolRetired,
 }
 
 /// Which kind of record a change is about: the feed's key is its name.
@@ -58,10 +63,12 @@ pub enum ChangeEntity {
     Account,
     /// The servers themselves: the key is a server's name.
     Server,
+    /// A pool written through the API: the key is its name.
+    Pool,
 }
 
 impl ChangeKind {
-    const PLAIN: [ChangeKind; 14] = [
+    const PLAIN: [ChangeKind; 16] = [
         ChangeKind::ClusterDeployed,
         ChangeKind::ClusterResized,
         ChangeKind::ClusterExtended,
@@ -76,6 +83,8 @@ impl ChangeKind {
         ChangeKind::AccountDeleted,
         ChangeKind::LeaseTaken,
         ChangeKind::KeysChanged,
+        ChangeKind::PoolApplied,
+        ChangeKind::PoolRetired,
     ];
 
     pub fn entity(self) -> ChangeEntity {
@@ -94,6 +103,7 @@ impl ChangeKind {
             | ChangeKind::AccountChanged
             | ChangeKind::AccountDeleted => ChangeEntity::Account,
             ChangeKind::LeaseTaken | ChangeKind::KeysChanged => ChangeEntity::Server,
+            ChangeKind::PoolApplied | ChangeKind::PoolRetired => ChangeEntity::Pool,
         }
     }
 
@@ -129,6 +139,8 @@ impl ChangeKind {
             ChangeKind::AccountDeleted => "account.deleted",
             ChangeKind::LeaseTaken => "server.lease_taken",
             ChangeKind::KeysChanged => "server.keys_changed",
+            ChangeKind::PoolApplied => "pool.applied",
+            ChangeKind::PoolRetired => "pool.retired",
         }
     }
 
@@ -411,6 +423,8 @@ pub fn may_read_change(caller: &Caller, change: &Change, org: Option<&Organisati
             .as_ref()
             .is_some_and(|a| a.as_str() == change.key),
         ChangeEntity::Server => false,
+        // Pools are listed to everyone; who changed them, to accounts.
+        ChangeEntity::Pool => caller.account.is_some(),
     }
 }
 
@@ -432,6 +446,7 @@ mod tests {
                 ChangeEntity::Org => "org.",
                 ChangeEntity::Account => "account.",
                 ChangeEntity::Server => "server.",
+                ChangeEntity::Pool => "pool.",
             };
             assert!(k.as_str().starts_with(prefix), "{k}");
         }

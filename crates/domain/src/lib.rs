@@ -12,12 +12,13 @@ mod names;
 mod obstacle;
 mod org;
 mod plan;
+mod pool;
 mod pool_error;
 
 pub use access::{
     allowed_clusters, authorize_admin, authorize_cluster_token, authorize_deploy,
-    authorize_destroy, authorize_exec, authorize_status, authorize_workload, AccountKind, Caller,
-    Denied, Level, LevelError, LevelLimits, LevelPolicy,
+    authorize_destroy, authorize_exec, authorize_pool_write, authorize_status, authorize_workload,
+    AccountKind, Caller, Denied, Level, LevelError, LevelLimits, LevelPolicy,
 };
 pub use capacity::{sizing, CapacityRequest, Sizing};
 pub use change::{may_read_change, org_changes, Change, ChangeEntity, ChangeKind, NewChange};
@@ -40,5 +41,9 @@ pub use org::{
 };
 pub use plan::{
     plan, DestroyReason, NodeRecord, NodeState, ObservedNode, Plan, Timeouts, WantedNodes,
+};
+pub use pool::{
+    pointer, pool_schema, schema_of, PoolDocument, PoolOwner, PoolSource, PoolSpec, Problem,
+    WrittenDollars, POOL_SCHEMA_VERSION,
 };
 pub use pool_error::{PoolError, PoolErrorKey, PoolErrorKind};

@@ -8,7 +8,8 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::time::Duration;
 
-use flotilla_domain::PoolName;
+use flotilla_domain::{PoolName, PoolSpec, Problem};
+use schemars::JsonSchema;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 
@@ -77,22 +78,34 @@ pub struct Ec2Config {
 /// `[pools.NAME.ec2]`: what one pool launches differently from its driver.
 /// A key present replaces the driver's setting of the same name; `spot =
 /// false` and `health_check = false` switch the driver's off for the pool.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(
+    title = "EC2 launch settings of a pool",
+    description = "What one pool launches differently from its ec2 driver: a key present replaces the driver's setting of the same name."
+)]
 pub struct Ec2PoolOptions {
+    /// Subnets to launch into, tried in order (`subnet-…`).
     #[serde(default)]
     pub subnets: Option<Vec<String>>,
+    /// Security group IDs (`sg-…`) for every instance.
     #[serde(default)]
     pub security_groups: Option<Vec<String>>,
+    /// The EC2 key pair name, for ssh logins to the nodes.
     #[serde(default)]
     pub key_name: Option<String>,
+    /// The IAM instance profile (name or ARN) the nodes run as.
     #[serde(default)]
     pub iam_instance_profile: Option<String>,
-    /// `Some(None)`: on-demand, whatever the driver says.
+    /// Spot instances (a table), or `false` for on-demand whatever the
+    /// driver says.
     #[serde(default, deserialize_with = "off_or")]
+    #[schemars(schema_with = "off_or_schema::<SpotConfig>")]
     pub spot: Option<Option<SpotConfig>>,
-    /// `Some(None)`: ready once running, whatever the driver says.
+    /// The HTTP check a node must pass to be ready (a table), or `false`
+    /// for ready once running whatever the driver says.
     #[serde(default, deserialize_with = "off_or")]
+    #[schemars(schema_with = "off_or_schema::<HealthCheck>")]
     pub health_check: Option<Option<HealthCheck>>,
 }
 
@@ -150,6 +163,21 @@ impl LaunchSettings<'_> {
 }
 
 impl Ec2PoolOptions {
+    /// The JSON Schema of a pool's `ec2` section, generated from this type.
+    pub fn schema() -> serde_json::Value {
+        let mut schema = flotilla_domain::schema_of::<Ec2PoolOptions>();
+        if let Some(object) = schema.as_object_mut() {
+            // It is set into a pool's schema, whose root names the draft.
+            object.remove("$schema");
+        }
+        schema
+    }
+
+    /// A pool's `ec2` section as written.
+    pub fn from_value(value: &serde_json::Value) -> Result<Self, String> {
+        Self::deserialize(value).map_err(|e| e.to_string())
+    }
+
     /// Refuses what EC2 would refuse on every launch of the pool.
     pub fn validate(&self) -> Result<(), Ec2Error> {
         self.over(&LaunchSettings {
@@ -214,8 +242,14 @@ where
     deserializer.deserialize_any(OffOr(PhantomData)).map(Some)
 }
 
+/// The schema of what [`off_or`] reads: `false` or `T`'s table.
+fn off_or_schema<T: JsonSchema>(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let table = generator.subschema_for::<T>();
+    schemars::json_schema!({ "anyOf": [{ "const": false }, table] })
+}
+
 /// Spot instances, with an optional price cap and fallback.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SpotConfig {
     /// The most to pay per instance hour, in USD as a decimal string
@@ -229,7 +263,7 @@ pub struct SpotConfig {
 
 /// An HTTP check a node must pass to be ready: `GET http://ADDRESS:PORT/PATH`
 /// answering 2xx.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheck {
     pub port: u16,
@@ -298,6 +332,15 @@ impl Ec2Config {
     /// How `pool`'s instances are launched and checked (None: an instance
     /// of no known pool, which gets the driver's settings).
     pub fn launch_settings(&self, pool: Option<&PoolName>) -> LaunchSettings<'_> {
+        self.launch_settings_with(pool.and_then(|p| self.pools.get(p)))
+    }
+
+    /// How instances of a pool with `options` are launched and checked
+    /// (None: the driver's settings).
+    pub fn launch_settings_with<'a>(
+        &'a self,
+        options: Option<&'a Ec2PoolOptions>,
+    ) -> LaunchSettings<'a> {
         let driver = LaunchSettings {
             subnets: &self.subnets,
             security_groups: &self.security_groups,
@@ -306,10 +349,64 @@ impl Ec2Config {
             spot: self.spot.as_ref(),
             health_check: self.health_check.as_ref(),
         };
-        match pool.and_then(|p| self.pools.get(p)) {
+        match options {
             Some(options) => options.over(&driver),
             None => driver,
         }
+    }
+
+    /// Everything wrong with pool `pool` on this driver, each at its JSON
+    /// pointer: what EC2 would refuse on every launch of it, and what this
+    /// driver cannot do.
+    pub fn check_pool(&self, pool: &PoolName, spec: &PoolSpec) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        if spec.allow_workload {
+            problems.push(Problem::at(
+                "allow_workload",
+                format!(
+                    "pool {pool} launches on ec2 driver {:?}, which runs no per-cluster \
+                     workloads; what its nodes run is the pool's init_data (user data)",
+                    spec.driver
+                ),
+            ));
+        }
+        if spec.image.is_none() && self.image.is_none() {
+            problems.push(Problem::at(
+                "image",
+                format!(
+                    "pool {pool} launches on ec2 driver {:?}, and neither the pool nor the \
+                     driver names an image (AMI); set the pool's image or drivers.{}.image",
+                    spec.driver, spec.driver
+                ),
+            ));
+        }
+        if let Some(image) = &spec.image {
+            if !image.starts_with("ami-") && !image.starts_with("resolve:ssm:") {
+                problems.push(Problem::at(
+                    "image",
+                    format!(
+                        "{image:?} is not an AMI ID (ami-…) or an SSM parameter (resolve:ssm:…)"
+                    ),
+                ));
+            }
+        }
+        if let Some(init) = &spec.init_data {
+            if let Err(e) = crate::user_data::check(init, pool, &spec.instance_type) {
+                problems.push(Problem::at("init_data", e));
+            }
+        }
+        if let Some(options) = &spec.options {
+            match Ec2PoolOptions::from_value(options).and_then(|o| {
+                o.validate().map_err(|e| match e {
+                    Ec2Error::InvalidPoolOptions { reason } => reason,
+                    other => other.to_string(),
+                })
+            }) {
+                Ok(()) => {}
+                Err(e) => problems.push(Problem::at("ec2", e)),
+            }
+        }
+        problems
     }
 
     /// Refuses settings EC2 would refuse on every call, so they are found

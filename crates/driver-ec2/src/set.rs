@@ -88,6 +88,9 @@ pub struct Ec2InstanceSet {
     /// [`CONSOLE_CACHE`].
     consoles: Mutex<HashMap<InstanceId, ReadConsole>>,
     calls: Mutex<BTreeMap<&'static str, u64>>,
+    /// Each pool's launch settings as last configured (the config's
+    /// `pools` at first): pools written through the API change them.
+    pools: Mutex<BTreeMap<PoolName, crate::Ec2PoolOptions>>,
 }
 
 /// A console output, and when it was read.
@@ -180,6 +183,7 @@ impl Ec2InstanceSet {
         config.validate()?;
         Ok(Self {
             client: Client::new(sdk),
+            pools: Mutex::new(config.pools.clone()),
             config,
             id,
             backoff: Backoff::default(),
@@ -194,6 +198,11 @@ impl Ec2InstanceSet {
 
     pub fn config(&self) -> &Ec2Config {
         &self.config
+    }
+
+    /// Pool `pool`'s launch settings over the driver's, as configured now.
+    fn pool_options(&self, pool: Option<&PoolName>) -> Option<crate::Ec2PoolOptions> {
+        pool.and_then(|p| lock(&self.pools).get(p).cloned())
     }
 
     /// The delay the last rate-limit error imposed, while the calls since
@@ -680,11 +689,12 @@ impl InstanceSet for Ec2InstanceSet {
                 Some(base64::engine::general_purpose::STANDARD.encode(rendered))
             }
         };
+        let options = self.pool_options(Some(&request.pool));
         let launch = Launch {
             request,
             image,
             tags: &tags,
-            settings: self.config.launch_settings(Some(&request.pool)),
+            settings: self.config.launch_settings_with(options.as_ref()),
             user_data,
         };
 
@@ -848,8 +858,12 @@ impl InstanceSet for Ec2InstanceSet {
         if observed.state != InstanceStateName::Running {
             return Health::NotReady;
         }
-        let pool = instance.pool();
-        let Some(check) = self.config.launch_settings(pool.as_ref()).health_check else {
+        let options = self.pool_options(instance.pool().as_ref());
+        let Some(check) = self
+            .config
+            .launch_settings_with(options.as_ref())
+            .health_check
+        else {
             return Health::Ready;
         };
         let Some(address) = observed.address.or_else(|| instance.address.clone()) else {
@@ -873,7 +887,8 @@ impl InstanceSet for Ec2InstanceSet {
         instance_type: &InstanceType,
     ) -> Result<Offering, CloudError> {
         let shape = self.instance_shape(instance_type).await?;
-        let spot_price = match self.config.launch_settings(Some(pool)).spot {
+        let options = self.pool_options(Some(pool));
+        let spot_price = match self.config.launch_settings_with(options.as_ref()).spot {
             Some(_) => self.spot_price(instance_type).await?,
             None => None,
         };
@@ -881,6 +896,25 @@ impl InstanceSet for Ec2InstanceSet {
             shape: Some(shape),
             spot_price,
         })
+    }
+
+    /// A section that does not parse was refused when the pool was
+    /// written; one met here (written by a newer flotilla) is logged and
+    /// the pool launches with the driver's settings.
+    fn configure_pool(&self, pool: &PoolName, section: Option<&serde_json::Value>) {
+        let options = match section.map(crate::Ec2PoolOptions::from_value) {
+            None => None,
+            Some(Ok(options)) => Some(options),
+            Some(Err(e)) => {
+                tracing::warn!(instance_set = %self.id, %pool, error = %e, "pool's ec2 section not understood; using the driver's settings");
+                None
+            }
+        };
+        let mut pools = lock(&self.pools);
+        match options {
+            Some(options) => pools.insert(pool.clone(), options),
+            None => pools.remove(pool),
+        };
     }
 
     /// The instance's console output as EC2 keeps it (GetConsoleOutput,

@@ -11,6 +11,15 @@ pub enum EngineError {
     Invalid(#[from] ValidationError),
     #[error("unknown pool {pool:?}; configured pools: {known}")]
     UnknownPool { pool: String, known: String },
+    /// A pool as written is wrong: every problem, each at its JSON pointer.
+    #[error("pool {pool} is not valid: {}", problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    InvalidPool {
+        pool: String,
+        problems: Vec<flotilla_domain::Problem>,
+    },
+    /// The pool is the config file's: changed there, not through the API.
+    #[error("pool {0} is defined in the server's config file; change it there (and restart), or apply a pool of another name")]
+    PoolInConfig(flotilla_domain::PoolName),
     #[error(transparent)]
     Conflict(StoreError),
     /// The caller may not do this (401 or 403, by the rule that refused).
@@ -56,7 +65,9 @@ pub enum EngineError {
 impl From<StoreError> for EngineError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::Conflict { .. } => EngineError::Conflict(e),
+            StoreError::Conflict { .. } | StoreError::Stale { .. } | StoreError::InUse { .. } => {
+                EngineError::Conflict(e)
+            }
             StoreError::Org(org) => EngineError::Org(org),
             other => EngineError::Store(other),
         }

@@ -47,10 +47,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use flotilla_cloud::{Clock, InstanceSet, Tags};
-use flotilla_domain::{
-    Change, ClusterName, InstanceType, LevelPolicy, Limits, Money, OrgDefaults, PoolName, Timeouts,
-};
+use flotilla_cloud::{Clock, InstanceSet};
+use flotilla_domain::{Change, ClusterName, LevelPolicy, Limits, OrgDefaults, PoolName, Timeouts};
 use flotilla_store::Store;
 use prometheus_client::registry::Registry;
 use tokio::sync::{broadcast, watch, Notify};
@@ -58,6 +56,7 @@ use tokio::sync::{broadcast, watch, Notify};
 pub use budget::AccrualStats;
 pub use error::EngineError;
 pub use flotilla_cloud::{CloudError, Console, ExecOutput};
+pub use flotilla_domain::PoolSpec;
 pub use orgs::{log_org_events, request_views};
 pub use pools::PoolView;
 pub use reach::NodeChoice;
@@ -129,35 +128,13 @@ impl Default for EngineConfig {
     }
 }
 
-/// A pool: how to make the nodes of a cluster.
-#[derive(Debug, Clone)]
-pub struct PoolSpec {
-    /// The name of the driver (instance set) that makes them.
-    pub driver: String,
-    pub instance_type: InstanceType,
-    pub image: Option<String>,
-    pub init_data: Option<String>,
-    pub tags: Tags,
-    /// What one node costs per hour (organisations are charged this).
-    pub price_per_hour: Money,
-    /// Whether the owners of its clusters may run commands on their nodes
-    /// (`flotilla exec`); admins always may.
-    pub allow_exec: bool,
-    /// The account its nodes accept ssh logins for, at their address
-    /// (`flotilla ssh`); None: no ssh.
-    pub ssh_user: Option<String>,
-    /// Whether its clusters may bring their own workload (a command run
-    /// instead of `init_data`), whoever deploys them.
-    pub allow_workload: bool,
-}
-
 /// Everything the engine's loops share.
 struct Shared {
     config: EngineConfig,
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     sets: BTreeMap<String, Arc<dyn InstanceSet>>,
-    pools: BTreeMap<PoolName, PoolSpec>,
+    pools: pools::PoolTable,
     default_pool: PoolName,
     desired: DesiredCache,
     orgs: OrgCache,
@@ -311,7 +288,7 @@ impl Engine {
             store,
             clock,
             sets,
-            pools,
+            pools: pools::PoolTable::new(pools),
             default_pool,
             desired: DesiredCache::new(Vec::new()),
             orgs: OrgCache::new(Vec::new()),
@@ -337,6 +314,8 @@ impl Engine {
             pool_errors: Mutex::new(BTreeMap::new()),
             config,
         });
+
+        pools::refresh(&shared).await?;
 
         // A server that can lead at once (the only one, or the leader
         // restarted) begins its term, which reads the records, and lists
@@ -390,8 +369,10 @@ impl Engine {
         &self.shared.config
     }
 
-    pub fn pools(&self) -> impl Iterator<Item = &PoolName> {
-        self.shared.pools.keys()
+    /// Every pool's name: the config file's and those written through
+    /// the API.
+    pub fn pools(&self) -> Vec<PoolName> {
+        self.shared.pools.snapshot().keys().cloned().collect()
     }
 
     /// The store this engine's desired state lives in.
@@ -399,8 +380,9 @@ impl Engine {
         &self.shared.store
     }
 
-    /// A configured pool.
-    pub fn pool(&self, name: &PoolName) -> Option<&PoolSpec> {
+    /// A pool, of the config file or written through the API, as this
+    /// server's copy has it now.
+    pub fn pool(&self, name: &PoolName) -> Option<Arc<PoolSpec>> {
         self.shared.pools.get(name)
     }
 

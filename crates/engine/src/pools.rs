@@ -1,5 +1,7 @@
-//! The pools as users see them: what each is, and what its nodes are made
-//! of and cost as far as its driver can tell ([`Offering`]).
+//! The pools: those of the config file and those written through the API
+//! ([`PoolTable`], kept current from the change feed), and the pools as
+//! users see them: what each is, and what its nodes are made of and cost
+//! as far as its driver can tell ([`Offering`]).
 //!
 //! A driver caches what it learns, but every driver call goes through the
 //! throttle and takes from the budget reconciles need. So offerings are
@@ -8,16 +10,115 @@
 //! And a listing never waits on a throttled driver for more than
 //! [`OFFERING_WAIT`]: what is not known by then is shown as unknown.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use flotilla_cloud::Offering;
-use flotilla_domain::{InstanceType, PoolName};
+use flotilla_domain::{InstanceType, PoolDocument, PoolName, PoolSource, PoolSpec};
+use flotilla_store::StoreError;
 use futures::future::join_all;
 use tokio::time::Instant;
 
 use crate::{Engine, Shared};
+
+/// Every pool by name.
+pub(crate) type PoolMap = BTreeMap<PoolName, Arc<PoolSpec>>;
+
+/// The pools this server knows: the config file's, fixed, and those
+/// written through the API, read from the store. A name in the config file
+/// is the config file's: a stored pool of that name is not used.
+pub(crate) struct PoolTable {
+    config: PoolMap,
+    all: RwLock<Arc<PoolMap>>,
+}
+
+impl PoolTable {
+    /// The config file's pools; the stored ones are added by [`refresh`].
+    pub fn new(config: BTreeMap<PoolName, PoolSpec>) -> Self {
+        Self {
+            config: config
+                .into_iter()
+                .map(|(name, spec)| (name, Arc::new(spec)))
+                .collect(),
+            all: RwLock::new(Arc::new(PoolMap::new())),
+        }
+    }
+
+    pub fn get(&self, name: &PoolName) -> Option<Arc<PoolSpec>> {
+        self.all.read().unwrap().get(name).cloned()
+    }
+
+    pub fn snapshot(&self) -> Arc<PoolMap> {
+        self.all.read().unwrap().clone()
+    }
+}
+
+/// Reads the pools written through the API and brings the table, and each
+/// driver's copy of its pools' sections, up to date. A stored pool this
+/// server cannot use (its driver is not configured here, or its document
+/// is of a newer flotilla) is left out and logged.
+pub(crate) async fn refresh(shared: &Shared) -> Result<(), StoreError> {
+    let stored = shared.store.pools().await?;
+    let table = &shared.pools;
+    let mut all = table.config.clone();
+    for record in stored {
+        let Some(document) = record.document else {
+            continue;
+        };
+        if all.contains_key(&record.name) {
+            continue;
+        }
+        let spec = serde_json::from_value::<PoolDocument>(document)
+            .map_err(|e| e.to_string())
+            .and_then(|d| {
+                d.spec(PoolSource::Stored {
+                    version: record.version,
+                })
+                .map_err(|problems| {
+                    problems
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                })
+            });
+        match spec {
+            Ok(spec) if shared.sets.contains_key(&spec.driver) => {
+                all.insert(record.name, Arc::new(spec));
+            }
+            Ok(spec) => {
+                tracing::warn!(pool = %record.name, driver = %spec.driver, "pool not used: its driver is not configured on this server")
+            }
+            Err(e) => {
+                tracing::warn!(pool = %record.name, version = record.version, error = %e, "pool not used: its stored document is not understood")
+            }
+        }
+    }
+    let mut current = table.all.write().unwrap();
+    if **current == all {
+        return Ok(());
+    }
+    for (name, before) in current.iter() {
+        let after = all.get(name);
+        if after.is_none_or(|a| a.driver != before.driver) {
+            if let Some(set) = shared.sets.get(&before.driver) {
+                set.configure_pool(name, None);
+            }
+        }
+    }
+    for (name, spec) in &all {
+        let before = current.get(name);
+        if before.is_none_or(|b| b.driver != spec.driver || b.options != spec.options) {
+            shared.sets[&spec.driver].configure_pool(name, spec.options.as_ref());
+        }
+        if before.is_some_and(|b| b != spec) {
+            shared.offerings.forget(name);
+        }
+    }
+    *current = Arc::new(all);
+    Ok(())
+}
 
 /// How long a pool's offering is reused.
 pub const OFFERING_TTL: Duration = Duration::from_secs(60);
@@ -37,6 +138,7 @@ pub struct PoolView {
     /// are charged).
     pub price_per_hour: flotilla_domain::Money,
     pub offering: Offering,
+    pub source: PoolSource,
 }
 
 /// Offerings by pool, with when each was asked for.
@@ -48,6 +150,10 @@ impl OfferingCache {
         let cache = self.0.lock().unwrap();
         let (at, offering) = cache.get(pool)?;
         (at.elapsed() < OFFERING_TTL).then(|| offering.clone())
+    }
+
+    fn forget(&self, pool: &PoolName) {
+        self.0.lock().unwrap().remove(pool);
     }
 
     fn put(&self, pool: &PoolName, offering: Offering) {
@@ -62,7 +168,9 @@ async fn offering(shared: &Shared, name: &PoolName) -> Offering {
     if let Some(known) = shared.offerings.fresh(name) {
         return known;
     }
-    let pool = &shared.pools[name];
+    let Some(pool) = shared.pools.get(name) else {
+        return Offering::default();
+    };
     let set = &shared.sets[&pool.driver];
     let asked = tokio::time::timeout(OFFERING_WAIT, set.offering(name, &pool.instance_type));
     let offering = match asked.await {
@@ -84,9 +192,9 @@ impl Engine {
     /// Every pool, by name, with its offering.
     pub async fn list_pools(&self) -> Vec<PoolView> {
         let shared = &self.shared;
-        let offerings = join_all(shared.pools.keys().map(|name| offering(shared, name))).await;
-        shared
-            .pools
+        let pools = shared.pools.snapshot();
+        let offerings = join_all(pools.keys().map(|name| offering(shared, name))).await;
+        pools
             .iter()
             .zip(offerings)
             .map(|((name, pool), offering)| PoolView {
@@ -96,6 +204,7 @@ impl Engine {
                 is_default: *name == shared.default_pool,
                 price_per_hour: pool.price_per_hour,
                 offering,
+                source: pool.source,
             })
             .collect()
     }

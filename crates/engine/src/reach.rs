@@ -30,7 +30,7 @@ impl Engine {
         &self,
         cluster: &ClusterName,
         choice: NodeChoice<'_>,
-    ) -> Result<(NodeView, &PoolSpec, &dyn InstanceSet), EngineError> {
+    ) -> Result<(NodeView, std::sync::Arc<PoolSpec>, &dyn InstanceSet), EngineError> {
         let nodes = self.view(cluster).nodes;
         if nodes.is_empty() {
             return Err(EngineError::NoNodes(cluster.clone()));
@@ -78,6 +78,7 @@ impl Engine {
 
     fn known_pools(&self) -> String {
         self.pools()
+            .iter()
             .map(ToString::to_string)
             .collect::<Vec<_>>()
             .join(", ")

@@ -371,7 +371,7 @@ async fn reconcile(
     // another action is under way.
     let leads = || shared.leadership.fence() == Some(fence);
     let record = shared.desired.get(cluster);
-    let pool = match &record {
+    let pool_spec = match &record {
         Some(r) => match shared.pools.get(&r.pool) {
             Some(p) => Some(p),
             None => {
@@ -383,6 +383,7 @@ async fn reconcile(
         },
         None => None,
     };
+    let pool = pool_spec.as_deref();
 
     let mut next = Earliest::default();
     let mut errors = Vec::new();

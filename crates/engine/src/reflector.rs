@@ -177,6 +177,7 @@ pub(crate) async fn catch_up(shared: &Shared) {
 struct PageReads {
     orgs: HashSet<OrgName>,
     nodes: HashSet<ClusterName>,
+    pools: bool,
 }
 
 async fn apply(shared: &Shared, change: &Change, read: &mut PageReads) {
@@ -253,6 +254,26 @@ async fn apply(shared: &Shared, change: &Change, read: &mut PageReads) {
             }
             shared.notify_changed(&name);
         }
+        ChangeEntity::Pool => {
+            if !read.pools {
+                read.pools = true;
+                if let Err(e) = crate::pools::refresh(shared).await {
+                    tracing::warn!(error = %e, "reading the pools failed");
+                }
+            }
+            // Its clusters may have waited for it (or must stop using it).
+            if leading {
+                for name in shared.desired.names() {
+                    if shared
+                        .desired
+                        .get(&name)
+                        .is_some_and(|r| r.pool.as_str() == change.key)
+                    {
+                        shared.runtime.wake(name);
+                    }
+                }
+            }
+        }
         ChangeEntity::Account | ChangeEntity::Server => {}
     }
     // Nobody listening is fine.
@@ -272,5 +293,6 @@ pub(crate) async fn refresh(shared: &Shared) -> Result<(), StoreError> {
         .replace(shared.store.published_nodes(None).await?);
     let obstacles = shared.store.published_obstacles().await?;
     *shared.published_obstacles.lock().unwrap() = obstacles.into_iter().collect();
+    crate::pools::refresh(shared).await?;
     Ok(())
 }

@@ -165,7 +165,11 @@ impl Engine {
             })
             .collect();
         nodes.sort_by(|a, b| a.launched_at.cmp(&b.launched_at).then(a.id.cmp(&b.id)));
-        let mut state = cluster_state(record.as_ref(), &observed, pool.map(|p| &p.instance_type));
+        let mut state = cluster_state(
+            record.as_ref(),
+            &observed,
+            pool.as_ref().map(|p| &p.instance_type),
+        );
         let org = self.org(cluster).map(|o| {
             let now = self.shared.clock.now();
             let sizing = o.sizing(now);

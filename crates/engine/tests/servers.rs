@@ -191,3 +191,90 @@ async fn a_follower_says_what_stands_in_a_clusters_way_as_the_leader_does() {
     a.stop().await;
     b.stop().await;
 }
+
+/// A pool written through one server is every server's at once: the
+/// leader makes its nodes, the other answers with it; a retired pool is
+/// gone from both; a restarted server reads the pools back from the store.
+#[tokio::test(start_paused = true)]
+async fn a_pool_written_at_one_server_is_every_servers() {
+    use flotilla_control::{ApplyPool, RetirePool};
+    use flotilla_domain::{Caller, PoolName, PoolSource};
+    let (mut a, mut b) = two_servers().await;
+    let admin = Caller::local_operator();
+    let applied = b
+        .control
+        .run(
+            &admin,
+            ApplyPool {
+                pool: "tiny".into(),
+                document: serde_json::json!({
+                    "driver": "fake", "instance_type": "fake.tiny", "price_per_hour": "0.01"
+                }),
+            },
+        )
+        .await
+        .expect("applied");
+    assert_eq!(applied.pool.source, PoolSource::Stored { version: 1 });
+    let tiny = PoolName::new("tiny").unwrap();
+    // The writer reads its own write; the leader hears of it from the feed.
+    assert!(b.engine.pool(&tiny).is_some());
+    a.engine.catch_up().await;
+    assert_eq!(
+        a.engine.pool(&tiny).map(|p| p.instance_type.to_string()),
+        Some("fake.tiny".to_owned())
+    );
+    b.deploy("small", 2, 3600, Some("tiny")).await;
+    a.until(Duration::from_secs(3), "running on the new pool", |h| {
+        h.running("small")
+    })
+    .await;
+    assert!(a
+        .status("small")
+        .nodes
+        .iter()
+        .all(|n| n.instance_type.as_str() == "fake.tiny"));
+
+    // A restarted server reads it back.
+    b.stop().await;
+    let b2 =
+        Harness::start_with_clock(a.cloud.clone(), a.store.clone(), server("b"), a.clock).await;
+    assert_eq!(
+        b2.engine.pool(&tiny).map(|p| p.source),
+        Some(PoolSource::Stored { version: 1 })
+    );
+
+    // Retired once unused: gone from both.
+    b2.destroy("small").await;
+    a.until(Duration::from_secs(5), "gone", |h| {
+        h.cloud.instance_count() == 0
+    })
+    .await;
+    a.until(Duration::from_secs(5), "forgotten", |h| {
+        h.engine
+            .record(&flotilla_domain::ClusterName::new("small").unwrap())
+            .is_none()
+    })
+    .await;
+    b2.control
+        .run(
+            &admin,
+            RetirePool {
+                pool: "tiny".into(),
+            },
+        )
+        .await
+        .expect("retired");
+    a.engine.catch_up().await;
+    assert!(a.engine.pool(&tiny).is_none() && b2.engine.pool(&tiny).is_none());
+    let kinds: Vec<ChangeKind> = a
+        .store
+        .changes(0, 1000, None)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.kind)
+        .filter(|k| matches!(k, ChangeKind::PoolApplied | ChangeKind::PoolRetired))
+        .collect();
+    assert_eq!(kinds, [ChangeKind::PoolApplied, ChangeKind::PoolRetired]);
+    a.stop().await;
+}

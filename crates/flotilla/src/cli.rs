@@ -11,8 +11,9 @@ use flotilla_api_types::{
     CreateOrgRequest, CreateUserRequest, CreditRequest, DeployRequest, ErrorBody, Event, EventList,
     ExecRequest, ExecResponse, ExtendRequest, GithubLoginRequest, Ledger, Level, LoginRequest,
     MemberRoleRequest, MembershipRequestResponse, NodeLogs, OrgClusterStatus, OrgList, OrgView,
-    PoolErrorList, PoolList, PoolView, RefreshRequest, SigningKeyList, TokenResponse,
-    UpdateOrgRequest, UpdateUserRequest, Usage, UserList, UserView, WhoAmI,
+    PoolApplied, PoolDetail, PoolErrorList, PoolHistory, PoolList, PoolVersion, PoolView,
+    RefreshRequest, SchemaIndex, SigningKeyList, TokenResponse, UpdateOrgRequest,
+    UpdateUserRequest, Usage, UserList, UserView, WhoAmI,
 };
 use flotilla_domain::Money;
 use reqwest::StatusCode;
@@ -495,6 +496,158 @@ impl Client {
         Ok(exit::OK)
     }
 
+    /// `flotilla pool apply`: writes the pool (or, dry, says what would
+    /// change).
+    pub async fn pool_apply(
+        &self,
+        pool: &str,
+        document: &serde_json::Value,
+        dry_run: bool,
+    ) -> Result<u8> {
+        let req = self
+            .http
+            .put(self.url(&format!("/api/v1/pools/{pool}")))
+            .query(&[("dry_run", dry_run)])
+            .json(document);
+        let (applied, raw) = self.send::<PoolApplied>(req).await?;
+        match self.output {
+            Output::Json => println!("{}", raw.trim()),
+            Output::Text => {
+                let verb = match (applied.outcome.as_str(), dry_run) {
+                    ("created", false) => "created",
+                    ("created", true) => "would be created",
+                    ("changed", false) => "changed",
+                    ("changed", true) => "would change",
+                    (_, false) => "unchanged (already as written)",
+                    (_, true) => "would not change (already as written)",
+                };
+                let version = applied
+                    .pool
+                    .version
+                    .filter(|_| !dry_run)
+                    .map(|v| format!(" (version {v})"))
+                    .unwrap_or_default();
+                println!("pool {pool} {verb}{version}");
+                if !applied.changed_fields.is_empty() {
+                    println!("fields: {}", applied.changed_fields.join(", "));
+                }
+                if !applied.pool.clusters.is_empty() {
+                    println!("used by: {}", applied.pool.clusters.join(", "));
+                }
+            }
+        }
+        Ok(exit::OK)
+    }
+
+    /// `flotilla pool show`: the pool's facts, then its document as TOML.
+    pub async fn pool_show(&self, pool: &str) -> Result<u8> {
+        let req = self.http.get(self.url(&format!("/api/v1/pools/{pool}")));
+        let (detail, raw) = self.send::<PoolDetail>(req).await?;
+        match self.output {
+            Output::Json => println!("{}", raw.trim()),
+            Output::Text => {
+                let source = match detail.version {
+                    Some(v) => format!("written through the API, version {v}"),
+                    None => "the server's config file (read-only here)".to_owned(),
+                };
+                println!(
+                    "pool:     {}{}",
+                    detail.name,
+                    if detail.default { " (default)" } else { "" }
+                );
+                println!("source:   {source}");
+                if let (Some(at), Some(by)) = (detail.updated_at, &detail.updated_by) {
+                    println!("updated:  {} by {by}", at.format("%Y-%m-%d %H:%M:%S UTC"));
+                }
+                println!(
+                    "clusters: {}",
+                    if detail.clusters.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        detail.clusters.join(", ")
+                    }
+                );
+                println!();
+                print!("{}", toml_of(&detail.document));
+            }
+        }
+        Ok(exit::OK)
+    }
+
+    /// `flotilla pool retire`.
+    pub async fn pool_retire(&self, pool: &str) -> Result<u8> {
+        let req = self.http.delete(self.url(&format!("/api/v1/pools/{pool}")));
+        let (version, raw) = self.send::<PoolVersion>(req).await?;
+        match self.output {
+            Output::Json => println!("{}", raw.trim()),
+            Output::Text => println!("pool {pool} retired (version {})", version.version),
+        }
+        Ok(exit::OK)
+    }
+
+    /// `flotilla pool history`.
+    pub async fn pool_history(&self, pool: &str) -> Result<u8> {
+        let req = self
+            .http
+            .get(self.url(&format!("/api/v1/pools/{pool}/history")));
+        let (history, raw) = self.send::<PoolHistory>(req).await?;
+        match self.output {
+            Output::Json => println!("{}", raw.trim()),
+            Output::Text if history.versions.is_empty() => println!(
+                "pool {pool} comes from the server's config file; its history is the file's"
+            ),
+            Output::Text => {
+                let rows: Vec<Vec<String>> = history
+                    .versions
+                    .iter()
+                    .map(|v| {
+                        vec![
+                            v.version.to_string(),
+                            v.at.format("%Y-%m-%d %H:%M:%S").to_string(),
+                            v.by.clone(),
+                            if v.retired { "retired" } else { "applied" }.to_owned(),
+                        ]
+                    })
+                    .collect();
+                print!("{}", table(&["VERSION", "AT (UTC)", "BY", "WHAT"], &rows));
+            }
+        }
+        Ok(exit::OK)
+    }
+
+    /// `flotilla schema show [DRIVER]`: a schema is JSON whatever the
+    /// output; the index is a table in text.
+    pub async fn schema_show(&self, driver: Option<&str>) -> Result<u8> {
+        match driver {
+            Some(driver) => {
+                let req = self
+                    .http
+                    .get(self.url(&format!("/api/v1/schemas/{driver}/pool")));
+                let (schema, _) = self.send::<serde_json::Value>(req).await?;
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&schema).unwrap_or_default()
+                );
+            }
+            None => {
+                let req = self.http.get(self.url("/api/v1/schemas"));
+                let (index, raw) = self.send::<SchemaIndex>(req).await?;
+                match self.output {
+                    Output::Json => println!("{}", raw.trim()),
+                    Output::Text => {
+                        let rows: Vec<Vec<String>> = index
+                            .drivers
+                            .iter()
+                            .map(|d| vec![d.driver.clone(), d.kind.clone(), d.pool.clone()])
+                            .collect();
+                        print!("{}", table(&["DRIVER", "TYPE", "POOL SCHEMA"], &rows));
+                    }
+                }
+            }
+        }
+        Ok(exit::OK)
+    }
+
     pub async fn pools(&self) -> Result<u8> {
         let (list, raw) = self
             .send::<PoolList>(self.http.get(self.url("/api/v1/pools")))
@@ -805,6 +958,19 @@ impl Client {
         if !status.is_success() {
             let body = serde_json::from_str::<ErrorBody>(&text).ok();
             let message = match &body {
+                // Each problem of a document on a line of its own.
+                Some(b) if !b.problems.is_empty() => {
+                    let mut m = format!("not valid ({}):", b.error);
+                    for p in &b.problems {
+                        let at = if p.pointer.is_empty() {
+                            "(whole)"
+                        } else {
+                            &p.pointer
+                        };
+                        m.push_str(&format!("\n  {at}: {}", p.message));
+                    }
+                    m
+                }
                 Some(b) => format!("{} ({})", b.message, b.error),
                 None => format!("server answered {status}: {}", text.trim()),
             };
@@ -1748,6 +1914,12 @@ pub fn parse_level(s: &str) -> std::result::Result<Level, String> {
 }
 
 /// `pools`: one row each.
+/// A JSON document as TOML (as a pool file is written).
+fn toml_of(document: &serde_json::Value) -> String {
+    toml::to_string(document)
+        .unwrap_or_else(|_| serde_json::to_string_pretty(document).unwrap_or_default() + "\n")
+}
+
 fn pools_table(pools: &[PoolView]) -> String {
     let rows: Vec<Vec<String>> = pools
         .iter()
@@ -1767,6 +1939,7 @@ fn pools_table(pools: &[PoolView]) -> String {
                     )
                 }),
                 if p.default { "default" } else { "" }.to_owned(),
+                p.source.clone(),
             ]
         })
         .collect();
@@ -1779,6 +1952,7 @@ fn pools_table(pools: &[PoolView]) -> String {
             "NODE",
             "SPOT",
             "",
+            "SOURCE",
         ],
         &rows,
     )
@@ -2190,6 +2364,11 @@ fn event_line(e: &Event) -> String {
             )
         }
         "server" => format!("leads, epoch {}", d["epoch"]),
+        "pool" => format!(
+            "version {} by {}",
+            d["version"],
+            d["by"].as_str().unwrap_or("?")
+        ),
         "cluster" if e.kind == "cluster.error" => format!(
             "{} ({}×): {}",
             d["code"].as_str().unwrap_or("?"),

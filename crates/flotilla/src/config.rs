@@ -5,11 +5,12 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use flotilla_cloud::fake::FakeConfig;
-use flotilla_cloud::Tags;
-use flotilla_domain::{InstanceType, Level, LevelLimits, LevelPolicy, Limits, PoolName, Timeouts};
+use flotilla_control::{PoolCatalog, PoolDriver};
+use flotilla_domain::{Level, LevelLimits, LevelPolicy, Limits, PoolName, PoolSource, Timeouts};
 use flotilla_driver_ec2::{Ec2Config, Ec2PoolOptions};
 use flotilla_engine::{EngineConfig, PoolSpec};
 use serde::{Deserialize, Deserializer};
@@ -33,8 +34,9 @@ struct File {
     engine: EngineSection,
     #[serde(default)]
     drivers: BTreeMap<String, DriverConfig>,
+    /// Each checked against its driver's schema ([`PoolCatalog`]).
     #[serde(default)]
-    pools: BTreeMap<String, PoolSection>,
+    pools: BTreeMap<String, toml::Table>,
     #[serde(default)]
     auth: AuthSection,
     github: Option<GithubSection>,
@@ -428,36 +430,44 @@ impl DriverConfig {
     }
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PoolSection {
-    driver: String,
-    instance_type: String,
-    image: Option<String>,
-    /// Handed to each node at boot: on `local`, a shell command the node
-    /// agent runs as its workload; on `ec2`, the user data, rendered with
-    /// the node's identity.
-    init_data: Option<String>,
-    #[serde(default)]
-    tags: BTreeMap<String, String>,
-    /// What one node costs per hour, in dollars (`"0.10"`); organisations
-    /// are charged this. Zero if absent.
-    price_per_hour: Option<Dollars>,
-    /// Whether the owners of its clusters may run commands on their nodes
-    /// (`flotilla exec`); admins always may. On `local` a command runs on
-    /// the server's machine as the server's user.
-    #[serde(default)]
-    allow_exec: bool,
-    /// The account its nodes accept ssh logins for (`ec2-user`, `ubuntu`,
-    /// as the image has it): `flotilla ssh` and `ssh-config` offer them.
-    ssh_user: Option<String>,
-    /// Whether its clusters may be deployed with their own workload
-    /// (`flotilla deploy --workload`), run instead of `init_data`. Not on
-    /// ec2; on local it runs on this machine as the server's user.
-    #[serde(default)]
-    allow_workload: bool,
-    /// `[pools.NAME.ec2]`: launch settings over the ec2 driver's.
-    ec2: Option<Ec2PoolOptions>,
+/// What a configured driver says of the pools on it: the section it
+/// reads (`[pools.NAME.ec2]` on ec2) and its own checks.
+#[derive(Debug)]
+struct DriverRules(DriverConfig);
+
+impl PoolDriver for DriverRules {
+    fn kind(&self) -> &'static str {
+        self.0.kind()
+    }
+
+    fn section(&self) -> Option<(&'static str, serde_json::Value)> {
+        match &self.0 {
+            DriverConfig::Ec2(_) => Some(("ec2", Ec2PoolOptions::schema())),
+            DriverConfig::Local { .. } | DriverConfig::Fake { .. } => None,
+        }
+    }
+
+    fn check(&self, name: &PoolName, spec: &PoolSpec) -> Vec<flotilla_domain::Problem> {
+        match &self.0 {
+            DriverConfig::Ec2(ec2) => ec2.settings.check_pool(name, spec),
+            DriverConfig::Local { .. } | DriverConfig::Fake { .. } => Vec::new(),
+        }
+    }
+}
+
+/// The catalogue of `drivers`: what a pool on each may say.
+pub fn catalog(drivers: &BTreeMap<String, DriverConfig>) -> PoolCatalog {
+    PoolCatalog::new(
+        drivers
+            .iter()
+            .map(|(name, d)| {
+                (
+                    name.clone(),
+                    Arc::new(DriverRules(d.clone())) as Arc<dyn PoolDriver>,
+                )
+            })
+            .collect(),
+    )
 }
 
 /// The validated configuration.
@@ -473,6 +483,9 @@ pub struct Config {
     pub drivers: BTreeMap<String, DriverConfig>,
     pub pools: BTreeMap<PoolName, PoolSpec>,
     pub default_pool: PoolName,
+    /// What a pool on each driver may say, for pools written through the
+    /// API.
+    pub catalog: Arc<PoolCatalog>,
     pub access: AccessConfig,
     pub http: HttpConfig,
 }
@@ -675,127 +688,44 @@ impl Config {
             }
         }
 
+        let catalog = Arc::new(catalog(&drivers));
         let mut pool_sections = file.pools;
         if pool_sections.is_empty() {
             let driver = drivers.keys().next().expect("at least one driver").clone();
-            pool_sections.insert(
-                "default".into(),
-                PoolSection {
-                    driver,
-                    instance_type: "local.small".into(),
-                    image: None,
-                    init_data: None,
-                    tags: BTreeMap::new(),
-                    price_per_hour: None,
-                    allow_exec: false,
-                    ssh_user: None,
-                    allow_workload: false,
-                    ec2: None,
-                },
-            );
+            let mut table = toml::Table::new();
+            table.insert("driver".into(), driver.into());
+            table.insert("instance_type".into(), "local.small".into());
+            pool_sections.insert("default".into(), table);
         }
         let mut pools = BTreeMap::new();
-        let mut ec2_pools = Vec::new();
-        for (name, p) in pool_sections {
+        for (name, table) in pool_sections {
             let pool_name =
                 PoolName::new(name.as_str()).map_err(|e| invalid(format!("pools.{name}: {e}")))?;
-            if !drivers.contains_key(&p.driver) {
-                return Err(invalid(format!(
-                    "pools.{name}.driver: no driver named {:?} (configured: {})",
-                    p.driver,
-                    drivers.keys().cloned().collect::<Vec<_>>().join(", ")
-                )));
+            let document =
+                serde_json::to_value(&table).map_err(|e| invalid(format!("pools.{name}: {e}")))?;
+            let (_, spec) = catalog
+                .check(&pool_name, &document, PoolSource::Config)
+                .map_err(|problems| {
+                    invalid(
+                        problems
+                            .iter()
+                            .map(|p| {
+                                format!("{}: {}", p.dotted(&format!("pools.{name}")), p.message)
+                            })
+                            .collect::<Vec<_>>()
+                            .join("; "),
+                    )
+                })?;
+            // The driver starts with its pools' sections (the engine hands
+            // it those of pools written through the API as they come).
+            if let (Some(DriverConfig::Ec2(ec2)), Some(section)) =
+                (drivers.get_mut(&spec.driver), &spec.options)
+            {
+                let options = Ec2PoolOptions::from_value(section)
+                    .map_err(|e| invalid(format!("pools.{name}.ec2: {e}")))?;
+                ec2.settings.pools.insert(pool_name.clone(), options);
             }
-            let instance_type = InstanceType::new(p.instance_type.as_str())
-                .map_err(|e| invalid(format!("pools.{name}.instance_type: {e}")))?;
-            match &drivers[&p.driver] {
-                DriverConfig::Ec2(ec2) => {
-                    if p.allow_workload {
-                        return Err(invalid(format!(
-                            "pools.{name}.allow_workload: pool {name} launches on ec2 driver {:?}, \
-                             which runs no per-cluster workloads; what its nodes run is the pool's \
-                             init_data (user data)",
-                            p.driver
-                        )));
-                    }
-                    if p.image.is_none() && ec2.settings.image.is_none() {
-                        return Err(invalid(format!(
-                            "pools.{name}.image: pool {name} launches on ec2 driver {:?}, and neither \
-                             the pool nor the driver names an image (AMI); set pools.{name}.image \
-                             or drivers.{}.image",
-                            p.driver, p.driver
-                        )));
-                    }
-                    if let Some(init) = &p.init_data {
-                        flotilla_driver_ec2::user_data::check(init, &pool_name, &instance_type)
-                            .map_err(|e| invalid(format!("pools.{name}.init_data: {e}")))?;
-                    }
-                    if let Some(options) = &p.ec2 {
-                        options
-                            .validate()
-                            .map_err(|e| invalid(format!("pools.{name}.ec2: {e}")))?;
-                        ec2_pools.push((p.driver.clone(), pool_name.clone(), options.clone()));
-                    }
-                }
-                other if p.ec2.is_some() => {
-                    return Err(invalid(format!(
-                        "pools.{name}.ec2: pool {name} launches on driver {:?} of type {}; \
-                         [pools.{name}.ec2] applies only to pools on an ec2 driver",
-                        p.driver,
-                        other.kind()
-                    )));
-                }
-                _ => {}
-            }
-            for key in p.tags.keys() {
-                if key.starts_with("flotilla-") {
-                    return Err(invalid(format!(
-                        "pools.{name}.tags.{key}: tags starting with flotilla- are reserved for ownership"
-                    )));
-                }
-            }
-            let price_per_hour = match &p.price_per_hour {
-                Some(d) => d
-                    .parse(&format!("pools.{name}.price_per_hour"))
-                    .map_err(invalid)?,
-                None => flotilla_domain::Money::ZERO,
-            };
-            let ssh_user = match p.ssh_user {
-                Some(user)
-                    if !user.is_empty()
-                        && !user.starts_with('-')
-                        && user
-                            .chars()
-                            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) =>
-                {
-                    Some(user)
-                }
-                Some(user) => {
-                    return Err(invalid(format!(
-                        "pools.{name}.ssh_user: {user:?} is not an account name (letters, digits, '.', '_' and '-'; e.g. \"ec2-user\")"
-                    )))
-                }
-                None => None,
-            };
-            pools.insert(
-                pool_name,
-                PoolSpec {
-                    price_per_hour,
-                    driver: p.driver,
-                    instance_type,
-                    image: p.image,
-                    init_data: p.init_data,
-                    tags: p.tags.into_iter().collect::<Tags>(),
-                    allow_exec: p.allow_exec,
-                    ssh_user,
-                    allow_workload: p.allow_workload,
-                },
-            );
-        }
-        for (driver, pool, options) in ec2_pools {
-            if let Some(DriverConfig::Ec2(ec2)) = drivers.get_mut(&driver) {
-                ec2.settings.pools.insert(pool, options);
-            }
+            pools.insert(pool_name, spec);
         }
         let default_pool = match file.default_pool {
             Some(name) => PoolName::new(name.as_str())
@@ -890,6 +820,7 @@ impl Config {
             drivers,
             pools,
             default_pool,
+            catalog,
             access,
         })
     }
@@ -1013,6 +944,57 @@ fn level_policy(levels: &LevelsSection) -> Result<LevelPolicy, String> {
 
 #[cfg(test)]
 mod tests {
+
+    /// `docs/schemas/` holds the pool schema of each driver type as this
+    /// build generates it (for a driver named after its type), so README
+    /// can link them. `FLOTILLA_BLESS=1 cargo nextest run -p flotilla
+    /// published_schemas` writes them anew.
+    #[test]
+    fn the_published_schemas_are_current() {
+        use super::{catalog, default_grace, default_max_batch, DriverConfig, Ec2Driver};
+        let drivers = std::collections::BTreeMap::from([
+            (
+                "local".to_owned(),
+                DriverConfig::Local {
+                    dir: None,
+                    grace: default_grace(),
+                    max_batch: default_max_batch(),
+                    ops_per_second: None,
+                },
+            ),
+            (
+                "fake".to_owned(),
+                DriverConfig::Fake {
+                    faults: Default::default(),
+                    ops_per_second: None,
+                },
+            ),
+            (
+                "ec2".to_owned(),
+                DriverConfig::Ec2(Ec2Driver {
+                    ops_per_second: None,
+                    settings: flotilla_driver_ec2::Ec2Config::new("us-west-2"),
+                }),
+            ),
+        ]);
+        let catalog = catalog(&drivers);
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/schemas");
+        for (name, _) in catalog.drivers() {
+            let path = dir.join(format!("pool-{name}.json"));
+            let generated =
+                serde_json::to_string_pretty(catalog.schema(name).unwrap()).unwrap() + "\n";
+            if std::env::var_os("FLOTILLA_BLESS").is_some() {
+                std::fs::create_dir_all(&dir).unwrap();
+                std::fs::write(&path, &generated).unwrap();
+            }
+            let published = std::fs::read_to_string(&path).unwrap_or_default();
+            assert!(
+                published == generated,
+                "{} is not what this build generates; run FLOTILLA_BLESS=1 cargo nextest run -p flotilla published_schemas",
+                path.display()
+            );
+        }
+    }
 
     #[test]
     fn the_template_is_the_defaults_spelled_out() {

@@ -158,10 +158,22 @@ enum Command {
     /// List the pools: driver, instance type, and what the cloud says a
     /// node is (vCPUs, memory) and costs (spot price).
     Pools,
-    /// One pool: what went wrong making its nodes.
+    /// Pools: write them (apply, retire), show them and their history, and
+    /// what went wrong making their nodes.
+    #[command(after_help = "Examples:
+  flotilla pool apply gpu.toml --dry-run   # check it, say what would change
+  flotilla pool apply gpu.toml             # create or change pool gpu
+  flotilla pool show gpu
+  flotilla pool history gpu
+  flotilla pool retire gpu                 # refused while a cluster uses it")]
     Pool {
         #[command(subcommand)]
         command: PoolCommand,
+    },
+    /// The JSON Schemas of pools, one per configured driver.
+    Schema {
+        #[command(subcommand)]
+        command: SchemaCommand,
     },
     /// Show the changes you may see (your clusters', organisations' and
     /// account's, public clusters'), oldest first; one cluster's with its
@@ -326,7 +338,36 @@ enum UserCommand {
 }
 
 #[derive(Subcommand)]
+enum SchemaCommand {
+    /// The JSON Schema of a pool on DRIVER (a driver's name in the server's
+    /// config); without DRIVER, the drivers that have one.
+    Show { driver: Option<String> },
+}
+
+#[derive(Subcommand)]
 enum PoolCommand {
+    /// Create or change a pool from FILE (TOML, or JSON if it ends in
+    /// .json): the fields of a `[pools.NAME]` table. Admins may; so may
+    /// the owners a pool names. Every problem is reported at once and
+    /// nothing is written.
+    Apply {
+        file: std::path::PathBuf,
+        /// The pool's name (default: FILE's name without its extension).
+        #[arg(long)]
+        name: Option<String>,
+        /// Check it and say what would change; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// A pool in full: its fields, where it comes from, its clusters.
+    Show { pool: String },
+    /// Every pool (as `flotilla pools`).
+    List,
+    /// Retire a pool written through the API: refused while a cluster or
+    /// an organisation uses it; its history is kept.
+    Retire { pool: String },
+    /// Every version of a pool written through the API.
+    History { pool: String },
     /// Failed creates and destroys and nodes given up on (boot or probe
     /// timeout), latest first, each counted when it happened again; those
     /// of the clusters you may see.
@@ -640,6 +681,13 @@ fn main() -> ExitCode {
             finish(result)
         }
         command => {
+            // A client piped into `head` ends quietly when the reader goes,
+            // as command-line tools do, instead of panicking on the write.
+            // SAFETY: setting a signal's disposition to its default, before
+            // any thread is started.
+            unsafe {
+                libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+            }
             let client = match Client::new(&cli.server, cli.output) {
                 Ok(c) => c,
                 Err(f) => {
@@ -697,9 +745,28 @@ fn main() -> ExitCode {
                         client.status(cluster.as_deref(), watch).await
                     }
                     Command::Pools => client.pools().await,
-                    Command::Pool {
-                        command: PoolCommand::Errors { pool, limit },
-                    } => client.pool_errors(&pool, limit).await,
+                    Command::Pool { command } => match command {
+                        PoolCommand::Errors { pool, limit } => {
+                            client.pool_errors(&pool, limit).await
+                        }
+                        PoolCommand::Apply {
+                            file,
+                            name,
+                            dry_run,
+                        } => match read_pool_file(&file, name) {
+                            Ok((name, document)) => {
+                                client.pool_apply(&name, &document, dry_run).await
+                            }
+                            Err(e) => Err(e),
+                        },
+                        PoolCommand::Show { pool } => client.pool_show(&pool).await,
+                        PoolCommand::List => client.pools().await,
+                        PoolCommand::Retire { pool } => client.pool_retire(&pool).await,
+                        PoolCommand::History { pool } => client.pool_history(&pool).await,
+                    },
+                    Command::Schema {
+                        command: SchemaCommand::Show { driver },
+                    } => client.schema_show(driver.as_deref()).await,
                     Command::Events {
                         cluster,
                         after,
@@ -864,6 +931,44 @@ fn finish(result: Result<u8, cli::Failure>) -> ExitCode {
             ExitCode::from(f.code)
         }
     }
+}
+
+/// A pool file: its name (`name`, or the file's name without extension)
+/// and its document (TOML, or JSON for a `.json` file).
+fn read_pool_file(
+    file: &std::path::Path,
+    name: Option<String>,
+) -> Result<(String, serde_json::Value), cli::Failure> {
+    let usage = |m: String| cli::Failure::new(cli::exit::USAGE, m);
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| usage(format!("cannot read {}: {e}", file.display())))?;
+    let name = match name {
+        Some(n) => n,
+        None => file
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .map(str::to_owned)
+            .ok_or_else(|| {
+                usage(format!(
+                    "{}: give the pool's name with --name",
+                    file.display()
+                ))
+            })?,
+    };
+    let document = if file.extension().is_some_and(|e| e == "json") {
+        serde_json::from_str(&text)
+            .map_err(|e| usage(format!("{} is not JSON: {e}", file.display())))?
+    } else {
+        let table: toml::Table = toml::from_str(&text).map_err(|e| {
+            usage(format!(
+                "{} is not TOML: {}",
+                file.display(),
+                e.to_string().trim_end()
+            ))
+        })?;
+        serde_json::to_value(table).map_err(|e| usage(format!("{}: {e}", file.display())))?
+    };
+    Ok((name, document))
 }
 
 #[cfg(test)]

@@ -355,7 +355,7 @@ pub async fn run(config: Config, admin_password: Option<String>) -> anyhow::Resu
         })
     };
     let app = flotilla_api::router(AppState {
-        control: flotilla_control::Control::new(engine.clone()),
+        control: flotilla_control::Control::new(engine.clone(), config.catalog.clone()),
         engine: engine.clone(),
         identity,
         limits,

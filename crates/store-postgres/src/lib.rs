@@ -48,6 +48,7 @@ mod keys;
 mod lease;
 mod meters;
 mod orgs;
+mod pools;
 #[cfg(feature = "testing")]
 pub mod testing;
 

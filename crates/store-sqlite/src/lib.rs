@@ -36,6 +36,7 @@ mod keys;
 mod lease;
 mod meters;
 mod orgs;
+mod pools;
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 

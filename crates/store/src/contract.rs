@@ -30,6 +30,9 @@ pub use feed::*;
 #[path = "contract_lease.rs"]
 mod lease;
 pub use lease::*;
+#[path = "contract_pools.rs"]
+mod pools;
+pub use pools::*;
 
 pub struct Harness {
     /// An empty store.
@@ -112,7 +115,10 @@ macro_rules! store_contract_tests {
             obstacles_are_published_replaced_cleared_and_go_with_the_cluster,
             pool_errors_are_counted_not_repeated,
             signing_keys_are_stored_once_rotated_and_retired,
-            racing_servers_store_one_first_key
+            racing_servers_store_one_first_key,
+            pools_are_versioned_and_retired,
+            a_pool_a_cluster_names_cannot_be_retired,
+            racing_writers_of_one_version_write_it_once
         );
     };
     (@each $harness:path, $($check:ident),+) => {

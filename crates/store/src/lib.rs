@@ -20,6 +20,7 @@ mod lease;
 mod memory;
 pub mod meters;
 mod orgs;
+mod pools;
 #[cfg(feature = "sql")]
 pub mod sql;
 
@@ -38,6 +39,7 @@ pub use keys::{keys_change, AddKeys, SigningKeyRecord};
 pub use lease::{ClusterNodes, ClusterObstacle, Fence, GoneNode, Lease, LeaseStore};
 pub use memory::MemoryStore;
 pub use orgs::{OrgChange, OrgChanged, OrgStore, OrgUsage};
+pub use pools::{check_stale, in_use, next_version, pool_change, PoolRecord, PoolStore, PoolWrite};
 
 /// Why a store call failed. Backend-neutral: each backend maps its own
 /// errors into these, so callers (and the contract suite) see one
@@ -90,6 +92,16 @@ pub enum StoreError {
     SchemaTooNew { found: i64, known: i64 },
     #[error("stored data is invalid: {0}")]
     Corrupt(String),
+    /// The record changed since the writer read it; nothing was changed.
+    #[error("{what} is at version {found}, not {expected} as read; read it again and retry")]
+    Stale {
+        what: String,
+        expected: u64,
+        found: u64,
+    },
+    /// The record is in use and cannot go; nothing was changed.
+    #[error("{what} is in use by {users}")]
+    InUse { what: String, users: String },
     /// The key signs new tokens: rotate to a new one before retiring it.
     #[error("the key {0} signs new tokens; rotate to a new key first, then retire it")]
     KeyActive(String),
@@ -150,7 +162,9 @@ pub trait ChangeFeed: Send + Sync {
 /// [`AccountStore`], organisations in [`OrgStore`] and the feed of their
 /// changes in [`ChangeFeed`], so one backend (one database) holds them all.
 #[async_trait]
-pub trait Store: AccountStore + OrgStore + ChangeFeed + LeaseStore + Send + Sync + 'static {
+pub trait Store:
+    AccountStore + OrgStore + ChangeFeed + LeaseStore + PoolStore + Send + Sync + 'static
+{
     /// The ownership ID of the instance set behind driver `driver`: created
     /// on first use and the same forever after, so a restarted server adopts
     /// the instances it created before.

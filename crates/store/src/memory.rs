@@ -20,6 +20,7 @@ use crate::{
     ChangeFeed, ClusterNodes, ClusterObstacle, Fence, Lease, LeaseStore, RefreshTokenRecord,
     Rotation, SigningKeyRecord, Store, StoreError,
 };
+use crate::{pool_change, PoolRecord, PoolStore, PoolWrite};
 
 #[derive(Default)]
 pub struct MemoryStore {
@@ -45,6 +46,7 @@ struct Inner {
     meters: BTreeMap<(ClusterName, InstanceId), NodeMeter>,
     obstacles: BTreeMap<ClusterName, Obstacle>,
     pool_errors: BTreeMap<PoolErrorKey, PoolError>,
+    pools: BTreeMap<PoolName, Vec<PoolRecord>>,
 }
 
 struct StoredToken {
@@ -881,6 +883,56 @@ impl ChangeFeed for MemoryStore {
         let was = inner.changes.len();
         inner.changes.retain(|c| c.at >= before);
         Ok((was - inner.changes.len()) as u64)
+    }
+}
+
+#[async_trait]
+impl PoolStore for MemoryStore {
+    async fn write_pool(
+        &self,
+        write: &PoolWrite,
+        now: DateTime<Utc>,
+    ) -> Result<PoolRecord, StoreError> {
+        let mut inner = self.inner.lock().unwrap();
+        let found = inner
+            .pools
+            .get(&write.name)
+            .and_then(|v| v.last())
+            .map_or(0, |r| r.version);
+        crate::pools::check_stale(write, found)?;
+        if write.document.is_none() {
+            let users: Vec<String> = inner
+                .clusters
+                .values()
+                .filter(|c| c.pool == write.name)
+                .map(|c| c.name.to_string())
+                .collect();
+            if !users.is_empty() {
+                return Err(crate::pools::in_use(&write.name, users));
+            }
+        }
+        let record = crate::pools::next_version(write, found, now);
+        inner
+            .pools
+            .entry(write.name.clone())
+            .or_default()
+            .push(record.clone());
+        inner.record(pool_change(&record), now);
+        Ok(record)
+    }
+
+    async fn pools(&self) -> Result<Vec<PoolRecord>, StoreError> {
+        let inner = self.inner.lock().unwrap();
+        Ok(inner
+            .pools
+            .values()
+            .filter_map(|v| v.last().cloned())
+            .collect())
+    }
+
+    async fn pool_history(&self, name: &PoolName) -> Result<Vec<PoolRecord>, StoreError> {
+        let inner = self.inner.lock().unwrap();
+        Ok(inner.pools.get(name).cloned().unwrap_or_default())
     }
 }
 

@@ -286,6 +286,71 @@ impl TryFrom<SigningKeyRow> for SigningKeyRecord {
 pub const SIGNING_KEYS_SELECT: &str =
     "SELECT kid, pem, active, created_at FROM signing_keys ORDER BY created_at, kid";
 
+// Pools written through the API.
+
+/// A row of `pools`: one version of a pool.
+#[derive(Debug, sqlx::FromRow)]
+pub struct PoolRow {
+    pub name: String,
+    pub version: i64,
+    pub document: Option<String>,
+    pub schema_version: i64,
+    pub at: i64,
+    pub by_account: String,
+}
+
+impl TryFrom<PoolRow> for crate::PoolRecord {
+    type Error = StoreError;
+
+    fn try_from(row: PoolRow) -> Result<crate::PoolRecord, StoreError> {
+        let corrupt = |what: &str| {
+            StoreError::Corrupt(format!("pools row {:?} v{}: {what}", row.name, row.version))
+        };
+        Ok(crate::PoolRecord {
+            name: flotilla_domain::PoolName::new(row.name.as_str())
+                .map_err(|e| corrupt(&e.to_string()))?,
+            version: u64::try_from(row.version).map_err(|_| corrupt("negative version"))?,
+            document: row
+                .document
+                .as_deref()
+                .map(serde_json::from_str)
+                .transpose()
+                .map_err(|e| corrupt(&format!("document: {e}")))?,
+            schema_version: u32::try_from(row.schema_version)
+                .map_err(|_| corrupt("schema_version out of range"))?,
+            at: time("pools", &row.name, "at", row.at)?,
+            by: row.by_account,
+        })
+    }
+}
+
+/// The columns of a [`PoolRow`].
+const POOL_COLUMNS: &str = "name, version, document, schema_version, at, by_account";
+
+/// Each pool's latest version, by name.
+pub fn pools_latest_select() -> String {
+    format!(
+        "SELECT {POOL_COLUMNS} FROM pools p \
+         WHERE version = (SELECT MAX(version) FROM pools q WHERE q.name = p.name) ORDER BY name"
+    )
+}
+
+/// Every version of pool `$1`, oldest first.
+pub fn pool_history_select() -> String {
+    format!("SELECT {POOL_COLUMNS} FROM pools WHERE name = $1 ORDER BY version")
+}
+
+/// The latest version of pool `$1` (0: never written).
+pub const POOL_VERSION: &str =
+    "SELECT CAST(COALESCE(MAX(version), 0) AS BIGINT) FROM pools WHERE name = $1";
+
+/// The clusters whose records name pool `$1`.
+pub const POOL_USERS: &str = "SELECT name FROM clusters WHERE pool = $1 ORDER BY name";
+
+pub const POOL_INSERT: &str =
+    "INSERT INTO pools (name, version, document, schema_version, at, by_account) \
+     VALUES ($1, $2, $3, $4, $5, $6)";
+
 // The leader's lease and published nodes.
 
 /// A row of `leases`.
@@ -637,6 +702,7 @@ pub fn entity_pattern(entity: ChangeEntity) -> &'static str {
         ChangeEntity::Org => "org.%",
         ChangeEntity::Account => "account.%",
         ChangeEntity::Server => "server.%",
+        ChangeEntity::Pool => "pool.%",
     }
 }
 

@@ -19,7 +19,7 @@ use axum::Router;
 use flotilla_api::ratelimit::{RateClock, RateLimits};
 use flotilla_api::{router, AppState};
 use flotilla_cloud::fake::{FakeCloud, FakeConfig};
-use flotilla_cloud::{InstanceSet, Tags, Throttled, TokioClock};
+use flotilla_cloud::{InstanceSet, Throttled, TokioClock};
 use flotilla_domain::{InstanceType, Limits, PoolName};
 use flotilla_engine::{Engine, EngineConfig, EngineTasks, PoolSpec};
 use flotilla_github::GithubClient;
@@ -51,14 +51,10 @@ pub fn pools() -> BTreeMap<PoolName, PoolSpec> {
     let pool = |ty: &str| PoolSpec {
         // $0.10 per node-hour.
         price_per_hour: flotilla_domain::Money::from_micros(100_000),
-        driver: "fake".into(),
-        instance_type: InstanceType::new(ty).unwrap(),
-        image: None,
-        init_data: None,
-        tags: Tags::new(),
         allow_exec: ty == "fake.big",
         ssh_user: (ty == "fake.big").then(|| "ops".to_owned()),
         allow_workload: ty == "fake.big",
+        ..PoolSpec::new("fake", InstanceType::new(ty).unwrap())
     };
     BTreeMap::from([
         (PoolName::new("default").unwrap(), pool("fake.small")),
@@ -184,7 +180,10 @@ impl TestApi {
         ));
         let router = router(AppState {
             engine: engine.clone(),
-            control: flotilla_control::Control::new(engine.clone()),
+            control: flotilla_control::Control::new(
+                engine.clone(),
+                Arc::new(flotilla_control::PoolCatalog::plain([("fake", "fake")])),
+            ),
             identity: identity.clone(),
             limits,
             registry: Arc::new(registry),
@@ -452,10 +451,15 @@ impl Reply {
             .keys()
             .map(String::as_str)
             .collect();
+        // A document's problems come with it; nothing else does.
+        let expected: &[&str] = if body.get("problems").is_some() {
+            &["error", "message", "problems"]
+        } else {
+            &["error", "message"]
+        };
         assert_eq!(
-            fields,
-            ["error", "message"],
-            "the error shape is {{error, message}}: {body}"
+            fields, expected,
+            "the error shape is {{error, message[, problems]}}: {body}"
         );
         assert_eq!(body["error"], code, "error code; body: {body}");
         let message = body["message"].as_str().expect("message is a string");

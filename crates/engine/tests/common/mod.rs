@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flotilla_cloud::fake::{FakeCloud, FakeConfig};
-use flotilla_cloud::{InstanceSet, Tags, Throttled, TokioClock};
+use flotilla_cloud::{InstanceSet, Throttled, TokioClock};
 use flotilla_control::{CapacityView, Control, Deploy, Destroy, RequestCapacity};
 use flotilla_domain::{Caller, ClusterName, ClusterState, InstanceType, Limits, PoolName};
 use flotilla_engine::{ClusterView, Engine, EngineConfig, EngineError, EngineTasks, PoolSpec};
@@ -34,14 +34,7 @@ pub fn pools() -> BTreeMap<PoolName, PoolSpec> {
     let pool = |ty: &str| PoolSpec {
         // $0.10 per node-hour.
         price_per_hour: flotilla_domain::Money::from_micros(100_000),
-        driver: "fake".into(),
-        instance_type: InstanceType::new(ty).unwrap(),
-        image: None,
-        init_data: None,
-        tags: Tags::new(),
-        allow_exec: false,
-        ssh_user: None,
-        allow_workload: false,
+        ..PoolSpec::new("fake", InstanceType::new(ty).unwrap())
     };
     BTreeMap::from([
         (PoolName::new("default").unwrap(), pool("fake.small")),
@@ -91,7 +84,10 @@ impl Harness {
         .await
         .expect("engine starts");
         Self {
-            control: Control::new(engine.clone()),
+            control: Control::new(
+                engine.clone(),
+                Arc::new(flotilla_control::PoolCatalog::plain([("fake", "fake")])),
+            ),
             engine,
             tasks: Some(tasks),
             cloud,

@@ -1,0 +1,281 @@
+//! Pools written through the API: checked against their driver's schema
+//! and refused whole with every problem, versioned, used by deploys,
+//! retired only when unused, and changed by admins and their owners only.
+
+mod common;
+
+use axum::http::{Method, StatusCode};
+use common::{empty_request, json_request, TestApi};
+use flotilla_store::ChangeFeed;
+use serde_json::{json, Value};
+
+fn gpu() -> Value {
+    json!({"driver": "fake", "instance_type": "fake.gpu", "price_per_hour": "0.50",
+           "description": "for the physics lab", "owners": ["olga"]})
+}
+
+/// Every problem of a document at once, each at its JSON pointer, and
+/// nothing stored.
+#[tokio::test]
+async fn a_bad_pool_is_refused_whole_with_every_problem() {
+    let api = TestApi::start().await;
+    let before = api.store.last_change().await.unwrap();
+    let reply = api
+        .put_json(
+            "/api/v1/pools/gpu",
+            &json!({"driver": "fake", "instance_type": "a b", "allow_exec": "yes",
+                    "colour": "red", "ec2": {"subnets": []}}),
+        )
+        .await;
+    reply.expect_error(StatusCode::UNPROCESSABLE_ENTITY, "invalid_pool");
+    let problems = reply.json()["problems"].clone();
+    let pointers: Vec<&str> = problems
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["pointer"].as_str().unwrap())
+        .collect();
+    for pointer in ["/ec2", "/instance_type", "/allow_exec", "/colour"] {
+        assert!(pointers.contains(&pointer), "{pointer}: {problems}");
+    }
+    // What a schema cannot say is checked too.
+    let reply = api
+        .put_json(
+            "/api/v1/pools/gpu",
+            &json!({"driver": "fake", "instance_type": "x", "price_per_hour": "ten",
+                    "owners": ["org:"], "tags": {"flotilla-cluster": "x"}}),
+        )
+        .await;
+    reply.expect_error(StatusCode::UNPROCESSABLE_ENTITY, "invalid_pool");
+    assert_eq!(
+        reply.json()["problems"].as_array().unwrap().len(),
+        3,
+        "{}",
+        reply.text()
+    );
+    let reply = api
+        .put_json(
+            "/api/v1/pools/gpu",
+            &json!({"driver": "elsewhere", "instance_type": "x"}),
+        )
+        .await;
+    let message = reply.expect_error(StatusCode::UNPROCESSABLE_ENTITY, "invalid_pool");
+    assert!(
+        message.contains("no driver named \"elsewhere\""),
+        "{message}"
+    );
+    assert_eq!(
+        api.store.last_change().await.unwrap(),
+        before,
+        "nothing written"
+    );
+    assert_eq!(
+        api.get("/api/v1/pools/gpu").await.status,
+        StatusCode::NOT_FOUND
+    );
+}
+
+/// Created, used by a deploy, changed, refused retirement while in use,
+/// retired once unused, with every version in its history.
+#[tokio::test]
+async fn a_pool_is_applied_used_changed_and_retired() {
+    let api = TestApi::start().await;
+    let dry = api.put_json("/api/v1/pools/gpu?dry_run=true", &gpu()).await;
+    assert_eq!(dry.status, StatusCode::OK, "{}", dry.text());
+    assert_eq!(dry.json()["outcome"], "created");
+    assert_eq!(dry.json()["dry_run"], true);
+    assert_eq!(
+        api.get("/api/v1/pools/gpu").await.status,
+        StatusCode::NOT_FOUND,
+        "a dry run writes nothing"
+    );
+
+    let applied = api.put_json("/api/v1/pools/gpu", &gpu()).await;
+    assert_eq!(applied.status, StatusCode::OK, "{}", applied.text());
+    let body = applied.json();
+    assert_eq!(
+        (body["outcome"].as_str(), body["pool"]["version"].as_u64()),
+        (Some("created"), Some(1))
+    );
+    assert_eq!(body["pool"]["source"], "api");
+    assert_eq!(
+        body["pool"]["document"]["description"],
+        "for the physics lab"
+    );
+    // The same again changes nothing.
+    let again = api.put_json("/api/v1/pools/gpu", &gpu()).await.json();
+    assert_eq!(
+        (again["outcome"].as_str(), again["pool"]["version"].as_u64()),
+        (Some("unchanged"), Some(1))
+    );
+
+    let listed = api.get("/api/v1/pools").await.json();
+    let gpu_listed = listed["pools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "gpu")
+        .cloned()
+        .expect("listed");
+    assert_eq!(gpu_listed["price_per_hour"], "0.50");
+    assert_eq!(gpu_listed["source"], "api");
+
+    let s = api
+        .deploy(
+            "lab",
+            &json!({"node_capacity": 2, "time_to_live": 3600, "pool": "gpu"}),
+            true,
+        )
+        .await;
+    assert_eq!(s["state"], "running", "{s}");
+    assert!(
+        s["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|n| n["instance_type"] == "fake.gpu"),
+        "{s}"
+    );
+
+    let mut changed = gpu();
+    changed["description"] = json!("for the physics lab, and chemistry");
+    let reply = api.put_json("/api/v1/pools/gpu", &changed).await.json();
+    assert_eq!(reply["outcome"], "changed");
+    assert_eq!(reply["changed_fields"], json!(["description"]));
+    assert_eq!(reply["pool"]["clusters"], json!(["lab"]));
+
+    let refused = api.delete("/api/v1/pools/gpu").await;
+    let message = refused.expect_error(StatusCode::CONFLICT, "pool_in_use");
+    assert!(message.contains("lab"), "{message}");
+
+    api.send(empty_request(
+        Method::DELETE,
+        "/api/v1/clusters/lab?wait=true",
+    ))
+    .await;
+    let retired = api.delete("/api/v1/pools/gpu").await;
+    assert_eq!(retired.status, StatusCode::OK, "{}", retired.text());
+    assert_eq!(
+        (
+            retired.json()["version"].as_u64(),
+            retired.json()["retired"].as_bool()
+        ),
+        (Some(3), Some(true))
+    );
+    assert_eq!(
+        api.get("/api/v1/pools/gpu").await.status,
+        StatusCode::NOT_FOUND
+    );
+    let reply = api
+        .put_json(
+            "/api/v1/clusters/again",
+            &json!({"node_capacity": 1, "time_to_live": 3600, "pool": "gpu"}),
+        )
+        .await;
+    reply.expect_error(StatusCode::UNPROCESSABLE_ENTITY, "unknown_pool");
+
+    let history = api.get("/api/v1/pools/gpu/history").await.json();
+    let versions: Vec<(u64, bool)> = history["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            (
+                v["version"].as_u64().unwrap(),
+                v["retired"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(versions, [(1, false), (2, false), (3, true)]);
+    // The feed says so too.
+    let events = api.get("/api/v1/events").await.json();
+    let kinds: Vec<&str> = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["kind"].as_str().filter(|k| k.starts_with("pool.")))
+        .collect();
+    assert_eq!(kinds, ["pool.applied", "pool.applied", "pool.retired"]);
+}
+
+/// The config file's pools are its own; admins and a pool's owners write
+/// a pool, nobody else; reading needs an account.
+#[tokio::test]
+async fn who_may_write_and_read_pools() {
+    let api = TestApi::start().await;
+    let reply = api.put_json("/api/v1/pools/default", &gpu()).await;
+    reply.expect_error(StatusCode::CONFLICT, "pool_in_config");
+    api.delete("/api/v1/pools/default")
+        .await
+        .expect_error(StatusCode::CONFLICT, "pool_in_config");
+    let history = api.get("/api/v1/pools/default/history").await.json();
+    assert_eq!(history["versions"], json!([]));
+    assert_eq!(
+        api.get("/api/v1/pools/default").await.json()["source"],
+        "config"
+    );
+
+    let olga = api.user_token("olga", "org_member").await;
+    let bob = api.user_token("bob", "org_member").await;
+    // Nobody but an admin creates a pool.
+    let reply = api
+        .send_as(
+            &olga,
+            json_request(Method::PUT, "/api/v1/pools/gpu", &gpu()),
+        )
+        .await;
+    reply.expect_error(StatusCode::FORBIDDEN, "pool_not_owned");
+    assert_eq!(
+        api.put_json("/api/v1/pools/gpu", &gpu()).await.status,
+        StatusCode::OK
+    );
+    // Its owner changes it; another account may not.
+    let mut changed = gpu();
+    changed["price_per_hour"] = json!("0.40");
+    let reply = api
+        .send_as(
+            &olga,
+            json_request(Method::PUT, "/api/v1/pools/gpu", &changed),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert_eq!(reply.json()["pool"]["updated_by"], "olga");
+    let reply = api
+        .send_as(&bob, json_request(Method::PUT, "/api/v1/pools/gpu", &gpu()))
+        .await;
+    let message = reply.expect_error(StatusCode::FORBIDDEN, "pool_not_owned");
+    assert!(message.contains("olga"), "{message}");
+    let reply = api
+        .send_as(&bob, empty_request(Method::DELETE, "/api/v1/pools/gpu"))
+        .await;
+    reply.expect_error(StatusCode::FORBIDDEN, "pool_not_owned");
+    // Anyone with an account reads it; nobody without.
+    let reply = api
+        .send_as(&bob, empty_request(Method::GET, "/api/v1/pools/gpu"))
+        .await;
+    assert_eq!(reply.json()["document"]["price_per_hour"], "0.40");
+    let reply = api
+        .send_anonymous(empty_request(Method::GET, "/api/v1/pools/gpu"))
+        .await;
+    reply.expect_error(StatusCode::UNAUTHORIZED, "not_authenticated");
+}
+
+/// The schemas are published, one per configured driver.
+#[tokio::test]
+async fn schemas_are_published_per_driver() {
+    let api = TestApi::start().await;
+    let index = api
+        .send_anonymous(empty_request(Method::GET, "/api/v1/schemas"))
+        .await
+        .json();
+    assert_eq!(
+        index,
+        json!({"drivers": [{"driver": "fake", "type": "fake", "pool": "/api/v1/schemas/fake/pool"}]})
+    );
+    let schema = api.get("/api/v1/schemas/fake/pool").await.json();
+    assert_eq!(schema["properties"]["driver"]["const"], "fake");
+    assert_eq!(schema["required"], json!(["driver", "instance_type"]));
+    api.get("/api/v1/schemas/nimbus/pool")
+        .await
+        .expect_error(StatusCode::NOT_FOUND, "unknown_driver");
+}

@@ -1,0 +1,84 @@
+//! Pools written through the API: each write through the one writer, so
+//! reading the latest version and writing the next cannot interleave with
+//! another write.
+
+use chrono::{DateTime, Utc};
+use flotilla_domain::PoolName;
+use flotilla_store::sql::{self as row, PoolRow};
+use flotilla_store::{
+    check_stale, in_use, next_version, pool_change, PoolRecord, PoolStore, PoolWrite, StoreError,
+};
+
+use crate::{record_changes, SqliteStore};
+
+pub(crate) async fn write(
+    store: &SqliteStore,
+    write: &PoolWrite,
+    now: DateTime<Utc>,
+) -> Result<PoolRecord, StoreError> {
+    let mut tx = store.begin_write().await?;
+    let found: i64 = sqlx::query_scalar(row::POOL_VERSION)
+        .bind(write.name.as_str())
+        .fetch_one(&mut *tx)
+        .await?;
+    check_stale(write, u64::try_from(found).unwrap_or(0))?;
+    if write.document.is_none() {
+        let users: Vec<String> = sqlx::query_scalar(row::POOL_USERS)
+            .bind(write.name.as_str())
+            .fetch_all(&mut *tx)
+            .await?;
+        if !users.is_empty() {
+            return Err(in_use(&write.name, users));
+        }
+    }
+    let record = next_version(write, write.expected, now);
+    sqlx::query(row::POOL_INSERT)
+        .bind(record.name.as_str())
+        .bind(record.version as i64)
+        .bind(record.document.as_ref().map(|d| d.to_string()))
+        .bind(i64::from(record.schema_version))
+        .bind(row::to_millis(now))
+        .bind(&record.by)
+        .execute(&mut *tx)
+        .await?;
+    record_changes(&mut tx, &[pool_change(&record)], now).await?;
+    store.commit(tx).await?;
+    Ok(record)
+}
+
+pub(crate) async fn latest(store: &SqliteStore) -> Result<Vec<PoolRecord>, StoreError> {
+    let rows: Vec<PoolRow> = sqlx::query_as(&row::pools_latest_select())
+        .fetch_all(&store.reader)
+        .await?;
+    rows.into_iter().map(PoolRecord::try_from).collect()
+}
+
+pub(crate) async fn history(
+    store: &SqliteStore,
+    name: &PoolName,
+) -> Result<Vec<PoolRecord>, StoreError> {
+    let rows: Vec<PoolRow> = sqlx::query_as(&row::pool_history_select())
+        .bind(name.as_str())
+        .fetch_all(&store.reader)
+        .await?;
+    rows.into_iter().map(PoolRecord::try_from).collect()
+}
+
+#[async_trait::async_trait]
+impl PoolStore for SqliteStore {
+    async fn write_pool(
+        &self,
+        pool: &PoolWrite,
+        now: DateTime<Utc>,
+    ) -> Result<PoolRecord, StoreError> {
+        write(self, pool, now).await
+    }
+
+    async fn pools(&self) -> Result<Vec<PoolRecord>, StoreError> {
+        latest(self).await
+    }
+
+    async fn pool_history(&self, name: &PoolName) -> Result<Vec<PoolRecord>, StoreError> {
+        history(self, name).await
+    }
+}
