@@ -301,3 +301,48 @@ async fn shapes_and_spot_prices_are_known_and_cached() {
         "{err}"
     );
 }
+
+/// A pool written while the server runs reaches the driver through
+/// `configure_pool`: its next launch has the pool's settings, and once the
+/// pool's section is gone, the driver's again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_configured_at_run_time_launches_with_its_settings() {
+    let moto = moto().await;
+    let client = raw_client(&moto).await;
+    let set = open(
+        Ec2Config {
+            spot: Some(SpotConfig {
+                max_price: Some("0.05".into()),
+                fallback_on_demand: true,
+            }),
+            ..config(&moto.endpoint)
+        },
+        "ours",
+    )
+    .await;
+    let late = flotilla_cloud::CreateRequest {
+        pool: pool("late"),
+        ..request("c", 1)
+    };
+    let made = set.create(&late).await.unwrap();
+    let seen = describe(&client, made[0].id.as_str()).await;
+    assert_eq!(
+        seen.instance_lifecycle().map(|l| l.as_str()),
+        Some("spot"),
+        "the driver's"
+    );
+
+    set.configure_pool(&pool("late"), Some(&serde_json::json!({"spot": false})));
+    let made = set.create(&late).await.unwrap();
+    let seen = describe(&client, made[0].id.as_str()).await;
+    assert_eq!(seen.instance_lifecycle(), None, "the pool's: on-demand");
+
+    set.configure_pool(&pool("late"), None);
+    let made = set.create(&late).await.unwrap();
+    let seen = describe(&client, made[0].id.as_str()).await;
+    assert_eq!(
+        seen.instance_lifecycle().map(|l| l.as_str()),
+        Some("spot"),
+        "the driver's again"
+    );
+}

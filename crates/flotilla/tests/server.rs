@@ -1096,3 +1096,93 @@ allow_workload = true
     assert!(err(&out).contains("workload_immutable"), "{}", err(&out));
     assert_eq!(server.status("wendy")["node_capacity"], 1);
 }
+
+/// A pool written with `flotilla pool apply`: refused whole with every
+/// problem and exit 2; then made, its nodes real processes running its
+/// init data; kept across a SIGKILL and restart; retired only once its
+/// cluster is gone. The config file's pool is read-only.
+#[test]
+fn a_pool_applied_from_a_file_makes_real_nodes_and_outlives_a_restart() {
+    let sandbox = Sandbox::new();
+    let server = Server::start(&sandbox.path());
+    let bad = sandbox.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "driver = \"local\"\ninstance_type = \"local big\"\nallow_exec = \"yes\"\ncolour = \"red\"\n",
+    )
+    .unwrap();
+    let out = server.cli(&["pool", "apply", bad.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(code(&out), 2, "{stderr}");
+    for pointer in ["/instance_type", "/allow_exec", "/colour"] {
+        assert!(
+            stderr.contains(&format!("\n  {pointer}: ")),
+            "{pointer}: {stderr}"
+        );
+    }
+    let out = server.cli(&["pool", "show", "bad"]);
+    assert_eq!(code(&out), 1, "nothing was stored");
+
+    let file = sandbox.path().join("web.toml");
+    std::fs::write(
+        &file,
+        "driver = \"local\"\ninstance_type = \"local.web\"\n\
+         init_data = 'echo from-the-pool > marker; sleep 3600'\n\
+         description = \"web nodes\"\n",
+    )
+    .unwrap();
+    let out = server.cli(&["pool", "apply", file.to_str().unwrap(), "--dry-run"]);
+    assert_eq!(code(&out), 0);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("would be created"));
+    let out = server.cli(&["pool", "apply", file.to_str().unwrap()]);
+    assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("created (version 1)"));
+
+    let out = server.cli(&[
+        "deploy", "site", "--nodes", "2", "--ttl", "10m", "--pool", "web", "--wait",
+    ]);
+    assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    let status = server.status("site");
+    assert!(status["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|n| n["instance_type"] == "local.web"));
+    assert_eq!(node_processes(&sandbox.path()).len(), 2);
+    // Each node runs the pool's init data (in its own directory).
+    wait_for("the pool's workload ran", || {
+        let out = server.cli(&["exec", "site", "1", "--", "cat", "marker"]);
+        String::from_utf8_lossy(&out.stdout).trim() == "from-the-pool"
+    });
+
+    // Stored: a restarted server knows the pool and keeps its nodes.
+    server.kill();
+    let server = Server::start(&sandbox.path());
+    wait_for("running again", || {
+        let s = server.status("site");
+        s["state"] == "running" && ready_nodes(&s) == 2
+    });
+    let out = server.cli(&["--output", "json", "pool", "show", "web"]);
+    let shown: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(shown["source"], "api");
+    assert_eq!(shown["document"]["description"], "web nodes");
+    assert_eq!(shown["clusters"], serde_json::json!(["site"]));
+
+    let out = server.cli(&["pool", "retire", "web"]);
+    assert_eq!(code(&out), 1);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("pool_in_use"));
+    let out = server.cli(&["destroy", "site", "--wait"]);
+    assert_eq!(code(&out), 0);
+    wait_for("the cluster forgotten", || {
+        code(&server.cli(&["pool", "retire", "web"])) == 0
+    });
+    let out = server.cli(&["pool", "history", "web"]);
+    let history = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        history.contains("applied") && history.contains("retired"),
+        "{history}"
+    );
+    let out = server.cli(&["pool", "apply", file.to_str().unwrap(), "--name", "default"]);
+    assert_eq!(code(&out), 1);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("pool_in_config"));
+}
