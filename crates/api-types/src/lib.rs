@@ -166,7 +166,7 @@ pub struct ClusterError {
     /// Stable: `cloud_refused` (retrying will not help until someone
     /// changes something: credentials, image, instance profile, …),
     /// `cloud_unavailable`, `rate_limited`, `quota_exceeded`,
-    /// `no_capacity`, `pool_gone`, `store_failed`.
+    /// `no_capacity`, `pool_gone`, `shared_config_unresolved`, `store_failed`.
     pub code: String,
     pub message: String,
     /// When the server first met it, without success between.
@@ -716,6 +716,68 @@ pub struct PoolDetail {
     pub updated_by: Option<String>,
     /// The clusters whose records name it.
     pub clusters: Vec<String>,
+    /// The image its next node gets, resolved now (absent: the driver's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// The shared config version that image comes from, if it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_from: Option<SharedConfigRef>,
+    /// Why it has no image now (its shared config gives none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_problem: Option<String>,
+}
+
+/// One version of a shared config.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SharedConfigRef {
+    pub shared_config: String,
+    pub version: u64,
+}
+
+/// PUT /api/v1/shared-configs/{name}: create it (`schema` required) or
+/// write its next version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SharedConfigRequest {
+    /// The published schema it follows, `DRIVER/KIND` (as `aws/images`):
+    /// required to create it; fixed from then on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(example = "aws/images")]
+    pub schema: Option<String>,
+    /// The value, which must follow the schema.
+    pub value: serde_json::Value,
+}
+
+/// A shared config at one version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SharedConfigView {
+    pub name: String,
+    pub version: u64,
+    /// Its latest version: the one pools resolve to.
+    pub latest: u64,
+    /// The published schema it follows (`DRIVER/KIND`).
+    pub schema: String,
+    /// That schema as it was when the config was created.
+    #[schema(value_type = Object)]
+    pub schema_document: serde_json::Value,
+    pub value: serde_json::Value,
+    pub at: DateTime<Utc>,
+    pub by: String,
+    /// The pools whose image names it.
+    pub used_by: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SharedConfigList {
+    pub shared_configs: Vec<SharedConfigView>,
+}
+
+/// `?version=N`: that version rather than the latest.
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct VersionQuery {
+    #[param(minimum = 1)]
+    pub version: Option<u64>,
 }
 
 /// What PUT /api/v1/pools/{pool} did, or with `dry_run` would do.
@@ -774,6 +836,9 @@ pub struct SchemaEntry {
     pub kind: String,
     /// Where the JSON Schema of a pool on it is.
     pub pool: String,
+    /// Where the JSON Schema of each kind of shared config it publishes is.
+    #[serde(default)]
+    pub shared: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

@@ -59,6 +59,7 @@ impl ApiError {
             NameKind::Cluster => "invalid_cluster_name",
             NameKind::Username
             | NameKind::Pool
+            | NameKind::SharedConfig
             | NameKind::InstanceSetId
             | NameKind::InstanceType => "invalid_name",
         };
@@ -94,6 +95,26 @@ impl From<EngineError> for ApiError {
                 let mut e = Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_pool", message);
                 e.problems = problems;
                 e
+            }
+            EngineError::PoolImageUnresolved { problems, .. } => {
+                let mut e = Self::new(StatusCode::CONFLICT, "pool_image_unresolved", message);
+                e.problems = problems;
+                e
+            }
+            EngineError::InvalidSharedConfig { problems, .. } => {
+                let mut e = Self::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid_shared_config",
+                    message,
+                );
+                e.problems = problems;
+                e
+            }
+            EngineError::SharedConfigSchemaFixed { .. } => {
+                Self::new(StatusCode::CONFLICT, "shared_config_schema_fixed", message)
+            }
+            EngineError::UnknownSharedConfig { .. } => {
+                Self::new(StatusCode::NOT_FOUND, "unknown_shared_config", message)
             }
             EngineError::PoolInConfig(_) => {
                 Self::new(StatusCode::CONFLICT, "pool_in_config", message)

@@ -66,6 +66,15 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/pools/{pool}/history", get(pools::pool_history))
         .route("/api/v1/schemas", get(pools::schema_index))
         .route("/api/v1/schemas/{driver}/pool", get(pools::pool_schema))
+        .route(
+            "/api/v1/schemas/{driver}/shared/{kind}",
+            get(pools::shared_schema),
+        )
+        .route("/api/v1/shared-configs", get(pools::list_shared_configs))
+        .route(
+            "/api/v1/shared-configs/{name}",
+            get(pools::get_shared_config).put(pools::write_shared_config),
+        )
         .route("/api/v1/events", get(events::list_events))
         .route(
             "/api/v1/clusters/{cluster}",

@@ -27,6 +27,10 @@ use flotilla_api_types as types;
         crate::pools::pool_history,
         crate::pools::schema_index,
         crate::pools::pool_schema,
+        crate::pools::shared_schema,
+        crate::pools::write_shared_config,
+        crate::pools::get_shared_config,
+        crate::pools::list_shared_configs,
         crate::nodes::exec,
         crate::accounts::cluster_token,
         crate::accounts::jwks,
@@ -74,6 +78,10 @@ use flotilla_api_types as types;
         types::SchemaIndex,
         types::SchemaEntry,
         types::Problem,
+        types::SharedConfigRef,
+        types::SharedConfigRequest,
+        types::SharedConfigView,
+        types::SharedConfigList,
         types::ExecRequest,
         types::ExecResponse,
         types::ClusterStatus,
@@ -256,7 +264,7 @@ fn name_schema(param: &str) -> Option<utoipa::openapi::RefOr<utoipa::openapi::sc
     let (pattern, max) = match param {
         "cluster" | "org" => (ClusterName::PATTERN, ClusterName::MAX_LEN),
         "user" | "username" => (Username::PATTERN, Username::MAX_LEN),
-        "pool" => (PoolName::PATTERN, PoolName::MAX_LEN),
+        "pool" | "name" => (PoolName::PATTERN, PoolName::MAX_LEN),
         _ => return None,
     };
     Some(
@@ -285,10 +293,24 @@ pub(crate) async fn serve(
         .drivers()
         .filter_map(|(driver, _)| catalog.schema(driver).cloned())
         .collect();
+    let shared_schemas: Vec<(String, serde_json::Value)> = catalog
+        .drivers()
+        .flat_map(|(driver, _)| {
+            catalog
+                .shared_kinds(driver)
+                .into_iter()
+                .filter_map(move |kind| {
+                    catalog
+                        .shared_schema(driver, kind)
+                        .map(|s| (format!("{driver}/{kind}"), s.clone()))
+                })
+        })
+        .collect();
     Json(document(
         &state.engine.config().limits,
         &pools,
         &pool_schemas,
+        &shared_schemas,
     ))
 }
 
@@ -296,11 +318,14 @@ pub(crate) async fn serve(
 /// `limits` puts on every time-to-live and node count, the names of its
 /// `pools`, the rules of names inside lists and of the levels an account
 /// may be given, and a pool's body: one of `pool_schemas` (a pool on each
-/// configured driver, as `/api/v1/schemas/{driver}/pool` serves it).
+/// configured driver, as `/api/v1/schemas/{driver}/pool` serves it), and
+/// a shared config's: one of the published kinds (`DRIVER/KIND`) and a
+/// value of one of `shared_schemas`.
 pub fn document(
     limits: &flotilla_domain::Limits,
     pools: &[String],
     pool_schemas: &[serde_json::Value],
+    shared_schemas: &[(String, serde_json::Value)],
 ) -> serde_json::Value {
     use flotilla_domain::{ClusterName, Level};
     let mut doc = serde_json::to_value(ApiDoc::openapi()).expect("the document serialises");
@@ -361,18 +386,28 @@ pub fn document(
             p.extend(b.clone());
         }
     }
-    let bodies: Vec<serde_json::Value> = pool_schemas
-        .iter()
-        .map(|schema| {
-            let mut schema = schema.clone();
-            if let Some(object) = schema.as_object_mut() {
-                // Identifiers of a document of its own, not of a part.
-                object.remove("$schema");
-                object.remove("$id");
-            }
-            schema
-        })
-        .collect();
+    let part = |schema: &serde_json::Value| {
+        let mut schema = schema.clone();
+        if let Some(object) = schema.as_object_mut() {
+            // Identifiers of a document of its own, not of a part.
+            object.remove("$schema");
+            object.remove("$id");
+        }
+        schema
+    };
+    let bodies: Vec<serde_json::Value> = pool_schemas.iter().map(part).collect();
+    let shared = &mut doc["components"]["schemas"]["SharedConfigRequest"]["properties"];
+    if shared.is_object() {
+        let mut kinds: Vec<serde_json::Value> = shared_schemas
+            .iter()
+            .map(|(kind, _)| serde_json::json!(kind))
+            .collect();
+        kinds.push(serde_json::Value::Null);
+        shared["schema"] = serde_json::json!({"type": ["string", "null"], "enum": kinds});
+        shared["value"] = serde_json::json!({
+            "anyOf": shared_schemas.iter().map(|(_, s)| part(s)).collect::<Vec<_>>()
+        });
+    }
     let body = &mut doc["paths"]["/api/v1/pools/{pool}"]["put"]["requestBody"]["content"]
         ["application/json"]["schema"];
     if body.is_object() {

@@ -5,7 +5,10 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
 use flotilla_api_types as types;
-use flotilla_control::{ApplyPool, PoolApplied, PoolDetail, PoolVersion, RetirePool};
+use flotilla_control::{
+    ApplyPool, PoolApplied, PoolDetail, PoolVersion, RetirePool, SharedConfigView,
+    WriteSharedConfig,
+};
 use flotilla_domain::{authorize_status, Caller, ClusterName, PoolSource};
 use flotilla_engine::PoolView;
 
@@ -38,6 +41,20 @@ fn detail_body(detail: PoolDetail, caller: &Caller) -> types::PoolDetail {
             .filter(|c| visible(caller, c))
             .map(|c| c.to_string())
             .collect(),
+        image: detail
+            .image
+            .as_ref()
+            .ok()
+            .and_then(|i| i.as_ref().map(|i| i.image.clone())),
+        image_from: detail.image.as_ref().ok().and_then(|i| {
+            i.as_ref()
+                .and_then(|i| i.from.as_ref())
+                .map(|(name, version)| types::SharedConfigRef {
+                    shared_config: name.to_string(),
+                    version: *version,
+                })
+        }),
+        image_problem: detail.image.err(),
     }
 }
 
@@ -80,7 +97,7 @@ fn applied_body(applied: PoolApplied, dry_run: bool, caller: &Caller) -> types::
         (status = 200, body = types::PoolApplied),
         (status = 401, body = types::ErrorBody),
         (status = 403, description = "Neither an admin nor one of its owners", body = types::ErrorBody),
-        (status = 409, description = "A pool of the config file (pool_in_config), or written by another meanwhile (pool_changed)", body = types::ErrorBody),
+        (status = 409, description = "A pool of the config file (pool_in_config), written by another meanwhile (pool_changed), or whose image names a shared config that gives none now (pool_image_unresolved, with problems)", body = types::ErrorBody),
         (status = 422, description = "Not a valid pool (invalid_pool, with problems), or an invalid name", body = types::ErrorBody),
     )
 )]
@@ -187,6 +204,13 @@ pub(crate) async fn schema_index(State(state): State<AppState>) -> Json<types::S
                 driver: name.to_owned(),
                 kind: kind.to_owned(),
                 pool: format!("/api/v1/schemas/{name}/pool"),
+                shared: state
+                    .control
+                    .catalog()
+                    .shared_kinds(name)
+                    .into_iter()
+                    .map(|k| (k.to_owned(), format!("/api/v1/schemas/{name}/shared/{k}")))
+                    .collect(),
             })
             .collect(),
     })
@@ -223,6 +247,124 @@ pub(crate) async fn pool_schema(
             ),
         )),
     }
+}
+
+/// The JSON Schema (draft 2020-12) of a shared config of kind `kind` on
+/// driver `driver` (`images`: one image, or one per key).
+#[utoipa::path(
+    get,
+    path = "/api/v1/schemas/{driver}/shared/{kind}",
+    params(
+        ("driver" = String, Path, description = "A configured driver's name"),
+        ("kind" = String, Path, description = "A kind of shared config it publishes, as images"),
+    ),
+    responses(
+        (status = 200, description = "A JSON Schema", body = Object),
+        (status = 404, description = "No such driver or kind", body = types::ErrorBody),
+    )
+)]
+pub(crate) async fn shared_schema(
+    State(state): State<AppState>,
+    Path((driver, kind)): Path<(String, String)>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let catalog = state.control.catalog();
+    match catalog.shared_schema(&driver, &kind) {
+        Some(schema) => Ok(Json(schema.clone())),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_schema",
+            format!("no schema {driver}/{kind}; see GET /api/v1/schemas for those published"),
+        )),
+    }
+}
+
+fn shared_body(view: SharedConfigView) -> types::SharedConfigView {
+    let r = view.record;
+    types::SharedConfigView {
+        name: r.name.to_string(),
+        version: r.version,
+        latest: view.latest,
+        schema: r.kind,
+        schema_document: r.schema,
+        value: r.value,
+        at: r.at,
+        by: r.by,
+        used_by: view.used_by.iter().map(ToString::to_string).collect(),
+    }
+}
+
+/// Creates a shared config (admins; `schema` names the published schema
+/// it follows, fixed from then on) or writes its next version, which must
+/// follow that schema. Every problem is answered at once; nothing is
+/// stored. Pools that name it launch with its latest version from then on.
+#[utoipa::path(
+    put,
+    path = "/api/v1/shared-configs/{name}",
+    params(("name" = String, Path, description = "Shared config name")),
+    request_body = types::SharedConfigRequest,
+    responses(
+        (status = 200, body = types::SharedConfigView),
+        (status = 403, description = "Not an admin", body = types::ErrorBody),
+        (status = 404, description = "No such shared config to update (name its schema to create it)", body = types::ErrorBody),
+        (status = 409, description = "Written by another meanwhile, or another schema than the one it was created with", body = types::ErrorBody),
+        (status = 422, description = "Not valid (invalid_shared_config, with problems), or an invalid name", body = types::ErrorBody),
+    )
+)]
+pub(crate) async fn write_shared_config(
+    State(state): State<AppState>,
+    CallerIdentity(caller): CallerIdentity,
+    Path(name): Path<String>,
+    JsonBody(body): JsonBody<types::SharedConfigRequest>,
+) -> Result<Json<types::SharedConfigView>, ApiError> {
+    let command = WriteSharedConfig {
+        name,
+        kind: body.schema,
+        value: body.value,
+    };
+    Ok(Json(shared_body(
+        state.control.run(&caller, command).await?,
+    )))
+}
+
+/// A shared config: its latest version, or `?version=N`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/shared-configs/{name}",
+    params(("name" = String, Path, description = "Shared config name"), types::VersionQuery),
+    responses(
+        (status = 200, body = types::SharedConfigView),
+        (status = 404, description = "No such shared config (or version)", body = types::ErrorBody),
+    )
+)]
+pub(crate) async fn get_shared_config(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    query: Result<Query<types::VersionQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<types::SharedConfigView>, ApiError> {
+    let Query(query) = query.map_err(|e| malformed_query(e, "use ?version=N"))?;
+    Ok(Json(shared_body(
+        state.control.shared_config(&name, query.version).await?,
+    )))
+}
+
+/// Every shared config, at its latest version.
+#[utoipa::path(
+    get,
+    path = "/api/v1/shared-configs",
+    responses((status = 200, body = types::SharedConfigList))
+)]
+pub(crate) async fn list_shared_configs(
+    State(state): State<AppState>,
+) -> Result<Json<types::SharedConfigList>, ApiError> {
+    Ok(Json(types::SharedConfigList {
+        shared_configs: state
+            .control
+            .shared_configs()
+            .await?
+            .into_iter()
+            .map(shared_body)
+            .collect(),
+    }))
 }
 
 /// A pool named in the path that does not exist is not found (in a body,

@@ -555,6 +555,8 @@ fn uris(template: &str, kid: &str) -> Vec<String> {
                 .replace("{kid}", kid)
                 .replace("{pool}", "default")
                 .replace("{driver}", "fake")
+                .replace("{kind}", "images")
+                .replace("{name}", "base")
         })
         .collect()
 }
@@ -571,6 +573,12 @@ fn route_request(method: &str, template: &str, uri: &str) -> axum::http::Request
         ("PATCH", "/api/v1/users/{username}") => Some(json!({"level": "admin"})),
         ("POST", "/api/v1/orgs") => Some(json!({"name": "lab", "owners": ["org"]})),
         ("POST", "/api/v1/orgs/{org}/credits") => Some(json!({"amount": "5", "reason": "r"})),
+        ("PUT", "/api/v1/shared-configs/{name}") => {
+            Some(json!({"schema": "fake/images", "value": "img"}))
+        }
+        ("PUT", "/api/v1/pools/{pool}") => {
+            Some(json!({"driver": "fake", "instance_type": "fake.small"}))
+        }
         _ => None,
     };
     match body {
@@ -684,7 +692,7 @@ async fn every_admin_route_refuses_an_org_member() {
         .iter()
         .filter(|(_, _, access)| *access == Access::SignedIn(Rule::AuthorizeAdmin))
         .collect();
-    assert_eq!(admin_routes.len(), 10, "{admin_routes:?}");
+    assert_eq!(admin_routes.len(), 11, "{admin_routes:?}");
     for &&(method, template, _) in &admin_routes {
         for uri in uris(template, &kid) {
             let reply = api

@@ -270,12 +270,171 @@ async fn schemas_are_published_per_driver() {
         .json();
     assert_eq!(
         index,
-        json!({"drivers": [{"driver": "fake", "type": "fake", "pool": "/api/v1/schemas/fake/pool"}]})
+        json!({"drivers": [{"driver": "fake", "type": "fake", "pool": "/api/v1/schemas/fake/pool",
+                            "shared": {"images": "/api/v1/schemas/fake/shared/images"}}]})
     );
     let schema = api.get("/api/v1/schemas/fake/pool").await.json();
     assert_eq!(schema["properties"]["driver"]["const"], "fake");
     assert_eq!(schema["required"], json!(["driver", "instance_type"]));
+    let images = api.get("/api/v1/schemas/fake/shared/images").await.json();
+    assert_eq!(images["title"], "images", "{images}");
+    api.get("/api/v1/schemas/fake/shared/nothing")
+        .await
+        .expect_error(StatusCode::NOT_FOUND, "unknown_schema");
     api.get("/api/v1/schemas/nimbus/pool")
         .await
         .expect_error(StatusCode::NOT_FOUND, "unknown_driver");
+}
+
+/// A shared config follows the schema it was created with, keeps every
+/// version, and a pool naming it launches with its latest version's image;
+/// a pool naming what it does not give is refused, and a version that
+/// drops the pool's key leaves the cluster waiting, saying why.
+#[tokio::test]
+async fn a_pool_takes_its_image_from_a_shared_config() {
+    let api = TestApi::start().await;
+    let put = |value: Value| json!({"schema": "fake/images", "value": value});
+    // Not following the schema: every problem, nothing stored.
+    let reply = api
+        .put_json("/api/v1/shared-configs/base", &put(json!({"west": 7})))
+        .await;
+    reply.expect_error(StatusCode::UNPROCESSABLE_ENTITY, "invalid_shared_config");
+    assert!(reply.json()["problems"][0]["pointer"]
+        .as_str()
+        .unwrap()
+        .starts_with("/value"));
+    let reply = api
+        .put_json(
+            "/api/v1/shared-configs/base",
+            &json!({"value": {"west": "img-1"}}),
+        )
+        .await;
+    let message = reply.expect_error(StatusCode::NOT_FOUND, "unknown_shared_config");
+    assert!(message.contains("naming the schema"), "{message}");
+    let reply = api
+        .put_json(
+            "/api/v1/shared-configs/base",
+            &json!({"schema": "fake/nothing", "value": "x"}),
+        )
+        .await;
+    let message = reply.expect_error(StatusCode::UNPROCESSABLE_ENTITY, "invalid_shared_config");
+    assert!(message.contains("fake/images"), "{message}");
+    api.get("/api/v1/shared-configs/base")
+        .await
+        .expect_error(StatusCode::NOT_FOUND, "unknown_shared_config");
+
+    let v1 = api
+        .put_json(
+            "/api/v1/shared-configs/base",
+            &put(json!({"west": "img-1", "east": "img-e"})),
+        )
+        .await;
+    assert_eq!(v1.status, StatusCode::OK, "{}", v1.text());
+    assert_eq!(v1.json()["version"], 1);
+
+    // A pool naming a key it does not give is refused.
+    let pool = |key: &str| {
+        json!({"driver": "fake", "instance_type": "fake.small",
+               "image": {"shared": "base", "key": key}})
+    };
+    let reply = api.put_json("/api/v1/pools/imaged", &pool("north")).await;
+    reply.expect_error(StatusCode::CONFLICT, "pool_image_unresolved");
+    assert_eq!(reply.json()["problems"][0]["pointer"], "/image");
+    let reply = api
+        .put_json(
+            "/api/v1/pools/imaged",
+            &json!({"driver": "fake", "instance_type": "x", "image": {"shared": "nope"}}),
+        )
+        .await;
+    reply.expect_error(StatusCode::CONFLICT, "pool_image_unresolved");
+    let reply = api.put_json("/api/v1/pools/imaged", &pool("west")).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert_eq!(reply.json()["pool"]["image"], "img-1");
+    assert_eq!(
+        reply.json()["pool"]["image_from"],
+        json!({"shared_config": "base", "version": 1})
+    );
+
+    let s = api
+        .deploy(
+            "web",
+            &json!({"node_capacity": 1, "time_to_live": 3600, "pool": "imaged"}),
+            true,
+        )
+        .await;
+    assert_eq!(s["state"], "running", "{s}");
+    // A new version: the next node launches with it.
+    let v2 = api
+        .put_json(
+            "/api/v1/shared-configs/base",
+            &json!({"value": {"west": "img-2"}}),
+        )
+        .await;
+    assert_eq!(v2.json()["version"], 2, "{}", v2.text());
+    assert_eq!(v2.json()["used_by"], json!(["imaged"]));
+    api.deploy(
+        "web",
+        &json!({"node_capacity": 2, "time_to_live": 3600}),
+        true,
+    )
+    .await;
+    let images: Vec<Option<String>> = api
+        .cloud
+        .create_log()
+        .into_iter()
+        .filter(|c| c.cluster == "web")
+        .map(|c| c.image)
+        .collect();
+    assert_eq!(images, [Some("img-1".to_owned()), Some("img-2".to_owned())]);
+    // Its schema is fixed.
+    let reply = api
+        .put_json(
+            "/api/v1/shared-configs/base",
+            &json!({"schema": "fake/other", "value": "x"}),
+        )
+        .await;
+    reply.expect_error(StatusCode::CONFLICT, "shared_config_schema_fixed");
+    // Every version is kept.
+    let v1 = api
+        .get("/api/v1/shared-configs/base?version=1")
+        .await
+        .json();
+    assert_eq!(v1["value"], json!({"west": "img-1", "east": "img-e"}));
+    assert_eq!(
+        (v1["version"].as_u64(), v1["latest"].as_u64()),
+        (Some(1), Some(2))
+    );
+
+    // A version without the pool's key: the cluster waits, and says why.
+    api.put_json(
+        "/api/v1/shared-configs/base",
+        &json!({"value": {"east": "img-e"}}),
+    )
+    .await;
+    api.deploy(
+        "web",
+        &json!({"node_capacity": 3, "time_to_live": 3600}),
+        false,
+    )
+    .await;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let s = api.status("web").await;
+        if s["error"]["code"] == "shared_config_unresolved" {
+            assert!(
+                s["error"]["message"].as_str().unwrap().contains("west"),
+                "{s}"
+            );
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{s}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let pool = api.get("/api/v1/pools/imaged").await.json();
+    assert!(
+        pool["image_problem"].as_str().unwrap().contains("west"),
+        "{pool}"
+    );
+    let list = api.get("/api/v1/shared-configs").await.json();
+    assert_eq!(list["shared_configs"][0]["version"], 3);
 }

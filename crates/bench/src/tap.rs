@@ -522,6 +522,28 @@ impl LeaseStore for CountingStore {
 }
 
 #[async_trait]
+impl flotilla_store::SharedConfigStore for CountingStore {
+    async fn write_shared_config(
+        &self,
+        write: &flotilla_store::SharedConfigWrite,
+        now: DateTime<Utc>,
+    ) -> Result<flotilla_store::SharedConfigRecord, StoreError> {
+        self.inner.write_shared_config(write, now).await
+    }
+
+    async fn shared_configs(&self) -> Result<Vec<flotilla_store::SharedConfigRecord>, StoreError> {
+        self.inner.shared_configs().await
+    }
+
+    async fn shared_config_versions(
+        &self,
+        name: &flotilla_domain::SharedConfigName,
+    ) -> Result<Vec<flotilla_store::SharedConfigRecord>, StoreError> {
+        self.inner.shared_config_versions(name).await
+    }
+}
+
+#[async_trait]
 impl flotilla_store::PoolStore for CountingStore {
     async fn write_pool(
         &self,

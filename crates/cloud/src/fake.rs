@@ -122,6 +122,8 @@ pub struct CreateRecord {
     pub cluster: String,
     pub at: Instant,
     pub count: usize,
+    /// The image the request named.
+    pub image: Option<String>,
 }
 
 struct FakeInstance {
@@ -460,6 +462,7 @@ impl InstanceSet for FakeInstanceSet {
             cluster: request.cluster.to_string(),
             at: started,
             count,
+            image: request.image.clone(),
         });
         let tags = request.instance_tags(&self.id);
         let mut made = Vec::with_capacity(count);

@@ -6,7 +6,9 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use flotilla_domain::{pool_schema, PoolDocument, PoolName, PoolSource, PoolSpec, Problem};
+use flotilla_domain::{
+    pool_schema, schema_of, PoolDocument, PoolName, PoolSource, PoolSpec, Problem, SharedImages,
+};
 use serde_json::Value;
 
 /// What one configured driver says of the pools on it.
@@ -19,6 +21,19 @@ pub trait PoolDriver: Send + Sync {
     /// Everything the driver finds wrong with pool `name` on it (a pool
     /// that passed its schema), each at its JSON pointer.
     fn check(&self, name: &PoolName, spec: &PoolSpec) -> Vec<Problem>;
+    /// The kinds of shared config it publishes a schema for, by name. By
+    /// default `images`: one image, or one per key.
+    fn shared_kinds(&self) -> Vec<(&'static str, Value)> {
+        vec![("images", part_schema(schema_of::<SharedImages>()))]
+    }
+}
+
+/// A generated schema as a part of another document (no `$schema`).
+pub fn part_schema(mut schema: Value) -> Value {
+    if let Some(object) = schema.as_object_mut() {
+        object.remove("$schema");
+    }
+    schema
 }
 
 /// A driver of type `.0` that reads no section of a pool and checks
@@ -45,6 +60,8 @@ struct Entry {
     driver: Arc<dyn PoolDriver>,
     schema: Value,
     validator: jsonschema::Validator,
+    /// Its shared configs' kinds: each schema, as published.
+    shared: BTreeMap<&'static str, Value>,
 }
 
 /// The configured drivers' schemas, compiled once.
@@ -69,12 +86,23 @@ impl PoolCatalog {
                 let schema = pool_schema(&name, driver.section());
                 let validator = jsonschema::validator_for(&schema)
                     .expect("a schema generated from a Rust type is valid");
+                let shared = driver
+                    .shared_kinds()
+                    .into_iter()
+                    .map(|(kind, schema)| {
+                        let mut schema = schema;
+                        schema["$schema"] = "https://json-schema.org/draft/2020-12/schema".into();
+                        schema["$id"] = format!("urn:flotilla:schema:shared:{name}:{kind}").into();
+                        (kind, schema)
+                    })
+                    .collect();
                 (
                     name,
                     Entry {
                         driver,
                         schema,
                         validator,
+                        shared,
                     },
                 )
             })
@@ -109,6 +137,37 @@ impl PoolCatalog {
     /// The JSON Schema of a pool on driver `driver`.
     pub fn schema(&self, driver: &str) -> Option<&Value> {
         self.drivers.get(driver).map(|e| &e.schema)
+    }
+
+    /// The kinds of shared config driver `driver` publishes.
+    pub fn shared_kinds(&self, driver: &str) -> Vec<&'static str> {
+        self.drivers
+            .get(driver)
+            .map(|e| e.shared.keys().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// The JSON Schema of a shared config of `kind` on driver `driver`.
+    pub fn shared_schema(&self, driver: &str, kind: &str) -> Option<&Value> {
+        self.drivers.get(driver)?.shared.get(kind)
+    }
+
+    /// The type of driver `driver` (`ec2`), if it is configured.
+    pub fn kind_of(&self, driver: &str) -> Option<&'static str> {
+        self.drivers.get(driver).map(|e| e.driver.kind())
+    }
+
+    /// Checks a shared config's `value` against `schema` (a published
+    /// schema, or the one the config was created with): every problem, each
+    /// at its JSON pointer.
+    pub fn check_shared(schema: &Value, value: &Value) -> Vec<Problem> {
+        match jsonschema::validator_for(schema) {
+            Ok(validator) => validator
+                .iter_errors(value)
+                .map(|e| Problem::new(e.instance_path().as_str(), e.to_string()))
+                .collect(),
+            Err(e) => vec![Problem::new("", format!("its schema is not usable: {e}"))],
+        }
     }
 
     /// Checks pool `name` as written (`document`): its driver's schema,

@@ -144,7 +144,10 @@ impl Control {
             ChangeEntity::Cluster | ChangeEntity::Org => ClusterName::new(change.key.as_str())
                 .ok()
                 .and_then(|name| self.engine().org(&name)),
-            ChangeEntity::Account | ChangeEntity::Server | ChangeEntity::Pool => None,
+            ChangeEntity::Account
+            | ChangeEntity::Server
+            | ChangeEntity::Pool
+            | ChangeEntity::SharedConfig => None,
         }
     }
 }

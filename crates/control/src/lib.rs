@@ -19,6 +19,7 @@ mod events;
 mod nodes;
 mod orgs;
 mod pools;
+mod shared;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -26,7 +27,7 @@ use std::sync::Arc;
 use flotilla_domain::{Caller, PoolName};
 use flotilla_engine::{Engine, EngineError};
 
-pub use catalog::{NoSection, PoolCatalog, PoolDriver};
+pub use catalog::{part_schema, NoSection, PoolCatalog, PoolDriver};
 pub use clusters::{Deploy, Destroy, Extend};
 pub use events::{EventPage, EventsQuery, MAX_PAGE};
 pub use nodes::{Console, ExecOutput, MAX_CONSOLE_BYTES, MAX_EXEC_OUTPUT, MAX_EXEC_TIMEOUT};
@@ -37,6 +38,7 @@ pub use orgs::{
 pub use pools::{
     ApplyOutcome, ApplyPool, PoolApplied, PoolDetail, PoolVersion, RetirePool, MAX_POOL_ERRORS,
 };
+pub use shared::{SharedConfigView, WriteSharedConfig};
 
 mod sealed {
     pub trait Sealed {}

@@ -5,8 +5,8 @@ use std::collections::BTreeSet;
 
 use chrono::{DateTime, Utc};
 use flotilla_domain::{
-    authorize_pool_write, Caller, ClusterName, PoolDocument, PoolName, PoolOwner, PoolSource,
-    PoolSpec, POOL_SCHEMA_VERSION,
+    authorize_pool_write, image_from, Caller, ClusterName, PoolDocument, PoolName, PoolOwner,
+    PoolSource, PoolSpec, Problem, SharedConfigName, POOL_SCHEMA_VERSION,
 };
 use flotilla_engine::EngineError;
 use flotilla_store::{PoolRecord, PoolWrite, StoreError};
@@ -64,6 +64,9 @@ pub struct PoolDetail {
     pub is_default: bool,
     /// Clusters whose records name it.
     pub clusters: Vec<ClusterName>,
+    /// The image its next node gets (None: the driver's), with the shared
+    /// config version it comes from; or why it has none.
+    pub image: Result<Option<flotilla_engine::ResolvedImage>, String>,
 }
 
 /// One version of a pool written through the API.
@@ -193,6 +196,7 @@ impl Control {
                 pool: name.to_string(),
                 problems,
             })?;
+        self.check_image_reference(&name, &spec).await?;
         let before: Option<PoolDocument> = latest
             .as_ref()
             .and_then(|r| r.document.clone())
@@ -212,6 +216,59 @@ impl Control {
         })
     }
 
+    /// Refused unless the shared config a pool's image names exists, holds
+    /// images for the pool's type of driver, and gives one (under its key).
+    async fn check_image_reference(
+        &self,
+        pool: &PoolName,
+        spec: &PoolSpec,
+    ) -> Result<(), EngineError> {
+        let Some((shared, key)) = spec.image.as_ref().and_then(|i| i.shared()) else {
+            return Ok(());
+        };
+        let problem = |pointer: &str, message: String| EngineError::PoolImageUnresolved {
+            pool: pool.to_string(),
+            problems: vec![Problem::new(pointer, message)],
+        };
+        // The schema checked the name's shape.
+        let name =
+            SharedConfigName::new(shared).map_err(|e| problem("/image/shared", e.to_string()))?;
+        let Some(record) = self
+            .engine
+            .store()
+            .shared_config_versions(&name)
+            .await?
+            .pop()
+        else {
+            return Err(problem(
+                "/image/shared",
+                format!("no shared config {name}; create it first (flotilla shared-config create)"),
+            ));
+        };
+        let pool_type = self.catalog.kind_of(&spec.driver);
+        let holds_images = record.kind.split_once('/').is_some_and(|(driver, kind)| {
+            kind == "images" && self.catalog.kind_of(driver) == pool_type
+        });
+        if !holds_images {
+            return Err(problem(
+                "/image/shared",
+                format!(
+                    "shared config {name} follows {}; a pool on driver {} takes its image from images of a driver of type {}",
+                    record.kind,
+                    spec.driver,
+                    pool_type.unwrap_or("?")
+                ),
+            ));
+        }
+        image_from(&record.value, key).map_err(|e| {
+            problem(
+                "/image",
+                format!("shared config {name} (version {}): {e}", record.version),
+            )
+        })?;
+        Ok(())
+    }
+
     /// What applying `command` would do, changing nothing: the same checks
     /// and answer as applying it.
     pub async fn dry_run_pool(
@@ -227,6 +284,7 @@ impl Control {
             pool: PoolDetail {
                 is_default: *self.engine.default_pool() == p.name,
                 source: p.spec.source,
+                image: self.engine.resolve_image(&p.spec),
                 updated: None,
                 document: p.document,
                 name: p.name,
@@ -264,6 +322,7 @@ impl Control {
         };
         Ok(PoolDetail {
             is_default: *self.engine.default_pool() == name,
+            image: self.engine.resolve_image(&spec),
             source: spec.source,
             document: spec.document(),
             updated,

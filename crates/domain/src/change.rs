@@ -53,6 +53,10 @@ pub enum ChangeKind {
     PoolApplied,
     /// A pool was retired: no cluster may use it any more.
     PoolRetired,
+    /// A shared config was created (its version 1).
+    SharedConfigCreated,
+    /// A shared config has a new version.
+    SharedConfigUpdated,
 }
 
 /// Which kind of record a change is about: the feed's key is its name.
@@ -65,10 +69,12 @@ pub enum ChangeEntity {
     Server,
     /// A pool written through the API: the key is its name.
     Pool,
+    /// A shared config: the key is its name.
+    SharedConfig,
 }
 
 impl ChangeKind {
-    const PLAIN: [ChangeKind; 16] = [
+    const PLAIN: [ChangeKind; 18] = [
         ChangeKind::ClusterDeployed,
         ChangeKind::ClusterResized,
         ChangeKind::ClusterExtended,
@@ -85,6 +91,8 @@ impl ChangeKind {
         ChangeKind::KeysChanged,
         ChangeKind::PoolApplied,
         ChangeKind::PoolRetired,
+        ChangeKind::SharedConfigCreated,
+        ChangeKind::SharedConfigUpdated,
     ];
 
     pub fn entity(self) -> ChangeEntity {
@@ -104,6 +112,9 @@ impl ChangeKind {
             | ChangeKind::AccountDeleted => ChangeEntity::Account,
             ChangeKind::LeaseTaken | ChangeKind::KeysChanged => ChangeEntity::Server,
             ChangeKind::PoolApplied | ChangeKind::PoolRetired => ChangeEntity::Pool,
+            ChangeKind::SharedConfigCreated | ChangeKind::SharedConfigUpdated => {
+                ChangeEntity::SharedConfig
+            }
         }
     }
 
@@ -141,6 +152,8 @@ impl ChangeKind {
             ChangeKind::KeysChanged => "server.keys_changed",
             ChangeKind::PoolApplied => "pool.applied",
             ChangeKind::PoolRetired => "pool.retired",
+            ChangeKind::SharedConfigCreated => "shared_config.created",
+            ChangeKind::SharedConfigUpdated => "shared_config.updated",
         }
     }
 
@@ -424,7 +437,7 @@ pub fn may_read_change(caller: &Caller, change: &Change, org: Option<&Organisati
             .is_some_and(|a| a.as_str() == change.key),
         ChangeEntity::Server => false,
         // Pools are listed to everyone; who changed them, to accounts.
-        ChangeEntity::Pool => caller.account.is_some(),
+        ChangeEntity::Pool | ChangeEntity::SharedConfig => caller.account.is_some(),
     }
 }
 
@@ -447,6 +460,7 @@ mod tests {
                 ChangeEntity::Account => "account.",
                 ChangeEntity::Server => "server.",
                 ChangeEntity::Pool => "pool.",
+                ChangeEntity::SharedConfig => "shared_config.",
             };
             assert!(k.as_str().starts_with(prefix), "{k}");
         }

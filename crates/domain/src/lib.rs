@@ -31,7 +31,8 @@ pub use money::{
     MICROS_PER_DOLLAR,
 };
 pub use names::{
-    ClusterName, InstanceId, InstanceSetId, InstanceType, NameError, NameKind, PoolName, Username,
+    ClusterName, InstanceId, InstanceSetId, InstanceType, NameError, NameKind, PoolName,
+    SharedConfigName, Username,
 };
 pub use obstacle::{Obstacle, ObstacleCode};
 pub use org::{
@@ -43,7 +44,7 @@ pub use plan::{
     plan, DestroyReason, NodeRecord, NodeState, ObservedNode, Plan, Timeouts, WantedNodes,
 };
 pub use pool::{
-    pointer, pool_schema, schema_of, PoolDocument, PoolOwner, PoolSource, PoolSpec, Problem,
-    WrittenDollars, POOL_SCHEMA_VERSION,
+    image_from, pointer, pool_schema, schema_of, ImageRef, PoolDocument, PoolOwner, PoolSource,
+    PoolSpec, Problem, SharedImages, WrittenDollars, POOL_SCHEMA_VERSION,
 };
 pub use pool_error::{PoolError, PoolErrorKey, PoolErrorKind};

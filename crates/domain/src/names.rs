@@ -16,6 +16,7 @@ pub enum NameKind {
     Cluster,
     Username,
     Pool,
+    SharedConfig,
     InstanceSetId,
     InstanceType,
 }
@@ -26,6 +27,7 @@ impl NameKind {
             NameKind::Cluster => "cluster name",
             NameKind::Username => "username",
             NameKind::Pool => "pool name",
+            NameKind::SharedConfig => "shared config name",
             NameKind::InstanceSetId => "instance set id",
             NameKind::InstanceType => "instance type",
         }
@@ -130,6 +132,16 @@ validated_name!(
     /// A pool's name as written in the config file.
     PoolName,
     NameKind::Pool,
+    64,
+    b"_",
+    "use 1 to 64 letters, digits, '-' or '_', starting with a letter or digit",
+    "^[A-Za-z0-9][-_A-Za-z0-9]{0,63}$"
+);
+
+validated_name!(
+    /// A shared config's name: what a pool's reference names.
+    SharedConfigName,
+    NameKind::SharedConfig,
     64,
     b"_",
     "use 1 to 64 letters, digits, '-' or '_', starting with a letter or digit",

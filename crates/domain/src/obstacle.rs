@@ -35,18 +35,22 @@ pub enum ObstacleCode {
     NoCapacity,
     /// The cluster's pool is no longer configured.
     PoolGone,
+    /// The cluster's pool takes its image from a shared config that does
+    /// not give one (gone, or without the key the pool names).
+    SharedConfigUnresolved,
     /// The server could not write to its store.
     StoreFailed,
 }
 
 impl ObstacleCode {
-    pub const ALL: [ObstacleCode; 7] = [
+    pub const ALL: [ObstacleCode; 8] = [
         ObstacleCode::CloudRefused,
         ObstacleCode::CloudUnavailable,
         ObstacleCode::RateLimited,
         ObstacleCode::QuotaExceeded,
         ObstacleCode::NoCapacity,
         ObstacleCode::PoolGone,
+        ObstacleCode::SharedConfigUnresolved,
         ObstacleCode::StoreFailed,
     ];
 
@@ -58,6 +62,7 @@ impl ObstacleCode {
             ObstacleCode::QuotaExceeded => "quota_exceeded",
             ObstacleCode::NoCapacity => "no_capacity",
             ObstacleCode::PoolGone => "pool_gone",
+            ObstacleCode::SharedConfigUnresolved => "shared_config_unresolved",
             ObstacleCode::StoreFailed => "store_failed",
         }
     }

@@ -38,10 +38,11 @@ pub struct PoolDocument {
     /// (`t3.micro`, `local.small`).
     #[schemars(regex(pattern = r"^[-_.A-Za-z0-9]{1,64}$"))]
     pub instance_type: String,
-    /// The image its nodes boot (an AMI on ec2); the driver's when absent.
+    /// The image its nodes boot (an AMI on ec2), or `{shared = "NAME"}`
+    /// for the one a shared config of kind `images` gives (with `key`, the
+    /// one under that key, such as a region); the driver's when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1))]
-    pub image: Option<String>,
+    pub image: Option<ImageRef>,
     /// Handed to each node at boot: on `local`, a shell command the node
     /// agent runs as its workload; on `ec2`, the user data, with
     /// `{{cluster}}`, `{{instance_set}}`, `{{pool}}` and
@@ -85,6 +86,78 @@ pub struct PoolDocument {
     /// own (pools on an ec2 driver only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ec2: Option<serde_json::Value>,
+}
+
+/// A pool's image: the image itself, or a reference to a shared config
+/// that gives it, resolved from the config's latest version at each launch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged, deny_unknown_fields)]
+pub enum ImageRef {
+    /// The image (an AMI ID on ec2).
+    Id(#[schemars(length(min = 1))] String),
+    /// The image shared config `shared` (of kind `images`) gives: its
+    /// value, or the value under `key` (a region, say).
+    Shared {
+        #[schemars(regex(pattern = r"^[A-Za-z0-9][-_A-Za-z0-9]{0,63}$"))]
+        shared: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[schemars(length(min = 1))]
+        key: Option<String>,
+    },
+}
+
+impl ImageRef {
+    /// The image itself, if the pool names one.
+    pub fn id(&self) -> Option<&str> {
+        match self {
+            ImageRef::Id(id) => Some(id),
+            ImageRef::Shared { .. } => None,
+        }
+    }
+
+    /// The shared config it names, if any.
+    pub fn shared(&self) -> Option<(&str, Option<&str>)> {
+        match self {
+            ImageRef::Id(_) => None,
+            ImageRef::Shared { shared, key } => Some((shared, key.as_deref())),
+        }
+    }
+}
+
+/// The image a shared config's `value` gives under `key`: a value that is
+/// one image gives it (with no key); an object gives its `key`'s.
+pub fn image_from(value: &serde_json::Value, key: Option<&str>) -> Result<String, String> {
+    match (value, key) {
+        (serde_json::Value::String(image), None) => Ok(image.clone()),
+        (serde_json::Value::String(_), Some(key)) => Err(format!(
+            "it holds one image, not one per key; leave out key ({key:?})"
+        )),
+        (serde_json::Value::Object(images), Some(key)) => match images.get(key) {
+            Some(serde_json::Value::String(image)) => Ok(image.clone()),
+            Some(_) => Err(format!("its {key:?} is not an image (a string)")),
+            None => Err(format!(
+                "it has no image for {key:?} (it has: {})",
+                images.keys().cloned().collect::<Vec<_>>().join(", ")
+            )),
+        },
+        (serde_json::Value::Object(_), None) => {
+            Err("it holds an image per key; name the key (key = \"...\")".to_owned())
+        }
+        _ => Err("it holds no image".to_owned()),
+    }
+}
+
+/// A shared config of kind `images`: one image, or one per key (such as a
+/// region). Its schema is what every driver publishes as `images`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(untagged)]
+#[schemars(
+    title = "images",
+    description = "One image, or an image per key (a region, say): what a pool's image = {shared = NAME[, key = KEY]} resolves to."
+)]
+pub enum SharedImages {
+    One(#[schemars(length(min = 1))] String),
+    PerKey(BTreeMap<String, String>),
 }
 
 fn is_false(b: &bool) -> bool {
@@ -223,7 +296,7 @@ pub struct PoolSpec {
     /// The name of the driver (instance set) that makes them.
     pub driver: String,
     pub instance_type: InstanceType,
-    pub image: Option<String>,
+    pub image: Option<ImageRef>,
     pub init_data: Option<String>,
     pub tags: BTreeMap<String, String>,
     /// What one node costs per hour (organisations are charged this).
@@ -440,6 +513,33 @@ mod tests {
             "{problems:?}"
         );
         assert_eq!(problems[1].dotted("pools.p"), "pools.p.tags.flotilla-x/y");
+    }
+
+    #[test]
+    fn an_image_is_named_or_taken_from_a_shared_config() {
+        let d = doc(
+            serde_json::json!({"driver": "aws", "instance_type": "t3.micro",
+            "image": {"shared": "base", "key": "us-west-2"}}),
+        );
+        assert_eq!(
+            d.image.as_ref().unwrap().shared(),
+            Some(("base", Some("us-west-2")))
+        );
+        let d = doc(
+            serde_json::json!({"driver": "aws", "instance_type": "t3.micro",
+            "image": "ami-1"}),
+        );
+        assert_eq!(d.image.as_ref().unwrap().id(), Some("ami-1"));
+        let per_region = serde_json::json!({"us-west-2": "ami-w", "eu-west-1": "ami-e"});
+        assert_eq!(image_from(&per_region, Some("us-west-2")).unwrap(), "ami-w");
+        let e = image_from(&per_region, Some("ap-south-1")).unwrap_err();
+        assert!(e.contains("eu-west-1, us-west-2"), "{e}");
+        assert!(image_from(&per_region, None).is_err());
+        assert_eq!(
+            image_from(&serde_json::json!("ami-1"), None).unwrap(),
+            "ami-1"
+        );
+        assert!(image_from(&serde_json::json!("ami-1"), Some("x")).is_err());
     }
 
     #[test]

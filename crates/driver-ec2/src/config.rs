@@ -242,6 +242,34 @@ where
     deserializer.deserialize_any(OffOr(PhantomData)).map(Some)
 }
 
+/// What EC2 takes as an image: an AMI ID or an SSM parameter.
+pub const IMAGE_PATTERN: &str = r"^(ami-[0-9a-zA-Z]+|resolve:ssm:.+)$";
+
+fn is_image(image: &str) -> bool {
+    (image.starts_with("ami-")
+        && image.len() > 4
+        && image[4..].bytes().all(|b| b.is_ascii_alphanumeric()))
+        || (image.starts_with("resolve:ssm:") && image.len() > 12)
+}
+
+/// An image EC2 takes: an AMI ID or an SSM parameter.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(transparent)]
+pub struct Ec2Image(#[schemars(regex(pattern = IMAGE_PATTERN))] pub String);
+
+/// A shared config of kind `images` on an ec2 driver: one image, or one
+/// per key (the region, usually).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(untagged)]
+#[schemars(
+    title = "images",
+    description = "One AMI (or SSM parameter), or one per key (a region, usually): what a pool's image = {shared = NAME[, key = REGION]} resolves to."
+)]
+pub enum Ec2Images {
+    One(Ec2Image),
+    PerKey(BTreeMap<String, Ec2Image>),
+}
+
 /// The schema of what [`off_or`] reads: `false` or `T`'s table.
 fn off_or_schema<T: JsonSchema>(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
     let table = generator.subschema_for::<T>();
@@ -380,8 +408,8 @@ impl Ec2Config {
                 ),
             ));
         }
-        if let Some(image) = &spec.image {
-            if !image.starts_with("ami-") && !image.starts_with("resolve:ssm:") {
+        if let Some(image) = spec.image.as_ref().and_then(|i| i.id()) {
+            if !is_image(image) {
                 problems.push(Problem::at(
                     "image",
                     format!(

@@ -27,7 +27,10 @@ mod probe;
 mod set;
 pub mod user_data;
 
-pub use config::{AddressKind, Ec2Config, Ec2PoolOptions, HealthCheck, LaunchSettings, SpotConfig};
+pub use config::{
+    AddressKind, Ec2Config, Ec2Image, Ec2Images, Ec2PoolOptions, HealthCheck, LaunchSettings,
+    SpotConfig, IMAGE_PATTERN,
+};
 pub use errors::{classify, ErrorClass, BACKOFF_MAX, BACKOFF_START};
 pub use flotilla_cloud::{InstanceShape, SpotPrice};
 pub use set::{load_sdk_config, Ec2InstanceSet};

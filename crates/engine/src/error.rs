@@ -17,6 +17,28 @@ pub enum EngineError {
         pool: String,
         problems: Vec<flotilla_domain::Problem>,
     },
+    /// A pool's image names a shared config that gives none now (it does
+    /// not exist, holds other images, or lacks the key): the pool is valid,
+    /// the config's state is not what it needs.
+    #[error("pool {pool}: {}", problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    PoolImageUnresolved {
+        pool: String,
+        problems: Vec<flotilla_domain::Problem>,
+    },
+    /// A shared config as written does not follow its schema.
+    #[error("shared config {name} is not valid: {}", problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    InvalidSharedConfig {
+        name: String,
+        problems: Vec<flotilla_domain::Problem>,
+    },
+    #[error("no shared config {name}{}; create it naming the schema it follows (DRIVER/KIND, e.g. aws/images), or see `flotilla shared-config list`", version.map(|v| format!(" at version {v}")).unwrap_or_default())]
+    UnknownSharedConfig { name: String, version: Option<u64> },
+    #[error("shared config {name} follows {kind}, fixed when it was created; it cannot become {asked} (leave the schema out, or create another config)")]
+    SharedConfigSchemaFixed {
+        name: String,
+        kind: String,
+        asked: String,
+    },
     /// The pool is the config file's: changed there, not through the API.
     #[error("pool {0} is defined in the server's config file; change it there (and restart), or apply a pool of another name")]
     PoolInConfig(flotilla_domain::PoolName),

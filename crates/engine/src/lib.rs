@@ -58,7 +58,7 @@ pub use error::EngineError;
 pub use flotilla_cloud::{CloudError, Console, ExecOutput};
 pub use flotilla_domain::PoolSpec;
 pub use orgs::{log_org_events, request_views};
-pub use pools::PoolView;
+pub use pools::{PoolView, ResolvedImage};
 pub use reach::NodeChoice;
 pub use views::{ClusterView, NodeView, OrgClusterView, RequestView};
 
@@ -135,6 +135,8 @@ struct Shared {
     clock: Arc<dyn Clock>,
     sets: BTreeMap<String, Arc<dyn InstanceSet>>,
     pools: pools::PoolTable,
+    /// The latest version of every shared config.
+    shared_configs: pools::SharedConfigs,
     default_pool: PoolName,
     desired: DesiredCache,
     orgs: OrgCache,
@@ -289,6 +291,7 @@ impl Engine {
             clock,
             sets,
             pools: pools::PoolTable::new(pools),
+            shared_configs: pools::SharedConfigs::default(),
             default_pool,
             desired: DesiredCache::new(Vec::new()),
             orgs: OrgCache::new(Vec::new()),
@@ -316,6 +319,7 @@ impl Engine {
         });
 
         pools::refresh(&shared).await?;
+        pools::refresh_shared(&shared).await?;
 
         // A server that can lead at once (the only one, or the leader
         // restarted) begins its term, which reads the records, and lists
@@ -384,6 +388,19 @@ impl Engine {
     /// server's copy has it now.
     pub fn pool(&self, name: &PoolName) -> Option<Arc<PoolSpec>> {
         self.shared.pools.get(name)
+    }
+
+    /// The latest version of shared config `name`, as this server's copy
+    /// has it.
+    pub fn shared_config(&self, name: &str) -> Option<flotilla_store::SharedConfigRecord> {
+        self.shared.shared_configs.get(name)
+    }
+
+    /// The image `pool` launches with now, and the shared config version
+    /// it comes from, if any (None: the driver's image); or why it has
+    /// none.
+    pub fn resolve_image(&self, pool: &PoolSpec) -> Result<Option<ResolvedImage>, String> {
+        pools::resolve_image(&self.shared.shared_configs, pool)
     }
 
     /// The pool a deploy that names none uses.

@@ -15,8 +15,11 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use flotilla_cloud::Offering;
-use flotilla_domain::{InstanceType, PoolDocument, PoolName, PoolSource, PoolSpec};
-use flotilla_store::StoreError;
+use flotilla_domain::{
+    image_from, ImageRef, InstanceType, PoolDocument, PoolName, PoolSource, PoolSpec,
+    SharedConfigName,
+};
+use flotilla_store::{SharedConfigRecord, StoreError};
 use futures::future::join_all;
 use tokio::time::Instant;
 
@@ -51,6 +54,66 @@ impl PoolTable {
 
     pub fn snapshot(&self) -> Arc<PoolMap> {
         self.all.read().unwrap().clone()
+    }
+}
+
+/// The latest version of every shared config, by name: what pools'
+/// shared references resolve to at each launch.
+#[derive(Default)]
+pub(crate) struct SharedConfigs(RwLock<Arc<BTreeMap<SharedConfigName, SharedConfigRecord>>>);
+
+impl SharedConfigs {
+    pub fn get(&self, name: &str) -> Option<SharedConfigRecord> {
+        let name = SharedConfigName::new(name).ok()?;
+        self.0.read().unwrap().get(&name).cloned()
+    }
+}
+
+/// Reads the latest version of every shared config.
+pub(crate) async fn refresh_shared(shared: &Shared) -> Result<(), StoreError> {
+    let latest = shared.store.shared_configs().await?;
+    *shared.shared_configs.0.write().unwrap() =
+        Arc::new(latest.into_iter().map(|r| (r.name.clone(), r)).collect());
+    Ok(())
+}
+
+/// The image a pool launches with, and the shared config version it
+/// comes from, if it does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedImage {
+    pub image: String,
+    pub from: Option<(SharedConfigName, u64)>,
+}
+
+/// The image `pool` launches with now: its own, or what the latest
+/// version of the shared config it names gives. None: the driver's.
+pub(crate) fn resolve_image(
+    configs: &SharedConfigs,
+    pool: &PoolSpec,
+) -> Result<Option<ResolvedImage>, String> {
+    let Some(image) = &pool.image else {
+        return Ok(None);
+    };
+    match image {
+        ImageRef::Id(id) => Ok(Some(ResolvedImage {
+            image: id.clone(),
+            from: None,
+        })),
+        ImageRef::Shared { shared, key } => {
+            let record = configs.get(shared).ok_or_else(|| {
+                format!("its image comes from shared config {shared}, which does not exist")
+            })?;
+            let image = image_from(&record.value, key.as_deref()).map_err(|e| {
+                format!(
+                    "its image comes from shared config {shared} (version {}), but {e}",
+                    record.version
+                )
+            })?;
+            Ok(Some(ResolvedImage {
+                image,
+                from: Some((record.name, record.version)),
+            }))
+        }
     }
 }
 

@@ -708,6 +708,16 @@ async fn create(
     stall: &mut Option<Stall>,
 ) {
     let cluster = &record.name;
+    let image = match crate::pools::resolve_image(&shared.shared_configs, pool) {
+        Ok(image) => image.map(|i| i.image),
+        Err(why) => {
+            errors.push((
+                ObstacleCode::SharedConfigUnresolved,
+                format!("cannot make nodes of pool {}: {why}", record.pool),
+            ));
+            return;
+        }
+    };
     while remaining > 0 {
         // The cluster may have been destroyed or resized while this
         // reconcile probed and destroyed; never create on a stale read.
@@ -723,7 +733,7 @@ async fn create(
             cluster: cluster.clone(),
             pool: record.pool.clone(),
             instance_type: pool.instance_type.clone(),
-            image: pool.image.clone(),
+            image: image.clone(),
             tags: pool.tags.clone(),
             init_data: pool.init_data.clone(),
             workload: record.workload.clone(),

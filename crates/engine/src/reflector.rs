@@ -178,6 +178,7 @@ struct PageReads {
     orgs: HashSet<OrgName>,
     nodes: HashSet<ClusterName>,
     pools: bool,
+    shared_configs: bool,
 }
 
 async fn apply(shared: &Shared, change: &Change, read: &mut PageReads) {
@@ -274,6 +275,31 @@ async fn apply(shared: &Shared, change: &Change, read: &mut PageReads) {
                 }
             }
         }
+        ChangeEntity::SharedConfig => {
+            if !read.shared_configs {
+                read.shared_configs = true;
+                if let Err(e) = crate::pools::refresh_shared(shared).await {
+                    tracing::warn!(error = %e, "reading the shared configs failed");
+                }
+            }
+            // Clusters waiting for an image from it may launch now.
+            if leading {
+                let pools = shared.pools.snapshot();
+                for name in shared.desired.names() {
+                    let uses = shared.desired.get(&name).is_some_and(|r| {
+                        pools.get(&r.pool).is_some_and(|p| {
+                            p.image
+                                .as_ref()
+                                .and_then(|i| i.shared())
+                                .is_some_and(|(s, _)| s == change.key)
+                        })
+                    });
+                    if uses {
+                        shared.runtime.wake(name);
+                    }
+                }
+            }
+        }
         ChangeEntity::Account | ChangeEntity::Server => {}
     }
     // Nobody listening is fine.
@@ -294,5 +320,6 @@ pub(crate) async fn refresh(shared: &Shared) -> Result<(), StoreError> {
     let obstacles = shared.store.published_obstacles().await?;
     *shared.published_obstacles.lock().unwrap() = obstacles.into_iter().collect();
     crate::pools::refresh(shared).await?;
+    crate::pools::refresh_shared(shared).await?;
     Ok(())
 }

@@ -12,8 +12,9 @@ use flotilla_api_types::{
     ExecRequest, ExecResponse, ExtendRequest, GithubLoginRequest, Ledger, Level, LoginRequest,
     MemberRoleRequest, MembershipRequestResponse, NodeLogs, OrgClusterStatus, OrgList, OrgView,
     PoolApplied, PoolDetail, PoolErrorList, PoolHistory, PoolList, PoolVersion, PoolView,
-    RefreshRequest, SchemaIndex, SigningKeyList, TokenResponse, UpdateOrgRequest,
-    UpdateUserRequest, Usage, UserList, UserView, WhoAmI,
+    RefreshRequest, SchemaIndex, SharedConfigList, SharedConfigRequest, SharedConfigView,
+    SigningKeyList, TokenResponse, UpdateOrgRequest, UpdateUserRequest, Usage, UserList, UserView,
+    WhoAmI,
 };
 use flotilla_domain::Money;
 use reqwest::StatusCode;
@@ -559,6 +560,15 @@ impl Client {
                 if let (Some(at), Some(by)) = (detail.updated_at, &detail.updated_by) {
                     println!("updated:  {} by {by}", at.format("%Y-%m-%d %H:%M:%S UTC"));
                 }
+                match (&detail.image, &detail.image_from, &detail.image_problem) {
+                    (_, _, Some(problem)) => println!("image:    none: {problem}"),
+                    (Some(image), Some(from), _) => println!(
+                        "image:    {image} (shared config {} version {})",
+                        from.shared_config, from.version
+                    ),
+                    (Some(image), None, _) => println!("image:    {image}"),
+                    (None, _, _) => println!("image:    the driver's"),
+                }
                 println!(
                     "clusters: {}",
                     if detail.clusters.is_empty() {
@@ -617,12 +627,14 @@ impl Client {
 
     /// `flotilla schema show [DRIVER]`: a schema is JSON whatever the
     /// output; the index is a table in text.
-    pub async fn schema_show(&self, driver: Option<&str>) -> Result<u8> {
+    pub async fn schema_show(&self, driver: Option<&str>, shared: Option<&str>) -> Result<u8> {
         match driver {
             Some(driver) => {
-                let req = self
-                    .http
-                    .get(self.url(&format!("/api/v1/schemas/{driver}/pool")));
+                let path = match shared {
+                    Some(kind) => format!("/api/v1/schemas/{driver}/shared/{kind}"),
+                    None => format!("/api/v1/schemas/{driver}/pool"),
+                };
+                let req = self.http.get(self.url(&path));
                 let (schema, _) = self.send::<serde_json::Value>(req).await?;
                 println!(
                     "{}",
@@ -638,11 +650,134 @@ impl Client {
                         let rows: Vec<Vec<String>> = index
                             .drivers
                             .iter()
-                            .map(|d| vec![d.driver.clone(), d.kind.clone(), d.pool.clone()])
+                            .map(|d| {
+                                vec![
+                                    d.driver.clone(),
+                                    d.kind.clone(),
+                                    d.pool.clone(),
+                                    d.shared.keys().cloned().collect::<Vec<_>>().join(", "),
+                                ]
+                            })
                             .collect();
-                        print!("{}", table(&["DRIVER", "TYPE", "POOL SCHEMA"], &rows));
+                        print!(
+                            "{}",
+                            table(&["DRIVER", "TYPE", "POOL SCHEMA", "SHARED KINDS"], &rows)
+                        );
                     }
                 }
+            }
+        }
+        Ok(exit::OK)
+    }
+
+    /// `flotilla shared-config create|update`.
+    pub async fn shared_write(
+        &self,
+        name: &str,
+        schema: Option<String>,
+        value: serde_json::Value,
+    ) -> Result<u8> {
+        let req = self
+            .http
+            .put(self.url(&format!("/api/v1/shared-configs/{name}")))
+            .json(&SharedConfigRequest { schema, value });
+        let (config, raw) = self.send::<SharedConfigView>(req).await?;
+        match self.output {
+            Output::Json => println!("{}", raw.trim()),
+            Output::Text => {
+                println!("shared config {name} is at version {}", config.version);
+                if !config.used_by.is_empty() {
+                    println!(
+                        "pools launching with it from now on: {}",
+                        config.used_by.join(", ")
+                    );
+                }
+            }
+        }
+        Ok(exit::OK)
+    }
+
+    /// `flotilla shared-config show`.
+    pub async fn shared_show(&self, name: &str, version: Option<u64>) -> Result<u8> {
+        let mut req = self
+            .http
+            .get(self.url(&format!("/api/v1/shared-configs/{name}")));
+        if let Some(v) = version {
+            req = req.query(&[("version", v)]);
+        }
+        let (config, raw) = self.send::<SharedConfigView>(req).await?;
+        match self.output {
+            Output::Json => println!("{}", raw.trim()),
+            Output::Text => {
+                let current = if config.version == config.latest {
+                    " (the one pools use)"
+                } else {
+                    ""
+                };
+                println!("shared config: {}", config.name);
+                println!(
+                    "version:       {} of {}{current}",
+                    config.version, config.latest
+                );
+                println!("schema:        {}", config.schema);
+                println!(
+                    "written:       {} by {}",
+                    config.at.format("%Y-%m-%d %H:%M:%S UTC"),
+                    config.by
+                );
+                println!(
+                    "used by:       {}",
+                    if config.used_by.is_empty() {
+                        "no pool".to_owned()
+                    } else {
+                        config.used_by.join(", ")
+                    }
+                );
+                println!();
+                match &config.value {
+                    serde_json::Value::Object(_) => print!("{}", toml_of(&config.value)),
+                    other => println!("{other}"),
+                }
+            }
+        }
+        Ok(exit::OK)
+    }
+
+    /// `flotilla shared-config list`.
+    pub async fn shared_list(&self) -> Result<u8> {
+        let req = self.http.get(self.url("/api/v1/shared-configs"));
+        let (list, raw) = self.send::<SharedConfigList>(req).await?;
+        match self.output {
+            Output::Json => println!("{}", raw.trim()),
+            Output::Text => {
+                let rows: Vec<Vec<String>> = list
+                    .shared_configs
+                    .iter()
+                    .map(|c| {
+                        vec![
+                            c.name.clone(),
+                            c.version.to_string(),
+                            c.schema.clone(),
+                            c.at.format("%Y-%m-%d %H:%M:%S").to_string(),
+                            c.by.clone(),
+                            c.used_by.join(", "),
+                        ]
+                    })
+                    .collect();
+                print!(
+                    "{}",
+                    table(
+                        &[
+                            "NAME",
+                            "VERSION",
+                            "SCHEMA",
+                            "WRITTEN (UTC)",
+                            "BY",
+                            "USED BY"
+                        ],
+                        &rows
+                    )
+                );
             }
         }
         Ok(exit::OK)

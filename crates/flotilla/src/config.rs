@@ -453,6 +453,16 @@ impl PoolDriver for DriverRules {
             DriverConfig::Local { .. } | DriverConfig::Fake { .. } => Vec::new(),
         }
     }
+
+    fn shared_kinds(&self) -> Vec<(&'static str, serde_json::Value)> {
+        let images = match &self.0 {
+            DriverConfig::Ec2(_) => flotilla_domain::schema_of::<flotilla_driver_ec2::Ec2Images>(),
+            DriverConfig::Local { .. } | DriverConfig::Fake { .. } => {
+                flotilla_domain::schema_of::<flotilla_domain::SharedImages>()
+            }
+        };
+        vec![("images", flotilla_control::part_schema(images))]
+    }
 }
 
 /// The catalogue of `drivers`: what a pool on each may say.
@@ -993,6 +1003,22 @@ mod tests {
                 "{} is not what this build generates; run FLOTILLA_BLESS=1 cargo nextest run -p flotilla published_schemas",
                 path.display()
             );
+            for kind in catalog.shared_kinds(name) {
+                let path = dir.join(format!("shared-{name}-{kind}.json"));
+                let generated =
+                    serde_json::to_string_pretty(catalog.shared_schema(name, kind).unwrap())
+                        .unwrap()
+                        + "\n";
+                if std::env::var_os("FLOTILLA_BLESS").is_some() {
+                    std::fs::write(&path, &generated).unwrap();
+                }
+                let published = std::fs::read_to_string(&path).unwrap_or_default();
+                assert!(
+                    published == generated,
+                    "{} is not what this build generates; run FLOTILLA_BLESS=1 cargo nextest run -p flotilla published_schemas",
+                    path.display()
+                );
+            }
         }
     }
 
@@ -1127,7 +1153,10 @@ image = "ami-12c6146b"
         let pool = &c.pools[&PoolName::new("ec2").unwrap()];
         assert_eq!(pool.driver, "aws");
         assert_eq!(pool.instance_type.as_str(), "t3.micro");
-        assert_eq!(pool.image.as_deref(), Some("ami-12c6146b"));
+        assert_eq!(
+            pool.image.as_ref().and_then(|i| i.id()),
+            Some("ami-12c6146b")
+        );
     }
 
     /// The README's config example is what an operator copies: it must parse

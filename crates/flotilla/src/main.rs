@@ -170,10 +170,22 @@ enum Command {
         #[command(subcommand)]
         command: PoolCommand,
     },
-    /// The JSON Schemas of pools, one per configured driver.
+    /// The JSON Schemas of pools and shared configs, per configured driver.
     Schema {
         #[command(subcommand)]
         command: SchemaCommand,
+    },
+    /// Shared configs: values many pools use (the image per region), each
+    /// version kept, its schema fixed when it is created.
+    #[command(after_help = "Examples:
+  flotilla schema show aws --shared images             # what an images config holds
+  flotilla shared-config create base-images --schema aws/images images.toml
+  flotilla shared-config update base-images images.toml   # every pool naming it launches with it
+  flotilla shared-config show base-images --version 1
+  flotilla shared-config list")]
+    SharedConfig {
+        #[command(subcommand)]
+        command: SharedConfigCommand,
     },
     /// Show the changes you may see (your clusters', organisations' and
     /// account's, public clusters'), oldest first; one cluster's with its
@@ -340,8 +352,41 @@ enum UserCommand {
 #[derive(Subcommand)]
 enum SchemaCommand {
     /// The JSON Schema of a pool on DRIVER (a driver's name in the server's
-    /// config); without DRIVER, the drivers that have one.
-    Show { driver: Option<String> },
+    /// config), or of a kind of shared config; without DRIVER, what each
+    /// driver publishes.
+    Show {
+        driver: Option<String>,
+        /// The schema of this kind of shared config (`images`) instead.
+        #[arg(long, requires = "driver")]
+        shared: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum SharedConfigCommand {
+    /// Create shared config NAME from FILE (TOML, or JSON if it ends in
+    /// .json), following the published schema SCHEMA (DRIVER/KIND) for
+    /// good. Admins only.
+    Create {
+        name: String,
+        #[arg(long)]
+        schema: String,
+        file: std::path::PathBuf,
+    },
+    /// Write the next version of NAME from FILE: it must follow the
+    /// config's schema. Pools naming it launch with it from now on.
+    Update {
+        name: String,
+        file: std::path::PathBuf,
+    },
+    /// A shared config, its latest version or VERSION.
+    Show {
+        name: String,
+        #[arg(long)]
+        version: Option<u64>,
+    },
+    /// Every shared config.
+    List,
 }
 
 #[derive(Subcommand)]
@@ -765,8 +810,24 @@ fn main() -> ExitCode {
                         PoolCommand::History { pool } => client.pool_history(&pool).await,
                     },
                     Command::Schema {
-                        command: SchemaCommand::Show { driver },
-                    } => client.schema_show(driver.as_deref()).await,
+                        command: SchemaCommand::Show { driver, shared },
+                    } => client.schema_show(driver.as_deref(), shared.as_deref()).await,
+                    Command::SharedConfig { command } => match command {
+                        SharedConfigCommand::Create { name, schema, file } => {
+                            match read_document(&file) {
+                                Ok(value) => client.shared_write(&name, Some(schema), value).await,
+                                Err(e) => Err(e),
+                            }
+                        }
+                        SharedConfigCommand::Update { name, file } => match read_document(&file) {
+                            Ok(value) => client.shared_write(&name, None, value).await,
+                            Err(e) => Err(e),
+                        },
+                        SharedConfigCommand::Show { name, version } => {
+                            client.shared_show(&name, version).await
+                        }
+                        SharedConfigCommand::List => client.shared_list().await,
+                    },
                     Command::Events {
                         cluster,
                         after,
@@ -939,9 +1000,6 @@ fn read_pool_file(
     file: &std::path::Path,
     name: Option<String>,
 ) -> Result<(String, serde_json::Value), cli::Failure> {
-    let usage = |m: String| cli::Failure::new(cli::exit::USAGE, m);
-    let text = std::fs::read_to_string(file)
-        .map_err(|e| usage(format!("cannot read {}: {e}", file.display())))?;
     let name = match name {
         Some(n) => n,
         None => file
@@ -949,15 +1007,23 @@ fn read_pool_file(
             .and_then(|s| s.to_str())
             .map(str::to_owned)
             .ok_or_else(|| {
-                usage(format!(
-                    "{}: give the pool's name with --name",
-                    file.display()
-                ))
+                cli::Failure::new(
+                    cli::exit::USAGE,
+                    format!("{}: give the pool's name with --name", file.display()),
+                )
             })?,
     };
-    let document = if file.extension().is_some_and(|e| e == "json") {
+    Ok((name, read_document(file)?))
+}
+
+/// A document from `file`: JSON if it ends in `.json`, else TOML.
+fn read_document(file: &std::path::Path) -> Result<serde_json::Value, cli::Failure> {
+    let usage = |m: String| cli::Failure::new(cli::exit::USAGE, m);
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| usage(format!("cannot read {}: {e}", file.display())))?;
+    if file.extension().is_some_and(|e| e == "json") {
         serde_json::from_str(&text)
-            .map_err(|e| usage(format!("{} is not JSON: {e}", file.display())))?
+            .map_err(|e| usage(format!("{} is not JSON: {e}", file.display())))
     } else {
         let table: toml::Table = toml::from_str(&text).map_err(|e| {
             usage(format!(
@@ -966,9 +1032,8 @@ fn read_pool_file(
                 e.to_string().trim_end()
             ))
         })?;
-        serde_json::to_value(table).map_err(|e| usage(format!("{}: {e}", file.display())))?
-    };
-    Ok((name, document))
+        serde_json::to_value(table).map_err(|e| usage(format!("{}: {e}", file.display())))
+    }
 }
 
 #[cfg(test)]

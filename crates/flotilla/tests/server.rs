@@ -1185,4 +1185,42 @@ fn a_pool_applied_from_a_file_makes_real_nodes_and_outlives_a_restart() {
     let out = server.cli(&["pool", "apply", file.to_str().unwrap(), "--name", "default"]);
     assert_eq!(code(&out), 1);
     assert!(String::from_utf8_lossy(&out.stderr).contains("pool_in_config"));
+
+    // A shared config of images; a pool takes its image from it.
+    let images = sandbox.path().join("images.toml");
+    std::fs::write(&images, "here = \"img-1\"\n").unwrap();
+    let out = server.cli(&[
+        "shared-config",
+        "create",
+        "base",
+        "--schema",
+        "local/images",
+        images.to_str().unwrap(),
+    ]);
+    assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::write(&images, "here = \"img-2\"\n").unwrap();
+    let out = server.cli(&["shared-config", "update", "base", images.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("version 2"));
+    let imaged = sandbox.path().join("imaged.toml");
+    std::fs::write(
+        &imaged,
+        "driver = \"local\"\ninstance_type = \"local.small\"\nimage = { shared = \"base\", key = \"here\" }\n",
+    )
+    .unwrap();
+    let out = server.cli(&["pool", "apply", imaged.to_str().unwrap()]);
+    assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    let out = server.cli(&["pool", "show", "imaged"]);
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        shown.contains("image:    img-2 (shared config base version 2)"),
+        "{shown}"
+    );
+    let out = server.cli(&["shared-config", "show", "base", "--version", "1"]);
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        shown.contains("1 of 2") && shown.contains("img-1") && shown.contains("imaged"),
+        "{shown}"
+    );
+    let out = server.cli(&["shared-config", "list"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("local/images"));
 }

@@ -6,10 +6,12 @@
 //! waits on STATUS for the pool to come back (its obstacle says so).
 
 use chrono::{DateTime, Utc};
-use flotilla_domain::PoolName;
-use flotilla_store::sql::{self as row, PoolRow};
+use flotilla_domain::{PoolName, SharedConfigName};
+use flotilla_store::sql::{self as row, PoolRow, SharedConfigRow};
 use flotilla_store::{
-    check_stale, in_use, next_version, pool_change, PoolRecord, PoolStore, PoolWrite, StoreError,
+    check_stale, in_use, next_shared_version, next_version, pool_change, shared_config_change,
+    PoolRecord, PoolStore, PoolWrite, SharedConfigRecord, SharedConfigStore, SharedConfigWrite,
+    StoreError,
 };
 
 use crate::{commit_with, PostgresStore};
@@ -90,5 +92,74 @@ impl PoolStore for PostgresStore {
 
     async fn pool_history(&self, name: &PoolName) -> Result<Vec<PoolRecord>, StoreError> {
         history(self, name).await
+    }
+}
+
+/// Writes a shared config's next version (see the module's note on
+/// racing writers, which holds here too).
+pub(crate) async fn write_shared(
+    store: &PostgresStore,
+    write: &SharedConfigWrite,
+    now: DateTime<Utc>,
+) -> Result<SharedConfigRecord, StoreError> {
+    let mut tx = store.begin().await?;
+    let rows: Vec<SharedConfigRow> = sqlx::query_as(&row::shared_config_versions_select())
+        .bind(write.name.as_str())
+        .fetch_all(&mut *tx)
+        .await?;
+    let versions = rows
+        .into_iter()
+        .map(SharedConfigRecord::try_from)
+        .collect::<Result<Vec<_>, _>>()?;
+    let found = versions.last().map_or(0, |r| r.version);
+    let record = next_shared_version(write, found, versions.first(), now)?;
+    sqlx::query(row::SHARED_CONFIG_INSERT)
+        .bind(record.name.as_str())
+        .bind(record.version as i64)
+        .bind(&record.kind)
+        .bind(record.schema.to_string())
+        .bind(record.value.to_string())
+        .bind(row::to_millis(now))
+        .bind(&record.by)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| match StoreError::from(e) {
+            StoreError::Duplicate(_) => StoreError::Stale {
+                what: format!("shared config {}", write.name),
+                expected: write.expected,
+                found: write.expected + 1,
+            },
+            other => other,
+        })?;
+    commit_with(tx, &[shared_config_change(&record)], now).await?;
+    Ok(record)
+}
+
+#[async_trait::async_trait]
+impl SharedConfigStore for PostgresStore {
+    async fn write_shared_config(
+        &self,
+        write: &SharedConfigWrite,
+        now: DateTime<Utc>,
+    ) -> Result<SharedConfigRecord, StoreError> {
+        write_shared(self, write, now).await
+    }
+
+    async fn shared_configs(&self) -> Result<Vec<SharedConfigRecord>, StoreError> {
+        let rows: Vec<SharedConfigRow> = sqlx::query_as(&row::shared_configs_latest_select())
+            .fetch_all(&self.pool)
+            .await?;
+        rows.into_iter().map(SharedConfigRecord::try_from).collect()
+    }
+
+    async fn shared_config_versions(
+        &self,
+        name: &SharedConfigName,
+    ) -> Result<Vec<SharedConfigRecord>, StoreError> {
+        let rows: Vec<SharedConfigRow> = sqlx::query_as(&row::shared_config_versions_select())
+            .bind(name.as_str())
+            .fetch_all(&self.pool)
+            .await?;
+        rows.into_iter().map(SharedConfigRecord::try_from).collect()
     }
 }

@@ -165,3 +165,101 @@ pub async fn racing_writers_of_one_version_write_it_once(h: Harness) {
         .unwrap();
     assert_eq!(history.len(), 1);
 }
+
+fn shared(name: &str, expected: u64, value: serde_json::Value) -> crate::SharedConfigWrite {
+    crate::SharedConfigWrite {
+        name: flotilla_domain::SharedConfigName::new(name).expect("valid name"),
+        expected,
+        kind: "aws/images".to_owned(),
+        schema: json!({"type": "object"}),
+        value,
+        by: "ann".to_owned(),
+    }
+}
+
+pub async fn shared_configs_keep_every_version_and_their_first_schema(h: Harness) {
+    let store = h.store;
+    let base = flotilla_domain::SharedConfigName::new("base").unwrap();
+    let v1 = store
+        .write_shared_config(&shared("base", 0, json!({"us-west-2": "ami-1"})), t(1))
+        .await
+        .unwrap();
+    assert_eq!((v1.version, v1.kind.as_str()), (1, "aws/images"));
+    // An update keeps the kind and schema of the first version.
+    let mut update = shared("base", 1, json!({"us-west-2": "ami-2"}));
+    update.kind = "aws/other".to_owned();
+    update.schema = json!({"type": "string"});
+    let v2 = store.write_shared_config(&update, t(2)).await.unwrap();
+    assert_eq!(
+        (v2.version, v2.kind.as_str(), &v2.schema),
+        (2, "aws/images", &json!({"type": "object"}))
+    );
+    match store
+        .write_shared_config(&shared("base", 1, json!({})), t(3))
+        .await
+    {
+        Err(StoreError::Stale { found: 2, .. }) => {}
+        other => panic!("expected Stale, got {other:?}"),
+    }
+    match store
+        .write_shared_config(&shared("base", 0, json!({})), t(3))
+        .await
+    {
+        Err(StoreError::Stale { found: 2, .. }) => {}
+        other => panic!("creating it again: expected Stale, got {other:?}"),
+    }
+    store
+        .write_shared_config(&shared("other", 0, json!("ami-9")), t(4))
+        .await
+        .unwrap();
+    let latest = store.shared_configs().await.unwrap();
+    assert_eq!(
+        latest
+            .iter()
+            .map(|r| (r.name.as_str(), r.version))
+            .collect::<Vec<_>>(),
+        [("base", 2), ("other", 1)]
+    );
+    assert_eq!(latest[0].value, json!({"us-west-2": "ami-2"}));
+    let versions = store.shared_config_versions(&base).await.unwrap();
+    assert_eq!(versions.len(), 2);
+    assert_eq!(versions[0].value, json!({"us-west-2": "ami-1"}));
+    assert_eq!(versions[1].at, t(2));
+    let changes = store
+        .changes(0, 100, Some((ChangeEntity::SharedConfig, "base")))
+        .await
+        .unwrap();
+    assert_eq!(
+        changes.iter().map(|c| c.kind).collect::<Vec<_>>(),
+        [
+            ChangeKind::SharedConfigCreated,
+            ChangeKind::SharedConfigUpdated
+        ]
+    );
+}
+
+pub async fn racing_writers_of_one_shared_config_write_it_once(h: Harness) {
+    let mut racers = JoinSet::new();
+    for i in 0..8 {
+        let store = if i % 2 == 0 {
+            h.store.clone()
+        } else {
+            h.second.clone()
+        };
+        racers.spawn(async move {
+            store
+                .write_shared_config(&shared("base", 0, json!(format!("ami-{i}"))), t(1))
+                .await
+        });
+    }
+    let mut won = 0;
+    while let Some(result) = racers.join_next().await {
+        match result.unwrap() {
+            Ok(_) => won += 1,
+            Err(StoreError::Stale { .. }) => {}
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+    assert_eq!(won, 1);
+    assert_eq!(h.store.shared_configs().await.unwrap().len(), 1);
+}

@@ -39,7 +39,10 @@ pub use keys::{keys_change, AddKeys, SigningKeyRecord};
 pub use lease::{ClusterNodes, ClusterObstacle, Fence, GoneNode, Lease, LeaseStore};
 pub use memory::MemoryStore;
 pub use orgs::{OrgChange, OrgChanged, OrgStore, OrgUsage};
-pub use pools::{check_stale, in_use, next_version, pool_change, PoolRecord, PoolStore, PoolWrite};
+pub use pools::{
+    check_stale, in_use, next_shared_version, next_version, pool_change, shared_config_change,
+    PoolRecord, PoolStore, PoolWrite, SharedConfigRecord, SharedConfigStore, SharedConfigWrite,
+};
 
 /// Why a store call failed. Backend-neutral: each backend maps its own
 /// errors into these, so callers (and the contract suite) see one
@@ -163,7 +166,15 @@ pub trait ChangeFeed: Send + Sync {
 /// changes in [`ChangeFeed`], so one backend (one database) holds them all.
 #[async_trait]
 pub trait Store:
-    AccountStore + OrgStore + ChangeFeed + LeaseStore + PoolStore + Send + Sync + 'static
+    AccountStore
+    + OrgStore
+    + ChangeFeed
+    + LeaseStore
+    + PoolStore
+    + SharedConfigStore
+    + Send
+    + Sync
+    + 'static
 {
     /// The ownership ID of the instance set behind driver `driver`: created
     /// on first use and the same forever after, so a restarted server adopts

@@ -47,6 +47,7 @@ struct Inner {
     obstacles: BTreeMap<ClusterName, Obstacle>,
     pool_errors: BTreeMap<PoolErrorKey, PoolError>,
     pools: BTreeMap<PoolName, Vec<PoolRecord>>,
+    shared_configs: BTreeMap<flotilla_domain::SharedConfigName, Vec<crate::SharedConfigRecord>>,
 }
 
 struct StoredToken {
@@ -883,6 +884,45 @@ impl ChangeFeed for MemoryStore {
         let was = inner.changes.len();
         inner.changes.retain(|c| c.at >= before);
         Ok((was - inner.changes.len()) as u64)
+    }
+}
+
+#[async_trait]
+impl crate::SharedConfigStore for MemoryStore {
+    async fn write_shared_config(
+        &self,
+        write: &crate::SharedConfigWrite,
+        now: DateTime<Utc>,
+    ) -> Result<crate::SharedConfigRecord, StoreError> {
+        let mut inner = self.inner.lock().unwrap();
+        let versions = inner.shared_configs.get(&write.name);
+        let found = versions.and_then(|v| v.last()).map_or(0, |r| r.version);
+        let record =
+            crate::next_shared_version(write, found, versions.and_then(|v| v.first()), now)?;
+        inner
+            .shared_configs
+            .entry(write.name.clone())
+            .or_default()
+            .push(record.clone());
+        inner.record(crate::shared_config_change(&record), now);
+        Ok(record)
+    }
+
+    async fn shared_configs(&self) -> Result<Vec<crate::SharedConfigRecord>, StoreError> {
+        let inner = self.inner.lock().unwrap();
+        Ok(inner
+            .shared_configs
+            .values()
+            .filter_map(|v| v.last().cloned())
+            .collect())
+    }
+
+    async fn shared_config_versions(
+        &self,
+        name: &flotilla_domain::SharedConfigName,
+    ) -> Result<Vec<crate::SharedConfigRecord>, StoreError> {
+        let inner = self.inner.lock().unwrap();
+        Ok(inner.shared_configs.get(name).cloned().unwrap_or_default())
     }
 }
 

@@ -4,7 +4,7 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use flotilla_domain::{ChangeKind, NewChange, PoolName};
+use flotilla_domain::{ChangeKind, NewChange, PoolName, SharedConfigName};
 
 use crate::StoreError;
 
@@ -106,4 +106,101 @@ pub fn check_stale(write: &PoolWrite, found: u64) -> Result<(), StoreError> {
             found,
         })
     }
+}
+
+/// One version of a shared config: a value many pools use (say, the image
+/// per region), checked against its schema, which is fixed when it is
+/// created. None is ever deleted.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SharedConfigRecord {
+    pub name: SharedConfigName,
+    /// 1 at creation, one more for each update.
+    pub version: u64,
+    /// Which published schema it follows (`DRIVER/KIND`, as `aws/images`).
+    pub kind: String,
+    /// That schema as it was when the config was created.
+    pub schema: serde_json::Value,
+    pub value: serde_json::Value,
+    pub at: DateTime<Utc>,
+    pub by: String,
+}
+
+/// A write of one shared config: its next version.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SharedConfigWrite {
+    pub name: SharedConfigName,
+    /// The version the writer read (0: creating it).
+    pub expected: u64,
+    /// For a creation; an update keeps the config's.
+    pub kind: String,
+    pub schema: serde_json::Value,
+    pub value: serde_json::Value,
+    pub by: String,
+}
+
+#[async_trait]
+pub trait SharedConfigStore: Send + Sync {
+    /// Writes version `expected + 1` of the config, with its change
+    /// (`shared_config.created` or `.updated`); an update keeps the kind
+    /// and schema of the config's first version, whatever `write` says.
+    /// Refused, changing nothing, as [`StoreError::Stale`] if the config's
+    /// latest version is not `expected`.
+    async fn write_shared_config(
+        &self,
+        write: &SharedConfigWrite,
+        now: DateTime<Utc>,
+    ) -> Result<SharedConfigRecord, StoreError>;
+
+    /// Each shared config's latest version, by name.
+    async fn shared_configs(&self) -> Result<Vec<SharedConfigRecord>, StoreError>;
+
+    /// Every version of config `name`, oldest first (empty: none).
+    async fn shared_config_versions(
+        &self,
+        name: &SharedConfigName,
+    ) -> Result<Vec<SharedConfigRecord>, StoreError>;
+}
+
+/// The change feed's entry for a shared config's new version.
+pub fn shared_config_change(record: &SharedConfigRecord) -> NewChange {
+    NewChange {
+        kind: if record.version == 1 {
+            ChangeKind::SharedConfigCreated
+        } else {
+            ChangeKind::SharedConfigUpdated
+        },
+        key: record.name.to_string(),
+        payload: serde_json::json!({ "version": record.version, "by": record.by, "kind": record.kind }),
+    }
+}
+
+/// The record `write` makes as the version after `first` (the config's
+/// first version, whose kind and schema it keeps; None: creating it), at
+/// `now`. `Stale` unless `found` is the version `write` read.
+pub fn next_shared_version(
+    write: &SharedConfigWrite,
+    found: u64,
+    first: Option<&SharedConfigRecord>,
+    now: DateTime<Utc>,
+) -> Result<SharedConfigRecord, StoreError> {
+    if found != write.expected {
+        return Err(StoreError::Stale {
+            what: format!("shared config {}", write.name),
+            expected: write.expected,
+            found,
+        });
+    }
+    let (kind, schema) = match first {
+        Some(first) => (first.kind.clone(), first.schema.clone()),
+        None => (write.kind.clone(), write.schema.clone()),
+    };
+    Ok(SharedConfigRecord {
+        name: write.name.clone(),
+        version: found + 1,
+        kind,
+        schema,
+        value: write.value.clone(),
+        at: now,
+        by: write.by.clone(),
+    })
 }

@@ -351,6 +351,63 @@ pub const POOL_INSERT: &str =
     "INSERT INTO pools (name, version, document, schema_version, at, by_account) \
      VALUES ($1, $2, $3, $4, $5, $6)";
 
+/// A row of `shared_configs`: one version of a shared config.
+#[derive(Debug, sqlx::FromRow)]
+pub struct SharedConfigRow {
+    pub name: String,
+    pub version: i64,
+    pub kind: String,
+    pub schema: String,
+    pub value: String,
+    pub at: i64,
+    pub by_account: String,
+}
+
+impl TryFrom<SharedConfigRow> for crate::SharedConfigRecord {
+    type Error = StoreError;
+
+    fn try_from(row: SharedConfigRow) -> Result<crate::SharedConfigRecord, StoreError> {
+        let corrupt = |what: &str| {
+            StoreError::Corrupt(format!(
+                "shared_configs row {:?} v{}: {what}",
+                row.name, row.version
+            ))
+        };
+        let json = |text: &str, what: &str| {
+            serde_json::from_str(text).map_err(|e| corrupt(&format!("{what}: {e}")))
+        };
+        Ok(crate::SharedConfigRecord {
+            name: flotilla_domain::SharedConfigName::new(row.name.as_str())
+                .map_err(|e| corrupt(&e.to_string()))?,
+            version: u64::try_from(row.version).map_err(|_| corrupt("negative version"))?,
+            schema: json(&row.schema, "schema")?,
+            value: json(&row.value, "value")?,
+            at: time("shared_configs", &row.name, "at", row.at)?,
+            kind: row.kind,
+            by: row.by_account,
+        })
+    }
+}
+
+const SHARED_COLUMNS: &str = "name, version, kind, schema, value, at, by_account";
+
+/// Each shared config's latest version, by name.
+pub fn shared_configs_latest_select() -> String {
+    format!(
+        "SELECT {SHARED_COLUMNS} FROM shared_configs s \
+         WHERE version = (SELECT MAX(version) FROM shared_configs t WHERE t.name = s.name) \
+         ORDER BY name"
+    )
+}
+
+/// Every version of shared config `$1`, oldest first.
+pub fn shared_config_versions_select() -> String {
+    format!("SELECT {SHARED_COLUMNS} FROM shared_configs WHERE name = $1 ORDER BY version")
+}
+
+pub const SHARED_CONFIG_INSERT: &str = "INSERT INTO shared_configs \
+     (name, version, kind, schema, value, at, by_account) VALUES ($1, $2, $3, $4, $5, $6, $7)";
+
 // The leader's lease and published nodes.
 
 /// A row of `leases`.
@@ -703,6 +760,7 @@ pub fn entity_pattern(entity: ChangeEntity) -> &'static str {
         ChangeEntity::Account => "account.%",
         ChangeEntity::Server => "server.%",
         ChangeEntity::Pool => "pool.%",
+        ChangeEntity::SharedConfig => "shared_config.%",
     }
 }
 
