@@ -725,6 +725,10 @@ pub struct PoolDetail {
     /// Why it has no image now (its shared config gives none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_problem: Option<String>,
+    /// Fields of the document left out: what only admins and the pool's
+    /// owners see (`init_data`, `ec2`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hidden: Vec<String>,
 }
 
 /// One version of a shared config.

@@ -119,8 +119,13 @@ impl From<EngineError> for ApiError {
             EngineError::PoolInConfig(_) => {
                 Self::new(StatusCode::CONFLICT, "pool_in_config", message)
             }
-            EngineError::Conflict(StoreError::Stale { .. }) => {
-                Self::new(StatusCode::CONFLICT, "pool_changed", message)
+            EngineError::Conflict(StoreError::Stale { what, .. }) => {
+                let code = if what.starts_with("shared config") {
+                    "shared_config_changed"
+                } else {
+                    "pool_changed"
+                };
+                Self::new(StatusCode::CONFLICT, code, message)
             }
             EngineError::Conflict(StoreError::InUse { .. }) => {
                 Self::new(StatusCode::CONFLICT, "pool_in_use", message)

@@ -55,6 +55,7 @@ fn detail_body(detail: PoolDetail, caller: &Caller) -> types::PoolDetail {
                 })
         }),
         image_problem: detail.image.err(),
+        hidden: Vec::new(),
     }
 }
 
@@ -120,7 +121,9 @@ pub(crate) async fn apply_pool(
 }
 
 /// A pool in full: its document, where it comes from, who last wrote it,
-/// and the clusters (that the caller may see) using it.
+/// and the clusters (that the caller may see) using it. Admins and its
+/// owners see all of it; others not what its nodes run (`init_data`) nor
+/// its driver's section (`ec2`), which may hold secrets (`hidden` says).
 #[utoipa::path(
     get,
     path = "/api/v1/pools/{pool}",
@@ -136,8 +139,14 @@ pub(crate) async fn get_pool(
     CallerIdentity(caller): CallerIdentity,
     Path(pool): Path<String>,
 ) -> Result<Json<types::PoolDetail>, ApiError> {
-    let detail = state.control.pool_detail(&pool).await.map_err(not_found)?;
-    Ok(Json(detail_body(detail, &caller)))
+    let (detail, hidden) = state
+        .control
+        .pool_detail_as(&caller, &pool)
+        .await
+        .map_err(not_found)?;
+    let mut body = detail_body(detail, &caller);
+    body.hidden = hidden.into_iter().map(str::to_owned).collect();
+    Ok(Json(body))
 }
 
 /// Retires a pool written through the API (admins and its owners): no

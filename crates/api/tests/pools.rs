@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 
 fn gpu() -> Value {
     json!({"driver": "fake", "instance_type": "fake.gpu", "price_per_hour": "0.50",
-           "description": "for the physics lab", "owners": ["olga"]})
+           "description": "for the physics lab", "owners": ["olga"], "init_data": "echo secret"})
 }
 
 /// Every problem of a document at once, each at its JSON pointer, and
@@ -229,9 +229,24 @@ async fn who_may_write_and_read_pools() {
         api.put_json("/api/v1/pools/gpu", &gpu()).await.status,
         StatusCode::OK
     );
-    // Its owner changes it; another account may not.
+    // Its owner changes what owners may; not what reaches beyond the
+    // pool (what its nodes run, its price, its owners, ...).
+    let mut escalated = gpu();
+    escalated["allow_workload"] = json!(true);
+    escalated["price_per_hour"] = json!("0");
+    let reply = api
+        .send_as(
+            &olga,
+            json_request(Method::PUT, "/api/v1/pools/gpu", &escalated),
+        )
+        .await;
+    let message = reply.expect_error(StatusCode::FORBIDDEN, "pool_field_admin_only");
+    assert!(
+        message.contains("allow_workload, price_per_hour"),
+        "{message}"
+    );
     let mut changed = gpu();
-    changed["price_per_hour"] = json!("0.40");
+    changed["description"] = json!("for the physics lab, owned by olga");
     let reply = api
         .send_as(
             &olga,
@@ -253,7 +268,18 @@ async fn who_may_write_and_read_pools() {
     let reply = api
         .send_as(&bob, empty_request(Method::GET, "/api/v1/pools/gpu"))
         .await;
-    assert_eq!(reply.json()["document"]["price_per_hour"], "0.40");
+    assert_eq!(
+        reply.json()["document"]["description"],
+        "for the physics lab, owned by olga"
+    );
+    // What its nodes run is for admins and its owners.
+    assert_eq!(reply.json()["hidden"], json!(["init_data"]));
+    assert!(reply.json()["document"].get("init_data").is_none());
+    let reply = api
+        .send_as(&olga, empty_request(Method::GET, "/api/v1/pools/gpu"))
+        .await;
+    assert_eq!(reply.json()["document"]["init_data"], "echo secret");
+    assert!(reply.json().get("hidden").is_none());
     let reply = api
         .send_anonymous(empty_request(Method::GET, "/api/v1/pools/gpu"))
         .await;

@@ -60,6 +60,8 @@ struct Entry {
     driver: Arc<dyn PoolDriver>,
     schema: Value,
     validator: jsonschema::Validator,
+    /// The key of the section of a pool it reads, if any.
+    section: Option<&'static str>,
     /// Its shared configs' kinds: each schema, as published.
     shared: BTreeMap<&'static str, Value>,
 }
@@ -83,7 +85,9 @@ impl PoolCatalog {
         let drivers = drivers
             .into_iter()
             .map(|(name, driver)| {
-                let schema = pool_schema(&name, driver.section());
+                let section = driver.section();
+                let section_key = section.as_ref().map(|(key, _)| *key);
+                let schema = pool_schema(&name, section);
                 let validator = jsonschema::validator_for(&schema)
                     .expect("a schema generated from a Rust type is valid");
                 let shared = driver
@@ -102,6 +106,7 @@ impl PoolCatalog {
                         driver,
                         schema,
                         validator,
+                        section: section_key,
                         shared,
                     },
                 )
@@ -212,7 +217,7 @@ impl PoolCatalog {
                 )])
             }
         };
-        let own = entry.driver.section().map(|(key, _)| key);
+        let own = entry.section;
         let mut problems: Vec<Problem> = SECTIONS
             .into_iter()
             .filter(|key| object.contains_key(*key) && own != Some(*key))

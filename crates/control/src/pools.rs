@@ -5,8 +5,8 @@ use std::collections::BTreeSet;
 
 use chrono::{DateTime, Utc};
 use flotilla_domain::{
-    authorize_pool_write, image_from, Caller, ClusterName, PoolDocument, PoolName, PoolOwner,
-    PoolSource, PoolSpec, Problem, SharedConfigName, POOL_SCHEMA_VERSION,
+    authorize_pool_fields, authorize_pool_write, image_from, Caller, ClusterName, PoolDocument,
+    PoolName, PoolOwner, PoolSource, PoolSpec, Problem, SharedConfigName, POOL_SCHEMA_VERSION,
 };
 use flotilla_engine::EngineError;
 use flotilla_store::{PoolRecord, PoolWrite, StoreError};
@@ -118,7 +118,7 @@ pub struct RetirePool {
 }
 
 /// What an apply found before it writes.
-struct Prepared {
+pub struct Prepared {
     name: PoolName,
     /// The latest version (retired or not), if the pool was ever written.
     latest: Option<PoolRecord>,
@@ -206,6 +206,7 @@ impl Control {
             Some(b) if *b == document => (ApplyOutcome::Unchanged, Vec::new()),
             Some(b) => (ApplyOutcome::Changed, changed_fields(b, &document)),
         };
+        authorize_pool_fields(caller, &name, &changed_fields)?;
         Ok(Prepared {
             name,
             latest,
@@ -331,6 +332,40 @@ impl Control {
         })
     }
 
+    /// Pool `pool` as `caller` may see it: in full for admins and its
+    /// owners; for others without what its nodes run (`init_data`) and its
+    /// driver's section (instance roles, keys), which may hold secrets.
+    pub async fn pool_detail_as(
+        &self,
+        caller: &Caller,
+        pool: &str,
+    ) -> Result<(PoolDetail, Vec<&'static str>), EngineError> {
+        let mut detail = self.pool_detail(pool).await?;
+        let owners: Vec<PoolOwner> = detail
+            .document
+            .owners
+            .iter()
+            .filter_map(|o| PoolOwner::parse(o).ok())
+            .collect();
+        let orgs = self.engine.orgs();
+        let full = authorize_pool_write(caller, &detail.name, &owners, |org, user| {
+            orgs.iter()
+                .find(|o| &o.name == org)
+                .and_then(|o| o.role(user))
+        })
+        .is_ok();
+        let mut hidden = Vec::new();
+        if !full {
+            if detail.document.init_data.take().is_some() {
+                hidden.push("init_data");
+            }
+            if detail.document.ec2.take().is_some() {
+                hidden.push("ec2");
+            }
+        }
+        Ok((detail, hidden))
+    }
+
     /// Every version of pool `pool` written through the API, oldest
     /// first; none for a pool of the config file.
     pub async fn pool_history(&self, pool: &str) -> Result<Vec<PoolVersion>, EngineError> {
@@ -360,7 +395,8 @@ fn changed_fields(before: &PoolDocument, after: &PoolDocument) -> Vec<String> {
 impl sealed::Sealed for ApplyPool {}
 
 impl Command for ApplyPool {
-    type Committed = (PoolName, ApplyOutcome, Vec<String>);
+    /// What was checked, and the version the pool is at.
+    type Committed = (Prepared, PoolRecord);
     type View = PoolApplied;
     const NAME: &'static str = "apply_pool";
 
@@ -370,40 +406,57 @@ impl Command for ApplyPool {
         caller: &Caller,
     ) -> Result<Self::Committed, EngineError> {
         let p = control.prepare_apply(caller, &self).await?;
-        if p.outcome != ApplyOutcome::Unchanged {
-            let document = serde_json::to_value(&p.document)
-                .map_err(|e| EngineError::Config(format!("pool {}: {e}", p.name)))?;
-            let by = caller
-                .account
-                .as_ref()
-                .map_or_else(|| "server".to_owned(), ToString::to_string);
-            let now = control.engine.now();
-            control
-                .engine
-                .store()
-                .write_pool(
-                    &PoolWrite {
-                        name: p.name.clone(),
-                        expected: p.latest.as_ref().map_or(0, |r| r.version),
-                        document: Some(document),
-                        schema_version: POOL_SCHEMA_VERSION,
-                        by,
-                    },
-                    now,
-                )
-                .await?;
-        }
-        Ok((p.name, p.outcome, p.changed_fields))
+        let record = match (&p.latest, p.outcome) {
+            (Some(latest), ApplyOutcome::Unchanged) => latest.clone(),
+            _ => {
+                let document = serde_json::to_value(&p.document)
+                    .map_err(|e| EngineError::Config(format!("pool {}: {e}", p.name)))?;
+                let by = caller
+                    .account
+                    .as_ref()
+                    .map_or_else(|| "server".to_owned(), ToString::to_string);
+                let now = control.engine.now();
+                control
+                    .engine
+                    .store()
+                    .write_pool(
+                        &PoolWrite {
+                            name: p.name.clone(),
+                            expected: p.latest.as_ref().map_or(0, |r| r.version),
+                            document: Some(document),
+                            schema_version: POOL_SCHEMA_VERSION,
+                            by,
+                        },
+                        now,
+                    )
+                    .await?
+            }
+        };
+        Ok((p, record))
     }
 
+    /// Answered from what was written, not from this server's copy, which
+    /// a failed read of the feed may leave behind.
     async fn answer(
-        (name, outcome, changed_fields): Self::Committed,
+        (p, record): Self::Committed,
         control: &Control,
     ) -> Result<PoolApplied, EngineError> {
+        let mut spec = p.spec;
+        spec.source = PoolSource::Stored {
+            version: record.version,
+        };
         Ok(PoolApplied {
-            outcome,
-            changed_fields,
-            pool: control.pool_detail(name.as_str()).await?,
+            outcome: p.outcome,
+            changed_fields: p.changed_fields,
+            pool: PoolDetail {
+                is_default: *control.engine.default_pool() == p.name,
+                source: spec.source,
+                image: control.engine.resolve_image(&spec),
+                updated: Some((record.at, record.by)),
+                clusters: control.clusters_of_pool(&p.name),
+                document: p.document,
+                name: p.name,
+            },
         })
     }
 }

@@ -61,6 +61,7 @@ impl Control {
         .ok_or_else(|| EngineError::UnknownSharedConfig {
             name: name.to_string(),
             version,
+            latest: (latest > 0).then_some(latest),
         })?;
         Ok(SharedConfigView {
             used_by: self.pools_using(&name),
@@ -118,6 +119,7 @@ impl Command for WriteSharedConfig {
                 return Err(EngineError::UnknownSharedConfig {
                     name: name.to_string(),
                     version: None,
+                    latest: None,
                 })
             }
             (None, Some(kind)) => {

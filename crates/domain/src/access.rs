@@ -224,6 +224,40 @@ pub enum Denied {
     WorkloadNotAllowed { pool: PoolName },
     #[error("only admins{} may change pool {pool}", if owners.is_empty() { String::new() } else { format!(" and its owners ({owners})") })]
     PoolNotOwned { pool: PoolName, owners: String },
+    #[error("only admins may change {fields} of pool {pool}; its owners may change {}", POOL_FIELDS_FOR_OWNERS.join(", "))]
+    PoolFieldsAdminOnly { pool: PoolName, fields: String },
+}
+
+/// The fields of a pool its owners may change; the others (its driver and
+/// instance type, what its nodes run, what its clusters' owners may do, its
+/// price, its owners, its driver's section) reach beyond the pool or
+/// replace its clusters' nodes, so only admins change them.
+pub const POOL_FIELDS_FOR_OWNERS: [&str; 4] = ["description", "tags", "image", "ssh_user"];
+
+/// Refused unless the caller may change `fields` of pool `pool` (it may
+/// change the pool at all: see [`authorize_pool_write`]): admins any, its
+/// owners only [`POOL_FIELDS_FOR_OWNERS`].
+pub fn authorize_pool_fields(
+    caller: &Caller,
+    pool: &PoolName,
+    fields: &[String],
+) -> Result<(), Denied> {
+    if caller.is_admin() {
+        return Ok(());
+    }
+    let refused: Vec<&str> = fields
+        .iter()
+        .map(String::as_str)
+        .filter(|f| !POOL_FIELDS_FOR_OWNERS.contains(f))
+        .collect();
+    if refused.is_empty() {
+        Ok(())
+    } else {
+        Err(Denied::PoolFieldsAdminOnly {
+            pool: pool.clone(),
+            fields: refused.join(", "),
+        })
+    }
 }
 
 impl Denied {
@@ -240,6 +274,7 @@ impl Denied {
             Denied::ExecNotAllowed { .. } => "exec_not_allowed",
             Denied::WorkloadNotAllowed { .. } => "workload_not_allowed",
             Denied::PoolNotOwned { .. } => "pool_not_owned",
+            Denied::PoolFieldsAdminOnly { .. } => "pool_field_admin_only",
         }
     }
 }

@@ -17,8 +17,9 @@ mod pool_error;
 
 pub use access::{
     allowed_clusters, authorize_admin, authorize_cluster_token, authorize_deploy,
-    authorize_destroy, authorize_exec, authorize_pool_write, authorize_status, authorize_workload,
-    AccountKind, Caller, Denied, Level, LevelError, LevelLimits, LevelPolicy,
+    authorize_destroy, authorize_exec, authorize_pool_fields, authorize_pool_write,
+    authorize_status, authorize_workload, AccountKind, Caller, Denied, Level, LevelError,
+    LevelLimits, LevelPolicy,
 };
 pub use capacity::{sizing, CapacityRequest, Sizing};
 pub use change::{may_read_change, org_changes, Change, ChangeEntity, ChangeKind, NewChange};

@@ -77,7 +77,8 @@ pub struct PoolDocument {
     #[schemars(length(max = 1000))]
     pub description: Option<String>,
     /// Who besides admins may change or retire it: account names, and
-    /// organisations as `org:NAME` (their owners).
+    /// organisations as `org:NAME` (their owners). Owners change only its
+    /// description, tags, image and ssh user.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(inner(regex(pattern = r"^(org:)?[A-Za-z0-9][-A-Za-z0-9]{0,39}$")))]
     #[schemars(extend("uniqueItems" = true))]

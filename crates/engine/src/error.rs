@@ -31,8 +31,16 @@ pub enum EngineError {
         name: String,
         problems: Vec<flotilla_domain::Problem>,
     },
-    #[error("no shared config {name}{}; create it naming the schema it follows (DRIVER/KIND, e.g. aws/images), or see `flotilla shared-config list`", version.map(|v| format!(" at version {v}")).unwrap_or_default())]
-    UnknownSharedConfig { name: String, version: Option<u64> },
+    #[error("{}", match (version, latest) {
+        (Some(v), Some(latest)) => format!("shared config {name} has no version {v}; its versions are 1 to {latest}"),
+        _ => format!("no shared config {name}; create it naming the schema it follows (DRIVER/KIND, e.g. aws/images), or see `flotilla shared-config list`"),
+    })]
+    UnknownSharedConfig {
+        name: String,
+        version: Option<u64>,
+        /// Its latest version, if it exists.
+        latest: Option<u64>,
+    },
     #[error("shared config {name} follows {kind}, fixed when it was created; it cannot become {asked} (leave the schema out, or create another config)")]
     SharedConfigSchemaFixed {
         name: String,

@@ -34,6 +34,9 @@ pub(crate) type PoolMap = BTreeMap<PoolName, Arc<PoolSpec>>;
 pub(crate) struct PoolTable {
     config: PoolMap,
     all: RwLock<Arc<PoolMap>>,
+    /// Held from a refresh's read to its write, so an older read never
+    /// replaces a newer one.
+    refreshing: tokio::sync::Mutex<()>,
 }
 
 impl PoolTable {
@@ -45,6 +48,7 @@ impl PoolTable {
                 .map(|(name, spec)| (name, Arc::new(spec)))
                 .collect(),
             all: RwLock::new(Arc::new(PoolMap::new())),
+            refreshing: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -59,20 +63,35 @@ impl PoolTable {
 
 /// The latest version of every shared config, by name: what pools'
 /// shared references resolve to at each launch.
-#[derive(Default)]
-pub(crate) struct SharedConfigs(RwLock<Arc<BTreeMap<SharedConfigName, SharedConfigRecord>>>);
+pub(crate) struct SharedConfigs {
+    latest: RwLock<Arc<BTreeMap<SharedConfigName, SharedConfigRecord>>>,
+    /// Held from a refresh's read to its write, so an older read never
+    /// replaces a newer one.
+    refreshing: tokio::sync::Mutex<()>,
+}
+
+impl Default for SharedConfigs {
+    fn default() -> Self {
+        Self {
+            latest: RwLock::new(Arc::new(BTreeMap::new())),
+            refreshing: tokio::sync::Mutex::new(()),
+        }
+    }
+}
 
 impl SharedConfigs {
     pub fn get(&self, name: &str) -> Option<SharedConfigRecord> {
         let name = SharedConfigName::new(name).ok()?;
-        self.0.read().unwrap().get(&name).cloned()
+        self.latest.read().unwrap().get(&name).cloned()
     }
 }
 
 /// Reads the latest version of every shared config.
 pub(crate) async fn refresh_shared(shared: &Shared) -> Result<(), StoreError> {
+    let configs = &shared.shared_configs;
+    let _one = configs.refreshing.lock().await;
     let latest = shared.store.shared_configs().await?;
-    *shared.shared_configs.0.write().unwrap() =
+    *configs.latest.write().unwrap() =
         Arc::new(latest.into_iter().map(|r| (r.name.clone(), r)).collect());
     Ok(())
 }
@@ -122,8 +141,9 @@ pub(crate) fn resolve_image(
 /// server cannot use (its driver is not configured here, or its document
 /// is of a newer flotilla) is left out and logged.
 pub(crate) async fn refresh(shared: &Shared) -> Result<(), StoreError> {
-    let stored = shared.store.pools().await?;
     let table = &shared.pools;
+    let _one = table.refreshing.lock().await;
+    let stored = shared.store.pools().await?;
     let mut all = table.config.clone();
     for record in stored {
         let Some(document) = record.document else {

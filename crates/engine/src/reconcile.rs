@@ -374,6 +374,9 @@ async fn reconcile(
     let pool_spec = match &record {
         Some(r) => match shared.pools.get(&r.pool) {
             Some(p) => Some(p),
+            // Only making nodes needs the pool: a cluster being destroyed
+            // (or wanting none) goes on without it.
+            None if r.destroying || r.node_capacity.get() == 0 => None,
             None => {
                 return Err(ReconcileError::PoolGone {
                     cluster: cluster.clone(),

@@ -257,9 +257,11 @@ async fn apply(shared: &Shared, change: &Change, read: &mut PageReads) {
         }
         ChangeEntity::Pool => {
             if !read.pools {
-                read.pools = true;
-                if let Err(e) = crate::pools::refresh(shared).await {
-                    tracing::warn!(error = %e, "reading the pools failed");
+                // Read again for the next change if this read failed (and by
+                // the leader's resync and a follower's refresh anyway).
+                match crate::pools::refresh(shared).await {
+                    Ok(()) => read.pools = true,
+                    Err(e) => tracing::warn!(error = %e, "reading the pools failed"),
                 }
             }
             // Its clusters may have waited for it (or must stop using it).
@@ -277,9 +279,9 @@ async fn apply(shared: &Shared, change: &Change, read: &mut PageReads) {
         }
         ChangeEntity::SharedConfig => {
             if !read.shared_configs {
-                read.shared_configs = true;
-                if let Err(e) = crate::pools::refresh_shared(shared).await {
-                    tracing::warn!(error = %e, "reading the shared configs failed");
+                match crate::pools::refresh_shared(shared).await {
+                    Ok(()) => read.shared_configs = true,
+                    Err(e) => tracing::warn!(error = %e, "reading the shared configs failed"),
                 }
             }
             // Clusters waiting for an image from it may launch now.

@@ -100,6 +100,15 @@ async fn term(shared: Arc<Shared>) {
         let changed = sync_all(&shared).await;
         let wake: BTreeSet<ClusterName> = if full {
             next_full = Instant::now() + shared.config.resync_interval;
+            // The feed brings every change of the pools; a full pass reads
+            // them afresh too, so a change whose reading failed is not
+            // missed for good.
+            if let Err(e) = crate::pools::refresh(&shared).await {
+                tracing::warn!(error = %e, "reading the pools failed");
+            }
+            if let Err(e) = crate::pools::refresh_shared(&shared).await {
+                tracing::warn!(error = %e, "reading the shared configs failed");
+            }
             let inv = shared.inventory.lock().unwrap();
             let mut all: BTreeSet<_> = shared.desired.names().into_iter().collect();
             for set in inv.values() {

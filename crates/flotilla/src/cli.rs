@@ -1095,7 +1095,12 @@ impl Client {
             let message = match &body {
                 // Each problem of a document on a line of its own.
                 Some(b) if !b.problems.is_empty() => {
-                    let mut m = format!("not valid ({}):", b.error);
+                    let what = if b.error.starts_with("invalid") {
+                        "not valid"
+                    } else {
+                        "refused"
+                    };
+                    let mut m = format!("{what} ({}):", b.error);
                     for p in &b.problems {
                         let at = if p.pointer.is_empty() {
                             "(whole)"

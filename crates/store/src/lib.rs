@@ -96,7 +96,7 @@ pub enum StoreError {
     #[error("stored data is invalid: {0}")]
     Corrupt(String),
     /// The record changed since the writer read it; nothing was changed.
-    #[error("{what} is at version {found}, not {expected} as read; read it again and retry")]
+    #[error("{what} was changed by another request while this one ran (it read version {expected}; {found} or later now); look at it again and retry")]
     Stale {
         what: String,
         expected: u64,
