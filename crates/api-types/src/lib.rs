@@ -796,11 +796,22 @@ pub struct PoolApplied {
     pub pool: PoolDetail,
 }
 
-/// `?dry_run=true`: check and answer, write nothing.
+/// `?dry_run=true`: check and answer, write nothing;
+/// `?expected_version=N`: refused (409) unless N is the version now (0:
+/// none), so an edit made from an old copy cannot undo another's.
 #[derive(Debug, Clone, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct DryRunQuery {
     pub dry_run: Option<bool>,
+    pub expected_version: Option<u64>,
+}
+
+/// `?expected_version=N`: refused (409) unless N is the version now (0:
+/// none).
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ExpectedVersionQuery {
+    pub expected_version: Option<u64>,
 }
 
 /// One version of a pool written through the API.

@@ -109,9 +109,14 @@ pub(crate) async fn apply_pool(
     query: Result<Query<types::DryRunQuery>, axum::extract::rejection::QueryRejection>,
     JsonBody(document): JsonBody<serde_json::Value>,
 ) -> Result<Json<types::PoolApplied>, ApiError> {
-    let Query(query) = query.map_err(|e| malformed_query(e, "use ?dry_run=true"))?;
+    let Query(query) =
+        query.map_err(|e| malformed_query(e, "use ?dry_run=true and ?expected_version=N"))?;
     let dry_run = query.dry_run.unwrap_or(false);
-    let command = ApplyPool { pool, document };
+    let command = ApplyPool {
+        pool,
+        document,
+        expected_version: query.expected_version,
+    };
     let applied = if dry_run {
         state.control.dry_run_pool(&caller, &command).await?
     } else {
@@ -309,7 +314,7 @@ fn shared_body(view: SharedConfigView) -> types::SharedConfigView {
 #[utoipa::path(
     put,
     path = "/api/v1/shared-configs/{name}",
-    params(("name" = String, Path, description = "Shared config name")),
+    params(("name" = String, Path, description = "Shared config name"), types::ExpectedVersionQuery),
     request_body = types::SharedConfigRequest,
     responses(
         (status = 200, body = types::SharedConfigView),
@@ -323,12 +328,15 @@ pub(crate) async fn write_shared_config(
     State(state): State<AppState>,
     CallerIdentity(caller): CallerIdentity,
     Path(name): Path<String>,
+    query: Result<Query<types::ExpectedVersionQuery>, axum::extract::rejection::QueryRejection>,
     JsonBody(body): JsonBody<types::SharedConfigRequest>,
 ) -> Result<Json<types::SharedConfigView>, ApiError> {
+    let Query(query) = query.map_err(|e| malformed_query(e, "use ?expected_version=N"))?;
     let command = WriteSharedConfig {
         name,
         kind: body.schema,
         value: body.value,
+        expected_version: query.expected_version,
     };
     Ok(Json(shared_body(
         state.control.run(&caller, command).await?,

@@ -102,6 +102,18 @@ async fn a_pool_is_applied_used_changed_and_retired() {
         body["pool"]["document"]["description"],
         "for the physics lab"
     );
+    // An edit from an old copy is refused, and changes nothing.
+    let mut stale = gpu();
+    stale["description"] = json!("from an old copy");
+    api.put_json("/api/v1/pools/gpu?expected_version=0", &stale)
+        .await
+        .expect_error(StatusCode::CONFLICT, "pool_changed");
+    api.put_json(
+        "/api/v1/shared-configs/none?expected_version=3",
+        &json!({"value": "x"}),
+    )
+    .await
+    .expect_error(StatusCode::CONFLICT, "shared_config_changed");
     // The same again changes nothing.
     let again = api.put_json("/api/v1/pools/gpu", &gpu()).await.json();
     assert_eq!(

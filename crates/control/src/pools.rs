@@ -108,6 +108,10 @@ pub struct ApplyPool {
     pub pool: String,
     /// The pool as written (JSON; TOML is turned into JSON by the client).
     pub document: serde_json::Value,
+    /// The version the writer last saw (0: none, it creates the pool), if
+    /// it says: refused if the pool has moved on since, so an edit made
+    /// from an old copy cannot undo someone else's.
+    pub expected_version: Option<u64>,
 }
 
 /// Retires a pool written through the API: refused while a cluster's
@@ -184,7 +188,15 @@ impl Control {
         let name = self.writable_pool(&command.pool)?;
         let latest = self.latest_pool(&name).await?;
         self.authorize_pool(caller, &name, latest.as_ref())?;
-        let next = latest.as_ref().map_or(0, |r| r.version) + 1;
+        let found = latest.as_ref().map_or(0, |r| r.version);
+        if let Some(expected) = command.expected_version.filter(|e| *e != found) {
+            return Err(EngineError::Conflict(StoreError::Stale {
+                what: format!("pool {name}"),
+                expected,
+                found,
+            }));
+        }
+        let next = found + 1;
         let (document, spec) = self
             .catalog
             .check(

@@ -16,6 +16,9 @@ pub struct WriteSharedConfig {
     pub name: String,
     pub kind: Option<String>,
     pub value: serde_json::Value,
+    /// The version the writer last saw (0: none), if it says: refused if
+    /// the config has moved on since.
+    pub expected_version: Option<u64>,
 }
 
 /// A shared config as shown: the version asked for, and the pools that
@@ -99,6 +102,14 @@ impl Command for WriteSharedConfig {
         authorize_admin(caller)?;
         let name = SharedConfigName::new(self.name.as_str())?;
         let versions = control.engine.store().shared_config_versions(&name).await?;
+        let found = versions.last().map_or(0, |r| r.version);
+        if let Some(expected) = self.expected_version.filter(|e| *e != found) {
+            return Err(EngineError::Conflict(flotilla_store::StoreError::Stale {
+                what: format!("shared config {name}"),
+                expected,
+                found,
+            }));
+        }
         let invalid = |problems: Vec<Problem>| EngineError::InvalidSharedConfig {
             name: name.to_string(),
             problems,

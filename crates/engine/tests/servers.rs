@@ -210,6 +210,7 @@ async fn a_pool_written_at_one_server_is_every_servers() {
                 document: serde_json::json!({
                     "driver": "fake", "instance_type": "fake.tiny", "price_per_hour": "0.01"
                 }),
+                expected_version: Some(0),
             },
         )
         .await

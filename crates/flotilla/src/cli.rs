@@ -504,12 +504,16 @@ impl Client {
         pool: &str,
         document: &serde_json::Value,
         dry_run: bool,
+        expected_version: Option<u64>,
     ) -> Result<u8> {
-        let req = self
+        let mut req = self
             .http
             .put(self.url(&format!("/api/v1/pools/{pool}")))
             .query(&[("dry_run", dry_run)])
             .json(document);
+        if let Some(v) = expected_version {
+            req = req.query(&[("expected_version", v)]);
+        }
         let (applied, raw) = self.send::<PoolApplied>(req).await?;
         match self.output {
             Output::Json => println!("{}", raw.trim()),
@@ -676,11 +680,15 @@ impl Client {
         name: &str,
         schema: Option<String>,
         value: serde_json::Value,
+        expected_version: Option<u64>,
     ) -> Result<u8> {
-        let req = self
+        let mut req = self
             .http
             .put(self.url(&format!("/api/v1/shared-configs/{name}")))
             .json(&SharedConfigRequest { schema, value });
+        if let Some(v) = expected_version {
+            req = req.query(&[("expected_version", v)]);
+        }
         let (config, raw) = self.send::<SharedConfigView>(req).await?;
         match self.output {
             Output::Json => println!("{}", raw.trim()),

@@ -378,6 +378,10 @@ enum SharedConfigCommand {
     Update {
         name: String,
         file: std::path::PathBuf,
+        /// Refuse unless the config is at this version now (as `show`
+        /// said), so this edit cannot undo another's.
+        #[arg(long)]
+        expected_version: Option<u64>,
     },
     /// A shared config, its latest version or VERSION.
     Show {
@@ -403,6 +407,10 @@ enum PoolCommand {
         /// Check it and say what would change; write nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Refuse unless the pool is at this version now (as `pool show`
+        /// said; 0: it does not exist), so this edit cannot undo another's.
+        #[arg(long)]
+        expected_version: Option<u64>,
     },
     /// A pool in full: its fields, where it comes from, its clusters.
     Show { pool: String },
@@ -798,9 +806,12 @@ fn main() -> ExitCode {
                             file,
                             name,
                             dry_run,
+                            expected_version,
                         } => match read_pool_file(&file, name) {
                             Ok((name, document)) => {
-                                client.pool_apply(&name, &document, dry_run).await
+                                client
+                                    .pool_apply(&name, &document, dry_run, expected_version)
+                                    .await
                             }
                             Err(e) => Err(e),
                         },
@@ -815,12 +826,16 @@ fn main() -> ExitCode {
                     Command::SharedConfig { command } => match command {
                         SharedConfigCommand::Create { name, schema, file } => {
                             match read_document(&file) {
-                                Ok(value) => client.shared_write(&name, Some(schema), value).await,
+                                Ok(value) => client.shared_write(&name, Some(schema), value, None).await,
                                 Err(e) => Err(e),
                             }
                         }
-                        SharedConfigCommand::Update { name, file } => match read_document(&file) {
-                            Ok(value) => client.shared_write(&name, None, value).await,
+                        SharedConfigCommand::Update {
+                            name,
+                            file,
+                            expected_version,
+                        } => match read_document(&file) {
+                            Ok(value) => client.shared_write(&name, None, value, expected_version).await,
                             Err(e) => Err(e),
                         },
                         SharedConfigCommand::Show { name, version } => {
