@@ -107,6 +107,15 @@ impl Control {
         C::answer(committed, self).await
     }
 
+    /// Who a write is recorded as made by: the caller's account, or the
+    /// server itself.
+    pub(crate) fn writer(caller: &Caller) -> String {
+        caller
+            .account
+            .as_ref()
+            .map_or_else(|| "server".to_owned(), ToString::to_string)
+    }
+
     pub(crate) fn unknown_pool(&self, pool: &str) -> EngineError {
         EngineError::UnknownPool {
             pool: pool.to_owned(),

@@ -423,10 +423,7 @@ impl Command for ApplyPool {
             _ => {
                 let document = serde_json::to_value(&p.document)
                     .map_err(|e| EngineError::Config(format!("pool {}: {e}", p.name)))?;
-                let by = caller
-                    .account
-                    .as_ref()
-                    .map_or_else(|| "server".to_owned(), ToString::to_string);
+                let by = Control::writer(caller);
                 let now = control.engine.now();
                 control
                     .engine
@@ -503,10 +500,7 @@ impl Command for RetirePool {
                 ),
             }));
         }
-        let by = caller
-            .account
-            .as_ref()
-            .map_or_else(|| "server".to_owned(), ToString::to_string);
+        let by = Control::writer(caller);
         let now = control.engine.now();
         Ok(control
             .engine

@@ -168,10 +168,7 @@ impl Command for WriteSharedConfig {
         if !problems.is_empty() {
             return Err(invalid(problems));
         }
-        let by = caller
-            .account
-            .as_ref()
-            .map_or_else(|| "server".to_owned(), ToString::to_string);
+        let by = Control::writer(caller);
         let now = control.engine.now();
         control
             .engine

@@ -390,12 +390,6 @@ impl Engine {
         self.shared.pools.get(name)
     }
 
-    /// The latest version of shared config `name`, as this server's copy
-    /// has it.
-    pub fn shared_config(&self, name: &str) -> Option<flotilla_store::SharedConfigRecord> {
-        self.shared.shared_configs.get(name)
-    }
-
     /// The image `pool` launches with now, and the shared config version
     /// it comes from, if any (None: the driver's image); or why it has
     /// none.

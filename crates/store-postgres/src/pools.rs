@@ -46,14 +46,7 @@ pub(crate) async fn write(
         .bind(&record.by)
         .execute(&mut *tx)
         .await
-        .map_err(|e| match StoreError::from(e) {
-            StoreError::Duplicate(_) => StoreError::Stale {
-                what: format!("pool {}", write.name),
-                expected: write.expected,
-                found: write.expected + 1,
-            },
-            other => other,
-        })?;
+        .map_err(|e| row::stale_if_taken(e, format!("pool {}", write.name), write.expected))?;
     commit_with(tx, &[pool_change(&record)], now).await?;
     Ok(record)
 }
@@ -123,13 +116,8 @@ pub(crate) async fn write_shared(
         .bind(&record.by)
         .execute(&mut *tx)
         .await
-        .map_err(|e| match StoreError::from(e) {
-            StoreError::Duplicate(_) => StoreError::Stale {
-                what: format!("shared config {}", write.name),
-                expected: write.expected,
-                found: write.expected + 1,
-            },
-            other => other,
+        .map_err(|e| {
+            row::stale_if_taken(e, format!("shared config {}", write.name), write.expected)
         })?;
     commit_with(tx, &[shared_config_change(&record)], now).await?;
     Ok(record)

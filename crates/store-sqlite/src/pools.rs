@@ -42,7 +42,8 @@ pub(crate) async fn write(
         .bind(row::to_millis(now))
         .bind(&record.by)
         .execute(&mut *tx)
-        .await?;
+        .await
+        .map_err(|e| row::stale_if_taken(e, format!("pool {}", write.name), write.expected))?;
     record_changes(&mut tx, &[pool_change(&record)], now).await?;
     store.commit(tx).await?;
     Ok(record)
@@ -113,13 +114,8 @@ pub(crate) async fn write_shared(
         .bind(&record.by)
         .execute(&mut *tx)
         .await
-        .map_err(|e| match StoreError::from(e) {
-            StoreError::Duplicate(_) => StoreError::Stale {
-                what: format!("shared config {}", write.name),
-                expected: write.expected,
-                found: write.expected + 1,
-            },
-            other => other,
+        .map_err(|e| {
+            row::stale_if_taken(e, format!("shared config {}", write.name), write.expected)
         })?;
     record_changes(&mut tx, &[shared_config_change(&record)], now).await?;
     store.commit(tx).await?;

@@ -217,6 +217,20 @@ impl From<sqlx::Error> for StoreError {
     }
 }
 
+/// An insert of version `expected + 1` of `what` refused because another
+/// writer inserted it first (the key `(name, version)` is taken) as
+/// [`StoreError::Stale`]; any other error as it is.
+pub fn stale_if_taken(e: sqlx::Error, what: String, expected: u64) -> StoreError {
+    match StoreError::from(e) {
+        StoreError::Duplicate(_) => StoreError::Stale {
+            what,
+            expected,
+            found: expected + 1,
+        },
+        other => other,
+    }
+}
+
 /// A failed migration as a [`StoreError`]: a database that has applied a
 /// migration `migrator` does not know was migrated by a newer flotilla.
 pub fn migrate_error(e: MigrateError, migrator: &Migrator) -> StoreError {
