@@ -121,6 +121,40 @@ pub struct NodeStatus {
     /// workload's port), when the cluster's workload names a port.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workload_address: Option<String>,
+    /// The version of its pool's launch configuration it was made from (a
+    /// hash of instance type, image, init data, tags and driver settings);
+    /// absent for nodes made before nodes carried one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool_version: Option<String>,
+    /// True when its pool would launch it differently now: it is to be
+    /// replaced by the pool's rollout.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub outdated: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// A cluster's replacement of nodes its pool would launch differently now.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ClusterRollout {
+    /// `rolling` (outdated nodes are being replaced), `paused` (by an
+    /// account: replacements under way finish, no others start) or
+    /// `stopped` (replacements kept failing; `reason` says how).
+    pub state: String,
+    /// Its nodes made from an older version of its pool.
+    pub outdated: u32,
+    /// The version its pool launches nodes at now.
+    pub pool_version: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Who paused it (for `paused`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+    /// When it was paused or stopped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<DateTime<Utc>>,
 }
 
 /// STATUS of one cluster.
@@ -158,6 +192,10 @@ pub struct ClusterStatus {
     /// What its nodes run, when it brought its own workload.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workload: Option<WorkloadSpec>,
+    /// Present while some of its nodes are outdated: made from an older
+    /// version of its pool, and being replaced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<ClusterRollout>,
 }
 
 /// What stands in a cluster's way.
@@ -794,6 +832,68 @@ pub struct PoolApplied {
     /// The top-level fields whose values changed.
     pub changed_fields: Vec<String>,
     pub pool: PoolDetail,
+    /// The version of its launch configuration new nodes are made at
+    /// (absent while its image cannot be resolved).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub launch_version: Option<String>,
+    /// The nodes its rollout replaces: made from another version (those
+    /// of clusters the caller may see). For a dry run, what applying it
+    /// would replace.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replaces: Vec<ClusterReplacement>,
+}
+
+/// One cluster's nodes a pool's rollout replaces.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ClusterReplacement {
+    pub cluster: String,
+    /// Its nodes (those shutting down aside).
+    pub nodes: u32,
+    /// Those made from another version of the pool.
+    pub outdated: Vec<String>,
+}
+
+/// A pool's rollout: its clusters' outdated nodes (made from an older
+/// version of its launch configuration) and what becomes of them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PoolRollout {
+    pub pool: String,
+    /// `idle` (nothing outdated), `rolling`, `paused` or `stopped`.
+    pub state: String,
+    /// The version its nodes are made at now (absent while its image
+    /// cannot be resolved: `error` says why).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub launch_version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Outdated nodes in all (of the clusters the caller may see).
+    pub outdated: u32,
+    /// Set while paused: by whom and since when.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused: Option<RolloutPause>,
+    /// Set while stopped: replacements at `launch_version` kept failing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped: Option<RolloutStop>,
+    /// Its clusters (those the caller may see).
+    pub clusters: Vec<ClusterReplacement>,
+    /// How fast it replaces: the pool's `rollout` settings as meant.
+    pub max_surge: String,
+    pub max_unavailable: String,
+    pub max_failures: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RolloutPause {
+    pub by: String,
+    pub at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RolloutStop {
+    /// The launch version whose replacements failed.
+    pub launch_version: String,
+    pub reason: String,
+    pub at: DateTime<Utc>,
 }
 
 /// `?dry_run=true`: check and answer, write nothing;

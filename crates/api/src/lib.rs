@@ -64,6 +64,15 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/v1/pools/{pool}/errors", get(pools::pool_errors))
         .route("/api/v1/pools/{pool}/history", get(pools::pool_history))
+        .route("/api/v1/pools/{pool}/rollout", get(pools::get_rollout))
+        .route(
+            "/api/v1/pools/{pool}/rollout/pause",
+            axum::routing::post(pools::pause_rollout),
+        )
+        .route(
+            "/api/v1/pools/{pool}/rollout/resume",
+            axum::routing::post(pools::resume_rollout),
+        )
         .route("/api/v1/schemas", get(pools::schema_index))
         .route("/api/v1/schemas/{driver}/pool", get(pools::pool_schema))
         .route(
@@ -236,9 +245,31 @@ pub fn status_body(view: ClusterView) -> types::ClusterStatus {
                 workload_address: n.workload_address,
                 instance_type: n.instance_type.to_string(),
                 launched_at: n.launched_at,
+                pool_version: n.pool_version.map(|v| v.to_string()),
+                outdated: n.outdated,
             })
             .collect(),
         settled: view.settled,
+        rollout: view.rollout.map(rollout_body),
+    }
+}
+
+/// A cluster's rollout as the API shows it.
+pub(crate) fn rollout_body(r: flotilla_engine::RolloutView) -> types::ClusterRollout {
+    let (reason, by, since) = match &r.state {
+        flotilla_engine::RolloutState::Rolling => (None, None, None),
+        flotilla_engine::RolloutState::Paused { by, at } => (None, Some(by.clone()), Some(*at)),
+        flotilla_engine::RolloutState::Stopped { reason, at } => {
+            (Some(reason.clone()), None, Some(*at))
+        }
+    };
+    types::ClusterRollout {
+        state: r.state.as_str().to_owned(),
+        outdated: r.outdated,
+        pool_version: r.version.to_string(),
+        reason,
+        by,
+        since,
     }
 }
 

@@ -6,8 +6,8 @@ use axum::http::StatusCode;
 use axum::Json;
 use flotilla_api_types as types;
 use flotilla_control::{
-    ApplyPool, PoolApplied, PoolDetail, PoolVersion, RetirePool, SharedConfigView,
-    WriteSharedConfig,
+    ApplyPool, ClusterReplacement, PauseRollout, PoolApplied, PoolDetail, PoolRollout, PoolVersion,
+    ResumeRollout, RetirePool, SharedConfigView, WriteSharedConfig,
 };
 use flotilla_domain::{authorize_status, Caller, ClusterName, PoolSource};
 use flotilla_engine::PoolView;
@@ -80,7 +80,118 @@ fn applied_body(applied: PoolApplied, dry_run: bool, caller: &Caller) -> types::
         dry_run,
         changed_fields: applied.changed_fields,
         pool: detail_body(applied.pool, caller),
+        launch_version: applied.launch_version.ok().map(|v| v.to_string()),
+        replaces: applied.replaces.into_iter().map(replacement_body).collect(),
     }
+}
+
+fn replacement_body(c: ClusterReplacement) -> types::ClusterReplacement {
+    types::ClusterReplacement {
+        cluster: c.cluster.to_string(),
+        nodes: c.nodes,
+        outdated: c.outdated.into_iter().map(|id| id.to_string()).collect(),
+    }
+}
+
+fn rollout_body(r: PoolRollout, spec: Option<&flotilla_domain::PoolSpec>) -> types::PoolRollout {
+    let rollout = spec.map(|s| s.rollout).unwrap_or_default();
+    types::PoolRollout {
+        outdated: r.outdated() as u32,
+        pool: r.pool.to_string(),
+        state: r.state.to_owned(),
+        launch_version: r.version.as_ref().ok().map(ToString::to_string),
+        error: r.version.err(),
+        paused: r
+            .hold
+            .as_ref()
+            .and_then(|h| h.paused.as_ref())
+            .map(|p| types::RolloutPause {
+                by: p.by.clone(),
+                at: p.at,
+            }),
+        stopped: r.hold.and_then(|h| h.stopped).map(|s| types::RolloutStop {
+            launch_version: s.version.to_string(),
+            reason: s.reason,
+            at: s.at,
+        }),
+        clusters: r.clusters.into_iter().map(replacement_body).collect(),
+        max_surge: rollout.max_surge.to_string(),
+        max_unavailable: rollout.max_unavailable.to_string(),
+        max_failures: rollout.max_failures,
+    }
+}
+
+/// A pool's rollout: the nodes of its clusters (those the caller may see)
+/// made from an older version of its launch configuration, which are
+/// being replaced, and whether that is paused or stopped.
+#[utoipa::path(
+    get,
+    path = "/api/v1/pools/{pool}/rollout",
+    params(("pool" = String, Path, description = "Pool name")),
+    responses(
+        (status = 200, body = types::PoolRollout),
+        (status = 401, body = types::ErrorBody),
+        (status = 404, description = "No such pool", body = types::ErrorBody),
+    )
+)]
+pub(crate) async fn get_rollout(
+    State(state): State<AppState>,
+    CallerIdentity(caller): CallerIdentity,
+    Path(pool): Path<String>,
+) -> Result<Json<types::PoolRollout>, ApiError> {
+    rollout_answer(&state, state.control.pool_rollout(&caller, &pool))
+}
+
+/// Pauses a pool's rollout (admins and its owners): replacements under
+/// way finish, no others start; outdated nodes keep serving. Until
+/// resumed.
+#[utoipa::path(
+    post,
+    path = "/api/v1/pools/{pool}/rollout/pause",
+    params(("pool" = String, Path, description = "Pool name")),
+    responses(
+        (status = 200, body = types::PoolRollout),
+        (status = 403, description = "Neither an admin nor one of its owners", body = types::ErrorBody),
+        (status = 404, description = "No such pool", body = types::ErrorBody),
+    )
+)]
+pub(crate) async fn pause_rollout(
+    State(state): State<AppState>,
+    CallerIdentity(caller): CallerIdentity,
+    Path(pool): Path<String>,
+) -> Result<Json<types::PoolRollout>, ApiError> {
+    let rollout = state.control.run(&caller, PauseRollout { pool }).await;
+    rollout_answer(&state, rollout)
+}
+
+/// The answer to a pause or a resumption.
+fn rollout_answer(
+    state: &AppState,
+    rollout: Result<PoolRollout, flotilla_engine::EngineError>,
+) -> Result<Json<types::PoolRollout>, ApiError> {
+    let rollout = rollout.map_err(not_found)?;
+    let spec = state.control.engine().pool(&rollout.pool);
+    Ok(Json(rollout_body(rollout, spec.as_deref())))
+}
+
+/// Resumes a pool's rollout, paused or stopped (admins and its owners).
+#[utoipa::path(
+    post,
+    path = "/api/v1/pools/{pool}/rollout/resume",
+    params(("pool" = String, Path, description = "Pool name")),
+    responses(
+        (status = 200, body = types::PoolRollout),
+        (status = 403, description = "Neither an admin nor one of its owners", body = types::ErrorBody),
+        (status = 404, description = "No such pool", body = types::ErrorBody),
+    )
+)]
+pub(crate) async fn resume_rollout(
+    State(state): State<AppState>,
+    CallerIdentity(caller): CallerIdentity,
+    Path(pool): Path<String>,
+) -> Result<Json<types::PoolRollout>, ApiError> {
+    let rollout = state.control.run(&caller, ResumeRollout { pool }).await;
+    rollout_answer(&state, rollout)
 }
 
 /// Creates or changes a pool (admins; and the pool's owners, for a pool

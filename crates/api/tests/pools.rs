@@ -410,6 +410,22 @@ async fn a_pool_takes_its_image_from_a_shared_config() {
         .await;
     assert_eq!(v2.json()["version"], 2, "{}", v2.text());
     assert_eq!(v2.json()["used_by"], json!(["imaged"]));
+    // Its node, made from img-1, is outdated: replaced by one from img-2.
+    let mut rolled = false;
+    for _ in 0..200 {
+        let s = api.status("web").await;
+        let nodes = s["nodes"].as_array().unwrap();
+        if s.get("rollout").is_none()
+            && nodes.len() == 1
+            && nodes[0]["state"] == "ready"
+            && nodes[0].get("outdated").is_none()
+        {
+            rolled = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert!(rolled, "{}", api.status("web").await);
     api.deploy(
         "web",
         &json!({"node_capacity": 2, "time_to_live": 3600}),
@@ -423,7 +439,14 @@ async fn a_pool_takes_its_image_from_a_shared_config() {
         .filter(|c| c.cluster == "web")
         .map(|c| c.image)
         .collect();
-    assert_eq!(images, [Some("img-1".to_owned()), Some("img-2".to_owned())]);
+    assert_eq!(
+        images,
+        [
+            Some("img-1".to_owned()),
+            Some("img-2".to_owned()),
+            Some("img-2".to_owned())
+        ]
+    );
     // Its schema is fixed.
     let reply = api
         .put_json(
@@ -475,4 +498,118 @@ async fn a_pool_takes_its_image_from_a_shared_config() {
     );
     let list = api.get("/api/v1/shared-configs").await.json();
     assert_eq!(list["shared_configs"][0]["version"], 3);
+}
+
+/// A pool's change outdates its clusters' nodes: a dry run says which it
+/// would replace, status marks them, and the rollout is shown, paused and
+/// resumed through the API, by admins and the pool's owners only.
+#[tokio::test]
+async fn a_rollout_is_shown_paused_and_resumed() {
+    let api = TestApi::start().await;
+    let web = |init: &str| {
+        json!({"driver": "fake", "instance_type": "fake.small", "init_data": init,
+               "owners": ["olga"], "rollout": {"max_surge": 1}})
+    };
+    let reply = api.put_json("/api/v1/pools/web", &web("v1")).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let v1 = reply.json()["launch_version"].as_str().unwrap().to_owned();
+    let s = api
+        .deploy(
+            "site",
+            &json!({"node_capacity": 2, "time_to_live": 3600, "pool": "web"}),
+            true,
+        )
+        .await;
+    assert_eq!(s["state"], "running", "{s}");
+    assert!(s["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|n| n["pool_version"] == v1.as_str()));
+    assert!(s.get("rollout").is_none(), "{s}");
+
+    // The owner pauses first, so the change replaces nothing yet.
+    let olga = api.user_token("olga", "org_member").await;
+    let bob = api.user_token("bob", "org_member").await;
+    let reply = api
+        .send_as(
+            &bob,
+            empty_request(Method::POST, "/api/v1/pools/web/rollout/pause"),
+        )
+        .await;
+    reply.expect_error(StatusCode::FORBIDDEN, "pool_not_owned");
+    let reply = api
+        .send_as(
+            &olga,
+            empty_request(Method::POST, "/api/v1/pools/web/rollout/pause"),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert_eq!(reply.json()["state"], "paused");
+    assert_eq!(reply.json()["paused"]["by"], "olga");
+
+    let dry = api
+        .put_json("/api/v1/pools/web?dry_run=true", &web("v2"))
+        .await;
+    assert_eq!(dry.status, StatusCode::OK, "{}", dry.text());
+    let replaces = &dry.json()["replaces"];
+    assert_eq!(replaces[0]["cluster"], "site", "{}", dry.text());
+    assert_eq!(replaces[0]["outdated"].as_array().unwrap().len(), 2);
+    let v2 = dry.json()["launch_version"].as_str().unwrap().to_owned();
+    assert_ne!(v1, v2);
+    // A change outside the launch configuration replaces nothing.
+    let mut described = web("v1");
+    described["description"] = json!("the web site's nodes");
+    let dry = api
+        .put_json("/api/v1/pools/web?dry_run=true", &described)
+        .await;
+    assert!(dry.json().get("replaces").is_none(), "{}", dry.text());
+
+    api.put_json("/api/v1/pools/web", &web("v2")).await;
+    let s = api.status("site").await;
+    assert_eq!(s["rollout"]["state"], "paused", "{s}");
+    assert_eq!(s["rollout"]["outdated"], 2);
+    assert_eq!(s["rollout"]["pool_version"], v2.as_str());
+    assert!(s["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|n| n["outdated"] == true));
+    let r = api.get("/api/v1/pools/web/rollout").await.json();
+    assert_eq!(r["state"], "paused");
+    assert_eq!(r["outdated"], 2);
+    assert_eq!(r["max_surge"], "1");
+    assert_eq!(r["clusters"][0]["cluster"], "site");
+
+    let reply = api
+        .send_as(
+            &olga,
+            empty_request(Method::POST, "/api/v1/pools/web/rollout/resume"),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert!(reply.json().get("paused").is_none());
+    let mut rolled = false;
+    for _ in 0..400 {
+        let s = api.status("site").await;
+        let nodes = s["nodes"].as_array().unwrap().clone();
+        if s.get("rollout").is_none()
+            && nodes.len() == 2
+            && nodes
+                .iter()
+                .all(|n| n["state"] == "ready" && n["pool_version"] == v2.as_str())
+        {
+            rolled = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert!(rolled, "{}", api.status("site").await);
+    assert_eq!(
+        api.get("/api/v1/pools/web/rollout").await.json()["state"],
+        "idle"
+    );
+    api.get("/api/v1/pools/nope/rollout")
+        .await
+        .expect_error(StatusCode::NOT_FOUND, "unknown_pool");
 }

@@ -34,6 +34,7 @@ mod metrics;
 mod orgs;
 mod pools;
 mod report;
+mod rollout;
 mod takeover;
 mod tap;
 
@@ -184,6 +185,9 @@ enum Mode {
     /// Times the check every pool passes when it is written: its driver's
     /// schema, the domain's rules, the driver's own checks.
     Pools(pools::PoolsArgs),
+    /// A pool's new version rolled out to many clusters: wall time, calls,
+    /// and the ready count never below the wanted.
+    Rollout(rollout::RolloutArgs),
 }
 
 /// The engine benchmark's knobs.
@@ -738,6 +742,7 @@ fn main() -> Result<()> {
         Some(Mode::Orgs(args)) => orgs::run(args),
         Some(Mode::Takeover(args)) => takeover::run(args),
         Some(Mode::Pools(args)) => pools::run(args),
+        Some(Mode::Rollout(args)) => rollout::run(args),
         // What `#[tokio::main]` builds: a worker per CPU.
         None => tokio::runtime::Builder::new_multi_thread()
             .enable_all()

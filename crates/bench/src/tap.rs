@@ -50,6 +50,8 @@ pub struct Tap {
     first_create: Mutex<HashMap<ClusterName, Instant>>,
     created: Notify,
     probes: AtomicU64,
+    /// Destroy calls the engine made (a batch is one).
+    destroy_calls: AtomicU64,
 }
 
 impl Tap {
@@ -61,7 +63,13 @@ impl Tap {
             first_create: Mutex::new(HashMap::new()),
             created: Notify::new(),
             probes: AtomicU64::new(0),
+            destroy_calls: AtomicU64::new(0),
         }
+    }
+
+    /// Destroy calls so far, a batch counted once.
+    pub fn destroy_calls(&self) -> u64 {
+        self.destroy_calls.load(Ordering::SeqCst)
     }
 
     /// Probe calls so far.
@@ -145,10 +153,12 @@ impl InstanceSet for Tap {
     }
 
     async fn destroy(&self, id: &InstanceId) -> Result<(), CloudError> {
+        self.destroy_calls.fetch_add(1, Ordering::SeqCst);
         self.inner.destroy(id).await
     }
 
     async fn destroy_many(&self, ids: &[InstanceId]) -> Vec<Result<(), CloudError>> {
+        self.destroy_calls.fetch_add(1, Ordering::SeqCst);
         self.inner.destroy_many(ids).await
     }
 
@@ -540,6 +550,41 @@ impl flotilla_store::SharedConfigStore for CountingStore {
         name: &flotilla_domain::SharedConfigName,
     ) -> Result<Vec<flotilla_store::SharedConfigRecord>, StoreError> {
         self.inner.shared_config_versions(name).await
+    }
+}
+
+#[async_trait]
+impl flotilla_store::RolloutStore for CountingStore {
+    async fn pause_rollout(
+        &self,
+        pool: &PoolName,
+        by: &str,
+        now: DateTime<Utc>,
+    ) -> Result<flotilla_store::RolloutHold, StoreError> {
+        self.inner.pause_rollout(pool, by, now).await
+    }
+
+    async fn resume_rollout(
+        &self,
+        pool: &PoolName,
+        by: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        self.inner.resume_rollout(pool, by, now).await
+    }
+
+    async fn stop_rollout(
+        &self,
+        fence: Fence,
+        pool: &PoolName,
+        stop: &flotilla_store::RolloutStop,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        self.inner.stop_rollout(fence, pool, stop, now).await
+    }
+
+    async fn rollout_holds(&self) -> Result<Vec<flotilla_store::RolloutHold>, StoreError> {
+        self.inner.rollout_holds().await
     }
 }
 

@@ -9,11 +9,11 @@ use std::any::Any;
 use std::sync::Arc;
 use std::time::Duration;
 
-use flotilla_domain::{ClusterName, InstanceId, InstanceType, PoolName};
+use flotilla_domain::{ClusterName, InstanceId, InstanceType, LaunchVersion, PoolName};
 
 use crate::contract::{
     CloudError, CreateRequest, Health, Instance, InstanceSet, Tags, TAG_CLUSTER, TAG_INSTANCE_SET,
-    TAG_INSTANCE_TYPE, TAG_POOL,
+    TAG_INSTANCE_TYPE, TAG_POOL, TAG_POOL_VERSION,
 };
 
 /// The pool every conformance request names.
@@ -54,6 +54,11 @@ macro_rules! conformance_tests {
     };
 }
 
+/// The pool version every conformance request carries.
+fn version() -> LaunchVersion {
+    LaunchVersion::parse("00c0ffee00c0ffee").expect("a version")
+}
+
 fn request(h: &Harness, cluster: &str, count: u32) -> CreateRequest {
     CreateRequest {
         cluster: ClusterName::new(cluster).unwrap(),
@@ -63,6 +68,7 @@ fn request(h: &Harness, cluster: &str, count: u32) -> CreateRequest {
         tags: Tags::from([("purpose".to_owned(), "conformance".to_owned())]),
         init_data: None,
         workload: None,
+        pool_version: Some(version()),
         count,
     }
 }
@@ -124,6 +130,12 @@ fn assert_owned(h: &Harness, i: &Instance, cluster: &str) {
     );
     assert_eq!(i.tags.get(TAG_POOL).map(String::as_str), Some(POOL));
     assert_eq!(i.pool().as_ref().map(PoolName::as_str), Some(POOL));
+    assert_eq!(
+        i.pool_version(),
+        Some(version()),
+        "pool version of {}",
+        i.id
+    );
     assert_eq!(i.instance_type, h.instance_type);
 }
 
@@ -298,7 +310,13 @@ pub async fn set_tags_merges_and_protects_ownership(h: Harness) {
     assert_eq!(seen.tags.get("hold").map(String::as_str), Some("yes"));
     assert_owned(&h, &seen, "conf-t");
 
-    for key in [TAG_INSTANCE_SET, TAG_CLUSTER, TAG_INSTANCE_TYPE, TAG_POOL] {
+    for key in [
+        TAG_INSTANCE_SET,
+        TAG_CLUSTER,
+        TAG_INSTANCE_TYPE,
+        TAG_POOL,
+        TAG_POOL_VERSION,
+    ] {
         let bad = Tags::from([(key.to_owned(), "other".to_owned())]);
         let err = h
             .ours

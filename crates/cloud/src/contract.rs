@@ -3,7 +3,9 @@ use std::fmt;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use flotilla_domain::{ClusterName, InstanceId, InstanceSetId, InstanceType, PoolName};
+use flotilla_domain::{
+    ClusterName, InstanceId, InstanceSetId, InstanceType, LaunchVersion, PoolName,
+};
 use futures::future::join_all;
 use tokio::time::Instant;
 
@@ -17,6 +19,11 @@ pub const TAG_INSTANCE_TYPE: &str = "flotilla-instance-type";
 /// per pool (an EC2 pool's health check) applies to it after a restart too.
 /// Set at creation like the ownership tags, and as fixed.
 pub const TAG_POOL: &str = "flotilla-pool";
+/// Tag holding the version of its pool's launch configuration an instance
+/// was made from (a [`LaunchVersion`]), by which the engine tells an
+/// outdated node after a pool or a shared config it uses changed. Set at
+/// creation, and as fixed.
+pub const TAG_POOL_VERSION: &str = "flotilla-pool-version";
 
 pub type Tags = BTreeMap<String, String>;
 
@@ -47,16 +54,23 @@ pub struct CreateRequest {
     /// The cluster's own workload, run instead of `init_data` by a driver
     /// that runs workloads (`local`); others refuse a request with one.
     pub workload: Option<flotilla_domain::Workload>,
+    /// The version of the pool's launch configuration the nodes get
+    /// ([`TAG_POOL_VERSION`]).
+    pub pool_version: Option<LaunchVersion>,
     pub count: u32,
 }
 
 impl CreateRequest {
     /// Every tag an instance of this request is created with: the
-    /// operator's, then the ownership tags and [`TAG_POOL`], which win.
+    /// operator's, then the ownership tags, [`TAG_POOL`] and
+    /// [`TAG_POOL_VERSION`], which win.
     pub fn instance_tags(&self, set: &InstanceSetId) -> Tags {
         let mut tags = self.tags.clone();
         tags.extend(ownership_tags(set, &self.cluster, &self.instance_type));
         tags.insert(TAG_POOL.to_owned(), self.pool.to_string());
+        if let Some(v) = &self.pool_version {
+            tags.insert(TAG_POOL_VERSION.to_owned(), v.to_string());
+        }
         tags
     }
 }
@@ -89,6 +103,14 @@ impl Instance {
         self.tags
             .get(TAG_POOL)
             .and_then(|p| PoolName::new(p.as_str()).ok())
+    }
+
+    /// The version of its pool it was made from; None for instances made
+    /// before versions were tagged.
+    pub fn pool_version(&self) -> Option<LaunchVersion> {
+        self.tags
+            .get(TAG_POOL_VERSION)
+            .and_then(|v| LaunchVersion::parse(v))
     }
 }
 
@@ -380,7 +402,13 @@ pub trait InstanceSet: Send + Sync + 'static {
 
 /// Refuses changes to the ownership tags; shared by every driver.
 pub fn check_tag_update(tags: &Tags) -> Result<(), CloudError> {
-    for key in [TAG_INSTANCE_SET, TAG_CLUSTER, TAG_INSTANCE_TYPE, TAG_POOL] {
+    for key in [
+        TAG_INSTANCE_SET,
+        TAG_CLUSTER,
+        TAG_INSTANCE_TYPE,
+        TAG_POOL,
+        TAG_POOL_VERSION,
+    ] {
         if tags.contains_key(key) {
             return Err(CloudError::permanent(format!(
                 "tag {key} is set at creation and cannot be changed"

@@ -653,6 +653,7 @@ pub fn request(cluster_name: &str, count: u32) -> CreateRequest {
         tags: Tags::new(),
         init_data: None,
         workload: None,
+        pool_version: None,
         count,
     }
 }

@@ -19,6 +19,7 @@ mod events;
 mod nodes;
 mod orgs;
 mod pools;
+mod rollouts;
 mod shared;
 
 use std::future::Future;
@@ -38,6 +39,7 @@ pub use orgs::{
 pub use pools::{
     ApplyOutcome, ApplyPool, PoolApplied, PoolDetail, PoolVersion, RetirePool, MAX_POOL_ERRORS,
 };
+pub use rollouts::{ClusterReplacement, PauseRollout, PoolRollout, ResumeRollout};
 pub use shared::{SharedConfigView, WriteSharedConfig};
 
 mod sealed {

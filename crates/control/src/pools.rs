@@ -81,6 +81,12 @@ pub struct PoolApplied {
     pub changed_fields: Vec<String>,
     /// The pool as it is (or, for a dry run, would be).
     pub pool: PoolDetail,
+    /// The version of its launch configuration its nodes are made at from
+    /// now on (or why its image cannot be resolved).
+    pub launch_version: Result<flotilla_domain::LaunchVersion, String>,
+    /// The clusters with nodes its rollout replaces (made from another
+    /// version), those the caller may see.
+    pub replaces: Vec<crate::ClusterReplacement>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -291,7 +297,11 @@ impl Control {
     ) -> Result<PoolApplied, EngineError> {
         let p = self.prepare_apply(caller, command).await?;
         let clusters = self.clusters_of_pool(&p.name);
+        let (launch_version, mut replaces) = self.outdated_by(caller, &p.name, &p.spec);
+        replaces.retain(|c| !c.outdated.is_empty());
         Ok(PoolApplied {
+            launch_version,
+            replaces,
             outcome: p.outcome,
             changed_fields: p.changed_fields,
             pool: PoolDetail {
@@ -408,7 +418,7 @@ impl sealed::Sealed for ApplyPool {}
 
 impl Command for ApplyPool {
     /// What was checked, and the version the pool is at.
-    type Committed = (Prepared, PoolRecord);
+    type Committed = (Prepared, PoolRecord, Caller);
     type View = PoolApplied;
     const NAME: &'static str = "apply_pool";
 
@@ -441,20 +451,24 @@ impl Command for ApplyPool {
                     .await?
             }
         };
-        Ok((p, record))
+        Ok((p, record, caller.clone()))
     }
 
     /// Answered from what was written, not from this server's copy, which
     /// a failed read of the feed may leave behind.
     async fn answer(
-        (p, record): Self::Committed,
+        (p, record, caller): Self::Committed,
         control: &Control,
     ) -> Result<PoolApplied, EngineError> {
         let mut spec = p.spec;
         spec.source = PoolSource::Stored {
             version: record.version,
         };
+        let (launch_version, mut replaces) = control.outdated_by(&caller, &p.name, &spec);
+        replaces.retain(|c| !c.outdated.is_empty());
         Ok(PoolApplied {
+            launch_version,
+            replaces,
             outcome: p.outcome,
             changed_fields: p.changed_fields,
             pool: PoolDetail {

@@ -53,6 +53,13 @@ pub enum ChangeKind {
     PoolApplied,
     /// A pool was retired: no cluster may use it any more.
     PoolRetired,
+    /// A pool's rollout was paused: its clusters keep their outdated
+    /// nodes until it is resumed.
+    PoolRolloutPaused,
+    /// A pool's rollout was resumed (after a pause or a stop).
+    PoolRolloutResumed,
+    /// The leader stopped a pool's rollout: replacements kept failing.
+    PoolRolloutStopped,
     /// A shared config was created (its version 1).
     SharedConfigCreated,
     /// A shared config has a new version.
@@ -74,7 +81,7 @@ pub enum ChangeEntity {
 }
 
 impl ChangeKind {
-    const PLAIN: [ChangeKind; 18] = [
+    const PLAIN: [ChangeKind; 21] = [
         ChangeKind::ClusterDeployed,
         ChangeKind::ClusterResized,
         ChangeKind::ClusterExtended,
@@ -91,6 +98,9 @@ impl ChangeKind {
         ChangeKind::KeysChanged,
         ChangeKind::PoolApplied,
         ChangeKind::PoolRetired,
+        ChangeKind::PoolRolloutPaused,
+        ChangeKind::PoolRolloutResumed,
+        ChangeKind::PoolRolloutStopped,
         ChangeKind::SharedConfigCreated,
         ChangeKind::SharedConfigUpdated,
     ];
@@ -111,7 +121,11 @@ impl ChangeKind {
             | ChangeKind::AccountChanged
             | ChangeKind::AccountDeleted => ChangeEntity::Account,
             ChangeKind::LeaseTaken | ChangeKind::KeysChanged => ChangeEntity::Server,
-            ChangeKind::PoolApplied | ChangeKind::PoolRetired => ChangeEntity::Pool,
+            ChangeKind::PoolApplied
+            | ChangeKind::PoolRetired
+            | ChangeKind::PoolRolloutPaused
+            | ChangeKind::PoolRolloutResumed
+            | ChangeKind::PoolRolloutStopped => ChangeEntity::Pool,
             ChangeKind::SharedConfigCreated | ChangeKind::SharedConfigUpdated => {
                 ChangeEntity::SharedConfig
             }
@@ -152,6 +166,9 @@ impl ChangeKind {
             ChangeKind::KeysChanged => "server.keys_changed",
             ChangeKind::PoolApplied => "pool.applied",
             ChangeKind::PoolRetired => "pool.retired",
+            ChangeKind::PoolRolloutPaused => "pool.rollout_paused",
+            ChangeKind::PoolRolloutResumed => "pool.rollout_resumed",
+            ChangeKind::PoolRolloutStopped => "pool.rollout_stopped",
             ChangeKind::SharedConfigCreated => "shared_config.created",
             ChangeKind::SharedConfigUpdated => "shared_config.updated",
         }

@@ -392,6 +392,7 @@ mod tests {
             state,
             state_since: now,
             last_destroy_attempt: None,
+            version: None,
         }
     }
 

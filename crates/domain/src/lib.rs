@@ -14,6 +14,7 @@ mod org;
 mod plan;
 mod pool;
 mod pool_error;
+mod rollout;
 
 pub use access::{
     allowed_clusters, authorize_admin, authorize_cluster_token, authorize_deploy,
@@ -42,10 +43,12 @@ pub use org::{
     OrgError, OrgEvent, OrgEventKind, OrgName, OrgRole, OrgSettings, Organisation, SettingsPatch,
 };
 pub use plan::{
-    plan, DestroyReason, NodeRecord, NodeState, ObservedNode, Plan, Timeouts, WantedNodes,
+    is_current, plan, Budgets, DestroyReason, NodeRecord, NodeState, ObservedNode, Plan, Timeouts,
+    WantedNodes,
 };
 pub use pool::{
     image_from, pointer, pool_schema, schema_of, ImageRef, PoolDocument, PoolOwner, PoolSource,
     PoolSpec, Problem, SharedImages, WrittenDollars, POOL_SCHEMA_VERSION,
 };
 pub use pool_error::{PoolError, PoolErrorKey, PoolErrorKind};
+pub use rollout::{LaunchVersion, NodeBudget, Rollout, RolloutSettings, WrittenBudget};

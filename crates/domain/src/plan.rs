@@ -10,6 +10,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::names::{InstanceId, InstanceType};
+use crate::rollout::LaunchVersion;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -56,6 +57,9 @@ pub struct NodeRecord {
     pub state: NodeState,
     pub state_since: DateTime<Utc>,
     pub address: Option<String>,
+    /// The version of its pool it was launched at; None for a node
+    /// launched before nodes carried it.
+    pub pool_version: Option<LaunchVersion>,
 }
 
 impl NodeRecord {
@@ -67,6 +71,7 @@ impl NodeRecord {
             state: self.state,
             state_since: self.state_since,
             last_destroy_attempt: None,
+            version: self.pool_version.clone(),
         }
     }
 }
@@ -81,6 +86,8 @@ pub struct ObservedNode {
     /// When the node entered `state`.
     pub state_since: DateTime<Utc>,
     pub last_destroy_attempt: Option<DateTime<Utc>>,
+    /// The version of its pool it was launched at, if it says.
+    pub version: Option<LaunchVersion>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,6 +116,69 @@ impl Default for Timeouts {
 pub struct WantedNodes {
     pub count: u32,
     pub instance_type: InstanceType,
+    /// The version of its pool new nodes are launched at: a node launched
+    /// at another is outdated. None: every node of the type is current.
+    pub version: Option<LaunchVersion>,
+    /// How outdated nodes are replaced; None while the pool's rollout is
+    /// paused or stopped: they then stay as part of the cluster (and go
+    /// only as surplus).
+    pub replace: Option<Budgets>,
+}
+
+impl WantedNodes {
+    /// `count` nodes of `instance_type`, any version, replaced within the
+    /// default rollout's budgets.
+    pub fn new(count: u32, instance_type: InstanceType) -> Self {
+        let (surge, unavailable) = crate::Rollout::default().budgets(count);
+        Self {
+            count,
+            instance_type,
+            version: None,
+            replace: Some(Budgets { surge, unavailable }),
+        }
+    }
+
+    /// Whether `node` is what this cluster would launch now: of its type,
+    /// and of its version (a node without one, launched before nodes
+    /// carried their pool's version, counts as current).
+    pub fn is_current(
+        &self,
+        instance_type: &InstanceType,
+        version: Option<&LaunchVersion>,
+    ) -> bool {
+        is_current(
+            &self.instance_type,
+            self.version.as_ref(),
+            instance_type,
+            version,
+        )
+    }
+}
+
+/// Whether a node of `instance_type` launched at `version` is what a pool
+/// of `wanted_type` at `wanted_version` launches now (see
+/// [`WantedNodes::is_current`]).
+pub fn is_current(
+    wanted_type: &InstanceType,
+    wanted_version: Option<&LaunchVersion>,
+    instance_type: &InstanceType,
+    version: Option<&LaunchVersion>,
+) -> bool {
+    instance_type == wanted_type
+        && match (wanted_version, version) {
+            (Some(wanted), Some(node)) => wanted == node,
+            _ => true,
+        }
+}
+
+/// How far a cluster may stray from its wanted count while it replaces
+/// outdated nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budgets {
+    /// Nodes beyond the wanted count.
+    pub surge: u32,
+    /// Ready nodes below the wanted count.
+    pub unavailable: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -119,7 +189,8 @@ pub enum DestroyReason {
     BootTimeout,
     /// Unhealthy for longer than the probe timeout.
     ProbeTimeout,
-    /// Of an instance type the pool no longer uses.
+    /// Launched from an older version of its pool (another instance
+    /// type, image, …), and replaced.
     Outdated,
     /// Destroy was asked before and the instance is still listed.
     Retry,
@@ -193,7 +264,9 @@ pub fn plan(
                     .push((node.id.clone(), DestroyReason::ProbeTimeout));
             }
             _ => match wanted {
-                Some(w) if node.instance_type == w.instance_type => keep.push(node),
+                Some(w) if w.is_current(&node.instance_type, node.version.as_ref()) => {
+                    keep.push(node)
+                }
                 Some(_) => outdated.push(node),
                 None => plan.destroy.push((node.id.clone(), DestroyReason::Surplus)),
             },
@@ -205,32 +278,69 @@ pub fn plan(
     };
     let want = wanted.count as usize;
 
+    // Least useful first: unhealthy, then booting, then ready.
+    keep.sort_by(|a, b| {
+        rank(a.state)
+            .cmp(&rank(b.state))
+            .then(b.launched_at.cmp(&a.launched_at))
+            .then(a.id.cmp(&b.id))
+    });
     if keep.len() > want {
-        // Give up the least useful first: unhealthy, then booting, then
-        // ready; among equals the newest, so long-lived nodes stay put.
-        keep.sort_by(|a, b| {
-            rank(a.state)
-                .cmp(&rank(b.state))
-                .then(b.launched_at.cmp(&a.launched_at))
-                .then(a.id.cmp(&b.id))
-        });
+        // Among equals the newest go, so long-lived nodes stay put.
         for node in keep.drain(..keep.len() - want) {
             plan.destroy.push((node.id.clone(), DestroyReason::Surplus));
         }
-    } else {
-        let missing = (want - keep.len()) as u32;
-        plan.create = missing.min(may_create);
-        plan.deferred = missing - plan.create;
     }
 
-    // Nodes of an old type go once the new type can carry the cluster.
-    let ready = keep.iter().filter(|n| n.state == NodeState::Ready).count();
-    if ready >= want {
-        for node in outdated {
-            plan.destroy
-                .push((node.id.clone(), DestroyReason::Outdated));
+    // Outdated nodes, least useful first and among ready ones the oldest:
+    // the order they are replaced in.
+    outdated.sort_by(|a, b| {
+        rank(a.state)
+            .cmp(&rank(b.state))
+            .then(a.launched_at.cmp(&b.launched_at))
+            .then(a.id.cmp(&b.id))
+    });
+    let mut total = keep.len() + outdated.len();
+    let mut ready = keep
+        .iter()
+        .chain(&outdated)
+        .filter(|n| n.state == NodeState::Ready)
+        .count();
+    // An outdated node goes when the cluster keeps enough ready nodes
+    // without it. One not yet seen ready is no exception: after a restart
+    // every adopted node is booting until its first probe, and is no less
+    // needed for it. While the pool's rollout is paused or stopped, only
+    // as surplus: outdated nodes serve as they are, and a replacement
+    // already under way still finishes.
+    let (floor, surplus_only) = match wanted.replace {
+        Some(budgets) => (want.saturating_sub(budgets.unavailable as usize), false),
+        None => (want, true),
+    };
+    let reason = if surplus_only {
+        DestroyReason::Surplus
+    } else {
+        DestroyReason::Outdated
+    };
+    for node in outdated {
+        if surplus_only && total <= want {
+            break;
         }
+        let is_ready = node.state == NodeState::Ready;
+        let ready_without = ready - usize::from(is_ready);
+        if ready_without < floor {
+            continue;
+        }
+        ready -= usize::from(is_ready);
+        total -= 1;
+        plan.destroy.push((node.id.clone(), reason));
     }
+
+    let missing = want.saturating_sub(keep.len());
+    let surge = wanted.replace.map_or(0, |b| b.surge as usize);
+    let room = (want + surge).saturating_sub(total);
+    let create = missing.min(room) as u32;
+    plan.create = create.min(may_create);
+    plan.deferred = create - plan.create;
     plan
 }
 
@@ -264,14 +374,12 @@ mod tests {
             state,
             state_since: t0() + secs(launched),
             last_destroy_attempt: None,
+            version: None,
         }
     }
 
     fn want(count: u32) -> WantedNodes {
-        WantedNodes {
-            count,
-            instance_type: InstanceType::new("small").unwrap(),
-        }
+        WantedNodes::new(count, InstanceType::new("small").unwrap())
     }
 
     fn ids(plan: &Plan) -> Vec<(&str, DestroyReason)> {
@@ -410,6 +518,204 @@ mod tests {
         ];
         let p = plan(Some(&want(1)), &nodes, t0(), &Timeouts::default(), 100);
         assert_eq!(ids(&p), vec![("old", DestroyReason::Outdated)]);
+    }
+
+    fn versioned(
+        id: &str,
+        version: &LaunchVersion,
+        state: NodeState,
+        launched: i64,
+    ) -> ObservedNode {
+        ObservedNode {
+            version: Some(version.clone()),
+            ..node(id, "small", state, launched)
+        }
+    }
+
+    fn v(n: u8) -> LaunchVersion {
+        LaunchVersion::parse(&format!("{n:016x}")).unwrap()
+    }
+
+    fn rolling(count: u32, surge: u32, unavailable: u32) -> WantedNodes {
+        WantedNodes {
+            version: Some(v(2)),
+            replace: Some(Budgets { surge, unavailable }),
+            ..want(count)
+        }
+    }
+
+    /// Applies plans to `nodes` until one is empty: created nodes boot in
+    /// one step and are ready the next; destroyed ones leave at once.
+    /// Returns the steps taken, checking at each that the cluster never
+    /// has fewer ready nodes than `floor` nor more than `ceiling` nodes.
+    fn roll(
+        wanted: &WantedNodes,
+        mut nodes: Vec<ObservedNode>,
+        floor: usize,
+        ceiling: usize,
+    ) -> (usize, Vec<ObservedNode>) {
+        let mut made = 0;
+        for step in 1..100 {
+            let p = plan(Some(wanted), &nodes, t0(), &Timeouts::default(), 100);
+            let booting = nodes.iter().any(|n| n.state == NodeState::Booting);
+            if p.is_empty() && !booting {
+                return (step, nodes);
+            }
+            nodes.retain(|n| !p.destroy.iter().any(|(id, _)| id == &n.id));
+            let ready = nodes.iter().filter(|n| n.state == NodeState::Ready).count();
+            assert!(
+                ready >= floor,
+                "step {step}: {ready} ready, fewer than {floor}"
+            );
+            for n in &mut nodes {
+                n.state = NodeState::Ready;
+            }
+            for _ in 0..p.create {
+                made += 1;
+                nodes.push(versioned(
+                    &format!("new-{made}"),
+                    wanted.version.as_ref().unwrap(),
+                    NodeState::Booting,
+                    step as i64,
+                ));
+            }
+            assert!(
+                nodes.len() <= ceiling,
+                "step {step}: {} nodes, more than {ceiling}",
+                nodes.len()
+            );
+        }
+        panic!("no convergence");
+    }
+
+    #[test]
+    fn a_rollout_surges_and_never_drops_below_the_wanted_ready_count() {
+        let old: Vec<ObservedNode> = (0..10)
+            .map(|i| versioned(&format!("old-{i}"), &v(1), NodeState::Ready, i))
+            .collect();
+        let (steps, nodes) = roll(&rolling(10, 3, 0), old.clone(), 10, 13);
+        assert!(nodes.iter().all(|n| n.version == Some(v(2))), "{nodes:?}");
+        assert_eq!(nodes.len(), 10);
+        // Four waves of three, each a create then (ready) a destroy.
+        assert!(steps <= 10, "{steps} steps");
+
+        // One at a time replaces one old node per wave, the oldest first.
+        let p = plan(
+            Some(&rolling(10, 1, 0)),
+            &old,
+            t0(),
+            &Timeouts::default(),
+            100,
+        );
+        assert_eq!((p.create, p.destroy.len()), (1, 0));
+        let mut with_one = old.clone();
+        with_one.push(versioned("new", &v(2), NodeState::Ready, 20));
+        let p = plan(
+            Some(&rolling(10, 1, 0)),
+            &with_one,
+            t0(),
+            &Timeouts::default(),
+            100,
+        );
+        assert_eq!(ids(&p), vec![("old-0", DestroyReason::Outdated)]);
+        assert_eq!(
+            p.create, 1,
+            "the next replacement starts as the old node goes"
+        );
+    }
+
+    #[test]
+    fn a_pool_that_cannot_surge_replaces_within_its_unavailability() {
+        let old: Vec<ObservedNode> = (0..4)
+            .map(|i| versioned(&format!("old-{i}"), &v(1), NodeState::Ready, i))
+            .collect();
+        let p = plan(
+            Some(&rolling(4, 0, 1)),
+            &old,
+            t0(),
+            &Timeouts::default(),
+            100,
+        );
+        assert_eq!(ids(&p), vec![("old-0", DestroyReason::Outdated)]);
+        assert_eq!(p.create, 1, "its replacement takes its place");
+        let (_, nodes) = roll(&rolling(4, 0, 1), old, 3, 4);
+        assert!(nodes.iter().all(|n| n.version == Some(v(2))));
+    }
+
+    #[test]
+    fn a_paused_rollout_keeps_outdated_nodes_serving() {
+        let old: Vec<ObservedNode> = (0..3)
+            .map(|i| versioned(&format!("old-{i}"), &v(1), NodeState::Ready, i))
+            .collect();
+        let paused = WantedNodes {
+            replace: None,
+            ..rolling(3, 1, 0)
+        };
+        assert!(plan(Some(&paused), &old, t0(), &Timeouts::default(), 100).is_empty());
+        // It still grows with the new version and shrinks by old nodes.
+        let p = plan(
+            Some(&WantedNodes {
+                count: 4,
+                ..paused.clone()
+            }),
+            &old,
+            t0(),
+            &Timeouts::default(),
+            100,
+        );
+        assert_eq!((p.create, p.destroy.len()), (1, 0));
+        let p = plan(
+            Some(&WantedNodes { count: 2, ..paused }),
+            &old,
+            t0(),
+            &Timeouts::default(),
+            100,
+        );
+        assert_eq!(ids(&p), vec![("old-0", DestroyReason::Surplus)]);
+    }
+
+    #[test]
+    fn nodes_without_a_version_count_as_current() {
+        let nodes = [node("a", "small", NodeState::Ready, 0)];
+        assert!(plan(
+            Some(&rolling(1, 1, 0)),
+            &nodes,
+            t0(),
+            &Timeouts::default(),
+            100
+        )
+        .is_empty());
+    }
+
+    #[test]
+    fn outdated_nodes_not_yet_ready_go_only_once_the_cluster_is_ready_without_them() {
+        // As after a restart: every adopted node booting until probed.
+        let adopted: Vec<ObservedNode> = (0..3)
+            .map(|i| versioned(&format!("old-{i}"), &v(1), NodeState::Booting, i))
+            .collect();
+        let p = plan(
+            Some(&rolling(3, 1, 0)),
+            &adopted,
+            t0(),
+            &Timeouts::default(),
+            100,
+        );
+        assert!(p.destroy.is_empty(), "{p:?}");
+        assert_eq!(p.create, 1, "the surge goes on");
+
+        let nodes = [
+            versioned("old-booting", &v(1), NodeState::Booting, 1),
+            versioned("new-1", &v(2), NodeState::Ready, 2),
+            versioned("new-2", &v(2), NodeState::Ready, 3),
+        ];
+        let p = plan(
+            Some(&rolling(2, 1, 0)),
+            &nodes,
+            t0(),
+            &Timeouts::default(),
+            100,
+        );
+        assert_eq!(ids(&p), vec![("old-booting", DestroyReason::Outdated)]);
     }
 
     #[test]

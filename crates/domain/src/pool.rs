@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::money::Money;
 use crate::names::{InstanceType, Username};
 use crate::org::OrgName;
+use crate::rollout::{Rollout, RolloutSettings};
 
 /// The version of [`PoolDocument`]'s schema, stored with every pool
 /// written, so a later flotilla knows what shape it reads back.
@@ -83,6 +84,10 @@ pub struct PoolDocument {
     #[schemars(inner(regex(pattern = r"^(org:)?[A-Za-z0-9][-A-Za-z0-9]{0,39}$")))]
     #[schemars(extend("uniqueItems" = true))]
     pub owners: Vec<String>,
+    /// How its clusters replace nodes launched from an older version of
+    /// it (surge, unavailability, failures before stopping).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutSettings>,
     /// The ec2 driver's launch settings for this pool, over the driver's
     /// own (pools on an ec2 driver only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -313,6 +318,8 @@ pub struct PoolSpec {
     pub allow_workload: bool,
     pub description: Option<String>,
     pub owners: Vec<PoolOwner>,
+    /// How its clusters replace outdated nodes.
+    pub rollout: Rollout,
     /// The driver's own section (`ec2`), as written: the driver reads it.
     pub options: Option<serde_json::Value>,
     pub source: PoolSource,
@@ -333,6 +340,7 @@ impl PoolSpec {
             allow_workload: false,
             description: None,
             owners: Vec::new(),
+            rollout: Rollout::default(),
             options: None,
             source: PoolSource::Config,
         }
@@ -355,6 +363,7 @@ impl PoolSpec {
             allow_workload: self.allow_workload,
             description: self.description.clone(),
             owners: self.owners.iter().map(ToString::to_string).collect(),
+            rollout: self.rollout.written(),
             ec2: self.options.clone(),
         }
     }
@@ -409,6 +418,9 @@ impl PoolDocument {
                 Err(e) => problems.push(Problem::new(pointer(&["owners", &i.to_string()]), e)),
             }
         }
+        let rollout = Rollout::parse(self.rollout.as_ref())
+            .map_err(|p| problems.extend(p))
+            .unwrap_or_default();
         if let Some(ec2) = &self.ec2 {
             if !ec2.is_object() {
                 problems.push(Problem::at("ec2", "expected a table (an object)"));
@@ -427,6 +439,7 @@ impl PoolDocument {
                 allow_workload: self.allow_workload,
                 description: self.description.clone(),
                 owners,
+                rollout,
                 options: self.ec2.clone(),
                 source,
             }),

@@ -794,6 +794,7 @@ mod tests {
             tags: Tags::from([("extra".to_owned(), "1".to_owned())]),
             init_data: None,
             workload: None,
+            pool_version: None,
             count,
         }
     }

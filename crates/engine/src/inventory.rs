@@ -65,6 +65,7 @@ impl TrackedNode {
             state: self.state,
             state_since: self.state_since,
             last_destroy_attempt: self.last_destroy_attempt,
+            version: self.instance.pool_version(),
         }
     }
 
@@ -80,6 +81,7 @@ impl TrackedNode {
             state: self.state,
             state_since: millis(self.state_since),
             address: self.instance.address.clone(),
+            pool_version: self.instance.pool_version(),
         }
     }
 
@@ -97,6 +99,7 @@ impl TrackedNode {
             &self.state,
             &millis(self.state_since),
             &self.instance.address,
+            &self.instance.pool_version(),
         )
             .hash(&mut h);
         h.finish()
@@ -113,10 +116,17 @@ impl TrackedNode {
         }
     }
 
-    fn record_probe(&mut self, health: Health, now: DateTime<Utc>, probe_interval: Duration) {
+    /// Records a probe's answer; true if the node became ready.
+    fn record_probe(
+        &mut self,
+        health: Health,
+        now: DateTime<Utc>,
+        probe_interval: Duration,
+    ) -> bool {
         self.probes += 1;
+        let was_ready = self.state == NodeState::Ready;
         let next = match (self.state, health) {
-            (NodeState::ShuttingDown, _) => return,
+            (NodeState::ShuttingDown, _) => return false,
             (NodeState::Ready, Health::Ready) => self.jittered(probe_interval),
             (_, Health::Ready) => {
                 self.state = NodeState::Ready;
@@ -137,6 +147,7 @@ impl TrackedNode {
             }
         };
         self.next_probe = Instant::now() + next;
+        !was_ready && self.state == NodeState::Ready
     }
 }
 
@@ -296,12 +307,15 @@ impl SetInventory {
         address: Option<String>,
         now: DateTime<Utc>,
         probe_interval: Duration,
-    ) {
-        if let Some(node) = self.clusters.get_mut(cluster).and_then(|m| m.get_mut(id)) {
-            if address.is_some() {
-                node.instance.address = address;
+    ) -> bool {
+        match self.clusters.get_mut(cluster).and_then(|m| m.get_mut(id)) {
+            Some(node) => {
+                if address.is_some() {
+                    node.instance.address = address;
+                }
+                node.record_probe(health, now, probe_interval)
             }
-            node.record_probe(health, now, probe_interval);
+            None => false,
         }
     }
 

@@ -39,6 +39,7 @@ mod reach;
 mod reconcile;
 mod reflection;
 mod reflector;
+mod rollout;
 pub mod runtime;
 mod sync;
 mod views;
@@ -48,7 +49,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use flotilla_cloud::{Clock, InstanceSet};
-use flotilla_domain::{Change, ClusterName, LevelPolicy, Limits, OrgDefaults, PoolName, Timeouts};
+use flotilla_domain::{
+    Change, ClusterName, LaunchVersion, LevelPolicy, Limits, OrgDefaults, PoolName, Timeouts,
+};
 use flotilla_store::Store;
 use prometheus_client::registry::Registry;
 use tokio::sync::{broadcast, watch, Notify};
@@ -60,7 +63,7 @@ pub use flotilla_domain::PoolSpec;
 pub use orgs::{log_org_events, request_views};
 pub use pools::{PoolView, ResolvedImage};
 pub use reach::NodeChoice;
-pub use views::{ClusterView, NodeView, OrgClusterView, RequestView};
+pub use views::{ClusterView, NodeView, OrgClusterView, RequestView, RolloutState, RolloutView};
 
 use desired::DesiredCache;
 use inventory::SetInventory;
@@ -137,6 +140,8 @@ struct Shared {
     pools: pools::PoolTable,
     /// The latest version of every shared config.
     shared_configs: pools::SharedConfigs,
+    /// What holds each pool's rollout back, and failed replacements.
+    rollouts: rollout::Rollouts,
     default_pool: PoolName,
     desired: DesiredCache,
     orgs: OrgCache,
@@ -292,6 +297,7 @@ impl Engine {
             sets,
             pools: pools::PoolTable::new(pools),
             shared_configs: pools::SharedConfigs::default(),
+            rollouts: rollout::Rollouts::default(),
             default_pool,
             desired: DesiredCache::new(Vec::new()),
             orgs: OrgCache::new(Vec::new()),
@@ -320,6 +326,7 @@ impl Engine {
 
         pools::refresh(&shared).await?;
         pools::refresh_shared(&shared).await?;
+        rollout::refresh(&shared).await?;
 
         // A server that can lead at once (the only one, or the leader
         // restarted) begins its term, which reads the records, and lists
@@ -395,6 +402,17 @@ impl Engine {
     /// none.
     pub fn resolve_image(&self, pool: &PoolSpec) -> Result<Option<ResolvedImage>, String> {
         pools::resolve_image(&self.shared.shared_configs, pool)
+    }
+
+    /// What `pool`'s nodes are launched at now: the version of its launch
+    /// configuration (its image resolved); or why its image cannot be.
+    pub fn launch_version(&self, pool: &PoolSpec) -> Result<LaunchVersion, String> {
+        pools::launch(&self.shared.shared_configs, pool).map(|(_, v)| v)
+    }
+
+    /// What holds `pool`'s rollout back, as this server's copy has it.
+    pub fn rollout_hold(&self, pool: &PoolName) -> Option<flotilla_store::RolloutHold> {
+        self.shared.rollouts.hold(pool)
     }
 
     /// The pool a deploy that names none uses.

@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use flotilla_cloud::Offering;
 use flotilla_domain::{
-    image_from, ImageRef, InstanceType, PoolDocument, PoolName, PoolSource, PoolSpec,
-    SharedConfigName,
+    image_from, ImageRef, InstanceType, LaunchVersion, PoolDocument, PoolName, PoolSource,
+    PoolSpec, SharedConfigName,
 };
 use flotilla_store::{SharedConfigRecord, StoreError};
 use futures::future::join_all;
@@ -134,6 +134,18 @@ pub(crate) fn resolve_image(
             }))
         }
     }
+}
+
+/// What `pool`'s nodes are launched with now: the image (None: the
+/// driver's), and the version of the whole launch configuration, which
+/// every node is tagged with; or why the image cannot be resolved.
+pub(crate) fn launch(
+    configs: &SharedConfigs,
+    pool: &PoolSpec,
+) -> Result<(Option<String>, LaunchVersion), String> {
+    let image = resolve_image(configs, pool)?.map(|i| i.image);
+    let version = LaunchVersion::of(pool, image.as_deref());
+    Ok((image, version))
 }
 
 /// Reads the pools written through the API and brings the table, and each

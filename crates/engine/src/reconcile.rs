@@ -7,8 +7,9 @@ use std::sync::Arc;
 
 use flotilla_cloud::{CloudError, CreateRequest, Health, Instance, InstanceSet};
 use flotilla_domain::{
-    plan, ClusterName, ClusterRecord, DestroyReason, InstanceId, NodeRecord, NodeState,
-    ObservedNode, Obstacle, ObstacleCode, PoolError, PoolErrorKey, PoolErrorKind, WantedNodes,
+    plan, Budgets, ClusterName, ClusterRecord, DestroyReason, InstanceId, LaunchVersion,
+    NodeRecord, NodeState, ObservedNode, Obstacle, ObstacleCode, Plan, PoolError, PoolErrorKey,
+    PoolErrorKind, WantedNodes,
 };
 use flotilla_store::{ClusterNodes, ClusterObstacle, Fence, GoneNode};
 use futures::future::join_all;
@@ -387,6 +388,13 @@ async fn reconcile(
         None => None,
     };
     let pool = pool_spec.as_deref();
+    // The version its nodes should be at; None while the pool's image
+    // cannot be resolved (nothing is then outdated, and creates say why).
+    let version = pool.and_then(|p| {
+        crate::pools::launch(&shared.shared_configs, p)
+            .ok()
+            .map(|(_, v)| v)
+    });
 
     let mut next = Earliest::default();
     let mut errors = Vec::new();
@@ -399,22 +407,61 @@ async fn reconcile(
             nodes_left = true;
             continue;
         }
-        probe_due(shared, driver, set.as_ref(), cluster).await;
+        let became_ready = probe_due(shared, driver, set.as_ref(), cluster).await;
 
         let wanted = match (&record, pool) {
-            (Some(r), Some(p)) if !r.destroying && &p.driver == driver => Some(WantedNodes {
-                count: r.node_capacity.get(),
-                instance_type: p.instance_type.clone(),
-            }),
+            (Some(r), Some(p)) if !r.destroying && &p.driver == driver => {
+                let count = r.node_capacity.get();
+                let replace = match &version {
+                    Some(v) if !shared.rollouts.replacing(&r.pool, v) => None,
+                    _ => {
+                        let (surge, unavailable) = p.rollout.budgets(count);
+                        Some(Budgets { surge, unavailable })
+                    }
+                };
+                Some(WantedNodes {
+                    count,
+                    instance_type: p.instance_type.clone(),
+                    version: version.clone(),
+                    replace,
+                })
+            }
             _ => None,
         };
+        // A replacement that became ready: the pool's rollout works.
+        if let (Some(r), Some(v)) = (&record, &version) {
+            if became_ready.iter().any(|b| b.as_ref() == Some(v)) {
+                shared.rollouts.succeeded(&r.pool, v);
+            }
+        }
         let now = shared.clock.now();
         let suspect = shared.inventory.lock().unwrap()[driver].prober_suspect();
+        let mut rolling = false;
+        let mut replacements: Vec<InstanceId> = Vec::new();
+        let mut failed_replacements: Vec<String> = Vec::new();
         let plan = {
             let inv = shared.inventory.lock().unwrap();
             let set_inv = &inv[driver];
             let observed: Vec<ObservedNode> =
                 set_inv.nodes(cluster).map(|n| n.observed()).collect();
+            // Replacing outdated nodes: the current ones it made are
+            // replacements, whose failures count toward stopping the
+            // pool's rollout.
+            if let Some(w) = &wanted {
+                let live = observed
+                    .iter()
+                    .filter(|n| n.state != NodeState::ShuttingDown);
+                let (current, outdated): (Vec<&ObservedNode>, Vec<&ObservedNode>) =
+                    live.partition(|n| w.is_current(&n.instance_type, n.version.as_ref()));
+                if !outdated.is_empty() && w.version.is_some() {
+                    replacements = current
+                        .into_iter()
+                        .filter(|n| n.version == w.version)
+                        .map(|n| n.id.clone())
+                        .collect();
+                    rolling = true;
+                }
+            }
             let may_create = wanted
                 .as_ref()
                 .map_or(0, |w| set_inv.may_create(&w.instance_type, Instant::now()));
@@ -437,6 +484,13 @@ async fn reconcile(
         // A metered node is on the meter before it is destroyed, so that
         // one destroyed moments after its create is charged too.
         let mut may_destroy = true;
+        // The plan's creates count the outdated nodes it destroys as gone;
+        // those not gone after all still hold their place.
+        let mut outdated_kept = plan
+            .destroy
+            .iter()
+            .filter(|(_, r)| *r == DestroyReason::Outdated)
+            .count() as u32;
         if !plan.destroy.is_empty() && shared.meter_price(cluster).is_some() {
             let published = shared.observed.get(cluster);
             let unpublished = plan
@@ -465,6 +519,9 @@ async fn reconcile(
                 match result {
                     Ok(()) => {
                         tracing::info!(%cluster, %driver, instance = %id, reason = reason.as_str(), "destroying node");
+                        if *reason == DestroyReason::Outdated {
+                            outdated_kept -= 1;
+                        }
                         shared.metrics.destroyed(driver, reason.as_str());
                         let given_up = match reason {
                             DestroyReason::BootTimeout => Some((
@@ -483,6 +540,11 @@ async fn reconcile(
                             )),
                             _ => None,
                         };
+                        if let Some((_, message)) = &given_up {
+                            if replacements.contains(id) {
+                                failed_replacements.push(message.clone());
+                            }
+                        }
                         if let (Some((kind, message)), Some(r), Some(p)) = (given_up, &record, pool)
                         {
                             note_pool_error(
@@ -524,12 +586,16 @@ async fn reconcile(
             shared.sync_soon.notify_one();
         }
 
+        let plan = Plan {
+            create: plan.create.saturating_sub(outdated_kept),
+            ..plan
+        };
         if plan.create > 0 && leads() {
             let (record, pool) = (
                 record.as_ref().expect("creates only for a wanted cluster"),
                 pool.expect("creates only for a wanted cluster"),
             );
-            create(
+            let refused = create(
                 shared,
                 driver,
                 set.as_ref(),
@@ -541,6 +607,22 @@ async fn reconcile(
                 stall,
             )
             .await;
+            if let Some(why) = refused.filter(|_| rolling) {
+                failed_replacements.push(why);
+            }
+        }
+        if let (Some(r), Some(p), Some(v)) = (&record, pool, &version) {
+            for why in failed_replacements {
+                crate::rollout::note_failure(
+                    shared,
+                    fence,
+                    &r.pool,
+                    v,
+                    p.rollout.max_failures,
+                    why,
+                )
+                .await;
+            }
         }
 
         let inv = shared.inventory.lock().unwrap();
@@ -651,7 +733,14 @@ async fn reconcile(
     })
 }
 
-async fn probe_due(shared: &Shared, driver: &str, set: &dyn InstanceSet, cluster: &ClusterName) {
+/// Probes the nodes of `cluster` whose probe is due; returns the launch
+/// versions of those that became ready.
+async fn probe_due(
+    shared: &Shared,
+    driver: &str,
+    set: &dyn InstanceSet,
+    cluster: &ClusterName,
+) -> Vec<Option<LaunchVersion>> {
     let due: Vec<Instance> = {
         let inv = shared.inventory.lock().unwrap();
         let now = Instant::now();
@@ -662,7 +751,7 @@ async fn probe_due(shared: &Shared, driver: &str, set: &dyn InstanceSet, cluster
             .collect()
     };
     if due.is_empty() {
-        return;
+        return Vec::new();
     }
     let results = join_all(due.iter().map(|i| async move {
         let health = set.probe(i).await;
@@ -677,15 +766,18 @@ async fn probe_due(shared: &Shared, driver: &str, set: &dyn InstanceSet, cluster
     let now = shared.clock.now();
     let mut inv = shared.inventory.lock().unwrap();
     let set_inv = inv.get_mut(driver).expect("known driver");
+    let mut became_ready = Vec::new();
     for (instance, (health, address)) in due.iter().zip(results) {
-        set_inv.record_probe(
+        if set_inv.record_probe(
             cluster,
             &instance.id,
             health,
             address,
             now,
             shared.config.probe_interval,
-        );
+        ) {
+            became_ready.push(instance.pool_version());
+        }
     }
     let suspect = set_inv.prober_suspect();
     if suspect != set_inv.prober_suspected {
@@ -696,6 +788,7 @@ async fn probe_due(shared: &Shared, driver: &str, set: &dyn InstanceSet, cluster
             tracing::info!(%driver, "probes answer again; failing nodes are replaced as usual");
         }
     }
+    became_ready
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -709,16 +802,16 @@ async fn create(
     next: &mut Earliest,
     errors: &mut Vec<(ObstacleCode, String)>,
     stall: &mut Option<Stall>,
-) {
+) -> Option<String> {
     let cluster = &record.name;
-    let image = match crate::pools::resolve_image(&shared.shared_configs, pool) {
-        Ok(image) => image.map(|i| i.image),
+    let (image, version) = match crate::pools::launch(&shared.shared_configs, pool) {
+        Ok(launch) => launch,
         Err(why) => {
             errors.push((
                 ObstacleCode::SharedConfigUnresolved,
                 format!("cannot make nodes of pool {}: {why}", record.pool),
             ));
-            return;
+            return None;
         }
     };
     while remaining > 0 {
@@ -729,7 +822,7 @@ async fn create(
             != Some((record.generation, false))
         {
             next.at(Instant::now());
-            return;
+            return None;
         }
         let count = remaining.min(set.max_batch().max(1));
         let request = CreateRequest {
@@ -740,6 +833,7 @@ async fn create(
             tags: pool.tags.clone(),
             init_data: pool.init_data.clone(),
             workload: record.workload.clone(),
+            pool_version: Some(version.clone()),
             count,
         };
         let result = set.create(&request).await;
@@ -772,7 +866,7 @@ async fn create(
                 s.message = format!("{}: {message}", s.message);
                 s.attempted = true;
                 *stall = Some(s);
-                return;
+                return None;
             }
             Err(CloudError::InsufficientCapacity { scope, message }) => {
                 let until = Instant::now() + shared.config.capacity_backoff;
@@ -783,7 +877,7 @@ async fn create(
                 s.message = format!("{}: {message}", s.message);
                 s.attempted = true;
                 *stall = Some(s);
-                return;
+                return None;
             }
             Err(CloudError::RateLimited {
                 earliest_retry,
@@ -796,14 +890,17 @@ async fn create(
                     retry: Some(earliest_retry),
                     attempted: true,
                 });
-                return;
+                return None;
             }
             Err(e) => {
+                let refused =
+                    matches!(e, CloudError::Permanent { .. }).then(|| format!("create: {e}"));
                 errors.push((obstacle_code(&e), format!("create: {e}")));
-                return;
+                return refused;
             }
         }
     }
+    None
 }
 
 fn quota_stall(driver: &str, instances: usize) -> Stall {

@@ -259,7 +259,11 @@ async fn apply(shared: &Shared, change: &Change, read: &mut PageReads) {
             if !read.pools {
                 // Read again for the next change if this read failed (and by
                 // the leader's resync and a follower's refresh anyway).
-                match crate::pools::refresh(shared).await {
+                let read_all = async {
+                    crate::pools::refresh(shared).await?;
+                    crate::rollout::refresh(shared).await
+                };
+                match read_all.await {
                     Ok(()) => read.pools = true,
                     Err(e) => tracing::warn!(error = %e, "reading the pools failed"),
                 }
@@ -323,5 +327,6 @@ pub(crate) async fn refresh(shared: &Shared) -> Result<(), StoreError> {
     *shared.published_obstacles.lock().unwrap() = obstacles.into_iter().collect();
     crate::pools::refresh(shared).await?;
     crate::pools::refresh_shared(shared).await?;
+    crate::rollout::refresh(shared).await?;
     Ok(())
 }

@@ -109,6 +109,9 @@ async fn term(shared: Arc<Shared>) {
             if let Err(e) = crate::pools::refresh_shared(&shared).await {
                 tracing::warn!(error = %e, "reading the shared configs failed");
             }
+            if let Err(e) = crate::rollout::refresh(&shared).await {
+                tracing::warn!(error = %e, "reading the pools' rollouts failed");
+            }
             let inv = shared.inventory.lock().unwrap();
             let mut all: BTreeSet<_> = shared.desired.names().into_iter().collect();
             for set in inv.values() {

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use flotilla_domain::{
-    cluster_state, ClusterName, ClusterState, InstanceId, InstanceType, NodeRecord, NodeState,
-    ObservedNode, Obstacle, PoolName, Username,
+    cluster_state, is_current, ClusterName, ClusterState, InstanceId, InstanceType, LaunchVersion,
+    NodeRecord, NodeState, ObservedNode, Obstacle, PoolName, Username,
 };
 use tokio::time::Instant;
 
@@ -34,6 +34,60 @@ pub struct ClusterView {
     pub ssh_user: Option<String>,
     /// What its nodes run, when it brought its own workload.
     pub workload: Option<flotilla_domain::Workload>,
+    /// Replacing nodes launched from an older version of its pool, while
+    /// it has any.
+    pub rollout: Option<RolloutView>,
+}
+
+/// A cluster's rollout: its outdated nodes and what becomes of them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RolloutView {
+    /// The launch version its pool makes nodes at now.
+    pub version: LaunchVersion,
+    /// Its nodes launched from an older one.
+    pub outdated: u32,
+    pub state: RolloutState,
+}
+
+/// Whether outdated nodes are being replaced.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RolloutState {
+    Rolling,
+    /// Paused by `by`: replacements under way finish, no others start.
+    Paused {
+        by: String,
+        at: DateTime<Utc>,
+    },
+    /// Stopped by the leader: replacements kept failing.
+    Stopped {
+        reason: String,
+        at: DateTime<Utc>,
+    },
+}
+
+impl RolloutState {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            RolloutState::Rolling => "rolling",
+            RolloutState::Paused { .. } => "paused",
+            RolloutState::Stopped { .. } => "stopped",
+        }
+    }
+
+    /// The state of `pool`'s rollout to `version` given what holds it.
+    pub fn of(hold: Option<flotilla_store::RolloutHold>, version: &LaunchVersion) -> Self {
+        match hold {
+            Some(h) => match (h.paused, h.stopped) {
+                (Some(p), _) => RolloutState::Paused { by: p.by, at: p.at },
+                (None, Some(s)) if &s.version == version => RolloutState::Stopped {
+                    reason: s.reason,
+                    at: s.at,
+                },
+                _ => RolloutState::Rolling,
+            },
+            None => RolloutState::Rolling,
+        }
+    }
 }
 
 /// What status adds for an organisation's cluster.
@@ -74,6 +128,11 @@ pub struct NodeView {
     pub launched_at: DateTime<Utc>,
     /// The node's host with its cluster's workload port.
     pub workload_address: Option<String>,
+    /// The version of its pool's launch configuration it was made from.
+    pub pool_version: Option<LaunchVersion>,
+    /// Made from an older version of its pool than it would be now, so to
+    /// be replaced.
+    pub outdated: bool,
 }
 
 /// `HOST:PORT` for a node at `address` (`HOST` or `HOST:PORT`, IPv6 in
@@ -151,9 +210,24 @@ impl Engine {
             .and_then(|r| r.workload.as_ref())
             .and_then(|w| w.port);
         let observed: Vec<ObservedNode> = records.iter().map(NodeRecord::observed).collect();
+        let launch = pool
+            .as_ref()
+            .and_then(|p| crate::pools::launch(&self.shared.shared_configs, p).ok())
+            .map(|(_, version)| version);
+        let outdated = |n: &NodeRecord| match (&pool, &launch) {
+            (Some(p), Some(v)) if n.state != NodeState::ShuttingDown => !is_current(
+                &p.instance_type,
+                Some(v),
+                &n.instance_type,
+                n.pool_version.as_ref(),
+            ),
+            _ => false,
+        };
         let mut nodes: Vec<NodeView> = records
             .into_iter()
             .map(|n| NodeView {
+                outdated: outdated(&n),
+                pool_version: n.pool_version.clone(),
                 id: n.id,
                 state: n.state,
                 workload_address: workload_port
@@ -185,7 +259,17 @@ impl Engine {
                 shut_down: o.budget.exhausted_at.is_some(),
             }
         });
+        let outdated = nodes.iter().filter(|n| n.outdated).count() as u32;
+        let rollout = match (&record, launch) {
+            (Some(r), Some(version)) if outdated > 0 => Some(RolloutView {
+                state: RolloutState::of(self.shared.rollouts.hold(&r.pool), &version),
+                version,
+                outdated,
+            }),
+            _ => None,
+        };
         ClusterView {
+            rollout,
             cluster: cluster.clone(),
             state,
             is_public: record.as_ref().is_some_and(|r| r.is_public),

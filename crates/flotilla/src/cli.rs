@@ -11,8 +11,8 @@ use flotilla_api_types::{
     CreateOrgRequest, CreateUserRequest, CreditRequest, DeployRequest, ErrorBody, Event, EventList,
     ExecRequest, ExecResponse, ExtendRequest, GithubLoginRequest, Ledger, Level, LoginRequest,
     MemberRoleRequest, MembershipRequestResponse, NodeLogs, OrgClusterStatus, OrgList, OrgView,
-    PoolApplied, PoolDetail, PoolErrorList, PoolHistory, PoolList, PoolVersion, PoolView,
-    RefreshRequest, SchemaIndex, SharedConfigList, SharedConfigRequest, SharedConfigView,
+    PoolApplied, PoolDetail, PoolErrorList, PoolHistory, PoolList, PoolRollout, PoolVersion,
+    PoolView, RefreshRequest, SchemaIndex, SharedConfigList, SharedConfigRequest, SharedConfigView,
     SigningKeyList, TokenResponse, UpdateOrgRequest, UpdateUserRequest, Usage, UserList, UserView,
     WhoAmI,
 };
@@ -538,6 +538,88 @@ impl Client {
                 }
                 if !applied.pool.clusters.is_empty() {
                     println!("used by: {}", applied.pool.clusters.join(", "));
+                }
+                let replaced: usize = applied.replaces.iter().map(|c| c.outdated.len()).sum();
+                if replaced > 0 {
+                    let verb = if dry_run { "would replace" } else { "replaces" };
+                    println!(
+                        "rollout {verb} {replaced} node(s) made from another version ({}):",
+                        applied.launch_version.as_deref().unwrap_or("?")
+                    );
+                    for c in &applied.replaces {
+                        println!(
+                            "  {}: {} of {} ({})",
+                            c.cluster,
+                            c.outdated.len(),
+                            c.nodes,
+                            c.outdated.join(", ")
+                        );
+                    }
+                }
+            }
+        }
+        Ok(exit::OK)
+    }
+
+    /// `flotilla pool rollout|pause|resume`: the pool's rollout, after
+    /// pausing or resuming it if `action` says.
+    pub async fn pool_rollout(&self, pool: &str, action: Option<&str>) -> Result<u8> {
+        let req = match action {
+            Some(action) => self
+                .http
+                .post(self.url(&format!("/api/v1/pools/{pool}/rollout/{action}"))),
+            None => self
+                .http
+                .get(self.url(&format!("/api/v1/pools/{pool}/rollout"))),
+        };
+        let (r, raw) = self.send::<PoolRollout>(req).await?;
+        match self.output {
+            Output::Json => println!("{}", raw.trim()),
+            Output::Text => {
+                let state = match (&r.paused, &r.stopped) {
+                    (Some(p), _) => format!(
+                        "paused by {} at {}: replacements under way finish, no others start (`flotilla pool resume {pool}`)",
+                        p.by,
+                        stamp(p.at)
+                    ),
+                    (None, Some(s)) if r.state == "stopped" => format!(
+                        "stopped at {}: {} (`flotilla pool resume {pool}` to try again)",
+                        stamp(s.at),
+                        s.reason
+                    ),
+                    _ if r.state == "rolling" => "rolling: outdated nodes are being replaced".to_owned(),
+                    _ => "idle: every node is made from the pool as it is now".to_owned(),
+                };
+                println!("pool:     {}", r.pool);
+                println!("rollout:  {state}");
+                match (&r.launch_version, &r.error) {
+                    (Some(v), _) => println!("version:  {v}"),
+                    (None, Some(e)) => println!("version:  none: {e}"),
+                    _ => {}
+                }
+                println!(
+                    "budget:   max_surge {}, max_unavailable {}, stop after {} failed replacement(s) in a row",
+                    r.max_surge, r.max_unavailable, r.max_failures
+                );
+                println!("outdated: {} node(s)", r.outdated);
+                if !r.clusters.is_empty() {
+                    let rows: Vec<Vec<String>> = r
+                        .clusters
+                        .iter()
+                        .map(|c| {
+                            vec![
+                                c.cluster.clone(),
+                                c.nodes.to_string(),
+                                c.outdated.len().to_string(),
+                                c.outdated.join(", "),
+                            ]
+                        })
+                        .collect();
+                    println!();
+                    print!(
+                        "{}",
+                        table(&["CLUSTER", "NODES", "OUTDATED", "OUTDATED NODES"], &rows)
+                    );
                 }
             }
         }
@@ -2130,6 +2212,27 @@ fn absence_line(s: &ClusterStatus) -> Option<String> {
     })
 }
 
+/// A cluster's rollout in a line: how many nodes are outdated and what
+/// becomes of them.
+fn rollout_line(r: &flotilla_api_types::ClusterRollout, pool: &str) -> String {
+    let nodes = if r.outdated == 1 { "node" } else { "nodes" };
+    let what = match r.state.as_str() {
+        "paused" => format!(
+            "rollout paused by {}: they stay until `flotilla pool resume {pool}`",
+            r.by.as_deref().unwrap_or("someone")
+        ),
+        "stopped" => format!(
+            "rollout stopped: {}; they stay until `flotilla pool resume {pool}` or the pool changes",
+            r.reason.as_deref().unwrap_or("replacements kept failing")
+        ),
+        _ => "being replaced".to_owned(),
+    };
+    format!(
+        "  {} {nodes} outdated (pool {pool} is at {} now): {what}",
+        r.outdated, r.pool_version
+    )
+}
+
 /// What one STATUS read prints.
 struct Shown {
     /// The server's answer, to tell a change from the clock moving on.
@@ -2152,6 +2255,9 @@ fn status_lines(s: &ClusterStatus, now: DateTime<Utc>) -> Vec<String> {
         let port = w.port.map_or(String::new(), |p| format!(" (port {p})"));
         lines.push(format!("  workload{port}: {}", w.command));
     }
+    if let Some(r) = &s.rollout {
+        lines.push(rollout_line(r, s.pool.as_deref().unwrap_or("its pool")));
+    }
     for n in &s.nodes {
         let mut line = format!(
             "  {:<24} {:<13} {:<22} {:<14} launched {} ({})",
@@ -2164,6 +2270,9 @@ fn status_lines(s: &ClusterStatus, now: DateTime<Utc>) -> Vec<String> {
         );
         if let Some(at) = &n.workload_address {
             line.push_str(&format!("  workload at {at}"));
+        }
+        if n.outdated {
+            line.push_str("  outdated");
         }
         lines.push(line);
     }
@@ -2654,6 +2763,30 @@ mod tests {
         s.parse().unwrap()
     }
 
+    #[test]
+    fn a_rollout_says_how_many_nodes_are_outdated_and_what_becomes_of_them() {
+        let mut r = flotilla_api_types::ClusterRollout {
+            state: "rolling".into(),
+            outdated: 2,
+            pool_version: "00c0ffee00c0ffee".into(),
+            reason: None,
+            by: None,
+            since: None,
+        };
+        assert_eq!(
+            rollout_line(&r, "web"),
+            "  2 nodes outdated (pool web is at 00c0ffee00c0ffee now): being replaced"
+        );
+        r.state = "stopped".into();
+        r.reason = Some("3 replacements in a row failed".into());
+        let line = rollout_line(&r, "web");
+        assert!(
+            line.contains("rollout stopped: 3 replacements in a row failed"),
+            "{line}"
+        );
+        assert!(line.contains("flotilla pool resume web"), "{line}");
+    }
+
     fn org_cluster(state: ClusterState, hint: Option<&str>) -> ClusterStatus {
         ClusterStatus {
             cluster: "team".into(),
@@ -2668,6 +2801,7 @@ mod tests {
             error: None,
             ssh_user: None,
             workload: None,
+            rollout: None,
             org: Some(OrgClusterStatus {
                 min_nodes: 0,
                 max_nodes: 2,

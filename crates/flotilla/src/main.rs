@@ -421,6 +421,14 @@ enum PoolCommand {
     Retire { pool: String },
     /// Every version of a pool written through the API.
     History { pool: String },
+    /// The pool's rollout: its clusters' nodes made from an older version
+    /// of its launch configuration, being replaced; paused or stopped.
+    Rollout { pool: String },
+    /// Pause the pool's rollout: replacements under way finish, no others
+    /// start, outdated nodes keep serving (admins and the pool's owners).
+    Pause { pool: String },
+    /// Resume the pool's rollout, paused or stopped after failures.
+    Resume { pool: String },
     /// Failed creates and destroys and nodes given up on (boot or probe
     /// timeout), latest first, each counted when it happened again; those
     /// of the clusters you may see.
@@ -819,6 +827,13 @@ fn main() -> ExitCode {
                         PoolCommand::List => client.pools().await,
                         PoolCommand::Retire { pool } => client.pool_retire(&pool).await,
                         PoolCommand::History { pool } => client.pool_history(&pool).await,
+                        PoolCommand::Rollout { pool } => client.pool_rollout(&pool, None).await,
+                        PoolCommand::Pause { pool } => {
+                            client.pool_rollout(&pool, Some("pause")).await
+                        }
+                        PoolCommand::Resume { pool } => {
+                            client.pool_rollout(&pool, Some("resume")).await
+                        }
                     },
                     Command::Schema {
                         command: SchemaCommand::Show { driver, shared },

@@ -47,6 +47,7 @@ fn request(cluster: &str, init_data: Option<String>) -> CreateRequest {
         tags: Tags::new(),
         init_data,
         workload: None,
+        pool_version: None,
         count: 1,
     }
 }

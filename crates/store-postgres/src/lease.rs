@@ -130,9 +130,10 @@ impl LeaseStore for PostgresStore {
             .flat_map(|c| c.nodes.iter().map(move |n| (c.cluster.as_str(), n)))
             .collect();
         sqlx::query(
-            "INSERT INTO nodes (cluster, id, instance_type, launched_at, state, state_since, address) \
+            "INSERT INTO nodes (cluster, id, instance_type, launched_at, state, state_since, address, \
+                 pool_version) \
              SELECT * FROM unnest($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::BIGINT[], $5::TEXT[], \
-                 $6::BIGINT[], $7::TEXT[])",
+                 $6::BIGINT[], $7::TEXT[], $8::TEXT[])",
         )
         .bind(rows.iter().map(|(c, _)| *c).collect::<Vec<_>>())
         .bind(rows.iter().map(|(_, n)| n.id.as_str()).collect::<Vec<_>>())
@@ -141,6 +142,11 @@ impl LeaseStore for PostgresStore {
         .bind(rows.iter().map(|(_, n)| n.state.as_str()).collect::<Vec<_>>())
         .bind(rows.iter().map(|(_, n)| row::to_millis(n.state_since)).collect::<Vec<_>>())
         .bind(rows.iter().map(|(_, n)| n.address.as_deref()).collect::<Vec<_>>())
+        .bind(
+            rows.iter()
+                .map(|(_, n)| n.pool_version.as_ref().map(|v| v.as_str()))
+                .collect::<Vec<_>>(),
+        )
         .execute(&mut *tx)
         .await?;
         for c in clusters {

@@ -114,8 +114,8 @@ impl LeaseStore for SqliteStore {
                 .await?;
             for n in &c.nodes {
                 sqlx::query(
-                    "INSERT INTO nodes (cluster, id, instance_type, launched_at, state, state_since, address) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                    "INSERT INTO nodes (cluster, id, instance_type, launched_at, state, state_since, address, \
+                         pool_version) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
                 )
                 .bind(c.cluster.as_str())
                 .bind(n.id.as_str())
@@ -124,6 +124,7 @@ impl LeaseStore for SqliteStore {
                 .bind(n.state.as_str())
                 .bind(row::to_millis(n.state_since))
                 .bind(n.address.as_deref())
+                .bind(n.pool_version.as_ref().map(|v| v.as_str()))
                 .execute(&mut *tx)
                 .await?;
             }

@@ -150,3 +150,86 @@ impl SharedConfigStore for SqliteStore {
         rows.into_iter().map(SharedConfigRecord::try_from).collect()
     }
 }
+
+/// Pauses, resumes and stops rollouts: one row per held pool, each write
+/// with its change in one transaction.
+pub(crate) mod rollouts {
+    use super::*;
+    use flotilla_store::sql::RolloutRow;
+    use flotilla_store::{
+        pause_change, resume_change, stop_change, Fence, RolloutHold, RolloutStop, RolloutStore,
+    };
+
+    #[async_trait::async_trait]
+    impl RolloutStore for SqliteStore {
+        async fn pause_rollout(
+            &self,
+            pool: &PoolName,
+            by: &str,
+            now: DateTime<Utc>,
+        ) -> Result<RolloutHold, StoreError> {
+            let store = self;
+            let mut tx = store.begin_write().await?;
+            sqlx::query(row::ROLLOUT_PAUSE)
+                .bind(pool.as_str())
+                .bind(by)
+                .bind(row::to_millis(now))
+                .execute(&mut *tx)
+                .await?;
+            let held: RolloutRow = sqlx::query_as(row::ROLLOUT_SELECT)
+                .bind(pool.as_str())
+                .fetch_one(&mut *tx)
+                .await?;
+            record_changes(&mut tx, &[pause_change(pool, by)], now).await?;
+            store.commit(tx).await?;
+            RolloutHold::try_from(held)
+        }
+
+        async fn resume_rollout(
+            &self,
+            pool: &PoolName,
+            by: &str,
+            now: DateTime<Utc>,
+        ) -> Result<bool, StoreError> {
+            let store = self;
+            let mut tx = store.begin_write().await?;
+            let removed = sqlx::query(row::ROLLOUT_RESUME)
+                .bind(pool.as_str())
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            record_changes(&mut tx, &[resume_change(pool, by)], now).await?;
+            store.commit(tx).await?;
+            Ok(removed > 0)
+        }
+
+        async fn stop_rollout(
+            &self,
+            fence: Fence,
+            pool: &PoolName,
+            stop: &RolloutStop,
+            now: DateTime<Utc>,
+        ) -> Result<(), StoreError> {
+            let store = self;
+            let mut tx = store.begin_write().await?;
+            crate::lease::check_fence(&mut tx, fence).await?;
+            sqlx::query(row::ROLLOUT_STOP)
+                .bind(pool.as_str())
+                .bind(stop.version.as_str())
+                .bind(&stop.reason)
+                .bind(row::to_millis(stop.at))
+                .execute(&mut *tx)
+                .await?;
+            record_changes(&mut tx, &[stop_change(pool, stop)], now).await?;
+            store.commit(tx).await?;
+            Ok(())
+        }
+
+        async fn rollout_holds(&self) -> Result<Vec<RolloutHold>, StoreError> {
+            let rows: Vec<RolloutRow> = sqlx::query_as(row::ROLLOUTS_SELECT)
+                .fetch_all(&self.reader)
+                .await?;
+            rows.into_iter().map(RolloutHold::try_from).collect()
+        }
+    }
+}

@@ -120,7 +120,8 @@ macro_rules! store_contract_tests {
             a_pool_a_cluster_names_cannot_be_retired,
             racing_writers_of_one_version_write_it_once,
             shared_configs_keep_every_version_and_their_first_schema,
-            racing_writers_of_one_shared_config_write_it_once
+            racing_writers_of_one_shared_config_write_it_once,
+            rollouts_are_paused_stopped_and_resumed
         );
     };
     (@each $harness:path, $($check:ident),+) => {

@@ -39,6 +39,8 @@ fn node(id: &str, state: NodeState, launched: i64) -> NodeRecord {
         state,
         state_since: t(launched + 1),
         address: Some(format!("127.0.0.1:{}", 9000 + launched)),
+        pool_version: (launched % 2 == 0)
+            .then(|| flotilla_domain::LaunchVersion::parse("0123456789abcdef").expect("a version")),
     }
 }
 

@@ -47,6 +47,7 @@ fn running(id: &str, launched: i64) -> NodeRecord {
         state: NodeState::Ready,
         state_since: t(launched),
         address: None,
+        pool_version: None,
     }
 }
 

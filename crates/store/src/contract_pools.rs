@@ -6,8 +6,8 @@ use flotilla_domain::{ChangeEntity, ChangeKind, PoolName};
 use serde_json::json;
 use tokio::task::JoinSet;
 
-use super::{command, deploy, t, Harness};
-use crate::{PoolRecord, PoolWrite, StoreError};
+use super::{command, deploy, lead, t, Harness};
+use crate::{PoolRecord, PoolWrite, RolloutHold, RolloutPause, RolloutStop, StoreError};
 
 fn write(name: &str, expected: u64, document: Option<serde_json::Value>) -> PoolWrite {
     PoolWrite {
@@ -262,4 +262,76 @@ pub async fn racing_writers_of_one_shared_config_write_it_once(h: Harness) {
     }
     assert_eq!(won, 1);
     assert_eq!(h.store.shared_configs().await.unwrap().len(), 1);
+}
+
+pub async fn rollouts_are_paused_stopped_and_resumed(h: Harness) {
+    let store = h.store;
+    let gpu = PoolName::new("gpu").unwrap();
+    assert!(store.rollout_holds().await.unwrap().is_empty());
+    let fence = lead(store.as_ref()).await;
+    let since = store.last_change().await.unwrap();
+
+    let held = store.pause_rollout(&gpu, "ann", t(1)).await.unwrap();
+    let paused = Some(RolloutPause {
+        by: "ann".to_owned(),
+        at: t(1),
+    });
+    assert_eq!(
+        held,
+        RolloutHold {
+            pool: gpu.clone(),
+            paused: paused.clone(),
+            stopped: None
+        }
+    );
+    let again = store.pause_rollout(&gpu, "bob", t(2)).await.unwrap();
+    assert_eq!(again.paused, paused, "the first pause stands");
+
+    let stop = RolloutStop {
+        version: flotilla_domain::LaunchVersion::parse("00000000000000aa").unwrap(),
+        reason: "node i-1 was not ready within the boot timeout".to_owned(),
+        at: t(3),
+    };
+    store.stop_rollout(fence, &gpu, &stop, t(3)).await.unwrap();
+    let holds = store.rollout_holds().await.unwrap();
+    assert_eq!(
+        holds,
+        vec![RolloutHold {
+            pool: gpu.clone(),
+            paused: paused.clone(),
+            stopped: Some(stop.clone()),
+        }],
+        "a stop keeps the pause"
+    );
+
+    // A stop of an ended term changes nothing.
+    let other = PoolName::new("cpu").unwrap();
+    let stale = crate::Fence(fence.0 - 1);
+    assert!(matches!(
+        store.stop_rollout(stale, &other, &stop, t(4)).await,
+        Err(StoreError::Fenced { .. })
+    ));
+    assert_eq!(store.rollout_holds().await.unwrap().len(), 1);
+
+    assert!(store.resume_rollout(&gpu, "ann", t(5)).await.unwrap());
+    assert!(store.rollout_holds().await.unwrap().is_empty());
+    assert!(!store.resume_rollout(&gpu, "ann", t(6)).await.unwrap());
+
+    let kinds: Vec<ChangeKind> = store
+        .changes(since, 100, Some((ChangeEntity::Pool, "gpu")))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.kind)
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ChangeKind::PoolRolloutPaused,
+            ChangeKind::PoolRolloutPaused,
+            ChangeKind::PoolRolloutStopped,
+            ChangeKind::PoolRolloutResumed,
+            ChangeKind::PoolRolloutResumed
+        ]
+    );
 }

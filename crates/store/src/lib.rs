@@ -40,8 +40,10 @@ pub use lease::{ClusterNodes, ClusterObstacle, Fence, GoneNode, Lease, LeaseStor
 pub use memory::MemoryStore;
 pub use orgs::{OrgChange, OrgChanged, OrgStore, OrgUsage};
 pub use pools::{
-    check_stale, in_use, next_shared_version, next_version, pool_change, shared_config_change,
-    PoolRecord, PoolStore, PoolWrite, SharedConfigRecord, SharedConfigStore, SharedConfigWrite,
+    check_stale, in_use, next_shared_version, next_version, pause_change, pool_change,
+    resume_change, shared_config_change, stop_change, PoolRecord, PoolStore, PoolWrite,
+    RolloutHold, RolloutPause, RolloutStop, RolloutStore, SharedConfigRecord, SharedConfigStore,
+    SharedConfigWrite,
 };
 
 /// Why a store call failed. Backend-neutral: each backend maps its own
@@ -172,6 +174,7 @@ pub trait Store:
     + LeaseStore
     + PoolStore
     + SharedConfigStore
+    + RolloutStore
     + Send
     + Sync
     + 'static

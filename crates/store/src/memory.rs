@@ -47,6 +47,7 @@ struct Inner {
     obstacles: BTreeMap<ClusterName, Obstacle>,
     pool_errors: BTreeMap<PoolErrorKey, PoolError>,
     pools: BTreeMap<PoolName, Vec<PoolRecord>>,
+    rollout_holds: BTreeMap<PoolName, crate::RolloutHold>,
     shared_configs: BTreeMap<flotilla_domain::SharedConfigName, Vec<crate::SharedConfigRecord>>,
 }
 
@@ -77,6 +78,17 @@ impl Inner {
     }
 
     /// `Fenced` unless `fence` is the current term.
+    /// `pool`'s held rollout, held by nothing yet if it was not.
+    fn rollout_hold(&mut self, pool: &PoolName) -> &mut crate::RolloutHold {
+        self.rollout_holds
+            .entry(pool.clone())
+            .or_insert_with(|| crate::RolloutHold {
+                pool: pool.clone(),
+                paused: None,
+                stopped: None,
+            })
+    }
+
     fn check_fence(&self, fence: Fence) -> Result<(), StoreError> {
         let current = self.lease.as_ref().map_or(0, |l| l.epoch);
         if current != fence.0 {
@@ -973,6 +985,64 @@ impl PoolStore for MemoryStore {
     async fn pool_history(&self, name: &PoolName) -> Result<Vec<PoolRecord>, StoreError> {
         let inner = self.inner.lock().unwrap();
         Ok(inner.pools.get(name).cloned().unwrap_or_default())
+    }
+}
+
+#[async_trait]
+impl crate::RolloutStore for MemoryStore {
+    async fn pause_rollout(
+        &self,
+        pool: &PoolName,
+        by: &str,
+        now: DateTime<Utc>,
+    ) -> Result<crate::RolloutHold, StoreError> {
+        let mut inner = self.inner.lock().unwrap();
+        let hold = inner.rollout_hold(pool);
+        hold.paused.get_or_insert_with(|| crate::RolloutPause {
+            by: by.to_owned(),
+            at: now,
+        });
+        let hold = hold.clone();
+        inner.record(crate::pause_change(pool, by), now);
+        Ok(hold)
+    }
+
+    async fn resume_rollout(
+        &self,
+        pool: &PoolName,
+        by: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let mut inner = self.inner.lock().unwrap();
+        let held = inner.rollout_holds.remove(pool).is_some();
+        inner.record(crate::resume_change(pool, by), now);
+        Ok(held)
+    }
+
+    async fn stop_rollout(
+        &self,
+        fence: Fence,
+        pool: &PoolName,
+        stop: &crate::RolloutStop,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let mut inner = self.inner.lock().unwrap();
+        inner.check_fence(fence)?;
+        let hold = inner.rollout_hold(pool);
+        hold.stopped = Some(stop.clone());
+        inner.record(crate::stop_change(pool, stop), now);
+        Ok(())
+    }
+
+    async fn rollout_holds(&self) -> Result<Vec<crate::RolloutHold>, StoreError> {
+        Ok(self
+            .inner
+            .lock()
+            .unwrap()
+            .rollout_holds
+            .values()
+            .cloned()
+            .collect())
     }
 }
 

@@ -4,9 +4,9 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use flotilla_domain::{ChangeKind, NewChange, PoolName, SharedConfigName};
+use flotilla_domain::{ChangeKind, LaunchVersion, NewChange, PoolName, SharedConfigName};
 
-use crate::StoreError;
+use crate::{Fence, StoreError};
 
 /// One version of a pool.
 #[derive(Debug, Clone, PartialEq)]
@@ -203,4 +203,101 @@ pub fn next_shared_version(
         at: now,
         by: write.by.clone(),
     })
+}
+
+/// What holds a pool's rollout back, if anything: its clusters then keep
+/// their outdated nodes (see `Rollout` in the domain).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RolloutHold {
+    pub pool: PoolName,
+    /// Paused by an account, until resumed.
+    pub paused: Option<RolloutPause>,
+    /// Stopped by the leader, until resumed or the pool's launch
+    /// configuration changes again.
+    pub stopped: Option<RolloutStop>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RolloutPause {
+    pub by: String,
+    pub at: DateTime<Utc>,
+}
+
+/// Replacements at `version` kept failing; `reason` is the last failure.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RolloutStop {
+    pub version: LaunchVersion,
+    pub reason: String,
+    pub at: DateTime<Utc>,
+}
+
+#[async_trait]
+pub trait RolloutStore: Send + Sync {
+    /// Pauses pool `pool`'s rollout, with its change
+    /// (`pool.rollout_paused`). Pausing a paused rollout keeps the first
+    /// pause's account and time.
+    async fn pause_rollout(
+        &self,
+        pool: &PoolName,
+        by: &str,
+        now: DateTime<Utc>,
+    ) -> Result<RolloutHold, StoreError>;
+
+    /// Resumes pool `pool`'s rollout: clears a pause and a stop, with its
+    /// change (`pool.rollout_resumed`). True if something held it.
+    async fn resume_rollout(
+        &self,
+        pool: &PoolName,
+        by: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
+
+    /// The leader of `fence`'s term stops pool `pool`'s rollout, with its
+    /// change (`pool.rollout_stopped`); a pause stays as it is.
+    async fn stop_rollout(
+        &self,
+        fence: Fence,
+        pool: &PoolName,
+        stop: &RolloutStop,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+
+    /// Every pool whose rollout something holds, by name.
+    async fn rollout_holds(&self) -> Result<Vec<RolloutHold>, StoreError>;
+}
+
+/// The change feed's entry for a rollout paused, resumed or stopped.
+pub fn rollout_change(kind: ChangeKind, pool: &PoolName, payload: serde_json::Value) -> NewChange {
+    NewChange {
+        kind,
+        key: pool.to_string(),
+        payload,
+    }
+}
+
+/// The change of a pause by `by`.
+pub fn pause_change(pool: &PoolName, by: &str) -> NewChange {
+    rollout_change(
+        ChangeKind::PoolRolloutPaused,
+        pool,
+        serde_json::json!({ "by": by }),
+    )
+}
+
+/// The change of a resumption by `by`.
+pub fn resume_change(pool: &PoolName, by: &str) -> NewChange {
+    rollout_change(
+        ChangeKind::PoolRolloutResumed,
+        pool,
+        serde_json::json!({ "by": by }),
+    )
+}
+
+/// The change of a stop.
+pub fn stop_change(pool: &PoolName, stop: &RolloutStop) -> NewChange {
+    rollout_change(
+        ChangeKind::PoolRolloutStopped,
+        pool,
+        serde_json::json!({ "version": stop.version, "reason": stop.reason }),
+    )
 }

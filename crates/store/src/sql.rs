@@ -10,9 +10,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use flotilla_domain::{
     AccountKind, Budget, CapacityRequest, Change, ChangeEntity, ChangeKind, ClusterName,
-    ClusterRecord, InstanceId, InstanceSetId, InstanceType, Level, Money, NodeCapacity, NodeEnd,
-    NodeEndSeen, NodeMeter, NodeRecord, NodeState, Obstacle, ObstacleCode, OrgRole, OrgSettings,
-    Organisation, PoolError, PoolErrorKey, PoolErrorKind, PoolName, Username,
+    ClusterRecord, InstanceId, InstanceSetId, InstanceType, LaunchVersion, Level, Money,
+    NodeCapacity, NodeEnd, NodeEndSeen, NodeMeter, NodeRecord, NodeState, Obstacle, ObstacleCode,
+    OrgRole, OrgSettings, Organisation, PoolError, PoolErrorKey, PoolErrorKind, PoolName, Username,
 };
 use sqlx::error::ErrorKind;
 use sqlx::migrate::{MigrateError, Migrator};
@@ -365,6 +365,78 @@ pub const POOL_INSERT: &str =
     "INSERT INTO pools (name, version, document, schema_version, at, by_account) \
      VALUES ($1, $2, $3, $4, $5, $6)";
 
+/// A row of `pool_rollouts`: what holds one pool's rollout back.
+#[derive(Debug, sqlx::FromRow)]
+pub struct RolloutRow {
+    pub pool: String,
+    pub paused_by: Option<String>,
+    pub paused_at: Option<i64>,
+    pub stopped_version: Option<String>,
+    pub stopped_reason: Option<String>,
+    pub stopped_at: Option<i64>,
+}
+
+impl TryFrom<RolloutRow> for crate::RolloutHold {
+    type Error = StoreError;
+
+    fn try_from(row: RolloutRow) -> Result<crate::RolloutHold, StoreError> {
+        let key = row.pool.clone();
+        let pool = PoolName::new(row.pool.as_str())
+            .map_err(|e| corrupt("pool_rollouts", &key, format!("pool: {e}")))?;
+        let paused = match (row.paused_by, row.paused_at) {
+            (Some(by), Some(at)) => Some(crate::RolloutPause {
+                by,
+                at: time("pool_rollouts", &key, "paused_at", at)?,
+            }),
+            _ => None,
+        };
+        let stopped = match (row.stopped_version, row.stopped_reason, row.stopped_at) {
+            (Some(version), Some(reason), Some(at)) => Some(crate::RolloutStop {
+                version: LaunchVersion::parse(&version).ok_or_else(|| {
+                    corrupt(
+                        "pool_rollouts",
+                        &key,
+                        format!("stopped_version {version:?}"),
+                    )
+                })?,
+                reason,
+                at: time("pool_rollouts", &key, "stopped_at", at)?,
+            }),
+            _ => None,
+        };
+        Ok(crate::RolloutHold {
+            pool,
+            paused,
+            stopped,
+        })
+    }
+}
+
+/// Every held rollout, by pool.
+pub const ROLLOUTS_SELECT: &str = "SELECT pool, paused_by, paused_at, stopped_version, \
+     stopped_reason, stopped_at FROM pool_rollouts ORDER BY pool";
+
+/// One pool's held rollout.
+pub const ROLLOUT_SELECT: &str = "SELECT pool, paused_by, paused_at, stopped_version, \
+     stopped_reason, stopped_at FROM pool_rollouts WHERE pool = $1";
+
+/// Pauses `$1`'s rollout by `$2` at `$3`, keeping an earlier pause.
+pub const ROLLOUT_PAUSE: &str = "INSERT INTO pool_rollouts (pool, paused_by, paused_at) \
+     VALUES ($1, $2, $3) ON CONFLICT (pool) DO UPDATE SET \
+     paused_by = COALESCE(pool_rollouts.paused_by, excluded.paused_by), \
+     paused_at = COALESCE(pool_rollouts.paused_at, excluded.paused_at)";
+
+/// Resumes `$1`'s rollout.
+pub const ROLLOUT_RESUME: &str = "DELETE FROM pool_rollouts WHERE pool = $1";
+
+/// Stops `$1`'s rollout at version `$2` for reason `$3` at `$4`, keeping
+/// a pause.
+pub const ROLLOUT_STOP: &str =
+    "INSERT INTO pool_rollouts (pool, stopped_version, stopped_reason, stopped_at) \
+     VALUES ($1, $2, $3, $4) ON CONFLICT (pool) DO UPDATE SET \
+     stopped_version = excluded.stopped_version, stopped_reason = excluded.stopped_reason, \
+     stopped_at = excluded.stopped_at";
+
 /// A row of `shared_configs`: one version of a shared config.
 #[derive(Debug, sqlx::FromRow)]
 pub struct SharedConfigRow {
@@ -457,6 +529,7 @@ pub struct NodeRow {
     pub state: String,
     pub state_since: i64,
     pub address: Option<String>,
+    pub pool_version: Option<String>,
 }
 
 impl TryFrom<NodeRow> for (ClusterName, NodeRecord) {
@@ -474,6 +547,13 @@ impl TryFrom<NodeRow> for (ClusterName, NodeRecord) {
                 .ok_or_else(|| corrupt("nodes", &key, format!("state {:?}", row.state)))?,
             state_since: time("nodes", &key, "state_since", row.state_since)?,
             address: row.address,
+            pool_version: match row.pool_version {
+                Some(v) => Some(
+                    LaunchVersion::parse(&v)
+                        .ok_or_else(|| corrupt("nodes", &key, format!("pool_version {v:?}")))?,
+                ),
+                None => None,
+            },
             id: InstanceId::new(row.id),
         };
         Ok((cluster, node))
@@ -749,7 +829,7 @@ impl TryFrom<PoolErrorRow> for PoolError {
 }
 
 pub const NODES_SELECT: &str = "SELECT cluster, id, instance_type, launched_at, state, \
-     state_since, address FROM nodes WHERE $1 OR cluster = $2";
+     state_since, address, pool_version FROM nodes WHERE $1 OR cluster = $2";
 
 /// Published nodes in cluster order, each cluster's by launch time, as
 /// bytes compare (whatever the database's collation).

@@ -100,6 +100,7 @@ pub fn request(cluster: &str, count: u32) -> CreateRequest {
         tags: Tags::from([("team".to_owned(), "ops".to_owned())]),
         init_data: Some(INIT_DATA.to_owned()),
         workload: None,
+        pool_version: None,
         count,
     }
 }

@@ -1,0 +1,377 @@
+//! Drift and rolling replacement: what version of its pool a node was
+//! launched from ([`LaunchVersion`]), and how fast a cluster may replace the
+//! nodes of an older one ([`RolloutSettings`] as written, [`Rollout`] as
+//! meant).
+
+use std::fmt;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::pool::{PoolSpec, Problem};
+
+/// A fingerprint of the launch configuration a node got: its pool's
+/// driver, instance type, image (a shared config's resolved to the image
+/// it gave), init data, tags and driver section. What a pool says of
+/// anything else (price, owners, description, rollout settings) does not
+/// change it, so only a change its nodes would boot differently with
+/// replaces them. Set on every node at creation as a tag.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct LaunchVersion(String);
+
+/// Hex digits of a [`LaunchVersion`]: 64 bits of SHA-256, plenty to tell a
+/// pool's launch configurations apart.
+const VERSION_DIGITS: usize = 16;
+
+impl LaunchVersion {
+    /// The version of `pool`'s launch configuration, its image resolved
+    /// to `image` (None: the pool names none, or names the image itself).
+    pub fn of(pool: &PoolSpec, image: Option<&str>) -> LaunchVersion {
+        use sha2::Digest;
+        let image = image
+            .map(str::to_owned)
+            .or_else(|| pool.image.as_ref().and_then(|i| i.id().map(str::to_owned)));
+        let launch = serde_json::json!({
+            "driver": pool.driver,
+            "instance_type": pool.instance_type.as_str(),
+            "image": image,
+            "init_data": pool.init_data,
+            "tags": pool.tags,
+            "options": pool.options,
+        });
+        let mut text = String::new();
+        canonical(&launch, &mut text);
+        let digest = sha2::Sha256::digest(text.as_bytes());
+        let hex: String = digest
+            .iter()
+            .take(VERSION_DIGITS / 2)
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        LaunchVersion(hex)
+    }
+
+    /// A version as a node's tag holds it; None if it is not one.
+    pub fn parse(s: &str) -> Option<LaunchVersion> {
+        (s.len() == VERSION_DIGITS && s.bytes().all(|b| b.is_ascii_hexdigit()))
+            .then(|| LaunchVersion(s.to_ascii_lowercase()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for LaunchVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// `value` as JSON with every object's keys in order, whatever order the
+/// map keeps them in, so equal values always hash alike.
+fn canonical(value: &serde_json::Value, out: &mut String) {
+    match value {
+        serde_json::Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            out.push('{');
+            for (i, key) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&serde_json::Value::String(key.clone()).to_string());
+                out.push(':');
+                canonical(&map[key], out);
+            }
+            out.push('}');
+        }
+        serde_json::Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                canonical(item, out);
+            }
+            out.push(']');
+        }
+        other => out.push_str(&other.to_string()),
+    }
+}
+
+/// A number of nodes, or a share of a cluster's wanted count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeBudget {
+    Count(u32),
+    /// Percent, 0 to 100.
+    Percent(u32),
+}
+
+impl NodeBudget {
+    /// The nodes it allows a cluster that wants `wanted`: a share rounded
+    /// up (`round_up`) or down.
+    pub fn of(self, wanted: u32, round_up: bool) -> u32 {
+        match self {
+            NodeBudget::Count(n) => n,
+            NodeBudget::Percent(p) => {
+                let scaled = u64::from(wanted) * u64::from(p);
+                let n = if round_up {
+                    scaled.div_ceil(100)
+                } else {
+                    scaled / 100
+                };
+                n as u32
+            }
+        }
+    }
+
+    fn parse(written: &WrittenBudget) -> Result<Self, String> {
+        match written {
+            WrittenBudget::Count(n) => Ok(NodeBudget::Count(*n)),
+            WrittenBudget::Percent(text) => {
+                let digits = text.strip_suffix('%').unwrap_or(text);
+                match digits.parse::<u32>() {
+                    Ok(p) if p <= 100 && text.ends_with('%') => Ok(NodeBudget::Percent(p)),
+                    _ => Err(format!(
+                        "{text:?} is neither a number of nodes nor a percentage from 0% to 100%"
+                    )),
+                }
+            }
+        }
+    }
+
+    fn written(self) -> WrittenBudget {
+        match self {
+            NodeBudget::Count(n) => WrittenBudget::Count(n),
+            NodeBudget::Percent(p) => WrittenBudget::Percent(format!("{p}%")),
+        }
+    }
+}
+
+impl fmt::Display for NodeBudget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NodeBudget::Count(n) => write!(f, "{n}"),
+            NodeBudget::Percent(p) => write!(f, "{p}%"),
+        }
+    }
+}
+
+/// A [`NodeBudget`] as written: `2` or `"25%"`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum WrittenBudget {
+    Count(#[schemars(range(max = 10000))] u32),
+    Percent(#[schemars(regex(pattern = r"^[0-9]{1,3}%$"))] String),
+}
+
+/// How a pool's clusters replace nodes launched from an older version of
+/// it, as written (`[pools.NAME.rollout]`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutSettings {
+    /// Nodes a cluster may have beyond its wanted count while it replaces
+    /// outdated ones: a number, or a percentage of the wanted count
+    /// (`"25%"`, rounded up). Default `"25%"` (so at least 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_surge: Option<WrittenBudget>,
+    /// Ready nodes a cluster may lack while it replaces outdated ones, for
+    /// pools that cannot make more nodes than wanted: a number, or a
+    /// percentage (rounded down). Default 0: an outdated node goes only
+    /// once its replacement is ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_unavailable: Option<WrittenBudget>,
+    /// Replacements that fail in a row (a create the cloud refuses, a node
+    /// that never becomes ready) before the rollout stops and says why,
+    /// instead of trying again and again. Default 3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_failures: Option<u32>,
+}
+
+/// How a pool's clusters replace outdated nodes, as meant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rollout {
+    pub max_surge: NodeBudget,
+    pub max_unavailable: NodeBudget,
+    pub max_failures: u32,
+}
+
+impl Default for Rollout {
+    fn default() -> Self {
+        Self {
+            max_surge: NodeBudget::Percent(25),
+            max_unavailable: NodeBudget::Count(0),
+            max_failures: 3,
+        }
+    }
+}
+
+impl Rollout {
+    /// `(surge, unavailable)` for a cluster that wants `wanted` nodes.
+    /// Never both zero for a cluster with nodes: that could replace
+    /// nothing, so one node may then be unavailable.
+    pub fn budgets(&self, wanted: u32) -> (u32, u32) {
+        let surge = self.max_surge.of(wanted, true);
+        let unavailable = self.max_unavailable.of(wanted, false).min(wanted);
+        if surge == 0 && unavailable == 0 && wanted > 0 {
+            (0, 1)
+        } else {
+            (surge, unavailable)
+        }
+    }
+
+    /// What `written` means, or every problem with it (at pointers under
+    /// `/rollout`).
+    pub fn parse(written: Option<&RolloutSettings>) -> Result<Rollout, Vec<Problem>> {
+        let mut rollout = Rollout::default();
+        let Some(w) = written else {
+            return Ok(rollout);
+        };
+        let mut problems = Vec::new();
+        let at = |key: &str| crate::pool::pointer(&["rollout", key]);
+        if let Some(s) = &w.max_surge {
+            match NodeBudget::parse(s) {
+                Ok(b) => rollout.max_surge = b,
+                Err(e) => problems.push(Problem::new(at("max_surge"), e)),
+            }
+        }
+        if let Some(u) = &w.max_unavailable {
+            match NodeBudget::parse(u) {
+                Ok(b) => rollout.max_unavailable = b,
+                Err(e) => problems.push(Problem::new(at("max_unavailable"), e)),
+            }
+        }
+        if let Some(f) = w.max_failures {
+            if f == 0 {
+                problems.push(Problem::new(at("max_failures"), "must be at least 1"));
+            } else {
+                rollout.max_failures = f;
+            }
+        }
+        let zero = |b: NodeBudget| matches!(b, NodeBudget::Count(0) | NodeBudget::Percent(0));
+        if problems.is_empty() && zero(rollout.max_surge) && zero(rollout.max_unavailable) {
+            problems.push(Problem::new(
+                crate::pool::pointer(&["rollout"]),
+                "max_surge and max_unavailable are both 0: no node could ever be replaced; allow a surge (max_surge = 1) or, for a pool that cannot make more nodes than wanted, an unavailable node (max_unavailable = 1)",
+            ));
+        }
+        if problems.is_empty() {
+            Ok(rollout)
+        } else {
+            Err(problems)
+        }
+    }
+
+    /// The settings that mean this rollout; None for the default.
+    pub fn written(&self) -> Option<RolloutSettings> {
+        let d = Rollout::default();
+        (*self != d).then(|| RolloutSettings {
+            max_surge: (self.max_surge != d.max_surge).then(|| self.max_surge.written()),
+            max_unavailable: (self.max_unavailable != d.max_unavailable)
+                .then(|| self.max_unavailable.written()),
+            max_failures: (self.max_failures != d.max_failures).then_some(self.max_failures),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::names::InstanceType;
+    use crate::pool::ImageRef;
+
+    fn pool() -> PoolSpec {
+        PoolSpec::new("aws", InstanceType::new("t3.micro").unwrap())
+    }
+
+    #[test]
+    fn the_version_follows_the_launch_configuration_only() {
+        let base = LaunchVersion::of(&pool(), None);
+        assert_eq!(base, LaunchVersion::of(&pool(), None), "stable");
+        assert_eq!(LaunchVersion::parse(base.as_str()), Some(base.clone()));
+
+        let mut priced = pool();
+        priced.price_per_hour = "0.10".parse().unwrap();
+        priced.description = Some("cheap".into());
+        assert_eq!(
+            LaunchVersion::of(&priced, None),
+            base,
+            "price is not launch"
+        );
+
+        let mut bigger = pool();
+        bigger.instance_type = InstanceType::new("t3.large").unwrap();
+        assert_ne!(LaunchVersion::of(&bigger, None), base);
+
+        let mut imaged = pool();
+        imaged.image = Some(ImageRef::Id("ami-1".into()));
+        assert_eq!(
+            LaunchVersion::of(&imaged, None),
+            LaunchVersion::of(&pool(), Some("ami-1")),
+            "an image named and the same image resolved from a shared config launch alike"
+        );
+        assert_ne!(
+            LaunchVersion::of(&pool(), Some("ami-1")),
+            LaunchVersion::of(&pool(), Some("ami-2"))
+        );
+
+        let mut a = pool();
+        a.options = Some(serde_json::json!({"spot": false, "subnets": ["s-1"]}));
+        let mut b = pool();
+        b.options = Some(serde_json::from_str(r#"{"subnets": ["s-1"], "spot": false}"#).unwrap());
+        assert_eq!(LaunchVersion::of(&a, None), LaunchVersion::of(&b, None));
+    }
+
+    #[test]
+    fn budgets_round_surge_up_and_unavailability_down() {
+        let r = Rollout::default();
+        assert_eq!(r.budgets(1), (1, 0));
+        assert_eq!(r.budgets(10), (3, 0));
+        assert_eq!(r.budgets(0), (0, 0));
+        let r = Rollout {
+            max_surge: NodeBudget::Count(0),
+            max_unavailable: NodeBudget::Percent(10),
+            max_failures: 3,
+        };
+        assert_eq!(r.budgets(25), (0, 2));
+        assert_eq!(r.budgets(5), (0, 1), "never both zero");
+    }
+
+    #[test]
+    fn settings_are_checked_and_round_trip() {
+        let w: RolloutSettings = serde_json::from_value(serde_json::json!({
+            "max_surge": "50%", "max_unavailable": 1, "max_failures": 5
+        }))
+        .unwrap();
+        let r = Rollout::parse(Some(&w)).unwrap();
+        assert_eq!(r.max_surge, NodeBudget::Percent(50));
+        assert_eq!(r.written(), Some(w));
+        assert_eq!(Rollout::default().written(), None);
+
+        let bad: RolloutSettings = serde_json::from_value(serde_json::json!({
+            "max_surge": "150%", "max_unavailable": "x", "max_failures": 0
+        }))
+        .unwrap();
+        let pointers: Vec<String> = Rollout::parse(Some(&bad))
+            .unwrap_err()
+            .into_iter()
+            .map(|p| p.pointer)
+            .collect();
+        assert_eq!(
+            pointers,
+            [
+                "/rollout/max_surge",
+                "/rollout/max_unavailable",
+                "/rollout/max_failures"
+            ]
+        );
+        let stuck: RolloutSettings =
+            serde_json::from_value(serde_json::json!({"max_surge": 0})).unwrap();
+        assert_eq!(
+            Rollout::parse(Some(&stuck)).unwrap_err()[0].pointer,
+            "/rollout"
+        );
+    }
+}

@@ -1,0 +1,119 @@
+//! Rolling replacement on this server: what holds each pool's rollout back
+//! (the store's, copied and kept current from the change feed), and, on
+//! the leader, the failed replacements counted toward stopping one.
+//!
+//! A rollout has no state of its own to lose: which nodes are outdated is
+//! read from their tags (their launch version) against what their pool
+//! would launch now, so a restarted or new leader carries on from the
+//! cloud's listing. Only a pause and a stop are stored. Failures are
+//! counted in memory: a new leader counts afresh.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Mutex, RwLock};
+
+use flotilla_domain::{LaunchVersion, PoolName};
+use flotilla_store::{Fence, RolloutHold, RolloutStop, StoreError};
+
+use crate::Shared;
+
+#[derive(Default)]
+pub(crate) struct Rollouts {
+    holds: RwLock<BTreeMap<PoolName, RolloutHold>>,
+    /// Held from a refresh's read to its write, so an older read never
+    /// replaces a newer one.
+    refreshing: tokio::sync::Mutex<()>,
+    /// Replacements at a version failed in a row, per pool.
+    failures: Mutex<HashMap<PoolName, (LaunchVersion, u32)>>,
+}
+
+impl Rollouts {
+    /// What holds `pool`'s rollout back, if anything.
+    pub fn hold(&self, pool: &PoolName) -> Option<RolloutHold> {
+        self.holds.read().unwrap().get(pool).cloned()
+    }
+
+    /// Whether `pool`'s clusters replace nodes outdated by `version` now:
+    /// not while paused, nor stopped at that version.
+    pub fn replacing(&self, pool: &PoolName, version: &LaunchVersion) -> bool {
+        self.holds.read().unwrap().get(pool).is_none_or(|h| {
+            h.paused.is_none() && h.stopped.as_ref().is_none_or(|s| &s.version != version)
+        })
+    }
+
+    /// A node at `version` became ready: replacements work again.
+    pub fn succeeded(&self, pool: &PoolName, version: &LaunchVersion) {
+        let mut failures = self.failures.lock().unwrap();
+        if failures.get(pool).is_some_and(|(v, _)| v == version) {
+            failures.remove(pool);
+        }
+    }
+
+    /// Counts a failed replacement at `version`; true once `max` failed in
+    /// a row (and then counts afresh).
+    fn failed(&self, pool: &PoolName, version: &LaunchVersion, max: u32) -> bool {
+        let mut failures = self.failures.lock().unwrap();
+        let entry = failures
+            .entry(pool.clone())
+            .or_insert_with(|| (version.clone(), 0));
+        if &entry.0 != version {
+            *entry = (version.clone(), 0);
+        }
+        entry.1 += 1;
+        if entry.1 >= max {
+            failures.remove(pool);
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Reads what holds every pool's rollout.
+pub(crate) async fn refresh(shared: &Shared) -> Result<(), StoreError> {
+    let rollouts = &shared.rollouts;
+    let _one = rollouts.refreshing.lock().await;
+    let holds = shared.store.rollout_holds().await?;
+    *rollouts.holds.write().unwrap() = holds.into_iter().map(|h| (h.pool.clone(), h)).collect();
+    Ok(())
+}
+
+/// A replacement at `version` of `pool`'s failed for `reason`: counted,
+/// and once `max` failed in a row, the pool's rollout is stopped (in the
+/// store, so every server says so and a new leader keeps it stopped).
+pub(crate) async fn note_failure(
+    shared: &Shared,
+    fence: Fence,
+    pool: &PoolName,
+    version: &LaunchVersion,
+    max: u32,
+    reason: String,
+) {
+    if !shared.rollouts.replacing(pool, version) || !shared.rollouts.failed(pool, version, max) {
+        return;
+    }
+    let stop = RolloutStop {
+        version: version.clone(),
+        reason: format!("{max} replacements in a row failed; the last: {reason}"),
+        at: shared.clock.now(),
+    };
+    match shared.store.stop_rollout(fence, pool, &stop, stop.at).await {
+        Ok(()) => {
+            tracing::warn!(%pool, %version, reason = %stop.reason, "rollout stopped: outdated nodes are kept until it is resumed (flotilla pool rollout resume) or the pool changes");
+            shared
+                .rollouts
+                .holds
+                .write()
+                .unwrap()
+                .entry(pool.clone())
+                .or_insert_with(|| RolloutHold {
+                    pool: pool.clone(),
+                    paused: None,
+                    stopped: None,
+                })
+                .stopped = Some(stop);
+        }
+        Err(e) => {
+            tracing::warn!(%pool, error = %e, "stopping a failing rollout failed; it goes on")
+        }
+    }
+}

@@ -1,0 +1,314 @@
+//! Rolling replacement on the fake cloud under paused time: a pool's new
+//! version replaces every outdated node without the ready count ever
+//! falling below the wanted count, through boot failures and cloud
+//! errors; a failing rollout stops and says why; a pause holds it; a
+//! restart and a takeover carry it on.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{config, Harness};
+use flotilla_cloud::fake::{FakeCloud, FakeConfig};
+use flotilla_cloud::TokioClock;
+use flotilla_control::{ApplyPool, PauseRollout, ResumeRollout};
+use flotilla_domain::{Caller, NodeState};
+use flotilla_engine::{EngineConfig, RolloutState};
+use flotilla_store::{MemoryStore, Store};
+
+const WANT: usize = 4;
+
+fn engine_config(server: &str) -> EngineConfig {
+    let mut c = config();
+    c.server = server.to_owned();
+    c.timeouts.boot = Duration::from_secs(20);
+    c
+}
+
+fn pool(init: &str, rollout: serde_json::Value) -> serde_json::Value {
+    serde_json::json!({
+        "driver": "fake", "instance_type": "fake.small", "init_data": init, "rollout": rollout
+    })
+}
+
+async fn apply(h: &Harness, document: serde_json::Value) {
+    h.control
+        .run(
+            &Caller::local_operator(),
+            ApplyPool {
+                pool: "web".into(),
+                document,
+                expected_version: None,
+            },
+        )
+        .await
+        .expect("pool applied");
+}
+
+/// Ready nodes and live nodes of a cluster as its status shows them, and
+/// how many are outdated. Live: neither shutting down nor booting for
+/// longer than the boot timeout (given up on, and being destroyed, maybe
+/// again after a destroy the cloud failed).
+fn counts(h: &Harness, cluster: &str) -> (usize, usize, usize) {
+    let s = h.status(cluster);
+    let now = h.engine.now();
+    let live: Vec<_> = s
+        .nodes
+        .iter()
+        .filter(|n| match n.state {
+            NodeState::ShuttingDown => false,
+            NodeState::Booting => now - n.launched_at < chrono::Duration::seconds(20),
+            _ => true,
+        })
+        .collect();
+    (
+        live.iter().filter(|n| n.state == NodeState::Ready).count(),
+        live.len(),
+        live.iter().filter(|n| n.outdated).count(),
+    )
+}
+
+fn converged(h: &Harness, clusters: &[&str]) -> bool {
+    clusters.iter().all(|c| {
+        let s = h.status(c);
+        s.rollout.is_none()
+            && s.nodes.len() == WANT
+            && s.nodes
+                .iter()
+                .all(|n| n.state == NodeState::Ready && !n.outdated)
+    })
+}
+
+async fn start(
+    cloud: &FakeCloud,
+    store: &Arc<dyn Store>,
+    server: &str,
+    clock: TokioClock,
+) -> Harness {
+    Harness::start_with_clock(cloud.clone(), store.clone(), engine_config(server), clock).await
+}
+
+/// Deploys `clusters` on pool web at version `v1`, all ready.
+async fn deployed(h: &Harness, clusters: &[&str], rollout: serde_json::Value) {
+    apply(h, pool("v1", rollout)).await;
+    for c in clusters {
+        h.deploy(c, WANT as i64, 3600, Some("web")).await;
+    }
+    h.until(Duration::from_secs(30), "ready at v1", |h| {
+        clusters.iter().all(|c| counts(h, c) == (WANT, WANT, 0))
+    })
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rollout_replaces_outdated_nodes_never_below_the_wanted_ready_count() {
+    let cloud = FakeCloud::new(FakeConfig {
+        boot_delay: Duration::from_secs(2),
+        ..FakeConfig::default()
+    });
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let h = start(&cloud, &store, "a", TokioClock::default()).await;
+    let clusters = ["c1", "c2", "c3"];
+    deployed(
+        &h,
+        &clusters,
+        serde_json::json!({"max_surge": 2, "max_failures": 50}),
+    )
+    .await;
+    let before: Vec<_> = h
+        .status("c1")
+        .nodes
+        .iter()
+        .map(|n| n.pool_version.clone())
+        .collect();
+    assert!(before.iter().all(|v| v.is_some()), "{before:?}");
+
+    // Boot failures and cloud errors on, then a new version.
+    cloud.reconfigure(|c| {
+        c.never_healthy_rate = 0.2;
+        c.create_error_rate = 0.2;
+        c.destroy_error_rate = 0.1;
+    });
+    apply(
+        &h,
+        pool(
+            "v2",
+            serde_json::json!({"max_surge": 2, "max_failures": 50}),
+        ),
+    )
+    .await;
+    h.until(Duration::from_secs(1), "outdated", |h| {
+        clusters.iter().all(|c| h.status(c).rollout.is_some())
+    })
+    .await;
+    let r = h.status("c1").rollout.unwrap();
+    assert_eq!(r.outdated as usize, WANT);
+    assert_eq!(r.state, RolloutState::Rolling);
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
+    while !converged(&h, &clusters) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no convergence: {:?}",
+            h.status("c1")
+        );
+        for c in clusters {
+            let (ready, live, _) = counts(&h, c);
+            assert!(ready >= WANT, "{c}: {ready} ready, fewer than {WANT}");
+            assert!(
+                live <= WANT + 2,
+                "{c}: {live} nodes, more than {WANT} + surge 2: {:#?}",
+                h.status(c).nodes
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let after: Vec<_> = h
+        .status("c1")
+        .nodes
+        .iter()
+        .map(|n| n.pool_version.clone())
+        .collect();
+    assert!(after.iter().all(|v| v != &before[0]), "{after:?}");
+    // No surplus left behind once the shutting down leave.
+    h.until(Duration::from_secs(120), "no surplus", |h| {
+        h.cloud.instance_count() == clusters.len() * WANT
+    })
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_replacement_that_keeps_failing_stops_the_rollout_and_says_why() {
+    let cloud = FakeCloud::new(FakeConfig::default());
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let h = start(&cloud, &store, "a", TokioClock::default()).await;
+    deployed(&h, &["c1"], serde_json::json!({"max_surge": 1})).await;
+    let made = cloud.stats().instances_created;
+
+    cloud.reconfigure(|c| c.refuse_creates = Some("InvalidAMIID.NotFound".into()));
+    apply(&h, pool("v2", serde_json::json!({"max_surge": 1}))).await;
+    h.until(Duration::from_secs(120), "stopped", |h| {
+        matches!(
+            h.status("c1").rollout.map(|r| r.state),
+            Some(RolloutState::Stopped { .. })
+        )
+    })
+    .await;
+    let Some(RolloutState::Stopped { reason, .. }) = h.status("c1").rollout.map(|r| r.state) else {
+        unreachable!()
+    };
+    assert!(
+        reason.contains("3 replacements in a row failed"),
+        "{reason}"
+    );
+    assert!(reason.contains("InvalidAMIID.NotFound"), "{reason}");
+    let stopped = store.rollout_holds().await.unwrap();
+    assert!(stopped[0].stopped.is_some(), "stored: {stopped:?}");
+
+    // Stopped, it tries no more: the old nodes serve on.
+    let creates = cloud.stats().creates;
+    tokio::time::sleep(Duration::from_secs(300)).await;
+    assert_eq!(cloud.stats().creates, creates, "no churn once stopped");
+    assert_eq!(counts(&h, "c1"), (WANT, WANT, WANT));
+    assert_eq!(cloud.stats().instances_created, made);
+
+    // Mended and resumed, it finishes.
+    cloud.reconfigure(|c| c.refuse_creates = None);
+    let view = h
+        .control
+        .run(
+            &Caller::local_operator(),
+            ResumeRollout { pool: "web".into() },
+        )
+        .await
+        .unwrap();
+    assert!(view.hold.is_none(), "{view:?}");
+    assert!(["rolling", "idle"].contains(&view.state), "{view:?}");
+    h.until(Duration::from_secs(120), "replaced", |h| {
+        converged(h, &["c1"])
+    })
+    .await;
+    assert!(store.rollout_holds().await.unwrap().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_paused_rollout_starts_no_replacement_until_resumed() {
+    let cloud = FakeCloud::new(FakeConfig::default());
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let h = start(&cloud, &store, "a", TokioClock::default()).await;
+    deployed(&h, &["c1"], serde_json::json!({})).await;
+    let admin = Caller::local_operator();
+    let paused = h
+        .control
+        .run(&admin, PauseRollout { pool: "web".into() })
+        .await
+        .unwrap();
+    assert_eq!(paused.state, "paused");
+    let made = cloud.stats().instances_created;
+    apply(&h, pool("v2", serde_json::json!({}))).await;
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(cloud.stats().instances_created, made, "nothing replaced");
+    assert!(matches!(
+        h.status("c1").rollout.map(|r| r.state),
+        Some(RolloutState::Paused { .. })
+    ));
+    let rollout = h.control.pool_rollout(&admin, "web").unwrap();
+    assert_eq!(rollout.state, "paused");
+    assert_eq!(rollout.outdated(), WANT);
+
+    h.control
+        .run(&admin, ResumeRollout { pool: "web".into() })
+        .await
+        .unwrap();
+    h.until(Duration::from_secs(120), "replaced", |h| {
+        converged(h, &["c1"])
+    })
+    .await;
+    assert_eq!(h.control.pool_rollout(&admin, "web").unwrap().state, "idle");
+}
+
+/// A rollout under way carries on through a restart of its server and
+/// through a takeover by another: which nodes are outdated is read from
+/// their tags.
+#[tokio::test(start_paused = true)]
+async fn a_rollout_survives_a_restart_and_a_takeover() {
+    let cloud = FakeCloud::new(FakeConfig {
+        boot_delay: Duration::from_secs(5),
+        ..FakeConfig::default()
+    });
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let clock = TokioClock::default();
+    let mut a = start(&cloud, &store, "a", clock).await;
+    deployed(&a, &["c1"], serde_json::json!({"max_surge": 1})).await;
+    apply(&a, pool("v2", serde_json::json!({"max_surge": 1}))).await;
+    a.until(Duration::from_secs(30), "one replaced", |h| {
+        let (_, _, outdated) = counts(h, "c1");
+        outdated == WANT - 1
+    })
+    .await;
+
+    // Restarted mid-rollout.
+    a.stop().await;
+    let mut a = start(&cloud, &store, "a", clock).await;
+    // Its nodes are adopted as booting until probed: none is destroyed
+    // for that.
+    a.until(Duration::from_secs(60), "two replaced", |h| {
+        let (_, live, outdated) = counts(h, "c1");
+        assert!(live >= WANT, "{:?}", h.status("c1"));
+        outdated <= WANT - 2
+    })
+    .await;
+
+    // Taken over mid-rollout by another server.
+    let b = start(&cloud, &store, "b", clock).await;
+    a.stop().await;
+    b.until(Duration::from_secs(120), "replaced by b", |h| {
+        h.engine.leading() && converged(h, &["c1"])
+    })
+    .await;
+    b.until(Duration::from_secs(120), "no surplus", |h| {
+        h.cloud.instance_count() == WANT
+    })
+    .await;
+}
