@@ -375,3 +375,89 @@ fn a_spot_pool_on_a_shared_driver_lists_its_price_and_launches_spot() {
     ok(&server.cli(&["destroy", "fleet", "--wait"]));
     wait_for("no instance left running", || ec2.live().is_empty());
 }
+
+/// A second AMI moto knows.
+const AMI_2: &str = "ami-03cf127a";
+
+/// A pool whose image comes from a shared config: a new version of the
+/// config rolls its clusters onto the new image, every instance tagged with
+/// the launch version it got, an old one terminated only once its
+/// replacement runs, and nothing made beyond one replacement each.
+#[test]
+fn a_new_image_in_a_shared_config_rolls_out_on_ec2() {
+    let moto = Moto::start();
+    let ec2 = Ec2::new(&moto);
+    let sandbox = Sandbox::new();
+    let dir = sandbox.path();
+    let server = start(&dir, &config(&moto.endpoint, 3, 50));
+    let images = dir.join("images.toml");
+    std::fs::write(&images, format!("{REGION} = \"{AMI}\"\n")).unwrap();
+    ok(&server.cli(&[
+        "shared-config",
+        "create",
+        "base-images",
+        "--schema",
+        "aws/images",
+        images.to_str().unwrap(),
+    ]));
+    let pool = dir.join("web.toml");
+    std::fs::write(
+        &pool,
+        format!(
+            "driver = \"aws\"\ninstance_type = \"{INSTANCE_TYPE}\"\nimage = {{ shared = \"base-images\", key = \"{REGION}\" }}\n\n[rollout]\nmax_surge = 1\n"
+        ),
+    )
+    .unwrap();
+    ok(&server.cli(&["pool", "apply", pool.to_str().unwrap()]));
+    ok(&server.cli(&[
+        "deploy", "site", "--nodes", "2", "--ttl", "10m", "--pool", "web", "--wait",
+    ]));
+    let first = ec2.live();
+    assert_eq!(first.len(), 2, "{first:?}");
+    let v1 = first[0].tags.get(flotilla_cloud::TAG_POOL_VERSION).cloned();
+    assert!(v1.is_some(), "{first:?}");
+    for i in &first {
+        assert_eq!(i.image, AMI);
+        assert_eq!(i.tags.get(flotilla_cloud::TAG_POOL_VERSION), v1.as_ref());
+    }
+    let status = server.status("site");
+    for node in status["nodes"].as_array().unwrap() {
+        assert_eq!(node["pool_version"].as_str(), v1.as_deref(), "{status}");
+    }
+
+    std::fs::write(&images, format!("{REGION} = \"{AMI_2}\"\n")).unwrap();
+    ok(&server.cli(&[
+        "shared-config",
+        "update",
+        "base-images",
+        images.to_str().unwrap(),
+    ]));
+    wait_for("every instance on the new image", || {
+        let live = ec2.live();
+        let running = live
+            .iter()
+            .filter(|i| i.state == InstanceStateName::Running)
+            .count();
+        assert!(running >= 2, "fewer than two running: {live:?}");
+        live.len() == 2 && live.iter().all(|i| i.image == AMI_2)
+    });
+    let second = ec2.live();
+    let v2 = second[0]
+        .tags
+        .get(flotilla_cloud::TAG_POOL_VERSION)
+        .cloned();
+    assert!(v2.is_some() && v2 != v1, "{second:?}");
+    assert_eq!(ec2.all().len(), 4, "one replacement each, nothing more");
+    wait_for("the rollout is over", || {
+        server.status("site").get("rollout").is_none()
+    });
+    let out = server.cli(&["pool", "rollout", "web"]);
+    ok(&out);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("idle"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    ok(&server.cli(&["destroy", "site", "--wait"]));
+    wait_for("no instance left running", || ec2.live().is_empty());
+}

@@ -1224,3 +1224,75 @@ fn a_pool_applied_from_a_file_makes_real_nodes_and_outlives_a_restart() {
     let out = server.cli(&["shared-config", "list"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("local/images"));
 }
+
+/// A pool's new init data rolls out over real local nodes: the dry run
+/// names the nodes it would replace, status marks them outdated, a pause
+/// holds them, and once resumed every node is replaced, one at a time,
+/// never fewer ready than wanted, the new ones running the new init data.
+#[test]
+fn a_changed_pool_rolls_its_local_nodes_over() {
+    let sandbox = Sandbox::new();
+    let server = Server::start(&sandbox.path());
+    let file = sandbox.path().join("web.toml");
+    let pool = |marker: &str| {
+        format!(
+            "driver = \"local\"\ninstance_type = \"local.web\"\n\
+             init_data = 'echo {marker} > marker; sleep 3600'\n\n[rollout]\nmax_surge = 1\n"
+        )
+    };
+    std::fs::write(&file, pool("v1")).unwrap();
+    let out = server.cli(&["pool", "apply", file.to_str().unwrap()]);
+    assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    let out = server.cli(&[
+        "deploy", "site", "--nodes", "2", "--ttl", "10m", "--pool", "web", "--wait",
+    ]);
+    assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    let before: std::collections::BTreeSet<String> = server.status("site")["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["id"].as_str().unwrap().to_owned())
+        .collect();
+
+    let out = server.cli(&["pool", "pause", "web"]);
+    assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::write(&file, pool("v2")).unwrap();
+    let out = server.cli(&["pool", "apply", file.to_str().unwrap(), "--dry-run"]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("would replace 2 node(s)"), "{said}");
+    let out = server.cli(&["pool", "apply", file.to_str().unwrap()]);
+    assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    let out = server.cli(&["status", "site"]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("2 nodes outdated"), "{said}");
+    assert!(said.contains("rollout paused by"), "{said}");
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    assert_eq!(
+        node_processes(&sandbox.path()).len(),
+        2,
+        "paused: nothing replaced"
+    );
+
+    let out = server.cli(&["pool", "resume", "web"]);
+    assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    wait_for("every node replaced", || {
+        let s = server.status("site");
+        let nodes = s["nodes"].as_array().unwrap().clone();
+        let ready = nodes.iter().filter(|n| n["state"] == "ready").count();
+        assert!(ready >= 2, "fewer than two ready: {s}");
+        s.get("rollout").is_none()
+            && nodes.len() == 2
+            && nodes
+                .iter()
+                .all(|n| !before.contains(n["id"].as_str().unwrap()))
+    });
+    wait_for("the new nodes run the new init data", || {
+        ["1", "2"].iter().all(|n| {
+            let out = server.cli(&["exec", "site", n, "--", "cat", "marker"]);
+            String::from_utf8_lossy(&out.stdout).trim() == "v2"
+        })
+    });
+    wait_for("the old nodes gone", || {
+        node_processes(&sandbox.path()).len() == 2
+    });
+}
