@@ -7,9 +7,9 @@ use std::sync::Arc;
 
 use flotilla_cloud::{CloudError, CreateRequest, Health, Instance, InstanceSet};
 use flotilla_domain::{
-    plan, Budgets, ClusterName, ClusterRecord, DestroyReason, InstanceId, LaunchVersion,
-    NodeRecord, NodeState, ObservedNode, Obstacle, ObstacleCode, Plan, PoolError, PoolErrorKey,
-    PoolErrorKind, WantedNodes,
+    is_current, plan, Budgets, ClusterName, ClusterRecord, DestroyReason, InstanceId,
+    LaunchVersion, NodeRecord, NodeState, ObservedNode, Obstacle, ObstacleCode, Plan, PoolError,
+    PoolErrorKey, PoolErrorKind, WantedNodes,
 };
 use flotilla_store::{ClusterNodes, ClusterObstacle, Fence, GoneNode};
 use futures::future::join_all;
@@ -472,7 +472,41 @@ async fn reconcile(
                 timeouts.boot = std::time::Duration::MAX;
                 timeouts.probe = std::time::Duration::MAX;
             }
-            plan(wanted.as_ref(), &observed, now, &timeouts, may_create)
+            let mut plan = plan(wanted.as_ref(), &observed, now, &timeouts, may_create);
+            if let (Some(r), Some(p)) = (&record, pool) {
+                if !r.destroying && &p.driver != driver {
+                    // Its pool moved to another driver: these nodes serve
+                    // until that driver's current nodes can carry the
+                    // cluster, as outdated nodes do.
+                    let count = r.node_capacity.get();
+                    let replacing = version
+                        .as_ref()
+                        .is_none_or(|v| shared.rollouts.replacing(&r.pool, v));
+                    let floor = if replacing {
+                        count - p.rollout.budgets(count).1
+                    } else {
+                        count
+                    };
+                    let ready_there = inv.get(&p.driver).map_or(0, |set| {
+                        set.nodes(cluster)
+                            .filter(|n| {
+                                n.state == NodeState::Ready
+                                    && is_current(
+                                        &p.instance_type,
+                                        version.as_ref(),
+                                        &n.instance.instance_type,
+                                        n.instance.pool_version().as_ref(),
+                                    )
+                            })
+                            .count()
+                    });
+                    if (ready_there as u32) < floor {
+                        plan.destroy
+                            .retain(|(_, reason)| *reason != DestroyReason::Surplus);
+                    }
+                }
+            }
+            plan
         };
 
         // Held while acting, so a new term of this server waits for the

@@ -312,3 +312,73 @@ async fn a_rollout_survives_a_restart_and_a_takeover() {
     })
     .await;
 }
+
+/// A pool moved to another driver: the old driver's nodes serve until the
+/// new driver's can carry the cluster, then go.
+#[tokio::test(start_paused = true)]
+async fn a_pool_moved_to_another_driver_keeps_its_nodes_until_the_new_ones_are_ready() {
+    use std::collections::BTreeMap;
+
+    use flotilla_cloud::{InstanceSet, Throttled};
+    use flotilla_domain::PoolName;
+    use flotilla_engine::Engine;
+
+    let cloud = FakeCloud::new(FakeConfig {
+        boot_delay: Duration::from_secs(3),
+        ..FakeConfig::default()
+    });
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let clock = TokioClock::default();
+    let set = |id: &str| -> Arc<dyn InstanceSet> {
+        Arc::new(Throttled::new(cloud.instance_set(id), None))
+    };
+    let (engine, tasks) = Engine::start(
+        engine_config("a"),
+        store.clone(),
+        BTreeMap::from([
+            ("fake".to_owned(), set("set-a")),
+            ("other".to_owned(), set("set-b")),
+        ]),
+        common::pools(),
+        PoolName::new("default").unwrap(),
+        Arc::new(clock),
+        &mut prometheus_client::registry::Registry::default(),
+    )
+    .await
+    .unwrap();
+    let h = Harness {
+        control: flotilla_control::Control::new(
+            engine.clone(),
+            Arc::new(flotilla_control::PoolCatalog::plain([
+                ("fake", "fake"),
+                ("other", "fake"),
+            ])),
+        ),
+        engine,
+        tasks: Some(tasks),
+        cloud: cloud.clone(),
+        store,
+        clock,
+    };
+    deployed(&h, &["c1"], serde_json::json!({})).await;
+    let mut moved = pool("v1", serde_json::json!({}));
+    moved["driver"] = "other".into();
+    apply(&h, moved).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while !converged(&h, &["c1"]) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{:?}",
+            h.status("c1")
+        );
+        let (ready, _, _) = counts(&h, "c1");
+        assert!(ready >= WANT, "{ready} ready: {:?}", h.status("c1"));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    h.until(
+        Duration::from_secs(60),
+        "the old driver's nodes gone",
+        |h| h.cloud.instance_count() == WANT,
+    )
+    .await;
+}
