@@ -436,30 +436,28 @@ async fn reconcile(
         }
         let now = shared.clock.now();
         let suspect = shared.inventory.lock().unwrap()[driver].prober_suspect();
-        let mut rolling = false;
-        let mut replacements: Vec<InstanceId> = Vec::new();
+        // Its nodes at the version its pool launches now: while the pool
+        // rolls out to that version, their failures count toward stopping
+        // the rollout.
+        let mut at_version: Vec<InstanceId> = Vec::new();
         let mut failed_replacements: Vec<String> = Vec::new();
         let plan = {
             let inv = shared.inventory.lock().unwrap();
             let set_inv = &inv[driver];
             let observed: Vec<ObservedNode> =
                 set_inv.nodes(cluster).map(|n| n.observed()).collect();
-            // Replacing outdated nodes: the current ones it made are
-            // replacements, whose failures count toward stopping the
-            // pool's rollout.
-            if let Some(w) = &wanted {
-                let live = observed
+            if let (Some(w), Some(r), Some(v)) = (&wanted, &record, &version) {
+                at_version = observed
                     .iter()
-                    .filter(|n| n.state != NodeState::ShuttingDown);
-                let (current, outdated): (Vec<&ObservedNode>, Vec<&ObservedNode>) =
-                    live.partition(|n| w.is_current(&n.instance_type, n.version.as_ref()));
-                if !outdated.is_empty() && w.version.is_some() {
-                    replacements = current
-                        .into_iter()
-                        .filter(|n| n.version == w.version)
-                        .map(|n| n.id.clone())
-                        .collect();
-                    rolling = true;
+                    .filter(|n| n.version.as_ref() == Some(v))
+                    .map(|n| n.id.clone())
+                    .collect();
+                let outdated = observed.iter().any(|n| {
+                    n.state != NodeState::ShuttingDown
+                        && !w.is_current(&n.instance_type, n.version.as_ref())
+                });
+                if outdated {
+                    shared.rollouts.rolling(&r.pool, v);
                 }
             }
             let may_create = wanted
@@ -500,6 +498,11 @@ async fn reconcile(
                             })
                             .count()
                     });
+                    if let Some(v) = &version {
+                        if observed.iter().any(|n| n.state != NodeState::ShuttingDown) {
+                            shared.rollouts.rolling(&r.pool, v);
+                        }
+                    }
                     if (ready_there as u32) < floor {
                         plan.destroy
                             .retain(|(_, reason)| *reason != DestroyReason::Surplus);
@@ -561,24 +564,26 @@ async fn reconcile(
                             DestroyReason::BootTimeout => Some((
                                 PoolErrorKind::BootTimeout,
                                 format!(
-                                    "node {id} was not ready within the boot timeout ({} s); replaced",
+                                    "was not ready within the boot timeout ({} s)",
                                     shared.config.timeouts.boot.as_secs()
                                 ),
                             )),
                             DestroyReason::ProbeTimeout => Some((
                                 PoolErrorKind::ProbeTimeout,
                                 format!(
-                                    "node {id} failed its health probe for longer than the probe timeout ({} s); replaced",
+                                    "failed its health probe for longer than the probe timeout ({} s)",
                                     shared.config.timeouts.probe.as_secs()
                                 ),
                             )),
                             _ => None,
                         };
-                        if let Some((_, message)) = &given_up {
-                            if replacements.contains(id) {
-                                failed_replacements.push(message.clone());
+                        let given_up = given_up.map(|(kind, why)| {
+                            if at_version.contains(id) {
+                                // Said of no node: every account reads it.
+                                failed_replacements.push(format!("a new node {why}"));
                             }
-                        }
+                            (kind, format!("node {id} {why}; replaced"))
+                        });
                         if let (Some((kind, message)), Some(r), Some(p)) = (given_up, &record, pool)
                         {
                             note_pool_error(
@@ -641,12 +646,15 @@ async fn reconcile(
                 stall,
             )
             .await;
-            if let Some(why) = refused.filter(|_| rolling) {
+            if let Some(why) = refused {
                 failed_replacements.push(why);
             }
         }
         if let (Some(r), Some(p), Some(v)) = (&record, pool, &version) {
-            for why in failed_replacements {
+            for why in failed_replacements
+                .into_iter()
+                .filter(|_| shared.rollouts.is_rolling(&r.pool, v))
+            {
                 crate::rollout::note_failure(
                     shared,
                     fence,
@@ -927,8 +935,8 @@ async fn create(
                 return None;
             }
             Err(e) => {
-                let refused =
-                    matches!(e, CloudError::Permanent { .. }).then(|| format!("create: {e}"));
+                let refused = matches!(e, CloudError::Permanent { .. })
+                    .then(|| format!("the cloud refused to create a new node: {e}"));
                 errors.push((obstacle_code(&e), format!("create: {e}")));
                 return refused;
             }

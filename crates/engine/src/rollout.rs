@@ -24,6 +24,12 @@ pub(crate) struct Rollouts {
     refreshing: tokio::sync::Mutex<()>,
     /// Replacements at a version failed in a row, per pool.
     failures: Mutex<HashMap<PoolName, (LaunchVersion, u32)>>,
+    /// The version each pool was last seen rolling out to (some cluster
+    /// of it had nodes of another): failures of nodes at that version
+    /// count toward stopping it, even once no outdated node is left to
+    /// see (a pool that cannot surge destroys one before its replacement
+    /// is ready).
+    rolling: Mutex<HashMap<PoolName, LaunchVersion>>,
 }
 
 impl Rollouts {
@@ -38,6 +44,19 @@ impl Rollouts {
         self.holds.read().unwrap().get(pool).is_none_or(|h| {
             h.paused.is_none() && h.stopped.as_ref().is_none_or(|s| &s.version != version)
         })
+    }
+
+    /// Some cluster of `pool` has nodes outdated by `version`.
+    pub fn rolling(&self, pool: &PoolName, version: &LaunchVersion) {
+        let mut rolling = self.rolling.lock().unwrap();
+        if rolling.get(pool) != Some(version) {
+            rolling.insert(pool.clone(), version.clone());
+        }
+    }
+
+    /// Whether `pool` was seen rolling out to `version`.
+    pub fn is_rolling(&self, pool: &PoolName, version: &LaunchVersion) -> bool {
+        self.rolling.lock().unwrap().get(pool) == Some(version)
     }
 
     /// A node at `version` became ready: replacements work again.
@@ -98,19 +117,12 @@ pub(crate) async fn note_failure(
     };
     match shared.store.stop_rollout(fence, pool, &stop, stop.at).await {
         Ok(()) => {
-            tracing::warn!(%pool, %version, reason = %stop.reason, "rollout stopped: outdated nodes are kept until it is resumed (flotilla pool rollout resume) or the pool changes");
-            shared
-                .rollouts
-                .holds
-                .write()
-                .unwrap()
-                .entry(pool.clone())
-                .or_insert_with(|| RolloutHold {
-                    pool: pool.clone(),
-                    paused: None,
-                    stopped: None,
-                })
-                .stopped = Some(stop);
+            tracing::warn!(%pool, %version, reason = %stop.reason, "rollout stopped: outdated nodes are kept until it is resumed (flotilla pool resume {pool}) or the pool changes");
+            // Read back whole, so a resume committed meanwhile is not
+            // undone here (the feed brings it again anyway).
+            if let Err(e) = refresh(shared).await {
+                tracing::warn!(error = %e, "reading the pools' rollouts failed");
+            }
         }
         Err(e) => {
             tracing::warn!(%pool, error = %e, "stopping a failing rollout failed; it goes on")

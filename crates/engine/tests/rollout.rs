@@ -382,3 +382,67 @@ async fn a_pool_moved_to_another_driver_keeps_its_nodes_until_the_new_ones_are_r
     )
     .await;
 }
+
+/// A pool that cannot surge gives up a node before its replacement is
+/// ready; replacements that never become ready still stop the rollout,
+/// with the other outdated nodes serving on.
+#[tokio::test(start_paused = true)]
+async fn a_rollout_without_surge_stops_when_replacements_never_become_ready() {
+    let cloud = FakeCloud::new(FakeConfig::default());
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let h = start(&cloud, &store, "a", TokioClock::default()).await;
+    let budget = serde_json::json!({"max_surge": 0, "max_unavailable": 1});
+    deployed(&h, &["c1"], budget.clone()).await;
+
+    cloud.reconfigure(|c| c.never_healthy_rate = 1.0);
+    apply(&h, pool("v2", budget)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
+    loop {
+        let s = h.status("c1");
+        if matches!(
+            s.rollout.as_ref().map(|r| &r.state),
+            Some(RolloutState::Stopped { .. })
+        ) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never stopped: {s:?}"
+        );
+        let (ready, _, _) = counts(&h, "c1");
+        assert!(ready >= WANT - 1, "{ready} ready: {s:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let Some(RolloutState::Stopped { reason, .. }) = h.status("c1").rollout.map(|r| r.state) else {
+        unreachable!()
+    };
+    assert!(
+        reason.contains("was not ready within the boot timeout"),
+        "{reason}"
+    );
+    assert!(!reason.contains("fake-"), "no node named: {reason}");
+    // Three outdated nodes still serve.
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    let (ready, _, outdated) = counts(&h, "c1");
+    assert_eq!((ready, outdated), (WANT - 1, WANT - 1));
+}
+
+/// With every node allowed unavailable, the old nodes all go at once and
+/// no outdated node is left to see: failing replacements still stop it.
+#[tokio::test(start_paused = true)]
+async fn failing_replacements_stop_a_rollout_that_left_no_outdated_node() {
+    let cloud = FakeCloud::new(FakeConfig::default());
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let h = start(&cloud, &store, "a", TokioClock::default()).await;
+    let budget = serde_json::json!({"max_surge": 0, "max_unavailable": "100%"});
+    deployed(&h, &["c1"], budget.clone()).await;
+    cloud.reconfigure(|c| c.never_healthy_rate = 1.0);
+    apply(&h, pool("v2", budget)).await;
+    h.until(Duration::from_secs(300), "stopped in the store", |_| {
+        futures::executor::block_on(store.rollout_holds())
+            .unwrap()
+            .first()
+            .is_some_and(|hold| hold.stopped.is_some())
+    })
+    .await;
+}
