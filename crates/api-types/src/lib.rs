@@ -229,7 +229,10 @@ pub struct Event {
     /// `cluster.forgotten`, `cluster.nodes`, `cluster.error` (what stands
     /// in its way: code, message, count, retry_at), `cluster.error_cleared`,
     /// `org.*` (an organisation's events),
-    /// `account.created`, `account.changed`, `account.deleted`.
+    /// `account.created`, `account.changed`, `account.deleted`,
+    /// `pool.applied`, `pool.retired`, `pool.rollout_paused`,
+    /// `pool.rollout_resumed`, `pool.rollout_stopped` (version, reason),
+    /// `shared_config.created`, `shared_config.updated`.
     pub kind: String,
     /// The cluster, organisation or account it is about.
     pub key: String,

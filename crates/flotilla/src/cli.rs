@@ -543,7 +543,7 @@ impl Client {
                 if replaced > 0 {
                     let verb = if dry_run { "would replace" } else { "replaces" };
                     println!(
-                        "rollout {verb} {replaced} node(s) made from another version ({}):",
+                        "rollout {verb} {replaced} node(s) with nodes at version {}:",
                         applied.launch_version.as_deref().unwrap_or("?")
                     );
                     for c in &applied.replaces {
@@ -2621,6 +2621,14 @@ fn event_line(e: &Event) -> String {
             )
         }
         "server" => format!("leads, epoch {}", d["epoch"]),
+        "pool" if e.kind == "pool.rollout_stopped" => format!(
+            "at version {}: {}",
+            d["version"].as_str().unwrap_or("?"),
+            d["reason"].as_str().unwrap_or("?")
+        ),
+        "pool" if e.kind.starts_with("pool.rollout_") => {
+            format!("by {}", d["by"].as_str().unwrap_or("?"))
+        }
         "pool" => format!(
             "version {} by {}",
             d["version"],
@@ -2761,6 +2769,30 @@ mod tests {
 
     fn at(s: &str) -> DateTime<Utc> {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn rollout_events_say_who_and_why() {
+        let event = |kind: &str, details: serde_json::Value| flotilla_api_types::Event {
+            seq: 1,
+            kind: kind.into(),
+            key: "web".into(),
+            at: at("2030-01-02T03:04:05Z"),
+            details,
+        };
+        let paused = event_line(&event(
+            "pool.rollout_paused",
+            serde_json::json!({"by": "olga"}),
+        ));
+        assert!(paused.ends_with("by olga"), "{paused}");
+        let stopped = event_line(&event(
+            "pool.rollout_stopped",
+            serde_json::json!({"version": "00c0ffee00c0ffee", "reason": "3 replacements in a row failed"}),
+        ));
+        assert!(
+            stopped.ends_with("at version 00c0ffee00c0ffee: 3 replacements in a row failed"),
+            "{stopped}"
+        );
     }
 
     #[test]
