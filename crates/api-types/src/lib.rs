@@ -204,7 +204,8 @@ pub struct ClusterError {
     /// Stable: `cloud_refused` (retrying will not help until someone
     /// changes something: credentials, image, instance profile, …),
     /// `cloud_unavailable`, `rate_limited`, `quota_exceeded`,
-    /// `no_capacity`, `pool_gone`, `shared_config_unresolved`, `store_failed`.
+    /// `no_capacity`, `pool_gone`, `pool_full` (its pool holds its
+    /// `max_nodes`), `shared_config_unresolved`, `store_failed`.
     pub code: String,
     pub message: String,
     /// When the server first met it, without success between.

@@ -51,4 +51,4 @@ pub use pool::{
     PoolSpec, Problem, SharedImages, WrittenDollars, POOL_SCHEMA_VERSION,
 };
 pub use pool_error::{PoolError, PoolErrorKey, PoolErrorKind};
-pub use rollout::{LaunchVersion, NodeBudget, Rollout, RolloutSettings, WrittenBudget};
+pub use rollout::{LaunchVersion, NodeBudget, Rollout, RolloutSettings, Whole, WrittenBudget};

@@ -35,6 +35,8 @@ pub enum ObstacleCode {
     NoCapacity,
     /// The cluster's pool is no longer configured.
     PoolGone,
+    /// The cluster's pool holds as many nodes as its `max_nodes` allows.
+    PoolFull,
     /// The cluster's pool takes its image from a shared config that does
     /// not give one (gone, or without the key the pool names).
     SharedConfigUnresolved,
@@ -43,13 +45,14 @@ pub enum ObstacleCode {
 }
 
 impl ObstacleCode {
-    pub const ALL: [ObstacleCode; 8] = [
+    pub const ALL: [ObstacleCode; 9] = [
         ObstacleCode::CloudRefused,
         ObstacleCode::CloudUnavailable,
         ObstacleCode::RateLimited,
         ObstacleCode::QuotaExceeded,
         ObstacleCode::NoCapacity,
         ObstacleCode::PoolGone,
+        ObstacleCode::PoolFull,
         ObstacleCode::SharedConfigUnresolved,
         ObstacleCode::StoreFailed,
     ];
@@ -62,6 +65,7 @@ impl ObstacleCode {
             ObstacleCode::QuotaExceeded => "quota_exceeded",
             ObstacleCode::NoCapacity => "no_capacity",
             ObstacleCode::PoolGone => "pool_gone",
+            ObstacleCode::PoolFull => "pool_full",
             ObstacleCode::SharedConfigUnresolved => "shared_config_unresolved",
             ObstacleCode::StoreFailed => "store_failed",
         }

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::money::Money;
 use crate::names::{InstanceType, Username};
 use crate::org::OrgName;
-use crate::rollout::{Rollout, RolloutSettings};
+use crate::rollout::{Rollout, RolloutSettings, Whole};
 
 /// The version of [`PoolDocument`]'s schema, stored with every pool
 /// written, so a later flotilla knows what shape it reads back.
@@ -84,6 +84,12 @@ pub struct PoolDocument {
     #[schemars(inner(regex(pattern = r"^(org:)?[A-Za-z0-9][-A-Za-z0-9]{0,39}$")))]
     #[schemars(extend("uniqueItems" = true))]
     pub owners: Vec<String>,
+    /// The most nodes its clusters may hold together (those shutting down
+    /// aside), surges of rollouts included: more wait, and their clusters'
+    /// status says so (`pool_full`). No limit when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1_000_000))]
+    pub max_nodes: Option<Whole>,
     /// How its clusters replace nodes launched from an older version of
     /// it (surge, unavailability, failures before stopping).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -318,6 +324,8 @@ pub struct PoolSpec {
     pub allow_workload: bool,
     pub description: Option<String>,
     pub owners: Vec<PoolOwner>,
+    /// The most nodes its clusters may hold together; None: no limit.
+    pub max_nodes: Option<u32>,
     /// How its clusters replace outdated nodes.
     pub rollout: Rollout,
     /// The driver's own section (`ec2`), as written: the driver reads it.
@@ -340,6 +348,7 @@ impl PoolSpec {
             allow_workload: false,
             description: None,
             owners: Vec::new(),
+            max_nodes: None,
             rollout: Rollout::default(),
             options: None,
             source: PoolSource::Config,
@@ -363,6 +372,7 @@ impl PoolSpec {
             allow_workload: self.allow_workload,
             description: self.description.clone(),
             owners: self.owners.iter().map(ToString::to_string).collect(),
+            max_nodes: self.max_nodes.map(Whole),
             rollout: self.rollout.written(),
             ec2: self.options.clone(),
         }
@@ -418,6 +428,12 @@ impl PoolDocument {
                 Err(e) => problems.push(Problem::new(pointer(&["owners", &i.to_string()]), e)),
             }
         }
+        if self.max_nodes == Some(Whole(0)) {
+            problems.push(Problem::at(
+                "max_nodes",
+                "must be at least 1 (leave it out for no limit)",
+            ));
+        }
         let rollout = Rollout::parse(self.rollout.as_ref())
             .map_err(|p| problems.extend(p))
             .unwrap_or_default();
@@ -439,6 +455,7 @@ impl PoolDocument {
                 allow_workload: self.allow_workload,
                 description: self.description.clone(),
                 owners,
+                max_nodes: self.max_nodes.map(|w| w.0),
                 rollout,
                 options: self.ec2.clone(),
                 source,

@@ -100,6 +100,45 @@ fn canonical(value: &serde_json::Value, out: &mut String) {
     }
 }
 
+/// A whole number as a document writes it: JSON Schema takes `2.0` for
+/// the integer 2, so the parser must too, or a document its schema
+/// accepts would be refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(transparent)]
+pub struct Whole(pub u32);
+
+impl<'de> Deserialize<'de> for Whole {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Whole;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a whole number from 0 to 4294967295")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Whole, E> {
+                u32::try_from(v)
+                    .map(Whole)
+                    .map_err(|_| E::custom(format!("{v} is more than 4294967295")))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Whole, E> {
+                u64::try_from(v)
+                    .map_err(|_| E::custom(format!("{v} is negative")))
+                    .and_then(|v| self.visit_u64(v))
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Whole, E> {
+                if v.fract() == 0.0 && (0.0..=f64::from(u32::MAX)).contains(&v) {
+                    Ok(Whole(v as u32))
+                } else {
+                    Err(E::custom(format!(
+                        "{v} is not a whole number from 0 to 4294967295"
+                    )))
+                }
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
 /// A number of nodes, or a share of a cluster's wanted count.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NodeBudget {
@@ -128,7 +167,7 @@ impl NodeBudget {
 
     fn parse(written: &WrittenBudget) -> Result<Self, String> {
         match written {
-            WrittenBudget::Count(n) => Ok(NodeBudget::Count(*n)),
+            WrittenBudget::Count(n) => Ok(NodeBudget::Count(n.0)),
             WrittenBudget::Percent(text) => {
                 let digits = text.strip_suffix('%').unwrap_or(text);
                 match digits.parse::<u32>() {
@@ -143,7 +182,7 @@ impl NodeBudget {
 
     fn written(self) -> WrittenBudget {
         match self {
-            NodeBudget::Count(n) => WrittenBudget::Count(n),
+            NodeBudget::Count(n) => WrittenBudget::Count(Whole(n)),
             NodeBudget::Percent(p) => WrittenBudget::Percent(format!("{p}%")),
         }
     }
@@ -162,7 +201,7 @@ impl fmt::Display for NodeBudget {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(untagged)]
 pub enum WrittenBudget {
-    Count(#[schemars(range(max = 10000))] u32),
+    Count(#[schemars(range(max = 10000))] Whole),
     Percent(#[schemars(regex(pattern = r"^[0-9]{1,3}%$"))] String),
 }
 
@@ -187,7 +226,7 @@ pub struct RolloutSettings {
     /// instead of trying again and again. Default 3.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 1000))]
-    pub max_failures: Option<u32>,
+    pub max_failures: Option<Whole>,
 }
 
 /// How a pool's clusters replace outdated nodes, as meant.
@@ -243,7 +282,7 @@ impl Rollout {
                 Err(e) => problems.push(Problem::new(at("max_unavailable"), e)),
             }
         }
-        if let Some(f) = w.max_failures {
+        if let Some(Whole(f)) = w.max_failures {
             if f == 0 {
                 problems.push(Problem::new(at("max_failures"), "must be at least 1"));
             } else {
@@ -271,7 +310,7 @@ impl Rollout {
             max_surge: (self.max_surge != d.max_surge).then(|| self.max_surge.written()),
             max_unavailable: (self.max_unavailable != d.max_unavailable)
                 .then(|| self.max_unavailable.written()),
-            max_failures: (self.max_failures != d.max_failures).then_some(self.max_failures),
+            max_failures: (self.max_failures != d.max_failures).then_some(Whole(self.max_failures)),
         })
     }
 }
@@ -337,6 +376,26 @@ mod tests {
         };
         assert_eq!(r.budgets(25), (0, 2));
         assert_eq!(r.budgets(5), (0, 1), "never both zero");
+    }
+
+    #[test]
+    fn whole_numbers_may_be_written_as_floats_as_json_schema_allows() {
+        let w: RolloutSettings = serde_json::from_value(serde_json::json!({
+            "max_surge": 2.0, "max_failures": 5.0
+        }))
+        .unwrap();
+        assert_eq!(w.max_surge, Some(WrittenBudget::Count(Whole(2))));
+        assert_eq!(w.max_failures, Some(Whole(5)));
+        for bad in [
+            serde_json::json!(2.5),
+            serde_json::json!(-1),
+            serde_json::json!(1e12),
+        ] {
+            assert!(
+                serde_json::from_value::<Whole>(bad.clone()).is_err(),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

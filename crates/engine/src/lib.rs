@@ -142,6 +142,8 @@ struct Shared {
     shared_configs: pools::SharedConfigs,
     /// What holds each pool's rollout back, and failed replacements.
     rollouts: rollout::Rollouts,
+    /// Creates under way per pool with a `max_nodes`.
+    pool_places: rollout::PoolPlaces,
     default_pool: PoolName,
     desired: DesiredCache,
     orgs: OrgCache,
@@ -298,6 +300,7 @@ impl Engine {
             pools: pools::PoolTable::new(pools),
             shared_configs: pools::SharedConfigs::default(),
             rollouts: rollout::Rollouts::default(),
+            pool_places: rollout::PoolPlaces::default(),
             default_pool,
             desired: DesiredCache::new(Vec::new()),
             orgs: OrgCache::new(Vec::new()),

@@ -441,7 +441,7 @@ async fn reconcile(
         // the rollout.
         let mut at_version: Vec<InstanceId> = Vec::new();
         let mut failed_replacements: Vec<String> = Vec::new();
-        let plan = {
+        let (plan, _places, pool_full) = {
             let inv = shared.inventory.lock().unwrap();
             let set_inv = &inv[driver];
             let observed: Vec<ObservedNode> =
@@ -470,7 +470,31 @@ async fn reconcile(
                 timeouts.boot = std::time::Duration::MAX;
                 timeouts.probe = std::time::Duration::MAX;
             }
-            let mut plan = plan(wanted.as_ref(), &observed, now, &timeouts, may_create);
+            // A pool with a most nodes: creates take places of it, held
+            // until their nodes are in the inventory.
+            let (mut plan, places, pool_full) = match (&wanted, &record, pool) {
+                (Some(_), Some(r), Some(p)) if p.max_nodes.is_some() => {
+                    let max = p.max_nodes.unwrap_or(u32::MAX);
+                    let live = pool_live_nodes(&inv, &r.pool);
+                    let mut planned = Plan::default();
+                    let (left, places) = shared.pool_places.take(&r.pool, max, live, |left| {
+                        planned = plan(
+                            wanted.as_ref(),
+                            &observed,
+                            now,
+                            &timeouts,
+                            may_create.min(left),
+                        );
+                        planned.create
+                    });
+                    (planned, Some(places), left < may_create)
+                }
+                _ => (
+                    plan(wanted.as_ref(), &observed, now, &timeouts, may_create),
+                    None,
+                    false,
+                ),
+            };
             if let (Some(r), Some(p)) = (&record, pool) {
                 if !r.destroying && &p.driver != driver {
                     // Its pool moved to another driver: these nodes serve
@@ -509,7 +533,7 @@ async fn reconcile(
                     }
                 }
             }
-            plan
+            (plan, places, pool_full)
         };
 
         // Held while acting, so a new term of this server waits for the
@@ -669,7 +693,25 @@ async fn reconcile(
 
         let inv = shared.inventory.lock().unwrap();
         let set_inv = &inv[driver];
-        if plan.deferred > 0 {
+        if plan.deferred > 0 && pool_full {
+            if let (Some(r), Some(p)) = (&record, pool) {
+                // Places free as other clusters' nodes go; a resync looks
+                // again.
+                next.at(Instant::now() + shared.config.resync_interval);
+                if stall.is_none() {
+                    *stall = Some(Stall {
+                        code: ObstacleCode::PoolFull,
+                        message: format!(
+                            "pool {} holds the most nodes it may ({}, its max_nodes); more are made once some of its clusters' nodes go",
+                            r.pool,
+                            p.max_nodes.unwrap_or_default()
+                        ),
+                        retry: None,
+                        attempted: false,
+                    });
+                }
+            }
+        } else if plan.deferred > 0 {
             if let Some(pool) = pool {
                 let retry = set_inv.capacity_retry(&pool.instance_type, Instant::now());
                 if let Some(t) = retry {
@@ -726,6 +768,10 @@ async fn reconcile(
                     message: "publishing its last nodes before forgetting it failed".to_owned(),
                 });
             }
+            // Forgotten and its published nodes cleared as one step for the
+            // publisher, which would otherwise publish the cluster's last
+            // change of nodes (none left) after it was forgotten.
+            let publishing = shared.publishing.lock().await;
             let forgotten = shared
                 .store
                 .forget(cluster, r.generation, fence)
@@ -739,7 +785,9 @@ async fn reconcile(
                 shared.desired.remove(cluster, r.generation);
                 // Its published nodes went with the record.
                 shared.observed.put(cluster, Vec::new());
+                drop(publishing);
             } else {
+                drop(publishing);
                 // The record changed (or went) since it was read: take the
                 // store's version before looking again, so the next pass does
                 // not act on the same stale copy.
@@ -943,6 +991,32 @@ async fn create(
         }
     }
     None
+}
+
+/// The nodes, not shutting down, of the clusters of `pool` (by their pool
+/// tag: a cluster's nodes all share its pool).
+fn pool_live_nodes(
+    inv: &std::collections::BTreeMap<String, crate::inventory::SetInventory>,
+    pool: &flotilla_domain::PoolName,
+) -> u32 {
+    inv.values()
+        .flat_map(|set| set.clusters.values())
+        .filter(|nodes| {
+            nodes.values().next().is_some_and(|n| {
+                n.instance
+                    .tags
+                    .get(flotilla_cloud::TAG_POOL)
+                    .map(String::as_str)
+                    == Some(pool.as_str())
+            })
+        })
+        .map(|nodes| {
+            nodes
+                .values()
+                .filter(|n| n.state != NodeState::ShuttingDown)
+                .count() as u32
+        })
+        .sum()
 }
 
 fn quota_stall(driver: &str, instances: usize) -> Stall {

@@ -129,3 +129,62 @@ pub(crate) async fn note_failure(
         }
     }
 }
+
+/// Creates under way per pool, counted against its `max_nodes` until the
+/// nodes they make are in the inventory, so that two clusters creating at
+/// once cannot both take the pool's last places.
+#[derive(Default)]
+pub(crate) struct PoolPlaces {
+    pending: Mutex<HashMap<PoolName, u32>>,
+}
+
+/// Places taken by one reconcile's creates; given back when dropped.
+pub(crate) struct Reserved<'a> {
+    places: &'a PoolPlaces,
+    pool: PoolName,
+    count: u32,
+}
+
+impl PoolPlaces {
+    /// The places of `pool` (at most `max` nodes) left beside the `live`
+    /// nodes its clusters hold, the creates under way counted as taken;
+    /// then takes `wanted(left)` of them.
+    pub fn take(
+        &self,
+        pool: &PoolName,
+        max: u32,
+        live: u32,
+        wanted: impl FnOnce(u32) -> u32,
+    ) -> (u32, Reserved<'_>) {
+        let mut pending = self.pending.lock().unwrap();
+        let taken = pending.get(pool).copied().unwrap_or(0);
+        let left = max.saturating_sub(live).saturating_sub(taken);
+        let count = wanted(left).min(left);
+        if count > 0 {
+            *pending.entry(pool.clone()).or_default() += count;
+        }
+        (
+            left,
+            Reserved {
+                places: self,
+                pool: pool.clone(),
+                count,
+            },
+        )
+    }
+}
+
+impl Drop for Reserved<'_> {
+    fn drop(&mut self) {
+        if self.count == 0 {
+            return;
+        }
+        let mut pending = self.places.pending.lock().unwrap();
+        if let Some(n) = pending.get_mut(&self.pool) {
+            *n = n.saturating_sub(self.count);
+            if *n == 0 {
+                pending.remove(&self.pool);
+            }
+        }
+    }
+}

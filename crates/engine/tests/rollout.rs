@@ -446,3 +446,48 @@ async fn failing_replacements_stop_a_rollout_that_left_no_outdated_node() {
     })
     .await;
 }
+
+/// A pool's `max_nodes` holds for all its clusters together: a cluster
+/// beyond it waits and says why, and gets its nodes once another's go.
+#[tokio::test(start_paused = true)]
+async fn a_pool_never_holds_more_than_its_max_nodes() {
+    let cloud = FakeCloud::new(FakeConfig {
+        boot_delay: Duration::from_secs(1),
+        ..FakeConfig::default()
+    });
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let h = start(&cloud, &store, "a", TokioClock::default()).await;
+    let mut capped = pool("v1", serde_json::json!({}));
+    capped["max_nodes"] = 6.into();
+    apply(&h, capped).await;
+    // Deployed at once: their creates race for the pool's places.
+    for c in ["c1", "c2", "c3"] {
+        h.deploy(c, WANT as i64, 3600, Some("web")).await;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while tokio::time::Instant::now() < deadline {
+        assert!(
+            cloud.instance_count() <= 6,
+            "{} nodes",
+            cloud.instance_count()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(cloud.instance_count(), 6);
+    let waiting: Vec<_> = ["c1", "c2", "c3"]
+        .iter()
+        .filter_map(|c| h.status(c).obstacle)
+        .collect();
+    assert!(!waiting.is_empty());
+    for o in &waiting {
+        assert_eq!(o.code, flotilla_domain::ObstacleCode::PoolFull, "{o:?}");
+        assert!(o.message.contains("max_nodes"), "{}", o.message);
+    }
+
+    h.destroy("c1").await;
+    h.destroy("c2").await;
+    h.until(Duration::from_secs(60), "c3 whole", |h| {
+        counts(h, "c3") == (WANT, WANT, 0) && h.status("c3").obstacle.is_none()
+    })
+    .await;
+}

@@ -88,9 +88,21 @@ fn deploy_status_destroy_through_the_command_line() {
     assert!(never.contains("not_running"), "{never}");
     assert!(never.contains("never deployed"), "{never}");
     // Once its record is forgotten with its last node.
-    wait_for("demo forgotten", || {
-        text("demo").contains("not deployed now (its last change: cluster.forgotten")
-    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let shown = text("demo");
+        if shown.contains("not deployed now (its last change: cluster.forgotten") {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            let events = server.cli(&["events", "demo"]);
+            panic!(
+                "demo not forgotten within 30s; status:\n{shown}\nevents:\n{}",
+                String::from_utf8_lossy(&events.stdout)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 }
 
 /// Resizing and extending a public cluster needs only `--nodes` and
