@@ -13,7 +13,7 @@ use flotilla_domain::{ClusterName, InstanceId, InstanceType, LaunchVersion, Pool
 
 use crate::contract::{
     CloudError, CreateRequest, Health, Instance, InstanceSet, Tags, TAG_CLUSTER, TAG_INSTANCE_SET,
-    TAG_INSTANCE_TYPE, TAG_POOL, TAG_POOL_VERSION,
+    TAG_INSTANCE_TYPE, TAG_POOL,
 };
 
 /// The pool every conformance request names.
@@ -310,13 +310,7 @@ pub async fn set_tags_merges_and_protects_ownership(h: Harness) {
     assert_eq!(seen.tags.get("hold").map(String::as_str), Some("yes"));
     assert_owned(&h, &seen, "conf-t");
 
-    for key in [
-        TAG_INSTANCE_SET,
-        TAG_CLUSTER,
-        TAG_INSTANCE_TYPE,
-        TAG_POOL,
-        TAG_POOL_VERSION,
-    ] {
+    for key in crate::contract::FIXED_TAGS {
         let bad = Tags::from([(key.to_owned(), "other".to_owned())]);
         let err = h
             .ours

@@ -400,15 +400,18 @@ pub trait InstanceSet: Send + Sync + 'static {
     }
 }
 
+/// The tags set at creation and fixed after.
+pub const FIXED_TAGS: [&str; 5] = [
+    TAG_INSTANCE_SET,
+    TAG_CLUSTER,
+    TAG_INSTANCE_TYPE,
+    TAG_POOL,
+    TAG_POOL_VERSION,
+];
+
 /// Refuses changes to the ownership tags; shared by every driver.
 pub fn check_tag_update(tags: &Tags) -> Result<(), CloudError> {
-    for key in [
-        TAG_INSTANCE_SET,
-        TAG_CLUSTER,
-        TAG_INSTANCE_TYPE,
-        TAG_POOL,
-        TAG_POOL_VERSION,
-    ] {
+    for key in FIXED_TAGS {
         if tags.contains_key(key) {
             return Err(CloudError::permanent(format!(
                 "tag {key} is set at creation and cannot be changed"
