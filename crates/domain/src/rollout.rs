@@ -100,9 +100,9 @@ fn canonical(value: &serde_json::Value, out: &mut String) {
     }
 }
 
-/// A whole number as a document writes it: JSON Schema takes `2.0` for
-/// the integer 2, so the parser must too, or a document its schema
-/// accepts would be refused.
+// JSON Schema takes `2.0` for the integer 2, so the parser must too, or a
+// document its schema accepts would be refused.
+/// A whole number (`2`, or `2.0`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
 #[serde(transparent)]
 pub struct Whole(pub u32);

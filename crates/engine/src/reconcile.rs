@@ -475,11 +475,22 @@ async fn reconcile(
             let (mut plan, places, pool_full) = match (&wanted, &record, pool) {
                 (Some(_), Some(r), Some(p)) if p.max_nodes.is_some() => {
                     let max = p.max_nodes.unwrap_or(u32::MAX);
-                    let live = pool_live_nodes(&inv, &r.pool);
+                    let live = pool_live_nodes(shared, &inv, &r.pool);
                     let mut planned = Plan::default();
                     let (left, places) = shared.pool_places.take(&r.pool, max, live, |left| {
+                        // No room to surge: replace in place, a node at a
+                        // time, rather than wait for room that never comes.
+                        let within = wanted.clone().map(|mut w| {
+                            if let Some(b) = &mut w.replace {
+                                b.surge = b.surge.min(left);
+                                if b.surge == 0 && b.unavailable == 0 && w.count > 0 {
+                                    b.unavailable = 1;
+                                }
+                            }
+                            w
+                        });
                         planned = plan(
-                            wanted.as_ref(),
+                            within.as_ref(),
                             &observed,
                             now,
                             &timeouts,
@@ -487,6 +498,9 @@ async fn reconcile(
                         );
                         planned.create
                     });
+                    // The set's may_create is all or nothing (0 while a
+                    // quota or a capacity back-off holds): below it, the
+                    // pool's places are what limit the creates.
                     (planned, Some(places), left < may_create)
                 }
                 _ => (
@@ -993,24 +1007,31 @@ async fn create(
     None
 }
 
-/// The nodes, not shutting down, of the clusters of `pool` (by their pool
-/// tag: a cluster's nodes all share its pool).
+/// The nodes, not shutting down, of the clusters of `pool`: those whose
+/// record names it (a cluster's pool is fixed), else, for a cluster
+/// without one, whose nodes' pool tag does.
 fn pool_live_nodes(
+    shared: &Shared,
     inv: &std::collections::BTreeMap<String, crate::inventory::SetInventory>,
     pool: &flotilla_domain::PoolName,
 ) -> u32 {
     inv.values()
-        .flat_map(|set| set.clusters.values())
-        .filter(|nodes| {
-            nodes.values().next().is_some_and(|n| {
-                n.instance
-                    .tags
-                    .get(flotilla_cloud::TAG_POOL)
-                    .map(String::as_str)
-                    == Some(pool.as_str())
-            })
+        .flat_map(|set| set.clusters.iter())
+        .filter(|(cluster, nodes)| {
+            shared
+                .desired
+                .with(cluster, |r| &r.pool == pool)
+                .unwrap_or_else(|| {
+                    nodes.values().next().is_some_and(|n| {
+                        n.instance
+                            .tags
+                            .get(flotilla_cloud::TAG_POOL)
+                            .map(String::as_str)
+                            == Some(pool.as_str())
+                    })
+                })
         })
-        .map(|nodes| {
+        .map(|(_, nodes)| {
             nodes
                 .values()
                 .filter(|n| n.state != NodeState::ShuttingDown)

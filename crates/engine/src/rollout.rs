@@ -59,11 +59,17 @@ impl Rollouts {
         self.rolling.lock().unwrap().get(pool) == Some(version)
     }
 
-    /// A node at `version` became ready: replacements work again.
+    /// A node at `version` became ready: replacements work again, and
+    /// failures count again only once a cluster is seen with outdated
+    /// nodes (so those of a finished rollout's nodes do not).
     pub fn succeeded(&self, pool: &PoolName, version: &LaunchVersion) {
         let mut failures = self.failures.lock().unwrap();
         if failures.get(pool).is_some_and(|(v, _)| v == version) {
             failures.remove(pool);
+        }
+        let mut rolling = self.rolling.lock().unwrap();
+        if rolling.get(pool) == Some(version) {
+            rolling.remove(pool);
         }
     }
 

@@ -491,3 +491,39 @@ async fn a_pool_never_holds_more_than_its_max_nodes() {
     })
     .await;
 }
+
+/// A pool at its `max_nodes` has no room to surge: it replaces in place, a
+/// node at a time, rather than wait for room that never comes.
+#[tokio::test(start_paused = true)]
+async fn a_full_pool_replaces_in_place() {
+    let cloud = FakeCloud::new(FakeConfig {
+        boot_delay: Duration::from_secs(1),
+        ..FakeConfig::default()
+    });
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let h = start(&cloud, &store, "a", TokioClock::default()).await;
+    let full = |init: &str| {
+        let mut p = pool(init, serde_json::json!({}));
+        p["max_nodes"] = (WANT as u32).into();
+        p
+    };
+    apply(&h, full("v1")).await;
+    h.deploy("c1", WANT as i64, 3600, Some("web")).await;
+    h.until(Duration::from_secs(30), "ready", |h| {
+        counts(h, "c1") == (WANT, WANT, 0)
+    })
+    .await;
+    apply(&h, full("v2")).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while !converged(&h, &["c1"]) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{:?}",
+            h.status("c1")
+        );
+        let (ready, live, _) = counts(&h, "c1");
+        assert!(ready >= WANT - 1, "{ready} ready");
+        assert!(live <= WANT, "{live} nodes in a pool of at most {WANT}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
