@@ -294,9 +294,17 @@ pub struct SpotConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheck {
+    #[serde(deserialize_with = "port")]
     pub port: u16,
     #[serde(default = "default_health_path")]
     pub path: String,
+}
+
+/// A port as a document writes it: `8080`, or `8080.0`, which its JSON
+/// Schema takes for the same integer.
+fn port<'de, D: Deserializer<'de>>(d: D) -> Result<u16, D::Error> {
+    let n = flotilla_domain::Whole::deserialize(d)?.0;
+    u16::try_from(n).map_err(|_| de::Error::custom(format!("{n} is not a port (0 to 65535)")))
 }
 
 /// Which IP address of an instance flotilla uses.
@@ -570,6 +578,19 @@ mod tests {
             toml::from_str::<Ec2PoolOptions>("").unwrap(),
             Ec2PoolOptions::default()
         );
+    }
+
+    #[test]
+    fn a_port_is_any_whole_number_json_schema_calls_an_integer() {
+        let options: Ec2PoolOptions =
+            serde_json::from_value(serde_json::json!({"health_check": {"port": 8080.0}})).unwrap();
+        assert_eq!(options.health_check.flatten().map(|c| c.port), Some(8080));
+        for bad in [serde_json::json!(80.5), serde_json::json!(70000)] {
+            let refused = serde_json::from_value::<Ec2PoolOptions>(
+                serde_json::json!({"health_check": {"port": bad}}),
+            );
+            assert!(refused.is_err(), "{bad}");
+        }
     }
 
     #[test]
