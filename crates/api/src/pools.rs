@@ -93,8 +93,8 @@ fn replacement_body(c: ClusterReplacement) -> types::ClusterReplacement {
     }
 }
 
-fn rollout_body(r: PoolRollout, spec: Option<&flotilla_domain::PoolSpec>) -> types::PoolRollout {
-    let rollout = spec.map(|s| s.rollout).unwrap_or_default();
+fn rollout_body(r: PoolRollout) -> types::PoolRollout {
+    let rollout = r.rollout;
     types::PoolRollout {
         outdated: r.outdated() as u32,
         pool: r.pool.to_string(),
@@ -139,7 +139,7 @@ pub(crate) async fn get_rollout(
     CallerIdentity(caller): CallerIdentity,
     Path(pool): Path<String>,
 ) -> Result<Json<types::PoolRollout>, ApiError> {
-    rollout_answer(&state, state.control.pool_rollout(&caller, &pool))
+    rollout_answer(state.control.pool_rollout(&caller, &pool))
 }
 
 /// Pauses a pool's rollout (admins and its owners): replacements under
@@ -161,17 +161,14 @@ pub(crate) async fn pause_rollout(
     Path(pool): Path<String>,
 ) -> Result<Json<types::PoolRollout>, ApiError> {
     let rollout = state.control.run(&caller, PauseRollout { pool }).await;
-    rollout_answer(&state, rollout)
+    rollout_answer(rollout)
 }
 
 /// The answer to a pause or a resumption.
 fn rollout_answer(
-    state: &AppState,
     rollout: Result<PoolRollout, flotilla_engine::EngineError>,
 ) -> Result<Json<types::PoolRollout>, ApiError> {
-    let rollout = rollout.map_err(not_found)?;
-    let spec = state.control.engine().pool(&rollout.pool);
-    Ok(Json(rollout_body(rollout, spec.as_deref())))
+    Ok(Json(rollout_body(rollout.map_err(not_found)?)))
 }
 
 /// Resumes a pool's rollout, paused or stopped (admins and its owners).
@@ -191,7 +188,7 @@ pub(crate) async fn resume_rollout(
     Path(pool): Path<String>,
 ) -> Result<Json<types::PoolRollout>, ApiError> {
     let rollout = state.control.run(&caller, ResumeRollout { pool }).await;
-    rollout_answer(&state, rollout)
+    rollout_answer(rollout)
 }
 
 /// Creates or changes a pool (admins; and the pool's owners, for a pool

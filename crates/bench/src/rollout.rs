@@ -160,7 +160,7 @@ async fn bench(args: RolloutArgs) -> Result<()> {
     let creates = after.creates - before.creates;
     let destroys = tap.destroy_calls() - destroys_before;
     let made = after.instances_created - before.instances_created;
-    let (surge, _) = Rollout::default().budgets(args.nodes);
+    let surge = Rollout::default().budgets(args.nodes).surge;
     let waves = args.nodes.div_ceil(surge.max(1)) as u64;
     let per_wave = u64::from(surge.div_ceil(max_batch)) + 2;
     let bound = waves * per_wave;

@@ -4,7 +4,7 @@
 
 use flotilla_domain::{
     authorize_pool_write, is_current, Caller, ClusterName, InstanceId, LaunchVersion, NodeState,
-    PoolName, PoolSpec,
+    PoolName, PoolSpec, Rollout,
 };
 use flotilla_engine::{EngineError, RolloutState};
 use flotilla_store::RolloutHold;
@@ -36,6 +36,8 @@ pub struct PoolRollout {
     /// The clusters of the pool the caller may see, with their outdated
     /// nodes.
     pub clusters: Vec<ClusterReplacement>,
+    /// How fast it replaces them: the pool's settings.
+    pub rollout: Rollout,
 }
 
 impl PoolRollout {
@@ -125,6 +127,7 @@ impl Control {
             state,
             hold,
             clusters,
+            rollout: spec.rollout,
         })
     }
 

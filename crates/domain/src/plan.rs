@@ -126,18 +126,6 @@ pub struct WantedNodes {
 }
 
 impl WantedNodes {
-    /// `count` nodes of `instance_type`, any version, replaced within the
-    /// default rollout's budgets.
-    pub fn new(count: u32, instance_type: InstanceType) -> Self {
-        let (surge, unavailable) = crate::Rollout::default().budgets(count);
-        Self {
-            count,
-            instance_type,
-            version: None,
-            replace: Some(Budgets { surge, unavailable }),
-        }
-    }
-
     /// Whether `node` is what this cluster would launch now: of its type,
     /// and of its version (a node without one, launched before nodes
     /// carried their pool's version, counts as current).
@@ -179,6 +167,29 @@ pub struct Budgets {
     pub surge: u32,
     /// Ready nodes below the wanted count.
     pub unavailable: u32,
+}
+
+impl Budgets {
+    /// The budgets of a cluster that wants `wanted` nodes. Never both
+    /// zero for a cluster with nodes: that could replace nothing, so one
+    /// node may then be unavailable.
+    pub fn new(surge: u32, unavailable: u32, wanted: u32) -> Self {
+        let unavailable = unavailable.min(wanted);
+        if surge == 0 && unavailable == 0 && wanted > 0 {
+            Self {
+                surge: 0,
+                unavailable: 1,
+            }
+        } else {
+            Self { surge, unavailable }
+        }
+    }
+
+    /// These budgets with at most `room` nodes of surge (the places its
+    /// pool has left): with none, replacing goes on in place.
+    pub fn within(self, room: u32, wanted: u32) -> Self {
+        Self::new(self.surge.min(room), self.unavailable, wanted)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -379,7 +390,12 @@ mod tests {
     }
 
     fn want(count: u32) -> WantedNodes {
-        WantedNodes::new(count, InstanceType::new("small").unwrap())
+        WantedNodes {
+            count,
+            instance_type: InstanceType::new("small").unwrap(),
+            version: None,
+            replace: Some(crate::Rollout::default().budgets(count)),
+        }
     }
 
     fn ids(plan: &Plan) -> Vec<(&str, DestroyReason)> {

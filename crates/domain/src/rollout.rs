@@ -8,6 +8,7 @@ use std::fmt;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::plan::Budgets;
 use crate::pool::{PoolSpec, Problem};
 
 /// A fingerprint of the launch configuration a node got: its pool's
@@ -248,17 +249,13 @@ impl Default for Rollout {
 }
 
 impl Rollout {
-    /// `(surge, unavailable)` for a cluster that wants `wanted` nodes.
-    /// Never both zero for a cluster with nodes: that could replace
-    /// nothing, so one node may then be unavailable.
-    pub fn budgets(&self, wanted: u32) -> (u32, u32) {
-        let surge = self.max_surge.of(wanted, true);
-        let unavailable = self.max_unavailable.of(wanted, false).min(wanted);
-        if surge == 0 && unavailable == 0 && wanted > 0 {
-            (0, 1)
-        } else {
-            (surge, unavailable)
-        }
+    /// The budgets of a cluster that wants `wanted` nodes.
+    pub fn budgets(&self, wanted: u32) -> Budgets {
+        Budgets::new(
+            self.max_surge.of(wanted, true),
+            self.max_unavailable.of(wanted, false),
+            wanted,
+        )
     }
 
     /// What `written` means, or every problem with it (at pointers under
@@ -366,16 +363,24 @@ mod tests {
     #[test]
     fn budgets_round_surge_up_and_unavailability_down() {
         let r = Rollout::default();
-        assert_eq!(r.budgets(1), (1, 0));
-        assert_eq!(r.budgets(10), (3, 0));
-        assert_eq!(r.budgets(0), (0, 0));
+        let b = |surge, unavailable| Budgets { surge, unavailable };
+        assert_eq!(r.budgets(1), b(1, 0));
+        assert_eq!(r.budgets(10), b(3, 0));
+        assert_eq!(r.budgets(0), b(0, 0));
         let r = Rollout {
             max_surge: NodeBudget::Count(0),
             max_unavailable: NodeBudget::Percent(10),
             max_failures: 3,
         };
-        assert_eq!(r.budgets(25), (0, 2));
-        assert_eq!(r.budgets(5), (0, 1), "never both zero");
+        assert_eq!(r.budgets(25), b(0, 2));
+        assert_eq!(r.budgets(5), b(0, 1), "never both zero");
+        assert_eq!(r.budgets(5).within(0, 5), b(0, 1));
+        assert_eq!(
+            Rollout::default().budgets(10).within(0, 10),
+            b(0, 1),
+            "no room to surge: in place"
+        );
+        assert_eq!(Rollout::default().budgets(10).within(2, 10), b(2, 0));
     }
 
     #[test]

@@ -7,9 +7,9 @@ use std::sync::Arc;
 
 use flotilla_cloud::{CloudError, CreateRequest, Health, Instance, InstanceSet};
 use flotilla_domain::{
-    is_current, plan, Budgets, ClusterName, ClusterRecord, DestroyReason, InstanceId,
-    LaunchVersion, NodeRecord, NodeState, ObservedNode, Obstacle, ObstacleCode, Plan, PoolError,
-    PoolErrorKey, PoolErrorKind, WantedNodes,
+    is_current, plan, ClusterName, ClusterRecord, DestroyReason, InstanceId, LaunchVersion,
+    NodeRecord, NodeState, ObservedNode, Obstacle, ObstacleCode, Plan, PoolError, PoolErrorKey,
+    PoolErrorKind, WantedNodes,
 };
 use flotilla_store::{ClusterNodes, ClusterObstacle, Fence, GoneNode};
 use futures::future::join_all;
@@ -388,13 +388,14 @@ async fn reconcile(
         None => None,
     };
     let pool = pool_spec.as_deref();
-    // The version its nodes should be at; None while the pool's image
-    // cannot be resolved (nothing is then outdated, and creates say why).
-    let version = pool.and_then(|p| {
-        crate::pools::launch(&shared.shared_configs, p)
-            .ok()
-            .map(|(_, v)| v)
-    });
+    // What its nodes are launched with, resolved once for the pass; the
+    // version they should be at is None while the pool's image cannot be
+    // resolved (nothing is then outdated, and creates say why).
+    let launch = pool.map(|p| crate::pools::launch(&shared.shared_configs, p));
+    let version = launch
+        .as_ref()
+        .and_then(|l| l.as_ref().ok())
+        .map(|(_, v)| v.clone());
 
     let mut next = Earliest::default();
     let mut errors = Vec::new();
@@ -414,10 +415,7 @@ async fn reconcile(
                 let count = r.node_capacity.get();
                 let replace = match &version {
                     Some(v) if !shared.rollouts.replacing(&r.pool, v) => None,
-                    _ => {
-                        let (surge, unavailable) = p.rollout.budgets(count);
-                        Some(Budgets { surge, unavailable })
-                    }
+                    _ => Some(p.rollout.budgets(count)),
                 };
                 Some(WantedNodes {
                     count,
@@ -480,14 +478,9 @@ async fn reconcile(
                     let (left, places) = shared.pool_places.take(&r.pool, max, live, |left| {
                         // No room to surge: replace in place, a node at a
                         // time, rather than wait for room that never comes.
-                        let within = wanted.clone().map(|mut w| {
-                            if let Some(b) = &mut w.replace {
-                                b.surge = b.surge.min(left);
-                                if b.surge == 0 && b.unavailable == 0 && w.count > 0 {
-                                    b.unavailable = 1;
-                                }
-                            }
-                            w
+                        let within = wanted.clone().map(|w| WantedNodes {
+                            replace: w.replace.map(|b| b.within(left, w.count)),
+                            ..w
                         });
                         planned = plan(
                             within.as_ref(),
@@ -519,7 +512,7 @@ async fn reconcile(
                         .as_ref()
                         .is_none_or(|v| shared.rollouts.replacing(&r.pool, v));
                     let floor = if replacing {
-                        count - p.rollout.budgets(count).1
+                        count - p.rollout.budgets(count).unavailable
                     } else {
                         count
                     };
@@ -678,6 +671,10 @@ async fn reconcile(
                 set.as_ref(),
                 record,
                 pool,
+                launch
+                    .as_ref()
+                    .expect("creates only for a wanted cluster")
+                    .as_ref(),
                 plan.create,
                 &mut next,
                 &mut errors,
@@ -902,13 +899,14 @@ async fn create(
     set: &dyn InstanceSet,
     record: &ClusterRecord,
     pool: &PoolSpec,
+    launch: Result<&(Option<String>, LaunchVersion), &String>,
     mut remaining: u32,
     next: &mut Earliest,
     errors: &mut Vec<(ObstacleCode, String)>,
     stall: &mut Option<Stall>,
 ) -> Option<String> {
     let cluster = &record.name;
-    let (image, version) = match crate::pools::launch(&shared.shared_configs, pool) {
+    let (image, version) = match launch {
         Ok(launch) => launch,
         Err(why) => {
             errors.push((

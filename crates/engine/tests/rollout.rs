@@ -80,6 +80,44 @@ fn converged(h: &Harness, clusters: &[&str]) -> bool {
     })
 }
 
+/// Steps paused time 50 ms at a time until `done`, checking at each step
+/// that every one of `clusters` has at least `floor` ready and at most
+/// `ceiling` live nodes.
+async fn watch(
+    h: &Harness,
+    clusters: &[&str],
+    (floor, ceiling): (usize, usize),
+    limit: Duration,
+    done: impl Fn(&Harness) -> bool,
+) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while !done(h) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not done within {limit:?}: {:?}",
+            h.status(clusters[0])
+        );
+        for c in clusters {
+            let (ready, live, _) = counts(h, c);
+            assert!(ready >= floor, "{c}: {ready} ready, fewer than {floor}");
+            assert!(
+                live <= ceiling,
+                "{c}: {live} nodes, more than {ceiling}: {:#?}",
+                h.status(c).nodes
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A server on a fresh fake cloud (with `fake`'s knobs) and store.
+async fn fresh(fake: FakeConfig) -> (FakeCloud, Arc<dyn Store>, Harness) {
+    let cloud = FakeCloud::new(fake);
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let h = start(&cloud, &store, "a", TokioClock::default()).await;
+    (cloud, store, h)
+}
+
 async fn start(
     cloud: &FakeCloud,
     store: &Arc<dyn Store>,
@@ -103,12 +141,11 @@ async fn deployed(h: &Harness, clusters: &[&str], rollout: serde_json::Value) {
 
 #[tokio::test(start_paused = true)]
 async fn a_rollout_replaces_outdated_nodes_never_below_the_wanted_ready_count() {
-    let cloud = FakeCloud::new(FakeConfig {
+    let (cloud, _, h) = fresh(FakeConfig {
         boot_delay: Duration::from_secs(2),
         ..FakeConfig::default()
-    });
-    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
-    let h = start(&cloud, &store, "a", TokioClock::default()).await;
+    })
+    .await;
     let clusters = ["c1", "c2", "c3"];
     deployed(
         &h,
@@ -146,24 +183,14 @@ async fn a_rollout_replaces_outdated_nodes_never_below_the_wanted_ready_count() 
     assert_eq!(r.outdated as usize, WANT);
     assert_eq!(r.state, RolloutState::Rolling);
 
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
-    while !converged(&h, &clusters) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no convergence: {:?}",
-            h.status("c1")
-        );
-        for c in clusters {
-            let (ready, live, _) = counts(&h, c);
-            assert!(ready >= WANT, "{c}: {ready} ready, fewer than {WANT}");
-            assert!(
-                live <= WANT + 2,
-                "{c}: {live} nodes, more than {WANT} + surge 2: {:#?}",
-                h.status(c).nodes
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    watch(
+        &h,
+        &clusters,
+        (WANT, WANT + 2),
+        Duration::from_secs(600),
+        |h| converged(h, &clusters),
+    )
+    .await;
     let after: Vec<_> = h
         .status("c1")
         .nodes
@@ -180,9 +207,7 @@ async fn a_rollout_replaces_outdated_nodes_never_below_the_wanted_ready_count() 
 
 #[tokio::test(start_paused = true)]
 async fn a_replacement_that_keeps_failing_stops_the_rollout_and_says_why() {
-    let cloud = FakeCloud::new(FakeConfig::default());
-    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
-    let h = start(&cloud, &store, "a", TokioClock::default()).await;
+    let (cloud, store, h) = fresh(FakeConfig::default()).await;
     deployed(&h, &["c1"], serde_json::json!({"max_surge": 1})).await;
     let made = cloud.stats().instances_created;
 
@@ -234,9 +259,7 @@ async fn a_replacement_that_keeps_failing_stops_the_rollout_and_says_why() {
 
 #[tokio::test(start_paused = true)]
 async fn a_paused_rollout_starts_no_replacement_until_resumed() {
-    let cloud = FakeCloud::new(FakeConfig::default());
-    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
-    let h = start(&cloud, &store, "a", TokioClock::default()).await;
+    let (cloud, _, h) = fresh(FakeConfig::default()).await;
     deployed(&h, &["c1"], serde_json::json!({})).await;
     let admin = Caller::local_operator();
     let paused = h
@@ -364,17 +387,14 @@ async fn a_pool_moved_to_another_driver_keeps_its_nodes_until_the_new_ones_are_r
     let mut moved = pool("v1", serde_json::json!({}));
     moved["driver"] = "other".into();
     apply(&h, moved).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    while !converged(&h, &["c1"]) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{:?}",
-            h.status("c1")
-        );
-        let (ready, _, _) = counts(&h, "c1");
-        assert!(ready >= WANT, "{ready} ready: {:?}", h.status("c1"));
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    watch(
+        &h,
+        &["c1"],
+        (WANT, usize::MAX),
+        Duration::from_secs(120),
+        |h| converged(h, &["c1"]),
+    )
+    .await;
     h.until(
         Duration::from_secs(60),
         "the old driver's nodes gone",
@@ -388,31 +408,25 @@ async fn a_pool_moved_to_another_driver_keeps_its_nodes_until_the_new_ones_are_r
 /// with the other outdated nodes serving on.
 #[tokio::test(start_paused = true)]
 async fn a_rollout_without_surge_stops_when_replacements_never_become_ready() {
-    let cloud = FakeCloud::new(FakeConfig::default());
-    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
-    let h = start(&cloud, &store, "a", TokioClock::default()).await;
+    let (cloud, _, h) = fresh(FakeConfig::default()).await;
     let budget = serde_json::json!({"max_surge": 0, "max_unavailable": 1});
     deployed(&h, &["c1"], budget.clone()).await;
 
     cloud.reconfigure(|c| c.never_healthy_rate = 1.0);
     apply(&h, pool("v2", budget)).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
-    loop {
-        let s = h.status("c1");
-        if matches!(
-            s.rollout.as_ref().map(|r| &r.state),
-            Some(RolloutState::Stopped { .. })
-        ) {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "never stopped: {s:?}"
-        );
-        let (ready, _, _) = counts(&h, "c1");
-        assert!(ready >= WANT - 1, "{ready} ready: {s:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    watch(
+        &h,
+        &["c1"],
+        (WANT - 1, usize::MAX),
+        Duration::from_secs(600),
+        |h| {
+            matches!(
+                h.status("c1").rollout.map(|r| r.state),
+                Some(RolloutState::Stopped { .. })
+            )
+        },
+    )
+    .await;
     let Some(RolloutState::Stopped { reason, .. }) = h.status("c1").rollout.map(|r| r.state) else {
         unreachable!()
     };
@@ -431,9 +445,7 @@ async fn a_rollout_without_surge_stops_when_replacements_never_become_ready() {
 /// no outdated node is left to see: failing replacements still stop it.
 #[tokio::test(start_paused = true)]
 async fn failing_replacements_stop_a_rollout_that_left_no_outdated_node() {
-    let cloud = FakeCloud::new(FakeConfig::default());
-    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
-    let h = start(&cloud, &store, "a", TokioClock::default()).await;
+    let (cloud, store, h) = fresh(FakeConfig::default()).await;
     let budget = serde_json::json!({"max_surge": 0, "max_unavailable": "100%"});
     deployed(&h, &["c1"], budget.clone()).await;
     cloud.reconfigure(|c| c.never_healthy_rate = 1.0);
@@ -451,12 +463,11 @@ async fn failing_replacements_stop_a_rollout_that_left_no_outdated_node() {
 /// beyond it waits and says why, and gets its nodes once another's go.
 #[tokio::test(start_paused = true)]
 async fn a_pool_never_holds_more_than_its_max_nodes() {
-    let cloud = FakeCloud::new(FakeConfig {
+    let (cloud, _, h) = fresh(FakeConfig {
         boot_delay: Duration::from_secs(1),
         ..FakeConfig::default()
-    });
-    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
-    let h = start(&cloud, &store, "a", TokioClock::default()).await;
+    })
+    .await;
     let mut capped = pool("v1", serde_json::json!({}));
     capped["max_nodes"] = 6.into();
     apply(&h, capped).await;
@@ -496,12 +507,11 @@ async fn a_pool_never_holds_more_than_its_max_nodes() {
 /// node at a time, rather than wait for room that never comes.
 #[tokio::test(start_paused = true)]
 async fn a_full_pool_replaces_in_place() {
-    let cloud = FakeCloud::new(FakeConfig {
+    let (_, _, h) = fresh(FakeConfig {
         boot_delay: Duration::from_secs(1),
         ..FakeConfig::default()
-    });
-    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
-    let h = start(&cloud, &store, "a", TokioClock::default()).await;
+    })
+    .await;
     let full = |init: &str| {
         let mut p = pool(init, serde_json::json!({}));
         p["max_nodes"] = (WANT as u32).into();
@@ -514,16 +524,12 @@ async fn a_full_pool_replaces_in_place() {
     })
     .await;
     apply(&h, full("v2")).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    while !converged(&h, &["c1"]) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{:?}",
-            h.status("c1")
-        );
-        let (ready, live, _) = counts(&h, "c1");
-        assert!(ready >= WANT - 1, "{ready} ready");
-        assert!(live <= WANT, "{live} nodes in a pool of at most {WANT}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    watch(
+        &h,
+        &["c1"],
+        (WANT - 1, WANT),
+        Duration::from_secs(120),
+        |h| converged(h, &["c1"]),
+    )
+    .await;
 }
