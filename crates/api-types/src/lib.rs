@@ -539,7 +539,11 @@ pub struct OrgBudgetView {
 pub struct OrgForecast {
     /// Nodes the cloud lists for the cluster now.
     pub running_nodes: usize,
+    /// Dollars per node-hour of its pool (of a pool of several instance
+    /// types, the dearest: what forecasts count a node at).
     pub price_per_hour: String,
+    /// Dollars per hour its running nodes cost together, each at its own
+    /// type's price.
     pub burn_per_hour: String,
     /// Hours until the balance reaches zero at the current burn; null when
     /// nothing runs.
@@ -716,19 +720,21 @@ pub struct PoolView {
     /// The driver (instance set) that makes its nodes.
     #[schema(example = "aws")]
     pub driver: String,
+    /// The type its nodes are made of while the cloud has capacity for
+    /// it: the first of `types`.
     #[schema(example = "t3.micro")]
     pub instance_type: String,
     /// The pool a deploy naming none uses.
     pub default: bool,
-    /// Dollars per node-hour, as configured: what organisations are
-    /// charged for this pool's nodes.
+    /// Dollars per node-hour of `instance_type`, as configured: what
+    /// organisations are charged for its nodes.
     #[schema(example = "0.10")]
     pub price_per_hour: String,
-    /// The resources of one node, if the driver can tell.
+    /// The resources of one node of `instance_type`, if the driver can tell.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shape: Option<InstanceShape>,
-    /// The current spot price, for a pool that launches spot instances and
-    /// a driver that can tell.
+    /// The current spot price of `instance_type`, for a pool that launches
+    /// spot instances and a driver that can tell.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spot_price: Option<SpotPrice>,
     /// `config` (the server's config file: read-only through the API) or
@@ -736,6 +742,26 @@ pub struct PoolView {
     #[serde(default)]
     #[schema(example = "config")]
     pub source: String,
+    /// Every instance type its nodes may be, in the order they are made
+    /// of them (the cheapest first): a node is of the first the cloud has
+    /// capacity for.
+    #[serde(default)]
+    pub types: Vec<PoolTypeView>,
+}
+
+/// One of a pool's instance types: what a node of it costs and is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PoolTypeView {
+    #[schema(example = "t3.micro")]
+    pub instance_type: String,
+    /// Dollars per node-hour: what organisations are charged for a node
+    /// of this type.
+    #[schema(example = "0.0104")]
+    pub price_per_hour: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shape: Option<InstanceShape>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spot_price: Option<SpotPrice>,
 }
 
 /// A pool in full: what it says, where it comes from, who uses it.

@@ -100,6 +100,7 @@ use flotilla_api_types as types;
         types::EventList,
         types::PoolList,
         types::PoolView,
+        types::PoolTypeView,
         types::InstanceShape,
         types::SpotPrice,
         types::NodeStatus,

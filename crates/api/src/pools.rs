@@ -504,23 +504,38 @@ fn not_found(e: flotilla_engine::EngineError) -> ApiError {
 }
 
 pub fn pool_body(view: PoolView) -> types::PoolView {
-    let offering = view.offering;
+    let types: Vec<types::PoolTypeView> = view
+        .types
+        .into_iter()
+        .map(|(t, offering)| types::PoolTypeView {
+            instance_type: t.instance_type.to_string(),
+            price_per_hour: t.price_per_hour.to_string(),
+            shape: offering.shape.map(|s| types::InstanceShape {
+                vcpus: s.vcpus,
+                memory_mib: s.memory_mib,
+            }),
+            spot_price: offering.spot_price.map(|p| types::SpotPrice {
+                usd_per_hour: p.usd_per_hour,
+                availability_zone: p.availability_zone,
+                since: p.since,
+            }),
+        })
+        .collect();
+    let first = types.first().cloned();
     types::PoolView {
         name: view.name.to_string(),
         driver: view.driver,
-        instance_type: view.instance_type.to_string(),
+        instance_type: first
+            .as_ref()
+            .map_or_else(String::new, |t| t.instance_type.clone()),
         default: view.is_default,
-        price_per_hour: view.price_per_hour.to_string(),
-        shape: offering.shape.map(|s| types::InstanceShape {
-            vcpus: s.vcpus,
-            memory_mib: s.memory_mib,
-        }),
-        spot_price: offering.spot_price.map(|p| types::SpotPrice {
-            usd_per_hour: p.usd_per_hour,
-            availability_zone: p.availability_zone,
-            since: p.since,
-        }),
+        price_per_hour: first
+            .as_ref()
+            .map_or_else(String::new, |t| t.price_per_hour.clone()),
+        shape: first.as_ref().and_then(|t| t.shape),
+        spot_price: first.and_then(|t| t.spot_price),
         source: source_str(view.source).to_owned(),
+        types,
     }
 }
 

@@ -947,11 +947,14 @@ async fn mutations_after_shutdown_are_503() {
 async fn pools_are_listed_with_their_shapes() {
     let api = TestApi::start().await;
     let shape = json!({"vcpus": 2, "memory_mib": 4096});
+    let types = |ty: &str| json!([{"instance_type": ty, "price_per_hour": "0.10", "shape": shape}]);
     let expected = json!({"pools": [
         {"name": "big", "driver": "fake", "instance_type": "fake.big",
-         "default": false, "price_per_hour": "0.10", "shape": shape, "source": "config"},
+         "default": false, "price_per_hour": "0.10", "shape": shape, "source": "config",
+         "types": types("fake.big")},
         {"name": "default", "driver": "fake", "instance_type": "fake.small",
-         "default": true, "price_per_hour": "0.10", "shape": shape, "source": "config"},
+         "default": true, "price_per_hour": "0.10", "shape": shape, "source": "config",
+         "types": types("fake.small")},
     ]});
     let reply = api.get("/api/v1/pools").await;
     assert_eq!(reply.status, StatusCode::OK);

@@ -313,7 +313,11 @@ async fn schemas_are_published_per_driver() {
     );
     let schema = api.get("/api/v1/schemas/fake/pool").await.json();
     assert_eq!(schema["properties"]["driver"]["const"], "fake");
-    assert_eq!(schema["required"], json!(["driver", "instance_type"]));
+    assert_eq!(schema["required"], json!(["driver"]));
+    assert_eq!(
+        schema["oneOf"],
+        json!([{"required": ["instance_type"]}, {"required": ["instance_types"]}])
+    );
     let images = api.get("/api/v1/schemas/fake/shared/images").await.json();
     assert_eq!(images["title"], "images", "{images}");
     api.get("/api/v1/schemas/fake/shared/nothing")

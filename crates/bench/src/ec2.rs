@@ -354,10 +354,8 @@ impl Bench {
         let pool = PoolName::new("default")?;
         let pools = BTreeMap::from([(
             pool.clone(),
-            PoolSpec {
-                price_per_hour: flotilla_domain::Money::from_micros(100_000),
-                ..PoolSpec::new(DRIVER.to_owned(), InstanceType::new(INSTANCE_TYPE)?)
-            },
+            PoolSpec::new(DRIVER.to_owned(), InstanceType::new(INSTANCE_TYPE)?)
+                .with_price(flotilla_domain::Money::from_micros(100_000)),
         )]);
         let config = EngineConfig {
             limits: Limits {

@@ -250,10 +250,8 @@ async fn serve(dir: &Path, store: Arc<dyn Store>) -> Result<Started> {
     let pool = PoolName::new("default")?;
     let pools = BTreeMap::from([(
         pool.clone(),
-        PoolSpec {
-            price_per_hour: flotilla_domain::Money::from_micros(100_000),
-            ..PoolSpec::new(DRIVER.to_owned(), InstanceType::new("fake.small")?)
-        },
+        PoolSpec::new(DRIVER.to_owned(), InstanceType::new("fake.small")?)
+            .with_price(flotilla_domain::Money::from_micros(100_000)),
     )]);
     let (engine, tasks) = Engine::start(
         EngineConfig::default(),

@@ -374,10 +374,8 @@ pub(crate) async fn fake_wiring(
     let pool = PoolName::new("default")?;
     let pools = BTreeMap::from([(
         pool.clone(),
-        PoolSpec {
-            price_per_hour: flotilla_domain::Money::from_micros(100_000),
-            ..PoolSpec::new(DRIVER.to_owned(), InstanceType::new("fake.small")?)
-        },
+        PoolSpec::new(DRIVER.to_owned(), InstanceType::new("fake.small")?)
+            .with_price(flotilla_domain::Money::from_micros(100_000)),
     )]);
     Ok((cloud, tap, pool, pools))
 }

@@ -246,19 +246,7 @@ impl PoolCatalog {
             &checked
         };
         for e in entry.validator.iter_errors(document) {
-            let at = e.instance_path().as_str().to_owned();
-            match e.kind() {
-                // Named at the key itself, one problem each.
-                jsonschema::error::ValidationErrorKind::AdditionalProperties { unexpected } => {
-                    for key in unexpected {
-                        problems.push(Problem::new(
-                            format!("{at}{}", flotilla_domain::pointer(&[key])),
-                            "unknown field; see the driver's schema for the fields a pool may have",
-                        ));
-                    }
-                }
-                _ => problems.push(Problem::new(at, e.to_string())),
-            }
+            said(&e, &mut problems);
         }
         if !problems.is_empty() {
             return Err(problems);
@@ -272,6 +260,51 @@ impl PoolCatalog {
         } else {
             Err(problems)
         }
+    }
+}
+
+/// `e` as problems a pool's author can act on.
+fn said(e: &jsonschema::ValidationError<'_>, problems: &mut Vec<Problem>) {
+    use jsonschema::error::ValidationErrorKind as Kind;
+    let at = e.instance_path().as_str().to_owned();
+    match e.kind() {
+        // Named at the key itself, one problem each.
+        Kind::AdditionalProperties { unexpected } => {
+            for key in unexpected {
+                problems.push(Problem::new(
+                    format!("{at}{}", flotilla_domain::pointer(&[key])),
+                    "unknown field; see the driver's schema for the fields a pool may have",
+                ));
+            }
+        }
+        // The document's one oneOf: instance_type or instance_types.
+        Kind::OneOfNotValid { .. } if at.is_empty() => problems.push(Problem::no_type_key()),
+        Kind::OneOfMultipleValid { .. } if at.is_empty() => {
+            problems.push(Problem::both_type_keys())
+        }
+        // A value of one of several forms (an instance type's name or
+        // table, an amount as a string or a number): what is wrong with
+        // it in the one form of its kind, if one only is.
+        Kind::AnyOf { context } => {
+            let of_its_kind: Vec<&Vec<jsonschema::ValidationError<'static>>> = context
+                .iter()
+                .filter(|branch| {
+                    !branch.iter().any(|b| {
+                        matches!(b.kind(), Kind::Type { .. })
+                            && b.instance_path() == e.instance_path()
+                    })
+                })
+                .collect();
+            match of_its_kind.as_slice() {
+                [branch] if !branch.is_empty() => {
+                    for b in branch.iter() {
+                        said(b, problems);
+                    }
+                }
+                _ => problems.push(Problem::new(at, e.to_string())),
+            }
+        }
+        _ => problems.push(Problem::new(at, e.to_string())),
     }
 }
 
@@ -289,7 +322,7 @@ mod tests {
             None
         }
         fn check(&self, _: &PoolName, spec: &PoolSpec) -> Vec<Problem> {
-            if spec.instance_type.as_str() == "huge" {
+            if spec.offers(&flotilla_domain::InstanceType::new("huge").unwrap()) {
                 vec![Problem::at("instance_type", "not offered")]
             } else {
                 Vec::new()
@@ -402,7 +435,10 @@ mod tests {
             let spec = check(good.clone())
                 .unwrap_or_else(|p| panic!("{good}: {p:?}"))
                 .1;
-            assert!(spec.price_per_hour > flotilla_domain::Money::ZERO, "{good}");
+            assert!(
+                spec.types[0].price_per_hour > flotilla_domain::Money::ZERO,
+                "{good}"
+            );
         }
         for bad in [
             json!("-0.10"),
@@ -428,6 +464,36 @@ mod tests {
     #[test]
     fn the_domain_and_the_driver_check_what_a_schema_cannot() {
         let p = problems(json!({"driver": "here", "instance_type": "huge"}));
+        assert_eq!(p, ["/instance_type: not offered"]);
+    }
+
+    #[test]
+    fn instance_types_are_checked_each_at_its_pointer_in_the_form_it_is_written() {
+        let p = problems(json!({"driver": "here", "instance_types": [
+            "ok.one", "t3 nano", {"name": "ok.two", "price": 1}, {"name": "ok.three", "price_per_hour": "-1"}
+        ]}));
+        assert_eq!(p.len(), 3, "{p:?}");
+        assert!(
+            p[0].starts_with("/instance_types/1: \"t3 nano\" does not match"),
+            "{p:?}"
+        );
+        assert!(
+            p[1].starts_with("/instance_types/2/price: unknown field"),
+            "{p:?}"
+        );
+        assert!(
+            p[2].starts_with("/instance_types/3/price_per_hour: \"-1\" does not match"),
+            "{p:?}"
+        );
+        let p = problems(json!({"driver": "here"}));
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].starts_with("/instance_type: missing"), "{p:?}");
+        let p = problems(json!({"driver": "here", "instance_type": "a", "instance_types": ["b"]}));
+        assert!(
+            p[0].starts_with("/instance_types: write instance_type"),
+            "{p:?}"
+        );
+        let p = problems(json!({"driver": "here", "instance_types": ["a", "huge"]}));
         assert_eq!(p, ["/instance_type: not offered"]);
     }
 }

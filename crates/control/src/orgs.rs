@@ -427,7 +427,7 @@ impl Control {
         let now = engine.now();
         let running_nodes = engine.node_launches(org.cluster()).len();
         let price_per_hour = engine.price_of(&org.settings.pool);
-        let burn_per_hour = Organisation::burn_per_hour(running_nodes, price_per_hour);
+        let burn_per_hour = engine.burn_per_hour(org.cluster(), &org.settings.pool);
         let recent_events = engine.store().events(&org.name, RECENT_EVENTS).await?;
         Ok(OrgView {
             sizing: org.sizing(now),

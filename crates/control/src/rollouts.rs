@@ -3,8 +3,8 @@
 //! and resuming their replacement.
 
 use flotilla_domain::{
-    authorize_pool_write, is_current, Caller, ClusterName, InstanceId, LaunchVersion, NodeState,
-    PoolName, PoolSpec, Rollout,
+    authorize_pool_write, Caller, ClusterName, InstanceId, LaunchVersion, NodeState, PoolName,
+    PoolSpec, Rollout,
 };
 use flotilla_engine::{EngineError, RolloutState};
 use flotilla_store::RolloutHold;
@@ -69,7 +69,7 @@ impl Control {
         spec: &PoolSpec,
     ) -> (Result<LaunchVersion, String>, Vec<ClusterReplacement>) {
         let engine = self.engine();
-        let version = engine.launch_version(spec);
+        let launch = engine.launch(spec);
         let mut clusters = Vec::new();
         for cluster in engine.cluster_names() {
             if engine.record(&cluster).is_none_or(|r| &r.pool != pool)
@@ -82,17 +82,10 @@ impl Control {
                 .nodes
                 .iter()
                 .filter(|n| n.state != NodeState::ShuttingDown);
-            let outdated = match &version {
-                Ok(v) => live
+            let outdated = match &launch {
+                Ok(l) => live
                     .clone()
-                    .filter(|n| {
-                        !is_current(
-                            &spec.instance_type,
-                            Some(v),
-                            &n.instance_type,
-                            n.pool_version.as_ref(),
-                        )
-                    })
+                    .filter(|n| !l.is_current(&n.instance_type, n.pool_version.as_ref()))
                     .map(|n| n.id.clone())
                     .collect(),
                 Err(_) => Vec::new(),
@@ -103,7 +96,7 @@ impl Control {
                 outdated,
             });
         }
-        (version, clusters)
+        (launch.map(|l| l.version), clusters)
     }
 
     /// Pool `pool`'s rollout now, its clusters as `caller` may see them.

@@ -303,11 +303,11 @@ impl ClusterState {
 }
 
 /// The state a cluster reports, from its record and the nodes observed for
-/// it (of the pool's instance type).
+/// it (its ready nodes counted only of its pool's instance types).
 pub fn cluster_state(
     record: Option<&ClusterRecord>,
     nodes: &[ObservedNode],
-    wanted_type: Option<&crate::InstanceType>,
+    pool: Option<&crate::PoolSpec>,
 ) -> ClusterState {
     let live = nodes
         .iter()
@@ -321,7 +321,7 @@ pub fn cluster_state(
             let ready = nodes
                 .iter()
                 .filter(|n| n.state == NodeState::Ready)
-                .filter(|n| wanted_type.is_none_or(|t| &n.instance_type == t))
+                .filter(|n| pool.is_none_or(|p| p.offers(&n.instance_type)))
                 .count();
             let want = r.node_capacity.get() as usize;
             if ready == want && live == want {
@@ -398,7 +398,7 @@ mod tests {
 
     #[test]
     fn states_from_record_and_nodes() {
-        let t = InstanceType::new("t").unwrap();
+        let t = crate::PoolSpec::new("d", InstanceType::new("t").unwrap());
         let t = Some(&t);
         assert_eq!(cluster_state(None, &[], t), ClusterState::NotRunning);
         assert_eq!(
@@ -427,7 +427,7 @@ mod tests {
             node(NodeState::Booting),
         ];
         assert_eq!(cluster_state(Some(&r), &three, t), ClusterState::Deploying);
-        let other = InstanceType::new("other").unwrap();
+        let other = crate::PoolSpec::new("d", InstanceType::new("other").unwrap());
         assert_eq!(
             cluster_state(Some(&r), &two, Some(&other)),
             ClusterState::Deploying

@@ -43,12 +43,15 @@ pub use org::{
     OrgError, OrgEvent, OrgEventKind, OrgName, OrgRole, OrgSettings, Organisation, SettingsPatch,
 };
 pub use plan::{
-    is_current, plan, Budgets, DestroyReason, NodeRecord, NodeState, ObservedNode, Plan, Timeouts,
+    plan, Budgets, DestroyReason, Launches, NodeRecord, NodeState, ObservedNode, Plan, Timeouts,
     WantedNodes,
 };
 pub use pool::{
-    image_from, pointer, pool_schema, schema_of, ImageRef, PoolDocument, PoolOwner, PoolSource,
-    PoolSpec, Problem, SharedImages, WrittenDollars, POOL_SCHEMA_VERSION,
+    image_from, pointer, pool_schema, schema_of, ImageRef, NodePrices, PoolDocument, PoolOwner,
+    PoolSource, PoolSpec, PoolType, PricedType, Problem, SharedImages, WrittenDollars, WrittenType,
+    POOL_SCHEMA_VERSION,
 };
 pub use pool_error::{PoolError, PoolErrorKey, PoolErrorKind};
-pub use rollout::{LaunchVersion, NodeBudget, Rollout, RolloutSettings, Whole, WrittenBudget};
+pub use rollout::{
+    LaunchVersion, NodeBudget, PoolLaunch, Rollout, RolloutSettings, Whole, WrittenBudget,
+};

@@ -1086,11 +1086,6 @@ impl Organisation {
             effects,
         }
     }
-
-    /// What the cluster burns per hour at `nodes` nodes.
-    pub fn burn_per_hour(nodes: usize, price_per_hour: Money) -> Money {
-        Money::from_micros(price_per_hour.micros().saturating_mul(nodes as i64))
-    }
 }
 
 /// One node of an organisation's cluster on the meter: charged from its

@@ -115,48 +115,39 @@ impl Default for Timeouts {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WantedNodes {
     pub count: u32,
-    pub instance_type: InstanceType,
-    /// The version of its pool new nodes are launched at: a node launched
-    /// at another is outdated. None: every node of the type is current.
-    pub version: Option<LaunchVersion>,
+    /// What its pool launches now: a node of another type or version is
+    /// outdated.
+    pub launches: Launches,
     /// How outdated nodes are replaced; None while the pool's rollout is
     /// paused or stopped: they then stay as part of the cluster (and go
     /// only as surplus).
     pub replace: Option<Budgets>,
 }
 
-impl WantedNodes {
-    /// Whether `node` is what this cluster would launch now: of its type,
-    /// and of its version (a node without one, launched before nodes
-    /// carried their pool's version, counts as current).
+/// The instance types a pool launches now, each with the version of the
+/// pool its nodes get (None: not known now, so any node of the type
+/// counts as current).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Launches(pub Vec<(InstanceType, Option<LaunchVersion>)>);
+
+impl Launches {
+    /// Whether a node of `instance_type` launched at `version` is what the
+    /// pool launches now: of one of its types, at that type's version (a
+    /// node without one, launched before nodes carried their pool's
+    /// version, counts as current).
     pub fn is_current(
         &self,
         instance_type: &InstanceType,
         version: Option<&LaunchVersion>,
     ) -> bool {
-        is_current(
-            &self.instance_type,
-            self.version.as_ref(),
-            instance_type,
-            version,
-        )
+        self.0.iter().any(|(ty, wanted)| {
+            ty == instance_type
+                && match (wanted, version) {
+                    (Some(wanted), Some(node)) => wanted == node,
+                    _ => true,
+                }
+        })
     }
-}
-
-/// Whether a node of `instance_type` launched at `version` is what a pool
-/// of `wanted_type` at `wanted_version` launches now (see
-/// [`WantedNodes::is_current`]).
-pub fn is_current(
-    wanted_type: &InstanceType,
-    wanted_version: Option<&LaunchVersion>,
-    instance_type: &InstanceType,
-    version: Option<&LaunchVersion>,
-) -> bool {
-    instance_type == wanted_type
-        && match (wanted_version, version) {
-            (Some(wanted), Some(node)) => wanted == node,
-            _ => true,
-        }
 }
 
 /// How far a cluster may stray from its wanted count while it replaces
@@ -221,7 +212,7 @@ impl DestroyReason {
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Plan {
-    /// Instances to create, all of the wanted type.
+    /// Instances to create (of which type, the caller decides).
     pub create: u32,
     pub destroy: Vec<(InstanceId, DestroyReason)>,
     /// Instances the cluster still lacks but may not create now
@@ -275,7 +266,10 @@ pub fn plan(
                     .push((node.id.clone(), DestroyReason::ProbeTimeout));
             }
             _ => match wanted {
-                Some(w) if w.is_current(&node.instance_type, node.version.as_ref()) => {
+                Some(w)
+                    if w.launches
+                        .is_current(&node.instance_type, node.version.as_ref()) =>
+                {
                     keep.push(node)
                 }
                 Some(_) => outdated.push(node),
@@ -392,8 +386,7 @@ mod tests {
     fn want(count: u32) -> WantedNodes {
         WantedNodes {
             count,
-            instance_type: InstanceType::new("small").unwrap(),
-            version: None,
+            launches: Launches(vec![(InstanceType::new("small").unwrap(), None)]),
             replace: Some(crate::Rollout::default().budgets(count)),
         }
     }
@@ -554,7 +547,7 @@ mod tests {
 
     fn rolling(count: u32, surge: u32, unavailable: u32) -> WantedNodes {
         WantedNodes {
-            version: Some(v(2)),
+            launches: Launches(vec![(InstanceType::new("small").unwrap(), Some(v(2)))]),
             replace: Some(Budgets { surge, unavailable }),
             ..want(count)
         }
@@ -590,7 +583,7 @@ mod tests {
                 made += 1;
                 nodes.push(versioned(
                     &format!("new-{made}"),
-                    wanted.version.as_ref().unwrap(),
+                    wanted.launches.0[0].1.as_ref().unwrap(),
                     NodeState::Booting,
                     step as i64,
                 ));
@@ -688,6 +681,35 @@ mod tests {
             100,
         );
         assert_eq!(ids(&p), vec![("old-0", DestroyReason::Surplus)]);
+    }
+
+    #[test]
+    fn a_node_of_any_of_the_pools_types_is_current() {
+        let both = WantedNodes {
+            launches: Launches(vec![
+                (InstanceType::new("small").unwrap(), Some(v(2))),
+                (InstanceType::new("big").unwrap(), Some(v(3))),
+            ]),
+            ..rolling(2, 1, 0)
+        };
+        let nodes = [
+            versioned("a", &v(2), NodeState::Ready, 0),
+            ObservedNode {
+                version: Some(v(3)),
+                ..node("b", "big", NodeState::Ready, 1)
+            },
+        ];
+        assert!(plan(Some(&both), &nodes, t0(), &Timeouts::default(), 100).is_empty());
+        // Of a kept type at another type's version: outdated.
+        let crossed = [
+            versioned("a", &v(2), NodeState::Ready, 0),
+            ObservedNode {
+                version: Some(v(2)),
+                ..node("b", "big", NodeState::Ready, 1)
+            },
+        ];
+        let p = plan(Some(&both), &crossed, t0(), &Timeouts::default(), 100);
+        assert_eq!(p.create, 1, "{p:?}");
     }
 
     #[test]

@@ -28,7 +28,8 @@ pub const POOL_SCHEMA_VERSION: u32 = 1;
 #[serde(deny_unknown_fields)]
 #[schemars(
     title = "Pool",
-    description = "How a cluster's nodes are made: a `[pools.NAME]` table of the config file, or the body of PUT /api/v1/pools/NAME."
+    description = "How a cluster's nodes are made: a `[pools.NAME]` table of the config file, or the body of PUT /api/v1/pools/NAME.",
+    extend("oneOf" = [{ "required": ["instance_type"] }, { "required": ["instance_types"] }])
 )]
 pub struct PoolDocument {
     /// The driver (`[drivers.NAME]` of the server's config) that makes its
@@ -36,9 +37,19 @@ pub struct PoolDocument {
     #[schemars(length(min = 1, max = 64))]
     pub driver: String,
     /// The cloud's name for the kind of instance its nodes are
-    /// (`t3.micro`, `local.small`).
-    #[schemars(regex(pattern = r"^[-_.A-Za-z0-9]{1,64}$"))]
-    pub instance_type: String,
+    /// (`t3.micro`, `local.small`); or write `instance_types` for several.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "String", regex(pattern = r"^[-_.A-Za-z0-9]{1,64}$"))]
+    pub instance_type: Option<String>,
+    /// Several kinds of instance its nodes may be, instead of one
+    /// `instance_type`: each a name (`"t3.micro"`, at the pool's
+    /// `price_per_hour`) or `{name, price_per_hour}`. Each node is made
+    /// of the cheapest the cloud has capacity for (in the order written
+    /// among equal prices); a type the cloud has none of is passed over
+    /// until its back-off ends.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(min = 1, max = 20), extend("uniqueItems" = true))]
+    pub instance_types: Vec<WrittenType>,
     /// The image its nodes boot (an AMI on ec2), or `{shared = "NAME"}`
     /// for the one a shared config of kind `images` gives (with `key`, the
     /// one under that key, such as a region); the driver's when absent.
@@ -56,7 +67,8 @@ pub struct PoolDocument {
     #[schemars(extend("propertyNames" = { "minLength": 1, "pattern": "^(?!flotilla-)" }))]
     pub tags: BTreeMap<String, String>,
     /// What one node costs per hour, in dollars (`"0.10"`); organisations
-    /// are charged this. Zero when absent.
+    /// are charged this (of `instance_types`, for those that set no price
+    /// of their own). Zero when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "dollars_schema")]
     pub price_per_hour: Option<WrittenDollars>,
@@ -116,6 +128,46 @@ pub enum ImageRef {
         #[schemars(length(min = 1))]
         key: Option<String>,
     },
+}
+
+/// One of a pool's `instance_types` as written: its name, or its name
+/// with its own price.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum WrittenType {
+    /// The type, at the pool's `price_per_hour`.
+    Name(#[schemars(regex(pattern = r"^[-_.A-Za-z0-9]{1,64}$"))] String),
+    /// The type and what one node of it costs per hour.
+    Priced(PricedType),
+}
+
+/// An instance type with its own price.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PricedType {
+    #[schemars(regex(pattern = r"^[-_.A-Za-z0-9]{1,64}$"))]
+    pub name: String,
+    /// What one node of this type costs per hour, in dollars; the
+    /// pool's `price_per_hour` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "dollars_schema")]
+    pub price_per_hour: Option<WrittenDollars>,
+}
+
+impl WrittenType {
+    pub fn name(&self) -> &str {
+        match self {
+            WrittenType::Name(name) => name,
+            WrittenType::Priced(p) => &p.name,
+        }
+    }
+
+    fn price(&self) -> Option<&WrittenDollars> {
+        match self {
+            WrittenType::Name(_) => None,
+            WrittenType::Priced(p) => p.price_per_hour.as_ref(),
+        }
+    }
 }
 
 impl ImageRef {
@@ -233,6 +285,23 @@ impl Problem {
         Self::new(pointer(&[key]), message)
     }
 
+    /// A pool that names no instance type.
+    pub fn no_type_key() -> Self {
+        Self::at(
+            "instance_type",
+            "missing: name the kind of instance its nodes are (instance_type = \"t3.micro\"), \
+             or several (instance_types = [...])",
+        )
+    }
+
+    /// A pool that names its instance types both ways.
+    pub fn both_type_keys() -> Self {
+        Self::at(
+            "instance_types",
+            "write instance_type (one) or instance_types (several), not both",
+        )
+    }
+
     /// The pointer as a config file's dotted key under `prefix`
     /// (`pools.gpu` and `/ec2/spot` make `pools.gpu.ec2.spot`).
     pub fn dotted(&self, prefix: &str) -> String {
@@ -307,12 +376,16 @@ pub enum PoolSource {
 pub struct PoolSpec {
     /// The name of the driver (instance set) that makes them.
     pub driver: String,
-    pub instance_type: InstanceType,
+    /// The kinds of instance its nodes may be, each with its price, as
+    /// written (at least one); nodes are made of them in the order of
+    /// [`PoolSpec::preference`].
+    pub types: Vec<PoolType>,
+    /// Whether they were written as a list (`instance_types`), even of
+    /// one, rather than as one `instance_type`.
+    pub types_listed: bool,
     pub image: Option<ImageRef>,
     pub init_data: Option<String>,
     pub tags: BTreeMap<String, String>,
-    /// What one node costs per hour (organisations are charged this).
-    pub price_per_hour: Money,
     /// Whether the owners of its clusters may run commands on their nodes
     /// (`flotilla exec`); admins always may.
     pub allow_exec: bool,
@@ -333,16 +406,28 @@ pub struct PoolSpec {
     pub source: PoolSource,
 }
 
+/// A kind of instance a pool's nodes may be, and what one costs per hour
+/// (organisations are charged this for each node of it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolType {
+    pub instance_type: InstanceType,
+    pub price_per_hour: Money,
+}
+
 impl PoolSpec {
-    /// A pool of `driver`'s `instance_type` nodes, everything else unset.
+    /// A pool of `driver`'s `instance_type` nodes, free, everything else
+    /// unset.
     pub fn new(driver: impl Into<String>, instance_type: InstanceType) -> Self {
         Self {
             driver: driver.into(),
-            instance_type,
+            types: vec![PoolType {
+                instance_type,
+                price_per_hour: Money::ZERO,
+            }],
+            types_listed: false,
             image: None,
             init_data: None,
             tags: BTreeMap::new(),
-            price_per_hour: Money::ZERO,
             allow_exec: false,
             ssh_user: None,
             allow_workload: false,
@@ -356,17 +441,129 @@ impl PoolSpec {
     }
 }
 
+/// What a node costs per hour by its instance type: a pool's prices.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct NodePrices {
+    types: Vec<(InstanceType, Money)>,
+    /// A type not listed.
+    otherwise: Money,
+}
+
+impl NodePrices {
+    /// Every node at `price`, whatever its type.
+    pub fn flat(price: Money) -> Self {
+        Self {
+            types: Vec::new(),
+            otherwise: price,
+        }
+    }
+
+    /// What a node of `ty` costs per hour.
+    pub fn of(&self, ty: &InstanceType) -> Money {
+        self.types
+            .iter()
+            .find(|(t, _)| t == ty)
+            .map_or(self.otherwise, |(_, price)| *price)
+    }
+}
+
 impl PoolSpec {
+    /// This pool with every one of its types at `price` per node-hour.
+    pub fn with_price(mut self, price: Money) -> Self {
+        for t in &mut self.types {
+            t.price_per_hour = price;
+        }
+        self
+    }
+
+    /// Its types in the order nodes are made of them: the cheapest first,
+    /// as written among equal prices.
+    pub fn preference(&self) -> Vec<&PoolType> {
+        let mut types: Vec<&PoolType> = self.types.iter().collect();
+        types.sort_by_key(|t| t.price_per_hour);
+        types
+    }
+
+    /// The type nodes are made of while the cloud has capacity for it.
+    pub fn preferred(&self) -> &InstanceType {
+        &self.preference()[0].instance_type
+    }
+
+    /// Whether its nodes may be of `ty`.
+    pub fn offers(&self, ty: &InstanceType) -> bool {
+        self.types.iter().any(|t| &t.instance_type == ty)
+    }
+
+    /// What a node of `ty` costs per hour: its type's price; for a type
+    /// the pool no longer names (a node launched before it changed), the
+    /// dearest of its types', so that none is charged less than the
+    /// pool's nodes cost.
+    pub fn price_of(&self, ty: &InstanceType) -> Money {
+        self.prices().of(ty)
+    }
+
+    /// What its nodes cost, by type.
+    pub fn prices(&self) -> NodePrices {
+        NodePrices {
+            types: self
+                .types
+                .iter()
+                .map(|t| (t.instance_type.clone(), t.price_per_hour))
+                .collect(),
+            otherwise: self.dearest(),
+        }
+    }
+
+    /// The most one of its nodes costs per hour: what forecasts count
+    /// each node at, since a node may be of any of its types.
+    pub fn dearest(&self) -> Money {
+        self.types
+            .iter()
+            .map(|t| t.price_per_hour)
+            .max()
+            .unwrap_or(Money::ZERO)
+    }
+
+    /// The JSON pointer of its `index`th type as written.
+    pub fn type_pointer(&self, index: usize) -> String {
+        if self.types_listed {
+            pointer(&["instance_types", &index.to_string()])
+        } else {
+            pointer(&["instance_type"])
+        }
+    }
+
     /// A document that means this pool.
     pub fn document(&self) -> PoolDocument {
+        let dollars = |m: Money| WrittenDollars::Text(m.to_string());
+        let (instance_type, instance_types, price_per_hour) = match self.types.as_slice() {
+            [only] if !self.types_listed => (
+                Some(only.instance_type.to_string()),
+                Vec::new(),
+                (only.price_per_hour != Money::ZERO).then(|| dollars(only.price_per_hour)),
+            ),
+            types => (
+                None,
+                types
+                    .iter()
+                    .map(|t| {
+                        WrittenType::Priced(PricedType {
+                            name: t.instance_type.to_string(),
+                            price_per_hour: Some(dollars(t.price_per_hour)),
+                        })
+                    })
+                    .collect(),
+                None,
+            ),
+        };
         PoolDocument {
             driver: self.driver.clone(),
-            instance_type: self.instance_type.to_string(),
+            instance_type,
+            instance_types,
             image: self.image.clone(),
             init_data: self.init_data.clone(),
             tags: self.tags.clone(),
-            price_per_hour: (self.price_per_hour != Money::ZERO)
-                .then(|| WrittenDollars::Text(self.price_per_hour.to_string())),
+            price_per_hour,
             allow_exec: self.allow_exec,
             ssh_user: self.ssh_user.clone(),
             allow_workload: self.allow_workload,
@@ -384,9 +581,6 @@ impl PoolDocument {
     /// cannot say. `source` is where it comes from.
     pub fn spec(&self, source: PoolSource) -> Result<PoolSpec, Vec<Problem>> {
         let mut problems = Vec::new();
-        let instance_type = InstanceType::new(self.instance_type.as_str())
-            .map_err(|e| problems.push(Problem::at("instance_type", e.to_string())))
-            .ok();
         for key in self.tags.keys() {
             if key.starts_with("flotilla-") {
                 problems.push(Problem::new(
@@ -402,6 +596,7 @@ impl PoolDocument {
                 .unwrap_or(Money::ZERO),
             None => Money::ZERO,
         };
+        let types = self.types(price_per_hour, &mut problems);
         if let Some(user) = &self.ssh_user {
             let ok = !user.is_empty()
                 && !user.starts_with('-')
@@ -442,14 +637,14 @@ impl PoolDocument {
                 problems.push(Problem::at("ec2", "expected a table (an object)"));
             }
         }
-        match instance_type {
-            Some(instance_type) if problems.is_empty() => Ok(PoolSpec {
+        match types {
+            Some(types) if problems.is_empty() => Ok(PoolSpec {
                 driver: self.driver.clone(),
-                instance_type,
+                types,
+                types_listed: self.instance_type.is_none(),
                 image: self.image.clone(),
                 init_data: self.init_data.clone(),
                 tags: self.tags.clone(),
-                price_per_hour,
                 allow_exec: self.allow_exec,
                 ssh_user: self.ssh_user.clone(),
                 allow_workload: self.allow_workload,
@@ -462,6 +657,64 @@ impl PoolDocument {
             }),
             _ => Err(problems),
         }
+    }
+}
+
+impl PoolDocument {
+    /// Its instance types with their prices (`price_per_hour` for those
+    /// that name none), or None with what is wrong in `problems`.
+    fn types(&self, price_per_hour: Money, problems: &mut Vec<Problem>) -> Option<Vec<PoolType>> {
+        let written: Vec<(String, &str, Option<&WrittenDollars>)> =
+            match (&self.instance_type, self.instance_types.as_slice()) {
+                (Some(_), [_, ..]) => {
+                    problems.push(Problem::both_type_keys());
+                    return None;
+                }
+                (None, []) => {
+                    problems.push(Problem::no_type_key());
+                    return None;
+                }
+                (Some(one), _) => vec![(pointer(&["instance_type"]), one.as_str(), None)],
+                (None, listed) => listed
+                    .iter()
+                    .enumerate()
+                    .map(|(i, t)| {
+                        (
+                            pointer(&["instance_types", &i.to_string()]),
+                            t.name(),
+                            t.price(),
+                        )
+                    })
+                    .collect(),
+            };
+        let before = problems.len();
+        let mut types: Vec<PoolType> = Vec::new();
+        for (at, name, price) in written {
+            let Ok(instance_type) = InstanceType::new(name)
+                .map_err(|e| problems.push(Problem::new(&at, e.to_string())))
+            else {
+                continue;
+            };
+            if types.iter().any(|t| t.instance_type == instance_type) {
+                problems.push(Problem::new(&at, format!("{name} is named twice")));
+                continue;
+            }
+            let price_per_hour = match price {
+                Some(d) => match d.parse() {
+                    Ok(price) => price,
+                    Err(e) => {
+                        problems.push(Problem::new(format!("{at}/price_per_hour"), e));
+                        continue;
+                    }
+                },
+                None => price_per_hour,
+            };
+            types.push(PoolType {
+                instance_type,
+                price_per_hour,
+            });
+        }
+        (problems.len() == before).then_some(types)
     }
 }
 
@@ -510,7 +763,7 @@ mod tests {
             "owners": ["alice", "org:physics"], "tags": {"team": "a"}
         }));
         let s = d.spec(PoolSource::Stored { version: 3 }).unwrap();
-        assert_eq!(s.price_per_hour, "0.10".parse().unwrap());
+        assert_eq!(s.types[0].price_per_hour, "0.10".parse().unwrap());
         assert_eq!(
             s.owners,
             vec![
@@ -534,16 +787,96 @@ mod tests {
         assert_eq!(
             pointers,
             [
-                "/instance_type",
                 "/tags/flotilla-x~1y",
                 "/price_per_hour",
+                "/instance_type",
                 "/ssh_user",
                 "/owners/1",
                 "/owners/2"
             ],
             "{problems:?}"
         );
-        assert_eq!(problems[1].dotted("pools.p"), "pools.p.tags.flotilla-x/y");
+        assert_eq!(problems[0].dotted("pools.p"), "pools.p.tags.flotilla-x/y");
+    }
+
+    #[test]
+    fn several_types_each_with_its_price_cheapest_first() {
+        let d = doc(serde_json::json!({
+            "driver": "aws", "price_per_hour": "0.05",
+            "instance_types": [
+                {"name": "m5.large", "price_per_hour": "0.096"},
+                "t3.large",
+                {"name": "m5a.large", "price_per_hour": 0.086},
+                {"name": "m6i.large"}
+            ]
+        }));
+        let s = d.spec(PoolSource::Config).unwrap();
+        let names: Vec<&str> = s
+            .preference()
+            .iter()
+            .map(|t| t.instance_type.as_str())
+            .collect();
+        assert_eq!(names, ["t3.large", "m6i.large", "m5a.large", "m5.large"]);
+        assert_eq!(s.preferred().as_str(), "t3.large");
+        let ty = |n: &str| InstanceType::new(n).unwrap();
+        assert_eq!(s.price_of(&ty("m5a.large")), "0.086".parse().unwrap());
+        assert_eq!(
+            s.price_of(&ty("m6i.large")),
+            "0.05".parse().unwrap(),
+            "the pool's"
+        );
+        assert_eq!(
+            s.price_of(&ty("c5.large")),
+            "0.096".parse().unwrap(),
+            "not its: the dearest"
+        );
+        assert_eq!(s.dearest(), "0.096".parse().unwrap());
+        assert_eq!(s.type_pointer(2), "/instance_types/2");
+        assert_eq!(s.document().spec(s.source).unwrap(), s, "round trip");
+
+        let one = doc(serde_json::json!({"driver": "aws", "instance_types": ["t3.micro"]}))
+            .spec(PoolSource::Config)
+            .unwrap();
+        assert_eq!(
+            one.type_pointer(0),
+            "/instance_types/0",
+            "a list of one stays a list"
+        );
+        assert_eq!(one.document().spec(one.source).unwrap(), one);
+    }
+
+    #[test]
+    fn a_pool_names_its_types_once_one_way() {
+        let problems = |json| -> Vec<String> {
+            doc(json)
+                .spec(PoolSource::Config)
+                .unwrap_err()
+                .iter()
+                .map(ToString::to_string)
+                .collect()
+        };
+        let p = problems(serde_json::json!({"driver": "aws"}));
+        assert!(p[0].starts_with("/instance_type: missing"), "{p:?}");
+        let p = problems(
+            serde_json::json!({"driver": "aws", "instance_type": "a", "instance_types": ["b"]}),
+        );
+        assert!(
+            p[0].starts_with("/instance_types: write instance_type"),
+            "{p:?}"
+        );
+        let p = problems(serde_json::json!({"driver": "aws", "instance_types": [
+            "t3.micro", "t3.micro", "a b", {"name": "c", "price_per_hour": "-1"}
+        ]}));
+        let pointers: Vec<&str> = p.iter().map(|p| p.split(':').next().unwrap()).collect();
+        assert_eq!(
+            pointers,
+            [
+                "/instance_types/1",
+                "/instance_types/2",
+                "/instance_types/3/price_per_hour"
+            ],
+            "{p:?}"
+        );
     }
 
     #[test]
@@ -587,6 +920,7 @@ mod tests {
             .iter()
             .map(|v| v.as_str().unwrap())
             .collect();
-        assert_eq!(required, ["driver", "instance_type"]);
+        assert_eq!(required, ["driver"]);
+        assert_eq!(s["properties"]["instance_types"]["minItems"], 1);
     }
 }

@@ -8,11 +8,12 @@ use std::fmt;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::plan::Budgets;
+use crate::names::InstanceType;
+use crate::plan::{Budgets, Launches};
 use crate::pool::{PoolSpec, Problem};
 
 /// A fingerprint of the launch configuration a node got: its pool's
-/// driver, instance type, image (a shared config's resolved to the image
+/// driver, its instance type, the image (a shared config's resolved to the image
 /// it gave), init data, tags and driver section. What a pool says of
 /// anything else (price, owners, description, rollout settings) does not
 /// change it, so only a change its nodes would boot differently with
@@ -26,23 +27,27 @@ pub struct LaunchVersion(String);
 const VERSION_DIGITS: usize = 16;
 
 impl LaunchVersion {
-    /// The version of `pool`'s launch configuration, its image resolved
-    /// to `image` (None: the pool names none, or names the image itself).
-    pub fn of(pool: &PoolSpec, image: Option<&str>) -> LaunchVersion {
-        use sha2::Digest;
+    /// The version of `pool`'s launch configuration for a node of
+    /// `instance_type`, its image resolved to `image` (None: the pool names
+    /// none, or names the image itself).
+    pub fn of(pool: &PoolSpec, instance_type: &InstanceType, image: Option<&str>) -> LaunchVersion {
         let image = image
             .map(str::to_owned)
             .or_else(|| pool.image.as_ref().and_then(|i| i.id().map(str::to_owned)));
-        let launch = serde_json::json!({
+        Self::digest(&serde_json::json!({
             "driver": pool.driver,
-            "instance_type": pool.instance_type.as_str(),
+            "instance_type": instance_type.as_str(),
             "image": image,
             "init_data": pool.init_data,
             "tags": pool.tags,
             "options": pool.options,
-        });
+        }))
+    }
+
+    fn digest(value: &serde_json::Value) -> LaunchVersion {
+        use sha2::Digest;
         let mut text = String::new();
-        canonical(&launch, &mut text);
+        canonical(value, &mut text);
         let digest = sha2::Sha256::digest(text.as_bytes());
         let hex: String = digest
             .iter()
@@ -60,6 +65,75 @@ impl LaunchVersion {
 
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+}
+
+/// What a pool launches now, its image resolved: each of its types' launch
+/// version, and the pool's own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolLaunch {
+    /// The image its nodes boot, resolved from a shared config (None: the
+    /// pool names the image itself, or none).
+    pub image: Option<String>,
+    /// The pool's version: what its rollouts roll out to, what a stopped
+    /// rollout is held at, what status shows. A pool of one type has that
+    /// type's; a pool of several, one made of all of theirs, so adding or
+    /// dropping a type makes a new one (but replaces no node of a type it
+    /// keeps).
+    pub version: LaunchVersion,
+    /// Each type's version, in the pool's order of preference.
+    pub types: Vec<(InstanceType, LaunchVersion)>,
+}
+
+impl PoolLaunch {
+    /// What `pool` launches with its image resolved to `image`.
+    pub fn of(pool: &PoolSpec, image: Option<String>) -> Self {
+        let types: Vec<(InstanceType, LaunchVersion)> = pool
+            .preference()
+            .into_iter()
+            .map(|t| {
+                let v = LaunchVersion::of(pool, &t.instance_type, image.as_deref());
+                (t.instance_type.clone(), v)
+            })
+            .collect();
+        let version = match types.as_slice() {
+            [(_, only)] => only.clone(),
+            several => {
+                let mut each: Vec<(&str, &str)> = several
+                    .iter()
+                    .map(|(t, v)| (t.as_str(), v.as_str()))
+                    .collect();
+                each.sort();
+                LaunchVersion::digest(&serde_json::json!({ "types": each }))
+            }
+        };
+        Self {
+            image,
+            version,
+            types,
+        }
+    }
+
+    /// The version a node of `ty` is launched at; None if the pool makes
+    /// no such nodes.
+    pub fn version_of(&self, ty: &InstanceType) -> Option<&LaunchVersion> {
+        self.types.iter().find(|(t, _)| t == ty).map(|(_, v)| v)
+    }
+
+    /// Whether a node of `ty` launched at `version` is what the pool
+    /// launches now.
+    pub fn is_current(&self, ty: &InstanceType, version: Option<&LaunchVersion>) -> bool {
+        self.launches().is_current(ty, version)
+    }
+
+    /// What the planner takes for current.
+    pub fn launches(&self) -> Launches {
+        Launches(
+            self.types
+                .iter()
+                .map(|(t, v)| (t.clone(), Some(v.clone())))
+                .collect(),
+        )
     }
 }
 
@@ -315,49 +389,91 @@ impl Rollout {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::names::InstanceType;
     use crate::pool::ImageRef;
 
     fn pool() -> PoolSpec {
         PoolSpec::new("aws", InstanceType::new("t3.micro").unwrap())
     }
 
+    fn version(pool: &PoolSpec, image: Option<&str>) -> LaunchVersion {
+        PoolLaunch::of(pool, image.map(str::to_owned)).version
+    }
+
     #[test]
     fn the_version_follows_the_launch_configuration_only() {
-        let base = LaunchVersion::of(&pool(), None);
-        assert_eq!(base, LaunchVersion::of(&pool(), None), "stable");
+        let base = version(&pool(), None);
+        assert_eq!(base, version(&pool(), None), "stable");
         assert_eq!(LaunchVersion::parse(base.as_str()), Some(base.clone()));
 
         let mut priced = pool();
-        priced.price_per_hour = "0.10".parse().unwrap();
+        priced.types[0].price_per_hour = "0.10".parse().unwrap();
         priced.description = Some("cheap".into());
-        assert_eq!(
-            LaunchVersion::of(&priced, None),
-            base,
-            "price is not launch"
-        );
+        assert_eq!(version(&priced, None), base, "price is not launch");
 
         let mut bigger = pool();
-        bigger.instance_type = InstanceType::new("t3.large").unwrap();
-        assert_ne!(LaunchVersion::of(&bigger, None), base);
+        bigger.types[0].instance_type = InstanceType::new("t3.large").unwrap();
+        assert_ne!(version(&bigger, None), base);
 
         let mut imaged = pool();
         imaged.image = Some(ImageRef::Id("ami-1".into()));
         assert_eq!(
-            LaunchVersion::of(&imaged, None),
-            LaunchVersion::of(&pool(), Some("ami-1")),
+            version(&imaged, None),
+            version(&pool(), Some("ami-1")),
             "an image named and the same image resolved from a shared config launch alike"
         );
         assert_ne!(
-            LaunchVersion::of(&pool(), Some("ami-1")),
-            LaunchVersion::of(&pool(), Some("ami-2"))
+            version(&pool(), Some("ami-1")),
+            version(&pool(), Some("ami-2"))
         );
 
         let mut a = pool();
         a.options = Some(serde_json::json!({"spot": false, "subnets": ["s-1"]}));
         let mut b = pool();
         b.options = Some(serde_json::from_str(r#"{"subnets": ["s-1"], "spot": false}"#).unwrap());
-        assert_eq!(LaunchVersion::of(&a, None), LaunchVersion::of(&b, None));
+        assert_eq!(version(&a, None), version(&b, None));
+    }
+
+    #[test]
+    fn each_type_has_its_version_and_the_pool_one_of_them_all() {
+        let micro = InstanceType::new("t3.micro").unwrap();
+        let small = InstanceType::new("t3.small").unwrap();
+        let one = PoolLaunch::of(&pool(), None);
+        assert_eq!(
+            one.version_of(&micro),
+            Some(&one.version),
+            "one type: its own"
+        );
+
+        let mut two = pool();
+        two.types.push(crate::PoolType {
+            instance_type: small.clone(),
+            price_per_hour: crate::Money::ZERO,
+        });
+        two.types_listed = true;
+        let both = PoolLaunch::of(&two, None);
+        assert_eq!(
+            both.version_of(&micro),
+            one.version_of(&micro),
+            "adding a type outdates no node of the others"
+        );
+        assert!(both.is_current(&micro, one.version_of(&micro)));
+        assert!(both.is_current(&small, both.version_of(&small)));
+        assert!(!both.is_current(&small, one.version_of(&micro)));
+        assert_ne!(
+            both.version, one.version,
+            "the pool's changes with its types"
+        );
+        let mut swapped = two.clone();
+        swapped.types.reverse();
+        assert_eq!(PoolLaunch::of(&swapped, None).version, both.version);
+        let mut reimaged = two.clone();
+        reimaged.image = Some(ImageRef::Id("ami-2".into()));
+        let new = PoolLaunch::of(&reimaged, None);
+        assert!(!new.is_current(&micro, one.version_of(&micro)));
+        assert!(
+            new.is_current(&micro, None),
+            "a node of no version is current"
+        );
     }
 
     #[test]

@@ -342,6 +342,45 @@ fn default_health_path() -> String {
     "/healthz".to_owned()
 }
 
+/// Refuses a name no EC2 instance type has: a family (`t3`, `c7i-flex`,
+/// `u-6tb1`) and a size (`micro`, `2xlarge`, `metal`), as in `t3.micro`.
+/// Whether the region offers it is for EC2 to say at launch.
+pub fn check_instance_type(name: &str) -> Result<(), String> {
+    let size_ok = |size: &str| {
+        let numbered = |s: &str, unit: &str| {
+            s.strip_suffix(unit).is_some_and(|n| {
+                !n.is_empty() && !n.starts_with('0') && n.bytes().all(|b| b.is_ascii_digit())
+            })
+        };
+        matches!(
+            size,
+            "nano" | "micro" | "small" | "medium" | "large" | "xlarge" | "metal"
+        ) || numbered(size, "xlarge")
+            || size
+                .strip_prefix("metal-")
+                .is_some_and(|s| numbered(s, "xl"))
+    };
+    let family_ok = |family: &str| {
+        family.starts_with(|c: char| c.is_ascii_lowercase())
+            && family.split('-').all(|part| {
+                !part.is_empty()
+                    && part
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+            })
+    };
+    match name.split_once('.') {
+        Some((family, size)) if family_ok(family) && size_ok(size) => Ok(()),
+        Some((family, size)) if family_ok(family) => Err(format!(
+            "{name:?} is not an instance type EC2 offers: no size is called {size:?} \
+             (sizes are nano, micro, small, medium, large, xlarge, 2xlarge and up, metal)"
+        )),
+        _ => Err(format!(
+            "{name:?} is not an instance type EC2 offers (a family and a size, such as t3.micro)"
+        )),
+    }
+}
+
 impl Ec2Config {
     /// A configuration for `region` with every other setting at its default.
     pub fn new(region: impl Into<String>) -> Self {
@@ -426,8 +465,17 @@ impl Ec2Config {
                 ));
             }
         }
+        for (i, t) in spec.types.iter().enumerate() {
+            if let Err(e) = check_instance_type(t.instance_type.as_str()) {
+                problems.push(Problem::new(spec.type_pointer(i), e));
+            }
+        }
         if let Some(init) = &spec.init_data {
-            if let Err(e) = crate::user_data::check(init, pool, &spec.instance_type) {
+            let checked = spec
+                .types
+                .iter()
+                .try_for_each(|t| crate::user_data::check(init, pool, &t.instance_type));
+            if let Err(e) = checked {
                 problems.push(Problem::at("init_data", e));
             }
         }
@@ -678,5 +726,58 @@ mod tests {
             let err = config.validate().expect_err("invalid config");
             assert!(matches!(err, Ec2Error::InvalidConfig { .. }), "{err}");
         }
+    }
+}
+
+#[cfg(test)]
+mod instance_type_tests {
+    use super::*;
+
+    #[test]
+    fn instance_type_names_are_a_family_and_a_size() {
+        for good in [
+            "t3.micro",
+            "t3.nano",
+            "m5d.24xlarge",
+            "c7i-flex.large",
+            "u-6tb1.metal",
+            "m7i.metal-48xl",
+            "mac2-m2pro.metal",
+        ] {
+            assert_eq!(check_instance_type(good), Ok(()), "{good}");
+        }
+        let e = check_instance_type("t3.nanoo").unwrap_err();
+        assert!(e.contains("no size is called \"nanoo\""), "{e}");
+        for bad in [
+            "t3",
+            "T3.micro",
+            "t3.",
+            ".micro",
+            "t3.0xlarge",
+            "t3.micro.x",
+            "-t3.micro",
+        ] {
+            assert!(check_instance_type(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn every_type_of_a_pool_is_checked_at_its_pointer() {
+        let config: Ec2Config =
+            toml::from_str("region = \"us-west-2\"\nimage = \"ami-1\"").unwrap();
+        let document: flotilla_domain::PoolDocument = serde_json::from_value(serde_json::json!({
+            "driver": "aws",
+            "instance_types": ["t3.micro", {"name": "t3.nanoo", "price_per_hour": "0.01"}]
+        }))
+        .unwrap();
+        let spec = document.spec(flotilla_domain::PoolSource::Config).unwrap();
+        let problems = config.check_pool(&PoolName::new("p").unwrap(), &spec);
+        let said: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        assert_eq!(said.len(), 1, "{said:?}");
+        assert!(
+            said[0]
+                .starts_with("/instance_types/1: \"t3.nanoo\" is not an instance type EC2 offers"),
+            "{said:?}"
+        );
     }
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use flotilla_store::{Fence, OrgUsage, StoreError};
+use flotilla_store::{Fence, OrgUsage, StoreError, UsedNode};
 use tokio::sync::Notify;
 
 use crate::expiry::Deadline;
@@ -100,20 +100,24 @@ async fn accrual_pass(
         let inv = shared.inventory.lock().unwrap();
         orgs.iter()
             .filter_map(|(org, pool)| {
+                let prices = shared
+                    .pools
+                    .get(pool)
+                    .map(|p| p.prices())
+                    .unwrap_or_default();
                 let nodes: Vec<_> = inv
                     .values()
                     .flat_map(|set| {
-                        set.nodes(org)
-                            .map(|n| (n.instance.id.clone(), n.instance.launched_at))
+                        set.nodes(org).map(|n| UsedNode {
+                            id: n.instance.id.clone(),
+                            launched_at: n.instance.launched_at,
+                            price_per_hour: prices.of(&n.instance.instance_type),
+                        })
                     })
                     .collect();
                 (!nodes.is_empty()).then(|| OrgUsage {
                     org: org.clone(),
                     nodes,
-                    price_per_hour: shared
-                        .pools
-                        .get(pool)
-                        .map_or(flotilla_domain::Money::ZERO, |p| p.price_per_hour),
                 })
             })
             .collect()

@@ -244,6 +244,7 @@ impl SetInventory {
                         .or_default()
                         .push(GoneNode {
                             id: id.clone(),
+                            instance_type: node.instance.instance_type.clone(),
                             launched_at: node.instance.launched_at,
                             gone_at: now,
                         });

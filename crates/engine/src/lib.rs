@@ -186,14 +186,15 @@ struct Shared {
 }
 
 impl Shared {
-    /// What one node of `cluster` costs per hour, if it is an
+    /// What `cluster`'s nodes cost per hour by type, if it is an
     /// organisation's cluster: its nodes are metered.
-    fn meter_price(&self, cluster: &ClusterName) -> Option<flotilla_domain::Money> {
+    fn meter_price(&self, cluster: &ClusterName) -> Option<flotilla_domain::NodePrices> {
         // Called for every cluster published: the organisation is not copied.
         self.orgs.with(cluster, |org| {
             self.pools
                 .get(&org.settings.pool)
-                .map_or(flotilla_domain::Money::ZERO, |p| p.price_per_hour)
+                .map(|p| p.prices())
+                .unwrap_or_default()
         })
     }
 
@@ -410,7 +411,13 @@ impl Engine {
     /// What `pool`'s nodes are launched at now: the version of its launch
     /// configuration (its image resolved); or why its image cannot be.
     pub fn launch_version(&self, pool: &PoolSpec) -> Result<LaunchVersion, String> {
-        pools::launch(&self.shared.shared_configs, pool).map(|(_, v)| v)
+        self.launch(pool).map(|l| l.version)
+    }
+
+    /// What `pool`'s nodes are launched with now, type by type; or why
+    /// its image cannot be resolved.
+    pub fn launch(&self, pool: &PoolSpec) -> Result<flotilla_domain::PoolLaunch, String> {
+        pools::launch(&self.shared.shared_configs, pool)
     }
 
     /// What holds `pool`'s rollout back, as this server's copy has it.

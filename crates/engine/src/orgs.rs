@@ -100,12 +100,28 @@ impl Engine {
         self.shared.orgs.all()
     }
 
-    /// What one node of `pool` costs per hour.
+    /// The most one node of `pool` costs per hour: what forecasts count
+    /// each of its nodes at (a node may be of any of its types).
     pub fn price_of(&self, pool: &PoolName) -> Money {
         self.shared
             .pools
             .get(pool)
-            .map_or(Money::ZERO, |p| p.price_per_hour)
+            .map_or(Money::ZERO, |p| p.dearest())
+    }
+
+    /// What the nodes the cloud lists for `cluster` cost per hour
+    /// together, each at its type's price in `pool`.
+    pub fn burn_per_hour(&self, cluster: &ClusterName, pool: &PoolName) -> Money {
+        let prices = self
+            .shared
+            .pools
+            .get(pool)
+            .map(|p| p.prices())
+            .unwrap_or_default();
+        self.nodes_of(cluster)
+            .iter()
+            .map(|n| prices.of(&n.instance_type))
+            .fold(Money::ZERO, |total, price| total + price)
     }
 
     /// Launch times of the nodes the cloud lists for `cluster`.

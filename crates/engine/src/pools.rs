@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use flotilla_cloud::Offering;
 use flotilla_domain::{
-    image_from, ImageRef, InstanceType, LaunchVersion, PoolDocument, PoolName, PoolSource,
-    PoolSpec, SharedConfigName,
+    image_from, ImageRef, PoolDocument, PoolLaunch, PoolName, PoolSource, PoolSpec, PoolType,
+    SharedConfigName,
 };
 use flotilla_store::{SharedConfigRecord, StoreError};
 use futures::future::join_all;
@@ -137,15 +137,11 @@ pub(crate) fn resolve_image(
 }
 
 /// What `pool`'s nodes are launched with now: the image (None: the
-/// driver's), and the version of the whole launch configuration, which
-/// every node is tagged with; or why the image cannot be resolved.
-pub(crate) fn launch(
-    configs: &SharedConfigs,
-    pool: &PoolSpec,
-) -> Result<(Option<String>, LaunchVersion), String> {
+/// driver's), and the version of the launch configuration each of its
+/// types' nodes is tagged with; or why the image cannot be resolved.
+pub(crate) fn launch(configs: &SharedConfigs, pool: &PoolSpec) -> Result<PoolLaunch, String> {
     let image = resolve_image(configs, pool)?.map(|i| i.image);
-    let version = LaunchVersion::of(pool, image.as_deref());
-    Ok((image, version))
+    Ok(PoolLaunch::of(pool, image))
 }
 
 /// Reads the pools written through the API and brings the table, and each
@@ -226,22 +222,22 @@ pub const OFFERING_WAIT: Duration = Duration::from_secs(2);
 pub struct PoolView {
     pub name: PoolName,
     pub driver: String,
-    pub instance_type: InstanceType,
     /// The pool a deploy naming none uses.
     pub is_default: bool,
-    /// What one node costs per hour, from the config (what organisations
-    /// are charged).
-    pub price_per_hour: flotilla_domain::Money,
-    pub offering: Offering,
+    /// Its instance types in the order nodes are made of them, each with
+    /// what one node costs per hour (what organisations are charged) and
+    /// what the driver says of it.
+    pub types: Vec<(PoolType, Offering)>,
     pub source: PoolSource,
 }
 
-/// Offerings by pool, with when each was asked for.
+/// Offerings by pool (one per type, in its order of preference), with
+/// when each was asked for.
 #[derive(Default)]
-pub(crate) struct OfferingCache(Mutex<HashMap<PoolName, (Instant, Offering)>>);
+pub(crate) struct OfferingCache(Mutex<HashMap<PoolName, (Instant, Vec<Offering>)>>);
 
 impl OfferingCache {
-    fn fresh(&self, pool: &PoolName) -> Option<Offering> {
+    fn fresh(&self, pool: &PoolName) -> Option<Vec<Offering>> {
         let cache = self.0.lock().unwrap();
         let (at, offering) = cache.get(pool)?;
         (at.elapsed() < OFFERING_TTL).then(|| offering.clone())
@@ -251,7 +247,7 @@ impl OfferingCache {
         self.0.lock().unwrap().remove(pool);
     }
 
-    fn put(&self, pool: &PoolName, offering: Offering) {
+    fn put(&self, pool: &PoolName, offering: Vec<Offering>) {
         self.0
             .lock()
             .unwrap()
@@ -259,28 +255,33 @@ impl OfferingCache {
     }
 }
 
-async fn offering(shared: &Shared, name: &PoolName) -> Offering {
+/// What the driver says of each of pool `name`'s types, in its order of
+/// preference (nothing, where it cannot say in time).
+async fn offerings(shared: &Shared, name: &PoolName) -> Vec<Offering> {
     if let Some(known) = shared.offerings.fresh(name) {
         return known;
     }
     let Some(pool) = shared.pools.get(name) else {
-        return Offering::default();
+        return Vec::new();
     };
     let set = &shared.sets[&pool.driver];
-    let asked = tokio::time::timeout(OFFERING_WAIT, set.offering(name, &pool.instance_type));
-    let offering = match asked.await {
-        Ok(Ok(offering)) => offering,
-        Ok(Err(e)) => {
-            tracing::info!(pool = %name, driver = %pool.driver, error = %e, "cannot tell what the pool's nodes are or cost");
-            Offering::default()
+    let asked = pool.preference().into_iter().map(|t| async {
+        let asked = tokio::time::timeout(OFFERING_WAIT, set.offering(name, &t.instance_type));
+        match asked.await {
+            Ok(Ok(offering)) => offering,
+            Ok(Err(e)) => {
+                tracing::info!(pool = %name, driver = %pool.driver, instance_type = %t.instance_type, error = %e, "cannot tell what the pool's nodes are or cost");
+                Offering::default()
+            }
+            Err(_) => {
+                tracing::info!(pool = %name, driver = %pool.driver, instance_type = %t.instance_type, "the driver did not say in time what the pool's nodes are or cost");
+                Offering::default()
+            }
         }
-        Err(_) => {
-            tracing::info!(pool = %name, driver = %pool.driver, "the driver did not say in time what the pool's nodes are or cost");
-            Offering::default()
-        }
-    };
-    shared.offerings.put(name, offering.clone());
-    offering
+    });
+    let offerings = join_all(asked).await;
+    shared.offerings.put(name, offerings.clone());
+    offerings
 }
 
 impl Engine {
@@ -288,17 +289,24 @@ impl Engine {
     pub async fn list_pools(&self) -> Vec<PoolView> {
         let shared = &self.shared;
         let pools = shared.pools.snapshot();
-        let offerings = join_all(pools.keys().map(|name| offering(shared, name))).await;
+        let offerings = join_all(pools.keys().map(|name| offerings(shared, name))).await;
         pools
             .iter()
             .zip(offerings)
-            .map(|((name, pool), offering)| PoolView {
+            .map(|((name, pool), offerings)| PoolView {
                 name: name.clone(),
                 driver: pool.driver.clone(),
-                instance_type: pool.instance_type.clone(),
                 is_default: *name == shared.default_pool,
-                price_per_hour: pool.price_per_hour,
-                offering,
+                types: pool
+                    .preference()
+                    .into_iter()
+                    .cloned()
+                    .zip(
+                        offerings
+                            .into_iter()
+                            .chain(std::iter::repeat(Offering::default())),
+                    )
+                    .collect(),
                 source: pool.source,
             })
             .collect()

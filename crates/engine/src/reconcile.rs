@@ -7,9 +7,9 @@ use std::sync::Arc;
 
 use flotilla_cloud::{CloudError, CreateRequest, Health, Instance, InstanceSet};
 use flotilla_domain::{
-    is_current, plan, ClusterName, ClusterRecord, DestroyReason, InstanceId, LaunchVersion,
-    NodeRecord, NodeState, ObservedNode, Obstacle, ObstacleCode, Plan, PoolError, PoolErrorKey,
-    PoolErrorKind, WantedNodes,
+    plan, ClusterName, ClusterRecord, DestroyReason, InstanceId, InstanceType, LaunchVersion,
+    Launches, NodeRecord, NodeState, ObservedNode, Obstacle, ObstacleCode, Plan, PoolError,
+    PoolErrorKey, PoolErrorKind, PoolLaunch, WantedNodes,
 };
 use flotilla_store::{ClusterNodes, ClusterObstacle, Fence, GoneNode};
 use futures::future::join_all;
@@ -389,13 +389,25 @@ async fn reconcile(
     };
     let pool = pool_spec.as_deref();
     // What its nodes are launched with, resolved once for the pass; the
-    // version they should be at is None while the pool's image cannot be
-    // resolved (nothing is then outdated, and creates say why).
+    // versions they should be at are unknown while the pool's image cannot
+    // be resolved (no node of its types is then outdated, and creates say
+    // why).
     let launch = pool.map(|p| crate::pools::launch(&shared.shared_configs, p));
-    let version = launch
-        .as_ref()
-        .and_then(|l| l.as_ref().ok())
-        .map(|(_, v)| v.clone());
+    let resolved = launch.as_ref().and_then(|l| l.as_ref().ok());
+    let version = resolved.map(|l| l.version.clone());
+    let current: Option<Launches> = pool.map(|p| match resolved {
+        Some(l) => l.launches(),
+        None => Launches(
+            p.preference()
+                .into_iter()
+                .map(|t| (t.instance_type.clone(), None))
+                .collect(),
+        ),
+    });
+    // A node of one of the pool's types at the version it launches now.
+    let at_current = |ty: &InstanceType, v: Option<&LaunchVersion>| {
+        v.is_some() && resolved.is_some_and(|l| l.is_current(ty, v))
+    };
 
     let mut next = Earliest::default();
     let mut errors = Vec::new();
@@ -419,8 +431,7 @@ async fn reconcile(
                 };
                 Some(WantedNodes {
                     count,
-                    instance_type: p.instance_type.clone(),
-                    version: version.clone(),
+                    launches: current.clone().unwrap_or_default(),
                     replace,
                 })
             }
@@ -428,7 +439,10 @@ async fn reconcile(
         };
         // A replacement that became ready: the pool's rollout works.
         if let (Some(r), Some(v)) = (&record, &version) {
-            if became_ready.iter().any(|b| b.as_ref() == Some(v)) {
+            if became_ready
+                .iter()
+                .any(|(ty, b)| at_current(ty, b.as_ref()))
+            {
                 shared.rollouts.succeeded(&r.pool, v);
             }
         }
@@ -439,7 +453,7 @@ async fn reconcile(
         // the rollout.
         let mut at_version: Vec<InstanceId> = Vec::new();
         let mut failed_replacements: Vec<String> = Vec::new();
-        let (plan, _places, pool_full) = {
+        let (plan, _places, pool_full, types_of) = {
             let inv = shared.inventory.lock().unwrap();
             let set_inv = &inv[driver];
             let observed: Vec<ObservedNode> =
@@ -447,20 +461,26 @@ async fn reconcile(
             if let (Some(w), Some(r), Some(v)) = (&wanted, &record, &version) {
                 at_version = observed
                     .iter()
-                    .filter(|n| n.version.as_ref() == Some(v))
+                    .filter(|n| at_current(&n.instance_type, n.version.as_ref()))
                     .map(|n| n.id.clone())
                     .collect();
                 let outdated = observed.iter().any(|n| {
                     n.state != NodeState::ShuttingDown
-                        && !w.is_current(&n.instance_type, n.version.as_ref())
+                        && !w.launches.is_current(&n.instance_type, n.version.as_ref())
                 });
                 if outdated {
                     shared.rollouts.rolling(&r.pool, v);
                 }
             }
-            let may_create = wanted
-                .as_ref()
-                .map_or(0, |w| set_inv.may_create(&w.instance_type, Instant::now()));
+            // Some type the cloud is not out of will do.
+            let may_create = wanted.as_ref().map_or(0, |w| {
+                w.launches
+                    .0
+                    .iter()
+                    .map(|(ty, _)| set_inv.may_create(ty, Instant::now()))
+                    .max()
+                    .unwrap_or(0)
+            });
             // Every node failing its probe at once: suspect the prober
             // and replace nothing for failing probes.
             let mut timeouts = shared.config.timeouts;
@@ -520,12 +540,12 @@ async fn reconcile(
                         set.nodes(cluster)
                             .filter(|n| {
                                 n.state == NodeState::Ready
-                                    && is_current(
-                                        &p.instance_type,
-                                        version.as_ref(),
-                                        &n.instance.instance_type,
-                                        n.instance.pool_version().as_ref(),
-                                    )
+                                    && current.as_ref().is_some_and(|c| {
+                                        c.is_current(
+                                            &n.instance.instance_type,
+                                            n.instance.pool_version().as_ref(),
+                                        )
+                                    })
                             })
                             .count()
                     });
@@ -540,7 +560,11 @@ async fn reconcile(
                     }
                 }
             }
-            (plan, places, pool_full)
+            let types_of: std::collections::HashMap<InstanceId, InstanceType> = observed
+                .into_iter()
+                .map(|n| (n.id, n.instance_type))
+                .collect();
+            (plan, places, pool_full, types_of)
         };
 
         // Held while acting, so a new term of this server waits for the
@@ -615,17 +639,10 @@ async fn reconcile(
                             }
                             (kind, format!("node {id} {why}; replaced"))
                         });
-                        if let (Some((kind, message)), Some(r), Some(p)) = (given_up, &record, pool)
+                        if let (Some((kind, message)), Some(r), Some(ty)) =
+                            (given_up, &record, types_of.get(id))
                         {
-                            note_pool_error(
-                                shared,
-                                &r.pool,
-                                kind,
-                                None,
-                                cluster,
-                                &p.instance_type,
-                                message,
-                            );
+                            note_pool_error(shared, &r.pool, kind, None, cluster, ty, message);
                         }
                         shared
                             .inventory
@@ -637,14 +654,14 @@ async fn reconcile(
                     }
                     Err(CloudError::RateLimited { earliest_retry, .. }) => next.at(earliest_retry),
                     Err(e) => {
-                        if let (Some(r), Some(p)) = (&record, pool) {
+                        if let (Some(r), Some(ty)) = (&record, types_of.get(id)) {
                             note_pool_error(
                                 shared,
                                 &r.pool,
                                 PoolErrorKind::DestroyFailed,
                                 Some(obstacle_code(&e)),
                                 cluster,
-                                &p.instance_type,
+                                ty,
                                 format!("destroy {id}: {e}"),
                             );
                         }
@@ -724,7 +741,7 @@ async fn reconcile(
             }
         } else if plan.deferred > 0 {
             if let Some(pool) = pool {
-                let retry = set_inv.capacity_retry(&pool.instance_type, Instant::now());
+                let retry = capacity_retry(set_inv, pool);
                 if let Some(t) = retry {
                     next.at(t);
                 }
@@ -733,7 +750,7 @@ async fn reconcile(
                 if stall.is_none() {
                     *stall = Some(match set_inv.quota_blocked_at {
                         Some(at) => quota_stall(driver, at),
-                        None => capacity_stall(&pool.instance_type, retry),
+                        None => capacity_stall(pool, retry),
                     });
                 }
             }
@@ -841,7 +858,7 @@ async fn probe_due(
     driver: &str,
     set: &dyn InstanceSet,
     cluster: &ClusterName,
-) -> Vec<Option<LaunchVersion>> {
+) -> Vec<(InstanceType, Option<LaunchVersion>)> {
     let due: Vec<Instance> = {
         let inv = shared.inventory.lock().unwrap();
         let now = Instant::now();
@@ -877,7 +894,7 @@ async fn probe_due(
             now,
             shared.config.probe_interval,
         ) {
-            became_ready.push(instance.pool_version());
+            became_ready.push((instance.instance_type.clone(), instance.pool_version()));
         }
     }
     let suspect = set_inv.prober_suspect();
@@ -899,14 +916,14 @@ async fn create(
     set: &dyn InstanceSet,
     record: &ClusterRecord,
     pool: &PoolSpec,
-    launch: Result<&(Option<String>, LaunchVersion), &String>,
+    launch: Result<&PoolLaunch, &String>,
     mut remaining: u32,
     next: &mut Earliest,
     errors: &mut Vec<(ObstacleCode, String)>,
     stall: &mut Option<Stall>,
 ) -> Option<String> {
     let cluster = &record.name;
-    let (image, version) = match launch {
+    let launch = match launch {
         Ok(launch) => launch,
         Err(why) => {
             errors.push((
@@ -916,6 +933,8 @@ async fn create(
             return None;
         }
     };
+    // What the cloud said when it last had no capacity for a type.
+    let mut out_of_capacity: Option<String> = None;
     while remaining > 0 {
         // The cluster may have been destroyed or resized while this
         // reconcile probed and destroyed; never create on a stale read.
@@ -926,16 +945,44 @@ async fn create(
             next.at(Instant::now());
             return None;
         }
+        // The pool's first type (cheapest) the cloud is not out of.
+        let choice = {
+            let inv = shared.inventory.lock().unwrap();
+            let set_inv = &inv[driver];
+            let now = Instant::now();
+            let choice = launch
+                .types
+                .iter()
+                .find(|(ty, _)| set_inv.may_create(ty, now) > 0)
+                .cloned();
+            if choice.is_none() {
+                let retry = capacity_retry(set_inv, pool);
+                if let Some(t) = retry {
+                    next.at(t);
+                }
+                let mut s = match set_inv.quota_blocked_at {
+                    Some(at) => quota_stall(driver, at),
+                    None => capacity_stall(pool, retry),
+                };
+                if let Some(message) = &out_of_capacity {
+                    s.message = format!("{}: {message}", s.message);
+                }
+                s.attempted = out_of_capacity.is_some();
+                *stall = Some(s);
+            }
+            choice
+        };
+        let (instance_type, version) = choice?;
         let count = remaining.min(set.max_batch().max(1));
         let request = CreateRequest {
             cluster: cluster.clone(),
             pool: record.pool.clone(),
-            instance_type: pool.instance_type.clone(),
-            image: image.clone(),
+            instance_type: instance_type.clone(),
+            image: launch.image.clone(),
             tags: pool.tags.clone(),
             init_data: pool.init_data.clone(),
             workload: record.workload.clone(),
-            pool_version: Some(version.clone()),
+            pool_version: Some(version),
             count,
         };
         let result = set.create(&request).await;
@@ -946,7 +993,7 @@ async fn create(
                 PoolErrorKind::CreateFailed,
                 Some(obstacle_code(e)),
                 cluster,
-                &pool.instance_type,
+                &instance_type,
                 format!("create: {e}"),
             );
         }
@@ -955,7 +1002,7 @@ async fn create(
         let set_inv = inv.get_mut(driver).expect("known driver");
         match result {
             Ok(made) => {
-                tracing::info!(%cluster, %driver, count = made.len(), "created nodes");
+                tracing::info!(%cluster, %driver, %instance_type, count = made.len(), "created nodes");
                 remaining = remaining.saturating_sub(made.len() as u32);
                 set_inv.add_created(cluster, made, now);
                 next.at(Instant::now());
@@ -971,15 +1018,22 @@ async fn create(
                 return None;
             }
             Err(CloudError::InsufficientCapacity { scope, message }) => {
+                // The next turn tries the pool's next type, if the scope
+                // leaves it one; else it says why it waits.
                 let until = Instant::now() + shared.config.capacity_backoff;
                 tracing::warn!(%driver, %scope, %message, "no cloud capacity; backing off this scope");
                 set_inv.capacity_backoff.insert(scope, until);
                 next.at(until);
-                let mut s = capacity_stall(&pool.instance_type, Some(until));
-                s.message = format!("{}: {message}", s.message);
-                s.attempted = true;
-                *stall = Some(s);
-                return None;
+                if set_inv.may_create(&instance_type, Instant::now()) > 0 {
+                    // A scope that does not tell which types it holds
+                    // back (a quota group): wait it out, not try again.
+                    let mut s = capacity_stall(pool, Some(until));
+                    s.message = format!("{}: {message}", s.message);
+                    s.attempted = true;
+                    *stall = Some(s);
+                    return None;
+                }
+                out_of_capacity = Some(message);
             }
             Err(CloudError::RateLimited {
                 earliest_retry,
@@ -1049,10 +1103,34 @@ fn quota_stall(driver: &str, instances: usize) -> Stall {
     }
 }
 
-fn capacity_stall(ty: &flotilla_domain::InstanceType, retry: Option<Instant>) -> Stall {
+/// When the earliest capacity back-off on one of `pool`'s types ends,
+/// if every type is backed off.
+fn capacity_retry(set: &crate::inventory::SetInventory, pool: &PoolSpec) -> Option<Instant> {
+    let now = Instant::now();
+    pool.types
+        .iter()
+        .map(|t| set.capacity_retry(&t.instance_type, now))
+        .collect::<Option<Vec<Instant>>>()?
+        .into_iter()
+        .min()
+}
+
+fn capacity_stall(pool: &PoolSpec, retry: Option<Instant>) -> Stall {
+    let types: Vec<String> = pool
+        .preference()
+        .iter()
+        .map(|t| t.instance_type.to_string())
+        .collect();
+    let message = match types.as_slice() {
+        [one] => format!("the cloud has no capacity for instance type {one} now"),
+        several => format!(
+            "the cloud has no capacity for any of instance types {} now",
+            several.join(", ")
+        ),
+    };
     Stall {
         code: ObstacleCode::NoCapacity,
-        message: format!("the cloud has no capacity for instance type {ty} now"),
+        message,
         retry,
         attempted: false,
     }

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use flotilla_domain::{
-    cluster_state, is_current, ClusterName, ClusterState, InstanceId, InstanceType, LaunchVersion,
-    NodeRecord, NodeState, ObservedNode, Obstacle, PoolName, Username,
+    cluster_state, ClusterName, ClusterState, InstanceId, InstanceType, LaunchVersion, NodeRecord,
+    NodeState, ObservedNode, Obstacle, PoolName, Username,
 };
 use tokio::time::Instant;
 
@@ -212,15 +212,11 @@ impl Engine {
         let observed: Vec<ObservedNode> = records.iter().map(NodeRecord::observed).collect();
         let launch = pool
             .as_ref()
-            .and_then(|p| crate::pools::launch(&self.shared.shared_configs, p).ok())
-            .map(|(_, version)| version);
-        let outdated = |n: &NodeRecord| match (&pool, &launch) {
-            (Some(p), Some(v)) if n.state != NodeState::ShuttingDown => !is_current(
-                &p.instance_type,
-                Some(v),
-                &n.instance_type,
-                n.pool_version.as_ref(),
-            ),
+            .and_then(|p| crate::pools::launch(&self.shared.shared_configs, p).ok());
+        let outdated = |n: &NodeRecord| match &launch {
+            Some(l) if n.state != NodeState::ShuttingDown => {
+                !l.is_current(&n.instance_type, n.pool_version.as_ref())
+            }
             _ => false,
         };
         let mut nodes: Vec<NodeView> = records
@@ -239,11 +235,7 @@ impl Engine {
             })
             .collect();
         nodes.sort_by(|a, b| a.launched_at.cmp(&b.launched_at).then(a.id.cmp(&b.id)));
-        let mut state = cluster_state(
-            record.as_ref(),
-            &observed,
-            pool.as_ref().map(|p| &p.instance_type),
-        );
+        let mut state = cluster_state(record.as_ref(), &observed, pool.as_deref());
         let org = self.org(cluster).map(|o| {
             let now = self.shared.clock.now();
             let sizing = o.sizing(now);
@@ -261,9 +253,9 @@ impl Engine {
         });
         let outdated = nodes.iter().filter(|n| n.outdated).count() as u32;
         let rollout = match (&record, launch) {
-            (Some(r), Some(version)) if outdated > 0 => Some(RolloutView {
-                state: RolloutState::of(self.shared.rollouts.hold(&r.pool), &version),
-                version,
+            (Some(r), Some(launch)) if outdated > 0 => Some(RolloutView {
+                state: RolloutState::of(self.shared.rollouts.hold(&r.pool), &launch.version),
+                version: launch.version,
                 outdated,
             }),
             _ => None,

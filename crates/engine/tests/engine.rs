@@ -247,15 +247,7 @@ async fn boot_timeout_replaces_a_node() {
         "exactly one replacement"
     );
     // The pool keeps it as an error: the node given up on.
-    let pool = flotilla_domain::PoolName::new("default").unwrap();
-    let mut errors = Vec::new();
-    for _ in 0..50 {
-        errors = h.store.pool_errors(&pool, None, 10).await.unwrap();
-        if !errors.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let errors = pool_errors_published(&h, "default").await;
     assert_eq!(errors.len(), 1, "{errors:?}");
     assert_eq!(
         errors[0].key.kind,
@@ -472,9 +464,10 @@ async fn pools_are_listed_with_their_offerings_asked_once_a_ttl() {
     let default = &pools[1];
     assert!(default.is_default && !pools[0].is_default);
     assert_eq!(default.driver, "fake");
-    assert_eq!(default.instance_type.as_str(), "fake.small");
-    assert_eq!(default.offering.shape, Some(FAKE_SHAPE));
-    assert_eq!(default.offering.spot_price, None);
+    let (ty, offering) = &default.types[0];
+    assert_eq!(ty.instance_type.as_str(), "fake.small");
+    assert_eq!(offering.shape, Some(FAKE_SHAPE));
+    assert_eq!(offering.spot_price, None);
     assert_eq!(h.cloud.stats().offerings, 3, "one per pool");
     // Listing again within the TTL asks the driver nothing.
     for _ in 0..5 {
@@ -494,7 +487,7 @@ async fn a_driver_slow_to_describe_its_pools_does_not_hold_up_the_listing() {
     let before = Instant::now();
     let pools = h.engine.list_pools().await;
     assert_eq!(Instant::now() - before, OFFERING_WAIT);
-    assert!(pools.iter().all(|p| p.offering == Offering::default()));
+    assert!(pools.iter().all(|p| p.types[0].1 == Offering::default()));
     assert_eq!(pools.len(), 3, "the pools are listed all the same");
     // Remembered as unknown for the TTL: no call piles up behind the slow one.
     drop(hold);
@@ -503,7 +496,7 @@ async fn a_driver_slow_to_describe_its_pools_does_not_hold_up_the_listing() {
     assert_eq!(h.cloud.stats().offerings, asked);
     tokio::time::sleep(OFFERING_TTL).await;
     let pools = h.engine.list_pools().await;
-    assert!(pools.iter().all(|p| p.offering.shape == Some(FAKE_SHAPE)));
+    assert!(pools.iter().all(|p| p.types[0].1.shape == Some(FAKE_SHAPE)));
     h.stop().await;
 }
 
@@ -543,4 +536,82 @@ async fn a_refusing_cloud_is_in_the_status_retried_when_it_says_and_cleared_once
         .await;
     assert_eq!(h.status("c").obstacle, None, "cleared once it gave way");
     h.stop().await;
+}
+
+/// A pool of several instance types makes each node of the cheapest the
+/// cloud has capacity for: out of the cheapest, it goes on with the next
+/// at once; nodes of any of its types serve, none is replaced for it; once
+/// the cheapest is back (its back-off over), new nodes are of it again.
+#[tokio::test(start_paused = true)]
+async fn a_pool_of_several_types_falls_back_to_the_next_cheapest() {
+    use flotilla_control::ApplyPool;
+    use flotilla_domain::Caller;
+    let mut h = Harness::new(FakeConfig {
+        unavailable_types: vec!["fake.spot".into()],
+        ..FakeConfig::default()
+    })
+    .await;
+    h.control
+        .run(
+            &Caller::local_operator(),
+            ApplyPool {
+                pool: "mixed".into(),
+                document: serde_json::json!({
+                    "driver": "fake", "price_per_hour": "0.10",
+                    "instance_types": ["fake.small", {"name": "fake.spot", "price_per_hour": "0.03"}]
+                }),
+                expected_version: Some(0),
+            },
+        )
+        .await
+        .expect("applied");
+    h.deploy("m", 2, 3600, Some("mixed")).await;
+    h.until(Duration::from_secs(5), "running on the dearer type", |h| {
+        h.running("m")
+    })
+    .await;
+    let types = |h: &Harness| -> Vec<String> {
+        h.status("m")
+            .nodes
+            .iter()
+            .map(|n| n.instance_type.to_string())
+            .collect()
+    };
+    assert_eq!(types(&h), ["fake.small", "fake.small"]);
+    assert!(h.status("m").nodes.iter().all(|n| !n.outdated));
+    assert!(h.status("m").rollout.is_none(), "nothing to replace");
+    assert_eq!(
+        h.cloud.stats().creates,
+        2,
+        "the cheapest refused, then the next at once"
+    );
+    let errors = pool_errors_published(&h, "mixed").await;
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].key.instance_type.as_str(), "fake.spot");
+
+    // The cheapest is back; once its back-off ends, new nodes are of it.
+    h.cloud.reconfigure(|c| c.unavailable_types.clear());
+    tokio::time::sleep(Duration::from_secs(61)).await;
+    h.deploy("m", 3, 3600, Some("mixed")).await;
+    h.until(Duration::from_secs(5), "running at three", |h| {
+        h.running("m")
+    })
+    .await;
+    let mut now = types(&h);
+    now.sort();
+    assert_eq!(now, ["fake.small", "fake.small", "fake.spot"]);
+    h.stop().await;
+}
+
+/// Pool `pool`'s errors once the leader has published some (within 5 s).
+async fn pool_errors_published(h: &Harness, pool: &str) -> Vec<flotilla_domain::PoolError> {
+    let pool = flotilla_domain::PoolName::new(pool).unwrap();
+    for _ in 0..50 {
+        let errors = h.store.pool_errors(&pool, None, 10).await.unwrap();
+        if !errors.is_empty() {
+            return errors;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Vec::new()
 }

@@ -466,3 +466,92 @@ async fn a_node_gone_while_the_server_was_down_is_charged_to_the_first_listing_w
     );
     h.stop().await;
 }
+
+/// A pool of several types: each node is on the meter at its own type's
+/// price, the burn rate adds them up, and forecasts count the dearest.
+#[tokio::test(start_paused = true)]
+async fn each_node_is_charged_at_its_own_types_price() {
+    use flotilla_control::ApplyPool;
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    accounts(&*store).await;
+    let cloud = FakeCloud::new(FakeConfig {
+        unavailable_types: vec!["fake.spot".into()],
+        ..FakeConfig::default()
+    });
+    let mut h = start(store.clone(), cloud.clone()).await;
+    let admin = Caller::local_operator();
+    let apply = ApplyPool {
+        pool: "mixed".into(),
+        document: serde_json::json!({
+            "driver": "fake",
+            "instance_types": [
+                {"name": "fake.small", "price_per_hour": "0.10"},
+                {"name": "fake.spot", "price_per_hour": "0.03"}
+            ]
+        }),
+        expected_version: Some(0),
+    };
+    h.control.run(&admin, apply).await.unwrap();
+    let create = CreateOrg {
+        name: name("lab"),
+        owners: vec!["ann".into()],
+        pool: Some("mixed".into()),
+    };
+    h.control.run(&admin, create).await.unwrap();
+    let credit = CreditOrg {
+        org: name("lab"),
+        amount: m("100"),
+        reason: "grant".into(),
+    };
+    h.control.run(&admin, credit).await.unwrap();
+    // Two of the dearer type while the cheaper has no capacity, then one
+    // of the cheaper once it has.
+    h.capacity(&caller("ann"), &name("lab"), 2, 24 * HOUR, false)
+        .await
+        .unwrap();
+    ready(&h, 2).await;
+    cloud.reconfigure(|c| c.unavailable_types.clear());
+    tokio::time::sleep(Duration::from_secs(61)).await;
+    h.capacity(&caller("ann"), &name("lab"), 3, 24 * HOUR, false)
+        .await
+        .unwrap();
+    ready(&h, 3).await;
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    h.engine.accrue_now().await.unwrap();
+
+    let types: std::collections::BTreeMap<String, String> = h
+        .status("lab")
+        .nodes
+        .iter()
+        .map(|n| (n.id.to_string(), n.instance_type.to_string()))
+        .collect();
+    let org = store.get_org(&name("lab")).await.unwrap().unwrap();
+    let until = org.accrued_until.unwrap();
+    let meters = store.usage(&name("lab")).await.unwrap();
+    assert_eq!(meters.len(), 3, "{meters:?}");
+    let mut prices: Vec<String> = meters
+        .iter()
+        .map(|n| {
+            let price = match types[n.id.as_str()].as_str() {
+                "fake.spot" => m("0.03"),
+                _ => m("0.10"),
+            };
+            assert_eq!(n.price_per_hour, price, "{n:?}");
+            assert_eq!(n.charged(), lifetime_cost(price, n.launched_at, until));
+            price.to_string()
+        })
+        .collect();
+    prices.sort();
+    assert_eq!(
+        prices,
+        [m("0.03"), m("0.10"), m("0.10")].map(|p| p.to_string())
+    );
+    let view = h
+        .control
+        .get_org(&caller("ann"), &name("lab"))
+        .await
+        .unwrap();
+    assert_eq!(view.burn_per_hour, m("0.23"), "each at its price");
+    assert_eq!(view.price_per_hour, m("0.10"), "forecasts: the dearest");
+    h.stop().await;
+}

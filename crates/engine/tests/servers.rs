@@ -221,7 +221,7 @@ async fn a_pool_written_at_one_server_is_every_servers() {
     assert!(b.engine.pool(&tiny).is_some());
     a.engine.catch_up().await;
     assert_eq!(
-        a.engine.pool(&tiny).map(|p| p.instance_type.to_string()),
+        a.engine.pool(&tiny).map(|p| p.preferred().to_string()),
         Some("fake.tiny".to_owned())
     );
     b.deploy("small", 2, 3600, Some("tiny")).await;

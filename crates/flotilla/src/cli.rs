@@ -11,10 +11,10 @@ use flotilla_api_types::{
     CreateOrgRequest, CreateUserRequest, CreditRequest, DeployRequest, ErrorBody, Event, EventList,
     ExecRequest, ExecResponse, ExtendRequest, GithubLoginRequest, Ledger, Level, LoginRequest,
     MemberRoleRequest, MembershipRequestResponse, NodeLogs, OrgClusterStatus, OrgList, OrgView,
-    PoolApplied, PoolDetail, PoolErrorList, PoolHistory, PoolList, PoolRollout, PoolVersion,
-    PoolView, RefreshRequest, SchemaIndex, SharedConfigList, SharedConfigRequest, SharedConfigView,
-    SigningKeyList, TokenResponse, UpdateOrgRequest, UpdateUserRequest, Usage, UserList, UserView,
-    WhoAmI,
+    PoolApplied, PoolDetail, PoolErrorList, PoolHistory, PoolList, PoolRollout, PoolTypeView,
+    PoolVersion, PoolView, RefreshRequest, SchemaIndex, SharedConfigList, SharedConfigRequest,
+    SharedConfigView, SigningKeyList, TokenResponse, UpdateOrgRequest, UpdateUserRequest, Usage,
+    UserList, UserView, WhoAmI,
 };
 use flotilla_domain::Money;
 use reqwest::StatusCode;
@@ -396,7 +396,16 @@ impl Client {
                     .iter()
                     .map(|p| {
                         let default = if p.default { ", default" } else { "" };
-                        format!("{} ({} {}{default})", p.name, p.driver, p.instance_type)
+                        let more = p.types.len().saturating_sub(1);
+                        let more = if more > 0 {
+                            format!(" and {more} more")
+                        } else {
+                            String::new()
+                        };
+                        format!(
+                            "{} ({} {}{more}{default})",
+                            p.name, p.driver, p.instance_type
+                        )
                     })
                     .collect();
                 say("ok", format!("pools: {}", names.join(", ")));
@@ -2143,36 +2152,50 @@ pub fn parse_level(s: &str) -> std::result::Result<Level, String> {
         .map_err(|_| format!("{s:?} is not a level; use github_member, org_member or admin"))
 }
 
-/// `pools`: one row each.
 /// A JSON document as TOML (as a pool file is written).
 fn toml_of(document: &serde_json::Value) -> String {
     toml::to_string(document)
         .unwrap_or_else(|_| serde_json::to_string_pretty(document).unwrap_or_default() + "\n")
 }
 
+/// `pools`: a row per pool and instance type (the cheapest, made first,
+/// on the pool's own row).
 fn pools_table(pools: &[PoolView]) -> String {
-    let rows: Vec<Vec<String>> = pools
-        .iter()
-        .map(|p| {
-            vec![
-                p.name.clone(),
-                p.driver.clone(),
-                p.instance_type.clone(),
-                format!("{}/h", rate(&p.price_per_hour)),
-                p.shape.as_ref().map_or("-".into(), |s| {
+    let mut rows: Vec<Vec<String>> = Vec::new();
+    for p in pools {
+        let types = if p.types.is_empty() {
+            // A server from before pools had several types.
+            vec![PoolTypeView {
+                instance_type: p.instance_type.clone(),
+                price_per_hour: p.price_per_hour.clone(),
+                shape: p.shape,
+                spot_price: p.spot_price.clone(),
+            }]
+        } else {
+            p.types.clone()
+        };
+        for (i, t) in types.iter().enumerate() {
+            let first = i == 0;
+            let own = |s: String| if first { s } else { String::new() };
+            rows.push(vec![
+                own(p.name.clone()),
+                own(p.driver.clone()),
+                t.instance_type.clone(),
+                format!("{}/h", rate(&t.price_per_hour)),
+                t.shape.as_ref().map_or("-".into(), |s| {
                     format!("{} vCPU {} MiB", s.vcpus, s.memory_mib)
                 }),
-                p.spot_price.as_ref().map_or("-".into(), |spot| {
+                t.spot_price.as_ref().map_or("-".into(), |spot| {
                     format!(
                         "spot ${:.4}/h ({})",
                         spot.usd_per_hour, spot.availability_zone
                     )
                 }),
-                if p.default { "default" } else { "" }.to_owned(),
-                p.source.clone(),
-            ]
-        })
-        .collect();
+                own(if p.default { "default" } else { "" }.to_owned()),
+                own(p.source.clone()),
+            ]);
+        }
+    }
     table(
         &[
             "POOL",

@@ -531,11 +531,23 @@ impl Config {
             lines.push(line);
         }
         for (name, pool) in &self.pools {
+            let types = match pool.preference().as_slice() {
+                [one] => format!(
+                    "instance type {}, ${}/h",
+                    one.instance_type, one.price_per_hour
+                ),
+                several => format!(
+                    "instance types {}",
+                    several
+                        .iter()
+                        .map(|t| format!("{} (${}/h)", t.instance_type, t.price_per_hour))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            };
             lines.push(format!(
-                "pool {name}: driver {}, instance type {}, ${}/h{}",
+                "pool {name}: driver {}, {types}{}",
                 pool.driver,
-                pool.instance_type,
-                pool.price_per_hour,
                 if *name == self.default_pool {
                     " (default)"
                 } else {
@@ -1065,10 +1077,7 @@ mod tests {
         assert_eq!(c.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
         assert!(matches!(c.drivers["local"], DriverConfig::Local { .. }));
         assert_eq!(c.default_pool.as_str(), "default");
-        assert_eq!(
-            c.pools[&c.default_pool].instance_type.as_str(),
-            "local.small"
-        );
+        assert_eq!(c.pools[&c.default_pool].preferred().as_str(), "local.small");
         assert_eq!(c.engine.resync_interval, Duration::from_secs(10));
         assert_eq!(c.engine.timeouts.boot, Duration::from_secs(600));
     }
@@ -1152,7 +1161,7 @@ image = "ami-12c6146b"
         assert_eq!(aws.ops_per_second, None);
         let pool = &c.pools[&PoolName::new("ec2").unwrap()];
         assert_eq!(pool.driver, "aws");
-        assert_eq!(pool.instance_type.as_str(), "t3.micro");
+        assert_eq!(pool.preferred().as_str(), "t3.micro");
         assert_eq!(
             pool.image.as_ref().and_then(|i| i.id()),
             Some("ami-12c6146b")
@@ -1411,7 +1420,7 @@ image = "ami-12c6146b"
             )
             .unwrap()
         };
-        let p = |c: &Config| c.pools[&c.default_pool].price_per_hour;
+        let p = |c: &Config| c.pools[&c.default_pool].types[0].price_per_hour;
         assert_eq!(
             p(&c("\"0.10\"")),
             flotilla_domain::Money::from_micros(100_000)
@@ -1423,7 +1432,7 @@ image = "ami-12c6146b"
             flotilla_domain::Money::from_dollars(2).unwrap()
         );
         assert_eq!(
-            Config::parse("", "x").unwrap().pools[&PoolName::new("default").unwrap()]
+            Config::parse("", "x").unwrap().pools[&PoolName::new("default").unwrap()].types[0]
                 .price_per_hour,
             flotilla_domain::Money::ZERO
         );

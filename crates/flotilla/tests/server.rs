@@ -1308,3 +1308,68 @@ fn a_changed_pool_rolls_its_local_nodes_over() {
         node_processes(&sandbox.path()).len() == 2
     });
 }
+
+/// A pool of several instance types, from a file: `flotilla pools` lists a
+/// row per type, cheapest first; real nodes are made of the cheapest;
+/// adding a type replaces nothing, dropping the one they are of rolls them
+/// over to the next.
+#[test]
+fn a_pool_of_several_types_makes_nodes_of_the_cheapest() {
+    let sandbox = Sandbox::new();
+    let server = Server::start(&sandbox.path());
+    let file = sandbox.path().join("mixed.toml");
+    let types = |list: &str| {
+        format!("driver = \"local\"\nprice_per_hour = \"0.02\"\ninstance_types = [{list}]\n")
+    };
+    std::fs::write(
+        &file,
+        types(r#""local.b", { name = "local.a", price_per_hour = "0.01" }"#),
+    )
+    .unwrap();
+    let out = server.cli(&["pool", "apply", file.to_str().unwrap()]);
+    assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    let out = server.cli(&["pools"]);
+    let listed = String::from_utf8_lossy(&out.stdout);
+    let a = listed.find("local.a").expect("local.a listed");
+    let b = listed.find("local.b").expect("local.b listed");
+    assert!(a < b, "the cheapest first: {listed}");
+    assert!(
+        listed.contains("$0.01/h") && listed.contains("$0.02/h"),
+        "{listed}"
+    );
+
+    let out = server.cli(&[
+        "deploy", "site", "--nodes", "2", "--ttl", "10m", "--pool", "mixed", "--wait",
+    ]);
+    assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    let node_types = || -> Vec<String> {
+        server.status("site")["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["instance_type"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(node_types(), ["local.a", "local.a"]);
+
+    // A type added: nothing to replace.
+    std::fs::write(
+        &file,
+        types(r#""local.b", { name = "local.a", price_per_hour = "0.01" }, "local.c""#),
+    )
+    .unwrap();
+    let out = server.cli(&["pool", "apply", file.to_str().unwrap(), "--dry-run"]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(!said.contains("would replace"), "{said}");
+    // The one its nodes are of dropped: they roll over to the next.
+    std::fs::write(&file, types(r#""local.b", "local.c""#)).unwrap();
+    let out = server.cli(&["pool", "apply", file.to_str().unwrap(), "--dry-run"]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("would replace 2 node(s)"), "{said}");
+    let out = server.cli(&["pool", "apply", file.to_str().unwrap()]);
+    assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    wait_for("every node of the next type", || {
+        let s = server.status("site");
+        s.get("rollout").is_none() && ready_nodes(&s) == 2 && node_types() == ["local.b", "local.b"]
+    });
+}

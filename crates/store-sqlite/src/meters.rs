@@ -101,7 +101,7 @@ pub(crate) async fn on_publish(
     published: &ClusterNodes,
     now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
-    let Some(price) = published.meter else {
+    let Some(prices) = &published.meter else {
         return Ok(());
     };
     let org = &published.cluster;
@@ -114,7 +114,7 @@ pub(crate) async fn on_publish(
     }
     let mut on_record = unsettled(conn, org).await?;
     on_record.extend(settled_of(conn, org, published).await?);
-    let writes = meters::on_publish(on_record, published, price, now);
+    let writes = meters::on_publish(on_record, published, prices, now);
     let mut add_cols = MeterColumns::default();
     writes.add.iter().for_each(|m| add_cols.push(m));
     add(conn, &add_cols).await?;
@@ -159,12 +159,12 @@ pub(crate) async fn add_listed(
 ) -> Result<(), StoreError> {
     let mut cols = MeterColumns::default();
     for u in usage {
-        for (id, launched) in &u.nodes {
+        for n in &u.nodes {
             cols.push(&NodeMeter::new(
                 u.org.clone(),
-                id.clone(),
-                *launched,
-                u.price_per_hour,
+                n.id.clone(),
+                n.launched_at,
+                n.price_per_hour,
             ));
         }
     }

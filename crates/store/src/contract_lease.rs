@@ -164,8 +164,7 @@ pub async fn writes_of_an_ended_term_are_refused_and_change_nothing(h: Harness) 
     fenced(a.expire_capacity(t(3600), old).await, old);
     let usage = OrgUsage {
         org: org.clone(),
-        nodes: super::orgs::listed(&[t(5)]),
-        price_per_hour: flotilla_domain::Money::from_micros(1_000_000),
+        nodes: super::orgs::listed(&[t(5)], flotilla_domain::Money::from_micros(1_000_000)),
     };
     fenced(
         a.accrue(std::slice::from_ref(&usage), t(3600), old).await,

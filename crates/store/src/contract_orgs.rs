@@ -31,11 +31,16 @@ fn m(s: &str) -> Money {
 /// Listed nodes `n0`, `n1`, … launched at `launches`.
 pub(super) fn listed(
     launches: &[chrono::DateTime<chrono::Utc>],
-) -> Vec<(InstanceId, chrono::DateTime<chrono::Utc>)> {
+    price_per_hour: Money,
+) -> Vec<crate::UsedNode> {
     launches
         .iter()
         .enumerate()
-        .map(|(i, at)| (InstanceId::new(format!("n{i}")), *at))
+        .map(|(i, at)| crate::UsedNode {
+            id: InstanceId::new(format!("n{i}")),
+            launched_at: *at,
+            price_per_hour,
+        })
         .collect()
 }
 
@@ -54,6 +59,7 @@ fn running(id: &str, launched: i64) -> NodeRecord {
 fn gone(id: &str, launched: i64, gone_at: i64) -> GoneNode {
     GoneNode {
         id: InstanceId::new(id),
+        instance_type: flotilla_domain::InstanceType::new("t").unwrap(),
         launched_at: t(launched),
         gone_at: t(gone_at),
     }
@@ -286,8 +292,7 @@ pub async fn accrual_is_exact_split_by_user_and_day_and_matches_the_ledger(h: Ha
     let launches = vec![t(20), t(25)];
     let usage = |_at: i64| OrgUsage {
         org: name("lab"),
-        nodes: listed(&launches),
-        price_per_hour: PRICE,
+        nodes: listed(&launches, PRICE),
     };
     // Uneven passes across a UTC midnight (t(0) is 22:13:20 UTC).
     let mut at = 30;
@@ -340,8 +345,7 @@ pub async fn running_out_shuts_the_cluster_down(h: Harness) {
     ask(store, "ann", 2, 24 * HOUR, 10).await.unwrap();
     let usage = OrgUsage {
         org: name("lab"),
-        nodes: listed(&[t(10), t(10)]),
-        price_per_hour: PRICE,
+        nodes: listed(&[t(10), t(10)], PRICE),
     };
     // $2 at $0.20/h reaches $0.50 after 7.5 h.
     assert!(store
@@ -538,8 +542,7 @@ pub async fn two_servers_never_overspend_or_double_charge(h: Harness) {
     // Both servers run passes at the same moments: each moment is charged once.
     let usage = OrgUsage {
         org: lab.clone(),
-        nodes: listed(&[t(2); 10]),
-        price_per_hour: price,
+        nodes: listed(&[t(2); 10], price),
     };
     for step in 1..=20 {
         let now = t(2 + step * 60);
@@ -574,7 +577,7 @@ async fn publish_lab(
         cluster: name("lab"),
         is_public: false,
         nodes,
-        meter: Some(PRICE),
+        meter: Some(flotilla_domain::NodePrices::flat(PRICE)),
         gone,
     };
     store
@@ -601,8 +604,11 @@ pub async fn every_node_is_charged_from_launch_to_gone(h: Harness) {
     // A node the pass lists but nothing published yet is put on the meter.
     let usage = OrgUsage {
         org: name("lab"),
-        nodes: vec![(InstanceId::new("n3"), t(390))],
-        price_per_hour: PRICE,
+        nodes: vec![crate::UsedNode {
+            id: InstanceId::new("n3"),
+            launched_at: t(390),
+            price_per_hour: PRICE,
+        }],
     };
     store
         .accrue(std::slice::from_ref(&usage), t(400), fence)

@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use flotilla_domain::{ClusterName, InstanceId, Money, NodeRecord, Obstacle, PoolError, PoolName};
+use flotilla_domain::{
+    ClusterName, InstanceId, InstanceType, NodePrices, NodeRecord, Obstacle, PoolError, PoolName,
+};
 
 use crate::StoreError;
 
@@ -31,9 +33,10 @@ pub struct ClusterNodes {
     /// The cluster's, so its change is as readable as its status.
     pub is_public: bool,
     pub nodes: Vec<NodeRecord>,
-    /// The price per node-hour when the cluster is an organisation's: its
-    /// nodes are metered (see [`crate::meters`]). None: not charged.
-    pub meter: Option<Money>,
+    /// What its nodes cost per hour, by type, when the cluster is an
+    /// organisation's: its nodes are metered (see [`crate::meters`]), each
+    /// at its type's price when first seen. None: not charged.
+    pub meter: Option<NodePrices>,
     /// Nodes a listing stopped showing since the cluster was last
     /// published, with when; each one's meter ends there.
     pub gone: Vec<GoneNode>,
@@ -43,6 +46,7 @@ pub struct ClusterNodes {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GoneNode {
     pub id: InstanceId,
+    pub instance_type: InstanceType,
     pub launched_at: DateTime<Utc>,
     /// When the listing that no longer showed it was taken in.
     pub gone_at: DateTime<Utc>,

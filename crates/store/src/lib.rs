@@ -38,7 +38,7 @@ pub use flotilla_domain::CostRow;
 pub use keys::{keys_change, AddKeys, SigningKeyRecord};
 pub use lease::{ClusterNodes, ClusterObstacle, Fence, GoneNode, Lease, LeaseStore};
 pub use memory::MemoryStore;
-pub use orgs::{OrgChange, OrgChanged, OrgStore, OrgUsage};
+pub use orgs::{OrgChange, OrgChanged, OrgStore, OrgUsage, UsedNode};
 pub use pools::{
     check_stale, in_use, next_shared_version, next_version, pause_change, pool_change,
     resume_change, shared_config_change, stop_change, PoolRecord, PoolStore, PoolWrite,

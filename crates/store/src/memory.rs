@@ -758,12 +758,12 @@ impl OrgStore for MemoryStore {
             if !inner.orgs.contains_key(&u.org) {
                 continue;
             }
-            for (id, launched) in &u.nodes {
+            for n in &u.nodes {
                 inner
                     .meters
-                    .entry((u.org.clone(), id.clone()))
+                    .entry((u.org.clone(), n.id.clone()))
                     .or_insert_with(|| {
-                        NodeMeter::new(u.org.clone(), id.clone(), *launched, u.price_per_hour)
+                        NodeMeter::new(u.org.clone(), n.id.clone(), n.launched_at, n.price_per_hour)
                     });
             }
         }
@@ -1117,7 +1117,11 @@ impl LeaseStore for MemoryStore {
                 inner.nodes.insert(c.cluster.clone(), nodes);
             }
             inner.record(NewChange::nodes(&c.cluster, c.is_public, &c.nodes), now);
-            let Some(price) = c.meter.filter(|_| inner.orgs.contains_key(&c.cluster)) else {
+            let Some(prices) = c
+                .meter
+                .clone()
+                .filter(|_| inner.orgs.contains_key(&c.cluster))
+            else {
                 continue;
             };
             let on_record = inner
@@ -1128,7 +1132,7 @@ impl LeaseStore for MemoryStore {
                 })
                 .cloned()
                 .collect();
-            let writes = crate::meters::on_publish(on_record, c, price, now);
+            let writes = crate::meters::on_publish(on_record, c, &prices, now);
             for m in writes.add {
                 inner
                     .meters

@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use flotilla_domain::{InstanceId, LedgerEntry, Money, NodeEndSeen, NodeMeter, OrgName};
+use flotilla_domain::{InstanceId, LedgerEntry, NodeEndSeen, NodeMeter, NodePrices, OrgName};
 
 use crate::ClusterNodes;
 
@@ -33,7 +33,7 @@ pub struct MeterWrites {
 pub fn on_publish(
     on_record: Vec<NodeMeter>,
     published: &ClusterNodes,
-    price_per_hour: Money,
+    prices: &NodePrices,
     now: DateTime<Utc>,
 ) -> MeterWrites {
     let mut writes = MeterWrites::default();
@@ -48,7 +48,7 @@ pub fn on_publish(
                 cluster.clone(),
                 n.id.clone(),
                 n.launched_at,
-                price_per_hour,
+                prices.of(&n.instance_type),
             )),
             Some(m) if m.end.is_some() => {
                 m.reopen();
@@ -66,8 +66,8 @@ pub fn on_publish(
             }
             Some(_) => {}
             None => {
-                let mut m =
-                    NodeMeter::new(cluster.clone(), g.id.clone(), g.launched_at, price_per_hour);
+                let price = prices.of(&g.instance_type);
+                let mut m = NodeMeter::new(cluster.clone(), g.id.clone(), g.launched_at, price);
                 m.end_at(g.gone_at, NodeEndSeen::Gone);
                 writes.add.push(m);
             }
@@ -238,5 +238,70 @@ impl PassWrites {
             self.touched.push(org.clone());
         }
         (kept, touched)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flotilla_domain::{ClusterName, InstanceType, NodeRecord, NodeState, PoolSpec, PoolType};
+
+    #[test]
+    fn each_node_is_metered_at_its_types_price() {
+        let ty = |n: &str| InstanceType::new(n).unwrap();
+        let price = |s: &str| s.parse::<flotilla_domain::Money>().unwrap();
+        let mut pool = PoolSpec::new("aws", ty("t3.small"));
+        pool.types = vec![
+            PoolType {
+                instance_type: ty("t3.small"),
+                price_per_hour: price("0.02"),
+            },
+            PoolType {
+                instance_type: ty("m5.large"),
+                price_per_hour: price("0.10"),
+            },
+        ];
+        let now = Utc::now();
+        let node = |id: &str, t: &str| NodeRecord {
+            id: InstanceId::new(id),
+            instance_type: ty(t),
+            launched_at: now,
+            state: NodeState::Ready,
+            state_since: now,
+            address: None,
+            pool_version: None,
+        };
+        let published = ClusterNodes {
+            cluster: ClusterName::new("lab").unwrap(),
+            is_public: false,
+            nodes: vec![
+                node("a", "t3.small"),
+                node("b", "m5.large"),
+                node("c", "c5.large"),
+            ],
+            meter: Some(pool.prices()),
+            gone: vec![crate::GoneNode {
+                id: InstanceId::new("d"),
+                instance_type: ty("m5.large"),
+                launched_at: now,
+                gone_at: now,
+            }],
+        };
+        let writes = on_publish(Vec::new(), &published, &pool.prices(), now);
+        let prices: Vec<(&str, String)> = writes
+            .add
+            .iter()
+            .map(|m| (m.id.as_str(), m.price_per_hour.to_string()))
+            .collect();
+        assert_eq!(
+            prices,
+            [
+                ("a", price("0.02").to_string()),
+                ("b", price("0.10").to_string()),
+                ("c", price("0.10").to_string()),
+                ("d", price("0.10").to_string())
+            ],
+            "a type the pool no longer names is charged at its dearest"
+        );
     }
 }

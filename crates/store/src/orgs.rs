@@ -30,8 +30,14 @@ pub struct OrgChanged {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OrgUsage {
     pub org: OrgName,
-    /// Each listed node and its launch.
-    pub nodes: Vec<(InstanceId, DateTime<Utc>)>,
+    pub nodes: Vec<UsedNode>,
+}
+
+/// A node an organisation's cluster runs: its launch and what it costs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsedNode {
+    pub id: InstanceId,
+    pub launched_at: DateTime<Utc>,
     pub price_per_hour: Money,
 }
 

@@ -49,12 +49,12 @@ pub fn config() -> EngineConfig {
 
 pub fn pools() -> BTreeMap<PoolName, PoolSpec> {
     let pool = |ty: &str| PoolSpec {
-        // $0.10 per node-hour.
-        price_per_hour: flotilla_domain::Money::from_micros(100_000),
         allow_exec: ty == "fake.big",
         ssh_user: (ty == "fake.big").then(|| "ops".to_owned()),
         allow_workload: ty == "fake.big",
+        // $0.10 per node-hour.
         ..PoolSpec::new("fake", InstanceType::new(ty).unwrap())
+            .with_price(flotilla_domain::Money::from_micros(100_000))
     };
     BTreeMap::from([
         (PoolName::new("default").unwrap(), pool("fake.small")),

@@ -31,10 +31,10 @@ pub fn config() -> EngineConfig {
 }
 
 pub fn pools() -> BTreeMap<PoolName, PoolSpec> {
-    let pool = |ty: &str| PoolSpec {
-        // $0.10 per node-hour.
-        price_per_hour: flotilla_domain::Money::from_micros(100_000),
-        ..PoolSpec::new("fake", InstanceType::new(ty).unwrap())
+    // $0.10 per node-hour.
+    let pool = |ty: &str| {
+        PoolSpec::new("fake", InstanceType::new(ty).unwrap())
+            .with_price(flotilla_domain::Money::from_micros(100_000))
     };
     BTreeMap::from([
         (PoolName::new("default").unwrap(), pool("fake.small")),
