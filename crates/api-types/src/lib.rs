@@ -122,7 +122,8 @@ pub struct NodeStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workload_address: Option<String>,
     /// The version of its pool's launch configuration it was made from (a
-    /// hash of instance type, image, init data, tags and driver settings);
+    /// hash of its instance type, image, init data, tags and driver
+    /// settings; of a pool of one type, the pool's `pool_version`);
     /// absent for nodes made before nodes carried one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pool_version: Option<String>,
@@ -145,7 +146,8 @@ pub struct ClusterRollout {
     pub state: String,
     /// Its nodes made from an older version of its pool.
     pub outdated: u32,
-    /// The version its pool launches nodes at now.
+    /// The version its pool launches nodes at now (of a pool of several
+    /// instance types, one made of each type's).
     pub pool_version: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,

@@ -201,7 +201,7 @@ pub(crate) async fn resume_rollout(
     put,
     path = "/api/v1/pools/{pool}",
     params(("pool" = String, Path, description = "Pool name"), types::DryRunQuery),
-    request_body(content = Object, description = "The pool: driver, instance_type, and the optional fields of its driver's schema"),
+    request_body(content = Object, description = "The pool: driver, instance_type or instance_types, and the optional fields of its driver's schema"),
     responses(
         (status = 200, body = types::PoolApplied),
         (status = 401, body = types::ErrorBody),

@@ -188,7 +188,7 @@ impl PoolCatalog {
         let Some(object) = document.as_object() else {
             return Err(vec![Problem::new(
                 "",
-                "a pool is a table (a JSON object) with at least driver and instance_type",
+                "a pool is a table (a JSON object) with at least driver and instance_type (or instance_types)",
             )]);
         };
         let entry = match object.get("driver") {

@@ -332,7 +332,7 @@ impl Control {
             .engine
             .pool(&name)
             .ok_or_else(|| self.unknown_pool(pool))?;
-        let updated = match spec.source {
+        let written = match spec.source {
             PoolSource::Config => None,
             PoolSource::Stored { version } => self
                 .engine
@@ -340,14 +340,21 @@ impl Control {
                 .pool_history(&name)
                 .await?
                 .into_iter()
-                .find(|r| r.version == version)
-                .map(|r| (r.at, r.by)),
+                .find(|r| r.version == version),
         };
+        // As written, so that what `pool show` gives back applies as it is
+        // (a document rebuilt from its meaning names every type's price).
+        let document = written
+            .as_ref()
+            .and_then(|r| r.document.clone())
+            .and_then(|d| serde_json::from_value(d).ok())
+            .unwrap_or_else(|| spec.document());
+        let updated = written.map(|r| (r.at, r.by));
         Ok(PoolDetail {
             is_default: *self.engine.default_pool() == name,
             image: self.engine.resolve_image(&spec),
             source: spec.source,
-            document: spec.document(),
+            document,
             updated,
             clusters: self.clusters_of_pool(&name),
             name,

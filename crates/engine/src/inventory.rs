@@ -339,25 +339,25 @@ impl SetInventory {
 
     /// How many instances of `ty` may be created now.
     pub fn may_create(&self, ty: &InstanceType, now: Instant) -> u32 {
-        if self.quota_blocked_at.is_some() {
-            return 0;
-        }
-        let blocked =
-            |scope: &CapacityScope| self.capacity_backoff.get(scope).is_some_and(|t| *t > now);
-        if blocked(&CapacityScope::All) || blocked(&CapacityScope::InstanceType(ty.clone())) {
+        if self.quota_blocked_at.is_some() || self.capacity_retry(ty, now).is_some() {
             return 0;
         }
         u32::MAX
     }
 
-    /// When the earliest capacity back-off affecting `ty` ends.
+    /// When the last capacity back-off affecting `ty` ends: one of every
+    /// type, of `ty`'s, or of a quota group (which types a group holds
+    /// the cloud does not say, so a group's back-off holds every type).
     pub fn capacity_retry(&self, ty: &InstanceType, now: Instant) -> Option<Instant> {
-        [CapacityScope::All, CapacityScope::InstanceType(ty.clone())]
+        self.capacity_backoff
             .iter()
-            .filter_map(|s| self.capacity_backoff.get(s))
-            .filter(|t| **t > now)
+            .filter(|(scope, _)| match scope {
+                CapacityScope::InstanceType(t) => t == ty,
+                CapacityScope::QuotaGroup(_) | CapacityScope::All => true,
+            })
+            .map(|(_, until)| *until)
+            .filter(|until| *until > now)
             .max()
-            .copied()
     }
 }
 
@@ -464,5 +464,23 @@ mod tests {
         inv.mark_destroying(&c, &id, Utc::now());
         inv.record_probe(&c, &id, Health::Ready, None, Utc::now(), interval);
         assert_eq!(inv.nodes(&c).next().unwrap().state, NodeState::ShuttingDown);
+    }
+
+    #[test]
+    fn a_capacity_back_off_holds_its_scope() {
+        let now = Instant::now();
+        let later = now + std::time::Duration::from_secs(60);
+        let ty = |n: &str| InstanceType::new(n).unwrap();
+        let mut inv = SetInventory::default();
+        inv.capacity_backoff
+            .insert(CapacityScope::InstanceType(ty("a")), later);
+        assert_eq!(inv.may_create(&ty("a"), now), 0);
+        assert_eq!(inv.may_create(&ty("b"), now), u32::MAX, "another type");
+        assert_eq!(inv.may_create(&ty("a"), later), u32::MAX, "once it ends");
+        // Which types a quota group holds the cloud does not say: all.
+        inv.capacity_backoff
+            .insert(CapacityScope::QuotaGroup("standard".into()), later);
+        assert_eq!(inv.may_create(&ty("b"), now), 0);
+        assert_eq!(inv.capacity_retry(&ty("b"), now), Some(later));
     }
 }

@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use flotilla_cloud::Offering;
 use flotilla_domain::{
-    image_from, ImageRef, PoolDocument, PoolLaunch, PoolName, PoolSource, PoolSpec, PoolType,
-    SharedConfigName,
+    image_from, ImageRef, InstanceType, PoolDocument, PoolLaunch, PoolName, PoolSource, PoolSpec,
+    PoolType, SharedConfigName,
 };
 use flotilla_store::{SharedConfigRecord, StoreError};
 use futures::future::join_all;
@@ -231,13 +231,15 @@ pub struct PoolView {
     pub source: PoolSource,
 }
 
-/// Offerings by pool (one per type, in its order of preference), with
-/// when each was asked for.
+/// What the driver says of each type of a pool.
+type Offerings = Vec<(InstanceType, Offering)>;
+
+/// Offerings by pool, with when each was asked for.
 #[derive(Default)]
-pub(crate) struct OfferingCache(Mutex<HashMap<PoolName, (Instant, Vec<Offering>)>>);
+pub(crate) struct OfferingCache(Mutex<HashMap<PoolName, (Instant, Offerings)>>);
 
 impl OfferingCache {
-    fn fresh(&self, pool: &PoolName) -> Option<Vec<Offering>> {
+    fn fresh(&self, pool: &PoolName) -> Option<Offerings> {
         let cache = self.0.lock().unwrap();
         let (at, offering) = cache.get(pool)?;
         (at.elapsed() < OFFERING_TTL).then(|| offering.clone())
@@ -247,7 +249,7 @@ impl OfferingCache {
         self.0.lock().unwrap().remove(pool);
     }
 
-    fn put(&self, pool: &PoolName, offering: Vec<Offering>) {
+    fn put(&self, pool: &PoolName, offering: Offerings) {
         self.0
             .lock()
             .unwrap()
@@ -255,9 +257,9 @@ impl OfferingCache {
     }
 }
 
-/// What the driver says of each of pool `name`'s types, in its order of
-/// preference (nothing, where it cannot say in time).
-async fn offerings(shared: &Shared, name: &PoolName) -> Vec<Offering> {
+/// What the driver says of each of pool `name`'s types (nothing, where it
+/// cannot say in time).
+async fn offerings(shared: &Shared, name: &PoolName) -> Offerings {
     if let Some(known) = shared.offerings.fresh(name) {
         return known;
     }
@@ -267,7 +269,7 @@ async fn offerings(shared: &Shared, name: &PoolName) -> Vec<Offering> {
     let set = &shared.sets[&pool.driver];
     let asked = pool.preference().into_iter().map(|t| async {
         let asked = tokio::time::timeout(OFFERING_WAIT, set.offering(name, &t.instance_type));
-        match asked.await {
+        let offering = match asked.await {
             Ok(Ok(offering)) => offering,
             Ok(Err(e)) => {
                 tracing::info!(pool = %name, driver = %pool.driver, instance_type = %t.instance_type, error = %e, "cannot tell what the pool's nodes are or cost");
@@ -277,7 +279,8 @@ async fn offerings(shared: &Shared, name: &PoolName) -> Vec<Offering> {
                 tracing::info!(pool = %name, driver = %pool.driver, instance_type = %t.instance_type, "the driver did not say in time what the pool's nodes are or cost");
                 Offering::default()
             }
-        }
+        };
+        (t.instance_type.clone(), offering)
     });
     let offerings = join_all(asked).await;
     shared.offerings.put(name, offerings.clone());
@@ -300,12 +303,14 @@ impl Engine {
                 types: pool
                     .preference()
                     .into_iter()
-                    .cloned()
-                    .zip(
-                        offerings
-                            .into_iter()
-                            .chain(std::iter::repeat(Offering::default())),
-                    )
+                    .map(|t| {
+                        let offering = offerings
+                            .iter()
+                            .find(|(ty, _)| ty == &t.instance_type)
+                            .map(|(_, o)| o.clone())
+                            .unwrap_or_default();
+                        (t.clone(), offering)
+                    })
                     .collect(),
                 source: pool.source,
             })

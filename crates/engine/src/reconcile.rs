@@ -1019,20 +1019,12 @@ async fn create(
             }
             Err(CloudError::InsufficientCapacity { scope, message }) => {
                 // The next turn tries the pool's next type, if the scope
-                // leaves it one; else it says why it waits.
+                // leaves it one (`may_create` honours every scope); else
+                // it says why it waits.
                 let until = Instant::now() + shared.config.capacity_backoff;
                 tracing::warn!(%driver, %scope, %message, "no cloud capacity; backing off this scope");
                 set_inv.capacity_backoff.insert(scope, until);
                 next.at(until);
-                if set_inv.may_create(&instance_type, Instant::now()) > 0 {
-                    // A scope that does not tell which types it holds
-                    // back (a quota group): wait it out, not try again.
-                    let mut s = capacity_stall(pool, Some(until));
-                    s.message = format!("{}: {message}", s.message);
-                    s.attempted = true;
-                    *stall = Some(s);
-                    return None;
-                }
                 out_of_capacity = Some(message);
             }
             Err(CloudError::RateLimited {

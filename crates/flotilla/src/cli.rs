@@ -2560,14 +2560,14 @@ fn org_lines(v: &OrgView, now: DateTime<Utc>) -> Vec<String> {
     let f = &v.forecast;
     lines.push(match f.hours_left {
         Some(h) => format!(
-            "forecast: {} running at {}/h each, burning {}/h; the balance lasts about {}",
+            "forecast: {} running at up to {}/h each, burning {}/h; the balance lasts about {}",
             nodes(f.running_nodes as u32),
             rate(&f.price_per_hour),
             rate(&f.burn_per_hour),
             hours(h)
         ),
         None => format!(
-            "forecast: {} running at {}/h each, burning {}/h; nothing is spending",
+            "forecast: {} running at up to {}/h each, burning {}/h; nothing is spending",
             nodes(f.running_nodes as u32),
             rate(&f.price_per_hour),
             rate(&f.burn_per_hour)

@@ -223,7 +223,7 @@ fn an_organisation_from_creation_to_sleep_through_the_command_line() {
         "owner",
         "budget: balance $2",
         "shutdown threshold $0.50",
-        "forecast: 1 node running at $0.10/h each",
+        "forecast: 1 node running at up to $0.10/h each",
         "cluster: size 1, 1 active request, next change ",
         "  request bob 1 node until ",
         "recent events:",
