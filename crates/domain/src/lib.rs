@@ -7,6 +7,8 @@ mod access;
 mod capacity;
 mod change;
 mod cluster;
+mod fit;
+mod job;
 mod money;
 mod names;
 mod obstacle;
@@ -27,6 +29,11 @@ pub use change::{may_read_change, org_changes, Change, ChangeEntity, ChangeKind,
 pub use cluster::{
     cluster_state, ClusterRecord, ClusterState, DeployCommand, FixedField, Limits, NodeCapacity,
     TimeToLive, ValidationError, Workload,
+};
+pub use fit::{cheapest_fit, Fit, Market, Offer, Shape, Unfit};
+pub use job::{
+    after_attempt, job_schema, AfterAttempt, AttemptEnd, Checkout, JobDefaults, JobDocument,
+    JobSpec, JobState, PoolChoice, QueueKey, Resources, MAX_RETRIES, MAX_SCRIPT, REDACTED,
 };
 pub use money::{
     forecast_hours, lifetime_cost, month_of, monthly_credit, projected_cost, Money, MoneyError,

@@ -1,0 +1,353 @@
+//! The scheduler's one choice (seed 002's): the cheapest instance that
+//! fits a job, among the types of the pools it may run on, or why none
+//! will do now. Pure: the caller gathers the offers (each pool's types,
+//! their prices, what the driver knows of their size and spot price, the
+//! capacity back-offs in force) and acts on the answer.
+
+use std::fmt;
+
+use crate::job::Resources;
+use crate::money::Money;
+use crate::names::{InstanceType, PoolName};
+
+/// What one instance of a type has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shape {
+    pub vcpus: u32,
+    pub memory_mib: u64,
+}
+
+impl Shape {
+    /// Whether it has what `asked` asks. A disk is sized for the job at
+    /// launch, so it does not decide the type.
+    pub fn fits(&self, asked: &Resources) -> bool {
+        asked.vcpus.is_none_or(|v| self.vcpus >= v)
+            && asked.memory_mib.is_none_or(|m| self.memory_mib >= m)
+    }
+}
+
+impl fmt::Display for Shape {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} vCPUs, {}", self.vcpus, mib(self.memory_mib))
+    }
+}
+
+fn mib(m: u64) -> String {
+    if m.is_multiple_of(1024) {
+        format!("{} GiB", m / 1024)
+    } else {
+        format!("{m} MiB")
+    }
+}
+
+/// An instance a job may get: a type of one of its pools.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Offer {
+    pub pool: PoolName,
+    pub instance_type: InstanceType,
+    /// What one costs per hour on demand (the pool's price for the type).
+    pub price_per_hour: Money,
+    /// What one has, if anybody knows (the driver's offering).
+    pub shape: Option<Shape>,
+    /// What one costs per hour on spot, where the pool launches spot.
+    pub spot_price: Option<Money>,
+    /// The cloud has none now (a capacity back-off holds the type).
+    pub out_of_capacity: bool,
+}
+
+/// Where an instance is bought.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Market {
+    OnDemand,
+    Spot,
+}
+
+impl Market {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Market::OnDemand => "on_demand",
+            Market::Spot => "spot",
+        }
+    }
+}
+
+/// The instance chosen for a job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fit {
+    pub pool: PoolName,
+    pub instance_type: InstanceType,
+    pub market: Market,
+    /// What it costs per hour on its market.
+    pub price_per_hour: Money,
+}
+
+/// Why no instance will do for a job now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unfit {
+    /// Its pools name no instance type at all.
+    NoTypes,
+    /// No type of its pools is big enough; the biggest known, if any.
+    TooBig {
+        asked: Resources,
+        biggest: Option<(InstanceType, Shape)>,
+    },
+    /// It asks for a size, and no type of its pools whose size is known
+    /// has it; these are the types nobody could say the size of.
+    SizeUnknown {
+        asked: Resources,
+        unknown: Vec<InstanceType>,
+    },
+    /// Types that fit exist, but the cloud has none of them now.
+    NoCapacity { types: Vec<InstanceType> },
+}
+
+impl Unfit {
+    /// Whether waiting can help: capacity comes back; a size does not
+    /// grow (a pool changed can, and the job is looked at again then).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Unfit::NoCapacity { .. })
+    }
+}
+
+fn asked(r: &Resources) -> String {
+    let mut parts = Vec::new();
+    if let Some(v) = r.vcpus {
+        parts.push(format!("{v} vCPUs"));
+    }
+    if let Some(m) = r.memory_mib {
+        parts.push(mib(m));
+    }
+    parts.join(" and ")
+}
+
+fn names(types: &[InstanceType]) -> String {
+    types
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl fmt::Display for Unfit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Unfit::NoTypes => f.write_str("its pools name no instance type"),
+            Unfit::TooBig { asked: a, biggest } => {
+                write!(f, "no instance type of its pools has {}", asked(a))?;
+                if let Some((ty, shape)) = biggest {
+                    write!(f, " (the biggest: {ty}, {shape})")?;
+                }
+                Ok(())
+            }
+            Unfit::SizeUnknown { asked: a, unknown } => write!(
+                f,
+                "it asks for {}, and the driver cannot say how big {} {}; ask for less, or run it on a pool whose types the driver knows",
+                asked(a),
+                names(unknown),
+                if unknown.len() == 1 { "is" } else { "are" }
+            ),
+            Unfit::NoCapacity { types } => write!(
+                f,
+                "no capacity for {} now",
+                names(types)
+            ),
+        }
+    }
+}
+
+/// The cheapest of `offers` that fits `asked`, on spot where `spot` asks
+/// for it and the offer has a spot price (else on demand); among equal
+/// prices, the first offered. A type whose size is unknown fits only a job
+/// that asks for no size.
+pub fn cheapest_fit(asked: &Resources, spot: bool, offers: &[Offer]) -> Result<Fit, Unfit> {
+    if offers.is_empty() {
+        return Err(Unfit::NoTypes);
+    }
+    let wants_size = asked.vcpus.is_some() || asked.memory_mib.is_some();
+    let fits = |o: &Offer| match o.shape {
+        Some(shape) => shape.fits(asked),
+        None => !wants_size,
+    };
+    let priced = |o: &Offer| match (spot, o.spot_price) {
+        (true, Some(price)) => (price, Market::Spot),
+        _ => (o.price_per_hour, Market::OnDemand),
+    };
+    let fitting: Vec<&Offer> = offers.iter().filter(|o| fits(o)).collect();
+    let best = fitting
+        .iter()
+        .filter(|o| !o.out_of_capacity)
+        .min_by_key(|o| priced(o).0);
+    if let Some(o) = best {
+        let (price_per_hour, market) = priced(o);
+        return Ok(Fit {
+            pool: o.pool.clone(),
+            instance_type: o.instance_type.clone(),
+            market,
+            price_per_hour,
+        });
+    }
+    if !fitting.is_empty() {
+        let mut types: Vec<InstanceType> = Vec::new();
+        for o in &fitting {
+            if !types.contains(&o.instance_type) {
+                types.push(o.instance_type.clone());
+            }
+        }
+        return Err(Unfit::NoCapacity { types });
+    }
+    let mut unknown: Vec<InstanceType> = Vec::new();
+    for o in offers.iter().filter(|o| o.shape.is_none()) {
+        if !unknown.contains(&o.instance_type) {
+            unknown.push(o.instance_type.clone());
+        }
+    }
+    let biggest = offers
+        .iter()
+        .filter_map(|o| o.shape.map(|s| (o.instance_type.clone(), s)))
+        .max_by_key(|(_, s)| (s.vcpus, s.memory_mib));
+    if biggest.is_none() {
+        return Err(Unfit::SizeUnknown {
+            asked: *asked,
+            unknown,
+        });
+    }
+    Err(Unfit::TooBig {
+        asked: *asked,
+        biggest,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn offer(pool: &str, ty: &str, price: &str, shape: Option<(u32, u64)>) -> Offer {
+        Offer {
+            pool: PoolName::new(pool).unwrap(),
+            instance_type: InstanceType::new(ty).unwrap(),
+            price_per_hour: price.parse().unwrap(),
+            shape: shape.map(|(vcpus, memory_mib)| Shape { vcpus, memory_mib }),
+            spot_price: None,
+            out_of_capacity: false,
+        }
+    }
+
+    fn ask(vcpus: Option<u32>, memory_gib: Option<u64>) -> Resources {
+        Resources {
+            vcpus,
+            memory_mib: memory_gib.map(|g| g * 1024),
+            disk_gib: None,
+        }
+    }
+
+    fn offers() -> Vec<Offer> {
+        vec![
+            offer("general", "m5.large", "0.096", Some((2, 8192))),
+            offer("general", "m5.xlarge", "0.192", Some((4, 16384))),
+            offer("general", "t3.small", "0.0208", Some((2, 2048))),
+            offer("big", "r5.2xlarge", "0.504", Some((8, 65536))),
+            offer("big", "c5.4xlarge", "0.68", Some((16, 32768))),
+        ]
+    }
+
+    #[test]
+    fn the_cheapest_type_that_fits_is_chosen() {
+        // (vcpus, memory GiB) asked → the type chosen.
+        let table = [
+            ((None, None), "t3.small"),
+            ((Some(2), None), "t3.small"),
+            ((Some(2), Some(4)), "m5.large"),
+            ((None, Some(8)), "m5.large"),
+            ((Some(3), None), "m5.xlarge"),
+            ((Some(4), Some(32)), "r5.2xlarge"),
+            ((Some(12), None), "c5.4xlarge"),
+        ];
+        for ((vcpus, memory), expected) in table {
+            let fit = cheapest_fit(&ask(vcpus, memory), false, &offers()).unwrap();
+            assert_eq!(fit.instance_type.as_str(), expected, "{vcpus:?} {memory:?}");
+            assert_eq!(fit.market, Market::OnDemand);
+        }
+    }
+
+    #[test]
+    fn spot_is_taken_where_the_pool_has_it_and_cheaper_wins() {
+        let mut o = offers();
+        // m5.large on spot is cheaper than t3.small on demand.
+        o[0].spot_price = Some("0.02".parse().unwrap());
+        let fit = cheapest_fit(&ask(None, None), true, &o).unwrap();
+        assert_eq!(
+            (fit.instance_type.as_str(), fit.market),
+            ("m5.large", Market::Spot)
+        );
+        assert_eq!(fit.price_per_hour, "0.02".parse().unwrap());
+        // Not asked for spot: on demand, whatever the spot price.
+        let fit = cheapest_fit(&ask(None, None), false, &o).unwrap();
+        assert_eq!(
+            (fit.instance_type.as_str(), fit.market),
+            ("t3.small", Market::OnDemand)
+        );
+    }
+
+    #[test]
+    fn equal_prices_go_to_the_first_offered() {
+        let o = vec![
+            offer("a", "x.large", "0.10", Some((2, 4096))),
+            offer("b", "y.large", "0.10", Some((2, 4096))),
+        ];
+        assert_eq!(
+            cheapest_fit(&ask(None, None), false, &o)
+                .unwrap()
+                .pool
+                .as_str(),
+            "a"
+        );
+    }
+
+    #[test]
+    fn a_type_out_of_capacity_is_passed_over_and_said_when_none_is_left() {
+        let mut o = offers();
+        o[2].out_of_capacity = true;
+        let fit = cheapest_fit(&ask(Some(2), None), false, &o).unwrap();
+        assert_eq!(fit.instance_type.as_str(), "m5.large");
+        for offer in &mut o {
+            offer.out_of_capacity = true;
+        }
+        let why = cheapest_fit(&ask(Some(12), None), false, &o).unwrap_err();
+        assert_eq!(why.to_string(), "no capacity for c5.4xlarge now");
+        assert!(why.is_transient());
+    }
+
+    #[test]
+    fn nothing_big_enough_names_the_biggest() {
+        let why = cheapest_fit(&ask(Some(64), Some(256)), false, &offers()).unwrap_err();
+        assert_eq!(
+            why.to_string(),
+            "no instance type of its pools has 64 vCPUs and 256 GiB (the biggest: c5.4xlarge, 16 vCPUs, 32 GiB)"
+        );
+        assert!(!why.is_transient());
+    }
+
+    #[test]
+    fn a_type_of_unknown_size_serves_only_jobs_that_ask_none() {
+        let o = vec![offer("local", "local.small", "0", None)];
+        let fit = cheapest_fit(&ask(None, None), false, &o).unwrap();
+        assert_eq!(fit.instance_type.as_str(), "local.small");
+        let why = cheapest_fit(&ask(Some(2), None), false, &o).unwrap_err();
+        assert_eq!(
+            why,
+            Unfit::SizeUnknown {
+                asked: ask(Some(2), None),
+                unknown: vec![InstanceType::new("local.small").unwrap()]
+            }
+        );
+        assert!(
+            why.to_string()
+                .contains("cannot say how big local.small is"),
+            "{why}"
+        );
+        assert_eq!(
+            cheapest_fit(&ask(None, None), false, &[]).unwrap_err(),
+            Unfit::NoTypes
+        );
+    }
+}
