@@ -741,3 +741,44 @@ impl AccountStore for CountingStore {
         self.inner.retire_signing_key(kid, now).await
     }
 }
+
+#[async_trait]
+impl flotilla_store::JobStore for CountingStore {
+    async fn submit_job(
+        &self,
+        job: &flotilla_store::NewJob,
+        now: DateTime<Utc>,
+    ) -> Result<flotilla_store::JobRecord, StoreError> {
+        self.inner.submit_job(job, now).await
+    }
+
+    async fn job(
+        &self,
+        id: flotilla_store::JobId,
+    ) -> Result<Option<flotilla_store::JobRecord>, StoreError> {
+        self.inner.job(id).await
+    }
+
+    async fn jobs(
+        &self,
+        submitted_by: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<flotilla_store::JobRecord>, StoreError> {
+        self.inner.jobs(submitted_by, limit).await
+    }
+
+    async fn live_jobs(&self) -> Result<Vec<flotilla_store::JobRecord>, StoreError> {
+        self.inner.live_jobs().await
+    }
+
+    async fn step_job(
+        &self,
+        id: flotilla_store::JobId,
+        version: Option<u64>,
+        step: &flotilla_store::JobStep,
+        fence: Option<Fence>,
+        now: DateTime<Utc>,
+    ) -> Result<flotilla_store::JobRecord, StoreError> {
+        self.inner.step_job(id, version, step, fence, now).await
+    }
+}

@@ -33,6 +33,9 @@ pub use lease::*;
 #[path = "contract_pools.rs"]
 mod pools;
 pub use pools::*;
+#[path = "contract_jobs.rs"]
+mod jobs;
+pub use jobs::*;
 
 pub struct Harness {
     /// An empty store.
@@ -121,7 +124,12 @@ macro_rules! store_contract_tests {
             racing_writers_of_one_version_write_it_once,
             shared_configs_keep_every_version_and_their_first_schema,
             racing_writers_of_one_shared_config_write_it_once,
-            rollouts_are_paused_stopped_and_resumed
+            rollouts_are_paused_stopped_and_resumed,
+            jobs_are_numbered_listed_and_queued_in_order,
+            a_job_goes_through_its_attempts_step_by_step,
+            a_cancelled_job_never_starts_again,
+            a_jobs_steps_are_fenced_and_checked_against_the_version_read,
+            racing_servers_start_one_attempt
         );
     };
     (@each $harness:path, $($check:ident),+) => {

@@ -15,6 +15,7 @@
 
 mod accounts;
 pub mod contract;
+mod jobs;
 mod keys;
 mod lease;
 mod memory;
@@ -35,6 +36,7 @@ pub use accounts::{
     account_change, left_with_account, AccountRecord, AccountStore, RefreshTokenRecord, Rotation,
 };
 pub use flotilla_domain::CostRow;
+pub use jobs::{next_job, AttemptRecord, JobId, JobRecord, JobStep, JobStore, NewAttempt, NewJob};
 pub use keys::{keys_change, AddKeys, SigningKeyRecord};
 pub use lease::{ClusterNodes, ClusterObstacle, Fence, GoneNode, Lease, LeaseStore};
 pub use memory::MemoryStore;
@@ -110,6 +112,13 @@ pub enum StoreError {
     /// The key signs new tokens: rotate to a new one before retiring it.
     #[error("the key {0} signs new tokens; rotate to a new key first, then retire it")]
     KeyActive(String),
+    /// A job cannot take the step asked for in the state it is in.
+    #[error("job {id} is {state}: {what}")]
+    JobState {
+        id: u64,
+        state: flotilla_domain::JobState,
+        what: String,
+    },
     /// A write only the leader makes, by a server whose term is over:
     /// another server took the lease. Nothing was changed.
     #[error("this server's term as leader ({fence}) is over: epoch {current} leads now")]
@@ -175,6 +184,7 @@ pub trait Store:
     + PoolStore
     + SharedConfigStore
     + RolloutStore
+    + JobStore
     + Send
     + Sync
     + 'static

@@ -49,6 +49,7 @@ struct Inner {
     pools: BTreeMap<PoolName, Vec<PoolRecord>>,
     rollout_holds: BTreeMap<PoolName, crate::RolloutHold>,
     shared_configs: BTreeMap<flotilla_domain::SharedConfigName, Vec<crate::SharedConfigRecord>>,
+    jobs: BTreeMap<crate::JobId, crate::JobRecord>,
 }
 
 struct StoredToken {
@@ -1246,5 +1247,69 @@ impl LeaseStore for MemoryStore {
         let was = inner.pool_errors.len();
         inner.pool_errors.retain(|_, e| e.last_at >= before);
         Ok((was - inner.pool_errors.len()) as u64)
+    }
+}
+
+#[async_trait]
+impl crate::JobStore for MemoryStore {
+    async fn submit_job(
+        &self,
+        job: &crate::NewJob,
+        now: DateTime<Utc>,
+    ) -> Result<crate::JobRecord, StoreError> {
+        let mut inner = self.inner.lock().unwrap();
+        let id = inner.jobs.keys().next_back().map_or(1, |last| last + 1);
+        let record = crate::JobRecord::queued(job, id, now);
+        inner.jobs.insert(id, record.clone());
+        Ok(record)
+    }
+
+    async fn job(&self, id: crate::JobId) -> Result<Option<crate::JobRecord>, StoreError> {
+        Ok(self.inner.lock().unwrap().jobs.get(&id).cloned())
+    }
+
+    async fn jobs(
+        &self,
+        submitted_by: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<crate::JobRecord>, StoreError> {
+        let inner = self.inner.lock().unwrap();
+        Ok(inner
+            .jobs
+            .values()
+            .rev()
+            .filter(|j| submitted_by.is_none_or(|by| j.submitted_by == by))
+            .take(limit)
+            .cloned()
+            .collect())
+    }
+
+    async fn live_jobs(&self) -> Result<Vec<crate::JobRecord>, StoreError> {
+        let inner = self.inner.lock().unwrap();
+        let mut live: Vec<crate::JobRecord> = inner
+            .jobs
+            .values()
+            .filter(|j| !j.state.is_final())
+            .cloned()
+            .collect();
+        live.sort_by_key(crate::JobRecord::queue_key);
+        Ok(live)
+    }
+
+    async fn step_job(
+        &self,
+        id: crate::JobId,
+        version: Option<u64>,
+        step: &crate::JobStep,
+        fence: Option<Fence>,
+        now: DateTime<Utc>,
+    ) -> Result<crate::JobRecord, StoreError> {
+        let mut inner = self.inner.lock().unwrap();
+        if let Some(fence) = fence {
+            inner.check_fence(fence)?;
+        }
+        let next = crate::next_job(inner.jobs.get(&id), id, version, step, fence, now)?;
+        inner.jobs.insert(id, next.clone());
+        Ok(next)
     }
 }

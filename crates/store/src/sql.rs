@@ -1219,3 +1219,88 @@ mod tests {
         }
     }
 }
+
+// Jobs.
+
+/// A row of `jobs`.
+#[derive(Debug, sqlx::FromRow)]
+pub struct JobRow {
+    pub id: i64,
+    pub name: String,
+    pub document: String,
+    pub submitted_by: String,
+    pub org: Option<String>,
+    pub priority: i64,
+    pub state: String,
+    pub reason: Option<String>,
+    pub cancel_by: Option<String>,
+    pub attempts: String,
+    pub submitted_at: i64,
+    pub updated_at: i64,
+    pub version: i64,
+}
+
+impl TryFrom<JobRow> for crate::JobRecord {
+    type Error = StoreError;
+
+    fn try_from(row: JobRow) -> Result<crate::JobRecord, StoreError> {
+        let key = row.id.to_string();
+        let corrupt = |what: String| StoreError::Corrupt(format!("jobs row {}: {what}", row.id));
+        Ok(crate::JobRecord {
+            id: u64::try_from(row.id).map_err(|_| corrupt("negative id".into()))?,
+            document: serde_json::from_str(&row.document)
+                .map_err(|e| corrupt(format!("document: {e}")))?,
+            org: row
+                .org
+                .as_deref()
+                .map(flotilla_domain::OrgName::new)
+                .transpose()
+                .map_err(|e| corrupt(e.to_string()))?,
+            priority: i32::try_from(row.priority).map_err(|_| corrupt("priority".into()))?,
+            state: flotilla_domain::JobState::parse(&row.state)
+                .ok_or_else(|| corrupt(format!("state {:?}", row.state)))?,
+            attempts: serde_json::from_str(&row.attempts)
+                .map_err(|e| corrupt(format!("attempts: {e}")))?,
+            submitted_at: time("jobs", &key, "submitted_at", row.submitted_at)?,
+            updated_at: time("jobs", &key, "updated_at", row.updated_at)?,
+            version: u64::try_from(row.version).map_err(|_| corrupt("negative version".into()))?,
+            name: row.name,
+            submitted_by: row.submitted_by,
+            reason: row.reason,
+            cancel_by: row.cancel_by,
+        })
+    }
+}
+
+/// The columns of a job, in [`JobRow`]'s order.
+pub const JOB_SELECT: &str = "SELECT id, name, document, submitted_by, org, priority, state, \
+     reason, cancel_by, attempts, submitted_at, updated_at, version FROM jobs";
+
+pub const JOB_INSERT: &str = "INSERT INTO jobs (name, document, submitted_by, org, priority, \
+     state, reason, cancel_by, attempts, submitted_at, updated_at, version) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING id";
+
+/// Writes a job's step, if the row is still at the version read (`$8`).
+pub const JOB_UPDATE: &str = "UPDATE jobs SET state = $2, reason = $3, cancel_by = $4, \
+     attempts = $5, updated_at = $6, version = $7 WHERE id = $1 AND version = $8";
+
+/// Up to `$2` jobs, the newest first, of `$1` if not null.
+pub fn jobs_select() -> String {
+    format!(
+        "{JOB_SELECT} WHERE (CAST($1 AS TEXT) IS NULL OR submitted_by = $1) \
+         ORDER BY id DESC LIMIT $2"
+    )
+}
+
+/// Every job not ended, in queue order.
+pub fn live_jobs_select() -> String {
+    format!(
+        "{JOB_SELECT} WHERE state IN ('queued', 'starting', 'running') \
+         ORDER BY priority DESC, submitted_at, id"
+    )
+}
+
+/// The attempts of `job` as stored.
+pub fn attempts_json(job: &crate::JobRecord) -> String {
+    serde_json::to_string(&job.attempts).expect("attempts serialise")
+}

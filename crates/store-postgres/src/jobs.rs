@@ -1,0 +1,104 @@
+//! Jobs: each step a read of the job and a write of it back in one
+//! transaction under a row lock (`SELECT … FOR UPDATE`), so no two steps of one job
+//! interleave across servers.
+
+use chrono::{DateTime, Utc};
+use flotilla_store::sql::{self as row, JobRow};
+use flotilla_store::{next_job, Fence, JobId, JobRecord, JobStep, JobStore, NewJob, StoreError};
+
+use crate::{commit_with, PostgresStore};
+
+fn bind_limit(limit: usize) -> i64 {
+    i64::try_from(limit).unwrap_or(i64::MAX)
+}
+
+#[async_trait::async_trait]
+impl JobStore for PostgresStore {
+    async fn submit_job(&self, job: &NewJob, now: DateTime<Utc>) -> Result<JobRecord, StoreError> {
+        let mut tx = self.begin().await?;
+        let mut record = JobRecord::queued(job, 0, now);
+        let id: i64 = sqlx::query_scalar(row::JOB_INSERT)
+            .bind(&record.name)
+            .bind(record.document.to_string())
+            .bind(&record.submitted_by)
+            .bind(record.org.as_ref().map(|o| o.to_string()))
+            .bind(i64::from(record.priority))
+            .bind(record.state.as_str())
+            .bind(&record.reason)
+            .bind(&record.cancel_by)
+            .bind(row::attempts_json(&record))
+            .bind(row::to_millis(now))
+            .bind(row::to_millis(now))
+            .bind(record.version as i64)
+            .fetch_one(&mut *tx)
+            .await?;
+        commit_with(tx, &[], now).await?;
+        record.id = u64::try_from(id).map_err(|_| StoreError::Corrupt(format!("job id {id}")))?;
+        Ok(record)
+    }
+
+    async fn job(&self, id: JobId) -> Result<Option<JobRecord>, StoreError> {
+        let found: Option<JobRow> = sqlx::query_as(&format!("{} WHERE id = $1", row::JOB_SELECT))
+            .bind(id as i64)
+            .fetch_optional(&self.pool)
+            .await?;
+        found.map(JobRecord::try_from).transpose()
+    }
+
+    async fn jobs(
+        &self,
+        submitted_by: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<JobRecord>, StoreError> {
+        let rows: Vec<JobRow> = sqlx::query_as(&row::jobs_select())
+            .bind(submitted_by)
+            .bind(bind_limit(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.into_iter().map(JobRecord::try_from).collect()
+    }
+
+    async fn live_jobs(&self) -> Result<Vec<JobRecord>, StoreError> {
+        let rows: Vec<JobRow> = sqlx::query_as(&row::live_jobs_select())
+            .fetch_all(&self.pool)
+            .await?;
+        rows.into_iter().map(JobRecord::try_from).collect()
+    }
+
+    async fn step_job(
+        &self,
+        id: JobId,
+        version: Option<u64>,
+        step: &JobStep,
+        fence: Option<Fence>,
+        now: DateTime<Utc>,
+    ) -> Result<JobRecord, StoreError> {
+        let mut tx = self.begin().await?;
+        if let Some(fence) = fence {
+            crate::lease::check_fence(&mut tx, fence).await?;
+        }
+        let found: Option<JobRow> =
+            sqlx::query_as(&format!("{} WHERE id = $1 FOR UPDATE", row::JOB_SELECT))
+                .bind(id as i64)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let job = found.map(JobRecord::try_from).transpose()?;
+        let next = next_job(job.as_ref(), id, version, step, fence, now)?;
+        let read = job.expect("next_job needs the job").version;
+        if next.version != read {
+            sqlx::query(row::JOB_UPDATE)
+                .bind(id as i64)
+                .bind(next.state.as_str())
+                .bind(&next.reason)
+                .bind(&next.cancel_by)
+                .bind(row::attempts_json(&next))
+                .bind(row::to_millis(next.updated_at))
+                .bind(next.version as i64)
+                .bind(read as i64)
+                .execute(&mut *tx)
+                .await?;
+            commit_with(tx, &[], now).await?;
+        }
+        Ok(next)
+    }
+}

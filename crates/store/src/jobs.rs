@@ -1,0 +1,321 @@
+//! Jobs and their attempts (issue 13's queue). A job is one row: what was
+//! submitted (the document as written, secrets included: they are shown
+//! nowhere, see [`flotilla_domain::JobSpec::redact`]), where it is, and its
+//! attempts. Every change is a read of the row, a pure step
+//! ([`JobRecord::apply`]) and a write of the row back, checked against the
+//! version read, so two writers cannot both move one job; the leader's
+//! steps (starting, running, ending an attempt) are fenced by its lease, so
+//! a leader that lost it moves nothing. Never two live attempts of a job,
+//! never an attempt started for a job cancelled.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use flotilla_domain::{
+    AfterAttempt, AttemptEnd, InstanceId, InstanceType, JobState, Market, Money, OrgName, PoolName,
+    QueueKey,
+};
+
+use crate::{Fence, StoreError};
+
+/// A job's number, given at submission, one more than the last.
+pub type JobId = u64;
+
+/// A job as the store keeps it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobRecord {
+    pub id: JobId,
+    pub name: String,
+    /// What was submitted (a `JobDocument`'s JSON).
+    pub document: serde_json::Value,
+    pub submitted_by: String,
+    pub org: Option<OrgName>,
+    pub priority: i32,
+    pub state: JobState,
+    /// Why a queued job waits, or why a job ended as it did.
+    pub reason: Option<String>,
+    /// Who asked to cancel it while an attempt was under way: the leader
+    /// ends the attempt, then the job.
+    pub cancel_by: Option<String>,
+    pub attempts: Vec<AttemptRecord>,
+    pub submitted_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    /// Counts its writes: each is checked against the one read.
+    pub version: u64,
+}
+
+/// One attempt at a job: one instance of its own.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct AttemptRecord {
+    /// 1 for the first.
+    pub attempt: u32,
+    pub pool: PoolName,
+    pub instance_type: InstanceType,
+    #[serde(with = "market")]
+    pub market: Market,
+    /// What its instance costs per hour on its market.
+    pub price_per_hour: Money,
+    /// Its instance, once made.
+    pub instance: Option<InstanceId>,
+    pub started_at: DateTime<Utc>,
+    /// When its script started.
+    pub running_at: Option<DateTime<Utc>>,
+    pub ended_at: Option<DateTime<Utc>>,
+    pub end: Option<AttemptEnd>,
+}
+
+mod market {
+    use flotilla_domain::Market;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(m: &Market, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(m.as_str())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Market, D::Error> {
+        let s = String::deserialize(d)?;
+        [Market::OnDemand, Market::Spot]
+            .into_iter()
+            .find(|m| m.as_str() == s)
+            .ok_or_else(|| serde::de::Error::custom(format!("{s:?} is not a market")))
+    }
+}
+
+/// A job to queue.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewJob {
+    pub name: String,
+    pub document: serde_json::Value,
+    pub submitted_by: String,
+    pub org: Option<OrgName>,
+    pub priority: i32,
+}
+
+/// What an attempt starts on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewAttempt {
+    pub pool: PoolName,
+    pub instance_type: InstanceType,
+    pub market: Market,
+    pub price_per_hour: Money,
+}
+
+/// One step of a job.
+#[derive(Debug, Clone, PartialEq)]
+pub enum JobStep {
+    /// A queued job's next attempt starts (its instance is being made).
+    Start(NewAttempt),
+    /// Attempt `attempt`'s instance `instance` runs the script.
+    Running { attempt: u32, instance: InstanceId },
+    /// Attempt `attempt` ended with `end`; the job goes on as `after` says.
+    End {
+        attempt: u32,
+        end: AttemptEnd,
+        after: AfterAttempt,
+    },
+    /// Asked by `by`: a queued job ends at once; one under way has its
+    /// cancel asked for, and the leader ends its attempt.
+    Cancel { by: String },
+    /// Why a queued job waits now.
+    Reason(Option<String>),
+}
+
+impl JobStep {
+    /// Whether only the leader takes this step (under its lease).
+    pub fn is_leaders(&self) -> bool {
+        !matches!(self, JobStep::Cancel { .. })
+    }
+}
+
+/// What a job in `state` cannot do.
+fn refused(job: &JobRecord, what: &str) -> StoreError {
+    StoreError::JobState {
+        id: job.id,
+        state: job.state,
+        what: what.to_owned(),
+    }
+}
+
+impl JobRecord {
+    /// A new job's record, before it has an id.
+    pub fn queued(job: &NewJob, id: JobId, now: DateTime<Utc>) -> Self {
+        Self {
+            id,
+            name: job.name.clone(),
+            document: job.document.clone(),
+            submitted_by: job.submitted_by.clone(),
+            org: job.org.clone(),
+            priority: job.priority,
+            state: JobState::Queued,
+            reason: None,
+            cancel_by: None,
+            attempts: Vec::new(),
+            submitted_at: now,
+            updated_at: now,
+            version: 1,
+        }
+    }
+
+    /// Its place in the queue.
+    pub fn queue_key(&self) -> QueueKey {
+        QueueKey {
+            priority: self.priority,
+            submitted_at: self.submitted_at,
+            id: self.id,
+        }
+    }
+
+    /// The attempt under way, if one is.
+    pub fn live_attempt(&self) -> Option<&AttemptRecord> {
+        self.attempts.last().filter(|a| a.end.is_none())
+    }
+
+    /// The job after `step` at `now`, or why it cannot take it (nothing
+    /// changed).
+    pub fn apply(&self, step: &JobStep, now: DateTime<Utc>) -> Result<JobRecord, StoreError> {
+        let mut next = self.clone();
+        next.updated_at = now;
+        next.version = self.version + 1;
+        match step {
+            JobStep::Start(a) => {
+                if self.state != JobState::Queued {
+                    return Err(refused(self, "only a queued job starts an attempt"));
+                }
+                next.state = JobState::Starting;
+                next.reason = None;
+                next.attempts.push(AttemptRecord {
+                    attempt: self.attempts.len() as u32 + 1,
+                    pool: a.pool.clone(),
+                    instance_type: a.instance_type.clone(),
+                    market: a.market,
+                    price_per_hour: a.price_per_hour,
+                    instance: None,
+                    started_at: now,
+                    running_at: None,
+                    ended_at: None,
+                    end: None,
+                });
+            }
+            JobStep::Running { attempt, instance } => {
+                let live = self.live(*attempt)?;
+                if self.state != JobState::Starting || live.running_at.is_some() {
+                    return Err(refused(self, "only a starting attempt starts running"));
+                }
+                next.state = JobState::Running;
+                let a = next.attempts.last_mut().expect("live");
+                a.instance = Some(instance.clone());
+                a.running_at = Some(now);
+            }
+            JobStep::End {
+                attempt,
+                end,
+                after,
+            } => {
+                self.live(*attempt)?;
+                let a = next.attempts.last_mut().expect("live");
+                a.ended_at = Some(now);
+                a.end = Some(*end);
+                match after {
+                    // A job cancelled while its attempt ran is not tried
+                    // again, whatever ended the attempt.
+                    AfterAttempt::Retry if self.cancel_by.is_none() => {
+                        next.state = JobState::Queued;
+                    }
+                    AfterAttempt::Retry => next.state = JobState::Cancelled,
+                    AfterAttempt::Ends(state) => {
+                        if !state.is_final() {
+                            return Err(refused(
+                                self,
+                                "an attempt's end leaves the job final or queued",
+                            ));
+                        }
+                        next.state = *state;
+                    }
+                }
+            }
+            JobStep::Cancel { by } => match self.state {
+                s if s.is_final() => return Err(refused(self, "an ended job cannot be cancelled")),
+                JobState::Queued => {
+                    next.state = JobState::Cancelled;
+                    next.reason = Some(format!("cancelled by {by}"));
+                    next.cancel_by = Some(by.clone());
+                }
+                _ if self.cancel_by.is_some() => return Ok(self.clone()),
+                _ => next.cancel_by = Some(by.clone()),
+            },
+            JobStep::Reason(reason) => {
+                if self.state != JobState::Queued {
+                    return Err(refused(self, "only a queued job waits"));
+                }
+                if &self.reason == reason {
+                    return Ok(self.clone());
+                }
+                next.reason = reason.clone();
+            }
+        }
+        Ok(next)
+    }
+
+    /// Attempt `attempt`, if it is the one under way.
+    fn live(&self, attempt: u32) -> Result<&AttemptRecord, StoreError> {
+        self.live_attempt()
+            .filter(|a| a.attempt == attempt)
+            .ok_or_else(|| refused(self, &format!("attempt {attempt} is not under way")))
+    }
+}
+
+#[async_trait]
+pub trait JobStore: Send + Sync {
+    /// Queues a job: its id is one more than the last job's.
+    async fn submit_job(&self, job: &NewJob, now: DateTime<Utc>) -> Result<JobRecord, StoreError>;
+
+    async fn job(&self, id: JobId) -> Result<Option<JobRecord>, StoreError>;
+
+    /// Up to `limit` jobs, the newest first; of `submitted_by` only, if
+    /// given.
+    async fn jobs(
+        &self,
+        submitted_by: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<JobRecord>, StoreError>;
+
+    /// Every job not ended (queued, starting or running), in queue order.
+    async fn live_jobs(&self) -> Result<Vec<JobRecord>, StoreError>;
+
+    /// Takes `step` on job `id`, if it is still at `version` when one is
+    /// given (else [`StoreError::Stale`]), in one transaction; the
+    /// leader's steps under its lease `fence` (else
+    /// [`StoreError::Fenced`]). Nothing changes when refused.
+    async fn step_job(
+        &self,
+        id: JobId,
+        version: Option<u64>,
+        step: &JobStep,
+        fence: Option<Fence>,
+        now: DateTime<Utc>,
+    ) -> Result<JobRecord, StoreError>;
+}
+
+/// [`JobStore::step_job`]'s work once the job is read (`job`, None: there
+/// is none) and the fence checked: the job as it is to be written.
+pub fn next_job(
+    job: Option<&JobRecord>,
+    id: JobId,
+    version: Option<u64>,
+    step: &JobStep,
+    fence: Option<Fence>,
+    now: DateTime<Utc>,
+) -> Result<JobRecord, StoreError> {
+    debug_assert!(
+        !step.is_leaders() || fence.is_some(),
+        "the leader's steps are fenced"
+    );
+    let job = job.ok_or_else(|| StoreError::NotFound(format!("job {id}")))?;
+    if let Some(version) = version.filter(|v| *v != job.version) {
+        return Err(StoreError::Stale {
+            what: format!("job {id}"),
+            expected: version,
+            found: job.version,
+        });
+    }
+    job.apply(step, now)
+}
