@@ -35,6 +35,7 @@ mod orgs;
 mod pools;
 mod report;
 mod rollout;
+mod schedule;
 mod takeover;
 mod tap;
 
@@ -188,6 +189,9 @@ enum Mode {
     /// A pool's new version rolled out to many clusters: wall time, calls,
     /// and the ready count never below the wanted.
     Rollout(rollout::RolloutArgs),
+    /// One scheduling pass over a long queue of jobs and many instance
+    /// types.
+    Schedule(schedule::ScheduleArgs),
 }
 
 /// The engine benchmark's knobs.
@@ -741,6 +745,7 @@ fn main() -> Result<()> {
         Some(Mode::Takeover(args)) => takeover::run(args),
         Some(Mode::Pools(args)) => pools::run(args),
         Some(Mode::Rollout(args)) => rollout::run(args),
+        Some(Mode::Schedule(args)) => schedule::run(args),
         // What `#[tokio::main]` builds: a worker per CPU.
         None => tokio::runtime::Builder::new_multi_thread()
             .enable_all()

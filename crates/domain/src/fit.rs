@@ -6,7 +6,7 @@
 
 use std::fmt;
 
-use crate::job::Resources;
+use crate::job::{QueueKey, Resources};
 use crate::money::Money;
 use crate::names::{InstanceType, PoolName};
 
@@ -91,8 +91,9 @@ pub enum Unfit {
         asked: Resources,
         biggest: Option<(InstanceType, Shape)>,
     },
-    /// It asks for a size, and no type of its pools whose size is known
-    /// has it; these are the types nobody could say the size of.
+    /// It asks for a size, and the driver can say the size of none of
+    /// its pools' types (these). Where some sizes are known and too small,
+    /// [`Unfit::TooBig`] is the answer.
     SizeUnknown {
         asked: Resources,
         unknown: Vec<InstanceType>,
@@ -159,10 +160,11 @@ impl fmt::Display for Unfit {
 /// for it and the offer has a spot price (else on demand); among equal
 /// prices, the first offered. A type whose size is unknown fits only a job
 /// that asks for no size.
-pub fn cheapest_fit(asked: &Resources, spot: bool, offers: &[Offer]) -> Result<Fit, Unfit> {
-    if offers.is_empty() {
-        return Err(Unfit::NoTypes);
-    }
+pub fn cheapest_fit<'a>(
+    asked: &Resources,
+    spot: bool,
+    offers: impl IntoIterator<Item = &'a Offer> + Clone,
+) -> Result<Fit, Unfit> {
     let wants_size = asked.vcpus.is_some() || asked.memory_mib.is_some();
     let fits = |o: &Offer| match o.shape {
         Some(shape) => shape.fits(asked),
@@ -172,13 +174,24 @@ pub fn cheapest_fit(asked: &Resources, spot: bool, offers: &[Offer]) -> Result<F
         (true, Some(price)) => (price, Market::Spot),
         _ => (o.price_per_hour, Market::OnDemand),
     };
-    let fitting: Vec<&Offer> = offers.iter().filter(|o| fits(o)).collect();
-    let best = fitting
-        .iter()
-        .filter(|o| !o.out_of_capacity)
-        .min_by_key(|o| priced(o).0);
-    if let Some(o) = best {
-        let (price_per_hour, market) = priced(o);
+    let mut any = false;
+    let mut fitting = false;
+    let mut best: Option<(&Offer, Money, Market)> = None;
+    for o in offers.clone() {
+        any = true;
+        if !fits(o) {
+            continue;
+        }
+        fitting = true;
+        if o.out_of_capacity {
+            continue;
+        }
+        let (price, market) = priced(o);
+        if best.as_ref().is_none_or(|(_, p, _)| price < *p) {
+            best = Some((o, price, market));
+        }
+    }
+    if let Some((o, price_per_hour, market)) = best {
         return Ok(Fit {
             pool: o.pool.clone(),
             instance_type: o.instance_type.clone(),
@@ -186,35 +199,110 @@ pub fn cheapest_fit(asked: &Resources, spot: bool, offers: &[Offer]) -> Result<F
             price_per_hour,
         });
     }
-    if !fitting.is_empty() {
-        let mut types: Vec<InstanceType> = Vec::new();
-        for o in &fitting {
-            if !types.contains(&o.instance_type) {
-                types.push(o.instance_type.clone());
-            }
+    if !any {
+        return Err(Unfit::NoTypes);
+    }
+    let mut types: Vec<InstanceType> = Vec::new();
+    let mut add = |ty: &InstanceType| {
+        if !types.contains(ty) {
+            types.push(ty.clone());
         }
+    };
+    if fitting {
+        offers
+            .into_iter()
+            .filter(|o| fits(o))
+            .for_each(|o| add(&o.instance_type));
         return Err(Unfit::NoCapacity { types });
     }
-    let mut unknown: Vec<InstanceType> = Vec::new();
-    for o in offers.iter().filter(|o| o.shape.is_none()) {
-        if !unknown.contains(&o.instance_type) {
-            unknown.push(o.instance_type.clone());
+    let mut biggest: Option<(InstanceType, Shape)> = None;
+    for o in offers {
+        match o.shape {
+            None => add(&o.instance_type),
+            Some(s) => {
+                if biggest
+                    .as_ref()
+                    .is_none_or(|(_, b)| (s.vcpus, s.memory_mib) > (b.vcpus, b.memory_mib))
+                {
+                    biggest = Some((o.instance_type.clone(), s));
+                }
+            }
         }
     }
-    let biggest = offers
-        .iter()
-        .filter_map(|o| o.shape.map(|s| (o.instance_type.clone(), s)))
-        .max_by_key(|(_, s)| (s.vcpus, s.memory_mib));
-    if biggest.is_none() {
-        return Err(Unfit::SizeUnknown {
+    match biggest {
+        None => Err(Unfit::SizeUnknown {
             asked: *asked,
-            unknown,
-        });
+            unknown: types,
+        }),
+        Some(biggest) => Err(Unfit::TooBig {
+            asked: *asked,
+            biggest: Some(biggest),
+        }),
     }
-    Err(Unfit::TooBig {
-        asked: *asked,
-        biggest,
-    })
+}
+
+/// A queued job as the scheduler sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Waiting<'a> {
+    pub key: QueueKey,
+    pub resources: Resources,
+    pub spot: bool,
+    /// The pools it may run on (the default pool already put in for a job
+    /// that names none).
+    pub pools: &'a [PoolName],
+}
+
+/// What a scheduling pass decides for one queued job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Start an attempt on this instance now.
+    Start(Fit),
+    /// Not now; why, as its status says.
+    Wait(String),
+}
+
+/// One scheduling pass (seed 002's): in queue order, each job gets the
+/// cheapest instance that fits among its pools' `offers`, while `slots`
+/// last (the instances that may start now: the quota left, say); the rest
+/// say why they wait, a job that would fit with its place in that line.
+pub fn schedule(
+    queue: &[Waiting<'_>],
+    offers: &std::collections::BTreeMap<PoolName, Vec<Offer>>,
+    mut slots: usize,
+) -> Vec<(u64, Decision)> {
+    let mut order: Vec<&Waiting<'_>> = queue.iter().collect();
+    order.sort_by_key(|w| w.key);
+    let mut decisions: Vec<(u64, Decision)> = Vec::with_capacity(order.len());
+    // Jobs that fit but found no slot: their places in line, filled in
+    // once the line's length is known.
+    let mut in_line: Vec<usize> = Vec::new();
+    for w in order {
+        let id = w.key.id;
+        if let Some(missing) = w.pools.iter().find(|p| !offers.contains_key(*p)) {
+            decisions.push((id, Decision::Wait(format!("pool {missing} does not exist"))));
+            continue;
+        }
+        let candidates = w.pools.iter().flat_map(|p| offers[p].iter());
+        match cheapest_fit(&w.resources, w.spot, candidates) {
+            Ok(fit) if slots > 0 => {
+                slots -= 1;
+                decisions.push((id, Decision::Start(fit)));
+            }
+            Ok(_) => {
+                in_line.push(decisions.len());
+                decisions.push((id, Decision::Wait(String::new())));
+            }
+            Err(why) => decisions.push((id, Decision::Wait(why.to_string()))),
+        }
+    }
+    let line = in_line.len();
+    for (place, at) in in_line.into_iter().enumerate() {
+        decisions[at].1 = Decision::Wait(format!(
+            "waiting for an instance to be free: position {} of {line}",
+            place + 1
+        ));
+    }
+    decisions
 }
 
 #[cfg(test)]
@@ -325,6 +413,68 @@ mod tests {
             "no instance type of its pools has 64 vCPUs and 256 GiB (the biggest: c5.4xlarge, 16 vCPUs, 32 GiB)"
         );
         assert!(!why.is_transient());
+    }
+
+    #[test]
+    fn a_pass_starts_jobs_in_queue_order_while_slots_last() {
+        fn job(id: u64, priority: i32, pools: &[PoolName], vcpus: Option<u32>) -> Waiting<'_> {
+            Waiting {
+                key: QueueKey {
+                    priority,
+                    submitted_at: chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap(),
+                    id,
+                },
+                resources: ask(vcpus, None),
+                spot: false,
+                pools,
+            }
+        }
+        let pool = |n: &str| PoolName::new(n).unwrap();
+        let general = [pool("general")];
+        let big = [pool("big")];
+        let both = [pool("general"), pool("big")];
+        let nowhere = [pool("nowhere")];
+        let mut offers: std::collections::BTreeMap<PoolName, Vec<Offer>> = Default::default();
+        for o in super::tests::offers() {
+            offers.entry(o.pool.clone()).or_default().push(o);
+        }
+        let (general, big, both, nowhere) = (&general[..], &big[..], &both[..], &nowhere[..]);
+        let queue = [
+            job(1, 0, general, None),
+            job(2, 5, both, Some(12)),
+            job(3, 0, general, Some(64)),
+            job(4, 0, nowhere, None),
+            job(5, 0, big, None),
+            job(6, 0, general, Some(2)),
+        ];
+        let decisions = schedule(&queue, &offers, 2);
+        let said: Vec<(u64, String)> = decisions
+            .iter()
+            .map(|(id, d)| {
+                (
+                    *id,
+                    match d {
+                        Decision::Start(fit) => format!("start {}", fit.instance_type),
+                        Decision::Wait(why) => why.clone(),
+                    },
+                )
+            })
+            .collect();
+        assert_eq!(
+            said,
+            [
+                (2, "start c5.4xlarge".to_owned()),
+                (1, "start t3.small".to_owned()),
+                (
+                    3,
+                    "no instance type of its pools has 64 vCPUs (the biggest: m5.xlarge, 4 vCPUs, 16 GiB)"
+                        .to_owned()
+                ),
+                (4, "pool nowhere does not exist".to_owned()),
+                (5, "waiting for an instance to be free: position 1 of 2".to_owned()),
+                (6, "waiting for an instance to be free: position 2 of 2".to_owned()),
+            ]
+        );
     }
 
     #[test]

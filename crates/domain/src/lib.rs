@@ -30,7 +30,7 @@ pub use cluster::{
     cluster_state, ClusterRecord, ClusterState, DeployCommand, FixedField, Limits, NodeCapacity,
     TimeToLive, ValidationError, Workload,
 };
-pub use fit::{cheapest_fit, Fit, Market, Offer, Shape, Unfit};
+pub use fit::{cheapest_fit, schedule, Decision, Fit, Market, Offer, Shape, Unfit, Waiting};
 pub use job::{
     after_attempt, job_schema, AfterAttempt, AttemptEnd, Checkout, JobDefaults, JobDocument,
     JobSpec, JobState, PoolChoice, QueueKey, Resources, MAX_RETRIES, MAX_SCRIPT, REDACTED,
