@@ -90,11 +90,25 @@ pub async fn a_job_goes_through_its_attempts_step_by_step(h: Harness) {
     assert!(matches!(again, StoreError::JobState { .. }), "{again:?}");
 
     let instance = InstanceId::new("i-1");
-    let running = JobStep::Running {
+    let early = step(store, &j, &JobStep::Running { attempt: 1 }, fence, 4).await;
+    assert!(
+        matches!(early, Err(StoreError::JobState { .. })),
+        "no instance yet: {early:?}"
+    );
+    let created = JobStep::Created {
         attempt: 1,
         instance: instance.clone(),
     };
-    let j = step(store, &j, &running, fence, 4).await.unwrap();
+    let j = step(store, &j, &created, fence, 4).await.unwrap();
+    assert_eq!(j.state, JobState::Starting);
+    let twice = step(store, &j, &created, fence, 4).await;
+    assert!(
+        matches!(twice, Err(StoreError::JobState { .. })),
+        "{twice:?}"
+    );
+    let j = step(store, &j, &JobStep::Running { attempt: 1 }, fence, 4)
+        .await
+        .unwrap();
     assert_eq!(j.state, JobState::Running);
     // Taken back by the cloud: queued for a second attempt.
     let lost = JobStep::End {
@@ -105,18 +119,14 @@ pub async fn a_job_goes_through_its_attempts_step_by_step(h: Harness) {
     let j = step(store, &j, &lost, fence, 5).await.unwrap();
     assert_eq!(j.state, JobState::Queued);
     let j = step(store, &j, &on("t3.small"), fence, 6).await.unwrap();
-    let j = step(
-        store,
-        &j,
-        &JobStep::Running {
-            attempt: 2,
-            instance: InstanceId::new("i-2"),
-        },
-        fence,
-        7,
-    )
-    .await
-    .unwrap();
+    let created = JobStep::Created {
+        attempt: 2,
+        instance: InstanceId::new("i-2"),
+    };
+    let j = step(store, &j, &created, fence, 7).await.unwrap();
+    let j = step(store, &j, &JobStep::Running { attempt: 2 }, fence, 7)
+        .await
+        .unwrap();
     let stale_attempt = JobStep::End {
         attempt: 1,
         end: AttemptEnd::Exited { status: 0 },
@@ -181,6 +191,11 @@ pub async fn a_cancelled_job_never_starts_again(h: Harness) {
     // one that would have been retried.
     let r = store.submit_job(&job("r", "ann", 0), t(4)).await.unwrap();
     let r = step(store, &r, &on("t3.micro"), fence, 5).await.unwrap();
+    let made = JobStep::Created {
+        attempt: 1,
+        instance: InstanceId::new("i-9"),
+    };
+    let r = step(store, &r, &made, fence, 5).await.unwrap();
     let r = store
         .step_job(r.id, None, &cancel, None, t(6))
         .await
@@ -189,6 +204,11 @@ pub async fn a_cancelled_job_never_starts_again(h: Harness) {
         (r.state, r.cancel_by.as_deref()),
         (JobState::Starting, Some("ann"))
     );
+    let run = step(store, &r, &JobStep::Running { attempt: 1 }, fence, 6).await;
+    assert!(
+        matches!(run, Err(StoreError::JobState { .. })),
+        "cancelled: {run:?}"
+    );
     let lost = JobStep::End {
         attempt: 1,
         end: AttemptEnd::Lost,
@@ -196,6 +216,12 @@ pub async fn a_cancelled_job_never_starts_again(h: Harness) {
     };
     let r = step(store, &r, &lost, fence, 7).await.unwrap();
     assert_eq!(r.state, JobState::Cancelled);
+    assert_eq!(r.reason.as_deref(), Some("cancelled by ann"));
+    assert_eq!(
+        store.job(r.id).await.unwrap(),
+        Some(r),
+        "read back as returned"
+    );
 }
 
 pub async fn a_jobs_steps_are_fenced_and_checked_against_the_version_read(h: Harness) {
@@ -222,6 +248,13 @@ pub async fn a_jobs_steps_are_fenced_and_checked_against_the_version_read(h: Har
     let stale = step(b, &j, &JobStep::Reason(Some("x".into())), new, 5).await;
     assert!(matches!(stale, Err(StoreError::Stale { .. })), "{stale:?}");
     assert_eq!(b.job(j.id).await.unwrap(), Some(moved));
+    let unfenced = b
+        .step_job(j.id, None, &JobStep::Reason(None), None, t(6))
+        .await;
+    assert!(
+        matches!(&unfenced, Err(e @ StoreError::JobState { .. }) if e.to_string().contains("lease")),
+        "the leader's steps need its lease: {unfenced:?}"
+    );
     let missing = b
         .step_job(
             j.id + 1,

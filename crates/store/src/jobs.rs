@@ -1,7 +1,7 @@
 //! Jobs and their attempts (issue 13's queue). A job is one row: what was
-//! submitted (the document as written, secrets included: they are shown
-//! nowhere, see [`flotilla_domain::JobSpec::redact`]), where it is, and its
-//! attempts. Every change is a read of the row, a pure step
+//! submitted (the document as written, secrets included, so whatever
+//! shows a job must redact them: [`flotilla_domain::JobSpec::redact`]),
+//! where it is, and its attempts. Every change is a read of the row, a pure step
 //! ([`JobRecord::apply`]) and a write of the row back, checked against the
 //! version read, so two writers cannot both move one job; the leader's
 //! steps (starting, running, ending an attempt) are fenced by its lease, so
@@ -17,7 +17,9 @@ use flotilla_domain::{
 
 use crate::{Fence, StoreError};
 
-/// A job's number, given at submission, one more than the last.
+/// A job's number, given at submission: higher for a later job (with gaps
+/// on PostgreSQL, whose numbers are not given back when a submission
+/// fails).
 pub type JobId = u64;
 
 /// A job as the store keeps it.
@@ -31,7 +33,7 @@ pub struct JobRecord {
     pub org: Option<OrgName>,
     pub priority: i32,
     pub state: JobState,
-    /// Why a queued job waits, or why a job ended as it did.
+    /// Why a queued job waits; for a job cancelled, who cancelled it.
     pub reason: Option<String>,
     /// Who asked to cancel it while an attempt was under way: the leader
     /// ends the attempt, then the job.
@@ -54,7 +56,8 @@ pub struct AttemptRecord {
     pub market: Market,
     /// What its instance costs per hour on its market.
     pub price_per_hour: Money,
-    /// Its instance, once made.
+    /// Its instance, once made (so a new leader finds it in the cloud's
+    /// listing, and an attempt that never booted is known by it).
     pub instance: Option<InstanceId>,
     pub started_at: DateTime<Utc>,
     /// When its script started.
@@ -104,8 +107,11 @@ pub struct NewAttempt {
 pub enum JobStep {
     /// A queued job's next attempt starts (its instance is being made).
     Start(NewAttempt),
-    /// Attempt `attempt`'s instance `instance` runs the script.
-    Running { attempt: u32, instance: InstanceId },
+    /// Attempt `attempt`'s instance is made: it is `instance`.
+    Created { attempt: u32, instance: InstanceId },
+    /// Attempt `attempt`'s script runs (never once its job's cancel was
+    /// asked for).
+    Running { attempt: u32 },
     /// Attempt `attempt` ended with `end`; the job goes on as `after` says.
     End {
         attempt: u32,
@@ -138,6 +144,7 @@ fn refused(job: &JobRecord, what: &str) -> StoreError {
 impl JobRecord {
     /// A new job's record, before it has an id.
     pub fn queued(job: &NewJob, id: JobId, now: DateTime<Utc>) -> Self {
+        let now = millis(now);
         Self {
             id,
             name: job.name.clone(),
@@ -172,6 +179,9 @@ impl JobRecord {
     /// The job after `step` at `now`, or why it cannot take it (nothing
     /// changed).
     pub fn apply(&self, step: &JobStep, now: DateTime<Utc>) -> Result<JobRecord, StoreError> {
+        // As the database keeps times, so a record read back is the one
+        // returned.
+        let now = millis(now);
         let mut next = self.clone();
         next.updated_at = now;
         next.version = self.version + 1;
@@ -195,14 +205,27 @@ impl JobRecord {
                     end: None,
                 });
             }
-            JobStep::Running { attempt, instance } => {
+            JobStep::Created { attempt, instance } => {
                 let live = self.live(*attempt)?;
-                if self.state != JobState::Starting || live.running_at.is_some() {
-                    return Err(refused(self, "only a starting attempt starts running"));
+                if live.instance.is_some() {
+                    return Err(refused(self, "an attempt's instance is made once"));
+                }
+                let a = next.attempts.last_mut().expect("live");
+                a.instance = Some(instance.clone());
+            }
+            JobStep::Running { attempt } => {
+                let live = self.live(*attempt)?;
+                if self.state != JobState::Starting || live.instance.is_none() {
+                    return Err(refused(
+                        self,
+                        "only a starting attempt whose instance is made starts running",
+                    ));
+                }
+                if self.cancel_by.is_some() {
+                    return Err(refused(self, "its cancel was asked for: it runs nothing"));
                 }
                 next.state = JobState::Running;
                 let a = next.attempts.last_mut().expect("live");
-                a.instance = Some(instance.clone());
                 a.running_at = Some(now);
             }
             JobStep::End {
@@ -220,7 +243,13 @@ impl JobRecord {
                     AfterAttempt::Retry if self.cancel_by.is_none() => {
                         next.state = JobState::Queued;
                     }
-                    AfterAttempt::Retry => next.state = JobState::Cancelled,
+                    AfterAttempt::Retry => {
+                        next.state = JobState::Cancelled;
+                        next.reason = self
+                            .cancel_by
+                            .as_ref()
+                            .map(|by| format!("cancelled by {by}"));
+                    }
                     AfterAttempt::Ends(state) => {
                         if !state.is_final() {
                             return Err(refused(
@@ -229,6 +258,12 @@ impl JobRecord {
                             ));
                         }
                         next.state = *state;
+                        if *state == JobState::Cancelled {
+                            next.reason = self
+                                .cancel_by
+                                .as_ref()
+                                .map(|by| format!("cancelled by {by}"));
+                        }
                     }
                 }
             }
@@ -305,11 +340,13 @@ pub fn next_job(
     fence: Option<Fence>,
     now: DateTime<Utc>,
 ) -> Result<JobRecord, StoreError> {
-    debug_assert!(
-        !step.is_leaders() || fence.is_some(),
-        "the leader's steps are fenced"
-    );
     let job = job.ok_or_else(|| StoreError::NotFound(format!("job {id}")))?;
+    if step.is_leaders() && fence.is_none() {
+        return Err(refused(
+            job,
+            "this step is the leader's, taken under its lease",
+        ));
+    }
     if let Some(version) = version.filter(|v| *v != job.version) {
         return Err(StoreError::Stale {
             what: format!("job {id}"),
@@ -318,4 +355,9 @@ pub fn next_job(
         });
     }
     job.apply(step, now)
+}
+
+/// `t` to the millisecond, as the database keeps it.
+fn millis(t: DateTime<Utc>) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(t.timestamp_millis()).unwrap_or(t)
 }
