@@ -60,7 +60,7 @@ pub struct JobDocument {
     /// them, and every answer, log and event shows them as `[redacted]`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(extend("propertyNames" = { "pattern": "^[A-Za-z_][A-Za-z0-9_]{0,127}$" }))]
-    pub secrets: BTreeMap<String, String>,
+    pub secrets: BTreeMap<String, Secret>,
     /// The fewest vCPUs its instance must have.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 1024))]
@@ -176,7 +176,7 @@ pub struct JobSpec {
     pub script: String,
     pub checkout: Option<Checkout>,
     pub env: BTreeMap<String, String>,
-    pub secrets: BTreeMap<String, String>,
+    pub secrets: BTreeMap<String, Secret>,
     pub resources: Resources,
     pub max_runtime: Duration,
     /// Where its instance may come from; empty: the default pool.
@@ -196,7 +196,7 @@ impl JobSpec {
         let mut values: Vec<&str> = self
             .secrets
             .values()
-            .map(String::as_str)
+            .map(Secret::expose)
             .filter(|v| !v.is_empty())
             .collect();
         // The longest first, so a secret holding another is hidden whole.
@@ -211,6 +211,29 @@ impl JobSpec {
 
 /// What stands for a secret's value wherever a job is shown.
 pub const REDACTED: &str = "[redacted]";
+
+/// A secret's value: written and read as a plain string, but never shown
+/// by `Debug` (so no log line or panic message carries it).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The value itself, for the job's environment only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(REDACTED)
+    }
+}
 
 impl JobDocument {
     /// What the document means, or everything wrong with it that a schema
@@ -239,11 +262,10 @@ impl JobDocument {
             }
             (None, None) => None,
         };
-        for (map, key) in [(&self.env, "env"), (&self.secrets, "secrets")] {
-            for name in map.keys() {
-                if let Err(e) = env_name(name) {
-                    problems.push(Problem::new(pointer(&[key, name]), e));
-                }
+        let names = self.env.keys().map(|n| ("env", n));
+        for (key, name) in names.chain(self.secrets.keys().map(|n| ("secrets", n))) {
+            if let Err(e) = env_name(name) {
+                problems.push(Problem::new(pointer(&[key, name]), e));
             }
         }
         for name in self.secrets.keys().filter(|n| self.env.contains_key(*n)) {
@@ -720,6 +742,22 @@ mod tests {
             "got [redacted] then [redacted]"
         );
         assert_eq!(spec.redact("nothing"), "nothing");
+    }
+
+    #[test]
+    fn a_secret_is_never_in_debug_output() {
+        let d = doc(serde_json::json!({
+            "name": "x", "script": "true", "max_runtime": "1m",
+            "secrets": {"TOKEN": "hunter2"}
+        }));
+        let spec = d.spec(&JobDefaults::default()).unwrap();
+        assert!(!format!("{d:?} {spec:?}").contains("hunter2"));
+        assert_eq!(spec.secrets["TOKEN"].expose(), "hunter2");
+        assert_eq!(
+            serde_json::to_value(&d).unwrap()["secrets"]["TOKEN"],
+            "hunter2",
+            "stored as written"
+        );
     }
 
     #[test]

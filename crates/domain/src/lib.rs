@@ -33,7 +33,7 @@ pub use cluster::{
 pub use fit::{cheapest_fit, schedule, Decision, Fit, Market, Offer, Shape, Unfit, Waiting};
 pub use job::{
     after_attempt, job_schema, AfterAttempt, AttemptEnd, Checkout, JobDefaults, JobDocument,
-    JobSpec, JobState, PoolChoice, QueueKey, Resources, MAX_RETRIES, MAX_SCRIPT, REDACTED,
+    JobSpec, JobState, PoolChoice, QueueKey, Resources, Secret, MAX_RETRIES, MAX_SCRIPT, REDACTED,
 };
 pub use money::{
     forecast_hours, lifetime_cost, month_of, monthly_credit, projected_cost, Money, MoneyError,

@@ -484,9 +484,10 @@ impl PoolSpec {
         types
     }
 
-    /// The type nodes are made of while the cloud has capacity for it.
-    pub fn preferred(&self) -> &InstanceType {
-        &self.preference()[0].instance_type
+    /// The type nodes are made of while the cloud has capacity for it
+    /// (None only for a pool built with no type, which no check passes).
+    pub fn preferred(&self) -> Option<&InstanceType> {
+        self.preference().first().map(|t| &t.instance_type)
     }
 
     /// Whether its nodes may be of `ty`.
@@ -817,7 +818,7 @@ mod tests {
             .map(|t| t.instance_type.as_str())
             .collect();
         assert_eq!(names, ["t3.large", "m6i.large", "m5a.large", "m5.large"]);
-        assert_eq!(s.preferred().as_str(), "t3.large");
+        assert_eq!(s.preferred().unwrap().as_str(), "t3.large");
         let ty = |n: &str| InstanceType::new(n).unwrap();
         assert_eq!(s.price_of(&ty("m5a.large")), "0.086".parse().unwrap());
         assert_eq!(

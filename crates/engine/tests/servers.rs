@@ -221,7 +221,9 @@ async fn a_pool_written_at_one_server_is_every_servers() {
     assert!(b.engine.pool(&tiny).is_some());
     a.engine.catch_up().await;
     assert_eq!(
-        a.engine.pool(&tiny).map(|p| p.preferred().to_string()),
+        a.engine
+            .pool(&tiny)
+            .map(|p| p.preferred().unwrap().to_string()),
         Some("fake.tiny".to_owned())
     );
     b.deploy("small", 2, 3600, Some("tiny")).await;

@@ -1077,7 +1077,10 @@ mod tests {
         assert_eq!(c.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
         assert!(matches!(c.drivers["local"], DriverConfig::Local { .. }));
         assert_eq!(c.default_pool.as_str(), "default");
-        assert_eq!(c.pools[&c.default_pool].preferred().as_str(), "local.small");
+        assert_eq!(
+            c.pools[&c.default_pool].preferred().unwrap().as_str(),
+            "local.small"
+        );
         assert_eq!(c.engine.resync_interval, Duration::from_secs(10));
         assert_eq!(c.engine.timeouts.boot, Duration::from_secs(600));
     }
@@ -1161,7 +1164,7 @@ image = "ami-12c6146b"
         assert_eq!(aws.ops_per_second, None);
         let pool = &c.pools[&PoolName::new("ec2").unwrap()];
         assert_eq!(pool.driver, "aws");
-        assert_eq!(pool.preferred().as_str(), "t3.micro");
+        assert_eq!(pool.preferred().unwrap().as_str(), "t3.micro");
         assert_eq!(
             pool.image.as_ref().and_then(|i| i.id()),
             Some("ami-12c6146b")
