@@ -140,14 +140,26 @@ impl Launches {
         instance_type: &InstanceType,
         version: Option<&LaunchVersion>,
     ) -> bool {
-        self.0.iter().any(|(ty, wanted)| {
-            ty == instance_type
-                && match (wanted, version) {
-                    (Some(wanted), Some(node)) => wanted == node,
-                    _ => true,
-                }
-        })
+        self.0
+            .iter()
+            .any(|(ty, wanted)| launched_as(ty, wanted.as_ref(), instance_type, version))
     }
+}
+
+/// Whether a node of `instance_type` at `version` is one a pool launching
+/// `wanted_type` at `wanted_version` makes now (an unknown version on
+/// either side matches).
+pub(crate) fn launched_as(
+    wanted_type: &InstanceType,
+    wanted_version: Option<&LaunchVersion>,
+    instance_type: &InstanceType,
+    version: Option<&LaunchVersion>,
+) -> bool {
+    wanted_type == instance_type
+        && match (wanted_version, version) {
+            (Some(wanted), Some(node)) => wanted == node,
+            _ => true,
+        }
 }
 
 /// How far a cluster may stray from its wanted count while it replaces

@@ -495,15 +495,10 @@ impl PoolSpec {
         self.types.iter().any(|t| &t.instance_type == ty)
     }
 
-    /// What a node of `ty` costs per hour: its type's price; for a type
-    /// the pool no longer names (a node launched before it changed), the
+    /// What its nodes cost, by type: each its type's price; a type the
+    /// pool no longer names (a node launched before it changed), the
     /// dearest of its types', so that none is charged less than the
     /// pool's nodes cost.
-    pub fn price_of(&self, ty: &InstanceType) -> Money {
-        self.prices().of(ty)
-    }
-
-    /// What its nodes cost, by type.
     pub fn prices(&self) -> NodePrices {
         NodePrices {
             types: self
@@ -820,14 +815,14 @@ mod tests {
         assert_eq!(names, ["t3.large", "m6i.large", "m5a.large", "m5.large"]);
         assert_eq!(s.preferred().unwrap().as_str(), "t3.large");
         let ty = |n: &str| InstanceType::new(n).unwrap();
-        assert_eq!(s.price_of(&ty("m5a.large")), "0.086".parse().unwrap());
+        assert_eq!(s.prices().of(&ty("m5a.large")), "0.086".parse().unwrap());
         assert_eq!(
-            s.price_of(&ty("m6i.large")),
+            s.prices().of(&ty("m6i.large")),
             "0.05".parse().unwrap(),
             "the pool's"
         );
         assert_eq!(
-            s.price_of(&ty("c5.large")),
+            s.prices().of(&ty("c5.large")),
             "0.096".parse().unwrap(),
             "not its: the dearest"
         );

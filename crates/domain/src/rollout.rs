@@ -123,7 +123,9 @@ impl PoolLaunch {
     /// Whether a node of `ty` launched at `version` is what the pool
     /// launches now.
     pub fn is_current(&self, ty: &InstanceType, version: Option<&LaunchVersion>) -> bool {
-        self.launches().is_current(ty, version)
+        self.types
+            .iter()
+            .any(|(t, v)| crate::plan::launched_as(t, Some(v), ty, version))
     }
 
     /// What the planner takes for current.

@@ -121,7 +121,7 @@ impl Engine {
         self.nodes_of(cluster)
             .iter()
             .map(|n| prices.of(&n.instance_type))
-            .fold(Money::ZERO, |total, price| total + price)
+            .sum()
     }
 
     /// Launch times of the nodes the cloud lists for `cluster`.

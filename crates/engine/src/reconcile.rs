@@ -560,8 +560,10 @@ async fn reconcile(
                     }
                 }
             }
+            // The types of the nodes it destroys, for their pool errors.
             let types_of: std::collections::HashMap<InstanceId, InstanceType> = observed
                 .into_iter()
+                .filter(|n| plan.destroy.iter().any(|(id, _)| *id == n.id))
                 .map(|n| (n.id, n.instance_type))
                 .collect();
             (plan, places, pool_full, types_of)
