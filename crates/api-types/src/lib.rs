@@ -1326,3 +1326,196 @@ mod whole_tests {
         );
     }
 }
+
+/// A job as shown (`GET /api/v1/jobs/{id}`): what was submitted (secrets'
+/// values redacted), where it is, and its attempts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct JobView {
+    #[schema(example = 12)]
+    pub id: u64,
+    #[schema(example = "hello")]
+    pub name: String,
+    /// queued, starting, running, succeeded, failed, cancelled or
+    /// timed_out.
+    #[schema(example = "queued")]
+    pub state: String,
+    /// Why a queued job waits (or who cancelled it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// A queued job's place among the queued jobs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub position: Option<QueuePosition>,
+    pub submitted_by: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub org: Option<String>,
+    pub priority: i32,
+    /// Who asked to cancel it while an attempt was under way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancel_by: Option<String>,
+    pub submitted_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    /// The job file as stored, with the server's defaults filled in.
+    #[schema(value_type = Object)]
+    pub document: serde_json::Value,
+    pub attempts: Vec<AttemptView>,
+    /// Dollars its attempts' instances cost so far.
+    #[schema(example = "0.0031")]
+    pub cost: String,
+}
+
+/// Where a queued job stands: `place` of `of`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct QueuePosition {
+    pub place: usize,
+    pub of: usize,
+}
+
+/// One attempt at a job, on an instance of its own.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AttemptView {
+    pub attempt: u32,
+    pub pool: String,
+    pub instance_type: String,
+    /// on_demand or spot.
+    pub market: String,
+    /// Dollars per hour of its instance.
+    #[schema(example = "0.0104")]
+    pub price_per_hour: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
+    pub started_at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub running_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_at: Option<DateTime<Utc>>,
+    /// Why it ended: exited (with `exit_status`), interrupted,
+    /// boot_failed, lost, timed_out or cancelled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_status: Option<i32>,
+    /// Why it ended, in words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Dollars its instance cost: its price for the time from its start
+    /// to its end (or now).
+    #[schema(example = "0.0031")]
+    pub cost: String,
+}
+
+/// `GET /api/v1/jobs`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct JobList {
+    pub jobs: Vec<JobView>,
+}
+
+/// `GET /api/v1/jobs`'s query.
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct JobsQuery {
+    /// Everyone's jobs, not only the caller's (admins).
+    #[serde(default)]
+    pub all: bool,
+    /// The most jobs to list, newest first (default 50, at most 500).
+    #[param(minimum = 1, maximum = 500)]
+    pub limit: Option<usize>,
+}
+
+/// `GET /api/v1/jobs/{id}/log`'s query.
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct JobLogQuery {
+    /// Which attempt's log (default: the latest).
+    #[param(minimum = 1)]
+    pub attempt: Option<u32>,
+    /// Keep the answer open, sending lines as they come, until the
+    /// attempt ends.
+    #[serde(default)]
+    pub follow: bool,
+}
+
+/// What an attempt's agent runs (`GET /api/v1/attempts/{job}/{attempt}`):
+/// for the agent only, secrets included.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AttemptWork {
+    pub job: u64,
+    pub attempt: u32,
+    pub script: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repo: Option<String>,
+    #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
+    pub git_ref: Option<String>,
+    /// Its environment, secrets included.
+    #[serde(default)]
+    pub env: std::collections::BTreeMap<String, String>,
+    /// The values the agent hides from what it prints itself.
+    #[serde(default)]
+    pub secret_values: Vec<String>,
+    pub max_runtime_secs: u64,
+    #[serde(default)]
+    pub artifacts: Vec<String>,
+}
+
+/// What an attempt's agent reports (`POST /api/v1/attempts/{job}/{attempt}`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "report", rename_all = "snake_case")]
+pub enum AgentReport {
+    /// The script started.
+    Running,
+    /// The agent is alive.
+    Heartbeat,
+    /// Output lines, as chunk number `chunk` of the log (a chunk sent
+    /// again is kept once).
+    Log {
+        #[schema(minimum = 0)]
+        #[serde(deserialize_with = "whole::number")]
+        chunk: i64,
+        lines: Vec<LogLine>,
+    },
+    /// The script exited with `status` (128 + the signal that killed it).
+    Exited {
+        #[schema(minimum = 0, maximum = 255)]
+        #[serde(deserialize_with = "whole::number")]
+        status: i64,
+    },
+}
+
+/// One line of output.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LogLine {
+    pub at: DateTime<Utc>,
+    /// out or err.
+    pub stream: String,
+    pub text: String,
+}
+
+/// What the agent is told back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AgentAnswer {
+    /// Stop the script: the attempt is over or cancelled.
+    pub stop: bool,
+}
+
+/// `POST /api/v1/job-templates/{template}`: run a job template of the
+/// server's config against a cluster at a version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RunTemplateRequest {
+    #[schema(example = "demo")]
+    pub cluster: String,
+    /// A branch, tag or commit (letters, digits, `.`, `_`, `-`, `/`, `+`).
+    #[schema(
+        example = "v1.2.3",
+        min_length = 1,
+        max_length = 128,
+        pattern = "^[A-Za-z0-9_+][A-Za-z0-9._/+-]*$"
+    )]
+    pub version: String,
+}
+
+/// `GET /api/v1/job-templates`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TemplateList {
+    pub templates: Vec<String>,
+}

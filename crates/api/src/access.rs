@@ -26,6 +26,9 @@ pub enum Access {
     /// Anyone, rate limited per network: the sign-in routes, which check
     /// their own credentials (and count failures).
     SignIn,
+    /// A job attempt's agent, rate limited per network: the handler checks
+    /// the attempt's token (`x-flotilla-attempt-token`), not an account's.
+    Attempt,
     /// Authenticated (or anonymous) and rate limited; the handler decides
     /// by the named domain rule, which admits anonymous callers in some
     /// cases (the status of a public cluster).
@@ -50,6 +53,12 @@ pub enum Rule {
     /// Admins, and the owners a pool names.
     AuthorizePoolWrite,
     MayReadChange,
+    /// Accounts at a level that may deploy (and members of the
+    /// organisation a job names).
+    AuthorizeJobSubmit,
+    /// A job's submitter, its organisation's members (owners, to cancel)
+    /// and admins.
+    AuthorizeJob,
     /// Any signed-in account.
     SignedIn,
     /// Any signed-in account sees its own; admins see all.
@@ -94,6 +103,15 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
     ("GET",    "/api/v1/shared-configs/{name}",     Access::SignedIn(Rule::SignedIn)),
     ("PUT",    "/api/v1/shared-configs/{name}",     Access::SignedIn(Rule::AuthorizeAdmin)),
     ("GET",    "/api/v1/events",                    Access::Rule(Rule::MayReadChange)),
+    ("GET",    "/api/v1/jobs",                      Access::SignedIn(Rule::SignedInAdminsSeeAll)),
+    ("POST",   "/api/v1/jobs",                      Access::SignedIn(Rule::AuthorizeJobSubmit)),
+    ("GET",    "/api/v1/jobs/{id}",                 Access::SignedIn(Rule::AuthorizeJob)),
+    ("POST",   "/api/v1/jobs/{id}/cancel",          Access::SignedIn(Rule::AuthorizeJob)),
+    ("GET",    "/api/v1/jobs/{id}/log",             Access::SignedIn(Rule::AuthorizeJob)),
+    ("GET",    "/api/v1/job-templates",             Access::SignedIn(Rule::AuthorizeAdmin)),
+    ("POST",   "/api/v1/job-templates/{template}",  Access::SignedIn(Rule::AuthorizeAdmin)),
+    ("GET",    "/api/v1/attempts/{job}/{attempt}",  Access::Attempt),
+    ("POST",   "/api/v1/attempts/{job}/{attempt}",  Access::Attempt),
     ("GET",    "/api/v1/clusters",                  Access::Rule(Rule::AuthorizeStatus)),
     ("GET",    "/api/v1/clusters/{cluster}",        Access::Rule(Rule::AuthorizeStatus)),
     ("PUT",    "/api/v1/clusters/{cluster}",        Access::SignedIn(Rule::AuthorizeDeploy)),
@@ -175,9 +193,10 @@ pub async fn authenticate(
         },
         Err(e) => return e.into_response(),
     };
-    // Sign-in routes are counted per network whoever calls them.
+    // Sign-in and agents' routes are counted per network whoever calls
+    // them.
     let anonymous;
-    let counted = if access == Some(Access::SignIn) {
+    let counted = if matches!(access, Some(Access::SignIn | Access::Attempt)) {
         anonymous = Caller::anonymous();
         &anonymous
     } else {

@@ -44,7 +44,7 @@ impl ApiError {
     /// 401 when credentials might help, 403 naming the rule otherwise.
     pub fn denied(e: Denied) -> Self {
         let status = match e {
-            Denied::NotAuthenticated => StatusCode::UNAUTHORIZED,
+            Denied::NotAuthenticated | Denied::NotThisAttempt => StatusCode::UNAUTHORIZED,
             _ => StatusCode::FORBIDDEN,
         };
         Self::new(status, e.code(), e.to_string())
@@ -138,7 +138,19 @@ impl From<EngineError> for ApiError {
                 };
                 Self::new(StatusCode::CONFLICT, code, message)
             }
+            EngineError::Conflict(StoreError::JobState { .. }) => {
+                Self::new(StatusCode::CONFLICT, "job_state", message)
+            }
             EngineError::Conflict(_) => Self::new(StatusCode::CONFLICT, "conflict", message),
+            EngineError::InvalidJob { problems } => {
+                let mut e = Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_job", message);
+                e.problems = problems;
+                e
+            }
+            EngineError::UnknownJob(_) => Self::new(StatusCode::NOT_FOUND, "unknown_job", message),
+            EngineError::UnknownTemplate { .. } => {
+                Self::new(StatusCode::NOT_FOUND, "unknown_template", message)
+            }
             EngineError::Denied(d) => Self::denied(d),
             EngineError::NotFound(_) => Self::new(StatusCode::NOT_FOUND, "not_found", message),
             EngineError::ShuttingDown => {

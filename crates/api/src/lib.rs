@@ -7,6 +7,7 @@ mod accounts;
 mod error;
 mod events;
 mod extract;
+mod jobs;
 mod nodes;
 mod openapi;
 mod orgs;
@@ -31,6 +32,7 @@ use crate::ratelimit::RateLimits;
 
 pub use error::ApiError;
 pub use extract::{CallerIdentity, ClusterParam, JsonBody, WaitParam};
+pub use jobs::{job_body, ATTEMPT_HEADER, ATTEMPT_TOKEN_HEADER};
 pub use openapi::ApiDoc;
 pub use pools::pool_body;
 
@@ -85,6 +87,16 @@ pub fn router(state: AppState) -> Router {
             get(pools::get_shared_config).put(pools::write_shared_config),
         )
         .route("/api/v1/events", get(events::list_events))
+        .route("/api/v1/jobs", get(jobs::list_jobs).post(jobs::submit_job))
+        .route("/api/v1/jobs/{id}", get(jobs::get_job))
+        .route("/api/v1/jobs/{id}/cancel", post(jobs::cancel_job))
+        .route("/api/v1/jobs/{id}/log", get(jobs::job_log))
+        .route("/api/v1/job-templates", get(jobs::list_templates))
+        .route("/api/v1/job-templates/{template}", post(jobs::run_template))
+        .route(
+            "/api/v1/attempts/{job}/{attempt}",
+            get(jobs::attempt_work).post(jobs::attempt_report),
+        )
         .route(
             "/api/v1/clusters/{cluster}",
             get(cluster_status).put(deploy).delete(destroy),

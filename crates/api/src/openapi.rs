@@ -15,6 +15,15 @@ use flotilla_api_types as types;
         crate::list_clusters,
         crate::pools::list_pools,
         crate::events::list_events,
+        crate::jobs::submit_job,
+        crate::jobs::list_jobs,
+        crate::jobs::get_job,
+        crate::jobs::cancel_job,
+        crate::jobs::job_log,
+        crate::jobs::attempt_work,
+        crate::jobs::list_templates,
+        crate::jobs::run_template,
+        crate::jobs::attempt_report,
         crate::cluster_status,
         crate::deploy,
         crate::destroy,
@@ -144,6 +153,16 @@ use flotilla_api_types as types;
         types::Costs,
         types::NodeUsageView,
         types::Usage,
+        types::JobView,
+        types::QueuePosition,
+        types::AttemptView,
+        types::JobList,
+        types::AttemptWork,
+        types::AgentReport,
+        types::LogLine,
+        types::AgentAnswer,
+        types::RunTemplateRequest,
+        types::TemplateList,
     )),
     modifiers(&BearerAuth, &Conformance),
     security(("bearer" = []))
@@ -198,6 +217,7 @@ impl utoipa::Modify for Conformance {
             match access {
                 Access::Open => continue,
                 Access::SignIn => {}
+                Access::Attempt => add(op, "401", "Not the token of this attempt"),
                 Access::Rule(_) => {
                     // Anonymous callers are served too.
                     op.security = Some(vec![

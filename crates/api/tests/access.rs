@@ -557,6 +557,10 @@ fn uris(template: &str, kid: &str) -> Vec<String> {
                 .replace("{driver}", "fake")
                 .replace("{kind}", "images")
                 .replace("{name}", "base")
+                .replace("{id}", "1")
+                .replace("{job}", "1")
+                .replace("{attempt}", "1")
+                .replace("{template}", "test")
         })
         .collect()
 }
@@ -579,6 +583,10 @@ fn route_request(method: &str, template: &str, uri: &str) -> axum::http::Request
         ("PUT", "/api/v1/pools/{pool}") => {
             Some(json!({"driver": "fake", "instance_type": "fake.small"}))
         }
+        ("POST", "/api/v1/job-templates/{template}") => {
+            Some(json!({"cluster": "pub", "version": "main"}))
+        }
+        ("POST", "/api/v1/jobs") => Some(json!({"name": "j", "script": "true"})),
         _ => None,
     };
     match body {
@@ -617,6 +625,11 @@ async fn every_route_without_credentials() {
                     assert_ne!(reply.status, StatusCode::UNAUTHORIZED, "{what}");
                     reply
                         .expect_error(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type");
+                }
+                // An agent's routes take the attempt's token, not an
+                // account's: without it, 401.
+                Access::Attempt => {
+                    reply.expect_error(StatusCode::UNAUTHORIZED, "attempt_token_invalid");
                 }
                 Access::Rule(Rule::Anyone) if template == "/api/v1/pools" => {
                     assert_eq!(reply.status, StatusCode::OK, "{what}");
@@ -692,7 +705,7 @@ async fn every_admin_route_refuses_an_org_member() {
         .iter()
         .filter(|(_, _, access)| *access == Access::SignedIn(Rule::AuthorizeAdmin))
         .collect();
-    assert_eq!(admin_routes.len(), 11, "{admin_routes:?}");
+    assert_eq!(admin_routes.len(), 13, "{admin_routes:?}");
     for &&(method, template, _) in &admin_routes {
         for uri in uris(template, &kid) {
             let reply = api

@@ -129,7 +129,7 @@ pub fn run(args: ScheduleArgs) -> Result<()> {
         .count();
     let in_line = decisions
         .iter()
-        .filter(|(_, d)| matches!(d, Decision::Wait(w) if w.starts_with("waiting for an instance")))
+        .filter(|(_, d)| matches!(d, Decision::InLine { .. }))
         .count();
     ensure!(decisions.len() == args.jobs, "a decision per job");
     ensure!(

@@ -25,6 +25,11 @@ pub const TAG_POOL: &str = "flotilla-pool";
 /// creation, and as fixed.
 pub const TAG_POOL_VERSION: &str = "flotilla-pool-version";
 
+/// Tag holding the job and attempt an instance was made for (`ID/N`): an
+/// instance of its own for each attempt, which the job runner, not a
+/// cluster's reconcile, looks after. Set at creation, and as fixed.
+pub const TAG_JOB: &str = "flotilla-job";
+
 pub type Tags = BTreeMap<String, String>;
 
 /// The three tags every instance carries from the moment it is created.
@@ -103,6 +108,12 @@ impl Instance {
         self.tags
             .get(TAG_POOL)
             .and_then(|p| PoolName::new(p.as_str()).ok())
+    }
+
+    /// The job and attempt it was made for, if it was made for one.
+    pub fn job(&self) -> Option<(u64, u32)> {
+        let (job, attempt) = self.tags.get(TAG_JOB)?.split_once('/')?;
+        Some((job.parse().ok()?, attempt.parse().ok()?))
     }
 
     /// The version of its pool it was made from; None for instances made

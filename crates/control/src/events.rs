@@ -144,6 +144,12 @@ impl Control {
             ChangeEntity::Cluster | ChangeEntity::Org => ClusterName::new(change.key.as_str())
                 .ok()
                 .and_then(|name| self.engine().org(&name)),
+            ChangeEntity::Job => change
+                .payload
+                .get("org")
+                .and_then(serde_json::Value::as_str)
+                .and_then(|o| ClusterName::new(o).ok())
+                .and_then(|name| self.engine().org(&name)),
             ChangeEntity::Account
             | ChangeEntity::Server
             | ChangeEntity::Pool

@@ -16,6 +16,7 @@
 mod catalog;
 mod clusters;
 mod events;
+mod jobs;
 mod nodes;
 mod orgs;
 mod pools;
@@ -31,6 +32,10 @@ use flotilla_engine::{Engine, EngineError};
 pub use catalog::{part_schema, NoSection, PoolCatalog, PoolDriver};
 pub use clusters::{Deploy, Destroy, Extend};
 pub use events::{EventPage, EventsQuery, MAX_PAGE};
+pub use jobs::{
+    AgentAnswer, AgentReport, AttemptWork, CancelJob, JobView, LogPage, RunTemplate, SubmitJob,
+    MAX_JOBS,
+};
 pub use nodes::{Console, ExecOutput, MAX_CONSOLE_BYTES, MAX_EXEC_OUTPUT, MAX_EXEC_TIMEOUT};
 pub use orgs::{
     CapacityView, CreateOrg, CreditOrg, DecideMembership, OrgView, RemoveMember, RequestCapacity,
@@ -78,13 +83,22 @@ pub trait Command: sealed::Sealed + Send {
 pub struct Control {
     engine: Engine,
     catalog: Arc<PoolCatalog>,
+    /// Where jobs' logs are kept.
+    artifacts: Option<Arc<dyn flotilla_store::ArtifactStore>>,
+    /// The job templates of the server's config, by name.
+    templates: Arc<std::collections::BTreeMap<String, flotilla_domain::JobTemplate>>,
 }
 
 impl Control {
     /// The front door to `engine`, checking pools written through it
     /// against `catalog` (the configured drivers').
     pub fn new(engine: Engine, catalog: Arc<PoolCatalog>) -> Self {
-        Self { engine, catalog }
+        Self {
+            engine,
+            catalog,
+            artifacts: None,
+            templates: Arc::default(),
+        }
     }
 
     pub fn engine(&self) -> &Engine {

@@ -226,6 +226,20 @@ pub enum Denied {
     PoolNotOwned { pool: PoolName, owners: String },
     #[error("only admins may change {fields} of pool {pool}; its owners may change {}", POOL_FIELDS_FOR_OWNERS.join(", "))]
     PoolFieldsAdminOnly { pool: PoolName, fields: String },
+    #[error("{level} accounts may not run jobs; ask an admin for a higher level")]
+    LevelMayNotRunJobs { level: Level },
+    #[error("you are not a member of organisation {org}; charge the job to an organisation you belong to, or to none")]
+    JobOrgNotMember { org: String },
+    #[error("job {job} is {submitted_by}'s; only its submitter, {}and admins may {what} it", if *.org_owners { "its organisation's owners " } else { "its organisation's members " })]
+    JobNotYours {
+        job: u64,
+        submitted_by: String,
+        what: &'static str,
+        /// Whether an organisation's owners (not all its members) may.
+        org_owners: bool,
+    },
+    #[error("this is not the token of a job attempt under way; an attempt's agent presents the token its instance was started with")]
+    NotThisAttempt,
 }
 
 /// The fields of a pool its owners may change; the others (its driver and
@@ -275,6 +289,10 @@ impl Denied {
             Denied::WorkloadNotAllowed { .. } => "workload_not_allowed",
             Denied::PoolNotOwned { .. } => "pool_not_owned",
             Denied::PoolFieldsAdminOnly { .. } => "pool_field_admin_only",
+            Denied::LevelMayNotRunJobs { .. } => "level_may_not_run_jobs",
+            Denied::JobOrgNotMember { .. } => "job_org_not_member",
+            Denied::JobNotYours { .. } => "job_not_yours",
+            Denied::NotThisAttempt => "attempt_token_invalid",
         }
     }
 }
@@ -418,6 +436,65 @@ pub fn authorize_admin(caller: &Caller) -> Result<(), Denied> {
         Ok(())
     } else {
         Err(Denied::AdminOnly)
+    }
+}
+
+/// Whether the caller may submit a job (charged to an organisation whose
+/// membership `org_role` gives, if it names one): signed in, at a level
+/// that may deploy; a member of the organisation.
+pub fn authorize_job_submit(
+    caller: &Caller,
+    policy: &LevelPolicy,
+    org: Option<(&str, Option<crate::org::OrgRole>)>,
+) -> Result<(), Denied> {
+    signed_in(caller)?;
+    if caller.is_admin() {
+        return Ok(());
+    }
+    if policy.limits(caller.level).is_none() {
+        return Err(Denied::LevelMayNotRunJobs {
+            level: caller.level,
+        });
+    }
+    match org {
+        Some((org, None)) => Err(Denied::JobOrgNotMember {
+            org: org.to_owned(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Whether the caller may read job `job` (`what` = "read") or cancel it
+/// ("cancel"): its submitter and admins may; of the organisation it is
+/// charged to (`org_role`: the caller's role there), any member reads it
+/// and owners cancel it.
+pub fn authorize_job(
+    caller: &Caller,
+    job: u64,
+    submitted_by: &str,
+    org_role: Option<crate::org::OrgRole>,
+    what: &'static str,
+) -> Result<(), Denied> {
+    signed_in(caller)?;
+    let cancel = what != "read";
+    let own = caller
+        .account
+        .as_ref()
+        .is_some_and(|a| a.as_str() == submitted_by);
+    let org_may = match org_role {
+        Some(crate::org::OrgRole::Owner) => true,
+        Some(_) => !cancel,
+        None => false,
+    };
+    if caller.is_admin() || own || org_may {
+        Ok(())
+    } else {
+        Err(Denied::JobNotYours {
+            job,
+            submitted_by: submitted_by.to_owned(),
+            what,
+            org_owners: cancel,
+        })
     }
 }
 

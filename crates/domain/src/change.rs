@@ -64,6 +64,20 @@ pub enum ChangeKind {
     SharedConfigCreated,
     /// A shared config has a new version.
     SharedConfigUpdated,
+    /// A job was queued.
+    JobSubmitted,
+    /// Why a queued job waits changed.
+    JobWaiting,
+    /// A job's attempt started: its instance is being made.
+    JobStarted,
+    /// A job's attempt's script started.
+    JobRunning,
+    /// A job's attempt ended and the job is queued again.
+    JobAttemptEnded,
+    /// A job ended: succeeded, failed, cancelled or timed out.
+    JobEnded,
+    /// A job's cancel was asked for while an attempt was under way.
+    JobCancelAsked,
 }
 
 /// Which kind of record a change is about: the feed's key is its name.
@@ -78,10 +92,12 @@ pub enum ChangeEntity {
     Pool,
     /// A shared config: the key is its name.
     SharedConfig,
+    /// A job: the key is its number.
+    Job,
 }
 
 impl ChangeKind {
-    const PLAIN: [ChangeKind; 21] = [
+    const PLAIN: [ChangeKind; 28] = [
         ChangeKind::ClusterDeployed,
         ChangeKind::ClusterResized,
         ChangeKind::ClusterExtended,
@@ -103,6 +119,13 @@ impl ChangeKind {
         ChangeKind::PoolRolloutStopped,
         ChangeKind::SharedConfigCreated,
         ChangeKind::SharedConfigUpdated,
+        ChangeKind::JobSubmitted,
+        ChangeKind::JobWaiting,
+        ChangeKind::JobStarted,
+        ChangeKind::JobRunning,
+        ChangeKind::JobAttemptEnded,
+        ChangeKind::JobEnded,
+        ChangeKind::JobCancelAsked,
     ];
 
     pub fn entity(self) -> ChangeEntity {
@@ -129,6 +152,13 @@ impl ChangeKind {
             ChangeKind::SharedConfigCreated | ChangeKind::SharedConfigUpdated => {
                 ChangeEntity::SharedConfig
             }
+            ChangeKind::JobSubmitted
+            | ChangeKind::JobWaiting
+            | ChangeKind::JobStarted
+            | ChangeKind::JobRunning
+            | ChangeKind::JobAttemptEnded
+            | ChangeKind::JobEnded
+            | ChangeKind::JobCancelAsked => ChangeEntity::Job,
         }
     }
 
@@ -171,6 +201,13 @@ impl ChangeKind {
             ChangeKind::PoolRolloutStopped => "pool.rollout_stopped",
             ChangeKind::SharedConfigCreated => "shared_config.created",
             ChangeKind::SharedConfigUpdated => "shared_config.updated",
+            ChangeKind::JobSubmitted => "job.submitted",
+            ChangeKind::JobWaiting => "job.waiting",
+            ChangeKind::JobStarted => "job.started",
+            ChangeKind::JobRunning => "job.running",
+            ChangeKind::JobAttemptEnded => "job.attempt_ended",
+            ChangeKind::JobEnded => "job.ended",
+            ChangeKind::JobCancelAsked => "job.cancel_asked",
         }
     }
 
@@ -455,6 +492,19 @@ pub fn may_read_change(caller: &Caller, change: &Change, org: Option<&Organisati
         ChangeEntity::Server => false,
         // Pools are listed to everyone; who changed them, to accounts.
         ChangeEntity::Pool | ChangeEntity::SharedConfig => caller.account.is_some(),
+        // A job's changes: its submitter, and the members of the
+        // organisation it is charged to.
+        ChangeEntity::Job => {
+            let submitter = change
+                .payload
+                .get("submitted_by")
+                .and_then(serde_json::Value::as_str);
+            let own = caller
+                .account
+                .as_ref()
+                .is_some_and(|a| Some(a.as_str()) == submitter);
+            own || member()
+        }
     }
 }
 
@@ -478,6 +528,7 @@ mod tests {
                 ChangeEntity::Server => "server.",
                 ChangeEntity::Pool => "pool.",
                 ChangeEntity::SharedConfig => "shared_config.",
+                ChangeEntity::Job => "job.",
             };
             assert!(k.as_str().starts_with(prefix), "{k}");
         }

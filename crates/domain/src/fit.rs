@@ -259,6 +259,24 @@ pub enum Decision {
     Start(Fit),
     /// Not now; why, as its status says.
     Wait(String),
+    /// It fits, but waits for an instance to be free: `place` of `of`
+    /// in that line (kept apart, so a reason stored does not change with
+    /// every pass).
+    InLine { place: usize, of: usize },
+}
+
+/// What a job that waits in line for an instance is told.
+pub const IN_LINE: &str = "waiting for an instance to be free";
+
+impl Decision {
+    /// Why it waits, with its place in line; None for a start.
+    pub fn reason(&self) -> Option<String> {
+        match self {
+            Decision::Start(_) => None,
+            Decision::Wait(why) => Some(why.clone()),
+            Decision::InLine { place, of } => Some(format!("{IN_LINE}: position {place} of {of}")),
+        }
+    }
 }
 
 /// One scheduling pass (seed 002's): in queue order, each job gets the
@@ -290,17 +308,17 @@ pub fn schedule(
             }
             Ok(_) => {
                 in_line.push(decisions.len());
-                decisions.push((id, Decision::Wait(String::new())));
+                decisions.push((id, Decision::InLine { place: 0, of: 0 }));
             }
             Err(why) => decisions.push((id, Decision::Wait(why.to_string()))),
         }
     }
     let line = in_line.len();
     for (place, at) in in_line.into_iter().enumerate() {
-        decisions[at].1 = Decision::Wait(format!(
-            "waiting for an instance to be free: position {} of {line}",
-            place + 1
-        ));
+        decisions[at].1 = Decision::InLine {
+            place: place + 1,
+            of: line,
+        };
     }
     decisions
 }
@@ -455,7 +473,7 @@ mod tests {
                     *id,
                     match d {
                         Decision::Start(fit) => format!("start {}", fit.instance_type),
-                        Decision::Wait(why) => why.clone(),
+                        d => d.reason().unwrap(),
                     },
                 )
             })

@@ -236,6 +236,16 @@ impl fmt::Debug for Secret {
 }
 
 impl JobDocument {
+    /// The document with what `spec` (its meaning on this server) filled
+    /// in where it said nothing (`max_runtime`, `retries`): what is stored,
+    /// so a change of the server's defaults does not change a job queued.
+    pub fn resolved(&self, spec: &JobSpec) -> JobDocument {
+        let mut doc = self.clone();
+        doc.max_runtime = Some(humantime::format_duration(spec.max_runtime).to_string());
+        doc.retries = Some(Whole(spec.retries));
+        doc
+    }
+
     /// What the document means, or everything wrong with it that a schema
     /// cannot say, given the server's `defaults`.
     pub fn spec(&self, defaults: &JobDefaults) -> Result<JobSpec, Vec<Problem>> {
@@ -558,6 +568,19 @@ impl AttemptEnd {
             self,
             AttemptEnd::Interrupted | AttemptEnd::BootFailed | AttemptEnd::Lost
         )
+    }
+}
+
+impl fmt::Display for AttemptEnd {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AttemptEnd::Exited { status } => write!(f, "exited with status {status}"),
+            AttemptEnd::Interrupted => f.write_str("its instance was taken back by the cloud"),
+            AttemptEnd::BootFailed => f.write_str("its instance never came up"),
+            AttemptEnd::Lost => f.write_str("its agent stopped reporting"),
+            AttemptEnd::TimedOut => f.write_str("it ran past its max_runtime"),
+            AttemptEnd::Cancelled => f.write_str("it was cancelled"),
+        }
     }
 }
 

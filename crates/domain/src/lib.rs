@@ -17,12 +17,13 @@ mod plan;
 mod pool;
 mod pool_error;
 mod rollout;
+mod template;
 
 pub use access::{
     allowed_clusters, authorize_admin, authorize_cluster_token, authorize_deploy,
-    authorize_destroy, authorize_exec, authorize_pool_fields, authorize_pool_write,
-    authorize_status, authorize_workload, AccountKind, Caller, Denied, Level, LevelError,
-    LevelLimits, LevelPolicy,
+    authorize_destroy, authorize_exec, authorize_job, authorize_job_submit, authorize_pool_fields,
+    authorize_pool_write, authorize_status, authorize_workload, AccountKind, Caller, Denied, Level,
+    LevelError, LevelLimits, LevelPolicy,
 };
 pub use capacity::{sizing, CapacityRequest, Sizing};
 pub use change::{may_read_change, org_changes, Change, ChangeEntity, ChangeKind, NewChange};
@@ -30,7 +31,9 @@ pub use cluster::{
     cluster_state, ClusterRecord, ClusterState, DeployCommand, FixedField, Limits, NodeCapacity,
     TimeToLive, ValidationError, Workload,
 };
-pub use fit::{cheapest_fit, schedule, Decision, Fit, Market, Offer, Shape, Unfit, Waiting};
+pub use fit::{
+    cheapest_fit, schedule, Decision, Fit, Market, Offer, Shape, Unfit, Waiting, IN_LINE,
+};
 pub use job::{
     after_attempt, job_schema, AfterAttempt, AttemptEnd, Checkout, JobDefaults, JobDocument,
     JobSpec, JobState, PoolChoice, QueueKey, Resources, Secret, MAX_RETRIES, MAX_SCRIPT, REDACTED,
@@ -62,3 +65,4 @@ pub use pool_error::{PoolError, PoolErrorKey, PoolErrorKind};
 pub use rollout::{
     LaunchVersion, NodeBudget, PoolLaunch, Rollout, RolloutSettings, Whole, WrittenBudget,
 };
+pub use template::{check_version, JobTemplate, TemplateArgs, MAX_VERSION};

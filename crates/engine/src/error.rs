@@ -87,6 +87,15 @@ pub enum EngineError {
     Unsupported { driver: String, what: String },
     #[error("no command to run: give one after `--`, e.g. `flotilla exec CLUSTER -- uptime`")]
     NoCommand,
+    /// A job as written is wrong: every problem, each at its JSON pointer.
+    #[error("the job is not valid: {}", problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    InvalidJob {
+        problems: Vec<flotilla_domain::Problem>,
+    },
+    #[error("no job {0}; `flotilla job list` shows yours")]
+    UnknownJob(u64),
+    #[error("no job template {template:?}; the server's config has {}", if known.is_empty() { "none ([jobs.templates.NAME])".to_owned() } else { known.clone() })]
+    UnknownTemplate { template: String, known: String },
     /// The cloud refused or failed a question to a node.
     #[error(transparent)]
     Cloud(flotilla_cloud::CloudError),
@@ -95,9 +104,10 @@ pub enum EngineError {
 impl From<StoreError> for EngineError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::Conflict { .. } | StoreError::Stale { .. } | StoreError::InUse { .. } => {
-                EngineError::Conflict(e)
-            }
+            StoreError::Conflict { .. }
+            | StoreError::Stale { .. }
+            | StoreError::InUse { .. }
+            | StoreError::JobState { .. } => EngineError::Conflict(e),
             StoreError::Org(org) => EngineError::Org(org),
             other => EngineError::Store(other),
         }

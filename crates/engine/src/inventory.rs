@@ -178,6 +178,10 @@ pub struct SetInventory {
     /// Nodes a listing stopped showing, by cluster, until the leader
     /// publishes them (which ends their meters).
     pub departed: HashMap<ClusterName, Vec<GoneNode>>,
+    /// The instances of job attempts ([`Instance::job`]), which the job
+    /// runner looks after, with the create that recorded each (as
+    /// `TrackedNode::created_here`).
+    pub jobs: HashMap<InstanceId, (Instance, Option<u64>)>,
     /// Counts the creates recorded here, so that a listing knows which nodes
     /// it may not have seen. A counter, not a clock: two events can share an
     /// instant, and a paused test clock makes them all share one.
@@ -190,7 +194,15 @@ pub struct ListingMark(u64);
 
 impl SetInventory {
     pub fn total(&self) -> usize {
-        self.clusters.values().map(BTreeMap::len).sum()
+        self.clusters.values().map(BTreeMap::len).sum::<usize>() + self.jobs.len()
+    }
+
+    /// Records the instance made for a job's attempt.
+    pub fn add_job_instance(&mut self, instance: Instance) {
+        self.creates += 1;
+        let here = self.creates;
+        self.jobs
+            .insert(instance.id.clone(), (instance, Some(here)));
     }
 
     pub fn nodes(&self, cluster: &ClusterName) -> impl Iterator<Item = &TrackedNode> {
@@ -253,7 +265,19 @@ impl SetInventory {
             });
         }
         self.clusters.retain(|_, nodes| !nodes.is_empty());
+        self.jobs.retain(|id, (instance, here)| {
+            if let Some(fresh) = seen.remove(id) {
+                replaced.push(std::mem::replace(instance, fresh));
+                true
+            } else {
+                here.is_some_and(|n| n > mark.0)
+            }
+        });
         for (_, instance) in seen {
+            if instance.job().is_some() {
+                self.jobs.insert(instance.id.clone(), (instance, None));
+                continue;
+            }
             let Some(cluster) = instance.cluster() else {
                 tracing::warn!(instance = %instance.id, "instance carries our ID but no valid cluster tag; leaving it alone");
                 continue;

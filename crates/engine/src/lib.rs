@@ -31,6 +31,7 @@ mod error;
 mod events;
 mod expiry;
 pub mod inventory;
+mod jobs;
 mod lease;
 mod metrics;
 mod orgs;
@@ -60,6 +61,7 @@ pub use budget::AccrualStats;
 pub use error::EngineError;
 pub use flotilla_cloud::{CloudError, Console, ExecOutput};
 pub use flotilla_domain::PoolSpec;
+pub use jobs::{instance_name, spec_of, AttemptBoot, JobSettings};
 pub use orgs::{log_org_events, request_views};
 pub use pools::{PoolView, ResolvedImage};
 pub use reach::NodeChoice;
@@ -108,6 +110,8 @@ pub struct EngineConfig {
     pub lease_ttl: Duration,
     /// How often a server that does not lead tries to take the lease.
     pub lease_retry: Duration,
+    /// How jobs are run.
+    pub jobs: JobSettings,
 }
 
 impl Default for EngineConfig {
@@ -127,6 +131,7 @@ impl Default for EngineConfig {
             server: "flotilla".to_owned(),
             lease_ttl: Duration::from_secs(3),
             lease_retry: Duration::from_millis(500),
+            jobs: JobSettings::default(),
         }
     }
 }
@@ -183,6 +188,8 @@ struct Shared {
     /// Pools' errors met since they were last written to the store,
     /// counted by failure (see `reconcile::note_pool_error`).
     pool_errors: Mutex<BTreeMap<flotilla_domain::PoolErrorKey, flotilla_domain::PoolError>>,
+    /// The job runner's state.
+    jobs: jobs::JobRunner,
 }
 
 impl Shared {
@@ -325,6 +332,7 @@ impl Engine {
             acting: tokio::sync::RwLock::new(()),
             publishing: tokio::sync::Mutex::new(()),
             pool_errors: Mutex::new(BTreeMap::new()),
+            jobs: jobs::JobRunner::default(),
             config,
         });
 
@@ -364,6 +372,7 @@ impl Engine {
             shared.clone(),
         )));
         handles.push(tokio::spawn(budget::run_accrual(shared.clone())));
+        handles.push(tokio::spawn(jobs::run(shared.clone())));
         for name in shared.desired.names().into_iter().chain(found) {
             shared.runtime.wake(name);
         }
@@ -461,6 +470,12 @@ impl Engine {
     /// Whether this server holds the lease now (and runs the loops).
     pub fn leading(&self) -> bool {
         self.shared.leadership.fence().is_some()
+    }
+
+    /// Gives the job runner how attempts' instances start their agent
+    /// (once; until then jobs wait, saying so). False if it had one.
+    pub fn set_attempt_boot(&self, boot: Arc<dyn AttemptBoot>) -> bool {
+        self.shared.jobs.set_boot(boot)
     }
 
     /// Every change any server commits, as this server's reflector reads

@@ -259,7 +259,7 @@ impl OfferingCache {
 
 /// What the driver says of each of pool `name`'s types (nothing, where it
 /// cannot say in time).
-async fn offerings(shared: &Shared, name: &PoolName) -> Offerings {
+pub(crate) async fn offerings(shared: &Shared, name: &PoolName) -> Offerings {
     if let Some(known) = shared.offerings.fresh(name) {
         return known;
     }

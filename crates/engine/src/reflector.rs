@@ -306,6 +306,11 @@ async fn apply(shared: &Shared, change: &Change, read: &mut PageReads) {
                 }
             }
         }
+        ChangeEntity::Job => {
+            if leading {
+                shared.jobs.changed.notify_one();
+            }
+        }
         ChangeEntity::Account | ChangeEntity::Server => {}
     }
     // Nobody listening is fine.

@@ -9,12 +9,12 @@ use chrono::{DateTime, Utc};
 use flotilla_api_types::{
     CapacityRequest, CapacityResponse, ClusterList, ClusterStatus, ClusterTokenResponse, Costs,
     CreateOrgRequest, CreateUserRequest, CreditRequest, DeployRequest, ErrorBody, Event, EventList,
-    ExecRequest, ExecResponse, ExtendRequest, GithubLoginRequest, Ledger, Level, LoginRequest,
-    MemberRoleRequest, MembershipRequestResponse, NodeLogs, OrgClusterStatus, OrgList, OrgView,
-    PoolApplied, PoolDetail, PoolErrorList, PoolHistory, PoolList, PoolRollout, PoolTypeView,
-    PoolVersion, PoolView, RefreshRequest, SchemaIndex, SharedConfigList, SharedConfigRequest,
-    SharedConfigView, SigningKeyList, TokenResponse, UpdateOrgRequest, UpdateUserRequest, Usage,
-    UserList, UserView, WhoAmI,
+    ExecRequest, ExecResponse, ExtendRequest, GithubLoginRequest, JobList, JobView, Ledger, Level,
+    LoginRequest, MemberRoleRequest, MembershipRequestResponse, NodeLogs, OrgClusterStatus,
+    OrgList, OrgView, PoolApplied, PoolDetail, PoolErrorList, PoolHistory, PoolList, PoolRollout,
+    PoolTypeView, PoolVersion, PoolView, RefreshRequest, RunTemplateRequest, SchemaIndex,
+    SharedConfigList, SharedConfigRequest, SharedConfigView, SigningKeyList, TemplateList,
+    TokenResponse, UpdateOrgRequest, UpdateUserRequest, Usage, UserList, UserView, WhoAmI,
 };
 use flotilla_domain::Money;
 use reqwest::StatusCode;
@@ -1804,6 +1804,239 @@ impl Client {
         Ok(exit::OK)
     }
 
+    /// Queues the job in `file`; with `wait`, follows it to its end.
+    pub async fn job_submit(&self, file: &std::path::Path, wait: bool) -> Result<u8> {
+        let text = std::fs::read_to_string(file).map_err(|e| {
+            Failure::new(exit::USAGE, format!("cannot read {}: {e}", file.display()))
+        })?;
+        let body: serde_json::Value = if file.extension().is_some_and(|e| e == "json") {
+            serde_json::from_str(&text).map_err(|e| {
+                Failure::new(exit::USAGE, format!("{} is not JSON: {e}", file.display()))
+            })?
+        } else {
+            let table: toml::Table = toml::from_str(&text).map_err(|e| {
+                Failure::new(exit::USAGE, format!("{} is not TOML: {e}", file.display()))
+            })?;
+            serde_json::to_value(table).map_err(|e| Failure::new(exit::USAGE, e.to_string()))?
+        };
+        let (job, raw) = self
+            .send::<JobView>(self.http.post(self.url("/api/v1/jobs")).json(&body))
+            .await?;
+        if !wait {
+            match self.output {
+                Output::Json => println!("{}", raw.trim()),
+                Output::Text => println!(
+                    "job {} ({}) {}{}",
+                    job.id,
+                    job.name,
+                    job.state,
+                    job.position.map_or(String::new(), |p| format!(
+                        ", position {} of {}",
+                        p.place, p.of
+                    ))
+                ),
+            }
+            return Ok(exit::OK);
+        }
+        eprintln!("job {} ({}) queued; following its log", job.id, job.name);
+        self.job_wait(job.id).await
+    }
+
+    /// Follows job `id`'s attempts' logs until it ends; 0 if it
+    /// succeeded, 1 if not.
+    async fn job_wait(&self, id: u64) -> Result<u8> {
+        let mut followed = 0;
+        loop {
+            let (job, raw) = self
+                .send::<JobView>(self.http.get(self.url(&format!("/api/v1/jobs/{id}"))))
+                .await?;
+            let state = job.state.as_str();
+            let done = matches!(state, "succeeded" | "failed" | "cancelled" | "timed_out");
+            let latest = job.attempts.last().map_or(0, |a| a.attempt);
+            if latest > followed && self.output == Output::Text {
+                followed = self.job_logs(id, Some(latest), true).await?;
+                continue;
+            }
+            if done {
+                let last = job.attempts.last();
+                match self.output {
+                    Output::Json => println!("{}", raw.trim()),
+                    Output::Text => eprintln!(
+                        "job {id} {state}{}; log: flotilla job logs {id}",
+                        last.and_then(|a| a.message.as_deref())
+                            .map_or(String::new(), |m| format!(
+                                " (attempt {}: {m})",
+                                last.map_or(0, |a| a.attempt)
+                            ))
+                    ),
+                }
+                return Ok(if state == "succeeded" {
+                    exit::OK
+                } else {
+                    exit::FAILED
+                });
+            }
+            tokio::time::sleep(JOB_POLL).await;
+        }
+    }
+
+    /// Prints job `id`'s log; returns the attempt it was of.
+    pub async fn job_logs(&self, id: u64, attempt: Option<u32>, follow: bool) -> Result<u32> {
+        let mut query: Vec<(&str, String)> = vec![("follow", follow.to_string())];
+        if let Some(a) = attempt {
+            query.push(("attempt", a.to_string()));
+        }
+        let url = self.url(&format!("/api/v1/jobs/{id}/log"));
+        let req = self.authorised(self.http.get(&url).query(&query)).await?;
+        let mut resp = match req.send().await {
+            Ok(resp) if resp.status().is_success() => resp,
+            // The refusal as every command reports it.
+            _ => {
+                self.send_text(self.http.get(&url).query(&query)).await?;
+                return Err(Failure::new(exit::FAILED, "the log could not be read"));
+            }
+        };
+        let attempt = resp
+            .headers()
+            .get(flotilla_api::ATTEMPT_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let mut out = std::io::stdout().lock();
+        loop {
+            match resp.chunk().await {
+                Ok(Some(bytes)) => {
+                    let _ = out.write_all(&bytes);
+                    let _ = out.flush();
+                }
+                Ok(None) => return Ok(attempt),
+                Err(e) => {
+                    return Err(Failure::new(
+                        exit::UNREACHABLE,
+                        format!("reading the log failed: {e}"),
+                    ))
+                }
+            }
+        }
+    }
+
+    /// Runs job template `template` against `cluster` at `version`; with
+    /// `wait`, follows it to its end (exit 0: passed, 1: failed).
+    pub async fn job_run(
+        &self,
+        template: &str,
+        cluster: String,
+        version: String,
+        wait: bool,
+    ) -> Result<u8> {
+        let req = self
+            .http
+            .post(self.url(&format!("/api/v1/job-templates/{template}")))
+            .json(&RunTemplateRequest { cluster, version });
+        let (job, raw) = self.send::<JobView>(req).await?;
+        if !wait {
+            match self.output {
+                Output::Json => println!("{}", raw.trim()),
+                Output::Text => println!("{}", job_line(&job)),
+            }
+            return Ok(exit::OK);
+        }
+        eprintln!("job {} ({}) queued; following its log", job.id, job.name);
+        self.job_wait(job.id).await
+    }
+
+    pub async fn job_templates(&self) -> Result<u8> {
+        let (list, raw) = self
+            .send::<TemplateList>(self.http.get(self.url("/api/v1/job-templates")))
+            .await?;
+        match self.output {
+            Output::Json => println!("{}", raw.trim()),
+            Output::Text => {
+                if list.templates.is_empty() {
+                    println!("no job templates; add [jobs.templates.NAME] to the server's config");
+                }
+                for t in &list.templates {
+                    println!("{t}");
+                }
+            }
+        }
+        Ok(exit::OK)
+    }
+
+    pub async fn job_list(&self, all: bool, limit: usize) -> Result<u8> {
+        let query = [("all", all.to_string()), ("limit", limit.to_string())];
+        let (list, raw) = self
+            .send::<JobList>(self.http.get(self.url("/api/v1/jobs")).query(&query))
+            .await?;
+        match self.output {
+            Output::Json => println!("{}", raw.trim()),
+            Output::Text => {
+                if list.jobs.is_empty() {
+                    println!("no jobs; submit one with `flotilla job submit FILE`");
+                }
+                for j in &list.jobs {
+                    println!("{}", job_line(j));
+                }
+            }
+        }
+        Ok(exit::OK)
+    }
+
+    pub async fn job_show(&self, id: u64) -> Result<u8> {
+        let (job, raw) = self
+            .send::<JobView>(self.http.get(self.url(&format!("/api/v1/jobs/{id}"))))
+            .await?;
+        match self.output {
+            Output::Json => println!("{}", raw.trim()),
+            Output::Text => {
+                println!("{}", job_line(&job));
+                println!(
+                    "submitted {} by {}{}",
+                    stamp(job.submitted_at),
+                    job.submitted_by,
+                    job.org
+                        .as_ref()
+                        .map_or(String::new(), |o| format!(", charged to {o}"))
+                );
+                if let Some(reason) = &job.reason {
+                    println!("{reason}");
+                }
+                println!("cost ${}", job.cost);
+                for a in &job.attempts {
+                    println!(
+                        "  attempt {}: {} ({}, ${}/h) from pool {} on {}, started {}{}",
+                        a.attempt,
+                        a.instance_type,
+                        a.market,
+                        a.price_per_hour,
+                        a.pool,
+                        a.instance.as_deref().unwrap_or("(being made)"),
+                        stamp(a.started_at),
+                        match (&a.ended_at, &a.message) {
+                            (Some(at), Some(m)) => format!(", ended {}: {m}", stamp(*at)),
+                            _ => String::new(),
+                        }
+                    );
+                }
+            }
+        }
+        Ok(exit::OK)
+    }
+
+    pub async fn job_cancel(&self, id: u64) -> Result<u8> {
+        let (job, raw) = self
+            .send::<JobView>(
+                self.http
+                    .post(self.url(&format!("/api/v1/jobs/{id}/cancel"))),
+            )
+            .await?;
+        match self.output {
+            Output::Json => println!("{}", raw.trim()),
+            Output::Text => println!("{}", job_line(&job)),
+        }
+        Ok(exit::OK)
+    }
+
     /// Every metered node: when it ran, its price, what it was charged.
     pub async fn org_usage(&self, org: &str) -> Result<u8> {
         let (usage, raw) = self
@@ -2610,6 +2843,21 @@ fn org_lines(v: &OrgView, now: DateTime<Utc>) -> Vec<String> {
     lines
 }
 
+/// How often `job submit --wait` looks at the job between its logs.
+const JOB_POLL: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// One job on a line: number, state, name, and why it waits.
+fn job_line(j: &JobView) -> String {
+    let mut line = format!("{:>6}  {:<10} {}", j.id, j.state, j.name);
+    if let Some(p) = &j.position {
+        line.push_str(&format!("  (position {} of {})", p.place, p.of));
+    }
+    if let Some(reason) = &j.reason {
+        line.push_str(&format!("  {reason}"));
+    }
+    line
+}
+
 /// How many of a cluster's latest changes `flotilla status CLUSTER` shows.
 const RECENT_EVENTS: usize = 10;
 
@@ -2672,6 +2920,12 @@ fn event_line(e: &Event) -> String {
                 .map_or(String::new(), |at| format!(", expires {at}"))
         ),
         "org" => d["message"].as_str().unwrap_or_default().to_owned(),
+        "job" => format!(
+            "{} ({}): {}",
+            d["name"].as_str().unwrap_or("?"),
+            d["state"].as_str().unwrap_or("?"),
+            d["message"].as_str().unwrap_or_default()
+        ),
         "account" => format!("level {}", d["level"].as_str().unwrap_or("?")),
         _ => String::new(),
     };

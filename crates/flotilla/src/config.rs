@@ -48,6 +48,67 @@ struct File {
     events: EventsSection,
     #[serde(default)]
     http: HttpSection,
+    #[serde(default)]
+    jobs: JobsSection,
+}
+
+/// `[jobs]`: how jobs run.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct JobsSection {
+    /// A job's `max_runtime` when it names none.
+    #[serde(with = "humantime_serde")]
+    max_runtime: Duration,
+    /// The longest `max_runtime` a job may ask for.
+    #[serde(with = "humantime_serde")]
+    max_max_runtime: Duration,
+    /// Retries of an attempt failed by the infrastructure, when a job
+    /// says nothing.
+    retries: u32,
+    /// An attempt whose agent is silent this long is lost (and retried).
+    #[serde(with = "humantime_serde")]
+    heartbeat_timeout: Duration,
+    /// An attempt whose script has not started this long after its
+    /// instance was asked for never booted (and is retried).
+    #[serde(with = "humantime_serde")]
+    boot_timeout: Duration,
+    /// Instances of job attempts at once, over every pool.
+    max_instances: usize,
+    /// Where agents reach this server; unset: `http://` and the listen
+    /// address (loopback for an unspecified one), which only instances on
+    /// this machine (the local driver's) can reach.
+    server_url: Option<String>,
+    /// Where jobs' logs are kept; unset: `artifacts` in the data directory.
+    artifacts_dir: Option<PathBuf>,
+    /// Job templates (`flotilla test`, `flotilla release`): a job's fields
+    /// with placeholders.
+    templates: BTreeMap<String, toml::Table>,
+}
+
+impl Default for JobsSection {
+    fn default() -> Self {
+        let d = flotilla_engine::JobSettings::default();
+        Self {
+            max_runtime: d.defaults.max_runtime.unwrap_or(Duration::from_secs(3600)),
+            max_max_runtime: d.defaults.max_max_runtime,
+            retries: d.defaults.retries,
+            heartbeat_timeout: d.heartbeat_timeout,
+            boot_timeout: d.boot_timeout,
+            max_instances: d.max_instances,
+            server_url: None,
+            artifacts_dir: None,
+            templates: BTreeMap::new(),
+        }
+    }
+}
+
+/// Where job agents reach the server, and where jobs' logs are kept.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobsConfig {
+    pub server_url: Option<String>,
+    /// None: `artifacts` in the data directory.
+    pub artifacts_dir: Option<PathBuf>,
+    pub templates: BTreeMap<String, flotilla_domain::JobTemplate>,
 }
 
 /// `[http]`: the listener's limits.
@@ -498,6 +559,7 @@ pub struct Config {
     pub catalog: Arc<PoolCatalog>,
     pub access: AccessConfig,
     pub http: HttpConfig,
+    pub jobs: JobsConfig,
 }
 
 impl Config {
@@ -799,8 +861,83 @@ impl Config {
             shutdown_drain: h.shutdown_drain,
         };
 
+        let j = &file.jobs;
+        if j.max_runtime.is_zero() || j.max_runtime > j.max_max_runtime {
+            return Err(invalid(format!(
+                "jobs.max_runtime: between 1s and jobs.max_max_runtime ({}), got {}",
+                humantime::format_duration(j.max_max_runtime),
+                humantime::format_duration(j.max_runtime)
+            )));
+        }
+        if j.retries > flotilla_domain::MAX_RETRIES {
+            return Err(invalid(format!(
+                "jobs.retries: at most {}, got {}",
+                flotilla_domain::MAX_RETRIES,
+                j.retries
+            )));
+        }
+        if j.heartbeat_timeout < Duration::from_secs(5) {
+            return Err(invalid(
+                "jobs.heartbeat_timeout: at least 5s (agents report every 5s)".into(),
+            ));
+        }
+        if let Some(url) = &j.server_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(invalid(format!(
+                    "jobs.server_url: {url:?} is not an http:// or https:// URL"
+                )));
+            }
+        }
+        let job_defaults = flotilla_domain::JobDefaults {
+            max_runtime: Some(j.max_runtime),
+            max_max_runtime: j.max_max_runtime,
+            retries: j.retries,
+        };
+        let mut templates = BTreeMap::new();
+        for (name, table) in &j.templates {
+            let good_name = name.len() <= 32
+                && name.starts_with(|c: char| c.is_ascii_lowercase())
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+            if !good_name {
+                return Err(invalid(format!(
+                    "jobs.templates.{name}: a template's name is a lowercase letter, then up to 31 lowercase letters, digits, - or _"
+                )));
+            }
+            let fields = serde_json::to_value(table).map_err(|e| invalid(e.to_string()))?;
+            let template = flotilla_domain::JobTemplate::new(name, fields, &job_defaults).map_err(
+                |problems| {
+                    invalid(format!(
+                        "jobs.templates.{name}: {}",
+                        problems
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join("; ")
+                    ))
+                },
+            )?;
+            templates.insert(name.clone(), template);
+        }
+        let jobs = JobsConfig {
+            server_url: j
+                .server_url
+                .as_ref()
+                .map(|u| u.trim_end_matches('/').to_owned()),
+            artifacts_dir: j.artifacts_dir.clone().map(&from_file),
+            templates,
+        };
+        let job_settings = flotilla_engine::JobSettings {
+            defaults: job_defaults,
+            heartbeat_timeout: j.heartbeat_timeout,
+            boot_timeout: j.boot_timeout,
+            max_instances: j.max_instances,
+        };
+
         Ok(Config {
             http,
+            jobs,
             listen: file
                 .listen
                 .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("valid")),
@@ -837,6 +974,7 @@ impl Config {
                     min_runway: file.orgs.min_runway,
                 },
                 accrual_interval: file.orgs.accrual_interval,
+                jobs: job_settings,
                 ..EngineConfig::default()
             },
             drivers,

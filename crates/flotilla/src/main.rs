@@ -4,6 +4,7 @@ mod cli;
 mod config;
 mod credentials;
 mod http;
+mod job_agent;
 mod serve;
 
 use std::net::SocketAddr;
@@ -302,6 +303,29 @@ enum Command {
         #[command(subcommand)]
         command: OrgCommand,
     },
+    /// Seed 000's TEST: run the `test` job template against CLUSTER at
+    /// VERSION (admins).
+    Test {
+        cluster: String,
+        version: String,
+        /// Follow its log until it ends; exit 0 if it passed, 1 if not.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Seed 000's RELEASE: run the `release` job template against CLUSTER
+    /// at VERSION (admins).
+    Release {
+        cluster: String,
+        version: String,
+        /// Follow its log until it ends; exit 0 if it passed, 1 if not.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Jobs: scripts run once on an instance of their own.
+    Job {
+        #[command(subcommand)]
+        command: JobCommand,
+    },
     /// This command line's version and the server's, warning when they
     /// differ.
     Version,
@@ -311,13 +335,71 @@ enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
-    /// Run a node agent (what the `local` driver starts for each node).
+    /// Run a node agent (what the `local` driver starts for each node), or
+    /// in job mode (`--job`) the agent of one job attempt (what an
+    /// attempt's instance runs; its token in FLOTILLA_ATTEMPT_TOKEN).
     #[command(hide = true)]
     Node {
         /// The node's instance directory, as written by the local driver.
+        #[arg(long, required_unless_present = "job")]
+        instance_dir: Option<PathBuf>,
+        /// Job mode: run this job's attempt.
+        #[arg(long, conflicts_with = "instance_dir", requires_all = ["attempt", "server"])]
+        job: Option<u64>,
+        /// The attempt's number.
         #[arg(long)]
-        instance_dir: PathBuf,
+        attempt: Option<u32>,
+        /// Where the server is reached.
+        #[arg(long)]
+        server: Option<String>,
     },
+}
+
+#[derive(Subcommand)]
+enum JobCommand {
+    /// Queue the job FILE describes (TOML, or JSON if it ends in .json).
+    Submit {
+        file: PathBuf,
+        /// Follow its log until it ends; exit 0 if it succeeded, 1 if not.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Your jobs, newest first.
+    List {
+        /// Everyone's (admins).
+        #[arg(long)]
+        all: bool,
+        /// The most to list.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// One job: its state, why it waits, its attempts.
+    Show { id: u64 },
+    /// A job's log (its latest attempt's unless --attempt).
+    Logs {
+        id: u64,
+        /// Keep printing lines as they come, until the attempt ends.
+        #[arg(short, long)]
+        follow: bool,
+        #[arg(long)]
+        attempt: Option<u32>,
+    },
+    /// Cancel a job: one queued ends at once, one running is stopped.
+    Cancel { id: u64 },
+    /// Run a job template of the server's config against CLUSTER at
+    /// VERSION (admins); `flotilla test` and `release` are its `test` and
+    /// `release`.
+    Run {
+        template: String,
+        #[arg(long)]
+        cluster: String,
+        #[arg(long)]
+        version: String,
+        #[arg(long)]
+        wait: bool,
+    },
+    /// The job templates of the server's config (admins).
+    Templates,
 }
 
 #[derive(Subcommand)]
@@ -697,7 +779,42 @@ fn main() -> ExitCode {
                 _ => ExitCode::SUCCESS,
             }
         }
-        Command::Node { instance_dir } => {
+        Command::Node {
+            job: Some(job),
+            attempt: Some(attempt),
+            server: Some(server),
+            ..
+        } => {
+            let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+            tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_ansi(false)
+                .with_writer(std::io::stderr)
+                .init();
+            let Ok(token) = std::env::var("FLOTILLA_ATTEMPT_TOKEN") else {
+                eprintln!("flotilla node --job: set FLOTILLA_ATTEMPT_TOKEN to the attempt's token");
+                return ExitCode::from(exit::USAGE);
+            };
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("tokio runtime");
+            match rt.block_on(job_agent::run(&server, job, attempt, token)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("flotilla node --job {job}: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Node { instance_dir, .. } => {
+            let Some(instance_dir) = instance_dir else {
+                eprintln!(
+                    "flotilla node: give --instance-dir, or --job with --attempt and --server"
+                );
+                return ExitCode::from(exit::USAGE);
+            };
             // Goes to the instance's node.log, which the local driver opens
             // as this process's stderr.
             let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -945,6 +1062,34 @@ fn main() -> ExitCode {
                         KeyCommand::Rotate => client.key_rotate().await,
                         KeyCommand::Retire { kid } => client.key_retire(&kid).await,
                     },
+                    Command::Job { command } => match command {
+                        JobCommand::Submit { file, wait } => client.job_submit(&file, wait).await,
+                        JobCommand::List { all, limit } => client.job_list(all, limit).await,
+                        JobCommand::Show { id } => client.job_show(id).await,
+                        JobCommand::Logs {
+                            id,
+                            follow,
+                            attempt,
+                        } => client.job_logs(id, attempt, follow).await.map(|_| exit::OK),
+                        JobCommand::Cancel { id } => client.job_cancel(id).await,
+                        JobCommand::Run {
+                            template,
+                            cluster,
+                            version,
+                            wait,
+                        } => client.job_run(&template, cluster, version, wait).await,
+                        JobCommand::Templates => client.job_templates().await,
+                    },
+                    Command::Test {
+                        cluster,
+                        version,
+                        wait,
+                    } => client.job_run("test", cluster, version, wait).await,
+                    Command::Release {
+                        cluster,
+                        version,
+                        wait,
+                    } => client.job_run("release", cluster, version, wait).await,
                     Command::Org { command } => match command {
                         OrgCommand::Create { name, owners, pool } => {
                             client

@@ -325,6 +325,22 @@ pub async fn run(config: Config, admin_password: Option<String>) -> anyhow::Resu
         })
     };
     let addr = listener.local_addr()?;
+    let agent_url = config.jobs.server_url.clone().unwrap_or_else(|| {
+        let mut reach = addr;
+        if reach.ip().is_unspecified() {
+            reach.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        format!("http://{reach}")
+    });
+    engine.set_attempt_boot(Arc::new(AgentBoot {
+        program: std::env::current_exe().context("cannot find the flotilla binary")?,
+        server: agent_url,
+        kinds: config
+            .drivers
+            .iter()
+            .map(|(name, d)| (name.clone(), d.kind()))
+            .collect(),
+    }));
     let leading = if engine.leading() {
         "leading"
     } else {
@@ -355,7 +371,15 @@ pub async fn run(config: Config, admin_password: Option<String>) -> anyhow::Resu
         })
     };
     let app = flotilla_api::router(AppState {
-        control: flotilla_control::Control::new(engine.clone(), config.catalog.clone()),
+        control: flotilla_control::Control::new(engine.clone(), config.catalog.clone())
+            .with_artifacts(Arc::new(flotilla_store::LocalArtifacts::new(
+                config
+                    .jobs
+                    .artifacts_dir
+                    .clone()
+                    .unwrap_or_else(|| config.data_dir.join("artifacts")),
+            )))
+            .with_templates(config.jobs.templates.clone()),
         engine: engine.clone(),
         identity,
         limits,
@@ -412,5 +436,45 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+    }
+}
+
+/// How a job attempt's instance starts its agent: on the local driver, the
+/// node runs this binary in job mode, reaching the server at `server`.
+struct AgentBoot {
+    program: std::path::PathBuf,
+    server: String,
+    /// Each driver's kind, by name.
+    kinds: BTreeMap<String, &'static str>,
+}
+
+/// `s` quoted for `sh`.
+fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+impl flotilla_engine::AttemptBoot for AgentBoot {
+    fn init_data(
+        &self,
+        driver: &str,
+        job: u64,
+        attempt: u32,
+        token: &str,
+    ) -> Result<String, String> {
+        match self.kinds.get(driver).copied() {
+            Some("local") => Ok(format!(
+                "FLOTILLA_ATTEMPT_TOKEN={} exec {} node --job {job} --attempt {attempt} --server {}",
+                sh_quote(token),
+                sh_quote(&self.program.to_string_lossy()),
+                sh_quote(&self.server),
+            )),
+            // Nothing runs on a fake instance: what a test plays the agent
+            // with is the API.
+            Some("fake") => Ok(format!("flotilla node --job {job} --attempt {attempt}")),
+            Some(kind) => Err(format!(
+                "jobs do not run on {kind} instances yet (only the local driver starts their agent); name a pool of the local driver"
+            )),
+            None => Err(format!("driver {driver} is not configured")),
+        }
     }
 }

@@ -4,7 +4,10 @@
 
 use chrono::{DateTime, Utc};
 use flotilla_store::sql::{self as row, JobRow};
-use flotilla_store::{next_job, Fence, JobId, JobRecord, JobStep, JobStore, NewJob, StoreError};
+use flotilla_store::{
+    next_job, step_change, submitted, Fence, JobId, JobRecord, JobStep, JobStore, NewJob,
+    StoreError,
+};
 
 use crate::{commit_with, PostgresStore};
 
@@ -32,8 +35,8 @@ impl JobStore for PostgresStore {
             .bind(record.version as i64)
             .fetch_one(&mut *tx)
             .await?;
-        commit_with(tx, &[], now).await?;
         record.id = u64::try_from(id).map_err(|_| StoreError::Corrupt(format!("job id {id}")))?;
+        commit_with(tx, &[submitted(&record)], now).await?;
         Ok(record)
     }
 
@@ -84,7 +87,8 @@ impl JobStore for PostgresStore {
                 .await?;
         let job = found.map(JobRecord::try_from).transpose()?;
         let next = next_job(job.as_ref(), id, version, step, fence, now)?;
-        let read = job.expect("next_job needs the job").version;
+        let before = job.expect("next_job needs the job");
+        let read = before.version;
         if next.version != read {
             sqlx::query(row::JOB_UPDATE)
                 .bind(id as i64)
@@ -97,7 +101,8 @@ impl JobStore for PostgresStore {
                 .bind(read as i64)
                 .execute(&mut *tx)
                 .await?;
-            commit_with(tx, &[], now).await?;
+            let changes: Vec<_> = step_change(step, &before, &next).into_iter().collect();
+            commit_with(tx, &changes, now).await?;
         }
         Ok(next)
     }

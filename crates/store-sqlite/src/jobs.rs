@@ -3,7 +3,10 @@
 
 use chrono::{DateTime, Utc};
 use flotilla_store::sql::{self as row, JobRow};
-use flotilla_store::{next_job, Fence, JobId, JobRecord, JobStep, JobStore, NewJob, StoreError};
+use flotilla_store::{
+    next_job, step_change, submitted, Fence, JobId, JobRecord, JobStep, JobStore, NewJob,
+    StoreError,
+};
 
 use crate::SqliteStore;
 
@@ -31,8 +34,9 @@ impl JobStore for SqliteStore {
             .bind(record.version as i64)
             .fetch_one(&mut *tx)
             .await?;
-        self.commit(tx).await?;
         record.id = u64::try_from(id).map_err(|_| StoreError::Corrupt(format!("job id {id}")))?;
+        crate::record_changes(&mut tx, &[submitted(&record)], now).await?;
+        self.commit(tx).await?;
         Ok(record)
     }
 
@@ -82,7 +86,8 @@ impl JobStore for SqliteStore {
             .await?;
         let job = found.map(JobRecord::try_from).transpose()?;
         let next = next_job(job.as_ref(), id, version, step, fence, now)?;
-        let read = job.expect("next_job needs the job").version;
+        let before = job.expect("next_job needs the job");
+        let read = before.version;
         if next.version != read {
             sqlx::query(row::JOB_UPDATE)
                 .bind(id as i64)
@@ -95,6 +100,9 @@ impl JobStore for SqliteStore {
                 .bind(read as i64)
                 .execute(&mut *tx)
                 .await?;
+            if let Some(change) = step_change(step, &before, &next) {
+                crate::record_changes(&mut tx, &[change], now).await?;
+            }
             self.commit(tx).await?;
         }
         Ok(next)

@@ -4,7 +4,8 @@
 //! job at once, one wins.
 
 use flotilla_domain::{
-    AfterAttempt, AttemptEnd, InstanceId, InstanceType, JobState, Market, Money, PoolName,
+    AfterAttempt, AttemptEnd, ChangeEntity, InstanceId, InstanceType, JobState, Market, Money,
+    PoolName,
 };
 use tokio::task::JoinSet;
 
@@ -27,6 +28,7 @@ fn on(ty: &str) -> JobStep {
         instance_type: InstanceType::new(ty).unwrap(),
         market: Market::Spot,
         price_per_hour: Money::from_micros(31_000),
+        token: format!("token-{ty}"),
     })
 }
 
@@ -164,6 +166,30 @@ pub async fn a_job_goes_through_its_attempts_step_by_step(h: Harness) {
         Money::from_micros(31_000)
     );
     assert_eq!(stored.attempts[1].ended_at, Some(t(9)));
+
+    // Each step that moved the job is in the feed, in its order, with
+    // what readers need to know whose it is; the refused ones are not,
+    // nor the instances made.
+    let feed = store
+        .changes(0, 100, Some((ChangeEntity::Job, &j.id.to_string())))
+        .await
+        .unwrap();
+    let kinds: Vec<&str> = feed.iter().map(|c| c.kind.as_str()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "job.submitted",
+            "job.waiting",
+            "job.started",
+            "job.running",
+            "job.attempt_ended",
+            "job.started",
+            "job.running",
+            "job.ended"
+        ]
+    );
+    assert!(feed.iter().all(|c| c.payload["submitted_by"] == "ann"));
+    assert_eq!(feed[7].payload["state"], "succeeded");
 }
 
 pub async fn a_cancelled_job_never_starts_again(h: Harness) {

@@ -11,8 +11,8 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use flotilla_domain::{
-    AfterAttempt, AttemptEnd, InstanceId, InstanceType, JobState, Market, Money, OrgName, PoolName,
-    QueueKey,
+    AfterAttempt, AttemptEnd, ChangeKind, InstanceId, InstanceType, JobState, Market, Money,
+    NewChange, OrgName, PoolName, QueueKey,
 };
 
 use crate::{Fence, StoreError};
@@ -64,6 +64,13 @@ pub struct AttemptRecord {
     pub running_at: Option<DateTime<Utc>>,
     pub ended_at: Option<DateTime<Utc>>,
     pub end: Option<AttemptEnd>,
+    /// When its agent last reported (a heartbeat, a log line, the start).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seen_at: Option<DateTime<Utc>>,
+    /// What its agent presents: good for this attempt only, and never
+    /// shown.
+    #[serde(default)]
+    pub token: String,
 }
 
 mod market {
@@ -100,6 +107,8 @@ pub struct NewAttempt {
     pub instance_type: InstanceType,
     pub market: Market,
     pub price_per_hour: Money,
+    /// What its agent will present (see [`AttemptRecord::token`]).
+    pub token: String,
 }
 
 /// One step of a job.
@@ -123,12 +132,20 @@ pub enum JobStep {
     Cancel { by: String },
     /// Why a queued job waits now.
     Reason(Option<String>),
+    /// Attempt `attempt`'s agent reported (no change in the feed).
+    Heartbeat { attempt: u32 },
 }
 
 impl JobStep {
     /// Whether only the leader takes this step (under its lease).
+    /// The agent's own reports (its script runs, it exited, it is alive)
+    /// and a cancel come from whichever server took them; they are
+    /// checked against the job's version and attempt instead.
     pub fn is_leaders(&self) -> bool {
-        !matches!(self, JobStep::Cancel { .. })
+        matches!(
+            self,
+            JobStep::Start(_) | JobStep::Created { .. } | JobStep::Reason(_)
+        )
     }
 }
 
@@ -203,6 +220,8 @@ impl JobRecord {
                     running_at: None,
                     ended_at: None,
                     end: None,
+                    seen_at: None,
+                    token: a.token.clone(),
                 });
             }
             JobStep::Created { attempt, instance } => {
@@ -227,6 +246,7 @@ impl JobRecord {
                 next.state = JobState::Running;
                 let a = next.attempts.last_mut().expect("live");
                 a.running_at = Some(now);
+                a.seen_at = Some(now);
             }
             JobStep::End {
                 attempt,
@@ -277,6 +297,11 @@ impl JobRecord {
                 _ if self.cancel_by.is_some() => return Ok(self.clone()),
                 _ => next.cancel_by = Some(by.clone()),
             },
+            JobStep::Heartbeat { attempt } => {
+                self.live(*attempt)?;
+                let a = next.attempts.last_mut().expect("live");
+                a.seen_at = Some(now);
+            }
             JobStep::Reason(reason) => {
                 if self.state != JobState::Queued {
                     return Err(refused(self, "only a queued job waits"));
@@ -295,6 +320,90 @@ impl JobRecord {
         self.live_attempt()
             .filter(|a| a.attempt == attempt)
             .ok_or_else(|| refused(self, &format!("attempt {attempt} is not under way")))
+    }
+}
+
+/// The change a submission records in the feed.
+pub fn submitted(job: &JobRecord) -> NewChange {
+    job_change(
+        ChangeKind::JobSubmitted,
+        job,
+        format!("queued at priority {}", job.priority),
+    )
+}
+
+/// The change `step`, which took a job from `before` to `after`, records
+/// in the feed; none for a step that changed nothing, a heartbeat or an
+/// instance made (the attempt's start said where it runs).
+pub fn step_change(step: &JobStep, before: &JobRecord, after: &JobRecord) -> Option<NewChange> {
+    if before.version == after.version {
+        return None;
+    }
+    let attempt = after.attempts.last();
+    let (kind, message) = match step {
+        JobStep::Heartbeat { .. } | JobStep::Created { .. } => return None,
+        JobStep::Reason(reason) => (
+            ChangeKind::JobWaiting,
+            reason.clone().unwrap_or_else(|| "waits".to_owned()),
+        ),
+        JobStep::Start(a) => (
+            ChangeKind::JobStarted,
+            format!(
+                "attempt {} on {} ({}) from pool {} at ${}/h",
+                attempt.map_or(0, |a| a.attempt),
+                a.instance_type,
+                a.market.as_str(),
+                a.pool,
+                a.price_per_hour
+            ),
+        ),
+        JobStep::Running { attempt: n } => (
+            ChangeKind::JobRunning,
+            format!(
+                "attempt {n} runs on {}",
+                attempt
+                    .and_then(|a| a.instance.as_ref())
+                    .map_or("?", |i| i.as_str())
+            ),
+        ),
+        JobStep::End {
+            attempt: n, end, ..
+        } => {
+            if after.state.is_final() {
+                (
+                    ChangeKind::JobEnded,
+                    format!("attempt {n}: {end} → {}", after.state),
+                )
+            } else {
+                (
+                    ChangeKind::JobAttemptEnded,
+                    format!("attempt {n}: {end}; queued again"),
+                )
+            }
+        }
+        JobStep::Cancel { by } if after.state.is_final() => {
+            (ChangeKind::JobEnded, format!("cancelled by {by}"))
+        }
+        JobStep::Cancel { by } => (
+            ChangeKind::JobCancelAsked,
+            format!("cancel asked by {by}: its attempt is being ended"),
+        ),
+    };
+    Some(job_change(kind, after, message))
+}
+
+fn job_change(kind: ChangeKind, job: &JobRecord, message: String) -> NewChange {
+    NewChange {
+        kind,
+        key: job.id.to_string(),
+        payload: serde_json::json!({
+            "name": job.name,
+            "submitted_by": job.submitted_by,
+            "org": job.org.as_ref().map(ToString::to_string),
+            "state": job.state.as_str(),
+            "attempt": job.attempts.last().map(|a| a.attempt),
+            "message": message,
+        }),
     }
 }
 

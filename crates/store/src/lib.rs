@@ -14,6 +14,7 @@
 //! from it.
 
 mod accounts;
+mod artifacts;
 pub mod contract;
 mod jobs;
 mod keys;
@@ -35,8 +36,12 @@ use flotilla_domain::{
 pub use accounts::{
     account_change, left_with_account, AccountRecord, AccountStore, RefreshTokenRecord, Rotation,
 };
+pub use artifacts::{ArtifactStore, LocalArtifacts};
 pub use flotilla_domain::CostRow;
-pub use jobs::{next_job, AttemptRecord, JobId, JobRecord, JobStep, JobStore, NewAttempt, NewJob};
+pub use jobs::{
+    next_job, step_change, submitted, AttemptRecord, JobId, JobRecord, JobStep, JobStore,
+    NewAttempt, NewJob,
+};
 pub use keys::{keys_change, AddKeys, SigningKeyRecord};
 pub use lease::{ClusterNodes, ClusterObstacle, Fence, GoneNode, Lease, LeaseStore};
 pub use memory::MemoryStore;
@@ -99,6 +104,9 @@ pub enum StoreError {
     SchemaTooNew { found: i64, known: i64 },
     #[error("stored data is invalid: {0}")]
     Corrupt(String),
+    /// The artifact store (jobs' logs) failed.
+    #[error("the artifact store failed: {0}")]
+    Artifacts(String),
     /// The record changed since the writer read it; nothing was changed.
     #[error("{what} was changed by another request while this one ran (it read version {expected}; {found} or later now); look at it again and retry")]
     Stale {

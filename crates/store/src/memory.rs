@@ -1261,6 +1261,7 @@ impl crate::JobStore for MemoryStore {
         let id = inner.jobs.keys().next_back().map_or(1, |last| last + 1);
         let record = crate::JobRecord::queued(job, id, now);
         inner.jobs.insert(id, record.clone());
+        inner.record(crate::submitted(&record), now);
         Ok(record)
     }
 
@@ -1308,7 +1309,11 @@ impl crate::JobStore for MemoryStore {
         if let Some(fence) = fence {
             inner.check_fence(fence)?;
         }
-        let next = crate::next_job(inner.jobs.get(&id), id, version, step, fence, now)?;
+        let before = inner.jobs.get(&id).cloned();
+        let next = crate::next_job(before.as_ref(), id, version, step, fence, now)?;
+        if let Some(change) = before.and_then(|b| crate::step_change(step, &b, &next)) {
+            inner.record(change, now);
+        }
         inner.jobs.insert(id, next.clone());
         Ok(next)
     }

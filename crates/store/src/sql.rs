@@ -855,6 +855,7 @@ pub fn entity_pattern(entity: ChangeEntity) -> &'static str {
         ChangeEntity::Server => "server.%",
         ChangeEntity::Pool => "pool.%",
         ChangeEntity::SharedConfig => "shared_config.%",
+        ChangeEntity::Job => "job.%",
     }
 }
 

@@ -104,6 +104,17 @@ impl Server {
     /// Starts a server with this config text and these extra environment
     /// variables.
     pub fn start_with_env(dir: &Path, config_text: &str, env: &[(&str, &str)]) -> Server {
+        Self::start_listening(dir, config_text, env, "127.0.0.1:0")
+    }
+
+    /// Starts a server listening on `listen` (a restart that agents and
+    /// clients must find where they left it).
+    pub fn start_listening(
+        dir: &Path,
+        config_text: &str,
+        env: &[(&str, &str)],
+        listen: &str,
+    ) -> Server {
         let config = dir.join("flotilla.toml");
         std::fs::write(&config, config_text).unwrap();
         let log = dir.join(format!(
@@ -116,7 +127,7 @@ impl Server {
         // Each start logs to its own file, so a restart is not fooled by the
         // previous server's "serving" line.
         let child = Command::new(BIN)
-            .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+            .args(["serve", "--listen", listen, "--config"])
             .arg(&config)
             .arg("--data-dir")
             .arg(dir.join("data"))

@@ -1,0 +1,586 @@
+//! Jobs (issue 13): submitting and cancelling (commands), reading a job,
+//! the list and a log (questions), and what an attempt's agent reports
+//! (its own questions and steps, authorised by the attempt's token).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use flotilla_domain::{
+    after_attempt, authorize_admin, authorize_job, authorize_job_submit, AttemptEnd, Caller,
+    ClusterName, Denied, JobDocument, JobSpec, JobState, JobTemplate, OrgError, OrgName, OrgRole,
+    Secret, TemplateArgs, REDACTED,
+};
+use flotilla_engine::{spec_of, EngineError};
+use flotilla_store::{ArtifactStore, JobId, JobRecord, JobStep, NewJob, StoreError};
+
+use crate::{sealed, Command, Control};
+
+/// The most jobs one list shows.
+pub const MAX_JOBS: usize = 500;
+
+/// A job as shown: secrets redacted, tokens left out, and where a queued
+/// job stands in the queue.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobView {
+    pub job: JobRecord,
+    /// Its place among the queued jobs, and how many there are.
+    pub place: Option<(usize, usize)>,
+}
+
+/// Submit a job: checked against the server's defaults and limits, its
+/// pools and organisation; queued with those defaults filled in.
+#[derive(Debug, Clone)]
+pub struct SubmitJob {
+    pub document: JobDocument,
+}
+
+impl sealed::Sealed for SubmitJob {}
+
+impl Command for SubmitJob {
+    type Committed = JobId;
+    type View = JobView;
+    const NAME: &'static str = "submit job";
+
+    async fn commit(self, control: &Control, caller: &Caller) -> Result<JobId, EngineError> {
+        queue(control, caller, self.document).await
+    }
+
+    async fn answer(id: JobId, control: &Control) -> Result<JobView, EngineError> {
+        let job = control.stored_job(id).await?;
+        control.view(job).await
+    }
+}
+
+/// Checks `document` against the server's defaults, its pools and its
+/// organisation, and queues it with the defaults filled in.
+async fn queue(
+    control: &Control,
+    caller: &Caller,
+    document: JobDocument,
+) -> Result<JobId, EngineError> {
+    let engine = control.engine();
+    let spec = document
+        .spec(&engine.config().jobs.defaults)
+        .map_err(|problems| EngineError::InvalidJob { problems })?;
+    for pool in &spec.pools {
+        if engine.pool(pool).is_none() {
+            return Err(control.unknown_pool(pool.as_str()));
+        }
+    }
+    let role = match &spec.org {
+        Some(org) => Some((org.as_str(), control.org_role(caller, org)?)),
+        None => None,
+    };
+    authorize_job_submit(caller, &engine.config().levels, role)?;
+    let job = NewJob {
+        name: spec.name.clone(),
+        document: serde_json::to_value(document.resolved(&spec))
+            .expect("a job document serialises"),
+        submitted_by: Control::writer(caller),
+        org: spec.org.clone(),
+        priority: spec.priority,
+    };
+    let record = engine.store().submit_job(&job, engine.now()).await?;
+    tracing::info!(job = record.id, name = %record.name, by = %record.submitted_by, "job submitted");
+    Ok(record.id)
+}
+
+/// Run a job template of the server's config (seed 000's TEST and
+/// RELEASE) against a cluster at a version (admins).
+#[derive(Debug, Clone)]
+pub struct RunTemplate {
+    pub template: String,
+    pub cluster: ClusterName,
+    pub version: String,
+    /// A token for the cluster, for the template's `{{cluster_token}}`.
+    pub cluster_token: Secret,
+}
+
+impl sealed::Sealed for RunTemplate {}
+
+impl Command for RunTemplate {
+    type Committed = JobId;
+    type View = JobView;
+    const NAME: &'static str = "run template";
+
+    async fn commit(self, control: &Control, caller: &Caller) -> Result<JobId, EngineError> {
+        authorize_admin(caller)?;
+        let template =
+            control
+                .templates
+                .get(&self.template)
+                .ok_or_else(|| EngineError::UnknownTemplate {
+                    template: self.template.clone(),
+                    known: control
+                        .templates
+                        .keys()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                })?;
+        let engine = control.engine();
+        if engine.record(&self.cluster).is_none_or(|r| r.destroying) {
+            return Err(EngineError::NotFound(self.cluster));
+        }
+        let view = engine.view(&self.cluster);
+        let address = view
+            .nodes
+            .iter()
+            .find_map(|n| n.workload_address.clone().or_else(|| n.address.clone()))
+            .unwrap_or_default();
+        let document = template
+            .instantiate(
+                &TemplateArgs {
+                    cluster: &self.cluster,
+                    version: &self.version,
+                    address: &address,
+                    cluster_token: self.cluster_token.expose(),
+                },
+                &engine.config().jobs.defaults,
+            )
+            .map_err(|problems| EngineError::InvalidJob { problems })?;
+        queue(control, caller, document).await
+    }
+
+    async fn answer(id: JobId, control: &Control) -> Result<JobView, EngineError> {
+        let job = control.stored_job(id).await?;
+        control.view(job).await
+    }
+}
+
+/// Cancel a job: one queued ends at once; one under way has its attempt
+/// ended by the leader (its instance destroyed), then ends.
+#[derive(Debug, Clone)]
+pub struct CancelJob {
+    pub id: JobId,
+}
+
+impl sealed::Sealed for CancelJob {}
+
+impl Command for CancelJob {
+    type Committed = JobId;
+    type View = JobView;
+    const NAME: &'static str = "cancel job";
+
+    async fn commit(self, control: &Control, caller: &Caller) -> Result<JobId, EngineError> {
+        let job = control.stored_job(self.id).await?;
+        control.authorize(caller, &job, "cancel")?;
+        let engine = control.engine();
+        engine
+            .store()
+            .step_job(
+                job.id,
+                None,
+                &JobStep::Cancel {
+                    by: Control::writer(caller),
+                },
+                None,
+                engine.now(),
+            )
+            .await?;
+        tracing::info!(job = job.id, by = %Control::writer(caller), "job cancel asked");
+        Ok(job.id)
+    }
+
+    async fn answer(id: JobId, control: &Control) -> Result<JobView, EngineError> {
+        let job = control.stored_job(id).await?;
+        control.view(job).await
+    }
+}
+
+/// What an attempt's agent needs to run it.
+#[derive(Debug, Clone)]
+pub struct AttemptWork {
+    pub job: JobId,
+    pub attempt: u32,
+    /// The job as meant, secrets and all: for the agent only.
+    pub spec: JobSpec,
+}
+
+/// What an attempt's agent reports.
+#[derive(Debug, Clone)]
+pub enum AgentReport {
+    /// Its script started.
+    Running,
+    /// It is alive.
+    Heartbeat,
+    /// Output, as chunk number `chunk` of its log: (time, stream, line).
+    Log {
+        chunk: u64,
+        lines: Vec<(DateTime<Utc>, String, String)>,
+    },
+    /// Its script exited with `status`.
+    Exited { status: i32 },
+}
+
+/// What the agent is told back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AgentAnswer {
+    /// Stop the script: the attempt is over (cancelled, timed out, or
+    /// ended by the leader), or its cancel was asked for.
+    pub stop: bool,
+}
+
+/// Part of an attempt's log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogPage {
+    pub attempt: u32,
+    /// Chunks numbered from the one asked for.
+    pub chunks: Vec<(u64, String)>,
+    /// Whether the attempt is over, so no chunk comes after these.
+    pub done: bool,
+}
+
+impl Control {
+    /// Runs job templates from `templates` (none without).
+    pub fn with_templates(mut self, templates: BTreeMap<String, JobTemplate>) -> Self {
+        self.templates = Arc::new(templates);
+        self
+    }
+
+    /// The job templates' names.
+    pub fn template_names(&self) -> Vec<String> {
+        self.templates.keys().cloned().collect()
+    }
+
+    /// Keeps jobs' logs in `artifacts` (without, logs are refused).
+    pub fn with_artifacts(mut self, artifacts: Arc<dyn ArtifactStore>) -> Self {
+        self.artifacts = Some(artifacts);
+        self
+    }
+
+    fn artifacts(&self) -> Result<&Arc<dyn ArtifactStore>, EngineError> {
+        self.artifacts.as_ref().ok_or_else(|| {
+            EngineError::Config("this server keeps no job logs (no artifact store)".to_owned())
+        })
+    }
+
+    /// The caller's role in organisation `org` (None: not a member);
+    /// refused if there is no such organisation.
+    fn org_role(&self, caller: &Caller, org: &OrgName) -> Result<Option<OrgRole>, EngineError> {
+        let name = ClusterName::new(org.as_str())?;
+        let found = self
+            .engine()
+            .org(&name)
+            .ok_or_else(|| EngineError::Org(OrgError::Unknown(org.clone())))?;
+        Ok(caller.account.as_ref().and_then(|a| found.role(a)))
+    }
+
+    fn authorize(
+        &self,
+        caller: &Caller,
+        job: &JobRecord,
+        what: &'static str,
+    ) -> Result<(), Denied> {
+        let role = job.org.as_ref().and_then(|org| {
+            let name = ClusterName::new(org.as_str()).ok()?;
+            let found = self.engine().org(&name)?;
+            caller.account.as_ref().and_then(|a| found.role(a))
+        });
+        authorize_job(caller, job.id, &job.submitted_by, role, what)
+    }
+
+    async fn stored_job(&self, id: JobId) -> Result<JobRecord, EngineError> {
+        self.engine()
+            .store()
+            .job(id)
+            .await?
+            .ok_or(EngineError::UnknownJob(id))
+    }
+
+    /// `job` as shown, with its place in the queue.
+    async fn view(&self, job: JobRecord) -> Result<JobView, EngineError> {
+        let place = if job.state == JobState::Queued {
+            let live = self.engine().store().live_jobs().await?;
+            let queued: Vec<JobId> = live
+                .iter()
+                .filter(|j| j.state == JobState::Queued)
+                .map(|j| j.id)
+                .collect();
+            queued
+                .iter()
+                .position(|id| *id == job.id)
+                .map(|at| (at + 1, queued.len()))
+        } else {
+            None
+        };
+        Ok(JobView {
+            job: shown(job),
+            place,
+        })
+    }
+
+    /// Job `id`, if the caller may read it.
+    pub async fn job(&self, caller: &Caller, id: JobId) -> Result<JobView, EngineError> {
+        let job = self.stored_job(id).await?;
+        self.authorize(caller, &job, "read")?;
+        self.view(job).await
+    }
+
+    /// The caller's latest jobs (an admin's `all`: everyone's), newest
+    /// first.
+    pub async fn jobs(
+        &self,
+        caller: &Caller,
+        all: bool,
+        limit: usize,
+    ) -> Result<Vec<JobView>, EngineError> {
+        if caller.account.is_none() && !caller.is_admin() {
+            return Err(Denied::NotAuthenticated.into());
+        }
+        let everyone = all && caller.is_admin();
+        let mine = if everyone {
+            None
+        } else {
+            Some(Control::writer(caller))
+        };
+        let store = self.engine().store();
+        let jobs = store.jobs(mine.as_deref(), limit.min(MAX_JOBS)).await?;
+        let queued: Vec<JobId> = if jobs.iter().any(|j| j.state == JobState::Queued) {
+            store
+                .live_jobs()
+                .await?
+                .iter()
+                .filter(|j| j.state == JobState::Queued)
+                .map(|j| j.id)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Ok(jobs
+            .into_iter()
+            .map(|job| {
+                let place = queued
+                    .iter()
+                    .position(|id| *id == job.id)
+                    .map(|at| (at + 1, queued.len()));
+                JobView {
+                    job: shown(job),
+                    place,
+                }
+            })
+            .collect())
+    }
+
+    /// Attempt `attempt` (the latest when None) of job `id`'s log, from
+    /// chunk `from` on.
+    pub async fn job_log(
+        &self,
+        caller: &Caller,
+        id: JobId,
+        attempt: Option<u32>,
+        from: u64,
+    ) -> Result<LogPage, EngineError> {
+        let job = self.stored_job(id).await?;
+        self.authorize(caller, &job, "read")?;
+        let artifacts = self.artifacts()?;
+        let Some(last) = job.attempts.last() else {
+            // Not started: nothing yet, and more to come unless it ended.
+            return Ok(LogPage {
+                attempt: 0,
+                chunks: Vec::new(),
+                done: job.state.is_final(),
+            });
+        };
+        let n = attempt.unwrap_or(last.attempt);
+        let Some(a) = job.attempts.iter().find(|a| a.attempt == n) else {
+            return Err(EngineError::Conflict(StoreError::JobState {
+                id,
+                state: job.state,
+                what: format!("it has attempts 1 to {}, not {n}", last.attempt),
+            }));
+        };
+        let done = a.end.is_some();
+        let chunks = artifacts.log_chunks(id, n, from).await?;
+        Ok(LogPage {
+            attempt: n,
+            chunks,
+            done,
+        })
+    }
+
+    /// Job `id`'s attempt `attempt`, if `token` is its agent's and it is
+    /// under way.
+    async fn attempt_of(
+        &self,
+        id: JobId,
+        attempt: u32,
+        token: &str,
+    ) -> Result<(JobRecord, bool), EngineError> {
+        let job = self
+            .engine()
+            .store()
+            .job(id)
+            .await?
+            .ok_or(Denied::NotThisAttempt)?;
+        let a = job
+            .attempts
+            .iter()
+            .find(|a| a.attempt == attempt)
+            .filter(|a| !a.token.is_empty() && same(a.token.as_bytes(), token.as_bytes()))
+            .ok_or(Denied::NotThisAttempt)?;
+        let live = a.end.is_none();
+        Ok((job, live))
+    }
+
+    /// What the agent of attempt `attempt` of job `id` runs.
+    pub async fn attempt_work(
+        &self,
+        id: JobId,
+        attempt: u32,
+        token: &str,
+    ) -> Result<AttemptWork, EngineError> {
+        let (job, live) = self.attempt_of(id, attempt, token).await?;
+        if !live || job.cancel_by.is_some() {
+            return Err(EngineError::Conflict(StoreError::JobState {
+                id,
+                state: job.state,
+                what: format!("attempt {attempt} is over: it runs nothing"),
+            }));
+        }
+        let spec = spec_of(&job).map_err(EngineError::Config)?;
+        Ok(AttemptWork {
+            job: id,
+            attempt,
+            spec,
+        })
+    }
+
+    /// Takes what the agent of attempt `attempt` of job `id` reports.
+    pub async fn attempt_report(
+        &self,
+        id: JobId,
+        attempt: u32,
+        token: &str,
+        report: AgentReport,
+    ) -> Result<AgentAnswer, EngineError> {
+        let (job, live) = self.attempt_of(id, attempt, token).await?;
+        let engine = self.engine();
+        let store = engine.store();
+        let now = engine.now();
+        let step = |step: JobStep| async move { store.step_job(id, None, &step, None, now).await };
+        let stop = |job: &JobRecord| AgentAnswer {
+            stop: job.live_attempt().is_none_or(|a| a.attempt != attempt)
+                || job.cancel_by.is_some(),
+        };
+        match report {
+            AgentReport::Log { chunk, lines } => {
+                let spec = spec_of(&job).ok();
+                let mut text = String::new();
+                for (at, stream, line) in lines {
+                    let line = match &spec {
+                        Some(spec) => spec.redact(&line),
+                        None => line,
+                    };
+                    text.push_str(&format!(
+                        "{} {stream} {line}\n",
+                        at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+                    ));
+                }
+                // Kept even from an attempt just ended: its last words.
+                self.artifacts()?
+                    .put_log_chunk(id, attempt, chunk, &text)
+                    .await?;
+                if live && self.seen_long_ago(&job, attempt, now) {
+                    if let Ok(job) = step(JobStep::Heartbeat { attempt }).await {
+                        return Ok(stop(&job));
+                    }
+                }
+                Ok(stop(&job))
+            }
+            _ if !live => Ok(AgentAnswer { stop: true }),
+            AgentReport::Heartbeat => match step(JobStep::Heartbeat { attempt }).await {
+                Ok(job) => Ok(stop(&job)),
+                Err(StoreError::JobState { .. }) => Ok(AgentAnswer { stop: true }),
+                Err(e) => Err(e.into()),
+            },
+            AgentReport::Running => {
+                let job = step(JobStep::Running { attempt }).await?;
+                tracing::info!(job = id, attempt, "job attempt running");
+                Ok(stop(&job))
+            }
+            AgentReport::Exited { status } => {
+                let spec = spec_of(&job).map_err(EngineError::Config)?;
+                let end = AttemptEnd::Exited { status };
+                let after = after_attempt(&spec, attempt, end);
+                let job = step(JobStep::End {
+                    attempt,
+                    end,
+                    after,
+                })
+                .await?;
+                tracing::info!(job = id, attempt, status, state = %job.state, "job attempt exited");
+                Ok(AgentAnswer { stop: true })
+            }
+        }
+    }
+
+    /// Whether the attempt's last report is old enough to record another
+    /// (a log chunk counts as one, but not every chunk is written down).
+    fn seen_long_ago(&self, job: &JobRecord, attempt: u32, now: DateTime<Utc>) -> bool {
+        let every = self.engine().config().jobs.heartbeat_timeout / 6;
+        job.attempts
+            .iter()
+            .find(|a| a.attempt == attempt)
+            .and_then(|a| a.seen_at.or(a.running_at))
+            .is_none_or(|seen| (now - seen).to_std().is_ok_and(|d| d >= every))
+    }
+}
+
+/// Compares two secrets in time that does not depend on where they differ.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
+}
+
+/// `job` as anyone shown it sees it: its secrets' values and its
+/// attempts' tokens left out.
+fn shown(mut job: JobRecord) -> JobRecord {
+    if let Some(secrets) = job
+        .document
+        .get_mut("secrets")
+        .and_then(serde_json::Value::as_object_mut)
+    {
+        for value in secrets.values_mut() {
+            *value = REDACTED.into();
+        }
+    }
+    for a in &mut job.attempts {
+        a.token.clear();
+    }
+    job
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_shown_job_has_no_secret_and_no_token() {
+        let job = JobRecord {
+            id: 1,
+            name: "j".into(),
+            document: serde_json::json!({"name": "j", "script": "true", "secrets": {"KEY": "hunter2"}}),
+            submitted_by: "ann".into(),
+            org: None,
+            priority: 0,
+            state: JobState::Queued,
+            reason: None,
+            cancel_by: None,
+            attempts: Vec::new(),
+            submitted_at: Utc::now(),
+            updated_at: Utc::now(),
+            version: 1,
+        };
+        let text = format!("{:?}", shown(job));
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(text.contains(REDACTED));
+    }
+
+    #[test]
+    fn tokens_compare_whole() {
+        assert!(same(b"abc", b"abc"));
+        assert!(!same(b"abc", b"abd"));
+        assert!(!same(b"abc", b"ab"));
+    }
+}

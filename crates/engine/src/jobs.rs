@@ -1,0 +1,590 @@
+//! The job runner (issue 13), run by the leader: each pass reads the jobs
+//! not ended, looks after every attempt under way (its instance made or
+//! adopted from the cloud's listing; ended when cancelled, past its
+//! `max_runtime`, never booted, or silent past the heartbeat timeout),
+//! destroys the instances of attempts no longer under way, and starts the
+//! queued jobs the scheduler ([`flotilla_domain::schedule`]) finds an
+//! instance for, in queue order.
+//!
+//! Every attempt has an instance of its own, tagged with the job and the
+//! attempt ([`TAG_JOB`]) besides the ownership tags, so a new leader finds
+//! it in the listing and nothing else touches it: a cluster's reconcile
+//! never sees it ([`crate::inventory::SetInventory::jobs`]). Each step is
+//! written under the lease and checked against the job's version, so an
+//! attempt is started once and a job cancelled runs nothing more.
+//!
+//! The agent on the instance reports through the API (its script runs,
+//! its output, heartbeats, its exit); those steps need no lease.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use flotilla_cloud::{CloudError, CreateRequest, Instance, TAG_JOB};
+use flotilla_domain::{
+    after_attempt, schedule, AttemptEnd, ClusterName, Decision, InstanceId, JobDefaults,
+    JobDocument, JobSpec, JobState, Money, Offer, PoolName, Shape, Waiting,
+};
+use flotilla_store::{AttemptRecord, Fence, JobId, JobRecord, JobStep, NewAttempt, StoreError};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::Shared;
+
+/// How often the runner looks at every job when nothing woke it.
+const PASS: Duration = Duration::from_secs(1);
+/// How long a destroy asked of an instance is left to act before it is
+/// asked again.
+const DESTROY_AGAIN: Duration = Duration::from_secs(30);
+
+/// How jobs are run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JobSettings {
+    /// What a job that says nothing gets, and how far it may go.
+    pub defaults: JobDefaults,
+    /// An attempt whose agent has not reported for this long is lost.
+    pub heartbeat_timeout: Duration,
+    /// An attempt whose script has not started this long after its start
+    /// never booted.
+    pub boot_timeout: Duration,
+    /// Instances of job attempts at once, over every pool.
+    pub max_instances: usize,
+}
+
+impl Default for JobSettings {
+    fn default() -> Self {
+        Self {
+            defaults: JobDefaults {
+                max_runtime: Some(Duration::from_secs(3600)),
+                ..JobDefaults::default()
+            },
+            heartbeat_timeout: Duration::from_secs(30),
+            boot_timeout: Duration::from_secs(600),
+            max_instances: 50,
+        }
+    }
+}
+
+/// How an attempt's instance starts its agent: what the instance is
+/// handed at boot (on `local`, the command its node runs; on EC2, user
+/// data). The binary provides it: it knows where the server is reached
+/// and where the agent comes from.
+pub trait AttemptBoot: Send + Sync {
+    /// The init data of attempt `attempt` of job `job` on a pool of
+    /// driver `driver`, whose agent presents `token`.
+    fn init_data(
+        &self,
+        driver: &str,
+        job: JobId,
+        attempt: u32,
+        token: &str,
+    ) -> Result<String, String>;
+}
+
+/// The runner's state on this server.
+#[derive(Default)]
+pub(crate) struct JobRunner {
+    boot: OnceLock<Arc<dyn AttemptBoot>>,
+    /// Woken by every job's change the reflector reads.
+    pub changed: Notify,
+    /// When each instance was last asked to go.
+    destroying: Mutex<HashMap<InstanceId, Instant>>,
+}
+
+impl JobRunner {
+    pub fn set_boot(&self, boot: Arc<dyn AttemptBoot>) -> bool {
+        self.boot.set(boot).is_ok()
+    }
+}
+
+/// What a stored job means. Its document was stored with the server's
+/// defaults filled in, so only the document decides.
+pub fn spec_of(job: &JobRecord) -> Result<JobSpec, String> {
+    let document: JobDocument =
+        serde_json::from_value(job.document.clone()).map_err(|e| e.to_string())?;
+    let stored = JobDefaults {
+        max_runtime: None,
+        max_max_runtime: Duration::from_secs(100 * 365 * 24 * 3600),
+        retries: JobDefaults::default().retries,
+    };
+    document.spec(&stored).map_err(|problems| {
+        problems
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ")
+    })
+}
+
+/// The name an attempt's instance carries as its cluster.
+pub fn instance_name(job: JobId, attempt: u32) -> ClusterName {
+    ClusterName::new(format!("job-{job}-{attempt}")).expect("a valid cluster name")
+}
+
+/// Runs while this server leads.
+pub(crate) async fn run(shared: Arc<Shared>) {
+    crate::lease::each_term(shared, term).await
+}
+
+async fn term(shared: Arc<Shared>, fence: Fence) {
+    loop {
+        if let Err(e) = pass(&shared, fence).await {
+            tracing::warn!(error = %e, "a pass over the jobs failed");
+        }
+        tokio::select! {
+            _ = shared.jobs.changed.notified() => {}
+            _ = tokio::time::sleep(PASS) => {}
+        }
+    }
+}
+
+/// The instance of each job attempt, with its driver, as the listings
+/// and creates have it; None until every set has been listed this term.
+fn job_instances(shared: &Shared) -> Option<HashMap<(JobId, u32), (String, Instance)>> {
+    let inv = shared.inventory.lock().unwrap();
+    if inv.values().any(|s| !s.listed) {
+        return None;
+    }
+    Some(
+        inv.iter()
+            .flat_map(|(driver, set)| {
+                set.jobs.values().filter_map(|(instance, _)| {
+                    Some((instance.job()?, (driver.clone(), instance.clone())))
+                })
+            })
+            .collect(),
+    )
+}
+
+/// One pass over every job not ended.
+async fn pass(shared: &Shared, fence: Fence) -> Result<(), StoreError> {
+    let Some(mut instances) = job_instances(shared) else {
+        return Ok(());
+    };
+    let live = shared.store.live_jobs().await?;
+    let now = shared.clock.now();
+    let mut busy = 0;
+    let mut queued = Vec::new();
+    for job in &live {
+        match job.live_attempt() {
+            Some(attempt) => {
+                busy += 1;
+                let instance = instances.remove(&(job.id, attempt.attempt));
+                if let Err(e) = tend(shared, fence, job, attempt, instance, now).await {
+                    tracing::warn!(job = job.id, attempt = attempt.attempt, error = %e, "looking after a job's attempt failed");
+                }
+            }
+            None => queued.push(job),
+        }
+    }
+    // What is left is no attempt's under way: its attempt ended (the
+    // agent reported, or the runner ended it) or its job is gone.
+    for ((job, attempt), (driver, instance)) in instances {
+        tracing::info!(job, attempt, instance = %instance.id, "destroying the instance of an attempt no longer under way");
+        destroy(shared, &driver, &instance.id).await;
+    }
+    let slots = shared.config.jobs.max_instances.saturating_sub(busy);
+    start_queued(shared, fence, &queued, slots).await;
+    Ok(())
+}
+
+/// Why an attempt under way must end now, if it must.
+fn must_end(
+    shared: &Shared,
+    job: &JobRecord,
+    spec: &JobSpec,
+    a: &AttemptRecord,
+    now: DateTime<Utc>,
+) -> Option<AttemptEnd> {
+    let settings = &shared.config.jobs;
+    let past =
+        |since: DateTime<Utc>, limit: Duration| (now - since).to_std().is_ok_and(|d| d > limit);
+    if job.cancel_by.is_some() {
+        return Some(AttemptEnd::Cancelled);
+    }
+    match a.running_at {
+        Some(running) if past(running, spec.max_runtime) => Some(AttemptEnd::TimedOut),
+        Some(running) if past(a.seen_at.unwrap_or(running), settings.heartbeat_timeout) => {
+            Some(AttemptEnd::Lost)
+        }
+        None if past(a.started_at, settings.boot_timeout) => Some(AttemptEnd::BootFailed),
+        _ => None,
+    }
+}
+
+/// Looks after one attempt under way.
+async fn tend(
+    shared: &Shared,
+    fence: Fence,
+    job: &JobRecord,
+    a: &AttemptRecord,
+    instance: Option<(String, Instance)>,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    let spec = match spec_of(job) {
+        Ok(spec) => spec,
+        Err(why) => {
+            tracing::warn!(job = job.id, %why, "a stored job no longer reads; ending its attempt");
+            return end_attempt(
+                shared,
+                fence,
+                job,
+                a,
+                AttemptEnd::BootFailed,
+                None,
+                instance,
+            )
+            .await;
+        }
+    };
+    if let Some(end) = must_end(shared, job, &spec, a, now) {
+        return end_attempt(shared, fence, job, a, end, Some(&spec), instance).await;
+    }
+    if a.instance.is_some() {
+        return Ok(());
+    }
+    match instance {
+        // Made before a crash or by the last leader: adopted.
+        Some((_, instance)) => {
+            step(
+                shared,
+                fence,
+                job,
+                JobStep::Created {
+                    attempt: a.attempt,
+                    instance: instance.id,
+                },
+            )
+            .await?;
+        }
+        None => create(shared, fence, job, a, &spec).await?,
+    }
+    Ok(())
+}
+
+/// Ends attempt `a` with `end` (destroying its instance) and moves the
+/// job on as its policy says.
+async fn end_attempt(
+    shared: &Shared,
+    fence: Fence,
+    job: &JobRecord,
+    a: &AttemptRecord,
+    end: AttemptEnd,
+    spec: Option<&JobSpec>,
+    instance: Option<(String, Instance)>,
+) -> Result<(), StoreError> {
+    if let Some((driver, instance)) = &instance {
+        destroy(shared, driver, &instance.id).await;
+    }
+    let after = match spec {
+        Some(spec) => after_attempt(spec, a.attempt, end),
+        None => flotilla_domain::AfterAttempt::Ends(JobState::Failed),
+    };
+    tracing::info!(job = job.id, attempt = a.attempt, %end, "ending a job's attempt");
+    step(
+        shared,
+        fence,
+        job,
+        JobStep::End {
+            attempt: a.attempt,
+            end,
+            after,
+        },
+    )
+    .await
+    .map(|_| ())
+}
+
+async fn step(
+    shared: &Shared,
+    fence: Fence,
+    job: &JobRecord,
+    step: JobStep,
+) -> Result<JobRecord, StoreError> {
+    shared
+        .store
+        .step_job(
+            job.id,
+            Some(job.version),
+            &step,
+            Some(fence),
+            shared.clock.now(),
+        )
+        .await
+}
+
+/// Makes attempt `a`'s instance.
+async fn create(
+    shared: &Shared,
+    fence: Fence,
+    job: &JobRecord,
+    a: &AttemptRecord,
+    spec: &JobSpec,
+) -> Result<(), StoreError> {
+    let fail = |why: String| async move {
+        tracing::warn!(job = job.id, attempt = a.attempt, %why, "cannot make an attempt's instance");
+        end_attempt(
+            shared,
+            fence,
+            job,
+            a,
+            AttemptEnd::BootFailed,
+            Some(spec),
+            None,
+        )
+        .await
+    };
+    let Some(pool) = shared.pools.get(&a.pool) else {
+        return fail(format!("pool {} is gone", a.pool)).await;
+    };
+    let Some(boot) = shared.jobs.boot.get() else {
+        return fail("this server cannot start job agents".to_owned()).await;
+    };
+    let init_data = match boot.init_data(&pool.driver, job.id, a.attempt, &a.token) {
+        Ok(init) => init,
+        Err(why) => return fail(why).await,
+    };
+    let image = match crate::pools::launch(&shared.shared_configs, &pool) {
+        Ok(launch) => launch.image,
+        Err(why) => return fail(why).await,
+    };
+    let mut tags = pool.tags.clone();
+    tags.insert(TAG_JOB.to_owned(), format!("{}/{}", job.id, a.attempt));
+    let request = CreateRequest {
+        cluster: instance_name(job.id, a.attempt),
+        pool: a.pool.clone(),
+        instance_type: a.instance_type.clone(),
+        image,
+        tags,
+        init_data: Some(init_data),
+        workload: None,
+        pool_version: None,
+        count: 1,
+    };
+    let set = shared.sets[&pool.driver].clone();
+    let made = {
+        // As a reconcile's actions: a new term waits for them.
+        let _acting = shared.acting.read().await;
+        if shared.leadership.fence() != Some(fence) {
+            return Ok(());
+        }
+        set.create(&request).await
+    };
+    // What became of it, decided under the inventory's lock; acted on
+    // after it.
+    let outcome: Result<Option<InstanceId>, String> = {
+        let mut inv = shared.inventory.lock().unwrap();
+        let set_inv = inv.get_mut(&pool.driver).expect("known driver");
+        match made {
+            Ok(mut made) if !made.is_empty() => {
+                let instance = made.swap_remove(0);
+                tracing::info!(job = job.id, attempt = a.attempt, instance = %instance.id, instance_type = %a.instance_type, "made an attempt's instance");
+                let id = instance.id.clone();
+                set_inv.add_job_instance(instance);
+                Ok(Some(id))
+            }
+            Ok(_) => Err("the cloud made no instance".to_owned()),
+            Err(CloudError::InsufficientCapacity { scope, message }) => {
+                let until = Instant::now() + shared.config.capacity_backoff;
+                set_inv.capacity_backoff.insert(scope, until);
+                Err(format!("no capacity: {message}"))
+            }
+            Err(CloudError::QuotaExceeded { message }) => {
+                set_inv.quota_blocked_at = Some(set_inv.total());
+                Err(format!("cloud quota reached: {message}"))
+            }
+            Err(e @ CloudError::Permanent { .. }) => Err(e.to_string()),
+            // Tried again next pass, until the boot timeout.
+            Err(e) => {
+                tracing::info!(job = job.id, attempt = a.attempt, error = %e, "making an attempt's instance failed; trying again");
+                Ok(None)
+            }
+        }
+    };
+    match outcome {
+        Ok(Some(instance)) => step(
+            shared,
+            fence,
+            job,
+            JobStep::Created {
+                attempt: a.attempt,
+                instance,
+            },
+        )
+        .await
+        .map(|_| ()),
+        Ok(None) => Ok(()),
+        Err(why) => fail(why).await,
+    }
+}
+
+/// Asks `driver` to destroy `id`, unless it was asked lately.
+async fn destroy(shared: &Shared, driver: &str, id: &InstanceId) {
+    {
+        let mut asked = shared.jobs.destroying.lock().unwrap();
+        let now = Instant::now();
+        asked.retain(|_, at| now.duration_since(*at) < DESTROY_AGAIN);
+        if asked.contains_key(id) {
+            return;
+        }
+        asked.insert(id.clone(), now);
+    }
+    let _acting = shared.acting.read().await;
+    match shared.sets[driver].destroy(id).await {
+        Ok(()) => tracing::info!(instance = %id, %driver, "destroying a job's instance"),
+        Err(e) => {
+            tracing::warn!(instance = %id, %driver, error = %e, "destroying a job's instance failed");
+            shared.jobs.destroying.lock().unwrap().remove(id);
+        }
+    }
+}
+
+/// Every pool's types as the scheduler sees them.
+async fn offers(shared: &Shared) -> BTreeMap<PoolName, Vec<Offer>> {
+    let pools = shared.pools.snapshot();
+    let mut all = BTreeMap::new();
+    for (name, pool) in pools.iter() {
+        let offerings = crate::pools::offerings(shared, name).await;
+        let inv = shared.inventory.lock().unwrap();
+        let now = Instant::now();
+        let offers = pool
+            .preference()
+            .into_iter()
+            .map(|t| {
+                let offering = offerings
+                    .iter()
+                    .find(|(ty, _)| *ty == t.instance_type)
+                    .map(|(_, o)| o.clone())
+                    .unwrap_or_default();
+                Offer {
+                    pool: name.clone(),
+                    instance_type: t.instance_type.clone(),
+                    price_per_hour: t.price_per_hour,
+                    shape: offering.shape.map(|s| Shape {
+                        vcpus: s.vcpus,
+                        memory_mib: s.memory_mib,
+                    }),
+                    spot_price: offering
+                        .spot_price
+                        .map(|p| Money::from_micros((p.usd_per_hour * 1_000_000.0).round() as i64)),
+                    out_of_capacity: inv
+                        .get(&pool.driver)
+                        .is_some_and(|s| s.may_create(&t.instance_type, now) == 0),
+                }
+            })
+            .collect();
+        drop(inv);
+        all.insert(name.clone(), offers);
+    }
+    all
+}
+
+/// Starts the queued jobs the scheduler finds an instance for; the others
+/// are told why they wait.
+async fn start_queued(shared: &Shared, fence: Fence, queued: &[&JobRecord], slots: usize) {
+    if queued.is_empty() {
+        return;
+    }
+    let mut specs: HashMap<JobId, JobSpec> = HashMap::new();
+    for job in queued {
+        match spec_of(job) {
+            Ok(spec) => {
+                specs.insert(job.id, spec);
+            }
+            Err(why) => {
+                tracing::warn!(job = job.id, %why, "a stored job no longer reads");
+                reason(shared, fence, job, Some(format!("cannot be read: {why}"))).await;
+            }
+        }
+    }
+    let default_pool = [shared.default_pool.clone()];
+    let waiting: Vec<Waiting<'_>> = queued
+        .iter()
+        .filter_map(|job| {
+            let spec = specs.get(&job.id)?;
+            Some(Waiting {
+                key: job.queue_key(),
+                resources: spec.resources,
+                spot: spec.spot,
+                pools: if spec.pools.is_empty() {
+                    &default_pool
+                } else {
+                    &spec.pools
+                },
+            })
+        })
+        .collect();
+    let slots = if shared.jobs.boot.get().is_some() {
+        slots
+    } else {
+        0
+    };
+    let offers = offers(shared).await;
+    let decisions = schedule(&waiting, &offers, slots);
+    let by_id: HashMap<JobId, &JobRecord> = queued.iter().map(|j| (j.id, *j)).collect();
+    for (id, decision) in decisions {
+        let job = by_id[&id];
+        match decision {
+            Decision::Start(fit) => {
+                // A pool whose instances cannot start an agent is no start
+                // at all: the job waits, saying why, rather than spend its
+                // attempts.
+                let boots = match (shared.jobs.boot.get(), shared.pools.get(&fit.pool)) {
+                    (Some(boot), Some(pool)) => boot.init_data(&pool.driver, id, 0, ""),
+                    _ => Err(format!("pool {} is gone", fit.pool)),
+                };
+                if let Err(why) = boots {
+                    reason(shared, fence, job, Some(why)).await;
+                    continue;
+                }
+                let attempt = NewAttempt {
+                    pool: fit.pool,
+                    instance_type: fit.instance_type,
+                    market: fit.market,
+                    price_per_hour: fit.price_per_hour,
+                    token: new_token(),
+                };
+                match step(shared, fence, job, JobStep::Start(attempt)).await {
+                    Ok(started) => {
+                        let a = started.live_attempt().expect("just started");
+                        let spec = &specs[&id];
+                        tracing::info!(job = id, attempt = a.attempt, instance_type = %a.instance_type, market = a.market.as_str(), "starting a job's attempt");
+                        if let Err(e) = create(shared, fence, &started, a, spec).await {
+                            tracing::warn!(job = id, error = %e, "making an attempt's instance failed");
+                        }
+                    }
+                    Err(e) => tracing::info!(job = id, error = %e, "starting a job failed"),
+                }
+            }
+            Decision::Wait(why) => reason(shared, fence, job, Some(why)).await,
+            Decision::InLine { .. } => {
+                let why = if shared.jobs.boot.get().is_none() {
+                    "this server cannot start job agents (it has no address agents reach it at)"
+                        .to_owned()
+                } else {
+                    flotilla_domain::IN_LINE.to_owned()
+                };
+                reason(shared, fence, job, Some(why)).await
+            }
+        }
+    }
+}
+
+/// Records why a queued job waits, if that changed.
+async fn reason(shared: &Shared, fence: Fence, job: &JobRecord, why: Option<String>) {
+    if job.reason == why {
+        return;
+    }
+    if let Err(e) = step(shared, fence, job, JobStep::Reason(why)).await {
+        tracing::debug!(job = job.id, error = %e, "recording why a job waits failed");
+    }
+}
+
+/// A token an attempt's agent presents: 256 random bits, hex.
+fn new_token() -> String {
+    use rand::RngCore;
+    let mut bytes = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

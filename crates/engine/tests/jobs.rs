@@ -1,0 +1,214 @@
+//! The job runner on the fake cloud, with time paused: agents are played
+//! by the test through the front door, as the API's agent routes do, and
+//! the cloud makes mistakes (creates refused, instances vanishing, a
+//! quota). Every job ends exactly once, with the attempts its policy
+//! allows, no two of them at once, and no instance is left behind.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{config, Harness, SET_ID};
+use flotilla_cloud::fake::{FakeCloud, FakeConfig};
+use flotilla_cloud::{InstanceSet, Tags};
+use flotilla_control::{AgentReport, Control, SubmitJob};
+use flotilla_domain::{AttemptEnd, Caller, JobDefaults, JobDocument, JobState};
+use flotilla_engine::{AttemptBoot, JobSettings};
+use flotilla_store::{JobRecord, MemoryStore, Store};
+
+/// What a fake instance is handed: nothing runs it; the test plays the
+/// agent.
+struct FakeBoot;
+
+impl AttemptBoot for FakeBoot {
+    fn init_data(&self, _: &str, job: u64, attempt: u32, _: &str) -> Result<String, String> {
+        Ok(format!("agent {job}/{attempt}"))
+    }
+}
+
+fn document(i: usize) -> JobDocument {
+    let name = if i.is_multiple_of(5) {
+        format!("j{i}-fails")
+    } else {
+        format!("j{i}")
+    };
+    serde_json::from_value(serde_json::json!({
+        "name": name,
+        "script": "true",
+        "max_runtime": "10m",
+        "retries": 10,
+        "priority": (i % 3) as i32,
+    }))
+    .unwrap()
+}
+
+/// Plays every attempt's agent whose instance the cloud still has: it
+/// reports that the script runs, reports it alive, and after two seconds
+/// its exit (1 for a job named to fail).
+async fn agents(control: Control, store: Arc<dyn Store>, cloud: FakeCloud) {
+    let set = cloud.instance_set(SET_ID);
+    let mut last_seen: HashMap<(u64, u32), tokio::time::Instant> = HashMap::new();
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let Ok(live) = store.live_jobs().await else {
+            continue;
+        };
+        let Ok(listed) = set.list(&Tags::new()).await else {
+            continue;
+        };
+        let now = control.engine().now();
+        for job in live {
+            let Some(a) = job.live_attempt() else {
+                continue;
+            };
+            let Some(instance) = &a.instance else {
+                continue;
+            };
+            if !listed.iter().any(|i| &i.id == instance) {
+                // Gone with its instance: silent from now on.
+                continue;
+            }
+            let key = (job.id, a.attempt);
+            let report = match a.running_at {
+                None => AgentReport::Running,
+                Some(at) if (now - at).num_seconds() >= 2 => AgentReport::Exited {
+                    status: i32::from(job.name.ends_with("-fails")),
+                },
+                Some(_) => {
+                    let due = last_seen
+                        .get(&key)
+                        .is_none_or(|t| t.elapsed() >= Duration::from_secs(5));
+                    if !due {
+                        continue;
+                    }
+                    AgentReport::Heartbeat
+                }
+            };
+            last_seen.insert(key, tokio::time::Instant::now());
+            let _ = control
+                .attempt_report(job.id, a.attempt, &a.token, report)
+                .await;
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn five_hundred_jobs_each_end_once_through_the_clouds_faults() {
+    let cloud = FakeCloud::new(FakeConfig {
+        seed: 13,
+        boot_delay: Duration::from_secs(1),
+        create_error_rate: 0.05,
+        death_rate: 0.1,
+        death_within: Duration::from_secs(20),
+        quota: Some(30),
+        ..FakeConfig::default()
+    });
+    let mut config = config();
+    config.jobs = JobSettings {
+        defaults: JobDefaults::default(),
+        heartbeat_timeout: Duration::from_secs(30),
+        boot_timeout: Duration::from_secs(60),
+        max_instances: 40,
+    };
+    let mut h = Harness::start(cloud.clone(), Arc::new(MemoryStore::new()), config).await;
+    assert!(h.engine.set_attempt_boot(Arc::new(FakeBoot)));
+    let admin = Caller::local_operator();
+    for i in 0..500 {
+        h.control
+            .run(
+                &admin,
+                SubmitJob {
+                    document: document(i),
+                },
+            )
+            .await
+            .expect("submitted");
+    }
+    let players = tokio::spawn(agents(h.control.clone(), h.store.clone(), cloud.clone()));
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(6 * 3600);
+    loop {
+        if h.store.live_jobs().await.unwrap().is_empty() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "jobs still live: {:?}",
+            h.store.live_jobs().await.unwrap().len()
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    players.abort();
+
+    let jobs: Vec<JobRecord> = h.store.jobs(None, 1000).await.unwrap();
+    assert_eq!(jobs.len(), 500);
+    let mut retried = 0;
+    for job in &jobs {
+        let attempts = &job.attempts;
+        assert!(!attempts.is_empty(), "job {} ran", job.id);
+        for pair in attempts.windows(2) {
+            let (a, b) = (&pair[0], &pair[1]);
+            assert!(
+                a.end.is_some_and(AttemptEnd::is_infrastructure),
+                "job {}: only an infrastructure failure is retried: {a:?}",
+                job.id
+            );
+            assert!(
+                a.ended_at.unwrap() <= b.started_at,
+                "job {}: attempts {} and {} overlap",
+                job.id,
+                a.attempt,
+                b.attempt
+            );
+        }
+        retried += attempts.len() - 1;
+        let last = attempts.last().unwrap();
+        let expected = match last.end.expect("ended") {
+            AttemptEnd::Exited { status: 0 } => JobState::Succeeded,
+            AttemptEnd::Exited { .. } => JobState::Failed,
+            e if e.is_infrastructure() => {
+                assert_eq!(attempts.len(), 11, "job {}: retries left: {e:?}", job.id);
+                JobState::Failed
+            }
+            e => panic!("job {}: ended by {e:?}", job.id),
+        };
+        assert_eq!(job.state, expected, "job {}", job.id);
+        if let Some(AttemptEnd::Exited { status }) = last.end {
+            assert_eq!(status == 1, job.name.ends_with("-fails"), "job {}", job.id);
+        }
+    }
+    assert!(
+        retried > 0,
+        "the faults were met: some attempts were retried"
+    );
+
+    // One end each, in the feed.
+    let ended = h
+        .store
+        .changes(0, 100_000, None)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|c| c.kind == flotilla_domain::ChangeKind::JobEnded)
+        .count();
+    assert_eq!(ended, 500);
+
+    // Every attempt's instance goes.
+    let set = cloud.instance_set(SET_ID);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let left = set.list(&Tags::new()).await.unwrap();
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} instances left",
+            left.len()
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    h.stop().await;
+}

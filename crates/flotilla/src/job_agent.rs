@@ -1,0 +1,347 @@
+//! The node agent's job mode (`flotilla node --job ID --attempt N --server
+//! URL`, the attempt's token in `FLOTILLA_ATTEMPT_TOKEN`): what runs on an
+//! attempt's instance. It fetches the job, checks out its repository if
+//! it names one, reports that the script runs, runs it with `sh -c` in a
+//! work directory of its own, sends its output line by line (numbered
+//! chunks, so one sent twice is kept once), reports that it is alive, and
+//! reports the exit status. When the server says stop (the job was
+//! cancelled, or the attempt ended), or the job's `max_runtime` passes,
+//! it kills the script and stops; the leader destroys the instance, and
+//! with it whatever the script left running.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use chrono::Utc;
+use flotilla_api_types::{AgentAnswer, AgentReport, AttemptWork, LogLine};
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::sync::mpsc;
+
+/// How often output is sent.
+const FLUSH: Duration = Duration::from_millis(200);
+/// How often the agent reports it is alive when the script is silent.
+const HEARTBEAT: Duration = Duration::from_secs(5);
+/// Lines sent at most in one chunk.
+const CHUNK_LINES: usize = 500;
+/// How long a report is retried when the server cannot be reached.
+const RETRY_FOR: Duration = Duration::from_secs(60);
+
+/// The header the attempt's token goes in.
+const TOKEN_HEADER: &str = "x-flotilla-attempt-token";
+
+struct Agent {
+    http: reqwest::Client,
+    url: String,
+    token: String,
+    next_chunk: u64,
+}
+
+impl Agent {
+    /// Sends `report`, retrying what may pass (the server unreachable or
+    /// restarting, the script's start reported before its instance was
+    /// recorded) for up to [`RETRY_FOR`].
+    async fn report(&self, report: &AgentReport) -> Result<AgentAnswer, String> {
+        let until = tokio::time::Instant::now() + RETRY_FOR;
+        let mut wait = Duration::from_millis(50);
+        loop {
+            let sent = self
+                .http
+                .post(&self.url)
+                .header(TOKEN_HEADER, &self.token)
+                .json(report)
+                .send()
+                .await;
+            let again = match sent {
+                Ok(r) if r.status().is_success() => {
+                    return r.json().await.map_err(|e| e.to_string());
+                }
+                Ok(r) => {
+                    let status = r.status();
+                    let body = r.text().await.unwrap_or_default();
+                    if status == reqwest::StatusCode::CONFLICT
+                        && matches!(report, AgentReport::Running)
+                        || status.is_server_error()
+                        || status == reqwest::StatusCode::TOO_MANY_REQUESTS
+                    {
+                        format!("{status}: {body}")
+                    } else {
+                        return Err(format!("the server refused the report: {status}: {body}"));
+                    }
+                }
+                Err(e) => e.to_string(),
+            };
+            if tokio::time::Instant::now() + wait > until {
+                return Err(format!("cannot report to {}: {again}", self.url));
+            }
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    async fn work(&self) -> Result<AttemptWork, String> {
+        let until = tokio::time::Instant::now() + RETRY_FOR;
+        loop {
+            let sent = self
+                .http
+                .get(&self.url)
+                .header(TOKEN_HEADER, &self.token)
+                .send()
+                .await;
+            let again = match sent {
+                Ok(r) if r.status().is_success() => {
+                    return r.json().await.map_err(|e| e.to_string())
+                }
+                Ok(r) if !r.status().is_server_error() => {
+                    let status = r.status();
+                    return Err(format!(
+                        "the server will not give the job: {status}: {}",
+                        r.text().await.unwrap_or_default()
+                    ));
+                }
+                Ok(r) => r.status().to_string(),
+                Err(e) => e.to_string(),
+            };
+            if tokio::time::Instant::now() > until {
+                return Err(format!("cannot fetch the job from {}: {again}", self.url));
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// Sends `lines` as the next chunk of the log.
+    async fn send(&mut self, lines: Vec<LogLine>) -> Result<AgentAnswer, String> {
+        let report = AgentReport::Log {
+            chunk: self.next_chunk as i64,
+            lines,
+        };
+        let answer = self.report(&report).await?;
+        self.next_chunk += 1;
+        Ok(answer)
+    }
+}
+
+/// Reads `from` line by line into `lines`, as `stream`.
+fn forward(
+    from: impl AsyncRead + Unpin + Send + 'static,
+    stream: &'static str,
+    lines: mpsc::Sender<LogLine>,
+) {
+    tokio::spawn(async move {
+        let mut reader = BufReader::new(from).lines();
+        while let Ok(Some(text)) = reader.next_line().await {
+            let line = LogLine {
+                at: Utc::now(),
+                stream: stream.to_owned(),
+                text,
+            };
+            if lines.send(line).await.is_err() {
+                return;
+            }
+        }
+    });
+}
+
+/// Kills the script's shell. What it started is in the node's process
+/// group, which goes with the instance (the leader destroys it as soon as
+/// the attempt ends; on `local`, the node agent kills its whole group).
+fn kill_script(pid: u32) {
+    if let Ok(pid) = libc::pid_t::try_from(pid) {
+        // SAFETY: kill(2) has no memory-safety preconditions.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+        }
+    }
+}
+
+/// Checks out `repo` at `git_ref` into `dir`, its output into `lines`.
+async fn checkout(
+    repo: &str,
+    git_ref: Option<&str>,
+    dir: &Path,
+    lines: &mpsc::Sender<LogLine>,
+) -> Result<(), String> {
+    let say = |text: String| LogLine {
+        at: Utc::now(),
+        stream: "agent".to_owned(),
+        text,
+    };
+    let _ = lines
+        .send(say(format!(
+            "checking out {repo}{}",
+            git_ref.map_or(String::new(), |r| format!(" at {r}"))
+        )))
+        .await;
+    let mut steps: Vec<Vec<&str>> = vec![vec!["clone", "--quiet", repo, "."]];
+    if let Some(r) = git_ref {
+        steps.push(vec!["checkout", "--quiet", r]);
+    }
+    for args in steps {
+        let out = tokio::process::Command::new("git")
+            .args(&args)
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .map_err(|e| format!("cannot run git: {e}; install git on the instance"))?;
+        for text in String::from_utf8_lossy(&out.stderr).lines() {
+            let _ = lines.send(say(text.to_owned())).await;
+        }
+        if !out.status.success() {
+            return Err(format!("git {} failed: {}", args.join(" "), out.status));
+        }
+    }
+    Ok(())
+}
+
+/// Runs attempt `attempt` of job `job` from `server`; the exit status of
+/// the agent itself (0 once the script's status is reported).
+pub async fn run(server: &str, job: u64, attempt: u32, token: String) -> Result<(), String> {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let mut agent = Agent {
+        http,
+        url: format!(
+            "{}/api/v1/attempts/{job}/{attempt}",
+            server.trim_end_matches('/')
+        ),
+        token,
+        next_chunk: 0,
+    };
+    let work = agent.work().await?;
+    let dir: PathBuf = std::env::current_dir()
+        .map_err(|e| e.to_string())?
+        .join(format!("work-{job}-{attempt}"));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot make {}: {e}", dir.display()))?;
+
+    let (tx, mut rx) = mpsc::channel::<LogLine>(4096);
+    let checked_out = match &work.repo {
+        Some(repo) => checkout(repo, work.git_ref.as_deref(), &dir, &tx).await,
+        None => Ok(()),
+    };
+    if let Err(why) = checked_out {
+        let _ = tx
+            .send(LogLine {
+                at: Utc::now(),
+                stream: "agent".to_owned(),
+                text: why,
+            })
+            .await;
+        drop(tx);
+        let mut lines = Vec::new();
+        while let Some(l) = rx.recv().await {
+            lines.push(l);
+        }
+        agent.send(lines).await?;
+        agent.report(&AgentReport::Running).await?;
+        agent.report(&AgentReport::Exited { status: 128 }).await?;
+        return Ok(());
+    }
+
+    let answer = agent.report(&AgentReport::Running).await?;
+    if answer.stop {
+        return Ok(());
+    }
+    let mut cmd = tokio::process::Command::new("sh");
+    cmd.arg("-c")
+        .arg(&work.script)
+        .current_dir(&dir)
+        .envs(&work.env)
+        .env("FLOTILLA_JOB", job.to_string())
+        .env("FLOTILLA_ATTEMPT", attempt.to_string())
+        .env_remove("FLOTILLA_ATTEMPT_TOKEN")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = match cmd.spawn() {
+        Ok(child) => child,
+        Err(e) => {
+            agent
+                .send(vec![LogLine {
+                    at: Utc::now(),
+                    stream: "agent".to_owned(),
+                    text: format!("cannot start sh: {e}"),
+                }])
+                .await?;
+            agent.report(&AgentReport::Exited { status: 127 }).await?;
+            return Ok(());
+        }
+    };
+    let pid = child.id().unwrap_or_default();
+    if let Some(out) = child.stdout.take() {
+        forward(out, "out", tx.clone());
+    }
+    if let Some(err) = child.stderr.take() {
+        forward(err, "err", tx.clone());
+    }
+    drop(tx);
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(work.max_runtime_secs);
+    let mut buffer: Vec<LogLine> = Vec::new();
+    let mut flush = tokio::time::interval(FLUSH);
+    let mut last_report = tokio::time::Instant::now();
+    let mut output_open = true;
+    let mut status = None;
+    loop {
+        tokio::select! {
+            line = rx.recv(), if output_open => match line {
+                Some(line) => {
+                    buffer.push(line);
+                    if buffer.len() < CHUNK_LINES {
+                        continue;
+                    }
+                }
+                None => output_open = false,
+            },
+            exited = child.wait(), if status.is_none() => {
+                status = Some(exited.map_err(|e| e.to_string())?);
+            }
+            _ = flush.tick() => {}
+            _ = tokio::time::sleep_until(deadline) => {
+                // The leader ends the attempt as timed out.
+                kill_script(pid);
+                let _ = agent.send(std::mem::take(&mut buffer)).await;
+                return Ok(());
+            }
+        }
+        // The script's group may leave children writing after it exits:
+        // its output is done once both pipes closed.
+        if status.is_some() && !output_open {
+            break;
+        }
+        let heartbeat_due = last_report.elapsed() >= HEARTBEAT;
+        if !buffer.is_empty() || heartbeat_due {
+            let answer = if buffer.is_empty() {
+                agent.report(&AgentReport::Heartbeat).await
+            } else {
+                agent.send(std::mem::take(&mut buffer)).await
+            };
+            last_report = tokio::time::Instant::now();
+            match answer {
+                Ok(a) if a.stop => {
+                    kill_script(pid);
+                    return Ok(());
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot report to the server"),
+            }
+        }
+    }
+    if !buffer.is_empty() {
+        agent.send(buffer).await?;
+    }
+    let status = status.expect("exited");
+    let code = status.code().unwrap_or_else(|| {
+        use std::os::unix::process::ExitStatusExt;
+        128 + status.signal().unwrap_or(0)
+    });
+    agent
+        .report(&AgentReport::Exited {
+            status: i64::from(code),
+        })
+        .await?;
+    Ok(())
+}

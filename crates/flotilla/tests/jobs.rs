@@ -1,0 +1,322 @@
+//! Jobs end to end: the real binary, the local driver, and the node
+//! agent's job mode. A job is submitted through the command line; its
+//! attempt's instance is a real node process, whose agent fetches the
+//! script, runs it, sends its output and its exit status back.
+
+mod support;
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::Value;
+use support::{code, node_processes, wait_for, Sandbox, Server, CONFIG};
+
+fn write(dir: &Path, name: &str, text: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
+}
+
+fn job(server: &Server, id: u64) -> Value {
+    let out = server.cli(&["--output", "json", "job", "show", &id.to_string()]);
+    assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn submit(server: &Server, file: &str) -> u64 {
+    let out = server.cli(&["--output", "json", "job", "submit", file]);
+    assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    let view: Value = serde_json::from_slice(&out.stdout).unwrap();
+    view["id"].as_u64().unwrap()
+}
+
+/// Processes whose command line is `command` (a script's own words).
+fn processes_with(command: &str) -> usize {
+    let mut n = 0;
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        if entry.file_name().to_string_lossy().parse::<u32>().is_err() {
+            continue;
+        }
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
+            let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if text.trim_end() == command {
+                n += 1;
+            }
+        }
+    }
+    n
+}
+
+#[test]
+fn a_job_runs_and_its_exit_status_is_the_scripts() {
+    let sandbox = Sandbox::new();
+    let dir = sandbox.path();
+    let server = Server::start(&dir);
+
+    let hello = write(
+        &dir,
+        "hello.toml",
+        "name = \"hello\"\nscript = \"echo hello; echo \\\"key=$KEY\\\"; echo oops >&2; exit 3\"\nmax_runtime = \"5m\"\n[secrets]\nKEY = \"hunter2-secret\"\n",
+    );
+    let out = server.cli(&["job", "submit", &hello, "--wait"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(code(&out), 1, "a failed job fails the command: {stderr}");
+    assert!(stdout.contains(" out hello\n"), "{stdout}");
+    assert!(stdout.contains(" err oops\n"), "{stdout}");
+    assert!(
+        stdout.contains("key=[redacted]") && !stdout.contains("hunter2"),
+        "the script got the secret, the log hides it: {stdout}"
+    );
+    assert!(
+        stderr.contains("failed") && stderr.contains("exited with status 3"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("flotilla job logs 1"),
+        "says where the log is: {stderr}"
+    );
+
+    let shown = job(&server, 1);
+    assert_eq!(shown["state"], "failed");
+    assert_eq!(
+        shown["attempts"].as_array().unwrap().len(),
+        1,
+        "a script's failure is not retried"
+    );
+    assert_eq!(shown["attempts"][0]["exit_status"], 3);
+    assert_eq!(shown["document"]["secrets"]["KEY"], "[redacted]");
+    assert!(!shown.to_string().contains("hunter2"), "{shown}");
+    assert_eq!(
+        shown["document"]["max_runtime"], "5m",
+        "stored with defaults filled in"
+    );
+
+    // The log stays readable after.
+    let log = server.cli(&["job", "logs", "1"]);
+    assert!(String::from_utf8_lossy(&log.stdout).contains(" out hello\n"));
+
+    let ok = write(&dir, "ok.toml", "name = \"ok\"\nscript = \"echo fine\"\n");
+    let out = server.cli(&["job", "submit", &ok, "--wait"]);
+    assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(job(&server, 2)["state"], "succeeded");
+    assert_eq!(
+        job(&server, 2)["document"]["max_runtime"],
+        "1h",
+        "the server's default max_runtime"
+    );
+
+    // Each attempt's instance goes once it is over.
+    wait_for("the attempts' nodes to go", || {
+        node_processes(&dir.join("data")).is_empty()
+    });
+
+    // Bad files change nothing and say why.
+    let bad = write(
+        &dir,
+        "bad.toml",
+        "name = \"bad\"\nscript = \"true\"\nmax_runtime = \"5 parsecs\"\nmemory = \"4\"\n",
+    );
+    let out = server.cli(&["job", "submit", &bad]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(code(&out), 0);
+    assert!(
+        stderr.contains("/max_runtime") && stderr.contains("/memory"),
+        "{stderr}"
+    );
+    let list = server.cli(&["job", "list"]);
+    assert_eq!(
+        String::from_utf8_lossy(&list.stdout).lines().count(),
+        2,
+        "nothing queued for a bad file"
+    );
+}
+
+#[test]
+fn cancel_and_max_runtime_stop_a_running_script() {
+    let sandbox = Sandbox::new();
+    let dir = sandbox.path();
+    let server = Server::start(&dir);
+
+    let long = write(
+        &dir,
+        "long.toml",
+        "name = \"long\"\nscript = \"echo started; sleep 4171; echo never\"\nmax_runtime = \"10m\"\n",
+    );
+    let id = submit(&server, &long);
+    wait_for("the job to run", || job(&server, id)["state"] == "running");
+    wait_for("its first line", || {
+        String::from_utf8_lossy(&server.cli(&["job", "logs", &id.to_string()]).stdout)
+            .contains("started")
+    });
+    assert_eq!(processes_with("sleep 4171"), 1);
+    let out = server.cli(&["job", "cancel", &id.to_string()]);
+    assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    wait_for("the job to end cancelled", || {
+        job(&server, id)["state"] == "cancelled"
+    });
+    wait_for("its script to be killed", || {
+        processes_with("sleep 4171") == 0
+    });
+    assert_eq!(job(&server, id)["attempts"][0]["end"], "cancelled");
+    // Cancelling an ended job is refused, and changes nothing.
+    let again = server.cli(&["job", "cancel", &id.to_string()]);
+    assert_ne!(code(&again), 0);
+    assert!(String::from_utf8_lossy(&again.stderr).contains("job_state"));
+
+    let slow = write(
+        &dir,
+        "slow.toml",
+        "name = \"slow\"\nscript = \"echo started; sleep 4172\"\nmax_runtime = \"2s\"\nretries = 2\n",
+    );
+    let out = server.cli(&["job", "submit", &slow, "--wait"]);
+    assert_eq!(code(&out), 1);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("timed_out"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shown = job(&server, id + 1);
+    assert_eq!(shown["state"], "timed_out");
+    assert_eq!(
+        shown["attempts"].as_array().unwrap().len(),
+        1,
+        "running out of time is not retried"
+    );
+    wait_for("its script to be killed", || {
+        processes_with("sleep 4172") == 0
+    });
+    wait_for("the attempts' nodes to go", || {
+        node_processes(&dir.join("data")).is_empty()
+    });
+}
+
+#[test]
+fn a_server_killed_while_a_job_runs_loses_no_line_and_starts_no_second_attempt() {
+    let sandbox = Sandbox::new();
+    let dir = sandbox.path();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let listen = format!("127.0.0.1:{port}");
+    let server = Server::start_listening(&dir, CONFIG, &[], &listen);
+    let counted = write(
+        &dir,
+        "count.toml",
+        "name = \"count\"\nscript = \"for i in $(seq 1 12); do echo line $i; sleep 0.25; done\"\nmax_runtime = \"5m\"\n",
+    );
+    let id = submit(&server, &counted);
+    wait_for("the job to run", || job(&server, id)["state"] == "running");
+    server.kill();
+    std::thread::sleep(Duration::from_millis(500));
+    let server = Server::start_listening(&dir, CONFIG, &[], &listen);
+    wait_for("the job to end", || {
+        job(&server, id)["state"] == "succeeded"
+    });
+    let shown = job(&server, id);
+    assert_eq!(
+        shown["attempts"].as_array().unwrap().len(),
+        1,
+        "the running attempt was adopted, not started again: {shown}"
+    );
+    let log =
+        String::from_utf8_lossy(&server.cli(&["job", "logs", &id.to_string()]).stdout).into_owned();
+    for i in 1..=12 {
+        assert_eq!(
+            log.matches(&format!(" out line {i}\n")).count(),
+            1,
+            "line {i} once: {log}"
+        );
+    }
+}
+
+/// Seed 000's TEST and RELEASE: templates of the server's config, run by
+/// admins against a cluster at a version, from a repository the test
+/// makes.
+#[test]
+fn test_and_release_run_their_templates_from_a_repository() {
+    let sandbox = Sandbox::new();
+    let dir = sandbox.path();
+    // A repository with a test suite and a release script.
+    let repo = dir.join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    std::fs::write(
+        repo.join("run-tests.sh"),
+        "#!/bin/sh\necho \"testing $1 at $(git rev-parse --abbrev-ref HEAD) against $CLUSTER_ADDRESS\"\n[ -n \"$CLUSTER_TOKEN\" ] || exit 9\necho \"token $CLUSTER_TOKEN\"\n[ \"$1\" = good ] || exit 1\n",
+    )
+    .unwrap();
+    let git = |args: &[&str]| {
+        let out = std::process::Command::new("git")
+            .args(args)
+            .current_dir(&repo)
+            .env("GIT_AUTHOR_NAME", "t")
+            .env("GIT_AUTHOR_EMAIL", "t@example.com")
+            .env("GIT_COMMITTER_NAME", "t")
+            .env("GIT_COMMITTER_EMAIL", "t@example.com")
+            .output()
+            .expect("git");
+        assert!(out.status.success(), "git {args:?}: {out:?}");
+    };
+    git(&["init", "--quiet", "--initial-branch", "main"]);
+    git(&["add", "."]);
+    git(&["commit", "--quiet", "-m", "tests"]);
+    git(&["branch", "v2"]);
+    let config = format!(
+        "{CONFIG}\n[jobs.templates.test]\nrepo = {repo:?}\nref = \"{{{{version}}}}\"\nscript = \"sh run-tests.sh {{{{cluster}}}}\"\nmax_runtime = \"5m\"\n[jobs.templates.test.env]\nCLUSTER_ADDRESS = \"{{{{address}}}}\"\n[jobs.templates.test.secrets]\nCLUSTER_TOKEN = \"{{{{cluster_token}}}}\"\n",
+        repo = repo.display().to_string()
+    );
+    let server = Server::start_with(&dir, &config);
+    for cluster in ["good", "bad"] {
+        let out = server.cli(&["deploy", cluster, "--nodes", "1", "--ttl", "10m", "--wait"]);
+        assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    let out = server.cli(&["test", "good", "v2", "--wait"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        code(&out),
+        0,
+        "passed: {stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("testing good at v2 against 127."),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("token [redacted]"),
+        "the cluster token reached the script, and no output: {stdout}"
+    );
+    let out = server.cli(&["test", "bad", "main", "--wait"]);
+    assert_eq!(
+        code(&out),
+        1,
+        "failed: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("exited with status 1"));
+
+    // Refusals: no such template, a version that is not one, a cluster
+    // not deployed, and no one but admins.
+    let out = server.cli(&["release", "good", "v2"]);
+    assert_ne!(code(&out), 0);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown_template"));
+    let out = server.cli(&["test", "good", "$(reboot)"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid_version"));
+    let out = server.cli(&["test", "ghost", "main"]);
+    assert_ne!(code(&out), 0);
+    server.add_user("ann", "org_member", "ann-password-long");
+    let ann = [
+        ("FLOTILLA_USERNAME", "ann"),
+        ("FLOTILLA_PASSWORD", "ann-password-long"),
+    ];
+    let out = server.cli_with(&ann, &["test", "good", "main"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("admin_only"));
+    let list = server.cli(&["job", "list"]);
+    assert_eq!(
+        String::from_utf8_lossy(&list.stdout).lines().count(),
+        2,
+        "refusals queue nothing"
+    );
+}
