@@ -1519,3 +1519,68 @@ pub struct RunTemplateRequest {
 pub struct TemplateList {
     pub templates: Vec<String>,
 }
+
+/// `POST /api/v1/schedules`: run a job template against a cluster at a
+/// version on a cron schedule (admins).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleRequest {
+    #[schema(
+        example = "nightly",
+        min_length = 1,
+        max_length = 40,
+        pattern = "^[a-z][a-z0-9-]*$"
+    )]
+    pub name: String,
+    /// Five fields (minute hour day month weekday), or six with seconds
+    /// first; in UTC.
+    #[schema(example = "0 3 * * *")]
+    pub cron: String,
+    #[schema(example = "test")]
+    pub template: String,
+    #[schema(example = "demo")]
+    pub cluster: String,
+    #[schema(
+        example = "main",
+        min_length = 1,
+        max_length = 128,
+        pattern = "^[A-Za-z0-9_+][A-Za-z0-9._/+-]*$"
+    )]
+    pub version: String,
+    /// What to do with runs missed while no server ran: run_once (the
+    /// default) or skip.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub missed: Option<String>,
+}
+
+/// A schedule as kept.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ScheduleView {
+    pub name: String,
+    pub cron: String,
+    pub template: String,
+    pub cluster: String,
+    pub version: String,
+    /// run_once or skip.
+    pub missed: String,
+    pub paused: bool,
+    pub created_by: String,
+    pub created_at: DateTime<Utc>,
+    /// When it fires next (none while paused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_fired_at: Option<DateTime<Utc>>,
+    /// The job its last fire queued.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_job: Option<u64>,
+    /// Why its last fire queued no job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+/// `GET /api/v1/schedules`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ScheduleList {
+    pub schedules: Vec<ScheduleView>,
+}

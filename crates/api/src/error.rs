@@ -148,6 +148,14 @@ impl From<EngineError> for ApiError {
                 e
             }
             EngineError::UnknownJob(_) => Self::new(StatusCode::NOT_FOUND, "unknown_job", message),
+            EngineError::UnknownSchedule(_) => {
+                Self::new(StatusCode::NOT_FOUND, "unknown_schedule", message)
+            }
+            EngineError::InvalidSchedule(_) => Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_schedule",
+                message,
+            ),
             EngineError::UnknownTemplate { .. } => {
                 Self::new(StatusCode::NOT_FOUND, "unknown_template", message)
             }
@@ -158,6 +166,9 @@ impl From<EngineError> for ApiError {
             }
             EngineError::NotLeading => {
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, "not_leading", message)
+            }
+            EngineError::Store(StoreError::Duplicate(_)) => {
+                Self::new(StatusCode::CONFLICT, "already_exists", message)
             }
             EngineError::Store(_) => {
                 tracing::error!(error = %message, "storage failure");

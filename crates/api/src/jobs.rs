@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use flotilla_api_types as types;
 use flotilla_control::{AgentReport, CancelJob, JobView, RunTemplate, SubmitJob};
-use flotilla_domain::{AttemptEnd, JobDocument, Problem, Secret};
+use flotilla_domain::{AttemptEnd, JobDocument, Problem};
 
 use crate::extract::malformed_query;
 use crate::{ApiError, AppState, CallerIdentity, JsonBody};
@@ -331,9 +331,6 @@ pub(crate) async fn run_template(
     let cluster = crate::cluster_name(&body.cluster)?;
     flotilla_domain::check_version(&body.version)
         .map_err(|why| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_version", why))?;
-    let token = state
-        .identity
-        .cluster_token(&caller, &cluster, state.engine.now())?;
     let view = state
         .control
         .run(
@@ -342,7 +339,6 @@ pub(crate) async fn run_template(
                 template,
                 cluster,
                 version: body.version,
-                cluster_token: Secret::new(token.token),
             },
         )
         .await?;
@@ -404,9 +400,23 @@ pub(crate) async fn attempt_work(
     let token = attempt_token(&headers)?;
     let work = state.control.attempt_work(job, attempt, token).await?;
     let spec = work.spec;
+    // A token for the job's cluster, issued now on its submitter's behalf
+    // (as they may get one now), never stored.
+    let secrets = match &spec.cluster {
+        Some(cluster) if spec.wants_cluster_token() => {
+            let submitter = (work.submitted_by != "server").then_some(work.submitted_by.as_str());
+            let mut on_behalf = state.identity.caller_of(submitter).await?;
+            state.engine.admit_org_clusters(&mut on_behalf);
+            let issued = state
+                .identity
+                .cluster_token(&on_behalf, cluster, state.engine.now())?;
+            spec.secrets_with_token(&issued.token)
+        }
+        _ => spec.secrets.clone(),
+    };
     let mut env = spec.env.clone();
     env.extend(
-        spec.secrets
+        secrets
             .iter()
             .map(|(k, v)| (k.clone(), v.expose().to_owned())),
     );
@@ -417,11 +427,7 @@ pub(crate) async fn attempt_work(
         repo: spec.checkout.as_ref().map(|c| c.repo.clone()),
         git_ref: spec.checkout.as_ref().and_then(|c| c.git_ref.clone()),
         env,
-        secret_values: spec
-            .secrets
-            .values()
-            .map(|v| v.expose().to_owned())
-            .collect(),
+        secret_values: secrets.values().map(|v| v.expose().to_owned()).collect(),
         max_runtime_secs: spec.max_runtime.as_secs(),
         artifacts: spec.artifacts.clone(),
     }))

@@ -13,6 +13,7 @@ mod openapi;
 mod orgs;
 mod pools;
 pub mod ratelimit;
+mod schedules;
 
 use std::sync::Arc;
 
@@ -92,6 +93,22 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/jobs/{id}/cancel", post(jobs::cancel_job))
         .route("/api/v1/jobs/{id}/log", get(jobs::job_log))
         .route("/api/v1/job-templates", get(jobs::list_templates))
+        .route(
+            "/api/v1/schedules",
+            get(schedules::list_schedules).post(schedules::create_schedule),
+        )
+        .route(
+            "/api/v1/schedules/{schedule}",
+            get(schedules::get_schedule).delete(schedules::delete_schedule),
+        )
+        .route(
+            "/api/v1/schedules/{schedule}/pause",
+            post(schedules::pause_schedule),
+        )
+        .route(
+            "/api/v1/schedules/{schedule}/resume",
+            post(schedules::resume_schedule),
+        )
         .route("/api/v1/job-templates/{template}", post(jobs::run_template))
         .route(
             "/api/v1/attempts/{job}/{attempt}",

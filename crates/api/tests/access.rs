@@ -561,6 +561,7 @@ fn uris(template: &str, kid: &str) -> Vec<String> {
                 .replace("{job}", "1")
                 .replace("{attempt}", "1")
                 .replace("{template}", "test")
+                .replace("{schedule}", "nightly")
         })
         .collect()
 }
@@ -587,6 +588,10 @@ fn route_request(method: &str, template: &str, uri: &str) -> axum::http::Request
             Some(json!({"cluster": "pub", "version": "main"}))
         }
         ("POST", "/api/v1/jobs") => Some(json!({"name": "j", "script": "true"})),
+        ("POST", "/api/v1/schedules") => Some(json!({
+            "name": "nightly", "cron": "0 3 * * *", "template": "test",
+            "cluster": "pub", "version": "main",
+        })),
         _ => None,
     };
     match body {
@@ -705,7 +710,7 @@ async fn every_admin_route_refuses_an_org_member() {
         .iter()
         .filter(|(_, _, access)| *access == Access::SignedIn(Rule::AuthorizeAdmin))
         .collect();
-    assert_eq!(admin_routes.len(), 13, "{admin_routes:?}");
+    assert_eq!(admin_routes.len(), 19, "{admin_routes:?}");
     for &&(method, template, _) in &admin_routes {
         for uri in uris(template, &kid) {
             let reply = api

@@ -782,3 +782,45 @@ impl flotilla_store::JobStore for CountingStore {
         self.inner.step_job(id, version, step, fence, now).await
     }
 }
+
+#[async_trait]
+impl flotilla_store::ScheduleStore for CountingStore {
+    async fn create_schedule(
+        &self,
+        schedule: &flotilla_domain::Schedule,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        self.inner.create_schedule(schedule, now).await
+    }
+
+    async fn schedules(&self) -> Result<Vec<flotilla_domain::Schedule>, StoreError> {
+        self.inner.schedules().await
+    }
+
+    async fn update_schedule(
+        &self,
+        before: &flotilla_domain::Schedule,
+        after: &flotilla_domain::Schedule,
+        kind: flotilla_domain::ChangeKind,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        self.inner.update_schedule(before, after, kind, now).await
+    }
+
+    async fn delete_schedule(&self, name: &str, now: DateTime<Utc>) -> Result<bool, StoreError> {
+        self.inner.delete_schedule(name, now).await
+    }
+
+    async fn fire_schedule(
+        &self,
+        before: &flotilla_domain::Schedule,
+        after: &flotilla_domain::Schedule,
+        job: Option<&flotilla_store::NewJob>,
+        fence: Fence,
+        now: DateTime<Utc>,
+    ) -> Result<Option<flotilla_store::JobRecord>, StoreError> {
+        self.inner
+            .fire_schedule(before, after, job, fence, now)
+            .await
+    }
+}

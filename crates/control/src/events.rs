@@ -153,7 +153,8 @@ impl Control {
             ChangeEntity::Account
             | ChangeEntity::Server
             | ChangeEntity::Pool
-            | ChangeEntity::SharedConfig => None,
+            | ChangeEntity::SharedConfig
+            | ChangeEntity::Schedule => None,
         }
     }
 }

@@ -2,14 +2,13 @@
 //! the list and a log (questions), and what an attempt's agent reports
 //! (its own questions and steps, authorised by the attempt's token).
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use flotilla_domain::{
-    after_attempt, authorize_admin, authorize_job, authorize_job_submit, AttemptEnd, Caller,
-    ClusterName, Denied, JobDocument, JobSpec, JobState, JobTemplate, OrgError, OrgName, OrgRole,
-    Secret, TemplateArgs, REDACTED,
+    after_attempt, authorize_admin, authorize_cluster_token, authorize_job, authorize_job_submit,
+    AttemptEnd, Caller, ClusterName, Denied, JobDocument, JobSpec, JobState, JobTemplate, OrgError,
+    OrgName, OrgRole, TemplateArgs, REDACTED,
 };
 use flotilla_engine::{spec_of, EngineError};
 use flotilla_store::{ArtifactStore, JobId, JobRecord, JobStep, NewJob, StoreError};
@@ -73,6 +72,9 @@ async fn queue(
         None => None,
     };
     authorize_job_submit(caller, &engine.config().levels, role)?;
+    if let (Some(cluster), true) = (&spec.cluster, spec.wants_cluster_token()) {
+        authorize_cluster_token(caller, cluster)?;
+    }
     let job = NewJob {
         name: spec.name.clone(),
         document: serde_json::to_value(document.resolved(&spec))
@@ -93,8 +95,6 @@ pub struct RunTemplate {
     pub template: String,
     pub cluster: ClusterName,
     pub version: String,
-    /// A token for the cluster, for the template's `{{cluster_token}}`.
-    pub cluster_token: Secret,
 }
 
 impl sealed::Sealed for RunTemplate {}
@@ -106,20 +106,8 @@ impl Command for RunTemplate {
 
     async fn commit(self, control: &Control, caller: &Caller) -> Result<JobId, EngineError> {
         authorize_admin(caller)?;
-        let template =
-            control
-                .templates
-                .get(&self.template)
-                .ok_or_else(|| EngineError::UnknownTemplate {
-                    template: self.template.clone(),
-                    known: control
-                        .templates
-                        .keys()
-                        .cloned()
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                })?;
         let engine = control.engine();
+        let template = control.template(&self.template)?;
         if engine.record(&self.cluster).is_none_or(|r| r.destroying) {
             return Err(EngineError::NotFound(self.cluster));
         }
@@ -135,7 +123,6 @@ impl Command for RunTemplate {
                     cluster: &self.cluster,
                     version: &self.version,
                     address: &address,
-                    cluster_token: self.cluster_token.expose(),
                 },
                 &engine.config().jobs.defaults,
             )
@@ -194,6 +181,9 @@ impl Command for CancelJob {
 pub struct AttemptWork {
     pub job: JobId,
     pub attempt: u32,
+    /// Who submitted it (`server`: the server itself), on whose behalf a
+    /// cluster token is issued.
+    pub submitted_by: String,
     /// The job as meant, secrets and all: for the agent only.
     pub spec: JobSpec,
 }
@@ -233,15 +223,26 @@ pub struct LogPage {
 }
 
 impl Control {
-    /// Runs job templates from `templates` (none without).
-    pub fn with_templates(mut self, templates: BTreeMap<String, JobTemplate>) -> Self {
-        self.templates = Arc::new(templates);
-        self
-    }
-
     /// The job templates' names.
     pub fn template_names(&self) -> Vec<String> {
-        self.templates.keys().cloned().collect()
+        self.engine()
+            .config()
+            .jobs
+            .templates
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    /// Job template `name` of the server's config.
+    pub(crate) fn template(&self, name: &str) -> Result<&JobTemplate, EngineError> {
+        let templates = &self.engine().config().jobs.templates;
+        templates
+            .get(name)
+            .ok_or_else(|| EngineError::UnknownTemplate {
+                template: name.to_owned(),
+                known: templates.keys().cloned().collect::<Vec<_>>().join(", "),
+            })
     }
 
     /// Keeps jobs' logs in `artifacts` (without, logs are refused).
@@ -443,6 +444,7 @@ impl Control {
         Ok(AttemptWork {
             job: id,
             attempt,
+            submitted_by: job.submitted_by,
             spec,
         })
     }

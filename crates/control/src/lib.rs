@@ -21,6 +21,7 @@ mod nodes;
 mod orgs;
 mod pools;
 mod rollouts;
+mod schedules;
 mod shared;
 
 use std::future::Future;
@@ -45,6 +46,7 @@ pub use pools::{
     ApplyOutcome, ApplyPool, PoolApplied, PoolDetail, PoolVersion, RetirePool, MAX_POOL_ERRORS,
 };
 pub use rollouts::{ClusterReplacement, PauseRollout, PoolRollout, ResumeRollout};
+pub use schedules::{CreateSchedule, DeleteSchedule, PauseSchedule};
 pub use shared::{SharedConfigView, WriteSharedConfig};
 
 mod sealed {
@@ -85,8 +87,6 @@ pub struct Control {
     catalog: Arc<PoolCatalog>,
     /// Where jobs' logs are kept.
     artifacts: Option<Arc<dyn flotilla_store::ArtifactStore>>,
-    /// The job templates of the server's config, by name.
-    templates: Arc<std::collections::BTreeMap<String, flotilla_domain::JobTemplate>>,
 }
 
 impl Control {
@@ -97,7 +97,6 @@ impl Control {
             engine,
             catalog,
             artifacts: None,
-            templates: Arc::default(),
         }
     }
 

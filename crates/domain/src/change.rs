@@ -78,6 +78,12 @@ pub enum ChangeKind {
     JobEnded,
     /// A job's cancel was asked for while an attempt was under way.
     JobCancelAsked,
+    ScheduleCreated,
+    /// Paused or resumed.
+    ScheduleChanged,
+    /// Its time came: it queued a job, or says why not.
+    ScheduleFired,
+    ScheduleDeleted,
 }
 
 /// Which kind of record a change is about: the feed's key is its name.
@@ -94,10 +100,12 @@ pub enum ChangeEntity {
     SharedConfig,
     /// A job: the key is its number.
     Job,
+    /// A schedule: the key is its name.
+    Schedule,
 }
 
 impl ChangeKind {
-    const PLAIN: [ChangeKind; 28] = [
+    const PLAIN: [ChangeKind; 32] = [
         ChangeKind::ClusterDeployed,
         ChangeKind::ClusterResized,
         ChangeKind::ClusterExtended,
@@ -126,6 +134,10 @@ impl ChangeKind {
         ChangeKind::JobAttemptEnded,
         ChangeKind::JobEnded,
         ChangeKind::JobCancelAsked,
+        ChangeKind::ScheduleCreated,
+        ChangeKind::ScheduleChanged,
+        ChangeKind::ScheduleFired,
+        ChangeKind::ScheduleDeleted,
     ];
 
     pub fn entity(self) -> ChangeEntity {
@@ -159,6 +171,10 @@ impl ChangeKind {
             | ChangeKind::JobAttemptEnded
             | ChangeKind::JobEnded
             | ChangeKind::JobCancelAsked => ChangeEntity::Job,
+            ChangeKind::ScheduleCreated
+            | ChangeKind::ScheduleChanged
+            | ChangeKind::ScheduleFired
+            | ChangeKind::ScheduleDeleted => ChangeEntity::Schedule,
         }
     }
 
@@ -208,6 +224,10 @@ impl ChangeKind {
             ChangeKind::JobAttemptEnded => "job.attempt_ended",
             ChangeKind::JobEnded => "job.ended",
             ChangeKind::JobCancelAsked => "job.cancel_asked",
+            ChangeKind::ScheduleCreated => "schedule.created",
+            ChangeKind::ScheduleChanged => "schedule.changed",
+            ChangeKind::ScheduleFired => "schedule.fired",
+            ChangeKind::ScheduleDeleted => "schedule.deleted",
         }
     }
 
@@ -505,6 +525,8 @@ pub fn may_read_change(caller: &Caller, change: &Change, org: Option<&Organisati
                 .is_some_and(|a| Some(a.as_str()) == submitter);
             own || member()
         }
+        // Schedules run admins' templates: admins read them.
+        ChangeEntity::Schedule => false,
     }
 }
 
@@ -529,6 +551,7 @@ mod tests {
                 ChangeEntity::Pool => "pool.",
                 ChangeEntity::SharedConfig => "shared_config.",
                 ChangeEntity::Job => "job.",
+                ChangeEntity::Schedule => "schedule.",
             };
             assert!(k.as_str().starts_with(prefix), "{k}");
         }

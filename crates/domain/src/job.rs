@@ -114,7 +114,16 @@ pub struct JobDocument {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[A-Za-z0-9][-A-Za-z0-9]{0,39}$"))]
     pub org: Option<String>,
+    /// The cluster it concerns: a secret whose value holds
+    /// `{{cluster_token}}` gets a token for this cluster (one you may get),
+    /// issued when each attempt starts and never stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[A-Za-z0-9][-A-Za-z0-9]{0,39}$"))]
+    pub cluster: Option<String>,
 }
+
+/// What a secret's value holds to be given a token for the job's cluster.
+pub const CLUSTER_TOKEN: &str = "{{cluster_token}}";
 
 /// One pool, or several.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -188,6 +197,30 @@ pub struct JobSpec {
     pub artifacts: Vec<String>,
     pub keep_on_failure: Option<Duration>,
     pub org: Option<OrgName>,
+    /// The cluster it concerns (see [`JobDocument::cluster`]).
+    pub cluster: Option<crate::names::ClusterName>,
+}
+
+impl JobSpec {
+    /// Whether a secret asks for a token for the job's cluster.
+    pub fn wants_cluster_token(&self) -> bool {
+        self.secrets
+            .values()
+            .any(|s| s.expose().contains(CLUSTER_TOKEN))
+    }
+
+    /// Its secrets, each `{{cluster_token}}` in them replaced by `token`.
+    pub fn secrets_with_token(&self, token: &str) -> BTreeMap<String, Secret> {
+        self.secrets
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    Secret::new(v.expose().replace(CLUSTER_TOKEN, token)),
+                )
+            })
+            .collect()
+    }
 }
 
 impl JobSpec {
@@ -377,6 +410,21 @@ impl JobDocument {
                 .map_err(|e| problems.push(Problem::at("org", e.to_string())))
                 .ok()
         });
+        let cluster = self.cluster.as_deref().and_then(|c| {
+            crate::names::ClusterName::new(c)
+                .map_err(|e| problems.push(Problem::at("cluster", e.to_string())))
+                .ok()
+        });
+        if self.cluster.is_none() {
+            for (name, value) in &self.secrets {
+                if value.expose().contains(CLUSTER_TOKEN) {
+                    problems.push(Problem::new(
+                        pointer(&["secrets", name]),
+                        "asks for {{cluster_token}}: name the cluster the token is for (cluster = \"NAME\")",
+                    ));
+                }
+            }
+        }
         match max_runtime {
             Some(max_runtime) if problems.is_empty() => Ok(JobSpec {
                 name: self.name.clone(),
@@ -394,6 +442,7 @@ impl JobDocument {
                 artifacts: self.artifacts.clone(),
                 keep_on_failure,
                 org,
+                cluster,
             }),
             _ => Err(problems),
         }

@@ -17,6 +17,7 @@ mod plan;
 mod pool;
 mod pool_error;
 mod rollout;
+mod schedule;
 mod template;
 
 pub use access::{
@@ -36,7 +37,8 @@ pub use fit::{
 };
 pub use job::{
     after_attempt, job_schema, AfterAttempt, AttemptEnd, Checkout, JobDefaults, JobDocument,
-    JobSpec, JobState, PoolChoice, QueueKey, Resources, Secret, MAX_RETRIES, MAX_SCRIPT, REDACTED,
+    JobSpec, JobState, PoolChoice, QueueKey, Resources, Secret, CLUSTER_TOKEN, MAX_RETRIES,
+    MAX_SCRIPT, REDACTED,
 };
 pub use money::{
     forecast_hours, lifetime_cost, month_of, monthly_credit, projected_cost, Money, MoneyError,
@@ -64,5 +66,8 @@ pub use pool::{
 pub use pool_error::{PoolError, PoolErrorKey, PoolErrorKind};
 pub use rollout::{
     LaunchVersion, NodeBudget, PoolLaunch, Rollout, RolloutSettings, Whole, WrittenBudget,
+};
+pub use schedule::{
+    check_schedule_name, CronTimes, Fired, Firing, Missed, Schedule, MAX_SCHEDULE_NAME, ON_TIME,
 };
 pub use template::{check_version, JobTemplate, TemplateArgs, MAX_VERSION};

@@ -1,9 +1,10 @@
 //! Job templates (seed 000's TEST and RELEASE): a job's fields written once
 //! in the server's config (`[jobs.templates.NAME]`), with placeholders
 //! filled in for each run: `{{cluster}}`, `{{version}}`, `{{address}}` (the
-//! cluster's first node's address, empty if it has none) anywhere, and
-//! `{{cluster_token}}` (a token for the cluster) in `secrets` only, so it
-//! is never shown.
+//! cluster's first node's address, empty if it has none) anywhere. A run
+//! is a job whose `cluster` is the template's, so `{{cluster_token}}`, in
+//! `secrets` only (so it is never shown), becomes a token for it when each
+//! attempt starts (see [`crate::JobDocument::cluster`]).
 
 use serde_json::Value;
 
@@ -32,7 +33,6 @@ pub struct TemplateArgs<'a> {
     /// Checked with [`check_version`].
     pub version: &'a str,
     pub address: &'a str,
-    pub cluster_token: &'a str,
 }
 
 /// Refused unless `version` is a version a script may be handed as it is:
@@ -102,7 +102,6 @@ fn fill(value: &Value, args: &TemplateArgs<'_>) -> Value {
                 ("cluster", args.cluster.as_str()),
                 ("version", args.version),
                 ("address", args.address),
-                (TOKEN, args.cluster_token),
             ] {
                 out = out.replace(&format!("{{{{{name}}}}}"), with);
             }
@@ -172,7 +171,6 @@ impl JobTemplate {
                 cluster: &cluster,
                 version: "v1.0.0",
                 address: "10.0.0.1:8000",
-                cluster_token: "token",
             },
             defaults,
         )?;
@@ -190,7 +188,8 @@ impl JobTemplate {
         defaults: &JobDefaults,
     ) -> Result<JobDocument, Vec<Problem>> {
         check_version(args.version).map_err(|why| vec![Problem::new("/version", why)])?;
-        let filled = fill(&Value::Object(self.fields.clone()), args);
+        let mut filled = fill(&Value::Object(self.fields.clone()), args);
+        filled["cluster"] = Value::String(args.cluster.to_string());
         let document: JobDocument = serde_json::from_value(filled)
             .map_err(|e| vec![Problem::new(String::new(), e.to_string())])?;
         document.spec(defaults)?;
@@ -225,7 +224,6 @@ mod tests {
                     cluster: &cluster,
                     version: "release/2.1",
                     address: "127.0.0.5:8000",
-                    cluster_token: "t0ken",
                 },
                 &JobDefaults::default(),
             )
@@ -234,7 +232,14 @@ mod tests {
         assert_eq!(doc.git_ref.as_deref(), Some("release/2.1"));
         assert_eq!(doc.script, "make test CLUSTER=demo ADDRESS=127.0.0.5:8000");
         assert_eq!(doc.env["VERSION"], "release/2.1");
-        assert_eq!(doc.secrets["TOKEN"].expose(), "t0ken");
+        assert_eq!(doc.cluster.as_deref(), Some("demo"));
+        let spec = doc.spec(&JobDefaults::default()).unwrap();
+        assert!(spec.wants_cluster_token());
+        assert_eq!(
+            spec.secrets_with_token("t0ken")["TOKEN"].expose(),
+            "t0ken",
+            "the token is given when an attempt starts"
+        );
     }
 
     #[test]

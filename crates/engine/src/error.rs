@@ -94,6 +94,10 @@ pub enum EngineError {
     },
     #[error("no job {0}; `flotilla job list` shows yours")]
     UnknownJob(u64),
+    #[error("no schedule {0:?}; `flotilla schedule list` shows them")]
+    UnknownSchedule(String),
+    #[error("{0}")]
+    InvalidSchedule(String),
     #[error("no job template {template:?}; the server's config has {}", if known.is_empty() { "none ([jobs.templates.NAME])".to_owned() } else { known.clone() })]
     UnknownTemplate { template: String, known: String },
     /// The cloud refused or failed a question to a node.

@@ -39,7 +39,7 @@ const PASS: Duration = Duration::from_secs(1);
 const DESTROY_AGAIN: Duration = Duration::from_secs(30);
 
 /// How jobs are run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct JobSettings {
     /// What a job that says nothing gets, and how far it may go.
     pub defaults: JobDefaults,
@@ -50,6 +50,9 @@ pub struct JobSettings {
     pub boot_timeout: Duration,
     /// Instances of job attempts at once, over every pool.
     pub max_instances: usize,
+    /// The job templates of the server's config (TEST, RELEASE, what
+    /// schedules run), by name.
+    pub templates: BTreeMap<String, flotilla_domain::JobTemplate>,
 }
 
 impl Default for JobSettings {
@@ -62,6 +65,7 @@ impl Default for JobSettings {
             heartbeat_timeout: Duration::from_secs(30),
             boot_timeout: Duration::from_secs(600),
             max_instances: 50,
+            templates: BTreeMap::new(),
         }
     }
 }
@@ -88,6 +92,8 @@ pub(crate) struct JobRunner {
     boot: OnceLock<Arc<dyn AttemptBoot>>,
     /// Woken by every job's change the reflector reads.
     pub changed: Notify,
+    /// Woken by every schedule's change the reflector reads.
+    pub schedules_changed: Notify,
     /// When each instance was last asked to go.
     destroying: Mutex<HashMap<InstanceId, Instant>>,
 }

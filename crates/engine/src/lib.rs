@@ -42,6 +42,7 @@ mod reflection;
 mod reflector;
 mod rollout;
 pub mod runtime;
+mod schedules;
 mod sync;
 mod views;
 
@@ -373,6 +374,7 @@ impl Engine {
         )));
         handles.push(tokio::spawn(budget::run_accrual(shared.clone())));
         handles.push(tokio::spawn(jobs::run(shared.clone())));
+        handles.push(tokio::spawn(schedules::run(shared.clone())));
         for name in shared.desired.names().into_iter().chain(found) {
             shared.runtime.wake(name);
         }

@@ -311,6 +311,11 @@ async fn apply(shared: &Shared, change: &Change, read: &mut PageReads) {
                 shared.jobs.changed.notify_one();
             }
         }
+        ChangeEntity::Schedule => {
+            if leading {
+                shared.jobs.schedules_changed.notify_one();
+            }
+        }
         ChangeEntity::Account | ChangeEntity::Server => {}
     }
     // Nobody listening is fine.

@@ -111,6 +111,7 @@ async fn five_hundred_jobs_each_end_once_through_the_clouds_faults() {
         heartbeat_timeout: Duration::from_secs(30),
         boot_timeout: Duration::from_secs(60),
         max_instances: 40,
+        ..JobSettings::default()
     };
     let mut h = Harness::start(cloud.clone(), Arc::new(MemoryStore::new()), config).await;
     assert!(h.engine.set_attempt_boot(Arc::new(FakeBoot)));
@@ -210,5 +211,93 @@ async fn five_hundred_jobs_each_end_once_through_the_clouds_faults() {
         );
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
+    h.stop().await;
+}
+
+/// A schedule fires on time (each due time once, within a second), and
+/// runs once for the times missed while no server led.
+#[tokio::test(start_paused = true)]
+async fn a_schedule_fires_on_time_and_once_for_what_was_missed() {
+    use flotilla_control::{CreateSchedule, PauseSchedule};
+    use flotilla_domain::{JobTemplate, Missed};
+
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let mut config = config();
+    config.jobs.templates.insert(
+        "test".to_owned(),
+        JobTemplate::new(
+            "test",
+            serde_json::json!({"script": "make test V={{version}}", "max_runtime": "5m"}),
+            &config.jobs.defaults,
+        )
+        .unwrap(),
+    );
+    let cloud = FakeCloud::new(FakeConfig::default());
+    let mut h = Harness::start(cloud.clone(), store.clone(), config.clone()).await;
+    h.deploy("demo", 1, 86_400, None).await;
+    let admin = Caller::local_operator();
+    let every_ten_seconds = CreateSchedule {
+        name: "often".into(),
+        cron: "*/10 * * * * *".into(),
+        template: "test".into(),
+        cluster: "demo".into(),
+        version: "v1".into(),
+        missed: Missed::RunOnce,
+    };
+    let created = h.control.run(&admin, every_ten_seconds).await.unwrap();
+    let first_due = created.next_at.unwrap();
+    // Six due times: the first and five more, ten seconds apart.
+    let until = first_due + chrono::Duration::milliseconds(50_500) - h.engine.now();
+    tokio::time::sleep(until.to_std().unwrap()).await;
+    let jobs = store.jobs(None, 100).await.unwrap();
+    assert_eq!(
+        jobs.len(),
+        6,
+        "one per due time: {:?}",
+        jobs.iter().map(|j| j.submitted_at).collect::<Vec<_>>()
+    );
+    for (i, job) in jobs.iter().rev().enumerate() {
+        let due = first_due + chrono::Duration::seconds(10 * i as i64);
+        let late = job.submitted_at - due;
+        assert!(
+            late >= chrono::Duration::zero() && late <= chrono::Duration::seconds(1),
+            "job {} queued {late} after its time",
+            job.id
+        );
+        assert_eq!(job.document["script"], "make test V=v1");
+        assert_eq!(job.document["cluster"], "demo");
+    }
+
+    // No server for a minute: one run for the six times missed, then on
+    // time again.
+    h.stop().await;
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let mut h = Harness::start_with_clock(cloud, store.clone(), config, h.clock).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        store.jobs(None, 100).await.unwrap().len(),
+        7,
+        "one for the missed runs"
+    );
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(
+        store.jobs(None, 100).await.unwrap().len(),
+        8,
+        "and on time after"
+    );
+
+    // Paused, it fires nothing.
+    h.control
+        .run(
+            &admin,
+            PauseSchedule {
+                name: "often".into(),
+                paused: true,
+            },
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert_eq!(store.jobs(None, 100).await.unwrap().len(), 8);
     h.stop().await;
 }

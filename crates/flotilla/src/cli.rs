@@ -12,9 +12,10 @@ use flotilla_api_types::{
     ExecRequest, ExecResponse, ExtendRequest, GithubLoginRequest, JobList, JobView, Ledger, Level,
     LoginRequest, MemberRoleRequest, MembershipRequestResponse, NodeLogs, OrgClusterStatus,
     OrgList, OrgView, PoolApplied, PoolDetail, PoolErrorList, PoolHistory, PoolList, PoolRollout,
-    PoolTypeView, PoolVersion, PoolView, RefreshRequest, RunTemplateRequest, SchemaIndex,
-    SharedConfigList, SharedConfigRequest, SharedConfigView, SigningKeyList, TemplateList,
-    TokenResponse, UpdateOrgRequest, UpdateUserRequest, Usage, UserList, UserView, WhoAmI,
+    PoolTypeView, PoolVersion, PoolView, RefreshRequest, RunTemplateRequest, ScheduleList,
+    ScheduleRequest, ScheduleView, SchemaIndex, SharedConfigList, SharedConfigRequest,
+    SharedConfigView, SigningKeyList, TemplateList, TokenResponse, UpdateOrgRequest,
+    UpdateUserRequest, Usage, UserList, UserView, WhoAmI,
 };
 use flotilla_domain::Money;
 use reqwest::StatusCode;
@@ -1963,6 +1964,86 @@ impl Client {
         Ok(exit::OK)
     }
 
+    pub async fn schedule_create(&self, request: ScheduleRequest) -> Result<u8> {
+        let req = self.http.post(self.url("/api/v1/schedules")).json(&request);
+        let (s, raw) = self.send::<ScheduleView>(req).await?;
+        self.print_schedule(&s, &raw);
+        Ok(exit::OK)
+    }
+
+    pub async fn schedule_list(&self) -> Result<u8> {
+        let (list, raw) = self
+            .send::<ScheduleList>(self.http.get(self.url("/api/v1/schedules")))
+            .await?;
+        match self.output {
+            Output::Json => println!("{}", raw.trim()),
+            Output::Text => {
+                if list.schedules.is_empty() {
+                    println!("no schedules; create one with `flotilla schedule create`");
+                }
+                for s in &list.schedules {
+                    println!("{}", schedule_line(s));
+                }
+            }
+        }
+        Ok(exit::OK)
+    }
+
+    pub async fn schedule_show(&self, name: &str) -> Result<u8> {
+        let (s, raw) = self
+            .send::<ScheduleView>(
+                self.http
+                    .get(self.url(&format!("/api/v1/schedules/{name}"))),
+            )
+            .await?;
+        self.print_schedule(&s, &raw);
+        Ok(exit::OK)
+    }
+
+    pub async fn schedule_pause(&self, name: &str, paused: bool) -> Result<u8> {
+        let verb = if paused { "pause" } else { "resume" };
+        let (s, raw) = self
+            .send::<ScheduleView>(
+                self.http
+                    .post(self.url(&format!("/api/v1/schedules/{name}/{verb}"))),
+            )
+            .await?;
+        self.print_schedule(&s, &raw);
+        Ok(exit::OK)
+    }
+
+    pub async fn schedule_delete(&self, name: &str) -> Result<u8> {
+        self.send_empty(
+            self.http
+                .delete(self.url(&format!("/api/v1/schedules/{name}"))),
+        )
+        .await?;
+        if self.output == Output::Text {
+            println!("schedule {name} deleted");
+        }
+        Ok(exit::OK)
+    }
+
+    fn print_schedule(&self, s: &ScheduleView, raw: &str) {
+        match self.output {
+            Output::Json => println!("{}", raw.trim()),
+            Output::Text => {
+                println!("{}", schedule_line(s));
+                if let Some(at) = s.last_fired_at {
+                    println!(
+                        "last fired {}{}",
+                        stamp(at),
+                        match (&s.last_job, &s.last_error) {
+                            (_, Some(e)) => format!(": {e}"),
+                            (Some(j), None) => format!(": job {j}"),
+                            _ => String::new(),
+                        }
+                    );
+                }
+            }
+        }
+    }
+
     pub async fn job_list(&self, all: bool, limit: usize) -> Result<u8> {
         let query = [("all", all.to_string()), ("limit", limit.to_string())];
         let (list, raw) = self
@@ -2846,6 +2927,25 @@ fn org_lines(v: &OrgView, now: DateTime<Utc>) -> Vec<String> {
 /// How often `job submit --wait` looks at the job between its logs.
 const JOB_POLL: std::time::Duration = std::time::Duration::from_millis(250);
 
+/// One schedule on a line.
+fn schedule_line(s: &ScheduleView) -> String {
+    format!(
+        "{:<20} {:<16} {} {} at {}  {}",
+        s.name,
+        s.cron,
+        s.template,
+        s.cluster,
+        s.version,
+        if s.paused {
+            "paused".to_owned()
+        } else {
+            s.next_at.map_or("no next time".to_owned(), |at| {
+                format!("next {}", stamp(at))
+            })
+        }
+    )
+}
+
 /// One job on a line: number, state, name, and why it waits.
 fn job_line(j: &JobView) -> String {
     let mut line = format!("{:>6}  {:<10} {}", j.id, j.state, j.name);
@@ -2926,6 +3026,7 @@ fn event_line(e: &Event) -> String {
             d["state"].as_str().unwrap_or("?"),
             d["message"].as_str().unwrap_or_default()
         ),
+        "schedule" => d["message"].as_str().unwrap_or_default().to_owned(),
         "account" => format!("level {}", d["level"].as_str().unwrap_or("?")),
         _ => String::new(),
     };

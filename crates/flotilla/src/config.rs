@@ -108,7 +108,6 @@ pub struct JobsConfig {
     pub server_url: Option<String>,
     /// None: `artifacts` in the data directory.
     pub artifacts_dir: Option<PathBuf>,
-    pub templates: BTreeMap<String, flotilla_domain::JobTemplate>,
 }
 
 /// `[http]`: the listener's limits.
@@ -926,13 +925,13 @@ impl Config {
                 .as_ref()
                 .map(|u| u.trim_end_matches('/').to_owned()),
             artifacts_dir: j.artifacts_dir.clone().map(&from_file),
-            templates,
         };
         let job_settings = flotilla_engine::JobSettings {
             defaults: job_defaults,
             heartbeat_timeout: j.heartbeat_timeout,
             boot_timeout: j.boot_timeout,
             max_instances: j.max_instances,
+            templates,
         };
 
         Ok(Config {

@@ -11,6 +11,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
@@ -121,11 +122,21 @@ impl Agent {
     }
 }
 
-/// Reads `from` line by line into `lines`, as `stream`.
+/// `text` with each of `secrets` (the longest first) hidden.
+fn redact(text: String, secrets: &[String]) -> String {
+    secrets
+        .iter()
+        .fold(text, |t, s| t.replace(s.as_str(), "[redacted]"))
+}
+
+/// Reads `from` line by line into `lines`, as `stream`, with `secrets`
+/// hidden (the server hides the job's own again; a cluster token, issued
+/// for this attempt only, only the agent knows).
 fn forward(
     from: impl AsyncRead + Unpin + Send + 'static,
     stream: &'static str,
     lines: mpsc::Sender<LogLine>,
+    secrets: Arc<Vec<String>>,
 ) {
     tokio::spawn(async move {
         let mut reader = BufReader::new(from).lines();
@@ -133,7 +144,7 @@ fn forward(
             let line = LogLine {
                 at: Utc::now(),
                 stream: stream.to_owned(),
-                text,
+                text: redact(text, &secrets),
             };
             if lines.send(line).await.is_err() {
                 return;
@@ -271,11 +282,19 @@ pub async fn run(server: &str, job: u64, attempt: u32, token: String) -> Result<
         }
     };
     let pid = child.id().unwrap_or_default();
+    let mut secrets: Vec<String> = work
+        .secret_values
+        .iter()
+        .filter(|s| !s.is_empty())
+        .cloned()
+        .collect();
+    secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    let secrets = Arc::new(secrets);
     if let Some(out) = child.stdout.take() {
-        forward(out, "out", tx.clone());
+        forward(out, "out", tx.clone(), secrets.clone());
     }
     if let Some(err) = child.stderr.take() {
-        forward(err, "err", tx.clone());
+        forward(err, "err", tx.clone(), secrets);
     }
     drop(tx);
 

@@ -15,7 +15,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use flotilla_api_types::{
     CapacityRequest, CreateOrgRequest, CreateUserRequest, CreditRequest, DeployRequest,
-    ExtendRequest, Level, UpdateOrgRequest, UpdateUserRequest,
+    ExtendRequest, Level, ScheduleRequest, UpdateOrgRequest, UpdateUserRequest,
 };
 
 use crate::cli::{exit, Client, Output};
@@ -321,6 +321,12 @@ enum Command {
         #[arg(long)]
         wait: bool,
     },
+    /// Schedules: a job template run against a cluster on a cron
+    /// schedule, fired by the server on time (admins).
+    Schedule {
+        #[command(subcommand)]
+        command: ScheduleCommand,
+    },
     /// Jobs: scripts run once on an instance of their own.
     Job {
         #[command(subcommand)]
@@ -352,6 +358,44 @@ enum Command {
         /// Where the server is reached.
         #[arg(long)]
         server: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ScheduleCommand {
+    /// Run TEMPLATE against CLUSTER at VERSION whenever CRON says (UTC).
+    Create {
+        name: String,
+        /// Five fields (minute hour day month weekday, e.g. "0 3 * * *"),
+        /// or six with seconds first.
+        #[arg(long)]
+        cron: String,
+        #[arg(long)]
+        template: String,
+        #[arg(long)]
+        cluster: String,
+        #[arg(long)]
+        version: String,
+        /// Runs missed while no server ran: run-once (one run for all) or
+        /// skip.
+        #[arg(long, default_value = "run-once")]
+        missed: String,
+    },
+    List,
+    Show {
+        name: String,
+    },
+    /// Fire no more until resumed.
+    Pause {
+        name: String,
+    },
+    /// Fire again, from the next time after now.
+    Resume {
+        name: String,
+    },
+    /// Delete it (the jobs it queued stay).
+    Delete {
+        name: String,
     },
 }
 
@@ -1085,6 +1129,36 @@ fn main() -> ExitCode {
                         version,
                         wait,
                     } => client.job_run("test", cluster, version, wait).await,
+                    Command::Schedule { command } => match command {
+                        ScheduleCommand::Create {
+                            name,
+                            cron,
+                            template,
+                            cluster,
+                            version,
+                            missed,
+                        } => {
+                            client
+                                .schedule_create(ScheduleRequest {
+                                    name,
+                                    cron,
+                                    template,
+                                    cluster,
+                                    version,
+                                    missed: Some(missed),
+                                })
+                                .await
+                        }
+                        ScheduleCommand::List => client.schedule_list().await,
+                        ScheduleCommand::Show { name } => client.schedule_show(&name).await,
+                        ScheduleCommand::Pause { name } => {
+                            client.schedule_pause(&name, true).await
+                        }
+                        ScheduleCommand::Resume { name } => {
+                            client.schedule_pause(&name, false).await
+                        }
+                        ScheduleCommand::Delete { name } => client.schedule_delete(&name).await,
+                    },
                     Command::Release {
                         cluster,
                         version,

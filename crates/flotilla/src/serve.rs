@@ -378,8 +378,7 @@ pub async fn run(config: Config, admin_password: Option<String>) -> anyhow::Resu
                     .artifacts_dir
                     .clone()
                     .unwrap_or_else(|| config.data_dir.join("artifacts")),
-            )))
-            .with_templates(config.jobs.templates.clone()),
+            ))),
         engine: engine.clone(),
         identity,
         limits,

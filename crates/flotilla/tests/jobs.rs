@@ -320,3 +320,73 @@ fn test_and_release_run_their_templates_from_a_repository() {
         "refusals queue nothing"
     );
 }
+
+/// A schedule made at the command line fires on time, goes on across a
+/// server's restart, and stops when paused.
+#[test]
+fn a_schedule_fires_across_a_restart_until_paused() {
+    let sandbox = Sandbox::new();
+    let dir = sandbox.path();
+    let config = format!(
+        "{CONFIG}\n[jobs.templates.ping]\nscript = \"echo ping {{{{cluster}}}} {{{{version}}}}\"\nmax_runtime = \"1m\"\n"
+    );
+    let server = Server::start_with(&dir, &config);
+    let out = server.cli(&["deploy", "demo", "--nodes", "1", "--ttl", "10m", "--wait"]);
+    assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    let out = server.cli(&[
+        "schedule",
+        "create",
+        "often",
+        "--cron",
+        "*/2 * * * * *",
+        "--template",
+        "ping",
+        "--cluster",
+        "demo",
+        "--version",
+        "v7",
+    ]);
+    assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("next "));
+    let jobs = |server: &Server| -> Vec<Value> {
+        let out = server.cli(&["--output", "json", "job", "list"]);
+        let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+        list["jobs"].as_array().unwrap().clone()
+    };
+    wait_for("two fires", || jobs(&server).len() >= 2);
+    let first = jobs(&server);
+    assert_eq!(first[0]["name"], "ping-demo");
+    wait_for("a fired job to succeed", || {
+        jobs(&server).iter().any(|j| j["state"] == "succeeded")
+    });
+    let done = jobs(&server)
+        .into_iter()
+        .find(|j| j["state"] == "succeeded")
+        .unwrap();
+    let log = server.cli(&["job", "logs", &done["id"].to_string()]);
+    assert!(String::from_utf8_lossy(&log.stdout).contains("ping demo v7"));
+
+    let port = server.url.rsplit(':').next().unwrap().to_owned();
+    server.kill();
+    let server = Server::start_listening(&dir, &config, &[], &format!("127.0.0.1:{port}"));
+    let before = jobs(&server).len();
+    wait_for("fires after the restart", || {
+        jobs(&server).len() >= before + 2
+    });
+
+    let out = server.cli(&["schedule", "pause", "often"]);
+    assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("paused"));
+    std::thread::sleep(Duration::from_millis(500));
+    let paused_at = jobs(&server).len();
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        jobs(&server).len(),
+        paused_at,
+        "a paused schedule fires nothing"
+    );
+    let out = server.cli(&["schedule", "delete", "often"]);
+    assert_eq!(code(&out), 0);
+    let out = server.cli(&["schedule", "show", "often"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown_schedule"));
+}

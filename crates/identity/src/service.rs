@@ -491,6 +491,26 @@ impl Identity {
             .issue_cluster_token(&username, caller.level, cluster, now)?)
     }
 
+    /// Who account `username` is now, as a signed-in caller (its level and
+    /// grants as stored), for acting on its behalf later: a job's attempt
+    /// gets a cluster token as its submitter. `None` is the server itself.
+    pub async fn caller_of(&self, username: Option<&str>) -> Result<Caller, IdentityError> {
+        let Some(username) = username else {
+            return Ok(Caller::local_operator());
+        };
+        let username = Username::new(username)?;
+        let account = self
+            .store
+            .get_account(&username)
+            .await?
+            .ok_or_else(|| IdentityError::NotFound(username.clone()))?;
+        Ok(Caller {
+            allowed: allowed_clusters(&account.username, &account.grants),
+            account: Some(account.username),
+            level: account.level,
+        })
+    }
+
     /// A new signing key (admins only); returns its id. With shared keys
     /// it goes into the database, and every server signs with it.
     pub async fn rotate_key(

@@ -15,27 +15,38 @@ fn bind_limit(limit: usize) -> i64 {
     i64::try_from(limit).unwrap_or(i64::MAX)
 }
 
+/// Queues `job` inside the caller's transaction; its `job.submitted`
+/// change is the caller's to commit ([`commit_with`]).
+pub(crate) async fn insert_job(
+    conn: &mut sqlx::PgConnection,
+    job: &NewJob,
+    now: DateTime<Utc>,
+) -> Result<JobRecord, StoreError> {
+    let mut record = JobRecord::queued(job, 0, now);
+    let id: i64 = sqlx::query_scalar(row::JOB_INSERT)
+        .bind(&record.name)
+        .bind(record.document.to_string())
+        .bind(&record.submitted_by)
+        .bind(record.org.as_ref().map(|o| o.to_string()))
+        .bind(i64::from(record.priority))
+        .bind(record.state.as_str())
+        .bind(&record.reason)
+        .bind(&record.cancel_by)
+        .bind(row::attempts_json(&record))
+        .bind(row::to_millis(now))
+        .bind(row::to_millis(now))
+        .bind(record.version as i64)
+        .fetch_one(&mut *conn)
+        .await?;
+    record.id = u64::try_from(id).map_err(|_| StoreError::Corrupt(format!("job id {id}")))?;
+    Ok(record)
+}
+
 #[async_trait::async_trait]
 impl JobStore for PostgresStore {
     async fn submit_job(&self, job: &NewJob, now: DateTime<Utc>) -> Result<JobRecord, StoreError> {
         let mut tx = self.begin().await?;
-        let mut record = JobRecord::queued(job, 0, now);
-        let id: i64 = sqlx::query_scalar(row::JOB_INSERT)
-            .bind(&record.name)
-            .bind(record.document.to_string())
-            .bind(&record.submitted_by)
-            .bind(record.org.as_ref().map(|o| o.to_string()))
-            .bind(i64::from(record.priority))
-            .bind(record.state.as_str())
-            .bind(&record.reason)
-            .bind(&record.cancel_by)
-            .bind(row::attempts_json(&record))
-            .bind(row::to_millis(now))
-            .bind(row::to_millis(now))
-            .bind(record.version as i64)
-            .fetch_one(&mut *tx)
-            .await?;
-        record.id = u64::try_from(id).map_err(|_| StoreError::Corrupt(format!("job id {id}")))?;
+        let record = insert_job(&mut tx, job, now).await?;
         commit_with(tx, &[submitted(&record)], now).await?;
         Ok(record)
     }

@@ -50,6 +50,7 @@ mod lease;
 mod meters;
 mod orgs;
 mod pools;
+mod schedules;
 #[cfg(feature = "testing")]
 pub mod testing;
 

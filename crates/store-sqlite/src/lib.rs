@@ -38,6 +38,7 @@ mod lease;
 mod meters;
 mod orgs;
 mod pools;
+mod schedules;
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 

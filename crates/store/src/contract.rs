@@ -36,6 +36,9 @@ pub use pools::*;
 #[path = "contract_jobs.rs"]
 mod jobs;
 pub use jobs::*;
+#[path = "contract_schedules.rs"]
+mod schedules;
+pub use schedules::*;
 
 pub struct Harness {
     /// An empty store.
@@ -129,7 +132,10 @@ macro_rules! store_contract_tests {
             a_job_goes_through_its_attempts_step_by_step,
             a_cancelled_job_never_starts_again,
             a_jobs_steps_are_fenced_and_checked_against_the_version_read,
-            racing_servers_start_one_attempt
+            racing_servers_start_one_attempt,
+            schedules_are_created_once_changed_from_what_was_read_and_deleted,
+            a_fire_queues_its_job_with_the_schedules_next_time,
+            racing_servers_fire_one_due_time_once_and_only_under_the_lease
         );
     };
     (@each $harness:path, $($check:ident),+) => {

@@ -23,6 +23,7 @@ mod memory;
 pub mod meters;
 mod orgs;
 mod pools;
+mod schedules;
 #[cfg(feature = "sql")]
 pub mod sql;
 
@@ -51,6 +52,9 @@ pub use pools::{
     resume_change, shared_config_change, stop_change, PoolRecord, PoolStore, PoolWrite,
     RolloutHold, RolloutPause, RolloutStop, RolloutStore, SharedConfigRecord, SharedConfigStore,
     SharedConfigWrite,
+};
+pub use schedules::{
+    check_revision, fired_change, schedule_change, schedule_from, schedule_json, ScheduleStore,
 };
 
 /// Why a store call failed. Backend-neutral: each backend maps its own
@@ -193,6 +197,7 @@ pub trait Store:
     + SharedConfigStore
     + RolloutStore
     + JobStore
+    + ScheduleStore
     + Send
     + Sync
     + 'static

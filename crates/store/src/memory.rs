@@ -50,6 +50,7 @@ struct Inner {
     rollout_holds: BTreeMap<PoolName, crate::RolloutHold>,
     shared_configs: BTreeMap<flotilla_domain::SharedConfigName, Vec<crate::SharedConfigRecord>>,
     jobs: BTreeMap<crate::JobId, crate::JobRecord>,
+    schedules: BTreeMap<String, flotilla_domain::Schedule>,
 }
 
 struct StoredToken {
@@ -1316,5 +1317,96 @@ impl crate::JobStore for MemoryStore {
         }
         inner.jobs.insert(id, next.clone());
         Ok(next)
+    }
+}
+
+#[async_trait]
+impl crate::ScheduleStore for MemoryStore {
+    async fn create_schedule(
+        &self,
+        schedule: &flotilla_domain::Schedule,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let mut inner = self.inner.lock().unwrap();
+        if inner.schedules.contains_key(&schedule.name) {
+            return Err(StoreError::Duplicate(format!("schedule {}", schedule.name)));
+        }
+        inner
+            .schedules
+            .insert(schedule.name.clone(), schedule.clone());
+        let change = crate::schedule_change(
+            ChangeKind::ScheduleCreated,
+            schedule,
+            format!("created by {}", schedule.created_by),
+        );
+        inner.record(change, now);
+        Ok(())
+    }
+
+    async fn schedules(&self) -> Result<Vec<flotilla_domain::Schedule>, StoreError> {
+        Ok(self
+            .inner
+            .lock()
+            .unwrap()
+            .schedules
+            .values()
+            .cloned()
+            .collect())
+    }
+
+    async fn update_schedule(
+        &self,
+        before: &flotilla_domain::Schedule,
+        after: &flotilla_domain::Schedule,
+        kind: ChangeKind,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let mut inner = self.inner.lock().unwrap();
+        let found = inner.schedules.get(&before.name).map(|s| s.revision as i64);
+        crate::check_revision(before, found)?;
+        inner.schedules.insert(after.name.clone(), after.clone());
+        let message = if after.paused { "paused" } else { "resumed" };
+        inner.record(crate::schedule_change(kind, after, message.to_owned()), now);
+        Ok(())
+    }
+
+    async fn delete_schedule(&self, name: &str, now: DateTime<Utc>) -> Result<bool, StoreError> {
+        let mut inner = self.inner.lock().unwrap();
+        let Some(gone) = inner.schedules.remove(name) else {
+            return Ok(false);
+        };
+        inner.record(
+            crate::schedule_change(ChangeKind::ScheduleDeleted, &gone, "deleted".to_owned()),
+            now,
+        );
+        Ok(true)
+    }
+
+    async fn fire_schedule(
+        &self,
+        before: &flotilla_domain::Schedule,
+        after: &flotilla_domain::Schedule,
+        job: Option<&crate::NewJob>,
+        fence: Fence,
+        now: DateTime<Utc>,
+    ) -> Result<Option<crate::JobRecord>, StoreError> {
+        let mut inner = self.inner.lock().unwrap();
+        inner.check_fence(fence)?;
+        let found = inner.schedules.get(&before.name).map(|s| s.revision as i64);
+        crate::check_revision(before, found)?;
+        let queued = job.map(|job| {
+            let id = inner.jobs.keys().next_back().map_or(1, |last| last + 1);
+            let record = crate::JobRecord::queued(job, id, now);
+            inner.jobs.insert(id, record.clone());
+            inner.record(crate::submitted(&record), now);
+            record
+        });
+        let mut after = after.clone();
+        if let Some(j) = &queued {
+            after.last_job = Some(j.id);
+        }
+        inner.schedules.insert(after.name.clone(), after.clone());
+        inner.record(crate::fired_change(&after, queued.as_ref()), now);
+        Ok(queued)
     }
 }

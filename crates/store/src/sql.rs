@@ -856,6 +856,7 @@ pub fn entity_pattern(entity: ChangeEntity) -> &'static str {
         ChangeEntity::Pool => "pool.%",
         ChangeEntity::SharedConfig => "shared_config.%",
         ChangeEntity::Job => "job.%",
+        ChangeEntity::Schedule => "schedule.%",
     }
 }
 
