@@ -29,6 +29,7 @@
 
 mod ec2;
 mod http;
+mod jobs;
 mod machine;
 mod metrics;
 mod orgs;
@@ -192,6 +193,9 @@ enum Mode {
     /// One scheduling pass over a long queue of jobs and many instance
     /// types.
     Schedule(schedule::ScheduleArgs),
+    /// Jobs through the engine on the fake cloud: submission to instance,
+    /// and the throughput of zero-length jobs.
+    Jobs(jobs::JobsArgs),
 }
 
 /// The engine benchmark's knobs.
@@ -746,6 +750,7 @@ fn main() -> Result<()> {
         Some(Mode::Pools(args)) => pools::run(args),
         Some(Mode::Rollout(args)) => rollout::run(args),
         Some(Mode::Schedule(args)) => schedule::run(args),
+        Some(Mode::Jobs(args)) => jobs::run(args),
         // What `#[tokio::main]` builds: a worker per CPU.
         None => tokio::runtime::Builder::new_multi_thread()
             .enable_all()

@@ -166,6 +166,8 @@ pub struct JobDefaults {
     pub max_max_runtime: Duration,
     /// Attempts retried when a job says nothing.
     pub retries: u32,
+    /// The longest a failed attempt's instance may be kept for debugging.
+    pub max_keep_on_failure: Duration,
 }
 
 impl Default for JobDefaults {
@@ -174,6 +176,7 @@ impl Default for JobDefaults {
             max_runtime: None,
             max_max_runtime: Duration::from_secs(7 * 24 * 3600),
             retries: 3,
+            max_keep_on_failure: Duration::from_secs(3600),
         }
     }
 }
@@ -405,6 +408,16 @@ impl JobDocument {
             .keep_on_failure
             .as_deref()
             .and_then(|text| duration(text, "keep_on_failure", &mut problems));
+        if let Some(keep) = keep_on_failure.filter(|k| *k > defaults.max_keep_on_failure) {
+            problems.push(Problem::at(
+                "keep_on_failure",
+                format!(
+                    "{} is longer than this server keeps a failed attempt's instance ({})",
+                    humantime::format_duration(keep),
+                    humantime::format_duration(defaults.max_keep_on_failure)
+                ),
+            ));
+        }
         let org = self.org.as_deref().and_then(|o| {
             OrgName::new(o)
                 .map_err(|e| problems.push(Problem::at("org", e.to_string())))

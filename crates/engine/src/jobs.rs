@@ -113,6 +113,7 @@ pub fn spec_of(job: &JobRecord) -> Result<JobSpec, String> {
         max_runtime: None,
         max_max_runtime: Duration::from_secs(100 * 365 * 24 * 3600),
         retries: JobDefaults::default().retries,
+        max_keep_on_failure: Duration::from_secs(100 * 365 * 24 * 3600),
     };
     document.spec(&stored).map_err(|problems| {
         problems
@@ -185,8 +186,12 @@ async fn pass(shared: &Shared, fence: Fence) -> Result<(), StoreError> {
         }
     }
     // What is left is no attempt's under way: its attempt ended (the
-    // agent reported, or the runner ended it) or its job is gone.
+    // agent reported, or the runner ended it) or its job is gone. A failed
+    // attempt's is kept for debugging while its job's keep_on_failure says.
     for ((job, attempt), (driver, instance)) in instances {
+        if kept_for_debugging(shared, job, attempt, now).await {
+            continue;
+        }
         tracing::info!(job, attempt, instance = %instance.id, "destroying the instance of an attempt no longer under way");
         destroy(shared, &driver, &instance.id).await;
     }
@@ -248,6 +253,17 @@ async fn tend(
         return end_attempt(shared, fence, job, a, end, Some(&spec), instance).await;
     }
     if a.instance.is_some() {
+        if instance.is_none() {
+            // Made, and gone from the cloud's listing while its attempt was
+            // under way: taken back (spot), or lost.
+            let end = if a.market == flotilla_domain::Market::Spot {
+                AttemptEnd::Interrupted
+            } else {
+                AttemptEnd::Lost
+            };
+            tracing::info!(job = job.id, attempt = a.attempt, %end, "an attempt's instance is gone");
+            return end_attempt(shared, fence, job, a, end, Some(&spec), None).await;
+        }
         return Ok(());
     }
     match instance {
@@ -425,6 +441,25 @@ async fn create(
     }
 }
 
+/// Whether the instance of attempt `attempt` of job `job`, over, is kept
+/// for debugging: its script failed (exited non-zero) and its job's
+/// `keep_on_failure` has not run out since.
+async fn kept_for_debugging(shared: &Shared, job: JobId, attempt: u32, now: DateTime<Utc>) -> bool {
+    let Ok(Some(record)) = shared.store.job(job).await else {
+        return false;
+    };
+    let Some(keep) = spec_of(&record).ok().and_then(|s| s.keep_on_failure) else {
+        return false;
+    };
+    record
+        .attempts
+        .iter()
+        .find(|a| a.attempt == attempt)
+        .filter(|a| matches!(a.end, Some(AttemptEnd::Exited { status }) if status != 0))
+        .and_then(|a| a.ended_at)
+        .is_some_and(|ended| (now - ended).to_std().is_ok_and(|d| d < keep) || now < ended)
+}
+
 /// Asks `driver` to destroy `id`, unless it was asked lately.
 async fn destroy(shared: &Shared, driver: &str, id: &InstanceId) {
     {
@@ -496,7 +531,14 @@ async fn start_queued(shared: &Shared, fence: Fence, queued: &[&JobRecord], slot
     for job in queued {
         match spec_of(job) {
             Ok(spec) => {
-                specs.insert(job.id, spec);
+                // No funds, no start: a job charged to an organisation
+                // whose budget is spent waits for credit.
+                match spec.org.as_ref().and_then(|o| no_funds(shared, o)) {
+                    Some(why) => reason(shared, fence, job, Some(why)).await,
+                    None => {
+                        specs.insert(job.id, spec);
+                    }
+                }
             }
             Err(why) => {
                 tracing::warn!(job = job.id, %why, "a stored job no longer reads");
@@ -509,10 +551,15 @@ async fn start_queued(shared: &Shared, fence: Fence, queued: &[&JobRecord], slot
         .iter()
         .filter_map(|job| {
             let spec = specs.get(&job.id)?;
+            // After a spot instance was taken back, on demand.
+            let interrupted = job
+                .attempts
+                .iter()
+                .any(|a| a.end == Some(AttemptEnd::Interrupted));
             Some(Waiting {
                 key: job.queue_key(),
                 resources: spec.resources,
-                spot: spec.spot,
+                spot: spec.spot && !interrupted,
                 pools: if spec.pools.is_empty() {
                     &default_pool
                 } else {
@@ -574,6 +621,23 @@ async fn start_queued(shared: &Shared, fence: Fence, queued: &[&JobRecord], slot
                 reason(shared, fence, job, Some(why)).await
             }
         }
+    }
+}
+
+/// Why a job charged to `org` cannot start now, if its budget is spent
+/// (or the organisation is gone).
+fn no_funds(shared: &Shared, org: &flotilla_domain::OrgName) -> Option<String> {
+    let name = ClusterName::new(org.as_str()).ok()?;
+    match shared.orgs.get(&name) {
+        None => Some(format!(
+            "organisation {org} does not exist (any more); cancel the job"
+        )),
+        Some(o) if o.is_exhausted() || o.budget.exhausted_at.is_some() => Some(format!(
+            "waiting for budget: organisation {org} has {} left, at or below its shutdown threshold {}; an admin adds credit with `flotilla org credit {org} AMOUNT --reason TEXT`",
+            o.budget.balance.cents(),
+            o.budget.shutdown_threshold.cents()
+        )),
+        Some(_) => None,
     }
 }
 

@@ -301,3 +301,170 @@ async fn a_schedule_fires_on_time_and_once_for_what_was_missed() {
     assert_eq!(store.jobs(None, 100).await.unwrap().len(), 8);
     h.stop().await;
 }
+
+async fn submit(control: &Control, doc: serde_json::Value) -> u64 {
+    control
+        .run(
+            &Caller::local_operator(),
+            SubmitJob {
+                document: serde_json::from_value(doc).unwrap(),
+            },
+        )
+        .await
+        .unwrap()
+        .job
+        .id
+}
+
+/// The job's attempt once its instance is made: number, token, instance.
+async fn made(store: &Arc<dyn Store>, id: u64) -> (u32, String, flotilla_domain::InstanceId) {
+    loop {
+        let job = store.job(id).await.unwrap().unwrap();
+        if let Some(a) = job.live_attempt().filter(|a| a.instance.is_some()) {
+            return (a.attempt, a.token.clone(), a.instance.clone().unwrap());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The instance of a job whose script failed is kept while its
+/// `keep_on_failure` lasts, then goes; an instance that vanishes under a
+/// running attempt ends it at once (lost), and it is tried again.
+#[tokio::test(start_paused = true)]
+async fn a_failed_attempts_instance_is_kept_and_a_vanished_one_is_retried() {
+    let cloud = FakeCloud::new(FakeConfig::default());
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let mut h = Harness::start(cloud.clone(), store.clone(), config()).await;
+    assert!(h.engine.set_attempt_boot(Arc::new(FakeBoot)));
+    let set = cloud.instance_set(SET_ID);
+
+    let kept = submit(
+        &h.control,
+        serde_json::json!({
+            "name": "debug-me", "script": "false", "max_runtime": "5m", "keep_on_failure": "10m",
+        }),
+    )
+    .await;
+    let (attempt, token, instance) = made(&store, kept).await;
+    h.control
+        .attempt_report(kept, attempt, &token, AgentReport::Running)
+        .await
+        .unwrap();
+    h.control
+        .attempt_report(kept, attempt, &token, AgentReport::Exited { status: 1 })
+        .await
+        .unwrap();
+    assert_eq!(
+        store.job(kept).await.unwrap().unwrap().state,
+        JobState::Failed
+    );
+    tokio::time::sleep(Duration::from_secs(9 * 60)).await;
+    let listed = set.list(&Tags::new()).await.unwrap();
+    assert!(
+        listed.iter().any(|i| i.id == instance),
+        "kept for debugging"
+    );
+    tokio::time::sleep(Duration::from_secs(2 * 60)).await;
+    let listed = set.list(&Tags::new()).await.unwrap();
+    assert!(
+        !listed.iter().any(|i| i.id == instance),
+        "gone once keep_on_failure ran out"
+    );
+
+    let vanishing = submit(
+        &h.control,
+        serde_json::json!({"name": "vanishing", "script": "true", "max_runtime": "5m"}),
+    )
+    .await;
+    let (attempt, token, instance) = made(&store, vanishing).await;
+    h.control
+        .attempt_report(vanishing, attempt, &token, AgentReport::Running)
+        .await
+        .unwrap();
+    cloud.kill(&instance);
+    // Within a resync, well before the heartbeat timeout (30 s).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let job = store.job(vanishing).await.unwrap().unwrap();
+        if job.attempts.len() == 2 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "tried again at once, not after the heartbeat timeout: {job:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let job = store.job(vanishing).await.unwrap().unwrap();
+    assert_eq!(job.attempts[0].end, Some(AttemptEnd::Lost));
+    h.stop().await;
+}
+
+/// No funds, no start: a job charged to an organisation whose budget is
+/// spent waits, saying so, and starts once an admin adds credit.
+#[tokio::test(start_paused = true)]
+async fn a_job_charged_to_a_spent_organisation_waits_for_credit() {
+    use flotilla_control::{CreateOrg, CreditOrg};
+    use flotilla_domain::{AccountKind, Level, OrgName, Username};
+
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    store
+        .create_account(&flotilla_store::AccountRecord {
+            username: Username::new("ann").unwrap(),
+            kind: AccountKind::Github,
+            level: Level::OrgMember,
+            password_hash: None,
+            grants: Default::default(),
+            created_at: chrono::Utc::now(),
+        })
+        .await
+        .unwrap();
+    let mut h = Harness::start(
+        FakeCloud::new(FakeConfig::default()),
+        store.clone(),
+        config(),
+    )
+    .await;
+    assert!(h.engine.set_attempt_boot(Arc::new(FakeBoot)));
+    let admin = Caller::local_operator();
+    let lab = OrgName::new("lab").unwrap();
+    h.control
+        .run(
+            &admin,
+            CreateOrg {
+                name: lab.clone(),
+                owners: vec!["ann".into()],
+                pool: None,
+            },
+        )
+        .await
+        .unwrap();
+    let id = submit(
+        &h.control,
+        serde_json::json!({"name": "paid", "script": "true", "max_runtime": "5m", "org": "lab"}),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let job = store.job(id).await.unwrap().unwrap();
+    assert_eq!(job.state, JobState::Queued);
+    assert!(
+        job.reason
+            .as_deref()
+            .is_some_and(|r| r.starts_with("waiting for budget: organisation lab has $0.00")),
+        "{:?}",
+        job.reason
+    );
+    h.control
+        .run(
+            &admin,
+            CreditOrg {
+                org: lab,
+                amount: "5".parse().unwrap(),
+                reason: "grant".into(),
+            },
+        )
+        .await
+        .unwrap();
+    made(&store, id).await;
+    h.stop().await;
+}

@@ -65,6 +65,10 @@ struct JobsSection {
     /// Retries of an attempt failed by the infrastructure, when a job
     /// says nothing.
     retries: u32,
+    /// The longest a job's `keep_on_failure` may keep a failed attempt's
+    /// instance.
+    #[serde(with = "humantime_serde")]
+    max_keep_on_failure: Duration,
     /// An attempt whose agent is silent this long is lost (and retried).
     #[serde(with = "humantime_serde")]
     heartbeat_timeout: Duration,
@@ -92,6 +96,7 @@ impl Default for JobsSection {
             max_runtime: d.defaults.max_runtime.unwrap_or(Duration::from_secs(3600)),
             max_max_runtime: d.defaults.max_max_runtime,
             retries: d.defaults.retries,
+            max_keep_on_failure: d.defaults.max_keep_on_failure,
             heartbeat_timeout: d.heartbeat_timeout,
             boot_timeout: d.boot_timeout,
             max_instances: d.max_instances,
@@ -891,6 +896,7 @@ impl Config {
             max_runtime: Some(j.max_runtime),
             max_max_runtime: j.max_max_runtime,
             retries: j.retries,
+            max_keep_on_failure: j.max_keep_on_failure,
         };
         let mut templates = BTreeMap::new();
         for (name, table) in &j.templates {
