@@ -404,7 +404,8 @@ pub(crate) async fn attempt_work(
     // (as they may get one now), never stored.
     let secrets = match &spec.cluster {
         Some(cluster) if spec.wants_cluster_token() => {
-            let submitter = (work.submitted_by != "server").then_some(work.submitted_by.as_str());
+            let submitter = (work.submitted_by != flotilla_control::SERVER_SUBMITTER)
+                .then_some(work.submitted_by.as_str());
             let mut on_behalf = state.identity.caller_of(submitter).await?;
             state.engine.admit_org_clusters(&mut on_behalf);
             let issued = state

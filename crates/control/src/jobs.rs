@@ -6,9 +6,9 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use flotilla_domain::{
-    after_attempt, authorize_admin, authorize_cluster_token, authorize_job, authorize_job_submit,
-    AttemptEnd, Caller, ClusterName, Denied, JobDocument, JobSpec, JobState, JobTemplate, OrgError,
-    OrgName, OrgRole, TemplateArgs, REDACTED,
+    after_attempt, authorize_admin, authorize_cluster_token, authorize_job, authorize_job_pool,
+    authorize_job_submit, AttemptEnd, Caller, ClusterName, Denied, JobDocument, JobSpec, JobState,
+    JobTemplate, OrgError, OrgName, OrgRole, TemplateArgs, REDACTED,
 };
 use flotilla_engine::{spec_of, EngineError};
 use flotilla_store::{ArtifactStore, JobId, JobRecord, JobStep, NewJob, StoreError};
@@ -62,10 +62,17 @@ async fn queue(
     let spec = document
         .spec(&engine.config().jobs.defaults)
         .map_err(|problems| EngineError::InvalidJob { problems })?;
-    for pool in &spec.pools {
-        if engine.pool(pool).is_none() {
+    let default_pool = [engine.default_pool().clone()];
+    let pools = if spec.pools.is_empty() {
+        &default_pool[..]
+    } else {
+        &spec.pools[..]
+    };
+    for pool in pools {
+        let Some(found) = engine.pool(pool) else {
             return Err(control.unknown_pool(pool.as_str()));
-        }
+        };
+        authorize_job_pool(caller, pool, found.allow_workload)?;
     }
     let role = match &spec.org {
         Some(org) => Some((org.as_str(), control.org_role(caller, org)?)),
@@ -79,7 +86,7 @@ async fn queue(
         name: spec.name.clone(),
         document: serde_json::to_value(document.resolved(&spec))
             .expect("a job document serialises"),
-        submitted_by: Control::writer(caller),
+        submitted_by: submitter(caller),
         org: spec.org.clone(),
         priority: spec.priority,
     };
@@ -334,7 +341,7 @@ impl Control {
         let mine = if everyone {
             None
         } else {
-            Some(Control::writer(caller))
+            Some(submitter(caller))
         };
         let store = self.engine().store();
         let jobs = store.jobs(mine.as_deref(), limit.min(MAX_JOBS)).await?;
@@ -529,6 +536,20 @@ impl Control {
             .is_none_or(|seen| (now - seen).to_std().is_ok_and(|d| d >= every))
     }
 }
+
+/// Who a job is recorded as submitted by: the caller's account, or
+/// [`SERVER_SUBMITTER`] (no account can be called that).
+pub fn submitter(caller: &Caller) -> String {
+    caller
+        .account
+        .as_ref()
+        .map_or_else(|| SERVER_SUBMITTER.to_owned(), ToString::to_string)
+}
+
+/// The submitter of the jobs the server itself (or a caller without an
+/// account) queues: not a valid account name, so no account is ever
+/// taken for it.
+pub const SERVER_SUBMITTER: &str = "@server";
 
 /// Compares two secrets in time that does not depend on where they differ.
 fn same(a: &[u8], b: &[u8]) -> bool {

@@ -34,8 +34,8 @@ pub use catalog::{part_schema, NoSection, PoolCatalog, PoolDriver};
 pub use clusters::{Deploy, Destroy, Extend};
 pub use events::{EventPage, EventsQuery, MAX_PAGE};
 pub use jobs::{
-    AgentAnswer, AgentReport, AttemptWork, CancelJob, JobView, LogPage, RunTemplate, SubmitJob,
-    MAX_JOBS,
+    submitter, AgentAnswer, AgentReport, AttemptWork, CancelJob, JobView, LogPage, RunTemplate,
+    SubmitJob, MAX_JOBS, SERVER_SUBMITTER,
 };
 pub use nodes::{Console, ExecOutput, MAX_CONSOLE_BYTES, MAX_EXEC_OUTPUT, MAX_EXEC_TIMEOUT};
 pub use orgs::{

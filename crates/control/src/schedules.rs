@@ -52,7 +52,7 @@ impl Command for CreateSchedule {
             version: self.version,
             missed: self.missed,
             paused: false,
-            created_by: Control::writer(caller),
+            created_by: crate::submitter(caller),
             created_at: now,
             next_at,
             last_fired_at: None,

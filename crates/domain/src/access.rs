@@ -240,6 +240,8 @@ pub enum Denied {
     },
     #[error("this is not the token of a job attempt under way; an attempt's agent presents the token its instance was started with")]
     NotThisAttempt,
+    #[error("pool {pool} runs no one's scripts but admins' (allow_workload is not set: on the local driver a script runs as the server's own user); name a pool that allows them, or ask an admin")]
+    JobsNotAllowed { pool: PoolName },
 }
 
 /// The fields of a pool its owners may change; the others (its driver and
@@ -293,6 +295,7 @@ impl Denied {
             Denied::JobOrgNotMember { .. } => "job_org_not_member",
             Denied::JobNotYours { .. } => "job_not_yours",
             Denied::NotThisAttempt => "attempt_token_invalid",
+            Denied::JobsNotAllowed { .. } => "jobs_not_allowed",
         }
     }
 }
@@ -441,7 +444,7 @@ pub fn authorize_admin(caller: &Caller) -> Result<(), Denied> {
 
 /// Whether the caller may submit a job (charged to an organisation whose
 /// membership `org_role` gives, if it names one): signed in, at a level
-/// that may deploy; a member of the organisation.
+/// that may deploy (at least one node); a member of the organisation.
 pub fn authorize_job_submit(
     caller: &Caller,
     policy: &LevelPolicy,
@@ -451,7 +454,9 @@ pub fn authorize_job_submit(
     if caller.is_admin() {
         return Ok(());
     }
-    if policy.limits(caller.level).is_none() {
+    // A job takes an instance, as a deploy does: a level that may not
+    // deploy (no limits, or 0 nodes) may not run jobs either.
+    if policy.limits(caller.level).is_none_or(|l| l.max_nodes == 0) {
         return Err(Denied::LevelMayNotRunJobs {
             level: caller.level,
         });
@@ -461,6 +466,21 @@ pub fn authorize_job_submit(
             org: org.to_owned(),
         }),
         _ => Ok(()),
+    }
+}
+
+/// Whether the caller's job may run on `pool` (which allows scripts of
+/// its users where `pool_allows`, its `allow_workload`): admins' on any.
+pub fn authorize_job_pool(
+    caller: &Caller,
+    pool: &PoolName,
+    pool_allows: bool,
+) -> Result<(), Denied> {
+    signed_in(caller)?;
+    if caller.is_admin() || pool_allows {
+        Ok(())
+    } else {
+        Err(Denied::JobsNotAllowed { pool: pool.clone() })
     }
 }
 
@@ -536,6 +556,36 @@ pub fn authorize_pool_write(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn jobs_are_run_by_levels_that_deploy_and_read_by_their_people() {
+        use crate::org::OrgRole;
+        let policy = LevelPolicy::default();
+        let as_level = |level| Caller::signed_in(Username::new("ann").unwrap(), level);
+        let member = as_level(Level::OrgMember);
+        assert!(authorize_job_submit(&member, &policy, None).is_ok());
+        assert!(
+            authorize_job_submit(&member, &policy, Some(("lab", Some(OrgRole::Member)))).is_ok()
+        );
+        let e = authorize_job_submit(&member, &policy, Some(("lab", None))).unwrap_err();
+        assert_eq!(e.code(), "job_org_not_member");
+        let e = authorize_job_submit(&as_level(Level::GithubMember), &policy, None).unwrap_err();
+        assert_eq!(e.code(), "level_may_not_run_jobs", "no nodes, no jobs");
+        let e = authorize_job_submit(&Caller::anonymous(), &policy, None).unwrap_err();
+        assert_eq!(e.code(), "not_authenticated");
+
+        let bob = Caller::signed_in(Username::new("bob").unwrap(), Level::OrgMember);
+        assert!(
+            authorize_job(&member, 1, "ann", None, "cancel").is_ok(),
+            "its submitter"
+        );
+        assert!(authorize_job(&bob, 1, "ann", Some(OrgRole::Member), "read").is_ok());
+        let e = authorize_job(&bob, 1, "ann", Some(OrgRole::Member), "cancel").unwrap_err();
+        assert_eq!(e.code(), "job_not_yours", "members read, owners cancel");
+        assert!(authorize_job(&bob, 1, "ann", Some(OrgRole::Owner), "cancel").is_ok());
+        assert!(authorize_job(&bob, 1, "ann", None, "read").is_err());
+        assert!(authorize_job(&Caller::local_operator(), 1, "ann", None, "cancel").is_ok());
+    }
 
     #[test]
     fn a_pool_is_changed_by_admins_its_accounts_and_its_orgs_owners() {

@@ -229,11 +229,13 @@ impl JobSpec {
 impl JobSpec {
     /// `text` with the value of every secret replaced by `[redacted]`.
     pub fn redact(&self, text: &str) -> String {
+        // A secret of several lines (a key, a credentials file) never shows
+        // whole on one line of output: each of its lines is hidden too.
         let mut values: Vec<&str> = self
             .secrets
             .values()
             .map(Secret::expose)
-            .filter(|v| !v.is_empty())
+            .flat_map(secret_parts)
             .collect();
         // The longest first, so a secret holding another is hidden whole.
         values.sort_by_key(|v| std::cmp::Reverse(v.len()));
@@ -243,6 +245,19 @@ impl JobSpec {
         }
         out
     }
+}
+
+/// What of a secret's value is hidden wherever it shows: the whole value,
+/// and for one of several lines, each of its lines long enough to tell
+/// (a short line, a `}`, would hide everything else too).
+pub fn secret_parts(value: &str) -> impl Iterator<Item = &str> {
+    let several = value.contains('\n');
+    std::iter::once(value).filter(|v| !v.is_empty()).chain(
+        value
+            .lines()
+            .map(str::trim)
+            .filter(move |l| several && l.len() >= 8),
+    )
 }
 
 /// What stands for a secret's value wherever a job is shown.
@@ -714,6 +729,18 @@ mod tests {
             .iter()
             .map(ToString::to_string)
             .collect()
+    }
+
+    #[test]
+    fn a_secret_of_several_lines_is_hidden_line_by_line() {
+        let spec = doc(serde_json::json!({
+            "name": "x", "script": "true", "max_runtime": "1m",
+            "secrets": {"KEY": "-----BEGIN KEY-----\nMIIEvQIBADANBgkq\n}\n-----END KEY-----\n", "T": "t0ken"},
+        }))
+        .spec(&JobDefaults::default())
+        .unwrap();
+        let shown = spec.redact("line MIIEvQIBADANBgkq and t0ken and a } stays");
+        assert_eq!(shown, "line [redacted] and [redacted] and a } stays");
     }
 
     #[test]

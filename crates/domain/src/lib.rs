@@ -22,9 +22,9 @@ mod template;
 
 pub use access::{
     allowed_clusters, authorize_admin, authorize_cluster_token, authorize_deploy,
-    authorize_destroy, authorize_exec, authorize_job, authorize_job_submit, authorize_pool_fields,
-    authorize_pool_write, authorize_status, authorize_workload, AccountKind, Caller, Denied, Level,
-    LevelError, LevelLimits, LevelPolicy,
+    authorize_destroy, authorize_exec, authorize_job, authorize_job_pool, authorize_job_submit,
+    authorize_pool_fields, authorize_pool_write, authorize_status, authorize_workload, AccountKind,
+    Caller, Denied, Level, LevelError, LevelLimits, LevelPolicy,
 };
 pub use capacity::{sizing, CapacityRequest, Sizing};
 pub use change::{may_read_change, org_changes, Change, ChangeEntity, ChangeKind, NewChange};
@@ -36,9 +36,9 @@ pub use fit::{
     cheapest_fit, schedule, Decision, Fit, Market, Offer, Shape, Unfit, Waiting, IN_LINE,
 };
 pub use job::{
-    after_attempt, job_schema, AfterAttempt, AttemptEnd, Checkout, JobDefaults, JobDocument,
-    JobSpec, JobState, PoolChoice, QueueKey, Resources, Secret, CLUSTER_TOKEN, MAX_RETRIES,
-    MAX_SCRIPT, REDACTED,
+    after_attempt, job_schema, secret_parts, AfterAttempt, AttemptEnd, Checkout, JobDefaults,
+    JobDocument, JobSpec, JobState, PoolChoice, QueueKey, Resources, Secret, CLUSTER_TOKEN,
+    MAX_RETRIES, MAX_SCRIPT, REDACTED,
 };
 pub use money::{
     forecast_hours, lifetime_cost, month_of, monthly_credit, projected_cost, Money, MoneyError,

@@ -96,6 +96,10 @@ pub(crate) struct JobRunner {
     pub schedules_changed: Notify,
     /// When each instance was last asked to go.
     destroying: Mutex<HashMap<InstanceId, Instant>>,
+    /// When this server's current term as leader began: no agent could be
+    /// heard before it (its reports may have gone to a server that was
+    /// down), so silence is counted from no earlier.
+    term_began: Mutex<Option<DateTime<Utc>>>,
 }
 
 impl JobRunner {
@@ -135,6 +139,7 @@ pub(crate) async fn run(shared: Arc<Shared>) {
 }
 
 async fn term(shared: Arc<Shared>, fence: Fence) {
+    *shared.jobs.term_began.lock().unwrap() = Some(shared.clock.now());
     loop {
         if let Err(e) = pass(&shared, fence).await {
             tracing::warn!(error = %e, "a pass over the jobs failed");
@@ -211,15 +216,25 @@ fn must_end(
     let settings = &shared.config.jobs;
     let past =
         |since: DateTime<Utc>, limit: Duration| (now - since).to_std().is_ok_and(|d| d > limit);
+    // Silence and booting are counted from this term's start at the
+    // earliest: a server down longer than the heartbeat timeout must not
+    // end every attempt whose agent kept running meanwhile.
+    let term_began = *shared.jobs.term_began.lock().unwrap();
+    let heard = |since: DateTime<Utc>| term_began.map_or(since, |t| since.max(t));
     if job.cancel_by.is_some() {
         return Some(AttemptEnd::Cancelled);
     }
     match a.running_at {
         Some(running) if past(running, spec.max_runtime) => Some(AttemptEnd::TimedOut),
-        Some(running) if past(a.seen_at.unwrap_or(running), settings.heartbeat_timeout) => {
+        Some(running)
+            if past(
+                heard(a.seen_at.unwrap_or(running)),
+                settings.heartbeat_timeout,
+            ) =>
+        {
             Some(AttemptEnd::Lost)
         }
-        None if past(a.started_at, settings.boot_timeout) => Some(AttemptEnd::BootFailed),
+        None if past(heard(a.started_at), settings.boot_timeout) => Some(AttemptEnd::BootFailed),
         _ => None,
     }
 }
@@ -573,7 +588,20 @@ async fn start_queued(shared: &Shared, fence: Fence, queued: &[&JobRecord], slot
     } else {
         0
     };
-    let offers = offers(shared).await;
+    let mut offers = offers(shared).await;
+    // A pool whose instances cannot start an agent offers nothing, so no
+    // slot goes to a job that could not run (and the jobs behind it are
+    // not held up); a job that may only run there says why.
+    let mut unbootable: BTreeMap<PoolName, String> = BTreeMap::new();
+    if let Some(boot) = shared.jobs.boot.get() {
+        for (name, pool_offers) in offers.iter_mut() {
+            let driver = shared.pools.get(name).map(|p| p.driver.clone());
+            if let Some(Err(why)) = driver.map(|d| boot.init_data(&d, 0, 0, "")) {
+                pool_offers.clear();
+                unbootable.insert(name.clone(), why);
+            }
+        }
+    }
     let decisions = schedule(&waiting, &offers, slots);
     let by_id: HashMap<JobId, &JobRecord> = queued.iter().map(|j| (j.id, *j)).collect();
     for (id, decision) in decisions {
@@ -610,7 +638,26 @@ async fn start_queued(shared: &Shared, fence: Fence, queued: &[&JobRecord], slot
                     Err(e) => tracing::info!(job = id, error = %e, "starting a job failed"),
                 }
             }
-            Decision::Wait(why) => reason(shared, fence, job, Some(why)).await,
+            Decision::Wait(why) => {
+                let pools = specs
+                    .get(&id)
+                    .map(|s| s.pools.as_slice())
+                    .unwrap_or_default();
+                let pools = if pools.is_empty() {
+                    &default_pool[..]
+                } else {
+                    pools
+                };
+                let why = match pools
+                    .iter()
+                    .map(|p| unbootable.get(p))
+                    .collect::<Option<Vec<_>>>()
+                {
+                    Some(whys) if !whys.is_empty() => whys[0].clone(),
+                    _ => why,
+                };
+                reason(shared, fence, job, Some(why)).await
+            }
             Decision::InLine { .. } => {
                 let why = if shared.jobs.boot.get().is_none() {
                     "this server cannot start job agents (it has no address agents reach it at)"

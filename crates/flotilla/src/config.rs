@@ -880,9 +880,9 @@ impl Config {
                 j.retries
             )));
         }
-        if j.heartbeat_timeout < Duration::from_secs(5) {
+        if j.heartbeat_timeout < Duration::from_secs(15) {
             return Err(invalid(
-                "jobs.heartbeat_timeout: at least 5s (agents report every 5s)".into(),
+                "jobs.heartbeat_timeout: at least 15s (agents report every 5s; one lost report must not end an attempt)".into(),
             ));
         }
         if let Some(url) = &j.server_url {

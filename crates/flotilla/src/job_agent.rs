@@ -18,6 +18,7 @@ use chrono::Utc;
 use flotilla_api_types::{AgentAnswer, AgentReport, AttemptWork, LogLine};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 /// How often output is sent.
 const FLUSH: Duration = Duration::from_millis(200);
@@ -25,8 +26,15 @@ const FLUSH: Duration = Duration::from_millis(200);
 const HEARTBEAT: Duration = Duration::from_secs(5);
 /// Lines sent at most in one chunk.
 const CHUNK_LINES: usize = 500;
-/// How long a report is retried when the server cannot be reached.
-const RETRY_FOR: Duration = Duration::from_secs(60);
+/// How long a report is retried when the server cannot be reached (a
+/// restart, a takeover by another server): past it, the leader has ended
+/// the attempt for its silence anyway.
+const RETRY_FOR: Duration = Duration::from_secs(600);
+/// How long output is still read after the script exited, from what it
+/// left running in the background, before its exit is reported.
+const DRAIN: Duration = Duration::from_secs(2);
+/// The longest line kept whole; longer ones are cut.
+const MAX_LINE: usize = 64 * 1024;
 
 /// The header the attempt's token goes in.
 const TOKEN_HEADER: &str = "x-flotilla-attempt-token";
@@ -139,8 +147,21 @@ fn forward(
     secrets: Arc<Vec<String>>,
 ) {
     tokio::spawn(async move {
-        let mut reader = BufReader::new(from).lines();
-        while let Ok(Some(text)) = reader.next_line().await {
+        // Bytes, not text: a script may print what is not UTF-8, and must
+        // not lose its output (or a write to a closed pipe) for it.
+        let mut reader = BufReader::new(from);
+        let mut raw = Vec::new();
+        loop {
+            raw.clear();
+            match reader.read_until(b'\n', &mut raw).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+            let end = raw.len() - usize::from(raw.ends_with(b"\n"));
+            let mut text = String::from_utf8_lossy(&raw[..end.min(MAX_LINE)]).into_owned();
+            if end > MAX_LINE {
+                text.push_str(" [cut]");
+            }
             let line = LogLine {
                 at: Utc::now(),
                 stream: stream.to_owned(),
@@ -285,8 +306,8 @@ pub async fn run(server: &str, job: u64, attempt: u32, token: String) -> Result<
     let mut secrets: Vec<String> = work
         .secret_values
         .iter()
-        .filter(|s| !s.is_empty())
-        .cloned()
+        .flat_map(|s| flotilla_domain::secret_parts(s))
+        .map(str::to_owned)
         .collect();
     secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
     let secrets = Arc::new(secrets);
@@ -304,6 +325,8 @@ pub async fn run(server: &str, job: u64, attempt: u32, token: String) -> Result<
     let mut last_report = tokio::time::Instant::now();
     let mut output_open = true;
     let mut status = None;
+    let mut exited_at: Option<Instant> = None;
+    let mut unsent: Option<Vec<LogLine>> = None;
     loop {
         tokio::select! {
             line = rx.recv(), if output_open => match line {
@@ -317,6 +340,7 @@ pub async fn run(server: &str, job: u64, attempt: u32, token: String) -> Result<
             },
             exited = child.wait(), if status.is_none() => {
                 status = Some(exited.map_err(|e| e.to_string())?);
+                exited_at = Some(Instant::now());
             }
             _ = flush.tick() => {}
             _ = tokio::time::sleep_until(deadline) => {
@@ -326,17 +350,32 @@ pub async fn run(server: &str, job: u64, attempt: u32, token: String) -> Result<
                 return Ok(());
             }
         }
-        // The script's group may leave children writing after it exits:
-        // its output is done once both pipes closed.
-        if status.is_some() && !output_open {
+        // The script may leave children writing after it exits: its
+        // output is done once both pipes closed, or after a short drain.
+        if status.is_some() && (!output_open || exited_at.is_some_and(|t| t.elapsed() >= DRAIN)) {
+            while let Ok(line) = rx.try_recv() {
+                buffer.push(line);
+            }
             break;
         }
         let heartbeat_due = last_report.elapsed() >= HEARTBEAT;
         if !buffer.is_empty() || heartbeat_due {
-            let answer = if buffer.is_empty() {
-                agent.report(&AgentReport::Heartbeat).await
-            } else {
-                agent.send(std::mem::take(&mut buffer)).await
+            // A chunk that did not go is sent again as it was (the same
+            // number, the same lines: the server keeps a chunk once).
+            let lines = match unsent.take() {
+                Some(lines) => Some(lines),
+                None if buffer.is_empty() => None,
+                None => Some(std::mem::take(&mut buffer)),
+            };
+            let answer = match lines {
+                None => agent.report(&AgentReport::Heartbeat).await,
+                Some(lines) => {
+                    let sent = agent.send(lines.clone()).await;
+                    if sent.is_err() {
+                        unsent = Some(lines);
+                    }
+                    sent
+                }
             };
             last_report = tokio::time::Instant::now();
             match answer {
@@ -348,6 +387,9 @@ pub async fn run(server: &str, job: u64, attempt: u32, token: String) -> Result<
                 Err(e) => tracing::warn!(error = %e, "cannot report to the server"),
             }
         }
+    }
+    if let Some(lines) = unsent {
+        agent.send(lines).await?;
     }
     if !buffer.is_empty() {
         agent.send(buffer).await?;

@@ -390,3 +390,50 @@ fn a_schedule_fires_across_a_restart_until_paused() {
     let out = server.cli(&["schedule", "show", "often"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown_schedule"));
 }
+
+/// The agent copes with what scripts do: bytes that are not UTF-8, and a
+/// process left running in the background holding the output open. And
+/// a pool that does not allow workloads runs no one's scripts but admins'.
+#[test]
+fn odd_output_and_background_processes_do_not_change_the_verdict() {
+    let sandbox = Sandbox::new();
+    let dir = sandbox.path();
+    let server = Server::start(&dir);
+    let odd = write(
+        &dir,
+        "odd.toml",
+        "name = \"odd\"\nscript = \"printf 'bin\\\\377ary\\\\n'; sleep 4173 & echo done; exit 4\"\nmax_runtime = \"5m\"\n",
+    );
+    let started = std::time::Instant::now();
+    let out = server.cli(&["job", "submit", &odd, "--wait"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        code(&out),
+        1,
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("out bin\u{fffd}ary"), "{stdout}");
+    assert!(stdout.contains("out done"), "{stdout}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("exited with status 4"),
+        "the script's own status, not a timeout"
+    );
+    assert!(started.elapsed() < Duration::from_secs(30));
+    wait_for("the background process to go with the instance", || {
+        processes_with("sleep 4173") == 0
+    });
+
+    server.add_user("ann", "org_member", "ann-password-long");
+    let ann = [
+        ("FLOTILLA_USERNAME", "ann"),
+        ("FLOTILLA_PASSWORD", "ann-password-long"),
+    ];
+    let out = server.cli_with(&ann, &["job", "submit", &odd]);
+    assert_ne!(code(&out), 0);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("jobs_not_allowed"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -234,6 +234,10 @@ impl JobRecord {
             }
             JobStep::Running { attempt } => {
                 let live = self.live(*attempt)?;
+                // Said again (its answer was lost): it runs already.
+                if self.state == JobState::Running {
+                    return Ok(self.clone());
+                }
                 if self.state != JobState::Starting || live.instance.is_none() {
                     return Err(refused(
                         self,
