@@ -628,6 +628,23 @@ impl Config {
             humantime::format_duration(l.max_ttl),
             l.max_nodes
         ));
+        let j = &self.engine.jobs;
+        lines.push(format!(
+            "jobs: max_runtime {} by default (at most {}), {} instances at once, templates: {}; logs in {}",
+            humantime::format_duration(j.defaults.max_runtime.unwrap_or_default()),
+            humantime::format_duration(j.defaults.max_max_runtime),
+            j.max_instances,
+            if j.templates.is_empty() {
+                "none".to_owned()
+            } else {
+                j.templates.keys().cloned().collect::<Vec<_>>().join(", ")
+            },
+            self.jobs
+                .artifacts_dir
+                .clone()
+                .unwrap_or_else(|| self.data_dir.join("artifacts"))
+                .display()
+        ));
         lines
     }
 }
