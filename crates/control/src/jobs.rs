@@ -299,24 +299,37 @@ impl Control {
 
     /// `job` as shown, with its place in the queue.
     async fn view(&self, job: JobRecord) -> Result<JobView, EngineError> {
-        let place = if job.state == JobState::Queued {
-            let live = self.engine().store().live_jobs().await?;
-            let queued: Vec<JobId> = live
+        Ok(self.views(vec![job]).await?.remove(0))
+    }
+
+    /// `jobs` as shown, each queued one with its place in the queue (the
+    /// queue read once, only if one of them waits in it).
+    async fn views(&self, jobs: Vec<JobRecord>) -> Result<Vec<JobView>, EngineError> {
+        let queued: Vec<JobId> = if jobs.iter().any(|j| j.state == JobState::Queued) {
+            self.engine()
+                .store()
+                .live_jobs()
+                .await?
                 .iter()
                 .filter(|j| j.state == JobState::Queued)
                 .map(|j| j.id)
-                .collect();
-            queued
-                .iter()
-                .position(|id| *id == job.id)
-                .map(|at| (at + 1, queued.len()))
+                .collect()
         } else {
-            None
+            Vec::new()
         };
-        Ok(JobView {
-            job: shown(job),
-            place,
-        })
+        Ok(jobs
+            .into_iter()
+            .map(|job| {
+                let place = queued
+                    .iter()
+                    .position(|id| *id == job.id)
+                    .map(|at| (at + 1, queued.len()));
+                JobView {
+                    job: shown(job),
+                    place,
+                }
+            })
+            .collect())
     }
 
     /// Job `id`, if the caller may read it.
@@ -345,30 +358,7 @@ impl Control {
         };
         let store = self.engine().store();
         let jobs = store.jobs(mine.as_deref(), limit.min(MAX_JOBS)).await?;
-        let queued: Vec<JobId> = if jobs.iter().any(|j| j.state == JobState::Queued) {
-            store
-                .live_jobs()
-                .await?
-                .iter()
-                .filter(|j| j.state == JobState::Queued)
-                .map(|j| j.id)
-                .collect()
-        } else {
-            Vec::new()
-        };
-        Ok(jobs
-            .into_iter()
-            .map(|job| {
-                let place = queued
-                    .iter()
-                    .position(|id| *id == job.id)
-                    .map(|at| (at + 1, queued.len()));
-                JobView {
-                    job: shown(job),
-                    place,
-                }
-            })
-            .collect())
+        self.views(jobs).await
     }
 
     /// Attempt `attempt` (the latest when None) of job `id`'s log, from

@@ -100,6 +100,9 @@ pub(crate) struct JobRunner {
     /// heard before it (its reports may have gone to a server that was
     /// down), so silence is counted from no earlier.
     term_began: Mutex<Option<DateTime<Utc>>>,
+    /// What each job not ended means, read once from its document (which
+    /// never changes) rather than on every pass.
+    specs: Mutex<HashMap<JobId, Arc<JobSpec>>>,
 }
 
 impl JobRunner {
@@ -126,6 +129,21 @@ pub fn spec_of(job: &JobRecord) -> Result<JobSpec, String> {
             .collect::<Vec<_>>()
             .join("; ")
     })
+}
+
+/// What `job` means, from the runner's copy.
+fn spec_cached(shared: &Shared, job: &JobRecord) -> Result<Arc<JobSpec>, String> {
+    if let Some(spec) = shared.jobs.specs.lock().unwrap().get(&job.id) {
+        return Ok(spec.clone());
+    }
+    let spec = Arc::new(spec_of(job)?);
+    shared
+        .jobs
+        .specs
+        .lock()
+        .unwrap()
+        .insert(job.id, spec.clone());
+    Ok(spec)
 }
 
 /// The name an attempt's instance carries as its cluster.
@@ -175,6 +193,15 @@ async fn pass(shared: &Shared, fence: Fence) -> Result<(), StoreError> {
         return Ok(());
     };
     let live = shared.store.live_jobs().await?;
+    {
+        let ids: std::collections::HashSet<JobId> = live.iter().map(|j| j.id).collect();
+        shared
+            .jobs
+            .specs
+            .lock()
+            .unwrap()
+            .retain(|id, _| ids.contains(id));
+    }
     let now = shared.clock.now();
     let mut busy = 0;
     let mut queued = Vec::new();
@@ -248,7 +275,7 @@ async fn tend(
     instance: Option<(String, Instance)>,
     now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
-    let spec = match spec_of(job) {
+    let spec = match spec_cached(shared, job) {
         Ok(spec) => spec,
         Err(why) => {
             tracing::warn!(job = job.id, %why, "a stored job no longer reads; ending its attempt");
@@ -542,9 +569,9 @@ async fn start_queued(shared: &Shared, fence: Fence, queued: &[&JobRecord], slot
     if queued.is_empty() {
         return;
     }
-    let mut specs: HashMap<JobId, JobSpec> = HashMap::new();
+    let mut specs: HashMap<JobId, Arc<JobSpec>> = HashMap::new();
     for job in queued {
-        match spec_of(job) {
+        match spec_cached(shared, job) {
             Ok(spec) => {
                 // No funds, no start: a job charged to an organisation
                 // whose budget is spent waits for credit.
@@ -607,18 +634,8 @@ async fn start_queued(shared: &Shared, fence: Fence, queued: &[&JobRecord], slot
     for (id, decision) in decisions {
         let job = by_id[&id];
         match decision {
+            // Only a pool whose instances start an agent offered a type.
             Decision::Start(fit) => {
-                // A pool whose instances cannot start an agent is no start
-                // at all: the job waits, saying why, rather than spend its
-                // attempts.
-                let boots = match (shared.jobs.boot.get(), shared.pools.get(&fit.pool)) {
-                    (Some(boot), Some(pool)) => boot.init_data(&pool.driver, id, 0, ""),
-                    _ => Err(format!("pool {} is gone", fit.pool)),
-                };
-                if let Err(why) = boots {
-                    reason(shared, fence, job, Some(why)).await;
-                    continue;
-                }
                 let attempt = NewAttempt {
                     pool: fit.pool,
                     instance_type: fit.instance_type,

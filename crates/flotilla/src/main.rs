@@ -829,22 +829,11 @@ fn main() -> ExitCode {
             server: Some(server),
             ..
         } => {
-            let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-            tracing_subscriber::fmt()
-                .with_env_filter(filter)
-                .with_ansi(false)
-                .with_writer(std::io::stderr)
-                .init();
             let Ok(token) = std::env::var("FLOTILLA_ATTEMPT_TOKEN") else {
                 eprintln!("flotilla node --job: set FLOTILLA_ATTEMPT_TOKEN to the attempt's token");
                 return ExitCode::from(exit::USAGE);
             };
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("tokio runtime");
-            match rt.block_on(job_agent::run(&server, job, attempt, token)) {
+            match node_runtime().block_on(job_agent::run(&server, job, attempt, token)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("flotilla node --job {job}: {e}");
@@ -859,20 +848,7 @@ fn main() -> ExitCode {
                 );
                 return ExitCode::from(exit::USAGE);
             };
-            // Goes to the instance's node.log, which the local driver opens
-            // as this process's stderr.
-            let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-            tracing_subscriber::fmt()
-                .with_env_filter(filter)
-                .with_ansi(false)
-                .with_writer(std::io::stderr)
-                .init();
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("tokio runtime");
-            match rt.block_on(flotilla_driver_local::agent::run(&instance_dir)) {
+            match node_runtime().block_on(flotilla_driver_local::agent::run(&instance_dir)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("flotilla node: {e}");
@@ -1283,6 +1259,23 @@ fn read_document(file: &std::path::Path) -> Result<serde_json::Value, cli::Failu
         })?;
         serde_json::to_value(table).map_err(|e| usage(format!("{}: {e}", file.display())))
     }
+}
+
+/// What a node agent runs on, in either mode: its log on stderr (the
+/// instance's node.log, which the local driver opens as this process's
+/// stderr) and a current-thread runtime (see the local agent's `Workload`).
+fn node_runtime() -> tokio::runtime::Runtime {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(false)
+        .with_writer(std::io::stderr)
+        .init();
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
 }
 
 #[cfg(test)]
