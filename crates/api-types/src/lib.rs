@@ -660,12 +660,23 @@ pub struct Costs {
     pub rows: Vec<CostRowView>,
 }
 
-/// One node of an organisation's cluster: charged from its launch until a
-/// listing no longer showed it.
+/// One node of an organisation's cluster, or the instance of an attempt
+/// of a job charged to it: charged from its launch until a listing no
+/// longer showed it.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct NodeUsageView {
     pub cluster: String,
     pub id: String,
+    /// The job attempt (`JOB/ATTEMPT`) this instance ran; absent for a
+    /// node of the cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
+    /// Who a job's instance is charged to: whoever submitted the job
+    /// (absent for the server's runs, charged to the organisation itself,
+    /// and for the cluster's nodes, charged to the users whose capacity
+    /// requests keep them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub charged_to: Option<String>,
     pub launched_at: DateTime<Utc>,
     /// When it was gone; absent while it runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -119,6 +119,7 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
     ("POST",   "/api/v1/schedules/{schedule}/resume", Access::SignedIn(Rule::AuthorizeAdmin)),
     ("GET",    "/api/v1/attempts/{job}/{attempt}",  Access::Attempt),
     ("POST",   "/api/v1/attempts/{job}/{attempt}",  Access::Attempt),
+    ("GET",    "/api/v1/attempts/{job}/{attempt}/agent", Access::Attempt),
     ("GET",    "/api/v1/clusters",                  Access::Rule(Rule::AuthorizeStatus)),
     ("GET",    "/api/v1/clusters/{cluster}",        Access::Rule(Rule::AuthorizeStatus)),
     ("PUT",    "/api/v1/clusters/{cluster}",        Access::SignedIn(Rule::AuthorizeDeploy)),

@@ -20,6 +20,8 @@ use crate::{ApiError, AppState, CallerIdentity, JsonBody};
 pub const ATTEMPT_TOKEN_HEADER: &str = "x-flotilla-attempt-token";
 /// The header a log's answer names its attempt in.
 pub const ATTEMPT_HEADER: &str = "x-flotilla-attempt";
+/// The header the agent program's SHA-256 comes in.
+pub const AGENT_SHA256_HEADER: &str = "x-flotilla-agent-sha256";
 /// Jobs listed unless the caller asks otherwise.
 const DEFAULT_LIST: usize = 50;
 /// How often a followed log is read for more.
@@ -371,6 +373,62 @@ fn attempt_number(raw: &str) -> Result<u32, ApiError> {
             format!("no attempt {raw:?}: attempts are numbered from 1"),
         )
     })
+}
+
+/// The agent program, for an attempt's instance to fetch at boot (by the
+/// attempt's token, while it is under way): the server's own binary, its
+/// SHA-256 in `x-flotilla-agent-sha256`. The instance checks what it
+/// fetched against the SHA-256 its boot script was given.
+#[utoipa::path(
+    get,
+    path = "/api/v1/attempts/{job}/{attempt}/agent",
+    security(()),
+    params(
+        ("job" = String, Path, description = "The job's number"),
+        ("attempt" = String, Path, description = "The attempt's number"),
+        ("x-flotilla-attempt-token" = String, Header, description = "The attempt's token"),
+    ),
+    responses(
+        (status = 200, description = "The program", content_type = "application/octet-stream", body = Vec<u8>,
+            headers(("x-flotilla-agent-sha256" = String, description = "Its SHA-256, hex"))),
+        (status = 401, description = "Not the token of an attempt", body = types::ErrorBody),
+        (status = 404, description = "Not a job or attempt number", body = types::ErrorBody),
+        (status = 409, description = "The attempt is over", body = types::ErrorBody),
+        (status = 500, description = "This server serves no agent program", body = types::ErrorBody),
+    )
+)]
+pub(crate) async fn attempt_agent(
+    State(state): State<AppState>,
+    Path((job, attempt)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let (job, attempt) = (job_id(&job)?, attempt_number(&attempt)?);
+    let token = attempt_token(&headers)?;
+    let agent = state.control.agent_program(job, attempt, token).await?;
+    let unreadable = |e: std::io::Error| {
+        tracing::error!(path = %agent.path.display(), error = %e, "cannot read the agent program");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "agent_unreadable",
+            format!("the server cannot read its agent program: {e}"),
+        )
+    };
+    let file = tokio::fs::File::open(&agent.path)
+        .await
+        .map_err(unreadable)?;
+    let len = file.metadata().await.map_err(unreadable)?.len();
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
+            (header::CONTENT_LENGTH, len.to_string()),
+            (
+                header::HeaderName::from_static(AGENT_SHA256_HEADER),
+                agent.sha256.clone(),
+            ),
+        ],
+        Body::from_stream(tokio_util::io::ReaderStream::new(file)),
+    )
+        .into_response())
 }
 
 /// What an attempt's agent runs: for the agent only, by the attempt's

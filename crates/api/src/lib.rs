@@ -33,7 +33,7 @@ use crate::ratelimit::RateLimits;
 
 pub use error::ApiError;
 pub use extract::{CallerIdentity, ClusterParam, JsonBody, WaitParam};
-pub use jobs::{job_body, ATTEMPT_HEADER, ATTEMPT_TOKEN_HEADER};
+pub use jobs::{job_body, AGENT_SHA256_HEADER, ATTEMPT_HEADER, ATTEMPT_TOKEN_HEADER};
 pub use openapi::ApiDoc;
 pub use pools::pool_body;
 
@@ -113,6 +113,10 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/api/v1/attempts/{job}/{attempt}",
             get(jobs::attempt_work).post(jobs::attempt_report),
+        )
+        .route(
+            "/api/v1/attempts/{job}/{attempt}/agent",
+            get(jobs::attempt_agent),
         )
         .route(
             "/api/v1/clusters/{cluster}",

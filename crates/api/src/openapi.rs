@@ -21,6 +21,7 @@ use flotilla_api_types as types;
         crate::jobs::cancel_job,
         crate::jobs::job_log,
         crate::jobs::attempt_work,
+        crate::jobs::attempt_agent,
         crate::jobs::list_templates,
         crate::jobs::run_template,
         crate::schedules::list_schedules,

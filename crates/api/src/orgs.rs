@@ -522,6 +522,12 @@ pub(crate) async fn usage(
                 charged: m.charged().to_string(),
                 cluster: m.cluster.to_string(),
                 id: m.id.to_string(),
+                job: m.job.as_ref().map(|j| j.attempt.clone()),
+                charged_to: m
+                    .job
+                    .as_ref()
+                    .and_then(|j| j.user.as_ref())
+                    .map(ToString::to_string),
                 launched_at: m.launched_at,
                 ended_at: m.end.map(|e| e.at),
                 ended: m.end.map(|e| e.seen.as_str().to_owned()),

@@ -24,7 +24,7 @@ use anyhow::{ensure, Context, Result};
 use flotilla_cloud::fake::FakeConfig;
 use flotilla_control::{AgentReport, Control, SubmitJob};
 use flotilla_domain::{Caller, JobDocument, JobState};
-use flotilla_engine::{AttemptBoot, EngineConfig, JobSettings};
+use flotilla_engine::{AttemptBoot, AttemptStart, EngineConfig, JobSettings};
 use flotilla_store::{JobId, JobStore};
 use prometheus_client::registry::Registry;
 
@@ -47,8 +47,8 @@ pub struct JobsArgs {
 struct FakeBoot;
 
 impl AttemptBoot for FakeBoot {
-    fn init_data(&self, _: &str, job: u64, attempt: u32, _: &str) -> Result<String, String> {
-        Ok(format!("agent {job}/{attempt}"))
+    fn init_data(&self, start: &AttemptStart<'_>) -> Result<String, String> {
+        Ok(format!("agent {}/{}", start.job, start.attempt))
     }
 }
 

@@ -781,6 +781,18 @@ impl flotilla_store::JobStore for CountingStore {
     ) -> Result<flotilla_store::JobRecord, StoreError> {
         self.inner.step_job(id, version, step, fence, now).await
     }
+
+    async fn meter_job_instances(
+        &self,
+        fence: Fence,
+        listed: &[flotilla_domain::NodeMeter],
+        unwatched: bool,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        self.inner
+            .meter_job_instances(fence, listed, unwatched, now)
+            .await
+    }
 }
 
 #[async_trait]

@@ -70,6 +70,7 @@ fn request(h: &Harness, cluster: &str, count: u32) -> CreateRequest {
         workload: None,
         pool_version: Some(version()),
         count,
+        shutdown_terminates: false,
     }
 }
 

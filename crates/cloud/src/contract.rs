@@ -63,6 +63,11 @@ pub struct CreateRequest {
     /// ([`TAG_POOL_VERSION`]).
     pub pool_version: Option<LaunchVersion>,
     pub count: u32,
+    /// An instance that shuts itself down is gone for good (on EC2,
+    /// `InstanceInitiatedShutdownBehavior = terminate`), not stopped: a
+    /// job attempt's instance ends itself at its deadline even if flotilla
+    /// is gone.
+    pub shutdown_terminates: bool,
 }
 
 impl CreateRequest {

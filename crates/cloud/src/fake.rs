@@ -655,6 +655,7 @@ pub fn request(cluster_name: &str, count: u32) -> CreateRequest {
         workload: None,
         pool_version: None,
         count,
+        shutdown_terminates: false,
     }
 }
 

@@ -183,6 +183,17 @@ impl Command for CancelJob {
     }
 }
 
+/// The program an attempt's instance fetches and runs as its agent (on a
+/// machine other than the server's): the server's own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentProgram {
+    /// Where it is read from.
+    pub path: std::path::PathBuf,
+    /// Its SHA-256, hex: the instance checks what it fetched against the
+    /// one its boot script was given.
+    pub sha256: String,
+}
+
 /// What an attempt's agent needs to run it.
 #[derive(Debug, Clone)]
 pub struct AttemptWork {
@@ -256,6 +267,38 @@ impl Control {
     pub fn with_artifacts(mut self, artifacts: Arc<dyn ArtifactStore>) -> Self {
         self.artifacts = Some(artifacts);
         self
+    }
+
+    /// Serves `agent` to attempts' instances ([`Control::agent_program`]);
+    /// none: the server starts agents only on its own machine.
+    pub fn with_agent(mut self, agent: Option<Arc<AgentProgram>>) -> Self {
+        self.agent = agent;
+        self
+    }
+
+    /// The program the instance of attempt `attempt` of job `id` fetches
+    /// and runs as its agent, for that attempt's token while it is under
+    /// way.
+    pub async fn agent_program(
+        &self,
+        id: JobId,
+        attempt: u32,
+        token: &str,
+    ) -> Result<Arc<AgentProgram>, EngineError> {
+        let (job, live) = self.attempt_of(id, attempt, token).await?;
+        if !live {
+            return Err(EngineError::Conflict(StoreError::JobState {
+                id,
+                state: job.state,
+                what: format!("attempt {attempt} is over: it runs nothing"),
+            }));
+        }
+        self.agent.clone().ok_or_else(|| {
+            EngineError::Config(
+                "this server serves no agent program (it starts agents only on its own machine)"
+                    .to_owned(),
+            )
+        })
     }
 
     fn artifacts(&self) -> Result<&Arc<dyn ArtifactStore>, EngineError> {

@@ -34,8 +34,8 @@ pub use catalog::{part_schema, NoSection, PoolCatalog, PoolDriver};
 pub use clusters::{Deploy, Destroy, Extend};
 pub use events::{EventPage, EventsQuery, MAX_PAGE};
 pub use jobs::{
-    submitter, AgentAnswer, AgentReport, AttemptWork, CancelJob, JobView, LogPage, RunTemplate,
-    SubmitJob, MAX_JOBS, SERVER_SUBMITTER,
+    submitter, AgentAnswer, AgentProgram, AgentReport, AttemptWork, CancelJob, JobView, LogPage,
+    RunTemplate, SubmitJob, MAX_JOBS, SERVER_SUBMITTER,
 };
 pub use nodes::{Console, ExecOutput, MAX_CONSOLE_BYTES, MAX_EXEC_OUTPUT, MAX_EXEC_TIMEOUT};
 pub use orgs::{
@@ -87,6 +87,8 @@ pub struct Control {
     catalog: Arc<PoolCatalog>,
     /// Where jobs' logs are kept.
     artifacts: Option<Arc<dyn flotilla_store::ArtifactStore>>,
+    /// The program attempts' instances fetch as their agent.
+    agent: Option<Arc<AgentProgram>>,
 }
 
 impl Control {
@@ -97,6 +99,7 @@ impl Control {
             engine,
             catalog,
             artifacts: None,
+            agent: None,
         }
     }
 

@@ -51,8 +51,9 @@ pub use names::{
 pub use obstacle::{Obstacle, ObstacleCode};
 pub use org::{
     target_record, with_daily_spend, Accrual, Budget, CapacityOutcome, Charge, ClusterTarget,
-    CostRow, Effects, LedgerEntry, LedgerKind, NodeEnd, NodeEndSeen, NodeMeter, OrgDefaults,
-    OrgError, OrgEvent, OrgEventKind, OrgName, OrgRole, OrgSettings, Organisation, SettingsPatch,
+    CostRow, Effects, JobMeter, LedgerEntry, LedgerKind, NodeEnd, NodeEndSeen, NodeMeter,
+    OrgDefaults, OrgError, OrgEvent, OrgEventKind, OrgName, OrgRole, OrgSettings, Organisation,
+    SettingsPatch,
 };
 pub use plan::{
     plan, Budgets, DestroyReason, Launches, NodeRecord, NodeState, ObservedNode, Plan, Timeouts,

@@ -1101,6 +1101,20 @@ pub struct NodeMeter {
     pub charged_until: Option<DateTime<Utc>>,
     /// When the node was gone; none while it runs.
     pub end: Option<NodeEnd>,
+    /// A job attempt's instance rather than a node of the cluster: charged
+    /// to whoever submitted the job, not by capacity requests.
+    pub job: Option<JobMeter>,
+}
+
+/// A job attempt's instance on its organisation's meter (see
+/// [`NodeMeter::job`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobMeter {
+    /// `JOB/ATTEMPT`, as the instance's `flotilla-job` tag says.
+    pub attempt: String,
+    /// Who submitted the job, and is charged for it; none: the server (a
+    /// schedule's run), charged to the organisation itself.
+    pub user: Option<Username>,
 }
 
 /// When, and how, a node was known to be gone.
@@ -1152,6 +1166,22 @@ impl NodeMeter {
             price_per_hour,
             charged_until: None,
             end: None,
+            job: None,
+        }
+    }
+
+    /// A meter for a job attempt's instance first seen now, charged to
+    /// `job`'s submitter; nothing charged.
+    pub fn for_job(
+        org: ClusterName,
+        id: InstanceId,
+        launched_at: DateTime<Utc>,
+        price_per_hour: Money,
+        job: JobMeter,
+    ) -> Self {
+        Self {
+            job: Some(job),
+            ..Self::new(org, id, launched_at, price_per_hour)
         }
     }
 
@@ -1198,10 +1228,16 @@ impl NodeMeter {
             at: end.at,
             kind: LedgerKind::Note,
             amount: Money::ZERO,
-            reason: format!(
-                "node {} of cluster {} went while no server watched; charged up to the first listing that no longer showed it",
-                self.id, self.cluster
-            ),
+            reason: match &self.job {
+                None => format!(
+                    "node {} of cluster {} went while no server watched; charged up to the first listing that no longer showed it",
+                    self.id, self.cluster
+                ),
+                Some(job) => format!(
+                    "instance {} of job attempt {} went while no server watched; charged up to the first listing that no longer showed it",
+                    self.id, job.attempt
+                ),
+            },
             actor: None,
         })
     }
@@ -1256,11 +1292,18 @@ fn attribute(org: &Organisation, nodes: usize, now: DateTime<Utc>) -> Vec<Option
 /// `charged_until` there. Computed as differences of [`lifetime_cost`], so
 /// pieces add up exactly to the whole.
 fn charges(org: &Organisation, meters: &mut [NodeMeter], now: DateTime<Utc>) -> Vec<Charge> {
-    let mut order: Vec<usize> = (0..meters.len()).collect();
+    // The cluster's nodes go to the users whose requests keep them, in
+    // launch order; a job's instance to whoever submitted the job.
+    let mut order: Vec<usize> = (0..meters.len())
+        .filter(|&i| meters[i].job.is_none())
+        .collect();
     order.sort_by_key(|&i| meters[i].launched_at);
     let owners = attribute(org, order.len(), now);
-    let mut sums: BTreeMap<(Option<&Username>, NaiveDate), Money> = BTreeMap::new();
-    for (&i, user) in order.iter().zip(&owners) {
+    let jobs: Vec<(usize, Option<Username>)> = (0..meters.len())
+        .filter_map(|i| Some((i, meters[i].job.as_ref()?.user.clone())))
+        .collect();
+    let mut sums: BTreeMap<(Option<Username>, NaiveDate), Money> = BTreeMap::new();
+    for (i, user) in order.into_iter().zip(owners).chain(jobs) {
         let meter = &mut meters[i];
         let launched = meter.launched_at;
         let until = meter.end.map_or(now, |e| e.at.min(now));
@@ -1275,7 +1318,7 @@ fn charges(org: &Organisation, meters: &mut [NodeMeter], now: DateTime<Utc>) -> 
             let to = day_end.min(until);
             let amount = lifetime_cost(meter.price_per_hour, launched, to)
                 - lifetime_cost(meter.price_per_hour, launched, from);
-            *sums.entry((user.as_ref(), day)).or_default() += amount;
+            *sums.entry((user.clone(), day)).or_default() += amount;
             from = to;
         }
         if meter.charged_until.is_none_or(|c| c < from) {
@@ -1284,11 +1327,7 @@ fn charges(org: &Organisation, meters: &mut [NodeMeter], now: DateTime<Utc>) -> 
     }
     sums.into_iter()
         .filter(|(_, m)| *m != Money::ZERO)
-        .map(|((user, day), amount)| Charge {
-            user: user.cloned(),
-            day,
-            amount,
-        })
+        .map(|((user, day), amount)| Charge { user, day, amount })
         .collect()
 }
 

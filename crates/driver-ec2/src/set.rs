@@ -9,8 +9,8 @@ use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_ec2::config::SharedCredentialsProvider;
 use aws_sdk_ec2::types::{
     Filter, IamInstanceProfileSpecification, InstanceInterruptionBehavior,
-    InstanceMarketOptionsRequest, InstanceStateName, MarketType, ResourceType, SpotInstanceType,
-    SpotMarketOptions, Tag, TagSpecification,
+    InstanceMarketOptionsRequest, InstanceStateName, MarketType, ResourceType, ShutdownBehavior,
+    SpotInstanceType, SpotMarketOptions, Tag, TagSpecification,
 };
 use aws_sdk_ec2::Client;
 use base64::Engine as _;
@@ -452,6 +452,9 @@ impl Ec2InstanceSet {
         }
         if let Some(user_data) = &launch.user_data {
             call = call.user_data(user_data);
+        }
+        if launch.request.shutdown_terminates {
+            call = call.instance_initiated_shutdown_behavior(ShutdownBehavior::Terminate);
         }
         if market == Market::Spot {
             let max_price = settings.spot.and_then(|s| s.max_price.clone());

@@ -167,6 +167,52 @@ fn preamble(node: &NodeIdentity<'_>) -> String {
     )
 }
 
+/// `s` quoted for `sh`.
+fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// The user data of a job attempt's instance (issue 13): a shutdown timer
+/// at the end of its `lifetime` (launched so that its own shutdown
+/// terminates it), then the agent program fetched from the server at
+/// `server` with the attempt's `token`, checked against `sha256`, and run
+/// in job mode. If anything before the agent fails, the instance shuts
+/// down at once: the server sees it gone and tries the job again.
+pub fn job_agent(
+    server: &str,
+    job: u64,
+    attempt: u32,
+    token: &str,
+    lifetime: std::time::Duration,
+    sha256: &str,
+) -> String {
+    let minutes = lifetime.as_secs().div_ceil(60).max(1);
+    let server = server.trim_end_matches('/');
+    let agent_url = sh_quote(&format!("{server}/api/v1/attempts/{job}/{attempt}/agent"));
+    let (token, server) = (sh_quote(token), sh_quote(server));
+    [
+        "#!/bin/sh".to_owned(),
+        format!("# flotilla: the agent of job {job}, attempt {attempt}."),
+        format!("# Whatever becomes of flotilla, this instance ends itself in {minutes} minutes."),
+        format!("shutdown -h +{minutes} || true"),
+        "trap 'shutdown -h now' EXIT".to_owned(),
+        "set -eu".to_owned(),
+        r#"cd "$(mktemp -d)""#.to_owned(),
+        // Transient failures (the server restarting) are tried again; a
+        // refusal (the attempt is over) is not.
+        format!(
+            r#"curl -fsS --retry 20 --retry-connrefused --retry-delay 3 -m 600 -H "x-flotilla-attempt-token: "{token} -o flotilla {agent_url}"#
+        ),
+        format!("echo '{sha256}  flotilla' | sha256sum -c -"),
+        "chmod +x flotilla".to_owned(),
+        format!(
+            "FLOTILLA_ATTEMPT_TOKEN={token} exec ./flotilla node --job {job} --attempt {attempt} --server {server}"
+        ),
+        String::new(),
+    ]
+    .join("\n")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

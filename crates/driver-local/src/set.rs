@@ -796,6 +796,7 @@ mod tests {
             workload: None,
             pool_version: None,
             count,
+            shutdown_terminates: false,
         }
     }
 

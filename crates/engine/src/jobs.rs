@@ -16,7 +16,7 @@
 //! The agent on the instance reports through the API (its script runs,
 //! its output, heartbeats, its exit); those steps need no lease.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -24,7 +24,8 @@ use chrono::{DateTime, Utc};
 use flotilla_cloud::{CloudError, CreateRequest, Instance, TAG_JOB};
 use flotilla_domain::{
     after_attempt, schedule, AttemptEnd, ClusterName, Decision, InstanceId, JobDefaults,
-    JobDocument, JobSpec, JobState, Money, Offer, PoolName, Shape, Waiting,
+    JobDocument, JobMeter, JobSpec, JobState, Money, NodeMeter, Offer, PoolName, Shape, Username,
+    Waiting,
 };
 use flotilla_store::{AttemptRecord, Fence, JobId, JobRecord, JobStep, NewAttempt, StoreError};
 use tokio::sync::Notify;
@@ -75,16 +76,30 @@ impl Default for JobSettings {
 /// data). The binary provides it: it knows where the server is reached
 /// and where the agent comes from.
 pub trait AttemptBoot: Send + Sync {
-    /// The init data of attempt `attempt` of job `job` on a pool of
-    /// driver `driver`, whose agent presents `token`.
-    fn init_data(
-        &self,
-        driver: &str,
-        job: JobId,
-        attempt: u32,
-        token: &str,
-    ) -> Result<String, String>;
+    /// The init data of an attempt's instance, or why the driver's
+    /// instances cannot start an agent.
+    fn init_data(&self, start: &AttemptStart<'_>) -> Result<String, String>;
 }
+
+/// What an attempt's instance is started for.
+#[derive(Debug, Clone, Copy)]
+pub struct AttemptStart<'a> {
+    /// The driver of the pool it is made from.
+    pub driver: &'a str,
+    pub job: JobId,
+    pub attempt: u32,
+    /// What its agent presents.
+    pub token: &'a str,
+    /// How long the instance may live at most: its boot, the job's
+    /// `max_runtime` and `keep_on_failure`, and a margin. Past it the
+    /// instance ends itself where the driver can make it (on EC2, a
+    /// shutdown timer), whatever becomes of flotilla.
+    pub lifetime: Duration,
+}
+
+/// What an instance's lifetime allows beyond its boot, run and time kept
+/// for debugging, so the runner always ends it first.
+const LIFETIME_MARGIN: Duration = Duration::from_secs(10 * 60);
 
 /// The runner's state on this server.
 #[derive(Default)]
@@ -103,6 +118,9 @@ pub(crate) struct JobRunner {
     /// What each job not ended means, read once from its document (which
     /// never changes) rather than on every pass.
     specs: Mutex<HashMap<JobId, Arc<JobSpec>>>,
+    /// The job instances whose meters were last moved this term; none
+    /// before the first time.
+    metered: Mutex<Option<BTreeSet<InstanceId>>>,
 }
 
 impl JobRunner {
@@ -158,6 +176,7 @@ pub(crate) async fn run(shared: Arc<Shared>) {
 
 async fn term(shared: Arc<Shared>, fence: Fence) {
     *shared.jobs.term_began.lock().unwrap() = Some(shared.clock.now());
+    *shared.jobs.metered.lock().unwrap() = None;
     loop {
         if let Err(e) = pass(&shared, fence).await {
             tracing::warn!(error = %e, "a pass over the jobs failed");
@@ -202,6 +221,7 @@ async fn pass(shared: &Shared, fence: Fence) -> Result<(), StoreError> {
             .unwrap()
             .retain(|id, _| ids.contains(id));
     }
+    meter(shared, fence, &instances, &live).await;
     let now = shared.clock.now();
     let mut busy = 0;
     let mut queued = Vec::new();
@@ -230,6 +250,78 @@ async fn pass(shared: &Shared, fence: Fence) -> Result<(), StoreError> {
     let slots = shared.config.jobs.max_instances.saturating_sub(busy);
     start_queued(shared, fence, &queued, slots).await;
     Ok(())
+}
+
+/// Puts the listed instances of attempts of jobs charged to an
+/// organisation on its meter (from their launch, at their attempt's
+/// price, charged to the job's submitter) and ends the meters of those no
+/// longer listed, whenever the set of job instances changed (and first
+/// thing in a term): a job's node-seconds are charged like a cluster's
+/// node's, kept-for-debugging and orphaned instances included.
+async fn meter(
+    shared: &Shared,
+    fence: Fence,
+    instances: &HashMap<(JobId, u32), (String, Instance)>,
+    live: &[JobRecord],
+) {
+    let ids: BTreeSet<InstanceId> = instances.values().map(|(_, i)| i.id.clone()).collect();
+    let first = {
+        let metered = shared.jobs.metered.lock().unwrap();
+        if metered.as_ref() == Some(&ids) {
+            return;
+        }
+        metered.is_none()
+    };
+    let live: HashMap<JobId, &JobRecord> = live.iter().map(|j| (j.id, j)).collect();
+    let mut listed = Vec::new();
+    for (&(job, attempt), (_, instance)) in instances {
+        // An instance of a job ended (kept for debugging, or not destroyed
+        // yet) is read from the store.
+        let read;
+        let record = match live.get(&job) {
+            Some(record) => *record,
+            None => match shared.store.job(job).await {
+                Ok(Some(record)) => {
+                    read = record;
+                    &read
+                }
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::warn!(job, error = %e, "reading a job to meter its instance failed; trying again");
+                    return;
+                }
+            },
+        };
+        let Some(org) = &record.org else { continue };
+        let Some(a) = record
+            .attempts
+            .iter()
+            .find(|a| a.attempt == attempt)
+            .or(record.attempts.last())
+        else {
+            continue;
+        };
+        listed.push(NodeMeter::for_job(
+            org.clone(),
+            instance.id.clone(),
+            instance.launched_at,
+            a.price_per_hour,
+            JobMeter {
+                attempt: format!("{job}/{attempt}"),
+                user: Username::new(record.submitted_by.as_str()).ok(),
+            },
+        ));
+    }
+    match shared
+        .store
+        .meter_job_instances(fence, &listed, first, shared.clock.now())
+        .await
+    {
+        Ok(()) => *shared.jobs.metered.lock().unwrap() = Some(ids),
+        Err(e) => {
+            tracing::warn!(error = %e, "metering the jobs' instances failed; trying again")
+        }
+    }
 }
 
 /// Why an attempt under way must end now, if it must.
@@ -405,7 +497,17 @@ async fn create(
     let Some(boot) = shared.jobs.boot.get() else {
         return fail("this server cannot start job agents".to_owned()).await;
     };
-    let init_data = match boot.init_data(&pool.driver, job.id, a.attempt, &a.token) {
+    let lifetime = shared.config.jobs.boot_timeout
+        + spec.max_runtime
+        + spec.keep_on_failure.unwrap_or_default()
+        + LIFETIME_MARGIN;
+    let init_data = match boot.init_data(&AttemptStart {
+        driver: &pool.driver,
+        job: job.id,
+        attempt: a.attempt,
+        token: &a.token,
+        lifetime,
+    }) {
         Ok(init) => init,
         Err(why) => return fail(why).await,
     };
@@ -425,6 +527,7 @@ async fn create(
         workload: None,
         pool_version: None,
         count: 1,
+        shutdown_terminates: true,
     };
     let set = shared.sets[&pool.driver].clone();
     let made = {
@@ -623,7 +726,16 @@ async fn start_queued(shared: &Shared, fence: Fence, queued: &[&JobRecord], slot
     if let Some(boot) = shared.jobs.boot.get() {
         for (name, pool_offers) in offers.iter_mut() {
             let driver = shared.pools.get(name).map(|p| p.driver.clone());
-            if let Some(Err(why)) = driver.map(|d| boot.init_data(&d, 0, 0, "")) {
+            let probe = |driver: &str| {
+                boot.init_data(&AttemptStart {
+                    driver,
+                    job: 0,
+                    attempt: 0,
+                    token: "",
+                    lifetime: Duration::ZERO,
+                })
+            };
+            if let Some(Err(why)) = driver.as_deref().map(probe) {
                 pool_offers.clear();
                 unbootable.insert(name.clone(), why);
             }

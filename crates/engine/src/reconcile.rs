@@ -986,6 +986,7 @@ async fn create(
             workload: record.workload.clone(),
             pool_version: Some(version),
             count,
+            shutdown_terminates: false,
         };
         let result = set.create(&request).await;
         if let Err(e) = &result {

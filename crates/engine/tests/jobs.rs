@@ -14,8 +14,8 @@ use common::{config, Harness, SET_ID};
 use flotilla_cloud::fake::{FakeCloud, FakeConfig};
 use flotilla_cloud::{InstanceSet, Tags};
 use flotilla_control::{AgentReport, Control, SubmitJob};
-use flotilla_domain::{AttemptEnd, Caller, JobDefaults, JobDocument, JobState};
-use flotilla_engine::{AttemptBoot, JobSettings};
+use flotilla_domain::{AttemptEnd, Caller, JobDefaults, JobDocument, JobState, OrgName};
+use flotilla_engine::{AttemptBoot, AttemptStart, JobSettings};
 use flotilla_store::{JobRecord, MemoryStore, Store};
 
 /// What a fake instance is handed: nothing runs it; the test plays the
@@ -23,8 +23,8 @@ use flotilla_store::{JobRecord, MemoryStore, Store};
 struct FakeBoot;
 
 impl AttemptBoot for FakeBoot {
-    fn init_data(&self, _: &str, job: u64, attempt: u32, _: &str) -> Result<String, String> {
-        Ok(format!("agent {job}/{attempt}"))
+    fn init_data(&self, start: &AttemptStart<'_>) -> Result<String, String> {
+        Ok(format!("agent {}/{}", start.job, start.attempt))
     }
 }
 
@@ -400,12 +400,11 @@ async fn a_failed_attempts_instance_is_kept_and_a_vanished_one_is_retried() {
     h.stop().await;
 }
 
-/// No funds, no start: a job charged to an organisation whose budget is
-/// spent waits, saying so, and starts once an admin adds credit.
-#[tokio::test(start_paused = true)]
-async fn a_job_charged_to_a_spent_organisation_waits_for_credit() {
+/// An engine on the fake cloud whose store has account ann (an
+/// organisation member) owning organisation `lab`, with `credit` on it.
+async fn lab_owned_by_ann(credit: Option<&str>) -> (Harness, Arc<dyn Store>, OrgName) {
     use flotilla_control::{CreateOrg, CreditOrg};
-    use flotilla_domain::{AccountKind, Level, OrgName, Username};
+    use flotilla_domain::{AccountKind, Level, Username};
 
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
     store
@@ -419,7 +418,7 @@ async fn a_job_charged_to_a_spent_organisation_waits_for_credit() {
         })
         .await
         .unwrap();
-    let mut h = Harness::start(
+    let h = Harness::start(
         FakeCloud::new(FakeConfig::default()),
         store.clone(),
         config(),
@@ -439,6 +438,30 @@ async fn a_job_charged_to_a_spent_organisation_waits_for_credit() {
         )
         .await
         .unwrap();
+    if let Some(amount) = credit {
+        h.control
+            .run(
+                &admin,
+                CreditOrg {
+                    org: lab.clone(),
+                    amount: amount.parse().unwrap(),
+                    reason: "grant".into(),
+                },
+            )
+            .await
+            .unwrap();
+    }
+    (h, store, lab)
+}
+
+/// No funds, no start: a job charged to an organisation whose budget is
+/// spent waits, saying so, and starts once an admin adds credit.
+#[tokio::test(start_paused = true)]
+async fn a_job_charged_to_a_spent_organisation_waits_for_credit() {
+    use flotilla_control::CreditOrg;
+
+    let (mut h, store, lab) = lab_owned_by_ann(None).await;
+    let admin = Caller::local_operator();
     let id = submit(
         &h.control,
         serde_json::json!({"name": "paid", "script": "true", "max_runtime": "5m", "org": "lab"}),
@@ -466,5 +489,99 @@ async fn a_job_charged_to_a_spent_organisation_waits_for_credit() {
         .await
         .unwrap();
     made(&store, id).await;
+    h.stop().await;
+}
+
+/// A job charged to an organisation is charged like a node of its
+/// cluster: its instance from launch until a listing no longer shows it
+/// (the minutes it was kept for debugging included), at its attempt's
+/// price, to whoever submitted it.
+#[tokio::test(start_paused = true)]
+async fn a_jobs_instance_is_charged_to_its_organisation_and_submitter() {
+    use flotilla_domain::{lifetime_cost, Level, Money, Username};
+
+    let (mut h, store, lab) = lab_owned_by_ann(Some("5")).await;
+    let cloud = h.cloud.clone();
+    let ann = Username::new("ann").unwrap();
+    let id = h
+        .control
+        .run(
+            &Caller::signed_in(ann.clone(), Level::OrgMember),
+            SubmitJob {
+                document: serde_json::from_value(serde_json::json!({
+                    "name": "paid", "script": "false", "max_runtime": "5m",
+                    "org": "lab", "keep_on_failure": "2m",
+                }))
+                .unwrap(),
+            },
+        )
+        .await
+        .unwrap()
+        .job
+        .id;
+    let (attempt, token, instance) = made(&store, id).await;
+    h.control
+        .attempt_report(id, attempt, &token, AgentReport::Running)
+        .await
+        .unwrap();
+    for _ in 0..6 {
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        h.control
+            .attempt_report(id, attempt, &token, AgentReport::Heartbeat)
+            .await
+            .unwrap();
+    }
+    h.control
+        .attempt_report(id, attempt, &token, AgentReport::Exited { status: 1 })
+        .await
+        .unwrap();
+    // Kept two minutes for debugging, then destroyed and gone.
+    tokio::time::sleep(Duration::from_secs(150)).await;
+    let set = cloud.instance_set(SET_ID);
+    assert!(!set
+        .list(&Tags::new())
+        .await
+        .unwrap()
+        .iter()
+        .any(|i| i.id == instance));
+    h.engine.accrue_now().await.unwrap();
+
+    let job = store.job(id).await.unwrap().unwrap();
+    let a = &job.attempts[0];
+    let meters = store.usage(&lab).await.unwrap();
+    assert_eq!(meters.len(), 1, "{meters:?}");
+    let meter = &meters[0];
+    assert_eq!(meter.id, instance);
+    assert_eq!(
+        meter
+            .job
+            .as_ref()
+            .map(|j| (j.attempt.as_str(), j.user.clone())),
+        Some((format!("{id}/1").as_str(), Some(ann.clone())))
+    );
+    assert_eq!(meter.price_per_hour, a.price_per_hour);
+    assert!(a.price_per_hour > Money::ZERO);
+    let end = meter.end.expect("ended once gone").at;
+    let kept_until = a.ended_at.unwrap() + chrono::Duration::minutes(2);
+    assert!(
+        end >= kept_until,
+        "charged while kept for debugging: ended {end}, kept until {kept_until}"
+    );
+    // From its launch (the store keeps times to the millisecond).
+    assert!(meter.launched_at - a.running_at.unwrap() < chrono::Duration::milliseconds(1));
+    assert!(meter.settled());
+    let charged = lifetime_cost(meter.price_per_hour, meter.launched_at, end);
+    assert_eq!(meter.charged(), charged);
+    let costs = store.costs(&lab).await.unwrap();
+    assert_eq!(
+        costs
+            .iter()
+            .filter(|c| c.user.as_ref() == Some(&ann))
+            .map(|c| c.amount)
+            .sum::<Money>(),
+        charged
+    );
+    let org = store.get_org(&lab).await.unwrap().unwrap();
+    assert_eq!(org.budget.balance, "5".parse::<Money>().unwrap() - charged);
     h.stop().await;
 }

@@ -2140,9 +2140,14 @@ impl Client {
                         (Some(at), _) => stamp(at),
                         _ => "running".to_owned(),
                     };
+                    let what = match (&n.job, &n.charged_to) {
+                        (Some(job), Some(by)) => format!("{} (job {job}, {by})", n.id),
+                        (Some(job), None) => format!("{} (job {job})", n.id),
+                        _ => n.id.clone(),
+                    };
                     println!(
                         "{:<24} {}  {:<32} {:>10}/h {:>12}",
-                        n.id,
+                        what,
                         stamp(n.launched_at),
                         ended,
                         rate(&n.price_per_hour),

@@ -645,6 +645,15 @@ impl Config {
                 .unwrap_or_else(|| self.data_dir.join("artifacts"))
                 .display()
         ));
+        let ec2 = self.drivers.values().any(|d| d.kind() == "ec2");
+        lines.push(match (&self.jobs.server_url, ec2) {
+            (Some(url), _) => format!("jobs: agents reach this server at {url}"),
+            (None, false) => {
+                "jobs: agents reach this server at its listen address (this machine's nodes only)"
+                    .to_owned()
+            }
+            (None, true) => "jobs: agents reach this server at its listen address, which EC2 instances cannot reach: set [jobs] server_url to run jobs on ec2 pools".to_owned(),
+        });
         lines
     }
 }

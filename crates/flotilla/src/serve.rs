@@ -332,14 +332,26 @@ pub async fn run(config: Config, admin_password: Option<String>) -> anyhow::Resu
         }
         format!("http://{reach}")
     });
+    let kinds: BTreeMap<String, &'static str> = config
+        .drivers
+        .iter()
+        .map(|(name, d)| (name.clone(), d.kind()))
+        .collect();
+    // Instances on other machines fetch this very program as their agent.
+    let agent = if kinds.values().any(|k| *k == "ec2") {
+        Some(Arc::new(
+            tokio::task::spawn_blocking(agent_program)
+                .await
+                .context("hashing the agent program")??,
+        ))
+    } else {
+        None
+    };
     engine.set_attempt_boot(Arc::new(AgentBoot {
         program: std::env::current_exe().context("cannot find the flotilla binary")?,
         server: agent_url,
-        kinds: config
-            .drivers
-            .iter()
-            .map(|(name, d)| (name.clone(), d.kind()))
-            .collect(),
+        kinds,
+        agent_sha256: agent.as_ref().map(|a| a.sha256.clone()),
     }));
     let leading = if engine.leading() {
         "leading"
@@ -372,6 +384,7 @@ pub async fn run(config: Config, admin_password: Option<String>) -> anyhow::Resu
     };
     let app = flotilla_api::router(AppState {
         control: flotilla_control::Control::new(engine.clone(), config.catalog.clone())
+            .with_agent(agent)
             .with_artifacts(Arc::new(flotilla_store::LocalArtifacts::new(
                 config
                     .jobs
@@ -438,13 +451,49 @@ async fn shutdown_signal() {
     }
 }
 
+/// This running program as the agent attempts' instances fetch: on Linux
+/// read through `/proc/self/exe`, which stays this program even if its
+/// file is replaced while the server runs.
+fn agent_program() -> anyhow::Result<flotilla_control::AgentProgram> {
+    use sha2::Digest;
+    let own = std::path::PathBuf::from("/proc/self/exe");
+    let path = if own.exists() {
+        own
+    } else {
+        std::env::current_exe().context("cannot find the flotilla binary")?
+    };
+    let mut file = std::fs::File::open(&path)
+        .with_context(|| format!("cannot read the flotilla binary at {}", path.display()))?;
+    let mut hasher = sha2::Sha256::new();
+    let mut buffer = vec![0u8; 1 << 20];
+    loop {
+        let n = std::io::Read::read(&mut file, &mut buffer)
+            .with_context(|| format!("cannot read the flotilla binary at {}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buffer[..n]);
+    }
+    let sha256 = hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    Ok(flotilla_control::AgentProgram { path, sha256 })
+}
+
 /// How a job attempt's instance starts its agent: on the local driver, the
-/// node runs this binary in job mode, reaching the server at `server`.
+/// node runs this binary in job mode, reaching the server at `server`; on
+/// EC2, the user data fetches this binary from the server, checks its
+/// SHA-256 and runs it.
 struct AgentBoot {
     program: std::path::PathBuf,
     server: String,
     /// Each driver's kind, by name.
     kinds: BTreeMap<String, &'static str>,
+    /// The SHA-256 of the program served to instances on other machines,
+    /// if there may be any.
+    agent_sha256: Option<String>,
 }
 
 /// `s` quoted for `sh`.
@@ -453,14 +502,20 @@ fn sh_quote(s: &str) -> String {
 }
 
 impl flotilla_engine::AttemptBoot for AgentBoot {
-    fn init_data(
-        &self,
-        driver: &str,
-        job: u64,
-        attempt: u32,
-        token: &str,
-    ) -> Result<String, String> {
+    fn init_data(&self, start: &flotilla_engine::AttemptStart<'_>) -> Result<String, String> {
+        let (driver, job, attempt, token) = (start.driver, start.job, start.attempt, start.token);
         match self.kinds.get(driver).copied() {
+            Some("ec2") => match &self.agent_sha256 {
+                Some(sha256) => Ok(flotilla_driver_ec2::user_data::job_agent(
+                    &self.server,
+                    job,
+                    attempt,
+                    token,
+                    start.lifetime,
+                    sha256,
+                )),
+                None => Err("this server did not read its agent program".to_owned()),
+            },
             Some("local") => Ok(format!(
                 "FLOTILLA_ATTEMPT_TOKEN={} exec {} node --job {job} --attempt {attempt} --server {}",
                 sh_quote(token),
@@ -471,7 +526,7 @@ impl flotilla_engine::AttemptBoot for AgentBoot {
             // with is the API.
             Some("fake") => Ok(format!("flotilla node --job {job} --attempt {attempt}")),
             Some(kind) => Err(format!(
-                "jobs do not run on {kind} instances yet (only the local driver starts their agent); name a pool of the local driver"
+                "jobs do not run on {kind} instances (the local and ec2 drivers start their agent); name a pool of one of those"
             )),
             None => Err(format!("driver {driver} is not configured")),
         }

@@ -461,3 +461,140 @@ fn a_new_image_in_a_shared_config_rolls_out_on_ec2() {
     ok(&server.cli(&["destroy", "site", "--wait"]));
     wait_for("no instance left running", || ec2.live().is_empty());
 }
+
+/// Plays an instance booting with `user_data`: runs it with `sh` in
+/// `machine` (its temporary directory), with a `shutdown` on its PATH that
+/// only records its arguments. Returns how it ended and what shutdown was
+/// asked, a line each.
+fn boot(machine: &Path, user_data: &str) -> (std::process::Output, String) {
+    use std::os::unix::fs::PermissionsExt;
+    let bin = machine.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let shutdowns = machine.join("shutdowns");
+    let stub = bin.join("shutdown");
+    std::fs::write(
+        &stub,
+        format!("#!/bin/sh\necho \"$*\" >> '{}'\n", shutdowns.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&stub, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let script = machine.join("user-data");
+    std::fs::write(&script, user_data).unwrap();
+    let out = std::process::Command::new("sh")
+        .arg(&script)
+        .env(
+            "PATH",
+            format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()),
+        )
+        .env("TMPDIR", machine)
+        .output()
+        .unwrap();
+    (out, std::fs::read_to_string(&shutdowns).unwrap_or_default())
+}
+
+/// A job on an ec2 pool, end to end but for the cloud running the user
+/// data: the attempt's instance is made on moto with its agent's user data
+/// and a shutdown that terminates it. The test plays the instance, running
+/// that user data with `sh` (a stub `shutdown` on its PATH records the
+/// timer): it fetches the agent from the server, checks its SHA-256 and
+/// runs it, and the job's output and exit status reach the server; the
+/// instance is then terminated.
+#[test]
+fn a_job_on_ec2_boots_its_agent_from_its_user_data() {
+    use aws_sdk_ec2::types::InstanceAttributeName;
+    use base64::Engine as _;
+
+    let moto = Moto::start();
+    let ec2 = Ec2::new(&moto);
+    let sandbox = Sandbox::new();
+    let dir = sandbox.path();
+    let server = start(&dir, &config(&moto.endpoint, 3, 50));
+    let file = dir.join("job.toml");
+    std::fs::write(
+        &file,
+        "name = \"on-ec2\"\nscript = \"echo hello from ec2\"\nmax_runtime = \"5m\"\n",
+    )
+    .unwrap();
+    ok(&server.cli(&["job", "submit", file.to_str().unwrap()]));
+
+    let mut instance = None;
+    wait_for("the attempt's instance", || {
+        instance = ec2
+            .live()
+            .into_iter()
+            .find(|i| i.tags.get("flotilla-job").map(String::as_str) == Some("1/1"));
+        instance.is_some()
+    });
+    let instance = instance.unwrap();
+    let attribute = |name: InstanceAttributeName| {
+        ec2.rt
+            .block_on(
+                ec2.client
+                    .describe_instance_attribute()
+                    .instance_id(&instance.id)
+                    .attribute(name)
+                    .send(),
+            )
+            .expect("DescribeInstanceAttribute")
+    };
+    let behaviour = attribute(InstanceAttributeName::InstanceInitiatedShutdownBehavior);
+    assert_eq!(
+        behaviour
+            .instance_initiated_shutdown_behavior()
+            .and_then(|v| v.value()),
+        Some("terminate"),
+        "its own shutdown ends it for good"
+    );
+    let user_data = attribute(InstanceAttributeName::UserData);
+    let user_data = base64::engine::general_purpose::STANDARD
+        .decode(user_data.user_data().and_then(|v| v.value()).unwrap())
+        .unwrap();
+    let user_data = String::from_utf8(user_data).unwrap();
+    // Boot timeout 10 min, max_runtime 5, a margin of 10.
+    assert!(
+        user_data.starts_with("#!/bin/sh\n") && user_data.contains("\nshutdown -h +25 "),
+        "{user_data}"
+    );
+
+    let (out, shutdowns) = boot(&dir.join("instance"), &user_data);
+    ok(&out);
+    assert_eq!(
+        shutdowns, "-h +25\n",
+        "the timer was set, and nothing shut the instance down at once"
+    );
+
+    let shown = server.cli(&["--output", "json", "job", "show", "1"]);
+    ok(&shown);
+    let job: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
+    assert_eq!(job["state"], "succeeded", "{job}");
+    let log = server.cli(&["job", "logs", "1"]);
+    ok(&log);
+    assert!(
+        String::from_utf8_lossy(&log.stdout).contains(" out hello from ec2\n"),
+        "{}",
+        String::from_utf8_lossy(&log.stdout)
+    );
+    wait_for("the attempt's instance terminated", || {
+        !ec2.live().iter().any(|i| i.id == instance.id)
+    });
+}
+
+/// An instance whose agent cannot be had (the server refuses the fetch)
+/// shuts itself down at once, rather than idling until its timer.
+#[test]
+fn a_user_data_whose_fetch_fails_shuts_the_instance_down() {
+    let sandbox = Sandbox::new();
+    let dir = sandbox.path();
+    let server = Server::start(&dir);
+    let user_data = flotilla_driver_ec2::user_data::job_agent(
+        &server.url,
+        7,
+        1,
+        "not-a-token",
+        Duration::from_secs(90),
+        "00",
+    );
+    let (out, shutdowns) = boot(&dir.join("instance"), &user_data);
+    assert_ne!(code(&out), 0);
+    assert_eq!(shutdowns, "-h +2\n-h now\n");
+}

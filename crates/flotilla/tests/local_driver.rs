@@ -49,6 +49,7 @@ fn request(cluster: &str, init_data: Option<String>) -> CreateRequest {
         workload: None,
         pool_version: None,
         count: 1,
+        shutdown_terminates: false,
     }
 }
 

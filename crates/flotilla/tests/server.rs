@@ -685,6 +685,9 @@ fn serve_checks_explains_and_leaves_nothing_behind() {
             "data directory: {} (created at start)",
             conf.join("flotilla-data").display()
         )) && stdout.contains("pool default: driver local")
+            && stdout.contains(
+                "jobs: agents reach this server at its listen address (this machine's nodes only)"
+            )
             && stdout.contains("FLOTILLA_ADMIN_PASSWORD is not set")
             && stdout.contains("the config is valid"),
         "{stdout}"

@@ -3,6 +3,7 @@
 //! interleave across servers.
 
 use chrono::{DateTime, Utc};
+use flotilla_domain::NodeMeter;
 use flotilla_store::sql::{self as row, JobRow};
 use flotilla_store::{
     next_job, step_change, submitted, Fence, JobId, JobRecord, JobStep, JobStore, NewJob,
@@ -116,5 +117,19 @@ impl JobStore for PostgresStore {
             commit_with(tx, &changes, now).await?;
         }
         Ok(next)
+    }
+
+    async fn meter_job_instances(
+        &self,
+        fence: Fence,
+        listed: &[NodeMeter],
+        unwatched: bool,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        crate::lease::check_fence(&mut tx, fence).await?;
+        crate::meters::on_job_listing(&mut tx, listed, unwatched, now).await?;
+        tx.commit().await?;
+        Ok(())
     }
 }

@@ -27,10 +27,11 @@ async fn add(conn: &mut PgConnection, new: &MeterColumns) -> Result<(), StoreErr
         return Ok(());
     }
     sqlx::query(
-        "INSERT INTO meters (org, id, launched_at, price, charged_until, ended_at, ended, settled) \
+        "INSERT INTO meters (org, id, launched_at, price, charged_until, ended_at, ended, settled, \
+             job, charged_to) \
          SELECT j.v->>0, j.v->>1, (j.v->>2)::BIGINT, (j.v->>3)::BIGINT, \
                 CASE WHEN o.metered_from > (j.v->>2)::BIGINT THEN o.metered_from END, \
-                (j.v->>5)::BIGINT, j.v->>6, FALSE \
+                (j.v->>5)::BIGINT, j.v->>6, FALSE, j.v->>8, j.v->>9 \
          FROM jsonb_array_elements($1::jsonb) AS j(v) JOIN orgs AS o ON o.name = j.v->>0 \
          ON CONFLICT (org, id) DO NOTHING",
     )
@@ -61,7 +62,7 @@ async fn update(conn: &mut PgConnection, changed: &MeterColumns) -> Result<(), S
 /// The meters of one organisation not yet settled.
 async fn unsettled(conn: &mut PgConnection, org: &OrgName) -> Result<Vec<NodeMeter>, StoreError> {
     let rows: Vec<MeterRow> = sqlx::query_as(&format!(
-        "SELECT {METER_COLUMNS_NAMED} FROM {METERS_FROM} WHERE NOT m.settled AND m.org = $1"
+        "SELECT {METER_COLUMNS_NAMED} FROM {METERS_FROM} WHERE NOT m.settled AND m.org = $1 AND m.job IS NULL"
     ))
     .bind(org.as_str())
     .fetch_all(&mut *conn)
@@ -111,13 +112,52 @@ pub(crate) async fn on_publish(
     let mut ended = MeterColumns::default();
     writes.changed.iter().for_each(|m| ended.push(m));
     update(conn, &ended).await?;
-    for n in &writes.notes {
+    for (org, n) in &writes.notes {
         note(conn, org, n).await?;
     }
     if !add_cols.is_empty() || !ended.is_empty() {
         bump(conn, std::slice::from_ref(org)).await?;
     }
     Ok(())
+}
+
+/// Moves the meters of the job attempts' instances after a listing (see
+/// [`meters::on_job_listing`]): `listed` are the meters the listed
+/// instances of jobs charged to organisations would get. Holds
+/// [`Lock::Orgs`] shared, as a publication does.
+pub(crate) async fn on_job_listing(
+    conn: &mut PgConnection,
+    listed: &[NodeMeter],
+    unwatched: bool,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    Lock::share_orgs(&mut *conn).await?;
+    let keys: Vec<String> = listed
+        .iter()
+        .map(|m| format!("{}/{}", m.cluster, m.id))
+        .collect();
+    let rows: Vec<MeterRow> = sqlx::query_as(&format!(
+        "SELECT {METER_COLUMNS_NAMED} FROM {METERS_FROM} \
+         WHERE m.job IS NOT NULL AND (NOT m.settled OR m.org || '/' || m.id = ANY($1))"
+    ))
+    .bind(&keys)
+    .fetch_all(&mut *conn)
+    .await?;
+    let on_record = rows
+        .into_iter()
+        .map(NodeMeter::try_from)
+        .collect::<Result<Vec<_>, _>>()?;
+    let writes = meters::on_job_listing(on_record, listed.to_vec(), now, unwatched);
+    let mut add_cols = MeterColumns::default();
+    writes.add.iter().for_each(|m| add_cols.push(m));
+    add(conn, &add_cols).await?;
+    let mut changed = MeterColumns::default();
+    writes.changed.iter().for_each(|m| changed.push(m));
+    update(conn, &changed).await?;
+    for (org, n) in &writes.notes {
+        note(conn, org, n).await?;
+    }
+    bump(conn, &writes.orgs()).await
 }
 
 /// The settled meters of the nodes `published` lists: a listing missed
@@ -133,7 +173,7 @@ async fn settled_of(
     let ids: Vec<&str> = published.nodes.iter().map(|n| n.id.as_str()).collect();
     let rows: Vec<MeterRow> = sqlx::query_as(&format!(
         "SELECT {METER_COLUMNS_NAMED} FROM {METERS_FROM} \
-         WHERE m.settled AND m.org = $1 AND m.id = ANY($2)"
+         WHERE m.settled AND m.org = $1 AND m.job IS NULL AND m.id = ANY($2)"
     ))
     .bind(org.as_str())
     .bind(&ids)

@@ -2,6 +2,7 @@
 //! transaction through the one writer, so no two steps interleave.
 
 use chrono::{DateTime, Utc};
+use flotilla_domain::NodeMeter;
 use flotilla_store::sql::{self as row, JobRow};
 use flotilla_store::{
     next_job, step_change, submitted, Fence, JobId, JobRecord, JobStep, JobStore, NewJob,
@@ -116,5 +117,18 @@ impl JobStore for SqliteStore {
             self.commit(tx).await?;
         }
         Ok(next)
+    }
+
+    async fn meter_job_instances(
+        &self,
+        fence: Fence,
+        listed: &[NodeMeter],
+        unwatched: bool,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        crate::lease::check_fence(&mut tx, fence).await?;
+        crate::meters::on_job_listing(&mut tx, listed, unwatched, now).await?;
+        self.commit(tx).await
     }
 }

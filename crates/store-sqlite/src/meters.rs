@@ -25,14 +25,16 @@ async fn add(conn: &mut SqliteConnection, new: &MeterColumns) -> Result<(), Stor
     sqlx::query(
         // The rows drive the statement (each looks its organisation up by
         // key); a join would let SQLite scan the rows once per organisation.
-        "INSERT INTO meters (org, id, launched_at, price, charged_until, ended_at, ended, settled) \
+        "INSERT INTO meters (org, id, launched_at, price, charged_until, ended_at, ended, settled, \
+             job, charged_to) \
          SELECT j.org, j.id, j.launched_at, j.price, \
                 (SELECT CASE WHEN o.metered_from > j.launched_at THEN o.metered_from END \
                  FROM orgs AS o WHERE o.name = j.org), \
-                j.ended_at, j.ended, FALSE \
+                j.ended_at, j.ended, FALSE, j.job, j.charged_to \
          FROM (SELECT json_extract(value, '$[0]') AS org, json_extract(value, '$[1]') AS id, \
                       json_extract(value, '$[2]') AS launched_at, json_extract(value, '$[3]') AS price, \
-                      json_extract(value, '$[5]') AS ended_at, json_extract(value, '$[6]') AS ended \
+                      json_extract(value, '$[5]') AS ended_at, json_extract(value, '$[6]') AS ended, \
+                      json_extract(value, '$[8]') AS job, json_extract(value, '$[9]') AS charged_to \
                FROM json_each($1)) AS j \
          WHERE EXISTS (SELECT 1 FROM orgs WHERE orgs.name = j.org) \
          ON CONFLICT (org, id) DO NOTHING",
@@ -68,7 +70,7 @@ async fn unsettled(
     org: &OrgName,
 ) -> Result<Vec<NodeMeter>, StoreError> {
     let rows: Vec<MeterRow> = sqlx::query_as(&format!(
-        "SELECT {METER_COLUMNS_NAMED} FROM {METERS_FROM} WHERE NOT m.settled AND m.org = $1"
+        "SELECT {METER_COLUMNS_NAMED} FROM {METERS_FROM} WHERE NOT m.settled AND m.org = $1 AND m.job IS NULL"
     ))
     .bind(org.as_str())
     .fetch_all(&mut *conn)
@@ -121,13 +123,51 @@ pub(crate) async fn on_publish(
     let mut ended = MeterColumns::default();
     writes.changed.iter().for_each(|m| ended.push(m));
     update(conn, &ended).await?;
-    for n in &writes.notes {
+    for (org, n) in &writes.notes {
         note(conn, org, n).await?;
     }
     if !add_cols.is_empty() || !ended.is_empty() {
         bump(conn, std::slice::from_ref(org)).await?;
     }
     Ok(())
+}
+
+/// Moves the meters of the job attempts' instances after a listing (see
+/// [`meters::on_job_listing`]): `listed` are the meters the listed
+/// instances of jobs charged to organisations would get.
+pub(crate) async fn on_job_listing(
+    conn: &mut SqliteConnection,
+    listed: &[NodeMeter],
+    unwatched: bool,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    let keys: Vec<(&str, &str)> = listed
+        .iter()
+        .map(|m| (m.cluster.as_str(), m.id.as_str()))
+        .collect();
+    let rows: Vec<MeterRow> = sqlx::query_as(&format!(
+        "SELECT {METER_COLUMNS_NAMED} FROM {METERS_FROM} \
+         WHERE m.job IS NOT NULL AND (NOT m.settled OR EXISTS (SELECT 1 FROM json_each($1) AS j \
+             WHERE json_extract(j.value, '$[0]') = m.org AND json_extract(j.value, '$[1]') = m.id))"
+    ))
+    .bind(serde_json::to_string(&keys).expect("strings serialise"))
+    .fetch_all(&mut *conn)
+    .await?;
+    let on_record = rows
+        .into_iter()
+        .map(NodeMeter::try_from)
+        .collect::<Result<Vec<_>, _>>()?;
+    let writes = meters::on_job_listing(on_record, listed.to_vec(), now, unwatched);
+    let mut add_cols = MeterColumns::default();
+    writes.add.iter().for_each(|m| add_cols.push(m));
+    add(conn, &add_cols).await?;
+    let mut changed = MeterColumns::default();
+    writes.changed.iter().for_each(|m| changed.push(m));
+    update(conn, &changed).await?;
+    for (org, n) in &writes.notes {
+        note(conn, org, n).await?;
+    }
+    bump(conn, &writes.orgs()).await
 }
 
 /// The settled meters of the nodes `published` lists: a listing missed
@@ -143,7 +183,8 @@ async fn settled_of(
     let ids: Vec<&str> = published.nodes.iter().map(|n| n.id.as_str()).collect();
     let rows: Vec<MeterRow> = sqlx::query_as(&format!(
         "SELECT {METER_COLUMNS_NAMED} FROM {METERS_FROM} \
-         WHERE m.settled AND m.org = $1 AND m.id IN (SELECT value FROM json_each($2))"
+         WHERE m.settled AND m.org = $1 AND m.job IS NULL \
+             AND m.id IN (SELECT value FROM json_each($2))"
     ))
     .bind(org.as_str())
     .bind(serde_json::to_string(&ids).expect("strings serialise"))

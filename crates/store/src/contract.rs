@@ -101,6 +101,7 @@ macro_rules! store_contract_tests {
             running_out_shuts_the_cluster_down,
             every_node_is_charged_from_launch_to_gone,
             a_node_listed_again_after_its_meter_ended_runs_on,
+            a_jobs_instances_are_metered_and_charged_to_its_submitter,
             a_clock_step_back_charges_each_moment_once,
             meters_written_by_another_server_are_charged_as_written,
             concurrent_requests_cannot_overspend,

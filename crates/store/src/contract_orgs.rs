@@ -665,6 +665,94 @@ pub async fn every_node_is_charged_from_launch_to_gone(h: Harness) {
     );
 }
 
+/// A job attempt's instance is metered like a node of the cluster, but
+/// charged to whoever submitted the job (the organisation itself for the
+/// server's runs), and a cluster's publication leaves its meter alone.
+pub async fn a_jobs_instances_are_metered_and_charged_to_its_submitter(h: Harness) {
+    let store = &*h.store;
+    let fence = lead(store).await;
+    lab(store).await;
+    credit(store, "100", 3).await;
+    ask(store, "ann", 1, 48 * HOUR, 10).await.unwrap();
+    publish_lab(store, fence, vec![running("n0", 20)], vec![], 21).await;
+    let job = |org: &str, id: &str, attempt: &str, launched: i64, by: Option<&str>| {
+        flotilla_domain::NodeMeter::for_job(
+            name(org),
+            InstanceId::new(id),
+            t(launched),
+            PRICE,
+            flotilla_domain::JobMeter {
+                attempt: attempt.to_owned(),
+                user: by.map(user),
+            },
+        )
+    };
+    // A job of an organisation that does not exist is charged to none.
+    store
+        .meter_job_instances(
+            fence,
+            &[
+                job("lab", "j1", "1/1", 30, Some("bob")),
+                job("ghost", "j9", "9/1", 30, Some("bob")),
+            ],
+            true,
+            t(31),
+        )
+        .await
+        .unwrap();
+    publish_lab(store, fence, vec![running("n0", 20)], vec![], 40).await;
+    store.accrue(&[], t(100), fence).await.unwrap();
+    // j1 goes; j2, a run of the server's, comes; a listing misses j2 and
+    // shows it again: it ran all along.
+    let j2 = job("lab", "j2", "2/1", 110, None);
+    for (listed, at) in [(vec![j2.clone()], 130), (vec![], 150), (vec![j2], 160)] {
+        store
+            .meter_job_instances(fence, &listed, false, t(at))
+            .await
+            .unwrap();
+    }
+    publish_lab(store, fence, vec![running("n0", 20)], vec![], 170).await;
+    store.accrue(&[], t(200), fence).await.unwrap();
+
+    let meters = store.usage(&name("lab")).await.unwrap();
+    let seen: Vec<(&str, Option<&str>, Option<i64>)> = meters
+        .iter()
+        .map(|m| {
+            (
+                m.id.as_str(),
+                m.job.as_ref().map(|j| j.attempt.as_str()),
+                m.end.map(|e| e.at.timestamp() - t(0).timestamp()),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("n0", None, None),
+            ("j1", Some("1/1"), Some(130)),
+            ("j2", Some("2/1"), None)
+        ]
+    );
+    assert!(store.usage(&name("ghost")).await.unwrap().is_empty());
+    let costs = store.costs(&name("lab")).await.unwrap();
+    let sum = |who: Option<&str>| -> Money {
+        costs
+            .iter()
+            .filter(|c| c.user.as_ref().map(|u| u.as_str()) == who)
+            .map(|c| c.amount)
+            .sum()
+    };
+    assert_eq!(sum(Some("ann")), lifetime_cost(PRICE, t(20), t(200)));
+    assert_eq!(sum(Some("bob")), lifetime_cost(PRICE, t(30), t(130)));
+    assert_eq!(sum(None), lifetime_cost(PRICE, t(110), t(200)));
+    let org = store.get_org(&name("lab")).await.unwrap().unwrap();
+    assert_eq!(
+        org.budget.balance,
+        m("100") - sum(Some("ann")) - sum(Some("bob")) - sum(None)
+    );
+    assert_eq!(ledger_sum(store).await, org.budget.balance);
+}
+
 pub async fn a_node_listed_again_after_its_meter_ended_runs_on(h: Harness) {
     let store = &*h.store;
     let fence = lead(store).await;

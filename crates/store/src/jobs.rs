@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use flotilla_domain::{
     AfterAttempt, AttemptEnd, ChangeKind, InstanceId, InstanceType, JobState, Market, Money,
-    NewChange, OrgName, PoolName, QueueKey,
+    NewChange, NodeMeter, OrgName, PoolName, QueueKey,
 };
 
 use crate::{Fence, StoreError};
@@ -441,6 +441,20 @@ pub trait JobStore: Send + Sync {
         fence: Option<Fence>,
         now: DateTime<Utc>,
     ) -> Result<JobRecord, StoreError>;
+
+    /// Moves the meters of the job attempts' instances after a listing of
+    /// them taken in at `now`: `listed` holds the meter each listed
+    /// instance of a job charged to an organisation would get (see
+    /// [`crate::meters::on_job_listing`]; meters of organisations that do
+    /// not exist are skipped). One transaction, refused (`Fenced`) after
+    /// the term ends.
+    async fn meter_job_instances(
+        &self,
+        fence: Fence,
+        listed: &[NodeMeter],
+        unwatched: bool,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
 }
 
 /// [`JobStore::step_job`]'s work once the job is read (`job`, None: there

@@ -91,6 +91,20 @@ impl Inner {
             })
     }
 
+    /// Makes `writes`: meters added (one on record kept as it is) and
+    /// changed, and their ledger notes.
+    fn write_meters(&mut self, writes: crate::meters::MeterWrites) {
+        for m in writes.add {
+            self.meters
+                .entry((m.cluster.clone(), m.id.clone()))
+                .or_insert(m);
+        }
+        for m in writes.changed {
+            self.meters.insert((m.cluster.clone(), m.id.clone()), m);
+        }
+        self.ledger.extend(writes.notes);
+    }
+
     fn check_fence(&self, fence: Fence) -> Result<(), StoreError> {
         let current = self.lease.as_ref().map_or(0, |l| l.epoch);
         if current != fence.0 {
@@ -1130,23 +1144,13 @@ impl LeaseStore for MemoryStore {
                 .meters
                 .values()
                 .filter(|m| {
-                    m.cluster == c.cluster && (!m.settled() || c.nodes.iter().any(|n| n.id == m.id))
+                    m.cluster == c.cluster
+                        && m.job.is_none()
+                        && (!m.settled() || c.nodes.iter().any(|n| n.id == m.id))
                 })
                 .cloned()
                 .collect();
-            let writes = crate::meters::on_publish(on_record, c, &prices, now);
-            for m in writes.add {
-                inner
-                    .meters
-                    .entry((m.cluster.clone(), m.id.clone()))
-                    .or_insert(m);
-            }
-            for m in writes.changed {
-                inner.meters.insert((m.cluster.clone(), m.id.clone()), m);
-            }
-            for note in writes.notes {
-                inner.ledger.push((c.cluster.clone(), note));
-            }
+            inner.write_meters(crate::meters::on_publish(on_record, c, &prices, now));
         }
         Ok(())
     }
@@ -1317,6 +1321,38 @@ impl crate::JobStore for MemoryStore {
         }
         inner.jobs.insert(id, next.clone());
         Ok(next)
+    }
+
+    async fn meter_job_instances(
+        &self,
+        fence: Fence,
+        listed: &[NodeMeter],
+        unwatched: bool,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let mut inner = self.inner.lock().unwrap();
+        inner.check_fence(fence)?;
+        let listed: Vec<NodeMeter> = listed
+            .iter()
+            .filter(|m| inner.orgs.contains_key(&m.cluster))
+            .cloned()
+            .collect();
+        let on_record = inner
+            .meters
+            .values()
+            .filter(|m| {
+                m.job.is_some()
+                    && (!m.settled()
+                        || listed
+                            .iter()
+                            .any(|l| l.cluster == m.cluster && l.id == m.id))
+            })
+            .cloned()
+            .collect();
+        inner.write_meters(crate::meters::on_job_listing(
+            on_record, listed, now, unwatched,
+        ));
+        Ok(())
     }
 }
 

@@ -22,8 +22,24 @@ pub struct MeterWrites {
     pub add: Vec<NodeMeter>,
     /// Meters on record that end now, or (listed again) reopen.
     pub changed: Vec<NodeMeter>,
-    /// Ledger notes for the nodes that went while no server watched.
-    pub notes: Vec<LedgerEntry>,
+    /// Ledger notes for the nodes that went while no server watched, by
+    /// organisation.
+    pub notes: Vec<(OrgName, LedgerEntry)>,
+}
+
+impl MeterWrites {
+    /// The organisations whose meters these writes change, each once.
+    pub fn orgs(&self) -> Vec<OrgName> {
+        let mut orgs: Vec<OrgName> = self
+            .add
+            .iter()
+            .chain(&self.changed)
+            .map(|m| m.cluster.clone())
+            .collect();
+        orgs.sort();
+        orgs.dedup();
+        orgs
+    }
 }
 
 /// Works out [`MeterWrites`] for `published`, given the cluster's meters
@@ -80,7 +96,62 @@ pub fn on_publish(
     unwatched.sort_by(|a, b| a.launched_at.cmp(&b.launched_at).then(a.id.cmp(&b.id)));
     for mut m in unwatched {
         m.end_at(now, NodeEndSeen::Unwatched);
-        writes.notes.extend(m.unwatched_note());
+        writes
+            .notes
+            .extend(m.unwatched_note().map(|n| (cluster.clone(), n)));
+        writes.changed.push(m);
+    }
+    writes
+}
+
+/// Works out [`MeterWrites`] for a listing of the job attempts' instances
+/// taken in at `now`: `listed` holds the meter each listed instance of a
+/// job charged to an organisation would get, `on_record` the job meters
+/// not settled plus the settled ones of the instances listed. A listed
+/// instance not on record is put on the meter (from its launch); one whose
+/// meter ended (a listing missed it) has it reopened; a running meter
+/// whose instance is no longer listed ends at `now`, as `unwatched` when
+/// no server may have watched it go (the first listing of a term).
+pub fn on_job_listing(
+    on_record: Vec<NodeMeter>,
+    listed: Vec<NodeMeter>,
+    now: DateTime<Utc>,
+    unwatched: bool,
+) -> MeterWrites {
+    let mut writes = MeterWrites::default();
+    let mut on_record: HashMap<(OrgName, InstanceId), NodeMeter> = on_record
+        .into_iter()
+        .map(|m| ((m.cluster.clone(), m.id.clone()), m))
+        .collect();
+    let mut accounted = std::collections::HashSet::new();
+    for m in listed {
+        let key = (m.cluster.clone(), m.id.clone());
+        match on_record.get_mut(&key) {
+            None => writes.add.push(m),
+            Some(m) if m.end.is_some() => {
+                m.reopen();
+                writes.changed.push(m.clone());
+            }
+            Some(_) => {}
+        }
+        accounted.insert(key);
+    }
+    let mut gone: Vec<NodeMeter> = on_record
+        .into_iter()
+        .filter(|(key, m)| m.end.is_none() && !accounted.contains(key))
+        .map(|(_, m)| m)
+        .collect();
+    gone.sort_by(|a, b| a.launched_at.cmp(&b.launched_at).then(a.id.cmp(&b.id)));
+    let seen = if unwatched {
+        NodeEndSeen::Unwatched
+    } else {
+        NodeEndSeen::Gone
+    };
+    for mut m in gone {
+        m.end_at(now, seen);
+        writes
+            .notes
+            .extend(m.unwatched_note().map(|n| (m.cluster.clone(), n)));
         writes.changed.push(m);
     }
     writes

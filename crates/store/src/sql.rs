@@ -10,7 +10,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use flotilla_domain::{
     AccountKind, Budget, CapacityRequest, Change, ChangeEntity, ChangeKind, ClusterName,
-    ClusterRecord, InstanceId, InstanceSetId, InstanceType, LaunchVersion, Level, Money,
+    ClusterRecord, InstanceId, InstanceSetId, InstanceType, JobMeter, LaunchVersion, Level, Money,
     NodeCapacity, NodeEnd, NodeEndSeen, NodeMeter, NodeRecord, NodeState, Obstacle, ObstacleCode,
     OrgRole, OrgSettings, Organisation, PoolError, PoolErrorKey, PoolErrorKind, PoolName, Username,
 };
@@ -567,7 +567,7 @@ impl TryFrom<NodeRow> for (ClusterName, NodeRecord) {
 pub const METER_COLUMNS_NAMED: &str = "m.org AS org, m.id AS id, m.launched_at AS launched_at, \
     m.price AS price, \
     CASE WHEN m.follows THEN o.accrued_until ELSE m.charged_until END AS charged_until, \
-    m.ended_at AS ended_at, m.ended AS ended";
+    m.ended_at AS ended_at, m.ended AS ended, m.job AS job, m.charged_to AS charged_to";
 
 /// What [`METER_COLUMNS_NAMED`] are read from.
 pub const METERS_FROM: &str = "meters AS m JOIN orgs AS o ON o.name = m.org";
@@ -582,6 +582,10 @@ pub struct MeterRow {
     pub charged_until: Option<i64>,
     pub ended_at: Option<i64>,
     pub ended: Option<String>,
+    /// A job attempt's instance: `JOB/ATTEMPT`.
+    pub job: Option<String>,
+    /// Who a job attempt's instance is charged to.
+    pub charged_to: Option<String>,
 }
 
 impl TryFrom<MeterRow> for NodeMeter {
@@ -598,6 +602,16 @@ impl TryFrom<MeterRow> for NodeMeter {
             }),
             _ => return Err(corrupt("meters", &key, "ended_at and ended disagree")),
         };
+        let job = match row.job {
+            None => None,
+            Some(attempt) => Some(JobMeter {
+                attempt,
+                user: row
+                    .charged_to
+                    .map(|u| Username::new(u.as_str()).map_err(|e| corrupt("meters", &key, e)))
+                    .transpose()?,
+            }),
+        };
         Ok(NodeMeter {
             cluster: ClusterName::new(row.org.as_str()).map_err(|e| corrupt("meters", &key, e))?,
             id: InstanceId::new(row.id),
@@ -605,6 +619,7 @@ impl TryFrom<MeterRow> for NodeMeter {
             price_per_hour: Money::from_micros(row.price),
             charged_until: opt_time("meters", &key, "charged_until", row.charged_until)?,
             end,
+            job,
         })
     }
 }
@@ -612,7 +627,7 @@ impl TryFrom<MeterRow> for NodeMeter {
 /// The columns [`StoredMeterRow`] is read from, in order, from `meters AS
 /// m`: as stored, a following meter's `charged_until` unresolved.
 pub const STORED_METER_COLUMNS: &str = "m.org, m.id, m.launched_at, m.price, m.charged_until, \
-    m.ended_at, m.ended, m.follows";
+    m.ended_at, m.ended, m.follows, m.job, m.charged_to";
 
 /// A row of `meters` as stored (see [`STORED_METER_COLUMNS`]); also read by
 /// field order from a JSON array, where SQLite writes `follows` as 0 or 1.
@@ -627,6 +642,8 @@ pub struct StoredMeterRow {
     pub ended: Option<String>,
     #[serde(deserialize_with = "bool_or_int")]
     pub follows: bool,
+    pub job: Option<String>,
+    pub charged_to: Option<String>,
 }
 
 fn bool_or_int<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
@@ -655,12 +672,15 @@ impl TryFrom<StoredMeterRow> for crate::meters::StoredMeter {
             charged_until: row.charged_until,
             ended_at: row.ended_at,
             ended: row.ended,
+            job: row.job,
+            charged_to: row.charged_to,
         })?;
         Ok(Self { meter, follows })
     }
 }
 
-/// Meters as the columns of [`MeterRow`] plus `settled`, one vector
+/// Meters as the columns of [`MeterRow`] plus `settled` (in the JSON,
+/// `settled` comes before `job` and `charged_to`), one vector
 /// per column, for writing many rows in one statement.
 #[derive(Debug, Default)]
 pub struct MeterColumns {
@@ -672,6 +692,8 @@ pub struct MeterColumns {
     pub ended_at: Vec<Option<i64>>,
     pub ended: Vec<Option<&'static str>>,
     pub settled: Vec<bool>,
+    pub job: Vec<Option<String>>,
+    pub charged_to: Vec<Option<String>>,
 }
 
 impl MeterColumns {
@@ -684,6 +706,13 @@ impl MeterColumns {
         self.ended_at.push(m.end.map(|e| to_millis(e.at)));
         self.ended.push(m.end.map(|e| e.seen.as_str()));
         self.settled.push(m.settled());
+        self.job.push(m.job.as_ref().map(|j| j.attempt.clone()));
+        self.charged_to.push(
+            m.job
+                .as_ref()
+                .and_then(|j| j.user.as_ref())
+                .map(ToString::to_string),
+        );
     }
 
     pub fn is_empty(&self) -> bool {
@@ -702,7 +731,9 @@ impl MeterColumns {
                     self.charged_until[i],
                     self.ended_at[i],
                     self.ended[i],
-                    self.settled[i]
+                    self.settled[i],
+                    self.job[i],
+                    self.charged_to[i]
                 ])
             })
             .collect();

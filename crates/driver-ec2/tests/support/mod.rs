@@ -102,5 +102,6 @@ pub fn request(cluster: &str, count: u32) -> CreateRequest {
         workload: None,
         pool_version: None,
         count,
+        shutdown_terminates: false,
     }
 }

@@ -36,8 +36,11 @@ pub fn pools() -> BTreeMap<PoolName, PoolSpec> {
         PoolSpec::new("fake", InstanceType::new(ty).unwrap())
             .with_price(flotilla_domain::Money::from_micros(100_000))
     };
+    // Users other than admins may run jobs on the default pool.
+    let mut default = pool("fake.small");
+    default.allow_workload = true;
     BTreeMap::from([
-        (PoolName::new("default").unwrap(), pool("fake.small")),
+        (PoolName::new("default").unwrap(), default),
         (PoolName::new("big").unwrap(), pool("fake.big")),
         (PoolName::new("gpu").unwrap(), pool("fake.gpu")),
     ])
