@@ -1432,6 +1432,55 @@ pub struct JobsQuery {
     pub limit: Option<usize>,
 }
 
+/// The query of `GET /api/v1/jobs/{id}/files`.
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct JobFilesQuery {
+    /// Which attempt's files (default: the latest).
+    #[param(minimum = 1)]
+    pub attempt: Option<u32>,
+}
+
+/// The query of `GET /api/v1/jobs/{id}/file`.
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct JobFileQuery {
+    /// The file's path, relative to the attempt's work directory.
+    pub path: String,
+    /// Which attempt's file (default: the latest).
+    #[param(minimum = 1)]
+    pub attempt: Option<u32>,
+}
+
+/// The query of `PUT /api/v1/attempts/{job}/{attempt}/file`.
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct AttemptFileQuery {
+    /// The file's path, relative to the work directory: one of the job's
+    /// `artifacts`, or under one.
+    pub path: String,
+}
+
+/// A file an attempt kept.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct KeptFileView {
+    /// Relative to the attempt's work directory.
+    pub path: String,
+    /// Bytes.
+    pub size: u64,
+}
+
+/// `GET /api/v1/jobs/{id}/files`: what one attempt kept of its job's
+/// `artifacts`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct JobFiles {
+    pub job: u64,
+    /// 0: no attempt started yet.
+    pub attempt: u32,
+    /// By path.
+    pub files: Vec<KeptFileView>,
+}
+
 /// `GET /api/v1/jobs/{id}/log`'s query.
 #[derive(Debug, Clone, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]

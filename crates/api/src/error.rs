@@ -148,6 +148,9 @@ impl From<EngineError> for ApiError {
                 e
             }
             EngineError::UnknownJob(_) => Self::new(StatusCode::NOT_FOUND, "unknown_job", message),
+            EngineError::NoSuchFile { .. } => {
+                Self::new(StatusCode::NOT_FOUND, "no_such_file", message)
+            }
             EngineError::UnknownSchedule(_) => {
                 Self::new(StatusCode::NOT_FOUND, "unknown_schedule", message)
             }

@@ -20,6 +20,8 @@ use crate::{ApiError, AppState, CallerIdentity, JsonBody};
 pub const ATTEMPT_TOKEN_HEADER: &str = "x-flotilla-attempt-token";
 /// The header a log's answer names its attempt in.
 pub const ATTEMPT_HEADER: &str = "x-flotilla-attempt";
+/// The largest file an attempt may keep.
+pub const MAX_FILE_BYTES: usize = 64 * 1024 * 1024;
 /// The header the agent program's SHA-256 comes in.
 pub const AGENT_SHA256_HEADER: &str = "x-flotilla-agent-sha256";
 /// Jobs listed unless the caller asks otherwise.
@@ -427,6 +429,134 @@ pub(crate) async fn attempt_agent(
             ),
         ],
         Body::from_stream(tokio_util::io::ReaderStream::new(file)),
+    )
+        .into_response())
+}
+
+/// Keeps a file of an attempt's work directory (one of its job's
+/// `artifacts`, or under one), sent by its agent with the attempt's token
+/// while the attempt is under way; sent again, it replaces the first.
+#[utoipa::path(
+    put,
+    path = "/api/v1/attempts/{job}/{attempt}/file",
+    security(()),
+    params(
+        ("job" = String, Path, description = "The job's number"),
+        ("attempt" = String, Path, description = "The attempt's number"),
+        ("x-flotilla-attempt-token" = String, Header, description = "The attempt's token"),
+        types::AttemptFileQuery,
+    ),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    responses(
+        (status = 204, description = "Kept"),
+        (status = 400, description = "No path given", body = types::ErrorBody),
+        (status = 401, description = "Not the token of an attempt", body = types::ErrorBody),
+        (status = 404, description = "Not a job or attempt number", body = types::ErrorBody),
+        (status = 409, description = "The attempt is over", body = types::ErrorBody),
+        (status = 413, description = "Larger than the server keeps", body = types::ErrorBody),
+        (status = 422, description = "Not among the job's artifacts (invalid_job)", body = types::ErrorBody),
+        (status = 500, description = "The server cannot keep it", body = types::ErrorBody),
+    )
+)]
+pub(crate) async fn attempt_file(
+    State(state): State<AppState>,
+    Path((job, attempt)): Path<(String, String)>,
+    query: Result<Query<types::AttemptFileQuery>, axum::extract::rejection::QueryRejection>,
+    headers: HeaderMap,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<StatusCode, ApiError> {
+    let (job, attempt) = (job_id(&job)?, attempt_number(&attempt)?);
+    let token = attempt_token(&headers)?;
+    let Query(q) = query.map_err(|e| malformed_query(e, "use ?path=PATH"))?;
+    let bytes = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!(
+                    "a kept file is at most {} MiB",
+                    MAX_FILE_BYTES / (1024 * 1024)
+                ),
+            )
+        } else {
+            ApiError::new(StatusCode::BAD_REQUEST, "unreadable_body", e.body_text())
+        }
+    })?;
+    state
+        .control
+        .attempt_file(job, attempt, token, &q.path, bytes.to_vec())
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// What one attempt of a job kept of its `artifacts`, by path.
+#[utoipa::path(
+    get,
+    path = "/api/v1/jobs/{id}/files",
+    params(("id" = String, Path, description = "The job's number"), types::JobFilesQuery),
+    responses(
+        (status = 200, body = types::JobFiles),
+        (status = 404, description = "No such job", body = types::ErrorBody),
+        (status = 409, description = "No such attempt (job_state)", body = types::ErrorBody),
+        (status = 500, description = "The server keeps no files, or cannot read them", body = types::ErrorBody),
+    )
+)]
+pub(crate) async fn job_files(
+    State(state): State<AppState>,
+    CallerIdentity(caller): CallerIdentity,
+    Path(id): Path<String>,
+    query: Result<Query<types::JobFilesQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<types::JobFiles>, ApiError> {
+    let Query(q) = query.map_err(|e| malformed_query(e, "use ?attempt=N"))?;
+    let id = job_id(&id)?;
+    let (attempt, files) = state.control.job_files(&caller, id, q.attempt).await?;
+    Ok(Json(types::JobFiles {
+        job: id,
+        attempt,
+        files: files
+            .into_iter()
+            .map(|f| types::KeptFileView {
+                path: f.path,
+                size: f.size,
+            })
+            .collect(),
+    }))
+}
+
+/// One file one attempt of a job kept, as it was.
+#[utoipa::path(
+    get,
+    path = "/api/v1/jobs/{id}/file",
+    params(("id" = String, Path, description = "The job's number"), types::JobFileQuery),
+    responses(
+        (status = 200, description = "The file", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 400, description = "No path given", body = types::ErrorBody),
+        (status = 404, description = "No such job, or no such file (no_such_file)", body = types::ErrorBody),
+        (status = 409, description = "No such attempt (job_state)", body = types::ErrorBody),
+        (status = 500, description = "The server keeps no files, or cannot read them", body = types::ErrorBody),
+    )
+)]
+pub(crate) async fn job_file(
+    State(state): State<AppState>,
+    CallerIdentity(caller): CallerIdentity,
+    Path(id): Path<String>,
+    query: Result<Query<types::JobFileQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = query.map_err(|e| malformed_query(e, "use ?path=PATH&attempt=N"))?;
+    let id = job_id(&id)?;
+    let (attempt, bytes) = state
+        .control
+        .job_file(&caller, id, q.attempt, &q.path)
+        .await?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
+            (
+                header::HeaderName::from_static(ATTEMPT_HEADER),
+                attempt.to_string(),
+            ),
+        ],
+        bytes,
     )
         .into_response())
 }

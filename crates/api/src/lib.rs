@@ -20,7 +20,7 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use flotilla_api_types as types;
 use flotilla_control::{Control, Deploy, Destroy, Extend};
@@ -92,6 +92,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/jobs/{id}", get(jobs::get_job))
         .route("/api/v1/jobs/{id}/cancel", post(jobs::cancel_job))
         .route("/api/v1/jobs/{id}/log", get(jobs::job_log))
+        .route("/api/v1/jobs/{id}/files", get(jobs::job_files))
+        .route("/api/v1/jobs/{id}/file", get(jobs::job_file))
         .route("/api/v1/job-templates", get(jobs::list_templates))
         .route(
             "/api/v1/schedules",
@@ -117,6 +119,11 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/api/v1/attempts/{job}/{attempt}/agent",
             get(jobs::attempt_agent),
+        )
+        .route(
+            "/api/v1/attempts/{job}/{attempt}/file",
+            put(jobs::attempt_file)
+                .layer(axum::extract::DefaultBodyLimit::max(jobs::MAX_FILE_BYTES)),
         )
         .route(
             "/api/v1/clusters/{cluster}",

@@ -30,6 +30,7 @@
 mod ec2;
 mod http;
 mod jobs;
+mod local_jobs;
 mod machine;
 mod metrics;
 mod orgs;
@@ -196,6 +197,9 @@ enum Mode {
     /// Jobs through the engine on the fake cloud: submission to instance,
     /// and the throughput of zero-length jobs.
     Jobs(jobs::JobsArgs),
+    /// Jobs on the local driver through a real `flotilla serve`:
+    /// submission to script running, and the throughput of short jobs.
+    LocalJobs(local_jobs::LocalJobsArgs),
 }
 
 /// The engine benchmark's knobs.
@@ -751,6 +755,7 @@ fn main() -> Result<()> {
         Some(Mode::Rollout(args)) => rollout::run(args),
         Some(Mode::Schedule(args)) => schedule::run(args),
         Some(Mode::Jobs(args)) => jobs::run(args),
+        Some(Mode::LocalJobs(args)) => local_jobs::run(args),
         // What `#[tokio::main]` builds: a worker per CPU.
         None => tokio::runtime::Builder::new_multi_thread()
             .enable_all()

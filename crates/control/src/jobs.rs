@@ -7,13 +7,31 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use flotilla_domain::{
     after_attempt, authorize_admin, authorize_cluster_token, authorize_job, authorize_job_pool,
-    authorize_job_submit, AttemptEnd, Caller, ClusterName, Denied, JobDocument, JobSpec, JobState,
-    JobTemplate, OrgError, OrgName, OrgRole, TemplateArgs, REDACTED,
+    authorize_job_submit, is_artifact_of, kept_path, AttemptEnd, Caller, ClusterName, Denied,
+    JobDocument, JobSpec, JobState, JobTemplate, OrgError, OrgName, OrgRole, Problem, TemplateArgs,
+    REDACTED,
 };
 use flotilla_engine::{spec_of, EngineError};
-use flotilla_store::{ArtifactStore, JobId, JobRecord, JobStep, NewJob, StoreError};
+use flotilla_store::{ArtifactStore, JobId, JobRecord, JobStep, KeptFile, NewJob, StoreError};
 
 use crate::{sealed, Command, Control};
+
+/// The attempt of `job` a reader means: `attempt`, or the latest; none
+/// before the first.
+fn chosen_attempt(job: &JobRecord, attempt: Option<u32>) -> Result<Option<u32>, EngineError> {
+    let Some(last) = job.attempts.last() else {
+        return Ok(None);
+    };
+    let n = attempt.unwrap_or(last.attempt);
+    if n == 0 || n > last.attempt {
+        return Err(EngineError::Conflict(StoreError::JobState {
+            id: job.id,
+            state: job.state,
+            what: format!("it has attempts 1 to {}, not {n}", last.attempt),
+        }));
+    }
+    Ok(Some(n))
+}
 
 /// The most jobs one list shows.
 pub const MAX_JOBS: usize = 500;
@@ -404,6 +422,86 @@ impl Control {
         self.views(jobs).await
     }
 
+    /// Keeps the file at `path` that the agent of attempt `attempt` of job
+    /// `id` sends (one of its job's `artifacts`, or under one) while the
+    /// attempt is under way; returns the path it is kept under.
+    pub async fn attempt_file(
+        &self,
+        id: JobId,
+        attempt: u32,
+        token: &str,
+        path: &str,
+        bytes: Vec<u8>,
+    ) -> Result<String, EngineError> {
+        let (job, live) = self.attempt_of(id, attempt, token).await?;
+        if !live {
+            return Err(EngineError::Conflict(StoreError::JobState {
+                id,
+                state: job.state,
+                what: format!("attempt {attempt} is over: it keeps nothing more"),
+            }));
+        }
+        let spec = spec_of(&job).map_err(EngineError::Config)?;
+        let kept = kept_path(path)
+            .filter(|p| is_artifact_of(p, &spec.artifacts))
+            .ok_or_else(|| EngineError::InvalidJob {
+                problems: vec![Problem::at(
+                    "path",
+                    format!(
+                        "{path:?} is not among the job's artifacts ({})",
+                        spec.artifacts.join(", ")
+                    ),
+                )],
+            })?;
+        self.artifacts()?
+            .put_file(id, attempt, &kept, bytes)
+            .await?;
+        Ok(kept)
+    }
+
+    /// The files attempt `attempt` (the latest when None) of job `id`
+    /// kept, with that attempt's number (0: none started yet).
+    pub async fn job_files(
+        &self,
+        caller: &Caller,
+        id: JobId,
+        attempt: Option<u32>,
+    ) -> Result<(u32, Vec<KeptFile>), EngineError> {
+        let job = self.stored_job(id).await?;
+        self.authorize(caller, &job, "read")?;
+        let artifacts = self.artifacts()?;
+        match chosen_attempt(&job, attempt)? {
+            None => Ok((0, Vec::new())),
+            Some(n) => Ok((n, artifacts.files(id, n).await?)),
+        }
+    }
+
+    /// The file at `path` that attempt `attempt` (the latest when None) of
+    /// job `id` kept, with that attempt's number.
+    pub async fn job_file(
+        &self,
+        caller: &Caller,
+        id: JobId,
+        attempt: Option<u32>,
+        path: &str,
+    ) -> Result<(u32, Vec<u8>), EngineError> {
+        let job = self.stored_job(id).await?;
+        self.authorize(caller, &job, "read")?;
+        let artifacts = self.artifacts()?;
+        let n = chosen_attempt(&job, attempt)?.unwrap_or(0);
+        let missing = || EngineError::NoSuchFile {
+            job: id,
+            attempt: n,
+            path: path.to_owned(),
+        };
+        let kept = kept_path(path).ok_or_else(missing)?;
+        if n == 0 {
+            return Err(missing());
+        }
+        let bytes = artifacts.file(id, n, &kept).await?.ok_or_else(missing)?;
+        Ok((n, bytes))
+    }
+
     /// Attempt `attempt` (the latest when None) of job `id`'s log, from
     /// chunk `from` on.
     pub async fn job_log(
@@ -416,7 +514,7 @@ impl Control {
         let job = self.stored_job(id).await?;
         self.authorize(caller, &job, "read")?;
         let artifacts = self.artifacts()?;
-        let Some(last) = job.attempts.last() else {
+        let Some(n) = chosen_attempt(&job, attempt)? else {
             // Not started: nothing yet, and more to come unless it ended.
             return Ok(LogPage {
                 attempt: 0,
@@ -424,15 +522,7 @@ impl Control {
                 done: job.state.is_final(),
             });
         };
-        let n = attempt.unwrap_or(last.attempt);
-        let Some(a) = job.attempts.iter().find(|a| a.attempt == n) else {
-            return Err(EngineError::Conflict(StoreError::JobState {
-                id,
-                state: job.state,
-                what: format!("it has attempts 1 to {}, not {n}", last.attempt),
-            }));
-        };
-        let done = a.end.is_some();
+        let done = job.attempts[n as usize - 1].end.is_some();
         let chunks = artifacts.log_chunks(id, n, from).await?;
         Ok(LogPage {
             attempt: n,

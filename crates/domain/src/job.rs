@@ -554,6 +554,42 @@ fn artifact_path(path: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The longest path a kept file may have.
+pub const MAX_KEPT_PATH: usize = 1024;
+
+/// `path` (an entry of a job's `artifacts`, or a file under one) in the
+/// one form a kept file is known by: relative to the work directory, `/`
+/// between its parts, no `.`, `..` or empty part; none if it is no such
+/// path.
+pub fn kept_path(path: &str) -> Option<String> {
+    if path.len() > MAX_KEPT_PATH
+        || path.starts_with('/')
+        || path.contains('\0')
+        || path.contains('\\')
+    {
+        return None;
+    }
+    let parts: Vec<&str> = path
+        .split('/')
+        .filter(|p| !p.is_empty() && *p != ".")
+        .collect();
+    if parts.is_empty() || parts.contains(&"..") {
+        return None;
+    }
+    Some(parts.join("/"))
+}
+
+/// Whether the file at kept path `path` is one of a job's `artifacts`
+/// entries, or under one of them.
+pub fn is_artifact_of(path: &str, entries: &[String]) -> bool {
+    entries.iter().filter_map(|e| kept_path(e)).any(|e| {
+        path == e
+            || path
+                .strip_prefix(e.as_str())
+                .is_some_and(|rest| rest.starts_with('/'))
+    })
+}
+
 /// The JSON Schema of a job.
 pub fn job_schema() -> serde_json::Value {
     let mut schema = schema_of::<JobDocument>();
@@ -716,6 +752,24 @@ impl PartialOrd for QueueKey {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn kept_paths_have_one_form_and_stay_inside() {
+        assert_eq!(
+            kept_path("out/report.html").as_deref(),
+            Some("out/report.html")
+        );
+        assert_eq!(kept_path("./out//dir/").as_deref(), Some("out/dir"));
+        for bad in ["", "/etc/passwd", "a/../../b", "..", ".", "a\\b", "a\0b"] {
+            assert_eq!(kept_path(bad), None, "{bad:?}");
+        }
+        let entries = ["out/dir/".to_owned(), "./report.txt".to_owned()];
+        assert!(is_artifact_of("out/dir/a/b.txt", &entries));
+        assert!(is_artifact_of("report.txt", &entries));
+        assert!(!is_artifact_of("out/dirt.txt", &entries));
+        assert!(!is_artifact_of("out", &entries));
+    }
+
     use super::*;
 
     fn doc(json: serde_json::Value) -> JobDocument {

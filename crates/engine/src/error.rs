@@ -94,6 +94,12 @@ pub enum EngineError {
     },
     #[error("no job {0}; `flotilla job list` shows yours")]
     UnknownJob(u64),
+    #[error("job {job}'s attempt {attempt} kept no file {path:?}; `flotilla job files {job}` lists what it kept")]
+    NoSuchFile {
+        job: u64,
+        attempt: u32,
+        path: String,
+    },
     #[error("no schedule {0:?}; `flotilla schedule list` shows them")]
     UnknownSchedule(String),
     #[error("{0}")]

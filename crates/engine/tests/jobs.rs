@@ -585,3 +585,76 @@ async fn a_jobs_instance_is_charged_to_its_organisation_and_submitter() {
     assert_eq!(org.budget.balance, "5".parse::<Money>().unwrap() - charged);
     h.stop().await;
 }
+
+/// An agent keeps only what its job's `artifacts` name (a file, or one
+/// under a directory named), only while its attempt is under way, and
+/// only inside the work directory.
+#[tokio::test(start_paused = true)]
+async fn an_agent_keeps_only_its_jobs_artifacts() {
+    let cloud = FakeCloud::new(FakeConfig::default());
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let mut h = Harness::start(cloud, store.clone(), config()).await;
+    assert!(h.engine.set_attempt_boot(Arc::new(FakeBoot)));
+    let kept = tempfile::tempdir().unwrap();
+    let control = h
+        .control
+        .clone()
+        .with_artifacts(Arc::new(flotilla_store::LocalArtifacts::new(kept.path())));
+    let id = submit(
+        &control,
+        serde_json::json!({
+            "name": "build", "script": "true", "max_runtime": "5m",
+            "artifacts": ["out/report.txt", "out/dir"],
+        }),
+    )
+    .await;
+    let (attempt, token, _) = made(&store, id).await;
+    control
+        .attempt_report(id, attempt, &token, AgentReport::Running)
+        .await
+        .unwrap();
+    let put = |path: &'static str| {
+        let control = control.clone();
+        let token = token.clone();
+        async move {
+            control
+                .attempt_file(id, attempt, &token, path, b"x".to_vec())
+                .await
+        }
+    };
+    assert_eq!(put("out/report.txt").await.unwrap(), "out/report.txt");
+    assert_eq!(put("./out/dir//a/b.txt").await.unwrap(), "out/dir/a/b.txt");
+    for refused in [
+        "out/other.txt",
+        "out/dirt",
+        "../etc/passwd",
+        "/etc/passwd",
+        "out/dir/../../x",
+    ] {
+        let e = put(refused).await.unwrap_err();
+        assert!(
+            matches!(e, flotilla_engine::EngineError::InvalidJob { .. }),
+            "{refused}: {e}"
+        );
+    }
+    let wrong = control
+        .attempt_file(id, attempt, "not-the-token", "out/report.txt", vec![])
+        .await;
+    assert!(wrong.is_err());
+    let admin = Caller::local_operator();
+    let (n, files) = control.job_files(&admin, id, None).await.unwrap();
+    assert_eq!(n, attempt);
+    let paths: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
+    assert_eq!(paths, ["out/dir/a/b.txt", "out/report.txt"]);
+
+    control
+        .attempt_report(id, attempt, &token, AgentReport::Exited { status: 0 })
+        .await
+        .unwrap();
+    let late = put("out/report.txt").await.unwrap_err();
+    assert!(
+        matches!(late, flotilla_engine::EngineError::Conflict(_)),
+        "{late}"
+    );
+    h.stop().await;
+}

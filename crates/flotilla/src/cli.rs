@@ -1921,6 +1921,72 @@ impl Client {
         }
     }
 
+    /// What an attempt of job `id` (the latest unless `attempt`) kept of
+    /// its `artifacts`.
+    pub async fn job_files(&self, id: u64, attempt: Option<u32>) -> Result<u8> {
+        let mut req = self.http.get(self.url(&format!("/api/v1/jobs/{id}/files")));
+        if let Some(a) = attempt {
+            req = req.query(&[("attempt", a)]);
+        }
+        let (files, raw) = self.send::<flotilla_api_types::JobFiles>(req).await?;
+        match self.output {
+            Output::Json => println!("{}", raw.trim()),
+            Output::Text => {
+                if files.attempt == 0 {
+                    println!("job {id} has not started: it kept nothing yet");
+                } else if files.files.is_empty() {
+                    println!("attempt {} kept no files", files.attempt);
+                }
+                for f in &files.files {
+                    println!("{:>12}  {}", f.size, f.path);
+                }
+            }
+        }
+        Ok(exit::OK)
+    }
+
+    /// The file at `path` that an attempt of job `id` kept, written to
+    /// `to` (standard output when none).
+    pub async fn job_file(
+        &self,
+        id: u64,
+        path: &str,
+        attempt: Option<u32>,
+        to: Option<&std::path::Path>,
+    ) -> Result<u8> {
+        let mut query: Vec<(&str, String)> = vec![("path", path.to_owned())];
+        if let Some(a) = attempt {
+            query.push(("attempt", a.to_string()));
+        }
+        let url = self.url(&format!("/api/v1/jobs/{id}/file"));
+        let req = self.authorised(self.http.get(&url).query(&query)).await?;
+        let resp = match req.send().await {
+            Ok(resp) if resp.status().is_success() => resp,
+            // The refusal as every command reports it.
+            _ => {
+                self.send_text(self.http.get(&url).query(&query)).await?;
+                return Err(Failure::new(exit::FAILED, "the file could not be read"));
+            }
+        };
+        let bytes = resp.bytes().await.map_err(|e| {
+            Failure::new(exit::UNREACHABLE, format!("reading the file failed: {e}"))
+        })?;
+        match to {
+            Some(file) => std::fs::write(file, &bytes).map_err(|e| {
+                Failure::new(
+                    exit::FAILED,
+                    format!("cannot write {}: {e}", file.display()),
+                )
+            })?,
+            None => {
+                let mut out = std::io::stdout().lock();
+                let _ = out.write_all(&bytes);
+                let _ = out.flush();
+            }
+        }
+        Ok(exit::OK)
+    }
+
     /// Runs job template `template` against `cluster` at `version`; with
     /// `wait`, follows it to its end (exit 0: passed, 1: failed).
     pub async fn job_run(

@@ -84,6 +84,9 @@ struct JobsSection {
     server_url: Option<String>,
     /// Where jobs' logs are kept; unset: `artifacts` in the data directory.
     artifacts_dir: Option<PathBuf>,
+    /// Jobs' logs in S3 instead (`[jobs.s3]`): what several servers on
+    /// several machines share.
+    s3: Option<flotilla_artifacts_s3::S3Settings>,
     /// Job templates (`flotilla test`, `flotilla release`): a job's fields
     /// with placeholders.
     templates: BTreeMap<String, toml::Table>,
@@ -102,6 +105,7 @@ impl Default for JobsSection {
             max_instances: d.max_instances,
             server_url: None,
             artifacts_dir: None,
+            s3: None,
             templates: BTreeMap::new(),
         }
     }
@@ -113,6 +117,23 @@ pub struct JobsConfig {
     pub server_url: Option<String>,
     /// None: `artifacts` in the data directory.
     pub artifacts_dir: Option<PathBuf>,
+    /// Jobs' logs in S3 instead of a directory.
+    pub s3: Option<flotilla_artifacts_s3::S3Settings>,
+}
+
+impl JobsConfig {
+    /// Where jobs' logs are kept, as people read it.
+    pub fn logs_at(&self, data_dir: &Path) -> String {
+        match &self.s3 {
+            Some(s3) => s3.url.clone(),
+            None => self
+                .artifacts_dir
+                .clone()
+                .unwrap_or_else(|| data_dir.join("artifacts"))
+                .display()
+                .to_string(),
+        }
+    }
 }
 
 /// `[http]`: the listener's limits.
@@ -639,11 +660,7 @@ impl Config {
             } else {
                 j.templates.keys().cloned().collect::<Vec<_>>().join(", ")
             },
-            self.jobs
-                .artifacts_dir
-                .clone()
-                .unwrap_or_else(|| self.data_dir.join("artifacts"))
-                .display()
+            self.jobs.logs_at(&self.data_dir)
         ));
         let ec2 = self.drivers.values().any(|d| d.kind() == "ec2");
         lines.push(match (&self.jobs.server_url, ec2) {
@@ -918,6 +935,16 @@ impl Config {
                 )));
             }
         }
+        if let Some(s3) = &j.s3 {
+            if j.artifacts_dir.is_some() {
+                return Err(invalid(
+                    "jobs: set artifacts_dir or [jobs.s3], not both (logs are kept in one place)"
+                        .into(),
+                ));
+            }
+            flotilla_artifacts_s3::parse_url(&s3.url)
+                .map_err(|e| invalid(format!("jobs.s3.url: {e}")))?;
+        }
         let job_defaults = flotilla_domain::JobDefaults {
             max_runtime: Some(j.max_runtime),
             max_max_runtime: j.max_max_runtime,
@@ -957,6 +984,7 @@ impl Config {
                 .as_ref()
                 .map(|u| u.trim_end_matches('/').to_owned()),
             artifacts_dir: j.artifacts_dir.clone().map(&from_file),
+            s3: j.s3.clone(),
         };
         let job_settings = flotilla_engine::JobSettings {
             defaults: job_defaults,

@@ -118,6 +118,40 @@ impl Agent {
         }
     }
 
+    /// Sends the file kept at `path`, retrying what may pass for up to
+    /// [`RETRY_FOR`].
+    async fn put_file(&self, path: &str, bytes: Vec<u8>) -> Result<(), String> {
+        let until = tokio::time::Instant::now() + RETRY_FOR;
+        let mut wait = Duration::from_millis(50);
+        loop {
+            let sent = self
+                .http
+                .put(format!("{}/file", self.url))
+                .query(&[("path", path)])
+                .header(TOKEN_HEADER, &self.token)
+                .body(bytes.clone())
+                .send()
+                .await;
+            let again = match sent {
+                Ok(r) if r.status().is_success() => return Ok(()),
+                Ok(r) if r.status().is_server_error() => r.status().to_string(),
+                Ok(r) => {
+                    let status = r.status();
+                    return Err(format!(
+                        "the server refused it: {status}: {}",
+                        r.text().await.unwrap_or_default()
+                    ));
+                }
+                Err(e) => e.to_string(),
+            };
+            if tokio::time::Instant::now() + wait > until {
+                return Err(format!("cannot send it: {again}"));
+            }
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_secs(2));
+        }
+    }
+
     /// Sends `lines` as the next chunk of the log.
     async fn send(&mut self, lines: Vec<LogLine>) -> Result<AgentAnswer, String> {
         let report = AgentReport::Log {
@@ -128,6 +162,85 @@ impl Agent {
         self.next_chunk += 1;
         Ok(answer)
     }
+}
+
+/// The largest file kept (as the server takes).
+const MAX_FILE: u64 = 64 * 1024 * 1024;
+
+/// The files under `root` (itself, if a file), as (where it is, the path
+/// it is kept under: `kept` and its path below `root`). Links are not
+/// followed: noted in `skipped`.
+fn files_under(root: &Path, kept: &str, skipped: &mut Vec<String>) -> Vec<(PathBuf, String)> {
+    let mut found = Vec::new();
+    let mut todo = vec![(root.to_path_buf(), kept.to_owned())];
+    while let Some((path, name)) = todo.pop() {
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if meta.file_type().is_symlink() {
+            skipped.push(format!("{name}: a link, not followed"));
+        } else if meta.is_dir() {
+            if let Ok(entries) = std::fs::read_dir(&path) {
+                for entry in entries.flatten() {
+                    let child = entry.file_name().to_string_lossy().into_owned();
+                    todo.push((entry.path(), format!("{name}/{child}")));
+                }
+            }
+        } else if meta.len() > MAX_FILE {
+            skipped.push(format!(
+                "{name}: {} bytes, more than the {} MiB a kept file may have",
+                meta.len(),
+                MAX_FILE / (1024 * 1024)
+            ));
+        } else {
+            found.push((path, name));
+        }
+    }
+    found.sort_by(|a, b| a.1.cmp(&b.1));
+    found
+}
+
+/// Sends the files of the job's `artifacts` its script left in `dir` (a
+/// directory named: every file under it), and says in the log what was
+/// kept, and what was not and why.
+async fn keep_files(agent: &mut Agent, dir: &Path, entries: &[String]) -> Result<(), String> {
+    let mut notes = Vec::new();
+    for entry in entries {
+        let Some(kept) = flotilla_domain::kept_path(entry) else {
+            continue;
+        };
+        let mut skipped = Vec::new();
+        let files = files_under(&dir.join(&kept), &kept, &mut skipped);
+        if files.is_empty() && skipped.is_empty() {
+            notes.push(format!("artifact {entry}: not found"));
+        }
+        notes.extend(skipped.into_iter().map(|s| format!("not kept: {s}")));
+        for (path, name) in files {
+            let sent = match tokio::fs::read(&path).await {
+                Ok(bytes) => {
+                    let size = bytes.len();
+                    agent
+                        .put_file(&name, bytes)
+                        .await
+                        .map(|()| format!("kept {name} ({size} bytes)"))
+                }
+                Err(e) => Err(format!("cannot read it: {e}")),
+            };
+            notes.push(sent.unwrap_or_else(|e| format!("not kept: {name}: {e}")));
+        }
+    }
+    if notes.is_empty() {
+        return Ok(());
+    }
+    let lines = notes
+        .into_iter()
+        .map(|text| LogLine {
+            at: Utc::now(),
+            stream: "agent".to_owned(),
+            text,
+        })
+        .collect();
+    agent.send(lines).await.map(|_| ())
 }
 
 /// `text` with each of `secrets` (the longest first) hidden.
@@ -394,6 +507,7 @@ pub async fn run(server: &str, job: u64, attempt: u32, token: String) -> Result<
     if !buffer.is_empty() {
         agent.send(buffer).await?;
     }
+    keep_files(&mut agent, &dir, &work.artifacts).await?;
     let status = status.expect("exited");
     let code = status.code().unwrap_or_else(|| {
         use std::os::unix::process::ExitStatusExt;

@@ -428,6 +428,24 @@ enum JobCommand {
         #[arg(long)]
         attempt: Option<u32>,
     },
+    /// The files an attempt kept of the job's `artifacts` (its latest
+    /// attempt's unless --attempt).
+    Files {
+        id: u64,
+        #[arg(long)]
+        attempt: Option<u32>,
+    },
+    /// One file an attempt kept, to standard output or --to FILE.
+    File {
+        id: u64,
+        /// As `job files` lists it.
+        path: String,
+        #[arg(long)]
+        attempt: Option<u32>,
+        /// Write it here instead.
+        #[arg(long)]
+        to: Option<PathBuf>,
+    },
     /// Cancel a job: one queued ends at once, one running is stopped.
     Cancel { id: u64 },
     /// Run a job template of the server's config against CLUSTER at
@@ -1091,6 +1109,13 @@ fn main() -> ExitCode {
                             follow,
                             attempt,
                         } => client.job_logs(id, attempt, follow).await.map(|_| exit::OK),
+                        JobCommand::Files { id, attempt } => client.job_files(id, attempt).await,
+                        JobCommand::File {
+                            id,
+                            path,
+                            attempt,
+                            to,
+                        } => client.job_file(id, &path, attempt, to.as_deref()).await,
                         JobCommand::Cancel { id } => client.job_cancel(id).await,
                         JobCommand::Run {
                             template,

@@ -353,6 +353,32 @@ pub async fn run(config: Config, admin_password: Option<String>) -> anyhow::Resu
         kinds,
         agent_sha256: agent.as_ref().map(|a| a.sha256.clone()),
     }));
+    let artifacts: Arc<dyn flotilla_store::ArtifactStore> = match &config.jobs.s3 {
+        Some(s3) => {
+            let store = flotilla_artifacts_s3::S3Artifacts::open(s3)
+                .await
+                .map_err(|e| anyhow::anyhow!("jobs.s3: {e}"))?;
+            // Said, not refused: S3 may be back before the first job.
+            let checked = tokio::time::timeout(Duration::from_secs(10), store.check())
+                .await
+                .unwrap_or_else(|_| Err("no answer within 10s".to_owned()));
+            if let Err(e) = checked {
+                tracing::warn!(error = %e, "jobs' logs cannot be kept in S3 for now");
+                eprintln!(
+                    "warning: jobs' logs cannot be kept in {} for now: {e}",
+                    store.url()
+                );
+            }
+            Arc::new(store)
+        }
+        None => Arc::new(flotilla_store::LocalArtifacts::new(
+            config
+                .jobs
+                .artifacts_dir
+                .clone()
+                .unwrap_or_else(|| config.data_dir.join("artifacts")),
+        )),
+    };
     let leading = if engine.leading() {
         "leading"
     } else {
@@ -385,13 +411,7 @@ pub async fn run(config: Config, admin_password: Option<String>) -> anyhow::Resu
     let app = flotilla_api::router(AppState {
         control: flotilla_control::Control::new(engine.clone(), config.catalog.clone())
             .with_agent(agent)
-            .with_artifacts(Arc::new(flotilla_store::LocalArtifacts::new(
-                config
-                    .jobs
-                    .artifacts_dir
-                    .clone()
-                    .unwrap_or_else(|| config.data_dir.join("artifacts")),
-            ))),
+            .with_artifacts(artifacts),
         engine: engine.clone(),
         identity,
         limits,

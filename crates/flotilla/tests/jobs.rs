@@ -437,3 +437,73 @@ fn odd_output_and_background_processes_do_not_change_the_verdict() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// What a job's `artifacts` name is kept when its script ends: a file as
+/// itself, a directory as every file under it (links not followed), and
+/// the log says what was kept and what was not found; `job files` lists
+/// them and `job file` gives one back.
+#[test]
+fn a_jobs_artifacts_are_kept_and_given_back() {
+    let sandbox = Sandbox::new();
+    let dir = sandbox.path();
+    let server = Server::start(&dir);
+    let file = write(
+        &dir,
+        "build.toml",
+        r#"name = "build"
+script = "mkdir -p out/dir/deep && echo report > out/report.txt && printf abc > out/dir/deep/a.bin && ln -s /etc/passwd out/dir/link"
+max_runtime = "5m"
+artifacts = ["out/report.txt", "out/dir", "missing.txt"]
+"#,
+    );
+    let out = server.cli(&["job", "submit", &file, "--wait"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        code(&out),
+        0,
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for said in [
+        "kept out/report.txt (7 bytes)",
+        "kept out/dir/deep/a.bin (3 bytes)",
+        "not kept: out/dir/link: a link, not followed",
+        "artifact missing.txt: not found",
+    ] {
+        assert!(stdout.contains(said), "{said}: {stdout}");
+    }
+
+    let out = server.cli(&["job", "files", "1"]);
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    let paths: Vec<&str> = listed
+        .lines()
+        .map(|l| l.split_whitespace().last().unwrap())
+        .collect();
+    assert_eq!(paths, ["out/dir/deep/a.bin", "out/report.txt"], "{listed}");
+
+    let out = server.cli(&["job", "file", "1", "out/report.txt"]);
+    assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.stdout, b"report\n");
+    let to = dir.join("a.bin");
+    let out = server.cli(&[
+        "job",
+        "file",
+        "1",
+        "out/dir/deep/a.bin",
+        "--attempt",
+        "1",
+        "--to",
+        to.to_str().unwrap(),
+    ]);
+    assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::read(&to).unwrap(), b"abc");
+
+    let out = server.cli(&["job", "file", "1", "missing.txt"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(code(&out), 0);
+    assert!(
+        stderr.contains("kept no file \"missing.txt\"") && stderr.contains("flotilla job files 1"),
+        "{stderr}"
+    );
+}

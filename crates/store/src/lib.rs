@@ -37,7 +37,7 @@ use flotilla_domain::{
 pub use accounts::{
     account_change, left_with_account, AccountRecord, AccountStore, RefreshTokenRecord, Rotation,
 };
-pub use artifacts::{ArtifactStore, LocalArtifacts};
+pub use artifacts::{checked_path, ArtifactStore, KeptFile, LocalArtifacts};
 pub use flotilla_domain::CostRow;
 pub use jobs::{
     next_job, step_change, submitted, AttemptRecord, JobId, JobRecord, JobStep, JobStore,
