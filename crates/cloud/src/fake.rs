@@ -152,6 +152,8 @@ struct World {
     endings: BTreeSet<(Instant, InstanceId)>,
     /// The destroy delay `endings` was computed with.
     endings_delay: Duration,
+    /// Left out of their set's next listing.
+    hidden: BTreeSet<InstanceId>,
 }
 
 impl FakeInstance {
@@ -240,6 +242,7 @@ impl FakeCloud {
                 holds: HashMap::new(),
                 endings: BTreeSet::new(),
                 endings_delay: Duration::ZERO,
+                hidden: BTreeSet::new(),
             })),
             clock: TokioClock::default(),
         }
@@ -286,6 +289,12 @@ impl FakeCloud {
     /// The node vanishes from the cloud, as after a hardware failure.
     pub fn kill(&self, id: &InstanceId) {
         self.world.lock().unwrap().instances.remove(id);
+    }
+
+    /// The node is left out of its set's next listing, as an eventually
+    /// consistent cloud (EC2) may leave out an instance just made.
+    pub fn hide_once(&self, id: &InstanceId) {
+        self.world.lock().unwrap().hidden.insert(id.clone());
     }
 
     /// The node stays listed but stops answering probes.
@@ -508,11 +517,29 @@ impl InstanceSet for FakeInstanceSet {
         let listed: Vec<Arc<Instance>> = {
             let mut w = self.cloud.world.lock().unwrap();
             self.enter(&mut w, FakeOp::List, now)?;
-            w.instances
+            let listed: Vec<Arc<Instance>> = w
+                .instances
                 .values()
                 .filter(|i| i.instance.instance_set() == Some(self.id.as_str()))
+                .filter(|i| !w.hidden.contains(&i.instance.id))
                 .map(|i| Arc::clone(&i.instance))
-                .collect()
+                .collect();
+            let set = self.id.as_str();
+            let instances = &w.instances;
+            let mine: Vec<InstanceId> = w
+                .hidden
+                .iter()
+                .filter(|id| {
+                    instances
+                        .get(*id)
+                        .is_none_or(|i| i.instance.instance_set() == Some(set))
+                })
+                .cloned()
+                .collect();
+            for id in mine {
+                w.hidden.remove(&id);
+            }
+            listed
         };
         Ok(listed
             .iter()

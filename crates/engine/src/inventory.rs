@@ -186,6 +186,9 @@ pub struct SetInventory {
     /// it may not have seen. A counter, not a clock: two events can share an
     /// instant, and a paused test clock makes them all share one.
     creates: u64,
+    /// Counts the listings applied, so that the job runner can tell one
+    /// listing's miss from two (see `jobs::missing_twice`).
+    pub listings: u64,
 }
 
 /// Where the inventory stood when a listing began; see [`SetInventory::listing_mark`].
@@ -294,6 +297,7 @@ impl SetInventory {
             self.quota_blocked_at = None;
         }
         self.listed = true;
+        self.listings += 1;
         (changed, replaced)
     }
 

@@ -121,6 +121,9 @@ pub(crate) struct JobRunner {
     /// The job instances whose meters were last moved this term; none
     /// before the first time.
     metered: Mutex<Option<BTreeSet<InstanceId>>>,
+    /// The instances of attempts under way that the inventory lacks, with
+    /// its driver's listing count when that was first seen.
+    missing: Mutex<HashMap<InstanceId, u64>>,
 }
 
 impl JobRunner {
@@ -236,6 +239,18 @@ async fn pass(shared: &Shared, fence: Fence) -> Result<(), StoreError> {
             }
             None => queued.push(job),
         }
+    }
+    {
+        let under_way: std::collections::HashSet<&InstanceId> = live
+            .iter()
+            .filter_map(|j| j.live_attempt()?.instance.as_ref())
+            .collect();
+        shared
+            .jobs
+            .missing
+            .lock()
+            .unwrap()
+            .retain(|id, _| under_way.contains(id));
     }
     // What is left is no attempt's under way: its attempt ended (the
     // agent reported, or the runner ended it) or its job is gone. A failed
@@ -386,8 +401,11 @@ async fn tend(
     if let Some(end) = must_end(shared, job, &spec, a, now) {
         return end_attempt(shared, fence, job, a, end, Some(&spec), instance).await;
     }
-    if a.instance.is_some() {
+    if let Some(id) = &a.instance {
         if instance.is_none() {
+            if !missing_twice(shared, a, id) {
+                return Ok(());
+            }
             // Made, and gone from the cloud's listing while its attempt was
             // under way: taken back (spot), or lost.
             let end = if a.market == flotilla_domain::Market::Spot {
@@ -398,6 +416,7 @@ async fn tend(
             tracing::info!(job = job.id, attempt = a.attempt, %end, "an attempt's instance is gone");
             return end_attempt(shared, fence, job, a, end, Some(&spec), None).await;
         }
+        shared.jobs.missing.lock().unwrap().remove(id);
         return Ok(());
     }
     match instance {
@@ -417,6 +436,28 @@ async fn tend(
         None => create(shared, fence, job, a, &spec).await?,
     }
     Ok(())
+}
+
+/// Whether attempt `a`'s instance `id`, which the inventory lacks now,
+/// has been missing from two listings in a row: a cloud whose listing is
+/// eventually consistent (EC2's) may leave a new instance out of one, and
+/// ending its attempt for that would make a second instance for nothing.
+fn missing_twice(shared: &Shared, a: &AttemptRecord, id: &InstanceId) -> bool {
+    let listings = shared.pools.get(&a.pool).and_then(|pool| {
+        shared
+            .inventory
+            .lock()
+            .unwrap()
+            .get(&pool.driver)
+            .map(|set| set.listings)
+    });
+    // Its pool is gone: nothing will list it again.
+    let Some(now) = listings else {
+        return true;
+    };
+    let mut missing = shared.jobs.missing.lock().unwrap();
+    let first = *missing.entry(id.clone()).or_insert(now);
+    now > first
 }
 
 /// Ends attempt `a` with `end` (destroying its instance) and moves the

@@ -328,8 +328,9 @@ async fn made(store: &Arc<dyn Store>, id: u64) -> (u32, String, flotilla_domain:
 }
 
 /// The instance of a job whose script failed is kept while its
-/// `keep_on_failure` lasts, then goes; an instance that vanishes under a
-/// running attempt ends it at once (lost), and it is tried again.
+/// `keep_on_failure` lasts, then goes; an instance left out of one listing
+/// is not taken for gone; one that vanishes under a running attempt ends
+/// it after the next listing (lost), and it is tried again.
 #[tokio::test(start_paused = true)]
 async fn a_failed_attempts_instance_is_kept_and_a_vanished_one_is_retried() {
     let cloud = FakeCloud::new(FakeConfig::default());
@@ -371,6 +372,34 @@ async fn a_failed_attempts_instance_is_kept_and_a_vanished_one_is_retried() {
         "gone once keep_on_failure ran out"
     );
 
+    // Left out of one listing (as EC2 may leave out an instance just
+    // made), it is not taken for gone.
+    let hidden = submit(
+        &h.control,
+        serde_json::json!({"name": "hidden-once", "script": "true", "max_runtime": "5m"}),
+    )
+    .await;
+    let (attempt, token, instance) = made(&store, hidden).await;
+    h.control
+        .attempt_report(hidden, attempt, &token, AgentReport::Running)
+        .await
+        .unwrap();
+    cloud.hide_once(&instance);
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        h.control
+            .attempt_report(hidden, attempt, &token, AgentReport::Heartbeat)
+            .await
+            .unwrap();
+    }
+    let job = store.job(hidden).await.unwrap().unwrap();
+    assert_eq!(job.attempts.len(), 1, "{job:?}");
+    assert_eq!(job.state, JobState::Running);
+    h.control
+        .attempt_report(hidden, attempt, &token, AgentReport::Exited { status: 0 })
+        .await
+        .unwrap();
+
     let vanishing = submit(
         &h.control,
         serde_json::json!({"name": "vanishing", "script": "true", "max_runtime": "5m"}),
@@ -382,8 +411,9 @@ async fn a_failed_attempts_instance_is_kept_and_a_vanished_one_is_retried() {
         .await
         .unwrap();
     cloud.kill(&instance);
-    // Within a resync, well before the heartbeat timeout (30 s).
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    // Missing from two listings (resyncs every 10 s), well before the
+    // heartbeat timeout (30 s).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(25);
     loop {
         let job = store.job(vanishing).await.unwrap().unwrap();
         if job.attempts.len() == 2 {
