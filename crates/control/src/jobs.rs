@@ -77,8 +77,13 @@ async fn queue(
     document: JobDocument,
 ) -> Result<JobId, EngineError> {
     let engine = control.engine();
+    let config = engine.config();
     let spec = document
-        .spec(&engine.config().jobs.defaults)
+        .spec(
+            &config
+                .levels
+                .job_defaults(caller.level, &config.jobs.defaults),
+        )
         .map_err(|problems| EngineError::InvalidJob { problems })?;
     let default_pool = [engine.default_pool().clone()];
     let pools = if spec.pools.is_empty() {

@@ -155,6 +155,10 @@ pub struct LevelLimits {
     pub max_nodes: u32,
     /// Longest time-to-live of a deploy.
     pub max_ttl: Duration,
+    /// The longest a job's `keep_on_failure` may keep a failed attempt's
+    /// instance; none: as long as the server's `[jobs]
+    /// max_keep_on_failure`.
+    pub max_keep_on_failure: Option<Duration>,
 }
 
 /// The per-level limits, from config `[levels.*]`.
@@ -172,10 +176,12 @@ impl Default for LevelPolicy {
             github_member: LevelLimits {
                 max_nodes: 0,
                 max_ttl: Duration::from_secs(3600),
+                max_keep_on_failure: None,
             },
             org_member: LevelLimits {
                 max_nodes: 10,
                 max_ttl: Duration::from_secs(12 * 3600),
+                max_keep_on_failure: None,
             },
         }
     }
@@ -190,6 +196,16 @@ impl LevelPolicy {
             Level::OrgMember => Some(self.org_member),
             Level::Anonymous | Level::Admin => None,
         }
+    }
+
+    /// The job defaults and bounds a caller at `level` submits under: the
+    /// server's, with `keep_on_failure` bounded by the level's too.
+    pub fn job_defaults(&self, level: Level, server: &crate::JobDefaults) -> crate::JobDefaults {
+        let mut defaults = *server;
+        if let Some(max) = self.limits(level).and_then(|l| l.max_keep_on_failure) {
+            defaults.max_keep_on_failure = defaults.max_keep_on_failure.min(max);
+        }
+        defaults
     }
 }
 
@@ -555,6 +571,43 @@ pub fn authorize_pool_write(
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_levels_keep_on_failure_bounds_the_servers() {
+        let server = crate::JobDefaults {
+            max_keep_on_failure: Duration::from_secs(3600),
+            ..crate::JobDefaults::default()
+        };
+        let mut policy = LevelPolicy::default();
+        policy.org_member.max_keep_on_failure = Some(Duration::from_secs(600));
+        let keep =
+            |policy: &LevelPolicy, level| policy.job_defaults(level, &server).max_keep_on_failure;
+        assert_eq!(keep(&policy, Level::OrgMember), Duration::from_secs(600));
+        assert_eq!(keep(&policy, Level::Admin), Duration::from_secs(3600));
+        assert_eq!(
+            keep(&policy, Level::GithubMember),
+            Duration::from_secs(3600)
+        );
+        policy.org_member.max_keep_on_failure = Some(Duration::from_secs(7200));
+        assert_eq!(
+            keep(&policy, Level::OrgMember),
+            Duration::from_secs(3600),
+            "never longer than the server's"
+        );
+        let document: crate::JobDocument = serde_json::from_value(serde_json::json!({
+            "name": "debug", "script": "false", "max_runtime": "5m", "keep_on_failure": "30m",
+        }))
+        .unwrap();
+        policy.org_member.max_keep_on_failure = Some(Duration::from_secs(600));
+        let refused = document
+            .spec(&policy.job_defaults(Level::OrgMember, &server))
+            .unwrap_err();
+        assert_eq!(refused[0].pointer, "/keep_on_failure");
+        assert!(document
+            .spec(&policy.job_defaults(Level::Admin, &server))
+            .is_ok());
+    }
+
     use super::*;
 
     #[test]

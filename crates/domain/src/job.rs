@@ -427,7 +427,7 @@ impl JobDocument {
             problems.push(Problem::at(
                 "keep_on_failure",
                 format!(
-                    "{} is longer than this server keeps a failed attempt's instance ({})",
+                    "{} is longer than a failed attempt's instance may be kept for you ({})",
                     humantime::format_duration(keep),
                     humantime::format_duration(defaults.max_keep_on_failure)
                 ),

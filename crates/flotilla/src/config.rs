@@ -320,6 +320,10 @@ struct DeployingLevel {
     max_nodes: Option<u32>,
     #[serde(default, with = "humantime_serde")]
     max_ttl: Option<Duration>,
+    /// The longest a job's `keep_on_failure` may be at this level (at
+    /// most `[jobs] max_keep_on_failure`, which applies when unset).
+    #[serde(default, with = "humantime_serde")]
+    max_keep_on_failure: Option<Duration>,
     requests_per_minute: Option<u32>,
 }
 
@@ -1141,6 +1145,9 @@ fn level_policy(levels: &LevelsSection) -> Result<LevelPolicy, String> {
                 .and_then(|s| s.max_nodes)
                 .unwrap_or(default.max_nodes),
             max_ttl: section.and_then(|s| s.max_ttl).unwrap_or(default.max_ttl),
+            max_keep_on_failure: section
+                .and_then(|s| s.max_keep_on_failure)
+                .or(default.max_keep_on_failure),
         };
         if limits.max_ttl.is_zero() {
             return Err(format!("levels.{name}.max_ttl must be above zero"));
@@ -1513,7 +1520,7 @@ image = "ami-12c6146b"
         assert_eq!(c.engine.levels, LevelPolicy::default());
         let c = Config::parse(
             "[auth]\naccess_token_ttl = \"5m\"\n[github]\norg = \"acme\"\napi_url = \"https://ghe.example.com/api/v3/\"\n\
-             [levels.org_member]\nmax_nodes = 4\nmax_ttl = \"2h\"\n[levels.anonymous]\nrequests_per_minute = 5\n",
+             [levels.org_member]\nmax_nodes = 4\nmax_ttl = \"2h\"\nmax_keep_on_failure = \"10m\"\n[levels.anonymous]\nrequests_per_minute = 5\n",
             "x",
         )
         .unwrap();
@@ -1525,6 +1532,10 @@ image = "ami-12c6146b"
         assert_eq!(
             c.engine.levels.org_member.max_ttl,
             Duration::from_secs(7200)
+        );
+        assert_eq!(
+            c.engine.levels.org_member.max_keep_on_failure,
+            Some(Duration::from_secs(600))
         );
         assert_eq!(
             c.engine.levels.github_member,
