@@ -233,6 +233,15 @@ async fn pass(shared: &Shared, fence: Fence) -> Result<(), StoreError> {
             Some(attempt) => {
                 busy += 1;
                 let instance = instances.remove(&(job.id, attempt.attempt));
+                if let Some(by) = job.org.as_ref().and_then(|o| shut_down(shared, job, o)) {
+                    // Its organisation's budget ran out: stopped, as its
+                    // cluster is; the next pass ends the attempt.
+                    tracing::info!(job = job.id, %by, "stopping a job whose organisation ran out of money");
+                    if let Err(e) = step(shared, fence, job, JobStep::Cancel { by }).await {
+                        tracing::warn!(job = job.id, error = %e, "stopping a job failed");
+                    }
+                    continue;
+                }
                 if let Err(e) = tend(shared, fence, job, attempt, instance, now).await {
                     tracing::warn!(job = job.id, attempt = attempt.attempt, error = %e, "looking after a job's attempt failed");
                 }
@@ -839,6 +848,21 @@ async fn start_queued(shared: &Shared, fence: Fence, queued: &[&JobRecord], slot
             }
         }
     }
+}
+
+/// Who stops `job`, under way and charged to `org`, if its organisation's
+/// budget ran out (a shutdown, as for its cluster) and nobody asked
+/// already.
+fn shut_down(shared: &Shared, job: &JobRecord, org: &flotilla_domain::OrgName) -> Option<String> {
+    if job.cancel_by.is_some() {
+        return None;
+    }
+    let name = ClusterName::new(org.as_str()).ok()?;
+    shared
+        .orgs
+        .get(&name)
+        .filter(|o| o.budget.exhausted_at.is_some())
+        .map(|_| format!("the budget shutdown of organisation {org}"))
 }
 
 /// Why a job charged to `org` cannot start now, if its budget is spent

@@ -688,3 +688,59 @@ async fn an_agent_keeps_only_its_jobs_artifacts() {
     );
     h.stop().await;
 }
+
+/// A job under way whose organisation runs out of money is stopped, as its
+/// cluster is: cancelled, saying why, its instance destroyed.
+#[tokio::test(start_paused = true)]
+async fn a_running_job_stops_when_its_organisation_runs_out_of_money() {
+    use flotilla_control::CreditOrg;
+    use flotilla_domain::{Level, Username};
+
+    let (mut h, store, lab) = lab_owned_by_ann(Some("5")).await;
+    let cloud = h.cloud.clone();
+    let id = h
+        .control
+        .run(
+            &Caller::signed_in(Username::new("ann").unwrap(), Level::OrgMember),
+            SubmitJob {
+                document: serde_json::from_value(serde_json::json!({
+                    "name": "long", "script": "sleep 600", "max_runtime": "1h", "org": "lab",
+                }))
+                .unwrap(),
+            },
+        )
+        .await
+        .unwrap()
+        .job
+        .id;
+    let (attempt, token, instance) = made(&store, id).await;
+    h.control
+        .attempt_report(id, attempt, &token, AgentReport::Running)
+        .await
+        .unwrap();
+    h.control
+        .run(
+            &Caller::local_operator(),
+            CreditOrg {
+                org: lab,
+                amount: "-5".parse().unwrap(),
+                reason: "taken back".into(),
+            },
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    let job = store.job(id).await.unwrap().unwrap();
+    assert_eq!(job.state, JobState::Cancelled, "{job:?}");
+    assert_eq!(
+        job.reason.as_deref(),
+        Some("cancelled by the budget shutdown of organisation lab")
+    );
+    assert_eq!(job.attempts[0].end, Some(AttemptEnd::Cancelled));
+    let listed = cloud.instance_set(SET_ID).list(&Tags::new()).await.unwrap();
+    assert!(
+        !listed.iter().any(|i| i.id == instance),
+        "its instance is destroyed"
+    );
+    h.stop().await;
+}
