@@ -94,7 +94,7 @@ pub enum EngineError {
     },
     #[error("no job {0}; `flotilla job list` shows yours")]
     UnknownJob(u64),
-    #[error("job {job}'s attempt {attempt} kept no file {path:?}; `flotilla job files {job}` lists what it kept")]
+    #[error("job {job}'s attempt {attempt} kept no file {path:?}; `flotilla job files {job} [--attempt N]` lists what an attempt kept")]
     NoSuchFile {
         job: u64,
         attempt: u32,

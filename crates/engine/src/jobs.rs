@@ -180,6 +180,8 @@ pub(crate) async fn run(shared: Arc<Shared>) {
 async fn term(shared: Arc<Shared>, fence: Fence) {
     *shared.jobs.term_began.lock().unwrap() = Some(shared.clock.now());
     *shared.jobs.metered.lock().unwrap() = None;
+    // A new term's inventory counts its listings from zero.
+    shared.jobs.missing.lock().unwrap().clear();
     loop {
         if let Err(e) = pass(&shared, fence).await {
             tracing::warn!(error = %e, "a pass over the jobs failed");
@@ -191,27 +193,34 @@ async fn term(shared: Arc<Shared>, fence: Fence) {
     }
 }
 
-/// The instance of each job attempt, with its driver, as the listings
-/// and creates have it; None until every set has been listed this term.
-fn job_instances(shared: &Shared) -> Option<HashMap<(JobId, u32), (String, Instance)>> {
+/// Every instance of a job attempt, with its attempt and its driver, as
+/// the listings and creates have them, and each driver's count of
+/// listings then; None until every set has been listed this term.
+type JobInstance = ((JobId, u32), (String, Instance));
+
+fn job_instances(shared: &Shared) -> Option<(Vec<JobInstance>, HashMap<String, u64>)> {
     let inv = shared.inventory.lock().unwrap();
     if inv.values().any(|s| !s.listed) {
         return None;
     }
-    Some(
-        inv.iter()
-            .flat_map(|(driver, set)| {
-                set.jobs.values().filter_map(|(instance, _)| {
-                    Some((instance.job()?, (driver.clone(), instance.clone())))
-                })
+    let listings = inv
+        .iter()
+        .map(|(driver, set)| (driver.clone(), set.listings))
+        .collect();
+    let all = inv
+        .iter()
+        .flat_map(|(driver, set)| {
+            set.jobs.values().filter_map(|(instance, _)| {
+                Some((instance.job()?, (driver.clone(), instance.clone())))
             })
-            .collect(),
-    )
+        })
+        .collect();
+    Some((all, listings))
 }
 
 /// One pass over every job not ended.
 async fn pass(shared: &Shared, fence: Fence) -> Result<(), StoreError> {
-    let Some(mut instances) = job_instances(shared) else {
+    let Some((all, listings)) = job_instances(shared) else {
         return Ok(());
     };
     let live = shared.store.live_jobs().await?;
@@ -224,7 +233,25 @@ async fn pass(shared: &Shared, fence: Fence) -> Result<(), StoreError> {
             .unwrap()
             .retain(|id, _| ids.contains(id));
     }
-    meter(shared, fence, &instances, &live).await;
+    meter(shared, fence, &all, &live).await;
+    // One instance an attempt: the one its record names first. Another
+    // (a create that made one although it answered with an error, and was
+    // asked again) is a duplicate, destroyed.
+    let recorded: std::collections::HashSet<&InstanceId> = live
+        .iter()
+        .filter_map(|j| j.live_attempt()?.instance.as_ref())
+        .collect();
+    let mut all = all;
+    all.sort_by_key(|(_, (_, i))| !recorded.contains(&i.id));
+    let mut instances: HashMap<(JobId, u32), (String, Instance)> = HashMap::new();
+    for (key, (driver, instance)) in all {
+        if let std::collections::hash_map::Entry::Vacant(slot) = instances.entry(key) {
+            slot.insert((driver, instance));
+        } else {
+            tracing::warn!(job = key.0, attempt = key.1, instance = %instance.id, "destroying a second instance of one attempt");
+            destroy(shared, &driver, &instance.id).await;
+        }
+    }
     let now = shared.clock.now();
     let mut busy = 0;
     let mut queued = Vec::new();
@@ -242,7 +269,7 @@ async fn pass(shared: &Shared, fence: Fence) -> Result<(), StoreError> {
                     }
                     continue;
                 }
-                if let Err(e) = tend(shared, fence, job, attempt, instance, now).await {
+                if let Err(e) = tend(shared, fence, job, attempt, instance, &listings, now).await {
                     tracing::warn!(job = job.id, attempt = attempt.attempt, error = %e, "looking after a job's attempt failed");
                 }
             }
@@ -282,13 +309,8 @@ async fn pass(shared: &Shared, fence: Fence) -> Result<(), StoreError> {
 /// longer listed, whenever the set of job instances changed (and first
 /// thing in a term): a job's node-seconds are charged like a cluster's
 /// node's, kept-for-debugging and orphaned instances included.
-async fn meter(
-    shared: &Shared,
-    fence: Fence,
-    instances: &HashMap<(JobId, u32), (String, Instance)>,
-    live: &[JobRecord],
-) {
-    let ids: BTreeSet<InstanceId> = instances.values().map(|(_, i)| i.id.clone()).collect();
+async fn meter(shared: &Shared, fence: Fence, instances: &[JobInstance], live: &[JobRecord]) {
+    let ids: BTreeSet<InstanceId> = instances.iter().map(|(_, (_, i))| i.id.clone()).collect();
     let first = {
         let metered = shared.jobs.metered.lock().unwrap();
         if metered.as_ref() == Some(&ids) {
@@ -298,7 +320,7 @@ async fn meter(
     };
     let live: HashMap<JobId, &JobRecord> = live.iter().map(|j| (j.id, j)).collect();
     let mut listed = Vec::new();
-    for (&(job, attempt), (_, instance)) in instances {
+    for &((job, attempt), (_, ref instance)) in instances {
         // An instance of a job ended (kept for debugging, or not destroyed
         // yet) is read from the store.
         let read;
@@ -389,6 +411,7 @@ async fn tend(
     job: &JobRecord,
     a: &AttemptRecord,
     instance: Option<(String, Instance)>,
+    listings: &HashMap<String, u64>,
     now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
     let spec = match spec_cached(shared, job) {
@@ -412,7 +435,7 @@ async fn tend(
     }
     if let Some(id) = &a.instance {
         if instance.is_none() {
-            if !missing_twice(shared, a, id) {
+            if !missing_twice(shared, a, id, listings) {
                 return Ok(());
             }
             // Made, and gone from the cloud's listing while its attempt was
@@ -451,15 +474,16 @@ async fn tend(
 /// has been missing from two listings in a row: a cloud whose listing is
 /// eventually consistent (EC2's) may leave a new instance out of one, and
 /// ending its attempt for that would make a second instance for nothing.
-fn missing_twice(shared: &Shared, a: &AttemptRecord, id: &InstanceId) -> bool {
-    let listings = shared.pools.get(&a.pool).and_then(|pool| {
-        shared
-            .inventory
-            .lock()
-            .unwrap()
-            .get(&pool.driver)
-            .map(|set| set.listings)
-    });
+fn missing_twice(
+    shared: &Shared,
+    a: &AttemptRecord,
+    id: &InstanceId,
+    listings: &HashMap<String, u64>,
+) -> bool {
+    let listings = shared
+        .pools
+        .get(&a.pool)
+        .and_then(|pool| listings.get(&pool.driver).copied());
     // Its pool is gone: nothing will list it again.
     let Some(now) = listings else {
         return true;
@@ -646,6 +670,14 @@ async fn kept_for_debugging(shared: &Shared, job: JobId, attempt: u32, now: Date
     let Some(keep) = spec_of(&record).ok().and_then(|s| s.keep_on_failure) else {
         return false;
     };
+    // Not once its organisation's money ran out.
+    if record
+        .org
+        .as_ref()
+        .is_some_and(|o| org_shut_down(shared, o))
+    {
+        return false;
+    }
     record
         .attempts
         .iter()
@@ -854,15 +886,18 @@ async fn start_queued(shared: &Shared, fence: Fence, queued: &[&JobRecord], slot
 /// budget ran out (a shutdown, as for its cluster) and nobody asked
 /// already.
 fn shut_down(shared: &Shared, job: &JobRecord, org: &flotilla_domain::OrgName) -> Option<String> {
-    if job.cancel_by.is_some() {
+    if job.cancel_by.is_some() || !org_shut_down(shared, org) {
         return None;
     }
-    let name = ClusterName::new(org.as_str()).ok()?;
-    shared
-        .orgs
-        .get(&name)
-        .filter(|o| o.budget.exhausted_at.is_some())
-        .map(|_| format!("the budget shutdown of organisation {org}"))
+    Some(format!("the budget shutdown of organisation {org}"))
+}
+
+/// Whether `org`'s budget shutdown is under way.
+fn org_shut_down(shared: &Shared, org: &flotilla_domain::OrgName) -> bool {
+    ClusterName::new(org.as_str())
+        .ok()
+        .and_then(|name| shared.orgs.get(&name))
+        .is_some_and(|o| o.budget.exhausted_at.is_some())
 }
 
 /// Why a job charged to `org` cannot start now, if its budget is spent

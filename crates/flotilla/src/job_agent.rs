@@ -128,6 +128,8 @@ impl Agent {
                 .http
                 .put(format!("{}/file", self.url))
                 .query(&[("path", path)])
+                // A large file on a slow link takes longer than a report.
+                .timeout(RETRY_FOR)
                 .header(TOKEN_HEADER, &self.token)
                 .body(bytes.clone())
                 .send()
@@ -201,9 +203,32 @@ fn files_under(root: &Path, kept: &str, skipped: &mut Vec<String>) -> Vec<(PathB
 }
 
 /// Sends the files of the job's `artifacts` its script left in `dir` (a
-/// directory named: every file under it), and says in the log what was
-/// kept, and what was not and why.
+/// directory named: every file under it), reporting that it is alive
+/// meanwhile (however long the files take, the attempt is not taken for
+/// lost), then says in the log what was kept, and what was not and why.
 async fn keep_files(agent: &mut Agent, dir: &Path, entries: &[String]) -> Result<(), String> {
+    let lines = {
+        let sending = send_files(agent, dir, entries);
+        tokio::pin!(sending);
+        loop {
+            tokio::select! {
+                lines = &mut sending => break lines,
+                _ = tokio::time::sleep(HEARTBEAT) => {
+                    if let Err(e) = agent.report(&AgentReport::Heartbeat).await {
+                        tracing::warn!(error = %e, "cannot report to the server");
+                    }
+                }
+            }
+        }
+    };
+    if lines.is_empty() {
+        return Ok(());
+    }
+    agent.send(lines).await.map(|_| ())
+}
+
+/// [`keep_files`]' sending: what the log is to say of it.
+async fn send_files(agent: &Agent, dir: &Path, entries: &[String]) -> Vec<LogLine> {
     let mut notes = Vec::new();
     for entry in entries {
         let Some(kept) = flotilla_domain::kept_path(entry) else {
@@ -229,18 +254,14 @@ async fn keep_files(agent: &mut Agent, dir: &Path, entries: &[String]) -> Result
             notes.push(sent.unwrap_or_else(|e| format!("not kept: {name}: {e}")));
         }
     }
-    if notes.is_empty() {
-        return Ok(());
-    }
-    let lines = notes
+    notes
         .into_iter()
         .map(|text| LogLine {
             at: Utc::now(),
             stream: "agent".to_owned(),
             text,
         })
-        .collect();
-    agent.send(lines).await.map(|_| ())
+        .collect()
 }
 
 /// `text` with each of `secrets` (the longest first) hidden.

@@ -352,6 +352,7 @@ pub async fn run(config: Config, admin_password: Option<String>) -> anyhow::Resu
         server: agent_url,
         kinds,
         agent_sha256: agent.as_ref().map(|a| a.sha256.clone()),
+        server_url_set: config.jobs.server_url.is_some(),
     }));
     let artifacts: Arc<dyn flotilla_store::ArtifactStore> = match &config.jobs.s3 {
         Some(s3) => {
@@ -514,6 +515,9 @@ struct AgentBoot {
     /// The SHA-256 of the program served to instances on other machines,
     /// if there may be any.
     agent_sha256: Option<String>,
+    /// Whether `server` is `[jobs] server_url` (which instances on other
+    /// machines may reach) rather than the listen address.
+    server_url_set: bool,
 }
 
 /// `s` quoted for `sh`.
@@ -525,6 +529,10 @@ impl flotilla_engine::AttemptBoot for AgentBoot {
     fn init_data(&self, start: &flotilla_engine::AttemptStart<'_>) -> Result<String, String> {
         let (driver, job, attempt, token) = (start.driver, start.job, start.attempt, start.token);
         match self.kinds.get(driver).copied() {
+            Some("ec2") if !self.server_url_set => Err(format!(
+                "instances on EC2 cannot reach this server at its listen address ({}): set [jobs] server_url to an address they reach",
+                self.server
+            )),
             Some("ec2") => match &self.agent_sha256 {
                 Some(sha256) => Ok(flotilla_driver_ec2::user_data::job_agent(
                     &self.server,

@@ -56,9 +56,14 @@ team = "e2e"
 /// profile files, so the SDK's standard chain finds them there and never
 /// asks the instance metadata address.
 fn start(dir: &Path, config_text: &str) -> Server {
+    start_at(dir, config_text, "127.0.0.1:0")
+}
+
+/// [`start`], listening on `listen`.
+fn start_at(dir: &Path, config_text: &str, listen: &str) -> Server {
     let missing = dir.join("no-aws-files");
     let missing = missing.to_str().unwrap();
-    Server::start_with_env(
+    Server::start_listening(
         dir,
         config_text,
         &[
@@ -69,6 +74,7 @@ fn start(dir: &Path, config_text: &str) -> Server {
             ("AWS_CONFIG_FILE", missing),
             ("AWS_SHARED_CREDENTIALS_FILE", missing),
         ],
+        listen,
     )
 }
 
@@ -508,7 +514,41 @@ fn a_job_on_ec2_boots_its_agent_from_its_user_data() {
     let ec2 = Ec2::new(&moto);
     let sandbox = Sandbox::new();
     let dir = sandbox.path();
+    // Without [jobs] server_url, jobs on EC2 wait: its instances could not
+    // reach a listen address.
     let server = start(&dir, &config(&moto.endpoint, 3, 50));
+    let file = dir.join("job.toml");
+    std::fs::write(
+        &file,
+        "name = \"waits\"\nscript = \"true\"\nmax_runtime = \"5m\"\n",
+    )
+    .unwrap();
+    ok(&server.cli(&["job", "submit", file.to_str().unwrap()]));
+    wait_for("the job says why it waits", || {
+        let out = server.cli(&["--output", "json", "job", "show", "1"]);
+        let job: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        job["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("set [jobs] server_url"))
+    });
+    assert!(ec2.all().is_empty(), "no instance made for nothing");
+    drop(server);
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = sandbox.path().join("reachable");
+    std::fs::create_dir_all(&dir).unwrap();
+    let server = start_at(
+        &dir,
+        &format!(
+            "{}\n[jobs]\nserver_url = \"http://127.0.0.1:{port}\"\n",
+            config(&moto.endpoint, 3, 50)
+        ),
+        &format!("127.0.0.1:{port}"),
+    );
     let file = dir.join("job.toml");
     std::fs::write(
         &file,
