@@ -132,15 +132,20 @@ pub(crate) async fn on_job_listing(
     now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
     Lock::share_orgs(&mut *conn).await?;
-    let keys: Vec<String> = listed
-        .iter()
-        .map(|m| format!("{}/{}", m.cluster, m.id))
-        .collect();
+    let orgs: Vec<&str> = listed.iter().map(|m| m.cluster.as_str()).collect();
+    let ids: Vec<&str> = listed.iter().map(|m| m.id.as_str()).collect();
+    // The unsettled by the partial index, the listed settled ones by key:
+    // never a scan of every job meter ever kept.
     let rows: Vec<MeterRow> = sqlx::query_as(&format!(
-        "SELECT {METER_COLUMNS_NAMED} FROM {METERS_FROM} \
-         WHERE m.job IS NOT NULL AND (NOT m.settled OR m.org || '/' || m.id = ANY($1))"
+        "SELECT {METER_COLUMNS_NAMED} FROM {METERS_FROM} WHERE NOT m.settled AND m.job IS NOT NULL \
+         UNION ALL \
+         SELECT {METER_COLUMNS_NAMED} FROM unnest($1::TEXT[], $2::TEXT[]) AS k(org, id) \
+             JOIN meters AS m ON m.org = k.org AND m.id = k.id \
+             JOIN orgs AS o ON o.name = m.org \
+         WHERE m.settled AND m.job IS NOT NULL"
     ))
-    .bind(&keys)
+    .bind(&orgs)
+    .bind(&ids)
     .fetch_all(&mut *conn)
     .await?;
     let on_record = rows

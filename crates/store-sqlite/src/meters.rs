@@ -145,10 +145,16 @@ pub(crate) async fn on_job_listing(
         .iter()
         .map(|m| (m.cluster.as_str(), m.id.as_str()))
         .collect();
+    // The unsettled by the partial index, the listed settled ones by key:
+    // never a scan of every job meter ever kept.
     let rows: Vec<MeterRow> = sqlx::query_as(&format!(
-        "SELECT {METER_COLUMNS_NAMED} FROM {METERS_FROM} \
-         WHERE m.job IS NOT NULL AND (NOT m.settled OR EXISTS (SELECT 1 FROM json_each($1) AS j \
-             WHERE json_extract(j.value, '$[0]') = m.org AND json_extract(j.value, '$[1]') = m.id))"
+        "SELECT {METER_COLUMNS_NAMED} FROM {METERS_FROM} WHERE NOT m.settled AND m.job IS NOT NULL \
+         UNION ALL \
+         SELECT {METER_COLUMNS_NAMED} FROM json_each($1) AS j \
+             JOIN meters AS m ON m.org = json_extract(j.value, '$[0]') \
+                 AND m.id = json_extract(j.value, '$[1]') \
+             JOIN orgs AS o ON o.name = m.org \
+         WHERE m.settled AND m.job IS NOT NULL"
     ))
     .bind(serde_json::to_string(&keys).expect("strings serialise"))
     .fetch_all(&mut *conn)
