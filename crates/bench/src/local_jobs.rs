@@ -21,13 +21,13 @@
 //! The exit status is 1 if the target is missed.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 
 use crate::machine::Machine;
 use crate::report::{fmt_duration, max, percentile, Report, Verdict};
+use crate::serve::Server;
 
 #[derive(Debug, clap::Args)]
 pub struct LocalJobsArgs {
@@ -48,18 +48,6 @@ pub struct LocalJobsArgs {
 const TARGET: Duration = Duration::from_millis(100);
 const PASSWORD: &str = "local-jobs-bench-password";
 
-struct Server {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn start(bin: &Path, dir: &Path, max_instances: usize) -> Result<Server> {
     let config = dir.join("flotilla.toml");
     std::fs::write(
@@ -72,45 +60,7 @@ fn start(bin: &Path, dir: &Path, max_instances: usize) -> Result<Server> {
              [levels.admin]\nrequests_per_minute = 1000000\n"
         ),
     )?;
-    let log = dir.join("serve.log");
-    let child = Command::new(bin)
-        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
-        .arg(&config)
-        .arg("--data-dir")
-        .arg(dir.join("data"))
-        .env("FLOTILLA_ADMIN_PASSWORD", PASSWORD)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log)?)
-        .spawn()
-        .with_context(|| format!("cannot run {}", bin.display()))?;
-    let mut server = Server {
-        child,
-        url: String::new(),
-    };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        if let Some((line, _)) = text
-            .split("flotilla serving on ")
-            .nth(1)
-            .and_then(|rest| rest.split_once('\n'))
-        {
-            server.url = line
-                .split_whitespace()
-                .next()
-                .unwrap_or_default()
-                .to_owned();
-            return Ok(server);
-        }
-        if let Some(status) = server.child.try_wait()? {
-            bail!("flotilla serve exited with {status}:\n{text}");
-        }
-        if Instant::now() > deadline {
-            bail!("flotilla serve did not start:\n{text}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    crate::serve::start(bin, dir, &config, &[("FLOTILLA_ADMIN_PASSWORD", PASSWORD)])
 }
 
 fn now_ns() -> i128 {
@@ -191,13 +141,7 @@ const FINAL: [&str; 4] = ["succeeded", "failed", "cancelled", "timed_out"];
 
 async fn bench(args: LocalJobsArgs) -> Result<()> {
     Machine::read().print_header("local-jobs: submission to script running, and throughput");
-    let bin = match args.bin {
-        Some(b) => b,
-        None => std::env::current_exe()?
-            .parent()
-            .context("the bench binary has no directory")?
-            .join("flotilla"),
-    };
+    let bin = crate::serve::binary(args.bin)?;
     println!(
         "- run: {} jobs one at a time, then {} short jobs at once ({} nodes at most), on the local driver of `flotilla serve` ({})",
         args.samples,

@@ -38,6 +38,7 @@ mod pools;
 mod report;
 mod rollout;
 mod schedule;
+mod serve;
 mod takeover;
 mod tap;
 

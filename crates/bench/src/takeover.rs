@@ -12,7 +12,6 @@
 //! The exit status is 1 if a takeover missed the target.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -21,6 +20,7 @@ use tokio::time::Instant;
 
 use crate::machine::Machine;
 use crate::report::{fmt_duration, max, percentile, Report, Verdict};
+use crate::serve::Server;
 
 #[derive(Debug, clap::Args)]
 pub struct TakeoverArgs {
@@ -49,68 +49,16 @@ driver = "local"
 instance_type = "local.small"
 "#;
 
-struct Server {
-    child: Child,
-    url: String,
-    dir: PathBuf,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn start(bin: &Path, dir: &Path, config: &Path, url: &str) -> Result<Server> {
-    std::fs::create_dir_all(dir)?;
-    let log = dir.join(format!(
-        "serve-{}.log",
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)?
-            .as_nanos()
-    ));
-    let child = Command::new(bin)
-        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
-        .arg(config)
-        .arg("--data-dir")
-        .arg(dir.join("data"))
-        .env("FLOTILLA_DATABASE_URL", url)
-        .env("FLOTILLA_ADMIN_PASSWORD", "takeover-bench-password")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log)?)
-        .spawn()
-        .with_context(|| format!("cannot run {}", bin.display()))?;
-    let mut server = Server {
-        child,
-        url: String::new(),
-        dir: dir.to_owned(),
-    };
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        // Only a whole line: the log may be read half written.
-        if let Some((line, _)) = text
-            .split("flotilla serving on ")
-            .nth(1)
-            .and_then(|rest| rest.split_once('\n'))
-        {
-            server.url = line
-                .split_whitespace()
-                .next()
-                .unwrap_or_default()
-                .to_owned();
-            return Ok(server);
-        }
-        if let Some(status) = server.child.try_wait()? {
-            bail!("flotilla serve exited with {status}:\n{text}");
-        }
-        if std::time::Instant::now() > deadline {
-            bail!("flotilla serve did not start:\n{text}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    crate::serve::start(
+        bin,
+        dir,
+        config,
+        &[
+            ("FLOTILLA_DATABASE_URL", url),
+            ("FLOTILLA_ADMIN_PASSWORD", "takeover-bench-password"),
+        ],
+    )
 }
 
 async fn leading(http: &reqwest::Client, server: &Server) -> bool {
@@ -138,13 +86,7 @@ pub fn run(args: TakeoverArgs) -> Result<()> {
 async fn takeover(args: TakeoverArgs) -> Result<()> {
     let machine = Machine::read();
     machine.print_header("flotilla-bench takeover");
-    let bin = match args.bin {
-        Some(b) => b,
-        None => std::env::current_exe()?
-            .parent()
-            .context("the bench binary has no directory")?
-            .join("flotilla"),
-    };
+    let bin = crate::serve::binary(args.bin)?;
     println!(
         "- run: {} servers on one PostgreSQL, {} leaders killed (SIGKILL), binary {}",
         args.servers,

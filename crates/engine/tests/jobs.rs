@@ -303,9 +303,13 @@ async fn a_schedule_fires_on_time_and_once_for_what_was_missed() {
 }
 
 async fn submit(control: &Control, doc: serde_json::Value) -> u64 {
+    submit_as(control, &Caller::local_operator(), doc).await
+}
+
+async fn submit_as(control: &Control, caller: &Caller, doc: serde_json::Value) -> u64 {
     control
         .run(
-            &Caller::local_operator(),
+            caller,
             SubmitJob {
                 document: serde_json::from_value(doc).unwrap(),
             },
@@ -533,22 +537,15 @@ async fn a_jobs_instance_is_charged_to_its_organisation_and_submitter() {
     let (mut h, store, lab) = lab_owned_by_ann(Some("5")).await;
     let cloud = h.cloud.clone();
     let ann = Username::new("ann").unwrap();
-    let id = h
-        .control
-        .run(
-            &Caller::signed_in(ann.clone(), Level::OrgMember),
-            SubmitJob {
-                document: serde_json::from_value(serde_json::json!({
-                    "name": "paid", "script": "false", "max_runtime": "5m",
-                    "org": "lab", "keep_on_failure": "2m",
-                }))
-                .unwrap(),
-            },
-        )
-        .await
-        .unwrap()
-        .job
-        .id;
+    let id = submit_as(
+        &h.control,
+        &Caller::signed_in(ann.clone(), Level::OrgMember),
+        serde_json::json!({
+            "name": "paid", "script": "false", "max_runtime": "5m",
+            "org": "lab", "keep_on_failure": "2m",
+        }),
+    )
+    .await;
     let (attempt, token, instance) = made(&store, id).await;
     h.control
         .attempt_report(id, attempt, &token, AgentReport::Running)
@@ -698,21 +695,14 @@ async fn a_running_job_stops_when_its_organisation_runs_out_of_money() {
 
     let (mut h, store, lab) = lab_owned_by_ann(Some("5")).await;
     let cloud = h.cloud.clone();
-    let id = h
-        .control
-        .run(
-            &Caller::signed_in(Username::new("ann").unwrap(), Level::OrgMember),
-            SubmitJob {
-                document: serde_json::from_value(serde_json::json!({
-                    "name": "long", "script": "sleep 600", "max_runtime": "1h", "org": "lab",
-                }))
-                .unwrap(),
-            },
-        )
-        .await
-        .unwrap()
-        .job
-        .id;
+    let id = submit_as(
+        &h.control,
+        &Caller::signed_in(Username::new("ann").unwrap(), Level::OrgMember),
+        serde_json::json!({
+            "name": "long", "script": "sleep 600", "max_runtime": "1h", "org": "lab",
+        }),
+    )
+    .await;
     let (attempt, token, instance) = made(&store, id).await;
     h.control
         .attempt_report(id, attempt, &token, AgentReport::Running)
