@@ -71,6 +71,7 @@ fn request(h: &Harness, cluster: &str, count: u32) -> CreateRequest {
         pool_version: Some(version()),
         count,
         shutdown_terminates: false,
+        market: None,
     }
 }
 

@@ -68,6 +68,9 @@ pub struct CreateRequest {
     /// job attempt's instance ends itself at its deadline even if flotilla
     /// is gone.
     pub shutdown_terminates: bool,
+    /// The market the nodes must be bought on (a job's attempt, as the
+    /// scheduler chose it); none: as the pool's settings say.
+    pub market: Option<flotilla_domain::Market>,
 }
 
 impl CreateRequest {

@@ -683,6 +683,7 @@ pub fn request(cluster_name: &str, count: u32) -> CreateRequest {
         pool_version: None,
         count,
         shutdown_terminates: false,
+        market: None,
     }
 }
 

@@ -701,7 +701,12 @@ impl InstanceSet for Ec2InstanceSet {
             user_data,
         };
 
-        let markets = Self::markets(&launch.settings);
+        // A request that names on demand (a job that did not ask for spot)
+        // is bought on demand, whatever the pool would do.
+        let markets = match request.market {
+            Some(flotilla_domain::Market::OnDemand) => vec![Market::OnDemand],
+            _ => Self::markets(&launch.settings),
+        };
         let mut short: Option<CloudError> = None;
         for (n, market) in markets.iter().copied().enumerate() {
             let fallback = n + 1 < markets.len();

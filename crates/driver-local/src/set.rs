@@ -797,6 +797,7 @@ mod tests {
             pool_version: None,
             count,
             shutdown_terminates: false,
+            market: None,
         }
     }
 

@@ -602,6 +602,7 @@ async fn create(
         pool_version: None,
         count: 1,
         shutdown_terminates: true,
+        market: Some(a.market),
     };
     let set = shared.sets[&pool.driver].clone();
     let made = {

@@ -987,6 +987,7 @@ async fn create(
             pool_version: Some(version),
             count,
             shutdown_terminates: false,
+            market: None,
         };
         let result = set.create(&request).await;
         if let Err(e) = &result {

@@ -638,3 +638,65 @@ fn a_user_data_whose_fetch_fails_shuts_the_instance_down() {
     assert_ne!(code(&out), 0);
     assert_eq!(shutdowns, "-h +2\n-h now\n");
 }
+
+/// On a pool that launches spot, a job is bought on the market it asked
+/// for: on demand unless it says `spot = true`.
+#[test]
+fn a_job_on_a_spot_pool_is_bought_on_the_market_it_asked_for() {
+    let moto = Moto::start();
+    let ec2 = Ec2::new(&moto);
+    let sandbox = Sandbox::new();
+    let dir = sandbox.path();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let server = start_at(
+        &dir,
+        &format!(
+            "{}\n[jobs]\nserver_url = \"http://127.0.0.1:{port}\"\n",
+            config_with_spot_pool(&moto.endpoint)
+        ),
+        &format!("127.0.0.1:{port}"),
+    );
+    for (name, spot) in [("on-demand", false), ("on-spot", true)] {
+        let file = dir.join(format!("{name}.toml"));
+        std::fs::write(
+            &file,
+            format!(
+                "name = \"{name}\"\nscript = \"true\"\nmax_runtime = \"5m\"\npool = \"spot\"\nspot = {spot}\n"
+            ),
+        )
+        .unwrap();
+        ok(&server.cli(&["job", "submit", file.to_str().unwrap()]));
+    }
+    let lifecycle = |tag: &str| {
+        let seen = ec2
+            .live()
+            .into_iter()
+            .find(|i| i.tags.get("flotilla-job").map(String::as_str) == Some(tag))?;
+        let described = ec2
+            .rt
+            .block_on(
+                ec2.client
+                    .describe_instances()
+                    .instance_ids(&seen.id)
+                    .send(),
+            )
+            .unwrap();
+        Some(
+            described.reservations()[0].instances()[0]
+                .instance_lifecycle()
+                .map(|l| l.as_str().to_owned()),
+        )
+    };
+    wait_for("both jobs' instances", || {
+        lifecycle("1/1").is_some() && lifecycle("2/1").is_some()
+    });
+    assert_eq!(lifecycle("1/1"), Some(None), "on demand, as asked");
+    assert_eq!(lifecycle("2/1"), Some(Some("spot".to_owned())));
+    let shown = server.cli(&["--output", "json", "job", "show", "2"]);
+    let job: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
+    assert_eq!(job["attempts"][0]["market"], "spot", "{job}");
+}

@@ -50,6 +50,7 @@ fn request(cluster: &str, init_data: Option<String>) -> CreateRequest {
         pool_version: None,
         count: 1,
         shutdown_terminates: false,
+        market: None,
     }
 }
 

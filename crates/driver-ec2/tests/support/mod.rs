@@ -103,5 +103,6 @@ pub fn request(cluster: &str, count: u32) -> CreateRequest {
         pool_version: None,
         count,
         shutdown_terminates: false,
+        market: None,
     }
 }
