@@ -51,6 +51,9 @@ pub struct JobSettings {
     pub boot_timeout: Duration,
     /// Instances of job attempts at once, over every pool.
     pub max_instances: usize,
+    /// A job that asked for spot and has waited this long (since it was
+    /// submitted or its last attempt ended) is bought on demand.
+    pub spot_wait: Duration,
     /// The job templates of the server's config (TEST, RELEASE, what
     /// schedules run), by name.
     pub templates: BTreeMap<String, flotilla_domain::JobTemplate>,
@@ -66,6 +69,7 @@ impl Default for JobSettings {
             heartbeat_timeout: Duration::from_secs(30),
             boot_timeout: Duration::from_secs(600),
             max_instances: 50,
+            spot_wait: Duration::from_secs(600),
             templates: BTreeMap::new(),
         }
     }
@@ -755,6 +759,7 @@ async fn start_queued(shared: &Shared, fence: Fence, queued: &[&JobRecord], slot
     if queued.is_empty() {
         return;
     }
+    let now = shared.clock.now();
     let mut specs: HashMap<JobId, Arc<JobSpec>> = HashMap::new();
     for job in queued {
         match spec_cached(shared, job) {
@@ -779,15 +784,10 @@ async fn start_queued(shared: &Shared, fence: Fence, queued: &[&JobRecord], slot
         .iter()
         .filter_map(|job| {
             let spec = specs.get(&job.id)?;
-            // After a spot instance was taken back, on demand.
-            let interrupted = job
-                .attempts
-                .iter()
-                .any(|a| a.end == Some(AttemptEnd::Interrupted));
             Some(Waiting {
                 key: job.queue_key(),
                 resources: spec.resources,
-                spot: spec.spot && !interrupted,
+                spot: spec.spot && still_spot(job, now, shared.config.jobs.spot_wait),
                 pools: if spec.pools.is_empty() {
                     &default_pool
                 } else {
@@ -883,6 +883,27 @@ async fn start_queued(shared: &Shared, fence: Fence, queued: &[&JobRecord], slot
     }
 }
 
+/// Whether a queued job that asked for spot is still bought on spot: not
+/// after a spot instance of it was taken back, nor once it has waited
+/// `spot_wait` (since its submission or its last attempt's end) for one.
+fn still_spot(job: &JobRecord, now: DateTime<Utc>, spot_wait: Duration) -> bool {
+    if job
+        .attempts
+        .iter()
+        .any(|a| a.end == Some(AttemptEnd::Interrupted))
+    {
+        return false;
+    }
+    let since = job
+        .attempts
+        .last()
+        .and_then(|a| a.ended_at)
+        .unwrap_or(job.submitted_at);
+    (now - since)
+        .to_std()
+        .map_or(true, |waited| waited < spot_wait)
+}
+
 /// Who stops `job`, under way and charged to `org`, if its organisation's
 /// budget ran out (a shutdown, as for its cluster) and nobody asked
 /// already.
@@ -934,4 +955,59 @@ fn new_token() -> String {
     let mut bytes = [0u8; 32];
     rand::thread_rng().fill_bytes(&mut bytes);
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(submitted_at: DateTime<Utc>, attempts: Vec<AttemptRecord>) -> JobRecord {
+        JobRecord {
+            id: 1,
+            name: "j".into(),
+            document: serde_json::json!({}),
+            submitted_by: "ann".into(),
+            org: None,
+            priority: 0,
+            state: JobState::Queued,
+            reason: None,
+            cancel_by: None,
+            attempts,
+            submitted_at,
+            updated_at: submitted_at,
+            version: 1,
+        }
+    }
+
+    fn ended(at: DateTime<Utc>, end: AttemptEnd) -> AttemptRecord {
+        AttemptRecord {
+            attempt: 1,
+            pool: PoolName::new("default").unwrap(),
+            instance_type: flotilla_domain::InstanceType::new("m5.large").unwrap(),
+            market: flotilla_domain::Market::Spot,
+            price_per_hour: Money::ZERO,
+            instance: None,
+            started_at: at,
+            running_at: None,
+            ended_at: Some(at),
+            end: Some(end),
+            seen_at: None,
+            token: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_spot_job_goes_on_demand_after_an_interruption_or_a_long_wait() {
+        let t0 = Utc::now();
+        let minutes = |m: i64| t0 + chrono::Duration::minutes(m);
+        let wait = Duration::from_secs(600);
+        assert!(still_spot(&job(t0, vec![]), minutes(9), wait));
+        assert!(!still_spot(&job(t0, vec![]), minutes(10), wait));
+        // The wait counts from the last attempt's end.
+        let lost = job(t0, vec![ended(minutes(8), AttemptEnd::Lost)]);
+        assert!(still_spot(&lost, minutes(15), wait));
+        assert!(!still_spot(&lost, minutes(18), wait));
+        let interrupted = job(t0, vec![ended(minutes(1), AttemptEnd::Interrupted)]);
+        assert!(!still_spot(&interrupted, minutes(2), wait));
+    }
 }

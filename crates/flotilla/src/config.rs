@@ -78,6 +78,10 @@ struct JobsSection {
     boot_timeout: Duration,
     /// Instances of job attempts at once, over every pool.
     max_instances: usize,
+    /// A job that asked for spot and has waited this long is bought on
+    /// demand.
+    #[serde(with = "humantime_serde")]
+    spot_wait: Duration,
     /// Where agents reach this server; unset: `http://` and the listen
     /// address (loopback for an unspecified one), which only instances on
     /// this machine (the local driver's) can reach.
@@ -103,6 +107,7 @@ impl Default for JobsSection {
             heartbeat_timeout: d.heartbeat_timeout,
             boot_timeout: d.boot_timeout,
             max_instances: d.max_instances,
+            spot_wait: d.spot_wait,
             server_url: None,
             artifacts_dir: None,
             s3: None,
@@ -995,6 +1000,7 @@ impl Config {
             heartbeat_timeout: j.heartbeat_timeout,
             boot_timeout: j.boot_timeout,
             max_instances: j.max_instances,
+            spot_wait: j.spot_wait,
             templates,
         };
 
