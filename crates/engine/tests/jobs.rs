@@ -331,6 +331,21 @@ async fn made(store: &Arc<dyn Store>, id: u64) -> (u32, String, flotilla_domain:
     }
 }
 
+/// The job's attempt once its instance is made and its agent has said
+/// the script runs: number, token, instance.
+async fn running(
+    control: &Control,
+    store: &Arc<dyn Store>,
+    id: u64,
+) -> (u32, String, flotilla_domain::InstanceId) {
+    let (attempt, token, instance) = made(store, id).await;
+    control
+        .attempt_report(id, attempt, &token, AgentReport::Running)
+        .await
+        .unwrap();
+    (attempt, token, instance)
+}
+
 /// The instance of a job whose script failed is kept while its
 /// `keep_on_failure` lasts, then goes; an instance left out of one listing
 /// is not taken for gone; one that vanishes under a running attempt ends
@@ -350,11 +365,7 @@ async fn a_failed_attempts_instance_is_kept_and_a_vanished_one_is_retried() {
         }),
     )
     .await;
-    let (attempt, token, instance) = made(&store, kept).await;
-    h.control
-        .attempt_report(kept, attempt, &token, AgentReport::Running)
-        .await
-        .unwrap();
+    let (attempt, token, instance) = running(&h.control, &store, kept).await;
     h.control
         .attempt_report(kept, attempt, &token, AgentReport::Exited { status: 1 })
         .await
@@ -383,11 +394,7 @@ async fn a_failed_attempts_instance_is_kept_and_a_vanished_one_is_retried() {
         serde_json::json!({"name": "hidden-once", "script": "true", "max_runtime": "5m"}),
     )
     .await;
-    let (attempt, token, instance) = made(&store, hidden).await;
-    h.control
-        .attempt_report(hidden, attempt, &token, AgentReport::Running)
-        .await
-        .unwrap();
+    let (attempt, token, instance) = running(&h.control, &store, hidden).await;
     cloud.hide_once(&instance);
     for _ in 0..3 {
         tokio::time::sleep(Duration::from_secs(10)).await;
@@ -409,11 +416,7 @@ async fn a_failed_attempts_instance_is_kept_and_a_vanished_one_is_retried() {
         serde_json::json!({"name": "vanishing", "script": "true", "max_runtime": "5m"}),
     )
     .await;
-    let (attempt, token, instance) = made(&store, vanishing).await;
-    h.control
-        .attempt_report(vanishing, attempt, &token, AgentReport::Running)
-        .await
-        .unwrap();
+    let (_, _, instance) = running(&h.control, &store, vanishing).await;
     cloud.kill(&instance);
     // Missing from two listings (resyncs every 10 s), well before the
     // heartbeat timeout (30 s).
@@ -546,11 +549,7 @@ async fn a_jobs_instance_is_charged_to_its_organisation_and_submitter() {
         }),
     )
     .await;
-    let (attempt, token, instance) = made(&store, id).await;
-    h.control
-        .attempt_report(id, attempt, &token, AgentReport::Running)
-        .await
-        .unwrap();
+    let (attempt, token, instance) = running(&h.control, &store, id).await;
     for _ in 0..6 {
         tokio::time::sleep(Duration::from_secs(10)).await;
         h.control
@@ -635,11 +634,7 @@ async fn an_agent_keeps_only_its_jobs_artifacts() {
         }),
     )
     .await;
-    let (attempt, token, _) = made(&store, id).await;
-    control
-        .attempt_report(id, attempt, &token, AgentReport::Running)
-        .await
-        .unwrap();
+    let (attempt, token, _) = running(&control, &store, id).await;
     let put = |path: &'static str| {
         let control = control.clone();
         let token = token.clone();
@@ -703,11 +698,7 @@ async fn a_running_job_stops_when_its_organisation_runs_out_of_money() {
         }),
     )
     .await;
-    let (attempt, token, instance) = made(&store, id).await;
-    h.control
-        .attempt_report(id, attempt, &token, AgentReport::Running)
-        .await
-        .unwrap();
+    let (_, _, instance) = running(&h.control, &store, id).await;
     h.control
         .run(
             &Caller::local_operator(),
