@@ -1516,6 +1516,21 @@ pub struct AttemptWork {
     pub artifacts: Vec<String>,
 }
 
+/// What the agent of an instance kept warm for jobs is told once a job
+/// took the instance (`GET /api/v1/warm`): the attempt it runs, and the
+/// attempt's token for everything it asks from then. As text
+/// (`Accept: text/plain`, for a boot script): `JOB ATTEMPT TOKEN MINUTES`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct WarmAssignment {
+    pub job: u64,
+    pub attempt: u32,
+    pub token: String,
+    /// How long the instance may live from now at most (the job's
+    /// `max_runtime` and `keep_on_failure`, and a margin): a boot script
+    /// sets its shutdown timer to it.
+    pub lifetime_secs: u64,
+}
+
 /// What an attempt's agent reports (`POST /api/v1/attempts/{job}/{attempt}`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(tag = "report", rename_all = "snake_case")]

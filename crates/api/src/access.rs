@@ -123,6 +123,7 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
     ("POST",   "/api/v1/attempts/{job}/{attempt}",  Access::Attempt),
     ("GET",    "/api/v1/attempts/{job}/{attempt}/agent", Access::Attempt),
     ("PUT",    "/api/v1/attempts/{job}/{attempt}/file", Access::Attempt),
+    ("GET",    "/api/v1/warm",                      Access::Attempt),
     ("GET",    "/api/v1/clusters",                  Access::Rule(Rule::AuthorizeStatus)),
     ("GET",    "/api/v1/clusters/{cluster}",        Access::Rule(Rule::AuthorizeStatus)),
     ("PUT",    "/api/v1/clusters/{cluster}",        Access::SignedIn(Rule::AuthorizeDeploy)),

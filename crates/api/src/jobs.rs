@@ -433,6 +433,55 @@ pub(crate) async fn attempt_agent(
         .into_response())
 }
 
+/// The attempt the agent of an instance kept warm for jobs (a pool's
+/// `idle_nodes`) runs, by the token its boot was given: 204 until a job
+/// takes the instance, then the attempt and its token. With `Accept:
+/// text/plain`, one line a boot script reads: `JOB ATTEMPT TOKEN MINUTES`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/warm",
+    security(()),
+    params(
+        ("x-flotilla-attempt-token" = String, Header, description = "The token the instance's boot was given"),
+    ),
+    responses(
+        (status = 200, description = "The attempt it runs", content(
+            (types::WarmAssignment = "application/json"),
+            (String = "text/plain"),
+        )),
+        (status = 204, description = "No job has taken the instance (yet)"),
+        (status = 401, description = "No token", body = types::ErrorBody),
+    )
+)]
+pub(crate) async fn warm_assignment(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let token = attempt_token(&headers)?;
+    let Some(taken) = state.control.warm_assignment(token).await? else {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    };
+    let text = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/plain"));
+    if text {
+        let minutes = taken.lifetime.as_secs().div_ceil(60).max(1);
+        return Ok((
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            format!("{} {} {} {minutes}\n", taken.job, taken.attempt, taken.token),
+        )
+            .into_response());
+    }
+    Ok(Json(types::WarmAssignment {
+        job: taken.job,
+        attempt: taken.attempt,
+        token: taken.token,
+        lifetime_secs: taken.lifetime.as_secs(),
+    })
+    .into_response())
+}
+
 /// Keeps a file of an attempt's work directory (one of its job's
 /// `artifacts`, or under one), sent by its agent with the attempt's token
 /// while the attempt is under way; sent again, it replaces the first.

@@ -120,6 +120,7 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/attempts/{job}/{attempt}/agent",
             get(jobs::attempt_agent),
         )
+        .route("/api/v1/warm", get(jobs::warm_assignment))
         .route(
             "/api/v1/attempts/{job}/{attempt}/file",
             put(jobs::attempt_file)

@@ -27,8 +27,13 @@ pub const TAG_POOL_VERSION: &str = "flotilla-pool-version";
 
 /// Tag holding the job and attempt an instance was made for (`ID/N`): an
 /// instance of its own for each attempt, which the job runner, not a
-/// cluster's reconcile, looks after. Set at creation, and as fixed.
+/// cluster's reconcile, looks after. Set at creation, or when a job takes
+/// an instance kept warm ([`TAG_WARM`]), and never changed after.
 pub const TAG_JOB: &str = "flotilla-job";
+/// On an instance kept warm for jobs: the hash of the token its agent asks
+/// for a job with (`flotilla_domain::warm_token_hash`). Once a job takes
+/// it, it carries [`TAG_JOB`] as well.
+pub const TAG_WARM: &str = "flotilla-warm";
 
 pub type Tags = BTreeMap<String, String>;
 
@@ -122,6 +127,12 @@ impl Instance {
     pub fn job(&self) -> Option<(u64, u32)> {
         let (job, attempt) = self.tags.get(TAG_JOB)?.split_once('/')?;
         Some((job.parse().ok()?, attempt.parse().ok()?))
+    }
+
+    /// The hash of its agent's token, if it was made to be kept warm for
+    /// jobs (see [`TAG_WARM`]).
+    pub fn warm(&self) -> Option<&str> {
+        self.tags.get(TAG_WARM).map(String::as_str)
     }
 
     /// The version of its pool it was made from; None for instances made

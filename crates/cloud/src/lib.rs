@@ -19,7 +19,7 @@ pub use clock::{Clock, SystemClock, TokioClock};
 pub use contract::{
     check_tag_update, is_local_failure, matches_filter, ownership_tags, CapacityScope, CloudError,
     Console, CreateRequest, ExecOutput, Health, Instance, InstanceSet, InstanceShape, Offering,
-    SpotPrice, Tags, TAG_CLUSTER, TAG_INSTANCE_SET, TAG_INSTANCE_TYPE, TAG_JOB, TAG_POOL,
+    SpotPrice, Tags, TAG_CLUSTER, TAG_INSTANCE_SET, TAG_INSTANCE_TYPE, TAG_JOB, TAG_POOL, TAG_WARM,
     TAG_POOL_VERSION,
 };
 pub use metered::{CloudMetrics, Metered};

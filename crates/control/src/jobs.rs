@@ -229,6 +229,19 @@ pub struct AttemptWork {
     pub spec: JobSpec,
 }
 
+/// What the agent of an instance kept warm for jobs is told once a job
+/// took the instance: the attempt it runs, as an attempt's agent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WarmAssignment {
+    pub job: JobId,
+    pub attempt: u32,
+    /// The attempt's token, for everything the agent asks from then.
+    pub token: String,
+    /// How long the instance may live from now
+    /// ([`flotilla_engine::run_lifetime`]).
+    pub lifetime: std::time::Duration,
+}
+
 /// What an attempt's agent reports.
 #[derive(Debug, Clone)]
 pub enum AgentReport {
@@ -558,6 +571,38 @@ impl Control {
             .ok_or(Denied::NotThisAttempt)?;
         let live = a.end.is_none();
         Ok((job, live))
+    }
+
+    /// The attempt the agent of an instance kept warm runs, by the token
+    /// its boot was given: None until a job takes that instance (and once
+    /// its attempt is over, or its cancel was asked for). A token nobody
+    /// was given gets None as well: the instance's tag holds only the
+    /// token's hash, and the attempt taking it the same.
+    pub async fn warm_assignment(
+        &self,
+        token: &str,
+    ) -> Result<Option<WarmAssignment>, EngineError> {
+        if token.is_empty() {
+            return Err(Denied::NotThisAttempt.into());
+        }
+        let hash = flotilla_domain::warm_token_hash(token);
+        let live = self.engine().store().live_jobs().await?;
+        let Some((job, a)) = live.iter().find_map(|job| {
+            let a = job.live_attempt()?;
+            (a.warm.as_deref() == Some(hash.as_str())).then_some((job, a))
+        }) else {
+            return Ok(None);
+        };
+        if job.cancel_by.is_some() {
+            return Ok(None);
+        }
+        let spec = spec_of(job).map_err(EngineError::Config)?;
+        Ok(Some(WarmAssignment {
+            job: job.id,
+            attempt: a.attempt,
+            token: a.token.clone(),
+            lifetime: flotilla_engine::run_lifetime(&spec),
+        }))
     }
 
     /// What the agent of attempt `attempt` of job `id` runs.

@@ -156,6 +156,15 @@ impl fmt::Display for Unfit {
     }
 }
 
+/// Whether an instance of `shape` fits `asked`: one whose size nobody
+/// knows fits only a job that asks for no size.
+fn fits_shape(shape: Option<Shape>, asked: &Resources) -> bool {
+    match shape {
+        Some(shape) => shape.fits(asked),
+        None => asked.vcpus.is_none() && asked.memory_mib.is_none(),
+    }
+}
+
 /// The cheapest of `offers` that fits `asked`, on spot where `spot` asks
 /// for it and the offer has a spot price (else on demand); among equal
 /// prices, the first offered. A type whose size is unknown fits only a job
@@ -165,11 +174,7 @@ pub fn cheapest_fit<'a>(
     spot: bool,
     offers: impl IntoIterator<Item = &'a Offer> + Clone,
 ) -> Result<Fit, Unfit> {
-    let wants_size = asked.vcpus.is_some() || asked.memory_mib.is_some();
-    let fits = |o: &Offer| match o.shape {
-        Some(shape) => shape.fits(asked),
-        None => !wants_size,
-    };
+    let fits = |o: &Offer| fits_shape(o.shape, asked);
     let priced = |o: &Offer| match (spot, o.spot_price) {
         (true, Some(price)) => (price, Market::Spot),
         _ => (o.price_per_hour, Market::OnDemand),
@@ -321,6 +326,39 @@ pub fn schedule(
         };
     }
     decisions
+}
+
+/// An instance a pool keeps booted and idle for jobs (its `idle_nodes`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct WarmNode {
+    pub pool: PoolName,
+    pub instance_type: InstanceType,
+    /// What it has, if anybody knows.
+    pub shape: Option<Shape>,
+}
+
+/// Which queued jobs take a warm instance rather than wait for one to
+/// boot: in queue order, each the first of `warm` (given oldest first) in
+/// one of its pools that fits it. Returns each job with the index of its
+/// instance in `warm`; the others go to [`schedule`].
+pub fn take_warm(queue: &[Waiting<'_>], warm: &[WarmNode]) -> Vec<(u64, usize)> {
+    let mut order: Vec<&Waiting<'_>> = queue.iter().collect();
+    order.sort_by_key(|w| w.key);
+    let mut taken = vec![false; warm.len()];
+    let mut out = Vec::new();
+    for w in order {
+        if taken.iter().all(|t| *t) {
+            break;
+        }
+        let found = warm.iter().enumerate().position(|(i, node)| {
+            !taken[i] && w.pools.contains(&node.pool) && fits_shape(node.shape, &w.resources)
+        });
+        if let Some(i) = found {
+            taken[i] = true;
+            out.push((w.key.id, i));
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -493,6 +531,52 @@ mod tests {
                 (6, "waiting for an instance to be free: position 2 of 2".to_owned()),
             ]
         );
+    }
+
+    #[test]
+    fn warm_instances_go_to_the_first_jobs_in_line_that_fit_them() {
+        fn job(id: u64, priority: i32, pools: &[PoolName], vcpus: Option<u32>) -> Waiting<'_> {
+            Waiting {
+                key: QueueKey {
+                    priority,
+                    submitted_at: chrono::DateTime::from_timestamp(1_800_000_000 + id as i64, 0)
+                        .unwrap(),
+                    id,
+                },
+                resources: ask(vcpus, None),
+                spot: true,
+                pools,
+            }
+        }
+        let pool = |n: &str| PoolName::new(n).unwrap();
+        let warm = |p: &str, ty: &str, shape: Option<(u32, u64)>| WarmNode {
+            pool: pool(p),
+            instance_type: InstanceType::new(ty).unwrap(),
+            shape: shape.map(|(vcpus, memory_mib)| Shape { vcpus, memory_mib }),
+        };
+        let (general, big, local) = ([pool("general")], [pool("big")], [pool("local")]);
+        let (general, big, local) = (&general[..], &big[..], &local[..]);
+        let nodes = [
+            warm("general", "m5.large", Some((2, 8192))),
+            warm("general", "m5.large", Some((2, 8192))),
+            warm("local", "local.small", None),
+        ];
+        let queue = [
+            // Too big for the warm m5.large: left for the scheduler.
+            job(1, 0, general, Some(4)),
+            job(2, 0, general, Some(2)),
+            // No warm instance in its pool.
+            job(3, 0, big, None),
+            // First in line by priority, though submitted last.
+            job(4, 9, general, None),
+            // A type of unknown size serves only a job that asks none.
+            job(5, 0, local, Some(1)),
+            job(6, 0, local, None),
+            // Both general ones are taken.
+            job(7, 0, general, None),
+        ];
+        assert_eq!(take_warm(&queue, &nodes), [(4, 0), (2, 1), (6, 2)]);
+        assert_eq!(take_warm(&queue, &[]), []);
     }
 
     #[test]

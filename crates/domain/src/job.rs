@@ -590,6 +590,19 @@ pub fn is_artifact_of(path: &str, entries: &[String]) -> bool {
     })
 }
 
+/// What the tag of an instance kept warm for jobs carries, and its
+/// attempt's record once a job takes it: the SHA-256 (hex) of the token
+/// its agent presents to ask for a job. The token itself is in the
+/// instance's init data only; its hash, in tags anybody with the cloud's
+/// read rights sees, gives nothing away.
+pub fn warm_token_hash(token: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(token.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// The JSON Schema of a job.
 pub fn job_schema() -> serde_json::Value {
     let mut schema = schema_of::<JobDocument>();

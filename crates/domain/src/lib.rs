@@ -33,11 +33,11 @@ pub use cluster::{
     TimeToLive, ValidationError, Workload,
 };
 pub use fit::{
-    cheapest_fit, schedule, Decision, Fit, Market, Offer, Shape, Unfit, Waiting, IN_LINE,
+    cheapest_fit, schedule, Decision, Fit, Market, Offer, Shape, Unfit, Waiting, IN_LINE, take_warm, WarmNode,
 };
 pub use job::{
     after_attempt, is_artifact_of, job_schema, kept_path, secret_parts, AfterAttempt, AttemptEnd,
-    Checkout, JobDefaults, JobDocument, JobSpec, JobState, PoolChoice, QueueKey, Resources, Secret,
+    Checkout, JobDefaults, JobDocument, JobSpec, JobState, PoolChoice, QueueKey, Resources, Secret, warm_token_hash,
     CLUSTER_TOKEN, MAX_KEPT_PATH, MAX_RETRIES, MAX_SCRIPT, REDACTED,
 };
 pub use money::{

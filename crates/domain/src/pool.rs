@@ -102,6 +102,14 @@ pub struct PoolDocument {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 1_000_000))]
     pub max_nodes: Option<Whole>,
+    /// Instances kept booted and idle for jobs: a queued job that fits
+    /// one takes it at once rather than waiting for an instance to boot,
+    /// and another is made in its place. Each is of the pool's cheapest
+    /// type, on demand, and is replaced after `[jobs] warm_max_idle` unused;
+    /// its idle time is charged to no organisation. None when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = 100))]
+    pub idle_nodes: Option<Whole>,
     /// How its clusters replace nodes launched from an older version of
     /// it (surge, unavailability, failures before stopping).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -371,6 +379,9 @@ pub enum PoolSource {
     Stored { version: u64 },
 }
 
+/// The most instances a pool keeps warm for jobs.
+pub const MAX_IDLE_NODES: u32 = 100;
+
 /// A pool: how to make the nodes of a cluster.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PoolSpec {
@@ -399,6 +410,8 @@ pub struct PoolSpec {
     pub owners: Vec<PoolOwner>,
     /// The most nodes its clusters may hold together; None: no limit.
     pub max_nodes: Option<u32>,
+    /// Instances kept booted and idle for jobs (0: none).
+    pub idle_nodes: u32,
     /// How its clusters replace outdated nodes.
     pub rollout: Rollout,
     /// The driver's own section (`ec2`), as written: the driver reads it.
@@ -434,6 +447,7 @@ impl PoolSpec {
             description: None,
             owners: Vec::new(),
             max_nodes: None,
+            idle_nodes: 0,
             rollout: Rollout::default(),
             options: None,
             source: PoolSource::Config,
@@ -566,6 +580,7 @@ impl PoolSpec {
             description: self.description.clone(),
             owners: self.owners.iter().map(ToString::to_string).collect(),
             max_nodes: self.max_nodes.map(Whole),
+            idle_nodes: (self.idle_nodes > 0).then_some(Whole(self.idle_nodes)),
             rollout: self.rollout.written(),
             ec2: self.options.clone(),
         }
@@ -625,6 +640,12 @@ impl PoolDocument {
                 "must be at least 1 (leave it out for no limit)",
             ));
         }
+        if self.idle_nodes.is_some_and(|w| w.0 > MAX_IDLE_NODES) {
+            problems.push(Problem::at(
+                "idle_nodes",
+                format!("must be at most {MAX_IDLE_NODES}"),
+            ));
+        }
         let rollout = Rollout::parse(self.rollout.as_ref())
             .map_err(|p| problems.extend(p))
             .unwrap_or_default();
@@ -647,6 +668,7 @@ impl PoolDocument {
                 description: self.description.clone(),
                 owners,
                 max_nodes: self.max_nodes.map(|w| w.0),
+                idle_nodes: self.idle_nodes.map_or(0, |w| w.0),
                 rollout,
                 options: self.ec2.clone(),
                 source,

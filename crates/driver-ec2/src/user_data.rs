@@ -187,10 +187,7 @@ pub fn job_agent(
     sha256: &str,
 ) -> String {
     let minutes = lifetime.as_secs().div_ceil(60).max(1);
-    let server = server.trim_end_matches('/');
-    let agent_url = sh_quote(&format!("{server}/api/v1/attempts/{job}/{attempt}/agent"));
-    let (token, server) = (sh_quote(token), sh_quote(server));
-    [
+    let mut lines = vec![
         "#!/bin/sh".to_owned(),
         format!("# flotilla: the agent of job {job}, attempt {attempt}."),
         format!("# Whatever becomes of flotilla, this instance ends itself in {minutes} minutes."),
@@ -198,19 +195,74 @@ pub fn job_agent(
         "trap 'shutdown -h now' EXIT".to_owned(),
         "set -eu".to_owned(),
         r#"cd "$(mktemp -d)""#.to_owned(),
+        format!("job={job} attempt={attempt} token={}", sh_quote(token)),
+    ];
+    lines.extend(run_agent(server, sha256));
+    lines.join("\n")
+}
+
+/// The user data of an instance kept warm for jobs (a pool's
+/// `idle_nodes`): a shutdown timer at the end of its idle `lifetime`, then
+/// it asks the server at `server` for a job every second with `token`
+/// (`GET /api/v1/warm`); once a job takes it, the timer is set to that
+/// job's lifetime and the agent is fetched and run as in [`job_agent`].
+pub fn warm_agent(
+    server: &str,
+    token: &str,
+    lifetime: std::time::Duration,
+    sha256: &str,
+) -> String {
+    let minutes = lifetime.as_secs().div_ceil(60).max(1);
+    let warm_url = sh_quote(&format!("{}/api/v1/warm", server.trim_end_matches('/')));
+    let mut lines = vec![
+        "#!/bin/sh".to_owned(),
+        "# flotilla: an instance kept warm for jobs.".to_owned(),
+        format!(
+            "# Whatever becomes of flotilla, this instance ends itself in {minutes} minutes unless a job takes it."
+        ),
+        format!("shutdown -h +{minutes} || true"),
+        "trap 'shutdown -h now' EXIT".to_owned(),
+        "set -eu".to_owned(),
+        r#"cd "$(mktemp -d)""#.to_owned(),
+        // 204 (no job yet) leaves the file empty; the server restarting
+        // or refusing is asked again until the timer ends it.
+        "while :; do".to_owned(),
+        format!(
+            r#"  if curl -fsS -m 30 -H "x-flotilla-attempt-token: "{} -H 'Accept: text/plain' -o assignment {warm_url} && [ -s assignment ]; then break; fi"#,
+            sh_quote(token)
+        ),
+        "  sleep 1".to_owned(),
+        "done".to_owned(),
+        "read -r job attempt token minutes < assignment".to_owned(),
+        r#"case "$job.$attempt.$minutes" in *[!0-9.]*|.*|*..*|*.) exit 1;; esac"#.to_owned(),
+        "# The job's own deadline from now.".to_owned(),
+        "shutdown -c || true".to_owned(),
+        r#"shutdown -h +"$minutes" || true"#.to_owned(),
+    ];
+    lines.extend(run_agent(server, sha256));
+    lines.join("\n")
+}
+
+/// The end of an agent's user data: with `$job`, `$attempt` and `$token`
+/// set, the agent program fetched from the server with the attempt's
+/// token, checked against `sha256`, and run in job mode.
+fn run_agent(server: &str, sha256: &str) -> Vec<String> {
+    let server = server.trim_end_matches('/');
+    let agent_url = format!("{}\"$job/$attempt/agent\"", sh_quote(&format!("{server}/api/v1/attempts/")));
+    let server = sh_quote(server);
+    vec![
         // Transient failures (the server restarting) are tried again; a
         // refusal (the attempt is over) is not.
         format!(
-            r#"curl -fsS --retry 20 --retry-connrefused --retry-delay 3 -m 600 -H "x-flotilla-attempt-token: "{token} -o flotilla {agent_url}"#
+            r#"curl -fsS --retry 20 --retry-connrefused --retry-delay 3 -m 600 -H "x-flotilla-attempt-token: $token" -o flotilla {agent_url}"#
         ),
         format!("echo '{sha256}  flotilla' | sha256sum -c -"),
         "chmod +x flotilla".to_owned(),
         format!(
-            "FLOTILLA_ATTEMPT_TOKEN={token} exec ./flotilla node --job {job} --attempt {attempt} --server {server}"
+            r#"FLOTILLA_ATTEMPT_TOKEN="$token" exec ./flotilla node --job "$job" --attempt "$attempt" --server {server}"#
         ),
         String::new(),
     ]
-    .join("\n")
 }
 
 #[cfg(test)]

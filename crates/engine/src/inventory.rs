@@ -178,8 +178,8 @@ pub struct SetInventory {
     /// Nodes a listing stopped showing, by cluster, until the leader
     /// publishes them (which ends their meters).
     pub departed: HashMap<ClusterName, Vec<GoneNode>>,
-    /// The instances of job attempts ([`Instance::job`]), which the job
-    /// runner looks after, with the create that recorded each (as
+    /// The instances of job attempts ([`Instance::job`]) and those kept
+    /// warm for jobs ([`Instance::warm`]), which the job runner looks after, with the create that recorded each (as
     /// `TrackedNode::created_here`).
     pub jobs: HashMap<InstanceId, (Instance, Option<u64>)>,
     /// Counts the creates recorded here, so that a listing knows which nodes
@@ -277,7 +277,7 @@ impl SetInventory {
             }
         });
         for (_, instance) in seen {
-            if instance.job().is_some() {
+            if instance.job().is_some() || instance.warm().is_some() {
                 self.jobs.insert(instance.id.clone(), (instance, None));
                 continue;
             }

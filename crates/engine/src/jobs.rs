@@ -21,11 +21,11 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use flotilla_cloud::{CloudError, CreateRequest, Instance, TAG_JOB};
+use flotilla_cloud::{CloudError, CreateRequest, Instance, Tags, TAG_JOB, TAG_WARM};
 use flotilla_domain::{
-    after_attempt, schedule, AttemptEnd, ClusterName, Decision, InstanceId, JobDefaults,
-    JobDocument, JobMeter, JobSpec, JobState, Money, NodeMeter, Offer, PoolName, Shape, Username,
-    Waiting,
+    after_attempt, schedule, take_warm, warm_token_hash, AttemptEnd, ClusterName, Decision,
+    InstanceId, JobDefaults, JobDocument, JobMeter, JobSpec, JobState, Money, NodeMeter, Offer,
+    PoolName, Shape, Username, Waiting, WarmNode,
 };
 use flotilla_store::{AttemptRecord, Fence, JobId, JobRecord, JobStep, NewAttempt, StoreError};
 use tokio::sync::Notify;
@@ -54,6 +54,9 @@ pub struct JobSettings {
     /// A job that asked for spot and has waited this long (since it was
     /// submitted or its last attempt ended) is bought on demand.
     pub spot_wait: Duration,
+    /// An instance kept warm for jobs (a pool's `idle_nodes`) that no job
+    /// took for this long is replaced.
+    pub warm_max_idle: Duration,
     /// The job templates of the server's config (TEST, RELEASE, what
     /// schedules run), by name.
     pub templates: BTreeMap<String, flotilla_domain::JobTemplate>,
@@ -70,6 +73,7 @@ impl Default for JobSettings {
             boot_timeout: Duration::from_secs(600),
             max_instances: 50,
             spot_wait: Duration::from_secs(600),
+            warm_max_idle: Duration::from_secs(3600),
             templates: BTreeMap::new(),
         }
     }
@@ -83,6 +87,31 @@ pub trait AttemptBoot: Send + Sync {
     /// The init data of an attempt's instance, or why the driver's
     /// instances cannot start an agent.
     fn init_data(&self, start: &AttemptStart<'_>) -> Result<String, String>;
+
+    /// The init data of an instance kept warm for jobs: its agent asks the
+    /// server for a job with `start.token` until one takes the instance
+    /// (`GET /api/v1/warm`), then runs it. Or why the driver's instances
+    /// cannot be kept warm.
+    fn warm_init_data(&self, start: &WarmStart<'_>) -> Result<String, String> {
+        Err(format!(
+            "instances of driver {} cannot be kept warm for jobs",
+            start.driver
+        ))
+    }
+}
+
+/// What an instance kept warm for jobs is started for.
+#[derive(Debug, Clone, Copy)]
+pub struct WarmStart<'a> {
+    /// The driver of the pool it is made from.
+    pub driver: &'a str,
+    /// What its agent presents to ask for a job; the instance's tag
+    /// carries its hash ([`flotilla_cloud::TAG_WARM`]).
+    pub token: &'a str,
+    /// How long it may live idle at most: its boot, `warm_max_idle` and
+    /// a margin. Once a job takes it, the job's [`run_lifetime`] from then
+    /// instead.
+    pub lifetime: Duration,
 }
 
 /// What an attempt's instance is started for.
@@ -104,6 +133,13 @@ pub struct AttemptStart<'a> {
 /// What an instance's lifetime allows beyond its boot, run and time kept
 /// for debugging, so the runner always ends it first.
 const LIFETIME_MARGIN: Duration = Duration::from_secs(10 * 60);
+
+/// How long an attempt's instance may live once its agent has started,
+/// at most: the job's `max_runtime` and `keep_on_failure`, and a margin
+/// (the runner ends it first).
+pub fn run_lifetime(spec: &JobSpec) -> Duration {
+    spec.max_runtime + spec.keep_on_failure.unwrap_or_default() + LIFETIME_MARGIN
+}
 
 /// The runner's state on this server.
 #[derive(Default)]
@@ -128,6 +164,9 @@ pub(crate) struct JobRunner {
     /// The instances of attempts under way that the inventory lacks, with
     /// its driver's listing count when that was first seen.
     missing: Mutex<HashMap<InstanceId, u64>>,
+    /// The instances kept warm that a job took this term: never offered
+    /// again, even if a listing older than their new tag shows them idle.
+    warm_taken: Mutex<BTreeSet<InstanceId>>,
 }
 
 impl JobRunner {
@@ -197,12 +236,22 @@ async fn term(shared: Arc<Shared>, fence: Fence) {
     }
 }
 
-/// Every instance of a job attempt, with its attempt and its driver, as
-/// the listings and creates have them, and each driver's count of
-/// listings then; None until every set has been listed this term.
+/// An instance of a job attempt, with its attempt and its driver.
 type JobInstance = ((JobId, u32), (String, Instance));
 
-fn job_instances(shared: &Shared) -> Option<(Vec<JobInstance>, HashMap<String, u64>)> {
+/// The job runner's instances as the listings and creates have them.
+struct Listed {
+    /// Of job attempts.
+    attempts: Vec<JobInstance>,
+    /// Kept warm for jobs and not taken by one (as far as their tags
+    /// say), with their driver.
+    warm: Vec<(String, Instance)>,
+    /// Each driver's count of listings.
+    listings: HashMap<String, u64>,
+}
+
+/// None until every set has been listed this term.
+fn job_instances(shared: &Shared) -> Option<Listed> {
     let inv = shared.inventory.lock().unwrap();
     if inv.values().any(|s| !s.listed) {
         return None;
@@ -211,20 +260,30 @@ fn job_instances(shared: &Shared) -> Option<(Vec<JobInstance>, HashMap<String, u
         .iter()
         .map(|(driver, set)| (driver.clone(), set.listings))
         .collect();
-    let all = inv
-        .iter()
-        .flat_map(|(driver, set)| {
-            set.jobs.values().filter_map(|(instance, _)| {
-                Some((instance.job()?, (driver.clone(), instance.clone())))
-            })
-        })
-        .collect();
-    Some((all, listings))
+    let (mut attempts, mut warm) = (Vec::new(), Vec::new());
+    for (driver, set) in inv.iter() {
+        for (instance, _) in set.jobs.values() {
+            match instance.job() {
+                Some(key) => attempts.push((key, (driver.clone(), instance.clone()))),
+                None => warm.push((driver.clone(), instance.clone())),
+            }
+        }
+    }
+    Some(Listed {
+        attempts,
+        warm,
+        listings,
+    })
 }
 
 /// One pass over every job not ended.
 async fn pass(shared: &Shared, fence: Fence) -> Result<(), StoreError> {
-    let Some((all, listings)) = job_instances(shared) else {
+    let Some(Listed {
+        attempts: all,
+        warm,
+        listings,
+    }) = job_instances(shared)
+    else {
         return Ok(());
     };
     let live = shared.store.live_jobs().await?;
@@ -238,6 +297,11 @@ async fn pass(shared: &Shared, fence: Fence) -> Result<(), StoreError> {
             .retain(|id, _| ids.contains(id));
     }
     meter(shared, fence, &all, &live).await;
+    let present: std::collections::HashSet<InstanceId> = all
+        .iter()
+        .map(|(_, (_, i))| i.id.clone())
+        .chain(warm.iter().map(|(_, i)| i.id.clone()))
+        .collect();
     // One instance an attempt: the one its record names first. Another
     // (a create that made one although it answered with an error, and was
     // asked again) is a duplicate, destroyed.
@@ -248,6 +312,18 @@ async fn pass(shared: &Shared, fence: Fence) -> Result<(), StoreError> {
     let mut all = all;
     all.sort_by_key(|(_, (_, i))| !recorded.contains(&i.id));
     let mut instances: HashMap<(JobId, u32), (String, Instance)> = HashMap::new();
+    // A warm instance a job took whose new tag a listing does not show yet
+    // is that attempt's all the same.
+    let mut warm: Vec<(String, Instance)> = warm;
+    for job in &live {
+        let Some(a) = job.live_attempt().filter(|a| a.warm.is_some()) else {
+            continue;
+        };
+        if let Some(i) = warm.iter().position(|(_, w)| Some(&w.id) == a.instance.as_ref()) {
+            let (driver, instance) = warm.swap_remove(i);
+            instances.insert((job.id, a.attempt), (driver, instance));
+        }
+    }
     for (key, (driver, instance)) in all {
         if let std::collections::hash_map::Entry::Vacant(slot) = instances.entry(key) {
             slot.insert((driver, instance));
@@ -302,8 +378,16 @@ async fn pass(shared: &Shared, fence: Fence) -> Result<(), StoreError> {
         tracing::info!(job, attempt, instance = %instance.id, "destroying the instance of an attempt no longer under way");
         destroy(shared, &driver, &instance.id).await;
     }
-    let slots = shared.config.jobs.max_instances.saturating_sub(busy);
-    start_queued(shared, fence, &queued, slots).await;
+    let mut warm = tidy_warm(shared, warm, &present, now).await;
+    // The instances kept warm count as busy: no job instance is made
+    // beyond `max_instances` to keep one.
+    let slots = shared
+        .config
+        .jobs
+        .max_instances
+        .saturating_sub(busy + warm.len());
+    let made = start_queued(shared, fence, &queued, slots, &mut warm).await;
+    keep_warm(shared, fence, &warm, slots.saturating_sub(made)).await;
     Ok(())
 }
 
@@ -351,10 +435,16 @@ async fn meter(shared: &Shared, fence: Fence, instances: &[JobInstance], live: &
         else {
             continue;
         };
+        // An instance kept warm is charged from when the job took it.
+        let from = if a.warm.is_some() {
+            instance.launched_at.max(a.started_at)
+        } else {
+            instance.launched_at
+        };
         listed.push(NodeMeter::for_job(
             org.clone(),
             instance.id.clone(),
-            instance.launched_at,
+            from,
             a.price_per_hour,
             JobMeter {
                 attempt: format!("{job}/{attempt}"),
@@ -575,10 +665,7 @@ async fn create(
     let Some(boot) = shared.jobs.boot.get() else {
         return fail("this server cannot start job agents".to_owned()).await;
     };
-    let lifetime = shared.config.jobs.boot_timeout
-        + spec.max_runtime
-        + spec.keep_on_failure.unwrap_or_default()
-        + LIFETIME_MARGIN;
+    let lifetime = shared.config.jobs.boot_timeout + run_lifetime(spec);
     let init_data = match boot.init_data(&AttemptStart {
         driver: &pool.driver,
         job: job.id,
@@ -608,48 +695,11 @@ async fn create(
         shutdown_terminates: true,
         market: Some(a.market),
     };
-    let set = shared.sets[&pool.driver].clone();
-    let made = {
-        // As a reconcile's actions: a new term waits for them.
-        let _acting = shared.acting.read().await;
-        if shared.leadership.fence() != Some(fence) {
-            return Ok(());
-        }
-        set.create(&request).await
-    };
-    // What became of it, decided under the inventory's lock; acted on
-    // after it.
-    let outcome: Result<Option<InstanceId>, String> = {
-        let mut inv = shared.inventory.lock().unwrap();
-        let set_inv = inv.get_mut(&pool.driver).expect("known driver");
-        match made {
-            Ok(mut made) if !made.is_empty() => {
-                let instance = made.swap_remove(0);
-                tracing::info!(job = job.id, attempt = a.attempt, instance = %instance.id, instance_type = %a.instance_type, "made an attempt's instance");
-                let id = instance.id.clone();
-                set_inv.add_job_instance(instance);
-                Ok(Some(id))
-            }
-            Ok(_) => Err("the cloud made no instance".to_owned()),
-            Err(CloudError::InsufficientCapacity { scope, message }) => {
-                let until = Instant::now() + shared.config.capacity_backoff;
-                set_inv.capacity_backoff.insert(scope, until);
-                Err(format!("no capacity: {message}"))
-            }
-            Err(CloudError::QuotaExceeded { message }) => {
-                set_inv.quota_blocked_at = Some(set_inv.total());
-                Err(format!("cloud quota reached: {message}"))
-            }
-            Err(e @ CloudError::Permanent { .. }) => Err(e.to_string()),
-            // Tried again next pass, until the boot timeout.
-            Err(e) => {
-                tracing::info!(job = job.id, attempt = a.attempt, error = %e, "making an attempt's instance failed; trying again");
-                Ok(None)
-            }
-        }
-    };
+    let outcome = make(shared, fence, &pool.driver, &request).await;
     match outcome {
-        Ok(Some(instance)) => step(
+        Ok(Some(instance)) => {
+            tracing::info!(job = job.id, attempt = a.attempt, %instance, instance_type = %a.instance_type, "made an attempt's instance");
+            step(
             shared,
             fence,
             job,
@@ -659,9 +709,56 @@ async fn create(
             },
         )
         .await
-        .map(|_| ()),
+        .map(|_| ())
+        }
         Ok(None) => Ok(()),
         Err(why) => fail(why).await,
+    }
+}
+
+/// Asks `driver` for the instance `request` describes, as a reconcile's
+/// actions are asked (a new term waits for it), and records it in the
+/// inventory: Some(its id), None if it is to be asked again (a transient
+/// failure, or this server no longer leads), or why it cannot be made now
+/// (the capacity and quota back-offs recorded).
+async fn make(
+    shared: &Shared,
+    fence: Fence,
+    driver: &str,
+    request: &CreateRequest,
+) -> Result<Option<InstanceId>, String> {
+    let set = shared.sets[driver].clone();
+    let made = {
+        let _acting = shared.acting.read().await;
+        if shared.leadership.fence() != Some(fence) {
+            return Ok(None);
+        }
+        set.create(request).await
+    };
+    let mut inv = shared.inventory.lock().unwrap();
+    let set_inv = inv.get_mut(driver).expect("known driver");
+    match made {
+        Ok(mut made) if !made.is_empty() => {
+            let instance = made.swap_remove(0);
+            let id = instance.id.clone();
+            set_inv.add_job_instance(instance);
+            Ok(Some(id))
+        }
+        Ok(_) => Err("the cloud made no instance".to_owned()),
+        Err(CloudError::InsufficientCapacity { scope, message }) => {
+            let until = Instant::now() + shared.config.capacity_backoff;
+            set_inv.capacity_backoff.insert(scope, until);
+            Err(format!("no capacity: {message}"))
+        }
+        Err(CloudError::QuotaExceeded { message }) => {
+            set_inv.quota_blocked_at = Some(set_inv.total());
+            Err(format!("cloud quota reached: {message}"))
+        }
+        Err(e @ CloudError::Permanent { .. }) => Err(e.to_string()),
+        Err(e) => {
+            tracing::info!(instance = %request.cluster, error = %e, "making a job's instance failed; trying again");
+            Ok(None)
+        }
     }
 }
 
@@ -753,11 +850,19 @@ async fn offers(shared: &Shared) -> BTreeMap<PoolName, Vec<Offer>> {
     all
 }
 
-/// Starts the queued jobs the scheduler finds an instance for; the others
-/// are told why they wait.
-async fn start_queued(shared: &Shared, fence: Fence, queued: &[&JobRecord], slots: usize) {
+/// Starts the queued jobs that fit an instance kept warm on one (taken
+/// from `warm`), and those the scheduler finds an instance for within
+/// `slots`; the others are told why they wait. Returns how many instances
+/// it asked to be made.
+async fn start_queued(
+    shared: &Shared,
+    fence: Fence,
+    queued: &[&JobRecord],
+    slots: usize,
+    warm: &mut Vec<(String, Instance)>,
+) -> usize {
     if queued.is_empty() {
-        return;
+        return 0;
     }
     let now = shared.clock.now();
     let mut specs: HashMap<JobId, Arc<JobSpec>> = HashMap::new();
@@ -824,8 +929,14 @@ async fn start_queued(shared: &Shared, fence: Fence, queued: &[&JobRecord], slot
             }
         }
     }
-    let decisions = schedule(&waiting, &offers, slots);
     let by_id: HashMap<JobId, &JobRecord> = queued.iter().map(|j| (j.id, *j)).collect();
+    let on_warm = take_warm_instances(shared, fence, &waiting, &by_id, &offers, warm).await;
+    let waiting: Vec<Waiting<'_>> = waiting
+        .into_iter()
+        .filter(|w| !on_warm.contains(&w.key.id))
+        .collect();
+    let decisions = schedule(&waiting, &offers, slots);
+    let mut made = 0;
     for (id, decision) in decisions {
         let job = by_id[&id];
         match decision {
@@ -837,7 +948,9 @@ async fn start_queued(shared: &Shared, fence: Fence, queued: &[&JobRecord], slot
                     market: fit.market,
                     price_per_hour: fit.price_per_hour,
                     token: new_token(),
+                    warm: None,
                 };
+                made += 1;
                 match step(shared, fence, job, JobStep::Start(attempt)).await {
                     Ok(started) => {
                         let a = started.live_attempt().expect("just started");
@@ -881,6 +994,256 @@ async fn start_queued(shared: &Shared, fence: Fence, queued: &[&JobRecord], slot
             }
         }
     }
+    made
+}
+
+/// Starts the jobs of `waiting` that fit an instance kept warm (in queue
+/// order; [`take_warm`]) on it, taking it out of `warm`: first the
+/// instance's tag names the attempt, so that whatever happens next it is
+/// known as that attempt's (and destroyed if the start is not stored),
+/// then the attempt is stored with the instance. Returns the jobs started.
+async fn take_warm_instances(
+    shared: &Shared,
+    fence: Fence,
+    waiting: &[Waiting<'_>],
+    by_id: &HashMap<JobId, &JobRecord>,
+    offers: &BTreeMap<PoolName, Vec<Offer>>,
+    warm: &mut Vec<(String, Instance)>,
+) -> BTreeSet<JobId> {
+    let mut started = BTreeSet::new();
+    if warm.is_empty() {
+        return started;
+    }
+    // Each with its pool's offer for its type (a pool that no longer
+    // offers it takes no job; it is replaced when it has idled long enough).
+    let nodes: Vec<(usize, WarmNode, &Offer)> = warm
+        .iter()
+        .enumerate()
+        .filter_map(|(i, (_, instance))| {
+            let pool = instance.pool()?;
+            let offer = offers
+                .get(&pool)?
+                .iter()
+                .find(|o| o.instance_type == instance.instance_type)?;
+            Some((
+                i,
+                WarmNode {
+                    pool,
+                    instance_type: instance.instance_type.clone(),
+                    shape: offer.shape,
+                },
+                offer,
+            ))
+        })
+        .collect();
+    let picks = take_warm(
+        waiting,
+        &nodes.iter().map(|(_, n, _)| n.clone()).collect::<Vec<_>>(),
+    );
+    let mut taken = Vec::new();
+    for (id, pick) in picks {
+        let (index, node, offer) = &nodes[pick];
+        let (driver, instance) = &warm[*index];
+        let job = by_id[&id];
+        let attempt = job.attempts.len() as u32 + 1;
+        let Some(hash) = instance.warm().map(str::to_owned) else {
+            continue;
+        };
+        shared.jobs.warm_taken.lock().unwrap().insert(instance.id.clone());
+        taken.push(*index);
+        let tag = Tags::from([(TAG_JOB.to_owned(), format!("{id}/{attempt}"))]);
+        let tagged = {
+            let _acting = shared.acting.read().await;
+            if shared.leadership.fence() != Some(fence) {
+                break;
+            }
+            shared.sets[driver].set_tags(&instance.id, &tag).await
+        };
+        if let Err(e) = tagged {
+            tracing::warn!(job = id, instance = %instance.id, error = %e, "taking an instance kept warm failed; it is replaced");
+            destroy(shared, driver, &instance.id).await;
+            continue;
+        }
+        if let Some((i, _)) = shared
+            .inventory
+            .lock()
+            .unwrap()
+            .get_mut(driver)
+            .and_then(|set| set.jobs.get_mut(&instance.id))
+        {
+            i.tags.extend(tag);
+        }
+        let start = NewAttempt {
+            pool: node.pool.clone(),
+            instance_type: node.instance_type.clone(),
+            market: flotilla_domain::Market::OnDemand,
+            price_per_hour: offer.price_per_hour,
+            token: new_token(),
+            warm: Some((instance.id.clone(), hash)),
+        };
+        match step(shared, fence, job, JobStep::Start(start)).await {
+            Ok(_) => {
+                tracing::info!(job = id, attempt, instance = %instance.id, instance_type = %node.instance_type, "starting a job's attempt on an instance kept warm");
+                started.insert(id);
+            }
+            // Its tag names an attempt not under way: the next pass
+            // destroys it.
+            Err(e) => tracing::info!(job = id, error = %e, "starting a job failed"),
+        }
+    }
+    taken.sort_unstable();
+    for index in taken.into_iter().rev() {
+        warm.remove(index);
+    }
+    started
+}
+
+/// The instances kept warm that may still be taken, oldest first: those
+/// idle past `warm_max_idle`, of a pool gone or that keeps fewer now, or
+/// taken already, are destroyed.
+async fn tidy_warm(
+    shared: &Shared,
+    warm: Vec<(String, Instance)>,
+    present: &std::collections::HashSet<InstanceId>,
+    now: DateTime<Utc>,
+) -> Vec<(String, Instance)> {
+    let max_idle = shared.config.jobs.warm_max_idle;
+    let mut warm = warm;
+    warm.sort_by_key(|(_, i)| (i.launched_at, i.id.clone()));
+    let mut kept: Vec<(String, Instance)> = Vec::new();
+    let mut per_pool: HashMap<PoolName, u32> = HashMap::new();
+    {
+        let mut taken = shared.jobs.warm_taken.lock().unwrap();
+        taken.retain(|id| present.contains(id));
+    }
+    // The youngest are kept where a pool keeps fewer.
+    for (driver, instance) in warm.into_iter().rev() {
+        let wanted = instance
+            .pool()
+            .and_then(|p| shared.pools.get(&p).map(|spec| (p, spec.idle_nodes)));
+        let why = if shared.jobs.warm_taken.lock().unwrap().contains(&instance.id) {
+            Some("a job took it")
+        } else if (now - instance.launched_at)
+            .to_std()
+            .is_ok_and(|idle| idle >= max_idle)
+        {
+            Some("it idled past warm_max_idle")
+        } else {
+            match wanted {
+                None => Some("its pool is gone"),
+                Some((pool, keep)) => {
+                    let n = per_pool.entry(pool).or_default();
+                    *n += 1;
+                    (*n > keep).then_some("its pool keeps fewer")
+                }
+            }
+        };
+        match why {
+            Some(why) => {
+                // A job took it: its new tag makes it that attempt's; the
+                // listing will say so.
+                if why != "a job took it" {
+                    tracing::info!(instance = %instance.id, %driver, why, "destroying an instance kept warm");
+                    destroy(shared, &driver, &instance.id).await;
+                }
+            }
+            None => kept.push((driver, instance)),
+        }
+    }
+    kept.reverse();
+    kept
+}
+
+/// Makes instances kept warm for the pools that keep fewer than their
+/// `idle_nodes`, within `slots`: each of the pool's cheapest type, on
+/// demand, tagged with the hash of the token its agent asks for a job
+/// with.
+async fn keep_warm(shared: &Shared, fence: Fence, warm: &[(String, Instance)], slots: usize) {
+    let Some(boot) = shared.jobs.boot.get() else {
+        return;
+    };
+    let mut slots = slots;
+    for (name, pool) in shared.pools.snapshot().iter() {
+        if pool.idle_nodes == 0 || slots == 0 {
+            continue;
+        }
+        let have = warm
+            .iter()
+            .filter(|(_, i)| i.pool().as_ref() == Some(name))
+            .count();
+        let Some(ty) = pool.preferred().cloned() else {
+            continue;
+        };
+        for _ in have..pool.idle_nodes as usize {
+            if slots == 0 {
+                return;
+            }
+            let blocked = shared
+                .inventory
+                .lock()
+                .unwrap()
+                .get(&pool.driver)
+                .is_none_or(|s| s.may_create(&ty, Instant::now()) == 0);
+            if blocked {
+                break;
+            }
+            let token = new_token();
+            let init_data = match boot.warm_init_data(&WarmStart {
+                driver: &pool.driver,
+                token: &token,
+                lifetime: shared.config.jobs.boot_timeout
+                    + shared.config.jobs.warm_max_idle
+                    + LIFETIME_MARGIN,
+            }) {
+                Ok(init) => init,
+                Err(why) => {
+                    tracing::debug!(pool = %name, %why, "a pool's instances cannot be kept warm");
+                    break;
+                }
+            };
+            let image = match crate::pools::launch(&shared.shared_configs, pool) {
+                Ok(launch) => launch.image,
+                Err(why) => {
+                    tracing::warn!(pool = %name, %why, "cannot make an instance kept warm");
+                    break;
+                }
+            };
+            let mut tags = pool.tags.clone();
+            tags.insert(TAG_WARM.to_owned(), warm_token_hash(&token));
+            let request = CreateRequest {
+                cluster: warm_name(),
+                pool: name.clone(),
+                instance_type: ty.clone(),
+                image,
+                tags,
+                init_data: Some(init_data),
+                workload: None,
+                pool_version: None,
+                count: 1,
+                shutdown_terminates: true,
+                market: Some(flotilla_domain::Market::OnDemand),
+            };
+            slots -= 1;
+            match make(shared, fence, &pool.driver, &request).await {
+                Ok(Some(id)) => {
+                    tracing::info!(pool = %name, instance = %id, instance_type = %ty, "made an instance kept warm for jobs")
+                }
+                Ok(None) => {}
+                Err(why) => {
+                    tracing::warn!(pool = %name, %why, "cannot make an instance kept warm");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// The name an instance kept warm carries as its cluster: `warm-` and 8
+/// random hex digits (a job that takes it does not rename it).
+fn warm_name() -> ClusterName {
+    use rand::RngCore;
+    let n = rand::thread_rng().next_u32();
+    ClusterName::new(format!("warm-{n:08x}")).expect("a valid cluster name")
 }
 
 /// Whether a queued job that asked for spot is still bought on spot: not
@@ -993,6 +1356,7 @@ mod tests {
             end: Some(end),
             seen_at: None,
             token: String::new(),
+            warm: None,
         }
     }
 

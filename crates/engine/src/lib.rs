@@ -62,7 +62,9 @@ pub use budget::AccrualStats;
 pub use error::EngineError;
 pub use flotilla_cloud::{CloudError, Console, ExecOutput};
 pub use flotilla_domain::PoolSpec;
-pub use jobs::{instance_name, spec_of, AttemptBoot, AttemptStart, JobSettings};
+pub use jobs::{
+    instance_name, run_lifetime, spec_of, AttemptBoot, AttemptStart, JobSettings, WarmStart,
+};
 pub use orgs::{log_org_events, request_views};
 pub use pools::{PoolView, ResolvedImage};
 pub use reach::NodeChoice;

@@ -82,6 +82,11 @@ struct JobsSection {
     /// demand.
     #[serde(with = "humantime_serde")]
     spot_wait: Duration,
+    /// An instance a pool keeps warm for jobs (`idle_nodes`) that no job
+    /// took for this long is replaced; it ends itself a little after,
+    /// whatever becomes of flotilla.
+    #[serde(with = "humantime_serde")]
+    warm_max_idle: Duration,
     /// Where agents reach this server; unset: `http://` and the listen
     /// address (loopback for an unspecified one), which only instances on
     /// this machine (the local driver's) can reach.
@@ -108,6 +113,7 @@ impl Default for JobsSection {
             boot_timeout: d.boot_timeout,
             max_instances: d.max_instances,
             spot_wait: d.spot_wait,
+            warm_max_idle: d.warm_max_idle,
             server_url: None,
             artifacts_dir: None,
             s3: None,
@@ -1001,6 +1007,7 @@ impl Config {
             boot_timeout: j.boot_timeout,
             max_instances: j.max_instances,
             spot_wait: j.spot_wait,
+            warm_max_idle: j.warm_max_idle,
             templates,
         };
 

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use flotilla_api_types::{AgentAnswer, AgentReport, AttemptWork, LogLine};
+use flotilla_api_types::{AgentAnswer, AgentReport, AttemptWork, LogLine, WarmAssignment};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -362,6 +362,39 @@ async fn checkout(
 
 /// Runs attempt `attempt` of job `job` from `server`; the exit status of
 /// the agent itself (0 once the script's status is reported).
+/// How often the agent of an instance kept warm asks for a job.
+const WARM_POLL: Duration = Duration::from_secs(1);
+
+/// The agent of an instance kept warm for jobs (`flotilla node --warm
+/// --server URL`, its token in `FLOTILLA_WARM_TOKEN`): asks the server for
+/// a job every second until one takes the instance, then runs that
+/// attempt as [`run`] does. The server being unreachable (a restart) is
+/// waited out; a refusal is an error.
+pub async fn run_warm(server: &str, token: &str) -> Result<(), String> {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let url = format!("{}/api/v1/warm", server.trim_end_matches('/'));
+    let taken: WarmAssignment = loop {
+        match http.get(&url).header(TOKEN_HEADER, token).send().await {
+            Ok(r) if r.status() == reqwest::StatusCode::OK => {
+                break r.json().await.map_err(|e| e.to_string())?;
+            }
+            Ok(r) if r.status() == reqwest::StatusCode::NO_CONTENT => {}
+            Ok(r) if r.status().is_server_error() => {}
+            Ok(r) => {
+                let status = r.status();
+                let body = r.text().await.unwrap_or_default();
+                return Err(format!("the server refused to give a job: {status}: {body}"));
+            }
+            Err(_) => {}
+        }
+        tokio::time::sleep(WARM_POLL).await;
+    };
+    run(server, taken.job, taken.attempt, taken.token).await
+}
+
 pub async fn run(server: &str, job: u64, attempt: u32, token: String) -> Result<(), String> {
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
@@ -418,6 +451,7 @@ pub async fn run(server: &str, job: u64, attempt: u32, token: String) -> Result<
         .env("FLOTILLA_JOB", job.to_string())
         .env("FLOTILLA_ATTEMPT", attempt.to_string())
         .env_remove("FLOTILLA_ATTEMPT_TOKEN")
+        .env_remove("FLOTILLA_WARM_TOKEN")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -343,15 +343,20 @@ enum Command {
     },
     /// Run a node agent (what the `local` driver starts for each node), or
     /// in job mode (`--job`) the agent of one job attempt (what an
-    /// attempt's instance runs; its token in FLOTILLA_ATTEMPT_TOKEN).
+    /// attempt's instance runs; its token in FLOTILLA_ATTEMPT_TOKEN), or
+    /// (`--warm`) the agent of an instance kept warm for jobs, which asks
+    /// for a job with the token in FLOTILLA_WARM_TOKEN and runs it.
     #[command(hide = true)]
     Node {
         /// The node's instance directory, as written by the local driver.
-        #[arg(long, required_unless_present = "job")]
+        #[arg(long, required_unless_present_any = ["job", "warm"])]
         instance_dir: Option<PathBuf>,
         /// Job mode: run this job's attempt.
         #[arg(long, conflicts_with = "instance_dir", requires_all = ["attempt", "server"])]
         job: Option<u64>,
+        /// Warm mode: wait for a job to take this instance, then run it.
+        #[arg(long, conflicts_with_all = ["instance_dir", "job"], requires = "server")]
+        warm: bool,
         /// The attempt's number.
         #[arg(long)]
         attempt: Option<u32>,
@@ -855,6 +860,23 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("flotilla node --job {job}: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Node {
+            warm: true,
+            server: Some(server),
+            ..
+        } => {
+            let Ok(token) = std::env::var("FLOTILLA_WARM_TOKEN") else {
+                eprintln!("flotilla node --warm: set FLOTILLA_WARM_TOKEN to the instance's token");
+                return ExitCode::from(exit::USAGE);
+            };
+            match node_runtime().block_on(job_agent::run_warm(&server, &token)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("flotilla node --warm: {e}");
                     ExitCode::FAILURE
                 }
             }

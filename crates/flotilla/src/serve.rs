@@ -559,4 +559,34 @@ impl flotilla_engine::AttemptBoot for AgentBoot {
             None => Err(format!("driver {driver} is not configured")),
         }
     }
+
+    fn warm_init_data(&self, start: &flotilla_engine::WarmStart<'_>) -> Result<String, String> {
+        let (driver, token) = (start.driver, start.token);
+        match self.kinds.get(driver).copied() {
+            Some("ec2") if !self.server_url_set => Err(format!(
+                "instances on EC2 cannot reach this server at its listen address ({}): set [jobs] server_url to an address they reach",
+                self.server
+            )),
+            Some("ec2") => match &self.agent_sha256 {
+                Some(sha256) => Ok(flotilla_driver_ec2::user_data::warm_agent(
+                    &self.server,
+                    token,
+                    start.lifetime,
+                    sha256,
+                )),
+                None => Err("this server did not read its agent program".to_owned()),
+            },
+            Some("local") => Ok(format!(
+                "FLOTILLA_WARM_TOKEN={} exec {} node --warm --server {}",
+                sh_quote(token),
+                sh_quote(&self.program.to_string_lossy()),
+                sh_quote(&self.server),
+            )),
+            Some("fake") => Ok("flotilla node --warm".to_owned()),
+            Some(kind) => Err(format!(
+                "instances of {kind} drivers cannot be kept warm for jobs (the local and ec2 drivers start their agent)"
+            )),
+            None => Err(format!("driver {driver} is not configured")),
+        }
+    }
 }

@@ -29,6 +29,7 @@ fn on(ty: &str) -> JobStep {
         market: Market::Spot,
         price_per_hour: Money::from_micros(31_000),
         token: format!("token-{ty}"),
+        warm: None,
     })
 }
 
@@ -120,12 +121,23 @@ pub async fn a_job_goes_through_its_attempts_step_by_step(h: Harness) {
     };
     let j = step(store, &j, &lost, fence, 5).await.unwrap();
     assert_eq!(j.state, JobState::Queued);
-    let j = step(store, &j, &on("t3.small"), fence, 6).await.unwrap();
+    // The second takes an instance kept warm: made already.
+    let JobStep::Start(mut warm) = on("t3.small") else {
+        unreachable!()
+    };
+    warm.warm = Some((InstanceId::new("i-2"), "hash-of-its-token".to_owned()));
+    let j = step(store, &j, &JobStep::Start(warm), fence, 6)
+        .await
+        .unwrap();
     let created = JobStep::Created {
         attempt: 2,
         instance: InstanceId::new("i-2"),
     };
-    let j = step(store, &j, &created, fence, 7).await.unwrap();
+    let made = step(store, &j, &created, fence, 7).await;
+    assert!(
+        matches!(made, Err(StoreError::JobState { .. })),
+        "a warm instance is not made again: {made:?}"
+    );
     let j = step(store, &j, &JobStep::Running { attempt: 2 }, fence, 7)
         .await
         .unwrap();
@@ -160,6 +172,12 @@ pub async fn a_job_goes_through_its_attempts_step_by_step(h: Harness) {
         ]
     );
     assert_eq!(stored.attempts[0].instance, Some(instance));
+    assert_eq!(stored.attempts[0].warm, None);
+    assert_eq!(stored.attempts[1].instance, Some(InstanceId::new("i-2")));
+    assert_eq!(
+        stored.attempts[1].warm.as_deref(),
+        Some("hash-of-its-token")
+    );
     assert_eq!(stored.attempts[1].market, Market::Spot);
     assert_eq!(
         stored.attempts[1].price_per_hour,

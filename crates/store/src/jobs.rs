@@ -71,6 +71,11 @@ pub struct AttemptRecord {
     /// shown.
     #[serde(default)]
     pub token: String,
+    /// Its instance was kept warm for jobs before it took this attempt:
+    /// the hash of the token that instance's agent asks for a job with
+    /// ([`flotilla_domain::warm_token_hash`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warm: Option<String>,
 }
 
 mod market {
@@ -109,6 +114,9 @@ pub struct NewAttempt {
     pub price_per_hour: Money,
     /// What its agent will present (see [`AttemptRecord::token`]).
     pub token: String,
+    /// An instance kept warm that it takes, made already (see
+    /// [`AttemptRecord::warm`]); None: its instance is made for it.
+    pub warm: Option<(InstanceId, String)>,
 }
 
 /// One step of a job.
@@ -215,13 +223,14 @@ impl JobRecord {
                     instance_type: a.instance_type.clone(),
                     market: a.market,
                     price_per_hour: a.price_per_hour,
-                    instance: None,
+                    instance: a.warm.as_ref().map(|(id, _)| id.clone()),
                     started_at: now,
                     running_at: None,
                     ended_at: None,
                     end: None,
                     seen_at: None,
                     token: a.token.clone(),
+                    warm: a.warm.as_ref().map(|(_, hash)| hash.clone()),
                 });
             }
             JobStep::Created { attempt, instance } => {
