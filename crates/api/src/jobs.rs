@@ -469,7 +469,10 @@ pub(crate) async fn warm_assignment(
         let minutes = taken.lifetime.as_secs().div_ceil(60).max(1);
         return Ok((
             [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-            format!("{} {} {} {minutes}\n", taken.job, taken.attempt, taken.token),
+            format!(
+                "{} {} {} {minutes}\n",
+                taken.job, taken.attempt, taken.token
+            ),
         )
             .into_response());
     }

@@ -19,8 +19,8 @@ pub use clock::{Clock, SystemClock, TokioClock};
 pub use contract::{
     check_tag_update, is_local_failure, matches_filter, ownership_tags, CapacityScope, CloudError,
     Console, CreateRequest, ExecOutput, Health, Instance, InstanceSet, InstanceShape, Offering,
-    SpotPrice, Tags, TAG_CLUSTER, TAG_INSTANCE_SET, TAG_INSTANCE_TYPE, TAG_JOB, TAG_POOL, TAG_WARM,
-    TAG_POOL_VERSION,
+    SpotPrice, Tags, TAG_CLUSTER, TAG_INSTANCE_SET, TAG_INSTANCE_TYPE, TAG_JOB, TAG_POOL,
+    TAG_POOL_VERSION, TAG_WARM,
 };
 pub use metered::{CloudMetrics, Metered};
 pub use throttle::Throttled;

@@ -33,12 +33,13 @@ pub use cluster::{
     TimeToLive, ValidationError, Workload,
 };
 pub use fit::{
-    cheapest_fit, schedule, Decision, Fit, Market, Offer, Shape, Unfit, Waiting, IN_LINE, take_warm, WarmNode,
+    cheapest_fit, schedule, take_warm, Decision, Fit, Market, Offer, Shape, Unfit, Waiting,
+    WarmNode, IN_LINE,
 };
 pub use job::{
-    after_attempt, is_artifact_of, job_schema, kept_path, secret_parts, AfterAttempt, AttemptEnd,
-    Checkout, JobDefaults, JobDocument, JobSpec, JobState, PoolChoice, QueueKey, Resources, Secret, warm_token_hash,
-    CLUSTER_TOKEN, MAX_KEPT_PATH, MAX_RETRIES, MAX_SCRIPT, REDACTED,
+    after_attempt, is_artifact_of, job_schema, kept_path, secret_parts, warm_token_hash,
+    AfterAttempt, AttemptEnd, Checkout, JobDefaults, JobDocument, JobSpec, JobState, PoolChoice,
+    QueueKey, Resources, Secret, CLUSTER_TOKEN, MAX_KEPT_PATH, MAX_RETRIES, MAX_SCRIPT, REDACTED,
 };
 pub use money::{
     forecast_hours, lifetime_cost, month_of, monthly_credit, projected_cost, Money, MoneyError,

@@ -248,7 +248,10 @@ pub fn warm_agent(
 /// token, checked against `sha256`, and run in job mode.
 fn run_agent(server: &str, sha256: &str) -> Vec<String> {
     let server = server.trim_end_matches('/');
-    let agent_url = format!("{}\"$job/$attempt/agent\"", sh_quote(&format!("{server}/api/v1/attempts/")));
+    let agent_url = format!(
+        "{}\"$job/$attempt/agent\"",
+        sh_quote(&format!("{server}/api/v1/attempts/"))
+    );
     let server = sh_quote(server);
     vec![
         // Transient failures (the server restarting) are tried again; a

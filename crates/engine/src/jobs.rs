@@ -319,7 +319,10 @@ async fn pass(shared: &Shared, fence: Fence) -> Result<(), StoreError> {
         let Some(a) = job.live_attempt().filter(|a| a.warm.is_some()) else {
             continue;
         };
-        if let Some(i) = warm.iter().position(|(_, w)| Some(&w.id) == a.instance.as_ref()) {
+        if let Some(i) = warm
+            .iter()
+            .position(|(_, w)| Some(&w.id) == a.instance.as_ref())
+        {
             let (driver, instance) = warm.swap_remove(i);
             instances.insert((job.id, a.attempt), (driver, instance));
         }
@@ -700,16 +703,16 @@ async fn create(
         Ok(Some(instance)) => {
             tracing::info!(job = job.id, attempt = a.attempt, %instance, instance_type = %a.instance_type, "made an attempt's instance");
             step(
-            shared,
-            fence,
-            job,
-            JobStep::Created {
-                attempt: a.attempt,
-                instance,
-            },
-        )
-        .await
-        .map(|_| ())
+                shared,
+                fence,
+                job,
+                JobStep::Created {
+                    attempt: a.attempt,
+                    instance,
+                },
+            )
+            .await
+            .map(|_| ())
         }
         Ok(None) => Ok(()),
         Err(why) => fail(why).await,
@@ -1049,7 +1052,12 @@ async fn take_warm_instances(
         let Some(hash) = instance.warm().map(str::to_owned) else {
             continue;
         };
-        shared.jobs.warm_taken.lock().unwrap().insert(instance.id.clone());
+        shared
+            .jobs
+            .warm_taken
+            .lock()
+            .unwrap()
+            .insert(instance.id.clone());
         taken.push(*index);
         let tag = Tags::from([(TAG_JOB.to_owned(), format!("{id}/{attempt}"))]);
         let tagged = {
@@ -1121,7 +1129,13 @@ async fn tidy_warm(
         let wanted = instance
             .pool()
             .and_then(|p| shared.pools.get(&p).map(|spec| (p, spec.idle_nodes)));
-        let why = if shared.jobs.warm_taken.lock().unwrap().contains(&instance.id) {
+        let why = if shared
+            .jobs
+            .warm_taken
+            .lock()
+            .unwrap()
+            .contains(&instance.id)
+        {
             Some("a job took it")
         } else if (now - instance.launched_at)
             .to_std()

@@ -440,6 +440,15 @@ async fn a_failed_attempts_instance_is_kept_and_a_vanished_one_is_retried() {
 /// An engine on the fake cloud whose store has account ann (an
 /// organisation member) owning organisation `lab`, with `credit` on it.
 async fn lab_owned_by_ann(credit: Option<&str>) -> (Harness, Arc<dyn Store>, OrgName) {
+    lab_with(credit, common::pools(), Arc::new(FakeBoot)).await
+}
+
+/// As [`lab_owned_by_ann`], with `pools` and `boot`.
+async fn lab_with(
+    credit: Option<&str>,
+    pools: std::collections::BTreeMap<flotilla_domain::PoolName, flotilla_domain::PoolSpec>,
+    boot: Arc<dyn AttemptBoot>,
+) -> (Harness, Arc<dyn Store>, OrgName) {
     use flotilla_control::{CreateOrg, CreditOrg};
     use flotilla_domain::{AccountKind, Level, Username};
 
@@ -455,13 +464,14 @@ async fn lab_owned_by_ann(credit: Option<&str>) -> (Harness, Arc<dyn Store>, Org
         })
         .await
         .unwrap();
-    let h = Harness::start(
+    let h = Harness::start_with_pools(
         FakeCloud::new(FakeConfig::default()),
         store.clone(),
         config(),
+        pools,
     )
     .await;
-    assert!(h.engine.set_attempt_boot(Arc::new(FakeBoot)));
+    assert!(h.engine.set_attempt_boot(boot));
     let admin = Caller::local_operator();
     let lab = OrgName::new("lab").unwrap();
     h.control
@@ -723,5 +733,200 @@ async fn a_running_job_stops_when_its_organisation_runs_out_of_money() {
         !listed.iter().any(|i| i.id == instance),
         "its instance is destroyed"
     );
+    h.stop().await;
+}
+
+/// Hands fake instances kept warm their token, and remembers it: the
+/// test plays their agents.
+#[derive(Default)]
+struct WarmBoot {
+    tokens: std::sync::Mutex<Vec<String>>,
+}
+
+impl AttemptBoot for WarmBoot {
+    fn init_data(&self, start: &AttemptStart<'_>) -> Result<String, String> {
+        FakeBoot.init_data(start)
+    }
+
+    fn warm_init_data(&self, start: &flotilla_engine::WarmStart<'_>) -> Result<String, String> {
+        self.tokens.lock().unwrap().push(start.token.to_owned());
+        Ok("agent --warm".to_owned())
+    }
+}
+
+/// The instances the cloud has, by id.
+async fn listed(
+    cloud: &FakeCloud,
+) -> HashMap<flotilla_domain::InstanceId, flotilla_cloud::Instance> {
+    let set = cloud.instance_set(SET_ID);
+    set.list(&Tags::new())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| (i.id.clone(), i))
+        .collect()
+}
+
+/// Waits until the cloud has `n` instances kept warm that no job took,
+/// and returns them.
+async fn idle_warm(cloud: &FakeCloud, n: usize) -> Vec<flotilla_cloud::Instance> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let idle: Vec<_> = listed(cloud)
+            .await
+            .into_values()
+            .filter(|i| i.warm().is_some() && i.job().is_none())
+            .collect();
+        if idle.len() == n {
+            return idle;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} idle warm instances, not {n}: {idle:?}",
+            idle.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A pool's `idle_nodes` keeps instances booted for jobs: a job that fits
+/// one takes it (none is made for it), its agent learns the attempt by
+/// the token its boot was given, another is made in its place, the job is
+/// charged from when it took the instance (its idle time to nobody), and
+/// one idle past `warm_max_idle` is replaced.
+#[tokio::test(start_paused = true)]
+async fn a_pools_warm_instances_are_taken_by_jobs_and_kept_up() {
+    use flotilla_domain::{warm_token_hash, Level, Username};
+
+    let mut pools = common::pools();
+    pools
+        .get_mut(&flotilla_domain::PoolName::new("default").unwrap())
+        .unwrap()
+        .idle_nodes = 2;
+    let boot = Arc::new(WarmBoot::default());
+    let (mut h, store, lab) = lab_with(Some("5"), pools, boot.clone()).await;
+    let cloud = h.cloud.clone();
+
+    let warm = idle_warm(&cloud, 2).await;
+    let token_of = |i: &flotilla_cloud::Instance| {
+        boot.tokens
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|t| Some(warm_token_hash(t).as_str()) == i.warm())
+            .cloned()
+            .expect("a token given at its boot")
+    };
+    for i in &warm {
+        assert_eq!(i.instance_type.as_str(), "fake.small");
+        assert!(i.cluster().unwrap().as_str().starts_with("warm-"), "{i:?}");
+        assert_eq!(h.control.warm_assignment(&token_of(i)).await.unwrap(), None);
+    }
+    assert_eq!(
+        h.control
+            .warm_assignment("a-token-nobody-was-given")
+            .await
+            .unwrap(),
+        None
+    );
+    // Idle a minute: charged to nobody.
+    tokio::time::sleep(Duration::from_secs(60)).await;
+
+    let ann = Username::new("ann").unwrap();
+    let id = submit_as(
+        &h.control,
+        &Caller::signed_in(ann.clone(), Level::OrgMember),
+        serde_json::json!({"name": "warm", "script": "true", "max_runtime": "5m", "org": "lab"}),
+    )
+    .await;
+    let (attempt, token, instance) = made(&store, id).await;
+    let taken = warm
+        .iter()
+        .find(|i| i.id == instance)
+        .expect("the job took an instance kept warm")
+        .clone();
+    let job = store.job(id).await.unwrap().unwrap();
+    assert_eq!(job.attempts[0].warm.as_deref(), taken.warm());
+    assert_eq!(
+        listed(&cloud).await[&instance].job(),
+        Some((id, attempt)),
+        "its tag names the attempt"
+    );
+    let assignment = h
+        .control
+        .warm_assignment(&token_of(&taken))
+        .await
+        .unwrap()
+        .expect("its agent is told");
+    assert_eq!(
+        (
+            assignment.job,
+            assignment.attempt,
+            assignment.token.as_str()
+        ),
+        (id, attempt, token.as_str())
+    );
+    assert_eq!(assignment.lifetime, Duration::from_secs(15 * 60));
+    let other = warm.iter().find(|i| i.id != instance).unwrap();
+    assert_eq!(
+        h.control.warm_assignment(&token_of(other)).await.unwrap(),
+        None
+    );
+
+    h.control
+        .attempt_report(id, attempt, &token, AgentReport::Running)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    h.control
+        .attempt_report(id, attempt, &token, AgentReport::Exited { status: 0 })
+        .await
+        .unwrap();
+    assert_eq!(
+        store.job(id).await.unwrap().unwrap().state,
+        JobState::Succeeded
+    );
+    // Another in its place; the one the job ran on is destroyed.
+    let now_warm = idle_warm(&cloud, 2).await;
+    assert!(now_warm.iter().any(|i| i.id == other.id));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while listed(&cloud).await.contains_key(&instance) {
+        assert!(tokio::time::Instant::now() < deadline, "not destroyed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        listed(&cloud).await.len(),
+        2,
+        "nothing else made: {:?}",
+        listed(&cloud).await
+    );
+
+    // Charged from when the job took it, not from its launch.
+    h.engine.accrue_now().await.unwrap();
+    let a = &store.job(id).await.unwrap().unwrap().attempts[0];
+    let meters = store.usage(&lab).await.unwrap();
+    assert_eq!(meters.len(), 1, "{meters:?}");
+    assert_eq!(meters[0].id, instance);
+    assert!(
+        (meters[0].launched_at - a.started_at).abs() < chrono::Duration::milliseconds(1),
+        "{} vs {}",
+        meters[0].launched_at,
+        a.started_at
+    );
+    assert!(
+        meters[0].launched_at - taken.launched_at >= chrono::Duration::seconds(59),
+        "charged from {}, launched {}",
+        meters[0].launched_at,
+        taken.launched_at
+    );
+
+    // Unused past warm_max_idle (an hour): replaced.
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    let replaced = idle_warm(&cloud, 2).await;
+    assert!(
+        replaced.iter().all(|i| i.id != other.id),
+        "the one idle an hour was replaced"
+    );
+    assert_eq!(listed(&cloud).await.len(), 2);
     h.stop().await;
 }

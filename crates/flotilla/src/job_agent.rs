@@ -386,7 +386,9 @@ pub async fn run_warm(server: &str, token: &str) -> Result<(), String> {
             Ok(r) => {
                 let status = r.status();
                 let body = r.text().await.unwrap_or_default();
-                return Err(format!("the server refused to give a job: {status}: {body}"));
+                return Err(format!(
+                    "the server refused to give a job: {status}: {body}"
+                ));
             }
             Err(_) => {}
         }

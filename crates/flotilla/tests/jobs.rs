@@ -507,3 +507,79 @@ artifacts = ["out/report.txt", "out/dir", "missing.txt"]
         "{stderr}"
     );
 }
+
+/// The local driver's instances under `data` kept warm for jobs: each
+/// one's ID, with the attempt a job took it for, if one did.
+fn warm_instances(data: &Path) -> Vec<(String, Option<String>)> {
+    let mut found = Vec::new();
+    let mut dirs = vec![data.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.file_name().is_some_and(|n| n == "instance.json") {
+                let Ok(record) = std::fs::read(&path) else {
+                    continue;
+                };
+                let Ok(record) = serde_json::from_slice::<Value>(&record) else {
+                    continue;
+                };
+                if record["tags"]["flotilla-warm"].is_string() {
+                    found.push((
+                        record["id"].as_str().unwrap().to_owned(),
+                        record["tags"]["flotilla-job"].as_str().map(str::to_owned),
+                    ));
+                }
+            }
+        }
+    }
+    found
+}
+
+/// A pool's `idle_nodes` on the local driver: an instance is booted and
+/// its agent waits, asking the server for a job; a job takes it and runs
+/// on it, and another waits in its place.
+#[test]
+fn a_job_runs_on_an_instance_kept_warm() {
+    let sandbox = Sandbox::new();
+    let dir = sandbox.path();
+    let config = CONFIG.replace(
+        "instance_type = \"local.small\"\n",
+        "instance_type = \"local.small\"\nidle_nodes = 1\n",
+    );
+    assert_ne!(config, CONFIG);
+    let server = Server::start_with(&dir, &config);
+    let data = dir.join("data");
+    let mut warm = Vec::new();
+    wait_for("an instance kept warm", || {
+        warm = warm_instances(&data);
+        warm.len() == 1 && node_processes(&data).len() == 1
+    });
+    let (first, taken_for) = warm[0].clone();
+    assert_eq!(taken_for, None);
+    // Its agent is up and asking before any job comes.
+    std::thread::sleep(Duration::from_secs(2));
+
+    let file = write(
+        &dir,
+        "warm.toml",
+        "name = \"warm\"\nscript = \"echo on a warm node\"\nmax_runtime = \"5m\"\n",
+    );
+    let out = server.cli(&["job", "submit", &file, "--wait"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains(" out on a warm node\n"), "{stdout}");
+    let shown = job(&server, 1);
+    assert_eq!(shown["state"], "succeeded");
+    assert_eq!(shown["attempts"].as_array().unwrap().len(), 1);
+    assert_eq!(shown["attempts"][0]["instance"], first.as_str(), "{shown}");
+
+    wait_for("another kept warm, the one used gone", || {
+        let now = warm_instances(&data);
+        now.len() == 1 && now[0].0 != first && now[0].1.is_none()
+    });
+    let shown = server.cli(&["--output", "json", "pool", "show", "default"]);
+    let pool: Value = serde_json::from_slice(&shown.stdout).unwrap();
+    assert_eq!(pool["document"]["idle_nodes"], 1, "{pool}");
+}

@@ -69,6 +69,26 @@ impl Harness {
         config: EngineConfig,
         clock: TokioClock,
     ) -> Self {
+        Self::start_with(cloud, store, config, clock, pools()).await
+    }
+
+    /// As [`start`](Self::start), with `pools` rather than [`pools`].
+    pub async fn start_with_pools(
+        cloud: FakeCloud,
+        store: Arc<dyn Store>,
+        config: EngineConfig,
+        pools: BTreeMap<PoolName, PoolSpec>,
+    ) -> Self {
+        Self::start_with(cloud, store, config, TokioClock::default(), pools).await
+    }
+
+    async fn start_with(
+        cloud: FakeCloud,
+        store: Arc<dyn Store>,
+        config: EngineConfig,
+        clock: TokioClock,
+        pools: BTreeMap<PoolName, PoolSpec>,
+    ) -> Self {
         // RUST_LOG=debug shows the engine's decisions when a test fails.
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
@@ -79,7 +99,7 @@ impl Harness {
             config,
             store.clone(),
             BTreeMap::from([("fake".to_owned(), set)]),
-            pools(),
+            pools,
             PoolName::new("default").unwrap(),
             Arc::new(clock),
             &mut Registry::default(),
