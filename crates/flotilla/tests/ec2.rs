@@ -498,6 +498,27 @@ fn boot(machine: &Path, user_data: &str) -> (std::process::Output, String) {
     (out, std::fs::read_to_string(&shutdowns).unwrap_or_default())
 }
 
+/// The user data instance `id` was launched with, as moto keeps it.
+fn user_data_of(ec2: &Ec2, id: &str) -> String {
+    use aws_sdk_ec2::types::InstanceAttributeName;
+    use base64::Engine as _;
+
+    let attribute = ec2
+        .rt
+        .block_on(
+            ec2.client
+                .describe_instance_attribute()
+                .instance_id(id)
+                .attribute(InstanceAttributeName::UserData)
+                .send(),
+        )
+        .expect("DescribeInstanceAttribute");
+    let user_data = base64::engine::general_purpose::STANDARD
+        .decode(attribute.user_data().and_then(|v| v.value()).unwrap())
+        .unwrap();
+    String::from_utf8(user_data).unwrap()
+}
+
 /// A job on an ec2 pool, end to end but for the cloud running the user
 /// data: the attempt's instance is made on moto with its agent's user data
 /// and a shutdown that terminates it. The test plays the instance, running
@@ -508,7 +529,6 @@ fn boot(machine: &Path, user_data: &str) -> (std::process::Output, String) {
 #[test]
 fn a_job_on_ec2_boots_its_agent_from_its_user_data() {
     use aws_sdk_ec2::types::InstanceAttributeName;
-    use base64::Engine as _;
 
     let moto = Moto::start();
     let ec2 = Ec2::new(&moto);
@@ -585,11 +605,7 @@ fn a_job_on_ec2_boots_its_agent_from_its_user_data() {
         Some("terminate"),
         "its own shutdown ends it for good"
     );
-    let user_data = attribute(InstanceAttributeName::UserData);
-    let user_data = base64::engine::general_purpose::STANDARD
-        .decode(user_data.user_data().and_then(|v| v.value()).unwrap())
-        .unwrap();
-    let user_data = String::from_utf8(user_data).unwrap();
+    let user_data = user_data_of(&ec2, &instance.id);
     // Boot timeout 10 min, max_runtime 5, a margin of 10.
     assert!(
         user_data.starts_with("#!/bin/sh\n") && user_data.contains("\nshutdown -h +25 "),
@@ -699,4 +715,77 @@ fn a_job_on_a_spot_pool_is_bought_on_the_market_it_asked_for() {
     let shown = server.cli(&["--output", "json", "job", "show", "2"]);
     let job: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
     assert_eq!(job["attempts"][0]["market"], "spot", "{job}");
+}
+
+/// A pool's `idle_nodes` on ec2: the instance kept warm is launched with
+/// user data that waits for a job. The test plays it while it asks, then
+/// submits a job: the script learns its attempt, sets the instance's timer
+/// to the job's own lifetime, fetches the agent and runs the job, and the
+/// instance is then terminated.
+#[test]
+fn an_instance_kept_warm_on_ec2_runs_the_job_that_takes_it() {
+    let moto = Moto::start();
+    let ec2 = Ec2::new(&moto);
+    let sandbox = Sandbox::new();
+    let dir = sandbox.path();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let pools = config(&moto.endpoint, 3, 50).replace(
+        &format!("instance_type = \"{INSTANCE_TYPE}\"\n"),
+        &format!("instance_type = \"{INSTANCE_TYPE}\"\nidle_nodes = 1\n"),
+    );
+    let server = start_at(
+        &dir,
+        &format!("{pools}\n[jobs]\nserver_url = \"http://127.0.0.1:{port}\"\n"),
+        &format!("127.0.0.1:{port}"),
+    );
+    let mut warm = None;
+    wait_for("the instance kept warm", || {
+        warm = ec2
+            .live()
+            .into_iter()
+            .find(|i| i.tags.contains_key("flotilla-warm"));
+        warm.is_some()
+    });
+    let warm = warm.unwrap();
+    assert!(!warm.tags.contains_key("flotilla-job"), "{warm:?}");
+    let user_data = user_data_of(&ec2, &warm.id);
+    // Boot timeout 10 min, warm_max_idle 60, a margin of 10.
+    assert!(user_data.contains("\nshutdown -h +80 "), "{user_data}");
+
+    let machine = dir.join("instance");
+    let played = std::thread::spawn(move || boot(&machine, &user_data));
+    // It asks for a job before there is one.
+    std::thread::sleep(Duration::from_secs(3));
+    let file = dir.join("job.toml");
+    std::fs::write(
+        &file,
+        "name = \"warm\"\nscript = \"echo hello from a warm instance\"\nmax_runtime = \"5m\"\n",
+    )
+    .unwrap();
+    ok(&server.cli(&["job", "submit", file.to_str().unwrap()]));
+    let (out, shutdowns) = played.join().unwrap();
+    ok(&out);
+    // The job's lifetime from then: max_runtime 5, a margin of 10.
+    assert_eq!(shutdowns, "-h +80\n-c\n-h +15\n");
+
+    let shown = server.cli(&["--output", "json", "job", "show", "1"]);
+    ok(&shown);
+    let job: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(job["attempts"][0]["instance"], warm.id.as_str(), "{job}");
+    let log = server.cli(&["job", "logs", "1"]);
+    assert!(
+        String::from_utf8_lossy(&log.stdout).contains(" out hello from a warm instance\n"),
+        "{}",
+        String::from_utf8_lossy(&log.stdout)
+    );
+    wait_for("the instance terminated and another kept warm", || {
+        let live = ec2.live();
+        !live.iter().any(|i| i.id == warm.id)
+            && live.iter().any(|i| i.tags.contains_key("flotilla-warm"))
+    });
 }
