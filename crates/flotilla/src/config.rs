@@ -943,6 +943,11 @@ impl Config {
                 "jobs.heartbeat_timeout: at least 15s (agents report every 5s; one lost report must not end an attempt)".into(),
             ));
         }
+        if j.warm_max_idle < Duration::from_secs(60) {
+            return Err(invalid(
+                "jobs.warm_max_idle: at least 1m (an instance kept warm must have time to boot and be taken)".into(),
+            ));
+        }
         if let Some(url) = &j.server_url {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
                 return Err(invalid(format!(
@@ -1329,6 +1334,10 @@ mod tests {
                 "auth.max_concurrent_hashes: at least 1",
             ),
             ("[http]\nidle = \"1s\"", "idle"),
+            (
+                "[jobs]\nwarm_max_idle = \"30s\"",
+                "jobs.warm_max_idle: at least 1m",
+            ),
         ] {
             let e = err(text);
             assert!(e.contains(says), "{text}: {e}");
