@@ -38,6 +38,9 @@ const PASS: Duration = Duration::from_secs(1);
 /// How long a destroy asked of an instance is left to act before it is
 /// asked again.
 const DESTROY_AGAIN: Duration = Duration::from_secs(30);
+/// How long a pool whose instance kept warm could not be made waits
+/// before the next is tried.
+const WARM_AGAIN: Duration = Duration::from_secs(30);
 
 /// How jobs are run.
 #[derive(Debug, Clone, PartialEq)]
@@ -167,6 +170,9 @@ pub(crate) struct JobRunner {
     /// The instances kept warm that a job took this term: never offered
     /// again, even if a listing older than their new tag shows them idle.
     warm_taken: Mutex<BTreeSet<InstanceId>>,
+    /// Pools whose last instance kept warm could not be made, until when
+    /// none is tried again.
+    warm_failed: Mutex<HashMap<PoolName, Instant>>,
 }
 
 impl JobRunner {
@@ -1052,19 +1058,19 @@ async fn take_warm_instances(
         let Some(hash) = instance.warm().map(str::to_owned) else {
             continue;
         };
-        shared
-            .jobs
-            .warm_taken
-            .lock()
-            .unwrap()
-            .insert(instance.id.clone());
-        taken.push(*index);
         let tag = Tags::from([(TAG_JOB.to_owned(), format!("{id}/{attempt}"))]);
         let tagged = {
             let _acting = shared.acting.read().await;
             if shared.leadership.fence() != Some(fence) {
                 break;
             }
+            shared
+                .jobs
+                .warm_taken
+                .lock()
+                .unwrap()
+                .insert(instance.id.clone());
+            taken.push(*index);
             shared.sets[driver].set_tags(&instance.id, &tag).await
         };
         if let Err(e) = tagged {
@@ -1145,6 +1151,14 @@ async fn tidy_warm(
         } else {
             match wanted {
                 None => Some("its pool is gone"),
+                Some((pool, _))
+                    if !shared
+                        .pools
+                        .get(&pool)
+                        .is_some_and(|p| p.offers(&instance.instance_type)) =>
+                {
+                    Some("its pool no longer offers its type")
+                }
                 Some((pool, keep)) => {
                     let n = per_pool.entry(pool).or_default();
                     *n += 1;
@@ -1188,6 +1202,25 @@ async fn keep_warm(shared: &Shared, fence: Fence, warm: &[(String, Instance)], s
         let Some(ty) = pool.preferred().cloned() else {
             continue;
         };
+        let failed = |why: String| {
+            tracing::warn!(pool = %name, %why, "cannot make an instance kept warm; trying again in 30s");
+            shared
+                .jobs
+                .warm_failed
+                .lock()
+                .unwrap()
+                .insert(name.clone(), Instant::now() + WARM_AGAIN);
+        };
+        if shared
+            .jobs
+            .warm_failed
+            .lock()
+            .unwrap()
+            .get(name)
+            .is_some_and(|until| Instant::now() < *until)
+        {
+            continue;
+        }
         for _ in have..pool.idle_nodes as usize {
             if slots == 0 {
                 return;
@@ -1218,7 +1251,7 @@ async fn keep_warm(shared: &Shared, fence: Fence, warm: &[(String, Instance)], s
             let image = match crate::pools::launch(&shared.shared_configs, pool) {
                 Ok(launch) => launch.image,
                 Err(why) => {
-                    tracing::warn!(pool = %name, %why, "cannot make an instance kept warm");
+                    failed(why);
                     break;
                 }
             };
@@ -1244,7 +1277,7 @@ async fn keep_warm(shared: &Shared, fence: Fence, warm: &[(String, Instance)], s
                 }
                 Ok(None) => {}
                 Err(why) => {
-                    tracing::warn!(pool = %name, %why, "cannot make an instance kept warm");
+                    failed(why);
                     break;
                 }
             }
