@@ -167,8 +167,8 @@ fn preamble(node: &NodeIdentity<'_>) -> String {
     )
 }
 
-/// `s` quoted for `sh`.
-fn sh_quote(s: &str) -> String {
+/// `s` quoted for `sh`: one word, whatever it holds.
+pub fn sh_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 

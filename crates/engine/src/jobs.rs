@@ -87,6 +87,14 @@ impl Default for JobSettings {
 /// data). The binary provides it: it knows where the server is reached
 /// and where the agent comes from.
 pub trait AttemptBoot: Send + Sync {
+    /// Why the instances of `driver` cannot start an agent, if they
+    /// cannot (the scheduler offers their pools to no job, which says why
+    /// it waits).
+    fn refuses(&self, driver: &str) -> Option<String> {
+        let _ = driver;
+        None
+    }
+
     /// The init data of an attempt's instance, or why the driver's
     /// instances cannot start an agent.
     fn init_data(&self, start: &AttemptStart<'_>) -> Result<String, String>;
@@ -923,16 +931,7 @@ async fn start_queued(
     if let Some(boot) = shared.jobs.boot.get() {
         for (name, pool_offers) in offers.iter_mut() {
             let driver = shared.pools.get(name).map(|p| p.driver.clone());
-            let probe = |driver: &str| {
-                boot.init_data(&AttemptStart {
-                    driver,
-                    job: 0,
-                    attempt: 0,
-                    token: "",
-                    lifetime: Duration::ZERO,
-                })
-            };
-            if let Some(Err(why)) = driver.as_deref().map(probe) {
+            if let Some(why) = driver.and_then(|d| boot.refuses(&d)) {
                 pool_offers.clear();
                 unbootable.insert(name.clone(), why);
             }
@@ -1202,6 +1201,9 @@ async fn keep_warm(shared: &Shared, fence: Fence, warm: &[(String, Instance)], s
         let Some(ty) = pool.preferred().cloned() else {
             continue;
         };
+        if boot.refuses(&pool.driver).is_some() {
+            continue;
+        }
         let failed = |why: String| {
             tracing::warn!(pool = %name, %why, "cannot make an instance kept warm; trying again in 30s");
             shared

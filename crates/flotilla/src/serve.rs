@@ -520,73 +520,78 @@ struct AgentBoot {
     server_url_set: bool,
 }
 
-/// `s` quoted for `sh`.
-fn sh_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
+use flotilla_driver_ec2::user_data::sh_quote;
+
+impl AgentBoot {
+    /// The agent's SHA-256 on a driver whose instances fetch it (ec2).
+    fn sha256(&self) -> Result<&str, String> {
+        self.agent_sha256
+            .as_deref()
+            .ok_or_else(|| "this server did not read its agent program".to_owned())
+    }
 }
 
 impl flotilla_engine::AttemptBoot for AgentBoot {
-    fn init_data(&self, start: &flotilla_engine::AttemptStart<'_>) -> Result<String, String> {
-        let (driver, job, attempt, token) = (start.driver, start.job, start.attempt, start.token);
+    fn refuses(&self, driver: &str) -> Option<String> {
         match self.kinds.get(driver).copied() {
-            Some("ec2") if !self.server_url_set => Err(format!(
+            Some("ec2") if !self.server_url_set => Some(format!(
                 "instances on EC2 cannot reach this server at its listen address ({}): set [jobs] server_url to an address they reach",
                 self.server
             )),
-            Some("ec2") => match &self.agent_sha256 {
-                Some(sha256) => Ok(flotilla_driver_ec2::user_data::job_agent(
-                    &self.server,
-                    job,
-                    attempt,
-                    token,
-                    start.lifetime,
-                    sha256,
-                )),
-                None => Err("this server did not read its agent program".to_owned()),
-            },
-            Some("local") => Ok(format!(
+            Some("ec2") => self.sha256().err(),
+            Some("local" | "fake") => None,
+            Some(kind) => Some(format!(
+                "jobs do not run on {kind} instances (the local and ec2 drivers start their agent); name a pool of one of those"
+            )),
+            None => Some(format!("driver {driver} is not configured")),
+        }
+    }
+
+    fn init_data(&self, start: &flotilla_engine::AttemptStart<'_>) -> Result<String, String> {
+        let (driver, job, attempt, token) = (start.driver, start.job, start.attempt, start.token);
+        if let Some(why) = self.refuses(driver) {
+            return Err(why);
+        }
+        Ok(match self.kinds.get(driver).copied() {
+            Some("ec2") => flotilla_driver_ec2::user_data::job_agent(
+                &self.server,
+                job,
+                attempt,
+                token,
+                start.lifetime,
+                self.sha256()?,
+            ),
+            Some("local") => format!(
                 "FLOTILLA_ATTEMPT_TOKEN={} exec {} node --job {job} --attempt {attempt} --server {}",
                 sh_quote(token),
                 sh_quote(&self.program.to_string_lossy()),
                 sh_quote(&self.server),
-            )),
+            ),
             // Nothing runs on a fake instance: what a test plays the agent
             // with is the API.
-            Some("fake") => Ok(format!("flotilla node --job {job} --attempt {attempt}")),
-            Some(kind) => Err(format!(
-                "jobs do not run on {kind} instances (the local and ec2 drivers start their agent); name a pool of one of those"
-            )),
-            None => Err(format!("driver {driver} is not configured")),
-        }
+            _ => format!("flotilla node --job {job} --attempt {attempt}"),
+        })
     }
 
     fn warm_init_data(&self, start: &flotilla_engine::WarmStart<'_>) -> Result<String, String> {
         let (driver, token) = (start.driver, start.token);
-        match self.kinds.get(driver).copied() {
-            Some("ec2") if !self.server_url_set => Err(format!(
-                "instances on EC2 cannot reach this server at its listen address ({}): set [jobs] server_url to an address they reach",
-                self.server
-            )),
-            Some("ec2") => match &self.agent_sha256 {
-                Some(sha256) => Ok(flotilla_driver_ec2::user_data::warm_agent(
-                    &self.server,
-                    token,
-                    start.lifetime,
-                    sha256,
-                )),
-                None => Err("this server did not read its agent program".to_owned()),
-            },
-            Some("local") => Ok(format!(
+        if let Some(why) = self.refuses(driver) {
+            return Err(why);
+        }
+        Ok(match self.kinds.get(driver).copied() {
+            Some("ec2") => flotilla_driver_ec2::user_data::warm_agent(
+                &self.server,
+                token,
+                start.lifetime,
+                self.sha256()?,
+            ),
+            Some("local") => format!(
                 "FLOTILLA_WARM_TOKEN={} exec {} node --warm --server {}",
                 sh_quote(token),
                 sh_quote(&self.program.to_string_lossy()),
                 sh_quote(&self.server),
-            )),
-            Some("fake") => Ok("flotilla node --warm".to_owned()),
-            Some(kind) => Err(format!(
-                "instances of {kind} drivers cannot be kept warm for jobs (the local and ec2 drivers start their agent)"
-            )),
-            None => Err(format!("driver {driver} is not configured")),
-        }
+            ),
+            _ => "flotilla node --warm".to_owned(),
+        })
     }
 }
