@@ -1481,6 +1481,20 @@ pub struct JobFiles {
     pub files: Vec<KeptFileView>,
 }
 
+/// `GET /api/v1/warm`'s query.
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct WarmQuery {
+    /// Seconds to wait for a job to take the instance before answering
+    /// 204 (default 0: answer at once).
+    #[param(maximum = 25)]
+    #[serde(default)]
+    pub wait: u64,
+}
+
+/// The longest `GET /api/v1/warm` waits.
+pub const MAX_WARM_WAIT_SECS: u64 = 25;
+
 /// `GET /api/v1/jobs/{id}/log`'s query.
 #[derive(Debug, Clone, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]

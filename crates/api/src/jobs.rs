@@ -435,14 +435,16 @@ pub(crate) async fn attempt_agent(
 
 /// The attempt the agent of an instance kept warm for jobs (a pool's
 /// `idle_nodes`) runs, by the token its boot was given: 204 until a job
-/// takes the instance, then the attempt and its token. With `Accept:
-/// text/plain`, one line a boot script reads: `JOB ATTEMPT TOKEN MINUTES`.
+/// takes the instance (after waiting up to `wait` seconds for one), then
+/// the attempt and its token. With `Accept: text/plain`, one line a boot
+/// script reads: `JOB ATTEMPT TOKEN MINUTES`.
 #[utoipa::path(
     get,
     path = "/api/v1/warm",
     security(()),
     params(
-        ("x-flotilla-attempt-token" = String, Header, description = "The token the instance's boot was given"),
+        ("x-flotilla-attempt-token" = String, Header, description = "The token the instance's boot was given (64 hex digits)"),
+        types::WarmQuery,
     ),
     responses(
         (status = 200, description = "The attempt it runs", content(
@@ -450,15 +452,30 @@ pub(crate) async fn attempt_agent(
             (String = "text/plain"),
         )),
         (status = 204, description = "No job has taken the instance (yet)"),
-        (status = 401, description = "No token", body = types::ErrorBody),
+        (status = 400, description = "A wait over 25 seconds, or a malformed query", body = types::ErrorBody),
+        (status = 401, description = "No token, or not one", body = types::ErrorBody),
     )
 )]
 pub(crate) async fn warm_assignment(
     State(state): State<AppState>,
+    query: Result<Query<types::WarmQuery>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    let Query(q) = query.map_err(|e| malformed_query(e, "use ?wait=SECONDS"))?;
+    if q.wait > types::MAX_WARM_WAIT_SECS {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "malformed_query",
+            format!(
+                "wait is at most {} seconds, not {}",
+                types::MAX_WARM_WAIT_SECS,
+                q.wait
+            ),
+        ));
+    }
     let token = attempt_token(&headers)?;
-    let Some(taken) = state.control.warm_assignment(token).await? else {
+    let wait = Duration::from_secs(q.wait);
+    let Some(taken) = state.control.warm_assignment(token, wait).await? else {
         return Ok(StatusCode::NO_CONTENT.into_response());
     };
     let text = headers

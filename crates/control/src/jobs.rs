@@ -575,21 +575,55 @@ impl Control {
 
     /// The attempt the agent of an instance kept warm runs, by the token
     /// its boot was given: None until a job takes that instance (and once
-    /// its attempt is over, or its cancel was asked for). A token nobody
-    /// was given gets None as well: the instance's tag holds only the
-    /// token's hash, and the attempt taking it the same.
+    /// its attempt is over, or its cancel was asked for). Waits up to
+    /// `wait` for a job to take it, woken by every job started. A token
+    /// nobody was given gets None as well: the instance's tag holds only
+    /// the token's hash, and the attempt taking it the same; one that is
+    /// not a token at all (64 hex digits) is refused.
     pub async fn warm_assignment(
         &self,
         token: &str,
+        wait: std::time::Duration,
     ) -> Result<Option<WarmAssignment>, EngineError> {
-        if token.is_empty() {
+        if token.len() != 64 || !token.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(Denied::NotThisAttempt.into());
         }
         let hash = flotilla_domain::warm_token_hash(token);
+        // Subscribed before the first look, so a start between the two is
+        // not missed.
+        let mut changes = self.engine().subscribe_changes();
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            if let Some(taken) = self.warm_attempt(&hash).await? {
+                return Ok(Some(taken));
+            }
+            let started = async {
+                loop {
+                    match changes.recv().await {
+                        Ok(c) if c.kind == flotilla_domain::ChangeKind::JobStarted => return,
+                        Ok(_) => {}
+                        // Some were missed: look again.
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return,
+                        // Shutting down: nothing more will start.
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                            std::future::pending::<()>().await
+                        }
+                    }
+                }
+            };
+            if tokio::time::timeout_at(deadline, started).await.is_err() {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// The live attempt on the instance kept warm whose token's hash is
+    /// `hash`, if a job took it.
+    async fn warm_attempt(&self, hash: &str) -> Result<Option<WarmAssignment>, EngineError> {
         let live = self.engine().store().live_jobs().await?;
         let Some((job, a)) = live.iter().find_map(|job| {
             let a = job.live_attempt()?;
-            (a.warm.as_deref() == Some(hash.as_str())).then_some((job, a))
+            (a.warm.as_deref() == Some(hash)).then_some((job, a))
         }) else {
             return Ok(None);
         };

@@ -203,8 +203,8 @@ pub fn job_agent(
 
 /// The user data of an instance kept warm for jobs (a pool's
 /// `idle_nodes`): a shutdown timer at the end of its idle `lifetime`, then
-/// it asks the server at `server` for a job every second with `token`
-/// (`GET /api/v1/warm`); once a job takes it, the timer is set to that
+/// it asks the server at `server` for a job with `token` until one takes
+/// it (`GET /api/v1/warm`, each ask waiting up to 20 s); once a job takes it, the timer is set to that
 /// job's lifetime and the agent is fetched and run as in [`job_agent`].
 pub fn warm_agent(
     server: &str,
@@ -213,7 +213,10 @@ pub fn warm_agent(
     sha256: &str,
 ) -> String {
     let minutes = lifetime.as_secs().div_ceil(60).max(1);
-    let warm_url = sh_quote(&format!("{}/api/v1/warm", server.trim_end_matches('/')));
+    let warm_url = sh_quote(&format!(
+        "{}/api/v1/warm?wait=20",
+        server.trim_end_matches('/')
+    ));
     let mut lines = vec![
         "#!/bin/sh".to_owned(),
         "# flotilla: an instance kept warm for jobs.".to_owned(),
@@ -224,14 +227,18 @@ pub fn warm_agent(
         "trap 'shutdown -h now' EXIT".to_owned(),
         "set -eu".to_owned(),
         r#"cd "$(mktemp -d)""#.to_owned(),
-        // 204 (no job yet) leaves the file empty; the server restarting
-        // or refusing is asked again until the timer ends it.
+        // 204 (no job yet) leaves the file empty: asked again at once; the
+        // server restarting or refusing is asked again a second later,
+        // until the timer ends it.
         "while :; do".to_owned(),
         format!(
-            r#"  if curl -fsS -m 30 -H "x-flotilla-attempt-token: "{} -H 'Accept: text/plain' -o assignment {warm_url} && [ -s assignment ]; then break; fi"#,
+            r#"  if curl -fsS -m 30 -H "x-flotilla-attempt-token: "{} -H 'Accept: text/plain' -o assignment {warm_url}; then"#,
             sh_quote(token)
         ),
-        "  sleep 1".to_owned(),
+        "    [ -s assignment ] && break".to_owned(),
+        "  else".to_owned(),
+        "    sleep 1".to_owned(),
+        "  fi".to_owned(),
         "done".to_owned(),
         "read -r job attempt token minutes < assignment".to_owned(),
         r#"case "$job.$attempt.$minutes" in *[!0-9.]*|.*|*..*|*.) exit 1;; esac"#.to_owned(),

@@ -820,17 +820,47 @@ async fn a_pools_warm_instances_are_taken_by_jobs_and_kept_up() {
     for i in &warm {
         assert_eq!(i.instance_type.as_str(), "fake.small");
         assert!(i.cluster().unwrap().as_str().starts_with("warm-"), "{i:?}");
-        assert_eq!(h.control.warm_assignment(&token_of(i)).await.unwrap(), None);
+        assert_eq!(
+            h.control
+                .warm_assignment(&token_of(i), Duration::ZERO)
+                .await
+                .unwrap(),
+            None
+        );
     }
+    let nobodys = "0123456789abcdef".repeat(4);
     assert_eq!(
         h.control
-            .warm_assignment("a-token-nobody-was-given")
+            .warm_assignment(&nobodys, Duration::ZERO)
             .await
             .unwrap(),
         None
     );
+    assert!(h
+        .control
+        .warm_assignment("not-a-token", Duration::ZERO)
+        .await
+        .is_err());
     // Idle a minute: charged to nobody.
     tokio::time::sleep(Duration::from_secs(60)).await;
+
+    // Both agents ask, waiting up to 25 s: the one whose instance a job
+    // takes is answered as soon as the job starts, the other after 25 s.
+    let asking: Vec<_> = warm
+        .iter()
+        .map(|i| {
+            let (control, token) = (h.control.clone(), token_of(i));
+            tokio::spawn(async move {
+                let asked = tokio::time::Instant::now();
+                let answer = control
+                    .warm_assignment(&token, Duration::from_secs(25))
+                    .await
+                    .unwrap();
+                (answer, asked.elapsed())
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(10)).await;
 
     let ann = Username::new("ann").unwrap();
     let id = submit_as(
@@ -852,12 +882,31 @@ async fn a_pools_warm_instances_are_taken_by_jobs_and_kept_up() {
         Some((id, attempt)),
         "its tag names the attempt"
     );
-    let assignment = h
-        .control
-        .warm_assignment(&token_of(&taken))
-        .await
-        .unwrap()
+    let mut answers = Vec::new();
+    for asking in asking {
+        answers.push(asking.await.unwrap());
+    }
+    let (assignment, waited) = answers
+        .iter()
+        .find(|(a, _)| a.is_some())
+        .cloned()
         .expect("its agent is told");
+    let assignment = assignment.unwrap();
+    assert!(waited < Duration::from_secs(5), "told at once: {waited:?}");
+    assert!(
+        answers
+            .iter()
+            .any(|(a, w)| a.is_none() && *w >= Duration::from_secs(25)),
+        "{answers:?}"
+    );
+    assert_eq!(
+        h.control
+            .warm_assignment(&token_of(&taken), Duration::ZERO)
+            .await
+            .unwrap()
+            .as_ref(),
+        Some(&assignment)
+    );
     assert_eq!(
         (
             assignment.job,
@@ -869,7 +918,10 @@ async fn a_pools_warm_instances_are_taken_by_jobs_and_kept_up() {
     assert_eq!(assignment.lifetime, Duration::from_secs(15 * 60));
     let other = warm.iter().find(|i| i.id != instance).unwrap();
     assert_eq!(
-        h.control.warm_assignment(&token_of(other)).await.unwrap(),
+        h.control
+            .warm_assignment(&token_of(other), Duration::ZERO)
+            .await
+            .unwrap(),
         None
     );
 

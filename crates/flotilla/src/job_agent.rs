@@ -362,26 +362,31 @@ async fn checkout(
 
 /// Runs attempt `attempt` of job `job` from `server`; the exit status of
 /// the agent itself (0 once the script's status is reported).
-/// How often the agent of an instance kept warm asks for a job.
-const WARM_POLL: Duration = Duration::from_secs(1);
+/// How long one ask of the agent of an instance kept warm waits for a job.
+const WARM_WAIT_SECS: u64 = 20;
+/// How long it waits before asking again after the server could not answer.
+const WARM_AGAIN: Duration = Duration::from_secs(1);
 
 /// The agent of an instance kept warm for jobs (`flotilla node --warm
 /// --server URL`, its token in `FLOTILLA_WARM_TOKEN`): asks the server for
-/// a job every second until one takes the instance, then runs that
-/// attempt as [`run`] does. The server being unreachable (a restart) is
-/// waited out; a refusal is an error.
+/// a job (each ask waiting up to 20 s for one) until one takes the
+/// instance, then runs that attempt as [`run`] does. The server being
+/// unreachable (a restart) is waited out; a refusal is an error.
 pub async fn run_warm(server: &str, token: &str) -> Result<(), String> {
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()
         .map_err(|e| e.to_string())?;
-    let url = format!("{}/api/v1/warm", server.trim_end_matches('/'));
+    let url = format!(
+        "{}/api/v1/warm?wait={WARM_WAIT_SECS}",
+        server.trim_end_matches('/')
+    );
     let taken: WarmAssignment = loop {
         match http.get(&url).header(TOKEN_HEADER, token).send().await {
             Ok(r) if r.status() == reqwest::StatusCode::OK => {
                 break r.json().await.map_err(|e| e.to_string())?;
             }
-            Ok(r) if r.status() == reqwest::StatusCode::NO_CONTENT => {}
+            Ok(r) if r.status() == reqwest::StatusCode::NO_CONTENT => continue,
             Ok(r) if r.status().is_server_error() => {}
             Ok(r) => {
                 let status = r.status();
@@ -392,7 +397,7 @@ pub async fn run_warm(server: &str, token: &str) -> Result<(), String> {
             }
             Err(_) => {}
         }
-        tokio::time::sleep(WARM_POLL).await;
+        tokio::time::sleep(WARM_AGAIN).await;
     };
     run(server, taken.job, taken.attempt, taken.token).await
 }
