@@ -14,6 +14,9 @@
 //!    same clock). The baselines, in the same run: the submission's round
 //!    trip alone, and a process that runs `sh -c 'date +%s%N'` started by
 //!    the bench itself (what starting any script costs here).
+//!    The same on a pool that keeps an instance warm (`idle_nodes = 1`),
+//!    each job taken by the instance waiting for it (the bench pauses
+//!    after each for the next one to boot and ask).
 //! 2. `--jobs` jobs whose script is `true`, submitted at once: wall time
 //!    from the first submission to the last job's end, as jobs per second,
 //!    with at most `--max-instances` nodes at once.
@@ -56,6 +59,7 @@ fn start(bin: &Path, dir: &Path, max_instances: usize) -> Result<Server> {
             "[limits]\nresync_interval = \"1s\"\n\n\
              [drivers.local]\ntype = \"local\"\ngrace = \"1s\"\n\n\
              [pools.default]\ndriver = \"local\"\ninstance_type = \"local.small\"\n\n\
+             [pools.warm]\ndriver = \"local\"\ninstance_type = \"local.small\"\nidle_nodes = 1\n\n\
              [jobs]\nmax_instances = {max_instances}\n\n\
              [levels.admin]\nrequests_per_minute = 1000000\n"
         ),
@@ -89,13 +93,13 @@ struct Api {
 }
 
 impl Api {
-    async fn submit(&self, name: &str, script: &str) -> Result<u64> {
+    async fn submit(&self, name: &str, script: &str, pool: &str) -> Result<u64> {
         let reply = self
             .http
             .post(format!("{}/api/v1/jobs", self.url))
             .bearer_auth(&self.token)
             .json(&serde_json::json!({
-                "name": name, "script": script, "max_runtime": "5m",
+                "name": name, "script": script, "max_runtime": "5m", "pool": pool,
             }))
             .send()
             .await?;
@@ -139,6 +143,70 @@ impl Api {
 
 const FINAL: [&str; 4] = ["succeeded", "failed", "cancelled", "timed_out"];
 
+/// How long the bench waits after a job on an instance kept warm, for the
+/// next one to boot and ask for a job.
+const WARM_PAUSE: Duration = Duration::from_millis(500);
+
+/// What jobs submitted one at a time measured.
+struct OneAtATime {
+    /// From the submission to the script running.
+    to_running: Vec<Duration>,
+    /// The submission's round trip.
+    submit_alone: Vec<Duration>,
+    /// `sh -c 'date'` started here.
+    sh_alone: Vec<Duration>,
+}
+
+/// Submits `samples` jobs on `pool` one at a time, each waited for to its
+/// end, then `pause`.
+async fn one_at_a_time(
+    api: &Api,
+    marks: &Path,
+    pool: &str,
+    samples: usize,
+    pause: Duration,
+) -> Result<OneAtATime> {
+    let mut to_running = Vec::with_capacity(samples);
+    let mut submit_alone = Vec::with_capacity(samples);
+    let mut sh_alone = Vec::with_capacity(samples);
+    for i in 0..samples {
+        let mark = marks.join(format!("{pool}-{i}"));
+        let script = format!("date +%s%N > {}", mark.display());
+        let submitted_ns = now_ns();
+        let started = Instant::now();
+        let id = api.submit(&format!("{pool}-{i}"), &script, pool).await?;
+        submit_alone.push(started.elapsed());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let state = api.state(id).await?;
+            if FINAL.contains(&state.as_str()) {
+                ensure!(state == "succeeded", "job {id} {state}");
+                break;
+            }
+            ensure!(Instant::now() < deadline, "job {id} did not end: {state}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let ran_ns = written_ns(&mark).with_context(|| format!("job {id} wrote no mark"))?;
+        to_running.push(Duration::from_nanos(
+            u64::try_from(ran_ns - submitted_ns).context("a mark before its submission")?,
+        ));
+        // The baseline: a script started here, the same way.
+        let before = now_ns();
+        let out = tokio::process::Command::new("sh")
+            .args(["-c", "date +%s%N"])
+            .output()
+            .await?;
+        let ran: i128 = String::from_utf8_lossy(&out.stdout).trim().parse()?;
+        sh_alone.push(Duration::from_nanos(u64::try_from(ran - before)?));
+        tokio::time::sleep(pause).await;
+    }
+    Ok(OneAtATime {
+        to_running,
+        submit_alone,
+        sh_alone,
+    })
+}
+
 async fn bench(args: LocalJobsArgs) -> Result<()> {
     Machine::read().print_header("local-jobs: submission to script running, and throughput");
     let bin = crate::serve::binary(args.bin)?;
@@ -169,48 +237,18 @@ async fn bench(args: LocalJobsArgs) -> Result<()> {
             .to_owned(),
     };
 
-    // 1. One at a time.
+    // 1. One at a time, then on an instance kept warm.
     let marks = work.path().join("marks");
     std::fs::create_dir_all(&marks)?;
-    let mut to_running = Vec::with_capacity(args.samples);
-    let mut submit_alone = Vec::with_capacity(args.samples);
-    let mut sh_alone = Vec::with_capacity(args.samples);
-    for i in 0..args.samples {
-        let mark = marks.join(format!("one-{i}"));
-        let script = format!("date +%s%N > {}", mark.display());
-        let submitted_ns = now_ns();
-        let started = Instant::now();
-        let id = api.submit(&format!("one-{i}"), &script).await?;
-        submit_alone.push(started.elapsed());
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let state = api.state(id).await?;
-            if FINAL.contains(&state.as_str()) {
-                ensure!(state == "succeeded", "job {id} {state}");
-                break;
-            }
-            ensure!(Instant::now() < deadline, "job {id} did not end: {state}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let ran_ns = written_ns(&mark).with_context(|| format!("job {id} wrote no mark"))?;
-        to_running.push(Duration::from_nanos(
-            u64::try_from(ran_ns - submitted_ns).context("a mark before its submission")?,
-        ));
-        // The baseline: a script started here, the same way.
-        let before = now_ns();
-        let out = tokio::process::Command::new("sh")
-            .args(["-c", "date +%s%N"])
-            .output()
-            .await?;
-        let ran: i128 = String::from_utf8_lossy(&out.stdout).trim().parse()?;
-        sh_alone.push(Duration::from_nanos(u64::try_from(ran - before)?));
-    }
+    let cold = one_at_a_time(&api, &marks, "default", args.samples, Duration::ZERO).await?;
+    let warm = one_at_a_time(&api, &marks, "warm", args.samples, WARM_PAUSE).await?;
+    let (to_running, submit_alone, sh_alone) = (cold.to_running, cold.submit_alone, cold.sh_alone);
 
     // 2. Many at once.
     let started = Instant::now();
     let mut ids = Vec::with_capacity(args.jobs);
     for i in 0..args.jobs {
-        ids.push(api.submit(&format!("many-{i}"), "true").await?);
+        ids.push(api.submit(&format!("many-{i}"), "true", "default").await?);
     }
     let submitted = started.elapsed();
     let deadline = Instant::now() + Duration::from_secs(600);
@@ -249,6 +287,20 @@ async fn bench(args: LocalJobsArgs) -> Result<()> {
         ),
         "median ≤ 100 ms",
         Verdict::check(median <= TARGET),
+    );
+    report.info(
+        "warm",
+        format!(
+            "{} jobs one at a time on an instance kept warm: p50 / p90 / max",
+            args.samples
+        ),
+        format!(
+            "{} / {} / {} ({:.2}× the median above)",
+            fmt_duration(percentile(&warm.to_running, 50.0)),
+            fmt_duration(percentile(&warm.to_running, 90.0)),
+            fmt_duration(max(&warm.to_running)),
+            percentile(&warm.to_running, 50.0).as_secs_f64() / median.as_secs_f64()
+        ),
     );
     report.info(
         "baseline",
