@@ -238,7 +238,7 @@ pub struct WarmAssignment {
     /// The attempt's token, for everything the agent asks from then.
     pub token: String,
     /// How long the instance may live from now
-    /// ([`flotilla_engine::run_lifetime`]).
+    /// ([`flotilla_engine::attempt_lifetime`]).
     pub lifetime: std::time::Duration,
 }
 
@@ -592,18 +592,25 @@ impl Control {
         // Subscribed before the first look, so a start between the two is
         // not missed.
         let mut changes = self.engine().subscribe_changes();
+        let live = self.engine().store().live_jobs().await?;
+        if let Some(taken) = live.iter().find_map(|job| self.warm_attempt(job, &hash)) {
+            return taken.map(Some);
+        }
+        // Then only the start that names this instance is read.
         let deadline = tokio::time::Instant::now() + wait;
         loop {
-            if let Some(taken) = self.warm_attempt(&hash).await? {
-                return Ok(Some(taken));
-            }
             let started = async {
                 loop {
                     match changes.recv().await {
-                        Ok(c) if c.kind == flotilla_domain::ChangeKind::JobStarted => return,
+                        Ok(c)
+                            if c.kind == flotilla_domain::ChangeKind::JobStarted
+                                && c.payload["warm"].as_str() == Some(hash.as_str()) =>
+                        {
+                            return c.key.parse::<JobId>().ok();
+                        }
                         Ok(_) => {}
-                        // Some were missed: look again.
-                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return,
+                        // Some were missed: read them all.
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return None,
                         // Shutting down: nothing more will start.
                         Err(tokio::sync::broadcast::error::RecvError::Closed) => {
                             std::future::pending::<()>().await
@@ -611,32 +618,42 @@ impl Control {
                     }
                 }
             };
-            if tokio::time::timeout_at(deadline, started).await.is_err() {
+            let Ok(started) = tokio::time::timeout_at(deadline, started).await else {
                 return Ok(None);
+            };
+            let jobs = match started {
+                Some(id) => self.engine().store().job(id).await?.into_iter().collect(),
+                None => self.engine().store().live_jobs().await?,
+            };
+            if let Some(taken) = jobs.iter().find_map(|job| self.warm_attempt(job, &hash)) {
+                return taken.map(Some);
             }
         }
     }
 
-    /// The live attempt on the instance kept warm whose token's hash is
-    /// `hash`, if a job took it.
-    async fn warm_attempt(&self, hash: &str) -> Result<Option<WarmAssignment>, EngineError> {
-        let live = self.engine().store().live_jobs().await?;
-        let Some((job, a)) = live.iter().find_map(|job| {
-            let a = job.live_attempt()?;
-            (a.warm.as_deref() == Some(hash)).then_some((job, a))
-        }) else {
-            return Ok(None);
-        };
-        if job.cancel_by.is_some() {
-            return Ok(None);
+    /// What the agent of the instance kept warm whose token's hash is
+    /// `hash` is told, if `job`'s attempt under way took that instance
+    /// (and its cancel was not asked for).
+    fn warm_attempt(
+        &self,
+        job: &JobRecord,
+        hash: &str,
+    ) -> Option<Result<WarmAssignment, EngineError>> {
+        let a = job.live_attempt()?;
+        if a.warm.as_deref() != Some(hash) || job.cancel_by.is_some() {
+            return None;
         }
-        let spec = spec_of(job).map_err(EngineError::Config)?;
-        Ok(Some(WarmAssignment {
-            job: job.id,
-            attempt: a.attempt,
-            token: a.token.clone(),
-            lifetime: flotilla_engine::run_lifetime(&spec),
-        }))
+        let settings = &self.engine().config().jobs;
+        Some(
+            spec_of(job)
+                .map_err(EngineError::Config)
+                .map(|spec| WarmAssignment {
+                    job: job.id,
+                    attempt: a.attempt,
+                    token: a.token.clone(),
+                    lifetime: flotilla_engine::attempt_lifetime(settings, &spec),
+                }),
+        )
     }
 
     /// What the agent of attempt `attempt` of job `id` runs.

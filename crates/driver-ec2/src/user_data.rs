@@ -231,6 +231,7 @@ pub fn warm_agent(
         // server restarting or refusing is asked again a second later,
         // until the timer ends it.
         "while :; do".to_owned(),
+        "  rm -f assignment".to_owned(),
         format!(
             r#"  if curl -fsS -m 30 -H "x-flotilla-attempt-token: "{} -H 'Accept: text/plain' -o assignment {warm_url}; then"#,
             sh_quote(token)
@@ -241,10 +242,12 @@ pub fn warm_agent(
         "  fi".to_owned(),
         "done".to_owned(),
         "read -r job attempt token minutes < assignment".to_owned(),
-        r#"case "$job.$attempt.$minutes" in *[!0-9.]*|.*|*..*|*.) exit 1;; esac"#.to_owned(),
-        "# The job's own deadline from now.".to_owned(),
+        r#"for n in "$job" "$attempt" "$minutes"; do case $n in ''|*[!0-9]*) exit 1;; esac; done"#
+            .to_owned(),
+        r#"case $token in ''|*[!0-9a-f]*) exit 1;; esac"#.to_owned(),
+        "# The job's own deadline from now; without one, none at all.".to_owned(),
         "shutdown -c || true".to_owned(),
-        r#"shutdown -h +"$minutes" || true"#.to_owned(),
+        r#"shutdown -h +"$minutes""#.to_owned(),
     ];
     lines.extend(run_agent(server, sha256));
     lines.join("\n")
@@ -382,5 +385,75 @@ mod tests {
         assert!(big.len() < MAX_USER_DATA);
         let e = check(&big, &n.pool, &n.ty).unwrap_err();
         assert!(e.contains("16384"), "{e}");
+    }
+
+    /// A warm instance's user data trusts no reply it could not have been
+    /// sent (a stub `curl` plays the server): it shuts the instance down at
+    /// once, before touching its timer or fetching anything.
+    #[test]
+    fn a_warm_instance_refuses_a_reply_it_cannot_trust() {
+        use std::os::unix::fs::PermissionsExt;
+
+        let stub = |path: std::path::PathBuf, body: String| {
+            std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        };
+        let replies = [
+            "1.2 1 ab 5",
+            "1 1 ab",
+            "1 1 'ab' 5",
+            "x 1 ab 5",
+            "1 1 ab 5;reboot",
+            "1 1 AB 5",
+        ];
+        for (i, reply) in replies.iter().enumerate() {
+            let dir = std::env::temp_dir().join(format!(
+                "flotilla-warm-user-data-{}-{i}",
+                std::process::id()
+            ));
+            let _ = std::fs::remove_dir_all(&dir);
+            let bin = dir.join("bin");
+            std::fs::create_dir_all(&bin).unwrap();
+            let log = dir.join("shutdowns");
+            stub(
+                bin.join("shutdown"),
+                format!("echo \"$*\" >> '{}'", log.display()),
+            );
+            stub(
+                bin.join("curl"),
+                format!(
+                    r#"while [ $# -gt 0 ]; do [ "$1" = -o ] && out=$2; shift; done; printf '%s\n' {} > "$out""#,
+                    sh_quote(reply)
+                ),
+            );
+            let script = dir.join("user-data");
+            let token = "ab".repeat(32);
+            std::fs::write(
+                &script,
+                warm_agent(
+                    "http://server",
+                    &token,
+                    std::time::Duration::from_secs(600),
+                    "00",
+                ),
+            )
+            .unwrap();
+            let out = std::process::Command::new("sh")
+                .arg(&script)
+                .env(
+                    "PATH",
+                    format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()),
+                )
+                .env("TMPDIR", &dir)
+                .output()
+                .unwrap();
+            assert!(!out.status.success(), "{reply:?}");
+            assert_eq!(
+                std::fs::read_to_string(&log).unwrap(),
+                "-h +10\n-h now\n",
+                "{reply:?}"
+            );
+            std::fs::remove_dir_all(&dir).unwrap();
+        }
     }
 }

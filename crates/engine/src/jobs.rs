@@ -120,8 +120,8 @@ pub struct WarmStart<'a> {
     /// carries its hash ([`flotilla_cloud::TAG_WARM`]).
     pub token: &'a str,
     /// How long it may live idle at most: its boot, `warm_max_idle` and
-    /// a margin. Once a job takes it, the job's [`run_lifetime`] from then
-    /// instead.
+    /// a margin. Once a job takes it, the job's [`attempt_lifetime`] from
+    /// then instead.
     pub lifetime: Duration,
 }
 
@@ -145,11 +145,14 @@ pub struct AttemptStart<'a> {
 /// for debugging, so the runner always ends it first.
 const LIFETIME_MARGIN: Duration = Duration::from_secs(10 * 60);
 
-/// How long an attempt's instance may live once its agent has started,
-/// at most: the job's `max_runtime` and `keep_on_failure`, and a margin
-/// (the runner ends it first).
-pub fn run_lifetime(spec: &JobSpec) -> Duration {
-    spec.max_runtime + spec.keep_on_failure.unwrap_or_default() + LIFETIME_MARGIN
+/// How long an attempt's instance may live from the attempt's start, at
+/// most: the boot timeout, the job's `max_runtime` and `keep_on_failure`,
+/// and a margin (the runner ends it first).
+pub fn attempt_lifetime(settings: &JobSettings, spec: &JobSpec) -> Duration {
+    settings.boot_timeout
+        + spec.max_runtime
+        + spec.keep_on_failure.unwrap_or_default()
+        + LIFETIME_MARGIN
 }
 
 /// The runner's state on this server.
@@ -175,9 +178,11 @@ pub(crate) struct JobRunner {
     /// The instances of attempts under way that the inventory lacks, with
     /// its driver's listing count when that was first seen.
     missing: Mutex<HashMap<InstanceId, u64>>,
-    /// The instances kept warm that a job took this term: never offered
-    /// again, even if a listing older than their new tag shows them idle.
-    warm_taken: Mutex<BTreeSet<InstanceId>>,
+    /// The instances kept warm that a job took, or that gave way to jobs
+    /// waiting for an instance: never offered again (even by a listing
+    /// older than a new tag), and destroyed unless an attempt under way
+    /// runs on them.
+    warm_spent: Mutex<BTreeSet<InstanceId>>,
     /// Pools whose last instance kept warm could not be made, until when
     /// none is tried again.
     warm_failed: Mutex<HashMap<PoolName, Instant>>,
@@ -395,16 +400,20 @@ async fn pass(shared: &Shared, fence: Fence) -> Result<(), StoreError> {
         tracing::info!(job, attempt, instance = %instance.id, "destroying the instance of an attempt no longer under way");
         destroy(shared, &driver, &instance.id).await;
     }
-    let mut warm = tidy_warm(shared, warm, &present, now).await;
-    // The instances kept warm count as busy: no job instance is made
-    // beyond `max_instances` to keep one.
+    let (mut warm, going) = tidy_warm(shared, warm, &present, now).await;
+    // The instances kept warm count as busy: no instance is made beyond
+    // `max_instances` to keep one warm; but jobs come first.
     let slots = shared
         .config
         .jobs
         .max_instances
-        .saturating_sub(busy + warm.len());
-    let made = start_queued(shared, fence, &queued, slots, &mut warm).await;
-    keep_warm(shared, fence, &warm, slots.saturating_sub(made)).await;
+        .saturating_sub(busy + warm.len() + going);
+    let (made, in_line) = start_queued(shared, fence, &queued, slots, &mut warm).await;
+    if in_line > 0 {
+        give_way(shared, &mut warm, in_line).await;
+    } else {
+        keep_warm(shared, fence, &warm, slots.saturating_sub(made)).await;
+    }
     Ok(())
 }
 
@@ -444,12 +453,15 @@ async fn meter(shared: &Shared, fence: Fence, instances: &[JobInstance], live: &
             },
         };
         let Some(org) = &record.org else { continue };
-        let Some(a) = record
-            .attempts
-            .iter()
-            .find(|a| a.attempt == attempt)
-            .or(record.attempts.last())
-        else {
+        let exact = record.attempts.iter().find(|a| a.attempt == attempt);
+        // An instance kept warm is its attempt's only if that attempt took
+        // it (a start that failed after tagging it leaves it no one's: it
+        // is destroyed, and charged to nobody, as while it idled).
+        let a = match instance.warm() {
+            Some(hash) => exact.filter(|a| a.warm.as_deref() == Some(hash)),
+            None => exact.or(record.attempts.last()),
+        };
+        let Some(a) = a else {
             continue;
         };
         // An instance kept warm is charged from when the job took it.
@@ -563,6 +575,14 @@ async fn tend(
         return Ok(());
     }
     match instance {
+        // Tagged for this attempt by a start that failed, and then taken
+        // by nobody: not this attempt's (its agent waits for the attempt
+        // that took it).
+        Some((driver, instance)) if instance.warm().is_some() => {
+            tracing::info!(job = job.id, attempt = a.attempt, instance = %instance.id, "destroying an instance kept warm that no attempt took");
+            destroy(shared, &driver, &instance.id).await;
+            create(shared, fence, job, a, &spec).await?;
+        }
         // Made before a crash or by the last leader: adopted.
         Some((_, instance)) => {
             step(
@@ -682,7 +702,7 @@ async fn create(
     let Some(boot) = shared.jobs.boot.get() else {
         return fail("this server cannot start job agents".to_owned()).await;
     };
-    let lifetime = shared.config.jobs.boot_timeout + run_lifetime(spec);
+    let lifetime = attempt_lifetime(&shared.config.jobs, spec);
     let init_data = match boot.init_data(&AttemptStart {
         driver: &pool.driver,
         job: job.id,
@@ -870,16 +890,16 @@ async fn offers(shared: &Shared) -> BTreeMap<PoolName, Vec<Offer>> {
 /// Starts the queued jobs that fit an instance kept warm on one (taken
 /// from `warm`), and those the scheduler finds an instance for within
 /// `slots`; the others are told why they wait. Returns how many instances
-/// it asked to be made.
+/// it asked to be made, and how many jobs wait in line for an instance.
 async fn start_queued(
     shared: &Shared,
     fence: Fence,
     queued: &[&JobRecord],
     slots: usize,
     warm: &mut Vec<(String, Instance)>,
-) -> usize {
+) -> (usize, usize) {
     if queued.is_empty() {
-        return 0;
+        return (0, 0);
     }
     let now = shared.clock.now();
     let mut specs: HashMap<JobId, Arc<JobSpec>> = HashMap::new();
@@ -945,6 +965,10 @@ async fn start_queued(
         .collect();
     let decisions = schedule(&waiting, &offers, slots);
     let mut made = 0;
+    let in_line = decisions
+        .iter()
+        .filter(|(_, d)| matches!(d, Decision::InLine { .. }))
+        .count();
     for (id, decision) in decisions {
         let job = by_id[&id];
         match decision {
@@ -1002,7 +1026,7 @@ async fn start_queued(
             }
         }
     }
-    made
+    (made, in_line)
 }
 
 /// Starts the jobs of `waiting` that fit an instance kept warm (in queue
@@ -1065,7 +1089,7 @@ async fn take_warm_instances(
             }
             shared
                 .jobs
-                .warm_taken
+                .warm_spent
                 .lock()
                 .unwrap()
                 .insert(instance.id.clone());
@@ -1099,9 +1123,11 @@ async fn take_warm_instances(
                 tracing::info!(job = id, attempt, instance = %instance.id, instance_type = %node.instance_type, "starting a job's attempt on an instance kept warm");
                 started.insert(id);
             }
-            // Its tag names an attempt not under way: the next pass
-            // destroys it.
-            Err(e) => tracing::info!(job = id, error = %e, "starting a job failed"),
+            // Its tag names an attempt that did not start: no job's.
+            Err(e) => {
+                tracing::info!(job = id, error = %e, "starting a job failed; destroying the instance kept warm it took");
+                destroy(shared, driver, &instance.id).await;
+            }
         }
     }
     taken.sort_unstable();
@@ -1111,74 +1137,92 @@ async fn take_warm_instances(
     started
 }
 
-/// The instances kept warm that may still be taken, oldest first: those
-/// idle past `warm_max_idle`, of a pool gone or that keeps fewer now, or
-/// taken already, are destroyed.
+/// The instances kept warm that may still be taken, oldest first, and
+/// how many others are still listed: those idle past `warm_max_idle`, of a
+/// pool gone, that keeps fewer now or no longer offers their type, and
+/// those spent ([`JobRunner::warm_spent`]) are destroyed.
 async fn tidy_warm(
     shared: &Shared,
     warm: Vec<(String, Instance)>,
     present: &std::collections::HashSet<InstanceId>,
     now: DateTime<Utc>,
-) -> Vec<(String, Instance)> {
+) -> (Vec<(String, Instance)>, usize) {
     let max_idle = shared.config.jobs.warm_max_idle;
     let mut warm = warm;
     warm.sort_by_key(|(_, i)| (i.launched_at, i.id.clone()));
+    shared
+        .jobs
+        .warm_spent
+        .lock()
+        .unwrap()
+        .retain(|id| present.contains(id));
     let mut kept: Vec<(String, Instance)> = Vec::new();
+    let mut going = 0;
     let mut per_pool: HashMap<PoolName, u32> = HashMap::new();
-    {
-        let mut taken = shared.jobs.warm_taken.lock().unwrap();
-        taken.retain(|id| present.contains(id));
-    }
     // The youngest are kept where a pool keeps fewer.
     for (driver, instance) in warm.into_iter().rev() {
-        let wanted = instance
+        let spec = instance
             .pool()
-            .and_then(|p| shared.pools.get(&p).map(|spec| (p, spec.idle_nodes)));
-        let why = if shared
+            .and_then(|p| Some((shared.pools.get(&p)?, p)));
+        let spent = shared
             .jobs
-            .warm_taken
+            .warm_spent
             .lock()
             .unwrap()
-            .contains(&instance.id)
-        {
-            Some("a job took it")
+            .contains(&instance.id);
+        let why = if spent {
+            Some("it is spent")
         } else if (now - instance.launched_at)
             .to_std()
             .is_ok_and(|idle| idle >= max_idle)
         {
             Some("it idled past warm_max_idle")
         } else {
-            match wanted {
+            match spec {
                 None => Some("its pool is gone"),
-                Some((pool, _))
-                    if !shared
-                        .pools
-                        .get(&pool)
-                        .is_some_and(|p| p.offers(&instance.instance_type)) =>
-                {
+                Some((spec, _)) if !spec.offers(&instance.instance_type) => {
                     Some("its pool no longer offers its type")
                 }
-                Some((pool, keep)) => {
+                Some((spec, pool)) => {
                     let n = per_pool.entry(pool).or_default();
                     *n += 1;
-                    (*n > keep).then_some("its pool keeps fewer")
+                    (*n > spec.idle_nodes).then_some("its pool keeps fewer")
                 }
             }
         };
         match why {
             Some(why) => {
-                // A job took it: its new tag makes it that attempt's; the
-                // listing will say so.
-                if why != "a job took it" {
-                    tracing::info!(instance = %instance.id, %driver, why, "destroying an instance kept warm");
-                    destroy(shared, &driver, &instance.id).await;
-                }
+                going += 1;
+                shared
+                    .jobs
+                    .warm_spent
+                    .lock()
+                    .unwrap()
+                    .insert(instance.id.clone());
+                tracing::info!(instance = %instance.id, %driver, why, "destroying an instance kept warm");
+                destroy(shared, &driver, &instance.id).await;
             }
             None => kept.push((driver, instance)),
         }
     }
     kept.reverse();
-    kept
+    (kept, going)
+}
+
+/// Destroys up to `n` of the instances kept warm that no job took (the
+/// oldest first): they give way to jobs waiting for an instance, which
+/// `max_instances` would not let be made while they idle.
+async fn give_way(shared: &Shared, warm: &mut Vec<(String, Instance)>, n: usize) {
+    for (driver, instance) in warm.drain(..n.min(warm.len())) {
+        shared
+            .jobs
+            .warm_spent
+            .lock()
+            .unwrap()
+            .insert(instance.id.clone());
+        tracing::info!(instance = %instance.id, %driver, "destroying an instance kept warm: jobs wait for an instance");
+        destroy(shared, &driver, &instance.id).await;
+    }
 }
 
 /// Makes instances kept warm for the pools that keep fewer than their

@@ -63,7 +63,7 @@ pub use error::EngineError;
 pub use flotilla_cloud::{CloudError, Console, ExecOutput};
 pub use flotilla_domain::PoolSpec;
 pub use jobs::{
-    instance_name, run_lifetime, spec_of, AttemptBoot, AttemptStart, JobSettings, WarmStart,
+    attempt_lifetime, instance_name, spec_of, AttemptBoot, AttemptStart, JobSettings, WarmStart,
 };
 pub use orgs::{log_org_events, request_views};
 pub use pools::{PoolView, ResolvedImage};

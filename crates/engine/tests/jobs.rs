@@ -915,7 +915,8 @@ async fn a_pools_warm_instances_are_taken_by_jobs_and_kept_up() {
         ),
         (id, attempt, token.as_str())
     );
-    assert_eq!(assignment.lifetime, Duration::from_secs(15 * 60));
+    // Its boot timeout (10m), max_runtime (5m) and a margin (10m).
+    assert_eq!(assignment.lifetime, Duration::from_secs(25 * 60));
     let other = warm.iter().find(|i| i.id != instance).unwrap();
     assert_eq!(
         h.control
@@ -980,5 +981,45 @@ async fn a_pools_warm_instances_are_taken_by_jobs_and_kept_up() {
         "the one idle an hour was replaced"
     );
     assert_eq!(listed(&cloud).await.len(), 2);
+    h.stop().await;
+}
+
+/// Instances kept warm count towards `max_instances`, but jobs come
+/// first: a job that fits none of them (on another pool) and finds no
+/// slot has one destroyed to make room, and none is made again while it
+/// waits; once it has ended, they are kept warm again.
+#[tokio::test(start_paused = true)]
+async fn instances_kept_warm_give_way_to_jobs_waiting_for_an_instance() {
+    let mut pools = common::pools();
+    pools
+        .get_mut(&flotilla_domain::PoolName::new("default").unwrap())
+        .unwrap()
+        .idle_nodes = 2;
+    let mut config = config();
+    config.jobs.max_instances = 2;
+    let cloud = FakeCloud::new(FakeConfig::default());
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let mut h = Harness::start_with_pools(cloud.clone(), store.clone(), config, pools).await;
+    assert!(h.engine.set_attempt_boot(Arc::new(WarmBoot::default())));
+    let warm = idle_warm(&cloud, 2).await;
+
+    let big = submit(
+        &h.control,
+        serde_json::json!({"name": "big", "script": "true", "max_runtime": "5m", "pool": "big"}),
+    )
+    .await;
+    let (attempt, token, instance) = running(&h.control, &store, big).await;
+    let listed_now = listed(&cloud).await;
+    assert_eq!(listed_now[&instance].instance_type.as_str(), "fake.big");
+    assert!(listed_now.len() <= 2, "max_instances holds: {listed_now:?}");
+    assert!(
+        warm.iter().any(|w| !listed_now.contains_key(&w.id)),
+        "one kept warm gave way"
+    );
+    h.control
+        .attempt_report(big, attempt, &token, AgentReport::Exited { status: 0 })
+        .await
+        .unwrap();
+    idle_warm(&cloud, 2).await;
     h.stop().await;
 }

@@ -360,8 +360,6 @@ async fn checkout(
     Ok(())
 }
 
-/// Runs attempt `attempt` of job `job` from `server`; the exit status of
-/// the agent itself (0 once the script's status is reported).
 /// How long one ask of the agent of an instance kept warm waits for a job.
 const WARM_WAIT_SECS: u64 = 20;
 /// How long it waits before asking again after the server could not answer.
@@ -402,6 +400,8 @@ pub async fn run_warm(server: &str, token: &str) -> Result<(), String> {
     run(server, taken.job, taken.attempt, taken.token).await
 }
 
+/// Runs attempt `attempt` of job `job` from `server`; the exit status of
+/// the agent itself (0 once the script's status is reported).
 pub async fn run(server: &str, job: u64, attempt: u32, token: String) -> Result<(), String> {
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))

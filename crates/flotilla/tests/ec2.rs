@@ -769,8 +769,9 @@ fn an_instance_kept_warm_on_ec2_runs_the_job_that_takes_it() {
     ok(&server.cli(&["job", "submit", file.to_str().unwrap()]));
     let (out, shutdowns) = played.join().unwrap();
     ok(&out);
-    // The job's lifetime from then: max_runtime 5, a margin of 10.
-    assert_eq!(shutdowns, "-h +80\n-c\n-h +15\n");
+    // The job's lifetime from then: boot timeout 10, max_runtime 5, a
+    // margin of 10.
+    assert_eq!(shutdowns, "-h +80\n-c\n-h +25\n");
 
     let shown = server.cli(&["--output", "json", "job", "show", "1"]);
     ok(&shown);

@@ -402,7 +402,17 @@ pub fn step_change(step: &JobStep, before: &JobRecord, after: &JobRecord) -> Opt
             format!("cancel asked by {by}: its attempt is being ended"),
         ),
     };
-    Some(job_change(kind, after, message))
+    let mut change = job_change(kind, after, message);
+    // The agent of an instance kept warm waits for this one (see
+    // `AttemptRecord::warm`): a hash, which gives nothing away.
+    if let JobStep::Start(NewAttempt {
+        warm: Some((_, hash)),
+        ..
+    }) = step
+    {
+        change.payload["warm"] = serde_json::Value::String(hash.clone());
+    }
+    Some(change)
 }
 
 fn job_change(kind: ChangeKind, job: &JobRecord, message: String) -> NewChange {
