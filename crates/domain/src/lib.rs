@@ -7,6 +7,7 @@ mod access;
 mod capacity;
 mod change;
 mod cluster;
+mod dropbox;
 mod fit;
 mod job;
 mod money;
@@ -31,6 +32,10 @@ pub use change::{may_read_change, org_changes, Change, ChangeEntity, ChangeKind,
 pub use cluster::{
     cluster_state, ClusterRecord, ClusterState, DeployCommand, FixedField, Limits, NodeCapacity,
     TimeToLive, ValidationError, Workload,
+};
+pub use dropbox::{
+    create_ask, trigger_cluster, CreateAsk, DropboxTemplate, FileKind, Refusal, DEFAULT_TEMPLATE,
+    MAX_TRIGGER_BYTES,
 };
 pub use fit::{
     cheapest_fit, schedule, take_warm, Decision, Fit, Market, Offer, Shape, Unfit, Waiting,
