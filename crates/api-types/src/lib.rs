@@ -1394,6 +1394,10 @@ pub struct AttemptView {
     pub price_per_hour: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instance: Option<String>,
+    /// Its instance was one its pool kept warm (`idle_nodes`), booted
+    /// before the attempt started.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub warm: bool,
     pub started_at: DateTime<Utc>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub running_at: Option<DateTime<Utc>>,

@@ -68,6 +68,7 @@ pub fn job_body(view: JobView, now: chrono::DateTime<chrono::Utc>) -> types::Job
                 market: a.market.as_str().to_owned(),
                 price_per_hour: a.price_per_hour.to_string(),
                 instance: a.instance.map(|i| i.to_string()),
+                warm: a.warm.is_some(),
                 started_at: a.started_at,
                 running_at: a.running_at,
                 ended_at: a.ended_at,

@@ -2151,13 +2151,14 @@ impl Client {
                 println!("cost ${}", job.cost);
                 for a in &job.attempts {
                     println!(
-                        "  attempt {}: {} ({}, ${}/h) from pool {} on {}, started {}{}",
+                        "  attempt {}: {} ({}, ${}/h) from pool {} on {}{}, started {}{}",
                         a.attempt,
                         a.instance_type,
                         a.market,
                         a.price_per_hour,
                         a.pool,
                         a.instance.as_deref().unwrap_or("(being made)"),
+                        if a.warm { " (kept warm)" } else { "" },
                         stamp(a.started_at),
                         match (&a.ended_at, &a.message) {
                             (Some(at), Some(m)) => format!(", ended {}: {m}", stamp(*at)),

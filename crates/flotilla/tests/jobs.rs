@@ -574,6 +574,13 @@ fn a_job_runs_on_an_instance_kept_warm() {
     assert_eq!(shown["state"], "succeeded");
     assert_eq!(shown["attempts"].as_array().unwrap().len(), 1);
     assert_eq!(shown["attempts"][0]["instance"], first.as_str(), "{shown}");
+    assert_eq!(shown["attempts"][0]["warm"], true, "{shown}");
+    let text = server.cli(&["job", "show", "1"]);
+    assert!(
+        String::from_utf8_lossy(&text.stdout).contains(&format!("on {first} (kept warm), started")),
+        "{}",
+        String::from_utf8_lossy(&text.stdout)
+    );
 
     wait_for("another kept warm, the one used gone", || {
         let now = warm_instances(&data);
