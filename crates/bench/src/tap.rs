@@ -796,6 +796,33 @@ impl flotilla_store::JobStore for CountingStore {
 }
 
 #[async_trait]
+impl flotilla_store::DropboxStore for CountingStore {
+    async fn note_trigger(
+        &self,
+        trigger: &flotilla_store::HandledTrigger,
+        fence: flotilla_store::Fence,
+    ) -> Result<bool, StoreError> {
+        self.inner.note_trigger(trigger, fence).await
+    }
+
+    async fn handled_trigger(
+        &self,
+        path: &str,
+        digest: &str,
+    ) -> Result<Option<flotilla_store::HandledTrigger>, StoreError> {
+        self.inner.handled_trigger(path, digest).await
+    }
+
+    async fn forget_triggers(
+        &self,
+        before: DateTime<Utc>,
+        fence: flotilla_store::Fence,
+    ) -> Result<u64, StoreError> {
+        self.inner.forget_triggers(before, fence).await
+    }
+}
+
+#[async_trait]
 impl flotilla_store::ScheduleStore for CountingStore {
     async fn create_schedule(
         &self,

@@ -44,6 +44,7 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPool, PgPoolO
 use sqlx::{Postgres, Transaction};
 use tokio::sync::watch;
 
+mod dropbox;
 mod jobs;
 mod keys;
 mod lease;

@@ -32,6 +32,7 @@ use flotilla_store::{
     AccountStore, ChangeFeed, Fence, RefreshTokenRecord, Rotation, Store, StoreError,
 };
 
+mod dropbox;
 mod jobs;
 mod keys;
 mod lease;

@@ -39,6 +39,9 @@ pub use jobs::*;
 #[path = "contract_schedules.rs"]
 mod schedules;
 pub use schedules::*;
+#[path = "contract_dropbox.rs"]
+mod dropbox;
+pub use dropbox::*;
 
 pub struct Harness {
     /// An empty store.
@@ -136,6 +139,8 @@ macro_rules! store_contract_tests {
             racing_servers_start_one_attempt,
             schedules_are_created_once_changed_from_what_was_read_and_deleted,
             a_fire_queues_its_job_with_the_schedules_next_time,
+            a_trigger_is_noted_once_by_its_path_and_digest,
+            racing_servers_note_a_trigger_once_and_a_lost_lease_notes_nothing,
             racing_servers_fire_one_due_time_once_and_only_under_the_lease
         );
     };

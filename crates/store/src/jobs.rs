@@ -504,6 +504,6 @@ pub fn next_job(
 }
 
 /// `t` to the millisecond, as the database keeps it.
-fn millis(t: DateTime<Utc>) -> DateTime<Utc> {
+pub(crate) fn millis(t: DateTime<Utc>) -> DateTime<Utc> {
     DateTime::from_timestamp_millis(t.timestamp_millis()).unwrap_or(t)
 }

@@ -16,6 +16,7 @@
 mod accounts;
 mod artifacts;
 pub mod contract;
+mod dropbox;
 mod jobs;
 mod keys;
 mod lease;
@@ -38,6 +39,7 @@ pub use accounts::{
     account_change, left_with_account, AccountRecord, AccountStore, RefreshTokenRecord, Rotation,
 };
 pub use artifacts::{checked_path, ArtifactStore, KeptFile, LocalArtifacts};
+pub use dropbox::{DropboxStore, HandledTrigger};
 pub use flotilla_domain::CostRow;
 pub use jobs::{
     next_job, step_change, submitted, AttemptRecord, JobId, JobRecord, JobStep, JobStore,
@@ -198,6 +200,7 @@ pub trait Store:
     + RolloutStore
     + JobStore
     + ScheduleStore
+    + DropboxStore
     + Send
     + Sync
     + 'static

@@ -51,6 +51,7 @@ struct Inner {
     shared_configs: BTreeMap<flotilla_domain::SharedConfigName, Vec<crate::SharedConfigRecord>>,
     jobs: BTreeMap<crate::JobId, crate::JobRecord>,
     schedules: BTreeMap<String, flotilla_domain::Schedule>,
+    triggers: BTreeMap<(String, String), crate::HandledTrigger>,
 }
 
 struct StoredToken {
@@ -1353,6 +1354,52 @@ impl crate::JobStore for MemoryStore {
             on_record, listed, now, unwatched,
         ));
         Ok(())
+    }
+}
+
+#[async_trait]
+impl crate::DropboxStore for MemoryStore {
+    async fn note_trigger(
+        &self,
+        trigger: &crate::HandledTrigger,
+        fence: Fence,
+    ) -> Result<bool, StoreError> {
+        let mut inner = self.inner.lock().unwrap();
+        inner.check_fence(fence)?;
+        let key = (trigger.path.clone(), trigger.digest.clone());
+        if inner.triggers.contains_key(&key) {
+            return Ok(false);
+        }
+        let mut noted = trigger.clone();
+        noted.handled_at = crate::jobs::millis(noted.handled_at);
+        inner.triggers.insert(key, noted);
+        Ok(true)
+    }
+
+    async fn handled_trigger(
+        &self,
+        path: &str,
+        digest: &str,
+    ) -> Result<Option<crate::HandledTrigger>, StoreError> {
+        Ok(self
+            .inner
+            .lock()
+            .unwrap()
+            .triggers
+            .get(&(path.to_owned(), digest.to_owned()))
+            .cloned())
+    }
+
+    async fn forget_triggers(
+        &self,
+        before: DateTime<Utc>,
+        fence: Fence,
+    ) -> Result<u64, StoreError> {
+        let mut inner = self.inner.lock().unwrap();
+        inner.check_fence(fence)?;
+        let was = inner.triggers.len();
+        inner.triggers.retain(|_, t| t.handled_at >= before);
+        Ok((was - inner.triggers.len()) as u64)
     }
 }
 
