@@ -36,6 +36,11 @@ fn chosen_attempt(job: &JobRecord, attempt: Option<u32>) -> Result<Option<u32>, 
 /// The most jobs one list shows.
 pub const MAX_JOBS: usize = 500;
 
+/// The most files one attempt keeps.
+pub const MAX_KEPT_FILES: usize = 1000;
+/// The most bytes one attempt keeps, all its files together.
+pub const MAX_KEPT_BYTES: u64 = 1024 * 1024 * 1024;
+
 /// A job as shown: secrets redacted, tokens left out, and where a queued
 /// job stands in the queue.
 #[derive(Debug, Clone, PartialEq)]
@@ -471,9 +476,33 @@ impl Control {
                     ),
                 )],
             })?;
-        self.artifacts()?
-            .put_file(id, attempt, &kept, bytes)
-            .await?;
+        let artifacts = self.artifacts()?;
+        // A file sent again replaces the first: it counts once.
+        let others: Vec<KeptFile> = artifacts
+            .files(id, attempt)
+            .await?
+            .into_iter()
+            .filter(|f| f.path != kept)
+            .collect();
+        let bytes_kept: u64 = others.iter().map(|f| f.size).sum();
+        let over = if others.len() >= MAX_KEPT_FILES {
+            Some(format!(
+                "attempt {attempt} keeps {MAX_KEPT_FILES} files already, the most one keeps"
+            ))
+        } else if bytes_kept + bytes.len() as u64 > MAX_KEPT_BYTES {
+            Some(format!(
+                "attempt {attempt} keeps {bytes_kept} bytes already; {} more would pass the most one keeps, {MAX_KEPT_BYTES}",
+                bytes.len()
+            ))
+        } else {
+            None
+        };
+        if let Some(why) = over {
+            return Err(EngineError::InvalidJob {
+                problems: vec![Problem::at("path", format!("{path:?} is not kept: {why}"))],
+            });
+        }
+        artifacts.put_file(id, attempt, &kept, bytes).await?;
         Ok(kept)
     }
 

@@ -35,7 +35,8 @@ pub use clusters::{Deploy, Destroy, Extend};
 pub use events::{EventPage, EventsQuery, MAX_PAGE};
 pub use jobs::{
     submitter, AgentAnswer, AgentProgram, AgentReport, AttemptWork, CancelJob, JobView, LogPage,
-    RunTemplate, SubmitJob, WarmAssignment, MAX_JOBS, SERVER_SUBMITTER,
+    RunTemplate, SubmitJob, WarmAssignment, MAX_JOBS, MAX_KEPT_BYTES, MAX_KEPT_FILES,
+    SERVER_SUBMITTER,
 };
 pub use nodes::{Console, ExecOutput, MAX_CONSOLE_BYTES, MAX_EXEC_OUTPUT, MAX_EXEC_TIMEOUT};
 pub use orgs::{

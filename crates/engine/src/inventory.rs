@@ -179,7 +179,8 @@ pub struct SetInventory {
     /// publishes them (which ends their meters).
     pub departed: HashMap<ClusterName, Vec<GoneNode>>,
     /// The instances of job attempts ([`Instance::job`]) and those kept
-    /// warm for jobs ([`Instance::warm`]), which the job runner looks after, with the create that recorded each (as
+    /// warm for jobs ([`Instance::warm`]), which the job runner looks
+    /// after, with the create that recorded each (as
     /// `TrackedNode::created_here`).
     pub jobs: HashMap<InstanceId, (Instance, Option<u64>)>,
     /// Counts the creates recorded here, so that a listing knows which nodes

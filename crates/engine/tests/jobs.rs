@@ -679,6 +679,20 @@ async fn an_agent_keeps_only_its_jobs_artifacts() {
     let paths: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
     assert_eq!(paths, ["out/dir/a/b.txt", "out/report.txt"]);
 
+    // At most 1,000 files an attempt; one sent again counts once.
+    for i in 2..flotilla_control::MAX_KEPT_FILES {
+        control
+            .attempt_file(id, attempt, &token, &format!("out/dir/{i}"), b"x".to_vec())
+            .await
+            .unwrap();
+    }
+    assert_eq!(put("out/report.txt").await.unwrap(), "out/report.txt");
+    let e = control
+        .attempt_file(id, attempt, &token, "out/dir/one-too-many", b"x".to_vec())
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("keeps 1000 files already"), "{e}");
+
     control
         .attempt_report(id, attempt, &token, AgentReport::Exited { status: 0 })
         .await
