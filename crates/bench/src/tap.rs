@@ -813,6 +813,13 @@ impl flotilla_store::DropboxStore for CountingStore {
         self.inner.handled_trigger(path, digest).await
     }
 
+    async fn handled_triggers(
+        &self,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<flotilla_store::HandledTrigger>, StoreError> {
+        self.inner.handled_triggers(since).await
+    }
+
     async fn forget_triggers(
         &self,
         before: DateTime<Utc>,

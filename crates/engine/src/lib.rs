@@ -476,6 +476,12 @@ impl Engine {
         self.shared.leadership.fence().is_some()
     }
 
+    /// The lease this server holds now, if it leads: what a loop run
+    /// outside the engine (the drop box) writes under.
+    pub fn fence(&self) -> Option<flotilla_store::Fence> {
+        self.shared.leadership.fence()
+    }
+
     /// Gives the job runner how attempts' instances start their agent
     /// (once; until then jobs wait, saying so). False if it had one.
     pub fn set_attempt_boot(&self, boot: Arc<dyn AttemptBoot>) -> bool {

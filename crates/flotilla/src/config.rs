@@ -50,6 +50,41 @@ struct File {
     http: HttpSection,
     #[serde(default)]
     jobs: JobsSection,
+    #[serde(default)]
+    dropbox: DropboxSection,
+}
+
+/// `[dropbox]`: clusters from files dropped in accounts' folders (off
+/// unless `dir` is set).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct DropboxSection {
+    /// The folders: `DIR/USERNAME/`.
+    dir: Option<PathBuf>,
+    /// How often every folder is read.
+    #[serde(with = "humantime_serde")]
+    scan_interval: Duration,
+    /// What a `.cf-create` is merged over, by name (`default` when it
+    /// names none).
+    templates: BTreeMap<String, flotilla_domain::DropboxTemplate>,
+}
+
+impl Default for DropboxSection {
+    fn default() -> Self {
+        Self {
+            dir: None,
+            scan_interval: Duration::from_secs(2),
+            templates: BTreeMap::new(),
+        }
+    }
+}
+
+/// The drop box as configured.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DropboxConfig {
+    pub dir: PathBuf,
+    pub scan_interval: Duration,
+    pub templates: BTreeMap<String, flotilla_domain::DropboxTemplate>,
 }
 
 /// `[jobs]`: how jobs run.
@@ -600,6 +635,8 @@ pub struct Config {
     pub access: AccessConfig,
     pub http: HttpConfig,
     pub jobs: JobsConfig,
+    /// None: no drop box.
+    pub dropbox: Option<DropboxConfig>,
 }
 
 impl Config {
@@ -685,6 +722,27 @@ impl Config {
                     .to_owned()
             }
             (None, true) => "jobs: agents reach this server at its listen address, which EC2 instances cannot reach: set [jobs] server_url to run jobs on ec2 pools".to_owned(),
+        });
+        lines.push(match &self.dropbox {
+            None => "drop box: off ([dropbox] dir unset)".to_owned(),
+            Some(d) => {
+                let absolute = std::path::absolute(&d.dir).unwrap_or_else(|_| d.dir.clone());
+                format!(
+                    "drop box: {}/USERNAME/ read every {} ({}), templates: {}",
+                    absolute.display(),
+                    humantime::format_duration(d.scan_interval),
+                    if d.dir.is_dir() {
+                        "exists"
+                    } else {
+                        "created at start"
+                    },
+                    if d.templates.is_empty() {
+                        "none (1 node for 1h)".to_owned()
+                    } else {
+                        d.templates.keys().cloned().collect::<Vec<_>>().join(", ")
+                    }
+                )
+            }
         });
         lines
     }
@@ -1016,9 +1074,19 @@ impl Config {
             templates,
         };
 
+        let d = &file.dropbox;
+        if d.scan_interval < Duration::from_millis(100) {
+            return Err(invalid("dropbox.scan_interval: at least 100ms".into()));
+        }
+        let dropbox = d.dir.clone().map(|dir| DropboxConfig {
+            dir: from_file(dir),
+            scan_interval: d.scan_interval,
+            templates: d.templates.clone(),
+        });
         Ok(Config {
             http,
             jobs,
+            dropbox,
             listen: file
                 .listen
                 .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("valid")),
@@ -1501,6 +1569,31 @@ image = "ami-12c6146b"
                 );
             }
         }
+    }
+
+    /// README's "Drop box" example parses and means what it says.
+    #[test]
+    fn readme_dropbox_example_parses() {
+        let readme = include_str!("../../../README.md");
+        let section = &readme[readme.find("## Drop box").expect("the drop box section")..];
+        let start = section.find("```toml\n").expect("a toml block") + "```toml\n".len();
+        let text = &section[start..start + section[start..].find("```").expect("closed block")];
+        let c = Config::parse(text, "/etc/flotilla/flotilla.toml").unwrap();
+        let d = c.dropbox.expect("a drop box");
+        assert_eq!(d.dir, PathBuf::from("/srv/flotilla/dropbox"));
+        assert_eq!(d.scan_interval, Duration::from_secs(2));
+        let t = &d.templates["default"];
+        assert_eq!(
+            (t.nodes, t.ttl, t.pool.as_deref(), t.public),
+            (2, Duration::from_secs(4 * 3600), Some("general"), false)
+        );
+        assert_eq!(
+            Config::parse("", "x").unwrap().dropbox,
+            None,
+            "off by default"
+        );
+        let e = err("[dropbox]\ndir = \"d\"\n[dropbox.templates.default]\nnodes = 2\nsize = 3\n");
+        assert!(e.contains("size"), "{e}");
     }
 
     /// README's "Running on AWS" example parses, and its defaults are the

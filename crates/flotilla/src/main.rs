@@ -3,6 +3,7 @@
 mod cli;
 mod config;
 mod credentials;
+mod dropbox;
 mod http;
 mod job_agent;
 mod serve;

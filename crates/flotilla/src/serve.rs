@@ -409,10 +409,16 @@ pub async fn run(config: Config, admin_password: Option<String>) -> anyhow::Resu
             }
         })
     };
+    let control = flotilla_control::Control::new(engine.clone(), config.catalog.clone())
+        .with_agent(agent)
+        .with_artifacts(artifacts);
+    let dropbox = config.dropbox.as_ref().map(|d| {
+        tracing::info!(dir = %d.dir.display(), "reading the drop box");
+        let scanner = crate::dropbox::Dropbox::new(d, control.clone(), identity.clone());
+        tokio::spawn(scanner.run(d.scan_interval))
+    });
     let app = flotilla_api::router(AppState {
-        control: flotilla_control::Control::new(engine.clone(), config.catalog.clone())
-            .with_agent(agent)
-            .with_artifacts(artifacts),
+        control,
         engine: engine.clone(),
         identity,
         limits,
@@ -421,6 +427,9 @@ pub async fn run(config: Config, admin_password: Option<String>) -> anyhow::Resu
     crate::http::serve(listener, app, http, shutdown_signal()).await;
     housekeeping.abort();
     revocations.abort();
+    if let Some(dropbox) = dropbox {
+        dropbox.abort();
+    }
     tracing::info!("shutting down: draining reconciles");
     tasks.shutdown().await;
     Ok(())

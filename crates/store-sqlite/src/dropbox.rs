@@ -69,6 +69,21 @@ impl DropboxStore for SqliteStore {
         row.map(trigger).transpose()
     }
 
+    async fn handled_triggers(
+        &self,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<HandledTrigger>, StoreError> {
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT path, digest, account, cluster, outcome, message, handled_at \
+             FROM dropbox_triggers WHERE handled_at >= $1 \
+             ORDER BY handled_at, path, digest",
+        )
+        .bind(to_millis(since))
+        .fetch_all(&self.reader)
+        .await?;
+        rows.into_iter().map(trigger).collect()
+    }
+
     async fn forget_triggers(
         &self,
         before: DateTime<Utc>,

@@ -57,6 +57,22 @@ pub async fn a_trigger_is_noted_once_by_its_path_and_digest(h: Harness) {
         .await
         .unwrap());
 
+    let since: Vec<(String, String)> = store
+        .handled_triggers(t(3))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| (t.path, t.digest))
+        .collect();
+    assert_eq!(
+        since,
+        [
+            ("ann/web.cf-create".to_owned(), "bb".to_owned()),
+            ("ann/web.cf-delete".to_owned(), String::new())
+        ],
+        "the oldest first"
+    );
+
     // Old ones are forgotten; the rest stay.
     assert_eq!(store.forget_triggers(t(3), fence).await.unwrap(), 1);
     assert_eq!(

@@ -45,6 +45,13 @@ pub trait DropboxStore: Send + Sync {
         digest: &str,
     ) -> Result<Option<HandledTrigger>, StoreError>;
 
+    /// The triggers handled since `since`, the oldest first: what a new
+    /// leader needs to keep the status files of the clusters they made.
+    async fn handled_triggers(
+        &self,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<HandledTrigger>, StoreError>;
+
     /// Forgets the triggers handled before `before`, under the leader's
     /// `fence`; how many. A trigger's file is removed once it is handled,
     /// so only one seen again after a crash needs its record.

@@ -1390,6 +1390,25 @@ impl crate::DropboxStore for MemoryStore {
             .cloned())
     }
 
+    async fn handled_triggers(
+        &self,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<crate::HandledTrigger>, StoreError> {
+        let mut found: Vec<crate::HandledTrigger> = self
+            .inner
+            .lock()
+            .unwrap()
+            .triggers
+            .values()
+            .filter(|t| t.handled_at >= since)
+            .cloned()
+            .collect();
+        found.sort_by(|a, b| {
+            (a.handled_at, &a.path, &a.digest).cmp(&(b.handled_at, &b.path, &b.digest))
+        });
+        Ok(found)
+    }
+
     async fn forget_triggers(
         &self,
         before: DateTime<Utc>,

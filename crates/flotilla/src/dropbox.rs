@@ -1,0 +1,458 @@
+//! The drop box (issue 14, seed 003), run by the leader: every
+//! `scan_interval` it reads `DIR/USERNAME/` for `NAME.cf-create` and
+//! `NAME.cf-delete`, and acts on each through the front door as that
+//! account, as an API call would (its level's limits, the cluster-name
+//! rule, organisations' budgets). A trigger is read once its size and time
+//! have held for a scan, handled once by its path and digest (remembered
+//! in the store, so a restart or a second leader does not act on it
+//! again), and removed; what came of it is a status file beside it:
+//! `NAME.cf-created` once the cluster runs (rewritten as it changes),
+//! `NAME.cf-deleted`, or `NAME.cf-failed` with the stable error code and
+//! the message. Nothing outside `DIR` is read or written: folders and
+//! triggers that are links are refused, as are triggers over 64 KiB.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use chrono::Utc;
+use flotilla_control::{Control, Deploy, Destroy};
+use flotilla_domain::{
+    create_ask, trigger_cluster, Caller, ClusterName, ClusterState, DropboxTemplate, FileKind,
+    Refusal, MAX_TRIGGER_BYTES,
+};
+use flotilla_identity::Identity;
+use flotilla_store::HandledTrigger;
+use sha2::Digest;
+
+use crate::config::DropboxConfig;
+
+/// How long a handled trigger is remembered.
+const REMEMBERED: Duration = Duration::from_secs(30 * 24 * 3600);
+
+pub struct Dropbox {
+    dir: PathBuf,
+    templates: BTreeMap<String, DropboxTemplate>,
+    control: Control,
+    identity: Arc<Identity>,
+    /// Each trigger's size and time at the last scan: one is read once
+    /// they held for a scan (a file still being written is not).
+    seen: HashMap<PathBuf, (u64, Option<SystemTime>)>,
+    /// The clusters made through the drop box whose `.cf-created` is kept,
+    /// with their folder and what it says now.
+    watched: BTreeMap<ClusterName, (PathBuf, Option<String>)>,
+    /// Whether the clusters made through the drop box were read from the
+    /// store this term (a leader that took over, or restarted, keeps
+    /// their status files too).
+    recalled: bool,
+}
+
+impl Dropbox {
+    pub fn new(config: &DropboxConfig, control: Control, identity: Arc<Identity>) -> Self {
+        Self {
+            dir: config.dir.clone(),
+            templates: config.templates.clone(),
+            control,
+            identity,
+            seen: HashMap::new(),
+            watched: BTreeMap::new(),
+            recalled: false,
+        }
+    }
+
+    /// Scans every `interval` while this server leads.
+    pub async fn run(mut self, interval: Duration) {
+        if let Err(e) = std::fs::create_dir_all(&self.dir) {
+            tracing::warn!(dir = %self.dir.display(), error = %e, "cannot make the drop box");
+        }
+        let mut last_forget = None;
+        loop {
+            if let Some(fence) = self.control.engine().fence() {
+                if !self.recalled {
+                    self.recalled = self.recall().await;
+                }
+                if let Err(e) = self.scan().await {
+                    tracing::warn!(dir = %self.dir.display(), error = %e, "cannot read the drop box");
+                }
+                self.write_statuses();
+                if last_forget
+                    .is_none_or(|t: tokio::time::Instant| t.elapsed() > Duration::from_secs(3600))
+                {
+                    let before =
+                        Utc::now() - chrono::Duration::from_std(REMEMBERED).unwrap_or_default();
+                    if let Err(e) = self
+                        .control
+                        .engine()
+                        .store()
+                        .forget_triggers(before, fence)
+                        .await
+                    {
+                        tracing::warn!(error = %e, "cannot forget old drop-box triggers");
+                    }
+                    last_forget = Some(tokio::time::Instant::now());
+                }
+            } else {
+                self.seen.clear();
+                self.recalled = false;
+            }
+            tokio::time::sleep(interval).await;
+        }
+    }
+
+    /// Watches the clusters the drop box made and did not destroy, by
+    /// the triggers handled lately; false if the store could not say.
+    async fn recall(&mut self) -> bool {
+        let since = Utc::now() - chrono::Duration::from_std(REMEMBERED).unwrap_or_default();
+        let handled = match self.control.engine().store().handled_triggers(since).await {
+            Ok(handled) => handled,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the drop-box triggers handled");
+                return false;
+            }
+        };
+        // The latest of each account's cluster says.
+        let mut latest: BTreeMap<(String, String), String> = BTreeMap::new();
+        for t in handled {
+            if t.outcome == "deployed" || t.outcome == "destroyed" {
+                latest.insert((t.account, t.cluster), t.outcome);
+            }
+        }
+        for ((account, cluster), outcome) in latest {
+            if let (Ok(name), "deployed") = (ClusterName::new(&cluster), outcome.as_str()) {
+                self.watched
+                    .entry(name)
+                    .or_insert_with(|| (self.dir.join(&account), None));
+            }
+        }
+        true
+    }
+
+    async fn scan(&mut self) -> std::io::Result<()> {
+        let mut present = std::collections::HashSet::new();
+        for folder in std::fs::read_dir(&self.dir)? {
+            let folder = folder?;
+            let Ok(kind) = folder.file_type() else {
+                continue;
+            };
+            if !kind.is_dir() {
+                // Links to folders elsewhere are not followed; files here
+                // are nobody's.
+                continue;
+            }
+            let account = folder.file_name().to_string_lossy().into_owned();
+            let Ok(files) = std::fs::read_dir(folder.path()) else {
+                continue;
+            };
+            let mut caller = None;
+            for file in files.flatten() {
+                let name = file.file_name().to_string_lossy().into_owned();
+                let Some((stem, kind)) = FileKind::of(&name) else {
+                    continue;
+                };
+                let path = file.path();
+                if kind == FileKind::Created {
+                    // Kept up to date from now on, after a restart too.
+                    if let Ok(cluster) = ClusterName::new(stem) {
+                        self.watched
+                            .entry(cluster)
+                            .or_insert_with(|| (folder.path(), None));
+                    }
+                    continue;
+                }
+                if !kind.is_trigger() {
+                    continue;
+                }
+                present.insert(path.clone());
+                if caller.is_none() {
+                    caller = Some(self.caller_of(&account).await);
+                }
+                let caller = caller.clone().expect("just set");
+                self.trigger(&account, &path, stem, kind, caller).await;
+            }
+        }
+        self.seen.retain(|p, _| present.contains(p));
+        Ok(())
+    }
+
+    /// The caller a folder's triggers act as, or why none.
+    async fn caller_of(&self, account: &str) -> Result<Caller, Refusal> {
+        match self.identity.caller_of(Some(account)).await {
+            Ok(mut caller) => {
+                self.control.engine().admit_org_clusters(&mut caller);
+                Ok(caller)
+            }
+            Err(e) => Err(Refusal::new(
+                "unknown_account",
+                format!("{account:?} is not an account of this server ({e})"),
+            )),
+        }
+    }
+
+    async fn trigger(
+        &mut self,
+        account: &str,
+        path: &Path,
+        stem: &str,
+        kind: FileKind,
+        caller: Result<Caller, Refusal>,
+    ) {
+        let Ok(meta) = std::fs::symlink_metadata(path) else {
+            return;
+        };
+        let file_name = path.file_name().unwrap_or_default().to_string_lossy();
+        let key = format!("{account}/{file_name}");
+        // A trigger is its content as of its last write: the same file seen
+        // again (a restart before it was removed) is handled once; the same
+        // words written again later are a new trigger.
+        let written = written_at(&meta);
+        let (content, digest) = if meta.file_type().is_symlink() {
+            (
+                Err(Refusal::new(
+                    "invalid_trigger",
+                    "a trigger may not be a link",
+                )),
+                format!("link@{written}"),
+            )
+        } else if meta.len() > MAX_TRIGGER_BYTES {
+            (
+                Err(Refusal::new(
+                    "trigger_too_large",
+                    format!(
+                        "{} bytes; a trigger holds at most {MAX_TRIGGER_BYTES}",
+                        meta.len()
+                    ),
+                )),
+                format!("size {}@{written}", meta.len()),
+            )
+        } else {
+            // Read once it held still for a scan.
+            let now = (meta.len(), meta.modified().ok());
+            if self.seen.insert(path.to_owned(), now) != Some(now) {
+                return;
+            }
+            let Ok(bytes) = std::fs::read(path) else {
+                return;
+            };
+            let digest = format!("{}@{written}", sha256(&bytes));
+            (Ok(bytes), digest)
+        };
+        let store = self.control.engine().store().clone();
+        let handled = match store.handled_trigger(&key, &digest).await {
+            Ok(Some(handled)) => handled,
+            Ok(None) => {
+                let Some(fence) = self.control.engine().fence() else {
+                    return;
+                };
+                let (cluster, outcome) = self.act(stem, kind, content, caller).await;
+                let handled = HandledTrigger {
+                    path: key.clone(),
+                    digest: digest.clone(),
+                    account: account.to_owned(),
+                    cluster,
+                    outcome: outcome
+                        .as_ref()
+                        .map_or_else(|r| r.code.clone(), |o| o.0.clone()),
+                    message: outcome.map_or_else(|r| r.message, |o| o.1),
+                    handled_at: Utc::now(),
+                };
+                match store.note_trigger(&handled, fence).await {
+                    Ok(_) => handled,
+                    Err(e) => {
+                        tracing::warn!(trigger = %key, error = %e, "cannot note a drop-box trigger; trying again");
+                        return;
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(trigger = %key, error = %e, "cannot read a drop-box trigger's record");
+                return;
+            }
+        };
+        tracing::info!(trigger = %key, outcome = %handled.outcome, "handled a drop-box trigger");
+        let folder = path.parent().unwrap_or(&self.dir).to_owned();
+        match handled.outcome.as_str() {
+            "deployed" => {
+                if let Ok(cluster) = ClusterName::new(&handled.cluster) {
+                    remove(&folder, &handled.cluster, FileKind::Failed);
+                    remove(&folder, &handled.cluster, FileKind::Deleted);
+                    self.watched.insert(cluster, (folder.clone(), None));
+                }
+            }
+            "destroyed" => {
+                if let Ok(cluster) = ClusterName::new(&handled.cluster) {
+                    self.watched.remove(&cluster);
+                }
+                remove(&folder, &handled.cluster, FileKind::Created);
+                remove(&folder, &handled.cluster, FileKind::Failed);
+                write(
+                    &folder,
+                    &handled.cluster,
+                    FileKind::Deleted,
+                    &serde_json::json!({"cluster": handled.cluster, "state": "destroying", "message": handled.message}),
+                );
+            }
+            code => write(
+                &folder,
+                stem,
+                FileKind::Failed,
+                &serde_json::json!({"trigger": file_name, "code": code, "message": handled.message}),
+            ),
+        }
+        // Removed unless written again meanwhile (that is a new trigger).
+        let unchanged = std::fs::symlink_metadata(path).is_ok_and(|m| written_at(&m) == written);
+        if unchanged {
+            let _ = std::fs::remove_file(path);
+            self.seen.remove(path);
+        }
+    }
+
+    /// Does what a trigger asks: the cluster it names, and `deployed` or
+    /// `destroyed` with a message, or why not.
+    async fn act(
+        &self,
+        stem: &str,
+        kind: FileKind,
+        content: Result<Vec<u8>, Refusal>,
+        caller: Result<Caller, Refusal>,
+    ) -> (String, Result<(String, String), Refusal>) {
+        let cluster_name = stem.to_owned();
+        let outcome = async {
+            let content = content?;
+            let cluster = trigger_cluster(stem)?;
+            let caller = caller?;
+            match kind {
+                FileKind::Create => {
+                    let ask = create_ask(cluster.clone(), parse(&content)?, &self.templates)?;
+                    let view = self
+                        .control
+                        .run(
+                            &caller,
+                            Deploy {
+                                cluster: cluster.clone(),
+                                node_capacity: i64::from(ask.nodes),
+                                time_to_live: ask.ttl.as_secs() as i64,
+                                is_public: Some(ask.public),
+                                pool: ask.pool,
+                                workload: None,
+                            },
+                        )
+                        .await
+                        .map_err(refusal)?;
+                    Ok((
+                        "deployed".to_owned(),
+                        format!(
+                            "{} nodes until {}",
+                            view.node_capacity,
+                            view.expires_at.map_or("-".to_owned(), |t| t.to_rfc3339())
+                        ),
+                    ))
+                }
+                _ => {
+                    self.control
+                        .run(&caller, Destroy { cluster })
+                        .await
+                        .map_err(refusal)?;
+                    Ok(("destroyed".to_owned(), "destroyed".to_owned()))
+                }
+            }
+        }
+        .await;
+        (cluster_name, outcome)
+    }
+
+    /// Writes each watched cluster's `.cf-created` once it runs, again
+    /// when what it says changes; a cluster gone is no longer watched.
+    fn write_statuses(&mut self) {
+        let engine = self.control.engine().clone();
+        self.watched.retain(|cluster, (folder, said)| {
+            let view = engine.view(cluster);
+            match view.state {
+                ClusterState::Running => {
+                    let addresses: Vec<&str> = view
+                        .nodes
+                        .iter()
+                        .filter_map(|n| n.address.as_deref())
+                        .collect();
+                    let status = serde_json::json!({
+                        "cluster": cluster.as_str(),
+                        "state": "running",
+                        "login": addresses.first(),
+                        "addresses": addresses,
+                        "nodes": view.node_capacity,
+                        "expires_at": view.expires_at,
+                    });
+                    let text = serde_json::to_string_pretty(&status).expect("json");
+                    if said.as_deref() != Some(text.as_str()) {
+                        write_text(folder, cluster.as_str(), FileKind::Created, &text);
+                        *said = Some(text);
+                    }
+                    true
+                }
+                ClusterState::Deploying => true,
+                _ => false,
+            }
+        });
+    }
+}
+
+/// When a file was last written, in nanoseconds (0 if unknown).
+fn written_at(meta: &std::fs::Metadata) -> u128 {
+    meta.modified()
+        .ok()
+        .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos())
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A trigger's content as JSON (`{…}`) or TOML; None if empty.
+fn parse(content: &[u8]) -> Result<Option<serde_json::Value>, Refusal> {
+    let text = std::str::from_utf8(content)
+        .map_err(|_| Refusal::new("invalid_trigger", "not UTF-8 text"))?
+        .trim();
+    if text.is_empty() {
+        return Ok(None);
+    }
+    if text.starts_with('{') {
+        return serde_json::from_str(text)
+            .map(Some)
+            .map_err(|e| Refusal::new("invalid_trigger", format!("not JSON: {e}")));
+    }
+    let table: toml::Table = toml::from_str(text)
+        .map_err(|e| Refusal::new("invalid_trigger", format!("neither JSON nor TOML: {e}")))?;
+    serde_json::to_value(table)
+        .map(Some)
+        .map_err(|e| Refusal::new("invalid_trigger", e.to_string()))
+}
+
+/// What the API would answer for `e`: its stable code and message.
+fn refusal(e: flotilla_engine::EngineError) -> Refusal {
+    let e = flotilla_api::ApiError::from(e);
+    Refusal::new(e.code, e.message)
+}
+
+fn write(folder: &Path, stem: &str, kind: FileKind, value: &serde_json::Value) {
+    let text = serde_json::to_string_pretty(value).expect("json");
+    write_text(folder, stem, kind, &text);
+}
+
+/// Writes a status file whole (a temporary file renamed over it).
+fn write_text(folder: &Path, stem: &str, kind: FileKind, text: &str) {
+    let path = folder.join(format!("{stem}{}", kind.suffix()));
+    let temporary = folder.join(format!(".{stem}{}.tmp", kind.suffix()));
+    let written = std::fs::write(&temporary, format!("{text}\n"))
+        .and_then(|()| std::fs::rename(&temporary, &path));
+    if let Err(e) = written {
+        tracing::warn!(path = %path.display(), error = %e, "cannot write a drop-box status file");
+    }
+}
+
+fn remove(folder: &Path, stem: &str, kind: FileKind) {
+    let _ = std::fs::remove_file(folder.join(format!("{stem}{}", kind.suffix())));
+}

@@ -1,0 +1,143 @@
+//! The drop box end to end: the real binary, the local driver, and a
+//! drop-box directory with a folder per account. Files are written as a
+//! user would; the server's answers are the status files beside them.
+
+mod support;
+
+use std::path::Path;
+
+use serde_json::Value;
+use support::{code, wait_for, Sandbox, Server, CONFIG};
+
+fn read(path: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn start(dir: &Path) -> (Server, std::path::PathBuf) {
+    let drop = dir.join("drop");
+    std::fs::create_dir_all(drop.join("admin")).unwrap();
+    let config = format!(
+        "{CONFIG}\n[dropbox]\ndir = \"{}\"\nscan_interval = \"200ms\"\n\n\
+         [dropbox.templates.default]\nnodes = 1\nttl = \"1h\"\n",
+        drop.display()
+    );
+    (Server::start_with(dir, &config), drop)
+}
+
+#[test]
+fn a_file_in_your_folder_makes_resizes_and_destroys_a_cluster() {
+    let sandbox = Sandbox::new();
+    let dir = sandbox.path();
+    let (server, drop) = start(&dir);
+    let mine = drop.join("admin");
+
+    std::fs::write(mine.join("web.cf-create"), "nodes = 2\n").unwrap();
+    let created = mine.join("web.cf-created");
+    wait_for("web.cf-created", || created.exists());
+    let status = read(&created);
+    assert_eq!(status["state"], "running", "{status}");
+    let addresses = status["addresses"].as_array().unwrap().clone();
+    assert_eq!(addresses.len(), 2, "{status}");
+    assert_eq!(status["login"], addresses[0], "{status}");
+    assert!(status["expires_at"].is_string(), "{status}");
+    assert!(
+        !mine.join("web.cf-create").exists(),
+        "the trigger is removed"
+    );
+    let shown = server.cli(&["--output", "json", "status", "web"]);
+    assert_eq!(code(&shown), 0);
+    let shown: Value = serde_json::from_slice(&shown.stdout).unwrap();
+    assert_eq!(shown["node_capacity"], 2, "{shown}");
+
+    // A second .cf-create resizes it, in JSON this time.
+    std::fs::write(mine.join("web.cf-create"), r#"{"nodes": 3, "ttl": "2h"}"#).unwrap();
+    wait_for("web.cf-created to say 3 nodes", || {
+        read(&created)["addresses"]
+            .as_array()
+            .is_some_and(|a| a.len() == 3)
+    });
+
+    // Refusals leave a .cf-failed and deploy nothing.
+    std::fs::write(mine.join("Bad_Name.cf-create"), "").unwrap();
+    std::fs::write(mine.join("junk.cf-create"), "{not json").unwrap();
+    std::fs::write(mine.join("huge.cf-create"), "nodes = 1000\n").unwrap();
+    std::fs::write(mine.join("odd.cf-create"), "template = \"gpu\"\n").unwrap();
+    std::fs::create_dir_all(drop.join("nobody")).unwrap();
+    std::fs::write(drop.join("nobody").join("x.cf-create"), "").unwrap();
+    for (file, code) in [
+        (mine.join("Bad_Name.cf-failed"), "invalid_cluster_name"),
+        (mine.join("junk.cf-failed"), "invalid_trigger"),
+        (mine.join("huge.cf-failed"), "invalid_node_capacity"),
+        (mine.join("odd.cf-failed"), "unknown_template"),
+        (drop.join("nobody").join("x.cf-failed"), "unknown_account"),
+    ] {
+        wait_for(&format!("{}", file.display()), || file.exists());
+        let failed = read(&file);
+        assert_eq!(failed["code"], code, "{failed}");
+        assert!(failed["message"].as_str().is_some_and(|m| !m.is_empty()));
+    }
+    for cluster in ["junk", "huge", "odd"] {
+        let out = server.cli(&["--output", "json", "status", cluster]);
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["state"], "not_running", "{cluster} was not deployed: {v}");
+    }
+    assert!(!mine.join("junk.cf-create").exists());
+
+    std::fs::write(mine.join("web.cf-delete"), "").unwrap();
+    let deleted = mine.join("web.cf-deleted");
+    wait_for("web.cf-deleted", || deleted.exists());
+    assert!(!created.exists(), "its .cf-created goes");
+    assert!(!mine.join("web.cf-delete").exists());
+    wait_for("web to be gone", || {
+        let out = server.cli(&["--output", "json", "status", "web"]);
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        v["state"] == "not_running" || code(&out) != 0
+    });
+}
+
+/// A server killed after it deployed a trigger's cluster but before the
+/// cluster ran (so before its status file was written): the next server
+/// neither deploys it again nor forgets it, and writes its `.cf-created`
+/// once it runs.
+#[test]
+fn a_server_killed_before_the_status_is_written_writes_it_after_a_restart() {
+    let sandbox = Sandbox::new();
+    let dir = sandbox.path();
+    let drop = dir.join("drop");
+    let mine = drop.join("admin");
+    std::fs::create_dir_all(&mine).unwrap();
+    let config = format!(
+        "{}\n[dropbox]\ndir = \"{}\"\nscan_interval = \"200ms\"\n",
+        support::fake_config("boot_delay = \"3s\""),
+        drop.display()
+    );
+    let listen = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("127.0.0.1:{}", l.local_addr().unwrap().port())
+    };
+    let server = Server::start_listening(&dir, &config, &[], &listen);
+    std::fs::write(mine.join("db.cf-create"), "nodes = 2\n").unwrap();
+    wait_for("the trigger handled", || {
+        !mine.join("db.cf-create").exists()
+    });
+    assert_eq!(server.status("db")["state"], "deploying");
+    assert!(!mine.join("db.cf-created").exists(), "not running yet");
+    server.kill();
+
+    let server = Server::start_listening(&dir, &config, &[], &listen);
+    let created = mine.join("db.cf-created");
+    wait_for("db.cf-created after the restart", || created.exists());
+    let status = read(&created);
+    assert_eq!(status["state"], "running", "{status}");
+    assert_eq!(status["addresses"].as_array().unwrap().len(), 2, "{status}");
+    assert!(!mine.join("db.cf-failed").exists());
+    let listed = server.cli(&["--output", "json", "status"]);
+    let listed: Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let names: Vec<&str> = listed["clusters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["cluster"].as_str().or(c["name"].as_str()))
+        .collect();
+    assert_eq!(names, ["db"], "{listed}");
+}
