@@ -8,8 +8,10 @@
 //! again), and removed; what came of it is a status file beside it:
 //! `NAME.cf-created` once the cluster runs (rewritten as it changes),
 //! `NAME.cf-deleted`, or `NAME.cf-failed` with the stable error code and
-//! the message. Nothing outside `DIR` is read or written: folders and
-//! triggers that are links are refused, as are triggers over 64 KiB.
+//! the message. Links are not followed: a folder that is a link is left
+//! alone; a trigger that is a link (or becomes one between its check and
+//! its read), or not a plain file, or over 64 KiB, is refused; a status
+//! file is a new file renamed into place.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -39,6 +41,10 @@ pub struct Dropbox {
     /// Each trigger's size and time at the last scan: one is read once
     /// they held for a scan (a file still being written is not).
     seen: HashMap<PathBuf, (u64, Option<SystemTime>)>,
+    /// How often every folder is read.
+    interval: Duration,
+    /// Whether the last scan could not read `dir` (said once).
+    unreadable: bool,
     /// The clusters made through the drop box whose `.cf-created` is kept,
     /// with their folder and what it says now.
     watched: BTreeMap<ClusterName, (PathBuf, Option<String>)>,
@@ -56,13 +62,16 @@ impl Dropbox {
             control,
             identity,
             seen: HashMap::new(),
+            interval: config.scan_interval,
+            unreadable: false,
             watched: BTreeMap::new(),
             recalled: false,
         }
     }
 
     /// Scans every `interval` while this server leads.
-    pub async fn run(mut self, interval: Duration) {
+    pub async fn run(mut self) {
+        let interval = self.interval;
         if let Err(e) = std::fs::create_dir_all(&self.dir) {
             tracing::warn!(dir = %self.dir.display(), error = %e, "cannot make the drop box");
         }
@@ -72,8 +81,13 @@ impl Dropbox {
                 if !self.recalled {
                     self.recalled = self.recall().await;
                 }
-                if let Err(e) = self.scan().await {
-                    tracing::warn!(dir = %self.dir.display(), error = %e, "cannot read the drop box");
+                match self.scan().await {
+                    Err(e) if !self.unreadable => {
+                        tracing::warn!(dir = %self.dir.display(), error = %e, "cannot read the drop box");
+                        self.unreadable = true;
+                    }
+                    Err(_) => {}
+                    Ok(()) => self.unreadable = false,
                 }
                 self.write_statuses();
                 if last_forget
@@ -140,26 +154,22 @@ impl Dropbox {
                 // are nobody's.
                 continue;
             }
-            let account = folder.file_name().to_string_lossy().into_owned();
+            // A name that is not UTF-8 is no account's.
+            let Some(account) = folder.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
             let Ok(files) = std::fs::read_dir(folder.path()) else {
                 continue;
             };
             let mut caller = None;
             for file in files.flatten() {
-                let name = file.file_name().to_string_lossy().into_owned();
+                let Some(name) = file.file_name().to_str().map(str::to_owned) else {
+                    continue;
+                };
                 let Some((stem, kind)) = FileKind::of(&name) else {
                     continue;
                 };
                 let path = file.path();
-                if kind == FileKind::Created {
-                    // Kept up to date from now on, after a restart too.
-                    if let Ok(cluster) = ClusterName::new(stem) {
-                        self.watched
-                            .entry(cluster)
-                            .or_insert_with(|| (folder.path(), None));
-                    }
-                    continue;
-                }
                 if !kind.is_trigger() {
                     continue;
                 }
@@ -214,6 +224,14 @@ impl Dropbox {
                 )),
                 format!("link@{written}"),
             )
+        } else if !meta.is_file() {
+            (
+                Err(Refusal::new(
+                    "invalid_trigger",
+                    "a trigger must be a plain file",
+                )),
+                format!("not a file@{written}"),
+            )
         } else if meta.len() > MAX_TRIGGER_BYTES {
             (
                 Err(Refusal::new(
@@ -226,16 +244,24 @@ impl Dropbox {
                 format!("size {}@{written}", meta.len()),
             )
         } else {
-            // Read once it held still for a scan.
+            // Read once it held still for a scan, and was last written a
+            // scan ago at least (a copy that stalled is not read half done).
             let now = (meta.len(), meta.modified().ok());
-            if self.seen.insert(path.to_owned(), now) != Some(now) {
+            let settled = meta
+                .modified()
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age >= self.interval);
+            if self.seen.insert(path.to_owned(), now) != Some(now) || !settled {
                 return;
             }
-            let Ok(bytes) = std::fs::read(path) else {
-                return;
-            };
-            let digest = format!("{}@{written}", sha256(&bytes));
-            (Ok(bytes), digest)
+            match read_same(path, &meta) {
+                Ok(bytes) => {
+                    let digest = format!("{}@{written}", sha256(&bytes));
+                    (Ok(bytes), digest)
+                }
+                Err(refused) => (Err(refused), format!("swapped@{written}")),
+            }
         };
         let store = self.control.engine().store().clone();
         let handled = match store.handled_trigger(&key, &digest).await {
@@ -257,7 +283,12 @@ impl Dropbox {
                     handled_at: Utc::now(),
                 };
                 match store.note_trigger(&handled, fence).await {
-                    Ok(_) => handled,
+                    Ok(true) => handled,
+                    // Another server handled it first: what it did holds.
+                    Ok(false) => match store.handled_trigger(&key, &digest).await {
+                        Ok(Some(first)) => first,
+                        _ => return,
+                    },
                     Err(e) => {
                         tracing::warn!(trigger = %key, error = %e, "cannot note a drop-box trigger; trying again");
                         return;
@@ -362,7 +393,8 @@ impl Dropbox {
     }
 
     /// Writes each watched cluster's `.cf-created` once it runs, again
-    /// when what it says changes; a cluster gone is no longer watched.
+    /// when what it says changes; once it is gone (destroyed however, or
+    /// expired), `.cf-deleted` takes its place and it is no longer watched.
     fn write_statuses(&mut self) {
         let engine = self.control.engine().clone();
         self.watched.retain(|cluster, (folder, said)| {
@@ -383,17 +415,59 @@ impl Dropbox {
                         "expires_at": view.expires_at,
                     });
                     let text = serde_json::to_string_pretty(&status).expect("json");
-                    if said.as_deref() != Some(text.as_str()) {
-                        write_text(folder, cluster.as_str(), FileKind::Created, &text);
+                    if said.as_deref() != Some(text.as_str())
+                        && write_text(folder, cluster.as_str(), FileKind::Created, &text)
+                    {
                         *said = Some(text);
                     }
                     true
                 }
-                ClusterState::Deploying => true,
-                _ => false,
+                ClusterState::Deploying | ClusterState::Asleep => true,
+                ClusterState::NotRunning | ClusterState::Destroying => {
+                    remove(folder, cluster.as_str(), FileKind::Created);
+                    write(
+                        folder,
+                        cluster.as_str(),
+                        FileKind::Deleted,
+                        &serde_json::json!({"cluster": cluster.as_str(), "state": "gone"}),
+                    );
+                    false
+                }
             }
         });
     }
+}
+
+/// The content of the file at `path`, if it is still the plain file
+/// `meta` describes: one swapped for a link since (to read a file outside
+/// the drop box) is refused, as the opened file is not the one looked at.
+fn read_same(path: &Path, meta: &std::fs::Metadata) -> Result<Vec<u8>, Refusal> {
+    use std::io::Read;
+    use std::os::unix::fs::MetadataExt;
+    let swapped = || Refusal::new("invalid_trigger", "a trigger may not be a link");
+    use std::os::unix::fs::OpenOptionsExt;
+    // Never through a link, and never waiting on a pipe.
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|_| swapped())?;
+    let opened = file.metadata().map_err(|_| swapped())?;
+    if (opened.dev(), opened.ino()) != (meta.dev(), meta.ino()) || !opened.is_file() {
+        return Err(swapped());
+    }
+    let mut bytes = Vec::new();
+    file.by_ref()
+        .take(MAX_TRIGGER_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|_| swapped())?;
+    if bytes.len() as u64 > MAX_TRIGGER_BYTES {
+        return Err(Refusal::new(
+            "trigger_too_large",
+            format!("a trigger holds at most {MAX_TRIGGER_BYTES} bytes"),
+        ));
+    }
+    Ok(bytes)
 }
 
 /// When a file was last written, in nanoseconds (0 if unknown).
@@ -442,15 +516,25 @@ fn write(folder: &Path, stem: &str, kind: FileKind, value: &serde_json::Value) {
     write_text(folder, stem, kind, &text);
 }
 
-/// Writes a status file whole (a temporary file renamed over it).
-fn write_text(folder: &Path, stem: &str, kind: FileKind, text: &str) {
+/// Writes a status file whole (a temporary file renamed over it); false
+/// if it could not.
+fn write_text(folder: &Path, stem: &str, kind: FileKind, text: &str) -> bool {
     let path = folder.join(format!("{stem}{}", kind.suffix()));
     let temporary = folder.join(format!(".{stem}{}.tmp", kind.suffix()));
-    let written = std::fs::write(&temporary, format!("{text}\n"))
+    // A new file (whatever a user left at the temporary name, a link
+    // included, is removed, not followed), then renamed over the status
+    // file's name (a link there is replaced, not followed).
+    let _ = std::fs::remove_file(&temporary);
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&temporary)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, format!("{text}\n").as_bytes()))
         .and_then(|()| std::fs::rename(&temporary, &path));
-    if let Err(e) = written {
+    if let Err(e) = &written {
         tracing::warn!(path = %path.display(), error = %e, "cannot write a drop-box status file");
     }
+    written.is_ok()
 }
 
 fn remove(folder: &Path, stem: &str, kind: FileKind) {

@@ -415,7 +415,7 @@ pub async fn run(config: Config, admin_password: Option<String>) -> anyhow::Resu
     let dropbox = config.dropbox.as_ref().map(|d| {
         tracing::info!(dir = %d.dir.display(), "reading the drop box");
         let scanner = crate::dropbox::Dropbox::new(d, control.clone(), identity.clone());
-        tokio::spawn(scanner.run(d.scan_interval))
+        tokio::spawn(scanner.run())
     });
     let app = flotilla_api::router(AppState {
         control,

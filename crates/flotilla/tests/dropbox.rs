@@ -62,6 +62,18 @@ fn a_file_in_your_folder_makes_resizes_and_destroys_a_cluster() {
     std::fs::write(mine.join("junk.cf-create"), "{not json").unwrap();
     std::fs::write(mine.join("huge.cf-create"), "nodes = 1000\n").unwrap();
     std::fs::write(mine.join("odd.cf-create"), "template = \"gpu\"\n").unwrap();
+    // Nothing outside the drop box is read through a link, waited on
+    // (a pipe), or written through a link a user left.
+    let outside = dir.join("outside.txt");
+    std::fs::write(&outside, "secret = \"outside\"\n").unwrap();
+    std::os::unix::fs::symlink(&outside, mine.join("link.cf-create")).unwrap();
+    let fifo = mine.join("pipe.cf-create");
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    std::os::unix::fs::symlink(&outside, mine.join(".web.cf-created.tmp")).unwrap();
     std::fs::create_dir_all(drop.join("nobody")).unwrap();
     std::fs::write(drop.join("nobody").join("x.cf-create"), "").unwrap();
     for (file, code) in [
@@ -69,6 +81,8 @@ fn a_file_in_your_folder_makes_resizes_and_destroys_a_cluster() {
         (mine.join("junk.cf-failed"), "invalid_trigger"),
         (mine.join("huge.cf-failed"), "invalid_node_capacity"),
         (mine.join("odd.cf-failed"), "unknown_template"),
+        (mine.join("link.cf-failed"), "invalid_trigger"),
+        (mine.join("pipe.cf-failed"), "invalid_trigger"),
         (drop.join("nobody").join("x.cf-failed"), "unknown_account"),
     ] {
         wait_for(&format!("{}", file.display()), || file.exists());
@@ -76,7 +90,21 @@ fn a_file_in_your_folder_makes_resizes_and_destroys_a_cluster() {
         assert_eq!(failed["code"], code, "{failed}");
         assert!(failed["message"].as_str().is_some_and(|m| !m.is_empty()));
     }
-    for cluster in ["junk", "huge", "odd"] {
+    assert!(!std::fs::read_to_string(mine.join("link.cf-failed"))
+        .unwrap()
+        .contains("outside"));
+    // The next status write replaces the planted link, never follows it.
+    std::fs::write(mine.join("web.cf-create"), "nodes = 2\n").unwrap();
+    wait_for("web.cf-created to say 2 nodes", || {
+        read(&created)["addresses"]
+            .as_array()
+            .is_some_and(|a| a.len() == 2)
+    });
+    assert_eq!(
+        std::fs::read_to_string(&outside).unwrap(),
+        "secret = \"outside\"\n"
+    );
+    for cluster in ["junk", "huge", "odd", "link", "pipe"] {
         let out = server.cli(&["--output", "json", "status", cluster]);
         let v: Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(v["state"], "not_running", "{cluster} was not deployed: {v}");
@@ -140,4 +168,40 @@ fn a_server_killed_before_the_status_is_written_writes_it_after_a_restart() {
         .filter_map(|c| c["cluster"].as_str().or(c["name"].as_str()))
         .collect();
     assert_eq!(names, ["db"], "{listed}");
+}
+
+/// A trigger seen again as it was (a server that stopped after acting on
+/// it, before removing it) is not acted on again; the same words written
+/// anew later are a new trigger.
+#[test]
+fn a_trigger_is_acted_on_once() {
+    let sandbox = Sandbox::new();
+    let dir = sandbox.path();
+    let (server, drop) = start(&dir);
+    let mine = drop.join("admin");
+    let trigger = mine.join("app.cf-create");
+    std::fs::write(&trigger, "nodes = 1\n").unwrap();
+    let written = std::fs::metadata(&trigger).unwrap().modified().unwrap();
+    wait_for("app.cf-created", || mine.join("app.cf-created").exists());
+    let state = |server: &Server| server.status("app")["state"].clone();
+
+    // Destroyed through the command line: acting on the trigger again
+    // would bring it back.
+    assert_eq!(code(&server.cli(&["destroy", "app"])), 0);
+    wait_for("app to go", || state(&server) == "not_running");
+    wait_for("app.cf-deleted", || mine.join("app.cf-deleted").exists());
+    assert!(!mine.join("app.cf-created").exists());
+    std::fs::write(&trigger, "nodes = 1\n").unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&trigger)
+        .unwrap()
+        .set_modified(written)
+        .unwrap();
+    wait_for("the trigger seen again to be removed", || !trigger.exists());
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    assert_eq!(state(&server), "not_running", "not deployed again");
+
+    std::fs::write(&trigger, "nodes = 1\n").unwrap();
+    wait_for("app deployed again", || state(&server) == "running");
 }
