@@ -18,7 +18,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use chrono::Utc;
 use flotilla_control::{Control, Deploy, Destroy};
 use flotilla_domain::{
     create_ask, trigger_cluster, Caller, ClusterName, ClusterState, DropboxTemplate, FileKind,
@@ -46,8 +45,8 @@ pub struct Dropbox {
     /// Whether the last scan could not read `dir` (said once).
     unreadable: bool,
     /// The clusters made through the drop box whose `.cf-created` is kept,
-    /// with their folder and what it says now.
-    watched: BTreeMap<ClusterName, (PathBuf, Option<String>)>,
+    /// with the account whose folder it is in and what it says now.
+    watched: BTreeMap<ClusterName, (String, Option<String>)>,
     /// Whether the clusters made through the drop box were read from the
     /// store this term (a leader that took over, or restarted, keeps
     /// their status files too).
@@ -89,12 +88,12 @@ impl Dropbox {
                     Err(_) => {}
                     Ok(()) => self.unreadable = false,
                 }
-                self.write_statuses();
+                self.write_statuses().await;
                 if last_forget
                     .is_none_or(|t: tokio::time::Instant| t.elapsed() > Duration::from_secs(3600))
                 {
-                    let before =
-                        Utc::now() - chrono::Duration::from_std(REMEMBERED).unwrap_or_default();
+                    let before = self.control.engine().now()
+                        - chrono::Duration::from_std(REMEMBERED).unwrap_or_default();
                     if let Err(e) = self
                         .control
                         .engine()
@@ -117,7 +116,8 @@ impl Dropbox {
     /// Watches the clusters the drop box made and did not destroy, by
     /// the triggers handled lately; false if the store could not say.
     async fn recall(&mut self) -> bool {
-        let since = Utc::now() - chrono::Duration::from_std(REMEMBERED).unwrap_or_default();
+        let since = self.control.engine().now()
+            - chrono::Duration::from_std(REMEMBERED).unwrap_or_default();
         let handled = match self.control.engine().store().handled_triggers(since).await {
             Ok(handled) => handled,
             Err(e) => {
@@ -134,9 +134,7 @@ impl Dropbox {
         }
         for ((account, cluster), outcome) in latest {
             if let (Ok(name), "deployed") = (ClusterName::new(&cluster), outcome.as_str()) {
-                self.watched
-                    .entry(name)
-                    .or_insert_with(|| (self.dir.join(&account), None));
+                self.watched.entry(name).or_insert((account, None));
             }
         }
         true
@@ -280,7 +278,7 @@ impl Dropbox {
                         .as_ref()
                         .map_or_else(|r| r.code.clone(), |o| o.0.clone()),
                     message: outcome.map_or_else(|r| r.message, |o| o.1),
-                    handled_at: Utc::now(),
+                    handled_at: self.control.engine().now(),
                 };
                 match store.note_trigger(&handled, fence).await {
                     Ok(true) => handled,
@@ -307,7 +305,8 @@ impl Dropbox {
                 if let Ok(cluster) = ClusterName::new(&handled.cluster) {
                     remove(&folder, &handled.cluster, FileKind::Failed);
                     remove(&folder, &handled.cluster, FileKind::Deleted);
-                    self.watched.insert(cluster, (folder.clone(), None));
+                    self.watched
+                        .insert(cluster, (handled.account.clone(), None));
                 }
             }
             "destroyed" => {
@@ -393,14 +392,26 @@ impl Dropbox {
     }
 
     /// Writes each watched cluster's `.cf-created` once it runs, again
-    /// when what it says changes; once it is gone (destroyed however, or
-    /// expired), `.cf-deleted` takes its place and it is no longer watched.
-    fn write_statuses(&mut self) {
-        let engine = self.control.engine().clone();
-        self.watched.retain(|cluster, (folder, said)| {
-            let view = engine.view(cluster);
-            match view.state {
-                ClusterState::Running => {
+    /// when what it says changes, while its folder's account may see it;
+    /// once it is gone (destroyed however, or expired) or no longer the
+    /// account's, `.cf-deleted` takes its place and it is no longer
+    /// watched.
+    async fn write_statuses(&mut self) {
+        let mut callers: HashMap<String, Option<Caller>> = HashMap::new();
+        let watched = std::mem::take(&mut self.watched);
+        for (cluster, (account, said)) in watched {
+            if !callers.contains_key(&account) {
+                let caller = self.caller_of(&account).await.ok();
+                callers.insert(account.clone(), caller);
+            }
+            let folder = self.dir.join(&account);
+            let view = match &callers[&account] {
+                Some(caller) => self.control.status(caller, &cluster).ok(),
+                None => None,
+            };
+            let state = view.as_ref().map(|v| v.state);
+            match (view, state) {
+                (Some(view), Some(ClusterState::Running)) => {
                     let addresses: Vec<&str> = view
                         .nodes
                         .iter()
@@ -415,26 +426,29 @@ impl Dropbox {
                         "expires_at": view.expires_at,
                     });
                     let text = serde_json::to_string_pretty(&status).expect("json");
-                    if said.as_deref() != Some(text.as_str())
-                        && write_text(folder, cluster.as_str(), FileKind::Created, &text)
+                    let said = if said.as_deref() != Some(text.as_str())
+                        && write_text(&folder, cluster.as_str(), FileKind::Created, &text)
                     {
-                        *said = Some(text);
-                    }
-                    true
+                        Some(text)
+                    } else {
+                        said
+                    };
+                    self.watched.insert(cluster, (account, said));
                 }
-                ClusterState::Deploying | ClusterState::Asleep => true,
-                ClusterState::NotRunning | ClusterState::Destroying => {
-                    remove(folder, cluster.as_str(), FileKind::Created);
+                (_, Some(ClusterState::Deploying | ClusterState::Asleep)) => {
+                    self.watched.insert(cluster, (account, said));
+                }
+                _ => {
+                    remove(&folder, cluster.as_str(), FileKind::Created);
                     write(
-                        folder,
+                        &folder,
                         cluster.as_str(),
                         FileKind::Deleted,
                         &serde_json::json!({"cluster": cluster.as_str(), "state": "gone"}),
                     );
-                    false
                 }
             }
-        });
+        }
     }
 }
 

@@ -49,6 +49,15 @@ fn a_file_in_your_folder_makes_resizes_and_destroys_a_cluster() {
     let shown: Value = serde_json::from_slice(&shown.stdout).unwrap();
     assert_eq!(shown["node_capacity"], 2, "{shown}");
 
+    // A status file left in a folder is no trigger, and a cluster the
+    // drop box did not make for this folder gets no status there.
+    assert_eq!(
+        code(&server.cli(&["deploy", "other", "--nodes", "1", "--ttl", "1h"])),
+        0
+    );
+    std::fs::write(mine.join("other.cf-created"), "planted\n").unwrap();
+    std::fs::write(mine.join("other.cf-failed"), "planted\n").unwrap();
+
     // A second .cf-create resizes it, in JSON this time.
     std::fs::write(mine.join("web.cf-create"), r#"{"nodes": 3, "ttl": "2h"}"#).unwrap();
     wait_for("web.cf-created to say 3 nodes", || {
@@ -110,6 +119,13 @@ fn a_file_in_your_folder_makes_resizes_and_destroys_a_cluster() {
         assert_eq!(v["state"], "not_running", "{cluster} was not deployed: {v}");
     }
     assert!(!mine.join("junk.cf-create").exists());
+
+    for planted in ["other.cf-created", "other.cf-failed"] {
+        assert_eq!(
+            std::fs::read_to_string(mine.join(planted)).unwrap(),
+            "planted\n"
+        );
+    }
 
     std::fs::write(mine.join("web.cf-delete"), "").unwrap();
     let deleted = mine.join("web.cf-deleted");
