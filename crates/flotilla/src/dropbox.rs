@@ -71,7 +71,7 @@ impl Dropbox {
     /// Scans every `interval` while this server leads.
     pub async fn run(mut self) {
         let interval = self.interval;
-        if let Err(e) = std::fs::create_dir_all(&self.dir) {
+        if let Err(e) = blocking(|| std::fs::create_dir_all(&self.dir)) {
             tracing::warn!(dir = %self.dir.display(), error = %e, "cannot make the drop box");
         }
         let mut last_forget = None;
@@ -141,45 +141,26 @@ impl Dropbox {
     }
 
     async fn scan(&mut self) -> std::io::Result<()> {
-        let mut present = std::collections::HashSet::new();
-        for folder in std::fs::read_dir(&self.dir)? {
-            let folder = folder?;
-            let Ok(kind) = folder.file_type() else {
-                continue;
-            };
-            if !kind.is_dir() {
-                // Links to folders elsewhere are not followed; files here
-                // are nobody's.
-                continue;
-            }
-            // A name that is not UTF-8 is no account's.
-            let Some(account) = folder.file_name().to_str().map(str::to_owned) else {
-                continue;
-            };
-            let Ok(files) = std::fs::read_dir(folder.path()) else {
-                continue;
-            };
-            let mut caller = None;
-            for file in files.flatten() {
-                let Some(name) = file.file_name().to_str().map(str::to_owned) else {
-                    continue;
-                };
-                let Some((stem, kind)) = FileKind::of(&name) else {
-                    continue;
-                };
-                let path = file.path();
-                if !kind.is_trigger() {
-                    continue;
-                }
-                present.insert(path.clone());
-                if caller.is_none() {
-                    caller = Some(self.caller_of(&account).await);
-                }
-                let caller = caller.clone().expect("just set");
-                self.trigger(&account, &path, stem, kind, caller).await;
-            }
-        }
+        // The folders are read off the runtime's workers (a share on the
+        // network may be slow); the triggers are acted on after.
+        let triggers = blocking(|| triggers_in(&self.dir))?;
+        let present: std::collections::HashSet<&PathBuf> =
+            triggers.iter().map(|(_, path, _)| path).collect();
         self.seen.retain(|p, _| present.contains(p));
+        let mut callers: HashMap<String, Result<Caller, Refusal>> = HashMap::new();
+        for (account, path, kind) in &triggers {
+            if !callers.contains_key(account) {
+                let caller = self.caller_of(account).await;
+                callers.insert(account.clone(), caller);
+            }
+            let caller = callers[account].clone();
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default();
+            let stem = name.strip_suffix(kind.suffix()).unwrap_or(name);
+            self.trigger(account, path, stem, *kind, caller).await;
+        }
         Ok(())
     }
 
@@ -205,7 +186,7 @@ impl Dropbox {
         kind: FileKind,
         caller: Result<Caller, Refusal>,
     ) {
-        let Ok(meta) = std::fs::symlink_metadata(path) else {
+        let Ok(meta) = blocking(|| std::fs::symlink_metadata(path)) else {
             return;
         };
         let file_name = path.file_name().unwrap_or_default().to_string_lossy();
@@ -253,7 +234,7 @@ impl Dropbox {
             if self.seen.insert(path.to_owned(), now) != Some(now) || !settled {
                 return;
             }
-            match read_same(path, &meta) {
+            match blocking(|| read_same(path, &meta)) {
                 Ok(bytes) => {
                     let digest = format!("{}@{written}", sha256(&bytes));
                     (Ok(bytes), digest)
@@ -330,9 +311,12 @@ impl Dropbox {
             ),
         }
         // Removed unless written again meanwhile (that is a new trigger).
-        let unchanged = std::fs::symlink_metadata(path).is_ok_and(|m| written_at(&m) == written);
-        if unchanged {
-            let _ = std::fs::remove_file(path);
+        let removed = blocking(|| {
+            let unchanged =
+                std::fs::symlink_metadata(path).is_ok_and(|m| written_at(&m) == written);
+            unchanged && std::fs::remove_file(path).is_ok()
+        });
+        if removed {
             self.seen.remove(path);
         }
     }
@@ -452,6 +436,41 @@ impl Dropbox {
     }
 }
 
+/// Runs file-system calls where blocking is allowed: the runtime moves
+/// its other work off this worker meanwhile.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}
+
+/// Every trigger in `dir`'s folders: its account, path and kind. Folders
+/// that are links, and names that are not UTF-8, are no account's.
+fn triggers_in(dir: &Path) -> std::io::Result<Vec<(String, PathBuf, FileKind)>> {
+    let mut found = Vec::new();
+    for folder in std::fs::read_dir(dir)? {
+        let Ok(folder) = folder else {
+            continue;
+        };
+        if !folder.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        let Some(account) = folder.file_name().to_str().map(str::to_owned) else {
+            continue;
+        };
+        let Ok(files) = std::fs::read_dir(folder.path()) else {
+            continue;
+        };
+        for file in files.flatten() {
+            let Some(name) = file.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            if let Some((_, kind)) = FileKind::of(&name).filter(|(_, k)| k.is_trigger()) {
+                found.push((account.clone(), file.path(), kind));
+            }
+        }
+    }
+    Ok(found)
+}
+
 /// The content of the file at `path`, if it is still the plain file
 /// `meta` describes: one swapped for a link since (to read a file outside
 /// the drop box) is refused, as the opened file is not the one looked at.
@@ -533,6 +552,10 @@ fn write(folder: &Path, stem: &str, kind: FileKind, value: &serde_json::Value) {
 /// Writes a status file whole (a temporary file renamed over it); false
 /// if it could not.
 fn write_text(folder: &Path, stem: &str, kind: FileKind, text: &str) -> bool {
+    blocking(|| write_text_now(folder, stem, kind, text))
+}
+
+fn write_text_now(folder: &Path, stem: &str, kind: FileKind, text: &str) -> bool {
     let path = folder.join(format!("{stem}{}", kind.suffix()));
     let temporary = folder.join(format!(".{stem}{}.tmp", kind.suffix()));
     // A new file (whatever a user left at the temporary name, a link
@@ -552,5 +575,6 @@ fn write_text(folder: &Path, stem: &str, kind: FileKind, text: &str) -> bool {
 }
 
 fn remove(folder: &Path, stem: &str, kind: FileKind) {
-    let _ = std::fs::remove_file(folder.join(format!("{stem}{}", kind.suffix())));
+    let path = folder.join(format!("{stem}{}", kind.suffix()));
+    let _ = blocking(|| std::fs::remove_file(path));
 }
