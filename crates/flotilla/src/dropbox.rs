@@ -44,6 +44,9 @@ pub struct Dropbox {
     interval: Duration,
     /// Whether the last scan could not read `dir` (said once).
     unreadable: bool,
+    /// Triggers handled that could not be removed, with their time of
+    /// writing: left alone until written again.
+    stuck: HashMap<PathBuf, u128>,
     /// The clusters made through the drop box whose `.cf-created` is kept,
     /// with the account whose folder it is in and what it says now.
     watched: BTreeMap<ClusterName, (String, Option<String>)>,
@@ -63,6 +66,7 @@ impl Dropbox {
             seen: HashMap::new(),
             interval: config.scan_interval,
             unreadable: false,
+            stuck: HashMap::new(),
             watched: BTreeMap::new(),
             recalled: false,
         }
@@ -147,6 +151,7 @@ impl Dropbox {
         let present: std::collections::HashSet<&PathBuf> =
             triggers.iter().map(|(_, path, _)| path).collect();
         self.seen.retain(|p, _| present.contains(p));
+        self.stuck.retain(|p, _| present.contains(p));
         let mut callers: HashMap<String, Result<Caller, Refusal>> = HashMap::new();
         for (account, path, kind) in &triggers {
             if !callers.contains_key(account) {
@@ -195,6 +200,9 @@ impl Dropbox {
         // again (a restart before it was removed) is handled once; the same
         // words written again later are a new trigger.
         let written = written_at(&meta);
+        if self.stuck.get(path) == Some(&written) {
+            return;
+        }
         let (content, digest) = if meta.file_type().is_symlink() {
             (
                 Err(Refusal::new(
@@ -318,6 +326,9 @@ impl Dropbox {
         });
         if removed {
             self.seen.remove(path);
+        } else if blocking(|| std::fs::symlink_metadata(path).is_ok()) {
+            tracing::warn!(trigger = %key, "cannot remove a drop-box trigger handled; it is left alone until written again");
+            self.stuck.insert(path.to_owned(), written);
         }
     }
 
@@ -556,12 +567,14 @@ fn write_text(folder: &Path, stem: &str, kind: FileKind, text: &str) -> bool {
 }
 
 fn write_text_now(folder: &Path, stem: &str, kind: FileKind, text: &str) -> bool {
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let path = folder.join(format!("{stem}{}", kind.suffix()));
-    let temporary = folder.join(format!(".{stem}{}.tmp", kind.suffix()));
-    // A new file (whatever a user left at the temporary name, a link
-    // included, is removed, not followed), then renamed over the status
-    // file's name (a link there is replaced, not followed).
-    let _ = std::fs::remove_file(&temporary);
+    // A new file under a short name of its own (anything already there, a
+    // link included, makes the write fail rather than be followed), then
+    // renamed over the status file's name (a link there is replaced, not
+    // followed).
+    let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let temporary = folder.join(format!(".flotilla-{}-{n}.tmp", std::process::id()));
     let written = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -569,6 +582,7 @@ fn write_text_now(folder: &Path, stem: &str, kind: FileKind, text: &str) -> bool
         .and_then(|mut f| std::io::Write::write_all(&mut f, format!("{text}\n").as_bytes()))
         .and_then(|()| std::fs::rename(&temporary, &path));
     if let Err(e) = &written {
+        let _ = std::fs::remove_file(&temporary);
         tracing::warn!(path = %path.display(), error = %e, "cannot write a drop-box status file");
     }
     written.is_ok()

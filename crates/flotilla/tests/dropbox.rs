@@ -83,6 +83,7 @@ fn a_file_in_your_folder_makes_resizes_and_destroys_a_cluster() {
         .unwrap()
         .success());
     std::os::unix::fs::symlink(&outside, mine.join(".web.cf-created.tmp")).unwrap();
+    std::os::unix::fs::symlink(&outside, mine.join("web.cf-created.tmp")).unwrap();
     std::fs::create_dir_all(drop.join("nobody")).unwrap();
     std::fs::write(drop.join("nobody").join("x.cf-create"), "").unwrap();
     for (file, code) in [
