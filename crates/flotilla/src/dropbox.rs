@@ -319,14 +319,14 @@ impl Dropbox {
             ),
         }
         // Removed unless written again meanwhile (that is a new trigger).
-        let removed = blocking(|| {
+        let (unchanged, removed) = blocking(|| {
             let unchanged =
                 std::fs::symlink_metadata(path).is_ok_and(|m| written_at(&m) == written);
-            unchanged && std::fs::remove_file(path).is_ok()
+            (unchanged, unchanged && std::fs::remove_file(path).is_ok())
         });
         if removed {
             self.seen.remove(path);
-        } else if blocking(|| std::fs::symlink_metadata(path).is_ok()) {
+        } else if unchanged {
             tracing::warn!(trigger = %key, "cannot remove a drop-box trigger handled; it is left alone until written again");
             self.stuck.insert(path.to_owned(), written);
         }
