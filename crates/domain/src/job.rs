@@ -596,11 +596,7 @@ pub fn is_artifact_of(path: &str, entries: &[String]) -> bool {
 /// instance's init data only; its hash, in tags anybody with the cloud's
 /// read rights sees, gives nothing away.
 pub fn warm_token_hash(token: &str) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(token.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    crate::sha256_hex(token.as_bytes())
 }
 
 /// The JSON Schema of a job.

@@ -7,6 +7,7 @@ mod access;
 mod capacity;
 mod change;
 mod cluster;
+mod digest;
 mod dropbox;
 mod fit;
 mod job;
@@ -33,6 +34,7 @@ pub use cluster::{
     cluster_state, ClusterRecord, ClusterState, DeployCommand, FixedField, Limits, NodeCapacity,
     TimeToLive, ValidationError, Workload,
 };
+pub use digest::{hex, sha256_hex};
 pub use dropbox::{
     create_ask, trigger_cluster, CreateAsk, DropboxTemplate, FileKind, Refusal, DEFAULT_TEMPLATE,
     MAX_TRIGGER_BYTES,

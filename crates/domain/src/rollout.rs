@@ -49,12 +49,7 @@ impl LaunchVersion {
         let mut text = String::new();
         canonical(value, &mut text);
         let digest = sha2::Sha256::digest(text.as_bytes());
-        let hex: String = digest
-            .iter()
-            .take(VERSION_DIGITS / 2)
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        LaunchVersion(hex)
+        LaunchVersion(crate::hex(&digest[..VERSION_DIGITS / 2]))
     }
 
     /// A version as a node's tag holds it; None if it is not one.

@@ -1410,7 +1410,7 @@ fn new_token() -> String {
     use rand::RngCore;
     let mut bytes = [0u8; 32];
     rand::thread_rng().fill_bytes(&mut bytes);
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    flotilla_domain::hex(&bytes)
 }
 
 #[cfg(test)]

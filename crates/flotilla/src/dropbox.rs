@@ -25,7 +25,6 @@ use flotilla_domain::{
 };
 use flotilla_identity::Identity;
 use flotilla_store::HandledTrigger;
-use sha2::Digest;
 
 use crate::config::DropboxConfig;
 
@@ -244,7 +243,7 @@ impl Dropbox {
             }
             match blocking(|| read_same(path, &meta)) {
                 Ok(bytes) => {
-                    let digest = format!("{}@{written}", sha256(&bytes));
+                    let digest = format!("{}@{written}", flotilla_domain::sha256_hex(&bytes));
                     (Ok(bytes), digest)
                 }
                 Err(refused) => (Err(refused), format!("swapped@{written}")),
@@ -520,13 +519,6 @@ fn written_at(meta: &std::fs::Metadata) -> u128 {
         .ok()
         .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
         .map_or(0, |d| d.as_nanos())
-}
-
-fn sha256(bytes: &[u8]) -> String {
-    sha2::Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 /// A trigger's content as JSON (`{…}`) or TOML; None if empty.

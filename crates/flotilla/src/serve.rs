@@ -504,11 +504,7 @@ fn agent_program() -> anyhow::Result<flotilla_control::AgentProgram> {
         }
         hasher.update(&buffer[..n]);
     }
-    let sha256 = hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let sha256 = flotilla_domain::hex(&hasher.finalize());
     Ok(flotilla_control::AgentProgram { path, sha256 })
 }
 

@@ -70,7 +70,6 @@ fn a_file_in_your_folder_makes_resizes_and_destroys_a_cluster() {
     std::fs::write(mine.join("Bad_Name.cf-create"), "").unwrap();
     std::fs::write(mine.join("junk.cf-create"), "{not json").unwrap();
     std::fs::write(mine.join("huge.cf-create"), "nodes = 1000\n").unwrap();
-    std::fs::write(mine.join("odd.cf-create"), "template = \"gpu\"\n").unwrap();
     // Nothing outside the drop box is read through a link, waited on
     // (a pipe), or written through a link a user left.
     let outside = dir.join("outside.txt");
@@ -82,8 +81,10 @@ fn a_file_in_your_folder_makes_resizes_and_destroys_a_cluster() {
         .status()
         .unwrap()
         .success());
-    std::os::unix::fs::symlink(&outside, mine.join(".web.cf-created.tmp")).unwrap();
-    std::os::unix::fs::symlink(&outside, mine.join("web.cf-created.tmp")).unwrap();
+    // A link left at a status file's own name is replaced, not written
+    // through.
+    std::os::unix::fs::symlink(&outside, mine.join("odd.cf-failed")).unwrap();
+    std::fs::write(mine.join("odd.cf-create"), "template = \"gpu\"\n").unwrap();
     std::fs::create_dir_all(drop.join("nobody")).unwrap();
     std::fs::write(drop.join("nobody").join("x.cf-create"), "").unwrap();
     for (file, code) in [
@@ -95,7 +96,10 @@ fn a_file_in_your_folder_makes_resizes_and_destroys_a_cluster() {
         (mine.join("pipe.cf-failed"), "invalid_trigger"),
         (drop.join("nobody").join("x.cf-failed"), "unknown_account"),
     ] {
-        wait_for(&format!("{}", file.display()), || file.exists());
+        // A plain file: the link planted at odd.cf-failed replaced.
+        wait_for(&format!("{}", file.display()), || {
+            std::fs::symlink_metadata(&file).is_ok_and(|m| m.is_file())
+        });
         let failed = read(&file);
         assert_eq!(failed["code"], code, "{failed}");
         assert!(failed["message"].as_str().is_some_and(|m| !m.is_empty()));
@@ -103,13 +107,10 @@ fn a_file_in_your_folder_makes_resizes_and_destroys_a_cluster() {
     assert!(!std::fs::read_to_string(mine.join("link.cf-failed"))
         .unwrap()
         .contains("outside"));
-    // The next status write replaces the planted link, never follows it.
-    std::fs::write(mine.join("web.cf-create"), "nodes = 2\n").unwrap();
-    wait_for("web.cf-created to say 2 nodes", || {
-        read(&created)["addresses"]
-            .as_array()
-            .is_some_and(|a| a.len() == 2)
-    });
+    assert!(!std::fs::symlink_metadata(mine.join("odd.cf-failed"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
     assert_eq!(
         std::fs::read_to_string(&outside).unwrap(),
         "secret = \"outside\"\n"

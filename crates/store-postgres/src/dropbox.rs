@@ -3,26 +3,11 @@
 //! fence checked in the same transaction.
 
 use chrono::{DateTime, Utc};
-use flotilla_store::sql::{from_millis, to_millis};
+use flotilla_store::sql::to_millis;
+use flotilla_store::sql::triggers::{self, trigger, Row};
 use flotilla_store::{DropboxStore, Fence, HandledTrigger, StoreError};
 
 use crate::PostgresStore;
-
-type Row = (String, String, String, String, String, String, i64);
-
-fn trigger(row: Row) -> Result<HandledTrigger, StoreError> {
-    let (path, digest, account, cluster, outcome, message, at) = row;
-    let handled_at = from_millis(at, || format!("the handling of trigger {path}"))?;
-    Ok(HandledTrigger {
-        path,
-        digest,
-        account,
-        cluster,
-        outcome,
-        message,
-        handled_at,
-    })
-}
 
 #[async_trait::async_trait]
 impl DropboxStore for PostgresStore {
@@ -33,22 +18,17 @@ impl DropboxStore for PostgresStore {
     ) -> Result<bool, StoreError> {
         let mut tx = self.begin().await?;
         crate::lease::check_fence(&mut tx, fence).await?;
-        let noted = sqlx::query(
-            "INSERT INTO dropbox_triggers \
-                 (path, digest, account, cluster, outcome, message, handled_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7) \
-             ON CONFLICT (path, digest) DO NOTHING",
-        )
-        .bind(&trigger.path)
-        .bind(&trigger.digest)
-        .bind(&trigger.account)
-        .bind(&trigger.cluster)
-        .bind(&trigger.outcome)
-        .bind(&trigger.message)
-        .bind(to_millis(trigger.handled_at))
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+        let noted = sqlx::query(triggers::NOTE)
+            .bind(&trigger.path)
+            .bind(&trigger.digest)
+            .bind(&trigger.account)
+            .bind(&trigger.cluster)
+            .bind(&trigger.outcome)
+            .bind(&trigger.message)
+            .bind(to_millis(trigger.handled_at))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
         tx.commit().await?;
         Ok(noted == 1)
     }
@@ -58,14 +38,11 @@ impl DropboxStore for PostgresStore {
         path: &str,
         digest: &str,
     ) -> Result<Option<HandledTrigger>, StoreError> {
-        let row: Option<Row> = sqlx::query_as(
-            "SELECT path, digest, account, cluster, outcome, message, handled_at \
-             FROM dropbox_triggers WHERE path = $1 AND digest = $2",
-        )
-        .bind(path)
-        .bind(digest)
-        .fetch_optional(&self.pool)
-        .await?;
+        let row: Option<Row> = sqlx::query_as(triggers::ONE)
+            .bind(path)
+            .bind(digest)
+            .fetch_optional(&self.pool)
+            .await?;
         row.map(trigger).transpose()
     }
 
@@ -73,14 +50,10 @@ impl DropboxStore for PostgresStore {
         &self,
         since: DateTime<Utc>,
     ) -> Result<Vec<HandledTrigger>, StoreError> {
-        let rows: Vec<Row> = sqlx::query_as(
-            "SELECT path, digest, account, cluster, outcome, message, handled_at \
-             FROM dropbox_triggers WHERE handled_at >= $1 \
-             ORDER BY handled_at, path, digest",
-        )
-        .bind(to_millis(since))
-        .fetch_all(&self.pool)
-        .await?;
+        let rows: Vec<Row> = sqlx::query_as(triggers::SINCE)
+            .bind(to_millis(since))
+            .fetch_all(&self.pool)
+            .await?;
         rows.into_iter().map(trigger).collect()
     }
 
@@ -91,7 +64,7 @@ impl DropboxStore for PostgresStore {
     ) -> Result<u64, StoreError> {
         let mut tx = self.begin().await?;
         crate::lease::check_fence(&mut tx, fence).await?;
-        let gone = sqlx::query("DELETE FROM dropbox_triggers WHERE handled_at < $1")
+        let gone = sqlx::query(triggers::FORGET)
             .bind(to_millis(before))
             .execute(&mut *tx)
             .await?

@@ -1337,3 +1337,41 @@ pub fn live_jobs_select() -> String {
 pub fn attempts_json(job: &crate::JobRecord) -> String {
     serde_json::to_string(&job.attempts).expect("attempts serialise")
 }
+
+/// Drop-box triggers (`dropbox_triggers`), the same SQL on every backend.
+pub mod triggers {
+    use crate::{HandledTrigger, StoreError};
+
+    /// A trigger's row: path, digest, account, cluster, outcome, message,
+    /// handled_at (ms).
+    pub type Row = (String, String, String, String, String, String, i64);
+
+    /// Notes a trigger, doing nothing if its path and digest are there.
+    pub const NOTE: &str = "INSERT INTO dropbox_triggers \
+             (path, digest, account, cluster, outcome, message, handled_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7) \
+         ON CONFLICT (path, digest) DO NOTHING";
+    /// One trigger by path ($1) and digest ($2).
+    pub const ONE: &str = "SELECT path, digest, account, cluster, outcome, message, handled_at \
+         FROM dropbox_triggers WHERE path = $1 AND digest = $2";
+    /// The triggers handled since $1, the oldest first.
+    pub const SINCE: &str = "SELECT path, digest, account, cluster, outcome, message, handled_at \
+         FROM dropbox_triggers WHERE handled_at >= $1 \
+         ORDER BY handled_at, path, digest";
+    /// Forgets the triggers handled before $1.
+    pub const FORGET: &str = "DELETE FROM dropbox_triggers WHERE handled_at < $1";
+
+    pub fn trigger(row: Row) -> Result<HandledTrigger, StoreError> {
+        let (path, digest, account, cluster, outcome, message, at) = row;
+        let handled_at = super::from_millis(at, || format!("the handling of trigger {path}"))?;
+        Ok(HandledTrigger {
+            path,
+            digest,
+            account,
+            cluster,
+            outcome,
+            message,
+            handled_at,
+        })
+    }
+}
