@@ -830,6 +830,101 @@ impl flotilla_store::DropboxStore for CountingStore {
 }
 
 #[async_trait]
+impl flotilla_store::NotifyStore for CountingStore {
+    async fn add_subscription(
+        &self,
+        new: &flotilla_store::NewSubscription,
+        at: DateTime<Utc>,
+    ) -> Result<flotilla_store::Subscription, StoreError> {
+        self.inner.add_subscription(new, at).await
+    }
+
+    async fn subscriptions(
+        &self,
+        account: Option<&str>,
+    ) -> Result<Vec<flotilla_store::Subscription>, StoreError> {
+        self.inner.subscriptions(account).await
+    }
+
+    async fn remove_subscription(&self, id: i64) -> Result<bool, StoreError> {
+        self.inner.remove_subscription(id).await
+    }
+
+    async fn enable_subscription(&self, id: i64) -> Result<bool, StoreError> {
+        self.inner.enable_subscription(id).await
+    }
+
+    async fn notify_cursor(&self) -> Result<Option<i64>, StoreError> {
+        self.inner.notify_cursor().await
+    }
+
+    async fn queue_deliveries(
+        &self,
+        upto: i64,
+        deliveries: &[flotilla_store::NewDelivery],
+        at: DateTime<Utc>,
+        fence: flotilla_store::Fence,
+    ) -> Result<u64, StoreError> {
+        self.inner
+            .queue_deliveries(upto, deliveries, at, fence)
+            .await
+    }
+
+    async fn queue_test(
+        &self,
+        subscription: i64,
+        event: &serde_json::Value,
+        at: DateTime<Utc>,
+    ) -> Result<flotilla_store::Delivery, StoreError> {
+        self.inner.queue_test(subscription, event, at).await
+    }
+
+    async fn due_deliveries(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<flotilla_store::Delivery>, StoreError> {
+        self.inner.due_deliveries(now, limit).await
+    }
+
+    async fn deliveries(
+        &self,
+        account: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<flotilla_store::Delivery>, StoreError> {
+        self.inner.deliveries(account, limit).await
+    }
+
+    async fn recent_deliveries(
+        &self,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<flotilla_store::Delivery>, StoreError> {
+        self.inner.recent_deliveries(since).await
+    }
+
+    async fn finish_delivery(
+        &self,
+        id: i64,
+        outcome: &flotilla_store::DeliveryOutcome,
+        at: DateTime<Utc>,
+        disable_after: u32,
+        fence: flotilla_store::Fence,
+    ) -> Result<Option<flotilla_store::Subscription>, StoreError> {
+        self.inner
+            .finish_delivery(id, outcome, at, disable_after, fence)
+            .await
+    }
+
+    async fn forget_deliveries(
+        &self,
+        before: DateTime<Utc>,
+        fence: flotilla_store::Fence,
+    ) -> Result<u64, StoreError> {
+        self.inner.forget_deliveries(before, fence).await
+    }
+}
+
+#[async_trait]
 impl flotilla_store::ScheduleStore for CountingStore {
     async fn create_schedule(
         &self,

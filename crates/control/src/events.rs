@@ -79,7 +79,7 @@ impl Control {
             }
             let events: Vec<Change> = page
                 .into_iter()
-                .filter(|c| may_read_change(caller, c, self.org_of_change(c).as_ref()))
+                .filter(|c| self.may_read(caller, c))
                 .collect();
             let waiting = query.follow && limit > 0 && events.is_empty();
             if !waiting || Instant::now() >= deadline {
@@ -137,6 +137,12 @@ impl Control {
         }
     }
 
+    /// Whether `caller` may read `change`: what the events API shows it,
+    /// and what a subscription of its account is sent.
+    pub fn may_read(&self, caller: &Caller, change: &Change) -> bool {
+        may_read_change(caller, change, self.org_of_change(change).as_ref())
+    }
+
     /// The organisation a change concerns: the one named, or the one whose
     /// cluster it is.
     fn org_of_change(&self, change: &Change) -> Option<flotilla_domain::Organisation> {
@@ -154,7 +160,9 @@ impl Control {
             | ChangeEntity::Server
             | ChangeEntity::Pool
             | ChangeEntity::SharedConfig
-            | ChangeEntity::Schedule => None,
+            | ChangeEntity::Schedule
+            | ChangeEntity::Dropbox
+            | ChangeEntity::Notification => None,
         }
     }
 }

@@ -84,6 +84,11 @@ pub enum ChangeKind {
     /// Its time came: it queued a job, or says why not.
     ScheduleFired,
     ScheduleDeleted,
+    /// A drop-box trigger was refused: the key is the folder's account.
+    DropboxRefused,
+    /// A subscription was disabled after its deliveries kept failing: the
+    /// key is its account.
+    NotificationDisabled,
 }
 
 /// Which kind of record a change is about: the feed's key is its name.
@@ -102,10 +107,45 @@ pub enum ChangeEntity {
     Job,
     /// A schedule: the key is its name.
     Schedule,
+    /// A drop-box folder: the key is its account.
+    Dropbox,
+    /// An account's subscriptions: the key is the account.
+    Notification,
+}
+
+impl ChangeEntity {
+    pub const ALL: [ChangeEntity; 10] = [
+        ChangeEntity::Cluster,
+        ChangeEntity::Org,
+        ChangeEntity::Account,
+        ChangeEntity::Server,
+        ChangeEntity::Pool,
+        ChangeEntity::SharedConfig,
+        ChangeEntity::Job,
+        ChangeEntity::Schedule,
+        ChangeEntity::Dropbox,
+        ChangeEntity::Notification,
+    ];
+
+    /// What the stored names of its changes begin with, before the dot.
+    pub fn prefix(self) -> &'static str {
+        match self {
+            ChangeEntity::Cluster => "cluster",
+            ChangeEntity::Org => "org",
+            ChangeEntity::Account => "account",
+            ChangeEntity::Server => "server",
+            ChangeEntity::Pool => "pool",
+            ChangeEntity::SharedConfig => "shared_config",
+            ChangeEntity::Job => "job",
+            ChangeEntity::Schedule => "schedule",
+            ChangeEntity::Dropbox => "dropbox",
+            ChangeEntity::Notification => "notification",
+        }
+    }
 }
 
 impl ChangeKind {
-    const PLAIN: [ChangeKind; 32] = [
+    const PLAIN: [ChangeKind; 34] = [
         ChangeKind::ClusterDeployed,
         ChangeKind::ClusterResized,
         ChangeKind::ClusterExtended,
@@ -138,6 +178,8 @@ impl ChangeKind {
         ChangeKind::ScheduleChanged,
         ChangeKind::ScheduleFired,
         ChangeKind::ScheduleDeleted,
+        ChangeKind::DropboxRefused,
+        ChangeKind::NotificationDisabled,
     ];
 
     pub fn entity(self) -> ChangeEntity {
@@ -175,6 +217,8 @@ impl ChangeKind {
             | ChangeKind::ScheduleChanged
             | ChangeKind::ScheduleFired
             | ChangeKind::ScheduleDeleted => ChangeEntity::Schedule,
+            ChangeKind::DropboxRefused => ChangeEntity::Dropbox,
+            ChangeKind::NotificationDisabled => ChangeEntity::Notification,
         }
     }
 
@@ -228,6 +272,8 @@ impl ChangeKind {
             ChangeKind::ScheduleChanged => "schedule.changed",
             ChangeKind::ScheduleFired => "schedule.fired",
             ChangeKind::ScheduleDeleted => "schedule.deleted",
+            ChangeKind::DropboxRefused => "dropbox.refused",
+            ChangeKind::NotificationDisabled => "notification.disabled",
         }
     }
 
@@ -505,7 +551,7 @@ pub fn may_read_change(caller: &Caller, change: &Change, org: Option<&Organisati
             own || member()
         }
         ChangeEntity::Org => member(),
-        ChangeEntity::Account => caller
+        ChangeEntity::Account | ChangeEntity::Dropbox | ChangeEntity::Notification => caller
             .account
             .as_ref()
             .is_some_and(|a| a.as_str() == change.key),
@@ -543,17 +589,8 @@ mod tests {
         let mut names: Vec<&str> = all.iter().map(|k| k.as_str()).collect();
         for k in &all {
             assert_eq!(ChangeKind::parse(k.as_str()), Some(*k));
-            let prefix = match k.entity() {
-                ChangeEntity::Cluster => "cluster.",
-                ChangeEntity::Org => "org.",
-                ChangeEntity::Account => "account.",
-                ChangeEntity::Server => "server.",
-                ChangeEntity::Pool => "pool.",
-                ChangeEntity::SharedConfig => "shared_config.",
-                ChangeEntity::Job => "job.",
-                ChangeEntity::Schedule => "schedule.",
-            };
-            assert!(k.as_str().starts_with(prefix), "{k}");
+            let prefix = format!("{}.", k.entity().prefix());
+            assert!(k.as_str().starts_with(&prefix), "{k}");
         }
         names.sort();
         names.dedup();

@@ -13,6 +13,7 @@ mod fit;
 mod job;
 mod money;
 mod names;
+mod notify;
 mod obstacle;
 mod org;
 mod plan;
@@ -55,6 +56,10 @@ pub use money::{
 pub use names::{
     ClusterName, InstanceId, InstanceSetId, InstanceType, NameError, NameKind, PoolName,
     SharedConfigName, Username,
+};
+pub use notify::{
+    event_json, event_line, mail_text, patterns_text, retry_after, test_event, Channel,
+    DeliveryState, Pattern, MAX_PATTERNS, MAX_SUBSCRIPTIONS, MAX_TARGET_LEN, TEST_KIND,
 };
 pub use obstacle::{Obstacle, ObstacleCode};
 pub use org::{

@@ -316,7 +316,10 @@ async fn apply(shared: &Shared, change: &Change, read: &mut PageReads) {
                 shared.jobs.schedules_changed.notify_one();
             }
         }
-        ChangeEntity::Account | ChangeEntity::Server => {}
+        ChangeEntity::Account
+        | ChangeEntity::Server
+        | ChangeEntity::Dropbox
+        | ChangeEntity::Notification => {}
     }
     // Nobody listening is fine.
     let _ = shared.changes.send(change.clone());

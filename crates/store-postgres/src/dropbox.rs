@@ -29,7 +29,12 @@ impl DropboxStore for PostgresStore {
             .execute(&mut *tx)
             .await?
             .rows_affected();
-        tx.commit().await?;
+        let changes: Vec<_> = trigger
+            .change()
+            .filter(|_| noted == 1)
+            .into_iter()
+            .collect();
+        crate::commit_with(tx, &changes, trigger.handled_at).await?;
         Ok(noted == 1)
     }
 

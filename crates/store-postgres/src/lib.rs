@@ -49,6 +49,7 @@ mod jobs;
 mod keys;
 mod lease;
 mod meters;
+mod notify;
 mod orgs;
 mod pools;
 mod schedules;

@@ -29,6 +29,11 @@ impl DropboxStore for SqliteStore {
             .execute(&mut *tx)
             .await?
             .rows_affected();
+        if noted == 1 {
+            if let Some(change) = trigger.change() {
+                crate::record_changes(&mut tx, &[change], trigger.handled_at).await?;
+            }
+        }
         self.commit(tx).await?;
         Ok(noted == 1)
     }

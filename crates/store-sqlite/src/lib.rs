@@ -37,6 +37,7 @@ mod jobs;
 mod keys;
 mod lease;
 mod meters;
+mod notify;
 mod orgs;
 mod pools;
 mod schedules;

@@ -42,6 +42,9 @@ pub use schedules::*;
 #[path = "contract_dropbox.rs"]
 mod dropbox;
 pub use dropbox::*;
+#[path = "contract_notify.rs"]
+mod notify;
+pub use notify::*;
 
 pub struct Harness {
     /// An empty store.
@@ -141,6 +144,10 @@ macro_rules! store_contract_tests {
             a_fire_queues_its_job_with_the_schedules_next_time,
             a_trigger_is_noted_once_by_its_path_and_digest,
             racing_servers_note_a_trigger_once_and_a_lost_lease_notes_nothing,
+            subscriptions_are_kept_per_account_and_removed,
+            a_change_is_queued_once_per_subscription_under_the_lease,
+            deliveries_are_retried_and_a_failing_subscription_is_disabled,
+            a_refused_trigger_is_a_change_its_account_reads,
             racing_servers_fire_one_due_time_once_and_only_under_the_lease
         );
     };

@@ -7,6 +7,8 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
+use flotilla_domain::{ChangeKind, NewChange};
+
 use crate::{Fence, StoreError};
 
 /// A trigger as handled.
@@ -27,11 +29,35 @@ pub struct HandledTrigger {
     pub handled_at: DateTime<Utc>,
 }
 
+impl HandledTrigger {
+    /// Whether it was refused (or failed): its outcome is a code.
+    pub fn refused(&self) -> bool {
+        !matches!(self.outcome.as_str(), "deployed" | "destroyed")
+    }
+
+    /// The change a refused trigger is noted with, in the same
+    /// transaction; none for one acted on (its deploy or destroy has its
+    /// own).
+    pub fn change(&self) -> Option<NewChange> {
+        self.refused().then(|| NewChange {
+            kind: ChangeKind::DropboxRefused,
+            key: self.account.clone(),
+            payload: serde_json::json!({
+                "path": self.path,
+                "cluster": self.cluster,
+                "code": self.outcome,
+                "message": self.message,
+            }),
+        })
+    }
+}
+
 #[async_trait]
 pub trait DropboxStore: Send + Sync {
-    /// Records `trigger` as handled, under the leader's `fence`: true if
-    /// it is new; false, changing nothing, if a trigger of its path and
-    /// digest was handled already.
+    /// Records `trigger` as handled, under the leader's `fence`, with a
+    /// `dropbox.refused` change if it was refused: true if it is new;
+    /// false, changing nothing, if a trigger of its path and digest was
+    /// handled already.
     async fn note_trigger(
         &self,
         trigger: &HandledTrigger,

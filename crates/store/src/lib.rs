@@ -22,6 +22,7 @@ mod keys;
 mod lease;
 mod memory;
 pub mod meters;
+mod notify;
 mod orgs;
 mod pools;
 mod schedules;
@@ -48,6 +49,10 @@ pub use jobs::{
 pub use keys::{keys_change, AddKeys, SigningKeyRecord};
 pub use lease::{ClusterNodes, ClusterObstacle, Fence, GoneNode, Lease, LeaseStore};
 pub use memory::MemoryStore;
+pub use notify::{
+    disabled_change, disabled_reason, Delivery, DeliveryOutcome, NewDelivery, NewSubscription,
+    NotifyStore, Subscription, ADMIN_SUBSCRIPTION,
+};
 pub use orgs::{OrgChange, OrgChanged, OrgStore, OrgUsage, UsedNode};
 pub use pools::{
     check_stale, in_use, next_shared_version, next_version, pause_change, pool_change,
@@ -201,6 +206,7 @@ pub trait Store:
     + JobStore
     + ScheduleStore
     + DropboxStore
+    + NotifyStore
     + Send
     + Sync
     + 'static

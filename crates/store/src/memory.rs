@@ -52,6 +52,11 @@ struct Inner {
     jobs: BTreeMap<crate::JobId, crate::JobRecord>,
     schedules: BTreeMap<String, flotilla_domain::Schedule>,
     triggers: BTreeMap<(String, String), crate::HandledTrigger>,
+    subscriptions: BTreeMap<i64, crate::Subscription>,
+    last_subscription: i64,
+    deliveries: BTreeMap<i64, crate::Delivery>,
+    last_delivery: i64,
+    notify_cursor: Option<i64>,
 }
 
 struct StoredToken {
@@ -1372,6 +1377,9 @@ impl crate::DropboxStore for MemoryStore {
         }
         let mut noted = trigger.clone();
         noted.handled_at = crate::jobs::millis(noted.handled_at);
+        if let Some(change) = noted.change() {
+            inner.record(change, noted.handled_at);
+        }
         inner.triggers.insert(key, noted);
         Ok(true)
     }
@@ -1510,5 +1518,276 @@ impl crate::ScheduleStore for MemoryStore {
         inner.schedules.insert(after.name.clone(), after.clone());
         inner.record(crate::fired_change(&after, queued.as_ref()), now);
         Ok(queued)
+    }
+}
+
+impl Inner {
+    fn insert_delivery(&mut self, new: crate::NewDelivery, at: DateTime<Utc>) -> crate::Delivery {
+        self.last_delivery += 1;
+        let at = crate::jobs::millis(at);
+        let d = crate::Delivery {
+            id: self.last_delivery,
+            subscription: new.subscription,
+            seq: new.seq,
+            kind: new.kind,
+            key: new.key,
+            event: new.event,
+            state: new.state,
+            attempts: 0,
+            next_at: at,
+            last_error: None,
+            created_at: at,
+            finished_at: None,
+        };
+        self.deliveries.insert(d.id, d.clone());
+        d
+    }
+}
+
+#[async_trait]
+impl crate::NotifyStore for MemoryStore {
+    async fn add_subscription(
+        &self,
+        new: &crate::NewSubscription,
+        at: DateTime<Utc>,
+    ) -> Result<crate::Subscription, StoreError> {
+        let mut inner = self.inner.lock().unwrap();
+        inner.last_subscription += 1;
+        let s = crate::Subscription {
+            id: inner.last_subscription,
+            account: new.account.clone(),
+            channel: new.channel.clone(),
+            patterns: new.patterns.clone(),
+            secret: new.secret.clone(),
+            created_at: crate::jobs::millis(at),
+            failures: 0,
+            disabled: None,
+            last_sent_at: None,
+        };
+        inner.subscriptions.insert(s.id, s.clone());
+        Ok(s)
+    }
+
+    async fn subscriptions(
+        &self,
+        account: Option<&str>,
+    ) -> Result<Vec<crate::Subscription>, StoreError> {
+        Ok(self
+            .inner
+            .lock()
+            .unwrap()
+            .subscriptions
+            .values()
+            .filter(|s| account.is_none_or(|a| a == s.account))
+            .cloned()
+            .collect())
+    }
+
+    async fn remove_subscription(&self, id: i64) -> Result<bool, StoreError> {
+        let mut inner = self.inner.lock().unwrap();
+        let gone = inner.subscriptions.remove(&id).is_some();
+        inner.deliveries.retain(|_, d| {
+            !(d.subscription == id && d.state == flotilla_domain::DeliveryState::Pending)
+        });
+        Ok(gone)
+    }
+
+    async fn enable_subscription(&self, id: i64) -> Result<bool, StoreError> {
+        let mut inner = self.inner.lock().unwrap();
+        Ok(match inner.subscriptions.get_mut(&id) {
+            Some(s) => {
+                s.failures = 0;
+                s.disabled = None;
+                true
+            }
+            None => false,
+        })
+    }
+
+    async fn notify_cursor(&self) -> Result<Option<i64>, StoreError> {
+        Ok(self.inner.lock().unwrap().notify_cursor)
+    }
+
+    async fn queue_deliveries(
+        &self,
+        upto: i64,
+        deliveries: &[crate::NewDelivery],
+        at: DateTime<Utc>,
+        fence: Fence,
+    ) -> Result<u64, StoreError> {
+        let mut inner = self.inner.lock().unwrap();
+        inner.check_fence(fence)?;
+        let mut queued = 0;
+        for d in deliveries {
+            let there = d.seq.is_some()
+                && inner
+                    .deliveries
+                    .values()
+                    .any(|o| o.subscription == d.subscription && o.seq == d.seq);
+            if !there {
+                inner.insert_delivery(d.clone(), at);
+                queued += 1;
+            }
+        }
+        inner.notify_cursor = Some(inner.notify_cursor.map_or(upto, |c| c.max(upto)));
+        Ok(queued)
+    }
+
+    async fn queue_test(
+        &self,
+        subscription: i64,
+        event: &serde_json::Value,
+        at: DateTime<Utc>,
+    ) -> Result<crate::Delivery, StoreError> {
+        let mut inner = self.inner.lock().unwrap();
+        Ok(inner.insert_delivery(
+            crate::NewDelivery {
+                subscription,
+                seq: None,
+                kind: flotilla_domain::TEST_KIND.to_owned(),
+                key: subscription.to_string(),
+                event: event.clone(),
+                state: flotilla_domain::DeliveryState::Pending,
+            },
+            at,
+        ))
+    }
+
+    async fn due_deliveries(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<crate::Delivery>, StoreError> {
+        Ok(self
+            .inner
+            .lock()
+            .unwrap()
+            .deliveries
+            .values()
+            .filter(|d| d.state == flotilla_domain::DeliveryState::Pending && d.next_at <= now)
+            .take(limit)
+            .cloned()
+            .collect())
+    }
+
+    async fn deliveries(
+        &self,
+        account: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<crate::Delivery>, StoreError> {
+        let inner = self.inner.lock().unwrap();
+        Ok(inner
+            .deliveries
+            .values()
+            .rev()
+            .filter(|d| {
+                account.is_none_or(|a| {
+                    inner
+                        .subscriptions
+                        .get(&d.subscription)
+                        .is_some_and(|s| s.account == a)
+                })
+            })
+            .take(limit)
+            .cloned()
+            .collect())
+    }
+
+    async fn recent_deliveries(
+        &self,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<crate::Delivery>, StoreError> {
+        Ok(self
+            .inner
+            .lock()
+            .unwrap()
+            .deliveries
+            .values()
+            .filter(|d| d.created_at >= since)
+            .cloned()
+            .collect())
+    }
+
+    async fn finish_delivery(
+        &self,
+        id: i64,
+        outcome: &crate::DeliveryOutcome,
+        at: DateTime<Utc>,
+        disable_after: u32,
+        fence: Fence,
+    ) -> Result<Option<crate::Subscription>, StoreError> {
+        use flotilla_domain::DeliveryState;
+        let mut guard = self.inner.lock().unwrap();
+        let inner = &mut *guard;
+        inner.check_fence(fence)?;
+        let at = crate::jobs::millis(at);
+        let Some(d) = inner
+            .deliveries
+            .get_mut(&id)
+            .filter(|d| d.state == DeliveryState::Pending)
+        else {
+            return Ok(None);
+        };
+        d.attempts += 1;
+        let sub = d.subscription;
+        match outcome {
+            crate::DeliveryOutcome::Retry { at: next, error } => {
+                d.next_at = crate::jobs::millis(*next);
+                d.last_error = Some(error.clone());
+                Ok(None)
+            }
+            crate::DeliveryOutcome::Delivered => {
+                d.state = DeliveryState::Delivered;
+                d.finished_at = Some(at);
+                d.last_error = None;
+                if let Some(s) = inner.subscriptions.get_mut(&sub) {
+                    s.failures = 0;
+                    s.last_sent_at = Some(at);
+                }
+                Ok(None)
+            }
+            crate::DeliveryOutcome::Failed { error } => {
+                d.state = DeliveryState::Failed;
+                d.finished_at = Some(at);
+                d.last_error = Some(error.clone());
+                let Some(s) = inner
+                    .subscriptions
+                    .get_mut(&sub)
+                    .filter(|s| s.disabled.is_none())
+                else {
+                    return Ok(None);
+                };
+                s.failures += 1;
+                if s.failures < disable_after.max(1) {
+                    return Ok(None);
+                }
+                let reason = crate::disabled_reason(s.failures, error);
+                s.disabled = Some((at, reason.clone()));
+                let s = s.clone();
+                for d in inner.deliveries.values_mut() {
+                    if d.subscription == sub && d.state == DeliveryState::Pending {
+                        d.state = DeliveryState::Failed;
+                        d.finished_at = Some(at);
+                        d.last_error = Some("its subscription was disabled".to_owned());
+                    }
+                }
+                inner.record(crate::disabled_change(&s, &reason), at);
+                Ok(Some(s))
+            }
+        }
+    }
+
+    async fn forget_deliveries(
+        &self,
+        before: DateTime<Utc>,
+        fence: Fence,
+    ) -> Result<u64, StoreError> {
+        let mut inner = self.inner.lock().unwrap();
+        inner.check_fence(fence)?;
+        let was = inner.deliveries.len();
+        inner.deliveries.retain(|_, d| {
+            d.state == flotilla_domain::DeliveryState::Pending || d.created_at >= before
+        });
+        Ok((was - inner.deliveries.len()) as u64)
     }
 }

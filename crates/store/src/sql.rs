@@ -888,6 +888,8 @@ pub fn entity_pattern(entity: ChangeEntity) -> &'static str {
         ChangeEntity::SharedConfig => "shared_config.%",
         ChangeEntity::Job => "job.%",
         ChangeEntity::Schedule => "schedule.%",
+        ChangeEntity::Dropbox => "dropbox.%",
+        ChangeEntity::Notification => "notification.%",
     }
 }
 
@@ -1372,6 +1374,176 @@ pub mod triggers {
             outcome,
             message,
             handled_at,
+        })
+    }
+}
+
+/// Subscriptions and deliveries (`subscriptions`, `deliveries`,
+/// `notify_cursor`), the same SQL on every backend.
+pub mod notify {
+    use flotilla_domain::{Channel, DeliveryState, Pattern};
+
+    use super::{from_millis, StoreError};
+    use crate::{Delivery, Subscription};
+
+    pub const SUBSCRIPTION_COLUMNS: &str = "id, account, channel, target, secret, events, \
+         created_at, failures, disabled_at, disabled_reason, last_sent_at";
+    /// A subscription's row, in [`SUBSCRIPTION_COLUMNS`] order.
+    pub type SubscriptionRow = (
+        i64,
+        String,
+        String,
+        String,
+        Option<String>,
+        String,
+        i64,
+        i64,
+        Option<i64>,
+        Option<String>,
+        Option<i64>,
+    );
+
+    pub const DELIVERY_COLUMNS: &str = "id, subscription, seq, kind, key, event, state, attempts, \
+         next_at, last_error, created_at, finished_at";
+    /// A delivery's row, in [`DELIVERY_COLUMNS`] order.
+    pub type DeliveryRow = (
+        i64,
+        i64,
+        Option<i64>,
+        String,
+        String,
+        String,
+        String,
+        i64,
+        i64,
+        Option<String>,
+        i64,
+        Option<i64>,
+    );
+
+    pub const ADD: &str = "INSERT INTO subscriptions \
+             (account, channel, target, secret, events, created_at, failures) \
+         VALUES ($1, $2, $3, $4, $5, $6, 0) RETURNING id";
+    pub const ONE: &str = "SELECT id, account, channel, target, secret, events, created_at, \
+         failures, disabled_at, disabled_reason, last_sent_at FROM subscriptions WHERE id = $1";
+    pub const ALL: &str = "SELECT id, account, channel, target, secret, events, created_at, \
+         failures, disabled_at, disabled_reason, last_sent_at FROM subscriptions ORDER BY id";
+    pub const OF_ACCOUNT: &str = "SELECT id, account, channel, target, secret, events, \
+         created_at, failures, disabled_at, disabled_reason, last_sent_at FROM subscriptions \
+         WHERE account = $1 ORDER BY id";
+    pub const REMOVE: &str = "DELETE FROM subscriptions WHERE id = $1";
+    pub const DROP_PENDING: &str =
+        "DELETE FROM deliveries WHERE subscription = $1 AND state = 'pending'";
+    pub const ENABLE: &str = "UPDATE subscriptions \
+         SET failures = 0, disabled_at = NULL, disabled_reason = NULL WHERE id = $1";
+    pub const CURSOR: &str = "SELECT seq FROM notify_cursor WHERE id = 1";
+    /// Moves the cursor to $1, never back.
+    pub const MOVE_CURSOR: &str = "INSERT INTO notify_cursor (id, seq) VALUES (1, $1) \
+         ON CONFLICT (id) DO UPDATE SET seq = CASE WHEN excluded.seq > notify_cursor.seq \
+             THEN excluded.seq ELSE notify_cursor.seq END";
+    /// Queues a delivery (due at once), doing nothing if the subscription
+    /// has it already.
+    pub const QUEUE: &str = "INSERT INTO deliveries \
+             (subscription, seq, kind, key, event, state, attempts, next_at, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, 0, $7, $7) \
+         ON CONFLICT (subscription, seq) DO NOTHING";
+    pub const QUEUE_TEST: &str = "INSERT INTO deliveries \
+             (subscription, seq, kind, key, event, state, attempts, next_at, created_at) \
+         VALUES ($1, NULL, $2, $3, $4, 'pending', 0, $5, $5) RETURNING id";
+    pub const DELIVERY: &str = "SELECT id, subscription, seq, kind, key, event, state, attempts, \
+         next_at, last_error, created_at, finished_at FROM deliveries WHERE id = $1";
+    pub const DUE: &str = "SELECT id, subscription, seq, kind, key, event, state, attempts, \
+         next_at, last_error, created_at, finished_at FROM deliveries \
+         WHERE state = 'pending' AND next_at <= $1 ORDER BY id LIMIT $2";
+    pub const LATEST: &str = "SELECT id, subscription, seq, kind, key, event, state, attempts, \
+         next_at, last_error, created_at, finished_at FROM deliveries \
+         ORDER BY id DESC LIMIT $1";
+    pub const LATEST_OF_ACCOUNT: &str = "SELECT id, subscription, seq, kind, key, event, state, \
+         attempts, next_at, last_error, created_at, finished_at FROM deliveries \
+         WHERE subscription IN (SELECT id FROM subscriptions WHERE account = $1) \
+         ORDER BY id DESC LIMIT $2";
+    pub const SINCE: &str = "SELECT id, subscription, seq, kind, key, event, state, attempts, \
+         next_at, last_error, created_at, finished_at FROM deliveries \
+         WHERE created_at >= $1 ORDER BY id";
+    /// Ends pending delivery $1 as $2 at $3 with error $4; gives its
+    /// subscription.
+    pub const FINISH: &str = "UPDATE deliveries \
+         SET state = $2, attempts = attempts + 1, finished_at = $3, last_error = $4 \
+         WHERE id = $1 AND state = 'pending' RETURNING subscription";
+    /// Puts pending delivery $1 off until $2, with error $3.
+    pub const RETRY: &str = "UPDATE deliveries \
+         SET attempts = attempts + 1, next_at = $2, last_error = $3 \
+         WHERE id = $1 AND state = 'pending'";
+    pub const ARRIVED: &str =
+        "UPDATE subscriptions SET failures = 0, last_sent_at = $2 WHERE id = $1";
+    /// Counts one more failure of subscription $1; gives the count.
+    pub const FAILED: &str = "UPDATE subscriptions SET failures = failures + 1 \
+         WHERE id = $1 AND disabled_at IS NULL RETURNING failures";
+    pub const DISABLE: &str =
+        "UPDATE subscriptions SET disabled_at = $2, disabled_reason = $3 WHERE id = $1";
+    /// Fails what is pending for subscription $1, at $2, saying $3.
+    pub const FAIL_PENDING: &str = "UPDATE deliveries \
+         SET state = 'failed', finished_at = $2, last_error = $3 \
+         WHERE subscription = $1 AND state = 'pending'";
+    pub const FORGET: &str = "DELETE FROM deliveries WHERE state <> 'pending' AND created_at < $1";
+
+    pub fn subscription(row: SubscriptionRow) -> Result<Subscription, StoreError> {
+        let (
+            id,
+            account,
+            channel,
+            target,
+            secret,
+            events,
+            created,
+            failures,
+            disabled_at,
+            why,
+            last,
+        ) = row;
+        let what = || format!("subscription {id}");
+        let corrupt = |field: &str| StoreError::Corrupt(format!("subscription {id}: bad {field}"));
+        let channel = Channel::from_stored(&channel, &target).ok_or_else(|| corrupt("channel"))?;
+        let patterns = events
+            .split(',')
+            .map(Pattern::parse)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| corrupt("events"))?;
+        let disabled = match disabled_at {
+            Some(at) => Some((from_millis(at, what)?, why.unwrap_or_default())),
+            None => None,
+        };
+        Ok(Subscription {
+            id,
+            account,
+            channel,
+            patterns,
+            secret,
+            created_at: from_millis(created, what)?,
+            failures: u32::try_from(failures).map_err(|_| corrupt("failures"))?,
+            disabled,
+            last_sent_at: last.map(|t| from_millis(t, what)).transpose()?,
+        })
+    }
+
+    pub fn delivery(row: DeliveryRow) -> Result<Delivery, StoreError> {
+        let (id, subscription, seq, kind, key, event, state, attempts, next, error, created, done) =
+            row;
+        let what = || format!("delivery {id}");
+        let corrupt = |field: &str| StoreError::Corrupt(format!("delivery {id}: bad {field}"));
+        Ok(Delivery {
+            id,
+            subscription,
+            seq,
+            kind,
+            key,
+            event: serde_json::from_str(&event).map_err(|_| corrupt("event"))?,
+            state: DeliveryState::parse(&state).ok_or_else(|| corrupt("state"))?,
+            attempts: u32::try_from(attempts).map_err(|_| corrupt("attempts"))?,
+            next_at: from_millis(next, what)?,
+            last_error: error,
+            created_at: from_millis(created, what)?,
+            finished_at: done.map(|t| from_millis(t, what)).transpose()?,
         })
     }
 }
