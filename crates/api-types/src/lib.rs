@@ -1677,3 +1677,107 @@ pub struct ScheduleView {
 pub struct ScheduleList {
     pub schedules: Vec<ScheduleView>,
 }
+
+/// `POST /api/v1/subscriptions`: hear of the events the caller may read,
+/// by mail or webhook.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SubscriptionRequest {
+    /// A mail address (the server must have `[notify.smtp]`). Give this or
+    /// `webhook`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(example = "ann@example.org", max_length = 254)]
+    pub email: Option<String>,
+    /// An http or https URL each event is POSTed to, signed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(example = "https://hooks.example.org/flotilla", max_length = 2048)]
+    pub webhook: Option<String>,
+    /// Comma-separated: `*`, an entity's (`cluster.*`), or an event's name
+    /// (`cluster.deployed`).
+    #[schema(example = "cluster.*,org.budget_exhausted")]
+    pub events: String,
+}
+
+/// A subscription.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SubscriptionView {
+    pub id: i64,
+    pub account: String,
+    /// email or webhook.
+    pub channel: String,
+    /// The address or URL.
+    pub target: String,
+    pub events: Vec<String>,
+    pub created_at: DateTime<Utc>,
+    /// Deliveries given up in a row since the last that arrived.
+    pub failures: u32,
+    /// Set once it was disabled for failing (`POST .../enable` turns it
+    /// on again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disabled_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disabled_reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_sent_at: Option<DateTime<Utc>>,
+    /// A webhook's signing secret: only in the answer that made it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+}
+
+/// `GET /api/v1/subscriptions`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SubscriptionList {
+    pub subscriptions: Vec<SubscriptionView>,
+}
+
+/// The query of `GET /api/v1/subscriptions`.
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct SubscriptionsQuery {
+    /// Every account's, not only the caller's (admins).
+    #[serde(default)]
+    pub all: bool,
+}
+
+/// The query of `GET /api/v1/deliveries`.
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct DeliveriesQuery {
+    /// Every account's, not only the caller's (admins).
+    #[serde(default)]
+    pub all: bool,
+    /// The most deliveries to list, newest first (default 50, at most
+    /// 500).
+    #[param(minimum = 1, maximum = 500)]
+    pub limit: Option<usize>,
+}
+
+/// One event's delivery to one subscription.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct DeliveryView {
+    pub id: i64,
+    /// 0: the server's `admin_email`.
+    pub subscription: i64,
+    /// The change it is of; none for a test.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<i64>,
+    pub kind: String,
+    pub key: String,
+    /// pending, delivered, failed or deduplicated.
+    pub state: String,
+    pub attempts: u32,
+    /// When it is tried (again), while pending.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// `GET /api/v1/deliveries`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct DeliveryList {
+    pub deliveries: Vec<DeliveryView>,
+}

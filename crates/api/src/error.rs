@@ -159,6 +159,14 @@ impl From<EngineError> for ApiError {
                 "invalid_schedule",
                 message,
             ),
+            EngineError::UnknownSubscription(_) => {
+                Self::new(StatusCode::NOT_FOUND, "unknown_subscription", message)
+            }
+            EngineError::InvalidSubscription(_) => Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_subscription",
+                message,
+            ),
             EngineError::UnknownTemplate { .. } => {
                 Self::new(StatusCode::NOT_FOUND, "unknown_template", message)
             }

@@ -9,6 +9,7 @@ mod events;
 mod extract;
 mod jobs;
 mod nodes;
+mod notify;
 mod openapi;
 mod orgs;
 mod pools;
@@ -95,6 +96,23 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/jobs/{id}/files", get(jobs::job_files))
         .route("/api/v1/jobs/{id}/file", get(jobs::job_file))
         .route("/api/v1/job-templates", get(jobs::list_templates))
+        .route(
+            "/api/v1/subscriptions",
+            get(notify::list_subscriptions).post(notify::add_subscription),
+        )
+        .route(
+            "/api/v1/subscriptions/{id}",
+            delete(notify::remove_subscription),
+        )
+        .route(
+            "/api/v1/subscriptions/{id}/enable",
+            post(notify::enable_subscription),
+        )
+        .route(
+            "/api/v1/subscriptions/{id}/test",
+            post(notify::test_subscription),
+        )
+        .route("/api/v1/deliveries", get(notify::list_deliveries))
         .route(
             "/api/v1/schedules",
             get(schedules::list_schedules).post(schedules::create_schedule),

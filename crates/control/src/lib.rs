@@ -18,6 +18,7 @@ mod clusters;
 mod events;
 mod jobs;
 mod nodes;
+mod notify;
 mod orgs;
 mod pools;
 mod rollouts;
@@ -39,6 +40,7 @@ pub use jobs::{
     SERVER_SUBMITTER,
 };
 pub use nodes::{Console, ExecOutput, MAX_CONSOLE_BYTES, MAX_EXEC_OUTPUT, MAX_EXEC_TIMEOUT};
+pub use notify::{AddSubscription, ChangeSubscription, SubscriptionAction, TestSubscription};
 pub use orgs::{
     CapacityView, CreateOrg, CreditOrg, DecideMembership, OrgView, RemoveMember, RequestCapacity,
     RequestMembership, SetMemberRole, UpdateOrg, WithdrawCapacity,
@@ -90,6 +92,9 @@ pub struct Control {
     artifacts: Option<Arc<dyn flotilla_store::ArtifactStore>>,
     /// The program attempts' instances fetch as their agent.
     agent: Option<Arc<AgentProgram>>,
+    /// Whether this server's leader sends mail (`[notify.smtp]`): mail
+    /// subscriptions are refused if not.
+    mail: bool,
 }
 
 impl Control {
@@ -101,7 +106,14 @@ impl Control {
             catalog,
             artifacts: None,
             agent: None,
+            mail: false,
         }
+    }
+
+    /// Takes mail subscriptions: the servers send mail.
+    pub fn with_mail(mut self, mail: bool) -> Self {
+        self.mail = mail;
+        self
     }
 
     pub fn engine(&self) -> &Engine {

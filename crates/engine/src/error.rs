@@ -104,6 +104,10 @@ pub enum EngineError {
     UnknownSchedule(String),
     #[error("{0}")]
     InvalidSchedule(String),
+    #[error("no subscription {0} of yours; `flotilla notify list` shows them")]
+    UnknownSubscription(i64),
+    #[error("{0}")]
+    InvalidSubscription(String),
     #[error("no job template {template:?}; the server's config has {}", if known.is_empty() { "none ([jobs.templates.NAME])".to_owned() } else { known.clone() })]
     UnknownTemplate { template: String, known: String },
     /// The cloud refused or failed a question to a node.

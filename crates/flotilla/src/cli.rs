@@ -8,14 +8,15 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use flotilla_api_types::{
     CapacityRequest, CapacityResponse, ClusterList, ClusterStatus, ClusterTokenResponse, Costs,
-    CreateOrgRequest, CreateUserRequest, CreditRequest, DeployRequest, ErrorBody, Event, EventList,
-    ExecRequest, ExecResponse, ExtendRequest, GithubLoginRequest, JobList, JobView, Ledger, Level,
-    LoginRequest, MemberRoleRequest, MembershipRequestResponse, NodeLogs, OrgClusterStatus,
-    OrgList, OrgView, PoolApplied, PoolDetail, PoolErrorList, PoolHistory, PoolList, PoolRollout,
-    PoolTypeView, PoolVersion, PoolView, RefreshRequest, RunTemplateRequest, ScheduleList,
-    ScheduleRequest, ScheduleView, SchemaIndex, SharedConfigList, SharedConfigRequest,
-    SharedConfigView, SigningKeyList, TemplateList, TokenResponse, UpdateOrgRequest,
-    UpdateUserRequest, Usage, UserList, UserView, WhoAmI,
+    CreateOrgRequest, CreateUserRequest, CreditRequest, DeliveryList, DeliveryView, DeployRequest,
+    ErrorBody, Event, EventList, ExecRequest, ExecResponse, ExtendRequest, GithubLoginRequest,
+    JobList, JobView, Ledger, Level, LoginRequest, MemberRoleRequest, MembershipRequestResponse,
+    NodeLogs, OrgClusterStatus, OrgList, OrgView, PoolApplied, PoolDetail, PoolErrorList,
+    PoolHistory, PoolList, PoolRollout, PoolTypeView, PoolVersion, PoolView, RefreshRequest,
+    RunTemplateRequest, ScheduleList, ScheduleRequest, ScheduleView, SchemaIndex, SharedConfigList,
+    SharedConfigRequest, SharedConfigView, SigningKeyList, SubscriptionList, SubscriptionRequest,
+    SubscriptionView, TemplateList, TokenResponse, UpdateOrgRequest, UpdateUserRequest, Usage,
+    UserList, UserView, WhoAmI,
 };
 use flotilla_domain::Money;
 use reqwest::StatusCode;
@@ -2030,6 +2031,122 @@ impl Client {
         Ok(exit::OK)
     }
 
+    pub async fn notify_add(&self, request: SubscriptionRequest) -> Result<u8> {
+        let req = self
+            .http
+            .post(self.url("/api/v1/subscriptions"))
+            .json(&request);
+        let (s, raw) = self.send::<SubscriptionView>(req).await?;
+        match self.output {
+            Output::Json => println!("{}", raw.trim()),
+            Output::Text => {
+                println!("{}", subscription_line(&s));
+                if let Some(secret) = &s.secret {
+                    println!(
+                        "signing secret (shown once; keep it to check each POST's \
+                         flotilla-signature header): {secret}"
+                    );
+                }
+                println!("`flotilla notify test {}` sends a test event now", s.id);
+            }
+        }
+        Ok(exit::OK)
+    }
+
+    pub async fn notify_list(&self, all: bool) -> Result<u8> {
+        let (list, raw) = self
+            .send::<SubscriptionList>(
+                self.http
+                    .get(self.url("/api/v1/subscriptions"))
+                    .query(&[("all", all.to_string())]),
+            )
+            .await?;
+        match self.output {
+            Output::Json => println!("{}", raw.trim()),
+            Output::Text => {
+                if list.subscriptions.is_empty() {
+                    println!(
+                        "no subscriptions; add one with `flotilla notify add --email ADDRESS \
+                         --events 'cluster.*'`"
+                    );
+                }
+                for s in &list.subscriptions {
+                    println!("{}", subscription_line(s));
+                    if let (Some(at), Some(why)) = (s.disabled_at, &s.disabled_reason) {
+                        println!(
+                            "    disabled {}: {why}; `flotilla notify enable {}` turns it on",
+                            stamp(at),
+                            s.id
+                        );
+                    }
+                }
+            }
+        }
+        Ok(exit::OK)
+    }
+
+    pub async fn notify_remove(&self, id: i64) -> Result<u8> {
+        self.send_empty(
+            self.http
+                .delete(self.url(&format!("/api/v1/subscriptions/{id}"))),
+        )
+        .await?;
+        if self.output == Output::Text {
+            println!("subscription {id} removed");
+        }
+        Ok(exit::OK)
+    }
+
+    pub async fn notify_enable(&self, id: i64) -> Result<u8> {
+        let (s, raw) = self
+            .send::<SubscriptionView>(
+                self.http
+                    .post(self.url(&format!("/api/v1/subscriptions/{id}/enable"))),
+            )
+            .await?;
+        match self.output {
+            Output::Json => println!("{}", raw.trim()),
+            Output::Text => println!("{}", subscription_line(&s)),
+        }
+        Ok(exit::OK)
+    }
+
+    pub async fn notify_test(&self, id: i64) -> Result<u8> {
+        let (d, raw) = self
+            .send::<DeliveryView>(
+                self.http
+                    .post(self.url(&format!("/api/v1/subscriptions/{id}/test"))),
+            )
+            .await?;
+        match self.output {
+            Output::Json => println!("{}", raw.trim()),
+            Output::Text => println!(
+                "test queued as delivery {}; `flotilla notify deliveries` shows how it went",
+                d.id
+            ),
+        }
+        Ok(exit::OK)
+    }
+
+    pub async fn notify_deliveries(&self, all: bool, limit: usize) -> Result<u8> {
+        let query = [("all", all.to_string()), ("limit", limit.to_string())];
+        let (list, raw) = self
+            .send::<DeliveryList>(self.http.get(self.url("/api/v1/deliveries")).query(&query))
+            .await?;
+        match self.output {
+            Output::Json => println!("{}", raw.trim()),
+            Output::Text => {
+                if list.deliveries.is_empty() {
+                    println!("no deliveries yet");
+                }
+                for d in &list.deliveries {
+                    println!("{}", delivery_line(d));
+                }
+            }
+        }
+        Ok(exit::OK)
+    }
+
     pub async fn schedule_create(&self, request: ScheduleRequest) -> Result<u8> {
         let req = self.http.post(self.url("/api/v1/schedules")).json(&request);
         let (s, raw) = self.send::<ScheduleView>(req).await?;
@@ -2998,6 +3115,57 @@ fn org_lines(v: &OrgView, now: DateTime<Utc>) -> Vec<String> {
 
 /// How often `job submit --wait` looks at the job between its logs.
 const JOB_POLL: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// One subscription on a line.
+fn subscription_line(s: &SubscriptionView) -> String {
+    format!(
+        "{:>4}  {:<8} {:<40} {}{}{}",
+        s.id,
+        s.channel,
+        s.target,
+        s.events.join(","),
+        if s.account.is_empty() {
+            String::new()
+        } else {
+            format!("  ({})", s.account)
+        },
+        if s.disabled_at.is_some() {
+            "  DISABLED"
+        } else {
+            ""
+        }
+    )
+}
+
+/// One delivery on a line.
+fn delivery_line(d: &DeliveryView) -> String {
+    let to = if d.subscription == 0 {
+        "admin".to_owned()
+    } else {
+        format!("#{}", d.subscription)
+    };
+    let mut line = format!(
+        "{:>6}  {}  {:<6} {:<24} {:<20} {:<12}",
+        d.id,
+        stamp(d.created_at),
+        to,
+        d.kind,
+        d.key,
+        d.state
+    );
+    if d.attempts > 1 {
+        line.push_str(&format!(" after {} tries", d.attempts));
+    }
+    if let (Some(at), "pending") = (d.next_at, d.state.as_str()) {
+        if d.attempts > 0 {
+            line.push_str(&format!(" (next try {})", stamp(at)));
+        }
+    }
+    if let Some(e) = &d.last_error {
+        line.push_str(&format!(": {e}"));
+    }
+    line
+}
 
 /// One schedule on a line.
 fn schedule_line(s: &ScheduleView) -> String {

@@ -52,6 +52,141 @@ struct File {
     jobs: JobsSection,
     #[serde(default)]
     dropbox: DropboxSection,
+    #[serde(default)]
+    notify: NotifySection,
+}
+
+/// `[notify]`: how notifications are sent (webhooks need nothing here;
+/// mail needs `[notify.smtp]`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct NotifySection {
+    /// Told of every cluster created and deleted (seed 003).
+    admin_email: Option<String>,
+    /// What `admin_email` is told of.
+    admin_events: String,
+    /// The same event of the same record is sent to a subscription once
+    /// within this window.
+    #[serde(with = "humantime_serde")]
+    dedup_window: Duration,
+    /// At most one mail per subscription within this window: what comes
+    /// meanwhile goes in the next, as one digest.
+    #[serde(with = "humantime_serde")]
+    digest_window: Duration,
+    /// The wait before the first retry, doubled for each after.
+    #[serde(with = "humantime_serde")]
+    retry_base: Duration,
+    /// Tries of one delivery before it is given up.
+    max_attempts: u32,
+    /// Deliveries given up in a row before a subscription is disabled.
+    disable_after: u32,
+    /// How long one try may take.
+    #[serde(with = "humantime_serde")]
+    timeout: Duration,
+    /// How long finished deliveries are kept to be shown.
+    #[serde(with = "humantime_serde")]
+    keep: Duration,
+    smtp: Option<SmtpSection>,
+}
+
+impl Default for NotifySection {
+    fn default() -> Self {
+        Self {
+            admin_email: None,
+            admin_events: "cluster.deployed,cluster.destroyed,cluster.expired".to_owned(),
+            dedup_window: Duration::from_secs(300),
+            digest_window: Duration::from_secs(60),
+            retry_base: Duration::from_secs(10),
+            max_attempts: 6,
+            disable_after: 5,
+            timeout: Duration::from_secs(10),
+            keep: Duration::from_secs(7 * 86_400),
+            smtp: None,
+        }
+    }
+}
+
+/// `[notify.smtp]`: the relay mail goes through.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SmtpSection {
+    host: String,
+    port: Option<u16>,
+    /// `starttls` (default), `tls`, or `none` (a relay on this machine).
+    #[serde(default = "default_smtp_tls")]
+    tls: String,
+    username: Option<String>,
+    /// The password's file; `FLOTILLA_SMTP_PASSWORD` wins over it.
+    password_file: Option<PathBuf>,
+    /// The sender's address.
+    from: String,
+}
+
+fn default_smtp_tls() -> String {
+    "starttls".to_owned()
+}
+
+/// Notifications as configured.
+#[derive(Debug, Clone)]
+pub struct NotifyConfig {
+    pub admin_email: Option<String>,
+    pub admin_patterns: Vec<flotilla_domain::Pattern>,
+    pub dedup_window: Duration,
+    pub digest_window: Duration,
+    pub retry_base: Duration,
+    pub max_attempts: u32,
+    pub disable_after: u32,
+    pub timeout: Duration,
+    pub keep: Duration,
+    /// None: no mail (mail subscriptions are refused).
+    pub smtp: Option<SmtpConfig>,
+}
+
+/// The mail relay as configured; the password is read at start.
+#[derive(Debug, Clone)]
+pub struct SmtpConfig {
+    pub host: String,
+    pub port: Option<u16>,
+    pub tls: flotilla_notify::Tls,
+    pub username: Option<String>,
+    pub password_file: Option<PathBuf>,
+    pub from: String,
+}
+
+impl SmtpConfig {
+    /// What the mailer needs, the password read from
+    /// `FLOTILLA_SMTP_PASSWORD` or `password_file`.
+    pub fn settings(&self, timeout: Duration) -> Result<flotilla_notify::SmtpSettings, String> {
+        let password = match std::env::var("FLOTILLA_SMTP_PASSWORD") {
+            Ok(p) if !p.is_empty() => Some(p),
+            _ => match &self.password_file {
+                Some(path) => Some(
+                    std::fs::read_to_string(path)
+                        .map_err(|e| format!("notify.smtp.password_file {}: {e}", path.display()))?
+                        .trim_end_matches(['\r', '\n'])
+                        .to_owned(),
+                ),
+                None => None,
+            },
+        };
+        let credentials = match (&self.username, password) {
+            (Some(user), Some(password)) => Some((user.clone(), password)),
+            (Some(_), None) => {
+                return Err("notify.smtp.username is set but no password is: set \
+                     FLOTILLA_SMTP_PASSWORD or notify.smtp.password_file"
+                    .to_owned())
+            }
+            (None, _) => None,
+        };
+        Ok(flotilla_notify::SmtpSettings {
+            host: self.host.clone(),
+            port: self.port,
+            tls: self.tls,
+            credentials,
+            from: self.from.clone(),
+            timeout,
+        })
+    }
 }
 
 /// `[dropbox]`: clusters from files dropped in accounts' folders (off
@@ -77,6 +212,98 @@ impl Default for DropboxSection {
             templates: BTreeMap::new(),
         }
     }
+}
+
+fn notify_config(
+    n: &NotifySection,
+    from_file: &dyn Fn(PathBuf) -> PathBuf,
+    invalid: &dyn Fn(String) -> ConfigError,
+) -> Result<NotifyConfig, ConfigError> {
+    let admin_patterns = flotilla_domain::Pattern::parse_list(&n.admin_events)
+        .map_err(|e| invalid(format!("notify.admin_events: {e}")))?;
+    let admin_email = n
+        .admin_email
+        .as_deref()
+        .map(|a| {
+            flotilla_domain::Channel::email(a)
+                .map(|c| c.target().to_owned())
+                .map_err(|e| invalid(format!("notify.admin_email: {e}")))
+        })
+        .transpose()?;
+    if admin_email.is_some() && n.smtp.is_none() {
+        return Err(invalid(
+            "notify.admin_email: mail needs a relay: add [notify.smtp] with its host and from"
+                .into(),
+        ));
+    }
+    if !(1..=50).contains(&n.max_attempts) {
+        return Err(invalid("notify.max_attempts: from 1 to 50".into()));
+    }
+    if !(1..=1000).contains(&n.disable_after) {
+        return Err(invalid("notify.disable_after: from 1 to 1000".into()));
+    }
+    let day = Duration::from_secs(86_400);
+    for (key, value, min, max) in [
+        ("dedup_window", n.dedup_window, Duration::ZERO, day),
+        ("digest_window", n.digest_window, Duration::ZERO, day),
+        ("retry_base", n.retry_base, Duration::from_millis(100), day),
+        (
+            "timeout",
+            n.timeout,
+            Duration::from_secs(1),
+            Duration::from_secs(300),
+        ),
+        ("keep", n.keep, Duration::from_secs(3600), 400 * day),
+    ] {
+        if value < min || value > max {
+            return Err(invalid(format!(
+                "notify.{key}: from {} to {}",
+                humantime::format_duration(min),
+                humantime::format_duration(max)
+            )));
+        }
+    }
+    let smtp = n
+        .smtp
+        .as_ref()
+        .map(|s| {
+            let tls = flotilla_notify::Tls::parse(&s.tls).ok_or_else(|| {
+                invalid(format!(
+                    "notify.smtp.tls: {:?} is not starttls, tls or none",
+                    s.tls
+                ))
+            })?;
+            if s.host.trim().is_empty() {
+                return Err(invalid("notify.smtp.host: name the relay".into()));
+            }
+            let from = s.from.trim();
+            let address = from
+                .rsplit_once('<')
+                .map_or(from, |(_, a)| a.trim_end_matches('>'));
+            flotilla_domain::Channel::email(address)
+                .map_err(|e| invalid(format!("notify.smtp.from: {e}")))?;
+            Ok(SmtpConfig {
+                host: s.host.trim().to_owned(),
+                port: s.port,
+                tls,
+                username: s.username.clone(),
+                password_file: s.password_file.clone().map(from_file),
+                from: from.to_owned(),
+            })
+        })
+        .transpose()?;
+    Ok(NotifyConfig {
+        admin_email,
+        admin_patterns,
+        dedup_window: n.dedup_window,
+        digest_window: n.digest_window,
+        retry_base: n.retry_base,
+        max_attempts: n.max_attempts,
+        disable_after: n.disable_after,
+        timeout: n.timeout,
+        keep: n.keep,
+        smtp,
+    })
 }
 
 /// The drop box as configured.
@@ -637,6 +864,7 @@ pub struct Config {
     pub jobs: JobsConfig,
     /// None: no drop box.
     pub dropbox: Option<DropboxConfig>,
+    pub notify: NotifyConfig,
 }
 
 impl Config {
@@ -723,6 +951,35 @@ impl Config {
             }
             (None, true) => "jobs: agents reach this server at its listen address, which EC2 instances cannot reach: set [jobs] server_url to run jobs on ec2 pools".to_owned(),
         });
+        let n = &self.notify;
+        lines.push(format!(
+            "notifications: webhooks; mail {}; admin mail {}; retried {} times from {}, \
+             disabled after {} failures in a row",
+            match &n.smtp {
+                None => "off ([notify.smtp] unset)".to_owned(),
+                Some(s) => format!(
+                    "through {}{} ({}) from {}",
+                    s.host,
+                    s.port.map(|p| format!(":{p}")).unwrap_or_default(),
+                    match s.tls {
+                        flotilla_notify::Tls::Tls => "TLS",
+                        flotilla_notify::Tls::StartTls => "STARTTLS",
+                        flotilla_notify::Tls::None => "no TLS",
+                    },
+                    s.from
+                ),
+            },
+            match &n.admin_email {
+                None => "none".to_owned(),
+                Some(a) => format!(
+                    "to {a} of {}",
+                    flotilla_domain::patterns_text(&n.admin_patterns)
+                ),
+            },
+            n.max_attempts,
+            humantime::format_duration(n.retry_base),
+            n.disable_after
+        ));
         lines.push(match &self.dropbox {
             None => "drop box: off ([dropbox] dir unset)".to_owned(),
             Some(d) => {
@@ -1083,10 +1340,12 @@ impl Config {
             scan_interval: d.scan_interval,
             templates: d.templates.clone(),
         });
+        let notify = notify_config(&file.notify, &from_file, &invalid)?;
         Ok(Config {
             http,
             jobs,
             dropbox,
+            notify,
             listen: file
                 .listen
                 .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("valid")),

@@ -6,6 +6,7 @@ mod credentials;
 mod dropbox;
 mod http;
 mod job_agent;
+mod notifier;
 mod serve;
 
 use std::net::SocketAddr;
@@ -16,7 +17,8 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use flotilla_api_types::{
     CapacityRequest, CreateOrgRequest, CreateUserRequest, CreditRequest, DeployRequest,
-    ExtendRequest, Level, ScheduleRequest, UpdateOrgRequest, UpdateUserRequest,
+    ExtendRequest, Level, ScheduleRequest, SubscriptionRequest, UpdateOrgRequest,
+    UpdateUserRequest,
 };
 
 use crate::cli::{exit, Client, Output};
@@ -328,6 +330,12 @@ enum Command {
         #[command(subcommand)]
         command: ScheduleCommand,
     },
+    /// Notifications: mail or a webhook when something you may see
+    /// happens (your clusters, your organisations', your jobs).
+    Notify {
+        #[command(subcommand)]
+        command: NotifyCommand,
+    },
     /// Jobs: scripts run once on an instance of their own.
     Job {
         #[command(subcommand)]
@@ -402,6 +410,44 @@ enum ScheduleCommand {
     /// Delete it (the jobs it queued stay).
     Delete {
         name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum NotifyCommand {
+    /// Subscribe your account: `--email ADDRESS` or `--webhook URL`, with
+    /// the events wanted (`--events 'cluster.*,org.budget_exhausted'`:
+    /// `*`, `ENTITY.*`, or event names as `flotilla events` shows them).
+    /// A webhook's signing secret is printed once.
+    #[command(group(clap::ArgGroup::new("channel").required(true).args(["email", "webhook"])))]
+    Add {
+        #[arg(long)]
+        email: Option<String>,
+        #[arg(long)]
+        webhook: Option<String>,
+        /// Comma-separated: `*`, `ENTITY.*` or an event's name.
+        #[arg(long)]
+        events: String,
+    },
+    /// Your subscriptions.
+    List {
+        /// Every account's (admins).
+        #[arg(long)]
+        all: bool,
+    },
+    /// End a subscription; what is pending for it is dropped.
+    Remove { id: i64 },
+    /// Turn a subscription disabled for failing on again.
+    Enable { id: i64 },
+    /// Send a test event to a subscription now.
+    Test { id: i64 },
+    /// The latest deliveries to your subscriptions, newest first.
+    Deliveries {
+        /// Every account's, the admin mail's included (admins).
+        #[arg(long)]
+        all: bool,
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
     },
 }
 
@@ -1153,6 +1199,28 @@ fn main() -> ExitCode {
                         version,
                         wait,
                     } => client.job_run("test", cluster, version, wait).await,
+                    Command::Notify { command } => match command {
+                        NotifyCommand::Add {
+                            email,
+                            webhook,
+                            events,
+                        } => {
+                            client
+                                .notify_add(SubscriptionRequest {
+                                    email,
+                                    webhook,
+                                    events,
+                                })
+                                .await
+                        }
+                        NotifyCommand::List { all } => client.notify_list(all).await,
+                        NotifyCommand::Remove { id } => client.notify_remove(id).await,
+                        NotifyCommand::Enable { id } => client.notify_enable(id).await,
+                        NotifyCommand::Test { id } => client.notify_test(id).await,
+                        NotifyCommand::Deliveries { all, limit } => {
+                            client.notify_deliveries(all, limit).await
+                        }
+                    },
                     Command::Schedule { command } => match command {
                         ScheduleCommand::Create {
                             name,

@@ -411,7 +411,16 @@ pub async fn run(config: Config, admin_password: Option<String>) -> anyhow::Resu
     };
     let control = flotilla_control::Control::new(engine.clone(), config.catalog.clone())
         .with_agent(agent)
-        .with_artifacts(artifacts);
+        .with_artifacts(artifacts)
+        .with_mail(config.notify.smtp.is_some());
+    let notifier = crate::notifier::Notifier::new(
+        &config.notify,
+        control.clone(),
+        identity.clone(),
+        server.to_string(),
+    )
+    .map_err(|e| anyhow::anyhow!("notifications: {e}"))?;
+    let notifier = tokio::spawn(notifier.run());
     let dropbox = config.dropbox.as_ref().map(|d| {
         tracing::info!(dir = %d.dir.display(), "reading the drop box");
         let scanner = crate::dropbox::Dropbox::new(d, control.clone(), identity.clone());
@@ -430,6 +439,7 @@ pub async fn run(config: Config, admin_password: Option<String>) -> anyhow::Resu
     if let Some(dropbox) = dropbox {
         dropbox.abort();
     }
+    notifier.abort();
     tracing::info!("shutting down: draining reconciles");
     tasks.shutdown().await;
     Ok(())
