@@ -235,7 +235,11 @@ pub struct Event {
     /// `account.created`, `account.changed`, `account.deleted`,
     /// `pool.applied`, `pool.retired`, `pool.rollout_paused`,
     /// `pool.rollout_resumed`, `pool.rollout_stopped` (version, reason),
-    /// `shared_config.created`, `shared_config.updated`.
+    /// `shared_config.created`, `shared_config.updated`, `job.*`,
+    /// `schedule.*`, `dropbox.refused` (a drop-box trigger refused: path,
+    /// cluster, code, message; the key is the folder's account),
+    /// `notification.disabled` (a subscription disabled for failing:
+    /// subscription, channel, target, message; the key is its account).
     pub kind: String,
     /// The cluster, organisation or account it is about.
     pub key: String,

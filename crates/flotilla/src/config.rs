@@ -1855,6 +1855,57 @@ image = "ami-12c6146b"
         assert!(e.contains("size"), "{e}");
     }
 
+    /// README's "Notifications" example parses and means what it says.
+    #[test]
+    fn readme_notify_example_parses() {
+        let readme = include_str!("../../../README.md");
+        let section = &readme[readme.find("## Notifications").expect("the section")..];
+        let start = section.find("```toml\n").expect("a toml block") + "```toml\n".len();
+        let text = &section[start..start + section[start..].find("```").expect("closed block")];
+        let c = Config::parse(text, "/etc/flotilla/flotilla.toml").unwrap();
+        let n = c.notify;
+        assert_eq!(n.admin_email.as_deref(), Some("ops@example.org"));
+        assert_eq!(
+            flotilla_domain::patterns_text(&n.admin_patterns),
+            "cluster.deployed,cluster.destroyed,cluster.expired"
+        );
+        assert_eq!(n.digest_window, Duration::from_secs(60));
+        let smtp = n.smtp.expect("a relay");
+        assert_eq!(
+            (smtp.host.as_str(), smtp.port, smtp.tls),
+            (
+                "smtp.example.org",
+                Some(587),
+                flotilla_notify::Tls::StartTls
+            )
+        );
+        assert_eq!(
+            smtp.password_file,
+            Some(PathBuf::from("/etc/flotilla/smtp-password"))
+        );
+        assert!(Config::parse("", "x").unwrap().notify.smtp.is_none());
+        for (bad, says) in [
+            ("[notify]\nadmin_email = \"ops@x.org\"\n", "[notify.smtp]"),
+            ("[notify]\nadmin_email = \"ops\"\n", "not a mail address"),
+            (
+                "[notify]\nadmin_events = \"cluster.exploded\"\n",
+                "names no event",
+            ),
+            ("[notify]\nmax_attempts = 0\n", "max_attempts"),
+            (
+                "[notify.smtp]\nhost = \"h\"\ntls = \"ssl\"\nfrom = \"a@b.org\"\n",
+                "starttls, tls or none",
+            ),
+            (
+                "[notify.smtp]\nhost = \"h\"\nfrom = \"nobody\"\n",
+                "notify.smtp.from",
+            ),
+        ] {
+            let e = err(bad);
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+    }
+
     /// README's "Running on AWS" example parses, and its defaults are the
     /// driver's.
     #[test]

@@ -104,6 +104,25 @@ fn a_file_in_your_folder_makes_resizes_and_destroys_a_cluster() {
         assert_eq!(failed["code"], code, "{failed}");
         assert!(failed["message"].as_str().is_some_and(|m| !m.is_empty()));
     }
+    // Each refusal is an event too, noted with the trigger.
+    let events = server.cli(&["--output", "json", "events"]);
+    let refused: Vec<Value> = String::from_utf8_lossy(&events.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|e| e["kind"] == "dropbox.refused")
+        .collect();
+    for (account, code) in [
+        ("admin", "invalid_node_capacity"),
+        ("admin", "unknown_template"),
+        ("nobody", "unknown_account"),
+    ] {
+        assert!(
+            refused
+                .iter()
+                .any(|e| e["key"] == account && e["details"]["code"] == code),
+            "{account} {code}: {refused:?}"
+        );
+    }
     assert!(!std::fs::read_to_string(mine.join("link.cf-failed"))
         .unwrap()
         .contains("outside"));
