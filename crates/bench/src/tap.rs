@@ -875,7 +875,7 @@ impl flotilla_store::NotifyStore for CountingStore {
         subscription: i64,
         event: &serde_json::Value,
         at: DateTime<Utc>,
-    ) -> Result<flotilla_store::Delivery, StoreError> {
+    ) -> Result<Option<flotilla_store::Delivery>, StoreError> {
         self.inner.queue_test(subscription, event, at).await
     }
 
@@ -883,8 +883,11 @@ impl flotilla_store::NotifyStore for CountingStore {
         &self,
         now: DateTime<Utc>,
         limit: usize,
+        per_subscription: usize,
     ) -> Result<Vec<flotilla_store::Delivery>, StoreError> {
-        self.inner.due_deliveries(now, limit).await
+        self.inner
+            .due_deliveries(now, limit, per_subscription)
+            .await
     }
 
     async fn deliveries(
@@ -907,11 +910,11 @@ impl flotilla_store::NotifyStore for CountingStore {
         id: i64,
         outcome: &flotilla_store::DeliveryOutcome,
         at: DateTime<Utc>,
-        disable_after: u32,
+        counts: Option<u32>,
         fence: flotilla_store::Fence,
     ) -> Result<Option<flotilla_store::Subscription>, StoreError> {
         self.inner
-            .finish_delivery(id, outcome, at, disable_after, fence)
+            .finish_delivery(id, outcome, at, counts, fence)
             .await
     }
 

@@ -139,11 +139,12 @@ impl Command for TestSubscription {
     async fn commit(self, control: &Control, caller: &Caller) -> Result<Delivery, EngineError> {
         control.subscription(caller, self.id).await?;
         let now = control.engine().now();
-        Ok(control
+        control
             .engine()
             .store()
             .queue_test(self.id, &test_event(self.id, now), now)
-            .await?)
+            .await?
+            .ok_or(EngineError::UnknownSubscription(self.id))
     }
 
     async fn answer(queued: Delivery, _: &Control) -> Result<Delivery, EngineError> {

@@ -58,7 +58,7 @@ pub use names::{
     SharedConfigName, Username,
 };
 pub use notify::{
-    event_json, event_line, mail_text, patterns_text, retry_after, test_event, Channel,
+    dedup_key, event_json, event_line, mail_text, patterns_text, retry_after, test_event, Channel,
     DeliveryState, Pattern, MAX_PATTERNS, MAX_SUBSCRIPTIONS, MAX_TARGET_LEN, TEST_KIND,
 };
 pub use obstacle::{Obstacle, ObstacleCode};

@@ -222,6 +222,30 @@ pub fn retry_after(attempts: u32, base: Duration, max_attempts: u32) -> Option<D
     Some(base.saturating_mul(factor).min(Duration::from_secs(3600)))
 }
 
+/// What makes two events "the same" for deduplication: the kind, the
+/// record, and what distinguishes events of one kind about one record (a
+/// cluster's error code, its node counts, a refused trigger's file, the
+/// subscription disabled). Read from the event as sent (`event_json`),
+/// so a restarted notifier computes it from what it queued.
+pub fn dedup_key(event: &serde_json::Value) -> String {
+    let kind = event["kind"].as_str().unwrap_or_default();
+    let key = event["key"].as_str().unwrap_or_default();
+    let d = &event["details"];
+    let part = |field: &str| match &d[field] {
+        serde_json::Value::Null => String::new(),
+        serde_json::Value::String(s) => s.clone(),
+        v => v.to_string(),
+    };
+    let what = match kind {
+        "cluster.error" => part("code"),
+        "cluster.nodes" => format!("{}/{}", part("ready"), part("total")),
+        "dropbox.refused" => part("path"),
+        "notification.disabled" => part("subscription"),
+        _ => String::new(),
+    };
+    format!("{kind}\u{1f}{key}\u{1f}{what}")
+}
+
 /// An event as a subscriber receives it: the change, named, with its
 /// details. The same JSON is a webhook's body and a mail's attachment of
 /// facts.
@@ -378,6 +402,46 @@ mod tests {
             Some(hook.clone())
         );
         assert_eq!(Channel::from_stored("pigeon", "x"), None);
+    }
+
+    #[test]
+    fn the_same_event_is_its_kind_record_and_what_sets_it_apart() {
+        let event = |kind: ChangeKind, key: &str, payload: serde_json::Value| {
+            event_json(&Change {
+                seq: 1,
+                kind,
+                key: key.into(),
+                at: DateTime::from_timestamp(0, 0).unwrap(),
+                payload,
+            })
+        };
+        let k = |kind, key: &str, payload| dedup_key(&event(kind, key, payload));
+        let nodes = |ready: u32| {
+            k(
+                ChangeKind::ClusterNodes,
+                "web",
+                serde_json::json!({"ready": ready, "total": 2}),
+            )
+        };
+        assert_eq!(nodes(1), nodes(1));
+        assert_ne!(nodes(1), nodes(2), "another count is news");
+        let refused = |path: &str| {
+            k(
+                ChangeKind::DropboxRefused,
+                "ann",
+                serde_json::json!({"path": path, "code": "invalid_trigger"}),
+            )
+        };
+        assert_ne!(refused("ann/a.cf-create"), refused("ann/b.cf-create"));
+        let deployed = |key: &str, nodes: u32| {
+            k(
+                ChangeKind::ClusterDeployed,
+                key,
+                serde_json::json!({"nodes": nodes}),
+            )
+        };
+        assert_eq!(deployed("web", 1), deployed("web", 3));
+        assert_ne!(deployed("web", 1), deployed("db", 1));
     }
 
     #[test]

@@ -199,6 +199,8 @@ struct DropboxSection {
     /// How often every folder is read.
     #[serde(with = "humantime_serde")]
     scan_interval: Duration,
+    /// Whether to watch the folders (inotify) and act at once.
+    watch: bool,
     /// What a `.cf-create` is merged over, by name (`default` when it
     /// names none).
     templates: BTreeMap<String, flotilla_domain::DropboxTemplate>,
@@ -209,6 +211,7 @@ impl Default for DropboxSection {
         Self {
             dir: None,
             scan_interval: Duration::from_secs(2),
+            watch: true,
             templates: BTreeMap::new(),
         }
     }
@@ -263,6 +266,12 @@ fn notify_config(
             )));
         }
     }
+    if n.keep < n.dedup_window {
+        return Err(invalid(
+            "notify.keep: at least dedup_window (what was sent lately is read back from the kept deliveries)"
+                .into(),
+        ));
+    }
     let smtp = n
         .smtp
         .as_ref()
@@ -311,6 +320,8 @@ fn notify_config(
 pub struct DropboxConfig {
     pub dir: PathBuf,
     pub scan_interval: Duration,
+    /// Watch the folders (inotify) to act at once; the scans go on.
+    pub watch: bool,
     pub templates: BTreeMap<String, flotilla_domain::DropboxTemplate>,
 }
 
@@ -985,9 +996,10 @@ impl Config {
             Some(d) => {
                 let absolute = std::path::absolute(&d.dir).unwrap_or_else(|_| d.dir.clone());
                 format!(
-                    "drop box: {}/USERNAME/ read every {} ({}), templates: {}",
+                    "drop box: {}/USERNAME/ read every {}{} ({}), templates: {}",
                     absolute.display(),
                     humantime::format_duration(d.scan_interval),
+                    if d.watch { " and watched" } else { "" },
                     if d.dir.is_dir() {
                         "exists"
                     } else {
@@ -1338,6 +1350,7 @@ impl Config {
         let dropbox = d.dir.clone().map(|dir| DropboxConfig {
             dir: from_file(dir),
             scan_interval: d.scan_interval,
+            watch: d.watch,
             templates: d.templates.clone(),
         });
         let notify = notify_config(&file.notify, &from_file, &invalid)?;

@@ -12,6 +12,14 @@
 //! alone; a trigger that is a link (or becomes one between its check and
 //! its read), or not a plain file, or over 64 KiB, is refused; a status
 //! file is a new file renamed into place.
+//!
+//! On a local disk a watch (inotify, through the `notify` crate) wakes the
+//! scanner at once, and a trigger whose writer closed it (or that was
+//! renamed into place) is read at once if it is not empty and has not
+//! changed since: an empty one waits for the scan's rule, since a file
+//! made empty first and written after would be read twice. Where no watch
+//! can be set (a network file system, no inotify watches left) the scans
+//! alone serve, as they always do.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -27,6 +35,10 @@ use flotilla_identity::Identity;
 use flotilla_store::HandledTrigger;
 
 use crate::config::DropboxConfig;
+
+/// After a change, how long to wait for more before rewriting status
+/// files: a burst of changes is one rewrite.
+const NOTICE_PAUSE: Duration = Duration::from_millis(100);
 
 /// How long a handled trigger is remembered.
 const REMEMBERED: Duration = Duration::from_secs(30 * 24 * 3600);
@@ -53,7 +65,16 @@ pub struct Dropbox {
     /// store this term (a leader that took over, or restarted, keeps
     /// their status files too).
     recalled: bool,
+    /// Whether to watch the folders for new files.
+    watch: bool,
+    /// Triggers whose writer closed them (or that were renamed into
+    /// place), with their size and time then: complete, if unchanged.
+    closed: HashMap<PathBuf, (u64, Option<SystemTime>)>,
 }
+
+/// What the watch saw: a path, and whether it was closed after writing or
+/// renamed into place.
+type Seen = (PathBuf, bool);
 
 impl Dropbox {
     pub fn new(config: &DropboxConfig, control: Control, identity: Arc<Identity>) -> Self {
@@ -68,28 +89,106 @@ impl Dropbox {
             stuck: HashMap::new(),
             watched: BTreeMap::new(),
             recalled: false,
+            watch: config.watch,
+            closed: HashMap::new(),
         }
     }
 
-    /// Scans every `interval` while this server leads.
+    /// A watch on the drop box that sends what it sees to `tx`, or none
+    /// (said once) where none can be set.
+    fn watcher(&self, tx: tokio::sync::mpsc::Sender<Seen>) -> Option<notify::RecommendedWatcher> {
+        use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
+        use notify::{EventKind, RecursiveMode, Watcher};
+        let handler = move |event: notify::Result<notify::Event>| {
+            let Ok(event) = event else {
+                return;
+            };
+            let complete = matches!(
+                event.kind,
+                EventKind::Access(AccessKind::Close(AccessMode::Write))
+                    | EventKind::Modify(ModifyKind::Name(RenameMode::To | RenameMode::Both))
+            );
+            for path in event.paths {
+                let name = path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .unwrap_or_default();
+                // A trigger, or a new folder; not the status files this
+                // writes.
+                if FileKind::of(name).is_some_and(|(_, kind)| kind.is_trigger())
+                    || (event.kind.is_create() && !name.starts_with(".flotilla-"))
+                {
+                    // A full queue is fine: the scan that drains it reads
+                    // every folder.
+                    let _ = tx.try_send((path, complete));
+                }
+            }
+        };
+        let config = notify::Config::default().with_follow_symlinks(false);
+        let watched = notify::RecommendedWatcher::new(handler, config).and_then(|mut w| {
+            w.watch(&self.dir, RecursiveMode::Recursive)?;
+            Ok(w)
+        });
+        match watched {
+            Ok(w) => {
+                tracing::info!(dir = %self.dir.display(), "watching the drop box");
+                Some(w)
+            }
+            Err(e) => {
+                tracing::warn!(dir = %self.dir.display(), error = %e, "cannot watch the drop box; it is read every scan_interval only");
+                None
+            }
+        }
+    }
+
+    /// Notes what the watch saw: a trigger closed after writing is
+    /// complete as it is now.
+    fn saw(&mut self, seen: Vec<Seen>) {
+        for (path, complete) in seen {
+            if !complete {
+                continue;
+            }
+            if let Ok(meta) = blocking(|| std::fs::symlink_metadata(&path)) {
+                if meta.is_file() && meta.len() > 0 {
+                    self.closed.insert(path, (meta.len(), meta.modified().ok()));
+                }
+            }
+        }
+    }
+
+    /// Scans every `interval` while this server leads, and at once when
+    /// the watch sees a trigger written.
     pub async fn run(mut self) {
         let interval = self.interval;
         if let Err(e) = blocking(|| std::fs::create_dir_all(&self.dir)) {
             tracing::warn!(dir = %self.dir.display(), error = %e, "cannot make the drop box");
         }
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Seen>(4096);
+        // Kept for as long as this runs: dropping it ends the watch.
+        let _watcher = if self.watch { self.watcher(tx) } else { None };
         let mut last_forget = None;
+        let mut notices = self.control.engine().store().change_notices();
+        let mut next_scan = tokio::time::Instant::now();
+        let mut watched = false;
         loop {
+            notices.borrow_and_update();
             if let Some(fence) = self.control.engine().fence() {
                 if !self.recalled {
                     self.recalled = self.recall().await;
                 }
-                match self.scan().await {
-                    Err(e) if !self.unreadable => {
-                        tracing::warn!(dir = %self.dir.display(), error = %e, "cannot read the drop box");
-                        self.unreadable = true;
+                let due = tokio::time::Instant::now() >= next_scan;
+                if due || watched {
+                    match self.scan().await {
+                        Err(e) if !self.unreadable => {
+                            tracing::warn!(dir = %self.dir.display(), error = %e, "cannot read the drop box");
+                            self.unreadable = true;
+                        }
+                        Err(_) => {}
+                        Ok(()) => self.unreadable = false,
                     }
-                    Err(_) => {}
-                    Ok(()) => self.unreadable = false,
+                }
+                if due {
+                    next_scan = tokio::time::Instant::now() + interval;
                 }
                 self.write_statuses().await;
                 if last_forget
@@ -110,9 +209,26 @@ impl Dropbox {
                 }
             } else {
                 self.seen.clear();
+                self.closed.clear();
                 self.recalled = false;
+                next_scan = tokio::time::Instant::now() + interval;
             }
-            tokio::time::sleep(interval).await;
+            // Until the next scan, a file the watch saw, or a change (a
+            // cluster's status files follow it; changes close together
+            // are taken as one).
+            let mut seen = Vec::new();
+            tokio::select! {
+                () = tokio::time::sleep_until(next_scan) => {}
+                Some(first) = rx.recv() => seen.push(first),
+                Ok(()) = notices.changed() => {
+                    tokio::time::sleep(NOTICE_PAUSE).await;
+                }
+            }
+            while let Ok(more) = rx.try_recv() {
+                seen.push(more);
+            }
+            watched = !seen.is_empty();
+            self.saw(seen);
         }
     }
 
@@ -151,6 +267,7 @@ impl Dropbox {
             triggers.iter().map(|(_, path, _)| path).collect();
         self.seen.retain(|p, _| present.contains(p));
         self.stuck.retain(|p, _| present.contains(p));
+        self.closed.retain(|p, _| present.contains(p));
         let mut callers: HashMap<String, Result<Caller, Refusal>> = HashMap::new();
         for (account, path, kind) in &triggers {
             if !callers.contains_key(account) {
@@ -231,14 +348,18 @@ impl Dropbox {
             )
         } else {
             // Read once it held still for a scan, and was last written a
-            // scan ago at least (a copy that stalled is not read half done).
+            // scan ago at least (a copy that stalled is not read half done),
+            // or at once if its writer closed it and it has not changed
+            // since.
             let now = (meta.len(), meta.modified().ok());
             let settled = meta
                 .modified()
                 .ok()
                 .and_then(|t| t.elapsed().ok())
                 .is_some_and(|age| age >= self.interval);
-            if self.seen.insert(path.to_owned(), now) != Some(now) || !settled {
+            let held = self.seen.insert(path.to_owned(), now) == Some(now);
+            let closed = self.closed.get(path) == Some(&now);
+            if !(closed || held && settled) {
                 return;
             }
             match blocking(|| read_same(path, &meta)) {

@@ -18,11 +18,13 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use flotilla_control::Control;
-use flotilla_domain::{event_json, mail_text, retry_after, Caller, Change, Channel, DeliveryState};
-use flotilla_identity::Identity;
+use flotilla_domain::{
+    dedup_key, event_json, mail_text, retry_after, Caller, Change, Channel, DeliveryState,
+};
+use flotilla_identity::{Identity, IdentityError};
 use flotilla_notify::{Mailer, SendError, Webhooks};
 use flotilla_store::{
-    Delivery, DeliveryOutcome, Fence, NewDelivery, Subscription, ADMIN_SUBSCRIPTION,
+    Delivery, DeliveryOutcome, Fence, NewDelivery, StoreError, Subscription, ADMIN_SUBSCRIPTION,
 };
 
 use crate::config::NotifyConfig;
@@ -44,9 +46,9 @@ pub struct Notifier {
     hooks: Webhooks,
     /// This server's name, said in mails.
     server: String,
-    /// What was queued lately, by subscription, kind and key: the same
+    /// What was queued lately, by subscription and `dedup_key`: the same
     /// again within the window is deduplicated.
-    recent: HashMap<(i64, String, String), DateTime<Utc>>,
+    recent: HashMap<(i64, String), DateTime<Utc>>,
     /// When each subscription was last mailed (the admin mail's
     /// included), for digests.
     mailed: HashMap<i64, DateTime<Utc>>,
@@ -125,7 +127,7 @@ impl Notifier {
         if !self.seeded {
             let since = self.now() - window(self.config.dedup_window);
             for d in store.recent_deliveries(since).await? {
-                self.note_recent(&d.subscription, &d.kind, &d.key, d.created_at);
+                self.note_recent(d.subscription, &d.event, d.created_at);
             }
             self.seeded = true;
         }
@@ -145,10 +147,17 @@ impl Notifier {
                 break;
             };
             let subscriptions = store.subscriptions(None).await?;
-            let deliveries = self.deliveries_of(&changes, &subscriptions).await;
-            let queued = store
-                .queue_deliveries(upto, &deliveries, self.now(), fence)
-                .await?;
+            // What is noted as queued counts only once it is.
+            let before = self.recent.clone();
+            let queued = match self.deliveries_of(&changes, &subscriptions).await {
+                Ok(deliveries) => {
+                    store
+                        .queue_deliveries(upto, &deliveries, self.now(), fence)
+                        .await
+                }
+                Err(e) => Err(e),
+            };
+            let queued = queued.inspect_err(|_| self.recent = before)?;
             if queued > 0 {
                 tracing::debug!(queued, upto, "notifications queued");
             }
@@ -165,7 +174,7 @@ impl Notifier {
         &mut self,
         changes: &[Change],
         subscriptions: &[Subscription],
-    ) -> Vec<NewDelivery> {
+    ) -> Result<Vec<NewDelivery>, StoreError> {
         let now = self.now();
         let mut callers: HashMap<String, Option<Caller>> = HashMap::new();
         let mut out = Vec::new();
@@ -184,8 +193,12 @@ impl Notifier {
                             self.control.engine().admit_org_clusters(&mut caller);
                             Some(caller)
                         }
-                        // A deleted account hears nothing.
-                        Err(_) => None,
+                        // An account that is gone hears nothing.
+                        Err(IdentityError::NotFound(_) | IdentityError::InvalidName(_)) => None,
+                        // Anything else is asked again (the pass ends here,
+                        // queuing nothing).
+                        Err(IdentityError::Store(e)) => return Err(e),
+                        Err(e) => return Err(StoreError::Database(Box::new(e))),
                     };
                     callers.insert(s.account.clone(), caller);
                 }
@@ -196,14 +209,15 @@ impl Notifier {
                     for_whom.push(s.id);
                 }
             }
+            let event = event_json(change);
             for subscription in for_whom {
-                let again = self.note_recent(&subscription, kind, &change.key, now);
+                let again = self.note_recent(subscription, &event, now);
                 out.push(NewDelivery {
                     subscription,
                     seq: Some(change.seq),
                     kind: kind.to_owned(),
                     key: change.key.clone(),
-                    event: event_json(change),
+                    event: event.clone(),
                     state: if again {
                         DeliveryState::Deduplicated
                     } else {
@@ -214,20 +228,19 @@ impl Notifier {
         }
         let oldest = now - window(self.config.dedup_window);
         self.recent.retain(|_, at| *at >= oldest);
-        out
+        Ok(out)
     }
 
-    /// Notes that `subscription` is sent `kind` of `key` at `at`; true if
-    /// it was within the deduplication window already.
+    /// Notes that `subscription` is sent `event` at `at`; true if the
+    /// same (`dedup_key`) was within the deduplication window already.
     fn note_recent(
         &mut self,
-        subscription: &i64,
-        kind: &str,
-        key: &str,
+        subscription: i64,
+        event: &serde_json::Value,
         at: DateTime<Utc>,
     ) -> bool {
         let window = window(self.config.dedup_window);
-        let entry = (*subscription, kind.to_owned(), key.to_owned());
+        let entry = (subscription, dedup_key(event));
         match self.recent.get(&entry) {
             Some(last) if at - *last < window && !self.config.dedup_window.is_zero() => true,
             _ => {
@@ -239,11 +252,12 @@ impl Notifier {
 
     /// Sends what is due: mail a subscription at a time (a digest of what
     /// came since its last, at most one per digest window), webhooks an
-    /// event at a time.
-    async fn send_due(&mut self, fence: Fence) -> Result<(), flotilla_store::StoreError> {
+    /// event at a time, in order, a subscription's stopping at its first
+    /// failure (a receiver that is down costs one try a pass).
+    async fn send_due(&mut self, fence: Fence) -> Result<(), StoreError> {
         let store = self.control.engine().store().clone();
         let now = self.now();
-        let due = store.due_deliveries(now, BATCH).await?;
+        let due = store.due_deliveries(now, BATCH, MAX_DIGEST).await?;
         if due.is_empty() {
             return Ok(());
         }
@@ -273,8 +287,10 @@ impl Notifier {
             } else {
                 match subscriptions.get(&id) {
                     Some(s) => (s.channel.clone(), s.secret.clone()),
-                    // Removed since: its pending deliveries went with it.
-                    None => continue,
+                    None => {
+                        sends.push(Send::Drop(deliveries, "its subscription was removed"));
+                        continue;
+                    }
                 }
             };
             match channel {
@@ -285,102 +301,146 @@ impl Notifier {
                         .copied()
                         .max(subscriptions.get(&id).and_then(|s| s.last_sent_at));
                     let tests_only = deliveries.iter().all(|d| d.seq.is_none());
-                    if !tests_only
-                        && last.is_some_and(|l| now - l < window(self.config.digest_window))
-                    {
-                        // Within the window: they wait for the next digest.
-                        continue;
-                    }
-                    let mut deliveries = deliveries;
-                    deliveries.truncate(MAX_DIGEST);
-                    self.mailed.insert(id, now);
-                    sends.push(Send::Mail { to, deliveries });
-                }
-                Channel::Webhook(url) => {
-                    for d in deliveries {
-                        sends.push(Send::Hook {
-                            url: url.clone(),
-                            secret: secret.clone().unwrap_or_default(),
-                            delivery: d,
-                        });
+                    let next = last.map(|l| l + window(self.config.digest_window));
+                    match next {
+                        Some(next) if !tests_only && now < next => {
+                            // Within the window: they wait for the next
+                            // digest, out of the way until then.
+                            sends.push(Send::Hold(deliveries, next));
+                        }
+                        _ => {
+                            self.mailed.insert(id, now);
+                            sends.push(Send::Mail { to, deliveries });
+                        }
                     }
                 }
+                Channel::Webhook(url) => sends.push(Send::Hook {
+                    url,
+                    secret: secret.unwrap_or_default(),
+                    deliveries,
+                }),
             }
         }
-        let results: Vec<(Vec<Delivery>, Result<(), SendError>)> = {
+        let results: Vec<Vec<Sent>> = {
             use futures::StreamExt;
             futures::stream::iter(sends.into_iter().map(|send| self.send(send)))
                 .buffer_unordered(PARALLEL)
                 .collect()
                 .await
         };
-        for (deliveries, result) in results {
-            for d in deliveries {
-                self.finish(&d, &result, fence).await?;
+        for sent in results.into_iter().flatten() {
+            match self.finish(&sent, fence).await {
+                Ok(()) => {}
+                Err(e @ StoreError::Fenced { .. }) => return Err(e),
+                // The rest of what was sent is still recorded.
+                Err(e) => {
+                    tracing::warn!(delivery = sent.delivery.id, error = %e, "cannot record a delivery's outcome; it will be sent again")
+                }
             }
         }
         Ok(())
     }
 
-    async fn send(&self, send: Send) -> (Vec<Delivery>, Result<(), SendError>) {
+    async fn send(&self, send: Send) -> Vec<Sent> {
         match send {
-            Send::Drop(deliveries, why) => (
-                deliveries,
-                Err(SendError {
-                    permanent: true,
-                    message: why.to_owned(),
-                }),
-            ),
+            Send::Drop(deliveries, why) => deliveries
+                .into_iter()
+                .map(|delivery| Sent {
+                    delivery,
+                    result: Err(SendError {
+                        permanent: true,
+                        message: why.to_owned(),
+                    }),
+                    counts: false,
+                    held: None,
+                })
+                .collect(),
+            Send::Hold(deliveries, until) => deliveries
+                .into_iter()
+                .map(|delivery| Sent::held(delivery, until))
+                .collect(),
             Send::Mail { to, deliveries } => {
                 let Some(mailer) = &self.mailer else {
-                    let e = SendError {
-                        permanent: false,
-                        message: "this server sends no mail ([notify.smtp] is not configured)"
-                            .to_owned(),
-                    };
-                    return (deliveries, Err(e));
+                    // Another server took the subscription: every server
+                    // needs the same relay. Not the subscriber's failure.
+                    return deliveries
+                        .into_iter()
+                        .map(|delivery| Sent {
+                            delivery,
+                            result: Err(SendError {
+                                permanent: false,
+                                message: "the leading server sends no mail: every server \
+                                          needs the same [notify.smtp]"
+                                    .to_owned(),
+                            }),
+                            counts: false,
+                            held: None,
+                        })
+                        .collect();
                 };
                 let events: Vec<serde_json::Value> =
                     deliveries.iter().map(|d| d.event.clone()).collect();
                 let (subject, body) = mail_text(&events, &self.server);
                 let result = mailer.send(&to, &subject, body).await;
-                (deliveries, result)
+                // One message: its failure counts once, and not a test's.
+                let counts = deliveries.iter().any(|d| d.seq.is_some());
+                deliveries
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, delivery)| Sent {
+                        delivery,
+                        result: result.clone(),
+                        counts: counts && i == 0,
+                        held: None,
+                    })
+                    .collect()
             }
             Send::Hook {
                 url,
                 secret,
-                delivery,
+                deliveries,
             } => {
-                let body = serde_json::to_vec(&delivery.event).expect("an event serialises");
-                let result = self
-                    .hooks
-                    .post(
-                        &url,
-                        &secret,
-                        delivery.id,
-                        &delivery.kind,
-                        self.now().timestamp(),
-                        body,
-                    )
-                    .await;
-                (vec![delivery], result)
+                let mut sent = Vec::new();
+                for delivery in deliveries {
+                    let body = serde_json::to_vec(&delivery.event).expect("an event serialises");
+                    let result = self
+                        .hooks
+                        .post(
+                            &url,
+                            &secret,
+                            delivery.id,
+                            &delivery.kind,
+                            self.now().timestamp(),
+                            body,
+                        )
+                        .await;
+                    let failed = result.is_err();
+                    let counts = delivery.seq.is_some();
+                    sent.push(Sent {
+                        delivery,
+                        result,
+                        counts,
+                        held: None,
+                    });
+                    if failed {
+                        break;
+                    }
+                }
+                sent
             }
         }
     }
 
-    async fn finish(
-        &self,
-        d: &Delivery,
-        result: &Result<(), SendError>,
-        fence: Fence,
-    ) -> Result<(), flotilla_store::StoreError> {
+    async fn finish(&self, sent: &Sent, fence: Fence) -> Result<(), StoreError> {
+        let d = &sent.delivery;
         let now = self.now();
-        let outcome = match result {
-            Ok(()) => DeliveryOutcome::Delivered,
-            Err(e) if e.permanent => DeliveryOutcome::Failed {
+        let outcome = match (&sent.result, sent.held) {
+            (_, Some(until)) => DeliveryOutcome::Held { at: until },
+            (Ok(()), None) => DeliveryOutcome::Delivered,
+            (Err(e), None) if e.permanent => DeliveryOutcome::Failed {
                 error: e.message.clone(),
             },
-            Err(e) => match retry_after(
+            (Err(e), None) => match retry_after(
                 d.attempts + 1,
                 self.config.retry_base,
                 self.config.max_attempts,
@@ -404,12 +464,14 @@ impl Notifier {
             DeliveryOutcome::Failed { error } => {
                 tracing::warn!(delivery = d.id, subscription = d.subscription, %error, "delivery given up");
             }
+            DeliveryOutcome::Held { .. } => {}
         }
+        let counts = sent.counts.then_some(self.config.disable_after);
         let disabled = self
             .control
             .engine()
             .store()
-            .finish_delivery(d.id, &outcome, now, self.config.disable_after, fence)
+            .finish_delivery(d.id, &outcome, now, counts, fence)
             .await?;
         if let Some(s) = disabled {
             tracing::warn!(subscription = s.id, account = %s.account, target = s.channel.target(), "subscription disabled: its deliveries keep failing");
@@ -418,8 +480,31 @@ impl Notifier {
     }
 }
 
-/// One message to send: a mail of one or more deliveries, a POST of one,
-/// or deliveries that cannot go anywhere.
+/// What came of one delivery's turn.
+struct Sent {
+    delivery: Delivery,
+    result: Result<(), SendError>,
+    /// Whether a failure counts against its subscription (once per
+    /// message; never a test's, nor the servers' own fault).
+    counts: bool,
+    /// Not tried: held until then.
+    held: Option<DateTime<Utc>>,
+}
+
+impl Sent {
+    fn held(delivery: Delivery, until: DateTime<Utc>) -> Sent {
+        Sent {
+            delivery,
+            result: Ok(()),
+            counts: false,
+            held: Some(until),
+        }
+    }
+}
+
+/// What to do with a subscription's due deliveries: mail them as one
+/// message, POST them one by one, hold them for the digest, or fail them
+/// (they can go nowhere).
 enum Send {
     Mail {
         to: String,
@@ -428,8 +513,9 @@ enum Send {
     Hook {
         url: String,
         secret: String,
-        delivery: Delivery,
+        deliveries: Vec<Delivery>,
     },
+    Hold(Vec<Delivery>, DateTime<Utc>),
     Drop(Vec<Delivery>, &'static str),
 }
 

@@ -242,3 +242,51 @@ fn a_trigger_is_acted_on_once() {
     std::fs::write(&trigger, "nodes = 1\n").unwrap();
     wait_for("app deployed again", || state(&server) == "running");
 }
+
+/// With a watch (inotify), a trigger is acted on as soon as its writer
+/// closes it, long before the next scan; an empty one waits for the scan's
+/// rule, so a file made empty and written after is read once, written.
+#[test]
+fn a_watched_folder_acts_when_a_file_is_written_and_an_empty_one_waits() {
+    let sandbox = Sandbox::new();
+    let dir = sandbox.path();
+    let drop = dir.join("drop");
+    let mine = drop.join("admin");
+    std::fs::create_dir_all(&mine).unwrap();
+    // Scans an hour apart: only the watch can act in time.
+    let config = format!(
+        "{CONFIG}\n[dropbox]\ndir = \"{}\"\nscan_interval = \"1h\"\n",
+        drop.display()
+    );
+    let server = Server::start_with(&dir, &config);
+    let log = || std::fs::read_to_string(&server.log).unwrap_or_default();
+    wait_for("the watch to be set", || {
+        log().contains("watching the drop box")
+    });
+
+    std::fs::write(mine.join("web.cf-create"), "nodes = 1\n").unwrap();
+    wait_for("web.cf-created, by the watch", || {
+        mine.join("web.cf-created").exists()
+    });
+    assert_eq!(read(&mine.join("web.cf-created"))["state"], "running");
+
+    // Made empty first (as `touch` does), written a moment later.
+    std::fs::write(mine.join("late.cf-create"), "").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert!(mine.join("late.cf-create").exists(), "an empty file waits");
+    let out = server.cli(&["--output", "json", "status", "late"]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["state"], "not_running", "{v}");
+    std::fs::write(mine.join("late.cf-create"), "nodes = 2\n").unwrap();
+    wait_for("late.cf-created", || mine.join("late.cf-created").exists());
+    let status = read(&mine.join("late.cf-created"));
+    assert_eq!(status["addresses"].as_array().unwrap().len(), 2, "{status}");
+    let events = server.cli(&["--output", "json", "events", "late"]);
+    let kinds: Vec<String> = String::from_utf8_lossy(&events.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter_map(|e| e["kind"].as_str().map(str::to_owned))
+        .filter(|k| k != "cluster.nodes")
+        .collect();
+    assert_eq!(kinds, ["cluster.deployed"], "deployed once, at 2 nodes");
+}

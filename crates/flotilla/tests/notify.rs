@@ -242,25 +242,43 @@ fn webhooks_are_signed_seen_only_by_who_may_and_a_failing_one_is_disabled() {
         .unwrap();
     assert_eq!(deployed.body["details"]["nodes"], 1, "{:?}", deployed.body);
 
-    // Its nodes change more than once (made, then ready): the same event
-    // of the same cluster goes once within the window.
+    // The same event of the same cluster goes once within the window:
+    // extended twice, told once.
     wait_for("ann's cluster to run", || {
         support::ready_nodes(&server.status("ann")) == 1
     });
-    wait_for("the nodes' changes to be queued", || {
+    for ttl in ["2h", "3h"] {
+        assert_eq!(
+            code(&server.cli_with(&ANN, &["extend", "ann", "--ttl", ttl])),
+            0
+        );
+    }
+    wait_for("the second extension to be deduplicated", || {
         let d = json(&server.cli_with(&ANN, &["--output", "json", "notify", "deliveries"]));
         d["deliveries"]
             .as_array()
             .unwrap()
             .iter()
-            .any(|d| d["kind"] == "cluster.nodes" && d["state"] == "deduplicated")
+            .any(|d| d["kind"] == "cluster.extended" && d["state"] == "deduplicated")
     });
-    let nodes = receiver
+    wait_for("the first extension to arrive", || {
+        receiver
+            .at("/ok/ann")
+            .iter()
+            .any(|r| r.event == "cluster.extended")
+    });
+    let extended = receiver
         .at("/ok/ann")
         .iter()
-        .filter(|r| r.event == "cluster.nodes")
+        .filter(|r| r.event == "cluster.extended")
         .count();
-    assert_eq!(nodes, 1, "one cluster.nodes within the window");
+    assert_eq!(extended, 1, "one cluster.extended within the window");
+    // Other news of the nodes is news: made, then ready.
+    let ready = receiver
+        .at("/ok/ann")
+        .iter()
+        .any(|r| r.event == "cluster.nodes" && r.body["details"]["ready"] == 1);
+    assert!(ready, "{:?}", receiver.at("/ok/ann"));
 
     // The broken hook: each delivery tried twice, then given up; two in a
     // row disable it, with an event ann reads.

@@ -11,8 +11,8 @@ use flotilla_store::sql::notify::{
 };
 use flotilla_store::sql::to_millis;
 use flotilla_store::{
-    disabled_change, disabled_reason, Delivery, DeliveryOutcome, Fence, NewDelivery,
-    NewSubscription, NotifyStore, StoreError, Subscription,
+    disabled_change, disabled_reason, failed_with_subscription, Delivery, DeliveryOutcome, Fence,
+    NewDelivery, NewSubscription, NotifyStore, StoreError, Subscription,
 };
 
 use crate::PostgresStore;
@@ -90,20 +90,54 @@ impl NotifyStore for PostgresStore {
     ) -> Result<u64, StoreError> {
         let mut tx = self.begin().await?;
         crate::lease::check_fence(&mut tx, fence).await?;
-        let mut queued = 0;
-        for d in deliveries {
-            queued += sqlx::query(q::QUEUE)
-                .bind(d.subscription)
-                .bind(d.seq)
-                .bind(&d.kind)
-                .bind(&d.key)
-                .bind(d.event.to_string())
-                .bind(d.state.as_str())
-                .bind(to_millis(at))
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-        }
+        // One statement for the page, so the transaction (which holds the
+        // lease row shared) stays short.
+        let queued = sqlx::query(
+            "INSERT INTO deliveries \
+                 (subscription, seq, kind, key, event, state, attempts, next_at, created_at) \
+             SELECT d.s, d.q, d.k, d.key, d.e, d.st, 0, $7, $7 \
+             FROM unnest($1::BIGINT[], $2::BIGINT[], $3::TEXT[], $4::TEXT[], $5::TEXT[], \
+                 $6::TEXT[]) WITH ORDINALITY AS d(s, q, k, key, e, st, i) \
+             WHERE d.s = 0 OR EXISTS \
+                 (SELECT 1 FROM subscriptions WHERE id = d.s AND disabled_at IS NULL) \
+             ORDER BY d.i \
+             ON CONFLICT (subscription, seq) DO NOTHING",
+        )
+        .bind(
+            deliveries
+                .iter()
+                .map(|d| d.subscription)
+                .collect::<Vec<_>>(),
+        )
+        .bind(deliveries.iter().map(|d| d.seq).collect::<Vec<_>>())
+        .bind(
+            deliveries
+                .iter()
+                .map(|d| d.kind.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            deliveries
+                .iter()
+                .map(|d| d.key.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            deliveries
+                .iter()
+                .map(|d| d.event.to_string())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            deliveries
+                .iter()
+                .map(|d| d.state.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(to_millis(at))
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
         sqlx::query(q::MOVE_CURSOR)
             .bind(upto)
             .execute(&mut *tx)
@@ -117,32 +151,37 @@ impl NotifyStore for PostgresStore {
         subscription: i64,
         event: &serde_json::Value,
         at: DateTime<Utc>,
-    ) -> Result<Delivery, StoreError> {
+    ) -> Result<Option<Delivery>, StoreError> {
         let mut tx = self.begin().await?;
-        let id: i64 = sqlx::query_scalar(q::QUEUE_TEST)
+        let id: Option<i64> = sqlx::query_scalar(q::QUEUE_TEST)
             .bind(subscription)
             .bind(flotilla_domain::TEST_KIND)
             .bind(subscription.to_string())
             .bind(event.to_string())
             .bind(to_millis(at))
-            .fetch_one(&mut *tx)
+            .fetch_optional(&mut *tx)
             .await?;
+        let Some(id) = id else {
+            return Ok(None);
+        };
         let row: DeliveryRow = sqlx::query_as(q::DELIVERY)
             .bind(id)
             .fetch_one(&mut *tx)
             .await?;
         tx.commit().await?;
-        delivery(row)
+        delivery(row).map(Some)
     }
 
     async fn due_deliveries(
         &self,
         now: DateTime<Utc>,
         limit: usize,
+        per_subscription: usize,
     ) -> Result<Vec<Delivery>, StoreError> {
         let rows: Vec<DeliveryRow> = sqlx::query_as(q::DUE)
             .bind(to_millis(now))
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .bind(i64::try_from(per_subscription).unwrap_or(i64::MAX))
             .fetch_all(&self.pool)
             .await?;
         rows.into_iter().map(delivery).collect()
@@ -176,7 +215,7 @@ impl NotifyStore for PostgresStore {
         id: i64,
         outcome: &DeliveryOutcome,
         at: DateTime<Utc>,
-        disable_after: u32,
+        counts: Option<u32>,
         fence: Fence,
     ) -> Result<Option<Subscription>, StoreError> {
         let mut tx = self.begin().await?;
@@ -184,6 +223,13 @@ impl NotifyStore for PostgresStore {
         let now = to_millis(at);
         let mut disabled = None;
         match outcome {
+            DeliveryOutcome::Held { at: next } => {
+                sqlx::query(q::HOLD)
+                    .bind(id)
+                    .bind(to_millis(*next))
+                    .execute(&mut *tx)
+                    .await?;
+            }
             DeliveryOutcome::Retry { at: next, error } => {
                 sqlx::query(q::RETRY)
                     .bind(id)
@@ -216,7 +262,7 @@ impl NotifyStore for PostgresStore {
                     .bind(error)
                     .fetch_optional(&mut *tx)
                     .await?;
-                let failures: Option<i64> = match sub {
+                let failures: Option<i64> = match sub.filter(|_| counts.is_some()) {
                     Some(sub) => {
                         sqlx::query_scalar(q::FAILED)
                             .bind(sub)
@@ -226,7 +272,7 @@ impl NotifyStore for PostgresStore {
                     None => None,
                 };
                 if let (Some(sub), Some(failures)) = (sub, failures) {
-                    if failures >= i64::from(disable_after.max(1)) {
+                    if failures >= i64::from(counts.unwrap_or(u32::MAX).max(1)) {
                         let reason =
                             disabled_reason(u32::try_from(failures).unwrap_or(u32::MAX), error);
                         sqlx::query(q::DISABLE)
@@ -238,7 +284,7 @@ impl NotifyStore for PostgresStore {
                         sqlx::query(q::FAIL_PENDING)
                             .bind(sub)
                             .bind(now)
-                            .bind("its subscription was disabled")
+                            .bind(failed_with_subscription(sub))
                             .execute(&mut *tx)
                             .await?;
                         let row: SubscriptionRow =

@@ -756,6 +756,17 @@ impl AccountStore for SqliteStore {
                 .bind(username.as_str())
                 .fetch_all(&mut *tx)
                 .await?;
+        // Its subscriptions go too (a later account of the same name
+        // must not inherit where they send).
+        for forget in [
+            flotilla_store::sql::notify::DROP_ACCOUNTS_PENDING,
+            flotilla_store::sql::notify::DROP_ACCOUNTS,
+        ] {
+            sqlx::query(forget)
+                .bind(username.as_str())
+                .execute(&mut *tx)
+                .await?;
+        }
         sqlx::query("DELETE FROM accounts WHERE username = $1")
             .bind(username.as_str())
             .execute(&mut *tx)

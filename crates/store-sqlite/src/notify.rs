@@ -8,8 +8,8 @@ use flotilla_store::sql::notify::{
 };
 use flotilla_store::sql::to_millis;
 use flotilla_store::{
-    disabled_change, disabled_reason, Delivery, DeliveryOutcome, Fence, NewDelivery,
-    NewSubscription, NotifyStore, StoreError, Subscription,
+    disabled_change, disabled_reason, failed_with_subscription, Delivery, DeliveryOutcome, Fence,
+    NewDelivery, NewSubscription, NotifyStore, StoreError, Subscription,
 };
 
 use crate::SqliteStore;
@@ -114,32 +114,37 @@ impl NotifyStore for SqliteStore {
         subscription: i64,
         event: &serde_json::Value,
         at: DateTime<Utc>,
-    ) -> Result<Delivery, StoreError> {
+    ) -> Result<Option<Delivery>, StoreError> {
         let mut tx = self.begin_write().await?;
-        let id: i64 = sqlx::query_scalar(q::QUEUE_TEST)
+        let id: Option<i64> = sqlx::query_scalar(q::QUEUE_TEST)
             .bind(subscription)
             .bind(flotilla_domain::TEST_KIND)
             .bind(subscription.to_string())
             .bind(event.to_string())
             .bind(to_millis(at))
-            .fetch_one(&mut *tx)
+            .fetch_optional(&mut *tx)
             .await?;
+        let Some(id) = id else {
+            return Ok(None);
+        };
         let row: DeliveryRow = sqlx::query_as(q::DELIVERY)
             .bind(id)
             .fetch_one(&mut *tx)
             .await?;
         self.commit(tx).await?;
-        delivery(row)
+        delivery(row).map(Some)
     }
 
     async fn due_deliveries(
         &self,
         now: DateTime<Utc>,
         limit: usize,
+        per_subscription: usize,
     ) -> Result<Vec<Delivery>, StoreError> {
         let rows: Vec<DeliveryRow> = sqlx::query_as(q::DUE)
             .bind(to_millis(now))
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .bind(i64::try_from(per_subscription).unwrap_or(i64::MAX))
             .fetch_all(&self.reader)
             .await?;
         rows.into_iter().map(delivery).collect()
@@ -173,7 +178,7 @@ impl NotifyStore for SqliteStore {
         id: i64,
         outcome: &DeliveryOutcome,
         at: DateTime<Utc>,
-        disable_after: u32,
+        counts: Option<u32>,
         fence: Fence,
     ) -> Result<Option<Subscription>, StoreError> {
         let mut tx = self.begin_write().await?;
@@ -181,6 +186,13 @@ impl NotifyStore for SqliteStore {
         let now = to_millis(at);
         let mut disabled = None;
         match outcome {
+            DeliveryOutcome::Held { at: next } => {
+                sqlx::query(q::HOLD)
+                    .bind(id)
+                    .bind(to_millis(*next))
+                    .execute(&mut *tx)
+                    .await?;
+            }
             DeliveryOutcome::Retry { at: next, error } => {
                 sqlx::query(q::RETRY)
                     .bind(id)
@@ -213,7 +225,7 @@ impl NotifyStore for SqliteStore {
                     .bind(error)
                     .fetch_optional(&mut *tx)
                     .await?;
-                let failures: Option<i64> = match sub {
+                let failures: Option<i64> = match sub.filter(|_| counts.is_some()) {
                     Some(sub) => {
                         sqlx::query_scalar(q::FAILED)
                             .bind(sub)
@@ -223,7 +235,7 @@ impl NotifyStore for SqliteStore {
                     None => None,
                 };
                 if let (Some(sub), Some(failures)) = (sub, failures) {
-                    if failures >= i64::from(disable_after.max(1)) {
+                    if failures >= i64::from(counts.unwrap_or(u32::MAX).max(1)) {
                         let reason =
                             disabled_reason(u32::try_from(failures).unwrap_or(u32::MAX), error);
                         sqlx::query(q::DISABLE)
@@ -235,7 +247,7 @@ impl NotifyStore for SqliteStore {
                         sqlx::query(q::FAIL_PENDING)
                             .bind(sub)
                             .bind(now)
-                            .bind("its subscription was disabled")
+                            .bind(failed_with_subscription(sub))
                             .execute(&mut *tx)
                             .await?;
                         let row: SubscriptionRow =

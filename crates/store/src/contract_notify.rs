@@ -119,7 +119,7 @@ pub async fn a_change_is_queued_once_per_subscription_under_the_lease(h: Harness
     assert_eq!(new, 1, "only seq 8 is new, queued once");
     assert_eq!(store.notify_cursor().await.unwrap(), Some(7));
 
-    let due = store.due_deliveries(t(11), 10).await.unwrap();
+    let due = store.due_deliveries(t(11), 10, 100).await.unwrap();
     assert_eq!(
         due.iter().map(|d| d.seq).collect::<Vec<_>>(),
         [Some(5), Some(8)],
@@ -128,8 +128,8 @@ pub async fn a_change_is_queued_once_per_subscription_under_the_lease(h: Harness
     assert_eq!(due[0].attempts, 0);
     assert_eq!(due[0].next_at, t(10));
     assert_eq!(due[0].event["kind"], "cluster.deployed");
-    assert_eq!(store.due_deliveries(t(10), 10).await.unwrap().len(), 1);
-    assert_eq!(store.due_deliveries(t(11), 1).await.unwrap().len(), 1);
+    assert_eq!(store.due_deliveries(t(10), 10, 100).await.unwrap().len(), 1);
+    assert_eq!(store.due_deliveries(t(11), 1, 100).await.unwrap().len(), 1);
 
     let stale = crate::Fence(fence.0 - 1);
     let e = store
@@ -148,18 +148,79 @@ pub async fn a_change_is_queued_once_per_subscription_under_the_lease(h: Harness
             t(13),
         )
         .await
-        .unwrap();
+        .unwrap()
+        .expect("its subscription is there");
     assert_eq!((test.seq, test.state), (None, DeliveryState::Pending));
     assert_eq!(test.kind, flotilla_domain::TEST_KIND);
     store
         .queue_test(sub.id, &serde_json::json!({}), t(13))
         .await
         .unwrap();
-    assert_eq!(store.due_deliveries(t(13), 10).await.unwrap().len(), 4);
+    assert_eq!(store.due_deliveries(t(13), 10, 100).await.unwrap().len(), 4);
 
-    // Removing the subscription drops what is pending for it.
+    // At most so many of one subscription at a time: one with a backlog
+    // takes no other's turn.
+    let other = store
+        .add_subscription(
+            &subscription("bob", Channel::email("bob@example.org").unwrap()),
+            t(1),
+        )
+        .await
+        .unwrap();
+    store
+        .queue_deliveries(9, &[delivery(other.id, 9)], t(13), fence)
+        .await
+        .unwrap();
+    let due = store.due_deliveries(t(13), 10, 2).await.unwrap();
+    assert_eq!(
+        due.iter().map(|d| d.subscription).collect::<Vec<_>>(),
+        [sub.id, sub.id, other.id],
+        "two of ann's, then bob's"
+    );
+
+    // Removing the subscription drops what is pending for it; nothing is
+    // queued for it after (a notifier that read it before it went).
     assert!(store.remove_subscription(sub.id).await.unwrap());
-    assert!(store.due_deliveries(t(13), 10).await.unwrap().is_empty());
+    assert_eq!(store.due_deliveries(t(13), 10, 100).await.unwrap().len(), 1);
+    let queued = store
+        .queue_deliveries(12, &[delivery(sub.id, 12)], t(14), fence)
+        .await
+        .unwrap();
+    assert_eq!(queued, 0, "not for a subscription that is gone");
+    assert_eq!(
+        store
+            .queue_test(sub.id, &serde_json::json!({}), t(14))
+            .await
+            .unwrap(),
+        None
+    );
+    // The admin mail has no row, and is queued.
+    let admin = NewDelivery {
+        subscription: crate::ADMIN_SUBSCRIPTION,
+        ..delivery(0, 12)
+    };
+    assert_eq!(
+        store
+            .queue_deliveries(12, &[admin], t(14), fence)
+            .await
+            .unwrap(),
+        1
+    );
+
+    // An account deleted takes its subscriptions with it.
+    let bob = flotilla_domain::Username::new("bob").unwrap();
+    store
+        .create_account(&super::local("bob", flotilla_domain::Level::OrgMember))
+        .await
+        .unwrap();
+    assert!(store.delete_account(&bob).await.unwrap());
+    assert!(store.subscriptions(Some("bob")).await.unwrap().is_empty());
+    assert!(store
+        .due_deliveries(t(14), 10, 100)
+        .await
+        .unwrap()
+        .iter()
+        .all(|d| d.subscription != other.id));
 }
 
 pub async fn deliveries_are_retried_and_a_failing_subscription_is_disabled(h: Harness) {
@@ -195,12 +256,33 @@ pub async fn deliveries_are_retried_and_a_failing_subscription_is_disabled(h: Ha
         .await
         .unwrap();
     let ids: Vec<i64> = store
-        .due_deliveries(t(10), 10)
+        .due_deliveries(t(10), 10, 100)
         .await
         .unwrap()
         .iter()
         .map(|d| d.id)
         .collect();
+
+    // Held (a mail waiting for its digest): not tried, not counted.
+    let held = DeliveryOutcome::Held { at: t(15) };
+    store
+        .finish_delivery(ids[0], &held, t(10), Some(2), fence)
+        .await
+        .unwrap();
+    let due: Vec<(i64, u32)> = store
+        .due_deliveries(t(14), 10, 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|d| (d.id, d.attempts))
+        .collect();
+    assert!(!due.iter().any(|(id, _)| *id == ids[0]), "held until 15");
+    assert!(store
+        .due_deliveries(t(15), 10, 100)
+        .await
+        .unwrap()
+        .iter()
+        .any(|d| d.id == ids[0] && d.attempts == 0 && d.last_error.is_none()));
 
     // Tried again later.
     let retry = DeliveryOutcome::Retry {
@@ -209,27 +291,27 @@ pub async fn deliveries_are_retried_and_a_failing_subscription_is_disabled(h: Ha
     };
     assert_eq!(
         store
-            .finish_delivery(ids[0], &retry, t(11), 2, fence)
+            .finish_delivery(ids[0], &retry, t(11), Some(2), fence)
             .await
             .unwrap(),
         None
     );
     let due: Vec<i64> = store
-        .due_deliveries(t(20), 10)
+        .due_deliveries(t(20), 10, 100)
         .await
         .unwrap()
         .iter()
         .map(|d| d.id)
         .collect();
     assert!(!due.contains(&ids[0]), "not before its time");
-    let later = store.due_deliveries(t(30), 10).await.unwrap();
+    let later = store.due_deliveries(t(30), 10, 100).await.unwrap();
     let first = later.iter().find(|d| d.id == ids[0]).unwrap();
     assert_eq!(first.attempts, 1);
     assert_eq!(first.last_error.as_deref(), Some("connection refused"));
 
     // Arrived: the subscription's failures are cleared, its time kept.
     store
-        .finish_delivery(ids[0], &DeliveryOutcome::Delivered, t(31), 2, fence)
+        .finish_delivery(ids[0], &DeliveryOutcome::Delivered, t(31), Some(2), fence)
         .await
         .unwrap();
     let read = &store.subscriptions(Some("ann")).await.unwrap()[0];
@@ -241,7 +323,7 @@ pub async fn deliveries_are_retried_and_a_failing_subscription_is_disabled(h: Ha
     };
     assert_eq!(
         store
-            .finish_delivery(ids[0], &failed, t(32), 2, fence)
+            .finish_delivery(ids[0], &failed, t(32), Some(2), fence)
             .await
             .unwrap(),
         None
@@ -255,7 +337,7 @@ pub async fn deliveries_are_retried_and_a_failing_subscription_is_disabled(h: Ha
     let stale = crate::Fence(fence.0 - 1);
     assert!(matches!(
         store
-            .finish_delivery(ids[1], &failed, t(33), 2, stale)
+            .finish_delivery(ids[1], &failed, t(33), Some(2), stale)
             .await,
         Err(StoreError::Fenced { .. })
     ));
@@ -265,13 +347,28 @@ pub async fn deliveries_are_retried_and_a_failing_subscription_is_disabled(h: Ha
     let last = store.last_change().await.unwrap();
     assert_eq!(
         store
-            .finish_delivery(ids[1], &failed, t(33), 2, fence)
+            .finish_delivery(ids[1], &failed, t(33), Some(2), fence)
             .await
             .unwrap(),
         None
     );
+    // A failure that does not count (another delivery of the same message,
+    // a test) leaves the count as it is.
+    let uncounted = store
+        .queue_test(sub.id, &serde_json::json!({}), t(33))
+        .await
+        .unwrap()
+        .unwrap();
+    store
+        .finish_delivery(uncounted.id, &failed, t(33), None, fence)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.subscriptions(Some("ann")).await.unwrap()[0].failures,
+        1
+    );
     let disabled = store
-        .finish_delivery(ids[2], &failed, t(34), 2, fence)
+        .finish_delivery(ids[2], &failed, t(34), Some(2), fence)
         .await
         .unwrap()
         .expect("disabled by the second failure in a row");
@@ -290,7 +387,7 @@ pub async fn deliveries_are_retried_and_a_failing_subscription_is_disabled(h: Ha
     assert_eq!(changes[0].kind, ChangeKind::NotificationDisabled);
     assert_eq!(changes[0].payload["subscription"], sub.id);
     let due: Vec<i64> = store
-        .due_deliveries(t(40), 10)
+        .due_deliveries(t(40), 10, 100)
         .await
         .unwrap()
         .iter()
@@ -306,13 +403,16 @@ pub async fn deliveries_are_retried_and_a_failing_subscription_is_disabled(h: Ha
             DeliveryState::Failed,
             DeliveryState::Failed,
             DeliveryState::Failed,
+            DeliveryState::Failed,
             DeliveryState::Delivered
-        ]
+        ],
+        "the test, then the four of the changes"
     );
-    assert_eq!(anns[3].finished_at, Some(t(31)));
+    assert_eq!(anns[4].finished_at, Some(t(31)));
+    let fourth = anns.iter().find(|d| d.seq == Some(4)).unwrap();
     assert_eq!(
-        anns[0].last_error.as_deref(),
-        Some("its subscription was disabled")
+        fourth.last_error.as_deref(),
+        Some(crate::failed_with_subscription(sub.id).as_str())
     );
     assert_eq!(store.deliveries(None, 2).await.unwrap().len(), 2);
 
@@ -322,7 +422,7 @@ pub async fn deliveries_are_retried_and_a_failing_subscription_is_disabled(h: Ha
     assert_eq!((again.failures, again.disabled.clone()), (0, None));
 
     // Finished ones are forgotten once old; pending ones stay.
-    assert_eq!(store.forget_deliveries(t(100), fence).await.unwrap(), 4);
+    assert_eq!(store.forget_deliveries(t(100), fence).await.unwrap(), 5);
     assert_eq!(store.deliveries(None, 10).await.unwrap().len(), 1);
 }
 

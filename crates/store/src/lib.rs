@@ -50,8 +50,8 @@ pub use keys::{keys_change, AddKeys, SigningKeyRecord};
 pub use lease::{ClusterNodes, ClusterObstacle, Fence, GoneNode, Lease, LeaseStore};
 pub use memory::MemoryStore;
 pub use notify::{
-    disabled_change, disabled_reason, Delivery, DeliveryOutcome, NewDelivery, NewSubscription,
-    NotifyStore, Subscription, ADMIN_SUBSCRIPTION,
+    disabled_change, disabled_reason, failed_with_subscription, Delivery, DeliveryOutcome,
+    NewDelivery, NewSubscription, NotifyStore, Subscription, ADMIN_SUBSCRIPTION,
 };
 pub use orgs::{OrgChange, OrgChanged, OrgStore, OrgUsage, UsedNode};
 pub use pools::{

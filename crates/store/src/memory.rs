@@ -427,6 +427,18 @@ impl AccountStore for MemoryStore {
         let Some(removed) = inner.accounts.remove(username) else {
             return Ok(false);
         };
+        let gone: Vec<i64> = inner
+            .subscriptions
+            .values()
+            .filter(|s| s.account == username.as_str())
+            .map(|s| s.id)
+            .collect();
+        inner
+            .subscriptions
+            .retain(|_, s| s.account != username.as_str());
+        inner.deliveries.retain(|_, d| {
+            !(gone.contains(&d.subscription) && d.state == flotilla_domain::DeliveryState::Pending)
+        });
         let now = Utc::now();
         inner.record_account(ChangeKind::AccountDeleted, &removed, now);
         let left: Vec<OrgName> = inner
@@ -1624,7 +1636,12 @@ impl crate::NotifyStore for MemoryStore {
                     .deliveries
                     .values()
                     .any(|o| o.subscription == d.subscription && o.seq == d.seq);
-            if !there {
+            let live = d.subscription == crate::ADMIN_SUBSCRIPTION
+                || inner
+                    .subscriptions
+                    .get(&d.subscription)
+                    .is_some_and(|s| s.disabled.is_none());
+            if !there && live {
                 inner.insert_delivery(d.clone(), at);
                 queued += 1;
             }
@@ -1638,9 +1655,12 @@ impl crate::NotifyStore for MemoryStore {
         subscription: i64,
         event: &serde_json::Value,
         at: DateTime<Utc>,
-    ) -> Result<crate::Delivery, StoreError> {
+    ) -> Result<Option<crate::Delivery>, StoreError> {
         let mut inner = self.inner.lock().unwrap();
-        Ok(inner.insert_delivery(
+        if !inner.subscriptions.contains_key(&subscription) {
+            return Ok(None);
+        }
+        Ok(Some(inner.insert_delivery(
             crate::NewDelivery {
                 subscription,
                 seq: None,
@@ -1650,14 +1670,16 @@ impl crate::NotifyStore for MemoryStore {
                 state: flotilla_domain::DeliveryState::Pending,
             },
             at,
-        ))
+        )))
     }
 
     async fn due_deliveries(
         &self,
         now: DateTime<Utc>,
         limit: usize,
+        per_subscription: usize,
     ) -> Result<Vec<crate::Delivery>, StoreError> {
+        let mut taken: BTreeMap<i64, usize> = BTreeMap::new();
         Ok(self
             .inner
             .lock()
@@ -1665,6 +1687,11 @@ impl crate::NotifyStore for MemoryStore {
             .deliveries
             .values()
             .filter(|d| d.state == flotilla_domain::DeliveryState::Pending && d.next_at <= now)
+            .filter(|d| {
+                let n = taken.entry(d.subscription).or_default();
+                *n += 1;
+                *n <= per_subscription
+            })
             .take(limit)
             .cloned()
             .collect())
@@ -1713,7 +1740,7 @@ impl crate::NotifyStore for MemoryStore {
         id: i64,
         outcome: &crate::DeliveryOutcome,
         at: DateTime<Utc>,
-        disable_after: u32,
+        counts: Option<u32>,
         fence: Fence,
     ) -> Result<Option<crate::Subscription>, StoreError> {
         use flotilla_domain::DeliveryState;
@@ -1728,9 +1755,14 @@ impl crate::NotifyStore for MemoryStore {
         else {
             return Ok(None);
         };
+        if let crate::DeliveryOutcome::Held { at: next } = outcome {
+            d.next_at = crate::jobs::millis(*next);
+            return Ok(None);
+        }
         d.attempts += 1;
         let sub = d.subscription;
         match outcome {
+            crate::DeliveryOutcome::Held { .. } => Ok(None),
             crate::DeliveryOutcome::Retry { at: next, error } => {
                 d.next_at = crate::jobs::millis(*next);
                 d.last_error = Some(error.clone());
@@ -1750,6 +1782,9 @@ impl crate::NotifyStore for MemoryStore {
                 d.state = DeliveryState::Failed;
                 d.finished_at = Some(at);
                 d.last_error = Some(error.clone());
+                let Some(disable_after) = counts else {
+                    return Ok(None);
+                };
                 let Some(s) = inner
                     .subscriptions
                     .get_mut(&sub)
@@ -1768,7 +1803,7 @@ impl crate::NotifyStore for MemoryStore {
                     if d.subscription == sub && d.state == DeliveryState::Pending {
                         d.state = DeliveryState::Failed;
                         d.finished_at = Some(at);
-                        d.last_error = Some("its subscription was disabled".to_owned());
+                        d.last_error = Some(crate::failed_with_subscription(sub));
                     }
                 }
                 inner.record(crate::disabled_change(&s, &reason), at);

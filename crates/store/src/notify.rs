@@ -95,6 +95,10 @@ pub enum DeliveryOutcome {
     Failed {
         error: String,
     },
+    /// Not tried: put off until `at` (mail waiting for its digest).
+    Held {
+        at: DateTime<Utc>,
+    },
 }
 
 #[async_trait]
@@ -131,19 +135,22 @@ pub trait NotifyStore: Send + Sync {
         fence: Fence,
     ) -> Result<u64, StoreError>;
 
-    /// Queues a test of `subscription` (any server; no lease needed).
+    /// Queues a test of `subscription` (any server; no lease needed);
+    /// none if there is no such subscription.
     async fn queue_test(
         &self,
         subscription: i64,
         event: &serde_json::Value,
         at: DateTime<Utc>,
-    ) -> Result<Delivery, StoreError>;
+    ) -> Result<Option<Delivery>, StoreError>;
 
-    /// Up to `limit` pending deliveries due at `now`, the oldest first.
+    /// Up to `limit` pending deliveries due at `now`, the oldest first, at
+    /// most `per_subscription` of each subscription.
     async fn due_deliveries(
         &self,
         now: DateTime<Utc>,
         limit: usize,
+        per_subscription: usize,
     ) -> Result<Vec<Delivery>, StoreError>;
 
     /// The latest `limit` deliveries, the newest first: every one, or
@@ -159,16 +166,18 @@ pub trait NotifyStore: Send + Sync {
     async fn recent_deliveries(&self, since: DateTime<Utc>) -> Result<Vec<Delivery>, StoreError>;
 
     /// Records what came of a try of pending delivery `id`, under `fence`.
-    /// A delivery that arrived clears its subscription's failures; one
-    /// given up counts one, and the `disable_after`th in a row disables
-    /// the subscription (its pending deliveries fail with it) with a
-    /// `notification.disabled` change: the subscription is returned then.
+    /// A delivery that arrived clears its subscription's failures. One
+    /// given up counts one if `counts` (the failure of a message, once
+    /// however many deliveries it carried; not a test's) says after how
+    /// many in a row to disable the subscription: the last disables it
+    /// (its pending deliveries fail with it) with a `notification.disabled`
+    /// change, and the subscription is returned then.
     async fn finish_delivery(
         &self,
         id: i64,
         outcome: &DeliveryOutcome,
         at: DateTime<Utc>,
-        disable_after: u32,
+        counts: Option<u32>,
         fence: Fence,
     ) -> Result<Option<Subscription>, StoreError>;
 
@@ -200,6 +209,11 @@ pub fn disabled_change(subscription: &Subscription, reason: &str) -> NewChange {
             ),
         }),
     }
+}
+
+/// What the deliveries pending for a subscription disabled say.
+pub fn failed_with_subscription(id: i64) -> String {
+    format!("its subscription was disabled; `flotilla notify enable {id}` turns it on again")
 }
 
 /// Why a subscription is disabled after `failures` deliveries given up.

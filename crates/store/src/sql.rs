@@ -1442,19 +1442,28 @@ pub mod notify {
          ON CONFLICT (id) DO UPDATE SET seq = CASE WHEN excluded.seq > notify_cursor.seq \
              THEN excluded.seq ELSE notify_cursor.seq END";
     /// Queues a delivery (due at once), doing nothing if the subscription
-    /// has it already.
+    /// has it already, or is gone or disabled (removed after the notifier
+    /// read it).
     pub const QUEUE: &str = "INSERT INTO deliveries \
              (subscription, seq, kind, key, event, state, attempts, next_at, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, 0, $7, $7) \
+         SELECT $1, $2, $3, $4, $5, $6, 0, $7, $7 \
+         WHERE $1 = 0 OR EXISTS \
+             (SELECT 1 FROM subscriptions WHERE id = $1 AND disabled_at IS NULL) \
          ON CONFLICT (subscription, seq) DO NOTHING";
+    /// Queues a test of subscription $1, if it is there.
     pub const QUEUE_TEST: &str = "INSERT INTO deliveries \
              (subscription, seq, kind, key, event, state, attempts, next_at, created_at) \
-         VALUES ($1, NULL, $2, $3, $4, 'pending', 0, $5, $5) RETURNING id";
+         SELECT $1, NULL, $2, $3, $4, 'pending', 0, $5, $5 \
+         WHERE EXISTS (SELECT 1 FROM subscriptions WHERE id = $1) RETURNING id";
     pub const DELIVERY: &str = "SELECT id, subscription, seq, kind, key, event, state, attempts, \
          next_at, last_error, created_at, finished_at FROM deliveries WHERE id = $1";
+    /// Up to $2 pending deliveries due at $1, at most $3 of each
+    /// subscription (one with a backlog takes no others' turn).
     pub const DUE: &str = "SELECT id, subscription, seq, kind, key, event, state, attempts, \
-         next_at, last_error, created_at, finished_at FROM deliveries \
-         WHERE state = 'pending' AND next_at <= $1 ORDER BY id LIMIT $2";
+         next_at, last_error, created_at, finished_at FROM \
+             (SELECT *, ROW_NUMBER() OVER (PARTITION BY subscription ORDER BY id) AS nth \
+              FROM deliveries WHERE state = 'pending' AND next_at <= $1) AS due \
+         WHERE nth <= $3 ORDER BY id LIMIT $2";
     pub const LATEST: &str = "SELECT id, subscription, seq, kind, key, event, state, attempts, \
          next_at, last_error, created_at, finished_at FROM deliveries \
          ORDER BY id DESC LIMIT $1";
@@ -1474,6 +1483,13 @@ pub mod notify {
     pub const RETRY: &str = "UPDATE deliveries \
          SET attempts = attempts + 1, next_at = $2, last_error = $3 \
          WHERE id = $1 AND state = 'pending'";
+    /// Puts pending delivery $1 off until $2, untried.
+    pub const HOLD: &str = "UPDATE deliveries SET next_at = $2 WHERE id = $1 AND state = 'pending'";
+    /// Forgets an account's subscriptions ($1) and what is pending for
+    /// them, with the account.
+    pub const DROP_ACCOUNTS_PENDING: &str = "DELETE FROM deliveries WHERE state = 'pending' \
+         AND subscription IN (SELECT id FROM subscriptions WHERE account = $1)";
+    pub const DROP_ACCOUNTS: &str = "DELETE FROM subscriptions WHERE account = $1";
     pub const ARRIVED: &str =
         "UPDATE subscriptions SET failures = 0, last_sent_at = $2 WHERE id = $1";
     /// Counts one more failure of subscription $1; gives the count.
