@@ -27,6 +27,7 @@
 //! [`ec2`]; `flotilla-bench orgs` the accrual pass that charges
 //! organisations: see [`orgs`].
 
+mod dropbox;
 mod ec2;
 mod http;
 mod jobs;
@@ -201,6 +202,10 @@ enum Mode {
     /// Jobs on the local driver through a real `flotilla serve`:
     /// submission to script running, and the throughput of short jobs.
     LocalJobs(local_jobs::LocalJobsArgs),
+    /// The drop box and notifications through a real `flotilla serve`:
+    /// trigger to deploy (watched, and by scans alone), a scan over
+    /// 10,000 files, event to webhook.
+    Dropbox(dropbox::DropboxArgs),
 }
 
 /// The engine benchmark's knobs.
@@ -757,6 +762,7 @@ fn main() -> Result<()> {
         Some(Mode::Schedule(args)) => schedule::run(args),
         Some(Mode::Jobs(args)) => jobs::run(args),
         Some(Mode::LocalJobs(args)) => local_jobs::run(args),
+        Some(Mode::Dropbox(args)) => dropbox::run(args),
         // What `#[tokio::main]` builds: a worker per CPU.
         None => tokio::runtime::Builder::new_multi_thread()
             .enable_all()

@@ -33,6 +33,7 @@ use flotilla_domain::{
 };
 use flotilla_identity::Identity;
 use flotilla_store::HandledTrigger;
+use prometheus_client::metrics::histogram::Histogram;
 
 use crate::config::DropboxConfig;
 
@@ -70,6 +71,22 @@ pub struct Dropbox {
     /// Triggers whose writer closed them (or that were renamed into
     /// place), with their size and time then: complete, if unchanged.
     closed: HashMap<PathBuf, (u64, Option<SystemTime>)>,
+    /// How long each pass over the folders took.
+    scan_seconds: Option<Histogram>,
+}
+
+/// Registers the drop box's metric: how long a pass over its folders
+/// takes (reading them, and acting on what it found).
+pub fn register_metrics(registry: &mut prometheus_client::registry::Registry) -> Histogram {
+    let h = Histogram::new([
+        0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0, 5.0,
+    ]);
+    registry.register(
+        "flotilla_dropbox_scan_seconds",
+        "How long one pass over the drop box's folders took",
+        h.clone(),
+    );
+    h
 }
 
 /// What the watch saw: a path, and whether it was closed after writing or
@@ -91,7 +108,13 @@ impl Dropbox {
             recalled: false,
             watch: config.watch,
             closed: HashMap::new(),
+            scan_seconds: None,
         }
+    }
+
+    pub fn with_metrics(mut self, scan_seconds: Histogram) -> Self {
+        self.scan_seconds = Some(scan_seconds);
+        self
     }
 
     /// A watch on the drop box that sends what it sees to `tx`, or none
@@ -178,7 +201,12 @@ impl Dropbox {
                 }
                 let due = tokio::time::Instant::now() >= next_scan;
                 if due || watched {
-                    match self.scan().await {
+                    let started = std::time::Instant::now();
+                    let scanned = self.scan().await;
+                    if let Some(h) = &self.scan_seconds {
+                        h.observe(started.elapsed().as_secs_f64());
+                    }
+                    match scanned {
                         Err(e) if !self.unreadable => {
                             tracing::warn!(dir = %self.dir.display(), error = %e, "cannot read the drop box");
                             self.unreadable = true;
@@ -214,14 +242,22 @@ impl Dropbox {
                 next_scan = tokio::time::Instant::now() + interval;
             }
             // Until the next scan, a file the watch saw, or a change (a
-            // cluster's status files follow it; changes close together
-            // are taken as one).
+            // cluster's status files follow it; changes close together are
+            // taken as one, while the watch is still heard at once).
             let mut seen = Vec::new();
-            tokio::select! {
-                () = tokio::time::sleep_until(next_scan) => {}
-                Some(first) = rx.recv() => seen.push(first),
-                Ok(()) = notices.changed() => {
-                    tokio::time::sleep(NOTICE_PAUSE).await;
+            let mut statuses_at: Option<tokio::time::Instant> = None;
+            loop {
+                let statuses = statuses_at.unwrap_or(next_scan);
+                tokio::select! {
+                    () = tokio::time::sleep_until(next_scan) => break,
+                    Some(first) = rx.recv() => {
+                        seen.push(first);
+                        break;
+                    }
+                    Ok(()) = notices.changed(), if statuses_at.is_none() => {
+                        statuses_at = Some(tokio::time::Instant::now() + NOTICE_PAUSE);
+                    }
+                    () = tokio::time::sleep_until(statuses), if statuses_at.is_some() => break,
                 }
             }
             while let Ok(more) = rx.try_recv() {

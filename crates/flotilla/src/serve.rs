@@ -423,7 +423,9 @@ pub async fn run(config: Config, admin_password: Option<String>) -> anyhow::Resu
     let notifier = tokio::spawn(notifier.run());
     let dropbox = config.dropbox.as_ref().map(|d| {
         tracing::info!(dir = %d.dir.display(), "reading the drop box");
-        let scanner = crate::dropbox::Dropbox::new(d, control.clone(), identity.clone());
+        let scan_seconds = crate::dropbox::register_metrics(&mut registry);
+        let scanner = crate::dropbox::Dropbox::new(d, control.clone(), identity.clone())
+            .with_metrics(scan_seconds);
         tokio::spawn(scanner.run())
     });
     let app = flotilla_api::router(AppState {
