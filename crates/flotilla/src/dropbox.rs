@@ -165,9 +165,20 @@ impl Dropbox {
     }
 
     /// Notes what the watch saw: a trigger closed after writing is
-    /// complete as it is now.
-    fn saw(&mut self, seen: Vec<Seen>) {
+    /// complete as it is now. Gives the triggers seen, to be looked at
+    /// before the next scan.
+    fn saw(&mut self, seen: Vec<Seen>) -> Vec<PathBuf> {
+        let mut triggers: Vec<PathBuf> = Vec::new();
         for (path, complete) in seen {
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default();
+            if FileKind::of(name).is_some_and(|(_, kind)| kind.is_trigger())
+                && !triggers.contains(&path)
+            {
+                triggers.push(path.clone());
+            }
             if !complete {
                 continue;
             }
@@ -177,6 +188,7 @@ impl Dropbox {
                 }
             }
         }
+        triggers
     }
 
     /// Scans every `interval` while this server leads, and at once when
@@ -192,7 +204,7 @@ impl Dropbox {
         let mut last_forget = None;
         let mut notices = self.control.engine().store().change_notices();
         let mut next_scan = tokio::time::Instant::now();
-        let mut watched = false;
+        let mut watched: Vec<PathBuf> = Vec::new();
         loop {
             notices.borrow_and_update();
             if let Some(fence) = self.control.engine().fence() {
@@ -200,7 +212,12 @@ impl Dropbox {
                     self.recalled = self.recall().await;
                 }
                 let due = tokio::time::Instant::now() >= next_scan;
-                if due || watched {
+                if !due && !watched.is_empty() {
+                    // Only what the watch saw; every folder at the next scan.
+                    let paths = std::mem::take(&mut watched);
+                    self.look_at(&paths).await;
+                }
+                if due {
                     let started = std::time::Instant::now();
                     let scanned = self.scan().await;
                     if let Some(h) = &self.scan_seconds {
@@ -263,8 +280,7 @@ impl Dropbox {
             while let Ok(more) = rx.try_recv() {
                 seen.push(more);
             }
-            watched = !seen.is_empty();
-            self.saw(seen);
+            watched = self.saw(seen);
         }
     }
 
@@ -319,6 +335,31 @@ impl Dropbox {
             self.trigger(account, path, stem, *kind, caller).await;
         }
         Ok(())
+    }
+
+    /// Looks at the triggers the watch saw, as a scan would: each must be
+    /// a file right in an account's folder (no link on the way).
+    async fn look_at(&mut self, paths: &[PathBuf]) {
+        for path in paths {
+            let Some(folder) = path.parent() else {
+                continue;
+            };
+            if folder.parent() != Some(self.dir.as_path()) {
+                continue;
+            }
+            let real = blocking(|| std::fs::symlink_metadata(folder)).is_ok_and(|m| m.is_dir());
+            let account = folder.file_name().and_then(|n| n.to_str());
+            let name = path.file_name().and_then(|n| n.to_str());
+            let (Some(account), Some(name), true) = (account, name, real) else {
+                continue;
+            };
+            let Some((stem, kind)) = FileKind::of(name).filter(|(_, k)| k.is_trigger()) else {
+                continue;
+            };
+            let caller = self.caller_of(account).await;
+            let (account, stem) = (account.to_owned(), stem.to_owned());
+            self.trigger(&account, path, &stem, kind, caller).await;
+        }
     }
 
     /// The caller a folder's triggers act as, or why none.

@@ -186,7 +186,11 @@ impl Notifier {
             {
                 for_whom.push(ADMIN_SUBSCRIPTION);
             }
-            for s in subscriptions.iter().filter(|s| s.wants(kind)) {
+            // Only what happened since it was made.
+            let wanting = subscriptions
+                .iter()
+                .filter(|s| s.wants(kind) && change.at >= s.created_at);
+            for s in wanting {
                 if !callers.contains_key(&s.account) {
                     let caller = match self.identity.caller_of(Some(&s.account)).await {
                         Ok(mut caller) => {
