@@ -160,11 +160,7 @@ impl Control {
         caller: &Caller,
         all: bool,
     ) -> Result<Vec<Subscription>, EngineError> {
-        let account = if all && caller.is_admin() {
-            None
-        } else {
-            Some(account(caller)?)
-        };
+        let account = scope(caller, all)?;
         Ok(self
             .engine()
             .store()
@@ -202,16 +198,22 @@ impl Control {
         all: bool,
         limit: usize,
     ) -> Result<Vec<Delivery>, EngineError> {
-        let account = if all && caller.is_admin() {
-            None
-        } else {
-            Some(account(caller)?)
-        };
+        let account = scope(caller, all)?;
         Ok(self
             .engine()
             .store()
             .deliveries(account.as_deref(), limit)
             .await?)
+    }
+}
+
+/// Whose subscriptions (or deliveries) a question is about: every
+/// account's (none) for an admin who asks for `all`, else the caller's.
+fn scope(caller: &Caller, all: bool) -> Result<Option<String>, EngineError> {
+    if all && caller.is_admin() {
+        Ok(None)
+    } else {
+        account(caller).map(Some)
     }
 }
 
