@@ -3153,13 +3153,13 @@ fn delivery_line(d: &DeliveryView) -> String {
         d.key,
         d.state
     );
-    if d.attempts > 1 {
-        line.push_str(&format!(" after {} tries", d.attempts));
-    }
-    if let (Some(at), "pending") = (d.next_at, d.state.as_str()) {
-        if d.attempts > 0 {
-            line.push_str(&format!(" (next try {})", stamp(at)));
-        }
+    if let (Some(at), "pending", 1..) = (d.next_at, d.state.as_str(), d.attempts) {
+        line.push_str(&format!(
+            " ({} {} so far; next {})",
+            d.attempts,
+            if d.attempts == 1 { "try" } else { "tries" },
+            stamp(at)
+        ));
     }
     if let Some(e) = &d.last_error {
         line.push_str(&format!(": {e}"));
