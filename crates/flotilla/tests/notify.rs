@@ -502,3 +502,90 @@ fn mail_goes_through_the_relay_to_the_admin_and_subscribers_bursts_as_one_digest
         "{everyone}"
     );
 }
+
+/// Whether the server at `url` says it leads (`flotilla_leading` in
+/// `/metrics`).
+fn leads(url: &str) -> bool {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let text = runtime.block_on(async {
+        match reqwest::get(format!("{url}/metrics")).await {
+            Ok(answer) => answer.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        }
+    });
+    text.lines().any(|l| l.trim() == "flotilla_leading 1")
+}
+
+/// Two servers on one PostgreSQL: the leader's notifier sends each
+/// deployed cluster's event once; SIGKILLed, the other takes over from
+/// the stored cursor, losing and repeating nothing.
+#[test]
+fn a_new_leader_sends_what_follows_once_and_repeats_nothing() {
+    let pg = flotilla_store_postgres::testing::TempPostgres::start().expect("start PostgreSQL");
+    let url = support::database(&pg);
+    let env = [("FLOTILLA_DATABASE_URL", url.as_str())];
+    let receiver = Receiver::start();
+    let config = format!(
+        "{}\n[notify]\ndedup_window = \"0s\"\n",
+        support::fake_config("")
+    );
+    let (first, second) = (Sandbox::new(), Sandbox::new());
+    let a = Server::start_with_env(&first.path(), &config, &env);
+    let b = Server::start_with_env(&second.path(), &config, &env);
+    wait_for("one of them to lead", || leads(&a.url) || leads(&b.url));
+    let (leader, follower) = if leads(&a.url) { (a, b) } else { (b, a) };
+    json(&follower.cli(&[
+        "--output",
+        "json",
+        "notify",
+        "add",
+        "--webhook",
+        &format!("{}/ok/admin", receiver.url),
+        "--events",
+        "cluster.deployed",
+    ]));
+    let deploy = |server: &Server, name: &str| {
+        let out = server.cli(&["deploy", name, "--nodes", "1", "--ttl", "1h"]);
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+    };
+    let told = |name: &str| {
+        receiver
+            .at("/ok/admin")
+            .iter()
+            .filter(|r| r.body["key"] == name)
+            .count()
+    };
+    for i in 0..5 {
+        deploy(&follower, &format!("before-{i}"));
+    }
+    wait_for("the leader to send the first five", || {
+        (0..5).all(|i| told(&format!("before-{i}")) == 1)
+    });
+    // Recorded as sent before the leader dies (the rest is at least once).
+    wait_for("the deliveries recorded", || {
+        let d = json(&follower.cli(&["--output", "json", "notify", "deliveries"]));
+        d["deliveries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|d| d["state"] == "delivered")
+            .count()
+            == 5
+    });
+    leader.kill();
+    for i in 0..5 {
+        deploy(&follower, &format!("after-{i}"));
+    }
+    wait_for("the new leader to send the next five", || {
+        (0..5).all(|i| told(&format!("after-{i}")) == 1)
+    });
+    // A little longer: nothing comes twice.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    for name in (0..5).flat_map(|i| [format!("before-{i}"), format!("after-{i}")]) {
+        assert_eq!(told(&name), 1, "{name}");
+    }
+    assert!(leads(&follower.url));
+}
