@@ -6,6 +6,10 @@
 //! Servers on several machines share it, so any of them reads what another
 //! kept.
 
+mod folders;
+
+pub use folders::{Listed, S3Folders};
+
 use async_trait::async_trait;
 use aws_config::{BehaviorVersion, Region};
 use aws_sdk_s3::error::DisplayErrorContext;

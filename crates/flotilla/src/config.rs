@@ -196,6 +196,12 @@ impl SmtpConfig {
 struct DropboxSection {
     /// The folders: `DIR/USERNAME/`.
     dir: Option<PathBuf>,
+    /// Folders in S3 as well, or instead: `s3://BUCKET/PREFIX/USERNAME/`.
+    s3: Option<String>,
+    /// The bucket's region; unset: the AWS chain's.
+    s3_region: Option<String>,
+    /// Another endpoint than AWS's (MinIO, moto).
+    s3_endpoint_url: Option<String>,
     /// How often every folder is read.
     #[serde(with = "humantime_serde")]
     scan_interval: Duration,
@@ -210,6 +216,9 @@ impl Default for DropboxSection {
     fn default() -> Self {
         Self {
             dir: None,
+            s3: None,
+            s3_region: None,
+            s3_endpoint_url: None,
             scan_interval: Duration::from_secs(2),
             watch: true,
             templates: BTreeMap::new(),
@@ -318,7 +327,10 @@ fn notify_config(
 /// The drop box as configured.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DropboxConfig {
-    pub dir: PathBuf,
+    /// The local folders, if any.
+    pub dir: Option<PathBuf>,
+    /// The folders in S3, if any.
+    pub s3: Option<flotilla_artifacts_s3::S3Settings>,
     pub scan_interval: Duration,
     /// Watch the folders (inotify) to act at once; the scans go on.
     pub watch: bool,
@@ -991,28 +1003,52 @@ impl Config {
             humantime::format_duration(n.retry_base),
             n.disable_after
         ));
-        lines.push(match &self.dropbox {
-            None => "drop box: off ([dropbox] dir unset)".to_owned(),
-            Some(d) => {
-                let absolute = std::path::absolute(&d.dir).unwrap_or_else(|_| d.dir.clone());
-                format!(
-                    "drop box: {}/USERNAME/ read every {}{} ({}), templates: {}",
-                    absolute.display(),
-                    humantime::format_duration(d.scan_interval),
-                    if d.watch { " and watched" } else { "" },
-                    if d.dir.is_dir() {
-                        "exists"
-                    } else {
-                        "created at start"
-                    },
-                    if d.templates.is_empty() {
-                        "none (1 node for 1h)".to_owned()
-                    } else {
-                        d.templates.keys().cloned().collect::<Vec<_>>().join(", ")
-                    }
-                )
-            }
-        });
+        if let Some(s3) = self.dropbox.as_ref().and_then(|d| d.s3.as_ref()) {
+            lines.push(format!(
+                "drop box: {}USERNAME/ read every {}{}",
+                s3.url,
+                humantime::format_duration(
+                    self.dropbox
+                        .as_ref()
+                        .map_or(Duration::ZERO, |d| d.scan_interval)
+                ),
+                s3.endpoint_url
+                    .as_ref()
+                    .map(|e| format!(" at {e}"))
+                    .unwrap_or_default()
+            ));
+        }
+        lines.push(
+            match self
+                .dropbox
+                .as_ref()
+                .and_then(|d| d.dir.as_ref().map(|dir| (d, dir)))
+            {
+                None if self.dropbox.is_some() => {
+                    "drop box: no local folders ([dropbox] dir unset)".to_owned()
+                }
+                None => "drop box: off ([dropbox] dir and s3 unset)".to_owned(),
+                Some((d, dir)) => {
+                    let absolute = std::path::absolute(dir).unwrap_or_else(|_| dir.clone());
+                    format!(
+                        "drop box: {}/USERNAME/ read every {}{} ({}), templates: {}",
+                        absolute.display(),
+                        humantime::format_duration(d.scan_interval),
+                        if d.watch { " and watched" } else { "" },
+                        if dir.is_dir() {
+                            "exists"
+                        } else {
+                            "created at start"
+                        },
+                        if d.templates.is_empty() {
+                            "none (1 node for 1h)".to_owned()
+                        } else {
+                            d.templates.keys().cloned().collect::<Vec<_>>().join(", ")
+                        }
+                    )
+                }
+            },
+        );
         lines
     }
 }
@@ -1347,8 +1383,26 @@ impl Config {
         if d.scan_interval < Duration::from_millis(100) {
             return Err(invalid("dropbox.scan_interval: at least 100ms".into()));
         }
-        let dropbox = d.dir.clone().map(|dir| DropboxConfig {
-            dir: from_file(dir),
+        let s3 = match &d.s3 {
+            Some(url) => {
+                let settings = flotilla_artifacts_s3::S3Settings {
+                    url: url.clone(),
+                    region: d.s3_region.clone(),
+                    endpoint_url: d.s3_endpoint_url.clone(),
+                };
+                flotilla_artifacts_s3::parse_url(url)
+                    .map_err(|e| invalid(format!("dropbox.s3: {e}")))?;
+                Some(settings)
+            }
+            None if d.s3_region.is_some() || d.s3_endpoint_url.is_some() => return Err(invalid(
+                "dropbox.s3_region and s3_endpoint_url need dropbox.s3 = \"s3://BUCKET/PREFIX/\""
+                    .into(),
+            )),
+            None => None,
+        };
+        let dropbox = (d.dir.is_some() || s3.is_some()).then(|| DropboxConfig {
+            dir: d.dir.clone().map(&from_file),
+            s3,
             scan_interval: d.scan_interval,
             watch: d.watch,
             templates: d.templates.clone(),
@@ -1852,7 +1906,7 @@ image = "ami-12c6146b"
         let text = &section[start..start + section[start..].find("```").expect("closed block")];
         let c = Config::parse(text, "/etc/flotilla/flotilla.toml").unwrap();
         let d = c.dropbox.expect("a drop box");
-        assert_eq!(d.dir, PathBuf::from("/srv/flotilla/dropbox"));
+        assert_eq!(d.dir, Some(PathBuf::from("/srv/flotilla/dropbox")));
         assert_eq!(d.scan_interval, Duration::from_secs(2));
         let t = &d.templates["default"];
         assert_eq!(
@@ -1866,6 +1920,23 @@ image = "ami-12c6146b"
         );
         let e = err("[dropbox]\ndir = \"d\"\n[dropbox.templates.default]\nnodes = 2\nsize = 3\n");
         assert!(e.contains("size"), "{e}");
+        // In S3 as well, or instead.
+        let c = Config::parse(
+            "[dropbox]\ns3 = \"s3://drops/team\"\ns3_region = \"eu-west-1\"\n",
+            "x",
+        )
+        .unwrap();
+        let d = c.dropbox.expect("a drop box in S3");
+        assert_eq!(d.dir, None);
+        let s3 = d.s3.expect("its S3 folders");
+        assert_eq!(
+            (s3.url.as_str(), s3.region.as_deref()),
+            ("s3://drops/team", Some("eu-west-1"))
+        );
+        let e = err("[dropbox]\ns3 = \"drops/team\"\n");
+        assert!(e.contains("dropbox.s3"), "{e}");
+        let e = err("[dropbox]\ndir = \"d\"\ns3_region = \"eu-west-1\"\n");
+        assert!(e.contains("need dropbox.s3"), "{e}");
     }
 
     /// README's "Notifications" example parses and means what it says.

@@ -26,6 +26,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use flotilla_artifacts_s3::S3Folders;
 use flotilla_control::{Control, Deploy, Destroy};
 use flotilla_domain::{
     create_ask, trigger_cluster, Caller, ClusterName, ClusterState, DropboxTemplate, FileKind,
@@ -45,7 +46,10 @@ const NOTICE_PAUSE: Duration = Duration::from_millis(100);
 const REMEMBERED: Duration = Duration::from_secs(30 * 24 * 3600);
 
 pub struct Dropbox {
+    /// The local folders (unused when `s3` is set).
     dir: PathBuf,
+    /// The folders in S3 instead.
+    s3: Option<S3Folders>,
     templates: BTreeMap<String, DropboxTemplate>,
     control: Control,
     identity: Arc<Identity>,
@@ -94,9 +98,16 @@ pub fn register_metrics(registry: &mut prometheus_client::registry::Registry) ->
 type Seen = (PathBuf, bool);
 
 impl Dropbox {
-    pub fn new(config: &DropboxConfig, control: Control, identity: Arc<Identity>) -> Self {
+    /// The drop box in directory `dir`.
+    pub fn new(
+        config: &DropboxConfig,
+        dir: PathBuf,
+        control: Control,
+        identity: Arc<Identity>,
+    ) -> Self {
         Self {
-            dir: config.dir.clone(),
+            dir,
+            s3: None,
             templates: config.templates.clone(),
             control,
             identity,
@@ -109,6 +120,23 @@ impl Dropbox {
             watch: config.watch,
             closed: HashMap::new(),
             scan_seconds: None,
+        }
+    }
+
+    /// The drop box in S3 instead (no watch: the scans alone).
+    pub fn in_s3(mut self, folders: S3Folders) -> Self {
+        self.dir = PathBuf::from(folders.url());
+        self.s3 = Some(folders);
+        self.watch = false;
+        self
+    }
+
+    /// What a trigger's record is keyed by: `ACCOUNT/NAME`, and `s3:`
+    /// before it for one in S3 (a drop box may be both).
+    fn key(&self, account: &str, name: &str) -> String {
+        match self.s3 {
+            Some(_) => format!("s3:{account}/{name}"),
+            None => format!("{account}/{name}"),
         }
     }
 
@@ -195,8 +223,10 @@ impl Dropbox {
     /// the watch sees a trigger written.
     pub async fn run(mut self) {
         let interval = self.interval;
-        if let Err(e) = blocking(|| std::fs::create_dir_all(&self.dir)) {
-            tracing::warn!(dir = %self.dir.display(), error = %e, "cannot make the drop box");
+        if self.s3.is_none() {
+            if let Err(e) = blocking(|| std::fs::create_dir_all(&self.dir)) {
+                tracing::warn!(dir = %self.dir.display(), error = %e, "cannot make the drop box");
+            }
         }
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Seen>(4096);
         // Kept for as long as this runs: dropping it ends the watch.
@@ -298,7 +328,11 @@ impl Dropbox {
         };
         // The latest of each account's cluster says.
         let mut latest: BTreeMap<(String, String), String> = BTreeMap::new();
+        let s3 = self.s3.is_some();
         for t in handled {
+            if t.path.starts_with("s3:") != s3 {
+                continue;
+            }
             if t.outcome == "deployed" || t.outcome == "destroyed" {
                 latest.insert((t.account, t.cluster), t.outcome);
             }
@@ -312,6 +346,9 @@ impl Dropbox {
     }
 
     async fn scan(&mut self) -> std::io::Result<()> {
+        if let Some(folders) = self.s3.clone() {
+            return self.scan_s3(&folders).await.map_err(std::io::Error::other);
+        }
         // The folders are read off the runtime's workers (a share on the
         // network may be slow); the triggers are acted on after.
         let triggers = blocking(|| triggers_in(&self.dir))?;
@@ -388,7 +425,7 @@ impl Dropbox {
             return;
         };
         let file_name = path.file_name().unwrap_or_default().to_string_lossy();
-        let key = format!("{account}/{file_name}");
+        let key = self.key(account, &file_name);
         // A trigger is its content as of its last write: the same file seen
         // again (a restart before it was removed) is handled once; the same
         // words written again later are a new trigger.
@@ -447,74 +484,13 @@ impl Dropbox {
                 Err(refused) => (Err(refused), format!("swapped@{written}")),
             }
         };
-        let store = self.control.engine().store().clone();
-        let handled = match store.handled_trigger(&key, &digest).await {
-            Ok(Some(handled)) => handled,
-            Ok(None) => {
-                let Some(fence) = self.control.engine().fence() else {
-                    return;
-                };
-                let (cluster, outcome) = self.act(stem, kind, content, caller).await;
-                let handled = HandledTrigger {
-                    path: key.clone(),
-                    digest: digest.clone(),
-                    account: account.to_owned(),
-                    cluster,
-                    outcome: outcome
-                        .as_ref()
-                        .map_or_else(|r| r.code.clone(), |o| o.0.clone()),
-                    message: outcome.map_or_else(|r| r.message, |o| o.1),
-                    handled_at: self.control.engine().now(),
-                };
-                match store.note_trigger(&handled, fence).await {
-                    Ok(true) => handled,
-                    // Another server handled it first: what it did holds.
-                    Ok(false) => match store.handled_trigger(&key, &digest).await {
-                        Ok(Some(first)) => first,
-                        _ => return,
-                    },
-                    Err(e) => {
-                        tracing::warn!(trigger = %key, error = %e, "cannot note a drop-box trigger; trying again");
-                        return;
-                    }
-                }
-            }
-            Err(e) => {
-                tracing::warn!(trigger = %key, error = %e, "cannot read a drop-box trigger's record");
-                return;
-            }
+        let Some(handled) = self
+            .handle(account, &key, &digest, stem, kind, content, caller)
+            .await
+        else {
+            return;
         };
-        tracing::info!(trigger = %key, outcome = %handled.outcome, "handled a drop-box trigger");
-        let folder = path.parent().unwrap_or(&self.dir).to_owned();
-        match handled.outcome.as_str() {
-            "deployed" => {
-                if let Ok(cluster) = ClusterName::new(&handled.cluster) {
-                    remove(&folder, &handled.cluster, FileKind::Failed);
-                    remove(&folder, &handled.cluster, FileKind::Deleted);
-                    self.watched
-                        .insert(cluster, (handled.account.clone(), None));
-                }
-            }
-            "destroyed" => {
-                if let Ok(cluster) = ClusterName::new(&handled.cluster) {
-                    self.watched.remove(&cluster);
-                }
-                remove(&folder, &handled.cluster, FileKind::Created);
-                remove(&folder, &handled.cluster, FileKind::Failed);
-                write(
-                    &folder,
-                    &handled.cluster,
-                    FileKind::Deleted,
-                    &serde_json::json!({"cluster": handled.cluster, "state": "destroying", "message": handled.message}),
-                );
-            }
-            code => write(
-                &folder,
-                stem,
-                FileKind::Failed,
-                &serde_json::json!({"trigger": file_name, "code": code, "message": handled.message}),
-            ),
-        }
+        self.answer(account, stem, &file_name, &handled).await;
         // Removed unless written again meanwhile (that is a new trigger).
         let (unchanged, removed) = blocking(|| {
             let unchanged =
@@ -527,6 +503,211 @@ impl Dropbox {
             tracing::warn!(trigger = %key, "cannot remove a drop-box trigger handled; it is left alone until written again");
             self.stuck.insert(path.to_owned(), written);
         }
+    }
+
+    /// What came of the trigger keyed `key` with content `digest`: looked
+    /// up, or acted on and noted now; none if that could not be done (it
+    /// is tried again at the next scan).
+    #[allow(clippy::too_many_arguments)]
+    async fn handle(
+        &self,
+        account: &str,
+        key: &str,
+        digest: &str,
+        stem: &str,
+        kind: FileKind,
+        content: Result<Vec<u8>, Refusal>,
+        caller: Result<Caller, Refusal>,
+    ) -> Option<HandledTrigger> {
+        let store = self.control.engine().store().clone();
+        let handled = match store.handled_trigger(key, digest).await {
+            Ok(Some(handled)) => handled,
+            Ok(None) => {
+                let fence = self.control.engine().fence()?;
+                let (cluster, outcome) = self.act(stem, kind, content, caller).await;
+                let handled = HandledTrigger {
+                    path: key.to_owned(),
+                    digest: digest.to_owned(),
+                    account: account.to_owned(),
+                    cluster,
+                    outcome: outcome
+                        .as_ref()
+                        .map_or_else(|r| r.code.clone(), |o| o.0.clone()),
+                    message: outcome.map_or_else(|r| r.message, |o| o.1),
+                    handled_at: self.control.engine().now(),
+                };
+                match store.note_trigger(&handled, fence).await {
+                    Ok(true) => handled,
+                    // Another server handled it first: what it did holds.
+                    Ok(false) => store.handled_trigger(key, digest).await.ok()??,
+                    Err(e) => {
+                        tracing::warn!(trigger = %key, error = %e, "cannot note a drop-box trigger; trying again");
+                        return None;
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(trigger = %key, error = %e, "cannot read a drop-box trigger's record");
+                return None;
+            }
+        };
+        tracing::info!(trigger = %key, outcome = %handled.outcome, "handled a drop-box trigger");
+        Some(handled)
+    }
+
+    /// Writes what came of a trigger beside it, and watches the cluster it
+    /// deployed.
+    async fn answer(
+        &mut self,
+        account: &str,
+        stem: &str,
+        file_name: &str,
+        handled: &HandledTrigger,
+    ) {
+        match handled.outcome.as_str() {
+            "deployed" => {
+                if let Ok(cluster) = ClusterName::new(&handled.cluster) {
+                    self.remove_status(account, &handled.cluster, FileKind::Failed)
+                        .await;
+                    self.remove_status(account, &handled.cluster, FileKind::Deleted)
+                        .await;
+                    self.watched
+                        .insert(cluster, (handled.account.clone(), None));
+                }
+            }
+            "destroyed" => {
+                if let Ok(cluster) = ClusterName::new(&handled.cluster) {
+                    self.watched.remove(&cluster);
+                }
+                self.remove_status(account, &handled.cluster, FileKind::Created)
+                    .await;
+                self.remove_status(account, &handled.cluster, FileKind::Failed)
+                    .await;
+                self.write_status(
+                    account,
+                    &handled.cluster,
+                    FileKind::Deleted,
+                    &serde_json::json!({"cluster": handled.cluster, "state": "destroying", "message": handled.message}),
+                )
+                .await;
+            }
+            code => {
+                self.write_status(
+                    account,
+                    stem,
+                    FileKind::Failed,
+                    &serde_json::json!({"trigger": file_name, "code": code, "message": handled.message}),
+                )
+                .await;
+            }
+        }
+    }
+
+    /// Writes status file `STEM.KIND` (JSON) in `account`'s folder; false
+    /// if it could not be.
+    async fn write_status(
+        &self,
+        account: &str,
+        stem: &str,
+        kind: FileKind,
+        value: &serde_json::Value,
+    ) -> bool {
+        let text = serde_json::to_string_pretty(value).expect("json");
+        self.write_status_text(account, stem, kind, &text).await
+    }
+
+    async fn write_status_text(
+        &self,
+        account: &str,
+        stem: &str,
+        kind: FileKind,
+        text: &str,
+    ) -> bool {
+        match &self.s3 {
+            None => write_text(&self.dir.join(account), stem, kind, text),
+            Some(folders) => {
+                let name = format!("{account}/{stem}{}", kind.suffix());
+                match folders.put(&name, format!("{text}\n")).await {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot write a drop-box status file");
+                        false
+                    }
+                }
+            }
+        }
+    }
+
+    async fn remove_status(&self, account: &str, stem: &str, kind: FileKind) {
+        match &self.s3 {
+            None => remove(&self.dir.join(account), stem, kind),
+            Some(folders) => {
+                let name = format!("{account}/{stem}{}", kind.suffix());
+                if let Err(e) = folders.delete(&name).await {
+                    tracing::warn!(error = %e, "cannot remove a drop-box status file");
+                }
+            }
+        }
+    }
+
+    /// One pass over the drop box in S3: every trigger object under the
+    /// prefix, read as the version listed (objects are whole once put, so
+    /// none is read half written), handled once by its key and ETag, then
+    /// deleted.
+    async fn scan_s3(&mut self, folders: &S3Folders) -> Result<(), String> {
+        let listed = folders.list().await?;
+        let mut callers: HashMap<String, Result<Caller, Refusal>> = HashMap::new();
+        for object in listed {
+            let Some((account, name)) = object.name.split_once('/') else {
+                continue;
+            };
+            if name.contains('/') {
+                continue;
+            }
+            let Some((stem, kind)) = FileKind::of(name).filter(|(_, k)| k.is_trigger()) else {
+                continue;
+            };
+            let (account, name, stem) = (account.to_owned(), name.to_owned(), stem.to_owned());
+            if !callers.contains_key(&account) {
+                let caller = self.caller_of(&account).await;
+                callers.insert(account.clone(), caller);
+            }
+            let caller = callers[&account].clone();
+            let key = self.key(&account, &name);
+            // Its content (the ETag) as of when it was put: the same words
+            // put again later are a new trigger.
+            let digest = format!("etag {}@{}", object.etag, object.modified);
+            let content = if u64::try_from(object.size).unwrap_or(u64::MAX) > MAX_TRIGGER_BYTES {
+                Err(Refusal::new(
+                    "trigger_too_large",
+                    format!(
+                        "{} bytes; a trigger holds at most {MAX_TRIGGER_BYTES}",
+                        object.size
+                    ),
+                ))
+            } else {
+                match folders.get(&object.name, &object.etag).await {
+                    Ok(Some(bytes)) => Ok(bytes),
+                    // Changed or gone since the listing: the next scan.
+                    Ok(None) => continue,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot read a drop-box trigger");
+                        continue;
+                    }
+                }
+            };
+            let Some(handled) = self
+                .handle(&account, &key, &digest, &stem, kind, content, caller)
+                .await
+            else {
+                continue;
+            };
+            self.answer(&account, &stem, &name, &handled).await;
+            if let Err(e) = folders.delete(&object.name).await {
+                tracing::warn!(error = %e, "cannot remove a drop-box trigger handled");
+            }
+        }
+        Ok(())
     }
 
     /// Does what a trigger asks: the cluster it names, and `deployed` or
@@ -596,7 +777,6 @@ impl Dropbox {
                 let caller = self.caller_of(&account).await.ok();
                 callers.insert(account.clone(), caller);
             }
-            let folder = self.dir.join(&account);
             let view = match &callers[&account] {
                 Some(caller) => self.control.status(caller, &cluster).ok(),
                 None => None,
@@ -619,7 +799,9 @@ impl Dropbox {
                     });
                     let text = serde_json::to_string_pretty(&status).expect("json");
                     let said = if said.as_deref() != Some(text.as_str())
-                        && write_text(&folder, cluster.as_str(), FileKind::Created, &text)
+                        && self
+                            .write_status_text(&account, cluster.as_str(), FileKind::Created, &text)
+                            .await
                     {
                         Some(text)
                     } else {
@@ -631,13 +813,15 @@ impl Dropbox {
                     self.watched.insert(cluster, (account, said));
                 }
                 _ => {
-                    remove(&folder, cluster.as_str(), FileKind::Created);
-                    write(
-                        &folder,
+                    self.remove_status(&account, cluster.as_str(), FileKind::Created)
+                        .await;
+                    self.write_status(
+                        &account,
                         cluster.as_str(),
                         FileKind::Deleted,
                         &serde_json::json!({"cluster": cluster.as_str(), "state": "gone"}),
-                    );
+                    )
+                    .await;
                 }
             }
         }
@@ -743,11 +927,6 @@ fn parse(content: &[u8]) -> Result<Option<serde_json::Value>, Refusal> {
 fn refusal(e: flotilla_engine::EngineError) -> Refusal {
     let e = flotilla_api::ApiError::from(e);
     Refusal::new(e.code, e.message)
-}
-
-fn write(folder: &Path, stem: &str, kind: FileKind, value: &serde_json::Value) {
-    let text = serde_json::to_string_pretty(value).expect("json");
-    write_text(folder, stem, kind, &text);
 }
 
 /// Writes a status file whole (a temporary file renamed over it); false

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::os::fd::AsRawFd;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -421,13 +421,28 @@ pub async fn run(config: Config, admin_password: Option<String>) -> anyhow::Resu
     )
     .map_err(|e| anyhow::anyhow!("notifications: {e}"))?;
     let notifier = tokio::spawn(notifier.run());
-    let dropbox = config.dropbox.as_ref().map(|d| {
-        tracing::info!(dir = %d.dir.display(), "reading the drop box");
+    let mut dropboxes = Vec::new();
+    if let Some(d) = &config.dropbox {
         let scan_seconds = crate::dropbox::register_metrics(&mut registry);
-        let scanner = crate::dropbox::Dropbox::new(d, control.clone(), identity.clone())
-            .with_metrics(scan_seconds);
-        tokio::spawn(scanner.run())
-    });
+        if let Some(dir) = &d.dir {
+            tracing::info!(dir = %dir.display(), "reading the drop box");
+            let scanner =
+                crate::dropbox::Dropbox::new(d, dir.clone(), control.clone(), identity.clone())
+                    .with_metrics(scan_seconds.clone());
+            dropboxes.push(tokio::spawn(scanner.run()));
+        }
+        if let Some(s3) = &d.s3 {
+            let folders = flotilla_artifacts_s3::S3Folders::open(s3)
+                .await
+                .map_err(|e| anyhow::anyhow!("dropbox.s3: {e}"))?;
+            tracing::info!(url = %folders.url(), "reading the drop box in S3");
+            let scanner =
+                crate::dropbox::Dropbox::new(d, PathBuf::new(), control.clone(), identity.clone())
+                    .in_s3(folders)
+                    .with_metrics(scan_seconds);
+            dropboxes.push(tokio::spawn(scanner.run()));
+        }
+    }
     let app = flotilla_api::router(AppState {
         control,
         engine: engine.clone(),
@@ -438,7 +453,7 @@ pub async fn run(config: Config, admin_password: Option<String>) -> anyhow::Resu
     crate::http::serve(listener, app, http, shutdown_signal()).await;
     housekeeping.abort();
     revocations.abort();
-    if let Some(dropbox) = dropbox {
+    for dropbox in dropboxes {
         dropbox.abort();
     }
     notifier.abort();

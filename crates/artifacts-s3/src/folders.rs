@@ -1,0 +1,152 @@
+//! A drop box in S3 (issue 14): one folder per account under a prefix
+//! (`PREFIX/USERNAME/NAME.cf-create`), read by listing, each object read
+//! only as the version listed (its ETag), status objects put beside it.
+
+use aws_sdk_s3::error::DisplayErrorContext;
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::Client;
+
+use crate::{client, parse_url, S3Settings};
+
+/// One object under the prefix, as listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    /// Its key after the prefix: `USERNAME/NAME`.
+    pub name: String,
+    pub size: i64,
+    /// Changes whenever its content does.
+    pub etag: String,
+    /// When it was last put (`SECONDS.NANOS`): the same content put again
+    /// later is another version.
+    pub modified: String,
+}
+
+/// The objects of one bucket under one prefix.
+#[derive(Clone)]
+pub struct S3Folders {
+    client: Client,
+    bucket: String,
+    prefix: String,
+}
+
+impl S3Folders {
+    pub async fn open(settings: &S3Settings) -> Result<Self, String> {
+        let (bucket, prefix) = parse_url(&settings.url)?;
+        Ok(Self {
+            client: client(settings).await,
+            bucket,
+            prefix,
+        })
+    }
+
+    /// `s3://BUCKET/PREFIX/`.
+    pub fn url(&self) -> String {
+        format!("s3://{}/{}", self.bucket, self.prefix)
+    }
+
+    /// Every object under the prefix.
+    pub async fn list(&self) -> Result<Vec<Listed>, String> {
+        let mut found = Vec::new();
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(&self.prefix)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page
+                .map_err(|e| format!("cannot list {}: {}", self.url(), DisplayErrorContext(&e)))?;
+            for o in page.contents() {
+                let (Some(key), Some(etag)) = (o.key(), o.e_tag()) else {
+                    continue;
+                };
+                if let Some(name) = key.strip_prefix(&self.prefix) {
+                    found.push(Listed {
+                        name: name.to_owned(),
+                        size: o.size().unwrap_or_default(),
+                        etag: etag.to_owned(),
+                        modified: o
+                            .last_modified()
+                            .map(|t| format!("{}.{:09}", t.secs(), t.subsec_nanos()))
+                            .unwrap_or_default(),
+                    });
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// The content of `name` if it is still the version `etag`; none if it
+    /// changed or went since it was listed.
+    pub async fn get(&self, name: &str, etag: &str) -> Result<Option<Vec<u8>>, String> {
+        let got = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(format!("{}{name}", self.prefix))
+            .if_match(etag)
+            .send()
+            .await;
+        match got {
+            Ok(object) => {
+                let bytes = object
+                    .body
+                    .collect()
+                    .await
+                    .map_err(|e| format!("cannot read {}{name}: {e}", self.url()))?;
+                Ok(Some(bytes.into_bytes().to_vec()))
+            }
+            Err(e) => {
+                let status = e.raw_response().map(|r| r.status().as_u16());
+                if matches!(status, Some(404 | 412)) {
+                    Ok(None)
+                } else {
+                    Err(format!(
+                        "cannot read {}{name}: {}",
+                        self.url(),
+                        DisplayErrorContext(&e)
+                    ))
+                }
+            }
+        }
+    }
+
+    /// Puts `text` at `name`, whole.
+    pub async fn put(&self, name: &str, text: String) -> Result<(), String> {
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(format!("{}{name}", self.prefix))
+            .content_type("application/json")
+            .body(ByteStream::from(text.into_bytes()))
+            .send()
+            .await
+            .map_err(|e| {
+                format!(
+                    "cannot write {}{name}: {}",
+                    self.url(),
+                    DisplayErrorContext(&e)
+                )
+            })?;
+        Ok(())
+    }
+
+    /// Deletes `name` (nothing if it is not there).
+    pub async fn delete(&self, name: &str) -> Result<(), String> {
+        self.client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(format!("{}{name}", self.prefix))
+            .send()
+            .await
+            .map_err(|e| {
+                format!(
+                    "cannot delete {}{name}: {}",
+                    self.url(),
+                    DisplayErrorContext(&e)
+                )
+            })?;
+        Ok(())
+    }
+}
