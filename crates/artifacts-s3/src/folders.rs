@@ -16,8 +16,8 @@ pub struct Listed {
     pub size: i64,
     /// Changes whenever its content does.
     pub etag: String,
-    /// When it was last put (`SECONDS.NANOS`): the same content put again
-    /// later is another version.
+    /// When it was last put (seconds since the epoch): the same content
+    /// put again in a later second is another version.
     pub modified: String,
 }
 
@@ -66,10 +66,7 @@ impl S3Folders {
                         name: name.to_owned(),
                         size: o.size().unwrap_or_default(),
                         etag: etag.to_owned(),
-                        modified: o
-                            .last_modified()
-                            .map(|t| format!("{}.{:09}", t.secs(), t.subsec_nanos()))
-                            .unwrap_or_default(),
+                        modified: o.last_modified().map(modified_text).unwrap_or_default(),
                     });
                 }
             }
@@ -132,6 +129,45 @@ impl S3Folders {
         Ok(())
     }
 
+    /// Deletes `name` if it is still the version listed (`etag`, put at
+    /// `modified`): one put again since is left (S3 has no conditional
+    /// delete, so this narrows the window to between a HEAD and the
+    /// DELETE). True if deleted.
+    pub async fn delete_version(
+        &self,
+        name: &str,
+        etag: &str,
+        modified: &str,
+    ) -> Result<bool, String> {
+        let head = self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(format!("{}{name}", self.prefix))
+            .if_match(etag)
+            .send()
+            .await;
+        let head = match head {
+            Ok(head) => head,
+            Err(e) => {
+                let status = e.raw_response().map(|r| r.status().as_u16());
+                return if matches!(status, Some(404 | 412)) {
+                    Ok(false)
+                } else {
+                    Err(format!(
+                        "cannot look at {}{name}: {}",
+                        self.url(),
+                        DisplayErrorContext(&e)
+                    ))
+                };
+            }
+        };
+        if head.last_modified().map(modified_text).unwrap_or_default() != modified {
+            return Ok(false);
+        }
+        self.delete(name).await.map(|()| true)
+    }
+
     /// Deletes `name` (nothing if it is not there).
     pub async fn delete(&self, name: &str) -> Result<(), String> {
         self.client
@@ -149,4 +185,10 @@ impl S3Folders {
             })?;
         Ok(())
     }
+}
+
+/// An object's time of putting, to the second: a listing gives it to the
+/// millisecond and a HEAD to the second, so only seconds compare.
+fn modified_text(t: &aws_sdk_s3::primitives::DateTime) -> String {
+    t.secs().to_string()
 }

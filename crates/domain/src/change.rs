@@ -245,6 +245,7 @@ impl ChangeKind {
                 OrgEventKind::Stopped => "org.stopped",
                 OrgEventKind::BudgetExhausted => "org.budget_exhausted",
                 OrgEventKind::BudgetRestored => "org.budget_restored",
+                OrgEventKind::BudgetLow => "org.budget_low",
                 OrgEventKind::CapacityRequested => "org.capacity_requested",
                 OrgEventKind::CapacityWithdrawn => "org.capacity_withdrawn",
                 OrgEventKind::Credited => "org.credited",

@@ -197,6 +197,9 @@ pub enum OrgEventKind {
     Stopped,
     BudgetExhausted,
     BudgetRestored,
+    /// The balance fell to what the cluster's running nodes spend in the
+    /// budget's `min_runway` before the shutdown threshold: a warning.
+    BudgetLow,
     /// A member asked for capacity.
     CapacityRequested,
     /// A member withdrew their capacity requests.
@@ -206,7 +209,7 @@ pub enum OrgEventKind {
 }
 
 impl OrgEventKind {
-    pub const ALL: [OrgEventKind; 14] = [
+    pub const ALL: [OrgEventKind; 15] = [
         OrgEventKind::Created,
         OrgEventKind::MembershipRequested,
         OrgEventKind::MemberAdded,
@@ -218,6 +221,7 @@ impl OrgEventKind {
         OrgEventKind::Stopped,
         OrgEventKind::BudgetExhausted,
         OrgEventKind::BudgetRestored,
+        OrgEventKind::BudgetLow,
         OrgEventKind::CapacityRequested,
         OrgEventKind::CapacityWithdrawn,
         OrgEventKind::Credited,
@@ -236,6 +240,7 @@ impl OrgEventKind {
             OrgEventKind::Stopped => "stopped",
             OrgEventKind::BudgetExhausted => "budget_exhausted",
             OrgEventKind::BudgetRestored => "budget_restored",
+            OrgEventKind::BudgetLow => "budget_low",
             OrgEventKind::CapacityRequested => "capacity_requested",
             OrgEventKind::CapacityWithdrawn => "capacity_withdrawn",
             OrgEventKind::Credited => "credited",
@@ -1062,11 +1067,47 @@ impl Organisation {
                     reason: format!("monthly allowance for {y}-{m:02}"),
                     actor: None,
                 });
+                effects.events.push(OrgEvent {
+                    at: now,
+                    kind: OrgEventKind::Credited,
+                    message: format!(
+                        "monthly allowance for {y}-{m:02} credited: {}; balance {}",
+                        credit.dollars(),
+                        self.budget.balance.dollars()
+                    ),
+                });
             }
         }
         let charges = charges(self, meters, now);
         let spent: Money = charges.iter().map(|c| c.amount).sum();
+        let before = self.budget.balance;
         self.budget.balance -= spent;
+        // A warning once, as the balance crosses what the running nodes
+        // spend in the runway, above the shutdown threshold.
+        let per_hour: Money = meters
+            .iter()
+            .filter(|m| m.end.is_none())
+            .map(|m| m.price_per_hour)
+            .sum();
+        let runway_ms = i64::try_from(self.budget.min_runway.as_millis()).unwrap_or(i64::MAX);
+        let line = self.budget.shutdown_threshold + crate::projected_cost(per_hour, 1, runway_ms);
+        if spent > Money::ZERO
+            && before > line
+            && self.budget.balance <= line
+            && !self.is_exhausted()
+        {
+            effects.events.push(OrgEvent {
+                at: now,
+                kind: OrgEventKind::BudgetLow,
+                message: format!(
+                    "balance {} pays for less than {} of the running nodes ({}/h) before the shutdown threshold {}: ask an admin for credit, or ask for less capacity",
+                    self.budget.balance.dollars(),
+                    humantime::format_duration(self.budget.min_runway),
+                    per_hour.dollars(),
+                    self.budget.shutdown_threshold.dollars()
+                ),
+            });
+        }
         if self.accrued_until.is_none_or(|s| now > s) {
             self.accrued_until = Some(now);
         }
@@ -1910,9 +1951,21 @@ mod tests {
             .unwrap();
         o.credit(&admin(), m("-90"), "correction", at(0)).unwrap();
         let mut running = meters(&[at(0); 10]);
-        // $10 at $1/h: above the $0.50 threshold until 9.5 h.
+        // $10 at $1/h: above the $0.50 threshold until 9.5 h, and above
+        // what 8 h (the runway) of it costs over that until 1.5 h.
+        let a = o.accrue(&mut running, at(3600));
+        assert!(a.effects.events.is_empty(), "{:?}", a.effects.events);
+        let a = o.accrue(&mut running, at(2 * 3600));
+        let kinds: Vec<OrgEventKind> = a.effects.events.iter().map(|e| e.kind).collect();
+        assert_eq!(kinds, [OrgEventKind::BudgetLow], "a warning as it crosses");
+        assert!(
+            a.effects.events[0].message.contains("less than 8h"),
+            "{}",
+            a.effects.events[0].message
+        );
         let a = o.accrue(&mut running, at(9 * 3600));
         assert_eq!(a.effects.cluster, None);
+        assert!(a.effects.events.is_empty(), "once: {:?}", a.effects.events);
         let a = o.accrue(&mut running, at(9 * 3600 + 1800));
         assert_eq!(a.effects.cluster, Some(ClusterTarget::Destroyed));
         assert_eq!(a.effects.events[0].kind, OrgEventKind::BudgetExhausted);
@@ -2009,6 +2062,16 @@ mod tests {
         assert_eq!(a.effects.ledger[0].amount, m("20"));
         assert_eq!(a.effects.ledger[0].kind, LedgerKind::Allowance);
         assert_eq!(o.budget.balance, m("120"));
+        // Its owners hear of it.
+        assert_eq!(a.effects.events.len(), 1);
+        assert_eq!(a.effects.events[0].kind, OrgEventKind::Credited);
+        assert!(
+            a.effects.events[0]
+                .message
+                .contains("monthly allowance for 2027-02 credited: $20.00"),
+            "{}",
+            a.effects.events[0].message
+        );
         assert!(o
             .accrue(&mut [], feb + chrono::Duration::hours(1))
             .effects

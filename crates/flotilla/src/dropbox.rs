@@ -703,7 +703,11 @@ impl Dropbox {
                 continue;
             };
             self.answer(&account, &stem, &name, &handled).await;
-            if let Err(e) = folders.delete(&object.name).await {
+            // Deleted unless put again meanwhile (that is a new trigger).
+            if let Err(e) = folders
+                .delete_version(&object.name, &object.etag, &object.modified)
+                .await
+            {
                 tracing::warn!(error = %e, "cannot remove a drop-box trigger handled");
             }
         }
