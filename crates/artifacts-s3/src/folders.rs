@@ -130,9 +130,10 @@ impl S3Folders {
     }
 
     /// Deletes `name` if it is still the version listed (`etag`, put at
-    /// `modified`): one put again since is left (S3 has no conditional
-    /// delete, so this narrows the window to between a HEAD and the
-    /// DELETE). True if deleted.
+    /// `modified`): one put again since is left. The DELETE itself is not
+    /// conditional (not every S3-compatible store takes `If-Match` on a
+    /// DELETE), so this narrows the window to between a HEAD and the
+    /// DELETE. True if deleted.
     pub async fn delete_version(
         &self,
         name: &str,

@@ -1082,15 +1082,22 @@ impl Organisation {
         let spent: Money = charges.iter().map(|c| c.amount).sum();
         let before = self.budget.balance;
         self.budget.balance -= spent;
-        // A warning once, as the balance crosses what the running nodes
-        // spend in the runway, above the shutdown threshold.
+        // A warning as charging takes the balance below what the running
+        // nodes spend in the runway, above the shutdown threshold (with no
+        // stored state: a balance already below it when capacity grows
+        // gets none).
         let per_hour: Money = meters
             .iter()
             .filter(|m| m.end.is_none())
             .map(|m| m.price_per_hour)
             .sum();
         let runway_ms = i64::try_from(self.budget.min_runway.as_millis()).unwrap_or(i64::MAX);
-        let line = self.budget.shutdown_threshold + crate::projected_cost(per_hour, 1, runway_ms);
+        let line = Money::from_micros(
+            self.budget
+                .shutdown_threshold
+                .micros()
+                .saturating_add(crate::projected_cost(per_hour, 1, runway_ms).micros()),
+        );
         if spent > Money::ZERO
             && before > line
             && self.budget.balance <= line

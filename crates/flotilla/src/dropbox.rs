@@ -63,6 +63,9 @@ pub struct Dropbox {
     /// Triggers handled that could not be removed, with their time of
     /// writing: left alone until written again.
     stuck: HashMap<PathBuf, u128>,
+    /// The same for S3: by key, the version (ETag, time of putting) that
+    /// could not be deleted.
+    stuck_s3: HashMap<String, (String, String)>,
     /// The clusters made through the drop box whose `.cf-created` is kept,
     /// with the account whose folder it is in and what it says now.
     watched: BTreeMap<ClusterName, (String, Option<String>)>,
@@ -115,6 +118,7 @@ impl Dropbox {
             interval: config.scan_interval,
             unreadable: false,
             stuck: HashMap::new(),
+            stuck_s3: HashMap::new(),
             watched: BTreeMap::new(),
             recalled: false,
             watch: config.watch,
@@ -326,19 +330,21 @@ impl Dropbox {
                 return false;
             }
         };
-        // The latest of each account's cluster says.
-        let mut latest: BTreeMap<(String, String), String> = BTreeMap::new();
+        // The latest of each account's cluster says, whichever place (a
+        // drop box may be a directory and S3) it came from; this place
+        // watches it if its latest was a deploy here.
+        let mut latest: BTreeMap<(String, String), (String, bool)> = BTreeMap::new();
         let s3 = self.s3.is_some();
         for t in handled {
-            if t.path.starts_with("s3:") != s3 {
-                continue;
-            }
             if t.outcome == "deployed" || t.outcome == "destroyed" {
-                latest.insert((t.account, t.cluster), t.outcome);
+                let here = t.path.starts_with("s3:") == s3;
+                latest.insert((t.account, t.cluster), (t.outcome, here));
             }
         }
-        for ((account, cluster), outcome) in latest {
-            if let (Ok(name), "deployed") = (ClusterName::new(&cluster), outcome.as_str()) {
+        for ((account, cluster), (outcome, here)) in latest {
+            if let (Ok(name), "deployed", true) =
+                (ClusterName::new(&cluster), outcome.as_str(), here)
+            {
                 self.watched.entry(name).or_insert((account, None));
             }
         }
@@ -656,6 +662,8 @@ impl Dropbox {
     /// deleted.
     async fn scan_s3(&mut self, folders: &S3Folders) -> Result<(), String> {
         let listed = folders.list().await?;
+        self.stuck_s3
+            .retain(|name, _| listed.iter().any(|o| &o.name == name));
         let mut callers: HashMap<String, Result<Caller, Refusal>> = HashMap::new();
         for object in listed {
             let Some((account, name)) = object.name.split_once('/') else {
@@ -667,6 +675,15 @@ impl Dropbox {
             let Some((stem, kind)) = FileKind::of(name).filter(|(_, k)| k.is_trigger()) else {
                 continue;
             };
+            // Only an account's folder: a key like `PREFIX/../x` or
+            // `PREFIX//x` is no one's, and is left alone.
+            if flotilla_domain::Username::new(account).is_err() {
+                continue;
+            }
+            let version = (object.etag.clone(), object.modified.clone());
+            if self.stuck_s3.get(&object.name) == Some(&version) {
+                continue;
+            }
             let (account, name, stem) = (account.to_owned(), name.to_owned(), stem.to_owned());
             if !callers.contains_key(&account) {
                 let caller = self.caller_of(&account).await;
@@ -703,12 +720,14 @@ impl Dropbox {
                 continue;
             };
             self.answer(&account, &stem, &name, &handled).await;
-            // Deleted unless put again meanwhile (that is a new trigger).
+            // Deleted unless put again meanwhile (that is a new trigger); one
+            // that cannot be is left alone until put again.
             if let Err(e) = folders
                 .delete_version(&object.name, &object.etag, &object.modified)
                 .await
             {
-                tracing::warn!(error = %e, "cannot remove a drop-box trigger handled");
+                tracing::warn!(trigger = %key, error = %e, "cannot delete a drop-box trigger handled; it is left alone until put again (the server needs s3:DeleteObject there)");
+                self.stuck_s3.insert(object.name.clone(), version);
             }
         }
         Ok(())
