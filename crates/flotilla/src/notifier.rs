@@ -35,6 +35,8 @@ const PAGE: usize = 500;
 const BATCH: usize = 200;
 /// Sends at once.
 const PARALLEL: usize = 8;
+/// How often the cursor is stored when the changes read queue nothing.
+const CURSOR_SAVE: Duration = Duration::from_secs(10);
 /// The most events in one digest.
 const MAX_DIGEST: usize = 100;
 
@@ -54,6 +56,10 @@ pub struct Notifier {
     mailed: HashMap<i64, DateTime<Utc>>,
     /// Whether `recent` was read from the store this term.
     seeded: bool,
+    /// How far this term has read the feed; none: read the stored cursor.
+    cursor: Option<i64>,
+    /// When the cursor was last stored.
+    cursor_saved: Option<tokio::time::Instant>,
 }
 
 impl Notifier {
@@ -77,6 +83,8 @@ impl Notifier {
             recent: HashMap::new(),
             mailed: HashMap::new(),
             seeded: false,
+            cursor: None,
+            cursor_saved: None,
         })
     }
 
@@ -90,6 +98,8 @@ impl Notifier {
             if let Some(fence) = self.control.engine().fence() {
                 if let Err(e) = self.pass(fence).await {
                     tracing::warn!(error = %e, "notifications: a pass failed");
+                    // Read where the store says, next time.
+                    self.cursor = None;
                 }
                 if last_forget.is_none_or(|t| t.elapsed() > Duration::from_secs(3600)) {
                     let before = self.now()
@@ -110,6 +120,7 @@ impl Notifier {
             } else {
                 self.seeded = false;
                 self.recent.clear();
+                self.cursor = None;
             }
             tokio::select! {
                 _ = notices.changed() => {}
@@ -132,8 +143,9 @@ impl Notifier {
             self.seeded = true;
         }
         // Queue what the feed says, page by page, until caught up.
-        loop {
-            let cursor = match store.notify_cursor().await? {
+        let mut cursor = match self.cursor {
+            Some(c) => c,
+            None => match store.notify_cursor().await? {
                 Some(c) => c,
                 None => {
                     // The first run: from now on, not the feed's past.
@@ -141,7 +153,9 @@ impl Notifier {
                     store.queue_deliveries(last, &[], self.now(), fence).await?;
                     last
                 }
-            };
+            },
+        };
+        loop {
             let changes = store.changes(cursor, PAGE, None).await?;
             let Some(upto) = changes.last().map(|c| c.seq) else {
                 break;
@@ -149,18 +163,30 @@ impl Notifier {
             let subscriptions = store.subscriptions(None).await?;
             // What is noted as queued counts only once it is.
             let before = self.recent.clone();
-            let queued = match self.deliveries_of(&changes, &subscriptions).await {
-                Ok(deliveries) => {
-                    store
-                        .queue_deliveries(upto, &deliveries, self.now(), fence)
-                        .await
+            let deliveries = match self.deliveries_of(&changes, &subscriptions).await {
+                Ok(deliveries) => deliveries,
+                Err(e) => {
+                    self.recent = before;
+                    return Err(e);
                 }
-                Err(e) => Err(e),
             };
-            let queued = queued.inspect_err(|_| self.recent = before)?;
-            if queued > 0 {
-                tracing::debug!(queued, upto, "notifications queued");
+            // Changes for nobody move the stored cursor now and then, not
+            // with a write each: read again after a crash, they queue
+            // nothing (a subscription hears only of what follows it).
+            let save = !deliveries.is_empty()
+                || self.cursor_saved.is_none_or(|t| t.elapsed() >= CURSOR_SAVE);
+            if save {
+                let queued = store
+                    .queue_deliveries(upto, &deliveries, self.now(), fence)
+                    .await
+                    .inspect_err(|_| self.recent = before)?;
+                self.cursor_saved = Some(tokio::time::Instant::now());
+                if queued > 0 {
+                    tracing::debug!(queued, upto, "notifications queued");
+                }
             }
+            cursor = upto;
+            self.cursor = Some(upto);
             if changes.len() < PAGE {
                 break;
             }
