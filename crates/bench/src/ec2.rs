@@ -560,7 +560,7 @@ async fn bench(args: Ec2Args) -> Result<()> {
             .reconciles_before
             .context("a listing began before the engine's metrics were attached")?;
         let end = poll_until(limit, "a resync pass to finish", || {
-            (b.counters().reconciles >= reconciles_before + clusters).then(Instant::now)
+            (b.engine.reconciles() >= reconciles_before + clusters).then(Instant::now)
         })
         .await?;
         poll_until(limit, "the listing to finish", || finished(first + k)).await?;

@@ -68,6 +68,10 @@ use metrics::EngineCounters;
 use report::{fmt_duration, fmt_kib, max, percentile, Report, Verdict};
 use tap::{CountingStore, StoreCounts, Tap};
 
+/// The server's allocator, so that what is measured is what runs.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The driver (and instance set) name the engine is given.
 pub(crate) const DRIVER: &str = "fake";
 /// Time-to-live of every deployed cluster: far beyond the run, so no
@@ -426,7 +430,7 @@ pub(crate) async fn start_engine(
     )
     .await?;
     let registry = Arc::new(registry);
-    tap.attach(registry.clone());
+    tap.attach(engine.clone());
     Ok((engine, tasks, registry))
 }
 
@@ -614,7 +618,7 @@ async fn steady_state(b: &Bench, args: &Args) -> Result<Steady> {
             .reconciles_before
             .context("a listing began before the engine's metrics were attached")?;
         let end = poll_until(limit, "a resync pass to finish", || {
-            (b.counters().reconciles >= before + clusters).then(Instant::now)
+            (b.engine.reconciles() >= before + clusters).then(Instant::now)
         })
         .await?;
         // Read again: the copy above was taken while the listing ran.
@@ -622,7 +626,7 @@ async fn steady_state(b: &Bench, args: &Args) -> Result<Steady> {
         passes.push(end - listing.started);
         listings.push(finished - listing.started);
         probes.push(b.tap.probes() - listing.probes_before);
-        store_reads.push(b.store.list_time_after(listing.started).unwrap_or_default());
+        store_reads.push(b.store.list_time_near(listing.started).unwrap_or_default());
     }
     let after = poll_until(limit, "the listing after the last pass", || {
         lists().get(first + args.passes).cloned()

@@ -20,15 +20,13 @@ use flotilla_domain::{
     InstanceType, LedgerEntry, Level, NodeMeter, NodeRecord, OrgEvent, OrgName, Organisation,
     PoolName, Username,
 };
+use flotilla_engine::Engine;
 use flotilla_store::{
     AccountRecord, AccountStore, ChangeFeed, CostRow, Fence, Lease, LeaseStore, OrgChange,
     OrgChanged, OrgStore, OrgUsage, RefreshTokenRecord, Rotation, Store, StoreError,
 };
-use prometheus_client::registry::Registry;
 use tokio::sync::Notify;
 use tokio::time::Instant;
-
-use crate::metrics::EngineCounters;
 
 /// One listing of the instance set, as the engine asked for it.
 #[derive(Debug, Clone)]
@@ -45,7 +43,7 @@ pub struct ListEvent {
 /// The instance set the engine drives, with a recorder in front.
 pub struct Tap {
     inner: Arc<dyn InstanceSet>,
-    registry: OnceLock<Arc<Registry>>,
+    engine: OnceLock<Engine>,
     lists: Mutex<Vec<ListEvent>>,
     first_create: Mutex<HashMap<ClusterName, Instant>>,
     created: Notify,
@@ -58,7 +56,7 @@ impl Tap {
     pub fn new(inner: Arc<dyn InstanceSet>) -> Self {
         Self {
             inner,
-            registry: OnceLock::new(),
+            engine: OnceLock::new(),
             lists: Mutex::new(Vec::new()),
             first_create: Mutex::new(HashMap::new()),
             created: Notify::new(),
@@ -77,10 +75,11 @@ impl Tap {
         self.probes.load(Ordering::SeqCst)
     }
 
-    /// Gives the tap the engine's metrics, once the engine has started, so
-    /// each later listing records the reconcile count at its start.
-    pub fn attach(&self, registry: Arc<Registry>) {
-        let _ = self.registry.set(registry);
+    /// Gives the tap the engine, once it has started, so each later
+    /// listing records the reconcile count at its start. The first engine
+    /// attached (the leader) is the one counted.
+    pub fn attach(&self, engine: Engine) {
+        let _ = self.engine.set(engine);
     }
 
     /// Every listing so far, oldest first.
@@ -133,10 +132,7 @@ impl InstanceSet for Tap {
     }
 
     async fn list(&self, filter: &Tags) -> Result<Vec<Instance>, CloudError> {
-        let reconciles_before = self
-            .registry
-            .get()
-            .map(|r| EngineCounters::read(r).reconciles);
+        let reconciles_before = self.engine.get().map(Engine::reconciles);
         let index = {
             let mut lists = self.lists.lock().unwrap();
             lists.push(ListEvent {
@@ -288,14 +284,15 @@ impl CountingStore {
         }
     }
 
-    /// How long the first `list_clusters` call that began at or after
-    /// `after` took.
-    pub fn list_time_after(&self, after: Instant) -> Option<Duration> {
+    /// How long the `list_clusters` call that began nearest to `at` took
+    /// (a resync pass reads desired state while its listing runs).
+    pub fn list_time_near(&self, at: Instant) -> Option<Duration> {
+        let distance = |t: Instant| t.max(at) - t.min(at);
         self.list_times
             .lock()
             .unwrap()
             .iter()
-            .find(|(started, _)| *started >= after)
+            .min_by_key(|(started, _)| distance(*started))
             .map(|(_, took)| *took)
     }
 }

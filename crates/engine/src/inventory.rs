@@ -8,8 +8,10 @@ use std::hash::{Hash, Hasher};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use flotilla_cloud::{CapacityScope, Health, Instance};
-use flotilla_domain::{ClusterName, InstanceId, InstanceType, NodeRecord, NodeState, ObservedNode};
+use flotilla_cloud::{CapacityScope, Health, Instance, TAG_POOL_VERSION};
+use flotilla_domain::{
+    ClusterName, InstanceId, InstanceType, LaunchVersion, NodeRecord, NodeState, ObservedNode,
+};
 use flotilla_store::GoneNode;
 use tokio::time::Instant;
 
@@ -19,7 +21,12 @@ const SLOW_PROBE_DELAY: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone)]
 pub struct TrackedNode {
+    /// The instance as last listed (or created); replaced through
+    /// [`set_instance`](Self::set_instance), which keeps `version` with it.
     pub instance: Instance,
+    /// `instance.pool_version()`, read once per tag rather than at every
+    /// look: a resync's reconciles look at every node.
+    version: Option<LaunchVersion>,
     pub state: NodeState,
     pub state_since: DateTime<Utc>,
     pub last_destroy_attempt: Option<DateTime<Utc>>,
@@ -35,6 +42,7 @@ pub struct TrackedNode {
 impl TrackedNode {
     fn new(instance: Instance, now: DateTime<Utc>, created_here: Option<u64>) -> Self {
         Self {
+            version: instance.pool_version(),
             instance,
             state: NodeState::Booting,
             state_since: now,
@@ -57,6 +65,21 @@ impl TrackedNode {
         interval.mul_f64(1.0 - 0.2 * fraction)
     }
 
+    /// Its pool's version, as the instance's tag says.
+    pub fn version(&self) -> Option<&LaunchVersion> {
+        self.version.as_ref()
+    }
+
+    /// Takes a fresher copy of its instance (from a listing); returns the
+    /// one it replaces.
+    fn set_instance(&mut self, instance: Instance) -> Instance {
+        let tag = instance.tags.get(TAG_POOL_VERSION).map(String::as_str);
+        if tag != self.version.as_ref().map(LaunchVersion::as_str) {
+            self.version = instance.pool_version();
+        }
+        std::mem::replace(&mut self.instance, instance)
+    }
+
     pub fn observed(&self) -> ObservedNode {
         ObservedNode {
             id: self.instance.id.clone(),
@@ -65,7 +88,7 @@ impl TrackedNode {
             state: self.state,
             state_since: self.state_since,
             last_destroy_attempt: self.last_destroy_attempt,
-            version: self.instance.pool_version(),
+            version: self.version.clone(),
         }
     }
 
@@ -81,7 +104,7 @@ impl TrackedNode {
             state: self.state,
             state_since: millis(self.state_since),
             address: self.instance.address.clone(),
-            pool_version: self.instance.pool_version(),
+            pool_version: self.version.clone(),
         }
     }
 
@@ -99,7 +122,7 @@ impl TrackedNode {
             &self.state,
             &millis(self.state_since),
             &self.instance.address,
-            &self.instance.pool_version(),
+            &self.version,
         )
             .hash(&mut h);
         h.finish()
@@ -249,7 +272,7 @@ impl SetInventory {
         for (cluster, nodes) in self.clusters.iter_mut() {
             nodes.retain(|id, node| {
                 if let Some(instance) = seen.remove(id) {
-                    replaced.push(std::mem::replace(&mut node.instance, instance));
+                    replaced.push(node.set_instance(instance));
                     true
                 } else if node.created_here.is_some_and(|n| n > mark.0) {
                     true

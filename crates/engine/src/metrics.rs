@@ -106,6 +106,19 @@ impl EngineMetrics {
         self.reconcile_seconds.observe(took.as_secs_f64());
     }
 
+    /// Reconciles completed, whatever their outcome: what
+    /// `flotilla_reconciles_total` sums to.
+    pub fn reconciles_total(&self) -> u64 {
+        ["ok", "error"]
+            .into_iter()
+            .map(|outcome| {
+                self.reconciles
+                    .get_or_create(&OutcomeLabels { outcome })
+                    .get()
+            })
+            .sum()
+    }
+
     pub fn destroyed(&self, driver: &str, reason: &'static str) {
         self.destroys
             .get_or_create(&DestroyLabels {

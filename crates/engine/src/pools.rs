@@ -37,7 +37,14 @@ pub(crate) struct PoolTable {
     /// Held from a refresh's read to its write, so an older read never
     /// replaces a newer one.
     refreshing: tokio::sync::Mutex<()>,
+    /// Each pool's launch as last worked out, with the spec and image it
+    /// was worked out from (see [`launch_of`]). The spec's `Arc` is held
+    /// here, so its address cannot be reused by another spec while the
+    /// entry stands.
+    launches: Mutex<HashMap<PoolName, RememberedLaunch>>,
 }
+
+type RememberedLaunch = (Arc<PoolSpec>, Option<String>, Arc<PoolLaunch>);
 
 impl PoolTable {
     /// The config file's pools; the stored ones are added by [`refresh`].
@@ -49,6 +56,7 @@ impl PoolTable {
                 .collect(),
             all: RwLock::new(Arc::new(PoolMap::new())),
             refreshing: tokio::sync::Mutex::new(()),
+            launches: Mutex::new(HashMap::new()),
         }
     }
 
@@ -142,6 +150,31 @@ pub(crate) fn resolve_image(
 pub(crate) fn launch(configs: &SharedConfigs, pool: &PoolSpec) -> Result<PoolLaunch, String> {
     let image = resolve_image(configs, pool)?.map(|i| i.image);
     Ok(PoolLaunch::of(pool, image))
+}
+
+/// [`launch`] of the pool named `name`, remembered while its spec (the
+/// same `Arc`) and resolved image stay the same: a resync's reconciles
+/// ask for it once per cluster, and working it out hashes the pool's
+/// launch configuration for each of its types.
+pub(crate) fn launch_of(
+    shared: &Shared,
+    name: &PoolName,
+    pool: &Arc<PoolSpec>,
+) -> Result<Arc<PoolLaunch>, String> {
+    let image = resolve_image(&shared.shared_configs, pool)?.map(|i| i.image);
+    if let Some((spec, from, launch)) = shared.pools.launches.lock().unwrap().get(name) {
+        if Arc::ptr_eq(spec, pool) && *from == image {
+            return Ok(launch.clone());
+        }
+    }
+    let launch = Arc::new(PoolLaunch::of(pool, image.clone()));
+    shared
+        .pools
+        .launches
+        .lock()
+        .unwrap()
+        .insert(name.clone(), (pool.clone(), image, launch.clone()));
+    Ok(launch)
 }
 
 /// Reads the pools written through the API and brings the table, and each

@@ -392,7 +392,10 @@ async fn reconcile(
     // versions they should be at are unknown while the pool's image cannot
     // be resolved (no node of its types is then outdated, and creates say
     // why).
-    let launch = pool.map(|p| crate::pools::launch(&shared.shared_configs, p));
+    let launch = match (&record, &pool_spec) {
+        (Some(r), Some(p)) => Some(crate::pools::launch_of(shared, &r.pool, p)),
+        _ => None,
+    };
     let resolved = launch.as_ref().and_then(|l| l.as_ref().ok());
     let version = resolved.map(|l| l.version.clone());
     let current: Option<Launches> = pool.map(|p| match resolved {
@@ -541,10 +544,7 @@ async fn reconcile(
                             .filter(|n| {
                                 n.state == NodeState::Ready
                                     && current.as_ref().is_some_and(|c| {
-                                        c.is_current(
-                                            &n.instance.instance_type,
-                                            n.instance.pool_version().as_ref(),
-                                        )
+                                        c.is_current(&n.instance.instance_type, n.version())
                                     })
                             })
                             .count()
@@ -693,7 +693,8 @@ async fn reconcile(
                 launch
                     .as_ref()
                     .expect("creates only for a wanted cluster")
-                    .as_ref(),
+                    .as_ref()
+                    .map(|l| &**l),
                 plan.create,
                 &mut next,
                 &mut errors,

@@ -14,9 +14,33 @@ use tokio::time::Instant;
 
 use crate::Shared;
 
-/// Lists every set once; returns the clusters whose nodes changed.
-pub(crate) async fn sync_all(shared: &Shared) -> BTreeSet<ClusterName> {
+/// Lists every set once and reads desired state afresh, the two at once
+/// (the listing waits on the cloud, the read on the store); returns the
+/// clusters whose nodes changed, and every cluster after a set's first
+/// listing.
+pub(crate) async fn sync_all(shared: &Arc<Shared>) -> BTreeSet<ClusterName> {
+    // A task of its own, so that another worker thread takes the store's
+    // rows while this one folds the listing in.
+    let read = tokio::spawn({
+        let shared = shared.clone();
+        async move { read_records(&shared).await }
+    });
+    let (mut changed, first) = list_sets(shared).await;
+    if let Err(e) = read.await {
+        tracing::warn!(error = %e, "reading desired state stopped");
+    }
+    if first {
+        changed.extend(shared.desired.names());
+    }
+    changed
+}
+
+/// Lists every set once and folds the listings into the inventory;
+/// returns the clusters whose nodes changed, and whether some set was
+/// listed for the first time (all its clusters are then among them).
+async fn list_sets(shared: &Shared) -> (BTreeSet<ClusterName>, bool) {
     let mut changed = BTreeSet::new();
+    let mut any_first = false;
     for (driver, set) in &shared.sets {
         let mark = shared.inventory.lock().unwrap()[driver].listing_mark();
         match set.list(&Tags::new()).await {
@@ -30,7 +54,7 @@ pub(crate) async fn sync_all(shared: &Shared) -> BTreeSet<ClusterName> {
                 changed.extend(found);
                 if first {
                     changed.extend(set_inv.clusters.keys().cloned());
-                    changed.extend(shared.desired.names());
+                    any_first = true;
                 }
                 let departed: Vec<ClusterName> = set_inv.departed.keys().cloned().collect();
                 drop(inv);
@@ -58,6 +82,14 @@ pub(crate) async fn sync_all(shared: &Shared) -> BTreeSet<ClusterName> {
             Err(e) => tracing::warn!(%driver, error = %e, "listing instances failed"),
         }
     }
+    shared
+        .metrics
+        .observe_inventory(&shared.inventory.lock().unwrap());
+    (changed, any_first)
+}
+
+/// Reads desired state and the organisations afresh.
+async fn read_records(shared: &Shared) {
     let mark = shared.desired.mark();
     match shared.store.list_clusters().await {
         Ok(records) => shared.desired.refresh(records, mark),
@@ -68,10 +100,21 @@ pub(crate) async fn sync_all(shared: &Shared) -> BTreeSet<ClusterName> {
         Ok(orgs) => shared.orgs.refresh(orgs, mark),
         Err(e) => tracing::warn!(error = %e, "reading organisations failed"),
     }
-    shared
-        .metrics
-        .observe_inventory(&shared.inventory.lock().unwrap());
-    changed
+}
+
+/// What a full pass reads afresh besides desired state: the feed brings
+/// every change of the pools, shared configs and rollouts, and this read
+/// makes sure a change whose reading failed is not missed for good.
+async fn refresh_pools(shared: &Shared) {
+    if let Err(e) = crate::pools::refresh(shared).await {
+        tracing::warn!(error = %e, "reading the pools failed");
+    }
+    if let Err(e) = crate::pools::refresh_shared(shared).await {
+        tracing::warn!(error = %e, "reading the shared configs failed");
+    }
+    if let Err(e) = crate::rollout::refresh(shared).await {
+        tracing::warn!(error = %e, "reading the pools' rollouts failed");
+    }
 }
 
 /// Runs while this server leads. A term whose inventory is empty (one
@@ -97,21 +140,13 @@ async fn term(shared: Arc<Shared>) {
             tokio::time::sleep_until(last_list + shared.config.min_list_interval).await;
         }
         last_list = Instant::now();
-        let changed = sync_all(&shared).await;
+        let changed = if full {
+            tokio::join!(refresh_pools(&shared), sync_all(&shared)).1
+        } else {
+            sync_all(&shared).await
+        };
         let wake: BTreeSet<ClusterName> = if full {
             next_full = Instant::now() + shared.config.resync_interval;
-            // The feed brings every change of the pools; a full pass reads
-            // them afresh too, so a change whose reading failed is not
-            // missed for good.
-            if let Err(e) = crate::pools::refresh(&shared).await {
-                tracing::warn!(error = %e, "reading the pools failed");
-            }
-            if let Err(e) = crate::pools::refresh_shared(&shared).await {
-                tracing::warn!(error = %e, "reading the shared configs failed");
-            }
-            if let Err(e) = crate::rollout::refresh(&shared).await {
-                tracing::warn!(error = %e, "reading the pools' rollouts failed");
-            }
             let inv = shared.inventory.lock().unwrap();
             let mut all: BTreeSet<_> = shared.desired.names().into_iter().collect();
             for set in inv.values() {

@@ -24,6 +24,11 @@ use flotilla_api_types::{
 use crate::cli::{exit, Client, Output};
 use crate::credentials::{Env, Source};
 
+/// mimalloc rather than the system allocator: see `BENCHMARKS.md`,
+/// "The allocator".
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "flotilla",
