@@ -559,8 +559,9 @@ async fn bench(args: Ec2Args) -> Result<()> {
         let reconciles_before = listing
             .reconciles_before
             .context("a listing began before the engine's metrics were attached")?;
+        let reconciles = b.engine.reconcile_count();
         let end = poll_until(limit, "a resync pass to finish", || {
-            (b.engine.reconciles() >= reconciles_before + clusters).then(Instant::now)
+            (reconciles.get() >= reconciles_before + clusters).then(Instant::now)
         })
         .await?;
         poll_until(limit, "the listing to finish", || finished(first + k)).await?;

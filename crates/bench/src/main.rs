@@ -430,7 +430,7 @@ pub(crate) async fn start_engine(
     )
     .await?;
     let registry = Arc::new(registry);
-    tap.attach(engine.clone());
+    tap.attach(engine.reconcile_count());
     Ok((engine, tasks, registry))
 }
 
@@ -617,8 +617,9 @@ async fn steady_state(b: &Bench, args: &Args) -> Result<Steady> {
         let before = listing
             .reconciles_before
             .context("a listing began before the engine's metrics were attached")?;
+        let reconciles = b.engine.reconcile_count();
         let end = poll_until(limit, "a resync pass to finish", || {
-            (b.engine.reconciles() >= before + clusters).then(Instant::now)
+            (reconciles.get() >= before + clusters).then(Instant::now)
         })
         .await?;
         // Read again: the copy above was taken while the listing ran.

@@ -20,7 +20,7 @@ use flotilla_domain::{
     InstanceType, LedgerEntry, Level, NodeMeter, NodeRecord, OrgEvent, OrgName, Organisation,
     PoolName, Username,
 };
-use flotilla_engine::Engine;
+use flotilla_engine::ReconcileCount;
 use flotilla_store::{
     AccountRecord, AccountStore, ChangeFeed, CostRow, Fence, Lease, LeaseStore, OrgChange,
     OrgChanged, OrgStore, OrgUsage, RefreshTokenRecord, Rotation, Store, StoreError,
@@ -43,7 +43,7 @@ pub struct ListEvent {
 /// The instance set the engine drives, with a recorder in front.
 pub struct Tap {
     inner: Arc<dyn InstanceSet>,
-    engine: OnceLock<Engine>,
+    reconciles: OnceLock<ReconcileCount>,
     lists: Mutex<Vec<ListEvent>>,
     first_create: Mutex<HashMap<ClusterName, Instant>>,
     created: Notify,
@@ -56,7 +56,7 @@ impl Tap {
     pub fn new(inner: Arc<dyn InstanceSet>) -> Self {
         Self {
             inner,
-            engine: OnceLock::new(),
+            reconciles: OnceLock::new(),
             lists: Mutex::new(Vec::new()),
             first_create: Mutex::new(HashMap::new()),
             created: Notify::new(),
@@ -75,11 +75,11 @@ impl Tap {
         self.probes.load(Ordering::SeqCst)
     }
 
-    /// Gives the tap the engine, once it has started, so each later
-    /// listing records the reconcile count at its start. The first engine
-    /// attached (the leader) is the one counted.
-    pub fn attach(&self, engine: Engine) {
-        let _ = self.engine.set(engine);
+    /// Gives the tap the engine's reconcile count, once the engine has
+    /// started, so each later listing records it at its start. The first
+    /// engine attached (the leader) is the one counted.
+    pub fn attach(&self, reconciles: ReconcileCount) {
+        let _ = self.reconciles.set(reconciles);
     }
 
     /// Every listing so far, oldest first.
@@ -132,7 +132,7 @@ impl InstanceSet for Tap {
     }
 
     async fn list(&self, filter: &Tags) -> Result<Vec<Instance>, CloudError> {
-        let reconciles_before = self.engine.get().map(Engine::reconciles);
+        let reconciles_before = self.reconciles.get().map(ReconcileCount::get);
         let index = {
             let mut lists = self.lists.lock().unwrap();
             lists.push(ListEvent {

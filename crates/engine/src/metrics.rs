@@ -49,6 +49,22 @@ pub(crate) struct EngineMetrics {
     pool_errors: Family<PoolErrorLabels, Counter>,
 }
 
+/// Reconciles completed, whatever their outcome (what
+/// `flotilla_reconciles_total` sums to): a handle on the metric's own
+/// counters, read without encoding the registry and without holding the
+/// engine.
+#[derive(Clone)]
+pub struct ReconcileCount(Family<OutcomeLabels, Counter>);
+
+impl ReconcileCount {
+    pub fn get(&self) -> u64 {
+        ["ok", "error"]
+            .into_iter()
+            .map(|outcome| self.0.get_or_create(&OutcomeLabels { outcome }).get())
+            .sum()
+    }
+}
+
 impl EngineMetrics {
     pub fn register(registry: &mut Registry) -> Self {
         let m = Self {
@@ -106,17 +122,9 @@ impl EngineMetrics {
         self.reconcile_seconds.observe(took.as_secs_f64());
     }
 
-    /// Reconciles completed, whatever their outcome: what
-    /// `flotilla_reconciles_total` sums to.
-    pub fn reconciles_total(&self) -> u64 {
-        ["ok", "error"]
-            .into_iter()
-            .map(|outcome| {
-                self.reconciles
-                    .get_or_create(&OutcomeLabels { outcome })
-                    .get()
-            })
-            .sum()
+    /// A handle on the count of reconciles completed.
+    pub fn reconcile_count(&self) -> ReconcileCount {
+        ReconcileCount(self.reconciles.clone())
     }
 
     pub fn destroyed(&self, driver: &str, reason: &'static str) {

@@ -114,6 +114,11 @@ pub(crate) async fn run(shared: Arc<Shared>, mut after: i64) {
     let mut asks = shared.catch_up.subscribe();
     let mut next_refresh = Instant::now() + shared.config.resync_interval;
     let mut refreshes: u32 = 0;
+    // Whether some change was not applied in full since the last full
+    // refresh (a read failed, or this server led and skipped the nodes it
+    // published itself): the next refresh of a server that follows then
+    // reads everything.
+    let mut full_due = false;
     loop {
         notices.borrow_and_update();
         // Every commit made before this ask is in the read below.
@@ -127,6 +132,7 @@ pub(crate) async fn run(shared: Arc<Shared>, mut after: i64) {
                     apply(&shared, change, &mut read).await;
                     after = change.seq;
                 }
+                full_due |= read.incomplete;
             }
             // The commands waiting get their answer (from copies a pass
             // behind) rather than hang while the store is away.
@@ -143,8 +149,10 @@ pub(crate) async fn run(shared: Arc<Shared>, mut after: i64) {
             next_refresh = Instant::now() + shared.config.resync_interval;
             if shared.leadership.fence().is_none() {
                 refreshes = refreshes.wrapping_add(1);
-                let read = if refreshes.is_multiple_of(FULL_REFRESH_EVERY) {
-                    refresh(&shared).await
+                let read = if full_due || refreshes.is_multiple_of(FULL_REFRESH_EVERY) {
+                    let read = refresh(&shared).await;
+                    full_due = read.is_err();
+                    read
                 } else {
                     refresh_orgs(&shared).await
                 };
@@ -192,6 +200,9 @@ struct PageReads {
     nodes: HashSet<ClusterName>,
     pools: bool,
     shared_configs: bool,
+    /// Some change of the page was not applied in full: a read failed, or
+    /// this server led and did not read the nodes it published.
+    incomplete: bool,
 }
 
 async fn apply(shared: &Shared, change: &Change, read: &mut PageReads) {
@@ -202,12 +213,17 @@ async fn apply(shared: &Shared, change: &Change, read: &mut PageReads) {
                 return;
             };
             if change.kind == ChangeKind::ClusterNodes {
-                if !leading && read.nodes.insert(name.clone()) {
+                if leading {
+                    read.incomplete = true;
+                } else if read.nodes.insert(name.clone()) {
                     match shared.store.published_nodes(Some(&name)).await {
                         Ok(nodes) => shared
                             .observed
                             .put(&name, nodes.into_iter().map(|(_, n)| n).collect()),
-                        Err(e) => tracing::warn!(error = %e, "reading published nodes failed"),
+                        Err(e) => {
+                            read.incomplete = true;
+                            tracing::warn!(error = %e, "reading published nodes failed")
+                        }
                     }
                 }
             } else if matches!(
@@ -238,6 +254,7 @@ async fn apply(shared: &Shared, change: &Change, read: &mut PageReads) {
                     Ok(None) if change.kind != ChangeKind::ClusterForgotten => {}
                     Ok(record) => shared.desired.reflect(&name, record, mark),
                     Err(e) => {
+                        read.incomplete = true;
                         tracing::warn!(error = %e, cluster = %name, "reading a changed cluster failed")
                     }
                 }
@@ -259,6 +276,7 @@ async fn apply(shared: &Shared, change: &Change, read: &mut PageReads) {
                 match shared.store.get_org(&name).await {
                     Ok(org) => shared.orgs.reflect(&name, org, mark),
                     Err(e) => {
+                        read.incomplete = true;
                         tracing::warn!(error = %e, org = %name, "reading a changed organisation failed")
                     }
                 }
@@ -278,7 +296,10 @@ async fn apply(shared: &Shared, change: &Change, read: &mut PageReads) {
                 };
                 match read_all.await {
                     Ok(()) => read.pools = true,
-                    Err(e) => tracing::warn!(error = %e, "reading the pools failed"),
+                    Err(e) => {
+                        read.incomplete = true;
+                        tracing::warn!(error = %e, "reading the pools failed")
+                    }
                 }
             }
             // Its clusters may have waited for it (or must stop using it).
@@ -298,7 +319,10 @@ async fn apply(shared: &Shared, change: &Change, read: &mut PageReads) {
             if !read.shared_configs {
                 match crate::pools::refresh_shared(shared).await {
                     Ok(()) => read.shared_configs = true,
-                    Err(e) => tracing::warn!(error = %e, "reading the shared configs failed"),
+                    Err(e) => {
+                        read.incomplete = true;
+                        tracing::warn!(error = %e, "reading the shared configs failed")
+                    }
                 }
             }
             // Clusters waiting for an image from it may launch now.
