@@ -4,9 +4,8 @@
 
 use aws_sdk_s3::error::DisplayErrorContext;
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::Client;
 
-use crate::{client, parse_url, S3Settings};
+use crate::{Place, S3Settings};
 
 /// One object under the prefix, as listed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,34 +23,28 @@ pub struct Listed {
 /// The objects of one bucket under one prefix.
 #[derive(Clone)]
 pub struct S3Folders {
-    client: Client,
-    bucket: String,
-    prefix: String,
+    at: Place,
 }
 
 impl S3Folders {
     pub async fn open(settings: &S3Settings) -> Result<Self, String> {
-        let (bucket, prefix) = parse_url(&settings.url)?;
-        Ok(Self {
-            client: client(settings).await,
-            bucket,
-            prefix,
-        })
+        Place::open(settings).await.map(|at| Self { at })
     }
 
     /// `s3://BUCKET/PREFIX/`.
     pub fn url(&self) -> String {
-        format!("s3://{}/{}", self.bucket, self.prefix)
+        self.at.url()
     }
 
     /// Every object under the prefix.
     pub async fn list(&self) -> Result<Vec<Listed>, String> {
         let mut found = Vec::new();
         let mut pages = self
+            .at
             .client
             .list_objects_v2()
-            .bucket(&self.bucket)
-            .prefix(&self.prefix)
+            .bucket(&self.at.bucket)
+            .prefix(&self.at.prefix)
             .into_paginator()
             .send();
         while let Some(page) = pages.next().await {
@@ -61,7 +54,7 @@ impl S3Folders {
                 let (Some(key), Some(etag)) = (o.key(), o.e_tag()) else {
                     continue;
                 };
-                if let Some(name) = key.strip_prefix(&self.prefix) {
+                if let Some(name) = key.strip_prefix(&self.at.prefix) {
                     found.push(Listed {
                         name: name.to_owned(),
                         size: o.size().unwrap_or_default(),
@@ -78,10 +71,11 @@ impl S3Folders {
     /// changed or went since it was listed.
     pub async fn get(&self, name: &str, etag: &str) -> Result<Option<Vec<u8>>, String> {
         let got = self
+            .at
             .client
             .get_object()
-            .bucket(&self.bucket)
-            .key(format!("{}{name}", self.prefix))
+            .bucket(&self.at.bucket)
+            .key(format!("{}{name}", self.at.prefix))
             .if_match(etag)
             .send()
             .await;
@@ -111,10 +105,11 @@ impl S3Folders {
 
     /// Puts `text` at `name`, whole.
     pub async fn put(&self, name: &str, text: String) -> Result<(), String> {
-        self.client
+        self.at
+            .client
             .put_object()
-            .bucket(&self.bucket)
-            .key(format!("{}{name}", self.prefix))
+            .bucket(&self.at.bucket)
+            .key(format!("{}{name}", self.at.prefix))
             .content_type("application/json")
             .body(ByteStream::from(text.into_bytes()))
             .send()
@@ -141,10 +136,11 @@ impl S3Folders {
         modified: &str,
     ) -> Result<bool, String> {
         let head = self
+            .at
             .client
             .head_object()
-            .bucket(&self.bucket)
-            .key(format!("{}{name}", self.prefix))
+            .bucket(&self.at.bucket)
+            .key(format!("{}{name}", self.at.prefix))
             .if_match(etag)
             .send()
             .await;
@@ -171,10 +167,11 @@ impl S3Folders {
 
     /// Deletes `name` (nothing if it is not there).
     pub async fn delete(&self, name: &str) -> Result<(), String> {
-        self.client
+        self.at
+            .client
             .delete_object()
-            .bucket(&self.bucket)
-            .key(format!("{}{name}", self.prefix))
+            .bucket(&self.at.bucket)
+            .key(format!("{}{name}", self.at.prefix))
             .send()
             .await
             .map_err(|e| {

@@ -80,24 +80,18 @@ pub fn parse_url(url: &str) -> Result<(String, String), String> {
     Ok((bucket.to_owned(), prefix))
 }
 
-/// Jobs' logs in one bucket, under one prefix.
+/// One bucket and a prefix in it, and the client that reaches them: what
+/// [`S3Artifacts`] and [`S3Folders`] each keep.
 #[derive(Clone)]
-pub struct S3Artifacts {
-    client: Client,
-    bucket: String,
-    prefix: String,
+pub(crate) struct Place {
+    pub(crate) client: Client,
+    pub(crate) bucket: String,
+    pub(crate) prefix: String,
 }
 
-impl std::fmt::Debug for S3Artifacts {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "S3Artifacts(s3://{}/{})", self.bucket, self.prefix)
-    }
-}
-
-impl S3Artifacts {
-    /// A store for `settings` (nothing is asked of S3 yet: see
-    /// [`check`](Self::check)).
-    pub async fn open(settings: &S3Settings) -> Result<Self, String> {
+impl Place {
+    /// The place `settings` names (nothing is asked of S3 yet).
+    pub(crate) async fn open(settings: &S3Settings) -> Result<Self, String> {
         let (bucket, prefix) = parse_url(&settings.url)?;
         Ok(Self {
             client: client(settings).await,
@@ -107,33 +101,59 @@ impl S3Artifacts {
     }
 
     /// `s3://BUCKET/PREFIX/`.
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("s3://{}/{}", self.bucket, self.prefix)
+    }
+}
+
+/// Jobs' logs in one bucket, under one prefix.
+#[derive(Clone)]
+pub struct S3Artifacts {
+    at: Place,
+}
+
+impl std::fmt::Debug for S3Artifacts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "S3Artifacts({})", self.at.url())
+    }
+}
+
+impl S3Artifacts {
+    /// A store for `settings` (nothing is asked of S3 yet: see
+    /// [`check`](Self::check)).
+    pub async fn open(settings: &S3Settings) -> Result<Self, String> {
+        Place::open(settings).await.map(|at| Self { at })
+    }
+
+    /// `s3://BUCKET/PREFIX/`.
+    pub fn url(&self) -> String {
+        self.at.url()
     }
 
     /// Whether the bucket can be reached with the credentials at hand.
     pub async fn check(&self) -> Result<(), String> {
-        self.client
+        self.at
+            .client
             .head_bucket()
-            .bucket(&self.bucket)
+            .bucket(&self.at.bucket)
             .send()
             .await
             .map(|_| ())
             .map_err(|e| {
                 format!(
                     "cannot reach bucket {} ({}): check the bucket, the region and the credentials",
-                    self.bucket,
+                    self.at.bucket,
                     DisplayErrorContext(&e)
                 )
             })
     }
 
     fn log_prefix(&self, job: JobId, attempt: u32) -> String {
-        format!("{}jobs/{job}/{attempt}/log/", self.prefix)
+        format!("{}jobs/{job}/{attempt}/log/", self.at.prefix)
     }
 
     fn files_prefix(&self, job: JobId, attempt: u32) -> String {
-        format!("{}jobs/{job}/{attempt}/files/", self.prefix)
+        format!("{}jobs/{job}/{attempt}/files/", self.at.prefix)
     }
 
     fn chunk_key(&self, job: JobId, attempt: u32, chunk: u64) -> String {
@@ -143,9 +163,10 @@ impl S3Artifacts {
     /// The object at `key`, if there is one.
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let object = match self
+            .at
             .client
             .get_object()
-            .bucket(&self.bucket)
+            .bucket(&self.at.bucket)
             .key(key)
             .send()
             .await
@@ -166,7 +187,7 @@ impl S3Artifacts {
     fn failed(&self, what: &str, key: &str, e: impl std::error::Error) -> StoreError {
         StoreError::Artifacts(format!(
             "cannot {what} s3://{}/{key}: {}",
-            self.bucket,
+            self.at.bucket,
             DisplayErrorContext(e)
         ))
     }
@@ -184,9 +205,10 @@ impl ArtifactStore for S3Artifacts {
         let key = self.chunk_key(job, attempt, chunk);
         // A chunk sent again is the same chunk: kept once, as it was.
         match self
+            .at
             .client
             .head_object()
-            .bucket(&self.bucket)
+            .bucket(&self.at.bucket)
             .key(&key)
             .send()
             .await
@@ -196,9 +218,10 @@ impl ArtifactStore for S3Artifacts {
             Err(e) => return Err(self.failed("look for", &key, e)),
         }
         // A PUT is whole or nothing.
-        self.client
+        self.at
+            .client
             .put_object()
-            .bucket(&self.bucket)
+            .bucket(&self.at.bucket)
             .key(&key)
             .content_type("text/plain; charset=utf-8")
             .body(ByteStream::from(text.as_bytes().to_vec()))
@@ -216,9 +239,10 @@ impl ArtifactStore for S3Artifacts {
     ) -> Result<Vec<(u64, String)>, StoreError> {
         let prefix = self.log_prefix(job, attempt);
         let mut list = self
+            .at
             .client
             .list_objects_v2()
-            .bucket(&self.bucket)
+            .bucket(&self.at.bucket)
             .prefix(&prefix);
         if from > 0 {
             list = list.start_after(self.chunk_key(job, attempt, from - 1));
@@ -239,10 +263,10 @@ impl ArtifactStore for S3Artifacts {
         for n in numbers {
             let key = self.chunk_key(job, attempt, n);
             let bytes = self.get(&key).await?.ok_or_else(|| {
-                StoreError::Artifacts(format!("s3://{}/{key} went while read", self.bucket))
+                StoreError::Artifacts(format!("s3://{}/{key} went while read", self.at.bucket))
             })?;
             let text = String::from_utf8(bytes).map_err(|e| {
-                StoreError::Artifacts(format!("s3://{}/{key} is not text: {e}", self.bucket))
+                StoreError::Artifacts(format!("s3://{}/{key} is not text: {e}", self.at.bucket))
             })?;
             chunks.push((n, text));
         }
@@ -257,9 +281,10 @@ impl ArtifactStore for S3Artifacts {
         bytes: Vec<u8>,
     ) -> Result<(), StoreError> {
         let key = format!("{}{}", self.files_prefix(job, attempt), checked_path(path)?);
-        self.client
+        self.at
+            .client
             .put_object()
-            .bucket(&self.bucket)
+            .bucket(&self.at.bucket)
             .key(&key)
             .body(ByteStream::from(bytes))
             .send()
@@ -271,9 +296,10 @@ impl ArtifactStore for S3Artifacts {
     async fn files(&self, job: JobId, attempt: u32) -> Result<Vec<KeptFile>, StoreError> {
         let prefix = self.files_prefix(job, attempt);
         let mut pages = self
+            .at
             .client
             .list_objects_v2()
-            .bucket(&self.bucket)
+            .bucket(&self.at.bucket)
             .prefix(&prefix)
             .into_paginator()
             .send();

@@ -445,6 +445,34 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_nodes_version_follows_its_tag_from_one_listing_to_the_next() {
+        let tagged = |version: Option<&str>| {
+            let mut i = instance("a", "c");
+            if let Some(v) = version {
+                i.tags.insert(TAG_POOL_VERSION.to_owned(), v.to_owned());
+            }
+            i
+        };
+        let c = ClusterName::new("c").unwrap();
+        let mut inv = SetInventory::default();
+        let version = |inv: &SetInventory| {
+            let node = inv.nodes(&c).next().unwrap();
+            assert_eq!(node.version().cloned(), node.instance.pool_version());
+            node.version().map(|v| v.as_str().to_owned())
+        };
+        inv.apply_listing(vec![tagged(None)], inv.listing_mark(), Utc::now());
+        assert_eq!(version(&inv), None);
+        for (tag, seen) in [
+            ("00000000000000aa", Some("00000000000000aa")),
+            ("00000000000000bb", Some("00000000000000bb")),
+            ("not a version", None),
+        ] {
+            inv.apply_listing(vec![tagged(Some(tag))], inv.listing_mark(), Utc::now());
+            assert_eq!(version(&inv).as_deref(), seen, "tagged {tag}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn listing_adopts_and_forgets() {
         let mut inv = SetInventory::default();
         let changed = inv.apply_listing(
